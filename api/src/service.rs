@@ -1,0 +1,795 @@
+//! Services: what to run, how many, where, and how to keep it healthy.
+//!
+//! [`ServiceSpec`] is the operator's desired state for one service. Its
+//! [`workload_hash`](ServiceSpec::workload_hash) decides whether a spec change restarts
+//! running replicas or is applied in place. Validation lives in [`crate::validate`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::{format_duration_ms, parse_duration_ms};
+use crate::ids::ServiceName;
+use crate::placement::Placement;
+use crate::validate::{ValidationError, validate_dns_label};
+
+/// Default for [`ServiceSpec::stop_grace_period_ms`]: 10 s between SIGTERM and SIGKILL.
+pub const DEFAULT_STOP_GRACE_PERIOD_MS: u64 = 10_000;
+
+/// A service as stored by the control plane: the spec plus its version, which increases by
+/// one on every change to the spec. Replicas record the version they were created from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Starts at 1 when the service is created.
+    pub version: u64,
+    /// The desired state.
+    pub spec: ServiceSpec,
+}
+
+/// The operator's desired state for one service.
+///
+/// In JSON every field except `name` and `workload` may be omitted and takes its default;
+/// unknown fields are refused so typos do not pass silently. Postcard always carries every
+/// field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Unique in the cluster; the DNS name `<name>.warren.`.
+    pub name: ServiceName,
+    /// A native process or a container image.
+    pub workload: Workload,
+    /// A fixed number of replicas, or one per eligible node.
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Where replicas may run.
+    #[serde(default)]
+    pub placement: Placement,
+    /// Environment variables for the workload.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Ports the workload listens on, published in the service catalogue.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// Health check; `None` means a running workload counts as healthy.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    /// When and how fast the agent restarts an exited workload.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// What control does when the node running a replica becomes unreachable.
+    #[serde(default)]
+    pub on_disconnect: OnDisconnect,
+    /// Secrets exposed to the workload as files.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+    /// Volumes mounted into the workload.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// Resource limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// How a spec change rolls out across replicas.
+    #[serde(default)]
+    pub update: UpdateConfig,
+    /// Time between the stop signal and a forced kill, at most one hour.
+    #[serde(default = "default_stop_grace_period_ms")]
+    pub stop_grace_period_ms: u64,
+    /// Operator labels on the service.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_stop_grace_period_ms() -> u64 {
+    DEFAULT_STOP_GRACE_PERIOD_MS
+}
+
+/// The fields of a spec that the workload itself sees; see [`ServiceSpec::workload_hash`].
+#[derive(Serialize)]
+struct WorkloadHashInput<'a> {
+    workload: &'a Workload,
+    env: &'a BTreeMap<String, String>,
+    ports: Vec<&'a PortSpec>,
+    secrets: Vec<&'a SecretRef>,
+    volumes: Vec<&'a VolumeMount>,
+    resources: &'a Resources,
+}
+
+impl ServiceSpec {
+    /// A spec with one replica and every other field at its default.
+    pub fn new(name: ServiceName, workload: Workload) -> Self {
+        ServiceSpec {
+            name,
+            workload,
+            mode: ServiceMode::default(),
+            placement: Placement::default(),
+            env: BTreeMap::new(),
+            ports: Vec::new(),
+            health: None,
+            restart: RestartPolicy::default(),
+            on_disconnect: OnDisconnect::default(),
+            secrets: Vec::new(),
+            volumes: Vec::new(),
+            resources: Resources::default(),
+            update: UpdateConfig::default(),
+            stop_grace_period_ms: DEFAULT_STOP_GRACE_PERIOD_MS,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// A stable 64-bit hash of the fields whose change requires restarting a running replica.
+    ///
+    /// An agent that finds a workload already running (after its own restart, or after a
+    /// partition heals) compares the hash recorded with the workload to the hash of the
+    /// current spec: equal means *adopt it*, different means *replace it*. So the hash covers
+    /// exactly what the running process or container was started with:
+    ///
+    /// - counted: `workload` (command/image, args, working dir), `env`, `ports` (container
+    ///   port mappings are fixed at start), `secrets` and `volumes` (which files and mounts
+    ///   exist at start), `resources` (limits are set at start);
+    /// - not counted: `name` (part of the replica id already), `mode` and `placement` (which
+    ///   replicas exist and where, not what they run), `health` and `restart` (the agent
+    ///   applies new ones to a running workload), `on_disconnect`, `update`,
+    ///   `stop_grace_period_ms` (used only when stopping) and `labels`.
+    ///
+    /// Ports, secrets and volumes are hashed in sorted order: reordering a list does not
+    /// change what runs. A secret's *content* changing is not a spec change and does not
+    /// affect the hash; the agent rewrites the file.
+    ///
+    /// The value is FNV-1a 64 over the postcard encoding, so it is the same on every machine
+    /// and every build, as long as the encoding of these types does not change. Changing it
+    /// changes every hash and makes agents restart everything after an upgrade: treat these
+    /// types as part of the wire format.
+    pub fn workload_hash(&self) -> u64 {
+        let mut ports: Vec<&PortSpec> = self.ports.iter().collect();
+        ports.sort();
+        let mut secrets: Vec<&SecretRef> = self.secrets.iter().collect();
+        secrets.sort();
+        let mut volumes: Vec<&VolumeMount> = self.volumes.iter().collect();
+        volumes.sort();
+        let input = WorkloadHashInput {
+            workload: &self.workload,
+            env: &self.env,
+            ports,
+            secrets,
+            volumes,
+            resources: &self.resources,
+        };
+        postcard::serialize_with_flavor(&input, Fnv1a64(FNV_OFFSET_BASIS))
+            .expect("postcard cannot fail on plain data with known lengths into an infallible sink")
+    }
+
+    /// How many replicas the spec asks for, or `None` for a global service.
+    pub fn replicas(&self) -> Option<u32> {
+        match self.mode {
+            ServiceMode::Replicated { replicas } => Some(replicas),
+            ServiceMode::Global => None,
+        }
+    }
+}
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// A postcard output "flavor" that hashes bytes instead of storing them.
+struct Fnv1a64(u64);
+
+impl postcard::ser_flavors::Flavor for Fnv1a64 {
+    type Output = u64;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<u64> {
+        Ok(self.0)
+    }
+}
+
+/// What to run: exactly one of a native process or a container image.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// A native process started by the agent.
+    Process(ProcessSpec),
+    /// A container image run through containerd.
+    Image(ImageSpec),
+}
+
+/// A native process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// argv: the program, then its arguments; never empty. Not run through a shell.
+    pub command: Vec<String>,
+    /// Working directory; `None` means the replica's own directory under the data dir.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+}
+
+/// A container image.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Image reference, e.g. `registry.example.com/app:1.2` or `app@sha256:…`.
+    pub reference: String,
+    /// Arguments appended to the image's entrypoint.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// How many replicas run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceMode {
+    /// A fixed number of replicas (0 is allowed: scaled down, not deleted).
+    Replicated {
+        /// At most [`crate::validate::MAX_REPLICAS`].
+        replicas: u32,
+    },
+    /// One replica on every node the placement allows.
+    Global,
+}
+
+impl Default for ServiceMode {
+    fn default() -> Self {
+        ServiceMode::Replicated { replicas: 1 }
+    }
+}
+
+/// Transport protocol of a port.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A port the workload listens on.
+///
+/// Text form `[NAME:]PORT[/PROTOCOL]`: `8080`, `8080/udp`, `http:8080/tcp`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Optional name (a DNS label), used for SRV records `_name._proto.service.warren.`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// 1..=65535.
+    pub port: u16,
+    /// TCP or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = &self.name {
+            write!(f, "{name}:")?;
+        }
+        write!(f, "{}/{}", self.port, self.protocol.as_str())
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: String| {
+            ValidationError::new(
+                "port",
+                format!("invalid port {s:?}: {why} (expected [NAME:]PORT[/tcp|/udp])"),
+            )
+        };
+        let (name, rest) = match s.split_once(':') {
+            Some((name, rest)) => {
+                validate_dns_label("name", name).map_err(|e| err(e.to_string()))?;
+                (Some(name.to_owned()), rest)
+            }
+            None => (None, s),
+        };
+        let (port, protocol) = match rest.split_once('/') {
+            Some((port, "tcp")) => (port, Protocol::Tcp),
+            Some((port, "udp")) => (port, Protocol::Udp),
+            Some((_, other)) => return Err(err(format!("unknown protocol {other:?}"))),
+            None => (rest, Protocol::Tcp),
+        };
+        let port = match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(err("port must be a number from 1 to 65535".to_owned())),
+            Ok(port) => port,
+        };
+        Ok(PortSpec {
+            name,
+            port,
+            protocol,
+        })
+    }
+}
+
+/// A health check run by the agent against each replica.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// What to probe.
+    pub probe: Probe,
+    /// Time between probes; at least 1 s.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// Time a probe may take; less than `interval_ms`.
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failures before the replica is unhealthy.
+    #[serde(default = "default_health_retries")]
+    pub retries: u32,
+    /// Grace after start during which failures do not count.
+    #[serde(default)]
+    pub start_period_ms: u64,
+}
+
+fn default_health_interval_ms() -> u64 {
+    HealthCheck::DEFAULT_INTERVAL_MS
+}
+fn default_health_timeout_ms() -> u64 {
+    HealthCheck::DEFAULT_TIMEOUT_MS
+}
+fn default_health_retries() -> u32 {
+    HealthCheck::DEFAULT_RETRIES
+}
+
+impl HealthCheck {
+    /// Default probe interval: 10 s.
+    pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
+    /// Default probe timeout: 5 s.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+    /// Default failures before unhealthy: 3.
+    pub const DEFAULT_RETRIES: u32 = 3;
+
+    /// A check with the defaults: every 10 s, 5 s timeout, 3 retries, no start period.
+    pub fn new(probe: Probe) -> Self {
+        HealthCheck {
+            probe,
+            interval_ms: Self::DEFAULT_INTERVAL_MS,
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            retries: Self::DEFAULT_RETRIES,
+            start_period_ms: 0,
+        }
+    }
+}
+
+/// What a health check probes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// `GET url` must answer 2xx or 3xx.
+    Http {
+        /// `http://` or `https://` URL, usually on 127.0.0.1.
+        url: String,
+    },
+    /// A TCP connect to the replica's port must succeed.
+    Tcp {
+        /// 1..=65535.
+        port: u16,
+    },
+    /// A command run next to the workload must exit 0.
+    Exec {
+        /// argv; not run through a shell.
+        command: Vec<String>,
+    },
+}
+
+/// When the agent restarts an exited workload. Restarts need no control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// Which exits trigger a restart.
+    pub condition: RestartCondition,
+    /// First backoff; doubled after each consecutive failure.
+    pub backoff_initial_ms: u64,
+    /// Backoff ceiling.
+    pub backoff_max_ms: u64,
+    /// Give up after this many consecutive restarts; `None` means never give up.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RestartPolicy {
+    /// Always restart, backing off from 1 s to 60 s, forever.
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::Always,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 60_000,
+            max_attempts: None,
+        }
+    }
+}
+
+/// Which exits trigger a restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartCondition {
+    /// Any exit.
+    #[default]
+    Always,
+    /// A non-zero exit or death by signal.
+    OnFailure,
+    /// Never; a finished workload stays `completed` or `failed`.
+    Never,
+}
+
+impl RestartCondition {
+    /// `always`, `on-failure` or `never`, as the CLI spells them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartCondition::Always => "always",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::Never => "never",
+        }
+    }
+}
+
+impl FromStr for RestartCondition {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(RestartCondition::Always),
+            "on-failure" | "on_failure" => Ok(RestartCondition::OnFailure),
+            "never" => Ok(RestartCondition::Never),
+            _ => Err(ValidationError::new(
+                "restart",
+                format!("unknown restart condition {s:?} (expected always, on-failure or never)"),
+            )),
+        }
+    }
+}
+
+/// What control does with a replica whose node becomes unreachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    /// Leave it where it is; the cut-off agent keeps running it. The right choice for
+    /// workloads tied to their box (sensors, local caches).
+    #[default]
+    Keep,
+    /// Start a replacement elsewhere once the node has been unreachable for `after_ms`. The
+    /// stale copy is stopped when the node comes back.
+    Reschedule {
+        /// How long to wait, at least 1 s.
+        after_ms: u64,
+    },
+}
+
+impl fmt::Display for OnDisconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnDisconnect::Keep => f.write_str("keep"),
+            OnDisconnect::Reschedule { after_ms } => {
+                write!(f, "reschedule={}", format_duration_ms(*after_ms))
+            }
+        }
+    }
+}
+
+impl FromStr for OnDisconnect {
+    type Err = ValidationError;
+
+    /// Parses `keep` or `reschedule=DURATION` (`reschedule=5m`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "keep" {
+            return Ok(OnDisconnect::Keep);
+        }
+        match s.strip_prefix("reschedule=") {
+            Some(duration) => parse_duration_ms(duration)
+                .map(|after_ms| OnDisconnect::Reschedule { after_ms })
+                .map_err(|e| ValidationError::new("on_disconnect", e.message)),
+            None => Err(ValidationError::new(
+                "on_disconnect",
+                format!("expected keep or reschedule=DURATION (like reschedule=5m), got {s:?}"),
+            )),
+        }
+    }
+}
+
+/// A secret exposed to the workload as the file `<secrets dir>/<target>` on tmpfs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// The secret's name (a DNS label).
+    pub name: String,
+    /// File name under the secrets directory; a plain name, no `/`.
+    pub target: String,
+}
+
+impl SecretRef {
+    /// A reference whose file is named after the secret.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        SecretRef {
+            target: name.clone(),
+            name,
+        }
+    }
+}
+
+/// A volume made available to the workload under the name `target`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The volume's name (a DNS label).
+    pub volume: String,
+    /// Directory name under the replica's volumes directory; a plain name, no `/`.
+    pub target: String,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Resource limits; `None` means unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit in bytes, at least 1 MiB.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in thousandths of a core (1000 = one core).
+    pub cpu_millis: Option<u32>,
+}
+
+/// How a spec change rolls out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Replicas replaced at a time; at least 1.
+    pub parallelism: u32,
+    /// Pause between batches.
+    pub delay_ms: u64,
+}
+
+impl Default for UpdateConfig {
+    /// One replica at a time, no pause.
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ServiceSpec {
+        let mut spec = ServiceSpec::new(
+            ServiceName::new("web").unwrap(),
+            Workload::Process(ProcessSpec {
+                command: vec!["/bin/web".to_owned(), "--port=8080".to_owned()],
+                working_dir: None,
+            }),
+        );
+        spec.env.insert("MODE".to_owned(), "prod".to_owned());
+        spec.ports = vec!["http:8080".parse().unwrap(), "53/udp".parse().unwrap()];
+        spec
+    }
+
+    /// A named change to a spec.
+    type Edit = (&'static str, fn(&mut ServiceSpec));
+
+    #[test]
+    fn workload_hash_ignores_non_workload_fields() {
+        let base = spec();
+        let hash = base.workload_hash();
+        let edits: Vec<Edit> = vec![
+            ("replicas", |s| {
+                s.mode = ServiceMode::Replicated { replicas: 7 }
+            }),
+            ("global", |s| s.mode = ServiceMode::Global),
+            ("placement", |s| s.placement.sites.push("edge-a".to_owned())),
+            ("update", |s| s.update.parallelism = 3),
+            ("labels", |s| {
+                s.labels.insert("team".to_owned(), "x".to_owned());
+            }),
+            ("health", |s| {
+                s.health = Some(HealthCheck::new(Probe::Tcp { port: 8080 }))
+            }),
+            ("restart", |s| s.restart.condition = RestartCondition::Never),
+            ("on_disconnect", |s| {
+                s.on_disconnect = OnDisconnect::Reschedule { after_ms: 60_000 }
+            }),
+            ("stop_grace", |s| s.stop_grace_period_ms = 1),
+            ("port order", |s| s.ports.reverse()),
+        ];
+        for (what, edit) in edits {
+            let mut changed = base.clone();
+            edit(&mut changed);
+            assert_eq!(
+                changed.workload_hash(),
+                hash,
+                "{what} must not change the hash"
+            );
+        }
+    }
+
+    #[test]
+    fn workload_hash_tracks_workload_fields() {
+        let base = spec();
+        let hash = base.workload_hash();
+        let edits: Vec<Edit> = vec![
+            ("env value", |s| {
+                s.env.insert("MODE".to_owned(), "dev".to_owned());
+            }),
+            ("env added", |s| {
+                s.env.insert("X".to_owned(), String::new());
+            }),
+            ("command", |s| {
+                s.workload = Workload::Process(ProcessSpec {
+                    command: vec!["/bin/web".to_owned()],
+                    working_dir: None,
+                })
+            }),
+            ("image", |s| {
+                s.workload = Workload::Image(ImageSpec {
+                    reference: "web:1".to_owned(),
+                    args: vec![],
+                })
+            }),
+            ("ports", |s| s.ports[0].port = 8081),
+            ("secrets", |s| s.secrets.push(SecretRef::new("db"))),
+            ("volumes", |s| {
+                s.volumes.push(VolumeMount {
+                    volume: "data".to_owned(),
+                    target: "data".to_owned(),
+                    read_only: false,
+                })
+            }),
+            ("resources", |s| s.resources.memory_bytes = Some(1 << 30)),
+        ];
+        for (what, edit) in edits {
+            let mut changed = base.clone();
+            edit(&mut changed);
+            assert_ne!(changed.workload_hash(), hash, "{what} must change the hash");
+        }
+    }
+
+    #[test]
+    fn workload_hash_is_stable() {
+        // Pinned: if this changes, every agent restarts every workload after an upgrade.
+        // Change it only on purpose, and say so in the release notes.
+        assert_eq!(spec().workload_hash(), 0xcf30_a624_5a8b_335a);
+    }
+
+    #[test]
+    fn fnv1a64_known_vectors() {
+        use postcard::ser_flavors::Flavor;
+        let hash = |bytes: &[u8]| {
+            let mut fnv = Fnv1a64(FNV_OFFSET_BASIS);
+            for byte in bytes {
+                fnv.try_push(*byte).unwrap();
+            }
+            fnv.finalize().unwrap()
+        };
+        assert_eq!(hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    fn check_port(input: &str, expected: Result<&str, &str>) {
+        match (input.parse::<PortSpec>(), expected) {
+            (Ok(port), Ok(want)) => assert_eq!(port.to_string(), want, "{input}"),
+            (Err(e), Err(want)) => assert_eq!(e.to_string(), want, "{input}"),
+            (got, want) => panic!("{input}: got {got:?}, expected {want:?}"),
+        }
+    }
+
+    #[test]
+    fn port_parse_table() {
+        check_port("8080", Ok("8080/tcp"));
+        check_port("8080/udp", Ok("8080/udp"));
+        check_port("http:8080/tcp", Ok("http:8080/tcp"));
+        check_port("dns:53/udp", Ok("dns:53/udp"));
+        check_port("65535", Ok("65535/tcp"));
+        check_port(
+            "0",
+            Err(
+                r#"port: invalid port "0": port must be a number from 1 to 65535 (expected [NAME:]PORT[/tcp|/udp])"#,
+            ),
+        );
+        check_port(
+            "65536",
+            Err(
+                r#"port: invalid port "65536": port must be a number from 1 to 65535 (expected [NAME:]PORT[/tcp|/udp])"#,
+            ),
+        );
+        check_port(
+            "8080/sctp",
+            Err(
+                r#"port: invalid port "8080/sctp": unknown protocol "sctp" (expected [NAME:]PORT[/tcp|/udp])"#,
+            ),
+        );
+        check_port(
+            "HTTP:80",
+            Err(
+                r#"port: invalid port "HTTP:80": name: may contain only lowercase letters, digits and '-' (found 'H') (expected [NAME:]PORT[/tcp|/udp])"#,
+            ),
+        );
+        check_port(
+            ":80",
+            Err(
+                r#"port: invalid port ":80": name: must be 1 to 63 characters, got 0 (expected [NAME:]PORT[/tcp|/udp])"#,
+            ),
+        );
+        check_port(
+            "web",
+            Err(
+                r#"port: invalid port "web": port must be a number from 1 to 65535 (expected [NAME:]PORT[/tcp|/udp])"#,
+            ),
+        );
+    }
+
+    #[test]
+    fn on_disconnect_parse() {
+        assert_eq!("keep".parse::<OnDisconnect>().unwrap(), OnDisconnect::Keep);
+        let five_min = OnDisconnect::Reschedule { after_ms: 300_000 };
+        assert_eq!("reschedule=5m".parse::<OnDisconnect>().unwrap(), five_min);
+        assert_eq!(five_min.to_string(), "reschedule=5m");
+        assert_eq!(
+            "reschedule=5"
+                .parse::<OnDisconnect>()
+                .unwrap_err()
+                .to_string(),
+            r#"on_disconnect: invalid duration "5": missing unit (ms, s, m, h or d)"#
+        );
+        assert_eq!(
+            "move".parse::<OnDisconnect>().unwrap_err().to_string(),
+            r#"on_disconnect: expected keep or reschedule=DURATION (like reschedule=5m), got "move""#
+        );
+    }
+
+    #[test]
+    fn restart_condition_parse() {
+        for c in [
+            RestartCondition::Always,
+            RestartCondition::OnFailure,
+            RestartCondition::Never,
+        ] {
+            assert_eq!(c.as_str().parse::<RestartCondition>().unwrap(), c);
+        }
+        assert!("sometimes".parse::<RestartCondition>().is_err());
+    }
+
+    #[test]
+    fn json_defaults() {
+        let spec: ServiceSpec =
+            serde_json::from_str(r#"{"name":"web","workload":{"image":{"reference":"nginx:1"}}}"#)
+                .unwrap();
+        assert_eq!(
+            spec,
+            ServiceSpec::new(
+                ServiceName::new("web").unwrap(),
+                Workload::Image(ImageSpec {
+                    reference: "nginx:1".to_owned(),
+                    args: vec![]
+                })
+            )
+        );
+        let err = serde_json::from_str::<ServiceSpec>(
+            r#"{"name":"web","workload":{"image":{"reference":"nginx:1"}},"replica":3}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `replica`"), "{err}");
+    }
+}

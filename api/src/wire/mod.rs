@@ -1,0 +1,255 @@
+//! Wire messages between agents and the control plane, and the postcard codec for them.
+//!
+//! One QUIC stream per agent carries [`AgentToControl`] up and [`ControlToAgent`] down
+//! (DESIGN.md §3, Push and Status). `transport` frames each message with a length prefix; this
+//! module turns a message into the frame's bytes and back with [`encode`] and [`decode`].
+//!
+//! # Compatibility
+//! Postcard is not self-describing: fields are encoded by position and enum variants by index.
+//! So within one [`WIRE_VERSION`], types may only gain enum variants *at the end*; any other
+//! change (a field added, removed or reordered, a variant reordered) bumps the version. The
+//! agent says its version in [`AgentHello`]; control refuses versions it cannot speak with
+//! [`RefusalReason::WireVersion`]. The same rules apply to the agent's on-disk cache, which
+//! stores these types.
+
+mod view;
+
+pub use view::{ApplyError, NodeView, PeerInfo, ServiceEndpoint, ViewChange, ViewDelta};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::event::Event;
+use crate::ids::{NodeId, Revision};
+use crate::replica::ReplicaStatus;
+
+/// Version of the messages in this module. Bumped on any incompatible change.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Largest encoded message, in bytes. Both [`encode`] and [`decode`] enforce it; `transport`
+/// enforces it on frame lengths before reading a frame.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most events an agent puts in one [`StatusReport`]; a larger backlog goes in several
+/// reports, and what the agent had to drop is counted in `events_dropped`.
+pub const MAX_EVENTS_PER_REPORT: usize = 1024;
+
+/// Encodes a message with postcard.
+///
+/// # Errors
+/// [`EncodeError::TooLarge`] when the encoding exceeds [`MAX_MESSAGE_BYTES`];
+/// [`EncodeError::Serialize`] if serde refuses the value (not expected for this crate's
+/// types).
+pub fn encode<T: Serialize + ?Sized>(message: &T) -> Result<Vec<u8>, EncodeError> {
+    let bytes =
+        postcard::to_allocvec(message).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(EncodeError::TooLarge {
+            size: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes one whole message. Never panics, whatever the bytes.
+///
+/// # Errors
+/// [`DecodeError::TooLarge`] for input over [`MAX_MESSAGE_BYTES`] (checked before decoding),
+/// [`DecodeError::Truncated`] when the input ends mid-message, [`DecodeError::TrailingBytes`]
+/// when bytes follow a complete message, and [`DecodeError::Invalid`] for anything else that
+/// is not a valid `T` (bad enum tag, bad UTF-8, a name that fails validation, …).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    let (message, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => DecodeError::Truncated,
+        other => DecodeError::Invalid(other.to_string()),
+    })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes { count: rest.len() });
+    }
+    Ok(message)
+}
+
+/// Why a message could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoding is over the size limit; the sender must split or shrink it.
+    #[error("message too large: {size} bytes, limit {max}")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit, [`MAX_MESSAGE_BYTES`].
+        max: usize,
+    },
+    /// Serde refused the value.
+    #[error("cannot encode message: {0}")]
+    Serialize(String),
+}
+
+/// Why bytes could not be decoded into a message. The peer sent garbage, or speaks another
+/// version: log it once, count it by [`kind`](DecodeError::kind), drop the connection.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Input over the size limit; not decoded at all.
+    #[error("message too large: {size} bytes, limit {max}")]
+    TooLarge {
+        /// Input size.
+        size: usize,
+        /// The limit, [`MAX_MESSAGE_BYTES`].
+        max: usize,
+    },
+    /// The input ended before the message did.
+    #[error("message truncated")]
+    Truncated,
+    /// Bytes remained after a complete message.
+    #[error("{count} trailing bytes after message")]
+    TrailingBytes {
+        /// How many.
+        count: usize,
+    },
+    /// The bytes are not a valid message of the expected type.
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+impl DecodeError {
+    /// A fixed label for metrics: `too_large`, `truncated`, `trailing_bytes` or `invalid`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Truncated => "truncated",
+            DecodeError::TrailingBytes { .. } => "trailing_bytes",
+            DecodeError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Messages from an agent to the control node it is connected to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentToControl {
+    /// First message on every connection.
+    Hello(AgentHello),
+    /// The agent has durably cached the view at `revision`.
+    Ack {
+        /// The revision now on the agent's disk.
+        revision: Revision,
+    },
+    /// Actual state of the agent's replicas, and events since the last report.
+    Status(StatusReport),
+}
+
+/// An agent introducing itself on a new connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AgentHello {
+    /// The agent's [`WIRE_VERSION`].
+    pub wire_version: u16,
+    /// Must match the node id in the agent's certificate.
+    pub node_id: NodeId,
+    /// The revision of the agent's cached view ([`Revision::ZERO`] when it has none); control
+    /// answers with the delta since then, or a snapshot.
+    pub last_revision: Revision,
+    /// Cluster id of the cached view, if any. A cache from another cluster must not be
+    /// resumed from: control then sends a snapshot.
+    pub cache_cluster_id: Option<[u8; 32]>,
+    /// The agent's software version, for `warren node ls` and upgrade planning.
+    pub agent_version: String,
+}
+
+/// An agent's report of actual state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    /// The reporting node.
+    pub node_id: NodeId,
+    /// The view revision the agent was reconciling towards when it made the report.
+    pub revision: Revision,
+    /// Every replica the agent knows about, including ones it found running and adopted.
+    pub replicas: Vec<ReplicaStatus>,
+    /// Events since the previous report, oldest first, at most [`MAX_EVENTS_PER_REPORT`].
+    pub events: Vec<Event>,
+    /// Events the agent dropped from its bounded buffer since the previous report.
+    pub events_dropped: u64,
+}
+
+/// Messages from control to an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlToAgent {
+    /// The node's whole view; replaces whatever the agent had. Boxed because it is much
+    /// larger than the other variants.
+    Snapshot(Box<NodeView>),
+    /// Changes from the agent's revision to a later one; see [`NodeView::apply`].
+    Delta(ViewDelta),
+    /// The connection is refused; control closes it after this message.
+    Refused(Refusal),
+    /// Nothing changed; the view is still at `revision`. Keeps the stream and the link-state
+    /// detector alive.
+    Heartbeat {
+        /// Control's latest revision for this node's view.
+        revision: Revision,
+    },
+}
+
+/// Why control refused an agent, and a line for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Refusal {
+    /// What the agent should do depends on this.
+    pub reason: RefusalReason,
+    /// One line for the agent's log.
+    pub message: String,
+}
+
+/// Why control refused an agent. New reasons are added at the end only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The node was removed (`warren node rm`). The agent stops its workloads, wipes its
+    /// secrets and exits; it does not retry.
+    NodeRemoved,
+    /// Control cannot speak the agent's wire version. The agent keeps its workloads and
+    /// retries slowly; an upgrade fixes it.
+    WireVersion {
+        /// The version control speaks.
+        supported: u16,
+    },
+    /// The node id is not in the registry (for example a cache restored onto a new cluster).
+    /// The agent keeps its workloads and retries slowly.
+    NotRegistered,
+    /// The hello's node id differs from the certificate's. A bug or an attack; the agent
+    /// retries slowly.
+    NodeIdMismatch,
+    /// This control node sheds load; the agent tries another control node (or this one after
+    /// `retry_after_ms`).
+    Overloaded {
+        /// Suggested wait before retrying this node.
+        retry_after_ms: u64,
+    },
+}
+
+impl RefusalReason {
+    /// A fixed label for logs and metrics: `node_removed`, `wire_version`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::NodeRemoved => "node_removed",
+            RefusalReason::WireVersion { .. } => "wire_version",
+            RefusalReason::NotRegistered => "not_registered",
+            RefusalReason::NodeIdMismatch => "node_id_mismatch",
+            RefusalReason::Overloaded { .. } => "overloaded",
+        }
+    }
+
+    /// Whether the agent must stop for good: stop workloads, wipe secrets, never retry.
+    /// Only removal is permanent; every other refusal leaves workloads running.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, RefusalReason::NodeRemoved)
+    }
+}
+
+#[cfg(test)]
+mod tests;

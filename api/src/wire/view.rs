@@ -1,0 +1,285 @@
+//! A node's view of the desired state, and the deltas that move it from one revision to the
+//! next.
+//!
+//! Control sends an agent either a whole [`NodeView`] or a [`ViewDelta`]; the agent applies
+//! deltas with [`NodeView::apply`], a pure function, then persists and acks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, ReplicaId, Revision, ServiceName};
+use crate::node::Node;
+use crate::replica::Replica;
+use crate::secret::SealedBlob;
+use crate::service::{PortSpec, Service};
+
+/// Everything one node needs to run its share of the cluster while cut off.
+///
+/// `replicas` is kept sorted by id, with unique ids; [`NodeView::apply`] maintains that, and
+/// control builds snapshots that way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The revision this view reflects.
+    pub revision: Revision,
+    /// The cluster this view belongs to; never changes.
+    pub cluster_id: [u8; 32],
+    /// The node's own registry entry.
+    pub node: Node,
+    /// Specs of the services this node runs replicas of.
+    pub services: BTreeMap<ServiceName, Service>,
+    /// This node's placements.
+    pub replicas: Vec<Replica>,
+    /// Secrets the node's replicas reference, sealed for this node, by name.
+    pub secrets: BTreeMap<String, SealedBlob>,
+    /// Every service endpoint in the cluster, for DNS.
+    pub catalogue: Vec<ServiceEndpoint>,
+    /// QUIC addresses of the control nodes, so the agent can fail over.
+    pub control_addrs: Vec<String>,
+    /// Mesh peers (other nodes) for WireGuard.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// One replica's address in the service catalogue.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceEndpoint {
+    /// The service.
+    pub service: ServiceName,
+    /// The replica behind this endpoint.
+    pub replica: ReplicaId,
+    /// The node it runs on.
+    pub node: NodeId,
+    /// IP address to reach it at (the node's overlay address).
+    pub address: String,
+    /// Ports it serves.
+    pub ports: Vec<PortSpec>,
+}
+
+/// Another node, as the mesh needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its id.
+    pub node_id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// Its WireGuard overlay address, once assigned.
+    pub overlay_ip: Option<String>,
+    /// Its WireGuard public key, once registered. Authoritative: gossip hints are checked
+    /// against this.
+    pub wg_public_key: Option<[u8; 32]>,
+    /// UDP endpoints (`host:port`) it may be reached at.
+    pub endpoints: Vec<String>,
+}
+
+/// Changes from revision `from` to revision `to` of one node's view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDelta {
+    /// The revision the delta applies to.
+    pub from: Revision,
+    /// The revision after it; greater than `from`.
+    pub to: Revision,
+    /// Applied in order.
+    pub changes: Vec<ViewChange>,
+}
+
+/// One change to a [`NodeView`]. New kinds are added at the end only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewChange {
+    /// Add or replace a service (keyed by its spec's name).
+    UpsertService(Service),
+    /// Remove a service; nothing happens if it is absent.
+    RemoveService(ServiceName),
+    /// Add or replace a replica (keyed by its id).
+    UpsertReplica(Replica),
+    /// Remove a replica; nothing happens if it is absent.
+    RemoveReplica(ReplicaId),
+    /// Add or replace a sealed secret.
+    UpsertSecret(String, SealedBlob),
+    /// Remove a secret; nothing happens if it is absent.
+    RemoveSecret(String),
+    /// Replace the service catalogue.
+    SetCatalogue(Vec<ServiceEndpoint>),
+    /// Replace the peer list.
+    SetPeers(Vec<PeerInfo>),
+    /// Replace the control addresses.
+    SetControlAddrs(Vec<String>),
+    /// Replace the node's own registry entry (same node id).
+    SetNode(Node),
+}
+
+/// Why a delta was not applied. The view is unchanged in every case.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The delta starts from another revision. The agent missed or repeated something: it
+    /// reconnects with its revision and gets a fresh delta or a snapshot.
+    #[error("delta from revision {from} does not apply to view at revision {current}")]
+    WrongBase {
+        /// The view's revision.
+        current: Revision,
+        /// The delta's `from`.
+        from: Revision,
+    },
+    /// The delta does not move forward (`to <= from`). Revisions never go back.
+    #[error("delta from revision {from} to {to} does not move forward")]
+    NotForward {
+        /// The delta's `from`.
+        from: Revision,
+        /// The delta's `to`.
+        to: Revision,
+    },
+    /// A `SetNode` for a different node than the view's.
+    #[error("delta sets node {got} in the view of node {expected}")]
+    NodeMismatch {
+        /// The view's node.
+        expected: NodeId,
+        /// The node in the delta.
+        got: NodeId,
+    },
+}
+
+impl ApplyError {
+    /// A fixed label for metrics: `wrong_base`, `not_forward` or `node_mismatch`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApplyError::WrongBase { .. } => "wrong_base",
+            ApplyError::NotForward { .. } => "not_forward",
+            ApplyError::NodeMismatch { .. } => "node_mismatch",
+        }
+    }
+}
+
+impl NodeView {
+    /// Applies `delta`, all of it or nothing, and moves the view to `delta.to`.
+    ///
+    /// # Errors
+    /// [`ApplyError::WrongBase`] when `delta.from` is not the view's revision,
+    /// [`ApplyError::NotForward`] when `delta.to <= delta.from`, and
+    /// [`ApplyError::NodeMismatch`] when a change replaces the node with another node. The
+    /// view is left unchanged.
+    pub fn apply(&mut self, delta: &ViewDelta) -> Result<(), ApplyError> {
+        if delta.from != self.revision {
+            return Err(ApplyError::WrongBase {
+                current: self.revision,
+                from: delta.from,
+            });
+        }
+        if delta.to <= delta.from {
+            return Err(ApplyError::NotForward {
+                from: delta.from,
+                to: delta.to,
+            });
+        }
+        // Check everything before changing anything, so a refused delta leaves no trace.
+        for change in &delta.changes {
+            if let ViewChange::SetNode(node) = change {
+                if node.id != self.node.id {
+                    return Err(ApplyError::NodeMismatch {
+                        expected: self.node.id,
+                        got: node.id,
+                    });
+                }
+            }
+        }
+        for change in &delta.changes {
+            self.apply_change(change);
+        }
+        self.replicas.sort_by(|a, b| a.id.cmp(&b.id));
+        self.revision = delta.to;
+        Ok(())
+    }
+
+    fn apply_change(&mut self, change: &ViewChange) {
+        match change {
+            ViewChange::UpsertService(service) => {
+                self.services
+                    .insert(service.spec.name.clone(), service.clone());
+            }
+            ViewChange::RemoveService(name) => {
+                self.services.remove(name);
+            }
+            ViewChange::UpsertReplica(replica) => {
+                match self.replicas.iter_mut().find(|r| r.id == replica.id) {
+                    Some(existing) => *existing = replica.clone(),
+                    None => self.replicas.push(replica.clone()),
+                }
+            }
+            ViewChange::RemoveReplica(id) => self.replicas.retain(|r| r.id != *id),
+            ViewChange::UpsertSecret(name, blob) => {
+                self.secrets.insert(name.clone(), blob.clone());
+            }
+            ViewChange::RemoveSecret(name) => {
+                self.secrets.remove(name);
+            }
+            ViewChange::SetCatalogue(catalogue) => self.catalogue.clone_from(catalogue),
+            ViewChange::SetPeers(peers) => self.peers.clone_from(peers),
+            ViewChange::SetControlAddrs(addrs) => self.control_addrs.clone_from(addrs),
+            ViewChange::SetNode(node) => self.node.clone_from(node),
+        }
+    }
+
+    /// The delta that turns this view into `target`: `self.apply(&self.diff(target))` makes
+    /// `self == target`, provided `target` is at a later revision, has the same node id and
+    /// cluster id, and keeps its replicas sorted by id.
+    pub fn diff(&self, target: &NodeView) -> ViewDelta {
+        let mut changes = Vec::new();
+        if self.node != target.node {
+            changes.push(ViewChange::SetNode(target.node.clone()));
+        }
+        for (name, service) in &target.services {
+            if self.services.get(name) != Some(service) {
+                changes.push(ViewChange::UpsertService(service.clone()));
+            }
+        }
+        for name in self.services.keys() {
+            if !target.services.contains_key(name) {
+                changes.push(ViewChange::RemoveService(name.clone()));
+            }
+        }
+        let current: BTreeMap<&ReplicaId, &Replica> =
+            self.replicas.iter().map(|r| (&r.id, r)).collect();
+        let wanted: BTreeMap<&ReplicaId, &Replica> =
+            target.replicas.iter().map(|r| (&r.id, r)).collect();
+        for (id, replica) in &wanted {
+            if current.get(id) != Some(replica) {
+                changes.push(ViewChange::UpsertReplica((*replica).clone()));
+            }
+        }
+        for id in current.keys() {
+            if !wanted.contains_key(id) {
+                changes.push(ViewChange::RemoveReplica((*id).clone()));
+            }
+        }
+        for (name, blob) in &target.secrets {
+            if self.secrets.get(name) != Some(blob) {
+                changes.push(ViewChange::UpsertSecret(name.clone(), blob.clone()));
+            }
+        }
+        for name in self.secrets.keys() {
+            if !target.secrets.contains_key(name) {
+                changes.push(ViewChange::RemoveSecret(name.clone()));
+            }
+        }
+        if self.catalogue != target.catalogue {
+            changes.push(ViewChange::SetCatalogue(target.catalogue.clone()));
+        }
+        if self.peers != target.peers {
+            changes.push(ViewChange::SetPeers(target.peers.clone()));
+        }
+        if self.control_addrs != target.control_addrs {
+            changes.push(ViewChange::SetControlAddrs(target.control_addrs.clone()));
+        }
+        ViewDelta {
+            from: self.revision,
+            to: target.revision,
+            changes,
+        }
+    }
+
+    /// The replica with this id, if the node holds it.
+    pub fn replica(&self, id: &ReplicaId) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.id == *id)
+    }
+}
