@@ -1,0 +1,591 @@
+//! The cluster certificate authority and node credentials.
+//!
+//! The CA is created once, at `control init`; its certificate's SHA-256 is the cluster's
+//! fingerprint (pinned in join tokens). Its private key only touches disk sealed with
+//! AES-256-GCM under a [`SealKey`] kept in a separate file (the Docker Swarm "unlock key" model:
+//! moving the key file off the box locks the CA).
+//!
+//! Certificates are issued from CSRs: a joining node generates its key pair locally and only its
+//! public key travels. The CA never takes names or roles from the CSR; it writes the subject it
+//! decided on (see [`crate::identity`]).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use warren_api::NodeId;
+
+use crate::fsutil::{to_pem, write_atomic};
+use crate::identity::{
+    CONTROL_SERVER_NAME, CertRole, IdentityError, PeerIdentity, admin_uri, fingerprint, node_uri,
+    parse_identity,
+};
+use crate::seal::{SealError, SealKey, open, seal};
+
+/// Default lifetime of the cluster CA certificate.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Default lifetime of node and admin certificates (Docker Swarm's default is 90 days).
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Certificates start this long before "now" so that small clock skew between boxes does not
+/// make a fresh certificate "not yet valid".
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(10 * 60);
+
+const CA_KEY_PURPOSE: &str = "warren ca key v1";
+const CA_CERT_FILE: &str = "ca.crt";
+const CA_KEY_FILE: &str = "ca.key.sealed";
+const NODE_CERT_FILE: &str = "node.crt";
+const NODE_KEY_FILE: &str = "node.key";
+
+/// Why a CA or credential operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// rcgen refused to build or sign a certificate.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The CSR does not parse or its signature is wrong.
+    #[error("invalid certificate signing request: {0}")]
+    BadCsr(rcgen::Error),
+    /// The sealed CA key could not be opened.
+    #[error("cannot open sealed CA key: {0}")]
+    Seal(#[from] SealError),
+    /// A PEM or DER file does not hold what it should.
+    #[error("invalid {what}: {detail}")]
+    BadFile {
+        /// Which file or object.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The certificate carries no usable identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Reading or writing a file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CaError + 'a {
+    move |source| CaError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The window in which a certificate is valid, in unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// First valid second.
+    pub not_before_unix: i64,
+    /// Last valid second.
+    pub not_after_unix: i64,
+}
+
+impl Validity {
+    /// Valid from a little before `now_unix` (see [`CLOCK_SKEW_ALLOWANCE`]) for `lifetime`.
+    pub fn starting_at(now_unix: i64, lifetime: Duration) -> Self {
+        let skew = CLOCK_SKEW_ALLOWANCE.as_secs() as i64;
+        Self {
+            not_before_unix: now_unix - skew,
+            not_after_unix: now_unix.saturating_add(lifetime.as_secs() as i64),
+        }
+    }
+
+    fn apply(&self, params: &mut CertificateParams) -> Result<(), CaError> {
+        let bad = |e: time::error::ComponentRange| CaError::BadFile {
+            what: "validity",
+            detail: e.to_string(),
+        };
+        params.not_before =
+            time::OffsetDateTime::from_unix_timestamp(self.not_before_unix).map_err(bad)?;
+        params.not_after =
+            time::OffsetDateTime::from_unix_timestamp(self.not_after_unix).map_err(bad)?;
+        Ok(())
+    }
+}
+
+/// Who a certificate is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertSubject {
+    /// A control or agent node.
+    Node {
+        /// The node's id.
+        node_id: NodeId,
+        /// Control or agent.
+        role: CertRole,
+    },
+    /// An operator with admin rights.
+    Admin {
+        /// A short name for audit logs.
+        name: String,
+    },
+}
+
+/// The unix time now, in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The unix time now, in milliseconds.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random positive 128-bit serial number.
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the OS random source is available");
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+/// The cluster certificate authority: its certificate and signing key.
+pub struct ClusterCa {
+    cert_der: CertificateDer<'static>,
+    key: KeyPair,
+    fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field(
+                "fingerprint",
+                &data_encoding::HEXLOWER.encode(&self.fingerprint),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// Creates a new CA named after the cluster.
+    ///
+    /// # Errors
+    /// [`CaError::Generate`] if key generation or signing fails.
+    pub fn generate(cluster_name: &str, validity: Validity) -> Result<Self, CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        // A random suffix keeps two clusters of the same name apart: a certificate from the
+        // other one then fails as "unknown issuer", not as a confusing bad signature.
+        let suffix: [u8; 4] = random_serial().to_bytes()[..4]
+            .try_into()
+            .expect("serial has 16 bytes");
+        let suffix = data_encoding::HEXLOWER.encode(&suffix);
+        dn.push(
+            DnType::CommonName,
+            format!("warren cluster CA {cluster_name} {suffix}"),
+        );
+        dn.push(DnType::OrganizationName, "warren");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        validity.apply(&mut params)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self::from_parts(cert.der().clone(), key))
+    }
+
+    fn from_parts(cert_der: CertificateDer<'static>, key: KeyPair) -> Self {
+        let fingerprint = fingerprint(&cert_der);
+        Self {
+            cert_der,
+            key,
+            fingerprint,
+        }
+    }
+
+    /// The CA certificate (DER).
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// SHA-256 of the CA certificate: pinned in join tokens, and the cluster id.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// Issues a certificate for a public key the caller already trusts to belong to `subject`.
+    fn issue_for_key(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        subject: &CertSubject,
+        validity: Validity,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        let (uri, role) = match subject {
+            CertSubject::Node { node_id, role } => (node_uri(*role, *node_id), *role),
+            CertSubject::Admin { name } => (admin_uri(name), CertRole::Admin),
+        };
+        dn.push(DnType::CommonName, uri.clone());
+        dn.push(DnType::OrganizationName, "warren");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(uri)?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if role == CertRole::Control {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(Ia5String::try_from(CONTROL_SERVER_NAME)?));
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity.apply(&mut params)?;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
+        Ok(params.signed_by(public_key, &issuer)?.der().clone())
+    }
+
+    /// Issues a certificate for the public key in `csr_der`. Only the key is taken from the CSR
+    /// (after its self-signature is checked); names and roles come from `subject`.
+    ///
+    /// # Errors
+    /// [`CaError::BadCsr`] for a malformed or badly signed CSR.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        subject: &CertSubject,
+        validity: Validity,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(CaError::BadCsr)?;
+        self.issue_for_key(&csr.public_key, subject, validity)
+    }
+
+    /// Generates a key pair here and issues a certificate for it (for the CA's own control node,
+    /// admin certificates and tests; remote nodes use [`Self::sign_csr`]).
+    ///
+    /// # Errors
+    /// [`CaError::Generate`] if generation or signing fails.
+    pub fn issue_credentials(
+        &self,
+        subject: &CertSubject,
+        validity: Validity,
+    ) -> Result<Credentials, CaError> {
+        let key = KeyPair::generate()?;
+        let cert = self.issue_for_key(&key, subject, validity)?;
+        Credentials::new(cert, key.serialize_der(), self.cert_der.clone())
+    }
+
+    /// Writes `ca.crt` (plain) and `ca.key.sealed` (AES-256-GCM under `seal_key`) into `dir`.
+    ///
+    /// # Errors
+    /// [`CaError::Io`] when a file cannot be written.
+    pub fn save(&self, dir: &Path, seal_key: &SealKey) -> Result<(), CaError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        write_atomic(
+            &cert_path,
+            to_pem("CERTIFICATE", &self.cert_der).as_bytes(),
+            0o644,
+        )
+        .map_err(io_err("write", &cert_path))?;
+        let key_path = dir.join(CA_KEY_FILE);
+        let sealed = seal(seal_key, CA_KEY_PURPOSE, &self.key.serialize_der());
+        write_atomic(&key_path, &sealed, 0o600).map_err(io_err("write", &key_path))
+    }
+
+    /// Loads a CA saved by [`Self::save`].
+    ///
+    /// # Errors
+    /// [`CaError::Seal`] for a wrong key or a tampered file, [`CaError::BadFile`] when the key
+    /// does not belong to the certificate, [`CaError::Io`] when a file is missing.
+    pub fn load(dir: &Path, seal_key: &SealKey) -> Result<Self, CaError> {
+        let cert_der = read_cert_pem(&dir.join(CA_CERT_FILE))?;
+        let key_path = dir.join(CA_KEY_FILE);
+        let sealed = fs::read(&key_path).map_err(io_err("read", &key_path))?;
+        let key_der = open(seal_key, CA_KEY_PURPOSE, &sealed)?;
+        let key = key_pair_from_der(&key_der)?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| CaError::BadFile {
+                what: "CA certificate",
+                detail: e.to_string(),
+            })?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::BadFile {
+                what: "CA key",
+                detail: "the sealed key does not belong to ca.crt".into(),
+            });
+        }
+        Ok(Self::from_parts(cert_der, key))
+    }
+}
+
+fn key_pair_from_der(der: &[u8]) -> Result<KeyPair, CaError> {
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(der.to_vec());
+    KeyPair::try_from(&key).map_err(|e| CaError::BadFile {
+        what: "private key",
+        detail: e.to_string(),
+    })
+}
+
+fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, CaError> {
+    let pem = fs::read(path).map_err(io_err("read", path))?;
+    CertificateDer::from_pem_slice(&pem).map_err(|e| CaError::BadFile {
+        what: "certificate",
+        detail: format!("{}: {e}", path.display()),
+    })
+}
+
+/// Generates a key pair and a CSR for it. The private key stays with the caller.
+///
+/// # Errors
+/// [`CaError::Generate`] if generation fails.
+pub fn generate_csr() -> Result<(KeyPair, Vec<u8>), CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    Ok((key, csr.der().to_vec()))
+}
+
+/// What a node (or an admin) holds to speak mutual TLS: its certificate, its private key, and
+/// the cluster CA certificate it trusts.
+#[derive(Clone)]
+pub struct Credentials {
+    cert_der: CertificateDer<'static>,
+    key_pkcs8_der: Vec<u8>,
+    ca_cert_der: CertificateDer<'static>,
+    identity: PeerIdentity,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Bundles a certificate, its PKCS#8 key and the CA certificate.
+    ///
+    /// # Errors
+    /// [`CaError::Identity`] when the certificate carries no Warren identity.
+    pub fn new(
+        cert_der: CertificateDer<'static>,
+        key_pkcs8_der: Vec<u8>,
+        ca_cert_der: CertificateDer<'static>,
+    ) -> Result<Self, CaError> {
+        let identity = parse_identity(&cert_der)?;
+        key_pair_from_der(&key_pkcs8_der)?;
+        Ok(Self {
+            cert_der,
+            key_pkcs8_der,
+            ca_cert_der,
+            identity,
+        })
+    }
+
+    /// The node's certificate.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The private key (PKCS#8 DER).
+    pub fn key_pkcs8_der(&self) -> &[u8] {
+        &self.key_pkcs8_der
+    }
+
+    /// The cluster CA certificate.
+    pub fn ca_cert_der(&self) -> &CertificateDer<'static> {
+        &self.ca_cert_der
+    }
+
+    /// The identity the certificate proves.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    /// The cluster fingerprint (SHA-256 of the CA certificate).
+    pub fn cluster_fingerprint(&self) -> [u8; 32] {
+        fingerprint(&self.ca_cert_der)
+    }
+
+    /// Writes `node.crt`, `node.key` (mode 0600) and `ca.crt` as PEM into `dir`.
+    ///
+    /// # Errors
+    /// [`CaError::Io`] when a file cannot be written.
+    pub fn save(&self, dir: &Path) -> Result<(), CaError> {
+        let files: [(&str, String, u32); 3] = [
+            (NODE_CERT_FILE, to_pem("CERTIFICATE", &self.cert_der), 0o644),
+            (
+                NODE_KEY_FILE,
+                to_pem("PRIVATE KEY", &self.key_pkcs8_der),
+                0o600,
+            ),
+            (
+                CA_CERT_FILE,
+                to_pem("CERTIFICATE", &self.ca_cert_der),
+                0o644,
+            ),
+        ];
+        for (name, pem, mode) in files {
+            let path = dir.join(name);
+            write_atomic(&path, pem.as_bytes(), mode).map_err(io_err("write", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Loads credentials saved by [`Self::save`].
+    ///
+    /// # Errors
+    /// [`CaError::Io`] for a missing file, [`CaError::BadFile`] for a corrupt one.
+    pub fn load(dir: &Path) -> Result<Self, CaError> {
+        let cert_der = read_cert_pem(&dir.join(NODE_CERT_FILE))?;
+        let ca_cert_der = read_cert_pem(&dir.join(CA_CERT_FILE))?;
+        let key_path = dir.join(NODE_KEY_FILE);
+        let key_pem = fs::read(&key_path).map_err(io_err("read", &key_path))?;
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            CaError::BadFile {
+                what: "private key",
+                detail: format!("{}: {e}", key_path.display()),
+            }
+        })?;
+        Self::new(cert_der, key.secret_pkcs8_der().to_vec(), ca_cert_der)
+    }
+
+    /// Encodes the credentials as one PEM bundle (certificate, key, CA), e.g. for an admin
+    /// config file.
+    pub fn to_pem_bundle(&self) -> (String, String, String) {
+        (
+            to_pem("CERTIFICATE", &self.cert_der),
+            to_pem("PRIVATE KEY", &self.key_pkcs8_der),
+            to_pem("CERTIFICATE", &self.ca_cert_der),
+        )
+    }
+
+    /// Builds credentials from the three PEM strings of [`Self::to_pem_bundle`].
+    ///
+    /// # Errors
+    /// [`CaError::BadFile`] when a PEM block is missing or corrupt.
+    pub fn from_pem_bundle(cert: &str, key: &str, ca: &str) -> Result<Self, CaError> {
+        let bad = |what: &'static str| {
+            move |e: rustls::pki_types::pem::Error| CaError::BadFile {
+                what,
+                detail: e.to_string(),
+            }
+        };
+        let cert_der =
+            CertificateDer::from_pem_slice(cert.as_bytes()).map_err(bad("certificate"))?;
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(key.as_bytes())
+            .map_err(bad("private key"))?;
+        let ca_der =
+            CertificateDer::from_pem_slice(ca.as_bytes()).map_err(bad("CA certificate"))?;
+        Self::new(cert_der, key.secret_pkcs8_der().to_vec(), ca_der)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> ClusterCa {
+        ClusterCa::generate("test", Validity::starting_at(unix_now(), CA_LIFETIME)).unwrap()
+    }
+
+    #[test]
+    fn csr_signing_takes_only_the_key_and_sets_identity() {
+        let ca = ca();
+        let (_key, csr) = generate_csr().unwrap();
+        let subject = CertSubject::Node {
+            node_id: NodeId(0xabc),
+            role: CertRole::Agent,
+        };
+        let cert = ca.sign_csr(
+            &csr,
+            &subject,
+            Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+        );
+        let identity = parse_identity(&cert.unwrap()).unwrap();
+        assert_eq!(identity.role, CertRole::Agent);
+        assert_eq!(identity.node_id, Some(NodeId(0xabc)));
+    }
+
+    #[test]
+    fn garbage_csr_is_refused() {
+        let ca = ca();
+        let subject = CertSubject::Admin { name: "ops".into() };
+        let validity = Validity::starting_at(unix_now(), NODE_CERT_LIFETIME);
+        assert!(matches!(
+            ca.sign_csr(b"not a csr", &subject, validity),
+            Err(CaError::BadCsr(_))
+        ));
+        let (_key, mut csr) = generate_csr().unwrap();
+        let last = csr.len() - 1;
+        csr[last] ^= 0x55;
+        assert!(matches!(
+            ca.sign_csr(&csr, &subject, validity),
+            Err(CaError::BadCsr(_))
+        ));
+    }
+
+    #[test]
+    fn ca_save_load_round_trips_and_key_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca();
+        let key = SealKey::generate();
+        ca.save(dir.path(), &key).unwrap();
+        let sealed = fs::read(dir.path().join(CA_KEY_FILE)).unwrap();
+        let plain = ca.key.serialize_der();
+        assert!(!sealed.windows(plain.len()).any(|w| w == plain.as_slice()));
+        let loaded = ClusterCa::load(dir.path(), &key).unwrap();
+        assert_eq!(loaded.fingerprint(), ca.fingerprint());
+        let err = ClusterCa::load(dir.path(), &SealKey::generate()).unwrap_err();
+        assert!(
+            matches!(err, CaError::Seal(SealError::Authentication)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credentials_save_load_and_pem_bundle_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca();
+        let subject = CertSubject::Node {
+            node_id: NodeId(7),
+            role: CertRole::Control,
+        };
+        let creds = ca
+            .issue_credentials(
+                &subject,
+                Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+            )
+            .unwrap();
+        creds.save(dir.path()).unwrap();
+        let loaded = Credentials::load(dir.path()).unwrap();
+        assert_eq!(loaded.identity(), creds.identity());
+        let (c, k, a) = creds.to_pem_bundle();
+        let from_pem = Credentials::from_pem_bundle(&c, &k, &a).unwrap();
+        assert_eq!(from_pem.cluster_fingerprint(), ca.fingerprint());
+        assert!(Credentials::from_pem_bundle("junk", &k, &a).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! Transport tuning. Defaults are sized for lossy, NATed, slow WAN links to edge boxes.
+
+use std::time::Duration;
+
+/// Timers and bounds of a Warren QUIC endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// Keep-alive PING interval: well under common NAT UDP binding timeouts (30 s).
+    pub keep_alive_interval: Duration,
+    /// A connection with no traffic (keep-alives included) for this long is dead. Several
+    /// keep-alive intervals, so a few lost PINGs on a lossy link do not kill it.
+    pub idle_timeout: Duration,
+    /// Upper bound on dialling a peer and completing the TLS handshake.
+    pub connect_timeout: Duration,
+    /// Largest frame accepted or sent; larger ones are refused before allocation.
+    pub max_frame_bytes: usize,
+    /// Once a frame has started, the rest must arrive within this time, or the peer is
+    /// considered stalled.
+    pub frame_timeout: Duration,
+    /// Upper bound on a whole request/response exchange.
+    pub request_timeout: Duration,
+    /// Initial RTT estimate before measurements: pessimistic for satellite/LTE backhaul.
+    pub initial_rtt: Duration,
+    /// Maximum concurrent bidirectional streams a peer may open.
+    pub max_concurrent_bidi_streams: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_frame_bytes: warren_api::wire::MAX_MESSAGE_BYTES,
+            frame_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            initial_rtt: Duration::from_millis(300),
+            max_concurrent_bidi_streams: 256,
+        }
+    }
+}
+
+/// A configuration whose values contradict each other.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid transport config: {0}")]
+pub struct ConfigError(pub &'static str);
+
+impl TransportConfig {
+    /// Checks the relations between the values.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first relation that does not hold.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.keep_alive_interval.is_zero() {
+            return Err(ConfigError("keep_alive_interval must be positive"));
+        }
+        if self.idle_timeout < self.keep_alive_interval * 2 {
+            return Err(ConfigError(
+                "idle_timeout must be at least twice keep_alive_interval",
+            ));
+        }
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > u32::MAX as usize {
+            return Err(ConfigError("max_frame_bytes must be between 1 and 4 GiB"));
+        }
+        if self.frame_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(ConfigError(
+                "frame_timeout and request_timeout must be positive",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError("connect_timeout must be positive"));
+        }
+        if self.max_concurrent_bidi_streams == 0 {
+            return Err(ConfigError("max_concurrent_bidi_streams must be positive"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn quinn_transport(&self) -> quinn::TransportConfig {
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(self.keep_alive_interval));
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(self.idle_timeout)
+                .expect("validated idle timeout fits a QUIC varint"),
+        ));
+        transport.initial_rtt(self.initial_rtt);
+        transport.max_concurrent_bidi_streams(self.max_concurrent_bidi_streams.into());
+        transport.max_concurrent_uni_streams(self.max_concurrent_bidi_streams.into());
+        transport
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_relations_are_checked() {
+        TransportConfig::default().validate().unwrap();
+        let bad = TransportConfig {
+            idle_timeout: Duration::from_secs(6),
+            ..TransportConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = TransportConfig {
+            max_frame_bytes: 0,
+            ..TransportConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

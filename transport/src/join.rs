@@ -1,0 +1,465 @@
+//! The join handshake: a new node trades a token and a CSR for a certificate.
+//!
+//! 1. The joiner parses its token and dials with no client certificate, ALPN `warren-join/1`,
+//!    verifying the server by the CA fingerprint the token pins ([`crate::tls`]). Nothing
+//!    secret is sent to a server that fails this.
+//! 2. It sends a [`JoinRequest`]: the token, its role, a CSR for a key pair it generated
+//!    locally, and its name, site and labels.
+//! 3. The server's [`JoinAuthority`] redeems the token (the control plane does this through Raft)
+//!    and signs the CSR with the identity it decides; the joiner gets a [`JoinGrant`] or a
+//!    [`JoinRefusal`] naming the reason.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use warren_api::{NodeId, NodeRole};
+
+use crate::ca::{
+    CaError, CertSubject, ClusterCa, Credentials, NODE_CERT_LIFETIME, Validity, generate_csr,
+    unix_now, unix_now_ms,
+};
+use crate::config::TransportConfig;
+use crate::endpoint::{ConnectError, PeerConnection, RpcError, dial_pinned};
+use crate::identity::{CertRole, fingerprint};
+use crate::metrics::TransportMetrics;
+use crate::token::{JoinToken, TokenBook, TokenError};
+
+/// Largest join request or response frame.
+pub const JOIN_FRAME_MAX_BYTES: usize = 64 * 1024;
+/// Version of the join messages.
+pub const JOIN_VERSION: u16 = 1;
+
+/// What a joiner sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// [`JOIN_VERSION`] of the sender.
+    pub version: u16,
+    /// The token as the operator pasted it.
+    pub token: String,
+    /// The role asked for.
+    pub role: NodeRole,
+    /// A PKCS#10 CSR (DER) for the joiner's own key pair.
+    pub csr_der: Vec<u8>,
+    /// Node name (host name by default).
+    pub name: String,
+    /// Site the node belongs to.
+    pub site: String,
+    /// Free-form labels for placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// Addresses the node advertises (QUIC, API, gossip …), for control joins.
+    pub advertise: Vec<String>,
+}
+
+/// What a successful join returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGrant {
+    /// The id the cluster assigned.
+    pub node_id: NodeId,
+    /// The signed certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// The cluster CA certificate (DER).
+    pub ca_cert_der: Vec<u8>,
+    /// QUIC addresses of the control nodes, to dial from now on.
+    pub control_addrs: Vec<String>,
+}
+
+/// Why a join was refused, as the joiner sees it. Unknown and forged tokens look the same from
+/// outside ([`JoinRefusalReason::InvalidToken`]), so a prober learns nothing about which ids
+/// exist; the server's metrics tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinRefusalReason {
+    /// The token string does not parse.
+    MalformedToken,
+    /// The token is for another cluster.
+    WrongCluster,
+    /// Unknown id or wrong secret.
+    InvalidToken,
+    /// The token is for another role.
+    WrongRole,
+    /// The token expired.
+    Expired,
+    /// The single-use token was already used.
+    AlreadyUsed,
+    /// The token was revoked.
+    Revoked,
+    /// The request itself is invalid (CSR, name, version).
+    BadRequest,
+    /// The server could not complete the join (e.g. no quorum); retry later.
+    Unavailable,
+}
+
+/// A refusal with a one-line explanation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct JoinRefusal {
+    /// The reason, for programs.
+    pub reason: JoinRefusalReason,
+    /// The explanation, for people.
+    pub message: String,
+}
+
+impl JoinRefusal {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            reason: JoinRefusalReason::BadRequest,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<&TokenError> for JoinRefusal {
+    fn from(error: &TokenError) -> Self {
+        let reason = match error {
+            TokenError::Malformed(_) => JoinRefusalReason::MalformedToken,
+            TokenError::WrongCluster => JoinRefusalReason::WrongCluster,
+            TokenError::Unknown | TokenError::BadSecret => JoinRefusalReason::InvalidToken,
+            TokenError::WrongRole { .. } => JoinRefusalReason::WrongRole,
+            TokenError::Expired => JoinRefusalReason::Expired,
+            TokenError::AlreadyUsed => JoinRefusalReason::AlreadyUsed,
+            TokenError::Revoked => JoinRefusalReason::Revoked,
+        };
+        let message = match error {
+            TokenError::Unknown | TokenError::BadSecret => TokenError::BadSecret.to_string(),
+            other => other.to_string(),
+        };
+        Self { reason, message }
+    }
+}
+
+/// The server's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinResponse {
+    /// Joined.
+    Granted(JoinGrant),
+    /// Refused.
+    Refused(JoinRefusal),
+}
+
+/// A join request whose token parsed and pins this cluster.
+#[derive(Debug)]
+pub struct CheckedJoin {
+    /// The parsed token.
+    pub token: JoinToken,
+    /// The request.
+    pub request: JoinRequest,
+}
+
+/// Decides joins: redeems the token and issues the certificate. The control plane implements
+/// this over Raft; [`LocalJoinAuthority`] is the in-memory version.
+pub trait JoinAuthority: Send + Sync {
+    /// Redeems the token and signs the CSR, or refuses.
+    fn authorize(
+        &self,
+        join: CheckedJoin,
+    ) -> impl std::future::Future<Output = Result<JoinGrant, JoinRefusal>> + Send;
+
+    /// SHA-256 of the cluster CA certificate; requests pinning another CA are refused early.
+    fn cluster_fingerprint(&self) -> [u8; 32];
+}
+
+/// Answers one join connection: reads the request, asks the authority, writes the response.
+/// Counts the outcome in `warren_transport_join_requests_total`.
+pub async fn serve_join<A: JoinAuthority>(
+    conn: PeerConnection,
+    authority: &A,
+    metrics: &TransportMetrics,
+) {
+    let peer = conn.remote_address();
+    let Ok((mut send, mut recv)) = conn.accept_stream().await else {
+        return;
+    };
+    let request: JoinRequest = match recv.recv().await {
+        Ok(request) => request,
+        Err(error) => {
+            metrics
+                .join_requests_total
+                .with_label_values(&["bad_frame"])
+                .inc();
+            warn!(peer = %peer, error = %error, "unreadable join request");
+            conn.close("unreadable join request");
+            return;
+        }
+    };
+    let (response, label) = match check_request(request, authority.cluster_fingerprint()) {
+        Err((refusal, label)) => (JoinResponse::Refused(refusal), label),
+        Ok(checked) => match authority.authorize(checked).await {
+            Ok(grant) => {
+                info!(peer = %peer, node_id = %grant.node_id, "node joined");
+                (JoinResponse::Granted(grant), "granted")
+            }
+            Err(refusal) => {
+                let label = refusal_label(refusal.reason);
+                (JoinResponse::Refused(refusal), label)
+            }
+        },
+    };
+    metrics
+        .join_requests_total
+        .with_label_values(&[label])
+        .inc();
+    if let JoinResponse::Refused(refusal) = &response {
+        warn!(peer = %peer, reason = label, "join refused: {}", refusal.message);
+    }
+    if send.send(&response).await.is_ok() {
+        send.finish();
+        // Let the response drain before the connection is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    }
+}
+
+fn refusal_label(reason: JoinRefusalReason) -> &'static str {
+    match reason {
+        JoinRefusalReason::MalformedToken => "malformed",
+        JoinRefusalReason::WrongCluster => "wrong_cluster",
+        JoinRefusalReason::InvalidToken => "invalid_token",
+        JoinRefusalReason::WrongRole => "wrong_role",
+        JoinRefusalReason::Expired => "expired",
+        JoinRefusalReason::AlreadyUsed => "already_used",
+        JoinRefusalReason::Revoked => "revoked",
+        JoinRefusalReason::BadRequest => "bad_request",
+        JoinRefusalReason::Unavailable => "unavailable",
+    }
+}
+
+fn check_request(
+    request: JoinRequest,
+    cluster: [u8; 32],
+) -> Result<CheckedJoin, (JoinRefusal, &'static str)> {
+    if request.version != JOIN_VERSION {
+        let message = format!(
+            "join protocol version {} is not supported (this server speaks {JOIN_VERSION})",
+            request.version
+        );
+        return Err((JoinRefusal::bad_request(message), "bad_request"));
+    }
+    let token: JoinToken = request
+        .token
+        .parse()
+        .map_err(|e: TokenError| (JoinRefusal::from(&e), e.kind()))?;
+    if token.ca_fingerprint != cluster {
+        let error = TokenError::WrongCluster;
+        return Err((JoinRefusal::from(&error), error.kind()));
+    }
+    Ok(CheckedJoin { token, request })
+}
+
+/// An in-memory authority: a CA, a token book and the control addresses to hand out. Used by a
+/// single process that owns its CA (tests, `warren demo`); the control plane replaces the book
+/// with its replicated state.
+pub struct LocalJoinAuthority {
+    ca: ClusterCa,
+    book: Mutex<TokenBook>,
+    control_addrs: Vec<String>,
+    cert_lifetime: Duration,
+    metrics: TransportMetrics,
+}
+
+impl std::fmt::Debug for LocalJoinAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalJoinAuthority")
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalJoinAuthority {
+    /// An authority over `ca` with `book`, handing out `control_addrs`.
+    pub fn new(
+        ca: ClusterCa,
+        book: TokenBook,
+        control_addrs: Vec<String>,
+        metrics: TransportMetrics,
+    ) -> Self {
+        Self {
+            ca,
+            book: Mutex::new(book),
+            control_addrs,
+            cert_lifetime: NODE_CERT_LIFETIME,
+            metrics,
+        }
+    }
+
+    /// Sets the lifetime of issued certificates.
+    pub fn with_cert_lifetime(mut self, lifetime: Duration) -> Self {
+        self.cert_lifetime = lifetime;
+        self
+    }
+
+    /// Adds a token record.
+    pub fn add_token(&self, record: crate::token::TokenRecord) {
+        self.book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record);
+    }
+}
+
+impl JoinAuthority for LocalJoinAuthority {
+    async fn authorize(&self, join: CheckedJoin) -> Result<JoinGrant, JoinRefusal> {
+        let now_ms = unix_now_ms();
+        let redeemed = self.book.lock().unwrap_or_else(|e| e.into_inner()).redeem(
+            &join.token,
+            self.ca.fingerprint(),
+            join.request.role,
+            now_ms,
+        );
+        if let Err(error) = redeemed {
+            // Keep the precise reason (unknown vs forged) in metrics; the joiner sees less.
+            self.metrics
+                .join_requests_total
+                .with_label_values(&[error.kind()])
+                .inc();
+            return Err(JoinRefusal::from(&error));
+        }
+        let node_id = NodeId(random_node_id());
+        let subject = CertSubject::Node {
+            node_id,
+            role: CertRole::from(join.request.role),
+        };
+        let validity = Validity::starting_at(unix_now(), self.cert_lifetime);
+        let cert = self
+            .ca
+            .sign_csr(&join.request.csr_der, &subject, validity)
+            .map_err(|e| JoinRefusal::bad_request(e.to_string()))?;
+        Ok(JoinGrant {
+            node_id,
+            cert_der: cert.to_vec(),
+            ca_cert_der: self.ca.cert_der().to_vec(),
+            control_addrs: self.control_addrs.clone(),
+        })
+    }
+
+    fn cluster_fingerprint(&self) -> [u8; 32] {
+        self.ca.fingerprint()
+    }
+}
+
+/// A random non-zero node id.
+pub fn random_node_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the OS random source is available");
+    u64::from_be_bytes(bytes).max(1)
+}
+
+/// What the joiner asks for, besides the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinParams {
+    /// Control or agent.
+    pub role: NodeRole,
+    /// Node name.
+    pub name: String,
+    /// Site.
+    pub site: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Advertised addresses.
+    pub advertise: Vec<String>,
+}
+
+/// A successful join, from the joiner's side.
+#[derive(Debug)]
+pub struct Joined {
+    /// Certificate, key and CA, ready to save.
+    pub credentials: Credentials,
+    /// The node id the cluster assigned.
+    pub node_id: NodeId,
+    /// Control addresses to dial.
+    pub control_addrs: Vec<String>,
+}
+
+/// Why a join failed, on the joiner's side.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The token does not parse; nothing was sent.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Could not reach or trust the server. A `ServerUntrusted` error here means the server is
+    /// not the cluster the token names; the token was not sent.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The exchange failed.
+    #[error("join exchange failed: {0}")]
+    Exchange(#[from] RpcError),
+    /// The server refused.
+    #[error("join refused: {0}")]
+    Refused(JoinRefusal),
+    /// The server's grant is inconsistent (wrong CA, wrong identity, bad certificate).
+    #[error("join grant is invalid: {0}")]
+    BadGrant(String),
+    /// Local key generation failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
+impl JoinError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(e) => e.is_retryable(),
+            Self::Exchange(_) => true,
+            Self::Refused(r) => r.reason == JoinRefusalReason::Unavailable,
+            _ => false,
+        }
+    }
+}
+
+/// Joins the cluster at `addr` with `token`.
+///
+/// # Errors
+/// [`JoinError`]; the token is only sent after the server proved it holds a certificate from
+/// the pinned CA.
+pub async fn join(
+    addr: SocketAddr,
+    token: &str,
+    params: JoinParams,
+    config: &TransportConfig,
+    metrics: &TransportMetrics,
+) -> Result<Joined, JoinError> {
+    let parsed: JoinToken = token.parse()?;
+    let (key, csr_der) = generate_csr()?;
+    let (endpoint, conn) = dial_pinned(addr, parsed.ca_fingerprint, config, metrics).await?;
+    let request = JoinRequest {
+        version: JOIN_VERSION,
+        token: token.trim().to_owned(),
+        role: params.role,
+        csr_der,
+        name: params.name,
+        site: params.site,
+        labels: params.labels,
+        advertise: params.advertise,
+    };
+    let response: Result<JoinResponse, RpcError> = conn.request(&request).await;
+    conn.close("joined");
+    endpoint.close(0u32.into(), b"joined");
+    let grant = match response? {
+        JoinResponse::Granted(grant) => grant,
+        JoinResponse::Refused(refusal) => return Err(JoinError::Refused(refusal)),
+    };
+    if fingerprint(&grant.ca_cert_der) != parsed.ca_fingerprint {
+        return Err(JoinError::BadGrant(
+            "CA certificate does not match the token".into(),
+        ));
+    }
+    let credentials = Credentials::new(
+        grant.cert_der.into(),
+        key.serialize_der(),
+        grant.ca_cert_der.into(),
+    )
+    .map_err(|e| JoinError::BadGrant(e.to_string()))?;
+    let identity = credentials.identity();
+    if identity.node_id != Some(grant.node_id) || identity.role != CertRole::from(params.role) {
+        return Err(JoinError::BadGrant(
+            "certificate identity does not match the grant".into(),
+        ));
+    }
+    Ok(Joined {
+        credentials,
+        node_id: grant.node_id,
+        control_addrs: grant.control_addrs,
+    })
+}

@@ -1,0 +1,44 @@
+//! Warren's transport: everything that crosses the network between Warren nodes.
+//!
+//! - [`ca`]: the cluster certificate authority (rcgen), node/admin certificates issued from
+//!   CSRs, the CA key sealed with AES-256-GCM on disk ([`seal`]).
+//! - [`identity`]: what a certificate proves (role + node id), and the CA fingerprint.
+//! - [`token`]: Swarm-style join tokens that pin the CA and carry a 160-bit secret, stored
+//!   server-side only as a hash.
+//! - [`tls`]: rustls configurations for mutual TLS and CA-pinned joins; revocation by serial.
+//! - [`endpoint`]: QUIC endpoints (quinn) with ALPN per purpose and connection admission.
+//! - [`frame`]: length-prefixed postcard framing with hard size limits and stall timeouts.
+//! - [`join`]: the join handshake, client and server sides.
+//! - [`backoff`]: jittered exponential backoff for every reconnect loop.
+//! - [`metrics`]: the transport's Prometheus counters.
+//!
+//! This is the only crate that names quinn, rustls or rcgen. It never panics on input from the
+//! network or disk: every bad frame, token, certificate or handshake becomes a typed error and
+//! a metric. It reads no environment and prints nothing; binaries pass finished configs in.
+
+pub mod backoff;
+pub mod ca;
+pub mod config;
+pub mod endpoint;
+pub mod frame;
+mod fsutil;
+pub mod identity;
+pub mod join;
+pub mod metrics;
+pub mod seal;
+pub mod tls;
+pub mod token;
+
+pub use backoff::Backoff;
+pub use ca::{CertSubject, ClusterCa, Credentials, Validity};
+pub use config::TransportConfig;
+pub use endpoint::{
+    AcceptError, Alpn, ConnectError, Endpoint, EndpointOptions, Incoming, PeerConnection, RpcError,
+    serve_requests,
+};
+pub use frame::{FrameError, FramedRecv, FramedSend};
+pub use fsutil::write_atomic;
+pub use identity::{CertRole, PeerIdentity};
+pub use metrics::TransportMetrics;
+pub use tls::{RevocationList, install_crypto_provider};
+pub use token::{JoinToken, MintOptions, TokenBook, TokenError, TokenRecord};

@@ -1,0 +1,324 @@
+//! rustls configurations: mutual TLS inside the cluster, and CA pinning for joins.
+//!
+//! - Servers present `[node cert, CA cert]`, and ask for (but do not require) a client
+//!   certificate: the join ALPN must admit clients that have none yet. Endpoint admission then
+//!   requires a certificate of the right role for every other ALPN.
+//! - Cluster clients verify the server against the cluster CA and the name
+//!   [`CONTROL_SERVER_NAME`], which only control certificates carry.
+//! - Joining clients have no CA yet: they verify that the server's chain contains the CA whose
+//!   SHA-256 the token pins, and then verify the server certificate against that CA.
+//! - Revocation is by certificate serial, checked on both sides after the chain verifies.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+
+use crate::ca::Credentials;
+use crate::identity::{fingerprint, parse_identity};
+
+/// The crypto provider Warren uses everywhere (ring; see DEPENDENCIES.md on mixing providers).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process-wide rustls provider. Call once at start in binaries; harmless
+/// if already installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Serials of revoked certificates, shared by every verifier of a process. The control plane
+/// feeds it from the replicated node registry.
+#[derive(Clone, Debug, Default)]
+pub struct RevocationList(Arc<RwLock<HashSet<String>>>);
+
+impl RevocationList {
+    /// Revokes a serial (lowercase hex, as in [`crate::PeerIdentity::serial`]).
+    pub fn revoke(&self, serial: impl Into<String>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(serial.into());
+    }
+
+    /// Replaces the whole set.
+    pub fn replace(&self, serials: impl IntoIterator<Item = String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = serials.into_iter().collect();
+    }
+
+    /// Whether a serial is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(serial)
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let identity = parse_identity(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        if self.is_revoked(&identity.serial) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(())
+    }
+}
+
+fn roots_with(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone())?;
+    Ok(Arc::new(roots))
+}
+
+fn private_key(creds: &Credentials) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key_pkcs8_der().to_vec()))
+}
+
+fn chain(creds: &Credentials) -> Vec<CertificateDer<'static>> {
+    vec![creds.cert_der().clone(), creds.ca_cert_der().clone()]
+}
+
+#[derive(Debug)]
+struct ClusterClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revocations: RevocationList,
+}
+
+impl ClientCertVerifier for ClusterClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.revocations.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct ClusterServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    revocations: RevocationList,
+}
+
+impl ServerCertVerifier for ClusterServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        self.revocations.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Verifies a server for a node that has only a CA fingerprint (from its join token).
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    pinned: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|cert| fingerprint(cert) == self.pinned)
+            .ok_or(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ))?;
+        let roots = roots_with(&ca.clone().into_owned())?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server side of a cluster endpoint.
+pub(crate) fn server_config(
+    creds: &Credentials,
+    revocations: &RevocationList,
+    alpns: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(
+        roots_with(creds.ca_cert_der())?,
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier = ClusterClientVerifier {
+        inner,
+        revocations: revocations.clone(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain(creds), private_key(creds))?;
+    config.alpn_protocols = alpns;
+    Ok(config)
+}
+
+/// A cluster client (mutual TLS) speaking one ALPN.
+pub(crate) fn client_config(
+    creds: &Credentials,
+    revocations: &RevocationList,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(
+        roots_with(creds.ca_cert_der())?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier = ClusterServerVerifier {
+        inner,
+        revocations: revocations.clone(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain(creds), private_key(creds))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// A joining client: no certificate yet, server verified by the pinned CA fingerprint.
+pub(crate) fn join_client_config(
+    pinned: [u8; 32],
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = provider();
+    let verifier = PinnedCaVerifier {
+        pinned,
+        provider: provider.clone(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}

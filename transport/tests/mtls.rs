@@ -1,0 +1,360 @@
+//! Mutual TLS between real QUIC endpoints on loopback: who is admitted, who is refused, and
+//! that every refusal is typed and counted.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use warren_api::NodeId;
+use warren_transport::ca::unix_now;
+use warren_transport::{
+    Alpn, Backoff, CertRole, CertSubject, ConnectError, Endpoint, TransportMetrics, Validity,
+};
+
+/// Two control endpoints exchange request/response and server-push frames; the server sees the
+/// client's proven identity.
+#[tokio::test]
+async fn two_endpoints_exchange_framed_messages_over_mutual_tls() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let server = Arc::new(endpoint(&node_creds(&ca, 1, CertRole::Control), &metrics));
+    let (_serve, _errors) = serve_echo(server.clone());
+    let client = endpoint(&node_creds(&ca, 2, CertRole::Control), &metrics);
+
+    let conn = client.connect(addr(&server), Alpn::Raft).await.unwrap();
+    assert_eq!(conn.peer().unwrap().node_id, Some(NodeId(1)));
+    for n in 0..10 {
+        let reply: Msg = conn.request(&Msg::Ping(n)).await.unwrap();
+        assert_eq!(reply, Msg::Pong(n, "control".into()));
+    }
+    // Concurrent requests share the connection.
+    let replies = futures_join(&conn).await;
+    assert_eq!(replies.len(), 32);
+    assert!(
+        metrics
+            .connections_total
+            .with_label_values(&["server", "raft"])
+            .get()
+            >= 1
+    );
+}
+
+async fn futures_join(conn: &warren_transport::PeerConnection) -> Vec<Msg> {
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..32u64 {
+        let conn = conn.clone();
+        set.spawn(async move { conn.request::<Msg, Msg>(&Msg::Ping(n)).await.unwrap() });
+    }
+    let mut out = Vec::new();
+    while let Some(reply) = set.join_next().await {
+        out.push(reply.unwrap());
+    }
+    out
+}
+
+/// A long-lived push stream carries many messages in order, server to client.
+#[tokio::test]
+async fn server_push_stream_delivers_in_order() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let server = Arc::new(endpoint(&node_creds(&ca, 1, CertRole::Control), &metrics));
+    let agent = endpoint(&node_creds(&ca, 9, CertRole::Agent), &metrics);
+    let server_task = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().admit().await.unwrap();
+            assert_eq!(conn.peer().unwrap().role, CertRole::Agent);
+            let mut push = conn.open_push().await.unwrap();
+            for n in 0..500u64 {
+                push.send(&Msg::Ping(n)).await.unwrap();
+            }
+            push.finish();
+            conn.closed().await
+        })
+    };
+    let conn = agent.connect(addr(&server), Alpn::Agent).await.unwrap();
+    let mut push = conn.accept_push().await.unwrap();
+    for n in 0..500u64 {
+        assert_eq!(push.recv::<Msg>().await.unwrap(), Msg::Ping(n));
+    }
+    assert!(matches!(
+        push.recv::<Msg>().await,
+        Err(warren_transport::FrameError::Closed)
+    ));
+    conn.close("done");
+    server_task.await.unwrap();
+}
+
+/// An endpoint whose certificate comes from another CA is refused on both sides: as a client
+/// it is refused by the server, as a server it is refused by the client.
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused_on_both_sides() {
+    init();
+    let ca = ca();
+    let other_ca = common::ca();
+    let metrics = TransportMetrics::unregistered();
+    let server = Arc::new(endpoint(&node_creds(&ca, 1, CertRole::Control), &metrics));
+    let (_serve, mut errors) = serve_echo(server.clone());
+    // A rogue that knows our (public) CA certificate but holds a certificate from another CA.
+    let foreign = node_creds(&other_ca, 66, CertRole::Control);
+    let rogue_creds = warren_transport::Credentials::new(
+        foreign.cert_der().clone(),
+        foreign.key_pkcs8_der().to_vec(),
+        ca.cert_der().clone(),
+    )
+    .unwrap();
+    let rogue_client = endpoint(&rogue_creds, &TransportMetrics::unregistered());
+
+    // Rogue as client: the server refuses its certificate.
+    let err = rogue_client
+        .connect(addr(&server), Alpn::Raft)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Refused {
+                reason: "unknown_ca",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    let server_err = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(server_err.kind(), "unknown_ca", "{server_err}");
+    assert_eq!(metrics.handshake_failures("server", "unknown_ca"), 1);
+
+    // A rogue wholly of the other cluster refuses our server as well.
+    let rogue = Arc::new(endpoint(&foreign, &TransportMetrics::unregistered()));
+    let err = rogue.connect(addr(&server), Alpn::Raft).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::ServerUntrusted {
+                reason: "unknown_ca",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Rogue as server: the legitimate client refuses it.
+    let (_rogue_serve, _rogue_errors) = serve_echo(rogue.clone());
+    let client = endpoint(&node_creds(&ca, 2, CertRole::Control), &metrics);
+    let err = client.connect(addr(&rogue), Alpn::Raft).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::ServerUntrusted {
+                reason: "unknown_ca",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(metrics.handshake_failures("client", "unknown_ca"), 1);
+}
+
+/// An expired client certificate is refused with its own reason.
+#[tokio::test]
+async fn expired_certificate_is_refused() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let server = Arc::new(endpoint(&node_creds(&ca, 1, CertRole::Control), &metrics));
+    let (_serve, mut errors) = serve_echo(server.clone());
+    let now = unix_now();
+    let expired = ca
+        .issue_credentials(
+            &CertSubject::Node {
+                node_id: NodeId(3),
+                role: CertRole::Control,
+            },
+            Validity {
+                not_before_unix: now - 7200,
+                not_after_unix: now - 3600,
+            },
+        )
+        .unwrap();
+    let client = endpoint(&expired, &TransportMetrics::unregistered());
+    let err = client.connect(addr(&server), Alpn::Raft).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+    let server_err = errors.recv().await.unwrap();
+    assert_eq!(server_err.kind(), "expired", "{server_err}");
+}
+
+/// A revoked certificate is refused by serial, both as client and as server.
+#[tokio::test]
+async fn revoked_certificate_is_refused_by_serial() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let server_creds = node_creds(&ca, 1, CertRole::Control);
+    let server = Arc::new(endpoint(&server_creds, &metrics));
+    let (_serve, mut errors) = serve_echo(server.clone());
+    let revoked_creds = node_creds(&ca, 4, CertRole::Agent);
+    let client = endpoint(&revoked_creds, &metrics);
+    // Works before revocation.
+    client.connect(addr(&server), Alpn::Agent).await.unwrap();
+
+    let revocations = warren_transport::RevocationList::default();
+    revocations.revoke(revoked_creds.identity().serial.clone());
+    let server2 = Arc::new(
+        Endpoint::bind(
+            LOOPBACK.parse().unwrap(),
+            &server_creds,
+            warren_transport::EndpointOptions {
+                revocations: revocations.clone(),
+                ..options(&metrics)
+            },
+        )
+        .unwrap(),
+    );
+    let (_serve2, mut errors2) = serve_echo(server2.clone());
+    let err = client
+        .connect(addr(&server2), Alpn::Agent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+    assert_eq!(errors2.recv().await.unwrap().kind(), "revoked");
+
+    // A client that has revoked the server's certificate refuses to talk to it.
+    let client_revocations = warren_transport::RevocationList::default();
+    client_revocations.revoke(server_creds.identity().serial.clone());
+    let strict = Endpoint::bind(
+        LOOPBACK.parse().unwrap(),
+        &node_creds(&ca, 5, CertRole::Control),
+        warren_transport::EndpointOptions {
+            revocations: client_revocations,
+            ..options(&metrics)
+        },
+    )
+    .unwrap();
+    let err = strict.connect(addr(&server), Alpn::Raft).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::ServerUntrusted {
+                reason: "revoked",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(errors.recv().await.unwrap().kind(), "peer_rejected");
+}
+
+/// A certificate of the wrong role is refused for the purpose it asked for.
+#[tokio::test]
+async fn wrong_role_is_refused_at_admission() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let server = Arc::new(endpoint(&node_creds(&ca, 1, CertRole::Control), &metrics));
+    let (_serve, mut errors) = serve_echo(server.clone());
+    let agent = endpoint(&node_creds(&ca, 7, CertRole::Agent), &metrics);
+    let err = agent.connect(addr(&server), Alpn::Raft).await.unwrap_err();
+    match &err {
+        ConnectError::Refused { detail, .. } => assert!(
+            detail.contains("requires a control certificate"),
+            "{detail}"
+        ),
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(errors.recv().await.unwrap().kind(), "wrong_role");
+    assert_eq!(metrics.handshake_failures("server", "wrong_role"), 1);
+    // The same agent is admitted for its own purpose.
+    agent.connect(addr(&server), Alpn::Agent).await.unwrap();
+}
+
+/// An agent certificate cannot pose as a control server: clients verify the control name.
+#[tokio::test]
+async fn agent_certificate_cannot_serve_as_control() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let fake_server = Arc::new(endpoint(&node_creds(&ca, 8, CertRole::Agent), &metrics));
+    let (_serve, _errors) = serve_echo(fake_server.clone());
+    let client = endpoint(&node_creds(&ca, 2, CertRole::Control), &metrics);
+    let err = client
+        .connect(addr(&fake_server), Alpn::Raft)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::ServerUntrusted { .. }), "{err}");
+}
+
+/// Dialling with backoff keeps trying until the server appears, and connections closed by both
+/// sides leave no active-connection count behind.
+#[tokio::test]
+async fn connect_any_retries_with_backoff_until_the_server_appears() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let server_creds = node_creds(&ca, 1, CertRole::Control);
+    // Reserve a port, then free it so the first attempts find nobody there.
+    let port = std::net::UdpSocket::bind(LOOPBACK)
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let config = warren_transport::TransportConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..fast_config()
+    };
+    let client = Endpoint::bind(
+        LOOPBACK.parse().unwrap(),
+        &node_creds(&ca, 2, CertRole::Control),
+        warren_transport::EndpointOptions {
+            config,
+            metrics: metrics.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let starter = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let server =
+                Arc::new(Endpoint::bind(server_addr, &server_creds, options(&metrics)).unwrap());
+            let (serve, _errors) = serve_echo(server.clone());
+            (server, serve)
+        })
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
+    let conn = client
+        .connect_any(&[server_addr], Alpn::Raft, &mut backoff, &cancel)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(metrics.handshake_failures("client", "timeout") >= 1);
+    let reply: Msg = conn.request(&Msg::Ping(1)).await.unwrap();
+    assert_eq!(reply, Msg::Pong(1, "control".into()));
+    let (server, _serve) = starter.await.unwrap();
+    drop(conn);
+    server.close();
+    assert!(
+        wait_until(Duration::from_secs(5), || metrics.connections_active.get()
+            == 0)
+        .await
+    );
+
+    // Cancellation ends the loop.
+    cancel.cancel();
+    assert!(
+        client
+            .connect_any(&[server_addr], Alpn::Raft, &mut backoff, &cancel)
+            .await
+            .is_none()
+    );
+}
