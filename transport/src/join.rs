@@ -130,6 +130,47 @@ impl From<&TokenError> for JoinRefusal {
     }
 }
 
+/// An authority's refusal: what the joiner is told, and the precise metric label (which may say
+/// more than the joiner is told, e.g. `unknown` vs `bad_secret`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// What the joiner sees.
+    pub refusal: JoinRefusal,
+    /// The `result` label of `warren_transport_join_requests_total`.
+    pub metric_label: &'static str,
+}
+
+impl From<TokenError> for Refused {
+    fn from(error: TokenError) -> Self {
+        Self {
+            refusal: JoinRefusal::from(&error),
+            metric_label: error.kind(),
+        }
+    }
+}
+
+impl Refused {
+    /// A refusal of the request itself (bad CSR, bad name).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            refusal: JoinRefusal::bad_request(message),
+            metric_label: "bad_request",
+        }
+    }
+
+    /// The server cannot decide now (no quorum); the joiner should retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let refusal = JoinRefusal {
+            reason: JoinRefusalReason::Unavailable,
+            message: message.into(),
+        };
+        Self {
+            refusal,
+            metric_label: "unavailable",
+        }
+    }
+}
+
 /// The server's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinResponse {
@@ -155,7 +196,7 @@ pub trait JoinAuthority: Send + Sync {
     fn authorize(
         &self,
         join: CheckedJoin,
-    ) -> impl std::future::Future<Output = Result<JoinGrant, JoinRefusal>> + Send;
+    ) -> impl std::future::Future<Output = Result<JoinGrant, Refused>> + Send;
 
     /// SHA-256 of the cluster CA certificate; requests pinning another CA are refused early.
     fn cluster_fingerprint(&self) -> [u8; 32];
@@ -185,16 +226,13 @@ pub async fn serve_join<A: JoinAuthority>(
         }
     };
     let (response, label) = match check_request(request, authority.cluster_fingerprint()) {
-        Err((refusal, label)) => (JoinResponse::Refused(refusal), label),
+        Err(refused) => (JoinResponse::Refused(refused.refusal), refused.metric_label),
         Ok(checked) => match authority.authorize(checked).await {
             Ok(grant) => {
                 info!(peer = %peer, node_id = %grant.node_id, "node joined");
                 (JoinResponse::Granted(grant), "granted")
             }
-            Err(refusal) => {
-                let label = refusal_label(refusal.reason);
-                (JoinResponse::Refused(refusal), label)
-            }
+            Err(refused) => (JoinResponse::Refused(refused.refusal), refused.metric_label),
         },
     };
     metrics
@@ -211,38 +249,17 @@ pub async fn serve_join<A: JoinAuthority>(
     }
 }
 
-fn refusal_label(reason: JoinRefusalReason) -> &'static str {
-    match reason {
-        JoinRefusalReason::MalformedToken => "malformed",
-        JoinRefusalReason::WrongCluster => "wrong_cluster",
-        JoinRefusalReason::InvalidToken => "invalid_token",
-        JoinRefusalReason::WrongRole => "wrong_role",
-        JoinRefusalReason::Expired => "expired",
-        JoinRefusalReason::AlreadyUsed => "already_used",
-        JoinRefusalReason::Revoked => "revoked",
-        JoinRefusalReason::BadRequest => "bad_request",
-        JoinRefusalReason::Unavailable => "unavailable",
-    }
-}
-
-fn check_request(
-    request: JoinRequest,
-    cluster: [u8; 32],
-) -> Result<CheckedJoin, (JoinRefusal, &'static str)> {
+fn check_request(request: JoinRequest, cluster: [u8; 32]) -> Result<CheckedJoin, Refused> {
     if request.version != JOIN_VERSION {
         let message = format!(
             "join protocol version {} is not supported (this server speaks {JOIN_VERSION})",
             request.version
         );
-        return Err((JoinRefusal::bad_request(message), "bad_request"));
+        return Err(Refused::bad_request(message));
     }
-    let token: JoinToken = request
-        .token
-        .parse()
-        .map_err(|e: TokenError| (JoinRefusal::from(&e), e.kind()))?;
+    let token: JoinToken = request.token.parse().map_err(Refused::from)?;
     if token.ca_fingerprint != cluster {
-        let error = TokenError::WrongCluster;
-        return Err((JoinRefusal::from(&error), error.kind()));
+        return Err(Refused::from(TokenError::WrongCluster));
     }
     Ok(CheckedJoin { token, request })
 }
@@ -255,7 +272,6 @@ pub struct LocalJoinAuthority {
     book: Mutex<TokenBook>,
     control_addrs: Vec<String>,
     cert_lifetime: Duration,
-    metrics: TransportMetrics,
 }
 
 impl std::fmt::Debug for LocalJoinAuthority {
@@ -268,18 +284,12 @@ impl std::fmt::Debug for LocalJoinAuthority {
 
 impl LocalJoinAuthority {
     /// An authority over `ca` with `book`, handing out `control_addrs`.
-    pub fn new(
-        ca: ClusterCa,
-        book: TokenBook,
-        control_addrs: Vec<String>,
-        metrics: TransportMetrics,
-    ) -> Self {
+    pub fn new(ca: ClusterCa, book: TokenBook, control_addrs: Vec<String>) -> Self {
         Self {
             ca,
             book: Mutex::new(book),
             control_addrs,
             cert_lifetime: NODE_CERT_LIFETIME,
-            metrics,
         }
     }
 
@@ -299,7 +309,7 @@ impl LocalJoinAuthority {
 }
 
 impl JoinAuthority for LocalJoinAuthority {
-    async fn authorize(&self, join: CheckedJoin) -> Result<JoinGrant, JoinRefusal> {
+    async fn authorize(&self, join: CheckedJoin) -> Result<JoinGrant, Refused> {
         let now_ms = unix_now_ms();
         let redeemed = self.book.lock().unwrap_or_else(|e| e.into_inner()).redeem(
             &join.token,
@@ -307,14 +317,8 @@ impl JoinAuthority for LocalJoinAuthority {
             join.request.role,
             now_ms,
         );
-        if let Err(error) = redeemed {
-            // Keep the precise reason (unknown vs forged) in metrics; the joiner sees less.
-            self.metrics
-                .join_requests_total
-                .with_label_values(&[error.kind()])
-                .inc();
-            return Err(JoinRefusal::from(&error));
-        }
+        // The precise reason (unknown vs forged) goes to metrics; the joiner sees less.
+        redeemed?;
         let node_id = NodeId(random_node_id());
         let subject = CertSubject::Node {
             node_id,
@@ -324,7 +328,7 @@ impl JoinAuthority for LocalJoinAuthority {
         let cert = self
             .ca
             .sign_csr(&join.request.csr_der, &subject, validity)
-            .map_err(|e| JoinRefusal::bad_request(e.to_string()))?;
+            .map_err(|e| Refused::bad_request(e.to_string()))?;
         Ok(JoinGrant {
             node_id,
             cert_der: cert.to_vec(),

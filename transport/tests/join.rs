@@ -35,7 +35,6 @@ fn cluster() -> Cluster {
         ca,
         TokenBook::default(),
         control_addrs,
-        metrics.clone(),
     ));
     let serve_server = server.clone();
     let serve_authority = authority.clone();
