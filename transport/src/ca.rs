@@ -296,6 +296,40 @@ impl ClusterCa {
         Credentials::new(cert, key.serialize_der(), self.cert_der.clone())
     }
 
+    /// The CA key sealed under `seal_key` (AES-256-GCM), e.g. for replicated state.
+    pub fn sealed_key(&self, seal_key: &SealKey) -> Vec<u8> {
+        seal(seal_key, CA_KEY_PURPOSE, &self.key.serialize_der())
+    }
+
+    /// Rebuilds a CA from its certificate and a key sealed by [`Self::sealed_key`].
+    ///
+    /// # Errors
+    /// [`CaError::Seal`] for a wrong key or tampered data, [`CaError::BadFile`] when the key
+    /// does not belong to the certificate.
+    pub fn from_sealed(
+        cert_der: &[u8],
+        sealed_key: &[u8],
+        seal_key: &SealKey,
+    ) -> Result<Self, CaError> {
+        let key_der = open(seal_key, CA_KEY_PURPOSE, sealed_key)?;
+        let key = key_pair_from_der(&key_der)?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(cert_der).map_err(|e| CaError::BadFile {
+                what: "CA certificate",
+                detail: e.to_string(),
+            })?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::BadFile {
+                what: "CA key",
+                detail: "the sealed key does not belong to the CA certificate".into(),
+            });
+        }
+        Ok(Self::from_parts(
+            CertificateDer::from(cert_der.to_vec()),
+            key,
+        ))
+    }
+
     /// Writes `ca.crt` (plain) and `ca.key.sealed` (AES-256-GCM under `seal_key`) into `dir`.
     ///
     /// # Errors
@@ -309,8 +343,8 @@ impl ClusterCa {
         )
         .map_err(io_err("write", &cert_path))?;
         let key_path = dir.join(CA_KEY_FILE);
-        let sealed = seal(seal_key, CA_KEY_PURPOSE, &self.key.serialize_der());
-        write_atomic(&key_path, &sealed, 0o600).map_err(io_err("write", &key_path))
+        write_atomic(&key_path, &self.sealed_key(seal_key), 0o600)
+            .map_err(io_err("write", &key_path))
     }
 
     /// Loads a CA saved by [`Self::save`].
@@ -322,20 +356,7 @@ impl ClusterCa {
         let cert_der = read_cert_pem(&dir.join(CA_CERT_FILE))?;
         let key_path = dir.join(CA_KEY_FILE);
         let sealed = fs::read(&key_path).map_err(io_err("read", &key_path))?;
-        let key_der = open(seal_key, CA_KEY_PURPOSE, &sealed)?;
-        let key = key_pair_from_der(&key_der)?;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| CaError::BadFile {
-                what: "CA certificate",
-                detail: e.to_string(),
-            })?;
-        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(CaError::BadFile {
-                what: "CA key",
-                detail: "the sealed key does not belong to ca.crt".into(),
-            });
-        }
-        Ok(Self::from_parts(cert_der, key))
+        Self::from_sealed(&cert_der, &sealed, seal_key)
     }
 }
 

@@ -220,9 +220,11 @@ pub enum AcceptError {
         /// The TLS error.
         detail: String,
     },
-    /// The certificate is fine but does not grant what the ALPN needs.
+    /// The certificate is valid but does not grant what the ALPN needs, or was revoked.
     #[error("refused {addr} for {alpn}: {detail}")]
     Refused {
+        /// Metric label of the reason (`wrong_role`, `revoked`, `no_alpn`).
+        reason: &'static str,
         /// The peer's address.
         addr: SocketAddr,
         /// The purpose asked for.
@@ -238,7 +240,7 @@ impl AcceptError {
         match self {
             Self::Timeout { .. } => "timeout",
             Self::Handshake { reason, .. } => reason,
-            Self::Refused { .. } => "wrong_role",
+            Self::Refused { reason, .. } => reason,
         }
     }
 }
@@ -270,6 +272,7 @@ pub enum RpcError {
 struct Shared {
     config: TransportConfig,
     metrics: TransportMetrics,
+    revocations: RevocationList,
 }
 
 /// Options shared by every connection of an endpoint.
@@ -398,6 +401,7 @@ impl Endpoint {
         let shared = Arc::new(Shared {
             config: options.config,
             metrics: options.metrics,
+            revocations: options.revocations,
         });
         Ok(Self {
             quinn,
@@ -618,6 +622,7 @@ async fn admit_inner(
     let Some(alpn) = alpn else {
         conn.close(CLOSE_REFUSED.into(), b"no supported ALPN");
         return Err(AcceptError::Refused {
+            reason: "no_alpn",
             addr,
             alpn: "none",
             detail: "no supported ALPN".into(),
@@ -649,12 +654,32 @@ async fn admit_inner(
             };
             conn.close(CLOSE_REFUSED.into(), detail.as_bytes());
             return Err(AcceptError::Refused {
+                reason: "wrong_role",
                 addr,
                 alpn: alpn.as_str(),
                 detail,
             });
         }
     };
+    // Checked again here (not only in the TLS verifier) so a certificate revoked while the
+    // process runs is refused on every path into the server.
+    if let Some(identity) = &peer
+        && shared.revocations.is_revoked(&identity.serial)
+    {
+        let detail = format!("certificate {} has been revoked", identity.serial);
+        conn.close(CLOSE_REFUSED.into(), detail.as_bytes());
+        return Err(AcceptError::Refused {
+            reason: "revoked",
+            addr,
+            alpn: alpn.as_str(),
+            detail,
+        });
+    }
+    if alpn == Alpn::Join {
+        // A joiner has no certificate yet: one request stream, nothing else.
+        conn.set_max_concurrent_bi_streams(1u32.into());
+        conn.set_max_concurrent_uni_streams(0u32.into());
+    }
     let send = conn.open_uni().await.map_err(handshake_error)?;
     let mut framed = FramedSend::new(
         send,
@@ -740,6 +765,15 @@ impl PeerConnection {
         self.peer.as_ref()
     }
 
+    /// The frame limit on this connection: the configured one, or the small join limit for a
+    /// joiner that has no certificate yet.
+    fn max_frame_bytes(&self) -> usize {
+        match self.alpn {
+            Alpn::Join => crate::join::JOIN_FRAME_MAX_BYTES.min(self.shared.config.max_frame_bytes),
+            _ => self.shared.config.max_frame_bytes,
+        }
+    }
+
     /// The connection's purpose.
     pub fn alpn(&self) -> Alpn {
         self.alpn
@@ -767,13 +801,13 @@ impl PeerConnection {
         (
             FramedSend::new(
                 send,
-                config.max_frame_bytes,
+                self.max_frame_bytes(),
                 config.frame_timeout,
                 self.shared.metrics.clone(),
             ),
             FramedRecv::new(
                 recv,
-                config.max_frame_bytes,
+                self.max_frame_bytes(),
                 config.frame_timeout,
                 self.shared.metrics.clone(),
             ),
@@ -822,7 +856,7 @@ impl PeerConnection {
         let config = &self.shared.config;
         Ok(FramedSend::new(
             send,
-            config.max_frame_bytes,
+            self.max_frame_bytes(),
             config.frame_timeout,
             self.shared.metrics.clone(),
         ))
@@ -844,7 +878,7 @@ impl PeerConnection {
         let config = &self.shared.config;
         Ok(FramedRecv::new(
             recv,
-            config.max_frame_bytes,
+            self.max_frame_bytes(),
             config.frame_timeout,
             self.shared.metrics.clone(),
         ))
@@ -934,6 +968,7 @@ pub(crate) async fn dial_pinned(
     let shared = Arc::new(Shared {
         config: config.clone(),
         metrics: metrics.clone(),
+        revocations: RevocationList::default(),
     });
     let conn = dial(&quinn, client, addr, Alpn::Join, &shared).await?;
     Ok((quinn, conn))

@@ -139,8 +139,9 @@ impl FrameDecoder {
                 max: self.max_frame_bytes,
             });
         }
+        // No reservation for the declared length: a 4-byte prefix must not make us allocate
+        // up to the limit before the bytes arrive. The buffer grows with what is received.
         if self.buf.len() < LEN_PREFIX_BYTES + len {
-            self.buf.reserve(LEN_PREFIX_BYTES + len - self.buf.len());
             return Ok(None);
         }
         self.buf.advance(LEN_PREFIX_BYTES);

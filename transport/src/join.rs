@@ -467,3 +467,63 @@ pub async fn join(
         control_addrs: grant.control_addrs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
+    use crate::endpoint::{Endpoint, EndpointOptions};
+    use crate::frame::FrameError;
+
+    /// A joiner (no certificate) cannot make the server buffer more than the join frame limit,
+    /// and may open only one stream.
+    #[tokio::test]
+    async fn join_connections_are_held_to_the_small_frame_limit() {
+        crate::install_crypto_provider();
+        let ca = ClusterCa::generate("t", Validity::starting_at(unix_now(), CA_LIFETIME)).unwrap();
+        let creds = ca
+            .issue_credentials(
+                &CertSubject::Node {
+                    node_id: NodeId(1),
+                    role: CertRole::Control,
+                },
+                Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+            )
+            .unwrap();
+        let metrics = TransportMetrics::unregistered();
+        let options = EndpointOptions {
+            metrics: metrics.clone(),
+            ..Default::default()
+        };
+        let server = Arc::new(Endpoint::bind(([127, 0, 0, 1], 0).into(), &creds, options).unwrap());
+        let accept = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let conn = server.accept().await.unwrap().admit().await.unwrap();
+                let (_send, mut recv) = conn.accept_stream().await.unwrap();
+                recv.recv::<JoinRequest>().await.unwrap_err()
+            })
+        };
+        let config = TransportConfig::default();
+        let (_client, conn) = dial_pinned(server.local_addr(), ca.fingerprint(), &config, &metrics)
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_stream().await.unwrap();
+        send.send_raw(&((JOIN_FRAME_MAX_BYTES as u32) + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let err = accept.await.unwrap();
+        assert!(
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    max: JOIN_FRAME_MAX_BYTES,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -82,6 +82,13 @@ impl fmt::Debug for JoinToken {
     }
 }
 
+impl JoinToken {
+    /// SHA-256 of the secret: all the server ever stores or logs.
+    pub fn secret_sha256(&self) -> [u8; 32] {
+        sha256(&self.secret)
+    }
+}
+
 impl fmt::Display for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let role = match self.role {
@@ -253,8 +260,21 @@ impl TokenRecord {
         wanted: NodeRole,
         now_ms: u64,
     ) -> Result<(), TokenError> {
-        let presented = sha256(&token.secret);
-        if !bool::from(presented.ct_eq(&self.secret_sha256)) {
+        self.check_hashed(&token.secret_sha256(), wanted, now_ms)
+    }
+
+    /// As [`Self::check`], given the SHA-256 of the presented secret. The control plane
+    /// proposes only the hash through Raft, so no plaintext secret reaches the log on disk.
+    ///
+    /// # Errors
+    /// The [`TokenError`] that refuses the token.
+    pub fn check_hashed(
+        &self,
+        presented_sha256: &[u8; 32],
+        wanted: NodeRole,
+        now_ms: u64,
+    ) -> Result<(), TokenError> {
+        if !bool::from(presented_sha256.ct_eq(&self.secret_sha256)) {
             return Err(TokenError::BadSecret);
         }
         if self.revoked {
@@ -330,12 +350,32 @@ impl TokenBook {
         if !bool::from(token.ca_fingerprint.ct_eq(&cluster_fingerprint)) {
             return Err(TokenError::WrongCluster);
         }
-        let record = self.records.get_mut(&token.id).ok_or(TokenError::Unknown)?;
-        record.check(token, wanted, now_ms)?;
+        self.redeem_hashed(token.id, &token.secret_sha256(), wanted, now_ms)
+    }
+
+    /// As [`Self::redeem`] for a token whose cluster was already checked, given the SHA-256 of
+    /// its secret (what the control plane puts in its log).
+    ///
+    /// # Errors
+    /// The [`TokenError`] that refuses the token; the book is unchanged then.
+    pub fn redeem_hashed(
+        &mut self,
+        id: TokenId,
+        presented_sha256: &[u8; 32],
+        wanted: NodeRole,
+        now_ms: u64,
+    ) -> Result<TokenId, TokenError> {
+        let record = self.records.get_mut(&id).ok_or(TokenError::Unknown)?;
+        record.check_hashed(presented_sha256, wanted, now_ms)?;
         if record.single_use {
             record.used_at_ms = Some(now_ms);
         }
         Ok(record.id)
+    }
+
+    /// The record for a token id.
+    pub fn get(&self, id: TokenId) -> Option<&TokenRecord> {
+        self.records.get(&id)
     }
 
     /// Revokes a token; returns whether it existed.

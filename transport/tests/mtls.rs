@@ -358,3 +358,35 @@ async fn connect_any_retries_with_backoff_until_the_server_appears() {
             .is_none()
     );
 }
+
+/// A certificate revoked while the server runs is refused on the very next connection from the
+/// same client endpoint: no TLS session resumption lets it skip verification.
+#[tokio::test]
+async fn revocation_applies_to_reconnects_of_a_live_client() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let revocations = warren_transport::RevocationList::default();
+    let server = Arc::new(
+        Endpoint::bind(
+            LOOPBACK.parse().unwrap(),
+            &node_creds(&ca, 1, CertRole::Control),
+            warren_transport::EndpointOptions {
+                revocations: revocations.clone(),
+                ..options(&metrics)
+            },
+        )
+        .unwrap(),
+    );
+    let (_serve, mut errors) = serve_echo(server.clone());
+    let agent_creds = node_creds(&ca, 4, CertRole::Agent);
+    let agent = endpoint(&agent_creds, &TransportMetrics::unregistered());
+    for _ in 0..3 {
+        let conn = agent.connect(addr(&server), Alpn::Agent).await.unwrap();
+        conn.close("again");
+    }
+    revocations.revoke(agent_creds.identity().serial.clone());
+    let err = agent.connect(addr(&server), Alpn::Agent).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+    assert_eq!(errors.recv().await.unwrap().kind(), "revoked");
+}
