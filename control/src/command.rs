@@ -1,0 +1,226 @@
+//! What a Raft log entry says, and what applying it returns.
+//!
+//! Every entry is decided by its proposer before it enters the log: times (`at_ms`), node ids
+//! and sealed secrets are in the entry, so applying it is a pure function of the log and every
+//! control node reaches the same state.
+
+use serde::{Deserialize, Serialize};
+use warren_api::{
+    Availability, Node, NodeId, NodeRole, Revision, SealedBlob, ServiceName, ServiceSpec, Volume,
+};
+use warren_transport::TokenRecord;
+use warren_transport::token::TokenId;
+
+/// A log entry: an operation and the time its proposer stamped on it (unix ms).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// When the proposer decided this; the state machine's only clock.
+    pub at_ms: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.op.name())
+    }
+}
+
+/// The operations the state machine knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// First entry of a cluster: its name and CA (key sealed).
+    InitCluster {
+        /// Cluster name.
+        name: String,
+        /// CA certificate (DER).
+        ca_cert_der: Vec<u8>,
+        /// CA private key, sealed with the cluster key.
+        ca_key_sealed: Vec<u8>,
+    },
+    /// Records a minted join token (its hash only).
+    AddToken(TokenRecord),
+    /// Revokes a join token.
+    RevokeToken(TokenId),
+    /// Redeems a token and registers the node it admits, atomically.
+    Join {
+        /// The token presented.
+        token_id: TokenId,
+        /// SHA-256 of the presented secret (never the secret itself).
+        secret_sha256: [u8; 32],
+        /// The role asked for.
+        role: NodeRole,
+        /// The node to register (id chosen by the proposer, cert serial of the issued cert).
+        node: Node,
+    },
+    /// Registers a node without a token (the first control node at init).
+    RegisterNode(Node),
+    /// Drain or activate a node.
+    SetAvailability {
+        /// Which node.
+        node: NodeId,
+        /// The new availability.
+        availability: Availability,
+    },
+    /// Removes a node: revokes its certificate, moves its replicas.
+    RemoveNode(NodeId),
+    /// A fact from the world: the node's link and gossip went quiet.
+    NodeUnreachable {
+        /// Which node.
+        node: NodeId,
+    },
+    /// A fact from the world: the node is heard from again.
+    NodeReachable {
+        /// Which node.
+        node: NodeId,
+    },
+    /// Creates a service, or updates it if it exists and the spec differs.
+    PutService(ServiceSpec),
+    /// Sets the replica count of a replicated service.
+    ScaleService {
+        /// Which service.
+        name: ServiceName,
+        /// New count.
+        replicas: u32,
+    },
+    /// Restores the previous spec of a service.
+    RollbackService(ServiceName),
+    /// Removes a service and its replicas.
+    RemoveService(ServiceName),
+    /// Moves the next batch of a rolling update to the service's current version.
+    RolloutStep {
+        /// Which service.
+        name: ServiceName,
+        /// The version being rolled out (a stale step for an older version is ignored).
+        version: u64,
+    },
+    /// Creates or replaces a secret (value sealed by the proposer).
+    PutSecret {
+        /// Secret name.
+        name: String,
+        /// Plaintext size, for listings.
+        size_bytes: u64,
+        /// The sealed value.
+        sealed: SealedBlob,
+    },
+    /// Removes a secret.
+    RemoveSecret(String),
+    /// Creates or replaces a volume.
+    PutVolume(Volume),
+    /// Removes a volume.
+    RemoveVolume(String),
+    /// Lets time-based rules run (on-disconnect reschedule timers).
+    Tick,
+}
+
+impl Op {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::InitCluster { .. } => "init_cluster",
+            Op::AddToken(_) => "add_token",
+            Op::RevokeToken(_) => "revoke_token",
+            Op::Join { .. } => "join",
+            Op::RegisterNode(_) => "register_node",
+            Op::SetAvailability { .. } => "set_availability",
+            Op::RemoveNode(_) => "remove_node",
+            Op::NodeUnreachable { .. } => "node_unreachable",
+            Op::NodeReachable { .. } => "node_reachable",
+            Op::PutService(_) => "put_service",
+            Op::ScaleService { .. } => "scale_service",
+            Op::RollbackService(_) => "rollback_service",
+            Op::RemoveService(_) => "remove_service",
+            Op::RolloutStep { .. } => "rollout_step",
+            Op::PutSecret { .. } => "put_secret",
+            Op::RemoveSecret(_) => "remove_secret",
+            Op::PutVolume(_) => "put_volume",
+            Op::RemoveVolume(_) => "remove_volume",
+            Op::Tick => "tick",
+        }
+    }
+}
+
+/// What applying an entry did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The revision (log index) of the entry.
+    pub revision: Revision,
+    /// The effect, or why the entry changed nothing.
+    pub result: Result<Effect, Rejection>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Self {
+            revision: Revision(0),
+            result: Ok(Effect::None),
+        }
+    }
+}
+
+/// The visible effect of an applied entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Nothing to report (or a membership/blank entry).
+    None,
+    /// A node joined or was registered.
+    Node(NodeId),
+    /// A service was created, updated, scaled or rolled back.
+    Service {
+        /// Its version now.
+        version: u64,
+        /// Whether anything changed (false for an identical re-apply).
+        changed: bool,
+        /// Whether it was created by this entry.
+        created: bool,
+    },
+    /// Something was removed or changed in place.
+    Done,
+}
+
+/// Why an entry was refused by the state machine. Refused entries still consume a revision
+/// but change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    /// For programs (and the HTTP status).
+    pub code: RejectionCode,
+    /// For people: one line naming what was wrong.
+    pub message: String,
+}
+
+/// Classes of rejection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectionCode {
+    /// The named object does not exist.
+    NotFound,
+    /// The object exists or the change conflicts with current state.
+    Conflict,
+    /// The input is invalid.
+    Invalid,
+    /// A join token was refused; the `message` names why.
+    TokenRefused,
+}
+
+impl Rejection {
+    pub(crate) fn not_found(what: impl std::fmt::Display) -> Self {
+        Self {
+            code: RejectionCode::NotFound,
+            message: format!("{what} not found"),
+        }
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            code: RejectionCode::Conflict,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: RejectionCode::Invalid,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The control node's shared handle: propose writes (forwarding to the leader), serve
+//! linearizable or stale reads, answer peer RPCs, and decide joins.
+//!
+//! Writes never hang: every path is bounded by the write timeout, and a node that cannot reach
+//! a leader with quorum answers [`ProposeError::NoQuorum`] (HTTP 503) — quickly when it knows
+//! it is cut off (its leader lease has lapsed, or the known leader is unreachable).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tokio::sync::{RwLock, RwLockReadGuard, watch};
+use tracing::{info, warn};
+use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeState, Revision};
+use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now, unix_now_ms};
+use warren_transport::identity::parse_identity;
+use warren_transport::join::{CheckedJoin, JoinAuthority, JoinGrant, Refused, random_node_id};
+use warren_transport::seal::SealKey;
+use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
+
+use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
+use crate::network::Peers;
+use crate::rpc::{ClusterSecrets, ControlRpc, ControlRpcReply, ProposeError};
+use crate::state::ClusterState;
+use crate::types::{Member, Raft};
+
+/// Timers of the write and read paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Upper bound on a write (propose, forward, commit, apply).
+    pub write: Duration,
+    /// The Raft election timeout upper bound; a leader that has not heard from a quorum for
+    /// twice this long refuses writes at once.
+    pub election_max: Duration,
+}
+
+/// The shared handle on one control node.
+pub struct Control {
+    id: u64,
+    raft: Raft,
+    state: Arc<RwLock<ClusterState>>,
+    applied: watch::Receiver<Revision>,
+    peers: Peers,
+    cluster_key: std::sync::OnceLock<SealKey>,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("id", &format_args!("{:016x}", self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    pub(crate) fn new(
+        id: u64,
+        raft: Raft,
+        state: Arc<RwLock<ClusterState>>,
+        applied: watch::Receiver<Revision>,
+        peers: Peers,
+        cluster_key: Option<SealKey>,
+        timeouts: Timeouts,
+    ) -> Self {
+        let cell = std::sync::OnceLock::new();
+        if let Some(key) = cluster_key {
+            let _ = cell.set(key);
+        }
+        Self {
+            id,
+            raft,
+            state,
+            applied,
+            peers,
+            cluster_key: cell,
+            timeouts,
+        }
+    }
+
+    /// Sets the cluster key once (a joining control node receives it after it is a member).
+    pub(crate) fn set_cluster_key(&self, key: SealKey) {
+        let _ = self.cluster_key.set(key);
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The cluster key (seals the CA key and secrets at rest); `None` on a joining control node
+    /// until it is a member.
+    pub fn cluster_key(&self) -> Option<&SealKey> {
+        self.cluster_key.get()
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<(u64, Member)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .clone();
+        Some((id, member))
+    }
+
+    /// The revision of the last applied entry on this node.
+    pub fn applied(&self) -> Revision {
+        *self.applied.borrow()
+    }
+
+    /// Reads the state without any freshness guarantee (what this node has applied).
+    pub async fn read_stale(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.state.read().await
+    }
+
+    /// Reads the state after a read barrier: everything committed before the call is visible.
+    ///
+    /// # Errors
+    /// [`ProposeError::NoQuorum`] when no leader with quorum confirms within the write timeout.
+    pub async fn read_linearizable(
+        &self,
+    ) -> Result<RwLockReadGuard<'_, ClusterState>, ProposeError> {
+        let index = self.read_index().await?;
+        self.wait_applied(index).await?;
+        Ok(self.state.read().await)
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), ProposeError> {
+        let mut applied = self.applied.clone();
+        let wait = applied.wait_for(|revision| revision.0 >= index);
+        match tokio::time::timeout(self.timeouts.write, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+            Err(_) => Err(ProposeError::NoQuorum(format!(
+                "this node did not catch up to revision {index} within {:?}",
+                self.timeouts.write
+            ))),
+        }
+    }
+
+    fn no_quorum_timeout(&self, what: &str) -> ProposeError {
+        ProposeError::NoQuorum(format!(
+            "{what} did not complete within {:?}: a majority of control nodes is not reachable from here",
+            self.timeouts.write
+        ))
+    }
+
+    /// Refuses at once when this node leads but has not heard from a quorum recently.
+    fn check_leader_lease(&self) -> Result<(), ProposeError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Ok(());
+        }
+        let lapsed = metrics
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms > 2 * self.timeouts.election_max.as_millis() as u64);
+        if lapsed {
+            return Err(ProposeError::NoQuorum(
+                "this node leads but has not heard from a majority of control nodes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_index(&self) -> Result<u64, ProposeError> {
+        self.check_leader_lease()?;
+        let local =
+            tokio::time::timeout(self.timeouts.write, self.raft.ensure_linearizable()).await;
+        match local {
+            Err(_) => Err(self.no_quorum_timeout("read barrier")),
+            Ok(Ok(log_id)) => Ok(log_id.map(|id| id.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                let (id, member) = match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(member)) => (id, member),
+                    _ => self.wait_for_leader().await?,
+                };
+                match self.call(id, &member, &ControlRpc::ReadIndex).await? {
+                    ControlRpcReply::ReadIndex(reply) => reply,
+                    _ => Err(ProposeError::NoQuorum(
+                        "leader answered a read index with something else".into(),
+                    )),
+                }
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ProposeError::NoQuorum(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
+        }
+    }
+
+    async fn wait_for_leader(&self) -> Result<(u64, Member), ProposeError> {
+        let wait = self.raft.wait(Some(self.timeouts.election_max * 2));
+        let _ = wait
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        self.leader().ok_or_else(|| {
+            ProposeError::NoQuorum(
+                "no leader: a majority of control nodes is not reachable from here".into(),
+            )
+        })
+    }
+
+    async fn call(
+        &self,
+        id: u64,
+        member: &Member,
+        rpc: &ControlRpc,
+    ) -> Result<ControlRpcReply, ProposeError> {
+        self.peers
+            .call(id, &member.quic_addr, rpc, self.timeouts.write)
+            .await
+            .map_err(|e| {
+                ProposeError::NoQuorum(format!(
+                    "leader {id:016x} ({}) is not reachable: {e}",
+                    member.quic_addr
+                ))
+            })
+    }
+
+    /// Proposes an operation, stamped with the current time, forwarding to the leader if this
+    /// node does not lead.
+    ///
+    /// # Errors
+    /// [`ProposeError`]; on a timeout the write may still be applied later.
+    pub async fn propose(&self, op: Op) -> Result<Outcome, ProposeError> {
+        let command = Command {
+            at_ms: unix_now_ms(),
+            op,
+        };
+        match self.propose_local(command.clone()).await {
+            Err(ProposeError::NotLeader { leader }) => {
+                let (id, member) = match leader {
+                    Some(leader) => leader,
+                    None => self.wait_for_leader().await?,
+                };
+                if id == self.id {
+                    return self.propose_local(command).await;
+                }
+                match self
+                    .call(id, &member, &ControlRpc::Propose(command))
+                    .await?
+                {
+                    ControlRpcReply::Proposed(reply) => reply,
+                    _ => Err(ProposeError::NoQuorum(
+                        "leader answered a proposal with something else".into(),
+                    )),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Proposes on this node only (used for forwarded proposals: no second hop).
+    pub async fn propose_local(&self, command: Command) -> Result<Outcome, ProposeError> {
+        self.check_leader_lease()?;
+        let write =
+            tokio::time::timeout(self.timeouts.write, self.raft.client_write(command)).await;
+        match write {
+            Err(_) => Err(self.no_quorum_timeout("write")),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                let leader = forward.leader_id.zip(forward.leader_node);
+                Err(ProposeError::NotLeader { leader })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ProposeError::Membership(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
+        }
+    }
+
+    /// Adds a control node as a voter (leader only): first as a learner that catches up,
+    /// then into the voting membership. Returns what the new node must hold.
+    pub async fn add_member(
+        &self,
+        node_id: u64,
+        member: Member,
+    ) -> Result<ClusterSecrets, ProposeError> {
+        let map_err = |e: RaftError<u64, ClientWriteError<u64, Member>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ProposeError::Membership(e.to_string())
+            }
+            RaftError::Fatal(_) => ProposeError::ShuttingDown,
+        };
+        let catch_up = self.timeouts.write * 6;
+        let add = self.raft.add_learner(node_id, member.clone(), true);
+        tokio::time::timeout(catch_up, add)
+            .await
+            .map_err(|_| self.no_quorum_timeout("adding a learner"))?
+            .map_err(map_err)?;
+        let change = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false);
+        tokio::time::timeout(self.timeouts.write, change)
+            .await
+            .map_err(|_| self.no_quorum_timeout("membership change"))?
+            .map_err(map_err)?;
+        info!(peer = %format_args!("{node_id:016x}"), addr = %member.quic_addr, "control node added as voter");
+        let key = self
+            .cluster_key()
+            .ok_or_else(|| ProposeError::Membership("this node has no cluster key".into()))?;
+        Ok(ClusterSecrets {
+            cluster_key_hex: key.to_hex(),
+        })
+    }
+
+    /// Answers one RPC from another control node.
+    pub async fn handle_rpc(&self, rpc: ControlRpc) -> ControlRpcReply {
+        match rpc {
+            ControlRpc::AppendEntries(req) => {
+                ControlRpcReply::AppendEntries(self.raft.append_entries(req).await)
+            }
+            ControlRpc::Vote(req) => ControlRpcReply::Vote(self.raft.vote(req).await),
+            ControlRpc::InstallSnapshot(req) => {
+                ControlRpcReply::InstallSnapshot(self.raft.install_snapshot(req).await)
+            }
+            ControlRpc::Propose(command) => {
+                ControlRpcReply::Proposed(self.propose_local(command).await)
+            }
+            ControlRpc::ReadIndex => ControlRpcReply::ReadIndex(self.leader_read_index().await),
+            ControlRpc::AddMember { node_id, member } => {
+                ControlRpcReply::MemberAdded(self.add_member(node_id, member).await)
+            }
+        }
+    }
+
+    async fn leader_read_index(&self) -> Result<u64, ProposeError> {
+        self.check_leader_lease()?;
+        match tokio::time::timeout(self.timeouts.write, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(self.no_quorum_timeout("read barrier")),
+            Ok(Ok(log_id)) => Ok(log_id.map(|id| id.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ProposeError::NoQuorum(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
+        }
+    }
+
+    /// The cluster CA, unsealed from the replicated state with the cluster key.
+    async fn ca(&self) -> Result<ClusterCa, Refused> {
+        let state = self.state.read().await;
+        let info = state
+            .cluster
+            .as_ref()
+            .ok_or_else(|| Refused::unavailable("cluster is not initialised yet"))?;
+        let key = self
+            .cluster_key()
+            .ok_or_else(|| Refused::unavailable("this control node has no cluster key yet"))?;
+        ClusterCa::from_sealed(&info.ca_cert_der, &info.ca_key_sealed, key)
+            .map_err(|e| Refused::unavailable(format!("cannot open the cluster CA: {e}")))
+    }
+
+    /// QUIC addresses of the control members, for joiners and agents.
+    pub fn control_addrs(&self) -> Vec<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, m)| m.quic_addr.clone())
+            .collect()
+    }
+}
+
+impl JoinAuthority for Control {
+    async fn authorize(&self, join: CheckedJoin) -> Result<JoinGrant, Refused> {
+        let request = &join.request;
+        warren_api::validate_node_name(&request.name)
+            .map_err(|e| Refused::bad_request(e.to_string()))?;
+        warren_api::validate_site(&request.site)
+            .map_err(|e| Refused::bad_request(e.to_string()))?;
+        let now_ms = unix_now_ms();
+        // Check the token here first for a precise refusal; the state machine checks again,
+        // atomically, when the join is applied.
+        {
+            let state = self.state.read().await;
+            let record = state.tokens.get(join.token.id).ok_or(TokenError::Unknown)?;
+            record.check(&join.token, request.role, now_ms)?;
+        }
+        let ca = self.ca().await?;
+        let node_id = NodeId(random_node_id());
+        let subject = CertSubject::Node {
+            node_id,
+            role: CertRole::from(request.role),
+        };
+        let cert = ca
+            .sign_csr(
+                &request.csr_der,
+                &subject,
+                Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+            )
+            .map_err(|e| Refused::bad_request(e.to_string()))?;
+        let serial = parse_identity(&cert)
+            .map_err(|e| Refused::bad_request(e.to_string()))?
+            .serial;
+        let node = Node {
+            id: node_id,
+            name: request.name.clone(),
+            role: request.role,
+            site: request.site.clone(),
+            labels: request.labels.clone(),
+            availability: Availability::Active,
+            state: NodeState::Ready,
+            cert_serial: Some(serial),
+            addresses: advertised_addresses(&request.advertise),
+            joined_at_ms: now_ms,
+        };
+        let op = Op::Join {
+            token_id: join.token.id,
+            secret_sha256: join.token.secret_sha256(),
+            role: request.role,
+            node,
+        };
+        match self.propose(op).await {
+            Ok(Outcome {
+                result: Ok(Effect::Node(_)),
+                ..
+            }) => Ok(JoinGrant {
+                node_id,
+                cert_der: cert.to_vec(),
+                ca_cert_der: ca.cert_der().to_vec(),
+                control_addrs: self.control_addrs(),
+            }),
+            Ok(Outcome { result: Ok(_), .. }) => Err(Refused::unavailable(
+                "join applied without registering a node",
+            )),
+            Ok(Outcome {
+                result: Err(rejection),
+                ..
+            }) => Err(match rejection.code {
+                RejectionCode::TokenRefused => Refused {
+                    refusal: warren_transport::join::JoinRefusal {
+                        reason: warren_transport::join::JoinRefusalReason::InvalidToken,
+                        message: rejection.message,
+                    },
+                    metric_label: "token_refused",
+                },
+                _ => Refused::bad_request(rejection.message),
+            }),
+            Err(error) => {
+                warn!(error = %error, "join could not be committed");
+                Err(Refused::unavailable(format!(
+                    "the control plane cannot commit the join now: {error}"
+                )))
+            }
+        }
+    }
+
+    fn cluster_fingerprint(&self) -> [u8; 32] {
+        // The CA certificate is fixed for the cluster's life; reading it without the async lock
+        // is safe because it is set once by the first entry.
+        self.state
+            .try_read()
+            .ok()
+            .and_then(|s| {
+                s.cluster
+                    .as_ref()
+                    .map(|c| warren_transport::identity::fingerprint(&c.ca_cert_der))
+            })
+            .unwrap_or([0; 32])
+    }
+}
+
+/// Parses `kind=addr` advertised addresses (`quic=…`, `api=…`, `gossip=…`, `metrics=…`,
+/// `dns=…`); unknown kinds are ignored.
+fn advertised_addresses(advertise: &[String]) -> NodeAddresses {
+    let mut addresses = NodeAddresses::default();
+    for entry in advertise {
+        let Some((kind, addr)) = entry.split_once('=') else {
+            continue;
+        };
+        let slot = match kind {
+            "quic" => &mut addresses.quic,
+            "api" => &mut addresses.api,
+            "gossip" => &mut addresses.gossip,
+            "metrics" => &mut addresses.metrics,
+            "dns" => &mut addresses.dns,
+            _ => continue,
+        };
+        *slot = Some(addr.to_owned());
+    }
+    addresses
+}
+
+/// Shared pointer type used by servers.
+pub type SharedControl = Arc<Control>;

@@ -1,0 +1,25 @@
+//! Warren's control plane: the single source of truth for a fleet's desired state.
+//!
+//! - [`command`]: what a Raft log entry says ([`Command`]) and what applying it returns.
+//! - [`state`]: [`ClusterState`], the replicated desired state, and its pure `apply`.
+//! - [`scheduler`]: placement of replicas, a pure function called inside `apply`.
+//! - [`store`]: openraft log and state-machine storage on sled.
+//! - [`types`]: openraft type configuration.
+//!
+//! The only crate that names openraft. Decisions are pure functions of the log: `apply` reads
+//! no clock, no randomness and no I/O; facts from the world enter as entries the leader
+//! proposes.
+
+pub mod command;
+pub mod control;
+pub mod network;
+pub mod node;
+pub mod rpc;
+pub mod scheduler;
+pub mod state;
+pub mod store;
+pub mod types;
+
+pub use command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
+pub use state::ClusterState;
+pub use types::{Member, Raft, TypeConfig};

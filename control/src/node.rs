@@ -1,0 +1,704 @@
+//! A control node's life: `init` (first node of a new cluster), `join` (with a control
+//! token), `run` (restart from the data dir), and `shutdown`.
+//!
+//! Data dir layout (all files written atomically):
+//! - `node.json`: id, name, site, listen and advertised addresses;
+//! - `node.crt`, `node.key` (0600), `ca.crt`: this node's credentials;
+//! - `cluster.key` (0600): the key that seals the CA key and secret values in the replicated
+//!   state — every control node holds it; agents never do;
+//! - `raft/`: the sled database (log, vote, snapshot).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
+use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME, unix_now, unix_now_ms};
+use warren_transport::join::{JoinParams, random_node_id, serve_join};
+use warren_transport::seal::SealKey;
+use warren_transport::{
+    Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, RevocationList,
+    TransportConfig, TransportMetrics, Validity, write_atomic,
+};
+
+use crate::command::Op;
+use crate::control::{Control, Timeouts};
+use crate::network::Peers;
+use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
+use crate::store::{self, StoreTuning};
+use crate::types::{Member, Raft};
+
+const SETTINGS_FILE: &str = "node.json";
+const CLUSTER_KEY_FILE: &str = "cluster.key";
+
+/// What a control node is and where it listens; persisted as `node.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Assigned at init or join.
+    pub node_id: NodeId,
+    /// Node name (DNS label).
+    pub name: String,
+    /// Site (DNS label).
+    pub site: String,
+    /// QUIC listen address (Raft, agents, joins).
+    pub quic_listen: SocketAddr,
+    /// HTTP API listen address.
+    pub api_listen: SocketAddr,
+    /// Address other nodes dial for QUIC.
+    pub advertise_quic: String,
+    /// Address clients use for the API.
+    pub advertise_api: String,
+}
+
+/// Tuning that is not persisted (defaults suit a central site on a LAN).
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range.
+    pub election_timeout: (Duration, Duration),
+    /// Upper bound on a write or a linearizable read.
+    pub write_timeout: Duration,
+    /// QUIC transport tuning.
+    pub transport: TransportConfig,
+    /// sled tuning.
+    pub store: StoreTuning,
+    /// Entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            write_timeout: Duration::from_secs(5),
+            transport: TransportConfig {
+                connect_timeout: Duration::from_secs(2),
+                ..TransportConfig::default()
+            },
+            store: StoreTuning::default(),
+            snapshot_every: 5_000,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Checks relations between timers.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming the first broken relation.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let (min, max) = self.election_timeout;
+        if self.heartbeat.is_zero() || self.heartbeat * 2 > min {
+            return Err(NodeError::Config(
+                "heartbeat must be positive and at most half the election timeout".into(),
+            ));
+        }
+        if min >= max {
+            return Err(NodeError::Config(
+                "election timeout min must be below max".into(),
+            ));
+        }
+        if self.write_timeout < max {
+            return Err(NodeError::Config(
+                "write timeout must be at least the election timeout".into(),
+            ));
+        }
+        self.transport
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))
+    }
+}
+
+/// Why a control node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Inconsistent configuration.
+    #[error("invalid control config: {0}")]
+    Config(String),
+    /// The data dir holds (or lacks) a node.
+    #[error("{0}")]
+    DataDir(String),
+    /// Reading or writing a file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The CA or credentials.
+    #[error(transparent)]
+    Ca(#[from] warren_transport::ca::CaError),
+    /// The Raft store.
+    #[error(transparent)]
+    Store(#[from] store::OpenError),
+    /// The QUIC endpoint.
+    #[error(transparent)]
+    Bind(#[from] warren_transport::endpoint::BindError),
+    /// openraft refused to start or initialise.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// Joining the cluster failed.
+    #[error(transparent)]
+    Join(#[from] warren_transport::join::JoinError),
+    /// A write during start-up failed.
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> NodeError + 'a {
+    move |source| NodeError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What `init` hands back besides the running node: the operator's admin credentials.
+#[derive(Debug)]
+pub struct InitOutput {
+    /// An admin certificate for the CLI (written into admin.conf by the caller).
+    pub admin: Credentials,
+    /// The cluster CA fingerprint.
+    pub fingerprint: [u8; 32],
+}
+
+/// What to create a node with (`init` and `join`).
+#[derive(Clone, Debug)]
+pub struct NewNode {
+    /// Where its files go.
+    pub data_dir: PathBuf,
+    /// Node name.
+    pub name: String,
+    /// Site.
+    pub site: String,
+    /// QUIC listen address.
+    pub quic_listen: SocketAddr,
+    /// API listen address.
+    pub api_listen: SocketAddr,
+    /// Address others dial for QUIC; defaults to the bound QUIC address.
+    pub advertise_quic: Option<String>,
+    /// Address clients use for the API; defaults to the bound API address.
+    pub advertise_api: Option<String>,
+}
+
+/// A running control node.
+#[derive(Debug)]
+pub struct ControlNode {
+    control: Arc<Control>,
+    endpoint: Arc<Endpoint>,
+    settings: NodeSettings,
+    data_dir: PathBuf,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    metrics: TransportMetrics,
+}
+
+fn check_fresh(dir: &Path) -> Result<(), NodeError> {
+    if dir.join(SETTINGS_FILE).exists() {
+        return Err(NodeError::DataDir(format!(
+            "{} already holds a control node; start it with `warren control run --data-dir {}`",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io("create data dir", dir))?;
+    Ok(())
+}
+
+fn save_settings(dir: &Path, settings: &NodeSettings) -> Result<(), NodeError> {
+    let path = dir.join(SETTINGS_FILE);
+    let json = serde_json::to_vec_pretty(settings).expect("settings serialize to JSON");
+    write_atomic(&path, &json, 0o644).map_err(io("write", &path))
+}
+
+fn save_cluster_key(dir: &Path, key: &SealKey) -> Result<(), NodeError> {
+    let path = dir.join(CLUSTER_KEY_FILE);
+    write_atomic(&path, format!("{}\n", key.to_hex()).as_bytes(), 0o600).map_err(io("write", &path))
+}
+
+fn load_cluster_key(dir: &Path) -> Result<Option<SealKey>, NodeError> {
+    let path = dir.join(CLUSTER_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => SealKey::from_hex(&text)
+            .map(Some)
+            .map_err(|e| NodeError::DataDir(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", &path)(e)),
+    }
+}
+
+fn member_of(settings: &NodeSettings) -> Member {
+    Member {
+        quic_addr: settings.advertise_quic.clone(),
+        api_addr: settings.advertise_api.clone(),
+        name: settings.name.clone(),
+    }
+}
+
+fn settings_for(new: &NewNode, node_id: NodeId) -> NodeSettings {
+    NodeSettings {
+        node_id,
+        name: new.name.clone(),
+        site: new.site.clone(),
+        quic_listen: new.quic_listen,
+        api_listen: new.api_listen,
+        advertise_quic: new
+            .advertise_quic
+            .clone()
+            .unwrap_or_else(|| new.quic_listen.to_string()),
+        advertise_api: new
+            .advertise_api
+            .clone()
+            .unwrap_or_else(|| new.api_listen.to_string()),
+    }
+}
+
+impl ControlNode {
+    /// Creates a new cluster with this node as its only member.
+    ///
+    /// # Errors
+    /// [`NodeError`]; a data dir that already holds a node is refused.
+    pub async fn init(
+        new: NewNode,
+        config: ControlConfig,
+    ) -> Result<(Self, InitOutput), NodeError> {
+        config.validate()?;
+        warren_api::validate_node_name(&new.name).map_err(|e| NodeError::Config(e.to_string()))?;
+        warren_api::validate_site(&new.site).map_err(|e| NodeError::Config(e.to_string()))?;
+        check_fresh(&new.data_dir)?;
+        let ca = ClusterCa::generate(&new.name, Validity::starting_at(unix_now(), CA_LIFETIME))?;
+        let cluster_key = SealKey::generate();
+        let node_id = NodeId(random_node_id());
+        let creds = ca.issue_credentials(
+            &CertSubject::Node {
+                node_id,
+                role: CertRole::Control,
+            },
+            Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+        )?;
+        let admin = ca.issue_credentials(
+            &CertSubject::Admin {
+                name: "admin".into(),
+            },
+            Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+        )?;
+        // Bind first so that port 0 resolves to a real port before it is recorded.
+        let endpoint = bind(&new.quic_listen, &creds, &config)?;
+        let mut new = new;
+        new.quic_listen = endpoint.0.local_addr();
+        let settings = settings_for(&new, node_id);
+        creds.save(&new.data_dir)?;
+        save_cluster_key(&new.data_dir, &cluster_key)?;
+        let node = Self::start(
+            &new.data_dir,
+            settings.clone(),
+            Some(cluster_key.clone()),
+            config,
+            endpoint,
+        )
+        .await?;
+        let mut members = std::collections::BTreeMap::new();
+        members.insert(node_id.0, member_of(&settings));
+        node.control
+            .raft()
+            .initialize(members)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        node.control
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(node_id.0, "init: self elected")
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let init = Op::InitCluster {
+            name: new.name.clone(),
+            ca_cert_der: ca.cert_der().to_vec(),
+            ca_key_sealed: ca.sealed_key(&cluster_key),
+        };
+        node.control.propose(init).await?;
+        let me = Node {
+            id: node_id,
+            name: settings.name.clone(),
+            role: NodeRole::Control,
+            site: settings.site.clone(),
+            labels: Default::default(),
+            availability: Availability::Active,
+            state: NodeState::Ready,
+            cert_serial: Some(creds.identity().serial.clone()),
+            addresses: NodeAddresses {
+                quic: Some(settings.advertise_quic.clone()),
+                api: Some(settings.advertise_api.clone()),
+                ..NodeAddresses::default()
+            },
+            joined_at_ms: unix_now_ms(),
+        };
+        node.control.propose(Op::RegisterNode(me)).await?;
+        // Only now is the data dir a complete node: `run` can restart it.
+        save_settings(&new.data_dir, &settings)?;
+        info!(node_id = %node_id, "cluster initialised");
+        Ok((
+            node,
+            InitOutput {
+                admin,
+                fingerprint: ca.fingerprint(),
+            },
+        ))
+    }
+
+    /// Joins an existing cluster as a voting control node, with a control token.
+    ///
+    /// # Errors
+    /// [`NodeError`]; the token is refused with a clear reason.
+    pub async fn join(
+        new: NewNode,
+        join_addr: SocketAddr,
+        token: &str,
+        config: ControlConfig,
+    ) -> Result<Self, NodeError> {
+        config.validate()?;
+        check_fresh(&new.data_dir)?;
+        // Learn the real port (for port 0) before advertising it; the endpoint proper is bound
+        // once the certificate exists.
+        let probe = std::net::UdpSocket::bind(new.quic_listen)
+            .map_err(io("bind QUIC port", &new.data_dir))?;
+        let mut new = new;
+        new.quic_listen = probe
+            .local_addr()
+            .map_err(io("bind QUIC port", &new.data_dir))?;
+        drop(probe);
+        let settings_guess = settings_for(&new, NodeId(0));
+        let params = JoinParams {
+            role: NodeRole::Control,
+            name: new.name.clone(),
+            site: new.site.clone(),
+            labels: Default::default(),
+            advertise: vec![
+                format!("quic={}", settings_guess.advertise_quic),
+                format!("api={}", settings_guess.advertise_api),
+            ],
+        };
+        let joined = warren_transport::join::join(
+            join_addr,
+            token,
+            params,
+            &config.transport,
+            &TransportMetrics::unregistered(),
+        )
+        .await?;
+        joined.credentials.save(&new.data_dir)?;
+        let settings = settings_for(&new, joined.node_id);
+        let endpoint = bind(&new.quic_listen, &joined.credentials, &config)?;
+        let node = Self::start(&new.data_dir, settings.clone(), None, config, endpoint).await?;
+        let secrets = node.ask_to_become_member(join_addr, &settings).await?;
+        let key = SealKey::from_hex(&secrets.cluster_key_hex)
+            .map_err(|e| NodeError::DataDir(e.to_string()))?;
+        save_cluster_key(&new.data_dir, &key)?;
+        node.control.set_cluster_key(key);
+        save_settings(&new.data_dir, &settings)?;
+        info!(node_id = %joined.node_id, "joined the cluster as a control node");
+        Ok(node)
+    }
+
+    async fn ask_to_become_member(
+        &self,
+        join_addr: SocketAddr,
+        settings: &NodeSettings,
+    ) -> Result<crate::rpc::ClusterSecrets, NodeError> {
+        let rpc = ControlRpc::AddMember {
+            node_id: settings.node_id.0,
+            member: member_of(settings),
+        };
+        let mut target = join_addr;
+        for _ in 0..5 {
+            let conn = self
+                .endpoint
+                .connect(target, Alpn::Raft)
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            let reply: ControlRpcReply = conn
+                .request(&rpc)
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            conn.close("done");
+            match reply {
+                ControlRpcReply::MemberAdded(Ok(secrets)) => return Ok(secrets),
+                ControlRpcReply::MemberAdded(Err(ProposeError::NotLeader {
+                    leader: Some((_, member)),
+                })) => {
+                    target = tokio::net::lookup_host(&member.quic_addr)
+                        .await
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .ok_or_else(|| {
+                            NodeError::Raft(format!(
+                                "cannot resolve leader address {}",
+                                member.quic_addr
+                            ))
+                        })?;
+                }
+                ControlRpcReply::MemberAdded(Err(e)) if e.is_retryable() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                ControlRpcReply::MemberAdded(Err(e)) => return Err(e.into()),
+                _ => return Err(NodeError::Raft("unexpected reply to AddMember".into())),
+            }
+        }
+        Err(NodeError::Raft(
+            "could not reach the leader to become a member".into(),
+        ))
+    }
+
+    /// Restarts a control node from its data dir.
+    ///
+    /// # Errors
+    /// [`NodeError`] when the data dir is incomplete or corrupt.
+    pub async fn run(data_dir: &Path, config: ControlConfig) -> Result<Self, NodeError> {
+        config.validate()?;
+        let path = data_dir.join(SETTINGS_FILE);
+        let text = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NodeError::DataDir(format!(
+                    "{} holds no control node (no {SETTINGS_FILE}); create one with `warren control init` or `warren control join`",
+                    data_dir.display()
+                ))
+            } else {
+                io("read", &path)(e)
+            }
+        })?;
+        let settings: NodeSettings = serde_json::from_slice(&text)
+            .map_err(|e| NodeError::DataDir(format!("{}: {e}", path.display())))?;
+        let creds = Credentials::load(data_dir)?;
+        let cluster_key = load_cluster_key(data_dir)?;
+        let endpoint = bind(&settings.quic_listen, &creds, &config)?;
+        Self::start(data_dir, settings, cluster_key, config, endpoint).await
+    }
+
+    async fn start(
+        data_dir: &Path,
+        settings: NodeSettings,
+        cluster_key: Option<SealKey>,
+        config: ControlConfig,
+        (endpoint, revocations): (Arc<Endpoint>, RevocationList),
+    ) -> Result<Self, NodeError> {
+        let (log_store, sm_store) = store::open(data_dir, config.store)?;
+        let state = sm_store.state();
+        let applied = sm_store.watch_applied();
+        let peers = Peers::new(endpoint.clone());
+        let raft_config = openraft::Config {
+            cluster_name: "warren".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let raft = Raft::new(
+            settings.node_id.0,
+            Arc::new(raft_config),
+            peers.clone(),
+            log_store,
+            sm_store,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let timeouts = Timeouts {
+            write: config.write_timeout,
+            election_max: config.election_timeout.1,
+        };
+        let control = Arc::new(Control::new(
+            settings.node_id.0,
+            raft,
+            state.clone(),
+            applied.clone(),
+            peers,
+            cluster_key,
+            timeouts,
+        ));
+        let node = Self {
+            control,
+            endpoint,
+            settings,
+            data_dir: data_dir.to_owned(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            metrics: TransportMetrics::unregistered(),
+        };
+        node.spawn_revocation_feed(state, applied, revocations);
+        node.spawn_acceptor();
+        node.spawn_leader_duties();
+        Ok(node)
+    }
+
+    /// Keeps the endpoint's revocation list equal to the replicated one.
+    fn spawn_revocation_feed(
+        &self,
+        state: Arc<tokio::sync::RwLock<crate::state::ClusterState>>,
+        mut applied: tokio::sync::watch::Receiver<warren_api::Revision>,
+        revocations: RevocationList,
+    ) {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let serials = state.read().await.revoked_serials.clone();
+                revocations.replace(serials);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = applied.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+    }
+
+    fn spawn_acceptor(&self) {
+        let endpoint = self.endpoint.clone();
+        let control = self.control.clone();
+        let cancel = self.cancel.clone();
+        let tasks = self.tasks.clone();
+        let metrics = self.metrics.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let incoming = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    incoming = endpoint.accept() => match incoming { Some(i) => i, None => return },
+                };
+                let control = control.clone();
+                let metrics = metrics.clone();
+                let cancel = cancel.clone();
+                tasks.spawn(async move {
+                    let Ok(conn) = incoming.admit().await else {
+                        return;
+                    };
+                    let serve = async {
+                        match conn.alpn() {
+                            Alpn::Raft => {
+                                let handler = move |rpc: ControlRpc, _| {
+                                    let control = control.clone();
+                                    async move { control.handle_rpc(rpc).await }
+                                };
+                                warren_transport::serve_requests(conn.clone(), handler).await;
+                            }
+                            Alpn::Join => {
+                                serve_join(conn.clone(), control.as_ref(), &metrics).await
+                            }
+                            Alpn::Agent => {
+                                conn.close("this control node does not serve the agent stream yet")
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = cancel.cancelled() => conn.close("shutting down"),
+                        () = serve => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// On the leader: advance due rolling updates and let on-disconnect timers fire.
+    fn spawn_leader_duties(&self) {
+        let control = self.control.clone();
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if control.leader().map(|(id, _)| id) != Some(control.id()) {
+                    continue;
+                }
+                let now = unix_now_ms();
+                let (rollouts, tick_due) = {
+                    let state = control.read_stale().await;
+                    (state.due_rollouts(now), state.reschedule_due(now))
+                };
+                for (name, version) in rollouts {
+                    if let Err(e) = control.propose(Op::RolloutStep { name, version }).await {
+                        debug!(error = %e, "rollout step not proposed");
+                    }
+                }
+                if tick_due && let Err(e) = control.propose(Op::Tick).await {
+                    debug!(error = %e, "tick not proposed");
+                }
+            }
+        });
+    }
+
+    /// The shared handle (for the API and tests).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// This node's settings.
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    /// The bound QUIC address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr()
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops the node: no new connections, Raft stopped, storage flushed, and the QUIC port
+    /// released before this returns (so the node can be started again at once).
+    pub async fn shutdown(self) {
+        let addr = self.endpoint.local_addr();
+        self.cancel.cancel();
+        if let Err(e) = self.control.raft().shutdown().await {
+            warn!(error = %e, "raft did not shut down cleanly");
+        }
+        self.endpoint.close();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        drop(self);
+        // quinn releases the socket when its driver task ends, shortly after the last handle
+        // is dropped; wait for that rather than leave a restart racing it.
+        for _ in 0..100 {
+            if std::net::UdpSocket::bind(addr).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        warn!(addr = %addr, "QUIC port still in use after shutdown");
+    }
+}
+
+/// Binds the QUIC endpoint with a fresh revocation list.
+fn bind(
+    addr: &SocketAddr,
+    creds: &Credentials,
+    config: &ControlConfig,
+) -> Result<(Arc<Endpoint>, RevocationList), NodeError> {
+    let revocations = RevocationList::default();
+    let options = EndpointOptions {
+        config: config.transport.clone(),
+        metrics: TransportMetrics::unregistered(),
+        revocations: revocations.clone(),
+    };
+    Ok((
+        Arc::new(Endpoint::bind(*addr, creds, options)?),
+        revocations,
+    ))
+}

@@ -1,0 +1,93 @@
+//! Messages between control nodes on the Raft ALPN: Raft's own RPCs plus the few the control
+//! plane adds (forwarding a proposal to the leader, read index, adding a member).
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Outcome};
+use crate::types::{Member, TypeConfig};
+
+/// A request from one control node to another.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum ControlRpc {
+    /// Raft log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft election.
+    Vote(VoteRequest<u64>),
+    /// Raft snapshot transfer (chunked).
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A write that reached a follower, forwarded to the leader.
+    Propose(Command),
+    /// Asks the leader for a read index (for linearizable reads on followers).
+    ReadIndex,
+    /// A freshly joined control node asks to become a voting member.
+    AddMember {
+        /// The new node's id.
+        node_id: u64,
+        /// Its addresses.
+        member: Member,
+    },
+}
+
+/// The answer to a [`ControlRpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ControlRpcReply {
+    /// Answer to `AppendEntries`.
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// Answer to `Vote`.
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// Answer to `InstallSnapshot`.
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// Answer to `Propose`.
+    Proposed(Result<Outcome, ProposeError>),
+    /// Answer to `ReadIndex`: the index a read must wait for.
+    ReadIndex(Result<u64, ProposeError>),
+    /// Answer to `AddMember`: what every control node must hold.
+    MemberAdded(Result<ClusterSecrets, ProposeError>),
+}
+
+/// Secrets every control node holds: handed to a new control node once it is a member, over
+/// mutual TLS on the Raft ALPN (only control certificates are admitted there).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ClusterSecrets {
+    /// The key that seals the CA key and secret values at rest (hex).
+    pub cluster_key_hex: String,
+}
+
+impl std::fmt::Debug for ClusterSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecrets(..)")
+    }
+}
+
+/// Why a write or linearizable read could not be done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` says who is, if known.
+    #[error("not the leader (leader: {})", leader.as_ref().map(|(id, m)| format!("{id:016x} {m}")).unwrap_or_else(|| "unknown".into()))]
+    NotLeader {
+        /// The leader's id and addresses, if known.
+        leader: Option<(u64, Member)>,
+    },
+    /// No leader could be reached or elected in time: the cluster has no quorum from here.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The Raft node has stopped.
+    #[error("control node is shutting down")]
+    ShuttingDown,
+    /// The membership change was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+}
+
+impl ProposeError {
+    /// Whether retrying (after a leader change) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Membership(_))
+    }
+}

@@ -1,0 +1,888 @@
+//! The replicated desired state and its pure `apply`.
+//!
+//! [`ClusterState::apply`] is the whole state machine: given the same log, every control node
+//! reaches the same state, placements included (the scheduler runs inside it). It reads no
+//! clock (times come in the [`Command`]), draws no random numbers and does no I/O. Every
+//! applied entry moves [`ClusterState::revision`] to its log index.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use warren_api::{
+    Availability, DesiredState, Node, NodeId, NodeState, Replica, ReplicaId, Revision, SealedBlob,
+    Secret, Service, ServiceMode, ServiceName, ServiceSpec, Volume,
+};
+use warren_transport::TokenBook;
+
+use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
+use crate::scheduler;
+
+/// The cluster's identity, recorded by the first entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Cluster name.
+    pub name: String,
+    /// CA certificate (DER).
+    pub ca_cert_der: Vec<u8>,
+    /// CA key sealed with the cluster key.
+    pub ca_key_sealed: Vec<u8>,
+    /// When the cluster was created (unix ms).
+    pub created_at_ms: u64,
+}
+
+/// A service with its history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The spec in force and its version.
+    pub current: Service,
+    /// The spec before the last change, for `rollback`.
+    pub previous: Option<ServiceSpec>,
+    /// When it was created (unix ms).
+    pub created_at_ms: u64,
+    /// When it last changed (unix ms).
+    pub updated_at_ms: u64,
+    /// A rolling update in progress: replicas still on older versions move to
+    /// `current.version` in batches of `update.parallelism`.
+    pub rollout: Option<Rollout>,
+}
+
+/// A rolling update in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The version being rolled out.
+    pub version: u64,
+    /// When the last batch was moved (unix ms); the next may go after `update.delay_ms`.
+    pub last_step_at_ms: u64,
+}
+
+/// A secret: metadata and the sealed value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// Name, version, size.
+    pub meta: Secret,
+    /// AES-256-GCM sealed value.
+    pub sealed: SealedBlob,
+}
+
+/// Everything the control plane decides: the desired state of the fleet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set by the first entry.
+    pub cluster: Option<ClusterInfo>,
+    /// The node registry (removed nodes stay as tombstones so they are refused).
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// Serials of revoked certificates.
+    pub revoked_serials: BTreeSet<String>,
+    /// Services by name.
+    pub services: BTreeMap<ServiceName, ServiceRecord>,
+    /// Every replica's placement.
+    pub replicas: BTreeMap<ReplicaId, Replica>,
+    /// Replicas that could not be placed, by service (for `service ps` and metrics).
+    pub unschedulable: BTreeMap<ServiceName, u32>,
+    /// Secrets by name.
+    pub secrets: BTreeMap<String, SecretRecord>,
+    /// Volumes by name.
+    pub volumes: BTreeMap<String, Volume>,
+    /// Join tokens (hashes only).
+    pub tokens: TokenBook,
+    /// Index of the last applied entry.
+    pub revision: Revision,
+}
+
+type Applied = Result<Effect, Rejection>;
+
+impl ClusterState {
+    /// Notes an entry that carries no command (blank or membership) at `revision`.
+    pub fn note_revision(&mut self, revision: Revision) {
+        assert!(
+            revision > self.revision,
+            "revision went backwards: {revision} after {}",
+            self.revision
+        );
+        self.revision = revision;
+    }
+
+    /// Applies one entry at `revision` (its log index).
+    ///
+    /// # Panics
+    /// If `revision` is not past the last applied one: the log is corrupt and continuing would
+    /// diverge from the other nodes.
+    pub fn apply(&mut self, revision: Revision, command: &Command) -> Outcome {
+        self.note_revision(revision);
+        let now = command.at_ms;
+        let result = match &command.op {
+            Op::InitCluster {
+                name,
+                ca_cert_der,
+                ca_key_sealed,
+            } => self.init(name, ca_cert_der, ca_key_sealed, now),
+            Op::AddToken(record) => {
+                self.tokens.prune(now);
+                self.tokens.insert(record.clone());
+                Ok(Effect::Done)
+            }
+            Op::RevokeToken(id) => {
+                if self.tokens.revoke(*id) {
+                    Ok(Effect::Done)
+                } else {
+                    Err(Rejection::not_found(format!("token {id}")))
+                }
+            }
+            Op::Join {
+                token_id,
+                secret_sha256,
+                role,
+                node,
+            } => self.join(*token_id, secret_sha256, *role, node, now),
+            Op::RegisterNode(node) => self.register(node, now),
+            Op::SetAvailability { node, availability } => {
+                self.set_availability(*node, *availability, now)
+            }
+            Op::RemoveNode(node) => self.remove_node(*node, now),
+            Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
+            Op::NodeReachable { node } => self.set_reachable(*node, true, now),
+            Op::PutService(spec) => self.put_service(spec, now),
+            Op::ScaleService { name, replicas } => self.scale(name, *replicas, now),
+            Op::RollbackService(name) => self.rollback(name, now),
+            Op::RemoveService(name) => self.remove_service(name, now),
+            Op::RolloutStep { name, version } => self.rollout_step(name, *version, now),
+            Op::PutSecret {
+                name,
+                size_bytes,
+                sealed,
+            } => self.put_secret(name, *size_bytes, sealed, now),
+            Op::RemoveSecret(name) => self.remove_secret(name),
+            Op::PutVolume(volume) => self.put_volume(volume),
+            Op::RemoveVolume(name) => self.remove_volume(name),
+            Op::Tick => {
+                self.reschedule(now);
+                Ok(Effect::Done)
+            }
+        };
+        Outcome { revision, result }
+    }
+
+    fn init(&mut self, name: &str, ca_cert_der: &[u8], ca_key_sealed: &[u8], now: u64) -> Applied {
+        if self.cluster.is_some() {
+            return Err(Rejection::conflict("cluster is already initialised"));
+        }
+        self.cluster = Some(ClusterInfo {
+            name: name.to_owned(),
+            ca_cert_der: ca_cert_der.to_vec(),
+            ca_key_sealed: ca_key_sealed.to_vec(),
+            created_at_ms: now,
+        });
+        Ok(Effect::Done)
+    }
+
+    fn name_taken(&self, name: &str, except: NodeId) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .find(|n| n.name == name && n.id != except && n.state != NodeState::Removed)
+            .map(|n| n.id)
+    }
+
+    fn join(
+        &mut self,
+        token_id: warren_transport::token::TokenId,
+        secret_sha256: &[u8; 32],
+        role: warren_api::NodeRole,
+        node: &Node,
+        now: u64,
+    ) -> Applied {
+        if node.role != role {
+            return Err(Rejection::invalid(
+                "node role does not match the role asked for",
+            ));
+        }
+        // Check everything that could refuse the join before the token is used up.
+        self.check_new_node(node)?;
+        self.tokens
+            .redeem_hashed(token_id, secret_sha256, role, now)
+            .map_err(|e| Rejection {
+                code: RejectionCode::TokenRefused,
+                message: e.to_string(),
+            })?;
+        self.register(node, now)
+    }
+
+    fn check_new_node(&self, node: &Node) -> Result<(), Rejection> {
+        node.validate()
+            .map_err(|e| Rejection::invalid(e.to_string()))?;
+        if self.nodes.contains_key(&node.id) {
+            return Err(Rejection::conflict(format!(
+                "node id {} is already registered",
+                node.id
+            )));
+        }
+        if let Some(other) = self.name_taken(&node.name, node.id) {
+            return Err(Rejection::conflict(format!(
+                "node name {} is taken by node {other}; choose another --name or remove that node",
+                node.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, node: &Node, now: u64) -> Applied {
+        self.check_new_node(node)?;
+        let mut node = node.clone();
+        node.joined_at_ms = now;
+        node.state = NodeState::Ready;
+        let id = node.id;
+        self.nodes.insert(id, node);
+        self.reschedule(now);
+        Ok(Effect::Node(id))
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> Result<&mut Node, Rejection> {
+        match self.nodes.get_mut(&id) {
+            Some(node) if node.state != NodeState::Removed => Ok(node),
+            Some(_) => Err(Rejection::conflict(format!("node {id} has been removed"))),
+            None => Err(Rejection::not_found(format!("node {id}"))),
+        }
+    }
+
+    fn set_availability(&mut self, id: NodeId, availability: Availability, now: u64) -> Applied {
+        let node = self.node_mut(id)?;
+        if node.availability == availability {
+            return Ok(Effect::None);
+        }
+        node.availability = availability;
+        self.reschedule(now);
+        Ok(Effect::Done)
+    }
+
+    fn remove_node(&mut self, id: NodeId, now: u64) -> Applied {
+        let node = self.node_mut(id)?;
+        node.state = NodeState::Removed;
+        if let Some(serial) = node.cert_serial.clone() {
+            self.revoked_serials.insert(serial);
+        }
+        self.reschedule(now);
+        Ok(Effect::Done)
+    }
+
+    fn set_reachable(&mut self, id: NodeId, reachable: bool, now: u64) -> Applied {
+        let node = self.node_mut(id)?;
+        let next = match (node.state, reachable) {
+            (NodeState::Ready, false) => NodeState::Unreachable { since_ms: now },
+            (NodeState::Unreachable { .. } | NodeState::Down, true) => NodeState::Ready,
+            _ => return Ok(Effect::None),
+        };
+        node.state = next;
+        self.reschedule(now);
+        Ok(Effect::Done)
+    }
+
+    fn check_references(&self, spec: &ServiceSpec) -> Result<(), Rejection> {
+        for (i, secret) in spec.secrets.iter().enumerate() {
+            if !self.secrets.contains_key(&secret.name) {
+                return Err(Rejection::invalid(format!(
+                    "secrets[{i}].name: secret {} does not exist; create it with `warren secret create`",
+                    secret.name
+                )));
+            }
+        }
+        for (i, mount) in spec.volumes.iter().enumerate() {
+            if !self.volumes.contains_key(&mount.volume) {
+                return Err(Rejection::invalid(format!(
+                    "volumes[{i}].volume: volume {} does not exist",
+                    mount.volume
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn put_service(&mut self, spec: &ServiceSpec, now: u64) -> Applied {
+        spec.validate()
+            .map_err(|e| Rejection::invalid(e.to_string()))?;
+        self.check_references(spec)?;
+        let Some(record) = self.services.get_mut(&spec.name) else {
+            let record = ServiceRecord {
+                current: Service {
+                    version: 1,
+                    spec: spec.clone(),
+                },
+                previous: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+                rollout: None,
+            };
+            self.services.insert(spec.name.clone(), record);
+            self.reschedule(now);
+            return Ok(Effect::Service {
+                version: 1,
+                changed: true,
+                created: true,
+            });
+        };
+        if record.current.spec == *spec {
+            return Ok(Effect::Service {
+                version: record.current.version,
+                changed: false,
+                created: false,
+            });
+        }
+        let previous = std::mem::replace(&mut record.current.spec, spec.clone());
+        record.previous = Some(previous);
+        record.current.version += 1;
+        record.updated_at_ms = now;
+        let version = record.current.version;
+        self.after_spec_change(&spec.name, now);
+        Ok(Effect::Service {
+            version,
+            changed: true,
+            created: false,
+        })
+    }
+
+    fn scale(&mut self, name: &ServiceName, replicas: u32, now: u64) -> Applied {
+        let record = self
+            .services
+            .get(name)
+            .ok_or_else(|| Rejection::not_found(format!("service {name}")))?;
+        if record.current.spec.mode == ServiceMode::Global {
+            return Err(Rejection::invalid(format!(
+                "service {name} is global: it runs one replica on every eligible node and cannot be scaled"
+            )));
+        }
+        let mut spec = record.current.spec.clone();
+        spec.mode = ServiceMode::Replicated { replicas };
+        self.put_service(&spec, now)
+    }
+
+    fn rollback(&mut self, name: &ServiceName, now: u64) -> Applied {
+        let record = self
+            .services
+            .get(name)
+            .ok_or_else(|| Rejection::not_found(format!("service {name}")))?;
+        let previous = record.previous.clone().ok_or_else(|| {
+            Rejection::conflict(format!(
+                "service {name} has no previous spec to roll back to"
+            ))
+        })?;
+        self.put_service(&previous, now)
+    }
+
+    fn remove_service(&mut self, name: &ServiceName, now: u64) -> Applied {
+        if self.services.remove(name).is_none() {
+            return Err(Rejection::not_found(format!("service {name}")));
+        }
+        self.reschedule(now);
+        Ok(Effect::Done)
+    }
+
+    /// After a spec change: replicas whose workload is unchanged move to the new version in
+    /// place (the agent adopts them, no restart); if the workload changed, a rolling update
+    /// starts with its first batch now.
+    fn after_spec_change(&mut self, name: &ServiceName, now: u64) {
+        let record = self
+            .services
+            .get_mut(name)
+            .expect("caller checked the service exists");
+        let version = record.current.version;
+        let hash = record.current.spec.workload_hash();
+        let mut restart_needed = false;
+        for replica in self.replicas.values_mut().filter(|r| &r.id.service == name) {
+            if replica.workload_hash == hash {
+                replica.service_version = version;
+            } else {
+                restart_needed = true;
+            }
+        }
+        record.rollout = restart_needed.then_some(Rollout {
+            version,
+            last_step_at_ms: now,
+        });
+        self.reschedule(now);
+        if restart_needed {
+            self.advance_rollout(name, now);
+        }
+    }
+
+    fn rollout_step(&mut self, name: &ServiceName, version: u64, now: u64) -> Applied {
+        let record = self
+            .services
+            .get(name)
+            .ok_or_else(|| Rejection::not_found(format!("service {name}")))?;
+        match record.rollout {
+            Some(rollout) if rollout.version == version => {
+                self.advance_rollout(name, now);
+                Ok(Effect::Done)
+            }
+            _ => Ok(Effect::None),
+        }
+    }
+
+    /// Moves up to `parallelism` outdated replicas to the current version; ends the rollout
+    /// when none are left.
+    fn advance_rollout(&mut self, name: &ServiceName, now: u64) {
+        let record = self
+            .services
+            .get_mut(name)
+            .expect("caller checked the service exists");
+        let version = record.current.version;
+        let hash = record.current.spec.workload_hash();
+        let batch = record.current.spec.update.parallelism.max(1) as usize;
+        let mut outdated = self
+            .replicas
+            .values_mut()
+            .filter(|r| &r.id.service == name && r.service_version != version);
+        for replica in outdated.by_ref().take(batch) {
+            replica.service_version = version;
+            replica.workload_hash = hash;
+        }
+        let remaining = outdated.count();
+        record.rollout = (remaining > 0).then_some(Rollout {
+            version,
+            last_step_at_ms: now,
+        });
+    }
+
+    fn put_secret(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        sealed: &SealedBlob,
+        now: u64,
+    ) -> Applied {
+        let version = self.secrets.get(name).map_or(1, |s| s.meta.version + 1);
+        let meta = Secret {
+            name: name.to_owned(),
+            version,
+            size_bytes,
+            created_at_ms: now,
+        };
+        meta.validate()
+            .map_err(|e| Rejection::invalid(e.to_string()))?;
+        self.secrets.insert(
+            name.to_owned(),
+            SecretRecord {
+                meta,
+                sealed: sealed.clone(),
+            },
+        );
+        Ok(Effect::Done)
+    }
+
+    fn users_of(&self, uses: impl Fn(&ServiceSpec) -> bool) -> Vec<String> {
+        self.services
+            .values()
+            .filter(|r| uses(&r.current.spec))
+            .map(|r| r.current.spec.name.to_string())
+            .collect()
+    }
+
+    fn remove_secret(&mut self, name: &str) -> Applied {
+        if !self.secrets.contains_key(name) {
+            return Err(Rejection::not_found(format!("secret {name}")));
+        }
+        let users = self.users_of(|spec| spec.secrets.iter().any(|s| s.name == name));
+        if !users.is_empty() {
+            return Err(Rejection::conflict(format!(
+                "secret {name} is used by service {}; remove it from the service first",
+                users.join(", ")
+            )));
+        }
+        self.secrets.remove(name);
+        Ok(Effect::Done)
+    }
+
+    fn put_volume(&mut self, volume: &Volume) -> Applied {
+        volume
+            .validate()
+            .map_err(|e| Rejection::invalid(e.to_string()))?;
+        self.volumes.insert(volume.name.clone(), volume.clone());
+        Ok(Effect::Done)
+    }
+
+    fn remove_volume(&mut self, name: &str) -> Applied {
+        if !self.volumes.contains_key(name) {
+            return Err(Rejection::not_found(format!("volume {name}")));
+        }
+        let users = self.users_of(|spec| spec.volumes.iter().any(|v| v.volume == name));
+        if !users.is_empty() {
+            return Err(Rejection::conflict(format!(
+                "volume {name} is used by service {}; remove it from the service first",
+                users.join(", ")
+            )));
+        }
+        self.volumes.remove(name);
+        Ok(Effect::Done)
+    }
+
+    /// Recomputes placements with the scheduler.
+    fn reschedule(&mut self, now: u64) {
+        let services: Vec<&Service> = self.services.values().map(|r| &r.current).collect();
+        let plan = scheduler::schedule(&self.nodes, &services, &self.replicas, now);
+        self.replicas = plan.replicas;
+        self.unschedulable = plan.unschedulable;
+    }
+
+    /// Replicas assigned to `node` that should run.
+    pub fn replicas_on(&self, node: NodeId) -> impl Iterator<Item = &Replica> {
+        self.replicas
+            .values()
+            .filter(move |r| r.node == node && r.desired == DesiredState::Running)
+    }
+
+    /// Rollouts whose next batch is due at `now`: (service, version).
+    pub fn due_rollouts(&self, now: u64) -> Vec<(ServiceName, u64)> {
+        self.services
+            .values()
+            .filter_map(|r| {
+                let rollout = r.rollout?;
+                let due = rollout
+                    .last_step_at_ms
+                    .saturating_add(r.current.spec.update.delay_ms)
+                    <= now;
+                due.then(|| (r.current.spec.name.clone(), rollout.version))
+            })
+            .collect()
+    }
+
+    /// Nodes whose on-disconnect timers may have expired, so a `Tick` would move replicas.
+    pub fn reschedule_due(&self, now: u64) -> bool {
+        let services: Vec<&Service> = self.services.values().map(|r| &r.current).collect();
+        scheduler::schedule(&self.nodes, &services, &self.replicas, now).replicas != self.replicas
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use warren_api::{NodeAddresses, NodeRole, ProcessSpec, SecretRef, Workload};
+    use warren_transport::MintOptions;
+    use warren_transport::token::mint;
+
+    use super::*;
+
+    struct Log {
+        state: ClusterState,
+        index: u64,
+        now: u64,
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Self {
+                state: ClusterState::default(),
+                index: 0,
+                now: 1_000,
+            }
+        }
+
+        fn apply(&mut self, op: Op) -> Result<Effect, Rejection> {
+            self.index += 1;
+            self.now += 10;
+            let outcome = self.state.apply(
+                Revision(self.index),
+                &Command {
+                    at_ms: self.now,
+                    op,
+                },
+            );
+            assert_eq!(outcome.revision, Revision(self.index));
+            outcome.result
+        }
+    }
+
+    fn agent(id: u64, name: &str, site: &str) -> Node {
+        Node {
+            id: NodeId(id),
+            name: name.into(),
+            role: NodeRole::Agent,
+            site: site.into(),
+            labels: BTreeMap::new(),
+            availability: Availability::Active,
+            state: NodeState::Ready,
+            cert_serial: Some(format!("serial{id}")),
+            addresses: NodeAddresses::default(),
+            joined_at_ms: 0,
+        }
+    }
+
+    fn spec(name: &str, replicas: u32, command: &str) -> ServiceSpec {
+        let workload = Workload::Process(ProcessSpec {
+            command: command.split(' ').map(str::to_owned).collect(),
+            working_dir: None,
+        });
+        let mut spec = ServiceSpec::new(ServiceName::new(name).unwrap(), workload);
+        spec.mode = ServiceMode::Replicated { replicas };
+        spec
+    }
+
+    fn web() -> ServiceName {
+        ServiceName::new("web").unwrap()
+    }
+
+    #[test]
+    fn join_redeems_the_token_once_and_registers_the_node() {
+        let mut log = Log::new();
+        let options = MintOptions {
+            role: NodeRole::Agent,
+            ttl: None,
+            single_use: true,
+        };
+        let (token, record) = mint([1; 32], options, 0);
+        log.apply(Op::AddToken(record)).unwrap();
+        let join = |node| Op::Join {
+            token_id: token.id,
+            secret_sha256: token.secret_sha256(),
+            role: NodeRole::Agent,
+            node,
+        };
+        assert_eq!(
+            log.apply(join(agent(7, "edge-1", "lisbon"))),
+            Ok(Effect::Node(NodeId(7)))
+        );
+        let again = log.apply(join(agent(8, "edge-2", "lisbon"))).unwrap_err();
+        assert_eq!(again.code, RejectionCode::TokenRefused);
+        assert!(again.message.contains("already been used"), "{again}");
+        assert_eq!(log.state.nodes.len(), 1);
+        assert_eq!(log.state.revision, Revision(3));
+    }
+
+    #[test]
+    fn a_duplicate_name_is_refused_before_the_token_is_used() {
+        let mut log = Log::new();
+        let (token, record) = mint(
+            [1; 32],
+            MintOptions {
+                role: NodeRole::Agent,
+                ttl: None,
+                single_use: true,
+            },
+            0,
+        );
+        log.apply(Op::AddToken(record)).unwrap();
+        log.apply(Op::RegisterNode(agent(1, "edge-1", "lisbon")))
+            .unwrap();
+        let op = |node| Op::Join {
+            token_id: token.id,
+            secret_sha256: token.secret_sha256(),
+            role: NodeRole::Agent,
+            node,
+        };
+        let err = log.apply(op(agent(2, "edge-1", "lisbon"))).unwrap_err();
+        assert!(err.message.contains("taken by node"), "{err}");
+        // The single-use token is still good.
+        log.apply(op(agent(2, "edge-2", "lisbon"))).unwrap();
+    }
+
+    #[test]
+    fn service_lifecycle_places_scales_and_removes_replicas() {
+        let mut log = Log::new();
+        for i in 1..=3 {
+            log.apply(Op::RegisterNode(agent(
+                i,
+                &format!("edge-{i}"),
+                ["a", "b", "c"][i as usize - 1],
+            )))
+            .unwrap();
+        }
+        let created = log
+            .apply(Op::PutService(spec("web", 3, "sleep 100")))
+            .unwrap();
+        assert_eq!(
+            created,
+            Effect::Service {
+                version: 1,
+                changed: true,
+                created: true
+            }
+        );
+        assert_eq!(log.state.replicas.len(), 3);
+        // Re-applying the same spec changes nothing.
+        let same = log
+            .apply(Op::PutService(spec("web", 3, "sleep 100")))
+            .unwrap();
+        assert_eq!(
+            same,
+            Effect::Service {
+                version: 1,
+                changed: false,
+                created: false
+            }
+        );
+        log.apply(Op::ScaleService {
+            name: web(),
+            replicas: 5,
+        })
+        .unwrap();
+        assert_eq!(log.state.replicas.len(), 5);
+        log.apply(Op::RemoveService(web())).unwrap();
+        assert!(log.state.replicas.is_empty());
+        assert_eq!(
+            log.apply(Op::RemoveService(web())).unwrap_err().code,
+            RejectionCode::NotFound
+        );
+    }
+
+    #[test]
+    fn a_spec_change_that_keeps_the_workload_is_adopted_without_a_rollout() {
+        let mut log = Log::new();
+        log.apply(Op::RegisterNode(agent(1, "edge-1", "a")))
+            .unwrap();
+        log.apply(Op::PutService(spec("web", 2, "sleep 100")))
+            .unwrap();
+        let before: Vec<u64> = log
+            .state
+            .replicas
+            .values()
+            .map(|r| r.workload_hash)
+            .collect();
+        log.apply(Op::ScaleService {
+            name: web(),
+            replicas: 3,
+        })
+        .unwrap();
+        let record = &log.state.services[&web()];
+        assert_eq!(record.current.version, 2);
+        assert!(record.rollout.is_none());
+        assert!(log.state.replicas.values().all(|r| r.service_version == 2));
+        let after: Vec<u64> = log
+            .state
+            .replicas
+            .values()
+            .take(2)
+            .map(|r| r.workload_hash)
+            .collect();
+        assert_eq!(
+            before, after,
+            "unchanged workloads keep their hash, so agents adopt them"
+        );
+    }
+
+    #[test]
+    fn a_workload_change_rolls_out_in_batches_and_rollback_restores() {
+        let mut log = Log::new();
+        log.apply(Op::RegisterNode(agent(1, "edge-1", "a")))
+            .unwrap();
+        let mut v1 = spec("web", 3, "sleep 100");
+        v1.update.parallelism = 2;
+        log.apply(Op::PutService(v1.clone())).unwrap();
+        let mut v2 = v1.clone();
+        v2.env.insert("MODE".into(), "fast".into());
+        log.apply(Op::PutService(v2)).unwrap();
+        let at_v2 = |log: &Log| {
+            log.state
+                .replicas
+                .values()
+                .filter(|r| r.service_version == 2)
+                .count()
+        };
+        assert_eq!(at_v2(&log), 2, "first batch moves at once");
+        assert!(log.state.services[&web()].rollout.is_some());
+        log.apply(Op::RolloutStep {
+            name: web(),
+            version: 2,
+        })
+        .unwrap();
+        assert_eq!(at_v2(&log), 3);
+        assert!(log.state.services[&web()].rollout.is_none());
+        // A stale step for an old version does nothing.
+        assert_eq!(
+            log.apply(Op::RolloutStep {
+                name: web(),
+                version: 1
+            }),
+            Ok(Effect::None)
+        );
+        log.apply(Op::RollbackService(web())).unwrap();
+        let record = &log.state.services[&web()];
+        assert_eq!(record.current.version, 3);
+        assert_eq!(record.current.spec, v1);
+    }
+
+    #[test]
+    fn secrets_in_use_cannot_be_removed_and_unknown_secrets_cannot_be_referenced() {
+        let mut log = Log::new();
+        let mut with_secret = spec("web", 1, "sleep 100");
+        with_secret.secrets.push(SecretRef::new("db-pass"));
+        let err = log.apply(Op::PutService(with_secret.clone())).unwrap_err();
+        assert!(err.message.starts_with("secrets[0].name"), "{err}");
+        let sealed = SealedBlob {
+            key_id: 1,
+            nonce: [0; 12],
+            ciphertext: vec![1, 2, 3],
+        };
+        log.apply(Op::PutSecret {
+            name: "db-pass".into(),
+            size_bytes: 3,
+            sealed,
+        })
+        .unwrap();
+        log.apply(Op::PutService(with_secret)).unwrap();
+        let err = log.apply(Op::RemoveSecret("db-pass".into())).unwrap_err();
+        assert!(err.message.contains("used by service web"), "{err}");
+    }
+
+    #[test]
+    fn removing_a_node_revokes_its_certificate_and_moves_its_replicas() {
+        let mut log = Log::new();
+        log.apply(Op::RegisterNode(agent(1, "edge-1", "a")))
+            .unwrap();
+        log.apply(Op::RegisterNode(agent(2, "edge-2", "b")))
+            .unwrap();
+        log.apply(Op::PutService(spec("web", 2, "sleep 100")))
+            .unwrap();
+        log.apply(Op::RemoveNode(NodeId(1))).unwrap();
+        assert!(log.state.revoked_serials.contains("serial1"));
+        assert!(log.state.replicas.values().all(|r| r.node == NodeId(2)));
+        assert_eq!(log.state.replicas.len(), 2);
+        assert_eq!(
+            log.apply(Op::RemoveNode(NodeId(1))).unwrap_err().code,
+            RejectionCode::Conflict
+        );
+    }
+
+    #[test]
+    fn same_log_gives_the_same_state() {
+        let ops = || {
+            vec![
+                Op::RegisterNode(agent(1, "edge-1", "a")),
+                Op::RegisterNode(agent(2, "edge-2", "b")),
+                Op::PutService(spec("web", 3, "sleep 100")),
+                Op::NodeUnreachable { node: NodeId(1) },
+                Op::Tick,
+                Op::ScaleService {
+                    name: web(),
+                    replicas: 1,
+                },
+            ]
+        };
+        let mut a = Log::new();
+        let mut b = Log::new();
+        for op in ops() {
+            let _ = a.apply(op);
+        }
+        for op in ops() {
+            let _ = b.apply(op);
+        }
+        assert_eq!(a.state, b.state);
+    }
+
+    #[test]
+    #[should_panic(expected = "revision went backwards")]
+    fn applying_an_older_revision_is_corruption() {
+        let mut state = ClusterState::default();
+        state.apply(
+            Revision(5),
+            &Command {
+                at_ms: 0,
+                op: Op::Tick,
+            },
+        );
+        state.apply(
+            Revision(4),
+            &Command {
+                at_ms: 0,
+                op: Op::Tick,
+            },
+        );
+    }
+}

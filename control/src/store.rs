@@ -1,0 +1,1125 @@
+//! openraft storage on sled: the Raft log, the vote and the state machine with its snapshots.
+//!
+//! One sled database at `<data dir>/raft` holds three trees:
+//! - `raft_log`: log entries keyed by their index in big-endian (so key order is index order),
+//!   each a postcard-encoded [`Entry`];
+//! - `raft_meta`: the vote, the committed log id, the last purged log id and the layout version;
+//! - `snapshot`: the current snapshot, its metadata and its data written in one batch.
+//!
+//! The state machine, [`ClusterState`], lives in memory and is made durable by snapshots: [`open`]
+//! loads the last snapshot, and openraft then re-applies the committed entries after it (it
+//! learns how far to go from [`RaftLogStorage::read_committed`]).
+//!
+//! Nothing is acknowledged before it is on disk: `append` calls openraft's [`LogFlushed`]
+//! callback only after sled has flushed, and `save_vote`, `truncate`, `purge`, `build_snapshot`
+//! and `install_snapshot` flush before they return. `save_committed` alone does not flush: a
+//! committed id lost in a crash only means fewer entries are re-applied at start-up, and those
+//! are applied again as soon as a leader reports them committed.
+//!
+//! Nothing read from disk is trusted: an entry, vote or snapshot that does not decode is a
+//! [`StorageError`] (or an [`OpenError`] at open) naming what was corrupt, never a panic.
+
+// openraft's trait methods return its 224-byte `StorageError`; the helpers here return the same
+// type so `?` carries it through unchanged.
+#![allow(
+    clippy::result_large_err,
+    reason = "the error type is openraft's StorageError"
+)]
+
+use std::fmt;
+use std::io::{self, Cursor};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, DefensiveError, Entry, EntryPayload, ErrorSubject, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership, Violation, Vote,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock, watch};
+use warren_api::Revision;
+
+use crate::command::Outcome;
+use crate::state::ClusterState;
+use crate::types::{LogId, Member, StorageError, TypeConfig};
+
+const LOG_TREE: &str = "raft_log";
+const META_TREE: &str = "raft_meta";
+const SNAPSHOT_TREE: &str = "snapshot";
+
+const KEY_LAYOUT: &[u8] = b"layout";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_SNAPSHOT_META: &[u8] = b"meta";
+const KEY_SNAPSHOT_DATA: &[u8] = b"data";
+
+/// Version of the on-disk layout (trees, keys, encodings). Bumped by any change an older build
+/// would misread; [`open`] refuses a directory with another version.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Version of the snapshot data format, checked when a snapshot is loaded or installed.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+type MembershipRecord = StoredMembership<u64, Member>;
+type Meta = SnapshotMeta<u64, Member>;
+
+// ---------------------------------------------------------------------------------------------
+// Opening
+// ---------------------------------------------------------------------------------------------
+
+/// sled settings for the Raft store. The defaults suit a small box (1–2 GB of RAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreTuning {
+    /// sled's page cache in bytes. Default 64 MiB: the log and snapshot of a fleet of hundreds
+    /// of nodes fit in it, and it is a small share of a 1 GB box.
+    pub cache_capacity_bytes: u64,
+    /// How often sled flushes in the background, in ms; `None` flushes only when asked.
+    /// Default 500 ms. Durability does not depend on it (every acknowledged write is flushed
+    /// explicitly); it bounds how much of `save_committed` a crash can lose.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl StoreTuning {
+    /// The smallest page cache accepted: 1 MiB.
+    pub const CACHE_CAPACITY_BYTES_MIN: u64 = 1 << 20;
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`OpenError::InvalidTuning`] if the cache is under
+    /// [`StoreTuning::CACHE_CAPACITY_BYTES_MIN`] or `flush_every_ms` is `Some(0)`.
+    pub fn validate(&self) -> Result<(), OpenError> {
+        if self.cache_capacity_bytes < Self::CACHE_CAPACITY_BYTES_MIN {
+            return Err(OpenError::InvalidTuning(format!(
+                "cache_capacity_bytes is {}; it must be at least {} (1 MiB)",
+                self.cache_capacity_bytes,
+                Self::CACHE_CAPACITY_BYTES_MIN
+            )));
+        }
+        if self.flush_every_ms == Some(0) {
+            return Err(OpenError::InvalidTuning(
+                "flush_every_ms must be greater than 0 (omit it to flush only on demand)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for StoreTuning {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 64 << 20,
+            flush_every_ms: Some(500),
+        }
+    }
+}
+
+/// Why the Raft store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The tuning is out of range.
+    #[error("invalid raft store tuning: {0}")]
+    InvalidTuning(String),
+    /// Another process (or another store in this one) has the database open.
+    #[error(
+        "raft data dir {} is locked by another process; is another warren control node using it?",
+        path.display()
+    )]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// sled failed to open the database or one of its trees.
+    #[error("open raft data dir {}: {source}", path.display())]
+    Sled {
+        /// The database directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// The directory was written by a build with another layout.
+    #[error(
+        "raft data dir {} has layout version {found}; this build reads version {expected}",
+        path.display()
+    )]
+    UnsupportedLayout {
+        /// The database directory.
+        path: PathBuf,
+        /// The version on disk.
+        found: u32,
+        /// The version this build writes.
+        expected: u32,
+    },
+    /// Something stored does not decode or does not add up.
+    #[error("raft data dir {} holds corrupt data: {source}", path.display())]
+    Corrupt {
+        /// The database directory.
+        path: PathBuf,
+        /// What was corrupt (boxed: openraft's error is large).
+        source: Box<StorageError>,
+    },
+}
+
+/// Opens (or creates) the Raft store at `dir/raft`: the log store and the state machine,
+/// loaded from the last snapshot.
+///
+/// # Errors
+/// [`OpenError`]: the tuning is invalid, the directory is locked by another process, sled
+/// fails, the layout version is foreign, or the persisted snapshot is corrupt.
+pub fn open(dir: &Path, tuning: StoreTuning) -> Result<(LogStore, StateMachineStore), OpenError> {
+    tuning.validate()?;
+    let path = dir.join("raft");
+    let db = sled::Config::new()
+        .path(&path)
+        .cache_capacity(tuning.cache_capacity_bytes)
+        .flush_every_ms(tuning.flush_every_ms)
+        .open()
+        .map_err(|source| open_error(&path, source))?;
+    let tree = |name: &str| {
+        db.open_tree(name)
+            .map_err(|source| open_error(&path, source))
+    };
+    let (log, meta, snapshot) = (tree(LOG_TREE)?, tree(META_TREE)?, tree(SNAPSHOT_TREE)?);
+    check_layout(&meta, &path)?;
+
+    let corrupt = |source| OpenError::Corrupt {
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let log_store = LogStore {
+        db: db.clone(),
+        log,
+        meta,
+        path: path.clone(),
+    };
+    log_store.remove_purged_leftovers().map_err(corrupt)?;
+    let snapshots = SnapshotStore {
+        db,
+        tree: snapshot,
+        counter: Arc::new(AtomicU64::new(0)),
+        write_lock: Arc::new(Mutex::new(())),
+    };
+    let state_machine = StateMachineStore::load(snapshots).map_err(corrupt)?;
+    tracing::info!(
+        path = %path.display(),
+        revision = %state_machine.revision_now(),
+        "opened raft store"
+    );
+    Ok((log_store, state_machine))
+}
+
+fn open_error(path: &Path, source: sled::Error) -> OpenError {
+    // sled reports a held lock as a plain I/O error; its message is the only sign.
+    let locked =
+        matches!(&source, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"));
+    if locked {
+        OpenError::Locked {
+            path: path.to_owned(),
+        }
+    } else {
+        OpenError::Sled {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+fn check_layout(meta: &sled::Tree, path: &Path) -> Result<(), OpenError> {
+    let sled_error = |source| OpenError::Sled {
+        path: path.to_owned(),
+        source,
+    };
+    match meta.get(KEY_LAYOUT).map_err(sled_error)? {
+        None => {
+            // A new directory. The marker is flushed with the first vote or append.
+            meta.insert(KEY_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
+                .map_err(sled_error)?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| OpenError::Corrupt {
+                    path: path.to_owned(),
+                    source: Box::new(
+                        StorageIOError::read(AnyError::error(format!(
+                            "layout marker is {} bytes, expected 4",
+                            bytes.len()
+                        )))
+                        .into(),
+                    ),
+                })?;
+            if found == LAYOUT_VERSION {
+                Ok(())
+            } else {
+                Err(OpenError::UnsupportedLayout {
+                    path: path.to_owned(),
+                    found,
+                    expected: LAYOUT_VERSION,
+                })
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The key of the entry at `index`: big-endian, so sled's byte order is index order.
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64, StorageError> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| {
+            StorageIOError::read_logs(AnyError::error(format!(
+                "raft log key is {} bytes, expected an 8-byte index",
+                key.len()
+            )))
+            .into()
+        })
+}
+
+/// The first index a range asks for; `None` if it starts past `u64::MAX`.
+fn first_index(range: &impl RangeBounds<u64>) -> Option<u64> {
+    match range.start_bound() {
+        Bound::Included(&index) => Some(index),
+        Bound::Excluded(&index) => index.checked_add(1),
+        Bound::Unbounded => Some(0),
+    }
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
+    let corrupt = |message: String| -> StorageError {
+        StorageIOError::read_log_at_index(index, AnyError::error(message)).into()
+    };
+    let entry: Entry<TypeConfig> = postcard::from_bytes(bytes).map_err(|e| {
+        corrupt(format!(
+            "raft log entry at index {index} is corrupt ({} bytes): {e}",
+            bytes.len()
+        ))
+    })?;
+    if entry.log_id.index != index {
+        return Err(corrupt(format!(
+            "raft log entry stored at index {index} says it is at index {}",
+            entry.log_id.index
+        )));
+    }
+    Ok(entry)
+}
+
+/// Reads and decodes `key`; the error names `what` for people.
+fn get_decoded<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<T>, AnyError> {
+    let Some(bytes) = tree
+        .get(key)
+        .map_err(|e| AnyError::new(&e).add_context(|| format!("read {what}")))?
+    else {
+        return Ok(None);
+    };
+    postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+        AnyError::error(format!(
+            "stored {what} is corrupt ({} bytes): {e}",
+            bytes.len()
+        ))
+    })
+}
+
+fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, AnyError> {
+    postcard::to_allocvec(value).map_err(|e| AnyError::error(format!("encode {what}: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log store
+// ---------------------------------------------------------------------------------------------
+
+/// The Raft log and vote on sled. Cheap to clone: clones share the database (openraft's log
+/// readers are clones).
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    path: PathBuf,
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // sled's own Debug prints every entry.
+        f.debug_struct("LogStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    async fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush_async().await.map(drop)
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        get_decoded(&self.meta, KEY_LAST_PURGED, "last purged log id")
+            .map_err(|e| StorageIOError::read_logs(e).into())
+    }
+
+    /// Removes every entry whose key is in `keys` in one atomic batch.
+    fn remove_keys(&self, keys: sled::Iter) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in keys.keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    /// A crash between recording a purge and removing its entries leaves them behind; they are
+    /// harmless but removed here so the log starts right after the last purged id.
+    fn remove_purged_leftovers(&self) -> Result<(), StorageError> {
+        match self.last_purged()? {
+            Some(purged) => self.remove_keys(self.log.range(..=index_key(purged.index))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let Some(start) = first_index(&range) else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range(index_key(start)..) {
+            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let index = key_index(&key)?;
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(decode_entry(index, &value)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last_entry = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
+            Some((key, value)) => Some(decode_entry(key_index(&key)?, &value)?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last_entry.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let bytes = encode(vote, "vote").map_err(StorageIOError::write_vote)?;
+        self.meta
+            .insert(KEY_VOTE, bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        get_decoded(&self.meta, KEY_VOTE, "vote").map_err(|e| StorageIOError::read_vote(e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: see the module docs.
+        let bytes = encode(&committed, "committed log id").map_err(StorageIOError::write)?;
+        self.meta
+            .insert(KEY_COMMITTED, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> =
+            get_decoded(&self.meta, KEY_COMMITTED, "committed log id")
+                .map_err(StorageIOError::read)?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // One batch: a crash cannot leave a hole in the middle of an append.
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry, "raft log entry")
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Durable before acknowledged: openraft counts the entries towards a quorum once the
+        // callback fires.
+        match self.flush().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(io::Error::other(format!("flush raft log: {e}"))));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(index = log_id.index, "truncate raft log");
+        self.remove_keys(self.log.range(index_key(log_id.index)..))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(index = log_id.index, "purge raft log");
+        // The purge point is made durable before any entry goes, so the log never starts after
+        // a gap; entries left behind by a crash are removed at open.
+        let bytes = encode(&log_id, "last purged log id").map_err(StorageIOError::write_logs)?;
+        self.meta
+            .insert(KEY_LAST_PURGED, bytes)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.remove_keys(self.log.range(..=index_key(log_id.index)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots on disk
+// ---------------------------------------------------------------------------------------------
+
+/// What a snapshot's data holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotPayload {
+    /// [`SNAPSHOT_FORMAT`] when written.
+    format: u32,
+    last_applied: Option<LogId>,
+    last_membership: MembershipRecord,
+    state: ClusterState,
+}
+
+/// The persisted snapshot's metadata.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: Meta,
+    /// The snapshot counter when it was written, so ids stay unique across restarts.
+    counter: u64,
+}
+
+fn snapshot_error(meta: &Meta, message: String) -> StorageError {
+    StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(message)).into()
+}
+
+/// Decodes snapshot data and checks it agrees with its metadata.
+fn decode_payload(meta: &Meta, data: &[u8]) -> Result<SnapshotPayload, StorageError> {
+    let payload: SnapshotPayload = postcard::from_bytes(data).map_err(|e| {
+        snapshot_error(
+            meta,
+            format!(
+                "snapshot {} data is corrupt ({} bytes): {e}",
+                meta.snapshot_id,
+                data.len()
+            ),
+        )
+    })?;
+    if payload.format != SNAPSHOT_FORMAT {
+        return Err(snapshot_error(
+            meta,
+            format!(
+                "snapshot {} has format {}; this build reads format {SNAPSHOT_FORMAT}",
+                meta.snapshot_id, payload.format
+            ),
+        ));
+    }
+    let revision = Revision(meta.last_log_id.map_or(0, |id| id.index));
+    if payload.last_applied != meta.last_log_id
+        || payload.last_membership != meta.last_membership
+        || payload.state.revision != revision
+    {
+        return Err(snapshot_error(
+            meta,
+            format!(
+                "snapshot {} data does not match its metadata (data: last applied {:?}, revision {}; \
+                 metadata: last log id {:?})",
+                meta.snapshot_id, payload.last_applied, payload.state.revision, meta.last_log_id
+            ),
+        ));
+    }
+    Ok(payload)
+}
+
+/// Which snapshot wins when two are written at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replace {
+    /// A built snapshot: kept only if it is not older than the current one (a build runs in its
+    /// own task and may finish after a newer snapshot was installed).
+    IfNotOlder,
+    /// An installed snapshot: openraft has decided it replaces the state.
+    Always,
+}
+
+/// The `snapshot` tree, shared by the state machine and its snapshot builders.
+#[derive(Clone)]
+struct SnapshotStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Makes snapshot ids unique: bumped by every build.
+    counter: Arc<AtomicU64>,
+    /// Serializes snapshot writes (builds and installs).
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl SnapshotStore {
+    fn read_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
+        get_decoded(&self.tree, KEY_SNAPSHOT_META, "snapshot metadata")
+            .map_err(|e| StorageIOError::read_snapshot(None, e).into())
+    }
+
+    /// The current snapshot's record and its data, checked to decode.
+    fn read(&self) -> Result<Option<(SnapshotRecord, Vec<u8>, SnapshotPayload)>, StorageError> {
+        let Some(record) = self.read_record()? else {
+            return Ok(None);
+        };
+        let data = self
+            .tree
+            .get(KEY_SNAPSHOT_DATA)
+            .map_err(|e| StorageIOError::read_snapshot(Some(record.meta.signature()), &e))?
+            .ok_or_else(|| {
+                snapshot_error(
+                    &record.meta,
+                    format!("snapshot {} has no data", record.meta.snapshot_id),
+                )
+            })?
+            .to_vec();
+        let payload = decode_payload(&record.meta, &data)?;
+        Ok(Some((record, data, payload)))
+    }
+
+    /// Persists a snapshot (metadata and data in one batch) and flushes. Returns whether it
+    /// was written.
+    async fn write(
+        &self,
+        record: &SnapshotRecord,
+        data: &[u8],
+        replace: Replace,
+    ) -> Result<bool, StorageError> {
+        let signature = Some(record.meta.signature());
+        let write_error = |e: AnyError| -> StorageError {
+            StorageIOError::write_snapshot(signature.clone(), e).into()
+        };
+        let _guard = self.write_lock.lock().await;
+        if replace == Replace::IfNotOlder {
+            let current = self.read_record()?;
+            if let Some(current) = current.filter(|c| c.meta.last_log_id > record.meta.last_log_id)
+            {
+                tracing::info!(
+                    built = %record.meta.snapshot_id,
+                    current = %current.meta.snapshot_id,
+                    "built snapshot is older than the current one; not keeping it"
+                );
+                return Ok(false);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            KEY_SNAPSHOT_META,
+            encode(record, "snapshot metadata").map_err(write_error)?,
+        );
+        batch.insert(KEY_SNAPSHOT_DATA, data);
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| write_error(AnyError::new(&e)))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| write_error(AnyError::new(&e)))?;
+        Ok(true)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State machine
+// ---------------------------------------------------------------------------------------------
+
+/// The state machine: [`ClusterState`] in memory, its last applied log id and membership, and
+/// the current snapshot on sled.
+///
+/// The rest of the control plane reads the state through [`StateMachineStore::state`] and
+/// learns of progress through [`StateMachineStore::watch_applied`]; take both handles before
+/// giving the store to [`openraft::Raft::new`].
+pub struct StateMachineStore {
+    state: Arc<RwLock<ClusterState>>,
+    applied_tx: watch::Sender<Revision>,
+    last_applied: Option<LogId>,
+    last_membership: MembershipRecord,
+    snapshots: SnapshotStore,
+}
+
+impl fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("last_applied", &self.last_applied)
+            .field("last_membership", &self.last_membership)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateMachineStore {
+    fn load(snapshots: SnapshotStore) -> Result<Self, StorageError> {
+        let (state, last_applied, last_membership) = match snapshots.read()? {
+            Some((record, _data, payload)) => {
+                snapshots.counter.store(record.counter, Ordering::Relaxed);
+                tracing::info!(
+                    snapshot_id = %record.meta.snapshot_id,
+                    revision = %payload.state.revision,
+                    "loaded raft snapshot"
+                );
+                (
+                    payload.state,
+                    record.meta.last_log_id,
+                    record.meta.last_membership,
+                )
+            }
+            None => (ClusterState::default(), None, MembershipRecord::default()),
+        };
+        let (applied_tx, _) = watch::channel(state.revision);
+        Ok(Self {
+            state: Arc::new(RwLock::new(state)),
+            applied_tx,
+            last_applied,
+            last_membership,
+            snapshots,
+        })
+    }
+
+    /// A shared handle on the replicated state. Readers should hold the lock briefly: `apply`
+    /// waits for it.
+    pub fn state(&self) -> Arc<RwLock<ClusterState>> {
+        Arc::clone(&self.state)
+    }
+
+    /// The revision of the last applied entry, updated after every applied batch and every
+    /// installed snapshot.
+    pub fn watch_applied(&self) -> watch::Receiver<Revision> {
+        self.applied_tx.subscribe()
+    }
+
+    fn revision_now(&self) -> Revision {
+        *self.applied_tx.borrow()
+    }
+
+    /// Checks that `entry` comes right after what was applied.
+    fn check_order(
+        &self,
+        state: &ClusterState,
+        entry: &Entry<TypeConfig>,
+    ) -> Result<(), StorageError> {
+        let revision = Revision(entry.log_id.index);
+        // Index 0 holds only the membership `Raft::initialize` writes: the state starts at
+        // revision 0, so there is no revision to move past.
+        let first_config = entry.log_id.index == 0
+            && self.last_applied.is_none()
+            && !matches!(entry.payload, EntryPayload::Normal(_));
+        if revision > state.revision || first_config {
+            return Ok(());
+        }
+        Err(DefensiveError::new(
+            ErrorSubject::Apply(entry.log_id),
+            Violation::ApplyNonConsecutive {
+                prev: self.last_applied,
+                next: entry.log_id,
+            },
+        )
+        .into())
+    }
+
+    fn apply_entry(&mut self, state: &mut ClusterState, entry: Entry<TypeConfig>) -> Outcome {
+        let revision = Revision(entry.log_id.index);
+        self.last_applied = Some(entry.log_id);
+        if let EntryPayload::Normal(command) = &entry.payload {
+            return state.apply(revision, command);
+        }
+        if let EntryPayload::Membership(membership) = entry.payload {
+            self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+        }
+        if revision > state.revision {
+            state.note_revision(revision);
+        }
+        Outcome {
+            revision,
+            ..Outcome::default()
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, MembershipRecord), StorageError> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries = entries.into_iter();
+        let mut outcomes = Vec::with_capacity(entries.size_hint().0);
+        let state_lock = Arc::clone(&self.state);
+        let revision = {
+            let mut state = state_lock.write().await;
+            for entry in entries {
+                self.check_order(&state, &entry)?;
+                outcomes.push(self.apply_entry(&mut state, entry));
+            }
+            state.revision
+        };
+        // After the lock is released, so a woken reader sees the new state at once.
+        if !outcomes.is_empty() {
+            self.applied_tx.send_replace(revision);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // A copy taken now: openraft builds in another task while entries keep being applied,
+        // and the state, last applied id and membership must describe the same moment.
+        let state = self.state.read().await.clone();
+        SnapshotBuilder {
+            payload: SnapshotPayload {
+                format: SNAPSHOT_FORMAT,
+                last_applied: self.last_applied,
+                last_membership: self.last_membership.clone(),
+                state,
+            },
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let payload = decode_payload(meta, &data)?;
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            counter: self.snapshots.counter.load(Ordering::Relaxed),
+        };
+        // On disk before in memory: the state never shows what a restart would lose.
+        self.snapshots
+            .write(&record, &data, Replace::Always)
+            .await?;
+        let revision = payload.state.revision;
+        *self.state.write().await = payload.state;
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        self.applied_tx.send_replace(revision);
+        tracing::info!(snapshot_id = %meta.snapshot_id, %revision, "installed raft snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.snapshots.read()?.map(|(record, data, _)| Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from the copy of the state taken by
+/// [`RaftStateMachine::get_snapshot_builder`], persists it and makes it current.
+pub struct SnapshotBuilder {
+    payload: SnapshotPayload,
+    snapshots: SnapshotStore,
+}
+
+impl fmt::Debug for SnapshotBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotBuilder")
+            .field("last_applied", &self.payload.last_applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let counter = self.snapshots.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot_id = match self.payload.last_applied {
+            Some(log_id) => format!("{log_id}-{counter}"),
+            None => format!("none-{counter}"),
+        };
+        let meta = Meta {
+            last_log_id: self.payload.last_applied,
+            last_membership: self.payload.last_membership.clone(),
+            snapshot_id,
+        };
+        let data = encode(&self.payload, "snapshot data")
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        let record = SnapshotRecord { meta, counter };
+        if self
+            .snapshots
+            .write(&record, &data, Replace::IfNotOlder)
+            .await?
+        {
+            tracing::info!(
+                snapshot_id = %record.meta.snapshot_id,
+                revision = %self.payload.state.revision,
+                size_bytes = data.len(),
+                "built raft snapshot"
+            );
+        }
+        Ok(Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn membership(index: u64) -> Entry<TypeConfig> {
+        let voters = BTreeSet::from([1]);
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Membership(Membership::new(vec![voters], None)),
+        }
+    }
+
+    fn open_temp() -> (tempfile::TempDir, LogStore, StateMachineStore) {
+        let dir = tempfile::tempdir().expect("create a temp dir");
+        let (log, sm) = open(dir.path(), StoreTuning::default()).expect("open a fresh store");
+        (dir, log, sm)
+    }
+
+    #[test]
+    fn index_keys_sort_like_indexes() {
+        let indexes = [0, 1, 255, 256, 65_535, 1 << 32, u64::MAX - 1, u64::MAX];
+        for pair in indexes.windows(2) {
+            assert!(index_key(pair[0]) < index_key(pair[1]), "{pair:?}");
+            assert_eq!(key_index(&index_key(pair[0])).expect("8-byte key"), pair[0]);
+        }
+        assert!(key_index(b"short").is_err());
+    }
+
+    #[test]
+    fn first_index_of_ranges() {
+        fn check(range: impl RangeBounds<u64>, expected: Option<u64>) {
+            assert_eq!(first_index(&range), expected);
+        }
+        check(.., Some(0));
+        check(5.., Some(5));
+        check(5..9, Some(5));
+        check((Bound::Excluded(5), Bound::Unbounded), Some(6));
+        check((Bound::Excluded(u64::MAX), Bound::Unbounded), None);
+    }
+
+    #[test]
+    fn tuning_validation() {
+        fn check(tuning: StoreTuning, ok: bool) {
+            assert_eq!(tuning.validate().is_ok(), ok, "{tuning:?}");
+        }
+        check(StoreTuning::default(), true);
+        check(
+            StoreTuning {
+                cache_capacity_bytes: 1 << 20,
+                flush_every_ms: None,
+            },
+            true,
+        );
+        check(
+            StoreTuning {
+                cache_capacity_bytes: 1024,
+                ..StoreTuning::default()
+            },
+            false,
+        );
+        check(
+            StoreTuning {
+                flush_every_ms: Some(0),
+                ..StoreTuning::default()
+            },
+            false,
+        );
+    }
+
+    /// Index 0 (the membership `Raft::initialize` writes) applies on a fresh state; an entry at
+    /// or below the applied revision is a storage error, not a panic in `ClusterState`.
+    #[tokio::test]
+    async fn apply_accepts_index_zero_and_refuses_going_back() {
+        let (_dir, _log, mut sm) = open_temp();
+        let outcomes = sm
+            .apply([membership(0), blank(1)])
+            .await
+            .expect("apply 0 and 1");
+        assert_eq!(
+            outcomes.iter().map(|o| o.revision).collect::<Vec<_>>(),
+            [Revision(0), Revision(1)]
+        );
+        assert_eq!(sm.state().read().await.revision, Revision(1));
+
+        let error = sm.apply([blank(1)]).await.expect_err("index 1 again");
+        assert!(
+            error.to_string().contains("invalid next log to apply"),
+            "{error}"
+        );
+        let error = sm
+            .apply([membership(0)])
+            .await
+            .expect_err("index 0 after index 1");
+        assert!(matches!(error, StorageError::Defensive { .. }), "{error}");
+    }
+
+    /// A snapshot build that finishes after a newer snapshot was installed does not replace it.
+    #[tokio::test]
+    async fn a_late_build_does_not_replace_a_newer_installed_snapshot() {
+        let (_leader_dir, _leader_log, mut leader) = open_temp();
+        leader
+            .apply((0..5).map(blank))
+            .await
+            .expect("apply on the leader");
+        let newer = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+
+        let (_dir, _log, mut sm) = open_temp();
+        sm.apply([blank(0), blank(1)]).await.expect("apply");
+        let mut late_builder = sm.get_snapshot_builder().await;
+        sm.install_snapshot(&newer.meta, newer.snapshot)
+            .await
+            .expect("install");
+        let late = late_builder.build_snapshot().await.expect("late build");
+        assert_eq!(late.meta.last_log_id, Some(log_id(1, 1)));
+
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta, newer.meta);
+        assert_eq!(sm.state().read().await.revision, Revision(4));
+    }
+
+    /// Snapshot bytes corrupted under a running store are a storage error when read.
+    #[tokio::test]
+    async fn corrupt_current_snapshot_is_a_storage_error() {
+        let (_dir, _log, mut sm) = open_temp();
+        sm.apply((0..3).map(blank)).await.expect("apply");
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        sm.snapshots
+            .tree
+            .insert(KEY_SNAPSHOT_DATA, &b"junk"[..])
+            .expect("insert");
+        let error = sm.get_current_snapshot().await.expect_err("corrupt data");
+        assert!(error.to_string().contains("data is corrupt"), "{error}");
+
+        sm.snapshots
+            .tree
+            .insert(KEY_SNAPSHOT_META, &b"\xff"[..])
+            .expect("insert");
+        let error = sm
+            .get_current_snapshot()
+            .await
+            .expect_err("corrupt metadata");
+        assert!(
+            error
+                .to_string()
+                .contains("stored snapshot metadata is corrupt"),
+            "{error}"
+        );
+    }
+
+    /// Entries of a purge interrupted by a crash are removed at open.
+    #[tokio::test]
+    async fn open_removes_entries_left_by_an_interrupted_purge() {
+        let (dir, mut log, sm) = open_temp();
+        log.blocking_append((0..5).map(blank))
+            .await
+            .expect("append");
+        // What a crash between the two steps of `purge` leaves: the purge point, all entries.
+        let bytes = encode(&log_id(1, 2), "log id").expect("encode");
+        log.meta.insert(KEY_LAST_PURGED, bytes).expect("insert");
+        log.flush().await.expect("flush");
+        drop((log, sm));
+
+        let (mut log, _sm) = open(dir.path(), StoreTuning::default()).expect("reopen");
+        let indexes: Vec<u64> = log
+            .try_get_log_entries(..)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(indexes, [3, 4]);
+    }
+}
