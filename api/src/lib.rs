@@ -34,6 +34,7 @@ pub mod ids;
 pub mod node;
 pub mod placement;
 pub mod replica;
+pub mod rest;
 pub mod secret;
 pub mod service;
 pub mod validate;

@@ -20,6 +20,7 @@ use warren_transport::seal::SealKey;
 use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
 
 use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
+use crate::metrics::ControlMetrics;
 use crate::network::Peers;
 use crate::rpc::{ClusterSecrets, ControlRpc, ControlRpcReply, ProposeError};
 use crate::state::ClusterState;
@@ -44,6 +45,7 @@ pub struct Control {
     peers: Peers,
     cluster_key: std::sync::OnceLock<SealKey>,
     timeouts: Timeouts,
+    metrics: ControlMetrics,
 }
 
 impl std::fmt::Debug for Control {
@@ -54,28 +56,33 @@ impl std::fmt::Debug for Control {
     }
 }
 
+/// What a [`Control`] is built from.
+pub(crate) struct ControlParts {
+    pub id: u64,
+    pub raft: Raft,
+    pub state: Arc<RwLock<ClusterState>>,
+    pub applied: watch::Receiver<Revision>,
+    pub peers: Peers,
+    pub cluster_key: Option<SealKey>,
+    pub timeouts: Timeouts,
+    pub metrics: ControlMetrics,
+}
+
 impl Control {
-    pub(crate) fn new(
-        id: u64,
-        raft: Raft,
-        state: Arc<RwLock<ClusterState>>,
-        applied: watch::Receiver<Revision>,
-        peers: Peers,
-        cluster_key: Option<SealKey>,
-        timeouts: Timeouts,
-    ) -> Self {
+    pub(crate) fn new(parts: ControlParts) -> Self {
         let cell = std::sync::OnceLock::new();
-        if let Some(key) = cluster_key {
+        if let Some(key) = parts.cluster_key {
             let _ = cell.set(key);
         }
         Self {
-            id,
-            raft,
-            state,
-            applied,
-            peers,
+            id: parts.id,
+            raft: parts.raft,
+            state: parts.state,
+            applied: parts.applied,
+            peers: parts.peers,
             cluster_key: cell,
-            timeouts,
+            timeouts: parts.timeouts,
+            metrics: parts.metrics,
         }
     }
 
@@ -262,11 +269,16 @@ impl Control {
     /// Proposes on this node only (used for forwarded proposals: no second hop).
     pub async fn propose_local(&self, command: Command) -> Result<Outcome, ProposeError> {
         self.check_leader_lease()?;
+        let started = std::time::Instant::now();
         let write =
             tokio::time::timeout(self.timeouts.write, self.raft.client_write(command)).await;
         match write {
             Err(_) => Err(self.no_quorum_timeout("write")),
-            Ok(Ok(response)) => Ok(response.data),
+            Ok(Ok(response)) => {
+                let took = started.elapsed().as_secs_f64();
+                self.metrics.raft_proposal_duration_seconds.observe(took);
+                Ok(response.data)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                 let leader = forward.leader_id.zip(forward.leader_node);
                 Err(ProposeError::NotLeader { leader })

@@ -12,6 +12,8 @@
 
 pub mod command;
 pub mod control;
+pub mod http;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod rpc;

@@ -27,14 +27,19 @@ use warren_transport::{
 };
 
 use crate::command::Op;
-use crate::control::{Control, Timeouts};
+use crate::control::{Control, ControlParts, Timeouts};
+use crate::http::Api;
+use crate::metrics::ControlMetrics;
 use crate::network::Peers;
 use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
 use crate::store::{self, StoreTuning};
 use crate::types::{Member, Raft};
+use warren_transport::https::ApiListener;
 
 const SETTINGS_FILE: &str = "node.json";
 const CLUSTER_KEY_FILE: &str = "cluster.key";
+/// The Unix socket of the local API (no TLS; guarded by file permissions).
+pub const SOCKET_FILE: &str = "control.sock";
 
 /// What a control node is and where it listens; persisted as `node.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +59,9 @@ pub struct NodeSettings {
     pub advertise_quic: String,
     /// Address clients use for the API.
     pub advertise_api: String,
+    /// Plain-HTTP metrics, `/health` and `/ready`; `None` = not served.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Tuning that is not persisted (defaults suit a central site on a LAN).
@@ -190,6 +198,8 @@ pub struct NewNode {
     pub advertise_quic: Option<String>,
     /// Address clients use for the API; defaults to the bound API address.
     pub advertise_api: Option<String>,
+    /// Metrics listen address (`/metrics`, `/health`, `/ready`), if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A running control node.
@@ -202,6 +212,9 @@ pub struct ControlNode {
     cancel: CancellationToken,
     tasks: TaskTracker,
     metrics: TransportMetrics,
+    control_metrics: ControlMetrics,
+    api_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn check_fresh(dir: &Path) -> Result<(), NodeError> {
@@ -261,6 +274,7 @@ fn settings_for(new: &NewNode, node_id: NodeId) -> NodeSettings {
             .advertise_api
             .clone()
             .unwrap_or_else(|| new.api_listen.to_string()),
+        metrics_listen: new.metrics_listen,
     }
 }
 
@@ -295,8 +309,10 @@ impl ControlNode {
         )?;
         // Bind first so that port 0 resolves to a real port before it is recorded.
         let endpoint = bind(&new.quic_listen, &creds, &config)?;
+        let api = bind_api(new.api_listen, &creds, &endpoint.1).await?;
         let mut new = new;
         new.quic_listen = endpoint.0.local_addr();
+        new.api_listen = api.local_addr();
         let settings = settings_for(&new, node_id);
         creds.save(&new.data_dir)?;
         save_cluster_key(&new.data_dir, &cluster_key)?;
@@ -306,6 +322,7 @@ impl ControlNode {
             Some(cluster_key.clone()),
             config,
             endpoint,
+            api,
         )
         .await?;
         let mut members = std::collections::BTreeMap::new();
@@ -399,7 +416,9 @@ impl ControlNode {
         joined.credentials.save(&new.data_dir)?;
         let settings = settings_for(&new, joined.node_id);
         let endpoint = bind(&new.quic_listen, &joined.credentials, &config)?;
-        let node = Self::start(&new.data_dir, settings.clone(), None, config, endpoint).await?;
+        let api = bind_api(new.api_listen, &joined.credentials, &endpoint.1).await?;
+        let node =
+            Self::start(&new.data_dir, settings.clone(), None, config, endpoint, api).await?;
         let secrets = node.ask_to_become_member(join_addr, &settings).await?;
         let key = SealKey::from_hex(&secrets.cluster_key_hex)
             .map_err(|e| NodeError::DataDir(e.to_string()))?;
@@ -481,7 +500,8 @@ impl ControlNode {
         let creds = Credentials::load(data_dir)?;
         let cluster_key = load_cluster_key(data_dir)?;
         let endpoint = bind(&settings.quic_listen, &creds, &config)?;
-        Self::start(data_dir, settings, cluster_key, config, endpoint).await
+        let api = bind_api(settings.api_listen, &creds, &endpoint.1).await?;
+        Self::start(data_dir, settings, cluster_key, config, endpoint, api).await
     }
 
     async fn start(
@@ -490,6 +510,7 @@ impl ControlNode {
         cluster_key: Option<SealKey>,
         config: ControlConfig,
         (endpoint, revocations): (Arc<Endpoint>, RevocationList),
+        api_listener: ApiListener,
     ) -> Result<Self, NodeError> {
         let (log_store, sm_store) = store::open(data_dir, config.store)?;
         let state = sm_store.state();
@@ -519,23 +540,54 @@ impl ControlNode {
             write: config.write_timeout,
             election_max: config.election_timeout.1,
         };
-        let control = Arc::new(Control::new(
-            settings.node_id.0,
+        let control_metrics = ControlMetrics::new();
+        let control = Arc::new(Control::new(ControlParts {
+            id: settings.node_id.0,
             raft,
-            state.clone(),
-            applied.clone(),
+            state: state.clone(),
+            applied: applied.clone(),
             peers,
             cluster_key,
             timeouts,
-        ));
+            metrics: control_metrics.clone(),
+        }));
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let api_addr = api_listener.local_addr();
+        let api = Api::new(control.clone(), control_metrics.clone());
+        tasks.spawn(
+            api.clone()
+                .serve_tls(api_listener, cancel.clone(), tasks.clone()),
+        );
+        let socket = data_dir.join(SOCKET_FILE);
+        api.serve_unix(&socket, cancel.clone(), tasks.clone())
+            .await
+            .map_err(io("bind unix socket", &socket))?;
+        let metrics_addr = match settings.metrics_listen {
+            Some(addr) => Some(
+                crate::metrics::serve(
+                    addr,
+                    control_metrics.clone(),
+                    control.clone(),
+                    cancel.clone(),
+                    tasks.clone(),
+                )
+                .await
+                .map_err(io("bind metrics listener", data_dir))?,
+            ),
+            None => None,
+        };
         let node = Self {
             control,
             endpoint,
             settings,
             data_dir: data_dir.to_owned(),
-            cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            cancel,
+            tasks,
             metrics: TransportMetrics::unregistered(),
+            control_metrics,
+            api_addr,
+            metrics_addr,
         };
         node.spawn_revocation_feed(state, applied, revocations);
         node.spawn_acceptor();
@@ -655,6 +707,21 @@ impl ControlNode {
         self.endpoint.local_addr()
     }
 
+    /// The bound API address (TLS).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The bound metrics address, if served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.control_metrics
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -665,6 +732,7 @@ impl ControlNode {
     pub async fn shutdown(self) {
         let addr = self.endpoint.local_addr();
         self.cancel.cancel();
+        let _ = std::fs::remove_file(self.data_dir.join(SOCKET_FILE));
         if let Err(e) = self.control.raft().shutdown().await {
             warn!(error = %e, "raft did not shut down cleanly");
         }
@@ -683,6 +751,17 @@ impl ControlNode {
         }
         warn!(addr = %addr, "QUIC port still in use after shutdown");
     }
+}
+
+/// Binds the API's TLS listener.
+async fn bind_api(
+    addr: SocketAddr,
+    creds: &Credentials,
+    revocations: &RevocationList,
+) -> Result<ApiListener, NodeError> {
+    ApiListener::bind(addr, creds, revocations)
+        .await
+        .map_err(|e| NodeError::DataDir(e.to_string()))
 }
 
 /// Binds the QUIC endpoint with a fresh revocation list.

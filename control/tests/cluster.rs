@@ -39,6 +39,7 @@ fn new_node(dir: &TempDir, name: &str) -> NewNode {
         api_listen: any,
         advertise_quic: None,
         advertise_api: None,
+        metrics_listen: None,
     }
 }
 

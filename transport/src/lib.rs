@@ -9,6 +9,7 @@
 //! - [`endpoint`]: QUIC endpoints (quinn) with ALPN per purpose and connection admission.
 //! - [`frame`]: length-prefixed postcard framing with hard size limits and stall timeouts.
 //! - [`join`]: the join handshake, client and server sides.
+//! - [`https`]: TLS over TCP for the admin HTTP API (admin client certificates).
 //! - [`backoff`]: jittered exponential backoff for every reconnect loop.
 //! - [`metrics`]: the transport's Prometheus counters.
 //!
@@ -22,6 +23,7 @@ pub mod config;
 pub mod endpoint;
 pub mod frame;
 mod fsutil;
+pub mod https;
 pub mod identity;
 pub mod join;
 pub mod metrics;

@@ -122,8 +122,47 @@ pub fn open(key: &SealKey, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>, Seal
         .map_err(|_| SealError::Authentication)
 }
 
+/// Seals `plaintext` and returns the nonce and the ciphertext (with tag) separately, for
+/// formats that store them as fields (`warren_api::SealedBlob`).
+pub fn seal_parts(key: &SealKey, purpose: &str, plaintext: &[u8]) -> ([u8; NONCE_LEN], Vec<u8>) {
+    let sealed = seal(key, purpose, plaintext);
+    let nonce: [u8; NONCE_LEN] = sealed[MAGIC.len() + 1..HEADER_LEN]
+        .try_into()
+        .expect("header holds the nonce");
+    (nonce, sealed[HEADER_LEN..].to_vec())
+}
+
+/// Opens what [`seal_parts`] produced.
+///
+/// # Errors
+/// [`SealError::Authentication`] for a wrong key, purpose or altered data.
+pub fn open_parts(
+    key: &SealKey,
+    purpose: &str,
+    nonce: &[u8; NONCE_LEN],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let mut sealed = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+    sealed.extend_from_slice(MAGIC);
+    sealed.push(VERSION);
+    sealed.extend_from_slice(nonce);
+    sealed.extend_from_slice(ciphertext);
+    open(key, purpose, &sealed)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parts_round_trip() {
+        let key = SealKey::generate();
+        let (nonce, ciphertext) = seal_parts(&key, "secret", b"value");
+        assert_eq!(
+            open_parts(&key, "secret", &nonce, &ciphertext).unwrap(),
+            b"value"
+        );
+        assert!(open_parts(&key, "other", &nonce, &ciphertext).is_err());
+    }
+
     use super::*;
 
     #[test]

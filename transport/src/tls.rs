@@ -329,3 +329,105 @@ pub(crate) fn join_client_config(
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
+
+/// The admin API's server side: TLS 1.2/1.3, a client certificate from the cluster CA required.
+pub(crate) fn api_server_config(
+    creds: &Credentials,
+    revocations: &RevocationList,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(
+        roots_with(creds.ca_cert_der())?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier = MandatoryClientVerifier(ClusterClientVerifier {
+        inner,
+        revocations: revocations.clone(),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain(creds), private_key(creds))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// The admin API's client side (the CLI): presents the admin certificate, verifies the server
+/// as a control node of the cluster.
+pub(crate) fn api_client_config(
+    creds: &Credentials,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(
+        roots_with(creds.ca_cert_der())?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier = ClusterServerVerifier {
+        inner,
+        revocations: RevocationList::default(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain(creds), private_key(creds))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// [`ClusterClientVerifier`] with the client certificate required (the API has no anonymous
+/// path).
+#[derive(Debug)]
+struct MandatoryClientVerifier(ClusterClientVerifier);
+
+impl ClientCertVerifier for MandatoryClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}

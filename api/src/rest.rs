@@ -1,0 +1,222 @@
+//! The control plane's HTTP API: routes and JSON bodies, shared by the server (`control`) and
+//! its client (`cli`).
+//!
+//! Routes (all under [`PREFIX`]; reads take `?stale=true` to skip the read barrier):
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/cluster` | → [`ClusterStatus`] |
+//! | POST | `/tokens` | [`TokenRequest`] → [`TokenResponse`] |
+//! | GET | `/nodes` | → `[NodeInfo]` |
+//! | GET | `/nodes/{id or name}` | → [`NodeInfo`] |
+//! | POST | `/nodes/{n}/drain`, `/nodes/{n}/activate` | → [`WriteResult`] |
+//! | DELETE | `/nodes/{n}` | → [`WriteResult`] |
+//! | GET | `/services` | → `[ServiceInfo]` |
+//! | POST | `/services` | [`ServiceSpec`] → [`WriteResult`] (409 if it exists) |
+//! | PUT | `/services/{name}` | [`ServiceSpec`] → [`WriteResult`] (create or update) |
+//! | GET | `/services/{name}` | → [`ServiceInfo`] |
+//! | GET | `/services/{name}/replicas` | → `[ReplicaInfo]` |
+//! | POST | `/services/{name}/scale` | [`ScaleRequest`] → [`WriteResult`] |
+//! | POST | `/services/{name}/rollback` | → [`WriteResult`] |
+//! | DELETE | `/services/{name}` | → [`WriteResult`] |
+//! | GET | `/secrets` | → `[Secret]` (metadata only, never values) |
+//! | POST | `/secrets` | [`SecretCreate`] → [`WriteResult`] |
+//! | DELETE | `/secrets/{name}` | → [`WriteResult`] |
+//! | GET | `/volumes` | → `[Volume]` |
+//! | PUT | `/volumes/{name}` | [`Volume`] → [`WriteResult`] |
+//! | DELETE | `/volumes/{name}` | → [`WriteResult`] |
+//!
+//! Errors are [`ErrorBody`] with a status: 400 invalid (the message names the field), 404, 409,
+//! 413 body too large, 503 no quorum (retry later; a timed-out write may still apply).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DesiredState, Node, ServiceSpec};
+use crate::{NodeId, NodeRole};
+
+/// Every route starts with this.
+pub const PREFIX: &str = "/v1";
+/// Largest request body the server reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line for people.
+    pub error: String,
+    /// For programs: `invalid`, `not_found`, `conflict`, `too_large`, `no_quorum`,
+    /// `unauthorized`, `internal`.
+    pub code: String,
+}
+
+/// A control-plane member as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// QUIC address.
+    pub quic_addr: String,
+    /// API address.
+    pub api_addr: String,
+    /// Whether it votes (learners do not).
+    pub voter: bool,
+    /// Whether it leads now.
+    pub leader: bool,
+}
+
+/// Node counts by liveness.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    /// Every registered node, removed ones included.
+    pub total: usize,
+    /// Ready.
+    pub ready: usize,
+    /// Unreachable.
+    pub unreachable: usize,
+    /// Down.
+    pub down: usize,
+    /// Removed.
+    pub removed: usize,
+}
+
+/// `GET /cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Cluster name.
+    pub name: String,
+    /// SHA-256 of the CA certificate, hex.
+    pub fingerprint: String,
+    /// The node that answered.
+    pub answered_by: NodeId,
+    /// Control members.
+    pub members: Vec<MemberInfo>,
+    /// Current Raft term as the answering node knows it.
+    pub term: u64,
+    /// Last committed log index known to the answering node.
+    pub commit_index: u64,
+    /// Revision applied on the answering node.
+    pub revision: u64,
+    /// Node counts.
+    pub nodes: NodeCounts,
+    /// Number of services.
+    pub services: usize,
+}
+
+/// `POST /tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// Role of the nodes that may join with it.
+    pub role: NodeRole,
+    /// Lifetime; `None` = until revoked.
+    pub ttl_ms: Option<u64>,
+    /// Whether the first join uses it up.
+    pub single_use: bool,
+}
+
+/// A minted token: shown once, never stored in the clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The whole token.
+    pub token: String,
+    /// Its id (hex), for revocation.
+    pub id: String,
+    /// Role.
+    pub role: NodeRole,
+    /// Expiry (unix ms).
+    pub expires_at_ms: Option<u64>,
+}
+
+/// A node with what runs there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The registry entry.
+    pub node: Node,
+    /// Replicas assigned to it.
+    pub replicas: usize,
+    /// Whether it is a Raft member now (control nodes).
+    pub raft_member: bool,
+}
+
+/// A service with its placement summary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// The spec in force.
+    pub spec: ServiceSpec,
+    /// Its version.
+    pub version: u64,
+    /// Creation time (unix ms).
+    pub created_at_ms: u64,
+    /// Last change (unix ms).
+    pub updated_at_ms: u64,
+    /// Replicas wanted (`None` for global services).
+    pub replicas_desired: Option<u32>,
+    /// Replicas placed.
+    pub replicas_placed: usize,
+    /// Replicas that no node can take.
+    pub unschedulable: u32,
+    /// Version being rolled out, if a rolling update is in progress.
+    pub rolling_out: Option<u64>,
+    /// Whether `rollback` has a previous spec to return to.
+    pub can_roll_back: bool,
+}
+
+/// One replica for `service ps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// `web.1`, or `web.<node id>` for global services.
+    pub id: String,
+    /// Node it is assigned to.
+    pub node: NodeId,
+    /// That node's name.
+    pub node_name: String,
+    /// That node's site.
+    pub site: String,
+    /// Service version of this replica.
+    pub service_version: u64,
+    /// What control wants.
+    pub desired: DesiredState,
+    /// What is known of it: the agent's last report (`running`, `starting`, `failed`, …), or
+    /// `assigned` when no report has arrived yet.
+    pub state: String,
+    /// Liveness of its node (`ready`, `unreachable`, …).
+    pub node_state: String,
+}
+
+/// Answer to every write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// Revision (log index) of the write.
+    pub revision: u64,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Whether the object was created.
+    pub created: bool,
+    /// The object's version after the write, where it has one (services).
+    pub version: Option<u64>,
+}
+
+/// `POST /services/{name}/scale`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// New replica count.
+    pub replicas: u32,
+}
+
+/// `POST /secrets`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretCreate {
+    /// Secret name (DNS label).
+    pub name: String,
+    /// The value, base64 (standard alphabet, padded).
+    pub value_base64: String,
+}
+
+impl std::fmt::Debug for SecretCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCreate")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}

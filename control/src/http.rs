@@ -1,0 +1,742 @@
+//! The HTTP API (JSON, hyper): routes of `warren_api::rest`, served over TLS with admin client
+//! certificates and over the Unix socket `<data-dir>/control.sock`.
+//!
+//! Any control node answers: writes are forwarded to the leader, reads are linearizable
+//! unless `?stale=true`. Errors map to HTTP status in exactly one place ([`ApiError::status`]).
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+use warren_api::rest::{
+    ClusterStatus, ErrorBody, MAX_BODY_BYTES, MemberInfo, NodeCounts, NodeInfo, PREFIX,
+    ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenRequest, TokenResponse, WriteResult,
+};
+use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, ServiceSpec, Volume};
+use warren_transport::MintOptions;
+use warren_transport::ca::unix_now_ms;
+use warren_transport::https::ApiListener;
+use warren_transport::token::mint;
+
+use crate::command::{Effect, Op, Outcome, Rejection, RejectionCode};
+use crate::control::Control;
+use crate::metrics::ControlMetrics;
+use crate::rpc::ProposeError;
+use crate::state::ClusterState;
+
+/// The AES-GCM purpose string under which secret values are sealed in the replicated state.
+pub const SECRET_PURPOSE: &str = "warren secret v1";
+
+/// An API failure; [`ApiError::status`] is the one place errors become HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such object or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Body over the limit.
+    #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    /// No quorum reachable.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// Method not allowed on the route.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status and the machine-readable code.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(error: ProposeError) -> Self {
+        match error {
+            ProposeError::Membership(m) => Self::Conflict(m),
+            ProposeError::ShuttingDown => {
+                Self::NoQuorum("this control node is shutting down".into())
+            }
+            other => Self::NoQuorum(
+                other
+                    .to_string()
+                    .trim_start_matches("no quorum: ")
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection.code {
+            RejectionCode::NotFound => Self::NotFound(rejection.message),
+            RejectionCode::Conflict => Self::Conflict(rejection.message),
+            RejectionCode::Invalid | RejectionCode::TokenRefused => {
+                Self::Invalid(rejection.message)
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).expect("API types serialize to JSON");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn ok<T: Serialize>(value: &T) -> ApiResult {
+    Ok(json(StatusCode::OK, value))
+}
+
+/// Up to this much of an oversized body is read and discarded before answering 413, so a
+/// client still sending gets the answer instead of a broken pipe. Larger bodies are cut off.
+const DRAIN_MAX_BYTES: u64 = 4 * MAX_BODY_BYTES as u64;
+
+async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, ApiError> {
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = request.into_body();
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        if declared.is_some_and(|len| len <= DRAIN_MAX_BYTES) {
+            drain(&mut body).await;
+        }
+        return Err(ApiError::TooLarge);
+    }
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::Invalid(format!("cannot read body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > MAX_BODY_BYTES {
+                drain(&mut body).await;
+                return Err(ApiError::TooLarge);
+            }
+            collected.extend_from_slice(data);
+        }
+    }
+    serde_json::from_slice(&collected).map_err(|e| ApiError::Invalid(format!("body: {e}")))
+}
+
+/// Reads and discards the rest of a body, bounded in bytes and time.
+async fn drain(body: &mut Incoming) {
+    let mut seen = 0u64;
+    let discard = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_MAX_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), discard).await;
+}
+
+fn written(outcome: Outcome) -> ApiResult {
+    let revision = outcome.revision.0;
+    let result = match outcome.result? {
+        Effect::Service {
+            version,
+            changed,
+            created,
+        } => WriteResult {
+            revision,
+            changed,
+            created,
+            version: Some(version),
+        },
+        Effect::None => WriteResult {
+            revision,
+            changed: false,
+            created: false,
+            version: None,
+        },
+        Effect::Node(_) | Effect::Done => WriteResult {
+            revision,
+            changed: true,
+            created: false,
+            version: None,
+        },
+    };
+    let status = if result.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &result))
+}
+
+/// The HTTP server of one control node.
+#[derive(Clone, Debug)]
+pub struct Api {
+    control: Arc<Control>,
+    metrics: ControlMetrics,
+}
+
+impl Api {
+    /// An API over `control`, counting into `metrics`.
+    pub fn new(control: Arc<Control>, metrics: ControlMetrics) -> Self {
+        Self { control, metrics }
+    }
+
+    /// Serves TLS connections from `listener` until `cancel` fires.
+    pub async fn serve_tls(
+        self,
+        listener: ApiListener,
+        cancel: CancellationToken,
+        tasks: TaskTracker,
+    ) {
+        loop {
+            let pending = tokio::select! {
+                () = cancel.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(pending) => pending,
+                    Err(e) => { warn!(error = %e, "api accept failed"); continue; }
+                },
+            };
+            let api = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                match pending.handshake().await {
+                    Ok((stream, _identity)) => {
+                        api.serve_connection(TokioIo::new(stream), cancel).await
+                    }
+                    Err(e) => {
+                        api.metrics.api_refused_total.inc();
+                        debug!(error = %e, "api connection refused");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Serves the Unix socket at `path` (mode 0600) until `cancel` fires.
+    ///
+    /// # Errors
+    /// I/O errors binding the socket.
+    pub async fn serve_unix(
+        self,
+        path: &Path,
+        cancel: CancellationToken,
+        tasks: TaskTracker,
+    ) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        tasks.clone().spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => { warn!(error = %e, "unix socket accept failed"); continue; }
+                    },
+                };
+                let api = self.clone();
+                let cancel = cancel.clone();
+                tasks
+                    .spawn(async move { api.serve_connection(TokioIo::new(stream), cancel).await });
+            }
+        });
+        Ok(())
+    }
+
+    async fn serve_connection<IO>(&self, io: IO, cancel: CancellationToken)
+    where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let api = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(request).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => if let Err(e) = result { debug!(error = %e, "api connection ended") },
+            () = cancel.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+
+    /// Answers one request, counting it by route and status.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let stale = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "stale=true" || kv == "stale=1"));
+        let segments: Vec<&str> = path
+            .strip_prefix(PREFIX)
+            .unwrap_or("")
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let segments: Vec<String> = segments.into_iter().map(str::to_owned).collect();
+        let route = route_label(&method, &segments);
+        let response = match self.route(request, &method, &segments, stale).await {
+            Ok(response) => response,
+            Err(error) => {
+                let (status, code) = error.status();
+                json(
+                    status,
+                    &ErrorBody {
+                        error: error.to_string(),
+                        code: code.to_owned(),
+                    },
+                )
+            }
+        };
+        self.metrics
+            .observe_request(route, response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    async fn read(
+        &self,
+        stale: bool,
+    ) -> Result<tokio::sync::RwLockReadGuard<'_, ClusterState>, ApiError> {
+        if stale {
+            Ok(self.control.read_stale().await)
+        } else {
+            Ok(self.control.read_linearizable().await?)
+        }
+    }
+
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        method: &Method,
+        segments: &[String],
+        stale: bool,
+    ) -> ApiResult {
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        match (method, segs.as_slice()) {
+            (&Method::GET, ["cluster"]) => self.cluster_status(stale).await,
+            (&Method::POST, ["tokens"]) => self.create_token(read_json(request).await?).await,
+            (&Method::GET, ["nodes"]) => self.list_nodes(stale).await,
+            (&Method::GET, ["nodes", n]) => self.get_node(n, stale).await,
+            (&Method::POST, ["nodes", n, "drain"]) => {
+                self.set_availability(n, Availability::Drain).await
+            }
+            (&Method::POST, ["nodes", n, "activate"]) => {
+                self.set_availability(n, Availability::Active).await
+            }
+            (&Method::DELETE, ["nodes", n]) => self.remove_node(n).await,
+            (&Method::GET, ["services"]) => self.list_services(stale).await,
+            (&Method::POST, ["services"]) => self.create_service(read_json(request).await?).await,
+            (&Method::PUT, ["services", name]) => {
+                self.put_service(name, read_json(request).await?).await
+            }
+            (&Method::GET, ["services", name]) => self.get_service(name, stale).await,
+            (&Method::GET, ["services", name, "replicas"]) => {
+                self.service_replicas(name, stale).await
+            }
+            (&Method::POST, ["services", name, "scale"]) => {
+                let scale: ScaleRequest = read_json(request).await?;
+                written(
+                    self.control
+                        .propose(Op::ScaleService {
+                            name: service_name(name)?,
+                            replicas: scale.replicas,
+                        })
+                        .await?,
+                )
+            }
+            (&Method::POST, ["services", name, "rollback"]) => written(
+                self.control
+                    .propose(Op::RollbackService(service_name(name)?))
+                    .await?,
+            ),
+            (&Method::DELETE, ["services", name]) => written(
+                self.control
+                    .propose(Op::RemoveService(service_name(name)?))
+                    .await?,
+            ),
+            (&Method::GET, ["secrets"]) => {
+                let state = self.read(stale).await?;
+                ok(&state
+                    .secrets
+                    .values()
+                    .map(|s| s.meta.clone())
+                    .collect::<Vec<_>>())
+            }
+            (&Method::POST, ["secrets"]) => self.create_secret(read_json(request).await?).await,
+            (&Method::DELETE, ["secrets", name]) => written(
+                self.control
+                    .propose(Op::RemoveSecret((*name).to_owned()))
+                    .await?,
+            ),
+            (&Method::GET, ["volumes"]) => {
+                let state = self.read(stale).await?;
+                ok(&state.volumes.values().cloned().collect::<Vec<_>>())
+            }
+            (&Method::PUT, ["volumes", name]) => {
+                let volume: Volume = read_json(request).await?;
+                if volume.name != *name {
+                    return Err(ApiError::Invalid(format!(
+                        "name: body says {}, path says {name}",
+                        volume.name
+                    )));
+                }
+                written(self.control.propose(Op::PutVolume(volume)).await?)
+            }
+            (&Method::DELETE, ["volumes", name]) => written(
+                self.control
+                    .propose(Op::RemoveVolume((*name).to_owned()))
+                    .await?,
+            ),
+            (
+                _,
+                [
+                    "cluster" | "tokens" | "nodes" | "services" | "secrets" | "volumes",
+                    ..,
+                ],
+            ) => Err(ApiError::MethodNotAllowed),
+            _ => Err(ApiError::NotFound(format!(
+                "no such route: {method} {PREFIX}/{}",
+                segments.join("/")
+            ))),
+        }
+    }
+
+    async fn cluster_status(&self, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        let metrics = self.control.raft().metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| MemberInfo {
+                id: NodeId(*id),
+                name: member.name.clone(),
+                quic_addr: member.quic_addr.clone(),
+                api_addr: member.api_addr.clone(),
+                voter: voters.contains(id),
+                leader: metrics.current_leader == Some(*id),
+            })
+            .collect();
+        let mut nodes = NodeCounts::default();
+        for node in state.nodes.values() {
+            nodes.total += 1;
+            match node.state {
+                NodeState::Ready => nodes.ready += 1,
+                NodeState::Unreachable { .. } => nodes.unreachable += 1,
+                NodeState::Down => nodes.down += 1,
+                NodeState::Removed => nodes.removed += 1,
+            }
+        }
+        let cluster = state.cluster.as_ref();
+        ok(&ClusterStatus {
+            name: cluster.map(|c| c.name.clone()).unwrap_or_default(),
+            fingerprint: cluster
+                .map(|c| {
+                    data_encoding::HEXLOWER
+                        .encode(&warren_transport::identity::fingerprint(&c.ca_cert_der))
+                })
+                .unwrap_or_default(),
+            answered_by: NodeId(self.control.id()),
+            members,
+            term: metrics.current_term,
+            commit_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            revision: state.revision.0,
+            nodes,
+            services: state.services.len(),
+        })
+    }
+
+    async fn create_token(&self, request: TokenRequest) -> ApiResult {
+        let fingerprint = {
+            let state = self.control.read_stale().await;
+            let cluster = state
+                .cluster
+                .as_ref()
+                .ok_or_else(|| ApiError::Conflict("cluster is not initialised".into()))?;
+            warren_transport::identity::fingerprint(&cluster.ca_cert_der)
+        };
+        let options = MintOptions {
+            role: request.role,
+            ttl: request.ttl_ms.map(std::time::Duration::from_millis),
+            single_use: request.single_use,
+        };
+        let (token, record) = mint(fingerprint, options, unix_now_ms());
+        let expires_at_ms = record.expires_at_ms;
+        self.control.propose(Op::AddToken(record)).await?.result?;
+        Ok(json(
+            StatusCode::CREATED,
+            &TokenResponse {
+                token: token.to_string(),
+                id: token.id.to_string(),
+                role: request.role,
+                expires_at_ms,
+            },
+        ))
+    }
+
+    fn node_info(&self, state: &ClusterState, node: &warren_api::Node) -> NodeInfo {
+        let metrics = self.control.raft().metrics().borrow().clone();
+        let raft_member = metrics
+            .membership_config
+            .membership()
+            .get_node(&node.id.0)
+            .is_some();
+        NodeInfo {
+            node: node.clone(),
+            replicas: state.replicas_on(node.id).count(),
+            raft_member,
+        }
+    }
+
+    async fn list_nodes(&self, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        ok(&state
+            .nodes
+            .values()
+            .map(|n| self.node_info(&state, n))
+            .collect::<Vec<_>>())
+    }
+
+    async fn get_node(&self, key: &str, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        let node = find_node(&state, key)?;
+        ok(&self.node_info(&state, node))
+    }
+
+    async fn set_availability(&self, key: &str, availability: Availability) -> ApiResult {
+        let id = find_node(&*self.control.read_stale().await, key)?.id;
+        written(
+            self.control
+                .propose(Op::SetAvailability {
+                    node: id,
+                    availability,
+                })
+                .await?,
+        )
+    }
+
+    async fn remove_node(&self, key: &str) -> ApiResult {
+        let id = find_node(&*self.control.read_stale().await, key)?.id;
+        if id.0 == self.control.id() {
+            return Err(ApiError::Conflict(
+                "a control node cannot remove itself; ask another control node".into(),
+            ));
+        }
+        written(self.control.propose(Op::RemoveNode(id)).await?)
+    }
+
+    async fn list_services(&self, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        ok(&state
+            .services
+            .keys()
+            .filter_map(|name| service_info(&state, name.as_str()))
+            .collect::<Vec<_>>())
+    }
+
+    async fn get_service(&self, name: &str, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        let info = service_info(&state, name)
+            .ok_or_else(|| ApiError::NotFound(format!("service {name} not found")))?;
+        ok(&info)
+    }
+
+    async fn service_replicas(&self, name: &str, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        if !state.services.contains_key(name) {
+            return Err(ApiError::NotFound(format!("service {name} not found")));
+        }
+        let replicas: Vec<ReplicaInfo> = state
+            .replicas
+            .values()
+            .filter(|r| r.id.service.as_str() == name)
+            .map(|r| {
+                let node = state.nodes.get(&r.node);
+                ReplicaInfo {
+                    id: r.id.to_string(),
+                    node: r.node,
+                    node_name: node.map(|n| n.name.clone()).unwrap_or_default(),
+                    site: node.map(|n| n.site.clone()).unwrap_or_default(),
+                    service_version: r.service_version,
+                    desired: r.desired,
+                    // Agents report actual state over their stream; until one has, the replica
+                    // is only known to be assigned.
+                    state: "assigned".into(),
+                    node_state: node
+                        .map(|n| n.state.as_str().to_owned())
+                        .unwrap_or_else(|| "unknown".into()),
+                }
+            })
+            .collect();
+        ok(&replicas)
+    }
+
+    async fn create_service(&self, spec: ServiceSpec) -> ApiResult {
+        if self
+            .control
+            .read_stale()
+            .await
+            .services
+            .contains_key(&spec.name)
+        {
+            return Err(ApiError::Conflict(format!(
+                "service {} already exists; use `warren service update` or `warren apply`",
+                spec.name
+            )));
+        }
+        spec.validate()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        written(self.control.propose(Op::PutService(spec)).await?)
+    }
+
+    async fn put_service(&self, name: &str, spec: ServiceSpec) -> ApiResult {
+        if spec.name.as_str() != name {
+            return Err(ApiError::Invalid(format!(
+                "name: body says {}, path says {name}",
+                spec.name
+            )));
+        }
+        spec.validate()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        written(self.control.propose(Op::PutService(spec)).await?)
+    }
+
+    async fn create_secret(&self, request: SecretCreate) -> ApiResult {
+        warren_api::validate::validate_dns_label("name", &request.name)
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let value = data_encoding::BASE64
+            .decode(request.value_base64.as_bytes())
+            .map_err(|_| ApiError::Invalid("value_base64: not valid base64".into()))?;
+        if value.len() as u64 > warren_api::secret::MAX_SECRET_BYTES {
+            return Err(ApiError::Invalid(format!(
+                "value: {} bytes is over the limit of {} bytes",
+                value.len(),
+                warren_api::secret::MAX_SECRET_BYTES
+            )));
+        }
+        let key = self
+            .control
+            .cluster_key()
+            .ok_or_else(|| ApiError::NoQuorum("this control node has no cluster key yet".into()))?;
+        let (nonce, ciphertext) = warren_transport::seal::seal_parts(key, SECRET_PURPOSE, &value);
+        let sealed = SealedBlob {
+            key_id: 1,
+            nonce,
+            ciphertext,
+        };
+        written(
+            self.control
+                .propose(Op::PutSecret {
+                    name: request.name,
+                    size_bytes: value.len() as u64,
+                    sealed,
+                })
+                .await?,
+        )
+    }
+}
+
+fn service_name(name: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::new(name).map_err(|e| ApiError::Invalid(e.to_string()))
+}
+
+fn find_node<'a>(state: &'a ClusterState, key: &str) -> Result<&'a warren_api::Node, ApiError> {
+    let by_id = key
+        .parse::<NodeId>()
+        .ok()
+        .and_then(|id| state.nodes.get(&id));
+    by_id
+        .or_else(|| {
+            state
+                .nodes
+                .values()
+                .filter(|n| n.state != NodeState::Removed)
+                .find(|n| n.name == key)
+        })
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "node {key} not found (give its name or 16-digit id)"
+            ))
+        })
+}
+
+fn service_info(state: &ClusterState, name: &str) -> Option<ServiceInfo> {
+    let record = state.services.get(name)?;
+    Some(ServiceInfo {
+        spec: record.current.spec.clone(),
+        version: record.current.version,
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+        replicas_desired: record.current.spec.replicas(),
+        replicas_placed: state
+            .replicas
+            .values()
+            .filter(|r| r.id.service.as_str() == name)
+            .count(),
+        unschedulable: state.unschedulable.get(name).copied().unwrap_or(0),
+        rolling_out: record.rollout.map(|r| r.version),
+        can_roll_back: record.previous.is_some(),
+    })
+}
+
+/// A bounded label for metrics: the route pattern, not the concrete path.
+fn route_label(method: &Method, segments: &[String]) -> &'static str {
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (method, segs.as_slice()) {
+        (&Method::GET, ["cluster"]) => "GET /cluster",
+        (&Method::POST, ["tokens"]) => "POST /tokens",
+        (&Method::GET, ["nodes"]) => "GET /nodes",
+        (&Method::GET, ["nodes", _]) => "GET /nodes/{n}",
+        (&Method::POST, ["nodes", _, _]) => "POST /nodes/{n}/{action}",
+        (&Method::DELETE, ["nodes", _]) => "DELETE /nodes/{n}",
+        (&Method::GET, ["services"]) => "GET /services",
+        (&Method::POST, ["services"]) => "POST /services",
+        (&Method::PUT, ["services", _]) => "PUT /services/{name}",
+        (&Method::GET, ["services", _]) => "GET /services/{name}",
+        (&Method::GET, ["services", _, _]) => "GET /services/{name}/replicas",
+        (&Method::POST, ["services", _, _]) => "POST /services/{name}/{action}",
+        (&Method::DELETE, ["services", _]) => "DELETE /services/{name}",
+        (_, ["secrets", ..]) => "/secrets",
+        (_, ["volumes", ..]) => "/volumes",
+        _ => "other",
+    }
+}

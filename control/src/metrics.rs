@@ -1,0 +1,248 @@
+//! The control node's Prometheus metrics and its plain-HTTP metrics listener (`/metrics`,
+//! `/health`, `/ready`). Names follow `warren_<area>_<noun>_<unit>`; label sets are bounded
+//! (routes are patterns, codes are HTTP statuses).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::control::Control;
+
+/// Metrics of one control node.
+#[derive(Clone, Debug)]
+pub struct ControlMetrics {
+    registry: Registry,
+    /// API requests by route pattern and status code.
+    pub api_requests_total: IntCounterVec,
+    /// API latency by route pattern.
+    pub api_request_duration_seconds: HistogramVec,
+    /// API connections refused at TLS (wrong CA, role, revoked).
+    pub api_refused_total: IntCounter,
+    /// Current Raft term.
+    pub raft_term: IntGauge,
+    /// 1 when this node leads.
+    pub raft_is_leader: IntGauge,
+    /// Last applied log index (the revision).
+    pub raft_applied_index: IntGauge,
+    /// Proposal latency (propose → applied), seconds.
+    pub raft_proposal_duration_seconds: Histogram,
+    /// Replicas placed.
+    pub scheduler_replicas: IntGauge,
+    /// Replicas no node can take.
+    pub scheduler_unschedulable_replicas: IntGauge,
+    /// Registered nodes.
+    pub nodes: IntGauge,
+}
+
+impl ControlMetrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let api_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "warren_api_request_duration_seconds",
+                "API request latency by route.",
+            )
+            .buckets(buckets.clone()),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(api_request_duration_seconds.clone()))
+            .expect("unique metric");
+        let raft_proposal_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "warren_raft_proposal_duration_seconds",
+                "Time from proposal to applied result.",
+            )
+            .buckets(buckets),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(raft_proposal_duration_seconds.clone()))
+            .expect("unique metric");
+        let api_refused_total = IntCounter::new(
+            "warren_api_refused_connections_total",
+            "API connections refused at TLS.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(api_refused_total.clone()))
+            .expect("unique metric");
+        Self {
+            api_requests_total: counter_vec(
+                "warren_api_requests_total",
+                "API requests by route and status code.",
+                &["route", "code"],
+            ),
+            api_request_duration_seconds,
+            api_refused_total,
+            raft_term: gauge("warren_raft_term", "Current Raft term."),
+            raft_is_leader: gauge(
+                "warren_raft_is_leader",
+                "1 when this node is the Raft leader.",
+            ),
+            raft_applied_index: gauge(
+                "warren_raft_applied_index",
+                "Last applied Raft log index (the revision).",
+            ),
+            raft_proposal_duration_seconds,
+            scheduler_replicas: gauge("warren_scheduler_replicas", "Replicas placed on nodes."),
+            scheduler_unschedulable_replicas: gauge(
+                "warren_scheduler_unschedulable_replicas",
+                "Replicas no eligible node can take.",
+            ),
+            nodes: gauge(
+                "warren_control_nodes",
+                "Registered nodes (removed ones included).",
+            ),
+            registry,
+        }
+    }
+
+    /// Counts one API request.
+    pub fn observe_request(&self, route: &str, status: u16, took: Duration) {
+        self.api_requests_total
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        self.api_request_duration_seconds
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The registry, for other components (transport) to register into.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text exposition is UTF-8")
+    }
+
+    /// Refreshes the gauges that mirror Raft and the state.
+    pub async fn refresh(&self, control: &Control) {
+        let raft = control.raft().metrics().borrow().clone();
+        self.raft_term.set(raft.current_term as i64);
+        self.raft_is_leader
+            .set(i64::from(raft.current_leader == Some(control.id())));
+        self.raft_applied_index
+            .set(raft.last_applied.map(|l| l.index as i64).unwrap_or(0));
+        let state = control.read_stale().await;
+        self.scheduler_replicas.set(state.replicas.len() as i64);
+        self.scheduler_unschedulable_replicas
+            .set(state.unschedulable.values().map(|&n| i64::from(n)).sum());
+        self.nodes.set(state.nodes.len() as i64);
+    }
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// Serves `/metrics`, `/health` (the process is up) and `/ready` (a leader is known and this
+/// node has applied the cluster's first entries) on plain HTTP until `cancel` fires.
+///
+/// # Errors
+/// I/O errors binding `addr`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: ControlMetrics,
+    control: Arc<Control>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tasks.clone().spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = cancel.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
+                },
+            };
+            let metrics = metrics.clone();
+            let control = control.clone();
+            tasks.spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let metrics = metrics.clone();
+                        let control = control.clone();
+                        async move {
+                            let response = match request.uri().path() {
+                                "/metrics" => {
+                                    metrics.refresh(&control).await;
+                                    text(StatusCode::OK, metrics.render())
+                                }
+                                "/health" => text(StatusCode::OK, "ok\n".into()),
+                                "/ready" => match control.leader() {
+                                    Some(_) if control.applied().0 > 0 => {
+                                        text(StatusCode::OK, "ready\n".into())
+                                    }
+                                    _ => text(
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        "no leader known\n".into(),
+                                    ),
+                                },
+                                _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(error = %e, "metrics connection ended");
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
