@@ -328,6 +328,77 @@ impl Control {
         })
     }
 
+    /// Removes a control node from the voting membership, forwarding to the leader if needed.
+    ///
+    /// # Errors
+    /// [`ProposeError`].
+    pub async fn remove_member(&self, node_id: u64) -> Result<(), ProposeError> {
+        match self.remove_member_local(node_id).await {
+            Err(ProposeError::NotLeader { leader }) => {
+                let (id, member) = match leader {
+                    Some(leader) => leader,
+                    None => self.wait_for_leader().await?,
+                };
+                match self
+                    .call(id, &member, &ControlRpc::RemoveMember { node_id })
+                    .await?
+                {
+                    ControlRpcReply::MemberRemoved(reply) => reply,
+                    _ => Err(ProposeError::NoQuorum(
+                        "leader answered with something else".into(),
+                    )),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn remove_member_local(&self, node_id: u64) -> Result<(), ProposeError> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.get_node(&node_id).is_none() {
+            return Ok(());
+        }
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        if voters == [node_id] {
+            return Err(ProposeError::Membership(
+                "cannot remove the last control node".into(),
+            ));
+        }
+        let change = ChangeMembers::RemoveVoters([node_id].into());
+        let result = tokio::time::timeout(
+            self.timeouts.write,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| self.no_quorum_timeout("membership change"))?;
+        match result {
+            Ok(_) => {}
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                return Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                });
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                return Err(ProposeError::Membership(e.to_string()));
+            }
+            Err(RaftError::Fatal(_)) => return Err(ProposeError::ShuttingDown),
+        }
+        let nodes = ChangeMembers::RemoveNodes([node_id].into());
+        let _ = tokio::time::timeout(
+            self.timeouts.write,
+            self.raft.change_membership(nodes, false),
+        )
+        .await;
+        info!(peer = %format_args!("{node_id:016x}"), "control node removed from the membership");
+        Ok(())
+    }
+
     /// Answers one RPC from another control node.
     pub async fn handle_rpc(&self, rpc: ControlRpc) -> ControlRpcReply {
         match rpc {
@@ -342,6 +413,9 @@ impl Control {
                 ControlRpcReply::Proposed(self.propose_local(command).await)
             }
             ControlRpc::ReadIndex => ControlRpcReply::ReadIndex(self.leader_read_index().await),
+            ControlRpc::RemoveMember { node_id } => {
+                ControlRpcReply::MemberRemoved(self.remove_member_local(node_id).await)
+            }
             ControlRpc::AddMember { node_id, member } => {
                 ControlRpcReply::MemberAdded(self.add_member(node_id, member).await)
             }

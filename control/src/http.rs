@@ -555,11 +555,19 @@ impl Api {
     }
 
     async fn remove_node(&self, key: &str) -> ApiResult {
-        let id = find_node(&*self.control.read_stale().await, key)?.id;
+        let (id, role) = {
+            let state = self.control.read_stale().await;
+            let node = find_node(&state, key)?;
+            (node.id, node.role)
+        };
         if id.0 == self.control.id() {
             return Err(ApiError::Conflict(
                 "a control node cannot remove itself; ask another control node".into(),
             ));
+        }
+        if role == warren_api::NodeRole::Control {
+            // Leave the Raft membership first, so quorum is computed without it.
+            self.control.remove_member(id.0).await?;
         }
         written(self.control.propose(Op::RemoveNode(id)).await?)
     }

@@ -25,6 +25,11 @@ pub enum ControlRpc {
     Propose(Command),
     /// Asks the leader for a read index (for linearizable reads on followers).
     ReadIndex,
+    /// Removes a control node from the Raft membership (forwarded to the leader).
+    RemoveMember {
+        /// The node to remove.
+        node_id: u64,
+    },
     /// A freshly joined control node asks to become a voting member.
     AddMember {
         /// The new node's id.
@@ -47,6 +52,8 @@ pub enum ControlRpcReply {
     Proposed(Result<Outcome, ProposeError>),
     /// Answer to `ReadIndex`: the index a read must wait for.
     ReadIndex(Result<u64, ProposeError>),
+    /// Answer to `RemoveMember`.
+    MemberRemoved(Result<(), ProposeError>),
     /// Answer to `AddMember`: what every control node must hold.
     MemberAdded(Result<ClusterSecrets, ProposeError>),
 }

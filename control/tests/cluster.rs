@@ -320,3 +320,55 @@ async fn acknowledged_write_survives_full_cluster_restart() {
     drop(state);
     cluster.shutdown().await;
 }
+
+/// A control node removed from the membership no longer counts toward quorum: after removing
+/// and stopping it, the remaining two keep accepting writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_control_node_leaves_the_quorum() {
+    init_logs();
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let victim_id = cluster.node(victim).control().id();
+    info!("--- remove c{} from the membership", victim + 1);
+    cluster
+        .node(leader)
+        .control()
+        .remove_member(victim_id)
+        .await
+        .unwrap();
+    cluster
+        .node(leader)
+        .control()
+        .propose(Op::RemoveNode(warren_api::NodeId(victim_id)))
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    cluster.kill(victim).await;
+    let voters: Vec<u64> = cluster
+        .node(leader)
+        .control()
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters.len(), 2);
+    let other = (0..3).find(|&i| i != leader && i != victim).unwrap();
+    cluster.put(other, "after-removal").await.unwrap();
+    let state = cluster
+        .node(leader)
+        .control()
+        .read_linearizable()
+        .await
+        .unwrap();
+    assert!(
+        state.revoked_serials.len() == 1,
+        "removed node's certificate is revoked"
+    );
+    drop(state);
+    cluster.shutdown().await;
+}
