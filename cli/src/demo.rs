@@ -23,13 +23,10 @@ use warren_transport::{
 
 use crate::output::OutputFormat;
 
-/// Flags of `warren demo`.
+/// Flags of `warren demo` (its output format is the global `-o`: `-o json` prints a JSON
+/// report instead of the narrated tour).
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    /// Print a JSON report instead of the narrated tour.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
-    output: OutputFormat,
-}
+pub struct DemoArgs {}
 
 /// The demo's own tiny protocol on the agent stream.
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,13 +69,13 @@ impl Narrator {
 }
 
 /// Runs the tour.
-pub fn run(args: DemoArgs) -> Result<()> {
+pub fn run(_args: DemoArgs, output: OutputFormat) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start async runtime")?;
-    let report = runtime.block_on(tour(args.output == OutputFormat::Table))?;
-    if args.output == OutputFormat::Json {
+    let report = runtime.block_on(tour(output == OutputFormat::Table))?;
+    if output == OutputFormat::Json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).context("encode report")?

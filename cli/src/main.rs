@@ -3,15 +3,40 @@
 //! This crate (with `chaos`) is the only one that reads argv or the environment and prints to
 //! stdout. It parses flags, layers configuration, sets up logging and formats output; the work
 //! itself lives in the library crates.
+//!
+//! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground.
+//! - [`config`]: `admin.conf` (cluster name, fingerprint, API addresses, CA and admin
+//!   certificate) and where it is looked for.
+//! - [`client`]: the HTTP/1.1 + JSON client of the control-plane API (`warren_api::rest`), over
+//!   TLS with the admin certificate or over the local Unix socket.
+//! - [`cluster_cmd`], [`service_cmd`], [`secret_cmd`], [`apply`]: the operator commands.
+//! - [`table`], [`output`]: tables, YAML and `-o json` printing.
+//! - [`demo`]: the scripted loopback tour.
+//!
+//! It never prints a secret value, and every failure ends as one `error: …` line on stderr
+//! with a non-zero exit.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod apply;
+mod client;
+mod cluster_cmd;
+mod config;
+mod control_cmd;
 mod demo;
 mod output;
+mod secret_cmd;
+mod service_cmd;
+mod table;
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::client::{Client, ClientArgs, TopClientArgs};
+use crate::output::OutputFormat;
 
 /// Warren: an edge-first agent mesh.
 ///
@@ -23,18 +48,46 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
     name = "warren",
     version,
     propagate_version = true,
-    after_help = "Start with `warren demo` for a tour of what works today.\n\
-                  Docs: docs/ in the source tree (ARCHITECTURE.md, transport.md)."
+    after_help = "Quick start on one machine:\n  \
+        warren control init --data-dir /tmp/w --api 127.0.0.1:7100 --quic 127.0.0.1:7101 --metrics none &\n  \
+        export WARREN_CONFIG=/tmp/w/admin.conf\n  \
+        warren cluster status\n  \
+        warren service create web --command \"sleep 1000\" --replicas 2\n  \
+        warren service ls\n  \
+        warren apply -f deploy.yaml\n\n\
+        Commands that talk to the cluster find it through --config FILE, else $WARREN_CONFIG, else\n\
+        ~/.config/warren/admin.conf, else /var/lib/warren/admin.conf; --api ADDR overrides the\n\
+        address (unix:<data-dir>/control.sock for the local socket). Every read command takes -o json.\n\
+        `warren demo` is a self-contained tour. Docs: docs/ in the source tree."
 )]
 struct Cli {
     /// Log level filter (e.g. `info`, `debug`, `warren_transport=debug`). Default: `warn`
-    /// (`error` for `demo`, whose refusals are expected).
-    #[arg(long, global = true, env = "WARREN_LOG")]
+    /// (`info,openraft=warn` for `control`, `error` for `demo`, whose refusals are expected).
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_LOG",
+        help_heading = "Global options"
+    )]
     log_level: Option<String>,
 
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     log_format: LogFormat,
+
+    /// Output: human tables, or the JSON the control plane sent (every read command).
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value_t = OutputFormat::Table,
+        help_heading = "Global options"
+    )]
+    output: OutputFormat,
+
+    #[command(flatten)]
+    access: client::TopClientArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -50,12 +103,46 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a control node: init a cluster, join one, or restart from a data dir (foreground).
+    Control(control_cmd::ControlArgs),
+
+    /// The control plane's health: members, leader, term, revision, counts.
+    #[command(after_help = "Example:\n  warren cluster status -o json")]
+    Cluster(cluster_cmd::ClusterArgs),
+
+    /// Join tokens for new agents and control nodes.
+    Token(cluster_cmd::TokenArgs),
+
+    /// The nodes of the cluster: list, inspect, drain, activate, remove.
+    #[command(after_help = "Examples:\n  \
+        warren node ls\n  \
+        warren node drain edge-lisbon-1\n  \
+        warren node activate edge-lisbon-1\n  \
+        warren node rm 00000000000000ff")]
+    Node(cluster_cmd::NodeArgs),
+
+    /// Services: create, list, inspect, ps, scale, update, rollback, rm.
+    #[command(after_help = "Examples:\n  \
+        warren service create web --command \"/usr/bin/web --port 8080\" --replicas 3 --port 8080\n  \
+        warren service ls\n  \
+        warren service ps web -o json\n  \
+        warren service scale web 5\n  \
+        warren service update web --env LOG=debug\n  \
+        warren service rollback web")]
+    Service(service_cmd::ServiceArgs),
+
+    /// Create or update services, secrets and volumes from a YAML file; idempotent.
+    Apply(apply::ApplyArgs),
+
+    /// Secrets: create (from a file or stdin), list, remove. Values are never shown.
+    Secret(secret_cmd::SecretArgs),
+
     /// Scripted tour on loopback of what Warren does today; needs no root and exits 0.
     ///
     /// Creates a cluster CA, starts a control endpoint on 127.0.0.1, mints a single-use join
     /// token, joins an agent over QUIC (token + CSR -> certificate), talks to it over mutual TLS,
     /// and shows that a reused token, a forged token and a certificate from another cluster are
-    /// all refused. Nothing is left behind.
+    /// all refused. Nothing is left behind. `-o json` prints a report instead.
     Demo(demo::DemoArgs),
 
     /// Print a shell completion script to stdout.
@@ -70,6 +157,7 @@ enum Command {
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Demo(_) => "error",
+        Command::Control(_) => "info,openraft=warn",
         _ => "warn",
     };
     let level = cli.log_level.as_deref().unwrap_or(default);
@@ -84,22 +172,81 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli);
-    warren_transport::install_crypto_provider();
-    let result = match cli.command {
-        Command::Demo(args) => demo::run(args),
+/// Runs an admin command: builds the client from its flags (those after the command win
+/// over those before it), then runs `body` to completion.
+fn admin<F, Fut>(args: &ClientArgs, top: &TopClientArgs, body: F) -> Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    runtime.block_on(async {
+        let client = Client::from_args(&args.or(top))?;
+        body(client).await
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let format = cli.output;
+    let top = cli.access;
+    let talks_to_cluster = !matches!(
+        cli.command,
+        Command::Control(_) | Command::Demo(_) | Command::Completion { .. }
+    );
+    if top.is_given() && !talks_to_cluster {
+        anyhow::bail!(
+            "--config, --api and --timeout before the command are for commands that talk to the \
+             cluster; `warren control init` takes --api ADDR after `init` as its listen address"
+        );
+    }
+    match cli.command {
+        Command::Control(args) => control_cmd::run(args),
+        Command::Cluster(args) => admin(&args.client, &top, |client| async move {
+            cluster_cmd::cluster(&client, format, args.command).await
+        }),
+        Command::Token(args) => admin(&args.client, &top, |client| async move {
+            cluster_cmd::token(&client, format, args.command).await
+        }),
+        Command::Node(args) => admin(&args.client, &top, |client| async move {
+            cluster_cmd::node(&client, format, args.command).await
+        }),
+        Command::Service(args) => admin(&args.client, &top, |client| async move {
+            service_cmd::run(&client, format, args.command).await
+        }),
+        Command::Secret(args) => admin(&args.client, &top, |client| async move {
+            secret_cmd::run(&client, format, args.command).await
+        }),
+        Command::Apply(args) => {
+            // Parse and validate everything before contacting anyone.
+            let documents = apply::load(&args)?;
+            if args.dry_run {
+                apply::print_dry_run(&documents);
+                return Ok(());
+            }
+            admin(&args.client, &top, |client| async move {
+                apply::run(&client, format, &args.file, documents).await
+            })
+        }
+        Command::Demo(args) => demo::run(args, format),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "warren", &mut std::io::stdout());
             Ok(())
         }
-    };
-    match result {
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    warren_transport::install_crypto_provider();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line: the context chain joined, as operators and scripts expect.
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", output::one_line(&error));
             ExitCode::FAILURE
         }
     }

@@ -1,12 +1,294 @@
 //! The `warren` binary as a subprocess, the way operators and scripts use it.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-fn warren(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(args)
-        .output()
-        .expect("run warren")
+/// How long a control node may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `warren` with a clean environment for cluster access (no `WARREN_CONFIG`, a scratch-free
+/// `HOME`), so that nothing on the machine running the tests leaks in.
+fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command
+        .env_remove("WARREN_CONFIG")
+        .env_remove("WARREN_LOG")
+        .env("HOME", "/nonexistent-warren-test-home");
+    command
+}
+
+fn warren(args: &[&str]) -> Output {
+    command().args(args).output().expect("run warren")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// A `warren control init` child process on 127.0.0.1 with ports picked by the kernel; killed
+/// when dropped.
+struct ControlProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    data_dir: PathBuf,
+    api: String,
+    quic: String,
+}
+
+impl ControlProcess {
+    /// `warren control init` on 127.0.0.1, ports picked by the kernel.
+    fn init(data_dir: &Path) -> Self {
+        Self::spawn(
+            data_dir,
+            &[
+                "init",
+                "--name",
+                "ops-1",
+                "--site",
+                "central",
+                "--api",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+                "--metrics",
+                "none",
+            ],
+        )
+    }
+
+    /// `warren control run` from an existing data dir.
+    fn run(data_dir: &Path) -> Self {
+        Self::spawn(data_dir, &["run"])
+    }
+
+    fn spawn(data_dir: &Path, args: &[&str]) -> Self {
+        let stderr_log = std::fs::File::create(data_dir.with_extension("stderr.log"))
+            .expect("create stderr log");
+        let mut child = command()
+            .arg("control")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr_log)
+            .spawn()
+            .expect("spawn warren control");
+        let (sender, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut node = ControlProcess {
+            child,
+            lines,
+            data_dir: data_dir.to_owned(),
+            api: String::new(),
+            quic: String::new(),
+        };
+        let ready = node.wait_for_line(" serving ");
+        // `warren control node <id> serving api=<addr> quic=<addr>`
+        for word in ready.split_whitespace() {
+            if let Some(api) = word.strip_prefix("api=") {
+                node.api = api.to_owned();
+            }
+            if let Some(quic) = word.strip_prefix("quic=") {
+                node.quic = quic.to_owned();
+            }
+        }
+        assert!(ready.starts_with("warren control node "), "{ready}");
+        assert!(
+            !node.api.ends_with(":0") && !node.quic.ends_with(":0"),
+            "{ready}"
+        );
+        node
+    }
+
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no line with {needle:?} within {READY_TIMEOUT:?}; stderr: {}",
+                    std::fs::read_to_string(self.data_dir.with_extension("stderr.log"))
+                        .unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.data_dir.join("admin.conf")
+    }
+
+    /// Runs an admin command against this node through its admin config.
+    fn warren(&self, args: &[&str]) -> Output {
+        command()
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .expect("run warren")
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for control node") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "control node ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const DEPLOY: &str = "\
+kind: Service
+name: api
+workload:
+  process:
+    command: [sleep, \"2000\"]
+mode:
+  replicated: {replicas: 1}
+---
+kind: Volume
+name: data
+labels: {tier: hot}
+";
+
+/// An operator's first session: `control init` in the foreground, then services, an
+/// idempotent `apply`, a YAML mistake, a join token, the local socket, a clean SIGTERM, and
+/// `control run` bringing the same cluster back on the same addresses.
+#[test]
+fn control_init_then_operate_the_cluster() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let mut node = ControlProcess::init(&scratch.path().join("d"));
+
+    // admin.conf: private, and it records the real API address.
+    let config = std::fs::read_to_string(node.config()).expect("admin.conf written");
+    assert!(config.contains(&format!("- {}", node.api)), "{config}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.config())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let created = ok(node.warren(&[
+        "service",
+        "create",
+        "web",
+        "--command",
+        "sleep 1000",
+        "--replicas",
+        "2",
+    ]));
+    assert!(created.contains("service web created"), "{created}");
+    let services: serde_json::Value =
+        serde_json::from_str(&ok(node.warren(&["service", "ls", "-o", "json"])))
+            .expect("service ls -o json prints JSON");
+    let web = services
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|s| s["spec"]["name"] == "web")
+        .expect("web is listed");
+    assert_eq!(web["spec"]["workload"]["process"]["command"][1], "1000");
+    assert_eq!(web["replicas_desired"], 2);
+
+    let deploy = scratch.path().join("deploy.yaml");
+    std::fs::write(&deploy, DEPLOY).unwrap();
+    let deploy_arg = deploy.to_str().unwrap();
+    assert_eq!(
+        ok(node.warren(&["apply", "-f", deploy_arg])),
+        "volume/data created\nservice/api created\n"
+    );
+    assert_eq!(
+        ok(node.warren(&["apply", "-f", deploy_arg])),
+        "volume/data unchanged\nservice/api unchanged\n"
+    );
+
+    let broken = scratch.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "kind: Volume\nname: a\n---\nkind: Volume\nname: b: c\n",
+    )
+    .unwrap();
+    let output = node.warren(&["apply", "-f", broken.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.starts_with("error: "), "{error}");
+    assert!(
+        error.contains("broken.yaml: document 2, line 5: mapping values are not allowed"),
+        "{error}"
+    );
+
+    let token = ok(node.warren(&["token", "create", "--role", "agent"]));
+    assert!(token.starts_with("WRN1-a-"), "{token}");
+    assert_eq!(token.lines().count(), 1, "{token}");
+
+    // The local socket needs no admin config.
+    let socket = format!("unix:{}", node.data_dir.join("control.sock").display());
+    let listed = ok(warren(&["service", "ls", "--api", &socket]));
+    assert!(listed.starts_with("NAME "), "{listed}");
+    assert!(listed.contains("\nweb "), "{listed}");
+
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+    node.wait_for_line(" stopped");
+    let (api, quic) = (node.api.clone(), node.quic.clone());
+    drop(node);
+
+    let restarted = ControlProcess::run(&scratch.path().join("d"));
+    assert_eq!(
+        (restarted.api.as_str(), restarted.quic.as_str()),
+        (api.as_str(), quic.as_str())
+    );
+    let listed = ok(restarted.warren(&["service", "ls"]));
+    assert!(
+        listed.contains("\nweb ") && listed.contains("\napi "),
+        "{listed}"
+    );
 }
 
 /// `warren demo -o json` runs the whole transport tour on loopback, exits 0, and reports the
@@ -59,7 +341,19 @@ fn help_lists_what_exists() {
     let output = warren(&["--help"]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for command in ["demo", "completion"] {
+    for command in [
+        "control",
+        "cluster",
+        "token",
+        "node",
+        "service",
+        "apply",
+        "secret",
+        "demo",
+        "completion",
+        "--config",
+        "--api",
+    ] {
         assert!(help.contains(command), "--help lacks {command}: {help}");
     }
 }
@@ -85,4 +379,57 @@ fn unknown_command_fails_with_a_clear_message() {
         stderr.contains("unrecognized subcommand 'frobnicate'"),
         "{stderr}"
     );
+}
+
+#[test]
+fn admin_commands_without_a_config_say_where_they_looked() {
+    let output = warren(&["cluster", "status"]);
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.starts_with("error: no admin config found"), "{error}");
+    assert!(error.contains("/var/lib/warren/admin.conf"), "{error}");
+}
+
+#[test]
+fn apply_dry_run_validates_without_a_cluster() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("deploy.yaml");
+    std::fs::write(&file, DEPLOY).unwrap();
+    let checked = ok(warren(&[
+        "apply",
+        "--dry-run",
+        "-f",
+        file.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        checked,
+        "volume/data valid (dry run)\nservice/api valid (dry run)\n"
+    );
+    std::fs::write(&file, DEPLOY.replace("---", "replica: 2\n---")).unwrap();
+    let output = warren(&["apply", "--dry-run", "-f", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert!(
+        error.contains("deploy.yaml: document 1, line 8: unknown field `replica`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn service_create_names_the_bad_flag_before_sending() {
+    let output = warren(&[
+        "service",
+        "create",
+        "web",
+        "--command",
+        "sleep 1",
+        "--env",
+        "1BAD=x",
+        "--api",
+        "unix:/nonexistent.sock",
+    ]);
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert!(error.contains("(from --env)"), "{error}");
 }

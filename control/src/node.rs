@@ -62,6 +62,9 @@ pub struct NodeSettings {
     /// Plain-HTTP metrics, `/health` and `/ready`; `None` = not served.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Gossip address recorded in the node registry (the mesh listens on it once it lands).
+    #[serde(default)]
+    pub gossip_listen: Option<SocketAddr>,
 }
 
 /// Tuning that is not persisted (defaults suit a central site on a LAN).
@@ -200,6 +203,8 @@ pub struct NewNode {
     pub advertise_api: Option<String>,
     /// Metrics listen address (`/metrics`, `/health`, `/ready`), if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Gossip address to record in the node registry, if any.
+    pub gossip_listen: Option<SocketAddr>,
 }
 
 /// A running control node.
@@ -275,6 +280,7 @@ fn settings_for(new: &NewNode, node_id: NodeId) -> NodeSettings {
             .clone()
             .unwrap_or_else(|| new.api_listen.to_string()),
         metrics_listen: new.metrics_listen,
+        gossip_listen: new.gossip_listen,
     }
 }
 
@@ -356,7 +362,9 @@ impl ControlNode {
             addresses: NodeAddresses {
                 quic: Some(settings.advertise_quic.clone()),
                 api: Some(settings.advertise_api.clone()),
-                ..NodeAddresses::default()
+                gossip: settings.gossip_listen.map(|a| a.to_string()),
+                metrics: settings.metrics_listen.map(|a| a.to_string()),
+                dns: None,
             },
             joined_at_ms: unix_now_ms(),
         };
@@ -400,10 +408,17 @@ impl ControlNode {
             name: new.name.clone(),
             site: new.site.clone(),
             labels: Default::default(),
-            advertise: vec![
-                format!("quic={}", settings_guess.advertise_quic),
-                format!("api={}", settings_guess.advertise_api),
-            ],
+            advertise: [
+                Some(format!("quic={}", settings_guess.advertise_quic)),
+                Some(format!("api={}", settings_guess.advertise_api)),
+                settings_guess.gossip_listen.map(|a| format!("gossip={a}")),
+                settings_guess
+                    .metrics_listen
+                    .map(|a| format!("metrics={a}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         };
         let joined = warren_transport::join::join(
             join_addr,

@@ -40,6 +40,7 @@ fn new_node(dir: &TempDir, name: &str) -> NewNode {
         advertise_quic: None,
         advertise_api: None,
         metrics_listen: None,
+        gossip_listen: None,
     }
 }
 

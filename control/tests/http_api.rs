@@ -26,6 +26,7 @@ async fn start() -> (ControlNode, InitOutput, TempDir) {
         advertise_quic: None,
         advertise_api: None,
         metrics_listen: Some(any),
+        gossip_listen: None,
     };
     let (node, out) = ControlNode::init(new, ControlConfig::default())
         .await

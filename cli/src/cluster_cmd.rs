@@ -1,0 +1,262 @@
+//! `warren cluster status`, `warren token create` and `warren node …`.
+
+use anyhow::{Result, anyhow};
+use hyper::Method;
+use warren_api::rest::{ClusterStatus, NodeInfo, TokenRequest, TokenResponse};
+use warren_api::{NodeRole, NodeState};
+use warren_transport::ca::unix_now_ms;
+
+use crate::client::{ApiError, Client, ClientArgs, segment};
+use crate::output::{OutputFormat, print_read, print_write};
+use crate::table::{Table, age, fields, to_yaml};
+
+/// `warren cluster …`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+/// Subcommands of `warren cluster`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Control members, the leader, Raft term and revision, node and service counts.
+    ///
+    /// Without a quorum, shows the answering node's own (possibly stale) view and says so.
+    Status,
+}
+
+/// `warren token …`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// Subcommands of `warren token`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Mint a join token; prints the token alone on stdout (it is shown only once).
+    #[command(after_help = "Examples:\n  \
+        warren token create --role agent\n  \
+        warren token create --role control --ttl 1h --single-use\n  \
+        TOKEN=$(warren token create --role agent --single-use)")]
+    Create {
+        /// Role of the nodes that may join with it: agent or control.
+        #[arg(long, value_name = "agent|control")]
+        role: NodeRole,
+        /// Lifetime, like 30m, 24h or 7d.
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        ttl: String,
+        /// Let only the first join use it.
+        #[arg(long)]
+        single_use: bool,
+    },
+}
+
+/// `warren node …`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+/// Subcommands of `warren node`. `N` is a node name or its 16-hex-digit id.
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// List nodes: id, name, role, site, liveness, availability, replicas.
+    Ls,
+    /// Show one node in full.
+    Inspect {
+        /// Node name or id.
+        node: String,
+    },
+    /// Move the node's replicas elsewhere and place nothing new on it.
+    Drain {
+        /// Node name or id.
+        node: String,
+    },
+    /// Let the scheduler use the node again after a drain.
+    Activate {
+        /// Node name or id.
+        node: String,
+    },
+    /// Remove the node from the cluster and revoke its certificate.
+    Rm {
+        /// Node name or id.
+        node: String,
+    },
+}
+
+/// Runs `warren cluster …`.
+pub async fn cluster(client: &Client, format: OutputFormat, command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Status => {
+            let answer = match client.get("/cluster").await {
+                Err(error) => match error.downcast_ref::<ApiError>() {
+                    Some(api) if api.is_no_quorum() => {
+                        eprintln!(
+                            "warning: {}; showing the answering node's own view, which may be stale",
+                            api.message
+                        );
+                        client.get("/cluster?stale=true").await?
+                    }
+                    _ => return Err(error),
+                },
+                Ok(answer) => answer,
+            };
+            print_read(format, &answer, render_status)
+        }
+    }
+}
+
+fn render_status(status: &ClusterStatus) -> String {
+    let leader = status
+        .members
+        .iter()
+        .find(|m| m.leader)
+        .map(|m| format!("{} ({})", m.name, m.id))
+        .unwrap_or_else(|| "none known".to_owned());
+    let counts = &status.nodes;
+    let mut out = fields(&[
+        ("cluster", status.name.clone()),
+        ("fingerprint", format!("sha256:{}", status.fingerprint)),
+        ("leader", leader),
+        ("answered by", status.answered_by.to_string()),
+        ("term", status.term.to_string()),
+        ("revision", status.revision.to_string()),
+        (
+            "nodes",
+            format!(
+                "{} ready, {} unreachable, {} down, {} removed ({} total)",
+                counts.ready, counts.unreachable, counts.down, counts.removed, counts.total
+            ),
+        ),
+        ("services", status.services.to_string()),
+    ]);
+    out.push('\n');
+    let mut table = Table::new(&["MEMBER", "NAME", "QUIC", "API", "VOTER", "LEADER"]);
+    for member in &status.members {
+        table.row(vec![
+            member.id.to_string(),
+            member.name.clone(),
+            member.quic_addr.clone(),
+            member.api_addr.clone(),
+            yes_no(member.voter),
+            yes_no(member.leader),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_owned()
+}
+
+/// Runs `warren token …`.
+pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand) -> Result<()> {
+    let TokenCommand::Create {
+        role,
+        ttl,
+        single_use,
+    } = command;
+    let ttl_ms =
+        warren_api::parse_duration_ms(&ttl).map_err(|e| anyhow!("--ttl: {}", e.message))?;
+    if ttl_ms == 0 {
+        return Err(anyhow!("--ttl must be more than 0s"));
+    }
+    let request = TokenRequest {
+        role,
+        ttl_ms: Some(ttl_ms),
+        single_use,
+    };
+    let answer = client.send(Method::POST, "/tokens", &request).await?;
+    print_read(format, &answer, |token: &TokenResponse| {
+        format!("{}\n", token.token)
+    })
+}
+
+/// Runs `warren node …`.
+pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -> Result<()> {
+    match command {
+        NodeCommand::Ls => print_read(format, &client.get("/nodes").await?, |n: &Vec<NodeInfo>| {
+            render_nodes(n)
+        }),
+        NodeCommand::Inspect { node } => {
+            let path = format!("/nodes/{}", segment("node", &node)?);
+            let answer = client.get(&path).await?;
+            match format {
+                OutputFormat::Json => print_read(format, &answer, |_: &NodeInfo| String::new()),
+                OutputFormat::Table => {
+                    print!("{}", to_yaml(&answer.json::<NodeInfo>()?)?);
+                    Ok(())
+                }
+            }
+        }
+        NodeCommand::Drain { node } => node_action(client, format, &node, "drain", "drained").await,
+        NodeCommand::Activate { node } => {
+            node_action(client, format, &node, "activate", "activated").await
+        }
+        NodeCommand::Rm { node } => {
+            let path = format!("/nodes/{}", segment("node", &node)?);
+            let answer = client.empty(Method::DELETE, &path).await?;
+            print_write(format, &answer, |r| {
+                format!("node {node} removed (revision {})", r.revision)
+            })
+        }
+    }
+}
+
+async fn node_action(
+    client: &Client,
+    format: OutputFormat,
+    node: &str,
+    action: &str,
+    done: &str,
+) -> Result<()> {
+    let path = format!("/nodes/{}/{action}", segment("node", node)?);
+    let answer = client.empty(Method::POST, &path).await?;
+    print_write(format, &answer, |r| {
+        if r.changed {
+            format!("node {node} {done} (revision {})", r.revision)
+        } else {
+            format!("node {node} already {done}")
+        }
+    })
+}
+
+fn render_nodes(nodes: &[NodeInfo]) -> String {
+    let now = unix_now_ms();
+    let mut table = Table::new(&[
+        "ID", "NAME", "ROLE", "SITE", "STATE", "AVAIL", "REPLICAS", "QUIC", "JOINED",
+    ]);
+    for info in nodes {
+        let node = &info.node;
+        let state = match node.state {
+            NodeState::Unreachable { since_ms } => format!("unreachable {}", age(now, since_ms)),
+            other => other.as_str().to_owned(),
+        };
+        table.row(vec![
+            node.id.to_string(),
+            node.name.clone(),
+            node.role.to_string(),
+            node.site.clone(),
+            state,
+            node.availability.as_str().to_owned(),
+            info.replicas.to_string(),
+            node.addresses
+                .quic
+                .clone()
+                .unwrap_or_else(|| "-".to_owned()),
+            format!("{} ago", age(now, node.joined_at_ms)),
+        ]);
+    }
+    table.render()
+}

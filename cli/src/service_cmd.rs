@@ -1,0 +1,876 @@
+//! `warren service …`: create, list, inspect, scale, update, roll back and remove services.
+//!
+//! `create` and `update` build a [`ServiceSpec`] from flags and validate it locally, so a
+//! mistake is named by its flag before anything is sent.
+
+use anyhow::{Context, Result, anyhow, bail};
+use hyper::Method;
+use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo};
+use warren_api::{
+    Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
+    RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError, Workload,
+};
+use warren_transport::ca::unix_now_ms;
+
+use crate::client::{Client, ClientArgs};
+use crate::output::{OutputFormat, print_read, print_write};
+use crate::table::{Table, age, fields, prune_defaults, to_yaml_value};
+
+/// Widest workload text shown in `service ls`.
+const MAX_WORKLOAD_COLUMN_CHARS: usize = 40;
+
+/// `warren service …`.
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: ServiceCommand,
+}
+
+/// Subcommands of `warren service`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service (fails if it exists; `warren apply` creates or updates).
+    #[command(
+        group(clap::ArgGroup::new("what").args(["command", "image"]).required(true)),
+        after_help = "Examples:\n  \
+            warren service create web --command \"/usr/bin/web --port 8080\" --replicas 3 \\\n      \
+                --port http:8080 --health-http http://127.0.0.1:8080/health\n  \
+            warren service create node-exporter --image prom/node-exporter:v1.8 --global\n  \
+            warren service create cache --command \"redis-server --port 6379\" --site lisbon \\\n      \
+                --constraint label.disk==ssd --on-disconnect reschedule=5m\n\n\
+            --command is split like a shell would (quotes and backslashes work) but is not run\n\
+            through one: write `--command \"sh -c 'a | b'\"` for pipes."
+    )]
+    Create {
+        /// Service name: a DNS label (the service's DNS name is NAME.warren.).
+        name: String,
+        #[command(flatten)]
+        flags: SpecFlags,
+    },
+    /// List services: mode, replicas placed/wanted, version, workload.
+    Ls,
+    /// Show one service: status and its spec as an apply-ready YAML document.
+    Inspect {
+        /// Service name.
+        name: String,
+    },
+    /// List a service's replicas with their node, site and state.
+    Ps {
+        /// Service name.
+        name: String,
+    },
+    /// Set the number of replicas of a replicated service.
+    #[command(after_help = "Example:\n  warren service scale web 5")]
+    Scale {
+        /// Service name.
+        name: String,
+        /// New replica count (0 stops every replica but keeps the service).
+        replicas: u32,
+    },
+    /// Change a service: the flags of `create`, applied on top of its current spec.
+    ///
+    /// --env and --label add or replace single keys; --site, --constraint, --secret and --port
+    /// replace the whole list when given.
+    #[command(after_help = "Examples:\n  \
+        warren service update web --image registry.example/web:1.5\n  \
+        warren service update web --env LOG=debug --env-rm OLD_FLAG\n  \
+        warren service update web --update-parallelism 2 --update-delay 30s")]
+    Update {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        flags: SpecFlags,
+        /// Remove an environment variable (repeatable).
+        #[arg(long = "env-rm", value_name = "KEY")]
+        env_rm: Vec<String>,
+        /// Remove a label (repeatable).
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+        /// Remove the health check.
+        #[arg(long, conflicts_with_all = ["health_http", "health_tcp", "health_exec"])]
+        no_health: bool,
+    },
+    /// Return to the spec before the last update.
+    Rollback {
+        /// Service name.
+        name: String,
+    },
+    /// Remove a service and stop its replicas.
+    Rm {
+        /// Service name.
+        name: String,
+    },
+}
+
+/// The spec flags shared by `service create` and `service update`.
+#[derive(Debug, Default, clap::Args)]
+pub struct SpecFlags {
+    /// Run a native process: its command line, split like a shell would but not run by one.
+    #[arg(long, value_name = "CMD", conflicts_with = "image")]
+    pub command: Option<String>,
+    /// Run a container image (through containerd), like registry.example/app:1.2.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Number of replicas (default 1).
+    #[arg(long, value_name = "N", conflicts_with = "global")]
+    pub replicas: Option<u32>,
+    /// One replica on every node the placement allows.
+    #[arg(long)]
+    pub global: bool,
+    /// Run only in this site (repeatable; default: any site).
+    #[arg(long = "site", value_name = "SITE")]
+    pub sites: Vec<String>,
+    /// Placement rule KEY==VALUE or KEY!=VALUE, KEY one of site, node.name, label.<key>
+    /// (repeatable; all must hold).
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<Constraint>,
+    /// Environment variable (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Expose a secret as a file on tmpfs, named FILE or after the secret (repeatable).
+    #[arg(long = "secret", value_name = "NAME[:FILE]")]
+    pub secrets: Vec<String>,
+    /// A port the workload listens on, published for DNS (repeatable).
+    #[arg(long = "port", value_name = "[NAME:]PORT[/tcp|/udp]")]
+    pub ports: Vec<PortSpec>,
+    /// Health check: GET this URL must answer 2xx or 3xx.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["health_tcp", "health_exec"])]
+    pub health_http: Option<String>,
+    /// Health check: a TCP connect to this port must succeed.
+    #[arg(long, value_name = "PORT", conflicts_with = "health_exec")]
+    pub health_tcp: Option<u16>,
+    /// Health check: this command (split like --command) must exit 0.
+    #[arg(long, value_name = "CMD")]
+    pub health_exec: Option<String>,
+    /// When the agent restarts an exited workload.
+    #[arg(long, value_name = "always|on-failure|never")]
+    pub restart: Option<RestartCondition>,
+    /// When the node is cut off: keep the replica there, or reschedule it elsewhere after
+    /// DURATION (reschedule=5m).
+    #[arg(long, value_name = "keep|reschedule=DUR")]
+    pub on_disconnect: Option<OnDisconnect>,
+    /// Replicas replaced at a time during an update.
+    #[arg(long, value_name = "N")]
+    pub update_parallelism: Option<u32>,
+    /// Pause between update batches, like 30s.
+    #[arg(long, value_name = "DURATION")]
+    pub update_delay: Option<String>,
+    /// Label on the service (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+/// Splits a command line like a POSIX shell would (without running one).
+fn split_command(flag: &str, text: &str) -> Result<Vec<String>> {
+    let argv = shell_words::split(text).map_err(|e| anyhow!("{flag}: {e} in {text:?}"))?;
+    if argv.is_empty() {
+        bail!("{flag}: empty command");
+    }
+    Ok(argv)
+}
+
+fn key_value(flag: &str, text: &str) -> Result<(String, String)> {
+    match text.split_once('=') {
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => bail!("{flag}: expected KEY=VALUE, got {text:?}"),
+    }
+}
+
+fn secret_ref(text: &str) -> SecretRef {
+    match text.split_once(':') {
+        Some((name, target)) => SecretRef {
+            name: name.to_owned(),
+            target: target.to_owned(),
+        },
+        None => SecretRef::new(text),
+    }
+}
+
+impl SpecFlags {
+    /// The workload named by `--command` or `--image`, keeping the working dir or image
+    /// arguments of `current` when the kind does not change.
+    fn workload(&self, current: Option<&Workload>) -> Result<Option<Workload>> {
+        if let Some(command) = &self.command {
+            let working_dir = match current {
+                Some(Workload::Process(process)) => process.working_dir.clone(),
+                _ => None,
+            };
+            return Ok(Some(Workload::Process(ProcessSpec {
+                command: split_command("--command", command)?,
+                working_dir,
+            })));
+        }
+        if let Some(reference) = &self.image {
+            let args = match current {
+                Some(Workload::Image(image)) => image.args.clone(),
+                _ => Vec::new(),
+            };
+            return Ok(Some(Workload::Image(ImageSpec {
+                reference: reference.clone(),
+                args,
+            })));
+        }
+        Ok(None)
+    }
+
+    fn probe(&self) -> Result<Option<Probe>> {
+        Ok(if let Some(url) = &self.health_http {
+            Some(Probe::Http { url: url.clone() })
+        } else if let Some(port) = self.health_tcp {
+            Some(Probe::Tcp { port })
+        } else if let Some(command) = &self.health_exec {
+            Some(Probe::Exec {
+                command: split_command("--health-exec", command)?,
+            })
+        } else {
+            None
+        })
+    }
+
+    /// Applies every given flag to `spec`; flags not given leave it as it is.
+    ///
+    /// # Errors
+    /// Malformed flag values (`--env` without `=`, an unsplittable `--command`, …).
+    pub fn apply_to(&self, spec: &mut ServiceSpec) -> Result<()> {
+        if let Some(workload) = self.workload(Some(&spec.workload))? {
+            spec.workload = workload;
+        }
+        if let Some(replicas) = self.replicas {
+            spec.mode = ServiceMode::Replicated { replicas };
+        }
+        if self.global {
+            spec.mode = ServiceMode::Global;
+        }
+        if !self.sites.is_empty() {
+            spec.placement.sites = self.sites.clone();
+        }
+        if !self.constraints.is_empty() {
+            spec.placement.constraints = self.constraints.clone();
+        }
+        for entry in &self.env {
+            let (key, value) = key_value("--env", entry)?;
+            spec.env.insert(key, value);
+        }
+        if !self.secrets.is_empty() {
+            spec.secrets = self.secrets.iter().map(|s| secret_ref(s)).collect();
+        }
+        if !self.ports.is_empty() {
+            spec.ports = self.ports.clone();
+        }
+        if let Some(probe) = self.probe()? {
+            spec.health = Some(match spec.health.take() {
+                Some(current) => HealthCheck { probe, ..current },
+                None => HealthCheck::new(probe),
+            });
+        }
+        if let Some(condition) = self.restart {
+            spec.restart.condition = condition;
+        }
+        if let Some(on_disconnect) = self.on_disconnect {
+            spec.on_disconnect = on_disconnect;
+        }
+        if let Some(parallelism) = self.update_parallelism {
+            spec.update.parallelism = parallelism;
+        }
+        if let Some(delay) = &self.update_delay {
+            spec.update.delay_ms = warren_api::parse_duration_ms(delay)
+                .map_err(|e| anyhow!("--update-delay: {}", e.message))?;
+        }
+        for entry in &self.labels {
+            let (key, value) = key_value("--label", entry)?;
+            spec.labels.insert(key, value);
+        }
+        Ok(())
+    }
+
+    /// A new spec from the flags (`service create`).
+    ///
+    /// # Errors
+    /// Malformed flags, or a spec that fails validation (named by its flag).
+    pub fn to_spec(&self, name: &str) -> Result<ServiceSpec> {
+        let name = ServiceName::new(name).map_err(|e| anyhow!("service name: {}", e.message))?;
+        let workload = self
+            .workload(None)?
+            .ok_or_else(|| anyhow!("give --command CMD or --image REF"))?;
+        let mut spec = ServiceSpec::new(name, workload);
+        self.apply_to(&mut spec)?;
+        validate(&spec)?;
+        Ok(spec)
+    }
+}
+
+/// Validates a spec built from flags; the message names the flag that set the bad field.
+///
+/// # Errors
+/// The first problem, as `invalid service spec: FIELD: WHY (from --FLAG)`.
+pub fn validate(spec: &ServiceSpec) -> Result<()> {
+    spec.validate().map_err(|error| {
+        let flag = flag_of(&error);
+        match flag {
+            Some(flag) => anyhow!("invalid service spec: {error} (from {flag})"),
+            None => anyhow!("invalid service spec: {error}"),
+        }
+    })
+}
+
+/// Which flag sets the field an error names.
+fn flag_of(error: &ValidationError) -> Option<&'static str> {
+    let root = error
+        .field
+        .split(['.', '['])
+        .next()
+        .unwrap_or(error.field.as_str());
+    let second = error.field.split('.').nth(1).unwrap_or("");
+    Some(match (root, second) {
+        ("workload", s) if s.starts_with("process") => "--command",
+        ("workload", _) => "--image",
+        ("mode", _) => "--replicas",
+        ("placement", s) if s.starts_with("sites") => "--site",
+        ("placement", _) => "--constraint",
+        ("env", _) => "--env",
+        ("ports", _) => "--port",
+        ("health", _) => "--health-*",
+        ("restart", _) => "--restart",
+        ("on_disconnect", _) => "--on-disconnect",
+        ("secrets", _) => "--secret",
+        ("update", s) if s.starts_with("delay") => "--update-delay",
+        ("update", _) => "--update-parallelism",
+        ("labels", _) => "--label",
+        _ => return None,
+    })
+}
+
+/// Runs `warren service …`.
+pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand) -> Result<()> {
+    match command {
+        ServiceCommand::Create { name, flags } => {
+            let spec = flags.to_spec(&name)?;
+            let answer = client.send(Method::POST, "/services", &spec).await?;
+            print_write(format, &answer, |r| {
+                format!(
+                    "service {name} created (version {}, revision {})",
+                    r.version.unwrap_or(1),
+                    r.revision
+                )
+            })
+        }
+        ServiceCommand::Ls => print_read(
+            format,
+            &client.get("/services").await?,
+            |s: &Vec<ServiceInfo>| render_services(s),
+        ),
+        ServiceCommand::Inspect { name } => {
+            let answer = client.get(&service_path(&name, "")?).await?;
+            match format {
+                OutputFormat::Json => println!("{}", answer.text()),
+                OutputFormat::Table => print!("{}", render_service(&answer.json()?)?),
+            }
+            Ok(())
+        }
+        ServiceCommand::Ps { name } => {
+            let answer = client.get(&service_path(&name, "/replicas")?).await?;
+            print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))
+        }
+        ServiceCommand::Scale { name, replicas } => {
+            let path = service_path(&name, "/scale")?;
+            let answer = client
+                .send(Method::POST, &path, &ScaleRequest { replicas })
+                .await?;
+            print_write(format, &answer, |r| {
+                if r.changed {
+                    format!(
+                        "service {name} scaled to {replicas} (revision {})",
+                        r.revision
+                    )
+                } else {
+                    format!("service {name} already has {replicas} replicas")
+                }
+            })
+        }
+        ServiceCommand::Update {
+            name,
+            flags,
+            env_rm,
+            label_rm,
+            no_health,
+        } => {
+            let removals = Removals {
+                env: env_rm,
+                labels: label_rm,
+                health: no_health,
+            };
+            update(client, format, &name, &flags, &removals).await
+        }
+        ServiceCommand::Rollback { name } => {
+            let path = service_path(&name, "/rollback")?;
+            let answer = client.empty(Method::POST, &path).await?;
+            print_write(format, &answer, |r| match r.version {
+                Some(version) => format!(
+                    "service {name} rolled back (now version {version}, revision {})",
+                    r.revision
+                ),
+                None => format!("service {name} rolled back (revision {})", r.revision),
+            })
+        }
+        ServiceCommand::Rm { name } => {
+            let answer = client
+                .empty(Method::DELETE, &service_path(&name, "")?)
+                .await?;
+            print_write(format, &answer, |r| {
+                format!("service {name} removed (revision {})", r.revision)
+            })
+        }
+    }
+}
+
+/// What `service update` takes away.
+struct Removals {
+    env: Vec<String>,
+    labels: Vec<String>,
+    health: bool,
+}
+
+/// `service update`: the current spec, the flags on top, one PUT if anything changed.
+async fn update(
+    client: &Client,
+    format: OutputFormat,
+    name: &str,
+    flags: &SpecFlags,
+    removals: &Removals,
+) -> Result<()> {
+    let path = service_path(name, "")?;
+    let current: ServiceInfo = client.get(&path).await?.json()?;
+    let mut spec = current.spec.clone();
+    flags.apply_to(&mut spec)?;
+    for key in &removals.env {
+        spec.env.remove(key);
+    }
+    for key in &removals.labels {
+        spec.labels.remove(key);
+    }
+    if removals.health {
+        spec.health = None;
+    }
+    validate(&spec)?;
+    if spec == current.spec {
+        eprintln!("service {name} unchanged: the flags do not change its spec");
+        return Ok(());
+    }
+    let answer = client.send(Method::PUT, &path, &spec).await?;
+    print_write(format, &answer, |r| {
+        format!(
+            "service {name} updated to version {} (revision {})",
+            r.version.unwrap_or(current.version + 1),
+            r.revision
+        )
+    })
+}
+
+/// `/services/NAME` plus `suffix`, with the name checked first.
+fn service_path(name: &str, suffix: &str) -> Result<String> {
+    let name = ServiceName::new(name).map_err(|e| anyhow!("service name: {}", e.message))?;
+    Ok(format!("/services/{name}{suffix}"))
+}
+
+/// The workload in one short line: the command line or the image reference.
+pub fn workload_text(workload: &Workload) -> String {
+    let text = match workload {
+        Workload::Process(process) => shell_words::join(&process.command),
+        Workload::Image(image) => image.reference.clone(),
+    };
+    if text.chars().count() > MAX_WORKLOAD_COLUMN_CHARS {
+        let head: String = text.chars().take(MAX_WORKLOAD_COLUMN_CHARS - 1).collect();
+        format!("{head}…")
+    } else {
+        text
+    }
+}
+
+fn replicas_text(info: &ServiceInfo) -> String {
+    let mut text = match info.replicas_desired {
+        Some(wanted) => format!("{}/{wanted}", info.replicas_placed),
+        None => format!("{} (global)", info.replicas_placed),
+    };
+    if info.unschedulable > 0 {
+        text.push_str(&format!(", {} unschedulable", info.unschedulable));
+    }
+    text
+}
+
+fn render_services(services: &[ServiceInfo]) -> String {
+    let now = unix_now_ms();
+    let mut table = Table::new(&["NAME", "MODE", "REPLICAS", "VERSION", "WORKLOAD", "UPDATED"]);
+    for info in services {
+        let mode = match info.spec.mode {
+            ServiceMode::Replicated { .. } => "replicated",
+            ServiceMode::Global => "global",
+        };
+        let version = match info.rolling_out {
+            Some(next) => format!("{} -> {next}", info.version),
+            None => info.version.to_string(),
+        };
+        table.row(vec![
+            info.spec.name.to_string(),
+            mode.to_owned(),
+            replicas_text(info),
+            version,
+            workload_text(&info.spec.workload),
+            format!("{} ago", age(now, info.updated_at_ms)),
+        ]);
+    }
+    table.render()
+}
+
+fn render_service(info: &ServiceInfo) -> Result<String> {
+    let now = unix_now_ms();
+    let mut out = fields(&[
+        ("name", info.spec.name.to_string()),
+        ("version", info.version.to_string()),
+        (
+            "rolling out",
+            info.rolling_out
+                .map(|v| format!("version {v}"))
+                .unwrap_or_else(|| "no".to_owned()),
+        ),
+        ("replicas", replicas_text(info)),
+        ("created", format!("{} ago", age(now, info.created_at_ms))),
+        ("updated", format!("{} ago", age(now, info.updated_at_ms))),
+        (
+            "rollback",
+            if info.can_roll_back {
+                "available"
+            } else {
+                "none"
+            }
+            .to_owned(),
+        ),
+    ]);
+    out.push_str("---\n");
+    out.push_str(&spec_document(&info.spec)?);
+    Ok(out)
+}
+
+/// The spec as a `kind: Service` YAML document that `warren apply` accepts, leaving out
+/// fields at their empty defaults.
+///
+/// # Errors
+/// Serialization failures (not expected for plain data).
+pub fn spec_document(spec: &ServiceSpec) -> Result<String> {
+    let mut value = to_yaml_value(spec).context("encode spec")?;
+    prune_defaults(&mut value);
+    let mut doc = serde_norway::Mapping::new();
+    doc.insert("kind".into(), "Service".into());
+    if let serde_norway::Value::Mapping(fields) = value {
+        doc.extend(fields);
+    }
+    Ok(serde_norway::to_string(&doc)?)
+}
+
+fn render_replicas(replicas: &[ReplicaInfo]) -> String {
+    let mut table = Table::new(&[
+        "ID",
+        "NODE",
+        "SITE",
+        "VERSION",
+        "DESIRED",
+        "STATE",
+        "NODE STATE",
+    ]);
+    for replica in replicas {
+        let node = if replica.node_name.is_empty() {
+            replica.node.to_string()
+        } else {
+            replica.node_name.clone()
+        };
+        let desired = serde_json::to_value(replica.desired)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        table.row(vec![
+            replica.id.clone(),
+            node,
+            replica.site.clone(),
+            replica.service_version.to_string(),
+            desired,
+            replica.state.clone(),
+            replica.node_state.clone(),
+        ]);
+    }
+    table.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::BTreeMap;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[derive(Debug, Parser)]
+    struct Harness {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    }
+
+    fn parse(args: &[&str]) -> ServiceCommand {
+        let mut argv = vec!["service"];
+        argv.extend(args);
+        Harness::try_parse_from(argv).unwrap().command
+    }
+
+    fn created(args: &[&str]) -> Result<ServiceSpec> {
+        match parse(args) {
+            ServiceCommand::Create { name, flags } => flags.to_spec(&name),
+            other => panic!("not create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_builds_the_spec_from_flags() {
+        let spec = created(&[
+            "create",
+            "web",
+            "--command",
+            "/usr/bin/web --greeting 'hello world'",
+            "--replicas",
+            "3",
+            "--site",
+            "lisbon",
+            "--site",
+            "porto",
+            "--constraint",
+            "label.disk==ssd",
+            "--env",
+            "MODE=prod",
+            "--env",
+            "EMPTY=",
+            "--secret",
+            "db-password",
+            "--secret",
+            "tls-key:key.pem",
+            "--port",
+            "http:8080",
+            "--health-http",
+            "http://127.0.0.1:8080/health",
+            "--restart",
+            "on-failure",
+            "--on-disconnect",
+            "reschedule=5m",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "30s",
+            "--label",
+            "team=edge",
+        ])
+        .unwrap();
+        assert_eq!(
+            spec.workload,
+            Workload::Process(ProcessSpec {
+                command: vec![
+                    "/usr/bin/web".into(),
+                    "--greeting".into(),
+                    "hello world".into()
+                ],
+                working_dir: None
+            })
+        );
+        assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 3 });
+        assert_eq!(spec.placement.sites, ["lisbon", "porto"]);
+        assert_eq!(spec.placement.constraints[0].to_string(), "label.disk==ssd");
+        assert_eq!(spec.env, map(&[("MODE", "prod"), ("EMPTY", "")]));
+        assert_eq!(spec.secrets[0], SecretRef::new("db-password"));
+        assert_eq!(spec.secrets[1].target, "key.pem");
+        assert_eq!(spec.ports[0].to_string(), "http:8080/tcp");
+        assert_eq!(
+            spec.health.as_ref().unwrap().probe,
+            Probe::Http {
+                url: "http://127.0.0.1:8080/health".into()
+            }
+        );
+        assert_eq!(spec.restart.condition, RestartCondition::OnFailure);
+        assert_eq!(
+            spec.on_disconnect,
+            OnDisconnect::Reschedule { after_ms: 300_000 }
+        );
+        assert_eq!(spec.update.parallelism, 2);
+        assert_eq!(spec.update.delay_ms, 30_000);
+        assert_eq!(spec.labels, map(&[("team", "edge")]));
+    }
+
+    #[test]
+    fn create_defaults_to_one_replica_and_global_works() {
+        let spec = created(&["create", "web", "--image", "nginx:1.27"]).unwrap();
+        assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 1 });
+        let spec = created(&["create", "agent", "--image", "x:1", "--global"]).unwrap();
+        assert_eq!(spec.mode, ServiceMode::Global);
+    }
+
+    #[test]
+    fn create_errors_name_the_flag() {
+        let check = |args: &[&str], expected: &str| {
+            let error = created(args).unwrap_err().to_string();
+            assert!(error.contains(expected), "{args:?}: {error}");
+        };
+        check(&["create", "Web", "--image", "x:1"], "service name:");
+        check(
+            &["create", "web", "--command", "a 'b"],
+            "--command: missing closing quote",
+        );
+        check(
+            &["create", "web", "--command", "  "],
+            "--command: empty command",
+        );
+        check(
+            &["create", "web", "--image", "x:1", "--env", "NOEQ"],
+            "--env: expected KEY=VALUE",
+        );
+        check(
+            &["create", "web", "--image", "x:1", "--env", "1BAD=x"],
+            "(from --env)",
+        );
+        check(
+            &["create", "web", "--image", "x:1", "--replicas", "20000"],
+            "(from --replicas)",
+        );
+        check(
+            &["create", "web", "--image", "x:1", "--update-delay", "5"],
+            "--update-delay: invalid duration",
+        );
+        check(
+            &["create", "web", "--image", "x:1", "--secret", "DB"],
+            "(from --secret)",
+        );
+    }
+
+    #[test]
+    fn clap_refuses_conflicting_and_malformed_flags() {
+        for args in [
+            vec!["service", "create", "web"],
+            vec![
+                "service",
+                "create",
+                "web",
+                "--command",
+                "a",
+                "--image",
+                "b:1",
+            ],
+            vec![
+                "service",
+                "create",
+                "web",
+                "--image",
+                "b:1",
+                "--replicas",
+                "2",
+                "--global",
+            ],
+            vec!["service", "create", "web", "--image", "b:1", "--port", "0"],
+            vec![
+                "service",
+                "create",
+                "web",
+                "--image",
+                "b:1",
+                "--restart",
+                "sometimes",
+            ],
+            vec![
+                "service",
+                "create",
+                "web",
+                "--image",
+                "b:1",
+                "--constraint",
+                "zone=a",
+            ],
+            vec![
+                "service",
+                "create",
+                "web",
+                "--image",
+                "b:1",
+                "--health-tcp",
+                "80",
+                "--health-exec",
+                "true",
+            ],
+        ] {
+            assert!(Harness::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn update_applies_on_top() {
+        let mut spec = created(&[
+            "create",
+            "web",
+            "--image",
+            "web:1",
+            "--env",
+            "A=1",
+            "--env",
+            "B=2",
+            "--site",
+            "x",
+            "--health-tcp",
+            "80",
+        ])
+        .unwrap();
+        if let Workload::Image(image) = &mut spec.workload {
+            image.args = vec!["--serve".into()];
+        }
+        spec.health.as_mut().unwrap().retries = 9;
+        let ServiceCommand::Update { flags, .. } = parse(&[
+            "update",
+            "web",
+            "--image",
+            "web:2",
+            "--env",
+            "B=3",
+            "--health-tcp",
+            "81",
+        ]) else {
+            panic!("not update")
+        };
+        flags.apply_to(&mut spec).unwrap();
+        assert_eq!(
+            spec.workload,
+            Workload::Image(ImageSpec {
+                reference: "web:2".into(),
+                args: vec!["--serve".into()]
+            })
+        );
+        assert_eq!(spec.env, map(&[("A", "1"), ("B", "3")]));
+        assert_eq!(spec.placement.sites, ["x"]);
+        let health = spec.health.unwrap();
+        assert_eq!(health.probe, Probe::Tcp { port: 81 });
+        assert_eq!(health.retries, 9);
+    }
+
+    #[test]
+    fn workload_text_is_short_and_quoted() {
+        let process = Workload::Process(ProcessSpec {
+            command: vec!["sleep".into(), "1 000".into()],
+            working_dir: None,
+        });
+        assert_eq!(workload_text(&process), "sleep '1 000'");
+        let long = Workload::Image(ImageSpec {
+            reference: "r".repeat(100),
+            args: vec![],
+        });
+        assert_eq!(
+            workload_text(&long).chars().count(),
+            MAX_WORKLOAD_COLUMN_CHARS
+        );
+    }
+}
