@@ -433,3 +433,101 @@ fn service_create_names_the_bad_flag_before_sending() {
     let error = stderr(&output);
     assert!(error.contains("(from --env)"), "{error}");
 }
+
+/// Runs an admin command with `config` against the API at `api`.
+fn admin(config: &Path, api: &str, args: &[&str]) -> Output {
+    command()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--api")
+        .arg(api)
+        .output()
+        .expect("run warren")
+}
+
+/// The control plane's promise with real processes: c1 inits, c2 and c3 join with a control
+/// token; after `kill -9` of c1, a write through c2 succeeds and c3 still lists the first
+/// service; c1 restarted from its data dir catches up.
+#[test]
+fn three_control_processes_survive_sigkill_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c1 = ControlProcess::init(&dir.path().join("c1"));
+    let config = c1.config();
+    let token = ok(c1.warren(&["token", "create", "--role", "control", "--ttl", "10m"]))
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("WRN1-c-"), "{token}");
+    let join = |name: &str| {
+        let args = [
+            "join",
+            "--name",
+            name,
+            "--site",
+            "central",
+            "--join",
+            &c1.quic,
+            "--token",
+            &token,
+            "--api",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--metrics",
+            "none",
+        ];
+        ControlProcess::spawn(&dir.path().join(name), &args)
+    };
+    let c2 = join("c2");
+    let c3 = join("c3");
+    ok(admin(
+        &config,
+        &c1.api,
+        &[
+            "service",
+            "create",
+            "web",
+            "--command",
+            "sleep 1000",
+            "--replicas",
+            "2",
+        ],
+    ));
+
+    c1.child.kill().unwrap();
+    c1.child.wait().unwrap();
+    let started = Instant::now();
+    let created = admin(
+        &config,
+        &c2.api,
+        &["service", "create", "api", "--command", "sleep 1000"],
+    );
+    let took = started.elapsed();
+    ok(created);
+    eprintln!("write through c2 after SIGKILL of c1 took {took:?}");
+    let listed = ok(admin(&config, &c3.api, &["service", "ls", "-o", "json"]));
+    assert!(
+        listed.contains("\"web\"") && listed.contains("\"api\""),
+        "{listed}"
+    );
+
+    let c1 = ControlProcess::run(&dir.path().join("c1"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = admin(&config, &c1.api, &["service", "ls", "-o", "json"]);
+        if output_ok_and_contains(&listed, "\"api\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted c1 did not catch up: {}",
+            stderr(&listed)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop((c2, c3, c1));
+}
+
+fn output_ok_and_contains(output: &Output, needle: &str) -> bool {
+    output.status.success() && stdout(output).contains(needle)
+}

@@ -6,12 +6,12 @@
 //! it is cut off (its leader lease has lapsed, or the known leader is unreachable).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::sync::{RwLock, RwLockReadGuard, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeState, Revision};
 use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
@@ -186,15 +186,19 @@ impl Control {
             Err(_) => Err(self.no_quorum_timeout("read barrier")),
             Ok(Ok(log_id)) => Ok(log_id.map(|id| id.index).unwrap_or(0)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                let (id, member) = match (forward.leader_id, forward.leader_node) {
-                    (Some(id), Some(member)) => (id, member),
-                    _ => self.wait_for_leader().await?,
-                };
-                match self.call(id, &member, &ControlRpc::ReadIndex).await? {
-                    ControlRpcReply::ReadIndex(reply) => reply,
-                    _ => Err(ProposeError::NoQuorum(
+                let known = forward.leader_id.zip(forward.leader_node);
+                let deadline = Instant::now() + self.timeouts.write;
+                match self
+                    .to_leader(&ControlRpc::ReadIndex, known, deadline)
+                    .await
+                {
+                    Ok(ControlRpcReply::ReadIndex(reply)) => reply,
+                    Ok(_) => Err(ProposeError::NoQuorum(
                         "leader answered a read index with something else".into(),
                     )),
+                    // This node became the leader meanwhile: its own barrier decides.
+                    Err(ProposeError::NotLeader { .. }) => self.leader_read_index().await,
+                    Err(error) => Err(error),
                 }
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
@@ -243,27 +247,97 @@ impl Control {
             at_ms: unix_now_ms(),
             op,
         };
-        match self.propose_local(command.clone()).await {
-            Err(ProposeError::NotLeader { leader }) => {
-                let (id, member) = match leader {
-                    Some(leader) => leader,
-                    None => self.wait_for_leader().await?,
-                };
-                if id == self.id {
-                    return self.propose_local(command).await;
-                }
-                match self
-                    .call(id, &member, &ControlRpc::Propose(command))
-                    .await?
+        let deadline = Instant::now() + self.timeouts.write;
+        loop {
+            let leader = match self.propose_local(command.clone()).await {
+                Err(ProposeError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            match self
+                .to_leader(&ControlRpc::Propose(command.clone()), leader, deadline)
+                .await
+            {
+                Ok(ControlRpcReply::Proposed(Err(ProposeError::NotLeader { .. })))
+                | Err(ProposeError::NotLeader { .. })
+                    if Instant::now() < deadline =>
                 {
-                    ControlRpcReply::Proposed(reply) => reply,
-                    _ => Err(ProposeError::NoQuorum(
+                    // Leadership moved while we asked (possibly to us): try again.
+                }
+                Ok(ControlRpcReply::Proposed(reply)) => return reply,
+                Ok(_) => {
+                    return Err(ProposeError::NoQuorum(
                         "leader answered a proposal with something else".into(),
-                    )),
+                    ));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Sends `rpc` to the leader. If the leader we know does not answer (it may have just
+    /// died), waits for a new one to be elected and asks it instead, until `deadline`. Returns
+    /// `NotLeader` naming this node if it became the leader meanwhile.
+    ///
+    /// A forwarded write whose leader died mid-request may be retried against the new leader;
+    /// every operation is safe to repeat (re-applying an identical spec is "unchanged").
+    async fn to_leader(
+        &self,
+        rpc: &ControlRpc,
+        known: Option<(u64, Member)>,
+        deadline: Instant,
+    ) -> Result<ControlRpcReply, ProposeError> {
+        let mut leader = known;
+        let mut last_error = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ProposeError::NoQuorum(last_error.unwrap_or_else(|| {
+                    "no leader: a majority of control nodes is not reachable from here".into()
+                })));
+            }
+            let (id, member) = match leader.take() {
+                Some(known) => known,
+                None => match self.wait_for_leader_within(remaining).await {
+                    Some(found) => found,
+                    None => continue,
+                },
+            };
+            if id == self.id {
+                return Err(ProposeError::NotLeader {
+                    leader: Some((id, member)),
+                });
+            }
+            let attempt = remaining.min(self.timeouts.election_max * 2);
+            match self.peers.call(id, &member.quic_addr, rpc, attempt).await {
+                Ok(reply) => return Ok(reply),
+                Err(error) => {
+                    debug!(peer = %format_args!("{id:016x}"), error = %error, "leader did not answer; waiting for another");
+                    last_error = Some(format!(
+                        "leader {id:016x} ({}) is not reachable: {error}",
+                        member.quic_addr
+                    ));
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let wait = self.raft.wait(Some(remaining));
+                    let _ = wait
+                        .metrics(
+                            |m| m.current_leader.is_some_and(|l| l != id),
+                            "a new leader",
+                        )
+                        .await;
+                    leader = self.leader();
                 }
             }
-            other => other,
         }
+    }
+
+    async fn wait_for_leader_within(&self, timeout: Duration) -> Option<(u64, Member)> {
+        let wait = self
+            .raft
+            .wait(Some(timeout.min(self.timeouts.election_max * 2)));
+        let _ = wait
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        self.leader()
     }
 
     /// Proposes on this node only (used for forwarded proposals: no second hop).
