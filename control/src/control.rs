@@ -119,6 +119,11 @@ impl Control {
         Some((id, member))
     }
 
+    /// A receiver that fires whenever an entry is applied on this node.
+    pub fn watch_applied(&self) -> watch::Receiver<Revision> {
+        self.applied.clone()
+    }
+
     /// The revision of the last applied entry on this node.
     pub fn applied(&self) -> Revision {
         *self.applied.borrow()

@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod push;
 pub mod rpc;
 pub mod scheduler;
 pub mod state;

@@ -662,7 +662,7 @@ impl ControlNode {
                                 serve_join(conn.clone(), control.as_ref(), &metrics).await
                             }
                             Alpn::Agent => {
-                                conn.close("this control node does not serve the agent stream yet")
+                                crate::push::serve_agent(conn.clone(), control.clone()).await;
                             }
                         }
                     };

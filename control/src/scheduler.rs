@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use warren_api::{
-    Availability, DesiredState, Node, NodeId, NodeState, OnDisconnect, Replica, ReplicaId,
-    ReplicaKey, Service, ServiceMode, ServiceName,
+    Availability, DesiredState, Node, NodeId, NodeRole, NodeState, OnDisconnect, Replica,
+    ReplicaId, ReplicaKey, Service, ServiceMode, ServiceName,
 };
 
 /// The scheduler's answer.
@@ -32,14 +32,20 @@ pub struct Plan {
     pub unschedulable: BTreeMap<ServiceName, u32>,
 }
 
-/// Whether new replicas of `service` may be placed on `node`.
+/// Whether new replicas of `service` may be placed on `node`: an active, ready agent that
+/// matches the placement. Control nodes run no workloads.
 fn placeable(service: &Service, node: &Node) -> bool {
-    node.is_schedulable() && service.spec.placement.allows_node(node)
+    node.role == NodeRole::Agent
+        && node.is_schedulable()
+        && service.spec.placement.allows_node(node)
 }
 
 /// Whether an existing replica of `service` may stay on `node` at `now_ms`.
 pub fn keepable(service: &Service, node: &Node, now_ms: u64) -> bool {
-    if node.availability != Availability::Active || !service.spec.placement.allows_node(node) {
+    if node.role != NodeRole::Agent
+        || node.availability != Availability::Active
+        || !service.spec.placement.allows_node(node)
+    {
         return false;
     }
     let unreachable_since = match node.state {

@@ -1,0 +1,218 @@
+//! The desired-state push: each agent holds one stream to some control node, which sends the
+//! node's view (a snapshot, then deltas as entries are applied) and receives acks.
+//!
+//! Protocol on the `agent` ALPN (agent certificates only): the agent opens one bidirectional
+//! stream and sends `AgentToControl::Hello`. Control checks it and answers with
+//! `ControlToAgent::Snapshot` (or `Heartbeat` when the agent is already at the current view),
+//! then a `Delta` whenever an applied entry changes the node's view, and a `Heartbeat` every
+//! [`HEARTBEAT_INTERVAL`] otherwise. A removed node is refused with `NodeRemoved`.
+//!
+//! Control keeps no per-agent state a reconnection to another control node could not rebuild:
+//! the view is a pure function of the replicated state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, info};
+use warren_api::wire::{
+    AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
+};
+use warren_api::{NodeId, NodeState, NodeView, Revision};
+use warren_transport::{FrameError, PeerConnection};
+
+use crate::control::Control;
+use crate::state::ClusterState;
+
+/// How often an idle stream carries a heartbeat (the agent's link-state detector counts them).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The view of `node` at the state's current revision: its replicas, the services they need,
+/// and the control addresses. `None` if the node is not registered.
+///
+/// Secrets are not in the view yet: they need sealing for each node's own key (next step).
+pub fn node_view(state: &ClusterState, node: NodeId, control_addrs: &[String]) -> Option<NodeView> {
+    let entry = state.nodes.get(&node)?;
+    let mut replicas: Vec<_> = state.replicas_on(node).cloned().collect();
+    replicas.sort_by(|a, b| a.id.cmp(&b.id));
+    let services: BTreeMap<_, _> = replicas
+        .iter()
+        .filter_map(|r| {
+            state
+                .services
+                .get(&r.id.service)
+                .map(|s| (r.id.service.clone(), s.current.clone()))
+        })
+        .collect();
+    let cluster_id = state
+        .cluster
+        .as_ref()
+        .map(|c| warren_transport::identity::fingerprint(&c.ca_cert_der))
+        .unwrap_or([0; 32]);
+    Some(NodeView {
+        revision: state.revision,
+        cluster_id,
+        node: entry.clone(),
+        services,
+        replicas,
+        secrets: BTreeMap::new(),
+        catalogue: Vec::new(),
+        control_addrs: control_addrs.to_vec(),
+        peers: Vec::new(),
+    })
+}
+
+/// Why a push stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The agent sent something unreadable or closed the stream.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream could not be opened.
+    #[error(transparent)]
+    Stream(#[from] warren_transport::endpoint::StreamError),
+    /// The agent was refused.
+    #[error("agent refused: {0}")]
+    Refused(&'static str),
+    /// The agent's first message was not a hello.
+    #[error("agent did not start with a hello")]
+    NoHello,
+}
+
+/// Serves one agent connection until it closes. Returns why it ended.
+pub async fn serve_agent(conn: PeerConnection, control: Arc<Control>) -> PushError {
+    match serve(conn.clone(), control).await {
+        Ok(never) => match never {},
+        Err(error) => {
+            debug!(peer = %conn.remote_address(), error = %error, "agent stream ended");
+            error
+        }
+    }
+}
+
+enum Never {}
+
+fn refusal(reason: RefusalReason, message: impl Into<String>) -> ControlToAgent {
+    ControlToAgent::Refused(Refusal {
+        reason,
+        message: message.into(),
+    })
+}
+
+async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, PushError> {
+    let (mut send, mut recv) = conn.accept_stream().await?;
+    let AgentToControl::Hello(hello) = recv.recv::<AgentToControl>().await? else {
+        return Err(PushError::NoHello);
+    };
+    let cert_node = conn.peer().and_then(|p| p.node_id);
+    if let Some(refused) = check_hello(&hello, cert_node, &*control.read_stale().await) {
+        let reason = match &refused {
+            ControlToAgent::Refused(r) => r.reason.as_str(),
+            _ => "refused",
+        };
+        send.send(&refused).await?;
+        send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return Err(PushError::Refused(reason));
+    }
+    info!(node_id = %hello.node_id, revision = %hello.last_revision, "agent connected");
+    let mut applied = control.watch_applied();
+    let mut sent: Option<NodeView> = None;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    loop {
+        let view = {
+            let state = control.read_stale().await;
+            if state
+                .nodes
+                .get(&hello.node_id)
+                .is_some_and(|n| n.state == NodeState::Removed)
+            {
+                send.send(&refusal(
+                    RefusalReason::NodeRemoved,
+                    "this node was removed from the cluster",
+                ))
+                .await?;
+                send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                return Err(PushError::Refused("node_removed"));
+            }
+            node_view(&state, hello.node_id, &control.control_addrs())
+        };
+        if let Some(view) = view {
+            let message = match &sent {
+                None if hello.last_revision == view.revision
+                    && hello.cache_cluster_id == Some(view.cluster_id) =>
+                {
+                    Some(ControlToAgent::Heartbeat {
+                        revision: view.revision,
+                    })
+                }
+                None => Some(ControlToAgent::Snapshot(Box::new(view.clone()))),
+                Some(previous) if previous_content_differs(previous, &view) => {
+                    Some(ControlToAgent::Delta(previous.diff(&view)))
+                }
+                Some(_) => None,
+            };
+            if let Some(message) = message {
+                send.send(&message).await?;
+                sent = Some(view);
+            }
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) },
+            _ = heartbeat.tick() => {
+                let revision = sent.as_ref().map(|v| v.revision).unwrap_or(Revision::ZERO);
+                send.send(&ControlToAgent::Heartbeat { revision }).await?;
+            }
+            message = recv.recv::<AgentToControl>() => match message? {
+                AgentToControl::Ack { revision } => debug!(node_id = %hello.node_id, revision = %revision, "agent acked"),
+                AgentToControl::Status(report) => debug!(node_id = %report.node_id, replicas = report.replicas.len(), "agent status"),
+                AgentToControl::Hello(_) => return Err(PushError::NoHello),
+            },
+        }
+    }
+}
+
+/// Whether the view changed in content (a new revision alone does not warrant a delta).
+fn previous_content_differs(previous: &NodeView, next: &NodeView) -> bool {
+    let mut aligned = previous.clone();
+    aligned.revision = next.revision;
+    aligned != *next
+}
+
+fn check_hello(
+    hello: &AgentHello,
+    cert_node: Option<NodeId>,
+    state: &ClusterState,
+) -> Option<ControlToAgent> {
+    if hello.wire_version != WIRE_VERSION {
+        return Some(refusal(
+            RefusalReason::WireVersion {
+                supported: WIRE_VERSION,
+            },
+            format!(
+                "agent speaks wire version {}, this control node {WIRE_VERSION}",
+                hello.wire_version
+            ),
+        ));
+    }
+    if cert_node != Some(hello.node_id) {
+        return Some(refusal(
+            RefusalReason::NodeIdMismatch,
+            "hello names another node than the certificate",
+        ));
+    }
+    match state.nodes.get(&hello.node_id) {
+        None => Some(refusal(
+            RefusalReason::NotRegistered,
+            "this node is not in the cluster's registry",
+        )),
+        Some(node) if node.state == NodeState::Removed => Some(refusal(
+            RefusalReason::NodeRemoved,
+            "this node was removed from the cluster",
+        )),
+        Some(_) => None,
+    }
+}
