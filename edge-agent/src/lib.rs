@@ -1,0 +1,19 @@
+//! Warren's edge agent: keeps a box's workloads running from its cached desired state, with or
+//! without the control plane.
+//!
+//! - [`cache`]: the durable cache (sled): the node's view and the agent's records, versioned
+//!   and checksummed; a corrupt, truncated or foreign cache is a clear error.
+//! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
+//!   before they are acked, reconnection with jittered backoff; only removal ends it.
+//! - [`planner`]: the sans-IO reconcile planner — desired view + observed workloads + restart
+//!   history → actions. Pure; no clock reads (time is an input).
+//! - [`runtime`]: runtimes behind one trait; the native process runtime (workloads in their own
+//!   process group, logs to files, SIGTERM then SIGKILL, adoption by pid + start time).
+//!
+//! Must never: stop a workload because the control plane is unreachable; restart a workload
+//! whose spec did not change; block the reconcile loop on the network.
+
+pub mod cache;
+pub mod link;
+pub mod planner;
+pub mod runtime;

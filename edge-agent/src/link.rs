@@ -1,0 +1,229 @@
+//! The agent's link to the control plane: one QUIC connection (agent ALPN) to any reachable
+//! control node, the desired-state stream on it, and reconnection with jittered backoff.
+//!
+//! Every view received is persisted (and flushed) before it is acked and before the reconcile
+//! loop sees it. The link never decides anything about workloads: losing it changes nothing
+//! but [`LinkStatus`]; only a permanent refusal (the node was removed) ends it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use warren_api::wire::{AgentHello, AgentToControl, ControlToAgent, WIRE_VERSION};
+use warren_api::{NodeId, NodeView, Revision};
+use warren_transport::{Alpn, Backoff, Endpoint, PeerConnection};
+
+use crate::cache::{Cache, CacheError};
+
+/// What the rest of the agent can see of the link.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LinkStatus {
+    /// Whether a stream to a control node is up.
+    pub connected: bool,
+    /// The control node it is up to.
+    pub control: Option<String>,
+    /// Last message from control (unix ms).
+    pub last_contact_ms: Option<u64>,
+    /// Revision of the view on disk.
+    pub revision: u64,
+    /// Connections made since start.
+    pub connects: u64,
+}
+
+/// Why the link ended for good.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// The agent is shutting down.
+    Cancelled,
+    /// The node was removed from the cluster: stop workloads, wipe secrets.
+    Removed(String),
+}
+
+/// Why one session ended (the link then reconnects).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Stream(#[from] warren_transport::endpoint::StreamError),
+    #[error(transparent)]
+    Frame(#[from] warren_transport::FrameError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("control refused: {0}")]
+    Refused(String),
+    #[error("view from control does not follow ours: {0}")]
+    Resync(String),
+    #[error("view is for node {0}, not us")]
+    WrongNode(NodeId),
+}
+
+/// Everything the link needs.
+#[derive(Debug)]
+pub struct Link {
+    /// The agent's endpoint (agent certificate).
+    pub endpoint: Arc<Endpoint>,
+    /// This node.
+    pub node_id: NodeId,
+    /// Where views are persisted.
+    pub cache: Arc<Cache>,
+    /// Control addresses to start from (the cached view's list takes over once known).
+    pub seeds: Vec<String>,
+    /// The latest persisted view, for the reconcile loop.
+    pub views: watch::Sender<Option<Arc<NodeView>>>,
+    /// Link state for status and metrics.
+    pub status: watch::Sender<LinkStatus>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn resolve(addrs: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        if let Ok(found) = tokio::net::lookup_host(addr.as_str()).await {
+            out.extend(found);
+        }
+    }
+    out
+}
+
+impl Link {
+    /// Runs until cancelled or the node is removed.
+    pub async fn run(self, cancel: CancellationToken) -> LinkEnd {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut force_snapshot = false;
+        loop {
+            let addrs = {
+                let cached = self
+                    .views
+                    .borrow()
+                    .as_ref()
+                    .map(|v| v.control_addrs.clone());
+                let mut addrs = cached.unwrap_or_default();
+                for seed in &self.seeds {
+                    if !addrs.contains(seed) {
+                        addrs.push(seed.clone());
+                    }
+                }
+                resolve(&addrs).await
+            };
+            let conn = match self
+                .endpoint
+                .connect_any(&addrs, Alpn::Agent, &mut backoff, &cancel)
+                .await
+            {
+                None => return LinkEnd::Cancelled,
+                Some(Ok(conn)) => conn,
+                Some(Err(error)) => {
+                    // Trust failures cannot be retried away quickly, but workloads must keep
+                    // running: wait the longest backoff and try again.
+                    warn!(error = %error, "control refused the connection");
+                    tokio::select! {
+                        () = cancel.cancelled() => return LinkEnd::Cancelled,
+                        () = tokio::time::sleep(Duration::from_secs(30)) => continue,
+                    }
+                }
+            };
+            let control = conn.remote_address().to_string();
+            self.status.send_modify(|s| {
+                s.connected = true;
+                s.control = Some(control.clone());
+                s.last_contact_ms = Some(now_ms());
+                s.connects += 1;
+            });
+            info!(control = %control, "link up");
+            let result = tokio::select! {
+                () = cancel.cancelled() => Ok(None),
+                result = self.session(&conn, force_snapshot) => result.map(Some),
+            };
+            self.status.send_modify(|s| s.connected = false);
+            conn.close("agent reconnecting");
+            match result {
+                Ok(None) => return LinkEnd::Cancelled,
+                Ok(Some(end)) => return end,
+                Err(SessionError::Refused(message)) => {
+                    warn!(%message, "control refused this agent; workloads keep running");
+                    tokio::select! {
+                        () = cancel.cancelled() => return LinkEnd::Cancelled,
+                        () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    }
+                }
+                Err(error) => {
+                    force_snapshot = matches!(error, SessionError::Resync(_));
+                    info!(error = %error, "link down; workloads keep running");
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = cancel.cancelled() => return LinkEnd::Cancelled,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        conn: &PeerConnection,
+        force_snapshot: bool,
+    ) -> Result<LinkEnd, SessionError> {
+        let (mut send, mut recv) = conn.open_stream().await?;
+        let cached = self.views.borrow().clone();
+        let identity = self.cache.identity()?;
+        let hello = AgentHello {
+            wire_version: WIRE_VERSION,
+            node_id: self.node_id,
+            last_revision: if force_snapshot {
+                Revision::ZERO
+            } else {
+                cached.as_ref().map_or(Revision::ZERO, |v| v.revision)
+            },
+            cache_cluster_id: identity.map(|i| i.cluster_id),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        send.send(&AgentToControl::Hello(hello)).await?;
+        let mut current = cached;
+        loop {
+            let message = recv.recv::<ControlToAgent>().await?;
+            self.status
+                .send_modify(|s| s.last_contact_ms = Some(now_ms()));
+            let next = match message {
+                ControlToAgent::Snapshot(view) => *view,
+                ControlToAgent::Delta(delta) => {
+                    let mut view = current.as_deref().cloned().ok_or_else(|| {
+                        SessionError::Resync("a delta without a base view".into())
+                    })?;
+                    view.apply(&delta)
+                        .map_err(|e| SessionError::Resync(e.to_string()))?;
+                    view
+                }
+                ControlToAgent::Heartbeat { revision } => {
+                    debug!(revision = %revision, "heartbeat");
+                    continue;
+                }
+                ControlToAgent::Refused(refusal) if refusal.reason.is_permanent() => {
+                    return Ok(LinkEnd::Removed(refusal.message));
+                }
+                ControlToAgent::Refused(refusal) => {
+                    return Err(SessionError::Refused(refusal.message));
+                }
+            };
+            if next.node.id != self.node_id {
+                return Err(SessionError::WrongNode(next.node.id));
+            }
+            // Durable before acknowledged, and before the reconcile loop acts on it.
+            self.cache.store_view(&next).await?;
+            let revision = next.revision;
+            let next = Arc::new(next);
+            self.views.send_replace(Some(next.clone()));
+            self.status.send_modify(|s| s.revision = revision.0);
+            send.send(&AgentToControl::Ack { revision }).await?;
+            current = Some(next);
+        }
+    }
+}

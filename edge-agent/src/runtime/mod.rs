@@ -1,0 +1,497 @@
+//! Runtimes: what actually starts, watches and stops a replica's workload on this box.
+//!
+//! The agent talks to every runtime through the [`Runtime`] trait, holding it as
+//! `Arc<dyn Runtime>`. The trait's vocabulary is runtime-neutral: a [`WorkloadRequest`] goes
+//! in, an opaque [`WorkloadHandle`] comes out, and the handle's [`WorkloadRecord`] is what the
+//! agent persists in its cache so that it can [`adopt`](Runtime::adopt) the workload again
+//! after its own restart instead of starting a second copy.
+//!
+//! - [`process`]: the native process runtime ([`ProcessRuntime`]): each workload in its own
+//!   process group, logs appended to files, SIGTERM then SIGKILL, adoption by pid + start time.
+//! - `procfs`, `logs`, `secrets`, `cgroup`: the process runtime's pieces (reading `/proc`,
+//!   log rotation, secret files, cgroup v1 limits).
+//!
+//! Must never: kill a workload because the agent exits or drops a runtime; adopt a process
+//! that merely reuses a recorded pid; log a secret's content.
+
+mod cgroup;
+mod logs;
+pub mod process;
+mod procfs;
+mod secrets;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use warren_api::ids::ReplicaId;
+use warren_api::service::{ServiceSpec, Workload};
+
+pub use process::{ProcessRuntime, ProcessRuntimeOptions};
+
+/// The future every [`Runtime`] operation returns: boxed so that the trait stays usable as
+/// `dyn Runtime`.
+pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Starts, observes, stops and re-attaches to workloads.
+///
+/// Implementations must keep workloads independent of the agent: dropping the runtime, or the
+/// agent process dying, leaves every workload running.
+///
+/// Operations on different replicas may run concurrently. The caller (the reconcile loop)
+/// runs one operation at a time per replica; two concurrent `start`s of one replica may
+/// both succeed.
+pub trait Runtime: Send + Sync + fmt::Debug {
+    /// Starts the workload described by `request`.
+    ///
+    /// # Errors
+    /// [`RuntimeError::CommandNotFound`] and friends when the workload cannot be started;
+    /// [`RuntimeError::AlreadyRunning`] when this runtime already runs the replica.
+    ///
+    /// # Cancel safety
+    /// The process is spawned and registered without an await in between: dropping the
+    /// future either starts nothing or leaves a tracked, running workload.
+    fn start<'a>(
+        &'a self,
+        request: &'a WorkloadRequest,
+    ) -> RuntimeFuture<'a, Result<WorkloadHandle, RuntimeError>>;
+
+    /// Reports whether the workload is running, has exited, or is gone without a trace.
+    ///
+    /// # Errors
+    /// Only when the runtime cannot tell (e.g. `/proc` unreadable).
+    ///
+    /// # Cancel safety
+    /// Safe: observing changes nothing.
+    fn observe<'a>(
+        &'a self,
+        handle: &'a WorkloadHandle,
+    ) -> RuntimeFuture<'a, Result<Observed, RuntimeError>>;
+
+    /// Asks the workload to stop (SIGTERM to its process group), forces it (SIGKILL) once
+    /// `grace` has passed, and reports which was needed.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Signal`] when a signal cannot be sent; [`RuntimeError::NotStopped`]
+    /// when the workload survives even SIGKILL for a while (uninterruptible sleep).
+    ///
+    /// # Cancel safety
+    /// Dropping the future mid-grace leaves the workload signalled but perhaps running;
+    /// calling `stop` again is safe and signals it again.
+    fn stop<'a>(
+        &'a self,
+        handle: &'a WorkloadHandle,
+        grace: Duration,
+    ) -> RuntimeFuture<'a, Result<StopOutcome, RuntimeError>>;
+
+    /// Re-attaches to a workload recorded by an earlier instance of the agent, if that very
+    /// workload is still running: same boot, same process, not a reused id.
+    ///
+    /// # Cancel safety
+    /// Safe: adoption only reads and registers.
+    fn adopt<'a>(&'a self, record: &'a WorkloadRecord)
+    -> RuntimeFuture<'a, Option<WorkloadHandle>>;
+
+    /// Forgets a replica that is stopped for good: removes its secrets and resource limits.
+    /// Logs are kept for inspection.
+    ///
+    /// # Errors
+    /// [`RuntimeError::StillRunning`] when the replica's workload still runs (stop it
+    /// first); I/O errors removing files.
+    ///
+    /// # Cancel safety
+    /// Safe to repeat: every step is idempotent.
+    fn cleanup<'a>(&'a self, replica: &'a ReplicaId)
+    -> RuntimeFuture<'a, Result<(), RuntimeError>>;
+
+    /// Keeps the workloads' log files within their size bound; the agent calls this
+    /// periodically. A runtime whose logs are bounded elsewhere does nothing.
+    ///
+    /// # Errors
+    /// The first I/O error met; the other files are still rotated.
+    ///
+    /// # Cancel safety
+    /// Safe: the work runs on a blocking thread and finishes even if the future is dropped.
+    fn rotate_logs(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>>;
+}
+
+/// Everything a runtime needs to start one replica.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkloadRequest {
+    /// The replica this workload is.
+    pub replica: ReplicaId,
+    /// [`ServiceSpec::workload_hash`] of the spec it is started from; recorded so that the
+    /// agent can tell later whether a running workload matches the current spec.
+    pub workload_hash: u64,
+    /// The program and its arguments; not run through a shell. Never empty.
+    pub argv: Vec<String>,
+    /// The workload's whole environment (the agent's own is not inherited), except `PATH`,
+    /// which defaults to the runtime's, and `WARREN_SECRETS_DIR`, which the runtime sets.
+    pub env: BTreeMap<String, String>,
+    /// Working directory; `None` means the replica's own directory, and a relative path is
+    /// taken relative to it.
+    pub working_dir: Option<PathBuf>,
+    /// Secret files: (file name, plaintext). Never logged.
+    pub secrets: Vec<(String, Vec<u8>)>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in thousandths of a core.
+    pub cpu_millis: Option<u32>,
+}
+
+impl fmt::Debug for WorkloadRequest {
+    /// Shows secret names and sizes, never their content.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secrets: Vec<(&str, usize)> = self
+            .secrets
+            .iter()
+            .map(|(name, plaintext)| (name.as_str(), plaintext.len()))
+            .collect();
+        f.debug_struct("WorkloadRequest")
+            .field("replica", &self.replica)
+            .field("workload_hash", &self.workload_hash)
+            .field("argv", &self.argv)
+            .field("env", &self.env)
+            .field("working_dir", &self.working_dir)
+            .field("secrets", &secrets)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("cpu_millis", &self.cpu_millis)
+            .finish()
+    }
+}
+
+impl WorkloadRequest {
+    /// The request for `replica` of a native-process service `spec`, with the plaintext of
+    /// the secrets it references.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Unsupported`] when `spec` runs a container image.
+    pub fn for_process(
+        replica: ReplicaId,
+        spec: &ServiceSpec,
+        secrets: Vec<(String, Vec<u8>)>,
+    ) -> Result<Self, RuntimeError> {
+        let Workload::Process(process) = &spec.workload else {
+            return Err(RuntimeError::Unsupported {
+                what: "container images in the process runtime".to_owned(),
+            });
+        };
+        Ok(WorkloadRequest {
+            replica,
+            workload_hash: spec.workload_hash(),
+            argv: process.command.clone(),
+            env: spec.env.clone(),
+            working_dir: process.working_dir.as_ref().map(PathBuf::from),
+            secrets,
+            memory_bytes: spec.resources.memory_bytes,
+            cpu_millis: spec.resources.cpu_millis,
+        })
+    }
+}
+
+/// What the agent persists about a started workload, to find it again after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// The spec hash the workload was started from.
+    pub workload_hash: u64,
+    /// `/proc/sys/kernel/random/boot_id` when it started: a record from an earlier boot
+    /// describes a workload that no longer exists, whatever its pid says now.
+    pub boot_id: String,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// File receiving the workload's standard output.
+    pub stdout_log: PathBuf,
+    /// File receiving the workload's standard error.
+    pub stderr_log: PathBuf,
+    /// Runtime-specific identity of the running instance.
+    pub instance: Instance,
+}
+
+impl WorkloadRecord {
+    /// The process id, for a native process.
+    pub fn pid(&self) -> Option<u32> {
+        match self.instance {
+            Instance::Process { pid, .. } => Some(pid),
+        }
+    }
+}
+
+/// Runtime-specific identity of a running workload. Each runtime adds its own variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Instance {
+    /// A native process, leader of its own process group.
+    Process {
+        /// Process id, equal to the process group id.
+        pid: u32,
+        /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot. With the
+        /// boot id, it tells the recorded process from a later one that reuses its pid.
+        start_time_ticks: u64,
+    },
+}
+
+/// A running (or once running) workload, as returned by [`Runtime::start`] and
+/// [`Runtime::adopt`]. Opaque apart from its [`WorkloadRecord`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadHandle {
+    record: WorkloadRecord,
+}
+
+impl WorkloadHandle {
+    fn new(record: WorkloadRecord) -> Self {
+        WorkloadHandle { record }
+    }
+
+    /// What to persist to adopt this workload later.
+    pub fn record(&self) -> &WorkloadRecord {
+        &self.record
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &ReplicaId {
+        &self.record.replica
+    }
+}
+
+/// The state of a workload as a runtime sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Observed {
+    /// Still running.
+    Running,
+    /// Has exited. `code` for a normal exit, `signal` when a signal ended it; both `None`
+    /// when the runtime cannot know (a process adopted from an earlier agent).
+    Exited {
+        /// Exit status of a normal exit.
+        code: Option<i32>,
+        /// Number of the signal that terminated it.
+        signal: Option<i32>,
+    },
+    /// No trace of it: a record from an earlier boot, or its pid now belongs to another
+    /// process.
+    Gone,
+}
+
+/// How [`Runtime::stop`] ended the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopOutcome {
+    /// It was no longer running; no signal was sent.
+    AlreadyExited,
+    /// It exited within the grace period after SIGTERM.
+    Terminated,
+    /// It outlived the grace period and was killed with SIGKILL.
+    Killed,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The program does not exist (or, for a script, its interpreter does not).
+    #[error("command not found: {command}")]
+    CommandNotFound {
+        /// `argv[0]`.
+        command: String,
+    },
+    /// The program exists but may not be executed.
+    #[error("permission denied: {command}")]
+    PermissionDenied {
+        /// `argv[0]`.
+        command: String,
+    },
+    /// The working directory does not exist or is not a directory.
+    #[error("working directory not found: {}", path.display())]
+    WorkingDirNotFound {
+        /// The resolved working directory.
+        path: PathBuf,
+    },
+    /// The request itself is unusable (empty argv, a secret file name with a `/`, …).
+    #[error("invalid workload request for {replica}: {reason}")]
+    InvalidRequest {
+        /// The replica.
+        replica: ReplicaId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The runtime's own settings are unusable.
+    #[error("invalid runtime options: {reason}")]
+    InvalidOptions {
+        /// Which setting and why.
+        reason: String,
+    },
+    /// The runtime cannot run this kind of workload.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What was asked for.
+        what: String,
+    },
+    /// This runtime already runs a workload for the replica.
+    #[error("replica {replica} is already running (pid {pid})")]
+    AlreadyRunning {
+        /// The replica.
+        replica: ReplicaId,
+        /// Its running process.
+        pid: u32,
+    },
+    /// The operation needs the workload stopped first.
+    #[error("replica {replica} is still running; stop it first")]
+    StillRunning {
+        /// The replica.
+        replica: ReplicaId,
+    },
+    /// Spawning failed for another reason.
+    #[error("cannot start {command}: {source}")]
+    Spawn {
+        /// `argv[0]`.
+        command: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Sending a signal failed (other than "no such process", which means it exited).
+    #[error("cannot signal process group {pgid}: {source}")]
+    Signal {
+        /// The process group.
+        pgid: u32,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The workload still runs after SIGKILL and a wait.
+    #[error("replica {replica} (pid {pid}) did not exit after SIGKILL")]
+    NotStopped {
+        /// The replica.
+        replica: ReplicaId,
+        /// Its process.
+        pid: u32,
+    },
+    /// A cgroup could not be set up although cgroups are available.
+    #[error("cgroup {}: {source}", path.display())]
+    Cgroup {
+        /// The cgroup file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "open log file".
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl RuntimeError {
+    /// Whether trying the same operation again, unchanged, may succeed. Wrong requests,
+    /// missing programs and state conflicts are not retryable; OS failures are.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RuntimeError::CommandNotFound { .. }
+            | RuntimeError::PermissionDenied { .. }
+            | RuntimeError::WorkingDirNotFound { .. }
+            | RuntimeError::InvalidRequest { .. }
+            | RuntimeError::InvalidOptions { .. }
+            | RuntimeError::Unsupported { .. }
+            | RuntimeError::AlreadyRunning { .. }
+            | RuntimeError::StillRunning { .. } => false,
+            RuntimeError::Spawn { .. }
+            | RuntimeError::Signal { .. }
+            | RuntimeError::NotStopped { .. }
+            | RuntimeError::Cgroup { .. }
+            | RuntimeError::Io { .. } => true,
+        }
+    }
+
+    fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        RuntimeError::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::ids::ServiceName;
+    use warren_api::service::{ImageSpec, ProcessSpec, Resources};
+
+    use super::*;
+
+    fn replica() -> ReplicaId {
+        ReplicaId::replicated(ServiceName::new("web").unwrap(), 0)
+    }
+
+    #[test]
+    fn request_from_process_spec() {
+        let mut spec = ServiceSpec::new(
+            ServiceName::new("web").unwrap(),
+            Workload::Process(ProcessSpec {
+                command: vec!["server".to_owned(), "--port=80".to_owned()],
+                working_dir: Some("/srv".to_owned()),
+            }),
+        );
+        spec.env.insert("MODE".to_owned(), "edge".to_owned());
+        spec.resources = Resources {
+            memory_bytes: Some(1 << 20),
+            cpu_millis: Some(250),
+        };
+        let secrets = vec![("token".to_owned(), b"s3cret".to_vec())];
+        let request = WorkloadRequest::for_process(replica(), &spec, secrets).unwrap();
+        assert_eq!(request.workload_hash, spec.workload_hash());
+        assert_eq!(request.argv, ["server", "--port=80"]);
+        assert_eq!(request.working_dir, Some(PathBuf::from("/srv")));
+        assert_eq!(request.env["MODE"], "edge");
+        assert_eq!(request.memory_bytes, Some(1 << 20));
+        assert_eq!(request.cpu_millis, Some(250));
+        // Debug output names secrets but never shows them.
+        let debug = format!("{request:?}");
+        assert!(debug.contains("\"token\", 6"), "{debug}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+
+        let image = ServiceSpec::new(
+            ServiceName::new("web").unwrap(),
+            Workload::Image(ImageSpec {
+                reference: "nginx:1".to_owned(),
+                args: vec![],
+            }),
+        );
+        let err = WorkloadRequest::for_process(replica(), &image, vec![]).unwrap_err();
+        assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn record_json_round_trip() {
+        let record = WorkloadRecord {
+            replica: replica(),
+            workload_hash: u64::MAX,
+            boot_id: "b3c5007d-c9b0-4aa3-b640-ea9a17e78f11".to_owned(),
+            started_at_ms: 1_700_000_000_000,
+            stdout_log: PathBuf::from("/var/lib/warren/workloads/web.0/stdout.log"),
+            stderr_log: PathBuf::from("/var/lib/warren/workloads/web.0/stderr.log"),
+            instance: Instance::Process {
+                pid: 4242,
+                start_time_ticks: 123_456,
+            },
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(
+            json.contains(r#""instance":{"process":{"pid":4242"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<WorkloadRecord>(&json).unwrap(),
+            record
+        );
+        assert_eq!(record.pid(), Some(4242));
+    }
+}
