@@ -134,10 +134,45 @@ pub fn schedule(
     current: &BTreeMap<ReplicaId, Replica>,
     now_ms: u64,
 ) -> Plan {
+    schedule_with_load(nodes, services, current, now_ms, Load::default())
+}
+
+/// Places one service's replicas when nothing but that service changed (create, update,
+/// scale, rollback): every other service's replicas stay as they are and count as load, so
+/// the cost is one service's, not the whole cluster's. Returns the plan for that service only.
+pub fn schedule_one(
+    nodes: &BTreeMap<NodeId, Node>,
+    service: &Service,
+    current: &BTreeMap<ReplicaId, Replica>,
+    now_ms: u64,
+) -> Plan {
+    let mut load = Load::default();
+    for replica in current
+        .values()
+        .filter(|r| r.id.service != service.spec.name)
+    {
+        if let Some(node) = nodes.get(&replica.node) {
+            load.add(&replica.id.service, node);
+        }
+    }
+    let own: BTreeMap<ReplicaId, Replica> = current
+        .iter()
+        .filter(|(id, _)| id.service == service.spec.name)
+        .map(|(id, r)| (id.clone(), r.clone()))
+        .collect();
+    schedule_with_load(nodes, &[service], &own, now_ms, load)
+}
+
+fn schedule_with_load(
+    nodes: &BTreeMap<NodeId, Node>,
+    services: &[&Service],
+    current: &BTreeMap<ReplicaId, Replica>,
+    now_ms: u64,
+    mut load: Load,
+) -> Plan {
     let mut services: Vec<&Service> = services.to_vec();
     services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let mut plan = Plan::default();
-    let mut load = Load::default();
 
     // Pass 1: keep every replica that may stay, across all services, so the load seen by
     // pass 2 includes them.
@@ -492,6 +527,23 @@ mod tests {
             let max = by_site.values().copied().max().unwrap_or(0);
             let min = SITES.iter().map(|s| by_site.get(*s).copied().unwrap_or(0)).min().unwrap_or(0);
             prop_assert!(max - min <= 1, "uneven spread {by_site:?}");
+        }
+
+        #[test]
+        fn placing_one_service_leaves_a_plan_the_full_scheduler_keeps(
+            nodes in arb_nodes(), services in arb_services(), extra in 1u32..8,
+        ) {
+            let settled = run(&nodes, &services, &BTreeMap::new(), 0);
+            let added = service("zz-new", ServiceMode::Replicated { replicas: extra }, Placement::default(), OnDisconnect::Keep);
+            let one = schedule_one(&nodes, &added, &settled.replicas, 0);
+            let mut replicas = settled.replicas.clone();
+            replicas.extend(one.replicas.clone());
+            let mut all = services.clone();
+            all.push(added.clone());
+            let full = run(&nodes, &all, &replicas, 0);
+            prop_assert_eq!(&full.replicas, &replicas, "the full scheduler keeps what schedule_one placed");
+            let placeable = nodes.values().filter(|n| placeable(&added, n)).count();
+            if placeable > 0 { prop_assert_eq!(one.replicas.len(), extra as usize); }
         }
 
         #[test]

@@ -144,7 +144,7 @@ impl ClusterState {
             Op::PutService(spec) => self.put_service(spec, now),
             Op::ScaleService { name, replicas } => self.scale(name, *replicas, now),
             Op::RollbackService(name) => self.rollback(name, now),
-            Op::RemoveService(name) => self.remove_service(name, now),
+            Op::RemoveService(name) => self.remove_service(name),
             Op::RolloutStep { name, version } => self.rollout_step(name, *version, now),
             Op::PutSecret {
                 name,
@@ -311,7 +311,7 @@ impl ClusterState {
                 rollout: None,
             };
             self.services.insert(spec.name.clone(), record);
-            self.reschedule(now);
+            self.reschedule_one(&spec.name, now);
             return Ok(Effect::Service {
                 version: 1,
                 changed: true,
@@ -366,11 +366,13 @@ impl ClusterState {
         self.put_service(&previous, now)
     }
 
-    fn remove_service(&mut self, name: &ServiceName, now: u64) -> Applied {
+    fn remove_service(&mut self, name: &ServiceName) -> Applied {
         if self.services.remove(name).is_none() {
             return Err(Rejection::not_found(format!("service {name}")));
         }
-        self.reschedule(now);
+        // Nothing else moves when a service goes: drop its replicas.
+        self.replicas.retain(|id, _| &id.service != name);
+        self.unschedulable.remove(name);
         Ok(Effect::Done)
     }
 
@@ -396,7 +398,7 @@ impl ClusterState {
             version,
             last_step_at_ms: now,
         });
-        self.reschedule(now);
+        self.reschedule_one(name, now);
         if restart_needed {
             self.advance_rollout(name, now);
         }
@@ -519,6 +521,21 @@ impl ClusterState {
         let plan = scheduler::schedule(&self.nodes, &services, &self.replicas, now);
         self.replicas = plan.replicas;
         self.unschedulable = plan.unschedulable;
+    }
+
+    /// Places one service after a change to it alone; the others stay put.
+    fn reschedule_one(&mut self, name: &ServiceName, now: u64) {
+        let record = self
+            .services
+            .get(name)
+            .expect("caller checked the service exists");
+        let plan = scheduler::schedule_one(&self.nodes, &record.current, &self.replicas, now);
+        self.replicas.retain(|id, _| &id.service != name);
+        self.replicas.extend(plan.replicas);
+        match plan.unschedulable.get(name) {
+            Some(&n) => self.unschedulable.insert(name.clone(), n),
+            None => self.unschedulable.remove(name),
+        };
     }
 
     /// Replicas assigned to `node` that should run.
