@@ -195,7 +195,7 @@ async fn serve(node: ControlNode, signals: &mut Signals) -> Result<()> {
 }
 
 /// One line on stdout, flushed at once (scripts wait for these lines through a pipe).
-fn say(line: &str) -> Result<()> {
+pub(crate) fn say(line: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())
@@ -203,20 +203,20 @@ fn say(line: &str) -> Result<()> {
 }
 
 /// SIGTERM and SIGINT.
-struct Signals {
+pub(crate) struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         Ok(Signals {
             terminate: signal(SignalKind::terminate()).context("listen for SIGTERM")?,
             interrupt: signal(SignalKind::interrupt()).context("listen for SIGINT")?,
         })
     }
 
-    async fn next(&mut self) -> &'static str {
+    pub(crate) async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
@@ -328,7 +328,7 @@ fn default_name() -> String {
 
 /// Lowercases, keeps the first dot-separated label, turns other characters into `-`, trims
 /// `-` from the ends and cuts to 63 characters. `None` if nothing is left.
-fn sanitise_label(text: &str) -> Option<String> {
+pub(crate) fn sanitise_label(text: &str) -> Option<String> {
     let first = text.trim().split('.').next().unwrap_or("");
     let mapped: String = first
         .chars()

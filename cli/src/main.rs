@@ -5,6 +5,8 @@
 //! itself lives in the library crates.
 //!
 //! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground.
+//! - [`agent_cmd`]: `warren agent join | run | status`, an edge agent in the foreground and its
+//!   local status.
 //! - [`config`]: `admin.conf` (cluster name, fingerprint, API addresses, CA and admin
 //!   certificate) and where it is looked for.
 //! - [`client`]: the HTTP/1.1 + JSON client of the control-plane API (`warren_api::rest`), over
@@ -17,6 +19,7 @@
 //! with a non-zero exit.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod agent_cmd;
 mod apply;
 mod client;
 mod cluster_cmd;
@@ -62,7 +65,8 @@ use crate::output::OutputFormat;
 )]
 struct Cli {
     /// Log level filter (e.g. `info`, `debug`, `warren_transport=debug`). Default: `warn`
-    /// (`info,openraft=warn` for `control`, `error` for `demo`, whose refusals are expected).
+    /// (`info,openraft=warn` for `control`, `info` for `agent`, `error` for `demo`, whose
+    /// refusals are expected).
     #[arg(
         long,
         global = true,
@@ -105,6 +109,13 @@ enum LogFormat {
 enum Command {
     /// Run a control node: init a cluster, join one, or restart from a data dir (foreground).
     Control(control_cmd::ControlArgs),
+
+    /// Run an edge agent: join a cluster, restart from a data dir (foreground), local status.
+    #[command(after_help = "Examples:\n  \
+        warren agent join --data-dir /var/lib/warren --control ops-1.example:7101 --token \"$TOKEN\"\n  \
+        warren agent run --data-dir /var/lib/warren\n  \
+        warren agent status --data-dir /var/lib/warren -o json")]
+    Agent(agent_cmd::AgentArgs),
 
     /// The control plane's health: members, leader, term, revision, counts.
     #[command(after_help = "Example:\n  warren cluster status -o json")]
@@ -158,6 +169,7 @@ fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Demo(_) => "error",
         Command::Control(_) => "info,openraft=warn",
+        Command::Agent(_) => "info",
         _ => "warn",
     };
     let level = cli.log_level.as_deref().unwrap_or(default);
@@ -194,7 +206,7 @@ fn run(cli: Cli) -> Result<()> {
     let top = cli.access;
     let talks_to_cluster = !matches!(
         cli.command,
-        Command::Control(_) | Command::Demo(_) | Command::Completion { .. }
+        Command::Control(_) | Command::Agent(_) | Command::Demo(_) | Command::Completion { .. }
     );
     if top.is_given() && !talks_to_cluster {
         anyhow::bail!(
@@ -204,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Control(args) => control_cmd::run(args),
+        Command::Agent(args) => agent_cmd::run(args, format),
         Command::Cluster(args) => admin(&args.client, &top, |client| async move {
             cluster_cmd::cluster(&client, format, args.command).await
         }),

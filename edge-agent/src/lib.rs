@@ -1,6 +1,8 @@
 //! Warren's edge agent: keeps a box's workloads running from its cached desired state, with or
 //! without the control plane.
 //!
+//! - [`agent`]: joining, and the driver tying cache, link, planner and runtime together
+//!   (offline boot, re-adoption, `status.json`).
 //! - [`cache`]: the durable cache (sled): the node's view and the agent's records, versioned
 //!   and checksummed; a corrupt, truncated or foreign cache is a clear error.
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
@@ -13,6 +15,7 @@
 //! Must never: stop a workload because the control plane is unreachable; restart a workload
 //! whose spec did not change; block the reconcile loop on the network.
 
+pub mod agent;
 pub mod cache;
 pub mod link;
 pub mod planner;

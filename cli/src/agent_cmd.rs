@@ -1,0 +1,267 @@
+//! `warren agent join | run | status`: an edge agent in the foreground until SIGTERM or SIGINT
+//! (which leave its workloads running for the next start to adopt), and its local status.
+//!
+//! Once running, an agent prints one stable line on stdout that scripts wait for:
+//! `warren agent node <id> running`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio_util::sync::CancellationToken;
+use warren_edge_agent::agent::{self, Agent, AgentOptions, AgentStatus, RunEnd};
+
+use crate::control_cmd::{DEFAULT_DATA_DIR, Signals, say};
+use crate::output::OutputFormat;
+use crate::table::{Table, fields};
+
+/// `warren agent …`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: AgentCommand,
+}
+
+/// Which runtime runs the workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Native processes, each in its own process group.
+    Process,
+    /// containerd (not supported yet).
+    Containerd,
+}
+
+/// Subcommands of `warren agent`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Join the cluster as an agent with a join token, then run (foreground).
+    #[command(after_help = "Example:\n  \
+        TOKEN=$(warren token create --role agent --single-use)\n  \
+        warren agent join --data-dir /var/lib/warren --control ops-1.example:7101 --token \"$TOKEN\" \\\n      \
+            --name edge-lisbon-1 --site lisbon --label tier=edge")]
+    Join {
+        /// Where the agent keeps its files.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// QUIC addresses of control nodes, comma-separated; the first reachable one is used.
+        #[arg(
+            long,
+            value_name = "QUIC_ADDR[,QUIC_ADDR...]",
+            value_delimiter = ',',
+            required = true
+        )]
+        control: Vec<String>,
+        /// An agent join token from `warren token create --role agent`.
+        #[arg(
+            long,
+            env = "WARREN_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+        /// Node name (a DNS label). Default: this machine's host name.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Site the node is in (a DNS label).
+        #[arg(long, value_name = "SITE", default_value = "default")]
+        site: String,
+        /// A node label for placement constraints; repeatable.
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Workload runtime.
+        #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+        runtime: RuntimeKind,
+        /// Gossip (UDP) address (accepted; the gossip mesh is not served yet).
+        #[arg(long, value_name = "ADDR")]
+        gossip: Option<String>,
+        /// Metrics address (accepted; not served yet).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
+        /// DNS address (accepted; not served yet).
+        #[arg(long, value_name = "ADDR")]
+        dns: Option<String>,
+    },
+    /// Run a joined agent from its data dir (foreground); works with no control plane.
+    Run {
+        /// Where the agent's files are.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// The agent's local view: revision, link state, workloads. Works offline and while the
+    /// agent runs.
+    #[command(after_help = "Example:\n  warren agent status --data-dir /var/lib/warren -o json")]
+    Status {
+        /// Where the agent's files are.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs `warren agent …`.
+pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
+    match args.command {
+        AgentCommand::Status { data_dir } => status(&data_dir, format),
+        AgentCommand::Run { data_dir } => foreground(|| async move { Ok(data_dir) }),
+        AgentCommand::Join {
+            data_dir,
+            control,
+            token,
+            name,
+            site,
+            labels,
+            runtime,
+            gossip,
+            metrics,
+            dns,
+        } => {
+            if runtime == RuntimeKind::Containerd {
+                bail!("--runtime containerd: not supported yet; use --runtime process");
+            }
+            for (flag, value) in [("--gossip", gossip), ("--metrics", metrics), ("--dns", dns)] {
+                if value.is_some() {
+                    eprintln!("warning: {flag} is accepted but not served yet");
+                }
+            }
+            let name = match name {
+                Some(name) => name,
+                None => default_name(),
+            };
+            warren_api::validate_node_name(&name).map_err(|e| anyhow!("--name: {}", e.message))?;
+            warren_api::validate_site(&site).map_err(|e| anyhow!("--site: {}", e.message))?;
+            let labels = parse_labels(&labels)?;
+            foreground(|| async move {
+                let identity =
+                    agent::join(&data_dir, control.clone(), token.trim(), name, site, labels)
+                        .await
+                        .with_context(|| format!("join the cluster at {}", control.join(",")))?;
+                say(&format!(
+                    "joined the cluster as agent node {} ({})",
+                    identity.node_id,
+                    data_dir.display()
+                ))?;
+                Ok(data_dir)
+            })
+        }
+    }
+}
+
+/// Runs `prepare` (which yields the data dir), then the agent until a signal.
+fn foreground<F, Fut>(prepare: F) -> Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<PathBuf>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    runtime.block_on(async move {
+        let mut signals = Signals::new()?;
+        let data_dir = prepare().await?;
+        let agent = Agent::open(&data_dir, AgentOptions::default())
+            .with_context(|| format!("start the agent in {}", data_dir.display()))?;
+        let id = agent.identity().node_id;
+        let cancel = CancellationToken::new();
+        let mut serving = tokio::spawn(agent.serve(cancel.clone()));
+        say(&format!("warren agent node {id} running"))?;
+        let end = tokio::select! {
+            end = &mut serving => end,
+            which = signals.next() => {
+                say(&format!("warren agent node {id} stopping ({which}); workloads keep running"))?;
+                cancel.cancel();
+                tokio::select! {
+                    end = &mut serving => end,
+                    which = signals.next() => bail!("{which} during shutdown: stopped without a clean shutdown"),
+                }
+            }
+        };
+        match end.context("agent task")?.context("run the agent")? {
+            RunEnd::Stopped => {
+                say(&format!("warren agent node {id} stopped"))?;
+                Ok(())
+            }
+            RunEnd::Removed(message) => {
+                bail!("node {id} was removed from the cluster ({message}); its workloads were stopped")
+            }
+        }
+    })
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|label| match label.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => Err(anyhow!("--label: expected K=V, got {label:?}")),
+        })
+        .collect()
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    crate::control_cmd::sanitise_label(&host).unwrap_or_else(|| "agent".to_owned())
+}
+
+fn status(data_dir: &Path, format: OutputFormat) -> Result<()> {
+    let status = agent::load_status(data_dir).with_context(|| {
+        format!(
+            "read the agent status in {} (has `warren agent join` or `warren agent run` been started there?)",
+            data_dir.display()
+        )
+    })?;
+    match format {
+        OutputFormat::Json => {
+            let json = serde_json::to_string_pretty(&status).context("encode status")?;
+            println!("{json}");
+        }
+        OutputFormat::Table => print!("{}", render(&status)),
+    }
+    Ok(())
+}
+
+fn render(status: &AgentStatus) -> String {
+    let link = match (&status.link.connected, &status.link.control) {
+        (true, Some(control)) => format!("connected to {control}"),
+        (true, None) => "connected".to_owned(),
+        (false, _) => "disconnected".to_owned(),
+    };
+    let mut out = fields(&[
+        ("node", format!("{} ({})", status.name, status.node_id)),
+        ("site", status.site.clone()),
+        ("revision", status.revision.to_string()),
+        ("link", link),
+        ("agent pid", status.agent_pid.to_string()),
+    ]);
+    out.push('\n');
+    let mut table = Table::new(&["REPLICA", "STATE", "PID", "RESTARTS", "WORKLOAD"]);
+    for replica in &status.replicas {
+        table.row(vec![
+            replica.replica.to_string(),
+            replica.state.as_str().to_owned(),
+            replica
+                .pid
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            replica.restarts.to_string(),
+            replica
+                .workload_hash
+                .clone()
+                .unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        let parsed = parse_labels(&["tier=edge".into(), "empty=".into()]).unwrap();
+        assert_eq!(parsed.get("tier").map(String::as_str), Some("edge"));
+        assert_eq!(parsed.get("empty").map(String::as_str), Some(""));
+        assert!(parse_labels(&["novalue".into()]).is_err());
+        assert!(parse_labels(&["=v".into()]).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! `warren agent` as a subprocess, next to a `warren control init` subprocess: join, a real
+//! workload, SIGTERM leaving it running, `agent status` offline, `agent run` adopting it, and
+//! removal stopping it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command
+        .env_remove("WARREN_CONFIG")
+        .env_remove("WARREN_LOG")
+        .env_remove("WARREN_TOKEN")
+        .env("HOME", "/nonexistent-warren-test-home");
+    command
+}
+
+#[track_caller]
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A `warren` child in the foreground whose stdout lines are collected; killed when dropped.
+struct Foreground {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr_log: PathBuf,
+}
+
+impl Foreground {
+    fn spawn(args: &[&str], stderr_log: PathBuf) -> Self {
+        let log = std::fs::File::create(&stderr_log).expect("create stderr log");
+        let mut child = command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn warren");
+        let (sender, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Foreground {
+            child,
+            lines,
+            stderr_log,
+        }
+    }
+
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no line with {needle:?} within {READY_TIMEOUT:?}; stderr: {}",
+                    std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for warren") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "warren did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = cond() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn agent_status(data_dir: &Path) -> Option<serde_json::Value> {
+    let output = command()
+        .args(["agent", "status", "-o", "json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Pids of running replicas.
+fn running_pids(status: &serde_json::Value) -> Vec<u64> {
+    status["replicas"]
+        .as_array()
+        .map(|replicas| {
+            replicas
+                .iter()
+                .filter(|r| r["state"] == "running")
+                .filter_map(|r| r["pid"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// An operator joins an edge box: `agent join` prints its ready line and runs a service's
+/// process; SIGTERM stops the agent but not the process; `agent status` works offline;
+/// `agent run` adopts the same process; `node rm` makes the agent stop it and exit non-zero.
+#[test]
+fn agent_join_run_status_and_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let control_dir = dir.path().join("control");
+    let mut control = Foreground::spawn(
+        &[
+            "control",
+            "init",
+            "--name",
+            "ops-1",
+            "--site",
+            "central",
+            "--api",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--metrics",
+            "none",
+            "--data-dir",
+            control_dir.to_str().unwrap(),
+        ],
+        dir.path().join("control.stderr.log"),
+    );
+    let ready = control.wait_for_line(" serving ");
+    let quic = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("quic="))
+        .expect("quic address in the ready line")
+        .to_owned();
+    let config = control_dir.join("admin.conf");
+    let admin = |args: &[&str]| {
+        command()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run warren")
+    };
+    let token = ok(admin(&["token", "create", "--role", "agent"]));
+    let token = token.trim();
+
+    let agent_dir = dir.path().join("agent");
+    let agent_dir_text = agent_dir.to_str().unwrap().to_owned();
+    // containerd is refused before anything is written.
+    let refused = command()
+        .args([
+            "agent",
+            "join",
+            "--runtime",
+            "containerd",
+            "--control",
+            &quic,
+        ])
+        .args(["--token", token, "--data-dir", &agent_dir_text])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not supported yet"),
+        "{refused:?}"
+    );
+    assert!(!agent_dir.exists());
+
+    let mut agent = Foreground::spawn(
+        &[
+            "agent",
+            "join",
+            "--data-dir",
+            &agent_dir_text,
+            "--control",
+            &quic,
+            "--token",
+            token,
+            "--name",
+            "edge-1",
+            "--site",
+            "lisbon",
+            "--label",
+            "tier=edge",
+        ],
+        dir.path().join("agent.stderr.log"),
+    );
+    let ready = agent.wait_for_line(" running");
+    assert!(ready.starts_with("warren agent node "), "{ready}");
+    let node_id = ready.split_whitespace().nth(3).unwrap().to_owned();
+
+    ok(admin(&[
+        "service",
+        "create",
+        "web",
+        "--command",
+        "sleep 1000",
+        "--replicas",
+        "1",
+    ]));
+    let pid = wait_until("a running workload", READY_TIMEOUT, || {
+        agent_status(&agent_dir)
+            .map(|s| running_pids(&s))
+            .filter(|p| p.len() == 1)
+            .map(|p| p[0])
+    });
+    assert!(alive(pid));
+
+    // SIGTERM: the agent exits 0, the workload runs on.
+    agent.signal("-TERM");
+    assert!(agent.wait(Duration::from_secs(30)).success());
+    assert!(alive(pid), "SIGTERM to the agent leaves workloads running");
+    // Status works with the agent down.
+    let table = ok(command()
+        .args(["agent", "status", "--data-dir", &agent_dir_text])
+        .output()
+        .unwrap());
+    assert!(
+        table.contains("web.1") && table.contains(&pid.to_string()),
+        "{table}"
+    );
+
+    // `agent run` adopts the same process.
+    let mut agent = Foreground::spawn(
+        &["agent", "run", "--data-dir", &agent_dir_text],
+        dir.path().join("agent2.stderr.log"),
+    );
+    agent.wait_for_line(" running");
+    let started = agent_status(&agent_dir).unwrap()["updated_at_ms"]
+        .as_u64()
+        .unwrap();
+    let adopted = wait_until("the restarted agent's status", READY_TIMEOUT, || {
+        agent_status(&agent_dir).filter(|s| {
+            s["updated_at_ms"].as_u64().unwrap_or(0) > started + 1_500
+                && s["link"]["connected"] == true
+        })
+    });
+    assert_eq!(running_pids(&adopted), vec![pid], "{adopted}");
+
+    // Removal: the agent stops the workload and exits non-zero, saying why.
+    ok(admin(&["node", "rm", &node_id]));
+    let status = agent.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(!alive(pid), "the removed node's workload stopped");
+    let stderr = std::fs::read_to_string(dir.path().join("agent2.stderr.log")).unwrap();
+    assert!(stderr.contains("removed"), "{stderr}");
+    control.signal("-TERM");
+    control.wait(Duration::from_secs(30));
+}

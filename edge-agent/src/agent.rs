@@ -1,0 +1,891 @@
+//! The agent itself: joining a cluster, and the driver that ties the cache, the link, the
+//! planner and the runtime together.
+//!
+//! [`join`] turns a join token into a data dir (`agent.json`, credentials, a claimed cache).
+//! [`Agent::open`] loads that data dir and [`Agent::serve`] runs the reconcile loop: it seeds
+//! the desired state from the cache (so cached workloads start with no control plane at all),
+//! re-adopts the workloads an earlier agent left running, and plans on every view change,
+//! every [`RECONCILE_INTERVAL`] and at each backoff deadline. After every pass it writes
+//! `status.json`, which `warren agent status` reads, offline too.
+//!
+//! Must never: stop a workload because the link is down, or because the agent itself stops
+//! (SIGTERM leaves workloads running; the next agent adopts them).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
+use warren_api::{Event, NodeId, NodeRole, NodeView, ReplicaId, Service, TaskState};
+use warren_transport::ca::CaError;
+use warren_transport::endpoint::BindError;
+use warren_transport::join::{JoinError, JoinParams};
+use warren_transport::{Credentials, Endpoint, EndpointOptions, write_atomic};
+
+use crate::cache::{Cache, CacheError, CacheIdentity, CacheTuning};
+use crate::link::{Link, LinkEnd, LinkStatus};
+use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBook};
+use crate::runtime::{
+    ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, WorkloadHandle, WorkloadRecord,
+    WorkloadRequest,
+};
+
+/// The agent's identity file in its data dir.
+pub const AGENT_FILE: &str = "agent.json";
+/// The local status file `warren agent status` reads.
+pub const STATUS_FILE: &str = "status.json";
+/// Where the process runtime keeps per-replica files.
+pub const WORKLOADS_DIR: &str = "workloads";
+/// The longest time between two reconcile passes.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often log files are checked against their size bound.
+pub const LOG_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the link gets to wind down when the agent stops.
+const LINK_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+const RECORD_PREFIX: &str = "workload/";
+const BOOK_KEY: &str = "restart_book";
+const REMOVED_KEY: &str = "removed";
+const VIEW_KEY: &str = "view";
+
+/// What `agent.json` holds: who this agent is and where control was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentIdentity {
+    /// The node id control assigned.
+    pub node_id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Site.
+    pub site: String,
+    /// Labels given at join.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Control addresses to start from (the cached view's list takes over once known).
+    pub control_addrs: Vec<String>,
+    /// SHA-256 of the cluster CA, lowercase hex.
+    pub cluster_fingerprint: String,
+}
+
+/// How the agent runs.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// The process runtime's settings.
+    pub process: ProcessRuntimeOptions,
+    /// sled tuning.
+    pub cache: CacheTuning,
+    /// QUIC endpoint settings for the link.
+    pub endpoint: EndpointOptions,
+}
+
+/// How [`Agent::serve`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Cancelled (SIGTERM): workloads left running for the next agent to adopt.
+    Stopped,
+    /// The node was removed from the cluster: workloads stopped, secrets wiped.
+    Removed(String),
+}
+
+/// Why joining or running the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No control address resolved.
+    #[error("no control address to join: {0}")]
+    NoControl(String),
+    /// The data dir already holds an agent.
+    #[error("{} already holds a joined agent; use `warren agent run`", path.display())]
+    AlreadyJoined {
+        /// The data dir.
+        path: PathBuf,
+    },
+    /// Joining failed.
+    #[error("join {addr}: {source}")]
+    Join {
+        /// The control address tried last.
+        addr: String,
+        /// Why.
+        source: JoinError,
+    },
+    /// Credentials could not be saved or loaded.
+    #[error("agent credentials: {0}")]
+    Credentials(#[from] CaError),
+    /// A file of the data dir could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `agent.json` does not parse.
+    #[error("{}: {detail}", path.display())]
+    BadAgentFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The cache could not be used.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The runtime could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The QUIC endpoint could not be created.
+    #[error("agent endpoint: {0}")]
+    Bind(#[from] BindError),
+    /// The node was removed from the cluster earlier; it has to join again.
+    #[error("this agent was removed from the cluster; join again with a new data dir")]
+    Removed,
+}
+
+fn io_error<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
+    move |source| AgentError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Joins the cluster as an agent through the first reachable control address, then writes the
+/// data dir: credentials, `agent.json` and a cache claimed for this cluster and node.
+///
+/// # Errors
+/// [`AgentError::AlreadyJoined`] when `data_dir` already holds an agent;
+/// [`AgentError::Join`] when every address failed (the last error); file and cache errors.
+///
+/// # Cancel safety
+/// Not cancel safe: a dropped join may leave a half-written data dir.
+pub async fn join(
+    data_dir: &Path,
+    control_addrs: Vec<String>,
+    token: &str,
+    name: String,
+    site: String,
+    labels: BTreeMap<String, String>,
+) -> Result<AgentIdentity, AgentError> {
+    let agent_file = data_dir.join(AGENT_FILE);
+    if agent_file.exists() {
+        return Err(AgentError::AlreadyJoined {
+            path: data_dir.to_owned(),
+        });
+    }
+    let params = JoinParams {
+        role: NodeRole::Agent,
+        name: name.clone(),
+        site: site.clone(),
+        labels: labels.clone(),
+        advertise: vec![],
+    };
+    let mut last_error = None;
+    let mut joined = None;
+    for addr in &control_addrs {
+        let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(addr.as_str()).await {
+            Ok(found) => found.collect(),
+            Err(error) => {
+                warn!(control = %addr, error = %error, "cannot resolve control address");
+                continue;
+            }
+        };
+        for socket in resolved {
+            let result = warren_transport::join::join(
+                socket,
+                token,
+                params.clone(),
+                &Default::default(),
+                &Default::default(),
+            )
+            .await;
+            match result {
+                Ok(found) => {
+                    joined = Some(found);
+                    break;
+                }
+                Err(source) if source.is_retryable() => {
+                    warn!(control = %socket, error = %source, "join failed; trying the next address");
+                    last_error = Some(AgentError::Join {
+                        addr: addr.clone(),
+                        source,
+                    });
+                }
+                Err(source) => {
+                    return Err(AgentError::Join {
+                        addr: addr.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        if joined.is_some() {
+            break;
+        }
+    }
+    let Some(joined) = joined else {
+        return Err(last_error.unwrap_or_else(|| AgentError::NoControl(control_addrs.join(","))));
+    };
+    create_private_dir(data_dir)?;
+    joined.credentials.save(data_dir)?;
+    let fingerprint = joined.credentials.cluster_fingerprint();
+    let mut seeds = control_addrs.clone();
+    for addr in joined.control_addrs {
+        if !seeds.contains(&addr) {
+            seeds.push(addr);
+        }
+    }
+    let identity = AgentIdentity {
+        node_id: joined.node_id,
+        name,
+        site,
+        labels,
+        control_addrs: seeds,
+        cluster_fingerprint: hex(&fingerprint),
+    };
+    let cache = Cache::open(data_dir, CacheTuning::default())?;
+    cache
+        .claim(CacheIdentity {
+            cluster_id: fingerprint,
+            node_id: joined.node_id,
+        })
+        .await?;
+    drop(cache);
+    let json = serde_json::to_vec_pretty(&identity).expect("agent identity serializes");
+    write_atomic(&agent_file, &json, 0o644).map_err(io_error("write", &agent_file))?;
+    info!(node_id = %identity.node_id, "joined the cluster as an agent");
+    Ok(identity)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_error("create data dir", dir))
+}
+
+/// Reads `agent.json` from `data_dir`.
+///
+/// # Errors
+/// [`AgentError::Io`] when missing, [`AgentError::BadAgentFile`] when it does not parse.
+pub fn load_identity(data_dir: &Path) -> Result<AgentIdentity, AgentError> {
+    let path = data_dir.join(AGENT_FILE);
+    let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::BadAgentFile {
+        path,
+        detail: e.to_string(),
+    })
+}
+
+/// One replica in `status.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalReplica {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// Its state as of the last pass.
+    pub state: TaskState,
+    /// The workload's process id, while the agent holds a workload for it.
+    pub pid: Option<u32>,
+    /// Restarts of the current workload.
+    pub restarts: u32,
+    /// The workload hash, 16 hex digits.
+    pub workload_hash: Option<String>,
+    /// When the workload started, unix millis.
+    pub started_at_ms: Option<u64>,
+}
+
+/// What `status.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Site.
+    pub site: String,
+    /// The agent's own process id.
+    pub agent_pid: u32,
+    /// When the file was written, unix millis.
+    pub updated_at_ms: u64,
+    /// Revision of the view the agent acts on (0 before any).
+    pub revision: u64,
+    /// The link to control.
+    pub link: LinkStatus,
+    /// Every replica the agent knows of.
+    pub replicas: Vec<LocalReplica>,
+}
+
+/// Reads `status.json` from `data_dir`.
+///
+/// # Errors
+/// [`AgentError::Io`] when missing, [`AgentError::BadAgentFile`] when it does not parse.
+pub fn load_status(data_dir: &Path) -> Result<AgentStatus, AgentError> {
+    let path = data_dir.join(STATUS_FILE);
+    let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::BadAgentFile {
+        path,
+        detail: e.to_string(),
+    })
+}
+
+/// An agent opened from its data dir, ready to [`serve`](Agent::serve).
+#[derive(Debug)]
+pub struct Agent {
+    data_dir: PathBuf,
+    identity: AgentIdentity,
+    credentials: Credentials,
+    cache: Arc<Cache>,
+    runtime: Arc<dyn Runtime>,
+    options: AgentOptions,
+}
+
+impl Agent {
+    /// Opens the agent in `data_dir` and runs it until `cancel` or removal.
+    ///
+    /// # Errors
+    /// As [`Agent::open`] and [`Agent::serve`].
+    pub async fn run(
+        data_dir: &Path,
+        options: AgentOptions,
+        cancel: CancellationToken,
+    ) -> Result<RunEnd, AgentError> {
+        Agent::open(data_dir, options)?.serve(cancel).await
+    }
+
+    /// Loads `agent.json` and the credentials, opens the cache and the process runtime.
+    ///
+    /// # Errors
+    /// Missing or corrupt files, a locked or foreign cache, an unusable runtime, or
+    /// [`AgentError::Removed`] for a node removed earlier.
+    pub fn open(data_dir: &Path, options: AgentOptions) -> Result<Agent, AgentError> {
+        let identity = load_identity(data_dir)?;
+        let credentials = Credentials::load(data_dir)?;
+        let cache = Cache::open(data_dir, options.cache)?;
+        let expected = CacheIdentity {
+            cluster_id: credentials.cluster_fingerprint(),
+            node_id: identity.node_id,
+        };
+        if let Some(found) = cache.identity()?
+            && found != expected
+        {
+            return Err(AgentError::BadAgentFile {
+                path: data_dir.join("cache"),
+                detail: format!(
+                    "the cache belongs to node {}, not {}",
+                    found.node_id, identity.node_id
+                ),
+            });
+        }
+        if cache.get::<bool>(REMOVED_KEY)?.unwrap_or(false) {
+            return Err(AgentError::Removed);
+        }
+        let runtime = ProcessRuntime::new(data_dir.join(WORKLOADS_DIR), options.process.clone())?;
+        Ok(Agent {
+            data_dir: data_dir.to_owned(),
+            identity,
+            credentials,
+            cache: Arc::new(cache),
+            runtime: Arc::new(runtime),
+            options,
+        })
+    }
+
+    /// This agent's identity.
+    pub fn identity(&self) -> &AgentIdentity {
+        &self.identity
+    }
+
+    /// Runs the link and the reconcile loop until `cancel` (workloads keep running) or the
+    /// node's removal (workloads stopped, records and secrets wiped).
+    ///
+    /// # Errors
+    /// [`AgentError::Bind`] when the QUIC endpoint cannot be created.
+    ///
+    /// # Cancel safety
+    /// Cancel through `cancel`, not by dropping the future: a dropped future may leave a
+    /// started workload unrecorded.
+    pub async fn serve(self, cancel: CancellationToken) -> Result<RunEnd, AgentError> {
+        let cached = self.cache.view()?.map(Arc::new);
+        let revision = cached.as_ref().map_or(0, |v| v.revision.0);
+        let (views_tx, mut views) = watch::channel(cached);
+        let (status_tx, mut link_status) = watch::channel(LinkStatus {
+            revision,
+            ..LinkStatus::default()
+        });
+        // No name lookups here: an offline box must reach the reconcile loop without waiting
+        // on DNS. The link resolves the seeds itself, in its own task.
+        let bind: SocketAddr = if self.first_seed_is_ipv6() {
+            "[::]:0".parse().expect("literal address")
+        } else {
+            "0.0.0.0:0".parse().expect("literal address")
+        };
+        let endpoint = Arc::new(Endpoint::client(
+            bind,
+            &self.credentials,
+            self.options.endpoint.clone(),
+        )?);
+        let link = Link {
+            endpoint,
+            node_id: self.identity.node_id,
+            cache: self.cache.clone(),
+            seeds: self.identity.control_addrs.clone(),
+            views: views_tx,
+            status: status_tx,
+        };
+        let link_cancel = cancel.child_token();
+        let mut link_task = tokio::spawn(link.run(link_cancel.clone()));
+
+        let mut reconciler = Reconciler::new(&self);
+        reconciler.adopt_recorded().await;
+        let mut last_rotate = tokio::time::Instant::now();
+        info!(node_id = %self.identity.node_id, "agent running");
+        let end = loop {
+            let view = views.borrow_and_update().clone();
+            let status = link_status.borrow_and_update().clone();
+            let wakeup_ms = reconciler.pass(view.as_deref(), status).await;
+            if last_rotate.elapsed() >= LOG_ROTATE_INTERVAL {
+                last_rotate = tokio::time::Instant::now();
+                if let Err(error) = self.runtime.rotate_logs().await {
+                    warn!(error = %error, "cannot rotate workload logs");
+                }
+            }
+            let delay = wakeup_ms.map_or(RECONCILE_INTERVAL, |at| {
+                Duration::from_millis(at.saturating_sub(now_ms())).min(RECONCILE_INTERVAL)
+            });
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break RunEnd::Stopped,
+                end = &mut link_task => match end {
+                    Ok(LinkEnd::Removed(message)) => {
+                        warn!(%message, "node removed from the cluster; stopping every workload");
+                        reconciler.teardown().await;
+                        return Ok(RunEnd::Removed(message));
+                    }
+                    Ok(LinkEnd::Cancelled) => break RunEnd::Stopped,
+                    Err(error) => {
+                        // Workloads must keep running whatever happened to the link.
+                        warn!(error = %error, "link task failed; agent stopping, workloads keep running");
+                        break RunEnd::Stopped;
+                    }
+                },
+                _ = views.changed() => {}
+                _ = link_status.changed() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        };
+        link_cancel.cancel();
+        if !link_task.is_finished() {
+            let _ = tokio::time::timeout(LINK_SHUTDOWN_TIMEOUT, link_task).await;
+        }
+        reconciler.link = LinkStatus {
+            connected: false,
+            ..reconciler.link.clone()
+        };
+        reconciler.write_status(None);
+        if let Err(error) = self.cache.flush().await {
+            warn!(error = %error, "cannot flush the agent cache");
+        }
+        info!(node_id = %self.identity.node_id, "agent stopped; workloads keep running");
+        Ok(end)
+    }
+
+    /// Whether the first control seed is a literal IPv6 address (host names count as IPv4).
+    fn first_seed_is_ipv6(&self) -> bool {
+        self.identity
+            .control_addrs
+            .first()
+            .and_then(|seed| seed.parse::<SocketAddr>().ok())
+            .is_some_and(|addr| addr.is_ipv6())
+    }
+}
+
+/// The reconcile driver's state: the handles it holds, exits it has seen, the restart book.
+#[derive(Debug)]
+struct Reconciler {
+    data_dir: PathBuf,
+    identity: AgentIdentity,
+    cache: Arc<Cache>,
+    runtime: Arc<dyn Runtime>,
+    handles: BTreeMap<ReplicaId, WorkloadHandle>,
+    /// When each exited workload was first seen exited (keyed by its start), so that the
+    /// planner sees one exit time per run.
+    exits: BTreeMap<ReplicaId, (u64, u64)>,
+    book: RestartBook,
+    health: BTreeMap<ReplicaId, warren_api::HealthState>,
+    states: BTreeMap<ReplicaId, TaskState>,
+    link: LinkStatus,
+    revision: u64,
+}
+
+impl Reconciler {
+    fn new(agent: &Agent) -> Self {
+        let book = match agent.cache.get::<RestartBook>(BOOK_KEY) {
+            Ok(book) => book.unwrap_or_default(),
+            Err(error) => {
+                warn!(error = %error, "restart history unreadable; starting afresh");
+                RestartBook::new()
+            }
+        };
+        Reconciler {
+            data_dir: agent.data_dir.clone(),
+            identity: agent.identity.clone(),
+            cache: agent.cache.clone(),
+            runtime: agent.runtime.clone(),
+            handles: BTreeMap::new(),
+            exits: BTreeMap::new(),
+            book,
+            health: BTreeMap::new(),
+            states: BTreeMap::new(),
+            link: LinkStatus::default(),
+            revision: 0,
+        }
+    }
+
+    /// Re-attaches to the workloads an earlier agent recorded; forgets records of workloads
+    /// that are gone (the planner starts them again).
+    async fn adopt_recorded(&mut self) {
+        for key in self.cache.keys_with_prefix(RECORD_PREFIX) {
+            let record = match self.cache.get::<WorkloadRecord>(&key) {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(error = %error, "dropping an unreadable workload record");
+                    self.remove_key(&key);
+                    continue;
+                }
+            };
+            match self.runtime.adopt(&record).await {
+                Some(handle) => {
+                    info!(replica = %record.replica, pid = ?record.pid(), "re-adopted workload");
+                    self.handles.insert(record.replica.clone(), handle);
+                }
+                None => {
+                    info!(replica = %record.replica, "recorded workload is gone");
+                    self.remove_key(&key);
+                }
+            }
+        }
+        self.flush().await;
+    }
+
+    fn remove_key(&self, key: &str) {
+        if let Err(error) = self.cache.remove(key) {
+            warn!(error = %error, key, "cannot update the agent cache");
+        }
+    }
+
+    async fn flush(&self) {
+        if let Err(error) = self.cache.flush().await {
+            warn!(error = %error, "cannot flush the agent cache");
+        }
+    }
+
+    /// One reconcile pass; returns the planner's next wake-up.
+    async fn pass(&mut self, view: Option<&NodeView>, link: LinkStatus) -> Option<u64> {
+        self.link = link;
+        let observed = self.observe().await;
+        let Some(view) = view else {
+            // Never had a view: keep whatever was adopted, decide nothing.
+            self.write_status(None);
+            return None;
+        };
+        self.revision = view.revision.0;
+        let before = self.book.clone();
+        let now = now_ms();
+        let plan = planner::plan(
+            &PlanInput {
+                now_ms: now,
+                view,
+                observed: &observed,
+                health: &self.health,
+            },
+            &mut self.book,
+        );
+        log_events(&plan.events);
+        for action in &plan.actions {
+            let events = self.execute(action).await;
+            log_events(&events);
+        }
+        self.states = plan.states.clone();
+        if self.book != before {
+            if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
+                warn!(error = %error, "cannot store the restart history");
+            }
+            self.flush().await;
+        }
+        self.write_status(Some(view));
+        plan.next_wakeup_ms
+    }
+
+    /// Observes every held workload, in the planner's terms.
+    async fn observe(&mut self) -> Vec<Observed> {
+        let mut out = Vec::with_capacity(self.handles.len());
+        let mut gone = Vec::new();
+        for (replica, handle) in &self.handles {
+            let record = handle.record();
+            let state = match self.runtime.observe(handle).await {
+                Ok(crate::runtime::Observed::Running) => ObservedState::Running {
+                    since_ms: record.started_at_ms,
+                },
+                Ok(crate::runtime::Observed::Exited { code, signal }) => {
+                    let seen = self
+                        .exits
+                        .entry(replica.clone())
+                        .or_insert((record.started_at_ms, now_ms()));
+                    if seen.0 != record.started_at_ms {
+                        *seen = (record.started_at_ms, now_ms());
+                    }
+                    ObservedState::Exited {
+                        code: if signal.is_some() { None } else { code },
+                        at_ms: seen.1,
+                    }
+                }
+                Ok(crate::runtime::Observed::Gone) => {
+                    gone.push(replica.clone());
+                    continue;
+                }
+                Err(error) => {
+                    // Cannot tell: assume it runs rather than start a second copy.
+                    warn!(%replica, error = %error, "cannot observe workload");
+                    ObservedState::Running {
+                        since_ms: record.started_at_ms,
+                    }
+                }
+            };
+            out.push(Observed {
+                replica: replica.clone(),
+                workload_hash: record.workload_hash,
+                state,
+            });
+        }
+        for replica in gone {
+            info!(%replica, "workload vanished");
+            self.handles.remove(&replica);
+            self.remove_key(&record_key(&replica));
+        }
+        out
+    }
+
+    /// Carries out one action; returns the events it caused.
+    async fn execute(&mut self, action: &Action) -> Vec<Event> {
+        let now = now_ms();
+        match action {
+            Action::Stop {
+                replica,
+                workload_hash,
+                grace_ms,
+                reason,
+            } => {
+                if self.stop(replica, Duration::from_millis(*grace_ms)).await {
+                    vec![
+                        self.book
+                            .record_stopped(replica, *workload_hash, *reason, now),
+                    ]
+                } else {
+                    vec![]
+                }
+            }
+            Action::Adopt {
+                replica,
+                service,
+                workload_hash,
+                since_ms,
+            } => vec![
+                self.book
+                    .record_adopted(replica, service, *workload_hash, *since_ms, now),
+            ],
+            Action::Restart {
+                replica,
+                service,
+                workload_hash,
+                previous_hash,
+                reason,
+            } => {
+                if self.is_live(replica).await {
+                    let grace = Duration::from_millis(service.spec.stop_grace_period_ms);
+                    if !self.stop(replica, grace).await {
+                        return vec![];
+                    }
+                    if matches!(reason, planner::RestartReason::Unhealthy) {
+                        self.book
+                            .record_exited(replica, service, *previous_hash, None, now);
+                    }
+                }
+                self.health.remove(replica);
+                vec![self.start(replica, service, *workload_hash).await]
+            }
+            Action::Start {
+                replica,
+                service,
+                workload_hash,
+            } => {
+                if self.is_live(replica).await {
+                    // The planner starts only once the old workload has stopped; a live one
+                    // here is a race with its exit: plan again next pass.
+                    return vec![];
+                }
+                self.health.remove(replica);
+                vec![self.start(replica, service, *workload_hash).await]
+            }
+            Action::Wait { .. } => vec![],
+        }
+    }
+
+    async fn is_live(&self, replica: &ReplicaId) -> bool {
+        let Some(handle) = self.handles.get(replica) else {
+            return false;
+        };
+        matches!(
+            self.runtime.observe(handle).await,
+            Ok(crate::runtime::Observed::Running) | Err(_)
+        )
+    }
+
+    /// Stops the replica's workload and forgets it; returns whether it is stopped.
+    async fn stop(&mut self, replica: &ReplicaId, grace: Duration) -> bool {
+        if let Some(handle) = self.handles.get(replica) {
+            if let Err(error) = self.runtime.stop(handle, grace).await {
+                warn!(%replica, error = %error, "cannot stop workload; trying again next pass");
+                return false;
+            }
+        }
+        if let Err(error) = self.runtime.cleanup(replica).await {
+            warn!(%replica, error = %error, "cannot clean up after workload");
+        }
+        self.handles.remove(replica);
+        self.exits.remove(replica);
+        self.remove_key(&record_key(replica));
+        self.flush().await;
+        true
+    }
+
+    async fn start(&mut self, replica: &ReplicaId, service: &Service, workload_hash: u64) -> Event {
+        let now = now_ms();
+        let started = match WorkloadRequest::for_process(replica.clone(), &service.spec, vec![]) {
+            Ok(request) => self.runtime.start(&request).await,
+            Err(error) => Err(error),
+        };
+        match started {
+            Ok(handle) => {
+                if let Err(error) = self.cache.put(&record_key(replica), handle.record()) {
+                    warn!(%replica, error = %error, "cannot record the started workload");
+                }
+                self.flush().await;
+                self.handles.insert(replica.clone(), handle);
+                self.exits.remove(replica);
+                self.book
+                    .record_started(replica, service, workload_hash, now)
+            }
+            Err(error) => {
+                warn!(%replica, error = %error, "cannot start workload");
+                self.book.record_start_failed(
+                    replica,
+                    service,
+                    workload_hash,
+                    now,
+                    &error.to_string(),
+                )
+            }
+        }
+    }
+
+    /// The node was removed: stop everything, wipe records, secrets and the view, and mark
+    /// the cache so that an offline boot does not start the workloads again.
+    async fn teardown(&mut self) {
+        let replicas: Vec<ReplicaId> = self.handles.keys().cloned().collect();
+        for replica in &replicas {
+            let grace = self
+                .book
+                .get(replica)
+                .map_or(DEFAULT_STOP_GRACE_PERIOD_MS, |r| r.stop_grace_period_ms);
+            self.stop(replica, Duration::from_millis(grace)).await;
+        }
+        for key in self.cache.keys_with_prefix(RECORD_PREFIX) {
+            self.remove_key(&key);
+        }
+        self.remove_key(BOOK_KEY);
+        self.remove_key(VIEW_KEY);
+        if let Err(error) = self.cache.put(REMOVED_KEY, &true) {
+            warn!(error = %error, "cannot mark the cache as removed");
+        }
+        self.flush().await;
+        self.book = RestartBook::new();
+        self.states.clear();
+        self.link.connected = false;
+        self.write_status(None);
+    }
+
+    fn write_status(&self, view: Option<&NodeView>) {
+        let mut replicas: BTreeMap<ReplicaId, LocalReplica> = BTreeMap::new();
+        for (replica, state) in &self.states {
+            replicas.insert(replica.clone(), self.replica_status(replica, *state));
+        }
+        for replica in self.handles.keys() {
+            replicas
+                .entry(replica.clone())
+                .or_insert_with(|| self.replica_status(replica, TaskState::Running));
+        }
+        let status = AgentStatus {
+            node_id: self.identity.node_id,
+            name: self.identity.name.clone(),
+            site: self.identity.site.clone(),
+            agent_pid: std::process::id(),
+            updated_at_ms: now_ms(),
+            revision: view.map_or(self.revision, |v| v.revision.0),
+            link: self.link.clone(),
+            replicas: replicas.into_values().collect(),
+        };
+        let path = self.data_dir.join(STATUS_FILE);
+        let json = serde_json::to_vec_pretty(&status).expect("status serializes");
+        if let Err(error) = write_atomic(&path, &json, 0o644) {
+            warn!(error = %error, path = %path.display(), "cannot write agent status");
+        }
+    }
+
+    fn replica_status(&self, replica: &ReplicaId, state: TaskState) -> LocalReplica {
+        let record = self.handles.get(replica).map(WorkloadHandle::record);
+        LocalReplica {
+            replica: replica.clone(),
+            state,
+            pid: record.and_then(WorkloadRecord::pid),
+            restarts: self.book.get(replica).map_or(0, |r| r.restarts),
+            workload_hash: record.map(|r| format!("{:016x}", r.workload_hash)),
+            started_at_ms: record.map(|r| r.started_at_ms),
+        }
+    }
+}
+
+fn record_key(replica: &ReplicaId) -> String {
+    format!("{RECORD_PREFIX}{replica}")
+}
+
+fn log_events(events: &[Event]) {
+    for event in events {
+        match &event.replica {
+            Some(replica) => info!(%replica, kind = ?event.kind, "{}", event.message),
+            None => info!(kind = ?event.kind, "{}", event.message),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! A real agent (process runtime, real `sleep` processes) under a real control node: workloads
+//! start, crash and come back, survive the agent restarting with control down (adopted, same
+//! pid), scale once control is back, and stop when the node is removed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use warren_api::{
+    NodeRole, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, TaskState, Workload,
+};
+use warren_control::Op;
+use warren_control::node::{ControlConfig, ControlNode, NewNode};
+use warren_edge_agent::agent::{
+    self, Agent, AgentError, AgentOptions, AgentStatus, RunEnd, load_status,
+};
+use warren_edge_agent::runtime::ProcessRuntimeOptions;
+use warren_transport::MintOptions;
+use warren_transport::ca::unix_now_ms;
+use warren_transport::token::mint;
+
+fn spec(replicas: u32) -> ServiceSpec {
+    let workload = Workload::Process(ProcessSpec {
+        command: vec!["sleep".into(), "1000".into()],
+        working_dir: None,
+    });
+    let mut spec = ServiceSpec::new(ServiceName::new("web").unwrap(), workload);
+    spec.mode = ServiceMode::Replicated { replicas };
+    spec
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+async fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(found) = cond() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status(dir: &Path) -> Option<AgentStatus> {
+    load_status(dir).ok()
+}
+
+/// Pids of running replicas, in replica order.
+fn running_pids(status: &AgentStatus) -> Vec<u32> {
+    status
+        .replicas
+        .iter()
+        .filter(|r| r.state == TaskState::Running)
+        .filter_map(|r| r.pid)
+        .collect()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+fn options() -> AgentOptions {
+    AgentOptions {
+        process: ProcessRuntimeOptions {
+            secrets_tmpfs: false,
+            ..ProcessRuntimeOptions::default()
+        },
+        ..AgentOptions::default()
+    }
+}
+
+fn spawn_agent(dir: &Path) -> (CancellationToken, JoinHandle<Result<RunEnd, AgentError>>) {
+    let cancel = CancellationToken::new();
+    let dir: PathBuf = dir.to_owned();
+    let task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { Agent::run(&dir, options(), cancel).await }
+    });
+    (cancel, task)
+}
+
+async fn start_control(dir: &Path) -> (ControlNode, [u8; 32]) {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let new = NewNode {
+        data_dir: dir.join("c1"),
+        name: "c1".into(),
+        site: "central".into(),
+        quic_listen: any,
+        api_listen: any,
+        advertise_quic: None,
+        advertise_api: None,
+        metrics_listen: None,
+        gossip_listen: None,
+    };
+    let (control, out) = ControlNode::init(new, ControlConfig::default())
+        .await
+        .unwrap();
+    (control, out.fingerprint)
+}
+
+async fn propose(control: &ControlNode, op: Op) {
+    control.control().propose(op).await.unwrap().result.unwrap();
+}
+
+/// Service create → a process runs; kill -9 → it comes back with a new pid; control stops and
+/// the agent restarts with control down → the workload is adopted with the same pid, or started
+/// again if it died meanwhile; control
+/// returns and the service scales to 2 → two processes; node removed → every workload stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_runs_restarts_adopts_offline_and_scales() {
+    warren_transport::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let (token, record) = mint(
+        fingerprint,
+        MintOptions {
+            role: NodeRole::Agent,
+            ttl: None,
+            single_use: true,
+        },
+        unix_now_ms(),
+    );
+    propose(&control, Op::AddToken(record)).await;
+
+    info!("--- join an agent and create a service");
+    let agent_dir = dir.path().join("agent");
+    let identity = agent::join(
+        &agent_dir,
+        vec![control.quic_addr().to_string()],
+        &token.to_string(),
+        "edge-1".into(),
+        "lisbon".into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert!(agent_dir.join(agent::AGENT_FILE).exists());
+    let (cancel, task) = spawn_agent(&agent_dir);
+    propose(&control, Op::PutService(spec(1))).await;
+
+    let long = Duration::from_secs(60);
+    let first = wait_until("one running workload", long, || {
+        status(&agent_dir)
+            .map(|s| running_pids(&s))
+            .filter(|pids| pids.len() == 1)
+            .map(|pids| pids[0])
+    })
+    .await;
+    assert!(alive(first), "pid {first} runs");
+
+    info!("--- kill -9 the workload: it comes back with a new pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let second = wait_until("the workload restarted", long, || {
+        status(&agent_dir)
+            .map(|s| running_pids(&s))
+            .filter(|pids| pids.len() == 1 && pids[0] != first)
+            .map(|pids| pids[0])
+    })
+    .await;
+    assert!(alive(second));
+    let restarts = status(&agent_dir).unwrap().replicas[0].restarts;
+    assert!(restarts >= 1, "restarts counted: {restarts}");
+
+    info!("--- stop control, then the agent: the workload keeps running");
+    let control_dir = control.data_dir().to_owned();
+    control.shutdown().await;
+    cancel.cancel();
+    let end = tokio::time::timeout(long, task).await.unwrap().unwrap();
+    assert_eq!(end.unwrap(), RunEnd::Stopped);
+    assert!(
+        alive(second),
+        "SIGTERM to the agent leaves workloads running"
+    );
+
+    info!("--- start the agent with control down: the workload is adopted, same pid");
+    let started_at = unix_now_ms();
+    let (cancel, task) = spawn_agent(&agent_dir);
+    let adopted = wait_until("the agent's status after restart", long, || {
+        status(&agent_dir).filter(|s| s.updated_at_ms >= started_at && !s.replicas.is_empty())
+    })
+    .await;
+    assert!(!adopted.link.connected);
+    assert_eq!(running_pids(&adopted), vec![second], "{adopted:?}");
+    // A few passes later it is still the same process.
+    let later = unix_now_ms() + 2_500;
+    let settled = wait_until("two more reconcile passes", long, || {
+        status(&agent_dir).filter(|s| s.updated_at_ms >= later)
+    })
+    .await;
+    assert_eq!(running_pids(&settled), vec![second], "{settled:?}");
+
+    info!("--- the workload dies while the agent is down: the next start runs it again");
+    cancel.cancel();
+    let end = tokio::time::timeout(long, task).await.unwrap().unwrap();
+    assert_eq!(end.unwrap(), RunEnd::Stopped);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &second.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until("the killed workload to vanish", long, || {
+        (!alive(second)).then_some(())
+    })
+    .await;
+    let (cancel, task) = spawn_agent(&agent_dir);
+    let second = wait_until("the workload started again offline", long, || {
+        status(&agent_dir)
+            .map(|s| running_pids(&s))
+            .filter(|pids| pids.len() == 1 && pids[0] != second)
+            .map(|pids| pids[0])
+    })
+    .await;
+    assert!(alive(second));
+
+    info!("--- control comes back; scale to 2: two processes, the first untouched");
+    let control = ControlNode::run(&control_dir, ControlConfig::default())
+        .await
+        .unwrap();
+    control
+        .control()
+        .propose(Op::ScaleService {
+            name: ServiceName::new("web").unwrap(),
+            replicas: 2,
+        })
+        .await
+        .unwrap();
+    let pids = wait_until("two running workloads", Duration::from_secs(90), || {
+        status(&agent_dir)
+            .map(|s| running_pids(&s))
+            .filter(|pids| pids.len() == 2)
+    })
+    .await;
+    assert!(pids.contains(&second), "{pids:?}");
+    assert!(pids.iter().all(|pid| alive(*pid)));
+
+    info!("--- remove the node: every workload stops");
+    propose(&control, Op::RemoveNode(identity.node_id)).await;
+    let end = tokio::time::timeout(long, task).await.unwrap().unwrap();
+    assert!(matches!(end, Ok(RunEnd::Removed(_))), "{end:?}");
+    for pid in &pids {
+        assert!(!alive(*pid), "pid {pid} stopped");
+    }
+    // A removed agent does not start again from its cache.
+    let again = Agent::run(&agent_dir, options(), cancel).await;
+    assert!(matches!(again, Err(AgentError::Removed)), "{again:?}");
+    control.shutdown().await;
+}
