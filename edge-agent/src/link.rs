@@ -18,6 +18,10 @@ use warren_transport::{Alpn, Backoff, Endpoint, PeerConnection};
 
 use crate::cache::{Cache, CacheError};
 
+/// How long the stream may stay silent (control heartbeats every 5 s) before the agent gives
+/// up on that control node and reconnects, possibly to another.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
 /// What the rest of the agent can see of the link.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinkStatus {
@@ -57,6 +61,8 @@ enum SessionError {
     Resync(String),
     #[error("view is for node {0}, not us")]
     WrongNode(NodeId),
+    #[error("no message from control for {0:?}")]
+    Silent(Duration),
 }
 
 /// Everything the link needs.
@@ -189,7 +195,12 @@ impl Link {
         send.send(&AgentToControl::Hello(hello)).await?;
         let mut current = cached;
         loop {
-            let message = recv.recv::<ControlToAgent>().await?;
+            // Control sends a heartbeat every 5 s; silence for three of them means the control
+            // node died without closing the connection (kill -9, power loss): reconnect to
+            // another one instead of waiting out the QUIC idle timeout.
+            let message = tokio::time::timeout(SILENCE_LIMIT, recv.recv::<ControlToAgent>())
+                .await
+                .map_err(|_| SessionError::Silent(SILENCE_LIMIT))??;
             self.status
                 .send_modify(|s| s.last_contact_ms = Some(now_ms()));
             let next = match message {
