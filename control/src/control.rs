@@ -46,6 +46,7 @@ pub struct Control {
     cluster_key: std::sync::OnceLock<SealKey>,
     timeouts: Timeouts,
     metrics: ControlMetrics,
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for Control {
@@ -66,6 +67,7 @@ pub(crate) struct ControlParts {
     pub cluster_key: Option<SealKey>,
     pub timeouts: Timeouts,
     pub metrics: ControlMetrics,
+    pub fingerprint: [u8; 32],
 }
 
 impl Control {
@@ -83,6 +85,7 @@ impl Control {
             cluster_key: cell,
             timeouts: parts.timeouts,
             metrics: parts.metrics,
+            fingerprint: parts.fingerprint,
         }
     }
 
@@ -629,17 +632,9 @@ impl JoinAuthority for Control {
     }
 
     fn cluster_fingerprint(&self) -> [u8; 32] {
-        // The CA certificate is fixed for the cluster's life; reading it without the async lock
-        // is safe because it is set once by the first entry.
-        self.state
-            .try_read()
-            .ok()
-            .and_then(|s| {
-                s.cluster
-                    .as_ref()
-                    .map(|c| warren_transport::identity::fingerprint(&c.ca_cert_der))
-            })
-            .unwrap_or([0; 32])
+        // Fixed for the cluster's life: taken from this node's own CA certificate at start, so
+        // a join never depends on winning a lock race with `apply`.
+        self.fingerprint
     }
 }
 

@@ -565,6 +565,7 @@ impl ControlNode {
             cluster_key,
             timeouts,
             metrics: control_metrics.clone(),
+            fingerprint: endpoint.cluster_fingerprint(),
         }));
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -311,6 +311,7 @@ pub struct Endpoint {
     clients: [quinn::ClientConfig; 3],
     shared: Arc<Shared>,
     identity: PeerIdentity,
+    cluster_fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -408,6 +409,7 @@ impl Endpoint {
             clients,
             shared,
             identity: creds.identity().clone(),
+            cluster_fingerprint: creds.cluster_fingerprint(),
         })
     }
 
@@ -421,6 +423,11 @@ impl Endpoint {
     /// This endpoint's own identity.
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity
+    }
+
+    /// SHA-256 of the cluster CA this endpoint trusts (the cluster id).
+    pub fn cluster_fingerprint(&self) -> [u8; 32] {
+        self.cluster_fingerprint
     }
 
     /// Dials a control node for `alpn` and waits for admission.
