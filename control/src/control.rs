@@ -187,17 +187,11 @@ impl Control {
     }
 
     async fn read_index(&self) -> Result<u64, ProposeError> {
-        self.check_leader_lease()?;
-        let local =
-            tokio::time::timeout(self.timeouts.write, self.raft.ensure_linearizable()).await;
-        match local {
-            Err(_) => Err(self.no_quorum_timeout("read barrier")),
-            Ok(Ok(log_id)) => Ok(log_id.map(|id| id.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                let known = forward.leader_id.zip(forward.leader_node);
+        match self.leader_read_index().await {
+            Err(ProposeError::NotLeader { leader }) => {
                 let deadline = Instant::now() + self.timeouts.write;
                 match self
-                    .to_leader(&ControlRpc::ReadIndex, known, deadline)
+                    .to_leader(&ControlRpc::ReadIndex, leader, deadline)
                     .await
                 {
                     Ok(ControlRpcReply::ReadIndex(reply)) => reply,
@@ -209,40 +203,8 @@ impl Control {
                     Err(error) => Err(error),
                 }
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                Err(ProposeError::NoQuorum(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
+            other => other,
         }
-    }
-
-    async fn wait_for_leader(&self) -> Result<(u64, Member), ProposeError> {
-        let wait = self.raft.wait(Some(self.timeouts.election_max * 2));
-        let _ = wait
-            .metrics(|m| m.current_leader.is_some(), "a leader is known")
-            .await;
-        self.leader().ok_or_else(|| {
-            ProposeError::NoQuorum(
-                "no leader: a majority of control nodes is not reachable from here".into(),
-            )
-        })
-    }
-
-    async fn call(
-        &self,
-        id: u64,
-        member: &Member,
-        rpc: &ControlRpc,
-    ) -> Result<ControlRpcReply, ProposeError> {
-        self.peers
-            .call(id, &member.quic_addr, rpc, self.timeouts.write)
-            .await
-            .map_err(|e| {
-                ProposeError::NoQuorum(format!(
-                    "leader {id:016x} ({}) is not reachable: {e}",
-                    member.quic_addr
-                ))
-            })
     }
 
     /// Proposes an operation, stamped with the current time, forwarding to the leader if this
@@ -361,14 +323,7 @@ impl Control {
                 self.metrics.raft_proposal_duration_seconds.observe(took);
                 Ok(response.data)
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                let leader = forward.leader_id.zip(forward.leader_node);
-                Err(ProposeError::NotLeader { leader })
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(ProposeError::Membership(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
+            Ok(Err(error)) => Err(write_error(error)),
         }
     }
 
@@ -379,28 +334,19 @@ impl Control {
         node_id: u64,
         member: Member,
     ) -> Result<ClusterSecrets, ProposeError> {
-        let map_err = |e: RaftError<u64, ClientWriteError<u64, Member>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                ProposeError::Membership(e.to_string())
-            }
-            RaftError::Fatal(_) => ProposeError::ShuttingDown,
-        };
         let catch_up = self.timeouts.write * 6;
         let add = self.raft.add_learner(node_id, member.clone(), true);
         tokio::time::timeout(catch_up, add)
             .await
             .map_err(|_| self.no_quorum_timeout("adding a learner"))?
-            .map_err(map_err)?;
+            .map_err(write_error)?;
         let change = self
             .raft
             .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false);
         tokio::time::timeout(self.timeouts.write, change)
             .await
             .map_err(|_| self.no_quorum_timeout("membership change"))?
-            .map_err(map_err)?;
+            .map_err(write_error)?;
         info!(peer = %format_args!("{node_id:016x}"), addr = %member.quic_addr, "control node added as voter");
         let key = self
             .cluster_key()
@@ -417,14 +363,9 @@ impl Control {
     pub async fn remove_member(&self, node_id: u64) -> Result<(), ProposeError> {
         match self.remove_member_local(node_id).await {
             Err(ProposeError::NotLeader { leader }) => {
-                let (id, member) = match leader {
-                    Some(leader) => leader,
-                    None => self.wait_for_leader().await?,
-                };
-                match self
-                    .call(id, &member, &ControlRpc::RemoveMember { node_id })
-                    .await?
-                {
+                let deadline = Instant::now() + self.timeouts.write;
+                let rpc = ControlRpc::RemoveMember { node_id };
+                match self.to_leader(&rpc, leader, deadline).await? {
                     ControlRpcReply::MemberRemoved(reply) => reply,
                     _ => Err(ProposeError::NoQuorum(
                         "leader answered with something else".into(),
@@ -459,18 +400,7 @@ impl Control {
         )
         .await
         .map_err(|_| self.no_quorum_timeout("membership change"))?;
-        match result {
-            Ok(_) => {}
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                return Err(ProposeError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node),
-                });
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                return Err(ProposeError::Membership(e.to_string()));
-            }
-            Err(RaftError::Fatal(_)) => return Err(ProposeError::ShuttingDown),
-        }
+        result.map_err(write_error)?;
         let nodes = ChangeMembers::RemoveNodes([node_id].into());
         let _ = tokio::time::timeout(
             self.timeouts.write,
@@ -635,6 +565,19 @@ impl JoinAuthority for Control {
         // Fixed for the cluster's life: taken from this node's own CA certificate at start, so
         // a join never depends on winning a lock race with `apply`.
         self.fingerprint
+    }
+}
+
+/// What a failed Raft write (client write or membership change) means to a caller.
+fn write_error(error: RaftError<u64, ClientWriteError<u64, Member>>) -> ProposeError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ProposeError::Membership(e.to_string())
+        }
+        RaftError::Fatal(_) => ProposeError::ShuttingDown,
     }
 }
 

@@ -35,6 +35,7 @@ use crate::runtime::{
     ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, WorkloadHandle, WorkloadRecord,
     WorkloadRequest,
 };
+use warren_transport::ca::unix_now_ms as now_ms;
 
 /// The agent's identity file in its data dir.
 pub const AGENT_FILE: &str = "agent.json";
@@ -161,13 +162,6 @@ fn io_error<'a>(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Joins the cluster as an agent through the first reachable control address, then writes the

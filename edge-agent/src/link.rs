@@ -17,6 +17,7 @@ use warren_api::{NodeId, NodeView, Revision};
 use warren_transport::{Alpn, Backoff, Endpoint, PeerConnection};
 
 use crate::cache::{Cache, CacheError};
+use warren_transport::ca::unix_now_ms as now_ms;
 
 /// How long the stream may stay silent (control heartbeats every 5 s) before the agent gives
 /// up on that control node and reconnects, possibly to another.
@@ -80,13 +81,6 @@ pub struct Link {
     pub views: watch::Sender<Option<Arc<NodeView>>>,
     /// Link state for status and metrics.
     pub status: watch::Sender<LinkStatus>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn resolve(addrs: &[String]) -> Vec<SocketAddr> {

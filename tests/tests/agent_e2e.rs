@@ -2,35 +2,21 @@
 //! start, crash and come back, survive the agent restarting with control down (adopted, same
 //! pid), scale once control is back, and stop when the node is removed.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use warren_api::{
-    NodeRole, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, TaskState, Workload,
-};
+use warren_api::{ServiceName, TaskState};
 use warren_control::Op;
-use warren_control::node::{ControlConfig, ControlNode, NewNode};
+use warren_control::node::{ControlConfig, ControlNode};
 use warren_edge_agent::agent::{
     self, Agent, AgentError, AgentOptions, AgentStatus, RunEnd, load_status,
 };
 use warren_edge_agent::runtime::ProcessRuntimeOptions;
-use warren_transport::MintOptions;
+use warren_tests::{propose, sleep_service, start_control};
 use warren_transport::ca::unix_now_ms;
-use warren_transport::token::mint;
-
-fn spec(replicas: u32) -> ServiceSpec {
-    let workload = Workload::Process(ProcessSpec {
-        command: vec!["sleep".into(), "1000".into()],
-        working_dir: None,
-    });
-    let mut spec = ServiceSpec::new(ServiceName::new("web").unwrap(), workload);
-    spec.mode = ServiceMode::Replicated { replicas };
-    spec
-}
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
 async fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
@@ -90,59 +76,23 @@ fn spawn_agent(dir: &Path) -> (CancellationToken, JoinHandle<Result<RunEnd, Agen
     (cancel, task)
 }
 
-async fn start_control(dir: &Path) -> (ControlNode, [u8; 32]) {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let new = NewNode {
-        data_dir: dir.join("c1"),
-        name: "c1".into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-    };
-    let (control, out) = ControlNode::init(new, ControlConfig::default())
-        .await
-        .unwrap();
-    (control, out.fingerprint)
-}
-
-async fn propose(control: &ControlNode, op: Op) {
-    control.control().propose(op).await.unwrap().result.unwrap();
-}
-
 /// Service create → a process runs; kill -9 → it comes back with a new pid; control stops and
 /// the agent restarts with control down → the workload is adopted with the same pid, or started
 /// again if it died meanwhile; control
 /// returns and the service scales to 2 → two processes; node removed → every workload stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agent_runs_restarts_adopts_offline_and_scales() {
-    warren_transport::install_crypto_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_test_writer()
-        .try_init();
+    warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
     let (control, fingerprint) = start_control(dir.path()).await;
-    let (token, record) = mint(
-        fingerprint,
-        MintOptions {
-            role: NodeRole::Agent,
-            ttl: None,
-            single_use: true,
-        },
-        unix_now_ms(),
-    );
-    propose(&control, Op::AddToken(record)).await;
+    let token = warren_tests::agent_token(&control, fingerprint).await;
 
     info!("--- join an agent and create a service");
     let agent_dir = dir.path().join("agent");
     let identity = agent::join(
         &agent_dir,
         vec![control.quic_addr().to_string()],
-        &token.to_string(),
+        &token,
         "edge-1".into(),
         "lisbon".into(),
         Default::default(),
@@ -151,7 +101,7 @@ async fn agent_runs_restarts_adopts_offline_and_scales() {
     .unwrap();
     assert!(agent_dir.join(agent::AGENT_FILE).exists());
     let (cancel, task) = spawn_agent(&agent_dir);
-    propose(&control, Op::PutService(spec(1))).await;
+    propose(&control, Op::PutService(sleep_service(1))).await;
 
     let long = Duration::from_secs(60);
     let first = wait_until("one running workload", long, || {

@@ -1,33 +1,18 @@
 //! An agent's link to a real control node: views arrive persisted, the link survives the
 //! control node going away and coming back, and removal ends it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use warren_api::{
-    NodeRole, NodeView, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload,
-};
+use warren_api::{NodeRole, NodeView, ServiceName};
 use warren_control::Op;
-use warren_control::node::{ControlConfig, ControlNode, NewNode};
+use warren_control::node::{ControlConfig, ControlNode};
 use warren_edge_agent::cache::{Cache, CacheIdentity, CacheTuning};
 use warren_edge_agent::link::{Link, LinkEnd, LinkStatus};
-use warren_transport::ca::unix_now_ms;
 use warren_transport::join::{JoinParams, join};
-use warren_transport::token::mint;
-use warren_transport::{Endpoint, EndpointOptions, MintOptions};
-
-fn spec(replicas: u32) -> ServiceSpec {
-    let workload = Workload::Process(ProcessSpec {
-        command: vec!["sleep".into(), "1000".into()],
-        working_dir: None,
-    });
-    let mut spec = ServiceSpec::new(ServiceName::new("web").unwrap(), workload);
-    spec.mode = ServiceMode::Replicated { replicas };
-    spec
-}
+use warren_transport::{Endpoint, EndpointOptions};
 
 async fn wait_view(
     views: &mut watch::Receiver<Option<Arc<NodeView>>>,
@@ -46,43 +31,10 @@ async fn wait_view(
 /// Snapshot → persisted → control restarts → deltas resume → removal ends the link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agent_link_follows_control_through_a_restart() {
-    warren_transport::install_crypto_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_test_writer()
-        .try_init();
+    warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let new = NewNode {
-        data_dir: dir.path().join("c1"),
-        name: "c1".into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-    };
-    let (control, out) = ControlNode::init(new, ControlConfig::default())
-        .await
-        .unwrap();
-    let (token, record) = mint(
-        out.fingerprint,
-        MintOptions {
-            role: NodeRole::Agent,
-            ttl: None,
-            single_use: true,
-        },
-        unix_now_ms(),
-    );
-    control
-        .control()
-        .propose(Op::AddToken(record))
-        .await
-        .unwrap()
-        .result
-        .unwrap();
+    let (control, fingerprint) = warren_tests::start_control(dir.path()).await;
+    let token = warren_tests::agent_token(&control, fingerprint).await;
     let params = JoinParams {
         role: NodeRole::Agent,
         name: "edge-1".into(),
@@ -92,31 +44,31 @@ async fn agent_link_follows_control_through_a_restart() {
     };
     let joined = join(
         control.quic_addr(),
-        &token.to_string(),
+        &token,
         params,
         &Default::default(),
         &Default::default(),
     )
     .await
     .unwrap();
-    control
-        .control()
-        .propose(Op::PutService(spec(1)))
-        .await
-        .unwrap()
-        .result
-        .unwrap();
+    warren_tests::propose(&control, Op::PutService(warren_tests::sleep_service(1))).await;
 
     let cache = Arc::new(Cache::open(&dir.path().join("agent"), CacheTuning::default()).unwrap());
     cache
         .claim(CacheIdentity {
-            cluster_id: out.fingerprint,
+            cluster_id: fingerprint,
             node_id: joined.node_id,
         })
         .await
         .unwrap();
-    let endpoint =
-        Arc::new(Endpoint::client(any, &joined.credentials, EndpointOptions::default()).unwrap());
+    let endpoint = Arc::new(
+        Endpoint::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &joined.credentials,
+            EndpointOptions::default(),
+        )
+        .unwrap(),
+    );
     let (views_tx, mut views) = watch::channel(None);
     let (status_tx, status) = watch::channel(LinkStatus::default());
     let link = Link {

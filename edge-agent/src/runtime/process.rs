@@ -23,7 +23,9 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use warren_transport::ca::unix_now_ms as unix_ms_now;
 
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
@@ -632,12 +634,6 @@ fn group_exists(pgid: u32) -> bool {
             Err(Errno::SRCH)
         )
     })
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
