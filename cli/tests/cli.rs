@@ -1,24 +1,11 @@
 //! The `warren` binary as a subprocess, the way operators and scripts use it.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-/// How long a control node may take to print its ready line.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `warren` with a clean environment for cluster access (no `WARREN_CONFIG`, a scratch-free
-/// `HOME`), so that nothing on the machine running the tests leaks in.
-fn command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
-    command
-        .env_remove("WARREN_CONFIG")
-        .env_remove("WARREN_LOG")
-        .env("HOME", "/nonexistent-warren-test-home");
-    command
-}
+mod common;
+use common::{Foreground, command, ok};
 
 fn warren(args: &[&str]) -> Output {
     command().args(args).output().expect("run warren")
@@ -32,24 +19,10 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Asserts success and returns stdout.
-#[track_caller]
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        stdout(&output),
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
 /// A `warren control init` child process on 127.0.0.1 with ports picked by the kernel; killed
 /// when dropped.
 struct ControlProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    process: Foreground,
     data_dir: PathBuf,
     api: String,
     quic: String,
@@ -82,34 +55,18 @@ impl ControlProcess {
     }
 
     fn spawn(data_dir: &Path, args: &[&str]) -> Self {
-        let stderr_log = std::fs::File::create(data_dir.with_extension("stderr.log"))
-            .expect("create stderr log");
-        let mut child = command()
-            .arg("control")
-            .args(args)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdout(Stdio::piped())
-            .stderr(stderr_log)
-            .spawn()
-            .expect("spawn warren control");
-        let (sender, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let mut full = vec!["control"];
+        full.extend_from_slice(args);
+        let data_dir_arg = data_dir.display().to_string();
+        full.extend_from_slice(&["--data-dir", &data_dir_arg]);
+        let process = Foreground::spawn(&full, data_dir.with_extension("stderr.log"));
         let mut node = ControlProcess {
-            child,
-            lines,
+            process,
             data_dir: data_dir.to_owned(),
             api: String::new(),
             quic: String::new(),
         };
-        let ready = node.wait_for_line(" serving ");
+        let ready = node.process.wait_for_line(" serving ");
         // `warren control node <id> serving api=<addr> quic=<addr>`
         for word in ready.split_whitespace() {
             if let Some(api) = word.strip_prefix("api=") {
@@ -125,22 +82,6 @@ impl ControlProcess {
             "{ready}"
         );
         node
-    }
-
-    fn wait_for_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no line with {needle:?} within {READY_TIMEOUT:?}; stderr: {}",
-                    std::fs::read_to_string(self.data_dir.with_extension("stderr.log"))
-                        .unwrap_or_default()
-                ),
-            }
-        }
     }
 
     fn config(&self) -> PathBuf {
@@ -159,24 +100,8 @@ impl ControlProcess {
 
     /// SIGTERM, then the exit status.
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for control node") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "control node ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ControlProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.signal("-TERM");
+        self.process.wait(Duration::from_secs(30))
     }
 }
 
@@ -275,7 +200,7 @@ fn control_init_then_operate_the_cluster() {
 
     let status = node.terminate();
     assert!(status.success(), "{status:?}");
-    node.wait_for_line(" stopped");
+    node.process.wait_for_line(" stopped");
     let (api, quic) = (node.api.clone(), node.quic.clone());
     drop(node);
 
@@ -494,8 +419,8 @@ fn three_control_processes_survive_sigkill_of_one() {
         ],
     ));
 
-    c1.child.kill().unwrap();
-    c1.child.wait().unwrap();
+    c1.process.child.kill().unwrap();
+    c1.process.child.wait().unwrap();
     let started = Instant::now();
     let created = admin(
         &config,
