@@ -137,6 +137,32 @@ pub struct NodeInfo {
     pub replicas: usize,
     /// Whether it is a Raft member now (control nodes).
     pub raft_member: bool,
+    /// What the control plane last heard from the node's agent; `None` for control nodes
+    /// and agents no control node has heard from since it started.
+    #[serde(default)]
+    pub agent: Option<AgentLinkInfo>,
+}
+
+/// An agent's link to the control plane, as the control nodes see it (soft state: merged
+/// from every control node's memory, rebuilt when agents reconnect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLinkInfo {
+    /// Whether a stream from the agent is up to some control node now.
+    pub connected: bool,
+    /// The control node holding that stream (node id, hex), or the last one that did.
+    pub control_node: String,
+    /// Last message from the agent (unix ms).
+    pub last_contact_ms: u64,
+    /// The last revision the agent acknowledged as durably cached.
+    pub revision_acked: u64,
+    /// The agent's software version.
+    pub agent_version: String,
+    /// Its most recent events, oldest first (bounded; only in `GET /nodes/{n}`).
+    #[serde(default)]
+    pub events: Vec<crate::event::Event>,
+    /// Events lost: dropped by the agent's bounded buffer while cut off, or by control's.
+    #[serde(default)]
+    pub events_dropped: u64,
 }
 
 /// A service with its placement summary.
@@ -182,6 +208,29 @@ pub struct ReplicaInfo {
     pub state: String,
     /// Liveness of its node (`ready`, `unreachable`, …).
     pub node_state: String,
+    /// Process id of a native workload, as last reported.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Restarts on its node, as last reported.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Health check result (`unknown`, `healthy`, `unhealthy`), as last reported.
+    #[serde(default = "unknown")]
+    pub health: String,
+    /// The agent's one-line explanation (`exit code 1`, …), if any.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// When the reported state last changed (unix ms, agent clock); `None` before any report.
+    #[serde(default)]
+    pub updated_at_ms: Option<u64>,
+    /// Whether the state comes from a report received while the agent's link is down (it may
+    /// be out of date: the agent keeps running cut off, and reports again on reconnect).
+    #[serde(default)]
+    pub stale: bool,
+}
+
+fn unknown() -> String {
+    "unknown".to_owned()
 }
 
 /// Answer to every write.

@@ -74,9 +74,9 @@ pub enum AgentCommand {
         /// Gossip (UDP) address (accepted; the gossip mesh is not served yet).
         #[arg(long, value_name = "ADDR")]
         gossip: Option<String>,
-        /// Metrics address (accepted; not served yet).
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<String>,
+        /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
+        #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_AGENT_METRICS)]
+        metrics: String,
         /// DNS address (accepted; not served yet).
         #[arg(long, value_name = "ADDR")]
         dns: Option<String>,
@@ -86,6 +86,9 @@ pub enum AgentCommand {
         /// Where the agent's files are.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
+        #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_AGENT_METRICS)]
+        metrics: String,
     },
     /// The agent's local view: revision, link state, workloads. Works offline and while the
     /// agent runs.
@@ -101,7 +104,10 @@ pub enum AgentCommand {
 pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     match args.command {
         AgentCommand::Status { data_dir } => status(&data_dir, format),
-        AgentCommand::Run { data_dir } => foreground(|| async move { Ok(data_dir) }),
+        AgentCommand::Run { data_dir, metrics } => {
+            let options = options(&metrics)?;
+            foreground(options, || async move { Ok(data_dir) })
+        }
         AgentCommand::Join {
             data_dir,
             control,
@@ -117,7 +123,8 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             if runtime == RuntimeKind::Containerd {
                 bail!("--runtime containerd: not supported yet; use --runtime process");
             }
-            for (flag, value) in [("--gossip", gossip), ("--metrics", metrics), ("--dns", dns)] {
+            let options = options(&metrics)?;
+            for (flag, value) in [("--gossip", gossip), ("--dns", dns)] {
                 if value.is_some() {
                     eprintln!("warning: {flag} is accepted but not served yet");
                 }
@@ -129,7 +136,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             warren_api::validate_node_name(&name).map_err(|e| anyhow!("--name: {}", e.message))?;
             warren_api::validate_site(&site).map_err(|e| anyhow!("--site: {}", e.message))?;
             let labels = parse_labels(&labels)?;
-            foreground(|| async move {
+            foreground(options, || async move {
                 let identity =
                     agent::join(&data_dir, control.clone(), token.trim(), name, site, labels)
                         .await
@@ -145,8 +152,18 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     }
 }
 
+/// Default agent metrics address (DESIGN.md §6).
+const DEFAULT_AGENT_METRICS: &str = "0.0.0.0:9091";
+
+fn options(metrics: &str) -> Result<AgentOptions> {
+    Ok(AgentOptions {
+        metrics_listen: crate::control_cmd::parse_metrics(metrics)?,
+        ..AgentOptions::default()
+    })
+}
+
 /// Runs `prepare` (which yields the data dir), then the agent until a signal.
-fn foreground<F, Fut>(prepare: F) -> Result<()>
+fn foreground<F, Fut>(options: AgentOptions, prepare: F) -> Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<PathBuf>>,
@@ -158,7 +175,7 @@ where
     runtime.block_on(async move {
         let mut signals = Signals::new()?;
         let data_dir = prepare().await?;
-        let agent = Agent::open(&data_dir, AgentOptions::default())
+        let agent = Agent::open(&data_dir, options)
             .with_context(|| format!("start the agent in {}", data_dir.display()))?;
         let id = agent.identity().node_id;
         let cancel = CancellationToken::new();
@@ -231,6 +248,13 @@ fn render(status: &AgentStatus) -> String {
         ("revision", status.revision.to_string()),
         ("link", link),
         ("agent pid", status.agent_pid.to_string()),
+        (
+            "metrics",
+            status.metrics_addr.map_or_else(
+                || "not served".to_owned(),
+                |a| format!("http://{a}/metrics"),
+            ),
+        ),
     ]);
     out.push('\n');
     let mut table = Table::new(&["REPLICA", "STATE", "PID", "RESTARTS", "WORKLOAD"]);

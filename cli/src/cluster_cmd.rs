@@ -235,7 +235,7 @@ async fn node_action(
 fn render_nodes(nodes: &[NodeInfo]) -> String {
     let now = unix_now_ms();
     let mut table = Table::new(&[
-        "ID", "NAME", "ROLE", "SITE", "STATE", "AVAIL", "REPLICAS", "QUIC", "JOINED",
+        "ID", "NAME", "ROLE", "SITE", "STATE", "AVAIL", "REPLICAS", "LINK", "QUIC", "JOINED",
     ]);
     for info in nodes {
         let node = &info.node;
@@ -251,6 +251,12 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
             state,
             node.availability.as_str().to_owned(),
             info.replicas.to_string(),
+            match &info.agent {
+                Some(link) if link.connected => "connected".to_owned(),
+                Some(link) => format!("down, seen {} ago", age(now, link.last_contact_ms)),
+                None if node.role == NodeRole::Agent => "not seen".to_owned(),
+                None => "-".to_owned(),
+            },
             node.addresses
                 .quic
                 .clone()

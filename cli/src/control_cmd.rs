@@ -253,7 +253,7 @@ fn new_node(flags: &NodeFlags) -> Result<NewNode> {
     })
 }
 
-fn parse_metrics(text: &str) -> Result<Option<SocketAddr>> {
+pub(crate) fn parse_metrics(text: &str) -> Result<Option<SocketAddr>> {
     if matches!(text, "none" | "off" | "") {
         return Ok(None);
     }

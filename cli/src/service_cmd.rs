@@ -569,6 +569,7 @@ pub fn spec_document(spec: &ServiceSpec) -> Result<String> {
 }
 
 fn render_replicas(replicas: &[ReplicaInfo]) -> String {
+    let now = unix_now_ms();
     let mut table = Table::new(&[
         "ID",
         "NODE",
@@ -576,7 +577,12 @@ fn render_replicas(replicas: &[ReplicaInfo]) -> String {
         "VERSION",
         "DESIRED",
         "STATE",
+        "PID",
+        "RESTARTS",
+        "HEALTH",
+        "SINCE",
         "NODE STATE",
+        "MESSAGE",
     ]);
     for replica in replicas {
         let node = if replica.node_name.is_empty() {
@@ -588,14 +594,29 @@ fn render_replicas(replicas: &[ReplicaInfo]) -> String {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
+        // A report from an agent that is cut off may be out of date: say so.
+        let state = if replica.stale {
+            format!("{} (last known)", replica.state)
+        } else {
+            replica.state.clone()
+        };
         table.row(vec![
             replica.id.clone(),
             node,
             replica.site.clone(),
             replica.service_version.to_string(),
             desired,
-            replica.state.clone(),
+            state,
+            replica
+                .pid
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            replica.restarts.to_string(),
+            replica.health.clone(),
+            replica
+                .updated_at_ms
+                .map_or_else(|| "-".to_owned(), |at| format!("{} ago", age(now, at))),
             replica.node_state.clone(),
+            replica.message.clone().unwrap_or_default(),
         ]);
     }
     table.render()

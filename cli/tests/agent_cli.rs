@@ -135,6 +135,8 @@ fn agent_join_run_status_and_removal() {
             "lisbon",
             "--label",
             "tier=edge",
+            "--metrics",
+            "none",
         ],
         dir.path().join("agent.stderr.log"),
     );
@@ -175,7 +177,14 @@ fn agent_join_run_status_and_removal() {
 
     // `agent run` adopts the same process.
     let mut agent = Foreground::spawn(
-        &["agent", "run", "--data-dir", &agent_dir_text],
+        &[
+            "agent",
+            "run",
+            "--data-dir",
+            &agent_dir_text,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
         dir.path().join("agent2.stderr.log"),
     );
     agent.wait_for_line(" running");
@@ -184,11 +193,33 @@ fn agent_join_run_status_and_removal() {
         .unwrap();
     let adopted = wait_until("the restarted agent's status", READY_TIMEOUT, || {
         agent_status(&agent_dir).filter(|s| {
-            s["updated_at_ms"].as_u64().unwrap_or(0) > started + 1_500
-                && s["link"]["connected"] == true
+            s["updated_at_ms"].as_u64().unwrap_or(0) > started && s["link"]["connected"] == true
         })
     });
     assert_eq!(running_pids(&adopted), vec![pid], "{adopted}");
+    // Its metrics say the same, labelled with node and site.
+    let metrics_addr = adopted["metrics_addr"].as_str().unwrap().to_owned();
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains("warren_agent_cache_size_bytes"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("warren_agent_link_up{")
+                && l.contains(&format!("node=\"{node_id}\""))
+                && l.contains("site=\"lisbon\"")
+                && l.ends_with(" 1")),
+        "link up, labelled with node and site, in {metrics}"
+    );
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("warren_agent_workloads{state=\"running\"") && l.ends_with(" 1")
+        ),
+        "one running workload in {metrics}"
+    );
+    assert!(http_get(&metrics_addr, "/ready").starts_with("HTTP/1.1 200"));
 
     // Removal: the agent stops the workload and exits non-zero, saying why.
     ok(admin(&["node", "rm", &node_id]));
@@ -199,4 +230,18 @@ fn agent_join_run_status_and_removal() {
     assert!(stderr.contains("removed"), "{stderr}");
     control.signal("-TERM");
     control.wait(Duration::from_secs(30));
+}
+
+/// A plain `GET` over TCP; returns the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
 }

@@ -5,6 +5,7 @@
 //! a leader with quorum answers [`ProposeError::NoQuorum`] (HTTP 503) — quickly when it knows
 //! it is cut off (its leader lease has lapsed, or the known leader is unreachable).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,11 @@ use crate::metrics::ControlMetrics;
 use crate::network::Peers;
 use crate::rpc::{ClusterSecrets, ControlRpc, ControlRpcReply, ProposeError};
 use crate::state::ClusterState;
+use crate::status::{self, AgentReport, StatusBook};
 use crate::types::{Member, Raft};
+
+/// How long [`Control::gather_agents`] waits for each other control node.
+pub const AGENT_REPORTS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Timers of the write and read paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,7 @@ pub struct Control {
     timeouts: Timeouts,
     metrics: ControlMetrics,
     fingerprint: [u8; 32],
+    agents: StatusBook,
 }
 
 impl std::fmt::Debug for Control {
@@ -86,7 +92,52 @@ impl Control {
             timeouts: parts.timeouts,
             metrics: parts.metrics,
             fingerprint: parts.fingerprint,
+            agents: StatusBook::new(parts.id),
         }
+    }
+
+    /// What this node knows of the agents streaming to it.
+    pub fn agents(&self) -> &StatusBook {
+        &self.agents
+    }
+
+    /// Every control node's knowledge of the agents, merged (one report per agent). Members
+    /// that do not answer within [`AGENT_REPORTS_TIMEOUT`] are left out: this is soft state,
+    /// and a partial answer beats none.
+    pub async fn gather_agents(&self, full: bool) -> BTreeMap<NodeId, AgentReport> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let members: Vec<(u64, Member)> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        let mut calls = tokio::task::JoinSet::new();
+        for (id, member) in members {
+            let peers = self.peers.clone();
+            calls.spawn(async move {
+                let rpc = ControlRpc::AgentReports { full };
+                let reply = peers
+                    .call(id, &member.quic_addr, &rpc, AGENT_REPORTS_TIMEOUT)
+                    .await;
+                (id, reply)
+            });
+        }
+        let mut books = self.agents.snapshot(full);
+        while let Some(joined) = calls.join_next().await {
+            let Ok((id, reply)) = joined else { continue };
+            match reply {
+                Ok(ControlRpcReply::AgentReports(reports)) => books.extend(reports),
+                Ok(_) => {
+                    debug!(peer = %format_args!("{id:016x}"), "unexpected reply to agent reports")
+                }
+                Err(error) => {
+                    debug!(peer = %format_args!("{id:016x}"), error = %error, "no agent reports from peer");
+                }
+            }
+        }
+        status::merge(books)
     }
 
     /// Sets the cluster key once (a joining control node receives it after it is a member).
@@ -430,6 +481,9 @@ impl Control {
             }
             ControlRpc::AddMember { node_id, member } => {
                 ControlRpcReply::MemberAdded(self.add_member(node_id, member).await)
+            }
+            ControlRpc::AgentReports { full } => {
+                ControlRpcReply::AgentReports(self.agents.snapshot(full))
             }
         }
     }

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use warren_api::rest::{
-    ClusterStatus, ErrorBody, MAX_BODY_BYTES, MemberInfo, NodeCounts, NodeInfo, PREFIX,
-    ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenRequest, TokenResponse, WriteResult,
+    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MemberInfo, NodeCounts, NodeInfo,
+    PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenRequest, TokenResponse,
+    WriteResult,
 };
 use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, ServiceSpec, Volume};
 use warren_transport::MintOptions;
@@ -34,6 +35,7 @@ use crate::control::Control;
 use crate::metrics::ControlMetrics;
 use crate::rpc::ProposeError;
 use crate::state::ClusterState;
+use crate::status::AgentReport;
 
 /// The AES-GCM purpose string under which secret values are sealed in the replicated state.
 pub const SECRET_PURPOSE: &str = "warren secret v1";
@@ -513,7 +515,12 @@ impl Api {
         ))
     }
 
-    fn node_info(&self, state: &ClusterState, node: &warren_api::Node) -> NodeInfo {
+    fn node_info(
+        &self,
+        state: &ClusterState,
+        node: &warren_api::Node,
+        agent: Option<&AgentReport>,
+    ) -> NodeInfo {
         let metrics = self.control.raft().metrics().borrow().clone();
         let raft_member = metrics
             .membership_config
@@ -524,22 +531,33 @@ impl Api {
             node: node.clone(),
             replicas: state.replicas_on(node.id).count(),
             raft_member,
+            agent: agent.map(|a| AgentLinkInfo {
+                connected: a.connected,
+                control_node: format!("{:016x}", a.control_id),
+                last_contact_ms: a.last_contact_ms,
+                revision_acked: a.revision_acked.0,
+                agent_version: a.agent_version.clone(),
+                events: a.events.iter().cloned().collect(),
+                events_dropped: a.events_dropped,
+            }),
         }
     }
 
     async fn list_nodes(&self, stale: bool) -> ApiResult {
+        let agents = self.control.gather_agents(false).await;
         let state = self.read(stale).await?;
         ok(&state
             .nodes
             .values()
-            .map(|n| self.node_info(&state, n))
+            .map(|n| self.node_info(&state, n, agents.get(&n.id)))
             .collect::<Vec<_>>())
     }
 
     async fn get_node(&self, key: &str, stale: bool) -> ApiResult {
+        let agents = self.control.gather_agents(true).await;
         let state = self.read(stale).await?;
         let node = find_node(&state, key)?;
-        ok(&self.node_info(&state, node))
+        ok(&self.node_info(&state, node, agents.get(&node.id)))
     }
 
     async fn set_availability(&self, key: &str, availability: Availability) -> ApiResult {
@@ -589,6 +607,7 @@ impl Api {
     }
 
     async fn service_replicas(&self, name: &str, stale: bool) -> ApiResult {
+        let agents = self.control.gather_agents(true).await;
         let state = self.read(stale).await?;
         if !state.services.contains_key(name) {
             return Err(ApiError::NotFound(format!("service {name} not found")));
@@ -597,23 +616,7 @@ impl Api {
             .replicas
             .values()
             .filter(|r| r.id.service.as_str() == name)
-            .map(|r| {
-                let node = state.nodes.get(&r.node);
-                ReplicaInfo {
-                    id: r.id.to_string(),
-                    node: r.node,
-                    node_name: node.map(|n| n.name.clone()).unwrap_or_default(),
-                    site: node.map(|n| n.site.clone()).unwrap_or_default(),
-                    service_version: r.service_version,
-                    desired: r.desired,
-                    // Agents report actual state over their stream; until one has, the replica
-                    // is only known to be assigned.
-                    state: "assigned".into(),
-                    node_state: node
-                        .map(|n| n.state.as_str().to_owned())
-                        .unwrap_or_else(|| "unknown".into()),
-                }
-            })
+            .map(|r| replica_info(&state, r, agents.get(&r.node)))
             .collect();
         ok(&replicas)
     }
@@ -746,5 +749,37 @@ fn route_label(method: &Method, segments: &[String]) -> &'static str {
         (_, ["secrets", ..]) => "/secrets",
         (_, ["volumes", ..]) => "/volumes",
         _ => "other",
+    }
+}
+
+/// One replica for `service ps`: the assignment from the state, the actual state from its
+/// agent's last report (`assigned` until one mentions it).
+fn replica_info(
+    state: &ClusterState,
+    replica: &warren_api::Replica,
+    agent: Option<&AgentReport>,
+) -> ReplicaInfo {
+    let node = state.nodes.get(&replica.node);
+    let reported = agent.and_then(|a| a.replicas.iter().find(|s| s.id == replica.id));
+    ReplicaInfo {
+        id: replica.id.to_string(),
+        node: replica.node,
+        node_name: node.map(|n| n.name.clone()).unwrap_or_default(),
+        site: node.map(|n| n.site.clone()).unwrap_or_default(),
+        service_version: replica.service_version,
+        desired: replica.desired,
+        state: reported.map_or("assigned", |s| s.state.as_str()).to_owned(),
+        node_state: node
+            .map(|n| n.state.as_str().to_owned())
+            .unwrap_or_else(|| "unknown".into()),
+        pid: reported.and_then(|s| s.pid),
+        restarts: reported.map_or(0, |s| s.restarts),
+        health: reported
+            .map_or(warren_api::HealthState::Unknown, |s| s.health)
+            .as_str()
+            .to_owned(),
+        message: reported.and_then(|s| s.message.clone()),
+        updated_at_ms: reported.map(|s| s.updated_at_ms),
+        stale: reported.is_some() && !agent.is_some_and(|a| a.connected),
     }
 }

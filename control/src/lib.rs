@@ -13,6 +13,7 @@
 pub mod command;
 pub mod control;
 pub mod http;
+pub mod liveness;
 pub mod metrics;
 pub mod network;
 pub mod node;
@@ -20,6 +21,7 @@ pub mod push;
 pub mod rpc;
 pub mod scheduler;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod types;
 

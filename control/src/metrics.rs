@@ -6,17 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use warren_transport::plain_http::{self, Handler};
 
 use crate::control::Control;
 
@@ -175,14 +172,6 @@ impl Default for ControlMetrics {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
-}
-
 /// Serves `/metrics`, `/health` (the process is up) and `/ready` (a leader is known and this
 /// node has applied the cluster's first entries) on plain HTTP until `cancel` fires.
 ///
@@ -195,54 +184,23 @@ pub async fn serve(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tasks.clone().spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                () = cancel.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
-                },
-            };
-            let metrics = metrics.clone();
-            let control = control.clone();
-            tasks.spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
-                        let metrics = metrics.clone();
-                        let control = control.clone();
-                        async move {
-                            let response = match request.uri().path() {
-                                "/metrics" => {
-                                    metrics.refresh(&control).await;
-                                    text(StatusCode::OK, metrics.render())
-                                }
-                                "/health" => text(StatusCode::OK, "ok\n".into()),
-                                "/ready" => match control.leader() {
-                                    Some(_) if control.applied().0 > 0 => {
-                                        text(StatusCode::OK, "ready\n".into())
-                                    }
-                                    _ => text(
-                                        StatusCode::SERVICE_UNAVAILABLE,
-                                        "no leader known\n".into(),
-                                    ),
-                                },
-                                _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-                            };
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    },
-                );
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!(error = %e, "metrics connection ended");
+    let handler: Handler = Arc::new(move |path: String| {
+        let metrics = metrics.clone();
+        let control = control.clone();
+        Box::pin(async move {
+            match path.as_str() {
+                "/metrics" => {
+                    metrics.refresh(&control).await;
+                    (StatusCode::OK, metrics.render())
                 }
-            });
-        }
+                "/health" => (StatusCode::OK, "ok\n".into()),
+                "/ready" => match control.leader() {
+                    Some(_) if control.applied().0 > 0 => (StatusCode::OK, "ready\n".into()),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "no leader known\n".into()),
+                },
+                _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+            }
+        })
     });
-    Ok(bound)
+    plain_http::serve(addr, handler, cancel, tasks).await
 }

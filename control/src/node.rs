@@ -29,6 +29,7 @@ use warren_transport::{
 use crate::command::Op;
 use crate::control::{Control, ControlParts, Timeouts};
 use crate::http::Api;
+use crate::liveness::Liveness;
 use crate::metrics::ControlMetrics;
 use crate::network::Peers;
 use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
@@ -67,6 +68,9 @@ pub struct NodeSettings {
     pub gossip_listen: Option<SocketAddr>,
 }
 
+/// Default for [`ControlConfig::unreachable_after`].
+pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
+
 /// Tuning that is not persisted (defaults suit a central site on a LAN).
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
@@ -82,6 +86,10 @@ pub struct ControlConfig {
     pub store: StoreTuning,
     /// Entries between snapshots.
     pub snapshot_every: u64,
+    /// How long an agent may have no stream to any control node before the leader marks its
+    /// node unreachable (services with `on_disconnect: reschedule` then move after their own
+    /// delay). Longer than an agent's reconnect after a control node dies (~15 s).
+    pub unreachable_after: Duration,
 }
 
 impl Default for ControlConfig {
@@ -96,6 +104,7 @@ impl Default for ControlConfig {
             },
             store: StoreTuning::default(),
             snapshot_every: 5_000,
+            unreachable_after: DEFAULT_UNREACHABLE_AFTER,
         }
     }
 }
@@ -115,6 +124,11 @@ impl ControlConfig {
         if min >= max {
             return Err(NodeError::Config(
                 "election timeout min must be below max".into(),
+            ));
+        }
+        if self.unreachable_after < Duration::from_secs(1) {
+            return Err(NodeError::Config(
+                "unreachable_after must be at least 1 s".into(),
             ));
         }
         if self.write_timeout < max {
@@ -556,6 +570,7 @@ impl ControlNode {
             election_max: config.election_timeout.1,
         };
         let control_metrics = ControlMetrics::new();
+        let unreachable_after = config.unreachable_after;
         let control = Arc::new(Control::new(ControlParts {
             id: settings.node_id.0,
             raft,
@@ -607,7 +622,7 @@ impl ControlNode {
         };
         node.spawn_revocation_feed(state, applied, revocations);
         node.spawn_acceptor();
-        node.spawn_leader_duties();
+        node.spawn_leader_duties(unreachable_after);
         Ok(node)
     }
 
@@ -676,19 +691,25 @@ impl ControlNode {
         });
     }
 
-    /// On the leader: advance due rolling updates and let on-disconnect timers fire.
-    fn spawn_leader_duties(&self) {
+    /// On the leader: advance due rolling updates, let on-disconnect timers fire, and turn
+    /// agents' links into reachability facts (see [`crate::liveness`]).
+    fn spawn_leader_duties(&self, unreachable_after: Duration) {
         let control = self.control.clone();
         let cancel = self.cancel.clone();
+        // Judge liveness a few times per grace period, at most every 5 s.
+        let liveness_every = (unreachable_after / 3).min(Duration::from_secs(5));
         self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut liveness: Option<Liveness> = None;
+            let mut last_liveness = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     _ = tick.tick() => {}
                 }
                 if control.leader().map(|(id, _)| id) != Some(control.id()) {
+                    liveness = None;
                     continue;
                 }
                 let now = unix_now_ms();
@@ -703,6 +724,22 @@ impl ControlNode {
                 }
                 if tick_due && let Err(e) = control.propose(Op::Tick).await {
                     debug!(error = %e, "tick not proposed");
+                }
+                let judge = liveness.get_or_insert_with(|| Liveness::new(unreachable_after, now));
+                if last_liveness.elapsed() < liveness_every {
+                    continue;
+                }
+                last_liveness = tokio::time::Instant::now();
+                let reports = control.gather_agents(false).await;
+                let ops = {
+                    let state = control.read_stale().await;
+                    judge.decide(unix_now_ms(), &state, &reports)
+                };
+                for op in ops {
+                    info!(op = op.name(), "agent reachability changed");
+                    if let Err(e) = control.propose(op).await {
+                        debug!(error = %e, "reachability not proposed");
+                    }
                 }
             }
         });

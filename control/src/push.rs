@@ -19,6 +19,7 @@ use warren_api::wire::{
     AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
+use warren_transport::ca::unix_now_ms;
 use warren_transport::{FrameError, PeerConnection};
 
 use crate::control::Control;
@@ -116,6 +117,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
         return Err(PushError::Refused(reason));
     }
     info!(node_id = %hello.node_id, revision = %hello.last_revision, "agent connected");
+    let _session = Session::open(&control, &hello);
     let mut applied = control.watch_applied();
     let mut sent: Option<NodeView> = None;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -136,6 +138,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 .await?;
                 send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                control.agents().forget(hello.node_id);
                 return Err(PushError::Refused("node_removed"));
             }
             node_view(&state, hello.node_id, &control.control_addrs())
@@ -167,11 +170,44 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 send.send(&ControlToAgent::Heartbeat { revision }).await?;
             }
             message = recv.recv::<AgentToControl>() => match message? {
-                AgentToControl::Ack { revision } => debug!(node_id = %hello.node_id, revision = %revision, "agent acked"),
-                AgentToControl::Status(report) => debug!(node_id = %report.node_id, replicas = report.replicas.len(), "agent status"),
+                AgentToControl::Ack { revision } => {
+                    debug!(node_id = %hello.node_id, revision = %revision, "agent acked");
+                    control.agents().acked(hello.node_id, revision, unix_now_ms());
+                }
+                AgentToControl::Status(report) => {
+                    if report.node_id != hello.node_id {
+                        return Err(PushError::Refused("status for another node"));
+                    }
+                    debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
+                    control.agents().report(report, unix_now_ms());
+                }
                 AgentToControl::Hello(_) => return Err(PushError::NoHello),
             },
         }
+    }
+}
+
+/// Marks the agent connected in the control node's status book for as long as it lives.
+struct Session<'a> {
+    control: &'a Control,
+    node: NodeId,
+}
+
+impl<'a> Session<'a> {
+    fn open(control: &'a Control, hello: &AgentHello) -> Self {
+        control
+            .agents()
+            .connected(hello.node_id, &hello.agent_version, unix_now_ms());
+        Session {
+            control,
+            node: hello.node_id,
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.control.agents().disconnected(self.node);
     }
 }
 

@@ -37,6 +37,11 @@ pub enum ControlRpc {
         /// Its addresses.
         member: Member,
     },
+    /// What this control node knows of the agents streaming to it (soft state).
+    AgentReports {
+        /// Whether to include replicas and events, or only the links.
+        full: bool,
+    },
 }
 
 /// The answer to a [`ControlRpc`].
@@ -56,6 +61,8 @@ pub enum ControlRpcReply {
     MemberRemoved(Result<(), ProposeError>),
     /// Answer to `AddMember`: what every control node must hold.
     MemberAdded(Result<ClusterSecrets, ProposeError>),
+    /// Answer to `AgentReports`.
+    AgentReports(Vec<crate::status::AgentReport>),
 }
 
 /// Secrets every control node holds: handed to a new control node once it is a member, over

@@ -20,9 +20,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
-use warren_api::{Event, NodeId, NodeRole, NodeView, ReplicaId, Service, TaskState};
+use warren_api::{
+    Event, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, Service, TaskState,
+};
 use warren_transport::ca::CaError;
 use warren_transport::endpoint::BindError;
 use warren_transport::join::{JoinError, JoinParams};
@@ -30,7 +33,9 @@ use warren_transport::{Credentials, Endpoint, EndpointOptions, write_atomic};
 
 use crate::cache::{Cache, CacheError, CacheIdentity, CacheTuning};
 use crate::link::{Link, LinkEnd, LinkStatus};
+use crate::metrics::{AgentMetrics, MetricsSources};
 use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBook};
+use crate::report::Reporter;
 use crate::runtime::{
     ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, WorkloadHandle, WorkloadRecord,
     WorkloadRequest,
@@ -43,6 +48,8 @@ pub const AGENT_FILE: &str = "agent.json";
 pub const STATUS_FILE: &str = "status.json";
 /// Where the process runtime keeps per-replica files.
 pub const WORKLOADS_DIR: &str = "workloads";
+/// The longest time between two writes of `status.json` when nothing in it changed.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
 /// The longest time between two reconcile passes.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often log files are checked against their size bound.
@@ -83,6 +90,8 @@ pub struct AgentOptions {
     pub cache: CacheTuning,
     /// QUIC endpoint settings for the link.
     pub endpoint: EndpointOptions,
+    /// Plain-HTTP `/metrics`, `/health` and `/ready`; `None` = not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How [`Agent::serve`] ended.
@@ -329,6 +338,9 @@ pub struct AgentStatus {
     pub link: LinkStatus,
     /// Every replica the agent knows of.
     pub replicas: Vec<LocalReplica>,
+    /// Where the agent serves `/metrics`, if it does.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Reads `status.json` from `data_dir`.
@@ -421,7 +433,19 @@ impl Agent {
     /// Cancel through `cancel`, not by dropping the future: a dropped future may leave a
     /// started workload unrecorded.
     pub async fn serve(self, cancel: CancellationToken) -> Result<RunEnd, AgentError> {
-        let cached = self.cache.view()?.map(Arc::new);
+        let metrics = AgentMetrics::new(self.identity.node_id, &self.identity.site);
+        let cached = match self.cache.view() {
+            Ok(view) => view.map(Arc::new),
+            Err(error @ CacheError::Corrupt { .. }) => {
+                // The view can be fetched again; the workload records (kept apart) still let
+                // the running workloads be adopted, so nothing restarts meanwhile.
+                warn!(error = %error, "cached view dropped; fetching it again from control, running workloads are kept");
+                metrics.cache_corrupt_total.inc();
+                self.cache.remove(VIEW_KEY)?;
+                None
+            }
+            Err(error) => return Err(error.into()),
+        };
         let revision = cached.as_ref().map_or(0, |v| v.revision.0);
         let (views_tx, mut views) = watch::channel(cached);
         let (status_tx, mut link_status) = watch::channel(LinkStatus {
@@ -440,6 +464,7 @@ impl Agent {
             &self.credentials,
             self.options.endpoint.clone(),
         )?);
+        let reporter = Arc::new(Reporter::open(self.identity.node_id, self.cache.clone()));
         let link = Link {
             endpoint,
             node_id: self.identity.node_id,
@@ -447,11 +472,39 @@ impl Agent {
             seeds: self.identity.control_addrs.clone(),
             views: views_tx,
             status: status_tx,
+            reporter: reporter.clone(),
         };
         let link_cancel = cancel.child_token();
         let mut link_task = tokio::spawn(link.run(link_cancel.clone()));
 
-        let mut reconciler = Reconciler::new(&self);
+        let tasks = TaskTracker::new();
+        let metrics_addr = match self.options.metrics_listen {
+            Some(addr) => {
+                let sources = MetricsSources {
+                    metrics: metrics.clone(),
+                    link: link_status.clone(),
+                    reporter: reporter.clone(),
+                    cache: self.cache.clone(),
+                    views: views.clone(),
+                };
+                // Workloads come before observability: an agent whose metrics port is taken
+                // still runs, says so, and shows no metrics address in its status.
+                match crate::metrics::serve(addr, sources, cancel.child_token(), tasks.clone())
+                    .await
+                {
+                    Ok(bound) => {
+                        info!(addr = %bound, "metrics served");
+                        Some(bound)
+                    }
+                    Err(error) => {
+                        warn!(addr = %addr, error = %error, "cannot serve metrics; running without");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut reconciler = Reconciler::new(&self, reporter, metrics, metrics_addr);
         reconciler.adopt_recorded().await;
         let mut last_rotate = tokio::time::Instant::now();
         info!(node_id = %self.identity.node_id, "agent running");
@@ -490,6 +543,7 @@ impl Agent {
             }
         };
         link_cancel.cancel();
+        tasks.close();
         if !link_task.is_finished() {
             let _ = tokio::time::timeout(LINK_SHUTDOWN_TIMEOUT, link_task).await;
         }
@@ -497,7 +551,7 @@ impl Agent {
             connected: false,
             ..reconciler.link.clone()
         };
-        reconciler.write_status(None);
+        reconciler.write_status(None, true);
         if let Err(error) = self.cache.flush().await {
             warn!(error = %error, "cannot flush the agent cache");
         }
@@ -531,10 +585,22 @@ struct Reconciler {
     states: BTreeMap<ReplicaId, TaskState>,
     link: LinkStatus,
     revision: u64,
+    reporter: Arc<Reporter>,
+    metrics: AgentMetrics,
+    metrics_addr: Option<SocketAddr>,
+    /// The statuses last reported, to keep `updated_at_ms` at the last real change.
+    reported: BTreeMap<ReplicaId, ReplicaStatus>,
+    /// What `status.json` last held (without its timestamps), and when it was written.
+    written: Option<(AgentStatus, tokio::time::Instant)>,
 }
 
 impl Reconciler {
-    fn new(agent: &Agent) -> Self {
+    fn new(
+        agent: &Agent,
+        reporter: Arc<Reporter>,
+        metrics: AgentMetrics,
+        metrics_addr: Option<SocketAddr>,
+    ) -> Self {
         let book = match agent.cache.get::<RestartBook>(BOOK_KEY) {
             Ok(book) => book.unwrap_or_default(),
             Err(error) => {
@@ -554,6 +620,11 @@ impl Reconciler {
             states: BTreeMap::new(),
             link: LinkStatus::default(),
             revision: 0,
+            reporter,
+            metrics,
+            metrics_addr,
+            reported: BTreeMap::new(),
+            written: None,
         }
     }
 
@@ -599,10 +670,11 @@ impl Reconciler {
     /// One reconcile pass; returns the planner's next wake-up.
     async fn pass(&mut self, view: Option<&NodeView>, link: LinkStatus) -> Option<u64> {
         self.link = link;
+        self.metrics.reconcile_passes_total.inc();
         let observed = self.observe().await;
         let Some(view) = view else {
             // Never had a view: keep whatever was adopted, decide nothing.
-            self.write_status(None);
+            self.write_status(None, false);
             return None;
         };
         self.revision = view.revision.0;
@@ -617,20 +689,71 @@ impl Reconciler {
             },
             &mut self.book,
         );
-        log_events(&plan.events);
+        self.record_events(plan.events.clone());
         for action in &plan.actions {
             let events = self.execute(action).await;
-            log_events(&events);
+            self.record_events(events);
         }
         self.states = plan.states.clone();
+        self.report(view.revision);
         if self.book != before {
             if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
                 warn!(error = %error, "cannot store the restart history");
             }
             self.flush().await;
         }
-        self.write_status(Some(view));
+        self.write_status(Some(view), false);
         plan.next_wakeup_ms
+    }
+
+    fn record_events(&self, events: Vec<Event>) {
+        log_events(&events);
+        self.metrics.count_events(events.iter().map(|e| e.kind));
+        self.reporter.push_events(events);
+    }
+
+    /// Hands the replicas' states to the reporter (the link sends them if they changed).
+    fn report(&mut self, revision: Revision) {
+        let now = now_ms();
+        let mut statuses = Vec::new();
+        let mut known: BTreeMap<ReplicaId, TaskState> = self.states.clone();
+        for replica in self.handles.keys() {
+            known.entry(replica.clone()).or_insert(TaskState::Running);
+        }
+        for (replica, state) in known {
+            let record = self.handles.get(&replica).map(WorkloadHandle::record);
+            let history = self.book.get(&replica);
+            let last_exit = history.and_then(|h| h.last_exit.as_ref());
+            let mut status = ReplicaStatus {
+                id: replica.clone(),
+                node: self.identity.node_id,
+                state,
+                pid: record.and_then(WorkloadRecord::pid),
+                started_at_ms: record.map(|r| r.started_at_ms),
+                exit_code: last_exit.and_then(|e| e.code),
+                restarts: history.map_or(0, |h| h.restarts),
+                health: self.health.get(&replica).copied().unwrap_or_default(),
+                message: match state {
+                    TaskState::Running | TaskState::Starting => None,
+                    _ => last_exit.map(planner::ExitRecord::describe),
+                },
+                updated_at_ms: now,
+            };
+            if let Some(previous) = self.reported.get(&replica) {
+                let unchanged = ReplicaStatus {
+                    updated_at_ms: previous.updated_at_ms,
+                    ..status.clone()
+                };
+                if unchanged == *previous {
+                    status.updated_at_ms = previous.updated_at_ms;
+                }
+            }
+            statuses.push(status);
+        }
+        self.metrics
+            .set_workloads(statuses.iter().map(|s| (s.state, s.health)));
+        self.reported = statuses.iter().map(|s| (s.id.clone(), s.clone())).collect();
+        self.reporter.set_replicas(revision, statuses);
     }
 
     /// Observes every held workload, in the planner's terms.
@@ -827,11 +950,15 @@ impl Reconciler {
         self.flush().await;
         self.book = RestartBook::new();
         self.states.clear();
+        self.reporter.clear();
         self.link.connected = false;
-        self.write_status(None);
+        self.write_status(None, true);
     }
 
-    fn write_status(&self, view: Option<&NodeView>) {
+    /// Writes `status.json` when what it says changed, or [`STATUS_REFRESH`] after the last
+    /// write (so its link contact time stays roughly current) — not on every pass: the data
+    /// dir may sit on flash, and each write is an fsync.
+    fn write_status(&mut self, view: Option<&NodeView>, force: bool) {
         let mut replicas: BTreeMap<ReplicaId, LocalReplica> = BTreeMap::new();
         for (replica, state) in &self.states {
             replicas.insert(replica.clone(), self.replica_status(replica, *state));
@@ -850,12 +977,30 @@ impl Reconciler {
             revision: view.map_or(self.revision, |v| v.revision.0),
             link: self.link.clone(),
             replicas: replicas.into_values().collect(),
+            metrics_addr: self.metrics_addr,
         };
+        let comparable = AgentStatus {
+            updated_at_ms: 0,
+            link: LinkStatus {
+                last_contact_ms: None,
+                ..status.link.clone()
+            },
+            ..status.clone()
+        };
+        let fresh = self
+            .written
+            .as_ref()
+            .is_some_and(|(last, at)| *last == comparable && at.elapsed() < STATUS_REFRESH);
+        if fresh && !force {
+            return;
+        }
         let path = self.data_dir.join(STATUS_FILE);
         let json = serde_json::to_vec_pretty(&status).expect("status serializes");
         if let Err(error) = write_atomic(&path, &json, 0o644) {
             warn!(error = %error, path = %path.display(), "cannot write agent status");
+            return;
         }
+        self.written = Some((comparable, tokio::time::Instant::now()));
     }
 
     fn replica_status(&self, replica: &ReplicaId, state: TaskState) -> LocalReplica {

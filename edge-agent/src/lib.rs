@@ -7,8 +7,12 @@
 //!   and checksummed; a corrupt, truncated or foreign cache is a clear error.
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
 //!   before they are acked, reconnection with jittered backoff; only removal ends it.
+//! - [`metrics`]: Prometheus metrics (labelled by node and site) and the plain-HTTP
+//!   `/metrics`, `/health`, `/ready` listener.
 //! - [`planner`]: the sans-IO reconcile planner — desired view + observed workloads + restart
 //!   history → actions. Pure; no clock reads (time is an input).
+//! - [`report`]: status going up — replica states and the bounded, cached event buffer the
+//!   link drains into status reports.
 //! - [`runtime`]: runtimes behind one trait; the native process runtime (workloads in their own
 //!   process group, logs to files, SIGTERM then SIGKILL, adoption by pid + start time).
 //!
@@ -18,5 +22,7 @@
 pub mod agent;
 pub mod cache;
 pub mod link;
+pub mod metrics;
 pub mod planner;
+pub mod report;
 pub mod runtime;

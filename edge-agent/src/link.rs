@@ -13,11 +13,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warren_api::wire::{AgentHello, AgentToControl, ControlToAgent, WIRE_VERSION};
-use warren_api::{NodeId, NodeView, Revision};
+use warren_api::{Event, EventKind, NodeId, NodeView, Revision};
 use warren_transport::{Alpn, Backoff, Endpoint, PeerConnection};
 
 use crate::cache::{Cache, CacheError};
+use crate::report::Reporter;
 use warren_transport::ca::unix_now_ms as now_ms;
+
+/// How long a status change waits for others to join it in one report.
+pub const REPORT_COALESCE: Duration = Duration::from_millis(200);
 
 /// How long the stream may stay silent (control heartbeats every 5 s) before the agent gives
 /// up on that control node and reconnects, possibly to another.
@@ -36,6 +40,10 @@ pub struct LinkStatus {
     pub revision: u64,
     /// Connections made since start.
     pub connects: u64,
+    /// The revision control last announced for this node's view (heartbeats, snapshots,
+    /// deltas); ahead of `revision` while a view is not yet stored.
+    #[serde(default)]
+    pub control_revision: u64,
 }
 
 /// Why the link ended for good.
@@ -81,6 +89,8 @@ pub struct Link {
     pub views: watch::Sender<Option<Arc<NodeView>>>,
     /// Link state for status and metrics.
     pub status: watch::Sender<LinkStatus>,
+    /// Status going up.
+    pub reporter: Arc<Reporter>,
 }
 
 async fn resolve(addrs: &[String]) -> Vec<SocketAddr> {
@@ -138,12 +148,22 @@ impl Link {
                 s.connects += 1;
             });
             info!(control = %control, "link up");
+            self.reporter.push_events([link_event(
+                EventKind::LinkRestored,
+                format!("connected to control at {control}"),
+            )]);
             let result = tokio::select! {
                 () = cancel.cancelled() => Ok(None),
                 result = self.session(&conn, force_snapshot) => result.map(Some),
             };
             self.status.send_modify(|s| s.connected = false);
             conn.close("agent reconnecting");
+            if let Err(error) = &result {
+                self.reporter.push_events([link_event(
+                    EventKind::LinkLost,
+                    format!("lost control at {control}: {error}"),
+                )]);
+            }
             match result {
                 Ok(None) => return LinkEnd::Cancelled,
                 Ok(Some(end)) => return end,
@@ -187,14 +207,24 @@ impl Link {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         send.send(&AgentToControl::Hello(hello)).await?;
+        // A new session reports everything at once: this control node may know nothing of us.
+        self.send_report(&mut send).await?;
         let mut current = cached;
+        let mut deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
         loop {
             // Control sends a heartbeat every 5 s; silence for three of them means the control
             // node died without closing the connection (kill -9, power loss): reconnect to
             // another one instead of waiting out the QUIC idle timeout.
-            let message = tokio::time::timeout(SILENCE_LIMIT, recv.recv::<ControlToAgent>())
-                .await
-                .map_err(|_| SessionError::Silent(SILENCE_LIMIT))??;
+            let message = tokio::select! {
+                received = recv.recv::<ControlToAgent>() => received?,
+                () = tokio::time::sleep_until(deadline) => return Err(SessionError::Silent(SILENCE_LIMIT)),
+                () = self.reporter.changed() => {
+                    tokio::time::sleep(REPORT_COALESCE).await;
+                    self.send_report(&mut send).await?;
+                    continue;
+                }
+            };
+            deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
             self.status
                 .send_modify(|s| s.last_contact_ms = Some(now_ms()));
             let next = match message {
@@ -209,6 +239,8 @@ impl Link {
                 }
                 ControlToAgent::Heartbeat { revision } => {
                     debug!(revision = %revision, "heartbeat");
+                    self.status
+                        .send_modify(|s| s.control_revision = s.control_revision.max(revision.0));
                     continue;
                 }
                 ControlToAgent::Refused(refusal) if refusal.reason.is_permanent() => {
@@ -226,9 +258,35 @@ impl Link {
             let revision = next.revision;
             let next = Arc::new(next);
             self.views.send_replace(Some(next.clone()));
-            self.status.send_modify(|s| s.revision = revision.0);
+            self.status.send_modify(|s| {
+                s.revision = revision.0;
+                s.control_revision = s.control_revision.max(revision.0);
+            });
             send.send(&AgentToControl::Ack { revision }).await?;
             current = Some(next);
         }
+    }
+
+    /// Sends the reporter's status, and more reports while events wait.
+    async fn send_report(
+        &self,
+        send: &mut warren_transport::FramedSend,
+    ) -> Result<(), SessionError> {
+        loop {
+            let (report, receipt) = self.reporter.take();
+            send.send(&AgentToControl::Status(report)).await?;
+            if !self.reporter.commit(receipt) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn link_event(kind: EventKind, message: String) -> Event {
+    Event {
+        at_ms: now_ms(),
+        replica: None,
+        kind,
+        message,
     }
 }

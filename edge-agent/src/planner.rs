@@ -376,7 +376,8 @@ pub struct ExitRecord {
 }
 
 impl ExitRecord {
-    fn describe(&self) -> String {
+    /// A line for people: `exited with code 1`, `could not start`, ….
+    pub fn describe(&self) -> String {
         match (self.start_failed, self.code) {
             (true, _) => "could not start".to_owned(),
             (false, Some(code)) => format!("exited with code {code}"),

@@ -35,6 +35,11 @@ pub fn sleep_service(replicas: u32) -> ServiceSpec {
 /// A fresh single-node cluster (`c1`) on 127.0.0.1 with kernel-picked ports, its data under
 /// `dir/c1`. Returns the node and the cluster fingerprint.
 pub async fn start_control(dir: &Path) -> (ControlNode, [u8; 32]) {
+    start_control_with(dir, ControlConfig::default()).await
+}
+
+/// As [`start_control`], with `config`.
+pub async fn start_control_with(dir: &Path, config: ControlConfig) -> (ControlNode, [u8; 32]) {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let new = NewNode {
         data_dir: dir.join("c1"),
@@ -47,9 +52,7 @@ pub async fn start_control(dir: &Path) -> (ControlNode, [u8; 32]) {
         metrics_listen: None,
         gossip_listen: None,
     };
-    let (control, out) = ControlNode::init(new, ControlConfig::default())
-        .await
-        .expect("control init");
+    let (control, out) = ControlNode::init(new, config).await.expect("control init");
     (control, out.fingerprint)
 }
 
@@ -74,4 +77,140 @@ pub async fn agent_token(control: &ControlNode, fingerprint: [u8; 32]) -> String
     let (token, record) = mint(fingerprint, options, unix_now_ms());
     propose(control, Op::AddToken(record)).await;
     token.to_string()
+}
+
+/// `GET path` on the control node's HTTP API (through its Unix socket), decoded from JSON.
+///
+/// # Panics
+/// When the request fails or the answer is not a 200 with a `T`: this is a test fixture.
+pub async fn api_get<T: serde::de::DeserializeOwned>(control: &ControlNode, path: &str) -> T {
+    use http_body_util::BodyExt;
+    let socket = control.data_dir().join(warren_control::node::SOCKET_FILE);
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect to the control socket");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("http handshake");
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .uri(format!("http://warren{}{path}", warren_api::rest::PREFIX))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("valid request");
+    let response = sender.send_request(request).await.expect("api answers");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("api body")
+        .to_bytes();
+    assert!(
+        status.is_success(),
+        "GET {path}: {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).expect("api answers JSON of the expected type")
+}
+
+/// Polls `cond` every 50 ms until it gives a value or `timeout` passes.
+///
+/// # Panics
+/// On timeout, naming `what`.
+pub async fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(found) = cond() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// `kill -9 pid`.
+///
+/// # Panics
+/// When `kill` cannot be run or fails.
+pub fn kill9(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -9 {pid}");
+}
+
+/// The agent's `status.json`, if it is there and parses.
+pub fn agent_status(dir: &Path) -> Option<warren_edge_agent::agent::AgentStatus> {
+    warren_edge_agent::agent::load_status(dir).ok()
+}
+
+/// Agent options for tests: secrets in a plain 0700 dir (no tmpfs, no root needed).
+pub fn agent_options() -> warren_edge_agent::agent::AgentOptions {
+    warren_edge_agent::agent::AgentOptions {
+        process: warren_edge_agent::runtime::ProcessRuntimeOptions {
+            secrets_tmpfs: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Runs the agent in `dir` in a task; cancel the token to stop it (workloads keep running).
+pub fn spawn_agent(
+    dir: &Path,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<
+        Result<warren_edge_agent::agent::RunEnd, warren_edge_agent::agent::AgentError>,
+    >,
+) {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let dir = dir.to_owned();
+    let task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { warren_edge_agent::agent::Agent::run(&dir, agent_options(), cancel).await }
+    });
+    (cancel, task)
+}
+
+/// Joins an agent named `name` at `site` into `dir` with a fresh token.
+///
+/// # Panics
+/// When the join fails.
+pub async fn join_agent(
+    control: &ControlNode,
+    fingerprint: [u8; 32],
+    dir: &Path,
+    name: &str,
+    site: &str,
+) -> warren_edge_agent::agent::AgentIdentity {
+    let token = agent_token(control, fingerprint).await;
+    warren_edge_agent::agent::join(
+        dir,
+        vec![control.quic_addr().to_string()],
+        &token,
+        name.into(),
+        site.into(),
+        Default::default(),
+    )
+    .await
+    .expect("agent joins")
 }

@@ -12,6 +12,7 @@
 //! - [`https`]: TLS over TCP for the admin HTTP API (admin client certificates).
 //! - [`backoff`]: jittered exponential backoff for every reconnect loop.
 //! - [`metrics`]: the transport's Prometheus counters.
+//! - [`plain_http`]: the plain-HTTP listener for `/metrics`, `/health` and `/ready`.
 //!
 //! This is the only crate that names quinn, rustls or rcgen. It never panics on input from the
 //! network or disk: every bad frame, token, certificate or handshake becomes a typed error and
@@ -27,6 +28,7 @@ pub mod https;
 pub mod identity;
 pub mod join;
 pub mod metrics;
+pub mod plain_http;
 pub mod seal;
 pub mod tls;
 pub mod token;

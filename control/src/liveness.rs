@@ -1,0 +1,182 @@
+//! Agent liveness, decided on the leader: which agents turned unreachable and which came back.
+//!
+//! DESIGN.md §2: facts from the world enter the log as entries the leader proposes. The
+//! leader merges every control node's [`AgentReport`]s (an agent streams to one control node
+//! at a time) and feeds them to [`Liveness::decide`], a pure function of `(now, registry,
+//! reports)` that returns the `NodeUnreachable` / `NodeReachable` operations to propose. The
+//! scheduler then applies each service's `on_disconnect` rule; nothing is rescheduled here.
+//!
+//! A new leader knows nothing of when agents were last seen (the old leader's memory is gone
+//! and the agent of a dead control node is reconnecting): it counts every agent as seen at the
+//! moment it became leader, so no agent is declared unreachable before `unreachable_after` has
+//! passed under this leader.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use warren_api::{NodeId, NodeRole, NodeState};
+
+use crate::command::Op;
+use crate::state::ClusterState;
+use crate::status::AgentReport;
+
+/// The leader's memory of when each agent was last known alive.
+#[derive(Debug)]
+pub struct Liveness {
+    unreachable_after_ms: u64,
+    leader_since_ms: u64,
+    last_seen_ms: HashMap<NodeId, u64>,
+}
+
+impl Liveness {
+    /// Starts judging at `now_ms` (when this node became leader).
+    pub fn new(unreachable_after: Duration, now_ms: u64) -> Self {
+        Liveness {
+            unreachable_after_ms: unreachable_after.as_millis() as u64,
+            leader_since_ms: now_ms,
+            last_seen_ms: HashMap::new(),
+        }
+    }
+
+    /// The operations to propose given the registry and the merged reports.
+    pub fn decide(
+        &mut self,
+        now_ms: u64,
+        state: &ClusterState,
+        reports: &BTreeMap<NodeId, AgentReport>,
+    ) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for node in state.nodes.values() {
+            if node.role != NodeRole::Agent {
+                continue;
+            }
+            let report = reports.get(&node.id);
+            let connected = report.is_some_and(|r| r.connected);
+            let seen = self
+                .last_seen_ms
+                .entry(node.id)
+                .or_insert(self.leader_since_ms);
+            if connected {
+                *seen = now_ms;
+            } else if let Some(r) = report {
+                *seen = (*seen).max(r.last_contact_ms);
+            }
+            match node.state {
+                NodeState::Ready
+                    if !connected && now_ms.saturating_sub(*seen) >= self.unreachable_after_ms =>
+                {
+                    ops.push(Op::NodeUnreachable { node: node.id });
+                }
+                NodeState::Unreachable { .. } | NodeState::Down if connected => {
+                    ops.push(Op::NodeReachable { node: node.id });
+                }
+                _ => {}
+            }
+        }
+        self.last_seen_ms
+            .retain(|id, _| state.nodes.contains_key(id));
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use warren_api::{Availability, Node, NodeAddresses, Revision};
+
+    use super::*;
+
+    fn node(id: u64, role: NodeRole, state: NodeState) -> Node {
+        Node {
+            id: NodeId(id),
+            name: format!("n{id}"),
+            site: "a".into(),
+            role,
+            labels: Default::default(),
+            addresses: NodeAddresses::default(),
+            availability: Availability::Active,
+            state,
+            joined_at_ms: 0,
+            cert_serial: None,
+        }
+    }
+
+    fn report(id: u64, connected: bool, last_contact_ms: u64) -> (NodeId, AgentReport) {
+        (
+            NodeId(id),
+            AgentReport {
+                node_id: NodeId(id),
+                control_id: 1,
+                connected,
+                last_contact_ms,
+                revision_acked: Revision::ZERO,
+                agent_version: String::new(),
+                replicas: vec![],
+                reported_at_ms: 0,
+                events: VecDeque::new(),
+                events_dropped: 0,
+            },
+        )
+    }
+
+    fn state(nodes: Vec<Node>) -> ClusterState {
+        let mut state = ClusterState::default();
+        for n in nodes {
+            state.nodes.insert(n.id, n);
+        }
+        state
+    }
+
+    #[test]
+    fn a_silent_agent_is_unreachable_only_after_the_grace_counted_from_leadership() {
+        let mut liveness = Liveness::new(Duration::from_secs(30), 1_000);
+        let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
+        let none = BTreeMap::new();
+        assert!(liveness.decide(20_000, &s, &none).is_empty());
+        assert_eq!(
+            liveness.decide(31_000, &s, &none),
+            vec![Op::NodeUnreachable { node: NodeId(2) }]
+        );
+    }
+
+    #[test]
+    fn a_connected_agent_stays_ready_and_an_old_contact_counts() {
+        let mut liveness = Liveness::new(Duration::from_secs(30), 0);
+        let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
+        let live = BTreeMap::from([report(2, true, 5)]);
+        assert!(liveness.decide(100_000, &s, &live).is_empty());
+        let gone = BTreeMap::from([report(2, false, 100_000)]);
+        assert!(liveness.decide(120_000, &s, &gone).is_empty());
+        assert_eq!(
+            liveness.decide(130_000, &s, &gone),
+            vec![Op::NodeUnreachable { node: NodeId(2) }]
+        );
+    }
+
+    #[test]
+    fn an_unreachable_agent_that_reconnects_is_reachable_again() {
+        let mut liveness = Liveness::new(Duration::from_secs(30), 0);
+        let s = state(vec![node(
+            2,
+            NodeRole::Agent,
+            NodeState::Unreachable { since_ms: 1 },
+        )]);
+        assert!(liveness.decide(10, &s, &BTreeMap::new()).is_empty());
+        let live = BTreeMap::from([report(2, true, 10)]);
+        assert_eq!(
+            liveness.decide(20, &s, &live),
+            vec![Op::NodeReachable { node: NodeId(2) }]
+        );
+    }
+
+    #[test]
+    fn control_nodes_and_removed_agents_are_left_alone() {
+        let mut liveness = Liveness::new(Duration::from_secs(1), 0);
+        let s = state(vec![
+            node(1, NodeRole::Control, NodeState::Ready),
+            node(3, NodeRole::Agent, NodeState::Removed),
+        ]);
+        assert!(liveness.decide(100_000, &s, &BTreeMap::new()).is_empty());
+    }
+}

@@ -1,0 +1,318 @@
+//! What agents report: per agent, the link (connected, last contact, acked revision), its last
+//! status report and a bounded tail of its events.
+//!
+//! Soft state (DESIGN.md §2: "the agent is the truth; control holds the last report"): kept in
+//! memory on the control node the agent streams to, lost on restart and rebuilt when the agent
+//! reconnects. An agent talks to one control node at a time, so readers merge every control
+//! node's book with [`merge`] (the API does that through [`crate::rpc::ControlRpc::AgentReports`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use warren_api::wire::StatusReport;
+use warren_api::{Event, NodeId, ReplicaStatus, Revision};
+
+/// Events kept per agent on each control node; older ones are dropped and counted.
+pub const EVENTS_KEPT_PER_NODE: usize = 256;
+
+/// One agent as this control node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// The agent's node.
+    pub node_id: NodeId,
+    /// The control node that holds (or held) the stream.
+    pub control_id: u64,
+    /// Whether a stream is up now.
+    pub connected: bool,
+    /// Last message from the agent (unix ms, control clock).
+    pub last_contact_ms: u64,
+    /// Last revision the agent acked as durably cached.
+    pub revision_acked: Revision,
+    /// The agent's software version.
+    pub agent_version: String,
+    /// Replicas as last reported (empty before the first report).
+    pub replicas: Vec<ReplicaStatus>,
+    /// When the last report arrived (unix ms, control clock); 0 before any.
+    pub reported_at_ms: u64,
+    /// Most recent events, oldest first, at most [`EVENTS_KEPT_PER_NODE`].
+    pub events: VecDeque<Event>,
+    /// Events the agent dropped while cut off, plus those this book dropped.
+    pub events_dropped: u64,
+}
+
+impl AgentReport {
+    fn new(node_id: NodeId, control_id: u64) -> Self {
+        AgentReport {
+            node_id,
+            control_id,
+            connected: false,
+            last_contact_ms: 0,
+            revision_acked: Revision::ZERO,
+            agent_version: String::new(),
+            replicas: Vec::new(),
+            reported_at_ms: 0,
+            events: VecDeque::new(),
+            events_dropped: 0,
+        }
+    }
+
+    /// The same report without replicas and events: what the leader's liveness check needs.
+    pub fn link_only(&self) -> AgentReport {
+        AgentReport {
+            replicas: Vec::new(),
+            events: VecDeque::new(),
+            ..self.clone()
+        }
+    }
+
+    fn push_events(&mut self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            if self.events.len() == EVENTS_KEPT_PER_NODE {
+                self.events.pop_front();
+                self.events_dropped += 1;
+            }
+            self.events.push_back(event);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    report: AgentReport,
+    /// Streams open from this agent: a quick reconnect may open the new one before the old one
+    /// has noticed it is dead.
+    sessions: u32,
+}
+
+/// This control node's book of agents.
+#[derive(Debug)]
+pub struct StatusBook {
+    control_id: u64,
+    agents: Mutex<HashMap<NodeId, Entry>>,
+}
+
+impl StatusBook {
+    /// An empty book for control node `control_id`.
+    pub fn new(control_id: u64) -> Self {
+        StatusBook {
+            control_id,
+            agents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<R>(&self, node: NodeId, f: impl FnOnce(&mut Entry) -> R) -> R {
+        let mut agents = self
+            .agents
+            .lock()
+            .expect("status book lock is not poisoned");
+        let control_id = self.control_id;
+        let entry = agents.entry(node).or_insert_with(|| Entry {
+            report: AgentReport::new(node, control_id),
+            sessions: 0,
+        });
+        f(entry)
+    }
+
+    /// A stream from `node` was accepted.
+    pub fn connected(&self, node: NodeId, agent_version: &str, now_ms: u64) {
+        self.with(node, |e| {
+            e.sessions += 1;
+            e.report.connected = true;
+            e.report.last_contact_ms = now_ms;
+            e.report.agent_version = agent_version.to_owned();
+        });
+    }
+
+    /// A message arrived from `node`.
+    pub fn contact(&self, node: NodeId, now_ms: u64) {
+        self.with(node, |e| e.report.last_contact_ms = now_ms);
+    }
+
+    /// `node` acked `revision`.
+    pub fn acked(&self, node: NodeId, revision: Revision, now_ms: u64) {
+        self.with(node, |e| {
+            e.report.last_contact_ms = now_ms;
+            e.report.revision_acked = e.report.revision_acked.max(revision);
+        });
+    }
+
+    /// `node` sent a status report.
+    pub fn report(&self, report: StatusReport, now_ms: u64) {
+        self.with(report.node_id, |e| {
+            e.report.last_contact_ms = now_ms;
+            e.report.reported_at_ms = now_ms;
+            e.report.replicas = report.replicas;
+            e.report.events_dropped += report.events_dropped;
+            e.report.push_events(report.events);
+        });
+    }
+
+    /// A stream from `node` ended.
+    pub fn disconnected(&self, node: NodeId) {
+        self.with(node, |e| {
+            e.sessions = e.sessions.saturating_sub(1);
+            e.report.connected = e.sessions > 0;
+        });
+    }
+
+    /// Forgets `node` (it was removed from the cluster).
+    pub fn forget(&self, node: NodeId) {
+        self.agents
+            .lock()
+            .expect("status book lock is not poisoned")
+            .remove(&node);
+    }
+
+    /// Every agent's report; `full = false` leaves out replicas and events.
+    pub fn snapshot(&self, full: bool) -> Vec<AgentReport> {
+        let agents = self
+            .agents
+            .lock()
+            .expect("status book lock is not poisoned");
+        agents
+            .values()
+            .map(|e| {
+                if full {
+                    e.report.clone()
+                } else {
+                    e.report.link_only()
+                }
+            })
+            .collect()
+    }
+}
+
+/// Merges the books of several control nodes into one report per agent: the stream that is up
+/// wins, else the most recent contact; events from every book are combined (deduplicated,
+/// oldest first, bounded).
+pub fn merge(books: impl IntoIterator<Item = AgentReport>) -> BTreeMap<NodeId, AgentReport> {
+    let mut merged: BTreeMap<NodeId, AgentReport> = BTreeMap::new();
+    for report in books {
+        match merged.get_mut(&report.node_id) {
+            None => {
+                merged.insert(report.node_id, report);
+            }
+            Some(current) => {
+                let mut events: Vec<Event> = current.events.drain(..).collect();
+                events.extend(report.events.iter().cloned());
+                let dropped = current.events_dropped.max(report.events_dropped);
+                let acked = current.revision_acked.max(report.revision_acked);
+                let newer = (report.connected, report.last_contact_ms)
+                    > (current.connected, current.last_contact_ms);
+                if newer {
+                    *current = report;
+                }
+                // Replicas come from the latest report, whichever book it is in.
+                events.sort_by_key(|e| e.at_ms);
+                events.dedup();
+                let excess = events.len().saturating_sub(EVENTS_KEPT_PER_NODE);
+                current.events = events.into_iter().skip(excess).collect();
+                current.events_dropped = dropped;
+                current.revision_acked = acked;
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_api::{EventKind, HealthState, ReplicaId, TaskState};
+
+    fn event(at_ms: u64, kind: EventKind) -> Event {
+        Event {
+            at_ms,
+            replica: None,
+            kind,
+            message: format!("event at {at_ms}"),
+        }
+    }
+
+    fn status(node: NodeId, state: TaskState) -> StatusReport {
+        StatusReport {
+            node_id: node,
+            revision: Revision(3),
+            replicas: vec![ReplicaStatus {
+                id: "web.1".parse::<ReplicaId>().unwrap(),
+                node,
+                state,
+                pid: Some(42),
+                started_at_ms: Some(1),
+                exit_code: None,
+                restarts: 0,
+                health: HealthState::Unknown,
+                message: None,
+                updated_at_ms: 1,
+            }],
+            events: vec![event(10, EventKind::Started)],
+            events_dropped: 2,
+        }
+    }
+
+    #[test]
+    fn overlapping_sessions_keep_the_agent_connected_until_the_last_ends() {
+        let book = StatusBook::new(1);
+        let node = NodeId(7);
+        book.connected(node, "0.1.0", 100);
+        book.connected(node, "0.1.0", 200);
+        book.disconnected(node);
+        assert!(book.snapshot(false)[0].connected);
+        book.disconnected(node);
+        assert!(!book.snapshot(false)[0].connected);
+        book.disconnected(node);
+        assert!(!book.snapshot(false)[0].connected, "no underflow");
+    }
+
+    #[test]
+    fn events_are_bounded_and_drops_counted() {
+        let book = StatusBook::new(1);
+        let node = NodeId(7);
+        let mut report = status(node, TaskState::Running);
+        report.events = (0..EVENTS_KEPT_PER_NODE as u64 + 10)
+            .map(|i| event(i, EventKind::Restarted))
+            .collect();
+        book.report(report, 5);
+        let got = &book.snapshot(true)[0];
+        assert_eq!(got.events.len(), EVENTS_KEPT_PER_NODE);
+        assert_eq!(got.events.front().unwrap().at_ms, 10);
+        assert_eq!(got.events_dropped, 2 + 10);
+        assert!(book.snapshot(false)[0].events.is_empty());
+    }
+
+    #[test]
+    fn merge_prefers_the_live_stream_and_combines_events() {
+        let node = NodeId(7);
+        let old = StatusBook::new(1);
+        old.connected(node, "0.1.0", 100);
+        old.report(status(node, TaskState::Running), 100);
+        old.disconnected(node);
+        let live = StatusBook::new(2);
+        live.connected(node, "0.1.0", 50);
+        let mut second = status(node, TaskState::Failed);
+        second.events = vec![event(20, EventKind::Exited { code: Some(1) })];
+        live.report(second, 50);
+        let merged = merge(old.snapshot(true).into_iter().chain(live.snapshot(true)));
+        let got = &merged[&node];
+        assert!(got.connected);
+        assert_eq!(got.control_id, 2);
+        assert_eq!(got.replicas[0].state, TaskState::Failed);
+        let at: Vec<u64> = got.events.iter().map(|e| e.at_ms).collect();
+        assert_eq!(at, vec![10, 20]);
+    }
+
+    #[test]
+    fn merge_without_a_live_stream_takes_the_latest_contact() {
+        let node = NodeId(7);
+        let a = StatusBook::new(1);
+        a.connected(node, "0.1.0", 100);
+        a.disconnected(node);
+        let b = StatusBook::new(2);
+        b.connected(node, "0.1.0", 300);
+        b.disconnected(node);
+        let merged = merge(a.snapshot(true).into_iter().chain(b.snapshot(true)));
+        assert_eq!(merged[&node].control_id, 2);
+        assert_eq!(merged[&node].last_contact_ms, 300);
+    }
+}

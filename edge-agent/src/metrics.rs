@@ -1,0 +1,310 @@
+//! The agent's Prometheus metrics and its plain-HTTP listener (`/metrics`, `/health`,
+//! `/ready`).
+//!
+//! Every series carries `node` and `site` labels (constant labels on the registry), so a
+//! site-level Prometheus can federate to a central one without relabelling (DESIGN.md §8).
+//! Gauges that mirror state are refreshed at scrape time from the link status, the reporter and
+//! the cache; counters are bumped where things happen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_api::{EventKind, HealthState, NodeId, NodeView, TaskState};
+use warren_transport::ca::unix_now_ms;
+use warren_transport::plain_http::{self, Handler};
+
+use crate::cache::Cache;
+use crate::link::LinkStatus;
+use crate::report::Reporter;
+
+/// Every task state, for zero-filled gauges (a state with no workload shows 0, not nothing).
+const TASK_STATES: [TaskState; 10] = [
+    TaskState::Pending,
+    TaskState::Assigned,
+    TaskState::Starting,
+    TaskState::Running,
+    TaskState::Unhealthy,
+    TaskState::Stopping,
+    TaskState::Stopped,
+    TaskState::Failed,
+    TaskState::Completed,
+    TaskState::Orphaned,
+];
+
+/// Metrics of one agent.
+#[derive(Clone, Debug)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// Revision of the cached view.
+    pub revision: IntGauge,
+    /// How far the cached view is behind what control last said it holds for this node.
+    pub revision_lag: IntGauge,
+    /// 1 while a stream to a control node is up.
+    pub link_up: IntGauge,
+    /// Seconds since the last message from control (at scrape time).
+    pub link_last_contact_age_seconds: Gauge,
+    /// Connections made to control.
+    pub link_connects_total: IntCounter,
+    /// Workloads by state after the last reconcile pass.
+    pub workloads: IntGaugeVec,
+    /// Workloads by health-check result after the last pass.
+    pub workload_health: IntGaugeVec,
+    /// Events by kind (started, exited, restarted, health_changed, …).
+    pub events_total: IntCounterVec,
+    /// Restarts done by the restart policy.
+    pub workload_restarts_total: IntCounter,
+    /// Events waiting to go up.
+    pub events_buffered: IntGauge,
+    /// Size of the cache on disk, bytes.
+    pub cache_size_bytes: IntGauge,
+    /// Cached values found corrupt (and dropped or refused).
+    pub cache_corrupt_total: IntCounter,
+    /// Reconcile passes.
+    pub reconcile_passes_total: IntCounter,
+}
+
+impl AgentMetrics {
+    /// Creates every metric in a fresh registry labelled with `node` and `site`.
+    pub fn new(node: NodeId, site: &str) -> Self {
+        let labels: HashMap<String, String> = [
+            ("node".to_owned(), node.to_string()),
+            ("site".to_owned(), site.to_owned()),
+        ]
+        .into();
+        let registry = Registry::new_custom(None, Some(labels)).expect("constant labels are valid");
+        fn register<M: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: M,
+        ) -> M {
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        }
+        let gauge = |name: &str, help: &str| {
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let counter = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+            )
+        };
+        AgentMetrics {
+            revision: gauge("warren_agent_revision", "Revision of the cached view."),
+            revision_lag: gauge(
+                "warren_agent_revision_lag",
+                "Revisions the cached view is behind what control last announced for this node.",
+            ),
+            link_up: gauge(
+                "warren_agent_link_up",
+                "1 while a stream to a control node is up.",
+            ),
+            link_last_contact_age_seconds: register(
+                &registry,
+                Gauge::new(
+                    "warren_agent_link_last_contact_age_seconds",
+                    "Seconds since the last message from control (-1 before any).",
+                )
+                .expect("valid metric"),
+            ),
+            link_connects_total: counter(
+                "warren_agent_link_connects_total",
+                "Connections made to a control node.",
+            ),
+            workloads: gauge_vec(
+                "warren_agent_workloads",
+                "Workloads by state after the last reconcile pass.",
+                "state",
+            ),
+            workload_health: gauge_vec(
+                "warren_agent_workload_health",
+                "Workloads by health-check result after the last reconcile pass.",
+                "health",
+            ),
+            events_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("warren_agent_events_total", "Events recorded, by kind."),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+            workload_restarts_total: counter(
+                "warren_agent_workload_restarts_total",
+                "Workloads restarted by their restart policy (exits and failed health checks).",
+            ),
+            events_buffered: gauge(
+                "warren_agent_events_buffered",
+                "Events waiting to be reported to control.",
+            ),
+            cache_size_bytes: gauge(
+                "warren_agent_cache_size_bytes",
+                "Size of the agent cache on disk.",
+            ),
+            cache_corrupt_total: counter(
+                "warren_agent_cache_corrupt_total",
+                "Cached values found corrupt.",
+            ),
+            reconcile_passes_total: counter(
+                "warren_agent_reconcile_passes_total",
+                "Reconcile passes run.",
+            ),
+            registry,
+        }
+    }
+
+    /// Counts events by kind (and restarts).
+    pub fn count_events(&self, kinds: impl IntoIterator<Item = EventKind>) {
+        for kind in kinds {
+            self.events_total.with_label_values(&[kind.as_str()]).inc();
+            if kind == EventKind::Restarted {
+                self.workload_restarts_total.inc();
+            }
+        }
+    }
+
+    /// Sets the workload gauges from one pass's states and health results.
+    pub fn set_workloads(
+        &self,
+        states: impl IntoIterator<Item = (TaskState, HealthState)>,
+    ) -> &Self {
+        let mut by_state: BTreeMap<&'static str, i64> =
+            TASK_STATES.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut by_health: BTreeMap<&'static str, i64> = [
+            HealthState::Unknown,
+            HealthState::Healthy,
+            HealthState::Unhealthy,
+        ]
+        .iter()
+        .map(|h| (h.as_str(), 0))
+        .collect();
+        for (state, health) in states {
+            *by_state.entry(state.as_str()).or_default() += 1;
+            *by_health.entry(health.as_str()).or_default() += 1;
+        }
+        for (state, n) in by_state {
+            self.workloads.with_label_values(&[state]).set(n);
+        }
+        for (health, n) in by_health {
+            self.workload_health.with_label_values(&[health]).set(n);
+        }
+        self
+    }
+
+    /// Refreshes the gauges that mirror the link, the event buffer and the cache.
+    pub fn refresh(&self, link: &LinkStatus, reporter: &Reporter, cache: &Cache) {
+        self.revision.set(link.revision as i64);
+        self.revision_lag
+            .set(link.control_revision.saturating_sub(link.revision) as i64);
+        self.link_up.set(i64::from(link.connected));
+        let connects = self.link_connects_total.get();
+        self.link_connects_total
+            .inc_by(link.connects.saturating_sub(connects));
+        self.link_last_contact_age_seconds.set(
+            link.last_contact_ms
+                .map_or(-1.0, |at| unix_now_ms().saturating_sub(at) as f64 / 1000.0),
+        );
+        self.events_buffered.set(reporter.buffered() as i64);
+        self.cache_size_bytes.set(cache.size_on_disk() as i64);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text exposition is UTF-8")
+    }
+}
+
+/// What the metrics listener reads at scrape time.
+#[derive(Clone, Debug)]
+pub struct MetricsSources {
+    /// The metrics.
+    pub metrics: AgentMetrics,
+    /// The link's status.
+    pub link: watch::Receiver<LinkStatus>,
+    /// The event buffer.
+    pub reporter: Arc<Reporter>,
+    /// The cache.
+    pub cache: Arc<Cache>,
+    /// The view the agent runs from (cached or fetched); `/ready` once there is one.
+    pub views: watch::Receiver<Option<Arc<NodeView>>>,
+}
+
+/// Serves `/metrics`, `/health` (the agent runs) and `/ready` (it has a view to run
+/// workloads from — cached counts: an offline agent is ready) until `cancel` fires.
+///
+/// # Errors
+/// I/O errors binding `addr`.
+pub async fn serve(
+    addr: SocketAddr,
+    sources: MetricsSources,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) -> std::io::Result<SocketAddr> {
+    let handler: Handler = Arc::new(move |path: String| {
+        let sources = sources.clone();
+        Box::pin(async move {
+            match path.as_str() {
+                "/metrics" => {
+                    let link = sources.link.borrow().clone();
+                    sources
+                        .metrics
+                        .refresh(&link, &sources.reporter, &sources.cache);
+                    (StatusCode::OK, sources.metrics.render())
+                }
+                "/health" => (StatusCode::OK, "ok\n".into()),
+                "/ready" if sources.views.borrow().is_some() => (StatusCode::OK, "ready\n".into()),
+                "/ready" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no view yet: waiting for the first contact with control\n".into(),
+                ),
+                _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+            }
+        })
+    });
+    plain_http::serve(addr, handler, cancel, tasks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_carry_node_and_site_and_states_are_zero_filled() {
+        let metrics = AgentMetrics::new(NodeId(0xab), "lisbon");
+        metrics.set_workloads([(TaskState::Running, HealthState::Healthy)]);
+        metrics.count_events([EventKind::Restarted, EventKind::Started]);
+        let text = metrics.render();
+        let node = NodeId(0xab).to_string();
+        assert!(
+            text.contains(&format!(
+                "warren_agent_workloads{{node=\"{node}\",site=\"lisbon\",state=\"running\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("state=\"failed\"} 0"), "{text}");
+        assert!(
+            text.contains("warren_agent_workload_restarts_total{"),
+            "{text}"
+        );
+        assert!(text.contains("health=\"healthy\"} 1"), "{text}");
+    }
+}
