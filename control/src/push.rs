@@ -119,6 +119,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     info!(node_id = %hello.node_id, revision = %hello.last_revision, "agent connected");
     let _session = Session::open(&control, &hello);
     let mut applied = control.watch_applied();
+    catch_up(&conn, &control, &hello, &mut send, &mut applied).await?;
     let mut sent: Option<NodeView> = None;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,14 +146,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
         };
         if let Some(view) = view {
             let message = match &sent {
-                None if hello.last_revision == view.revision
-                    && hello.cache_cluster_id == Some(view.cluster_id) =>
-                {
-                    Some(ControlToAgent::Heartbeat {
-                        revision: view.revision,
-                    })
-                }
-                None => Some(ControlToAgent::Snapshot(Box::new(view.clone()))),
+                None => Some(first_message(&hello, &view)),
                 Some(previous) if previous_content_differs(previous, &view) => {
                     Some(ControlToAgent::Delta(previous.diff(&view)))
                 }
@@ -187,6 +181,48 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     }
 }
 
+/// How long a control node that is behind the agent's cached view waits to catch up before
+/// sending the agent elsewhere.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
+/// An agent may have seen a later revision (from the leader) than this control node has
+/// applied (a lagging follower): sending it this node's view would move it back in time. Wait
+/// until this node has caught up, heartbeating meanwhile; refuse with `Overloaded` (the agent
+/// tries another control node) if it does not within [`CATCH_UP_LIMIT`].
+async fn catch_up(
+    conn: &PeerConnection,
+    control: &Control,
+    hello: &AgentHello,
+    send: &mut warren_transport::FramedSend,
+    applied: &mut tokio::sync::watch::Receiver<Revision>,
+) -> Result<(), PushError> {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_LIMIT;
+    while control.applied() < hello.last_revision {
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) },
+            () = tokio::time::sleep(HEARTBEAT_INTERVAL) => {
+                send.send(&ControlToAgent::Heartbeat { revision: hello.last_revision }).await?;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                info!(node_id = %hello.node_id, revision = %hello.last_revision, applied = %control.applied(), "agent is ahead of this control node; sending it elsewhere");
+                send.send(&refusal(
+                    RefusalReason::Overloaded { retry_after_ms: 1_000 },
+                    format!(
+                        "this control node has applied revision {}, behind the agent's {}",
+                        control.applied(),
+                        hello.last_revision
+                    ),
+                ))
+                .await?;
+                send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                return Err(PushError::Refused("behind the agent"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Marks the agent connected in the control node's status book for as long as it lives.
 struct Session<'a> {
     control: &'a Control,
@@ -208,6 +244,28 @@ impl<'a> Session<'a> {
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         self.control.agents().disconnected(self.node);
+    }
+}
+
+/// What a new session starts with: a heartbeat when the agent already holds this view, a
+/// delta from the agent's digest when it holds an older view of this cluster, a snapshot
+/// otherwise (no cache, another cluster's cache, or a digest that does not lead forward).
+fn first_message(hello: &AgentHello, view: &NodeView) -> ControlToAgent {
+    let same_cluster = hello.cache_cluster_id == Some(view.cluster_id);
+    match &hello.have {
+        Some(have) if same_cluster && have.revision == hello.last_revision => {
+            let delta = view.delta_since(have);
+            if have.revision == view.revision && delta.changes.is_empty() {
+                ControlToAgent::Heartbeat {
+                    revision: view.revision,
+                }
+            } else if have.revision < view.revision {
+                ControlToAgent::Delta(delta)
+            } else {
+                ControlToAgent::Snapshot(Box::new(view.clone()))
+            }
+        }
+        _ => ControlToAgent::Snapshot(Box::new(view.clone())),
     }
 }
 
