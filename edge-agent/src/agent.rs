@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
 use warren_api::{
-    Event, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, Service, TaskState,
+    Event, HealthState, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, Service,
+    TaskState, Workload,
 };
 use warren_transport::ca::CaError;
 use warren_transport::endpoint::BindError;
@@ -32,6 +33,8 @@ use warren_transport::join::{JoinError, JoinParams};
 use warren_transport::{Credentials, Endpoint, EndpointOptions, write_atomic};
 
 use crate::cache::{Cache, CacheError, CacheIdentity, CacheTuning};
+use crate::health::probe::ExecContext;
+use crate::health::{HealthMonitor, HealthTarget};
 use crate::link::{Link, LinkEnd, LinkStatus};
 use crate::metrics::{AgentMetrics, MetricsSources};
 use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBook};
@@ -317,6 +320,13 @@ pub struct LocalReplica {
     pub workload_hash: Option<String>,
     /// When the workload started, unix millis.
     pub started_at_ms: Option<u64>,
+    /// The health check's verdict on the current run: `unknown` without a check or before
+    /// enough results.
+    #[serde(default)]
+    pub health: HealthState,
+    /// Why the latest health probe failed, while it does (`2 of 3 failures: …`).
+    #[serde(default)]
+    pub health_detail: Option<String>,
 }
 
 /// What `status.json` holds.
@@ -504,7 +514,8 @@ impl Agent {
             }
             None => None,
         };
-        let mut reconciler = Reconciler::new(&self, reporter, metrics, metrics_addr);
+        let mut reconciler =
+            Reconciler::new(&self, cancel.child_token(), reporter, metrics, metrics_addr);
         reconciler.adopt_recorded().await;
         let mut last_rotate = tokio::time::Instant::now();
         info!(node_id = %self.identity.node_id, "agent running");
@@ -544,6 +555,7 @@ impl Agent {
         };
         link_cancel.cancel();
         tasks.close();
+        reconciler.health_monitor.shutdown().await;
         if !link_task.is_finished() {
             let _ = tokio::time::timeout(LINK_SHUTDOWN_TIMEOUT, link_task).await;
         }
@@ -582,6 +594,8 @@ struct Reconciler {
     exits: BTreeMap<ReplicaId, (u64, u64)>,
     book: RestartBook,
     health: BTreeMap<ReplicaId, warren_api::HealthState>,
+    /// Runs the health checks whose results fill `health`.
+    health_monitor: HealthMonitor,
     states: BTreeMap<ReplicaId, TaskState>,
     link: LinkStatus,
     revision: u64,
@@ -597,6 +611,7 @@ struct Reconciler {
 impl Reconciler {
     fn new(
         agent: &Agent,
+        cancel: CancellationToken,
         reporter: Arc<Reporter>,
         metrics: AgentMetrics,
         metrics_addr: Option<SocketAddr>,
@@ -617,6 +632,7 @@ impl Reconciler {
             exits: BTreeMap::new(),
             book,
             health: BTreeMap::new(),
+            health_monitor: HealthMonitor::new(cancel),
             states: BTreeMap::new(),
             link: LinkStatus::default(),
             revision: 0,
@@ -678,6 +694,11 @@ impl Reconciler {
             return None;
         };
         self.revision = view.revision.0;
+        let targets = health_targets(&self.data_dir, view, &observed);
+        self.health_monitor.sync(targets);
+        self.health = self.health_monitor.health();
+        let health_events = self.health_monitor.drain_events();
+        self.record_events(health_events);
         let before = self.book.clone();
         let now = now_ms();
         let plan = planner::plan(
@@ -931,6 +952,8 @@ impl Reconciler {
     /// The node was removed: stop everything, wipe records, secrets and the view, and mark
     /// the cache so that an offline boot does not start the workloads again.
     async fn teardown(&mut self) {
+        self.health_monitor.shutdown().await;
+        self.health.clear();
         let replicas: Vec<ReplicaId> = self.handles.keys().cloned().collect();
         for replica in &replicas {
             let grace = self
@@ -1005,6 +1028,7 @@ impl Reconciler {
 
     fn replica_status(&self, replica: &ReplicaId, state: TaskState) -> LocalReplica {
         let record = self.handles.get(replica).map(WorkloadHandle::record);
+        let health = self.health.get(replica).copied();
         LocalReplica {
             replica: replica.clone(),
             state,
@@ -1012,12 +1036,55 @@ impl Reconciler {
             restarts: self.book.get(replica).map_or(0, |r| r.restarts),
             workload_hash: record.map(|r| format!("{:016x}", r.workload_hash)),
             started_at_ms: record.map(|r| r.started_at_ms),
+            health: health.unwrap_or_default(),
+            health_detail: health
+                .and_then(|_| self.health_monitor.last_failure(replica))
+                .map(str::to_owned),
         }
     }
 }
 
 fn record_key(replica: &ReplicaId) -> String {
     format!("{RECORD_PREFIX}{replica}")
+}
+
+/// The health checks to run: one per running workload whose service has a check. Exec probes
+/// get the service's environment and run in the workload's working directory (the process
+/// runtime's layout under `data_dir`).
+fn health_targets(data_dir: &Path, view: &NodeView, observed: &[Observed]) -> Vec<HealthTarget> {
+    observed
+        .iter()
+        .filter_map(|workload| {
+            let ObservedState::Running { since_ms } = workload.state else {
+                return None;
+            };
+            let spec = &view.services.get(&workload.replica.service)?.spec;
+            let check = spec.health.clone()?;
+            let working_dir = match &spec.workload {
+                Workload::Process(process) => {
+                    let replica_dir = data_dir
+                        .join(WORKLOADS_DIR)
+                        .join(workload.replica.to_string());
+                    Some(match &process.working_dir {
+                        Some(dir) => replica_dir.join(dir),
+                        None => replica_dir,
+                    })
+                }
+                // Exec probes in containers come with the container runtime.
+                Workload::Image(_) => None,
+            };
+            Some(HealthTarget {
+                replica: workload.replica.clone(),
+                check,
+                started_at_ms: since_ms,
+                workload_hash: workload.workload_hash,
+                exec: ExecContext {
+                    env: spec.env.clone(),
+                    working_dir,
+                },
+            })
+        })
+        .collect()
 }
 
 fn log_events(events: &[Event]) {

@@ -5,6 +5,8 @@
 //!   (offline boot, re-adoption, `status.json`).
 //! - [`cache`]: the durable cache (sled): the node's view and the agent's records, versioned
 //!   and checksummed; a corrupt, truncated or foreign cache is a clear error.
+//! - [`health`]: health checks — HTTP, TCP and exec probes run by [`health::HealthMonitor`],
+//!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
 //!   before they are acked, reconnection with jittered backoff; only removal ends it.
 //! - [`metrics`]: Prometheus metrics (labelled by node and site) and the plain-HTTP
@@ -21,6 +23,7 @@
 
 pub mod agent;
 pub mod cache;
+pub mod health;
 pub mod link;
 pub mod metrics;
 pub mod planner;
