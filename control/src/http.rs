@@ -648,6 +648,23 @@ impl Api {
         }
         spec.validate()
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        // `apply -f` re-sends every service each time: an unchanged spec (checked against a
+        // linearizable read, so a lagging follower cannot wrongly call it unchanged) answers
+        // without appending a Raft entry.
+        {
+            let state = self.control.read_linearizable().await?;
+            if let Some(current) = state.services.get(&spec.name)
+                && current.current.spec == spec
+                && current.rollout.is_none()
+            {
+                return ok(&WriteResult {
+                    revision: state.revision.0,
+                    changed: false,
+                    created: false,
+                    version: Some(current.current.version),
+                });
+            }
+        }
         written(self.control.propose(Op::PutService(spec)).await?)
     }
 
