@@ -37,8 +37,7 @@ use crate::rpc::ProposeError;
 use crate::state::ClusterState;
 use crate::status::AgentReport;
 
-/// The AES-GCM purpose string under which secret values are sealed in the replicated state.
-pub const SECRET_PURPOSE: &str = "warren secret v1";
+pub use crate::secrets::SECRET_PURPOSE;
 
 /// An API failure; [`ApiError::status`] is the one place errors become HTTP statuses.
 #[derive(Debug, thiserror::Error)]

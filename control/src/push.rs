@@ -20,6 +20,7 @@ use warren_api::wire::{
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
 use warren_transport::ca::unix_now_ms;
+use warren_transport::seal::SealKey;
 use warren_transport::{FrameError, PeerConnection};
 
 use crate::control::Control;
@@ -29,10 +30,15 @@ use crate::state::ClusterState;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The view of `node` at the state's current revision: its replicas, the services they need,
-/// and the control addresses. `None` if the node is not registered.
-///
-/// Secrets are not in the view yet: they need sealing for each node's own key (next step).
-pub fn node_view(state: &ClusterState, node: NodeId, control_addrs: &[String]) -> Option<NodeView> {
+/// the secrets those services reference (sealed for this node with the key derived from
+/// `cluster_key`, see [`crate::secrets::sealed_for_node`]), and the control addresses. `None`
+/// if the node is not registered.
+pub fn node_view(
+    state: &ClusterState,
+    node: NodeId,
+    control_addrs: &[String],
+    cluster_key: &SealKey,
+) -> Option<NodeView> {
     let entry = state.nodes.get(&node)?;
     let mut replicas: Vec<_> = state.replicas_on(node).cloned().collect();
     replicas.sort_by(|a, b| a.id.cmp(&b.id));
@@ -45,6 +51,12 @@ pub fn node_view(state: &ClusterState, node: NodeId, control_addrs: &[String]) -
                 .map(|s| (r.id.service.clone(), s.current.clone()))
         })
         .collect();
+    let secrets = crate::secrets::sealed_for_node(
+        state,
+        services.values().map(|s| &s.spec),
+        cluster_key,
+        node,
+    );
     let cluster_id = state
         .cluster
         .as_ref()
@@ -56,7 +68,7 @@ pub fn node_view(state: &ClusterState, node: NodeId, control_addrs: &[String]) -
         node: entry.clone(),
         services,
         replicas,
-        secrets: BTreeMap::new(),
+        secrets,
         catalogue: Vec::new(),
         control_addrs: control_addrs.to_vec(),
         peers: Vec::new(),
@@ -142,7 +154,10 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 control.agents().forget(hello.node_id);
                 return Err(PushError::Refused("node_removed"));
             }
-            node_view(&state, hello.node_id, &control.control_addrs())
+            // A control node still joining has no cluster key: it sends no view until it has.
+            control
+                .cluster_key()
+                .and_then(|key| node_view(&state, hello.node_id, &control.control_addrs(), key))
         };
         if let Some(view) = view {
             let message = match &sent {

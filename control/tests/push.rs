@@ -13,6 +13,7 @@ use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_transport::ca::unix_now_ms;
 use warren_transport::join::{JoinParams, Joined, join};
+use warren_transport::seal::node_secret_key;
 use warren_transport::token::mint;
 use warren_transport::{Alpn, Endpoint, EndpointOptions, FramedRecv, FramedSend, MintOptions};
 
@@ -61,6 +62,12 @@ async fn control_and_agent(dir: &tempfile::TempDir) -> (ControlNode, Joined) {
     )
     .await
     .unwrap();
+    // An agent's grant carries its node secret key, derived from the cluster key.
+    let cluster_key = node.control().cluster_key().unwrap();
+    assert_eq!(
+        joined.secret_key,
+        Some(node_secret_key(cluster_key, joined.node_id))
+    );
     (node, joined)
 }
 

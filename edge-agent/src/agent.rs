@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
 use warren_api::{
-    Event, HealthState, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, Service,
-    TaskState, Workload,
+    Event, HealthState, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, SealedBlob,
+    Service, TaskState, Workload,
 };
 use warren_transport::ca::CaError;
 use warren_transport::endpoint::BindError;
@@ -41,8 +41,8 @@ use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBo
 use crate::report::Reporter;
 use crate::runtime::{
     ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, WorkloadHandle, WorkloadRecord,
-    WorkloadRequest,
 };
+use crate::secrets::{self, NodeSecrets, StartError};
 use warren_transport::ca::unix_now_ms as now_ms;
 
 /// The agent's identity file in its data dir.
@@ -254,6 +254,13 @@ pub async fn join(
     };
     create_private_dir(data_dir)?;
     joined.credentials.save(data_dir)?;
+    match &joined.secret_key {
+        Some(key) => {
+            let path = data_dir.join(secrets::SECRET_KEY_FILE);
+            secrets::save_key(data_dir, key).map_err(io_error("write", &path))?;
+        }
+        None => warn!("control sent no node secret key: workloads that use secrets will not start"),
+    }
     let fingerprint = joined.credentials.cluster_fingerprint();
     let mut seeds = control_addrs.clone();
     for addr in joined.control_addrs {
@@ -593,6 +600,8 @@ struct Reconciler {
     /// planner sees one exit time per run.
     exits: BTreeMap<ReplicaId, (u64, u64)>,
     book: RestartBook,
+    /// The node secret key and what each workload's secret files hold.
+    secrets: NodeSecrets,
     health: BTreeMap<ReplicaId, warren_api::HealthState>,
     /// Runs the health checks whose results fill `health`.
     health_monitor: HealthMonitor,
@@ -631,6 +640,7 @@ impl Reconciler {
             handles: BTreeMap::new(),
             exits: BTreeMap::new(),
             book,
+            secrets: NodeSecrets::load(&agent.data_dir),
             health: BTreeMap::new(),
             health_monitor: HealthMonitor::new(cancel),
             states: BTreeMap::new(),
@@ -712,9 +722,12 @@ impl Reconciler {
         );
         self.record_events(plan.events.clone());
         for action in &plan.actions {
-            let events = self.execute(action).await;
+            let events = self.execute(action, view).await;
             self.record_events(events);
         }
+        self.secrets
+            .refresh(&*self.runtime, view, &self.handles)
+            .await;
         self.states = plan.states.clone();
         self.report(view.revision);
         if self.book != before {
@@ -827,7 +840,7 @@ impl Reconciler {
     }
 
     /// Carries out one action; returns the events it caused.
-    async fn execute(&mut self, action: &Action) -> Vec<Event> {
+    async fn execute(&mut self, action: &Action, view: &NodeView) -> Vec<Event> {
         let now = now_ms();
         match action {
             Action::Stop {
@@ -872,7 +885,10 @@ impl Reconciler {
                     }
                 }
                 self.health.remove(replica);
-                vec![self.start(replica, service, *workload_hash).await]
+                vec![
+                    self.start(replica, service, *workload_hash, &view.secrets)
+                        .await,
+                ]
             }
             Action::Start {
                 replica,
@@ -885,7 +901,10 @@ impl Reconciler {
                     return vec![];
                 }
                 self.health.remove(replica);
-                vec![self.start(replica, service, *workload_hash).await]
+                vec![
+                    self.start(replica, service, *workload_hash, &view.secrets)
+                        .await,
+                ]
             }
             Action::Wait { .. } => vec![],
         }
@@ -914,15 +933,22 @@ impl Reconciler {
         }
         self.handles.remove(replica);
         self.exits.remove(replica);
+        self.secrets.forget(replica);
         self.remove_key(&record_key(replica));
         self.flush().await;
         true
     }
 
-    async fn start(&mut self, replica: &ReplicaId, service: &Service, workload_hash: u64) -> Event {
+    async fn start(
+        &mut self,
+        replica: &ReplicaId,
+        service: &Service,
+        workload_hash: u64,
+        sealed: &BTreeMap<String, SealedBlob>,
+    ) -> Event {
         let now = now_ms();
-        let started = match WorkloadRequest::for_process(replica.clone(), &service.spec, vec![]) {
-            Ok(request) => self.runtime.start(&request).await,
+        let started = match self.secrets.request(replica, &service.spec, sealed) {
+            Ok(request) => self.runtime.start(&request).await.map_err(StartError::from),
             Err(error) => Err(error),
         };
         match started {
@@ -962,6 +988,15 @@ impl Reconciler {
                 .map_or(DEFAULT_STOP_GRACE_PERIOD_MS, |r| r.stop_grace_period_ms);
             self.stop(replica, Duration::from_millis(grace)).await;
         }
+        // Stopping removed the stopped replicas' secrets; this catches any left behind (a
+        // workload that would not stop, one the agent lost track of).
+        if let Err(error) = self.runtime.wipe_secrets().await {
+            warn!(error = %error, "cannot remove every secret file");
+        }
+        if let Err(error) = secrets::remove_key(&self.data_dir) {
+            warn!(error = %error, "cannot remove the node secret key");
+        }
+        self.secrets.clear();
         for key in self.cache.keys_with_prefix(RECORD_PREFIX) {
             self.remove_key(&key);
         }

@@ -17,9 +17,12 @@
 //!   link drains into status reports.
 //! - [`runtime`]: runtimes behind one trait; the native process runtime (workloads in their own
 //!   process group, logs to files, SIGTERM then SIGKILL, adoption by pid + start time).
+//! - [`secrets`]: the node secret key (from the join grant) and opening the view's sealed
+//!   secrets into a workload's files; values change in place, never by a restart.
 //!
 //! Must never: stop a workload because the control plane is unreachable; restart a workload
-//! whose spec did not change; block the reconcile loop on the network.
+//! whose spec did not change; block the reconcile loop on the network; log or cache a secret's
+//! value in the clear.
 
 pub mod agent;
 pub mod cache;
@@ -29,3 +32,4 @@ pub mod metrics;
 pub mod planner;
 pub mod report;
 pub mod runtime;
+pub mod secrets;
