@@ -302,12 +302,21 @@ mod tests {
                     && l.ends_with(value)
             })
         };
-        assert!(line("warren_agent_workloads{state=\"running\"", " 1"), "{text}");
-        assert!(line("warren_agent_workloads{state=\"failed\"", " 0"), "{text}");
+        assert!(
+            line("warren_agent_workloads{state=\"running\"", " 1"),
+            "{text}"
+        );
+        assert!(
+            line("warren_agent_workloads{state=\"failed\"", " 0"),
+            "{text}"
+        );
         assert!(
             text.contains("warren_agent_workload_restarts_total{"),
             "{text}"
         );
-        assert!(line("warren_agent_workload_health{health=\"healthy\"", " 1"), "{text}");
+        assert!(
+            line("warren_agent_workload_health{health=\"healthy\"", " 1"),
+            "{text}"
+        );
     }
 }
