@@ -405,7 +405,18 @@ fn server_in_own_runtime(
             .unwrap();
         let metrics = TransportMetrics::unregistered();
         let bound = runtime.block_on(async {
-            let server = Arc::new(Endpoint::bind(at, &creds, options(&metrics)).unwrap());
+            // The killed run's socket closes once its runtime's threads have dropped it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let server = loop {
+                match Endpoint::bind(at, &creds, options(&metrics)) {
+                    Ok(server) => break Arc::new(server),
+                    Err(error) if std::time::Instant::now() < deadline => {
+                        let _ = error;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(error) => panic!("bind {at}: {error}"),
+                }
+            };
             let bound = addr(&server);
             let _ = serve_echo(server);
             bound
