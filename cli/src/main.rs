@@ -66,13 +66,13 @@ use crate::output::OutputFormat;
         Commands that talk to the cluster find it through --config FILE, else $WARREN_CONFIG, else\n\
         ~/.config/warren/admin.conf, else /var/lib/warren/admin.conf; --api ADDR overrides the\n\
         address (unix:<data-dir>/control.sock for the local socket). Every read command takes -o json.\n\
-        `warren demo` is a self-contained partition tour (~30 s); `warren dev` runs a local cluster\n\
+        `warren demo` is a self-contained partition tour (~20 s); `warren dev` runs a local cluster\n\
         to try these commands against. Docs: docs/ in the source tree."
 )]
 struct Cli {
     /// Log level filter (e.g. `info`, `debug`, `warren_transport=debug`). Default: `warn`
-    /// (`info,openraft=warn` for `control`, `info` for `agent`, `error` for `demo`, whose
-    /// partition makes the agents complain on purpose).
+    /// (`info,openraft=warn` for `control`, `info` for `agent`, `warn,openraft=error` for
+    /// `dev`, `error` for `demo`, whose partition makes the agents complain on purpose).
     #[arg(
         long,
         global = true,
@@ -154,26 +154,25 @@ enum Command {
     /// Secrets: create (from a file or stdin), list, remove. Values are never shown.
     Secret(secret_cmd::SecretArgs),
 
-    /// Scripted tour: deploy, cut a site off, heal, converge; exits 0 (about 30 s, no root).
+    /// Scripted tour: deploy, cut a site off, heal, converge; exits 0 (about 20 s, no root).
     ///
     /// Starts, in this one process on 127.0.0.1, a control node and an agent in each of two
-    /// sites (a and b), then:
-    ///
-    /// 1. deploys `web` (2 replicas, one per site) and `worker` (one per agent) through the
-    ///    HTTP API;
-    /// 2. cuts site b off: a switch under its agent's QUIC socket drops every datagram both
-    ///    ways, so the link really times out (no root, no firewall);
-    /// 3. kills one of site b's workloads with SIGKILL: its agent restarts it on its own;
-    /// 4. changes `worker`'s environment and scales `web` to 4: site a converges while site b
-    ///    keeps running the old version;
-    /// 5. waits for site b's agent to notice the silence (15 s), then heals the site: it
-    ///    reconnects and converges, and the workloads whose spec did not change keep their pids.
+    /// sites (a and b), and walks through the steps below. Site b is cut off by a switch under
+    /// its agent's QUIC socket that drops every datagram both ways, so the link really times
+    /// out: no root, no firewall, no network namespace.
     ///
     /// Every wait is bounded and reports progress; a step that fails or times out ends the tour
     /// with a non-zero exit and the reason. At the end every workload is stopped and the data
     /// removed. `-o json` prints a report (timings, pids kept and restarted) instead of the
     /// narration.
-    #[command(after_help = "Examples:\n  \
+    #[command(after_help = "Steps:\n  \
+        1. deploy `web` (2 replicas, spread over the sites) and `worker` (one per agent) through the HTTP API\n  \
+        2. cut site b off\n  \
+        3. kill -9 one of site b's workloads: its agent restarts it on its own\n  \
+        4. change `worker`'s environment and scale `web` to 4: site a converges, site b keeps the old version\n  \
+        5. wait for site b's agent to notice the silence (15 s), then heal site b\n  \
+        6. site b converges; workloads whose spec did not change keep their pids\n\n\
+        Examples:\n  \
         warren demo\n  \
         warren demo -o json\n  \
         cargo run --release -p warren-cli -- demo")]
