@@ -137,8 +137,9 @@ pub fn nft_script(block: &Block) -> String {
             format!("ip daddr {} drop", address_set(addrs)),
         ),
     };
+    // `create` fails when the table exists: a tag is in use once per namespace.
     format!(
-        "table inet {table} {{\n  \
+        "create table inet {table}\ntable inet {table} {{\n  \
            chain input {{\n    type filter hook input priority -10; policy accept;\n    {input}\n  }}\n  \
            chain output {{\n    type filter hook output priority -10; policy accept;\n    {output}\n  }}\n\
          }}\n",
@@ -247,7 +248,7 @@ mod tests {
             drop: Scope::All,
         });
         assert!(
-            script.starts_with("table inet wchaos_isolate {"),
+            script.starts_with("create table inet wchaos_isolate\ntable inet wchaos_isolate {"),
             "{script}"
         );
         assert!(

@@ -20,6 +20,15 @@ use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, Role};
 use warren_chaos::run::{PREFIX, REGISTRY_DIR, RunId, RunRecord};
 use warren_chaos::{netns, preflight};
 
+/// Like `println!`, but a closed stdout (the reader went away) never aborts the harness: it
+/// must still tear the fleet down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Exit code when the harness cannot run here at all (not root, tools missing).
 const EXIT_CANNOT_RUN: u8 = 2;
 
@@ -163,7 +172,7 @@ fn up(spec: FleetSpec, options: FleetOptions, run: RunId) -> Result<()> {
         tokio::task::spawn_blocking(move || fleet.down())
             .await
             .context("teardown task")??;
-        println!("warren-chaos done: namespaces and processes removed");
+        say!("warren-chaos done: namespaces and processes removed");
         Ok(())
     })
 }
@@ -176,7 +185,7 @@ fn print_guide(fleet: &Fleet) {
         .map(|w| w.to_string_lossy().into_owned())
         .collect();
     let prefix = words.join(" ");
-    println!(
+    say!(
         "fleet {} is up; files and logs in {}",
         fleet.run_id(),
         fleet.run_dir().display()
@@ -186,7 +195,7 @@ fn print_guide(fleet: &Fleet) {
             Role::Control => "control",
             Role::Agent => "agent",
         };
-        println!(
+        say!(
             "  {:<10} {:<8} site {:<8} {:<12} netns {}  log {}",
             node.name,
             role,
@@ -196,13 +205,13 @@ fn print_guide(fleet: &Fleet) {
             node.log.display()
         );
     }
-    println!("admin config: {}", fleet.admin_conf().display());
-    println!("run CLI commands from the operator's seat (the bridge namespace):");
-    println!("  {prefix} cluster status");
-    println!("  {prefix} service create web --command 'sleep 1000' --replicas 2");
-    println!("or a shell inside a node: ip netns exec <netns> bash");
-    println!("Ctrl-C (or SIGTERM) stops the fleet and removes its namespaces");
-    println!(
+    say!("admin config: {}", fleet.admin_conf().display());
+    say!("run CLI commands from the operator's seat (the bridge namespace):");
+    say!("  {prefix} cluster status");
+    say!("  {prefix} service create web --command 'sleep 1000' --replicas 2");
+    say!("or a shell inside a node: ip netns exec <netns> bash");
+    say!("Ctrl-C (or SIGTERM) stops the fleet and removes its namespaces");
+    say!(
         "warren-chaos ready run={} config={}",
         fleet.run_id(),
         fleet.admin_conf().display()
@@ -264,7 +273,7 @@ fn cleanup(only: Option<&str>, force: bool) -> Result<()> {
     }
     for id in &live {
         if only.as_ref().is_none_or(|o| o == id) {
-            println!("run {id}: its harness is still running; skipped (stop it, or pass --force)");
+            say!("run {id}: its harness is still running; skipped (stop it, or pass --force)");
         }
     }
     let mut failed = 0;
@@ -275,7 +284,7 @@ fn cleanup(only: Option<&str>, force: bool) -> Result<()> {
         match netns::remove_namespaces(&id.prefix()) {
             Ok(removed) => {
                 RunRecord::forget(&registry, id)?;
-                println!("run {id}: removed {} namespaces", removed.len());
+                say!("run {id}: removed {} namespaces", removed.len());
             }
             Err(error) => {
                 failed += 1;
@@ -287,7 +296,7 @@ fn cleanup(only: Option<&str>, force: bool) -> Result<()> {
         anyhow::bail!("{failed} runs could not be cleaned up");
     }
     if runs.is_empty() && live.is_empty() {
-        println!("nothing to clean up (no {PREFIX}* namespaces, no recorded runs)");
+        say!("nothing to clean up (no {PREFIX}* namespaces, no recorded runs)");
     }
     Ok(())
 }
