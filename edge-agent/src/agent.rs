@@ -53,6 +53,8 @@ pub const STATUS_FILE: &str = "status.json";
 pub const WORKLOADS_DIR: &str = "workloads";
 /// The longest time between two writes of `status.json` when nothing in it changed.
 pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+/// How soon a pass that acted is followed by another (to see what it started running).
+pub const FOLLOW_UP_PASS: Duration = Duration::from_millis(100);
 /// The longest time between two reconcile passes.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often log files are checked against their size bound.
@@ -737,6 +739,17 @@ impl Reconciler {
             self.flush().await;
         }
         self.write_status(Some(view), false);
+        // Something was started, restarted or stopped: look again soon, so that a started
+        // workload shows `running` and a stopped one's replacement starts without waiting out
+        // the whole reconcile interval.
+        let acted = plan
+            .actions
+            .iter()
+            .any(|a| !matches!(a, Action::Wait { .. } | Action::Adopt { .. }));
+        if acted {
+            let soon = now_ms() + FOLLOW_UP_PASS.as_millis() as u64;
+            return Some(plan.next_wakeup_ms.map_or(soon, |at| at.min(soon)));
+        }
         plan.next_wakeup_ms
     }
 

@@ -248,6 +248,7 @@ impl Link {
         let mut keepalive = tokio::time::interval(HEARTBEAT_INTERVAL);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.tick().await;
+        let mut report_at: Option<tokio::time::Instant> = None;
         loop {
             // Control sends a heartbeat every 5 s; silence for three of them means the control
             // node died without closing the connection (kill -9, power loss): reconnect to
@@ -255,8 +256,14 @@ impl Link {
             let message = tokio::select! {
                 received = recv.recv::<ControlToAgent>() => received?,
                 () = tokio::time::sleep_until(deadline) => return Err(SessionError::Silent(SILENCE_LIMIT)),
-                () = self.reporter.changed() => {
-                    tokio::time::sleep(REPORT_COALESCE).await;
+                // Changes within REPORT_COALESCE go up in one report; views keep being read
+                // meanwhile (a burst of deltas must not wait on the reports it causes).
+                () = self.reporter.changed(), if report_at.is_none() => {
+                    report_at = Some(tokio::time::Instant::now() + REPORT_COALESCE);
+                    continue;
+                }
+                () = sleep_until_some(report_at) => {
+                    report_at = None;
                     self.send_report(&mut send).await?;
                     continue;
                 }
@@ -331,6 +338,14 @@ impl Link {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
