@@ -61,4 +61,5 @@ pub use volume::{Volume, VolumeDriver};
 pub use wire::{
     AgentHello, AgentToControl, ApplyError, ControlToAgent, DecodeError, EncodeError, NodeView,
     PeerInfo, Refusal, RefusalReason, ServiceEndpoint, StatusReport, ViewChange, ViewDelta,
+    ViewDigest,
 };

@@ -51,7 +51,9 @@ impl Secret {
 pub struct SealedBlob {
     /// Which key of the keyring sealed it, so keys can rotate.
     pub key_id: u32,
-    /// The 96-bit GCM nonce; random, never reused with the same key.
+    /// The 96-bit GCM nonce; never used with the same key for two different values. Random
+    /// at rest; derived from the name and value when sealed for a node, so that a node's view
+    /// is a pure function of the state (`warren_transport::seal::seal_deterministic`).
     pub nonce: [u8; 12],
     /// Ciphertext followed by the 16-byte GCM tag.
     pub ciphertext: Vec<u8>,

@@ -170,6 +170,13 @@ impl ServiceSpec {
 }
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64 of `value`'s postcard encoding: stable across runs, machines and builds of one
+/// wire version (unlike `std::hash`), without allocating the encoding.
+pub(crate) fn stable_hash<T: Serialize + ?Sized>(value: &T) -> u64 {
+    postcard::serialize_with_flavor(value, Fnv1a64(FNV_OFFSET_BASIS))
+        .expect("postcard cannot fail on plain data with known lengths into an infallible sink")
+}
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// A postcard output "flavor" that hashes bytes instead of storing them.

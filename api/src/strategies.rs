@@ -625,14 +625,18 @@ pub fn agent_hello() -> BoxedStrategy<AgentHello> {
         revision(),
         option::of(any::<[u8; 32]>()),
         text(),
+        option::of(node_view().prop_map(|v| v.digest())),
     )
         .prop_map(
-            |(wire_version, node_id, last_revision, cache_cluster_id, agent_version)| AgentHello {
-                wire_version,
-                node_id,
-                last_revision,
-                cache_cluster_id,
-                agent_version,
+            |(wire_version, node_id, last_revision, cache_cluster_id, agent_version, have)| {
+                AgentHello {
+                    wire_version,
+                    node_id,
+                    last_revision,
+                    cache_cluster_id,
+                    agent_version,
+                    have,
+                }
             },
         )
         .boxed()

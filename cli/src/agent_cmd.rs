@@ -257,11 +257,12 @@ fn render(status: &AgentStatus) -> String {
         ),
     ]);
     out.push('\n');
-    let mut table = Table::new(&["REPLICA", "STATE", "PID", "RESTARTS", "WORKLOAD"]);
+    let mut table = Table::new(&["REPLICA", "STATE", "HEALTH", "PID", "RESTARTS", "WORKLOAD"]);
     for replica in &status.replicas {
         table.row(vec![
             replica.replica.to_string(),
             replica.state.as_str().to_owned(),
+            replica.health.as_str().to_owned(),
             replica
                 .pid
                 .map_or_else(|| "-".to_owned(), |p| p.to_string()),

@@ -2,56 +2,12 @@
 //! workload, SIGTERM leaving it running, `agent status` offline, `agent run` adopting it, and
 //! removal stopping it.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::{Foreground, READY_TIMEOUT, command, ok};
-
-fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(found) = cond() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn agent_status(data_dir: &Path) -> Option<serde_json::Value> {
-    let output = command()
-        .args(["agent", "status", "-o", "json", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&output.stdout).ok()
-}
-
-/// Pids of running replicas.
-fn running_pids(status: &serde_json::Value) -> Vec<u64> {
-    status["replicas"]
-        .as_array()
-        .map(|replicas| {
-            replicas
-                .iter()
-                .filter(|r| r["state"] == "running")
-                .filter_map(|r| r["pid"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
+use common::{
+    Foreground, READY_TIMEOUT, agent_status, alive, command, ok, running_pids, wait_until,
+};
 
 /// An operator joins an edge box: `agent join` prints its ready line and runs a service's
 /// process; SIGTERM stops the agent but not the process; `agent status` works offline;

@@ -13,11 +13,11 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::sync::{RwLock, RwLockReadGuard, watch};
 use tracing::{debug, info, warn};
-use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeState, Revision};
+use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
 use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
 use warren_transport::join::{CheckedJoin, JoinAuthority, JoinGrant, Refused, random_node_id};
-use warren_transport::seal::SealKey;
+use warren_transport::seal::{SealKey, node_secret_key};
 use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
 
 use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
@@ -589,6 +589,10 @@ impl JoinAuthority for Control {
                 cert_der: cert.to_vec(),
                 ca_cert_der: ca.cert_der().to_vec(),
                 control_addrs: self.control_addrs(),
+                // Only agents run workloads, so only they get a key to open secrets with.
+                secret_key: (request.role == NodeRole::Agent)
+                    .then(|| self.cluster_key().map(|key| node_secret_key(key, node_id)))
+                    .flatten(),
             }),
             Ok(Outcome { result: Ok(_), .. }) => Err(Refused::unavailable(
                 "join applied without registering a node",

@@ -37,8 +37,7 @@ use crate::rpc::ProposeError;
 use crate::state::ClusterState;
 use crate::status::AgentReport;
 
-/// The AES-GCM purpose string under which secret values are sealed in the replicated state.
-pub const SECRET_PURPOSE: &str = "warren secret v1";
+pub use crate::secrets::SECRET_PURPOSE;
 
 /// An API failure; [`ApiError::status`] is the one place errors become HTTP statuses.
 #[derive(Debug, thiserror::Error)]
@@ -648,6 +647,23 @@ impl Api {
         }
         spec.validate()
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        // `apply -f` re-sends every service each time: an unchanged spec (checked against a
+        // linearizable read, so a lagging follower cannot wrongly call it unchanged) answers
+        // without appending a Raft entry.
+        {
+            let state = self.control.read_linearizable().await?;
+            if let Some(current) = state.services.get(&spec.name)
+                && current.current.spec == spec
+                && current.rollout.is_none()
+            {
+                return ok(&WriteResult {
+                    revision: state.revision.0,
+                    changed: false,
+                    created: false,
+                    version: Some(current.current.version),
+                });
+            }
+        }
         written(self.control.propose(Op::PutService(spec)).await?)
     }
 

@@ -3,6 +3,7 @@
 //! - [`command`]: what a Raft log entry says ([`Command`]) and what applying it returns.
 //! - [`state`]: [`ClusterState`], the replicated desired state, and its pure `apply`.
 //! - [`scheduler`]: placement of replicas, a pure function called inside `apply`.
+//! - [`secrets`]: secret values sealed at rest, and re-sealed per node for agents' views.
 //! - [`store`]: openraft log and state-machine storage on sled.
 //! - [`types`]: openraft type configuration.
 //!
@@ -20,6 +21,7 @@ pub mod node;
 pub mod push;
 pub mod rpc;
 pub mod scheduler;
+pub mod secrets;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -20,6 +20,7 @@ use warren_api::wire::{
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
 use warren_transport::ca::unix_now_ms;
+use warren_transport::seal::SealKey;
 use warren_transport::{FrameError, PeerConnection};
 
 use crate::control::Control;
@@ -29,10 +30,15 @@ use crate::state::ClusterState;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The view of `node` at the state's current revision: its replicas, the services they need,
-/// and the control addresses. `None` if the node is not registered.
-///
-/// Secrets are not in the view yet: they need sealing for each node's own key (next step).
-pub fn node_view(state: &ClusterState, node: NodeId, control_addrs: &[String]) -> Option<NodeView> {
+/// the secrets those services reference (sealed for this node with the key derived from
+/// `cluster_key`, see [`crate::secrets::sealed_for_node`]), and the control addresses. `None`
+/// if the node is not registered.
+pub fn node_view(
+    state: &ClusterState,
+    node: NodeId,
+    control_addrs: &[String],
+    cluster_key: &SealKey,
+) -> Option<NodeView> {
     let entry = state.nodes.get(&node)?;
     let mut replicas: Vec<_> = state.replicas_on(node).cloned().collect();
     replicas.sort_by(|a, b| a.id.cmp(&b.id));
@@ -45,6 +51,12 @@ pub fn node_view(state: &ClusterState, node: NodeId, control_addrs: &[String]) -
                 .map(|s| (r.id.service.clone(), s.current.clone()))
         })
         .collect();
+    let secrets = crate::secrets::sealed_for_node(
+        state,
+        services.values().map(|s| &s.spec),
+        cluster_key,
+        node,
+    );
     let cluster_id = state
         .cluster
         .as_ref()
@@ -56,7 +68,7 @@ pub fn node_view(state: &ClusterState, node: NodeId, control_addrs: &[String]) -
         node: entry.clone(),
         services,
         replicas,
-        secrets: BTreeMap::new(),
+        secrets,
         catalogue: Vec::new(),
         control_addrs: control_addrs.to_vec(),
         peers: Vec::new(),
@@ -119,6 +131,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     info!(node_id = %hello.node_id, revision = %hello.last_revision, "agent connected");
     let _session = Session::open(&control, &hello);
     let mut applied = control.watch_applied();
+    catch_up(&conn, &control, &hello, &mut send, &mut applied).await?;
     let mut sent: Option<NodeView> = None;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,18 +154,14 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 control.agents().forget(hello.node_id);
                 return Err(PushError::Refused("node_removed"));
             }
-            node_view(&state, hello.node_id, &control.control_addrs())
+            // A control node still joining has no cluster key: it sends no view until it has.
+            control
+                .cluster_key()
+                .and_then(|key| node_view(&state, hello.node_id, &control.control_addrs(), key))
         };
         if let Some(view) = view {
             let message = match &sent {
-                None if hello.last_revision == view.revision
-                    && hello.cache_cluster_id == Some(view.cluster_id) =>
-                {
-                    Some(ControlToAgent::Heartbeat {
-                        revision: view.revision,
-                    })
-                }
-                None => Some(ControlToAgent::Snapshot(Box::new(view.clone()))),
+                None => Some(first_message(&hello, &view)),
                 Some(previous) if previous_content_differs(previous, &view) => {
                     Some(ControlToAgent::Delta(previous.diff(&view)))
                 }
@@ -187,6 +196,48 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     }
 }
 
+/// How long a control node that is behind the agent's cached view waits to catch up before
+/// sending the agent elsewhere.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
+/// An agent may have seen a later revision (from the leader) than this control node has
+/// applied (a lagging follower): sending it this node's view would move it back in time. Wait
+/// until this node has caught up, heartbeating meanwhile; refuse with `Overloaded` (the agent
+/// tries another control node) if it does not within [`CATCH_UP_LIMIT`].
+async fn catch_up(
+    conn: &PeerConnection,
+    control: &Control,
+    hello: &AgentHello,
+    send: &mut warren_transport::FramedSend,
+    applied: &mut tokio::sync::watch::Receiver<Revision>,
+) -> Result<(), PushError> {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_LIMIT;
+    while control.applied() < hello.last_revision {
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) },
+            () = tokio::time::sleep(HEARTBEAT_INTERVAL) => {
+                send.send(&ControlToAgent::Heartbeat { revision: hello.last_revision }).await?;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                info!(node_id = %hello.node_id, revision = %hello.last_revision, applied = %control.applied(), "agent is ahead of this control node; sending it elsewhere");
+                send.send(&refusal(
+                    RefusalReason::Overloaded { retry_after_ms: 1_000 },
+                    format!(
+                        "this control node has applied revision {}, behind the agent's {}",
+                        control.applied(),
+                        hello.last_revision
+                    ),
+                ))
+                .await?;
+                send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                return Err(PushError::Refused("behind the agent"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Marks the agent connected in the control node's status book for as long as it lives.
 struct Session<'a> {
     control: &'a Control,
@@ -208,6 +259,28 @@ impl<'a> Session<'a> {
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         self.control.agents().disconnected(self.node);
+    }
+}
+
+/// What a new session starts with: a heartbeat when the agent already holds this view, a
+/// delta from the agent's digest when it holds an older view of this cluster, a snapshot
+/// otherwise (no cache, another cluster's cache, or a digest that does not lead forward).
+fn first_message(hello: &AgentHello, view: &NodeView) -> ControlToAgent {
+    let same_cluster = hello.cache_cluster_id == Some(view.cluster_id);
+    match &hello.have {
+        Some(have) if same_cluster && have.revision == hello.last_revision => {
+            let delta = view.delta_since(have);
+            if have.revision == view.revision && delta.changes.is_empty() {
+                ControlToAgent::Heartbeat {
+                    revision: view.revision,
+                }
+            } else if have.revision < view.revision {
+                ControlToAgent::Delta(delta)
+            } else {
+                ControlToAgent::Snapshot(Box::new(view.clone()))
+            }
+        }
+        _ => ControlToAgent::Snapshot(Box::new(view.clone())),
     }
 }
 

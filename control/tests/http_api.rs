@@ -126,6 +126,23 @@ async fn admin_manages_services_over_tls_with_clear_errors() {
             .changed,
         "same spec is unchanged"
     );
+    let applied_before = node.control().applied();
+    let (_, body) = tls(
+        &node,
+        admin,
+        Method::PUT,
+        "/v1/services/web",
+        Some(service_json("web", 2)),
+    )
+    .await;
+    let again: WriteResult = serde_json::from_slice(&body).unwrap();
+    assert!(!again.changed);
+    assert_eq!(
+        node.control().applied(),
+        applied_before,
+        "an unchanged PUT appends no Raft entry"
+    );
+    assert_eq!(again.revision, applied_before.0);
 
     let bad = r#"{"name":"web2","workload":{"process":{"command":[],"working_dir":null}}}"#;
     let (status, body) = tls(&node, admin, Method::POST, "/v1/services", Some(bad.into())).await;

@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
 use warren_api::{
-    Event, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, Service, TaskState,
+    Event, HealthState, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, SealedBlob,
+    Service, TaskState, Workload,
 };
 use warren_transport::ca::CaError;
 use warren_transport::endpoint::BindError;
@@ -32,14 +33,16 @@ use warren_transport::join::{JoinError, JoinParams};
 use warren_transport::{Credentials, Endpoint, EndpointOptions, write_atomic};
 
 use crate::cache::{Cache, CacheError, CacheIdentity, CacheTuning};
+use crate::health::probe::ExecContext;
+use crate::health::{HealthMonitor, HealthTarget};
 use crate::link::{Link, LinkEnd, LinkStatus};
 use crate::metrics::{AgentMetrics, MetricsSources};
 use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBook};
 use crate::report::Reporter;
 use crate::runtime::{
     ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, WorkloadHandle, WorkloadRecord,
-    WorkloadRequest,
 };
+use crate::secrets::{self, NodeSecrets, StartError};
 use warren_transport::ca::unix_now_ms as now_ms;
 
 /// The agent's identity file in its data dir.
@@ -251,6 +254,13 @@ pub async fn join(
     };
     create_private_dir(data_dir)?;
     joined.credentials.save(data_dir)?;
+    match &joined.secret_key {
+        Some(key) => {
+            let path = data_dir.join(secrets::SECRET_KEY_FILE);
+            secrets::save_key(data_dir, key).map_err(io_error("write", &path))?;
+        }
+        None => warn!("control sent no node secret key: workloads that use secrets will not start"),
+    }
     let fingerprint = joined.credentials.cluster_fingerprint();
     let mut seeds = control_addrs.clone();
     for addr in joined.control_addrs {
@@ -317,6 +327,13 @@ pub struct LocalReplica {
     pub workload_hash: Option<String>,
     /// When the workload started, unix millis.
     pub started_at_ms: Option<u64>,
+    /// The health check's verdict on the current run: `unknown` without a check or before
+    /// enough results.
+    #[serde(default)]
+    pub health: HealthState,
+    /// Why the latest health probe failed, while it does (`2 of 3 failures: …`).
+    #[serde(default)]
+    pub health_detail: Option<String>,
 }
 
 /// What `status.json` holds.
@@ -504,7 +521,8 @@ impl Agent {
             }
             None => None,
         };
-        let mut reconciler = Reconciler::new(&self, reporter, metrics, metrics_addr);
+        let mut reconciler =
+            Reconciler::new(&self, cancel.child_token(), reporter, metrics, metrics_addr);
         reconciler.adopt_recorded().await;
         let mut last_rotate = tokio::time::Instant::now();
         info!(node_id = %self.identity.node_id, "agent running");
@@ -544,6 +562,7 @@ impl Agent {
         };
         link_cancel.cancel();
         tasks.close();
+        reconciler.health_monitor.shutdown().await;
         if !link_task.is_finished() {
             let _ = tokio::time::timeout(LINK_SHUTDOWN_TIMEOUT, link_task).await;
         }
@@ -581,7 +600,11 @@ struct Reconciler {
     /// planner sees one exit time per run.
     exits: BTreeMap<ReplicaId, (u64, u64)>,
     book: RestartBook,
+    /// The node secret key and what each workload's secret files hold.
+    secrets: NodeSecrets,
     health: BTreeMap<ReplicaId, warren_api::HealthState>,
+    /// Runs the health checks whose results fill `health`.
+    health_monitor: HealthMonitor,
     states: BTreeMap<ReplicaId, TaskState>,
     link: LinkStatus,
     revision: u64,
@@ -597,6 +620,7 @@ struct Reconciler {
 impl Reconciler {
     fn new(
         agent: &Agent,
+        cancel: CancellationToken,
         reporter: Arc<Reporter>,
         metrics: AgentMetrics,
         metrics_addr: Option<SocketAddr>,
@@ -616,7 +640,9 @@ impl Reconciler {
             handles: BTreeMap::new(),
             exits: BTreeMap::new(),
             book,
+            secrets: NodeSecrets::load(&agent.data_dir),
             health: BTreeMap::new(),
+            health_monitor: HealthMonitor::new(cancel),
             states: BTreeMap::new(),
             link: LinkStatus::default(),
             revision: 0,
@@ -678,6 +704,11 @@ impl Reconciler {
             return None;
         };
         self.revision = view.revision.0;
+        let targets = health_targets(&self.data_dir, view, &observed);
+        self.health_monitor.sync(targets);
+        self.health = self.health_monitor.health();
+        let health_events = self.health_monitor.drain_events();
+        self.record_events(health_events);
         let before = self.book.clone();
         let now = now_ms();
         let plan = planner::plan(
@@ -691,9 +722,12 @@ impl Reconciler {
         );
         self.record_events(plan.events.clone());
         for action in &plan.actions {
-            let events = self.execute(action).await;
+            let events = self.execute(action, view).await;
             self.record_events(events);
         }
+        self.secrets
+            .refresh(&*self.runtime, view, &self.handles)
+            .await;
         self.states = plan.states.clone();
         self.report(view.revision);
         if self.book != before {
@@ -806,7 +840,7 @@ impl Reconciler {
     }
 
     /// Carries out one action; returns the events it caused.
-    async fn execute(&mut self, action: &Action) -> Vec<Event> {
+    async fn execute(&mut self, action: &Action, view: &NodeView) -> Vec<Event> {
         let now = now_ms();
         match action {
             Action::Stop {
@@ -851,7 +885,10 @@ impl Reconciler {
                     }
                 }
                 self.health.remove(replica);
-                vec![self.start(replica, service, *workload_hash).await]
+                vec![
+                    self.start(replica, service, *workload_hash, &view.secrets)
+                        .await,
+                ]
             }
             Action::Start {
                 replica,
@@ -864,7 +901,10 @@ impl Reconciler {
                     return vec![];
                 }
                 self.health.remove(replica);
-                vec![self.start(replica, service, *workload_hash).await]
+                vec![
+                    self.start(replica, service, *workload_hash, &view.secrets)
+                        .await,
+                ]
             }
             Action::Wait { .. } => vec![],
         }
@@ -893,15 +933,22 @@ impl Reconciler {
         }
         self.handles.remove(replica);
         self.exits.remove(replica);
+        self.secrets.forget(replica);
         self.remove_key(&record_key(replica));
         self.flush().await;
         true
     }
 
-    async fn start(&mut self, replica: &ReplicaId, service: &Service, workload_hash: u64) -> Event {
+    async fn start(
+        &mut self,
+        replica: &ReplicaId,
+        service: &Service,
+        workload_hash: u64,
+        sealed: &BTreeMap<String, SealedBlob>,
+    ) -> Event {
         let now = now_ms();
-        let started = match WorkloadRequest::for_process(replica.clone(), &service.spec, vec![]) {
-            Ok(request) => self.runtime.start(&request).await,
+        let started = match self.secrets.request(replica, &service.spec, sealed) {
+            Ok(request) => self.runtime.start(&request).await.map_err(StartError::from),
             Err(error) => Err(error),
         };
         match started {
@@ -931,6 +978,8 @@ impl Reconciler {
     /// The node was removed: stop everything, wipe records, secrets and the view, and mark
     /// the cache so that an offline boot does not start the workloads again.
     async fn teardown(&mut self) {
+        self.health_monitor.shutdown().await;
+        self.health.clear();
         let replicas: Vec<ReplicaId> = self.handles.keys().cloned().collect();
         for replica in &replicas {
             let grace = self
@@ -939,6 +988,15 @@ impl Reconciler {
                 .map_or(DEFAULT_STOP_GRACE_PERIOD_MS, |r| r.stop_grace_period_ms);
             self.stop(replica, Duration::from_millis(grace)).await;
         }
+        // Stopping removed the stopped replicas' secrets; this catches any left behind (a
+        // workload that would not stop, one the agent lost track of).
+        if let Err(error) = self.runtime.wipe_secrets().await {
+            warn!(error = %error, "cannot remove every secret file");
+        }
+        if let Err(error) = secrets::remove_key(&self.data_dir) {
+            warn!(error = %error, "cannot remove the node secret key");
+        }
+        self.secrets.clear();
         for key in self.cache.keys_with_prefix(RECORD_PREFIX) {
             self.remove_key(&key);
         }
@@ -1005,6 +1063,7 @@ impl Reconciler {
 
     fn replica_status(&self, replica: &ReplicaId, state: TaskState) -> LocalReplica {
         let record = self.handles.get(replica).map(WorkloadHandle::record);
+        let health = self.health.get(replica).copied();
         LocalReplica {
             replica: replica.clone(),
             state,
@@ -1012,12 +1071,55 @@ impl Reconciler {
             restarts: self.book.get(replica).map_or(0, |r| r.restarts),
             workload_hash: record.map(|r| format!("{:016x}", r.workload_hash)),
             started_at_ms: record.map(|r| r.started_at_ms),
+            health: health.unwrap_or_default(),
+            health_detail: health
+                .and_then(|_| self.health_monitor.last_failure(replica))
+                .map(str::to_owned),
         }
     }
 }
 
 fn record_key(replica: &ReplicaId) -> String {
     format!("{RECORD_PREFIX}{replica}")
+}
+
+/// The health checks to run: one per running workload whose service has a check. Exec probes
+/// get the service's environment and run in the workload's working directory (the process
+/// runtime's layout under `data_dir`).
+fn health_targets(data_dir: &Path, view: &NodeView, observed: &[Observed]) -> Vec<HealthTarget> {
+    observed
+        .iter()
+        .filter_map(|workload| {
+            let ObservedState::Running { since_ms } = workload.state else {
+                return None;
+            };
+            let spec = &view.services.get(&workload.replica.service)?.spec;
+            let check = spec.health.clone()?;
+            let working_dir = match &spec.workload {
+                Workload::Process(process) => {
+                    let replica_dir = data_dir
+                        .join(WORKLOADS_DIR)
+                        .join(workload.replica.to_string());
+                    Some(match &process.working_dir {
+                        Some(dir) => replica_dir.join(dir),
+                        None => replica_dir,
+                    })
+                }
+                // Exec probes in containers come with the container runtime.
+                Workload::Image(_) => None,
+            };
+            Some(HealthTarget {
+                replica: workload.replica.clone(),
+                check,
+                started_at_ms: since_ms,
+                workload_hash: workload.workload_hash,
+                exec: ExecContext {
+                    env: spec.env.clone(),
+                    working_dir,
+                },
+            })
+        })
+        .collect()
 }
 
 fn log_events(events: &[Event]) {

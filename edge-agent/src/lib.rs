@@ -5,6 +5,8 @@
 //!   (offline boot, re-adoption, `status.json`).
 //! - [`cache`]: the durable cache (sled): the node's view and the agent's records, versioned
 //!   and checksummed; a corrupt, truncated or foreign cache is a clear error.
+//! - [`health`]: health checks — HTTP, TCP and exec probes run by [`health::HealthMonitor`],
+//!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
 //!   before they are acked, reconnection with jittered backoff; only removal ends it.
 //! - [`metrics`]: Prometheus metrics (labelled by node and site) and the plain-HTTP
@@ -15,14 +17,19 @@
 //!   link drains into status reports.
 //! - [`runtime`]: runtimes behind one trait; the native process runtime (workloads in their own
 //!   process group, logs to files, SIGTERM then SIGKILL, adoption by pid + start time).
+//! - [`secrets`]: the node secret key (from the join grant) and opening the view's sealed
+//!   secrets into a workload's files; values change in place, never by a restart.
 //!
 //! Must never: stop a workload because the control plane is unreachable; restart a workload
-//! whose spec did not change; block the reconcile loop on the network.
+//! whose spec did not change; block the reconcile loop on the network; log or cache a secret's
+//! value in the clear.
 
 pub mod agent;
 pub mod cache;
+pub mod health;
 pub mod link;
 pub mod metrics;
 pub mod planner;
 pub mod report;
 pub mod runtime;
+pub mod secrets;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use warren_api::wire::{AgentHello, AgentToControl, ControlToAgent, WIRE_VERSION};
+use warren_api::wire::{
+    AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
+};
 use warren_api::{Event, EventKind, NodeId, NodeView, Revision};
 use warren_transport::{Alpn, Backoff, Endpoint, PeerConnection};
 
@@ -66,6 +68,11 @@ enum SessionError {
     Cache(#[from] CacheError),
     #[error("control refused: {0}")]
     Refused(String),
+    #[error("control node busy or behind: {message}")]
+    Elsewhere {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("view from control does not follow ours: {0}")]
     Resync(String),
     #[error("view is for node {0}, not us")]
@@ -108,6 +115,8 @@ impl Link {
     pub async fn run(self, cancel: CancellationToken) -> LinkEnd {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut force_snapshot = false;
+        // A control node that sent us elsewhere is tried last next time.
+        let mut avoid: Option<SocketAddr> = None;
         loop {
             let addrs = {
                 let cached = self
@@ -121,7 +130,11 @@ impl Link {
                         addrs.push(seed.clone());
                     }
                 }
-                resolve(&addrs).await
+                let mut resolved = resolve(&addrs).await;
+                if let Some(avoid) = avoid.take() {
+                    resolved.sort_by_key(|a| *a == avoid);
+                }
+                resolved
             };
             let conn = match self
                 .endpoint
@@ -167,6 +180,17 @@ impl Link {
             match result {
                 Ok(None) => return LinkEnd::Cancelled,
                 Ok(Some(end)) => return end,
+                Err(SessionError::Elsewhere {
+                    message,
+                    retry_after,
+                }) => {
+                    info!(%message, "trying another control node");
+                    avoid = Some(conn.remote_address());
+                    tokio::select! {
+                        () = cancel.cancelled() => return LinkEnd::Cancelled,
+                        () = tokio::time::sleep(retry_after) => {}
+                    }
+                }
                 Err(SessionError::Refused(message)) => {
                     warn!(%message, "control refused this agent; workloads keep running");
                     tokio::select! {
@@ -205,6 +229,11 @@ impl Link {
             },
             cache_cluster_id: identity.map(|i| i.cluster_id),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            have: if force_snapshot {
+                None
+            } else {
+                cached.as_ref().map(|v| v.digest())
+            },
         };
         send.send(&AgentToControl::Hello(hello)).await?;
         // A new session reports everything at once: this control node may know nothing of us.
@@ -245,6 +274,15 @@ impl Link {
                 }
                 ControlToAgent::Refused(refusal) if refusal.reason.is_permanent() => {
                     return Ok(LinkEnd::Removed(refusal.message));
+                }
+                ControlToAgent::Refused(Refusal {
+                    reason: RefusalReason::Overloaded { retry_after_ms },
+                    message,
+                }) => {
+                    return Err(SessionError::Elsewhere {
+                        message,
+                        retry_after: Duration::from_millis(retry_after_ms.min(30_000)),
+                    });
                 }
                 ControlToAgent::Refused(refusal) => {
                     return Err(SessionError::Refused(refusal.message));

@@ -294,17 +294,29 @@ mod tests {
         metrics.count_events([EventKind::Restarted, EventKind::Started]);
         let text = metrics.render();
         let node = NodeId(0xab).to_string();
+        let line = |prefix: &str, value: &str| {
+            text.lines().any(|l| {
+                l.starts_with(prefix)
+                    && l.contains(&format!("node=\"{node}\""))
+                    && l.contains("site=\"lisbon\"")
+                    && l.ends_with(value)
+            })
+        };
         assert!(
-            text.contains(&format!(
-                "warren_agent_workloads{{node=\"{node}\",site=\"lisbon\",state=\"running\"}} 1"
-            )),
+            line("warren_agent_workloads{state=\"running\"", " 1"),
             "{text}"
         );
-        assert!(text.contains("state=\"failed\"} 0"), "{text}");
+        assert!(
+            line("warren_agent_workloads{state=\"failed\"", " 0"),
+            "{text}"
+        );
         assert!(
             text.contains("warren_agent_workload_restarts_total{"),
             "{text}"
         );
-        assert!(text.contains("health=\"healthy\"} 1"), "{text}");
+        assert!(
+            line("warren_agent_workload_health{health=\"healthy\"", " 1"),
+            "{text}"
+        );
     }
 }

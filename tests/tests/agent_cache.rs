@@ -55,7 +55,9 @@ async fn a_view_cached_but_never_acked_is_not_lost() {
     propose(&control, Op::PutService(sleep_service(2))).await;
     let view = {
         let state = control.control().read_stale().await;
-        node_view(&state, identity.node_id, &control.control().control_addrs()).unwrap()
+        let cluster_key = control.control().cluster_key().unwrap();
+        let addrs = control.control().control_addrs();
+        node_view(&state, identity.node_id, &addrs, cluster_key).unwrap()
     };
     assert_eq!(view.replicas.len(), 2);
     {

@@ -407,6 +407,18 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// A secret for QUIC stateless resets, derived from the private key: stable across
+    /// restarts of the same node, unrelated between nodes, and revealing nothing of the key.
+    pub(crate) fn stateless_reset_secret(&self) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"warren quic stateless reset v1\0");
+        context.update(&self.key_pkcs8_der);
+        let digest = context.finish();
+        let mut out = [0; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
     /// Bundles a certificate, its PKCS#8 key and the CA certificate.
     ///
     /// # Errors

@@ -397,7 +397,21 @@ impl Endpoint {
         let socket = bind_socket(addr)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| BindError::Tls("no async runtime for QUIC".into()))?;
-        let quinn = quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        // A stateless-reset key derived from the node's private key, the same after a restart:
+        // a control node that comes back after kill -9 resets the connections its previous
+        // run held, so agents reconnect at once instead of waiting out their silence limit.
+        // Connection ids are checked with a key from the same secret: the restarted node must
+        // recognise its previous run's ids as its own to answer them with a reset.
+        let secret = creds.stateless_reset_secret();
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        let mut cid_key = [0; 8];
+        cid_key.copy_from_slice(&secret[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let quinn = quinn::Endpoint::new(endpoint_config, server, socket, runtime)
             .map_err(|source| BindError::Io { addr, source })?;
         let shared = Arc::new(Shared {
             config: options.config,

@@ -7,7 +7,8 @@
 //!    locally, and its name, site and labels.
 //! 3. The server's [`JoinAuthority`] redeems the token (the control plane does this through Raft)
 //!    and signs the CSR with the identity it decides; the joiner gets a [`JoinGrant`] or a
-//!    [`JoinRefusal`] naming the reason.
+//!    [`JoinRefusal`] naming the reason. An agent's grant also carries its node secret key
+//!    ([`crate::seal::node_secret_key`]), the only time that key crosses the network.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,12 +27,14 @@ use crate::config::TransportConfig;
 use crate::endpoint::{ConnectError, PeerConnection, RpcError, dial_pinned};
 use crate::identity::{CertRole, fingerprint};
 use crate::metrics::TransportMetrics;
+use crate::seal::SealKey;
 use crate::token::{JoinToken, TokenBook, TokenError};
 
 /// Largest join request or response frame.
 pub const JOIN_FRAME_MAX_BYTES: usize = 64 * 1024;
-/// Version of the join messages.
-pub const JOIN_VERSION: u16 = 1;
+/// Version of the join messages. 2: the grant carries the node secret key; a version-1 joiner
+/// could not decode it, so it is refused with a message naming both versions.
+pub const JOIN_VERSION: u16 = 2;
 
 /// What a joiner sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +68,10 @@ pub struct JoinGrant {
     pub ca_cert_der: Vec<u8>,
     /// QUIC addresses of the control nodes, to dial from now on.
     pub control_addrs: Vec<String>,
+    /// The key secrets are sealed with for this node (agents only; `None` for control nodes
+    /// and from an authority without a cluster key). Sent only over the pinned TLS channel;
+    /// its `Debug` output hides it.
+    pub secret_key: Option<SealKey>,
 }
 
 /// Why a join was refused, as the joiner sees it. Unknown and forged tokens look the same from
@@ -334,6 +341,8 @@ impl JoinAuthority for LocalJoinAuthority {
             cert_der: cert.to_vec(),
             ca_cert_der: self.ca.cert_der().to_vec(),
             control_addrs: self.control_addrs.clone(),
+            // No cluster key here, so no node secret key: such nodes get no secrets.
+            secret_key: None,
         })
     }
 
@@ -374,6 +383,8 @@ pub struct Joined {
     pub node_id: NodeId,
     /// Control addresses to dial.
     pub control_addrs: Vec<String>,
+    /// The node's secret key, when the grant carried one (see [`JoinGrant::secret_key`]).
+    pub secret_key: Option<SealKey>,
 }
 
 /// Why a join failed, on the joiner's side.
@@ -465,6 +476,7 @@ pub async fn join(
         credentials,
         node_id: grant.node_id,
         control_addrs: grant.control_addrs,
+        secret_key: grant.secret_key,
     })
 }
 

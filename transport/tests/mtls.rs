@@ -390,3 +390,84 @@ async fn revocation_applies_to_reconnects_of_a_live_client() {
     assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
     assert_eq!(errors.recv().await.unwrap().kind(), "revoked");
 }
+
+/// Runs a server endpoint in its own runtime on its own thread, so that dropping the runtime
+/// kills it the way `kill -9` does: no CONNECTION_CLOSE reaches its peers.
+fn server_in_own_runtime(
+    creds: warren_transport::Credentials,
+    at: std::net::SocketAddr,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = TransportMetrics::unregistered();
+        let bound = runtime.block_on(async {
+            // The killed run's socket closes once its runtime's threads have dropped it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let server = loop {
+                match Endpoint::bind(at, &creds, options(&metrics)) {
+                    Ok(server) => break Arc::new(server),
+                    Err(error) if std::time::Instant::now() < deadline => {
+                        let _ = error;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(error) => panic!("bind {at}: {error}"),
+                }
+            };
+            let bound = addr(&server);
+            let _ = serve_echo(server);
+            bound
+        });
+        (runtime, bound)
+    })
+    .join()
+    .unwrap()
+}
+
+/// A node killed without closing and restarted on the same address with the same key resets
+/// the connections of its previous run (a QUIC stateless reset from a key derived from the
+/// node's private key): clients learn at their next packet instead of waiting for a timeout.
+/// A different node on that address cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resets_the_connections_of_its_previous_run() {
+    init();
+    let ca = ca();
+    let server_creds = node_creds(&ca, 1, CertRole::Control);
+    let metrics = TransportMetrics::unregistered();
+    let client = endpoint(&node_creds(&ca, 2, CertRole::Control), &metrics);
+
+    for (same_key, expect_reset) in [(true, true), (false, false)] {
+        let (first, at) =
+            server_in_own_runtime(server_creds.clone(), "127.0.0.1:0".parse().unwrap());
+        let conn = client.connect(at, Alpn::Raft).await.unwrap();
+        let reply: Msg = conn.request(&Msg::Ping(1)).await.unwrap();
+        assert_eq!(reply, Msg::Pong(1, "control".into()));
+        // kill -9: the runtime and its endpoint vanish without a word.
+        first.shutdown_background();
+        let restarted_creds = if same_key {
+            server_creds.clone()
+        } else {
+            node_creds(&ca, 3, CertRole::Control)
+        };
+        let (second, _) = server_in_own_runtime(restarted_creds, at);
+        let started = std::time::Instant::now();
+        let request = conn.request::<Msg, Msg>(&Msg::Ping(2));
+        let outcome = tokio::time::timeout(Duration::from_secs(3), request).await;
+        match (expect_reset, outcome) {
+            (true, Ok(Err(error))) => {
+                assert!(started.elapsed() < Duration::from_secs(3), "{error}");
+                let reason = conn.closed().await;
+                assert!(
+                    reason.contains("reset"),
+                    "closed by a stateless reset: {reason}"
+                );
+            }
+            (false, Err(_)) => {} // no reset: the old connection just goes quiet
+            (expect, other) => panic!("same key {same_key}, expected reset {expect}: {other:?}"),
+        }
+        second.shutdown_background();
+    }
+}

@@ -14,7 +14,9 @@
 
 mod view;
 
-pub use view::{ApplyError, NodeView, PeerInfo, ServiceEndpoint, ViewChange, ViewDelta};
+pub use view::{
+    ApplyError, NodeView, PeerInfo, ServiceEndpoint, ViewChange, ViewDelta, ViewDigest,
+};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,7 +26,7 @@ use crate::ids::{NodeId, Revision};
 use crate::replica::ReplicaStatus;
 
 /// Version of the messages in this module. Bumped on any incompatible change.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Largest encoded message, in bytes. Both [`encode`] and [`decode`] enforce it; `transport`
 /// enforces it on frame lengths before reading a frame.
@@ -160,6 +162,9 @@ pub struct AgentHello {
     pub cache_cluster_id: Option<[u8; 32]>,
     /// The agent's software version, for `warren node ls` and upgrade planning.
     pub agent_version: String,
+    /// What the cached view holds, item by item; control answers with a delta from it.
+    /// `None` without a cached view (or to ask for a snapshot).
+    pub have: Option<ViewDigest>,
 }
 
 /// An agent's report of actual state.

@@ -342,6 +342,26 @@ proptest! {
         let delta_round_trip: ViewDelta = decode(&encode(&delta).unwrap()).unwrap();
         prop_assert_eq!(delta_round_trip, delta);
     }
+
+    /// What control sends a reconnecting agent: the delta from the agent's digest alone
+    /// (control has no copy of the agent's view) reaches the target, and is no larger than
+    /// the diff from the full view.
+    #[test]
+    fn delta_since_digest_reaches_target(
+        (start, target) in s::node_id().prop_flat_map(|id| (s::node_view_for(id), s::node_view_for(id))),
+    ) {
+        let mut target = target;
+        target.cluster_id = start.cluster_id;
+        target.revision = Revision(start.revision.0.saturating_add(1).max(target.revision.0));
+        prop_assume!(target.revision > start.revision);
+        let delta = target.delta_since(&start.digest());
+        prop_assert_eq!(delta.changes.len(), start.diff(&target).changes.len());
+        let mut view = start.clone();
+        view.apply(&delta).unwrap();
+        prop_assert_eq!(&view, &target);
+        let unchanged = start.delta_since(&start.digest());
+        prop_assert!(unchanged.changes.is_empty());
+    }
 }
 
 #[test]
@@ -373,10 +393,11 @@ fn json_shapes_are_readable() {
         last_revision: Revision(42),
         cache_cluster_id: None,
         agent_version: "0.1.0".to_owned(),
+        have: None,
     });
     assert_eq!(
         serde_json::to_string(&hello).unwrap(),
-        r#"{"hello":{"wire_version":1,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0"}}"#
+        r#"{"hello":{"wire_version":2,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
     );
     let refused = ControlToAgent::Refused(Refusal {
         reason: RefusalReason::WireVersion { supported: 1 },

@@ -110,6 +110,29 @@ pub enum ViewChange {
     SetNode(Node),
 }
 
+/// What an agent has cached, compactly: one hash per item of its view. Sent in the hello so
+/// that control can answer with only what changed (a delta) instead of the whole view, from
+/// whichever control node the agent reaches and with no per-agent history on control.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDigest {
+    /// Revision of the cached view.
+    pub revision: Revision,
+    /// Hash of the node's own entry.
+    pub node: u64,
+    /// Hash of each service spec.
+    pub services: BTreeMap<ServiceName, u64>,
+    /// Hash of each replica.
+    pub replicas: BTreeMap<ReplicaId, u64>,
+    /// Hash of each sealed secret.
+    pub secrets: BTreeMap<String, u64>,
+    /// Hash of the catalogue.
+    pub catalogue: u64,
+    /// Hash of the peer list.
+    pub peers: u64,
+    /// Hash of the control addresses.
+    pub control_addrs: u64,
+}
+
 /// Why a delta was not applied. The view is unchanged in every case.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
@@ -274,6 +297,88 @@ impl NodeView {
         ViewDelta {
             from: self.revision,
             to: target.revision,
+            changes,
+        }
+    }
+
+    /// This view's [`ViewDigest`].
+    pub fn digest(&self) -> ViewDigest {
+        use crate::service::stable_hash;
+        ViewDigest {
+            revision: self.revision,
+            node: stable_hash(&self.node),
+            services: self
+                .services
+                .iter()
+                .map(|(name, s)| (name.clone(), stable_hash(s)))
+                .collect(),
+            replicas: self
+                .replicas
+                .iter()
+                .map(|r| (r.id.clone(), stable_hash(r)))
+                .collect(),
+            secrets: self
+                .secrets
+                .iter()
+                .map(|(name, blob)| (name.clone(), stable_hash(blob)))
+                .collect(),
+            catalogue: stable_hash(&self.catalogue),
+            peers: stable_hash(&self.peers),
+            control_addrs: stable_hash(&self.control_addrs),
+        }
+    }
+
+    /// The delta from a view with digest `have` to this one: applied to the view `have` was
+    /// made from, it gives this view. Its `from` is `have.revision`; it moves forward only if
+    /// this view is at a later revision.
+    pub fn delta_since(&self, have: &ViewDigest) -> ViewDelta {
+        use crate::service::stable_hash;
+        let mut changes = Vec::new();
+        if stable_hash(&self.node) != have.node {
+            changes.push(ViewChange::SetNode(self.node.clone()));
+        }
+        for (name, service) in &self.services {
+            if have.services.get(name) != Some(&stable_hash(service)) {
+                changes.push(ViewChange::UpsertService(service.clone()));
+            }
+        }
+        for name in have.services.keys() {
+            if !self.services.contains_key(name) {
+                changes.push(ViewChange::RemoveService(name.clone()));
+            }
+        }
+        for replica in &self.replicas {
+            if have.replicas.get(&replica.id) != Some(&stable_hash(replica)) {
+                changes.push(ViewChange::UpsertReplica(replica.clone()));
+            }
+        }
+        for id in have.replicas.keys() {
+            if self.replica(id).is_none() {
+                changes.push(ViewChange::RemoveReplica(id.clone()));
+            }
+        }
+        for (name, blob) in &self.secrets {
+            if have.secrets.get(name) != Some(&stable_hash(blob)) {
+                changes.push(ViewChange::UpsertSecret(name.clone(), blob.clone()));
+            }
+        }
+        for name in have.secrets.keys() {
+            if !self.secrets.contains_key(name) {
+                changes.push(ViewChange::RemoveSecret(name.clone()));
+            }
+        }
+        if stable_hash(&self.catalogue) != have.catalogue {
+            changes.push(ViewChange::SetCatalogue(self.catalogue.clone()));
+        }
+        if stable_hash(&self.peers) != have.peers {
+            changes.push(ViewChange::SetPeers(self.peers.clone()));
+        }
+        if stable_hash(&self.control_addrs) != have.control_addrs {
+            changes.push(ViewChange::SetControlAddrs(self.control_addrs.clone()));
+        }
+        ViewDelta {
+            from: have.revision,
+            to: self.revision,
             changes,
         }
     }

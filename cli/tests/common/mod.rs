@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -105,4 +105,100 @@ impl Drop for Foreground {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls `cond` every 100 ms until it gives a value or `timeout` passes.
+#[track_caller]
+pub fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = cond() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `warren agent status -o json` for `data_dir`, if it answers.
+pub fn agent_status(data_dir: &Path) -> Option<serde_json::Value> {
+    let output = command()
+        .args(["agent", "status", "-o", "json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Pids of the running replicas in an agent status.
+pub fn running_pids(status: &serde_json::Value) -> Vec<u64> {
+    status["replicas"]
+        .as_array()
+        .map(|replicas| {
+            replicas
+                .iter()
+                .filter(|r| r["state"] == "running")
+                .filter_map(|r| r["pid"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// A `warren control init` child on loopback ports in `dir/control`; returns it, its QUIC
+/// address and the admin.conf path.
+pub fn control_init(dir: &Path) -> (Foreground, String, PathBuf) {
+    let control_dir = dir.join("control");
+    let mut control = Foreground::spawn(
+        &[
+            "control",
+            "init",
+            "--name",
+            "ops-1",
+            "--site",
+            "central",
+            "--api",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--metrics",
+            "none",
+            "--data-dir",
+            control_dir.to_str().expect("utf-8 path"),
+        ],
+        dir.join("control.stderr.log"),
+    );
+    let ready = control.wait_for_line(" serving ");
+    let quic = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("quic="))
+        .expect("quic address in the ready line")
+        .to_owned();
+    (control, quic, control_dir.join("admin.conf"))
+}
+
+/// Pids of live processes whose working directory is under `dir` (the process runtime runs
+/// each workload in its replica directory).
+pub fn processes_under(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
 }

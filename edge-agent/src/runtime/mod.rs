@@ -109,6 +109,31 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     fn cleanup<'a>(&'a self, replica: &'a ReplicaId)
     -> RuntimeFuture<'a, Result<(), RuntimeError>>;
 
+    /// Replaces `replica`'s secret files with `secrets` while its workload may be running:
+    /// each file is swapped atomically, so a workload that reads it again sees the new value
+    /// and never half of one. Files of secrets not in `secrets` are removed.
+    ///
+    /// # Errors
+    /// [`RuntimeError::InvalidRequest`] for a file name that is not a plain name; I/O errors.
+    ///
+    /// # Cancel safety
+    /// Safe to repeat; a dropped call leaves every file either old or new.
+    fn write_secrets<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+        secrets: &'a [(String, Vec<u8>)],
+    ) -> RuntimeFuture<'a, Result<(), RuntimeError>>;
+
+    /// Removes the secret files of every replica this runtime has files for, tracked or not:
+    /// the node has left the cluster. Stop the workloads first.
+    ///
+    /// # Errors
+    /// The first I/O error met; the other replicas' files are still removed.
+    ///
+    /// # Cancel safety
+    /// Safe to repeat: every step is idempotent.
+    fn wipe_secrets(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>>;
+
     /// Keeps the workloads' log files within their size bound; the agent calls this
     /// periodically. A runtime whose logs are bounded elsewhere does nothing.
     ///

@@ -496,6 +496,26 @@ impl ProcessRuntime {
         tracing::info!(%replica, "cleaned up replica");
         Ok(())
     }
+
+    /// Removes `<root>/*/secrets`, whichever replicas they belong to.
+    fn wipe_secrets_now(&self) -> Result<(), RuntimeError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(RuntimeError::io("list workloads", &self.root, e)),
+        };
+        let mut first_error = None;
+        for entry in entries {
+            let removed = entry
+                .map_err(|e| RuntimeError::io("list workloads", &self.root, e))
+                .and_then(|entry| secrets::remove(&entry.path().join("secrets")));
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "cannot remove secret files");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
 }
 
 impl Runtime for ProcessRuntime {
@@ -536,6 +556,25 @@ impl Runtime for ProcessRuntime {
         replica: &'a ReplicaId,
     ) -> RuntimeFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move { self.cleanup_now(replica) })
+    }
+
+    fn write_secrets<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+        secrets: &'a [(String, Vec<u8>)],
+    ) -> RuntimeFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            let dir = self.secrets_dir(replica);
+            if secrets.is_empty() {
+                secrets::remove(&dir)
+            } else {
+                secrets::write(replica, &dir, secrets, self.options.secrets_tmpfs)
+            }
+        })
+    }
+
+    fn wipe_secrets(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move { self.wipe_secrets_now() })
     }
 
     fn rotate_logs(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {

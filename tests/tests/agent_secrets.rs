@@ -1,0 +1,212 @@
+//! Secrets end to end, with a real control node, a real agent and real `sh` workloads: a secret
+//! reaches the workload as a file and nowhere else in the clear, a new value is rewritten in
+//! place without a restart, removing the node wipes the files and the node key; and an agent
+//! without a node key runs what needs no secrets and fails only what does.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::info;
+use warren_api::{
+    ProcessSpec, SecretRef, ServiceMode, ServiceName, ServiceSpec, TaskState, Workload,
+};
+use warren_control::Op;
+use warren_edge_agent::agent::RunEnd;
+use warren_edge_agent::secrets::SECRET_KEY_FILE;
+use warren_tests::{
+    agent_status, alive, join_agent, propose, put_secret, sleep_service, spawn_agent,
+    start_control, wait_until,
+};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The state and pid of the (only) replica of `service` in the agent's status.
+fn replica_state(dir: &Path, service: &str) -> Option<(TaskState, Option<u32>)> {
+    agent_status(dir)?
+        .replicas
+        .into_iter()
+        .find(|r| r.replica.service.to_string() == service)
+        .map(|r| (r.state, r.pid))
+}
+
+/// Service `name` running `sh -c script` once, with secret `db` as the file `db.txt`.
+fn secret_service(name: &str, script: String) -> ServiceSpec {
+    let workload = Workload::Process(ProcessSpec {
+        command: vec!["sh".into(), "-c".into(), script],
+        working_dir: None,
+    });
+    let mut spec = ServiceSpec::new(ServiceName::new(name).expect("valid name"), workload);
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    spec.secrets = vec![SecretRef {
+        name: "db".into(),
+        target: "db.txt".into(),
+    }];
+    spec
+}
+
+/// Every regular file under `dir`, recursively, except those under a `secrets` directory.
+fn files_outside_secrets(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && entry.file_name() != "secrets" {
+            files_outside_secrets(&path, out);
+        } else if kind.is_file() {
+            out.push(path);
+        }
+    }
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Create a secret and a service that copies it out of `$WARREN_SECRETS_DIR` every 100 ms →
+/// the workload sees the plaintext; the agent's data dir (cache, status, logs) holds it
+/// nowhere; a new value of the secret reaches the same process (no restart); removing the
+/// node stops the workload and deletes its secret files and the node key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_reach_the_workload_sealed_and_leave_with_the_node() {
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (control, fingerprint) = start_control(dir.path()).await;
+
+    info!("--- join: the node key is stored, private");
+    let agent_dir = dir.path().join("agent");
+    let identity = join_agent(&control, fingerprint, &agent_dir, "edge-1", "lisbon").await;
+    let key_file = agent_dir.join(SECRET_KEY_FILE);
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key_file.display());
+
+    info!("--- a secret and a service that reads it");
+    let plaintext = b"warren-e2e-secret-5f0c1d";
+    put_secret(&control, "db", plaintext).await;
+    let seen = dir.path().join("seen");
+    let seen_dir = dir.path().join("seen-dir");
+    let script = format!(
+        "echo \"$WARREN_SECRETS_DIR\" > {dir}; \
+         while true; do cat \"$WARREN_SECRETS_DIR/db.txt\" > {seen}.tmp && mv {seen}.tmp {seen}; \
+         sleep 0.1; done",
+        dir = seen_dir.display(),
+        seen = seen.display(),
+    );
+    propose(&control, Op::PutService(secret_service("vault", script))).await;
+    let (_cancel, task) = spawn_agent(&agent_dir);
+
+    let read = |path: &Path| std::fs::read(path).ok();
+    wait_until("the workload to see the secret", LONG, || {
+        read(&seen).filter(|v| v == plaintext)
+    })
+    .await;
+    let pid = wait_until(
+        "the workload running in the agent's status",
+        LONG,
+        || match replica_state(&agent_dir, "vault")? {
+            (TaskState::Running, pid) => pid,
+            _ => None,
+        },
+    )
+    .await;
+    let secrets_dir = PathBuf::from(
+        String::from_utf8(read(&seen_dir).unwrap())
+            .unwrap()
+            .trim_end(),
+    );
+    assert!(
+        secrets_dir.starts_with(&agent_dir),
+        "{}",
+        secrets_dir.display()
+    );
+    let file_mode = std::fs::metadata(secrets_dir.join("db.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(file_mode & 0o777, 0o400);
+
+    info!("--- the plaintext is nowhere in the agent's files but the workload's secret file");
+    let mut files = Vec::new();
+    files_outside_secrets(&agent_dir, &mut files);
+    let cache_files: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| f.starts_with(agent_dir.join("cache")))
+        .collect();
+    assert!(!cache_files.is_empty(), "{files:?}");
+    // The cache is readable as bytes (not compressed): it does hold the service's command.
+    let marker = seen.display().to_string();
+    assert!(
+        cache_files
+            .iter()
+            .any(|f| holds(&std::fs::read(f).unwrap_or_default(), marker.as_bytes())),
+        "the cached view is in {cache_files:?}"
+    );
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        assert!(
+            !holds(&bytes, plaintext),
+            "{} holds the plaintext",
+            file.display()
+        );
+    }
+
+    info!("--- a new value: rewritten in place, the same process reads it");
+    let updated = b"warren-e2e-secret-rotated-88a2";
+    put_secret(&control, "db", updated).await;
+    wait_until("the workload to see the new value", LONG, || {
+        read(&seen).filter(|v| v == updated)
+    })
+    .await;
+    assert_eq!(
+        replica_state(&agent_dir, "vault"),
+        Some((TaskState::Running, Some(pid))),
+        "a secret's new value does not restart the workload"
+    );
+
+    info!("--- remove the node: workload stopped, secret files and node key gone");
+    propose(&control, Op::RemoveNode(identity.node_id)).await;
+    let end = tokio::time::timeout(LONG, task).await.unwrap().unwrap();
+    assert!(matches!(end, Ok(RunEnd::Removed(_))), "{end:?}");
+    assert!(!alive(pid), "pid {pid} stopped");
+    assert!(!secrets_dir.exists(), "{} removed", secrets_dir.display());
+    assert!(!key_file.exists(), "node key removed");
+    control.shutdown().await;
+}
+
+/// An agent without a node key (it joined before control delivered secrets) runs the
+/// services that need no secret and reports the one that does as failed; it does not crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_without_a_node_key_fails_only_workloads_with_secrets() {
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    let identity = join_agent(&control, fingerprint, &agent_dir, "edge-1", "lisbon").await;
+    std::fs::remove_file(agent_dir.join(SECRET_KEY_FILE)).unwrap();
+
+    put_secret(&control, "db", b"never delivered in the clear").await;
+    propose(&control, Op::PutService(sleep_service(1))).await;
+    let script = "cat \"$WARREN_SECRETS_DIR/db.txt\"; exec sleep 1000".to_owned();
+    propose(&control, Op::PutService(secret_service("vault", script))).await;
+    let (_cancel, task) = spawn_agent(&agent_dir);
+
+    wait_until("web running and vault failed", LONG, || {
+        let web = replica_state(&agent_dir, "web")?;
+        let vault = replica_state(&agent_dir, "vault")?;
+        (web.0 == TaskState::Running && vault == (TaskState::Failed, None)).then_some(())
+    })
+    .await;
+    assert!(!task.is_finished(), "the agent runs on");
+    let (_, web_pid) = replica_state(&agent_dir, "web").unwrap();
+
+    info!("--- remove the node: a keyless agent tears down just the same");
+    propose(&control, Op::RemoveNode(identity.node_id)).await;
+    let end = tokio::time::timeout(LONG, task).await.unwrap().unwrap();
+    assert!(matches!(end, Ok(RunEnd::Removed(_))), "{end:?}");
+    assert!(!alive(web_pid.unwrap()), "web stopped");
+    control.shutdown().await;
+}
