@@ -25,7 +25,6 @@ use warren_api::{
 };
 use warren_control::Op;
 use warren_control::node::ControlNode;
-use warren_control::push::node_view;
 use warren_edge_agent::agent::{AgentStatus, RECONCILE_INTERVAL};
 use warren_edge_agent::link::REPORT_COALESCE;
 
@@ -248,16 +247,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// The replicas control wants on `node`, with their workload hashes.
-    async fn desired(&self, node: NodeId) -> anyhow::Result<BTreeMap<ReplicaId, u64>> {
+    /// The replicas control wants on `node`, with their workload hashes (what the node's view
+    /// carries).
+    async fn desired(&self, node: NodeId) -> BTreeMap<ReplicaId, u64> {
         let state = self.control.control().read_stale().await;
-        let view = node_view(&state, node, &self.control.control().control_addrs())
-            .ok_or_else(|| anyhow!("node {node} is not in the state"))?;
-        Ok(view
-            .replicas
-            .into_iter()
-            .map(|r| (r.id, r.workload_hash))
-            .collect())
+        state
+            .replicas_on(node)
+            .map(|r| (r.id.clone(), r.workload_hash))
+            .collect()
     }
 }
 
@@ -835,7 +832,7 @@ async fn reconnect(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<Re
         cluster.propose(Op::PutService(spec.clone())).await?;
         specs.push(spec);
     }
-    let desired = cluster.desired(node).await?;
+    let desired = cluster.desired(node).await;
     agent
         .wait_status("the first desired set running", |s| {
             converged(s, &desired, RUNNING).then_some(())
@@ -845,10 +842,10 @@ async fn reconnect(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<Re
     let mut figures = ReconnectFigures::default();
     for round in 0..counts.reconnect_rounds {
         progress(&format!("reconnect: round {}", round + 1));
-        let before = cluster.desired(node).await?;
+        let before = cluster.desired(node).await;
         agent.stop().await?;
         make_changes(&cluster, &mut specs, round, counts.reconnect_changes).await?;
-        let desired = cluster.desired(node).await?;
+        let desired = cluster.desired(node).await;
         figures.work.push(convergence_work(&before, &desired));
         let (next, times) = reconnect_round(bin, &dir, &desired).await?;
         figures.rounds.push(times);
