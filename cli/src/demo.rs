@@ -1,26 +1,27 @@
-//! `warren demo`: a scripted tour on loopback of what works today.
+//! `warren demo`: a scripted tour of what Warren promises at the edge, on loopback, in one
+//! process, with nothing but real parts.
 //!
-//! Every step is real: a real CA and certificates, real QUIC on 127.0.0.1, a real join over
-//! the network, real refusals. The tour grows as Warren does; today it covers the transport
-//! layer (cluster CA, join tokens, mutual TLS, framing).
+//! A control node and one agent in each of two sites start in this process ([`LocalCluster`]);
+//! two services are deployed through the HTTP API; site b is cut off with a transport fault
+//! switch (its QUIC datagrams are dropped both ways); one of its workloads is killed and comes
+//! back without the control plane; the services change; site a converges while site b keeps
+//! the old version; site b is healed and converges, keeping the pids of what did not change.
+//! Every wait is bounded and prints progress; a step that times out ends the tour with a
+//! non-zero exit and its reason. At the end every workload is stopped and the data removed.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
-use warren_api::{NodeId, NodeRole};
-use warren_transport::ca::{CA_LIFETIME, unix_now, unix_now_ms};
-use warren_transport::join::{JoinError, JoinParams, LocalJoinAuthority, join, serve_join};
-use warren_transport::seal::SealKey;
-use warren_transport::token::mint;
-use warren_transport::{
-    Alpn, CertRole, CertSubject, ClusterCa, ConnectError, Endpoint, EndpointOptions, MintOptions,
-    PeerConnection, TokenBook, TransportConfig, TransportMetrics, Validity,
-};
+use anyhow::{Context, Result, anyhow, bail};
+use hyper::Method;
+use serde::Serialize;
+use warren_api::rest::{ScaleRequest, ServiceInfo, WriteResult};
+use warren_api::{ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
+use warren_edge_agent::agent::AgentStatus;
+use warren_edge_agent::link::SILENCE_LIMIT;
 
+use crate::control_cmd::Signals;
+use crate::local::{self, LocalAgent, LocalCluster, alive, seconds, wait_for};
 use crate::output::OutputFormat;
 
 /// Flags of `warren demo` (its output format is the global `-o`: `-o json` prints a JSON
@@ -28,24 +29,31 @@ use crate::output::OutputFormat;
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {}
 
-/// The demo's own tiny protocol on the agent stream.
-#[derive(Debug, Serialize, Deserialize)]
-enum Probe {
-    Ping { sent_at_us: u64 },
-    Pong { sent_at_us: u64, seen_as: String },
-}
+/// The two sites; the second is the one cut off.
+const SITE_A: &str = "a";
+const SITE_B: &str = "b";
+/// Bound on each step that waits for agents to act.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What the tour measured and saw, for `-o json`.
+/// What the tour saw, for `-o json`.
 #[derive(Debug, Default, Serialize)]
 struct Report {
-    cluster_fingerprint: String,
-    control_addr: String,
-    joined_node_id: String,
-    join_ms: f64,
-    mtls_connect_ms: f64,
-    ping_rtt_us_p50: u64,
-    refusals: BTreeMap<String, String>,
-    server_metrics: BTreeMap<String, u64>,
+    control_api: String,
+    agents: BTreeMap<String, String>,
+    deployed_s: f64,
+    restarted_offline_s: f64,
+    site_a_converged_s: f64,
+    link_down_after_cut_s: f64,
+    site_b_converged_after_heal_s: f64,
+    cut_off_s: f64,
+    datagrams_dropped_out: u64,
+    datagrams_dropped_in: u64,
+    /// Replica → pid kept through the partition and the heal.
+    kept: BTreeMap<String, u32>,
+    /// Replica → (old pid, new pid) restarted because their spec changed.
+    restarted_for_new_spec: BTreeMap<String, (u32, u32)>,
+    workloads_stopped: usize,
+    total_s: f64,
 }
 
 struct Narrator {
@@ -66,6 +74,10 @@ impl Narrator {
             println!("    {}", text.as_ref());
         }
     }
+
+    fn progress<'a>(&'a self, what: &'a str) -> impl FnMut(Duration) + 'a {
+        move |waited| self.say(format!("… {what}: {} so far", seconds(waited)))
+    }
 }
 
 /// Runs the tour.
@@ -84,317 +96,401 @@ pub fn run(_args: DemoArgs, output: OutputFormat) -> Result<()> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+fn secs(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 10.0).round() / 10.0
 }
 
 async fn tour(narrate: bool) -> Result<Report> {
+    let started = Instant::now();
     let mut n = Narrator {
         enabled: narrate,
         step: 0,
     };
-    let mut report = Report::default();
-    let data_dir = tempfile::tempdir().context("create a scratch data dir")?;
-    let config = TransportConfig {
-        connect_timeout: Duration::from_secs(5),
-        ..TransportConfig::default()
+    let mut signals = Signals::new()?;
+    let data_dir = tempfile::Builder::new()
+        .prefix("warren-demo-")
+        .tempdir()
+        .context("create a scratch data dir")?;
+    if narrate {
+        println!(
+            "warren demo: a control node and two edge sites on 127.0.0.1, all in this process \
+             (no root, no containers); data in {} until the end",
+            data_dir.path().display()
+        );
+    }
+    n.step("start a control node, then one agent in site a and one in site b");
+    let cluster = LocalCluster::create(data_dir.path(), &[SITE_A, SITE_B], 1).await?;
+    let mut report = Report {
+        control_api: cluster.control().api_addr().to_string(),
+        ..Report::default()
     };
+    n.say(format!(
+        "control node c1: HTTP API {} (TLS), QUIC {}",
+        cluster.control().api_addr(),
+        cluster.control().quic_addr()
+    ));
+    for agent in &cluster.agents {
+        n.say(format!(
+            "agent {} joined site {} as node {} with a single-use token over QUIC",
+            agent.name, agent.site, agent.node_id
+        ));
+        report
+            .agents
+            .insert(agent.name.clone(), agent.node_id.to_string());
+    }
+    n.say("site b's agent dials through a fault switch that can drop its QUIC datagrams");
 
-    n.step("create the cluster CA (what `warren control init` will do)");
-    let ca = ClusterCa::generate("demo", Validity::starting_at(unix_now(), CA_LIFETIME))
-        .context("generate cluster CA")?;
-    let seal_key = SealKey::generate();
-    ca.save(data_dir.path(), &seal_key)
-        .context("save cluster CA")?;
-    let fingerprint = data_encoding::HEXLOWER.encode(&ca.fingerprint());
-    n.say(format!("fingerprint sha256:{fingerprint}"));
-    n.say(
-        "CA key written sealed with AES-256-GCM (ca.key.sealed); its key lives in a separate file",
-    );
-    report.cluster_fingerprint = fingerprint;
-
-    n.step("start a control endpoint: QUIC on 127.0.0.1, ALPN raft/agent/join, mutual TLS");
-    let control_id = NodeId(1);
-    let control_creds = ca
-        .issue_credentials(
-            &CertSubject::Node {
-                node_id: control_id,
-                role: CertRole::Control,
-            },
-            Validity::starting_at(unix_now(), warren_transport::ca::NODE_CERT_LIFETIME),
-        )
-        .context("issue control certificate")?;
-    let metrics = TransportMetrics::unregistered();
-    let options = EndpointOptions {
-        config: config.clone(),
-        metrics: metrics.clone(),
-        ..Default::default()
+    // Ctrl-C must not leave the workloads running: it ends the scenario, not the process.
+    let result = tokio::select! {
+        result = scenario(&mut n, &cluster, &mut report) => result,
+        which = signals.next() => Err(anyhow!("interrupted by {which}")),
     };
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let control = Arc::new(
-        Endpoint::bind(loopback, &control_creds, options).context("bind control endpoint")?,
-    );
-    let control_addr = control.local_addr();
+    n.step("stop the agents, then their workloads, then the control node");
+    let stopped = cluster.stop(true).await;
+    report.workloads_stopped = stopped
+        .workloads
+        .iter()
+        .filter(|(_, w)| w.was_running)
+        .count();
+    let left: Vec<u32> = stopped
+        .workloads
+        .iter()
+        .filter_map(|(_, w)| w.pid)
+        .filter(|pid| alive(*pid))
+        .collect();
     n.say(format!(
-        "control node {control_id} listening on {control_addr}/udp"
-    ));
-    report.control_addr = control_addr.to_string();
-    let fingerprint_bytes = ca.fingerprint();
-    let authority = Arc::new(LocalJoinAuthority::new(
-        ca,
-        TokenBook::default(),
-        vec![control_addr.to_string()],
-    ));
-    let server = tokio::spawn(serve(control.clone(), authority.clone(), metrics.clone()));
-
-    n.step("mint a single-use agent join token (what `warren token create --role agent --single-use` will do)");
-    let (token, record) = mint(
-        fingerprint_bytes,
-        MintOptions {
-            role: NodeRole::Agent,
-            ttl: Some(Duration::from_secs(600)),
-            single_use: true,
-        },
-        unix_now_ms(),
-    );
-    authority.add_token(record);
-    let token = token.to_string();
-    let shown = token
-        .rsplit_once('-')
-        .map(|(head, _)| head)
-        .unwrap_or(&token);
-    n.say(format!(
-        "token {shown}-<secret> (the control plane keeps only a SHA-256 of the secret)"
-    ));
-
-    n.step(
-        "join an agent: verify the server by the pinned CA, send token + CSR, get a certificate",
-    );
-    let params = JoinParams {
-        role: NodeRole::Agent,
-        name: "edge-lisbon-1".into(),
-        site: "lisbon".into(),
-        labels: BTreeMap::from([("rack".into(), "r1".into())]),
-        advertise: vec![],
-    };
-    let started = Instant::now();
-    let joined = join(
-        control_addr,
-        &token,
-        params.clone(),
-        &config,
-        &TransportMetrics::unregistered(),
-    )
-    .await
-    .context("join the demo cluster")?;
-    report.join_ms = ms(started.elapsed());
-    report.joined_node_id = joined.node_id.to_string();
-    n.say(format!(
-        "joined as node {} in {:.1} ms; its private key never left it",
-        joined.node_id, report.join_ms
-    ));
-    joined
-        .credentials
-        .save(data_dir.path())
-        .context("save agent credentials")?;
-
-    n.step("the agent dials the control node over mutual TLS on the agent stream");
-    let agent = Endpoint::client(
-        loopback,
-        &joined.credentials,
-        EndpointOptions {
-            config: config.clone(),
-            ..Default::default()
-        },
-    )
-    .context("bind agent endpoint")?;
-    let started = Instant::now();
-    let conn = agent
-        .connect(control_addr, Alpn::Agent)
-        .await
-        .context("agent connects to control")?;
-    report.mtls_connect_ms = ms(started.elapsed());
-    let rtts = ping(&conn, 50).await?;
-    report.ping_rtt_us_p50 = rtts[rtts.len() / 2];
-    n.say(format!(
-        "connected in {:.1} ms; 50 framed pings, median round trip {} µs",
-        report.mtls_connect_ms, report.ping_rtt_us_p50
-    ));
-
-    n.step("try the things that must fail");
-    let refusals = [
-        (
-            "reused single-use token",
-            join(
-                control_addr,
-                &token,
-                params.clone(),
-                &config,
-                &TransportMetrics::unregistered(),
-            )
-            .await,
-        ),
-        (
-            "forged token",
-            join(
-                control_addr,
-                &forge(&token),
-                params.clone(),
-                &config,
-                &TransportMetrics::unregistered(),
-            )
-            .await,
-        ),
-    ];
-    for (what, result) in refusals {
-        match result {
-            Err(JoinError::Refused(refusal)) => {
-                n.say(format!("{what}: refused ({refusal})"));
-                report.refusals.insert(what.into(), refusal.to_string());
-            }
-            Ok(_) => bail!("{what} was accepted; the demo expected a refusal"),
-            Err(other) => bail!("{what} failed unexpectedly: {other}"),
+        "{} workloads stopped; {}",
+        report.workloads_stopped,
+        if left.is_empty() {
+            "nothing left running".to_owned()
+        } else {
+            format!("still running: {left:?}")
         }
+    ));
+    result?;
+    if let Some(problem) = stopped.problems.first() {
+        bail!("stopping the demo cluster: {problem}");
     }
-    let rogue_ca = ClusterCa::generate("rogue", Validity::starting_at(unix_now(), CA_LIFETIME))?;
-    let rogue_creds = rogue_ca.issue_credentials(
-        &CertSubject::Node {
-            node_id: NodeId(66),
-            role: CertRole::Agent,
-        },
-        Validity::starting_at(unix_now(), warren_transport::ca::NODE_CERT_LIFETIME),
-    )?;
-    let rogue = Endpoint::client(
-        loopback,
-        &rogue_creds,
-        EndpointOptions {
-            config,
-            ..Default::default()
-        },
-    )?;
-    match rogue.connect(control_addr, Alpn::Agent).await {
-        Err(error @ ConnectError::ServerUntrusted { .. })
-        | Err(error @ ConnectError::Refused { .. }) => {
-            n.say(format!(
-                "certificate from another cluster: refused ({})",
-                error.kind()
-            ));
-            report
-                .refusals
-                .insert("certificate from another cluster".into(), error.to_string());
-        }
-        Ok(_) => bail!("an endpoint from another cluster was admitted"),
-        Err(other) => bail!("rogue connection failed unexpectedly: {other}"),
+    if !left.is_empty() {
+        bail!("workloads still running after the demo: pids {left:?}");
     }
-
-    n.step("what the control node counted (Prometheus metrics)");
-    for (name, value) in [
-        (
-            "warren_transport_join_requests_total{result=\"granted\"}",
-            metrics
-                .join_requests_total
-                .with_label_values(&["granted"])
-                .get(),
-        ),
-        (
-            "warren_transport_join_requests_total{result=\"already_used\"}",
-            metrics
-                .join_requests_total
-                .with_label_values(&["already_used"])
-                .get(),
-        ),
-        (
-            "warren_transport_join_requests_total{result=\"bad_secret\"}",
-            metrics
-                .join_requests_total
-                .with_label_values(&["bad_secret"])
-                .get(),
-        ),
-        (
-            "warren_transport_connections_total{side=\"server\",alpn=\"agent\"}",
-            metrics
-                .connections_total
-                .with_label_values(&["server", "agent"])
-                .get(),
-        ),
-    ] {
-        n.say(format!("{name} {value}"));
-        report.server_metrics.insert(name.into(), value);
+    data_dir.close().context("remove the demo's data dir")?;
+    report.total_s = secs(started.elapsed());
+    if narrate {
+        println!(
+            "\ndone in {}: site b, cut off, kept its workloads running and restarted a crashed \
+             one on its own; after the heal it converged without restarting what had not changed.",
+            seconds(started.elapsed())
+        );
+        println!(
+            "next: `warren dev` keeps such a cluster running for you to try commands against."
+        );
     }
-
-    conn.close("demo done");
-    control.close();
-    server.abort();
-    n.step("done: this tour covers the transport; the README quick start runs a control plane and agents");
     Ok(report)
 }
 
-/// Flips one character of the secret: a token that looks right but is not.
-fn forge(token: &str) -> String {
-    let (head, secret) = token.rsplit_once('-').unwrap_or((token, ""));
-    let mut chars: Vec<char> = secret.chars().collect();
-    if let Some(first) = chars.first_mut() {
-        *first = if *first == '0' { '1' } else { '0' };
-    }
-    format!("{head}-{}", chars.into_iter().collect::<String>())
+fn web() -> ServiceSpec {
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("web").expect("valid name"),
+        Workload::Process(ProcessSpec {
+            command: vec!["sleep".into(), "1000000".into()],
+            working_dir: None,
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 2 };
+    spec
 }
 
-async fn ping(conn: &PeerConnection, count: usize) -> Result<Vec<u64>> {
-    let epoch = Instant::now();
-    let mut rtts = Vec::with_capacity(count);
-    for _ in 0..count {
-        let sent_at_us = epoch.elapsed().as_micros() as u64;
-        match conn
-            .request::<Probe, Probe>(&Probe::Ping { sent_at_us })
+fn worker(version: &str) -> ServiceSpec {
+    let script = "echo \"worker started with VERSION=$VERSION\"; exec sleep 1000000";
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("worker").expect("valid name"),
+        Workload::Process(ProcessSpec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            working_dir: None,
+        }),
+    );
+    spec.mode = ServiceMode::Global;
+    spec.env.insert("VERSION".into(), version.into());
+    spec
+}
+
+/// Replica → pid of what the agent runs.
+fn pids(status: &AgentStatus) -> BTreeMap<String, u32> {
+    local::running(status)
+        .filter_map(|r| Some((r.replica.to_string(), r.pid?)))
+        .collect()
+}
+
+fn describe(status: &AgentStatus) -> String {
+    let pids = pids(status);
+    if pids.is_empty() {
+        return "nothing running".into();
+    }
+    pids.iter()
+        .map(|(replica, pid)| format!("{replica} pid {pid}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn converged(
+    n: &Narrator,
+    cluster: &LocalCluster,
+    agent: &LocalAgent,
+    what: &str,
+) -> Result<(AgentStatus, Duration)> {
+    wait_for(what, STEP_TIMEOUT, n.progress(what), || {
+        cluster.converged(agent)
+    })
+    .await
+}
+
+/// The last line of `replica`'s stdout log on `agent`.
+fn last_log_line(agent: &LocalAgent, replica: &str) -> Option<String> {
+    let path = agent
+        .dir
+        .join(warren_edge_agent::agent::WORKLOADS_DIR)
+        .join(replica)
+        .join("stdout.log");
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().last().map(str::to_owned)
+}
+
+async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report) -> Result<()> {
+    let a = cluster
+        .agents_in(SITE_A)
+        .next()
+        .context("site a has an agent")?;
+    let b = cluster
+        .agents_in(SITE_B)
+        .next()
+        .context("site b has an agent")?;
+    let client = cluster.client();
+
+    n.step("deploy through the HTTP API: web (2 replicas, spread over the sites) and worker (one on every agent, VERSION=1)");
+    for spec in [web(), worker("1")] {
+        let written: WriteResult = client
+            .send(Method::POST, "/services", &spec)
             .await
-            .context("ping")?
-        {
-            Probe::Pong { sent_at_us, .. } => {
-                rtts.push(epoch.elapsed().as_micros() as u64 - sent_at_us)
-            }
-            Probe::Ping { .. } => bail!("control answered a ping with a ping"),
+            .with_context(|| format!("create service {}", spec.name))?
+            .json()?;
+        n.say(format!(
+            "POST /v1/services {}: created at revision {}",
+            spec.name, written.revision
+        ));
+    }
+    let mut deployed = BTreeMap::new();
+    for agent in [a, b] {
+        let what = format!("{} to run its replicas", agent.name);
+        let (status, took) = converged(n, cluster, agent, &what).await?;
+        n.say(format!(
+            "{} (site {}) runs {} after {}",
+            agent.name,
+            agent.site,
+            describe(&status),
+            seconds(took)
+        ));
+        report.deployed_s = report.deployed_s.max(secs(took));
+        deployed.insert(agent.name.clone(), pids(&status));
+    }
+
+    n.step("cut site b off: every QUIC datagram between edge-b1 and the control plane is dropped from now on");
+    let switch = cluster.switch(SITE_B)?.clone();
+    cluster.cut(SITE_B)?;
+    let cut_at = Instant::now();
+
+    let (web_b, web_b_pid) = deployed[&b.name]
+        .iter()
+        .find(|(replica, _)| replica.starts_with("web."))
+        .map(|(r, p)| (r.clone(), *p))
+        .context("site b runs a web replica")?;
+    n.step(&format!(
+        "kill -9 {web_b} on edge-b1 (pid {web_b_pid}): its agent must restart it without the control plane"
+    ));
+    kill9(web_b_pid)?;
+    let what = format!("edge-b1 to restart {web_b}");
+    let (new_pid, took) = wait_for(&what, STEP_TIMEOUT, n.progress(&what), || async {
+        Ok(b.status()
+            .and_then(|s| pids(&s).get(&web_b).copied())
+            .filter(|pid| *pid != web_b_pid))
+    })
+    .await?;
+    let restarts = b
+        .status()
+        .and_then(|s| {
+            s.replicas
+                .into_iter()
+                .find(|r| r.replica.to_string() == web_b)
+        })
+        .map_or(0, |r| r.restarts);
+    n.say(format!(
+        "restarted after {}: pid {new_pid} (restarts: {restarts}), control plane still unreachable",
+        seconds(took)
+    ));
+    report.restarted_offline_s = secs(took);
+    let mut b_before = deployed[&b.name].clone();
+    b_before.insert(web_b.clone(), new_pid);
+
+    n.step("while site b is cut off: worker gets VERSION=2 (a new workload: it restarts), web scales to 4");
+    let current: ServiceInfo = client.get("/services/worker").await?.json()?;
+    let mut spec = current.spec.clone();
+    spec.env.insert("VERSION".into(), "2".into());
+    let written: WriteResult = client
+        .send(Method::PUT, "/services/worker", &spec)
+        .await
+        .context("update service worker")?
+        .json()?;
+    n.say(format!(
+        "PUT /v1/services/worker: version {}, revision {}",
+        written.version.unwrap_or_default(),
+        written.revision
+    ));
+    let written: WriteResult = client
+        .send(
+            Method::POST,
+            "/services/web/scale",
+            &ScaleRequest { replicas: 4 },
+        )
+        .await
+        .context("scale service web")?
+        .json()?;
+    n.say(format!(
+        "POST /v1/services/web/scale {{replicas: 4}}: revision {}",
+        written.revision
+    ));
+    let (a_after, took) = converged(n, cluster, a, "site a to converge").await?;
+    report.site_a_converged_s = secs(took);
+    n.say(format!(
+        "site a converged after {}: {}",
+        seconds(took),
+        describe(&a_after)
+    ));
+    explain_changes(n, &deployed[&a.name], &pids(&a_after), report, "edge-a1");
+    let b_now = b.status().context("edge-b1's status")?;
+    n.say(format!(
+        "site b still runs what it had, at revision {}: {}",
+        b_now.revision,
+        describe(&b_now)
+    ));
+
+    n.step(&format!(
+        "wait for edge-b1 to notice: its link gives up after {} without a message from control",
+        seconds(SILENCE_LIMIT)
+    ));
+    let what = "edge-b1's link to go down";
+    let (offline, _) = wait_for(
+        what,
+        SILENCE_LIMIT + STEP_TIMEOUT,
+        n.progress(what),
+        || async { Ok(b.status().filter(|s| !s.link.connected)) },
+    )
+    .await?;
+    report.link_down_after_cut_s = secs(cut_at.elapsed());
+    n.say(format!(
+        "link down {} after the cut; agent status: revision {}, link disconnected",
+        seconds(cut_at.elapsed()),
+        offline.revision
+    ));
+    let offline_pids = pids(&offline);
+    if offline_pids != b_before {
+        bail!(
+            "edge-b1's workloads changed while it was cut off: {offline_pids:?}, expected {b_before:?}"
+        );
+    }
+    let dead: Vec<&u32> = offline_pids.values().filter(|pid| !alive(**pid)).collect();
+    if !dead.is_empty() {
+        bail!("edge-b1 reports pids that are not alive: {dead:?}");
+    }
+    n.say(format!(
+        "still running (checked in /proc): {}",
+        describe(&offline)
+    ));
+
+    n.step("heal site b");
+    cluster.heal(SITE_B)?;
+    report.cut_off_s = secs(cut_at.elapsed());
+    report.datagrams_dropped_out = switch.dropped_sent();
+    report.datagrams_dropped_in = switch.dropped_received();
+    n.say(format!(
+        "cut off for {}; the switch dropped {} datagrams out of edge-b1 and {} into it",
+        seconds(cut_at.elapsed()),
+        report.datagrams_dropped_out,
+        report.datagrams_dropped_in
+    ));
+    let (b_after, took) = converged(n, cluster, b, "site b to converge").await?;
+    report.site_b_converged_after_heal_s = secs(took);
+    n.say(format!(
+        "edge-b1 reconnected and converged after {} at revision {}: {}",
+        seconds(took),
+        b_after.revision,
+        describe(&b_after)
+    ));
+    explain_changes(n, &b_before, &pids(&b_after), report, "edge-b1");
+    if let Some((replica, _)) = pids(&b_after)
+        .iter()
+        .find(|(r, _)| r.starts_with("worker."))
+    {
+        if let Some(line) = last_log_line(b, replica) {
+            n.say(format!("{replica}'s log on edge-b1 ends with: {line}"));
         }
     }
-    rtts.sort_unstable();
-    Ok(rtts)
+    if pids(&b_after).get(&web_b) != Some(&new_pid) {
+        bail!("{web_b} was restarted after the heal although its spec did not change");
+    }
+    let a_final = a.status().context("edge-a1's status")?;
+    if pids(&a_final) != pids(&a_after) {
+        bail!("site a's workloads changed when site b came back");
+    }
+    n.say(format!(
+        "{web_b} kept pid {new_pid} (the one its agent started while cut off), and site a was not touched by the heal"
+    ));
+    Ok(())
 }
 
-async fn serve(
-    endpoint: Arc<Endpoint>,
-    authority: Arc<LocalJoinAuthority>,
-    metrics: TransportMetrics,
+/// Prints, and records, which replicas kept their pid, were restarted or started.
+fn explain_changes(
+    n: &Narrator,
+    before: &BTreeMap<String, u32>,
+    after: &BTreeMap<String, u32>,
+    report: &mut Report,
+    agent: &str,
 ) {
-    while let Some(incoming) = endpoint.accept().await {
-        let authority = authority.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.admit().await else {
-                return;
-            };
-            match conn.alpn() {
-                Alpn::Join => serve_join(conn, authority.as_ref(), &metrics).await,
-                _ => warren_transport::serve_requests(conn, answer).await,
+    let mut kept = Vec::new();
+    let mut restarted = Vec::new();
+    let mut started = Vec::new();
+    for (replica, pid) in after {
+        match before.get(replica) {
+            Some(old) if old == pid => {
+                kept.push(format!("{replica} (pid {pid})"));
+                report.kept.insert(format!("{agent}/{replica}"), *pid);
             }
-        });
+            Some(old) => {
+                restarted.push(format!("{replica} (pid {old} → {pid})"));
+                report
+                    .restarted_for_new_spec
+                    .insert(format!("{agent}/{replica}"), (*old, *pid));
+            }
+            None => started.push(format!("{replica} (pid {pid})")),
+        }
+    }
+    for (label, list) in [
+        ("kept", kept),
+        ("restarted for the new spec", restarted),
+        ("started", started),
+    ] {
+        if !list.is_empty() {
+            n.say(format!("  {label}: {}", list.join(", ")));
+        }
     }
 }
 
-async fn answer(probe: Probe, conn: PeerConnection) -> Probe {
-    let seen_as = conn
-        .peer()
-        .map(|p| {
-            format!(
-                "{} {}",
-                p.role,
-                p.node_id.map(|id| id.to_string()).unwrap_or_default()
-            )
-        })
-        .unwrap_or_default();
-    match probe {
-        Probe::Ping { sent_at_us } => Probe::Pong {
-            sent_at_us,
-            seen_as,
-        },
-        other => other,
+fn kill9(pid: u32) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .context("run kill -9")?;
+    if !status.success() {
+        bail!("kill -9 {pid} failed ({status})");
     }
+    Ok(())
 }

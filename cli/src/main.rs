@@ -13,7 +13,10 @@
 //!   TLS with the admin certificate or over the local Unix socket.
 //! - [`cluster_cmd`], [`service_cmd`], [`secret_cmd`], [`apply`]: the operator commands.
 //! - [`table`], [`output`]: tables, YAML and `-o json` printing.
-//! - [`demo`]: the scripted loopback tour.
+//! - [`local`]: a whole cluster in this process on loopback (control node, agents in sites
+//!   behind transport fault switches), shared by [`dev`] and [`demo`].
+//! - [`dev`]: `warren dev`, a long-running local cluster to try commands against.
+//! - [`demo`]: `warren demo`, the scripted partition tour.
 //!
 //! It never prints a secret value, and every failure ends as one `error: …` line on stderr
 //! with a non-zero exit.
@@ -26,6 +29,8 @@ mod cluster_cmd;
 mod config;
 mod control_cmd;
 mod demo;
+mod dev;
+mod local;
 mod output;
 mod secret_cmd;
 mod service_cmd;
@@ -61,12 +66,13 @@ use crate::output::OutputFormat;
         Commands that talk to the cluster find it through --config FILE, else $WARREN_CONFIG, else\n\
         ~/.config/warren/admin.conf, else /var/lib/warren/admin.conf; --api ADDR overrides the\n\
         address (unix:<data-dir>/control.sock for the local socket). Every read command takes -o json.\n\
-        `warren demo` is a self-contained tour. Docs: docs/ in the source tree."
+        `warren demo` is a self-contained partition tour (~20 s); `warren dev` runs a local cluster\n\
+        to try these commands against. Docs: docs/ in the source tree."
 )]
 struct Cli {
     /// Log level filter (e.g. `info`, `debug`, `warren_transport=debug`). Default: `warn`
-    /// (`info,openraft=warn` for `control`, `info` for `agent`, `error` for `demo`, whose
-    /// refusals are expected).
+    /// (`info,openraft=warn` for `control`, `info` for `agent`, `warn,openraft=error` for
+    /// `dev`, `error` for `demo`, whose partition makes the agents complain on purpose).
     #[arg(
         long,
         global = true,
@@ -148,13 +154,50 @@ enum Command {
     /// Secrets: create (from a file or stdin), list, remove. Values are never shown.
     Secret(secret_cmd::SecretArgs),
 
-    /// Scripted tour on loopback of what Warren does today; needs no root and exits 0.
+    /// Scripted tour: deploy, cut a site off, heal, converge; exits 0 (about 20 s, no root).
     ///
-    /// Creates a cluster CA, starts a control endpoint on 127.0.0.1, mints a single-use join
-    /// token, joins an agent over QUIC (token + CSR -> certificate), talks to it over mutual TLS,
-    /// and shows that a reused token, a forged token and a certificate from another cluster are
-    /// all refused. Nothing is left behind. `-o json` prints a report instead.
+    /// Starts, in this one process on 127.0.0.1, a control node and an agent in each of two
+    /// sites (a and b), and walks through the steps below. Site b is cut off by a switch under
+    /// its agent's QUIC socket that drops every datagram both ways, so the link really times
+    /// out: no root, no firewall, no network namespace.
+    ///
+    /// Every wait is bounded and reports progress; a step that fails or times out ends the tour
+    /// with a non-zero exit and the reason. At the end every workload is stopped and the data
+    /// removed. `-o json` prints a report (timings, pids kept and restarted) instead of the
+    /// narration.
+    #[command(after_help = "Steps:\n  \
+        1. deploy `web` (2 replicas, spread over the sites) and `worker` (one per agent) through the HTTP API\n  \
+        2. cut site b off\n  \
+        3. kill -9 one of site b's workloads: its agent restarts it on its own\n  \
+        4. change `worker`'s environment and scale `web` to 4: site a converges, site b keeps the old version\n  \
+        5. wait for site b's agent to notice the silence (15 s), then heal site b\n  \
+        6. site b converges; workloads whose spec did not change keep their pids\n\n\
+        Examples:\n  \
+        warren demo\n  \
+        warren demo -o json\n  \
+        cargo run --release -p warren-cli -- demo")]
     Demo(demo::DemoArgs),
+
+    /// Run a local cluster on loopback to try Warren by hand; Ctrl-C stops it (no root).
+    ///
+    /// Starts, in this one process on 127.0.0.1, a control node and agents in two sites (a and
+    /// b, --agents-per-site each) with the native process runtime, deploys a sample service
+    /// `web` (2 replicas) into an empty cluster, and prints the admin config path and commands
+    /// to paste into another shell (`warren --config <dir>/admin.conf service ls`, …). When
+    /// every agent runs its replicas it prints `warren dev ready config=<path>`.
+    ///
+    /// `kill -USR1 <pid>` cuts site b off (its agents' QUIC datagrams are dropped, as in
+    /// `warren demo`); the same signal heals it.
+    ///
+    /// Ctrl-C or SIGTERM stops the agents, then stops every workload they started (unlike
+    /// `warren agent`, whose workloads outlive it: a dev cluster leaves nothing running), then
+    /// the control node. The scratch data dir is removed; one given with --data-dir is kept,
+    /// and running `warren dev --data-dir` on it again resumes the same cluster.
+    #[command(after_help = "Examples:\n  \
+        warren dev\n  \
+        warren dev --data-dir /tmp/warren-dev --agents-per-site 2\n  \
+        warren --config /tmp/warren-dev/admin.conf service ps web")]
+    Dev(dev::DevArgs),
 
     /// Print a shell completion script to stdout.
     ///
@@ -168,6 +211,7 @@ enum Command {
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Demo(_) => "error",
+        Command::Dev(_) => "warn,openraft=error",
         Command::Control(_) => "info,openraft=warn",
         Command::Agent(_) => "info",
         _ => "warn",
@@ -206,7 +250,11 @@ fn run(cli: Cli) -> Result<()> {
     let top = cli.access;
     let talks_to_cluster = !matches!(
         cli.command,
-        Command::Control(_) | Command::Agent(_) | Command::Demo(_) | Command::Completion { .. }
+        Command::Control(_)
+            | Command::Agent(_)
+            | Command::Demo(_)
+            | Command::Dev(_)
+            | Command::Completion { .. }
     );
     if top.is_given() && !talks_to_cluster {
         anyhow::bail!(
@@ -244,6 +292,7 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Demo(args) => demo::run(args, format),
+        Command::Dev(args) => dev::run(args),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "warren", &mut std::io::stdout());
             Ok(())

@@ -828,6 +828,7 @@ fn bind(
         config: config.transport.clone(),
         metrics: TransportMetrics::unregistered(),
         revocations: revocations.clone(),
+        fault: None,
     };
     Ok((
         Arc::new(Endpoint::bind(*addr, creds, options)?),

@@ -60,7 +60,7 @@ pub const LOG_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long the link gets to wind down when the agent stops.
 const LINK_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-const RECORD_PREFIX: &str = "workload/";
+pub(crate) const RECORD_PREFIX: &str = "workload/";
 const BOOK_KEY: &str = "restart_book";
 const REMOVED_KEY: &str = "removed";
 const VIEW_KEY: &str = "view";

@@ -11,6 +11,8 @@
 //!   before they are acked, reconnection with jittered backoff; only removal ends it.
 //! - [`metrics`]: Prometheus metrics (labelled by node and site) and the plain-HTTP
 //!   `/metrics`, `/health`, `/ready` listener.
+//! - [`offline`]: work on a stopped agent's data dir — stopping every recorded workload, as a
+//!   power-off would (`warren dev` on exit).
 //! - [`planner`]: the sans-IO reconcile planner — desired view + observed workloads + restart
 //!   history → actions. Pure; no clock reads (time is an input).
 //! - [`report`]: status going up — replica states and the bounded, cached event buffer the
@@ -29,6 +31,7 @@ pub mod cache;
 pub mod health;
 pub mod link;
 pub mod metrics;
+pub mod offline;
 pub mod planner;
 pub mod report;
 pub mod runtime;

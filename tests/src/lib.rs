@@ -1,5 +1,6 @@
 //! Cross-crate integration tests for Warren. The tests live in `tests/`; this library holds the
-//! fixtures they share: a control node on loopback, agent tokens, a sample service.
+//! fixtures they share: a control node on loopback, agent tokens, a sample service, agents
+//! (also behind a transport fault switch that cuts them off), and `wait_until`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,9 +12,9 @@ use warren_api::{
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_control::secrets::SECRET_PURPOSE;
-use warren_transport::MintOptions;
 use warren_transport::ca::unix_now_ms;
 use warren_transport::token::mint;
+use warren_transport::{FaultSwitch, MintOptions};
 
 /// Installs the crypto provider and a `warn` log filter for the test's output.
 pub fn init() {
@@ -174,6 +175,16 @@ pub fn agent_options() -> warren_edge_agent::agent::AgentOptions {
         },
         ..Default::default()
     }
+}
+
+/// [`agent_options`] with the agent's QUIC endpoint behind `switch`: `switch.cut()` drops every
+/// datagram of its link both ways, a real partition as QUIC sees it. Dials give up after 2 s
+/// (not the WAN-sized 10 s) so that a healed agent's next attempt comes soon.
+pub fn agent_options_behind(switch: &FaultSwitch) -> warren_edge_agent::agent::AgentOptions {
+    let mut options = agent_options();
+    options.endpoint.fault = Some(switch.clone());
+    options.endpoint.config.connect_timeout = Duration::from_secs(2);
+    options
 }
 
 /// Runs the agent in `dir` in a task; cancel the token to stop it (workloads keep running).

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::ca::Credentials;
 use crate::config::TransportConfig;
+use crate::fault::{FaultSwitch, FaultySocket};
 use crate::frame::{FrameError, FramedRecv, FramedSend};
 use crate::identity::{CONTROL_SERVER_NAME, CertRole, PeerIdentity, parse_identity};
 use crate::metrics::TransportMetrics;
@@ -284,6 +285,9 @@ pub struct EndpointOptions {
     pub metrics: TransportMetrics,
     /// Revoked certificate serials, checked on every handshake.
     pub revocations: RevocationList,
+    /// A switch that can cut this endpoint's UDP socket (tests, `warren dev`/`demo`): while
+    /// cut, every datagram is dropped both ways. `None` in production.
+    pub fault: Option<FaultSwitch>,
 }
 
 /// Why an endpoint could not be created.
@@ -411,8 +415,14 @@ impl Endpoint {
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
-        let quinn = quinn::Endpoint::new(endpoint_config, server, socket, runtime)
-            .map_err(|source| BindError::Io { addr, source })?;
+        let io_error = |source| BindError::Io { addr, source };
+        let mut socket = runtime.wrap_udp_socket(socket).map_err(io_error)?;
+        if let Some(switch) = &options.fault {
+            socket = Arc::new(FaultySocket::new(socket, switch.clone()));
+        }
+        let quinn =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config, server, socket, runtime)
+                .map_err(io_error)?;
         let shared = Arc::new(Shared {
             config: options.config,
             metrics: options.metrics,

@@ -7,6 +7,8 @@
 //!   server-side only as a hash.
 //! - [`tls`]: rustls configurations for mutual TLS and CA-pinned joins; revocation by serial.
 //! - [`endpoint`]: QUIC endpoints (quinn) with ALPN per purpose and connection admission.
+//! - [`fault`]: a switch that cuts an endpoint's UDP socket (drops every datagram both ways),
+//!   for partitions in in-process tests and `warren demo`.
 //! - [`frame`]: length-prefixed postcard framing with hard size limits and stall timeouts.
 //! - [`join`]: the join handshake, client and server sides.
 //! - [`https`]: TLS over TCP for the admin HTTP API (admin client certificates).
@@ -22,6 +24,7 @@ pub mod backoff;
 pub mod ca;
 pub mod config;
 pub mod endpoint;
+pub mod fault;
 pub mod frame;
 mod fsutil;
 pub mod https;
@@ -40,6 +43,7 @@ pub use endpoint::{
     AcceptError, Alpn, ConnectError, Endpoint, EndpointOptions, Incoming, PeerConnection, RpcError,
     serve_requests,
 };
+pub use fault::FaultSwitch;
 pub use frame::{FrameError, FramedRecv, FramedSend};
 pub use fsutil::write_atomic;
 pub use identity::{CertRole, PeerIdentity};

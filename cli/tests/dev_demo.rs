@@ -1,0 +1,145 @@
+//! `warren demo` and `warren dev` as subprocesses: the tour runs to the end and exits 0 with
+//! the lines that tell its story; the dev cluster answers admin commands, and SIGTERM stops it
+//! with exit 0 and no workload left running.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+mod common;
+use common::{Foreground, command, ok};
+
+fn warren(args: &[&str]) -> Output {
+    command().args(args).output().expect("run warren")
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// `warren demo`: every step of the partition tour is narrated, it exits 0, and it leaves no
+/// workload running.
+#[test]
+fn demo_tours_a_partition_and_exits_0() {
+    let stdout = ok(warren(&["demo"]));
+    for line in [
+        "[1] start a control node",
+        "agent edge-b1 joined site b",
+        "cut site b off",
+        "its agent must restart it without the control plane",
+        "control plane still unreachable",
+        "site a converged after",
+        "restarted for the new spec: worker.",
+        "site b still runs what it had",
+        "link down",
+        "still running (checked in /proc)",
+        "heal site b",
+        "edge-b1 reconnected and converged after",
+        "log on edge-b1 ends with: worker started with VERSION=2",
+        "(the one its agent started while cut off)",
+        "nothing left running",
+        "done in",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}
+
+/// `warren demo -o json`: the report says what was kept and what was restarted for the new
+/// spec, on both sites.
+#[test]
+fn demo_reports_json() {
+    let stdout = ok(warren(&["demo", "-o", "json"]));
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("demo prints JSON");
+    let kept = report["kept"].as_object().expect("kept");
+    assert!(
+        kept.keys().any(|k| k.starts_with("edge-a1/web.")),
+        "{report}"
+    );
+    assert!(
+        kept.keys().any(|k| k.starts_with("edge-b1/web.")),
+        "{report}"
+    );
+    let restarted = report["restarted_for_new_spec"]
+        .as_object()
+        .expect("restarted");
+    for agent in ["edge-a1", "edge-b1"] {
+        assert!(
+            restarted
+                .keys()
+                .any(|k| k.starts_with(&format!("{agent}/worker."))),
+            "{report}"
+        );
+    }
+    assert!(
+        report["datagrams_dropped_out"].as_u64() > Some(0),
+        "{report}"
+    );
+    assert_eq!(report["workloads_stopped"], 6, "{report}");
+}
+
+fn running_pids(data_dir: &Path) -> Vec<u64> {
+    let output = command()
+        .args(["agent", "status", "-o", "json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run warren agent status");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(output)).expect("agent status prints JSON");
+    status["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter(|r| r["state"] == "running")
+        .filter_map(|r| r["pid"].as_u64())
+        .collect()
+}
+
+/// `warren dev --data-dir D`: prints its ready line with the admin config, `service ls`
+/// against it lists the sample service, every agent runs a workload; SIGTERM → exit 0, every
+/// workload stopped, the data dir kept.
+#[test]
+fn dev_serves_admin_commands_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let data_arg = data_dir.to_str().unwrap();
+    let mut dev = Foreground::spawn(
+        &["dev", "--data-dir", data_arg],
+        dir.path().join("dev.stderr"),
+    );
+    let ready = dev.wait_for_line("warren dev ready");
+    let config = ready
+        .split_once("config=")
+        .map(|(_, path)| path.trim().to_owned())
+        .expect("ready line names the config");
+    assert_eq!(Path::new(&config), data_dir.join("admin.conf"));
+
+    let listed = ok(warren(&[
+        "--config", &config, "service", "ls", "-o", "json",
+    ]));
+    let services: serde_json::Value = serde_json::from_str(&listed).expect("service ls JSON");
+    assert_eq!(services[0]["spec"]["name"], "web", "{services}");
+
+    let mut pids = Vec::new();
+    for agent in ["edge-a1", "edge-b1"] {
+        let found = running_pids(&data_dir.join("agents").join(agent));
+        assert_eq!(found.len(), 1, "{agent} runs one web replica: {found:?}");
+        pids.extend(found);
+    }
+    assert!(pids.iter().all(|pid| alive(*pid)), "{pids:?}");
+
+    dev.signal("-TERM");
+    dev.wait_for_line("warren dev stopped");
+    let status = dev.wait(Duration::from_secs(60));
+    assert!(status.success(), "warren dev exited with {status}");
+    for pid in &pids {
+        assert!(!alive(*pid), "workload pid {pid} left running");
+    }
+    assert!(data_dir.join("admin.conf").exists(), "--data-dir is kept");
+    for agent in ["edge-a1", "edge-b1"] {
+        assert!(running_pids(&data_dir.join("agents").join(agent)).is_empty());
+    }
+}
