@@ -8,7 +8,9 @@
 //! `cargo build --release -p warren-cli && cargo bench -p warren-tests --bench agent`;
 //! `WARREN_BENCH_QUICK=1` shrinks every count for a smoke run. The control node runs in this
 //! process (default config, sled in a temp dir); every agent is a `warren agent run --metrics
-//! none` subprocess whose workloads are `sleep` processes, all on 127.0.0.1, no root needed.
+//! none` subprocess whose workloads are `sleep` processes, all on 127.0.0.1, no root needed —
+//! except the one whose link is cut with the transport's `FaultSwitch`, which must run in this
+//! process (`Agent::run`, the code the binary runs) to be handed the switch.
 //! `WARREN_BIN` names the binary when it is not next to this bench's executable;
 //! `WARREN_BENCH_KEEP=1` keeps the data dirs and the agents' logs to see where time went.
 // The point of this binary is to print a table, and its progress on stderr.
@@ -20,13 +22,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail, ensure};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use warren_api::{
     NodeId, ProcessSpec, ReplicaId, ServiceMode, ServiceName, ServiceSpec, TaskState, Workload,
 };
 use warren_control::Op;
 use warren_control::node::ControlNode;
-use warren_edge_agent::agent::{AgentStatus, RECONCILE_INTERVAL};
-use warren_edge_agent::link::REPORT_COALESCE;
+use warren_edge_agent::agent::{Agent, AgentError, AgentStatus, RECONCILE_INTERVAL, RunEnd};
+use warren_edge_agent::link::{REPORT_COALESCE, SILENCE_LIMIT};
+use warren_transport::FaultSwitch;
 
 /// How much work each section does.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +50,10 @@ struct Counts {
     reconnect_changes: usize,
     /// Stop, change, start cycles measured.
     reconnect_rounds: usize,
+    /// Cut, change, heal cycles measured, healed at once.
+    cut_rounds_short: usize,
+    /// Cut, change, heal cycles measured, healed once the agent noticed (15 s and more each).
+    cut_rounds_long: usize,
     /// Workloads the agent holds for the second memory reading.
     memory_workloads: u32,
     /// How long the agent is left alone before its memory is read.
@@ -59,6 +68,8 @@ const FULL: Counts = Counts {
     reconnect_services: 10,
     reconnect_changes: 100,
     reconnect_rounds: 10,
+    cut_rounds_short: 10,
+    cut_rounds_long: 3,
     memory_workloads: 50,
     memory_settle: Duration::from_secs(5),
 };
@@ -68,7 +79,9 @@ const FULL: Counts = Counts {
 const QUICK: Counts = Counts {
     propagation_rounds: 5,
     boot_rounds: 2,
-    reconnect_rounds: 3,
+    reconnect_rounds: 2,
+    cut_rounds_short: 2,
+    cut_rounds_long: 1,
     ..FULL
 };
 
@@ -136,9 +149,17 @@ async fn run(counts: Counts, quick: bool) -> anyhow::Result<()> {
         );
     }
     print_boot(&boots, counts);
-    let reconnect = reconnect(&bin, root, counts)
+    let restart = reconnect_restart(&bin, root, counts)
         .await
-        .context("reconnect section")?;
+        .context("reconnect section, agent restarted")?;
+    let (short_cut, long_cut) = reconnect_cut(root, counts)
+        .await
+        .context("reconnect section, link cut")?;
+    let reconnect = ReconnectFigures {
+        restart,
+        short_cut,
+        long_cut,
+    };
     print_reconnect(&reconnect, counts);
     let memory = memory(&bin, root, counts).await.context("memory section")?;
     print_memory(&memory, counts);
@@ -792,39 +813,81 @@ async fn boot_adopted(bin: &Path, dir: &Path, pids: &[u32]) -> anyhow::Result<Du
 // 3. Reconnect
 // ---------------------------------------------------------------------------------------------
 
-/// Times of one reconnect, from the agent's spawn.
+/// Times of one reconnect. Their zero is the agent's spawn (restart) or the heal (cut).
 struct ReconnectRound {
-    /// The new agent's first `status.json` (from its cache, before the link is up).
+    /// Cut → the link reported itself down (long cuts only).
+    noticed: Option<Duration>,
+    /// The new agent's first `status.json`, from its cache before the link is up.
     first_status: Duration,
     /// The link is connected.
     connected: Duration,
     /// Exactly the desired set is held, each `starting` or `running`.
-    started: Duration,
+    held: Duration,
     /// Exactly the desired set is `running`.
     running: Duration,
+    /// What convergence took: workloads kept, restarted (env changed), started, stopped.
+    work: [usize; 4],
 }
 
-#[derive(Default)]
 struct ReconnectFigures {
-    rounds: Vec<ReconnectRound>,
-    /// Per round, what convergence took: workloads kept, restarted (env changed), started,
-    /// stopped.
-    work: Vec<[usize; 4]>,
+    /// Agent stopped and spawned again.
+    restart: Vec<ReconnectRound>,
+    /// Link cut and healed before the agent noticed.
+    short_cut: Vec<ReconnectRound>,
+    /// Link cut until the agent reported it down, then healed.
+    long_cut: Vec<ReconnectRound>,
 }
 
-/// One agent runs `reconnect_services` services; each round stops it, makes
-/// `reconnect_changes` changes (alternately scale to 1..=4 and a new env value, round robin over
-/// the services), starts it again and times until it runs exactly the desired set.
-async fn reconnect(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<ReconnectFigures> {
-    progress(&format!(
-        "reconnect: one agent, {} services",
-        counts.reconnect_services
-    ));
-    let cluster = Cluster::start(root, "reconnect").await?;
-    let (dir, node) = cluster.join("edge-reconnect").await;
-    let mut agent = AgentProcess::spawn(bin, &dir)?;
+/// Watches one convergence on `desired` through successive statuses; times are from `zero`.
+struct Convergence<'a> {
+    zero: Instant,
+    desired: &'a BTreeMap<ReplicaId, u64>,
+    first_status: Option<Duration>,
+    connected: Option<Duration>,
+    held: Option<Duration>,
+}
+
+impl<'a> Convergence<'a> {
+    fn new(zero: Instant, desired: &'a BTreeMap<ReplicaId, u64>) -> Self {
+        Self {
+            zero,
+            desired,
+            first_status: None,
+            connected: None,
+            held: None,
+        }
+    }
+
+    /// Notes what `status` shows; true once exactly the desired set runs.
+    fn observe(&mut self, status: &AgentStatus) -> bool {
+        let now = self.zero.elapsed();
+        self.first_status.get_or_insert(now);
+        if status.link.connected {
+            self.connected.get_or_insert(now);
+        }
+        if converged(status, self.desired, HELD) {
+            self.held.get_or_insert(now);
+        }
+        converged(status, self.desired, RUNNING)
+    }
+
+    fn finish(self, noticed: Option<Duration>, work: [usize; 4]) -> ReconnectRound {
+        let running = self.zero.elapsed();
+        ReconnectRound {
+            noticed,
+            first_status: self.first_status.unwrap_or(running),
+            connected: self.connected.unwrap_or(running),
+            held: self.held.unwrap_or(running),
+            running,
+            work,
+        }
+    }
+}
+
+/// Creates `count` services of 2 `sleep` replicas each.
+async fn deploy_services(cluster: &Cluster, count: usize) -> anyhow::Result<Vec<ServiceSpec>> {
     let mut specs = Vec::new();
-    for service_idx in 0..counts.reconnect_services {
+    for service_idx in 0..count {
         let spec = sleep_spec(
             &format!("rc-{service_idx:02}"),
             ServiceMode::Replicated { replicas: 2 },
@@ -832,6 +895,34 @@ async fn reconnect(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<Re
         cluster.propose(Op::PutService(spec.clone())).await?;
         specs.push(spec);
     }
+    Ok(specs)
+}
+
+async fn remove_services(cluster: &Cluster, specs: &[ServiceSpec]) -> anyhow::Result<()> {
+    for spec in specs {
+        cluster
+            .propose(Op::RemoveService(spec.name.clone()))
+            .await?;
+    }
+    Ok(())
+}
+
+/// One `warren agent run` runs `reconnect_services` services; each round stops it, makes
+/// `reconnect_changes` changes, spawns it again and times until it runs exactly the desired
+/// set.
+async fn reconnect_restart(
+    bin: &Path,
+    root: &Path,
+    counts: Counts,
+) -> anyhow::Result<Vec<ReconnectRound>> {
+    progress(&format!(
+        "reconnect: one agent process, {} services",
+        counts.reconnect_services
+    ));
+    let cluster = Cluster::start(root, "reconnect").await?;
+    let (dir, node) = cluster.join("edge-reconnect").await;
+    let mut agent = AgentProcess::spawn(bin, &dir)?;
+    let mut specs = deploy_services(&cluster, counts.reconnect_services).await?;
     let desired = cluster.desired(node).await;
     agent
         .wait_status("the first desired set running", |s| {
@@ -839,23 +930,24 @@ async fn reconnect(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<Re
         })
         .await?;
 
-    let mut figures = ReconnectFigures::default();
+    let mut rounds = Vec::new();
     for round in 0..counts.reconnect_rounds {
-        progress(&format!("reconnect: round {}", round + 1));
+        progress(&format!("reconnect: restart round {}", round + 1));
         let before = cluster.desired(node).await;
         agent.stop().await?;
         make_changes(&cluster, &mut specs, round, counts.reconnect_changes).await?;
         let desired = cluster.desired(node).await;
-        figures.work.push(convergence_work(&before, &desired));
-        let (next, times) = reconnect_round(bin, &dir, &desired).await?;
-        figures.rounds.push(times);
-        agent = next;
-    }
-    for spec in &specs {
-        cluster
-            .propose(Op::RemoveService(spec.name.clone()))
+        let spawned = Instant::now();
+        agent = AgentProcess::spawn(bin, &dir)?;
+        let mut convergence = Convergence::new(spawned, &desired);
+        agent
+            .wait_status("the desired set running", |s| {
+                convergence.observe(s).then_some(())
+            })
             .await?;
+        rounds.push(convergence.finish(None, convergence_work(&before, &desired)));
     }
+    remove_services(&cluster, &specs).await?;
     agent
         .wait_status("every workload stopped", |s| {
             held_pids(s).is_empty().then_some(())
@@ -863,7 +955,157 @@ async fn reconnect(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<Re
         .await?;
     agent.stop().await?;
     cluster.control.shutdown().await;
-    Ok(figures)
+    Ok(rounds)
+}
+
+/// An agent run in this process by `Agent::run` (the code the binary runs), its QUIC socket
+/// behind a transport fault switch. Dropping it stops the agent (not its workloads).
+struct InProcessAgent {
+    dir: PathBuf,
+    switch: FaultSwitch,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<RunEnd, AgentError>>,
+}
+
+impl InProcessAgent {
+    fn spawn(dir: &Path) -> Self {
+        let switch = FaultSwitch::new();
+        let options = warren_tests::agent_options_behind(&switch);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let dir = dir.to_owned();
+            let cancel = cancel.clone();
+            async move { Agent::run(&dir, options, cancel).await }
+        });
+        Self {
+            dir: dir.to_owned(),
+            switch,
+            cancel,
+            task,
+        }
+    }
+
+    /// `status.json`, if this process wrote it.
+    fn status(&self) -> Option<AgentStatus> {
+        warren_tests::agent_status(&self.dir).filter(|s| s.agent_pid == std::process::id())
+    }
+
+    async fn wait_status<T>(
+        &self,
+        what: &str,
+        mut cond: impl FnMut(&AgentStatus) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        poll_until(what, || self.status().as_ref().and_then(&mut cond)).await
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let end = tokio::time::timeout(STOP_LIMIT, &mut self.task)
+            .await
+            .context("the in-process agent did not stop")?
+            .context("the in-process agent panicked")?
+            .context("the in-process agent failed")?;
+        ensure!(end == RunEnd::Stopped, "the agent ended with {end:?}");
+        Ok(())
+    }
+}
+
+impl Drop for InProcessAgent {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// One in-process agent behind a fault switch runs `reconnect_services` services; each round
+/// cuts its link, makes `reconnect_changes` changes, heals (at once, or once the link has
+/// reported itself down) and times until it runs exactly the desired set.
+async fn reconnect_cut(
+    root: &Path,
+    counts: Counts,
+) -> anyhow::Result<(Vec<ReconnectRound>, Vec<ReconnectRound>)> {
+    progress(&format!(
+        "reconnect: one agent in this process behind a fault switch, {} services",
+        counts.reconnect_services
+    ));
+    let cluster = Cluster::start(root, "cut").await?;
+    let (dir, node) = cluster.join("edge-cut").await;
+    let agent = InProcessAgent::spawn(&dir);
+    let mut specs = deploy_services(&cluster, counts.reconnect_services).await?;
+    let desired = cluster.desired(node).await;
+    agent
+        .wait_status("the first desired set running", |s| {
+            converged(s, &desired, RUNNING).then_some(())
+        })
+        .await?;
+    let (mut short, mut long) = (Vec::new(), Vec::new());
+    let plan = std::iter::repeat_n(false, counts.cut_rounds_short)
+        .chain(std::iter::repeat_n(true, counts.cut_rounds_long));
+    for (round, until_noticed) in plan.enumerate() {
+        let kind = if until_noticed { "long" } else { "short" };
+        progress(&format!("reconnect: {kind} cut, round {}", round + 1));
+        let cut = CutRound {
+            cluster: &cluster,
+            node,
+            agent: &agent,
+            changes: counts.reconnect_changes,
+            until_noticed,
+        };
+        let times = cut.run(&mut specs, round).await?;
+        if until_noticed {
+            long.push(times);
+        } else {
+            short.push(times);
+        }
+    }
+    remove_services(&cluster, &specs).await?;
+    agent
+        .wait_status("every workload stopped", |s| {
+            held_pids(s).is_empty().then_some(())
+        })
+        .await?;
+    agent.stop().await?;
+    cluster.control.shutdown().await;
+    Ok((short, long))
+}
+
+/// One cut: what it cuts and how long.
+struct CutRound<'a> {
+    cluster: &'a Cluster,
+    node: NodeId,
+    agent: &'a InProcessAgent,
+    changes: usize,
+    /// Heal only once the agent's link has reported itself down (its silence limit).
+    until_noticed: bool,
+}
+
+impl CutRound<'_> {
+    async fn run(&self, specs: &mut [ServiceSpec], round: usize) -> anyhow::Result<ReconnectRound> {
+        let before = self.cluster.desired(self.node).await;
+        let cut_at = Instant::now();
+        self.agent.switch.cut();
+        make_changes(self.cluster, specs, round, self.changes).await?;
+        let desired = self.cluster.desired(self.node).await;
+        let noticed = if self.until_noticed {
+            let noticed = self
+                .agent
+                .wait_status("the link reported down", |s| {
+                    (!s.link.connected).then(|| cut_at.elapsed())
+                })
+                .await?;
+            Some(noticed)
+        } else {
+            None
+        };
+        let healed = Instant::now();
+        self.agent.switch.heal();
+        let mut convergence = Convergence::new(healed, &desired);
+        self.agent
+            .wait_status("the desired set running after the heal", |s| {
+                convergence.observe(s).then_some(())
+            })
+            .await?;
+        Ok(convergence.finish(noticed, convergence_work(&before, &desired)))
+    }
 }
 
 /// `changes` changes, round robin over `specs`: even passes scale, odd passes set a new env
@@ -893,37 +1135,6 @@ async fn make_changes(
         }
     }
     Ok(())
-}
-
-/// Spawns the agent and times its first status, its link and its convergence on `desired`.
-async fn reconnect_round(
-    bin: &Path,
-    dir: &Path,
-    desired: &BTreeMap<ReplicaId, u64>,
-) -> anyhow::Result<(AgentProcess, ReconnectRound)> {
-    let spawned = Instant::now();
-    let mut agent = AgentProcess::spawn(bin, dir)?;
-    let (mut first_status, mut connected, mut started) = (None, None, None);
-    agent
-        .wait_status("the desired set running", |s| {
-            first_status.get_or_insert_with(|| spawned.elapsed());
-            if s.link.connected {
-                connected.get_or_insert_with(|| spawned.elapsed());
-            }
-            if converged(s, desired, HELD) {
-                started.get_or_insert_with(|| spawned.elapsed());
-            }
-            converged(s, desired, RUNNING).then_some(())
-        })
-        .await?;
-    let running = spawned.elapsed();
-    let round = ReconnectRound {
-        first_status: first_status.unwrap_or(running),
-        connected: connected.unwrap_or(running),
-        started: started.unwrap_or(running),
-        running,
-    };
-    Ok((agent, round))
 }
 
 /// Whether `status` holds workloads for exactly the `desired` replicas, each with its desired
@@ -1098,8 +1309,9 @@ fn print_header(quick: bool, bin: &Path, stale: Option<&Path>) {
         if quick { ", WARREN_BENCH_QUICK" } else { "" }
     );
     println!(
-        "agents: `{} agent run --metrics none` subprocesses; control: one in-process node \
-         (default config); workloads: `sleep`; agent reconcile interval {} ms",
+        "agents: `{} agent run --metrics none` subprocesses (the link-cut agent: Agent::run \
+         in this process); control: one in-process node (default config); workloads: `sleep`; \
+         agent reconcile interval {} ms",
         bin.display(),
         RECONCILE_INTERVAL.as_millis()
     );
@@ -1185,45 +1397,93 @@ fn print_boot(boots: &[BootFigures], counts: Counts) {
 
 fn print_reconnect(figures: &ReconnectFigures, counts: Counts) {
     println!(
-        "3. reconnect: agent stopped (SIGTERM; workloads keep running), {} changes to its {} \
-         services (scale 1-4 / new env), agent spawned again; {} rounds",
-        counts.reconnect_changes, counts.reconnect_services, counts.reconnect_rounds
-    );
-    println!(
-        "   the link is cut by stopping the agent: transport has no FaultSwitch on this branch"
+        "3. reconnect: {} changes to the agent's {} services (scale 1-4 / new env) while it is \
+         cut off, then until it runs exactly the desired set",
+        counts.reconnect_changes, counts.reconnect_services
     );
     table_head();
-    let times = |pick: fn(&ReconnectRound) -> Duration| -> Vec<Duration> {
-        figures.rounds.iter().map(pick).collect()
+    let times = |rounds: &[ReconnectRound], pick: fn(&ReconnectRound) -> Duration| {
+        rounds.iter().map(pick).collect::<Vec<Duration>>()
     };
-    row(
-        "spawn -> first status.json (cached view)",
-        &times(|r| r.first_status),
-    );
-    row("spawn -> link connected", &times(|r| r.connected));
-    row(
-        "spawn -> desired set held (starting or running)",
-        &times(|r| r.started),
+    let restart = &figures.restart;
+    println!(
+        "  agent stopped (SIGTERM; workloads keep running), `warren agent run` spawned again; \
+         from the spawn"
     );
     row(
-        "spawn -> converged: exactly the desired set running",
-        &times(|r| r.running),
+        "  first status.json (cached view)",
+        &times(restart, |r| r.first_status),
     );
+    row("  link connected", &times(restart, |r| r.connected));
+    row(
+        "  desired set held (starting or running)",
+        &times(restart, |r| r.held),
+    );
+    row(
+        "  converged: exactly the desired set running",
+        &times(restart, |r| r.running),
+    );
+    print_work(restart);
+    println!(
+        "  link cut by the transport's FaultSwitch under the agent's QUIC socket (agent in this \
+         process, Agent::run), agent running throughout; from the heal"
+    );
+    let short = &figures.short_cut;
+    println!(
+        "    healed right after the changes: the connection survived, so control's queued \
+         deltas arrive one per revision"
+    );
+    row(
+        "    desired set held (starting or running)",
+        &times(short, |r| r.held),
+    );
+    row(
+        "    converged: exactly the desired set running",
+        &times(short, |r| r.running),
+    );
+    print_work(short);
+    let long = &figures.long_cut;
+    println!(
+        "    healed once the link reported itself down (after {} s of silence)",
+        SILENCE_LIMIT.as_secs()
+    );
+    let noticed: Vec<Duration> = long.iter().filter_map(|r| r.noticed).collect();
+    row("    cut -> link reported down", &noticed);
+    row("    link connected", &times(long, |r| r.connected));
+    row(
+        "    desired set held (starting or running)",
+        &times(long, |r| r.held),
+    );
+    row(
+        "    converged: exactly the desired set running",
+        &times(long, |r| r.running),
+    );
+    print_work(long);
     println!(
         "  a replaced workload (new env) is stopped in one pass and started in a later one (the \
          next is at most {} ms away)",
         RECONCILE_INTERVAL.as_millis()
     );
-    let total = |idx: usize| figures.work.iter().map(|w| w[idx]).sum::<usize>();
-    let rounds = figures.work.len().max(1);
     println!(
-        "  work per round (mean): {:.1} kept, {:.1} restarted (env), {:.1} started, {:.1} stopped",
-        total(0) as f64 / rounds as f64,
-        total(1) as f64 / rounds as f64,
-        total(2) as f64 / rounds as f64,
-        total(3) as f64 / rounds as f64,
+        "  the link reads no view while it coalesces a status report ({} ms): queued deltas that \
+         each change a status drain at one per report, and each is planned on its own",
+        REPORT_COALESCE.as_millis()
     );
     println!();
+}
+
+/// The mean work per round: kept, restarted, started, stopped.
+fn print_work(rounds: &[ReconnectRound]) {
+    let n_rounds = rounds.len().max(1) as f64;
+    let mean = |idx: usize| rounds.iter().map(|r| r.work[idx]).sum::<usize>() as f64 / n_rounds;
+    println!(
+        "    work per round (mean): {:.1} kept, {:.1} restarted (env), {:.1} started, {:.1} \
+         stopped",
+        mean(0),
+        mean(1),
+        mean(2),
+        mean(3),
+    );
 }
 
 fn print_memory(figures: &MemoryFigures, counts: Counts) {
