@@ -229,9 +229,9 @@ fn status(data_dir: &Path, format: OutputFormat) -> Result<()> {
     match format {
         OutputFormat::Json => {
             let json = serde_json::to_string_pretty(&status).context("encode status")?;
-            println!("{json}");
+            crate::output::out(&format!("{json}\n"));
         }
-        OutputFormat::Table => print!("{}", render(&status)),
+        OutputFormat::Table => crate::output::out(&render(&status)),
     }
     Ok(())
 }

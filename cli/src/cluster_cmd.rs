@@ -195,7 +195,7 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
             match format {
                 OutputFormat::Json => print_read(format, &answer, |_: &NodeInfo| String::new()),
                 OutputFormat::Table => {
-                    print!("{}", to_yaml(&answer.json::<NodeInfo>()?)?);
+                    crate::output::out(&to_yaml(&answer.json::<NodeInfo>()?)?);
                     Ok(())
                 }
             }

@@ -294,7 +294,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args, format),
         Command::Dev(args) => dev::run(args),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut script);
+            output::out(&String::from_utf8_lossy(&script));
             Ok(())
         }
     }

@@ -13,10 +13,26 @@ pub enum OutputFormat {
     Json,
 }
 
+use std::io::Write;
+
 use anyhow::Result;
 use warren_api::rest::WriteResult;
 
 use crate::client::Answer;
+
+/// Writes `text` to stdout. When the reader has gone away (`warren service ls | head -1`), the
+/// command ends quietly with status 0, as `ls | head` does, instead of panicking.
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+    if let Err(error) = written
+        && error.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
 
 /// Prints a read command's answer: the JSON body as the server sent it for `-o json`, or the
 /// human rendering otherwise.
@@ -29,8 +45,8 @@ pub fn print_read<T: serde::de::DeserializeOwned>(
     human: impl FnOnce(&T) -> String,
 ) -> Result<()> {
     match format {
-        OutputFormat::Json => println!("{}", answer.text()),
-        OutputFormat::Table => print!("{}", human(&answer.json::<T>()?)),
+        OutputFormat::Json => out(&format!("{}\n", answer.text())),
+        OutputFormat::Table => out(&human(&answer.json::<T>()?)),
     }
     Ok(())
 }

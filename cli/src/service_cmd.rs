@@ -364,8 +364,8 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
         ServiceCommand::Inspect { name } => {
             let answer = client.get(&service_path(&name, "")?).await?;
             match format {
-                OutputFormat::Json => println!("{}", answer.text()),
-                OutputFormat::Table => print!("{}", render_service(&answer.json()?)?),
+                OutputFormat::Json => crate::output::out(&format!("{}\n", answer.text())),
+                OutputFormat::Table => crate::output::out(&render_service(&answer.json()?)?),
             }
             Ok(())
         }

@@ -412,3 +412,23 @@ fn three_control_processes_survive_sigkill_of_one() {
 fn output_ok_and_contains(output: &Output, needle: &str) -> bool {
     output.status.success() && stdout(output).contains(needle)
 }
+
+/// `warren … | head -1`: a reader that goes away ends the command quietly with status 0, not
+/// with a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::io::Read;
+    let mut child = command()
+        .args(["completion", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    child.stdout.take().unwrap().read_exact(&mut first).ok();
+    // The pipe's read end is closed now (dropped above); the rest of the script hits it.
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

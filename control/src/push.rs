@@ -26,6 +26,11 @@ use warren_transport::{FrameError, PeerConnection};
 use crate::control::Control;
 use crate::state::ClusterState;
 
+/// How long an agent's stream may stay silent before control drops it (agents repeat their
+/// ack every 5 s): the agent then counts as disconnected, and the leader's liveness check
+/// starts counting towards `unreachable_after` without waiting for QUIC's idle timeout.
+pub const AGENT_SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
 /// How often an idle stream carries a heartbeat (the agent's link-state detector counts them).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -90,6 +95,10 @@ pub enum PushError {
     /// The agent's first message was not a hello.
     #[error("agent did not start with a hello")]
     NoHello,
+    /// Nothing from the agent for this long (it heartbeats every 5 s): it died or is cut off
+    /// without the connection noticing yet.
+    #[error("no message from the agent for {0:?}")]
+    Silent(Duration),
 }
 
 /// Serves one agent connection until it closes. Returns why it ended.
@@ -133,6 +142,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     let mut applied = control.watch_applied();
     catch_up(&conn, &control, &hello, &mut send, &mut applied).await?;
     let mut sent: Option<NodeView> = None;
+    let mut last_heard = tokio::time::Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
@@ -175,23 +185,31 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) },
             _ = heartbeat.tick() => {
+                if last_heard.elapsed() > AGENT_SILENCE_LIMIT {
+                    info!(node_id = %hello.node_id, "agent silent; closing its stream");
+                    return Err(PushError::Silent(AGENT_SILENCE_LIMIT));
+                }
                 let revision = sent.as_ref().map(|v| v.revision).unwrap_or(Revision::ZERO);
                 send.send(&ControlToAgent::Heartbeat { revision }).await?;
             }
-            message = recv.recv::<AgentToControl>() => match message? {
-                AgentToControl::Ack { revision } => {
-                    debug!(node_id = %hello.node_id, revision = %revision, "agent acked");
-                    control.agents().acked(hello.node_id, revision, unix_now_ms());
-                }
-                AgentToControl::Status(report) => {
-                    if report.node_id != hello.node_id {
-                        return Err(PushError::Refused("status for another node"));
+            message = recv.recv::<AgentToControl>() => {
+                let message = message?;
+                last_heard = tokio::time::Instant::now();
+                match message {
+                    AgentToControl::Ack { revision } => {
+                        debug!(node_id = %hello.node_id, revision = %revision, "agent acked");
+                        control.agents().acked(hello.node_id, revision, unix_now_ms());
                     }
-                    debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
-                    control.agents().report(report, unix_now_ms());
+                    AgentToControl::Status(report) => {
+                        if report.node_id != hello.node_id {
+                            return Err(PushError::Refused("status for another node"));
+                        }
+                        debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
+                        control.agents().report(report, unix_now_ms());
+                    }
+                    AgentToControl::Hello(_) => return Err(PushError::NoHello),
                 }
-                AgentToControl::Hello(_) => return Err(PushError::NoHello),
-            },
+            }
         }
     }
 }

@@ -166,6 +166,27 @@ pub enum OpenError {
     },
 }
 
+/// How long [`open`] waits for a lock held by a store that is still closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while another handle still holds the lock: a store
+/// dropped a moment ago (a restart in the same process, a process still exiting) releases it
+/// only once sled's background flusher has stopped.
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens (or creates) the Raft store at `dir/raft`: the log store and the state machine,
 /// loaded from the last snapshot.
 ///
@@ -175,12 +196,11 @@ pub enum OpenError {
 pub fn open(dir: &Path, tuning: StoreTuning) -> Result<(LogStore, StateMachineStore), OpenError> {
     tuning.validate()?;
     let path = dir.join("raft");
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(&path)
         .cache_capacity(tuning.cache_capacity_bytes)
-        .flush_every_ms(tuning.flush_every_ms)
-        .open()
-        .map_err(|source| open_error(&path, source))?;
+        .flush_every_ms(tuning.flush_every_ms);
+    let db = open_waiting_for_lock(&config).map_err(|source| open_error(&path, source))?;
     let tree = |name: &str| {
         db.open_tree(name)
             .map_err(|source| open_error(&path, source))

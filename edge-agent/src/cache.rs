@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use warren_api::{NodeId, NodeView};
 
 const FORMAT: u8 = 1;
+/// How long [`Cache::open`] waits for a lock held by a cache that is still closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const HEADER: usize = 5;
 const META_KEY: &str = "meta";
 const VIEW_KEY: &str = "view";
@@ -108,21 +110,31 @@ impl Cache {
     /// [`CacheError::Locked`] when another agent uses it, [`CacheError::Sled`] otherwise.
     pub fn open(dir: &Path, tuning: CacheTuning) -> Result<Self, CacheError> {
         let path = dir.join("cache");
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .cache_capacity(tuning.cache_capacity_bytes)
-            .flush_every_ms(tuning.flush_every_ms)
-            .open()
-            .map_err(|source| {
-                if source.to_string().contains("could not acquire lock") {
-                    CacheError::Locked { path: path.clone() }
-                } else {
-                    CacheError::Sled {
+            .flush_every_ms(tuning.flush_every_ms);
+        // A cache dropped a moment ago (an agent restarted in the same process, or a process
+        // still exiting) releases its lock only once sled's flusher has stopped: wait a little.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(source) if source.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    return Err(CacheError::Locked { path: path.clone() });
+                }
+                Err(source) => {
+                    return Err(CacheError::Sled {
                         path: path.clone(),
                         source,
-                    }
+                    });
                 }
-            })?;
+            }
+        };
         Ok(Self { db, path })
     }
 

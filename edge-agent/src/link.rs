@@ -25,6 +25,9 @@ use warren_transport::ca::unix_now_ms as now_ms;
 /// How long a status change waits for others to join it in one report.
 pub const REPORT_COALESCE: Duration = Duration::from_millis(200);
 
+/// How often the agent speaks when it has nothing to say (control does the same).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long the stream may stay silent (control heartbeats every 5 s) before the agent gives
 /// up on that control node and reconnects, possibly to another.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
@@ -240,6 +243,11 @@ impl Link {
         self.send_report(&mut send).await?;
         let mut current = cached;
         let mut deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
+        // The agent speaks every HEARTBEAT_INTERVAL too (its ack, repeated), so control can tell
+        // a dead or cut-off agent from a quiet one without waiting for QUIC's idle timeout.
+        let mut keepalive = tokio::time::interval(HEARTBEAT_INTERVAL);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.tick().await;
         loop {
             // Control sends a heartbeat every 5 s; silence for three of them means the control
             // node died without closing the connection (kill -9, power loss): reconnect to
@@ -250,6 +258,12 @@ impl Link {
                 () = self.reporter.changed() => {
                     tokio::time::sleep(REPORT_COALESCE).await;
                     self.send_report(&mut send).await?;
+                    continue;
+                }
+                _ = keepalive.tick() => {
+                    if let Some(view) = &current {
+                        send.send(&AgentToControl::Ack { revision: view.revision }).await?;
+                    }
                     continue;
                 }
             };

@@ -202,6 +202,21 @@ async fn a_site_cut_off_keeps_running_and_converges_after_the_heal() {
     })
     .await;
     assert!(b_offline.revision < target, "{b_offline:?}");
+    // Control sees the silence too (agents heartbeat every 5 s), well before QUIC's idle
+    // timeout would tell it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let agents = control.control().gather_agents(false).await;
+        if agents.get(&b.node_id).is_some_and(|r| !r.connected) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "control still counts edge-b connected: {:?}",
+            agents.get(&b.node_id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(pids(&b_offline, "web"), b_web);
     assert_eq!(pids(&b_offline, "worker"), b_worker);
     assert_eq!(running(&b_offline, "worker")[0].1, worker_v1);

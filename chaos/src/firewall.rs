@@ -1,0 +1,310 @@
+//! Block rules inside one namespace, with nftables or iptables.
+//!
+//! A [`Block`] has a tag (one rule set per tag and namespace, so faults can overlap and heal
+//! independently) and says what it drops. The rule text is built by pure functions
+//! ([`nft_script`], [`iptables_apply`], [`iptables_heal`]); [`Firewall::block`] and
+//! [`Firewall::unblock`] run it inside the namespace. Loopback always passes: a node cut off
+//! from the network still talks to itself (its workloads, its local socket).
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::exec_in;
+use crate::preflight::on_path;
+
+/// Which tool writes the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firewall {
+    /// `nft`: one `inet` table per block (IPv4 and IPv6).
+    Nft,
+    /// `iptables`: two chains per block (IPv4 only; the fleet uses IPv4 only).
+    Iptables,
+}
+
+/// What a block drops, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything except loopback.
+    All,
+    /// Traffic to and from these addresses.
+    Peers(Vec<Ipv4Addr>),
+}
+
+/// One set of rules in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Lowercase letters, digits and `_` (it becomes part of a table or chain name).
+    pub tag: String,
+    pub drop: Scope,
+}
+
+impl Firewall {
+    /// `nft` if installed, else `iptables`, else `None`.
+    pub fn detect() -> Option<Firewall> {
+        if on_path("nft") {
+            Some(Firewall::Nft)
+        } else if on_path("iptables") {
+            Some(Firewall::Iptables)
+        } else {
+            None
+        }
+    }
+
+    /// The program this backend runs.
+    pub fn program(self) -> &'static str {
+        match self {
+            Firewall::Nft => "nft",
+            Firewall::Iptables => "iptables",
+        }
+    }
+
+    /// Installs `block` in `netns`.
+    ///
+    /// # Errors
+    /// When the tag is malformed or already in use there, or the tool fails.
+    pub fn block(self, netns: &str, block: &Block) -> Result<()> {
+        check_tag(&block.tag)?;
+        match self {
+            Firewall::Nft => run_nft(netns, &nft_script(block)),
+            Firewall::Iptables => {
+                for args in iptables_apply(block) {
+                    run_iptables(netns, &args)?;
+                }
+                Ok(())
+            }
+        }
+        .with_context(|| format!("block {} in {netns}", block.tag))
+    }
+
+    /// Removes the block tagged `tag` from `netns`.
+    ///
+    /// # Errors
+    /// When there is no such block or the tool fails.
+    pub fn unblock(self, netns: &str, tag: &str) -> Result<()> {
+        check_tag(tag)?;
+        match self {
+            Firewall::Nft => run_nft(netns, &format!("delete table inet {}\n", nft_table(tag))),
+            Firewall::Iptables => {
+                for args in iptables_heal(tag) {
+                    run_iptables(netns, &args)?;
+                }
+                Ok(())
+            }
+        }
+        .with_context(|| format!("unblock {tag} in {netns}"))
+    }
+}
+
+fn check_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 16
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ok {
+        bail!("block tag {tag:?}: use 1-16 of a-z, 0-9, _");
+    }
+    Ok(())
+}
+
+fn nft_table(tag: &str) -> String {
+    format!("wchaos_{tag}")
+}
+
+fn iptables_chains(tag: &str) -> (String, String) {
+    let upper = tag.to_ascii_uppercase();
+    (format!("WCHAOS-{upper}-IN"), format!("WCHAOS-{upper}-OUT"))
+}
+
+fn address_set(addrs: &[Ipv4Addr]) -> String {
+    let list: Vec<String> = addrs.iter().map(Ipv4Addr::to_string).collect();
+    format!("{{ {} }}", list.join(", "))
+}
+
+/// The nft script that creates `block` (its own table: `nft -f` applies it atomically).
+pub fn nft_script(block: &Block) -> String {
+    let (input, output) = match &block.drop {
+        Scope::All => (
+            "iifname \"lo\" accept\n    drop".to_owned(),
+            "oifname \"lo\" accept\n    drop".to_owned(),
+        ),
+        Scope::Peers(addrs) if addrs.is_empty() => (String::new(), String::new()),
+        Scope::Peers(addrs) => (
+            format!("ip saddr {} drop", address_set(addrs)),
+            format!("ip daddr {} drop", address_set(addrs)),
+        ),
+    };
+    // `create` fails when the table exists: a tag is in use once per namespace.
+    format!(
+        "create table inet {table}\ntable inet {table} {{\n  \
+           chain input {{\n    type filter hook input priority -10; policy accept;\n    {input}\n  }}\n  \
+           chain output {{\n    type filter hook output priority -10; policy accept;\n    {output}\n  }}\n\
+         }}\n",
+        table = nft_table(&block.tag),
+    )
+}
+
+/// The iptables invocations (argument lists) that create `block`.
+pub fn iptables_apply(block: &Block) -> Vec<Vec<String>> {
+    let (chain_in, chain_out) = iptables_chains(&block.tag);
+    let mut commands = vec![args(&["-N", &chain_in]), args(&["-N", &chain_out])];
+    match &block.drop {
+        Scope::All => {
+            commands.push(args(&["-A", &chain_in, "-i", "lo", "-j", "RETURN"]));
+            commands.push(args(&["-A", &chain_in, "-j", "DROP"]));
+            commands.push(args(&["-A", &chain_out, "-o", "lo", "-j", "RETURN"]));
+            commands.push(args(&["-A", &chain_out, "-j", "DROP"]));
+        }
+        Scope::Peers(addrs) => {
+            for addr in addrs {
+                let addr = addr.to_string();
+                commands.push(args(&["-A", &chain_in, "-s", &addr, "-j", "DROP"]));
+                commands.push(args(&["-A", &chain_out, "-d", &addr, "-j", "DROP"]));
+            }
+        }
+    }
+    // Jumps last: the chains are complete before any packet reaches them.
+    commands.push(args(&["-I", "INPUT", "1", "-j", &chain_in]));
+    commands.push(args(&["-I", "OUTPUT", "1", "-j", &chain_out]));
+    commands
+}
+
+/// The iptables invocations that remove the block tagged `tag`.
+pub fn iptables_heal(tag: &str) -> Vec<Vec<String>> {
+    let (chain_in, chain_out) = iptables_chains(tag);
+    vec![
+        args(&["-D", "INPUT", "-j", &chain_in]),
+        args(&["-D", "OUTPUT", "-j", &chain_out]),
+        args(&["-F", &chain_in]),
+        args(&["-F", &chain_out]),
+        args(&["-X", &chain_in]),
+        args(&["-X", &chain_out]),
+    ]
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn run_nft(netns: &str, script: &str) -> Result<()> {
+    let mut child = exec_in(netns, "nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start nft")?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes())
+        .context("write the nft script")?;
+    let output = child.wait_with_output().context("wait for nft")?;
+    if !output.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+fn run_iptables(netns: &str, args: &[String]) -> Result<()> {
+    let output = exec_in(netns, "iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run iptables")?;
+    if !output.status.success() {
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers() -> Block {
+        Block {
+            tag: "cut".into(),
+            drop: Scope::Peers(vec![
+                Ipv4Addr::new(10, 77, 0, 1),
+                Ipv4Addr::new(10, 77, 0, 3),
+            ]),
+        }
+    }
+
+    #[test]
+    fn nft_isolation_keeps_loopback_and_drops_the_rest() {
+        let script = nft_script(&Block {
+            tag: "isolate".into(),
+            drop: Scope::All,
+        });
+        assert!(
+            script.starts_with("create table inet wchaos_isolate\ntable inet wchaos_isolate {"),
+            "{script}"
+        );
+        assert!(
+            script.contains("iifname \"lo\" accept\n    drop"),
+            "{script}"
+        );
+        assert!(
+            script.contains("oifname \"lo\" accept\n    drop"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn nft_peer_block_names_every_address_both_ways() {
+        let script = nft_script(&peers());
+        assert!(
+            script.contains("ip saddr { 10.77.0.1, 10.77.0.3 } drop"),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip daddr { 10.77.0.1, 10.77.0.3 } drop"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn iptables_jumps_come_after_the_chains_and_heal_undoes_them() {
+        let apply = iptables_apply(&peers());
+        assert_eq!(apply[0], ["-N", "WCHAOS-CUT-IN"]);
+        assert_eq!(
+            apply[apply.len() - 2],
+            ["-I", "INPUT", "1", "-j", "WCHAOS-CUT-IN"]
+        );
+        assert_eq!(
+            apply[apply.len() - 1],
+            ["-I", "OUTPUT", "1", "-j", "WCHAOS-CUT-OUT"]
+        );
+        assert!(apply.contains(&args(&[
+            "-A",
+            "WCHAOS-CUT-IN",
+            "-s",
+            "10.77.0.3",
+            "-j",
+            "DROP"
+        ])));
+        let heal = iptables_heal("cut");
+        assert_eq!(heal[0], ["-D", "INPUT", "-j", "WCHAOS-CUT-IN"]);
+        assert_eq!(heal[5], ["-X", "WCHAOS-CUT-OUT"]);
+    }
+
+    #[test]
+    fn tags_must_fit_table_and_chain_names() {
+        assert!(check_tag("isolate").is_ok());
+        assert!(check_tag("cut_a").is_ok());
+        for bad in ["", "Upper", "a-b", "a b", "seventeen_chars_x"] {
+            assert!(check_tag(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,637 @@
+//! A fleet: control nodes and agents grouped into sites, each a real `warren` process in its
+//! own namespace, started through the CLI exactly as an operator would.
+//!
+//! Control nodes are `c1`, `c2`, … in site [`CONTROL_SITE`]; agents are `<site>-<n>`. The
+//! bridge namespace doubles as the operator's seat: it has [`OPERATOR_ADDR`] on `br0`, so CLI
+//! commands run there reach every node and are never caught by a node's block rules unless
+//! those rules name the operator. Each node's files are `<run dir>/<node>/` (`data/` and
+//! `warren.log`).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rustix::process::Signal;
+
+use crate::firewall::{Block, Firewall};
+use crate::netns::{self, Host, Network};
+use crate::run::{RunId, RunRecord};
+
+/// Site of the control nodes.
+pub const CONTROL_SITE: &str = "central";
+
+/// The operator's address on the bridge (outside the hosts' range).
+pub const OPERATOR_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
+
+/// Ports every node uses (each node has its own namespace, so they never clash).
+const API_PORT: u16 = 7100;
+const QUIC_PORT: u16 = 7101;
+const CONTROL_METRICS_PORT: u16 = 9090;
+const AGENT_METRICS_PORT: u16 = 9091;
+
+/// How long a graceful stop may take before the process is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often start-up waits poll the log.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Lines `warren` prints once a node is up (docs/cli.md promises them).
+const CONTROL_READY: &str = " serving api=";
+const AGENT_READY: &str = " running";
+
+/// A site and how many agents it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSpec {
+    pub name: String,
+    pub agents: usize,
+}
+
+/// The shape of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSpec {
+    pub control: usize,
+    pub sites: Vec<SiteSpec>,
+}
+
+impl FleetSpec {
+    /// Parses `a:1,b:2` (site name, agent count).
+    ///
+    /// # Errors
+    /// Names the malformed part.
+    pub fn parse_sites(text: &str) -> Result<Vec<SiteSpec>> {
+        let mut sites: Vec<SiteSpec> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, count) = part
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--sites {part:?}: expected SITE:AGENTS, e.g. a:2"))?;
+            let agents = count
+                .parse()
+                .map_err(|_| anyhow!("--sites {part:?}: {count:?} is not a number"))?;
+            if sites.iter().any(|s| s.name == name) {
+                bail!("--sites: site {name} is listed twice");
+            }
+            sites.push(SiteSpec {
+                name: name.to_owned(),
+                agents,
+            });
+        }
+        Ok(sites)
+    }
+
+    /// Checks names and counts.
+    ///
+    /// # Errors
+    /// When there is no control node, a site name is not a DNS label or is the control site,
+    /// or the fleet does not fit the subnet.
+    pub fn validate(&self) -> Result<()> {
+        if self.control == 0 {
+            bail!("--control: at least one control node");
+        }
+        for site in &self.sites {
+            warren_api::validate_site(&site.name)
+                .map_err(|e| anyhow!("site {:?}: {}", site.name, e.message))?;
+            if site.name == CONTROL_SITE {
+                bail!("site {CONTROL_SITE} is the control nodes' site; pick another name");
+            }
+        }
+        let total = self.control + self.sites.iter().map(|s| s.agents).sum::<usize>();
+        if total > netns::HOSTS_MAX {
+            bail!("{total} nodes: at most {} fit the subnet", netns::HOSTS_MAX);
+        }
+        Ok(())
+    }
+}
+
+/// Where things are and how long to wait.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// The `warren` binary.
+    pub warren: PathBuf,
+    /// Node files and logs go under it; created if missing.
+    pub run_dir: PathBuf,
+    pub firewall: Firewall,
+    /// Where the run is recorded for `cleanup` (normally [`crate::run::REGISTRY_DIR`]).
+    pub registry: PathBuf,
+    /// How long a node may take to print its ready line.
+    pub ready_timeout: Duration,
+    /// Set from a signal handler: start-up stops waiting and fails.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Control,
+    Agent,
+}
+
+/// One node of the fleet.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub site: String,
+    pub role: Role,
+    pub host: Host,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    process: Option<Child>,
+}
+
+impl Node {
+    /// The pid of its `warren` process, while the harness has one running.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+}
+
+/// A running fleet. Dropping it tears it down (best effort); [`Fleet::down`] reports errors.
+#[derive(Debug)]
+pub struct Fleet {
+    run: RunId,
+    options: FleetOptions,
+    network: Network,
+    nodes: Vec<Node>,
+    torn_down: bool,
+}
+
+impl Fleet {
+    /// Builds the network and starts every node, waiting until each says it is ready.
+    ///
+    /// # Errors
+    /// When a step fails or times out; whatever was built is torn down first.
+    pub fn up(run: RunId, spec: &FleetSpec, options: FleetOptions) -> Result<Fleet> {
+        spec.validate()?;
+        std::fs::create_dir_all(&options.run_dir)
+            .with_context(|| format!("create the run dir {}", options.run_dir.display()))?;
+        // Recorded before anything exists, so a crash at any later point is findable.
+        RunRecord {
+            run_id: run.to_string(),
+            harness_pid: std::process::id(),
+            run_dir: options.run_dir.clone(),
+        }
+        .save(&options.registry)?;
+        let network = match Network::create(&run) {
+            Ok(network) => network,
+            Err(error) => {
+                let _ = netns::remove_namespaces(&run.prefix());
+                let _ = RunRecord::forget(&options.registry, &run);
+                return Err(error).context("create the bridge namespace");
+            }
+        };
+        let mut fleet = Fleet {
+            run,
+            options,
+            network,
+            nodes: Vec::new(),
+            torn_down: false,
+        };
+        // On error, `fleet` drops here and tears down what exists.
+        fleet.build(spec)?;
+        Ok(fleet)
+    }
+
+    fn build(&mut self, spec: &FleetSpec) -> Result<()> {
+        let cidr = format!("{OPERATOR_ADDR}/24");
+        let bridge = self.bridge_netns();
+        netns::ip(&["-n", &bridge, "addr", "add", &cidr, "dev", "br0"])?;
+        for index in 1..=spec.control {
+            let name = format!("c{index}");
+            tracing::info!(node = %name, "--- start control node");
+            let node = self.add_node(&name, CONTROL_SITE, Role::Control)?;
+            if index == 1 {
+                self.start_control_init(node)?;
+            } else {
+                let token = self.token("control")?;
+                self.start_control_join(node, &token)?;
+            }
+        }
+        for site in &spec.sites {
+            for index in 1..=site.agents {
+                let name = format!("{}-{index}", site.name);
+                tracing::info!(node = %name, site = %site.name, "--- start agent");
+                let token = self.token("agent")?;
+                let node = self.add_node(&name, &site.name, Role::Agent)?;
+                self.start_agent_join(node, &token)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_node(&mut self, name: &str, site: &str, role: Role) -> Result<usize> {
+        let host = self.network.add_host(name)?;
+        let dir = self.options.run_dir.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        self.nodes.push(Node {
+            name: name.to_owned(),
+            site: site.to_owned(),
+            role,
+            host,
+            data_dir: dir.join("data"),
+            log: dir.join("warren.log"),
+            process: None,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn control_args(node: &Node) -> Vec<String> {
+        let addr = node.host.addr;
+        [
+            "--data-dir".to_owned(),
+            node.data_dir.display().to_string(),
+            "--name".to_owned(),
+            node.name.clone(),
+            "--site".to_owned(),
+            node.site.clone(),
+            "--api".to_owned(),
+            format!("0.0.0.0:{API_PORT}"),
+            "--quic".to_owned(),
+            format!("0.0.0.0:{QUIC_PORT}"),
+            "--advertise-api".to_owned(),
+            format!("{addr}:{API_PORT}"),
+            "--advertise-quic".to_owned(),
+            format!("{addr}:{QUIC_PORT}"),
+            "--metrics".to_owned(),
+            format!("{addr}:{CONTROL_METRICS_PORT}"),
+        ]
+        .into()
+    }
+
+    fn start_control_init(&mut self, index: usize) -> Result<()> {
+        let mut args = vec!["control".to_owned(), "init".to_owned()];
+        args.extend(Self::control_args(&self.nodes[index]));
+        self.spawn(index, &args, CONTROL_READY)
+    }
+
+    fn start_control_join(&mut self, index: usize, token: &str) -> Result<()> {
+        let mut args = vec!["control".to_owned(), "join".to_owned()];
+        args.extend(Self::control_args(&self.nodes[index]));
+        args.extend(["--join".to_owned(), self.control_quic_addrs()[0].clone()]);
+        args.extend(["--token".to_owned(), token.to_owned()]);
+        self.spawn(index, &args, CONTROL_READY)
+    }
+
+    fn start_agent_join(&mut self, index: usize, token: &str) -> Result<()> {
+        let node = &self.nodes[index];
+        let args = vec![
+            "agent".to_owned(),
+            "join".to_owned(),
+            "--data-dir".to_owned(),
+            node.data_dir.display().to_string(),
+            "--control".to_owned(),
+            self.control_quic_addrs().join(","),
+            "--token".to_owned(),
+            token.to_owned(),
+            "--name".to_owned(),
+            node.name.clone(),
+            "--site".to_owned(),
+            node.site.clone(),
+            "--metrics".to_owned(),
+            format!("{}:{AGENT_METRICS_PORT}", node.host.addr),
+        ];
+        self.spawn(index, &args, AGENT_READY)
+    }
+
+    fn control_quic_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Control)
+            .map(|n| format!("{}:{QUIC_PORT}", n.host.addr))
+            .collect()
+    }
+
+    /// Starts `warren args…` in node `index`'s namespace, output appended to its log, in a
+    /// process group of its own (a Ctrl-C at the terminal reaches the harness, which then
+    /// stops the fleet in order, not every node at once), and waits for `ready` in the log.
+    fn spawn(&mut self, index: usize, args: &[String], ready: &str) -> Result<()> {
+        let node = &self.nodes[index];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("open {}", node.log.display()))?;
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let child = netns::exec_in(&node.host.netns, &self.options.warren.display().to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("clone the log handle")?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("start warren on {}", node.name))?;
+        let name = node.name.clone();
+        let log_path = node.log.clone();
+        self.nodes[index].process = Some(child);
+        self.wait_ready(index, &log_path, log_start, ready)
+            .with_context(|| format!("node {name} did not come up (log: {})", log_path.display()))
+    }
+
+    fn wait_ready(&mut self, index: usize, log: &Path, from: u64, ready: &str) -> Result<()> {
+        let deadline = Instant::now() + self.options.ready_timeout;
+        loop {
+            let text = read_from(log, from)?;
+            if text.lines().any(|line| line.contains(ready)) {
+                return Ok(());
+            }
+            let child = self.nodes[index].process.as_mut().expect("just spawned");
+            if let Some(status) = child.try_wait().context("poll the node process")? {
+                self.nodes[index].process = None;
+                bail!("warren exited ({status}): {}", tail(&text));
+            }
+            if self.options.cancel.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no ready line within {:?}: {}",
+                    self.options.ready_timeout,
+                    tail(&text)
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// A fresh join token for `role` (`agent` or `control`), made through the CLI.
+    fn token(&self, role: &str) -> Result<String> {
+        let token = self.cli(&["token", "create", "--role", role])?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// A `warren` command with the fleet's admin config, run from the operator's seat.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = netns::exec_in(
+            &self.bridge_netns(),
+            &self.options.warren.display().to_string(),
+        );
+        command.arg("--config").arg(self.admin_conf()).args(args);
+        command
+    }
+
+    /// Runs `warren --config <admin.conf> args…` from the operator's seat; returns stdout.
+    ///
+    /// # Errors
+    /// When it exits non-zero (the error carries its stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let output = self
+            .cli_command(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("run warren {}", args.join(" ")))?;
+        if !output.status.success() {
+            bail!(
+                "warren {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `admin.conf` of the first control node.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.options
+            .run_dir
+            .join("c1")
+            .join("data")
+            .join("admin.conf")
+    }
+
+    /// The namespace of the bridge and the operator's seat.
+    pub fn bridge_netns(&self) -> String {
+        format!("{}bridge", self.run.prefix())
+    }
+
+    pub fn run_id(&self) -> &RunId {
+        &self.run
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.options.run_dir
+    }
+
+    pub fn firewall(&self) -> Firewall {
+        self.options.firewall
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The node called `name`.
+    ///
+    /// # Errors
+    /// When there is none.
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node {name} in this fleet"))
+    }
+
+    fn node_index(&self, name: &str) -> Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node {name} in this fleet"))
+    }
+
+    /// Installs `block` in `name`'s namespace.
+    ///
+    /// # Errors
+    /// As [`Firewall::block`].
+    pub fn block(&self, name: &str, block: &Block) -> Result<()> {
+        let node = self.node(name)?;
+        self.options.firewall.block(&node.host.netns, block)
+    }
+
+    /// Removes the block tagged `tag` from `name`'s namespace.
+    ///
+    /// # Errors
+    /// As [`Firewall::unblock`].
+    pub fn unblock(&self, name: &str, tag: &str) -> Result<()> {
+        let node = self.node(name)?;
+        self.options.firewall.unblock(&node.host.netns, tag)
+    }
+
+    /// Sends `signal` to `name`'s `warren` process.
+    ///
+    /// # Errors
+    /// When the node has no running process or the signal cannot be sent.
+    pub fn signal(&self, name: &str, signal: Signal) -> Result<()> {
+        let node = self.node(name)?;
+        let pid = node
+            .pid()
+            .ok_or_else(|| anyhow!("node {name} has no running process"))?;
+        netns::signal(pid, signal)
+    }
+
+    /// SIGKILLs `name`'s `warren` process and reaps it. Its workloads keep running.
+    ///
+    /// # Errors
+    /// When the node has no running process.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let index = self.node_index(name)?;
+        let mut child = self.nodes[index]
+            .process
+            .take()
+            .ok_or_else(|| anyhow!("node {name} has no running process"))?;
+        child.kill().with_context(|| format!("kill node {name}"))?;
+        child.wait().with_context(|| format!("reap node {name}"))?;
+        Ok(())
+    }
+
+    /// Starts `name` again from its data dir (`warren control run` / `warren agent run`).
+    ///
+    /// # Errors
+    /// When it is still running or does not come up.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let index = self.node_index(name)?;
+        let node = &self.nodes[index];
+        if node.process.is_some() {
+            bail!("node {name} is still running");
+        }
+        let data_dir = node.data_dir.display().to_string();
+        let (args, ready) = match node.role {
+            Role::Control => (
+                vec!["control", "run", "--data-dir", &data_dir],
+                CONTROL_READY,
+            ),
+            Role::Agent => (vec!["agent", "run", "--data-dir", &data_dir], AGENT_READY),
+        };
+        let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        if node.role == Role::Agent {
+            args.extend([
+                "--metrics".to_owned(),
+                format!("{}:{AGENT_METRICS_PORT}", node.host.addr),
+            ]);
+        }
+        self.spawn(index, &args, ready)
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after a grace period), kills whatever else
+    /// runs in the run's namespaces (workloads), deletes them and forgets the run.
+    ///
+    /// # Errors
+    /// When a namespace could not be removed (`warren-chaos cleanup` retries).
+    pub fn down(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        tracing::info!(run = %self.run, "--- tear the fleet down");
+        // Agents first, then control nodes, in reverse order of start.
+        for node in self.nodes.iter_mut().rev() {
+            if let Some(child) = node.process.as_mut() {
+                // A paused node must be resumed to handle SIGTERM.
+                let _ = netns::signal(child.id(), Signal::CONT);
+                let _ = netns::signal(child.id(), Signal::TERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.process.take() {
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let removed = self.network.destroy()?;
+        tracing::info!(namespaces = removed.len(), "namespaces removed");
+        RunRecord::forget(&self.options.registry, &self.run)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Err(error) = self.teardown() {
+            tracing::error!(
+                run = %self.run,
+                error = %format!("{error:#}"),
+                "teardown failed; run `warren-chaos cleanup`"
+            );
+        }
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    file.seek(SeekFrom::Start(offset))
+        .with_context(|| format!("seek {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("read {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The last few lines of a log, for error messages.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(5);
+    let tail = lines[start..].join(" | ");
+    if tail.is_empty() {
+        "(log empty)".to_owned()
+    } else {
+        tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sites_parse_and_validate() {
+        let sites = FleetSpec::parse_sites("a:1, b:2").expect("valid");
+        assert_eq!(
+            sites,
+            [
+                SiteSpec {
+                    name: "a".into(),
+                    agents: 1
+                },
+                SiteSpec {
+                    name: "b".into(),
+                    agents: 2
+                }
+            ]
+        );
+        assert!(
+            FleetSpec::parse_sites("")
+                .expect("empty is fine")
+                .is_empty()
+        );
+        for bad in ["a", "a:x", "a:1,a:2"] {
+            assert!(FleetSpec::parse_sites(bad).is_err(), "{bad:?}");
+        }
+        let spec = |control, name: &str| FleetSpec {
+            control,
+            sites: vec![SiteSpec {
+                name: name.into(),
+                agents: 1,
+            }],
+        };
+        assert!(spec(1, "a").validate().is_ok());
+        assert!(spec(0, "a").validate().is_err());
+        assert!(spec(1, CONTROL_SITE).validate().is_err());
+        assert!(spec(1, "Not_A_Label").validate().is_err());
+    }
+
+    #[test]
+    fn tails_keep_the_last_lines() {
+        assert_eq!(tail(""), "(log empty)");
+        assert_eq!(tail("1\n2\n3\n4\n5\n6\n7"), "3 | 4 | 5 | 6 | 7");
+    }
+}

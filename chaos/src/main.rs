@@ -1,0 +1,302 @@
+//! `warren-chaos`: the partition harness's command line.
+//!
+//! `up` brings a fleet up in network namespaces and keeps it until Ctrl-C or SIGTERM;
+//! `cleanup` removes every namespace and process a run left behind. With `cli`, this is the
+//! only crate that reads argv or prints to stdout.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use warren_chaos::firewall::Firewall;
+use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, Role};
+use warren_chaos::run::{PREFIX, REGISTRY_DIR, RunId, RunRecord};
+use warren_chaos::{netns, preflight};
+
+/// Like `println!`, but a closed stdout (the reader went away) never aborts the harness: it
+/// must still tear the fleet down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Exit code when the harness cannot run here at all (not root, tools missing).
+const EXIT_CANNOT_RUN: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warren-chaos",
+    version,
+    about = "Partition harness for Warren: real warren processes in network namespaces"
+)]
+struct Cli {
+    /// Log filter for the harness's own messages (stderr).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Bring a fleet up, print how to reach it, keep it until Ctrl-C or SIGTERM, then clean up.
+    #[command(after_help = "Example:\n  sudo warren-chaos up --control 1 --sites a:1,b:1")]
+    Up {
+        /// Number of control nodes (c1, c2, …, in site `central`).
+        #[arg(long, default_value_t = 1)]
+        control: usize,
+        /// Sites and their agent counts: SITE:AGENTS,… (agents are named SITE-1, SITE-2, …).
+        #[arg(long, default_value = "a:1,b:1")]
+        sites: String,
+        /// The warren binary. Default: next to warren-chaos, else target/release/warren,
+        /// else target/debug/warren.
+        #[arg(long, value_name = "PATH")]
+        warren: Option<PathBuf>,
+        /// Where node data and logs go (kept after the run). Default: /tmp/warren-chaos/<run id>.
+        #[arg(long, value_name = "DIR")]
+        run_dir: Option<PathBuf>,
+        /// Which tool writes partition rules. Default: nft if installed, else iptables.
+        #[arg(long, value_enum)]
+        firewall: Option<Firewall>,
+        /// How long each node may take to come up, in seconds.
+        #[arg(long, default_value_t = 60)]
+        ready_timeout_s: u64,
+    },
+    /// Remove every namespace and process of earlier runs (crashed ones too).
+    Cleanup {
+        /// Only this run (its six-digit id).
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+        /// Also clean runs whose harness is still alive.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(cli.log_level.as_str())
+        .with_writer(std::io::stderr)
+        .try_init();
+    if !preflight::is_root() {
+        eprintln!("{}", preflight::NEEDS_ROOT);
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    let result = match cli.command {
+        Command::Up {
+            control,
+            sites,
+            warren,
+            run_dir,
+            firewall,
+            ready_timeout_s,
+        } => prepare_up(control, &sites, warren, run_dir, firewall, ready_timeout_s)
+            .map_err(|e| (EXIT_CANNOT_RUN, e))
+            .and_then(|(spec, options, run)| up(spec, options, run).map_err(|e| (1, e))),
+        Command::Cleanup { run, force } => cleanup(run.as_deref(), force).map_err(|e| (1, e)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn prepare_up(
+    control: usize,
+    sites: &str,
+    warren: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    firewall: Option<Firewall>,
+    ready_timeout_s: u64,
+) -> Result<(FleetSpec, FleetOptions, RunId)> {
+    let firewall = preflight::check_tools(firewall)?;
+    let warren = preflight::locate_warren(warren.as_deref())?;
+    let spec = FleetSpec {
+        control,
+        sites: FleetSpec::parse_sites(sites)?,
+    };
+    spec.validate()?;
+    let run = RunId::random();
+    let run_dir = run_dir.unwrap_or_else(|| PathBuf::from("/tmp/warren-chaos").join(run.as_str()));
+    let options = FleetOptions {
+        warren,
+        run_dir: std::path::absolute(&run_dir).context("resolve --run-dir")?,
+        firewall,
+        registry: PathBuf::from(REGISTRY_DIR),
+        ready_timeout: Duration::from_secs(ready_timeout_s),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    Ok((spec, options, run))
+}
+
+fn up(spec: FleetSpec, options: FleetOptions, run: RunId) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    runtime.block_on(async move {
+        // Before anything exists: from here on a signal means "tear down", never "die".
+        let mut signals = Signals::new()?;
+        let cancel = options.cancel.clone();
+        tracing::info!(run = %run, run_dir = %options.run_dir.display(), firewall = ?options.firewall, "--- bring the fleet up");
+        let mut starting = tokio::task::spawn_blocking(move || Fleet::up(run, &spec, options));
+        let fleet = tokio::select! {
+            fleet = &mut starting => fleet.context("start-up task")??,
+            which = signals.next() => {
+                tracing::warn!("{which} during start-up: stopping");
+                cancel.store(true, Ordering::SeqCst);
+                // Start-up fails at its next check and tears down what it built.
+                match starting.await.context("start-up task")? {
+                    Ok(fleet) => tokio::task::spawn_blocking(move || fleet.down()).await.context("teardown task")??,
+                    Err(error) => tracing::info!(error = %format!("{error:#}"), "start-up stopped"),
+                }
+                return Ok(());
+            }
+        };
+        print_guide(&fleet);
+        let which = signals.next().await;
+        tracing::info!("{which}: stopping the fleet");
+        tokio::task::spawn_blocking(move || fleet.down())
+            .await
+            .context("teardown task")??;
+        say!("warren-chaos done: namespaces and processes removed");
+        Ok(())
+    })
+}
+
+/// What an operator needs to use the fleet.
+fn print_guide(fleet: &Fleet) {
+    let warren = fleet.cli_command(&[]);
+    let words: Vec<String> = std::iter::once(warren.get_program())
+        .chain(warren.get_args())
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    let prefix = words.join(" ");
+    say!(
+        "fleet {} is up; files and logs in {}",
+        fleet.run_id(),
+        fleet.run_dir().display()
+    );
+    for node in fleet.nodes() {
+        let role = match node.role {
+            Role::Control => "control",
+            Role::Agent => "agent",
+        };
+        say!(
+            "  {:<10} {:<8} site {:<8} {:<12} netns {}  log {}",
+            node.name,
+            role,
+            node.site,
+            node.host.addr.to_string(),
+            node.host.netns,
+            node.log.display()
+        );
+    }
+    say!("admin config: {}", fleet.admin_conf().display());
+    say!("run CLI commands from the operator's seat (the bridge namespace):");
+    say!("  {prefix} cluster status");
+    say!("  {prefix} service create web --command 'sleep 1000' --replicas 2");
+    say!("or a shell inside a node: ip netns exec <netns> bash");
+    say!("Ctrl-C (or SIGTERM) stops the fleet and removes its namespaces");
+    say!(
+        "warren-chaos ready run={} config={}",
+        fleet.run_id(),
+        fleet.admin_conf().display()
+    );
+}
+
+/// SIGINT, SIGTERM and SIGHUP, whichever comes first.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("handle SIGHUP")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Removes runs' namespaces (and so their links and processes): recorded runs first, then any
+/// namespace with the prefix that no record names (a run whose record was lost).
+fn cleanup(only: Option<&str>, force: bool) -> Result<()> {
+    if !preflight::on_path("ip") {
+        anyhow::bail!("`ip` not found: install the iproute2 package");
+    }
+    let only = only.map(RunId::parse).transpose()?;
+    let registry = PathBuf::from(REGISTRY_DIR);
+    let records = RunRecord::load_all(&registry);
+    let mut live = Vec::new();
+    let mut runs: Vec<RunId> = Vec::new();
+    for record in &records {
+        let Ok(id) = RunId::parse(&record.run_id) else {
+            continue;
+        };
+        if record.harness_alive() && !force {
+            live.push(id);
+        } else {
+            runs.push(id);
+        }
+    }
+    for name in netns::list_namespaces()? {
+        if let Some(id) = RunId::of_name(&name) {
+            if !live.contains(&id) && !runs.contains(&id) {
+                runs.push(id);
+            }
+        }
+    }
+    for id in &live {
+        if only.as_ref().is_none_or(|o| o == id) {
+            say!("run {id}: its harness is still running; skipped (stop it, or pass --force)");
+        }
+    }
+    let mut failed = 0;
+    for id in runs
+        .iter()
+        .filter(|id| only.as_ref().is_none_or(|o| o == *id))
+    {
+        match netns::remove_namespaces(&id.prefix()) {
+            Ok(removed) => {
+                RunRecord::forget(&registry, id)?;
+                say!("run {id}: removed {} namespaces", removed.len());
+            }
+            Err(error) => {
+                failed += 1;
+                eprintln!("run {id}: {error:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} runs could not be cleaned up");
+    }
+    if runs.is_empty() && live.is_empty() {
+        say!("nothing to clean up (no {PREFIX}* namespaces, no recorded runs)");
+    }
+    Ok(())
+}

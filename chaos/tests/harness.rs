@@ -1,0 +1,456 @@
+//! The harness's own tests, against the real kernel: namespaces, block rules and real `warren`
+//! processes. They need root and working `ip netns`; elsewhere each prints why it skips and
+//! passes. Tests that start `warren` also need it built (`cargo build -p warren-cli`) next to
+//! `warren-chaos` in the target dir.
+
+#![allow(clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use warren_chaos::fault::Fault;
+use warren_chaos::firewall::{Block, Firewall, Scope};
+use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, SiteSpec};
+use warren_chaos::netns::{self, Network};
+use warren_chaos::preflight;
+use warren_chaos::run::RunId;
+
+/// Whether this host can run namespace tests; prints why not.
+fn netns_available(test: &str) -> bool {
+    if !preflight::is_root() {
+        eprintln!("skipping {test}: needs root (network namespaces)");
+        return false;
+    }
+    if !preflight::on_path("ip") {
+        eprintln!("skipping {test}: `ip` not found (iproute2)");
+        return false;
+    }
+    let probe = format!("{}probe", RunId::random().prefix());
+    if let Err(error) = netns::ip(&["netns", "add", &probe]) {
+        eprintln!("skipping {test}: ip netns does not work here: {error:#}");
+        return false;
+    }
+    netns::ip(&["netns", "delete", &probe]).expect("delete the probe namespace");
+    true
+}
+
+/// The `warren` binary next to `warren-chaos` in the target dir, if built.
+fn warren_binary(test: &str) -> Option<PathBuf> {
+    let chaos = Path::new(env!("CARGO_BIN_EXE_warren-chaos"));
+    let warren = chaos.parent().expect("binary has a dir").join("warren");
+    if warren.is_file() {
+        Some(warren)
+    } else {
+        eprintln!(
+            "skipping {test}: {} missing; build it with `cargo build -p warren-cli`",
+            warren.display()
+        );
+        None
+    }
+}
+
+fn firewalls() -> Vec<Firewall> {
+    [Firewall::Nft, Firewall::Iptables]
+        .into_iter()
+        .filter(|f| preflight::on_path(f.program()))
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Namespaces of `run` that still exist.
+fn namespaces_of(run: &RunId) -> Vec<String> {
+    netns::list_namespaces()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|n| n.starts_with(&run.prefix()))
+        .collect()
+}
+
+/// Links in the root namespace that carry the run's id (there should never be any).
+fn root_links_of(run: &RunId) -> Vec<String> {
+    let text = netns::ip(&["-o", "link"]).expect("ip link");
+    text.lines()
+        .filter(|l| l.contains(&format!("wc{run}")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `pid` runs; a zombie counts as gone (PID 1 here may not reap orphans).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    state != Some("Z")
+}
+
+/// Every pid in every namespace of `run`.
+fn pids_of(run: &RunId) -> Vec<u32> {
+    namespaces_of(run)
+        .iter()
+        .flat_map(|ns| netns::pids_in(ns).expect("ip netns pids"))
+        .collect()
+}
+
+fn assert_gone(run: &RunId, pids: &[u32]) {
+    assert_eq!(namespaces_of(run), Vec::<String>::new(), "namespaces left");
+    assert_eq!(root_links_of(run), Vec::<String>::new(), "links left");
+    wait_until(
+        "every process of the run exits",
+        Duration::from_secs(5),
+        || pids.iter().all(|p| !alive(*p)),
+    );
+}
+
+fn options(warren: PathBuf, dir: &Path) -> FleetOptions {
+    FleetOptions {
+        warren,
+        run_dir: dir.join("run"),
+        firewall: Firewall::detect().expect("nft or iptables installed"),
+        registry: dir.join("registry"),
+        ready_timeout: Duration::from_secs(60),
+        cancel: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+fn one_agent_spec() -> FleetSpec {
+    FleetSpec {
+        control: 1,
+        sites: vec![SiteSpec {
+            name: "a".into(),
+            agents: 1,
+        }],
+    }
+}
+
+/// Tears a bare network down even when the test panics.
+struct NetworkGuard(Network);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let _ = self.0.destroy();
+    }
+}
+
+/// A TCP and a UDP server on port 9000 in `netns`: each answers `ok`.
+fn start_listener(netns: &str) -> std::process::Child {
+    const SERVER: &str = r#"
+import socket, threading
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 9000)); s.listen(16)
+    while True:
+        c, _ = s.accept(); c.sendall(b"ok"); c.close()
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
+    while True:
+        _, peer = s.recvfrom(64); s.sendto(b"ok", peer)
+threading.Thread(target=udp, daemon=True).start()
+tcp()
+"#;
+    netns::exec_in(netns, "python3")
+        .args(["-c", SERVER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the python listener")
+}
+
+/// Whether `from` gets `ok` back from `to`:9000 over TCP and over UDP (each within 1 s).
+fn reachable(from: &str, to: Ipv4Addr) -> (bool, bool) {
+    const CLIENT: &str = r#"
+import socket, sys
+proto, host = sys.argv[1], sys.argv[2]
+try:
+    if proto == "tcp":
+        s = socket.create_connection((host, 9000), timeout=1); ok = s.recv(2) == b"ok"
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+        s.sendto(b"hi", (host, 9000)); ok = s.recvfrom(64)[0] == b"ok"
+except OSError:
+    ok = False
+sys.exit(0 if ok else 1)
+"#;
+    let probe = |proto: &str| {
+        netns::exec_in(from, "python3")
+            .args(["-c", CLIENT, proto, &to.to_string()])
+            .stdin(Stdio::null())
+            .status()
+            .expect("run the python client")
+            .success()
+    };
+    (probe("tcp"), probe("udp"))
+}
+
+/// Three hosts on a bridge; h1 runs a listener. Isolating h1 cuts TCP and UDP both ways but
+/// keeps its loopback; a peer block on h1 naming h2 cuts h2 only; healing restores each.
+/// Runs once per installed firewall backend.
+#[test]
+fn partition_rules_block_traffic_and_healing_restores_it() {
+    if !netns_available("partition_rules_block_traffic_and_healing_restores_it") {
+        return;
+    }
+    let backends = firewalls();
+    assert!(!backends.is_empty(), "install nftables or iptables");
+    for firewall in backends {
+        eprintln!("--- backend {firewall:?}");
+        let run = RunId::random();
+        let mut guard = NetworkGuard(Network::create(&run).expect("create the bridge"));
+        let h1 = guard.0.add_host("h1").expect("add h1");
+        let h2 = guard.0.add_host("h2").expect("add h2");
+        let h3 = guard.0.add_host("h3").expect("add h3");
+        let mut listener = start_listener(&h1.netns);
+        wait_until("h2 reaches h1", Duration::from_secs(10), || {
+            reachable(&h2.netns, h1.addr) == (true, true)
+        });
+
+        eprintln!("--- isolate h1");
+        let isolate = Block {
+            tag: "isolate".into(),
+            drop: Scope::All,
+        };
+        firewall.block(&h1.netns, &isolate).expect("isolate h1");
+        assert!(
+            firewall.block(&h1.netns, &isolate).is_err(),
+            "a tag is used once"
+        );
+        assert_eq!(reachable(&h2.netns, h1.addr), (false, false), "h2 → h1 cut");
+        assert_eq!(reachable(&h3.netns, h1.addr), (false, false), "h3 → h1 cut");
+        let localhost = Ipv4Addr::LOCALHOST;
+        assert_eq!(
+            reachable(&h1.netns, localhost),
+            (true, true),
+            "loopback stays"
+        );
+
+        eprintln!("--- heal h1");
+        firewall.unblock(&h1.netns, "isolate").expect("heal h1");
+        assert_eq!(
+            reachable(&h2.netns, h1.addr),
+            (true, true),
+            "h2 → h1 healed"
+        );
+
+        eprintln!("--- cut h1 from h2 only");
+        let cut = Block {
+            tag: "cut".into(),
+            drop: Scope::Peers(vec![h2.addr]),
+        };
+        firewall.block(&h1.netns, &cut).expect("cut h1 from h2");
+        assert_eq!(reachable(&h2.netns, h1.addr), (false, false), "h2 → h1 cut");
+        assert_eq!(reachable(&h3.netns, h1.addr), (true, true), "h3 → h1 open");
+        firewall.unblock(&h1.netns, "cut").expect("heal the cut");
+        assert_eq!(
+            reachable(&h2.netns, h1.addr),
+            (true, true),
+            "h2 → h1 healed"
+        );
+
+        let pids = pids_of(&run);
+        assert!(!pids.is_empty(), "the listener runs");
+        drop(guard);
+        listener.wait().expect("reap the listener");
+        assert_gone(&run, &pids);
+    }
+}
+
+/// A fleet (one control node, one agent) with a running workload: `down` stops every process
+/// (the workload too), deletes every namespace and link, and forgets the run.
+#[test]
+fn fleet_up_and_down_leaves_nothing_behind() {
+    let test = "fleet_up_and_down_leaves_nothing_behind";
+    if !netns_available(test) {
+        return;
+    }
+    let Some(warren) = warren_binary(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = RunId::random();
+    let options = options(warren, dir.path());
+    let registry = options.registry.clone();
+    let fleet = Fleet::up(run.clone(), &one_agent_spec(), options).expect("fleet up");
+    assert_eq!(namespaces_of(&run).len(), 3, "bridge, c1, a-1");
+    assert!(
+        registry.join(format!("{run}.json")).is_file(),
+        "run recorded"
+    );
+    fleet
+        .cli(&["service", "create", "web", "--command", "sleep 1000"])
+        .expect("create a service");
+    let agent_ns = fleet.node("a-1").expect("a-1").host.netns.clone();
+    wait_until("the workload runs in a-1", Duration::from_secs(30), || {
+        netns::pids_in(&agent_ns).expect("pids").len() >= 2
+    });
+    let pids = pids_of(&run);
+    fleet.down().expect("fleet down");
+    assert_gone(&run, &pids);
+    assert!(
+        !registry.join(format!("{run}.json")).exists(),
+        "run forgotten"
+    );
+}
+
+/// Reads `warren-chaos up`'s stdout until its ready line; returns the run id.
+fn wait_for_ready(child: &mut std::process::Child) -> RunId {
+    let stdout = child.stdout.take().expect("stdout piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read stdout");
+        if let Some(rest) = line.strip_prefix("warren-chaos ready run=") {
+            let id = rest.split_whitespace().next().expect("run id");
+            return RunId::parse(id).expect("valid run id");
+        }
+    }
+    panic!("warren-chaos up exited before its ready line")
+}
+
+fn spawn_up(warren: &Path, dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_warren-chaos"))
+        .args(["up", "--control", "1", "--sites", "a:1", "--warren"])
+        .arg(warren)
+        .arg("--run-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start warren-chaos up")
+}
+
+/// `warren-chaos up` cleans up after itself on SIGTERM; after a SIGKILL of the harness,
+/// `warren-chaos cleanup --run ID` removes what the crashed run left.
+#[test]
+fn up_cleans_up_on_sigterm_and_cleanup_removes_a_crashed_run() {
+    let test = "up_cleans_up_on_sigterm_and_cleanup_removes_a_crashed_run";
+    if !netns_available(test) {
+        return;
+    }
+    let Some(warren) = warren_binary(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    eprintln!("--- SIGTERM");
+    let mut child = spawn_up(&warren, &dir.path().join("graceful"));
+    let run = wait_for_ready(&mut child);
+    let pids = pids_of(&run);
+    assert!(pids.len() >= 2, "c1 and a-1 run: {pids:?}");
+    netns::signal(child.id(), rustix::process::Signal::TERM).expect("SIGTERM");
+    let status = child.wait().expect("wait for warren-chaos");
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    assert_gone(&run, &pids);
+
+    eprintln!("--- SIGKILL, then cleanup");
+    let mut child = spawn_up(&warren, &dir.path().join("crashed"));
+    let run = wait_for_ready(&mut child);
+    let pids = pids_of(&run);
+    child.kill().expect("SIGKILL the harness");
+    child.wait().expect("reap the harness");
+    assert_eq!(
+        namespaces_of(&run).len(),
+        3,
+        "a crash leaves the run behind"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_warren-chaos"))
+        .args(["cleanup", "--run", run.as_str()])
+        .output()
+        .expect("run warren-chaos cleanup");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cleanup: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("run {run}: removed 3 namespaces")),
+        "{stdout}"
+    );
+    assert_gone(&run, &pids);
+}
+
+/// DESIGN §4, agent cut off alone: one control node and one agent running `sleep`; isolating
+/// the agent's namespace takes its link down but the workload keeps running with the same pid;
+/// after healing the link comes back and the same pid is reported running.
+#[test]
+fn an_isolated_agent_keeps_its_workload_and_reconnects_after_heal() {
+    let test = "an_isolated_agent_keeps_its_workload_and_reconnects_after_heal";
+    if !netns_available(test) {
+        return;
+    }
+    let Some(warren) = warren_binary(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut fleet = Fleet::up(
+        RunId::random(),
+        &one_agent_spec(),
+        options(warren, dir.path()),
+    )
+    .expect("fleet up");
+    fleet
+        .cli(&["service", "create", "web", "--command", "sleep 1000"])
+        .expect("create a service");
+    let replica = |fleet: &Fleet| -> Option<(String, u64, bool)> {
+        let text = fleet.cli(&["-o", "json", "service", "ps", "web"]).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let first = json.as_array()?.first()?.clone();
+        Some((
+            first["state"].as_str()?.to_owned(),
+            first["pid"].as_u64()?,
+            first["stale"].as_bool().unwrap_or(false),
+        ))
+    };
+    let link_connected = |fleet: &Fleet| -> Option<bool> {
+        let text = fleet.cli(&["-o", "json", "node", "ls"]).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let node = json
+            .as_array()?
+            .iter()
+            .find(|n| n["node"]["name"] == "a-1")?
+            .clone();
+        node["agent"]["connected"].as_bool()
+    };
+    wait_until("web runs on a-1", Duration::from_secs(30), || {
+        replica(&fleet).is_some_and(|(state, _, _)| state == "running")
+    });
+    let (_, pid, _) = replica(&fleet).expect("replica");
+    let pid = u32::try_from(pid).expect("pid fits u32");
+
+    eprintln!("--- isolate a-1");
+    let fault = Fault::Isolate { node: "a-1".into() };
+    fault.apply(&mut fleet).expect("isolate a-1");
+    wait_until(
+        "control sees a-1's link down",
+        Duration::from_secs(60),
+        || link_connected(&fleet) == Some(false),
+    );
+    assert!(alive(pid), "the workload survives the partition");
+
+    eprintln!("--- heal");
+    fault.heal(&mut fleet).expect("heal a-1");
+    wait_until("a-1 reconnects", Duration::from_secs(60), || {
+        link_connected(&fleet) == Some(true)
+    });
+    wait_until(
+        "the same pid is reported running",
+        Duration::from_secs(30),
+        || replica(&fleet) == Some(("running".to_owned(), u64::from(pid), false)),
+    );
+    fleet.down().expect("fleet down");
+}
