@@ -29,7 +29,9 @@ use warren_api::{
 };
 use warren_control::Op;
 use warren_control::node::ControlNode;
-use warren_edge_agent::agent::{Agent, AgentError, AgentStatus, RECONCILE_INTERVAL, RunEnd};
+use warren_edge_agent::agent::{
+    Agent, AgentError, AgentStatus, FOLLOW_UP_PASS, RECONCILE_INTERVAL, RunEnd,
+};
 use warren_edge_agent::link::{REPORT_COALESCE, SILENCE_LIMIT};
 use warren_transport::FaultSwitch;
 
@@ -1364,8 +1366,8 @@ fn print_propagation(figures: &PropagationFigures, counts: Counts) {
         println!("  (process times not measured: /proc/<pid>/task/<tid>/children is missing)");
     }
     println!(
-        "  status.json says `starting` until the pass after the start (every {} ms at most)",
-        RECONCILE_INTERVAL.as_millis()
+        "  status.json says `starting` until the follow-up pass, {} ms after the start",
+        FOLLOW_UP_PASS.as_millis()
     );
     println!();
 }
@@ -1460,13 +1462,9 @@ fn print_reconnect(figures: &ReconnectFigures, counts: Counts) {
     );
     print_work(long);
     println!(
-        "  a replaced workload (new env) is stopped in one pass and started in a later one (the \
-         next is at most {} ms away)",
-        RECONCILE_INTERVAL.as_millis()
-    );
-    println!(
-        "  the link reads no view while it coalesces a status report ({} ms): queued deltas that \
-         each change a status drain at one per report, and each is planned on its own",
+        "  a replaced workload (new env) is stopped in one pass and started in the follow-up \
+         pass {} ms later; status reports coalesce for {} ms while views keep being read",
+        FOLLOW_UP_PASS.as_millis(),
         REPORT_COALESCE.as_millis()
     );
     println!();
