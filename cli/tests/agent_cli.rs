@@ -6,7 +6,8 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    Foreground, READY_TIMEOUT, agent_status, alive, command, ok, running_pids, wait_until,
+    Foreground, READY_TIMEOUT, agent_status, alive, command, control_init, ok, running_pids,
+    wait_until,
 };
 
 /// An operator joins an edge box: `agent join` prints its ready line and runs a service's
@@ -15,33 +16,7 @@ use common::{
 #[test]
 fn agent_join_run_status_and_removal() {
     let dir = tempfile::tempdir().unwrap();
-    let control_dir = dir.path().join("control");
-    let mut control = Foreground::spawn(
-        &[
-            "control",
-            "init",
-            "--name",
-            "ops-1",
-            "--site",
-            "central",
-            "--api",
-            "127.0.0.1:0",
-            "--quic",
-            "127.0.0.1:0",
-            "--metrics",
-            "none",
-            "--data-dir",
-            control_dir.to_str().unwrap(),
-        ],
-        dir.path().join("control.stderr.log"),
-    );
-    let ready = control.wait_for_line(" serving ");
-    let quic = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("quic="))
-        .expect("quic address in the ready line")
-        .to_owned();
-    let config = control_dir.join("admin.conf");
+    let (mut control, quic, config) = control_init(dir.path());
     let admin = |args: &[&str]| {
         command()
             .args(args)

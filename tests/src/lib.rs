@@ -166,6 +166,16 @@ pub fn agent_status(dir: &Path) -> Option<warren_edge_agent::agent::AgentStatus>
     warren_edge_agent::agent::load_status(dir).ok()
 }
 
+/// Pids of the replicas an agent status shows running, in replica order.
+pub fn running_pids(status: &warren_edge_agent::agent::AgentStatus) -> Vec<u32> {
+    status
+        .replicas
+        .iter()
+        .filter(|r| r.state == warren_api::TaskState::Running)
+        .filter_map(|r| r.pid)
+        .collect()
+}
+
 /// Agent options for tests: secrets in a plain 0700 dir (no tmpfs, no root needed).
 pub fn agent_options() -> warren_edge_agent::agent::AgentOptions {
     warren_edge_agent::agent::AgentOptions {

@@ -6,27 +6,17 @@
 use std::time::Duration;
 
 use tracing::info;
-use warren_api::TaskState;
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode};
 use warren_control::push::node_view;
-use warren_edge_agent::agent::{Agent, AgentError, AgentStatus, RunEnd};
+use warren_edge_agent::agent::{Agent, AgentError, RunEnd};
 use warren_edge_agent::cache::{Cache, CacheTuning};
 use warren_tests::{
-    agent_options, agent_status, alive, join_agent, propose, sleep_service, spawn_agent,
-    start_control, wait_until,
+    agent_options, agent_status, alive, join_agent, propose, running_pids, sleep_service,
+    spawn_agent, start_control, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn running_pids(status: &AgentStatus) -> Vec<u32> {
-    status
-        .replicas
-        .iter()
-        .filter(|r| r.state == TaskState::Running)
-        .filter_map(|r| r.pid)
-        .collect()
-}
 
 /// The agent runs one replica and is stopped. Meanwhile the service scales to 2, and the view
 /// at that revision lands in the agent's cache exactly as the link stores it — but control

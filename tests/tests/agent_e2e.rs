@@ -6,28 +6,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use tracing::info;
-use warren_api::{ServiceName, TaskState};
+use warren_api::ServiceName;
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode};
 use warren_edge_agent::agent::{self, Agent, AgentError, AgentStatus, RunEnd};
 use warren_tests::{
-    agent_options, agent_status, alive, propose, sleep_service, spawn_agent, start_control,
-    wait_until,
+    agent_options, agent_status, alive, propose, running_pids, sleep_service, spawn_agent,
+    start_control, wait_until,
 };
 use warren_transport::ca::unix_now_ms;
 
 fn status(dir: &Path) -> Option<AgentStatus> {
     agent_status(dir)
-}
-
-/// Pids of running replicas, in replica order.
-fn running_pids(status: &AgentStatus) -> Vec<u32> {
-    status
-        .replicas
-        .iter()
-        .filter(|r| r.state == TaskState::Running)
-        .filter_map(|r| r.pid)
-        .collect()
 }
 
 /// Service create → a process runs; kill -9 → it comes back with a new pid; control stops and
@@ -39,20 +29,11 @@ async fn agent_runs_restarts_adopts_offline_and_scales() {
     warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
     let (control, fingerprint) = start_control(dir.path()).await;
-    let token = warren_tests::agent_token(&control, fingerprint).await;
 
     info!("--- join an agent and create a service");
     let agent_dir = dir.path().join("agent");
-    let identity = agent::join(
-        &agent_dir,
-        vec![control.quic_addr().to_string()],
-        &token,
-        "edge-1".into(),
-        "lisbon".into(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let identity =
+        warren_tests::join_agent(&control, fingerprint, &agent_dir, "edge-1", "lisbon").await;
     assert!(agent_dir.join(agent::AGENT_FILE).exists());
     let (cancel, task) = spawn_agent(&agent_dir);
     propose(&control, Op::PutService(sleep_service(1))).await;

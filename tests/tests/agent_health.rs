@@ -12,7 +12,7 @@ use warren_api::service::{HealthCheck, Probe};
 use warren_api::{HealthState, ServiceName, TaskState};
 use warren_control::Op;
 use warren_edge_agent::agent::{
-    self, Agent, AgentError, AgentOptions, AgentStatus, LocalReplica, RunEnd, load_status,
+    Agent, AgentError, AgentOptions, AgentStatus, LocalReplica, RunEnd, load_status,
 };
 use warren_edge_agent::runtime::ProcessRuntimeOptions;
 use warren_tests::{propose, sleep_service, start_control};
@@ -83,18 +83,9 @@ async fn failing_health_check_restarts_the_workload() {
     warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
     let (control, fingerprint) = start_control(dir.path()).await;
-    let token = warren_tests::agent_token(&control, fingerprint).await;
     let agent_dir = dir.path().join("agent");
-    let identity = agent::join(
-        &agent_dir,
-        vec![control.quic_addr().to_string()],
-        &token,
-        "edge-1".into(),
-        "lisbon".into(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let identity =
+        warren_tests::join_agent(&control, fingerprint, &agent_dir, "edge-1", "lisbon").await;
     let (_cancel, task) = spawn_agent(&agent_dir);
 
     info!("--- create a service failing its tcp check and one passing its exec check");
