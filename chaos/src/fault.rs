@@ -23,7 +23,8 @@ const ISOLATE_TAG: &str = "isolate";
 const CUT_TAG: &str = "cut";
 
 /// One fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
     Isolate { node: String },
     CutSite { site: String },

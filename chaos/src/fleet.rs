@@ -123,6 +123,8 @@ pub struct FleetOptions {
     pub ready_timeout: Duration,
     /// Set from a signal handler: start-up stops waiting and fails.
     pub cancel: Arc<AtomicBool>,
+    /// Extra environment for every agent's `warren` (the self-check's broken-agent knob).
+    pub agent_env: Vec<(String, String)>,
 }
 
 /// What a node is.
@@ -317,7 +319,12 @@ impl Fleet {
             .open(&node.log)
             .with_context(|| format!("open {}", node.log.display()))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let child = netns::exec_in(&node.host.netns, &self.options.warren.display().to_string())
+        let mut command =
+            netns::exec_in(&node.host.netns, &self.options.warren.display().to_string());
+        if node.role == Role::Agent {
+            command.envs(self.options.agent_env.iter().map(|(k, v)| (k, v)));
+        }
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("clone the log handle")?)
@@ -392,6 +399,27 @@ impl Fleet {
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `HOST:PORT` of every control node's API, in order.
+    pub fn control_api_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Control)
+            .map(|n| format!("{}:{API_PORT}", n.host.addr))
+            .collect()
+    }
+
+    /// `HOST:PORT` of control node `name`'s API.
+    ///
+    /// # Errors
+    /// When there is no such control node.
+    pub fn api_addr(&self, name: &str) -> Result<String> {
+        let node = self.node(name)?;
+        if node.role != Role::Control {
+            bail!("{name} is not a control node");
+        }
+        Ok(format!("{}:{API_PORT}", node.host.addr))
     }
 
     /// `admin.conf` of the first control node.

@@ -16,9 +16,15 @@
 //! lives in a namespace of its own, so a run cannot disturb the host's network and two runs
 //! cannot see each other.
 
+pub mod check;
 pub mod fault;
 pub mod firewall;
 pub mod fleet;
 pub mod netns;
+pub mod observe;
 pub mod preflight;
+pub mod record;
+pub mod report;
 pub mod run;
+pub mod runner;
+pub mod scenario;

@@ -17,8 +17,10 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_chaos::firewall::Firewall;
 use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, Role};
+use warren_chaos::report::Report;
 use warren_chaos::run::{PREFIX, REGISTRY_DIR, RunId, RunRecord};
-use warren_chaos::{netns, preflight};
+use warren_chaos::scenario::Scenario;
+use warren_chaos::{netns, preflight, runner};
 
 /// Like `println!`, but a closed stdout (the reader went away) never aborts the harness: it
 /// must still tear the fleet down.
@@ -71,6 +73,43 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         ready_timeout_s: u64,
     },
+    /// Run scenario files: for each, bring a fleet up, run its steps while watching every
+    /// agent, check the invariants, write a report, tear the fleet down.
+    ///
+    /// Exit 0 when every scenario passed, 1 when an invariant failed or a step could not
+    /// run, 2 when the harness cannot run here. With --self-check the agents are broken on
+    /// purpose (they stop their workloads when the link to control is lost): then exit 0
+    /// only if every scenario FAILED its `workloads_keep_running` check.
+    #[command(
+        after_help = "Examples:\n  sudo warren-chaos run chaos/scenarios/site-partition.yaml\n  \
+                            sudo warren-chaos run chaos/scenarios/*.yaml --json > reports.json\n  \
+                            sudo warren-chaos run --self-check chaos/scenarios/agent-cut-off.yaml"
+    )]
+    Run {
+        /// Scenario files (YAML; see chaos/scenarios/ and docs/chaos.md).
+        #[arg(required = true, value_name = "SCENARIO")]
+        scenarios: Vec<PathBuf>,
+        /// The warren binary. Default: next to warren-chaos, else target/release/warren,
+        /// else target/debug/warren.
+        #[arg(long, value_name = "PATH")]
+        warren: Option<PathBuf>,
+        /// Where each run's dir (node data, logs, report.json) goes, one per scenario.
+        #[arg(long, value_name = "DIR", default_value = "/tmp/warren-chaos")]
+        runs_dir: PathBuf,
+        /// Which tool writes partition rules. Default: nft if installed, else iptables.
+        #[arg(long, value_enum)]
+        firewall: Option<Firewall>,
+        /// Print the reports as a JSON array on stdout instead of the human summary.
+        #[arg(long)]
+        json: bool,
+        /// Break the agents on purpose (WARREN_SELFCHECK_STOP_ON_DISCONNECT=1) and expect
+        /// every scenario to fail: proof the checks can fail.
+        #[arg(long)]
+        self_check: bool,
+        /// How long each node may take to come up, in seconds.
+        #[arg(long, default_value_t = 60)]
+        ready_timeout_s: u64,
+    },
     /// Remove every namespace and process of earlier runs (crashed ones too).
     Cleanup {
         /// Only this run (its six-digit id).
@@ -103,6 +142,30 @@ fn main() -> ExitCode {
         } => prepare_up(control, &sites, warren, run_dir, firewall, ready_timeout_s)
             .map_err(|e| (EXIT_CANNOT_RUN, e))
             .and_then(|(spec, options, run)| up(spec, options, run).map_err(|e| (1, e))),
+        Command::Run {
+            scenarios,
+            warren,
+            runs_dir,
+            firewall,
+            json,
+            self_check,
+            ready_timeout_s,
+        } => {
+            let options = RunOptions {
+                warren,
+                runs_dir,
+                firewall,
+                json,
+                self_check,
+                ready_timeout: Duration::from_secs(ready_timeout_s),
+            };
+            match run_scenarios(&scenarios, options) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(RunError::CannotRun(e)) => Err((EXIT_CANNOT_RUN, e)),
+                Err(RunError::Failed(e)) => Err((1, e)),
+            }
+        }
         Command::Cleanup { run, force } => cleanup(run.as_deref(), force).map_err(|e| (1, e)),
     };
     match result {
@@ -138,6 +201,7 @@ fn prepare_up(
         registry: PathBuf::from(REGISTRY_DIR),
         ready_timeout: Duration::from_secs(ready_timeout_s),
         cancel: Arc::new(AtomicBool::new(false)),
+        agent_env: Vec::new(),
     };
     Ok((spec, options, run))
 }
@@ -175,6 +239,198 @@ fn up(spec: FleetSpec, options: FleetOptions, run: RunId) -> Result<()> {
         say!("warren-chaos done: namespaces and processes removed");
         Ok(())
     })
+}
+
+/// `run`'s flags.
+struct RunOptions {
+    warren: Option<PathBuf>,
+    runs_dir: PathBuf,
+    firewall: Option<Firewall>,
+    json: bool,
+    self_check: bool,
+    ready_timeout: Duration,
+}
+
+enum RunError {
+    /// Bad scenario files, not root, tools missing: exit 2.
+    CannotRun(anyhow::Error),
+    /// The harness itself failed mid-run: exit 1.
+    Failed(anyhow::Error),
+}
+
+/// The environment variable that breaks agents for the self-check.
+const SELF_CHECK_ENV: &str = "WARREN_SELFCHECK_STOP_ON_DISCONNECT";
+
+/// Runs every scenario; `Ok(true)` when the run as a whole succeeded (all passed, or, with
+/// `--self-check`, all failed on `workloads_keep_running`).
+fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunError> {
+    let mut scenarios = Vec::new();
+    for file in files {
+        scenarios.push((file, Scenario::load(file).map_err(RunError::CannotRun)?));
+    }
+    let firewall = preflight::check_tools(options.firewall).map_err(RunError::CannotRun)?;
+    let warren =
+        preflight::locate_warren(options.warren.as_deref()).map_err(RunError::CannotRun)?;
+    let runs_dir = std::path::absolute(&options.runs_dir)
+        .context("resolve --runs-dir")
+        .map_err(RunError::CannotRun)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    watch_signals(cancel.clone()).map_err(RunError::CannotRun)?;
+    let mut reports = Vec::new();
+    for (file, scenario) in &scenarios {
+        if cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        let run = RunId::random();
+        let run_dir = runs_dir.join(run.as_str());
+        let fleet_options = FleetOptions {
+            warren: warren.clone(),
+            run_dir: run_dir.clone(),
+            firewall,
+            registry: PathBuf::from(REGISTRY_DIR),
+            ready_timeout: options.ready_timeout,
+            cancel: cancel.clone(),
+            agent_env: if options.self_check {
+                vec![(SELF_CHECK_ENV.to_owned(), "1".to_owned())]
+            } else {
+                Vec::new()
+            },
+        };
+        eprintln!(
+            "warren-chaos: scenario {} ({}) run {run}, files in {}",
+            scenario.name,
+            file.display(),
+            run_dir.display()
+        );
+        let started_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let mut fleet = Fleet::up(run.clone(), &scenario.fleet.spec(), fleet_options)
+            .with_context(|| format!("scenario {}: bring the fleet up", scenario.name))
+            .map_err(RunError::Failed)?;
+        let mut outcome = runner::run(&mut fleet, scenario, cancel.clone());
+        let teardown = fleet.down();
+        let left: Vec<String> = netns::list_namespaces()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(&run.prefix()))
+            .collect();
+        if let Err(error) = teardown {
+            outcome
+                .aborted
+                .get_or_insert(format!("teardown failed: {error:#}"));
+        } else if !left.is_empty() {
+            outcome
+                .aborted
+                .get_or_insert(format!("namespaces left behind: {}", left.join(" ")));
+        }
+        let report = Report::new(
+            scenario,
+            &file.display().to_string(),
+            run.as_str(),
+            &run_dir.display().to_string(),
+            started_at_ms,
+            options.self_check,
+            &outcome,
+        );
+        let path = run_dir.join("report.json");
+        match serde_json::to_vec_pretty(&report) {
+            Ok(bytes) => {
+                if let Err(error) = std::fs::write(&path, bytes) {
+                    eprintln!("warren-chaos: cannot write {}: {error}", path.display());
+                }
+            }
+            Err(error) => eprintln!("warren-chaos: cannot encode the report: {error}"),
+        }
+        if !options.json {
+            say!("{}", report.human());
+            say!("report: {}", path.display());
+        }
+        reports.push(report);
+    }
+    if options.json {
+        match serde_json::to_string_pretty(&reports) {
+            Ok(text) => say!("{text}"),
+            Err(error) => eprintln!("warren-chaos: cannot encode the reports: {error}"),
+        }
+    }
+    if cancel.load(Ordering::SeqCst) {
+        return Err(RunError::Failed(anyhow::anyhow!(
+            "interrupted; fleets were torn down"
+        )));
+    }
+    let caught = |r: &Report| {
+        r.invariants.iter().any(|i| {
+            i.name == "workloads_keep_running" && i.verdict == warren_chaos::check::Verdict::Fail
+        })
+    };
+    let ok = if options.self_check {
+        reports.iter().all(caught)
+    } else {
+        reports.iter().all(Report::passed)
+    };
+    if !options.json {
+        say!("summary:");
+        for r in &reports {
+            let conv = r
+                .figures
+                .convergence_s
+                .iter()
+                .map(|s| format!("{s:.2}s"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let verdict = if options.self_check {
+                if caught(r) { "caught" } else { "MISSED" }
+            } else if r.passed() {
+                "PASS"
+            } else {
+                "FAIL"
+            };
+            say!(
+                "  {verdict:<6} {:<28} {:>6.1}s  convergence [{conv}]  failover {:?}  writes lost {}  interruptions {}",
+                r.scenario,
+                r.duration_s,
+                r.figures.failover_s,
+                r.figures.writes_lost,
+                r.figures.interruptions
+            );
+        }
+        if options.self_check {
+            say!(
+                "self-check {}: the broken agent was {}",
+                if ok { "passed" } else { "FAILED" },
+                if ok {
+                    "caught by workloads_keep_running in every scenario"
+                } else {
+                    "NOT caught: the checks cannot be trusted"
+                }
+            );
+        }
+    }
+    Ok(ok)
+}
+
+/// Sets `cancel` on SIGINT, SIGTERM or SIGHUP (a thread with its own runtime), so a run
+/// stops at its next check and tears its fleet down.
+fn watch_signals(cancel: Arc<AtomicBool>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    let mut signals = runtime.block_on(async { Signals::new() })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                loop {
+                    let which = signals.next().await;
+                    tracing::warn!("{which}: stopping after the current step, tearing down");
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            });
+        })
+        .context("start the signal thread")?;
+    Ok(())
 }
 
 /// What an operator needs to use the fleet.

@@ -127,6 +127,7 @@ fn options(warren: PathBuf, dir: &Path) -> FleetOptions {
         registry: dir.join("registry"),
         ready_timeout: Duration::from_secs(60),
         cancel: Arc::new(AtomicBool::new(false)),
+        agent_env: Vec::new(),
     }
 }
 

@@ -1,0 +1,669 @@
+//! Scenario files: a fleet, setup commands and a sequence of steps, in YAML.
+//!
+//! ```yaml
+//! name: site-partition
+//! about: A whole site is cut off from the centre; its workloads keep running.
+//! fleet: {control: 1, sites: {a: 1, b: 2}}
+//! converge_within_s: 40
+//! steps:
+//!   - cli: service create web --command "sleep 100000" --replicas 3
+//!   - converge: {}
+//!   - fault: {cut_site: {site: b}}
+//!   - wait: 20
+//!   - cli: service scale web 4
+//!   - heal_all: {}
+//!   - converge: {}
+//! ```
+//!
+//! Parsing is pure and checks everything that can be checked without a fleet: node and site
+//! names, that heals name a fault applied earlier, that numbers are in range. What the steps
+//! do is [`crate::runner`]'s business; what is checked afterwards is [`crate::check`]'s.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::fault::Fault;
+use crate::fleet::{CONTROL_SITE, FleetSpec, SiteSpec};
+
+/// Largest scenario file read.
+const MAX_SCENARIO_BYTES: u64 = 256 * 1024;
+
+/// Default bound on convergence after a heal.
+pub const DEFAULT_CONVERGE_WITHIN_S: f64 = 60.0;
+
+/// One scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name (the report's title).
+    pub name: String,
+    /// What it rehearses, for people.
+    #[serde(default)]
+    pub about: String,
+    pub fleet: FleetShape,
+    /// How long a `converge` step may take unless it says otherwise, in seconds.
+    #[serde(default = "default_converge")]
+    pub converge_within_s: f64,
+    pub steps: Vec<Step>,
+}
+
+fn default_converge() -> f64 {
+    DEFAULT_CONVERGE_WITHIN_S
+}
+
+/// Control nodes and sites with their agent counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetShape {
+    #[serde(default = "one")]
+    pub control: usize,
+    /// Site name → number of agents.
+    pub sites: BTreeMap<String, usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl FleetShape {
+    /// The harness's fleet spec.
+    pub fn spec(&self) -> FleetSpec {
+        FleetSpec {
+            control: self.control,
+            sites: self
+                .sites
+                .iter()
+                .map(|(name, agents)| SiteSpec {
+                    name: name.clone(),
+                    agents: *agents,
+                })
+                .collect(),
+        }
+    }
+
+    /// Every node name this fleet will have, with its site.
+    pub fn node_names(&self) -> Vec<(String, String)> {
+        let mut names: Vec<(String, String)> = (1..=self.control)
+            .map(|i| (format!("c{i}"), CONTROL_SITE.to_owned()))
+            .collect();
+        for (site, agents) in &self.sites {
+            names.extend((1..=*agents).map(|i| (format!("{site}-{i}"), site.clone())));
+        }
+        names
+    }
+}
+
+/// One step. Written as a one-key map: `- wait: 5`, `- fault: {isolate: {node: a-1}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Apply a fault; it stays until a `heal` or `heal_all`.
+    Fault(Fault),
+    /// Heal one fault applied earlier (written exactly as it was applied).
+    Heal(Fault),
+    /// Heal every fault still in place, the latest first.
+    HealAll {},
+    /// Sleep this many seconds (the fleet keeps running; the observer keeps watching).
+    Wait(f64),
+    /// A `warren` command from the operator's seat.
+    Cli(CliStep),
+    /// SIGKILL one workload process of `service` on `node` (its restart policy brings it back).
+    KillWorkload { node: String, service: String },
+    /// Power-cycle an agent: SIGKILL its `warren` and every workload in its namespace, then
+    /// start the agent again from its data dir. Faults in place stay in place.
+    Reboot { node: String },
+    /// SIGKILL a node's `warren` and start it again right away.
+    Restart { node: String },
+    /// SIGKILL whichever control node leads now; healed (restarted) by `heal_all`.
+    KillLeader {},
+    /// Apply and heal `fault` `times` times: `down_s` applied, `up_s` healed.
+    Flap {
+        fault: Fault,
+        times: u32,
+        down_s: f64,
+        up_s: f64,
+    },
+    /// Wait until the fleet runs exactly what control wants (see [`crate::runner`]); fails
+    /// the `converges` invariant when it takes longer than `within_s`.
+    Converge {
+        #[serde(default)]
+        within_s: Option<f64>,
+    },
+    /// Run `steps` `times` times.
+    Repeat { times: u32, steps: Vec<Step> },
+}
+
+/// A CLI step: `- cli: service scale web 3` or the long form with expectations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CliStep {
+    Short(String),
+    Long(CliSpec),
+}
+
+/// A CLI step with its expectations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliSpec {
+    /// The command after `warren --config …`, shell-quoted.
+    pub run: String,
+    /// Send it to this control node only (default: every control node's API, in order).
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Whether it must succeed (default) or fail.
+    #[serde(default)]
+    pub expect: Expect,
+    /// A failure must come within this many seconds (fail fast, e.g. "no quorum").
+    #[serde(default)]
+    pub fail_within_s: Option<f64>,
+    /// A failure's message must contain this.
+    #[serde(default)]
+    pub error_contains: Option<String>,
+    /// Retry a failing command for up to this long (e.g. a write during an election, or a
+    /// read until its output shows what `output_contains` wants).
+    #[serde(default)]
+    pub retry_for_s: Option<f64>,
+    /// A success must print this (e.g. a read on a node that had to catch up).
+    #[serde(default)]
+    pub output_contains: Option<String>,
+}
+
+/// What a CLI step must do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    #[default]
+    Ok,
+    Fail,
+}
+
+impl CliStep {
+    /// The long form of either.
+    pub fn spec(&self) -> CliSpec {
+        match self {
+            CliStep::Short(run) => CliSpec {
+                run: run.clone(),
+                api: None,
+                expect: Expect::Ok,
+                fail_within_s: None,
+                error_contains: None,
+                retry_for_s: None,
+                output_contains: None,
+            },
+            CliStep::Long(spec) => spec.clone(),
+        }
+    }
+}
+
+impl CliSpec {
+    /// The command's words; `{round}` becomes the round number inside a `repeat` (1 outside).
+    ///
+    /// # Errors
+    /// Unbalanced quotes, or an empty command.
+    pub fn words(&self, round: u32) -> Result<Vec<String>> {
+        let words = shell_words::split(&self.run.replace("{round}", &round.to_string()))
+            .map_err(|e| anyhow!("cli {:?}: {e}", self.run))?;
+        if words.is_empty() {
+            bail!("cli: empty command");
+        }
+        if words.iter().any(|w| w == "--config" || w == "--api") {
+            bail!(
+                "cli {:?}: the harness chooses --config and --api (use `api:` for one control node)",
+                self.run
+            );
+        }
+        Ok(words)
+    }
+}
+
+/// What a write did, as far as the invariant checks care.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Write {
+    /// `service create NAME … [--replicas N | --global]` (`replicas` is `None` for global
+    /// services; a replicated service without `--replicas` has 1).
+    Create {
+        service: String,
+        replicas: Option<u32>,
+    },
+    /// `service scale NAME N`
+    Scale { service: String, replicas: u32 },
+    /// `service update NAME …` (any spec change)
+    Update { service: String },
+    /// `service rm NAME`
+    Remove { service: String },
+    /// `node rm NAME`
+    RemoveNode { node: String },
+}
+
+impl Write {
+    /// The write a CLI command makes, if it is one the checks follow.
+    pub fn of(words: &[String]) -> Option<Write> {
+        let positional: Vec<&str> = positionals(words);
+        match positional.as_slice() {
+            ["service", "create", name, ..] => Some(Write::Create {
+                service: (*name).to_owned(),
+                replicas: if words.iter().any(|w| w == "--global") {
+                    None
+                } else {
+                    Some(
+                        flag_value(words, "--replicas")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(1),
+                    )
+                },
+            }),
+            ["service", "scale", name, count, ..] => {
+                count.parse().ok().map(|replicas| Write::Scale {
+                    service: (*name).to_owned(),
+                    replicas,
+                })
+            }
+            ["service", "update", name, ..] => Some(Write::Update {
+                service: (*name).to_owned(),
+            }),
+            ["service", "rm" | "remove", name, ..] => Some(Write::Remove {
+                service: (*name).to_owned(),
+            }),
+            ["node", "rm" | "remove", name, ..] => Some(Write::RemoveNode {
+                node: (*name).to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The service it touches, if any.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Write::Create { service, .. }
+            | Write::Scale { service, .. }
+            | Write::Update { service }
+            | Write::Remove { service } => Some(service),
+            Write::RemoveNode { .. } => None,
+        }
+    }
+}
+
+/// Flags of the service and node commands that take a value (so their values are not
+/// mistaken for positional arguments).
+const VALUE_FLAGS: &[&str] = &[
+    "--command",
+    "--image",
+    "--replicas",
+    "--site",
+    "--constraint",
+    "--env",
+    "--env-rm",
+    "--secret",
+    "--port",
+    "--health-http",
+    "--health-tcp",
+    "--health-exec",
+    "--restart",
+    "--on-disconnect",
+    "--update-parallelism",
+    "--update-delay",
+    "--label",
+    "--label-rm",
+    "--output",
+    "-o",
+    "--timeout-ms",
+    "--file",
+    "-f",
+];
+
+fn positionals(words: &[String]) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for word in words {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if word.starts_with('-') {
+            skip = VALUE_FLAGS.contains(&word.as_str());
+            continue;
+        }
+        out.push(word.as_str());
+    }
+    out
+}
+
+fn flag_value<'a>(words: &'a [String], flag: &str) -> Option<&'a str> {
+    let prefix = format!("{flag}=");
+    words.iter().enumerate().find_map(|(i, w)| {
+        if w == flag {
+            words.get(i + 1).map(String::as_str)
+        } else {
+            w.strip_prefix(&prefix)
+        }
+    })
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    ///
+    /// # Errors
+    /// Unreadable, too large, not YAML of this shape, or inconsistent (names the problem).
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
+        if meta.len() > MAX_SCENARIO_BYTES {
+            bail!(
+                "{}: {} bytes, larger than any scenario ({MAX_SCENARIO_BYTES})",
+                path.display(),
+                meta.len()
+            );
+        }
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        Scenario::parse(&text).with_context(|| format!("scenario {}", path.display()))
+    }
+
+    /// Parses and checks scenario text.
+    ///
+    /// # Errors
+    /// As [`Scenario::load`].
+    pub fn parse(text: &str) -> Result<Scenario> {
+        // Through a JSON value: serde_norway wants `!tags` for enums, and a one-key map
+        // (`- wait: 5`) reads better in a scenario.
+        let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        let scenario: Scenario = serde_json::from_value(value).map_err(|e| anyhow!("{e}"))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty() {
+            bail!("name: empty");
+        }
+        self.fleet.spec().validate()?;
+        if !(self.converge_within_s.is_finite() && self.converge_within_s > 0.0)
+            || self.converge_within_s.is_nan()
+        {
+            bail!("converge_within_s: must be positive");
+        }
+        let names = self.fleet.node_names();
+        let mut active: Vec<Fault> = Vec::new();
+        check_steps(&self.steps, &names, &mut active, "steps")
+    }
+}
+
+fn check_steps(
+    steps: &[Step],
+    names: &[(String, String)],
+    active: &mut Vec<Fault>,
+    at: &str,
+) -> Result<()> {
+    for (index, step) in steps.iter().enumerate() {
+        let at = format!("{at}[{index}]");
+        check_step(step, names, active).with_context(|| at.clone())?;
+    }
+    Ok(())
+}
+
+fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) -> Result<()> {
+    let node = |name: &str| -> Result<()> {
+        if names.iter().any(|(n, _)| n == name) {
+            Ok(())
+        } else {
+            bail!("no node {name} in this fleet")
+        }
+    };
+    let agent = |name: &str| -> Result<()> {
+        node(name)?;
+        if names
+            .iter()
+            .any(|(n, site)| n == name && site == CONTROL_SITE)
+        {
+            bail!("{name} is a control node; this step needs an agent");
+        }
+        Ok(())
+    };
+    let seconds = |what: &str, s: f64| -> Result<()> {
+        if !(s.is_finite() && (0.0..=3600.0).contains(&s)) {
+            bail!("{what}: {s} is not between 0 and 3600 seconds");
+        }
+        Ok(())
+    };
+    match step {
+        Step::Fault(fault) => {
+            if active.contains(fault) {
+                bail!("fault `{fault}` is already in place");
+            }
+            active.push(fault.clone());
+        }
+        Step::Heal(fault) => {
+            let Some(at) = active.iter().position(|f| f == fault) else {
+                bail!("heal `{fault}`: no such fault is in place");
+            };
+            active.remove(at);
+        }
+        Step::HealAll {} => active.clear(),
+        Step::Wait(s) => seconds("wait", *s)?,
+        Step::Cli(cli) => {
+            let spec = cli.spec();
+            spec.words(1)?;
+            if let Some(api) = &spec.api {
+                node(api)?;
+                if !names.iter().any(|(n, s)| n == api && s == CONTROL_SITE) {
+                    bail!("cli api: {api} is not a control node");
+                }
+            }
+            if let Some(s) = spec.fail_within_s {
+                seconds("fail_within_s", s)?;
+            }
+            if let Some(s) = spec.retry_for_s {
+                seconds("retry_for_s", s)?;
+                if spec.expect == Expect::Fail {
+                    bail!("retry_for_s with expect: fail makes no sense");
+                }
+            }
+        }
+        Step::KillWorkload { node: name, .. } | Step::Reboot { node: name } => agent(name)?,
+        Step::Restart { node: name } => node(name)?,
+        Step::KillLeader {} => {}
+        Step::Flap {
+            fault,
+            times,
+            down_s,
+            up_s,
+        } => {
+            if *times == 0 {
+                bail!("flap: times must be at least 1");
+            }
+            seconds("flap down_s", *down_s)?;
+            seconds("flap up_s", *up_s)?;
+            if active.contains(fault) {
+                bail!("flap: fault `{fault}` is already in place");
+            }
+        }
+        Step::Converge { within_s } => {
+            if let Some(s) = within_s {
+                seconds("converge within_s", *s)?;
+            }
+        }
+        Step::Repeat { times, steps } => {
+            if *times == 0 {
+                bail!("repeat: times must be at least 1");
+            }
+            // Each round must leave the faults as it found them, or the next round's
+            // applies would collide.
+            let before = active.clone();
+            check_steps(steps, names, active, "repeat")?;
+            if *active != before {
+                bail!("repeat: each round must heal the faults it applies");
+            }
+        }
+    }
+    if let Step::Fault(fault) | Step::Heal(fault) | Step::Flap { fault, .. } = step {
+        for name in fault_names(fault) {
+            if !names.iter().any(|(n, s)| *n == name || *s == name) {
+                bail!("fault `{fault}`: no node or site {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The node and site names a fault refers to.
+fn fault_names(fault: &Fault) -> Vec<String> {
+    match serde_json::to_value(fault) {
+        Ok(value) => {
+            let mut out = Vec::new();
+            collect_strings(&value, &mut out);
+            out
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+fn collect_strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SITE_PARTITION: &str = r#"
+name: site-partition
+fleet: {control: 1, sites: {a: 1, b: 2}}
+converge_within_s: 30
+steps:
+  - cli: service create web --command "sleep 100000" --replicas 3
+  - converge: {}
+  - fault: {cut_site: {site: b}}
+  - wait: 2.5
+  - cli: {run: service scale web 4, retry_for_s: 10}
+  - kill_workload: {node: b-1, service: web}
+  - heal: {cut_site: {site: b}}
+  - converge: {within_s: 20}
+  - repeat:
+      times: 2
+      steps:
+        - kill_leader: {}
+        - heal_all: {}
+"#;
+
+    #[test]
+    fn a_scenario_parses() {
+        let scenario = Scenario::parse(SITE_PARTITION).expect("valid");
+        assert_eq!(scenario.name, "site-partition");
+        assert_eq!(scenario.fleet.spec().sites.len(), 2);
+        assert_eq!(scenario.steps.len(), 9);
+        assert_eq!(
+            scenario.steps[2],
+            Step::Fault(Fault::CutSite { site: "b".into() })
+        );
+        assert_eq!(scenario.steps[3], Step::Wait(2.5));
+        let Step::Cli(cli) = &scenario.steps[4] else {
+            panic!("cli step expected")
+        };
+        assert_eq!(cli.spec().retry_for_s, Some(10.0));
+        assert_eq!(
+            scenario.fleet.node_names()[1],
+            ("a-1".to_owned(), "a".to_owned())
+        );
+    }
+
+    #[test]
+    fn inconsistent_scenarios_are_refused_with_the_reason() {
+        let refused = |text: &str, needle: &str| {
+            let error = format!("{:#}", Scenario::parse(text).expect_err(text));
+            assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+        };
+        let head = "name: x\nfleet: {control: 1, sites: {a: 1}}\nsteps:\n";
+        refused(
+            &format!("{head}  - heal: {{isolate: {{node: a-1}}}}\n"),
+            "no such fault is in place",
+        );
+        refused(
+            &format!("{head}  - fault: {{isolate: {{node: z-9}}}}\n"),
+            "no node or site z-9",
+        );
+        refused(
+            &format!(
+                "{head}  - fault: {{isolate: {{node: a-1}}}}\n  - fault: {{isolate: {{node: a-1}}}}\n"
+            ),
+            "already in place",
+        );
+        refused(
+            &format!("{head}  - kill_workload: {{node: c1, service: web}}\n"),
+            "control node",
+        );
+        refused(&format!("{head}  - wait: -1\n"), "between 0 and 3600");
+        refused(&format!("{head}  - sleep: 1\n"), "unknown variant");
+        refused(&format!("{head}  - cli: \"service ls --api x\"\n"), "--api");
+        refused(&format!("{head}  - cli: \"a 'b\"\n"), "cli");
+        refused(
+            &format!(
+                "{head}  - repeat: {{times: 2, steps: [{{fault: {{isolate: {{node: a-1}}}}}}]}}\n"
+            ),
+            "must heal",
+        );
+        refused(
+            "name: x\nfleet: {control: 0, sites: {a: 1}}\nsteps: []\n",
+            "at least one control node",
+        );
+        refused(
+            "name: x\nfleet: {control: 1, sites: {a: 1}}\nsteps: []\nextra: 1\n",
+            "unknown field",
+        );
+    }
+
+    #[test]
+    fn writes_are_recognised_from_cli_words() {
+        let write = |text: &str| {
+            let words = shell_words::split(text).expect("words");
+            Write::of(&words)
+        };
+        assert_eq!(
+            write("service create web --command 'sleep 100' --replicas 3"),
+            Some(Write::Create {
+                service: "web".into(),
+                replicas: Some(3)
+            })
+        );
+        assert_eq!(
+            write("service create edge --command x --global"),
+            Some(Write::Create {
+                service: "edge".into(),
+                replicas: None
+            })
+        );
+        assert_eq!(
+            write("service create --replicas=2 web --command x"),
+            Some(Write::Create {
+                service: "web".into(),
+                replicas: Some(2)
+            })
+        );
+        assert_eq!(
+            write("service scale web 4"),
+            Some(Write::Scale {
+                service: "web".into(),
+                replicas: 4
+            })
+        );
+        assert_eq!(
+            write("service rm web"),
+            Some(Write::Remove {
+                service: "web".into()
+            })
+        );
+        assert_eq!(
+            write("node rm a-1 --force"),
+            Some(Write::RemoveNode { node: "a-1".into() })
+        );
+        assert_eq!(write("service ls -o json"), None);
+        assert_eq!(write("cluster status"), None);
+    }
+}
