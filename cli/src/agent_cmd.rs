@@ -3,6 +3,9 @@
 //!
 //! Once running, an agent prints one stable line on stdout that scripts wait for:
 //! `warren agent node <id> running`.
+//!
+//! `WARREN_SELFCHECK_STOP_ON_DISCONNECT=1` (test only, for the chaos harness's self-check) makes
+//! `join` and `run` start an agent that stops its workloads when its link to control is lost.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -155,11 +158,29 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
 /// Default agent metrics address (DESIGN.md §6).
 const DEFAULT_AGENT_METRICS: &str = "0.0.0.0:9091";
 
+/// The test-only knob that makes agents break their promise on purpose (the chaos harness's
+/// self-check): see `AgentOptions::selfcheck_stop_on_disconnect`.
+const SELFCHECK_STOP_ON_DISCONNECT: &str = "WARREN_SELFCHECK_STOP_ON_DISCONNECT";
+
 fn options(metrics: &str) -> Result<AgentOptions> {
+    let selfcheck = std::env::var_os(SELFCHECK_STOP_ON_DISCONNECT);
     Ok(AgentOptions {
         metrics_listen: crate::control_cmd::parse_metrics(metrics)?,
+        selfcheck_stop_on_disconnect: parse_selfcheck(selfcheck.as_deref())?,
         ..AgentOptions::default()
     })
+}
+
+/// Reads the self-check knob's value: unset, empty or `0` is off, `1` is on. Anything else is
+/// an error rather than a guess, so that a typo cannot silently leave a self-check run
+/// proving nothing.
+fn parse_selfcheck(value: Option<&std::ffi::OsStr>) -> Result<bool> {
+    match value.map(|v| v.to_str()) {
+        None | Some(Some("" | "0")) => Ok(false),
+        Some(Some("1")) => Ok(true),
+        Some(Some(text)) => bail!("{SELFCHECK_STOP_ON_DISCONNECT}: expected 1 or 0, got {text:?}"),
+        Some(None) => bail!("{SELFCHECK_STOP_ON_DISCONNECT}: expected 1 or 0, got non-UTF-8 bytes"),
+    }
 }
 
 /// Runs `prepare` (which yields the data dir), then the agent until a signal.
@@ -288,5 +309,19 @@ mod tests {
         assert_eq!(parsed.get("empty").map(String::as_str), Some(""));
         assert!(parse_labels(&["novalue".into()]).is_err());
         assert!(parse_labels(&["=v".into()]).is_err());
+    }
+
+    #[test]
+    fn selfcheck_knob_parses() {
+        fn check(value: Option<&str>, expected: Option<bool>) {
+            let parsed = parse_selfcheck(value.map(std::ffi::OsStr::new));
+            assert_eq!(parsed.ok(), expected, "{value:?}");
+        }
+        check(None, Some(false));
+        check(Some(""), Some(false));
+        check(Some("0"), Some(false));
+        check(Some("1"), Some(true));
+        check(Some("true"), None);
+        check(Some("yes"), None);
     }
 }

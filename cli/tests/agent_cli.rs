@@ -10,6 +10,32 @@ use common::{
     wait_until,
 };
 
+/// `agent join` and `agent run` read the test-only self-check knob: a value other than 1 or 0
+/// is refused before anything is written, so a typo cannot leave a self-check run toothless.
+#[test]
+fn agent_commands_refuse_a_garbled_selfcheck_knob() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let join = ["join", "--control", "127.0.0.1:1", "--token", "unused"];
+    for args in [&["run"][..], &join[..]] {
+        let refused = command()
+            .arg("agent")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .env("WARREN_SELFCHECK_STOP_ON_DISCONNECT", "yes")
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "{args:?}: {refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("WARREN_SELFCHECK_STOP_ON_DISCONNECT: expected 1 or 0"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!agent_dir.exists());
+    }
+}
+
 /// An operator joins an edge box: `agent join` prints its ready line and runs a service's
 /// process; SIGTERM stops the agent but not the process; `agent status` works offline;
 /// `agent run` adopts the same process; `node rm` makes the agent stop it and exit non-zero.

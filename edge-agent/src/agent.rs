@@ -9,7 +9,9 @@
 //! `status.json`, which `warren agent status` reads, offline too.
 //!
 //! Must never: stop a workload because the link is down, or because the agent itself stops
-//! (SIGTERM leaves workloads running; the next agent adopts them).
+//! (SIGTERM leaves workloads running; the next agent adopts them). The one exception is the
+//! test-only [`AgentOptions::selfcheck_stop_on_disconnect`], which breaks the first rule on
+//! purpose so that the chaos harness can prove its checks notice.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -97,6 +99,12 @@ pub struct AgentOptions {
     pub endpoint: EndpointOptions,
     /// Plain-HTTP `/metrics`, `/health` and `/ready`; `None` = not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Test only; breaks the agent's promise on purpose. Once the link to control has been
+    /// up and is then lost, the agent stops every workload and starts none until the link is
+    /// back (the normal reconcile then starts them again). The chaos harness's self-check sets
+    /// it (`cli` reads `WARREN_SELFCHECK_STOP_ON_DISCONNECT=1`) to prove that its invariant
+    /// checks can fail. Never in production.
+    pub selfcheck_stop_on_disconnect: bool,
 }
 
 /// How [`Agent::serve`] ended.
@@ -523,6 +531,11 @@ impl Agent {
             }
             None => None,
         };
+        if self.options.selfcheck_stop_on_disconnect {
+            warn!(
+                "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT is set: this agent stops its workloads when the link to control is lost — never use this in production"
+            );
+        }
         let mut reconciler =
             Reconciler::new(&self, cancel.child_token(), reporter, metrics, metrics_addr);
         reconciler.adopt_recorded().await;
@@ -617,6 +630,8 @@ struct Reconciler {
     reported: BTreeMap<ReplicaId, ReplicaStatus>,
     /// What `status.json` last held (without its timestamps), and when it was written.
     written: Option<(AgentStatus, tokio::time::Instant)>,
+    /// [`AgentOptions::selfcheck_stop_on_disconnect`].
+    selfcheck_stop_on_disconnect: bool,
 }
 
 impl Reconciler {
@@ -653,6 +668,7 @@ impl Reconciler {
             metrics_addr,
             reported: BTreeMap::new(),
             written: None,
+            selfcheck_stop_on_disconnect: agent.options.selfcheck_stop_on_disconnect,
         }
     }
 
@@ -700,6 +716,11 @@ impl Reconciler {
         self.link = link;
         self.metrics.reconcile_passes_total.inc();
         let observed = self.observe().await;
+        if self.selfcheck_stop_on_disconnect && self.link.connects > 0 && !self.link.connected {
+            self.stop_while_link_lost().await;
+            self.write_status(view, false);
+            return None;
+        }
         let Some(view) = view else {
             // Never had a view: keep whatever was adopted, decide nothing.
             self.write_status(None, false);
@@ -751,6 +772,37 @@ impl Reconciler {
             return Some(plan.next_wakeup_ms.map_or(soon, |at| at.min(soon)));
         }
         plan.next_wakeup_ms
+    }
+
+    /// The self-check knob ([`AgentOptions::selfcheck_stop_on_disconnect`]) with the link
+    /// lost: stops every workload and plans nothing, so none starts again until the link is
+    /// back. Deliberately the opposite of what the agent promises.
+    async fn stop_while_link_lost(&mut self) {
+        self.health_monitor.sync(Vec::new());
+        self.health.clear();
+        if self.handles.is_empty() {
+            return;
+        }
+        warn!(
+            n_workloads = self.handles.len(),
+            "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT fired: the link to control is lost, stopping every workload"
+        );
+        let now = now_ms();
+        let mut events = Vec::new();
+        for (replica, workload_hash) in self.stop_every_workload().await {
+            self.states.insert(replica.clone(), TaskState::Stopped);
+            events.push(self.book.record_stopped(
+                &replica,
+                workload_hash,
+                planner::StopReason::SelfCheckLinkLost,
+                now,
+            ));
+        }
+        self.record_events(events);
+        if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
+            warn!(error = %error, "cannot store the restart history");
+        }
+        self.flush().await;
     }
 
     fn record_events(&self, events: Vec<Event>) {
@@ -933,6 +985,27 @@ impl Reconciler {
         )
     }
 
+    /// Stops every held workload, each with its service's stop grace period; returns the
+    /// replicas stopped, with their workload hashes.
+    async fn stop_every_workload(&mut self) -> Vec<(ReplicaId, u64)> {
+        let held: Vec<(ReplicaId, u64)> = self
+            .handles
+            .iter()
+            .map(|(replica, handle)| (replica.clone(), handle.record().workload_hash))
+            .collect();
+        let mut stopped = Vec::with_capacity(held.len());
+        for (replica, workload_hash) in held {
+            let grace_ms = self
+                .book
+                .get(&replica)
+                .map_or(DEFAULT_STOP_GRACE_PERIOD_MS, |r| r.stop_grace_period_ms);
+            if self.stop(&replica, Duration::from_millis(grace_ms)).await {
+                stopped.push((replica, workload_hash));
+            }
+        }
+        stopped
+    }
+
     /// Stops the replica's workload and forgets it; returns whether it is stopped.
     async fn stop(&mut self, replica: &ReplicaId, grace: Duration) -> bool {
         if let Some(handle) = self.handles.get(replica) {
@@ -993,14 +1066,7 @@ impl Reconciler {
     async fn teardown(&mut self) {
         self.health_monitor.shutdown().await;
         self.health.clear();
-        let replicas: Vec<ReplicaId> = self.handles.keys().cloned().collect();
-        for replica in &replicas {
-            let grace = self
-                .book
-                .get(replica)
-                .map_or(DEFAULT_STOP_GRACE_PERIOD_MS, |r| r.stop_grace_period_ms);
-            self.stop(replica, Duration::from_millis(grace)).await;
-        }
+        self.stop_every_workload().await;
         // Stopping removed the stopped replicas' secrets; this catches any left behind (a
         // workload that would not stop, one the agent lost track of).
         if let Err(error) = self.runtime.wipe_secrets().await {

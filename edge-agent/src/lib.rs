@@ -24,7 +24,8 @@
 //!
 //! Must never: stop a workload because the control plane is unreachable; restart a workload
 //! whose spec did not change; block the reconcile loop on the network; log or cache a secret's
-//! value in the clear.
+//! value in the clear. (The test-only `AgentOptions::selfcheck_stop_on_disconnect` breaks the
+//! first rule on purpose, for the chaos harness's self-check.)
 
 pub mod agent;
 pub mod cache;

@@ -297,6 +297,10 @@ pub enum StopReason {
     /// The replica's desired workload hash changed; the new workload starts once this one
     /// has stopped.
     Replaced,
+    /// The link to control was lost and the test-only self-check knob
+    /// (`AgentOptions::selfcheck_stop_on_disconnect`) is set. Never planned: the driver stops
+    /// for this reason itself.
+    SelfCheckLinkLost,
 }
 
 impl StopReason {
@@ -305,6 +309,7 @@ impl StopReason {
         match self {
             StopReason::Removed => "removed",
             StopReason::Replaced => "replaced",
+            StopReason::SelfCheckLinkLost => "self_check_link_lost",
         }
     }
 }
@@ -601,6 +606,9 @@ impl RestartBook {
         let message = match reason {
             StopReason::Removed => "stopped: no longer placed on this node",
             StopReason::Replaced => "stopped: replaced by a new workload",
+            StopReason::SelfCheckLinkLost => {
+                "stopped: the link to control is lost and the self-check knob is set"
+            }
         };
         replica_event(at_ms, replica, EventKind::Stopped, message.to_owned())
     }

@@ -18,6 +18,7 @@ pub fn command() -> Command {
         .env_remove("WARREN_CONFIG")
         .env_remove("WARREN_LOG")
         .env_remove("WARREN_TOKEN")
+        .env_remove("WARREN_SELFCHECK_STOP_ON_DISCONNECT")
         .env("HOME", "/nonexistent-warren-test-home");
     command
 }
