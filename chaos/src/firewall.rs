@@ -159,10 +159,13 @@ pub fn nft_script(block: &Block) -> String {
             format!("ip daddr {} drop", address_set(addrs)),
         ),
         // `accept` ends this table's chain only: another table's drop still applies.
-        Scope::RandomLoss { percent } => (
-            format!("iifname \"lo\" accept\n    numgen random mod 100 < {percent} drop"),
-            format!("oifname \"lo\" accept\n    numgen random mod 100 < {percent} drop"),
-        ),
+        Scope::RandomLoss { percent } => {
+            let drop = nft_random_drop(*percent);
+            (
+                format!("iifname \"lo\" accept\n    {drop}"),
+                format!("oifname \"lo\" accept\n    {drop}"),
+            )
+        }
     };
     // `create` fails when the table exists: a tag is in use once per namespace.
     format!(
@@ -172,6 +175,16 @@ pub fn nft_script(block: &Block) -> String {
          }}\n",
         table = nft_table(&block.tag),
     )
+}
+
+/// Drops `percent` of packets: nft refuses `mod 100 < 100` (the value must be below 100),
+/// so a total loss is a plain drop.
+fn nft_random_drop(percent: u8) -> String {
+    if percent >= 100 {
+        "drop".to_owned()
+    } else {
+        format!("numgen random mod 100 < {percent} drop")
+    }
 }
 
 /// The iptables invocations (argument lists) that create `block`.
@@ -372,6 +385,15 @@ mod tests {
             script.contains("oifname \"lo\" accept\n    numgen random mod 100 < 30 drop"),
             "{script}"
         );
+        let total = nft_script(&Block {
+            tag: "loss".into(),
+            drop: Scope::RandomLoss { percent: 100 },
+        });
+        assert!(
+            total.contains("iifname \"lo\" accept\n    drop\n"),
+            "{total}"
+        );
+        assert!(!total.contains("numgen"), "{total}");
     }
 
     #[test]
