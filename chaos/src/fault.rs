@@ -4,106 +4,339 @@
 //! |---|---|---|
 //! | `Isolate` | the node's namespace drops everything but loopback | rules removed |
 //! | `CutSite` | every node of the site drops traffic to and from every node outside it | rules removed |
+//! | `Partition` | every named node drops traffic to and from every named node it shares no group with | rules removed |
+//! | `OneWay` | `from`'s nodes drop what they send to `to`'s nodes; the reverse passes | rules removed |
+//! | `Loss` | the target's nodes drop a share of their non-loopback packets at random, both ways | rules removed |
 //! | `Kill` | SIGKILL of the node's `warren` (its workloads keep running) | `warren … run` from its data dir |
 //! | `Pause` | SIGSTOP | SIGCONT |
 //!
-//! The operator's seat (the bridge) is never named in a `CutSite` rule: the operator still
-//! reaches a cut-off site, as a real operator with out-of-band access would.
+//! Network faults are planned by pure functions over [`Member`]s (name, site, address) into
+//! one [`Block`] per node ([`Fault::blocks`]); applying installs them, healing removes them.
+//! Where a fault takes "a node or a site", [`resolve`] says which nodes that is.
+//!
+//! The operator's seat (the bridge) is never named in a rule: the operator still reaches a
+//! cut-off site, as a real operator with out-of-band access would.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
 use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
 
 use crate::firewall::{Block, Scope};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Node};
 
-/// Firewall tags (one rule set per tag and namespace).
+/// Firewall tags (one rule set per tag and namespace, so one fault of each kind per node).
 const ISOLATE_TAG: &str = "isolate";
 const CUT_TAG: &str = "cut";
+const PARTITION_TAG: &str = "partition";
+const ONE_WAY_TAG: &str = "oneway";
+const LOSS_TAG: &str = "loss";
 
-/// One fault.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One fault. In a scenario file it is written externally tagged, e.g.
+/// `fault: {cut_site: {site: b}}`, `fault: {partition: {groups: [[c1, c2], [c3]]}}`,
+/// `fault: {one_way: {from: a-1, to: central}}`, `fault: {loss: {target: b, percent: 30}}`.
+///
+/// `serde_norway` reads enums from YAML tags (`!cut_site`) unless told otherwise: the field
+/// that holds a `Fault` needs `#[serde(with = "serde_norway::with::singleton_map")]` for the
+/// map form above (JSON needs nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
-    Isolate { node: String },
-    CutSite { site: String },
-    Kill { node: String },
-    Pause { node: String },
+    Isolate {
+        node: String,
+    },
+    CutSite {
+        site: String,
+    },
+    Kill {
+        node: String,
+    },
+    Pause {
+        node: String,
+    },
+    /// Each entry of a group is a node or a site. A node named in two groups is a bridge: it
+    /// sees both sides. Nodes named in no group are untouched.
+    Partition {
+        groups: Vec<Vec<String>>,
+    },
+    /// `from` and `to` are nodes or sites.
+    OneWay {
+        from: String,
+        to: String,
+    },
+    /// `target` is a node or a site; `percent` is 1..=100.
+    Loss {
+        target: String,
+        percent: u8,
+    },
 }
 
+/// A node as fault planning sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub name: &'a str,
+    pub site: &'a str,
+    pub addr: Ipv4Addr,
+}
+
+impl<'a> Member<'a> {
+    pub fn of(node: &'a Node) -> Member<'a> {
+        Member {
+            name: &node.name,
+            site: &node.site,
+            addr: node.host.addr,
+        }
+    }
+}
+
+/// A block to install in one node's namespace.
+pub type NodeBlock = (String, Block);
+
 impl Fault {
-    /// Inflicts the fault.
+    /// Checks what can be checked without a fleet: a partition has two or more groups and no
+    /// empty one, a loss is 1-100 %.
     ///
     /// # Errors
-    /// When the node or site is unknown, the fault is already in place, or a tool fails.
+    /// Says what is wrong.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Fault::Partition { groups } => check_groups(groups),
+            Fault::Loss { percent, .. } if !(1..=100).contains(percent) => {
+                bail!("loss of {percent}%: use 1-100")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The block rules this fault installs, per node name, for a fleet of `members`; empty
+    /// for process faults (`Kill`, `Pause`).
+    ///
+    /// # Errors
+    /// When the fault is malformed ([`Fault::validate`]) or names an unknown node or site.
+    pub fn blocks(&self, members: &[Member<'_>]) -> Result<Vec<NodeBlock>> {
+        self.validate()?;
+        match self {
+            Fault::Isolate { node } => {
+                let index = node_index(members, node)?;
+                Ok(vec![(
+                    members[index].name.to_owned(),
+                    Block {
+                        tag: ISOLATE_TAG.into(),
+                        drop: Scope::All,
+                    },
+                )])
+            }
+            Fault::CutSite { site } => cut_site_blocks(members, site),
+            Fault::Partition { groups } => partition_blocks(members, groups),
+            Fault::OneWay { from, to } => one_way_blocks(members, from, to),
+            Fault::Loss { target, percent } => {
+                let block = Block {
+                    tag: LOSS_TAG.into(),
+                    drop: Scope::RandomLoss { percent: *percent },
+                };
+                Ok(resolve_indices(members, target)?
+                    .into_iter()
+                    .map(|index| (members[index].name.to_owned(), block.clone()))
+                    .collect())
+            }
+            Fault::Kill { .. } | Fault::Pause { .. } => Ok(Vec::new()),
+        }
+    }
+
+    /// Inflicts the fault. A network fault refused on one node (the same kind already in
+    /// place there) is undone on the nodes it reached first.
+    ///
+    /// # Errors
+    /// When the fault is malformed, the node or site is unknown, the fault is already in
+    /// place, or a tool fails.
     pub fn apply(&self, fleet: &mut Fleet) -> Result<()> {
         tracing::info!(fault = %self, "--- apply");
         match self {
-            Fault::Isolate { node } => fleet.block(
-                node,
-                &Block {
-                    tag: ISOLATE_TAG.into(),
-                    drop: Scope::All,
-                },
-            ),
-            Fault::CutSite { site } => {
-                let (inside, outside) = split_by_site(fleet, site)?;
-                let block = Block {
-                    tag: CUT_TAG.into(),
-                    drop: Scope::Peers(outside),
-                };
-                for name in &inside {
-                    fleet.block(name, &block)?;
-                }
-                Ok(())
-            }
             Fault::Kill { node } => fleet.kill(node),
             Fault::Pause { node } => fleet.signal(node, Signal::STOP),
+            _ => self
+                .blocks(&members(fleet))
+                .and_then(|plan| block_each(fleet, &plan)),
         }
         .with_context(|| format!("apply {self}"))
     }
 
-    /// Undoes the fault.
+    /// Undoes the fault. A network fault is removed from every node it names, even when one
+    /// of them fails.
     ///
     /// # Errors
-    /// When it is not in place or a tool fails.
+    /// When it is not in place or a tool fails (the first such error).
     pub fn heal(&self, fleet: &mut Fleet) -> Result<()> {
         tracing::info!(fault = %self, "--- heal");
         match self {
-            Fault::Isolate { node } => fleet.unblock(node, ISOLATE_TAG),
-            Fault::CutSite { site } => {
-                let (inside, _) = split_by_site(fleet, site)?;
-                for name in &inside {
-                    fleet.unblock(name, CUT_TAG)?;
-                }
-                Ok(())
-            }
             Fault::Kill { node } => fleet.restart(node),
             Fault::Pause { node } => fleet.signal(node, Signal::CONT),
+            _ => self
+                .blocks(&members(fleet))
+                .and_then(|plan| unblock_each(fleet, &plan)),
         }
         .with_context(|| format!("heal {self}"))
     }
 }
 
-/// Names of the site's nodes, and addresses of every other node.
-fn split_by_site(fleet: &Fleet, site: &str) -> Result<(Vec<String>, Vec<std::net::Ipv4Addr>)> {
-    let inside: Vec<String> = fleet
-        .nodes()
-        .iter()
-        .filter(|n| n.site == site)
-        .map(|n| n.name.clone())
+/// The nodes `name` stands for: the node of that name, else every node of that site.
+///
+/// # Errors
+/// When it is neither.
+pub fn resolve<'f>(fleet: &'f Fleet, name: &str) -> Result<Vec<&'f Node>> {
+    let indices = resolve_indices(&members(fleet), name)?;
+    Ok(indices.into_iter().map(|i| &fleet.nodes()[i]).collect())
+}
+
+fn members(fleet: &Fleet) -> Vec<Member<'_>> {
+    fleet.nodes().iter().map(Member::of).collect()
+}
+
+/// Indices into `members` of the node called `name`, else of the site's nodes.
+fn resolve_indices(members: &[Member<'_>], name: &str) -> Result<Vec<usize>> {
+    if let Some(index) = members.iter().position(|m| m.name == name) {
+        return Ok(vec![index]);
+    }
+    let site: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].site == name)
         .collect();
+    if site.is_empty() {
+        let nodes: Vec<&str> = members.iter().map(|m| m.name).collect();
+        let sites: BTreeSet<&str> = members.iter().map(|m| m.site).collect();
+        let sites: Vec<&str> = sites.into_iter().collect();
+        bail!(
+            "no node or site {name:?} in this fleet (nodes: {}; sites: {})",
+            nodes.join(" "),
+            sites.join(" ")
+        );
+    }
+    Ok(site)
+}
+
+fn node_index(members: &[Member<'_>], name: &str) -> Result<usize> {
+    members
+        .iter()
+        .position(|m| m.name == name)
+        .with_context(|| format!("no node {name} in this fleet"))
+}
+
+/// Every node of the site drops traffic with every node outside it.
+fn cut_site_blocks(members: &[Member<'_>], site: &str) -> Result<Vec<NodeBlock>> {
+    let (inside, outside): (Vec<&Member<'_>>, Vec<&Member<'_>>) =
+        members.iter().partition(|m| m.site == site);
     if inside.is_empty() {
         bail!("no node in site {site}");
     }
-    let outside = fleet
-        .nodes()
+    let block = Block {
+        tag: CUT_TAG.into(),
+        drop: Scope::Peers(outside.iter().map(|m| m.addr).collect()),
+    };
+    Ok(inside
         .iter()
-        .filter(|n| n.site != site)
-        .map(|n| n.host.addr)
-        .collect();
-    Ok((inside, outside))
+        .map(|m| (m.name.to_owned(), block.clone()))
+        .collect())
+}
+
+/// For every node named in some group (directly or through its site), a block of every other
+/// named node it shares no group with. Nodes that share a group with every named node (a
+/// bridge between all groups) get no block; nodes named nowhere get none and are named in
+/// none.
+///
+/// # Errors
+/// When a name is unknown, a group is empty, there are fewer than two groups, or the groups
+/// separate no two nodes (nothing to apply, so nothing a heal could check).
+pub fn partition_blocks(members: &[Member<'_>], groups: &[Vec<String>]) -> Result<Vec<NodeBlock>> {
+    check_groups(groups)?;
+    let mut group_sets: Vec<BTreeSet<usize>> = Vec::with_capacity(groups.len());
+    for group in groups {
+        let mut set = BTreeSet::new();
+        for name in group {
+            set.extend(resolve_indices(members, name)?);
+        }
+        group_sets.push(set);
+    }
+    let named: BTreeSet<usize> = group_sets.iter().flatten().copied().collect();
+    let share_a_group =
+        |a: usize, b: usize| group_sets.iter().any(|g| g.contains(&a) && g.contains(&b));
+    let mut plan = Vec::new();
+    for &node in &named {
+        let blocked: Vec<Ipv4Addr> = named
+            .iter()
+            .filter(|&&other| other != node && !share_a_group(node, other))
+            .map(|&other| members[other].addr)
+            .collect();
+        if !blocked.is_empty() {
+            let block = Block {
+                tag: PARTITION_TAG.into(),
+                drop: Scope::Peers(blocked),
+            };
+            plan.push((members[node].name.to_owned(), block));
+        }
+    }
+    if plan.is_empty() {
+        bail!("partition: every named node shares a group with every other; nothing to cut");
+    }
+    Ok(plan)
+}
+
+fn check_groups(groups: &[Vec<String>]) -> Result<()> {
+    if groups.len() < 2 {
+        bail!("partition: name two or more groups, not {}", groups.len());
+    }
+    if let Some(index) = groups.iter().position(Vec::is_empty) {
+        bail!("partition: group {} is empty", index + 1);
+    }
+    Ok(())
+}
+
+/// Each of `from`'s nodes drops its output to `to`'s nodes.
+fn one_way_blocks(members: &[Member<'_>], from: &str, to: &str) -> Result<Vec<NodeBlock>> {
+    let senders = resolve_indices(members, from)?;
+    let receivers = resolve_indices(members, to)?;
+    if let Some(&shared) = senders.iter().find(|i| receivers.contains(i)) {
+        bail!(
+            "one way {from} -> {to}: node {} is on both ends",
+            members[shared].name
+        );
+    }
+    let block = Block {
+        tag: ONE_WAY_TAG.into(),
+        drop: Scope::OutgoingTo(receivers.iter().map(|&i| members[i].addr).collect()),
+    };
+    Ok(senders
+        .iter()
+        .map(|&i| (members[i].name.to_owned(), block.clone()))
+        .collect())
+}
+
+/// Installs each block; on the first failure removes the ones already installed, so a
+/// refused fault leaves nothing behind.
+fn block_each(fleet: &Fleet, plan: &[NodeBlock]) -> Result<()> {
+    for (done, (name, block)) in plan.iter().enumerate() {
+        if let Err(error) = fleet.block(name, block) {
+            for (name, block) in &plan[..done] {
+                if let Err(undo) = fleet.unblock(name, &block.tag) {
+                    tracing::warn!(node = %name, error = %format!("{undo:#}"), "undo a block");
+                }
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Removes each block, going on past failures; returns the first.
+fn unblock_each(fleet: &Fleet, plan: &[NodeBlock]) -> Result<()> {
+    let mut first_error = None;
+    for (name, block) in plan {
+        if let Err(error) = fleet.unblock(name, &block.tag) {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 impl fmt::Display for Fault {
@@ -113,6 +346,320 @@ impl fmt::Display for Fault {
             Fault::CutSite { site } => write!(f, "cut site {site} off"),
             Fault::Kill { node } => write!(f, "kill node {node}"),
             Fault::Pause { node } => write!(f, "pause node {node}"),
+            Fault::Partition { groups } => {
+                let groups: Vec<String> = groups
+                    .iter()
+                    .map(|g| format!("[{}]", g.join(" ")))
+                    .collect();
+                write!(f, "partition {}", groups.join(" | "))
+            }
+            Fault::OneWay { from, to } => write!(f, "drop {from} -> {to} one way"),
+            Fault::Loss { target, percent } => write!(f, "{percent}% loss on {target}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Control nodes c1-c3 (.1-.3), site a with a-1 (.4), site b with b-1 and b-2 (.5, .6).
+    fn fleet() -> Vec<Member<'static>> {
+        [
+            ("c1", "central"),
+            ("c2", "central"),
+            ("c3", "central"),
+            ("a-1", "a"),
+            ("b-1", "b"),
+            ("b-2", "b"),
+        ]
+        .into_iter()
+        .zip(1..)
+        .map(|((name, site), host)| Member {
+            name,
+            site,
+            addr: Ipv4Addr::new(10, 77, 0, host),
+        })
+        .collect()
+    }
+
+    fn groups(text: &[&[&str]]) -> Vec<Vec<String>> {
+        text.iter()
+            .map(|g| g.iter().map(|n| (*n).to_owned()).collect())
+            .collect()
+    }
+
+    /// Which node blocks which hosts (last octet), for compact expectations.
+    fn summary(plan: &[NodeBlock]) -> Vec<(String, String, Vec<u8>)> {
+        plan.iter()
+            .map(|(name, block)| {
+                let addrs = match &block.drop {
+                    Scope::Peers(addrs) | Scope::OutgoingTo(addrs) => addrs.clone(),
+                    Scope::All | Scope::RandomLoss { .. } => Vec::new(),
+                };
+                (
+                    name.clone(),
+                    block.tag.clone(),
+                    addrs.iter().map(|a| a.octets()[3]).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn check_partition(text: &[&[&str]], expected: &[(&str, &[u8])]) {
+        let plan = partition_blocks(&fleet(), &groups(text)).expect("valid partition");
+        let expected: Vec<(String, String, Vec<u8>)> = expected
+            .iter()
+            .map(|(name, hosts)| ((*name).to_owned(), "partition".to_owned(), hosts.to_vec()))
+            .collect();
+        assert_eq!(summary(&plan), expected, "{text:?}");
+    }
+
+    #[test]
+    fn partition_splits_majority_from_minority() {
+        // c1 c2 + site a | c3 + site b.
+        check_partition(
+            &[&["c1", "c2", "a"], &["c3", "b"]],
+            &[
+                ("c1", &[3, 5, 6]),
+                ("c2", &[3, 5, 6]),
+                ("c3", &[1, 2, 4]),
+                ("a-1", &[3, 5, 6]),
+                ("b-1", &[1, 2, 4]),
+                ("b-2", &[1, 2, 4]),
+            ],
+        );
+    }
+
+    #[test]
+    fn partition_bridge_sees_both_sides_and_unnamed_nodes_are_untouched() {
+        // a-1 bridges the control plane and b-1; b-2 is named nowhere.
+        check_partition(
+            &[&["c1", "c2", "c3", "a-1"], &["a-1", "b-1"]],
+            &[
+                ("c1", &[5]),
+                ("c2", &[5]),
+                ("c3", &[5]),
+                ("b-1", &[1, 2, 3]),
+            ],
+        );
+    }
+
+    #[test]
+    fn partition_sites_expand_and_control_is_central() {
+        check_partition(
+            &[&["central"], &["b"]],
+            &[
+                ("c1", &[5, 6]),
+                ("c2", &[5, 6]),
+                ("c3", &[5, 6]),
+                ("b-1", &[1, 2, 3]),
+                ("b-2", &[1, 2, 3]),
+            ],
+        );
+    }
+
+    #[test]
+    fn partition_rejects_bad_shapes_and_unknown_names() {
+        let members = fleet();
+        let error = |text: &[&[&str]]| {
+            format!(
+                "{:#}",
+                partition_blocks(&members, &groups(text)).expect_err("invalid")
+            )
+        };
+        assert!(error(&[&["c1", "c2"]]).contains("two or more groups"));
+        assert!(error(&[&["c1"], &[]]).contains("group 2 is empty"));
+        let unknown = error(&[&["c1"], &["z-9"]]);
+        assert!(unknown.contains("no node or site \"z-9\""), "{unknown}");
+        assert!(unknown.contains("sites: a b central"), "{unknown}");
+        assert!(error(&[&["c1", "c2"], &["c1", "c2"]]).contains("nothing to cut"));
+    }
+
+    #[test]
+    fn one_way_drops_output_of_from_towards_to_only() {
+        let fault = Fault::OneWay {
+            from: "b".into(),
+            to: "c1".into(),
+        };
+        let plan = fault.blocks(&fleet()).expect("valid");
+        assert_eq!(
+            summary(&plan),
+            [
+                ("b-1".to_owned(), "oneway".to_owned(), vec![1]),
+                ("b-2".to_owned(), "oneway".to_owned(), vec![1]),
+            ]
+        );
+        assert!(matches!(plan[0].1.drop, Scope::OutgoingTo(_)));
+        let overlap = Fault::OneWay {
+            from: "b".into(),
+            to: "b-2".into(),
+        };
+        let error = format!("{:#}", overlap.blocks(&fleet()).expect_err("overlap"));
+        assert!(error.contains("node b-2 is on both ends"), "{error}");
+    }
+
+    #[test]
+    fn loss_covers_every_node_of_a_site_and_checks_the_percentage() {
+        let fault = Fault::Loss {
+            target: "b".into(),
+            percent: 30,
+        };
+        let plan = fault.blocks(&fleet()).expect("valid");
+        let nodes: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(nodes, ["b-1", "b-2"]);
+        assert_eq!(plan[0].1.drop, Scope::RandomLoss { percent: 30 });
+        for percent in [0, 101] {
+            let fault = Fault::Loss {
+                target: "b".into(),
+                percent,
+            };
+            assert!(fault.blocks(&fleet()).is_err(), "{percent}");
+        }
+    }
+
+    #[test]
+    fn isolate_and_cut_site_plans_are_unchanged() {
+        let isolate = Fault::Isolate { node: "a-1".into() };
+        assert_eq!(
+            isolate.blocks(&fleet()).expect("valid"),
+            [(
+                "a-1".to_owned(),
+                Block {
+                    tag: "isolate".into(),
+                    drop: Scope::All
+                }
+            )]
+        );
+        // Isolate takes a node, not a site.
+        assert!(
+            Fault::Isolate { node: "a".into() }
+                .blocks(&fleet())
+                .is_err()
+        );
+        let cut = Fault::CutSite { site: "b".into() };
+        assert_eq!(
+            summary(&cut.blocks(&fleet()).expect("valid")),
+            [
+                ("b-1".to_owned(), "cut".to_owned(), vec![1, 2, 3, 4]),
+                ("b-2".to_owned(), "cut".to_owned(), vec![1, 2, 3, 4]),
+            ]
+        );
+        assert!(
+            Fault::CutSite { site: "z".into() }
+                .blocks(&fleet())
+                .is_err()
+        );
+        assert!(
+            Fault::Kill { node: "c1".into() }
+                .blocks(&fleet())
+                .expect("valid")
+                .is_empty()
+        );
+    }
+
+    /// A scenario step as the runner will hold it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Step {
+        #[serde(with = "serde_norway::with::singleton_map")]
+        fault: Fault,
+    }
+
+    fn parse(text: &str) -> Result<Fault, serde_norway::Error> {
+        serde_norway::from_str::<Step>(text).map(|step| step.fault)
+    }
+
+    #[test]
+    fn faults_parse_from_scenario_yaml() {
+        let cases = [
+            (
+                "fault: {cut_site: {site: b}}",
+                Fault::CutSite { site: "b".into() },
+            ),
+            (
+                "fault: {partition: {groups: [[c1, c2], [c3]]}}",
+                Fault::Partition {
+                    groups: groups(&[&["c1", "c2"], &["c3"]]),
+                },
+            ),
+            (
+                "fault: {one_way: {from: a-1, to: central}}",
+                Fault::OneWay {
+                    from: "a-1".into(),
+                    to: "central".into(),
+                },
+            ),
+            (
+                "fault: {loss: {target: b, percent: 30}}",
+                Fault::Loss {
+                    target: "b".into(),
+                    percent: 30,
+                },
+            ),
+            (
+                "fault: {isolate: {node: a-1}}",
+                Fault::Isolate { node: "a-1".into() },
+            ),
+            (
+                "fault: {kill: {node: c1}}",
+                Fault::Kill { node: "c1".into() },
+            ),
+            (
+                "fault: {pause: {node: c2}}",
+                Fault::Pause { node: "c2".into() },
+            ),
+            (
+                "fault:\n  partition:\n    groups:\n      - [c1, c2, a]\n      - [c3, b]\n",
+                Fault::Partition {
+                    groups: groups(&[&["c1", "c2", "a"], &["c3", "b"]]),
+                },
+            ),
+        ];
+        for (text, fault) in cases {
+            assert_eq!(parse(text).expect(text), fault, "{text}");
+            // What the harness writes, it reads back.
+            let step = Step { fault };
+            let written = serde_norway::to_string(&step).expect("serialize");
+            assert_eq!(parse(&written).expect(&written), step.fault, "{written}");
+        }
+        for bad in [
+            "fault: {isolate: {node: a-1, extra: 1}}",
+            "fault: {cut: {site: b}}",
+            "fault: {loss: {target: b}}",
+            "fault: {loss: {target: b, percent: 300}}",
+            "fault: {kill: {node: c1}, pause: {node: c2}}",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn faults_display_for_logs_and_reports() {
+        let cases = [
+            (
+                Fault::Partition {
+                    groups: groups(&[&["c1", "c2"], &["c3"]]),
+                },
+                "partition [c1 c2] | [c3]",
+            ),
+            (
+                Fault::OneWay {
+                    from: "a-1".into(),
+                    to: "central".into(),
+                },
+                "drop a-1 -> central one way",
+            ),
+            (
+                Fault::Loss {
+                    target: "b".into(),
+                    percent: 30,
+                },
+                "30% loss on b",
+            ),
+            (Fault::CutSite { site: "b".into() }, "cut site b off"),
+        ];
+        for (fault, text) in cases {
+            assert_eq!(fault.to_string(), text);
         }
     }
 }

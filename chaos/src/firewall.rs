@@ -1,7 +1,8 @@
 //! Block rules inside one namespace, with nftables or iptables.
 //!
 //! A [`Block`] has a tag (one rule set per tag and namespace, so faults can overlap and heal
-//! independently) and says what it drops. The rule text is built by pure functions
+//! independently) and says what it drops: everything, traffic with some peers (both ways or
+//! outgoing only), or a random share of every packet. The rule text is built by pure functions
 //! ([`nft_script`], [`iptables_apply`], [`iptables_heal`]); [`Firewall::block`] and
 //! [`Firewall::unblock`] run it inside the namespace. Loopback always passes: a node cut off
 //! from the network still talks to itself (its workloads, its local socket).
@@ -24,13 +25,18 @@ pub enum Firewall {
     Iptables,
 }
 
-/// What a block drops, in both directions.
+/// What a block drops.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
-    /// Everything except loopback.
+    /// Everything except loopback, both ways.
     All,
     /// Traffic to and from these addresses.
     Peers(Vec<Ipv4Addr>),
+    /// Traffic to these addresses only: what they send still arrives (a one-way drop).
+    OutgoingTo(Vec<Ipv4Addr>),
+    /// `percent` of every packet except loopback, chosen at random, both ways
+    /// (1..=100; [`Firewall::block`] refuses anything else).
+    RandomLoss { percent: u8 },
 }
 
 /// One set of rules in one namespace.
@@ -64,9 +70,11 @@ impl Firewall {
     /// Installs `block` in `netns`.
     ///
     /// # Errors
-    /// When the tag is malformed or already in use there, or the tool fails.
+    /// When the tag is malformed or already in use there, a loss percentage is outside
+    /// 1..=100, or the tool fails.
     pub fn block(self, netns: &str, block: &Block) -> Result<()> {
         check_tag(&block.tag)?;
+        check_scope(&block.drop)?;
         match self {
             Firewall::Nft => run_nft(netns, &nft_script(block)),
             Firewall::Iptables => {
@@ -110,6 +118,15 @@ fn check_tag(tag: &str) -> Result<()> {
     Ok(())
 }
 
+fn check_scope(scope: &Scope) -> Result<()> {
+    match scope {
+        Scope::RandomLoss { percent } if !(1..=100).contains(percent) => {
+            bail!("loss of {percent}%: use 1-100")
+        }
+        _ => Ok(()),
+    }
+}
+
 fn nft_table(tag: &str) -> String {
     format!("wchaos_{tag}")
 }
@@ -136,6 +153,19 @@ pub fn nft_script(block: &Block) -> String {
             format!("ip saddr {} drop", address_set(addrs)),
             format!("ip daddr {} drop", address_set(addrs)),
         ),
+        Scope::OutgoingTo(addrs) if addrs.is_empty() => (String::new(), String::new()),
+        Scope::OutgoingTo(addrs) => (
+            String::new(),
+            format!("ip daddr {} drop", address_set(addrs)),
+        ),
+        // `accept` ends this table's chain only: another table's drop still applies.
+        Scope::RandomLoss { percent } => {
+            let drop = nft_random_drop(*percent);
+            (
+                format!("iifname \"lo\" accept\n    {drop}"),
+                format!("oifname \"lo\" accept\n    {drop}"),
+            )
+        }
     };
     // `create` fails when the table exists: a tag is in use once per namespace.
     format!(
@@ -145,6 +175,16 @@ pub fn nft_script(block: &Block) -> String {
          }}\n",
         table = nft_table(&block.tag),
     )
+}
+
+/// Drops `percent` of packets: nft refuses `mod 100 < 100` (the value must be below 100),
+/// so a total loss is a plain drop.
+fn nft_random_drop(percent: u8) -> String {
+    if percent >= 100 {
+        "drop".to_owned()
+    } else {
+        format!("numgen random mod 100 < {percent} drop")
+    }
 }
 
 /// The iptables invocations (argument lists) that create `block`.
@@ -165,11 +205,33 @@ pub fn iptables_apply(block: &Block) -> Vec<Vec<String>> {
                 commands.push(args(&["-A", &chain_out, "-d", &addr, "-j", "DROP"]));
             }
         }
+        Scope::OutgoingTo(addrs) => {
+            for addr in addrs {
+                let addr = addr.to_string();
+                commands.push(args(&["-A", &chain_out, "-d", &addr, "-j", "DROP"]));
+            }
+        }
+        Scope::RandomLoss { percent } => {
+            let probability = iptables_probability(*percent);
+            let random = ["-m", "statistic", "--mode", "random", "--probability"];
+            for (chain, interface) in [(&chain_in, "-i"), (&chain_out, "-o")] {
+                commands.push(args(&["-A", chain, interface, "lo", "-j", "RETURN"]));
+                let mut drop = args(&["-A", chain]);
+                drop.extend(args(&random));
+                drop.extend(args(&[&probability, "-j", "DROP"]));
+                commands.push(drop);
+            }
+        }
     }
     // Jumps last: the chains are complete before any packet reaches them.
     commands.push(args(&["-I", "INPUT", "1", "-j", &chain_in]));
     commands.push(args(&["-I", "OUTPUT", "1", "-j", &chain_out]));
     commands
+}
+
+/// `percent` as the probability `statistic` takes, in exact decimal (`30` → `0.30`).
+fn iptables_probability(percent: u8) -> String {
+    format!("{}.{:02}", percent / 100, percent % 100)
 }
 
 /// The iptables invocations that remove the block tagged `tag`.
@@ -297,6 +359,113 @@ mod tests {
         let heal = iptables_heal("cut");
         assert_eq!(heal[0], ["-D", "INPUT", "-j", "WCHAOS-CUT-IN"]);
         assert_eq!(heal[5], ["-X", "WCHAOS-CUT-OUT"]);
+    }
+
+    #[test]
+    fn nft_one_way_drops_output_only() {
+        let script = nft_script(&Block {
+            tag: "oneway".into(),
+            drop: Scope::OutgoingTo(vec![Ipv4Addr::new(10, 77, 0, 2)]),
+        });
+        assert!(script.contains("ip daddr { 10.77.0.2 } drop"), "{script}");
+        assert_eq!(script.matches("drop").count(), 1, "{script}");
+    }
+
+    #[test]
+    fn nft_loss_spares_loopback_and_drops_at_random_both_ways() {
+        let script = nft_script(&Block {
+            tag: "loss".into(),
+            drop: Scope::RandomLoss { percent: 30 },
+        });
+        assert!(
+            script.contains("iifname \"lo\" accept\n    numgen random mod 100 < 30 drop"),
+            "{script}"
+        );
+        assert!(
+            script.contains("oifname \"lo\" accept\n    numgen random mod 100 < 30 drop"),
+            "{script}"
+        );
+        let total = nft_script(&Block {
+            tag: "loss".into(),
+            drop: Scope::RandomLoss { percent: 100 },
+        });
+        assert!(
+            total.contains("iifname \"lo\" accept\n    drop\n"),
+            "{total}"
+        );
+        assert!(!total.contains("numgen"), "{total}");
+    }
+
+    #[test]
+    fn iptables_one_way_has_output_rules_only() {
+        let apply = iptables_apply(&Block {
+            tag: "oneway".into(),
+            drop: Scope::OutgoingTo(vec![
+                Ipv4Addr::new(10, 77, 0, 2),
+                Ipv4Addr::new(10, 77, 0, 4),
+            ]),
+        });
+        let appended: Vec<&Vec<String>> = apply.iter().filter(|a| a[0] == "-A").collect();
+        assert_eq!(
+            appended,
+            [
+                &args(&["-A", "WCHAOS-ONEWAY-OUT", "-d", "10.77.0.2", "-j", "DROP"]),
+                &args(&["-A", "WCHAOS-ONEWAY-OUT", "-d", "10.77.0.4", "-j", "DROP"]),
+            ]
+        );
+        // Both chains exist, so healing is the same for every scope.
+        assert_eq!(apply[1], ["-N", "WCHAOS-ONEWAY-OUT"]);
+        assert_eq!(apply[0], ["-N", "WCHAOS-ONEWAY-IN"]);
+    }
+
+    #[test]
+    fn iptables_loss_spares_loopback_and_uses_an_exact_probability() {
+        let apply = iptables_apply(&Block {
+            tag: "loss".into(),
+            drop: Scope::RandomLoss { percent: 5 },
+        });
+        let statistic = |chain: &str| {
+            args(&[
+                "-A",
+                chain,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                "0.05",
+                "-j",
+                "DROP",
+            ])
+        };
+        assert_eq!(
+            &apply[2..6],
+            [
+                args(&["-A", "WCHAOS-LOSS-IN", "-i", "lo", "-j", "RETURN"]),
+                statistic("WCHAOS-LOSS-IN"),
+                args(&["-A", "WCHAOS-LOSS-OUT", "-o", "lo", "-j", "RETURN"]),
+                statistic("WCHAOS-LOSS-OUT"),
+            ]
+        );
+        assert_eq!(iptables_probability(30), "0.30");
+        assert_eq!(iptables_probability(100), "1.00");
+    }
+
+    #[test]
+    fn loss_must_be_a_percentage() {
+        for percent in [1, 50, 100] {
+            assert!(
+                check_scope(&Scope::RandomLoss { percent }).is_ok(),
+                "{percent}"
+            );
+        }
+        for percent in [0, 101, 255] {
+            assert!(
+                check_scope(&Scope::RandomLoss { percent }).is_err(),
+                "{percent}"
+            );
+        }
+        assert!(check_scope(&Scope::All).is_ok());
     }
 
     #[test]

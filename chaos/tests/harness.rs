@@ -162,7 +162,11 @@ def tcp():
 def udp():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
     while True:
-        _, peer = s.recvfrom(64); s.sendto(b"ok", peer)
+        _, peer = s.recvfrom(64)
+        try:
+            s.sendto(b"ok", peer)
+        except OSError:
+            pass  # a local drop rule answers EPERM; the reply is lost, as it should be
 threading.Thread(target=udp, daemon=True).start()
 tcp()
 "#;
@@ -198,6 +202,86 @@ sys.exit(0 if ok else 1)
             .success()
     };
     (probe("tcp"), probe("udp"))
+}
+
+/// Whether a UDP datagram sent from `from` arrives in `to` (at `to_addr`:9001), whatever
+/// happens to replies: the receiver itself reports it, so a one-way drop can be seen.
+fn udp_delivered(from: &str, to: &str, to_addr: Ipv4Addr) -> bool {
+    const RECEIVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9001)); s.settimeout(2)
+print("ready", flush=True)
+try:
+    s.recvfrom(64); sys.exit(0)
+except OSError:
+    sys.exit(1)
+"#;
+    const SENDER: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(20):
+    try:
+        s.sendto(b"hi", (sys.argv[1], 9001))
+    except OSError:
+        pass  # a local drop rule answers EPERM
+    time.sleep(0.05)
+"#;
+    let mut receiver = netns::exec_in(to, "python3")
+        .args(["-c", RECEIVER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the python receiver");
+    let mut ready = String::new();
+    BufReader::new(receiver.stdout.take().expect("stdout piped"))
+        .read_line(&mut ready)
+        .expect("read the receiver's ready line");
+    assert_eq!(ready.trim(), "ready", "the receiver binds port 9001");
+    let sent = netns::exec_in(from, "python3")
+        .args(["-c", SENDER, &to_addr.to_string()])
+        .stdin(Stdio::null())
+        .status()
+        .expect("run the python sender");
+    assert!(sent.success(), "the sender runs");
+    receiver.wait().expect("wait for the receiver").success()
+}
+
+/// How many of `count` UDP datagrams sent from `from` to `to`:9000 (a listener that answers
+/// each) come back: both directions must survive.
+fn udp_round_trips(from: &str, to: Ipv4Addr, count: usize) -> usize {
+    const CLIENT: &str = r#"
+import socket, sys, time
+host, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+received = 0
+def drain():
+    global received
+    while True:
+        try:
+            s.recvfrom(64); received += 1
+        except OSError:
+            return
+for _ in range(count):
+    try:
+        s.sendto(b"hi", (host, 9000))
+    except OSError:
+        pass  # a local drop rule answers EPERM
+    time.sleep(0.005); drain()
+deadline = time.time() + 1
+while time.time() < deadline:
+    time.sleep(0.05); drain()
+print(received)
+"#;
+    let output = netns::exec_in(from, "python3")
+        .args(["-c", CLIENT, &to.to_string(), &count.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the python client");
+    assert!(output.status.success(), "the client runs");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("the client prints a count")
 }
 
 /// Three hosts on a bridge; h1 runs a listener. Isolating h1 cuts TCP and UDP both ways but
@@ -266,6 +350,154 @@ fn partition_rules_block_traffic_and_healing_restores_it() {
 
         let pids = pids_of(&run);
         assert!(!pids.is_empty(), "the listener runs");
+        drop(guard);
+        listener.wait().expect("reap the listener");
+        assert_gone(&run, &pids);
+    }
+}
+
+/// Three hosts; h1 and h2 run listeners. A one-way block on h1 towards h2: h1's datagrams
+/// and connections no longer reach h2, h2's datagrams still arrive at h1 (a round trip from
+/// h2 fails, since h1's replies are dropped), h3 and h1 still talk both ways; healing
+/// restores h1 → h2. Runs once per installed firewall backend.
+#[test]
+fn one_way_rules_drop_one_direction_only() {
+    if !netns_available("one_way_rules_drop_one_direction_only") {
+        return;
+    }
+    let backends = firewalls();
+    assert!(!backends.is_empty(), "install nftables or iptables");
+    for firewall in backends {
+        eprintln!("--- backend {firewall:?}");
+        let run = RunId::random();
+        let mut guard = NetworkGuard(Network::create(&run).expect("create the bridge"));
+        let h1 = guard.0.add_host("h1").expect("add h1");
+        let h2 = guard.0.add_host("h2").expect("add h2");
+        let h3 = guard.0.add_host("h3").expect("add h3");
+        let mut listeners = [start_listener(&h1.netns), start_listener(&h2.netns)];
+        wait_until(
+            "h1 and h2 reach each other",
+            Duration::from_secs(10),
+            || {
+                reachable(&h1.netns, h2.addr) == (true, true)
+                    && reachable(&h2.netns, h1.addr) == (true, true)
+            },
+        );
+
+        eprintln!("--- drop h1 -> h2 one way");
+        let one_way = Block {
+            tag: "oneway".into(),
+            drop: Scope::OutgoingTo(vec![h2.addr]),
+        };
+        firewall
+            .block(&h1.netns, &one_way)
+            .expect("one way h1 -> h2");
+        assert!(
+            firewall.block(&h1.netns, &one_way).is_err(),
+            "a tag is used once"
+        );
+        assert!(
+            !udp_delivered(&h1.netns, &h2.netns, h2.addr),
+            "h1 → h2 dropped"
+        );
+        assert_eq!(
+            reachable(&h1.netns, h2.addr),
+            (false, false),
+            "h1 cannot reach h2's listener"
+        );
+        assert!(
+            udp_delivered(&h2.netns, &h1.netns, h1.addr),
+            "h2 → h1 passes"
+        );
+        assert_eq!(
+            reachable(&h3.netns, h1.addr),
+            (true, true),
+            "h3 ↔ h1 untouched"
+        );
+
+        eprintln!("--- heal");
+        firewall
+            .unblock(&h1.netns, "oneway")
+            .expect("heal the one-way drop");
+        assert!(
+            udp_delivered(&h1.netns, &h2.netns, h2.addr),
+            "h1 → h2 healed"
+        );
+        assert_eq!(
+            reachable(&h1.netns, h2.addr),
+            (true, true),
+            "h1 → h2 listener healed"
+        );
+
+        let pids = pids_of(&run);
+        drop(guard);
+        for listener in &mut listeners {
+            listener.wait().expect("reap a listener");
+        }
+        assert_gone(&run, &pids);
+    }
+}
+
+/// Two hosts; h1 runs a listener and h2 sends it 200 UDP datagrams. With 100 % loss on h1
+/// none comes back (h1's loopback still works); with 50 % loss each way some but not all do
+/// (about a quarter; the bounds 10-90 % make a spurious failure practically impossible);
+/// after healing they all do. Runs once per installed firewall backend.
+#[test]
+fn loss_rules_drop_a_share_of_packets_and_healing_restores_them() {
+    if !netns_available("loss_rules_drop_a_share_of_packets_and_healing_restores_them") {
+        return;
+    }
+    const SENT: usize = 200;
+    let backends = firewalls();
+    assert!(!backends.is_empty(), "install nftables or iptables");
+    for firewall in backends {
+        eprintln!("--- backend {firewall:?}");
+        let run = RunId::random();
+        let mut guard = NetworkGuard(Network::create(&run).expect("create the bridge"));
+        let h1 = guard.0.add_host("h1").expect("add h1");
+        let h2 = guard.0.add_host("h2").expect("add h2");
+        let mut listener = start_listener(&h1.netns);
+        wait_until("h2 reaches h1", Duration::from_secs(10), || {
+            reachable(&h2.netns, h1.addr) == (true, true)
+        });
+        assert_eq!(udp_round_trips(&h2.netns, h1.addr, SENT), SENT, "no loss");
+
+        eprintln!("--- 100% loss on h1");
+        let loss = |percent| Block {
+            tag: "loss".into(),
+            drop: Scope::RandomLoss { percent },
+        };
+        firewall.block(&h1.netns, &loss(100)).expect("100% loss");
+        assert!(
+            firewall.block(&h1.netns, &loss(100)).is_err(),
+            "a tag is used once"
+        );
+        assert_eq!(udp_round_trips(&h2.netns, h1.addr, SENT), 0, "all lost");
+        assert_eq!(
+            reachable(&h1.netns, Ipv4Addr::LOCALHOST),
+            (true, true),
+            "loopback stays"
+        );
+        firewall.unblock(&h1.netns, "loss").expect("heal");
+
+        eprintln!("--- 50% loss on h1");
+        firewall.block(&h1.netns, &loss(50)).expect("50% loss");
+        let arrived = udp_round_trips(&h2.netns, h1.addr, SENT);
+        eprintln!("{arrived} of {SENT} round trips at 50% loss each way");
+        assert!(
+            (SENT / 10..=SENT * 9 / 10).contains(&arrived),
+            "some but not all arrive: {arrived} of {SENT}"
+        );
+
+        eprintln!("--- heal");
+        firewall.unblock(&h1.netns, "loss").expect("heal");
+        assert_eq!(udp_round_trips(&h2.netns, h1.addr, SENT), SENT, "healed");
+        assert!(
+            firewall.block(&h1.netns, &loss(0)).is_err(),
+            "0% is refused"
+        );
+
+        let pids = pids_of(&run);
         drop(guard);
         listener.wait().expect("reap the listener");
         assert_gone(&run, &pids);
