@@ -146,6 +146,11 @@ impl Link {
             {
                 None => return LinkEnd::Cancelled,
                 Some(Ok(conn)) => conn,
+                // Removed while cut off: the stream's refusal never came, the handshake's
+                // does. Same end as a refusal on the stream.
+                Some(Err(error)) if error.is_revoked() => {
+                    return LinkEnd::Removed(format!("control refused this node: {error}"));
+                }
                 Some(Err(error)) => {
                     // Trust failures cannot be retried away quickly, but workloads must keep
                     // running: wait the longest backoff and try again.
