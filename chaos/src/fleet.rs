@@ -214,6 +214,7 @@ impl Fleet {
                 self.start_control_join(node, &token)?;
             }
         }
+        self.write_admin_conf()?;
         for site in &spec.sites {
             for index in 1..=site.agents {
                 let name = format!("{}-{index}", site.name);
@@ -422,13 +423,38 @@ impl Fleet {
         Ok(format!("{}:{API_PORT}", node.host.addr))
     }
 
-    /// `admin.conf` of the first control node.
+    /// The fleet's admin config: `<run dir>/admin.conf`, listing every control node's API
+    /// (until it is written, the first control node's, which lists only itself).
     pub fn admin_conf(&self) -> PathBuf {
+        let fleet = self.options.run_dir.join("admin.conf");
+        if fleet.is_file() {
+            return fleet;
+        }
         self.options
             .run_dir
             .join("c1")
             .join("data")
             .join("admin.conf")
+    }
+
+    /// Writes `<run dir>/admin.conf`: the first control node's, with every control node's
+    /// API address, so the CLI reaches the cluster whichever control node is down.
+    fn write_admin_conf(&self) -> Result<()> {
+        let source = self.admin_conf();
+        let text = std::fs::read_to_string(&source)
+            .with_context(|| format!("read {}", source.display()))?;
+        let mut config: serde_json::Value = serde_norway::from_str(&text)
+            .with_context(|| format!("parse {}", source.display()))?;
+        let Some(map) = config.as_object_mut() else {
+            bail!("{}: not a mapping", source.display());
+        };
+        map.insert("api".into(), self.control_api_addrs().into());
+        let text = serde_norway::to_string(&config).context("encode the admin config")?;
+        let target = self.options.run_dir.join("admin.conf");
+        std::fs::write(&target, text).with_context(|| format!("write {}", target.display()))?;
+        // It holds the admin key.
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("restrict {}", target.display()))
     }
 
     /// The namespace of the bridge and the operator's seat.

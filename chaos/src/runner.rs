@@ -32,9 +32,10 @@ use crate::scenario::{CliSpec, Expect, Scenario, Step, Write};
 
 /// How often a `converge` step re-checks.
 const CONVERGE_POLL: Duration = Duration::from_millis(250);
-/// Per-request timeout the harness gives the CLI (a paused control node must not stall a
-/// step for the CLI's default 10 s per address).
-const CLI_TIMEOUT: &str = "5s";
+/// Per-request timeout the harness gives the CLI: longer than the control plane's write
+/// timeout (5 s), so a minority node's "no quorum" answer arrives, yet short enough that a
+/// paused control node does not stall a step for long.
+const CLI_TIMEOUT: &str = "8s";
 /// Pause between retries of a CLI step with `retry_for_s`.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 

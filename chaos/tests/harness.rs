@@ -687,3 +687,97 @@ fn an_isolated_agent_keeps_its_workload_and_reconnects_after_heal() {
     );
     fleet.down().expect("fleet down");
 }
+
+/// `warren-chaos run --json ARGS… SCENARIO` with its runs under `dir`: exit code and reports.
+fn run_scenario(dir: &Path, args: &[&str], scenario: &str) -> (i32, Vec<serde_json::Value>) {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(scenario);
+    let output = Command::new(env!("CARGO_BIN_EXE_warren-chaos"))
+        .args(["--log-level", "warn", "run", "--json", "--runs-dir"])
+        .arg(dir)
+        .args(args)
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run warren-chaos");
+    let reports: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("the JSON reports");
+    (output.status.code().unwrap_or(-1), reports)
+}
+
+fn verdict<'a>(report: &'a serde_json::Value, invariant: &str) -> &'a str {
+    report["invariants"]
+        .as_array()
+        .expect("invariants")
+        .iter()
+        .find(|i| i["name"] == invariant)
+        .and_then(|i| i["verdict"].as_str())
+        .unwrap_or_else(|| panic!("no {invariant} in {report}"))
+}
+
+/// The done-when: the site-partition scenario passes as root and leaves no namespace,
+/// link or process behind; its report holds the figures.
+#[test]
+fn the_site_partition_scenario_passes_and_leaves_nothing_behind() {
+    const TEST: &str = "the_site_partition_scenario_passes_and_leaves_nothing_behind";
+    if !netns_available(TEST) || warren_binary(TEST).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (code, reports) = run_scenario(dir.path(), &[], "site-partition.yaml");
+    let report = &reports[0];
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["result"], "pass");
+    for invariant in [
+        "no_acknowledged_write_lost",
+        "workloads_keep_running",
+        "no_restart_on_reconnect",
+        "agents_never_go_back",
+        "converges_after_heal",
+        "killed_workloads_restarted",
+    ] {
+        assert_eq!(verdict(report, invariant), "pass", "{invariant}: {report:#}");
+    }
+    let figures = &report["figures"];
+    assert_eq!(figures["writes_lost"], 0);
+    assert_eq!(figures["interruptions"], 0);
+    assert!(figures["workloads_watched"].as_u64().expect("count") >= 6);
+    let run = RunId::parse(report["run_id"].as_str().expect("run id")).expect("valid id");
+    let pids: Vec<u32> = report["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .filter_map(|w| w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect();
+    assert_gone(&run, &pids);
+    assert!(dir.path().join(run.as_str()).join("report.json").is_file());
+}
+
+/// The self-check: with agents broken on purpose (they stop their workloads when the link is
+/// lost), the autonomy scenario must fail on `workloads_keep_running`, with the stopped
+/// workloads as evidence. Proof that the checks can fail.
+#[test]
+fn the_self_check_catches_an_agent_that_stops_workloads_when_cut_off() {
+    const TEST: &str = "the_self_check_catches_an_agent_that_stops_workloads_when_cut_off";
+    if !netns_available(TEST) || warren_binary(TEST).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (code, reports) = run_scenario(dir.path(), &["--self-check"], "agent-cut-off.yaml");
+    let report = &reports[0];
+    assert_eq!(code, 0, "the self-check passes when the run fails: {report:#}");
+    assert_eq!(report["result"], "fail");
+    assert_eq!(report["self_check"], true);
+    assert_eq!(verdict(report, "workloads_keep_running"), "fail");
+    let evidence = report["invariants"]
+        .as_array()
+        .expect("invariants")
+        .iter()
+        .find(|i| i["name"] == "workloads_keep_running")
+        .map(|i| i["evidence"].to_string())
+        .unwrap_or_default();
+    assert!(evidence.contains("on a-1"), "{evidence}");
+    assert!(report["figures"]["interruptions"].as_u64().expect("count") > 0);
+}
