@@ -209,6 +209,9 @@ impl Link {
                 Err(error) => {
                     force_snapshot = matches!(error, SessionError::Resync(_));
                     info!(error = %error, "link down; workloads keep running");
+                    // The node we lost is likely dead or cut off: dial the others first, so a
+                    // dead leader costs the silence limit, not a connect timeout on top.
+                    avoid = Some(conn.remote_address());
                     let delay = backoff.next_delay();
                     tokio::select! {
                         () = cancel.cancelled() => return LinkEnd::Cancelled,
