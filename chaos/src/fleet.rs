@@ -443,8 +443,8 @@ impl Fleet {
         let source = self.admin_conf();
         let text = std::fs::read_to_string(&source)
             .with_context(|| format!("read {}", source.display()))?;
-        let mut config: serde_json::Value = serde_norway::from_str(&text)
-            .with_context(|| format!("parse {}", source.display()))?;
+        let mut config: serde_json::Value =
+            serde_norway::from_str(&text).with_context(|| format!("parse {}", source.display()))?;
         let Some(map) = config.as_object_mut() else {
             bail!("{}: not a mapping", source.display());
         };

@@ -738,7 +738,11 @@ fn the_site_partition_scenario_passes_and_leaves_nothing_behind() {
         "converges_after_heal",
         "killed_workloads_restarted",
     ] {
-        assert_eq!(verdict(report, invariant), "pass", "{invariant}: {report:#}");
+        assert_eq!(
+            verdict(report, invariant),
+            "pass",
+            "{invariant}: {report:#}"
+        );
     }
     let figures = &report["figures"];
     assert_eq!(figures["writes_lost"], 0);
@@ -767,7 +771,10 @@ fn the_self_check_catches_an_agent_that_stops_workloads_when_cut_off() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (code, reports) = run_scenario(dir.path(), &["--self-check"], "agent-cut-off.yaml");
     let report = &reports[0];
-    assert_eq!(code, 0, "the self-check passes when the run fails: {report:#}");
+    assert_eq!(
+        code, 0,
+        "the self-check passes when the run fails: {report:#}"
+    );
     assert_eq!(report["result"], "fail");
     assert_eq!(report["self_check"], true);
     assert_eq!(verdict(report, "workloads_keep_running"), "fail");

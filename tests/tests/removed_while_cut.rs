@@ -45,13 +45,14 @@ async fn a_node_removed_while_cut_off_stops_its_workloads_on_reconnect() {
     info!("--- cut the agent off until it notices, then remove its node");
     switch.cut();
     wait_until("the agent notices the cut", STEP_TIMEOUT, || {
-        load_status(&agent_dir)
-            .ok()
-            .filter(|s| !s.link.connected)
+        load_status(&agent_dir).ok().filter(|s| !s.link.connected)
     })
     .await;
     propose(&control, Op::RemoveNode(identity.node_id)).await;
-    assert!(alive(pid), "cut off, the agent cannot know: its workload runs on");
+    assert!(
+        alive(pid),
+        "cut off, the agent cannot know: its workload runs on"
+    );
 
     info!("--- heal: the handshake refuses the revoked certificate and the agent stops");
     switch.heal();

@@ -194,7 +194,13 @@ impl ConnectError {
     /// already verified (TLS 1.3 sends the client's certificate after checking the server's),
     /// so it is the cluster's word, not a stranger's.
     pub fn is_revoked(&self) -> bool {
-        matches!(self, Self::Refused { reason: "revoked", .. })
+        matches!(
+            self,
+            Self::Refused {
+                reason: "revoked",
+                ..
+            }
+        )
     }
 
     /// A short stable label for metrics and logs.
@@ -249,7 +255,13 @@ impl AcceptError {
     /// already verified (TLS 1.3 sends the client's certificate after checking the server's),
     /// so it is the cluster's word, not a stranger's.
     pub fn is_revoked(&self) -> bool {
-        matches!(self, Self::Refused { reason: "revoked", .. })
+        matches!(
+            self,
+            Self::Refused {
+                reason: "revoked",
+                ..
+            }
+        )
     }
 
     /// A short stable label for metrics and logs.
