@@ -250,20 +250,6 @@ pub enum AcceptError {
 }
 
 impl AcceptError {
-    /// Whether the server refused us because our certificate is revoked: the node was
-    /// removed from the cluster. The refusal comes from a server whose certificate we have
-    /// already verified (TLS 1.3 sends the client's certificate after checking the server's),
-    /// so it is the cluster's word, not a stranger's.
-    pub fn is_revoked(&self) -> bool {
-        matches!(
-            self,
-            Self::Refused {
-                reason: "revoked",
-                ..
-            }
-        )
-    }
-
     /// A short stable label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
