@@ -619,6 +619,32 @@ steps:
         );
     }
 
+    /// Every scenario we ship parses and passes the checks (no root needed), and there are at
+    /// least eight of them (issue 5's bar).
+    #[test]
+    fn the_shipped_scenarios_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("chaos/scenarios") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let scenario =
+                    Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(
+                    !scenario.about.trim().is_empty(),
+                    "{}: about",
+                    path.display()
+                );
+                names.push(scenario.name);
+            }
+        }
+        names.sort();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count, "scenario names are unique: {names:?}");
+        assert!(count >= 8, "{count} scenarios: {names:?}");
+    }
+
     #[test]
     fn writes_are_recognised_from_cli_words() {
         let write = |text: &str| {
