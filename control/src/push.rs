@@ -74,9 +74,9 @@ pub fn node_view(
         services,
         replicas,
         secrets,
-        catalogue: Vec::new(),
+        catalogue: crate::catalogue::catalogue(state),
         control_addrs: control_addrs.to_vec(),
-        peers: Vec::new(),
+        peers: crate::catalogue::peers(state, node),
     })
 }
 
