@@ -7,6 +7,7 @@
 //! | `Partition` | every named node drops traffic to and from every named node it shares no group with | rules removed |
 //! | `OneWay` | `from`'s nodes drop what they send to `to`'s nodes; the reverse passes | rules removed |
 //! | `Loss` | the target's nodes drop a share of their non-loopback packets at random, both ways | rules removed |
+//! | `Delay` | the target's nodes hold every non-loopback packet they send for `ms` ± `jitter_ms` (a [`crate::delay`] holder per node) | rules removed, then holders stopped |
 //! | `Kill` | SIGKILL of the node's `warren` (its workloads keep running) | `warren … run` from its data dir |
 //! | `Pause` | SIGSTOP | SIGCONT |
 //!
@@ -25,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 
+use crate::delay::DelaySpec;
 use crate::firewall::{Block, Scope};
 use crate::fleet::{Fleet, Node};
 
@@ -34,10 +36,16 @@ const CUT_TAG: &str = "cut";
 const PARTITION_TAG: &str = "partition";
 const ONE_WAY_TAG: &str = "oneway";
 const LOSS_TAG: &str = "loss";
+const DELAY_TAG: &str = "delay";
+
+/// The NFQUEUE number a delay uses. Queues are per network namespace and one delay fits a
+/// node (its tag), so one number serves every node.
+pub const DELAY_QUEUE: u16 = 7;
 
 /// One fault. In a scenario file it is written externally tagged, e.g.
 /// `fault: {cut_site: {site: b}}`, `fault: {partition: {groups: [[c1, c2], [c3]]}}`,
-/// `fault: {one_way: {from: a-1, to: central}}`, `fault: {loss: {target: b, percent: 30}}`.
+/// `fault: {one_way: {from: a-1, to: central}}`, `fault: {loss: {target: b, percent: 30}}`,
+/// `fault: {delay: {target: b, ms: 100, jitter_ms: 30}}`.
 ///
 /// `serde_norway` reads enums from YAML tags (`!cut_site`) unless told otherwise: the field
 /// that holds a `Fault` needs `#[serde(with = "serde_norway::with::singleton_map")]` for the
@@ -72,6 +80,17 @@ pub enum Fault {
         target: String,
         percent: u8,
     },
+    /// `target` is a node or a site. Every packet its nodes send, except loopback, is held for
+    /// `ms` ± uniform random `jitter_ms` (1 ≤ `ms` ≤ 10000, `jitter_ms` ≤ `ms`); with jitter,
+    /// packets overtake each other. Only what the target sends is held: a round trip between
+    /// a delayed node and an undelayed one takes `ms` longer, one between two delayed nodes
+    /// `2·ms`.
+    Delay {
+        target: String,
+        ms: u32,
+        #[serde(default)]
+        jitter_ms: u32,
+    },
 }
 
 /// A node as fault planning sees it.
@@ -97,7 +116,7 @@ pub type NodeBlock = (String, Block);
 
 impl Fault {
     /// Checks what can be checked without a fleet: a partition has two or more groups and no
-    /// empty one, a loss is 1-100 %.
+    /// empty one, a loss is 1-100 %, a delay is 1-10000 ms with a jitter no larger.
     ///
     /// # Errors
     /// Says what is wrong.
@@ -107,6 +126,11 @@ impl Fault {
             Fault::Loss { percent, .. } if !(1..=100).contains(percent) => {
                 bail!("loss of {percent}%: use 1-100")
             }
+            Fault::Delay { ms, jitter_ms, .. } => DelaySpec {
+                ms: *ms,
+                jitter_ms: *jitter_ms,
+            }
+            .validate(),
             _ => Ok(()),
         }
     }
@@ -137,17 +161,34 @@ impl Fault {
                     tag: LOSS_TAG.into(),
                     drop: Scope::RandomLoss { percent: *percent },
                 };
-                Ok(resolve_indices(members, target)?
-                    .into_iter()
-                    .map(|index| (members[index].name.to_owned(), block.clone()))
-                    .collect())
+                target_blocks(members, target, &block)
+            }
+            Fault::Delay { target, .. } => {
+                let block = Block {
+                    tag: DELAY_TAG.into(),
+                    drop: Scope::Queue { num: DELAY_QUEUE },
+                };
+                target_blocks(members, target, &block)
             }
             Fault::Kill { .. } | Fault::Pause { .. } => Ok(Vec::new()),
         }
     }
 
+    /// The delay this fault holds packets for, if it is a `Delay`.
+    pub fn delay(&self) -> Option<DelaySpec> {
+        match self {
+            Fault::Delay { ms, jitter_ms, .. } => Some(DelaySpec {
+                ms: *ms,
+                jitter_ms: *jitter_ms,
+            }),
+            _ => None,
+        }
+    }
+
     /// Inflicts the fault. A network fault refused on one node (the same kind already in
-    /// place there) is undone on the nodes it reached first.
+    /// place there) is undone on the nodes it reached first. A delay starts each node's
+    /// holder and waits until it has bound its queue before the queue rule goes in, so no
+    /// packet passes undelayed meanwhile.
     ///
     /// # Errors
     /// When the fault is malformed, the node or site is unknown, the fault is already in
@@ -159,13 +200,14 @@ impl Fault {
             Fault::Pause { node } => fleet.signal(node, Signal::STOP),
             _ => self
                 .blocks(&members(fleet))
-                .and_then(|plan| block_each(fleet, &plan)),
+                .and_then(|plan| block_each(fleet, &plan, self.delay())),
         }
         .with_context(|| format!("apply {self}"))
     }
 
     /// Undoes the fault. A network fault is removed from every node it names, even when one
-    /// of them fails.
+    /// of them fails. A delay's rule goes first, then its holder stops, letting what it
+    /// still holds through at once.
     ///
     /// # Errors
     /// When it is not in place or a tool fails (the first such error).
@@ -176,7 +218,7 @@ impl Fault {
             Fault::Pause { node } => fleet.signal(node, Signal::CONT),
             _ => self
                 .blocks(&members(fleet))
-                .and_then(|plan| unblock_each(fleet, &plan)),
+                .and_then(|plan| unblock_each(fleet, &plan, self.delay().is_some())),
         }
         .with_context(|| format!("heal {self}"))
     }
@@ -292,6 +334,14 @@ fn check_groups(groups: &[Vec<String>]) -> Result<()> {
     Ok(())
 }
 
+/// `block` on every node `target` stands for.
+fn target_blocks(members: &[Member<'_>], target: &str, block: &Block) -> Result<Vec<NodeBlock>> {
+    Ok(resolve_indices(members, target)?
+        .into_iter()
+        .map(|index| (members[index].name.to_owned(), block.clone()))
+        .collect())
+}
+
 /// Each of `from`'s nodes drops its output to `to`'s nodes.
 fn one_way_blocks(members: &[Member<'_>], from: &str, to: &str) -> Result<Vec<NodeBlock>> {
     let senders = resolve_indices(members, from)?;
@@ -312,15 +362,15 @@ fn one_way_blocks(members: &[Member<'_>], from: &str, to: &str) -> Result<Vec<No
         .collect())
 }
 
-/// Installs each block; on the first failure removes the ones already installed, so a
-/// refused fault leaves nothing behind.
-fn block_each(fleet: &Fleet, plan: &[NodeBlock]) -> Result<()> {
+/// Installs each block, each after its node's delay holder when `delay` is given; on the
+/// first failure removes what was already installed, so a refused fault leaves nothing
+/// behind.
+fn block_each(fleet: &mut Fleet, plan: &[NodeBlock], delay: Option<DelaySpec>) -> Result<()> {
     for (done, (name, block)) in plan.iter().enumerate() {
-        if let Err(error) = fleet.block(name, block) {
-            for (name, block) in &plan[..done] {
-                if let Err(undo) = fleet.unblock(name, &block.tag) {
-                    tracing::warn!(node = %name, error = %format!("{undo:#}"), "undo a block");
-                }
+        if let Err(error) = block_one(fleet, name, block, delay) {
+            let undo = unblock_each(fleet, &plan[..done], delay.is_some());
+            if let Err(undo) = undo {
+                tracing::warn!(error = %format!("{undo:#}"), "undo a block");
             }
             return Err(error);
         }
@@ -328,12 +378,35 @@ fn block_each(fleet: &Fleet, plan: &[NodeBlock]) -> Result<()> {
     Ok(())
 }
 
-/// Removes each block, going on past failures; returns the first.
-fn unblock_each(fleet: &Fleet, plan: &[NodeBlock]) -> Result<()> {
+fn block_one(fleet: &mut Fleet, name: &str, block: &Block, delay: Option<DelaySpec>) -> Result<()> {
+    let Some(spec) = delay else {
+        return fleet.block(name, block);
+    };
+    let Scope::Queue { num } = block.drop else {
+        bail!("a delay needs a queue block, not {:?}", block.drop);
+    };
+    fleet.start_holder(name, &block.tag, num, spec)?;
+    if let Err(error) = fleet.block(name, block) {
+        if let Err(stop) = fleet.stop_holder(name, &block.tag) {
+            tracing::warn!(node = %name, error = %format!("{stop:#}"), "stop a delay holder");
+        }
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// Removes each block (and then its holder, with `holders`), going on past failures;
+/// returns the first.
+fn unblock_each(fleet: &mut Fleet, plan: &[NodeBlock], holders: bool) -> Result<()> {
     let mut first_error = None;
     for (name, block) in plan {
         if let Err(error) = fleet.unblock(name, &block.tag) {
             first_error.get_or_insert(error);
+        }
+        if holders {
+            if let Err(error) = fleet.stop_holder(name, &block.tag) {
+                first_error.get_or_insert(error);
+            }
         }
     }
     first_error.map_or(Ok(()), Err)
@@ -355,6 +428,16 @@ impl fmt::Display for Fault {
             }
             Fault::OneWay { from, to } => write!(f, "drop {from} -> {to} one way"),
             Fault::Loss { target, percent } => write!(f, "{percent}% loss on {target}"),
+            Fault::Delay {
+                target,
+                ms,
+                jitter_ms: 0,
+            } => write!(f, "{ms} ms delay on {target}"),
+            Fault::Delay {
+                target,
+                ms,
+                jitter_ms,
+            } => write!(f, "{ms}±{jitter_ms} ms delay on {target}"),
         }
     }
 }
@@ -395,7 +478,7 @@ mod tests {
             .map(|(name, block)| {
                 let addrs = match &block.drop {
                     Scope::Peers(addrs) | Scope::OutgoingTo(addrs) => addrs.clone(),
-                    Scope::All | Scope::RandomLoss { .. } => Vec::new(),
+                    Scope::All | Scope::RandomLoss { .. } | Scope::Queue { .. } => Vec::new(),
                 };
                 (
                     name.clone(),
@@ -519,6 +602,45 @@ mod tests {
     }
 
     #[test]
+    fn delay_queues_every_node_of_the_target_and_checks_its_limits() {
+        let delay = |target: &str, ms, jitter_ms| Fault::Delay {
+            target: target.into(),
+            ms,
+            jitter_ms,
+        };
+        let plan = delay("b", 100, 30).blocks(&fleet()).expect("valid");
+        let queue = Block {
+            tag: "delay".into(),
+            drop: Scope::Queue { num: DELAY_QUEUE },
+        };
+        assert_eq!(
+            plan,
+            [
+                ("b-1".to_owned(), queue.clone()),
+                ("b-2".to_owned(), queue.clone())
+            ]
+        );
+        assert_eq!(
+            delay("c2", 1, 1).blocks(&fleet()).expect("valid"),
+            [("c2".to_owned(), queue)]
+        );
+        assert_eq!(
+            delay("b", 100, 30).delay(),
+            Some(DelaySpec {
+                ms: 100,
+                jitter_ms: 30
+            })
+        );
+        assert_eq!(Fault::Kill { node: "c1".into() }.delay(), None);
+        let error = |fault: Fault| format!("{:#}", fault.blocks(&fleet()).expect_err("invalid"));
+        assert!(error(delay("b", 0, 0)).contains("use 1-10000 ms"));
+        assert!(error(delay("b", 10_001, 0)).contains("use 1-10000 ms"));
+        assert!(error(delay("b", 100, 101)).contains("exceeds the delay of 100 ms"));
+        assert!(error(delay("z", 100, 0)).contains("no node or site \"z\""));
+        assert!(delay("b", 10_000, 10_000).validate().is_ok());
+    }
+
+    #[test]
     fn isolate_and_cut_site_plans_are_unchanged() {
         let isolate = Fault::Isolate { node: "a-1".into() };
         assert_eq!(
@@ -597,6 +719,22 @@ mod tests {
                 },
             ),
             (
+                "fault: {delay: {target: b, ms: 100, jitter_ms: 30}}",
+                Fault::Delay {
+                    target: "b".into(),
+                    ms: 100,
+                    jitter_ms: 30,
+                },
+            ),
+            (
+                "fault: {delay: {target: a-1, ms: 50}}",
+                Fault::Delay {
+                    target: "a-1".into(),
+                    ms: 50,
+                    jitter_ms: 0,
+                },
+            ),
+            (
                 "fault: {isolate: {node: a-1}}",
                 Fault::Isolate { node: "a-1".into() },
             ),
@@ -627,6 +765,9 @@ mod tests {
             "fault: {cut: {site: b}}",
             "fault: {loss: {target: b}}",
             "fault: {loss: {target: b, percent: 300}}",
+            "fault: {delay: {target: b}}",
+            "fault: {delay: {target: b, ms: 100, jitter: 30}}",
+            "fault: {delay: {target: b, ms: -1}}",
             "fault: {kill: {node: c1}, pause: {node: c2}}",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
@@ -657,6 +798,22 @@ mod tests {
                 "30% loss on b",
             ),
             (Fault::CutSite { site: "b".into() }, "cut site b off"),
+            (
+                Fault::Delay {
+                    target: "b".into(),
+                    ms: 100,
+                    jitter_ms: 30,
+                },
+                "100±30 ms delay on b",
+            ),
+            (
+                Fault::Delay {
+                    target: "a-1".into(),
+                    ms: 100,
+                    jitter_ms: 0,
+                },
+                "100 ms delay on a-1",
+            ),
         ];
         for (fault, text) in cases {
             assert_eq!(fault.to_string(), text);

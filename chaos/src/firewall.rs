@@ -2,7 +2,8 @@
 //!
 //! A [`Block`] has a tag (one rule set per tag and namespace, so faults can overlap and heal
 //! independently) and says what it drops: everything, traffic with some peers (both ways or
-//! outgoing only), or a random share of every packet. The rule text is built by pure functions
+//! outgoing only), or a random share of every packet; or it hands every outgoing packet to an
+//! NFQUEUE, where the delay holder keeps it for a while ([`Scope::Queue`]). The rule text is built by pure functions
 //! ([`nft_script`], [`iptables_apply`], [`iptables_heal`]); [`Firewall::block`] and
 //! [`Firewall::unblock`] run it inside the namespace. Loopback always passes: a node cut off
 //! from the network still talks to itself (its workloads, its local socket).
@@ -37,6 +38,11 @@ pub enum Scope {
     /// `percent` of every packet except loopback, chosen at random, both ways
     /// (1..=100; [`Firewall::block`] refuses anything else).
     RandomLoss { percent: u8 },
+    /// Every packet the namespace sends, except loopback, goes to NFQUEUE `num` for a
+    /// program there to hold ([`crate::delay`]); output only. With no program bound to the
+    /// queue, packets pass (`bypass`) rather than being dropped. The rules run after the
+    /// drop rules of other blocks, so a dropped packet is never held first.
+    Queue { num: u16 },
 }
 
 /// One set of rules in one namespace.
@@ -76,13 +82,22 @@ impl Firewall {
         check_tag(&block.tag)?;
         check_scope(&block.drop)?;
         match self {
-            Firewall::Nft => run_nft(netns, &nft_script(block)),
-            Firewall::Iptables => {
-                for args in iptables_apply(block) {
-                    run_iptables(netns, &args)?;
+            Firewall::Nft => match run_nft(netns, &nft_script(block)) {
+                Err(error) if nft_lacks_queue(block, &error) && on_path("iptables") => {
+                    tracing::info!(
+                        netns,
+                        tag = %block.tag,
+                        "this kernel has no nft queue expression; queueing with iptables' NFQUEUE"
+                    );
+                    run_iptables_all(netns, &iptables_apply(block))
                 }
-                Ok(())
-            }
+                Err(error) if nft_lacks_queue(block, &error) => Err(error.context(
+                    "this kernel has no nft queue expression: install iptables (its NFQUEUE \
+                     target) to delay here",
+                )),
+                other => other,
+            },
+            Firewall::Iptables => run_iptables_all(netns, &iptables_apply(block)),
         }
         .with_context(|| format!("block {} in {netns}", block.tag))
     }
@@ -94,16 +109,34 @@ impl Firewall {
     pub fn unblock(self, netns: &str, tag: &str) -> Result<()> {
         check_tag(tag)?;
         match self {
-            Firewall::Nft => run_nft(netns, &format!("delete table inet {}\n", nft_table(tag))),
-            Firewall::Iptables => {
-                for args in iptables_heal(tag) {
-                    run_iptables(netns, &args)?;
+            Firewall::Nft => {
+                match run_nft(netns, &format!("delete table inet {}\n", nft_table(tag))) {
+                    // A queue block may have gone in through iptables ([`Firewall::block`]).
+                    Err(error) if on_path("iptables") => {
+                        run_iptables_all(netns, &iptables_heal(tag)).map_err(|_| error)
+                    }
+                    other => other,
                 }
-                Ok(())
             }
+            Firewall::Iptables => run_iptables_all(netns, &iptables_heal(tag)),
         }
         .with_context(|| format!("unblock {tag} in {netns}"))
     }
+}
+
+/// Whether `error` from installing `block` with nft means the kernel lacks nft's `queue`
+/// expression (`CONFIG_NFT_QUEUE` unset, as on our machines, while iptables' `NFQUEUE`
+/// target is there): nft then answers "No such file or directory" for the rule.
+fn nft_lacks_queue(block: &Block, error: &anyhow::Error) -> bool {
+    matches!(block.drop, Scope::Queue { .. })
+        && format!("{error:#}").contains("No such file or directory")
+}
+
+fn run_iptables_all(netns: &str, commands: &[Vec<String>]) -> Result<()> {
+    for args in commands {
+        run_iptables(netns, args)?;
+    }
+    Ok(())
 }
 
 fn check_tag(tag: &str) -> Result<()> {
@@ -159,6 +192,10 @@ pub fn nft_script(block: &Block) -> String {
             format!("ip daddr {} drop", address_set(addrs)),
         ),
         // `accept` ends this table's chain only: another table's drop still applies.
+        Scope::Queue { num } => (
+            String::new(),
+            format!("oifname \"lo\" accept\n    queue num {num} bypass"),
+        ),
         Scope::RandomLoss { percent } => {
             let drop = nft_random_drop(*percent);
             (
@@ -170,11 +207,22 @@ pub fn nft_script(block: &Block) -> String {
     // `create` fails when the table exists: a tag is in use once per namespace.
     format!(
         "create table inet {table}\ntable inet {table} {{\n  \
-           chain input {{\n    type filter hook input priority -10; policy accept;\n    {input}\n  }}\n  \
-           chain output {{\n    type filter hook output priority -10; policy accept;\n    {output}\n  }}\n\
+           chain input {{\n    type filter hook input priority {priority}; policy accept;\n    {input}\n  }}\n  \
+           chain output {{\n    type filter hook output priority {priority}; policy accept;\n    {output}\n  }}\n\
          }}\n",
         table = nft_table(&block.tag),
+        priority = nft_priority(&block.drop),
     )
+}
+
+/// Drop rules run at -10; a queue runs at 10, after every drop rule of every other table
+/// (and after iptables' filter chains at 0), so a packet that another fault drops is never
+/// held first. A packet the holder accepts goes on to the hooks after its table.
+fn nft_priority(scope: &Scope) -> i32 {
+    match scope {
+        Scope::Queue { .. } => 10,
+        _ => -10,
+    }
 }
 
 /// Drops `percent` of packets: nft refuses `mod 100 < 100` (the value must be below 100),
@@ -211,6 +259,19 @@ pub fn iptables_apply(block: &Block) -> Vec<Vec<String>> {
                 commands.push(args(&["-A", &chain_out, "-d", &addr, "-j", "DROP"]));
             }
         }
+        Scope::Queue { num } => {
+            let num = num.to_string();
+            commands.push(args(&["-A", &chain_out, "-o", "lo", "-j", "RETURN"]));
+            commands.push(args(&[
+                "-A",
+                &chain_out,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &num,
+                "--queue-bypass",
+            ]));
+        }
         Scope::RandomLoss { percent } => {
             let probability = iptables_probability(*percent);
             let random = ["-m", "statistic", "--mode", "random", "--probability"];
@@ -225,7 +286,14 @@ pub fn iptables_apply(block: &Block) -> Vec<Vec<String>> {
     }
     // Jumps last: the chains are complete before any packet reaches them.
     commands.push(args(&["-I", "INPUT", "1", "-j", &chain_in]));
-    commands.push(args(&["-I", "OUTPUT", "1", "-j", &chain_out]));
+    if matches!(block.drop, Scope::Queue { .. }) {
+        // Appended, not inserted: a packet the holder accepts leaves the OUTPUT chain there
+        // (the rules after the jump never see it), so the queue comes after every drop rule,
+        // those of blocks installed later included (they insert at the top).
+        commands.push(args(&["-A", "OUTPUT", "-j", &chain_out]));
+    } else {
+        commands.push(args(&["-I", "OUTPUT", "1", "-j", &chain_out]));
+    }
     commands
 }
 
@@ -449,6 +517,54 @@ mod tests {
         );
         assert_eq!(iptables_probability(30), "0.30");
         assert_eq!(iptables_probability(100), "1.00");
+    }
+
+    #[test]
+    fn nft_queue_holds_output_but_loopback_after_other_tables() {
+        let script = nft_script(&Block {
+            tag: "delay".into(),
+            drop: Scope::Queue { num: 7 },
+        });
+        assert_eq!(
+            script,
+            "create table inet wchaos_delay\ntable inet wchaos_delay {\n  \
+               chain input {\n    type filter hook input priority 10; policy accept;\n    \n  }\n  \
+               chain output {\n    type filter hook output priority 10; policy accept;\n    \
+                 oifname \"lo\" accept\n    queue num 7 bypass\n  }\n\
+             }\n"
+        );
+    }
+
+    #[test]
+    fn iptables_queue_is_output_only_and_appended_last() {
+        let apply = iptables_apply(&Block {
+            tag: "delay".into(),
+            drop: Scope::Queue { num: 7 },
+        });
+        assert_eq!(
+            apply,
+            [
+                args(&["-N", "WCHAOS-DELAY-IN"]),
+                args(&["-N", "WCHAOS-DELAY-OUT"]),
+                args(&["-A", "WCHAOS-DELAY-OUT", "-o", "lo", "-j", "RETURN"]),
+                args(&[
+                    "-A",
+                    "WCHAOS-DELAY-OUT",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    "7",
+                    "--queue-bypass"
+                ]),
+                args(&["-I", "INPUT", "1", "-j", "WCHAOS-DELAY-IN"]),
+                args(&["-A", "OUTPUT", "-j", "WCHAOS-DELAY-OUT"]),
+            ]
+        );
+        // `-D OUTPUT -j CHAIN` finds the jump wherever it is: healing is unchanged.
+        assert_eq!(
+            iptables_heal("delay")[1],
+            ["-D", "OUTPUT", "-j", "WCHAOS-DELAY-OUT"]
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! bridge namespace doubles as the operator's seat: it has [`OPERATOR_ADDR`] on `br0`, so CLI
 //! commands run there reach every node and are never caught by a node's block rules unless
 //! those rules name the operator. Each node's files are `<run dir>/<node>/` (`data/` and
-//! `warren.log`).
+//! `warren.log`). The fleet also keeps the delay holders that `Delay` faults start in nodes'
+//! namespaces (their output goes to `<run dir>/<node>/delay-holder.log`).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use rustix::process::Signal;
 
+use crate::delay::{DelaySpec, Holder};
 use crate::firewall::{Block, Firewall};
 use crate::netns::{self, Host, Network};
 use crate::run::{RunId, RunRecord};
@@ -125,6 +128,9 @@ pub struct FleetOptions {
     pub cancel: Arc<AtomicBool>,
     /// Extra environment for every agent's `warren` (the self-check's broken-agent knob).
     pub agent_env: Vec<(String, String)>,
+    /// The `warren-chaos` binary, run as `delay-holder` inside a namespace for `Delay`
+    /// faults (the harness itself: `std::env::current_exe()`).
+    pub holder_program: PathBuf,
 }
 
 /// What a node is.
@@ -160,6 +166,9 @@ pub struct Fleet {
     options: FleetOptions,
     network: Network,
     nodes: Vec<Node>,
+    /// Running delay holders by node name and block tag, with what they were started with
+    /// (a reboot starts them again).
+    holders: BTreeMap<(String, String), (u16, DelaySpec, Holder)>,
     torn_down: bool,
 }
 
@@ -192,6 +201,7 @@ impl Fleet {
             options,
             network,
             nodes: Vec::new(),
+            holders: BTreeMap::new(),
             torn_down: false,
         };
         // On error, `fleet` drops here and tears down what exists.
@@ -514,6 +524,97 @@ impl Fleet {
         self.options.firewall.unblock(&node.host.netns, tag)
     }
 
+    /// Starts a delay holder for `queue` in `name`'s namespace, kept under `tag`, and waits
+    /// until it has bound the queue.
+    ///
+    /// # Errors
+    /// When one runs there under `tag` already, or it does not start ([`Holder::start`]).
+    pub fn start_holder(
+        &mut self,
+        name: &str,
+        tag: &str,
+        queue: u16,
+        spec: DelaySpec,
+    ) -> Result<()> {
+        let key = (name.to_owned(), tag.to_owned());
+        if self.holders.contains_key(&key) {
+            bail!("node {name} has a delay holder for {tag} already");
+        }
+        let holder = self.spawn_holder(name, queue, spec)?;
+        self.holders.insert(key, (queue, spec, holder));
+        Ok(())
+    }
+
+    fn spawn_holder(&self, name: &str, queue: u16, spec: DelaySpec) -> Result<Holder> {
+        let node = self.node(name)?;
+        let path = self.options.run_dir.join(name).join("delay-holder.log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        Holder::start(
+            &self.options.holder_program,
+            &node.host.netns,
+            queue,
+            spec,
+            log.into(),
+        )
+    }
+
+    /// Stops the delay holder kept under `tag` in `name`'s namespace: it lets what it holds
+    /// through and exits.
+    ///
+    /// # Errors
+    /// When there is none, or it had to be killed.
+    pub fn stop_holder(&mut self, name: &str, tag: &str) -> Result<()> {
+        let (_, _, holder) = self
+            .holders
+            .remove(&(name.to_owned(), tag.to_owned()))
+            .ok_or_else(|| anyhow!("node {name} has no delay holder for {tag}"))?;
+        holder.stop()
+    }
+
+    /// Starts again every delay holder of `name` that died (a reboot killed every process
+    /// in its namespace): a delay is on the link, and a reboot of the host does not heal it.
+    ///
+    /// # Errors
+    /// When one does not start.
+    pub fn revive_holders(&mut self, name: &str) -> Result<()> {
+        let keys: Vec<(String, String)> = self
+            .holders
+            .keys()
+            .filter(|(node, _)| node == name)
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some((queue, spec, mut holder)) = self.holders.remove(&key) else {
+                continue;
+            };
+            if holder.running() {
+                self.holders.insert(key, (queue, spec, holder));
+                continue;
+            }
+            // Reaped by `running`; its queue has no reader, so traffic passes until the new
+            // one binds it.
+            let _ = holder.stop();
+            tracing::info!(node = %name, tag = %key.1, "restart the delay holder");
+            let holder = self.spawn_holder(name, queue, spec)?;
+            self.holders.insert(key, (queue, spec, holder));
+        }
+        Ok(())
+    }
+
+    /// Pids of the harness's own helpers (delay holders) in `name`'s namespace: they are
+    /// neither `warren` nor workloads.
+    pub fn helper_pids(&self, name: &str) -> Vec<u32> {
+        self.holders
+            .iter()
+            .filter(|((node, _), _)| node == name)
+            .map(|(_, (_, _, holder))| holder.pid())
+            .collect()
+    }
+
     /// Sends `signal` to `name`'s `warren` process.
     ///
     /// # Errors
@@ -584,6 +685,12 @@ impl Fleet {
         }
         self.torn_down = true;
         tracing::info!(run = %self.run, "--- tear the fleet down");
+        // Holders first: each lets what it holds through, so the nodes' last words arrive.
+        for ((name, tag), (_, _, holder)) in std::mem::take(&mut self.holders) {
+            if let Err(error) = holder.stop() {
+                tracing::warn!(node = %name, tag = %tag, error = %format!("{error:#}"), "stop a delay holder");
+            }
+        }
         // Agents first, then control nodes, in reverse order of start.
         for node in self.nodes.iter_mut().rev() {
             if let Some(child) = node.process.as_mut() {

@@ -8,7 +8,10 @@
 //! - [`firewall`]: block rules inside a namespace (nftables or iptables); the rule text is
 //!   built by pure functions, applying it is a thin shell-out.
 //! - [`fleet`]: control nodes and agents grouped into sites, started with the `warren` CLI.
-//! - [`fault`]: the faults (isolate a node, cut a site off, kill, pause) with apply and heal.
+//! - [`fault`]: the faults (isolate a node, cut a site off, loss, delay, kill, pause) with
+//!   apply and heal.
+//! - [`delay`]: delay and reorder without netem: the NFQUEUE holder (a hidden `delay-holder`
+//!   subcommand of the harness's binary, run inside a node's namespace) and its handle.
 //! - [`preflight`]: root and tool checks, and locating the `warren` binary.
 //!
 //! The harness drives binaries, never Warren's libraries (only `warren-api`, for names): what
@@ -17,6 +20,7 @@
 //! cannot see each other.
 
 pub mod check;
+pub mod delay;
 pub mod fault;
 pub mod firewall;
 pub mod fleet;

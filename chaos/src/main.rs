@@ -2,7 +2,8 @@
 //!
 //! `up` brings a fleet up in network namespaces and keeps it until Ctrl-C or SIGTERM;
 //! `cleanup` removes every namespace and process a run left behind. With `cli`, this is the
-//! only crate that reads argv or prints to stdout.
+//! only crate that reads argv or prints to stdout. The hidden `delay-holder` is the packet
+//! holder of the `Delay` fault, which the harness starts inside a node's namespace.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
+use warren_chaos::delay::{self, DelaySpec};
 use warren_chaos::firewall::Firewall;
 use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, Role};
 use warren_chaos::report::Report;
@@ -119,6 +121,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Hold every packet queued to NFQUEUE QUEUE for MS ± JITTER_MS milliseconds (the `Delay`
+    /// fault starts it inside a node's namespace; not for use by hand). Prints a ready line
+    /// once the queue is bound; on SIGTERM lets everything it holds through and exits 0.
+    #[command(hide = true)]
+    DelayHolder {
+        #[arg(long)]
+        queue: u16,
+        #[arg(long)]
+        ms: u32,
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -167,6 +181,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Cleanup { run, force } => cleanup(run.as_deref(), force).map_err(|e| (1, e)),
+        Command::DelayHolder {
+            queue,
+            ms,
+            jitter_ms,
+        } => delay_holder(queue, DelaySpec { ms, jitter_ms }).map_err(|e| (1, e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,6 +221,7 @@ fn prepare_up(
         ready_timeout: Duration::from_secs(ready_timeout_s),
         cancel: Arc::new(AtomicBool::new(false)),
         agent_env: Vec::new(),
+        holder_program: std::env::current_exe().context("locate warren-chaos itself")?,
     };
     Ok((spec, options, run))
 }
@@ -274,8 +294,15 @@ fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunErro
     let runs_dir = std::path::absolute(&options.runs_dir)
         .context("resolve --runs-dir")
         .map_err(RunError::CannotRun)?;
+    let holder_program = std::env::current_exe()
+        .context("locate warren-chaos itself")
+        .map_err(RunError::CannotRun)?;
     let cancel = Arc::new(AtomicBool::new(false));
-    watch_signals(cancel.clone()).map_err(RunError::CannotRun)?;
+    watch_signals(
+        cancel.clone(),
+        "stopping after the current step, tearing down",
+    )
+    .map_err(RunError::CannotRun)?;
     let mut reports = Vec::new();
     for (file, scenario) in &scenarios {
         if cancel.load(Ordering::SeqCst) {
@@ -295,6 +322,7 @@ fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunErro
             } else {
                 Vec::new()
             },
+            holder_program: holder_program.clone(),
         };
         eprintln!(
             "warren-chaos: scenario {} ({}) run {run}, files in {}",
@@ -411,8 +439,9 @@ fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunErro
 }
 
 /// Sets `cancel` on SIGINT, SIGTERM or SIGHUP (a thread with its own runtime), so a run
-/// stops at its next check and tears its fleet down.
-fn watch_signals(cancel: Arc<AtomicBool>) -> Result<()> {
+/// stops at its next check and tears its fleet down (or a holder lets its packets go);
+/// `then` says what happens next, for the log.
+fn watch_signals(cancel: Arc<AtomicBool>, then: &'static str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -424,12 +453,25 @@ fn watch_signals(cancel: Arc<AtomicBool>) -> Result<()> {
             runtime.block_on(async move {
                 loop {
                     let which = signals.next().await;
-                    tracing::warn!("{which}: stopping after the current step, tearing down");
+                    tracing::warn!("{which}: {then}");
                     cancel.store(true, Ordering::SeqCst);
                 }
             });
         })
         .context("start the signal thread")?;
+    Ok(())
+}
+
+/// `warren-chaos delay-holder`: holds queued packets until SIGTERM, then lets them all go.
+fn delay_holder(queue: u16, spec: DelaySpec) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone(), "letting every held packet through")?;
+    let stats = delay::run_holder(queue, spec, &stop)?;
+    eprintln!(
+        "delay-holder queue={queue} done: released {} on time, {} at once (over the bound), \
+         {} early at the stop",
+        stats.released, stats.overflowed, stats.flushed
+    );
     Ok(())
 }
 

@@ -516,6 +516,8 @@ impl Runner<'_> {
             true,
             None,
         );
+        // A delay in place stays in place: its holder died with the rest.
+        self.fleet.revive_holders(node)?;
         self.fleet.restart(node)?;
         self.event(at, "reboot", &format!("{node} booted again"), true, None);
         Ok(())
@@ -665,10 +667,11 @@ impl Runner<'_> {
         for node in self.fleet.nodes().iter().filter(|n| n.role == Role::Agent) {
             if removed.contains(&node.name) {
                 let workloads = alive.get(&node.name).copied().unwrap_or(0);
+                let helpers = self.fleet.helper_pids(&node.name);
                 let others: Vec<u32> = netns::pids_in(&node.host.netns)
                     .map_err(|e| format!("{e:#}"))?
                     .into_iter()
-                    .filter(|&p| Some(p) != node.pid())
+                    .filter(|&p| Some(p) != node.pid() && !helpers.contains(&p))
                     .collect();
                 if workloads > 0 || !others.is_empty() {
                     return Err(format!(

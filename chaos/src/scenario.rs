@@ -430,6 +430,7 @@ fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) 
     };
     match step {
         Step::Fault(fault) => {
+            fault.validate()?;
             if active.contains(fault) {
                 bail!("fault `{fault}` is already in place");
             }
@@ -471,6 +472,7 @@ fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) 
             down_s,
             up_s,
         } => {
+            fault.validate()?;
             if *times == 0 {
                 bail!("flap: times must be at least 1");
             }

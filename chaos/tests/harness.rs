@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use warren_chaos::delay::{DelaySpec, Holder};
 use warren_chaos::fault::Fault;
 use warren_chaos::firewall::{Block, Firewall, Scope};
 use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, SiteSpec};
@@ -128,6 +129,7 @@ fn options(warren: PathBuf, dir: &Path) -> FleetOptions {
         ready_timeout: Duration::from_secs(60),
         cancel: Arc::new(AtomicBool::new(false)),
         agent_env: Vec::new(),
+        holder_program: PathBuf::from(env!("CARGO_BIN_EXE_warren-chaos")),
     }
 }
 
@@ -500,6 +502,211 @@ fn loss_rules_drop_a_share_of_packets_and_healing_restores_them() {
         let pids = pids_of(&run);
         drop(guard);
         listener.wait().expect("reap the listener");
+        assert_gone(&run, &pids);
+    }
+}
+
+/// A UDP echo on port 9002 in `netns`: sends every datagram back as it came.
+fn start_echo(netns: &str) -> std::process::Child {
+    const ECHO: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9002))
+while True:
+    data, peer = s.recvfrom(64)
+    s.sendto(data, peer)
+"#;
+    netns::exec_in(netns, "python3")
+        .args(["-c", ECHO])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the python echo")
+}
+
+/// Round trips to an echo: what came back and in which order.
+#[derive(Debug)]
+struct Trips {
+    received: usize,
+    median_ms: f64,
+    /// Replies that arrived after a reply to a later datagram.
+    overtaken: usize,
+}
+
+/// Sends `count` numbered datagrams from `from` to `to`:9002, `spacing_ms` apart, and
+/// measures each one's round trip (replies are awaited up to 2 s after the last send).
+fn echo_trips(from: &str, to: Ipv4Addr, count: usize, spacing_ms: u64) -> Trips {
+    const CLIENT: &str = r#"
+import socket, sys, time, statistics
+host, count, spacing = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) / 1000
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+sent, trips, order = {}, [], []
+def drain():
+    while True:
+        try:
+            data, _ = s.recvfrom(64)
+        except OSError:
+            return
+        seq = int(data); trips.append((time.monotonic() - sent[seq]) * 1000); order.append(seq)
+for seq in range(count):
+    sent[seq] = time.monotonic(); s.sendto(str(seq).encode(), (host, 9002))
+    end = time.monotonic() + spacing
+    while time.monotonic() < end:
+        time.sleep(0.0005); drain()
+deadline = time.monotonic() + 2
+while len(order) < count and time.monotonic() < deadline:
+    time.sleep(0.001); drain()
+overtaken = sum(1 for i, seq in enumerate(order) if any(o > seq for o in order[:i]))
+print(len(order), statistics.median(trips) if trips else -1, overtaken)
+"#;
+    let output = netns::exec_in(from, "python3")
+        .args([
+            "-c",
+            CLIENT,
+            &to.to_string(),
+            &count.to_string(),
+            &spacing_ms.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the python client");
+    assert!(
+        output.status.success(),
+        "the client runs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "the client prints three numbers: {text}");
+    let trips = Trips {
+        received: fields[0].parse().expect("a count"),
+        median_ms: fields[1].parse().expect("a median"),
+        overtaken: fields[2].parse().expect("a count"),
+    };
+    eprintln!("{count} sent {spacing_ms} ms apart: {trips:?}");
+    trips
+}
+
+/// Two hosts; h1 runs a UDP echo and h2 measures round trips to it. A 100 ms delay on h1
+/// (its holder started first, then the queue rule) puts the median round trip between 90 and
+/// 300 ms (h1's replies are held once) while h1's loopback stays fast; healing (rule out,
+/// holder stopped with SIGTERM, exiting 0) brings it back under 20 ms and leaves no holder
+/// in h1's namespace. A jitter of ±50 ms makes replies overtake each other. A holder killed
+/// with SIGKILL leaves the queue bypassed: traffic passes undelayed, not dropped. Runs once
+/// per installed firewall backend (with nft on a kernel without nft's queue expression the
+/// queue rule goes in through iptables).
+#[test]
+fn delay_holds_packets_reorders_with_jitter_and_healing_restores_them() {
+    if !netns_available("delay_holds_packets_reorders_with_jitter_and_healing_restores_them") {
+        return;
+    }
+    let program = Path::new(env!("CARGO_BIN_EXE_warren-chaos"));
+    let backends = firewalls();
+    assert!(!backends.is_empty(), "install nftables or iptables");
+    for firewall in backends {
+        eprintln!("--- backend {firewall:?}");
+        let run = RunId::random();
+        let mut guard = NetworkGuard(Network::create(&run).expect("create the bridge"));
+        let h1 = guard.0.add_host("h1").expect("add h1");
+        let h2 = guard.0.add_host("h2").expect("add h2");
+        let mut echo = start_echo(&h1.netns);
+        wait_until("h2 reaches h1's echo", Duration::from_secs(10), || {
+            echo_trips(&h2.netns, h1.addr, 1, 0).received == 1
+        });
+        let baseline = echo_trips(&h2.netns, h1.addr, 20, 20);
+        assert_eq!(baseline.received, 20);
+        assert!(baseline.median_ms < 20.0, "baseline {baseline:?}");
+
+        let queue = Block {
+            tag: "delay".into(),
+            drop: Scope::Queue { num: 7 },
+        };
+        let start = |ms, jitter_ms| {
+            let holder = Holder::start(
+                program,
+                &h1.netns,
+                7,
+                DelaySpec { ms, jitter_ms },
+                Stdio::inherit(),
+            )
+            .expect("start the holder");
+            firewall
+                .block(&h1.netns, &queue)
+                .expect("queue h1's output");
+            holder
+        };
+
+        eprintln!("--- 100 ms delay on h1");
+        let holder = start(100, 0);
+        let holder_pid = holder.pid();
+        assert!(
+            netns::pids_in(&h1.netns)
+                .expect("pids")
+                .contains(&holder_pid)
+        );
+        let delayed = echo_trips(&h2.netns, h1.addr, 20, 20);
+        assert_eq!(delayed.received, 20, "nothing is lost: {delayed:?}");
+        assert!(
+            (90.0..=300.0).contains(&delayed.median_ms),
+            "delayed {delayed:?}"
+        );
+        assert_eq!(
+            delayed.overtaken, 0,
+            "no jitter, no reordering: {delayed:?}"
+        );
+        let local = echo_trips(&h1.netns, Ipv4Addr::LOCALHOST, 10, 10);
+        assert!(local.median_ms < 20.0, "loopback is not delayed: {local:?}");
+
+        eprintln!("--- heal");
+        firewall
+            .unblock(&h1.netns, "delay")
+            .expect("remove the queue rule");
+        holder.stop().expect("the holder exits cleanly on SIGTERM");
+        let healed = echo_trips(&h2.netns, h1.addr, 20, 20);
+        assert_eq!(healed.received, 20);
+        assert!(healed.median_ms < 20.0, "healed {healed:?}");
+        assert!(!alive(holder_pid), "the holder is gone");
+        assert!(
+            !netns::pids_in(&h1.netns)
+                .expect("pids")
+                .contains(&holder_pid)
+        );
+
+        eprintln!("--- 100±50 ms delay on h1");
+        let holder = start(100, 50);
+        let jittered = echo_trips(&h2.netns, h1.addr, 100, 2);
+        assert_eq!(jittered.received, 100, "nothing is lost: {jittered:?}");
+        assert!(
+            (60.0..=300.0).contains(&jittered.median_ms),
+            "jittered {jittered:?}"
+        );
+        // 100 datagrams 2 ms apart, each held 50-150 ms: many overtake (expected: dozens).
+        assert!(jittered.overtaken > 0, "jitter reorders: {jittered:?}");
+        firewall
+            .unblock(&h1.netns, "delay")
+            .expect("remove the queue rule");
+        holder.stop().expect("the holder exits cleanly on SIGTERM");
+
+        eprintln!("--- holder killed: the queue is bypassed");
+        let holder = start(100, 0);
+        netns::signal(holder.pid(), rustix::process::Signal::KILL).expect("kill the holder");
+        assert!(
+            holder.stop().is_err(),
+            "a killed holder did not exit cleanly"
+        );
+        let bypassed = echo_trips(&h2.netns, h1.addr, 20, 20);
+        assert_eq!(bypassed.received, 20, "bypassed, not dropped: {bypassed:?}");
+        assert!(bypassed.median_ms < 20.0, "bypassed {bypassed:?}");
+        firewall
+            .unblock(&h1.netns, "delay")
+            .expect("remove the queue rule");
+        assert!(
+            firewall.unblock(&h1.netns, "delay").is_err(),
+            "healing twice is refused"
+        );
+
+        let pids = pids_of(&run);
+        drop(guard);
+        echo.wait().expect("reap the echo");
         assert_gone(&run, &pids);
     }
 }
