@@ -286,7 +286,23 @@ impl Runner<'_> {
     fn cli_once(&self, words: &[String], api: Option<&str>) -> Result<CliRun> {
         let targets = match api {
             Some(name) => vec![self.fleet.api_addr(name)?],
-            None => self.fleet.control_api_addrs(),
+            None => {
+                // Killed or paused control nodes last: a paused one accepts the connection and
+                // then answers nothing, costing a whole timeout per command.
+                let stopped: Vec<String> = self
+                    .active
+                    .iter()
+                    .filter_map(|(fault, _)| match fault {
+                        Fault::Kill { node } | Fault::Pause { node } => {
+                            self.fleet.api_addr(node).ok()
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let mut all = self.fleet.control_api_addrs();
+                all.sort_by_key(|addr| stopped.contains(addr));
+                all
+            }
         };
         let targets = targets.join(",");
         let mut args: Vec<&str> = vec!["--api", &targets, "--timeout", CLI_TIMEOUT];
