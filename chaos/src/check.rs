@@ -127,7 +127,13 @@ pub fn check_all(
             .iter()
             .filter_map(|f| f.first_write_ms.map(|w| secs(w.saturating_sub(f.t_ms))))
             .collect(),
-        writes_sent: record.writes.len(),
+        // Retries of one step are one write.
+        writes_sent: record
+            .writes
+            .iter()
+            .map(|w| w.step.as_str())
+            .collect::<BTreeSet<_>>()
+            .len(),
         writes_acked: record.writes.iter().filter(|w| w.acked).count(),
         writes_lost: lost.len(),
         interruptions: deaths.len(),
@@ -263,12 +269,13 @@ fn no_acknowledged_write_lost(
     }
 }
 
-/// Whether `t` falls inside a fault window (network or process).
-fn in_fault(record: &Record, t: u64) -> bool {
+/// Whether a death somewhere between `last_alive` and `found_gone` may have happened inside a
+/// fault window (network or process): the sample interval is not allowed to move it out.
+fn in_fault(record: &Record, last_alive: u64, found_gone: u64) -> bool {
     record
         .windows
         .iter()
-        .any(|w| w.from_ms <= t && w.to_ms.is_none_or(|to| t <= to))
+        .any(|w| w.from_ms <= found_gone && w.to_ms.is_none_or(|to| last_alive <= to))
 }
 
 /// Why the scenario itself ended this workload, if it did.
@@ -281,10 +288,12 @@ fn explained(record: &Record, w: &Workload, died: u64) -> bool {
     {
         return true;
     }
+    // A reboot's time is its sample taken just before the kill: the workload must have been
+    // seen alive then, or it died before the reboot and the reboot explains nothing.
     if record
         .reboots
         .iter()
-        .any(|r| r.node == w.node && in_life(r.t_ms))
+        .any(|r| r.node == w.node && w.last_alive_ms >= r.t_ms && r.t_ms <= died)
     {
         return true;
     }
@@ -293,8 +302,9 @@ fn explained(record: &Record, w: &Workload, died: u64) -> bool {
         .rsplit_once('.')
         .and_then(|(_, key)| (key.len() < 16).then(|| key.parse().ok()).flatten());
     record.writes.iter().any(|write| {
-        // Sent during the workload's life: it may take effect any time after.
-        if !in_life(write.sent_ms) {
+        // Sent during the workload's life: it may take effect any time after. A write the
+        // scenario expected to be refused explains nothing.
+        if !in_life(write.sent_ms) || write.expected_failure {
             return false;
         }
         match &write.write {
@@ -315,7 +325,7 @@ fn unexplained_deaths<'a>(record: &Record, history: &'a History) -> Vec<(&'a Wor
         .iter()
         .filter_map(|w| {
             let died = w.died_ms?;
-            (!explained(record, w, died)).then(|| (w, in_fault(record, died)))
+            (!explained(record, w, died)).then(|| (w, in_fault(record, w.last_alive_ms, died)))
         })
         .collect()
 }
@@ -773,6 +783,7 @@ mod tests {
             write,
             acked,
             command: "…".into(),
+            expected_failure: false,
         }
     }
 
@@ -888,6 +899,38 @@ mod tests {
         let (results, figures) = check_all(&record, &history, &end(&[("web", Some(2))], &[]));
         assert_eq!(figures.interruptions, 0);
         assert_eq!(verdict(&results, "no_restart_on_reconnect"), Verdict::Pass);
+    }
+
+    /// A death found one sample after the heal may have happened before it: it counts as a
+    /// stop during the fault. A write the scenario expected to be refused explains no stop.
+    #[test]
+    fn the_sample_interval_and_refused_writes_excuse_nothing() {
+        let mut record = Record {
+            windows: vec![window(1_000, Some(5_000))],
+            ..Record::default()
+        };
+        let mut dying = workload("b-1", "web.2", 11, 500, Some(5_150));
+        dying.last_alive_ms = 4_950;
+        let history = History {
+            workloads: vec![workload("b-1", "web.1", 10, 500, None), dying],
+            ..History::default()
+        };
+        let (results, _) = check_all(&record, &history, &end(&[], &[]));
+        assert_eq!(verdict(&results, "workloads_keep_running"), Verdict::Fail);
+        assert_eq!(verdict(&results, "no_restart_on_reconnect"), Verdict::Pass);
+        let mut refused = write(
+            "3",
+            2_000,
+            Write::Scale {
+                service: "web".into(),
+                replicas: 1,
+            },
+            false,
+        );
+        refused.expected_failure = true;
+        record.writes.push(refused);
+        let (_, figures) = check_all(&record, &history, &end(&[], &[]));
+        assert_eq!(figures.interruptions, 1, "the refused scale explains nothing");
     }
 
     #[test]

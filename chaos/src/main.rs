@@ -304,6 +304,7 @@ fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunErro
     )
     .map_err(RunError::CannotRun)?;
     let mut reports = Vec::new();
+    let mut not_started: Vec<String> = Vec::new();
     for (file, scenario) in &scenarios {
         if cancel.load(Ordering::SeqCst) {
             break;
@@ -333,9 +334,18 @@ fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunErro
         let started_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-        let mut fleet = Fleet::up(run.clone(), &scenario.fleet.spec(), fleet_options)
-            .with_context(|| format!("scenario {}: bring the fleet up", scenario.name))
-            .map_err(RunError::Failed)?;
+        let mut fleet = match Fleet::up(run.clone(), &scenario.fleet.spec(), fleet_options) {
+            Ok(fleet) => fleet,
+            Err(error) => {
+                // The other scenarios still run and still report.
+                eprintln!(
+                    "warren-chaos: scenario {}: the fleet did not come up: {error:#}",
+                    scenario.name
+                );
+                not_started.push(scenario.name.clone());
+                continue;
+            }
+        };
         let mut outcome = runner::run(&mut fleet, scenario, cancel.clone());
         let teardown = fleet.down();
         let left: Vec<String> = netns::list_namespaces()
@@ -387,16 +397,20 @@ fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunErro
             "interrupted; fleets were torn down"
         )));
     }
+    // Caught means: workloads were seen dying, not merely "nothing was checked".
     let caught = |r: &Report| {
-        r.invariants.iter().any(|i| {
-            i.name == "workloads_keep_running" && i.verdict == warren_chaos::check::Verdict::Fail
-        })
+        r.figures.interruptions > 0
+            && r.invariants.iter().any(|i| {
+                i.name == "workloads_keep_running"
+                    && i.verdict == warren_chaos::check::Verdict::Fail
+            })
     };
-    let ok = if options.self_check {
-        reports.iter().all(caught)
-    } else {
-        reports.iter().all(Report::passed)
-    };
+    let ok = not_started.is_empty()
+        && if options.self_check {
+            reports.iter().all(caught)
+        } else {
+            reports.iter().all(Report::passed)
+        };
     if !options.json {
         say!("summary:");
         for r in &reports {
@@ -422,6 +436,9 @@ fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunErro
                 r.figures.writes_lost,
                 r.figures.interruptions
             );
+        }
+        for name in &not_started {
+            say!("  FAIL   {name:<28} the fleet did not come up (see stderr)");
         }
         if options.self_check {
             say!(

@@ -96,6 +96,8 @@ pub struct History {
     pub latest: BTreeMap<String, AgentStatusFile>,
     /// Samples taken.
     pub samples: u64,
+    /// When the latest sample was taken.
+    pub last_sample_ms: u64,
 }
 
 impl History {
@@ -241,8 +243,10 @@ impl Drop for Observer {
 }
 
 fn sample(agents: &[Watched], epoch: Instant, history: &Mutex<History>) {
+    // The whole sample under the lock: a sample from the runner's thread and one from the
+    // observer's must not interleave, or an older status could land after a newer one.
+    let mut history = history.lock().unwrap_or_else(PoisonError::into_inner);
     let t_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-    // Read the files before taking the lock: the runner's checks wait on it.
     let statuses: Vec<(String, Option<AgentStatusFile>)> = agents
         .iter()
         .map(|agent| {
@@ -252,8 +256,8 @@ fn sample(agents: &[Watched], epoch: Instant, history: &Mutex<History>) {
             (agent.name.clone(), status)
         })
         .collect();
-    let mut history = history.lock().unwrap_or_else(PoisonError::into_inner);
     history.samples += 1;
+    history.last_sample_ms = t_ms;
     history.check_processes(t_ms);
     for (name, status) in statuses {
         if let Some(status) = status {

@@ -43,6 +43,9 @@ pub struct WriteRecord {
     /// The CLI exited 0: the control plane acknowledged it.
     pub acked: bool,
     pub command: String,
+    /// The scenario said it must fail (e.g. on a minority node): it explains no stop.
+    #[serde(default)]
+    pub expected_failure: bool,
 }
 
 /// A workload the scenario killed on purpose.
@@ -58,6 +61,7 @@ pub struct Kill {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reboot {
     pub node: String,
+    /// The observer's sample taken just before the kill.
     pub t_ms: u64,
 }
 

@@ -36,6 +36,9 @@ const CONVERGE_POLL: Duration = Duration::from_millis(250);
 /// timeout (5 s), so a minority node's "no quorum" answer arrives, yet short enough that a
 /// paused control node does not stall a step for long.
 const CLI_TIMEOUT: &str = "8s";
+/// How long the observer keeps watching after the last step, so a restart an agent makes a
+/// pass or two after converging is still seen.
+const SETTLE: Duration = Duration::from_secs(5);
 /// Pause between retries of a CLI step with `retry_for_s`.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -92,7 +95,18 @@ pub fn run(fleet: &mut Fleet, scenario: &Scenario, cancel: Arc<AtomicBool>) -> O
         runner.event("", "note", "run aborted", false, Some(reason.clone()));
     }
     // Whatever is still in place is healed, so the end state can be read.
-    if let Err(error) = runner.heal_all("end") {
+    let healed = runner.heal_all("end");
+    if aborted.is_none() && healed.is_ok() {
+        runner.event(
+            "end",
+            "wait",
+            &format!("settle {}s: the observer keeps watching", SETTLE.as_secs()),
+            true,
+            None,
+        );
+        let _ = runner.sleep(SETTLE);
+    }
+    if let Err(error) = healed {
         runner.event(
             "end",
             "note",
@@ -275,11 +289,18 @@ impl Runner<'_> {
         Ok(())
     }
 
+    /// Heals every fault in place, latest first, going on past a failure (the first is
+    /// returned): one fault that cannot be healed must not leave the others in place.
     fn heal_all(&mut self, at: &str) -> Result<()> {
+        let mut first_error = None;
         while let Some((fault, _)) = self.active.last().cloned() {
-            self.heal(&fault, at)?;
+            if let Err(error) = self.heal(&fault, at) {
+                // Forget it either way, or the loop would never end; teardown removes it.
+                self.active.retain(|(f, _)| *f != fault);
+                first_error.get_or_insert(error);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// `warren --config … --api <control nodes> --timeout 5s words…` from the operator's seat.
@@ -367,6 +388,7 @@ impl Runner<'_> {
                     write: write.clone(),
                     acked: false,
                     command: shown.clone(),
+                    expected_failure: spec.expect == Expect::Fail,
                 });
             }
             std::thread::sleep(RETRY_PAUSE);
@@ -380,6 +402,7 @@ impl Runner<'_> {
                 write,
                 acked: run.ok,
                 command: shown.clone(),
+                expected_failure: spec.expect == Expect::Fail,
             });
             if run.ok {
                 if let Some(index) = self.pending_failover.take() {
@@ -516,7 +539,9 @@ impl Runner<'_> {
 
     fn reboot(&mut self, node: &str, at: &str) -> Result<()> {
         let netns_name = self.fleet.node(node)?.host.netns.clone();
-        let t_ms = self.now_ms();
+        // What was alive right before: only that is explained by the power-off.
+        self.observer.sample_now(&self.watched, self.epoch);
+        let t_ms = self.observer.with(|h| h.last_sample_ms);
         self.record.reboots.push(Reboot {
             node: node.to_owned(),
             t_ms,
@@ -697,12 +722,20 @@ impl Runner<'_> {
                 }
                 continue;
             }
-            if node.pid().is_none() {
+            let Some(pid) = node.pid().filter(|&p| proc_start_ticks(p).is_some()) else {
                 return Err(format!("agent {} is not running", node.name));
-            }
+            };
             let Some(status) = latest.get(&node.name) else {
                 return Err(format!("agent {} has no status yet", node.name));
             };
+            // A status left by an earlier process (before a restart, or of an agent that died)
+            // says nothing about the agent running now.
+            if status.agent_pid != pid {
+                return Err(format!(
+                    "agent {}'s status is from pid {}, not the running {pid}",
+                    node.name, status.agent_pid
+                ));
+            }
             if !status.link.connected {
                 return Err(format!("agent {} is not connected", node.name));
             }
@@ -766,7 +799,9 @@ impl Runner<'_> {
                         ),
                     };
                 }
-                (services, nodes) if Instant::now() >= deadline => {
+                (services, nodes)
+                    if Instant::now() >= deadline || self.cancel.load(Ordering::SeqCst) =>
+                {
                     tracing::error!(
                         services = ?services.err(),
                         nodes = ?nodes.err(),
