@@ -5,6 +5,9 @@
 //!   (offline boot, re-adoption, `status.json`).
 //! - [`cache`]: the durable cache (sled): the node's view and the agent's records, versioned
 //!   and checksummed; a corrupt, truncated or foreign cache is a clear error.
+//! - [`dns`]: the agent's DNS server (hickory-server) — `<service>.warren.` from a catalogue
+//!   snapshot, alive replicas first, other names forwarded upstream. Not yet wired into the
+//!   agent's run loop.
 //! - [`health`]: health checks — HTTP, TCP and exec probes run by [`health::HealthMonitor`],
 //!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
@@ -29,6 +32,7 @@
 
 pub mod agent;
 pub mod cache;
+pub mod dns;
 pub mod health;
 pub mod link;
 pub mod metrics;
