@@ -1,5 +1,5 @@
 //! Keeps the crate graph honest: lower layers never depend on higher ones, and only the crates
-//! that DESIGN.md §1 names may use quinn/rustls/rcgen, openraft or boringtun.
+//! that DESIGN.md §1 names may use quinn/rustls/rcgen, openraft, boringtun or chitchat.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -36,6 +36,7 @@ fn exclusive() -> BTreeMap<&'static str, &'static str> {
         ("rcgen", "warren-transport"),
         ("openraft", "warren-control"),
         ("boringtun", "warren-wireguard"),
+        ("chitchat", "warren-mesh"),
     ])
 }
 

@@ -1,0 +1,220 @@
+//! The mesh's configuration and its named timers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use warren_api::{NodeId, NodeRole};
+
+use crate::fault::FaultSwitch;
+use crate::keyring::Keyring;
+
+/// The longest partition Warren promises to survive without gossip resurrecting deleted state
+/// or forgetting a live node: 72 hours, a site cut off from Friday evening to Monday morning.
+/// [`DEFAULT_DEAD_NODE_GRACE`] and [`DEFAULT_MARKED_FOR_DELETION_GRACE`] are sized from it.
+pub const LONGEST_PARTITION_PROMISED: Duration = Duration::from_secs(72 * 3600);
+
+/// How often a node starts a gossip round (SYN to up to three live peers, maybe one dead
+/// peer, maybe one seed). 1 s: membership changes reach 100 nodes in a few seconds, at a few
+/// KB/s per node.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
+/// phi above which the failure detector declares a node dead. phi is the time since its last
+/// heartbeat divided by the mean interval between heartbeats, so 8 means "silent for eight
+/// typical intervals": 18–20 s measured at the default gossip interval (20 and 100 nodes).
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+/// Heartbeat intervals the failure detector averages over.
+pub const DEFAULT_SAMPLING_WINDOW: usize = 1_000;
+/// Heartbeat intervals longer than this are left out of the mean (one long silence must not
+/// teach the detector that long silences are normal).
+pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// The prior mean interval before any heartbeat is seen.
+pub const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a dead node's state is kept before it is forgotten: 7 days. chitchat stops
+/// sharing a dead node after half this time (3.5 days) and forgets it after all of it; a side
+/// of a partition that had stopped sharing a node, or forgotten it, would take it and its keys
+/// back from the other side on heal as new, bringing deleted keys with it. Half the grace
+/// must therefore exceed [`LONGEST_PARTITION_PROMISED`] (3.5 d > 72 h, with 12 h to spare).
+/// The cost: a dead node (and each restart is a new generation) stays listed as dead for a
+/// week.
+pub const DEFAULT_DEAD_NODE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a deleted key's tombstone is kept before it is garbage-collected: 7 days, longer
+/// than [`LONGEST_PARTITION_PROMISED`], so a deletion made on one side of a partition reaches
+/// the other side by ordinary gossip when it heals. (Past it, chitchat resets a peer that
+/// missed the deletion from the full state, which also converges, at the cost of a full
+/// transfer.)
+pub const DEFAULT_MARKED_FOR_DELETION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The overlap during which the previous gossip key stays accepted after a rotation: long
+/// enough for the new key to reach every node through its desired-state stream.
+pub const DEFAULT_KEY_ROTATION_OVERLAP: Duration = Duration::from_secs(3600);
+
+const _: () = assert!(DEFAULT_DEAD_NODE_GRACE.as_secs() / 2 > LONGEST_PARTITION_PROMISED.as_secs());
+const _: () =
+    assert!(DEFAULT_MARKED_FOR_DELETION_GRACE.as_secs() > LONGEST_PARTITION_PROMISED.as_secs());
+
+/// The mesh's timers. Defaults are the `DEFAULT_*` constants; tests shrink them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshTimers {
+    /// [`DEFAULT_GOSSIP_INTERVAL`].
+    pub gossip_interval: Duration,
+    /// [`DEFAULT_PHI_THRESHOLD`].
+    pub phi_threshold: f64,
+    /// [`DEFAULT_SAMPLING_WINDOW`].
+    pub sampling_window: usize,
+    /// [`DEFAULT_MAX_INTERVAL`].
+    pub max_interval: Duration,
+    /// [`DEFAULT_INITIAL_INTERVAL`].
+    pub initial_interval: Duration,
+    /// [`DEFAULT_DEAD_NODE_GRACE`].
+    pub dead_node_grace: Duration,
+    /// [`DEFAULT_MARKED_FOR_DELETION_GRACE`].
+    pub marked_for_deletion_grace: Duration,
+}
+
+impl Default for MeshTimers {
+    fn default() -> Self {
+        Self {
+            gossip_interval: DEFAULT_GOSSIP_INTERVAL,
+            phi_threshold: DEFAULT_PHI_THRESHOLD,
+            sampling_window: DEFAULT_SAMPLING_WINDOW,
+            max_interval: DEFAULT_MAX_INTERVAL,
+            initial_interval: DEFAULT_INITIAL_INTERVAL,
+            dead_node_grace: DEFAULT_DEAD_NODE_GRACE,
+            marked_for_deletion_grace: DEFAULT_MARKED_FOR_DELETION_GRACE,
+        }
+    }
+}
+
+/// A configuration whose values contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mesh config: {0}")]
+pub struct ConfigError(pub &'static str);
+
+impl MeshTimers {
+    /// Checks the relations between the timers.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first relation that does not hold.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.gossip_interval.is_zero() {
+            return Err(ConfigError("gossip_interval must be positive"));
+        }
+        if !(self.phi_threshold.is_finite() && self.phi_threshold > 1.0) {
+            return Err(ConfigError("phi_threshold must be a finite number above 1"));
+        }
+        if self.sampling_window == 0 {
+            return Err(ConfigError("sampling_window must be positive"));
+        }
+        if self.max_interval < self.gossip_interval {
+            return Err(ConfigError("max_interval must be at least gossip_interval"));
+        }
+        if self.initial_interval.is_zero() {
+            return Err(ConfigError("initial_interval must be positive"));
+        }
+        if self.dead_node_grace <= self.max_interval * 2 {
+            return Err(ConfigError(
+                "dead_node_grace must exceed twice max_interval",
+            ));
+        }
+        if self.marked_for_deletion_grace <= self.gossip_interval * 2 {
+            return Err(ConfigError(
+                "marked_for_deletion_grace must exceed twice gossip_interval",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Short timers for in-process tests and benchmarks: 100 ms rounds, death after about a
+    /// second of silence, graces of ten minutes (longer than any test).
+    pub fn for_tests() -> Self {
+        Self {
+            gossip_interval: Duration::from_millis(100),
+            phi_threshold: 8.0,
+            sampling_window: 1_000,
+            max_interval: Duration::from_secs(2),
+            initial_interval: Duration::from_millis(100),
+            dead_node_grace: Duration::from_secs(600),
+            marked_for_deletion_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a node needs to join the mesh.
+#[derive(Debug)]
+pub struct MeshConfig {
+    /// This node's id (from the registry).
+    pub node_id: NodeId,
+    /// Its human name.
+    pub name: String,
+    /// Agent or control.
+    pub role: NodeRole,
+    /// Its site.
+    pub site: String,
+    /// Nodes of another cluster id are answered `BadCluster` and never merged (a second guard
+    /// after the key). Use the cluster's id, e.g. the CA fingerprint.
+    pub cluster_id: String,
+    /// Where to bind the gossip socket (`:7946/udp` by default; port 0 in tests).
+    pub listen_addr: SocketAddr,
+    /// The address peers gossip to. `None`: the bound address (right on a flat network and in
+    /// tests; behind NAT, give the public one). A port of 0 means the bound port.
+    pub advertise_addr: Option<SocketAddr>,
+    /// Gossip addresses to start from, taken from the node's view (control nodes and site
+    /// peers). Only needed to join; afterwards peers are learned by gossip.
+    pub seeds: Vec<SocketAddr>,
+    /// The gossip keys.
+    pub keyring: Keyring,
+    /// The timers.
+    pub timers: MeshTimers,
+    /// Fault injection for tests; `None` in production.
+    pub fault: Option<FaultSwitch>,
+}
+
+impl MeshConfig {
+    /// Checks the timers.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster_id.is_empty() {
+            return Err(ConfigError("cluster_id must not be empty"));
+        }
+        self.timers.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_and_test_timers_are_valid() {
+        MeshTimers::default().validate().expect("defaults");
+        MeshTimers::for_tests().validate().expect("test timers");
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        let check = |timers: MeshTimers, expected: &'static str| {
+            assert_eq!(timers.validate(), Err(ConfigError(expected)));
+        };
+        check(
+            MeshTimers {
+                gossip_interval: Duration::ZERO,
+                ..MeshTimers::default()
+            },
+            "gossip_interval must be positive",
+        );
+        check(
+            MeshTimers {
+                phi_threshold: f64::NAN,
+                ..MeshTimers::default()
+            },
+            "phi_threshold must be a finite number above 1",
+        );
+        check(
+            MeshTimers {
+                dead_node_grace: Duration::from_secs(5),
+                ..MeshTimers::default()
+            },
+            "dead_node_grace must exceed twice max_interval",
+        );
+    }
+}

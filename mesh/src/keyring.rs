@@ -1,0 +1,556 @@
+//! The gossip keyring: sealing and opening gossip datagrams with AES-256-GCM. Sans-IO: the
+//! caller passes the time (`now_unix_ms`) in; the only effect is drawing random nonces.
+//!
+//! A sealed datagram is
+//!
+//! ```text
+//! magic "WM" (2) | version 1 (1) | key id u32 LE (4) | nonce (12) | AES-256-GCM(ciphertext + tag 16)
+//! ```
+//!
+//! with the 19-byte header as associated data, so none of it can be changed without the tag
+//! failing. The ciphertext's plaintext starts with the sender's clock (unix ms, u64 LE); the
+//! rest is the payload.
+//!
+//! **Replay.** A datagram is accepted only if its sender timestamp is within
+//! [`REPLAY_WINDOW_MS`] of the receiver's clock, and only once: the receiver remembers every
+//! (timestamp, nonce) it accepted until the timestamp leaves the window. The memory is bounded
+//! by [`REPLAY_CACHE_ENTRIES_MAX`]; when full, new datagrams are dropped (and counted as
+//! `replay_cache_full`) rather than the cache growing or forgetting — forgetting early would
+//! let a replay in. Checks run after authentication, so only key holders can fill it.
+//!
+//! **Rotation.** [`Keyring::rotate`] makes a new key current and keeps the old one accepted
+//! until the overlap ends, so nodes that have not rotated yet keep talking to those that have.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+
+/// The first bytes of every sealed gossip datagram.
+pub const MAGIC: [u8; 2] = *b"WM";
+/// The sealed format's version.
+pub const VERSION: u8 = 1;
+/// Nonce length of AES-GCM.
+pub const NONCE_LEN: usize = 12;
+/// Authentication tag length of AES-GCM.
+pub const TAG_LEN: usize = 16;
+/// magic + version + key id + nonce.
+pub const HEADER_LEN: usize = MAGIC.len() + 1 + 4 + NONCE_LEN;
+/// The sender's clock at the start of every plaintext.
+pub const TIMESTAMP_LEN: usize = 8;
+/// Bytes a sealed datagram adds to its payload.
+pub const SEAL_OVERHEAD_BYTES: usize = HEADER_LEN + TIMESTAMP_LEN + TAG_LEN;
+/// Largest sealed datagram sent or accepted. Larger datagrams are refused before any
+/// decryption. 32 KiB: chitchat messages up to 64 KiB travel in a few fragments (see
+/// `fragment`), and a datagram this size still fits in one UDP datagram on IPv4 and IPv6.
+pub const MAX_DATAGRAM_BYTES: usize = 32 * 1024;
+/// Largest payload [`Keyring::seal`] takes.
+pub const MAX_PAYLOAD_BYTES: usize = MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES;
+/// How far a sender's timestamp may be from the receiver's clock, either way: 60 s. Node clocks
+/// must agree within this (NTP keeps them within milliseconds); a node whose clock is off by
+/// more is refused as `stale` until its clock is fixed. It also bounds how long a captured
+/// datagram could be replayed, and how long the replay cache must remember a nonce.
+pub const REPLAY_WINDOW_MS: u64 = 60_000;
+/// Most (timestamp, nonce) pairs remembered for replay detection: 65 536 entries of 20 bytes
+/// plus tree overhead, a few MB at most. A node of a 100-node cluster receives about ten
+/// datagrams a second at the default gossip interval, ~1 200 per window; the cap leaves room
+/// for 50 times that.
+pub const REPLAY_CACHE_ENTRIES_MAX: usize = 65_536;
+
+/// Identifies a gossip key on the wire, so a receiver picks the right key without trying each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(pub u32);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A cluster gossip key: 32 secret bytes and the id that names them on the wire. `Debug`
+/// never prints the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GossipKey {
+    id: KeyId,
+    bytes: [u8; 32],
+}
+
+impl fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GossipKey")
+            .field("id", &self.id)
+            .field("bytes", &"<redacted>")
+            .finish()
+    }
+}
+
+impl GossipKey {
+    /// A key made of `bytes` (as distributed by the control plane).
+    pub fn from_bytes(id: KeyId, bytes: [u8; 32]) -> Self {
+        Self { id, bytes }
+    }
+
+    /// A fresh random key.
+    pub fn generate(id: KeyId) -> Self {
+        let key = Key::<Aes256Gcm>::generate();
+        let bytes: [u8; 32] = key.into();
+        Self { id, bytes }
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The secret bytes, for handing the key to another node over an authenticated channel.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.bytes))
+    }
+}
+
+/// Why a datagram was dropped. Each has a stable metric label ([`DropReason::label`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Shorter than a header, timestamp and tag.
+    TooShort,
+    /// Longer than [`MAX_DATAGRAM_BYTES`].
+    TooLarge,
+    /// Not our magic or version: not Warren gossip, or a newer format.
+    BadMagic,
+    /// Sealed with a key this node does not hold (another cluster, or a retired key).
+    UnknownKey,
+    /// Authentication failed: changed in transit or made without the key.
+    Forged,
+    /// A (timestamp, nonce) already accepted.
+    Replayed,
+    /// Sender timestamp further than [`REPLAY_WINDOW_MS`] from our clock.
+    Stale,
+    /// The replay cache is full; accepting would mean forgetting a nonce too early.
+    ReplayCacheFull,
+    /// Authentic, but not a valid fragment or chitchat message.
+    Malformed,
+    /// Dropped on purpose by a test's fault switch.
+    FaultInjected,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 10] = [
+        DropReason::TooShort,
+        DropReason::TooLarge,
+        DropReason::BadMagic,
+        DropReason::UnknownKey,
+        DropReason::Forged,
+        DropReason::Replayed,
+        DropReason::Stale,
+        DropReason::ReplayCacheFull,
+        DropReason::Malformed,
+        DropReason::FaultInjected,
+    ];
+
+    /// The metric label: stable, lowercase, snake case.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::TooLarge => "too_large",
+            DropReason::BadMagic => "bad_magic",
+            DropReason::UnknownKey => "unknown_key",
+            DropReason::Forged => "forged",
+            DropReason::Replayed => "replayed",
+            DropReason::Stale => "stale",
+            DropReason::ReplayCacheFull => "replay_cache_full",
+            DropReason::Malformed => "malformed",
+            DropReason::FaultInjected => "fault_injected",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A rotation the keyring refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RotateError {
+    /// The new key has the id of a key the ring holds; receivers could not tell them apart.
+    #[error("key id {0} is already in the keyring")]
+    KeyIdInUse(KeyId),
+}
+
+/// A datagram that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The payload given to [`Keyring::seal`].
+    pub payload: Vec<u8>,
+    /// The key it was sealed with.
+    pub key_id: KeyId,
+}
+
+/// The keys this node seals and opens gossip with, and the replay cache.
+pub struct Keyring {
+    current: GossipKey,
+    /// The key before the last rotation, accepted until the given unix ms.
+    previous: Option<(GossipKey, u64)>,
+    /// (sender timestamp, nonce) of every datagram accepted within the window.
+    seen: BTreeSet<(u64, [u8; NONCE_LEN])>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current.id)
+            .field(
+                "previous",
+                &self.previous.as_ref().map(|(k, until)| (k.id, until)),
+            )
+            .field("seen", &self.seen.len())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// A keyring with one key.
+    pub fn new(current: GossipKey) -> Self {
+        Self {
+            current,
+            previous: None,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// The key new datagrams are sealed with.
+    pub fn current_id(&self) -> KeyId {
+        self.current.id
+    }
+
+    /// The previous key and the unix ms until which it is accepted, if any.
+    pub fn previous(&self) -> Option<(KeyId, u64)> {
+        self.previous.as_ref().map(|(key, until)| (key.id, *until))
+    }
+
+    /// Makes `new` the current key; the current one stays accepted for `overlap_ms` more.
+    /// A previous key still in its overlap is retired at once (one rotation at a time).
+    ///
+    /// # Errors
+    /// [`RotateError::KeyIdInUse`] if `new` has the id of the current or previous key.
+    pub fn rotate(
+        &mut self,
+        new: GossipKey,
+        overlap_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), RotateError> {
+        let id_in_use = new.id == self.current.id
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|(key, _)| key.id == new.id);
+        if id_in_use {
+            return Err(RotateError::KeyIdInUse(new.id));
+        }
+        let old = std::mem::replace(&mut self.current, new);
+        self.previous = Some((old, now_unix_ms.saturating_add(overlap_ms)));
+        Ok(())
+    }
+
+    /// Whether datagrams sealed with `key_id` are accepted at `now_unix_ms`.
+    pub fn accepts(&self, key_id: KeyId, now_unix_ms: u64) -> bool {
+        self.key_for(key_id, now_unix_ms).is_some()
+    }
+
+    fn key_for(&self, key_id: KeyId, now_unix_ms: u64) -> Option<&GossipKey> {
+        if key_id == self.current.id {
+            return Some(&self.current);
+        }
+        match &self.previous {
+            Some((key, until)) if key.id == key_id && now_unix_ms <= *until => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Seals `payload` with the current key and a fresh random nonce.
+    ///
+    /// # Panics
+    /// If `payload` is longer than [`MAX_PAYLOAD_BYTES`]: callers fragment first.
+    pub fn seal(&self, payload: &[u8], now_unix_ms: u64) -> Vec<u8> {
+        self.seal_with(self.current.id, payload, now_unix_ms)
+    }
+
+    /// Seals with `key_id` if the ring accepts it now, else with the current key. Replies to a
+    /// peer that has not rotated yet use the previous key during the overlap, so both
+    /// directions keep working while a rotation rolls through the fleet.
+    ///
+    /// # Panics
+    /// If `payload` is longer than [`MAX_PAYLOAD_BYTES`].
+    pub fn seal_with(&self, key_id: KeyId, payload: &[u8], now_unix_ms: u64) -> Vec<u8> {
+        assert!(
+            payload.len() <= MAX_PAYLOAD_BYTES,
+            "gossip payload of {} bytes exceeds MAX_PAYLOAD_BYTES; fragment first",
+            payload.len()
+        );
+        let key = self.key_for(key_id, now_unix_ms).unwrap_or(&self.current);
+        let nonce = Nonce::generate();
+        let mut header = [0u8; HEADER_LEN];
+        header[..2].copy_from_slice(&MAGIC);
+        header[2] = VERSION;
+        header[3..7].copy_from_slice(&key.id.0.to_le_bytes());
+        header[7..].copy_from_slice(nonce.as_slice());
+        let mut plaintext = Vec::with_capacity(TIMESTAMP_LEN + payload.len());
+        plaintext.extend_from_slice(&now_unix_ms.to_le_bytes());
+        plaintext.extend_from_slice(payload);
+        let ciphertext = key
+            .cipher()
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plaintext,
+                    aad: &header,
+                },
+            )
+            .expect("AES-GCM encryption only fails for inputs larger than 64 GiB");
+        let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    /// Checks and opens a datagram: size, header, key, tag, timestamp window, replay — in that
+    /// order, so that nothing unauthenticated reaches the replay cache.
+    ///
+    /// # Errors
+    /// The [`DropReason`] of the first check that fails.
+    pub fn open(&mut self, datagram: &[u8], now_unix_ms: u64) -> Result<Opened, DropReason> {
+        if datagram.len() > MAX_DATAGRAM_BYTES {
+            return Err(DropReason::TooLarge);
+        }
+        if datagram.len() < SEAL_OVERHEAD_BYTES {
+            return Err(DropReason::TooShort);
+        }
+        let (header, ciphertext) = datagram.split_at(HEADER_LEN);
+        if header[..2] != MAGIC || header[2] != VERSION {
+            return Err(DropReason::BadMagic);
+        }
+        let key_id = KeyId(u32::from_le_bytes(
+            header[3..7].try_into().expect("4 bytes of key id"),
+        ));
+        let nonce: [u8; NONCE_LEN] = header[7..].try_into().expect("12 bytes of nonce");
+        let key = self
+            .key_for(key_id, now_unix_ms)
+            .ok_or(DropReason::UnknownKey)?;
+        let mut plaintext = key
+            .cipher()
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: header,
+                },
+            )
+            .map_err(|_| DropReason::Forged)?;
+        let sent_at_ms = u64::from_le_bytes(
+            plaintext[..TIMESTAMP_LEN]
+                .try_into()
+                .expect("authenticated plaintext holds the timestamp"),
+        );
+        if sent_at_ms.abs_diff(now_unix_ms) > REPLAY_WINDOW_MS {
+            return Err(DropReason::Stale);
+        }
+        self.forget_before(now_unix_ms.saturating_sub(REPLAY_WINDOW_MS));
+        if self.seen.contains(&(sent_at_ms, nonce)) {
+            return Err(DropReason::Replayed);
+        }
+        if self.seen.len() >= REPLAY_CACHE_ENTRIES_MAX {
+            return Err(DropReason::ReplayCacheFull);
+        }
+        self.seen.insert((sent_at_ms, nonce));
+        plaintext.drain(..TIMESTAMP_LEN);
+        Ok(Opened {
+            payload: plaintext,
+            key_id,
+        })
+    }
+
+    /// Entries in the replay cache now.
+    pub fn replay_cache_len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Forgets nonces whose timestamps are older than `oldest_ms`: a datagram that old is
+    /// refused as stale anyway, so its nonce no longer needs remembering.
+    fn forget_before(&mut self, oldest_ms: u64) {
+        while let Some(&(sent_at_ms, _)) = self.seen.first() {
+            if sent_at_ms >= oldest_ms {
+                break;
+            }
+            self.seen.pop_first();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn ring(id: u32) -> Keyring {
+        Keyring::new(GossipKey::generate(KeyId(id)))
+    }
+
+    #[test]
+    fn seal_then_open_returns_the_payload() {
+        let mut ring = ring(1);
+        let sealed = ring.seal(b"hello", NOW);
+        assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD_BYTES);
+        let opened = ring.open(&sealed, NOW + 5).expect("opens");
+        assert_eq!(opened.payload, b"hello");
+        assert_eq!(opened.key_id, KeyId(1));
+    }
+
+    #[test]
+    fn each_check_has_its_reason() {
+        let mut ring = ring(1);
+        let sealed = ring.seal(b"x", NOW);
+        let check = |ring: &mut Keyring, datagram: &[u8], now: u64, expected: DropReason| {
+            assert_eq!(ring.open(datagram, now), Err(expected), "{expected}");
+        };
+        check(&mut ring, &sealed[..10], NOW, DropReason::TooShort);
+        check(
+            &mut ring,
+            &vec![0u8; MAX_DATAGRAM_BYTES + 1],
+            NOW,
+            DropReason::TooLarge,
+        );
+        let mut bad_magic = sealed.clone();
+        bad_magic[0] = b'X';
+        check(&mut ring, &bad_magic, NOW, DropReason::BadMagic);
+        let mut bad_version = sealed.clone();
+        bad_version[2] = 2;
+        check(&mut ring, &bad_version, NOW, DropReason::BadMagic);
+        let foreign = self::ring(9).seal(b"x", NOW);
+        check(&mut ring, &foreign, NOW, DropReason::UnknownKey);
+        let same_id_other_key = self::ring(1).seal(b"x", NOW);
+        check(&mut ring, &same_id_other_key, NOW, DropReason::Forged);
+        check(
+            &mut ring,
+            &sealed,
+            NOW + REPLAY_WINDOW_MS + 1,
+            DropReason::Stale,
+        );
+        check(
+            &mut ring,
+            &sealed,
+            NOW - REPLAY_WINDOW_MS - 1,
+            DropReason::Stale,
+        );
+        ring.open(&sealed, NOW).expect("first time is fine");
+        check(&mut ring, &sealed, NOW + 1, DropReason::Replayed);
+    }
+
+    #[test]
+    fn labels_are_distinct() {
+        let labels: BTreeSet<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+
+    #[test]
+    fn replay_cache_forgets_what_the_window_already_refuses() {
+        let mut ring = ring(1);
+        for i in 0..100 {
+            let sealed = ring.seal(b"x", NOW + i);
+            ring.open(&sealed, NOW + i).expect("opens");
+        }
+        assert_eq!(ring.replay_cache_len(), 100);
+        let later = NOW + REPLAY_WINDOW_MS + 50;
+        let sealed = ring.seal(b"x", later);
+        ring.open(&sealed, later).expect("opens");
+        // Timestamps NOW..NOW+49 are now outside the window and forgotten.
+        assert_eq!(ring.replay_cache_len(), 51);
+    }
+
+    #[test]
+    fn a_full_replay_cache_refuses_rather_than_forgets() {
+        let mut ring = ring(1);
+        for _ in 0..REPLAY_CACHE_ENTRIES_MAX {
+            let sealed = ring.seal(b"", NOW);
+            ring.open(&sealed, NOW).expect("opens");
+        }
+        let sealed = ring.seal(b"", NOW);
+        assert_eq!(ring.open(&sealed, NOW), Err(DropReason::ReplayCacheFull));
+        assert_eq!(ring.replay_cache_len(), REPLAY_CACHE_ENTRIES_MAX);
+    }
+
+    #[test]
+    fn rotation_accepts_the_old_key_for_the_overlap_only() {
+        let old = GossipKey::generate(KeyId(1));
+        let new = GossipKey::generate(KeyId(2));
+        let not_rotated = Keyring::new(old.clone());
+        let mut rotated = Keyring::new(old);
+        rotated.rotate(new, 10_000, NOW).expect("new id");
+        assert_eq!(rotated.current_id(), KeyId(2));
+        assert_eq!(rotated.previous(), Some((KeyId(1), NOW + 10_000)));
+
+        let from_old = not_rotated.seal(b"a", NOW + 5_000);
+        assert!(rotated.open(&from_old, NOW + 5_000).is_ok());
+        let from_old = not_rotated.seal(b"b", NOW + 10_001);
+        assert_eq!(
+            rotated.open(&from_old, NOW + 10_001),
+            Err(DropReason::UnknownKey)
+        );
+        // Replies to a peer on the old key use the old key while it is accepted.
+        assert_eq!(rotated.seal_with(KeyId(1), b"c", NOW)[3], 1);
+        assert_eq!(rotated.seal_with(KeyId(1), b"c", NOW + 10_001)[3], 2);
+    }
+
+    #[test]
+    fn rotation_refuses_a_reused_id() {
+        let mut ring = ring(1);
+        assert_eq!(
+            ring.rotate(GossipKey::generate(KeyId(1)), 1, NOW),
+            Err(RotateError::KeyIdInUse(KeyId(1)))
+        );
+        ring.rotate(GossipKey::generate(KeyId(2)), 1, NOW)
+            .expect("new id");
+        assert_eq!(
+            ring.rotate(GossipKey::generate(KeyId(1)), 1, NOW),
+            Err(RotateError::KeyIdInUse(KeyId(1)))
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_key_bytes() {
+        let key = GossipKey::from_bytes(KeyId(7), [0xAB; 32]);
+        let text = format!("{key:?} {:?}", Keyring::new(key.clone()));
+        assert!(!text.contains("171") && !text.to_lowercase().contains("ab, "));
+        assert!(text.contains("redacted"));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(payload in proptest::collection::vec(any::<u8>(), 0..2048),
+                       skew in -(REPLAY_WINDOW_MS as i64)..=(REPLAY_WINDOW_MS as i64)) {
+            let mut ring = ring(3);
+            let sealed = ring.seal(&payload, NOW);
+            let opened = ring.open(&sealed, NOW.wrapping_add_signed(skew)).expect("opens");
+            prop_assert_eq!(opened.payload, payload);
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_refused(payload in proptest::collection::vec(any::<u8>(), 0..256),
+                                          bit in any::<proptest::sample::Index>()) {
+            let mut ring = ring(3);
+            let mut sealed = ring.seal(&payload, NOW);
+            let bit = bit.index(sealed.len() * 8);
+            sealed[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(ring.open(&sealed, NOW).is_err());
+            prop_assert_eq!(ring.replay_cache_len(), 0);
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Warren's mesh: who is in the fleet and alive, spread by gossip.
+//!
+//! Every node (control and agents) runs one [`Mesh`]: [chitchat] membership (scuttlebutt
+//! anti-entropy plus a phi-accrual failure detector) over a UDP transport on which every
+//! datagram is sealed with AES-256-GCM under the cluster's gossip key. Nodes publish soft
+//! metadata — name, role, site, overlay address, WireGuard public key, advertised endpoints,
+//! the revision they run, their running services' endpoints — and read everyone else's as
+//! [`Member`]s with a [`Liveness`].
+//!
+//! Modules, from the bottom:
+//! - [`keyring`]: sealing and opening datagrams, key rotation, replay protection (sans-IO).
+//! - [`fragment`]: splitting chitchat messages into sealed-datagram-sized pieces (sans-IO).
+//! - [`fault`]: a test switch that drops datagrams to and from chosen peers.
+//! - `transport`: the chitchat transport that relays chitchat's own encoding through loopback
+//!   and seals it on the real socket.
+//! - [`member`]: metadata keys, [`Member`], checking authorising claims against the registry,
+//!   liveness changes (pure).
+//! - [`config`]: [`MeshConfig`] and the named timers with their defaults.
+//! - `mesh`: [`Mesh`], the running node.
+//! - [`metrics`]: `warren_mesh_*` Prometheus metrics.
+//!
+//! What this crate must never do: treat gossip as authority. The gossip key is shared by the
+//! cluster, so anything a member publishes is a claim; WireGuard keys and overlay addresses are
+//! checked against the node registry ([`Member::verify_claims`]) before use. It never sends a
+//! datagram that is not sealed, never opens one larger than
+//! [`MAX_DATAGRAM_BYTES`](keyring::MAX_DATAGRAM_BYTES), reads no environment and prints
+//! nothing. It depends on `api` only among Warren's crates.
+
+pub mod config;
+pub mod fault;
+pub mod fragment;
+pub mod keyring;
+pub mod member;
+mod mesh;
+pub mod metrics;
+mod transport;
+
+pub use config::{ConfigError, MeshConfig, MeshTimers};
+pub use fault::FaultSwitch;
+pub use keyring::{DropReason, GossipKey, KeyId, Keyring, RotateError};
+pub use member::{
+    ClaimError, ClaimedIdentity, Liveness, LivenessChange, Member, RegisteredIdentity,
+    VerifiedIdentity, liveness_changes,
+};
+pub use mesh::{
+    META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MetaError, StartError,
+};
+pub use metrics::MeshMetrics;
+pub use transport::{PEER_KEYS_MAX, RELAY_TIMEOUT, now_unix_ms};

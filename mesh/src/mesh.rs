@@ -1,0 +1,496 @@
+//! The running mesh node: chitchat on the sealed transport, this node's metadata, the member
+//! list and its watch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chitchat::{
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat,
+    ProtocolVersion, spawn_chitchat,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{info, warn};
+use warren_api::NodeId;
+
+use crate::config::{ConfigError, MeshConfig, MeshTimers};
+use crate::keyring::{GossipKey, RotateError};
+use crate::member::{
+    ENDPOINT_PREFIX, KEY_AGENT_REVISION, KEY_NAME, KEY_OVERLAY_ADDR, KEY_ROLE, KEY_SITE,
+    KEY_WG_PUBLIC_KEY, Liveness, Member, SERVICE_PREFIX, format_endpoints,
+};
+use crate::metrics::MeshMetrics;
+use crate::transport::{SealedTransport, TransportShared, now_unix_ms};
+
+/// Longest metadata key, in bytes.
+pub const META_KEY_BYTES_MAX: usize = 128;
+/// Longest metadata value, in bytes: room for a service's endpoint list, small enough that a
+/// node's whole state stays a few KB.
+pub const META_VALUE_BYTES_MAX: usize = 4_096;
+/// Most metadata keys one node publishes.
+pub const META_KEYS_MAX: usize = 256;
+
+/// Why the mesh could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration contradicts itself.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The gossip socket could not be bound.
+    #[error("bind gossip socket {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// chitchat refused to start.
+    #[error("start gossip: {0}")]
+    Gossip(String),
+}
+
+/// Metadata this node may not publish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// Empty, or longer than [`META_KEY_BYTES_MAX`].
+    #[error("metadata key must be 1..={META_KEY_BYTES_MAX} bytes")]
+    BadKey,
+    /// Longer than [`META_VALUE_BYTES_MAX`].
+    #[error("metadata value of {0} bytes exceeds {META_VALUE_BYTES_MAX}")]
+    ValueTooLarge(usize),
+    /// The node already publishes [`META_KEYS_MAX`] keys.
+    #[error("node already publishes {META_KEYS_MAX} metadata keys")]
+    TooManyKeys,
+}
+
+/// A running mesh node. Drop or [`shutdown`](Mesh::shutdown) to leave; peers then see it dead
+/// after their failure detector's timeout.
+pub struct Mesh {
+    chitchat: ChitchatHandle,
+    shared: Arc<TransportShared>,
+    node_id: NodeId,
+    chitchat_id: ChitchatId,
+    local_addr: SocketAddr,
+    timers: MeshTimers,
+    tracker: Arc<Mutex<HeartbeatTracker>>,
+    members_rx: watch::Receiver<Vec<Member>>,
+    monitor: JoinHandle<()>,
+    cancel: DropGuard,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("node_id", &self.node_id)
+            .field("chitchat_id", &self.chitchat_id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// Binds the gossip socket, starts chitchat on the sealed transport and the member
+    /// monitor. Publishes name, role and site at once.
+    ///
+    /// # Errors
+    /// [`StartError`] if the config is invalid, the socket cannot be bound, or chitchat fails.
+    pub async fn start(config: MeshConfig, metrics: MeshMetrics) -> Result<Self, StartError> {
+        config.validate()?;
+        let socket = tokio::net::UdpSocket::bind(config.listen_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let local_addr = socket.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+        let advertise_addr = advertise_addr(config.advertise_addr, local_addr)?;
+        let chitchat_id =
+            ChitchatId::new(config.node_id.to_string(), now_unix_ms(), advertise_addr);
+        let timers = config.timers.clone();
+        let shared = Arc::new(TransportShared {
+            keyring: Mutex::new(config.keyring),
+            metrics,
+            fault: config.fault.unwrap_or_default(),
+            gossip_interval: timers.gossip_interval,
+        });
+        let transport = SealedTransport::new(shared.clone(), socket);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: chitchat_id.clone(),
+            cluster_id: config.cluster_id,
+            gossip_interval: timers.gossip_interval,
+            listen_addr: local_addr,
+            seed_nodes: config.seeds.iter().map(ToString::to_string).collect(),
+            failure_detector_config: FailureDetectorConfig::new(
+                timers.phi_threshold,
+                timers.sampling_window,
+                timers.max_interval,
+                timers.initial_interval,
+                timers.dead_node_grace,
+            ),
+            marked_for_deletion_grace_period: timers.marked_for_deletion_grace,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            // Every Warren node speaks V1 (compressed digests) from its first release.
+            protocol_version: ProtocolVersion::V1,
+        };
+        let initial = vec![
+            (KEY_NAME.to_owned(), config.name),
+            (KEY_ROLE.to_owned(), config.role.as_str().to_owned()),
+            (KEY_SITE.to_owned(), config.site),
+        ];
+        let chitchat = spawn_chitchat(chitchat_config, initial, &transport)
+            .await
+            .map_err(|err| StartError::Gossip(format!("{err:#}")))?;
+        let tracker = Arc::new(Mutex::new(HeartbeatTracker::default()));
+        let (members_tx, members_rx) = watch::channel(Vec::new());
+        let cancel = CancellationToken::new();
+        let monitor = tokio::spawn(monitor(
+            chitchat.chitchat(),
+            tracker.clone(),
+            timers.clone(),
+            shared.metrics.clone(),
+            members_tx,
+            cancel.clone(),
+        ));
+        info!(node_id = %config.node_id, gossip = %local_addr, advertise = %advertise_addr, "mesh started");
+        Ok(Self {
+            chitchat,
+            shared,
+            node_id: config.node_id,
+            chitchat_id,
+            local_addr,
+            timers,
+            tracker,
+            members_rx,
+            monitor,
+            cancel: cancel.drop_guard(),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The bound gossip address (with the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address peers gossip to.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.chitchat_id.gossip_advertise_addr
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &MeshMetrics {
+        &self.shared.metrics
+    }
+
+    /// Publishes `key` = `value` in this node's metadata.
+    ///
+    /// # Errors
+    /// [`MetaError`] when the key or value is out of bounds or the node has too many keys.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), MetaError> {
+        if key.is_empty() || key.len() > META_KEY_BYTES_MAX {
+            return Err(MetaError::BadKey);
+        }
+        if value.len() > META_VALUE_BYTES_MAX {
+            return Err(MetaError::ValueTooLarge(value.len()));
+        }
+        let chitchat = self.chitchat.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        if !state.contains_key(key) && state.num_key_values() >= META_KEYS_MAX {
+            return Err(MetaError::TooManyKeys);
+        }
+        if state.get(key) != Some(value) {
+            state.set(key, value);
+        }
+        Ok(())
+    }
+
+    /// Deletes `key` from this node's metadata (a tombstone that gossip spreads).
+    pub async fn delete_meta(&self, key: &str) {
+        let chitchat = self.chitchat.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        if chitchat.self_node_state().contains_key(key) {
+            chitchat.self_node_state().delete(key);
+        }
+    }
+
+    /// Publishes the WireGuard overlay address (claimed: peers verify it against the registry).
+    ///
+    /// # Errors
+    /// See [`set_meta`](Self::set_meta).
+    pub async fn set_overlay_addr(&self, addr: IpAddr) -> Result<(), MetaError> {
+        self.set_meta(KEY_OVERLAY_ADDR, &addr.to_string()).await
+    }
+
+    /// Publishes the WireGuard public key (claimed: peers verify it against the registry).
+    ///
+    /// # Errors
+    /// See [`set_meta`](Self::set_meta).
+    pub async fn set_wg_public_key(&self, public_key: &str) -> Result<(), MetaError> {
+        self.set_meta(KEY_WG_PUBLIC_KEY, public_key).await
+    }
+
+    /// Publishes an advertised endpoint for `purpose` (`quic`, `api`, `metrics`, `dns`, …).
+    ///
+    /// # Errors
+    /// See [`set_meta`](Self::set_meta).
+    pub async fn set_endpoint(&self, purpose: &str, addr: &str) -> Result<(), MetaError> {
+        self.set_meta(&format!("{ENDPOINT_PREFIX}{purpose}"), addr)
+            .await
+    }
+
+    /// Publishes the desired-state revision the agent has applied.
+    ///
+    /// # Errors
+    /// See [`set_meta`](Self::set_meta).
+    pub async fn set_agent_revision(&self, revision: u64) -> Result<(), MetaError> {
+        self.set_meta(KEY_AGENT_REVISION, &revision.to_string())
+            .await
+    }
+
+    /// Publishes the endpoints of a running service on this node; an empty list deletes them.
+    ///
+    /// # Errors
+    /// See [`set_meta`](Self::set_meta).
+    pub async fn set_service_endpoints(
+        &self,
+        service: &str,
+        endpoints: &[SocketAddr],
+    ) -> Result<(), MetaError> {
+        let key = format!("{SERVICE_PREFIX}{service}");
+        if endpoints.is_empty() {
+            self.delete_meta(&key).await;
+            return Ok(());
+        }
+        self.set_meta(&key, &format_endpoints(endpoints)).await
+    }
+
+    /// The members as this node sees them now (self included), one per node id (its newest
+    /// generation), sorted by node id.
+    pub async fn members(&self) -> Vec<Member> {
+        let chitchat = self.chitchat.chitchat();
+        let chitchat = chitchat.lock().await;
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        collect_members(&chitchat, &mut tracker, &self.timers, Instant::now())
+    }
+
+    /// A watch of the member list, refreshed every gossip interval; it changes when a member
+    /// joins, changes liveness or changes metadata (not on heartbeats).
+    pub fn watch(&self) -> watch::Receiver<Vec<Member>> {
+        self.members_rx.clone()
+    }
+
+    /// Makes `new` the key this node seals with; the current key stays accepted for `overlap`.
+    ///
+    /// # Errors
+    /// [`RotateError`] if `new`'s id is already in the keyring.
+    pub fn rotate_key(&self, new: GossipKey, overlap: Duration) -> Result<(), RotateError> {
+        let new_id = new.id();
+        self.shared.keyring.lock().expect("keyring lock").rotate(
+            new,
+            overlap.as_millis() as u64,
+            now_unix_ms(),
+        )?;
+        info!(node_id = %self.node_id, key_id = %new_id, "gossip key rotated");
+        Ok(())
+    }
+
+    /// Leaves the mesh: stops the monitor and chitchat, and closes the socket. Peers see this
+    /// node dead after their failure detector's timeout (chitchat has no "leave" message).
+    pub async fn shutdown(self) {
+        let Self {
+            chitchat,
+            monitor,
+            cancel,
+            node_id,
+            ..
+        } = self;
+        drop(cancel);
+        let _ = monitor.await;
+        if let Err(err) = chitchat.shutdown().await {
+            warn!(node_id = %node_id, error = %err, "gossip server ended with an error");
+        }
+    }
+}
+
+fn advertise_addr(
+    configured: Option<SocketAddr>,
+    local: SocketAddr,
+) -> Result<SocketAddr, ConfigError> {
+    let mut addr = configured.unwrap_or(local);
+    if addr.port() == 0 {
+        addr.set_port(local.port());
+    }
+    if addr.ip().is_unspecified() {
+        return Err(ConfigError(
+            "advertise_addr is required when listening on an unspecified address",
+        ));
+    }
+    Ok(addr)
+}
+
+/// When each node's heartbeat last advanced, as seen by this node's monitor.
+#[derive(Debug, Default)]
+struct HeartbeatTracker {
+    nodes: HashMap<ChitchatId, Tracked>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    heartbeat: Heartbeat,
+    advanced_at: Instant,
+    first_seen: Instant,
+    ever_alive: bool,
+}
+
+impl HeartbeatTracker {
+    fn observe(
+        &mut self,
+        id: &ChitchatId,
+        heartbeat: Heartbeat,
+        alive: bool,
+        now: Instant,
+    ) -> &Tracked {
+        let tracked = self.nodes.entry(id.clone()).or_insert(Tracked {
+            heartbeat,
+            advanced_at: now,
+            first_seen: now,
+            ever_alive: false,
+        });
+        if heartbeat > tracked.heartbeat {
+            tracked.heartbeat = heartbeat;
+            tracked.advanced_at = now;
+        }
+        tracked.ever_alive |= alive;
+        tracked
+    }
+
+    fn retain(&mut self, present: &HashSet<&ChitchatId>) {
+        self.nodes.retain(|id, _| present.contains(id));
+    }
+}
+
+/// The member list from chitchat's state. A node chitchat calls live is `Suspect` once its
+/// heartbeat has been still for half the detector's timeout. A node it does not call live is
+/// `Dead` — unless this node has never seen it alive and learned of it less than one initial
+/// detection timeout ago: a node that just joined is `Suspect` until its heartbeats are
+/// counted, so that joining never looks like coming back.
+fn collect_members(
+    chitchat: &Chitchat,
+    tracker: &mut HeartbeatTracker,
+    timers: &MeshTimers,
+    now: Instant,
+) -> Vec<Member> {
+    let self_id = chitchat.self_chitchat_id();
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let initial_timeout = timers.initial_interval.mul_f64(timers.phi_threshold);
+    let mut newest: BTreeMap<NodeId, Member> = BTreeMap::new();
+    for (id, state) in chitchat.node_states() {
+        let Ok(node_id) = id.node_id.parse::<NodeId>() else {
+            continue;
+        };
+        if newest
+            .get(&node_id)
+            .is_some_and(|member| member.generation > id.generation_id)
+        {
+            continue;
+        }
+        let is_live = live.contains(id);
+        let tracked = tracker.observe(id, state.heartbeat(), is_live, now);
+        let liveness = if id == self_id {
+            Liveness::Alive
+        } else if is_live {
+            let still_for = now.saturating_duration_since(tracked.advanced_at);
+            match chitchat.failure_detection_timeout(id) {
+                Some(timeout) if still_for > timeout / 2 => Liveness::Suspect,
+                _ => Liveness::Alive,
+            }
+        } else if !tracked.ever_alive
+            && now.saturating_duration_since(tracked.first_seen) < initial_timeout
+        {
+            Liveness::Suspect
+        } else {
+            Liveness::Dead
+        };
+        let meta = state
+            .key_values()
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        newest.insert(
+            node_id,
+            Member::from_meta(
+                node_id,
+                id.generation_id,
+                id.gossip_advertise_addr,
+                liveness,
+                meta,
+            ),
+        );
+    }
+    tracker.retain(&chitchat.node_states().keys().collect());
+    newest.into_values().collect()
+}
+
+async fn monitor(
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    tracker: Arc<Mutex<HeartbeatTracker>>,
+    timers: MeshTimers,
+    metrics: MeshMetrics,
+    members_tx: watch::Sender<Vec<Member>>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(timers.gossip_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let members = {
+            let chitchat = chitchat.lock().await;
+            let mut tracker = tracker.lock().expect("tracker lock");
+            collect_members(&chitchat, &mut tracker, &timers, Instant::now())
+        };
+        for liveness in [Liveness::Alive, Liveness::Suspect, Liveness::Dead] {
+            let count = members.iter().filter(|m| m.liveness == liveness).count();
+            metrics
+                .members
+                .with_label_values(&[liveness.as_str()])
+                .set(count as i64);
+        }
+        members_tx.send_if_modified(|current| {
+            if *current == members {
+                return false;
+            }
+            *current = members;
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_defaults_to_the_bound_address() {
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(advertise_addr(None, local), Ok(local));
+        assert_eq!(
+            advertise_addr(Some("192.0.2.1:0".parse().unwrap()), local),
+            Ok("192.0.2.1:4000".parse().unwrap())
+        );
+        assert!(advertise_addr(None, "0.0.0.0:4000".parse().unwrap()).is_err());
+    }
+}

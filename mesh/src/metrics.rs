@@ -1,0 +1,116 @@
+//! The mesh's Prometheus metrics, `warren_mesh_<noun>_<unit>`. Label values come from fixed
+//! sets (liveness, direction, message type, [`DropReason::label`]), so cardinality is bounded.
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::keyring::DropReason;
+
+/// Counters and gauges of one mesh node. Cheap to clone (shared handles).
+#[derive(Clone, Debug)]
+pub struct MeshMetrics {
+    /// Members as this node sees them, by liveness (`alive`, `suspect`, `dead`); self included.
+    pub members: IntGaugeVec,
+    /// Gossip rounds this node started (one burst of SYNs per gossip interval).
+    pub gossip_rounds_total: IntCounter,
+    /// Chitchat messages, by direction (`tx`/`rx`) and type (`syn`, `syn_ack`, `ack`,
+    /// `bad_cluster`).
+    pub gossip_messages_total: IntCounterVec,
+    /// Sealed datagrams on the real socket, by direction.
+    pub datagrams_total: IntCounterVec,
+    /// Bytes of sealed datagrams on the real socket, by direction.
+    pub datagram_bytes_total: IntCounterVec,
+    /// Datagrams dropped, by reason ([`DropReason::label`]).
+    pub datagrams_dropped_total: IntCounterVec,
+}
+
+impl MeshMetrics {
+    /// Creates the metrics without registering them anywhere.
+    pub fn unregistered() -> Self {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("metric names and labels are valid constants")
+        };
+        let metrics = Self {
+            members: IntGaugeVec::new(
+                Opts::new(
+                    "warren_mesh_members",
+                    "Gossip members as this node sees them, by liveness (self included).",
+                ),
+                &["liveness"],
+            )
+            .expect("metric name and labels are valid constants"),
+            gossip_rounds_total: IntCounter::new(
+                "warren_mesh_gossip_rounds_total",
+                "Gossip rounds this node started.",
+            )
+            .expect("metric name is a valid constant"),
+            gossip_messages_total: counter_vec(
+                "warren_mesh_gossip_messages_total",
+                "Chitchat messages sent (tx) and received (rx), by type.",
+                &["direction", "type"],
+            ),
+            datagrams_total: counter_vec(
+                "warren_mesh_datagrams_total",
+                "Sealed gossip datagrams sent (tx) and received (rx) on the gossip socket.",
+                &["direction"],
+            ),
+            datagram_bytes_total: counter_vec(
+                "warren_mesh_datagram_bytes_total",
+                "Bytes of sealed gossip datagrams sent (tx) and received (rx).",
+                &["direction"],
+            ),
+            datagrams_dropped_total: counter_vec(
+                "warren_mesh_datagrams_dropped_total",
+                "Gossip datagrams dropped, by reason.",
+                &["reason"],
+            ),
+        };
+        // Every label value exists from the start, so dashboards see zeros, not gaps.
+        for reason in DropReason::ALL {
+            metrics
+                .datagrams_dropped_total
+                .with_label_values(&[reason.label()]);
+        }
+        for liveness in ["alive", "suspect", "dead"] {
+            metrics.members.with_label_values(&[liveness]);
+        }
+        for direction in ["tx", "rx"] {
+            metrics.datagrams_total.with_label_values(&[direction]);
+            metrics.datagram_bytes_total.with_label_values(&[direction]);
+        }
+        metrics
+    }
+
+    /// Creates the metrics and registers them in `registry`.
+    ///
+    /// # Errors
+    /// A [`prometheus::Error`] if a metric of the same name is already registered there.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self::unregistered();
+        registry.register(Box::new(metrics.members.clone()))?;
+        registry.register(Box::new(metrics.gossip_rounds_total.clone()))?;
+        registry.register(Box::new(metrics.gossip_messages_total.clone()))?;
+        registry.register(Box::new(metrics.datagrams_total.clone()))?;
+        registry.register(Box::new(metrics.datagram_bytes_total.clone()))?;
+        registry.register(Box::new(metrics.datagrams_dropped_total.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Datagrams dropped for `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.datagrams_dropped_total
+            .with_label_values(&[reason.label()])
+            .get()
+    }
+
+    /// Sealed bytes sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.datagram_bytes_total.with_label_values(&["tx"]).get()
+    }
+
+    pub(crate) fn count_drop(&self, reason: DropReason) {
+        self.datagrams_dropped_total
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+}

@@ -1,0 +1,405 @@
+//! The sealed UDP transport under chitchat.
+//!
+//! chitchat 0.13 keeps its message codec private: a custom [`Transport`] is handed structured
+//! [`ChitchatEnvelope`]s, not bytes. So this transport lets chitchat's own
+//! [`UdpSocket`](chitchat::transport::UdpSocket) do the encoding and decoding on loopback, and
+//! only sealed bytes ever reach the network:
+//!
+//! ```text
+//! send:  envelope ─chitchat codec─▶ inner (127.0.0.1) ──▶ capture ─fragment, seal─▶ real socket ─▶ peer
+//! recv:  peer ─▶ real socket ─size, fault, open, reassemble─▶ inject ──▶ inner ─chitchat codec─▶ envelope
+//! ```
+//!
+//! Both relays happen inside one `send`/`recv` call, in order, so the real destination and the
+//! real sender are known without any lookup: `send` reads back the bytes it just had chitchat
+//! write, and `recv` hands chitchat exactly one opened message and restores its sender's
+//! address on the way out. The capture socket is connected to the inner socket, and `recv`
+//! only takes messages whose source is the inject socket, so nothing else on the host can slip
+//! plaintext into gossip through the loopback sockets.
+//!
+//! `recv` is cancel safe (chitchat's server polls it in a `select!`): the only awaits are the
+//! real socket's `recv_from` and the inner socket's `recv`, both cancel safe, and the state in
+//! between (`pending`: an injected message not yet read back) lives in the socket.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
+use chitchat::{ChitchatEnvelope, ChitchatMessage};
+use tracing::{debug, warn};
+
+use crate::fault::FaultSwitch;
+use crate::fragment::{self, Reassembled, Reassembly};
+use crate::keyring::{DropReason, KeyId, Keyring, MAX_DATAGRAM_BYTES};
+use crate::metrics::MeshMetrics;
+
+/// How long `recv` waits for chitchat to decode a message it was just handed over loopback.
+/// Loopback delivery is immediate, so this only runs out when an authentic message is not
+/// valid chitchat (a key holder sending garbage); then the message is dropped as `malformed`.
+pub const RELAY_TIMEOUT: Duration = Duration::from_millis(250);
+/// Peers whose key id this node remembers, to answer each in the key it speaks during a
+/// rotation. Cleared when full; the cost is a few replies sealed with the current key.
+pub const PEER_KEYS_MAX: usize = 4_096;
+
+/// The wall clock in unix milliseconds, as the keyring's replay window reads it.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the transport shares with the [`Mesh`](crate::Mesh) that owns it.
+#[derive(Debug)]
+pub(crate) struct TransportShared {
+    pub(crate) keyring: Mutex<Keyring>,
+    pub(crate) metrics: MeshMetrics,
+    pub(crate) fault: FaultSwitch,
+    pub(crate) gossip_interval: Duration,
+}
+
+/// A chitchat [`Transport`] whose every datagram on the network is sealed by the keyring.
+/// Opens exactly once, on the socket bound by [`Mesh::start`](crate::Mesh::start).
+pub(crate) struct SealedTransport {
+    shared: Arc<TransportShared>,
+    real: Mutex<Option<tokio::net::UdpSocket>>,
+}
+
+impl SealedTransport {
+    pub(crate) fn new(shared: Arc<TransportShared>, real: tokio::net::UdpSocket) -> Self {
+        Self {
+            shared,
+            real: Mutex::new(Some(real)),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for SealedTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let real = self
+            .real
+            .lock()
+            .expect("transport lock")
+            .take()
+            .context("the sealed transport opens only once")?;
+        let bound = real.local_addr().context("gossip socket address")?;
+        anyhow::ensure!(
+            bound == listen_addr,
+            "chitchat asked for {listen_addr}, the gossip socket is bound to {bound}"
+        );
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let inner = UdpSocket::open(loopback).await?;
+        let inner_addr = inner.local_addr()?;
+        let capture = tokio::net::UdpSocket::bind(loopback)
+            .await
+            .context("bind gossip capture socket")?;
+        capture
+            .connect(inner_addr)
+            .await
+            .context("connect gossip capture socket")?;
+        let capture_addr = capture.local_addr()?;
+        let inject = tokio::net::UdpSocket::bind(loopback)
+            .await
+            .context("bind gossip inject socket")?;
+        let inject_addr = inject.local_addr()?;
+        Ok(Box::new(SealedSocket {
+            shared: self.shared.clone(),
+            real,
+            inner,
+            inner_addr,
+            capture,
+            capture_addr,
+            inject,
+            inject_addr,
+            pending: None,
+            reassembly: Reassembly::default(),
+            peer_keys: HashMap::new(),
+            next_message_id: fastrand::u32(..),
+            last_syn_sent: None,
+            recv_buf: vec![0u8; MAX_DATAGRAM_BYTES + 1].into_boxed_slice(),
+            capture_buf: vec![0u8; fragment::MAX_MESSAGE_BYTES + 1].into_boxed_slice(),
+        }))
+    }
+}
+
+/// A message handed to chitchat's decoder and not yet read back.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    peer: SocketAddr,
+    len: usize,
+    since: Instant,
+}
+
+struct SealedSocket {
+    shared: Arc<TransportShared>,
+    /// The network.
+    real: tokio::net::UdpSocket,
+    /// chitchat's codec, on loopback.
+    inner: UdpSocket,
+    inner_addr: SocketAddr,
+    /// Receives what `inner` encodes.
+    capture: tokio::net::UdpSocket,
+    capture_addr: SocketAddr,
+    /// Sends opened messages to `inner` for decoding.
+    inject: tokio::net::UdpSocket,
+    inject_addr: SocketAddr,
+    pending: Option<Pending>,
+    reassembly: Reassembly,
+    /// The key id each peer last spoke, to answer in it during a rotation.
+    peer_keys: HashMap<SocketAddr, KeyId>,
+    next_message_id: u32,
+    last_syn_sent: Option<Instant>,
+    recv_buf: Box<[u8]>,
+    capture_buf: Box<[u8]>,
+}
+
+fn message_type(message: &ChitchatMessage) -> &'static str {
+    match message {
+        ChitchatMessage::Syn { .. } => "syn",
+        ChitchatMessage::SynAck { .. } => "syn_ack",
+        ChitchatMessage::Ack { .. } => "ack",
+        ChitchatMessage::BadCluster => "bad_cluster",
+    }
+}
+
+/// Errors a UDP socket reports for an earlier datagram (ICMP), not for itself.
+fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::OutOfMemory
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// chitchat's envelope header: magic 45 139 (LE), version 0 or 1, message type 0..=3. Checked
+/// before handing a message to chitchat, so that obvious garbage never costs a relay timeout.
+fn looks_like_chitchat(message: &[u8]) -> bool {
+    message.len() >= 4
+        && message[..2] == 45_139u16.to_le_bytes()
+        && message[2] <= 1
+        && message[3] <= 3
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.real.local_addr().context("gossip socket address")
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let message_type = message_type(&envelope.message);
+        self.count_round(&envelope.message);
+        let message = self.encode(envelope).await?;
+        let message_id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        let Some(fragments) = fragment::split(message_id, &message) else {
+            warn!(peer = %to, len = message.len(), "gossip message too large to send");
+            self.shared.metrics.count_drop(DropReason::TooLarge);
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        };
+        let now_ms = now_unix_ms();
+        let sealed: Vec<Vec<u8>> = {
+            let keyring = self.shared.keyring.lock().expect("keyring lock");
+            let key_id = self
+                .peer_keys
+                .get(&to)
+                .copied()
+                .unwrap_or(keyring.current_id());
+            fragments
+                .iter()
+                .map(|payload| keyring.seal_with(key_id, payload, now_ms))
+                .collect()
+        };
+        let metrics = &self.shared.metrics;
+        metrics
+            .gossip_messages_total
+            .with_label_values(&["tx", message_type])
+            .inc();
+        let mut num_bytes_sent = 0;
+        for datagram in &sealed {
+            num_bytes_sent += datagram.len();
+            if self.shared.fault.is_blocked(to) {
+                metrics.count_drop(DropReason::FaultInjected);
+                continue;
+            }
+            self.real
+                .send_to(datagram, to)
+                .await
+                .with_context(|| format!("send gossip datagram to {to}"))?;
+            metrics.datagrams_total.with_label_values(&["tx"]).inc();
+            metrics
+                .datagram_bytes_total
+                .with_label_values(&["tx"])
+                .inc_by(datagram.len() as u64);
+        }
+        Ok(SendOutcome { num_bytes_sent })
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            if let Some(pending) = self.pending {
+                if let Some(outcome) = self.read_back(pending).await? {
+                    return Ok(outcome);
+                }
+                continue;
+            }
+            let (len, peer) = match self.real.recv_from(&mut self.recv_buf).await {
+                Ok(received) => received,
+                Err(err) if is_transient(&err) => {
+                    debug!(error = %err, "transient gossip recv error");
+                    continue;
+                }
+                Err(err) => return Err(err).context("gossip socket recv"),
+            };
+            let Some(message) = self.accept(peer, len) else {
+                continue;
+            };
+            match self.inject.try_send_to(&message, self.inner_addr) {
+                Ok(_) => {
+                    self.pending = Some(Pending {
+                        peer,
+                        len,
+                        since: Instant::now(),
+                    });
+                }
+                Err(err) => {
+                    warn!(error = %err, "could not hand a gossip message to chitchat");
+                    self.shared.metrics.count_drop(DropReason::Malformed);
+                }
+            }
+        }
+    }
+}
+
+impl SealedSocket {
+    /// Has chitchat encode `envelope` and returns the bytes.
+    async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
+        // Leftovers of a send cancelled half-way (only at shutdown) must not be taken for ours.
+        while self.capture.try_recv(&mut self.capture_buf).is_ok() {}
+        let outcome = self.inner.send(self.capture_addr, envelope).await?;
+        loop {
+            let len = tokio::time::timeout(RELAY_TIMEOUT, self.capture.recv(&mut self.capture_buf))
+                .await
+                .context("chitchat's encoded message did not arrive on loopback")?
+                .context("gossip capture socket recv")?;
+            if len == outcome.num_bytes_sent {
+                return Ok(self.capture_buf[..len].to_vec());
+            }
+        }
+    }
+
+    /// Checks one datagram from the network; the opened, reassembled message if it passes.
+    fn accept(&mut self, peer: SocketAddr, len: usize) -> Option<Vec<u8>> {
+        let metrics = &self.shared.metrics;
+        metrics.datagrams_total.with_label_values(&["rx"]).inc();
+        metrics
+            .datagram_bytes_total
+            .with_label_values(&["rx"])
+            .inc_by(len as u64);
+        if self.shared.fault.is_blocked(peer) {
+            metrics.count_drop(DropReason::FaultInjected);
+            return None;
+        }
+        let opened = self
+            .shared
+            .keyring
+            .lock()
+            .expect("keyring lock")
+            .open(&self.recv_buf[..len], now_unix_ms());
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(reason) => {
+                debug!(peer = %peer, reason = reason.label(), "dropped gossip datagram");
+                metrics.count_drop(reason);
+                return None;
+            }
+        };
+        if self.peer_keys.len() >= PEER_KEYS_MAX && !self.peer_keys.contains_key(&peer) {
+            self.peer_keys.clear();
+        }
+        self.peer_keys.insert(peer, opened.key_id);
+        match self
+            .reassembly
+            .accept(peer, &opened.payload, Instant::now())
+        {
+            Reassembled::Message(message) if looks_like_chitchat(&message) => Some(message),
+            Reassembled::Pending => None,
+            Reassembled::Message(_) | Reassembled::Malformed => {
+                debug!(peer = %peer, "dropped malformed gossip message");
+                metrics.count_drop(DropReason::Malformed);
+                None
+            }
+        }
+    }
+
+    /// Waits for chitchat to decode the injected message; `None` if it refused it.
+    async fn read_back(&mut self, pending: Pending) -> anyhow::Result<Option<RecvOutcome>> {
+        let remaining = RELAY_TIMEOUT.saturating_sub(pending.since.elapsed());
+        let outcome = match tokio::time::timeout(remaining, self.inner.recv()).await {
+            Ok(outcome) => outcome?,
+            Err(_elapsed) => {
+                debug!(peer = %pending.peer, "chitchat refused an authentic gossip message");
+                self.shared.metrics.count_drop(DropReason::Malformed);
+                self.pending = None;
+                return Ok(None);
+            }
+        };
+        if outcome.from_addr != self.inject_addr {
+            warn!(source = %outcome.from_addr, "unsealed datagram on the loopback gossip socket");
+            self.shared.metrics.count_drop(DropReason::Malformed);
+            return Ok(None);
+        }
+        self.pending = None;
+        self.shared
+            .metrics
+            .gossip_messages_total
+            .with_label_values(&["rx", message_type(&outcome.envelope.message)])
+            .inc();
+        Ok(Some(RecvOutcome {
+            from_addr: pending.peer,
+            envelope: outcome.envelope,
+            num_bytes_received: pending.len,
+        }))
+    }
+
+    /// A round is a burst of SYNs; the first SYN after half a gossip interval starts one.
+    fn count_round(&mut self, message: &ChitchatMessage) {
+        if !matches!(message, ChitchatMessage::Syn { .. }) {
+            return;
+        }
+        let now = Instant::now();
+        let new_round = self
+            .last_syn_sent
+            .is_none_or(|last| now.duration_since(last) >= self.shared.gossip_interval / 2);
+        if new_round {
+            self.shared.metrics.gossip_rounds_total.inc();
+        }
+        self.last_syn_sent = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chitchat_header_check() {
+        assert!(looks_like_chitchat(&[0x53, 0xB0, 1, 0, 9]));
+        assert!(!looks_like_chitchat(&[0x53, 0xB0, 2, 0]));
+        assert!(!looks_like_chitchat(&[0x53, 0xB0, 0, 4]));
+        assert!(!looks_like_chitchat(&[0, 0, 0, 0]));
+        assert!(!looks_like_chitchat(&[0x53, 0xB0, 0]));
+    }
+}
