@@ -930,7 +930,10 @@ mod tests {
         refused.expected_failure = true;
         record.writes.push(refused);
         let (_, figures) = check_all(&record, &history, &end(&[], &[]));
-        assert_eq!(figures.interruptions, 1, "the refused scale explains nothing");
+        assert_eq!(
+            figures.interruptions, 1,
+            "the refused scale explains nothing"
+        );
     }
 
     #[test]
