@@ -56,12 +56,14 @@ pub fn node_view(
                 .map(|s| (r.id.service.clone(), s.current.clone()))
         })
         .collect();
-    let secrets = crate::secrets::sealed_for_node(
+    let mut secrets = crate::secrets::sealed_for_node(
         state,
         services.values().map(|s| &s.spec),
         cluster_key,
         node,
     );
+    let (name, gossip) = crate::secrets::gossip_key_for_node(cluster_key, node);
+    secrets.insert(name, gossip);
     let cluster_id = state
         .cluster
         .as_ref()

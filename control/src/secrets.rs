@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use warren_api::{NodeId, SealedBlob, ServiceSpec};
 use warren_transport::seal::{
-    SealKey, node_secret_key, node_secret_purpose, open_parts, seal_deterministic,
+    SealKey, gossip_key, gossip_key_secret_name, node_secret_key, node_secret_purpose, open_parts,
+    seal_deterministic,
 };
 
 use crate::state::ClusterState;
@@ -19,6 +20,30 @@ pub const SECRET_PURPOSE: &str = "warren secret v1";
 /// `key_id` of blobs sealed with a node key. Node keys do not rotate yet; the field is there
 /// for when they do.
 pub const NODE_KEY_ID: u32 = 1;
+
+/// The gossip key every node seals its mesh datagrams with. Rotation moves to the next id (the
+/// mesh accepts the old key for an overlap window); no operator command does that yet.
+pub const GOSSIP_KEY_ID: u32 = 1;
+
+/// The current gossip key, sealed for `node` like a secret, under its reserved view name
+/// ([`gossip_key_secret_name`]). Deterministic, like the secrets.
+pub fn gossip_key_for_node(cluster_key: &SealKey, node: NodeId) -> (String, SealedBlob) {
+    let name = gossip_key_secret_name(GOSSIP_KEY_ID);
+    let key = gossip_key(cluster_key, GOSSIP_KEY_ID);
+    let (nonce, ciphertext) = seal_deterministic(
+        &node_secret_key(cluster_key, node),
+        &node_secret_purpose(&name),
+        &key,
+    );
+    (
+        name,
+        SealedBlob {
+            key_id: NODE_KEY_ID,
+            nonce,
+            ciphertext,
+        },
+    )
+}
 
 /// The secrets referenced by `specs`, each opened with the cluster key and sealed for `node`
 /// with its derived key, by name.
@@ -175,7 +200,11 @@ mod tests {
         };
         let first = view(&log, 1);
         assert_eq!(first.replicas.len(), 1, "{first:?}");
-        assert_eq!(first.secrets.keys().collect::<Vec<_>>(), ["db"]);
+        // Besides its services' secrets, every view carries the gossip key.
+        assert_eq!(
+            first.secrets.keys().collect::<Vec<_>>(),
+            ["db", "warren.gossip-key.1"]
+        );
         let blob = &first.secrets["db"];
         assert_ne!(
             *blob, log.state.secrets["db"].sealed,
@@ -189,7 +218,21 @@ mod tests {
             open(&cluster_key, "db", blob),
             Err(SealError::Authentication)
         );
-        assert!(view(&log, 2).secrets.is_empty());
+        let second_node = view(&log, 2);
+        assert_eq!(
+            second_node.secrets.keys().collect::<Vec<_>>(),
+            ["warren.gossip-key.1"]
+        );
+        let gossip = &second_node.secrets["warren.gossip-key.1"];
+        assert_eq!(
+            open(&node_2, "warren.gossip-key.1", gossip).unwrap(),
+            warren_transport::seal::gossip_key(&cluster_key, 1),
+            "the gossip key, sealed for node 2 alone"
+        );
+        assert_eq!(
+            open(&node_1, "warren.gossip-key.1", gossip),
+            Err(SealError::Authentication)
+        );
         assert_eq!(
             view(&log, 1),
             first,

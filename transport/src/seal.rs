@@ -178,6 +178,37 @@ pub fn node_secret_key(cluster_key: &SealKey, node_id: NodeId) -> SealKey {
     SealKey(key)
 }
 
+/// `info` prefix of the gossip keys.
+const GOSSIP_KEY_INFO: &[u8] = b"warren gossip key v1";
+
+/// Name under which a node's view carries gossip key `id`, sealed for the node like a secret.
+/// Secret references are DNS labels, which have no `.`, so no workload can ask for it.
+pub fn gossip_key_secret_name(id: u32) -> String {
+    format!("warren.gossip-key.{id}")
+}
+
+/// The gossip key `id` from the name its view entry carries, if it is one.
+pub fn gossip_key_id_of(name: &str) -> Option<u32> {
+    name.strip_prefix("warren.gossip-key.")?.parse().ok()
+}
+
+/// Gossip key `id` (the mesh seals every datagram with it):
+/// `HKDF-SHA256(salt = none, ikm = cluster key, info = "warren gossip key v1" || id as 4 bytes
+/// big-endian)`. Derived like the node keys, so every control node has it without storing it;
+/// rotating means moving to the next id.
+pub fn gossip_key(cluster_key: &SealKey, id: u32) -> [u8; 32] {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&cluster_key.0);
+    let id = id.to_be_bytes();
+    let info: [&[u8]; 2] = [GOSSIP_KEY_INFO, &id];
+    let okm = prk
+        .expand(&info, hkdf::HKDF_SHA256)
+        .expect("32 bytes is within HKDF-SHA256's output limit");
+    let mut key = [0u8; 32];
+    okm.fill(&mut key)
+        .expect("the output buffer has the length asked for");
+    key
+}
+
 /// The purpose (associated data) under which the secret `name` is sealed for a node. Binding
 /// the name means a blob delivered as one secret cannot be opened as another.
 pub fn node_secret_purpose(name: &str) -> String {
@@ -249,6 +280,21 @@ pub fn open_parts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gossip_keys_are_stable_distinct_and_named() {
+        let cluster = SealKey::generate();
+        assert_eq!(gossip_key(&cluster, 1), gossip_key(&cluster, 1));
+        assert_ne!(gossip_key(&cluster, 1), gossip_key(&cluster, 2));
+        assert_ne!(gossip_key(&cluster, 1), gossip_key(&SealKey::generate(), 1));
+        assert_ne!(
+            &gossip_key(&cluster, 1),
+            node_secret_key(&cluster, NodeId(1)).as_bytes()
+        );
+        assert_eq!(gossip_key_id_of(&gossip_key_secret_name(7)), Some(7));
+        assert_eq!(gossip_key_id_of("db"), None);
+        assert_eq!(gossip_key_id_of("warren.gossip-key.x"), None);
+    }
 
     #[test]
     fn parts_round_trip() {
