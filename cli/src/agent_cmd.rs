@@ -8,6 +8,7 @@
 //! `join` and `run` start an agent that stops its workloads when its link to control is lost.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -32,6 +33,111 @@ pub enum RuntimeKind {
     Process,
     /// containerd (not supported yet).
     Containerd,
+}
+
+/// Gossip and DNS flags of `agent join` and `agent run`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Discovery (gossip membership and DNS)")]
+pub struct DiscoveryArgs {
+    /// Gossip (UDP) listen address, or `none`. Gossip keeps membership and liveness flowing
+    /// between nodes, also while the centre is out of reach. A taken port gives a warning and
+    /// the agent runs without gossip.
+    #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_GOSSIP)]
+    pub gossip: String,
+    /// The gossip address other nodes dial, registered at join; its IP is also the address DNS
+    /// gives for this node's replicas. Default: the listen address if its IP is set, else the
+    /// IP this machine uses to reach the control plane, with the listen port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise_gossip: Option<SocketAddr>,
+    /// DNS listen address (UDP and TCP), or `none`. Serves `<service>.warren.` from the cached
+    /// view, preferring replicas gossip says are alive, and forwards other names to the hosts'
+    /// resolvers. Port 53 needs root or CAP_NET_BIND_SERVICE; a failed bind gives a warning
+    /// and the agent runs without DNS.
+    #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_DNS)]
+    pub dns: String,
+    /// Resolvers for names outside `warren.` (comma-separated IP:PORT). Default: the
+    /// `nameserver` lines of /etc/resolv.conf.
+    #[arg(long, value_name = "IP:PORT[,IP:PORT...]", value_delimiter = ',')]
+    pub dns_upstream: Vec<SocketAddr>,
+}
+
+/// Default gossip address (DESIGN.md §6).
+const DEFAULT_GOSSIP: &str = "0.0.0.0:7946";
+/// Default DNS address (DESIGN.md §6).
+const DEFAULT_DNS: &str = "127.0.0.11:53";
+
+fn parse_addr_or_none(flag: &str, text: &str) -> Result<Option<SocketAddr>> {
+    if matches!(text, "none" | "off" | "") {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| anyhow!("{flag}: expected IP:PORT or none, got {text:?}"))
+}
+
+impl DiscoveryArgs {
+    /// The agent's discovery options.
+    fn options(&self) -> Result<warren_edge_agent::discovery::DiscoveryOptions> {
+        let dns = parse_addr_or_none("--dns", &self.dns)?.map(|listen| {
+            warren_edge_agent::dns::DnsConfig {
+                listen,
+                upstreams: if self.dns_upstream.is_empty() {
+                    warren_edge_agent::dns::Upstreams::System
+                } else {
+                    warren_edge_agent::dns::Upstreams::List(self.dns_upstream.clone())
+                },
+                ..Default::default()
+            }
+        });
+        Ok(warren_edge_agent::discovery::DiscoveryOptions {
+            gossip_listen: parse_addr_or_none("--gossip", &self.gossip)?,
+            gossip_advertise: self.advertise_gossip,
+            dns,
+            ..Default::default()
+        })
+    }
+
+    /// What to register at join: the gossip address peers dial and the DNS address.
+    fn advertise(&self, control: &[String]) -> Result<agent::JoinAdvertise> {
+        let gossip = match parse_addr_or_none("--gossip", &self.gossip)? {
+            None => None,
+            Some(listen) => Some(match self.advertise_gossip {
+                Some(explicit) => explicit,
+                None if !listen.ip().is_unspecified() => listen,
+                None => {
+                    let ip = control
+                        .iter()
+                        .find_map(|c| local_ip_towards(c))
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "--gossip {listen}: cannot tell which IP to advertise; pass --advertise-gossip IP:PORT"
+                            )
+                        })?;
+                    SocketAddr::new(ip, listen.port())
+                }
+            }),
+        };
+        Ok(agent::JoinAdvertise {
+            gossip,
+            dns: parse_addr_or_none("--dns", &self.dns)?,
+            metrics: None,
+        })
+    }
+}
+
+/// The local IP the kernel would use to reach `addr` (a route lookup: a UDP socket is
+/// connected, nothing is sent).
+fn local_ip_towards(addr: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let target = addr.to_socket_addrs().ok()?.next()?;
+    let bind: SocketAddr = if target.is_ipv6() {
+        "[::]:0".parse().ok()?
+    } else {
+        "0.0.0.0:0".parse().ok()?
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
 }
 
 /// Subcommands of `warren agent`.
@@ -74,15 +180,11 @@ pub enum AgentCommand {
         /// Workload runtime.
         #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
         runtime: RuntimeKind,
-        /// Gossip (UDP) address (accepted; the gossip mesh is not served yet).
-        #[arg(long, value_name = "ADDR")]
-        gossip: Option<String>,
         /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
         #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_AGENT_METRICS)]
         metrics: String,
-        /// DNS address (accepted; not served yet).
-        #[arg(long, value_name = "ADDR")]
-        dns: Option<String>,
+        #[command(flatten)]
+        discovery: DiscoveryArgs,
     },
     /// Run a joined agent from its data dir (foreground); works with no control plane.
     Run {
@@ -92,6 +194,8 @@ pub enum AgentCommand {
         /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
         #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_AGENT_METRICS)]
         metrics: String,
+        #[command(flatten)]
+        discovery: DiscoveryArgs,
     },
     /// The agent's local view: revision, link state, workloads. Works offline and while the
     /// agent runs.
@@ -107,8 +211,13 @@ pub enum AgentCommand {
 pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     match args.command {
         AgentCommand::Status { data_dir } => status(&data_dir, format),
-        AgentCommand::Run { data_dir, metrics } => {
-            let options = options(&metrics)?;
+        AgentCommand::Run {
+            data_dir,
+            metrics,
+            discovery,
+        } => {
+            let mut options = options(&metrics)?;
+            options.discovery = discovery.options()?;
             foreground(options, || async move { Ok(data_dir) })
         }
         AgentCommand::Join {
@@ -119,19 +228,15 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             site,
             labels,
             runtime,
-            gossip,
             metrics,
-            dns,
+            discovery,
         } => {
             if runtime == RuntimeKind::Containerd {
                 bail!("--runtime containerd: not supported yet; use --runtime process");
             }
-            let options = options(&metrics)?;
-            for (flag, value) in [("--gossip", gossip), ("--dns", dns)] {
-                if value.is_some() {
-                    eprintln!("warning: {flag} is accepted but not served yet");
-                }
-            }
+            let mut options = options(&metrics)?;
+            options.discovery = discovery.options()?;
+            let advertise = discovery.advertise(&control)?;
             let name = match name {
                 Some(name) => name,
                 None => default_name(),
@@ -140,10 +245,17 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             warren_api::validate_site(&site).map_err(|e| anyhow!("--site: {}", e.message))?;
             let labels = parse_labels(&labels)?;
             foreground(options, || async move {
-                let identity =
-                    agent::join(&data_dir, control.clone(), token.trim(), name, site, labels)
-                        .await
-                        .with_context(|| format!("join the cluster at {}", control.join(",")))?;
+                let identity = agent::join(
+                    &data_dir,
+                    control.clone(),
+                    token.trim(),
+                    name,
+                    site,
+                    labels,
+                    advertise,
+                )
+                .await
+                .with_context(|| format!("join the cluster at {}", control.join(",")))?;
                 say(&format!(
                     "joined the cluster as agent node {} ({})",
                     identity.node_id,

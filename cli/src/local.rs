@@ -192,6 +192,7 @@ impl LocalCluster {
                     name.clone(),
                     site.to_string(),
                     BTreeMap::new(),
+                    agent::JoinAdvertise::default(),
                 )
                 .await
                 .with_context(|| format!("join agent {name}"))?;

@@ -86,6 +86,38 @@ pub struct AgentIdentity {
     pub control_addrs: Vec<String>,
     /// SHA-256 of the cluster CA, lowercase hex.
     pub cluster_fingerprint: String,
+    /// The gossip address registered at join (`IP:PORT`), which peers dial.
+    #[serde(default)]
+    pub gossip: Option<String>,
+}
+
+/// What an agent advertises when it joins (recorded in the node registry).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinAdvertise {
+    /// The gossip address peers dial; its IP is also the node's address in the service
+    /// catalogue (what DNS answers for its replicas).
+    pub gossip: Option<SocketAddr>,
+    /// The agent's DNS server.
+    pub dns: Option<SocketAddr>,
+    /// Its metrics address.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl JoinAdvertise {
+    /// The join request's `kind=addr` entries.
+    fn entries(&self) -> Vec<String> {
+        let mut entries = Vec::new();
+        if let Some(addr) = self.gossip {
+            entries.push(format!("gossip={addr}"));
+        }
+        if let Some(addr) = self.dns {
+            entries.push(format!("dns={addr}"));
+        }
+        if let Some(addr) = self.metrics {
+            entries.push(format!("metrics={addr}"));
+        }
+        entries
+    }
 }
 
 /// How the agent runs.
@@ -105,6 +137,8 @@ pub struct AgentOptions {
     /// it (`cli` reads `WARREN_SELFCHECK_STOP_ON_DISCONNECT=1`) to prove that its invariant
     /// checks can fail. Never in production.
     pub selfcheck_stop_on_disconnect: bool,
+    /// Gossip membership and the DNS server (both off by default).
+    pub discovery: crate::discovery::DiscoveryOptions,
 }
 
 /// How [`Agent::serve`] ended.
@@ -202,6 +236,7 @@ pub async fn join(
     name: String,
     site: String,
     labels: BTreeMap<String, String>,
+    advertise: JoinAdvertise,
 ) -> Result<AgentIdentity, AgentError> {
     let agent_file = data_dir.join(AGENT_FILE);
     if agent_file.exists() {
@@ -214,7 +249,7 @@ pub async fn join(
         name: name.clone(),
         site: site.clone(),
         labels: labels.clone(),
-        advertise: vec![],
+        advertise: advertise.entries(),
     };
     let mut last_error = None;
     let mut joined = None;
@@ -285,6 +320,7 @@ pub async fn join(
         labels,
         control_addrs: seeds,
         cluster_fingerprint: hex(&fingerprint),
+        gossip: advertise.gossip.map(|a| a.to_string()),
     };
     let cache = Cache::open(data_dir, CacheTuning::default())?;
     cache
@@ -368,6 +404,9 @@ pub struct AgentStatus {
     /// Where the agent serves `/metrics`, if it does.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where it serves DNS and gossips, once started.
+    #[serde(default)]
+    pub discovery: crate::discovery::DiscoveryStatus,
 }
 
 /// Reads `status.json` from `data_dir`.
@@ -536,8 +575,36 @@ impl Agent {
                 "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT is set: this agent stops its workloads when the link to control is lost — never use this in production"
             );
         }
+        let discovery_options = crate::discovery::DiscoveryOptions {
+            // Peers dial what was registered at join, unless told otherwise.
+            gossip_advertise: self
+                .options
+                .discovery
+                .gossip_advertise
+                .or_else(|| self.identity.gossip.as_deref().and_then(|a| a.parse().ok())),
+            ..self.options.discovery.clone()
+        };
+        let (discovery_tx, mut discovery_rx) = watch::channel(Default::default());
+        // Discovery ends with the agent, whichever way it returns.
+        let discovery_cancel = cancel.child_token();
+        let _discovery_guard = discovery_cancel.clone().drop_guard();
+        tasks.spawn(crate::discovery::run(
+            crate::discovery::Local {
+                node_id: self.identity.node_id,
+                name: self.identity.name.clone(),
+                site: self.identity.site.clone(),
+                cluster_fingerprint: self.identity.cluster_fingerprint.clone(),
+                data_dir: self.data_dir.clone(),
+            },
+            discovery_options,
+            views.clone(),
+            metrics.registry().clone(),
+            discovery_tx,
+            discovery_cancel,
+        ));
         let mut reconciler =
             Reconciler::new(&self, cancel.child_token(), reporter, metrics, metrics_addr);
+        reconciler.discovery = discovery_rx.clone();
         reconciler.adopt_recorded().await;
         let mut last_rotate = tokio::time::Instant::now();
         info!(node_id = %self.identity.node_id, "agent running");
@@ -572,6 +639,7 @@ impl Agent {
                 },
                 _ = views.changed() => {}
                 _ = link_status.changed() => {}
+                Ok(()) = discovery_rx.changed() => {}
                 () = tokio::time::sleep(delay) => {}
             }
         };
@@ -632,6 +700,8 @@ struct Reconciler {
     written: Option<(AgentStatus, tokio::time::Instant)>,
     /// [`AgentOptions::selfcheck_stop_on_disconnect`].
     selfcheck_stop_on_disconnect: bool,
+    /// Where discovery serves, for `status.json`.
+    discovery: watch::Receiver<crate::discovery::DiscoveryStatus>,
 }
 
 impl Reconciler {
@@ -669,6 +739,7 @@ impl Reconciler {
             reported: BTreeMap::new(),
             written: None,
             selfcheck_stop_on_disconnect: agent.options.selfcheck_stop_on_disconnect,
+            discovery: watch::channel(Default::default()).1,
         }
     }
 
@@ -1115,6 +1186,7 @@ impl Reconciler {
             link: self.link.clone(),
             replicas: replicas.into_values().collect(),
             metrics_addr: self.metrics_addr,
+            discovery: self.discovery.borrow().clone(),
         };
         let comparable = AgentStatus {
             updated_at_ms: 0,

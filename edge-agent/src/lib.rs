@@ -32,6 +32,7 @@
 
 pub mod agent;
 pub mod cache;
+pub mod discovery;
 pub mod dns;
 pub mod health;
 pub mod link;

@@ -72,6 +72,11 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// The registry every agent series lives in (discovery adds the mesh and DNS ones).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates every metric in a fresh registry labelled with `node` and `site`.
     pub fn new(node: NodeId, site: &str) -> Self {
         let labels: HashMap<String, String> = [

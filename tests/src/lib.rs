@@ -234,6 +234,7 @@ pub async fn join_agent(
         name.into(),
         site.into(),
         Default::default(),
+        Default::default(),
     )
     .await
     .expect("agent joins")

@@ -1,0 +1,192 @@
+//! Discovery at the edge, in process: two agents that registered gossip addresses at join find
+//! each other by gossip (sealed with the key control put in their views), and each serves DNS
+//! for the cluster's services from its cached view. When one agent goes away, gossip marks it
+//! dead and the other agent's DNS stops answering with its replica.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use warren_control::Op;
+use warren_edge_agent::agent::{Agent, AgentOptions, JoinAdvertise, load_status};
+use warren_edge_agent::discovery::DiscoveryOptions;
+use warren_edge_agent::dns::{DnsConfig, Upstreams};
+use warren_mesh::MeshTimers;
+use warren_tests::{
+    agent_options, agent_token, kill9, propose, running_pids, sleep_service, start_control,
+    wait_until,
+};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free UDP port on `ip` (bound, then released for the agent to take).
+fn free_udp_port(ip: &str) -> SocketAddr {
+    let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind a probe socket");
+    socket.local_addr().expect("probe address")
+}
+
+fn discovering(gossip: SocketAddr) -> AgentOptions {
+    AgentOptions {
+        discovery: DiscoveryOptions {
+            gossip_listen: Some(gossip),
+            gossip_advertise: None,
+            dns: Some(DnsConfig {
+                listen: "127.0.0.1:0".parse().expect("literal"),
+                upstreams: Upstreams::List(Vec::new()),
+                ..DnsConfig::default()
+            }),
+            mesh_timers: MeshTimers::for_tests(),
+        },
+        ..agent_options()
+    }
+}
+
+/// One A query over UDP; the sorted addresses, or the response code when it is not NOERROR.
+async fn resolve(dns: SocketAddr, name: &str) -> Result<Vec<IpAddr>, ResponseCode> {
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(
+        Name::from_str(name).expect("a name"),
+        RecordType::A,
+    ));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("client socket");
+    socket
+        .send_to(&query.to_vec().expect("encode"), dns)
+        .await
+        .expect("send");
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buffer))
+        .await
+        .expect("an answer within 2 s")
+        .expect("recv");
+    let reply = Message::from_vec(&buffer[..n]).expect("a DNS message");
+    if reply.metadata.response_code != ResponseCode::NoError {
+        return Err(reply.metadata.response_code);
+    }
+    let mut addresses: Vec<IpAddr> = reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect();
+    addresses.sort();
+    Ok(addresses)
+}
+
+fn dns_addr(dir: &Path) -> Option<SocketAddr> {
+    load_status(dir).ok()?.discovery.dns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let mut agents = Vec::new();
+    for (name, ip) in [("edge-a", "127.0.0.2"), ("edge-b", "127.0.0.3")] {
+        let agent_dir = dir.path().join(name);
+        let gossip = free_udp_port(ip);
+        let token = agent_token(&control, fingerprint).await;
+        warren_edge_agent::agent::join(
+            &agent_dir,
+            vec![control.quic_addr().to_string()],
+            &token,
+            name.into(),
+            "lisbon".into(),
+            Default::default(),
+            JoinAdvertise {
+                gossip: Some(gossip),
+                ..JoinAdvertise::default()
+            },
+        )
+        .await
+        .expect("agent joins");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let agent_dir = agent_dir.clone();
+            let cancel = cancel.clone();
+            async move { Agent::run(&agent_dir, discovering(gossip), cancel).await }
+        });
+        agents.push((agent_dir, cancel, task));
+    }
+    propose(&control, Op::PutService(sleep_service(2))).await;
+    let dns = wait_until("edge-a serves DNS", STEP_TIMEOUT, || dns_addr(&agents[0].0)).await;
+    let both: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|a| a.parse().expect("literal"))
+        .collect();
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        // Until gossip has seen edge-b, its replica is "unknown" and only served when no
+        // alive one is; once both are alive both are served.
+        if resolve(dns, "web.warren.").await == Ok(both.clone()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "web.warren never resolved to both agents: {:?}",
+            resolve(dns, "web.warren.").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    info!("web.warren. resolves to both agents");
+    assert_eq!(
+        resolve(dns, "nosuch.warren.").await,
+        Err(ResponseCode::NXDomain)
+    );
+    let status = load_status(&agents[0].0).expect("status");
+    assert!(status.discovery.gossip.is_some(), "{status:?}");
+
+    // Workloads outlive their agents: remember them to clean up at the end.
+    let workloads: Vec<u32> = agents
+        .iter()
+        .filter_map(|(dir, _, _)| load_status(dir).ok())
+        .flat_map(|s| running_pids(&s))
+        .collect();
+
+    info!("--- edge-b stops: gossip marks it dead, edge-a's DNS drops its replica");
+    let (_, cancel_b, task_b) = agents.pop().expect("edge-b");
+    cancel_b.cancel();
+    task_b.await.expect("agent task").expect("agent ends");
+    let only_a: BTreeSet<IpAddr> = [both[0]].into_iter().collect();
+    wait_until(
+        "edge-b's replica gone from edge-a's answers",
+        STEP_TIMEOUT,
+        || {
+            // wait_until's condition is synchronous: query from a blocking helper thread.
+            let answer = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("runtime")
+                            .block_on(resolve(dns, "web.warren."))
+                    })
+                    .join()
+                    .expect("query thread")
+            });
+            let set: BTreeSet<IpAddr> = answer.ok()?.into_iter().collect();
+            (set == only_a).then_some(())
+        },
+    )
+    .await;
+
+    let (_, cancel_a, task_a) = agents.pop().expect("edge-a");
+    cancel_a.cancel();
+    task_a.await.expect("agent task").expect("agent ends");
+    control.shutdown().await;
+    for pid in workloads {
+        kill9(pid);
+    }
+}
