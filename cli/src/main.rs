@@ -213,7 +213,8 @@ fn init_logging(cli: &Cli) {
         Command::Demo(_) => "error",
         Command::Dev(_) => "warn,openraft=error",
         Command::Control(_) => "info,openraft=warn",
-        Command::Agent(_) => "info",
+        // hickory logs every DNS request at info; chitchat every failed gossip send at warn.
+        Command::Agent(_) => "info,hickory_server=warn,chitchat=error",
         _ => "warn",
     };
     let level = cli.log_level.as_deref().unwrap_or(default);
