@@ -251,6 +251,12 @@ impl Runner<'_> {
                 let bound = within_s.unwrap_or(self.scenario.converge_within_s);
                 self.converge(Duration::from_secs_f64(bound), at)
             }
+            Step::Dns {
+                node,
+                name,
+                min,
+                max,
+            } => self.dns(node, name, *min, *max, at),
             Step::Repeat { times, steps } => {
                 for round in 1..=*times {
                     self.steps(steps, &format!("{at}.{round}."), round)?;
@@ -504,6 +510,74 @@ impl Runner<'_> {
             "cli",
             &text,
             run.ok != (spec.expect == Expect::Fail),
+            Some(detail),
+        );
+        Ok(())
+    }
+
+    /// `dig @127.0.0.11 NAME A` inside the agent's namespace, checked as an expectation.
+    fn dns(
+        &mut self,
+        node: &str,
+        name: &str,
+        min: Option<usize>,
+        max: Option<usize>,
+        at: &str,
+    ) -> Result<()> {
+        let netns_name = self.fleet.node(node)?.host.netns.clone();
+        let output = netns::exec_in(&netns_name, "dig")
+            .args(["+short", "+time=2", "+tries=1", "@127.0.0.11", name, "A"])
+            .stdin(Stdio::null())
+            .output()
+            .context("run dig (install bind9-dnsutils)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let addresses: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect();
+        let count = addresses.len();
+        let mut problems = Vec::new();
+        if !output.status.success() {
+            problems.push(format!(
+                "dig failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        if let Some(min) = min
+            && count < min
+        {
+            problems.push(format!("{count} addresses, fewer than {min}"));
+        }
+        if let Some(max) = max
+            && count > max
+        {
+            problems.push(format!("{count} addresses, more than {max}"));
+        }
+        let passed = problems.is_empty();
+        let detail = format!("answer [{}]", addresses.join(" "));
+        let bounds = match (min, max) {
+            (Some(a), Some(b)) if a == b => format!("exactly {a}"),
+            (Some(a), Some(b)) => format!("{a} to {b}"),
+            (Some(a), None) => format!("at least {a}"),
+            (None, Some(b)) => format!("at most {b}"),
+            (None, None) => "any number of".to_owned(),
+        };
+        self.record.expectations.push(Expectation {
+            step: at.to_owned(),
+            text: format!("DNS on {node}: {name} gives {bounds} addresses"),
+            passed,
+            detail: if passed {
+                detail.clone()
+            } else {
+                format!("{}; {detail}", problems.join("; "))
+            },
+        });
+        self.event(
+            at,
+            "dns",
+            &format!("dig {name} on {node}"),
+            passed,
             Some(detail),
         );
         Ok(())

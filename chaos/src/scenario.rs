@@ -134,6 +134,17 @@ pub enum Step {
     },
     /// Run `steps` `times` times.
     Repeat { times: u32, steps: Vec<Step> },
+    /// Ask the DNS server of agent `node` (inside its namespace, `dig @127.0.0.11`) for the A
+    /// records of `name`; checked as an operator expectation: at least `min` and at most
+    /// `max` addresses (`max: 0` for "no answer").
+    Dns {
+        node: String,
+        name: String,
+        #[serde(default)]
+        min: Option<usize>,
+        #[serde(default)]
+        max: Option<usize>,
+    },
 }
 
 /// A CLI step: `- cli: service scale web 3` or the long form with expectations.
@@ -485,6 +496,14 @@ fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) 
         Step::Converge { within_s } => {
             if let Some(s) = within_s {
                 seconds("converge within_s", *s)?;
+            }
+        }
+        Step::Dns { node: name, min, max, .. } => {
+            agent(name)?;
+            if let (Some(min), Some(max)) = (min, max)
+                && min > max
+            {
+                bail!("dns: min {min} is above max {max}");
             }
         }
         Step::Repeat { times, steps } => {
