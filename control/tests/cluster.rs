@@ -41,6 +41,7 @@ fn new_node(dir: &TempDir, name: &str) -> NewNode {
         advertise_api: None,
         metrics_listen: None,
         gossip_listen: None,
+        advertise_gossip: None,
     }
 }
 

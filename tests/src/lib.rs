@@ -55,6 +55,7 @@ pub async fn start_control_with(dir: &Path, config: ControlConfig) -> (ControlNo
         advertise_api: None,
         metrics_listen: None,
         gossip_listen: None,
+        advertise_gossip: None,
     };
     let (control, out) = ControlNode::init(new, config).await.expect("control init");
     (control, out.fingerprint)
