@@ -612,7 +612,10 @@ impl ControlNode {
             site: self.settings.site.clone(),
             cluster_id: crate::gossip::cluster_id(&self.control.fingerprint()),
             listen_addr,
-            advertise_addr: self.settings.advertise_gossip,
+            // A node.json from before the mesh landed records no advertised address.
+            advertise_addr: self.settings.advertise_gossip.or_else(|| {
+                crate::gossip::advertise_addr(listen_addr, None, &self.settings.advertise_quic)
+            }),
             seeds,
             keyring: crate::gossip::keyring(cluster_key),
             timers: self.mesh_timers.clone(),
