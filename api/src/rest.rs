@@ -141,6 +141,21 @@ pub struct NodeInfo {
     /// and agents no control node has heard from since it started.
     #[serde(default)]
     pub agent: Option<AgentLinkInfo>,
+    /// The node as the answering control node's gossip mesh sees it (soft state); `None`
+    /// when that control node runs no mesh or has not heard of the node by gossip.
+    #[serde(default)]
+    pub gossip: Option<GossipInfo>,
+}
+
+/// A node's gossip membership, as one control node's mesh sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipInfo {
+    /// `alive`, `suspect` (heartbeat late) or `dead` (the failure detector gave up on it).
+    pub liveness: String,
+    /// The member's generation: its process start time (unix ms); a restart makes a new one.
+    pub generation: u64,
+    /// Where it gossips (`IP:PORT`).
+    pub gossip_addr: String,
 }
 
 /// An agent's link to the control plane, as the control nodes see it (soft state: merged

@@ -235,7 +235,8 @@ async fn node_action(
 fn render_nodes(nodes: &[NodeInfo]) -> String {
     let now = unix_now_ms();
     let mut table = Table::new(&[
-        "ID", "NAME", "ROLE", "SITE", "STATE", "AVAIL", "REPLICAS", "LINK", "QUIC", "JOINED",
+        "ID", "NAME", "ROLE", "SITE", "STATE", "AVAIL", "REPLICAS", "LINK", "GOSSIP", "QUIC",
+        "JOINED",
     ]);
     for info in nodes {
         let node = &info.node;
@@ -257,6 +258,11 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
                 None if node.role == NodeRole::Agent => "not seen".to_owned(),
                 None => "-".to_owned(),
             },
+            // As the answering control node's mesh sees it; `-` when it runs none or has not
+            // heard of the node.
+            info.gossip
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |g| g.liveness.clone()),
             node.addresses
                 .quic
                 .clone()

@@ -35,7 +35,8 @@ pub enum ControlCommand {
     #[command(after_help = "Examples:\n  \
         warren control init --data-dir /var/lib/warren --name ops-1 --site central \\\n      \
             --advertise-api ops-1.example:7100 --advertise-quic ops-1.example:7101\n  \
-        warren control init --data-dir /tmp/w --api 127.0.0.1:0 --quic 127.0.0.1:0 --metrics none\n\n\
+        warren control init --data-dir /tmp/w --api 127.0.0.1:0 --quic 127.0.0.1:0 --metrics none \\\n      \
+            --gossip 127.0.0.1:0\n\n\
         Then, in another shell:\n  \
         warren --help\n  \
         warren cluster status --config /tmp/w/admin.conf")]
@@ -64,6 +65,9 @@ pub enum ControlCommand {
         token: String,
     },
     /// Restart a control node from its data dir, then serve.
+    ///
+    /// It listens where `init` or `join` said (API, QUIC, metrics, gossip: recorded in
+    /// <data-dir>/node.json); to change those, create the node again.
     Run {
         /// Where the node's files are.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
@@ -99,10 +103,17 @@ pub struct NodeFlags {
     /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
     #[arg(long, value_name = "ADDR|none", default_value = "0.0.0.0:9090")]
     pub metrics: String,
-    /// Gossip (UDP) address this node advertises in the node registry. Recorded now; the
-    /// gossip mesh listens on it once it lands.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7946")]
-    pub gossip: SocketAddr,
+    /// Gossip (UDP) listen address, or `none` for no gossip. Every node gossips membership
+    /// and liveness (sealed with the cluster's gossip key); the leader uses it to notice a
+    /// dead agent sooner, and `warren node ls` shows it (GOSSIP). If the port is taken the
+    /// node warns and runs without gossip. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR|none", default_value = "0.0.0.0:7946")]
+    pub gossip: String,
+    /// Gossip address other nodes send to (IP:PORT), recorded in the node registry. Default:
+    /// the --gossip address if its IP is specific, else the IP of --advertise-quic with the
+    /// gossip port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise_gossip: Option<SocketAddr>,
 }
 
 /// Runs `warren control …` to the end (a signal).
@@ -249,8 +260,18 @@ fn new_node(flags: &NodeFlags) -> Result<NewNode> {
         advertise_quic,
         advertise_api,
         metrics_listen: parse_metrics(&flags.metrics)?,
-        gossip_listen: Some(flags.gossip),
+        gossip_listen: parse_gossip(&flags.gossip)?,
+        advertise_gossip: flags.advertise_gossip,
     })
+}
+
+fn parse_gossip(text: &str) -> Result<Option<SocketAddr>> {
+    if matches!(text, "none" | "off" | "") {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| anyhow!("--gossip: expected IP:PORT or none, got {text:?}"))
 }
 
 pub(crate) fn parse_metrics(text: &str) -> Result<Option<SocketAddr>> {
@@ -398,5 +419,15 @@ mod tests {
             Some("127.0.0.1:9090".parse().unwrap())
         );
         assert!(parse_metrics("localhost").is_err());
+    }
+
+    #[test]
+    fn gossip_flag() {
+        assert_eq!(parse_gossip("none").unwrap(), None);
+        assert_eq!(
+            parse_gossip("0.0.0.0:7946").unwrap(),
+            Some("0.0.0.0:7946".parse().unwrap())
+        );
+        assert!(parse_gossip("7946").is_err());
     }
 }

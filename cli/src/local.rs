@@ -142,6 +142,7 @@ impl LocalCluster {
             advertise_api: None,
             metrics_listen: None,
             gossip_listen: None,
+            advertise_gossip: None,
         };
         let (control, output) = bounded(
             "start the control node",

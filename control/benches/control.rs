@@ -168,6 +168,7 @@ fn new_node(dir: &Path, name: &str) -> NewNode {
         advertise_api: None,
         metrics_listen: None,
         gossip_listen: None,
+        advertise_gossip: None,
     }
 }
 

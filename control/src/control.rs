@@ -53,6 +53,7 @@ pub struct Control {
     metrics: ControlMetrics,
     fingerprint: [u8; 32],
     agents: StatusBook,
+    gossip: std::sync::OnceLock<watch::Receiver<Vec<warren_mesh::Member>>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -93,7 +94,25 @@ impl Control {
             metrics: parts.metrics,
             fingerprint: parts.fingerprint,
             agents: StatusBook::new(parts.id),
+            gossip: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands this node's mesh member watch to the API and the leader's duties (once, when the
+    /// mesh starts).
+    pub(crate) fn set_gossip(&self, members: watch::Receiver<Vec<warren_mesh::Member>>) {
+        let _ = self.gossip.set(members);
+    }
+
+    /// The members as this node's mesh last saw them (refreshed every gossip interval); `None`
+    /// when this node runs no mesh. Soft state: claims, not facts.
+    pub fn gossip_members(&self) -> Option<Vec<warren_mesh::Member>> {
+        self.gossip.get().map(|members| members.borrow().clone())
+    }
+
+    /// The cluster CA fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// What this node knows of the agents streaming to it.

@@ -519,6 +519,7 @@ impl Api {
         state: &ClusterState,
         node: &warren_api::Node,
         agent: Option<&AgentReport>,
+        gossip: Option<&[warren_mesh::Member]>,
     ) -> NodeInfo {
         let metrics = self.control.raft().metrics().borrow().clone();
         let raft_member = metrics
@@ -539,16 +540,20 @@ impl Api {
                 events: a.events.iter().cloned().collect(),
                 events_dropped: a.events_dropped,
             }),
+            gossip: gossip
+                .and_then(|members| members.iter().find(|m| m.node_id == node.id))
+                .map(crate::gossip::info),
         }
     }
 
     async fn list_nodes(&self, stale: bool) -> ApiResult {
         let agents = self.control.gather_agents(false).await;
         let state = self.read(stale).await?;
+        let gossip = self.control.gossip_members();
         ok(&state
             .nodes
             .values()
-            .map(|n| self.node_info(&state, n, agents.get(&n.id)))
+            .map(|n| self.node_info(&state, n, agents.get(&n.id), gossip.as_deref()))
             .collect::<Vec<_>>())
     }
 
@@ -556,7 +561,8 @@ impl Api {
         let agents = self.control.gather_agents(true).await;
         let state = self.read(stale).await?;
         let node = find_node(&state, key)?;
-        ok(&self.node_info(&state, node, agents.get(&node.id)))
+        let gossip = self.control.gossip_members();
+        ok(&self.node_info(&state, node, agents.get(&node.id), gossip.as_deref()))
     }
 
     async fn set_availability(&self, key: &str, availability: Availability) -> ApiResult {

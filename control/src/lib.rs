@@ -3,6 +3,7 @@
 //! - [`command`]: what a Raft log entry says ([`Command`]) and what applying it returns.
 //! - [`state`]: [`ClusterState`], the replicated desired state, and its pure `apply`.
 //! - [`scheduler`]: placement of replicas, a pure function called inside `apply`.
+//! - [`gossip`]: the control node's side of the mesh (cluster id, keyring, seeds, members).
 //! - [`secrets`]: secret values sealed at rest, and re-sealed per node for agents' views.
 //! - [`store`]: openraft log and state-machine storage on sled.
 //! - [`types`]: openraft type configuration.
@@ -14,6 +15,7 @@
 pub mod catalogue;
 pub mod command;
 pub mod control;
+pub mod gossip;
 pub mod http;
 pub mod liveness;
 pub mod metrics;

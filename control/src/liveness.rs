@@ -6,6 +6,15 @@
 //! reports)` that returns the `NodeUnreachable` / `NodeReachable` operations to propose. The
 //! scheduler then applies each service's `on_disconnect` rule; nothing is rescheduled here.
 //!
+//! Gossip is a second input: the leader's own mesh view of each node ([`GossipLiveness`] by
+//! node id). Its failure detector has already waited before it says `Dead`, so a node whose
+//! link is down and whom gossip calls dead is declared unreachable at once, without waiting for
+//! `unreachable_after`. A node gossip calls `Alive` counts as seen now, like a live link: it is
+//! reachable (an unreachable one comes back), and the link's grace does not run out while
+//! gossip hears it. Gossip is a hint (anyone holding the gossip key can claim a node is alive),
+//! which is why it only decides reachability, never identity. `Suspect` and absence say
+//! nothing.
+//!
 //! A new leader knows nothing of when agents were last seen (the old leader's memory is gone
 //! and the agent of a dead control node is reconnecting): it counts every agent as seen at the
 //! moment it became leader, so no agent is declared unreachable before `unreachable_after` has
@@ -15,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use warren_api::{NodeId, NodeRole, NodeState};
+pub use warren_mesh::Liveness as GossipLiveness;
 
 use crate::command::Op;
 use crate::state::ClusterState;
@@ -38,12 +48,14 @@ impl Liveness {
         }
     }
 
-    /// The operations to propose given the registry and the merged reports.
+    /// The operations to propose given the registry, the merged reports and the leader's
+    /// gossip view.
     pub fn decide(
         &mut self,
         now_ms: u64,
         state: &ClusterState,
         reports: &BTreeMap<NodeId, AgentReport>,
+        gossip: &BTreeMap<NodeId, GossipLiveness>,
     ) -> Vec<Op> {
         let mut ops = Vec::new();
         for node in state.nodes.values() {
@@ -52,22 +64,24 @@ impl Liveness {
             }
             let report = reports.get(&node.id);
             let connected = report.is_some_and(|r| r.connected);
+            let gossip = gossip.get(&node.id).copied();
+            let gossip_alive = gossip == Some(GossipLiveness::Alive);
+            let gossip_dead = gossip == Some(GossipLiveness::Dead);
             let seen = self
                 .last_seen_ms
                 .entry(node.id)
                 .or_insert(self.leader_since_ms);
-            if connected {
+            if connected || gossip_alive {
                 *seen = now_ms;
             } else if let Some(r) = report {
                 *seen = (*seen).max(r.last_contact_ms);
             }
+            let silent_too_long = now_ms.saturating_sub(*seen) >= self.unreachable_after_ms;
             match node.state {
-                NodeState::Ready
-                    if !connected && now_ms.saturating_sub(*seen) >= self.unreachable_after_ms =>
-                {
+                NodeState::Ready if !connected && (gossip_dead || silent_too_long) => {
                     ops.push(Op::NodeUnreachable { node: node.id });
                 }
-                NodeState::Unreachable { .. } | NodeState::Down if connected => {
+                NodeState::Unreachable { .. } | NodeState::Down if connected || gossip_alive => {
                     ops.push(Op::NodeReachable { node: node.id });
                 }
                 _ => {}
@@ -120,6 +134,14 @@ mod tests {
         )
     }
 
+    fn no_gossip() -> BTreeMap<NodeId, GossipLiveness> {
+        BTreeMap::new()
+    }
+
+    fn gossip(id: u64, liveness: GossipLiveness) -> BTreeMap<NodeId, GossipLiveness> {
+        BTreeMap::from([(NodeId(id), liveness)])
+    }
+
     fn state(nodes: Vec<Node>) -> ClusterState {
         let mut state = ClusterState::default();
         for n in nodes {
@@ -133,9 +155,9 @@ mod tests {
         let mut liveness = Liveness::new(Duration::from_secs(30), 1_000);
         let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
         let none = BTreeMap::new();
-        assert!(liveness.decide(20_000, &s, &none).is_empty());
+        assert!(liveness.decide(20_000, &s, &none, &no_gossip()).is_empty());
         assert_eq!(
-            liveness.decide(31_000, &s, &none),
+            liveness.decide(31_000, &s, &none, &no_gossip()),
             vec![Op::NodeUnreachable { node: NodeId(2) }]
         );
     }
@@ -145,11 +167,11 @@ mod tests {
         let mut liveness = Liveness::new(Duration::from_secs(30), 0);
         let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
         let live = BTreeMap::from([report(2, true, 5)]);
-        assert!(liveness.decide(100_000, &s, &live).is_empty());
+        assert!(liveness.decide(100_000, &s, &live, &no_gossip()).is_empty());
         let gone = BTreeMap::from([report(2, false, 100_000)]);
-        assert!(liveness.decide(120_000, &s, &gone).is_empty());
+        assert!(liveness.decide(120_000, &s, &gone, &no_gossip()).is_empty());
         assert_eq!(
-            liveness.decide(130_000, &s, &gone),
+            liveness.decide(130_000, &s, &gone, &no_gossip()),
             vec![Op::NodeUnreachable { node: NodeId(2) }]
         );
     }
@@ -162,10 +184,14 @@ mod tests {
             NodeRole::Agent,
             NodeState::Unreachable { since_ms: 1 },
         )]);
-        assert!(liveness.decide(10, &s, &BTreeMap::new()).is_empty());
+        assert!(
+            liveness
+                .decide(10, &s, &BTreeMap::new(), &no_gossip())
+                .is_empty()
+        );
         let live = BTreeMap::from([report(2, true, 10)]);
         assert_eq!(
-            liveness.decide(20, &s, &live),
+            liveness.decide(20, &s, &live, &no_gossip()),
             vec![Op::NodeReachable { node: NodeId(2) }]
         );
     }
@@ -177,6 +203,84 @@ mod tests {
             node(1, NodeRole::Control, NodeState::Ready),
             node(3, NodeRole::Agent, NodeState::Removed),
         ]);
-        assert!(liveness.decide(100_000, &s, &BTreeMap::new()).is_empty());
+        assert!(
+            liveness
+                .decide(100_000, &s, &BTreeMap::new(), &no_gossip())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn gossip_dead_makes_a_disconnected_agent_unreachable_without_the_grace() {
+        let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+        let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
+        let dead = gossip(2, GossipLiveness::Dead);
+        assert_eq!(
+            liveness.decide(1_000, &s, &BTreeMap::new(), &dead),
+            vec![Op::NodeUnreachable { node: NodeId(2) }]
+        );
+        // A live link outweighs gossip: the agent is plainly reachable.
+        let live = BTreeMap::from([report(2, true, 1_000)]);
+        assert!(liveness.decide(2_000, &s, &live, &dead).is_empty());
+    }
+
+    #[test]
+    fn suspect_gossip_changes_nothing() {
+        let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+        let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
+        let suspect = gossip(2, GossipLiveness::Suspect);
+        assert!(
+            liveness
+                .decide(1_000, &s, &BTreeMap::new(), &suspect)
+                .is_empty()
+        );
+        assert_eq!(
+            liveness.decide(60_000, &s, &BTreeMap::new(), &suspect),
+            vec![Op::NodeUnreachable { node: NodeId(2) }]
+        );
+    }
+
+    #[test]
+    fn gossip_alive_brings_an_agent_back_and_holds_off_the_grace() {
+        let mut liveness = Liveness::new(Duration::from_secs(30), 0);
+        let unreachable = state(vec![node(
+            2,
+            NodeRole::Agent,
+            NodeState::Unreachable { since_ms: 1 },
+        )]);
+        let alive = gossip(2, GossipLiveness::Alive);
+        assert_eq!(
+            liveness.decide(10, &unreachable, &BTreeMap::new(), &alive),
+            vec![Op::NodeReachable { node: NodeId(2) }]
+        );
+        // Link still down, but gossip hears it: no unreachable/back flapping.
+        let ready = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
+        assert!(
+            liveness
+                .decide(100_000, &ready, &BTreeMap::new(), &alive)
+                .is_empty()
+        );
+        // Once gossip stops hearing it too, the grace counts from the last time it did.
+        assert!(
+            liveness
+                .decide(120_000, &ready, &BTreeMap::new(), &no_gossip())
+                .is_empty()
+        );
+        assert_eq!(
+            liveness.decide(130_000, &ready, &BTreeMap::new(), &no_gossip()),
+            vec![Op::NodeUnreachable { node: NodeId(2) }]
+        );
+    }
+
+    #[test]
+    fn control_nodes_are_left_alone_whatever_gossip_says() {
+        let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+        let s = state(vec![node(1, NodeRole::Control, NodeState::Ready)]);
+        let dead = gossip(1, GossipLiveness::Dead);
+        assert!(
+            liveness
+                .decide(1_000, &s, &BTreeMap::new(), &dead)
+                .is_empty()
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! token), `run` (restart from the data dir), and `shutdown`.
 //!
 //! Data dir layout (all files written atomically):
-//! - `node.json`: id, name, site, listen and advertised addresses;
+//! - `node.json`: id, name, site, listen and advertised addresses (QUIC, API, metrics, gossip);
 //! - `node.crt`, `node.key` (0600), `ca.crt`: this node's credentials;
 //! - `cluster.key` (0600): the key that seals the CA key and secret values in the replicated
 //!   state — every control node holds it; agents never do;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
+use warren_mesh::{Mesh, MeshConfig, MeshMetrics, MeshTimers};
 use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME, unix_now, unix_now_ms};
 use warren_transport::join::{JoinParams, random_node_id, serve_join};
 use warren_transport::seal::SealKey;
@@ -63,9 +64,13 @@ pub struct NodeSettings {
     /// Plain-HTTP metrics, `/health` and `/ready`; `None` = not served.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Gossip address recorded in the node registry (the mesh listens on it once it lands).
+    /// Where the gossip mesh listens (UDP); `None` = no mesh.
     #[serde(default)]
     pub gossip_listen: Option<SocketAddr>,
+    /// The gossip address peers use, recorded in the node registry; `None` when there is no
+    /// mesh (or no address could be worked out, see [`crate::gossip::advertise_addr`]).
+    #[serde(default)]
+    pub advertise_gossip: Option<SocketAddr>,
 }
 
 /// Default for [`ControlConfig::unreachable_after`].
@@ -88,8 +93,11 @@ pub struct ControlConfig {
     pub snapshot_every: u64,
     /// How long an agent may have no stream to any control node before the leader marks its
     /// node unreachable (services with `on_disconnect: reschedule` then move after their own
-    /// delay). Longer than an agent's reconnect after a control node dies (~15 s).
+    /// delay). Longer than an agent's reconnect after a control node dies (~15 s). Gossip can
+    /// be quicker: see [`crate::liveness`].
     pub unreachable_after: Duration,
+    /// The gossip mesh's timers (used only when the node has a gossip address).
+    pub mesh_timers: MeshTimers,
 }
 
 impl Default for ControlConfig {
@@ -105,6 +113,7 @@ impl Default for ControlConfig {
             store: StoreTuning::default(),
             snapshot_every: 5_000,
             unreachable_after: DEFAULT_UNREACHABLE_AFTER,
+            mesh_timers: MeshTimers::default(),
         }
     }
 }
@@ -136,6 +145,9 @@ impl ControlConfig {
                 "write timeout must be at least the election timeout".into(),
             ));
         }
+        self.mesh_timers
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         self.transport
             .validate()
             .map_err(|e| NodeError::Config(e.to_string()))
@@ -217,8 +229,10 @@ pub struct NewNode {
     pub advertise_api: Option<String>,
     /// Metrics listen address (`/metrics`, `/health`, `/ready`), if any.
     pub metrics_listen: Option<SocketAddr>,
-    /// Gossip address to record in the node registry, if any.
+    /// Where the gossip mesh listens (UDP), if anywhere. Port 0 picks a free port.
     pub gossip_listen: Option<SocketAddr>,
+    /// The gossip address peers use; defaults per [`crate::gossip::advertise_addr`].
+    pub advertise_gossip: Option<SocketAddr>,
 }
 
 /// A running control node.
@@ -234,6 +248,8 @@ pub struct ControlNode {
     control_metrics: ControlMetrics,
     api_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    mesh_timers: MeshTimers,
+    mesh: Option<Mesh>,
 }
 
 fn check_fresh(dir: &Path) -> Result<(), NodeError> {
@@ -295,7 +311,42 @@ fn settings_for(new: &NewNode, node_id: NodeId) -> NodeSettings {
             .unwrap_or_else(|| new.api_listen.to_string()),
         metrics_listen: new.metrics_listen,
         gossip_listen: new.gossip_listen,
+        advertise_gossip: new.advertise_gossip,
     }
+}
+
+/// Fills in the gossip port (for port 0, by binding and letting go: the mesh binds it again
+/// once the node has the cluster key) and the gossip address to advertise.
+async fn resolve_gossip(new: &mut NewNode) -> Result<(), NodeError> {
+    let Some(mut listen) = new.gossip_listen else {
+        new.advertise_gossip = None;
+        return Ok(());
+    };
+    if listen.port() == 0 {
+        listen = std::net::UdpSocket::bind(listen)
+            .and_then(|socket| socket.local_addr())
+            .map_err(io("bind gossip port", &new.data_dir))?;
+        new.gossip_listen = Some(listen);
+    }
+    let advertise_quic = new
+        .advertise_quic
+        .clone()
+        .unwrap_or_else(|| new.quic_listen.to_string());
+    let mut advertise =
+        crate::gossip::advertise_addr(listen, new.advertise_gossip, &advertise_quic);
+    if advertise.is_none() {
+        // The QUIC address is a host name: gossip on the address it resolves to.
+        advertise = tokio::net::lookup_host(&advertise_quic)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .map(|quic| SocketAddr::new(quic.ip(), listen.port()));
+    }
+    if advertise.is_none() {
+        warn!(gossip = %listen, "no gossip address to advertise: other nodes will not find this node by gossip");
+    }
+    new.advertise_gossip = advertise;
+    Ok(())
 }
 
 impl ControlNode {
@@ -333,10 +384,11 @@ impl ControlNode {
         let mut new = new;
         new.quic_listen = endpoint.0.local_addr();
         new.api_listen = api.local_addr();
+        resolve_gossip(&mut new).await?;
         let settings = settings_for(&new, node_id);
         creds.save(&new.data_dir)?;
         save_cluster_key(&new.data_dir, &cluster_key)?;
-        let node = Self::start(
+        let mut node = Self::start(
             &new.data_dir,
             settings.clone(),
             Some(cluster_key.clone()),
@@ -376,7 +428,7 @@ impl ControlNode {
             addresses: NodeAddresses {
                 quic: Some(settings.advertise_quic.clone()),
                 api: Some(settings.advertise_api.clone()),
-                gossip: settings.gossip_listen.map(|a| a.to_string()),
+                gossip: settings.advertise_gossip.map(|a| a.to_string()),
                 metrics: settings.metrics_listen.map(|a| a.to_string()),
                 dns: None,
             },
@@ -385,6 +437,7 @@ impl ControlNode {
         node.control.propose(Op::RegisterNode(me)).await?;
         // Only now is the data dir a complete node: `run` can restart it.
         save_settings(&new.data_dir, &settings)?;
+        node.start_mesh().await;
         info!(node_id = %node_id, "cluster initialised");
         Ok((
             node,
@@ -416,6 +469,7 @@ impl ControlNode {
             .local_addr()
             .map_err(io("bind QUIC port", &new.data_dir))?;
         drop(probe);
+        resolve_gossip(&mut new).await?;
         let settings_guess = settings_for(&new, NodeId(0));
         let params = JoinParams {
             role: NodeRole::Control,
@@ -425,7 +479,9 @@ impl ControlNode {
             advertise: [
                 Some(format!("quic={}", settings_guess.advertise_quic)),
                 Some(format!("api={}", settings_guess.advertise_api)),
-                settings_guess.gossip_listen.map(|a| format!("gossip={a}")),
+                settings_guess
+                    .advertise_gossip
+                    .map(|a| format!("gossip={a}")),
                 settings_guess
                     .metrics_listen
                     .map(|a| format!("metrics={a}")),
@@ -446,7 +502,7 @@ impl ControlNode {
         let settings = settings_for(&new, joined.node_id);
         let endpoint = bind(&new.quic_listen, &joined.credentials, &config)?;
         let api = bind_api(new.api_listen, &joined.credentials, &endpoint.1).await?;
-        let node =
+        let mut node =
             Self::start(&new.data_dir, settings.clone(), None, config, endpoint, api).await?;
         let secrets = node.ask_to_become_member(join_addr, &settings).await?;
         let key = SealKey::from_hex(&secrets.cluster_key_hex)
@@ -454,6 +510,7 @@ impl ControlNode {
         save_cluster_key(&new.data_dir, &key)?;
         node.control.set_cluster_key(key);
         save_settings(&new.data_dir, &settings)?;
+        node.start_mesh().await;
         info!(node_id = %joined.node_id, "joined the cluster as a control node");
         Ok(node)
     }
@@ -530,7 +587,53 @@ impl ControlNode {
         let cluster_key = load_cluster_key(data_dir)?;
         let endpoint = bind(&settings.quic_listen, &creds, &config)?;
         let api = bind_api(settings.api_listen, &creds, &endpoint.1).await?;
-        Self::start(data_dir, settings, cluster_key, config, endpoint, api).await
+        let mut node = Self::start(data_dir, settings, cluster_key, config, endpoint, api).await?;
+        node.start_mesh().await;
+        Ok(node)
+    }
+
+    /// Joins the gossip mesh, if this node has a gossip address and the cluster key. A mesh
+    /// that cannot start (the port is taken, say) is logged and the node runs on without one,
+    /// as it does without a metrics listener: gossip is soft state, the control plane does not
+    /// depend on it.
+    async fn start_mesh(&mut self) {
+        let Some(listen_addr) = self.settings.gossip_listen else {
+            return;
+        };
+        let Some(cluster_key) = self.control.cluster_key() else {
+            warn!("no cluster key yet: running without the gossip mesh");
+            return;
+        };
+        let seeds = crate::gossip::seeds(&*self.control.read_stale().await, self.settings.node_id);
+        let config = MeshConfig {
+            node_id: self.settings.node_id,
+            name: self.settings.name.clone(),
+            role: NodeRole::Control,
+            site: self.settings.site.clone(),
+            cluster_id: crate::gossip::cluster_id(&self.control.fingerprint()),
+            listen_addr,
+            // A node.json from before the mesh landed records no advertised address.
+            advertise_addr: self.settings.advertise_gossip.or_else(|| {
+                crate::gossip::advertise_addr(listen_addr, None, &self.settings.advertise_quic)
+            }),
+            seeds,
+            keyring: crate::gossip::keyring(cluster_key),
+            timers: self.mesh_timers.clone(),
+            fault: None,
+        };
+        let metrics = MeshMetrics::register(self.control_metrics.registry()).unwrap_or_else(|e| {
+            warn!(error = %e, "mesh metrics not registered");
+            MeshMetrics::unregistered()
+        });
+        match Mesh::start(config, metrics).await {
+            Ok(mesh) => {
+                self.control.set_gossip(mesh.watch());
+                self.mesh = Some(mesh);
+            }
+            Err(e) => {
+                warn!(gossip = %listen_addr, error = %e, "gossip mesh not started: running without it");
+            }
+        }
     }
 
     async fn start(
@@ -571,6 +674,7 @@ impl ControlNode {
         };
         let control_metrics = ControlMetrics::new();
         let unreachable_after = config.unreachable_after;
+        let mesh_timers = config.mesh_timers.clone();
         let control = Arc::new(Control::new(ControlParts {
             id: settings.node_id.0,
             raft,
@@ -619,6 +723,8 @@ impl ControlNode {
             control_metrics,
             api_addr,
             metrics_addr,
+            mesh_timers,
+            mesh: None,
         };
         node.spawn_revocation_feed(state, applied, revocations);
         node.spawn_acceptor();
@@ -731,12 +837,26 @@ impl ControlNode {
                 }
                 last_liveness = tokio::time::Instant::now();
                 let reports = control.gather_agents(false).await;
+                let gossip = control
+                    .gossip_members()
+                    .map(|members| crate::gossip::liveness_by_node(&members))
+                    .unwrap_or_default();
                 let ops = {
                     let state = control.read_stale().await;
-                    judge.decide(unix_now_ms(), &state, &reports)
+                    judge.decide(unix_now_ms(), &state, &reports, &gossip)
                 };
                 for op in ops {
-                    info!(op = op.name(), "agent reachability changed");
+                    let node = match &op {
+                        Op::NodeUnreachable { node } | Op::NodeReachable { node } => Some(*node),
+                        _ => None,
+                    };
+                    let link = node
+                        .and_then(|n| reports.get(&n))
+                        .map_or("none", |r| if r.connected { "up" } else { "down" });
+                    let gossip = node
+                        .and_then(|n| gossip.get(&n))
+                        .map_or("unknown", |l| l.as_str());
+                    info!(op = op.name(), node_id = ?node, link, gossip, "agent reachability changed");
                     if let Err(e) = control.propose(op).await {
                         debug!(error = %e, "reachability not proposed");
                     }
@@ -765,6 +885,11 @@ impl ControlNode {
         self.api_addr
     }
 
+    /// The bound gossip address, if the mesh runs.
+    pub fn gossip_addr(&self) -> Option<SocketAddr> {
+        self.mesh.as_ref().map(Mesh::local_addr)
+    }
+
     /// The bound metrics address, if served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -780,10 +905,13 @@ impl ControlNode {
         &self.data_dir
     }
 
-    /// Stops the node: no new connections, Raft stopped, storage flushed, and the QUIC port
+    /// Stops the node: gossip left, no new connections, Raft stopped, storage flushed, and the QUIC port
     /// released before this returns (so the node can be started again at once).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let addr = self.endpoint.local_addr();
+        if let Some(mesh) = self.mesh.take() {
+            mesh.shutdown().await;
+        }
         self.cancel.cancel();
         let _ = std::fs::remove_file(self.data_dir.join(SOCKET_FILE));
         if let Err(e) = self.control.raft().shutdown().await {

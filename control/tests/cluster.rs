@@ -41,6 +41,7 @@ fn new_node(dir: &TempDir, name: &str) -> NewNode {
         advertise_api: None,
         metrics_listen: None,
         gossip_listen: None,
+        advertise_gossip: None,
     }
 }
 
@@ -372,4 +373,89 @@ async fn removed_control_node_leaves_the_quorum() {
     );
     drop(state);
     cluster.shutdown().await;
+}
+
+/// Two control nodes with gossip on: the joiner advertises its gossip address in the registry,
+/// seeds from the state, and both meshes see each other alive; `run` starts the mesh again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_nodes_gossip_with_each_other() {
+    init_logs();
+    let gossiping = |dir: &TempDir, name: &str| NewNode {
+        gossip_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..new_node(dir, name)
+    };
+    let config = || ControlConfig {
+        mesh_timers: warren_mesh::MeshTimers::for_tests(),
+        ..config()
+    };
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (c1, out) = ControlNode::init(gossiping(&dir1, "c1"), config())
+        .await
+        .unwrap();
+    let (token, record) = mint(
+        out.fingerprint,
+        MintOptions {
+            role: NodeRole::Control,
+            ttl: Some(Duration::from_secs(600)),
+            single_use: true,
+        },
+        unix_now_ms(),
+    );
+    c1.control()
+        .propose(Op::AddToken(record))
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    let c2 = ControlNode::join(
+        gossiping(&dir2, "c2"),
+        c1.quic_addr(),
+        &token.to_string(),
+        config(),
+    )
+    .await
+    .unwrap();
+    let c2_id = c2.settings().node_id;
+    let c2_gossip = c2.gossip_addr().expect("c2 runs a mesh");
+    let registered = c1.control().read_stale().await.nodes[&c2_id]
+        .addresses
+        .gossip
+        .clone();
+    assert_eq!(registered, Some(c2_gossip.to_string()));
+
+    let sees_alive = |node: &ControlNode, id| {
+        node.control().gossip_members().is_some_and(|members| {
+            members
+                .iter()
+                .any(|m| m.node_id == id && m.liveness == warren_mesh::Liveness::Alive)
+        })
+    };
+    let c1_id = c1.settings().node_id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(sees_alive(&c1, c2_id) && sees_alive(&c2, c1_id)) {
+        assert!(
+            Instant::now() < deadline,
+            "control nodes never saw each other by gossip"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    info!("--- c2 restarts from its data dir");
+    c2.shutdown().await;
+    let c2 = ControlNode::run(dir2.path(), config()).await.unwrap();
+    assert_eq!(
+        c2.gossip_addr(),
+        Some(c2_gossip),
+        "run binds the recorded address"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sees_alive(&c2, c1_id) {
+        assert!(
+            Instant::now() < deadline,
+            "restarted c2 never saw c1 by gossip"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c2.shutdown().await;
+    c1.shutdown().await;
 }

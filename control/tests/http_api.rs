@@ -27,6 +27,7 @@ async fn start() -> (ControlNode, InitOutput, TempDir) {
         advertise_api: None,
         metrics_listen: Some(any),
         gossip_listen: None,
+        advertise_gossip: None,
     };
     let (node, out) = ControlNode::init(new, ControlConfig::default())
         .await

@@ -30,6 +30,7 @@ async fn control_and_agent(dir: &tempfile::TempDir) -> (ControlNode, Joined) {
         advertise_api: None,
         metrics_listen: None,
         gossip_listen: None,
+        advertise_gossip: None,
     };
     let (node, out) = ControlNode::init(new, ControlConfig::default())
         .await

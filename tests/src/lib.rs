@@ -44,6 +44,21 @@ pub async fn start_control(dir: &Path) -> (ControlNode, [u8; 32]) {
 
 /// As [`start_control`], with `config`.
 pub async fn start_control_with(dir: &Path, config: ControlConfig) -> (ControlNode, [u8; 32]) {
+    start_control_node(dir, config, None).await
+}
+
+/// As [`start_control_with`], with a gossip mesh on 127.0.0.1 (kernel-picked port; timers from
+/// `config.mesh_timers`).
+pub async fn start_control_gossiping(dir: &Path, config: ControlConfig) -> (ControlNode, [u8; 32]) {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    start_control_node(dir, config, Some(any)).await
+}
+
+async fn start_control_node(
+    dir: &Path,
+    config: ControlConfig,
+    gossip_listen: Option<SocketAddr>,
+) -> (ControlNode, [u8; 32]) {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let new = NewNode {
         data_dir: dir.join("c1"),
@@ -54,7 +69,8 @@ pub async fn start_control_with(dir: &Path, config: ControlConfig) -> (ControlNo
         advertise_quic: None,
         advertise_api: None,
         metrics_listen: None,
-        gossip_listen: None,
+        gossip_listen,
+        advertise_gossip: None,
     };
     let (control, out) = ControlNode::init(new, config).await.expect("control init");
     (control, out.fingerprint)
