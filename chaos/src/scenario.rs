@@ -498,7 +498,12 @@ fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) 
                 seconds("converge within_s", *s)?;
             }
         }
-        Step::Dns { node: name, min, max, .. } => {
+        Step::Dns {
+            node: name,
+            min,
+            max,
+            ..
+        } => {
             agent(name)?;
             if let (Some(min), Some(max)) = (min, max)
                 && min > max
