@@ -115,6 +115,7 @@ pub(crate) async fn run(
     let mut mesh: Option<Mesh> = None;
     let mut members_rx: Option<watch::Receiver<Vec<Member>>> = None;
     let mut mesh_failed = false;
+    let mut published: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
     loop {
         let view = views.borrow_and_update().clone();
         if mesh.is_none()
@@ -153,6 +154,18 @@ pub(crate) async fn run(
             if let Err(error) = mesh.set_agent_revision(view.revision.0).await {
                 warn!(error = %error, "cannot publish the revision by gossip");
             }
+            let now = own_service_endpoints(view);
+            for (service, endpoints) in &now {
+                if published.get(service) != Some(endpoints)
+                    && let Err(error) = mesh.set_service_endpoints(service, endpoints).await
+                {
+                    warn!(error = %error, service = %service, "cannot publish service endpoints by gossip");
+                }
+            }
+            for gone in published.keys().filter(|s| !now.contains_key(*s)) {
+                let _ = mesh.set_service_endpoints(gone, &[]).await;
+            }
+            published = now;
         }
         let members = members_rx
             .as_mut()
@@ -228,6 +241,23 @@ fn gossip_key_from(view: &NodeView, local: &Local) -> Option<GossipKey> {
             None
         }
     }
+}
+
+/// This node's replicas' endpoints by service (address and each published port), as the view's
+/// catalogue lists them: what the node gossips as its running service endpoints.
+fn own_service_endpoints(view: &NodeView) -> BTreeMap<String, Vec<SocketAddr>> {
+    let mut out: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    for endpoint in view.catalogue.iter().filter(|e| e.node == view.node.id) {
+        let Ok(ip) = endpoint.address.parse::<IpAddr>() else {
+            continue;
+        };
+        let list = out.entry(endpoint.service.to_string()).or_default();
+        list.extend(endpoint.ports.iter().map(|p| SocketAddr::new(ip, p.port)));
+        list.sort();
+        list.dedup();
+    }
+    out.retain(|_, list| !list.is_empty());
+    out
 }
 
 /// Gossip addresses of the view's peers.
@@ -416,5 +446,9 @@ mod tests {
         let global = catalogue.service("agent").expect("agent");
         assert_eq!(global.replicas[0].label, "edge-2");
         assert_eq!(seeds(&view), ["10.0.0.2:7946".parse().unwrap()]);
+        let own = own_service_endpoints(&view);
+        let web: Vec<String> = own["web"].iter().map(ToString::to_string).collect();
+        assert_eq!(web, ["10.0.0.1:8080", "10.0.0.1:9000"], "{own:?}");
+        assert!(!own.contains_key("agent"), "node 2's replica is not ours");
     }
 }
