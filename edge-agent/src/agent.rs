@@ -422,6 +422,24 @@ pub fn load_status(data_dir: &Path) -> Result<AgentStatus, AgentError> {
     })
 }
 
+/// File workloads see as `/etc/resolv.conf` when the agent serves DNS on port 53 (a resolver
+/// cannot name another port): `<data dir>/resolv.conf`. It starts as a copy of the host's, so
+/// workloads resolve as before until the DNS server is up; discovery then points it at the
+/// agent's server. `None` without DNS on port 53.
+fn workload_resolv_conf(data_dir: &Path, options: &AgentOptions) -> Option<PathBuf> {
+    let dns = options.discovery.dns.as_ref()?;
+    if dns.listen.port() != 53 {
+        return None;
+    }
+    let path = data_dir.join(crate::discovery::RESOLV_CONF_FILE);
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if let Err(error) = std::fs::write(&path, host) {
+        warn!(error = %error, path = %path.display(), "cannot write the workloads' resolv.conf; they keep the host's");
+        return None;
+    }
+    Some(path)
+}
+
 /// An agent opened from its data dir, ready to [`serve`](Agent::serve).
 #[derive(Debug)]
 pub struct Agent {
@@ -473,7 +491,13 @@ impl Agent {
         if cache.get::<bool>(REMOVED_KEY)?.unwrap_or(false) {
             return Err(AgentError::Removed);
         }
-        let runtime = ProcessRuntime::new(data_dir.join(WORKLOADS_DIR), options.process.clone())?;
+        let mut process_options = options.process.clone();
+        if process_options.resolv_conf.is_none() {
+            process_options.resolv_conf = workload_resolv_conf(data_dir, &options);
+        }
+        let runtime = ProcessRuntime::new(data_dir.join(WORKLOADS_DIR), process_options.clone())?;
+        let mut options = options;
+        options.process = process_options;
         Ok(Agent {
             data_dir: data_dir.to_owned(),
             identity,
@@ -595,6 +619,7 @@ impl Agent {
                 site: self.identity.site.clone(),
                 cluster_fingerprint: self.identity.cluster_fingerprint.clone(),
                 data_dir: self.data_dir.clone(),
+                resolv_conf: self.options.process.resolv_conf.clone(),
             },
             discovery_options,
             views.clone(),

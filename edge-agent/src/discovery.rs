@@ -52,7 +52,12 @@ pub(crate) struct Local {
     pub site: String,
     pub cluster_fingerprint: String,
     pub data_dir: PathBuf,
+    /// The file workloads see as `/etc/resolv.conf`, if they get the agent's DNS.
+    pub resolv_conf: Option<PathBuf>,
 }
+
+/// Name of that file in the data dir.
+pub const RESOLV_CONF_FILE: &str = "resolv.conf";
 
 /// Where discovery serves, once started (for `status.json` and tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,6 +86,7 @@ pub(crate) async fn run(
     ));
     let mut dns_server = None;
     if let Some(config) = options.dns.clone() {
+        let zone = config.zone.trim_end_matches('.').to_owned();
         let metrics = match DnsMetrics::register(&registry) {
             Ok(metrics) => Some(metrics),
             Err(error) => {
@@ -94,6 +100,18 @@ pub(crate) async fn run(
                 Ok(handle) => {
                     info!(addr = %handle.local_addr(), "DNS served");
                     status.send_modify(|s| s.dns = Some(handle.local_addr()));
+                    if let Some(path) = &local.resolv_conf {
+                        // In place (same inode): running workloads have it bind-mounted.
+                        let text = resolv_conf_text(handle.local_addr(), &zone);
+                        match std::fs::write(path, text) {
+                            Ok(()) => {
+                                info!(path = %path.display(), "workloads resolve through this agent's DNS")
+                            }
+                            Err(error) => {
+                                warn!(error = %error, path = %path.display(), "cannot point the workloads' resolv.conf at this agent's DNS")
+                            }
+                        }
+                    }
                     dns_server = Some(handle);
                 }
                 Err(error) => {
@@ -204,6 +222,15 @@ pub(crate) async fn run(
     if let Some(server) = dns_server {
         server.shutdown().await;
     }
+}
+
+/// What workloads get as `/etc/resolv.conf`: this agent's server, and the zone as search
+/// domain (so `web` finds `web.warren.`).
+fn resolv_conf_text(server: SocketAddr, zone: &str) -> String {
+    format!(
+        "# written by warren: this agent's DNS server\nnameserver {}\nsearch {zone}\n",
+        server.ip()
+    )
 }
 
 /// The gossip key the view carries for this node, opened with the node's secret key.

@@ -870,3 +870,65 @@ async fn restart_rewrites_secrets() {
     wait_observed(runtime.as_ref(), &handle, exited).await;
     assert!(!secrets_dir.exists());
 }
+
+/// With `resolv_conf` set (as the agent does when it serves DNS on port 53), a workload sees
+/// that file as its `/etc/resolv.conf`, while the host's stays untouched; a command that does
+/// not exist still fails at start with its own error. Needs root (a private mount namespace
+/// per workload) and `unshare`; prints why it skips otherwise.
+#[tokio::test]
+async fn workloads_see_the_agents_resolv_conf_when_root() {
+    init_tracing();
+    if !rustix::process::geteuid().is_root() {
+        println!("skipping workloads_see_the_agents_resolv_conf_when_root: not running as root");
+        return;
+    }
+    if !Path::new("/usr/bin/unshare").is_file() && !Path::new("/bin/unshare").is_file() {
+        println!(
+            "skipping workloads_see_the_agents_resolv_conf_when_root: no unshare (util-linux)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.11\nsearch warren\n").unwrap();
+    let host_before = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let runtime: Arc<dyn Runtime> = Arc::new(
+        ProcessRuntime::new(
+            dir.path().join("workloads"),
+            ProcessRuntimeOptions {
+                resolv_conf: Some(resolv.clone()),
+                ..options()
+            },
+        )
+        .unwrap(),
+    );
+    let handle = runtime
+        .start(&request(replica("dns", 0), &["cat", "/etc/resolv.conf"]))
+        .await
+        .unwrap();
+    wait_observed(
+        runtime.as_ref(),
+        &handle,
+        Observed::Exited {
+            code: Some(0),
+            signal: None,
+        },
+    )
+    .await;
+    let seen = read(
+        &dir.path()
+            .join("workloads")
+            .join("dns.0")
+            .join("stdout.log"),
+    );
+    assert_eq!(seen, "nameserver 127.0.0.11\nsearch warren\n");
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_before,
+        "the host's resolv.conf is untouched"
+    );
+    let missing = runtime
+        .start(&request(replica("dns", 1), &["no-such-command-here"]))
+        .await;
+    assert!(missing.is_err(), "{missing:?}");
+}

@@ -190,3 +190,64 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
         kill9(pid);
     }
 }
+
+/// As root, an agent serving DNS on port 53 hands it to its workloads: each sees a
+/// `/etc/resolv.conf` naming the agent's server and the zone as search domain (bind-mounted in
+/// its own mount namespace; the host's file is untouched). Prints why it skips otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn as_root_workloads_resolve_through_their_agents_dns() {
+    const TEST: &str = "as_root_workloads_resolve_through_their_agents_dns";
+    warren_tests::init();
+    if !rustix::process::geteuid().is_root() {
+        println!("skipping {TEST}: not running as root (needs a mount namespace per workload)");
+        return;
+    }
+    let dns: SocketAddr = "127.0.0.111:53".parse().expect("literal");
+    if std::net::UdpSocket::bind(dns).is_err() {
+        println!("skipping {TEST}: {dns} cannot be bound here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("edge");
+    warren_tests::join_agent(&control, fingerprint, &agent_dir, "edge-1", "a").await;
+    let mut options = discovering(free_udp_port("127.0.0.2"));
+    if let Some(config) = options.discovery.dns.as_mut() {
+        config.listen = dns;
+    }
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let agent_dir = agent_dir.clone();
+        let cancel = cancel.clone();
+        async move { Agent::run(&agent_dir, options, cancel).await }
+    });
+    let host_before = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    propose(&control, Op::PutService(sleep_service(1))).await;
+    let pid = wait_until("web running", STEP_TIMEOUT, || {
+        load_status(&agent_dir)
+            .ok()
+            .map(|s| running_pids(&s))
+            .and_then(|pids| pids.first().copied())
+    })
+    .await;
+    let seen = wait_until(
+        "the workload's resolv.conf names the agent's DNS",
+        STEP_TIMEOUT,
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf"))
+                .ok()
+                .filter(|text| text.contains("nameserver 127.0.0.111"))
+        },
+    )
+    .await;
+    assert!(seen.contains("search warren"), "{seen}");
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_before,
+        "the host's resolv.conf is untouched"
+    );
+    cancel.cancel();
+    task.await.expect("agent task").expect("agent ends");
+    control.shutdown().await;
+    kill9(pid);
+}

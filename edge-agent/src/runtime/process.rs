@@ -69,6 +69,11 @@ pub struct ProcessRuntimeOptions {
     pub cgroup_parent: String,
     /// Try to put each replica's secrets on a private tmpfs (needs root). Default true.
     pub secrets_tmpfs: bool,
+    /// A file each workload sees as its `/etc/resolv.conf` (the agent writes it to point at its
+    /// own DNS server): bind-mounted in a private mount namespace per workload, through
+    /// `unshare` and `mount`. Needs root and util-linux; without them, or when `None`, workloads
+    /// use the host's resolver configuration. Default `None`.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -79,8 +84,45 @@ impl Default for ProcessRuntimeOptions {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "warren".to_owned(),
             secrets_tmpfs: true,
+            resolv_conf: None,
         }
     }
+}
+
+/// Where `unshare` is looked for (it must exist before any workload's PATH applies).
+const UNSHARE_PATHS: [&str; 2] = ["/usr/bin/unshare", "/bin/unshare"];
+
+/// Runs as `sh -c` inside the workload's new mount namespace: bind the agent's resolv.conf over
+/// the host's, then become the workload (same pid, so adoption by pid and start time holds).
+/// Exit 125 when the mount fails, so the failure is not mistaken for the workload's own.
+const RESOLV_WRAPPER: &str = "mount --bind \"$1\" /etc/resolv.conf || exit 125; shift; exec \"$@\"";
+
+/// `unshare` if the resolver override can work here: root and util-linux present.
+fn resolver_wrapper(resolv_conf: Option<&Path>) -> Option<PathBuf> {
+    let resolv = resolv_conf?;
+    if !rustix::process::geteuid().is_root() {
+        tracing::info!(path = %resolv.display(), "not root: workloads keep the host's resolv.conf");
+        return None;
+    }
+    let unshare = UNSHARE_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    if unshare.is_none() {
+        tracing::warn!("`unshare` not found (util-linux): workloads keep the host's resolv.conf");
+    }
+    unshare
+}
+
+/// Whether `command` names an executable the workload's PATH finds: the resolver wrapper is used
+/// only then, so a missing command still fails at spawn with its own error.
+fn command_exists(command: &str) -> bool {
+    if command.contains('/') {
+        return Path::new(command).is_file();
+    }
+    DEFAULT_PATH
+        .split(':')
+        .any(|dir| Path::new(dir).join(command).is_file())
 }
 
 impl ProcessRuntimeOptions {
@@ -125,6 +167,8 @@ pub struct ProcessRuntime {
     cgroups: CgroupLayout,
     /// Read once: it cannot change while this process lives.
     boot_id: String,
+    /// `unshare`, when workloads get [`ProcessRuntimeOptions::resolv_conf`].
+    unshare: Option<PathBuf>,
     tracked: Mutex<HashMap<ReplicaId, Tracked>>,
 }
 
@@ -145,11 +189,13 @@ impl ProcessRuntime {
             root: options.cgroup_root.clone(),
             parent: options.cgroup_parent.clone(),
         };
+        let unshare = resolver_wrapper(options.resolv_conf.as_deref());
         Ok(ProcessRuntime {
             root,
             options,
             cgroups,
             boot_id,
+            unshare,
             tracked: Mutex::new(HashMap::new()),
         })
     }
@@ -254,7 +300,25 @@ impl ProcessRuntime {
         let stdout_log = replica_dir.join(logs::STDOUT_LOG);
         let stderr_log = replica_dir.join(logs::STDERR_LOG);
 
-        let mut std_command = std::process::Command::new(command);
+        let resolv = self
+            .options
+            .resolv_conf
+            .as_ref()
+            .zip(self.unshare.as_ref())
+            .filter(|_| command_exists(command));
+        let mut std_command = match resolv {
+            Some((resolv, unshare)) => {
+                let mut wrapped = std::process::Command::new(unshare);
+                wrapped
+                    .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                    .arg(RESOLV_WRAPPER)
+                    .arg("warren-resolv")
+                    .arg(resolv)
+                    .arg(command);
+                wrapped
+            }
+            None => std::process::Command::new(command),
+        };
         std_command
             .args(&request.argv[1..])
             .env_clear()
