@@ -359,25 +359,7 @@ fn workloads_keep_running(
         );
     }
     // Workloads alive through the start of each fault: what the check watched.
-    let watched: Vec<String> = faults
-        .iter()
-        .map(|window| {
-            let alive = history
-                .workloads
-                .iter()
-                .filter(|w| {
-                    w.first_seen_ms <= window.from_ms
-                        && w.died_ms.is_none_or(|d| d > window.from_ms)
-                })
-                .count();
-            format!(
-                "{alive} workloads alive when `{}` began at {}",
-                window.fault,
-                at(window.from_ms)
-            )
-        })
-        .collect();
-    let total: usize = faults
+    let alive_at: Vec<usize> = faults
         .iter()
         .map(|window| {
             history
@@ -389,7 +371,19 @@ fn workloads_keep_running(
                 })
                 .count()
         })
-        .sum();
+        .collect();
+    let watched: Vec<String> = faults
+        .iter()
+        .zip(&alive_at)
+        .map(|(window, alive)| {
+            format!(
+                "{alive} workloads alive when `{}` began at {}",
+                window.fault,
+                at(window.from_ms)
+            )
+        })
+        .collect();
+    let total: usize = alive_at.iter().sum();
     if !deaths.is_empty() {
         let mut evidence: Vec<String> = deaths.iter().map(|(w, _)| death_line(w)).collect();
         evidence.extend(watched);
