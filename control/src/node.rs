@@ -627,6 +627,15 @@ impl ControlNode {
         });
         match Mesh::start(config, metrics).await {
             Ok(mesh) => {
+                // Hints for peers (the registry stays the authority).
+                for (purpose, addr) in [
+                    ("quic", &self.settings.advertise_quic),
+                    ("api", &self.settings.advertise_api),
+                ] {
+                    if let Err(e) = mesh.set_endpoint(purpose, addr).await {
+                        warn!(error = %e, purpose, "cannot publish an endpoint by gossip");
+                    }
+                }
                 self.control.set_gossip(mesh.watch());
                 self.mesh = Some(mesh);
             }

@@ -439,6 +439,29 @@ async fn control_nodes_gossip_with_each_other() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each publishes its QUIC and API endpoints as hints.
+    let c2_member = || {
+        c1.control()
+            .gossip_members()
+            .and_then(|members| members.into_iter().find(|m| m.node_id == c2_id))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c2_seen_by_c1 = loop {
+        match c2_member() {
+            Some(member) if member.endpoints.contains_key("quic") => break member,
+            other => assert!(
+                Instant::now() < deadline,
+                "c2's endpoints never reached c1: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        c2_seen_by_c1.endpoints.get("quic"),
+        Some(&c2.settings().advertise_quic),
+        "{c2_seen_by_c1:?}"
+    );
+    assert!(c2_seen_by_c1.endpoints.contains_key("api"));
 
     info!("--- c2 restarts from its data dir");
     c2.shutdown().await;

@@ -158,6 +158,12 @@ pub(crate) async fn run(
             match Mesh::start(config, metrics).await {
                 Ok(started) => {
                     info!(addr = %started.local_addr(), advertise = %started.advertise_addr(), "gossip started");
+                    let dns = status.borrow().dns;
+                    if let Some(dns) = dns
+                        && let Err(error) = started.set_endpoint("dns", &dns.to_string()).await
+                    {
+                        warn!(error = %error, "cannot publish the DNS endpoint by gossip");
+                    }
                     status.send_modify(|s| s.gossip = Some(started.local_addr()));
                     members_rx = Some(started.watch());
                     mesh = Some(started);
