@@ -565,15 +565,7 @@ fn converges_after_heal(record: &Record) -> InvariantResult {
 
 fn removed_node_stops_workloads(record: &Record, history: &History) -> InvariantResult {
     const NAME: &str = "removed_node_stops_workloads";
-    let removed: Vec<&str> = record
-        .writes
-        .iter()
-        .filter(|w| w.acked)
-        .filter_map(|w| match &w.write {
-            Write::RemoveNode { node } => Some(node.as_str()),
-            _ => None,
-        })
-        .collect();
+    let removed = record.removed_nodes();
     if removed.is_empty() {
         return InvariantResult::new(
             NAME,

@@ -107,3 +107,17 @@ pub struct Record {
     pub failovers: Vec<Failover>,
     pub expectations: Vec<Expectation>,
 }
+
+impl Record {
+    /// Nodes whose removal the control plane acknowledged, in the order removed.
+    pub fn removed_nodes(&self) -> Vec<&str> {
+        self.writes
+            .iter()
+            .filter(|w| w.acked)
+            .filter_map(|w| match &w.write {
+                Write::RemoveNode { node } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}

@@ -666,18 +666,6 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn removed_nodes(&self) -> BTreeSet<String> {
-        self.record
-            .writes
-            .iter()
-            .filter(|w| w.acked)
-            .filter_map(|w| match &w.write {
-                Write::RemoveNode { node } => Some(node.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn converge(&mut self, bound: Duration, at: &str) -> Result<()> {
         let started = self.now_ms();
         let from_ms = self
@@ -695,7 +683,12 @@ impl Runner<'_> {
             })
             .unwrap_or(started);
         let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
-        let removed = self.removed_nodes();
+        let removed: BTreeSet<String> = self
+            .record
+            .removed_nodes()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         self.observer
             .with(|h| h.removed.extend(removed.iter().cloned()));
         let mut last_reason;

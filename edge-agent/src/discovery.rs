@@ -24,7 +24,7 @@ use warren_api::wire::NodeView;
 use warren_api::{NodeId, NodeRole, ReplicaKey};
 use warren_mesh::keyring::{GossipKey, KeyId, Keyring};
 use warren_mesh::{Liveness as GossipLiveness, Member, Mesh, MeshConfig, MeshMetrics, MeshTimers};
-use warren_transport::seal::{gossip_key_id_of, node_secret_purpose, open_parts};
+use warren_transport::seal::gossip_key_id_of;
 
 use crate::dns::{
     self, Catalogue, DnsConfig, DnsMetrics, Liveness, PortProtocol, PublishedPort, ReplicaEndpoint,
@@ -259,12 +259,7 @@ fn gossip_key_from(view: &NodeView, local: &Local) -> Option<GossipKey> {
             return None;
         }
     };
-    match open_parts(
-        &node_key,
-        &node_secret_purpose(name),
-        &blob.nonce,
-        &blob.ciphertext,
-    ) {
+    match crate::secrets::open_blob(&node_key, name, blob) {
         Ok(bytes) => {
             let bytes: [u8; 32] = bytes.try_into().ok()?;
             Some(GossipKey::from_bytes(KeyId(id), bytes))

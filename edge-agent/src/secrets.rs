@@ -117,6 +117,21 @@ pub enum StartError {
 type Written = Vec<(String, [u8; 12])>;
 
 /// The node key and what each held workload's secret files hold.
+/// Opens the view entry `name`, sealed for this node with its key (the secrets, and the
+/// gossip key under its reserved name).
+pub(crate) fn open_blob(
+    key: &SealKey,
+    name: &str,
+    blob: &SealedBlob,
+) -> Result<Vec<u8>, SealError> {
+    open_parts(
+        key,
+        &node_secret_purpose(name),
+        &blob.nonce,
+        &blob.ciphertext,
+    )
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct NodeSecrets {
     key: Option<SealKey>,
@@ -166,16 +181,11 @@ impl NodeSecrets {
             let blob = sealed
                 .get(name)
                 .ok_or_else(|| SecretError::NotInView { name: name.clone() })?;
-            let plaintext = open_parts(
-                key,
-                &node_secret_purpose(name),
-                &blob.nonce,
-                &blob.ciphertext,
-            )
-            .map_err(|source| SecretError::Unopenable {
-                name: name.clone(),
-                source,
-            })?;
+            let plaintext =
+                open_blob(key, name, blob).map_err(|source| SecretError::Unopenable {
+                    name: name.clone(),
+                    source,
+                })?;
             files.push((reference.target.clone(), plaintext));
         }
         Ok(files)

@@ -222,11 +222,24 @@ pub fn spawn_agent(
         Result<warren_edge_agent::agent::RunEnd, warren_edge_agent::agent::AgentError>,
     >,
 ) {
+    spawn_agent_with(dir, agent_options())
+}
+
+/// [`spawn_agent`] with these options (a fault switch, discovery, a test-only knob, …).
+pub fn spawn_agent_with(
+    dir: &Path,
+    options: warren_edge_agent::agent::AgentOptions,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<
+        Result<warren_edge_agent::agent::RunEnd, warren_edge_agent::agent::AgentError>,
+    >,
+) {
     let cancel = tokio_util::sync::CancellationToken::new();
     let dir = dir.to_owned();
     let task = tokio::spawn({
         let cancel = cancel.clone();
-        async move { warren_edge_agent::agent::Agent::run(&dir, agent_options(), cancel).await }
+        async move { warren_edge_agent::agent::Agent::run(&dir, options, cancel).await }
     });
     (cancel, task)
 }

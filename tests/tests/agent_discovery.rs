@@ -11,16 +11,15 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 use warren_control::Op;
-use warren_edge_agent::agent::{Agent, AgentOptions, JoinAdvertise, load_status};
+use warren_edge_agent::agent::{AgentOptions, JoinAdvertise, load_status};
 use warren_edge_agent::discovery::DiscoveryOptions;
 use warren_edge_agent::dns::{DnsConfig, Upstreams};
 use warren_mesh::MeshTimers;
 use warren_tests::{
-    agent_options, agent_token, kill9, propose, running_pids, sleep_service, start_control,
-    wait_until,
+    agent_options, agent_token, kill9, propose, running_pids, sleep_service, spawn_agent_with,
+    start_control, wait_until,
 };
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -111,12 +110,7 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
         )
         .await
         .expect("agent joins");
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn({
-            let agent_dir = agent_dir.clone();
-            let cancel = cancel.clone();
-            async move { Agent::run(&agent_dir, discovering(gossip), cancel).await }
-        });
+        let (cancel, task) = spawn_agent_with(&agent_dir, discovering(gossip));
         agents.push((agent_dir, cancel, task));
     }
     propose(&control, Op::PutService(sleep_service(2))).await;
@@ -215,12 +209,7 @@ async fn as_root_workloads_resolve_through_their_agents_dns() {
     if let Some(config) = options.discovery.dns.as_mut() {
         config.listen = dns;
     }
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn({
-        let agent_dir = agent_dir.clone();
-        let cancel = cancel.clone();
-        async move { Agent::run(&agent_dir, options, cancel).await }
-    });
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
     let host_before = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     propose(&control, Op::PutService(sleep_service(1))).await;
     let pid = wait_until("web running", STEP_TIMEOUT, || {

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 use warren_control::Op;
-use warren_edge_agent::agent::{Agent, RunEnd, load_status};
+use warren_edge_agent::agent::{RunEnd, load_status};
 use warren_tests::{
-    agent_options_behind, alive, join_agent, propose, running_pids, sleep_service, start_control,
-    wait_until,
+    agent_options_behind, alive, join_agent, propose, running_pids, sleep_service,
+    spawn_agent_with, start_control, wait_until,
 };
 use warren_transport::FaultSwitch;
 
@@ -29,10 +28,7 @@ async fn with_the_selfcheck_knob_a_cut_off_agent_stops_its_workloads() {
     let switch = FaultSwitch::new();
     let mut options = agent_options_behind(&switch);
     options.selfcheck_stop_on_disconnect = true;
-    let task = tokio::spawn({
-        let agent_dir = agent_dir.clone();
-        async move { Agent::run(&agent_dir, options, CancellationToken::new()).await }
-    });
+    let (_cancel, task) = spawn_agent_with(&agent_dir, options);
     propose(&control, Op::PutService(sleep_service(1))).await;
     let running = |dir: &std::path::Path| {
         load_status(dir)

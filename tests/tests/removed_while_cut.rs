@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 use warren_control::Op;
-use warren_edge_agent::agent::{Agent, RunEnd, load_status};
+use warren_edge_agent::agent::{RunEnd, load_status};
 use warren_tests::{
-    agent_options_behind, alive, join_agent, propose, running_pids, sleep_service, start_control,
-    wait_until,
+    agent_options_behind, alive, join_agent, propose, running_pids, sleep_service,
+    spawn_agent_with, start_control, wait_until,
 };
 use warren_transport::FaultSwitch;
 
@@ -28,10 +27,7 @@ async fn a_node_removed_while_cut_off_stops_its_workloads_on_reconnect() {
     let identity = join_agent(&control, fingerprint, &agent_dir, "edge-1", "a").await;
     let switch = FaultSwitch::new();
     let options = agent_options_behind(&switch);
-    let task = tokio::spawn({
-        let agent_dir = agent_dir.clone();
-        async move { Agent::run(&agent_dir, options, CancellationToken::new()).await }
-    });
+    let (_cancel, task) = spawn_agent_with(&agent_dir, options);
     propose(&control, Op::PutService(sleep_service(1))).await;
     let pid = wait_until("web running", STEP_TIMEOUT, || {
         load_status(&agent_dir)
