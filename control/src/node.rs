@@ -167,9 +167,14 @@ impl ControlConfig {
                 "write timeout must be at least the election timeout".into(),
             ));
         }
-        if self.learner_catch_up < max || self.join_abandoned_after < Duration::from_secs(1) {
+        if self.learner_catch_up < max {
             return Err(NodeError::Config(
-                "learner_catch_up must be at least the election timeout, join_abandoned_after at least 1 s".into(),
+                "learner_catch_up must be at least the election timeout".into(),
+            ));
+        }
+        if self.join_abandoned_after < Duration::from_secs(1) {
+            return Err(NodeError::Config(
+                "join_abandoned_after must be at least 1 s".into(),
             ));
         }
         self.mesh_timers
