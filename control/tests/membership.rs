@@ -321,3 +321,46 @@ async fn a_removed_control_node_learns_it_was_removed() {
     }
     first.shutdown().await;
 }
+
+/// A control node removed while it was down learns it when it comes back: the others refuse
+/// its certificate as revoked, and `removed()` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_node_removed_while_down_learns_it_when_restarted() {
+    init_logs();
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, _) = ControlNode::init(new_node(&dirs[0], "c1"), config())
+        .await
+        .unwrap();
+    let token = control_token(&first, false).await.to_string();
+    let mut joined = Vec::new();
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let new = new_node(dir, &format!("c{}", i + 1));
+        joined.push(
+            ControlNode::join(new, first.quic_addr(), &token, config())
+                .await
+                .unwrap(),
+        );
+    }
+    let c3 = joined.pop().unwrap();
+    let c3_id = c3.settings().node_id;
+    let c3_dir = c3.data_dir().to_owned();
+
+    info!("--- stop c3, remove it, start it again");
+    c3.shutdown().await;
+    first.control().remove_member(c3_id.0).await.unwrap();
+    first
+        .control()
+        .propose(Op::RemoveNode(c3_id))
+        .await
+        .unwrap();
+    let c3 = ControlNode::run(&c3_dir, config()).await.unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(20), c3.removed())
+        .await
+        .expect("c3 learns of its removal once it calls an election");
+    assert!(why.contains("revoked"), "{why}");
+    c3.shutdown().await;
+    for node in joined {
+        node.shutdown().await;
+    }
+    first.shutdown().await;
+}
