@@ -2,7 +2,9 @@
 //! SIGINT, then a graceful stop.
 //!
 //! Once serving, a node prints one stable line on stdout that scripts wait for:
-//! `warren control node <id> serving api=<addr> quic=<addr>`.
+//! `warren control node <id> serving api=<addr> quic=<addr>`. A joining node first prints
+//! where its join stands (`warren control join: …`). A node removed with `warren node rm`
+//! stops with one line on stderr and a non-zero exit.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,7 +12,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use warren_control::node::{ControlConfig, ControlNode, NewNode};
+use tokio_util::sync::CancellationToken;
+use warren_control::node::{ControlConfig, ControlNode, JoinHooks, NewNode};
 
 use crate::config::{ADMIN_CONF, AdminConfig};
 
@@ -128,7 +131,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
         let mut signals = Signals::new()?;
         let node = match args.command {
             ControlCommand::Init { node } => init(node).await?,
-            ControlCommand::Join { node, join, token } => join_cluster(node, &join, &token).await?,
+            ControlCommand::Join { node, join, token } => {
+                join_cluster(node, &join, &token, &mut signals).await?
+            }
             ControlCommand::Run { data_dir } => {
                 ControlNode::run(&data_dir, ControlConfig::default())
                     .await
@@ -160,7 +165,12 @@ async fn init(flags: NodeFlags) -> Result<ControlNode> {
     Ok(node)
 }
 
-async fn join_cluster(flags: NodeFlags, join: &str, token: &str) -> Result<ControlNode> {
+async fn join_cluster(
+    flags: NodeFlags,
+    join: &str,
+    token: &str,
+    signals: &mut Signals,
+) -> Result<ControlNode> {
     let join_addr = tokio::net::lookup_host(join)
         .await
         .with_context(|| format!("--join {join}"))?
@@ -173,9 +183,31 @@ async fn join_cluster(flags: NodeFlags, join: &str, token: &str) -> Result<Contr
         new.api_listen = free_port(new.api_listen, Probe::Tcp)?;
     }
     let data_dir = new.data_dir.clone();
-    let node = ControlNode::join(new, join_addr, token.trim(), ControlConfig::default())
-        .await
-        .with_context(|| format!("join the cluster at {join}"))?;
+    let cancel = CancellationToken::new();
+    let hooks = JoinHooks {
+        progress: Some(Box::new(|step| {
+            let _ = say(&format!("warren control join: {step}"));
+        })),
+        cancel: cancel.clone(),
+    };
+    let joining = ControlNode::join_with(
+        new,
+        join_addr,
+        token.trim(),
+        ControlConfig::default(),
+        hooks,
+    );
+    tokio::pin!(joining);
+    let joined = tokio::select! {
+        joined = &mut joining => joined,
+        which = signals.next() => {
+            // The join removes what it wrote; the leader undoes its side.
+            cancel.cancel();
+            let _ = joining.await;
+            bail!("{which} during the join: stopped before this node became a member, and kept nothing");
+        }
+    };
+    let node = joined.with_context(|| format!("join the cluster at {join}"))?;
     say(&format!(
         "joined the cluster at {join} as control node {} ({})",
         node.settings().name,
@@ -195,11 +227,21 @@ async fn serve(node: ControlNode, signals: &mut Signals) -> Result<()> {
         node.api_addr(),
         node.quic_addr()
     ))?;
-    let which = signals.next().await;
-    say(&format!("warren control node {id} stopping ({which})"))?;
+    let removed = tokio::select! {
+        which = signals.next() => {
+            say(&format!("warren control node {id} stopping ({which})"))?;
+            None
+        }
+        why = node.removed() => Some(why),
+    };
     tokio::select! {
         () = node.shutdown() => {}
         which = signals.next() => bail!("{which} during shutdown: stopped without a clean shutdown"),
+    }
+    if let Some(why) = removed {
+        bail!(
+            "control node {id} was removed from the cluster ({why}); it has stopped, and its data dir can be deleted"
+        );
     }
     say(&format!("warren control node {id} stopped"))?;
     Ok(())

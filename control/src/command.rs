@@ -111,6 +111,14 @@ pub enum Op {
     RemoveVolume(String),
     /// Lets time-based rules run (on-disconnect reschedule timers).
     Tick,
+    // New operations go last: the log encodes an operation by its position here.
+    /// Undoes a control node's join that never made it a Raft voter: the node entry goes, its
+    /// certificate is revoked and a single-use token gets its use back. Proposed by the leader
+    /// when adding the node failed, or when its joiner went silent.
+    AbandonJoin {
+        /// The control node whose join is undone.
+        node: NodeId,
+    },
 }
 
 impl Op {
@@ -124,6 +132,7 @@ impl Op {
             Op::RegisterNode(_) => "register_node",
             Op::SetAvailability { .. } => "set_availability",
             Op::RemoveNode(_) => "remove_node",
+            Op::AbandonJoin { .. } => "abandon_join",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, ServerState};
+use openraft::ServerState;
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{RwLock, RwLockReadGuard, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
 use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
@@ -23,10 +23,14 @@ use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
 use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
 use crate::metrics::ControlMetrics;
 use crate::network::Peers;
-use crate::rpc::{ClusterSecrets, ControlRpc, ControlRpcReply, ProposeError};
+use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
 use crate::state::ClusterState;
 use crate::status::{self, AgentReport, StatusBook};
 use crate::types::{Member, Raft};
+
+mod membership;
+
+pub use membership::MEMBERSHIP_BUSY_WAIT;
 
 /// How long [`Control::gather_agents`] waits for each other control node.
 pub const AGENT_REPORTS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -39,6 +43,12 @@ pub struct Timeouts {
     /// The Raft election timeout upper bound; a leader that has not heard from a quorum for
     /// twice this long refuses writes at once.
     pub election_max: Duration,
+    /// How long the leader waits for a new learner to receive the log before it gives the
+    /// join up (the learner's advertised QUIC address is not reachable, say).
+    pub learner_catch_up: Duration,
+    /// How long an unfinished control-node join may go unheard of before the leader undoes
+    /// it (see [`crate::state::PendingJoin`]).
+    pub join_abandoned_after: Duration,
 }
 
 /// The shared handle on one control node.
@@ -54,6 +64,7 @@ pub struct Control {
     fingerprint: [u8; 32],
     agents: StatusBook,
     gossip: std::sync::OnceLock<watch::Receiver<Vec<warren_mesh::Member>>>,
+    membership: membership::Gate,
 }
 
 impl std::fmt::Debug for Control {
@@ -95,6 +106,7 @@ impl Control {
             fingerprint: parts.fingerprint,
             agents: StatusBook::new(parts.id),
             gossip: std::sync::OnceLock::new(),
+            membership: membership::Gate::default(),
         }
     }
 
@@ -162,6 +174,15 @@ impl Control {
     /// Sets the cluster key once (a joining control node receives it after it is a member).
     pub(crate) fn set_cluster_key(&self, key: SealKey) {
         let _ = self.cluster_key.set(key);
+    }
+
+    /// Becomes `Some(why)` once this node learns it was removed from the cluster.
+    pub fn removed(&self) -> watch::Receiver<Option<String>> {
+        self.peers.removed()
+    }
+
+    pub(crate) fn note_removed(&self, why: String) {
+        self.peers.note_removed(why);
     }
 
     /// This node's id.
@@ -397,90 +418,6 @@ impl Control {
         }
     }
 
-    /// Adds a control node as a voter (leader only): first as a learner that catches up,
-    /// then into the voting membership. Returns what the new node must hold.
-    pub async fn add_member(
-        &self,
-        node_id: u64,
-        member: Member,
-    ) -> Result<ClusterSecrets, ProposeError> {
-        let catch_up = self.timeouts.write * 6;
-        let add = self.raft.add_learner(node_id, member.clone(), true);
-        tokio::time::timeout(catch_up, add)
-            .await
-            .map_err(|_| self.no_quorum_timeout("adding a learner"))?
-            .map_err(write_error)?;
-        let change = self
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false);
-        tokio::time::timeout(self.timeouts.write, change)
-            .await
-            .map_err(|_| self.no_quorum_timeout("membership change"))?
-            .map_err(write_error)?;
-        info!(peer = %format_args!("{node_id:016x}"), addr = %member.quic_addr, "control node added as voter");
-        let key = self
-            .cluster_key()
-            .ok_or_else(|| ProposeError::Membership("this node has no cluster key".into()))?;
-        Ok(ClusterSecrets {
-            cluster_key_hex: key.to_hex(),
-        })
-    }
-
-    /// Removes a control node from the voting membership, forwarding to the leader if needed.
-    ///
-    /// # Errors
-    /// [`ProposeError`].
-    pub async fn remove_member(&self, node_id: u64) -> Result<(), ProposeError> {
-        match self.remove_member_local(node_id).await {
-            Err(ProposeError::NotLeader { leader }) => {
-                let deadline = Instant::now() + self.timeouts.write;
-                let rpc = ControlRpc::RemoveMember { node_id };
-                match self.to_leader(&rpc, leader, deadline).await? {
-                    ControlRpcReply::MemberRemoved(reply) => reply,
-                    _ => Err(ProposeError::NoQuorum(
-                        "leader answered with something else".into(),
-                    )),
-                }
-            }
-            other => other,
-        }
-    }
-
-    async fn remove_member_local(&self, node_id: u64) -> Result<(), ProposeError> {
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        if membership.get_node(&node_id).is_none() {
-            return Ok(());
-        }
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        if voters == [node_id] {
-            return Err(ProposeError::Membership(
-                "cannot remove the last control node".into(),
-            ));
-        }
-        let change = ChangeMembers::RemoveVoters([node_id].into());
-        let result = tokio::time::timeout(
-            self.timeouts.write,
-            self.raft.change_membership(change, false),
-        )
-        .await
-        .map_err(|_| self.no_quorum_timeout("membership change"))?;
-        result.map_err(write_error)?;
-        let nodes = ChangeMembers::RemoveNodes([node_id].into());
-        let _ = tokio::time::timeout(
-            self.timeouts.write,
-            self.raft.change_membership(nodes, false),
-        )
-        .await;
-        info!(peer = %format_args!("{node_id:016x}"), "control node removed from the membership");
-        Ok(())
-    }
-
     /// Answers one RPC from another control node.
     pub async fn handle_rpc(&self, rpc: ControlRpc) -> ControlRpcReply {
         match rpc {
@@ -504,6 +441,10 @@ impl Control {
             ControlRpc::AgentReports { full } => {
                 ControlRpcReply::AgentReports(self.agents.snapshot(full))
             }
+            ControlRpc::Removed => {
+                self.note_removed("the leader took it out of the membership".into());
+                ControlRpcReply::RemovedNoted
+            }
         }
     }
 
@@ -518,7 +459,11 @@ impl Control {
                 })
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                Err(ProposeError::NoQuorum(e.to_string()))
+                // openraft's own text prints its types' Debug output: say it in our words.
+                Err(ProposeError::NoQuorum(format!(
+                    "only {} control node(s) confirmed this node's leadership, not a majority",
+                    e.got.len()
+                )))
             }
             Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
         }
@@ -645,15 +590,25 @@ impl JoinAuthority for Control {
     }
 }
 
-/// What a failed Raft write (client write or membership change) means to a caller.
+/// What a failed Raft write (client write or membership change) means to a caller, in our
+/// words: openraft's own messages print its types' Debug output (`Some(LogId { .. })`).
 fn write_error(error: RaftError<u64, ClientWriteError<u64, Member>>) -> ProposeError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
             leader: f.leader_id.zip(f.leader_node),
         },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ProposeError::Membership(e.to_string())
-        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
+            ChangeMembershipError::InProgress(_) => ProposeError::MembershipBusy(
+                "the previous membership change is not committed yet".into(),
+            ),
+            ChangeMembershipError::EmptyMembership(_) => ProposeError::Membership(
+                "the change would leave the cluster without control nodes".into(),
+            ),
+            ChangeMembershipError::LearnerNotFound(e) => ProposeError::Membership(format!(
+                "node {:016x} must be added as a learner before it can vote",
+                e.node_id
+            )),
+        },
         RaftError::Fatal(_) => ProposeError::ShuttingDown,
     }
 }

@@ -84,6 +84,7 @@ impl From<ProposeError> for ApiError {
     fn from(error: ProposeError) -> Self {
         match error {
             ProposeError::Membership(m) => Self::Conflict(m),
+            busy @ ProposeError::MembershipBusy(_) => Self::Conflict(busy.to_string()),
             ProposeError::ShuttingDown => {
                 Self::NoQuorum("this control node is shutting down".into())
             }

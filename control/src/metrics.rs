@@ -41,6 +41,9 @@ pub struct ControlMetrics {
     pub scheduler_unschedulable_replicas: IntGauge,
     /// Registered nodes.
     pub nodes: IntGauge,
+    /// Membership changes on this node as leader, by change (`add`, `remove`, `undo_join`)
+    /// and result (`ok`, `busy`, `failed`).
+    pub membership_changes_total: IntCounterVec,
 }
 
 impl ControlMetrics {
@@ -103,6 +106,11 @@ impl ControlMetrics {
             ),
             api_request_duration_seconds,
             api_refused_total,
+            membership_changes_total: counter_vec(
+                "warren_control_membership_changes_total",
+                "Control-plane membership changes led by this node, by change and result.",
+                &["change", "result"],
+            ),
             raft_term: gauge("warren_raft_term", "Current Raft term."),
             raft_is_leader: gauge(
                 "warren_raft_is_leader",

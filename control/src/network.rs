@@ -3,7 +3,8 @@
 //!
 //! One cached connection per peer; a failed call drops it so the next call redials. A peer that
 //! answers with a certificate for another node id is treated as unreachable: addresses move,
-//! identities do not.
+//! identities do not. A peer that refuses our certificate as revoked is the cluster's word
+//! that this node was removed: [`Peers::removed`] says so, and the node stops.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use warren_transport::{Alpn, Endpoint, PeerConnection};
 
 use crate::rpc::{ControlRpc, ControlRpcReply};
@@ -60,6 +61,7 @@ pub enum PeerError {
 pub struct Peers {
     endpoint: Arc<Endpoint>,
     connections: Arc<Mutex<HashMap<u64, PeerConnection>>>,
+    removed: Arc<watch::Sender<Option<String>>>,
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, PeerError> {
@@ -80,7 +82,24 @@ impl Peers {
         Self {
             endpoint,
             connections: Arc::default(),
+            removed: Arc::new(watch::channel(None).0),
         }
+    }
+
+    /// Becomes `Some(why)` once this node learns it was removed from the cluster.
+    pub fn removed(&self) -> watch::Receiver<Option<String>> {
+        self.removed.subscribe()
+    }
+
+    /// Records that this node was removed (the first reason wins).
+    pub(crate) fn note_removed(&self, why: String) {
+        self.removed.send_if_modified(|removed| {
+            let first = removed.is_none();
+            if first {
+                *removed = Some(why);
+            }
+            first
+        });
     }
 
     async fn connection(&self, target: u64, addr: &str) -> Result<PeerConnection, PeerError> {
@@ -125,6 +144,13 @@ impl Peers {
             Ok(result) => result,
             Err(_) => Err(PeerError::Rpc(warren_transport::RpcError::Timeout(timeout))),
         };
+        if let Err(PeerError::Connect(error)) = &result
+            && error.is_revoked()
+        {
+            self.note_removed(format!(
+                "the control node at {addr} refused this node's certificate as revoked"
+            ));
+        }
         if result.is_err() {
             if let Some(conn) = self.connections.lock().await.remove(&target) {
                 conn.close("call failed");

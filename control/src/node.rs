@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
 use warren_mesh::{Mesh, MeshConfig, MeshMetrics, MeshTimers};
 use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME, unix_now, unix_now_ms};
-use warren_transport::join::{JoinParams, random_node_id, serve_join};
+use warren_transport::join::{random_node_id, serve_join};
 use warren_transport::seal::SealKey;
 use warren_transport::{
     Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, RevocationList,
@@ -33,10 +33,14 @@ use crate::http::Api;
 use crate::liveness::Liveness;
 use crate::metrics::ControlMetrics;
 use crate::network::Peers;
-use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
+use crate::rpc::{ControlRpc, ProposeError};
 use crate::store::{self, StoreTuning};
 use crate::types::{Member, Raft};
 use warren_transport::https::ApiListener;
+
+mod joining;
+
+pub use joining::{JOIN_MEMBER_TIMEOUT, JoinHooks, JoinProgress};
 
 const SETTINGS_FILE: &str = "node.json";
 const CLUSTER_KEY_FILE: &str = "cluster.key";
@@ -98,6 +102,12 @@ pub struct ControlConfig {
     pub unreachable_after: Duration,
     /// The gossip mesh's timers (used only when the node has a gossip address).
     pub mesh_timers: MeshTimers,
+    /// How long the leader waits for a joining control node to receive the log before it
+    /// undoes the join (its advertised QUIC address is not reachable, say).
+    pub learner_catch_up: Duration,
+    /// How long a control node's unfinished join (registered, not a voter yet) may go
+    /// unheard of before the leader undoes it: its joiner died or gave up.
+    pub join_abandoned_after: Duration,
 }
 
 impl Default for ControlConfig {
@@ -114,11 +124,23 @@ impl Default for ControlConfig {
             snapshot_every: 5_000,
             unreachable_after: DEFAULT_UNREACHABLE_AFTER,
             mesh_timers: MeshTimers::default(),
+            learner_catch_up: Duration::from_secs(30),
+            join_abandoned_after: Duration::from_secs(60),
         }
     }
 }
 
 impl ControlConfig {
+    /// The timers of the write, read and membership paths.
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            write: self.write_timeout,
+            election_max: self.election_timeout.1,
+            learner_catch_up: self.learner_catch_up,
+            join_abandoned_after: self.join_abandoned_after,
+        }
+    }
+
     /// Checks relations between timers.
     ///
     /// # Errors
@@ -143,6 +165,16 @@ impl ControlConfig {
         if self.write_timeout < max {
             return Err(NodeError::Config(
                 "write timeout must be at least the election timeout".into(),
+            ));
+        }
+        if self.learner_catch_up < max {
+            return Err(NodeError::Config(
+                "learner_catch_up must be at least the election timeout".into(),
+            ));
+        }
+        if self.join_abandoned_after < Duration::from_secs(1) {
+            return Err(NodeError::Config(
+                "join_abandoned_after must be at least 1 s".into(),
             ));
         }
         self.mesh_timers
@@ -191,6 +223,12 @@ pub enum NodeError {
     /// A write during start-up failed.
     #[error(transparent)]
     Propose(#[from] ProposeError),
+    /// A joining control node did not become a voter.
+    #[error("{0}")]
+    NotMember(String),
+    /// The join was cancelled before the node became a voter.
+    #[error("the join was cancelled before this node became a member")]
+    Cancelled,
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> NodeError + 'a {
@@ -315,6 +353,15 @@ fn settings_for(new: &NewNode, node_id: NodeId) -> NodeSettings {
     }
 }
 
+/// openraft refuses to initialise a Raft store that already holds state; its own text prints
+/// its types' Debug output, so say what it means.
+fn unfinished_init(dir: &Path) -> NodeError {
+    NodeError::DataDir(format!(
+        "{} holds the Raft state of an earlier, unfinished init; remove it and try again",
+        dir.join(store::RAFT_DIR).display()
+    ))
+}
+
 /// Fills in the gossip port (for port 0, by binding and letting go: the mesh binds it again
 /// once the node has the cluster key) and the gossip address to advertise.
 async fn resolve_gossip(new: &mut NewNode) -> Result<(), NodeError> {
@@ -399,11 +446,8 @@ impl ControlNode {
         .await?;
         let mut members = std::collections::BTreeMap::new();
         members.insert(node_id.0, member_of(&settings));
-        node.control
-            .raft()
-            .initialize(members)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let initialized = node.control.raft().initialize(members).await;
+        initialized.map_err(|_| unfinished_init(&new.data_dir))?;
         node.control
             .raft()
             .wait(Some(Duration::from_secs(10)))
@@ -445,122 +489,6 @@ impl ControlNode {
                 admin,
                 fingerprint: ca.fingerprint(),
             },
-        ))
-    }
-
-    /// Joins an existing cluster as a voting control node, with a control token.
-    ///
-    /// # Errors
-    /// [`NodeError`]; the token is refused with a clear reason.
-    pub async fn join(
-        new: NewNode,
-        join_addr: SocketAddr,
-        token: &str,
-        config: ControlConfig,
-    ) -> Result<Self, NodeError> {
-        config.validate()?;
-        check_fresh(&new.data_dir)?;
-        // Learn the real port (for port 0) before advertising it; the endpoint proper is bound
-        // once the certificate exists.
-        let probe = std::net::UdpSocket::bind(new.quic_listen)
-            .map_err(io("bind QUIC port", &new.data_dir))?;
-        let mut new = new;
-        new.quic_listen = probe
-            .local_addr()
-            .map_err(io("bind QUIC port", &new.data_dir))?;
-        drop(probe);
-        resolve_gossip(&mut new).await?;
-        let settings_guess = settings_for(&new, NodeId(0));
-        let params = JoinParams {
-            role: NodeRole::Control,
-            name: new.name.clone(),
-            site: new.site.clone(),
-            labels: Default::default(),
-            advertise: [
-                Some(format!("quic={}", settings_guess.advertise_quic)),
-                Some(format!("api={}", settings_guess.advertise_api)),
-                settings_guess
-                    .advertise_gossip
-                    .map(|a| format!("gossip={a}")),
-                settings_guess
-                    .metrics_listen
-                    .map(|a| format!("metrics={a}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        };
-        let joined = warren_transport::join::join(
-            join_addr,
-            token,
-            params,
-            &config.transport,
-            &TransportMetrics::unregistered(),
-        )
-        .await?;
-        joined.credentials.save(&new.data_dir)?;
-        let settings = settings_for(&new, joined.node_id);
-        let endpoint = bind(&new.quic_listen, &joined.credentials, &config)?;
-        let api = bind_api(new.api_listen, &joined.credentials, &endpoint.1).await?;
-        let mut node =
-            Self::start(&new.data_dir, settings.clone(), None, config, endpoint, api).await?;
-        let secrets = node.ask_to_become_member(join_addr, &settings).await?;
-        let key = SealKey::from_hex(&secrets.cluster_key_hex)
-            .map_err(|e| NodeError::DataDir(e.to_string()))?;
-        save_cluster_key(&new.data_dir, &key)?;
-        node.control.set_cluster_key(key);
-        save_settings(&new.data_dir, &settings)?;
-        node.start_mesh().await;
-        info!(node_id = %joined.node_id, "joined the cluster as a control node");
-        Ok(node)
-    }
-
-    async fn ask_to_become_member(
-        &self,
-        join_addr: SocketAddr,
-        settings: &NodeSettings,
-    ) -> Result<crate::rpc::ClusterSecrets, NodeError> {
-        let rpc = ControlRpc::AddMember {
-            node_id: settings.node_id.0,
-            member: member_of(settings),
-        };
-        let mut target = join_addr;
-        for _ in 0..5 {
-            let conn = self
-                .endpoint
-                .connect(target, Alpn::Raft)
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
-            let reply: ControlRpcReply = conn
-                .request(&rpc)
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
-            conn.close("done");
-            match reply {
-                ControlRpcReply::MemberAdded(Ok(secrets)) => return Ok(secrets),
-                ControlRpcReply::MemberAdded(Err(ProposeError::NotLeader {
-                    leader: Some((_, member)),
-                })) => {
-                    target = tokio::net::lookup_host(&member.quic_addr)
-                        .await
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .ok_or_else(|| {
-                            NodeError::Raft(format!(
-                                "cannot resolve leader address {}",
-                                member.quic_addr
-                            ))
-                        })?;
-                }
-                ControlRpcReply::MemberAdded(Err(e)) if e.is_retryable() => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                ControlRpcReply::MemberAdded(Err(e)) => return Err(e.into()),
-                _ => return Err(NodeError::Raft("unexpected reply to AddMember".into())),
-            }
-        }
-        Err(NodeError::Raft(
-            "could not reach the leader to become a member".into(),
         ))
     }
 
@@ -677,10 +605,7 @@ impl ControlNode {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let timeouts = Timeouts {
-            write: config.write_timeout,
-            election_max: config.election_timeout.1,
-        };
+        let timeouts = config.timeouts();
         let control_metrics = ControlMetrics::new();
         let unreachable_after = config.unreachable_after;
         let mesh_timers = config.mesh_timers.clone();
@@ -741,7 +666,8 @@ impl ControlNode {
         Ok(node)
     }
 
-    /// Keeps the endpoint's revocation list equal to the replicated one.
+    /// Keeps the endpoint's revocation list equal to the replicated one, and notices this
+    /// node's own removal in the state it applies.
     fn spawn_revocation_feed(
         &self,
         state: Arc<tokio::sync::RwLock<crate::state::ClusterState>>,
@@ -749,10 +675,22 @@ impl ControlNode {
         revocations: RevocationList,
     ) {
         let cancel = self.cancel.clone();
+        let control = self.control.clone();
+        let me = self.settings.node_id;
         self.tasks.spawn(async move {
             loop {
-                let serials = state.read().await.revoked_serials.clone();
+                let (serials, removed) = {
+                    let state = state.read().await;
+                    let removed = state
+                        .nodes
+                        .get(&me)
+                        .is_some_and(|node| node.state == warren_api::NodeState::Removed);
+                    (state.revoked_serials.clone(), removed)
+                };
                 revocations.replace(serials);
+                if removed {
+                    control.note_removed("its removal reached this node's log".into());
+                }
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     changed = applied.changed() => if changed.is_err() { return },
@@ -818,6 +756,7 @@ impl ControlNode {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut liveness: Option<Liveness> = None;
             let mut last_liveness = tokio::time::Instant::now();
+            let mut leader_since_ms: Option<u64> = None;
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
@@ -825,21 +764,13 @@ impl ControlNode {
                 }
                 if control.leader().map(|(id, _)| id) != Some(control.id()) {
                     liveness = None;
+                    leader_since_ms = None;
                     continue;
                 }
                 let now = unix_now_ms();
-                let (rollouts, tick_due) = {
-                    let state = control.read_stale().await;
-                    (state.due_rollouts(now), state.reschedule_due(now))
-                };
-                for (name, version) in rollouts {
-                    if let Err(e) = control.propose(Op::RolloutStep { name, version }).await {
-                        debug!(error = %e, "rollout step not proposed");
-                    }
-                }
-                if tick_due && let Err(e) = control.propose(Op::Tick).await {
-                    debug!(error = %e, "tick not proposed");
-                }
+                propose_due_steps(&control, now).await;
+                let since = *leader_since_ms.get_or_insert(now);
+                control.sweep_unfinished_joins(since).await;
                 let judge = liveness.get_or_insert_with(|| Liveness::new(unreachable_after, now));
                 if last_liveness.elapsed() < liveness_every {
                     continue;
@@ -872,6 +803,22 @@ impl ControlNode {
                 }
             }
         });
+    }
+
+    /// Waits until this node learns that it was removed from the cluster (`warren node rm`):
+    /// another control node refused its certificate as revoked, or it applied its own
+    /// removal. Returns why, in words. Never returns on a node that stays a member.
+    pub async fn removed(&self) -> String {
+        let mut removed = self.control.removed();
+        let found = removed
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone().unwrap_or_default());
+        match found {
+            Ok(why) => why,
+            // The sender lives as long as the node: wait for ever.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// The shared handle (for the API and tests).
@@ -940,6 +887,23 @@ impl ControlNode {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         warn!(addr = %addr, "QUIC port still in use after shutdown");
+    }
+}
+
+/// Proposes the leader's time-driven steps that are due at `now`: the next batch of each
+/// rolling update, and a tick when an on-disconnect timer has expired.
+async fn propose_due_steps(control: &Control, now: u64) {
+    let (rollouts, tick_due) = {
+        let state = control.read_stale().await;
+        (state.due_rollouts(now), state.reschedule_due(now))
+    };
+    for (name, version) in rollouts {
+        if let Err(e) = control.propose(Op::RolloutStep { name, version }).await {
+            debug!(error = %e, "rollout step not proposed");
+        }
+    }
+    if tick_due && let Err(e) = control.propose(Op::Tick).await {
+        debug!(error = %e, "tick not proposed");
     }
 }
 

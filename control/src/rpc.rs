@@ -42,6 +42,9 @@ pub enum ControlRpc {
         /// Whether to include replicas and events, or only the links.
         full: bool,
     },
+    /// The leader tells a control node it has just taken out of the membership, so that the
+    /// node stops at once instead of calling elections no one answers.
+    Removed,
 }
 
 /// The answer to a [`ControlRpc`].
@@ -63,6 +66,8 @@ pub enum ControlRpcReply {
     MemberAdded(Result<ClusterSecrets, ProposeError>),
     /// Answer to `AgentReports`.
     AgentReports(Vec<crate::status::AgentReport>),
+    /// Answer to `Removed`.
+    RemovedNoted,
 }
 
 /// Secrets every control node holds: handed to a new control node once it is a member, over
@@ -97,10 +102,15 @@ pub enum ProposeError {
     /// The membership change was refused.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// Another membership change holds the leader's membership lock (the text says which);
+    /// asking again shortly succeeds once it is done.
+    #[error("another membership change is in progress ({0}); try again when it is done")]
+    MembershipBusy(String),
 }
 
 impl ProposeError {
-    /// Whether retrying (after a leader change) may succeed.
+    /// Whether retrying (after a leader change, or once the change in progress is done) may
+    /// succeed.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Self::Membership(_))
     }

@@ -13,6 +13,7 @@ use warren_api::{
     Secret, Service, ServiceMode, ServiceName, ServiceSpec, Volume,
 };
 use warren_transport::TokenBook;
+use warren_transport::token::TokenId;
 
 use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::scheduler;
@@ -64,6 +65,16 @@ pub struct SecretRecord {
     pub sealed: SealedBlob,
 }
 
+/// A control node that redeemed a token and was registered, but is not a Raft voter yet.
+/// Until it is, its join can be undone ([`Op::AbandonJoin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingJoin {
+    /// The token the join redeemed: a single-use token gets its use back if the join is undone.
+    pub token_id: TokenId,
+    /// When the join was applied (unix ms, the proposer's clock).
+    pub since_ms: u64,
+}
+
 /// Everything the control plane decides: the desired state of the fleet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -85,6 +96,9 @@ pub struct ClusterState {
     pub volumes: BTreeMap<String, Volume>,
     /// Join tokens (hashes only).
     pub tokens: TokenBook,
+    /// Control nodes registered by a join that are not Raft voters yet, by node id. A
+    /// membership entry that makes one a voter ends its entry ([`Self::note_membership`]).
+    pub pending_joins: BTreeMap<NodeId, PendingJoin>,
     /// Index of the last applied entry.
     pub revision: Revision,
 }
@@ -102,6 +116,18 @@ impl ClusterState {
         self.revision = revision;
     }
 
+    /// Notes a membership entry at `revision` whose voters (of every configuration, joint
+    /// included) are `voters`: a pending join whose node is among them is complete.
+    pub fn note_membership(&mut self, revision: Revision, voters: impl IntoIterator<Item = u64>) {
+        // Index 0 (the configuration `Raft::initialize` writes) precedes revision 1.
+        if revision > self.revision {
+            self.note_revision(revision);
+        }
+        for voter in voters {
+            self.pending_joins.remove(&NodeId(voter));
+        }
+    }
+
     /// Applies one entry at `revision` (its log index).
     ///
     /// # Panics
@@ -117,7 +143,9 @@ impl ClusterState {
                 ca_key_sealed,
             } => self.init(name, ca_cert_der, ca_key_sealed, now),
             Op::AddToken(record) => {
-                self.tokens.prune(now);
+                let pending = &self.pending_joins;
+                self.tokens
+                    .prune_except(now, |id| pending.values().any(|p| p.token_id == id));
                 self.tokens.insert(record.clone());
                 Ok(Effect::Done)
             }
@@ -139,6 +167,7 @@ impl ClusterState {
                 self.set_availability(*node, *availability, now)
             }
             Op::RemoveNode(node) => self.remove_node(*node, now),
+            Op::AbandonJoin { node } => self.abandon_join(*node),
             Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
             Op::NodeReachable { node } => self.set_reachable(*node, true, now),
             Op::PutService(spec) => self.put_service(spec, now),
@@ -203,7 +232,31 @@ impl ClusterState {
                 code: RejectionCode::TokenRefused,
                 message: e.to_string(),
             })?;
-        self.register(node, now)
+        let effect = self.register(node, now)?;
+        if role == warren_api::NodeRole::Control {
+            let pending = PendingJoin {
+                token_id,
+                since_ms: now,
+            };
+            self.pending_joins.insert(node.id, pending);
+        }
+        Ok(effect)
+    }
+
+    /// Undoes the join of a control node that never became a voter: the entry goes (no
+    /// tombstone: the node never was a member), the certificate is revoked, and a single-use
+    /// token gets its use back.
+    fn abandon_join(&mut self, id: NodeId) -> Applied {
+        let Some(pending) = self.pending_joins.remove(&id) else {
+            return Err(Rejection::conflict(format!(
+                "node {id} has no unfinished join to undo"
+            )));
+        };
+        if let Some(serial) = self.nodes.remove(&id).and_then(|node| node.cert_serial) {
+            self.revoked_serials.insert(serial);
+        }
+        self.tokens.give_back(pending.token_id);
+        Ok(Effect::Done)
     }
 
     fn check_new_node(&self, node: &Node) -> Result<(), Rejection> {
@@ -216,10 +269,18 @@ impl ClusterState {
             )));
         }
         if let Some(other) = self.name_taken(&node.name, node.id) {
-            return Err(Rejection::conflict(format!(
-                "node name {} is taken by node {other}; choose another --name or remove that node",
-                node.name
-            )));
+            let message = if self.pending_joins.contains_key(&other) {
+                format!(
+                    "node name {} is taken by node {other}, whose join has not finished; it is undone if that joiner stays silent, or remove it with `warren node rm {other}`",
+                    node.name
+                )
+            } else {
+                format!(
+                    "node name {} is taken by node {other}; choose another --name or remove that node",
+                    node.name
+                )
+            };
+            return Err(Rejection::conflict(message));
         }
         Ok(())
     }
@@ -254,6 +315,9 @@ impl ClusterState {
     }
 
     fn remove_node(&mut self, id: NodeId, now: u64) -> Applied {
+        self.node_mut(id)?;
+        // An operator's removal ends an unfinished join too (the token stays used).
+        self.pending_joins.remove(&id);
         let node = self.node_mut(id)?;
         node.state = NodeState::Removed;
         if let Some(serial) = node.cert_serial.clone() {
@@ -688,6 +752,93 @@ mod tests {
         assert!(err.message.contains("taken by node"), "{err}");
         // The single-use token is still good.
         log.apply(op(agent(2, "edge-2", "lisbon"))).unwrap();
+    }
+
+    fn control(id: u64, name: &str) -> Node {
+        Node {
+            role: NodeRole::Control,
+            ..agent(id, name, "central")
+        }
+    }
+
+    /// A single-use control token, minted into the log.
+    fn control_token(log: &mut Log) -> impl Fn(Node) -> Op + use<> {
+        let options = MintOptions {
+            role: NodeRole::Control,
+            ttl: None,
+            single_use: true,
+        };
+        let (token, record) = mint([1; 32], options, 0);
+        log.apply(Op::AddToken(record)).unwrap();
+        move |node| Op::Join {
+            token_id: token.id,
+            secret_sha256: token.secret_sha256(),
+            role: NodeRole::Control,
+            node,
+        }
+    }
+
+    #[test]
+    fn an_undone_join_leaves_nothing_but_a_revoked_serial_and_gives_the_token_back() {
+        let mut log = Log::new();
+        let join = control_token(&mut log);
+        log.apply(join(control(2, "c2"))).unwrap();
+        assert!(log.state.pending_joins.contains_key(&NodeId(2)));
+        // Minting another token prunes used ones, but not one an unfinished join may give back.
+        log.apply(Op::AddToken(
+            mint(
+                [1; 32],
+                MintOptions {
+                    role: NodeRole::Agent,
+                    ttl: None,
+                    single_use: false,
+                },
+                0,
+            )
+            .1,
+        ))
+        .unwrap();
+        assert_eq!(
+            log.apply(Op::AbandonJoin { node: NodeId(2) }),
+            Ok(Effect::Done)
+        );
+        assert!(!log.state.nodes.contains_key(&NodeId(2)), "no tombstone");
+        assert!(log.state.pending_joins.is_empty());
+        assert!(log.state.revoked_serials.contains("serial2"));
+        // The same name and the same single-use token work again.
+        log.apply(join(control(3, "c2"))).unwrap();
+        let twice = log.apply(Op::AbandonJoin { node: NodeId(2) }).unwrap_err();
+        assert_eq!(twice.code, RejectionCode::Conflict);
+    }
+
+    #[test]
+    fn a_join_is_finished_by_the_membership_that_makes_it_a_voter() {
+        let mut log = Log::new();
+        let join = control_token(&mut log);
+        log.apply(join(control(2, "c2"))).unwrap();
+        // A configuration that names it only as a learner changes nothing.
+        log.index += 1;
+        log.state.note_membership(Revision(log.index), [1]);
+        assert!(log.state.pending_joins.contains_key(&NodeId(2)));
+        log.index += 1;
+        log.state.note_membership(Revision(log.index), [1, 2]);
+        assert!(log.state.pending_joins.is_empty());
+        assert_eq!(log.state.revision, Revision(log.index));
+        let err = log.apply(Op::AbandonJoin { node: NodeId(2) }).unwrap_err();
+        assert!(err.message.contains("no unfinished join"), "{err}");
+        assert!(log.state.nodes.contains_key(&NodeId(2)));
+    }
+
+    #[test]
+    fn a_name_held_by_an_unfinished_join_says_so() {
+        let mut log = Log::new();
+        let join = control_token(&mut log);
+        log.apply(join(control(2, "c2"))).unwrap();
+        let err = log.apply(Op::RegisterNode(control(3, "c2"))).unwrap_err();
+        assert!(err.message.contains("whose join has not finished"), "{err}");
+        // An operator's removal ends the unfinished join too.
+        log.apply(Op::RemoveNode(NodeId(2))).unwrap();
+        assert!(log.state.pending_joins.is_empty());
     }
 
     #[test]

@@ -58,12 +58,16 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_SNAPSHOT_META: &[u8] = b"meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 
+/// The sled database's directory inside a control node's data dir.
+pub const RAFT_DIR: &str = "raft";
+
 /// Version of the on-disk layout (trees, keys, encodings). Bumped by any change an older build
 /// would misread; [`open`] refuses a directory with another version.
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Version of the snapshot data format, checked when a snapshot is loaded or installed.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: the state records unfinished control-node joins (`ClusterState::pending_joins`).
+const SNAPSHOT_FORMAT: u32 = 2;
 
 type MembershipRecord = StoredMembership<u64, Member>;
 type Meta = SnapshotMeta<u64, Member>;
@@ -195,7 +199,7 @@ fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, sled::Error>
 /// fails, the layout version is foreign, or the persisted snapshot is corrupt.
 pub fn open(dir: &Path, tuning: StoreTuning) -> Result<(LogStore, StateMachineStore), OpenError> {
     tuning.validate()?;
-    let path = dir.join("raft");
+    let path = dir.join(RAFT_DIR);
     let config = sled::Config::new()
         .path(&path)
         .cache_capacity(tuning.cache_capacity_bytes)
@@ -598,13 +602,21 @@ fn decode_payload(meta: &Meta, data: &[u8]) -> Result<SnapshotPayload, StorageEr
         return Err(snapshot_error(
             meta,
             format!(
-                "snapshot {} data does not match its metadata (data: last applied {:?}, revision {}; \
-                 metadata: last log id {:?})",
-                meta.snapshot_id, payload.last_applied, payload.state.revision, meta.last_log_id
+                "snapshot {} data does not match its metadata (data: last applied index {}, revision {}; \
+                 metadata: last log index {})",
+                meta.snapshot_id,
+                index_text(payload.last_applied),
+                payload.state.revision,
+                index_text(meta.last_log_id)
             ),
         ));
     }
     Ok(payload)
+}
+
+/// A log id's index for people (`none` before the first entry), not openraft's Debug output.
+fn index_text(log_id: Option<LogId>) -> String {
+    log_id.map_or_else(|| "none".to_owned(), |id| id.index.to_string())
 }
 
 /// Which snapshot wins when two are written at once.
@@ -799,9 +811,9 @@ impl StateMachineStore {
             return state.apply(revision, command);
         }
         if let EntryPayload::Membership(membership) = entry.payload {
+            state.note_membership(revision, membership.voter_ids());
             self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-        }
-        if revision > state.revision {
+        } else if revision > state.revision {
             state.note_revision(revision);
         }
         Outcome {

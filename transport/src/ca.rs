@@ -42,6 +42,8 @@ const CA_CERT_FILE: &str = "ca.crt";
 const CA_KEY_FILE: &str = "ca.key.sealed";
 const NODE_CERT_FILE: &str = "node.crt";
 const NODE_KEY_FILE: &str = "node.key";
+/// The files [`Credentials::save`] writes into a data dir.
+pub const CREDENTIAL_FILES: [&str; 3] = [NODE_CERT_FILE, NODE_KEY_FILE, CA_CERT_FILE];
 
 /// Why a CA or credential operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -386,13 +386,29 @@ impl TokenBook {
             .is_some()
     }
 
+    /// Gives a single-use token its use back, after the join that redeemed it was undone.
+    /// Returns whether there was a use to give back (multi-use tokens have none).
+    pub fn give_back(&mut self, id: TokenId) -> bool {
+        self.records
+            .get_mut(&id)
+            .and_then(|r| r.used_at_ms.take())
+            .is_some()
+    }
+
     /// Drops records that can never be redeemed again (expired, used up or revoked).
     pub fn prune(&mut self, now_ms: u64) -> usize {
+        self.prune_except(now_ms, |_| false)
+    }
+
+    /// As [`Self::prune`], but keeps the records `keep` names: a used single-use token whose
+    /// join may still be undone must stay, so that [`Self::give_back`] finds it.
+    pub fn prune_except(&mut self, now_ms: u64, keep: impl Fn(TokenId) -> bool) -> usize {
         let before = self.records.len();
-        self.records.retain(|_, r| {
-            !(r.revoked
-                || r.expires_at_ms.is_some_and(|at| now_ms >= at)
-                || (r.single_use && r.used_at_ms.is_some()))
+        self.records.retain(|id, r| {
+            keep(*id)
+                || !(r.revoked
+                    || r.expires_at_ms.is_some_and(|at| now_ms >= at)
+                    || (r.single_use && r.used_at_ms.is_some()))
         });
         before - self.records.len()
     }
@@ -493,6 +509,26 @@ mod tests {
         book.redeem(&used_token, FP, NodeRole::Agent, NOW).unwrap();
         assert_eq!(book.prune(NOW), 1);
         assert_eq!(book.records().count(), 1);
+    }
+
+    #[test]
+    fn a_given_back_single_use_token_works_again_and_is_kept_while_asked() {
+        let (mut book, token) = book_with(agent(None, true));
+        book.redeem(&token, FP, NodeRole::Agent, NOW).unwrap();
+        assert_eq!(book.prune_except(NOW, |id| id == token.id), 0);
+        assert!(book.give_back(token.id));
+        assert!(!book.give_back(token.id), "only one use to give back");
+        book.redeem(&token, FP, NodeRole::Agent, NOW + 1).unwrap();
+        assert_eq!(
+            book.redeem(&token, FP, NodeRole::Agent, NOW + 2),
+            Err(TokenError::AlreadyUsed)
+        );
+        let (mut multi, token) = book_with(agent(None, false));
+        multi.redeem(&token, FP, NodeRole::Agent, NOW).unwrap();
+        assert!(
+            !multi.give_back(token.id),
+            "multi-use tokens are never used up"
+        );
     }
 
     #[test]

@@ -203,3 +203,81 @@ pub fn processes_under(dir: &Path) -> Vec<u64> {
         .filter(|pid| alive(*pid))
         .collect()
 }
+
+/// Live (not zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            // Fields after the command (which may hold spaces): state, ppid, pgrp, …
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map(|(_, rest)| rest.split_whitespace().collect())
+                    .unwrap_or_default();
+                fields.len() > 2
+                    && fields[0] != "Z"
+                    && fields[0] != "X"
+                    && fields[2] == pgid.to_string()
+            })
+        })
+        .collect()
+}
+
+/// A child spawned as the leader of its own process group (`process_group(0)`), together with
+/// every process it leaves in that group (a shell script's background jobs). The whole group
+/// is killed when dropped.
+pub struct ProcessGroup {
+    leader: Child,
+    pgid: u32,
+}
+
+impl ProcessGroup {
+    pub fn new(leader: Child) -> Self {
+        let pgid = leader.id();
+        ProcessGroup { leader, pgid }
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.pgid)])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Waits for the leader (not the rest of the group) to exit.
+    #[track_caller]
+    pub fn wait_leader(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.leader.try_wait().expect("wait for the group leader") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the group leader did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM to the whole group, then waits until none of it is left.
+    #[track_caller]
+    pub fn terminate(&mut self, timeout: Duration) {
+        self.signal("-TERM");
+        wait_until("the process group to stop", timeout, || {
+            group_members(self.pgid).is_empty().then_some(())
+        });
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.signal("-KILL");
+        let _ = self.leader.kill();
+        let _ = self.leader.wait();
+    }
+}
