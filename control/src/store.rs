@@ -575,6 +575,19 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
 
 /// Decodes snapshot data and checks it agrees with its metadata.
 fn decode_payload(meta: &Meta, data: &[u8]) -> Result<SnapshotPayload, StorageError> {
+    // The format number leads the payload: read it alone first, so a snapshot written by an
+    // older build is named as such rather than reported corrupt (its layout may not decode).
+    if let Ok((format, _)) = postcard::take_from_bytes::<u32>(data)
+        && (1..SNAPSHOT_FORMAT).contains(&format)
+    {
+        return Err(snapshot_error(
+            meta,
+            format!(
+                "snapshot {} has format {format}, written by an older Warren; this build reads format {SNAPSHOT_FORMAT}",
+                meta.snapshot_id
+            ),
+        ));
+    }
     let payload: SnapshotPayload = postcard::from_bytes(data).map_err(|e| {
         snapshot_error(
             meta,
@@ -585,15 +598,6 @@ fn decode_payload(meta: &Meta, data: &[u8]) -> Result<SnapshotPayload, StorageEr
             ),
         )
     })?;
-    if payload.format != SNAPSHOT_FORMAT {
-        return Err(snapshot_error(
-            meta,
-            format!(
-                "snapshot {} has format {}; this build reads format {SNAPSHOT_FORMAT}",
-                meta.snapshot_id, payload.format
-            ),
-        ));
-    }
     let revision = Revision(meta.last_log_id.map_or(0, |id| id.index));
     if payload.last_applied != meta.last_log_id
         || payload.last_membership != meta.last_membership
@@ -1007,6 +1011,25 @@ mod tests {
         check(5..9, Some(5));
         check((Bound::Excluded(5), Bound::Unbounded), Some(6));
         check((Bound::Excluded(u64::MAX), Bound::Unbounded), None);
+    }
+
+    /// A snapshot written by a build with another format is named as such, not as corrupt,
+    /// even when the rest of its layout no longer decodes.
+    #[test]
+    fn a_snapshot_of_another_format_says_so() {
+        let meta = Meta {
+            last_log_id: Some(log_id(1, 7)),
+            last_membership: MembershipRecord::default(),
+            snapshot_id: "1-7-1".into(),
+        };
+        let mut data = postcard::to_allocvec(&1u32).expect("encode a format number");
+        data.extend_from_slice(&[0xff; 16]);
+        let error = decode_payload(&meta, &data).expect_err("format 1 is refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("has format 1, written by an older Warren"),
+            "{text}"
+        );
     }
 
     #[test]
