@@ -9,6 +9,7 @@
 //!   local status.
 //! - [`config`]: `admin.conf` (cluster name, fingerprint, API addresses, CA and admin
 //!   certificate) and where it is looked for.
+//! - [`config_sync`]: keeping `admin.conf`'s API addresses current with the control members.
 //! - [`client`]: the HTTP/1.1 + JSON client of the control-plane API (`warren_api::rest`), over
 //!   TLS with the admin certificate or over the local Unix socket.
 //! - [`cluster_cmd`], [`service_cmd`], [`secret_cmd`], [`apply`]: the operator commands.
@@ -27,6 +28,7 @@ mod apply;
 mod client;
 mod cluster_cmd;
 mod config;
+mod config_sync;
 mod control_cmd;
 mod demo;
 mod dev;
@@ -65,7 +67,9 @@ use crate::output::OutputFormat;
         warren apply -f deploy.yaml\n\n\
         Commands that talk to the cluster find it through --config FILE, else $WARREN_CONFIG, else\n\
         ~/.config/warren/admin.conf, else /var/lib/warren/admin.conf; --api ADDR overrides the\n\
-        address (unix:<data-dir>/control.sock for the local socket). Every read command takes -o json.\n\
+        address (unix:<data-dir>/control.sock for the local socket). A command fails over to the\n\
+        next control node when one is down, and keeps the admin config's addresses current with\n\
+        the control members. Every read command takes -o json.\n\
         `warren demo` is a self-contained partition tour (~20 s); `warren dev` runs a local cluster\n\
         to try these commands against. Docs: docs/ in the source tree."
 )]
