@@ -34,6 +34,8 @@ mod demo;
 mod dev;
 mod local;
 mod output;
+#[cfg(test)]
+mod prerequisites;
 mod secret_cmd;
 mod service_cmd;
 mod table;
