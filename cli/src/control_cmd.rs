@@ -2,29 +2,18 @@
 //! SIGINT, then a graceful stop.
 //!
 //! Once serving, a node prints one stable line on stdout that scripts wait for:
-//! `warren control node <id> serving api=<addr> quic=<addr>`. A node whose data dir holds an
-//! admin config (the init node) keeps that file's API addresses current as members join and
-//! leave.
+//! `warren control node <id> serving api=<addr> quic=<addr>`.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
-use warren_control::control::Control;
-use warren_control::members;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 
+use crate::admin_conf_watch::AdminConfWatch;
 use crate::config::{ADMIN_CONF, AdminConfig};
-use crate::config_sync::{Sighting, Updated, update_file};
-
-/// How soon the admin config is looked at again after this node could not prove it is caught
-/// up (no quorum), so that a member that left is dropped once it can.
-const ADMIN_CONF_RETRY: Duration = Duration::from_secs(5);
 
 /// The default data dir (DESIGN §6).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
@@ -147,7 +136,11 @@ pub fn run(args: ControlArgs) -> Result<()> {
                     .with_context(|| format!("start the control node in {}", data_dir.display()))?
             }
         };
-        serve(node, &mut signals).await
+        // The init node keeps the admin.conf in its data dir listing the members.
+        let watch = AdminConfWatch::start(&node);
+        let served = serve(node, &mut signals).await;
+        watch.stop().await;
+        served
     })
 }
 
@@ -207,83 +200,14 @@ async fn serve(node: ControlNode, signals: &mut Signals) -> Result<()> {
         node.api_addr(),
         node.quic_addr()
     ))?;
-    let admin_conf = node.data_dir().join(ADMIN_CONF);
-    let stop_sync = CancellationToken::new();
-    let sync = admin_conf.is_file().then(|| {
-        tokio::spawn(keep_admin_conf_current(
-            Arc::clone(node.control()),
-            admin_conf,
-            node.settings().advertise_api.clone(),
-            stop_sync.clone(),
-        ))
-    });
     let which = signals.next().await;
     say(&format!("warren control node {id} stopping ({which})"))?;
-    stop_sync.cancel();
-    if let Some(sync) = sync {
-        let _ = sync.await;
-    }
     tokio::select! {
         () = node.shutdown() => {}
         which = signals.next() => bail!("{which} during shutdown: stopped without a clean shutdown"),
     }
     say(&format!("warren control node {id} stopped"))?;
     Ok(())
-}
-
-/// Keeps the `api` list of the admin config at `path` equal to the members' API addresses
-/// while the node runs, by the rule of [`crate::config_sync`]: additions at once, removals
-/// once this node has proven with a linearizable read that its membership is not behind.
-async fn keep_admin_conf_current(
-    control: Arc<Control>,
-    path: PathBuf,
-    own_api: String,
-    cancel: CancellationToken,
-) {
-    let fingerprint = data_encoding::HEXLOWER.encode(&control.fingerprint());
-    let mut settled: Vec<String> = Vec::new();
-    loop {
-        let changed = tokio::select! {
-            () = cancel.cancelled() => return,
-            changed = members::api_addrs_changed(&control, &settled) => changed,
-        };
-        if changed.is_none() {
-            return;
-        }
-        let current = tokio::select! {
-            () = cancel.cancelled() => return,
-            read = control.read_linearizable() => read.is_ok(),
-        };
-        let sighting = Sighting {
-            members: members::api_addrs(&control),
-            answered: own_api.clone(),
-            current,
-        };
-        match update_file(&path, &sighting, &fingerprint) {
-            Ok(Updated::Rewritten(api)) => tracing::info!(
-                path = %path.display(),
-                api = %api.join(","),
-                "admin config lists the control members"
-            ),
-            Ok(Updated::Unchanged) => {}
-            Ok(Updated::LeftAlone(reason)) => {
-                tracing::info!(path = %path.display(), reason, "admin config not updated");
-            }
-            Err(error) => tracing::warn!(
-                path = %path.display(),
-                error = %format!("{error:#}"),
-                "cannot update the admin config's API addresses"
-            ),
-        }
-        if current {
-            settled = sighting.members;
-        } else {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(ADMIN_CONF_RETRY) => {}
-            }
-        }
-    }
 }
 
 /// One line on stdout, flushed at once (scripts wait for these lines through a pipe).

@@ -4,7 +4,8 @@
 //! stdout. It parses flags, layers configuration, sets up logging and formats output; the work
 //! itself lives in the library crates.
 //!
-//! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground.
+//! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground;
+//!   [`admin_conf_watch`]: the init node keeps its `admin.conf` listing the control members.
 //! - [`agent_cmd`]: `warren agent join | run | status`, an edge agent in the foreground and its
 //!   local status.
 //! - [`config`]: `admin.conf` (cluster name, fingerprint, API addresses, CA and admin
@@ -23,6 +24,7 @@
 //! with a non-zero exit.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod admin_conf_watch;
 mod agent_cmd;
 mod apply;
 mod client;
