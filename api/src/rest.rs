@@ -28,6 +28,10 @@
 //!
 //! Errors are [`ErrorBody`] with a status: 400 invalid (the message names the field), 404, 409,
 //! 413 body too large, 503 no quorum (retry later; a timed-out write may still apply).
+//!
+//! Every answer, errors included, carries [`MEMBERS_HEADER`]: the API addresses of the control
+//! members as the answering node knows them, so that clients keep their list of addresses
+//! current without asking.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +42,14 @@ use crate::{NodeId, NodeRole};
 pub const PREFIX: &str = "/v1";
 /// Largest request body the server reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Response header with the advertised API address (`HOST:PORT`) of every control member
+/// (voters and learners) in the answering node's membership, comma-separated.
+pub const MEMBERS_HEADER: &str = "warren-control-members";
+/// Most addresses a client takes from [`MEMBERS_HEADER`]; Raft groups have a handful of members.
+pub const MEMBERS_HEADER_MAX: usize = 64;
+/// Longest [`MEMBERS_HEADER`] value a client reads.
+pub const MEMBERS_HEADER_MAX_BYTES: usize = 16 * 1024;
 
 /// An error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

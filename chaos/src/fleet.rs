@@ -224,7 +224,7 @@ impl Fleet {
                 self.start_control_join(node, &token)?;
             }
         }
-        self.write_admin_conf()?;
+        self.take_admin_conf()?;
         for site in &spec.sites {
             for index in 1..=site.agents {
                 let name = format!("{}-{index}", site.name);
@@ -433,13 +433,17 @@ impl Fleet {
         Ok(format!("{}:{API_PORT}", node.host.addr))
     }
 
-    /// The fleet's admin config: `<run dir>/admin.conf`, listing every control node's API
-    /// (until it is written, the first control node's, which lists only itself).
+    /// The fleet's admin config: `<run dir>/admin.conf`, the operator's copy of the init
+    /// node's (until it is taken, the init node's own).
     pub fn admin_conf(&self) -> PathBuf {
         let fleet = self.options.run_dir.join("admin.conf");
         if fleet.is_file() {
             return fleet;
         }
+        self.init_admin_conf()
+    }
+
+    fn init_admin_conf(&self) -> PathBuf {
         self.options
             .run_dir
             .join("c1")
@@ -447,21 +451,37 @@ impl Fleet {
             .join("admin.conf")
     }
 
-    /// Writes `<run dir>/admin.conf`: the first control node's, with every control node's
-    /// API address, so the CLI reaches the cluster whichever control node is down.
-    fn write_admin_conf(&self) -> Result<()> {
-        let source = self.admin_conf();
-        let text = std::fs::read_to_string(&source)
-            .with_context(|| format!("read {}", source.display()))?;
-        let mut config: serde_json::Value =
-            serde_norway::from_str(&text).with_context(|| format!("parse {}", source.display()))?;
-        let Some(map) = config.as_object_mut() else {
-            bail!("{}: not a mapping", source.display());
-        };
-        map.insert("api".into(), self.control_api_addrs().into());
-        let text = serde_norway::to_string(&config).context("encode the admin config")?;
+    /// Takes the operator's copy of the admin config once the init node's lists every control
+    /// node: the cluster keeps that list current as members join, and the CLI keeps the copy
+    /// current afterwards. The harness never writes addresses into it itself.
+    fn take_admin_conf(&self) -> Result<()> {
+        let source = self.init_admin_conf();
+        let mut wanted = self.control_api_addrs();
+        wanted.sort();
+        let deadline = Instant::now() + self.options.ready_timeout;
+        loop {
+            let mut listed = admin_conf_api(&source)?;
+            listed.sort();
+            if listed == wanted {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} lists {} after {:?}, not every control node ({})",
+                    source.display(),
+                    listed.join(","),
+                    self.options.ready_timeout,
+                    wanted.join(",")
+                );
+            }
+            if self.options.cancel.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
         let target = self.options.run_dir.join("admin.conf");
-        std::fs::write(&target, text).with_context(|| format!("write {}", target.display()))?;
+        std::fs::copy(&source, &target)
+            .with_context(|| format!("copy {} to {}", source.display(), target.display()))?;
         // It holds the admin key.
         std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .with_context(|| format!("restrict {}", target.display()))
@@ -747,6 +767,24 @@ fn tail(text: &str) -> String {
     } else {
         tail
     }
+}
+
+/// The `api` list of the admin config at `path`.
+///
+/// # Errors
+/// An unreadable file, or one without an `api` list of strings.
+pub fn admin_conf_api(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let config: serde_json::Value =
+        serde_norway::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    config["api"]
+        .as_array()
+        .and_then(|list| {
+            list.iter()
+                .map(|a| a.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| anyhow!("{}: no `api` list of addresses", path.display()))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use warren_api::{DesiredState, NodeState};
 
 use crate::check::{self, Figures, FinalState, InvariantResult, Verdict};
 use crate::fault::Fault;
-use crate::fleet::{Fleet, Role};
+use crate::fleet::{Fleet, Role, admin_conf_api};
 use crate::netns;
 use crate::observe::{History, Observer, Watched, proc_start_ticks};
 use crate::record::{
@@ -309,30 +309,34 @@ impl Runner<'_> {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// `warren --config … --api <control nodes> --timeout 5s words…` from the operator's seat.
+    /// `warren --config … --timeout 8s words…` from the operator's seat, as an operator types
+    /// it: the CLI finds the control nodes in the fleet's admin config, which the cluster keeps
+    /// current. `api` sends it to that one control node instead; and while the harness has
+    /// control nodes killed or paused, it passes the config's addresses with those last
+    /// (`--api`), so that the figures it measures do not include the client's connect timeout
+    /// on a node the harness knows is frozen.
     fn cli_once(&self, words: &[String], api: Option<&str>) -> Result<CliRun> {
+        let stopped: Vec<String> = self
+            .active
+            .iter()
+            .filter_map(|(fault, _)| match fault {
+                Fault::Kill { node } | Fault::Pause { node } => self.fleet.api_addr(node).ok(),
+                _ => None,
+            })
+            .collect();
         let targets = match api {
-            Some(name) => vec![self.fleet.api_addr(name)?],
+            Some(name) => Some(self.fleet.api_addr(name)?),
+            None if stopped.is_empty() => None,
             None => {
-                // Killed or paused control nodes last: a paused one accepts the connection and
-                // then answers nothing, costing a whole timeout per command.
-                let stopped: Vec<String> = self
-                    .active
-                    .iter()
-                    .filter_map(|(fault, _)| match fault {
-                        Fault::Kill { node } | Fault::Pause { node } => {
-                            self.fleet.api_addr(node).ok()
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let mut all = self.fleet.control_api_addrs();
+                let mut all = admin_conf_api(&self.fleet.admin_conf())?;
                 all.sort_by_key(|addr| stopped.contains(addr));
-                all
+                Some(all.join(","))
             }
         };
-        let targets = targets.join(",");
-        let mut args: Vec<&str> = vec!["--api", &targets, "--timeout", CLI_TIMEOUT];
+        let mut args: Vec<&str> = vec!["--timeout", CLI_TIMEOUT];
+        if let Some(targets) = &targets {
+            args.extend(["--api", targets.as_str()]);
+        }
         args.extend(words.iter().map(String::as_str));
         let started = Instant::now();
         let output = self

@@ -1,11 +1,12 @@
 //! The harness's own tests, against the real kernel: namespaces, block rules and real `warren`
-//! processes. They need root and working `ip netns`; elsewhere each prints why it skips and
-//! passes. Tests that start `warren` also need it built (`cargo build -p warren-cli`) next to
-//! `warren-chaos` in the target dir.
+//! processes. They need root, working `ip netns`, `nft` or `iptables`, and `python3` for the
+//! probes; tests that start `warren` also need it built (`cargo build -p warren-cli`) next to
+//! `warren-chaos` in the target dir. Each states its needs to [`host`], which prints why a test
+//! skips where something is missing, and fails it instead under `CI=true`.
 
 #![allow(clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,45 +22,93 @@ use warren_chaos::netns::{self, Network};
 use warren_chaos::preflight;
 use warren_chaos::run::RunId;
 
-/// Whether this host can run namespace tests; prints why not.
-fn netns_available(test: &str) -> bool {
+/// What a test needs of this host beyond the build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Root, `ip` (iproute2) and a working `ip netns`.
+    Netns,
+    /// `nft` or `iptables`; tests of block rules run once per installed backend.
+    Firewall,
+    /// `python3`, for the listeners and probes inside namespaces.
+    Python,
+    /// The `warren` binary next to `warren-chaos` in the target dir.
+    Warren,
+}
+
+/// What the host offers a test that may run.
+struct Host {
+    /// Installed firewall backends, `nft` first (empty unless [`Need::Firewall`] was asked).
+    firewalls: Vec<Firewall>,
+    /// The `warren` binary (`None` unless [`Need::Warren`] was asked).
+    warren: Option<PathBuf>,
+}
+
+/// The one gate of every test here. Checks `needs` in order; at the first one missing it
+/// prints `skipping TEST: WHY` and returns `None` — or, under `CI=true` (where `.ci/run` has
+/// installed everything), fails the test, so that CI proves these tests ran.
+///
+/// The line goes straight to stderr, past the test harness's capture, so that `cargo test`
+/// shows it for a test that passed by skipping.
+fn host(test: &str, needs: &[Need]) -> Option<Host> {
+    let mut host = Host {
+        firewalls: Vec::new(),
+        warren: None,
+    };
+    for need in needs {
+        let missing = match need {
+            Need::Netns => netns_missing(),
+            Need::Firewall => {
+                host.firewalls = [Firewall::Nft, Firewall::Iptables]
+                    .into_iter()
+                    .filter(|f| preflight::on_path(f.program()))
+                    .collect();
+                host.firewalls.is_empty().then(|| {
+                    "neither `nft` nor `iptables` is on PATH (nftables or iptables)".to_owned()
+                })
+            }
+            Need::Python => (!preflight::on_path("python3"))
+                .then(|| "`python3` is not on PATH (python3-minimal)".to_owned()),
+            Need::Warren => {
+                let chaos = Path::new(env!("CARGO_BIN_EXE_warren-chaos"));
+                let warren = chaos.parent().expect("binary has a dir").join("warren");
+                let missing = (!warren.is_file()).then(|| {
+                    format!(
+                        "{} missing; build it with `cargo build -p warren-cli`",
+                        warren.display()
+                    )
+                });
+                host.warren = Some(warren);
+                missing
+            }
+        };
+        if let Some(reason) = missing {
+            let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !under_ci,
+                "{test} needs what this host lacks: {reason} (CI=true: a missing prerequisite \
+                 is a failure, not a skip)"
+            );
+            let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
+            return None;
+        }
+    }
+    Some(host)
+}
+
+/// Why namespace tests cannot run here, if they cannot.
+fn netns_missing() -> Option<String> {
     if !preflight::is_root() {
-        eprintln!("skipping {test}: needs root (network namespaces)");
-        return false;
+        return Some("needs root (network namespaces)".to_owned());
     }
     if !preflight::on_path("ip") {
-        eprintln!("skipping {test}: `ip` not found (iproute2)");
-        return false;
+        return Some("`ip` is not on PATH (iproute2)".to_owned());
     }
     let probe = format!("{}probe", RunId::random().prefix());
     if let Err(error) = netns::ip(&["netns", "add", &probe]) {
-        eprintln!("skipping {test}: ip netns does not work here: {error:#}");
-        return false;
+        return Some(format!("ip netns does not work here: {error:#}"));
     }
     netns::ip(&["netns", "delete", &probe]).expect("delete the probe namespace");
-    true
-}
-
-/// The `warren` binary next to `warren-chaos` in the target dir, if built.
-fn warren_binary(test: &str) -> Option<PathBuf> {
-    let chaos = Path::new(env!("CARGO_BIN_EXE_warren-chaos"));
-    let warren = chaos.parent().expect("binary has a dir").join("warren");
-    if warren.is_file() {
-        Some(warren)
-    } else {
-        eprintln!(
-            "skipping {test}: {} missing; build it with `cargo build -p warren-cli`",
-            warren.display()
-        );
-        None
-    }
-}
-
-fn firewalls() -> Vec<Firewall> {
-    [Firewall::Nft, Firewall::Iptables]
-        .into_iter()
-        .filter(|f| preflight::on_path(f.program()))
-        .collect()
+    None
 }
 
 fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
@@ -120,11 +169,11 @@ fn assert_gone(run: &RunId, pids: &[u32]) {
     );
 }
 
-fn options(warren: PathBuf, dir: &Path) -> FleetOptions {
+fn options(host: Host, dir: &Path) -> FleetOptions {
     FleetOptions {
-        warren,
+        warren: host.warren.expect("the test asked for Need::Warren"),
         run_dir: dir.join("run"),
-        firewall: Firewall::detect().expect("nft or iptables installed"),
+        firewall: host.firewalls[0],
         registry: dir.join("registry"),
         ready_timeout: Duration::from_secs(60),
         cancel: Arc::new(AtomicBool::new(false)),
@@ -291,11 +340,13 @@ print(received)
 /// Runs once per installed firewall backend.
 #[test]
 fn partition_rules_block_traffic_and_healing_restores_it() {
-    if !netns_available("partition_rules_block_traffic_and_healing_restores_it") {
+    let Some(host) = host(
+        "partition_rules_block_traffic_and_healing_restores_it",
+        &[Need::Netns, Need::Firewall, Need::Python],
+    ) else {
         return;
-    }
-    let backends = firewalls();
-    assert!(!backends.is_empty(), "install nftables or iptables");
+    };
+    let backends = host.firewalls;
     for firewall in backends {
         eprintln!("--- backend {firewall:?}");
         let run = RunId::random();
@@ -364,11 +415,13 @@ fn partition_rules_block_traffic_and_healing_restores_it() {
 /// restores h1 → h2. Runs once per installed firewall backend.
 #[test]
 fn one_way_rules_drop_one_direction_only() {
-    if !netns_available("one_way_rules_drop_one_direction_only") {
+    let Some(host) = host(
+        "one_way_rules_drop_one_direction_only",
+        &[Need::Netns, Need::Firewall, Need::Python],
+    ) else {
         return;
-    }
-    let backends = firewalls();
-    assert!(!backends.is_empty(), "install nftables or iptables");
+    };
+    let backends = host.firewalls;
     for firewall in backends {
         eprintln!("--- backend {firewall:?}");
         let run = RunId::random();
@@ -446,12 +499,14 @@ fn one_way_rules_drop_one_direction_only() {
 /// after healing they all do. Runs once per installed firewall backend.
 #[test]
 fn loss_rules_drop_a_share_of_packets_and_healing_restores_them() {
-    if !netns_available("loss_rules_drop_a_share_of_packets_and_healing_restores_them") {
+    let Some(host) = host(
+        "loss_rules_drop_a_share_of_packets_and_healing_restores_them",
+        &[Need::Netns, Need::Firewall, Need::Python],
+    ) else {
         return;
-    }
+    };
     const SENT: usize = 200;
-    let backends = firewalls();
-    assert!(!backends.is_empty(), "install nftables or iptables");
+    let backends = host.firewalls;
     for firewall in backends {
         eprintln!("--- backend {firewall:?}");
         let run = RunId::random();
@@ -596,12 +651,14 @@ print(len(order), statistics.median(trips) if trips else -1, overtaken)
 /// queue rule goes in through iptables).
 #[test]
 fn delay_holds_packets_reorders_with_jitter_and_healing_restores_them() {
-    if !netns_available("delay_holds_packets_reorders_with_jitter_and_healing_restores_them") {
+    let Some(host) = host(
+        "delay_holds_packets_reorders_with_jitter_and_healing_restores_them",
+        &[Need::Netns, Need::Firewall, Need::Python],
+    ) else {
         return;
-    }
+    };
     let program = Path::new(env!("CARGO_BIN_EXE_warren-chaos"));
-    let backends = firewalls();
-    assert!(!backends.is_empty(), "install nftables or iptables");
+    let backends = host.firewalls;
     for firewall in backends {
         eprintln!("--- backend {firewall:?}");
         let run = RunId::random();
@@ -716,15 +773,12 @@ fn delay_holds_packets_reorders_with_jitter_and_healing_restores_them() {
 #[test]
 fn fleet_up_and_down_leaves_nothing_behind() {
     let test = "fleet_up_and_down_leaves_nothing_behind";
-    if !netns_available(test) {
-        return;
-    }
-    let Some(warren) = warren_binary(test) else {
+    let Some(host) = host(test, &[Need::Netns, Need::Firewall, Need::Warren]) else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let run = RunId::random();
-    let options = options(warren, dir.path());
+    let options = options(host, dir.path());
     let registry = options.registry.clone();
     let fleet = Fleet::up(run.clone(), &one_agent_spec(), options).expect("fleet up");
     assert_eq!(namespaces_of(&run).len(), 3, "bridge, c1, a-1");
@@ -778,12 +832,10 @@ fn spawn_up(warren: &Path, dir: &Path) -> std::process::Child {
 #[test]
 fn up_cleans_up_on_sigterm_and_cleanup_removes_a_crashed_run() {
     let test = "up_cleans_up_on_sigterm_and_cleanup_removes_a_crashed_run";
-    if !netns_available(test) {
-        return;
-    }
-    let Some(warren) = warren_binary(test) else {
+    let Some(host) = host(test, &[Need::Netns, Need::Firewall, Need::Warren]) else {
         return;
     };
+    let warren = host.warren.expect("asked for");
     let dir = tempfile::tempdir().expect("temp dir");
 
     eprintln!("--- SIGTERM");
@@ -830,17 +882,14 @@ fn up_cleans_up_on_sigterm_and_cleanup_removes_a_crashed_run() {
 #[test]
 fn an_isolated_agent_keeps_its_workload_and_reconnects_after_heal() {
     let test = "an_isolated_agent_keeps_its_workload_and_reconnects_after_heal";
-    if !netns_available(test) {
-        return;
-    }
-    let Some(warren) = warren_binary(test) else {
+    let Some(host) = host(test, &[Need::Netns, Need::Firewall, Need::Warren]) else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut fleet = Fleet::up(
         RunId::random(),
         &one_agent_spec(),
-        options(warren, dir.path()),
+        options(host, dir.path()),
     )
     .expect("fleet up");
     fleet
@@ -929,7 +978,7 @@ fn verdict<'a>(report: &'a serde_json::Value, invariant: &str) -> &'a str {
 #[test]
 fn the_site_partition_scenario_passes_and_leaves_nothing_behind() {
     const TEST: &str = "the_site_partition_scenario_passes_and_leaves_nothing_behind";
-    if !netns_available(TEST) || warren_binary(TEST).is_none() {
+    if host(TEST, &[Need::Netns, Need::Firewall, Need::Warren]).is_none() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -972,7 +1021,7 @@ fn the_site_partition_scenario_passes_and_leaves_nothing_behind() {
 #[test]
 fn the_self_check_catches_an_agent_that_stops_workloads_when_cut_off() {
     const TEST: &str = "the_self_check_catches_an_agent_that_stops_workloads_when_cut_off";
-    if !netns_available(TEST) || warren_binary(TEST).is_none() {
+    if host(TEST, &[Need::Netns, Need::Firewall, Need::Warren]).is_none() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");

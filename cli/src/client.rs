@@ -1,26 +1,33 @@
 //! The HTTP client of the control-plane API (`warren_api::rest`): HTTP/1.1 and JSON over TLS
 //! with the admin certificate, or over a control node's local Unix socket.
 //!
-//! The client tries every API address it knows, in order, until one accepts a connection.
-//! It fails over only before a request is sent: a request that was sent and then timed out may
-//! still be applied, so it is reported rather than repeated elsewhere.
+//! The client tries every API address it knows, in order. Each connection attempt is bounded
+//! by the connect timeout (a dead host costs seconds, not the request timeout), each request by
+//! the request timeout. A write fails over only before it is sent: one that was sent and then
+//! lost may still be applied, so it is reported rather than repeated elsewhere. A read also
+//! moves on when its answer is lost or is "no quorum", since repeating it harms nothing.
+//!
+//! Every answer names the control members' API addresses; the client keeps the admin config's
+//! `api` list current with them ([`crate::config_sync`]).
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use warren_api::rest::{ErrorBody, PREFIX};
+use warren_api::rest::{ErrorBody, MEMBERS_HEADER, PREFIX};
 use warren_transport::Credentials;
 
 use crate::config;
+use crate::config_sync::{Sighting, merged, parse_members, update_file};
 
 /// Largest response body read (lists of many nodes or replicas stay far below this).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -29,6 +36,9 @@ const MAX_SHOWN_ERROR_CHARS: usize = 200;
 
 /// Default for `--timeout`.
 const DEFAULT_TIMEOUT: &str = "10s";
+/// Default for `--connect-timeout`: a TCP and TLS handshake takes a few round trips, and a
+/// dead host should cost no more than this before the next address is tried.
+const DEFAULT_CONNECT_TIMEOUT: &str = "2s";
 
 /// Flags shared by every command that talks to the control plane, given after the command
 /// (`warren service ls --api HOST:PORT`).
@@ -51,9 +61,14 @@ pub struct ClientArgs {
     )]
     pub api: Vec<String>,
 
-    /// How long to wait for each request, connecting included (default 10s).
+    /// How long to wait for the answer to each request once connected (default 10s).
     #[arg(long, global = true, value_name = "DURATION")]
     pub timeout: Option<String>,
+
+    /// How long each connection attempt (TCP and TLS) may take before the next address is
+    /// tried (default 2s).
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
 }
 
 /// The same flags given before the command (`warren --api HOST:PORT service ls`). Not
@@ -70,15 +85,22 @@ pub struct TopClientArgs {
     #[arg(long = "api", value_name = "ADDR", value_delimiter = ',')]
     pub api: Vec<String>,
 
-    /// How long to wait for each request, connecting included (default 10s).
+    /// How long to wait for the answer to each request once connected (default 10s).
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+
+    /// How long each connection attempt may take before the next address is tried (default 2s).
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
 }
 
 impl TopClientArgs {
     /// Whether any of the flags was given.
     pub fn is_given(&self) -> bool {
-        self.config.is_some() || !self.api.is_empty() || self.timeout.is_some()
+        self.config.is_some()
+            || !self.api.is_empty()
+            || self.timeout.is_some()
+            || self.connect_timeout.is_some()
     }
 }
 
@@ -93,6 +115,10 @@ impl ClientArgs {
                 self.api.clone()
             },
             timeout: self.timeout.clone().or_else(|| top.timeout.clone()),
+            connect_timeout: self
+                .connect_timeout
+                .clone()
+                .or_else(|| top.connect_timeout.clone()),
         }
     }
 }
@@ -140,6 +166,21 @@ pub struct Client {
     targets: Vec<Target>,
     credentials: Option<Credentials>,
     timeout: Duration,
+    connect_timeout: Duration,
+    /// The admin config whose `api` list answers keep current; `None` without a config.
+    sync: Option<ConfigSync>,
+}
+
+/// The admin config the client was built from, for keeping its `api` list current.
+#[derive(Debug)]
+struct ConfigSync {
+    path: PathBuf,
+    fingerprint: String,
+    /// The `api` list as loaded: a Unix socket listed there is trusted to be this cluster's.
+    listed: Vec<String>,
+    /// The list as this process last saw or wrote it, so that the file is read again only when
+    /// an answer brings news.
+    known: Mutex<Vec<String>>,
 }
 
 /// An answer with a 2xx status.
@@ -164,6 +205,25 @@ impl Answer {
     }
 }
 
+/// How one try at one address went.
+enum Attempt {
+    /// No connection: nothing was sent.
+    Unreachable(String),
+    /// Sent, but no answer came (timeout or a broken connection): it may have been applied.
+    Lost(anyhow::Error),
+    /// An answer, with any status.
+    Answered(StatusCode, HeaderMap, Bytes),
+}
+
+/// Parses a `--timeout`-style flag value that must be more than zero.
+fn positive_duration(flag: &str, value: &str) -> Result<Duration> {
+    let ms = warren_api::parse_duration_ms(value).map_err(|e| anyhow!("{flag}: {}", e.message))?;
+    if ms == 0 {
+        bail!("{flag} must be more than 0s");
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 impl Client {
     /// Builds a client from the flags: the admin config found by the lookup order, with
     /// `--api` replacing its addresses. Only Unix-socket targets work without an admin config.
@@ -171,12 +231,16 @@ impl Client {
     /// # Errors
     /// No usable config or address.
     pub fn from_args(args: &ClientArgs) -> Result<Self> {
-        let timeout = args.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT);
-        let timeout_ms = warren_api::parse_duration_ms(timeout)
-            .map_err(|e| anyhow!("--timeout: {}", e.message))?;
-        if timeout_ms == 0 {
-            bail!("--timeout must be more than 0s");
-        }
+        let timeout = positive_duration(
+            "--timeout",
+            args.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT),
+        )?;
+        let connect_timeout = positive_duration(
+            "--connect-timeout",
+            args.connect_timeout
+                .as_deref()
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        )?;
         let overrides: Vec<Target> = args
             .api
             .iter()
@@ -184,14 +248,14 @@ impl Client {
             .collect::<Result<_>>()?;
         let unix_only =
             !overrides.is_empty() && overrides.iter().all(|t| matches!(t, Target::Unix(_)));
-        let config = match config::find(args.config.as_deref()) {
-            Ok((_, config)) => Some(config),
+        let found = match config::find(args.config.as_deref()) {
+            Ok(found) => Some(found),
             Err(_) if unix_only && args.config.is_none() && config::from_env().is_none() => None,
             Err(error) => return Err(error),
         };
-        let credentials = config.as_ref().map(|c| c.credentials()).transpose()?;
+        let credentials = found.as_ref().map(|(_, c)| c.credentials()).transpose()?;
         let targets = if overrides.is_empty() {
-            let config = config
+            let (_, config) = found
                 .as_ref()
                 .expect("a missing config without --api is an error");
             config
@@ -209,7 +273,15 @@ impl Client {
         Ok(Client {
             targets,
             credentials,
-            timeout: Duration::from_millis(timeout_ms),
+            timeout,
+            // A connection attempt never waits longer than a whole request may.
+            connect_timeout: connect_timeout.min(timeout),
+            sync: found.map(|(path, config)| ConfigSync {
+                path,
+                fingerprint: config.fingerprint.clone(),
+                listed: config.api.clone(),
+                known: Mutex::new(config.api),
+            }),
         })
     }
 
@@ -238,34 +310,114 @@ impl Client {
         self.call(method, path, None).await
     }
 
+    /// Tries the targets in order (see the module doc for when it moves on).
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer> {
         let uri = format!("{PREFIX}{path}");
+        let read = method == Method::GET;
         let mut failures = Vec::new();
+        // A read's "no quorum" answer, kept in case no other node does better: callers look at
+        // it (`cluster status` falls back to a stale read).
+        let mut no_quorum = None;
         for target in &self.targets {
-            let sender = match tokio::time::timeout(self.timeout, self.connect(target)).await {
-                Ok(Ok(sender)) => sender,
-                Ok(Err(error)) => {
-                    failures.push(format!("{target}: {}", crate::output::one_line(&error)));
-                    continue;
-                }
-                Err(_) => {
-                    failures.push(format!("{target}: no connection within the timeout"));
-                    continue;
-                }
-            };
             let request = build_request(&method, &uri, body.clone())?;
-            let answer = tokio::time::timeout(self.timeout, exchange(sender, request))
-                .await
-                .map_err(|_| {
-                    anyhow!(
-                        "{target} did not answer {method} {uri} within {}; a write may still \
-                         be applied, so check before retrying",
-                        warren_api::format_duration_ms(self.timeout.as_millis() as u64)
-                    )
-                })??;
-            return check_status(answer.0, answer.1);
+            match self.attempt(target, request).await {
+                Attempt::Unreachable(reason) => failures.push(format!("{target}: {reason}")),
+                Attempt::Lost(error) if read => {
+                    failures.push(format!("{target}: {}", crate::output::one_line(&error)));
+                }
+                Attempt::Lost(error) => {
+                    return Err(error.context(format!(
+                        "{target}: {method} {uri} was sent but not answered; it may still be \
+                         applied, so check before retrying"
+                    )));
+                }
+                Attempt::Answered(status, headers, bytes) => {
+                    let caught_up = read && status.is_success() && !path.contains("stale=true");
+                    self.learn(target, &headers, caught_up);
+                    if read && status == StatusCode::SERVICE_UNAVAILABLE {
+                        failures.push(format!("{target}: no quorum"));
+                        no_quorum = Some(bytes);
+                        continue;
+                    }
+                    return check_status(status, bytes);
+                }
+            }
+        }
+        if let Some(bytes) = no_quorum {
+            return check_status(StatusCode::SERVICE_UNAVAILABLE, bytes);
         }
         bail!("cannot reach the control plane: {}", failures.join("; "))
+    }
+
+    /// Connects to `target` within the connect timeout, then sends `request` and waits for the
+    /// answer within the request timeout.
+    async fn attempt(&self, target: &Target, request: Request<Full<Bytes>>) -> Attempt {
+        let sender = match tokio::time::timeout(self.connect_timeout, self.connect(target)).await {
+            Ok(Ok(sender)) => sender,
+            Ok(Err(error)) => return Attempt::Unreachable(crate::output::one_line(&error)),
+            Err(_) => {
+                return Attempt::Unreachable(format!(
+                    "no connection within {}",
+                    warren_api::format_duration_ms(self.connect_timeout.as_millis() as u64)
+                ));
+            }
+        };
+        match tokio::time::timeout(self.timeout, exchange(sender, request)).await {
+            Ok(Ok((status, headers, body))) => Attempt::Answered(status, headers, body),
+            Ok(Err(error)) => Attempt::Lost(error),
+            Err(_) => Attempt::Lost(anyhow!(
+                "no answer within {}",
+                warren_api::format_duration_ms(self.timeout.as_millis() as u64)
+            )),
+        }
+    }
+
+    /// Keeps the admin config's `api` list current with the members an answer names. Never
+    /// fails the command: a file that cannot be updated is left as it is.
+    fn learn(&self, target: &Target, headers: &HeaderMap, caught_up: bool) {
+        let (Some(sync), Some(value)) = (&self.sync, headers.get(MEMBERS_HEADER)) else {
+            return;
+        };
+        let answered = target.to_string();
+        // Only an answer known to come from this config's cluster: over TLS (the server was
+        // verified against the config's CA) or from a socket the config itself lists.
+        if matches!(target, Target::Unix(_)) && !sync.listed.contains(&answered) {
+            return;
+        }
+        let members = match value
+            .to_str()
+            .map_err(anyhow::Error::from)
+            .and_then(parse_members)
+        {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::debug!(error = %error, "ignored the member list of an answer");
+                return;
+            }
+        };
+        let sighting = Sighting {
+            members,
+            answered,
+            current: caught_up,
+        };
+        let mut known = sync.known.lock().expect("no panic while holding the lock");
+        let Some(next) = merged(&known, &sighting) else {
+            return;
+        };
+        match update_file(&sync.path, &sighting, &sync.fingerprint) {
+            Ok(updated) => tracing::debug!(
+                path = %sync.path.display(),
+                updated = ?updated,
+                "admin config api list checked"
+            ),
+            Err(error) => tracing::warn!(
+                path = %sync.path.display(),
+                error = %format!("{error:#}"),
+                "cannot update the admin config's API addresses"
+            ),
+        }
+        // Tried once per piece of news, whatever came of it.
+        *known = next;
     }
 
     async fn connect(&self, target: &Target) -> Result<SendRequest<Full<Bytes>>> {
@@ -285,8 +437,12 @@ impl Client {
                     .await
                     .with_context(|| format!("resolve {addr}"))?;
                 for socket_addr in resolved {
-                    match warren_transport::https::connect(socket_addr, credentials, self.timeout)
-                        .await
+                    match warren_transport::https::connect(
+                        socket_addr,
+                        credentials,
+                        self.connect_timeout,
+                    )
+                    .await
                     {
                         Ok(stream) => return handshake(TokioIo::new(stream)).await,
                         Err(error) => last_error = Some(error),
@@ -338,15 +494,16 @@ fn build_request(
 async fn exchange(
     mut sender: SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes)> {
+) -> Result<(StatusCode, HeaderMap, Bytes)> {
     let response = sender.send_request(request).await.context("send request")?;
     let status = response.status();
+    let headers = response.headers().clone();
     let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
         .await
         .map_err(|e| anyhow!("read answer: {e}"))?
         .to_bytes();
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 /// An error answer from the control plane, as one line. Callers that need the status (to
@@ -420,74 +577,4 @@ pub fn segment<'a>(what: &str, value: &'a str) -> Result<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_parse() {
-        assert_eq!(
-            Target::parse("unix:/run/w.sock").unwrap(),
-            Target::Unix("/run/w.sock".into())
-        );
-        assert_eq!(
-            Target::parse("10.0.0.1:7100").unwrap(),
-            Target::Tls("10.0.0.1:7100".into())
-        );
-        assert_eq!(
-            Target::parse("ops.example:7100").unwrap(),
-            Target::Tls("ops.example:7100".into())
-        );
-        assert_eq!(
-            Target::parse("[::1]:7100").unwrap(),
-            Target::Tls("[::1]:7100".into())
-        );
-        for bad in ["", "unix:", "10.0.0.1", ":7100", "host:port"] {
-            assert!(Target::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    fn error_of(status: u16, body: &str) -> String {
-        check_status(
-            StatusCode::from_u16(status).unwrap(),
-            Bytes::from(body.to_owned()),
-        )
-        .unwrap_err()
-        .to_string()
-    }
-
-    #[test]
-    fn error_answers_become_one_line() {
-        assert_eq!(
-            error_of(
-                404,
-                r#"{"error":"service web not found","code":"not_found"}"#
-            ),
-            "service web not found"
-        );
-        let quorum = error_of(
-            503,
-            r#"{"error":"no quorum: leader unknown","code":"no_quorum"}"#,
-        );
-        assert!(quorum.starts_with("no quorum: leader unknown"), "{quorum}");
-        assert!(quorum.contains("warren cluster status"), "{quorum}");
-        assert_eq!(
-            error_of(502, "bad gateway\n"),
-            "HTTP 502 Bad Gateway from the control plane: bad gateway"
-        );
-        assert!(!error_of(500, &"x".repeat(10_000)).contains(&"x".repeat(201)));
-        let ok = check_status(StatusCode::OK, Bytes::from_static(b"[]")).unwrap();
-        assert_eq!(ok.text(), "[]");
-    }
-
-    #[test]
-    fn segments_are_checked() {
-        assert_eq!(segment("service", "web-1").unwrap(), "web-1");
-        assert_eq!(
-            segment("node", "00000000000000ff").unwrap(),
-            "00000000000000ff"
-        );
-        for bad in ["", "a/b", "a b", "../x", "a?b", "a%2F"] {
-            assert!(segment("node", bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

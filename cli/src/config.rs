@@ -17,7 +17,8 @@
 //! ```
 //!
 //! An `api` entry of the form `unix:/path/control.sock` uses the control node's local Unix
-//! socket (no TLS; file permissions guard it).
+//! socket (no TLS; file permissions guard it). The `api` list is kept current with the control
+//! members by [`crate::config_sync`].
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +31,7 @@ pub const ADMIN_CONF: &str = "admin.conf";
 /// The system-wide default location, the last place looked.
 pub const SYSTEM_ADMIN_CONF: &str = "/var/lib/warren/admin.conf";
 /// Largest admin config read; real ones are a few KiB.
-const MAX_ADMIN_CONF_BYTES: u64 = 256 * 1024;
+pub const MAX_ADMIN_CONF_BYTES: u64 = 256 * 1024;
 
 /// What `admin.conf` holds.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,16 +111,25 @@ impl AdminConfig {
         Self::parse(&text).with_context(|| format!("admin config {}", path.display()))
     }
 
-    /// Writes the config to `path` atomically with mode 0600.
+    /// The file's text: a comment, then the YAML.
     ///
     /// # Errors
-    /// I/O errors.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Only if YAML encoding fails.
+    pub fn to_text(&self) -> Result<String> {
         let mut text = String::from(
             "# Warren admin config, written by `warren control init`.\n\
              # It holds an admin private key: keep it private (mode 0600).\n",
         );
         text.push_str(&serde_norway::to_string(self).context("encode admin config")?);
+        Ok(text)
+    }
+
+    /// Writes the config to `path` atomically with mode 0600.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = self.to_text()?;
         warren_transport::write_atomic(path, text.as_bytes(), 0o600)
             .with_context(|| format!("write {}", path.display()))
     }

@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use warren_control::node::{ControlConfig, ControlNode, JoinHooks, NewNode};
 
+use crate::admin_conf_watch::AdminConfWatch;
 use crate::config::{ADMIN_CONF, AdminConfig};
 
 /// The default data dir (DESIGN §6).
@@ -140,7 +141,11 @@ pub fn run(args: ControlArgs) -> Result<()> {
                     .with_context(|| format!("start the control node in {}", data_dir.display()))?
             }
         };
-        serve(node, &mut signals).await
+        // The init node keeps the admin.conf in its data dir listing the members.
+        let watch = AdminConfWatch::start(&node);
+        let served = serve(node, &mut signals).await;
+        watch.stop().await;
+        served
     })
 }
 

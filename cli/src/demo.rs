@@ -485,12 +485,11 @@ fn explain_changes(
 }
 
 fn kill9(pid: u32) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .context("run kill -9")?;
-    if !status.success() {
-        bail!("kill -9 {pid} failed ({status})");
-    }
-    Ok(())
+    // By the system call: a box without procps has no `kill` program.
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| anyhow!("{pid} is no process id"))?;
+    rustix::process::kill_process(target, rustix::process::Signal::KILL)
+        .with_context(|| format!("kill -9 {pid}"))
 }

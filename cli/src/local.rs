@@ -431,6 +431,7 @@ fn client_for(admin_conf: &Path) -> Result<Client> {
         config: Some(admin_conf.to_owned()),
         api: Vec::new(),
         timeout: None,
+        connect_timeout: None,
     })
 }
 

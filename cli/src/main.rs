@@ -4,11 +4,13 @@
 //! stdout. It parses flags, layers configuration, sets up logging and formats output; the work
 //! itself lives in the library crates.
 //!
-//! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground.
+//! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground;
+//!   [`admin_conf_watch`]: the init node keeps its `admin.conf` listing the control members.
 //! - [`agent_cmd`]: `warren agent join | run | status`, an edge agent in the foreground and its
 //!   local status.
 //! - [`config`]: `admin.conf` (cluster name, fingerprint, API addresses, CA and admin
 //!   certificate) and where it is looked for.
+//! - [`config_sync`]: keeping `admin.conf`'s API addresses current with the control members.
 //! - [`client`]: the HTTP/1.1 + JSON client of the control-plane API (`warren_api::rest`), over
 //!   TLS with the admin certificate or over the local Unix socket.
 //! - [`cluster_cmd`], [`service_cmd`], [`secret_cmd`], [`apply`]: the operator commands.
@@ -22,16 +24,20 @@
 //! with a non-zero exit.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod admin_conf_watch;
 mod agent_cmd;
 mod apply;
 mod client;
 mod cluster_cmd;
 mod config;
+mod config_sync;
 mod control_cmd;
 mod demo;
 mod dev;
 mod local;
 mod output;
+#[cfg(test)]
+mod prerequisites;
 mod secret_cmd;
 mod service_cmd;
 mod table;
@@ -65,7 +71,9 @@ use crate::output::OutputFormat;
         warren apply -f deploy.yaml\n\n\
         Commands that talk to the cluster find it through --config FILE, else $WARREN_CONFIG, else\n\
         ~/.config/warren/admin.conf, else /var/lib/warren/admin.conf; --api ADDR overrides the\n\
-        address (unix:<data-dir>/control.sock for the local socket). Every read command takes -o json.\n\
+        address (unix:<data-dir>/control.sock for the local socket). A command fails over to the\n\
+        next control node when one is down, and keeps the admin config's addresses current with\n\
+        the control members. Every read command takes -o json.\n\
         `warren demo` is a self-contained partition tour (~20 s); `warren dev` runs a local cluster\n\
         to try these commands against. Docs: docs/ in the source tree."
 )]

@@ -3,6 +3,7 @@
 //!
 //! Any control node answers: writes are forwarded to the leader, reads are linearizable
 //! unless `?stale=true`. Errors map to HTTP status in exactly one place ([`ApiError::status`]).
+//! Every answer carries the control members' API addresses (`MEMBERS_HEADER`).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -20,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use warren_api::rest::{
-    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MemberInfo, NodeCounts, NodeInfo,
-    PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenRequest, TokenResponse,
-    WriteResult,
+    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MEMBERS_HEADER, MemberInfo,
+    NodeCounts, NodeInfo, PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo,
+    TokenRequest, TokenResponse, WriteResult,
 };
 use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, ServiceSpec, Volume};
 use warren_transport::MintOptions;
@@ -316,7 +317,7 @@ impl Api {
             .collect();
         let segments: Vec<String> = segments.into_iter().map(str::to_owned).collect();
         let route = route_label(&method, &segments);
-        let response = match self.route(request, &method, &segments, stale).await {
+        let mut response = match self.route(request, &method, &segments, stale).await {
             Ok(response) => response,
             Err(error) => {
                 let (status, code) = error.status();
@@ -329,9 +330,25 @@ impl Api {
                 )
             }
         };
+        self.add_members_header(&mut response);
         self.metrics
             .observe_request(route, response.status().as_u16(), started.elapsed());
         response
+    }
+
+    /// Tells the client who the control members are, so that it can fail over to them later.
+    /// Read after the answer was made: a linearizable read has just caught this node up.
+    fn add_members_header(&self, response: &mut Response<Full<Bytes>>) {
+        let addrs = crate::members::api_addrs(&self.control).join(",");
+        if addrs.is_empty() {
+            return;
+        }
+        match hyper::header::HeaderValue::from_str(&addrs) {
+            Ok(value) => {
+                response.headers_mut().insert(MEMBERS_HEADER, value);
+            }
+            Err(_) => debug!(addrs = %addrs, "member addresses do not fit a header; left out"),
+        }
     }
 
     async fn read(

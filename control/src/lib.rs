@@ -4,6 +4,7 @@
 //! - [`state`]: [`ClusterState`], the replicated desired state, and its pure `apply`.
 //! - [`scheduler`]: placement of replicas, a pure function called inside `apply`.
 //! - [`gossip`]: the control node's side of the mesh (cluster id, keyring, seeds, members).
+//! - [`members`]: the control members' API addresses, as clients are told them.
 //! - [`secrets`]: secret values sealed at rest, and re-sealed per node for agents' views.
 //! - [`store`]: openraft log and state-machine storage on sled.
 //! - [`types`]: openraft type configuration.
@@ -18,6 +19,7 @@ pub mod control;
 pub mod gossip;
 pub mod http;
 pub mod liveness;
+pub mod members;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -264,3 +264,46 @@ async fn tokens_are_minted_and_non_admin_certificates_refused() {
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     node.shutdown().await;
 }
+
+/// Every answer — a read, an error — names the control members' API addresses, so that clients
+/// can keep their address list current; the members module waits for that list to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_names_the_members_api_addresses() {
+    let (node, out, _dir) = start().await;
+    let advertised = node.settings().advertise_api.clone();
+    assert_eq!(
+        warren_control::members::api_addrs(node.control()),
+        vec![advertised.clone()]
+    );
+    for (path, expected_status) in [
+        ("/v1/cluster", StatusCode::OK),
+        ("/v1/services/nope", StatusCode::NOT_FOUND),
+    ] {
+        let stream =
+            warren_transport::https::connect(node.api_addr(), &out.admin, Duration::from_secs(5))
+                .await
+                .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = Request::builder()
+            .uri(format!("http://warren{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), expected_status, "{path}");
+        let members = response
+            .headers()
+            .get(warren_api::rest::MEMBERS_HEADER)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(members, Some(advertised.as_str()), "{path}");
+    }
+    let changed = tokio::time::timeout(
+        Duration::from_secs(5),
+        warren_control::members::api_addrs_changed(node.control(), &[]),
+    )
+    .await
+    .expect("an empty list differs at once");
+    assert_eq!(changed, Some(vec![advertised]));
+}

@@ -1,8 +1,9 @@
 //! The native process runtime against real processes: start, logs, stop (SIGTERM, SIGKILL),
 //! exit codes, adoption after the agent goes away, secrets, log rotation and cgroup limits.
 //!
-//! Only the cgroup test needs root (and writable cgroup v1); it prints why it skips
-//! otherwise. Every test kills what it started, even when it fails.
+//! The cgroup test needs root and writable cgroup v1, the resolv.conf test root and `unshare`;
+//! through `prerequisites::require` they print why they skip otherwise (and fail under
+//! `CI=true`). Every test kills what it started, even when it fails.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
+
+mod prerequisites;
 use warren_api::ids::{ReplicaId, ServiceName};
 use warren_edge_agent::runtime::{
     Instance, Observed, ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, StopOutcome,
@@ -721,29 +724,30 @@ async fn cgroup_v1_limits_when_root() {
     let options = options();
     let memory_root = options.cgroup_root.join("memory");
     let cpu_root = options.cgroup_root.join("cpu");
-    if !rustix::process::getuid().is_root() {
-        println!("skipping cgroup_v1_limits_when_root: not running as root");
-        return;
-    }
-    if !memory_root.is_dir() || !cpu_root.is_dir() {
-        println!(
-            "skipping cgroup_v1_limits_when_root: no cgroup v1 memory and cpu controllers under {}",
-            options.cgroup_root.display()
-        );
-        return;
-    }
+    const TEST: &str = "cgroup_v1_limits_when_root";
     let parents = [
         memory_root.join(&options.cgroup_parent),
         cpu_root.join(&options.cgroup_parent),
     ];
-    for parent in &parents {
-        if let Err(e) = std::fs::create_dir_all(parent) {
-            println!(
-                "skipping cgroup_v1_limits_when_root: cannot create {}: {e}",
-                parent.display()
-            );
-            return;
-        }
+    let controllers = || {
+        (!memory_root.is_dir() || !cpu_root.is_dir()).then(|| {
+            format!(
+                "no cgroup v1 memory and cpu controllers under {}",
+                options.cgroup_root.display()
+            )
+        })
+    };
+    let writable = || {
+        parents.iter().find_map(|parent| {
+            std::fs::create_dir_all(parent)
+                .err()
+                .map(|e| format!("cannot create {}: {e}", parent.display()))
+        })
+    };
+    // In order, each only when the one before holds: creating groups needs root.
+    let missing = prerequisites::root().or_else(controllers).or_else(writable);
+    if !prerequisites::require(TEST, [missing]) {
+        return;
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -878,14 +882,17 @@ async fn restart_rewrites_secrets() {
 #[tokio::test]
 async fn workloads_see_the_agents_resolv_conf_when_root() {
     init_tracing();
-    if !rustix::process::geteuid().is_root() {
-        println!("skipping workloads_see_the_agents_resolv_conf_when_root: not running as root");
-        return;
-    }
-    if !Path::new("/usr/bin/unshare").is_file() && !Path::new("/bin/unshare").is_file() {
-        println!(
-            "skipping workloads_see_the_agents_resolv_conf_when_root: no unshare (util-linux)"
-        );
+    if !prerequisites::require(
+        "workloads_see_the_agents_resolv_conf_when_root",
+        [
+            prerequisites::root(),
+            // Where the runtime looks for it.
+            prerequisites::file(
+                &["/usr/bin/unshare", "/bin/unshare"],
+                "unshare (util-linux)",
+            ),
+        ],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

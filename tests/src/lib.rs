@@ -1,7 +1,9 @@
 //! Cross-crate integration tests for Warren. The tests live in `tests/`; this library holds the
 //! fixtures they share: a control node on loopback, agent tokens, a sample service, agents
-//! (also behind a transport fault switch that cuts them off), and `wait_until`.
+//! (also behind a transport fault switch that cuts them off), `wait_until`, and [`require`],
+//! the one gate for tests that need something of the host (root, a port).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -165,16 +167,44 @@ pub fn alive(pid: u32) -> bool {
     })
 }
 
-/// `kill -9 pid`.
+/// `kill -9 pid`, by the system call (no `kill` program needed).
 ///
 /// # Panics
-/// When `kill` cannot be run or fails.
+/// When the signal cannot be sent.
 pub fn kill9(pid: u32) {
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success(), "kill -9 {pid}");
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .unwrap_or_else(|| panic!("{pid} is no process id"));
+    rustix::process::kill_process(target, rustix::process::Signal::KILL)
+        .unwrap_or_else(|e| panic!("kill -9 {pid}: {e}"));
+}
+
+/// Whether `test` may run: `true` when no entry of `missing` is `Some`. Otherwise the first
+/// reason is printed as `skipping TEST: WHY` straight to stderr (past the test harness's
+/// capture, so `cargo test` shows it) and the test should return — or, under `CI=true` (where
+/// `.ci/run` provides everything), the test fails, so that CI proves it ran.
+///
+/// # Panics
+/// Under `CI=true`, when something is missing.
+#[track_caller]
+pub fn require(test: &str, missing: impl IntoIterator<Item = Option<String>>) -> bool {
+    let Some(reason) = missing.into_iter().flatten().next() else {
+        return true;
+    };
+    let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !under_ci,
+        "{test} needs what this host lacks: {reason} (CI=true: a missing prerequisite is a \
+         failure, not a skip)"
+    );
+    let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
+    false
+}
+
+/// For [`require`]: why not, unless this process runs as root.
+pub fn root() -> Option<String> {
+    (!rustix::process::geteuid().is_root()).then(|| "needs root".to_owned())
 }
 
 /// The agent's `status.json`, if it is there and parses.

@@ -192,13 +192,14 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
 async fn as_root_workloads_resolve_through_their_agents_dns() {
     const TEST: &str = "as_root_workloads_resolve_through_their_agents_dns";
     warren_tests::init();
-    if !rustix::process::geteuid().is_root() {
-        println!("skipping {TEST}: not running as root (needs a mount namespace per workload)");
-        return;
-    }
     let dns: SocketAddr = "127.0.0.111:53".parse().expect("literal");
-    if std::net::UdpSocket::bind(dns).is_err() {
-        println!("skipping {TEST}: {dns} cannot be bound here");
+    // Root for a mount namespace per workload; then the port, which only root may bind.
+    let missing = warren_tests::root().or_else(|| {
+        std::net::UdpSocket::bind(dns)
+            .err()
+            .map(|e| format!("{dns} cannot be bound here: {e}"))
+    });
+    if !warren_tests::require(TEST, [missing]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -49,11 +49,7 @@ async fn agent_runs_restarts_adopts_offline_and_scales() {
     assert!(alive(first), "pid {first} runs");
 
     info!("--- kill -9 the workload: it comes back with a new pid");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &first.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    warren_tests::kill9(first);
     let second = wait_until("the workload restarted", long, || {
         status(&agent_dir)
             .map(|s| running_pids(&s))
@@ -96,11 +92,7 @@ async fn agent_runs_restarts_adopts_offline_and_scales() {
     cancel.cancel();
     let end = tokio::time::timeout(long, task).await.unwrap().unwrap();
     assert_eq!(end.unwrap(), RunEnd::Stopped);
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &second.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    warren_tests::kill9(second);
     wait_until("the killed workload to vanish", long, || {
         (!alive(second)).then_some(())
     })

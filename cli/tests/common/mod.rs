@@ -83,10 +83,23 @@ impl Foreground {
         }
     }
 
+    /// Sends `signal` (`-TERM`, `-INT`, `-HUP`, `-USR1`, `-KILL`) by the system call, so that
+    /// no `kill` program is needed.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args([signal, &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+        use rustix::process::{Pid, Signal, kill_process};
+        let which = match signal {
+            "-TERM" => Signal::TERM,
+            "-INT" => Signal::INT,
+            "-HUP" => Signal::HUP,
+            "-USR1" => Signal::USR1,
+            "-KILL" => Signal::KILL,
+            other => panic!("no such signal in these tests: {other}"),
+        };
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("a child has a process id");
+        kill_process(pid, which).unwrap_or_else(|e| panic!("kill {signal} {pid:?}: {e}"));
     }
 
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {

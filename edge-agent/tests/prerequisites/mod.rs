@@ -1,0 +1,50 @@
+//! The one gate for this crate's tests that need something of the host: root, a program, a
+//! kernel feature. A test lists what it needs; at the first thing missing it prints `skipping
+//! TEST: WHY` and returns — or, under `CI=true` (where `.ci/run` installs everything), fails,
+//! so that CI proves these tests ran.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::Path;
+
+/// Whether `test` may run: `true` when no entry of `missing` is `Some`. Otherwise the first
+/// reason is printed straight to stderr (past the test harness's capture, so `cargo test`
+/// shows it for a test that passed by skipping), or the test fails under `CI=true`.
+#[track_caller]
+pub fn require(test: &str, missing: impl IntoIterator<Item = Option<String>>) -> bool {
+    let Some(reason) = missing.into_iter().flatten().next() else {
+        return true;
+    };
+    let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !under_ci,
+        "{test} needs what this host lacks: {reason} (CI=true: a missing prerequisite is a \
+         failure, not a skip)"
+    );
+    let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
+    false
+}
+
+/// Why not, unless this process runs as root.
+pub fn root() -> Option<String> {
+    (!rustix::process::geteuid().is_root()).then(|| "needs root".to_owned())
+}
+
+/// Why not, unless `program` is an executable file in a `$PATH` directory (where
+/// `Command::new(program)` looks); `package` is the Debian package that has it.
+pub fn program(program: &str, package: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    });
+    (!found).then(|| format!("`{program}` is not on PATH (Debian: {package})"))
+}
+
+/// Why not, unless one of `paths` is a file; `what` names it.
+pub fn file(paths: &[&str], what: &str) -> Option<String> {
+    (!paths.iter().any(|p| Path::new(p).is_file()))
+        .then(|| format!("no {what} (looked at {})", paths.join(", ")))
+}
