@@ -373,13 +373,24 @@ fn render(status: &AgentStatus) -> String {
     let link = match (&status.link.connected, &status.link.control) {
         (true, Some(control)) => format!("connected to {control}"),
         (true, None) => "connected".to_owned(),
-        (false, _) => "disconnected".to_owned(),
+        (false, _) => match &status.link.down_reason {
+            Some(reason) => format!("disconnected: {reason}"),
+            None => "disconnected".to_owned(),
+        },
     };
     let mut out = fields(&[
         ("node", format!("{} ({})", status.name, status.node_id)),
         ("site", status.site.clone()),
         ("revision", status.revision.to_string()),
         ("link", link),
+        (
+            "control",
+            if status.link.control_addrs.is_empty() {
+                "-".to_owned()
+            } else {
+                status.link.control_addrs.join(", ")
+            },
+        ),
         ("agent pid", status.agent_pid.to_string()),
         (
             "metrics",

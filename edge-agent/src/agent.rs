@@ -563,6 +563,7 @@ impl Agent {
             views: views_tx,
             status: status_tx,
             reporter: reporter.clone(),
+            failures_total: metrics.link_failures_total.clone(),
         };
         let link_cancel = cancel.child_token();
         let mut link_task = tokio::spawn(link.run(link_cancel.clone()));
