@@ -211,7 +211,14 @@ fn agent_run_keeps_running_when_its_control_name_does_not_resolve() {
     let mut agent = Foreground::spawn(
         &[
             &["agent", "join", "--data-dir", &agent_dir_text],
-            &["--control", &quic, "--token", token.trim(), "--name", "edge-1"][..],
+            &[
+                "--control",
+                &quic,
+                "--token",
+                token.trim(),
+                "--name",
+                "edge-1",
+            ][..],
             &quiet[..],
         ]
         .concat(),
@@ -233,7 +240,11 @@ fn agent_run_keeps_running_when_its_control_name_does_not_resolve() {
     let name = format!("warren-control.invalid:{port}");
     point_agent_at(&agent_dir, &name);
     let mut agent = Foreground::spawn(
-        &[&["agent", "run", "--data-dir", &agent_dir_text][..], &quiet[..]].concat(),
+        &[
+            &["agent", "run", "--data-dir", &agent_dir_text][..],
+            &quiet[..],
+        ]
+        .concat(),
         dir.path().join("run.stderr.log"),
     );
     agent.wait_for_line(" running");
@@ -246,7 +257,10 @@ fn agent_run_keeps_running_when_its_control_name_does_not_resolve() {
     );
     assert_eq!(running_pids(&status), vec![pid], "{status}");
     let reason = status["link"]["down_reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("cannot resolve any control address"), "{reason}");
+    assert!(
+        reason.contains("cannot resolve any control address"),
+        "{reason}"
+    );
     let table = ok(command()
         .args(["agent", "status", "--data-dir", &agent_dir_text])
         .output()

@@ -169,12 +169,18 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
             // A control node still joining has no cluster key: it sends no view until it has.
             control
                 .cluster_key()
-                .and_then(|key| node_view(&state, hello.node_id, &control.control_addrs(), key))
+                .and_then(|key| node_view(&state, hello.node_id, &state.control_addrs, key))
         };
         if let Some(view) = view {
             let message = match &sent {
                 None => Some(first_message(&hello, &view)),
-                Some(previous) if previous_content_differs(previous, &view) => {
+                // Only forward: a view is a function of the state at its revision, so the
+                // same revision means the same view, and an agent refuses a delta that
+                // changes its view without moving it forward.
+                Some(previous)
+                    if view.revision > previous.revision
+                        && previous_content_differs(previous, &view) =>
+                {
                     Some(ControlToAgent::Delta(previous.diff(&view)))
                 }
                 Some(_) => None,

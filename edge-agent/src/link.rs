@@ -510,6 +510,15 @@ impl Link {
                 .send_modify(|s| s.last_contact_ms = Some(now_ms()));
             let next = match message {
                 ControlToAgent::Snapshot(view) => *view,
+                // Nothing to store or ack: the view is where it was (an older control node
+                // sends these when only something outside the replicated state moved).
+                ControlToAgent::Delta(delta)
+                    if delta.is_noop()
+                        && current.as_ref().is_some_and(|v| v.revision == delta.from) =>
+                {
+                    debug!(revision = %delta.to, "empty delta");
+                    continue;
+                }
                 ControlToAgent::Delta(delta) => {
                     let mut view = current.as_deref().cloned().ok_or_else(|| {
                         SessionError::Resync("a delta without a base view".into())

@@ -73,7 +73,10 @@ async fn an_agent_keeps_trying_when_names_do_not_resolve_and_connects_once_contr
         reason.starts_with("cannot resolve any control address") && reason.contains(UNRESOLVABLE),
         "{reason}"
     );
-    assert_eq!(status.link.control_addrs, std::slice::from_ref(&unresolvable));
+    assert_eq!(
+        status.link.control_addrs,
+        std::slice::from_ref(&unresolvable)
+    );
     assert_eq!(running_pids(&status), [pid], "the workload is adopted");
     cancel.cancel();
     assert_eq!(task.await.unwrap().unwrap(), RunEnd::Stopped);
