@@ -94,6 +94,11 @@ fn agent_join_run_status_and_removal() {
             "tier=edge",
             "--metrics",
             "none",
+            // Not the default 0.0.0.0:7946: the control node's gossip holds it.
+            "--gossip",
+            "127.0.0.1:0",
+            "--dns",
+            "127.0.0.1:0",
         ],
         dir.path().join("agent.stderr.log"),
     );

@@ -215,6 +215,10 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                         debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
                         control.agents().report(report, unix_now_ms());
                     }
+                    AgentToControl::Listeners(listeners) => {
+                        debug!(node_id = %hello.node_id, listeners = listeners.len(), "agent listeners");
+                        control.agents().listeners(hello.node_id, listeners, unix_now_ms());
+                    }
                     AgentToControl::Hello(_) => return Err(PushError::NoHello),
                 }
             }

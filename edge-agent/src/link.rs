@@ -452,26 +452,11 @@ impl Link {
     ) -> Result<LinkEnd, SessionError> {
         let (mut send, mut recv) = conn.open_stream().await?;
         let cached = self.views.borrow().clone();
-        let identity = self.cache.identity()?;
-        let hello = AgentHello {
-            wire_version: WIRE_VERSION,
-            node_id: self.node_id,
-            last_revision: if force_snapshot {
-                Revision::ZERO
-            } else {
-                cached.as_ref().map_or(Revision::ZERO, |v| v.revision)
-            },
-            cache_cluster_id: identity.map(|i| i.cluster_id),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            have: if force_snapshot {
-                None
-            } else {
-                cached.as_ref().map(|v| v.digest())
-            },
-        };
+        let hello = self.hello(cached.as_deref(), force_snapshot)?;
         send.send(&AgentToControl::Hello(hello)).await?;
         // A new session reports everything at once: this control node may know nothing of us.
-        self.send_report(&mut send).await?;
+        let mut listeners_sent = 0;
+        self.send_report(&mut send, &mut listeners_sent).await?;
         let mut current = cached;
         let mut deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
         // The agent speaks every HEARTBEAT_INTERVAL too (its ack, repeated), so control can tell
@@ -495,7 +480,7 @@ impl Link {
                 }
                 () = sleep_until_some(report_at) => {
                     report_at = None;
-                    self.send_report(&mut send).await?;
+                    self.send_report(&mut send, &mut listeners_sent).await?;
                     continue;
                 }
                 _ = keepalive.tick() => {
@@ -549,37 +534,71 @@ impl Link {
                     return Err(SessionError::Refused(refusal.message));
                 }
             };
-            if next.node.id != self.node_id {
-                return Err(SessionError::WrongNode(next.node.id));
-            }
-            // Durable before acknowledged, and before the reconcile loop acts on it.
-            self.cache.store_view(&next).await?;
-            let revision = next.revision;
-            let next = Arc::new(next);
-            self.views.send_replace(Some(next.clone()));
-            let targets = self.targets();
-            self.status.send_modify(|s| {
-                s.revision = revision.0;
-                s.control_revision = s.control_revision.max(revision.0);
-                s.control_addrs = targets;
-            });
-            send.send(&AgentToControl::Ack { revision }).await?;
-            current = Some(next);
+            current = Some(self.keep(next, &mut send).await?);
         }
     }
 
-    /// Sends the reporter's status, and more reports while events wait.
+    /// The hello of a new session: our cached view's revision and digest, so that control
+    /// answers with a delta — or nothing of them, to ask for a snapshot.
+    fn hello(
+        &self,
+        cached: Option<&NodeView>,
+        force_snapshot: bool,
+    ) -> Result<AgentHello, SessionError> {
+        let cached = cached.filter(|_| !force_snapshot);
+        Ok(AgentHello {
+            wire_version: WIRE_VERSION,
+            node_id: self.node_id,
+            last_revision: cached.map_or(Revision::ZERO, |v| v.revision),
+            cache_cluster_id: self.cache.identity()?.map(|i| i.cluster_id),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            have: cached.map(NodeView::digest),
+        })
+    }
+
+    /// Keeps a view from control: persisted and flushed (durable before acknowledged, and
+    /// before the reconcile loop acts on it), handed to the reconcile loop, then acked.
+    async fn keep(
+        &self,
+        next: NodeView,
+        send: &mut warren_transport::FramedSend,
+    ) -> Result<Arc<NodeView>, SessionError> {
+        if next.node.id != self.node_id {
+            return Err(SessionError::WrongNode(next.node.id));
+        }
+        self.cache.store_view(&next).await?;
+        let revision = next.revision;
+        let next = Arc::new(next);
+        self.views.send_replace(Some(next.clone()));
+        let targets = self.targets();
+        self.status.send_modify(|s| {
+            s.revision = revision.0;
+            s.control_revision = s.control_revision.max(revision.0);
+            s.control_addrs = targets;
+        });
+        send.send(&AgentToControl::Ack { revision }).await?;
+        Ok(next)
+    }
+
+    /// Sends the reporter's status, and more reports while events wait; then the listeners'
+    /// states if they changed since `listeners_sent` (the version this session last sent).
     async fn send_report(
         &self,
         send: &mut warren_transport::FramedSend,
+        listeners_sent: &mut u64,
     ) -> Result<(), SessionError> {
         loop {
             let (report, receipt) = self.reporter.take();
             send.send(&AgentToControl::Status(report)).await?;
             if !self.reporter.commit(receipt) {
-                return Ok(());
+                break;
             }
         }
+        if let Some((version, listeners)) = self.reporter.listeners_after(*listeners_sent) {
+            send.send(&AgentToControl::Listeners(listeners)).await?;
+            *listeners_sent = version;
+        }
+        Ok(())
     }
 }
 

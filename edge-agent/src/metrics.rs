@@ -55,6 +55,9 @@ pub struct AgentMetrics {
     pub link_connects_total: IntCounter,
     /// Failed attempts to reach control, by `reason` ([`crate::link::FailureKind`]).
     pub link_failures_total: IntCounterVec,
+    /// 1 while a configured listener (`metrics`, `dns`, `gossip`) is bound, 0 while it is
+    /// being retried; no series for a listener that is off.
+    pub listener_up: IntGaugeVec,
     /// Workloads by state after the last reconcile pass.
     pub workloads: IntGaugeVec,
     /// Workloads by health-check result after the last pass.
@@ -150,6 +153,11 @@ impl AgentMetrics {
                 }
                 failures
             },
+            listener_up: gauge_vec(
+                "warren_agent_listener_up",
+                "1 while the listener (metrics, dns, gossip) is bound, 0 while it cannot bind and is being retried.",
+                "listener",
+            ),
             workloads: gauge_vec(
                 "warren_agent_workloads",
                 "Workloads by state after the last reconcile pass.",

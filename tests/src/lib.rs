@@ -297,17 +297,16 @@ pub async fn join_agent(
     site: &str,
 ) -> warren_edge_agent::agent::AgentIdentity {
     let token = agent_token(control, fingerprint).await;
-    warren_edge_agent::agent::join(
-        dir,
-        vec![control.quic_addr().to_string()],
-        &token,
-        name.into(),
-        site.into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .expect("agent joins")
+    let request = warren_edge_agent::agent::JoinRequest {
+        control_addrs: vec![control.quic_addr().to_string()],
+        token,
+        name: name.into(),
+        site: site.into(),
+        ..Default::default()
+    };
+    warren_edge_agent::agent::join(dir, request)
+        .await
+        .expect("agent joins")
 }
 
 /// Creates (or replaces) secret `name` the way `POST /secrets` does: sealed with the cluster
