@@ -20,9 +20,9 @@ trap 'kill $(jobs -p) 2>/dev/null; pkill -f "sleep 100000" || true' EXIT
 C=$!; wait_for "control serving" 30 grep -q serving $D/c1.out
 export WARREN_CONFIG=$D/c1/admin.conf
 T1=$("$W" token create --role agent); T2=$("$W" token create --role agent)
-"$W" agent join --data-dir $D/a1 --control 127.0.0.1:17101 --token "$T1" --name edge-a --site lisbon --runtime process --metrics 127.0.0.1:19091 > $D/a1.out 2>$D/a1.err &
+"$W" agent join --data-dir $D/a1 --control 127.0.0.1:17101 --token "$T1" --name edge-a --site lisbon --runtime process --metrics 127.0.0.1:19091 --gossip none --dns none > $D/a1.out 2>$D/a1.err &
 A1=$!
-"$W" agent join --data-dir $D/a2 --control 127.0.0.1:17101 --token "$T2" --name edge-b --site porto --runtime process --metrics 127.0.0.1:19092 > $D/a2.out 2>$D/a2.err &
+"$W" agent join --data-dir $D/a2 --control 127.0.0.1:17101 --token "$T2" --name edge-b --site porto --runtime process --metrics 127.0.0.1:19092 --gossip none --dns none > $D/a2.out 2>$D/a2.err &
 A2=$!
 wait_for "agents running" 30 grep -q running $D/a2.out
 "$W" service create sleeper --command "sleep 100000" --replicas 2

@@ -190,6 +190,10 @@ pub struct AgentLinkInfo {
     /// Events lost: dropped by the agent's bounded buffer while cut off, or by control's.
     #[serde(default)]
     pub events_dropped: u64,
+    /// The agent's listeners (metrics, DNS, gossip) as it last reported them: each one's
+    /// address and whether it is up, with the reason while it is down.
+    #[serde(default)]
+    pub listeners: Vec<crate::wire::ListenerStatus>,
 }
 
 /// A service with its placement summary.

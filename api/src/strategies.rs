@@ -22,8 +22,8 @@ use crate::service::{
 };
 use crate::volume::{Volume, VolumeDriver};
 use crate::wire::{
-    AgentHello, AgentToControl, ControlToAgent, NodeView, PeerInfo, Refusal, RefusalReason,
-    ServiceEndpoint, StatusReport, ViewChange, ViewDelta,
+    AgentHello, AgentToControl, ControlToAgent, Listener, ListenerStatus, NodeView, PeerInfo,
+    Refusal, RefusalReason, ServiceEndpoint, StatusReport, ViewChange, ViewDelta,
 };
 
 pub fn text() -> BoxedStrategy<String> {
@@ -667,8 +667,25 @@ pub fn agent_to_control() -> BoxedStrategy<AgentToControl> {
         agent_hello().prop_map(AgentToControl::Hello),
         revision().prop_map(|revision| AgentToControl::Ack { revision }),
         status_report().prop_map(AgentToControl::Status),
+        proptest::collection::vec(listener_status(), 0..4).prop_map(AgentToControl::Listeners),
     ]
     .boxed()
+}
+
+pub fn listener_status() -> BoxedStrategy<ListenerStatus> {
+    let listener = prop_oneof![
+        Just(Listener::Metrics),
+        Just(Listener::Dns),
+        Just(Listener::Gossip),
+    ];
+    (listener, text(), any::<bool>(), option::of(text()))
+        .prop_map(|(listener, addr, up, error)| ListenerStatus {
+            listener,
+            addr,
+            up,
+            error,
+        })
+        .boxed()
 }
 
 pub fn refusal() -> BoxedStrategy<Refusal> {

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio_util::sync::CancellationToken;
+use warren_api::wire::Listener;
 use warren_edge_agent::agent::{self, Agent, AgentOptions, AgentStatus, RunEnd};
+use warren_edge_agent::listeners::ListenSettings;
 
 use crate::control_cmd::{DEFAULT_DATA_DIR, Signals, say};
 use crate::output::OutputFormat;
@@ -35,15 +37,21 @@ pub enum RuntimeKind {
     Containerd,
 }
 
-/// Gossip and DNS flags of `agent join` and `agent run`.
+/// Listen flags of `agent join` and `agent run`. At join a flag not given takes its default,
+/// and what join listens on is kept in the data dir; at run a flag not given takes what join
+/// kept (else the default), so a reboot listens where the join said.
 #[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Discovery (gossip membership and DNS)")]
-pub struct DiscoveryArgs {
+#[command(next_help_heading = "Listeners (metrics, gossip, DNS)")]
+pub struct ListenArgs {
+    /// Plain-HTTP /metrics, /health and /ready listen address, or `none`. Registered at join
+    /// (for Prometheus service discovery). [default: 0.0.0.0:9091; at run: what join was given]
+    #[arg(long, value_name = "ADDR|none")]
+    pub metrics: Option<String>,
     /// Gossip (UDP) listen address, or `none`. Gossip keeps membership and liveness flowing
-    /// between nodes, also while the centre is out of reach. A taken port gives a warning and
-    /// the agent runs without gossip.
-    #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_GOSSIP)]
-    pub gossip: String,
+    /// between nodes, also while the centre is out of reach. [default: 0.0.0.0:7946; at run:
+    /// what join was given]
+    #[arg(long, value_name = "ADDR|none")]
+    pub gossip: Option<String>,
     /// The gossip address other nodes dial, registered at join; its IP is also the address DNS
     /// gives for this node's replicas. Default: the listen address if its IP is set, else the
     /// IP this machine uses to reach the control plane, with the listen port.
@@ -51,16 +59,18 @@ pub struct DiscoveryArgs {
     pub advertise_gossip: Option<SocketAddr>,
     /// DNS listen address (UDP and TCP), or `none`. Serves `<service>.warren.` from the cached
     /// view, preferring replicas gossip says are alive, and forwards other names to the hosts'
-    /// resolvers. Port 53 needs root or CAP_NET_BIND_SERVICE; a failed bind gives a warning
-    /// and the agent runs without DNS.
-    #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_DNS)]
-    pub dns: String,
-    /// Resolvers for names outside `warren.` (comma-separated IP:PORT). Default: the
-    /// `nameserver` lines of /etc/resolv.conf.
+    /// resolvers. Port 53 needs root or CAP_NET_BIND_SERVICE. [default: 127.0.0.11:53; at
+    /// run: what join was given]
+    #[arg(long, value_name = "ADDR|none")]
+    pub dns: Option<String>,
+    /// Resolvers for names outside `warren.` (comma-separated IP:PORT). Default: what join was
+    /// given, else the `nameserver` lines of /etc/resolv.conf.
     #[arg(long, value_name = "IP:PORT[,IP:PORT...]", value_delimiter = ',')]
     pub dns_upstream: Vec<SocketAddr>,
 }
 
+/// Default metrics address (DESIGN.md §6).
+const DEFAULT_AGENT_METRICS: &str = "0.0.0.0:9091";
 /// Default gossip address (DESIGN.md §6).
 const DEFAULT_GOSSIP: &str = "0.0.0.0:7946";
 /// Default DNS address (DESIGN.md §6).
@@ -75,54 +85,98 @@ fn parse_addr_or_none(flag: &str, text: &str) -> Result<Option<SocketAddr>> {
         .map_err(|_| anyhow!("{flag}: expected IP:PORT or none, got {text:?}"))
 }
 
-impl DiscoveryArgs {
-    /// The agent's discovery options.
-    fn options(&self) -> Result<warren_edge_agent::discovery::DiscoveryOptions> {
-        let dns = parse_addr_or_none("--dns", &self.dns)?.map(|listen| {
-            warren_edge_agent::dns::DnsConfig {
-                listen,
-                upstreams: if self.dns_upstream.is_empty() {
-                    warren_edge_agent::dns::Upstreams::System
-                } else {
-                    warren_edge_agent::dns::Upstreams::List(self.dns_upstream.clone())
-                },
-                ..Default::default()
-            }
-        });
-        Ok(warren_edge_agent::discovery::DiscoveryOptions {
-            gossip_listen: parse_addr_or_none("--gossip", &self.gossip)?,
-            gossip_advertise: self.advertise_gossip,
-            dns,
-            ..Default::default()
-        })
+/// The flag that sets `listener`'s address.
+fn flag_of(listener: Listener) -> &'static str {
+    match listener {
+        Listener::Metrics => "--metrics",
+        Listener::Dns => "--dns",
+        Listener::Gossip => "--gossip",
     }
+}
 
-    /// What to register at join: the gossip address peers dial and the DNS address.
-    fn advertise(&self, control: &[String]) -> Result<agent::JoinAdvertise> {
-        let gossip = match parse_addr_or_none("--gossip", &self.gossip)? {
-            None => None,
-            Some(listen) => Some(match self.advertise_gossip {
-                Some(explicit) => explicit,
-                None if !listen.ip().is_unspecified() => listen,
-                None => {
-                    let ip = control
-                        .iter()
-                        .find_map(|c| local_ip_towards(c))
-                        .ok_or_else(|| {
-                            anyhow!(
-                                "--gossip {listen}: cannot tell which IP to advertise; pass --advertise-gossip IP:PORT"
-                            )
-                        })?;
-                    SocketAddr::new(ip, listen.port())
-                }
-            }),
+impl ListenArgs {
+    /// Where to listen: each flag given, else `kept` (what join was given), else the default.
+    fn settings(&self, kept: Option<&ListenSettings>) -> Result<ListenSettings> {
+        let defaults = || -> Result<ListenSettings> {
+            Ok(ListenSettings {
+                metrics: parse_addr_or_none("--metrics", DEFAULT_AGENT_METRICS)?,
+                dns: parse_addr_or_none("--dns", DEFAULT_DNS)?,
+                dns_upstreams: Vec::new(),
+                gossip: parse_addr_or_none("--gossip", DEFAULT_GOSSIP)?,
+            })
         };
-        Ok(agent::JoinAdvertise {
-            gossip,
-            dns: parse_addr_or_none("--dns", &self.dns)?,
-            metrics: None,
+        let base = match kept {
+            Some(kept) => kept.clone(),
+            None => defaults()?,
+        };
+        let flag = |name: &str, given: &Option<String>, base: Option<SocketAddr>| match given {
+            Some(text) => parse_addr_or_none(name, text),
+            None => Ok(base),
+        };
+        Ok(ListenSettings {
+            metrics: flag("--metrics", &self.metrics, base.metrics)?,
+            dns: flag("--dns", &self.dns, base.dns)?,
+            dns_upstreams: if self.dns_upstream.is_empty() {
+                base.dns_upstreams
+            } else {
+                self.dns_upstream.clone()
+            },
+            gossip: flag("--gossip", &self.gossip, base.gossip)?,
         })
     }
+}
+
+/// Binds each listener once before joining (and resolves port 0), so that a taken port fails
+/// the join with its reason before control is contacted.
+fn check_listeners(settings: &ListenSettings) -> Result<ListenSettings> {
+    warren_edge_agent::listeners::check(settings).map_err(|error| {
+        anyhow!(
+            "{} {}: cannot listen: {}; pass another address, or none",
+            flag_of(error.listener),
+            error.addr,
+            error.reason()
+        )
+    })
+}
+
+/// What to register at join: the gossip address peers dial, the DNS address, and the metrics
+/// address Prometheus scrapes. A listen address on 0.0.0.0 is advertised with the IP this
+/// machine uses to reach the control plane.
+fn advertise(
+    settings: &ListenSettings,
+    advertise_gossip: Option<SocketAddr>,
+    control: &[String],
+) -> Result<agent::JoinAdvertise> {
+    let towards_control = || control.iter().find_map(|c| local_ip_towards(c));
+    let gossip = match settings.gossip {
+        None => None,
+        Some(listen) => Some(match advertise_gossip {
+            Some(explicit) => explicit,
+            None if !listen.ip().is_unspecified() => listen,
+            None => {
+                let ip = towards_control().ok_or_else(|| {
+                    anyhow!(
+                        "--gossip {listen}: cannot tell which IP to advertise; pass --advertise-gossip IP:PORT"
+                    )
+                })?;
+                SocketAddr::new(ip, listen.port())
+            }
+        }),
+    };
+    let metrics = settings.metrics.map(|listen| {
+        if listen.ip().is_unspecified()
+            && let Some(ip) = towards_control()
+        {
+            SocketAddr::new(ip, listen.port())
+        } else {
+            listen
+        }
+    });
+    Ok(agent::JoinAdvertise {
+        gossip,
+        dns: settings.dns,
+        metrics,
+    })
 }
 
 /// The local IP the kernel would use to reach `addr` (a route lookup: a UDP socket is
@@ -180,22 +234,16 @@ pub enum AgentCommand {
         /// Workload runtime.
         #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
         runtime: RuntimeKind,
-        /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
-        #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_AGENT_METRICS)]
-        metrics: String,
         #[command(flatten)]
-        discovery: DiscoveryArgs,
+        listen: ListenArgs,
     },
     /// Run a joined agent from its data dir (foreground); works with no control plane.
     Run {
         /// Where the agent's files are.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
-        /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
-        #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_AGENT_METRICS)]
-        metrics: String,
         #[command(flatten)]
-        discovery: DiscoveryArgs,
+        listen: ListenArgs,
     },
     /// The agent's local view: revision, link state, workloads. Works offline and while the
     /// agent runs.
@@ -211,13 +259,12 @@ pub enum AgentCommand {
 pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     match args.command {
         AgentCommand::Status { data_dir } => status(&data_dir, format),
-        AgentCommand::Run {
-            data_dir,
-            metrics,
-            discovery,
-        } => {
-            let mut options = options(&metrics)?;
-            options.discovery = discovery.options()?;
+        AgentCommand::Run { data_dir, listen } => {
+            let selfcheck = selfcheck_knob()?;
+            let identity = agent::load_identity(&data_dir)
+                .with_context(|| format!("start the agent in {}", data_dir.display()))?;
+            let settings = listen.settings(identity.listen.as_ref())?;
+            let options = options(&settings, listen.advertise_gossip, selfcheck);
             foreground(options, || async move { Ok(data_dir) })
         }
         AgentCommand::Join {
@@ -228,15 +275,12 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             site,
             labels,
             runtime,
-            metrics,
-            discovery,
+            listen,
         } => {
+            let selfcheck = selfcheck_knob()?;
             if runtime == RuntimeKind::Containerd {
                 bail!("--runtime containerd: not supported yet; use --runtime process");
             }
-            let mut options = options(&metrics)?;
-            options.discovery = discovery.options()?;
-            let advertise = discovery.advertise(&control)?;
             let name = match name {
                 Some(name) => name,
                 None => default_name(),
@@ -244,43 +288,74 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             warren_api::validate_node_name(&name).map_err(|e| anyhow!("--name: {}", e.message))?;
             warren_api::validate_site(&site).map_err(|e| anyhow!("--site: {}", e.message))?;
             let labels = parse_labels(&labels)?;
-            foreground(options, || async move {
-                let identity = agent::join(
-                    &data_dir,
-                    control.clone(),
-                    token.trim(),
-                    name,
-                    site,
-                    labels,
-                    advertise,
-                )
-                .await
-                .with_context(|| format!("join the cluster at {}", control.join(",")))?;
-                say(&format!(
-                    "joined the cluster as agent node {} ({})",
-                    identity.node_id,
-                    data_dir.display()
-                ))?;
-                Ok(data_dir)
-            })
+            let settings = check_listeners(&listen.settings(None)?)?;
+            let request = agent::JoinRequest {
+                advertise: advertise(&settings, listen.advertise_gossip, &control)?,
+                control_addrs: control,
+                token: token.trim().to_owned(),
+                name,
+                site,
+                labels,
+                listen: Some(settings.clone()),
+            };
+            let options = options(&settings, listen.advertise_gossip, selfcheck);
+            foreground(options, || join(data_dir, request))
         }
     }
 }
 
-/// Default agent metrics address (DESIGN.md §6).
-const DEFAULT_AGENT_METRICS: &str = "0.0.0.0:9091";
+/// `agent join`'s part before the agent runs: join, and say so.
+async fn join(data_dir: PathBuf, request: agent::JoinRequest) -> Result<PathBuf> {
+    let control = request.control_addrs.join(",");
+    let identity = agent::join(&data_dir, request)
+        .await
+        .with_context(|| format!("join the cluster at {control}"))?;
+    say(&format!(
+        "joined the cluster as agent node {} ({})",
+        identity.node_id,
+        data_dir.display()
+    ))?;
+    Ok(data_dir)
+}
 
 /// The test-only knob that makes agents break their promise on purpose (the chaos harness's
 /// self-check): see `AgentOptions::selfcheck_stop_on_disconnect`.
 const SELFCHECK_STOP_ON_DISCONNECT: &str = "WARREN_SELFCHECK_STOP_ON_DISCONNECT";
 
-fn options(metrics: &str) -> Result<AgentOptions> {
-    let selfcheck = std::env::var_os(SELFCHECK_STOP_ON_DISCONNECT);
-    Ok(AgentOptions {
-        metrics_listen: crate::control_cmd::parse_metrics(metrics)?,
-        selfcheck_stop_on_disconnect: parse_selfcheck(selfcheck.as_deref())?,
+/// Reads the self-check knob (first of all: a garbled value must stop the command before it
+/// does anything).
+fn selfcheck_knob() -> Result<bool> {
+    parse_selfcheck(std::env::var_os(SELFCHECK_STOP_ON_DISCONNECT).as_deref())
+}
+
+/// The agent's options from its listen settings.
+fn options(
+    settings: &ListenSettings,
+    advertise_gossip: Option<SocketAddr>,
+    selfcheck: bool,
+) -> AgentOptions {
+    let dns = settings
+        .dns
+        .map(|listen| warren_edge_agent::dns::DnsConfig {
+            listen,
+            upstreams: if settings.dns_upstreams.is_empty() {
+                warren_edge_agent::dns::Upstreams::System
+            } else {
+                warren_edge_agent::dns::Upstreams::List(settings.dns_upstreams.clone())
+            },
+            ..Default::default()
+        });
+    AgentOptions {
+        metrics_listen: settings.metrics,
+        selfcheck_stop_on_disconnect: selfcheck,
+        discovery: warren_edge_agent::discovery::DiscoveryOptions {
+            gossip_listen: settings.gossip,
+            gossip_advertise: advertise_gossip,
+            dns,
+            ..Default::default()
+        },
         ..AgentOptions::default()
-    })
+    }
 }
 
 /// Reads the self-check knob's value: unset, empty or `0` is off, `1` is on. Anything else is
@@ -373,22 +448,34 @@ fn render(status: &AgentStatus) -> String {
     let link = match (&status.link.connected, &status.link.control) {
         (true, Some(control)) => format!("connected to {control}"),
         (true, None) => "connected".to_owned(),
-        (false, _) => "disconnected".to_owned(),
+        (false, _) => match &status.link.down_reason {
+            Some(reason) => format!("disconnected: {reason}"),
+            None => "disconnected".to_owned(),
+        },
     };
-    let mut out = fields(&[
+    let control = if status.link.control_addrs.is_empty() {
+        "-".to_owned()
+    } else {
+        status.link.control_addrs.join(", ")
+    };
+    let mut rows = vec![
         ("node", format!("{} ({})", status.name, status.node_id)),
         ("site", status.site.clone()),
         ("revision", status.revision.to_string()),
         ("link", link),
+        ("control", control),
         ("agent pid", status.agent_pid.to_string()),
-        (
-            "metrics",
-            status.metrics_addr.map_or_else(
-                || "not served".to_owned(),
-                |a| format!("http://{a}/metrics"),
-            ),
-        ),
-    ]);
+    ];
+    if status.listeners.is_empty() {
+        rows.push(("listeners", "none".to_owned()));
+    }
+    rows.extend(
+        status
+            .listeners
+            .iter()
+            .map(|l| (l.listener.as_str(), listener_text(l))),
+    );
+    let mut out = fields(&rows);
     out.push('\n');
     let mut table = Table::new(&["REPLICA", "STATE", "HEALTH", "PID", "RESTARTS", "WORKLOAD"]);
     for replica in &status.replicas {
@@ -410,6 +497,18 @@ fn render(status: &AgentStatus) -> String {
     out
 }
 
+/// One listener's line: where it serves, or that it is down and why.
+fn listener_text(listener: &warren_api::wire::ListenerStatus) -> String {
+    match (listener.up, &listener.error) {
+        (true, _) if listener.listener == Listener::Metrics => {
+            format!("http://{}/metrics", listener.addr)
+        }
+        (true, _) => format!("{} (up)", listener.addr),
+        (false, Some(error)) => format!("{} DOWN: {error}", listener.addr),
+        (false, None) => format!("{} DOWN", listener.addr),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,6 +520,54 @@ mod tests {
         assert_eq!(parsed.get("empty").map(String::as_str), Some(""));
         assert!(parse_labels(&["novalue".into()]).is_err());
         assert!(parse_labels(&["=v".into()]).is_err());
+    }
+
+    /// At join a flag not given takes its default; at run it takes what join kept; a flag
+    /// given always wins, `none` included.
+    #[test]
+    fn listen_flags_layer_over_what_join_kept_over_defaults() {
+        fn args(metrics: Option<&str>, dns: Option<&str>, upstream: &[&str]) -> ListenArgs {
+            ListenArgs {
+                metrics: metrics.map(str::to_owned),
+                gossip: None,
+                advertise_gossip: None,
+                dns: dns.map(str::to_owned),
+                dns_upstream: upstream.iter().map(|a| a.parse().unwrap()).collect(),
+            }
+        }
+        fn check(args: ListenArgs, kept: Option<&ListenSettings>, expected: ListenSettings) {
+            assert_eq!(
+                args.settings(kept).unwrap(),
+                expected,
+                "{args:?} over {kept:?}"
+            );
+        }
+        let addr = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
+        let defaults = ListenSettings {
+            metrics: addr(DEFAULT_AGENT_METRICS),
+            dns: addr(DEFAULT_DNS),
+            dns_upstreams: vec![],
+            gossip: addr(DEFAULT_GOSSIP),
+        };
+        let kept = ListenSettings {
+            metrics: addr("127.0.0.1:19091"),
+            dns: None,
+            dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()],
+            gossip: addr("127.0.0.2:17946"),
+        };
+        check(args(None, None, &[]), None, defaults.clone());
+        check(args(None, None, &[]), Some(&kept), kept.clone());
+        check(
+            args(Some("none"), Some("127.0.0.1:5353"), &["127.0.0.1:53"]),
+            Some(&kept),
+            ListenSettings {
+                metrics: None,
+                dns: addr("127.0.0.1:5353"),
+                dns_upstreams: vec!["127.0.0.1:53".parse().unwrap()],
+                ..kept.clone()
+            },
+        );
+        assert!(args(Some("9091"), None, &[]).settings(None).is_err());
     }
 
     #[test]

@@ -235,7 +235,17 @@ async fn node_action(
 fn render_nodes(nodes: &[NodeInfo]) -> String {
     let now = unix_now_ms();
     let mut table = Table::new(&[
-        "ID", "NAME", "ROLE", "SITE", "STATE", "AVAIL", "REPLICAS", "LINK", "GOSSIP", "QUIC",
+        "ID",
+        "NAME",
+        "ROLE",
+        "SITE",
+        "STATE",
+        "AVAIL",
+        "REPLICAS",
+        "LINK",
+        "LISTENERS",
+        "GOSSIP",
+        "QUIC",
         "JOINED",
     ]);
     for info in nodes {
@@ -258,6 +268,7 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
                 None if node.role == NodeRole::Agent => "not seen".to_owned(),
                 None => "-".to_owned(),
             },
+            listeners_cell(info),
             // As the answering control node's mesh sees it; `-` when it runs none or has not
             // heard of the node.
             info.gossip
@@ -271,4 +282,23 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
         ]);
     }
     table.render()
+}
+
+/// The LISTENERS cell: `ok` when every listener the agent reported is up, else which are down
+/// (`dns,metrics down`); `-` for control nodes and agents that reported none.
+fn listeners_cell(info: &NodeInfo) -> String {
+    let Some(link) = info.agent.as_ref().filter(|l| !l.listeners.is_empty()) else {
+        return "-".to_owned();
+    };
+    let down: Vec<&str> = link
+        .listeners
+        .iter()
+        .filter(|l| !l.up)
+        .map(|l| l.listener.as_str())
+        .collect();
+    if down.is_empty() {
+        "ok".to_owned()
+    } else {
+        format!("{} down", down.join(","))
+    }
 }

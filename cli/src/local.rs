@@ -186,17 +186,16 @@ impl LocalCluster {
                     .await
                     .context("create an agent join token")?
                     .json()?;
-                agent::join(
-                    &dir,
-                    vec![self.control.quic_addr().to_string()],
-                    &token.token,
-                    name.clone(),
-                    site.to_string(),
-                    BTreeMap::new(),
-                    agent::JoinAdvertise::default(),
-                )
-                .await
-                .with_context(|| format!("join agent {name}"))?;
+                let request = agent::JoinRequest {
+                    control_addrs: vec![self.control.quic_addr().to_string()],
+                    token: token.token,
+                    name: name.clone(),
+                    site: site.to_string(),
+                    ..agent::JoinRequest::default()
+                };
+                agent::join(&dir, request)
+                    .await
+                    .with_context(|| format!("join agent {name}"))?;
                 self.start_agent(&dir)?;
             }
         }

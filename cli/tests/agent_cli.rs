@@ -94,6 +94,11 @@ fn agent_join_run_status_and_removal() {
             "tier=edge",
             "--metrics",
             "none",
+            // Not the default 0.0.0.0:7946: the control node's gossip holds it.
+            "--gossip",
+            "127.0.0.1:0",
+            "--dns",
+            "127.0.0.1:0",
         ],
         dir.path().join("agent.stderr.log"),
     );
@@ -187,6 +192,119 @@ fn agent_join_run_status_and_removal() {
     assert!(stderr.contains("removed"), "{stderr}");
     control.signal("-TERM");
     control.wait(Duration::from_secs(30));
+}
+
+/// `warren agent run` whose only control address is a name that does not resolve (DNS down on
+/// the box) runs on — it used to end its link as "cancelled" and exit 0 — keeps its workload,
+/// and `agent status` says why it is disconnected; SIGTERM still stops it cleanly.
+#[test]
+fn agent_run_keeps_running_when_its_control_name_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut control, quic, config) = control_init(dir.path());
+    let admin = |args: &[&str]| {
+        ok(command()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run warren"))
+    };
+    let token = admin(&["token", "create", "--role", "agent"]);
+    let agent_dir = dir.path().join("agent");
+    let agent_dir_text = agent_dir.to_str().unwrap().to_owned();
+    let quiet = ["--metrics", "none", "--gossip", "none", "--dns", "none"];
+    let mut agent = Foreground::spawn(
+        &[
+            &["agent", "join", "--data-dir", &agent_dir_text],
+            &[
+                "--control",
+                &quic,
+                "--token",
+                token.trim(),
+                "--name",
+                "edge-1",
+            ][..],
+            &quiet[..],
+        ]
+        .concat(),
+        dir.path().join("join.stderr.log"),
+    );
+    agent.wait_for_line(" running");
+    admin(&["service", "create", "web", "--command", "sleep 1000"]);
+    let pid = wait_until("a running workload", READY_TIMEOUT, || {
+        agent_status(&agent_dir)
+            .map(|s| running_pids(&s))
+            .filter(|p| p.len() == 1)
+            .map(|p| p[0])
+    });
+    agent.signal("-TERM");
+    assert!(agent.wait(Duration::from_secs(30)).success());
+
+    // As if it had joined by a name that no longer resolves: agent.json and the cached view.
+    let port = quic.rsplit_once(':').unwrap().1;
+    let name = format!("warren-control.invalid:{port}");
+    point_agent_at(&agent_dir, &name);
+    let mut agent = Foreground::spawn(
+        &[
+            &["agent", "run", "--data-dir", &agent_dir_text][..],
+            &quiet[..],
+        ]
+        .concat(),
+        dir.path().join("run.stderr.log"),
+    );
+    agent.wait_for_line(" running");
+    let status = wait_until("three failed lookups", READY_TIMEOUT, || {
+        agent_status(&agent_dir).filter(|s| s["link"]["failures"].as_u64() >= Some(3))
+    });
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "agent run keeps running: {status}"
+    );
+    assert_eq!(running_pids(&status), vec![pid], "{status}");
+    let reason = status["link"]["down_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("cannot resolve any control address"),
+        "{reason}"
+    );
+    let table = ok(command()
+        .args(["agent", "status", "--data-dir", &agent_dir_text])
+        .output()
+        .unwrap());
+    assert!(
+        table.contains("disconnected: cannot resolve any control address")
+            && table.contains("warren-control.invalid"),
+        "{table}"
+    );
+
+    agent.signal("-TERM");
+    assert!(agent.wait(Duration::from_secs(30)).success());
+    assert!(alive(pid));
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    control.signal("-TERM");
+    control.wait(Duration::from_secs(30));
+}
+
+/// Rewrites a stopped agent's control addresses to `addr` alone: `agent.json` and the cached
+/// view (whose list the link tries first).
+fn point_agent_at(agent_dir: &std::path::Path, addr: &str) {
+    use warren_edge_agent::agent::{AGENT_FILE, load_identity};
+    use warren_edge_agent::cache::{Cache, CacheTuning};
+    let mut identity = load_identity(agent_dir).unwrap();
+    identity.control_addrs = vec![addr.to_owned()];
+    let json = serde_json::to_vec_pretty(&identity).unwrap();
+    std::fs::write(agent_dir.join(AGENT_FILE), json).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let cache = Cache::open(agent_dir, CacheTuning::default()).unwrap();
+        let mut view = cache.view().unwrap().expect("a cached view");
+        view.control_addrs = vec![addr.to_owned()];
+        cache.store_view(&view).await.unwrap();
+    });
 }
 
 /// A plain `GET` over TCP; returns the whole response.

@@ -49,6 +49,11 @@ fn sigkill_at_random_moments_loses_no_acked_revision_and_duplicates_nothing() {
             "edge-1",
             "--metrics",
             "none",
+            // Not the default 0.0.0.0:7946: the control node's gossip holds it.
+            "--gossip",
+            "none",
+            "--dns",
+            "none",
         ],
         dir.path().join("agent-join.log"),
     );

@@ -483,15 +483,10 @@ impl Control {
             .map_err(|e| Refused::unavailable(format!("cannot open the cluster CA: {e}")))
     }
 
-    /// QUIC addresses of the control members, for joiners and agents.
-    pub fn control_addrs(&self) -> Vec<String> {
-        let metrics = self.raft.metrics().borrow().clone();
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, m)| m.quic_addr.clone())
-            .collect()
+    /// QUIC addresses of the control members in the applied membership, for joiners and
+    /// agents (see [`ClusterState::control_addrs`]).
+    pub async fn control_addrs(&self) -> Vec<String> {
+        self.state.read().await.control_addrs.clone()
     }
 }
 
@@ -552,7 +547,7 @@ impl JoinAuthority for Control {
                 node_id,
                 cert_der: cert.to_vec(),
                 ca_cert_der: ca.cert_der().to_vec(),
-                control_addrs: self.control_addrs(),
+                control_addrs: self.control_addrs().await,
                 // Only agents run workloads, so only they get a key to open secrets with.
                 secret_key: (request.role == NodeRole::Agent)
                     .then(|| self.cluster_key().map(|key| node_secret_key(key, node_id)))

@@ -557,6 +557,7 @@ impl Api {
                 agent_version: a.agent_version.clone(),
                 events: a.events.iter().cloned().collect(),
                 events_dropped: a.events_dropped,
+                listeners: a.listeners.clone(),
             }),
             gossip: gossip
                 .and_then(|members| members.iter().find(|m| m.node_id == node.id))

@@ -130,6 +130,7 @@ mod tests {
                 reported_at_ms: 0,
                 events: VecDeque::new(),
                 events_dropped: 0,
+                listeners: vec![],
             },
         )
     }

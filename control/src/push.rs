@@ -169,12 +169,18 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
             // A control node still joining has no cluster key: it sends no view until it has.
             control
                 .cluster_key()
-                .and_then(|key| node_view(&state, hello.node_id, &control.control_addrs(), key))
+                .and_then(|key| node_view(&state, hello.node_id, &state.control_addrs, key))
         };
         if let Some(view) = view {
             let message = match &sent {
                 None => Some(first_message(&hello, &view)),
-                Some(previous) if previous_content_differs(previous, &view) => {
+                // Only forward: a view is a function of the state at its revision, so the
+                // same revision means the same view, and an agent refuses a delta that
+                // changes its view without moving it forward.
+                Some(previous)
+                    if view.revision > previous.revision
+                        && previous_content_differs(previous, &view) =>
+                {
                     Some(ControlToAgent::Delta(previous.diff(&view)))
                 }
                 Some(_) => None,
@@ -208,6 +214,10 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                         }
                         debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
                         control.agents().report(report, unix_now_ms());
+                    }
+                    AgentToControl::Listeners(listeners) => {
+                        debug!(node_id = %hello.node_id, listeners = listeners.len(), "agent listeners");
+                        control.agents().listeners(hello.node_id, listeners, unix_now_ms());
                     }
                     AgentToControl::Hello(_) => return Err(PushError::NoHello),
                 }

@@ -101,6 +101,16 @@ pub struct ClusterState {
     pub pending_joins: BTreeMap<NodeId, PendingJoin>,
     /// Index of the last applied entry.
     pub revision: Revision,
+    /// QUIC addresses of the control members (learners included) in the membership applied
+    /// as of `revision`, in node-id order: what agents' views list. Kept here, beside the
+    /// revision it belongs to, so that a view is a function of the applied state alone.
+    /// Openraft's metrics show the membership as soon as it is *appended* (and an
+    /// uncommitted one may be rolled back): a view built from them changed without its
+    /// revision moving, which agents rightly refused as a delta that does not move forward.
+    /// Not serialized: the state machine sets it from the Raft membership, which snapshots
+    /// carry beside the state.
+    #[serde(skip)]
+    pub control_addrs: Vec<String>,
 }
 
 type Applied = Result<Effect, Rejection>;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use warren_api::wire::StatusReport;
+use warren_api::wire::{ListenerStatus, MAX_LISTENERS, StatusReport};
 use warren_api::{Event, NodeId, ReplicaStatus, Revision};
 
 /// Events kept per agent on each control node; older ones are dropped and counted.
@@ -39,6 +39,9 @@ pub struct AgentReport {
     pub events: VecDeque<Event>,
     /// Events the agent dropped while cut off, plus those this book dropped.
     pub events_dropped: u64,
+    /// The agent's listeners as it last reported them (empty before any report, and from
+    /// agents too old to report them).
+    pub listeners: Vec<ListenerStatus>,
 }
 
 impl AgentReport {
@@ -54,6 +57,7 @@ impl AgentReport {
             reported_at_ms: 0,
             events: VecDeque::new(),
             events_dropped: 0,
+            listeners: Vec::new(),
         }
     }
 
@@ -145,6 +149,15 @@ impl StatusBook {
             e.report.replicas = report.replicas;
             e.report.events_dropped += report.events_dropped;
             e.report.push_events(report.events);
+        });
+    }
+
+    /// `node` reported its listeners; entries past [`MAX_LISTENERS`] are ignored.
+    pub fn listeners(&self, node: NodeId, mut listeners: Vec<ListenerStatus>, now_ms: u64) {
+        listeners.truncate(MAX_LISTENERS);
+        self.with(node, |e| {
+            e.report.last_contact_ms = now_ms;
+            e.report.listeners = listeners;
         });
     }
 
@@ -300,6 +313,27 @@ mod tests {
         assert_eq!(got.replicas[0].state, TaskState::Failed);
         let at: Vec<u64> = got.events.iter().map(|e| e.at_ms).collect();
         assert_eq!(at, vec![10, 20]);
+    }
+
+    /// An agent's listeners are kept (bounded) and are part of the link-only view `node ls`
+    /// reads.
+    #[test]
+    fn listeners_are_kept_bounded_and_listed_without_replicas() {
+        use warren_api::wire::{Listener, ListenerStatus, MAX_LISTENERS};
+        let book = StatusBook::new(1);
+        let node = NodeId(7);
+        book.connected(node, "0.1.0", 100);
+        let dns_down = ListenerStatus {
+            listener: Listener::Dns,
+            addr: "127.0.0.11:53".into(),
+            up: false,
+            error: Some("Address in use (os error 98); retrying".into()),
+        };
+        book.listeners(node, vec![dns_down.clone(); MAX_LISTENERS + 3], 200);
+        let got = &book.snapshot(false)[0];
+        assert_eq!(got.listeners.len(), MAX_LISTENERS);
+        assert_eq!(got.listeners[0], dns_down);
+        assert_eq!(got.last_contact_ms, 200);
     }
 
     #[test]

@@ -757,6 +757,10 @@ impl StateMachineStore {
             }
             None => (ClusterState::default(), None, MembershipRecord::default()),
         };
+        let state = ClusterState {
+            control_addrs: control_addrs_of(&last_membership),
+            ..state
+        };
         let (applied_tx, _) = watch::channel(state.revision);
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
@@ -817,6 +821,7 @@ impl StateMachineStore {
         if let EntryPayload::Membership(membership) = entry.payload {
             state.note_membership(revision, membership.voter_ids());
             self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+            state.control_addrs = control_addrs_of(&self.last_membership);
         } else if revision > state.revision {
             state.note_revision(revision);
         }
@@ -825,6 +830,15 @@ impl StateMachineStore {
             ..Outcome::default()
         }
     }
+}
+
+/// The QUIC addresses of `membership`'s nodes (voters and learners), in node-id order.
+fn control_addrs_of(membership: &MembershipRecord) -> Vec<String> {
+    membership
+        .membership()
+        .nodes()
+        .map(|(_, member)| member.quic_addr.clone())
+        .collect()
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -892,7 +906,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .write(&record, &data, Replace::Always)
             .await?;
         let revision = payload.state.revision;
-        *self.state.write().await = payload.state;
+        let mut state = payload.state;
+        state.control_addrs = control_addrs_of(&meta.last_membership);
+        *self.state.write().await = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.applied_tx.send_replace(revision);
@@ -959,7 +975,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use openraft::storage::RaftLogStorageExt;
     use openraft::{CommittedLeaderId, Membership};
@@ -1119,6 +1135,63 @@ mod tests {
             .expect("a snapshot");
         assert_eq!(current.meta, newer.meta);
         assert_eq!(sm.state().read().await.revision, Revision(4));
+    }
+
+    fn members(index: u64, voters: &[u64], learners: &[u64]) -> Entry<TypeConfig> {
+        let nodes: BTreeMap<u64, Member> = voters
+            .iter()
+            .chain(learners)
+            .map(|id| {
+                let member = Member {
+                    quic_addr: format!("127.0.0.{id}:7101"),
+                    api_addr: format!("127.0.0.{id}:7100"),
+                    name: format!("c{id}"),
+                };
+                (*id, member)
+            })
+            .collect();
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Membership(Membership::new(
+                vec![voters.iter().copied().collect()],
+                nodes,
+            )),
+        }
+    }
+
+    /// The control addresses agents are given come from the membership *applied* at the
+    /// state's revision (learners included), and survive a snapshot install and a reopen —
+    /// so a view is a function of the applied state, never of a membership merely appended.
+    #[tokio::test]
+    async fn control_addrs_follow_the_applied_membership() {
+        let (dir, log, mut sm) = open_temp();
+        sm.apply([members(0, &[1], &[]), blank(1)])
+            .await
+            .expect("apply");
+        let one = vec!["127.0.0.1:7101".to_owned()];
+        assert_eq!(sm.state().read().await.control_addrs, one);
+        sm.apply([members(2, &[1], &[2])]).await.expect("apply");
+        let two = vec!["127.0.0.1:7101".to_owned(), "127.0.0.2:7101".to_owned()];
+        {
+            let state = sm.state();
+            let state = state.read().await;
+            assert_eq!((state.revision, &state.control_addrs), (Revision(2), &two));
+        }
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let (_other_dir, _other_log, mut other) = open_temp();
+        other
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        assert_eq!(other.state().read().await.control_addrs, two);
+        drop((log, sm));
+        let (_log, reopened) = open(dir.path(), StoreTuning::default()).expect("reopen");
+        assert_eq!(reopened.state().read().await.control_addrs, two);
     }
 
     /// Snapshot bytes corrupted under a running store are a storage error when read.

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
+use warren_api::wire::{Listener, ListenerStatus};
 use warren_api::{
     Event, HealthState, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, SealedBlob,
     Service, TaskState, Workload,
@@ -38,6 +39,7 @@ use crate::cache::{Cache, CacheError, CacheIdentity, CacheTuning};
 use crate::health::probe::ExecContext;
 use crate::health::{HealthMonitor, HealthTarget};
 use crate::link::{Link, LinkEnd, LinkStatus};
+use crate::listeners::{BindRetry, ListenSettings, ListenerBook};
 use crate::metrics::{AgentMetrics, MetricsSources};
 use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBook};
 use crate::report::Reporter;
@@ -89,6 +91,10 @@ pub struct AgentIdentity {
     /// The gossip address registered at join (`IP:PORT`), which peers dial.
     #[serde(default)]
     pub gossip: Option<String>,
+    /// Where the agent listens, as `agent join` was told (port 0 resolved): `agent run` listens
+    /// there unless told otherwise. `None` in an `agent.json` from before this was kept.
+    #[serde(default)]
+    pub listen: Option<ListenSettings>,
 }
 
 /// What an agent advertises when it joins (recorded in the node registry).
@@ -156,6 +162,14 @@ pub enum AgentError {
     /// No control address resolved.
     #[error("no control address to join: {0}")]
     NoControl(String),
+    /// The data dir cannot hold an agent (a file, not writable, …).
+    #[error("data dir {}: {detail}", path.display())]
+    DataDir {
+        /// The data dir.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The data dir already holds an agent.
     #[error("{} already holds a joined agent; use `warren agent run`", path.display())]
     AlreadyJoined {
@@ -220,44 +234,108 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What an agent joins with.
+#[derive(Clone, Debug, Default)]
+pub struct JoinRequest {
+    /// Control addresses (`host:port`), tried in order.
+    pub control_addrs: Vec<String>,
+    /// The agent join token.
+    pub token: String,
+    /// Node name (a DNS label).
+    pub name: String,
+    /// Site (a DNS label).
+    pub site: String,
+    /// Node labels, for placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// What to record in the node registry.
+    pub advertise: JoinAdvertise,
+    /// Where the agent listens, kept in `agent.json` for `agent run`; checked (and port 0
+    /// resolved) by the caller with [`crate::listeners::check`] before it works out what to
+    /// advertise. `None`: nothing kept (`agent run` then uses its defaults).
+    pub listen: Option<ListenSettings>,
+}
+
 /// Joins the cluster as an agent through the first reachable control address, then writes the
-/// data dir: credentials, `agent.json` and a cache claimed for this cluster and node.
+/// data dir: credentials, `agent.json` and a cache claimed for this cluster and node. Before
+/// control is contacted, the data dir must be usable: a directory (created 0700 if missing)
+/// this process can write to, whose cache it can open — so that a bad `--data-dir` leaves no
+/// node registered in the cluster for an agent that never comes.
 ///
 /// # Errors
 /// [`AgentError::AlreadyJoined`] when `data_dir` already holds an agent;
-/// [`AgentError::Join`] when every address failed (the last error); file and cache errors.
+/// [`AgentError::DataDir`] when it cannot hold one; [`AgentError::Join`] when every address
+/// failed (the last error); file and cache errors.
 ///
 /// # Cancel safety
 /// Not cancel safe: a dropped join may leave a half-written data dir.
-pub async fn join(
-    data_dir: &Path,
-    control_addrs: Vec<String>,
-    token: &str,
-    name: String,
-    site: String,
-    labels: BTreeMap<String, String>,
-    advertise: JoinAdvertise,
-) -> Result<AgentIdentity, AgentError> {
+pub async fn join(data_dir: &Path, request: JoinRequest) -> Result<AgentIdentity, AgentError> {
     let agent_file = data_dir.join(AGENT_FILE);
     if agent_file.exists() {
         return Err(AgentError::AlreadyJoined {
             path: data_dir.to_owned(),
         });
     }
+    let cache = prepare_data_dir(data_dir)?;
     let params = JoinParams {
         role: NodeRole::Agent,
-        name: name.clone(),
-        site: site.clone(),
-        labels: labels.clone(),
-        advertise: advertise.entries(),
+        name: request.name.clone(),
+        site: request.site.clone(),
+        labels: request.labels.clone(),
+        advertise: request.advertise.entries(),
     };
+    let joined = join_any(&request.control_addrs, &request.token, &params).await?;
+    joined.credentials.save(data_dir)?;
+    match &joined.secret_key {
+        Some(key) => {
+            let path = data_dir.join(secrets::SECRET_KEY_FILE);
+            secrets::save_key(data_dir, key).map_err(io_error("write", &path))?;
+        }
+        None => warn!("control sent no node secret key: workloads that use secrets will not start"),
+    }
+    let fingerprint = joined.credentials.cluster_fingerprint();
+    let mut seeds = request.control_addrs.clone();
+    for addr in joined.control_addrs {
+        if !seeds.contains(&addr) {
+            seeds.push(addr);
+        }
+    }
+    let identity = AgentIdentity {
+        node_id: joined.node_id,
+        name: request.name,
+        site: request.site,
+        labels: request.labels,
+        control_addrs: seeds,
+        cluster_fingerprint: hex(&fingerprint),
+        gossip: request.advertise.gossip.map(|a| a.to_string()),
+        listen: request.listen,
+    };
+    cache
+        .claim(CacheIdentity {
+            cluster_id: fingerprint,
+            node_id: joined.node_id,
+        })
+        .await?;
+    drop(cache);
+    let json = serde_json::to_vec_pretty(&identity).expect("agent identity serializes");
+    write_atomic(&agent_file, &json, 0o644).map_err(io_error("write", &agent_file))?;
+    info!(node_id = %identity.node_id, "joined the cluster as an agent");
+    Ok(identity)
+}
+
+/// Joins through the first control address that answers: each is resolved and tried in turn;
+/// a refusal that another address cannot change (a bad token) ends the attempt at once.
+async fn join_any(
+    control_addrs: &[String],
+    token: &str,
+    params: &JoinParams,
+) -> Result<warren_transport::join::Joined, AgentError> {
     let mut last_error = None;
-    let mut joined = None;
-    for addr in &control_addrs {
+    for addr in control_addrs {
         let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(addr.as_str()).await {
             Ok(found) => found.collect(),
             Err(error) => {
                 warn!(control = %addr, error = %error, "cannot resolve control address");
+                last_error = Some(AgentError::NoControl(format!("{addr}: {error}")));
                 continue;
             }
         };
@@ -271,10 +349,7 @@ pub async fn join(
             )
             .await;
             match result {
-                Ok(found) => {
-                    joined = Some(found);
-                    break;
-                }
+                Ok(joined) => return Ok(joined),
                 Err(source) if source.is_retryable() => {
                     warn!(control = %socket, error = %source, "join failed; trying the next address");
                     last_error = Some(AgentError::Join {
@@ -290,59 +365,35 @@ pub async fn join(
                 }
             }
         }
-        if joined.is_some() {
-            break;
-        }
     }
-    let Some(joined) = joined else {
-        return Err(last_error.unwrap_or_else(|| AgentError::NoControl(control_addrs.join(","))));
-    };
-    create_private_dir(data_dir)?;
-    joined.credentials.save(data_dir)?;
-    match &joined.secret_key {
-        Some(key) => {
-            let path = data_dir.join(secrets::SECRET_KEY_FILE);
-            secrets::save_key(data_dir, key).map_err(io_error("write", &path))?;
-        }
-        None => warn!("control sent no node secret key: workloads that use secrets will not start"),
-    }
-    let fingerprint = joined.credentials.cluster_fingerprint();
-    let mut seeds = control_addrs.clone();
-    for addr in joined.control_addrs {
-        if !seeds.contains(&addr) {
-            seeds.push(addr);
-        }
-    }
-    let identity = AgentIdentity {
-        node_id: joined.node_id,
-        name,
-        site,
-        labels,
-        control_addrs: seeds,
-        cluster_fingerprint: hex(&fingerprint),
-        gossip: advertise.gossip.map(|a| a.to_string()),
-    };
-    let cache = Cache::open(data_dir, CacheTuning::default())?;
-    cache
-        .claim(CacheIdentity {
-            cluster_id: fingerprint,
-            node_id: joined.node_id,
-        })
-        .await?;
-    drop(cache);
-    let json = serde_json::to_vec_pretty(&identity).expect("agent identity serializes");
-    write_atomic(&agent_file, &json, 0o644).map_err(io_error("write", &agent_file))?;
-    info!(node_id = %identity.node_id, "joined the cluster as an agent");
-    Ok(identity)
+    Err(last_error.unwrap_or_else(|| AgentError::NoControl(control_addrs.join(","))))
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
+/// Makes sure `data_dir` can hold an agent, before control is asked anything: a directory
+/// (created 0700 if missing) that this process can write to, with a cache it can open (not
+/// held by another agent). Returns the open cache.
+fn prepare_data_dir(data_dir: &Path) -> Result<Cache, AgentError> {
     use std::os::unix::fs::DirBuilderExt;
+    let refuse = |detail: String| AgentError::DataDir {
+        path: data_dir.to_owned(),
+        detail,
+    };
+    match std::fs::metadata(data_dir) {
+        Ok(meta) if !meta.is_dir() => return Err(refuse("is not a directory".to_owned())),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(refuse(format!("cannot be read: {error}"))),
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
-        .map_err(io_error("create data dir", dir))
+        .create(data_dir)
+        .map_err(|e| refuse(format!("cannot be created: {e}")))?;
+    let probe = data_dir.join(".warren-write-check");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| refuse(format!("is not writable: {e}")))?;
+    Ok(Cache::open(data_dir, CacheTuning::default())?)
 }
 
 /// Reads `agent.json` from `data_dir`.
@@ -407,6 +458,10 @@ pub struct AgentStatus {
     /// Where it serves DNS and gossips, once started.
     #[serde(default)]
     pub discovery: crate::discovery::DiscoveryStatus,
+    /// Each configured listener (metrics, DNS, gossip): its address, whether it is up, and
+    /// why not while it is down (it is being retried).
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
 }
 
 /// Reads `status.json` from `data_dir`.
@@ -524,24 +579,109 @@ impl Agent {
     /// started workload unrecorded.
     pub async fn serve(self, cancel: CancellationToken) -> Result<RunEnd, AgentError> {
         let metrics = AgentMetrics::new(self.identity.node_id, &self.identity.site);
-        let cached = match self.cache.view() {
-            Ok(view) => view.map(Arc::new),
-            Err(error @ CacheError::Corrupt { .. }) => {
-                // The view can be fetched again; the workload records (kept apart) still let
-                // the running workloads be adopted, so nothing restarts meanwhile.
-                warn!(error = %error, "cached view dropped; fetching it again from control, running workloads are kept");
-                metrics.cache_corrupt_total.inc();
-                self.cache.remove(VIEW_KEY)?;
-                None
-            }
-            Err(error) => return Err(error.into()),
-        };
+        let cached = self.cached_view(&metrics)?;
         let revision = cached.as_ref().map_or(0, |v| v.revision.0);
-        let (views_tx, mut views) = watch::channel(cached);
-        let (status_tx, mut link_status) = watch::channel(LinkStatus {
+        let (views_tx, views) = watch::channel(cached);
+        let (status_tx, link_status) = watch::channel(LinkStatus {
             revision,
             ..LinkStatus::default()
         });
+        let reporter = Arc::new(Reporter::open(self.identity.node_id, self.cache.clone()));
+        let link = self.link(views_tx, status_tx, &reporter, &metrics)?;
+        let link_cancel = cancel.child_token();
+        let link_task = tokio::spawn(link.run(link_cancel.clone()));
+
+        let tasks = TaskTracker::new();
+        let book = ListenerBook::new(metrics.listener_up.clone(), reporter.clone());
+        if let Some(addr) = self.options.metrics_listen {
+            let sources = MetricsSources {
+                metrics: metrics.clone(),
+                link: link_status.clone(),
+                reporter: reporter.clone(),
+                cache: self.cache.clone(),
+                views: views.clone(),
+            };
+            book.expect(Listener::Metrics, addr);
+            let cancel = cancel.child_token();
+            tasks.spawn(serve_metrics(
+                addr,
+                sources,
+                book.clone(),
+                cancel,
+                tasks.clone(),
+            ));
+        }
+        self.warn_of_selfcheck();
+        // Discovery ends with the agent, whichever way it returns.
+        let discovery_cancel = cancel.child_token();
+        let _discovery_guard = discovery_cancel.clone().drop_guard();
+        let discovery =
+            self.start_discovery(&tasks, views.clone(), &metrics, &book, discovery_cancel);
+        let mut reconciler =
+            Reconciler::new(&self, cancel.child_token(), reporter, metrics, book.clone());
+        reconciler.discovery = discovery.clone();
+        reconciler.adopt_recorded().await;
+        info!(node_id = %self.identity.node_id, "agent running");
+        let watches = Watches {
+            views,
+            link_status,
+            discovery,
+            listeners: book.subscribe(),
+        };
+        let end = self
+            .reconcile_until_end(&mut reconciler, watches, link_task, &cancel)
+            .await;
+        link_cancel.cancel();
+        tasks.close();
+        reconciler.health_monitor.shutdown().await;
+        let end = match end {
+            Ended::Removed(message) => return Ok(RunEnd::Removed(message)),
+            Ended::Stopped(link_task) => link_task,
+        };
+        if let Some(link_task) = end
+            && !link_task.is_finished()
+        {
+            let _ = tokio::time::timeout(LINK_SHUTDOWN_TIMEOUT, link_task).await;
+        }
+        reconciler.link.connected = false;
+        reconciler.write_status(None, true);
+        reconciler.flush().await;
+        info!(node_id = %self.identity.node_id, "agent stopped; workloads keep running");
+        Ok(RunEnd::Stopped)
+    }
+
+    fn warn_of_selfcheck(&self) {
+        if self.options.selfcheck_stop_on_disconnect {
+            warn!(
+                "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT is set: this agent stops its workloads when the link to control is lost — never use this in production"
+            );
+        }
+    }
+
+    /// The cached view to start from. A corrupt one is dropped (and counted): it can be fetched
+    /// again, and the workload records (kept apart) still let the running workloads be
+    /// adopted, so nothing restarts meanwhile.
+    fn cached_view(&self, metrics: &AgentMetrics) -> Result<Option<Arc<NodeView>>, AgentError> {
+        match self.cache.view() {
+            Ok(view) => Ok(view.map(Arc::new)),
+            Err(error @ CacheError::Corrupt { .. }) => {
+                warn!(error = %error, "cached view dropped; fetching it again from control, running workloads are kept");
+                metrics.cache_corrupt_total.inc();
+                self.cache.remove(VIEW_KEY)?;
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The link to control, on a client endpoint of its own.
+    fn link(
+        &self,
+        views: watch::Sender<Option<Arc<NodeView>>>,
+        status: watch::Sender<LinkStatus>,
+        reporter: &Arc<Reporter>,
+        metrics: &AgentMetrics,
+    ) -> Result<Link, AgentError> {
         // No name lookups here: an offline box must reach the reconcile loop without waiting
         // on DNS. The link resolves the seeds itself, in its own task.
         let bind: SocketAddr = if self.first_seed_is_ipv6() {
@@ -549,57 +689,30 @@ impl Agent {
         } else {
             "0.0.0.0:0".parse().expect("literal address")
         };
-        let endpoint = Arc::new(Endpoint::client(
-            bind,
-            &self.credentials,
-            self.options.endpoint.clone(),
-        )?);
-        let reporter = Arc::new(Reporter::open(self.identity.node_id, self.cache.clone()));
-        let link = Link {
-            endpoint,
+        let endpoint = Endpoint::client(bind, &self.credentials, self.options.endpoint.clone())?;
+        Ok(Link {
+            endpoint: Arc::new(endpoint),
             node_id: self.identity.node_id,
             cache: self.cache.clone(),
             seeds: self.identity.control_addrs.clone(),
-            views: views_tx,
-            status: status_tx,
+            views,
+            status,
             reporter: reporter.clone(),
-        };
-        let link_cancel = cancel.child_token();
-        let mut link_task = tokio::spawn(link.run(link_cancel.clone()));
+            failures_total: metrics.link_failures_total.clone(),
+        })
+    }
 
-        let tasks = TaskTracker::new();
-        let metrics_addr = match self.options.metrics_listen {
-            Some(addr) => {
-                let sources = MetricsSources {
-                    metrics: metrics.clone(),
-                    link: link_status.clone(),
-                    reporter: reporter.clone(),
-                    cache: self.cache.clone(),
-                    views: views.clone(),
-                };
-                // Workloads come before observability: an agent whose metrics port is taken
-                // still runs, says so, and shows no metrics address in its status.
-                match crate::metrics::serve(addr, sources, cancel.child_token(), tasks.clone())
-                    .await
-                {
-                    Ok(bound) => {
-                        info!(addr = %bound, "metrics served");
-                        Some(bound)
-                    }
-                    Err(error) => {
-                        warn!(addr = %addr, error = %error, "cannot serve metrics; running without");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        if self.options.selfcheck_stop_on_disconnect {
-            warn!(
-                "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT is set: this agent stops its workloads when the link to control is lost — never use this in production"
-            );
-        }
-        let discovery_options = crate::discovery::DiscoveryOptions {
+    /// Starts gossip and DNS (each only if configured) in a task of `tasks`; returns where
+    /// they serve.
+    fn start_discovery(
+        &self,
+        tasks: &TaskTracker,
+        views: watch::Receiver<Option<Arc<NodeView>>>,
+        metrics: &AgentMetrics,
+        book: &ListenerBook,
+        cancel: CancellationToken,
+    ) -> watch::Receiver<crate::discovery::DiscoveryStatus> {
+        let options = crate::discovery::DiscoveryOptions {
             // Peers dial what was registered at join, unless told otherwise.
             gossip_advertise: self
                 .options
@@ -608,34 +721,44 @@ impl Agent {
                 .or_else(|| self.identity.gossip.as_deref().and_then(|a| a.parse().ok())),
             ..self.options.discovery.clone()
         };
-        let (discovery_tx, mut discovery_rx) = watch::channel(Default::default());
-        // Discovery ends with the agent, whichever way it returns.
-        let discovery_cancel = cancel.child_token();
-        let _discovery_guard = discovery_cancel.clone().drop_guard();
+        let local = crate::discovery::Local {
+            node_id: self.identity.node_id,
+            name: self.identity.name.clone(),
+            site: self.identity.site.clone(),
+            cluster_fingerprint: self.identity.cluster_fingerprint.clone(),
+            data_dir: self.data_dir.clone(),
+            resolv_conf: self.options.process.resolv_conf.clone(),
+        };
+        let (status_tx, status) = watch::channel(Default::default());
         tasks.spawn(crate::discovery::run(
-            crate::discovery::Local {
-                node_id: self.identity.node_id,
-                name: self.identity.name.clone(),
-                site: self.identity.site.clone(),
-                cluster_fingerprint: self.identity.cluster_fingerprint.clone(),
-                data_dir: self.data_dir.clone(),
-                resolv_conf: self.options.process.resolv_conf.clone(),
-            },
-            discovery_options,
-            views.clone(),
+            local,
+            options,
+            views,
             metrics.registry().clone(),
-            discovery_tx,
-            discovery_cancel,
+            crate::discovery::Reporting {
+                status: status_tx,
+                listeners: book.clone(),
+            },
+            cancel,
         ));
-        let mut reconciler =
-            Reconciler::new(&self, cancel.child_token(), reporter, metrics, metrics_addr);
-        reconciler.discovery = discovery_rx.clone();
-        reconciler.adopt_recorded().await;
+        status
+    }
+
+    /// Runs reconcile passes — on every change of the view, the link, discovery or a listener,
+    /// at the planner's wake-ups and at least every [`RECONCILE_INTERVAL`] — until `cancel`,
+    /// the link's end, or the node's removal (workloads then stopped and wiped).
+    async fn reconcile_until_end(
+        &self,
+        reconciler: &mut Reconciler,
+        mut watches: Watches,
+        mut link_task: tokio::task::JoinHandle<LinkEnd>,
+        cancel: &CancellationToken,
+    ) -> Ended {
         let mut last_rotate = tokio::time::Instant::now();
-        info!(node_id = %self.identity.node_id, "agent running");
-        let end = loop {
-            let view = views.borrow_and_update().clone();
-            let status = link_status.borrow_and_update().clone();
+        loop {
+            let view = watches.views.borrow_and_update().clone();
+            let status = watches.link_status.borrow_and_update().clone();
+            watches.listeners.borrow_and_update();
             let wakeup_ms = reconciler.pass(view.as_deref(), status).await;
             if last_rotate.elapsed() >= LOG_ROTATE_INTERVAL {
                 last_rotate = tokio::time::Instant::now();
@@ -648,42 +771,27 @@ impl Agent {
             });
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => break RunEnd::Stopped,
+                () = cancel.cancelled() => return Ended::Stopped(Some(link_task)),
                 end = &mut link_task => match end {
                     Ok(LinkEnd::Removed(message)) => {
                         warn!(%message, "node removed from the cluster; stopping every workload");
                         reconciler.teardown().await;
-                        return Ok(RunEnd::Removed(message));
+                        return Ended::Removed(message);
                     }
-                    Ok(LinkEnd::Cancelled) => break RunEnd::Stopped,
+                    Ok(LinkEnd::Cancelled) => return Ended::Stopped(None),
                     Err(error) => {
                         // Workloads must keep running whatever happened to the link.
                         warn!(error = %error, "link task failed; agent stopping, workloads keep running");
-                        break RunEnd::Stopped;
+                        return Ended::Stopped(None);
                     }
                 },
-                _ = views.changed() => {}
-                _ = link_status.changed() => {}
-                Ok(()) = discovery_rx.changed() => {}
+                _ = watches.views.changed() => {}
+                _ = watches.link_status.changed() => {}
+                Ok(()) = watches.discovery.changed() => {}
+                Ok(()) = watches.listeners.changed() => {}
                 () = tokio::time::sleep(delay) => {}
             }
-        };
-        link_cancel.cancel();
-        tasks.close();
-        reconciler.health_monitor.shutdown().await;
-        if !link_task.is_finished() {
-            let _ = tokio::time::timeout(LINK_SHUTDOWN_TIMEOUT, link_task).await;
         }
-        reconciler.link = LinkStatus {
-            connected: false,
-            ..reconciler.link.clone()
-        };
-        reconciler.write_status(None, true);
-        if let Err(error) = self.cache.flush().await {
-            warn!(error = %error, "cannot flush the agent cache");
-        }
-        info!(node_id = %self.identity.node_id, "agent stopped; workloads keep running");
-        Ok(end)
     }
 
     /// Whether the first control seed is a literal IPv6 address (host names count as IPv4).
@@ -693,6 +801,50 @@ impl Agent {
             .first()
             .and_then(|seed| seed.parse::<SocketAddr>().ok())
             .is_some_and(|addr| addr.is_ipv6())
+    }
+}
+
+/// What the reconcile loop wakes on besides its timers.
+struct Watches {
+    views: watch::Receiver<Option<Arc<NodeView>>>,
+    link_status: watch::Receiver<LinkStatus>,
+    discovery: watch::Receiver<crate::discovery::DiscoveryStatus>,
+    listeners: watch::Receiver<BTreeMap<Listener, ListenerStatus>>,
+}
+
+/// How the reconcile loop ended.
+enum Ended {
+    /// Stopped (cancelled, or the link ended); the link task, if it still runs.
+    Stopped(Option<tokio::task::JoinHandle<LinkEnd>>),
+    /// The node was removed; the workloads are stopped and wiped.
+    Removed(String),
+}
+
+/// Serves metrics at `addr` once it can be bound, retrying with backoff meanwhile (workloads
+/// come before observability: the agent runs on, and the listener shows as down). The
+/// listener's connections go in `tasks`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    sources: MetricsSources,
+    book: ListenerBook,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut retry = BindRetry::new(Listener::Metrics);
+    loop {
+        let served = crate::metrics::serve(addr, sources.clone(), cancel.clone(), tasks.clone());
+        let delay = match served.await {
+            Ok(bound) => {
+                info!(addr = %bound, "metrics served");
+                retry.bound(&book, bound);
+                return;
+            }
+            Err(error) => retry.failed(&book, addr, &error),
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
     }
 }
 
@@ -718,7 +870,8 @@ struct Reconciler {
     revision: u64,
     reporter: Arc<Reporter>,
     metrics: AgentMetrics,
-    metrics_addr: Option<SocketAddr>,
+    /// The listeners' states (and where metrics are served), for `status.json`.
+    listeners: ListenerBook,
     /// The statuses last reported, to keep `updated_at_ms` at the last real change.
     reported: BTreeMap<ReplicaId, ReplicaStatus>,
     /// What `status.json` last held (without its timestamps), and when it was written.
@@ -735,7 +888,7 @@ impl Reconciler {
         cancel: CancellationToken,
         reporter: Arc<Reporter>,
         metrics: AgentMetrics,
-        metrics_addr: Option<SocketAddr>,
+        listeners: ListenerBook,
     ) -> Self {
         let book = match agent.cache.get::<RestartBook>(BOOK_KEY) {
             Ok(book) => book.unwrap_or_default(),
@@ -760,7 +913,7 @@ impl Reconciler {
             revision: 0,
             reporter,
             metrics,
-            metrics_addr,
+            listeners,
             reported: BTreeMap::new(),
             written: None,
             selfcheck_stop_on_disconnect: agent.options.selfcheck_stop_on_disconnect,
@@ -1210,7 +1363,8 @@ impl Reconciler {
             revision: view.map_or(self.revision, |v| v.revision.0),
             link: self.link.clone(),
             replicas: replicas.into_values().collect(),
-            metrics_addr: self.metrics_addr,
+            metrics_addr: self.listeners.bound(Listener::Metrics),
+            listeners: self.listeners.snapshot(),
             discovery: self.discovery.borrow().clone(),
         };
         let comparable = AgentStatus {

@@ -9,7 +9,8 @@
 //!   [`build_catalogue`] (pure) marks each replica by what gossip says of its node.
 //!
 //! Both are optional and neither may stop the agent: an address that cannot be bound gives a
-//! warning, and the agent runs on without it (workloads before discovery).
+//! warning, shows as down in the listener book, and is retried with backoff while the agent
+//! runs on (workloads before discovery).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +21,7 @@ use prometheus::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warren_api::wire::NodeView;
+use warren_api::wire::{Listener, NodeView};
 use warren_api::{NodeId, NodeRole, ReplicaKey};
 use warren_mesh::keyring::{GossipKey, KeyId, Keyring};
 use warren_mesh::{Liveness as GossipLiveness, Member, Mesh, MeshConfig, MeshMetrics, MeshTimers};
@@ -30,6 +31,7 @@ use crate::dns::{
     self, Catalogue, DnsConfig, DnsMetrics, Liveness, PortProtocol, PublishedPort, ReplicaEndpoint,
     ServiceRecords,
 };
+use crate::listeners::{BindRetry, ListenerBook};
 
 /// What the agent needs to run discovery.
 #[derive(Clone, Debug, Default)]
@@ -68,146 +70,44 @@ pub struct DiscoveryStatus {
     pub gossip: Option<SocketAddr>,
 }
 
-/// Runs discovery until `cancel`. Never fails: what cannot start is logged and left out.
+/// Where discovery reports what it serves: its bound addresses, and its listeners' states.
+#[derive(Debug)]
+pub(crate) struct Reporting {
+    pub status: watch::Sender<DiscoveryStatus>,
+    pub listeners: ListenerBook,
+}
+
+/// Runs discovery until `cancel`. Never fails and never gives up: a listener that cannot bind
+/// (DNS, gossip) is marked down in the listener book, logged, and retried with backoff while
+/// the agent runs on.
 pub(crate) async fn run(
     local: Local,
     options: DiscoveryOptions,
     mut views: watch::Receiver<Option<Arc<NodeView>>>,
     registry: Registry,
-    status: watch::Sender<DiscoveryStatus>,
+    reporting: Reporting,
     cancel: CancellationToken,
 ) {
     let first = views.borrow_and_update().clone();
-    let (catalogue_tx, catalogue_rx) = watch::channel(Arc::new(
+    let catalogue = Arc::new(
         first
             .as_deref()
             .map(|v| build_catalogue(v, &[]))
             .unwrap_or_default(),
-    ));
-    let mut dns_server = None;
-    if let Some(config) = options.dns.clone() {
-        let zone = config.zone.trim_end_matches('.').to_owned();
-        let metrics = match DnsMetrics::register(&registry) {
-            Ok(metrics) => Some(metrics),
-            Err(error) => {
-                warn!(error = %error, "cannot register DNS metrics; running without DNS");
-                None
-            }
-        };
-        if let Some(metrics) = metrics {
-            let addr = config.listen;
-            match dns::spawn_dns_server(config, catalogue_rx, metrics, cancel.child_token()).await {
-                Ok(handle) => {
-                    info!(addr = %handle.local_addr(), "DNS served");
-                    status.send_modify(|s| s.dns = Some(handle.local_addr()));
-                    if let Some(path) = &local.resolv_conf {
-                        // In place (same inode): running workloads have it bind-mounted.
-                        let text = resolv_conf_text(handle.local_addr(), &zone);
-                        match std::fs::write(path, text) {
-                            Ok(()) => {
-                                info!(path = %path.display(), "workloads resolve through this agent's DNS")
-                            }
-                            Err(error) => {
-                                warn!(error = %error, path = %path.display(), "cannot point the workloads' resolv.conf at this agent's DNS")
-                            }
-                        }
-                    }
-                    dns_server = Some(handle);
-                }
-                Err(error) => {
-                    warn!(addr = %addr, error = %error, "cannot serve DNS; running without")
-                }
-            }
-        }
-    }
-    let mesh_metrics = match options.gossip_listen {
-        Some(_) => match MeshMetrics::register(&registry) {
-            Ok(metrics) => Some(metrics),
-            Err(error) => {
-                warn!(error = %error, "cannot register gossip metrics; running without gossip");
-                None
-            }
-        },
-        None => None,
-    };
-    let mut mesh: Option<Mesh> = None;
-    let mut members_rx: Option<watch::Receiver<Vec<Member>>> = None;
-    let mut mesh_failed = false;
-    let mut published: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    );
+    let mut discovery = Discovery::new(local, options, &registry, reporting, catalogue);
     loop {
+        discovery.try_dns(&cancel).await;
         let view = views.borrow_and_update().clone();
-        if mesh.is_none()
-            && !mesh_failed
-            && let (Some(listen), Some(metrics), Some(view)) =
-                (options.gossip_listen, mesh_metrics.clone(), view.as_deref())
-            && let Some(key) = gossip_key_from(view, &local)
-        {
-            let config = MeshConfig {
-                node_id: local.node_id,
-                name: local.name.clone(),
-                role: NodeRole::Agent,
-                site: local.site.clone(),
-                cluster_id: local.cluster_fingerprint.clone(),
-                listen_addr: listen,
-                advertise_addr: options.gossip_advertise,
-                seeds: seeds(view),
-                keyring: Keyring::new(key),
-                timers: options.mesh_timers.clone(),
-                fault: None,
-            };
-            match Mesh::start(config, metrics).await {
-                Ok(started) => {
-                    info!(addr = %started.local_addr(), advertise = %started.advertise_addr(), "gossip started");
-                    let dns = status.borrow().dns;
-                    if let Some(dns) = dns
-                        && let Err(error) = started.set_endpoint("dns", &dns.to_string()).await
-                    {
-                        warn!(error = %error, "cannot publish the DNS endpoint by gossip");
-                    }
-                    status.send_modify(|s| s.gossip = Some(started.local_addr()));
-                    members_rx = Some(started.watch());
-                    mesh = Some(started);
-                }
-                Err(error) => {
-                    mesh_failed = true;
-                    warn!(addr = %listen, error = %error, "cannot start gossip; running without");
-                }
-            }
-        }
-        if let (Some(mesh), Some(view)) = (&mesh, view.as_deref()) {
-            if let Err(error) = mesh.set_agent_revision(view.revision.0).await {
-                warn!(error = %error, "cannot publish the revision by gossip");
-            }
-            let now = own_service_endpoints(view);
-            for (service, endpoints) in &now {
-                if published.get(service) != Some(endpoints)
-                    && let Err(error) = mesh.set_service_endpoints(service, endpoints).await
-                {
-                    warn!(error = %error, service = %service, "cannot publish service endpoints by gossip");
-                }
-            }
-            for gone in published.keys().filter(|s| !now.contains_key(*s)) {
-                let _ = mesh.set_service_endpoints(gone, &[]).await;
-            }
-            published = now;
-        }
-        let members = members_rx
-            .as_mut()
-            .map(|rx| rx.borrow_and_update().clone())
-            .unwrap_or_default();
+        discovery.try_mesh(view.as_deref()).await;
         if let Some(view) = view.as_deref() {
-            let next = build_catalogue(view, &members);
-            catalogue_tx.send_if_modified(|current| {
-                if **current == next {
-                    false
-                } else {
-                    *current = Arc::new(next);
-                    true
-                }
-            });
+            discovery.publish(view).await;
+            discovery.rebuild_catalogue(view);
         }
+        let retry_at = discovery.next_retry();
+        let members = discovery.members_rx.as_mut();
         let members_changed = async {
-            match members_rx.as_mut() {
+            match members {
                 Some(rx) => {
                     if rx.changed().await.is_err() {
                         std::future::pending::<()>().await;
@@ -220,13 +120,293 @@ pub(crate) async fn run(
             () = cancel.cancelled() => break,
             changed = views.changed() => if changed.is_err() { break },
             () = members_changed => {}
+            () = sleep_until_some(retry_at) => {}
         }
     }
-    if let Some(mesh) = mesh {
-        mesh.shutdown().await;
+    discovery.shutdown().await;
+}
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    if let Some(server) = dns_server {
-        server.shutdown().await;
+}
+
+/// A listener that is configured but not up: its retry state and, after a failed attempt,
+/// when the next one is due (before any, it is tried as soon as it can be).
+#[derive(Debug)]
+struct Pending {
+    retry: BindRetry,
+    due: Option<tokio::time::Instant>,
+}
+
+impl Pending {
+    fn new(listener: Listener) -> Self {
+        Pending {
+            retry: BindRetry::new(listener),
+            due: None,
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        self.due
+            .is_none_or(|due| tokio::time::Instant::now() >= due)
+    }
+
+    /// Records a failed attempt; the next one is due after the backoff.
+    fn failed(&mut self, book: &ListenerBook, addr: SocketAddr, error: &dyn std::fmt::Display) {
+        let delay = self.retry.failed(book, addr, error);
+        self.due = Some(tokio::time::Instant::now() + delay);
+    }
+}
+
+/// The running state of discovery: the DNS server and the mesh once started, and the retry
+/// state of whichever is not up yet.
+struct Discovery {
+    local: Local,
+    options: DiscoveryOptions,
+    reporting: Reporting,
+    catalogue_tx: watch::Sender<Arc<Catalogue>>,
+    dns_metrics: Option<DnsMetrics>,
+    dns_server: Option<dns::DnsServerHandle>,
+    /// Set while DNS is configured and not serving.
+    dns_pending: Option<Pending>,
+    mesh_metrics: Option<MeshMetrics>,
+    mesh: Option<Mesh>,
+    members_rx: Option<watch::Receiver<Vec<Member>>>,
+    /// Set while gossip is configured and not started.
+    mesh_pending: Option<Pending>,
+    published: BTreeMap<String, Vec<SocketAddr>>,
+}
+
+impl Discovery {
+    fn new(
+        local: Local,
+        options: DiscoveryOptions,
+        registry: &Registry,
+        reporting: Reporting,
+        catalogue: Arc<Catalogue>,
+    ) -> Self {
+        let book = &reporting.listeners;
+        let dns_metrics =
+            options
+                .dns
+                .as_ref()
+                .and_then(|config| match DnsMetrics::register(registry) {
+                    Ok(metrics) => Some(metrics),
+                    Err(error) => {
+                        warn!(error = %error, "cannot register DNS metrics; running without DNS");
+                        book.down(
+                            Listener::Dns,
+                            config.listen,
+                            format!("cannot register DNS metrics: {error}"),
+                        );
+                        None
+                    }
+                });
+        let mesh_metrics = options.gossip_listen.and_then(|listen| {
+            match MeshMetrics::register(registry) {
+                Ok(metrics) => Some(metrics),
+                Err(error) => {
+                    warn!(error = %error, "cannot register gossip metrics; running without gossip");
+                    book.down(
+                        Listener::Gossip,
+                        listen,
+                        format!("cannot register gossip metrics: {error}"),
+                    );
+                    None
+                }
+            }
+        });
+        if let (Some(config), Some(_)) = (&options.dns, &dns_metrics) {
+            book.expect(Listener::Dns, config.listen);
+        }
+        if let (Some(listen), Some(_)) = (options.gossip_listen, &mesh_metrics) {
+            book.down(
+                Listener::Gossip,
+                listen,
+                "not started yet: gossip starts once a view brings the gossip key".to_owned(),
+            );
+        }
+        Discovery {
+            dns_pending: dns_metrics.as_ref().map(|_| Pending::new(Listener::Dns)),
+            mesh_pending: mesh_metrics
+                .as_ref()
+                .map(|_| Pending::new(Listener::Gossip)),
+            local,
+            options,
+            reporting,
+            catalogue_tx: watch::channel(catalogue).0,
+            dns_metrics,
+            dns_server: None,
+            mesh_metrics,
+            mesh: None,
+            members_rx: None,
+            published: BTreeMap::new(),
+        }
+    }
+
+    /// When the next retry of a listener that failed to bind is due.
+    fn next_retry(&self) -> Option<tokio::time::Instant> {
+        let dns = self.dns_pending.as_ref().and_then(|p| p.due);
+        let mesh = self.mesh_pending.as_ref().and_then(|p| p.due);
+        dns.into_iter().chain(mesh).min()
+    }
+
+    /// Starts the DNS server if it is configured, not up and due.
+    async fn try_dns(&mut self, cancel: &CancellationToken) {
+        let (Some(pending), Some(config), Some(metrics)) = (
+            self.dns_pending.as_mut(),
+            self.options.dns.clone(),
+            self.dns_metrics.clone(),
+        ) else {
+            return;
+        };
+        if !pending.is_due() {
+            return;
+        }
+        let addr = config.listen;
+        let catalogue = self.catalogue_tx.subscribe();
+        let book = &self.reporting.listeners;
+        let handle =
+            match dns::spawn_dns_server(config, catalogue, metrics, cancel.child_token()).await {
+                Ok(handle) => handle,
+                Err(error) => return pending.failed(book, addr, &error),
+            };
+        let bound = handle.local_addr();
+        info!(addr = %bound, "DNS served");
+        pending.retry.bound(book, bound);
+        self.dns_pending = None;
+        self.reporting.status.send_modify(|s| s.dns = Some(bound));
+        self.point_workloads_at_dns(bound);
+        if let Some(mesh) = &self.mesh
+            && let Err(error) = mesh.set_endpoint("dns", &bound.to_string()).await
+        {
+            warn!(error = %error, "cannot publish the DNS endpoint by gossip");
+        }
+        self.dns_server = Some(handle);
+    }
+
+    /// Points the workloads' resolv.conf (if they get one) at this agent's DNS server, in
+    /// place (same inode): running workloads have it bind-mounted.
+    fn point_workloads_at_dns(&self, server: SocketAddr) {
+        let Some(path) = &self.local.resolv_conf else {
+            return;
+        };
+        let zone = self
+            .options
+            .dns
+            .as_ref()
+            .map_or("", |c| c.zone.trim_end_matches('.'));
+        match std::fs::write(path, resolv_conf_text(server, zone)) {
+            Ok(()) => info!(path = %path.display(), "workloads resolve through this agent's DNS"),
+            Err(error) => {
+                warn!(error = %error, path = %path.display(), "cannot point the workloads' resolv.conf at this agent's DNS")
+            }
+        }
+    }
+
+    /// Starts the mesh once a view brings the gossip key, if gossip is configured, not up and
+    /// due.
+    async fn try_mesh(&mut self, view: Option<&NodeView>) {
+        let (Some(pending), Some(listen), Some(metrics), Some(view)) = (
+            self.mesh_pending.as_mut(),
+            self.options.gossip_listen,
+            self.mesh_metrics.clone(),
+            view,
+        ) else {
+            return;
+        };
+        let Some(key) = gossip_key_from(view, &self.local) else {
+            return;
+        };
+        if !pending.is_due() {
+            return;
+        }
+        let config = MeshConfig {
+            node_id: self.local.node_id,
+            name: self.local.name.clone(),
+            role: NodeRole::Agent,
+            site: self.local.site.clone(),
+            cluster_id: self.local.cluster_fingerprint.clone(),
+            listen_addr: listen,
+            advertise_addr: self.options.gossip_advertise,
+            seeds: seeds(view),
+            keyring: Keyring::new(key),
+            timers: self.options.mesh_timers.clone(),
+            fault: None,
+        };
+        let book = &self.reporting.listeners;
+        let started = match Mesh::start(config, metrics).await {
+            Ok(started) => started,
+            Err(error) => return pending.failed(book, listen, &error),
+        };
+        info!(addr = %started.local_addr(), advertise = %started.advertise_addr(), "gossip started");
+        pending.retry.bound(book, started.local_addr());
+        self.mesh_pending = None;
+        let dns = self.reporting.status.borrow().dns;
+        if let Some(dns) = dns
+            && let Err(error) = started.set_endpoint("dns", &dns.to_string()).await
+        {
+            warn!(error = %error, "cannot publish the DNS endpoint by gossip");
+        }
+        self.reporting
+            .status
+            .send_modify(|s| s.gossip = Some(started.local_addr()));
+        self.members_rx = Some(started.watch());
+        self.mesh = Some(started);
+    }
+
+    /// Gossips this node's revision and its running service endpoints (what changed).
+    async fn publish(&mut self, view: &NodeView) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        if let Err(error) = mesh.set_agent_revision(view.revision.0).await {
+            warn!(error = %error, "cannot publish the revision by gossip");
+        }
+        let now = own_service_endpoints(view);
+        for (service, endpoints) in &now {
+            if self.published.get(service) != Some(endpoints)
+                && let Err(error) = mesh.set_service_endpoints(service, endpoints).await
+            {
+                warn!(error = %error, service = %service, "cannot publish service endpoints by gossip");
+            }
+        }
+        for gone in self.published.keys().filter(|s| !now.contains_key(*s)) {
+            let _ = mesh.set_service_endpoints(gone, &[]).await;
+        }
+        self.published = now;
+    }
+
+    /// Rebuilds the DNS catalogue from the view and the membership; a new snapshot only if it
+    /// changed.
+    fn rebuild_catalogue(&mut self, view: &NodeView) {
+        let members = self
+            .members_rx
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .unwrap_or_default();
+        let next = build_catalogue(view, &members);
+        self.catalogue_tx.send_if_modified(|current| {
+            if **current == next {
+                false
+            } else {
+                *current = Arc::new(next);
+                true
+            }
+        });
+    }
+
+    async fn shutdown(self) {
+        if let Some(mesh) = self.mesh {
+            mesh.shutdown().await;
+        }
+        if let Some(server) = self.dns_server {
+            server.shutdown().await;
+        }
     }
 }
 

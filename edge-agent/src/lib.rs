@@ -12,6 +12,9 @@
 //!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
 //!   before they are acked, reconnection with jittered backoff; only removal ends it.
+//! - [`listeners`]: the metrics, DNS and gossip listeners — where they listen (kept from the
+//!   join), checking them at join, and their state while the agent runs (retried, never
+//!   silently given up).
 //! - [`metrics`]: Prometheus metrics (labelled by node and site) and the plain-HTTP
 //!   `/metrics`, `/health`, `/ready` listener.
 //! - [`offline`]: work on a stopped agent's data dir — stopping every recorded workload, as a
@@ -36,6 +39,7 @@ pub mod discovery;
 pub mod dns;
 pub mod health;
 pub mod link;
+pub mod listeners;
 pub mod metrics;
 pub mod offline;
 pub mod planner;

@@ -3,12 +3,15 @@
 //!
 //! Every view received is persisted (and flushed) before it is acked and before the reconcile
 //! loop sees it. The link never decides anything about workloads: losing it changes nothing
-//! but [`LinkStatus`]; only a permanent refusal (the node was removed) ends it.
+//! but [`LinkStatus`] (which says why it is down); only a permanent refusal (the node was
+//! removed) ends it. Addresses are looked up again before every round of dials, so a name that
+//! did not resolve (DNS down on the box) or that moved is picked up once it does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounterVec;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -16,7 +19,7 @@ use warren_api::wire::{
     AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
 };
 use warren_api::{Event, EventKind, NodeId, NodeView, Revision};
-use warren_transport::{Alpn, Backoff, Endpoint, PeerConnection};
+use warren_transport::{Alpn, Backoff, ConnectAnyError, Endpoint, PeerConnection};
 
 use crate::cache::{Cache, CacheError};
 use crate::report::Reporter;
@@ -31,6 +34,14 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the stream may stay silent (control heartbeats every 5 s) before the agent gives
 /// up on that control node and reconnects, possibly to another.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
+/// First wait after a failed attempt to reach control; it doubles (with jitter) up to
+/// [`RETRY_MAX`] while attempts keep failing, and starts over once a session is up.
+pub const RETRY_MIN: Duration = Duration::from_millis(200);
+
+/// Longest wait between two attempts to reach control, and the wait after a refusal that
+/// retrying soon cannot fix (an untrusted server, a control node that refuses this agent).
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the rest of the agent can see of the link.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -49,6 +60,21 @@ pub struct LinkStatus {
     /// deltas); ahead of `revision` while a view is not yet stored.
     #[serde(default)]
     pub control_revision: u64,
+    /// Why the link is down, while it is down and the link has tried: one sentence
+    /// (`cannot resolve any control address: …`, `no control node answered: …`).
+    #[serde(default)]
+    pub down_reason: Option<String>,
+    /// Attempts to reach control that failed since the agent started: lookups that found no
+    /// address, rounds of dials nobody answered, refusals, and sessions lost.
+    #[serde(default)]
+    pub failures: u64,
+    /// When the next attempt is due (unix ms), while the link waits for it.
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
+    /// The control addresses the link tries, in order: the cached view's, then those from
+    /// `agent.json` that the view lacks.
+    #[serde(default)]
+    pub control_addrs: Vec<String>,
 }
 
 /// Why the link ended for good.
@@ -84,6 +110,47 @@ enum SessionError {
     Silent(Duration),
 }
 
+/// What kind of attempt to reach control failed: the `reason` label of
+/// `warren_agent_link_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No control address resolved (DNS down on the box, a name that does not exist).
+    Resolve,
+    /// Addresses resolved but no control node answered.
+    Unreachable,
+    /// A control node refused the connection or the agent.
+    Refused,
+    /// A session that was up ended.
+    Lost,
+}
+
+impl FailureKind {
+    /// Every kind, for zero-filled metrics.
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::Resolve,
+        FailureKind::Unreachable,
+        FailureKind::Refused,
+        FailureKind::Lost,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Resolve => "resolve",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Refused => "refused",
+            FailureKind::Lost => "lost",
+        }
+    }
+}
+
+/// One failed attempt: its kind and the sentence `agent status` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Failure {
+    kind: FailureKind,
+    reason: String,
+}
+
 /// Everything the link needs.
 #[derive(Debug)]
 pub struct Link {
@@ -101,125 +168,281 @@ pub struct Link {
     pub status: watch::Sender<LinkStatus>,
     /// Status going up.
     pub reporter: Arc<Reporter>,
+    /// Failed attempts by [`FailureKind`] (`warren_agent_link_failures_total`).
+    pub failures_total: IntCounterVec,
 }
 
-async fn resolve(addrs: &[String]) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
+/// Looks every address up (names may resolve to several addresses); returns what resolved,
+/// without duplicates and in order, and `(address, why)` for each that did not.
+async fn resolve(addrs: &[String]) -> (Vec<SocketAddr>, Vec<(String, String)>) {
+    let mut found = Vec::new();
+    let mut failed = Vec::new();
     for addr in addrs {
-        if let Ok(found) = tokio::net::lookup_host(addr.as_str()).await {
-            out.extend(found);
+        match tokio::net::lookup_host(addr.as_str()).await {
+            Ok(resolved) => {
+                for socket in resolved {
+                    if !found.contains(&socket) {
+                        found.push(socket);
+                    }
+                }
+            }
+            Err(error) => failed.push((addr.clone(), error.to_string())),
         }
     }
-    out
+    (found, failed)
+}
+
+/// `a (why); b (why)`: the addresses that did not resolve, for a reason sentence.
+fn unresolved_list(unresolved: &[(String, String)]) -> String {
+    unresolved
+        .iter()
+        .map(|(addr, why)| format!("{addr} ({why})"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Failure {
+    /// Nothing to dial: no address resolved, or only to IPv6 addresses (`skipped_v6`) that
+    /// this agent's IPv4 endpoint cannot dial.
+    fn resolve(unresolved: &[(String, String)], skipped_v6: &[SocketAddr]) -> Self {
+        let mut reason = if unresolved.is_empty() && skipped_v6.is_empty() {
+            "no control address known: agent.json and the cached view list none".to_owned()
+        } else if unresolved.is_empty() {
+            "no control address to dial".to_owned()
+        } else {
+            format!(
+                "cannot resolve any control address: {}",
+                unresolved_list(unresolved)
+            )
+        };
+        if !skipped_v6.is_empty() {
+            let list: Vec<String> = skipped_v6.iter().map(ToString::to_string).collect();
+            reason.push_str(&format!(
+                "; {} (IPv6) cannot be dialled from this agent's IPv4 endpoint",
+                list.join(", ")
+            ));
+        }
+        Failure {
+            kind: FailureKind::Resolve,
+            reason,
+        }
+    }
+
+    /// A round of dials failed (some addresses may not have resolved either).
+    fn dial(error: &ConnectAnyError, unresolved: &[(String, String)]) -> Self {
+        let (kind, mut reason) = match error {
+            ConnectAnyError::Fatal(error) => (
+                FailureKind::Refused,
+                format!("control refused the connection: {error}"),
+            ),
+            other => (
+                FailureKind::Unreachable,
+                format!("no control node answered: {other}"),
+            ),
+        };
+        if !unresolved.is_empty() {
+            reason.push_str(&format!("; cannot resolve {}", unresolved_list(unresolved)));
+        }
+        Failure { kind, reason }
+    }
+
+    /// A session that was up ended with `error`.
+    fn session(control: &str, error: &SessionError) -> Self {
+        match error {
+            SessionError::Refused(message) => Failure {
+                kind: FailureKind::Refused,
+                reason: format!("control at {control} refused this agent: {message}"),
+            },
+            SessionError::Elsewhere { message, .. } => Failure {
+                kind: FailureKind::Refused,
+                reason: format!(
+                    "control at {control} is busy or behind ({message}); trying another"
+                ),
+            },
+            other => Failure {
+                kind: FailureKind::Lost,
+                reason: format!("lost control at {control}: {other}"),
+            },
+        }
+    }
 }
 
 impl Link {
-    /// Runs until cancelled or the node is removed.
+    /// Runs until cancelled or the node is removed. Losing the control plane, for whatever
+    /// reason (names that do not resolve, nobody answering, a refusal, a session lost), only
+    /// changes [`LinkStatus`]: the link says why, waits a jittered, growing delay, looks the
+    /// addresses up again and retries — for as long as the agent runs.
     pub async fn run(self, cancel: CancellationToken) -> LinkEnd {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut force_snapshot = false;
-        // A control node that sent us elsewhere is tried last next time.
+        // A control node we lost, or that sent us elsewhere, is tried last next time: it is
+        // likely dead or cut off, and a dead leader should cost the silence limit, not a
+        // connect timeout on top.
         let mut avoid: Option<SocketAddr> = None;
         loop {
-            let addrs = {
-                let cached = self
-                    .views
-                    .borrow()
-                    .as_ref()
-                    .map(|v| v.control_addrs.clone());
-                let mut addrs = cached.unwrap_or_default();
-                for seed in &self.seeds {
-                    if !addrs.contains(seed) {
-                        addrs.push(seed.clone());
-                    }
-                }
-                let mut resolved = resolve(&addrs).await;
-                if let Some(avoid) = avoid.take() {
-                    resolved.sort_by_key(|a| *a == avoid);
-                }
-                resolved
-            };
-            let conn = match self
-                .endpoint
-                .connect_any(&addrs, Alpn::Agent, &mut backoff, &cancel)
-                .await
-            {
-                None => return LinkEnd::Cancelled,
-                Some(Ok(conn)) => conn,
-                // Removed while cut off: the stream's refusal never came, the handshake's
-                // does. Same end as a refusal on the stream.
-                Some(Err(error)) if error.is_revoked() => {
-                    return LinkEnd::Removed(format!("control refused this node: {error}"));
-                }
-                Some(Err(error)) => {
-                    // Trust failures cannot be retried away quickly, but workloads must keep
-                    // running: wait the longest backoff and try again.
-                    warn!(error = %error, "control refused the connection");
-                    tokio::select! {
-                        () = cancel.cancelled() => return LinkEnd::Cancelled,
-                        () = tokio::time::sleep(Duration::from_secs(30)) => continue,
-                    }
-                }
+            let conn = match self.connect(&mut backoff, avoid.take(), &cancel).await {
+                Ok(conn) => conn,
+                Err(end) => return end,
             };
             let control = conn.remote_address().to_string();
-            self.status.send_modify(|s| {
-                s.connected = true;
-                s.control = Some(control.clone());
-                s.last_contact_ms = Some(now_ms());
-                s.connects += 1;
-            });
-            info!(control = %control, "link up");
-            self.reporter.push_events([link_event(
-                EventKind::LinkRestored,
-                format!("connected to control at {control}"),
-            )]);
-            let result = tokio::select! {
-                () = cancel.cancelled() => Ok(None),
-                result = self.session(&conn, force_snapshot) => result.map(Some),
-            };
-            self.status.send_modify(|s| s.connected = false);
-            conn.close("agent reconnecting");
-            if let Err(error) = &result {
-                self.reporter.push_events([link_event(
-                    EventKind::LinkLost,
-                    format!("lost control at {control}: {error}"),
-                )]);
-            }
-            match result {
+            let error = match self.attend(&conn, &control, force_snapshot, &cancel).await {
                 Ok(None) => return LinkEnd::Cancelled,
                 Ok(Some(end)) => return end,
-                Err(SessionError::Elsewhere {
-                    message,
-                    retry_after,
-                }) => {
-                    info!(%message, "trying another control node");
-                    avoid = Some(conn.remote_address());
-                    tokio::select! {
-                        () = cancel.cancelled() => return LinkEnd::Cancelled,
-                        () = tokio::time::sleep(retry_after) => {}
-                    }
-                }
-                Err(SessionError::Refused(message)) => {
-                    warn!(%message, "control refused this agent; workloads keep running");
-                    tokio::select! {
-                        () = cancel.cancelled() => return LinkEnd::Cancelled,
-                        () = tokio::time::sleep(Duration::from_secs(30)) => {}
-                    }
-                }
-                Err(error) => {
-                    force_snapshot = matches!(error, SessionError::Resync(_));
-                    info!(error = %error, "link down; workloads keep running");
-                    // The node we lost is likely dead or cut off: dial the others first, so a
-                    // dead leader costs the silence limit, not a connect timeout on top.
-                    avoid = Some(conn.remote_address());
-                    let delay = backoff.next_delay();
-                    tokio::select! {
-                        () = cancel.cancelled() => return LinkEnd::Cancelled,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+                Err(error) => error,
+            };
+            force_snapshot = matches!(error, SessionError::Resync(_));
+            avoid = Some(conn.remote_address());
+            let delay = match &error {
+                SessionError::Elsewhere { retry_after, .. } => *retry_after,
+                SessionError::Refused(_) => RETRY_MAX,
+                _ => backoff.next_delay(),
+            };
+            self.note_down(&Failure::session(&control, &error), delay);
+            if self.pause(delay, &cancel).await.is_err() {
+                return LinkEnd::Cancelled;
             }
         }
+    }
+
+    /// The addresses to try: the cached view's control addresses, then the seeds it lacks.
+    fn targets(&self) -> Vec<String> {
+        let cached = self
+            .views
+            .borrow()
+            .as_ref()
+            .map(|v| v.control_addrs.clone());
+        let mut addrs = cached.unwrap_or_default();
+        for seed in &self.seeds {
+            if !addrs.contains(seed) {
+                addrs.push(seed.clone());
+            }
+        }
+        addrs
+    }
+
+    /// Connects to some control node: looks the addresses up afresh and dials them, round
+    /// after round with backoff, until one admits us. Ends only when the agent stops or the
+    /// handshake says the node was removed.
+    async fn connect(
+        &self,
+        backoff: &mut Backoff,
+        mut avoid: Option<SocketAddr>,
+        cancel: &CancellationToken,
+    ) -> Result<PeerConnection, LinkEnd> {
+        loop {
+            let targets = self.targets();
+            self.status
+                .send_if_modified(|s| replace_if_changed(&mut s.control_addrs, &targets));
+            let (mut addrs, unresolved) = tokio::select! {
+                () = cancel.cancelled() => return Err(LinkEnd::Cancelled),
+                found = resolve(&targets) => found,
+            };
+            // An IPv4 endpoint cannot dial IPv6 addresses (a name may resolve to both).
+            let mut skipped_v6 = Vec::new();
+            if self.endpoint.local_addr().is_ipv4() {
+                skipped_v6 = addrs.iter().filter(|a| a.is_ipv6()).copied().collect();
+                addrs.retain(SocketAddr::is_ipv4);
+            }
+            if let Some(avoid) = avoid.take() {
+                addrs.sort_by_key(|a| *a == avoid);
+            }
+            let failure = if addrs.is_empty() {
+                Failure::resolve(&unresolved, &skipped_v6)
+            } else {
+                match self.endpoint.connect_any(&addrs, Alpn::Agent, cancel).await {
+                    Ok(conn) => {
+                        backoff.reset();
+                        return Ok(conn);
+                    }
+                    Err(ConnectAnyError::Cancelled) => return Err(LinkEnd::Cancelled),
+                    // Removed while cut off: the stream's refusal never came, the handshake's
+                    // does. Same end as a refusal on the stream.
+                    Err(ConnectAnyError::Fatal(error)) if error.is_revoked() => {
+                        return Err(LinkEnd::Removed(format!(
+                            "control refused this node: {error}"
+                        )));
+                    }
+                    Err(error) => Failure::dial(&error, &unresolved),
+                }
+            };
+            // Trust failures cannot be retried away quickly, but workloads must keep running:
+            // wait the longest backoff and try again.
+            let delay = match failure.kind {
+                FailureKind::Refused => RETRY_MAX,
+                _ => backoff.next_delay(),
+            };
+            self.note_down(&failure, delay);
+            self.pause(delay, cancel).await?;
+        }
+    }
+
+    /// Records a failed attempt: the status says why and when the next one comes, the counter
+    /// goes up, and the log says so when the reason changed (a repeat is only a debug line).
+    fn note_down(&self, failure: &Failure, delay: Duration) {
+        self.failures_total
+            .with_label_values(&[failure.kind.as_str()])
+            .inc();
+        let retry_at_ms = now_ms().saturating_add(delay.as_millis() as u64);
+        let mut repeated = false;
+        self.status.send_modify(|s| {
+            repeated = s.down_reason.as_deref() == Some(failure.reason.as_str());
+            s.connected = false;
+            s.down_reason = Some(failure.reason.clone());
+            s.failures += 1;
+            s.retry_at_ms = Some(retry_at_ms);
+        });
+        let retry_in_ms = delay.as_millis() as u64;
+        if repeated {
+            debug!(reason = %failure.reason, retry_in_ms, "still cannot reach control");
+        } else {
+            warn!(reason = %failure.reason, retry_in_ms, "cannot reach control; workloads keep running");
+        }
+    }
+
+    /// Waits `delay` before the next attempt.
+    async fn pause(&self, delay: Duration, cancel: &CancellationToken) -> Result<(), LinkEnd> {
+        tokio::select! {
+            () = cancel.cancelled() => Err(LinkEnd::Cancelled),
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    /// Runs one session on `conn` with the status and events that frame it. `Ok(None)` when
+    /// cancelled.
+    async fn attend(
+        &self,
+        conn: &PeerConnection,
+        control: &str,
+        force_snapshot: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Option<LinkEnd>, SessionError> {
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.control = Some(control.to_owned());
+            s.last_contact_ms = Some(now_ms());
+            s.connects += 1;
+            s.down_reason = None;
+            s.retry_at_ms = None;
+        });
+        info!(control = %control, "link up");
+        self.reporter.push_events([link_event(
+            EventKind::LinkRestored,
+            format!("connected to control at {control}"),
+        )]);
+        let result = tokio::select! {
+            () = cancel.cancelled() => Ok(None),
+            result = self.session(conn, force_snapshot) => result.map(Some),
+        };
+        self.status.send_modify(|s| s.connected = false);
+        conn.close("agent reconnecting");
+        if let Err(error) = &result {
+            info!(control = %control, error = %error, "link down; workloads keep running");
+            self.reporter.push_events([link_event(
+                EventKind::LinkLost,
+                format!("lost control at {control}: {error}"),
+            )]);
+        }
+        result
     }
 
     async fn session(
@@ -229,26 +452,11 @@ impl Link {
     ) -> Result<LinkEnd, SessionError> {
         let (mut send, mut recv) = conn.open_stream().await?;
         let cached = self.views.borrow().clone();
-        let identity = self.cache.identity()?;
-        let hello = AgentHello {
-            wire_version: WIRE_VERSION,
-            node_id: self.node_id,
-            last_revision: if force_snapshot {
-                Revision::ZERO
-            } else {
-                cached.as_ref().map_or(Revision::ZERO, |v| v.revision)
-            },
-            cache_cluster_id: identity.map(|i| i.cluster_id),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            have: if force_snapshot {
-                None
-            } else {
-                cached.as_ref().map(|v| v.digest())
-            },
-        };
+        let hello = self.hello(cached.as_deref(), force_snapshot)?;
         send.send(&AgentToControl::Hello(hello)).await?;
         // A new session reports everything at once: this control node may know nothing of us.
-        self.send_report(&mut send).await?;
+        let mut listeners_sent = 0;
+        self.send_report(&mut send, &mut listeners_sent).await?;
         let mut current = cached;
         let mut deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
         // The agent speaks every HEARTBEAT_INTERVAL too (its ack, repeated), so control can tell
@@ -272,7 +480,7 @@ impl Link {
                 }
                 () = sleep_until_some(report_at) => {
                     report_at = None;
-                    self.send_report(&mut send).await?;
+                    self.send_report(&mut send, &mut listeners_sent).await?;
                     continue;
                 }
                 _ = keepalive.tick() => {
@@ -287,6 +495,15 @@ impl Link {
                 .send_modify(|s| s.last_contact_ms = Some(now_ms()));
             let next = match message {
                 ControlToAgent::Snapshot(view) => *view,
+                // Nothing to store or ack: the view is where it was (an older control node
+                // sends these when only something outside the replicated state moved).
+                ControlToAgent::Delta(delta)
+                    if delta.is_noop()
+                        && current.as_ref().is_some_and(|v| v.revision == delta.from) =>
+                {
+                    debug!(revision = %delta.to, "empty delta");
+                    continue;
+                }
                 ControlToAgent::Delta(delta) => {
                     let mut view = current.as_deref().cloned().ok_or_else(|| {
                         SessionError::Resync("a delta without a base view".into())
@@ -317,36 +534,81 @@ impl Link {
                     return Err(SessionError::Refused(refusal.message));
                 }
             };
-            if next.node.id != self.node_id {
-                return Err(SessionError::WrongNode(next.node.id));
-            }
-            // Durable before acknowledged, and before the reconcile loop acts on it.
-            self.cache.store_view(&next).await?;
-            let revision = next.revision;
-            let next = Arc::new(next);
-            self.views.send_replace(Some(next.clone()));
-            self.status.send_modify(|s| {
-                s.revision = revision.0;
-                s.control_revision = s.control_revision.max(revision.0);
-            });
-            send.send(&AgentToControl::Ack { revision }).await?;
-            current = Some(next);
+            current = Some(self.keep(next, &mut send).await?);
         }
     }
 
-    /// Sends the reporter's status, and more reports while events wait.
+    /// The hello of a new session: our cached view's revision and digest, so that control
+    /// answers with a delta — or nothing of them, to ask for a snapshot.
+    fn hello(
+        &self,
+        cached: Option<&NodeView>,
+        force_snapshot: bool,
+    ) -> Result<AgentHello, SessionError> {
+        let cached = cached.filter(|_| !force_snapshot);
+        Ok(AgentHello {
+            wire_version: WIRE_VERSION,
+            node_id: self.node_id,
+            last_revision: cached.map_or(Revision::ZERO, |v| v.revision),
+            cache_cluster_id: self.cache.identity()?.map(|i| i.cluster_id),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            have: cached.map(NodeView::digest),
+        })
+    }
+
+    /// Keeps a view from control: persisted and flushed (durable before acknowledged, and
+    /// before the reconcile loop acts on it), handed to the reconcile loop, then acked.
+    async fn keep(
+        &self,
+        next: NodeView,
+        send: &mut warren_transport::FramedSend,
+    ) -> Result<Arc<NodeView>, SessionError> {
+        if next.node.id != self.node_id {
+            return Err(SessionError::WrongNode(next.node.id));
+        }
+        self.cache.store_view(&next).await?;
+        let revision = next.revision;
+        let next = Arc::new(next);
+        self.views.send_replace(Some(next.clone()));
+        let targets = self.targets();
+        self.status.send_modify(|s| {
+            s.revision = revision.0;
+            s.control_revision = s.control_revision.max(revision.0);
+            s.control_addrs = targets;
+        });
+        send.send(&AgentToControl::Ack { revision }).await?;
+        Ok(next)
+    }
+
+    /// Sends the reporter's status, and more reports while events wait; then the listeners'
+    /// states if they changed since `listeners_sent` (the version this session last sent).
     async fn send_report(
         &self,
         send: &mut warren_transport::FramedSend,
+        listeners_sent: &mut u64,
     ) -> Result<(), SessionError> {
         loop {
             let (report, receipt) = self.reporter.take();
             send.send(&AgentToControl::Status(report)).await?;
             if !self.reporter.commit(receipt) {
-                return Ok(());
+                break;
             }
         }
+        if let Some((version, listeners)) = self.reporter.listeners_after(*listeners_sent) {
+            send.send(&AgentToControl::Listeners(listeners)).await?;
+            *listeners_sent = version;
+        }
+        Ok(())
     }
+}
+
+/// Sets `slot` to `value` if it differs; returns whether it did.
+fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, value: &T) -> bool {
+    if slot == value {
+        return false;
+    }
+    slot.clone_from(value);
+    true
 }
 
 /// Sleeps until `at`, or forever when it is `None`.

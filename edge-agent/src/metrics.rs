@@ -53,6 +53,11 @@ pub struct AgentMetrics {
     pub link_last_contact_age_seconds: Gauge,
     /// Connections made to control.
     pub link_connects_total: IntCounter,
+    /// Failed attempts to reach control, by `reason` ([`crate::link::FailureKind`]).
+    pub link_failures_total: IntCounterVec,
+    /// 1 while a configured listener (`metrics`, `dns`, `gossip`) is bound, 0 while it is
+    /// being retried; no series for a listener that is off.
+    pub listener_up: IntGaugeVec,
     /// Workloads by state after the last reconcile pass.
     pub workloads: IntGaugeVec,
     /// Workloads by health-check result after the last pass.
@@ -130,6 +135,28 @@ impl AgentMetrics {
             link_connects_total: counter(
                 "warren_agent_link_connects_total",
                 "Connections made to a control node.",
+            ),
+            link_failures_total: {
+                let failures = register(
+                    &registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "warren_agent_link_failures_total",
+                            "Failed attempts to reach control, by reason: resolve (no control address resolved), unreachable (nobody answered), refused, lost (a session ended).",
+                        ),
+                        &["reason"],
+                    )
+                    .expect("valid metric"),
+                );
+                for kind in crate::link::FailureKind::ALL {
+                    failures.with_label_values(&[kind.as_str()]);
+                }
+                failures
+            },
+            listener_up: gauge_vec(
+                "warren_agent_listener_up",
+                "1 while the listener (metrics, dns, gossip) is bound, 0 while it cannot bind and is being retried.",
+                "listener",
             ),
             workloads: gauge_vec(
                 "warren_agent_workloads",

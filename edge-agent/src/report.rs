@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::warn;
-use warren_api::wire::{MAX_EVENTS_PER_REPORT, StatusReport};
+use warren_api::wire::{ListenerStatus, MAX_EVENTS_PER_REPORT, StatusReport};
 use warren_api::{Event, NodeId, ReplicaStatus, Revision};
 
 use crate::cache::Cache;
@@ -39,6 +39,10 @@ struct Inner {
     revision: Revision,
     replicas: Vec<ReplicaStatus>,
     buffer: EventBuffer,
+    listeners: Vec<ListenerStatus>,
+    /// Bumped on every change of `listeners` (0: never set), so the link can tell whether a
+    /// session has sent the latest.
+    listeners_version: u64,
 }
 
 /// What [`Reporter::commit`] needs to know of a report taken with [`Reporter::take`].
@@ -101,6 +105,26 @@ impl Reporter {
         inner.replicas = replicas;
         drop(inner);
         self.changed.notify_one();
+    }
+
+    /// Sets the listeners' states; wakes the link if they changed.
+    pub fn set_listeners(&self, listeners: Vec<ListenerStatus>) {
+        let mut inner = self.lock();
+        if inner.listeners == listeners {
+            return;
+        }
+        inner.listeners = listeners;
+        inner.listeners_version += 1;
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// The listeners' states and their version, if newer than `version` (0 before any was
+    /// sent).
+    pub fn listeners_after(&self, version: u64) -> Option<(u64, Vec<ListenerStatus>)> {
+        let inner = self.lock();
+        (inner.listeners_version > version)
+            .then(|| (inner.listeners_version, inner.listeners.clone()))
     }
 
     /// Buffers events (dropping the oldest beyond [`EVENTS_BUFFERED`]) and wakes the link.

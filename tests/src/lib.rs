@@ -78,6 +78,47 @@ async fn start_control_node(
     (control, out.fingerprint)
 }
 
+/// Joins a control node named `name` (data under `dir/<name>`, kernel-picked ports on
+/// 127.0.0.1, no gossip) to the cluster of `first`, with a fresh control token.
+///
+/// # Panics
+/// When the join fails.
+pub async fn join_control(
+    first: &ControlNode,
+    fingerprint: [u8; 32],
+    dir: &Path,
+    name: &str,
+) -> ControlNode {
+    let options = MintOptions {
+        role: NodeRole::Control,
+        ttl: Some(Duration::from_secs(600)),
+        single_use: true,
+    };
+    let (token, record) = mint(fingerprint, options, unix_now_ms());
+    propose(first, Op::AddToken(record)).await;
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let new = NewNode {
+        data_dir: dir.join(name),
+        name: name.into(),
+        site: "central".into(),
+        quic_listen: any,
+        api_listen: any,
+        advertise_quic: None,
+        advertise_api: None,
+        metrics_listen: None,
+        gossip_listen: None,
+        advertise_gossip: None,
+    };
+    ControlNode::join(
+        new,
+        first.quic_addr(),
+        &token.to_string(),
+        ControlConfig::default(),
+    )
+    .await
+    .expect("control node joins")
+}
+
 /// Proposes `op` and asserts it was applied.
 pub async fn propose(control: &ControlNode, op: Op) {
     control
@@ -286,17 +327,16 @@ pub async fn join_agent(
     site: &str,
 ) -> warren_edge_agent::agent::AgentIdentity {
     let token = agent_token(control, fingerprint).await;
-    warren_edge_agent::agent::join(
-        dir,
-        vec![control.quic_addr().to_string()],
-        &token,
-        name.into(),
-        site.into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .expect("agent joins")
+    let request = warren_edge_agent::agent::JoinRequest {
+        control_addrs: vec![control.quic_addr().to_string()],
+        token,
+        name: name.into(),
+        site: site.into(),
+        ..Default::default()
+    };
+    warren_edge_agent::agent::join(dir, request)
+        .await
+        .expect("agent joins")
 }
 
 /// Creates (or replaces) secret `name` the way `POST /secrets` does: sealed with the cluster

@@ -46,7 +46,7 @@ async fn a_view_cached_but_never_acked_is_not_lost() {
     let view = {
         let state = control.control().read_stale().await;
         let cluster_key = control.control().cluster_key().unwrap();
-        let addrs = control.control().control_addrs();
+        let addrs = control.control().control_addrs().await;
         node_view(&state, identity.node_id, &addrs, cluster_key).unwrap()
     };
     assert_eq!(view.replicas.len(), 2);

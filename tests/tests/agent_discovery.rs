@@ -13,7 +13,7 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tracing::info;
 use warren_control::Op;
-use warren_edge_agent::agent::{AgentOptions, JoinAdvertise, load_status};
+use warren_edge_agent::agent::{AgentOptions, JoinAdvertise, JoinRequest, load_status};
 use warren_edge_agent::discovery::DiscoveryOptions;
 use warren_edge_agent::dns::{DnsConfig, Upstreams};
 use warren_mesh::MeshTimers;
@@ -96,20 +96,20 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
         let agent_dir = dir.path().join(name);
         let gossip = free_udp_port(ip);
         let token = agent_token(&control, fingerprint).await;
-        warren_edge_agent::agent::join(
-            &agent_dir,
-            vec![control.quic_addr().to_string()],
-            &token,
-            name.into(),
-            "lisbon".into(),
-            Default::default(),
-            JoinAdvertise {
+        let request = JoinRequest {
+            control_addrs: vec![control.quic_addr().to_string()],
+            token,
+            name: name.into(),
+            site: "lisbon".into(),
+            advertise: JoinAdvertise {
                 gossip: Some(gossip),
                 ..JoinAdvertise::default()
             },
-        )
-        .await
-        .expect("agent joins");
+            ..JoinRequest::default()
+        };
+        warren_edge_agent::agent::join(&agent_dir, request)
+            .await
+            .expect("agent joins");
         let (cancel, task) = spawn_agent_with(&agent_dir, discovering(gossip));
         agents.push((agent_dir, cancel, task));
     }

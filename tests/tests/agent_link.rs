@@ -11,6 +11,7 @@ use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode};
 use warren_edge_agent::cache::{Cache, CacheIdentity, CacheTuning};
 use warren_edge_agent::link::{Link, LinkEnd, LinkStatus};
+use warren_edge_agent::metrics::AgentMetrics;
 use warren_edge_agent::report::Reporter;
 use warren_transport::join::{JoinParams, join};
 use warren_transport::{Endpoint, EndpointOptions};
@@ -80,6 +81,9 @@ async fn agent_link_follows_control_through_a_restart() {
         views: views_tx,
         status: status_tx,
         reporter: Arc::new(Reporter::open(joined.node_id, cache.clone())),
+        failures_total: AgentMetrics::new(joined.node_id, "lisbon")
+            .link_failures_total
+            .clone(),
     };
     let cancel = CancellationToken::new();
     let link_task = tokio::spawn(link.run(cancel.clone()));

@@ -1020,44 +1020,83 @@ pub(crate) async fn dial_pinned(
 }
 
 impl Endpoint {
-    /// Dials `addrs` in turn until one admits us, sleeping a jittered, growing delay after each
-    /// round of failures. Fatal errors (trust, refusal) return at once: retrying cannot fix
-    /// them. Returns `None` when `cancel` fires first.
+    /// Dials `addrs` in turn, once each, until one admits us: one round. The caller decides
+    /// whether and when to try again (and may look the addresses up afresh meanwhile: a name
+    /// can move, or start resolving again). A refusal because our certificate is revoked ends
+    /// the round at once; other fatal errors (trust, refusal) are kept while the remaining
+    /// addresses are tried, so that one misconfigured node does not hide the healthy ones.
     ///
     /// # Errors
-    /// The first non-retryable [`ConnectError`].
+    /// [`ConnectAnyError::NoAddress`] for an empty list, [`ConnectAnyError::Cancelled`] when
+    /// `cancel` fires first, [`ConnectAnyError::Fatal`] for a revoked certificate or when
+    /// every address refused for good, else [`ConnectAnyError::Unreachable`] with the last
+    /// retryable error (some address may answer if tried again soon).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a dropped call leaves no connection behind.
     pub async fn connect_any(
         &self,
         addrs: &[SocketAddr],
         alpn: Alpn,
-        backoff: &mut crate::Backoff,
         cancel: &tokio_util::sync::CancellationToken,
-    ) -> Option<Result<PeerConnection, ConnectError>> {
-        if addrs.is_empty() {
-            return None;
-        }
-        loop {
-            for addr in addrs {
-                let attempt = tokio::select! {
-                    () = cancel.cancelled() => return None,
-                    attempt = self.connect(*addr, alpn) => attempt,
-                };
-                match attempt {
-                    Ok(conn) => {
-                        backoff.reset();
-                        return Some(Ok(conn));
-                    }
-                    Err(error) if error.is_retryable() => {
-                        debug!(peer = %addr, error = %error, "dial failed; will retry");
-                    }
-                    Err(error) => return Some(Err(error)),
+    ) -> Result<PeerConnection, ConnectAnyError> {
+        let mut fatal: Option<ConnectError> = None;
+        let mut last: Option<ConnectError> = None;
+        for addr in addrs {
+            let attempt = tokio::select! {
+                () = cancel.cancelled() => return Err(ConnectAnyError::Cancelled),
+                attempt = self.connect(*addr, alpn) => attempt,
+            };
+            match attempt {
+                Ok(conn) => return Ok(conn),
+                Err(error) if error.is_revoked() => return Err(ConnectAnyError::Fatal(error)),
+                Err(error) if error.is_retryable() => {
+                    debug!(peer = %addr, error = %error, "dial failed");
+                    last = Some(error);
+                }
+                Err(error) => {
+                    debug!(peer = %addr, error = %error, "dial refused");
+                    fatal.get_or_insert(error);
                 }
             }
-            let delay = backoff.next_delay();
-            tokio::select! {
-                () = cancel.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
         }
+        match (last, fatal) {
+            (Some(last), _) => Err(ConnectAnyError::Unreachable {
+                tried: addrs.len(),
+                last,
+            }),
+            (None, Some(error)) => Err(ConnectAnyError::Fatal(error)),
+            (None, None) => Err(ConnectAnyError::NoAddress),
+        }
+    }
+}
+
+/// Why [`Endpoint::connect_any`] returned without a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectAnyError {
+    /// The cancellation token fired.
+    #[error("cancelled")]
+    Cancelled,
+    /// There was no address to dial.
+    #[error("no address to dial")]
+    NoAddress,
+    /// Every address failed in a way that may pass (no answer, network unreachable).
+    #[error("no answer from {tried} address(es); last: {last}")]
+    Unreachable {
+        /// How many addresses were dialled.
+        tried: usize,
+        /// The last failure.
+        last: ConnectError,
+    },
+    /// A revoked certificate, or every address refused in a way retrying the same
+    /// credentials cannot fix (trust, refusal).
+    #[error(transparent)]
+    Fatal(ConnectError),
+}
+
+impl ConnectAnyError {
+    /// Whether trying again soon (with backoff) may succeed: no answer, or no address yet.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::NoAddress)
     }
 }

@@ -40,8 +40,8 @@ pub use backoff::Backoff;
 pub use ca::{CertSubject, ClusterCa, Credentials, Validity};
 pub use config::TransportConfig;
 pub use endpoint::{
-    AcceptError, Alpn, ConnectError, Endpoint, EndpointOptions, Incoming, PeerConnection, RpcError,
-    serve_requests,
+    AcceptError, Alpn, ConnectAnyError, ConnectError, Endpoint, EndpointOptions, Incoming,
+    PeerConnection, RpcError, serve_requests,
 };
 pub use fault::FaultSwitch;
 pub use frame::{FrameError, FramedRecv, FramedSend};

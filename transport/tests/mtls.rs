@@ -10,7 +10,8 @@ use common::*;
 use warren_api::NodeId;
 use warren_transport::ca::unix_now;
 use warren_transport::{
-    Alpn, Backoff, CertRole, CertSubject, ConnectError, Endpoint, TransportMetrics, Validity,
+    Alpn, CertRole, CertSubject, ConnectAnyError, ConnectError, Endpoint, TransportMetrics,
+    Validity,
 };
 
 /// Two control endpoints exchange request/response and server-push frames; the server sees the
@@ -291,15 +292,16 @@ async fn agent_certificate_cannot_serve_as_control() {
     assert!(matches!(err, ConnectError::ServerUntrusted { .. }), "{err}");
 }
 
-/// Dialling with backoff keeps trying until the server appears, and connections closed by both
-/// sides leave no active-connection count behind.
+/// One round of dials fails while nobody listens (a retryable failure, not the end), the next
+/// round after the server appears connects, connections closed by both sides leave no
+/// active-connection count behind, and cancellation and an empty address list are told apart.
 #[tokio::test]
-async fn connect_any_retries_with_backoff_until_the_server_appears() {
+async fn connect_any_fails_a_round_without_a_server_and_connects_once_it_appears() {
     init();
     let ca = ca();
     let metrics = TransportMetrics::unregistered();
     let server_creds = node_creds(&ca, 1, CertRole::Control);
-    // Reserve a port, then free it so the first attempts find nobody there.
+    // Reserve a port, then free it so the first round finds nobody there.
     let port = std::net::UdpSocket::bind(LOOPBACK)
         .unwrap()
         .local_addr()
@@ -320,27 +322,26 @@ async fn connect_any_retries_with_backoff_until_the_server_appears() {
         },
     )
     .unwrap();
-    let starter = {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            let server =
-                Arc::new(Endpoint::bind(server_addr, &server_creds, options(&metrics)).unwrap());
-            let (serve, _errors) = serve_echo(server.clone());
-            (server, serve)
-        })
-    };
     let cancel = tokio_util::sync::CancellationToken::new();
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
-    let conn = client
-        .connect_any(&[server_addr], Alpn::Raft, &mut backoff, &cancel)
+    let missed = client
+        .connect_any(&[server_addr], Alpn::Raft, &cancel)
         .await
-        .unwrap()
-        .unwrap();
+        .unwrap_err();
+    assert!(
+        matches!(missed, ConnectAnyError::Unreachable { tried: 1, .. }),
+        "{missed}"
+    );
+    assert!(missed.is_retryable());
     assert!(metrics.handshake_failures("client", "timeout") >= 1);
+
+    let server = Arc::new(Endpoint::bind(server_addr, &server_creds, options(&metrics)).unwrap());
+    let (_serve, _errors) = serve_echo(server.clone());
+    let conn = client
+        .connect_any(&[server_addr], Alpn::Raft, &cancel)
+        .await
+        .unwrap();
     let reply: Msg = conn.request(&Msg::Ping(1)).await.unwrap();
     assert_eq!(reply, Msg::Pong(1, "control".into()));
-    let (server, _serve) = starter.await.unwrap();
     drop(conn);
     server.close();
     assert!(
@@ -349,13 +350,19 @@ async fn connect_any_retries_with_backoff_until_the_server_appears() {
         .await
     );
 
-    // Cancellation ends the loop.
-    cancel.cancel();
+    let empty = client.connect_any(&[], Alpn::Raft, &cancel).await.err();
     assert!(
-        client
-            .connect_any(&[server_addr], Alpn::Raft, &mut backoff, &cancel)
-            .await
-            .is_none()
+        matches!(empty, Some(ConnectAnyError::NoAddress)),
+        "{empty:?}"
+    );
+    cancel.cancel();
+    let cancelled = client
+        .connect_any(&[server_addr], Alpn::Raft, &cancel)
+        .await
+        .err();
+    assert!(
+        matches!(cancelled, Some(ConnectAnyError::Cancelled)),
+        "{cancelled:?}"
     );
 }
 

@@ -145,6 +145,55 @@ pub enum AgentToControl {
     },
     /// Actual state of the agent's replicas, and events since the last report.
     Status(StatusReport),
+    /// The state of each of the agent's listeners (at most [`MAX_LISTENERS`]), sent when a
+    /// session starts and whenever one changes. Added within wire version 2: a control node
+    /// too old to know it drops the stream, so control nodes are upgraded before agents.
+    Listeners(Vec<ListenerStatus>),
+}
+
+/// Most entries an agent sends in [`AgentToControl::Listeners`]; control ignores the rest.
+pub const MAX_LISTENERS: usize = 8;
+
+/// Which of an agent's listeners. New kinds are added at the end only.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Listener {
+    /// Plain-HTTP `/metrics`, `/health` and `/ready` (TCP).
+    Metrics,
+    /// The DNS server (UDP and TCP).
+    Dns,
+    /// Gossip membership (UDP).
+    Gossip,
+}
+
+impl Listener {
+    /// Every listener, for zero-filled metrics.
+    pub const ALL: [Listener; 3] = [Listener::Metrics, Listener::Dns, Listener::Gossip];
+
+    /// A fixed label for metrics, logs and tables: `metrics`, `dns` or `gossip`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Metrics => "metrics",
+            Listener::Dns => "dns",
+            Listener::Gossip => "gossip",
+        }
+    }
+}
+
+/// One listener of an agent: where it should listen and whether it does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ListenerStatus {
+    /// Which listener.
+    pub listener: Listener,
+    /// The address it listens on once up (the bound one), or should listen on while down.
+    pub addr: String,
+    /// Whether it is listening.
+    pub up: bool,
+    /// Why not, while it is down (`cannot bind 127.0.0.1:9091: Address in use (os error 98);
+    /// retrying`).
+    pub error: Option<String>,
 }
 
 /// An agent introducing itself on a new connection.

@@ -323,7 +323,32 @@ proptest! {
             to: Revision(start.revision.0.saturating_sub(backwards)),
             changes,
         };
-        prop_assert_eq!(view.apply(&not_forward).unwrap_err().kind(), "not_forward");
+        if not_forward.is_noop() {
+            // Same revision, nothing to change: a no-op, accepted.
+            prop_assert_eq!(view.apply(&not_forward), Ok(()));
+        } else {
+            prop_assert_eq!(view.apply(&not_forward).unwrap_err().kind(), "not_forward");
+        }
+        prop_assert_eq!(&view, &start);
+    }
+
+    /// A delta that stays at the view's revision is accepted only when it changes nothing;
+    /// one that changes something without moving forward is refused, either way the view
+    /// is unchanged.
+    #[test]
+    fn same_revision_delta_is_a_noop_or_refused(
+        (start, batches) in view_and_batches(),
+    ) {
+        let changes = batches.into_iter().flat_map(|(_, c)| c).collect::<Vec<_>>();
+        let mut view = start.clone();
+        let noop = ViewDelta { from: start.revision, to: start.revision, changes: vec![] };
+        prop_assert!(noop.is_noop());
+        prop_assert_eq!(view.apply(&noop), Ok(()));
+        prop_assert_eq!(&view, &start);
+        prop_assume!(!changes.is_empty());
+        let changing = ViewDelta { from: start.revision, to: start.revision, changes };
+        prop_assert!(!changing.is_noop());
+        prop_assert_eq!(view.apply(&changing).unwrap_err().kind(), "not_forward");
         prop_assert_eq!(&view, &start);
     }
 

@@ -84,6 +84,15 @@ pub struct ViewDelta {
     pub changes: Vec<ViewChange>,
 }
 
+impl ViewDelta {
+    /// Whether the delta changes nothing and stays at its revision (`from == to`, no
+    /// changes): what an older control node may send when only something outside the
+    /// replicated state moved. Applying it is a no-op.
+    pub fn is_noop(&self) -> bool {
+        self.from == self.to && self.changes.is_empty()
+    }
+}
+
 /// One change to a [`NodeView`]. New kinds are added at the end only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,7 +154,9 @@ pub enum ApplyError {
         /// The delta's `from`.
         from: Revision,
     },
-    /// The delta does not move forward (`to <= from`). Revisions never go back.
+    /// The delta goes back (`to < from`), or changes the view without moving forward
+    /// (`to == from` with changes). Revisions never go back, and a view's content at one
+    /// revision never changes. (`to == from` without changes is a no-op, not an error.)
     #[error("delta from revision {from} to {to} does not move forward")]
     NotForward {
         /// The delta's `from`.
@@ -175,19 +186,23 @@ impl ApplyError {
 }
 
 impl NodeView {
-    /// Applies `delta`, all of it or nothing, and moves the view to `delta.to`.
+    /// Applies `delta`, all of it or nothing, and moves the view to `delta.to`. A no-op delta
+    /// ([`ViewDelta::is_noop`]) at the view's revision leaves it as it is.
     ///
     /// # Errors
     /// [`ApplyError::WrongBase`] when `delta.from` is not the view's revision,
-    /// [`ApplyError::NotForward`] when `delta.to <= delta.from`, and
-    /// [`ApplyError::NodeMismatch`] when a change replaces the node with another node. The
-    /// view is left unchanged.
+    /// [`ApplyError::NotForward`] when `delta.to < delta.from`, or `delta.to == delta.from`
+    /// with changes, and [`ApplyError::NodeMismatch`] when a change replaces the node with
+    /// another node. The view is left unchanged.
     pub fn apply(&mut self, delta: &ViewDelta) -> Result<(), ApplyError> {
         if delta.from != self.revision {
             return Err(ApplyError::WrongBase {
                 current: self.revision,
                 from: delta.from,
             });
+        }
+        if delta.is_noop() {
+            return Ok(());
         }
         if delta.to <= delta.from {
             return Err(ApplyError::NotForward {
