@@ -107,9 +107,12 @@ fn the_readme_control_plane_block_runs_as_written() {
     wait_until("three voters", Duration::from_secs(30), || {
         (voters(&config) == Some(3)).then_some(())
     });
-    let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+    // A joiner prints its line just after the membership change commits: wait for both.
+    wait_until("both joins report success", Duration::from_secs(30), || {
+        let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+        (out.matches("joined the cluster").count() == 2).then_some(())
+    });
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
-    assert_eq!(out.matches("joined the cluster").count(), 2, "{out}");
     assert!(!err.contains("error:") && !err.contains("refused"), "{err}");
     let nodes = command()
         .args(["node", "ls", "-o", "json", "--config"])

@@ -161,13 +161,24 @@ pub enum OpenError {
         expected: u32,
     },
     /// Something stored does not decode or does not add up.
-    #[error("raft data dir {} holds corrupt data: {source}", path.display())]
+    #[error("raft data dir {} holds corrupt data: {}", path.display(), innermost(source.as_ref()))]
     Corrupt {
         /// The database directory.
         path: PathBuf,
         /// What was corrupt (boxed: openraft's error is large).
         source: Box<StorageError>,
     },
+}
+
+/// The deepest cause of `error`, for people: openraft's own error text prints its subjects
+/// with Debug formatting (`Snapshot(Some(SnapshotSignature { … }))`), our causes say it in
+/// words.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// How long [`open`] waits for a lock held by a store that is still closing.
@@ -575,29 +586,33 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
 
 /// Decodes snapshot data and checks it agrees with its metadata.
 fn decode_payload(meta: &Meta, data: &[u8]) -> Result<SnapshotPayload, StorageError> {
-    // The format number leads the payload: read it alone first, so a snapshot written by an
-    // older build is named as such rather than reported corrupt (its layout may not decode).
-    if let Ok((format, _)) = postcard::take_from_bytes::<u32>(data)
-        && (1..SNAPSHOT_FORMAT).contains(&format)
-    {
-        return Err(snapshot_error(
-            meta,
-            format!(
-                "snapshot {} has format {format}, written by an older Warren; this build reads format {SNAPSHOT_FORMAT}",
-                meta.snapshot_id
-            ),
-        ));
-    }
     let payload: SnapshotPayload = postcard::from_bytes(data).map_err(|e| {
+        // The format number leads the payload: a snapshot from an older build whose layout no
+        // longer decodes is named as such, so an upgrade does not read as disk corruption.
+        let older = match postcard::take_from_bytes::<u32>(data) {
+            Ok((format, _)) if (1..SNAPSHOT_FORMAT).contains(&format) => format!(
+                "; it names format {format}, which an older Warren wrote (this build reads format {SNAPSHOT_FORMAT})"
+            ),
+            _ => String::new(),
+        };
         snapshot_error(
             meta,
             format!(
-                "snapshot {} data is corrupt ({} bytes): {e}",
+                "snapshot {} data is corrupt ({} bytes): {e}{older}",
                 meta.snapshot_id,
                 data.len()
             ),
         )
     })?;
+    if payload.format != SNAPSHOT_FORMAT {
+        return Err(snapshot_error(
+            meta,
+            format!(
+                "snapshot {} has format {}; this build reads format {SNAPSHOT_FORMAT}",
+                meta.snapshot_id, payload.format
+            ),
+        ));
+    }
     let revision = Revision(meta.last_log_id.map_or(0, |id| id.index));
     if payload.last_applied != meta.last_log_id
         || payload.last_membership != meta.last_membership
@@ -1029,8 +1044,8 @@ mod tests {
         check((Bound::Excluded(u64::MAX), Bound::Unbounded), None);
     }
 
-    /// A snapshot written by a build with another format is named as such, not as corrupt,
-    /// even when the rest of its layout no longer decodes.
+    /// A snapshot from an older build whose layout no longer decodes says which format it
+    /// names, so an upgrade does not read as plain corruption.
     #[test]
     fn a_snapshot_of_another_format_says_so() {
         let meta = Meta {
@@ -1043,7 +1058,7 @@ mod tests {
         let error = decode_payload(&meta, &data).expect_err("format 1 is refused");
         let text = error.to_string();
         assert!(
-            text.contains("has format 1, written by an older Warren"),
+            text.contains("it names format 1, which an older Warren wrote"),
             "{text}"
         );
     }

@@ -354,6 +354,8 @@ async fn corrupt_snapshot_refuses_open() {
     let error = store::open(dir.path(), StoreTuning::default()).expect_err("corrupt snapshot");
     assert!(matches!(error, OpenError::Corrupt { .. }), "{error:?}");
     assert!(error.to_string().contains("data is corrupt"), "{error}");
+    // One sentence in our words: no Debug output of openraft's types.
+    assert!(!error.to_string().contains("Signature {"), "{error}");
 }
 
 /// A vote that does not decode is a storage error.
