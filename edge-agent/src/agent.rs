@@ -549,11 +549,16 @@ impl Agent {
         } else {
             "0.0.0.0:0".parse().expect("literal address")
         };
-        let endpoint = Arc::new(Endpoint::client(
-            bind,
-            &self.credentials,
-            self.options.endpoint.clone(),
-        )?);
+        let mut endpoint_options = self.options.endpoint.clone();
+        // The link pings control this often when idle, so that silence on the connection means
+        // something to its failure detector (`link_failure`).
+        endpoint_options.config.keep_alive_interval = endpoint_options
+            .config
+            .keep_alive_interval
+            .min(crate::link_failure::LINK_KEEP_ALIVE);
+        let endpoint = Arc::new(Endpoint::client(bind, &self.credentials, endpoint_options)?);
+        // Discovery publishes its gossip view here; the link reads it as a witness.
+        let (gossip_tx, gossip_rx) = watch::channel(Vec::new());
         let reporter = Arc::new(Reporter::open(self.identity.node_id, self.cache.clone()));
         let link = Link {
             endpoint,
@@ -563,6 +568,7 @@ impl Agent {
             views: views_tx,
             status: status_tx,
             reporter: reporter.clone(),
+            gossip: gossip_rx,
         };
         let link_cancel = cancel.child_token();
         let mut link_task = tokio::spawn(link.run(link_cancel.clone()));
@@ -625,6 +631,7 @@ impl Agent {
             views.clone(),
             metrics.registry().clone(),
             discovery_tx,
+            gossip_tx,
             discovery_cancel,
         ));
         let mut reconciler =

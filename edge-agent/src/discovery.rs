@@ -75,6 +75,7 @@ pub(crate) async fn run(
     mut views: watch::Receiver<Option<Arc<NodeView>>>,
     registry: Registry,
     status: watch::Sender<DiscoveryStatus>,
+    gossip_out: watch::Sender<Vec<Member>>,
     cancel: CancellationToken,
 ) {
     let first = views.borrow_and_update().clone();
@@ -195,6 +196,13 @@ pub(crate) async fn run(
             .as_mut()
             .map(|rx| rx.borrow_and_update().clone())
             .unwrap_or_default();
+        gossip_out.send_if_modified(|current| {
+            let changed = *current != members;
+            if changed {
+                current.clone_from(&members);
+            }
+            changed
+        });
         if let Some(view) = view.as_deref() {
             let next = build_catalogue(view, &members);
             catalogue_tx.send_if_modified(|current| {

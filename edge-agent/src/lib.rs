@@ -12,6 +12,8 @@
 //!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
 //!   before they are acked, reconnection with jittered backoff; only removal ends it.
+//! - [`link_failure`]: when the link gives up on a silent control node — QUIC silence past a
+//!   round-trip-scaled margin, corroborated by gossip (sans-IO).
 //! - [`metrics`]: Prometheus metrics (labelled by node and site) and the plain-HTTP
 //!   `/metrics`, `/health`, `/ready` listener.
 //! - [`offline`]: work on a stopped agent's data dir — stopping every recorded workload, as a
@@ -36,6 +38,7 @@ pub mod discovery;
 pub mod dns;
 pub mod health;
 pub mod link;
+pub mod link_failure;
 pub mod metrics;
 pub mod offline;
 pub mod planner;
