@@ -130,17 +130,24 @@ def all_metrics(pool, ips):
     return dict(zip(ips, pool.map(scrape, ips)))
 
 
+def members(page, liveness):
+    return metric(page, "warren_mesh_members", {"liveness": liveness}) or 0
+
+
 def wait_converged(pool, ips, n, secs):
-    """Until every agent's gossip sees all n agents and the control node alive."""
+    """Until every agent's gossip knows all n agents and the control node, none of them dead
+    (suspect is a passing doubt; it is counted, not waited out)."""
     end = time.monotonic() + secs
     while time.monotonic() < end:
-        pages = all_metrics(pool, ips)
-        alive = [metric(p, "warren_mesh_members", {"liveness": "alive"}) for p in pages.values()]
-        if all(a == n + 1 for a in alive):
-            return
+        pages = all_metrics(pool, ips).values()
+        known = [members(p, "alive") + members(p, "suspect") for p in pages]
+        dead = sum(members(p, "dead") for p in pages)
+        if all(k == n + 1 for k in known) and dead == 0:
+            suspect = sum(members(p, "suspect") for p in pages)
+            return suspect
         time.sleep(1)
-    counts = sorted(set(alive), key=lambda a: a or -1)
-    sys.exit(f"gossip did not converge within {secs} s (alive counts seen: {counts})")
+    sys.exit(f"gossip did not converge within {secs} s (known counts: {sorted(set(known))}, "
+             f"dead verdicts: {dead})")
 
 
 def gossip_rate(pool, ips, window):
@@ -153,12 +160,21 @@ def gossip_rate(pool, ips, window):
                    for p in pages.values())
 
     before, t0 = all_metrics(pool, ips), time.monotonic()
-    time.sleep(window)
+    dead_samples, suspect_samples, samples = 0, 0, 0
+    while time.monotonic() - t0 < window:
+        pages = all_metrics(pool, ips).values()
+        dead_samples += sum(members(p, "dead") for p in pages)
+        suspect_samples += sum(members(p, "suspect") for p in pages)
+        samples += 1
+        time.sleep(1)
     after, t1 = all_metrics(pool, ips), time.monotonic()
     per_agent = (tx(after) - tx(before)) / len(ips) / (t1 - t0)
     per_datagram = (tx(after) - tx(before)) / max(1, datagrams(after) - datagrams(before))
     log(f"gossip sent per agent, steady state over {t1 - t0:.1f} s: {per_agent:.0f} B/s "
         f"({per_agent / 1024:.1f} KiB/s), {per_datagram:.0f} B per datagram")
+    log(f"meanwhile, over {samples} samples of every agent's view: {dead_samples / samples:.1f} "
+        f"(agent, member) pairs dead and {suspect_samples / samples:.1f} suspect on average, "
+        f"of {len(ips) * (len(ips) + 1)}")
 
 
 def node_state(fleet, name):
@@ -227,8 +243,9 @@ def main():
         start(fleet, args.n)
         ips = [agent_ip(i) for i in range(1, args.n + 1)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-            wait_converged(pool, ips, args.n, 180)
-            log(f"every agent's gossip sees all {args.n + 1} nodes alive")
+            suspect = wait_converged(pool, ips, args.n, 180)
+            log(f"every agent's gossip knows all {args.n + 1} nodes, none dead "
+                f"({suspect:.0f} suspect pairs)")
             gossip_rate(pool, ips, args.window)
             code = measure_kill(fleet, pool, args.n, args.n // 2, args.timeout)
     finally:

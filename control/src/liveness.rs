@@ -252,14 +252,15 @@ mod tests {
             liveness.decide(stale_at + 1, &s, &killed, &dead),
             vec![Op::NodeUnreachable { node: NodeId(2) }]
         );
-        // Without gossip's word, a stale link only starts the grace from its last contact.
+        // Without gossip's word, a stale link only runs the grace, counted from the last time
+        // the link counted as up (13 s here).
         assert!(
             liveness
-                .decide(69_000, &s, &killed, &no_gossip())
+                .decide(stale_at + 59_999, &s, &killed, &no_gossip())
                 .is_empty()
         );
         assert_eq!(
-            liveness.decide(70_000, &s, &killed, &no_gossip()),
+            liveness.decide(stale_at + 60_000, &s, &killed, &no_gossip()),
             vec![Op::NodeUnreachable { node: NodeId(2) }]
         );
     }
