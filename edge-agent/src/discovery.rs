@@ -7,6 +7,8 @@
 //!   view, like a secret, for this node only); its seeds are the view's peers.
 //! - The DNS catalogue is rebuilt whenever the view or the membership changes:
 //!   [`build_catalogue`] (pure) marks each replica by what gossip says of its node.
+//! - The membership also goes to the link, whose failure detector takes gossip as a witness
+//!   ([`crate::link_failure`]).
 //!
 //! Both are optional and neither may stop the agent: an address that cannot be bound gives a
 //! warning, and the agent runs on without it (workloads before discovery).
@@ -196,13 +198,7 @@ pub(crate) async fn run(
             .as_mut()
             .map(|rx| rx.borrow_and_update().clone())
             .unwrap_or_default();
-        gossip_out.send_if_modified(|current| {
-            let changed = *current != members;
-            if changed {
-                current.clone_from(&members);
-            }
-            changed
-        });
+        publish_members(&gossip_out, &members);
         if let Some(view) = view.as_deref() {
             let next = build_catalogue(view, &members);
             catalogue_tx.send_if_modified(|current| {
@@ -236,6 +232,17 @@ pub(crate) async fn run(
     if let Some(server) = dns_server {
         server.shutdown().await;
     }
+}
+
+/// Hands the gossip view to the link (its failure detector's witness) when it changed.
+fn publish_members(out: &watch::Sender<Vec<Member>>, members: &[Member]) {
+    out.send_if_modified(|current| {
+        let changed = current.as_slice() != members;
+        if changed {
+            *current = members.to_vec();
+        }
+        changed
+    });
 }
 
 /// What workloads get as `/etc/resolv.conf`: this agent's server, and the zone as search

@@ -3,8 +3,11 @@
 //!
 //! Run with `cargo bench -p warren-mesh --bench gossip`. Every node runs in this one process on
 //! 127.0.0.1, so on a small machine the CPU is shared by all of them; times are upper bounds
-//! of what separate machines would see. Views are sampled from each node's member watch, which
-//! refreshes once per gossip interval, so times are rounded up to that interval (1 s).
+//! of what separate machines would see. Views are read from each node's member watch, which
+//! changes as soon as a verdict does (checked four times per gossip interval) and at least
+//! once per interval for metadata. Before the kill the cluster runs steady for 30 s (the
+//! failure detectors' windows fill, as in a fleet that has been up a while), and the false
+//! death verdicts seen meanwhile are counted.
 
 #![allow(clippy::print_stdout)]
 

@@ -80,6 +80,8 @@ async fn agent_link_follows_control_through_a_restart() {
         views: views_tx,
         status: status_tx,
         reporter: Arc::new(Reporter::open(joined.node_id, cache.clone())),
+        // No mesh: the link falls back on its silence limit alone.
+        gossip: watch::channel(Vec::new()).1,
     };
     let cancel = CancellationToken::new();
     let link_task = tokio::spawn(link.run(cancel.clone()));
