@@ -116,6 +116,12 @@ impl Control {
         let _ = self.gossip.set(members);
     }
 
+    /// A watch of this node's mesh members, once the mesh runs: the leader judges liveness
+    /// when it changes.
+    pub(crate) fn gossip_watch(&self) -> Option<watch::Receiver<Vec<warren_mesh::Member>>> {
+        self.gossip.get().cloned()
+    }
+
     /// The members as this node's mesh last saw them (refreshed every gossip interval); `None`
     /// when this node runs no mesh. Soft state: claims, not facts.
     pub fn gossip_members(&self) -> Option<Vec<warren_mesh::Member>> {

@@ -15,6 +15,12 @@
 //! which is why it only decides reachability, never identity. `Suspect` and absence say
 //! nothing.
 //!
+//! A link counts as up only while it is heard from: connected, and in contact within
+//! [`LINK_STALE`]. The agent pings its control node every
+//! [`AGENT_KEEP_ALIVE`](warren_api::wire::AGENT_KEEP_ALIVE) and control notes each ping as
+//! contact, so a killed agent's stream, which stays open until control's silence limit, stops
+//! outweighing gossip's verdict after a few seconds instead of fifteen.
+//!
 //! A new leader knows nothing of when agents were last seen (the old leader's memory is gone
 //! and the agent of a dead control node is reconnecting): it counts every agent as seen at the
 //! moment it became leader, so no agent is declared unreachable before `unreachable_after` has
@@ -23,12 +29,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use warren_api::wire::AGENT_KEEP_ALIVE;
+
 use warren_api::{NodeId, NodeRole, NodeState};
 pub use warren_mesh::Liveness as GossipLiveness;
 
 use crate::command::Op;
 use crate::state::ClusterState;
 use crate::status::AgentReport;
+
+/// How long a connected agent may go unheard (three of its keep-alives) before its link stops
+/// counting as up.
+pub const LINK_STALE: Duration = Duration::from_secs(3 * AGENT_KEEP_ALIVE.as_secs());
 
 /// The leader's memory of when each agent was last known alive.
 #[derive(Debug)]
@@ -63,7 +75,10 @@ impl Liveness {
                 continue;
             }
             let report = reports.get(&node.id);
-            let connected = report.is_some_and(|r| r.connected);
+            let connected = report.is_some_and(|r| {
+                r.connected
+                    && now_ms.saturating_sub(r.last_contact_ms) <= LINK_STALE.as_millis() as u64
+            });
             let gossip = gossip.get(&node.id).copied();
             let gossip_alive = gossip == Some(GossipLiveness::Alive);
             let gossip_dead = gossip == Some(GossipLiveness::Dead);
@@ -167,7 +182,7 @@ mod tests {
     fn a_connected_agent_stays_ready_and_an_old_contact_counts() {
         let mut liveness = Liveness::new(Duration::from_secs(30), 0);
         let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
-        let live = BTreeMap::from([report(2, true, 5)]);
+        let live = BTreeMap::from([report(2, true, 99_000)]);
         assert!(liveness.decide(100_000, &s, &live, &no_gossip()).is_empty());
         let gone = BTreeMap::from([report(2, false, 100_000)]);
         assert!(liveness.decide(120_000, &s, &gone, &no_gossip()).is_empty());
@@ -223,6 +238,32 @@ mod tests {
         // A live link outweighs gossip: the agent is plainly reachable.
         let live = BTreeMap::from([report(2, true, 1_000)]);
         assert!(liveness.decide(2_000, &s, &live, &dead).is_empty());
+    }
+
+    #[test]
+    fn a_connected_link_unheard_for_a_few_keep_alives_no_longer_outweighs_gossip() {
+        let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+        let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
+        let dead = gossip(2, GossipLiveness::Dead);
+        // The agent was killed at 10 s: control's stream is still open, its last contact stays.
+        let killed = BTreeMap::from([report(2, true, 10_000)]);
+        let stale_at = 10_000 + LINK_STALE.as_millis() as u64;
+        assert!(liveness.decide(stale_at, &s, &killed, &dead).is_empty());
+        assert_eq!(
+            liveness.decide(stale_at + 1, &s, &killed, &dead),
+            vec![Op::NodeUnreachable { node: NodeId(2) }]
+        );
+        // Without gossip's word, a stale link only runs the grace, counted from the last time
+        // the link counted as up (13 s here).
+        assert!(
+            liveness
+                .decide(stale_at + 59_999, &s, &killed, &no_gossip())
+                .is_empty()
+        );
+        assert_eq!(
+            liveness.decide(stale_at + 60_000, &s, &killed, &no_gossip()),
+            vec![Op::NodeUnreachable { node: NodeId(2) }]
+        );
     }
 
     #[test]

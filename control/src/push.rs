@@ -148,6 +148,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
+    let mut contact = QuicContact::new(&conn);
     loop {
         let view = {
             let state = control.read_stale().await;
@@ -190,39 +191,94 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 sent = Some(view);
             }
         }
-        tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) },
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > AGENT_SILENCE_LIMIT {
-                    info!(node_id = %hello.node_id, "agent silent; closing its stream");
-                    return Err(PushError::Silent(AGENT_SILENCE_LIMIT));
+        // Contact checks only note the time; everything else may change the view.
+        loop {
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) } else { break },
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > AGENT_SILENCE_LIMIT {
+                        info!(node_id = %hello.node_id, "agent silent; closing its stream");
+                        return Err(PushError::Silent(AGENT_SILENCE_LIMIT));
+                    }
+                    let revision = sent.as_ref().map(|v| v.revision).unwrap_or(Revision::ZERO);
+                    send.send(&ControlToAgent::Heartbeat { revision }).await?;
+                    break;
                 }
-                let revision = sent.as_ref().map(|v| v.revision).unwrap_or(Revision::ZERO);
-                send.send(&ControlToAgent::Heartbeat { revision }).await?;
-            }
-            message = recv.recv::<AgentToControl>() => {
-                let message = message?;
-                last_heard = tokio::time::Instant::now();
-                match message {
-                    AgentToControl::Ack { revision } => {
-                        debug!(node_id = %hello.node_id, revision = %revision, "agent acked");
-                        control.agents().acked(hello.node_id, revision, unix_now_ms());
+                _ = contact.tick() => {
+                    if contact.heard(&conn) {
+                        control.agents().contact(hello.node_id, unix_now_ms());
                     }
-                    AgentToControl::Status(report) => {
-                        if report.node_id != hello.node_id {
-                            return Err(PushError::Refused("status for another node"));
-                        }
-                        debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
-                        control.agents().report(report, unix_now_ms());
-                    }
-                    AgentToControl::Listeners(listeners) => {
-                        debug!(node_id = %hello.node_id, listeners = listeners.len(), "agent listeners");
-                        control.agents().listeners(hello.node_id, listeners, unix_now_ms());
-                    }
-                    AgentToControl::Hello(_) => return Err(PushError::NoHello),
+                }
+                message = recv.recv::<AgentToControl>() => {
+                    last_heard = tokio::time::Instant::now();
+                    handle_message(&control, &hello, message?)?;
+                    break;
                 }
             }
         }
+    }
+}
+
+/// Records what an agent sent on its stream.
+fn handle_message(
+    control: &Control,
+    hello: &AgentHello,
+    message: AgentToControl,
+) -> Result<(), PushError> {
+    match message {
+        AgentToControl::Ack { revision } => {
+            debug!(node_id = %hello.node_id, revision = %revision, "agent acked");
+            control
+                .agents()
+                .acked(hello.node_id, revision, unix_now_ms());
+        }
+        AgentToControl::Status(report) => {
+            if report.node_id != hello.node_id {
+                return Err(PushError::Refused("status for another node"));
+            }
+            debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
+            control.agents().report(report, unix_now_ms());
+        }
+        AgentToControl::Listeners(listeners) => {
+            debug!(node_id = %hello.node_id, listeners = listeners.len(), "agent listeners");
+            control
+                .agents()
+                .listeners(hello.node_id, listeners, unix_now_ms());
+        }
+        AgentToControl::Hello(_) => return Err(PushError::NoHello),
+    }
+    Ok(())
+}
+
+/// Whether anything at all (the agent's QUIC keep-alive included, every
+/// [`AGENT_KEEP_ALIVE`](warren_api::wire::AGENT_KEEP_ALIVE)) arrived on an agent's connection
+/// since the last check. Its contact time then reflects the connection, not only the stream's
+/// messages (every 5 s), which is what lets the leader tell a dead agent from a quiet one within
+/// seconds ([`crate::liveness`]).
+struct QuicContact {
+    datagrams_seen: u64,
+    every: tokio::time::Interval,
+}
+
+impl QuicContact {
+    fn new(conn: &PeerConnection) -> Self {
+        let mut every = tokio::time::interval(warren_api::wire::AGENT_KEEP_ALIVE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        QuicContact {
+            datagrams_seen: conn.datagrams_received(),
+            every,
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.every.tick().await;
+    }
+
+    fn heard(&mut self, conn: &PeerConnection) -> bool {
+        let received = conn.datagrams_received();
+        let heard = received != self.datagrams_seen;
+        self.datagrams_seen = received;
+        heard
     }
 }
 

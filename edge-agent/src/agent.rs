@@ -587,7 +587,9 @@ impl Agent {
             ..LinkStatus::default()
         });
         let reporter = Arc::new(Reporter::open(self.identity.node_id, self.cache.clone()));
-        let link = self.link(views_tx, status_tx, &reporter, &metrics)?;
+        // Discovery publishes its gossip view here; the link reads it as a witness.
+        let (gossip_tx, gossip_rx) = watch::channel(Vec::new());
+        let link = self.link(views_tx, status_tx, gossip_rx, &reporter, &metrics)?;
         let link_cancel = cancel.child_token();
         let link_task = tokio::spawn(link.run(link_cancel.clone()));
 
@@ -615,8 +617,14 @@ impl Agent {
         // Discovery ends with the agent, whichever way it returns.
         let discovery_cancel = cancel.child_token();
         let _discovery_guard = discovery_cancel.clone().drop_guard();
-        let discovery =
-            self.start_discovery(&tasks, views.clone(), &metrics, &book, discovery_cancel);
+        let discovery = self.start_discovery(
+            &tasks,
+            views.clone(),
+            &metrics,
+            &book,
+            gossip_tx,
+            discovery_cancel,
+        );
         let mut reconciler =
             Reconciler::new(&self, cancel.child_token(), reporter, metrics, book.clone());
         reconciler.discovery = discovery.clone();
@@ -679,6 +687,7 @@ impl Agent {
         &self,
         views: watch::Sender<Option<Arc<NodeView>>>,
         status: watch::Sender<LinkStatus>,
+        gossip: watch::Receiver<Vec<warren_mesh::Member>>,
         reporter: &Arc<Reporter>,
         metrics: &AgentMetrics,
     ) -> Result<Link, AgentError> {
@@ -689,7 +698,14 @@ impl Agent {
         } else {
             "0.0.0.0:0".parse().expect("literal address")
         };
-        let endpoint = Endpoint::client(bind, &self.credentials, self.options.endpoint.clone())?;
+        let mut endpoint_options = self.options.endpoint.clone();
+        // The link pings control this often when idle, so that silence on the connection means
+        // something to its failure detector (`link_failure`).
+        endpoint_options.config.keep_alive_interval = endpoint_options
+            .config
+            .keep_alive_interval
+            .min(crate::link_failure::LINK_KEEP_ALIVE);
+        let endpoint = Endpoint::client(bind, &self.credentials, endpoint_options)?;
         Ok(Link {
             endpoint: Arc::new(endpoint),
             node_id: self.identity.node_id,
@@ -699,6 +715,7 @@ impl Agent {
             status,
             reporter: reporter.clone(),
             failures_total: metrics.link_failures_total.clone(),
+            gossip,
         })
     }
 
@@ -710,6 +727,7 @@ impl Agent {
         views: watch::Receiver<Option<Arc<NodeView>>>,
         metrics: &AgentMetrics,
         book: &ListenerBook,
+        gossip: watch::Sender<Vec<warren_mesh::Member>>,
         cancel: CancellationToken,
     ) -> watch::Receiver<crate::discovery::DiscoveryStatus> {
         let options = crate::discovery::DiscoveryOptions {
@@ -738,6 +756,7 @@ impl Agent {
             crate::discovery::Reporting {
                 status: status_tx,
                 listeners: book.clone(),
+                gossip,
             },
             cancel,
         ));

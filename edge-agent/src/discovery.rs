@@ -7,6 +7,8 @@
 //!   view, like a secret, for this node only); its seeds are the view's peers.
 //! - The DNS catalogue is rebuilt whenever the view or the membership changes:
 //!   [`build_catalogue`] (pure) marks each replica by what gossip says of its node.
+//! - The membership also goes to the link, whose failure detector takes gossip as a witness
+//!   ([`crate::link_failure`]).
 //!
 //! Both are optional and neither may stop the agent: an address that cannot be bound gives a
 //! warning, shows as down in the listener book, and is retried with backoff while the agent
@@ -75,6 +77,8 @@ pub struct DiscoveryStatus {
 pub(crate) struct Reporting {
     pub status: watch::Sender<DiscoveryStatus>,
     pub listeners: ListenerBook,
+    /// The gossip view, for the link's failure detector (empty without a mesh).
+    pub gossip: watch::Sender<Vec<Member>>,
 }
 
 /// Runs discovery until `cancel`. Never fails and never gives up: a listener that cannot bind
@@ -100,9 +104,10 @@ pub(crate) async fn run(
         discovery.try_dns(&cancel).await;
         let view = views.borrow_and_update().clone();
         discovery.try_mesh(view.as_deref()).await;
+        let members = discovery.members();
         if let Some(view) = view.as_deref() {
             discovery.publish(view).await;
-            discovery.rebuild_catalogue(view);
+            discovery.rebuild_catalogue(view, &members);
         }
         let retry_at = discovery.next_retry();
         let members = discovery.members_rx.as_mut();
@@ -383,13 +388,26 @@ impl Discovery {
 
     /// Rebuilds the DNS catalogue from the view and the membership; a new snapshot only if it
     /// changed.
-    fn rebuild_catalogue(&mut self, view: &NodeView) {
+    /// The mesh's latest membership (none without a mesh), handed on to the link when it
+    /// changed.
+    fn members(&mut self) -> Vec<Member> {
         let members = self
             .members_rx
             .as_mut()
             .map(|rx| rx.borrow_and_update().clone())
             .unwrap_or_default();
-        let next = build_catalogue(view, &members);
+        self.reporting.gossip.send_if_modified(|current| {
+            let changed = *current != members;
+            if changed {
+                current.clone_from(&members);
+            }
+            changed
+        });
+        members
+    }
+
+    fn rebuild_catalogue(&mut self, view: &NodeView, members: &[Member]) {
+        let next = build_catalogue(view, members);
         self.catalogue_tx.send_if_modified(|current| {
             if **current == next {
                 false

@@ -12,6 +12,8 @@
 //!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
 //!   before they are acked, reconnection with jittered backoff; only removal ends it.
+//! - [`link_failure`]: when the link gives up on a silent control node — QUIC silence past a
+//!   round-trip-scaled margin, corroborated by gossip (sans-IO).
 //! - [`listeners`]: the metrics, DNS and gossip listeners — where they listen (kept from the
 //!   join), checking them at join, and their state while the agent runs (retried, never
 //!   silently given up).
@@ -39,6 +41,7 @@ pub mod discovery;
 pub mod dns;
 pub mod health;
 pub mod link;
+pub mod link_failure;
 pub mod listeners;
 pub mod metrics;
 pub mod offline;

@@ -5,7 +5,8 @@
 //! loop sees it. The link never decides anything about workloads: losing it changes nothing
 //! but [`LinkStatus`] (which says why it is down); only a permanent refusal (the node was
 //! removed) ends it. Addresses are looked up again before every round of dials, so a name that
-//! did not resolve (DNS down on the box) or that moved is picked up once it does.
+//! did not resolve (DNS down on the box) or that moved is picked up once it does. When to give
+//! up on a silent control node is [`crate::link_failure`]'s decision.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,9 +20,11 @@ use warren_api::wire::{
     AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
 };
 use warren_api::{Event, EventKind, NodeId, NodeView, Revision};
+use warren_mesh::Member;
 use warren_transport::{Alpn, Backoff, ConnectAnyError, Endpoint, PeerConnection};
 
 use crate::cache::{Cache, CacheError};
+use crate::link_failure::{CHECK_INTERVAL, GossipWitness, LinkFailureDetector, Verdict};
 use crate::report::Reporter;
 use warren_transport::ca::unix_now_ms as now_ms;
 
@@ -31,9 +34,7 @@ pub const REPORT_COALESCE: Duration = Duration::from_millis(200);
 /// How often the agent speaks when it has nothing to say (control does the same).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How long the stream may stay silent (control heartbeats every 5 s) before the agent gives
-/// up on that control node and reconnects, possibly to another.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
+pub use crate::link_failure::SILENCE_LIMIT;
 
 /// First wait after a failed attempt to reach control; it doubles (with jitter) up to
 /// [`RETRY_MAX`] while attempts keep failing, and starts over once a session is up.
@@ -108,6 +109,15 @@ enum SessionError {
     WrongNode(NodeId),
     #[error("no message from control for {0:?}")]
     Silent(Duration),
+    #[error(
+        "control silent for {:.1} s and gossip calls it {} while another control node is alive",
+        silent_for.as_secs_f64(),
+        gossip.as_str()
+    )]
+    GossipLostIt {
+        silent_for: Duration,
+        gossip: warren_mesh::Liveness,
+    },
 }
 
 /// What kind of attempt to reach control failed: the `reason` label of
@@ -170,6 +180,8 @@ pub struct Link {
     pub reporter: Arc<Reporter>,
     /// Failed attempts by [`FailureKind`] (`warren_agent_link_failures_total`).
     pub failures_total: IntCounterVec,
+    /// This agent's gossip view (empty without a mesh): a witness for the failure detector.
+    pub gossip: watch::Receiver<Vec<Member>>,
 }
 
 /// Looks every address up (names may resolve to several addresses); returns what resolved,
@@ -465,6 +477,10 @@ impl Link {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.tick().await;
         let mut report_at: Option<tokio::time::Instant> = None;
+        let mut detector =
+            LinkFailureDetector::new(std::time::Instant::now(), conn.datagrams_received());
+        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Control sends a heartbeat every 5 s; silence for three of them means the control
             // node died without closing the connection (kill -9, power loss): reconnect to
@@ -487,6 +503,10 @@ impl Link {
                     if let Some(view) = &current {
                         send.send(&AgentToControl::Ack { revision: view.revision }).await?;
                     }
+                    continue;
+                }
+                _ = check.tick() => {
+                    self.judge(&mut detector, conn)?;
                     continue;
                 }
             };
@@ -578,6 +598,30 @@ impl Link {
         });
         send.send(&AgentToControl::Ack { revision }).await?;
         Ok(next)
+    }
+
+    /// Asks the failure detector whether `conn`'s control node is gone (QUIC silent, and gossip
+    /// hears another control node but not this one; or silent for the limit).
+    fn judge(
+        &self,
+        detector: &mut LinkFailureDetector,
+        conn: &PeerConnection,
+    ) -> Result<(), SessionError> {
+        let ours = conn.peer().and_then(|peer| peer.node_id);
+        let witness = GossipWitness::from_members(&self.gossip.borrow(), ours);
+        let verdict = detector.observe(
+            std::time::Instant::now(),
+            conn.datagrams_received(),
+            conn.rtt(),
+            witness,
+        );
+        match verdict {
+            Verdict::Keep => Ok(()),
+            Verdict::GossipLostIt { silent_for, gossip } => {
+                Err(SessionError::GossipLostIt { silent_for, gossip })
+            }
+            Verdict::Silent { silent_for } => Err(SessionError::Silent(silent_for)),
+        }
     }
 
     /// Sends the reporter's status, and more reports while events wait; then the listeners'

@@ -18,16 +18,24 @@ pub const LONGEST_PARTITION_PROMISED: Duration = Duration::from_secs(72 * 3600);
 /// KB/s per node.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
 /// phi above which the failure detector declares a node dead. phi is the time since its last
-/// heartbeat divided by the mean interval between heartbeats, so 8 means "silent for eight
-/// typical intervals": 18–20 s measured at the default gossip interval (20 and 100 nodes).
-pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
-/// Heartbeat intervals the failure detector averages over.
-pub const DEFAULT_SAMPLING_WINDOW: usize = 1_000;
+/// heartbeat divided by the mean interval between heartbeats, so 5 means "silent for five
+/// typical intervals". A node sees another's heartbeat move about every 0.7 s at the default
+/// gossip interval (it rides in every digest), so that is about 3.5 s of silence; with the
+/// few seconds the last heartbeat takes to reach everyone, a death is seen by all of 100 nodes
+/// in about 6 s (docs/mesh.md). Lower thresholds turn CPU stalls and lost datagrams into
+/// false deaths (phi 3 flapped in the 100-node bench).
+pub const DEFAULT_PHI_THRESHOLD: f64 = 5.0;
+/// Heartbeat intervals the failure detector averages over: about a minute of them, so the
+/// detector learns a link's new normal (loss, delay) within a minute rather than a quarter of
+/// an hour.
+pub const DEFAULT_SAMPLING_WINDOW: usize = 100;
 /// Heartbeat intervals longer than this are left out of the mean (one long silence must not
 /// teach the detector that long silences are normal).
 pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(10);
-/// The prior mean interval before any heartbeat is seen.
-pub const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// The prior mean interval before any heartbeat is seen (weighted as five samples): one gossip
+/// interval, which is what the mean settles near. A larger prior (chitchat's 5 s) makes a node
+/// that has just joined or come back take several times longer to be found dead.
+pub const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a dead node's state is kept before it is forgotten: 7 days. chitchat stops
 /// sharing a dead node after half this time (3.5 days) and forgets it after all of it; a side
 /// of a partition that had stopped sharing a node, or forgotten it, would take it and its keys

@@ -16,6 +16,8 @@
 //! - [`member`]: metadata keys, [`Member`], checking authorising claims against the registry,
 //!   liveness changes (pure).
 //! - [`config`]: [`MeshConfig`] and the named timers with their defaults.
+//! - `verdict`: this node's verdict on each member — chitchat's phi-accrual detector, applied
+//!   between its rounds too.
 //! - `mesh`: [`Mesh`], the running node.
 //! - [`metrics`]: `warren_mesh_*` Prometheus metrics.
 //!
@@ -34,6 +36,7 @@ pub mod member;
 mod mesh;
 pub mod metrics;
 mod transport;
+mod verdict;
 
 pub use config::{ConfigError, MeshConfig, MeshTimers};
 pub use fault::FaultSwitch;

@@ -1,14 +1,13 @@
 //! The running mesh node: chitchat on the sealed transport, this node's metadata, the member
 //! list and its watch.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chitchat::{
-    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat,
-    ProtocolVersion, spawn_chitchat,
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,6 +23,7 @@ use crate::member::{
 };
 use crate::metrics::MeshMetrics;
 use crate::transport::{SealedTransport, TransportShared, now_unix_ms};
+use crate::verdict::{CHECKS_PER_ROUND, HeartbeatTracker, Verdict};
 
 /// Longest metadata key, in bytes.
 pub const META_KEY_BYTES_MAX: usize = 128;
@@ -281,8 +281,12 @@ impl Mesh {
     pub async fn members(&self) -> Vec<Member> {
         let chitchat = self.chitchat.chitchat();
         let chitchat = chitchat.lock().await;
-        let mut tracker = self.tracker.lock().expect("tracker lock");
-        collect_members(&chitchat, &mut tracker, &self.timers, Instant::now())
+        let verdicts = self.tracker.lock().expect("tracker lock").judge(
+            &chitchat,
+            &self.timers,
+            Instant::now(),
+        );
+        collect_members(&chitchat, verdicts)
     }
 
     /// A watch of the member list, refreshed every gossip interval; it changes when a member
@@ -340,106 +344,30 @@ fn advertise_addr(
     Ok(addr)
 }
 
-/// When each node's heartbeat last advanced, as seen by this node's monitor.
-#[derive(Debug, Default)]
-struct HeartbeatTracker {
-    nodes: HashMap<ChitchatId, Tracked>,
-}
-
-#[derive(Debug)]
-struct Tracked {
-    heartbeat: Heartbeat,
-    advanced_at: Instant,
-    first_seen: Instant,
-    ever_alive: bool,
-}
-
-impl HeartbeatTracker {
-    fn observe(
-        &mut self,
-        id: &ChitchatId,
-        heartbeat: Heartbeat,
-        alive: bool,
-        now: Instant,
-    ) -> &Tracked {
-        let tracked = self.nodes.entry(id.clone()).or_insert(Tracked {
-            heartbeat,
-            advanced_at: now,
-            first_seen: now,
-            ever_alive: false,
-        });
-        if heartbeat > tracked.heartbeat {
-            tracked.heartbeat = heartbeat;
-            tracked.advanced_at = now;
-        }
-        tracked.ever_alive |= alive;
-        tracked
-    }
-
-    fn retain(&mut self, present: &HashSet<&ChitchatId>) {
-        self.nodes.retain(|id, _| present.contains(id));
-    }
-}
-
-/// The member list from chitchat's state. A node chitchat calls live is `Suspect` once its
-/// heartbeat has been still for half the detector's timeout. A node it does not call live is
-/// `Dead` — unless this node has never seen it alive and learned of it less than one initial
-/// detection timeout ago: a node that just joined is `Suspect` until its heartbeats are
-/// counted, so that joining never looks like coming back.
-fn collect_members(
-    chitchat: &Chitchat,
-    tracker: &mut HeartbeatTracker,
-    timers: &MeshTimers,
-    now: Instant,
-) -> Vec<Member> {
-    let self_id = chitchat.self_chitchat_id();
-    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-    let initial_timeout = timers.initial_interval.mul_f64(timers.phi_threshold);
-    let mut newest: BTreeMap<NodeId, Member> = BTreeMap::new();
-    for (id, state) in chitchat.node_states() {
-        let Ok(node_id) = id.node_id.parse::<NodeId>() else {
-            continue;
-        };
-        if newest
-            .get(&node_id)
-            .is_some_and(|member| member.generation > id.generation_id)
-        {
-            continue;
-        }
-        let is_live = live.contains(id);
-        let tracked = tracker.observe(id, state.heartbeat(), is_live, now);
-        let liveness = if id == self_id {
-            Liveness::Alive
-        } else if is_live {
-            let still_for = now.saturating_duration_since(tracked.advanced_at);
-            match chitchat.failure_detection_timeout(id) {
-                Some(timeout) if still_for > timeout / 2 => Liveness::Suspect,
-                _ => Liveness::Alive,
-            }
-        } else if !tracked.ever_alive
-            && now.saturating_duration_since(tracked.first_seen) < initial_timeout
-        {
-            Liveness::Suspect
-        } else {
-            Liveness::Dead
-        };
-        let meta = state
-            .key_values()
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect();
-        newest.insert(
-            node_id,
+/// The member list: this node's verdicts ([`HeartbeatTracker::judge`]) with each member's
+/// metadata.
+fn collect_members(chitchat: &Chitchat, verdicts: Vec<Verdict>) -> Vec<Member> {
+    verdicts
+        .into_iter()
+        .map(|verdict| {
+            let meta = chitchat
+                .node_state(&verdict.chitchat_id)
+                .map(|state| {
+                    state
+                        .key_values()
+                        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
             Member::from_meta(
-                node_id,
-                id.generation_id,
-                id.gossip_advertise_addr,
-                liveness,
+                verdict.node_id,
+                verdict.chitchat_id.generation_id,
+                verdict.chitchat_id.gossip_advertise_addr,
+                verdict.liveness,
                 meta,
-            ),
-        );
-    }
-    tracker.retain(&chitchat.node_states().keys().collect());
-    newest.into_values().collect()
+            )
+        })
+        .collect()
 }
 
 async fn monitor(
@@ -450,17 +378,34 @@ async fn monitor(
     members_tx: watch::Sender<Vec<Member>>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(timers.gossip_interval);
+    // Verdicts are cheap (no metadata is copied), so they are checked several times a round;
+    // the member list is rebuilt when one changes, and once a round for metadata changes.
+    let mut tick = tokio::time::interval(timers.gossip_interval / CHECKS_PER_ROUND);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // chitchat re-judges liveness at the end of each of its rounds and says so on this watch
+    // when the live set changes: a return (or a death it saw first) is read at once.
+    let mut live_nodes = chitchat.lock().await.live_nodes_watcher();
+    let mut last_verdicts: Vec<Verdict> = Vec::new();
+    let mut checks: u32 = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick() => checks += 1,
+            changed = live_nodes.changed() => if changed.is_err() { return },
         }
         let members = {
             let chitchat = chitchat.lock().await;
-            let mut tracker = tracker.lock().expect("tracker lock");
-            collect_members(&chitchat, &mut tracker, &timers, Instant::now())
+            let verdicts =
+                tracker
+                    .lock()
+                    .expect("tracker lock")
+                    .judge(&chitchat, &timers, Instant::now());
+            if verdicts == last_verdicts && checks < CHECKS_PER_ROUND {
+                continue;
+            }
+            checks = 0;
+            last_verdicts.clone_from(&verdicts);
+            collect_members(&chitchat, verdicts)
         };
         for liveness in [Liveness::Alive, Liveness::Suspect, Liveness::Dead] {
             let count = members.iter().filter(|m| m.liveness == liveness).count();

@@ -202,6 +202,8 @@ async fn start_link(
         failures_total: AgentMetrics::new(joined.node_id, "lisbon")
             .link_failures_total
             .clone(),
+        // No mesh: the link falls back on its silence limit alone.
+        gossip: watch::channel(Vec::new()).1,
     };
     let cancel = CancellationToken::new();
     let task = tokio::spawn(link.run(cancel.clone()));

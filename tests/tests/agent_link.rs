@@ -84,6 +84,8 @@ async fn agent_link_follows_control_through_a_restart() {
         failures_total: AgentMetrics::new(joined.node_id, "lisbon")
             .link_failures_total
             .clone(),
+        // No mesh: the link falls back on its silence limit alone.
+        gossip: watch::channel(Vec::new()).1,
     };
     let cancel = CancellationToken::new();
     let link_task = tokio::spawn(link.run(cancel.clone()));

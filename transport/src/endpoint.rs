@@ -834,6 +834,13 @@ impl PeerConnection {
         self.conn.rtt()
     }
 
+    /// UDP datagrams received on this connection so far, keep-alive acknowledgements included.
+    /// A count that stops moving while keep-alives go out means the peer has gone silent,
+    /// whatever the application streams are doing.
+    pub fn datagrams_received(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
+    }
+
     fn stream_error(&self, error: impl std::fmt::Display) -> StreamError {
         StreamError {
             addr: self.conn.remote_address(),

@@ -32,6 +32,12 @@ pub const WIRE_VERSION: u16 = 2;
 /// enforces it on frame lengths before reading a frame.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// How often an agent's link pings its control node at the QUIC level when it has nothing else
+/// to send. Both ends rely on it: the agent's failure detector counts a silence longer than this
+/// (plus a round-trip margin) as suspicious, and control counts an agent it has not heard from
+/// for a few of these as gone from its link, even before the stream is closed.
+pub const AGENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most events an agent puts in one [`StatusReport`]; a larger backlog goes in several
 /// reports, and what the agent had to drop is counted in `events_dropped`.
 pub const MAX_EVENTS_PER_REPORT: usize = 1024;
