@@ -256,7 +256,15 @@ impl Runner<'_> {
                 name,
                 min,
                 max,
-            } => self.dns(node, name, *min, *max, at),
+                within_s,
+            } => {
+                let bounds = DnsBounds {
+                    min: *min,
+                    max: *max,
+                    within: within_s.map(Duration::from_secs_f64),
+                };
+                self.dns(node, name, bounds, at)
+            }
             Step::Repeat { times, steps } => {
                 for round in 1..=*times {
                     self.steps(steps, &format!("{at}.{round}."), round)?;
@@ -519,47 +527,27 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// `dig @127.0.0.11 NAME A` inside the agent's namespace, checked as an expectation.
-    fn dns(
-        &mut self,
-        node: &str,
-        name: &str,
-        min: Option<usize>,
-        max: Option<usize>,
-        at: &str,
-    ) -> Result<()> {
+    /// `dig @127.0.0.11 NAME A` inside the agent's namespace, checked as an expectation;
+    /// asked again every [`DNS_RETRY_EVERY`] until it holds, within `bounds.within`.
+    fn dns(&mut self, node: &str, name: &str, bounds: DnsBounds, at: &str) -> Result<()> {
         let netns_name = self.fleet.node(node)?.host.netns.clone();
-        let output = netns::exec_in(&netns_name, "dig")
-            .args(["+short", "+time=2", "+tries=1", "@127.0.0.11", name, "A"])
-            .stdin(Stdio::null())
-            .output()
-            .context("run dig (install bind9-dnsutils)")?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let addresses: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
-            .collect();
-        let count = addresses.len();
-        let mut problems = Vec::new();
-        if !output.status.success() {
-            problems.push(format!(
-                "dig failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        if let Some(min) = min
-            && count < min
-        {
-            problems.push(format!("{count} addresses, fewer than {min}"));
-        }
-        if let Some(max) = max
-            && count > max
-        {
-            problems.push(format!("{count} addresses, more than {max}"));
-        }
+        let started = Instant::now();
+        let (addresses, problems) = loop {
+            let (addresses, problems) = dig(&netns_name, name, bounds)?;
+            let out_of_time = bounds
+                .within
+                .is_none_or(|within| started.elapsed() + DNS_RETRY_EVERY > within);
+            if problems.is_empty() || out_of_time {
+                break (addresses, problems);
+            }
+            self.sleep(DNS_RETRY_EVERY)?;
+        };
         let passed = problems.is_empty();
-        let detail = format!("answer [{}]", addresses.join(" "));
+        let mut detail = format!("answer [{}]", addresses.join(" "));
+        if bounds.within.is_some() {
+            detail.push_str(&format!(" after {:.2}s", started.elapsed().as_secs_f64()));
+        }
+        let DnsBounds { min, max, .. } = bounds;
         let bounds = match (min, max) {
             (Some(a), Some(b)) if a == b => format!("exactly {a}"),
             (Some(a), Some(b)) => format!("{a} to {b}"),
@@ -889,4 +877,51 @@ impl Runner<'_> {
 /// Whether a fault cuts the network (the others stop processes).
 fn is_network(fault: &Fault) -> bool {
     !matches!(fault, Fault::Kill { .. } | Fault::Pause { .. })
+}
+
+/// How often a `dns` step with `within_s` asks again.
+const DNS_RETRY_EVERY: Duration = Duration::from_millis(250);
+
+/// What a `dns` step expects of the answer.
+#[derive(Clone, Copy, Debug)]
+struct DnsBounds {
+    min: Option<usize>,
+    max: Option<usize>,
+    within: Option<Duration>,
+}
+
+/// One `dig +short NAME A` against the agent's DNS inside `netns_name`: the addresses, and
+/// what about the answer breaks `bounds` (empty when it holds).
+fn dig(netns_name: &str, name: &str, bounds: DnsBounds) -> Result<(Vec<String>, Vec<String>)> {
+    let output = netns::exec_in(netns_name, "dig")
+        .args(["+short", "+time=2", "+tries=1", "@127.0.0.11", name, "A"])
+        .stdin(Stdio::null())
+        .output()
+        .context("run dig (install bind9-dnsutils)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let addresses: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_owned)
+        .collect();
+    let count = addresses.len();
+    let mut problems = Vec::new();
+    if !output.status.success() {
+        problems.push(format!(
+            "dig failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    if let Some(min) = bounds.min
+        && count < min
+    {
+        problems.push(format!("{count} addresses, fewer than {min}"));
+    }
+    if let Some(max) = bounds.max
+        && count > max
+    {
+        problems.push(format!("{count} addresses, more than {max}"));
+    }
+    Ok((addresses, problems))
 }

@@ -136,7 +136,9 @@ pub enum Step {
     Repeat { times: u32, steps: Vec<Step> },
     /// Ask the DNS server of agent `node` (inside its namespace, `dig @127.0.0.11`) for the A
     /// records of `name`; checked as an operator expectation: at least `min` and at most
-    /// `max` addresses (`max: 0` for "no answer").
+    /// `max` addresses (`max: 0` for "no answer"). With `within_s`, asked again until the
+    /// answer holds or that long has passed (an answer that must come back after a heal,
+    /// once gossip hears the other side again); without, asked once.
     Dns {
         node: String,
         name: String,
@@ -144,6 +146,8 @@ pub enum Step {
         min: Option<usize>,
         #[serde(default)]
         max: Option<usize>,
+        #[serde(default)]
+        within_s: Option<f64>,
     },
 }
 
@@ -502,9 +506,13 @@ fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) 
             node: name,
             min,
             max,
+            within_s,
             ..
         } => {
             agent(name)?;
+            if within_s.is_some_and(|s| !(s > 0.0 && s <= 600.0)) {
+                bail!("dns: within_s must be above 0 and at most 600");
+            }
             if let (Some(min), Some(max)) = (min, max)
                 && min > max
             {
