@@ -42,6 +42,8 @@ pub enum ControlRpc {
         /// Whether to include replicas and events, or only the links.
         full: bool,
     },
+    /// How the control members answer, as this node (the leader) sees them (soft state).
+    MemberContacts,
 }
 
 /// The answer to a [`ControlRpc`].
@@ -63,6 +65,8 @@ pub enum ControlRpcReply {
     MemberAdded(Result<ClusterSecrets, ProposeError>),
     /// Answer to `AgentReports`.
     AgentReports(Vec<crate::status::AgentReport>),
+    /// Answer to `MemberContacts`: by member id.
+    MemberContacts(Vec<(u64, warren_api::rest::MemberContact)>),
 }
 
 /// Secrets every control node holds: handed to a new control node once it is a member, over
