@@ -21,7 +21,13 @@
 //! - a voter that learnt from a vote response that another voter holds a longer log waits an
 //!   extra lease plus spread before its next campaign, so that the voter with the longer log
 //!   wins instead of both campaigning in turn forever;
-//! - the only voter of a cluster campaigns at once.
+//! - the only voter of a cluster campaigns at once;
+//! - a node that has just started waits an extra lease before its first campaign, unless it
+//!   hears from a leader first: the leader backs off from a peer it could not reach, and a
+//!   restarted follower that campaigned before the leader found it would depose that leader
+//!   for nothing (openraft 0.9 has no pre-vote).
+//!
+//! A longer log seen in an earlier round stops counting once a leader is heard from again.
 //!
 //! Pure: time and the random draw are arguments.
 
@@ -73,6 +79,8 @@ pub struct ElectionTimer {
     jitter: Duration,
     /// A longer log than ours was seen since our last campaign.
     greater_log_seen: bool,
+    /// This node has heard from a leader, or campaigned, since it started.
+    settled: bool,
 }
 
 impl ElectionTimer {
@@ -82,6 +90,7 @@ impl ElectionTimer {
             times,
             jitter: times.spread.mul_f64(unit.clamp(0.0, 1.0)),
             greater_log_seen: false,
+            settled: false,
         }
     }
 
@@ -97,12 +106,17 @@ impl ElectionTimer {
         } else {
             self.times.retry
         };
-        let patience = if self.greater_log_seen {
+        let greater_log = if self.greater_log_seen {
             self.times.lease + self.times.spread
         } else {
             Duration::ZERO
         };
-        base + self.jitter + patience
+        let startup = if self.settled {
+            Duration::ZERO
+        } else {
+            self.times.lease
+        };
+        base + self.jitter + greater_log + startup
     }
 
     /// Whether to campaign now; `unit` (uniform in `[0, 1)`) redraws the random part when it
@@ -119,12 +133,18 @@ impl ElectionTimer {
                 Decision::Campaign
             };
         }
+        if observed.vote_committed && observed.silent_for < self.times.lease {
+            // A leader is speaking: whatever was seen in earlier rounds is past.
+            self.settled = true;
+            self.greater_log_seen = false;
+        }
         let timeout = self.timeout(observed.vote_committed);
         if observed.silent_for < timeout {
             return Decision::Wait(timeout - observed.silent_for);
         }
         self.jitter = self.times.spread.mul_f64(unit.clamp(0.0, 1.0));
         self.greater_log_seen = false;
+        self.settled = true;
         Decision::Campaign
     }
 }
@@ -154,11 +174,18 @@ mod tests {
         }
     }
 
+    /// A timer that has heard from a leader since it started.
+    fn settled(unit: f64) -> ElectionTimer {
+        let mut timer = ElectionTimer::new(TIMES, unit);
+        assert!(matches!(timer.decide(&follower(0), 0.0), Decision::Wait(_)));
+        timer
+    }
+
     /// Table: (observed, random draw at creation) → decision.
     #[test]
     fn decisions() {
         let check = |observed: Observed, unit: f64, expected: Decision| {
-            let mut timer = ElectionTimer::new(TIMES, unit);
+            let mut timer = settled(unit);
             assert_eq!(
                 timer.decide(&observed, 0.0),
                 expected,
@@ -203,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_campaign_redraws_the_random_part() {
-        let mut timer = ElectionTimer::new(TIMES, 0.0);
+        let mut timer = settled(0.0);
         assert_eq!(timer.decide(&follower(500), 1.0), Decision::Campaign);
         assert_eq!(timer.timeout(true), ms(700));
         assert_eq!(timer.decide(&follower(650), 0.0), Decision::Wait(ms(50)));
@@ -213,7 +240,7 @@ mod tests {
     /// one, so the voter holding it wins the next round; it campaigns normally afterwards.
     #[test]
     fn a_longer_log_elsewhere_delays_the_next_campaign() {
-        let mut timer = ElectionTimer::new(TIMES, 0.0);
+        let mut timer = settled(0.0);
         timer.saw_greater_log();
         let lost = Observed {
             vote_committed: false,
@@ -226,5 +253,31 @@ mod tests {
         };
         assert_eq!(timer.decide(&later, 0.0), Decision::Campaign);
         assert_eq!(timer.timeout(false), ms(300), "the delay is spent");
+    }
+
+    /// A longer log seen in a round that a third node then won stops counting once that
+    /// leader is heard: the next failover is not slowed by it.
+    #[test]
+    fn a_leader_heard_clears_an_old_longer_log() {
+        let mut timer = settled(0.0);
+        timer.saw_greater_log();
+        assert_eq!(timer.decide(&follower(100), 0.0), Decision::Wait(ms(400)));
+        assert_eq!(timer.decide(&follower(500), 0.0), Decision::Campaign);
+    }
+
+    /// Just started: one extra lease of patience for the leader to find this node, gone once
+    /// a leader is heard (or after the first campaign).
+    #[test]
+    fn a_new_node_waits_a_lease_more_for_its_first_campaign() {
+        let mut fresh = ElectionTimer::new(TIMES, 0.0);
+        assert_eq!(fresh.decide(&follower(600), 0.0), Decision::Wait(ms(400)));
+        assert_eq!(fresh.decide(&follower(1_000), 0.0), Decision::Campaign);
+        assert_eq!(fresh.timeout(true), ms(500), "settled after its campaign");
+        let mut found = ElectionTimer::new(TIMES, 0.0);
+        assert!(matches!(
+            found.decide(&follower(20), 0.0),
+            Decision::Wait(_)
+        ));
+        assert_eq!(found.decide(&follower(500), 0.0), Decision::Campaign);
     }
 }

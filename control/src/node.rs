@@ -196,14 +196,15 @@ impl ControlConfig {
     }
 
     /// The peer layer's timers: an unreachable peer is retried after a heartbeat at first, then
-    /// less often, but at least every ten heartbeats so that its return is seen within a second
-    /// or so.
+    /// less often, but at least every RPC deadline (half the lease): a restarted member must
+    /// hear from the leader before its election timer runs out, or it campaigns and deposes
+    /// the leader.
     pub fn peer_timers(&self) -> PeerTimers {
         PeerTimers {
             unreachable_after: self.member_unreachable_after,
             redial_after: self.rpc_timeout(),
             retry_initial: self.heartbeat,
-            retry_max: self.heartbeat * 10,
+            retry_max: self.rpc_timeout(),
         }
     }
 
