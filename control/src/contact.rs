@@ -10,7 +10,9 @@
 //!
 //! A peer is *unreachable* once calls to it have failed, with no word from it, for
 //! `unreachable_after`. That is logged once when it happens, then at most once per
-//! [`STILL_DOWN_LOG_EVERY`] while it lasts, and once more when the peer answers again.
+//! [`STILL_DOWN_LOG_EVERY`] while it lasts, and once more when the peer answers again. A peer
+//! that answers, but lets some calls pass their deadline, is *slow*: logged when it next
+//! answers, with the count of late calls, at most once per [`SLOW_LOG_EVERY`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +23,9 @@ use warren_api::rest::{MemberContact, MemberHealth};
 
 /// While a peer stays unreachable, how often that is logged again.
 pub const STILL_DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a slow peer is logged, at most.
+pub const SLOW_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Longest error text kept per peer (errors from the network can be long).
 const ERROR_MAX_CHARS: usize = 200;
@@ -69,6 +74,16 @@ pub enum Notice {
         /// The last error.
         error: String,
     },
+    /// `peer` answers, but `late_calls` calls to it passed their deadline since it was last
+    /// logged (at most once per [`SLOW_LOG_EVERY`]).
+    Slow {
+        /// The peer.
+        peer: u64,
+        /// Calls that got no answer in time.
+        late_calls: u32,
+        /// The last late call's error.
+        error: String,
+    },
     /// `peer` answered again after it was reported down.
     Back {
         /// The peer.
@@ -86,6 +101,10 @@ struct PeerContact {
     last_error: String,
     /// Set once the peer has been reported down: when that was last logged.
     reported_down_at: Option<Instant>,
+    /// Calls that passed their deadline since the peer was last reported slow.
+    late_calls: u32,
+    /// When the peer was last reported slow.
+    reported_slow_at: Option<Instant>,
 }
 
 /// Every peer's contact record.
@@ -109,12 +128,34 @@ impl ContactBook {
         let contact = self.peers.entry(peer).or_default();
         contact.last_heard = Some(contact.last_heard.map_or(now, |t| t.max(now)));
         let failing_since = contact.failing_since.take();
-        contact.reported_down_at.take()?;
-        Some(Notice::Back {
+        if contact.reported_down_at.take().is_some() {
+            contact.late_calls = 0;
+            return Some(Notice::Back {
+                peer,
+                down_for: failing_since
+                    .map_or(Duration::ZERO, |since| now.saturating_duration_since(since)),
+            });
+        }
+        let quiet = contact
+            .reported_slow_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= SLOW_LOG_EVERY);
+        if contact.late_calls == 0 || !quiet {
+            return None;
+        }
+        contact.reported_slow_at = Some(now);
+        Some(Notice::Slow {
             peer,
-            down_for: failing_since
-                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since)),
+            late_calls: std::mem::take(&mut contact.late_calls),
+            error: contact.last_error.clone(),
         })
+    }
+
+    /// A call to `peer` passed its deadline at `now` without an answer: a failure, and a late
+    /// call should the peer answer the next one.
+    pub fn late(&mut self, peer: u64, now: Instant, error: &str) -> Option<Notice> {
+        let contact = self.peers.entry(peer).or_default();
+        contact.late_calls = contact.late_calls.saturating_add(1);
+        self.failed(peer, now, error)
     }
 
     /// A call to `peer` failed at `now` with `error`.
@@ -287,6 +328,7 @@ mod tests {
                 Notice::Down { failing_for, .. } => ("down", failing_for.as_millis() as u64),
                 Notice::StillDown { failing_for, .. } => ("still", failing_for.as_millis() as u64),
                 Notice::Back { down_for, .. } => ("back", down_for.as_millis() as u64),
+                Notice::Slow { late_calls, .. } => ("slow", u64::from(*late_calls)),
             })
             .collect();
         assert_eq!(
@@ -303,6 +345,54 @@ mod tests {
             Health::Reachable {
                 last_heard: at(t0, 150_000)
             }
+        );
+    }
+
+    /// A follower that lets calls time out now and then, but answers, is logged when it
+    /// answers, with how many were late, at most once a minute.
+    #[test]
+    fn a_slow_peer_is_logged_at_most_once_a_minute() {
+        let t0 = Instant::now();
+        let mut book = ContactBook::new(AFTER);
+        book.heard(7, t0);
+        let mut notices = Vec::new();
+        for second in 0..130u64 {
+            let now = at(t0, second * 1_000);
+            notices.extend(book.late(7, now, "no response within 250ms"));
+            notices.extend(book.heard(7, now + Duration::from_millis(300)));
+        }
+        let late: Vec<u32> = notices
+            .iter()
+            .map(|n| match n {
+                Notice::Slow { late_calls, .. } => *late_calls,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(late, [1, 60, 60]);
+        assert_eq!(
+            book.health(7, at(t0, 130_000)),
+            Health::Reachable {
+                last_heard: at(t0, 129_300)
+            }
+        );
+    }
+
+    /// A peer that dies is reported unreachable, not slow, and its late calls do not come back
+    /// as "slow" when it returns.
+    #[test]
+    fn a_dead_peer_is_not_reported_slow() {
+        let t0 = Instant::now();
+        let mut book = ContactBook::new(AFTER);
+        book.heard(7, t0);
+        let mut notices = Vec::new();
+        for ms in (250..5_000).step_by(250) {
+            notices.extend(book.late(7, at(t0, ms), "no response within 250ms"));
+        }
+        notices.extend(book.heard(7, at(t0, 5_000)));
+        notices.extend(book.heard(7, at(t0, 5_100)));
+        assert!(
+            matches!(notices[..], [Notice::Down { .. }, Notice::Back { .. }]),
+            "{notices:?}"
         );
     }
 

@@ -2,12 +2,15 @@
 //! (ALPN `warren-raft/1`, control certificates only).
 //!
 //! One cached connection per peer. Dialling runs in a task of its own, shared by every caller
-//! that needs the peer meanwhile, so a call whose deadline is shorter than a handshake (a heartbeat
-//! over a slow link) does not abandon the dial: the next call finds the connection ready. A
-//! connection that closed (the peer went away, or a restarted peer reset it) or that broke
-//! mid-call is dropped and dialled anew; one that merely answered late is kept, unless it stays
-//! silent for [`SILENT_TIMEOUTS_MAX`] calls in a row. A peer that answers with a certificate
-//! for another node id is treated as unreachable: addresses move, identities do not.
+//! that needs the peer meanwhile, so a call whose deadline is shorter than a handshake (a
+//! heartbeat over a slow link) does not abandon the dial: a later call finds the connection
+//! ready. A dial still running after `redial_after` gets a second one beside it (at most
+//! [`DIALS_PER_PEER_MAX`]): a handshake whose first packet was lost — the peer was not listening
+//! yet — would otherwise wait out QUIC's initial retransmission timer. A connection that closed
+//! (the peer went away, or a restarted peer reset it) or that broke mid-call is dropped and
+//! dialled anew; one that merely answered late is kept, unless it stays silent for
+//! [`SILENT_TIMEOUTS_MAX`] calls in a row. A peer that answers with a certificate for another
+//! node id is treated as unreachable: addresses move, identities do not.
 //!
 //! Every outcome feeds the [`ContactBook`]: which peers answer, logged once when one goes down
 //! and when it comes back (see [`crate::contact`]).
@@ -346,7 +349,14 @@ impl Peers {
 
     /// Records a failed call and logs what the contact book says; returns the error.
     fn failed(&self, target: u64, error: PeerError) -> PeerError {
-        let notice = lock(&self.contacts).failed(target, Instant::now(), &error.to_string());
+        let now = Instant::now();
+        let text = error.to_string();
+        let notice = match &error {
+            PeerError::Rpc(warren_transport::RpcError::Timeout(_)) => {
+                lock(&self.contacts).late(target, now, &text)
+            }
+            _ => lock(&self.contacts).failed(target, now, &text),
+        };
         log_notice(notice);
         error
     }
@@ -416,6 +426,13 @@ fn log_notice(notice: Option<Notice>) {
             error,
         }) => {
             warn!(peer = %peer_hex(peer), failing_for = ?failing_for, error = %error, "control peer still unreachable");
+        }
+        Some(Notice::Slow {
+            peer,
+            late_calls,
+            error,
+        }) => {
+            warn!(peer = %peer_hex(peer), late_calls, error = %error, "control peer slow: calls passed their deadline");
         }
         Some(Notice::Back { peer, down_for }) => {
             info!(peer = %peer_hex(peer), down_for = ?down_for, "control peer reachable again");
