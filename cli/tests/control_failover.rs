@@ -224,24 +224,52 @@ fn timed_create(cluster: &Cluster, via: usize, name: &str) -> Duration {
     took
 }
 
+/// Writes through every node but `leader`, three rounds; returns how long each took.
+fn writes_through_followers(cluster: &Cluster, leader: usize, prefix: &str) -> Vec<Duration> {
+    let followers: Vec<usize> = (0..3).filter(|&n| n != leader).collect();
+    let mut took = Vec::new();
+    for round in 0..3 {
+        for &via in &followers {
+            took.push(timed_create(
+                cluster,
+                via,
+                &format!("{prefix}-{round}-{via}"),
+            ));
+        }
+    }
+    eprintln!("forwarded writes took {took:?}");
+    for (write_idx, took) in took.iter().enumerate() {
+        assert!(
+            *took < FAST_WRITE,
+            "write {write_idx} took {took:?}: not fast"
+        );
+    }
+    took
+}
+
 /// The bug this guards against: followers hold connections to a control node's previous run;
 /// once that node was killed, restarted and elected, a follower's forwarded write found the
 /// old connection reset and then waited for a *different* leader until the write timeout
 /// (5 s, HTTP 503). Now the follower asks the same leader again on a new connection.
 ///
-/// c1 leads while writes go through both followers (so they hold connections to it); c1 is
-/// killed with SIGKILL and, once another node leads, restarted; whoever leads then is killed
-/// (and restarted) until c1 leads again; then writes go through each follower, and every one
-/// must succeed fast.
+/// c1 leads while writes go through both followers (so they hold connections to it). Then two
+/// ways back to c1 leading, each followed by writes through both followers that must all
+/// succeed fast: c1 is killed with SIGKILL and restarted at once (it leads again before the
+/// others time out, and they still hold connections to its previous run); then c1 is killed,
+/// restarted once another node leads, and leaders are killed (and restarted) until c1 leads.
 #[test]
 fn forwarded_writes_reach_a_restarted_leader_at_once() {
     let mut cluster = Cluster::start();
     let all = [0, 1, 2];
+    assert_eq!(cluster.wait_leader(&all), 0, "c1 leads after init");
+    writes_through_followers(&cluster, 0, "before");
+
+    eprintln!("--- kill -9 c1 and restart it at once");
+    cluster.nodes[0].kill9();
+    cluster.nodes[0].restart();
     let leader = cluster.wait_leader(&all);
-    assert_eq!(leader, 0, "c1 leads after init");
-    for via in [1, 2] {
-        timed_create(&cluster, via, &format!("before-{via}"));
-    }
+    eprintln!("--- {} leads", cluster.nodes[leader].name);
+    writes_through_followers(&cluster, leader, "quick");
 
     eprintln!("--- kill -9 c1; once another leads, restart it");
     cluster.nodes[0].kill9();
@@ -264,20 +292,8 @@ fn forwarded_writes_reach_a_restarted_leader_at_once() {
         cluster.wait_leader(&others);
         cluster.nodes[leader].restart();
     }
-    eprintln!("--- c1 leads again after {rounds} leader kills; writes through both followers");
-    let mut took = Vec::new();
-    for round in 0..3 {
-        for via in [1, 2] {
-            took.push(timed_create(&cluster, via, &format!("after-{round}-{via}")));
-        }
-    }
-    eprintln!("forwarded writes took {took:?}");
-    for (write_idx, took) in took.iter().enumerate() {
-        assert!(
-            *took < FAST_WRITE,
-            "write {write_idx} took {took:?}: {took:?} is not fast"
-        );
-    }
+    eprintln!("--- c1 leads again after {rounds} leader kills");
+    writes_through_followers(&cluster, 0, "later");
 }
 
 /// A control node killed with SIGKILL shows as unreachable in `cluster status` (from the
