@@ -2,8 +2,10 @@
 //! linearizable or stale reads, answer peer RPCs, and decide joins.
 //!
 //! Writes never hang: every path is bounded by the write timeout, and a node that cannot reach
-//! a leader with quorum answers [`ProposeError::NoQuorum`] (HTTP 503) — quickly when it knows
-//! it is cut off (its leader lease has lapsed, or the known leader is unreachable).
+//! a leader with quorum answers [`ProposeError::NoQuorum`] (HTTP 503) — at once when it leads
+//! but its leader lease has lapsed. A forwarded request follows the leader: it leaves a leader
+//! that stopped answering as soon as another is known, and asks a leader that still stands
+//! again on a new connection (see `Control::to_leader`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
