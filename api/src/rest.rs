@@ -76,6 +76,51 @@ pub struct MemberInfo {
     pub voter: bool,
     /// Whether it leads now.
     pub leader: bool,
+    /// Whether it answers, as the leader sees it (or the answering node, when it cannot ask
+    /// the leader); `None` from a control node that does not tell.
+    #[serde(default)]
+    pub contact: Option<MemberContact>,
+}
+
+/// How a control member answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberHealth {
+    /// It answers (or it is the judge itself).
+    Reachable,
+    /// Calls to it have failed, with no word from it, for the member-unreachable time.
+    Unreachable,
+    /// The judge has not heard from it, nor tried long enough to say.
+    #[default]
+    Unknown,
+}
+
+impl MemberHealth {
+    /// The lowercase name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reachable => "reachable",
+            Self::Unreachable => "unreachable",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A control member's health as one control node — the leader, normally — judges it from its
+/// Raft traffic (soft state, never in the log).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberContact {
+    /// Reachable, unreachable or unknown.
+    pub health: MemberHealth,
+    /// When the judge last heard from it (unix ms); `None` if never.
+    pub last_contact_ms: Option<u64>,
+    /// Since when calls to it have failed (unix ms), when unreachable.
+    pub unreachable_since_ms: Option<u64>,
+    /// The last failed call's error, when unreachable.
+    pub error: Option<String>,
+    /// The control node that judged: the leader, or the answering node when the leader could
+    /// not be asked.
+    pub judged_by: NodeId,
 }
 
 /// Node counts by liveness.
@@ -157,6 +202,9 @@ pub struct NodeInfo {
     /// when that control node runs no mesh or has not heard of the node by gossip.
     #[serde(default)]
     pub gossip: Option<GossipInfo>,
+    /// For a control node that is a Raft member: whether it answers, as the leader sees it.
+    #[serde(default)]
+    pub member: Option<MemberContact>,
 }
 
 /// A node's gossip membership, as one control node's mesh sees it.

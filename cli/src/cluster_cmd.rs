@@ -2,7 +2,9 @@
 
 use anyhow::{Result, anyhow};
 use hyper::Method;
-use warren_api::rest::{ClusterStatus, NodeInfo, TokenRequest, TokenResponse};
+use warren_api::rest::{
+    ClusterStatus, MemberContact, MemberHealth, NodeInfo, TokenRequest, TokenResponse,
+};
 use warren_api::{NodeRole, NodeState};
 use warren_transport::ca::unix_now_ms;
 
@@ -117,17 +119,16 @@ pub async fn cluster(client: &Client, format: OutputFormat, command: ClusterComm
 }
 
 fn render_status(status: &ClusterStatus) -> String {
-    let leader = status
-        .members
-        .iter()
-        .find(|m| m.leader)
+    let now = unix_now_ms();
+    let leader = status.members.iter().find(|m| m.leader);
+    let leader_name = leader
         .map(|m| format!("{} ({})", m.name, m.id))
         .unwrap_or_else(|| "none known".to_owned());
     let counts = &status.nodes;
     let mut out = fields(&[
         ("cluster", status.name.clone()),
         ("fingerprint", format!("sha256:{}", status.fingerprint)),
-        ("leader", leader),
+        ("leader", leader_name),
         ("answered by", status.answered_by.to_string()),
         ("term", status.term.to_string()),
         ("revision", status.revision.to_string()),
@@ -141,7 +142,9 @@ fn render_status(status: &ClusterStatus) -> String {
         ("services", status.services.to_string()),
     ]);
     out.push('\n');
-    let mut table = Table::new(&["MEMBER", "NAME", "QUIC", "API", "VOTER", "LEADER"]);
+    let mut table = Table::new(&[
+        "MEMBER", "NAME", "QUIC", "API", "VOTER", "LEADER", "CONTACT",
+    ]);
     for member in &status.members {
         table.row(vec![
             member.id.to_string(),
@@ -150,10 +153,36 @@ fn render_status(status: &ClusterStatus) -> String {
             member.api_addr.clone(),
             yes_no(member.voter),
             yes_no(member.leader),
+            member
+                .contact
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |c| contact_state(c, now)),
         ]);
     }
     out.push_str(&table.render());
+    // CONTACT is the leader's view; say so when it is another node's.
+    let judge = status
+        .members
+        .iter()
+        .find_map(|m| m.contact.as_ref().map(|c| c.judged_by));
+    if let Some(judge) = judge
+        && leader.is_none_or(|l| l.id != judge)
+    {
+        out.push_str(&format!(
+            "CONTACT as seen by {judge}: the leader could not be asked\n"
+        ));
+    }
     out
+}
+
+/// `reachable`, `unknown`, or `unreachable 12s` (since calls to it started failing).
+fn contact_state(contact: &MemberContact, now_ms: u64) -> String {
+    match (contact.health, contact.unreachable_since_ms) {
+        (MemberHealth::Unreachable, Some(since_ms)) => {
+            format!("unreachable {}", age(now_ms, since_ms))
+        }
+        (health, _) => health.as_str().to_owned(),
+    }
 }
 
 fn yes_no(value: bool) -> String {
@@ -250,9 +279,17 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
     ]);
     for info in nodes {
         let node = &info.node;
-        let state = match node.state {
-            NodeState::Unreachable { since_ms } => format!("unreachable {}", age(now, since_ms)),
-            other => other.as_str().to_owned(),
+        // A control member the leader cannot reach shows so, whatever the registry says.
+        let member_down = info
+            .member
+            .as_ref()
+            .filter(|c| c.health == MemberHealth::Unreachable);
+        let state = match (node.state, member_down) {
+            (NodeState::Ready, Some(contact)) => contact_state(contact, now),
+            (NodeState::Unreachable { since_ms }, _) => {
+                format!("unreachable {}", age(now, since_ms))
+            }
+            (other, _) => other.as_str().to_owned(),
         };
         table.row(vec![
             node.id.to_string(),

@@ -79,7 +79,7 @@ use crate::output::OutputFormat;
 )]
 struct Cli {
     /// Log level filter (e.g. `info`, `debug`, `warren_transport=debug`). Default: `warn`
-    /// (`info,openraft=warn` for `control`, `info` for `agent`, `warn,openraft=error` for
+    /// (`info,openraft=warn` less openraft's per-RPC replication errors for `control`, `info` for `agent`, `warn,openraft=error` for
     /// `dev`, `error` for `demo`, whose partition makes the agents complain on purpose).
     #[arg(
         long,
@@ -216,11 +216,16 @@ enum Command {
     },
 }
 
+/// The control node's default log filter: openraft's warnings, except its per-RPC complaints
+/// about unreachable peers (replication errors and the failed heartbeats they cause), which the
+/// control node reports itself, once per peer going down.
+const CONTROL_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Demo(_) => "error",
         Command::Dev(_) => "warn,openraft=error",
-        Command::Control(_) => "info,openraft=warn",
+        Command::Control(_) => CONTROL_LOG_FILTER,
         // hickory logs every DNS request at info; chitchat every failed gossip send at warn.
         Command::Agent(_) => "info,hickory_server=warn,chitchat=error",
         _ => "warn",

@@ -973,11 +973,14 @@ fn print_header(quick: bool) {
         if quick { ", WARREN_BENCH_QUICK" } else { "" }
     );
     println!(
-        "default ControlConfig: heartbeat {} ms, election timeout {}-{} ms, write timeout {} s; \
-         sled in temp dirs (every acknowledged write is flushed)",
+        "default ControlConfig: heartbeat {} ms, election timeout {}-{} ms (Raft RPC deadline {} \
+         ms, vote deadline {} ms), write timeout {} s; sled in temp dirs (every acknowledged \
+         write is flushed)",
         config.heartbeat.as_millis(),
         config.election_timeout.0.as_millis(),
         config.election_timeout.1.as_millis(),
+        config.rpc_timeout().as_millis(),
+        config.vote_timeout().as_millis(),
         config.write_timeout.as_secs(),
     );
     println!();

@@ -2,8 +2,10 @@
 //! linearizable or stale reads, answer peer RPCs, and decide joins.
 //!
 //! Writes never hang: every path is bounded by the write timeout, and a node that cannot reach
-//! a leader with quorum answers [`ProposeError::NoQuorum`] (HTTP 503) — quickly when it knows
-//! it is cut off (its leader lease has lapsed, or the known leader is unreachable).
+//! a leader with quorum answers [`ProposeError::NoQuorum`] (HTTP 503) — at once when it leads
+//! but its leader lease has lapsed. A forwarded request follows the leader: it leaves a leader
+//! that stopped answering as soon as another is known, and asks a leader that still stands
+//! again on a new connection (see `Control::to_leader`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +22,10 @@ use warren_transport::join::{CheckedJoin, JoinAuthority, JoinGrant, Refused, ran
 use warren_transport::seal::{SealKey, node_secret_key};
 use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
 
+use warren_api::rest::MemberContact;
+
 use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
+use crate::contact::Health;
 use crate::metrics::ControlMetrics;
 use crate::network::Peers;
 use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
@@ -34,6 +39,15 @@ pub use membership::MEMBERSHIP_BUSY_WAIT;
 
 /// How long [`Control::gather_agents`] waits for each other control node.
 pub const AGENT_REPORTS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long [`Control::member_contacts`] waits for the leader's view before it answers with
+/// this node's own.
+pub const MEMBER_CONTACTS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bounds of the pause before a forwarded request is asked again of the same leader.
+pub const RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
+/// See [`RETRY_PAUSE_MIN`].
+pub const RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
 
 /// Timers of the write and read paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,17 +153,19 @@ impl Control {
     }
 
     /// Every control node's knowledge of the agents, merged (one report per agent). Members
-    /// that do not answer within [`AGENT_REPORTS_TIMEOUT`] are left out: this is soft state,
-    /// and a partial answer beats none.
+    /// that do not answer within [`AGENT_REPORTS_TIMEOUT`] are left out, and members this node
+    /// found unreachable a moment ago are not asked again yet ([`Peers::skip`]): this is soft
+    /// state, and a partial answer now beats a full one later.
     pub async fn gather_agents(&self, full: bool) -> BTreeMap<NodeId, AgentReport> {
         let metrics = self.raft.metrics().borrow().clone();
-        let members: Vec<(u64, Member)> = metrics
+        let mut members: Vec<(u64, Member)> = metrics
             .membership_config
             .membership()
             .nodes()
             .filter(|(id, _)| **id != self.id)
             .map(|(id, m)| (*id, m.clone()))
             .collect();
+        members.retain(|(id, _)| !self.peers.skip(*id));
         let mut calls = tokio::task::JoinSet::new();
         for (id, member) in members {
             let peers = self.peers.clone();
@@ -175,6 +191,61 @@ impl Control {
             }
         }
         status::merge(books)
+    }
+
+    /// How each control member answers, by member id, as the leader judges it from its Raft
+    /// traffic: asked of the leader when this node follows (a follower hears from no one else);
+    /// this node's own view when it leads, or when the leader does not answer within
+    /// [`MEMBER_CONTACTS_TIMEOUT`] (`judged_by` tells which).
+    pub async fn member_contacts(&self) -> BTreeMap<u64, MemberContact> {
+        if let Some((leader, member)) = self.leader().filter(|(id, _)| *id != self.id) {
+            let rpc = ControlRpc::MemberContacts;
+            let reply = self
+                .peers
+                .call(leader, &member.quic_addr, &rpc, MEMBER_CONTACTS_TIMEOUT)
+                .await;
+            match reply {
+                Ok(ControlRpcReply::MemberContacts(contacts)) => {
+                    return contacts.into_iter().collect();
+                }
+                Ok(_) => debug!("unexpected reply to member contacts"),
+                Err(error) => {
+                    debug!(peer = %format_args!("{leader:016x}"), error = %error, "leader did not say how members answer");
+                }
+            }
+        }
+        self.own_member_contacts()
+    }
+
+    /// How each control member answers this node (itself: reachable).
+    fn own_member_contacts(&self) -> BTreeMap<u64, MemberContact> {
+        let members: Vec<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        self.peers.retain(|peer| members.contains(&peer));
+        let now = tokio::time::Instant::now();
+        let now_ms = unix_now_ms();
+        let mut health = self
+            .peers
+            .health(members.iter().copied().filter(|id| *id != self.id));
+        if members.contains(&self.id) {
+            health.insert(self.id, Health::Reachable { last_heard: now });
+        }
+        health
+            .into_iter()
+            .map(|(id, health)| (id, health.to_api(self.id, now, now_ms)))
+            .collect()
+    }
+
+    /// The peer layer (connections to the other control nodes, and who answers).
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Sets the cluster key once (a joining control node receives it after it is a member).
@@ -315,20 +386,28 @@ impl Control {
             op,
         };
         let deadline = Instant::now() + self.timeouts.write;
+        let mut hint: Option<(u64, Member)> = None;
         loop {
             let leader = match self.propose_local(command.clone()).await {
-                Err(ProposeError::NotLeader { leader }) => leader,
+                Err(ProposeError::NotLeader { leader }) => hint.take().or(leader),
                 other => return other,
             };
-            match self
-                .to_leader(&ControlRpc::Propose(command.clone()), leader, deadline)
-                .await
-            {
-                Ok(ControlRpcReply::Proposed(Err(ProposeError::NotLeader { .. })))
-                | Err(ProposeError::NotLeader { .. })
+            let asked = leader.as_ref().map(|(id, _)| *id);
+            let rpc = ControlRpc::Propose(command.clone());
+            match self.to_leader(&rpc, leader, deadline).await {
+                Ok(ControlRpcReply::Proposed(Err(ProposeError::NotLeader { leader: next })))
                     if Instant::now() < deadline =>
                 {
-                    // Leadership moved while we asked (possibly to us): try again.
+                    // Leadership moved while we asked: follow the answer's hint if it names
+                    // another node, else give this node a moment to learn of the move.
+                    match next {
+                        Some(next) if Some(next.0) != asked => hint = Some(next),
+                        _ => self.pause_for_leader_change(asked, deadline).await,
+                    }
+                }
+                Err(ProposeError::NotLeader { .. }) if Instant::now() < deadline => {
+                    // This node is, or is about to be, the leader: propose here again.
+                    tokio::time::sleep(RETRY_PAUSE_MIN).await;
                 }
                 Ok(ControlRpcReply::Proposed(reply)) => return reply,
                 Ok(_) => {
@@ -341,9 +420,14 @@ impl Control {
         }
     }
 
-    /// Sends `rpc` to the leader. If the leader we know does not answer (it may have just
-    /// died), waits for a new one to be elected and asks it instead, until `deadline`. Returns
-    /// `NotLeader` naming this node if it became the leader meanwhile.
+    /// Sends `rpc` to the leader, until `deadline`. Returns `NotLeader` naming this node if it
+    /// is (or became) the leader.
+    ///
+    /// Stops waiting for a leader's answer as soon as this node learns of another leader, or of
+    /// an election: a leader killed mid-request never answers. While the same leader stands, a
+    /// failed call is retried on a new connection (the old one broke, or reached the previous
+    /// run of a restarted leader) after a pause that grows from nothing to
+    /// [`RETRY_PAUSE_MAX`]. With no leader known, waits for one to be elected.
     ///
     /// A forwarded write whose leader died mid-request may be retried against the new leader;
     /// every operation is safe to repeat (re-applying an identical spec is "unchanged").
@@ -355,6 +439,7 @@ impl Control {
     ) -> Result<ControlRpcReply, ProposeError> {
         let mut leader = known;
         let mut last_error = None;
+        let mut pause = Duration::ZERO;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -374,27 +459,51 @@ impl Control {
                     leader: Some((id, member)),
                 });
             }
-            let attempt = remaining.min(self.timeouts.election_max * 2);
-            match self.peers.call(id, &member.quic_addr, rpc, attempt).await {
-                Ok(reply) => return Ok(reply),
-                Err(error) => {
-                    debug!(peer = %format_args!("{id:016x}"), error = %error, "leader did not answer; waiting for another");
-                    last_error = Some(format!(
-                        "leader {id:016x} ({}) is not reachable: {error}",
-                        member.quic_addr
-                    ));
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    let wait = self.raft.wait(Some(remaining));
-                    let _ = wait
-                        .metrics(
-                            |m| m.current_leader.is_some_and(|l| l != id),
-                            "a new leader",
-                        )
-                        .await;
+            let call = self.peers.call(id, &member.quic_addr, rpc, remaining);
+            let error = tokio::select! {
+                reply = call => match reply {
+                    Ok(reply) => return Ok(reply),
+                    Err(error) => error,
+                },
+                () = self.leader_moved_from(id) => {
                     leader = self.leader();
+                    continue;
                 }
+            };
+            debug!(peer = %format_args!("{id:016x}"), error = %error, "leader did not answer");
+            last_error = Some(format!(
+                "leader {id:016x} ({}) is not reachable: {error}",
+                member.quic_addr
+            ));
+            let wait = pause.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.leader_moved_from(id) => {}
             }
+            pause = (pause * 2).clamp(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
+            leader = self.leader();
         }
+    }
+
+    /// Returns once this node's idea of the leader is no longer `id` (another leader, or an
+    /// election under way). Never returns after Raft has stopped.
+    async fn leader_moved_from(&self, id: u64) {
+        let mut metrics = self.raft.metrics();
+        if metrics
+            .wait_for(|m| m.current_leader != Some(id))
+            .await
+            .is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Waits up to [`RETRY_PAUSE_MAX`] (and at most until `deadline`) for the leader this node
+    /// knows to change from `asked`.
+    async fn pause_for_leader_change(&self, asked: Option<u64>, deadline: Instant) {
+        let wait = RETRY_PAUSE_MAX.min(deadline.saturating_duration_since(Instant::now()));
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(wait, metrics.wait_for(|m| m.current_leader != asked)).await;
     }
 
     async fn wait_for_leader_within(&self, timeout: Duration) -> Option<(u64, Member)> {
@@ -451,27 +560,40 @@ impl Control {
                 self.note_removed("the leader took it out of the membership".into());
                 ControlRpcReply::RemovedNoted
             }
+            ControlRpc::MemberContacts => {
+                ControlRpcReply::MemberContacts(self.own_member_contacts().into_iter().collect())
+            }
         }
     }
 
+    /// A read index confirmed by a quorum, on this node as the leader. A round that misses the
+    /// quorum (connections to restarted peers still being set up, a slow disk) is tried again,
+    /// within the write timeout, while the leader lease holds.
     async fn leader_read_index(&self) -> Result<u64, ProposeError> {
-        self.check_leader_lease()?;
-        match tokio::time::timeout(self.timeouts.write, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(self.no_quorum_timeout("read barrier")),
-            Ok(Ok(log_id)) => Ok(log_id.map(|id| id.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node),
-                })
+        let deadline = Instant::now() + self.timeouts.write;
+        loop {
+            self.check_leader_lease()?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let round = tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await;
+            match round {
+                Err(_) => return Err(self.no_quorum_timeout("read barrier")),
+                Ok(Ok(log_id)) => return Ok(log_id.map(|id| id.index).unwrap_or(0)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(ProposeError::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node),
+                    });
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                    if Instant::now() + RETRY_PAUSE_MAX >= deadline {
+                        return Err(ProposeError::NoQuorum(
+                            "the leader could not confirm its leadership with a majority of control nodes"
+                                .into(),
+                        ));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE_MIN).await;
+                }
+                Ok(Err(RaftError::Fatal(_))) => return Err(ProposeError::ShuttingDown),
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                // openraft's own text prints its types' Debug output: say it in our words.
-                Err(ProposeError::NoQuorum(format!(
-                    "only {} control node(s) confirmed this node's leadership, not a majority",
-                    e.got.len()
-                )))
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
         }
     }
 

@@ -5,6 +5,7 @@
 //! unless `?stale=true`. Errors map to HTTP status in exactly one place ([`ApiError::status`]).
 //! Every answer carries the control members' API addresses (`MEMBERS_HEADER`).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use warren_api::rest::{
-    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MEMBERS_HEADER, MemberInfo,
-    NodeCounts, NodeInfo, PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo,
-    TokenRequest, TokenResponse, WriteResult,
+    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MEMBERS_HEADER, MemberContact,
+    MemberHealth, MemberInfo, NodeCounts, NodeInfo, PREFIX, ReplicaInfo, ScaleRequest,
+    SecretCreate, ServiceInfo, TokenRequest, TokenResponse, WriteResult,
 };
 use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, ServiceSpec, Volume};
 use warren_transport::MintOptions;
@@ -460,6 +461,7 @@ impl Api {
     }
 
     async fn cluster_status(&self, stale: bool) -> ApiResult {
+        let contacts = self.control.member_contacts().await;
         let state = self.read(stale).await?;
         let metrics = self.control.raft().metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
@@ -473,18 +475,10 @@ impl Api {
                 api_addr: member.api_addr.clone(),
                 voter: voters.contains(id),
                 leader: metrics.current_leader == Some(*id),
+                contact: contacts.get(id).cloned(),
             })
             .collect();
-        let mut nodes = NodeCounts::default();
-        for node in state.nodes.values() {
-            nodes.total += 1;
-            match node.state {
-                NodeState::Ready => nodes.ready += 1,
-                NodeState::Unreachable { .. } => nodes.unreachable += 1,
-                NodeState::Down => nodes.down += 1,
-                NodeState::Removed => nodes.removed += 1,
-            }
-        }
+        let nodes = node_counts(&state, &contacts);
         let cluster = state.cluster.as_ref();
         ok(&ClusterStatus {
             name: cluster.map(|c| c.name.clone()).unwrap_or_default(),
@@ -538,6 +532,7 @@ impl Api {
         node: &warren_api::Node,
         agent: Option<&AgentReport>,
         gossip: Option<&[warren_mesh::Member]>,
+        contacts: &BTreeMap<u64, MemberContact>,
     ) -> NodeInfo {
         let metrics = self.control.raft().metrics().borrow().clone();
         let raft_member = metrics
@@ -562,26 +557,39 @@ impl Api {
             gossip: gossip
                 .and_then(|members| members.iter().find(|m| m.node_id == node.id))
                 .map(crate::gossip::info),
+            member: raft_member
+                .then(|| contacts.get(&node.id.0).cloned())
+                .flatten(),
         }
     }
 
     async fn list_nodes(&self, stale: bool) -> ApiResult {
-        let agents = self.control.gather_agents(false).await;
+        let (agents, contacts) = tokio::join!(
+            self.control.gather_agents(false),
+            self.control.member_contacts()
+        );
         let state = self.read(stale).await?;
         let gossip = self.control.gossip_members();
         ok(&state
             .nodes
             .values()
-            .map(|n| self.node_info(&state, n, agents.get(&n.id), gossip.as_deref()))
+            .map(|n| {
+                let agent = agents.get(&n.id);
+                self.node_info(&state, n, agent, gossip.as_deref(), &contacts)
+            })
             .collect::<Vec<_>>())
     }
 
     async fn get_node(&self, key: &str, stale: bool) -> ApiResult {
-        let agents = self.control.gather_agents(true).await;
+        let (agents, contacts) = tokio::join!(
+            self.control.gather_agents(true),
+            self.control.member_contacts()
+        );
         let state = self.read(stale).await?;
         let node = find_node(&state, key)?;
         let gossip = self.control.gossip_members();
-        ok(&self.node_info(&state, node, agents.get(&node.id), gossip.as_deref()))
+        let agent = agents.get(&node.id);
+        ok(&self.node_info(&state, node, agent, gossip.as_deref(), &contacts))
     }
 
     async fn set_availability(&self, key: &str, availability: Availability) -> ApiResult {
@@ -725,6 +733,26 @@ impl Api {
                 .await?,
         )
     }
+}
+
+/// Nodes by state; a control member the leader cannot reach counts as unreachable, whatever
+/// the registry says (control nodes are not judged by the liveness duty).
+fn node_counts(state: &ClusterState, contacts: &BTreeMap<u64, MemberContact>) -> NodeCounts {
+    let mut nodes = NodeCounts::default();
+    for node in state.nodes.values() {
+        nodes.total += 1;
+        let member_down = contacts
+            .get(&node.id.0)
+            .is_some_and(|c| c.health == MemberHealth::Unreachable);
+        match node.state {
+            NodeState::Ready if member_down => nodes.unreachable += 1,
+            NodeState::Ready => nodes.ready += 1,
+            NodeState::Unreachable { .. } => nodes.unreachable += 1,
+            NodeState::Down => nodes.down += 1,
+            NodeState::Removed => nodes.removed += 1,
+        }
+    }
+    nodes
 }
 
 fn service_name(name: &str) -> Result<ServiceName, ApiError> {

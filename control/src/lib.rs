@@ -7,6 +7,10 @@
 //! - [`members`]: the control members' API addresses, as clients are told them.
 //! - [`secrets`]: secret values sealed at rest, and re-sealed per node for agents' views.
 //! - [`store`]: openraft log and state-machine storage on sled.
+//! - [`network`] + [`rpc`]: Raft and control RPCs between control nodes; [`contact`] is the
+//!   pure book of which peers answer.
+//! - [`election`] (pure) and [`timers`]: the leader's heartbeat and the election timer, run
+//!   here rather than by openraft's tick.
 //! - [`types`]: openraft type configuration.
 //!
 //! The only crate that names openraft. Decisions are pure functions of the log: `apply` reads
@@ -15,7 +19,9 @@
 
 pub mod catalogue;
 pub mod command;
+pub mod contact;
 pub mod control;
+pub mod election;
 pub mod gossip;
 pub mod http;
 pub mod liveness;
@@ -30,6 +36,7 @@ pub mod secrets;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod timers;
 pub mod types;
 
 pub use command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};

@@ -23,18 +23,20 @@ use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME, unix_now, unix_now_m
 use warren_transport::join::{random_node_id, serve_join};
 use warren_transport::seal::SealKey;
 use warren_transport::{
-    Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, RevocationList,
-    TransportConfig, TransportMetrics, Validity, write_atomic,
+    Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, PeerConnection,
+    RevocationList, TransportConfig, TransportMetrics, Validity, write_atomic,
 };
 
 use crate::command::Op;
 use crate::control::{Control, ControlParts, Timeouts};
+use crate::election::ElectionTimes;
 use crate::http::Api;
 use crate::liveness::Liveness;
 use crate::metrics::ControlMetrics;
-use crate::network::Peers;
+use crate::network::{PeerTimers, Peers};
 use crate::rpc::{ControlRpc, ProposeError};
 use crate::store::{self, StoreTuning};
+use crate::timers::RaftTimers;
 use crate::types::{Member, Raft};
 use warren_transport::https::ApiListener;
 
@@ -80,12 +82,18 @@ pub struct NodeSettings {
 /// Default for [`ControlConfig::unreachable_after`].
 pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
 
+/// Default for [`ControlConfig::member_unreachable_after`].
+pub const DEFAULT_MEMBER_UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
+
 /// Tuning that is not persisted (defaults suit a central site on a LAN).
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
-    /// Raft heartbeat interval.
+    /// How often the leader sends heartbeats (driven by [`crate::timers`]).
     pub heartbeat: Duration,
-    /// Raft election timeout range.
+    /// A voter that hears nothing from a leader for a random time in `[min, max)` campaigns.
+    /// `min` is also the voters' lease: they refuse to vote for another node while they have
+    /// heard from their leader within it. The Raft RPC deadlines derive from it
+    /// ([`ControlConfig::rpc_timeout`], [`ControlConfig::vote_timeout`]).
     pub election_timeout: (Duration, Duration),
     /// Upper bound on a write or a linearizable read.
     pub write_timeout: Duration,
@@ -100,6 +108,9 @@ pub struct ControlConfig {
     /// delay). Longer than an agent's reconnect after a control node dies (~15 s). Gossip can
     /// be quicker: see [`crate::liveness`].
     pub unreachable_after: Duration,
+    /// A control member whose calls have failed this long, with no word from it, is shown
+    /// `unreachable` (and logged once); see [`crate::contact`].
+    pub member_unreachable_after: Duration,
     /// The gossip mesh's timers (used only when the node has a gossip address).
     pub mesh_timers: MeshTimers,
     /// How long the leader waits for a joining control node to receive the log before it
@@ -114,7 +125,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(700)),
             write_timeout: Duration::from_secs(5),
             transport: TransportConfig {
                 connect_timeout: Duration::from_secs(2),
@@ -123,6 +134,7 @@ impl Default for ControlConfig {
             store: StoreTuning::default(),
             snapshot_every: 5_000,
             unreachable_after: DEFAULT_UNREACHABLE_AFTER,
+            member_unreachable_after: DEFAULT_MEMBER_UNREACHABLE_AFTER,
             mesh_timers: MeshTimers::default(),
             learner_catch_up: Duration::from_secs(30),
             join_abandoned_after: Duration::from_secs(60),
@@ -162,6 +174,11 @@ impl ControlConfig {
                 "unreachable_after must be at least 1 s".into(),
             ));
         }
+        if self.member_unreachable_after < max {
+            return Err(NodeError::Config(
+                "member_unreachable_after must be at least the election timeout max".into(),
+            ));
+        }
         if self.write_timeout < max {
             return Err(NodeError::Config(
                 "write timeout must be at least the election timeout".into(),
@@ -183,6 +200,66 @@ impl ControlConfig {
         self.transport
             .validate()
             .map_err(|e| NodeError::Config(e.to_string()))
+    }
+
+    /// Deadline of an AppendEntries RPC (replication, heartbeat, read barrier): half the lease.
+    /// Several heartbeats long, so a follower slowed by a busy disk or a long link answers in
+    /// time, yet short enough that a lost round is retried well before the lease runs out.
+    pub fn rpc_timeout(&self) -> Duration {
+        self.election_timeout.0 / 2
+    }
+
+    /// Deadline of a vote request: between the RPC deadline and the lease.
+    pub fn vote_timeout(&self) -> Duration {
+        self.election_timeout.0 * 3 / 4
+    }
+
+    /// The timers [`crate::timers`] runs.
+    pub fn raft_timers(&self) -> RaftTimers {
+        let (min, max) = self.election_timeout;
+        RaftTimers {
+            heartbeat: self.heartbeat,
+            election: ElectionTimes {
+                lease: min,
+                spread: max - min,
+                retry: self.vote_timeout(),
+            },
+        }
+    }
+
+    /// The peer layer's timers: an unreachable peer is retried after a heartbeat at first, then
+    /// less often, but at least every RPC deadline (half the lease): a restarted member must
+    /// hear from the leader before its election timer runs out, or it campaigns and deposes
+    /// the leader.
+    pub fn peer_timers(&self) -> PeerTimers {
+        PeerTimers {
+            unreachable_after: self.member_unreachable_after,
+            redial_after: self.rpc_timeout(),
+            retry_initial: self.heartbeat,
+            retry_max: self.rpc_timeout(),
+        }
+    }
+
+    /// openraft's configuration. openraft's `heartbeat_interval` is its AppendEntries deadline
+    /// (and its tick is 1.5 times that); its election timeout bounds are the vote deadline and
+    /// the lease. Its own heartbeat and election timers are off: [`crate::timers`] runs them.
+    fn raft_config(&self) -> Result<openraft::Config, NodeError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        openraft::Config {
+            cluster_name: "warren".into(),
+            heartbeat_interval: ms(self.rpc_timeout()),
+            election_timeout_min: ms(self.vote_timeout()),
+            election_timeout_max: ms(self.election_timeout.0),
+            // One snapshot chunk is bounded like a write: it is sent and stored in one go.
+            install_snapshot_timeout: ms(self.write_timeout),
+            enable_heartbeat: false,
+            enable_elect: false,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))
     }
 }
 
@@ -584,18 +661,9 @@ impl ControlNode {
         let (log_store, sm_store) = store::open(data_dir, config.store)?;
         let state = sm_store.state();
         let applied = sm_store.watch_applied();
-        let peers = Peers::new(endpoint.clone());
-        let raft_config = openraft::Config {
-            cluster_name: "warren".into(),
-            heartbeat_interval: config.heartbeat.as_millis() as u64,
-            election_timeout_min: config.election_timeout.0.as_millis() as u64,
-            election_timeout_max: config.election_timeout.1.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1_000,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let tasks = TaskTracker::new();
+        let peers = Peers::new(endpoint.clone(), tasks.clone(), config.peer_timers());
+        let raft_config = config.raft_config()?;
         let raft = Raft::new(
             settings.node_id.0,
             Arc::new(raft_config),
@@ -621,7 +689,12 @@ impl ControlNode {
             fingerprint: endpoint.cluster_fingerprint(),
         }));
         let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
+        crate::timers::spawn(
+            control.clone(),
+            config.raft_timers(),
+            cancel.clone(),
+            &tasks,
+        );
         let api_addr = api_listener.local_addr();
         let api = Api::new(control.clone(), control_metrics.clone());
         tasks.spawn(
@@ -721,8 +794,12 @@ impl ControlNode {
                     let serve = async {
                         match conn.alpn() {
                             Alpn::Raft => {
-                                let handler = move |rpc: ControlRpc, _| {
+                                let handler = move |rpc: ControlRpc, conn: PeerConnection| {
                                     let control = control.clone();
+                                    // Any RPC from a member shows it is alive.
+                                    if let Some(peer) = conn.peer().and_then(|p| p.node_id) {
+                                        control.peers().heard_from(peer.0);
+                                    }
                                     async move { control.handle_rpc(rpc).await }
                                 };
                                 warren_transport::serve_requests(conn.clone(), handler).await;

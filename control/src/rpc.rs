@@ -45,6 +45,8 @@ pub enum ControlRpc {
     /// The leader tells a control node it has just taken out of the membership, so that the
     /// node stops at once instead of calling elections no one answers.
     Removed,
+    /// How the control members answer, as this node (the leader) sees them (soft state).
+    MemberContacts,
 }
 
 /// The answer to a [`ControlRpc`].
@@ -68,6 +70,8 @@ pub enum ControlRpcReply {
     AgentReports(Vec<crate::status::AgentReport>),
     /// Answer to `Removed`.
     RemovedNoted,
+    /// Answer to `MemberContacts`: by member id.
+    MemberContacts(Vec<(u64, warren_api::rest::MemberContact)>),
 }
 
 /// Secrets every control node holds: handed to a new control node once it is a member, over

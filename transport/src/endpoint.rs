@@ -961,6 +961,12 @@ impl PeerConnection {
         self.conn.close(CLOSE_NORMAL.into(), reason.as_bytes());
     }
 
+    /// Whether the connection has already closed (by either side, a stateless reset from a
+    /// restarted peer, or an idle timeout): a caller holding it in a cache should dial anew.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
     /// Waits until the connection is closed; returns why.
     pub async fn closed(&self) -> String {
         self.conn.closed().await.to_string()

@@ -68,6 +68,11 @@ impl Foreground {
         }
     }
 
+    /// Where the child's stderr goes.
+    pub fn stderr_log(&self) -> &Path {
+        &self.stderr_log
+    }
+
     pub fn wait_for_line(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
