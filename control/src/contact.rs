@@ -225,6 +225,14 @@ impl ContactBook {
         }
     }
 
+    /// Whether the latest calls to `peer` failed, with no word from it since: it may be down,
+    /// though not for long enough to be judged unreachable yet.
+    pub fn failing(&self, peer: u64) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|contact| contact.failing_since.is_some())
+    }
+
     /// Forgets the peers `keep` says no (members that left).
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
         self.peers.retain(|peer, _| keep(*peer));
@@ -417,6 +425,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_peer_is_failing_from_its_first_failed_call_until_it_is_heard() {
+        let t0 = Instant::now();
+        let mut book = ContactBook::new(AFTER);
+        assert!(!book.failing(7), "never called");
+        book.heard(7, t0);
+        assert!(!book.failing(7));
+        book.failed(7, at(t0, 100), "no answer");
+        assert!(book.failing(7), "long before it is unreachable");
+        book.heard(7, at(t0, 200));
+        assert!(!book.failing(7), "it answered");
     }
 
     #[test]

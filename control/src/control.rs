@@ -40,6 +40,12 @@ pub use membership::MEMBERSHIP_BUSY_WAIT;
 /// How long [`Control::gather_agents`] waits for each other control node.
 pub const AGENT_REPORTS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long [`Control::gather_agents`] waits for a member whose calls are failing right now
+/// (it may have just died: until it is judged unreachable and skipped, every `service ps`
+/// would otherwise wait the full [`AGENT_REPORTS_TIMEOUT`] on it). Enough for a live member on
+/// the control nodes' LAN to answer on a new connection.
+pub const AGENT_REPORTS_TIMEOUT_FAILING: Duration = Duration::from_millis(200);
+
 /// How long [`Control::member_contacts`] waits for the leader's view before it answers with
 /// this node's own.
 pub const MEMBER_CONTACTS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -153,9 +159,10 @@ impl Control {
     }
 
     /// Every control node's knowledge of the agents, merged (one report per agent). Members
-    /// that do not answer within [`AGENT_REPORTS_TIMEOUT`] are left out, and members this node
-    /// found unreachable a moment ago are not asked again yet ([`Peers::skip`]): this is soft
-    /// state, and a partial answer now beats a full one later.
+    /// that do not answer within [`AGENT_REPORTS_TIMEOUT`] (or [`AGENT_REPORTS_TIMEOUT_FAILING`]
+    /// while calls to them fail) are left out, and members this node found unreachable a
+    /// moment ago are not asked again yet ([`Peers::skip`]): this is soft state, and a partial
+    /// answer now beats a full one later.
     pub async fn gather_agents(&self, full: bool) -> BTreeMap<NodeId, AgentReport> {
         let metrics = self.raft.metrics().borrow().clone();
         let mut members: Vec<(u64, Member)> = metrics
@@ -169,11 +176,14 @@ impl Control {
         let mut calls = tokio::task::JoinSet::new();
         for (id, member) in members {
             let peers = self.peers.clone();
+            let timeout = if peers.failing(id) {
+                AGENT_REPORTS_TIMEOUT_FAILING
+            } else {
+                AGENT_REPORTS_TIMEOUT
+            };
             calls.spawn(async move {
                 let rpc = ControlRpc::AgentReports { full };
-                let reply = peers
-                    .call(id, &member.quic_addr, &rpc, AGENT_REPORTS_TIMEOUT)
-                    .await;
+                let reply = peers.call(id, &member.quic_addr, &rpc, timeout).await;
                 (id, reply)
             });
         }

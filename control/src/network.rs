@@ -413,6 +413,12 @@ impl Peers {
         lock(&self.contacts).skip(peer, Instant::now())
     }
 
+    /// Whether calls to `peer` are failing now, with no word from it since (see
+    /// [`ContactBook::failing`]).
+    pub fn failing(&self, peer: u64) -> bool {
+        lock(&self.contacts).failing(peer)
+    }
+
     /// Forgets peers that are no longer members.
     pub fn retain(&self, mut keep: impl FnMut(u64) -> bool) {
         lock(&self.contacts).retain(&mut keep);
