@@ -125,7 +125,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(700)),
+            election_timeout: (Duration::from_millis(700), Duration::from_millis(900)),
             write_timeout: Duration::from_secs(5),
             transport: TransportConfig {
                 connect_timeout: Duration::from_secs(2),
