@@ -262,9 +262,22 @@ fn second_open_of_a_locked_dir_is_refused() {
     );
 }
 
-/// Runs `corrupt` on the closed store's raw sled database.
+/// Runs `corrupt` on the closed store's raw sled database. A store dropped a moment ago may
+/// still hold sled's lock until sled's background threads (the flusher, an async flush) let go
+/// of it, so the open waits for it as `store::open` does.
 fn with_raw_db(dir: &Path, corrupt: impl FnOnce(&sled::Db)) {
-    let db = sled::open(dir.join("raft")).expect("open sled directly");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let db = loop {
+        match sled::open(dir.join("raft")) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.expect("open sled directly"),
+        }
+    };
     corrupt(&db);
     db.flush().expect("flush");
 }
