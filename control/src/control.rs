@@ -191,7 +191,10 @@ impl Control {
         while let Some(joined) = calls.join_next().await {
             let Ok((id, reply)) = joined else { continue };
             match reply {
-                Ok(ControlRpcReply::AgentReports(reports)) => books.extend(reports),
+                Ok(ControlRpcReply::AgentReports { as_of_ms, reports }) => {
+                    let now_ms = unix_now_ms();
+                    books.extend(reports.into_iter().map(|r| r.on_our_clock(as_of_ms, now_ms)));
+                }
                 Ok(_) => {
                     debug!(peer = %format_args!("{id:016x}"), "unexpected reply to agent reports")
                 }
@@ -469,13 +472,19 @@ impl Control {
                     leader: Some((id, member)),
                 });
             }
+            // What this node believes now: the call is abandoned only when that changes to
+            // something other than the node called. (`id` may be a hint from another node's
+            // answer that this node has not learned yet; waiting for "not `id`" would fire at
+            // once and drop the call.)
+            let believed = self.raft.metrics().borrow().current_leader;
             let call = self.peers.call(id, &member.quic_addr, rpc, remaining);
             let error = tokio::select! {
                 reply = call => match reply {
                     Ok(reply) => return Ok(reply),
                     Err(error) => error,
                 },
-                () = self.leader_moved_from(id) => {
+                () = self.leader_changed(believed, id) => {
+                    tokio::time::sleep(RETRY_PAUSE_MIN).await;
                     leader = self.leader();
                     continue;
                 }
@@ -488,22 +497,22 @@ impl Control {
             let wait = pause.min(deadline.saturating_duration_since(Instant::now()));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = self.leader_moved_from(id) => {}
+                () = self.leader_changed(believed, id) => {}
             }
             pause = (pause * 2).clamp(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
             leader = self.leader();
         }
     }
 
-    /// Returns once this node's idea of the leader is no longer `id` (another leader, or an
-    /// election under way). Never returns after Raft has stopped.
-    async fn leader_moved_from(&self, id: u64) {
+    /// Returns once this node's idea of the leader is neither `believed` (what it was when the
+    /// caller started) nor `called` (the node the caller is asking): another leader, or an
+    /// election under way. Never returns after Raft has stopped.
+    async fn leader_changed(&self, believed: Option<u64>, called: u64) {
         let mut metrics = self.raft.metrics();
-        if metrics
-            .wait_for(|m| m.current_leader != Some(id))
-            .await
-            .is_err()
-        {
+        let moved = |m: &openraft::RaftMetrics<u64, Member>| {
+            m.current_leader != believed && m.current_leader != Some(called)
+        };
+        if metrics.wait_for(moved).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -564,7 +573,10 @@ impl Control {
                 ControlRpcReply::MemberAdded(self.add_member(node_id, member).await)
             }
             ControlRpc::AgentReports { full } => {
-                ControlRpcReply::AgentReports(self.agents.snapshot(full))
+                ControlRpcReply::AgentReports {
+                    as_of_ms: unix_now_ms(),
+                    reports: self.agents.snapshot(full),
+                }
             }
             ControlRpc::Removed => {
                 self.note_removed("the leader took it out of the membership".into());

@@ -607,8 +607,13 @@ impl Api {
     async fn remove_node(&self, key: &str) -> ApiResult {
         let (id, role) = {
             let state = self.control.read_stale().await;
-            let node = find_node(&state, key)?;
-            (node.id, node.role)
+            match find_node(&state, key) {
+                Ok(node) => (node.id, node.role),
+                Err(not_found) => match memberless_entry(&state, key) {
+                    Some(id) => return self.remove_member_without_entry(id).await,
+                    None => return Err(not_found),
+                },
+            }
         };
         if id.0 == self.control.id() {
             return Err(ApiError::Conflict(
@@ -620,6 +625,26 @@ impl Api {
             self.control.remove_member(id.0).await?;
         }
         written(self.control.propose(Op::RemoveNode(id)).await?)
+    }
+
+    /// Takes a control member that has no node entry out of the Raft membership, so that it
+    /// stops counting toward quorum (its entry is gone, e.g. an undone join whose node a
+    /// leader had added meanwhile; its certificate was revoked with the entry).
+    async fn remove_member_without_entry(&self, id: NodeId) -> ApiResult {
+        if id.0 == self.control.id() {
+            return Err(ApiError::Conflict(
+                "a control node cannot remove itself; ask another control node".into(),
+            ));
+        }
+        self.control.remove_member(id.0).await?;
+        let revision = self.control.read_stale().await.revision.0;
+        let result = WriteResult {
+            revision,
+            changed: true,
+            created: false,
+            version: None,
+        };
+        Ok(json(StatusCode::OK, &result))
     }
 
     async fn list_services(&self, stale: bool) -> ApiResult {
@@ -777,6 +802,13 @@ fn find_node<'a>(state: &'a ClusterState, key: &str) -> Result<&'a warren_api::N
                 "node {key} not found (give its name or 16-digit id)"
             ))
         })
+}
+
+/// The id `key` names when it is a control member of the applied membership without a node
+/// entry.
+fn memberless_entry(state: &ClusterState, key: &str) -> Option<NodeId> {
+    let id = key.parse::<NodeId>().ok()?;
+    (state.control_members.contains(&id) && !state.nodes.contains_key(&id)).then_some(id)
 }
 
 fn service_info(state: &ClusterState, name: &str) -> Option<ServiceInfo> {

@@ -82,7 +82,7 @@ pub enum PeerError {
     #[error(transparent)]
     Dial(Arc<DialError>),
     /// The connection was still being set up when the call's deadline passed.
-    #[error("no connection to {addr} within {waited:?}")]
+    #[error("no connection to {addr} within {:.1}s", waited.as_secs_f64())]
     StillDialing {
         /// The address.
         addr: String,
@@ -579,5 +579,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let timers = self.peers.timers;
         let mut backoff = warren_transport::Backoff::new(timers.retry_initial, timers.retry_max);
         Backoff::new(std::iter::from_fn(move || Some(backoff.next_delay())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dial_past_its_deadline_says_so_in_tenths_of_a_second() {
+        let error = PeerError::StillDialing {
+            addr: "127.0.0.2:7101".into(),
+            waited: Duration::from_micros(4_998_713),
+        };
+        assert_eq!(
+            error.to_string(),
+            "no connection to 127.0.0.2:7101 within 5.0s"
+        );
     }
 }

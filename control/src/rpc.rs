@@ -66,8 +66,14 @@ pub enum ControlRpcReply {
     MemberRemoved(Result<(), ProposeError>),
     /// Answer to `AddMember`: what every control node must hold.
     MemberAdded(Result<ClusterSecrets, ProposeError>),
-    /// Answer to `AgentReports`.
-    AgentReports(Vec<crate::status::AgentReport>),
+    /// Answer to `AgentReports`: the reports, and the answering node's clock when it answered
+    /// (the reports' times are on that clock).
+    AgentReports {
+        /// Unix ms on the answering node.
+        as_of_ms: u64,
+        /// Its book.
+        reports: Vec<crate::status::AgentReport>,
+    },
     /// Answer to `Removed`.
     RemovedNoted,
     /// Answer to `MemberContacts`: by member id.

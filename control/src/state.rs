@@ -111,6 +111,51 @@ pub struct ClusterState {
     /// carry beside the state.
     #[serde(skip)]
     pub control_addrs: Vec<String>,
+    /// Ids of the control members (learners included) in the membership applied as of
+    /// `revision`, set with `control_addrs`. An unfinished join whose node is among them is
+    /// not undone: a leader may be adding it right now, and a member with a revoked
+    /// certificate and no node entry would be worse than a join left to finish or be removed.
+    #[serde(skip)]
+    pub control_members: BTreeSet<NodeId>,
+}
+
+/// [`ClusterState`] as snapshot format 1 wrote it: before unfinished joins were recorded.
+/// Read so that a data dir keeps its snapshot across the upgrade; the fields are in the same
+/// order (postcard is positional) without `pending_joins`.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV1 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    revision: Revision,
+}
+
+impl From<ClusterStateV1> for ClusterState {
+    /// No join was unfinished: format 1 did not record them (a join then either finished or
+    /// left a node entry behind, which `node rm` removes).
+    fn from(v1: ClusterStateV1) -> Self {
+        ClusterState {
+            cluster: v1.cluster,
+            nodes: v1.nodes,
+            revoked_serials: v1.revoked_serials,
+            services: v1.services,
+            replicas: v1.replicas,
+            unschedulable: v1.unschedulable,
+            secrets: v1.secrets,
+            volumes: v1.volumes,
+            tokens: v1.tokens,
+            pending_joins: BTreeMap::new(),
+            revision: v1.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+        }
+    }
 }
 
 type Applied = Result<Effect, Rejection>;
@@ -257,6 +302,11 @@ impl ClusterState {
     /// tombstone: the node never was a member), the certificate is revoked, and a single-use
     /// token gets its use back.
     fn abandon_join(&mut self, id: NodeId) -> Applied {
+        if self.control_members.contains(&id) {
+            return Err(Rejection::conflict(format!(
+                "node {id} is a control member now, so its join is not undone; remove it with `warren node rm {id}`"
+            )));
+        }
         let Some(pending) = self.pending_joins.remove(&id) else {
             return Err(Rejection::conflict(format!(
                 "node {id} has no unfinished join to undo"
@@ -837,6 +887,29 @@ mod tests {
         let err = log.apply(Op::AbandonJoin { node: NodeId(2) }).unwrap_err();
         assert!(err.message.contains("no unfinished join"), "{err}");
         assert!(log.state.nodes.contains_key(&NodeId(2)));
+    }
+
+    /// A leader that lost its leadership while undoing a join must not undo it under a new
+    /// leader that is adding the node: once the node is in the applied membership (a learner
+    /// here), the undo is refused and the join is left to finish.
+    #[test]
+    fn a_join_whose_node_is_a_member_is_not_undone() {
+        let mut log = Log::new();
+        let join = control_token(&mut log);
+        log.apply(join(control(2, "c2"))).unwrap();
+        log.state.control_members = [NodeId(1), NodeId(2)].into();
+        let err = log.apply(Op::AbandonJoin { node: NodeId(2) }).unwrap_err();
+        assert_eq!(err.code, RejectionCode::Conflict);
+        assert!(err.message.contains("is a control member now"), "{err}");
+        assert!(log.state.pending_joins.contains_key(&NodeId(2)));
+        assert!(log.state.nodes.contains_key(&NodeId(2)));
+        assert!(!log.state.revoked_serials.contains("serial2"));
+        // Out of the membership again (the learner was taken out), it is undone.
+        log.state.control_members = [NodeId(1)].into();
+        assert_eq!(
+            log.apply(Op::AbandonJoin { node: NodeId(2) }),
+            Ok(Effect::Done)
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use warren_api::wire::{ListenerStatus, MAX_LISTENERS, StatusReport};
+use warren_api::wire::{ListenerStatus, MAX_LISTENER_TEXT, MAX_LISTENERS, StatusReport};
 use warren_api::{Event, NodeId, ReplicaStatus, Revision};
 
 /// Events kept per agent on each control node; older ones are dropped and counted.
@@ -68,6 +68,24 @@ impl AgentReport {
             events: VecDeque::new(),
             ..self.clone()
         }
+    }
+
+    /// The report with its control-clock times moved from the clock of the control node that
+    /// wrote them (`their_now_ms` when it answered) to this node's (`our_now_ms`): an age
+    /// measured on one clock, applied to the other, so a peer whose clock is ahead or behind
+    /// does not make an agent look recently seen or long silent to the leader.
+    #[must_use]
+    pub fn on_our_clock(mut self, their_now_ms: u64, our_now_ms: u64) -> AgentReport {
+        let rebase = |at_ms: u64| {
+            if at_ms == 0 {
+                0
+            } else {
+                our_now_ms.saturating_sub(their_now_ms.saturating_sub(at_ms))
+            }
+        };
+        self.last_contact_ms = rebase(self.last_contact_ms);
+        self.reported_at_ms = rebase(self.reported_at_ms);
+        self
     }
 
     fn push_events(&mut self, events: impl IntoIterator<Item = Event>) {
@@ -152,9 +170,16 @@ impl StatusBook {
         });
     }
 
-    /// `node` reported its listeners; entries past [`MAX_LISTENERS`] are ignored.
+    /// `node` reported its listeners; entries past [`MAX_LISTENERS`] are ignored, and text
+    /// past [`MAX_LISTENER_TEXT`] characters is cut.
     pub fn listeners(&self, node: NodeId, mut listeners: Vec<ListenerStatus>, now_ms: u64) {
         listeners.truncate(MAX_LISTENERS);
+        for listener in &mut listeners {
+            clip(&mut listener.addr);
+            if let Some(error) = &mut listener.error {
+                clip(error);
+            }
+        }
         self.with(node, |e| {
             e.report.last_contact_ms = now_ms;
             e.report.listeners = listeners;
@@ -193,6 +218,14 @@ impl StatusBook {
                 }
             })
             .collect()
+    }
+}
+
+/// Cuts `text` to [`MAX_LISTENER_TEXT`] characters, marking the cut with `…`.
+fn clip(text: &mut String) {
+    if let Some((at, _)) = text.char_indices().nth(MAX_LISTENER_TEXT) {
+        text.truncate(at);
+        text.push('…');
     }
 }
 
@@ -334,6 +367,33 @@ mod tests {
         assert_eq!(got.listeners.len(), MAX_LISTENERS);
         assert_eq!(got.listeners[0], dns_down);
         assert_eq!(got.last_contact_ms, 200);
+        // An agent's text is kept to a bounded length.
+        let long = ListenerStatus {
+            addr: "é".repeat(10_000),
+            error: Some("x".repeat(10_000)),
+            ..dns_down
+        };
+        book.listeners(node, vec![long], 300);
+        let got = &book.snapshot(false)[0].listeners[0];
+        let limit = warren_api::wire::MAX_LISTENER_TEXT + 1;
+        assert_eq!(got.addr.chars().count(), limit);
+        assert!(got.addr.ends_with('…'));
+        assert_eq!(got.error.as_ref().map(|e| e.chars().count()), Some(limit));
+    }
+
+    /// A peer's clock 10 s ahead: an agent it heard 1 s ago is 1 s ago here too, not 9 s in
+    /// the future; "never" stays never.
+    #[test]
+    fn a_peer_report_is_moved_to_our_clock() {
+        let mut report = AgentReport::new(NodeId(1), 2);
+        report.last_contact_ms = 109_000;
+        report.reported_at_ms = 105_000;
+        let moved = report.clone().on_our_clock(110_000, 100_000);
+        assert_eq!((moved.last_contact_ms, moved.reported_at_ms), (99_000, 95_000));
+        let behind = report.on_our_clock(110_000, 200_000);
+        assert_eq!(behind.last_contact_ms, 199_000);
+        let never = AgentReport::new(NodeId(1), 2).on_our_clock(110_000, 100_000);
+        assert_eq!((never.last_contact_ms, never.reported_at_ms), (0, 0));
     }
 
     #[test]

@@ -41,10 +41,10 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock, watch};
-use warren_api::Revision;
+use warren_api::{NodeId, Revision};
 
 use crate::command::Outcome;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, ClusterStateV1};
 use crate::types::{LogId, Member, StorageError, TypeConfig};
 
 const LOG_TREE: &str = "raft_log";
@@ -584,35 +584,43 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
     StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(message)).into()
 }
 
+/// A snapshot's data in format 1 (see [`ClusterStateV1`]).
+#[derive(Deserialize)]
+struct SnapshotPayloadV1 {
+    #[allow(dead_code, reason = "read to keep postcard's positions; always 1")]
+    format: u32,
+    last_applied: Option<LogId>,
+    last_membership: MembershipRecord,
+    state: ClusterStateV1,
+}
+
+/// Decodes snapshot data of the current format or an older one this build still reads (as
+/// the current format), or says in words what is wrong with it.
+fn decode_any_format(data: &[u8]) -> Result<SnapshotPayload, String> {
+    let corrupt = |e: postcard::Error| format!("data is corrupt ({} bytes): {e}", data.len());
+    // The format number leads the payload.
+    match postcard::take_from_bytes::<u32>(data).map_err(corrupt)?.0 {
+        SNAPSHOT_FORMAT => postcard::from_bytes(data).map_err(corrupt),
+        1 => {
+            let v1: SnapshotPayloadV1 = postcard::from_bytes(data).map_err(corrupt)?;
+            Ok(SnapshotPayload {
+                format: SNAPSHOT_FORMAT,
+                last_applied: v1.last_applied,
+                last_membership: v1.last_membership,
+                state: v1.state.into(),
+            })
+        }
+        other => Err(format!(
+            "has format {other}; this build reads formats 1 to {SNAPSHOT_FORMAT} (a newer Warren wrote it, or the data is corrupt)"
+        )),
+    }
+}
+
 /// Decodes snapshot data and checks it agrees with its metadata.
 fn decode_payload(meta: &Meta, data: &[u8]) -> Result<SnapshotPayload, StorageError> {
-    let payload: SnapshotPayload = postcard::from_bytes(data).map_err(|e| {
-        // The format number leads the payload: a snapshot from an older build whose layout no
-        // longer decodes is named as such, so an upgrade does not read as disk corruption.
-        let older = match postcard::take_from_bytes::<u32>(data) {
-            Ok((format, _)) if (1..SNAPSHOT_FORMAT).contains(&format) => format!(
-                "; it names format {format}, which an older Warren wrote (this build reads format {SNAPSHOT_FORMAT})"
-            ),
-            _ => String::new(),
-        };
-        snapshot_error(
-            meta,
-            format!(
-                "snapshot {} data is corrupt ({} bytes): {e}{older}",
-                meta.snapshot_id,
-                data.len()
-            ),
-        )
+    let payload = decode_any_format(data).map_err(|message| {
+        snapshot_error(meta, format!("snapshot {} {message}", meta.snapshot_id))
     })?;
-    if payload.format != SNAPSHOT_FORMAT {
-        return Err(snapshot_error(
-            meta,
-            format!(
-                "snapshot {} has format {}; this build reads format {SNAPSHOT_FORMAT}",
-                meta.snapshot_id, payload.format
-            ),
-        ));
-    }
     let revision = Revision(meta.last_log_id.map_or(0, |id| id.index));
     if payload.last_applied != meta.last_log_id
         || payload.last_membership != meta.last_membership
@@ -772,10 +780,8 @@ impl StateMachineStore {
             }
             None => (ClusterState::default(), None, MembershipRecord::default()),
         };
-        let state = ClusterState {
-            control_addrs: control_addrs_of(&last_membership),
-            ..state
-        };
+        let mut state = state;
+        set_members(&mut state, &last_membership);
         let (applied_tx, _) = watch::channel(state.revision);
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
@@ -836,7 +842,7 @@ impl StateMachineStore {
         if let EntryPayload::Membership(membership) = entry.payload {
             state.note_membership(revision, membership.voter_ids());
             self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-            state.control_addrs = control_addrs_of(&self.last_membership);
+            set_members(state, &self.last_membership);
         } else if revision > state.revision {
             state.note_revision(revision);
         }
@@ -847,13 +853,13 @@ impl StateMachineStore {
     }
 }
 
-/// The QUIC addresses of `membership`'s nodes (voters and learners), in node-id order.
-fn control_addrs_of(membership: &MembershipRecord) -> Vec<String> {
-    membership
-        .membership()
-        .nodes()
-        .map(|(_, member)| member.quic_addr.clone())
-        .collect()
+/// Sets the state's view of the applied membership: its nodes (voters and learners) and their
+/// QUIC addresses, in node-id order.
+fn set_members(state: &mut ClusterState, membership: &MembershipRecord) {
+    let nodes = membership.membership().nodes();
+    (state.control_members, state.control_addrs) = nodes
+        .map(|(id, member)| (NodeId(*id), member.quic_addr.clone()))
+        .unzip();
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -922,7 +928,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await?;
         let revision = payload.state.revision;
         let mut state = payload.state;
-        state.control_addrs = control_addrs_of(&meta.last_membership);
+        set_members(&mut state, &meta.last_membership);
         *self.state.write().await = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -1044,23 +1050,56 @@ mod tests {
         check((Bound::Excluded(u64::MAX), Bound::Unbounded), None);
     }
 
-    /// A snapshot from an older build whose layout no longer decodes says which format it
-    /// names, so an upgrade does not read as plain corruption.
+    /// A snapshot written in format 1 (before unfinished joins were recorded) is read, with
+    /// no unfinished joins; a format this build does not know is named as such.
     #[test]
-    fn a_snapshot_of_another_format_says_so() {
+    fn a_snapshot_of_format_1_is_read_and_an_unknown_format_named() {
+        #[derive(Serialize)]
+        struct StateV1<'a> {
+            cluster: &'a Option<crate::state::ClusterInfo>,
+            nodes: &'a std::collections::BTreeMap<NodeId, warren_api::Node>,
+            revoked_serials: &'a std::collections::BTreeSet<String>,
+            services: &'a std::collections::BTreeMap<warren_api::ServiceName, crate::state::ServiceRecord>,
+            replicas: &'a std::collections::BTreeMap<warren_api::ReplicaId, warren_api::Replica>,
+            unschedulable: &'a std::collections::BTreeMap<warren_api::ServiceName, u32>,
+            secrets: &'a std::collections::BTreeMap<String, crate::state::SecretRecord>,
+            volumes: &'a std::collections::BTreeMap<String, warren_api::Volume>,
+            tokens: &'a warren_transport::TokenBook,
+            revision: Revision,
+        }
+        let mut state = ClusterState::default();
+        state.revoked_serials.insert("serial-9".into());
+        state.revision = Revision(7);
+        let v1 = StateV1 {
+            cluster: &state.cluster,
+            nodes: &state.nodes,
+            revoked_serials: &state.revoked_serials,
+            services: &state.services,
+            replicas: &state.replicas,
+            unschedulable: &state.unschedulable,
+            secrets: &state.secrets,
+            volumes: &state.volumes,
+            tokens: &state.tokens,
+            revision: state.revision,
+        };
         let meta = Meta {
             last_log_id: Some(log_id(1, 7)),
             last_membership: MembershipRecord::default(),
             snapshot_id: "1-7-1".into(),
         };
-        let mut data = postcard::to_allocvec(&1u32).expect("encode a format number");
+        let data =
+            postcard::to_allocvec(&(1u32, meta.last_log_id, &meta.last_membership, v1))
+                .expect("encode a format-1 snapshot");
+        let payload = decode_payload(&meta, &data).expect("format 1 is read");
+        assert_eq!(payload.state, state);
+        assert!(payload.state.pending_joins.is_empty());
+
+        let mut data = postcard::to_allocvec(&9u32).expect("encode a format number");
         data.extend_from_slice(&[0xff; 16]);
-        let error = decode_payload(&meta, &data).expect_err("format 1 is refused");
-        let text = error.to_string();
-        assert!(
-            text.contains("it names format 1, which an older Warren wrote"),
-            "{text}"
-        );
+        let text = decode_payload(&meta, &data)
+            .expect_err("format 9 is refused")
+            .to_string();
+        assert!(text.contains("has format 9; this build reads formats 1 to 2"), "{text}");
     }
 
     #[test]
@@ -1207,6 +1246,8 @@ mod tests {
         drop((log, sm));
         let (_log, reopened) = open(dir.path(), StoreTuning::default()).expect("reopen");
         assert_eq!(reopened.state().read().await.control_addrs, two);
+        let members = [NodeId(1), NodeId(2)].into();
+        assert_eq!(reopened.state().read().await.control_members, members);
     }
 
     /// Snapshot bytes corrupted under a running store are a storage error when read.

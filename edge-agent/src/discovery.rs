@@ -131,6 +131,16 @@ pub(crate) async fn run(
     discovery.shutdown().await;
 }
 
+/// The earliest retry still ahead of `now`. One already due was tried this round unless it
+/// waits for something else (the mesh for a view that brings the gossip key): a new view wakes
+/// the loop for that, and a timer in the past would spin it.
+fn next_due(
+    dues: impl IntoIterator<Item = tokio::time::Instant>,
+    now: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    dues.into_iter().filter(|due| *due > now).min()
+}
+
 /// Sleeps until `at`, or forever when it is `None`.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -253,11 +263,11 @@ impl Discovery {
         }
     }
 
-    /// When the next retry of a listener that failed to bind is due.
+    /// When the next retry of a listener that failed to bind is due (see [`next_due`]).
     fn next_retry(&self) -> Option<tokio::time::Instant> {
         let dns = self.dns_pending.as_ref().and_then(|p| p.due);
         let mesh = self.mesh_pending.as_ref().and_then(|p| p.due);
-        dns.into_iter().chain(mesh).min()
+        next_due(dns.into_iter().chain(mesh), tokio::time::Instant::now())
     }
 
     /// Starts the DNS server if it is configured, not up and due.
@@ -566,6 +576,19 @@ mod tests {
     };
 
     use super::*;
+
+    /// A retry that is already due but could not run (the mesh waits for its key) does not
+    /// wake the loop again at once; the next one ahead does.
+    #[test]
+    fn only_retries_ahead_wake_the_loop() {
+        let now = tokio::time::Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(next_due([now - second, now], now), None);
+        assert_eq!(
+            next_due([now - second, now + 2 * second, now + second], now),
+            Some(now + second)
+        );
+    }
 
     fn endpoint(service: &str, key: ReplicaKey, node: u64, address: &str) -> ServiceEndpoint {
         let service = ServiceName::new(service).expect("valid name");

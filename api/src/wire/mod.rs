@@ -160,6 +160,9 @@ pub enum AgentToControl {
 /// Most entries an agent sends in [`AgentToControl::Listeners`]; control ignores the rest.
 pub const MAX_LISTENERS: usize = 8;
 
+/// Characters of a [`ListenerStatus`]'s address and error that control keeps; the rest is cut.
+pub const MAX_LISTENER_TEXT: usize = 256;
+
 /// Which of an agent's listeners. New kinds are added at the end only.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,

@@ -217,7 +217,10 @@ impl Control {
                     member.name
                 )));
             }
-            JoinStage::Pending => self.add_learner_caught_up(node_id, member).await?,
+            JoinStage::Pending => {
+                self.add_learner_caught_up(node_id, member).await?;
+                self.check_join_still_pending(node_id, member).await?;
+            }
             JoinStage::JointVoter => {}
         }
         let promote = ChangeMembers::AddVoterIds([node_id].into());
@@ -287,6 +290,28 @@ impl Control {
                 )))
             }
         }
+    }
+
+    /// Checks, once the node is a learner, that its join was not undone before the learner
+    /// was added (by an earlier leader's [`Op::AbandonJoin`], committed under this leader).
+    /// An undo committed after the learner was added is refused by the state machine, so a
+    /// join still pending now cannot be undone before the node is a voter. A join undone
+    /// meanwhile has its learner taken out again and is refused.
+    async fn check_join_still_pending(
+        &self,
+        node_id: u64,
+        member: &Member,
+    ) -> Result<(), ProposeError> {
+        if self.join_stage(node_id).await? != JoinStage::Gone {
+            return Ok(());
+        }
+        if let Err(error) = self.remove_learner(node_id).await {
+            warn!(peer = %format_args!("{node_id:016x}"), error = %error, "learner of an undone join not taken out yet; the sweep tries again");
+        }
+        Err(ProposeError::Membership(format!(
+            "the join of {} was undone while it was being added (an earlier leader gave up on it); join again with a token",
+            member.name
+        )))
     }
 
     async fn join_stage(&self, node_id: u64) -> Result<JoinStage, ProposeError> {
@@ -403,12 +428,24 @@ impl Control {
     /// then [`Op::AbandonJoin`] drops the node entry, revokes its certificate and gives a
     /// single-use token its use back. A node that is a voter by now is left alone. Failures
     /// are logged; the sweep tries again.
+    ///
+    /// The undo is proposed here, never forwarded: only the leader holding the gate may undo,
+    /// or an undo begun under one leader could land while the next one is adding the node.
+    /// (An undo this node proposed just before losing leadership may still commit; the state
+    /// machine refuses it if the node is a member by then, and the next leader re-checks the
+    /// join after adding the learner — see [`Self::check_join_still_pending`].)
     async fn undo_join(&self, node: NodeId) {
         if self.current_membership().voter_ids().any(|id| id == node.0) {
             return;
         }
         let result = match self.remove_learner(node.0).await {
-            Ok(()) => self.propose(Op::AbandonJoin { node }).await,
+            Ok(()) => {
+                let command = crate::command::Command {
+                    at_ms: unix_now_ms(),
+                    op: Op::AbandonJoin { node },
+                };
+                self.propose_local(command).await
+            }
             Err(error) => Err(error),
         };
         self.count_change("undo_join", &result);
