@@ -193,7 +193,11 @@ impl Control {
             match reply {
                 Ok(ControlRpcReply::AgentReports { as_of_ms, reports }) => {
                     let now_ms = unix_now_ms();
-                    books.extend(reports.into_iter().map(|r| r.on_our_clock(as_of_ms, now_ms)));
+                    books.extend(
+                        reports
+                            .into_iter()
+                            .map(|r| r.on_our_clock(as_of_ms, now_ms)),
+                    );
                 }
                 Ok(_) => {
                     debug!(peer = %format_args!("{id:016x}"), "unexpected reply to agent reports")
@@ -572,12 +576,10 @@ impl Control {
             ControlRpc::AddMember { node_id, member } => {
                 ControlRpcReply::MemberAdded(self.add_member(node_id, member).await)
             }
-            ControlRpc::AgentReports { full } => {
-                ControlRpcReply::AgentReports {
-                    as_of_ms: unix_now_ms(),
-                    reports: self.agents.snapshot(full),
-                }
-            }
+            ControlRpc::AgentReports { full } => ControlRpcReply::AgentReports {
+                as_of_ms: unix_now_ms(),
+                reports: self.agents.snapshot(full),
+            },
             ControlRpc::Removed => {
                 self.note_removed("the leader took it out of the membership".into());
                 ControlRpcReply::RemovedNoted

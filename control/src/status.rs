@@ -389,7 +389,10 @@ mod tests {
         report.last_contact_ms = 109_000;
         report.reported_at_ms = 105_000;
         let moved = report.clone().on_our_clock(110_000, 100_000);
-        assert_eq!((moved.last_contact_ms, moved.reported_at_ms), (99_000, 95_000));
+        assert_eq!(
+            (moved.last_contact_ms, moved.reported_at_ms),
+            (99_000, 95_000)
+        );
         let behind = report.on_our_clock(110_000, 200_000);
         assert_eq!(behind.last_contact_ms, 199_000);
         let never = AgentReport::new(NodeId(1), 2).on_our_clock(110_000, 100_000);

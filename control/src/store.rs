@@ -1059,7 +1059,10 @@ mod tests {
             cluster: &'a Option<crate::state::ClusterInfo>,
             nodes: &'a std::collections::BTreeMap<NodeId, warren_api::Node>,
             revoked_serials: &'a std::collections::BTreeSet<String>,
-            services: &'a std::collections::BTreeMap<warren_api::ServiceName, crate::state::ServiceRecord>,
+            services: &'a std::collections::BTreeMap<
+                warren_api::ServiceName,
+                crate::state::ServiceRecord,
+            >,
             replicas: &'a std::collections::BTreeMap<warren_api::ReplicaId, warren_api::Replica>,
             unschedulable: &'a std::collections::BTreeMap<warren_api::ServiceName, u32>,
             secrets: &'a std::collections::BTreeMap<String, crate::state::SecretRecord>,
@@ -1087,9 +1090,8 @@ mod tests {
             last_membership: MembershipRecord::default(),
             snapshot_id: "1-7-1".into(),
         };
-        let data =
-            postcard::to_allocvec(&(1u32, meta.last_log_id, &meta.last_membership, v1))
-                .expect("encode a format-1 snapshot");
+        let data = postcard::to_allocvec(&(1u32, meta.last_log_id, &meta.last_membership, v1))
+            .expect("encode a format-1 snapshot");
         let payload = decode_payload(&meta, &data).expect("format 1 is read");
         assert_eq!(payload.state, state);
         assert!(payload.state.pending_joins.is_empty());
@@ -1099,7 +1101,10 @@ mod tests {
         let text = decode_payload(&meta, &data)
             .expect_err("format 9 is refused")
             .to_string();
-        assert!(text.contains("has format 9; this build reads formats 1 to 2"), "{text}");
+        assert!(
+            text.contains("has format 9; this build reads formats 1 to 2"),
+            "{text}"
+        );
     }
 
     #[test]
