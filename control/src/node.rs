@@ -375,7 +375,16 @@ fn check_fresh(dir: &Path) -> Result<(), NodeError> {
             dir.display()
         )));
     }
-    std::fs::create_dir_all(dir).map_err(io("create data dir", dir))?;
+    keep_private(dir)
+}
+
+/// Makes the data dir readable by its owner only (created 0700, tightened if wider): it holds
+/// the cluster key, the node's key and the replicated state.
+fn keep_private(dir: &Path) -> Result<(), NodeError> {
+    let tightened = warren_transport::private_dir(dir).map_err(io("create data dir", dir))?;
+    if tightened {
+        tracing::info!(path = %dir.display(), "data dir was readable by other local users; it is 0700 now");
+    }
     Ok(())
 }
 
@@ -588,6 +597,7 @@ impl ControlNode {
         })?;
         let settings: NodeSettings = serde_json::from_slice(&text)
             .map_err(|e| NodeError::DataDir(format!("{}: {e}", path.display())))?;
+        keep_private(data_dir)?;
         let creds = Credentials::load(data_dir)?;
         let cluster_key = load_cluster_key(data_dir)?;
         let endpoint = bind(&settings.quic_listen, &creds, &config)?;

@@ -482,3 +482,34 @@ async fn control_nodes_gossip_with_each_other() {
     c2.shutdown().await;
     c1.shutdown().await;
 }
+
+/// A control node's data dir (the cluster key, its TLS key, the replicated state) is readable
+/// by its owner only: `init` makes it 0700 even when it already existed with the usual 0755,
+/// and `run` tightens one that was widened since (a dir made by an older build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    init_logs();
+    let mode = |dir: &TempDir| {
+        std::fs::metadata(dir.path())
+            .expect("stat the data dir")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let widen = |dir: &TempDir| {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod 0755")
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    widen(&dir);
+    let (node, _out) = ControlNode::init(new_node(&dir, "c1"), config())
+        .await
+        .expect("init");
+    assert_eq!(mode(&dir), 0o700, "init");
+    node.shutdown().await;
+    widen(&dir);
+    let node = ControlNode::run(dir.path(), config()).await.expect("run");
+    assert_eq!(mode(&dir), 0o700, "run");
+    node.shutdown().await;
+}

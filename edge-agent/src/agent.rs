@@ -373,7 +373,6 @@ async fn join_any(
 /// (created 0700 if missing) that this process can write to, with a cache it can open (not
 /// held by another agent). Returns the open cache.
 fn prepare_data_dir(data_dir: &Path) -> Result<Cache, AgentError> {
-    use std::os::unix::fs::DirBuilderExt;
     let refuse = |detail: String| AgentError::DataDir {
         path: data_dir.to_owned(),
         detail,
@@ -384,10 +383,7 @@ fn prepare_data_dir(data_dir: &Path) -> Result<Cache, AgentError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(refuse(format!("cannot be read: {error}"))),
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
+    warren_transport::private_dir(data_dir)
         .map_err(|e| refuse(format!("cannot be created: {e}")))?;
     let probe = data_dir.join(".warren-write-check");
     std::fs::write(&probe, b"")
@@ -526,6 +522,19 @@ impl Agent {
     /// [`AgentError::Removed`] for a node removed earlier.
     pub fn open(data_dir: &Path, options: AgentOptions) -> Result<Agent, AgentError> {
         let identity = load_identity(data_dir)?;
+        // Only its owner may read the node's keys and cache (a dir made by hand may be wider).
+        match warren_transport::private_dir(data_dir) {
+            Ok(true) => {
+                info!(path = %data_dir.display(), "data dir was readable by other local users; it is 0700 now");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                return Err(AgentError::DataDir {
+                    path: data_dir.to_owned(),
+                    detail: format!("cannot be made private: {error}"),
+                });
+            }
+        }
         let credentials = Credentials::load(data_dir)?;
         let cache = Cache::open(data_dir, options.cache)?;
         let expected = CacheIdentity {

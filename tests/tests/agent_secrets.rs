@@ -77,12 +77,20 @@ async fn secrets_reach_the_workload_sealed_and_leave_with_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let (control, fingerprint) = start_control(dir.path()).await;
 
-    info!("--- join: the node key is stored, private");
+    info!("--- join: the node key is stored, private, in a data dir only its owner enters");
     let agent_dir = dir.path().join("agent");
+    let dir_mode = || std::fs::metadata(&agent_dir).unwrap().permissions().mode() & 0o777;
+    let widen =
+        || std::fs::set_permissions(&agent_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&agent_dir).unwrap();
+    widen();
     let identity = join_agent(&control, fingerprint, &agent_dir, "edge-1", "lisbon").await;
     let key_file = agent_dir.join(SECRET_KEY_FILE);
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{}", key_file.display());
+    assert_eq!(dir_mode(), 0o700, "join makes the data dir private");
+    // Widened since (a dir made by an older build): the agent tightens it when it starts.
+    widen();
 
     info!("--- a secret and a service that reads it");
     let plaintext = b"warren-e2e-secret-5f0c1d";
@@ -98,6 +106,10 @@ async fn secrets_reach_the_workload_sealed_and_leave_with_the_node() {
     );
     propose(&control, Op::PutService(secret_service("vault", script))).await;
     let (_cancel, task) = spawn_agent(&agent_dir);
+    wait_until("the agent to make its data dir private", LONG, || {
+        (dir_mode() == 0o700).then_some(())
+    })
+    .await;
 
     let read = |path: &Path| std::fs::read(path).ok();
     wait_until("the workload to see the secret", LONG, || {

@@ -45,7 +45,7 @@ pub use endpoint::{
 };
 pub use fault::FaultSwitch;
 pub use frame::{FrameError, FramedRecv, FramedSend};
-pub use fsutil::write_atomic;
+pub use fsutil::{private_dir, write_atomic};
 pub use identity::{CertRole, PeerIdentity};
 pub use metrics::TransportMetrics;
 pub use tls::{RevocationList, install_crypto_provider};
