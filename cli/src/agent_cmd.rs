@@ -44,7 +44,9 @@ pub enum RuntimeKind {
 #[command(next_help_heading = "Listeners (metrics, gossip, DNS)")]
 pub struct ListenArgs {
     /// Plain-HTTP /metrics, /health and /ready listen address, or `none`. Registered at join
-    /// (for Prometheus service discovery). [default: 0.0.0.0:9091; at run: what join was given]
+    /// (for Prometheus service discovery). Unauthenticated, so loopback by default: give the
+    /// address your site's Prometheus scrapes to expose it. [default: 127.0.0.1:9091; at run:
+    /// what join was given]
     #[arg(long, value_name = "ADDR|none")]
     pub metrics: Option<String>,
     /// Gossip (UDP) listen address, or `none`. Gossip keeps membership and liveness flowing
@@ -70,7 +72,7 @@ pub struct ListenArgs {
 }
 
 /// Default metrics address (DESIGN.md §6).
-const DEFAULT_AGENT_METRICS: &str = "0.0.0.0:9091";
+const DEFAULT_AGENT_METRICS: &str = "127.0.0.1:9091";
 /// Default gossip address (DESIGN.md §6).
 const DEFAULT_GOSSIP: &str = "0.0.0.0:7946";
 /// Default DNS address (DESIGN.md §6).
@@ -556,6 +558,8 @@ mod tests {
             gossip: addr("127.0.0.2:17946"),
         };
         check(args(None, None, &[]), None, defaults.clone());
+        // Unauthenticated: loopback unless the operator says otherwise.
+        assert!(defaults.metrics.is_some_and(|a| a.ip().is_loopback()));
         check(args(None, None, &[]), Some(&kept), kept.clone());
         check(
             args(Some("none"), Some("127.0.0.1:5353"), &["127.0.0.1:53"]),

@@ -104,8 +104,10 @@ pub struct NodeFlags {
     /// QUIC address other nodes dial (HOST:PORT). Default: as for --advertise-api.
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_quic: Option<String>,
-    /// Plain-HTTP /metrics, /health and /ready listen address, or `none`.
-    #[arg(long, value_name = "ADDR|none", default_value = "0.0.0.0:9090")]
+    /// Plain-HTTP /metrics, /health and /ready listen address, or `none`. Unauthenticated,
+    /// so loopback by default: give the address your site's Prometheus scrapes
+    /// (`--metrics 10.0.0.5:9090`) to expose it.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:9090")]
     pub metrics: String,
     /// Gossip (UDP) listen address, or `none` for no gossip. Every node gossips membership
     /// and liveness (sealed with the cluster's gossip key); the leader uses it to notice a
@@ -456,6 +458,24 @@ mod tests {
             (any, Some("ops.example:7100".to_owned()))
         );
         assert!(listen_and_advertise("api", any, Some("ops.example"), Probe::Tcp).is_err());
+    }
+
+    /// The metrics listener is unauthenticated: nobody off the box reaches it unless the
+    /// operator says so.
+    #[test]
+    fn metrics_listen_on_loopback_by_default() {
+        #[derive(clap::Parser)]
+        struct Harness {
+            #[command(subcommand)]
+            command: ControlCommand,
+        }
+        use clap::Parser;
+        let parsed = Harness::try_parse_from(["control", "init"]).unwrap();
+        let ControlCommand::Init { node } = parsed.command else {
+            panic!("init parses as init");
+        };
+        let metrics = parse_metrics(&node.metrics).unwrap().unwrap();
+        assert!(metrics.ip().is_loopback(), "{metrics}");
     }
 
     #[test]
