@@ -220,3 +220,53 @@ pub async fn connect(
         .await
         .map_err(|_| HttpsError::Timeout(addr))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{CA_LIFETIME, NODE_CERT_LIFETIME, unix_now};
+    use crate::{CertSubject, ClusterCa, Validity};
+
+    /// A client that prefers HTTP/2 (as `curl` does) is answered with what the API speaks,
+    /// HTTP/1.1, instead of agreeing to h2 and then getting HTTP/1.1 bytes.
+    #[tokio::test]
+    async fn a_client_offering_h2_is_given_http_1_1() {
+        crate::install_crypto_provider();
+        let validity = || Validity::starting_at(unix_now(), NODE_CERT_LIFETIME);
+        let ca = ClusterCa::generate("t", Validity::starting_at(unix_now(), CA_LIFETIME)).unwrap();
+        let server = ca
+            .issue_credentials(
+                &CertSubject::Node {
+                    node_id: warren_api::NodeId(7),
+                    role: CertRole::Control,
+                },
+                validity(),
+            )
+            .unwrap();
+        let admin = ca
+            .issue_credentials(&CertSubject::Admin { name: "a".into() }, validity())
+            .unwrap();
+        let listener = ApiListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &server,
+            &RevocationList::default(),
+        )
+        .await
+        .unwrap();
+        let addr = listener.local_addr();
+        let accepted = tokio::spawn(async move { listener.accept().await?.handshake().await });
+        let mut config = tls::api_client_config(&admin).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from(CONTROL_SERVER_NAME).unwrap();
+        let client = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        assert_eq!(client.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        accepted
+            .await
+            .unwrap()
+            .expect("server side of the handshake");
+    }
+}

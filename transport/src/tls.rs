@@ -350,7 +350,9 @@ pub(crate) fn api_server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain(creds), private_key(creds))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The API speaks HTTP/1.1 only: offering h2 made clients that prefer it (plain `curl`)
+    // negotiate a protocol the server then does not speak.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)
