@@ -161,12 +161,17 @@ pub struct ClusterStatus {
     pub services: usize,
 }
 
+/// The longest lifetime a join token may have: 30 days. A token is a bearer secret that
+/// admits a node; one that never expires is one that leaks eventually.
+pub const MAX_TOKEN_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// `POST /tokens`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {
     /// Role of the nodes that may join with it.
     pub role: NodeRole,
-    /// Lifetime; `None` = until revoked.
+    /// Lifetime, more than 0 and at most [`MAX_TOKEN_TTL_MS`]; required (`None` is refused:
+    /// no token lives for ever).
     pub ttl_ms: Option<u64>,
     /// Whether the first join uses it up.
     pub single_use: bool,
@@ -183,6 +188,27 @@ pub struct TokenResponse {
     pub role: NodeRole,
     /// Expiry (unix ms).
     pub expires_at_ms: Option<u64>,
+}
+
+/// `GET /tokens`: a join token as the cluster keeps it (never its secret). Expired, used-up
+/// and revoked tokens are listed until the next prune (within a minute).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its id (hex): what `DELETE /tokens/{id}` takes.
+    pub id: String,
+    /// The role a joiner with it gets.
+    pub role: NodeRole,
+    /// When it was minted (unix ms).
+    pub created_at_ms: u64,
+    /// When it stops working (unix ms); `None` for tokens minted before lifetimes were
+    /// required.
+    pub expires_at_ms: Option<u64>,
+    /// Whether the first join uses it up.
+    pub single_use: bool,
+    /// When a single-use token was used.
+    pub used_at_ms: Option<u64>,
+    /// Whether an operator revoked it.
+    pub revoked: bool,
 }
 
 /// A node with what runs there.

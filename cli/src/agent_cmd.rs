@@ -17,7 +17,7 @@ use warren_api::wire::Listener;
 use warren_edge_agent::agent::{self, Agent, AgentOptions, AgentStatus, RunEnd};
 use warren_edge_agent::listeners::ListenSettings;
 
-use crate::control_cmd::{DEFAULT_DATA_DIR, Signals, say};
+use crate::control_cmd::{DEFAULT_DATA_DIR, Signals, TokenArgs, say};
 use crate::output::OutputFormat;
 use crate::table::{Table, fields};
 
@@ -199,11 +199,13 @@ fn local_ip_towards(addr: &str) -> Option<std::net::IpAddr> {
 /// Subcommands of `warren agent`.
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentCommand {
-    /// Join the cluster as an agent with a join token, then run (foreground).
+    /// Join the cluster as an agent with a join token, then run (foreground). Once joined,
+    /// the process carries on as `warren agent run` (same pid), so the token is not left on
+    /// its command line.
     #[command(after_help = "Example:\n  \
-        TOKEN=$(warren token create --role agent --single-use)\n  \
-        warren agent join --data-dir /var/lib/warren --control ops-1.example:7101 --token \"$TOKEN\" \\\n      \
-            --name edge-lisbon-1 --site lisbon --label tier=edge")]
+        warren token create --role agent --single-use > /root/token && chmod 600 /root/token\n  \
+        warren agent join --data-dir /var/lib/warren --control ops-1.example:7101 \\\n      \
+            --token-file /root/token --name edge-lisbon-1 --site lisbon --label tier=edge")]
     Join {
         /// Where the agent keeps its files.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
@@ -216,14 +218,8 @@ pub enum AgentCommand {
             required = true
         )]
         control: Vec<String>,
-        /// An agent join token from `warren token create --role agent`.
-        #[arg(
-            long,
-            env = "WARREN_TOKEN",
-            value_name = "TOKEN",
-            hide_env_values = true
-        )]
-        token: String,
+        #[command(flatten)]
+        token: TokenArgs,
         /// Node name (a DNS label). Default: this machine's host name.
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
@@ -294,7 +290,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             let request = agent::JoinRequest {
                 advertise: advertise(&settings, listen.advertise_gossip, &control)?,
                 control_addrs: control,
-                token: token.trim().to_owned(),
+                token: token.read()?,
                 name,
                 site,
                 labels,
@@ -306,7 +302,8 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     }
 }
 
-/// `agent join`'s part before the agent runs: join, and say so.
+/// `agent join`'s part before the agent runs: join, say so, then carry on as `agent run`
+/// (see [`become_run`]); if that cannot be done, run in this process.
 async fn join(data_dir: PathBuf, request: agent::JoinRequest) -> Result<PathBuf> {
     let control = request.control_addrs.join(",");
     let identity = agent::join(&data_dir, request)
@@ -317,7 +314,52 @@ async fn join(data_dir: PathBuf, request: agent::JoinRequest) -> Result<PathBuf>
         identity.node_id,
         data_dir.display()
     ))?;
+    let error = become_run(&data_dir);
+    tracing::warn!(error = %error, "cannot carry on as `warren agent run`; running in this process (its command line keeps the join flags)");
     Ok(data_dir)
+}
+
+/// Global options that a joined agent keeps when it carries on as `agent run`, each with a
+/// value (given before or after `agent join`).
+const KEPT_GLOBAL_FLAGS: [&str; 2] = ["--log-level", "--log-format"];
+
+/// Replaces this process (same pid) with `warren agent run --data-dir DIR` and the same log
+/// options: a token given on the command line would otherwise stay readable in `ps` for the
+/// agent's whole life. `run` listens where join kept in the data dir (with the ports join
+/// resolved). Returns only on failure.
+fn become_run(data_dir: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe)
+            .args(run_argv(&argv, data_dir))
+            .env_remove("WARREN_TOKEN")
+            .exec(),
+        Err(error) => error,
+    }
+}
+
+/// `agent run`'s arguments (without the program name) for a joined agent: the
+/// [`KEPT_GLOBAL_FLAGS`] found in `argv` (`--flag VALUE` or `--flag=VALUE`), then
+/// `agent run --data-dir DIR`.
+fn run_argv(argv: &[std::ffi::OsString], data_dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut run = Vec::new();
+    let mut args = argv.iter();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        if KEPT_GLOBAL_FLAGS.contains(&text.as_ref()) {
+            run.push(arg.clone());
+            run.extend(args.next().cloned());
+        } else if KEPT_GLOBAL_FLAGS
+            .iter()
+            .any(|flag| text.starts_with(&format!("{flag}=")))
+        {
+            run.push(arg.clone());
+        }
+    }
+    run.extend(["agent".into(), "run".into(), "--data-dir".into()]);
+    run.push(data_dir.as_os_str().to_owned());
+    run
 }
 
 /// The test-only knob that makes agents break their promise on purpose (the chaos harness's
@@ -526,6 +568,25 @@ mod tests {
 
     /// At join a flag not given takes its default; at run it takes what join kept; a flag
     /// given always wins, `none` included.
+    /// A joined agent carries on as `agent run` on its data dir with its log options, and
+    /// without the token or any other join flag.
+    #[test]
+    fn run_argv_keeps_the_data_dir_and_the_log_options() {
+        let argv = |text: &str| -> Vec<std::ffi::OsString> {
+            text.split_whitespace().map(Into::into).collect()
+        };
+        assert_eq!(
+            run_argv(
+                &argv(
+                    "--log-level debug agent join --data-dir /d --control a:1 --token WRN1-x \
+                     --name e1 --metrics 127.0.0.1:0 --log-format=json -o json"
+                ),
+                Path::new("/d")
+            ),
+            argv("--log-level debug --log-format=json agent run --data-dir /d")
+        );
+    }
+
     #[test]
     fn listen_flags_layer_over_what_join_kept_over_defaults() {
         fn args(metrics: Option<&str>, dns: Option<&str>, upstream: &[&str]) -> ListenArgs {

@@ -3,7 +3,8 @@
 use anyhow::{Result, anyhow};
 use hyper::Method;
 use warren_api::rest::{
-    ClusterStatus, MemberContact, MemberHealth, NodeInfo, TokenRequest, TokenResponse,
+    ClusterStatus, MAX_TOKEN_TTL_MS, MemberContact, MemberHealth, NodeInfo, TokenInfo,
+    TokenRequest, TokenResponse,
 };
 use warren_api::{NodeRole, NodeState};
 use warren_transport::ca::unix_now_ms;
@@ -51,12 +52,23 @@ pub enum TokenCommand {
         /// Role of the nodes that may join with it: agent or control.
         #[arg(long, value_name = "agent|control")]
         role: NodeRole,
-        /// Lifetime, like 30m, 24h or 7d.
+        /// Lifetime, like 30m, 24h or 7d; at most 30d.
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         ttl: String,
         /// Let only the first join use it.
         #[arg(long)]
         single_use: bool,
+    },
+    /// List the join tokens the cluster knows (never their secrets): id, role, expiry, use.
+    #[command(after_help = "Example:\n  warren token ls -o json")]
+    Ls,
+    /// Revoke a join token: every control node refuses it from the next join on.
+    #[command(after_help = "Example:\n  warren token revoke 3f2a9c01d4e5b6a7")]
+    Revoke {
+        /// The token's id: 16 hex digits, from `warren token ls` (it is also the token's
+        /// fourth dash-separated part: WRN1-a-<cluster>-<id>-<secret>).
+        #[arg(value_name = "ID")]
+        id: String,
     },
 }
 
@@ -191,15 +203,34 @@ fn yes_no(value: bool) -> String {
 
 /// Runs `warren token …`.
 pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand) -> Result<()> {
-    let TokenCommand::Create {
-        role,
-        ttl,
-        single_use,
-    } = command;
+    let (role, ttl, single_use) = match command {
+        TokenCommand::Create {
+            role,
+            ttl,
+            single_use,
+        } => (role, ttl, single_use),
+        TokenCommand::Ls => {
+            let answer = client.get("/tokens").await?;
+            return print_read(format, &answer, |t: &Vec<TokenInfo>| render_tokens(t));
+        }
+        TokenCommand::Revoke { id } => {
+            let path = format!("/tokens/{}", segment("token id", &id)?);
+            let answer = client.empty(Method::DELETE, &path).await?;
+            return print_write(format, &answer, |r| {
+                format!("token {id} revoked (revision {})", r.revision)
+            });
+        }
+    };
     let ttl_ms =
         warren_api::parse_duration_ms(&ttl).map_err(|e| anyhow!("--ttl: {}", e.message))?;
     if ttl_ms == 0 {
         return Err(anyhow!("--ttl must be more than 0s"));
+    }
+    if ttl_ms > MAX_TOKEN_TTL_MS {
+        return Err(anyhow!(
+            "--ttl {ttl} is longer than a token may live ({})",
+            warren_api::format_duration_ms(MAX_TOKEN_TTL_MS)
+        ));
     }
     let request = TokenRequest {
         role,
@@ -259,6 +290,34 @@ async fn node_action(
             format!("node {node} already {done}")
         }
     })
+}
+
+fn render_tokens(tokens: &[TokenInfo]) -> String {
+    let now = unix_now_ms();
+    let mut table = Table::new(&["ID", "ROLE", "USE", "STATE", "EXPIRES", "CREATED"]);
+    for token in tokens {
+        let expired = token.expires_at_ms.is_some_and(|at| at <= now);
+        let state = match (token.revoked, expired, token.used_at_ms) {
+            (true, _, _) => "revoked".to_owned(),
+            (false, true, _) => "expired".to_owned(),
+            (false, false, Some(at)) => format!("used {} ago", age(now, at)),
+            (false, false, None) => "valid".to_owned(),
+        };
+        let expires = match token.expires_at_ms {
+            Some(at) if at > now => format!("in {}", age(at, now)),
+            Some(at) => format!("{} ago", age(now, at)),
+            None => "never".to_owned(),
+        };
+        table.row(vec![
+            token.id.clone(),
+            token.role.to_string(),
+            if token.single_use { "once" } else { "many" }.to_owned(),
+            state,
+            expires,
+            format!("{} ago", age(now, token.created_at_ms)),
+        ]);
+    }
+    table.render()
 }
 
 fn render_nodes(nodes: &[NodeInfo]) -> String {

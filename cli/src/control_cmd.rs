@@ -59,14 +59,8 @@ pub enum ControlCommand {
         /// QUIC address of any control node of the cluster.
         #[arg(long = "join", value_name = "QUIC_ADDR")]
         join: String,
-        /// A control join token from `warren token create --role control`.
-        #[arg(
-            long,
-            env = "WARREN_TOKEN",
-            value_name = "TOKEN",
-            hide_env_values = true
-        )]
-        token: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Restart a control node from its data dir, then serve.
     ///
@@ -77,6 +71,48 @@ pub enum ControlCommand {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+}
+
+/// Where `control join` and `agent join` take their join token from. A token given with
+/// `--token` is visible to every local user in `ps` for as long as the process runs; a file
+/// or `$WARREN_TOKEN` is not.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The join token, from `warren token create`. Other local users can read a command
+    /// line (`ps`): prefer --token-file or $WARREN_TOKEN.
+    #[arg(
+        long,
+        env = "WARREN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file that holds the join token (mode 0600 is wise); read once, at the join. Wins
+    /// over --token and $WARREN_TOKEN.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token, trimmed.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no token.
+    pub fn read(&self) -> Result<String> {
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, Some(token)) => token.trim().to_owned(),
+            (None, None) => bail!("give a join token: --token-file PATH, $WARREN_TOKEN or --token"),
+        };
+        if token.is_empty() {
+            bail!("the join token is empty");
+        }
+        Ok(token)
+    }
 }
 
 /// What a new control node is and where it listens.
@@ -135,7 +171,10 @@ pub fn run(args: ControlArgs) -> Result<()> {
         let node = match args.command {
             ControlCommand::Init { node } => init(node).await?,
             ControlCommand::Join { node, join, token } => {
-                join_cluster(node, &join, &token, &mut signals).await?
+                if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
+                    tracing::warn!("the join token is on this command line, which other local users can read (ps) while the node runs; prefer --token-file or $WARREN_TOKEN (a single-use token is spent once the node has joined)");
+                }
+                join_cluster(node, &join, &token.read()?, &mut signals).await?
             }
             ControlCommand::Run { data_dir } => {
                 ControlNode::run(&data_dir, ControlConfig::default())

@@ -22,15 +22,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use warren_api::rest::{
-    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MEMBERS_HEADER, MemberContact,
-    MemberHealth, MemberInfo, NodeCounts, NodeInfo, PREFIX, ReplicaInfo, ScaleRequest,
-    SecretCreate, ServiceInfo, TokenRequest, TokenResponse, WriteResult,
+    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MAX_TOKEN_TTL_MS, MEMBERS_HEADER,
+    MemberContact, MemberHealth, MemberInfo, NodeCounts, NodeInfo, PREFIX, ReplicaInfo,
+    ScaleRequest, SecretCreate, ServiceInfo, TokenInfo, TokenRequest, TokenResponse, WriteResult,
 };
 use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, ServiceSpec, Volume};
 use warren_transport::MintOptions;
 use warren_transport::ca::unix_now_ms;
 use warren_transport::https::ApiListener;
-use warren_transport::token::mint;
+use warren_transport::token::{TokenId, mint};
 
 use crate::command::{Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::control::Control;
@@ -374,6 +374,15 @@ impl Api {
         match (method, segs.as_slice()) {
             (&Method::GET, ["cluster"]) => self.cluster_status(stale).await,
             (&Method::POST, ["tokens"]) => self.create_token(read_json(request).await?).await,
+            (&Method::GET, ["tokens"]) => self.list_tokens(stale).await,
+            (&Method::DELETE, ["tokens", id]) => {
+                let id = id.parse::<TokenId>().map_err(|_| {
+                    ApiError::Invalid(format!(
+                        "token id {id:?} is not a token id (16 hex digits, from `warren token ls`)"
+                    ))
+                })?;
+                written(self.control.propose(Op::RevokeToken(id)).await?)
+            }
             (&Method::GET, ["nodes"]) => self.list_nodes(stale).await,
             (&Method::GET, ["nodes", n]) => self.get_node(n, stale).await,
             (&Method::POST, ["nodes", n, "drain"]) => {
@@ -498,7 +507,42 @@ impl Api {
         })
     }
 
+    async fn list_tokens(&self, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        let tokens: Vec<TokenInfo> = state
+            .tokens
+            .records()
+            .map(|r| TokenInfo {
+                id: r.id.to_string(),
+                role: r.role,
+                created_at_ms: r.created_at_ms,
+                expires_at_ms: r.expires_at_ms,
+                single_use: r.single_use,
+                used_at_ms: r.used_at_ms,
+                revoked: r.revoked,
+            })
+            .collect();
+        ok(&tokens)
+    }
+
     async fn create_token(&self, request: TokenRequest) -> ApiResult {
+        match request.ttl_ms {
+            None => {
+                return Err(ApiError::Invalid(format!(
+                    "ttl_ms: a token needs a lifetime (at most {})",
+                    warren_api::format_duration_ms(MAX_TOKEN_TTL_MS)
+                )));
+            }
+            Some(0) => return Err(ApiError::Invalid("ttl_ms: must be more than 0".into())),
+            Some(ttl) if ttl > MAX_TOKEN_TTL_MS => {
+                return Err(ApiError::Invalid(format!(
+                    "ttl_ms: {} is longer than the longest a token may live ({})",
+                    warren_api::format_duration_ms(ttl),
+                    warren_api::format_duration_ms(MAX_TOKEN_TTL_MS)
+                )));
+            }
+            Some(_) => {}
+        }
         let fingerprint = {
             let state = self.control.read_stale().await;
             let cluster = state
@@ -836,6 +880,8 @@ fn route_label(method: &Method, segments: &[String]) -> &'static str {
     match (method, segs.as_slice()) {
         (&Method::GET, ["cluster"]) => "GET /cluster",
         (&Method::POST, ["tokens"]) => "POST /tokens",
+        (&Method::GET, ["tokens"]) => "GET /tokens",
+        (&Method::DELETE, ["tokens", _]) => "DELETE /tokens/{id}",
         (&Method::GET, ["nodes"]) => "GET /nodes",
         (&Method::GET, ["nodes", _]) => "GET /nodes/{n}",
         (&Method::POST, ["nodes", _, _]) => "POST /nodes/{n}/{action}",

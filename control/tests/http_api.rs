@@ -209,6 +209,34 @@ async fn tokens_are_minted_and_non_admin_certificates_refused() {
     assert_eq!(status, StatusCode::CREATED);
     assert!(String::from_utf8_lossy(&body).contains("WRN1-a-"));
 
+    // No token without a lifetime, none longer than the maximum.
+    for (request, expected) in [
+        (
+            r#"{"role":"agent","ttl_ms":null,"single_use":false}"#,
+            "a token needs a lifetime",
+        ),
+        (
+            r#"{"role":"agent","ttl_ms":0,"single_use":false}"#,
+            "must be more than 0",
+        ),
+        (
+            r#"{"role":"agent","ttl_ms":2678400000,"single_use":false}"#,
+            "31d is longer than the longest a token may live (30d)",
+        ),
+    ] {
+        let (status, refused) = tls(
+            &node,
+            &out.admin,
+            Method::POST,
+            "/v1/tokens",
+            Some(request.into()),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&refused);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {text}");
+        assert!(text.contains(expected), "{request}: {text}");
+    }
+
     // Build an agent certificate from the same CA (as a joined agent would hold).
     let ca =
         warren_transport::ClusterCa::load(dir.path(), &warren_transport::seal::SealKey::generate());
