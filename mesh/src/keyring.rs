@@ -11,18 +11,22 @@
 //! failing. The ciphertext's plaintext starts with the sender's clock (unix ms, u64 LE); the
 //! rest is the payload.
 //!
-//! **Replay.** A datagram is accepted only if its sender timestamp is within
-//! [`REPLAY_WINDOW_MS`] of the receiver's clock, and only once: the receiver remembers every
-//! (timestamp, nonce) it accepted until the timestamp leaves the window. The memory is bounded
-//! by [`REPLAY_CACHE_ENTRIES_MAX`]; when full, new datagrams are dropped (and counted as
-//! `replay_cache_full`) rather than the cache growing or forgetting — forgetting early would
-//! let a replay in. Checks run after authentication, so only key holders can fill it.
+//! **Replay.** A datagram is accepted only if its sender timestamp is at most
+//! [`REPLAY_WINDOW_MS`] behind the receiver's clock and at most [`MAX_FUTURE_SKEW_MS`] ahead
+//! of it, and only once: the receiver remembers every (timestamp, nonce) it accepted until the
+//! timestamp leaves the window. The memory is bounded by [`REPLAY_CACHE_ENTRIES_MAX`]; when
+//! full, new datagrams are dropped (and counted as `replay_cache_full`) rather than the cache
+//! growing or forgetting — forgetting early would let a replay in. Checks run after
+//! authentication, so only key holders can fill it; and one sender (a source address) holds
+//! at most [`REPLAY_ENTRIES_PER_SENDER_MAX`] of it (`sender_over_quota` past that), so a key
+//! holder flooding from one socket cannot fill the cache and blind the node to everyone else.
 //!
 //! **Rotation.** [`Keyring::rotate`] makes a new key current and keeps the old one accepted
 //! until the overlap ends, so nodes that have not rotated yet keep talking to those that have.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::SocketAddr;
 
 use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -52,11 +56,20 @@ pub const MAX_PAYLOAD_BYTES: usize = MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES;
 /// more is refused as `stale` until its clock is fixed. It also bounds how long a captured
 /// datagram could be replayed, and how long the replay cache must remember a nonce.
 pub const REPLAY_WINDOW_MS: u64 = 60_000;
+/// How far ahead of the receiver's clock a sender's timestamp may be: 10 s. A datagram from
+/// the future stays in the replay cache until it leaves the window, so a generous bound would
+/// let a key holder park entries there for twice as long; clocks kept by NTP agree within
+/// milliseconds.
+pub const MAX_FUTURE_SKEW_MS: u64 = 10_000;
 /// Most (timestamp, nonce) pairs remembered for replay detection: 65 536 entries of 20 bytes
 /// plus tree overhead, a few MB at most. A node of a 100-node cluster receives about ten
 /// datagrams a second at the default gossip interval, ~1 200 per window; the cap leaves room
 /// for 50 times that.
 pub const REPLAY_CACHE_ENTRIES_MAX: usize = 65_536;
+/// Most replay-cache entries one sender (source address) may hold: 2 048, about 29 datagrams
+/// a second for the 70 s a timestamp can stay in the window — several times what one peer
+/// sends one node (a gossip round is a few datagrams).
+pub const REPLAY_ENTRIES_PER_SENDER_MAX: usize = 2_048;
 
 /// Identifies a gossip key on the wire, so a receiver picks the right key without trying each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,7 +141,8 @@ pub enum DropReason {
     Forged,
     /// A (timestamp, nonce) already accepted.
     Replayed,
-    /// Sender timestamp further than [`REPLAY_WINDOW_MS`] from our clock.
+    /// Sender timestamp more than [`REPLAY_WINDOW_MS`] behind our clock or more than
+    /// [`MAX_FUTURE_SKEW_MS`] ahead of it.
     Stale,
     /// The replay cache is full; accepting would mean forgetting a nonce too early.
     ReplayCacheFull,
@@ -136,11 +150,13 @@ pub enum DropReason {
     Malformed,
     /// Dropped on purpose by a test's fault switch.
     FaultInjected,
+    /// The sender already holds [`REPLAY_ENTRIES_PER_SENDER_MAX`] replay-cache entries.
+    SenderOverQuota,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::TooShort,
         DropReason::TooLarge,
         DropReason::BadMagic,
@@ -151,6 +167,7 @@ impl DropReason {
         DropReason::ReplayCacheFull,
         DropReason::Malformed,
         DropReason::FaultInjected,
+        DropReason::SenderOverQuota,
     ];
 
     /// The metric label: stable, lowercase, snake case.
@@ -166,6 +183,7 @@ impl DropReason {
             DropReason::ReplayCacheFull => "replay_cache_full",
             DropReason::Malformed => "malformed",
             DropReason::FaultInjected => "fault_injected",
+            DropReason::SenderOverQuota => "sender_over_quota",
         }
     }
 }
@@ -198,8 +216,10 @@ pub struct Keyring {
     current: GossipKey,
     /// The key before the last rotation, accepted until the given unix ms.
     previous: Option<(GossipKey, u64)>,
-    /// (sender timestamp, nonce) of every datagram accepted within the window.
-    seen: BTreeSet<(u64, [u8; NONCE_LEN])>,
+    /// (sender timestamp, nonce) of every datagram accepted within the window, and its sender.
+    seen: BTreeMap<(u64, [u8; NONCE_LEN]), SocketAddr>,
+    /// Entries of `seen` by sender.
+    per_sender: HashMap<SocketAddr, usize>,
 }
 
 impl fmt::Debug for Keyring {
@@ -221,7 +241,8 @@ impl Keyring {
         Self {
             current,
             previous: None,
-            seen: BTreeSet::new(),
+            seen: BTreeMap::new(),
+            per_sender: HashMap::new(),
         }
     }
 
@@ -320,12 +341,18 @@ impl Keyring {
         out
     }
 
-    /// Checks and opens a datagram: size, header, key, tag, timestamp window, replay — in that
-    /// order, so that nothing unauthenticated reaches the replay cache.
+    /// Checks and opens a datagram from `sender`: size, header, key, tag, timestamp window,
+    /// replay, the sender's quota — in that order, so that nothing unauthenticated reaches the
+    /// replay cache.
     ///
     /// # Errors
     /// The [`DropReason`] of the first check that fails.
-    pub fn open(&mut self, datagram: &[u8], now_unix_ms: u64) -> Result<Opened, DropReason> {
+    pub fn open(
+        &mut self,
+        datagram: &[u8],
+        sender: SocketAddr,
+        now_unix_ms: u64,
+    ) -> Result<Opened, DropReason> {
         if datagram.len() > MAX_DATAGRAM_BYTES {
             return Err(DropReason::TooLarge);
         }
@@ -358,17 +385,24 @@ impl Keyring {
                 .try_into()
                 .expect("authenticated plaintext holds the timestamp"),
         );
-        if sent_at_ms.abs_diff(now_unix_ms) > REPLAY_WINDOW_MS {
+        let too_old = now_unix_ms.saturating_sub(sent_at_ms) > REPLAY_WINDOW_MS;
+        let too_new = sent_at_ms.saturating_sub(now_unix_ms) > MAX_FUTURE_SKEW_MS;
+        if too_old || too_new {
             return Err(DropReason::Stale);
         }
         self.forget_before(now_unix_ms.saturating_sub(REPLAY_WINDOW_MS));
-        if self.seen.contains(&(sent_at_ms, nonce)) {
+        if self.seen.contains_key(&(sent_at_ms, nonce)) {
             return Err(DropReason::Replayed);
+        }
+        let held = self.per_sender.entry(sender).or_default();
+        if *held >= REPLAY_ENTRIES_PER_SENDER_MAX {
+            return Err(DropReason::SenderOverQuota);
         }
         if self.seen.len() >= REPLAY_CACHE_ENTRIES_MAX {
             return Err(DropReason::ReplayCacheFull);
         }
-        self.seen.insert((sent_at_ms, nonce));
+        *held += 1;
+        self.seen.insert((sent_at_ms, nonce), sender);
         plaintext.drain(..TIMESTAMP_LEN);
         Ok(Opened {
             payload: plaintext,
@@ -384,11 +418,19 @@ impl Keyring {
     /// Forgets nonces whose timestamps are older than `oldest_ms`: a datagram that old is
     /// refused as stale anyway, so its nonce no longer needs remembering.
     fn forget_before(&mut self, oldest_ms: u64) {
-        while let Some(&(sent_at_ms, _)) = self.seen.first() {
+        while let Some((&(sent_at_ms, _), _)) = self.seen.first_key_value() {
             if sent_at_ms >= oldest_ms {
                 break;
             }
-            self.seen.pop_first();
+            let Some((_, sender)) = self.seen.pop_first() else {
+                break;
+            };
+            if let Some(held) = self.per_sender.get_mut(&sender) {
+                *held -= 1;
+                if *held == 0 {
+                    self.per_sender.remove(&sender);
+                }
+            }
         }
     }
 }
@@ -400,6 +442,13 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
 
+    fn sender(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7946);
+
     fn ring(id: u32) -> Keyring {
         Keyring::new(GossipKey::generate(KeyId(id)))
     }
@@ -409,7 +458,7 @@ mod tests {
         let mut ring = ring(1);
         let sealed = ring.seal(b"hello", NOW);
         assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD_BYTES);
-        let opened = ring.open(&sealed, NOW + 5).expect("opens");
+        let opened = ring.open(&sealed, PEER, NOW + 5).expect("opens");
         assert_eq!(opened.payload, b"hello");
         assert_eq!(opened.key_id, KeyId(1));
     }
@@ -419,7 +468,7 @@ mod tests {
         let mut ring = ring(1);
         let sealed = ring.seal(b"x", NOW);
         let check = |ring: &mut Keyring, datagram: &[u8], now: u64, expected: DropReason| {
-            assert_eq!(ring.open(datagram, now), Err(expected), "{expected}");
+            assert_eq!(ring.open(datagram, PEER, now), Err(expected), "{expected}");
         };
         check(&mut ring, &sealed[..10], NOW, DropReason::TooShort);
         check(
@@ -447,16 +496,17 @@ mod tests {
         check(
             &mut ring,
             &sealed,
-            NOW - REPLAY_WINDOW_MS - 1,
+            NOW - MAX_FUTURE_SKEW_MS - 1,
             DropReason::Stale,
         );
-        ring.open(&sealed, NOW).expect("first time is fine");
+        ring.open(&sealed, PEER, NOW).expect("first time is fine");
         check(&mut ring, &sealed, NOW + 1, DropReason::Replayed);
     }
 
     #[test]
     fn labels_are_distinct() {
-        let labels: BTreeSet<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        let labels: std::collections::BTreeSet<_> =
+            DropReason::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), DropReason::ALL.len());
     }
 
@@ -465,12 +515,12 @@ mod tests {
         let mut ring = ring(1);
         for i in 0..100 {
             let sealed = ring.seal(b"x", NOW + i);
-            ring.open(&sealed, NOW + i).expect("opens");
+            ring.open(&sealed, PEER, NOW + i).expect("opens");
         }
         assert_eq!(ring.replay_cache_len(), 100);
         let later = NOW + REPLAY_WINDOW_MS + 50;
         let sealed = ring.seal(b"x", later);
-        ring.open(&sealed, later).expect("opens");
+        ring.open(&sealed, PEER, later).expect("opens");
         // Timestamps NOW..NOW+49 are now outside the window and forgotten.
         assert_eq!(ring.replay_cache_len(), 51);
     }
@@ -478,13 +528,46 @@ mod tests {
     #[test]
     fn a_full_replay_cache_refuses_rather_than_forgets() {
         let mut ring = ring(1);
-        for _ in 0..REPLAY_CACHE_ENTRIES_MAX {
+        for i in 0..REPLAY_CACHE_ENTRIES_MAX {
             let sealed = ring.seal(b"", NOW);
-            ring.open(&sealed, NOW).expect("opens");
+            let from = sender((i / REPLAY_ENTRIES_PER_SENDER_MAX) as u16);
+            ring.open(&sealed, from, NOW).expect("opens");
         }
         let sealed = ring.seal(b"", NOW);
-        assert_eq!(ring.open(&sealed, NOW), Err(DropReason::ReplayCacheFull));
+        assert_eq!(
+            ring.open(&sealed, sender(u16::MAX), NOW),
+            Err(DropReason::ReplayCacheFull)
+        );
         assert_eq!(ring.replay_cache_len(), REPLAY_CACHE_ENTRIES_MAX);
+    }
+
+    /// A key holder flooding from one socket fills its own share of the replay cache, not the
+    /// cache: other senders are still accepted, and its share frees up as its timestamps age
+    /// out of the window. Far-future timestamps are refused outright.
+    #[test]
+    fn one_sender_cannot_fill_the_replay_cache() {
+        let mut ring = ring(1);
+        let flooder = sender(666);
+        for _ in 0..REPLAY_ENTRIES_PER_SENDER_MAX {
+            let sealed = ring.seal(b"", NOW + MAX_FUTURE_SKEW_MS);
+            ring.open(&sealed, flooder, NOW).expect("within its quota");
+        }
+        let more = ring.seal(b"", NOW);
+        assert_eq!(
+            ring.open(&more, flooder, NOW),
+            Err(DropReason::SenderOverQuota)
+        );
+        let honest = ring.seal(b"", NOW);
+        ring.open(&honest, PEER, NOW)
+            .expect("another sender is accepted");
+        let far_future = ring.seal(b"", NOW + MAX_FUTURE_SKEW_MS + 1);
+        assert_eq!(ring.open(&far_future, PEER, NOW), Err(DropReason::Stale));
+        // Once its timestamps leave the window, the flooder's share is free again.
+        let later = NOW + MAX_FUTURE_SKEW_MS + REPLAY_WINDOW_MS + 1;
+        let sealed = ring.seal(b"", later);
+        ring.open(&sealed, flooder, later)
+            .expect("its share aged out");
+        assert_eq!(ring.replay_cache_len(), 1);
     }
 
     #[test]
@@ -498,10 +581,10 @@ mod tests {
         assert_eq!(rotated.previous(), Some((KeyId(1), NOW + 10_000)));
 
         let from_old = not_rotated.seal(b"a", NOW + 5_000);
-        assert!(rotated.open(&from_old, NOW + 5_000).is_ok());
+        assert!(rotated.open(&from_old, PEER, NOW + 5_000).is_ok());
         let from_old = not_rotated.seal(b"b", NOW + 10_001);
         assert_eq!(
-            rotated.open(&from_old, NOW + 10_001),
+            rotated.open(&from_old, PEER, NOW + 10_001),
             Err(DropReason::UnknownKey)
         );
         // Replies to a peer on the old key use the old key while it is accepted.
@@ -535,10 +618,10 @@ mod tests {
     proptest! {
         #[test]
         fn round_trips(payload in proptest::collection::vec(any::<u8>(), 0..2048),
-                       skew in -(REPLAY_WINDOW_MS as i64)..=(REPLAY_WINDOW_MS as i64)) {
+                       skew in -(MAX_FUTURE_SKEW_MS as i64)..=(REPLAY_WINDOW_MS as i64)) {
             let mut ring = ring(3);
             let sealed = ring.seal(&payload, NOW);
-            let opened = ring.open(&sealed, NOW.wrapping_add_signed(skew)).expect("opens");
+            let opened = ring.open(&sealed, PEER, NOW.wrapping_add_signed(skew)).expect("opens");
             prop_assert_eq!(opened.payload, payload);
         }
 
@@ -549,7 +632,7 @@ mod tests {
             let mut sealed = ring.seal(&payload, NOW);
             let bit = bit.index(sealed.len() * 8);
             sealed[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(ring.open(&sealed, NOW).is_err());
+            prop_assert!(ring.open(&sealed, PEER, NOW).is_err());
             prop_assert_eq!(ring.replay_cache_len(), 0);
         }
     }

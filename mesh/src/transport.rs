@@ -312,12 +312,11 @@ impl SealedSocket {
             metrics.count_drop(DropReason::FaultInjected);
             return None;
         }
-        let opened = self
-            .shared
-            .keyring
-            .lock()
-            .expect("keyring lock")
-            .open(&self.recv_buf[..len], now_unix_ms());
+        let opened = self.shared.keyring.lock().expect("keyring lock").open(
+            &self.recv_buf[..len],
+            peer,
+            now_unix_ms(),
+        );
         let opened = match opened {
             Ok(opened) => opened,
             Err(reason) => {

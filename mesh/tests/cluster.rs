@@ -231,6 +231,63 @@ async fn replayed_and_forged_datagrams_are_dropped() {
     cluster.shutdown().await;
 }
 
+/// A key holder floods a node from one socket with authentic, future-dated datagrams — more
+/// than the whole replay cache holds. Before the per-sender share, that filled the cache for
+/// two minutes and the node dropped every peer's gossip (`replay_cache_full`), calling healthy
+/// members dead. Now the flood fills its own share only: the rest is `sender_over_quota`, the
+/// cache never fills, and the cluster keeps seeing itself alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_flooding_key_holder_cannot_blind_a_node() {
+    init_tracing();
+    let timers = MeshTimers::for_tests();
+    let cluster = Cluster::start(3, timers.clone()).await;
+    wait_until(Duration::from_secs(10), || {
+        cluster.all_see(&[0, 1, 2], &[0, 1, 2], Liveness::Alive)
+    })
+    .await
+    .expect("cluster converges");
+
+    let target = &cluster.nodes[1];
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ring = Keyring::new(cluster.key.clone());
+    let flood = warren_mesh::keyring::REPLAY_CACHE_ENTRIES_MAX + 4_096;
+    for i in 0..flood {
+        let sealed = ring.seal(b"flood", now_unix_ms() + 9_000);
+        attacker.send_to(&sealed, target.addr).await.expect("send");
+        if i % 256 == 0 {
+            // Let the target drain its socket buffer, so the flood arrives rather than being
+            // dropped by the kernel.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let metrics = &target.metrics;
+    wait_until(Duration::from_secs(10), || {
+        metrics.dropped(DropReason::SenderOverQuota) > 0
+    })
+    .await
+    .expect("the flood is cut at its sender's share");
+    info!(
+        over_quota = metrics.dropped(DropReason::SenderOverQuota),
+        "--- flood sent"
+    );
+    // Past the time a dead member is noticed, everyone is still alive to everyone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metrics.dropped(DropReason::ReplayCacheFull), 0);
+    wait_until(Duration::from_secs(5), || {
+        cluster.all_see(&[0, 1, 2], &[0, 1, 2], Liveness::Alive)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the flooded node still hears its peers: {}",
+            cluster.census()
+        )
+    });
+    cluster.shutdown().await;
+}
+
 /// Nodes 1 and 2 rotate to a new key with a 3 s overlap while 3 and 4 stay on the old one:
 /// during the overlap all four keep seeing each other alive. After it, the rotated nodes
 /// refuse the old key (`unknown_key`) and the two pairs lose each other; when 3 and 4 rotate
