@@ -9,11 +9,11 @@
 //! Gossip is a second input: the leader's own mesh view of each node ([`GossipLiveness`] by
 //! node id). Its failure detector has already waited before it says `Dead`, so a node whose
 //! link is down and whom gossip calls dead is declared unreachable at once, without waiting for
-//! `unreachable_after`. A node gossip calls `Alive` counts as seen now, like a live link: it is
-//! reachable (an unreachable one comes back), and the link's grace does not run out while
-//! gossip hears it. Gossip is a hint (anyone holding the gossip key can claim a node is alive),
-//! which is why it only decides reachability, never identity. `Suspect` and absence say
-//! nothing.
+//! `unreachable_after`. Gossip can only hasten that verdict, never hold it off: anyone holding
+//! the gossip key can claim that a node is alive (one agent gossiping as another kept a killed
+//! node `ready` for minutes), so `Alive` is hearsay that neither keeps a silent node reachable
+//! nor brings an unreachable one back — only its own link does. `Suspect` and absence say
+//! nothing either.
 //!
 //! A link counts as up only while it is heard from: connected, and in contact within
 //! [`LINK_STALE`]. The agent pings its control node every
@@ -79,14 +79,12 @@ impl Liveness {
                 r.connected
                     && now_ms.saturating_sub(r.last_contact_ms) <= LINK_STALE.as_millis() as u64
             });
-            let gossip = gossip.get(&node.id).copied();
-            let gossip_alive = gossip == Some(GossipLiveness::Alive);
-            let gossip_dead = gossip == Some(GossipLiveness::Dead);
+            let gossip_dead = gossip.get(&node.id) == Some(&GossipLiveness::Dead);
             let seen = self
                 .last_seen_ms
                 .entry(node.id)
                 .or_insert(self.leader_since_ms);
-            if connected || gossip_alive {
+            if connected {
                 *seen = now_ms;
             } else if let Some(r) = report {
                 *seen = (*seen).max(r.last_contact_ms);
@@ -96,7 +94,7 @@ impl Liveness {
                 NodeState::Ready if !connected && (gossip_dead || silent_too_long) => {
                     ops.push(Op::NodeUnreachable { node: node.id });
                 }
-                NodeState::Unreachable { .. } | NodeState::Down if connected || gossip_alive => {
+                NodeState::Unreachable { .. } | NodeState::Down if connected => {
                     ops.push(Op::NodeReachable { node: node.id });
                 }
                 _ => {}
@@ -282,8 +280,11 @@ mod tests {
         );
     }
 
+    /// Gossip's `Alive` is hearsay (any key holder can claim it, e.g. an agent gossiping as a
+    /// killed one): it neither brings an unreachable agent back nor holds off the grace of a
+    /// silent one. Only the agent's own link does.
     #[test]
-    fn gossip_alive_brings_an_agent_back_and_holds_off_the_grace() {
+    fn gossip_alive_never_vouches_for_a_silent_agent() {
         let mut liveness = Liveness::new(Duration::from_secs(30), 0);
         let unreachable = state(vec![node(
             2,
@@ -291,26 +292,29 @@ mod tests {
             NodeState::Unreachable { since_ms: 1 },
         )]);
         let alive = gossip(2, GossipLiveness::Alive);
-        assert_eq!(
-            liveness.decide(10, &unreachable, &BTreeMap::new(), &alive),
-            vec![Op::NodeReachable { node: NodeId(2) }]
+        assert!(
+            liveness
+                .decide(10, &unreachable, &BTreeMap::new(), &alive)
+                .is_empty(),
+            "gossip alone does not bring it back"
         );
-        // Link still down, but gossip hears it: no unreachable/back flapping.
         let ready = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
         assert!(
             liveness
-                .decide(100_000, &ready, &BTreeMap::new(), &alive)
-                .is_empty()
-        );
-        // Once gossip stops hearing it too, the grace counts from the last time it did.
-        assert!(
-            liveness
-                .decide(120_000, &ready, &BTreeMap::new(), &no_gossip())
+                .decide(29_999, &ready, &BTreeMap::new(), &alive)
                 .is_empty()
         );
         assert_eq!(
-            liveness.decide(130_000, &ready, &BTreeMap::new(), &no_gossip()),
-            vec![Op::NodeUnreachable { node: NodeId(2) }]
+            liveness.decide(30_000, &ready, &BTreeMap::new(), &alive),
+            vec![Op::NodeUnreachable { node: NodeId(2) }],
+            "gossip alone does not hold off the grace"
+        );
+        // Its own link does.
+        let (id, live) = report(2, true, 40_000);
+        let live = [(id, live)].into_iter().collect();
+        assert_eq!(
+            liveness.decide(40_000, &unreachable, &live, &alive),
+            vec![Op::NodeReachable { node: NodeId(2) }]
         );
     }
 
