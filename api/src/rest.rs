@@ -211,6 +211,40 @@ pub struct TokenInfo {
     pub revoked: bool,
 }
 
+/// `POST /admins`: issue an admin certificate for the key of a CSR. The private key never
+/// leaves the machine that made the CSR (`warren admin create`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCreate {
+    /// The admin's name (a DNS label): shown in `admin ls`, used to revoke.
+    pub name: String,
+    /// The certificate signing request, DER, base64.
+    pub csr_der_base64: String,
+}
+
+/// The answer to `POST /admins`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminIssued {
+    /// The certificate, DER, base64.
+    pub cert_der_base64: String,
+    /// What the cluster recorded of it.
+    pub admin: AdminInfo,
+}
+
+/// `GET /admins`: an admin certificate the cluster CA issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminInfo {
+    /// The admin's name.
+    pub name: String,
+    /// The certificate's serial (lowercase hex).
+    pub serial: String,
+    /// When it was issued (unix ms).
+    pub issued_at_ms: u64,
+    /// When it expires (unix ms).
+    pub expires_at_ms: u64,
+    /// Whether it was revoked (the API refuses it).
+    pub revoked: bool,
+}
+
 /// A node with what runs there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {

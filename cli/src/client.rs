@@ -285,6 +285,11 @@ impl Client {
         })
     }
 
+    /// The cluster CA certificate (DER) of the admin config this client uses, if any.
+    pub fn ca_cert_der(&self) -> Option<Vec<u8>> {
+        self.credentials.as_ref().map(|c| c.ca_cert_der().to_vec())
+    }
+
     /// `GET PREFIX+path`.
     ///
     /// # Errors

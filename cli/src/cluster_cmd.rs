@@ -1,10 +1,10 @@
 //! `warren cluster status`, `warren token create` and `warren node …`.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use hyper::Method;
 use warren_api::rest::{
-    ClusterStatus, MAX_TOKEN_TTL_MS, MemberContact, MemberHealth, NodeInfo, TokenInfo,
-    TokenRequest, TokenResponse,
+    AdminCreate, AdminInfo, AdminIssued, ClusterStatus, MAX_TOKEN_TTL_MS, MemberContact,
+    MemberHealth, NodeInfo, TokenInfo, TokenRequest, TokenResponse,
 };
 use warren_api::{NodeRole, NodeState};
 use warren_transport::ca::unix_now_ms;
@@ -38,6 +38,42 @@ pub struct TokenArgs {
     pub client: ClientArgs,
     #[command(subcommand)]
     pub command: TokenCommand,
+}
+
+/// `warren admin …`.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Subcommands of `warren admin`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Issue an admin certificate for a named operator and write an admin config for it. The
+    /// key is made here and never sent; the certificate lasts 90 days.
+    #[command(after_help = "Example:\n  \
+        warren admin create alice --out alice.conf\n  \
+        warren cluster status --config alice.conf")]
+    Create {
+        /// The operator's name (a DNS label): shown in `admin ls`, used to revoke.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where to write the new admin config (mode 0600). Default: ./admin-NAME.conf.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// List the admin certificates the cluster CA issued: name, serial, expiry, revoked.
+    Ls,
+    /// Revoke an admin certificate: every control node refuses it from then on.
+    #[command(after_help = "Example:\n  warren admin revoke alice")]
+    Revoke {
+        /// The admin's name, or the certificate's serial (from `admin ls`).
+        #[arg(value_name = "NAME|SERIAL")]
+        key: String,
+    },
 }
 
 /// Subcommands of `warren token`.
@@ -290,6 +326,95 @@ async fn node_action(
             format!("node {node} already {done}")
         }
     })
+}
+
+/// Runs `warren admin …`.
+pub async fn admin(client: &Client, format: OutputFormat, command: AdminCommand) -> Result<()> {
+    match command {
+        AdminCommand::Ls => {
+            let answer = client.get("/admins").await?;
+            print_read(format, &answer, |a: &Vec<AdminInfo>| render_admins(a))
+        }
+        AdminCommand::Revoke { key } => {
+            let path = format!("/admins/{}", segment("admin", &key)?);
+            let answer = client.empty(Method::DELETE, &path).await?;
+            print_write(format, &answer, |r| {
+                if r.changed {
+                    format!("admin {key} revoked (revision {})", r.revision)
+                } else {
+                    format!("admin {key} was already revoked")
+                }
+            })
+        }
+        AdminCommand::Create { name, out } => create_admin(client, format, name, out).await,
+    }
+}
+
+/// `admin create`: a key and CSR here, the certificate from the cluster, an admin config
+/// with the cluster's API addresses written next to nothing that could be overwritten.
+async fn create_admin(
+    client: &Client,
+    format: OutputFormat,
+    name: String,
+    out: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let out = out.unwrap_or_else(|| format!("admin-{name}.conf").into());
+    if out.exists() {
+        bail!("{} exists; choose another --out", out.display());
+    }
+    let ca_der = client.ca_cert_der().ok_or_else(|| {
+        anyhow!("admin create needs an admin config to copy the cluster CA from (--config)")
+    })?;
+    let status: ClusterStatus = client.get("/cluster").await?.json()?;
+    let (key, csr) = warren_transport::ca::generate_csr().context("make a key")?;
+    let request = AdminCreate {
+        name: name.clone(),
+        csr_der_base64: data_encoding::BASE64.encode(&csr),
+    };
+    let answer = client.send(Method::POST, "/admins", &request).await?;
+    let issued: AdminIssued = answer.json()?;
+    let cert = data_encoding::BASE64
+        .decode(issued.cert_der_base64.as_bytes())
+        .context("the issued certificate is not base64")?;
+    let credentials =
+        warren_transport::Credentials::new(cert.into(), key.serialize_der(), ca_der.into())
+            .context("read the issued certificate")?;
+    let api = status.members.iter().map(|m| m.api_addr.clone()).collect();
+    crate::config::AdminConfig::new(status.name, api, &credentials).save(&out)?;
+    print_read(format, &answer, |_: &AdminIssued| {
+        format!(
+            "admin {name} created (serial {}, expires in {}); its config: {}\n",
+            issued.admin.serial,
+            age(issued.admin.expires_at_ms, unix_now_ms()),
+            out.display()
+        )
+    })
+}
+
+fn render_admins(admins: &[AdminInfo]) -> String {
+    let now = unix_now_ms();
+    let mut table = Table::new(&["NAME", "SERIAL", "STATE", "EXPIRES", "ISSUED"]);
+    for admin in admins {
+        let state = if admin.revoked {
+            "revoked"
+        } else if admin.expires_at_ms <= now {
+            "expired"
+        } else {
+            "valid"
+        };
+        table.row(vec![
+            admin.name.clone(),
+            admin.serial.clone(),
+            state.to_owned(),
+            if admin.expires_at_ms > now {
+                format!("in {}", age(admin.expires_at_ms, now))
+            } else {
+                format!("{} ago", age(now, admin.expires_at_ms))
+            },
+            format!("{} ago", age(now, admin.issued_at_ms)),
+        ]);
+    }
+    table.render()
 }
 
 fn render_tokens(tokens: &[TokenInfo]) -> String {

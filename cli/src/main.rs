@@ -138,6 +138,13 @@ enum Command {
     /// Join tokens for new agents and control nodes.
     Token(cluster_cmd::TokenArgs),
 
+    /// Admin certificates: issue one for a named operator, list them, revoke one.
+    #[command(after_help = "Examples:\n  \
+        warren admin create alice --out alice.conf\n  \
+        warren admin ls\n  \
+        warren admin revoke alice")]
+    Admin(cluster_cmd::AdminArgs),
+
     /// The nodes of the cluster: list, inspect, drain, activate, remove.
     #[command(after_help = "Examples:\n  \
         warren node ls\n  \
@@ -284,6 +291,9 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Token(args) => admin(&args.client, &top, |client| async move {
             cluster_cmd::token(&client, format, args.command).await
+        }),
+        Command::Admin(args) => admin(&args.client, &top, |client| async move {
+            cluster_cmd::admin(&client, format, args.command).await
         }),
         Command::Node(args) => admin(&args.client, &top, |client| async move {
             cluster_cmd::node(&client, format, args.command).await

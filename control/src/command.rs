@@ -119,6 +119,14 @@ pub enum Op {
         /// The control node whose join is undone.
         node: NodeId,
     },
+    /// Records an admin certificate the cluster CA issued (`warren admin create`, and the
+    /// first one `control init` writes), so that it can be listed and revoked.
+    AddAdmin(crate::state::AdminCert),
+    /// Revokes an admin certificate by serial: the API refuses it from then on.
+    RevokeAdmin {
+        /// The certificate's serial (lowercase hex).
+        serial: String,
+    },
 }
 
 impl Op {
@@ -133,6 +141,8 @@ impl Op {
             Op::SetAvailability { .. } => "set_availability",
             Op::RemoveNode(_) => "remove_node",
             Op::AbandonJoin { .. } => "abandon_join",
+            Op::AddAdmin(_) => "add_admin",
+            Op::RevokeAdmin { .. } => "revoke_admin",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

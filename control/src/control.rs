@@ -621,6 +621,31 @@ impl Control {
         }
     }
 
+    /// Signs an admin certificate named `name` for the key in `csr_der` (only the key is
+    /// taken from it), valid for `lifetime` from now, with the cluster CA. The caller records
+    /// it ([`Op::AddAdmin`]).
+    ///
+    /// # Errors
+    /// In words: no CA on this node yet, or a bad CSR.
+    pub async fn sign_admin_csr(
+        &self,
+        name: &str,
+        csr_der: &[u8],
+        lifetime: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let ca = self.ca().await.map_err(|refused| refused.refusal.message)?;
+        let subject = CertSubject::Admin {
+            name: name.to_owned(),
+        };
+        ca.sign_csr(
+            csr_der,
+            &subject,
+            Validity::starting_at(unix_now(), lifetime),
+        )
+        .map(|cert| cert.to_vec())
+        .map_err(|e| format!("csr: {e}"))
+    }
+
     /// The cluster CA, unsealed from the replicated state with the cluster key.
     async fn ca(&self) -> Result<ClusterCa, Refused> {
         let state = self.state.read().await;

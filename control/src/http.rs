@@ -22,13 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use warren_api::rest::{
-    AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES, MAX_TOKEN_TTL_MS, MEMBERS_HEADER,
-    MemberContact, MemberHealth, MemberInfo, NodeCounts, NodeInfo, PREFIX, ReplicaInfo,
-    ScaleRequest, SecretCreate, ServiceInfo, TokenInfo, TokenRequest, TokenResponse, WriteResult,
+    AdminCreate, AdminInfo, AdminIssued, AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES,
+    MAX_TOKEN_TTL_MS, MEMBERS_HEADER, MemberContact, MemberHealth, MemberInfo, NodeCounts,
+    NodeInfo, PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenInfo,
+    TokenRequest, TokenResponse, WriteResult,
 };
 use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, ServiceSpec, Volume};
 use warren_transport::MintOptions;
-use warren_transport::ca::unix_now_ms;
+use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now_ms};
 use warren_transport::https::ApiListener;
 use warren_transport::token::{TokenId, mint};
 
@@ -375,6 +376,9 @@ impl Api {
             (&Method::GET, ["cluster"]) => self.cluster_status(stale).await,
             (&Method::POST, ["tokens"]) => self.create_token(read_json(request).await?).await,
             (&Method::GET, ["tokens"]) => self.list_tokens(stale).await,
+            (&Method::GET, ["admins"]) => self.list_admins(stale).await,
+            (&Method::POST, ["admins"]) => self.create_admin(read_json(request).await?).await,
+            (&Method::DELETE, ["admins", key]) => self.revoke_admin(key).await,
             (&Method::DELETE, ["tokens", id]) => {
                 let id = id.parse::<TokenId>().map_err(|_| {
                     ApiError::Invalid(format!(
@@ -458,7 +462,7 @@ impl Api {
             (
                 _,
                 [
-                    "cluster" | "tokens" | "nodes" | "services" | "secrets" | "volumes",
+                    "cluster" | "tokens" | "admins" | "nodes" | "services" | "secrets" | "volumes",
                     ..,
                 ],
             ) => Err(ApiError::MethodNotAllowed),
@@ -505,6 +509,82 @@ impl Api {
             nodes,
             services: state.services.len(),
         })
+    }
+
+    async fn list_admins(&self, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        let admins: Vec<AdminInfo> = state.admins.values().map(admin_info).collect();
+        ok(&admins)
+    }
+
+    /// Signs the CSR's key as admin `name` and records the certificate; the private key
+    /// stays with the caller.
+    async fn create_admin(&self, request: AdminCreate) -> ApiResult {
+        warren_api::validate_node_name(&request.name)
+            .map_err(|e| ApiError::Invalid(format!("name: {}", e.message)))?;
+        let in_use = self
+            .control
+            .read_stale()
+            .await
+            .admins
+            .values()
+            .any(|a| a.name == request.name && !a.revoked);
+        if in_use {
+            return Err(ApiError::Conflict(format!(
+                "an admin named {} already has a certificate; revoke it first (`warren admin revoke {}`) or choose another name",
+                request.name, request.name
+            )));
+        }
+        let csr = data_encoding::BASE64
+            .decode(request.csr_der_base64.as_bytes())
+            .map_err(|_| ApiError::Invalid("csr_der_base64: not base64".into()))?;
+        let cert = self
+            .control
+            .sign_admin_csr(&request.name, &csr, NODE_CERT_LIFETIME)
+            .await
+            .map_err(ApiError::Invalid)?;
+        let identity = warren_transport::identity::parse_identity(&cert)
+            .map_err(|e| ApiError::Internal(format!("issued certificate: {e}")))?;
+        let record = crate::state::AdminCert {
+            name: request.name,
+            serial: identity.serial,
+            issued_at_ms: unix_now_ms(),
+            expires_at_ms: u64::try_from(identity.not_after_unix).unwrap_or(0) * 1000,
+            revoked: false,
+        };
+        self.control
+            .propose(Op::AddAdmin(record.clone()))
+            .await?
+            .result?;
+        Ok(json(
+            StatusCode::CREATED,
+            &AdminIssued {
+                cert_der_base64: data_encoding::BASE64.encode(&cert),
+                admin: admin_info(&record),
+            },
+        ))
+    }
+
+    /// Revokes the admin certificate `key` names (its serial, or the name of an admin with
+    /// one unrevoked certificate).
+    async fn revoke_admin(&self, key: &str) -> ApiResult {
+        let serial = {
+            let state = self.control.read_stale().await;
+            let by_serial = state.admins.get(key).map(|a| a.serial.clone());
+            let by_name = || {
+                state
+                    .admins
+                    .values()
+                    .find(|a| a.name == key && !a.revoked)
+                    .map(|a| a.serial.clone())
+            };
+            by_serial.or_else(by_name).ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "admin {key} not found (give its name or serial, from `warren admin ls`)"
+                ))
+            })?
+        };
+        written(self.control.propose(Op::RevokeAdmin { serial }).await?)
     }
 
     async fn list_tokens(&self, stale: bool) -> ApiResult {
@@ -848,6 +928,16 @@ fn find_node<'a>(state: &'a ClusterState, key: &str) -> Result<&'a warren_api::N
         })
 }
 
+fn admin_info(cert: &crate::state::AdminCert) -> AdminInfo {
+    AdminInfo {
+        name: cert.name.clone(),
+        serial: cert.serial.clone(),
+        issued_at_ms: cert.issued_at_ms,
+        expires_at_ms: cert.expires_at_ms,
+        revoked: cert.revoked,
+    }
+}
+
 /// The id `key` names when it is a control member of the applied membership without a node
 /// entry.
 fn memberless_entry(state: &ClusterState, key: &str) -> Option<NodeId> {
@@ -881,6 +971,9 @@ fn route_label(method: &Method, segments: &[String]) -> &'static str {
         (&Method::GET, ["cluster"]) => "GET /cluster",
         (&Method::POST, ["tokens"]) => "POST /tokens",
         (&Method::GET, ["tokens"]) => "GET /tokens",
+        (&Method::GET, ["admins"]) => "GET /admins",
+        (&Method::POST, ["admins"]) => "POST /admins",
+        (&Method::DELETE, ["admins", _]) => "DELETE /admins/{key}",
         (&Method::DELETE, ["tokens", _]) => "DELETE /tokens/{id}",
         (&Method::GET, ["nodes"]) => "GET /nodes",
         (&Method::GET, ["nodes", _]) => "GET /nodes/{n}",

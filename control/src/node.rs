@@ -546,6 +546,20 @@ impl ControlNode {
             ca_key_sealed: ca.sealed_key(&cluster_key),
         };
         node.control.propose(init).await?;
+        // The first admin certificate is recorded like any other, so it can be listed and
+        // revoked (`warren admin ls|revoke`).
+        let first_admin = admin.identity();
+        let record = crate::state::AdminCert {
+            name: first_admin
+                .admin_name
+                .clone()
+                .unwrap_or_else(|| "admin".into()),
+            serial: first_admin.serial.clone(),
+            issued_at_ms: unix_now_ms(),
+            expires_at_ms: u64::try_from(first_admin.not_after_unix).unwrap_or(0) * 1000,
+            revoked: false,
+        };
+        node.control.propose(Op::AddAdmin(record)).await?;
         let me = Node {
             id: node_id,
             name: settings.name.clone(),

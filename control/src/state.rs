@@ -99,6 +99,9 @@ pub struct ClusterState {
     /// Control nodes registered by a join that are not Raft voters yet, by node id. A
     /// membership entry that makes one a voter ends its entry ([`Self::note_membership`]).
     pub pending_joins: BTreeMap<NodeId, PendingJoin>,
+    /// Admin certificates the cluster CA issued, by serial (revoked ones included: their
+    /// serials are also in `revoked_serials`).
+    pub admins: BTreeMap<String, AdminCert>,
     /// Index of the last applied entry.
     pub revision: Revision,
     /// QUIC addresses of the control members (learners included) in the membership applied
@@ -117,6 +120,21 @@ pub struct ClusterState {
     /// certificate and no node entry would be worse than a join left to finish or be removed.
     #[serde(skip)]
     pub control_members: BTreeSet<NodeId>,
+}
+
+/// An admin certificate the cluster CA issued: what `warren admin ls` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCert {
+    /// The admin's name (in the certificate).
+    pub name: String,
+    /// The certificate's serial (lowercase hex).
+    pub serial: String,
+    /// When it was issued (unix ms).
+    pub issued_at_ms: u64,
+    /// When it expires (unix ms).
+    pub expires_at_ms: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
 }
 
 /// [`ClusterState`] as snapshot format 1 wrote it: before unfinished joins were recorded.
@@ -151,7 +169,47 @@ impl From<ClusterStateV1> for ClusterState {
             volumes: v1.volumes,
             tokens: v1.tokens,
             pending_joins: BTreeMap::new(),
+            admins: BTreeMap::new(),
             revision: v1.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 2 wrote it: before admin certificates were recorded.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV2 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV2> for ClusterState {
+    /// No admin certificate recorded: format 2 did not record them (the first admin's stays
+    /// valid, unlisted).
+    fn from(v2: ClusterStateV2) -> Self {
+        ClusterState {
+            cluster: v2.cluster,
+            nodes: v2.nodes,
+            revoked_serials: v2.revoked_serials,
+            services: v2.services,
+            replicas: v2.replicas,
+            unschedulable: v2.unschedulable,
+            secrets: v2.secrets,
+            volumes: v2.volumes,
+            tokens: v2.tokens,
+            pending_joins: v2.pending_joins,
+            admins: BTreeMap::new(),
+            revision: v2.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
         }
@@ -223,6 +281,8 @@ impl ClusterState {
             }
             Op::RemoveNode(node) => self.remove_node(*node, now),
             Op::AbandonJoin { node } => self.abandon_join(*node),
+            Op::AddAdmin(cert) => self.add_admin(cert),
+            Op::RevokeAdmin { serial } => self.revoke_admin(serial),
             Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
             Op::NodeReachable { node } => self.set_reachable(*node, true, now),
             Op::PutService(spec) => self.put_service(spec, now),
@@ -301,6 +361,39 @@ impl ClusterState {
     /// Undoes the join of a control node that never became a voter: the entry goes (no
     /// tombstone: the node never was a member), the certificate is revoked, and a single-use
     /// token gets its use back.
+    fn add_admin(&mut self, cert: &AdminCert) -> Applied {
+        let name_taken = self
+            .admins
+            .values()
+            .any(|a| a.name == cert.name && !a.revoked);
+        if name_taken {
+            return Err(Rejection::conflict(format!(
+                "an admin named {} already has a certificate; revoke it first or choose another name",
+                cert.name
+            )));
+        }
+        if self.admins.contains_key(&cert.serial) {
+            return Err(Rejection::conflict(format!(
+                "certificate serial {} is already recorded",
+                cert.serial
+            )));
+        }
+        self.admins.insert(cert.serial.clone(), cert.clone());
+        Ok(Effect::Done)
+    }
+
+    fn revoke_admin(&mut self, serial: &str) -> Applied {
+        let Some(cert) = self.admins.get_mut(serial) else {
+            return Err(Rejection::not_found(format!("admin certificate {serial}")));
+        };
+        if cert.revoked {
+            return Ok(Effect::None);
+        }
+        cert.revoked = true;
+        self.revoked_serials.insert(serial.to_owned());
+        Ok(Effect::Done)
+    }
+
     fn abandon_join(&mut self, id: NodeId) -> Applied {
         if self.control_members.contains(&id) {
             return Err(Rejection::conflict(format!(

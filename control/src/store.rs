@@ -44,7 +44,7 @@ use tokio::sync::{Mutex, RwLock, watch};
 use warren_api::{NodeId, Revision};
 
 use crate::command::Outcome;
-use crate::state::{ClusterState, ClusterStateV1};
+use crate::state::{ClusterState, ClusterStateV1, ClusterStateV2};
 use crate::types::{LogId, Member, StorageError, TypeConfig};
 
 const LOG_TREE: &str = "raft_log";
@@ -67,7 +67,8 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 /// Version of the snapshot data format, checked when a snapshot is loaded or installed.
 /// 2: the state records unfinished control-node joins (`ClusterState::pending_joins`).
-const SNAPSHOT_FORMAT: u32 = 2;
+/// 3: the state records admin certificates (`ClusterState::admins`).
+const SNAPSHOT_FORMAT: u32 = 3;
 
 type MembershipRecord = StoredMembership<u64, Member>;
 type Meta = SnapshotMeta<u64, Member>;
@@ -584,14 +585,26 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
     StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(message)).into()
 }
 
-/// A snapshot's data in format 1 (see [`ClusterStateV1`]).
+/// A snapshot's data in an older format, whose state is `S` ([`ClusterStateV1`],
+/// [`ClusterStateV2`]).
 #[derive(Deserialize)]
-struct SnapshotPayloadV1 {
-    #[allow(dead_code, reason = "read to keep postcard's positions; always 1")]
+struct OlderPayload<S> {
+    #[allow(dead_code, reason = "read to keep postcard's positions")]
     format: u32,
     last_applied: Option<LogId>,
     last_membership: MembershipRecord,
-    state: ClusterStateV1,
+    state: S,
+}
+
+impl<S: Into<ClusterState>> OlderPayload<S> {
+    fn upgrade(self) -> SnapshotPayload {
+        SnapshotPayload {
+            format: SNAPSHOT_FORMAT,
+            last_applied: self.last_applied,
+            last_membership: self.last_membership,
+            state: self.state.into(),
+        }
+    }
 }
 
 /// Decodes snapshot data of the current format or an older one this build still reads (as
@@ -601,15 +614,12 @@ fn decode_any_format(data: &[u8]) -> Result<SnapshotPayload, String> {
     // The format number leads the payload.
     match postcard::take_from_bytes::<u32>(data).map_err(corrupt)?.0 {
         SNAPSHOT_FORMAT => postcard::from_bytes(data).map_err(corrupt),
-        1 => {
-            let v1: SnapshotPayloadV1 = postcard::from_bytes(data).map_err(corrupt)?;
-            Ok(SnapshotPayload {
-                format: SNAPSHOT_FORMAT,
-                last_applied: v1.last_applied,
-                last_membership: v1.last_membership,
-                state: v1.state.into(),
-            })
-        }
+        1 => postcard::from_bytes::<OlderPayload<ClusterStateV1>>(data)
+            .map(OlderPayload::upgrade)
+            .map_err(corrupt),
+        2 => postcard::from_bytes::<OlderPayload<ClusterStateV2>>(data)
+            .map(OlderPayload::upgrade)
+            .map_err(corrupt),
         other => Err(format!(
             "has format {other}; this build reads formats 1 to {SNAPSHOT_FORMAT} (a newer Warren wrote it, or the data is corrupt)"
         )),
@@ -1102,7 +1112,7 @@ mod tests {
             .expect_err("format 9 is refused")
             .to_string();
         assert!(
-            text.contains("has format 9; this build reads formats 1 to 2"),
+            text.contains("has format 9; this build reads formats 1 to 3"),
             "{text}"
         );
     }
