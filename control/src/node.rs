@@ -675,6 +675,10 @@ impl ControlNode {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let timeouts = config.timeouts();
         let control_metrics = ControlMetrics::new();
+        // The endpoint counts from its start; its metrics are served with the control node's.
+        if let Err(e) = endpoint.metrics().register_into(control_metrics.registry()) {
+            warn!(error = %e, "transport metrics not registered");
+        }
         let unreachable_after = config.unreachable_after;
         let mesh_timers = config.mesh_timers.clone();
         let control = Arc::new(Control::new(ControlParts {
@@ -719,6 +723,7 @@ impl ControlNode {
             ),
             None => None,
         };
+        let endpoint_metrics = endpoint.metrics().clone();
         let node = Self {
             control,
             endpoint,
@@ -726,7 +731,7 @@ impl ControlNode {
             data_dir: data_dir.to_owned(),
             cancel,
             tasks,
-            metrics: TransportMetrics::unregistered(),
+            metrics: endpoint_metrics,
             control_metrics,
             api_addr,
             metrics_addr,
@@ -877,6 +882,11 @@ impl ControlNode {
             // The sender lives as long as the node: wait for ever.
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// The QUIC endpoint's metrics (connections, frames, joins).
+    pub fn transport_metrics(&self) -> &TransportMetrics {
+        &self.metrics
     }
 
     /// The shared handle (for the API and tests).
