@@ -27,6 +27,15 @@ pub struct ControlMetrics {
     pub api_request_duration_seconds: HistogramVec,
     /// API connections refused at TLS (wrong CA, role, revoked).
     pub api_refused_total: IntCounter,
+    /// API connections closed at once because a cap was reached, by cap (`total`,
+    /// `per_source`).
+    pub api_connections_limited_total: IntCounterVec,
+    /// Failed `accept` calls on the API listeners (TLS and Unix socket); a rising count means
+    /// the process is out of file descriptors.
+    pub api_accept_errors_total: IntCounter,
+    /// Agent input cut or refused by control's bounds, by what (`event_text`,
+    /// `replica_text`, `event_book_bytes`, `report_events`, `oversized_frame`).
+    pub agent_input_limited_total: IntCounterVec,
     /// Current Raft term.
     pub raft_term: IntGauge,
     /// 1 when this node leads.
@@ -98,6 +107,14 @@ impl ControlMetrics {
         registry
             .register(Box::new(api_refused_total.clone()))
             .expect("unique metric");
+        let api_accept_errors_total = IntCounter::new(
+            "warren_api_accept_errors_total",
+            "Failed accept calls on the API listeners (out of file descriptors, usually).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(api_accept_errors_total.clone()))
+            .expect("unique metric");
         Self {
             api_requests_total: counter_vec(
                 "warren_api_requests_total",
@@ -106,6 +123,17 @@ impl ControlMetrics {
             ),
             api_request_duration_seconds,
             api_refused_total,
+            api_connections_limited_total: counter_vec(
+                "warren_api_connections_limited_total",
+                "API connections closed at once because a connection cap was reached, by cap.",
+                &["cap"],
+            ),
+            api_accept_errors_total,
+            agent_input_limited_total: counter_vec(
+                "warren_control_agent_input_limited_total",
+                "Agent input cut or refused by control's bounds, by what was limited.",
+                &["what"],
+            ),
             membership_changes_total: counter_vec(
                 "warren_control_membership_changes_total",
                 "Control-plane membership changes led by this node, by change and result.",
