@@ -99,22 +99,16 @@ impl ControlMetrics {
         registry
             .register(Box::new(raft_proposal_duration_seconds.clone()))
             .expect("unique metric");
-        let api_refused_total = IntCounter::new(
+        let api_refused_total = counter(
+            &registry,
             "warren_api_refused_connections_total",
             "API connections refused at TLS.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(api_refused_total.clone()))
-            .expect("unique metric");
-        let api_accept_errors_total = IntCounter::new(
+        );
+        let api_accept_errors_total = counter(
+            &registry,
             "warren_api_accept_errors_total",
             "Failed accept calls on the API listeners (out of file descriptors, usually).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(api_accept_errors_total.clone()))
-            .expect("unique metric");
+        );
         Self {
             api_requests_total: counter_vec(
                 "warren_api_requests_total",
@@ -200,6 +194,15 @@ impl ControlMetrics {
             .set(state.unschedulable.values().map(|&n| i64::from(n)).sum());
         self.nodes.set(state.nodes.len() as i64);
     }
+}
+
+/// A counter registered in `registry`.
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }
 
 impl Default for ControlMetrics {
