@@ -34,6 +34,7 @@ mod config_sync;
 mod control_cmd;
 mod demo;
 mod dev;
+mod fd_limit;
 mod local;
 mod output;
 #[cfg(test)]
@@ -329,6 +330,14 @@ fn run(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    match fd_limit::raise_nofile() {
+        Ok(raised) => {
+            tracing::debug!(before = ?raised.before, after = ?raised.after, "open-file limit raised to the hard limit")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit; keeping the current one")
+        }
+    }
     warren_transport::install_crypto_provider();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -153,6 +153,11 @@ impl Control {
         self.fingerprint
     }
 
+    /// This node's metrics.
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
+    }
+
     /// What this node knows of the agents streaming to it.
     pub fn agents(&self) -> &StatusBook {
         &self.agents

@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,7 @@ use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, Servi
 use warren_transport::MintOptions;
 use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now_ms};
 use warren_transport::https::ApiListener;
+use warren_transport::limits::{AcceptBackoff, ConnectionLimiter};
 use warren_transport::token::{TokenId, mint};
 
 use crate::command::{Effect, Op, Outcome, Rejection, RejectionCode};
@@ -173,6 +174,24 @@ async fn drain(body: &mut Incoming) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), discard).await;
 }
 
+/// After a failed `accept` on `listener`: warns (throttled), then pauses as `backoff` says.
+/// Returns `true` when `cancel` fired meanwhile.
+async fn accept_failed(
+    backoff: &mut AcceptBackoff,
+    error: &(dyn std::fmt::Display + Sync),
+    listener: &'static str,
+    cancel: &CancellationToken,
+) -> bool {
+    let (pause, log) = backoff.failed(std::time::Instant::now());
+    if let Some(more) = log {
+        warn!(error = %error, listener, more, "accept failed; backing off (out of file descriptors?)");
+    }
+    tokio::select! {
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(pause) => false,
+    }
+}
+
 fn written(outcome: Outcome) -> ApiResult {
     let revision = outcome.revision.0;
     let result = match outcome.result? {
@@ -207,37 +226,118 @@ fn written(outcome: Outcome) -> ApiResult {
     Ok(json(status, &result))
 }
 
+/// Bounds on what API clients can make a control node hold. A client is unauthenticated
+/// until its TLS handshake completes, so the caps count every TCP connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Most API connections (TLS) open at once; past it new ones are closed at once.
+    pub connections_max: usize,
+    /// Most API connections from one source address (IPv6: one /64) at once.
+    pub connections_per_source_max: usize,
+    /// A client that has not completed its TLS handshake this long after connecting is
+    /// disconnected.
+    pub handshake_timeout: Duration,
+    /// A client must send a request's headers within this time; also how long an idle
+    /// keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            connections_max: 1024,
+            connections_per_source_max: 64,
+            handshake_timeout: warren_transport::https::DEFAULT_HANDSHAKE_TIMEOUT,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ApiLimits {
+    /// Checks the relations between the values.
+    ///
+    /// # Errors
+    /// A message naming the first value that is out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections_per_source_max == 0
+            || self.connections_max < self.connections_per_source_max
+        {
+            return Err(
+                "api connections_per_source_max must be positive and at most connections_max"
+                    .into(),
+            );
+        }
+        if self.handshake_timeout.is_zero() || self.header_read_timeout.is_zero() {
+            return Err("api handshake_timeout and header_read_timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 /// The HTTP server of one control node.
 #[derive(Clone, Debug)]
 pub struct Api {
     control: Arc<Control>,
     metrics: ControlMetrics,
+    header_read_timeout: Duration,
 }
 
 impl Api {
     /// An API over `control`, counting into `metrics`.
     pub fn new(control: Arc<Control>, metrics: ControlMetrics) -> Self {
-        Self { control, metrics }
+        Self {
+            control,
+            metrics,
+            header_read_timeout: ApiLimits::default().header_read_timeout,
+        }
     }
 
-    /// Serves TLS connections from `listener` until `cancel` fires.
+    /// Serves TLS connections from `listener` until `cancel` fires, within `limits`: a
+    /// connection past the caps is closed at once, and failing `accept`s (out of file
+    /// descriptors) back off instead of spinning.
     pub async fn serve_tls(
-        self,
-        listener: ApiListener,
+        mut self,
+        mut listener: ApiListener,
+        limits: ApiLimits,
         cancel: CancellationToken,
         tasks: TaskTracker,
     ) {
+        listener.set_handshake_timeout(limits.handshake_timeout);
+        self.header_read_timeout = limits.header_read_timeout;
+        let slots =
+            ConnectionLimiter::new(limits.connections_max, limits.connections_per_source_max);
+        let mut backoff = AcceptBackoff::default();
         loop {
             let pending = tokio::select! {
                 () = cancel.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(pending) => pending,
-                    Err(e) => { warn!(error = %e, "api accept failed"); continue; }
-                },
+                accepted = listener.accept() => accepted,
+            };
+            let pending = match pending {
+                Ok(pending) => pending,
+                Err(e) => {
+                    self.metrics.api_accept_errors_total.inc();
+                    if accept_failed(&mut backoff, &e, "api", &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.succeeded();
+            let permit = match slots.try_acquire(pending.remote_addr().ip()) {
+                Ok(permit) => permit,
+                Err(exceeded) => {
+                    self.metrics
+                        .api_connections_limited_total
+                        .with_label_values(&[exceeded.as_str()])
+                        .inc();
+                    debug!(peer = %pending.remote_addr(), cap = exceeded.as_str(), "api connection over the cap; closed");
+                    continue;
+                }
             };
             let api = self.clone();
             let cancel = cancel.clone();
             tasks.spawn(async move {
+                let _permit = permit;
                 match pending.handshake().await {
                     Ok((stream, _identity)) => {
                         api.serve_connection(TokioIo::new(stream), cancel).await
@@ -265,14 +365,23 @@ impl Api {
         let listener = tokio::net::UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         tasks.clone().spawn(async move {
+            let mut backoff = AcceptBackoff::default();
             loop {
-                let stream = tokio::select! {
+                let accepted = tokio::select! {
                     () = cancel.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(e) => { warn!(error = %e, "unix socket accept failed"); continue; }
-                    },
+                    accepted = listener.accept() => accepted,
                 };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        self.metrics.api_accept_errors_total.inc();
+                        if accept_failed(&mut backoff, &e, "unix socket", &cancel).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                backoff.succeeded();
                 let api = self.clone();
                 let cancel = cancel.clone();
                 tasks
@@ -291,7 +400,10 @@ impl Api {
             let api = api.clone();
             async move { Ok::<_, Infallible>(api.handle(request).await) }
         });
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => if let Err(e) = result { debug!(error = %e, "api connection ended") },

@@ -27,6 +27,15 @@ pub struct ControlMetrics {
     pub api_request_duration_seconds: HistogramVec,
     /// API connections refused at TLS (wrong CA, role, revoked).
     pub api_refused_total: IntCounter,
+    /// API connections closed at once because a cap was reached, by cap (`total`,
+    /// `per_source`).
+    pub api_connections_limited_total: IntCounterVec,
+    /// Failed `accept` calls on the API listeners (TLS and Unix socket); a rising count means
+    /// the process is out of file descriptors.
+    pub api_accept_errors_total: IntCounter,
+    /// Agent input cut or refused by control's bounds, by what (`event_text`,
+    /// `replica_text`, `event_book_bytes`, `report_events`, `oversized_frame`).
+    pub agent_input_limited_total: IntCounterVec,
     /// Current Raft term.
     pub raft_term: IntGauge,
     /// 1 when this node leads.
@@ -90,14 +99,16 @@ impl ControlMetrics {
         registry
             .register(Box::new(raft_proposal_duration_seconds.clone()))
             .expect("unique metric");
-        let api_refused_total = IntCounter::new(
+        let api_refused_total = counter(
+            &registry,
             "warren_api_refused_connections_total",
             "API connections refused at TLS.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(api_refused_total.clone()))
-            .expect("unique metric");
+        );
+        let api_accept_errors_total = counter(
+            &registry,
+            "warren_api_accept_errors_total",
+            "Failed accept calls on the API listeners (out of file descriptors, usually).",
+        );
         Self {
             api_requests_total: counter_vec(
                 "warren_api_requests_total",
@@ -106,6 +117,17 @@ impl ControlMetrics {
             ),
             api_request_duration_seconds,
             api_refused_total,
+            api_connections_limited_total: counter_vec(
+                "warren_api_connections_limited_total",
+                "API connections closed at once because a connection cap was reached, by cap.",
+                &["cap"],
+            ),
+            api_accept_errors_total,
+            agent_input_limited_total: counter_vec(
+                "warren_control_agent_input_limited_total",
+                "Agent input cut or refused by control's bounds, by what was limited.",
+                &["what"],
+            ),
             membership_changes_total: counter_vec(
                 "warren_control_membership_changes_total",
                 "Control-plane membership changes led by this node, by change and result.",
@@ -172,6 +194,15 @@ impl ControlMetrics {
             .set(state.unschedulable.values().map(|&n| i64::from(n)).sum());
         self.nodes.set(state.nodes.len() as i64);
     }
+}
+
+/// A counter registered in `registry`.
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }
 
 impl Default for ControlMetrics {

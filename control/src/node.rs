@@ -30,7 +30,7 @@ use warren_transport::{
 use crate::command::Op;
 use crate::control::{Control, ControlParts, Timeouts};
 use crate::election::ElectionTimes;
-use crate::http::Api;
+use crate::http::{Api, ApiLimits};
 use crate::liveness::Liveness;
 use crate::metrics::ControlMetrics;
 use crate::network::{PeerTimers, Peers};
@@ -119,6 +119,8 @@ pub struct ControlConfig {
     /// How long a control node's unfinished join (registered, not a voter yet) may go
     /// unheard of before the leader undoes it: its joiner died or gave up.
     pub join_abandoned_after: Duration,
+    /// Caps and timeouts of the HTTP API's TLS listener.
+    pub api_limits: ApiLimits,
 }
 
 impl Default for ControlConfig {
@@ -138,6 +140,7 @@ impl Default for ControlConfig {
             mesh_timers: MeshTimers::default(),
             learner_catch_up: Duration::from_secs(30),
             join_abandoned_after: Duration::from_secs(60),
+            api_limits: ApiLimits::default(),
         }
     }
 }
@@ -194,6 +197,7 @@ impl ControlConfig {
                 "join_abandoned_after must be at least 1 s".into(),
             ));
         }
+        self.api_limits.validate().map_err(NodeError::Config)?;
         self.mesh_timers
             .validate()
             .map_err(|e| NodeError::Config(e.to_string()))?;
@@ -699,8 +703,13 @@ impl ControlNode {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let timeouts = config.timeouts();
         let control_metrics = ControlMetrics::new();
+        // The endpoint counts from its start; its metrics are served with the control node's.
+        if let Err(e) = endpoint.metrics().register_into(control_metrics.registry()) {
+            warn!(error = %e, "transport metrics not registered");
+        }
         let unreachable_after = config.unreachable_after;
         let mesh_timers = config.mesh_timers.clone();
+        let api_limits = config.api_limits.clone();
         let control = Arc::new(Control::new(ControlParts {
             id: settings.node_id.0,
             raft,
@@ -723,7 +732,7 @@ impl ControlNode {
         let api = Api::new(control.clone(), control_metrics.clone());
         tasks.spawn(
             api.clone()
-                .serve_tls(api_listener, cancel.clone(), tasks.clone()),
+                .serve_tls(api_listener, api_limits, cancel.clone(), tasks.clone()),
         );
         let socket = data_dir.join(SOCKET_FILE);
         api.serve_unix(&socket, cancel.clone(), tasks.clone())
@@ -743,6 +752,7 @@ impl ControlNode {
             ),
             None => None,
         };
+        let endpoint_metrics = endpoint.metrics().clone();
         let node = Self {
             control,
             endpoint,
@@ -750,7 +760,7 @@ impl ControlNode {
             data_dir: data_dir.to_owned(),
             cancel,
             tasks,
-            metrics: TransportMetrics::unregistered(),
+            metrics: endpoint_metrics,
             control_metrics,
             api_addr,
             metrics_addr,
@@ -901,6 +911,11 @@ impl ControlNode {
             // The sender lives as long as the node: wait for ever.
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// The QUIC endpoint's metrics (connections, frames, joins).
+    pub fn transport_metrics(&self) -> &TransportMetrics {
+        &self.metrics
     }
 
     /// The shared handle (for the API and tests).

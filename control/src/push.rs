@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 use warren_api::wire::{
-    AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
+    AgentHello, AgentToControl, ControlToAgent, MAX_AGENT_MESSAGE_BYTES, Refusal, RefusalReason,
+    WIRE_VERSION,
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
 use warren_transport::ca::unix_now_ms;
@@ -125,6 +126,9 @@ fn refusal(reason: RefusalReason, message: impl Into<String>) -> ControlToAgent 
 
 async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, PushError> {
     let (mut send, mut recv) = conn.accept_stream().await?;
+    // The connection allows 16 MiB frames (control's views go the other way); nothing an
+    // agent sends needs more than this, and each frame is buffered whole before it is read.
+    recv.limit_frames_to(MAX_AGENT_MESSAGE_BYTES);
     let AgentToControl::Hello(hello) = recv.recv::<AgentToControl>().await? else {
         return Err(PushError::NoHello);
     };
@@ -211,7 +215,8 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 }
                 message = recv.recv::<AgentToControl>() => {
                     last_heard = tokio::time::Instant::now();
-                    handle_message(&control, &hello, message?)?;
+                    let message = message.inspect_err(|e| note_frame_error(&control, &hello, e))?;
+                    handle_message(&control, &hello, message)?;
                     break;
                 }
             }
@@ -237,7 +242,14 @@ fn handle_message(
                 return Err(PushError::Refused("status for another node"));
             }
             debug!(node_id = %report.node_id, replicas = report.replicas.len(), events = report.events.len(), "agent status");
-            control.agents().report(report, unix_now_ms());
+            let limited = control.agents().report(report, unix_now_ms());
+            for (what, n) in limited.counts() {
+                control
+                    .metrics()
+                    .agent_input_limited_total
+                    .with_label_values(&[what])
+                    .inc_by(n);
+            }
         }
         AgentToControl::Listeners(listeners) => {
             debug!(node_id = %hello.node_id, listeners = listeners.len(), "agent listeners");
@@ -248,6 +260,19 @@ fn handle_message(
         AgentToControl::Hello(_) => return Err(PushError::NoHello),
     }
     Ok(())
+}
+
+/// Counts and reports a frame from an agent that was refused for its size: the stream ends,
+/// and the agent reconnects.
+fn note_frame_error(control: &Control, hello: &AgentHello, error: &FrameError) {
+    if let FrameError::TooLarge { len, max } = error {
+        control
+            .metrics()
+            .agent_input_limited_total
+            .with_label_values(&["oversized_frame"])
+            .inc();
+        info!(node_id = %hello.node_id, len, max, "agent sent an oversized frame; closing its stream");
+    }
 }
 
 /// Whether anything at all (the agent's QUIC keep-alive included, every

@@ -10,11 +10,53 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use warren_api::wire::{ListenerStatus, MAX_LISTENER_TEXT, MAX_LISTENERS, StatusReport};
+use warren_api::wire::{
+    ListenerStatus, MAX_EVENT_TEXT_BYTES, MAX_EVENTS_PER_REPORT, MAX_LISTENER_TEXT, MAX_LISTENERS,
+    StatusReport,
+};
 use warren_api::{Event, NodeId, ReplicaStatus, Revision};
 
 /// Events kept per agent on each control node; older ones are dropped and counted.
 pub const EVENTS_KEPT_PER_NODE: usize = 256;
+
+/// Bytes of events ([`event_bytes`]) kept per agent on each control node; older ones are
+/// dropped and counted. Typical events are ~150 bytes, so this rarely binds before
+/// [`EVENTS_KEPT_PER_NODE`]; it bounds what a misbehaving agent can make control hold, with
+/// 10,000 agents, to well under 1 GiB.
+pub const EVENT_BOOK_MAX_BYTES: usize = 64 * 1024;
+
+/// Roughly what an event costs in memory: its texts plus a fixed allowance for the rest.
+pub fn event_bytes(event: &Event) -> usize {
+    64 + event.message.len() + event.replica.as_ref().map_or(0, |r| r.to_string().len())
+}
+
+/// What a report carried past control's bounds, by kind; the caller counts it in
+/// `warren_control_agent_input_limited_total`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limited {
+    /// Event messages cut to [`MAX_EVENT_TEXT_BYTES`].
+    pub event_text: u64,
+    /// Replica status messages cut to [`MAX_EVENT_TEXT_BYTES`].
+    pub replica_text: u64,
+    /// Events dropped to keep the book within [`EVENT_BOOK_MAX_BYTES`].
+    pub event_book_bytes: u64,
+    /// Events past [`MAX_EVENTS_PER_REPORT`] in one report, dropped unread.
+    pub report_events: u64,
+}
+
+impl Limited {
+    /// Each non-zero count with its metric label.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("event_text", self.event_text),
+            ("replica_text", self.replica_text),
+            ("event_book_bytes", self.event_book_bytes),
+            ("report_events", self.report_events),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+    }
+}
 
 /// One agent as this control node knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +103,21 @@ impl AgentReport {
         }
     }
 
-    /// The same report without replicas and events: what the leader's liveness check needs.
+    /// The same report without replicas and events: what the leader's liveness check needs
+    /// (every second), built field by field so the events and replicas are never copied.
     pub fn link_only(&self) -> AgentReport {
         AgentReport {
+            node_id: self.node_id,
+            control_id: self.control_id,
+            connected: self.connected,
+            last_contact_ms: self.last_contact_ms,
+            revision_acked: self.revision_acked,
+            agent_version: self.agent_version.clone(),
             replicas: Vec::new(),
+            reported_at_ms: self.reported_at_ms,
             events: VecDeque::new(),
-            ..self.clone()
+            events_dropped: self.events_dropped,
+            listeners: self.listeners.clone(),
         }
     }
 
@@ -88,14 +139,27 @@ impl AgentReport {
         self
     }
 
-    fn push_events(&mut self, events: impl IntoIterator<Item = Event>) {
+    /// Appends `events` (their texts already cut), dropping the oldest to stay within
+    /// [`EVENTS_KEPT_PER_NODE`] and `*book_bytes` within [`EVENT_BOOK_MAX_BYTES`]. Returns how
+    /// many were dropped for bytes.
+    fn push_events(&mut self, events: Vec<Event>, book_bytes: &mut usize) -> u64 {
+        let mut dropped_for_bytes = 0;
         for event in events {
-            if self.events.len() == EVENTS_KEPT_PER_NODE {
-                self.events.pop_front();
-                self.events_dropped += 1;
+            let size = event_bytes(&event);
+            while !self.events.is_empty()
+                && (self.events.len() == EVENTS_KEPT_PER_NODE
+                    || *book_bytes + size > EVENT_BOOK_MAX_BYTES)
+            {
+                let over_bytes = self.events.len() < EVENTS_KEPT_PER_NODE;
+                let oldest = self.events.pop_front().expect("checked non-empty");
+                *book_bytes = book_bytes.saturating_sub(event_bytes(&oldest));
+                self.events_dropped = self.events_dropped.saturating_add(1);
+                dropped_for_bytes += u64::from(over_bytes);
             }
+            *book_bytes += size;
             self.events.push_back(event);
         }
+        dropped_for_bytes
     }
 }
 
@@ -105,6 +169,9 @@ struct Entry {
     /// Streams open from this agent: a quick reconnect may open the new one before the old one
     /// has noticed it is dead.
     sessions: u32,
+    /// [`event_bytes`] of the events in the book, counted here rather than trusted from the
+    /// agent.
+    event_bytes: usize,
 }
 
 /// This control node's book of agents.
@@ -132,6 +199,7 @@ impl StatusBook {
         let entry = agents.entry(node).or_insert_with(|| Entry {
             report: AgentReport::new(node, control_id),
             sessions: 0,
+            event_bytes: 0,
         });
         f(entry)
     }
@@ -159,25 +227,47 @@ impl StatusBook {
         });
     }
 
-    /// `node` sent a status report.
-    pub fn report(&self, report: StatusReport, now_ms: u64) {
+    /// `node` sent a status report. Control enforces its own bounds whatever the agent
+    /// claims: at most [`MAX_EVENTS_PER_REPORT`] events are read, texts are cut to
+    /// [`MAX_EVENT_TEXT_BYTES`], and the book keeps within [`EVENTS_KEPT_PER_NODE`] and
+    /// [`EVENT_BOOK_MAX_BYTES`]. Returns what was cut or dropped.
+    pub fn report(&self, mut report: StatusReport, now_ms: u64) -> Limited {
+        let mut limited = Limited::default();
+        let excess = report.events.len().saturating_sub(MAX_EVENTS_PER_REPORT);
+        if excess > 0 {
+            report.events.drain(..excess);
+            limited.report_events = excess as u64;
+        }
+        for event in &mut report.events {
+            limited.event_text += u64::from(clip_bytes(&mut event.message));
+        }
+        for replica in &mut report.replicas {
+            if let Some(message) = &mut replica.message {
+                limited.replica_text += u64::from(clip_bytes(message));
+            }
+        }
         self.with(report.node_id, |e| {
             e.report.last_contact_ms = now_ms;
             e.report.reported_at_ms = now_ms;
             e.report.replicas = report.replicas;
-            e.report.events_dropped += report.events_dropped;
-            e.report.push_events(report.events);
+            e.report.events_dropped = e
+                .report
+                .events_dropped
+                .saturating_add(report.events_dropped)
+                .saturating_add(excess as u64);
+            limited.event_book_bytes = e.report.push_events(report.events, &mut e.event_bytes);
         });
+        limited
     }
 
     /// `node` reported its listeners; entries past [`MAX_LISTENERS`] are ignored, and text
-    /// past [`MAX_LISTENER_TEXT`] characters is cut.
+    /// past [`MAX_LISTENER_TEXT`] bytes is cut.
     pub fn listeners(&self, node: NodeId, mut listeners: Vec<ListenerStatus>, now_ms: u64) {
         listeners.truncate(MAX_LISTENERS);
         for listener in &mut listeners {
-            clip(&mut listener.addr);
+            clip_to(&mut listener.addr, MAX_LISTENER_TEXT);
             if let Some(error) = &mut listener.error {
-                clip(error);
+                clip_to(error, MAX_LISTENER_TEXT);
             }
         }
         self.with(node, |e| {
@@ -221,12 +311,25 @@ impl StatusBook {
     }
 }
 
-/// Cuts `text` to [`MAX_LISTENER_TEXT`] characters, marking the cut with `…`.
-fn clip(text: &mut String) {
-    if let Some((at, _)) = text.char_indices().nth(MAX_LISTENER_TEXT) {
-        text.truncate(at);
-        text.push('…');
+/// Cuts `text` to at most [`MAX_EVENT_TEXT_BYTES`] bytes (see [`clip_to`]). Returns whether
+/// it cut.
+fn clip_bytes(text: &mut String) -> bool {
+    clip_to(text, MAX_EVENT_TEXT_BYTES)
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary, the `…` that marks the cut
+/// included). Returns whether it cut.
+fn clip_to(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
     }
+    let mut at = max - '…'.len_utf8();
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
+    text.push('…');
+    true
 }
 
 /// Merges the books of several control nodes into one report per agent: the stream that is up
@@ -375,10 +478,14 @@ mod tests {
         };
         book.listeners(node, vec![long], 300);
         let got = &book.snapshot(false)[0].listeners[0];
-        let limit = warren_api::wire::MAX_LISTENER_TEXT + 1;
-        assert_eq!(got.addr.chars().count(), limit);
+        let limit = warren_api::wire::MAX_LISTENER_TEXT;
+        assert!(
+            got.addr.len() <= limit && got.addr.len() > limit - 4,
+            "{}",
+            got.addr.len()
+        );
         assert!(got.addr.ends_with('…'));
-        assert_eq!(got.error.as_ref().map(|e| e.chars().count()), Some(limit));
+        assert_eq!(got.error.as_ref().map(String::len), Some(limit));
     }
 
     /// A peer's clock 10 s ahead: an agent it heard 1 s ago is 1 s ago here too, not 9 s in

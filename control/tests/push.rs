@@ -293,3 +293,118 @@ async fn reconnect_resumes_with_a_delta() {
     }
     node.shutdown().await;
 }
+
+fn big_event(at_ms: u64, message_bytes: usize) -> warren_api::Event {
+    warren_api::Event {
+        at_ms,
+        replica: None,
+        kind: warren_api::EventKind::StartFailed,
+        message: "é".repeat(message_bytes / 2),
+    }
+}
+
+fn report_of(node: NodeId, events: Vec<warren_api::Event>) -> AgentToControl {
+    AgentToControl::Status(warren_api::wire::StatusReport {
+        node_id: node,
+        revision: Revision::ZERO,
+        replicas: vec![],
+        events,
+        events_dropped: u64::MAX,
+    })
+}
+
+/// One authenticated agent sends reports of huge events (the attack took a control node from
+/// 20 to 501 MiB): control keeps each event's text to a bound and the node's event book to a
+/// byte budget, counts what it cut, lists agents without their events, and closes the stream
+/// of an agent that sends a frame larger than any report needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_make_control_hold_large_events() {
+    use warren_api::wire::{MAX_AGENT_MESSAGE_BYTES, MAX_EVENT_TEXT_BYTES};
+    use warren_control::status::EVENT_BOOK_MAX_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, joined) = control_and_agent(&dir).await;
+    let (_endpoint, mut send, mut recv) = open(&node, &joined, joined.node_id).await;
+    let _ = first(&mut recv).await;
+    let limited = |what: &str| {
+        node.metrics()
+            .agent_input_limited_total
+            .with_label_values(&[what])
+            .get()
+    };
+    let book = || {
+        node.control()
+            .agents()
+            .snapshot(true)
+            .into_iter()
+            .find(|r| r.node_id == joined.node_id)
+            .unwrap()
+    };
+
+    // --- three reports of ten 300 kB events each (3 MB frames, under the frame limit)
+    for round in 0..3u64 {
+        let events = (0..10)
+            .map(|i| big_event(round * 10 + i, 300_000))
+            .collect();
+        send.send(&report_of(joined.node_id, events)).await.unwrap();
+    }
+    for _ in 0..200 {
+        if limited("event_text") == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(limited("event_text"), 30);
+    let held = book();
+    assert_eq!(held.events.len(), 30);
+    for event in &held.events {
+        assert!(
+            event.message.len() <= MAX_EVENT_TEXT_BYTES,
+            "{}",
+            event.message.len()
+        );
+        assert!(event.message.ends_with('…'));
+    }
+    // The agent's count cannot overflow control's.
+    assert_eq!(held.events_dropped, u64::MAX);
+
+    // --- many events of the largest allowed text: the book stays within its byte budget
+    let events = (0..250).map(|i| big_event(1_000 + i, 2_000)).collect();
+    send.send(&report_of(joined.node_id, events)).await.unwrap();
+    for _ in 0..200 {
+        if book().events.back().is_some_and(|e| e.at_ms == 1_249) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = book();
+    let bytes: usize = held
+        .events
+        .iter()
+        .map(warren_control::status::event_bytes)
+        .sum();
+    assert!(bytes <= EVENT_BOOK_MAX_BYTES, "{bytes}");
+    assert!(held.events.len() < 250);
+    assert!(limited("event_book_bytes") > 0);
+    // What the leader's liveness check reads every second carries no events.
+    let links = node.control().agents().snapshot(false);
+    assert!(
+        links
+            .iter()
+            .all(|r| r.events.is_empty() && r.replicas.is_empty())
+    );
+
+    // --- a frame over the agent limit ends the stream and is counted
+    let oversized = vec![big_event(2_000, MAX_AGENT_MESSAGE_BYTES + 1024)];
+    let _ = send.send(&report_of(joined.node_id, oversized)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if recv.recv::<ControlToAgent>().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived an oversized frame");
+    assert_eq!(limited("oversized_frame"), 1);
+    node.shutdown().await;
+}

@@ -23,6 +23,16 @@ pub struct TransportConfig {
     pub initial_rtt: Duration,
     /// Maximum concurrent bidirectional streams a peer may open.
     pub max_concurrent_bidi_streams: u32,
+    /// A join connection (no certificate) is closed this long after it arrived, answered or
+    /// not: an honest join takes a round trip and one Raft write.
+    pub join_deadline: Duration,
+    /// Most join connections a server holds at once; past it, new ones are refused at once.
+    pub join_connections_max: usize,
+    /// Most join connections from one source address (IPv6: one /64) at once.
+    pub join_connections_per_source_max: usize,
+    /// Join refusals per source address per minute before that source's joins are refused as
+    /// rate-limited without their token being checked.
+    pub join_refusals_per_source_per_minute: u32,
 }
 
 impl Default for TransportConfig {
@@ -36,6 +46,10 @@ impl Default for TransportConfig {
             request_timeout: Duration::from_secs(30),
             initial_rtt: Duration::from_millis(300),
             max_concurrent_bidi_streams: 256,
+            join_deadline: Duration::from_secs(10),
+            join_connections_max: 256,
+            join_connections_per_source_max: 32,
+            join_refusals_per_source_per_minute: 10,
         }
     }
 }
@@ -72,6 +86,21 @@ impl TransportConfig {
         }
         if self.max_concurrent_bidi_streams == 0 {
             return Err(ConfigError("max_concurrent_bidi_streams must be positive"));
+        }
+        if self.join_deadline.is_zero() {
+            return Err(ConfigError("join_deadline must be positive"));
+        }
+        if self.join_connections_per_source_max == 0
+            || self.join_connections_max < self.join_connections_per_source_max
+        {
+            return Err(ConfigError(
+                "join_connections_per_source_max must be positive and at most join_connections_max",
+            ));
+        }
+        if self.join_refusals_per_source_per_minute == 0 {
+            return Err(ConfigError(
+                "join_refusals_per_source_per_minute must be positive",
+            ));
         }
         Ok(())
     }

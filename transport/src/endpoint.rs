@@ -8,7 +8,7 @@
 //! typed [`ConnectError`] at connect time instead of on the first request.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -20,6 +20,8 @@ use crate::config::TransportConfig;
 use crate::fault::{FaultSwitch, FaultySocket};
 use crate::frame::{FrameError, FramedRecv, FramedSend};
 use crate::identity::{CONTROL_SERVER_NAME, CertRole, PeerIdentity, parse_identity};
+use crate::join::JoinThrottle;
+use crate::limits::{ConnectionLimiter, ConnectionPermit, LimitExceeded};
 use crate::metrics::TransportMetrics;
 use crate::tls::{self, RevocationList};
 
@@ -284,10 +286,35 @@ pub enum RpcError {
     Timeout(Duration),
 }
 
-struct Shared {
-    config: TransportConfig,
-    metrics: TransportMetrics,
+pub(crate) struct Shared {
+    pub(crate) config: TransportConfig,
+    pub(crate) metrics: TransportMetrics,
     revocations: RevocationList,
+    /// Join connections held now, in total and per source ([`TransportConfig`]'s caps).
+    join_slots: ConnectionLimiter,
+    /// Join refusals per source, and the throttle of their log lines.
+    pub(crate) join_throttle: Mutex<JoinThrottle>,
+}
+
+impl Shared {
+    fn new(
+        config: TransportConfig,
+        metrics: TransportMetrics,
+        revocations: RevocationList,
+    ) -> Self {
+        Self {
+            join_slots: ConnectionLimiter::new(
+                config.join_connections_max,
+                config.join_connections_per_source_max,
+            ),
+            join_throttle: Mutex::new(JoinThrottle::new(
+                config.join_refusals_per_source_per_minute,
+            )),
+            config,
+            metrics,
+            revocations,
+        }
+    }
 }
 
 /// Options shared by every connection of an endpoint.
@@ -437,11 +464,11 @@ impl Endpoint {
         let quinn =
             quinn::Endpoint::new_with_abstract_socket(endpoint_config, server, socket, runtime)
                 .map_err(io_error)?;
-        let shared = Arc::new(Shared {
-            config: options.config,
-            metrics: options.metrics,
-            revocations: options.revocations,
-        });
+        let shared = Arc::new(Shared::new(
+            options.config,
+            options.metrics,
+            options.revocations,
+        ));
         Ok(Self {
             quinn,
             clients,
@@ -491,6 +518,7 @@ impl Endpoint {
         Some(Incoming {
             inner: incoming,
             shared: self.shared.clone(),
+            arrived: tokio::time::Instant::now(),
         })
     }
 
@@ -596,6 +624,8 @@ fn connect_error(addr: SocketAddr, error: &quinn::ConnectionError) -> ConnectErr
 pub struct Incoming {
     inner: quinn::Incoming,
     shared: Arc<Shared>,
+    /// When the endpoint handed it out: a join's deadline counts from here.
+    arrived: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -621,7 +651,7 @@ impl Incoming {
         let shared = self.shared.clone();
         let addr = self.inner.remote_address();
         let timeout = shared.config.connect_timeout;
-        let result = tokio::time::timeout(timeout, admit_inner(self.inner, &shared))
+        let result = tokio::time::timeout(timeout, admit_inner(self.inner, self.arrived, &shared))
             .await
             .unwrap_or(Err(AcceptError::Timeout { addr, timeout }));
         if let Err(error) = &result {
@@ -638,6 +668,7 @@ impl Incoming {
 
 async fn admit_inner(
     incoming: quinn::Incoming,
+    arrived: tokio::time::Instant,
     shared: &Arc<Shared>,
 ) -> Result<PeerConnection, AcceptError> {
     let addr = incoming.remote_address();
@@ -720,11 +751,15 @@ async fn admit_inner(
             detail,
         });
     }
-    if alpn == Alpn::Join {
-        // A joiner has no certificate yet: one request stream, nothing else.
+    let join = if alpn == Alpn::Join {
+        // A joiner has no certificate yet: one request stream, nothing else, for a bounded
+        // time, and only so many at once.
         conn.set_max_concurrent_bi_streams(1u32.into());
         conn.set_max_concurrent_uni_streams(0u32.into());
-    }
+        Some(Arc::new(join_slot(&conn, arrived, shared)?))
+    } else {
+        None
+    };
     let send = conn.open_uni().await.map_err(handshake_error)?;
     let mut framed = FramedSend::new(
         send,
@@ -744,13 +779,48 @@ async fn admit_inner(
             detail: e.to_string(),
         })?;
     framed.finish();
-    Ok(PeerConnection::new(
-        conn,
-        alpn,
-        peer,
-        shared.clone(),
-        "server",
-    ))
+    let mut admitted = PeerConnection::new(conn, alpn, peer, shared.clone(), "server");
+    admitted.join = join;
+    Ok(admitted)
+}
+
+/// Takes a join slot for `conn`, or closes it at once when the join caps are reached.
+fn join_slot(
+    conn: &quinn::Connection,
+    arrived: tokio::time::Instant,
+    shared: &Shared,
+) -> Result<JoinSlot, AcceptError> {
+    let addr = conn.remote_address();
+    match shared.join_slots.try_acquire(addr.ip()) {
+        Ok(permit) => Ok(JoinSlot {
+            _permit: permit,
+            deadline: arrived + shared.config.join_deadline,
+        }),
+        Err(exceeded) => {
+            let (reason, detail) = match exceeded {
+                LimitExceeded::Total => ("join_busy", "too many join connections; retry later"),
+                LimitExceeded::PerSource => (
+                    "join_busy_source",
+                    "too many join connections from this address; retry later",
+                ),
+            };
+            conn.close(CLOSE_REFUSED.into(), detail.as_bytes());
+            Err(AcceptError::Refused {
+                reason,
+                addr,
+                alpn: Alpn::Join.as_str(),
+                detail: detail.to_owned(),
+            })
+        }
+    }
+}
+
+/// A join connection's slot: freed when the connection's last handle drops.
+#[derive(Debug)]
+pub(crate) struct JoinSlot {
+    _permit: ConnectionPermit,
+    /// When the join exchange must be over ([`TransportConfig::join_deadline`] after arrival).
+    pub(crate) deadline: tokio::time::Instant,
 }
 
 struct ActiveGuard(TransportMetrics);
@@ -769,6 +839,8 @@ pub struct PeerConnection {
     peer: Option<PeerIdentity>,
     shared: Arc<Shared>,
     _active: Arc<ActiveGuard>,
+    /// Set on a join connection a server admitted.
+    join: Option<Arc<JoinSlot>>,
 }
 
 impl std::fmt::Debug for PeerConnection {
@@ -802,7 +874,18 @@ impl PeerConnection {
             peer,
             shared,
             _active: active,
+            join: None,
         }
+    }
+
+    /// On a join connection a server admitted: when its exchange must be over.
+    pub(crate) fn join_deadline(&self) -> Option<tokio::time::Instant> {
+        self.join.as_ref().map(|slot| slot.deadline)
+    }
+
+    /// The endpoint state this connection shares with its siblings.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The peer's proven identity (`None` for a joiner without a certificate).
@@ -1012,22 +1095,33 @@ pub(crate) async fn dial_pinned(
     config: &TransportConfig,
     metrics: &TransportMetrics,
 ) -> Result<(quinn::Endpoint, PeerConnection), ConnectError> {
-    let setup = |detail: String| ConnectError::Setup { addr, detail };
-    config.validate().map_err(|e| setup(e.to_string()))?;
-    let rustls_client =
-        tls::join_client_config(pinned, Alpn::Join.protocol()).map_err(|e| setup(e.to_string()))?;
-    let client = quic_client_config(rustls_client, config).map_err(|e| setup(e.to_string()))?;
     let local: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         ([0u16; 8], 0).into()
     };
+    dial_pinned_from(local, addr, pinned, config, metrics).await
+}
+
+/// [`dial_pinned`] from a chosen local address.
+pub(crate) async fn dial_pinned_from(
+    local: SocketAddr,
+    addr: SocketAddr,
+    pinned: [u8; 32],
+    config: &TransportConfig,
+    metrics: &TransportMetrics,
+) -> Result<(quinn::Endpoint, PeerConnection), ConnectError> {
+    let setup = |detail: String| ConnectError::Setup { addr, detail };
+    config.validate().map_err(|e| setup(e.to_string()))?;
+    let rustls_client =
+        tls::join_client_config(pinned, Alpn::Join.protocol()).map_err(|e| setup(e.to_string()))?;
+    let client = quic_client_config(rustls_client, config).map_err(|e| setup(e.to_string()))?;
     let quinn = quinn::Endpoint::client(local).map_err(|e| setup(e.to_string()))?;
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        metrics: metrics.clone(),
-        revocations: RevocationList::default(),
-    });
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        metrics.clone(),
+        RevocationList::default(),
+    ));
     let conn = dial(&quinn, client, addr, Alpn::Join, &shared).await?;
     Ok((quinn, conn))
 }

@@ -283,6 +283,12 @@ impl FramedRecv {
         }
     }
 
+    /// Lowers the largest frame this stream accepts to `max_frame_bytes` (never raises it):
+    /// for a direction whose messages are known to be smaller than the connection's limit.
+    pub fn limit_frames_to(&mut self, max_frame_bytes: usize) {
+        self.decoder.max_frame_bytes = self.decoder.max_frame_bytes.min(max_frame_bytes);
+    }
+
     /// Tells the peer we will read no more.
     pub fn stop(&mut self) {
         let _ = self.stream.stop(0u32.into());

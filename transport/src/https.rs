@@ -17,6 +17,10 @@ use crate::ca::Credentials;
 use crate::identity::{CONTROL_SERVER_NAME, CertRole, PeerIdentity, parse_identity};
 use crate::tls::{self, RevocationList};
 
+/// How long an API client has to complete its TLS handshake unless the caller sets another
+/// limit ([`ApiListener::set_handshake_timeout`]).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A TLS stream accepted by [`ApiListener`].
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 /// A TLS stream opened by [`connect`].
@@ -104,8 +108,14 @@ impl ApiListener {
         Ok(Self {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         })
+    }
+
+    /// How long a client has to complete its TLS handshake after connecting (default 10 s);
+    /// one that sends nothing, or trickles, is disconnected then.
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
     }
 
     /// The bound address.
@@ -153,6 +163,11 @@ pub struct PendingTls {
 }
 
 impl PendingTls {
+    /// The client's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Runs the handshake and checks the client's role (admin or control).
     ///
     /// # Errors

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use warren_api::{NodeId, NodeRole};
 
 use crate::ca::{
@@ -24,8 +24,9 @@ use crate::ca::{
     unix_now, unix_now_ms,
 };
 use crate::config::TransportConfig;
-use crate::endpoint::{ConnectError, PeerConnection, RpcError, dial_pinned};
+use crate::endpoint::{ConnectError, PeerConnection, RpcError, dial_pinned, dial_pinned_from};
 use crate::identity::{CertRole, fingerprint};
+use crate::limits::{LogThrottle, RefusalLimiter};
 use crate::metrics::TransportMetrics;
 use crate::seal::SealKey;
 use crate::token::{JoinToken, TokenBook, TokenError};
@@ -209,10 +210,52 @@ pub trait JoinAuthority: Send + Sync {
     fn cluster_fingerprint(&self) -> [u8; 32];
 }
 
+/// How often refused joins are logged at most (the first one at once; then one line a minute
+/// with a count), so a stream of bad tokens cannot flood the log.
+pub const JOIN_REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Per-endpoint memory of refused joins: refusals per source, to refuse a source that keeps
+/// trying as rate-limited without checking its token, and the throttle of the WARN lines.
+#[derive(Debug)]
+pub(crate) struct JoinThrottle {
+    refusals: RefusalLimiter,
+    log: LogThrottle,
+}
+
+impl JoinThrottle {
+    pub(crate) fn new(refusals_per_minute: u32) -> Self {
+        Self {
+            refusals: RefusalLimiter::new(refusals_per_minute, Duration::from_secs(60)),
+            log: LogThrottle::new(JOIN_REFUSAL_LOG_EVERY),
+        }
+    }
+}
+
 /// Answers one join connection: reads the request, asks the authority, writes the response.
-/// Counts the outcome in `warren_transport_join_requests_total`.
+/// Counts the outcome in `warren_transport_join_requests_total`. The whole exchange is bounded
+/// by the connection's join deadline ([`TransportConfig::join_deadline`] from its arrival):
+/// past it the connection is closed, answered or not, and counted as `deadline`.
 pub async fn serve_join<A: JoinAuthority>(
     conn: PeerConnection,
+    authority: &A,
+    metrics: &TransportMetrics,
+) {
+    let deadline = conn
+        .join_deadline()
+        .unwrap_or_else(|| tokio::time::Instant::now() + conn.shared().config.join_deadline);
+    let exchange = serve_join_exchange(&conn, authority, metrics);
+    if tokio::time::timeout_at(deadline, exchange).await.is_err() {
+        metrics
+            .join_requests_total
+            .with_label_values(&["deadline"])
+            .inc();
+        debug!(peer = %conn.remote_address(), "join connection closed at its deadline");
+        conn.close("join deadline passed");
+    }
+}
+
+async fn serve_join_exchange<A: JoinAuthority>(
+    conn: &PeerConnection,
     authority: &A,
     metrics: &TransportMetrics,
 ) {
@@ -227,32 +270,90 @@ pub async fn serve_join<A: JoinAuthority>(
                 .join_requests_total
                 .with_label_values(&["bad_frame"])
                 .inc();
-            warn!(peer = %peer, error = %error, "unreadable join request");
+            debug!(peer = %peer, error = %error, "unreadable join request");
             conn.close("unreadable join request");
             return;
         }
     };
-    let (response, label) = match check_request(request, authority.cluster_fingerprint()) {
-        Err(refused) => (JoinResponse::Refused(refused.refusal), refused.metric_label),
-        Ok(checked) => match authority.authorize(checked).await {
-            Ok(grant) => {
-                info!(peer = %peer, node_id = %grant.node_id, "node joined");
-                (JoinResponse::Granted(grant), "granted")
-            }
-            Err(refused) => (JoinResponse::Refused(refused.refusal), refused.metric_label),
-        },
-    };
+    let (response, label) = decide(conn, request, authority).await;
     metrics
         .join_requests_total
         .with_label_values(&[label])
         .inc();
     if let JoinResponse::Refused(refusal) = &response {
-        warn!(peer = %peer, reason = label, "join refused: {}", refusal.message);
+        note_refusal(conn, label, refusal);
     }
     if send.send(&response).await.is_ok() {
         send.finish();
         // Let the response drain before the connection is dropped.
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    }
+}
+
+/// The answer to a join request and its metric label. A source refused
+/// [`TransportConfig::join_refusals_per_source_per_minute`] times in the last minute is
+/// refused as `rate_limited` (reason `Unavailable`: retry later) before its token is looked at.
+async fn decide<A: JoinAuthority>(
+    conn: &PeerConnection,
+    request: JoinRequest,
+    authority: &A,
+) -> (JoinResponse, &'static str) {
+    let source = conn.remote_address().ip();
+    let limited = lock_throttle(conn)
+        .refusals
+        .limited(source, std::time::Instant::now());
+    if let Some(wait) = limited {
+        let refused = Refused {
+            metric_label: "rate_limited",
+            ..Refused::unavailable(format!(
+                "too many refused join attempts from this address; retry in {} s",
+                wait.as_secs().max(1)
+            ))
+        };
+        return (JoinResponse::Refused(refused.refusal), refused.metric_label);
+    }
+    let refused = match check_request(request, authority.cluster_fingerprint()) {
+        Err(refused) => refused,
+        Ok(checked) => match authority.authorize(checked).await {
+            Ok(grant) => {
+                info!(peer = %conn.remote_address(), node_id = %grant.node_id, "node joined");
+                return (JoinResponse::Granted(grant), "granted");
+            }
+            Err(refused) => refused,
+        },
+    };
+    // "Unavailable" is the server's own trouble (no quorum), not the joiner's fault.
+    if refused.refusal.reason != JoinRefusalReason::Unavailable {
+        lock_throttle(conn)
+            .refusals
+            .refused(source, std::time::Instant::now());
+    }
+    (JoinResponse::Refused(refused.refusal), refused.metric_label)
+}
+
+fn lock_throttle(conn: &PeerConnection) -> std::sync::MutexGuard<'_, JoinThrottle> {
+    conn.shared()
+        .join_throttle
+        .lock()
+        .expect("join throttle lock is not poisoned")
+}
+
+/// Logs a refusal: every one at debug, the first at WARN, then at most one WARN line per
+/// [`JOIN_REFUSAL_LOG_EVERY`] with the count of those in between.
+fn note_refusal(conn: &PeerConnection, label: &str, refusal: &JoinRefusal) {
+    let peer = conn.remote_address();
+    debug!(peer = %peer, reason = label, "join refused: {}", refusal.message);
+    let held_back = lock_throttle(conn).log.note(std::time::Instant::now());
+    match held_back {
+        Some(0) => warn!(peer = %peer, reason = label, "join refused: {}", refusal.message),
+        Some(more) => warn!(
+            peer = %peer,
+            reason = label,
+            more,
+            "join refused: {} ({more} more refusals since the last line; see warren_transport_join_requests_total)",
+            refusal.message
+        ),
+        None => {}
     }
 }
 
@@ -478,6 +579,43 @@ pub async fn join(
         control_addrs: grant.control_addrs,
         secret_key: grant.secret_key,
     })
+}
+
+/// A join connection that was opened and admitted but carries no request: what a probe of
+/// the join limits holds (and what an attacker would). Dropping it closes it.
+#[derive(Debug)]
+pub struct OpenJoin {
+    endpoint: quinn::Endpoint,
+    conn: PeerConnection,
+}
+
+impl OpenJoin {
+    /// The admitted connection.
+    pub fn connection(&self) -> &PeerConnection {
+        &self.conn
+    }
+}
+
+impl Drop for OpenJoin {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"probe over");
+    }
+}
+
+/// Opens a join connection from `local` to the server at `addr` (pinned to the CA whose
+/// fingerprint is `pinned`) and sends nothing on it.
+///
+/// # Errors
+/// [`ConnectError`]: unreachable, untrusted, or refused (the join caps are reached).
+pub async fn open_join(
+    local: SocketAddr,
+    addr: SocketAddr,
+    pinned: [u8; 32],
+    config: &TransportConfig,
+    metrics: &TransportMetrics,
+) -> Result<OpenJoin, ConnectError> {
+    let (endpoint, conn) = dial_pinned_from(local, addr, pinned, config, metrics).await?;
+    Ok(OpenJoin { endpoint, conn })
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //! - [`join`]: the join handshake, client and server sides.
 //! - [`https`]: TLS over TCP for the admin HTTP API (admin client certificates).
 //! - [`backoff`]: jittered exponential backoff for every reconnect loop.
+//! - [`limits`]: caps on connections per source and in total, refusal rate limits, accept-error
+//!   backoff and log throttling: what one client can make a server hold.
 //! - [`metrics`]: the transport's Prometheus counters.
 //! - [`plain_http`]: the plain-HTTP listener for `/metrics`, `/health` and `/ready`.
 //!
@@ -30,6 +32,7 @@ mod fsutil;
 pub mod https;
 pub mod identity;
 pub mod join;
+pub mod limits;
 pub mod metrics;
 pub mod plain_http;
 pub mod seal;

@@ -18,7 +18,8 @@ pub struct TransportMetrics {
     pub frame_bytes_total: IntCounterVec,
     /// Frames refused (too large, truncated, garbage, stalled), by reason.
     pub frames_rejected_total: IntCounterVec,
-    /// Join requests answered by this node, by result (`granted` or the refusal kind).
+    /// Join requests answered by this node, by result (`granted`, the refusal kind,
+    /// `rate_limited`, or `deadline` for a connection closed unanswered at its deadline).
     pub join_requests_total: IntCounterVec,
 }
 
@@ -74,14 +75,29 @@ impl TransportMetrics {
     /// A [`prometheus::Error`] if a metric of the same name is already registered there.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let metrics = Self::unregistered();
-        registry.register(Box::new(metrics.connections_total.clone()))?;
-        registry.register(Box::new(metrics.connections_active.clone()))?;
-        registry.register(Box::new(metrics.handshake_failures_total.clone()))?;
-        registry.register(Box::new(metrics.frames_total.clone()))?;
-        registry.register(Box::new(metrics.frame_bytes_total.clone()))?;
-        registry.register(Box::new(metrics.frames_rejected_total.clone()))?;
-        registry.register(Box::new(metrics.join_requests_total.clone()))?;
+        metrics.register_into(registry)?;
         Ok(metrics)
+    }
+
+    /// Registers these (already counting) metrics in `registry`, for a process that creates
+    /// its endpoint before its registry.
+    ///
+    /// # Errors
+    /// A [`prometheus::Error`] if a metric of the same name is already registered there.
+    pub fn register_into(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.connections_total.clone()))?;
+        registry.register(Box::new(self.connections_active.clone()))?;
+        registry.register(Box::new(self.handshake_failures_total.clone()))?;
+        registry.register(Box::new(self.frames_total.clone()))?;
+        registry.register(Box::new(self.frame_bytes_total.clone()))?;
+        registry.register(Box::new(self.frames_rejected_total.clone()))?;
+        registry.register(Box::new(self.join_requests_total.clone()))?;
+        Ok(())
+    }
+
+    /// The current value of `join_requests_total{result}`.
+    pub fn join_requests(&self, result: &str) -> u64 {
+        self.join_requests_total.with_label_values(&[result]).get()
     }
 
     /// The current value of `handshake_failures_total{side, reason}` (for tests and status).

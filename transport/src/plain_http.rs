@@ -3,24 +3,32 @@
 //! each path answers is up to the caller's handler.
 //!
 //! Only `GET` is meaningful; request bodies are never read. Connections are bounded by
-//! [`MAX_CONNECTIONS`]: beyond that, new ones are closed at once rather than queued.
+//! [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_SOURCE`]: beyond that, new ones are closed at
+//! once rather than queued. Failing `accept`s back off ([`crate::limits::AcceptBackoff`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::limits::{AcceptBackoff, ConnectionLimiter, ConnectionPermit};
+
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections from one source address (IPv6: one /64) at once, so one client cannot take
+/// every slot from the scrapers and load balancers.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
+/// A client must send a request's headers within this time (also the keep-alive idle limit).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a handler answers: a status and a text body.
 pub type Answer = (StatusCode, String);
@@ -49,47 +57,62 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let open = Arc::new(AtomicUsize::new(0));
+    let slots = ConnectionLimiter::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE);
     tasks.clone().spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let stream = tokio::select! {
+            let accepted = tokio::select! {
                 () = cancel.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
-                },
+                accepted = listener.accept() => accepted,
             };
-            if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-                open.fetch_sub(1, Ordering::AcqRel);
-                debug!("metrics listener busy; connection closed");
-                continue;
-            }
-            let handler = handler.clone();
-            let open = open.clone();
-            let cancel = cancel.clone();
-            tasks.spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
-                        let handler = handler.clone();
-                        async move {
-                            let (status, body) = handler(request.uri().path().to_owned()).await;
-                            Ok::<_, std::convert::Infallible>(text(status, body))
-                        }
-                    },
-                );
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    result = connection => if let Err(e) = result {
-                        debug!(error = %e, "metrics connection ended");
-                    },
-                    () = cancel.cancelled() => {}
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    let (pause, log) = backoff.failed(std::time::Instant::now());
+                    if let Some(more) = log {
+                        warn!(error = %e, more, "metrics accept failed; backing off (out of file descriptors?)");
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
                 }
-                open.fetch_sub(1, Ordering::AcqRel);
-            });
+            };
+            backoff.succeeded();
+            let Ok(permit) = slots.try_acquire(peer.ip()) else {
+                debug!(peer = %peer, "metrics listener busy; connection closed");
+                continue;
+            };
+            tasks.spawn(serve_connection(stream, handler.clone(), permit, cancel.clone()));
         }
     });
     Ok(bound)
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    handler: Handler,
+    _permit: ConnectionPermit,
+    cancel: CancellationToken,
+) {
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let handler = handler.clone();
+            async move {
+                let (status, body) = handler(request.uri().path().to_owned()).await;
+                Ok::<_, std::convert::Infallible>(text(status, body))
+            }
+        });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = connection => if let Err(e) = result {
+            debug!(error = %e, "metrics connection ended");
+        },
+        () = cancel.cancelled() => {}
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,17 @@ pub const AGENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs
 /// reports, and what the agent had to drop is counted in `events_dropped`.
 pub const MAX_EVENTS_PER_REPORT: usize = 1024;
 
+/// Largest message an agent sends to control. An agent's messages are its hello, acks, its
+/// listeners and status reports; the largest legitimate one, a report of
+/// [`MAX_EVENTS_PER_REPORT`] events of [`MAX_EVENT_TEXT_BYTES`] plus a few hundred replicas,
+/// is about 1.5 MiB. Control to agent keeps [`MAX_MESSAGE_BYTES`]: a node's view (secrets,
+/// catalogue) can be larger.
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of an event's or a replica status's message that control keeps; the rest is cut
+/// (at a character boundary, marked with `…`).
+pub const MAX_EVENT_TEXT_BYTES: usize = 1024;
+
 /// Encodes a message with postcard.
 ///
 /// # Errors
@@ -160,7 +171,7 @@ pub enum AgentToControl {
 /// Most entries an agent sends in [`AgentToControl::Listeners`]; control ignores the rest.
 pub const MAX_LISTENERS: usize = 8;
 
-/// Characters of a [`ListenerStatus`]'s address and error that control keeps; the rest is cut.
+/// Bytes of a [`ListenerStatus`]'s address and error that control keeps; the rest is cut.
 pub const MAX_LISTENER_TEXT: usize = 256;
 
 /// Which of an agent's listeners. New kinds are added at the end only.
