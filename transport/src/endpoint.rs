@@ -113,11 +113,20 @@ fn tls_alert_reason(code: u64) -> &'static str {
     }
 }
 
+/// QUIC's CONNECTION_REFUSED transport error code (RFC 9000 §20.1).
+const CONNECTION_REFUSED: u64 = 0x2;
+
 /// Classifies a quinn connection error: (metric reason, whether the local side refused).
 fn classify(error: &quinn::ConnectionError) -> (&'static str, Side) {
     use quinn::ConnectionError as E;
     match error {
         E::TransportError(e) => (tls_alert_reason(u64::from(e.code)), Side::Local),
+        // CONNECTION_REFUSED: the server's endpoint is not taking connections right now (it
+        // is shutting down, or a restarted one is not serving yet) — try again shortly, as
+        // for a timeout; it says nothing about our credentials.
+        E::ConnectionClosed(close) if u64::from(close.error_code) == CONNECTION_REFUSED => {
+            ("server_busy", Side::Link)
+        }
         E::ConnectionClosed(close) => (tls_alert_reason(u64::from(close.error_code)), Side::Peer),
         E::ApplicationClosed(_) => ("refused", Side::Peer),
         E::TimedOut => ("timeout", Side::Link),
@@ -1205,5 +1214,28 @@ impl ConnectAnyError {
     /// Whether trying again soon (with backoff) may succeed: no answer, or no address yet.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unreachable { .. } | Self::NoAddress)
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    /// A server endpoint that refuses new connections (shutting down, or not serving yet)
+    /// is a passing state, retried like a timeout; a TLS refusal of our certificate is not.
+    #[test]
+    fn connection_refused_by_a_busy_endpoint_is_retryable() {
+        let addr: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let closed = |code: quinn::TransportErrorCode| {
+            quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: code,
+                frame_type: None,
+                reason: bytes::Bytes::new(),
+            })
+        };
+        let busy = connect_error(addr, &closed(quinn::TransportErrorCode::CONNECTION_REFUSED));
+        assert!(busy.is_retryable(), "{busy}");
+        let revoked = connect_error(addr, &closed(quinn::TransportErrorCode::crypto(44)));
+        assert!(!revoked.is_retryable(), "{revoked}");
     }
 }
