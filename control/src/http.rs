@@ -486,18 +486,8 @@ impl Api {
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (method, segs.as_slice()) {
             (&Method::GET, ["cluster"]) => self.cluster_status(stale).await,
-            (&Method::POST, ["tokens"]) => self.create_token(read_json(request).await?).await,
-            (&Method::GET, ["tokens"]) => self.list_tokens(stale).await,
-            (&Method::GET, ["admins"]) => self.list_admins(stale).await,
-            (&Method::POST, ["admins"]) => self.create_admin(read_json(request).await?).await,
-            (&Method::DELETE, ["admins", key]) => self.revoke_admin(key).await,
-            (&Method::DELETE, ["tokens", id]) => {
-                let id = id.parse::<TokenId>().map_err(|_| {
-                    ApiError::Invalid(format!(
-                        "token id {id:?} is not a token id (16 hex digits, from `warren token ls`)"
-                    ))
-                })?;
-                written(self.control.propose(Op::RevokeToken(id)).await?)
+            (_, ["tokens" | "admins", ..]) => {
+                self.route_access(request, method, &segs, stale).await
             }
             (&Method::GET, ["nodes"]) => self.list_nodes(stale).await,
             (&Method::GET, ["nodes", n]) => self.get_node(n, stale).await,
@@ -571,13 +561,9 @@ impl Api {
                     .propose(Op::RemoveVolume((*name).to_owned()))
                     .await?,
             ),
-            (
-                _,
-                [
-                    "cluster" | "tokens" | "admins" | "nodes" | "services" | "secrets" | "volumes",
-                    ..,
-                ],
-            ) => Err(ApiError::MethodNotAllowed),
+            (_, ["cluster" | "nodes" | "services" | "secrets" | "volumes", ..]) => {
+                Err(ApiError::MethodNotAllowed)
+            }
             _ => Err(ApiError::NotFound(format!(
                 "no such route: {method} {PREFIX}/{}",
                 segments.join("/")
@@ -621,6 +607,32 @@ impl Api {
             nodes,
             services: state.services.len(),
         })
+    }
+
+    /// Routes of `/tokens` and `/admins`: who may join the cluster, who may operate it.
+    async fn route_access(
+        &self,
+        request: Request<Incoming>,
+        method: &Method,
+        segs: &[&str],
+        stale: bool,
+    ) -> ApiResult {
+        match (method, segs) {
+            (&Method::POST, ["tokens"]) => self.create_token(read_json(request).await?).await,
+            (&Method::GET, ["tokens"]) => self.list_tokens(stale).await,
+            (&Method::DELETE, ["tokens", id]) => {
+                let id = id.parse::<TokenId>().map_err(|_| {
+                    ApiError::Invalid(format!(
+                        "token id {id:?} is not a token id (16 hex digits, from `warren token ls`)"
+                    ))
+                })?;
+                written(self.control.propose(Op::RevokeToken(id)).await?)
+            }
+            (&Method::GET, ["admins"]) => self.list_admins(stale).await,
+            (&Method::POST, ["admins"]) => self.create_admin(read_json(request).await?).await,
+            (&Method::DELETE, ["admins", key]) => self.revoke_admin(key).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        }
     }
 
     async fn list_admins(&self, stale: bool) -> ApiResult {

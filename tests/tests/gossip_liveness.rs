@@ -178,7 +178,10 @@ async fn gossip_death_makes_an_agent_unreachable_before_the_link_grace() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let nodes: Vec<NodeInfo> = api_get(&control, "/nodes").await;
     assert!(
-        matches!(state_of(&nodes, AGENT_A), Some(NodeState::Unreachable { .. })),
+        matches!(
+            state_of(&nodes, AGENT_A),
+            Some(NodeState::Unreachable { .. })
+        ),
         "gossip alone brought agent a back: {:?}",
         state_of(&nodes, AGENT_A)
     );
