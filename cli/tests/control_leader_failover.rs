@@ -252,7 +252,8 @@ fn writes_through_followers(cluster: &Cluster, leader: usize, prefix: &str) -> V
 /// ways back to c1 leading, each followed by writes through both followers that must all
 /// succeed fast: c1 is killed with SIGKILL and restarted at once (it leads again before the
 /// others time out, and they still hold connections to its previous run); then c1 is killed,
-/// restarted once another node leads, and leaders are killed (and restarted) until c1 leads.
+/// restarted once another node leads, and the leader is killed (and restarted) with the third
+/// node paused past an election timeout, so that c1 is elected.
 #[test]
 fn forwarded_writes_reach_a_restarted_leader_at_once() {
     let mut cluster = Cluster::start();
@@ -282,10 +283,17 @@ fn forwarded_writes_reach_a_restarted_leader_at_once() {
         rounds += 1;
         assert!(rounds <= 12, "c1 never became the leader again");
         eprintln!(
-            "--- kill -9 {} (leader), to get c1 elected",
+            "--- kill -9 {} (leader) and pause the other follower, to get c1 elected",
             cluster.nodes[leader].name
         );
+        // With the third node paused past an election timeout, c1 is the one that campaigns
+        // (again and again, in higher terms); resumed, the third node answers c1's higher term
+        // and votes for it. Left to chance, a loaded machine kept electing the other node.
+        let third = 3 - leader;
         cluster.nodes[leader].kill9();
+        cluster.nodes[third].process.signal("-STOP");
+        std::thread::sleep(Duration::from_millis(1_500));
+        cluster.nodes[third].process.signal("-CONT");
         let others: Vec<usize> = all.iter().copied().filter(|&n| n != leader).collect();
         cluster.wait_leader(&others);
         cluster.nodes[leader].restart();

@@ -88,8 +88,8 @@ impl Foreground {
         }
     }
 
-    /// Sends `signal` (`-TERM`, `-INT`, `-HUP`, `-USR1`, `-KILL`) by the system call, so that
-    /// no `kill` program is needed.
+    /// Sends `signal` (`-TERM`, `-INT`, `-HUP`, `-USR1`, `-KILL`, `-STOP`, `-CONT`) by the
+    /// system call, so that no `kill` program is needed.
     pub fn signal(&self, signal: &str) {
         use rustix::process::{Pid, Signal, kill_process};
         let which = match signal {
@@ -98,6 +98,8 @@ impl Foreground {
             "-HUP" => Signal::HUP,
             "-USR1" => Signal::USR1,
             "-KILL" => Signal::KILL,
+            "-STOP" => Signal::STOP,
+            "-CONT" => Signal::CONT,
             other => panic!("no such signal in these tests: {other}"),
         };
         let pid = i32::try_from(self.child.id())
