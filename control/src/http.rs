@@ -669,13 +669,7 @@ impl Api {
             .map_err(ApiError::Invalid)?;
         let identity = warren_transport::identity::parse_identity(&cert)
             .map_err(|e| ApiError::Internal(format!("issued certificate: {e}")))?;
-        let record = crate::state::AdminCert {
-            name: request.name,
-            serial: identity.serial,
-            issued_at_ms: unix_now_ms(),
-            expires_at_ms: u64::try_from(identity.not_after_unix).unwrap_or(0) * 1000,
-            revoked: false,
-        };
+        let record = crate::state::AdminCert::issued_now(&identity, &request.name, unix_now_ms());
         self.control
             .propose(Op::AddAdmin(record.clone()))
             .await?

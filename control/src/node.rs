@@ -371,21 +371,6 @@ pub struct ControlNode {
     mesh: Option<Mesh>,
 }
 
-/// What the log records of an admin certificate issued now.
-fn admin_record(admin: &Credentials) -> crate::state::AdminCert {
-    let identity = admin.identity();
-    crate::state::AdminCert {
-        name: identity
-            .admin_name
-            .clone()
-            .unwrap_or_else(|| "admin".into()),
-        serial: identity.serial.clone(),
-        issued_at_ms: unix_now_ms(),
-        expires_at_ms: u64::try_from(identity.not_after_unix).unwrap_or(0) * 1000,
-        revoked: false,
-    }
-}
-
 fn check_fresh(dir: &Path) -> Result<(), NodeError> {
     if dir.join(SETTINGS_FILE).exists() {
         return Err(NodeError::DataDir(format!(
@@ -568,7 +553,11 @@ impl ControlNode {
         // The first admin certificate is recorded like any other, so it can be listed and
         // revoked (`warren admin ls|revoke`).
         node.control
-            .propose(Op::AddAdmin(admin_record(&admin)))
+            .propose(Op::AddAdmin(crate::state::AdminCert::issued_now(
+                admin.identity(),
+                "admin",
+                unix_now_ms(),
+            )))
             .await?;
         let me = Node {
             id: node_id,

@@ -137,6 +137,27 @@ pub struct AdminCert {
     pub revoked: bool,
 }
 
+impl AdminCert {
+    /// The record of a certificate issued now, from its identity (an admin certificate's name,
+    /// else `fallback_name`).
+    pub fn issued_now(
+        identity: &warren_transport::PeerIdentity,
+        fallback_name: &str,
+        now_ms: u64,
+    ) -> Self {
+        AdminCert {
+            name: identity
+                .admin_name
+                .clone()
+                .unwrap_or_else(|| fallback_name.to_owned()),
+            serial: identity.serial.clone(),
+            issued_at_ms: now_ms,
+            expires_at_ms: u64::try_from(identity.not_after_unix).unwrap_or(0) * 1000,
+            revoked: false,
+        }
+    }
+}
+
 /// [`ClusterState`] as snapshot format 1 wrote it: before unfinished joins were recorded.
 /// Read so that a data dir keeps its snapshot across the upgrade; the fields are in the same
 /// order (postcard is positional) without `pending_joins`.
@@ -155,10 +176,17 @@ pub(crate) struct ClusterStateV1 {
 }
 
 impl From<ClusterStateV1> for ClusterState {
+    /// By way of format 2 (see there).
+    fn from(v1: ClusterStateV1) -> Self {
+        ClusterStateV2::from(v1).into()
+    }
+}
+
+impl From<ClusterStateV1> for ClusterStateV2 {
     /// No join was unfinished: format 1 did not record them (a join then either finished or
     /// left a node entry behind, which `node rm` removes).
     fn from(v1: ClusterStateV1) -> Self {
-        ClusterState {
+        ClusterStateV2 {
             cluster: v1.cluster,
             nodes: v1.nodes,
             revoked_serials: v1.revoked_serials,
@@ -169,10 +197,7 @@ impl From<ClusterStateV1> for ClusterState {
             volumes: v1.volumes,
             tokens: v1.tokens,
             pending_joins: BTreeMap::new(),
-            admins: BTreeMap::new(),
             revision: v1.revision,
-            control_addrs: Vec::new(),
-            control_members: BTreeSet::new(),
         }
     }
 }
