@@ -206,8 +206,13 @@ fn agent_run_keeps_join_listeners_and_retries_one_that_cannot_bind() {
         let dns = listener(&node["agent"]["listeners"], "dns")?;
         (dns["up"] == false).then_some(())
     });
-    let human = admin(&config, &["node", "ls"]);
-    assert!(human.contains("dns down"), "{human}");
+    // The gossip listener may still be reported as not started in the same report: wait for
+    // the report in which only DNS is down.
+    wait_until("node ls shows only DNS down", READY_TIMEOUT, || {
+        admin(&config, &["node", "ls"])
+            .contains(" dns down ")
+            .then_some(())
+    });
 
     // The port comes free: the listener binds on its next attempt.
     drop(squatter);
