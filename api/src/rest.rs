@@ -385,6 +385,13 @@ pub struct WriteResult {
     pub version: Option<u64>,
 }
 
+/// Answer to `POST /cluster/rotate-keys`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysRotated {
+    /// The cluster key generation now in force.
+    pub generation: u32,
+}
+
 /// `POST /services/{name}/scale`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScaleRequest {

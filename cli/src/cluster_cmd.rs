@@ -3,8 +3,8 @@
 use anyhow::{Context, Result, anyhow, bail};
 use hyper::Method;
 use warren_api::rest::{
-    AdminCreate, AdminInfo, AdminIssued, ClusterStatus, MAX_TOKEN_TTL_MS, MemberContact,
-    MemberHealth, NodeInfo, TokenInfo, TokenRequest, TokenResponse,
+    AdminCreate, AdminInfo, AdminIssued, ClusterStatus, KeysRotated, MAX_TOKEN_TTL_MS,
+    MemberContact, MemberHealth, NodeInfo, TokenInfo, TokenRequest, TokenResponse,
 };
 use warren_api::{NodeRole, NodeState};
 use warren_transport::ca::unix_now_ms;
@@ -29,6 +29,15 @@ pub enum ClusterCommand {
     ///
     /// Without a quorum, shows the answering node's own (possibly stale) view and says so.
     Status,
+    /// Move the cluster to a new cluster key: the CA key and every secret value are re-sealed
+    /// with it, and every node moves to a new gossip key (the old one is accepted for 10
+    /// minutes).
+    ///
+    /// Removing a node (`warren node rm`) does this by itself; run it by hand when a node's
+    /// disk may have leaked, or on a schedule. A removed node, or a copy of a data dir taken
+    /// before the rotation, cannot open what is sealed from now on.
+    #[command(after_help = "Example:\n  warren cluster rotate-keys")]
+    RotateKeys,
 }
 
 /// `warren token …`.
@@ -137,7 +146,8 @@ pub enum NodeCommand {
         /// Node name or id.
         node: String,
     },
-    /// Remove the node from the cluster and revoke its certificate.
+    /// Remove the node from the cluster and revoke its certificate; the cluster key and the
+    /// gossip key are rotated, so what the node holds stops working.
     Rm {
         /// Node name or id.
         node: String,
@@ -162,6 +172,15 @@ pub async fn cluster(client: &Client, format: OutputFormat, command: ClusterComm
                 Ok(answer) => answer,
             };
             print_read(format, &answer, render_status)
+        }
+        ClusterCommand::RotateKeys => {
+            let answer = client.empty(Method::POST, "/cluster/rotate-keys").await?;
+            print_read(format, &answer, |rotated: &KeysRotated| {
+                format!(
+                    "cluster key rotated: generation {} is in force\n",
+                    rotated.generation
+                )
+            })
         }
     }
 }

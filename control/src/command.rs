@@ -127,6 +127,19 @@ pub enum Op {
         /// The certificate's serial (lowercase hex).
         serial: String,
     },
+    /// Moves the cluster to a new key generation: the CA key and the secret values re-sealed
+    /// with it. The leader gave the new key to the control members before proposing this (a
+    /// removed node never gets it).
+    RotateClusterKey {
+        /// The new generation: one past the state's.
+        generation: u32,
+        /// The CA key sealed with the new key.
+        ca_key_sealed: Vec<u8>,
+        /// Secret values re-sealed with the new key: name, the version re-sealed, the blob.
+        /// A secret replaced meanwhile keeps its newer value (sealed with whichever key its
+        /// writer held).
+        secrets: Vec<(String, u64, SealedBlob)>,
+    },
 }
 
 impl Op {
@@ -143,6 +156,7 @@ impl Op {
             Op::AbandonJoin { .. } => "abandon_join",
             Op::AddAdmin(_) => "add_admin",
             Op::RevokeAdmin { .. } => "revoke_admin",
+            Op::RotateClusterKey { .. } => "rotate_cluster_key",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

@@ -19,13 +19,14 @@ use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState,
 use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
 use warren_transport::join::{CheckedJoin, JoinAuthority, JoinGrant, Refused, random_node_id};
-use warren_transport::seal::{SealKey, node_secret_key};
+use warren_transport::seal::node_secret_key;
 use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
 
 use warren_api::rest::MemberContact;
 
 use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
 use crate::contact::Health;
+use crate::keys::ClusterKeys;
 use crate::metrics::ControlMetrics;
 use crate::network::Peers;
 use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
@@ -34,6 +35,7 @@ use crate::status::{self, AgentReport, StatusBook};
 use crate::types::{Member, Raft};
 
 mod membership;
+mod rotation;
 
 pub use membership::MEMBERSHIP_BUSY_WAIT;
 
@@ -78,12 +80,14 @@ pub struct Control {
     state: Arc<RwLock<ClusterState>>,
     applied: watch::Receiver<Revision>,
     peers: Peers,
-    cluster_key: std::sync::OnceLock<SealKey>,
+    cluster_keys: std::sync::RwLock<Option<ClusterKeys>>,
+    keys_file: std::path::PathBuf,
     timeouts: Timeouts,
     metrics: ControlMetrics,
     fingerprint: [u8; 32],
     agents: StatusBook,
     gossip: std::sync::OnceLock<watch::Receiver<Vec<warren_mesh::Member>>>,
+    gossip_keys: std::sync::OnceLock<warren_mesh::KeyRotator>,
     membership: membership::Gate,
 }
 
@@ -102,7 +106,9 @@ pub(crate) struct ControlParts {
     pub state: Arc<RwLock<ClusterState>>,
     pub applied: watch::Receiver<Revision>,
     pub peers: Peers,
-    pub cluster_key: Option<SealKey>,
+    pub cluster_keys: Option<ClusterKeys>,
+    /// Where the cluster keys are kept (`cluster.key` in the data dir).
+    pub keys_file: std::path::PathBuf,
     pub timeouts: Timeouts,
     pub metrics: ControlMetrics,
     pub fingerprint: [u8; 32],
@@ -110,30 +116,38 @@ pub(crate) struct ControlParts {
 
 impl Control {
     pub(crate) fn new(parts: ControlParts) -> Self {
-        let cell = std::sync::OnceLock::new();
-        if let Some(key) = parts.cluster_key {
-            let _ = cell.set(key);
-        }
         Self {
             id: parts.id,
             raft: parts.raft,
             state: parts.state,
             applied: parts.applied,
             peers: parts.peers,
-            cluster_key: cell,
+            cluster_keys: std::sync::RwLock::new(parts.cluster_keys),
+            keys_file: parts.keys_file,
             timeouts: parts.timeouts,
             metrics: parts.metrics,
             fingerprint: parts.fingerprint,
             agents: StatusBook::new(parts.id),
             gossip: std::sync::OnceLock::new(),
+            gossip_keys: std::sync::OnceLock::new(),
             membership: membership::Gate::default(),
         }
     }
 
     /// Hands this node's mesh member watch to the API and the leader's duties (once, when the
     /// mesh starts).
-    pub(crate) fn set_gossip(&self, members: watch::Receiver<Vec<warren_mesh::Member>>) {
+    pub(crate) fn set_gossip(
+        &self,
+        members: watch::Receiver<Vec<warren_mesh::Member>>,
+        keys: warren_mesh::KeyRotator,
+    ) {
         let _ = self.gossip.set(members);
+        let _ = self.gossip_keys.set(keys);
+    }
+
+    /// Rotates this node's mesh key, once the mesh runs.
+    pub(crate) fn gossip_keys(&self) -> Option<&warren_mesh::KeyRotator> {
+        self.gossip_keys.get()
     }
 
     /// A watch of this node's mesh members, once the mesh runs: the leader judges liveness
@@ -270,9 +284,23 @@ impl Control {
         &self.peers
     }
 
-    /// Sets the cluster key once (a joining control node receives it after it is a member).
-    pub(crate) fn set_cluster_key(&self, key: SealKey) {
-        let _ = self.cluster_key.set(key);
+    /// Changes the cluster keys this node holds with `change` (given the current ones, `None`
+    /// on a joining node), on disk first (atomically, 0600) and then in memory, when `change`
+    /// says it changed something.
+    ///
+    /// # Errors
+    /// In words: what `change` refused, or the file cannot be written.
+    pub(crate) fn update_cluster_keys(
+        &self,
+        change: impl FnOnce(Option<ClusterKeys>) -> Result<Option<ClusterKeys>, String>,
+    ) -> Result<(), String> {
+        let mut held = self.cluster_keys.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(next) = change(held.clone())? {
+            warren_transport::write_atomic(&self.keys_file, next.to_text().as_bytes(), 0o600)
+                .map_err(|e| format!("cannot write {}: {e}", self.keys_file.display()))?;
+            *held = Some(next);
+        }
+        Ok(())
     }
 
     /// Becomes `Some(why)` once this node learns it was removed from the cluster.
@@ -294,10 +322,13 @@ impl Control {
         &self.raft
     }
 
-    /// The cluster key (seals the CA key and secrets at rest); `None` on a joining control node
-    /// until it is a member.
-    pub fn cluster_key(&self) -> Option<&SealKey> {
-        self.cluster_key.get()
+    /// The cluster keys this node holds (they seal the CA key and secrets at rest); `None` on a
+    /// joining control node until it is a member.
+    pub fn cluster_keys(&self) -> Option<ClusterKeys> {
+        self.cluster_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The leader as this node knows it.
@@ -592,6 +623,18 @@ impl Control {
             ControlRpc::MemberContacts => {
                 ControlRpcReply::MemberContacts(self.own_member_contacts().into_iter().collect())
             }
+            ControlRpc::InstallClusterKey {
+                generation,
+                key_hex,
+            } => ControlRpcReply::ClusterKeyInstalled(
+                self.install_cluster_key(generation, &key_hex).await,
+            ),
+            ControlRpc::FetchClusterKeys => {
+                ControlRpcReply::ClusterKeys(self.cluster_secrets().map_err(|e| e.to_string()))
+            }
+            ControlRpc::RotateClusterKey { reason } => {
+                ControlRpcReply::ClusterKeyRotated(self.rotate_cluster_key_local(&reason).await)
+            }
         }
     }
 
@@ -658,9 +701,15 @@ impl Control {
             .cluster
             .as_ref()
             .ok_or_else(|| Refused::unavailable("cluster is not initialised yet"))?;
-        let key = self
-            .cluster_key()
+        let generation = state.key_generation();
+        let keys = self
+            .cluster_keys()
             .ok_or_else(|| Refused::unavailable("this control node has no cluster key yet"))?;
+        let key = keys.get(generation).ok_or_else(|| {
+            Refused::unavailable(format!(
+                "this control node does not hold cluster key generation {generation} yet (it is fetching it from the other control nodes)"
+            ))
+        })?;
         ClusterCa::from_sealed(&info.ca_cert_der, &info.ca_key_sealed, key)
             .map_err(|e| Refused::unavailable(format!("cannot open the cluster CA: {e}")))
     }
@@ -732,7 +781,10 @@ impl JoinAuthority for Control {
                 control_addrs: self.control_addrs().await,
                 // Only agents run workloads, so only they get a key to open secrets with.
                 secret_key: (request.role == NodeRole::Agent)
-                    .then(|| self.cluster_key().map(|key| node_secret_key(key, node_id)))
+                    .then(|| {
+                        self.cluster_keys()
+                            .map(|keys| node_secret_key(keys.root(), node_id))
+                    })
                     .flatten(),
             }),
             Ok(Outcome { result: Ok(_), .. }) => Err(Refused::unavailable(

@@ -8,13 +8,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use crate::keys::ClusterKeys;
+use crate::secrets::gossip_key_of;
+use crate::state::ClusterState;
 use warren_api::rest::GossipInfo;
 use warren_api::{NodeId, NodeState};
 use warren_mesh::{GossipKey, KeyId, Keyring, Liveness, Member};
-use warren_transport::seal::{SealKey, gossip_key};
-
-use crate::secrets::GOSSIP_KEY_ID;
-use crate::state::ClusterState;
 
 /// The mesh's cluster id: the CA fingerprint in lowercase hex (64 characters). Agents derive
 /// the same from the CA certificate they hold, so both sides agree without a new field.
@@ -22,13 +21,15 @@ pub fn cluster_id(fingerprint: &[u8; 32]) -> String {
     data_encoding::HEXLOWER.encode(fingerprint)
 }
 
-/// The keyring a control node seals gossip with: the current gossip key, derived from the
-/// cluster key (agents receive the same key, sealed for them, in their view).
-pub fn keyring(cluster_key: &SealKey) -> Keyring {
-    Keyring::new(GossipKey::from_bytes(
-        KeyId(GOSSIP_KEY_ID),
-        gossip_key(cluster_key, GOSSIP_KEY_ID),
-    ))
+/// The gossip key of cluster key generation `generation` (agents receive the same key, sealed
+/// for them, in their view); `None` if this node does not hold that generation.
+pub fn gossip_key_for(keys: &ClusterKeys, generation: u32) -> Option<GossipKey> {
+    gossip_key_of(keys, generation).map(|bytes| GossipKey::from_bytes(KeyId(generation), bytes))
+}
+
+/// The keyring a control node starts its mesh with: the gossip key of `generation`.
+pub fn keyring(keys: &ClusterKeys, generation: u32) -> Option<Keyring> {
+    gossip_key_for(keys, generation).map(Keyring::new)
 }
 
 /// The gossip address to record in the registry: `advertise` if given; else the listen address

@@ -27,12 +27,12 @@ use warren_api::rest::{
     NodeInfo, PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenInfo,
     TokenRequest, TokenResponse, WriteResult,
 };
-use warren_api::{Availability, NodeId, NodeState, SealedBlob, ServiceName, ServiceSpec, Volume};
-use warren_transport::MintOptions;
+use warren_api::{Availability, NodeId, NodeState, ServiceName, ServiceSpec, Volume};
 use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now_ms};
 use warren_transport::https::ApiListener;
 use warren_transport::limits::{AcceptBackoff, ConnectionLimiter};
 use warren_transport::token::{TokenId, mint};
+use warren_transport::{MintOptions, PeerIdentity, TrustList};
 
 use crate::command::{Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::control::Control;
@@ -64,6 +64,9 @@ pub enum ApiError {
     /// Method not allowed on the route.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The client's certificate is revoked, or is not one the cluster recorded.
+    #[error("{0}")]
+    Forbidden(String),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -79,6 +82,7 @@ impl ApiError {
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -280,16 +284,35 @@ pub struct Api {
     control: Arc<Control>,
     metrics: ControlMetrics,
     header_read_timeout: Duration,
+    trust: TrustList,
 }
 
 impl Api {
-    /// An API over `control`, counting into `metrics`.
-    pub fn new(control: Arc<Control>, metrics: ControlMetrics) -> Self {
+    /// An API over `control`, counting into `metrics`. Every request on a TLS connection is
+    /// checked against `trust` (fed from the replicated state): a certificate revoked while its
+    /// connection is open, or one the cluster never recorded, gets 403.
+    pub fn new(control: Arc<Control>, metrics: ControlMetrics, trust: TrustList) -> Self {
         Self {
             control,
             metrics,
             header_read_timeout: ApiLimits::default().header_read_timeout,
+            trust,
         }
+    }
+
+    /// Whether the certificate a TLS connection proved may still use the API.
+    fn check_client(&self, identity: &PeerIdentity) -> Result<(), ApiError> {
+        if self.trust.is_revoked(&identity.serial) {
+            return Err(ApiError::Forbidden(format!(
+                "certificate {} has been revoked",
+                identity.serial
+            )));
+        }
+        self.trust.check_known(identity).map_err(|detail| {
+            ApiError::Forbidden(format!(
+                "{detail}; ask an operator for a new admin certificate (`warren admin create`)"
+            ))
+        })
     }
 
     /// Serves TLS connections from `listener` until `cancel` fires, within `limits`: a
@@ -339,8 +362,9 @@ impl Api {
             tasks.spawn(async move {
                 let _permit = permit;
                 match pending.handshake().await {
-                    Ok((stream, _identity)) => {
-                        api.serve_connection(TokioIo::new(stream), cancel).await
+                    Ok((stream, identity)) => {
+                        api.serve_connection(TokioIo::new(stream), cancel, Some(identity))
+                            .await
                     }
                     Err(e) => {
                         api.metrics.api_refused_total.inc();
@@ -384,21 +408,38 @@ impl Api {
                 backoff.succeeded();
                 let api = self.clone();
                 let cancel = cancel.clone();
-                tasks
-                    .spawn(async move { api.serve_connection(TokioIo::new(stream), cancel).await });
+                tasks.spawn(async move {
+                    api.serve_connection(TokioIo::new(stream), cancel, None)
+                        .await
+                });
             }
         });
         Ok(())
     }
 
-    async fn serve_connection<IO>(&self, io: IO, cancel: CancellationToken)
-    where
+    /// Serves one connection; `identity` is the TLS client's (`None` on the Unix socket, whose
+    /// file mode is the access check).
+    async fn serve_connection<IO>(
+        &self,
+        io: IO,
+        cancel: CancellationToken,
+        identity: Option<PeerIdentity>,
+    ) where
         IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let api = self.clone();
+        let identity = identity.map(Arc::new);
         let service = hyper::service::service_fn(move |request| {
             let api = api.clone();
-            async move { Ok::<_, Infallible>(api.handle(request).await) }
+            let identity = identity.clone();
+            async move {
+                let refused = identity.as_deref().map(|id| api.check_client(id));
+                let response = match refused {
+                    Some(Err(error)) => api.refuse(&error),
+                    _ => api.handle(request).await,
+                };
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -412,6 +453,20 @@ impl Api {
                 let _ = connection.await;
             }
         }
+    }
+
+    /// The answer to a request from a client the API refuses, counted like any answer.
+    fn refuse(&self, error: &ApiError) -> Response<Full<Bytes>> {
+        self.metrics.api_refused_total.inc();
+        debug!(error = %error, "api request refused");
+        let (status, code) = error.status();
+        json(
+            status,
+            &ErrorBody {
+                error: error.to_string(),
+                code: code.to_owned(),
+            },
+        )
     }
 
     /// Answers one request, counting it by route and status.
@@ -486,6 +541,14 @@ impl Api {
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (method, segs.as_slice()) {
             (&Method::GET, ["cluster"]) => self.cluster_status(stale).await,
+            (&Method::POST, ["cluster", "rotate-keys"]) => {
+                let reason = "an operator asked (`warren cluster rotate-keys`)";
+                let generation = self.control.rotate_cluster_key(reason).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &warren_api::rest::KeysRotated { generation },
+                ))
+            }
             (_, ["tokens" | "admins", ..]) => {
                 self.route_access(request, method, &segs, stale).await
             }
@@ -866,7 +929,18 @@ impl Api {
             // Leave the Raft membership first, so quorum is computed without it.
             self.control.remove_member(id.0).await?;
         }
-        written(self.control.propose(Op::RemoveNode(id)).await?)
+        let outcome = self.control.propose(Op::RemoveNode(id)).await?;
+        if matches!(outcome.result, Ok(Effect::Done)) {
+            // What the removed node holds — the cluster keys of a control node, the gossip key
+            // of any node — stops working from the next generation on.
+            let reason = format!("node {key} was removed");
+            if let Err(error) = self.control.rotate_cluster_key(&reason).await {
+                return Err(ApiError::NoQuorum(format!(
+                    "node {key} is removed, but the cluster key was not rotated ({error}); run `warren cluster rotate-keys`"
+                )));
+            }
+        }
+        written(outcome)
     }
 
     /// Takes a control member that has no node entry out of the Raft membership, so that it
@@ -980,16 +1054,16 @@ impl Api {
                 warren_api::secret::MAX_SECRET_BYTES
             )));
         }
-        let key = self
+        let generation = self.control.read_stale().await.key_generation();
+        let sealed = self
             .control
-            .cluster_key()
-            .ok_or_else(|| ApiError::NoQuorum("this control node has no cluster key yet".into()))?;
-        let (nonce, ciphertext) = warren_transport::seal::seal_parts(key, SECRET_PURPOSE, &value);
-        let sealed = SealedBlob {
-            key_id: 1,
-            nonce,
-            ciphertext,
-        };
+            .cluster_keys()
+            .and_then(|keys| crate::secrets::seal_at_rest(&keys, generation, &value))
+            .ok_or_else(|| {
+                ApiError::NoQuorum(format!(
+                    "this control node does not hold cluster key generation {generation} yet; try again in a moment"
+                ))
+            })?;
         written(
             self.control
                 .propose(Op::PutSecret {
@@ -1087,6 +1161,7 @@ fn route_label(method: &Method, segments: &[String]) -> &'static str {
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (method, segs.as_slice()) {
         (&Method::GET, ["cluster"]) => "GET /cluster",
+        (&Method::POST, ["cluster", "rotate-keys"]) => "POST /cluster/rotate-keys",
         (&Method::POST, ["tokens"]) => "POST /tokens",
         (&Method::GET, ["tokens"]) => "GET /tokens",
         (&Method::GET, ["admins"]) => "GET /admins",

@@ -53,6 +53,12 @@ pub struct ControlMetrics {
     /// Membership changes on this node as leader, by change (`add`, `remove`, `undo_join`)
     /// and result (`ok`, `busy`, `failed`).
     pub membership_changes_total: IntCounterVec,
+    /// The cluster key generation in force in the state.
+    pub cluster_key_generation: IntGauge,
+    /// 1 while this node does not hold the generation in force (it fetches it from the others).
+    pub cluster_key_missing: IntGauge,
+    /// Cluster key rotations this node led, by result (`ok`, `failed`).
+    pub cluster_key_rotations_total: IntCounterVec,
 }
 
 impl ControlMetrics {
@@ -133,6 +139,19 @@ impl ControlMetrics {
                 "Control-plane membership changes led by this node, by change and result.",
                 &["change", "result"],
             ),
+            cluster_key_rotations_total: counter_vec(
+                "warren_control_cluster_key_rotations_total",
+                "Cluster key rotations led by this node, by result.",
+                &["result"],
+            ),
+            cluster_key_generation: gauge(
+                "warren_control_cluster_key_generation",
+                "The cluster key generation in force.",
+            ),
+            cluster_key_missing: gauge(
+                "warren_control_cluster_key_missing",
+                "1 while this node does not hold the cluster key generation in force.",
+            ),
             raft_term: gauge("warren_raft_term", "Current Raft term."),
             raft_is_leader: gauge(
                 "warren_raft_is_leader",
@@ -193,6 +212,12 @@ impl ControlMetrics {
         self.scheduler_unschedulable_replicas
             .set(state.unschedulable.values().map(|&n| i64::from(n)).sum());
         self.nodes.set(state.nodes.len() as i64);
+        let generation = state.key_generation();
+        self.cluster_key_generation.set(i64::from(generation));
+        let held = control
+            .cluster_keys()
+            .is_some_and(|keys| keys.get(generation).is_some());
+        self.cluster_key_missing.set(i64::from(!held));
     }
 }
 

@@ -24,13 +24,14 @@ use warren_transport::join::{random_node_id, serve_join};
 use warren_transport::seal::SealKey;
 use warren_transport::{
     Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, PeerConnection,
-    RevocationList, TransportConfig, TransportMetrics, Validity, write_atomic,
+    TransportConfig, TransportMetrics, TrustList, Validity, write_atomic,
 };
 
 use crate::command::Op;
 use crate::control::{Control, ControlParts, Timeouts};
 use crate::election::ElectionTimes;
 use crate::http::{Api, ApiLimits};
+use crate::keys::ClusterKeys;
 use crate::liveness::Liveness;
 use crate::metrics::ControlMetrics;
 use crate::network::{PeerTimers, Peers};
@@ -398,15 +399,15 @@ fn save_settings(dir: &Path, settings: &NodeSettings) -> Result<(), NodeError> {
     write_atomic(&path, &json, 0o644).map_err(io("write", &path))
 }
 
-fn save_cluster_key(dir: &Path, key: &SealKey) -> Result<(), NodeError> {
+fn save_cluster_keys(dir: &Path, keys: &ClusterKeys) -> Result<(), NodeError> {
     let path = dir.join(CLUSTER_KEY_FILE);
-    write_atomic(&path, format!("{}\n", key.to_hex()).as_bytes(), 0o600).map_err(io("write", &path))
+    write_atomic(&path, keys.to_text().as_bytes(), 0o600).map_err(io("write", &path))
 }
 
-fn load_cluster_key(dir: &Path) -> Result<Option<SealKey>, NodeError> {
+fn load_cluster_keys(dir: &Path) -> Result<Option<ClusterKeys>, NodeError> {
     let path = dir.join(CLUSTER_KEY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => SealKey::from_hex(&text)
+        Ok(text) => ClusterKeys::from_text(&text)
             .map(Some)
             .map_err(|e| NodeError::DataDir(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -500,7 +501,7 @@ impl ControlNode {
         warren_api::validate_site(&new.site).map_err(|e| NodeError::Config(e.to_string()))?;
         check_fresh(&new.data_dir)?;
         let ca = ClusterCa::generate(&new.name, Validity::starting_at(unix_now(), CA_LIFETIME))?;
-        let cluster_key = SealKey::generate();
+        let cluster_keys = ClusterKeys::first(SealKey::generate());
         let node_id = NodeId(random_node_id());
         let creds = ca.issue_credentials(
             &CertSubject::Node {
@@ -524,11 +525,11 @@ impl ControlNode {
         resolve_gossip(&mut new).await?;
         let settings = settings_for(&new, node_id);
         creds.save(&new.data_dir)?;
-        save_cluster_key(&new.data_dir, &cluster_key)?;
+        save_cluster_keys(&new.data_dir, &cluster_keys)?;
         let mut node = Self::start(
             &new.data_dir,
             settings.clone(),
-            Some(cluster_key.clone()),
+            Some(cluster_keys.clone()),
             config,
             endpoint,
             api,
@@ -547,7 +548,7 @@ impl ControlNode {
         let init = Op::InitCluster {
             name: new.name.clone(),
             ca_cert_der: ca.cert_der().to_vec(),
-            ca_key_sealed: ca.sealed_key(&cluster_key),
+            ca_key_sealed: ca.sealed_key(cluster_keys.root()),
         };
         node.control.propose(init).await?;
         // The first admin certificate is recorded like any other, so it can be listed and
@@ -612,10 +613,10 @@ impl ControlNode {
             .map_err(|e| NodeError::DataDir(format!("{}: {e}", path.display())))?;
         keep_private(data_dir)?;
         let creds = Credentials::load(data_dir)?;
-        let cluster_key = load_cluster_key(data_dir)?;
+        let cluster_keys = load_cluster_keys(data_dir)?;
         let endpoint = bind(&settings.quic_listen, &creds, &config)?;
         let api = bind_api(settings.api_listen, &creds, &endpoint.1).await?;
-        let mut node = Self::start(data_dir, settings, cluster_key, config, endpoint, api).await?;
+        let mut node = Self::start(data_dir, settings, cluster_keys, config, endpoint, api).await?;
         node.start_mesh().await;
         Ok(node)
     }
@@ -628,8 +629,17 @@ impl ControlNode {
         let Some(listen_addr) = self.settings.gossip_listen else {
             return;
         };
-        let Some(cluster_key) = self.control.cluster_key() else {
+        let Some(keys) = self.control.cluster_keys() else {
             warn!("no cluster key yet: running without the gossip mesh");
+            return;
+        };
+        // The generation in force if held yet, else the newest held: the key follower rotates
+        // the mesh once the one in force arrives.
+        let in_force = self.control.read_stale().await.key_generation();
+        let Some(keyring) = crate::gossip::keyring(&keys, in_force)
+            .or_else(|| crate::gossip::keyring(&keys, keys.newest()))
+        else {
+            warn!("no gossip key: running without the gossip mesh");
             return;
         };
         let seeds = crate::gossip::seeds(&*self.control.read_stale().await, self.settings.node_id);
@@ -645,7 +655,7 @@ impl ControlNode {
                 crate::gossip::advertise_addr(listen_addr, None, &self.settings.advertise_quic)
             }),
             seeds,
-            keyring: crate::gossip::keyring(cluster_key),
+            keyring,
             timers: self.mesh_timers.clone(),
             fault: None,
         };
@@ -664,7 +674,7 @@ impl ControlNode {
                         warn!(error = %e, purpose, "cannot publish an endpoint by gossip");
                     }
                 }
-                self.control.set_gossip(mesh.watch());
+                self.control.set_gossip(mesh.watch(), mesh.key_rotator());
                 self.mesh = Some(mesh);
             }
             Err(e) => {
@@ -676,9 +686,9 @@ impl ControlNode {
     async fn start(
         data_dir: &Path,
         settings: NodeSettings,
-        cluster_key: Option<SealKey>,
+        cluster_keys: Option<ClusterKeys>,
         config: ControlConfig,
-        (endpoint, revocations): (Arc<Endpoint>, RevocationList),
+        (endpoint, revocations): (Arc<Endpoint>, TrustList),
         api_listener: ApiListener,
     ) -> Result<Self, NodeError> {
         let (log_store, sm_store) = store::open(data_dir, config.store)?;
@@ -711,7 +721,8 @@ impl ControlNode {
             state: state.clone(),
             applied: applied.clone(),
             peers,
-            cluster_key,
+            cluster_keys,
+            keys_file: data_dir.join(CLUSTER_KEY_FILE),
             timeouts,
             metrics: control_metrics.clone(),
             fingerprint: endpoint.cluster_fingerprint(),
@@ -724,7 +735,11 @@ impl ControlNode {
             &tasks,
         );
         let api_addr = api_listener.local_addr();
-        let api = Api::new(control.clone(), control_metrics.clone());
+        let api = Api::new(
+            control.clone(),
+            control_metrics.clone(),
+            revocations.clone(),
+        );
         tasks.spawn(
             api.clone()
                 .serve_tls(api_listener, api_limits, cancel.clone(), tasks.clone()),
@@ -762,34 +777,42 @@ impl ControlNode {
             mesh_timers,
             mesh: None,
         };
-        node.spawn_revocation_feed(state, applied, revocations);
+        node.spawn_revocation_feed(state, applied.clone(), revocations);
+        node.tasks.spawn(crate::keys::follow(
+            node.control.clone(),
+            applied,
+            node.cancel.clone(),
+        ));
         node.spawn_acceptor();
         node.spawn_leader_duties(unreachable_after);
         Ok(node)
     }
 
-    /// Keeps the endpoint's revocation list equal to the replicated one, and notices this
-    /// node's own removal in the state it applies.
+    /// Keeps the endpoint's and the API's trust list (revoked serials, recorded certificates)
+    /// equal to the replicated state, and notices this node's own removal in the state it
+    /// applies.
     fn spawn_revocation_feed(
         &self,
         state: Arc<tokio::sync::RwLock<crate::state::ClusterState>>,
         mut applied: tokio::sync::watch::Receiver<warren_api::Revision>,
-        revocations: RevocationList,
+        revocations: TrustList,
     ) {
         let cancel = self.cancel.clone();
         let control = self.control.clone();
         let me = self.settings.node_id;
         self.tasks.spawn(async move {
             loop {
-                let (serials, removed) = {
+                let (serials, known, removed) = {
                     let state = state.read().await;
                     let removed = state
                         .nodes
                         .get(&me)
                         .is_some_and(|node| node.state == warren_api::NodeState::Removed);
-                    (state.revoked_serials.clone(), removed)
+                    let known = state.known_certificates();
+                    (state.revoked_serials.clone(), known, removed)
                 };
                 revocations.replace(serials);
+                revocations.replace_known(known);
                 if removed {
                     control.note_removed("its removal reached this node's log".into());
                 }
@@ -1067,7 +1090,7 @@ impl GossipVerdicts {
 async fn bind_api(
     addr: SocketAddr,
     creds: &Credentials,
-    revocations: &RevocationList,
+    revocations: &TrustList,
 ) -> Result<ApiListener, NodeError> {
     ApiListener::bind(addr, creds, revocations)
         .await
@@ -1079,8 +1102,8 @@ fn bind(
     addr: &SocketAddr,
     creds: &Credentials,
     config: &ControlConfig,
-) -> Result<(Arc<Endpoint>, RevocationList), NodeError> {
-    let revocations = RevocationList::default();
+) -> Result<(Arc<Endpoint>, TrustList), NodeError> {
+    let revocations = TrustList::default();
     let options = EndpointOptions {
         config: config.transport.clone(),
         metrics: TransportMetrics::unregistered(),

@@ -21,10 +21,10 @@ use warren_api::wire::{
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
 use warren_transport::ca::unix_now_ms;
-use warren_transport::seal::SealKey;
 use warren_transport::{FrameError, PeerConnection};
 
 use crate::control::Control;
+use crate::keys::ClusterKeys;
 use crate::state::ClusterState;
 
 /// How long an agent's stream may stay silent before control drops it (agents repeat their
@@ -36,14 +36,16 @@ pub const AGENT_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The view of `node` at the state's current revision: its replicas, the services they need,
-/// the secrets those services reference (sealed for this node with the key derived from
-/// `cluster_key`, see [`crate::secrets::sealed_for_node`]), and the control addresses. `None`
-/// if the node is not registered.
+/// the secrets those services reference (sealed for this node with its key, see
+/// [`crate::secrets::sealed_for_node`]), the gossip key of the generation in force, and the
+/// control addresses. `None` if the node is not registered, or if `keys` lacks the generation
+/// in force (this control node is still fetching it: a view without it would differ from the
+/// other control nodes' view of the same revision).
 pub fn node_view(
     state: &ClusterState,
     node: NodeId,
     control_addrs: &[String],
-    cluster_key: &SealKey,
+    keys: &ClusterKeys,
 ) -> Option<NodeView> {
     let entry = state.nodes.get(&node)?;
     let mut replicas: Vec<_> = state.replicas_on(node).cloned().collect();
@@ -57,13 +59,9 @@ pub fn node_view(
                 .map(|s| (r.id.service.clone(), s.current.clone()))
         })
         .collect();
-    let mut secrets = crate::secrets::sealed_for_node(
-        state,
-        services.values().map(|s| &s.spec),
-        cluster_key,
-        node,
-    );
-    let (name, gossip) = crate::secrets::gossip_key_for_node(cluster_key, node);
+    let mut secrets =
+        crate::secrets::sealed_for_node(state, services.values().map(|s| &s.spec), keys, node);
+    let (name, gossip) = crate::secrets::gossip_key_for_node(keys, state.key_generation(), node)?;
     secrets.insert(name, gossip);
     let cluster_id = state
         .cluster
@@ -173,8 +171,8 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
             }
             // A control node still joining has no cluster key: it sends no view until it has.
             control
-                .cluster_key()
-                .and_then(|key| node_view(&state, hello.node_id, &state.control_addrs, key))
+                .cluster_keys()
+                .and_then(|keys| node_view(&state, hello.node_id, &state.control_addrs, &keys))
         };
         if let Some(view) = view {
             let message = match &sent {

@@ -47,6 +47,21 @@ pub enum ControlRpc {
     Removed,
     /// How the control members answer, as this node (the leader) sees them (soft state).
     MemberContacts,
+    /// The leader hands a control member a new cluster key generation before it proposes the
+    /// rotation to it; the member keeps it on disk before it answers.
+    InstallClusterKey {
+        /// The new generation.
+        generation: u32,
+        /// The key, hex (over mutual TLS between control certificates only).
+        key_hex: String,
+    },
+    /// A control member that lacks the generation in force asks another for its keys.
+    FetchClusterKeys,
+    /// Rotates the cluster key (forwarded to the leader); `reason` is logged.
+    RotateClusterKey {
+        /// Why, for the log.
+        reason: String,
+    },
 }
 
 /// The answer to a [`ControlRpc`].
@@ -78,14 +93,21 @@ pub enum ControlRpcReply {
     RemovedNoted,
     /// Answer to `MemberContacts`: by member id.
     MemberContacts(Vec<(u64, warren_api::rest::MemberContact)>),
+    /// Answer to `InstallClusterKey`: kept, or why not.
+    ClusterKeyInstalled(Result<(), String>),
+    /// Answer to `FetchClusterKeys`.
+    ClusterKeys(Result<ClusterSecrets, String>),
+    /// Answer to `RotateClusterKey`: the new generation.
+    ClusterKeyRotated(Result<u32, ProposeError>),
 }
 
 /// Secrets every control node holds: handed to a new control node once it is a member, over
 /// mutual TLS on the Raft ALPN (only control certificates are admitted there).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ClusterSecrets {
-    /// The key that seals the CA key and secret values at rest (hex).
-    pub cluster_key_hex: String,
+    /// Every cluster key generation the sender holds, as `cluster.key` holds them
+    /// ([`crate::keys::ClusterKeys::to_text`]).
+    pub cluster_keys_text: String,
 }
 
 impl std::fmt::Debug for ClusterSecrets {

@@ -1,6 +1,6 @@
-//! Secret values in the control plane: sealed under the cluster key at rest in the replicated
-//! state, and re-sealed under a node's own key ([`node_secret_key`]) when they go into that
-//! node's view.
+//! Secret values in the control plane: sealed under a cluster key generation at rest in the
+//! replicated state (the blob's `key_id`), and re-sealed under a node's own key
+//! ([`node_secret_key`], derived from generation 1) when they go into that node's view.
 //!
 //! Must never: log a value, or let one leave this module in the clear.
 
@@ -8,41 +8,69 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use warren_api::{NodeId, SealedBlob, ServiceSpec};
 use warren_transport::seal::{
-    SealKey, gossip_key, gossip_key_secret_name, node_secret_key, node_secret_purpose, open_parts,
-    seal_deterministic,
+    SealError, gossip_key, gossip_key_secret_name, node_secret_key, node_secret_purpose,
+    open_parts, seal_deterministic, seal_parts,
 };
 
+use crate::keys::ClusterKeys;
 use crate::state::ClusterState;
 
 /// The AES-GCM purpose string under which secret values are sealed in the replicated state.
 pub const SECRET_PURPOSE: &str = "warren secret v1";
 
-/// `key_id` of blobs sealed with a node key. Node keys do not rotate yet; the field is there
-/// for when they do.
+/// `key_id` of blobs sealed with a node key. Node keys derive from cluster key generation 1
+/// and never change (an agent's `secret.key` is the one its join gave it).
 pub const NODE_KEY_ID: u32 = 1;
 
-/// The gossip key every node seals its mesh datagrams with. Rotation moves to the next id (the
-/// mesh accepts the old key for an overlap window); no operator command does that yet.
-pub const GOSSIP_KEY_ID: u32 = 1;
+/// Gossip key `generation` (the mesh seals every datagram with it): derived from cluster key
+/// `generation`, with the generation as its id, so rotating the cluster key rotates it.
+pub fn gossip_key_of(keys: &ClusterKeys, generation: u32) -> Option<[u8; 32]> {
+    keys.get(generation).map(|key| gossip_key(key, generation))
+}
 
-/// The current gossip key, sealed for `node` like a secret, under its reserved view name
-/// ([`gossip_key_secret_name`]). Deterministic, like the secrets.
-pub fn gossip_key_for_node(cluster_key: &SealKey, node: NodeId) -> (String, SealedBlob) {
-    let name = gossip_key_secret_name(GOSSIP_KEY_ID);
-    let key = gossip_key(cluster_key, GOSSIP_KEY_ID);
+/// The gossip key of the state's generation, sealed for `node` like a secret, under its
+/// reserved view name ([`gossip_key_secret_name`]). Deterministic, like the secrets. `None`
+/// when this node does not hold that generation yet.
+pub fn gossip_key_for_node(
+    keys: &ClusterKeys,
+    generation: u32,
+    node: NodeId,
+) -> Option<(String, SealedBlob)> {
+    let name = gossip_key_secret_name(generation);
+    let key = gossip_key_of(keys, generation)?;
     let (nonce, ciphertext) = seal_deterministic(
-        &node_secret_key(cluster_key, node),
+        &node_secret_key(keys.root(), node),
         &node_secret_purpose(&name),
         &key,
     );
-    (
+    Some((
         name,
         SealedBlob {
             key_id: NODE_KEY_ID,
             nonce,
             ciphertext,
         },
-    )
+    ))
+}
+
+/// Opens a secret value sealed at rest with the generation its blob names.
+///
+/// # Errors
+/// [`SealError`] when this node lacks that generation or the blob does not open.
+pub fn open_at_rest(keys: &ClusterKeys, at_rest: &SealedBlob) -> Result<Vec<u8>, SealError> {
+    let key = keys.get(at_rest.key_id).ok_or(SealError::Authentication)?;
+    open_parts(key, SECRET_PURPOSE, &at_rest.nonce, &at_rest.ciphertext)
+}
+
+/// Seals a secret value at rest with generation `generation` (which this node must hold).
+pub fn seal_at_rest(keys: &ClusterKeys, generation: u32, value: &[u8]) -> Option<SealedBlob> {
+    let key = keys.get(generation)?;
+    let (nonce, ciphertext) = seal_parts(key, SECRET_PURPOSE, value);
+    Some(SealedBlob {
+        key_id: generation,
+        nonce,
+        ciphertext,
+    })
 }
 
 /// The secrets referenced by `specs`, each opened with the cluster key and sealed for `node`
@@ -56,7 +84,7 @@ pub fn gossip_key_for_node(cluster_key: &SealKey, node: NodeId) -> (String, Seal
 pub fn sealed_for_node<'a>(
     state: &ClusterState,
     specs: impl IntoIterator<Item = &'a ServiceSpec>,
-    cluster_key: &SealKey,
+    keys: &ClusterKeys,
     node: NodeId,
 ) -> BTreeMap<String, SealedBlob> {
     let names: BTreeSet<&str> = specs
@@ -66,19 +94,13 @@ pub fn sealed_for_node<'a>(
     if names.is_empty() {
         return BTreeMap::new();
     }
-    let node_key = node_secret_key(cluster_key, node);
+    let node_key = node_secret_key(keys.root(), node);
     let mut sealed = BTreeMap::new();
     for name in names {
         let Some(record) = state.secrets.get(name) else {
             continue;
         };
-        let at_rest = &record.sealed;
-        let value = match open_parts(
-            cluster_key,
-            SECRET_PURPOSE,
-            &at_rest.nonce,
-            &at_rest.ciphertext,
-        ) {
+        let value = match open_at_rest(keys, &record.sealed) {
             Ok(value) => value,
             Err(error) => {
                 tracing::error!(secret = name, node_id = %node, error = %error, "cannot open a stored secret with the cluster key; not delivering it");
@@ -107,7 +129,7 @@ mod tests {
         Availability, Node, NodeAddresses, NodeRole, NodeState, ProcessSpec, Revision, SecretRef,
         ServiceMode, ServiceName, Workload,
     };
-    use warren_transport::seal::{SealError, seal_parts};
+    use warren_transport::seal::{SealError, SealKey, seal_parts};
 
     use super::*;
     use crate::command::{Command, Op};
@@ -195,8 +217,9 @@ mod tests {
         }];
         log.apply(Op::PutService(spec));
 
+        let keys = ClusterKeys::first(cluster_key.clone());
         let view = |log: &Log, node: u64| {
-            node_view(&log.state, NodeId(node), &[], &cluster_key).expect("registered")
+            node_view(&log.state, NodeId(node), &[], &keys).expect("registered")
         };
         let first = view(&log, 1);
         assert_eq!(first.replicas.len(), 1, "{first:?}");
@@ -249,5 +272,88 @@ mod tests {
         };
         assert_eq!(name, "db");
         assert_eq!(open(&node_1, "db", new_blob).unwrap(), b"hunter3");
+    }
+
+    /// A rotation re-seals the stored values with the new generation (the old key no longer
+    /// opens them) and moves every view to the new gossip key; a node's own key does not change,
+    /// so its secrets still open. A control node that lacks the new generation builds no view.
+    #[test]
+    fn a_rotation_reseals_at_rest_and_moves_views_to_the_new_gossip_key() {
+        let first_key = SealKey::generate();
+        let mut keys = ClusterKeys::first(first_key.clone());
+        let mut log = Log {
+            state: ClusterState::default(),
+            index: 0,
+        };
+        let ca = warren_transport::ClusterCa::generate(
+            "t",
+            warren_transport::Validity::starting_at(
+                warren_transport::ca::unix_now(),
+                warren_transport::ca::CA_LIFETIME,
+            ),
+        )
+        .unwrap();
+        log.apply(Op::InitCluster {
+            name: "t".into(),
+            ca_cert_der: ca.cert_der().to_vec(),
+            ca_key_sealed: ca.sealed_key(&first_key),
+        });
+        log.apply(Op::RegisterNode(agent(1)));
+        log.apply(put_secret(&first_key, "db", b"hunter2"));
+        let mut spec = ServiceSpec::new(
+            ServiceName::new("web").unwrap(),
+            Workload::Process(ProcessSpec {
+                command: vec!["sleep".into(), "1000".into()],
+                working_dir: None,
+            }),
+        );
+        spec.secrets = vec![SecretRef {
+            name: "db".into(),
+            target: "db.txt".into(),
+        }];
+        log.apply(Op::PutService(spec));
+
+        let old_keys = keys.clone();
+        keys.add(2, SealKey::generate()).unwrap();
+        log.apply(crate::rekey::rotation(&log.state, &keys, 2).unwrap());
+        assert_eq!(log.state.key_generation(), 2);
+        let at_rest = &log.state.secrets["db"].sealed;
+        assert_eq!(at_rest.key_id, 2);
+        assert_eq!(open_at_rest(&keys, at_rest).unwrap(), b"hunter2");
+        assert!(open_at_rest(&old_keys, at_rest).is_err());
+        let info = log.state.cluster.as_ref().unwrap();
+        assert!(
+            warren_transport::ClusterCa::from_sealed(
+                &info.ca_cert_der,
+                &info.ca_key_sealed,
+                &first_key
+            )
+            .is_err()
+        );
+
+        let view = node_view(&log.state, NodeId(1), &[], &keys).expect("registered");
+        assert_eq!(
+            view.secrets.keys().collect::<Vec<_>>(),
+            ["db", "warren.gossip-key.2"]
+        );
+        let node_1 = node_secret_key(&first_key, NodeId(1));
+        assert_eq!(
+            open(&node_1, "db", &view.secrets["db"]).unwrap(),
+            b"hunter2"
+        );
+        assert_eq!(
+            open(
+                &node_1,
+                "warren.gossip-key.2",
+                &view.secrets["warren.gossip-key.2"]
+            )
+            .unwrap(),
+            warren_transport::seal::gossip_key(keys.get(2).unwrap(), 2)
+        );
+        assert!(node_view(&log.state, NodeId(1), &[], &old_keys).is_none());
+        assert!(
+            crate::rekey::rotation(&log.state, &keys, 2).is_err(),
+            "generation 2 is in force already"
+        );
     }
 }

@@ -12,8 +12,8 @@ use warren_api::{
     Availability, DesiredState, Node, NodeId, NodeState, Replica, ReplicaId, Revision, SealedBlob,
     Secret, Service, ServiceMode, ServiceName, ServiceSpec, Volume,
 };
-use warren_transport::TokenBook;
 use warren_transport::token::TokenId;
+use warren_transport::{CertRole, KnownCertificates, TokenBook};
 
 use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::scheduler;
@@ -102,6 +102,10 @@ pub struct ClusterState {
     /// Admin certificates the cluster CA issued, by serial (revoked ones included: their
     /// serials are also in `revoked_serials`).
     pub admins: BTreeMap<String, AdminCert>,
+    /// The cluster key generation that seals the CA key and new secret values, and whose gossip
+    /// key the mesh uses (0 in a state from before rotation: read as 1, see
+    /// [`Self::key_generation`]).
+    pub key_gen: u32,
     /// Index of the last applied entry.
     pub revision: Revision,
     /// QUIC addresses of the control members (learners included) in the membership applied
@@ -234,7 +238,48 @@ impl From<ClusterStateV2> for ClusterState {
             tokens: v2.tokens,
             pending_joins: v2.pending_joins,
             admins: BTreeMap::new(),
+            key_gen: 1,
             revision: v2.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 3 wrote it: before the cluster key rotated.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV3 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    admins: BTreeMap<String, AdminCert>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV3> for ClusterState {
+    /// The first cluster key sealed everything: format 3 had no other.
+    fn from(v3: ClusterStateV3) -> Self {
+        ClusterState {
+            cluster: v3.cluster,
+            nodes: v3.nodes,
+            revoked_serials: v3.revoked_serials,
+            services: v3.services,
+            replicas: v3.replicas,
+            unschedulable: v3.unschedulable,
+            secrets: v3.secrets,
+            volumes: v3.volumes,
+            tokens: v3.tokens,
+            pending_joins: v3.pending_joins,
+            admins: v3.admins,
+            key_gen: 1,
+            revision: v3.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
         }
@@ -244,6 +289,34 @@ impl From<ClusterStateV2> for ClusterState {
 type Applied = Result<Effect, Rejection>;
 
 impl ClusterState {
+    /// The certificates the cluster recorded when its CA issued them (nodes not removed, admin
+    /// certificates not revoked), for the admission checks of this node's QUIC endpoint and API;
+    /// `None` until the cluster's first entry is applied (a joining control node must take the
+    /// leader's calls before it knows anyone).
+    pub fn known_certificates(&self) -> Option<KnownCertificates> {
+        self.cluster.as_ref()?;
+        let mut known = KnownCertificates::default();
+        for node in self.nodes.values() {
+            if let Some(serial) = &node.cert_serial
+                && node.state != NodeState::Removed
+            {
+                known.add_node(serial.clone(), CertRole::from(node.role), node.id);
+            }
+        }
+        if !self.admins.is_empty() {
+            known.note_admins_recorded();
+        }
+        for admin in self.admins.values().filter(|admin| !admin.revoked) {
+            known.add_admin(admin.serial.clone(), admin.name.clone());
+        }
+        Some(known)
+    }
+
+    /// The cluster key generation in force ([`Self::key_gen`]; 1 before any rotation).
+    pub fn key_generation(&self) -> u32 {
+        self.key_gen.max(1)
+    }
+
     /// Notes an entry that carries no command (blank or membership) at `revision`.
     pub fn note_revision(&mut self, revision: Revision) {
         assert!(
@@ -308,6 +381,11 @@ impl ClusterState {
             Op::AbandonJoin { node } => self.abandon_join(*node),
             Op::AddAdmin(cert) => self.add_admin(cert),
             Op::RevokeAdmin { serial } => self.revoke_admin(serial),
+            Op::RotateClusterKey {
+                generation,
+                ca_key_sealed,
+                secrets,
+            } => self.rotate_cluster_key(*generation, ca_key_sealed, secrets),
             Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
             Op::NodeReachable { node } => self.set_reachable(*node, true, now),
             Op::PutService(spec) => self.put_service(spec, now),
@@ -416,6 +494,33 @@ impl ClusterState {
         }
         cert.revoked = true;
         self.revoked_serials.insert(serial.to_owned());
+        Ok(Effect::Done)
+    }
+
+    fn rotate_cluster_key(
+        &mut self,
+        generation: u32,
+        ca_key_sealed: &[u8],
+        secrets: &[(String, u64, SealedBlob)],
+    ) -> Applied {
+        let current = self.key_generation();
+        if generation != current + 1 {
+            return Err(Rejection::conflict(format!(
+                "cluster key generation {generation} does not follow the current one ({current}); another rotation came first"
+            )));
+        }
+        let Some(info) = self.cluster.as_mut() else {
+            return Err(Rejection::conflict("the cluster is not initialised"));
+        };
+        info.ca_key_sealed = ca_key_sealed.to_vec();
+        for (name, version, sealed) in secrets {
+            if let Some(record) = self.secrets.get_mut(name)
+                && record.meta.version == *version
+            {
+                record.sealed = sealed.clone();
+            }
+        }
+        self.key_gen = generation;
         Ok(Effect::Done)
     }
 

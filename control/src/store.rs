@@ -44,7 +44,7 @@ use tokio::sync::{Mutex, RwLock, watch};
 use warren_api::{NodeId, Revision};
 
 use crate::command::Outcome;
-use crate::state::{ClusterState, ClusterStateV1, ClusterStateV2};
+use crate::state::{ClusterState, ClusterStateV1, ClusterStateV2, ClusterStateV3};
 use crate::types::{LogId, Member, StorageError, TypeConfig};
 
 const LOG_TREE: &str = "raft_log";
@@ -68,7 +68,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 /// Version of the snapshot data format, checked when a snapshot is loaded or installed.
 /// 2: the state records unfinished control-node joins (`ClusterState::pending_joins`).
 /// 3: the state records admin certificates (`ClusterState::admins`).
-const SNAPSHOT_FORMAT: u32 = 3;
+const SNAPSHOT_FORMAT: u32 = 4;
 
 type MembershipRecord = StoredMembership<u64, Member>;
 type Meta = SnapshotMeta<u64, Member>;
@@ -586,7 +586,7 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
 }
 
 /// A snapshot's data in an older format, whose state is `S` ([`ClusterStateV1`],
-/// [`ClusterStateV2`]).
+/// [`ClusterStateV2`], [`ClusterStateV3`]).
 #[derive(Deserialize)]
 struct OlderPayload<S> {
     #[allow(dead_code, reason = "read to keep postcard's positions")]
@@ -618,6 +618,9 @@ fn decode_any_format(data: &[u8]) -> Result<SnapshotPayload, String> {
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         2 => postcard::from_bytes::<OlderPayload<ClusterStateV2>>(data)
+            .map(OlderPayload::upgrade)
+            .map_err(corrupt),
+        3 => postcard::from_bytes::<OlderPayload<ClusterStateV3>>(data)
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         other => Err(format!(
@@ -1061,9 +1064,10 @@ mod tests {
     }
 
     /// A snapshot written in format 1 (before unfinished joins were recorded) is read, with
-    /// no unfinished joins; a format this build does not know is named as such.
+    /// no unfinished joins, and one of format 3 (before key rotation) with key generation 1; a
+    /// format this build does not know is named as such.
     #[test]
-    fn a_snapshot_of_format_1_is_read_and_an_unknown_format_named() {
+    fn snapshots_of_formats_1_and_3_are_read_and_an_unknown_format_named() {
         #[derive(Serialize)]
         struct StateV1<'a> {
             cluster: &'a Option<crate::state::ClusterInfo>,
@@ -1083,6 +1087,7 @@ mod tests {
         let mut state = ClusterState::default();
         state.revoked_serials.insert("serial-9".into());
         state.revision = Revision(7);
+        state.key_gen = 1;
         let v1 = StateV1 {
             cluster: &state.cluster,
             nodes: &state.nodes,
@@ -1106,13 +1111,38 @@ mod tests {
         assert_eq!(payload.state, state);
         assert!(payload.state.pending_joins.is_empty());
 
+        // Format 3: the current fields up to the admins, no key generation.
+        let data = postcard::to_allocvec(&(
+            3u32,
+            meta.last_log_id,
+            &meta.last_membership,
+            (
+                &state.cluster,
+                &state.nodes,
+                &state.revoked_serials,
+                &state.services,
+            ),
+            (
+                &state.replicas,
+                &state.unschedulable,
+                &state.secrets,
+                &state.volumes,
+            ),
+            &state.tokens,
+            (&state.pending_joins, &state.admins, state.revision),
+        ))
+        .expect("encode a format-3 snapshot");
+        let payload = decode_payload(&meta, &data).expect("format 3 is read");
+        assert_eq!(payload.state, state);
+        assert_eq!(payload.state.key_generation(), 1);
+
         let mut data = postcard::to_allocvec(&9u32).expect("encode a format number");
         data.extend_from_slice(&[0xff; 16]);
         let text = decode_payload(&meta, &data)
             .expect_err("format 9 is refused")
             .to_string();
         assert!(
-            text.contains("has format 9; this build reads formats 1 to 3"),
+            text.contains("has format 9; this build reads formats 1 to 4"),
             "{text}"
         );
     }

@@ -64,10 +64,10 @@ async fn control_and_agent(dir: &tempfile::TempDir) -> (ControlNode, Joined) {
     .await
     .unwrap();
     // An agent's grant carries its node secret key, derived from the cluster key.
-    let cluster_key = node.control().cluster_key().unwrap();
+    let keys = node.control().cluster_keys().unwrap();
     assert_eq!(
         joined.secret_key,
-        Some(node_secret_key(cluster_key, joined.node_id))
+        Some(node_secret_key(keys.root(), joined.node_id))
     );
     (node, joined)
 }

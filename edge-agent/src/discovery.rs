@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_api::wire::{Listener, NodeView};
 use warren_api::{NodeId, NodeRole, ReplicaKey};
+use warren_mesh::config::DEFAULT_KEY_ROTATION_OVERLAP;
 use warren_mesh::keyring::{GossipKey, KeyId, Keyring};
 use warren_mesh::{Liveness as GossipLiveness, Member, Mesh, MeshConfig, MeshMetrics, MeshTimers};
 use warren_transport::seal::gossip_key_id_of;
@@ -70,6 +71,9 @@ pub struct DiscoveryStatus {
     pub dns: Option<SocketAddr>,
     /// The mesh's bound gossip address.
     pub gossip: Option<SocketAddr>,
+    /// The id of the gossip key the mesh seals with (the cluster key generation it came from).
+    #[serde(default)]
+    pub gossip_key: Option<u32>,
 }
 
 /// Where discovery reports what it serves: its bound addresses, and its listeners' states.
@@ -106,6 +110,7 @@ pub(crate) async fn run(
         discovery.try_mesh(view.as_deref()).await;
         let members = discovery.members();
         if let Some(view) = view.as_deref() {
+            discovery.follow_gossip_key(view);
             discovery.publish(view).await;
             discovery.rebuild_catalogue(view, &members);
         }
@@ -367,11 +372,42 @@ impl Discovery {
         {
             warn!(error = %error, "cannot publish the DNS endpoint by gossip");
         }
-        self.reporting
-            .status
-            .send_modify(|s| s.gossip = Some(started.local_addr()));
+        let key_id = started.key_rotator().current_id().0;
+        self.reporting.status.send_modify(|s| {
+            s.gossip = Some(started.local_addr());
+            s.gossip_key = Some(key_id);
+        });
         self.members_rx = Some(started.watch());
         self.mesh = Some(started);
+    }
+
+    /// Moves the mesh to a newer gossip key when the view brings one (the cluster key was
+    /// rotated); the old key stays accepted for [`DEFAULT_KEY_ROTATION_OVERLAP`], while the
+    /// other nodes receive theirs.
+    fn follow_gossip_key(&self, view: &NodeView) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        let newest = view
+            .secrets
+            .keys()
+            .filter_map(|n| gossip_key_id_of(n))
+            .max();
+        let current = mesh.key_rotator().current_id().0;
+        if newest.is_none_or(|id| id <= current) {
+            return;
+        }
+        let Some(key) = gossip_key_from(view, &self.local) else {
+            return;
+        };
+        let key_id = key.id().0;
+        match mesh.rotate_key(key, DEFAULT_KEY_ROTATION_OVERLAP) {
+            Ok(()) => self
+                .reporting
+                .status
+                .send_modify(|s| s.gossip_key = Some(key_id)),
+            Err(error) => warn!(error = %error, "cannot move the gossip mesh to the new key"),
+        }
     }
 
     /// Gossips this node's revision and its running service endpoints (what changed).

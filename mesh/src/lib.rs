@@ -46,7 +46,8 @@ pub use member::{
     VerifiedIdentity, liveness_changes,
 };
 pub use mesh::{
-    META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MetaError, StartError,
+    KeyRotator, META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MetaError,
+    StartError,
 };
 pub use metrics::MeshMetrics;
 pub use transport::{PEER_KEYS_MAX, RELAY_TIMEOUT, now_unix_ms};

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use warren_api::NodeId;
 
 use crate::config::{ConfigError, MeshConfig, MeshTimers};
-use crate::keyring::{GossipKey, RotateError};
+use crate::keyring::{GossipKey, KeyId, RotateError};
 use crate::member::{
     ENDPOINT_PREFIX, KEY_AGENT_REVISION, KEY_NAME, KEY_OVERLAY_ADDR, KEY_ROLE, KEY_SITE,
     KEY_WG_PUBLIC_KEY, Liveness, Member, SERVICE_PREFIX, format_endpoints,
@@ -300,14 +300,15 @@ impl Mesh {
     /// # Errors
     /// [`RotateError`] if `new`'s id is already in the keyring.
     pub fn rotate_key(&self, new: GossipKey, overlap: Duration) -> Result<(), RotateError> {
-        let new_id = new.id();
-        self.shared.keyring.lock().expect("keyring lock").rotate(
-            new,
-            overlap.as_millis() as u64,
-            now_unix_ms(),
-        )?;
-        info!(node_id = %self.node_id, key_id = %new_id, "gossip key rotated");
-        Ok(())
+        self.key_rotator().rotate(new, overlap)
+    }
+
+    /// A handle that rotates this mesh's key, for a task that does not own the mesh.
+    pub fn key_rotator(&self) -> KeyRotator {
+        KeyRotator {
+            shared: self.shared.clone(),
+            node_id: self.node_id,
+        }
     }
 
     /// Leaves the mesh: stops the monitor and chitchat, and closes the socket. Peers see this
@@ -437,5 +438,44 @@ mod tests {
             Ok("192.0.2.1:4000".parse().unwrap())
         );
         assert!(advertise_addr(None, "0.0.0.0:4000".parse().unwrap()).is_err());
+    }
+}
+
+/// Rotates a running mesh's gossip key ([`Mesh::key_rotator`]).
+#[derive(Clone)]
+pub struct KeyRotator {
+    shared: Arc<TransportShared>,
+    node_id: NodeId,
+}
+
+impl std::fmt::Debug for KeyRotator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRotator({})", self.node_id)
+    }
+}
+
+impl KeyRotator {
+    /// The id of the key the mesh seals with.
+    pub fn current_id(&self) -> KeyId {
+        self.shared
+            .keyring
+            .lock()
+            .expect("keyring lock")
+            .current_id()
+    }
+
+    /// Makes `new` the key the mesh seals with; the current key stays accepted for `overlap`.
+    ///
+    /// # Errors
+    /// [`RotateError`] if `new`'s id is already in the keyring.
+    pub fn rotate(&self, new: GossipKey, overlap: Duration) -> Result<(), RotateError> {
+        let new_id = new.id();
+        self.shared.keyring.lock().expect("keyring lock").rotate(
+            new,
+            overlap.as_millis() as u64,
+            now_unix_ms(),
+        )?;
+        info!(node_id = %self.node_id, key_id = %new_id, "gossip key rotated");
+        Ok(())
     }
 }

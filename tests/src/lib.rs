@@ -8,12 +8,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use warren_api::{
-    NodeRole, ProcessSpec, SealedBlob, ServiceMode, ServiceName, ServiceSpec, Workload,
-};
+use warren_api::{NodeRole, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
-use warren_control::secrets::SECRET_PURPOSE;
 use warren_transport::ca::unix_now_ms;
 use warren_transport::token::mint;
 use warren_transport::{FaultSwitch, MintOptions};
@@ -340,21 +337,19 @@ pub async fn join_agent(
 }
 
 /// Creates (or replaces) secret `name` the way `POST /secrets` does: sealed with the cluster
-/// key by the proposer, then proposed.
+/// key generation in force by the proposer, then proposed.
 pub async fn put_secret(control: &ControlNode, name: &str, value: &[u8]) {
-    let key = control
+    let keys = control
         .control()
-        .cluster_key()
+        .cluster_keys()
         .expect("an initialised control node holds the cluster key");
-    let (nonce, ciphertext) = warren_transport::seal::seal_parts(key, SECRET_PURPOSE, value);
+    let generation = control.control().read_stale().await.key_generation();
+    let sealed = warren_control::secrets::seal_at_rest(&keys, generation, value)
+        .expect("the generation in force is held");
     let op = Op::PutSecret {
         name: name.to_owned(),
         size_bytes: value.len() as u64,
-        sealed: SealedBlob {
-            key_id: 1,
-            nonce,
-            ciphertext,
-        },
+        sealed,
     };
     propose(control, op).await;
 }

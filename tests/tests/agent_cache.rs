@@ -45,9 +45,9 @@ async fn a_view_cached_but_never_acked_is_not_lost() {
     propose(&control, Op::PutService(sleep_service(2))).await;
     let view = {
         let state = control.control().read_stale().await;
-        let cluster_key = control.control().cluster_key().unwrap();
+        let keys = control.control().cluster_keys().unwrap();
         let addrs = control.control().control_addrs().await;
-        node_view(&state, identity.node_id, &addrs, cluster_key).unwrap()
+        node_view(&state, identity.node_id, &addrs, &keys).unwrap()
     };
     assert_eq!(view.replicas.len(), 2);
     {

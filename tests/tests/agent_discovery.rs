@@ -1,7 +1,8 @@
 //! Discovery at the edge, in process: two agents that registered gossip addresses at join find
 //! each other by gossip (sealed with the key control put in their views), and each serves DNS
 //! for the cluster's services from its cached view. When one agent goes away, gossip marks it
-//! dead and the other agent's DNS stops answering with its replica.
+//! dead and the other agent's DNS stops answering with its replica. When the cluster key
+//! rotates, both agents move their mesh to the new gossip key from their views.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -140,6 +141,23 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
     );
     let status = load_status(&agents[0].0).expect("status");
     assert!(status.discovery.gossip.is_some(), "{status:?}");
+    assert_eq!(status.discovery.gossip_key, Some(1), "{status:?}");
+
+    info!("--- the cluster key rotates: both agents move to gossip key 2 and still answer");
+    let generation = control
+        .control()
+        .rotate_cluster_key("the test asks")
+        .await
+        .expect("rotated");
+    assert_eq!(generation, 2);
+    for (agent_dir, _, _) in &agents {
+        wait_until("the agent gossips with key 2", STEP_TIMEOUT, || {
+            let status = load_status(agent_dir).ok()?;
+            (status.discovery.gossip_key == Some(2)).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(resolve(dns, "web.warren.").await, Ok(both.clone()));
 
     // Workloads outlive their agents: remember them to clean up at the end.
     let workloads: Vec<u32> = agents

@@ -1,7 +1,8 @@
 //! Secrets end to end, with a real control node, a real agent and real `sh` workloads: a secret
 //! reaches the workload as a file and nowhere else in the clear, a new value is rewritten in
-//! place without a restart, removing the node wipes the files and the node key; and an agent
-//! without a node key runs what needs no secrets and fails only what does.
+//! place without a restart (also after the cluster key rotated), removing the node wipes the
+//! files and the node key; and an agent without a node key runs what needs no secrets and
+//! fails only what does.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -178,6 +179,22 @@ async fn secrets_reach_the_workload_sealed_and_leave_with_the_node() {
         Some((TaskState::Running, Some(pid))),
         "a secret's new value does not restart the workload"
     );
+
+    info!("--- the cluster key rotates: the stored values are re-sealed, the agent's key stays");
+    let generation = control
+        .control()
+        .rotate_cluster_key("the test asks")
+        .await
+        .expect("rotated");
+    assert_eq!(generation, 2);
+    let after_rotation = b"warren-e2e-secret-after-rekey-17c9";
+    put_secret(&control, "db", after_rotation).await;
+    wait_until(
+        "the workload to see the value sealed after the rotation",
+        LONG,
+        || read(&seen).filter(|v| v == after_rotation),
+    )
+    .await;
 
     info!("--- remove the node: workload stopped, secret files and node key gone");
     propose(&control, Op::RemoveNode(identity.node_id)).await;

@@ -26,7 +26,10 @@ async fn agent_mesh(
     node_id: NodeId,
     listen_addr: SocketAddr,
 ) -> Mesh {
-    let cluster_key = control.control().cluster_key().expect("init holds the key");
+    let keys = control
+        .control()
+        .cluster_keys()
+        .expect("init holds the key");
     let config = MeshConfig {
         node_id,
         name: format!("agent-{node_id}"),
@@ -36,7 +39,7 @@ async fn agent_mesh(
         listen_addr,
         advertise_addr: None,
         seeds: vec![control.gossip_addr().expect("control runs a mesh")],
-        keyring: warren_control::gossip::keyring(cluster_key),
+        keyring: warren_control::gossip::keyring(&keys, 1).expect("generation 1"),
         timers: MeshTimers::for_tests(),
         fault: None,
     };

@@ -24,8 +24,8 @@ use warren_api::NodeId;
 
 use crate::fsutil::{to_pem, write_atomic};
 use crate::identity::{
-    CONTROL_SERVER_NAME, CertRole, IdentityError, PeerIdentity, admin_uri, fingerprint, node_uri,
-    parse_identity,
+    CONTROL_SERVER_NAME, CertRole, IdentityError, PeerIdentity, admin_uri, fingerprint,
+    key_bound_serial, node_uri, parse_identity,
 };
 use crate::seal::{SealError, SealKey, open, seal};
 
@@ -153,11 +153,17 @@ pub fn unix_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A random positive 128-bit serial number.
-fn random_serial() -> SerialNumber {
-    let mut bytes = [0u8; 16];
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("the OS random source is available");
+    bytes
+}
+
+/// A random positive 128-bit serial number (the CA's own certificate; issued certificates get
+/// a key-bound one, [`key_bound_serial`]).
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = random_bytes();
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     SerialNumber::from_slice(&bytes)
@@ -260,7 +266,10 @@ impl ClusterCa {
                 .extended_key_usages
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(SerialNumber::from_slice(&key_bound_serial(
+            public_key.der_bytes(),
+            random_bytes(),
+        )));
         params.use_authority_key_identifier_extension = true;
         validity.apply(&mut params)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
@@ -542,6 +551,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::SerialBinding;
 
     fn ca() -> ClusterCa {
         ClusterCa::generate("test", Validity::starting_at(unix_now(), CA_LIFETIME)).unwrap()
@@ -563,6 +573,45 @@ mod tests {
         let identity = parse_identity(&cert.unwrap()).unwrap();
         assert_eq!(identity.role, CertRole::Agent);
         assert_eq!(identity.node_id, Some(NodeId(0xabc)));
+    }
+
+    /// A certificate the CA signs for a new key but with a serial copied from one it issued —
+    /// what a holder of a stolen CA key would make to pass as a recorded node — is told apart
+    /// from the real one by its serial binding; a random serial of an older build is legacy.
+    #[test]
+    fn serials_commit_to_the_key_and_a_copied_serial_is_a_mismatch() {
+        let ca = ca();
+        let subject = CertSubject::Node {
+            node_id: NodeId(0xabc),
+            role: CertRole::Agent,
+        };
+        let validity = Validity::starting_at(unix_now(), NODE_CERT_LIFETIME);
+        let real = ca.issue_credentials(&subject, validity).unwrap();
+        assert_eq!(real.identity().binding, SerialBinding::Bound);
+        assert_eq!(real.identity().serial.len(), 40, "20-byte serial");
+
+        let forger_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            Ia5String::try_from(node_uri(CertRole::Agent, NodeId(0xabc))).unwrap(),
+        )];
+        let real_serial = data_encoding::HEXLOWER
+            .decode(real.identity().serial.as_bytes())
+            .unwrap();
+        params.serial_number = Some(SerialNumber::from_slice(&real_serial));
+        validity.apply(&mut params).unwrap();
+        let issuer = Issuer::from_ca_cert_der(&ca.cert_der, &ca.key).unwrap();
+        let forged = params.signed_by(&forger_key, &issuer).unwrap();
+        let forged = parse_identity(forged.der()).unwrap();
+        assert_eq!(forged.serial, real.identity().serial);
+        assert_eq!(forged.binding, SerialBinding::Mismatch);
+
+        params.serial_number = Some(random_serial());
+        let legacy = params.signed_by(&forger_key, &issuer).unwrap();
+        assert_eq!(
+            parse_identity(legacy.der()).unwrap().binding,
+            SerialBinding::Legacy
+        );
     }
 
     #[test]

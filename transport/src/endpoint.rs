@@ -23,10 +23,15 @@ use crate::identity::{CONTROL_SERVER_NAME, CertRole, PeerIdentity, parse_identit
 use crate::join::JoinThrottle;
 use crate::limits::{ConnectionLimiter, ConnectionPermit, LimitExceeded};
 use crate::metrics::TransportMetrics;
-use crate::tls::{self, RevocationList};
+use crate::tls::{self, TrustList};
 
 /// QUIC application error code: the server refused admission.
 const CLOSE_REFUSED: u32 = 0x57_01;
+/// QUIC application error code: the server does not know the client's certificate (yet): a
+/// certificate issued a moment ago whose record this node has not applied, or one the cluster
+/// never issued. Retryable for the client: another control node, or this one a moment later,
+/// may know it.
+const CLOSE_UNKNOWN_CERTIFICATE: u32 = 0x57_02;
 /// QUIC application error code: normal close by the application.
 const CLOSE_NORMAL: u32 = 0;
 /// Largest admission frame.
@@ -128,6 +133,9 @@ fn classify(error: &quinn::ConnectionError) -> (&'static str, Side) {
             ("server_busy", Side::Link)
         }
         E::ConnectionClosed(close) => (tls_alert_reason(u64::from(close.error_code)), Side::Peer),
+        E::ApplicationClosed(close) if close.error_code == CLOSE_UNKNOWN_CERTIFICATE.into() => {
+            ("unknown_certificate", Side::Link)
+        }
         E::ApplicationClosed(_) => ("refused", Side::Peer),
         E::TimedOut => ("timeout", Side::Link),
         E::Reset => ("reset", Side::Link),
@@ -298,7 +306,7 @@ pub enum RpcError {
 pub(crate) struct Shared {
     pub(crate) config: TransportConfig,
     pub(crate) metrics: TransportMetrics,
-    revocations: RevocationList,
+    revocations: TrustList,
     /// Join connections held now, in total and per source ([`TransportConfig`]'s caps).
     join_slots: ConnectionLimiter,
     /// Join refusals per source, and the throttle of their log lines.
@@ -306,11 +314,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(
-        config: TransportConfig,
-        metrics: TransportMetrics,
-        revocations: RevocationList,
-    ) -> Self {
+    fn new(config: TransportConfig, metrics: TransportMetrics, revocations: TrustList) -> Self {
         Self {
             join_slots: ConnectionLimiter::new(
                 config.join_connections_max,
@@ -334,7 +338,7 @@ pub struct EndpointOptions {
     /// Where to count.
     pub metrics: TransportMetrics,
     /// Revoked certificate serials, checked on every handshake.
-    pub revocations: RevocationList,
+    pub revocations: TrustList,
     /// A switch that can cut this endpoint's UDP socket (tests, `warren dev`/`demo`): while
     /// cut, every datagram is dropped both ways. `None` in production.
     pub fault: Option<FaultSwitch>,
@@ -760,6 +764,17 @@ async fn admit_inner(
             detail,
         });
     }
+    if let Some(identity) = &peer
+        && let Err(detail) = shared.revocations.check_known(identity)
+    {
+        conn.close(CLOSE_UNKNOWN_CERTIFICATE.into(), detail.as_bytes());
+        return Err(AcceptError::Refused {
+            reason: "unknown_certificate",
+            addr,
+            alpn: alpn.as_str(),
+            detail,
+        });
+    }
     let join = if alpn == Alpn::Join {
         // A joiner has no certificate yet: one request stream, nothing else, for a bounded
         // time, and only so many at once.
@@ -1129,7 +1144,7 @@ pub(crate) async fn dial_pinned_from(
     let shared = Arc::new(Shared::new(
         config.clone(),
         metrics.clone(),
-        RevocationList::default(),
+        TrustList::default(),
     ));
     let conn = dial(&quinn, client, addr, Alpn::Join, &shared).await?;
     Ok((quinn, conn))

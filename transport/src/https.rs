@@ -15,7 +15,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::ca::Credentials;
 use crate::identity::{CONTROL_SERVER_NAME, CertRole, PeerIdentity, parse_identity};
-use crate::tls::{self, RevocationList};
+use crate::tls::{self, TrustList};
 
 /// How long an API client has to complete its TLS handshake unless the caller sets another
 /// limit ([`ApiListener::set_handshake_timeout`]).
@@ -94,7 +94,7 @@ impl ApiListener {
     pub async fn bind(
         addr: SocketAddr,
         creds: &Credentials,
-        revocations: &RevocationList,
+        revocations: &TrustList,
     ) -> Result<Self, HttpsError> {
         let config = tls::api_server_config(creds, revocations)
             .map_err(|e| HttpsError::Config(e.to_string()))?;
@@ -264,7 +264,7 @@ mod tests {
         let listener = ApiListener::bind(
             "127.0.0.1:0".parse().unwrap(),
             &server,
-            &RevocationList::default(),
+            &TrustList::default(),
         )
         .await
         .unwrap();

@@ -80,6 +80,69 @@ pub struct PeerIdentity {
     pub serial: String,
     /// The certificate's expiry as unix seconds.
     pub not_after_unix: i64,
+    /// What the serial says about the certificate's key ([`SerialBinding`]).
+    pub binding: SerialBinding,
+}
+
+/// Whether a certificate's serial commits to its public key.
+///
+/// The cluster CA makes every serial from 4 random bytes and a SHA-256 over them and the
+/// subject's public key ([`key_bound_serial`]). A serial the cluster records therefore names one
+/// key: someone holding the CA key (a removed control node's old copy of it) can sign a new
+/// certificate that repeats a recorded serial, but not for a key of their own — and a serial the
+/// cluster never recorded is refused outright. Certificates issued before serials were bound
+/// carry 16 random bytes: they are accepted while the cluster records their serial, and lose that
+/// protection until they are re-issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SerialBinding {
+    /// The serial commits to this certificate's key.
+    Bound,
+    /// The serial has the bound form but does not match this certificate's key: forged.
+    Mismatch,
+    /// A serial from before binding (random): says nothing about the key.
+    Legacy,
+}
+
+/// First two bytes of a key-bound serial ("WR"): 20 bytes in all, a length random serials of
+/// earlier builds (16 bytes) never have.
+const BOUND_SERIAL_TAG: [u8; 2] = [0x57, 0x52];
+const BOUND_SERIAL_LEN: usize = 20;
+const BOUND_SERIAL_NONCE: usize = 4;
+
+/// A serial for a certificate of `public_key` (the raw subject public key bits): the tag, 4
+/// bytes of `nonce`, and the first 14 bytes of SHA-256(domain ‖ nonce ‖ key). Positive (the tag's
+/// top bit is clear) and at most 20 bytes, as X.509 requires.
+pub fn key_bound_serial(public_key: &[u8], nonce: [u8; BOUND_SERIAL_NONCE]) -> Vec<u8> {
+    let digest = serial_digest(public_key, &nonce);
+    let mut serial = Vec::with_capacity(BOUND_SERIAL_LEN);
+    serial.extend_from_slice(&BOUND_SERIAL_TAG);
+    serial.extend_from_slice(&nonce);
+    serial.extend_from_slice(&digest.as_ref()[..BOUND_SERIAL_LEN - 2 - BOUND_SERIAL_NONCE]);
+    serial
+}
+
+fn serial_digest(public_key: &[u8], nonce: &[u8]) -> ring::digest::Digest {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"warren certificate serial v1\0");
+    context.update(nonce);
+    context.update(public_key);
+    context.finish()
+}
+
+/// What `serial` (raw bytes) says about `public_key`.
+pub fn serial_binding(serial: &[u8], public_key: &[u8]) -> SerialBinding {
+    if serial.len() != BOUND_SERIAL_LEN || serial[..2] != BOUND_SERIAL_TAG {
+        return SerialBinding::Legacy;
+    }
+    let nonce = &serial[2..2 + BOUND_SERIAL_NONCE];
+    let digest = serial_digest(public_key, nonce);
+    let expected = &digest.as_ref()[..BOUND_SERIAL_LEN - 2 - BOUND_SERIAL_NONCE];
+    // A serial is public: no need for a constant-time comparison.
+    if &serial[2 + BOUND_SERIAL_NONCE..] == expected {
+        SerialBinding::Bound
+    } else {
+        SerialBinding::Mismatch
+    }
 }
 
 /// Why a certificate does not carry a usable Warren identity.
@@ -160,6 +223,10 @@ pub fn parse_identity(cert_der: &[u8]) -> Result<PeerIdentity, IdentityError> {
         admin_name,
         serial: data_encoding::HEXLOWER.encode(cert.raw_serial()),
         not_after_unix: cert.validity().not_after.timestamp(),
+        binding: serial_binding(
+            cert.raw_serial(),
+            &cert.public_key().subject_public_key.data,
+        ),
     })
 }
 

@@ -49,7 +49,7 @@ pub use endpoint::{
 pub use fault::FaultSwitch;
 pub use frame::{FrameError, FramedRecv, FramedSend};
 pub use fsutil::{private_dir, write_atomic};
-pub use identity::{CertRole, PeerIdentity};
+pub use identity::{CertRole, PeerIdentity, SerialBinding};
 pub use metrics::TransportMetrics;
-pub use tls::{RevocationList, install_crypto_provider};
+pub use tls::{KnownCertificates, TrustList, install_crypto_provider};
 pub use token::{JoinToken, MintOptions, TokenBook, TokenError, TokenRecord};

@@ -7,9 +7,11 @@
 //!   [`CONTROL_SERVER_NAME`], which only control certificates carry.
 //! - Joining clients have no CA yet: they verify that the server's chain contains the CA whose
 //!   SHA-256 the token pins, and then verify the server certificate against that CA.
-//! - Revocation is by certificate serial, checked on both sides after the chain verifies.
+//! - Revocation is by certificate serial, checked on both sides after the chain verifies, with
+//!   the serial's binding to the key ([`SerialBinding`]); control nodes also check, at admission,
+//!   that the certificate is one the cluster recorded ([`KnownCertificates`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
@@ -23,7 +25,9 @@ use rustls::{
 };
 
 use crate::ca::Credentials;
-use crate::identity::{fingerprint, parse_identity};
+use warren_api::NodeId;
+
+use crate::identity::{CertRole, PeerIdentity, SerialBinding, fingerprint, parse_identity};
 
 /// The crypto provider Warren uses everywhere (ring; see DEPENDENCIES.md on mixing providers).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -36,39 +40,131 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Serials of revoked certificates, shared by every verifier of a process. The control plane
-/// feeds it from the replicated node registry.
+/// What a process trusts beyond the CA signature: the serials revoked, and — on control nodes,
+/// once the cluster state is known — the certificates the cluster recorded when it issued them
+/// ([`KnownCertificates`]). Shared by every verifier and admission check of a process; the
+/// control plane feeds it from the replicated state.
 #[derive(Clone, Debug, Default)]
-pub struct RevocationList(Arc<RwLock<HashSet<String>>>);
+pub struct TrustList(Arc<RwLock<Trust>>);
 
-impl RevocationList {
-    /// Revokes a serial (lowercase hex, as in [`crate::PeerIdentity::serial`]).
-    pub fn revoke(&self, serial: impl Into<String>) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(serial.into());
+#[derive(Debug, Default)]
+struct Trust {
+    revoked: HashSet<String>,
+    known: Option<KnownCertificates>,
+}
+
+/// The certificates a cluster recorded when its CA issued them: by serial, the identity each was
+/// issued to. A certificate the CA signed but the cluster never recorded — made with a CA key
+/// taken from a removed control node's disk — is not among them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KnownCertificates {
+    by_serial: HashMap<String, (CertRole, String)>,
+    admins_recorded: bool,
+}
+
+impl KnownCertificates {
+    /// Records a node certificate (control or agent).
+    pub fn add_node(&mut self, serial: impl Into<String>, role: CertRole, node_id: NodeId) {
+        self.by_serial
+            .insert(serial.into(), (role, format!("{:016x}", node_id.0)));
     }
 
-    /// Replaces the whole set.
+    /// Notes that this cluster records admin certificates, so an unrecorded one is refused
+    /// (even when every recorded one is revoked).
+    pub fn note_admins_recorded(&mut self) {
+        self.admins_recorded = true;
+    }
+
+    /// Records an admin certificate.
+    pub fn add_admin(&mut self, serial: impl Into<String>, name: impl Into<String>) {
+        self.admins_recorded = true;
+        self.by_serial
+            .insert(serial.into(), (CertRole::Admin, name.into()));
+    }
+
+    /// Whether `identity` is a certificate the cluster recorded for that very identity. Admin
+    /// certificates are all accepted while no admin is recorded at all: a cluster made before
+    /// admin certificates were recorded would otherwise lock its operators out.
+    ///
+    /// # Errors
+    /// Why not, in words.
+    pub fn check(&self, identity: &PeerIdentity) -> Result<(), String> {
+        let subject = match identity.role {
+            CertRole::Admin => identity.admin_name.clone().unwrap_or_default(),
+            CertRole::Control | CertRole::Agent => identity
+                .node_id
+                .map(|id| format!("{:016x}", id.0))
+                .unwrap_or_default(),
+        };
+        match self.by_serial.get(&identity.serial) {
+            Some((role, recorded)) if *role == identity.role && *recorded == subject => Ok(()),
+            Some((role, recorded)) => Err(format!(
+                "certificate {} was issued to {role} {recorded}, not {} {subject}",
+                identity.serial, identity.role
+            )),
+            None if identity.role == CertRole::Admin && !self.admins_recorded => Ok(()),
+            None => Err(format!(
+                "certificate {} ({} {subject}) is not one this cluster issued",
+                identity.serial, identity.role
+            )),
+        }
+    }
+}
+
+impl TrustList {
+    /// Revokes a serial (lowercase hex, as in [`crate::PeerIdentity::serial`]).
+    pub fn revoke(&self, serial: impl Into<String>) {
+        self.write().revoked.insert(serial.into());
+    }
+
+    /// Replaces the whole set of revoked serials.
     pub fn replace(&self, serials: impl IntoIterator<Item = String>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = serials.into_iter().collect();
+        self.write().revoked = serials.into_iter().collect();
+    }
+
+    /// Replaces the recorded certificates; `None` checks none (a node that does not know the
+    /// cluster's state yet, an agent, a test).
+    pub fn replace_known(&self, known: Option<KnownCertificates>) {
+        self.write().known = known;
     }
 
     /// Whether a serial is revoked.
     pub fn is_revoked(&self, serial: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(serial)
+        self.read().revoked.contains(serial)
     }
 
+    /// Whether `identity` is recorded (always, while no recorded set is known).
+    ///
+    /// # Errors
+    /// Why it is not, in words.
+    pub fn check_known(&self, identity: &PeerIdentity) -> Result<(), String> {
+        match &self.read().known {
+            Some(known) => known.check(identity),
+            None => Ok(()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Trust> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Trust> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The TLS-level check, on both sides: not revoked, and a key-bound serial that matches
+    /// the key ([`SerialBinding`]; a mismatch is a certificate forged with a copied serial).
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         let identity = parse_identity(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
         })?;
         if self.is_revoked(&identity.serial) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        if identity.binding == SerialBinding::Mismatch {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         }
         Ok(())
     }
@@ -91,7 +187,7 @@ fn chain(creds: &Credentials) -> Vec<CertificateDer<'static>> {
 #[derive(Debug)]
 struct ClusterClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    revocations: RevocationList,
+    revocations: TrustList,
 }
 
 impl ClientCertVerifier for ClusterClientVerifier {
@@ -146,7 +242,7 @@ impl ClientCertVerifier for ClusterClientVerifier {
 #[derive(Debug)]
 struct ClusterServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    revocations: RevocationList,
+    revocations: TrustList,
 }
 
 impl ServerCertVerifier for ClusterServerVerifier {
@@ -255,7 +351,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
 /// The server side of a cluster endpoint.
 pub(crate) fn server_config(
     creds: &Credentials,
-    revocations: &RevocationList,
+    revocations: &TrustList,
     alpns: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
@@ -286,7 +382,7 @@ pub(crate) fn server_config(
 /// A cluster client (mutual TLS) speaking one ALPN.
 pub(crate) fn client_config(
     creds: &Credentials,
-    revocations: &RevocationList,
+    revocations: &TrustList,
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
@@ -333,7 +429,7 @@ pub(crate) fn join_client_config(
 /// The admin API's server side: TLS 1.2/1.3, a client certificate from the cluster CA required.
 pub(crate) fn api_server_config(
     creds: &Credentials,
-    revocations: &RevocationList,
+    revocations: &TrustList,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
     let inner = WebPkiClientVerifier::builder_with_provider(
@@ -372,7 +468,7 @@ pub(crate) fn api_client_config(
     .map_err(|e| rustls::Error::General(e.to_string()))?;
     let verifier = ClusterServerVerifier {
         inner,
-        revocations: RevocationList::default(),
+        revocations: TrustList::default(),
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

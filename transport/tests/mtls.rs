@@ -206,7 +206,7 @@ async fn revoked_certificate_is_refused_by_serial() {
     // Works before revocation.
     client.connect(addr(&server), Alpn::Agent).await.unwrap();
 
-    let revocations = warren_transport::RevocationList::default();
+    let revocations = warren_transport::TrustList::default();
     revocations.revoke(revoked_creds.identity().serial.clone());
     let server2 = Arc::new(
         Endpoint::bind(
@@ -228,7 +228,7 @@ async fn revoked_certificate_is_refused_by_serial() {
     assert_eq!(errors2.recv().await.unwrap().kind(), "revoked");
 
     // A client that has revoked the server's certificate refuses to talk to it.
-    let client_revocations = warren_transport::RevocationList::default();
+    let client_revocations = warren_transport::TrustList::default();
     client_revocations.revoke(server_creds.identity().serial.clone());
     let strict = Endpoint::bind(
         LOOPBACK.parse().unwrap(),
@@ -251,6 +251,93 @@ async fn revoked_certificate_is_refused_by_serial() {
         "{err}"
     );
     assert_eq!(errors.recv().await.unwrap().kind(), "peer_rejected");
+}
+
+/// A control node admits only certificates the cluster recorded, each for the identity it was
+/// issued to. What a copy of the CA key lets an attacker make — a fresh certificate, or one
+/// that repeats a recorded serial for the attacker's own key — is refused; the refusal of an
+/// unknown certificate is retryable for the client (a lagging node may learn it a moment later).
+#[tokio::test]
+async fn only_recorded_certificates_are_admitted_and_copied_serials_are_refused() {
+    init();
+    let ca = ca();
+    let metrics = TransportMetrics::unregistered();
+    let server_creds = node_creds(&ca, 1, CertRole::Control);
+    let recorded = node_creds(&ca, 4, CertRole::Agent);
+    let trust = warren_transport::TrustList::default();
+    let mut known = warren_transport::KnownCertificates::default();
+    known.add_node(
+        recorded.identity().serial.clone(),
+        CertRole::Agent,
+        NodeId(4),
+    );
+    known.add_node(
+        server_creds.identity().serial.clone(),
+        CertRole::Control,
+        NodeId(1),
+    );
+    trust.replace_known(Some(known));
+    let server = Arc::new(
+        Endpoint::bind(
+            LOOPBACK.parse().unwrap(),
+            &server_creds,
+            warren_transport::EndpointOptions {
+                revocations: trust.clone(),
+                ..options(&metrics)
+            },
+        )
+        .unwrap(),
+    );
+    let (_serve, mut errors) = serve_echo(server.clone());
+
+    endpoint(&recorded, &metrics)
+        .connect(addr(&server), Alpn::Agent)
+        .await
+        .expect("a recorded certificate is admitted");
+
+    // Signed by the CA, never recorded: refused, and the client may try again later.
+    let fresh = node_creds(&ca, 6, CertRole::Agent);
+    let err = endpoint(&fresh, &metrics)
+        .connect(addr(&server), Alpn::Agent)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("not one this cluster issued"),
+        "{err}"
+    );
+    assert_eq!(errors.recv().await.unwrap().kind(), "unknown_certificate");
+
+    // A recorded serial on a certificate for another node: refused.
+    let serial = data_encoding::HEXLOWER
+        .decode(recorded.identity().serial.as_bytes())
+        .unwrap();
+    let other_node = forge(&ca, 7, CertRole::Agent, &serial);
+    let err = endpoint(&other_node, &metrics)
+        .connect(addr(&server), Alpn::Agent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+
+    // The very identity and serial of the recorded node, for the attacker's own key: the
+    // serial does not match the key, so TLS refuses it on any node, recorded set or not.
+    let impostor = forge(&ca, 4, CertRole::Agent, &serial);
+    assert_eq!(
+        impostor.identity().binding,
+        warren_transport::SerialBinding::Mismatch
+    );
+    let err = endpoint(&impostor, &metrics)
+        .connect(addr(&server), Alpn::Agent)
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let plain = Arc::new(endpoint(&server_creds, &metrics));
+    let (_serve_plain, _plain_errors) = serve_echo(plain.clone());
+    let err = endpoint(&impostor, &metrics)
+        .connect(addr(&plain), Alpn::Agent)
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
 }
 
 /// A certificate of the wrong role is refused for the purpose it asked for.
@@ -373,7 +460,7 @@ async fn revocation_applies_to_reconnects_of_a_live_client() {
     init();
     let ca = ca();
     let metrics = TransportMetrics::unregistered();
-    let revocations = warren_transport::RevocationList::default();
+    let revocations = warren_transport::TrustList::default();
     let server = Arc::new(
         Endpoint::bind(
             LOOPBACK.parse().unwrap(),

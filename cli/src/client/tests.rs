@@ -120,7 +120,7 @@ fn cluster() -> Cluster {
 async fn fake_control(cluster: &Cluster, behaviour: Behaviour) -> FakeControl {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now};
-    use warren_transport::{CertRole, CertSubject, RevocationList, Validity};
+    use warren_transport::{CertRole, CertSubject, TrustList, Validity};
     let creds = cluster
         .ca
         .issue_credentials(
@@ -134,7 +134,7 @@ async fn fake_control(cluster: &Cluster, behaviour: Behaviour) -> FakeControl {
     let listener = warren_transport::https::ApiListener::bind(
         "127.0.0.1:0".parse().unwrap(),
         &creds,
-        &RevocationList::default(),
+        &TrustList::default(),
     )
     .await
     .unwrap();

@@ -61,7 +61,7 @@ pub(crate) struct Heard {
 }
 
 /// The gate, held; names what for until dropped.
-struct Held<'a> {
+pub(super) struct Held<'a> {
     _guard: tokio::sync::MutexGuard<'a, ()>,
     gate: &'a Gate,
 }
@@ -93,7 +93,11 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Gate {
     /// Takes the gate for `doing`, waiting up to `wait` for the change in progress.
-    async fn enter(&self, doing: String, wait: Duration) -> Result<Held<'_>, ProposeError> {
+    pub(super) async fn enter(
+        &self,
+        doing: String,
+        wait: Duration,
+    ) -> Result<Held<'_>, ProposeError> {
         match tokio::time::timeout(wait, self.lock.lock()).await {
             Ok(guard) => Ok(self.held(guard, doing)),
             Err(_) => Err(self.busy()),
@@ -537,7 +541,7 @@ impl Control {
     }
 
     /// The membership as this node knows it (the latest, committed or not).
-    fn current_membership(&self) -> openraft::Membership<u64, Member> {
+    pub(super) fn current_membership(&self) -> openraft::Membership<u64, Member> {
         self.raft
             .metrics()
             .borrow()
@@ -546,19 +550,19 @@ impl Control {
             .clone()
     }
 
-    fn check_leading(&self) -> Result<(), ProposeError> {
+    pub(super) fn check_leading(&self) -> Result<(), ProposeError> {
         match self.leader() {
             Some((id, _)) if id == self.id => Ok(()),
             leader => Err(ProposeError::NotLeader { leader }),
         }
     }
 
-    fn cluster_secrets(&self) -> Result<ClusterSecrets, ProposeError> {
-        let key = self
-            .cluster_key()
+    pub(super) fn cluster_secrets(&self) -> Result<ClusterSecrets, ProposeError> {
+        let keys = self
+            .cluster_keys()
             .ok_or_else(|| ProposeError::Membership("this node has no cluster key".into()))?;
         Ok(ClusterSecrets {
-            cluster_key_hex: key.to_hex(),
+            cluster_keys_text: keys.to_text(),
         })
     }
 

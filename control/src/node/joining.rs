@@ -16,14 +16,14 @@ use tracing::info;
 use warren_api::{NodeId, NodeRole};
 use warren_transport::ca::CREDENTIAL_FILES;
 use warren_transport::join::JoinParams;
-use warren_transport::seal::SealKey;
 use warren_transport::{Alpn, RpcError, TransportMetrics};
 
 use super::{
     CLUSTER_KEY_FILE, ControlConfig, ControlNode, NewNode, NodeError, NodeSettings, SETTINGS_FILE,
-    SOCKET_FILE, bind, bind_api, check_fresh, member_of, resolve_gossip, save_cluster_key,
-    save_settings, settings_for,
+    SOCKET_FILE, bind, bind_api, check_fresh, member_of, resolve_gossip, save_settings,
+    settings_for,
 };
+use crate::keys::ClusterKeys;
 use crate::rpc::{ClusterSecrets, ControlRpc, ControlRpcReply, ProposeError};
 use crate::store::RAFT_DIR;
 
@@ -264,10 +264,11 @@ impl ControlNode {
                 return Err(error);
             }
         };
-        let key = SealKey::from_hex(&secrets.cluster_key_hex)
-            .map_err(|e| NodeError::DataDir(e.to_string()))?;
-        save_cluster_key(&new.data_dir, &key)?;
-        node.control.set_cluster_key(key);
+        let keys = ClusterKeys::from_text(&secrets.cluster_keys_text)
+            .map_err(|e| NodeError::DataDir(format!("cluster keys from the leader: {e}")))?;
+        node.control
+            .update_cluster_keys(|_| Ok(Some(keys)))
+            .map_err(NodeError::DataDir)?;
         save_settings(&new.data_dir, &settings)?;
         node.start_mesh().await;
         info!(node_id = %joined.node_id, "joined the cluster as a control node");
@@ -401,7 +402,7 @@ mod tests {
     #[test]
     fn each_answer_leads_to_one_next_step() {
         let secrets = ClusterSecrets {
-            cluster_key_hex: "00".into(),
+            cluster_keys_text: "00".into(),
         };
         assert!(matches!(
             next_step(Asked::Answer(Ok(secrets))),

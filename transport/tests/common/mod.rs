@@ -120,3 +120,29 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
     cond()
 }
+
+/// What an attacker holding a copy of the CA key (from a removed control node's disk) can
+/// make: a certificate for `id`/`role`, for a key of its own, with any serial it likes.
+pub fn forge(ca: &ClusterCa, id: u64, role: CertRole, serial: &[u8]) -> Credentials {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+    let seal_key = warren_transport::seal::SealKey::generate();
+    let sealed = ca.sealed_key(&seal_key);
+    let ca_key_der = warren_transport::seal::open(&seal_key, "warren ca key v1", &sealed).unwrap();
+    let ca_key = KeyPair::try_from(ca_key_der.as_slice()).unwrap();
+    let issuer = Issuer::from_ca_cert_der(ca.cert_der(), ca_key).unwrap();
+    let uri = format!("warren://{}/{id:016x}", role.as_str());
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Credentials::new(
+        cert.der().clone(),
+        key.serialize_der(),
+        ca.cert_der().clone(),
+    )
+    .unwrap()
+}
