@@ -221,7 +221,15 @@ pub struct AdminCreate {
     pub csr_der_base64: String,
 }
 
-/// The answer to `POST /admins`.
+/// `POST /admins/renew`: a new certificate for the admin whose certificate authenticates the
+/// request, for the key of a CSR; the certificate it replaces is revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRenew {
+    /// The certificate signing request, DER, base64.
+    pub csr_der_base64: String,
+}
+
+/// The answer to `POST /admins` and `POST /admins/renew`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminIssued {
     /// The certificate, DER, base64.

@@ -285,6 +285,16 @@ impl Client {
         })
     }
 
+    /// The admin config file this client uses, if any.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.sync.as_ref().map(|sync| sync.path.as_path())
+    }
+
+    /// The admin credentials this client presents, if any.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
     /// The cluster CA certificate (DER) of the admin config this client uses, if any.
     pub fn ca_cert_der(&self) -> Option<Vec<u8>> {
         self.credentials.as_ref().map(|c| c.ca_cert_der().to_vec())

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use hyper::Method;
 use warren_api::rest::{
-    AdminCreate, AdminInfo, AdminIssued, ClusterStatus, KeysRotated, MAX_TOKEN_TTL_MS,
+    AdminCreate, AdminInfo, AdminIssued, AdminRenew, ClusterStatus, KeysRotated, MAX_TOKEN_TTL_MS,
     MemberContact, MemberHealth, NodeInfo, TokenInfo, TokenRequest, TokenResponse,
 };
 use warren_api::{NodeRole, NodeState};
@@ -61,6 +61,13 @@ pub struct AdminArgs {
 /// Subcommands of `warren admin`.
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
+    /// Renew the admin certificate of the admin config in use: a new key made here, a new
+    /// certificate for 90 days, the config rewritten in place; the old certificate is revoked.
+    ///
+    /// Every command that talks to the cluster does this by itself once a third of the
+    /// certificate's life is left.
+    #[command(after_help = "Example:\n  warren admin renew --config ~/.warren/admin.conf")]
+    Renew,
     /// Issue an admin certificate for a named operator and write an admin config for it. The
     /// key is made here and never sent; the certificate lasts 90 days.
     #[command(after_help = "Example:\n  \
@@ -366,6 +373,78 @@ pub async fn admin(client: &Client, format: OutputFormat, command: AdminCommand)
             })
         }
         AdminCommand::Create { name, out } => create_admin(client, format, name, out).await,
+        AdminCommand::Renew => {
+            let (answer, issued, path) = renew_admin_config(client).await?;
+            print_read(format, &answer, |_: &AdminIssued| {
+                format!(
+                    "admin {} renewed (serial {}, expires in {}); {} rewritten\n",
+                    issued.admin.name,
+                    issued.admin.serial,
+                    age(issued.admin.expires_at_ms, unix_now_ms()),
+                    path.display()
+                )
+            })
+        }
+    }
+}
+
+/// Renews the admin certificate of the config `client` uses and rewrites that config in place
+/// (same cluster, same API addresses); the old certificate is revoked by the cluster.
+///
+/// # Errors
+/// No admin config in use, or the cluster refused.
+pub async fn renew_admin_config(
+    client: &Client,
+) -> Result<(crate::client::Answer, AdminIssued, std::path::PathBuf)> {
+    let (Some(path), Some(current)) = (client.config_path(), client.credentials()) else {
+        bail!("admin renew rewrites the admin config it uses; pass --config FILE");
+    };
+    let (key, csr) = warren_transport::ca::generate_csr().context("make a key")?;
+    let request = AdminRenew {
+        csr_der_base64: data_encoding::BASE64.encode(&csr),
+    };
+    let answer = client.send(Method::POST, "/admins/renew", &request).await?;
+    let issued: AdminIssued = answer.json()?;
+    let cert = data_encoding::BASE64
+        .decode(issued.cert_der_base64.as_bytes())
+        .context("the issued certificate is not base64")?;
+    let renewed = warren_transport::Credentials::new(
+        cert.into(),
+        key.serialize_der(),
+        current.ca_cert_der().clone(),
+    )
+    .context("read the renewed certificate")?;
+    let config = crate::config::AdminConfig::load(path)?;
+    crate::config::AdminConfig::new(config.cluster, config.api, &renewed).save(path)?;
+    Ok((answer, issued, path.to_owned()))
+}
+
+/// Renews the admin certificate in use once a third of its life is left (and before it
+/// expires: an expired one is refused). Returns whether it did; a failure is only a warning.
+pub async fn renew_admin_if_due(client: &Client) -> bool {
+    let Some(identity) = client.credentials().map(|c| c.identity().clone()) else {
+        return false;
+    };
+    let now = warren_transport::ca::unix_now();
+    if now < identity.renew_at_unix() || now >= identity.not_after_unix {
+        return false;
+    }
+    match renew_admin_config(client).await {
+        Ok((_, issued, path)) => {
+            eprintln!(
+                "note: admin certificate renewed (serial {}, {} rewritten)",
+                issued.admin.serial,
+                path.display()
+            );
+            true
+        }
+        Err(error) => {
+            eprintln!(
+                "warning: the admin certificate expires soon and could not be renewed: {}",
+                crate::output::one_line(&error)
+            );
+            false
+        }
     }
 }
 

@@ -262,7 +262,12 @@ where
         .build()
         .context("start async runtime")?;
     runtime.block_on(async {
-        let client = Client::from_args(&args.or(top))?;
+        let args = args.or(top);
+        let mut client = Client::from_args(&args)?;
+        if cluster_cmd::renew_admin_if_due(&client).await {
+            // The old certificate is revoked now: talk with the new one.
+            client = Client::from_args(&args)?;
+        }
         body(client).await
     })
 }

@@ -1,6 +1,6 @@
 //! Admin certificates as an operator handles them, with real processes: issued for a named
-//! operator with a key that never leaves the CLI, listed, and revoked — after which every
-//! control node refuses them.
+//! operator with a key that never leaves the CLI, listed, renewed in place, and revoked — after
+//! which every control node refuses them.
 
 mod common;
 use common::{command, control_init, ok};
@@ -65,6 +65,35 @@ fn admin_certificates_are_issued_listed_and_revoked() {
             .any(|l| l.starts_with("alice ") && l.contains("revoked")),
         "{table}"
     );
+    // Renewed in place: the config keeps working with a new certificate, a copy of the old
+    // one is refused.
+    let carol = dir.path().join("carol.conf");
+    ok(with(
+        &config,
+        &["admin", "create", "carol", "--out", carol.to_str().unwrap()],
+    ));
+    let carol_before = dir.path().join("carol-before.conf");
+    std::fs::copy(&carol, &carol_before).unwrap();
+    let renewed = ok(with(&carol, &["admin", "renew"]));
+    assert!(renewed.contains("admin carol renewed"), "{renewed}");
+    assert_ne!(
+        std::fs::read(&carol).unwrap(),
+        std::fs::read(&carol_before).unwrap()
+    );
+    let mode = std::fs::metadata(&carol).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    ok(with(&carol, &["cluster", "status"]));
+    let stale = with(&carol_before, &["cluster", "status"]);
+    assert!(
+        !stale.status.success(),
+        "the replaced certificate is revoked"
+    );
+    let table = ok(with(&config, &["admin", "ls"]));
+    let carol_rows: Vec<&str> = table.lines().filter(|l| l.starts_with("carol ")).collect();
+    assert_eq!(carol_rows.len(), 2, "{table}");
+    assert!(carol_rows.iter().any(|l| l.contains("revoked")), "{table}");
+    assert!(carol_rows.iter().any(|l| l.contains("valid")), "{table}");
+
     let unknown = with(&config, &["admin", "revoke", "bob"]);
     assert!(!unknown.status.success());
     assert!(

@@ -140,6 +140,22 @@ pub enum Op {
         /// writer held).
         secrets: Vec<(String, u64, SealedBlob)>,
     },
+    /// Records a node's renewed certificate: its serial becomes the node's, and the one it
+    /// replaces stays accepted until it expires (the node may not have stored the new one).
+    RenewCert {
+        /// The node.
+        node: NodeId,
+        /// The new certificate's serial (lowercase hex).
+        serial: String,
+    },
+    /// Records an admin's renewed certificate and revokes the one it replaces: one valid
+    /// certificate per admin name.
+    RenewAdmin {
+        /// The serial of the certificate being replaced.
+        previous: String,
+        /// The new certificate.
+        cert: crate::state::AdminCert,
+    },
 }
 
 impl Op {
@@ -157,6 +173,8 @@ impl Op {
             Op::AddAdmin(_) => "add_admin",
             Op::RevokeAdmin { .. } => "revoke_admin",
             Op::RotateClusterKey { .. } => "rotate_cluster_key",
+            Op::RenewCert { .. } => "renew_cert",
+            Op::RenewAdmin { .. } => "renew_admin",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

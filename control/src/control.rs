@@ -16,7 +16,7 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use tokio::sync::{RwLock, RwLockReadGuard, watch};
 use tracing::{debug, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
-use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now, unix_now_ms};
+use warren_transport::ca::{unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
 use warren_transport::join::{CheckedJoin, JoinAuthority, JoinGrant, Refused, random_node_id};
 use warren_transport::seal::node_secret_key;
@@ -35,6 +35,7 @@ use crate::status::{self, AgentReport, StatusBook};
 use crate::types::{Member, Raft};
 
 mod membership;
+mod renewal;
 mod rotation;
 
 pub use membership::MEMBERSHIP_BUSY_WAIT;
@@ -71,6 +72,8 @@ pub struct Timeouts {
     /// How long an unfinished control-node join may go unheard of before the leader undoes
     /// it (see [`crate::state::PendingJoin`]).
     pub join_abandoned_after: Duration,
+    /// How long the node certificates this node issues last (at join, at renewal).
+    pub cert_lifetime: Duration,
 }
 
 /// The shared handle on one control node.
@@ -746,7 +749,7 @@ impl JoinAuthority for Control {
             .sign_csr(
                 &request.csr_der,
                 &subject,
-                Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+                Validity::starting_at(unix_now(), self.timeouts.cert_lifetime),
             )
             .map_err(|e| Refused::bad_request(e.to_string()))?;
         let serial = parse_identity(&cert)

@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use warren_api::rest::{
-    AdminCreate, AdminInfo, AdminIssued, AgentLinkInfo, ClusterStatus, ErrorBody, MAX_BODY_BYTES,
-    MAX_TOKEN_TTL_MS, MEMBERS_HEADER, MemberContact, MemberHealth, MemberInfo, NodeCounts,
-    NodeInfo, PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenInfo,
+    AdminCreate, AdminInfo, AdminIssued, AdminRenew, AgentLinkInfo, ClusterStatus, ErrorBody,
+    MAX_BODY_BYTES, MAX_TOKEN_TTL_MS, MEMBERS_HEADER, MemberContact, MemberHealth, MemberInfo,
+    NodeCounts, NodeInfo, PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenInfo,
     TokenRequest, TokenResponse, WriteResult,
 };
 use warren_api::{Availability, NodeId, NodeState, ServiceName, ServiceSpec, Volume};
@@ -433,7 +433,11 @@ impl Api {
             let api = api.clone();
             let identity = identity.clone();
             async move {
+                let mut request = request;
                 let refused = identity.as_deref().map(|id| api.check_client(id));
+                if let Some(identity) = identity {
+                    request.extensions_mut().insert(identity);
+                }
                 let response = match refused {
                     Some(Err(error)) => api.refuse(&error),
                     _ => api.handle(request).await,
@@ -693,6 +697,10 @@ impl Api {
             }
             (&Method::GET, ["admins"]) => self.list_admins(stale).await,
             (&Method::POST, ["admins"]) => self.create_admin(read_json(request).await?).await,
+            (&Method::POST, ["admins", "renew"]) => {
+                let caller = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+                self.renew_admin(caller, read_json(request).await?).await
+            }
             (&Method::DELETE, ["admins", key]) => self.revoke_admin(key).await,
             _ => Err(ApiError::MethodNotAllowed),
         }
@@ -737,6 +745,58 @@ impl Api {
             .propose(Op::AddAdmin(record.clone()))
             .await?
             .result?;
+        Ok(json(
+            StatusCode::CREATED,
+            &AdminIssued {
+                cert_der_base64: data_encoding::BASE64.encode(&cert),
+                admin: admin_info(&record),
+            },
+        ))
+    }
+
+    /// Issues a new certificate to the admin whose certificate authenticated the request (over
+    /// TLS), for the CSR's key, and revokes the old one.
+    async fn renew_admin(
+        &self,
+        caller: Option<Arc<PeerIdentity>>,
+        request: AdminRenew,
+    ) -> ApiResult {
+        let caller = caller.ok_or_else(|| {
+            ApiError::Invalid(
+                "renew over TLS with the admin certificate to renew, not the Unix socket".into(),
+            )
+        })?;
+        let name = caller.admin_name.clone().ok_or_else(|| {
+            ApiError::Forbidden("only an admin certificate is renewed here".into())
+        })?;
+        if !self
+            .control
+            .read_stale()
+            .await
+            .admins
+            .contains_key(&caller.serial)
+        {
+            return Err(ApiError::Conflict(format!(
+                "admin certificate {} is not recorded (made by an earlier release); ask for a new one with `warren admin create`",
+                caller.serial
+            )));
+        }
+        let csr = data_encoding::BASE64
+            .decode(request.csr_der_base64.as_bytes())
+            .map_err(|_| ApiError::Invalid("csr_der_base64: not base64".into()))?;
+        let cert = self
+            .control
+            .sign_admin_csr(&name, &csr, NODE_CERT_LIFETIME)
+            .await
+            .map_err(ApiError::Invalid)?;
+        let identity = warren_transport::identity::parse_identity(&cert)
+            .map_err(|e| ApiError::Internal(format!("issued certificate: {e}")))?;
+        let record = crate::state::AdminCert::issued_now(&identity, &name, unix_now_ms());
+        let op = Op::RenewAdmin {
+            previous: caller.serial.clone(),
+            cert: record.clone(),
+        };
+        self.control.propose(op).await?.result?;
         Ok(json(
             StatusCode::CREATED,
             &AdminIssued {
@@ -1166,6 +1226,7 @@ fn route_label(method: &Method, segments: &[String]) -> &'static str {
         (&Method::GET, ["tokens"]) => "GET /tokens",
         (&Method::GET, ["admins"]) => "GET /admins",
         (&Method::POST, ["admins"]) => "POST /admins",
+        (&Method::POST, ["admins", "renew"]) => "POST /admins/renew",
         (&Method::DELETE, ["admins", _]) => "DELETE /admins/{key}",
         (&Method::DELETE, ["tokens", _]) => "DELETE /tokens/{id}",
         (&Method::GET, ["nodes"]) => "GET /nodes",

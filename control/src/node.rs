@@ -47,6 +47,8 @@ pub use joining::{JOIN_MEMBER_TIMEOUT, JoinHooks, JoinProgress};
 
 const SETTINGS_FILE: &str = "node.json";
 const CLUSTER_KEY_FILE: &str = "cluster.key";
+/// The longest wait between two attempts to renew a certificate that is due.
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(30);
 /// The Unix socket of the local API (no TLS; guarded by file permissions).
 pub const SOCKET_FILE: &str = "control.sock";
 
@@ -122,6 +124,9 @@ pub struct ControlConfig {
     pub join_abandoned_after: Duration,
     /// Caps and timeouts of the HTTP API's TLS listener.
     pub api_limits: ApiLimits,
+    /// How long node certificates last (control and agents; default 90 days). Each node
+    /// renews its own once a third of the lifetime is left.
+    pub cert_lifetime: Duration,
 }
 
 impl Default for ControlConfig {
@@ -142,6 +147,7 @@ impl Default for ControlConfig {
             learner_catch_up: Duration::from_secs(30),
             join_abandoned_after: Duration::from_secs(60),
             api_limits: ApiLimits::default(),
+            cert_lifetime: NODE_CERT_LIFETIME,
         }
     }
 }
@@ -154,6 +160,7 @@ impl ControlConfig {
             election_max: self.election_timeout.1,
             learner_catch_up: self.learner_catch_up,
             join_abandoned_after: self.join_abandoned_after,
+            cert_lifetime: self.cert_lifetime,
         }
     }
 
@@ -196,6 +203,11 @@ impl ControlConfig {
         if self.join_abandoned_after < Duration::from_secs(1) {
             return Err(NodeError::Config(
                 "join_abandoned_after must be at least 1 s".into(),
+            ));
+        }
+        if self.cert_lifetime < Duration::from_secs(6) {
+            return Err(NodeError::Config(
+                "cert_lifetime must be at least 6 s".into(),
             ));
         }
         self.api_limits.validate().map_err(NodeError::Config)?;
@@ -508,7 +520,7 @@ impl ControlNode {
                 node_id,
                 role: CertRole::Control,
             },
-            Validity::starting_at(unix_now(), NODE_CERT_LIFETIME),
+            Validity::starting_at(unix_now(), config.cert_lifetime),
         )?;
         let admin = ca.issue_credentials(
             &CertSubject::Admin {
@@ -518,7 +530,7 @@ impl ControlNode {
         )?;
         // Bind first so that port 0 resolves to a real port before it is recorded.
         let endpoint = bind(&new.quic_listen, &creds, &config)?;
-        let api = bind_api(new.api_listen, &creds, &endpoint.1).await?;
+        let api = bind_api(new.api_listen, &endpoint).await?;
         let mut new = new;
         new.quic_listen = endpoint.0.local_addr();
         new.api_listen = api.local_addr();
@@ -615,7 +627,7 @@ impl ControlNode {
         let creds = Credentials::load(data_dir)?;
         let cluster_keys = load_cluster_keys(data_dir)?;
         let endpoint = bind(&settings.quic_listen, &creds, &config)?;
-        let api = bind_api(settings.api_listen, &creds, &endpoint.1).await?;
+        let api = bind_api(settings.api_listen, &endpoint).await?;
         let mut node = Self::start(data_dir, settings, cluster_keys, config, endpoint, api).await?;
         node.start_mesh().await;
         Ok(node)
@@ -785,6 +797,7 @@ impl ControlNode {
         ));
         node.spawn_acceptor();
         node.spawn_leader_duties(unreachable_after);
+        node.spawn_renewal();
         Ok(node)
     }
 
@@ -824,6 +837,33 @@ impl ControlNode {
         });
     }
 
+    /// Keeps this node's certificate renewed ([`warren_transport::renew::keep_renewed`]):
+    /// asked of the other control members first (a node whose certificate expired while it was
+    /// cut off cannot write through its own Raft link), then of itself.
+    fn spawn_renewal(&self) {
+        let control = self.control.clone();
+        let me = self.settings.node_id.0;
+        let own = self.settings.advertise_quic.clone();
+        let addrs = move || {
+            let metrics = control.raft().metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let mut addrs: Vec<SocketAddr> = membership
+                .nodes()
+                .filter(|(id, _)| **id != me)
+                .filter_map(|(_, member)| member.quic_addr.parse().ok())
+                .collect();
+            addrs.extend(own.parse::<SocketAddr>().ok());
+            std::future::ready(addrs)
+        };
+        self.tasks.spawn(warren_transport::renew::keep_renewed(
+            self.endpoint.clone(),
+            self.data_dir.clone(),
+            addrs,
+            RENEW_RETRY_MAX,
+            self.cancel.clone(),
+        ));
+    }
+
     fn spawn_acceptor(&self) {
         let endpoint = self.endpoint.clone();
         let control = self.control.clone();
@@ -861,6 +901,11 @@ impl ControlNode {
                             }
                             Alpn::Agent => {
                                 crate::push::serve_agent(conn.clone(), control.clone()).await;
+                            }
+                            Alpn::Renew => {
+                                let authority = control.clone();
+                                warren_transport::renew::serve_renewals(conn.clone(), authority)
+                                    .await;
                             }
                         }
                     };
@@ -1087,12 +1132,13 @@ impl GossipVerdicts {
 }
 
 /// Binds the API's TLS listener.
+/// Binds the API listener, presenting the QUIC endpoint's credentials (a renewal covers both)
+/// and checking clients against its trust list.
 async fn bind_api(
     addr: SocketAddr,
-    creds: &Credentials,
-    revocations: &TrustList,
+    (endpoint, trust): &(Arc<Endpoint>, TrustList),
 ) -> Result<ApiListener, NodeError> {
-    ApiListener::bind(addr, creds, revocations)
+    ApiListener::bind_current(addr, endpoint.credentials(), trust)
         .await
         .map_err(|e| NodeError::DataDir(e.to_string()))
 }

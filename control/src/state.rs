@@ -106,6 +106,9 @@ pub struct ClusterState {
     /// key the mesh uses (0 in a state from before rotation: read as 1, see
     /// [`Self::key_generation`]).
     pub key_gen: u32,
+    /// The certificate serial each node had before its last renewal: accepted (like
+    /// `Node::cert_serial`) until it expires, revoked with the node.
+    pub previous_cert_serials: BTreeMap<NodeId, String>,
     /// Index of the last applied entry.
     pub revision: Revision,
     /// QUIC addresses of the control members (learners included) in the membership applied
@@ -239,6 +242,7 @@ impl From<ClusterStateV2> for ClusterState {
             pending_joins: v2.pending_joins,
             admins: BTreeMap::new(),
             key_gen: 1,
+            previous_cert_serials: BTreeMap::new(),
             revision: v2.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
@@ -246,7 +250,8 @@ impl From<ClusterStateV2> for ClusterState {
     }
 }
 
-/// [`ClusterState`] as snapshot format 3 wrote it: before the cluster key rotated.
+/// [`ClusterState`] as snapshot format 3 wrote it: before the cluster key rotated and
+/// certificates were renewed.
 #[derive(Deserialize)]
 pub(crate) struct ClusterStateV3 {
     cluster: Option<ClusterInfo>,
@@ -279,6 +284,7 @@ impl From<ClusterStateV3> for ClusterState {
             pending_joins: v3.pending_joins,
             admins: v3.admins,
             key_gen: 1,
+            previous_cert_serials: BTreeMap::new(),
             revision: v3.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
@@ -297,9 +303,11 @@ impl ClusterState {
         self.cluster.as_ref()?;
         let mut known = KnownCertificates::default();
         for node in self.nodes.values() {
-            if let Some(serial) = &node.cert_serial
-                && node.state != NodeState::Removed
-            {
+            if node.state == NodeState::Removed {
+                continue;
+            }
+            let previous = self.previous_cert_serials.get(&node.id);
+            for serial in node.cert_serial.iter().chain(previous) {
                 known.add_node(serial.clone(), CertRole::from(node.role), node.id);
             }
         }
@@ -386,6 +394,8 @@ impl ClusterState {
                 ca_key_sealed,
                 secrets,
             } => self.rotate_cluster_key(*generation, ca_key_sealed, secrets),
+            Op::RenewCert { node, serial } => self.renew_cert(*node, serial),
+            Op::RenewAdmin { previous, cert } => self.renew_admin(previous, cert),
             Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
             Op::NodeReachable { node } => self.set_reachable(*node, true, now),
             Op::PutService(spec) => self.put_service(spec, now),
@@ -524,6 +534,48 @@ impl ClusterState {
         Ok(Effect::Done)
     }
 
+    fn renew_admin(&mut self, previous: &str, cert: &AdminCert) -> Applied {
+        match self.admins.get(previous) {
+            Some(old) if !old.revoked && old.name == cert.name => {}
+            Some(_) => {
+                return Err(Rejection::conflict(format!(
+                    "admin certificate {previous} is revoked or not {}'s",
+                    cert.name
+                )));
+            }
+            None => {
+                return Err(Rejection::not_found(format!(
+                    "admin certificate {previous}"
+                )));
+            }
+        }
+        if self.admins.contains_key(&cert.serial) {
+            return Err(Rejection::conflict(format!(
+                "certificate serial {} is already recorded",
+                cert.serial
+            )));
+        }
+        self.revoke_admin(previous)?;
+        self.admins.insert(cert.serial.clone(), cert.clone());
+        Ok(Effect::Done)
+    }
+
+    fn renew_cert(&mut self, id: NodeId, serial: &str) -> Applied {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Err(Rejection::not_found(format!("node {id}")));
+        };
+        if node.state == NodeState::Removed {
+            return Err(Rejection::conflict(format!("node {id} was removed")));
+        }
+        if node.cert_serial.as_deref() == Some(serial) {
+            return Ok(Effect::None);
+        }
+        if let Some(previous) = node.cert_serial.replace(serial.to_owned()) {
+            self.previous_cert_serials.insert(id, previous);
+        }
+        Ok(Effect::Done)
+    }
+
     fn abandon_join(&mut self, id: NodeId) -> Applied {
         if self.control_members.contains(&id) {
             return Err(Rejection::conflict(format!(
@@ -603,9 +655,10 @@ impl ClusterState {
         self.pending_joins.remove(&id);
         let node = self.node_mut(id)?;
         node.state = NodeState::Removed;
-        if let Some(serial) = node.cert_serial.clone() {
-            self.revoked_serials.insert(serial);
-        }
+        let current = node.cert_serial.clone();
+        let previous = self.previous_cert_serials.remove(&id);
+        self.revoked_serials
+            .extend(current.into_iter().chain(previous));
         self.reschedule(now);
         Ok(Effect::Done)
     }

@@ -599,6 +599,10 @@ impl Agent {
         // Discovery publishes its gossip view here; the link reads it as a witness.
         let (gossip_tx, gossip_rx) = watch::channel(Vec::new());
         let link = self.link(views_tx, status_tx, gossip_rx, &reporter, &metrics)?;
+        // Renewal ends with the agent, whichever way it returns.
+        let renewal_cancel = cancel.child_token();
+        let _renewal_guard = renewal_cancel.clone().drop_guard();
+        tokio::spawn(link.keep_renewed(self.data_dir.clone(), renewal_cancel));
         let link_cancel = cancel.child_token();
         let link_task = tokio::spawn(link.run(link_cancel.clone()));
 

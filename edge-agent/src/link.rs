@@ -184,6 +184,18 @@ pub struct Link {
     pub gossip: watch::Receiver<Vec<Member>>,
 }
 
+/// The cached view's control addresses, then the seeds it lacks.
+fn targets_of(views: &watch::Sender<Option<Arc<NodeView>>>, seeds: &[String]) -> Vec<String> {
+    let cached = views.borrow().as_ref().map(|v| v.control_addrs.clone());
+    let mut addrs = cached.unwrap_or_default();
+    for seed in seeds {
+        if !addrs.contains(seed) {
+            addrs.push(seed.clone());
+        }
+    }
+    addrs
+}
+
 /// Looks every address up (names may resolve to several addresses); returns what resolved,
 /// without duplicates and in order, and `(address, why)` for each that did not.
 async fn resolve(addrs: &[String]) -> (Vec<SocketAddr>, Vec<(String, String)>) {
@@ -318,18 +330,29 @@ impl Link {
 
     /// The addresses to try: the cached view's control addresses, then the seeds it lacks.
     fn targets(&self) -> Vec<String> {
-        let cached = self
-            .views
-            .borrow()
-            .as_ref()
-            .map(|v| v.control_addrs.clone());
-        let mut addrs = cached.unwrap_or_default();
-        for seed in &self.seeds {
-            if !addrs.contains(seed) {
-                addrs.push(seed.clone());
-            }
-        }
-        addrs
+        targets_of(&self.views, &self.seeds)
+    }
+
+    /// Keeps the agent's certificate renewed ([`warren_transport::renew::keep_renewed`]), with
+    /// the control nodes this link would dial; the certificate and key go to `data_dir`.
+    pub fn keep_renewed(
+        &self,
+        data_dir: std::path::PathBuf,
+        cancel: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let views = self.views.clone();
+        let seeds = self.seeds.clone();
+        let addrs = move || {
+            let targets = targets_of(&views, &seeds);
+            async move { resolve(&targets).await.0 }
+        };
+        warren_transport::renew::keep_renewed(
+            self.endpoint.clone(),
+            data_dir,
+            addrs,
+            RETRY_MAX,
+            cancel,
+        )
     }
 
     /// Connects to some control node: looks the addresses up afresh and dials them, round

@@ -232,7 +232,9 @@ async fn serve(
             };
             match conn.alpn() {
                 Alpn::Join => serve_join(conn, authority.as_ref(), &metrics).await,
-                Alpn::Agent | Alpn::Raft => warren_transport::serve_requests(conn, answer).await,
+                Alpn::Agent | Alpn::Raft | Alpn::Renew => {
+                    warren_transport::serve_requests(conn, answer).await
+                }
             }
         });
     }

@@ -379,6 +379,16 @@ fn key_pair_from_der(der: &[u8]) -> Result<KeyPair, CaError> {
     })
 }
 
+/// Suffix of the files a renewal writes before it moves them in ([`Credentials::save_renewed`]).
+const NEXT_SUFFIX: &str = ".next";
+
+/// Whether `key` is the key `cert_der` was issued for.
+fn key_matches_cert(key: &KeyPair, cert_der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(cert_der).is_ok_and(|(_, cert)| {
+        cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+    })
+}
+
 fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, CaError> {
     let pem = fs::read(path).map_err(io_err("read", path))?;
     CertificateDer::from_pem_slice(&pem).map_err(|e| CaError::BadFile {
@@ -440,7 +450,13 @@ impl Credentials {
         ca_cert_der: CertificateDer<'static>,
     ) -> Result<Self, CaError> {
         let identity = parse_identity(&cert_der)?;
-        key_pair_from_der(&key_pkcs8_der)?;
+        let key = key_pair_from_der(&key_pkcs8_der)?;
+        if !key_matches_cert(&key, &cert_der) {
+            return Err(CaError::BadFile {
+                what: "private key",
+                detail: "it is not the key of the certificate".into(),
+            });
+        }
         Ok(Self {
             cert_der,
             key_pkcs8_der,
@@ -499,12 +515,33 @@ impl Credentials {
         Ok(())
     }
 
-    /// Loads credentials saved by [`Self::save`].
+    /// Replaces the certificate and key saved in `dir` with these (a renewal): both are
+    /// written beside the current ones first, then moved in key first. A crash between the two
+    /// moves leaves the new key with the old certificate; [`Self::load`] finds the new
+    /// certificate beside it and finishes the move.
+    ///
+    /// # Errors
+    /// [`CaError::Io`] when a file cannot be written or moved.
+    pub fn save_renewed(&self, dir: &Path) -> Result<(), CaError> {
+        let next = |name: &str| dir.join(format!("{name}{NEXT_SUFFIX}"));
+        let key_pem = to_pem("PRIVATE KEY", &self.key_pkcs8_der);
+        let cert_pem = to_pem("CERTIFICATE", &self.cert_der);
+        write_atomic(&next(NODE_KEY_FILE), key_pem.as_bytes(), 0o600)
+            .map_err(io_err("write", &next(NODE_KEY_FILE)))?;
+        write_atomic(&next(NODE_CERT_FILE), cert_pem.as_bytes(), 0o644)
+            .map_err(io_err("write", &next(NODE_CERT_FILE)))?;
+        for name in [NODE_KEY_FILE, NODE_CERT_FILE] {
+            fs::rename(next(name), dir.join(name)).map_err(io_err("move", &dir.join(name)))?;
+        }
+        Ok(())
+    }
+
+    /// Loads credentials saved by [`Self::save`] (or [`Self::save_renewed`], finishing a
+    /// renewal a crash interrupted).
     ///
     /// # Errors
     /// [`CaError::Io`] for a missing file, [`CaError::BadFile`] for a corrupt one.
     pub fn load(dir: &Path) -> Result<Self, CaError> {
-        let cert_der = read_cert_pem(&dir.join(NODE_CERT_FILE))?;
         let ca_cert_der = read_cert_pem(&dir.join(CA_CERT_FILE))?;
         let key_path = dir.join(NODE_KEY_FILE);
         let key_pem = fs::read(&key_path).map_err(io_err("read", &key_path))?;
@@ -514,7 +551,26 @@ impl Credentials {
                 detail: format!("{}: {e}", key_path.display()),
             }
         })?;
-        Self::new(cert_der, key.secret_pkcs8_der().to_vec(), ca_cert_der)
+        let key = key.secret_pkcs8_der().to_vec();
+        let cert_path = dir.join(NODE_CERT_FILE);
+        let cert_der = read_cert_pem(&cert_path)?;
+        match Self::new(cert_der, key.clone(), ca_cert_der.clone()) {
+            Err(CaError::BadFile { detail, .. }) if detail.contains("not the key") => {
+                let next_path = dir.join(format!("{NODE_CERT_FILE}{NEXT_SUFFIX}"));
+                let next = read_cert_pem(&next_path).map_err(|_| CaError::BadFile {
+                    what: "private key",
+                    detail: format!(
+                        "{} is not the key of {}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                })?;
+                let creds = Self::new(next, key, ca_cert_der)?;
+                fs::rename(&next_path, &cert_path).map_err(io_err("move", &cert_path))?;
+                Ok(creds)
+            }
+            other => other,
+        }
     }
 
     /// Encodes the credentials as one PEM bundle (certificate, key, CA), e.g. for an admin
@@ -648,6 +704,43 @@ mod tests {
             matches!(err, CaError::Seal(SealError::Authentication)),
             "{err}"
         );
+    }
+
+    /// A renewal that crashed between moving the new key in and moving the new certificate in
+    /// is finished by the next load; one that completed loads as is.
+    #[test]
+    fn an_interrupted_renewal_is_finished_when_the_credentials_load() {
+        let ca = ca();
+        let subject = CertSubject::Node {
+            node_id: NodeId(7),
+            role: CertRole::Agent,
+        };
+        let validity = Validity::starting_at(unix_now(), NODE_CERT_LIFETIME);
+        let dir = tempfile::tempdir().unwrap();
+        let old = ca.issue_credentials(&subject, validity).unwrap();
+        old.save(dir.path()).unwrap();
+        let new = ca.issue_credentials(&subject, validity).unwrap();
+
+        new.save_renewed(dir.path()).unwrap();
+        let loaded = Credentials::load(dir.path()).unwrap();
+        assert_eq!(loaded.identity().serial, new.identity().serial);
+
+        // The crash: the newest key is in place, its certificate still beside it.
+        let newest = ca.issue_credentials(&subject, validity).unwrap();
+        let (cert_pem, key_pem, _) = newest.to_pem_bundle();
+        fs::write(dir.path().join(NODE_KEY_FILE), key_pem).unwrap();
+        fs::write(dir.path().join("node.crt.next"), cert_pem).unwrap();
+        let loaded = Credentials::load(dir.path()).unwrap();
+        assert_eq!(loaded.identity().serial, newest.identity().serial);
+        assert!(!dir.path().join("node.crt.next").exists());
+        let again = Credentials::load(dir.path()).unwrap();
+        assert_eq!(again.identity().serial, newest.identity().serial);
+
+        // A key that matches nothing is an error naming both files.
+        let stray = ca.issue_credentials(&subject, validity).unwrap();
+        fs::write(dir.path().join(NODE_KEY_FILE), stray.to_pem_bundle().1).unwrap();
+        let error = Credentials::load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("is not the key of"), "{error}");
     }
 
     #[test]

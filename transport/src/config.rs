@@ -33,6 +33,9 @@ pub struct TransportConfig {
     /// Join refusals per source address per minute before that source's joins are refused as
     /// rate-limited without their token being checked.
     pub join_refusals_per_source_per_minute: u32,
+    /// How long past its expiry a node certificate still gets a new one over `warren-renew`
+    /// (a node cut off for longer joins again). Default 365 days.
+    pub renew_grace: Duration,
 }
 
 impl Default for TransportConfig {
@@ -50,6 +53,7 @@ impl Default for TransportConfig {
             join_connections_max: 256,
             join_connections_per_source_max: 32,
             join_refusals_per_source_per_minute: 10,
+            renew_grace: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::ca::Credentials;
 use crate::config::TransportConfig;
+use crate::current::CurrentCredentials;
 use crate::fault::{FaultSwitch, FaultySocket};
 use crate::frame::{FrameError, FramedRecv, FramedSend};
 use crate::identity::{CONTROL_SERVER_NAME, CertRole, PeerIdentity, parse_identity};
@@ -32,6 +33,9 @@ const CLOSE_REFUSED: u32 = 0x57_01;
 /// never issued. Retryable for the client: another control node, or this one a moment later,
 /// may know it.
 const CLOSE_UNKNOWN_CERTIFICATE: u32 = 0x57_02;
+/// QUIC application error code: the client's certificate has expired; it may only renew it
+/// ([`Alpn::Renew`]). Retryable for the client: it renews, then dials again.
+const CLOSE_EXPIRED: u32 = 0x57_03;
 /// QUIC application error code: normal close by the application.
 const CLOSE_NORMAL: u32 = 0;
 /// Largest admission frame.
@@ -46,11 +50,14 @@ pub enum Alpn {
     Agent,
     /// A node joining with a token (no client certificate yet).
     Join,
+    /// A node renewing its certificate (which may have expired, within
+    /// [`TransportConfig::renew_grace`]).
+    Renew,
 }
 
 impl Alpn {
     /// Every purpose, in a fixed order.
-    pub const ALL: [Alpn; 3] = [Alpn::Raft, Alpn::Agent, Alpn::Join];
+    pub const ALL: [Alpn; 4] = [Alpn::Raft, Alpn::Agent, Alpn::Join, Alpn::Renew];
 
     /// The ALPN protocol id on the wire.
     pub fn protocol(self) -> &'static [u8] {
@@ -58,6 +65,7 @@ impl Alpn {
             Self::Raft => b"warren-raft/1",
             Self::Agent => b"warren-agent/1",
             Self::Join => b"warren-join/1",
+            Self::Renew => b"warren-renew/1",
         }
     }
 
@@ -67,6 +75,7 @@ impl Alpn {
             Self::Raft => "raft",
             Self::Agent => "agent",
             Self::Join => "join",
+            Self::Renew => "renew",
         }
     }
 
@@ -76,12 +85,13 @@ impl Alpn {
             .find(|alpn| alpn.protocol() == protocol)
     }
 
-    /// The certificate role a client needs for this purpose (`None`: no certificate needed).
+    /// The certificate role a client needs for this purpose (`None`: no certificate needed,
+    /// or — for renewal — a node certificate of either role).
     pub fn required_role(self) -> Option<CertRole> {
         match self {
             Self::Raft => Some(CertRole::Control),
             Self::Agent => Some(CertRole::Agent),
-            Self::Join => None,
+            Self::Join | Self::Renew => None,
         }
     }
 
@@ -90,6 +100,7 @@ impl Alpn {
             Self::Raft => 0,
             Self::Agent => 1,
             Self::Join => 2,
+            Self::Renew => 3,
         }
     }
 }
@@ -135,6 +146,9 @@ fn classify(error: &quinn::ConnectionError) -> (&'static str, Side) {
         E::ConnectionClosed(close) => (tls_alert_reason(u64::from(close.error_code)), Side::Peer),
         E::ApplicationClosed(close) if close.error_code == CLOSE_UNKNOWN_CERTIFICATE.into() => {
             ("unknown_certificate", Side::Link)
+        }
+        E::ApplicationClosed(close) if close.error_code == CLOSE_EXPIRED.into() => {
+            ("certificate_expired", Side::Link)
         }
         E::ApplicationClosed(_) => ("refused", Side::Peer),
         E::TimedOut => ("timeout", Side::Link),
@@ -366,9 +380,9 @@ pub enum BindError {
 /// A QUIC endpoint that can serve (control nodes) and dial (every node) with mutual TLS.
 pub struct Endpoint {
     quinn: quinn::Endpoint,
-    clients: [quinn::ClientConfig; 3],
+    clients: [quinn::ClientConfig; 4],
     shared: Arc<Shared>,
-    identity: PeerIdentity,
+    current: CurrentCredentials,
     cluster_fingerprint: [u8; 32],
 }
 
@@ -376,7 +390,7 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("local_addr", &self.quinn.local_addr().ok())
-            .field("identity", &self.identity)
+            .field("identity", &self.identity())
             .finish_non_exhaustive()
     }
 }
@@ -430,10 +444,12 @@ impl Endpoint {
     ) -> Result<Self, BindError> {
         options.config.validate()?;
         let tls_err = |e: rustls::Error| BindError::Tls(e.to_string());
+        let current = CurrentCredentials::new(creds).map_err(tls_err)?;
         let server = if serve {
             let alpns = Alpn::ALL.iter().map(|a| a.protocol().to_vec()).collect();
-            let rustls_server =
-                tls::server_config(creds, &options.revocations, alpns).map_err(tls_err)?;
+            let grace = options.config.renew_grace;
+            let rustls_server = tls::server_config(&current, &options.revocations, alpns, grace)
+                .map_err(tls_err)?;
             let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_server)
                 .map_err(|e| BindError::Tls(e.to_string()))?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -443,7 +459,7 @@ impl Endpoint {
             None
         };
         let client_for = |alpn: Alpn| {
-            let rustls_client = tls::client_config(creds, &options.revocations, alpn.protocol())
+            let rustls_client = tls::client_config(&current, &options.revocations, alpn.protocol())
                 .map_err(tls_err)?;
             quic_client_config(rustls_client, &options.config)
         };
@@ -451,6 +467,7 @@ impl Endpoint {
             client_for(Alpn::Raft)?,
             client_for(Alpn::Agent)?,
             client_for(Alpn::Join)?,
+            client_for(Alpn::Renew)?,
         ];
         let socket = bind_socket(addr)?;
         let runtime = quinn::default_runtime()
@@ -486,7 +503,7 @@ impl Endpoint {
             quinn,
             clients,
             shared,
-            identity: creds.identity().clone(),
+            current,
             cluster_fingerprint: creds.cluster_fingerprint(),
         })
     }
@@ -498,9 +515,15 @@ impl Endpoint {
             .expect("a bound endpoint has a local address")
     }
 
-    /// This endpoint's own identity.
-    pub fn identity(&self) -> &PeerIdentity {
-        &self.identity
+    /// This endpoint's own identity (of the certificate it presents now).
+    pub fn identity(&self) -> PeerIdentity {
+        self.current.identity()
+    }
+
+    /// The credentials this endpoint presents, shared with whatever else was built from them
+    /// (the API listener): replacing them there renews the certificate for new connections.
+    pub fn credentials(&self) -> &CurrentCredentials {
+        &self.current
     }
 
     /// SHA-256 of the cluster CA this endpoint trusts (the cluster id).
@@ -725,6 +748,19 @@ async fn admit_inner(
         })
         .and_then(|certs| certs.first().map(|c| parse_identity(c)));
     let peer = match (alpn.required_role(), peer) {
+        (None, Some(Ok(identity))) if alpn == Alpn::Renew && identity.role != CertRole::Admin => {
+            Some(identity)
+        }
+        (None, _) if alpn == Alpn::Renew => {
+            let detail = "renew requires a node certificate".to_owned();
+            conn.close(CLOSE_REFUSED.into(), detail.as_bytes());
+            return Err(AcceptError::Refused {
+                reason: "wrong_role",
+                addr,
+                alpn: alpn.as_str(),
+                detail,
+            });
+        }
         (None, None) => None,
         (None, Some(Ok(identity))) => Some(identity),
         (Some(role), Some(Ok(identity))) if identity.role == role => Some(identity),
@@ -759,6 +795,23 @@ async fn admit_inner(
         conn.close(CLOSE_REFUSED.into(), detail.as_bytes());
         return Err(AcceptError::Refused {
             reason: "revoked",
+            addr,
+            alpn: alpn.as_str(),
+            detail,
+        });
+    }
+    if let Some(identity) = &peer
+        && alpn != Alpn::Renew
+        && identity.not_after_unix < crate::ca::unix_now()
+    {
+        let detail = format!(
+            "certificate {} expired; the node renews it over {}",
+            identity.serial,
+            Alpn::Renew.as_str()
+        );
+        conn.close(CLOSE_EXPIRED.into(), detail.as_bytes());
+        return Err(AcceptError::Refused {
+            reason: "expired",
             addr,
             alpn: alpn.as_str(),
             detail,

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::ca::Credentials;
+use crate::current::CurrentCredentials;
 use crate::identity::{CONTROL_SERVER_NAME, CertRole, PeerIdentity, parse_identity};
 use crate::tls::{self, TrustList};
 
@@ -96,7 +97,22 @@ impl ApiListener {
         creds: &Credentials,
         revocations: &TrustList,
     ) -> Result<Self, HttpsError> {
-        let config = tls::api_server_config(creds, revocations)
+        let current =
+            CurrentCredentials::new(creds).map_err(|e| HttpsError::Config(e.to_string()))?;
+        Self::bind_current(addr, &current, revocations).await
+    }
+
+    /// Binds `addr` for the API presenting `current` (shared with the node's QUIC endpoint, so
+    /// that a renewed certificate serves both).
+    ///
+    /// # Errors
+    /// [`HttpsError`] when the port is taken or the credentials are unusable.
+    pub async fn bind_current(
+        addr: SocketAddr,
+        current: &CurrentCredentials,
+        revocations: &TrustList,
+    ) -> Result<Self, HttpsError> {
+        let config = tls::api_server_config(current, revocations)
             .map_err(|e| HttpsError::Config(e.to_string()))?;
         let listener = TcpListener::bind(addr)
             .await

@@ -78,6 +78,8 @@ pub struct PeerIdentity {
     pub admin_name: Option<String>,
     /// The certificate serial number in lowercase hex; revocation is by serial.
     pub serial: String,
+    /// The start of the certificate's validity as unix seconds.
+    pub not_before_unix: i64,
     /// The certificate's expiry as unix seconds.
     pub not_after_unix: i64,
     /// What the serial says about the certificate's key ([`SerialBinding`]).
@@ -222,12 +224,26 @@ pub fn parse_identity(cert_der: &[u8]) -> Result<PeerIdentity, IdentityError> {
         node_id,
         admin_name,
         serial: data_encoding::HEXLOWER.encode(cert.raw_serial()),
+        not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
         binding: serial_binding(
             cert.raw_serial(),
             &cert.public_key().subject_public_key.data,
         ),
     })
+}
+
+impl PeerIdentity {
+    /// When a certificate should be renewed (unix seconds): once a third of its life is left
+    /// (its life counted from its issue, not from the clock-skew allowance before it), so that
+    /// a node has a third of it — a month, for 90-day certificates — to reach the control
+    /// plane.
+    pub fn renew_at_unix(&self) -> i64 {
+        let skew = crate::ca::CLOCK_SKEW_ALLOWANCE.as_secs() as i64;
+        let issued = self.not_before_unix.saturating_add(skew);
+        let life = self.not_after_unix.saturating_sub(issued).max(0);
+        self.not_after_unix.saturating_sub(life / 3)
+    }
 }
 
 /// SHA-256 of a DER certificate: the cluster CA fingerprint pinned in join tokens and used as

@@ -25,6 +25,7 @@
 pub mod backoff;
 pub mod ca;
 pub mod config;
+pub mod current;
 pub mod endpoint;
 pub mod fault;
 pub mod frame;
@@ -35,6 +36,7 @@ pub mod join;
 pub mod limits;
 pub mod metrics;
 pub mod plain_http;
+pub mod renew;
 pub mod seal;
 pub mod tls;
 pub mod token;

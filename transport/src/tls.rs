@@ -25,6 +25,7 @@ use rustls::{
 };
 
 use crate::ca::Credentials;
+use crate::current::CurrentCredentials;
 use warren_api::NodeId;
 
 use crate::identity::{CertRole, PeerIdentity, SerialBinding, fingerprint, parse_identity};
@@ -188,6 +189,48 @@ fn chain(creds: &Credentials) -> Vec<CertificateDer<'static>> {
 struct ClusterClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     revocations: TrustList,
+    /// How long past its expiry a client certificate still passes TLS (admission then lets it
+    /// only renew itself); `None`: an expired certificate fails.
+    expired_grace: Option<std::time::Duration>,
+}
+
+impl ClusterClientVerifier {
+    /// The inner verification, at the certificate's last valid second when it failed only
+    /// because the certificate expired within the grace.
+    fn verify_maybe_expired(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let error = match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(verified) => return Ok(verified),
+            Err(error) => error,
+        };
+        let expired = matches!(
+            error,
+            rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            )
+        );
+        let (Some(grace), true) = (self.expired_grace, expired) else {
+            return Err(error);
+        };
+        let Ok(identity) = parse_identity(end_entity) else {
+            return Err(error);
+        };
+        let not_after = u64::try_from(identity.not_after_unix).unwrap_or(0);
+        if now.as_secs().saturating_sub(not_after) > grace.as_secs() {
+            return Err(error);
+        }
+        let last_valid = UnixTime::since_unix_epoch(std::time::Duration::from_secs(not_after));
+        self.inner
+            .verify_client_cert(end_entity, intermediates, last_valid)
+            .map_err(|_| error)
+    }
 }
 
 impl ClientCertVerifier for ClusterClientVerifier {
@@ -209,9 +252,7 @@ impl ClientCertVerifier for ClusterClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self.verify_maybe_expired(end_entity, intermediates, now)?;
         self.revocations.check(end_entity)?;
         Ok(verified)
     }
@@ -348,15 +389,17 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-/// The server side of a cluster endpoint.
+/// The server side of a cluster endpoint. A client certificate expired for less than
+/// `expired_grace` passes TLS; admission lets such a client only renew it.
 pub(crate) fn server_config(
-    creds: &Credentials,
+    current: &CurrentCredentials,
     revocations: &TrustList,
     alpns: Vec<Vec<u8>>,
+    expired_grace: std::time::Duration,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
     let inner = WebPkiClientVerifier::builder_with_provider(
-        roots_with(creds.ca_cert_der())?,
+        roots_with(current.get().ca_cert_der())?,
         provider.clone(),
     )
     .allow_unauthenticated()
@@ -365,11 +408,12 @@ pub(crate) fn server_config(
     let verifier = ClusterClientVerifier {
         inner,
         revocations: revocations.clone(),
+        expired_grace: Some(expired_grace),
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain(creds), private_key(creds))?;
+        .with_cert_resolver(Arc::new(current.clone()));
     config.alpn_protocols = alpns;
     // No session resumption: a resumed TLS 1.3 session skips certificate verification, so a
     // certificate revoked after the first connection would get back in. A full handshake costs
@@ -379,15 +423,15 @@ pub(crate) fn server_config(
     Ok(config)
 }
 
-/// A cluster client (mutual TLS) speaking one ALPN.
+/// A cluster client (mutual TLS) speaking one ALPN, presenting the current credentials.
 pub(crate) fn client_config(
-    creds: &Credentials,
+    current: &CurrentCredentials,
     revocations: &TrustList,
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
     let inner = WebPkiServerVerifier::builder_with_provider(
-        roots_with(creds.ca_cert_der())?,
+        roots_with(current.get().ca_cert_der())?,
         provider.clone(),
     )
     .build()
@@ -400,7 +444,7 @@ pub(crate) fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(chain(creds), private_key(creds))?;
+        .with_client_cert_resolver(Arc::new(current.clone()));
     config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
@@ -426,14 +470,15 @@ pub(crate) fn join_client_config(
     Ok(config)
 }
 
-/// The admin API's server side: TLS 1.2/1.3, a client certificate from the cluster CA required.
+/// The admin API's server side: TLS 1.2/1.3, a client certificate from the cluster CA required
+/// (and not expired), the node's current certificate presented.
 pub(crate) fn api_server_config(
-    creds: &Credentials,
+    current: &CurrentCredentials,
     revocations: &TrustList,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
     let inner = WebPkiClientVerifier::builder_with_provider(
-        roots_with(creds.ca_cert_der())?,
+        roots_with(current.get().ca_cert_der())?,
         provider.clone(),
     )
     .build()
@@ -441,11 +486,12 @@ pub(crate) fn api_server_config(
     let verifier = MandatoryClientVerifier(ClusterClientVerifier {
         inner,
         revocations: revocations.clone(),
+        expired_grace: None,
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain(creds), private_key(creds))?;
+        .with_cert_resolver(Arc::new(current.clone()));
     // The API speaks HTTP/1.1 only: offering h2 made clients that prefer it (plain `curl`)
     // negotiate a protocol the server then does not speak.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -164,32 +164,53 @@ async fn certificate_from_another_ca_is_refused_on_both_sides() {
     assert_eq!(metrics.handshake_failures("client", "unknown_ca"), 1);
 }
 
-/// An expired client certificate is refused with its own reason.
+/// An expired client certificate may only renew itself: every other purpose closes it with its
+/// own reason, which the client retries (after renewing); the renewal ALPN admits it. Past the
+/// renewal grace, TLS refuses it outright.
 #[tokio::test]
-async fn expired_certificate_is_refused() {
+async fn an_expired_certificate_may_only_renew() {
     init();
     let ca = ca();
     let metrics = TransportMetrics::unregistered();
     let server = Arc::new(endpoint(&node_creds(&ca, 1, CertRole::Control), &metrics));
     let (_serve, mut errors) = serve_echo(server.clone());
     let now = unix_now();
-    let expired = ca
-        .issue_credentials(
+    let expired_since = |seconds: i64| {
+        ca.issue_credentials(
             &CertSubject::Node {
                 node_id: NodeId(3),
-                role: CertRole::Control,
+                role: CertRole::Agent,
             },
             Validity {
-                not_before_unix: now - 7200,
-                not_after_unix: now - 3600,
+                not_before_unix: now - seconds - 3600,
+                not_after_unix: now - seconds,
             },
         )
-        .unwrap();
-    let client = endpoint(&expired, &TransportMetrics::unregistered());
-    let err = client.connect(addr(&server), Alpn::Raft).await.unwrap_err();
-    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+        .unwrap()
+    };
+    let client = endpoint(&expired_since(3600), &TransportMetrics::unregistered());
+    let err = client
+        .connect(addr(&server), Alpn::Agent)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("expired"), "{err}");
     let server_err = errors.recv().await.unwrap();
     assert_eq!(server_err.kind(), "expired", "{server_err}");
+    client
+        .connect(addr(&server), Alpn::Renew)
+        .await
+        .expect("an expired certificate may renew");
+
+    let long_gone = endpoint(
+        &expired_since(400 * 24 * 3600),
+        &TransportMetrics::unregistered(),
+    );
+    let err = long_gone
+        .connect(addr(&server), Alpn::Renew)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
 }
 
 /// A revoked certificate is refused by serial, both as client and as server.

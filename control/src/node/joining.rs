@@ -252,7 +252,7 @@ impl ControlNode {
         joined.credentials.save(&new.data_dir)?;
         let settings = settings_for(&new, joined.node_id);
         let endpoint = bind(&new.quic_listen, &joined.credentials, &config)?;
-        let api = bind_api(new.api_listen, &joined.credentials, &endpoint.1).await?;
+        let api = bind_api(new.api_listen, &endpoint).await?;
         let mut node =
             Self::start(&new.data_dir, settings.clone(), None, config, endpoint, api).await?;
         let mut addrs = vec![join_addr.to_string()];
