@@ -230,7 +230,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
     for change in changes {
         match change.clone() {
             ViewChange::UpsertService(service) => {
-                services.insert(service.spec.name.clone(), service);
+                services.insert(service.spec.name.clone(), *service);
             }
             ViewChange::RemoveService(name) => {
                 services.remove(&name);
