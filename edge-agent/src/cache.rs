@@ -478,4 +478,43 @@ mod tests {
             "{err}"
         );
     }
+
+    /// The record of `web.0` (pid 4242) an older agent kept: logs in its data dir's
+    /// `workloads/web.0`.
+    const RECORD_FORMAT_1: &str = "01e59c2de5037765620000c2829dbc93a7aba9d8012462336335303037642d633962302d346161332d62363430\
+        2d65613961313765373866313180d095ffbc312a2f7661722f6c69622f77617272656e2f776f726b6c6f616473\
+        2f7765622e302f7374646f75742e6c6f672a2f7661722f6c69622f77617272656e2f776f726b6c6f6164732f77\
+        65622e302f7374646572722e6c6f67009221c0c407";
+
+    /// A workload record of the older agent reads as a workload that runs as that agent did
+    /// (no credentials) in the directory of its logs, which was its working directory: it is
+    /// adopted, and its health checks run where and as they did.
+    #[test]
+    fn a_workload_record_of_format_1_is_read() {
+        use crate::runtime::{Instance, WorkloadRecord};
+        use std::path::PathBuf;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+        cache
+            .put_raw("workload/web.0", &unhex(RECORD_FORMAT_1))
+            .unwrap();
+        let record: WorkloadRecord = cache.get("workload/web.0").unwrap().unwrap();
+        assert_eq!(
+            record.instance,
+            Instance::Process {
+                pid: 4242,
+                start_time_ticks: 123_456
+            }
+        );
+        assert_eq!(record.workload_hash, 0xd852_ad39_3787_4142);
+        assert_eq!(
+            record.stdout_log,
+            PathBuf::from("/var/lib/warren/workloads/web.0/stdout.log")
+        );
+        assert_eq!(
+            record.working_dir,
+            PathBuf::from("/var/lib/warren/workloads/web.0")
+        );
+        assert_eq!(record.credentials, None);
+    }
 }

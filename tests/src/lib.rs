@@ -263,6 +263,18 @@ pub fn running_pids(status: &warren_edge_agent::agent::AgentStatus) -> Vec<u32> 
         .collect()
 }
 
+/// Lets users other than the test's own pass through `dir` (mode 0711, not listable): a
+/// test's temp dir is 0700, and workloads running as their own users (the agent is root) must
+/// reach their files below it by path, as under `/var/lib` on a real box.
+///
+/// # Panics
+/// When the mode cannot be set.
+pub fn passable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .unwrap_or_else(|e| panic!("chmod 0711 {}: {e}", dir.display()));
+}
+
 /// Agent options for tests: secrets in a plain 0700 dir (no tmpfs, no root needed).
 pub fn agent_options() -> warren_edge_agent::agent::AgentOptions {
     warren_edge_agent::agent::AgentOptions {

@@ -9,17 +9,19 @@
 //! | format | what changed |
 //! |---|---|
 //! | 1 | (the first) |
-//! | 2 | specs with `user`, `group`, `cap_add` (the view) |
+//! | 2 | specs with `user`, `group`, `cap_add` (the view); workload records say where and as whom the workload runs |
 
-use serde::Serialize;
+use std::path::PathBuf;
+
 use serde::de::DeserializeOwned;
-use warren_api::NodeView;
+use serde::{Deserialize, Serialize};
 use warren_api::older::NodeViewV1;
+use warren_api::{NodeView, ReplicaId};
 
 use super::CacheIdentity;
 use crate::planner::RestartBook;
 use crate::report::EventBuffer;
-use crate::runtime::WorkloadRecord;
+use crate::runtime::{Instance, WorkloadRecord};
 
 /// A value the cache stores: its current layout (serde) and how it reads a payload an older
 /// cache format wrote.
@@ -42,18 +44,48 @@ macro_rules! same_layout_in_every_format {
     };
 }
 
-same_layout_in_every_format!(
-    bool,
-    CacheIdentity,
-    RestartBook,
-    EventBuffer,
-    WorkloadRecord
-);
+same_layout_in_every_format!(bool, CacheIdentity, RestartBook, EventBuffer);
 
 impl Cached for NodeView {
     /// Format 1 holds specs of spec format 1: they run as root with every capability, as they
     /// did (`ServiceSpecV1`).
     fn decode_older(_format: u8, payload: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes::<NodeViewV1>(payload).map(NodeView::from)
+    }
+}
+
+/// [`WorkloadRecord`] as cache format 1 held it: before working dirs and credentials.
+#[derive(Deserialize)]
+struct WorkloadRecordV1 {
+    replica: ReplicaId,
+    workload_hash: u64,
+    boot_id: String,
+    started_at_ms: u64,
+    stdout_log: PathBuf,
+    stderr_log: PathBuf,
+    instance: Instance,
+}
+
+impl Cached for WorkloadRecord {
+    /// A format-1 workload was started by an older agent: it runs as that agent did
+    /// (`credentials: None`), in the directory that holds its logs (`<data dir>/workloads/
+    /// <replica>`, its default working directory then).
+    fn decode_older(_format: u8, payload: &[u8]) -> Result<Self, postcard::Error> {
+        let v1: WorkloadRecordV1 = postcard::from_bytes(payload)?;
+        let working_dir = v1
+            .stdout_log
+            .parent()
+            .map_or_else(PathBuf::new, PathBuf::from);
+        Ok(WorkloadRecord {
+            replica: v1.replica,
+            workload_hash: v1.workload_hash,
+            boot_id: v1.boot_id,
+            started_at_ms: v1.started_at_ms,
+            stdout_log: v1.stdout_log,
+            stderr_log: v1.stderr_log,
+            instance: v1.instance,
+            working_dir,
+            credentials: None,
+        })
     }
 }
