@@ -1459,7 +1459,7 @@ fn record_key(replica: &ReplicaId) -> String {
 }
 
 /// The health checks to run: one per running workload whose service has a check. Exec probes
-/// get the service's environment and run in the workload's working directory.
+/// get the service's environment and run in the workload's working directory, as its user.
 fn health_targets(
     handles: &BTreeMap<ReplicaId, WorkloadHandle>,
     view: &NodeView,
@@ -1487,6 +1487,7 @@ fn health_targets(
                 exec: ExecContext {
                     env: spec.env.clone(),
                     working_dir,
+                    credentials: record.and_then(|r| r.credentials.clone()),
                 },
             })
         })
