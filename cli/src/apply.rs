@@ -67,6 +67,8 @@ const MAX_DOCUMENTS: usize = 1_000;
     \n  volumes: [{volume: data, target: data}]\
     \n  health: {probe: {http: {url: \"http://127.0.0.1:8080/health\"}}}\
     \n  on_disconnect: keep            # or: {reschedule: {after_ms: 300000}}\
+    \n  user: www-data                 # default: a user of each replica's own; root only if given\
+    \n  cap_add: [NET_BIND_SERVICE]    # capabilities kept; every other one is dropped\
     \n\n\
     `warren service inspect NAME` prints a service in this form.\n\
     Running apply twice changes nothing the second time; secret values are always re-sent\n\
