@@ -248,6 +248,19 @@ pub fn root() -> Option<String> {
     (!rustix::process::geteuid().is_root()).then(|| "needs root".to_owned())
 }
 
+/// For [`require`]: why not, unless `program` is an executable file in a directory of the
+/// workloads' default `PATH` (where a workload finds it, whatever this process's `PATH`).
+pub fn program(program: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = warren_edge_agent::runtime::process::DEFAULT_PATH
+        .split(':')
+        .any(|dir| {
+            std::fs::metadata(Path::new(dir).join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+    (!found).then(|| format!("needs `{program}` in the workloads' PATH"))
+}
+
 /// The agent's `status.json`, if it is there and parses.
 pub fn agent_status(dir: &Path) -> Option<warren_edge_agent::agent::AgentStatus> {
     warren_edge_agent::agent::load_status(dir).ok()
