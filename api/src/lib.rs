@@ -10,6 +10,9 @@
 //! - [`node`]: [`Node`] and its role, availability, liveness state and addresses.
 //! - [`service`]: [`ServiceSpec`] (workload, mode, ports, health, restart, …), [`Service`]
 //!   (a spec with its version), and the workload hash that decides adopt-or-restart.
+//! - [`run_as`]: a spec's `user`, `group` and `cap_add`: their rules, the capability names.
+//! - [`older`]: the layouts older builds wrote ([`older::ServiceSpecV1`], …) and their
+//!   upgrades, so that stored bytes outlive a change of the types.
 //! - [`placement`]: [`Placement`] and [`Constraint`]s, and the pure `allows` check.
 //! - [`secret`], [`volume`]: secret metadata and sealed blobs; named volumes.
 //! - [`replica`], [`event`]: scheduler assignments, agent-reported status, events.
@@ -21,7 +24,8 @@
 //! - No I/O of any kind: no files, sockets, clocks or randomness. Times arrive as `u64` unix
 //!   milliseconds and ids as numbers chosen by the caller. No tokio, no async.
 //! - No serde feature that postcard cannot encode: no `skip_serializing_if`, no `flatten`, no
-//!   internally, adjacently tagged or untagged enums, no `deserialize_any`. Maps are
+//!   internally, adjacently tagged or untagged enums, no `deserialize_any` (except behind
+//!   `is_human_readable()`, for JSON and YAML only: `run_as::name_or_number`). Maps are
 //!   `BTreeMap` so encodings are deterministic.
 //! - No panics on input: decoding and validation return errors for any bytes or values.
 //! - No secret values in the clear: only metadata and sealed blobs.
@@ -32,9 +36,11 @@ pub mod duration;
 pub mod event;
 pub mod ids;
 pub mod node;
+pub mod older;
 pub mod placement;
 pub mod replica;
 pub mod rest;
+pub mod run_as;
 pub mod secret;
 pub mod service;
 pub mod validate;

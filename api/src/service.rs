@@ -20,12 +20,25 @@ pub const DEFAULT_STOP_GRACE_PERIOD_MS: u64 = 10_000;
 
 /// A service as stored by the control plane: the spec plus its version, which increases by
 /// one on every change to the spec. Replicas record the version they were created from.
+///
+/// `S` is the spec's layout: [`ServiceSpec`], or an older one
+/// ([`crate::older::ServiceSpecV1`]) while bytes written by an older build are decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
+pub struct Service<S = ServiceSpec> {
     /// Starts at 1 when the service is created.
     pub version: u64,
     /// The desired state.
-    pub spec: ServiceSpec,
+    pub spec: S,
+}
+
+impl<S> Service<S> {
+    /// The same service with its spec converted (an older layout upgraded).
+    pub fn map_spec<T>(self, f: impl FnOnce(S) -> T) -> Service<T> {
+        Service {
+            version: self.version,
+            spec: f(self.spec),
+        }
+    }
 }
 
 /// The operator's desired state for one service.
@@ -70,6 +83,18 @@ pub struct ServiceSpec {
     /// Resource limits.
     #[serde(default)]
     pub resources: Resources,
+    /// Who the workload runs as: a user name or number, resolved on the agent. `None`: an
+    /// unprivileged user of each replica's own; `root` only when asked for. See
+    /// [`crate::run_as`].
+    #[serde(default, deserialize_with = "crate::run_as::name_or_number")]
+    pub user: Option<String>,
+    /// The workload's group: a name or number. `None`: the user's primary group.
+    #[serde(default, deserialize_with = "crate::run_as::name_or_number")]
+    pub group: Option<String>,
+    /// Capabilities the workload keeps (`NET_BIND_SERVICE`, without `CAP_`); every other one
+    /// is dropped. `ALL` keeps every capability.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
     /// How a spec change rolls out across replicas.
     #[serde(default)]
     pub update: UpdateConfig,
@@ -96,6 +121,15 @@ struct WorkloadHashInput<'a> {
     resources: &'a Resources,
 }
 
+/// Who the workload runs as, hashed after [`WorkloadHashInput`]; see
+/// [`ServiceSpec::workload_hash`].
+#[derive(Serialize)]
+struct RunAsHashInput<'a> {
+    user: &'a Option<String>,
+    group: &'a Option<String>,
+    cap_add: Vec<&'a String>,
+}
+
 impl ServiceSpec {
     /// A spec with one replica and every other field at its default.
     pub fn new(name: ServiceName, workload: Workload) -> Self {
@@ -112,10 +146,21 @@ impl ServiceSpec {
             secrets: Vec::new(),
             volumes: Vec::new(),
             resources: Resources::default(),
+            user: None,
+            group: None,
+            cap_add: Vec::new(),
             update: UpdateConfig::default(),
             stop_grace_period_ms: DEFAULT_STOP_GRACE_PERIOD_MS,
             labels: BTreeMap::new(),
         }
+    }
+
+    /// Whether the spec runs its workload as root with every capability and no group of its
+    /// choosing: what every spec meant before `user`, `group` and `cap_add` existed.
+    pub fn runs_as_root_with_every_capability(&self) -> bool {
+        self.user.as_deref() == Some(crate::run_as::ROOT_USER)
+            && self.group.is_none()
+            && self.cap_add == [crate::run_as::ALL_CAPABILITIES]
     }
 
     /// A stable 64-bit hash of the fields whose change requires restarting a running replica.
@@ -127,7 +172,8 @@ impl ServiceSpec {
     ///
     /// - counted: `workload` (command/image, args, working dir), `env`, `ports` (container
     ///   port mappings are fixed at start), `secrets` and `volumes` (which files and mounts
-    ///   exist at start), `resources` (limits are set at start);
+    ///   exist at start), `resources` (limits are set at start), `user`, `group` and
+    ///   `cap_add` (credentials are set at start);
     /// - not counted: `name` (part of the replica id already), `mode` and `placement` (which
     ///   replicas exist and where, not what they run), `health` and `restart` (the agent
     ///   applies new ones to a running workload), `on_disconnect`, `update`,
@@ -140,7 +186,11 @@ impl ServiceSpec {
     /// The value is FNV-1a 64 over the postcard encoding, so it is the same on every machine
     /// and every build, as long as the encoding of these types does not change. Changing it
     /// changes every hash and makes agents restart everything after an upgrade: treat these
-    /// types as part of the wire format.
+    /// types as part of the wire format. That is why a spec that
+    /// [runs as root with every capability](Self::runs_as_root_with_every_capability) — what
+    /// a spec written before `user`, `group` and `cap_add` existed becomes — hashes without
+    /// them, as it did then: upgrading restarts no workload. Any other spec hashes them after
+    /// the rest.
     pub fn workload_hash(&self) -> u64 {
         let mut ports: Vec<&PortSpec> = self.ports.iter().collect();
         ports.sort();
@@ -156,8 +206,18 @@ impl ServiceSpec {
             volumes,
             resources: &self.resources,
         };
-        postcard::serialize_with_flavor(&input, Fnv1a64(FNV_OFFSET_BASIS))
-            .expect("postcard cannot fail on plain data with known lengths into an infallible sink")
+        if self.runs_as_root_with_every_capability() {
+            return stable_hash(&input);
+        }
+        let mut cap_add: Vec<&String> = self.cap_add.iter().collect();
+        cap_add.sort();
+        let run_as = RunAsHashInput {
+            user: &self.user,
+            group: &self.group,
+            cap_add,
+        };
+        // A tuple encodes as its parts one after the other: the hash goes on from the input.
+        stable_hash(&(input, run_as))
     }
 
     /// How many replicas the spec asks for, or `None` for a global service.
@@ -211,7 +271,10 @@ pub enum Workload {
 pub struct ProcessSpec {
     /// argv: the program, then its arguments; never empty. Not run through a shell.
     pub command: Vec<String>,
-    /// Working directory; `None` means the replica's own directory under the data dir.
+    /// Working directory. `None`: the replica's own directory. A relative path is taken
+    /// inside that directory and may not leave it (no `..`); an absolute one must be
+    /// normalized and may not be `/`, and the agent refuses one in its own data dir or in
+    /// another replica's directory.
     #[serde(default)]
     pub working_dir: Option<String>,
 }
@@ -664,6 +727,13 @@ mod tests {
                 })
             }),
             ("resources", |s| s.resources.memory_bytes = Some(1 << 30)),
+            ("user", |s| s.user = Some("app".to_owned())),
+            ("group", |s| s.group = Some("app".to_owned())),
+            ("cap_add", |s| s.cap_add = vec!["NET_RAW".to_owned()]),
+            ("root with every capability", |s| {
+                s.user = Some("root".to_owned());
+                s.cap_add = vec!["ALL".to_owned()];
+            }),
         ];
         for (what, edit) in edits {
             let mut changed = base.clone();
@@ -674,10 +744,23 @@ mod tests {
 
     #[test]
     fn workload_hash_is_stable() {
-        // Pinned: if this changes, every agent restarts every workload after an upgrade.
-        // Change it only on purpose, and say so in the release notes.
-        assert_eq!(spec().workload_hash(), 0xcf30_a624_5a8b_335a);
+        // Pinned: if these change, every agent restarts every workload after an upgrade.
+        // Change them only on purpose, and say so in the release notes. Root with every
+        // capability hashes as every spec did before `user`, `group` and `cap_add` existed.
+        let mut root = spec();
+        root.user = Some("root".to_owned());
+        root.cap_add = vec!["ALL".to_owned()];
+        assert_eq!(root.workload_hash(), 0xcf30_a624_5a8b_335a);
+        assert_eq!(spec().workload_hash(), PINNED_DEFAULT_USER_HASH);
+        // Capabilities are a set: their order does not matter.
+        let mut two = spec();
+        two.cap_add = vec!["NET_RAW".to_owned(), "NET_ADMIN".to_owned()];
+        let mut swapped = two.clone();
+        swapped.cap_add.reverse();
+        assert_eq!(two.workload_hash(), swapped.workload_hash());
     }
+
+    const PINNED_DEFAULT_USER_HASH: u64 = 0xbea5_2a87_5624_991e;
 
     #[test]
     fn fnv1a64_known_vectors() {
@@ -798,5 +881,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown field `replica`"), "{err}");
+    }
+
+    #[test]
+    fn users_and_groups_read_as_names_or_numbers() {
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"name":"web","workload":{"image":{"reference":"nginx:1"}},
+                "user":1000,"group":"staff","cap_add":["NET_BIND_SERVICE"]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.user.as_deref(), Some("1000"));
+        assert_eq!(spec.group.as_deref(), Some("staff"));
+        assert_eq!(spec.cap_add, ["NET_BIND_SERVICE"]);
+        let null: ServiceSpec = serde_json::from_str(
+            r#"{"name":"web","workload":{"image":{"reference":"nginx:1"}},"user":null}"#,
+        )
+        .unwrap();
+        assert_eq!(null.user, None);
+        let err = serde_json::from_str::<ServiceSpec>(
+            r#"{"name":"web","workload":{"image":{"reference":"nginx:1"}},"user":[1]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected a user or group name, or a number"),
+            "{err}"
+        );
+        // Postcard reads back what it wrote, numbers as strings.
+        let bytes = postcard::to_allocvec(&spec).unwrap();
+        assert_eq!(postcard::from_bytes::<ServiceSpec>(&bytes).unwrap(), spec);
     }
 }

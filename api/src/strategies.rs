@@ -312,11 +312,13 @@ pub fn service_spec_named(name: BoxedStrategy<ServiceName>) -> BoxedStrategy<Ser
         any::<u64>(),
         labels(),
     );
-    (first, second)
+    let third = (option::of(text()), option::of(text()), vec(text(), 0..2));
+    (first, second, third)
         .prop_map(
             |(
                 (name, workload, mode, placement, env, ports, health, restart),
                 (on_disconnect, secrets, volumes, resources, update, stop_grace, labels),
+                (user, group, cap_add),
             )| ServiceSpec {
                 name,
                 workload,
@@ -330,6 +332,9 @@ pub fn service_spec_named(name: BoxedStrategy<ServiceName>) -> BoxedStrategy<Ser
                 secrets,
                 volumes,
                 resources,
+                user,
+                group,
+                cap_add,
                 update,
                 stop_grace_period_ms: stop_grace,
                 labels,
@@ -551,7 +556,7 @@ pub fn pooled_secret_name() -> BoxedStrategy<String> {
 /// A change for the view of node `node_id`, over small key pools.
 pub fn view_change_for(node_id: NodeId) -> BoxedStrategy<ViewChange> {
     prop_oneof![
-        service_named(pooled_service_name()).prop_map(ViewChange::UpsertService),
+        service_named(pooled_service_name()).prop_map(|s| ViewChange::UpsertService(Box::new(s))),
         pooled_service_name().prop_map(ViewChange::RemoveService),
         replica_with_id(pooled_replica_id()).prop_map(ViewChange::UpsertReplica),
         pooled_replica_id().prop_map(ViewChange::RemoveReplica),

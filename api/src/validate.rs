@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::format_duration_ms;
 use crate::placement::{ConstraintKey, Placement};
+use crate::run_as::{validate_cap_add, validate_user_or_group};
 use crate::service::{
     HealthCheck, OnDisconnect, PortSpec, Probe, Resources, RestartPolicy, SecretRef, ServiceMode,
     ServiceSpec, UpdateConfig, VolumeMount, Workload,
@@ -331,6 +332,13 @@ impl ServiceSpec {
         validate_secret_refs(&self.secrets)?;
         validate_volume_mounts(&self.volumes)?;
         validate_resources(&self.resources).map_err(|e| e.within("resources"))?;
+        if let Some(user) = &self.user {
+            validate_user_or_group("user", user)?;
+        }
+        if let Some(group) = &self.group {
+            validate_user_or_group("group", group)?;
+        }
+        validate_cap_add(&self.cap_add)?;
         validate_update(&self.update).map_err(|e| e.within("update"))?;
         at_most_ms(
             "stop_grace_period_ms",
@@ -357,21 +365,57 @@ fn validate_workload(workload: &Workload) -> Result<(), ValidationError> {
                 Some(_) => {}
             }
             validate_args("process.command", &process.command)?;
-            if let Some(dir) = &process.working_dir {
-                if dir.is_empty() || dir.contains('\0') {
-                    return fail(
-                        "process.working_dir",
-                        "must be non-empty and contain no NUL",
-                    );
-                }
+            match &process.working_dir {
+                Some(dir) => validate_working_dir("process.working_dir", dir),
+                None => Ok(()),
             }
-            Ok(())
         }
         Workload::Image(image) => {
             validate_image_reference("image.reference", &image.reference)?;
             validate_args("image.args", &image.args)
         }
     }
+}
+
+/// Longest working directory accepted, in bytes (`PATH_MAX`).
+pub const MAX_WORKING_DIR_BYTES: usize = 4096;
+
+/// Checks a working directory: normalized (no `.`, `..` or empty components, no trailing `/`),
+/// not `/`. A relative one is taken inside the replica's directory, which `..` would leave;
+/// where an absolute one may point is for the agent to judge (not its data dir, not another
+/// replica's directory), since only it knows where those are.
+fn validate_working_dir(field: &str, dir: &str) -> Result<(), ValidationError> {
+    if dir.is_empty() || dir.len() > MAX_WORKING_DIR_BYTES || dir.contains('\0') {
+        return fail(
+            field,
+            format!("must be 1 to {MAX_WORKING_DIR_BYTES} bytes with no NUL"),
+        );
+    }
+    if dir == "/" {
+        return fail(
+            field,
+            "must not be / (give a directory of the workload's own)",
+        );
+    }
+    let relative = dir.strip_prefix('/').unwrap_or(dir);
+    let components: Vec<&str> = relative.split('/').collect();
+    if components.contains(&"..") {
+        return fail(
+            field,
+            format!(
+                "must not contain '..' (got {dir:?}): a relative path stays inside the replica's directory"
+            ),
+        );
+    }
+    if components.iter().any(|c| c.is_empty() || *c == ".") {
+        return fail(
+            field,
+            format!(
+                "must be normalized: no '.' or empty components and no trailing '/' (got {dir:?})"
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Checks that an image reference looks like one: 1 to 512 characters of letters, digits and
@@ -739,6 +783,87 @@ mod tests {
             Err(
                 r#"workload.image.reference: invalid image reference "nginx:": must start with a letter or digit and not end with a separator"#,
             ),
+        );
+    }
+
+    #[test]
+    fn working_dir_rules() {
+        let with_dir = |dir: &str| {
+            let dir = dir.to_owned();
+            move |s: &mut ServiceSpec| {
+                s.workload = Workload::Process(ProcessSpec {
+                    command: strings(&["/usr/bin/web"]),
+                    working_dir: Some(dir),
+                })
+            }
+        };
+        for ok in [
+            "data",
+            "data/cache",
+            "/srv/web",
+            "/var/lib/web-data",
+            ".hidden",
+        ] {
+            check(with_dir(ok), Ok(()));
+        }
+        check(
+            with_dir("/"),
+            Err(
+                "workload.process.working_dir: must not be / (give a directory of the workload's own)",
+            ),
+        );
+        for escape in ["..", "../../..", "data/../../x", "/srv/../var/lib/warren"] {
+            check(
+                with_dir(escape),
+                Err(&format!(
+                    "workload.process.working_dir: must not contain '..' (got {escape:?}): a relative path stays inside the replica's directory"
+                )),
+            );
+        }
+        for unnormal in ["./data", "data/", "a//b", "/srv/./web", "//srv"] {
+            check(
+                with_dir(unnormal),
+                Err(&format!(
+                    "workload.process.working_dir: must be normalized: no '.' or empty components and no trailing '/' (got {unnormal:?})"
+                )),
+            );
+        }
+        check(
+            with_dir(""),
+            Err("workload.process.working_dir: must be 1 to 4096 bytes with no NUL"),
+        );
+        check(
+            with_dir("a\0b"),
+            Err("workload.process.working_dir: must be 1 to 4096 bytes with no NUL"),
+        );
+    }
+
+    #[test]
+    fn user_group_and_capability_rules() {
+        check(
+            |s| {
+                s.user = Some("www-data".to_owned());
+                s.group = Some("1000".to_owned());
+                s.cap_add = strings(&["NET_BIND_SERVICE"]);
+            },
+            Ok(()),
+        );
+        check(|s| s.user = Some("root".to_owned()), Ok(()));
+        check(
+            |s| s.user = Some("bad name".to_owned()),
+            Err(
+                r#"user: invalid name "bad name": use a user or group name (letters, digits, '_', '-', '.'; starting with a letter or '_') or a number"#,
+            ),
+        );
+        check(
+            |s| s.group = Some("-1".to_owned()),
+            Err(
+                r#"group: invalid name "-1": use a user or group name (letters, digits, '_', '-', '.'; starting with a letter or '_') or a number"#,
+            ),
+        );
+        check(
+            |s| s.cap_add = strings(&["CAP_NET_RAW"]),
+            Err(r#"cap_add[0]: unknown capability "CAP_NET_RAW" (write NET_RAW)"#),
         );
     }
 

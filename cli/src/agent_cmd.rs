@@ -232,6 +232,12 @@ pub enum AgentCommand {
         /// Workload runtime.
         #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
         runtime: RuntimeKind,
+        /// Where each replica's directory (logs, secrets, its own `work` directory) goes; kept
+        /// for `agent run`. Outside the data dir, under directories other users may pass
+        /// through (workloads run as their own users). [default: DATA_DIR-workloads, beside
+        /// the data dir]
+        #[arg(long, value_name = "DIR")]
+        workloads_dir: Option<PathBuf>,
         #[command(flatten)]
         listen: ListenArgs,
     },
@@ -240,6 +246,10 @@ pub enum AgentCommand {
         /// Where the agent's files are.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Where each replica's directory goes. [default: what join was given, else
+        /// DATA_DIR-workloads]
+        #[arg(long, value_name = "DIR")]
+        workloads_dir: Option<PathBuf>,
         #[command(flatten)]
         listen: ListenArgs,
     },
@@ -257,12 +267,18 @@ pub enum AgentCommand {
 pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     match args.command {
         AgentCommand::Status { data_dir } => status(&data_dir, format),
-        AgentCommand::Run { data_dir, listen } => {
+        AgentCommand::Run {
+            data_dir,
+            workloads_dir,
+            listen,
+        } => {
             let selfcheck = selfcheck_knob()?;
             let identity = agent::load_identity(&data_dir)
                 .with_context(|| format!("start the agent in {}", data_dir.display()))?;
             let settings = listen.settings(identity.listen.as_ref())?;
-            let options = options(&settings, listen.advertise_gossip, selfcheck);
+            let mut options = options(&settings, listen.advertise_gossip, selfcheck);
+            // Not given: what join kept in agent.json, else the default (Agent::open).
+            options.process.workloads_dir = workloads_dir;
             foreground(options, || async move { Ok(data_dir) })
         }
         AgentCommand::Join {
@@ -273,6 +289,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             site,
             labels,
             runtime,
+            workloads_dir,
             listen,
         } => {
             let selfcheck = selfcheck_knob()?;
@@ -295,8 +312,10 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
                 site,
                 labels,
                 listen: Some(settings.clone()),
+                workloads_dir: workloads_dir.clone(),
             };
-            let options = options(&settings, listen.advertise_gossip, selfcheck);
+            let mut options = options(&settings, listen.advertise_gossip, selfcheck);
+            options.process.workloads_dir = workloads_dir;
             foreground(options, || join(data_dir, request))
         }
     }

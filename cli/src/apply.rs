@@ -5,7 +5,8 @@
 //! - `kind: Service` with the fields of a service spec in its JSON form (the form
 //!   `warren service inspect` prints): `name` and `workload` required, everything else
 //!   defaulted (`mode`, `placement`, `env`, `ports`, `health`, `restart`, `on_disconnect`,
-//!   `secrets`, `volumes`, `resources`, `update`, `stop_grace_period_ms`, `labels`).
+//!   `secrets`, `volumes`, `resources`, `user`, `group`, `cap_add`, `update`,
+//!   `stop_grace_period_ms`, `labels`).
 //! - `kind: Secret` with `name` and exactly one of `value` (text) or `file` (a path, relative
 //!   to the YAML file's directory).
 //! - `kind: Volume` with `name` and optional `driver` (`local`), `size_limit_bytes`, `labels`.
@@ -66,6 +67,8 @@ const MAX_DOCUMENTS: usize = 1_000;
     \n  volumes: [{volume: data, target: data}]\
     \n  health: {probe: {http: {url: \"http://127.0.0.1:8080/health\"}}}\
     \n  on_disconnect: keep            # or: {reschedule: {after_ms: 300000}}\
+    \n  user: www-data                 # default: a user of each replica's own; root only if given\
+    \n  cap_add: [NET_BIND_SERVICE]    # capabilities kept; every other one is dropped\
     \n\n\
     `warren service inspect NAME` prints a service in this form.\n\
     Running apply twice changes nothing the second time; secret values are always re-sent\n\
@@ -115,6 +118,12 @@ struct ServiceDoc {
     volumes: Vec<VolumeMount>,
     #[serde(default)]
     resources: Resources,
+    #[serde(default, deserialize_with = "warren_api::run_as::name_or_number")]
+    user: Option<String>,
+    #[serde(default, deserialize_with = "warren_api::run_as::name_or_number")]
+    group: Option<String>,
+    #[serde(default)]
+    cap_add: Vec<String>,
     #[serde(default)]
     update: UpdateConfig,
     #[serde(default)]
@@ -141,6 +150,9 @@ impl ServiceDoc {
             secrets,
             volumes,
             resources,
+            user,
+            group,
+            cap_add,
             update,
             stop_grace_period_ms,
             labels,
@@ -158,6 +170,9 @@ impl ServiceDoc {
             secrets,
             volumes,
             resources,
+            user,
+            group,
+            cap_add,
             update,
             stop_grace_period_ms: stop_grace_period_ms
                 .unwrap_or(warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS),
@@ -657,8 +672,8 @@ labels: {tier: hot}
             error_of(&text),
             "deploy.yaml: document 3, line 19: unknown field `replicas`, expected one of `kind`, \
              `name`, `workload`, `mode`, `placement`, `env`, `ports`, `health`, `restart`, \
-             `on_disconnect`, `secrets`, `volumes`, `resources`, `update`, \
-             `stop_grace_period_ms`, `labels`"
+             `on_disconnect`, `secrets`, `volumes`, `resources`, `user`, `group`, `cap_add`, \
+             `update`, `stop_grace_period_ms`, `labels`"
         );
         let syntax = error_of("kind: Volume\nname: data\n---\nkind: Volume\nname: [unclosed\n");
         assert!(

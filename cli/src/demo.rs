@@ -247,9 +247,7 @@ async fn converged(
 
 /// The last line of `replica`'s stdout log on `agent`.
 fn last_log_line(agent: &LocalAgent, replica: &str) -> Option<String> {
-    let path = agent
-        .dir
-        .join(warren_edge_agent::agent::WORKLOADS_DIR)
+    let path = warren_edge_agent::runtime::default_workloads_dir(&agent.dir)
         .join(replica)
         .join("stdout.log");
     let text = std::fs::read_to_string(path).ok()?;

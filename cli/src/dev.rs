@@ -195,9 +195,7 @@ async fn prepare(cluster: &LocalCluster) -> Result<()> {
             wait_for(&what, READY_TIMEOUT, progress, || cluster.converged(agent)).await?;
         for replica in local::running(&status) {
             a_log.get_or_insert_with(|| {
-                agent
-                    .dir
-                    .join(warren_edge_agent::agent::WORKLOADS_DIR)
+                warren_edge_agent::runtime::default_workloads_dir(&agent.dir)
                     .join(replica.replica.to_string())
                     .join("stdout.log")
             });

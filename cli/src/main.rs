@@ -162,7 +162,8 @@ enum Command {
         warren service scale web 5\n  \
         warren service update web --env LOG=debug\n  \
         warren service rollback web")]
-    Service(service_cmd::ServiceArgs),
+    // Boxed: its flags make it much larger than the other commands.
+    Service(Box<service_cmd::ServiceArgs>),
 
     /// Create or update services, secrets and volumes from a YAML file; idempotent.
     Apply(apply::ApplyArgs),
@@ -304,9 +305,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Node(args) => admin(&args.client, &top, |client| async move {
             cluster_cmd::node(&client, format, args.command).await
         }),
-        Command::Service(args) => admin(&args.client, &top, |client| async move {
-            service_cmd::run(&client, format, args.command).await
-        }),
+        Command::Service(args) => {
+            let service_cmd::ServiceArgs { client, command } = *args;
+            admin(&client, &top, |client| async move {
+                service_cmd::run(&client, format, command).await
+            })
+        }
         Command::Secret(args) => admin(&args.client, &top, |client| async move {
             secret_cmd::run(&client, format, args.command).await
         }),

@@ -82,15 +82,8 @@ pub enum ServiceCommand {
         name: String,
         #[command(flatten)]
         flags: SpecFlags,
-        /// Remove an environment variable (repeatable).
-        #[arg(long = "env-rm", value_name = "KEY")]
-        env_rm: Vec<String>,
-        /// Remove a label (repeatable).
-        #[arg(long = "label-rm", value_name = "KEY")]
-        label_rm: Vec<String>,
-        /// Remove the health check.
-        #[arg(long, conflicts_with_all = ["health_http", "health_tcp", "health_exec"])]
-        no_health: bool,
+        #[command(flatten)]
+        removals: Removals,
     },
     /// Return to the spec before the last update.
     Rollback {
@@ -160,6 +153,17 @@ pub struct SpecFlags {
     /// Label on the service (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Run the workload as this user (a name or number on the node). Default: an unprivileged
+    /// user of each replica's own; `root` only when given.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Run the workload with this group (a name or number). Default: the user's primary group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// A capability the workload keeps, like NET_BIND_SERVICE (repeatable; ALL keeps every
+    /// one). Every other capability is dropped.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
 }
 
 /// Splits a command line like a POSIX shell would (without running one).
@@ -282,6 +286,15 @@ impl SpecFlags {
             let (key, value) = key_value("--label", entry)?;
             spec.labels.insert(key, value);
         }
+        if let Some(user) = &self.user {
+            spec.user = Some(user.clone());
+        }
+        if let Some(group) = &self.group {
+            spec.group = Some(group.clone());
+        }
+        if !self.cap_add.is_empty() {
+            spec.cap_add = self.cap_add.clone();
+        }
         Ok(())
     }
 
@@ -338,6 +351,9 @@ fn flag_of(error: &ValidationError) -> Option<&'static str> {
         ("update", s) if s.starts_with("delay") => "--update-delay",
         ("update", _) => "--update-parallelism",
         ("labels", _) => "--label",
+        ("user", _) => "--user",
+        ("group", _) => "--group",
+        ("cap_add", _) => "--cap-add",
         _ => return None,
     })
 }
@@ -392,17 +408,8 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
         ServiceCommand::Update {
             name,
             flags,
-            env_rm,
-            label_rm,
-            no_health,
-        } => {
-            let removals = Removals {
-                env: env_rm,
-                labels: label_rm,
-                health: no_health,
-            };
-            update(client, format, &name, &flags, &removals).await
-        }
+            removals,
+        } => update(client, format, &name, &flags, &removals).await,
         ServiceCommand::Rollback { name } => {
             let path = service_path(&name, "/rollback")?;
             let answer = client.empty(Method::POST, &path).await?;
@@ -425,11 +432,27 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
     }
 }
 
-/// What `service update` takes away.
-struct Removals {
-    env: Vec<String>,
-    labels: Vec<String>,
-    health: bool,
+/// What `service update` takes away (its flags besides `create`'s).
+#[derive(Debug, Default, clap::Args)]
+pub struct Removals {
+    /// Remove an environment variable (repeatable).
+    #[arg(long = "env-rm", value_name = "KEY")]
+    pub env_rm: Vec<String>,
+    /// Remove a label (repeatable).
+    #[arg(long = "label-rm", value_name = "KEY")]
+    pub label_rm: Vec<String>,
+    /// Remove the health check.
+    #[arg(long, conflicts_with_all = ["health_http", "health_tcp", "health_exec"])]
+    pub no_health: bool,
+    /// Go back to the default user: one of each replica's own.
+    #[arg(long, conflicts_with = "user")]
+    pub no_user: bool,
+    /// Go back to the user's primary group.
+    #[arg(long, conflicts_with = "group")]
+    pub no_group: bool,
+    /// Keep no capability.
+    #[arg(long, conflicts_with = "cap_add")]
+    pub no_cap_add: bool,
 }
 
 /// `service update`: the current spec, the flags on top, one PUT if anything changed.
@@ -444,14 +467,23 @@ async fn update(
     let current: ServiceInfo = client.get(&path).await?.json()?;
     let mut spec = current.spec.clone();
     flags.apply_to(&mut spec)?;
-    for key in &removals.env {
+    for key in &removals.env_rm {
         spec.env.remove(key);
     }
-    for key in &removals.labels {
+    for key in &removals.label_rm {
         spec.labels.remove(key);
     }
-    if removals.health {
+    if removals.no_health {
         spec.health = None;
+    }
+    if removals.no_user {
+        spec.user = None;
+    }
+    if removals.no_group {
+        spec.group = None;
+    }
+    if removals.no_cap_add {
+        spec.cap_add.clear();
     }
     validate(&spec)?;
     if spec == current.spec {
@@ -535,6 +567,14 @@ fn render_service(info: &ServiceInfo) -> Result<String> {
                 .unwrap_or_else(|| "no".to_owned()),
         ),
         ("replicas", replicas_text(info)),
+        (
+            "runs as",
+            warren_api::run_as::describe(
+                info.spec.user.as_deref(),
+                info.spec.group.as_deref(),
+                &info.spec.cap_add,
+            ),
+        ),
         ("created", format!("{} ago", age(now, info.created_at_ms))),
         ("updated", format!("{} ago", age(now, info.updated_at_ms))),
         (
@@ -769,6 +809,66 @@ mod tests {
         check(
             &["create", "web", "--image", "x:1", "--secret", "DB"],
             "(from --secret)",
+        );
+        check(
+            &[
+                "create",
+                "web",
+                "--image",
+                "x:1",
+                "--cap-add",
+                "CAP_NET_RAW",
+            ],
+            r#"cap_add[0]: unknown capability "CAP_NET_RAW" (write NET_RAW) (from --cap-add)"#,
+        );
+        check(
+            &["create", "web", "--image", "x:1", "--user", "a b"],
+            "(from --user)",
+        );
+    }
+
+    /// `--user`, `--group` and `--cap-add` set who the workload runs as; without them it is
+    /// the default (a user of its own, no capability); `update --no-user …` goes back to it.
+    #[test]
+    fn run_as_flags() {
+        let spec = created(&["create", "web", "--image", "x:1"]).unwrap();
+        assert_eq!((spec.user, spec.group), (None, None));
+        assert!(spec.cap_add.is_empty());
+        let mut spec = created(&[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--user",
+            "www-data",
+            "--group",
+            "1000",
+            "--cap-add",
+            "NET_BIND_SERVICE",
+            "--cap-add",
+            "NET_RAW",
+        ])
+        .unwrap();
+        assert_eq!(spec.user.as_deref(), Some("www-data"));
+        assert_eq!(spec.group.as_deref(), Some("1000"));
+        assert_eq!(spec.cap_add, ["NET_BIND_SERVICE", "NET_RAW"]);
+        let ServiceCommand::Update { flags, .. } =
+            parse(&["update", "web", "--cap-add", "NET_ADMIN"])
+        else {
+            panic!("not update")
+        };
+        flags.apply_to(&mut spec).unwrap();
+        assert_eq!(spec.cap_add, ["NET_ADMIN"], "the list is replaced");
+        assert_eq!(spec.user.as_deref(), Some("www-data"), "the rest is kept");
+        let ServiceCommand::Update { removals, .. } =
+            parse(&["update", "web", "--no-user", "--no-group", "--no-cap-add"])
+        else {
+            panic!("not update")
+        };
+        assert!(removals.no_user && removals.no_group && removals.no_cap_add);
+        assert!(
+            Harness::try_parse_from(["service", "update", "web", "--no-user", "--user", "x"])
+                .is_err()
         );
     }
 

@@ -105,7 +105,8 @@ fn sigkill_at_random_moments_loses_no_acked_revision_and_duplicates_nothing() {
         agent.wait_for_line(" running");
     }
 
-    let workloads = agent_dir.join("workloads");
+    // Replica directories are beside the data dir (`--workloads-dir` default).
+    let workloads = dir.path().join("agent-workloads");
     let running = wait_until("the last scale converged", READY_TIMEOUT, || {
         let ps: serde_json::Value =
             serde_json::from_str(&admin(&["service", "ps", "web", "-o", "json"])).ok()?;

@@ -5,6 +5,7 @@
 //! control node reaches the same state.
 
 use serde::{Deserialize, Serialize};
+use warren_api::older::ServiceSpecV1;
 use warren_api::{
     Availability, Node, NodeId, NodeRole, Revision, SealedBlob, ServiceName, ServiceSpec, Volume,
 };
@@ -12,23 +13,39 @@ use warren_transport::TokenRecord;
 use warren_transport::token::TokenId;
 
 /// A log entry: an operation and the time its proposer stamped on it (unix ms).
+///
+/// `S` is the layout of the specs it carries: [`ServiceSpec`], or an older one
+/// ([`ServiceSpecV1`]) while an entry written by an older build is decoded
+/// ([`Command::upgrade`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
+pub struct Command<S = ServiceSpec> {
     /// When the proposer decided this; the state machine's only clock.
     pub at_ms: u64,
     /// What to do.
-    pub op: Op,
+    pub op: Op<S>,
 }
 
-impl std::fmt::Display for Command {
+impl<S> std::fmt::Display for Command<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.op.name())
     }
 }
 
-/// The operations the state machine knows.
+impl Command<ServiceSpecV1> {
+    /// The entry in the current layout: a spec-format-1 spec runs as root with every
+    /// capability, as it did (see [`ServiceSpecV1`]).
+    pub fn upgrade(self) -> Command {
+        Command {
+            at_ms: self.at_ms,
+            op: self.op.map_spec(ServiceSpec::from),
+        }
+    }
+}
+
+/// The operations the state machine knows. `S` is the layout of the spec in
+/// [`Op::PutService`]; see [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
+pub enum Op<S = ServiceSpec> {
     /// First entry of a cluster: its name and CA (key sealed).
     InitCluster {
         /// Cluster name.
@@ -75,7 +92,7 @@ pub enum Op {
         node: NodeId,
     },
     /// Creates a service, or updates it if it exists and the spec differs.
-    PutService(ServiceSpec),
+    PutService(S),
     /// Sets the replica count of a replicated service.
     ScaleService {
         /// Which service.
@@ -158,7 +175,75 @@ pub enum Op {
     },
 }
 
-impl Op {
+impl<S> Op<S> {
+    /// The same operation with its spec converted (an older layout upgraded). Every other
+    /// operation is carried over as it is.
+    pub fn map_spec<T>(self, f: impl FnOnce(S) -> T) -> Op<T> {
+        match self {
+            Op::PutService(spec) => Op::PutService(f(spec)),
+            Op::InitCluster {
+                name,
+                ca_cert_der,
+                ca_key_sealed,
+            } => Op::InitCluster {
+                name,
+                ca_cert_der,
+                ca_key_sealed,
+            },
+            Op::AddToken(record) => Op::AddToken(record),
+            Op::RevokeToken(id) => Op::RevokeToken(id),
+            Op::Join {
+                token_id,
+                secret_sha256,
+                role,
+                node,
+            } => Op::Join {
+                token_id,
+                secret_sha256,
+                role,
+                node,
+            },
+            Op::RegisterNode(node) => Op::RegisterNode(node),
+            Op::SetAvailability { node, availability } => {
+                Op::SetAvailability { node, availability }
+            }
+            Op::RemoveNode(node) => Op::RemoveNode(node),
+            Op::NodeUnreachable { node } => Op::NodeUnreachable { node },
+            Op::NodeReachable { node } => Op::NodeReachable { node },
+            Op::ScaleService { name, replicas } => Op::ScaleService { name, replicas },
+            Op::RollbackService(name) => Op::RollbackService(name),
+            Op::RemoveService(name) => Op::RemoveService(name),
+            Op::RolloutStep { name, version } => Op::RolloutStep { name, version },
+            Op::PutSecret {
+                name,
+                size_bytes,
+                sealed,
+            } => Op::PutSecret {
+                name,
+                size_bytes,
+                sealed,
+            },
+            Op::RemoveSecret(name) => Op::RemoveSecret(name),
+            Op::PutVolume(volume) => Op::PutVolume(volume),
+            Op::RemoveVolume(name) => Op::RemoveVolume(name),
+            Op::Tick => Op::Tick,
+            Op::AbandonJoin { node } => Op::AbandonJoin { node },
+            Op::AddAdmin(admin) => Op::AddAdmin(admin),
+            Op::RevokeAdmin { serial } => Op::RevokeAdmin { serial },
+            Op::RotateClusterKey {
+                generation,
+                ca_key_sealed,
+                secrets,
+            } => Op::RotateClusterKey {
+                generation,
+                ca_key_sealed,
+                secrets,
+            },
+            Op::RenewCert { node, serial } => Op::RenewCert { node, serial },
+            Op::RenewAdmin { previous, cert } => Op::RenewAdmin { previous, cert },
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

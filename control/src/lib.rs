@@ -30,6 +30,7 @@ pub mod members;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod older;
 pub mod push;
 pub mod rekey;
 pub mod rpc;

@@ -31,13 +31,13 @@ pub struct ClusterInfo {
     pub created_at_ms: u64,
 }
 
-/// A service with its history.
+/// A service with its history. `S` is the spec layout, as in [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRecord {
+pub struct ServiceRecord<S = ServiceSpec> {
     /// The spec in force and its version.
-    pub current: Service,
+    pub current: Service<S>,
     /// The spec before the last change, for `rollback`.
-    pub previous: Option<ServiceSpec>,
+    pub previous: Option<S>,
     /// When it was created (unix ms).
     pub created_at_ms: u64,
     /// When it last changed (unix ms).
@@ -161,133 +161,6 @@ impl AdminCert {
             issued_at_ms: now_ms,
             expires_at_ms: u64::try_from(identity.not_after_unix).unwrap_or(0) * 1000,
             revoked: false,
-        }
-    }
-}
-
-/// [`ClusterState`] as snapshot format 1 wrote it: before unfinished joins were recorded.
-/// Read so that a data dir keeps its snapshot across the upgrade; the fields are in the same
-/// order (postcard is positional) without `pending_joins`.
-#[derive(Deserialize)]
-pub(crate) struct ClusterStateV1 {
-    cluster: Option<ClusterInfo>,
-    nodes: BTreeMap<NodeId, Node>,
-    revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord>,
-    replicas: BTreeMap<ReplicaId, Replica>,
-    unschedulable: BTreeMap<ServiceName, u32>,
-    secrets: BTreeMap<String, SecretRecord>,
-    volumes: BTreeMap<String, Volume>,
-    tokens: TokenBook,
-    revision: Revision,
-}
-
-impl From<ClusterStateV1> for ClusterState {
-    /// By way of format 2 (see there).
-    fn from(v1: ClusterStateV1) -> Self {
-        ClusterStateV2::from(v1).into()
-    }
-}
-
-impl From<ClusterStateV1> for ClusterStateV2 {
-    /// No join was unfinished: format 1 did not record them (a join then either finished or
-    /// left a node entry behind, which `node rm` removes).
-    fn from(v1: ClusterStateV1) -> Self {
-        ClusterStateV2 {
-            cluster: v1.cluster,
-            nodes: v1.nodes,
-            revoked_serials: v1.revoked_serials,
-            services: v1.services,
-            replicas: v1.replicas,
-            unschedulable: v1.unschedulable,
-            secrets: v1.secrets,
-            volumes: v1.volumes,
-            tokens: v1.tokens,
-            pending_joins: BTreeMap::new(),
-            revision: v1.revision,
-        }
-    }
-}
-
-/// [`ClusterState`] as snapshot format 2 wrote it: before admin certificates were recorded.
-#[derive(Deserialize)]
-pub(crate) struct ClusterStateV2 {
-    cluster: Option<ClusterInfo>,
-    nodes: BTreeMap<NodeId, Node>,
-    revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord>,
-    replicas: BTreeMap<ReplicaId, Replica>,
-    unschedulable: BTreeMap<ServiceName, u32>,
-    secrets: BTreeMap<String, SecretRecord>,
-    volumes: BTreeMap<String, Volume>,
-    tokens: TokenBook,
-    pending_joins: BTreeMap<NodeId, PendingJoin>,
-    revision: Revision,
-}
-
-impl From<ClusterStateV2> for ClusterState {
-    /// No admin certificate recorded: format 2 did not record them (the first admin's stays
-    /// valid, unlisted).
-    fn from(v2: ClusterStateV2) -> Self {
-        ClusterState {
-            cluster: v2.cluster,
-            nodes: v2.nodes,
-            revoked_serials: v2.revoked_serials,
-            services: v2.services,
-            replicas: v2.replicas,
-            unschedulable: v2.unschedulable,
-            secrets: v2.secrets,
-            volumes: v2.volumes,
-            tokens: v2.tokens,
-            pending_joins: v2.pending_joins,
-            admins: BTreeMap::new(),
-            key_gen: 1,
-            previous_cert_serials: BTreeMap::new(),
-            revision: v2.revision,
-            control_addrs: Vec::new(),
-            control_members: BTreeSet::new(),
-        }
-    }
-}
-
-/// [`ClusterState`] as snapshot format 3 wrote it: before the cluster key rotated and
-/// certificates were renewed.
-#[derive(Deserialize)]
-pub(crate) struct ClusterStateV3 {
-    cluster: Option<ClusterInfo>,
-    nodes: BTreeMap<NodeId, Node>,
-    revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord>,
-    replicas: BTreeMap<ReplicaId, Replica>,
-    unschedulable: BTreeMap<ServiceName, u32>,
-    secrets: BTreeMap<String, SecretRecord>,
-    volumes: BTreeMap<String, Volume>,
-    tokens: TokenBook,
-    pending_joins: BTreeMap<NodeId, PendingJoin>,
-    admins: BTreeMap<String, AdminCert>,
-    revision: Revision,
-}
-
-impl From<ClusterStateV3> for ClusterState {
-    /// The first cluster key sealed everything: format 3 had no other.
-    fn from(v3: ClusterStateV3) -> Self {
-        ClusterState {
-            cluster: v3.cluster,
-            nodes: v3.nodes,
-            revoked_serials: v3.revoked_serials,
-            services: v3.services,
-            replicas: v3.replicas,
-            unschedulable: v3.unschedulable,
-            secrets: v3.secrets,
-            volumes: v3.volumes,
-            tokens: v3.tokens,
-            pending_joins: v3.pending_joins,
-            admins: v3.admins,
-            key_gen: 1,
-            previous_cert_serials: BTreeMap::new(),
-            revision: v3.revision,
-            control_addrs: Vec::new(),
-            control_members: BTreeSet::new(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! One sled database at `<data dir>/raft` holds three trees:
 //! - `raft_log`: log entries keyed by their index in big-endian (so key order is index order),
 //!   each a postcard-encoded [`Entry`];
-//! - `raft_meta`: the vote, the committed log id, the last purged log id and the layout version;
+//! - `raft_meta`: the vote, the committed log id, the last purged log id, the layout version
+//!   and the log's [`LogFormats`] (from which index each spec format was written);
 //! - `snapshot`: the current snapshot, its metadata and its data written in one batch.
 //!
 //! The state machine, [`ClusterState`], lives in memory and is made durable by snapshots: [`open`]
@@ -44,8 +45,15 @@ use tokio::sync::{Mutex, RwLock, watch};
 use warren_api::{NodeId, Revision};
 
 use crate::command::Outcome;
-use crate::state::{ClusterState, ClusterStateV1, ClusterStateV2, ClusterStateV3};
+use crate::older::{ClusterStateV1, ClusterStateV2, ClusterStateV3, EntryV1, upgrade_entry};
+use crate::state::ClusterState;
 use crate::types::{LogId, Member, StorageError, TypeConfig};
+
+#[cfg(test)]
+mod format_tests;
+mod log_formats;
+
+use log_formats::LogFormats;
 
 const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
@@ -55,6 +63,7 @@ const KEY_LAYOUT: &[u8] = b"layout";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_LOG_FORMATS: &[u8] = b"log_formats";
 const KEY_SNAPSHOT_META: &[u8] = b"meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 
@@ -62,12 +71,17 @@ const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 pub const RAFT_DIR: &str = "raft";
 
 /// Version of the on-disk layout (trees, keys, encodings). Bumped by any change an older build
-/// would misread; [`open`] refuses a directory with another version.
-pub const LAYOUT_VERSION: u32 = 1;
+/// would misread; [`open`] refuses a directory with a newer version and upgrades an older one.
+/// 2: the log's spec formats are recorded ([`LogFormats`]), and entries from the recorded
+/// index on hold spec-format-2 specs, which a build of layout 1 would misread.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Version of the snapshot data format, checked when a snapshot is loaded or installed.
 /// 2: the state records unfinished control-node joins (`ClusterState::pending_joins`).
 /// 3: the state records admin certificates (`ClusterState::admins`).
+/// 4: specs in spec format 2 (`user`, `group`, `cap_add`); the cluster key generation in force
+///    (`ClusterState::key_gen`) and the serials renewed certificates replaced
+///    (`ClusterState::previous_cert_serials`).
 const SNAPSHOT_FORMAT: u32 = 4;
 
 type MembershipRecord = StoredMembership<u64, Member>;
@@ -148,9 +162,10 @@ pub enum OpenError {
         /// sled's error.
         source: sled::Error,
     },
-    /// The directory was written by a build with another layout.
+    /// The directory was written by a newer build.
     #[error(
-        "raft data dir {} has layout version {found}; this build reads version {expected}",
+        "raft data dir {} has layout version {found}; this build reads versions 1 to {expected} \
+         (a newer Warren wrote it)",
         path.display()
     )]
     UnsupportedLayout {
@@ -222,7 +237,7 @@ pub fn open(dir: &Path, tuning: StoreTuning) -> Result<(LogStore, StateMachineSt
             .map_err(|source| open_error(&path, source))
     };
     let (log, meta, snapshot) = (tree(LOG_TREE)?, tree(META_TREE)?, tree(SNAPSHOT_TREE)?);
-    check_layout(&meta, &path)?;
+    let formats = open_layout(&log, &meta, &path)?;
 
     let corrupt = |source| OpenError::Corrupt {
         path: path.clone(),
@@ -233,6 +248,7 @@ pub fn open(dir: &Path, tuning: StoreTuning) -> Result<(LogStore, StateMachineSt
         log,
         meta,
         path: path.clone(),
+        formats: Arc::new(std::sync::Mutex::new(formats)),
     };
     log_store.remove_purged_leftovers().map_err(corrupt)?;
     let snapshots = SnapshotStore {
@@ -266,42 +282,101 @@ fn open_error(path: &Path, source: sled::Error) -> OpenError {
     }
 }
 
-fn check_layout(meta: &sled::Tree, path: &Path) -> Result<(), OpenError> {
+fn read_layout(meta: &sled::Tree, path: &Path) -> Result<Option<u32>, OpenError> {
     let sled_error = |source| OpenError::Sled {
         path: path.to_owned(),
         source,
     };
-    match meta.get(KEY_LAYOUT).map_err(sled_error)? {
-        None => {
-            // A new directory. The marker is flushed with the first vote or append.
-            meta.insert(KEY_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
-                .map_err(sled_error)?;
-            Ok(())
-        }
-        Some(bytes) => {
-            let found = <[u8; 4]>::try_from(bytes.as_ref())
-                .map(u32::from_be_bytes)
-                .map_err(|_| OpenError::Corrupt {
-                    path: path.to_owned(),
-                    source: Box::new(
-                        StorageIOError::read(AnyError::error(format!(
-                            "layout marker is {} bytes, expected 4",
-                            bytes.len()
-                        )))
-                        .into(),
-                    ),
-                })?;
-            if found == LAYOUT_VERSION {
-                Ok(())
-            } else {
-                Err(OpenError::UnsupportedLayout {
-                    path: path.to_owned(),
-                    found,
-                    expected: LAYOUT_VERSION,
-                })
-            }
-        }
+    let Some(bytes) = meta.get(KEY_LAYOUT).map_err(sled_error)? else {
+        return Ok(None);
+    };
+    <[u8; 4]>::try_from(bytes.as_ref())
+        .map(|b| Some(u32::from_be_bytes(b)))
+        .map_err(|_| {
+            corrupt_at_open(
+                path,
+                format!("layout marker is {} bytes, expected 4", bytes.len()),
+            )
+        })
+}
+
+fn corrupt_at_open(path: &Path, message: String) -> OpenError {
+    OpenError::Corrupt {
+        path: path.to_owned(),
+        source: Box::new(StorageIOError::read(AnyError::error(message)).into()),
     }
+}
+
+/// The index the next appended entry gets: after the last entry, or the last purged one.
+fn next_index(log: &sled::Tree, meta: &sled::Tree, path: &Path) -> Result<u64, OpenError> {
+    let corrupt = |source: StorageError| OpenError::Corrupt {
+        path: path.to_owned(),
+        source: Box::new(source),
+    };
+    let last = match log.last() {
+        Ok(Some((key, _))) => Some(key_index(&key).map_err(corrupt)?),
+        Ok(None) => None,
+        Err(source) => return Err(open_error(path, source)),
+    };
+    let purged: Option<LogId> = get_decoded(meta, KEY_LAST_PURGED, "last purged log id")
+        .map_err(|e| corrupt(StorageIOError::read_logs(e).into()))?;
+    Ok(last
+        .max(purged.map(|id| id.index))
+        .map_or(0, |index| index.saturating_add(1)))
+}
+
+/// Checks the layout version and returns the log's spec formats, upgrading what an older
+/// build left: a new directory is marked with this layout, a layout-1 directory gets its
+/// entries so far recorded as spec format 1, and a newer one is refused.
+fn open_layout(log: &sled::Tree, meta: &sled::Tree, path: &Path) -> Result<LogFormats, OpenError> {
+    let sled_error = |source| open_error(path, source);
+    let (mut formats, found) = match read_layout(meta, path)? {
+        // A new directory. The marker is flushed with the first vote or append.
+        None => (LogFormats::current(), None),
+        Some(1) => (LogFormats::before_recording(), Some(1)),
+        Some(LAYOUT_VERSION) => {
+            let formats = get_decoded(meta, KEY_LOG_FORMATS, "log formats")
+                .map_err(|e| corrupt_at_open(path, e.to_string()))?
+                .ok_or_else(|| corrupt_at_open(path, "log formats are missing".to_owned()))?;
+            (formats, Some(LAYOUT_VERSION))
+        }
+        Some(found) => {
+            return Err(OpenError::UnsupportedLayout {
+                path: path.to_owned(),
+                found,
+                expected: LAYOUT_VERSION,
+            });
+        }
+    };
+    let (from_index, newest) = formats.newest();
+    if newest > warren_api::older::SPEC_FORMAT {
+        return Err(corrupt_at_open(
+            path,
+            format!(
+                "the raft log holds spec format {newest} from index {from_index}; this build \
+                 reads spec formats 1 to {} (a newer Warren wrote it)",
+                warren_api::older::SPEC_FORMAT
+            ),
+        ));
+    }
+    let next = next_index(log, meta, path)?;
+    if formats.opened(next) || found != Some(LAYOUT_VERSION) {
+        if found == Some(1) {
+            tracing::info!(
+                path = %path.display(),
+                next_index = next,
+                "raft log written by an older build: its entries are read in their format, \
+                 new ones are written in this build's"
+            );
+        }
+        // Formats first: a crash before the marker leaves a layout-1 dir, upgraded again.
+        let bytes =
+            encode(&formats, "log formats").map_err(|e| corrupt_at_open(path, e.to_string()))?;
+        meta.insert(KEY_LOG_FORMATS, bytes).map_err(sled_error)?;
+        meta.insert(KEY_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
+            .map_err(sled_error)?;
+    }
+    Ok(formats)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,16 +409,30 @@ fn first_index(range: &impl RangeBounds<u64>) -> Option<u64> {
     }
 }
 
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
+/// Decodes the entry stored at `index`, whose specs are in spec format `format` (upgraded to
+/// the current types if older).
+fn decode_entry(index: u64, bytes: &[u8], format: u32) -> Result<Entry<TypeConfig>, StorageError> {
     let corrupt = |message: String| -> StorageError {
         StorageIOError::read_log_at_index(index, AnyError::error(message)).into()
     };
-    let entry: Entry<TypeConfig> = postcard::from_bytes(bytes).map_err(|e| {
+    let bad = |e: postcard::Error| {
         corrupt(format!(
-            "raft log entry at index {index} is corrupt ({} bytes): {e}",
+            "raft log entry at index {index} is corrupt (spec format {format}, {} bytes): {e}",
             bytes.len()
         ))
-    })?;
+    };
+    let entry: Entry<TypeConfig> = match format {
+        1 => postcard::from_bytes::<EntryV1>(bytes)
+            .map(upgrade_entry)
+            .map_err(bad)?,
+        warren_api::older::SPEC_FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
+        other => {
+            return Err(corrupt(format!(
+                "raft log entry at index {index} has spec format {other}, which this build \
+                 does not read"
+            )));
+        }
+    };
     if entry.log_id.index != index {
         return Err(corrupt(format!(
             "raft log entry stored at index {index} says it is at index {}",
@@ -389,6 +478,8 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     path: PathBuf,
+    /// Shared by the clones: a truncation or append changes what every reader decodes.
+    formats: Arc<std::sync::Mutex<LogFormats>>,
 }
 
 impl fmt::Debug for LogStore {
@@ -403,6 +494,34 @@ impl fmt::Debug for LogStore {
 impl LogStore {
     async fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush_async().await.map(drop)
+    }
+
+    fn formats(&self) -> std::sync::MutexGuard<'_, LogFormats> {
+        // Every update is one assignment: a panic cannot leave the value half-changed.
+        self.formats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn decode(&self, index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
+        let format = self.formats().format_at(index);
+        decode_entry(index, bytes, format)
+    }
+
+    /// Records that every entry from `index` on is written by this build (not yet flushed):
+    /// before the entries themselves, so that none is ever read in an older format.
+    fn written_from(&self, index: u64) -> Result<(), StorageError> {
+        let mut formats = self.formats();
+        let mut updated = formats.clone();
+        if !updated.written_from(index) {
+            return Ok(());
+        }
+        let bytes = encode(&updated, "log formats").map_err(StorageIOError::write_logs)?;
+        self.meta
+            .insert(KEY_LOG_FORMATS, bytes)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        *formats = updated;
+        Ok(())
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -446,7 +565,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            entries.push(decode_entry(index, &value)?);
+            entries.push(self.decode(index, &value)?);
         }
         Ok(entries)
     }
@@ -458,7 +577,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
         let last_entry = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            Some((key, value)) => Some(decode_entry(key_index(&key)?, &value)?.log_id),
+            Some((key, value)) => Some(self.decode(key_index(&key)?, &value)?.log_id),
             None => None,
         };
         Ok(LogState {
@@ -513,6 +632,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // One batch: a crash cannot leave a hole in the middle of an append.
         let mut batch = sled::Batch::default();
+        let mut entries = entries.into_iter().peekable();
+        if let Some(first) = entries.peek() {
+            self.written_from(first.log_id.index)?;
+        }
         for entry in entries {
             let bytes = encode(&entry, "raft log entry")
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, e))?;
@@ -538,6 +661,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(index = log_id.index, "truncate raft log");
         self.remove_keys(self.log.range(index_key(log_id.index)..))?;
+        // After the removal: a crash between the two leaves nothing at those indexes to misread.
+        self.written_from(log_id.index)?;
         self.flush()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;

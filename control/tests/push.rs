@@ -193,6 +193,34 @@ async fn hello_for_another_node_is_refused() {
     node.shutdown().await;
 }
 
+/// An agent of the release before specs said who a workload runs as (wire version 2) gets one
+/// clear refusal, not views it would misread and run as root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_an_older_wire_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, joined) = control_and_agent(&dir).await;
+    let hello = AgentHello {
+        wire_version: 2,
+        node_id: joined.node_id,
+        last_revision: Revision::ZERO,
+        cache_cluster_id: None,
+        agent_version: "older".into(),
+        have: None,
+    };
+    let (_endpoint, _send, mut recv) = open_with(&node, &joined, hello).await;
+    match next(&mut recv).await {
+        ControlToAgent::Refused(refusal) => {
+            assert_eq!(refusal.reason, RefusalReason::WireVersion { supported: 3 });
+            assert_eq!(
+                refusal.message,
+                "agent speaks wire version 2, this control node 3"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    node.shutdown().await;
+}
+
 fn resume_hello(view: &NodeView) -> AgentHello {
     AgentHello {
         wire_version: WIRE_VERSION,

@@ -53,8 +53,6 @@ use warren_transport::ca::unix_now_ms as now_ms;
 pub const AGENT_FILE: &str = "agent.json";
 /// The local status file `warren agent status` reads.
 pub const STATUS_FILE: &str = "status.json";
-/// Where the process runtime keeps per-replica files.
-pub const WORKLOADS_DIR: &str = "workloads";
 /// The longest time between two writes of `status.json` when nothing in it changed.
 pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
 /// How soon a pass that acted is followed by another (to see what it started running).
@@ -95,6 +93,11 @@ pub struct AgentIdentity {
     /// there unless told otherwise. `None` in an `agent.json` from before this was kept.
     #[serde(default)]
     pub listen: Option<ListenSettings>,
+    /// Where replica directories go, as `agent join` was told (`--workloads-dir`): `agent run`
+    /// uses it unless told otherwise. `None`: the default, beside the data dir
+    /// ([`crate::runtime::default_workloads_dir`]).
+    #[serde(default)]
+    pub workloads_dir: Option<PathBuf>,
 }
 
 /// What an agent advertises when it joins (recorded in the node registry).
@@ -253,6 +256,9 @@ pub struct JoinRequest {
     /// resolved) by the caller with [`crate::listeners::check`] before it works out what to
     /// advertise. `None`: nothing kept (`agent run` then uses its defaults).
     pub listen: Option<ListenSettings>,
+    /// Where replica directories go, kept in `agent.json` for `agent run`; `None`: the
+    /// default.
+    pub workloads_dir: Option<PathBuf>,
 }
 
 /// Joins the cluster as an agent through the first reachable control address, then writes the
@@ -308,6 +314,7 @@ pub async fn join(data_dir: &Path, request: JoinRequest) -> Result<AgentIdentity
         cluster_fingerprint: hex(&fingerprint),
         gossip: request.advertise.gossip.map(|a| a.to_string()),
         listen: request.listen,
+        workloads_dir: request.workloads_dir,
     };
     cache
         .claim(CacheIdentity {
@@ -559,7 +566,10 @@ impl Agent {
         if process_options.resolv_conf.is_none() {
             process_options.resolv_conf = workload_resolv_conf(data_dir, &options);
         }
-        let runtime = ProcessRuntime::new(data_dir.join(WORKLOADS_DIR), process_options.clone())?;
+        if process_options.workloads_dir.is_none() {
+            process_options.workloads_dir = identity.workloads_dir.clone();
+        }
+        let runtime = ProcessRuntime::for_agent(data_dir, process_options.clone())?;
         let mut options = options;
         options.process = process_options;
         Ok(Agent {
@@ -1008,7 +1018,7 @@ impl Reconciler {
             return None;
         };
         self.revision = view.revision.0;
-        let targets = health_targets(&self.data_dir, view, &observed);
+        let targets = health_targets(&self.handles, view, &observed);
         self.health_monitor.sync(targets);
         self.health = self.health_monitor.health();
         let health_events = self.health_monitor.drain_events();
@@ -1324,10 +1334,17 @@ impl Reconciler {
                     warn!(%replica, error = %error, "cannot record the started workload");
                 }
                 self.flush().await;
+                let runs_as = handle.record().credentials.as_ref().map(|c| c.describe());
                 self.handles.insert(replica.clone(), handle);
                 self.exits.remove(replica);
-                self.book
-                    .record_started(replica, service, workload_hash, now)
+                let mut event = self
+                    .book
+                    .record_started(replica, service, workload_hash, now);
+                // Who it runs as, said with every start: `service ps` and the events show it.
+                if let Some(runs_as) = runs_as {
+                    event.message.push_str(&format!(" as {runs_as}"));
+                }
+                event
             }
             Err(error) => {
                 warn!(%replica, error = %error, "cannot start workload");
@@ -1446,9 +1463,12 @@ fn record_key(replica: &ReplicaId) -> String {
 }
 
 /// The health checks to run: one per running workload whose service has a check. Exec probes
-/// get the service's environment and run in the workload's working directory (the process
-/// runtime's layout under `data_dir`).
-fn health_targets(data_dir: &Path, view: &NodeView, observed: &[Observed]) -> Vec<HealthTarget> {
+/// get the service's environment and run in the workload's working directory, as its user.
+fn health_targets(
+    handles: &BTreeMap<ReplicaId, WorkloadHandle>,
+    view: &NodeView,
+    observed: &[Observed],
+) -> Vec<HealthTarget> {
     observed
         .iter()
         .filter_map(|workload| {
@@ -1457,16 +1477,9 @@ fn health_targets(data_dir: &Path, view: &NodeView, observed: &[Observed]) -> Ve
             };
             let spec = &view.services.get(&workload.replica.service)?.spec;
             let check = spec.health.clone()?;
+            let record = handles.get(&workload.replica).map(WorkloadHandle::record);
             let working_dir = match &spec.workload {
-                Workload::Process(process) => {
-                    let replica_dir = data_dir
-                        .join(WORKLOADS_DIR)
-                        .join(workload.replica.to_string());
-                    Some(match &process.working_dir {
-                        Some(dir) => replica_dir.join(dir),
-                        None => replica_dir,
-                    })
-                }
+                Workload::Process(_) => record.map(|r| r.working_dir.clone()),
                 // Exec probes in containers come with the container runtime.
                 Workload::Image(_) => None,
             };
@@ -1478,6 +1491,7 @@ fn health_targets(data_dir: &Path, view: &NodeView, observed: &[Observed]) -> Ve
                 exec: ExecContext {
                     env: spec.env.clone(),
                     working_dir,
+                    credentials: record.and_then(|r| r.credentials.clone()),
                 },
             })
         })

@@ -4,17 +4,22 @@
 //!
 //! Every value is stored as `format (1 byte) | CRC-32 of the payload (4 bytes LE) | postcard
 //! payload`, so a truncated or corrupt value is detected when read, with a clear error naming
-//! the key. The cache records the cluster and node it belongs to; opening it for another
+//! the key. Values are written in [`FORMAT`]; one an older build wrote is read through its old
+//! layout ([`formats`]), so an upgraded agent keeps its view and adopts its workloads. The cache records the cluster and node it belongs to; opening it for another
 //! cluster or node is refused. [`Cache::store_view`] flushes before it returns: the agent acks
 //! a revision only after this.
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use warren_api::{NodeId, NodeView};
 
-const FORMAT: u8 = 1;
+pub mod formats;
+
+pub use formats::Cached;
+
+/// The format values are written in; older ones are read through [`Cached::decode_older`].
+/// 2: specs with `user`, `group` and `cap_add`.
+pub const FORMAT: u8 = 2;
 /// How long [`Cache::open`] waits for a lock held by a cache that is still closing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const HEADER: usize = 5;
@@ -94,7 +99,7 @@ pub struct Cache {
     path: PathBuf,
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+fn encode<T: Cached>(value: &T) -> Vec<u8> {
     let payload = postcard::to_stdvec(value).expect("cache values serialize");
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.push(FORMAT);
@@ -153,36 +158,45 @@ impl Cache {
         }
     }
 
-    /// Reads and checks one value.
+    /// Reads and checks one value, of this build's format or an older one.
     ///
     /// # Errors
-    /// [`CacheError::Corrupt`] when the value is truncated, fails its checksum or does not
-    /// decode as `T`.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+    /// [`CacheError::Corrupt`] when the value is truncated, fails its checksum, has a format
+    /// this build does not know, or does not decode as `T`.
+    pub fn get<T: Cached>(&self, key: &str) -> Result<Option<T>, CacheError> {
         let Some(bytes) = self.db.get(key).map_err(self.sled_error())? else {
             return Ok(None);
         };
         if bytes.len() < HEADER {
             return Err(self.corrupt(key, format!("truncated to {} bytes", bytes.len())));
         }
-        if bytes[0] != FORMAT {
-            return Err(self.corrupt(key, format!("unknown format {}", bytes[0])));
+        let format = bytes[0];
+        if format == 0 || format > FORMAT {
+            return Err(self.corrupt(
+                key,
+                format!("unknown format {format}; this build reads 1 to {FORMAT}"),
+            ));
         }
         let stored = u32::from_le_bytes(bytes[1..HEADER].try_into().expect("4 bytes"));
         let payload = &bytes[HEADER..];
         if crc32fast::hash(payload) != stored {
             return Err(self.corrupt(key, "checksum mismatch"));
         }
-        postcard::from_bytes(payload)
+        let decoded = if format == FORMAT {
+            postcard::from_bytes(payload)
+        } else {
+            T::decode_older(format, payload)
+        };
+        decoded
             .map(Some)
-            .map_err(|e| self.corrupt(key, e.to_string()))
+            .map_err(|e| self.corrupt(key, format!("format {format}: {e}")))
     }
 
     /// Writes one value (not yet flushed).
     ///
     /// # Errors
     /// [`CacheError::Sled`].
-    pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CacheError> {
+    pub fn put<T: Cached>(&self, key: &str, value: &T) -> Result<(), CacheError> {
         self.db
             .insert(key, encode(value))
             .map_err(self.sled_error())?;
@@ -388,5 +402,119 @@ mod tests {
         assert!(matches!(err, CacheError::Foreign { .. }), "{err}");
         cache.store_view(&view(1, 2)).await.unwrap();
         assert!(matches!(cache.view(), Err(CacheError::Foreign { .. })));
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// `view(42, 1)` holding service `web` (version 2: `sh -c "echo hi"` in `data`, two
+    /// replicas, env MODE=edge, port http:8080, secret db, label team=a), as the build before
+    /// cache format 2 stored it (header included).
+    const VIEW_FORMAT_1: &str = "01cd3552d62a01010101010101010101010101010101010101010101010101010101010101010706656467652d\
+        3100066c6973626f6e00000000000000000000010377656202037765620003027368022d63076563686f206869\
+        0104646174610002000001044d4f4445046564676501010468747470903f000000e807e0d40300000102646202\
+        64620000000100904e01047465616d0161000000010e3132372e302e302e313a3731303100";
+
+    /// A view cached by the older build is read, its spec running as root with every
+    /// capability and keeping its workload hash; a format from a newer build is refused.
+    #[tokio::test]
+    async fn a_view_of_format_1_is_read_and_a_newer_format_refused() {
+        use warren_api::{
+            ProcessSpec, SecretRef, Service, ServiceMode, ServiceName, ServiceSpec, Workload,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+        cache
+            .claim(CacheIdentity {
+                cluster_id: [1; 32],
+                node_id: NodeId(7),
+            })
+            .await
+            .unwrap();
+        cache.put_raw(VIEW_KEY, &unhex(VIEW_FORMAT_1)).unwrap();
+        let read = cache.view().unwrap().unwrap();
+
+        let mut spec = ServiceSpec::new(
+            ServiceName::new("web").unwrap(),
+            Workload::Process(ProcessSpec {
+                command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                working_dir: Some("data".into()),
+            }),
+        );
+        spec.mode = ServiceMode::Replicated { replicas: 2 };
+        spec.env.insert("MODE".into(), "edge".into());
+        spec.ports = vec!["http:8080".parse().unwrap()];
+        spec.secrets = vec![SecretRef::new("db")];
+        spec.labels.insert("team".into(), "a".into());
+        spec.user = Some("root".into());
+        spec.cap_add = vec!["ALL".into()];
+        let mut expected = view(42, 1);
+        expected
+            .services
+            .insert(spec.name.clone(), Service { version: 2, spec });
+        assert_eq!(read, expected);
+        let web = &read.services[&ServiceName::new("web").unwrap()].spec;
+        assert_eq!(
+            web.workload_hash(),
+            0xd852_ad39_3787_4142,
+            "an upgrade restarts nothing"
+        );
+
+        // Written back, it is in this build's format.
+        cache.store_view(&read).await.unwrap();
+        assert_eq!(cache.db.get(VIEW_KEY).unwrap().unwrap()[0], FORMAT);
+        assert_eq!(cache.view().unwrap().unwrap(), expected);
+
+        let mut newer = unhex(VIEW_FORMAT_1);
+        newer[0] = FORMAT + 1;
+        cache.put_raw(VIEW_KEY, &newer).unwrap();
+        let err = cache.view().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown format 3; this build reads 1 to 2"),
+            "{err}"
+        );
+    }
+
+    /// The record of `web.0` (pid 4242) an older agent kept: logs in its data dir's
+    /// `workloads/web.0`.
+    const RECORD_FORMAT_1: &str = "01e59c2de5037765620000c2829dbc93a7aba9d8012462336335303037642d633962302d346161332d62363430\
+        2d65613961313765373866313180d095ffbc312a2f7661722f6c69622f77617272656e2f776f726b6c6f616473\
+        2f7765622e302f7374646f75742e6c6f672a2f7661722f6c69622f77617272656e2f776f726b6c6f6164732f77\
+        65622e302f7374646572722e6c6f67009221c0c407";
+
+    /// A workload record of the older agent reads as a workload that runs as that agent did
+    /// (no credentials) in the directory of its logs, which was its working directory: it is
+    /// adopted, and its health checks run where and as they did.
+    #[test]
+    fn a_workload_record_of_format_1_is_read() {
+        use crate::runtime::{Instance, WorkloadRecord};
+        use std::path::PathBuf;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+        cache
+            .put_raw("workload/web.0", &unhex(RECORD_FORMAT_1))
+            .unwrap();
+        let record: WorkloadRecord = cache.get("workload/web.0").unwrap().unwrap();
+        assert_eq!(
+            record.instance,
+            Instance::Process {
+                pid: 4242,
+                start_time_ticks: 123_456
+            }
+        );
+        assert_eq!(record.workload_hash, 0xd852_ad39_3787_4142);
+        assert_eq!(
+            record.stdout_log,
+            PathBuf::from("/var/lib/warren/workloads/web.0/stdout.log")
+        );
+        assert_eq!(
+            record.working_dir,
+            PathBuf::from("/var/lib/warren/workloads/web.0")
+        );
+        assert_eq!(record.credentials, None);
     }
 }

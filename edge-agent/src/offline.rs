@@ -14,7 +14,7 @@ use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
 use warren_api::{ReplicaId, TaskState};
 use warren_transport::write_atomic;
 
-use crate::agent::{AgentError, AgentOptions, RECORD_PREFIX, STATUS_FILE, WORKLOADS_DIR};
+use crate::agent::{AgentError, AgentOptions, RECORD_PREFIX, STATUS_FILE};
 use crate::cache::Cache;
 use crate::runtime::{ProcessRuntime, Runtime, WorkloadRecord};
 use warren_transport::ca::unix_now_ms as now_ms;
@@ -43,7 +43,13 @@ pub async fn stop_workloads(
     options: &AgentOptions,
 ) -> Result<Vec<StoppedWorkload>, AgentError> {
     let cache = Cache::open(data_dir, options.cache)?;
-    let runtime = ProcessRuntime::new(data_dir.join(WORKLOADS_DIR), options.process.clone())?;
+    let mut process = options.process.clone();
+    if process.workloads_dir.is_none() {
+        process.workloads_dir = crate::agent::load_identity(data_dir)
+            .ok()
+            .and_then(|identity| identity.workloads_dir);
+    }
+    let runtime = ProcessRuntime::for_agent(data_dir, process)?;
     let view = cache.view()?;
     let grace_of = |replica: &ReplicaId| {
         let grace_ms = view

@@ -26,7 +26,7 @@ const EVENTS_KEY: &str = "events";
 
 /// The event buffer as stored in the cache.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct EventBuffer {
+pub(crate) struct EventBuffer {
     /// Sequence number of the first event in `events`.
     first_seq: u64,
     events: VecDeque<Event>,

@@ -1,6 +1,7 @@
 //! The health probes against real parts: an HTTP server on loopback that answers 200, then
 //! 500, then not at all; a TCP listener that goes away; commands that pass, fail, and hang
-//! past their timeout (killed with their children). No root needed.
+//! past their timeout (killed with their children). No root needed, except to run a probe as
+//! its workload's user (it says why it skips otherwise).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -17,7 +18,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warren_edge_agent::health::ProbeOutcome;
-use warren_edge_agent::health::probe::{http, run_exec, tcp};
+use warren_edge_agent::health::probe::{ExecContext, http, run_exec, tcp};
+use warren_edge_agent::runtime::Credentials;
+
+mod prerequisites;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -107,7 +111,12 @@ fn argv(args: &[&str]) -> Vec<String> {
 }
 
 async fn exec(args: &[&str], env: &BTreeMap<String, String>, dir: Option<&Path>) -> ProbeOutcome {
-    run_exec(&argv(args), env, dir, TIMEOUT).await
+    let context = ExecContext {
+        env: env.clone(),
+        working_dir: dir.map(Path::to_path_buf),
+        credentials: None,
+    };
+    run_exec(&argv(args), &context, TIMEOUT).await
 }
 
 /// Whether `pid` is a live (not zombie) process.
@@ -175,8 +184,7 @@ async fn exec_probe_past_its_timeout_is_killed() {
     let began = Instant::now();
     let outcome = run_exec(
         &argv(&["sh", "-c", &script]),
-        &BTreeMap::new(),
-        None,
+        &ExecContext::default(),
         Duration::from_millis(500),
     )
     .await;
@@ -199,4 +207,41 @@ async fn exec_probe_past_its_timeout_is_killed() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An exec probe runs as its workload does: its user, its (lack of) capabilities and
+/// `no_new_privs`, so that a probe running a file the workload can write gives it nothing
+/// more. Needs root (switching users); prints why it skips otherwise.
+#[tokio::test]
+async fn exec_probes_run_as_the_workloads_user() {
+    if !prerequisites::require(
+        "exec_probes_run_as_the_workloads_user",
+        [prerequisites::root()],
+    ) {
+        return;
+    }
+    let as_nobody = ExecContext {
+        credentials: Some(Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+            capabilities: 0,
+            switched: true,
+        }),
+        ..ExecContext::default()
+    };
+    let check = "test \"$(id -u):$(id -g)\" = 65534:65534 && \
+        grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/self/status && \
+        grep -q '^NoNewPrivs:[[:space:]]*1$' /proc/self/status";
+    let argv = argv(&["sh", "-c", check]);
+    assert_eq!(
+        run_exec(&argv, &as_nobody, TIMEOUT).await,
+        ProbeOutcome::Pass
+    );
+    // The same check as the agent (root) fails: the context is what made the difference.
+    let as_agent = ExecContext::default();
+    assert!(matches!(
+        run_exec(&argv, &as_agent, TIMEOUT).await,
+        ProbeOutcome::Fail(_)
+    ));
 }

@@ -1,7 +1,7 @@
 //! The native process runtime against real processes: start, logs, stop (SIGTERM, SIGKILL),
 //! exit codes, adoption after the agent goes away, secrets, log rotation and cgroup limits.
 //!
-//! The cgroup test needs root and writable cgroup v1, the resolv.conf test root and `unshare`;
+//! The cgroup test needs root and writable cgroup v1, the resolv.conf and credentials tests root;
 //! through `prerequisites::require` they print why they skip otherwise (and fail under
 //! `CI=true`). Every test kills what it started, even when it fails.
 
@@ -46,6 +46,9 @@ fn request(replica: ReplicaId, argv: &[&str]) -> WorkloadRequest {
         argv: argv.iter().map(|s| (*s).to_owned()).collect(),
         env: BTreeMap::new(),
         working_dir: None,
+        user: None,
+        group: None,
+        cap_add: Vec::new(),
         secrets: Vec::new(),
         memory_bytes: None,
         cpu_millis: None,
@@ -549,7 +552,8 @@ async fn start_errors_name_the_problem() {
 }
 
 /// The environment is exactly the spec's (plus a default PATH); the working directory
-/// defaults to the replica's directory, and a relative one is inside it.
+/// defaults to the replica's own `work` directory, a relative one is inside it, and one that
+/// leaves it is refused.
 #[tokio::test]
 async fn environment_and_working_directory() {
     init_tracing();
@@ -557,7 +561,7 @@ async fn environment_and_working_directory() {
     let runtime = runtime(dir.path());
     let mut request = request(
         replica("env", 0),
-        &["sh", "-c", "echo \"$GREETING $HOME\"; pwd"],
+        &["sh", "-c", "echo \"$GREETING $HOME\"; pwd; mkdir data"],
     );
     request
         .env
@@ -572,14 +576,14 @@ async fn environment_and_working_directory() {
         },
     )
     .await;
-    let replica_dir = std::fs::canonicalize(dir.path().join("env.0")).unwrap();
+    let work = std::fs::canonicalize(dir.path().join("env.0").join("work")).unwrap();
+    assert_eq!(handle.record().working_dir, work);
     assert_eq!(
         read(&handle.record().stdout_log),
-        format!("hello \n{}\n", replica_dir.display())
+        format!("hello \n{}\n", work.display())
     );
 
-    std::fs::create_dir(replica_dir.join("work")).unwrap();
-    request.working_dir = Some(PathBuf::from("work"));
+    request.working_dir = Some(PathBuf::from("data"));
     request.argv = vec!["pwd".to_owned()];
     let handle = runtime.start(&request).await.unwrap();
     wait_observed(
@@ -591,7 +595,16 @@ async fn environment_and_working_directory() {
         },
     )
     .await;
-    assert!(read(&handle.record().stdout_log).ends_with("/env.0/work\n"));
+    assert!(read(&handle.record().stdout_log).ends_with("/env.0/work/data\n"));
+
+    for escape in ["../..", "/"] {
+        request.working_dir = Some(PathBuf::from(escape));
+        let err = runtime.start(&request).await.unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidRequest { .. }),
+            "{escape}: {err}"
+        );
+    }
 }
 
 /// Secrets are files (0400) in a private directory (0700) named by `WARREN_SECRETS_DIR`,
@@ -878,20 +891,13 @@ async fn restart_rewrites_secrets() {
 /// With `resolv_conf` set (as the agent does when it serves DNS on port 53), a workload sees
 /// that file as its `/etc/resolv.conf`, while the host's stays untouched; a command that does
 /// not exist still fails at start with its own error. Needs root (a private mount namespace
-/// per workload) and `unshare`; prints why it skips otherwise.
+/// per workload); prints why it skips otherwise.
 #[tokio::test]
 async fn workloads_see_the_agents_resolv_conf_when_root() {
     init_tracing();
     if !prerequisites::require(
         "workloads_see_the_agents_resolv_conf_when_root",
-        [
-            prerequisites::root(),
-            // Where the runtime looks for it.
-            prerequisites::file(
-                &["/usr/bin/unshare", "/bin/unshare"],
-                "unshare (util-linux)",
-            ),
-        ],
+        [prerequisites::root()],
     ) {
         return;
     }
@@ -938,4 +944,109 @@ async fn workloads_see_the_agents_resolv_conf_when_root() {
         .start(&request(replica("dns", 1), &["no-such-command-here"]))
         .await;
     assert!(missing.is_err(), "{missing:?}");
+}
+
+/// What a workload's process holds: `uid gid groups` from `/proc/self/status`, then its
+/// capability sets and `NoNewPrivs`, one `Name:\tvalue` per line.
+const SHOW_CREDENTIALS: &str =
+    "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status";
+
+/// The value of field `name` in what [`SHOW_CREDENTIALS`] printed.
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .map_or("", str::trim)
+}
+
+/// Runs [`SHOW_CREDENTIALS`] as `user` with `cap_add`; returns what it printed and the record.
+async fn credentials_of(
+    runtime: &dyn Runtime,
+    replica: ReplicaId,
+    user: Option<&str>,
+    cap_add: &[&str],
+) -> (String, WorkloadRecord) {
+    let mut request = request(replica, &["sh", "-c", SHOW_CREDENTIALS]);
+    request.user = user.map(str::to_owned);
+    request.cap_add = cap_add.iter().map(|c| (*c).to_owned()).collect();
+    let handle = runtime.start(&request).await.unwrap();
+    let exited = Observed::Exited {
+        code: Some(0),
+        signal: None,
+    };
+    wait_observed(runtime, &handle, exited).await;
+    (read(&handle.record().stdout_log), handle.record().clone())
+}
+
+/// A workload runs as a user of its own (its `work` directory its own, 0700), or as the user
+/// its spec names, with no capability in any set (bounding included) but those `cap_add`
+/// keeps, in its ambient set so that a non-root uid holds them, and with `no_new_privs`;
+/// `root` and `ALL` only when asked for. An unknown user fails the start, naming it. Needs
+/// root (switching users); prints why it skips otherwise.
+#[tokio::test]
+async fn workloads_run_as_their_user_with_only_their_capabilities() {
+    use std::os::unix::fs::MetadataExt;
+    init_tracing();
+    if !prerequisites::require(
+        "workloads_run_as_their_user_with_only_their_capabilities",
+        [prerequisites::root()],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+
+    let (own, record) = credentials_of(runtime.as_ref(), replica("own", 0), None, &[]).await;
+    let credentials = record.credentials.clone().unwrap();
+    assert!(
+        (2_080_000_000..2_080_065_536).contains(&credentials.uid),
+        "{own}"
+    );
+    let uid = credentials.uid.to_string();
+    assert_eq!(field(&own, "Uid"), [uid.as_str(); 4].join("\t"), "{own}");
+    assert_eq!(field(&own, "Gid"), [uid.as_str(); 4].join("\t"), "{own}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(&own, set), "0000000000000000", "{set}: {own}");
+    }
+    assert_eq!(field(&own, "NoNewPrivs"), "1", "{own}");
+    let work = std::fs::metadata(dir.path().join("own.0/work")).unwrap();
+    assert_eq!((work.uid(), work.mode() & 0o777), (credentials.uid, 0o700));
+    // Another replica gets another uid; the same replica keeps its own.
+    let (_, other) = credentials_of(runtime.as_ref(), replica("own", 1), None, &[]).await;
+    assert_ne!(other.credentials.unwrap().uid, credentials.uid);
+    let (_, again) = credentials_of(runtime.as_ref(), replica("own", 0), None, &[]).await;
+    assert_eq!(again.credentials.unwrap().uid, credentials.uid);
+
+    // NET_BIND_SERVICE is capability 10: bit 0x400 in every set but the bounding set's others.
+    let (nobody, _) = credentials_of(
+        runtime.as_ref(),
+        replica("nobody", 0),
+        Some("65534"),
+        &["NET_BIND_SERVICE"],
+    )
+    .await;
+    assert!(field(&nobody, "Uid").starts_with("65534\t"), "{nobody}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(&nobody, set), "0000000000000400", "{set}: {nobody}");
+    }
+
+    let (root, _) = credentials_of(runtime.as_ref(), replica("root", 0), Some("root"), &[]).await;
+    assert!(field(&root, "Uid").starts_with("0\t"), "{root}");
+    assert_eq!(
+        field(&root, "CapEff"),
+        "0000000000000000",
+        "root, but no capability: {root}"
+    );
+    let (all, _) = credentials_of(runtime.as_ref(), replica("root", 1), Some("0"), &["ALL"]).await;
+    assert_ne!(field(&all, "CapEff"), "0000000000000000", "{all}");
+
+    let mut ghost = request(replica("ghost", 0), &["true"]);
+    ghost.user = Some("no-such-user-here".to_owned());
+    let err = runtime.start(&ghost).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::RunAs { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(r#"unknown user "no-such-user-here""#),
+        "{err}"
+    );
 }

@@ -245,6 +245,19 @@ pub fn root() -> Option<String> {
     (!rustix::process::geteuid().is_root()).then(|| "needs root".to_owned())
 }
 
+/// For [`require`]: why not, unless `program` is an executable file in a directory of the
+/// workloads' default `PATH` (where a workload finds it, whatever this process's `PATH`).
+pub fn program(program: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = warren_edge_agent::runtime::process::DEFAULT_PATH
+        .split(':')
+        .any(|dir| {
+            std::fs::metadata(Path::new(dir).join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+    (!found).then(|| format!("needs `{program}` in the workloads' PATH"))
+}
+
 /// The agent's `status.json`, if it is there and parses.
 pub fn agent_status(dir: &Path) -> Option<warren_edge_agent::agent::AgentStatus> {
     warren_edge_agent::agent::load_status(dir).ok()
@@ -258,6 +271,18 @@ pub fn running_pids(status: &warren_edge_agent::agent::AgentStatus) -> Vec<u32> 
         .filter(|r| r.state == warren_api::TaskState::Running)
         .filter_map(|r| r.pid)
         .collect()
+}
+
+/// Lets users other than the test's own pass through `dir` (mode 0711, not listable): a
+/// test's temp dir is 0700, and workloads running as their own users (the agent is root) must
+/// reach their files below it by path, as under `/var/lib` on a real box.
+///
+/// # Panics
+/// When the mode cannot be set.
+pub fn passable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .unwrap_or_else(|e| panic!("chmod 0711 {}: {e}", dir.display()));
 }
 
 /// Agent options for tests: secrets in a plain 0700 dir (no tmpfs, no root needed).

@@ -1,10 +1,11 @@
 //! Secrets end to end, with a real control node, a real agent and real `sh` workloads: a secret
-//! reaches the workload as a file and nowhere else in the clear, a new value is rewritten in
-//! place without a restart (also after the cluster key rotated), removing the node wipes the
-//! files and the node key; and an agent without a node key runs what needs no secrets and
+//! reaches the workload as a file (its own, 0400, outside the agent's data dir) and nowhere else
+//! in the clear, a new value is rewritten in place without a restart (also after the cluster
+//! key rotated), removing the node wipes the files and the node key; and an agent without a
+//! node key runs what needs no secrets and
 //! fails only what does.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,7 +80,9 @@ async fn secrets_reach_the_workload_sealed_and_leave_with_the_node() {
     let (control, fingerprint) = start_control(dir.path()).await;
 
     info!("--- join: the node key is stored, private, in a data dir only its owner enters");
+    warren_tests::passable(dir.path());
     let agent_dir = dir.path().join("agent");
+    let workloads_dir = warren_edge_agent::runtime::default_workloads_dir(&agent_dir);
     let dir_mode = || std::fs::metadata(&agent_dir).unwrap().permissions().mode() & 0o777;
     let widen =
         || std::fs::set_permissions(&agent_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -96,15 +99,15 @@ async fn secrets_reach_the_workload_sealed_and_leave_with_the_node() {
     info!("--- a secret and a service that reads it");
     let plaintext = b"warren-e2e-secret-5f0c1d";
     put_secret(&control, "db", plaintext).await;
-    let seen = dir.path().join("seen");
-    let seen_dir = dir.path().join("seen-dir");
-    let script = format!(
-        "echo \"$WARREN_SECRETS_DIR\" > {dir}; \
-         while true; do cat \"$WARREN_SECRETS_DIR/db.txt\" > {seen}.tmp && mv {seen}.tmp {seen}; \
-         sleep 0.1; done",
-        dir = seen_dir.display(),
-        seen = seen.display(),
-    );
+    // The workload writes in its own directory (its working directory); the test, root or the
+    // agent's user, reads it there.
+    let work = workloads_dir.join("vault.1").join("work");
+    let seen = work.join("seen-5f0c");
+    let seen_dir = work.join("seen-dir");
+    let script = "echo \"$WARREN_SECRETS_DIR\" > seen-dir; \
+         while true; do cat \"$WARREN_SECRETS_DIR/db.txt\" > seen-5f0c.tmp && mv seen-5f0c.tmp seen-5f0c; \
+         sleep 0.1; done"
+        .to_owned();
     propose(&control, Op::PutService(secret_service("vault", script))).await;
     let (_cancel, task) = spawn_agent(&agent_dir);
     wait_until("the agent to make its data dir private", LONG, || {
@@ -132,26 +135,36 @@ async fn secrets_reach_the_workload_sealed_and_leave_with_the_node() {
             .trim_end(),
     );
     assert!(
-        secrets_dir.starts_with(&agent_dir),
+        secrets_dir.starts_with(&workloads_dir) && !secrets_dir.starts_with(&agent_dir),
         "{}",
         secrets_dir.display()
     );
-    let file_mode = std::fs::metadata(secrets_dir.join("db.txt"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(file_mode & 0o777, 0o400);
+    let file = std::fs::metadata(secrets_dir.join("db.txt")).unwrap();
+    assert_eq!(file.permissions().mode() & 0o777, 0o400);
+    // Owned by the workload's user: only it (and root) can read it.
+    let work_owner = std::fs::metadata(&work).unwrap().uid();
+    assert_eq!(file.uid(), work_owner);
+    if rustix::process::geteuid().is_root() {
+        assert_ne!(
+            file.uid(),
+            0,
+            "a workload without `user` does not run as root"
+        );
+    }
 
     info!("--- the plaintext is nowhere in the agent's files but the workload's secret file");
     let mut files = Vec::new();
     files_outside_secrets(&agent_dir, &mut files);
+    for log in ["stdout.log", "stderr.log"] {
+        files.push(workloads_dir.join("vault.1").join(log));
+    }
     let cache_files: Vec<&PathBuf> = files
         .iter()
         .filter(|f| f.starts_with(agent_dir.join("cache")))
         .collect();
     assert!(!cache_files.is_empty(), "{files:?}");
     // The cache is readable as bytes (not compressed): it does hold the service's command.
-    let marker = seen.display().to_string();
+    let marker = "seen-5f0c".to_owned();
     assert!(
         cache_files
             .iter()

@@ -59,10 +59,13 @@ impl Alpn {
     /// Every purpose, in a fixed order.
     pub const ALL: [Alpn; 4] = [Alpn::Raft, Alpn::Agent, Alpn::Join, Alpn::Renew];
 
-    /// The ALPN protocol id on the wire.
+    /// The ALPN protocol id on the wire. A purpose's version goes up when its messages change
+    /// in a way an older build would misread: two builds that cannot understand each other
+    /// then fail the TLS handshake ("no application protocol"), never exchange garbage.
     pub fn protocol(self) -> &'static [u8] {
         match self {
-            Self::Raft => b"warren-raft/1",
+            // 2: log entries and snapshots carry specs with `user`, `group` and `cap_add`.
+            Self::Raft => b"warren-raft/2",
             Self::Agent => b"warren-agent/1",
             Self::Join => b"warren-join/1",
             Self::Renew => b"warren-renew/1",

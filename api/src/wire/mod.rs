@@ -9,8 +9,9 @@
 //! So within one [`WIRE_VERSION`], types may only gain enum variants *at the end*; any other
 //! change (a field added, removed or reordered, a variant reordered) bumps the version. The
 //! agent says its version in [`AgentHello`]; control refuses versions it cannot speak with
-//! [`RefusalReason::WireVersion`]. The same rules apply to the agent's on-disk cache, which
-//! stores these types.
+//! [`RefusalReason::WireVersion`]. The agent's on-disk cache stores these types too; it keeps
+//! a format byte per value and reads older formats through their old layouts
+//! ([`crate::older`]).
 
 mod view;
 
@@ -26,7 +27,8 @@ use crate::ids::{NodeId, Revision};
 use crate::replica::ReplicaStatus;
 
 /// Version of the messages in this module. Bumped on any incompatible change.
-pub const WIRE_VERSION: u16 = 2;
+/// 3: specs with `user`, `group` and `cap_add` (an older agent would run them as root).
+pub const WIRE_VERSION: u16 = 3;
 
 /// Largest encoded message, in bytes. Both [`encode`] and [`decode`] enforce it; `transport`
 /// enforces it on frame lengths before reading a frame.

@@ -230,7 +230,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
     for change in changes {
         match change.clone() {
             ViewChange::UpsertService(service) => {
-                services.insert(service.spec.name.clone(), service);
+                services.insert(service.spec.name.clone(), *service);
             }
             ViewChange::RemoveService(name) => {
                 services.remove(&name);
@@ -422,7 +422,7 @@ fn json_shapes_are_readable() {
     });
     assert_eq!(
         serde_json::to_string(&hello).unwrap(),
-        r#"{"hello":{"wire_version":2,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
+        r#"{"hello":{"wire_version":3,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
     );
     let refused = ControlToAgent::Refused(Refusal {
         reason: RefusalReason::WireVersion { supported: 1 },

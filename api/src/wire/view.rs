@@ -97,8 +97,9 @@ impl ViewDelta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViewChange {
-    /// Add or replace a service (keyed by its spec's name).
-    UpsertService(Service),
+    /// Add or replace a service (keyed by its spec's name). Boxed: a spec is much larger than
+    /// the other changes (postcard encodes a box as its content).
+    UpsertService(Box<Service>),
     /// Remove a service; nothing happens if it is absent.
     RemoveService(ServiceName),
     /// Add or replace a replica (keyed by its id).
@@ -233,7 +234,7 @@ impl NodeView {
         match change {
             ViewChange::UpsertService(service) => {
                 self.services
-                    .insert(service.spec.name.clone(), service.clone());
+                    .insert(service.spec.name.clone(), Service::clone(service));
             }
             ViewChange::RemoveService(name) => {
                 self.services.remove(name);
@@ -268,7 +269,7 @@ impl NodeView {
         }
         for (name, service) in &target.services {
             if self.services.get(name) != Some(service) {
-                changes.push(ViewChange::UpsertService(service.clone()));
+                changes.push(ViewChange::UpsertService(Box::new(service.clone())));
             }
         }
         for name in self.services.keys() {
@@ -354,7 +355,7 @@ impl NodeView {
         }
         for (name, service) in &self.services {
             if have.services.get(name) != Some(&stable_hash(service)) {
-                changes.push(ViewChange::UpsertService(service.clone()));
+                changes.push(ViewChange::UpsertService(Box::new(service.clone())));
             }
         }
         for name in have.services.keys() {

@@ -3,7 +3,6 @@
 //! failure carries a one-line reason for events and `warren agent status`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,6 +16,8 @@ use tokio::net::TcpStream;
 use warren_api::format_duration_ms;
 use warren_api::service::Probe;
 
+use crate::runtime::Credentials;
+use crate::runtime::privileges::{self, ChildSetup};
 use crate::runtime::process::DEFAULT_PATH;
 
 /// The most of an exec probe's stdout and of its stderr kept (the rest is read and dropped,
@@ -42,7 +43,7 @@ impl ProbeOutcome {
     }
 }
 
-/// What an exec probe runs with besides its argv.
+/// What an exec probe runs with besides its argv: what the workload runs with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecContext {
     /// The workload's environment (the agent's own is not inherited); `PATH` defaults to the
@@ -50,6 +51,10 @@ pub struct ExecContext {
     pub env: BTreeMap<String, String>,
     /// Where to run it; `None` leaves the agent's working directory.
     pub working_dir: Option<std::path::PathBuf>,
+    /// Who to run it as: the workload's user and capabilities, so that a probe (which may run
+    /// a file the workload can write) never runs with more than the workload has. `None`: as
+    /// the agent, for a workload an older agent started as itself.
+    pub credentials: Option<Credentials>,
 }
 
 /// Runs `probe` once, bounded by `timeout`.
@@ -61,9 +66,7 @@ pub async fn run(probe: &Probe, timeout: Duration, exec: &ExecContext) -> ProbeO
     match probe {
         Probe::Http { url } => http(url, timeout).await,
         Probe::Tcp { port } => tcp(*port, timeout).await,
-        Probe::Exec { command } => {
-            run_exec(command, &exec.env, exec.working_dir.as_deref(), timeout).await
-        }
+        Probe::Exec { command } => run_exec(command, exec, timeout).await,
     }
 }
 
@@ -134,15 +137,11 @@ pub async fn tcp(port: u16, timeout: Duration) -> ProbeOutcome {
     }
 }
 
-/// Runs `argv` (no shell) in its own process group with `env` (plus a default `PATH`) and
-/// stdin from `/dev/null`; exit code 0 passes. At the timeout the whole process group is
-/// killed, so that a probe's children do not linger either.
-pub async fn run_exec(
-    argv: &[String],
-    env: &BTreeMap<String, String>,
-    working_dir: Option<&Path>,
-    timeout: Duration,
-) -> ProbeOutcome {
+/// Runs `argv` (no shell) in its own process group with the context's environment (plus a
+/// default `PATH`), working directory and credentials, and stdin from `/dev/null`; exit code 0
+/// passes. At the timeout the whole process group is killed, so that a probe's children do not
+/// linger either.
+pub async fn run_exec(argv: &[String], exec: &ExecContext, timeout: Duration) -> ProbeOutcome {
     let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
         return ProbeOutcome::fail("exec: empty command");
     };
@@ -151,14 +150,20 @@ pub async fn run_exec(
         .args(&argv[1..])
         .env_clear()
         .env("PATH", DEFAULT_PATH)
-        .envs(env)
+        .envs(&exec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(dir) = working_dir {
+    if let Some(dir) = &exec.working_dir {
         command.current_dir(dir);
+    }
+    if let Some(credentials) = &exec.credentials {
+        match ChildSetup::new(credentials, None) {
+            Ok(setup) => privileges::install(command.as_std_mut(), setup),
+            Err(e) => return ProbeOutcome::fail(format!("exec {program}: {e}")),
+        }
     }
     let mut child = match command.spawn() {
         Ok(child) => child,

@@ -10,15 +10,24 @@
 //!   process group, logs appended to files, SIGTERM then SIGKILL, adoption by pid + start time.
 //! - `procfs`, `logs`, `secrets`, `cgroup`: the process runtime's pieces (reading `/proc`,
 //!   log rotation, secret files, cgroup v1 limits).
+//! - [`credentials`], `users`, `privileges`, `dirs`, `working_dir`: who a workload runs as
+//!   (a spec's `user`, `group`, `cap_add` on this box), dropping to it in the child, the
+//!   replica directories and their owners, and where a workload may start.
 //!
 //! Must never: kill a workload because the agent exits or drops a runtime; adopt a process
-//! that merely reuses a recorded pid; log a secret's content.
+//! that merely reuses a recorded pid; log a secret's content; run a workload as root, or with
+//! a capability, its spec did not ask for.
 
 mod cgroup;
+pub mod credentials;
+mod dirs;
 mod logs;
+pub(crate) mod privileges;
 pub mod process;
 mod procfs;
 mod secrets;
+mod users;
+mod working_dir;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,7 +41,8 @@ use serde::{Deserialize, Serialize};
 use warren_api::ids::ReplicaId;
 use warren_api::service::{ServiceSpec, Workload};
 
-pub use process::{ProcessRuntime, ProcessRuntimeOptions};
+pub use credentials::Credentials;
+pub use process::{ProcessRuntime, ProcessRuntimeOptions, default_workloads_dir};
 
 /// The future every [`Runtime`] operation returns: boxed so that the trait stays usable as
 /// `dyn Runtime`.
@@ -161,6 +171,12 @@ pub struct WorkloadRequest {
     /// Working directory; `None` means the replica's own directory, and a relative path is
     /// taken relative to it.
     pub working_dir: Option<PathBuf>,
+    /// The user to run as (a name or number); `None`: a user of the replica's own.
+    pub user: Option<String>,
+    /// The group to run as; `None`: the user's primary group.
+    pub group: Option<String>,
+    /// Capabilities to keep (`NET_BIND_SERVICE`, `ALL`); every other one is dropped.
+    pub cap_add: Vec<String>,
     /// Secret files: (file name, plaintext). Never logged.
     pub secrets: Vec<(String, Vec<u8>)>,
     /// Memory limit in bytes.
@@ -183,6 +199,9 @@ impl fmt::Debug for WorkloadRequest {
             .field("argv", &self.argv)
             .field("env", &self.env)
             .field("working_dir", &self.working_dir)
+            .field("user", &self.user)
+            .field("group", &self.group)
+            .field("cap_add", &self.cap_add)
             .field("secrets", &secrets)
             .field("memory_bytes", &self.memory_bytes)
             .field("cpu_millis", &self.cpu_millis)
@@ -212,6 +231,9 @@ impl WorkloadRequest {
             argv: process.command.clone(),
             env: spec.env.clone(),
             working_dir: process.working_dir.as_ref().map(PathBuf::from),
+            user: spec.user.clone(),
+            group: spec.group.clone(),
+            cap_add: spec.cap_add.clone(),
             secrets,
             memory_bytes: spec.resources.memory_bytes,
             cpu_millis: spec.resources.cpu_millis,
@@ -237,6 +259,11 @@ pub struct WorkloadRecord {
     pub stderr_log: PathBuf,
     /// Runtime-specific identity of the running instance.
     pub instance: Instance,
+    /// Where it started (its exec health checks run there too).
+    pub working_dir: PathBuf,
+    /// Who it runs as (its exec health checks run so too); `None` for a workload an agent
+    /// from before users were set started: it runs as that agent did.
+    pub credentials: Option<Credentials>,
 }
 
 impl WorkloadRecord {
@@ -331,6 +358,15 @@ pub enum RuntimeError {
         /// `argv[0]`.
         command: String,
     },
+    /// The workload cannot run as its spec asks on this box: an unknown user or group, or
+    /// an agent that is not root asked for another user or for capabilities.
+    #[error("cannot run {replica} as asked: {reason}")]
+    RunAs {
+        /// The replica.
+        replica: ReplicaId,
+        /// What is wrong, in one line.
+        reason: String,
+    },
     /// The working directory does not exist or is not a directory.
     #[error("working directory not found: {}", path.display())]
     WorkingDirNotFound {
@@ -424,6 +460,7 @@ impl RuntimeError {
             | RuntimeError::PermissionDenied { .. }
             | RuntimeError::WorkingDirNotFound { .. }
             | RuntimeError::InvalidRequest { .. }
+            | RuntimeError::RunAs { .. }
             | RuntimeError::InvalidOptions { .. }
             | RuntimeError::Unsupported { .. }
             | RuntimeError::AlreadyRunning { .. }
@@ -501,12 +538,20 @@ mod tests {
             workload_hash: u64::MAX,
             boot_id: "b3c5007d-c9b0-4aa3-b640-ea9a17e78f11".to_owned(),
             started_at_ms: 1_700_000_000_000,
-            stdout_log: PathBuf::from("/var/lib/warren/workloads/web.0/stdout.log"),
-            stderr_log: PathBuf::from("/var/lib/warren/workloads/web.0/stderr.log"),
+            stdout_log: PathBuf::from("/var/lib/warren-workloads/web.0/stdout.log"),
+            stderr_log: PathBuf::from("/var/lib/warren-workloads/web.0/stderr.log"),
             instance: Instance::Process {
                 pid: 4242,
                 start_time_ticks: 123_456,
             },
+            working_dir: PathBuf::from("/var/lib/warren-workloads/web.0/work"),
+            credentials: Some(Credentials {
+                uid: 2_080_000_001,
+                gid: 2_080_000_001,
+                groups: vec![2_080_000_001],
+                capabilities: 1 << 10,
+                switched: true,
+            }),
         };
         let json = serde_json::to_string(&record).unwrap();
         assert!(

@@ -1,12 +1,19 @@
 //! The native process runtime: a workload is a process the agent spawns directly.
 //!
-//! Layout under the runtime's root (e.g. `<data-dir>/workloads`), one directory per replica:
+//! One directory per replica under the runtime's root (`--workloads-dir`, outside the agent's
+//! data dir; see `dirs` for who owns what):
 //!
 //! ```text
 //! <root>/<replica>/stdout.log[.1 …]   standard output, appended by the workload itself
 //! <root>/<replica>/stderr.log[.1 …]   standard error
-//! <root>/<replica>/secrets/           0700 (a private tmpfs when possible), files 0400
+//! <root>/<replica>/secrets/           0700 uid (a private tmpfs when possible), files 0400 uid
+//! <root>/<replica>/work/              0700 uid: the workload's own, its default working dir
 //! ```
+//!
+//! A workload runs as the user its spec names, or as a user of its own, with only the
+//! capabilities its spec keeps and `no_new_privs` (`credentials`, `privileges`). Workloads an
+//! older agent started keep running from `<data dir>/workloads/<replica>` (their record says
+//! where): they are adopted, their secrets and logs kept up where they are.
 //!
 //! Each workload leads its own process group (`setpgid(0, 0)` at spawn), so signals meant for
 //! the agent (a terminal's Ctrl-C, a service manager's group kill) do not reach it and
@@ -18,14 +25,10 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
-
-use warren_transport::ca::unix_now_ms as unix_ms_now;
 
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
@@ -34,10 +37,15 @@ use tokio::sync::watch;
 use warren_api::ids::ReplicaId;
 
 use super::cgroup::CgroupLayout;
+use super::credentials::AgentUser;
+use super::dirs::{Layout, SECRETS_DIR};
+use super::working_dir::Forbidden;
 use super::{
     Instance, Observed, Runtime, RuntimeError, RuntimeFuture, StopOutcome, WorkloadHandle,
     WorkloadRecord, WorkloadRequest, logs, procfs, secrets,
 };
+
+mod start;
 
 /// Environment variable telling the workload where its secret files are. Set only when the
 /// workload has secrets.
@@ -70,10 +78,13 @@ pub struct ProcessRuntimeOptions {
     /// Try to put each replica's secrets on a private tmpfs (needs root). Default true.
     pub secrets_tmpfs: bool,
     /// A file each workload sees as its `/etc/resolv.conf` (the agent writes it to point at its
-    /// own DNS server): bind-mounted in a private mount namespace per workload, through
-    /// `unshare` and `mount`. Needs root and util-linux; without them, or when `None`, workloads
-    /// use the host's resolver configuration. Default `None`.
+    /// own DNS server): bind-mounted in a private mount namespace per workload. Needs root;
+    /// without it, or when `None`, workloads use the host's resolver configuration. Default
+    /// `None`.
     pub resolv_conf: Option<PathBuf>,
+    /// Where replica directories go ([`ProcessRuntime::for_agent`]); `None`: beside the
+    /// agent's data dir, as `<data dir>-workloads`. Never inside the data dir. Default `None`.
+    pub workloads_dir: Option<PathBuf>,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -85,44 +96,9 @@ impl Default for ProcessRuntimeOptions {
             cgroup_parent: "warren".to_owned(),
             secrets_tmpfs: true,
             resolv_conf: None,
+            workloads_dir: None,
         }
     }
-}
-
-/// Where `unshare` is looked for (it must exist before any workload's PATH applies).
-const UNSHARE_PATHS: [&str; 2] = ["/usr/bin/unshare", "/bin/unshare"];
-
-/// Runs as `sh -c` inside the workload's new mount namespace: bind the agent's resolv.conf over
-/// the host's, then become the workload (same pid, so adoption by pid and start time holds).
-/// Exit 125 when the mount fails, so the failure is not mistaken for the workload's own.
-const RESOLV_WRAPPER: &str = "mount --bind \"$1\" /etc/resolv.conf || exit 125; shift; exec \"$@\"";
-
-/// `unshare` if the resolver override can work here: root and util-linux present.
-fn resolver_wrapper(resolv_conf: Option<&Path>) -> Option<PathBuf> {
-    let resolv = resolv_conf?;
-    if !rustix::process::geteuid().is_root() {
-        tracing::info!(path = %resolv.display(), "not root: workloads keep the host's resolv.conf");
-        return None;
-    }
-    let unshare = UNSHARE_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    if unshare.is_none() {
-        tracing::warn!("`unshare` not found (util-linux): workloads keep the host's resolv.conf");
-    }
-    unshare
-}
-
-/// Whether `command` names an executable the workload's PATH finds: the resolver wrapper is used
-/// only then, so a missing command still fails at spawn with its own error.
-fn command_exists(command: &str) -> bool {
-    if command.contains('/') {
-        return Path::new(command).is_file();
-    }
-    DEFAULT_PATH
-        .split(':')
-        .any(|dir| Path::new(dir).join(command).is_file())
 }
 
 impl ProcessRuntimeOptions {
@@ -159,56 +135,155 @@ struct Tracked {
     exit: Option<watch::Receiver<Observed>>,
 }
 
+/// The agent's data dir's sibling that holds replica directories unless told otherwise:
+/// `/var/lib/warren` → `/var/lib/warren-workloads`.
+pub fn default_workloads_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map_or_else(|| "warren".into(), std::ffi::OsStr::to_owned);
+    name.push("-workloads");
+    data_dir.with_file_name(name)
+}
+
 /// Runs workloads as native processes. See the [module docs](self).
 #[derive(Debug)]
 pub struct ProcessRuntime {
-    root: PathBuf,
+    layout: Layout,
+    /// Where an older agent kept replica directories (`<data dir>/workloads`).
+    legacy_root: Option<PathBuf>,
+    /// Where no working directory may be.
+    forbidden: Vec<Forbidden>,
     options: ProcessRuntimeOptions,
     cgroups: CgroupLayout,
     /// Read once: it cannot change while this process lives.
     boot_id: String,
-    /// `unshare`, when workloads get [`ProcessRuntimeOptions::resolv_conf`].
-    unshare: Option<PathBuf>,
+    agent: AgentUser,
+    /// Whether workloads get [`ProcessRuntimeOptions::resolv_conf`] (the agent is root).
+    resolv_override: bool,
+    /// Held while a replica's user id is chosen and its directories made, so that two starts
+    /// cannot pick the same dynamic uid.
+    allocating: Mutex<()>,
     tracked: Mutex<HashMap<ReplicaId, Tracked>>,
 }
 
 impl ProcessRuntime {
-    /// A runtime keeping its per-replica files under `root`, which is created if missing.
+    /// A runtime keeping its per-replica files under `root`, which is created if missing,
+    /// for no agent in particular (tests, tools): only `root` is kept out of working dirs.
     ///
     /// # Errors
     /// [`RuntimeError::InvalidOptions`], `root` not creatable, or `/proc` unreadable.
     pub fn new(root: PathBuf, options: ProcessRuntimeOptions) -> Result<Self, RuntimeError> {
+        Self::build(root, None, options)
+    }
+
+    /// The runtime of the agent whose data dir is `data_dir`: replica directories in
+    /// [`ProcessRuntimeOptions::workloads_dir`] (default [`default_workloads_dir`]), no working
+    /// dir in or above the data dir, and workloads an older agent left in
+    /// `<data dir>/workloads` kept up.
+    ///
+    /// # Errors
+    /// As [`ProcessRuntime::new`]; [`RuntimeError::InvalidOptions`] for a workloads dir inside
+    /// the data dir.
+    pub fn for_agent(
+        data_dir: &Path,
+        options: ProcessRuntimeOptions,
+    ) -> Result<Self, RuntimeError> {
+        let root = options
+            .workloads_dir
+            .clone()
+            .unwrap_or_else(|| default_workloads_dir(data_dir));
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+        if absolute(&root).starts_with(absolute(data_dir)) {
+            return Err(RuntimeError::InvalidOptions {
+                reason: format!(
+                    "workloads dir {} is inside the agent's data dir {}: workloads must not be able to name the agent's keys from their directory",
+                    root.display(),
+                    data_dir.display()
+                ),
+            });
+        }
+        Self::build(root, Some(data_dir), options)
+    }
+
+    fn build(
+        root: PathBuf,
+        data_dir: Option<&Path>,
+        options: ProcessRuntimeOptions,
+    ) -> Result<Self, RuntimeError> {
         options
             .validate()
             .map_err(|reason| RuntimeError::InvalidOptions { reason })?;
-        std::fs::create_dir_all(&root)
-            .map_err(|e| RuntimeError::io("create workloads directory", &root, e))?;
+        let agent = AgentUser::current();
+        let layout = Layout { root };
+        layout.create_root(agent.is_root())?;
+        say_how_workloads_run(agent, &layout.root);
         let boot_id =
             procfs::boot_id().map_err(|e| RuntimeError::io("read boot id", BOOT_ID_PATH, e))?;
         let cgroups = CgroupLayout {
             root: options.cgroup_root.clone(),
             parent: options.cgroup_parent.clone(),
         };
-        let unshare = resolver_wrapper(options.resolv_conf.as_deref());
+        let mut forbidden = Vec::new();
+        if let Some(data_dir) = data_dir {
+            forbidden.push(Forbidden {
+                path: data_dir.to_owned(),
+                what: "the agent's data dir",
+            });
+        }
+        forbidden.push(Forbidden {
+            path: layout.root.clone(),
+            what: "the workloads directory",
+        });
+        let resolv_override = match &options.resolv_conf {
+            Some(path) if !agent.is_root() => {
+                tracing::info!(path = %path.display(), "not root: workloads keep the host's resolv.conf");
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
         Ok(ProcessRuntime {
-            root,
+            layout,
+            legacy_root: data_dir.map(|d| d.join(LEGACY_WORKLOADS_DIR)),
+            forbidden,
             options,
             cgroups,
             boot_id,
-            unshare,
+            agent,
+            resolv_override,
+            allocating: Mutex::new(()),
             tracked: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The directory holding `replica`'s logs and secrets, and its default working
-    /// directory.
+    /// The directory holding `replica`'s logs, secrets and `work` directory.
     pub fn replica_dir(&self, replica: &ReplicaId) -> PathBuf {
-        self.root.join(replica.to_string())
+        self.layout.replica_dir(replica)
+    }
+
+    /// `replica`'s own directory, its default working directory.
+    pub fn work_dir(&self, replica: &ReplicaId) -> PathBuf {
+        self.layout.work_dir(replica)
     }
 
     /// Where `replica`'s secret files are written.
     pub fn secrets_dir(&self, replica: &ReplicaId) -> PathBuf {
-        self.replica_dir(replica).join("secrets")
+        self.replica_dir(replica).join(SECRETS_DIR)
+    }
+
+    /// Where the secrets of the workload `record` describes are: beside its logs (an older
+    /// agent's workload keeps them in its directory under the data dir), owned by its user.
+    fn secrets_of(record: &WorkloadRecord) -> (PathBuf, Option<(u32, u32)>) {
+        let dir = record
+            .stdout_log
+            .parent()
+            .map_or_else(|| PathBuf::from(SECRETS_DIR), |d| d.join(SECRETS_DIR));
+        let owner = record
+            .credentials
+            .as_ref()
+            .filter(|c| c.switched)
+            .map(|c| (c.uid, c.gid));
+        (dir, owner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ReplicaId, Tracked>> {
@@ -259,136 +334,6 @@ impl ProcessRuntime {
             },
             Some(_) => Observed::Running,
         })
-    }
-
-    fn start_now(&self, request: &WorkloadRequest) -> Result<WorkloadHandle, RuntimeError> {
-        let replica = &request.replica;
-        let Some(command) = request.argv.first().filter(|c| !c.is_empty()) else {
-            return Err(RuntimeError::InvalidRequest {
-                replica: replica.clone(),
-                reason: "empty command".to_owned(),
-            });
-        };
-        for (name, _) in &request.secrets {
-            secrets::validate_name(replica, name)?;
-        }
-        self.refuse_if_running(replica)?;
-
-        let replica_dir = self.replica_dir(replica);
-        create_private_dir(&replica_dir)?;
-        let working_dir = match &request.working_dir {
-            None => replica_dir.clone(),
-            Some(dir) => replica_dir.join(dir),
-        };
-        if !working_dir.is_dir() {
-            return Err(RuntimeError::WorkingDirNotFound { path: working_dir });
-        }
-        let secrets_dir = self.secrets_dir(replica);
-        if request.secrets.is_empty() {
-            secrets::remove(&secrets_dir)?;
-        } else {
-            secrets::write(
-                replica,
-                &secrets_dir,
-                &request.secrets,
-                self.options.secrets_tmpfs,
-            )?;
-        }
-        let placed = self
-            .cgroups
-            .prepare(replica, request.memory_bytes, request.cpu_millis)?;
-        let stdout_log = replica_dir.join(logs::STDOUT_LOG);
-        let stderr_log = replica_dir.join(logs::STDERR_LOG);
-
-        let resolv = self
-            .options
-            .resolv_conf
-            .as_ref()
-            .zip(self.unshare.as_ref())
-            .filter(|_| command_exists(command));
-        let mut std_command = match resolv {
-            Some((resolv, unshare)) => {
-                let mut wrapped = std::process::Command::new(unshare);
-                wrapped
-                    .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-                    .arg(RESOLV_WRAPPER)
-                    .arg("warren-resolv")
-                    .arg(resolv)
-                    .arg(command);
-                wrapped
-            }
-            None => std::process::Command::new(command),
-        };
-        std_command
-            .args(&request.argv[1..])
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .envs(&request.env)
-            .current_dir(&working_dir)
-            .stdin(Stdio::null())
-            .stdout(logs::open_append(&stdout_log)?)
-            .stderr(logs::open_append(&stderr_log)?)
-            .process_group(0);
-        if !request.secrets.is_empty() {
-            std_command.env(SECRETS_DIR_ENV, &secrets_dir);
-        }
-        // No kill_on_drop: the workload must outlive this handle, this runtime and the agent.
-        let child = match tokio::process::Command::from(std_command).spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                self.remove_cgroups(replica);
-                return Err(spawn_error(command, e));
-            }
-        };
-        let pid = child
-            .id()
-            .expect("a child that has not been waited for has a pid");
-
-        // The child cannot be reaped before the waiter below runs, so its /proc entry (a
-        // zombie at worst) is there to read.
-        let prepared = placed.add(pid).and_then(|()| {
-            procfs::read_stat(pid)
-                .map_err(|e| RuntimeError::io("read process status", proc_stat_path(pid), e))?
-                .ok_or_else(|| {
-                    RuntimeError::io(
-                        "read process status",
-                        proc_stat_path(pid),
-                        io::Error::from(io::ErrorKind::NotFound),
-                    )
-                })
-        });
-        let exit = spawn_reaper(replica.clone(), child);
-        let stat = match prepared {
-            Ok(stat) => stat,
-            Err(e) => {
-                // A workload without its limits, or one we could never adopt again, must not
-                // run on.
-                let _ = signal_group(pid, Signal::KILL);
-                return Err(e);
-            }
-        };
-
-        let record = WorkloadRecord {
-            replica: replica.clone(),
-            workload_hash: request.workload_hash,
-            boot_id: self.boot_id.clone(),
-            started_at_ms: unix_ms_now(),
-            stdout_log,
-            stderr_log,
-            instance: Instance::Process {
-                pid,
-                start_time_ticks: stat.start_time_ticks,
-            },
-        };
-        tracing::info!(%replica, pid, command = %command, "started workload");
-        self.lock().insert(
-            replica.clone(),
-            Tracked {
-                record: record.clone(),
-                exit: Some(exit),
-            },
-        );
-        Ok(WorkloadHandle::new(record))
     }
 
     fn refuse_if_running(&self, replica: &ReplicaId) -> Result<(), RuntimeError> {
@@ -553,6 +498,8 @@ impl ProcessRuntime {
                     replica: replica.clone(),
                 });
             }
+            // An older agent's workload keeps its secrets beside its logs.
+            secrets::remove(&Self::secrets_of(&record).0)?;
         }
         secrets::remove(&self.secrets_dir(replica))?;
         self.cgroups.remove(replica)?;
@@ -561,24 +508,32 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    /// Removes `<root>/*/secrets`, whichever replicas they belong to.
+    /// Removes `<root>/*/secrets` (and an older agent's `<data dir>/workloads/*/secrets`),
+    /// whichever replicas they belong to.
     fn wipe_secrets_now(&self) -> Result<(), RuntimeError> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(RuntimeError::io("list workloads", &self.root, e)),
-        };
         let mut first_error = None;
-        for entry in entries {
-            let removed = entry
-                .map_err(|e| RuntimeError::io("list workloads", &self.root, e))
-                .and_then(|entry| secrets::remove(&entry.path().join("secrets")));
-            if let Err(e) = removed {
-                tracing::warn!(error = %e, "cannot remove secret files");
-                first_error.get_or_insert(e);
+        for root in self.roots() {
+            let entries = match std::fs::read_dir(root) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(RuntimeError::io("list workloads", root, e)),
+            };
+            for entry in entries {
+                let removed = entry
+                    .map_err(|e| RuntimeError::io("list workloads", root, e))
+                    .and_then(|entry| secrets::remove(&entry.path().join(SECRETS_DIR)));
+                if let Err(e) = removed {
+                    tracing::warn!(error = %e, "cannot remove secret files");
+                    first_error.get_or_insert(e);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The directories replica directories are in: this runtime's root, and an older agent's.
+    fn roots(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.layout.root).chain(self.legacy_root.iter())
     }
 }
 
@@ -628,11 +583,15 @@ impl Runtime for ProcessRuntime {
         secrets: &'a [(String, Vec<u8>)],
     ) -> RuntimeFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
-            let dir = self.secrets_dir(replica);
+            let tracked = self
+                .lock()
+                .get(replica)
+                .map(|t| Self::secrets_of(&t.record));
+            let (dir, owner) = tracked.unwrap_or_else(|| (self.secrets_dir(replica), None));
             if secrets.is_empty() {
                 secrets::remove(&dir)
             } else {
-                secrets::write(replica, &dir, secrets, self.options.secrets_tmpfs)
+                secrets::write(replica, &dir, secrets, self.options.secrets_tmpfs, owner)
             }
         })
     }
@@ -642,34 +601,48 @@ impl Runtime for ProcessRuntime {
     }
 
     fn rotate_logs(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {
-        let root = self.root.clone();
+        let roots: Vec<PathBuf> = self.roots().cloned().collect();
         let max_bytes = self.options.log_max_bytes;
         let files_max = self.options.log_files_max;
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || logs::rotate_all(&root, max_bytes, files_max))
-                .await
-                .map_err(|e| {
-                    RuntimeError::io("rotate logs", "(blocking task)", io::Error::other(e))
-                })?
+            tokio::task::spawn_blocking(move || {
+                roots
+                    .iter()
+                    .map(|root| logs::rotate_all(root, max_bytes, files_max))
+                    .fold(Ok(()), Result::and)
+            })
+            .await
+            .map_err(|e| RuntimeError::io("rotate logs", "(blocking task)", io::Error::other(e)))?
         })
     }
 }
 
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
-fn proc_stat_path(pid: u32) -> PathBuf {
-    Path::new("/proc").join(pid.to_string()).join("stat")
+/// Where an older agent kept replica directories, inside its data dir.
+const LEGACY_WORKLOADS_DIR: &str = "workloads";
+
+/// Says once, at start, what workloads run as on this box, and what stands in their way.
+fn say_how_workloads_run(agent: AgentUser, root: &Path) {
+    if !agent.is_root() {
+        tracing::info!(
+            uid = agent.uid,
+            "the agent is not root: workloads run as its own user, without capabilities; specs that name another user, a group or capabilities fail to start"
+        );
+        return;
+    }
+    let closed = super::dirs::closed_ancestors(root);
+    if let Some(first) = closed.first() {
+        tracing::warn!(
+            dir = %root.display(),
+            closed = %first.display(),
+            "other users cannot pass through a parent of the workloads dir: workloads running as their own user cannot open their secrets by path; give --workloads-dir a place under directories with o+x"
+        );
+    }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), RuntimeError> {
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(RuntimeError::io("create replica directory", dir, e)),
-    }
+fn proc_stat_path(pid: u32) -> PathBuf {
+    Path::new("/proc").join(pid.to_string()).join("stat")
 }
 
 fn spawn_error(command: &str, error: io::Error) -> RuntimeError {

@@ -1,6 +1,11 @@
 //! Secret files for a workload: a 0700 directory per replica holding one 0400 file per
-//! secret, on a private tmpfs when the agent may mount one (so plaintext never reaches a
-//! disk), otherwise a plain directory under the runtime's root.
+//! secret, both owned by the workload's user (so only it, and root, can read them), on a
+//! private tmpfs when the agent may mount one (so plaintext never reaches a disk), otherwise a
+//! plain directory under the runtime's root.
+//!
+//! The directory is the workload's to read, and it may put files in it: the agent creates each
+//! file with `O_EXCL` (never through a name the workload planted), hands it over by its
+//! descriptor, and renames it into place.
 //!
 //! Content is never logged; only names and counts are.
 
@@ -49,20 +54,53 @@ fn is_mount_point(dir: &Path) -> bool {
     }
 }
 
+/// The user and group that own a workload's secrets; `None`: the agent's own (it is not root,
+/// or the workload runs as the agent).
+pub(crate) type Owner = Option<(u32, u32)>;
+
 /// Creates `dir` (mode 0700) and, when `try_tmpfs`, mounts a private tmpfs on it unless one
-/// is already there (a restart of the same replica). Returns whether it is on tmpfs.
-fn prepare_dir(replica: &ReplicaId, dir: &Path, try_tmpfs: bool) -> Result<bool, RuntimeError> {
+/// is already there (a restart of the same replica); `owner` gets it. Returns whether it is
+/// on tmpfs.
+fn prepare_dir(
+    replica: &ReplicaId,
+    dir: &Path,
+    try_tmpfs: bool,
+    owner: Owner,
+) -> Result<bool, RuntimeError> {
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(RuntimeError::io("create secrets directory", dir, e)),
     }
+    let on_tmpfs = mount_tmpfs(replica, dir, try_tmpfs, owner)?;
+    if let Some((uid, gid)) = owner {
+        // `dir` is an entry of the agent's own replica directory: nothing a workload put there.
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .map_err(|e| RuntimeError::io("hand over secrets directory", dir, e))?;
+    }
+    Ok(on_tmpfs)
+}
+
+/// Mounts a private tmpfs on `dir` when `try_tmpfs` and none is there yet; returns whether
+/// `dir` is on tmpfs. A directory on the data disk is made 0700 whatever it was.
+fn mount_tmpfs(
+    replica: &ReplicaId,
+    dir: &Path,
+    try_tmpfs: bool,
+    owner: Owner,
+) -> Result<bool, RuntimeError> {
     if is_mount_point(dir) {
         return Ok(true);
     }
     if try_tmpfs {
-        let options = CString::new(format!("mode=0700,size={TMPFS_SIZE_BYTES}"))
-            .expect("formatted mount options contain no NUL");
+        let (uid, gid) = owner.unwrap_or_else(|| {
+            let me = super::credentials::AgentUser::current();
+            (me.uid, me.gid)
+        });
+        let options = CString::new(format!(
+            "mode=0700,uid={uid},gid={gid},size={TMPFS_SIZE_BYTES}"
+        ))
+        .expect("formatted mount options contain no NUL");
         let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
         match rustix::mount::mount("tmpfs", dir, "tmpfs", flags, options.as_c_str()) {
             Ok(()) => {
@@ -85,18 +123,19 @@ fn prepare_dir(replica: &ReplicaId, dir: &Path, try_tmpfs: bool) -> Result<bool,
     Ok(false)
 }
 
-/// Writes `secrets` into `dir` as 0400 files, replacing what was there. Each file is written
-/// to a temporary name and renamed, so a reader never sees half a secret.
+/// Writes `secrets` into `dir` as 0400 files owned by `owner`, replacing what was there. Each
+/// file is written to a temporary name and renamed, so a reader never sees half a secret.
 pub(crate) fn write(
     replica: &ReplicaId,
     dir: &Path,
     secrets: &[(String, Vec<u8>)],
     try_tmpfs: bool,
+    owner: Owner,
 ) -> Result<(), RuntimeError> {
     for (name, _) in secrets {
         validate_name(replica, name)?;
     }
-    let on_tmpfs = prepare_dir(replica, dir, try_tmpfs)?;
+    let on_tmpfs = prepare_dir(replica, dir, try_tmpfs, owner)?;
     // Files of secrets the spec no longer references must not linger.
     let entries = fs::read_dir(dir).map_err(|e| RuntimeError::io("list secrets", dir, e))?;
     for entry in entries {
@@ -118,6 +157,10 @@ pub(crate) fn write(
             .mode(0o400)
             .open(&temporary)
             .map_err(|e| RuntimeError::io("create secret file", &temporary, e))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| RuntimeError::io("hand over secret file", &temporary, e))?;
+        }
         file.write_all(plaintext)
             .and_then(|()| file.sync_all())
             .map_err(|e| RuntimeError::io("write secret file", &temporary, e))?;

@@ -1,0 +1,184 @@
+//! The layouts older builds wrote, kept so that their bytes still decode, and their upgrades
+//! to the current types.
+//!
+//! Postcard is not self-describing: a value is read back by the type that wrote it, field by
+//! field. So when a type that is stored or sent changes its fields, its old layout stays here
+//! as `…V<n>` (the fields in their old order, nothing else), with a `From` into the current
+//! type; every store that holds it carries a format number and decodes older numbers through
+//! these types (the Raft log, Raft snapshots, the agent's cache; the agent wire refuses an
+//! older [`crate::wire::WIRE_VERSION`] instead). See ARCHITECTURE.md, "Format changes".
+//!
+//! | spec format | layout |
+//! |---|---|
+//! | 1 | [`ServiceSpecV1`]: before `user`, `group` and `cap_add` |
+//! | 2 | [`ServiceSpec`] ([`SPEC_FORMAT`]) |
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Revision, ServiceName};
+use crate::node::Node;
+use crate::placement::Placement;
+use crate::replica::Replica;
+use crate::run_as::{ALL_CAPABILITIES, ROOT_USER};
+use crate::secret::SealedBlob;
+use crate::service::{
+    HealthCheck, OnDisconnect, PortSpec, Resources, RestartPolicy, SecretRef, Service, ServiceMode,
+    ServiceSpec, UpdateConfig, VolumeMount, Workload,
+};
+use crate::wire::{NodeView, PeerInfo, ServiceEndpoint};
+
+/// The layout of [`ServiceSpec`] this build writes. Stores record it (or a number of their own
+/// that implies it) beside what they write, so that the next change to the spec knows what it
+/// reads.
+pub const SPEC_FORMAT: u32 = 2;
+
+/// [`ServiceSpec`] as spec format 1 wrote it: before `user`, `group` and `cap_add`. Every
+/// field in its old place; `Serialize` only so that tests can write the old layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields of ServiceSpec, in its format-1 order"
+)]
+pub struct ServiceSpecV1 {
+    pub name: ServiceName,
+    pub workload: Workload,
+    pub mode: ServiceMode,
+    pub placement: Placement,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub health: Option<HealthCheck>,
+    pub restart: RestartPolicy,
+    pub on_disconnect: OnDisconnect,
+    pub secrets: Vec<SecretRef>,
+    pub volumes: Vec<VolumeMount>,
+    pub resources: Resources,
+    pub update: UpdateConfig,
+    pub stop_grace_period_ms: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<ServiceSpecV1> for ServiceSpec {
+    /// A format-1 spec ran its workload as the agent's user — root on a production box — with
+    /// every capability: it keeps doing so, said out loud (`user: root`, `cap_add: [ALL]`),
+    /// and its workload hash is unchanged, so an upgrade restarts nothing. New specs get the
+    /// unprivileged default.
+    fn from(v1: ServiceSpecV1) -> Self {
+        ServiceSpec {
+            name: v1.name,
+            workload: v1.workload,
+            mode: v1.mode,
+            placement: v1.placement,
+            env: v1.env,
+            ports: v1.ports,
+            health: v1.health,
+            restart: v1.restart,
+            on_disconnect: v1.on_disconnect,
+            secrets: v1.secrets,
+            volumes: v1.volumes,
+            resources: v1.resources,
+            user: Some(ROOT_USER.to_owned()),
+            group: None,
+            cap_add: vec![ALL_CAPABILITIES.to_owned()],
+            update: v1.update,
+            stop_grace_period_ms: v1.stop_grace_period_ms,
+            labels: v1.labels,
+        }
+    }
+}
+
+/// [`NodeView`] as an agent cached it in spec format 1.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[allow(missing_docs, reason = "the fields of NodeView, in its format-1 order")]
+pub struct NodeViewV1 {
+    pub revision: Revision,
+    pub cluster_id: [u8; 32],
+    pub node: Node,
+    pub services: BTreeMap<ServiceName, Service<ServiceSpecV1>>,
+    pub replicas: Vec<Replica>,
+    pub secrets: BTreeMap<String, SealedBlob>,
+    pub catalogue: Vec<ServiceEndpoint>,
+    pub control_addrs: Vec<String>,
+    pub peers: Vec<PeerInfo>,
+}
+
+impl From<NodeViewV1> for NodeView {
+    /// Specs upgraded as [`ServiceSpec::from`] says; everything else as it was.
+    fn from(v1: NodeViewV1) -> Self {
+        NodeView {
+            revision: v1.revision,
+            cluster_id: v1.cluster_id,
+            node: v1.node,
+            services: v1
+                .services
+                .into_iter()
+                .map(|(name, service)| (name, service.map_spec(ServiceSpec::from)))
+                .collect(),
+            replicas: v1.replicas,
+            secrets: v1.secrets,
+            catalogue: v1.catalogue,
+            control_addrs: v1.control_addrs,
+            peers: v1.peers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::ProcessSpec;
+
+    /// A spec with most fields set, as the golden bytes below hold it.
+    pub(crate) fn sample_spec() -> ServiceSpec {
+        let mut spec = ServiceSpec::new(
+            ServiceName::new("web").unwrap(),
+            Workload::Process(ProcessSpec {
+                command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                working_dir: Some("data".into()),
+            }),
+        );
+        spec.mode = ServiceMode::Replicated { replicas: 2 };
+        spec.env.insert("MODE".into(), "edge".into());
+        spec.ports = vec!["http:8080".parse().unwrap()];
+        spec.secrets = vec![SecretRef::new("db")];
+        spec.labels.insert("team".into(), "a".into());
+        spec
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// `sample_spec()` encoded by the build before `user`, `group` and `cap_add` (spec
+    /// format 1), and its workload hash then.
+    const SPEC_V1: &str = "037765620003027368022d63076563686f2068690104646174610002000001044d4f44\
+        45046564676501010468747470903f000000e807e0d4030000010264620264620000000100904e0104746561\
+        6d0161";
+    const SPEC_V1_HASH: u64 = 0xd852_ad39_3787_4142;
+
+    #[test]
+    fn a_format_1_spec_runs_as_root_with_every_capability_and_keeps_its_hash() {
+        let v1: ServiceSpecV1 = postcard::from_bytes(&unhex(SPEC_V1)).unwrap();
+        let spec = ServiceSpec::from(v1.clone());
+        let mut expected = sample_spec();
+        expected.user = Some("root".into());
+        expected.cap_add = vec!["ALL".into()];
+        assert_eq!(spec, expected);
+        assert!(spec.runs_as_root_with_every_capability());
+        assert_eq!(
+            spec.workload_hash(),
+            SPEC_V1_HASH,
+            "an upgrade restarts nothing"
+        );
+        // The old layout type writes the old bytes: it is the old layout.
+        assert_eq!(postcard::to_allocvec(&v1).unwrap(), unhex(SPEC_V1));
+        // The new layout does not read them.
+        assert!(
+            postcard::from_bytes::<ServiceSpec>(&unhex(SPEC_V1)).map_or(true, |read| read != spec)
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The layouts of the replicated state and the log that older builds wrote, and their
+//! upgrades to the current types: what keeps a data dir readable across an upgrade.
+//!
+//! Postcard is positional, so each older layout is a type of its own with the fields in their
+//! old order. Snapshots carry their format number ([`crate::store`]'s `SNAPSHOT_FORMAT`);
+//! log entries carry none, so the store records from which index on each spec format was
+//! written (`LogFormats` there) and decodes older entries as [`EntryV1`].
+//!
+//! | snapshot format | state | specs |
+//! |---|---|---|
+//! | 1 | [`ClusterStateV1`]: before unfinished joins were recorded | spec format 1 |
+//! | 2 | [`ClusterStateV2`]: before admin certificates were recorded | spec format 1 |
+//! | 3 | [`ClusterStateV3`]: before `user`, `group` and `cap_add` | spec format 1 |
+//! | 4 | [`ClusterState`] | spec format 2 |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+
+use openraft::{Entry, EntryPayload};
+use serde::Deserialize;
+use warren_api::older::ServiceSpecV1;
+use warren_api::{Node, NodeId, Replica, ReplicaId, Revision, ServiceName, ServiceSpec, Volume};
+use warren_transport::TokenBook;
+
+use crate::command::{Command, Outcome};
+use crate::state::{
+    AdminCert, ClusterInfo, ClusterState, PendingJoin, SecretRecord, ServiceRecord,
+};
+use crate::types::{Member, TypeConfig};
+
+openraft::declare_raft_types!(
+    /// The Raft types of spec format 1: entries whose specs are [`ServiceSpecV1`]. Only for
+    /// decoding what an older build wrote.
+    pub TypeConfigV1:
+        D = Command<ServiceSpecV1>,
+        R = Outcome,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfigV1>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A log entry as spec format 1 wrote it.
+pub type EntryV1 = Entry<TypeConfigV1>;
+
+/// The entry in the current layout (see [`Command::upgrade`]).
+pub fn upgrade_entry(entry: EntryV1) -> Entry<TypeConfig> {
+    let payload = match entry.payload {
+        EntryPayload::Blank => EntryPayload::Blank,
+        EntryPayload::Normal(command) => EntryPayload::Normal(command.upgrade()),
+        EntryPayload::Membership(membership) => EntryPayload::Membership(membership),
+    };
+    Entry {
+        log_id: entry.log_id,
+        payload,
+    }
+}
+
+fn upgrade_services(
+    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+) -> BTreeMap<ServiceName, ServiceRecord> {
+    services
+        .into_iter()
+        .map(|(name, record)| {
+            let record = ServiceRecord {
+                current: record.current.map_spec(ServiceSpec::from),
+                previous: record.previous.map(ServiceSpec::from),
+                created_at_ms: record.created_at_ms,
+                updated_at_ms: record.updated_at_ms,
+                rollout: record.rollout,
+            };
+            (name, record)
+        })
+        .collect()
+}
+
+/// [`ClusterState`] as snapshot format 1 wrote it: before unfinished joins were recorded.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV1 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    revision: Revision,
+}
+
+impl From<ClusterStateV1> for ClusterState {
+    /// By way of format 2 (see there).
+    fn from(v1: ClusterStateV1) -> Self {
+        ClusterStateV2::from(v1).into()
+    }
+}
+
+impl From<ClusterStateV1> for ClusterStateV2 {
+    /// No join was unfinished: format 1 did not record them (a join then either finished or
+    /// left a node entry behind, which `node rm` removes).
+    fn from(v1: ClusterStateV1) -> Self {
+        ClusterStateV2 {
+            cluster: v1.cluster,
+            nodes: v1.nodes,
+            revoked_serials: v1.revoked_serials,
+            services: v1.services,
+            replicas: v1.replicas,
+            unschedulable: v1.unschedulable,
+            secrets: v1.secrets,
+            volumes: v1.volumes,
+            tokens: v1.tokens,
+            pending_joins: BTreeMap::new(),
+            revision: v1.revision,
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 2 wrote it: before admin certificates were recorded.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV2 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV2> for ClusterState {
+    /// By way of format 3 (see there).
+    fn from(v2: ClusterStateV2) -> Self {
+        ClusterStateV3::from(v2).into()
+    }
+}
+
+impl From<ClusterStateV2> for ClusterStateV3 {
+    /// No admin certificate recorded: format 2 did not record them (the first admin's stays
+    /// valid, unlisted).
+    fn from(v2: ClusterStateV2) -> Self {
+        ClusterStateV3 {
+            cluster: v2.cluster,
+            nodes: v2.nodes,
+            revoked_serials: v2.revoked_serials,
+            services: v2.services,
+            replicas: v2.replicas,
+            unschedulable: v2.unschedulable,
+            secrets: v2.secrets,
+            volumes: v2.volumes,
+            tokens: v2.tokens,
+            pending_joins: v2.pending_joins,
+            admins: BTreeMap::new(),
+            revision: v2.revision,
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 3 wrote it: its specs in spec format 1, before `user`,
+/// `group` and `cap_add`; before the cluster key rotated and certificates were renewed.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV3 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    admins: BTreeMap<String, AdminCert>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV3> for ClusterState {
+    /// Every spec upgraded: it runs as root with every capability, as it did, and keeps its
+    /// workload hash (so the replicas' recorded hashes still match). The first cluster key
+    /// sealed everything (format 3 had no other), and no certificate had been renewed.
+    fn from(v3: ClusterStateV3) -> Self {
+        ClusterState {
+            cluster: v3.cluster,
+            nodes: v3.nodes,
+            revoked_serials: v3.revoked_serials,
+            services: upgrade_services(v3.services),
+            replicas: v3.replicas,
+            unschedulable: v3.unschedulable,
+            secrets: v3.secrets,
+            volumes: v3.volumes,
+            tokens: v3.tokens,
+            pending_joins: v3.pending_joins,
+            admins: v3.admins,
+            key_gen: 1,
+            previous_cert_serials: BTreeMap::new(),
+            revision: v3.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The store reads what the build before spec format 2 wrote: its log entries and its
+//! snapshots, from bytes that build produced (golden hex below), and refuses what a newer
+//! build wrote.
+
+use openraft::CommittedLeaderId;
+use openraft::storage::RaftLogStorageExt;
+use warren_api::{
+    ProcessSpec, SecretRef, Service, ServiceMode, ServiceName, ServiceSpec, Workload,
+};
+
+use super::*;
+use crate::command::{Command, Op};
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The spec the golden bytes hold, as the older build had it.
+fn sample_spec() -> ServiceSpec {
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("web").expect("valid name"),
+        Workload::Process(ProcessSpec {
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            working_dir: Some("data".into()),
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 2 };
+    spec.env.insert("MODE".into(), "edge".into());
+    spec.ports = vec!["http:8080".parse().expect("valid port")];
+    spec.secrets = vec![SecretRef::new("db")];
+    spec.labels.insert("team".into(), "a".into());
+    spec
+}
+
+/// What `sample_spec()` of the older build reads as now: root, every capability.
+fn upgraded(mut spec: ServiceSpec) -> ServiceSpec {
+    spec.user = Some("root".into());
+    spec.cap_add = vec!["ALL".into()];
+    spec
+}
+
+/// `Entry { log_id: (term 2, node 1, index 5), Normal(Command { at_ms: 1_700_000_000_000,
+/// op: PutService(sample_spec()) }) }` as the build before spec format 2 encoded it.
+const ENTRY_V1_AT_5: &str = "0201050180d095ffbc3109037765620003027368022d63076563686f206869010464\
+    6174610002000001044d4f4445046564676501010468747470903f000000e807e0d4030000010264620264620000\
+    000100904e01047465616d0161";
+
+/// Snapshot data of format 3 (last applied (2, 1, 9), default membership, revision 9) whose
+/// state holds service `web`: version 2 is `sample_spec()`, the previous spec the same without
+/// `env`; created at 1_700_000_000_000, updated 100 s later.
+const SNAPSHOT_V3: &str = "0301020109000000000000010377656202037765620003027368022d630765636\
+    86f2068690104646174610002000001044d4f4445046564676501010468747470903f000000e807e0d403000001\
+    0264620264620000000100904e01047465616d016101037765620003027368022d63076563686f2068690104646\
+    17461000200000001010468747470903f000000e807e0d4030000010264620264620000000100904e0104746561\
+    6d016180d095ffbc31a0dd9bffbc31000000000000000009";
+
+fn put_service(index: u64, spec: ServiceSpec) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(2, index),
+        payload: EntryPayload::Normal(Command {
+            at_ms: 1_700_000_000_000,
+            op: Op::PutService(spec),
+        }),
+    }
+}
+
+fn spec_at(entries: &[Entry<TypeConfig>], index: u64) -> ServiceSpec {
+    let entry = entries
+        .iter()
+        .find(|e| e.log_id.index == index)
+        .unwrap_or_else(|| panic!("no entry at {index}"));
+    match &entry.payload {
+        EntryPayload::Normal(Command {
+            op: Op::PutService(spec),
+            ..
+        }) => spec.clone(),
+        other => panic!("entry {index} is {other:?}"),
+    }
+}
+
+/// Makes the store in `dir` look as the older build left it: layout 1, no formats recorded,
+/// a blank entry at 4 and its `PutService` at 5.
+async fn play_the_older_build(dir: &Path) {
+    let (log, _sm) = open(dir, StoreTuning::default()).expect("open a fresh store");
+    log.meta
+        .insert(KEY_LAYOUT, &1u32.to_be_bytes())
+        .expect("insert");
+    log.meta.remove(KEY_LOG_FORMATS).expect("remove");
+    let blank = Entry::<TypeConfig> {
+        log_id: log_id(2, 4),
+        payload: EntryPayload::Blank,
+    };
+    let blank = encode(&blank, "entry").expect("encode");
+    log.log.insert(index_key(4), blank).expect("insert");
+    log.log
+        .insert(index_key(5), unhex(ENTRY_V1_AT_5))
+        .expect("insert");
+    log.flush().await.expect("flush");
+}
+
+/// An older build's log: its entries read in their format (specs as root with every
+/// capability, workload hash unchanged), this build's appended after them in its own, across
+/// reopens; a truncation below the older stretch rewrites it in the new format.
+#[tokio::test]
+async fn a_log_of_the_older_build_is_read_and_extended() {
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    play_the_older_build(dir.path()).await;
+
+    let (mut log, sm) = open(dir.path(), StoreTuning::default()).expect("upgrade on open");
+    let mut new = sample_spec();
+    new.user = Some("www-data".into());
+    log.blocking_append([put_service(6, new.clone())])
+        .await
+        .expect("append");
+    drop((log, sm));
+
+    let (mut log, sm) = open(dir.path(), StoreTuning::default()).expect("reopen");
+    let entries = log.try_get_log_entries(4..).await.expect("read");
+    assert_eq!(entries.len(), 3);
+    let old = spec_at(&entries, 5);
+    assert_eq!(old, upgraded(sample_spec()));
+    assert_eq!(
+        old.workload_hash(),
+        0xd852_ad39_3787_4142,
+        "restarts nothing"
+    );
+    assert_eq!(spec_at(&entries, 6), new);
+    let formats = log.formats().clone();
+    assert_eq!((formats.format_at(5), formats.format_at(6)), (1, 2));
+
+    // A leader's log replaces 5 on: rewritten by this build, read in its format.
+    log.truncate(log_id(2, 5)).await.expect("truncate");
+    log.blocking_append([put_service(5, new.clone())])
+        .await
+        .expect("append");
+    drop((log, sm));
+    let (mut log, _sm) = open(dir.path(), StoreTuning::default()).expect("reopen");
+    let entries = log.try_get_log_entries(4..).await.expect("read");
+    assert_eq!(spec_at(&entries, 5), new);
+}
+
+/// A snapshot of format 3 is read with its specs (current and previous) upgraded and its
+/// workload hash unchanged; a directory of a newer layout, or a log in a newer spec format,
+/// is refused with a line that says so.
+#[tokio::test]
+async fn a_snapshot_of_format_3_is_read_and_newer_layouts_refused() {
+    let meta = Meta {
+        last_log_id: Some(log_id(2, 9)),
+        last_membership: MembershipRecord::default(),
+        snapshot_id: "2-9-1".into(),
+    };
+    let payload = decode_payload(&meta, &unhex(SNAPSHOT_V3)).expect("format 3 is read");
+    let record = &payload.state.services[&ServiceName::new("web").expect("valid")];
+    assert_eq!(
+        record.current,
+        Service {
+            version: 2,
+            spec: upgraded(sample_spec())
+        }
+    );
+    let mut previous = upgraded(sample_spec());
+    previous.env.clear();
+    assert_eq!(record.previous, Some(previous));
+    assert_eq!(record.current.spec.workload_hash(), 0xd852_ad39_3787_4142);
+    assert_eq!(payload.format, SNAPSHOT_FORMAT);
+
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let (log, sm) = open(dir.path(), StoreTuning::default()).expect("open");
+    log.meta
+        .insert(KEY_LAYOUT, &3u32.to_be_bytes())
+        .expect("insert");
+    log.flush().await.expect("flush");
+    drop((log, sm));
+    let error = open(dir.path(), StoreTuning::default()).expect_err("layout 3 is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("has layout version 3; this build reads versions 1 to 2"),
+        "{error}"
+    );
+
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let (log, sm) = open(dir.path(), StoreTuning::default()).expect("open");
+    let newer = postcard::to_allocvec(&vec![(0u64, 2u32), (7, 3)]).expect("encode");
+    log.meta.insert(KEY_LOG_FORMATS, newer).expect("insert");
+    log.flush().await.expect("flush");
+    drop((log, sm));
+    let error = open(dir.path(), StoreTuning::default()).expect_err("spec format 3 is refused");
+    assert!(
+        error.to_string().contains(
+            "the raft log holds spec format 3 from index 7; this build reads spec formats 1 to 2"
+        ),
+        "{error}"
+    );
+}
