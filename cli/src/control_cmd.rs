@@ -74,12 +74,13 @@ pub enum ControlCommand {
 }
 
 /// Where `control join` and `agent join` take their join token from. A token given with
-/// `--token` is visible to every local user in `ps` for as long as the process runs; a file
-/// or `$WARREN_TOKEN` is not.
+/// `--token` is moved off the command line at once ([`crate::hide_token`]); a file or
+/// `$WARREN_TOKEN` is never on it.
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     /// The join token, from `warren token create`. Other local users can read a command
-    /// line (`ps`): prefer --token-file or $WARREN_TOKEN.
+    /// line (`ps`): warren moves it off its own at once, but prefer --token-file or
+    /// $WARREN_TOKEN (your shell history keeps it too).
     #[arg(
         long,
         env = "WARREN_TOKEN",
@@ -172,7 +173,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             ControlCommand::Init { node } => init(node).await?,
             ControlCommand::Join { node, join, token } => {
                 if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
-                    tracing::warn!("the join token is on this command line, which other local users can read (ps) while the node runs; prefer --token-file or $WARREN_TOKEN (a single-use token is spent once the node has joined)");
+                    tracing::warn!("the join token is still on this command line (moving it to a pipe failed), which other local users can read (ps) while the node runs; prefer --token-file or $WARREN_TOKEN");
                 }
                 join_cluster(node, &join, &token.read()?, &mut signals).await?
             }

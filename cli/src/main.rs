@@ -35,6 +35,7 @@ mod control_cmd;
 mod demo;
 mod dev;
 mod fd_limit;
+mod hide_token;
 mod local;
 mod output;
 #[cfg(test)]
@@ -274,6 +275,19 @@ where
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let joins = matches!(
+        &cli.command,
+        Command::Control(control_cmd::ControlArgs {
+            command: control_cmd::ControlCommand::Join { .. },
+            ..
+        }) | Command::Agent(agent_cmd::AgentArgs {
+            command: agent_cmd::AgentCommand::Join { .. },
+            ..
+        })
+    );
+    if joins && let Err(error) = hide_token::move_token_off_the_command_line() {
+        tracing::warn!(error = %error, "cannot move the join token off the command line");
+    }
     let format = cli.output;
     let top = cli.access;
     let talks_to_cluster = !matches!(

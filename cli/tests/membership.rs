@@ -59,8 +59,9 @@ fn terminate(node: &mut Foreground) -> ExitStatus {
 }
 
 /// Four `warren control join` processes started at the same moment against one init node:
-/// every one becomes a voter (five in all), the registry holds each node once, and each
-/// process stops cleanly (exit 0) on SIGTERM.
+/// every one becomes a voter (five in all), the registry holds each node once, none keeps the
+/// token it was given with `--token` on its command line, and each process stops cleanly (exit
+/// 0) on SIGTERM.
 #[test]
 fn four_control_joins_at_once_all_become_voters() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,6 +79,17 @@ fn four_control_joins_at_once_all_become_voters() {
         join.wait_for_line(" serving ");
     }
     eprintln!("4 joins at once: all serving after {:?}", started.elapsed());
+    // Given with --token, the token left the command line at once (a pipe holds it now).
+    for join in &joins {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", join.child.id()))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        assert!(
+            !cmdline.contains(&token),
+            "the token stays in ps: {cmdline}"
+        );
+        assert!(cmdline.contains("--token-file /dev/fd/"), "{cmdline}");
+    }
 
     let status = json(&config, &["cluster", "status", "-o", "json"]);
     let members = status["members"].as_array().expect("members");
