@@ -244,6 +244,23 @@ impl<S> Op<S> {
         }
     }
 
+    /// Whether applying it may change which certificates the cluster records or revokes (or a
+    /// node's state, which decides whether its certificate counts).
+    pub fn touches_certificates(&self) -> bool {
+        matches!(
+            self,
+            Op::InitCluster { .. }
+                | Op::Join { .. }
+                | Op::RegisterNode(_)
+                | Op::RemoveNode(_)
+                | Op::AbandonJoin { .. }
+                | Op::AddAdmin(_)
+                | Op::RevokeAdmin { .. }
+                | Op::RenewCert { .. }
+                | Op::RenewAdmin { .. }
+        )
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

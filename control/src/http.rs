@@ -300,6 +300,23 @@ impl Api {
         }
     }
 
+    /// [`Self::check_client`], skipped while the trust list has not changed since the last
+    /// check that passed (`checked_at`, per connection).
+    fn check_client_at(
+        &self,
+        identity: &PeerIdentity,
+        checked_at: &std::sync::atomic::AtomicU64,
+    ) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
+        let version = self.trust.version();
+        if checked_at.load(Ordering::Relaxed) == version {
+            return Ok(());
+        }
+        self.check_client(identity)?;
+        checked_at.store(version, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Whether the certificate a TLS connection proved may still use the API.
     fn check_client(&self, identity: &PeerIdentity) -> Result<(), ApiError> {
         if self.trust.is_revoked(&identity.serial) {
@@ -429,12 +446,18 @@ impl Api {
     {
         let api = self.clone();
         let identity = identity.map(Arc::new);
+        // The trust list's version at the last check that passed on this connection: a
+        // certificate is checked again only when the list changed since (revoked meanwhile).
+        let checked_at = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let service = hyper::service::service_fn(move |request| {
             let api = api.clone();
             let identity = identity.clone();
+            let checked_at = checked_at.clone();
             async move {
                 let mut request = request;
-                let refused = identity.as_deref().map(|id| api.check_client(id));
+                let refused = identity
+                    .as_deref()
+                    .map(|id| api.check_client_at(id, &checked_at));
                 if let Some(identity) = identity {
                     request.extensions_mut().insert(identity);
                 }

@@ -814,18 +814,25 @@ impl ControlNode {
         let control = self.control.clone();
         let me = self.settings.node_id;
         self.tasks.spawn(async move {
+            let mut seen_epoch = None;
             loop {
-                let (serials, known, removed) = {
+                let (trust, removed) = {
                     let state = state.read().await;
                     let removed = state
                         .nodes
                         .get(&me)
                         .is_some_and(|node| node.state == warren_api::NodeState::Removed);
-                    let known = state.known_certificates();
-                    (state.revoked_serials.clone(), known, removed)
+                    // Rebuilt only when an entry touched certificates: not at every write.
+                    let trust = (seen_epoch != Some(state.certs_epoch.0)).then(|| {
+                        seen_epoch = Some(state.certs_epoch.0);
+                        (state.revoked_serials.clone(), state.known_certificates())
+                    });
+                    (trust, removed)
                 };
-                revocations.replace(serials);
-                revocations.replace_known(known);
+                if let Some((serials, known)) = trust {
+                    revocations.replace(serials);
+                    revocations.replace_known(known);
+                }
                 if removed {
                     control.note_removed("its removal reached this node's log".into());
                 }

@@ -201,6 +201,7 @@ impl From<ClusterStateV3> for ClusterState {
             revision: v3.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
+            certs_epoch: crate::state::Epoch::default(),
         }
     }
 }

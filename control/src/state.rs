@@ -127,6 +127,23 @@ pub struct ClusterState {
     /// certificate and no node entry would be worse than a join left to finish or be removed.
     #[serde(skip)]
     pub control_members: BTreeSet<NodeId>,
+    /// Moves whenever an applied entry may have changed the certificates the cluster records or
+    /// revokes (nodes, admins), or a snapshot replaced the state: the node's trust list is
+    /// rebuilt only then, not at every write. Not serialized (a restart rebuilds it anyway).
+    #[serde(skip)]
+    pub certs_epoch: Epoch,
+}
+
+/// A counter that tells readers when to look again ([`ClusterState::certs_epoch`]). It is not
+/// part of the state's value: two states that hold the same things are equal whatever their
+/// epochs (a node that installed a snapshot holds what the leader holds).
+#[derive(Clone, Copy, Debug, Default, Eq)]
+pub struct Epoch(pub u64);
+
+impl PartialEq for Epoch {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 /// An admin certificate the cluster CA issued: what `warren admin ls` shows.
@@ -227,6 +244,9 @@ impl ClusterState {
     /// diverge from the other nodes.
     pub fn apply(&mut self, revision: Revision, command: &Command) -> Outcome {
         self.note_revision(revision);
+        if command.op.touches_certificates() {
+            self.certs_epoch.0 += 1;
+        }
         let now = command.at_ms;
         let result = match &command.op {
             Op::InitCluster {

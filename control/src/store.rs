@@ -1067,7 +1067,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let revision = payload.state.revision;
         let mut state = payload.state;
         set_members(&mut state, &meta.last_membership);
-        *self.state.write().await = state;
+        let mut current = self.state.write().await;
+        // A new epoch: whatever the snapshot holds, readers of the certificates re-read them.
+        state.certs_epoch.0 = current.certs_epoch.0 + 1;
+        *current = state;
+        drop(current);
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.applied_tx.send_replace(revision);

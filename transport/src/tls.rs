@@ -52,6 +52,8 @@ pub struct TrustList(Arc<RwLock<Trust>>);
 struct Trust {
     revoked: HashSet<String>,
     known: Option<KnownCertificates>,
+    /// Bumped by every change that takes effect ([`TrustList::version`]).
+    version: u64,
 }
 
 /// The certificates a cluster recorded when its CA issued them: by serial, the identity each was
@@ -115,18 +117,37 @@ impl KnownCertificates {
 impl TrustList {
     /// Revokes a serial (lowercase hex, as in [`crate::PeerIdentity::serial`]).
     pub fn revoke(&self, serial: impl Into<String>) {
-        self.write().revoked.insert(serial.into());
+        let mut trust = self.write();
+        if trust.revoked.insert(serial.into()) {
+            trust.version += 1;
+        }
     }
 
     /// Replaces the whole set of revoked serials.
     pub fn replace(&self, serials: impl IntoIterator<Item = String>) {
-        self.write().revoked = serials.into_iter().collect();
+        let serials: HashSet<String> = serials.into_iter().collect();
+        let mut trust = self.write();
+        if trust.revoked != serials {
+            trust.revoked = serials;
+            trust.version += 1;
+        }
     }
 
     /// Replaces the recorded certificates; `None` checks none (a node that does not know the
     /// cluster's state yet, an agent, a test).
     pub fn replace_known(&self, known: Option<KnownCertificates>) {
-        self.write().known = known;
+        let mut trust = self.write();
+        if trust.known != known {
+            trust.known = known;
+            trust.version += 1;
+        }
+    }
+
+    /// A number that changes whenever what this list accepts does: a check that passed at one
+    /// version holds while the version stays (the API re-checks a kept-alive connection's
+    /// certificate only then).
+    pub fn version(&self) -> u64 {
+        self.read().version
     }
 
     /// Whether a serial is revoked.
