@@ -13,7 +13,8 @@ use crate::secrets::gossip_key_of;
 use crate::state::ClusterState;
 use warren_api::rest::GossipInfo;
 use warren_api::{NodeId, NodeState};
-use warren_mesh::{GossipKey, KeyId, Keyring, Liveness, Member};
+use warren_mesh::{GossipKey, KeyId, Keyring, Liveness, Member, MeshIdentity};
+use warren_transport::{GossipSigner, MemberCertificates};
 
 /// The mesh's cluster id: the CA fingerprint in lowercase hex (64 characters). Agents derive
 /// the same from the CA certificate they hold, so both sides agree without a new field.
@@ -25,6 +26,17 @@ pub fn cluster_id(fingerprint: &[u8; 32]) -> String {
 /// for them, in their view); `None` if this node does not hold that generation.
 pub fn gossip_key_for(keys: &ClusterKeys, generation: u32) -> Option<GossipKey> {
     gossip_key_of(keys, generation).map(|bytes| GossipKey::from_bytes(KeyId(generation), bytes))
+}
+
+/// The mesh identity of a node: it signs its gossip state with its certificate's key, and
+/// accepts a member's state only with that member's own certificate (`warren_mesh::identity`).
+pub fn identity(signer: GossipSigner, members: MemberCertificates) -> MeshIdentity {
+    let sign = signer.clone();
+    MeshIdentity::new(
+        move || signer.credential(),
+        move |message| sign.sign(message),
+        move |node, credential| members.public_key(node, credential),
+    )
 }
 
 /// The keyring a control node starts its mesh with: the gossip key of `generation`.

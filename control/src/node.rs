@@ -23,8 +23,9 @@ use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME, unix_now, unix_now_m
 use warren_transport::join::{random_node_id, serve_join};
 use warren_transport::seal::SealKey;
 use warren_transport::{
-    Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, PeerConnection,
-    TransportConfig, TransportMetrics, TrustList, Validity, write_atomic,
+    Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, GossipSigner,
+    MemberCertificates, PeerConnection, TransportConfig, TransportMetrics, TrustList, Validity,
+    write_atomic,
 };
 
 use crate::command::Op;
@@ -381,6 +382,8 @@ pub struct ControlNode {
     api_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     mesh_timers: MeshTimers,
+    /// Checks gossip members' certificates (CA, trust list, renewal grace).
+    member_certs: MemberCertificates,
     mesh: Option<Mesh>,
 }
 
@@ -668,6 +671,10 @@ impl ControlNode {
             }),
             seeds,
             keyring,
+            identity: crate::gossip::identity(
+                GossipSigner::new(self.endpoint.credentials().clone()),
+                self.member_certs.clone(),
+            ),
             timers: self.mesh_timers.clone(),
             fault: None,
         };
@@ -726,6 +733,12 @@ impl ControlNode {
         }
         let unreachable_after = config.unreachable_after;
         let mesh_timers = config.mesh_timers.clone();
+        let member_certs = MemberCertificates::new(
+            endpoint.credentials().get().ca_cert_der(),
+            &revocations,
+            config.transport.renew_grace,
+        )
+        .map_err(|e| NodeError::DataDir(format!("cluster CA certificate: {e}")))?;
         let api_limits = config.api_limits.clone();
         let control = Arc::new(Control::new(ControlParts {
             id: settings.node_id.0,
@@ -787,6 +800,7 @@ impl ControlNode {
             api_addr,
             metrics_addr,
             mesh_timers,
+            member_certs,
             mesh: None,
         };
         node.spawn_revocation_feed(state, applied.clone(), revocations);

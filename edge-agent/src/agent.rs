@@ -30,10 +30,13 @@ use warren_api::{
     Event, HealthState, NodeId, NodeRole, NodeView, ReplicaId, ReplicaStatus, Revision, SealedBlob,
     Service, TaskState, Workload,
 };
+use warren_mesh::MeshIdentity;
 use warren_transport::ca::CaError;
 use warren_transport::endpoint::BindError;
 use warren_transport::join::{JoinError, JoinParams};
-use warren_transport::{Credentials, Endpoint, EndpointOptions, write_atomic};
+use warren_transport::{
+    Credentials, Endpoint, EndpointOptions, GossipSigner, MemberCertificates, write_atomic,
+};
 
 use crate::cache::{Cache, CacheError, CacheIdentity, CacheTuning};
 use crate::health::probe::ExecContext;
@@ -609,6 +612,7 @@ impl Agent {
         // Discovery publishes its gossip view here; the link reads it as a witness.
         let (gossip_tx, gossip_rx) = watch::channel(Vec::new());
         let link = self.link(views_tx, status_tx, gossip_rx, &reporter, &metrics)?;
+        let gossip_identity = self.gossip_identity(link.endpoint.credentials().clone())?;
         // Renewal ends with the agent, whichever way it returns.
         let renewal_cancel = cancel.child_token();
         let _renewal_guard = renewal_cancel.clone().drop_guard();
@@ -642,7 +646,7 @@ impl Agent {
         let _discovery_guard = discovery_cancel.clone().drop_guard();
         let discovery = self.start_discovery(
             &tasks,
-            views.clone(),
+            (views.clone(), gossip_identity),
             &metrics,
             &book,
             gossip_tx,
@@ -742,12 +746,33 @@ impl Agent {
         })
     }
 
+    /// How the mesh signs this agent's gossip state (with the certificate the link presents,
+    /// renewed in place) and checks other members' (against the cluster CA).
+    fn gossip_identity(
+        &self,
+        current: warren_transport::current::CurrentCredentials,
+    ) -> Result<MeshIdentity, AgentError> {
+        let members = MemberCertificates::new(
+            self.credentials.ca_cert_der(),
+            &self.options.endpoint.revocations,
+            self.options.endpoint.config.renew_grace,
+        )
+        .map_err(|e| AgentError::Bind(BindError::Tls(format!("cluster CA certificate: {e}"))))?;
+        let signer = GossipSigner::new(current);
+        let sign = signer.clone();
+        Ok(MeshIdentity::new(
+            move || signer.credential(),
+            move |message| sign.sign(message),
+            move |node, credential| members.public_key(node, credential),
+        ))
+    }
+
     /// Starts gossip and DNS (each only if configured) in a task of `tasks`; returns where
     /// they serve.
     fn start_discovery(
         &self,
         tasks: &TaskTracker,
-        views: watch::Receiver<Option<Arc<NodeView>>>,
+        (views, gossip_identity): (watch::Receiver<Option<Arc<NodeView>>>, MeshIdentity),
         metrics: &AgentMetrics,
         book: &ListenerBook,
         gossip: watch::Sender<Vec<warren_mesh::Member>>,
@@ -769,6 +794,7 @@ impl Agent {
             cluster_fingerprint: self.identity.cluster_fingerprint.clone(),
             data_dir: self.data_dir.clone(),
             resolv_conf: self.options.process.resolv_conf.clone(),
+            gossip_identity,
         };
         let (status_tx, status) = watch::channel(Default::default());
         tasks.spawn(crate::discovery::run(

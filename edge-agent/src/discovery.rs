@@ -27,7 +27,9 @@ use warren_api::wire::{Listener, NodeView};
 use warren_api::{NodeId, NodeRole, ReplicaKey};
 use warren_mesh::config::DEFAULT_KEY_ROTATION_OVERLAP;
 use warren_mesh::keyring::{GossipKey, KeyId, Keyring};
-use warren_mesh::{Liveness as GossipLiveness, Member, Mesh, MeshConfig, MeshMetrics, MeshTimers};
+use warren_mesh::{
+    Liveness as GossipLiveness, Member, Mesh, MeshConfig, MeshIdentity, MeshMetrics, MeshTimers,
+};
 use warren_transport::seal::gossip_key_id_of;
 
 use crate::dns::{
@@ -59,6 +61,8 @@ pub(crate) struct Local {
     pub data_dir: PathBuf,
     /// The file workloads see as `/etc/resolv.conf`, if they get the agent's DNS.
     pub resolv_conf: Option<PathBuf>,
+    /// How the mesh signs this node's state and checks the others'.
+    pub gossip_identity: MeshIdentity,
 }
 
 /// Name of that file in the data dir.
@@ -355,6 +359,7 @@ impl Discovery {
             advertise_addr: self.options.gossip_advertise,
             seeds: seeds(view),
             keyring: Keyring::new(key),
+            identity: self.local.gossip_identity.clone(),
             timers: self.options.mesh_timers.clone(),
             fault: None,
         };

@@ -10,6 +10,8 @@
 //! Modules, from the bottom:
 //! - [`keyring`]: sealing and opening datagrams, key rotation, replay protection (sans-IO).
 //! - [`fragment`]: splitting chitchat messages into sealed-datagram-sized pieces (sans-IO).
+//! - [`identity`]: each node signs its own state with its certificate's key; members' states
+//!   are accepted only as signed, and a member is only as alive as its latest signature.
 //! - [`fault`]: a test switch that drops datagrams to and from chosen peers.
 //! - `transport`: the chitchat transport that relays chitchat's own encoding through loopback
 //!   and seals it on the real socket.
@@ -22,7 +24,8 @@
 //! - [`metrics`]: `warren_mesh_*` Prometheus metrics.
 //!
 //! What this crate must never do: treat gossip as authority. The gossip key is shared by the
-//! cluster, so anything a member publishes is a claim; WireGuard keys and overlay addresses are
+//! cluster, so anything relayed is a claim until the member's own signature backs it
+//! ([`identity`]); even signed, WireGuard keys and overlay addresses are
 //! checked against the node registry ([`Member::verify_claims`]) before use. It never sends a
 //! datagram that is not sealed, never opens one larger than
 //! [`MAX_DATAGRAM_BYTES`](keyring::MAX_DATAGRAM_BYTES), reads no environment and prints
@@ -31,6 +34,7 @@
 pub mod config;
 pub mod fault;
 pub mod fragment;
+pub mod identity;
 pub mod keyring;
 pub mod member;
 mod mesh;
@@ -40,6 +44,7 @@ mod verdict;
 
 pub use config::{ConfigError, MeshConfig, MeshTimers};
 pub use fault::FaultSwitch;
+pub use identity::{MeshIdentity, Unverified};
 pub use keyring::{DropReason, GossipKey, KeyId, Keyring, RotateError};
 pub use member::{
     ClaimError, ClaimedIdentity, Liveness, LivenessChange, Member, RegisteredIdentity,

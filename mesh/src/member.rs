@@ -66,7 +66,8 @@ pub struct ClaimedIdentity {
 /// One member of the mesh, as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    /// The node's id (claimed, like everything in gossip).
+    /// The node's id. Its metadata below is what that node signed with its certificate's key
+    /// ([`crate::identity`]); empty for a member none of whose state passed the check.
     pub node_id: NodeId,
     /// Increases every time the node process starts (its start time, unix ms).
     pub generation: u64,
@@ -78,7 +79,7 @@ pub struct Member {
     pub role: Option<NodeRole>,
     /// Its site, if published.
     pub site: Option<String>,
-    /// Liveness as this node's failure detector sees it.
+    /// Liveness as this node's failure detector sees it, bounded by the member's own signature.
     pub liveness: Liveness,
     /// Overlay address and WireGuard key, unchecked.
     pub claimed: ClaimedIdentity,

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use warren_api::NodeId;
 
 use crate::config::{ConfigError, MeshConfig, MeshTimers};
+use crate::identity::{Attester, Verifier};
 use crate::keyring::{GossipKey, KeyId, RotateError};
 use crate::member::{
     ENDPOINT_PREFIX, KEY_AGENT_REVISION, KEY_NAME, KEY_OVERLAY_ADDR, KEY_ROLE, KEY_SITE,
@@ -76,6 +77,7 @@ pub struct Mesh {
     local_addr: SocketAddr,
     timers: MeshTimers,
     tracker: Arc<Mutex<HeartbeatTracker>>,
+    attester: Arc<Mutex<Attester>>,
     members_rx: watch::Receiver<Vec<Member>>,
     monitor: JoinHandle<()>,
     cancel: DropGuard,
@@ -122,7 +124,7 @@ impl Mesh {
         let transport = SealedTransport::new(shared.clone(), socket);
         let chitchat_config = ChitchatConfig {
             chitchat_id: chitchat_id.clone(),
-            cluster_id: config.cluster_id,
+            cluster_id: config.cluster_id.clone(),
             gossip_interval: timers.gossip_interval,
             listen_addr: local_addr,
             seed_nodes: config.seeds.iter().map(ToString::to_string).collect(),
@@ -147,12 +149,24 @@ impl Mesh {
         let chitchat = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(|err| StartError::Gossip(format!("{err:#}")))?;
-        let tracker = Arc::new(Mutex::new(HeartbeatTracker::default()));
+        let attester = Arc::new(Mutex::new(Attester::new(
+            config.identity.clone(),
+            config.cluster_id.clone(),
+            config.node_id,
+            chitchat_id.generation_id,
+        )));
+        attest(&chitchat.chitchat(), &attester, &shared.metrics).await;
+        let verifier = Verifier::new(config.identity, config.cluster_id);
+        let tracker = Arc::new(Mutex::new(HeartbeatTracker::new(
+            verifier,
+            shared.metrics.clone(),
+        )));
         let (members_tx, members_rx) = watch::channel(Vec::new());
         let cancel = CancellationToken::new();
         let monitor = tokio::spawn(monitor(
             chitchat.chitchat(),
             tracker.clone(),
+            attester.clone(),
             timers.clone(),
             shared.metrics.clone(),
             members_tx,
@@ -167,6 +181,7 @@ impl Mesh {
             local_addr,
             timers,
             tracker,
+            attester,
             members_rx,
             monitor,
             cancel: cancel.drop_guard(),
@@ -212,6 +227,11 @@ impl Mesh {
         }
         if state.get(key) != Some(value) {
             state.set(key, value);
+            self.attester.lock().expect("attester lock").attest_or_warn(
+                state,
+                now_unix_ms(),
+                &self.shared.metrics,
+            );
         }
         Ok(())
     }
@@ -221,7 +241,13 @@ impl Mesh {
         let chitchat = self.chitchat.chitchat();
         let mut chitchat = chitchat.lock().await;
         if chitchat.self_node_state().contains_key(key) {
-            chitchat.self_node_state().delete(key);
+            let state = chitchat.self_node_state();
+            state.delete(key);
+            self.attester.lock().expect("attester lock").attest_or_warn(
+                state,
+                now_unix_ms(),
+                &self.shared.metrics,
+            );
         }
     }
 
@@ -281,12 +307,9 @@ impl Mesh {
     pub async fn members(&self) -> Vec<Member> {
         let chitchat = self.chitchat.chitchat();
         let chitchat = chitchat.lock().await;
-        let verdicts = self.tracker.lock().expect("tracker lock").judge(
-            &chitchat,
-            &self.timers,
-            Instant::now(),
-        );
-        collect_members(&chitchat, verdicts)
+        let tracker = &mut self.tracker.lock().expect("tracker lock");
+        let verdicts = tracker.judge(&chitchat, &self.timers, Instant::now(), now_unix_ms());
+        collect_members(&chitchat, tracker, verdicts)
     }
 
     /// A watch of the member list, refreshed every gossip interval; it changes when a member
@@ -345,21 +368,48 @@ fn advertise_addr(
     Ok(addr)
 }
 
+/// Signs this node's state now.
+async fn attest(
+    chitchat: &tokio::sync::Mutex<Chitchat>,
+    attester: &Mutex<Attester>,
+    metrics: &MeshMetrics,
+) {
+    let mut chitchat = chitchat.lock().await;
+    attester.lock().expect("attester lock").attest_or_warn(
+        chitchat.self_node_state(),
+        now_unix_ms(),
+        metrics,
+    );
+}
+
 /// The member list: this node's verdicts ([`HeartbeatTracker::judge`]) with each member's
-/// metadata.
-fn collect_members(chitchat: &Chitchat, verdicts: Vec<Verdict>) -> Vec<Member> {
+/// metadata — this node's own as it stands, every other member's as it last signed it (none
+/// for a member whose state never passed the check).
+fn collect_members(
+    chitchat: &Chitchat,
+    tracker: &HeartbeatTracker,
+    verdicts: Vec<Verdict>,
+) -> Vec<Member> {
+    let self_id = chitchat.self_chitchat_id();
     verdicts
         .into_iter()
         .map(|verdict| {
-            let meta = chitchat
-                .node_state(&verdict.chitchat_id)
-                .map(|state| {
-                    state
-                        .key_values()
-                        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let meta = if &verdict.chitchat_id == self_id {
+                chitchat
+                    .node_state(&verdict.chitchat_id)
+                    .map(|state| {
+                        state
+                            .key_values()
+                            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                tracker
+                    .accepted_meta(&verdict.chitchat_id)
+                    .map(|meta| (*meta).clone())
+                    .unwrap_or_default()
+            };
             Member::from_meta(
                 verdict.node_id,
                 verdict.chitchat_id.generation_id,
@@ -374,6 +424,7 @@ fn collect_members(chitchat: &Chitchat, verdicts: Vec<Verdict>) -> Vec<Member> {
 async fn monitor(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     tracker: Arc<Mutex<HeartbeatTracker>>,
+    attester: Arc<Mutex<Attester>>,
     timers: MeshTimers,
     metrics: MeshMetrics,
     members_tx: watch::Sender<Vec<Member>>,
@@ -386,27 +437,32 @@ async fn monitor(
     // chitchat re-judges liveness at the end of each of its rounds and says so on this watch
     // when the live set changes: a return (or a death it saw first) is read at once.
     let mut live_nodes = chitchat.lock().await.live_nodes_watcher();
+    // This node re-signs its state on its own clock: its attestation is what keeps it alive in
+    // everyone else's eyes.
+    let mut attest_tick = tokio::time::interval(timers.attest_interval);
+    attest_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_verdicts: Vec<Verdict> = Vec::new();
     let mut checks: u32 = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = attest_tick.tick() => {
+                attest(&chitchat, &attester, &metrics).await;
+                continue;
+            }
             _ = tick.tick() => checks += 1,
             changed = live_nodes.changed() => if changed.is_err() { return },
         }
         let members = {
             let chitchat = chitchat.lock().await;
-            let verdicts =
-                tracker
-                    .lock()
-                    .expect("tracker lock")
-                    .judge(&chitchat, &timers, Instant::now());
+            let tracker = &mut tracker.lock().expect("tracker lock");
+            let verdicts = tracker.judge(&chitchat, &timers, Instant::now(), now_unix_ms());
             if verdicts == last_verdicts && checks < CHECKS_PER_ROUND {
                 continue;
             }
             checks = 0;
             last_verdicts.clone_from(&verdicts);
-            collect_members(&chitchat, verdicts)
+            collect_members(&chitchat, tracker, verdicts)
         };
         for liveness in [Liveness::Alive, Liveness::Suspect, Liveness::Dead] {
             let count = members.iter().filter(|m| m.liveness == liveness).count();

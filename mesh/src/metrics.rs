@@ -3,6 +3,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+use crate::identity::Unverified;
 use crate::keyring::DropReason;
 
 /// Counters and gauges of one mesh node. Cheap to clone (shared handles).
@@ -21,6 +22,11 @@ pub struct MeshMetrics {
     pub datagram_bytes_total: IntCounterVec,
     /// Datagrams dropped, by reason ([`DropReason::label`]).
     pub datagrams_dropped_total: IntCounterVec,
+    /// This node's signatures of its own state, by outcome (`signed`, `failed`).
+    pub attestations_total: IntCounterVec,
+    /// Checks of other members' signed state, by outcome (`accepted`, `pending`, or
+    /// [`Unverified::label`] when refused).
+    pub member_states_total: IntCounterVec,
 }
 
 impl MeshMetrics {
@@ -64,12 +70,31 @@ impl MeshMetrics {
                 "Gossip datagrams dropped, by reason.",
                 &["reason"],
             ),
+            attestations_total: counter_vec(
+                "warren_mesh_attestations_total",
+                "This node's signatures of its own gossip state, by outcome (signed, failed).",
+                &["outcome"],
+            ),
+            member_states_total: counter_vec(
+                "warren_mesh_member_states_total",
+                "Checks of other members' signed gossip state, by outcome (accepted, pending, or why refused).",
+                &["outcome"],
+            ),
         };
         // Every label value exists from the start, so dashboards see zeros, not gaps.
         for reason in DropReason::ALL {
             metrics
                 .datagrams_dropped_total
                 .with_label_values(&[reason.label()]);
+        }
+        for outcome in ["signed", "failed"] {
+            metrics.attestations_total.with_label_values(&[outcome]);
+        }
+        for outcome in ["accepted", "pending"]
+            .into_iter()
+            .chain(Unverified::ALL.iter().map(|u| u.label()))
+        {
+            metrics.member_states_total.with_label_values(&[outcome]);
         }
         for liveness in ["alive", "suspect", "dead"] {
             metrics.members.with_label_values(&[liveness]);
@@ -93,6 +118,8 @@ impl MeshMetrics {
         registry.register(Box::new(metrics.datagrams_total.clone()))?;
         registry.register(Box::new(metrics.datagram_bytes_total.clone()))?;
         registry.register(Box::new(metrics.datagrams_dropped_total.clone()))?;
+        registry.register(Box::new(metrics.attestations_total.clone()))?;
+        registry.register(Box::new(metrics.member_states_total.clone()))?;
         Ok(metrics)
     }
 
@@ -101,6 +128,11 @@ impl MeshMetrics {
         self.datagrams_dropped_total
             .with_label_values(&[reason.label()])
             .get()
+    }
+
+    /// Checks of other members' state with `outcome` so far.
+    pub fn member_states(&self, outcome: &str) -> u64 {
+        self.member_states_total.with_label_values(&[outcome]).get()
     }
 
     /// Sealed bytes sent so far.

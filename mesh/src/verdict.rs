@@ -10,13 +10,16 @@
 //! already carries, so detection gets faster at no cost in traffic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chitchat::{Chitchat, ChitchatId, Heartbeat};
 use warren_api::NodeId;
 
 use crate::config::MeshTimers;
+use crate::identity::{Accepted, CheckOutcome, Verifier, is_fresh};
 use crate::member::Liveness;
+use crate::metrics::MeshMetrics;
 
 /// How many times per gossip interval the monitor judges the members.
 pub(crate) const CHECKS_PER_ROUND: u32 = 4;
@@ -36,10 +39,13 @@ pub(crate) struct Verdict {
     pub liveness: Liveness,
 }
 
-/// When each node's heartbeat last advanced, as seen by this node's checks.
-#[derive(Debug, Default)]
+/// When each node's heartbeat last advanced, as seen by this node's checks, and what each
+/// member signed ([`Verifier`]).
+#[derive(Debug)]
 pub(crate) struct HeartbeatTracker {
     nodes: HashMap<ChitchatId, Tracked>,
+    verifier: Verifier,
+    metrics: MeshMetrics,
 }
 
 #[derive(Debug)]
@@ -51,6 +57,39 @@ struct Tracked {
 }
 
 impl HeartbeatTracker {
+    pub(crate) fn new(verifier: Verifier, metrics: MeshMetrics) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            verifier,
+            metrics,
+        }
+    }
+
+    /// The metadata member `id` last signed, if any of its state ever passed the check.
+    pub(crate) fn accepted_meta(&self, id: &ChitchatId) -> Option<Arc<BTreeMap<String, String>>> {
+        self.verifier.accepted(id).map(|a| a.meta.clone())
+    }
+
+    /// Checks member `id`'s state if it moved, counting the outcome.
+    fn check(
+        &mut self,
+        id: &ChitchatId,
+        node_id: NodeId,
+        state: &chitchat::NodeState,
+        now: Instant,
+    ) {
+        let outcome = match self.verifier.check(id, node_id, state, now) {
+            CheckOutcome::Unchanged => return,
+            CheckOutcome::Accepted => "accepted",
+            CheckOutcome::Pending => "pending",
+            CheckOutcome::Refused(reason) => reason.label(),
+        };
+        self.metrics
+            .member_states_total
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
     fn observe(
         &mut self,
         id: &ChitchatId,
@@ -76,7 +115,8 @@ impl HeartbeatTracker {
         self.nodes.retain(|id, _| present.contains(id));
     }
 
-    /// Every member's verdict now, one per node id (its newest generation), sorted by node id.
+    /// Every member's verdict now, one per node id, sorted by node id: its newest generation
+    /// whose state passed the check, or its newest if none did.
     ///
     /// A member chitchat calls live is `Dead` once its heartbeat has been still for the
     /// detection timeout (chitchat would say so at its next round's end), `Suspect` once still
@@ -84,24 +124,33 @@ impl HeartbeatTracker {
     /// this node has never seen it alive and learned of it less than one initial detection
     /// timeout ago: a node that just joined is `Suspect` until its heartbeats are counted, so
     /// that joining never looks like coming back.
+    ///
+    /// Whatever the heartbeat says, a member is only as alive as its signature
+    /// ([`crate::identity`]): `Dead` once its last accepted attestation is older than
+    /// `attest_timeout`, and, while none was ever accepted, `Suspect` for `attest_timeout`
+    /// after it was first seen, then `Dead`.
     pub(crate) fn judge(
         &mut self,
         chitchat: &Chitchat,
         timers: &MeshTimers,
         now: Instant,
+        now_ms: u64,
     ) -> Vec<Verdict> {
         let self_id = chitchat.self_chitchat_id();
         let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
         let initial_timeout = timers.initial_interval.mul_f64(timers.phi_threshold);
-        let mut newest: BTreeMap<NodeId, Verdict> = BTreeMap::new();
+        let mut newest: BTreeMap<NodeId, (bool, Verdict)> = BTreeMap::new();
         for (id, state) in chitchat.node_states() {
             let Ok(node_id) = id.node_id.parse::<NodeId>() else {
                 continue;
             };
-            if newest
-                .get(&node_id)
-                .is_some_and(|v| v.chitchat_id.generation_id > id.generation_id)
-            {
+            if id != self_id {
+                self.check(id, node_id, state, now);
+            }
+            let accepted = id == self_id || self.verifier.accepted(id).is_some();
+            if newest.get(&node_id).is_some_and(|(was_accepted, v)| {
+                (*was_accepted, v.chitchat_id.generation_id) > (accepted, id.generation_id)
+            }) {
                 continue;
             }
             let is_live = live.contains(id);
@@ -118,17 +167,55 @@ impl HeartbeatTracker {
             } else {
                 Liveness::Dead
             };
+            let liveness = if id == self_id {
+                liveness
+            } else {
+                let first_seen = tracked.first_seen;
+                vouched(
+                    liveness,
+                    self.verifier.accepted(id),
+                    now.saturating_duration_since(first_seen),
+                    timers.attest_timeout,
+                    (now, now_ms),
+                )
+            };
             newest.insert(
                 node_id,
-                Verdict {
-                    node_id,
-                    chitchat_id: id.clone(),
-                    liveness,
-                },
+                (
+                    accepted,
+                    Verdict {
+                        node_id,
+                        chitchat_id: id.clone(),
+                        liveness,
+                    },
+                ),
             );
         }
-        self.retain(&chitchat.node_states().keys().collect());
-        newest.into_values().collect()
+        let states = chitchat.node_states();
+        self.retain(&states.keys().collect());
+        self.verifier.retain(|id| states.contains_key(id));
+        newest.into_values().map(|(_, verdict)| verdict).collect()
+    }
+}
+
+/// `heartbeat`'s verdict, as far as the member's own signature bears it out: a member whose
+/// last accepted attestation is stale is dead; one that never had one accepted is at most
+/// suspect while `known_for` is within `timeout`, dead after.
+fn vouched(
+    heartbeat: Liveness,
+    accepted: Option<&Accepted>,
+    known_for: Duration,
+    timeout: Duration,
+    (now, now_ms): (Instant, u64),
+) -> Liveness {
+    match accepted {
+        Some(accepted) if is_fresh(accepted, timeout, now, now_ms) => heartbeat,
+        Some(_) => Liveness::Dead,
+        None if known_for <= timeout => match heartbeat {
+            Liveness::Dead => Liveness::Dead,
+            Liveness::Alive | Liveness::Suspect => Liveness::Suspect,
+        },
+        None => Liveness::Dead,
     }
 }
 
@@ -145,6 +232,39 @@ fn live_liveness(still_for: Duration, timeout: Option<Duration>) -> Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_is_only_as_alive_as_its_own_signature() {
+        let now = Instant::now();
+        let now_ms = 10_000_000;
+        let timeout = Duration::from_secs(10);
+        let signed = |ago: Duration| Accepted {
+            at_ms: now_ms - ago.as_millis() as u64,
+            accepted_at: now - ago,
+            meta: Arc::default(),
+        };
+        let judge = |heartbeat, accepted: Option<&Accepted>, known_for: u64| {
+            vouched(
+                heartbeat,
+                accepted,
+                Duration::from_secs(known_for),
+                timeout,
+                (now, now_ms),
+            )
+        };
+        let fresh = signed(Duration::from_secs(1));
+        let stale = signed(Duration::from_secs(11));
+        // A fresh signature leaves the heartbeat's verdict as it is.
+        for heartbeat in [Liveness::Alive, Liveness::Suspect, Liveness::Dead] {
+            assert_eq!(judge(heartbeat, Some(&fresh), 60), heartbeat);
+        }
+        // Heartbeats anyone can forge do not outlive the member's own signature.
+        assert_eq!(judge(Liveness::Alive, Some(&stale), 60), Liveness::Dead);
+        // Never signed: suspect while just learned of, then dead.
+        assert_eq!(judge(Liveness::Alive, None, 2), Liveness::Suspect);
+        assert_eq!(judge(Liveness::Dead, None, 2), Liveness::Dead);
+        assert_eq!(judge(Liveness::Alive, None, 11), Liveness::Dead);
+    }
 
     #[test]
     fn a_live_member_is_judged_by_how_long_its_heartbeat_stood_still() {

@@ -33,7 +33,7 @@ async fn twenty_nodes_converge_and_see_three_killed_dead() {
         cluster.all_see(&all, &all, Liveness::Alive)
     })
     .await
-    .expect("20 nodes converge");
+    .unwrap_or_else(|| panic!("20 nodes converge: {}", cluster.census()));
     info!(?took, "--- 20 nodes converged");
 
     let killed = [3, 9, 15];
@@ -430,5 +430,104 @@ async fn partition_heals_without_resurrecting_deleted_keys() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    cluster.shutdown().await;
+}
+
+/// A key holder gossiping under another node's id — with its own key, since it has no other —
+/// can neither keep that node alive after it died nor change what it publishes while it
+/// lives: observers accept only what the node itself signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_holder_cannot_gossip_as_another_node() {
+    init_tracing();
+    let mut cluster = Cluster::start(4, MeshTimers::for_tests()).await;
+    let all: Vec<usize> = (0..4).collect();
+    wait_until(Duration::from_secs(15), || {
+        cluster.all_see(&all, &all, Liveness::Alive)
+    })
+    .await
+    .expect("cluster converges");
+    let (victim, attacker) = (3usize, 2usize);
+    let victim_id = cluster.nodes[victim].node_id;
+    let attacker_id = cluster.nodes[attacker].node_id;
+    let observers = [0usize, 1];
+    let seed = cluster.nodes[0].addr;
+
+    // While the victim lives: an impersonator (a new generation under the victim's id, signing
+    // with the attacker's key) publishes a service endpoint for it. Observers keep the
+    // victim's own, signed state.
+    let impersonate = |name: &str| {
+        let mut config = common::config(
+            victim_id,
+            vec![seed],
+            Keyring::new(cluster.key.clone()),
+            MeshTimers::for_tests(),
+            warren_mesh::FaultSwitch::new(),
+        );
+        config.name = name.to_owned();
+        config.identity = common::identity_signed_by(attacker_id);
+        config
+    };
+    let metrics = warren_mesh::MeshMetrics::unregistered();
+    let impostor = warren_mesh::Mesh::start(impersonate("impostor"), metrics)
+        .await
+        .expect("impostor starts");
+    impostor
+        .set_service_endpoints("web", &["192.0.2.66:80".parse().unwrap()])
+        .await
+        .expect("impostor publishes");
+    let victims_name = |cluster: &Cluster, observer: usize| {
+        cluster
+            .view(observer)
+            .into_iter()
+            .find(|m| m.node_id == victim_id)
+            .and_then(|m| m.name)
+    };
+    let refused = |cluster: &Cluster, observer: usize| {
+        cluster.nodes[observer]
+            .metrics
+            .member_states(warren_mesh::Unverified::Credential.label())
+    };
+    wait_until(Duration::from_secs(10), || {
+        observers.iter().all(|&o| refused(&cluster, o) > 0)
+    })
+    .await
+    .expect("observers receive the impostor's state and refuse it");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for o in observers {
+        let view = cluster.view(o);
+        let seen = view
+            .iter()
+            .find(|m| m.node_id == victim_id)
+            .expect("victim listed");
+        assert_eq!(
+            seen.name.as_deref(),
+            Some("node-4"),
+            "observer {o}: {seen:?}"
+        );
+        assert_eq!(seen.liveness, Liveness::Alive, "observer {o}: {seen:?}");
+        assert!(seen.services.is_empty(), "observer {o}: {seen:?}");
+    }
+
+    // The victim dies; the impostor keeps heartbeating under its id. Observers see the victim
+    // dead all the same, and it stays dead.
+    cluster.kill(victim).await;
+    let took = wait_until(Duration::from_secs(15), || {
+        cluster.all_see(&observers, &[victim], Liveness::Dead)
+    })
+    .await
+    .expect("observers see the victim dead despite the impostor");
+    info!(?took, "--- victim dead despite the impostor");
+    for _ in 0..3 {
+        tokio::time::sleep(MeshTimers::for_tests().attest_timeout).await;
+        for o in observers {
+            assert!(
+                cluster.sees(o, victim, Liveness::Dead),
+                "observer {o} sees {:?}",
+                cluster.view(o).iter().find(|m| m.node_id == victim_id)
+            );
+            assert_ne!(victims_name(&cluster, o).as_deref(), Some("impostor"));
+        }
+    }
+    impostor.shutdown().await;
     cluster.shutdown().await;
 }

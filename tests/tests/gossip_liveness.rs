@@ -15,21 +15,59 @@ use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode};
 use warren_mesh::{Mesh, MeshConfig, MeshMetrics, MeshTimers};
 use warren_tests::{api_get, propose, start_control_gossiping};
+use warren_transport::ca::unix_now;
+use warren_transport::current::CurrentCredentials;
+use warren_transport::{
+    CertRole, CertSubject, ClusterCa, Credentials, GossipSigner, MemberCertificates, TrustList,
+    Validity,
+};
 
 const AGENT_A: NodeId = NodeId(0xa0a0);
 const AGENT_B: NodeId = NodeId(0xb0b0);
 
-/// A mesh acting as agent `node_id`, seeded with the control node's gossip address.
+/// Agent credentials for `node_id`, issued by the control node's cluster CA (as a join would).
+async fn agent_credentials(control: &ControlNode, node_id: NodeId) -> Credentials {
+    let state = control.control().read_stale().await;
+    let info = state.cluster.as_ref().expect("cluster initialised");
+    let keys = control
+        .control()
+        .cluster_keys()
+        .expect("init holds the key");
+    let ca = ClusterCa::from_sealed(
+        &info.ca_cert_der,
+        &info.ca_key_sealed,
+        keys.get(state.key_generation()).expect("key in force"),
+    )
+    .expect("open the cluster CA");
+    ca.issue_credentials(
+        &CertSubject::Node {
+            node_id,
+            role: CertRole::Agent,
+        },
+        Validity::starting_at(unix_now(), Duration::from_secs(3600)),
+    )
+    .expect("issue agent credentials")
+}
+
+/// A mesh gossiping as agent `node_id` and signing with `creds` (its own, or another agent's
+/// for an impostor), seeded with the control node's gossip address.
 async fn agent_mesh(
     control: &ControlNode,
     fingerprint: &[u8; 32],
-    node_id: NodeId,
+    (node_id, creds): (NodeId, &Credentials),
     listen_addr: SocketAddr,
 ) -> Mesh {
     let keys = control
         .control()
         .cluster_keys()
         .expect("init holds the key");
+    let members = MemberCertificates::new(
+        creds.ca_cert_der(),
+        &TrustList::default(),
+        Duration::from_secs(3600),
+    )
+    .expect("CA");
+    let current = CurrentCredentials::new(creds).expect("credentials");
     let config = MeshConfig {
         node_id,
         name: format!("agent-{node_id}"),
@@ -40,6 +78,7 @@ async fn agent_mesh(
         advertise_addr: None,
         seeds: vec![control.gossip_addr().expect("control runs a mesh")],
         keyring: warren_control::gossip::keyring(&keys, 1).expect("generation 1"),
+        identity: warren_control::gossip::identity(GossipSigner::new(current), members),
         timers: MeshTimers::for_tests(),
         fault: None,
     };
@@ -48,7 +87,7 @@ async fn agent_mesh(
         .expect("agent mesh starts")
 }
 
-fn agent_node(id: NodeId, gossip: SocketAddr) -> Node {
+fn agent_node(id: NodeId, gossip: SocketAddr, creds: &Credentials) -> Node {
     Node {
         id,
         name: format!("agent-{id}"),
@@ -57,7 +96,7 @@ fn agent_node(id: NodeId, gossip: SocketAddr) -> Node {
         labels: Default::default(),
         availability: Availability::Active,
         state: NodeState::Ready,
-        cert_serial: None,
+        cert_serial: Some(creds.identity().serial.clone()),
         addresses: NodeAddresses {
             gossip: Some(gossip.to_string()),
             ..NodeAddresses::default()
@@ -116,13 +155,19 @@ async fn gossip_death_makes_an_agent_unreachable_before_the_link_grace() {
 
     info!("--- two agent meshes join");
     let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-    let mesh_a = agent_mesh(&control, &fingerprint, AGENT_A, any).await;
-    let mesh_b = agent_mesh(&control, &fingerprint, AGENT_B, any).await;
+    let creds_a = agent_credentials(&control, AGENT_A).await;
+    let creds_b = agent_credentials(&control, AGENT_B).await;
+    let mesh_a = agent_mesh(&control, &fingerprint, (AGENT_A, &creds_a), any).await;
+    let mesh_b = agent_mesh(&control, &fingerprint, (AGENT_B, &creds_b), any).await;
     let addr_a = mesh_a.local_addr();
-    propose(&control, Op::RegisterNode(agent_node(AGENT_A, addr_a))).await;
     propose(
         &control,
-        Op::RegisterNode(agent_node(AGENT_B, mesh_b.local_addr())),
+        Op::RegisterNode(agent_node(AGENT_A, addr_a, &creds_a)),
+    )
+    .await;
+    propose(
+        &control,
+        Op::RegisterNode(agent_node(AGENT_B, mesh_b.local_addr(), &creds_b)),
     )
     .await;
     let nodes = wait_nodes(
@@ -168,7 +213,7 @@ async fn gossip_death_makes_an_agent_unreachable_before_the_link_grace() {
     assert_eq!(gossip_of(&nodes, AGENT_B), Some("alive"));
 
     info!("--- agent a comes back in gossip only (a new generation, no agent link)");
-    let mesh_a = agent_mesh(&control, &fingerprint, AGENT_A, addr_a).await;
+    let mesh_a = agent_mesh(&control, &fingerprint, (AGENT_A, &creds_a), addr_a).await;
     wait_nodes(
         &control,
         "agent a alive by gossip again",
@@ -192,4 +237,118 @@ async fn gossip_death_makes_an_agent_unreachable_before_the_link_grace() {
     mesh_a.shutdown().await;
     mesh_b.shutdown().await;
     control.shutdown().await;
+}
+
+/// The red-team finding: agent a, holding the gossip key and its own certificate, gossips as
+/// agent b. While b lives, the control node keeps b's own state; once b is killed, b is dead
+/// by gossip and unreachable within seconds although the impostor keeps heartbeating as b,
+/// and it stays so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_gossiping_as_another_cannot_keep_it_alive() {
+    warren_tests::init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ControlConfig {
+        unreachable_after: Duration::from_secs(60),
+        mesh_timers: MeshTimers::for_tests(),
+        ..ControlConfig::default()
+    };
+    let (control, fingerprint) = start_control_gossiping(dir.path(), config).await;
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let creds_a = agent_credentials(&control, AGENT_A).await;
+    let creds_b = agent_credentials(&control, AGENT_B).await;
+    let mesh_a = agent_mesh(&control, &fingerprint, (AGENT_A, &creds_a), any).await;
+    let mesh_b = agent_mesh(&control, &fingerprint, (AGENT_B, &creds_b), any).await;
+    for (id, mesh, creds) in [(AGENT_A, &mesh_a, &creds_a), (AGENT_B, &mesh_b, &creds_b)] {
+        propose(
+            &control,
+            Op::RegisterNode(agent_node(id, mesh.local_addr(), creds)),
+        )
+        .await;
+    }
+    wait_nodes(
+        &control,
+        "both agents alive by gossip",
+        Duration::from_secs(10),
+        |n| gossip_of(n, AGENT_A) == Some("alive") && gossip_of(n, AGENT_B) == Some("alive"),
+    )
+    .await;
+
+    info!("--- agent a starts gossiping as agent b, with a's certificate");
+    let impostor = agent_mesh(&control, &fingerprint, (AGENT_B, &creds_a), any).await;
+    impostor
+        .set_endpoint("api", "192.0.2.66:443")
+        .await
+        .expect("impostor publishes");
+    let refused = || {
+        let metrics = control.metrics().render();
+        metrics.lines().any(|l| {
+            l.starts_with("warren_mesh_member_states_total{outcome=\"credential\"}")
+                && !l.ends_with(" 0")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !refused() {
+        assert!(
+            Instant::now() < deadline,
+            "the impostor's state never reached control"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let members = control.control().gossip_members().expect("mesh runs");
+    let b = members
+        .iter()
+        .find(|m| m.node_id == AGENT_B)
+        .expect("b listed");
+    assert_eq!(
+        b.generation,
+        mesh_b_generation(&mesh_b).await,
+        "control follows b's own generation"
+    );
+    assert!(
+        !b.endpoints.contains_key("api"),
+        "impostor's endpoint accepted: {b:?}"
+    );
+
+    info!("--- agent b is killed; the impostor keeps heartbeating as b");
+    let killed = Instant::now();
+    mesh_b.shutdown().await;
+    wait_nodes(
+        &control,
+        "agent b unreachable despite the impostor",
+        Duration::from_secs(20),
+        |n| {
+            gossip_of(n, AGENT_B) == Some("dead")
+                && matches!(state_of(n, AGENT_B), Some(NodeState::Unreachable { .. }))
+        },
+    )
+    .await;
+    info!(took = ?killed.elapsed(), "agent b unreachable");
+    for _ in 0..3 {
+        tokio::time::sleep(MeshTimers::for_tests().attest_timeout).await;
+        let nodes: Vec<NodeInfo> = api_get(&control, "/nodes").await;
+        assert_eq!(
+            gossip_of(&nodes, AGENT_B),
+            Some("dead"),
+            "the impostor revived b"
+        );
+    }
+    assert_eq!(
+        gossip_of(&api_get::<Vec<NodeInfo>>(&control, "/nodes").await, AGENT_A),
+        Some("alive")
+    );
+
+    impostor.shutdown().await;
+    mesh_a.shutdown().await;
+    control.shutdown().await;
+}
+
+/// The generation a mesh gossips under, as it sees itself.
+async fn mesh_b_generation(mesh: &Mesh) -> u64 {
+    mesh.members()
+        .await
+        .into_iter()
+        .find(|m| m.node_id == mesh.node_id())
+        .expect("a mesh lists itself")
+        .generation
 }

@@ -30,6 +30,7 @@ pub mod endpoint;
 pub mod fault;
 pub mod frame;
 mod fsutil;
+pub mod gossip;
 pub mod https;
 pub mod identity;
 pub mod join;
@@ -51,6 +52,7 @@ pub use endpoint::{
 pub use fault::FaultSwitch;
 pub use frame::{FrameError, FramedRecv, FramedSend};
 pub use fsutil::{private_dir, write_atomic};
+pub use gossip::{GossipSigner, MemberCertificates};
 pub use identity::{CertRole, PeerIdentity, SerialBinding};
 pub use metrics::TransportMetrics;
 pub use tls::{KnownCertificates, TrustList, install_crypto_provider};

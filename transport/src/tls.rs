@@ -192,7 +192,9 @@ impl TrustList {
     }
 }
 
-fn roots_with(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, rustls::Error> {
+pub(crate) fn roots_with(
+    ca: &CertificateDer<'static>,
+) -> Result<Arc<RootCertStore>, rustls::Error> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone())?;
     Ok(Arc::new(roots))
@@ -207,12 +209,12 @@ fn chain(creds: &Credentials) -> Vec<CertificateDer<'static>> {
 }
 
 #[derive(Debug)]
-struct ClusterClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    revocations: TrustList,
+pub(crate) struct ClusterClientVerifier {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    pub(crate) revocations: TrustList,
     /// How long past its expiry a client certificate still passes TLS (admission then lets it
     /// only renew itself); `None`: an expired certificate fails.
-    expired_grace: Option<std::time::Duration>,
+    pub(crate) expired_grace: Option<std::time::Duration>,
 }
 
 impl ClusterClientVerifier {

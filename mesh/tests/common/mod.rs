@@ -7,13 +7,43 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use warren_api::{NodeId, NodeRole};
 use warren_mesh::{
-    FaultSwitch, GossipKey, KeyId, Keyring, Liveness, Member, Mesh, MeshConfig, MeshMetrics,
-    MeshTimers,
+    FaultSwitch, GossipKey, KeyId, Keyring, Liveness, Member, Mesh, MeshConfig, MeshIdentity,
+    MeshMetrics, MeshTimers,
 };
 
 pub const CLUSTER_ID: &str = "test-cluster";
+
+/// A node's signing identity for tests. The cluster CA stands outside this crate, so here a
+/// credential is `node id (u64 LE) ‖ P-256 public key` and the authority believes exactly
+/// that: a node can only sign as the node id its credential names, `signer`'s.
+pub fn identity_signed_by(signer: NodeId) -> MeshIdentity {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .expect("generate P-256 key");
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .expect("load P-256 key");
+    let mut credential = signer.0.to_le_bytes().to_vec();
+    credential.extend_from_slice(key.public_key().as_ref());
+    MeshIdentity::new(
+        move || credential.clone(),
+        move |message| {
+            key.sign(&SystemRandom::new(), message)
+                .map(|signature| signature.as_ref().to_vec())
+                .map_err(|_| "signing failed".to_owned())
+        },
+        |node, credential| {
+            let (id, public_key) = credential.split_at_checked(8).ok_or("short credential")?;
+            if id != node.0.to_le_bytes() {
+                return Err(format!("credential is not for node {node}"));
+            }
+            Ok(public_key.to_vec())
+        },
+    )
+}
 
 /// One node of the fixture. `mesh` is `None` once killed.
 pub struct Node {
@@ -52,6 +82,7 @@ pub fn config(
         advertise_addr: None,
         seeds,
         keyring,
+        identity: identity_signed_by(node_id),
         timers,
         fault: Some(fault),
     }
@@ -231,9 +262,23 @@ impl Cluster {
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| format!("{r}={n}"))
             .collect();
+        let states: Vec<String> = ["accepted", "pending"]
+            .into_iter()
+            .chain(warren_mesh::Unverified::ALL.iter().map(|u| u.label()))
+            .map(|outcome| {
+                let n: u64 = running
+                    .iter()
+                    .map(|&i| self.nodes[i].metrics.member_states(outcome))
+                    .sum();
+                (outcome, n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .map(|(outcome, n)| format!("{outcome}={n}"))
+            .collect();
         format!(
-            "pairs alive={alive} suspect={suspect} dead={dead} missing={missing}; drops {}",
-            drops.join(" ")
+            "pairs alive={alive} suspect={suspect} dead={dead} missing={missing}; drops {}; states {}",
+            drops.join(" "),
+            states.join(" ")
         )
     }
 
