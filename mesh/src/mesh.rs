@@ -115,6 +115,7 @@ impl Mesh {
         let chitchat_id =
             ChitchatId::new(config.node_id.to_string(), now_unix_ms(), advertise_addr);
         let timers = config.timers.clone();
+        let chitchat_config = chitchat_config(&config, chitchat_id.clone(), local_addr);
         let shared = Arc::new(TransportShared {
             keyring: Mutex::new(config.keyring),
             metrics,
@@ -122,25 +123,6 @@ impl Mesh {
             gossip_interval: timers.gossip_interval,
         });
         let transport = SealedTransport::new(shared.clone(), socket);
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: chitchat_id.clone(),
-            cluster_id: config.cluster_id.clone(),
-            gossip_interval: timers.gossip_interval,
-            listen_addr: local_addr,
-            seed_nodes: config.seeds.iter().map(ToString::to_string).collect(),
-            failure_detector_config: FailureDetectorConfig::new(
-                timers.phi_threshold,
-                timers.sampling_window,
-                timers.max_interval,
-                timers.initial_interval,
-                timers.dead_node_grace,
-            ),
-            marked_for_deletion_grace_period: timers.marked_for_deletion_grace,
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            // Every Warren node speaks V1 (compressed digests) from its first release.
-            protocol_version: ProtocolVersion::V1,
-        };
         let initial = vec![
             (KEY_NAME.to_owned(), config.name),
             (KEY_ROLE.to_owned(), config.role.as_str().to_owned()),
@@ -349,6 +331,35 @@ impl Mesh {
         if let Err(err) = chitchat.shutdown().await {
             warn!(node_id = %node_id, error = %err, "gossip server ended with an error");
         }
+    }
+}
+
+/// chitchat's settings for this node: its id and socket, the cluster id, the seeds and the
+/// failure detector from the mesh's timers.
+fn chitchat_config(
+    config: &MeshConfig,
+    chitchat_id: ChitchatId,
+    local_addr: SocketAddr,
+) -> ChitchatConfig {
+    let timers = &config.timers;
+    ChitchatConfig {
+        chitchat_id,
+        cluster_id: config.cluster_id.clone(),
+        gossip_interval: timers.gossip_interval,
+        listen_addr: local_addr,
+        seed_nodes: config.seeds.iter().map(ToString::to_string).collect(),
+        failure_detector_config: FailureDetectorConfig::new(
+            timers.phi_threshold,
+            timers.sampling_window,
+            timers.max_interval,
+            timers.initial_interval,
+            timers.dead_node_grace,
+        ),
+        marked_for_deletion_grace_period: timers.marked_for_deletion_grace,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        // Every Warren node speaks V1 (compressed digests) from its first release.
+        protocol_version: ProtocolVersion::V1,
     }
 }
 
