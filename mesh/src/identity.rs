@@ -342,22 +342,27 @@ impl Verifier {
         state: &NodeState,
         now: Instant,
     ) -> CheckOutcome {
+        let Self {
+            identity,
+            cluster_id,
+            keys,
+            members,
+        } = self;
         let version = state.max_version();
-        let checked = self.members.entry(id.clone()).or_default();
+        let checked = members.entry(id.clone()).or_default();
         if checked.version == Some(version) {
             return CheckOutcome::Unchanged;
         }
         checked.version = Some(version);
         let last_at_ms = checked.accepted.as_ref().map(|a| a.at_ms);
         let outcome = verify(
-            &self.identity,
-            (&mut self.keys, now),
-            &self.cluster_id,
+            identity,
+            (keys, now),
+            cluster_id,
             (id, node_id),
             state,
             last_at_ms,
         );
-        let checked = self.members.get_mut(id).expect("inserted above");
         match outcome {
             Ok(at_ms) => {
                 checked.accepted = Some(Accepted {

@@ -131,6 +131,17 @@ fn gossip_of(nodes: &[NodeInfo], id: NodeId) -> Option<&str> {
     info.gossip.as_ref().map(|g| g.liveness.as_str())
 }
 
+/// A control node with a mesh on test timers and a 60 s link grace, so that only gossip can
+/// explain an agent turning unreachable within the tests' timeouts.
+async fn start_control(dir: &tempfile::TempDir) -> (ControlNode, [u8; 32]) {
+    let config = ControlConfig {
+        unreachable_after: Duration::from_secs(60),
+        mesh_timers: MeshTimers::for_tests(),
+        ..ControlConfig::default()
+    };
+    start_control_gossiping(dir.path(), config).await
+}
+
 fn state_of(nodes: &[NodeInfo], id: NodeId) -> Option<NodeState> {
     nodes.iter().find(|n| n.node.id == id).map(|n| n.node.state)
 }
@@ -139,12 +150,7 @@ fn state_of(nodes: &[NodeInfo], id: NodeId) -> Option<NodeState> {
 async fn gossip_death_makes_an_agent_unreachable_before_the_link_grace() {
     warren_tests::init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = ControlConfig {
-        unreachable_after: Duration::from_secs(60),
-        mesh_timers: MeshTimers::for_tests(),
-        ..ControlConfig::default()
-    };
-    let (control, fingerprint) = start_control_gossiping(dir.path(), config).await;
+    let (control, fingerprint) = start_control(&dir).await;
     let own_id = control.settings().node_id;
     let control_gossip = control.gossip_addr().expect("control runs a mesh");
     assert_eq!(
@@ -247,12 +253,7 @@ async fn gossip_death_makes_an_agent_unreachable_before_the_link_grace() {
 async fn an_agent_gossiping_as_another_cannot_keep_it_alive() {
     warren_tests::init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = ControlConfig {
-        unreachable_after: Duration::from_secs(60),
-        mesh_timers: MeshTimers::for_tests(),
-        ..ControlConfig::default()
-    };
-    let (control, fingerprint) = start_control_gossiping(dir.path(), config).await;
+    let (control, fingerprint) = start_control(&dir).await;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let creds_a = agent_credentials(&control, AGENT_A).await;
     let creds_b = agent_credentials(&control, AGENT_B).await;
