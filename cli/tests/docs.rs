@@ -1,0 +1,69 @@
+//! The YAML that docs/cli.md shows for `warren apply -f`, fed to the built binary, so that the
+//! example an operator copies and the format the CLI reads cannot drift apart.
+
+mod common;
+use common::command;
+
+const CLI_DOC: &str = include_str!("../../docs/cli.md");
+
+/// The first YAML block of the `apply -f` section.
+fn apply_example() -> &'static str {
+    let section = CLI_DOC
+        .split("\n## apply -f")
+        .nth(1)
+        .expect("docs/cli.md has an `apply -f` section");
+    section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("the section shows a YAML block")
+}
+
+#[test]
+fn the_apply_example_in_the_cli_doc_parses_and_validates() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    std::fs::write(dir.path().join("deploy.yaml"), apply_example()).unwrap();
+    // The example's Secret document reads its value from this file.
+    std::fs::write(dir.path().join("db-pass.txt"), "s3cret\n").unwrap();
+    let output = command()
+        .args(["apply", "-f", "deploy.yaml", "--dry-run"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run warren");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for (kind, name) in [("service", "web"), ("secret", "db-pass"), ("volume", "data")] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.to_lowercase().contains(kind) && l.contains(name)),
+            "the dry run does not list {kind} {name}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn the_apply_error_the_cli_doc_quotes_is_the_one_warren_prints() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    // Document 2, line 7 of the file, as the doc's example says.
+    let text = "kind: Volume\nname: data\n---\nkind: Service\nname: web\n\
+                workload: {process: {command: [a]}}\nreplica: 3\n";
+    std::fs::write(dir.path().join("deploy.yaml"), text).unwrap();
+    let output = command()
+        .args(["apply", "-f", "deploy.yaml", "--dry-run"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run warren");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let quoted = CLI_DOC
+        .split("``error: ")
+        .nth(1)
+        .and_then(|rest| rest.split(", …``").next())
+        .expect("docs/cli.md quotes an apply error");
+    assert!(
+        stderr.contains(&format!("error: {quoted}")),
+        "the doc quotes `error: {quoted}`, warren printed:\n{stderr}"
+    );
+}
