@@ -1,5 +1,6 @@
-//! The README's "A control plane on one machine" block, run as a shell script with the built
-//! `warren` first on `PATH`, so that the doc and what works cannot drift apart.
+//! The README's "A control plane on one machine" section — the control-plane block, then the
+//! agents block — run as one shell script with the built `warren` first on `PATH`, so that the
+//! doc and what works cannot drift apart.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -7,27 +8,31 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ProcessGroup, command, wait_until};
+use common::{ProcessGroup, agent_status, command, running_pids, wait_until};
 
 const README: &str = include_str!("../../README.md");
 
-/// How long the block may take (it starts three nodes and returns).
+/// How long the blocks may take (they start three control nodes and two agents, and return).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The shell block of the section that starts `warren control init`.
-fn control_plane_block() -> String {
+/// The section's shell blocks from the one that starts `warren control init` on, in order.
+fn section_script() -> String {
     let section = README
         .split("## A control plane on one machine")
         .nth(1)
         .expect("README has the section");
     let section = section.split("\n## ").next().unwrap_or(section);
-    section
+    let blocks: Vec<&str> = section
         .split("```sh\n")
         .skip(1)
         .filter_map(|block| block.split("```").next())
-        .find(|block| block.contains("warren control init"))
-        .expect("the section has a block that runs `warren control init`")
-        .to_owned()
+        .skip_while(|block| !block.contains("warren control init"))
+        .collect();
+    assert!(
+        blocks.len() >= 2 && blocks[1].contains("warren agent join"),
+        "the section has a block that runs `warren control init`, then one that joins agents"
+    );
+    blocks.concat()
 }
 
 /// A loopback address of this test run's own, so that the block's fixed ports cannot collide
@@ -37,9 +42,9 @@ fn private_loopback() -> String {
     format!("127.{}.{}.{}", 100 + pid % 100, 1 + (pid / 100) % 250, 7)
 }
 
-/// The block with its data dir and address moved, nothing else changed.
+/// The blocks with their data dirs and address moved, nothing else changed.
 fn script(dir: &Path, addr: &str) -> String {
-    let block = control_plane_block();
+    let block = section_script();
     assert!(
         block.contains("/tmp/w/") && block.contains("127.0.0.1:"),
         "{block}"
@@ -60,10 +65,11 @@ fn voters(config: &Path) -> Option<usize> {
     Some(members.iter().filter(|m| m["voter"] == true).count())
 }
 
-/// The README block runs to the end with status 0 (every command in it succeeds), and the
-/// cluster it starts has three voters, every node registered once, and no refused join.
+/// The README blocks run to the end with status 0 (every command in them succeeds); the cluster
+/// they start has three voters, every control node registered once, no refused join, and the
+/// service's two replicas running on the agents.
 #[test]
-fn the_readme_control_plane_block_runs_as_written() {
+fn the_readme_control_plane_section_runs_as_written() {
     let scratch = tempfile::tempdir().expect("scratch dir");
     let dir = scratch.path();
     let addr = private_loopback();
@@ -101,7 +107,7 @@ fn the_readme_control_plane_block_runs_as_written() {
         status.success(),
         "exit {status:?}\nstdout:\n{out}\nstderr:\n{err}"
     );
-    eprintln!("README block returned after {:?}", started.elapsed());
+    eprintln!("README blocks returned after {:?}", started.elapsed());
 
     let config = dir.join("c1/admin.conf");
     wait_until("three voters", Duration::from_secs(30), || {
@@ -110,7 +116,7 @@ fn the_readme_control_plane_block_runs_as_written() {
     // A joiner prints its line just after the membership change commits: wait for both.
     wait_until("both joins report success", Duration::from_secs(30), || {
         let out = std::fs::read_to_string(&stdout).unwrap_or_default();
-        (out.matches("joined the cluster").count() == 2).then_some(())
+        (out.matches("as control node").count() == 2).then_some(())
     });
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(!err.contains("error:") && !err.contains("refused"), "{err}");
@@ -120,6 +126,26 @@ fn the_readme_control_plane_block_runs_as_written() {
         .output()
         .unwrap();
     let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
-    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{nodes}");
+    let control = nodes.as_array().map(|nodes| {
+        nodes
+            .iter()
+            .filter(|node| node["node"]["role"] == "control")
+            .count()
+    });
+    assert_eq!(control, Some(3), "{nodes}");
+
+    // The agents run the service's two replicas (workloads outlive the agents: stop them too).
+    let agents = [dir.join("a1"), dir.join("a2")];
+    let pids = wait_until("web's two replicas run", Duration::from_secs(60), || {
+        let pids: Vec<u64> = agents
+            .iter()
+            .filter_map(|agent| agent_status(agent))
+            .flat_map(|status| running_pids(&status))
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    });
     group.terminate(Duration::from_secs(30));
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
 }
