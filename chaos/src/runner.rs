@@ -20,7 +20,7 @@ use warren_api::rest::{NodeInfo, ServiceInfo};
 use crate::check::{self, Figures, FinalState, InvariantResult, Verdict};
 use crate::fleet::{Fleet, Role};
 use crate::observe::{History, Observer, Watched};
-use crate::record::{Event, Record};
+use crate::record::{Event, Expectation, Record};
 use crate::scenario::{Scenario, Step};
 
 mod cli;
@@ -171,6 +171,23 @@ impl Runner<'_> {
             ok,
             detail,
         });
+    }
+
+    /// Records an operator expectation, held when `problems` is empty (else the detail leads
+    /// with them); returns whether it held.
+    fn expectation(&mut self, at: &str, text: String, problems: &[String], detail: &str) -> bool {
+        let passed = problems.is_empty();
+        self.record.expectations.push(Expectation {
+            step: at.to_owned(),
+            text,
+            passed,
+            detail: if passed {
+                detail.to_owned()
+            } else {
+                format!("{}; {detail}", problems.join("; "))
+            },
+        });
+        passed
     }
 
     fn check_cancel(&self) -> Result<()> {

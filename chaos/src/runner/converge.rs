@@ -16,9 +16,9 @@ use warren_api::DesiredState;
 use warren_api::rest::{ReplicaInfo, ServiceInfo};
 
 use super::Runner;
-use crate::fleet::Role;
+use crate::fleet::{Node, Role};
 use crate::netns;
-use crate::observe::proc_start_ticks;
+use crate::observe::{AgentStatusFile, proc_start_ticks};
 use crate::record::Convergence;
 
 /// How often a `converge` step re-checks.
@@ -100,6 +100,37 @@ impl Runner<'_> {
 
     /// `Ok(summary)` when converged, else `Err(what differs)`.
     fn converged(&self, removed: &BTreeSet<String>) -> Result<String, String> {
+        let (wanted, n_services) = self.wanted_replicas()?;
+        self.observer.sample_now(&self.watched, self.epoch);
+        let (latest, alive) = self.observer.with(|h| {
+            let alive: BTreeMap<String, usize> = removed
+                .iter()
+                .map(|n| (n.clone(), h.alive_on(n).len()))
+                .collect();
+            (h.latest.clone(), alive)
+        });
+        let mut running: BTreeSet<(String, String)> = BTreeSet::new();
+        for node in self.fleet.nodes().iter().filter(|n| n.role == Role::Agent) {
+            if removed.contains(&node.name) {
+                let workloads = alive.get(&node.name).copied().unwrap_or(0);
+                self.removed_node_is_quiet(node, workloads)?;
+                continue;
+            }
+            running.extend(replicas_running_on(node, latest.get(&node.name))?);
+        }
+        if wanted != running {
+            return Err(difference(&wanted, &running));
+        }
+        Ok(format!(
+            "{} replicas of {} services run where control wants them",
+            wanted.len(),
+            n_services
+        ))
+    }
+
+    /// The (node, replica) pairs control wants running, and how many services there are;
+    /// `Err` when control reports one of them not running.
+    fn wanted_replicas(&self) -> Result<(BTreeSet<(String, String)>, usize), String> {
         let services: Vec<ServiceInfo> = self
             .read_json(&["service", "ls"])
             .map_err(|e| format!("{e:#}"))?;
@@ -122,82 +153,80 @@ impl Runner<'_> {
                 wanted.insert((replica.node_name.clone(), replica.id.clone()));
             }
         }
-        self.observer.sample_now(&self.watched, self.epoch);
-        let (latest, alive) = self.observer.with(|h| {
-            let alive: BTreeMap<String, usize> = removed
-                .iter()
-                .map(|n| (n.clone(), h.alive_on(n).len()))
-                .collect();
-            (h.latest.clone(), alive)
-        });
-        let mut running: BTreeSet<(String, String)> = BTreeSet::new();
-        for node in self.fleet.nodes().iter().filter(|n| n.role == Role::Agent) {
-            if removed.contains(&node.name) {
-                let workloads = alive.get(&node.name).copied().unwrap_or(0);
-                let helpers = self.fleet.helper_pids(&node.name);
-                let others: Vec<u32> = netns::pids_in(&node.host.netns)
-                    .map_err(|e| format!("{e:#}"))?
-                    .into_iter()
-                    .filter(|&p| Some(p) != node.pid() && !helpers.contains(&p))
-                    .collect();
-                if workloads > 0 || !others.is_empty() {
-                    return Err(format!(
-                        "removed node {} still runs processes {others:?}",
-                        node.name
-                    ));
-                }
-                continue;
-            }
-            let Some(pid) = node.pid().filter(|&p| proc_start_ticks(p).is_some()) else {
-                return Err(format!("agent {} is not running", node.name));
-            };
-            let Some(status) = latest.get(&node.name) else {
-                return Err(format!("agent {} has no status yet", node.name));
-            };
-            // A status left by an earlier process (before a restart, or of an agent that died)
-            // says nothing about the agent running now.
-            if status.agent_pid != pid {
-                return Err(format!(
-                    "agent {}'s status is from pid {}, not the running {pid}",
-                    node.name, status.agent_pid
-                ));
-            }
-            if !status.link.connected {
-                return Err(format!("agent {} is not connected", node.name));
-            }
-            if status.link.revision < status.link.control_revision {
-                return Err(format!(
-                    "agent {} stores revision {} of {}",
-                    node.name, status.link.revision, status.link.control_revision
-                ));
-            }
-            for replica in &status.replicas {
-                if replica.state == "running"
-                    && replica.pid.is_some_and(|p| proc_start_ticks(p).is_some())
-                {
-                    running.insert((node.name.clone(), replica.replica.to_string()));
-                }
-            }
-        }
-        if wanted != running {
-            let missing: Vec<String> = wanted
-                .difference(&running)
-                .map(|(n, r)| format!("{r} on {n}"))
-                .collect();
-            let extra: Vec<String> = running
-                .difference(&wanted)
-                .map(|(n, r)| format!("{r} on {n}"))
-                .collect();
+        Ok((wanted, services.len()))
+    }
+
+    /// A removed node runs no workload and no process but its agent and the harness's
+    /// helpers.
+    fn removed_node_is_quiet(&self, node: &Node, workloads: usize) -> Result<(), String> {
+        let helpers = self.fleet.helper_pids(&node.name);
+        let others: Vec<u32> = netns::pids_in(&node.host.netns)
+            .map_err(|e| format!("{e:#}"))?
+            .into_iter()
+            .filter(|&p| Some(p) != node.pid() && !helpers.contains(&p))
+            .collect();
+        if workloads > 0 || !others.is_empty() {
             return Err(format!(
-                "not running: [{}]; running but not wanted: [{}]",
-                missing.join(", "),
-                extra.join(", ")
+                "removed node {} still runs processes {others:?}",
+                node.name
             ));
         }
-        Ok(format!(
-            "{} replicas of {} services run where control wants them",
-            wanted.len(),
-            services.len()
-        ))
+        Ok(())
     }
+}
+
+/// The (node, replica) pairs an agent runs, by its status file and `/proc`; `Err` when the
+/// agent is not running, not connected or behind control.
+fn replicas_running_on(
+    node: &Node,
+    status: Option<&AgentStatusFile>,
+) -> Result<Vec<(String, String)>, String> {
+    let Some(pid) = node.pid().filter(|&p| proc_start_ticks(p).is_some()) else {
+        return Err(format!("agent {} is not running", node.name));
+    };
+    let Some(status) = status else {
+        return Err(format!("agent {} has no status yet", node.name));
+    };
+    // A status left by an earlier process (before a restart, or of an agent that died)
+    // says nothing about the agent running now.
+    if status.agent_pid != pid {
+        return Err(format!(
+            "agent {}'s status is from pid {}, not the running {pid}",
+            node.name, status.agent_pid
+        ));
+    }
+    if !status.link.connected {
+        return Err(format!("agent {} is not connected", node.name));
+    }
+    if status.link.revision < status.link.control_revision {
+        return Err(format!(
+            "agent {} stores revision {} of {}",
+            node.name, status.link.revision, status.link.control_revision
+        ));
+    }
+    let mut running = Vec::new();
+    for replica in &status.replicas {
+        if replica.state == "running" && replica.pid.is_some_and(|p| proc_start_ticks(p).is_some())
+        {
+            running.push((node.name.clone(), replica.replica.to_string()));
+        }
+    }
+    Ok(running)
+}
+
+/// What differs between the replicas control wants and those that run.
+fn difference(wanted: &BTreeSet<(String, String)>, running: &BTreeSet<(String, String)>) -> String {
+    let missing: Vec<String> = wanted
+        .difference(running)
+        .map(|(n, r)| format!("{r} on {n}"))
+        .collect();
+    let extra: Vec<String> = running
+        .difference(wanted)
+        .map(|(n, r)| format!("{r} on {n}"))
+        .collect();
+    format!(
+        "not running: [{}]; running but not wanted: [{}]",
+        missing.join(", "),
+        extra.join(", ")
+    )
 }

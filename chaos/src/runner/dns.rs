@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 
 use super::Runner;
 use crate::netns;
-use crate::record::Expectation;
 
 impl Runner<'_> {
     /// `dig @127.0.0.11 NAME A` inside the agent's namespace, checked as an expectation;
@@ -32,7 +31,6 @@ impl Runner<'_> {
             }
             self.sleep(DNS_RETRY_EVERY)?;
         };
-        let passed = problems.is_empty();
         let mut detail = format!("answer [{}]", addresses.join(" "));
         if bounds.within.is_some() {
             detail.push_str(&format!(" after {:.2}s", started.elapsed().as_secs_f64()));
@@ -45,16 +43,8 @@ impl Runner<'_> {
             (None, Some(b)) => format!("at most {b}"),
             (None, None) => "any number of".to_owned(),
         };
-        self.record.expectations.push(Expectation {
-            step: at.to_owned(),
-            text: format!("DNS on {node}: {name} gives {bounds} addresses"),
-            passed,
-            detail: if passed {
-                detail.clone()
-            } else {
-                format!("{}; {detail}", problems.join("; "))
-            },
-        });
+        let text = format!("DNS on {node}: {name} gives {bounds} addresses");
+        let passed = self.expectation(at, text, &problems, &detail);
         self.event(
             at,
             "dns",
