@@ -236,7 +236,7 @@ pub struct HolderStats {
 /// still held and unbinds.
 ///
 /// The `nfq` crate's socket is not exposed for `poll`, so the loop drains the queue without
-/// blocking, releases what is due and sleeps until the next release or [`POLL_MAX`],
+/// blocking, releases what is due and sleeps until the next release or `POLL_MAX`,
 /// whichever comes first. Only metadata is copied from the kernel (the holder never reads a
 /// payload), which keeps each held packet's buffer small.
 ///

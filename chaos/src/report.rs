@@ -1,5 +1,6 @@
 //! A run's report: JSON for machines (`report.json` in the run dir; `run --json` prints them
-//! all on stdout) and a human summary (the timeline, each invariant with its evidence, the figures).
+//! all on stdout) and a human summary (the timeline, each invariant with its evidence, the
+//! figures).
 
 use std::fmt::Write as _;
 

@@ -1,7 +1,7 @@
 //! Runs a scenario's steps against a live fleet, recording what it does while the
 //! [`Observer`] watches the agents; then reads the end state and checks the invariants.
 //!
-//! The step dispatch ([`Runner::step`]) is here; each kind of step is carried out in a file
+//! The step dispatch (`Runner::step`) is here; each kind of step is carried out in a file
 //! of its own:
 //! - `faults`: `fault`, `heal`, `heal_all`, `flap`;
 //! - `processes`: `kill_workload`, `reboot`, `restart`, `kill_leader`;
