@@ -268,8 +268,8 @@ impl Scenario {
     pub fn parse(text: &str) -> Result<Scenario> {
         // Through a JSON value: serde_norway wants `!tags` for enums, and a one-key map
         // (`- wait: 5`) reads better in a scenario.
-        let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| anyhow!("{e}"))?;
-        let scenario: Scenario = serde_json::from_value(value).map_err(|e| anyhow!("{e}"))?;
+        let value: serde_json::Value = serde_norway::from_str(text)?;
+        let scenario: Scenario = serde_json::from_value(value)?;
         scenario.validate()?;
         Ok(scenario)
     }
