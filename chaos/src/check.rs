@@ -47,7 +47,6 @@ use writes::{lost_writes, no_acknowledged_write_lost};
 /// At most this many evidence lines per invariant (the count says how many more).
 const EVIDENCE_LINES: usize = 12;
 
-/// A verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -57,7 +56,6 @@ pub enum Verdict {
     NotExercised,
 }
 
-/// One invariant's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvariantResult {
     pub name: String,
@@ -114,7 +112,7 @@ pub struct FinalState {
     pub nodes: Option<BTreeSet<String>>,
 }
 
-/// Figures of a run.
+/// What a run measured, for the report and the summary line.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     pub convergence_s: Vec<f64>,

@@ -202,12 +202,10 @@ impl<T> HeldPackets<T> {
         self.heap.peek().map(|held| held.release)
     }
 
-    /// How many packets are held.
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
-    /// Whether no packet is held.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
@@ -370,7 +368,6 @@ impl Holder {
         Ok(holder)
     }
 
-    /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

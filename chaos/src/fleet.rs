@@ -82,14 +82,12 @@ pub struct FleetOptions {
     pub holder_program: PathBuf,
 }
 
-/// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Control,
     Agent,
 }
 
-/// One node of the fleet.
 #[derive(Debug)]
 pub struct Node {
     pub name: String,

@@ -20,7 +20,7 @@ const CLI_TIMEOUT: &str = "8s";
 /// Pause between retries of a CLI step with `retry_for_s`.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
-/// The CLI's result.
+/// One run of the `warren` CLI: exit status, output and how long it took.
 struct CliRun {
     ok: bool,
     stdout: String,
