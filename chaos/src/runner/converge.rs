@@ -25,22 +25,10 @@ use crate::record::Convergence;
 const CONVERGE_POLL: Duration = Duration::from_millis(250);
 
 impl Runner<'_> {
+    /// Polls until the fleet has converged or `bound` has passed since the last heal (or
+    /// since now, when nothing was healed since the previous `converge` step).
     pub(super) fn converge(&mut self, bound: Duration, at: &str) -> Result<()> {
-        let started = self.now_ms();
-        let from_ms = self
-            .record
-            .windows
-            .iter()
-            .filter_map(|w| w.to_ms)
-            .max()
-            .filter(|&healed| {
-                // Only a heal since the previous converge step counts.
-                self.record
-                    .convergences
-                    .last()
-                    .is_none_or(|c| healed > c.from_ms + c.took_ms.unwrap_or(c.bound_ms))
-            })
-            .unwrap_or(started);
+        let from_ms = self.convergence_start();
         let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
         let removed: BTreeSet<String> = self
             .record
@@ -59,43 +47,59 @@ impl Runner<'_> {
                 Ok(summary) => {
                     let took = now.saturating_sub(from_ms);
                     let within = took <= bound_ms;
-                    self.record.convergences.push(Convergence {
+                    let text = format!("converged in {:.2}s", took as f64 / 1000.0);
+                    let convergence = Convergence {
                         step: at.to_owned(),
                         from_ms,
                         bound_ms,
                         took_ms: within.then_some(took),
-                        detail: summary.clone(),
-                    });
-                    self.event(
-                        at,
-                        "converge",
-                        &format!("converged in {:.2}s", took as f64 / 1000.0),
-                        within,
-                        Some(summary),
-                    );
+                        detail: summary,
+                    };
+                    self.record_convergence(at, convergence, &text, within);
                     return Ok(());
                 }
                 Err(reason) => last_reason = reason,
             }
             if now >= from_ms + bound_ms {
-                self.record.convergences.push(Convergence {
+                let text = format!("not converged within {:.0}s", bound.as_secs_f64());
+                let convergence = Convergence {
                     step: at.to_owned(),
                     from_ms,
                     bound_ms,
                     took_ms: None,
-                    detail: last_reason.clone(),
-                });
-                self.event(
-                    at,
-                    "converge",
-                    &format!("not converged within {:.0}s", bound.as_secs_f64()),
-                    false,
-                    Some(last_reason),
-                );
+                    detail: last_reason,
+                };
+                self.record_convergence(at, convergence, &text, false);
                 return Ok(());
             }
             std::thread::sleep(CONVERGE_POLL);
         }
+    }
+
+    /// When the clock of a `converge` step starts: the latest heal, if it came after the
+    /// previous `converge` step, else now.
+    fn convergence_start(&self) -> u64 {
+        let started = self.now_ms();
+        self.record
+            .windows
+            .iter()
+            .filter_map(|w| w.to_ms)
+            .max()
+            .filter(|&healed| {
+                // Only a heal since the previous converge step counts.
+                self.record
+                    .convergences
+                    .last()
+                    .is_none_or(|c| healed > c.from_ms + c.took_ms.unwrap_or(c.bound_ms))
+            })
+            .unwrap_or(started)
+    }
+
+    /// Records a `converge` step's result and its line in the timeline.
+    fn record_convergence(&mut self, at: &str, convergence: Convergence, text: &str, ok: bool) {
+        let detail = convergence.detail.clone();
+        self.record.convergences.push(convergence);
+        self.event(at, "converge", text, ok, Some(detail));
     }
 
     /// `Ok(summary)` when converged, else `Err(what differs)`.
