@@ -202,12 +202,10 @@ impl<T> HeldPackets<T> {
         self.heap.peek().map(|held| held.release)
     }
 
-    /// How many packets are held.
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
-    /// Whether no packet is held.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
@@ -236,7 +234,7 @@ pub struct HolderStats {
 /// still held and unbinds.
 ///
 /// The `nfq` crate's socket is not exposed for `poll`, so the loop drains the queue without
-/// blocking, releases what is due and sleeps until the next release or [`POLL_MAX`],
+/// blocking, releases what is due and sleeps until the next release or `POLL_MAX`,
 /// whichever comes first. Only metadata is copied from the kernel (the holder never reads a
 /// payload), which keeps each held packet's buffer small.
 ///
@@ -370,7 +368,6 @@ impl Holder {
         Ok(holder)
     }
 
-    /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

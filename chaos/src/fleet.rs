@@ -7,6 +7,11 @@
 //! those rules name the operator. Each node's files are `<run dir>/<node>/` (`data/` and
 //! `warren.log`). The fleet also keeps the delay holders that `Delay` faults start in nodes'
 //! namespaces (their output goes to `<run dir>/<node>/delay-holder.log`).
+//!
+//! Here: the nodes, bringing them up, stopping and restarting them, and teardown. Beside it:
+//! - `spec`: [`FleetSpec`], the shape of a fleet, checked before anything is built;
+//! - `operator`: the operator's seat: CLI commands, API addresses, the admin config;
+//! - `holders`: the delay holders kept in nodes' namespaces.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +19,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +31,13 @@ use crate::delay::{DelaySpec, Holder};
 use crate::firewall::{Block, Firewall};
 use crate::netns::{self, Host, Network};
 use crate::run::{RunId, RunRecord};
+
+mod holders;
+mod operator;
+mod spec;
+
+pub use operator::admin_conf_api;
+pub use spec::{FleetSpec, SiteSpec};
 
 /// Site of the control nodes.
 pub const CONTROL_SITE: &str = "central";
@@ -49,69 +61,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const CONTROL_READY: &str = " serving api=";
 const AGENT_READY: &str = " running";
 
-/// A site and how many agents it has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SiteSpec {
-    pub name: String,
-    pub agents: usize,
-}
-
-/// The shape of a fleet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetSpec {
-    pub control: usize,
-    pub sites: Vec<SiteSpec>,
-}
-
-impl FleetSpec {
-    /// Parses `a:1,b:2` (site name, agent count).
-    ///
-    /// # Errors
-    /// Names the malformed part.
-    pub fn parse_sites(text: &str) -> Result<Vec<SiteSpec>> {
-        let mut sites: Vec<SiteSpec> = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, count) = part
-                .split_once(':')
-                .ok_or_else(|| anyhow!("--sites {part:?}: expected SITE:AGENTS, e.g. a:2"))?;
-            let agents = count
-                .parse()
-                .map_err(|_| anyhow!("--sites {part:?}: {count:?} is not a number"))?;
-            if sites.iter().any(|s| s.name == name) {
-                bail!("--sites: site {name} is listed twice");
-            }
-            sites.push(SiteSpec {
-                name: name.to_owned(),
-                agents,
-            });
-        }
-        Ok(sites)
-    }
-
-    /// Checks names and counts.
-    ///
-    /// # Errors
-    /// When there is no control node, a site name is not a DNS label or is the control site,
-    /// or the fleet does not fit the subnet.
-    pub fn validate(&self) -> Result<()> {
-        if self.control == 0 {
-            bail!("--control: at least one control node");
-        }
-        for site in &self.sites {
-            warren_api::validate_site(&site.name)
-                .map_err(|e| anyhow!("site {:?}: {}", site.name, e.message))?;
-            if site.name == CONTROL_SITE {
-                bail!("site {CONTROL_SITE} is the control nodes' site; pick another name");
-            }
-        }
-        let total = self.control + self.sites.iter().map(|s| s.agents).sum::<usize>();
-        if total > netns::HOSTS_MAX {
-            bail!("{total} nodes: at most {} fit the subnet", netns::HOSTS_MAX);
-        }
-        Ok(())
-    }
-}
-
 /// Where things are and how long to wait.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
@@ -133,14 +82,12 @@ pub struct FleetOptions {
     pub holder_program: PathBuf,
 }
 
-/// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Control,
     Agent,
 }
 
-/// One node of the fleet.
 #[derive(Debug)]
 pub struct Node {
     pub name: String,
@@ -376,122 +323,6 @@ impl Fleet {
         }
     }
 
-    /// A fresh join token for `role` (`agent` or `control`), made through the CLI.
-    fn token(&self, role: &str) -> Result<String> {
-        let token = self.cli(&["token", "create", "--role", role])?;
-        Ok(token.trim().to_owned())
-    }
-
-    /// A `warren` command with the fleet's admin config, run from the operator's seat.
-    pub fn cli_command(&self, args: &[&str]) -> Command {
-        let mut command = netns::exec_in(
-            &self.bridge_netns(),
-            &self.options.warren.display().to_string(),
-        );
-        command.arg("--config").arg(self.admin_conf()).args(args);
-        command
-    }
-
-    /// Runs `warren --config <admin.conf> args…` from the operator's seat; returns stdout.
-    ///
-    /// # Errors
-    /// When it exits non-zero (the error carries its stderr).
-    pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let output = self
-            .cli_command(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("run warren {}", args.join(" ")))?;
-        if !output.status.success() {
-            bail!(
-                "warren {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    /// `HOST:PORT` of every control node's API, in order.
-    pub fn control_api_addrs(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .filter(|n| n.role == Role::Control)
-            .map(|n| format!("{}:{API_PORT}", n.host.addr))
-            .collect()
-    }
-
-    /// `HOST:PORT` of control node `name`'s API.
-    ///
-    /// # Errors
-    /// When there is no such control node.
-    pub fn api_addr(&self, name: &str) -> Result<String> {
-        let node = self.node(name)?;
-        if node.role != Role::Control {
-            bail!("{name} is not a control node");
-        }
-        Ok(format!("{}:{API_PORT}", node.host.addr))
-    }
-
-    /// The fleet's admin config: `<run dir>/admin.conf`, the operator's copy of the init
-    /// node's (until it is taken, the init node's own).
-    pub fn admin_conf(&self) -> PathBuf {
-        let fleet = self.options.run_dir.join("admin.conf");
-        if fleet.is_file() {
-            return fleet;
-        }
-        self.init_admin_conf()
-    }
-
-    fn init_admin_conf(&self) -> PathBuf {
-        self.options
-            .run_dir
-            .join("c1")
-            .join("data")
-            .join("admin.conf")
-    }
-
-    /// Takes the operator's copy of the admin config once the init node's lists every control
-    /// node: the cluster keeps that list current as members join, and the CLI keeps the copy
-    /// current afterwards. The harness never writes addresses into it itself.
-    fn take_admin_conf(&self) -> Result<()> {
-        let source = self.init_admin_conf();
-        let mut wanted = self.control_api_addrs();
-        wanted.sort();
-        let deadline = Instant::now() + self.options.ready_timeout;
-        loop {
-            let mut listed = admin_conf_api(&source)?;
-            listed.sort();
-            if listed == wanted {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} lists {} after {:?}, not every control node ({})",
-                    source.display(),
-                    listed.join(","),
-                    self.options.ready_timeout,
-                    wanted.join(",")
-                );
-            }
-            if self.options.cancel.load(Ordering::SeqCst) {
-                bail!("interrupted");
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
-        let target = self.options.run_dir.join("admin.conf");
-        std::fs::copy(&source, &target)
-            .with_context(|| format!("copy {} to {}", source.display(), target.display()))?;
-        // It holds the admin key.
-        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .with_context(|| format!("restrict {}", target.display()))
-    }
-
-    /// The namespace of the bridge and the operator's seat.
-    pub fn bridge_netns(&self) -> String {
-        format!("{}bridge", self.run.prefix())
-    }
-
     pub fn run_id(&self) -> &RunId {
         &self.run
     }
@@ -542,97 +373,6 @@ impl Fleet {
     pub fn unblock(&self, name: &str, tag: &str) -> Result<()> {
         let node = self.node(name)?;
         self.options.firewall.unblock(&node.host.netns, tag)
-    }
-
-    /// Starts a delay holder for `queue` in `name`'s namespace, kept under `tag`, and waits
-    /// until it has bound the queue.
-    ///
-    /// # Errors
-    /// When one runs there under `tag` already, or it does not start ([`Holder::start`]).
-    pub fn start_holder(
-        &mut self,
-        name: &str,
-        tag: &str,
-        queue: u16,
-        spec: DelaySpec,
-    ) -> Result<()> {
-        let key = (name.to_owned(), tag.to_owned());
-        if self.holders.contains_key(&key) {
-            bail!("node {name} has a delay holder for {tag} already");
-        }
-        let holder = self.spawn_holder(name, queue, spec)?;
-        self.holders.insert(key, (queue, spec, holder));
-        Ok(())
-    }
-
-    fn spawn_holder(&self, name: &str, queue: u16, spec: DelaySpec) -> Result<Holder> {
-        let node = self.node(name)?;
-        let path = self.options.run_dir.join(name).join("delay-holder.log");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
-        Holder::start(
-            &self.options.holder_program,
-            &node.host.netns,
-            queue,
-            spec,
-            log.into(),
-        )
-    }
-
-    /// Stops the delay holder kept under `tag` in `name`'s namespace: it lets what it holds
-    /// through and exits.
-    ///
-    /// # Errors
-    /// When there is none, or it had to be killed.
-    pub fn stop_holder(&mut self, name: &str, tag: &str) -> Result<()> {
-        let (_, _, holder) = self
-            .holders
-            .remove(&(name.to_owned(), tag.to_owned()))
-            .ok_or_else(|| anyhow!("node {name} has no delay holder for {tag}"))?;
-        holder.stop()
-    }
-
-    /// Starts again every delay holder of `name` that died (a reboot killed every process
-    /// in its namespace): a delay is on the link, and a reboot of the host does not heal it.
-    ///
-    /// # Errors
-    /// When one does not start.
-    pub fn revive_holders(&mut self, name: &str) -> Result<()> {
-        let keys: Vec<(String, String)> = self
-            .holders
-            .keys()
-            .filter(|(node, _)| node == name)
-            .cloned()
-            .collect();
-        for key in keys {
-            let Some((queue, spec, mut holder)) = self.holders.remove(&key) else {
-                continue;
-            };
-            if holder.running() {
-                self.holders.insert(key, (queue, spec, holder));
-                continue;
-            }
-            // Reaped by `running`; its queue has no reader, so traffic passes until the new
-            // one binds it.
-            let _ = holder.stop();
-            tracing::info!(node = %name, tag = %key.1, "restart the delay holder");
-            let holder = self.spawn_holder(name, queue, spec)?;
-            self.holders.insert(key, (queue, spec, holder));
-        }
-        Ok(())
-    }
-
-    /// Pids of the harness's own helpers (delay holders) in `name`'s namespace: they are
-    /// neither `warren` nor workloads.
-    pub fn helper_pids(&self, name: &str) -> Vec<u32> {
-        self.holders
-            .iter()
-            .filter(|((node, _), _)| node == name)
-            .map(|(_, (_, _, holder))| holder.pid())
-            .collect()
     }
 
     /// Sends `signal` to `name`'s `warren` process.
@@ -769,64 +509,9 @@ fn tail(text: &str) -> String {
     }
 }
 
-/// The `api` list of the admin config at `path`.
-///
-/// # Errors
-/// An unreadable file, or one without an `api` list of strings.
-pub fn admin_conf_api(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let config: serde_json::Value =
-        serde_norway::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    config["api"]
-        .as_array()
-        .and_then(|list| {
-            list.iter()
-                .map(|a| a.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or_else(|| anyhow!("{}: no `api` list of addresses", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sites_parse_and_validate() {
-        let sites = FleetSpec::parse_sites("a:1, b:2").expect("valid");
-        assert_eq!(
-            sites,
-            [
-                SiteSpec {
-                    name: "a".into(),
-                    agents: 1
-                },
-                SiteSpec {
-                    name: "b".into(),
-                    agents: 2
-                }
-            ]
-        );
-        assert!(
-            FleetSpec::parse_sites("")
-                .expect("empty is fine")
-                .is_empty()
-        );
-        for bad in ["a", "a:x", "a:1,a:2"] {
-            assert!(FleetSpec::parse_sites(bad).is_err(), "{bad:?}");
-        }
-        let spec = |control, name: &str| FleetSpec {
-            control,
-            sites: vec![SiteSpec {
-                name: name.into(),
-                agents: 1,
-            }],
-        };
-        assert!(spec(1, "a").validate().is_ok());
-        assert!(spec(0, "a").validate().is_err());
-        assert!(spec(1, CONTROL_SITE).validate().is_err());
-        assert!(spec(1, "Not_A_Label").validate().is_err());
-    }
 
     #[test]
     fn tails_keep_the_last_lines() {

@@ -98,7 +98,7 @@ pub fn signal(pid: u32, signal: Signal) -> Result<()> {
 /// SIGKILLs every process in `netns` (workloads included) until none is left.
 ///
 /// # Errors
-/// When a sweep fails, or processes are still there after [`KILL_ROUNDS_MAX`] sweeps.
+/// When a sweep fails, or processes are still there after `KILL_ROUNDS_MAX` sweeps.
 pub fn kill_all_in(netns: &str) -> Result<()> {
     for _ in 0..KILL_ROUNDS_MAX {
         let pids = pids_in(netns)?;

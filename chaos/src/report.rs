@@ -1,5 +1,6 @@
-//! A run's report: JSON for machines (`report.json` in the run dir, or `--report FILE`) and a
-//! human summary (the timeline, each invariant with its evidence, the figures).
+//! A run's report: JSON for machines (`report.json` in the run dir; `run --json` prints them
+//! all on stdout) and a human summary (the timeline, each invariant with its evidence, the
+//! figures).
 
 use std::fmt::Write as _;
 
@@ -86,6 +87,27 @@ impl Report {
         if !self.about.is_empty() {
             let _ = writeln!(out, "   {}", self.about.trim());
         }
+        self.write_timeline(&mut out);
+        self.write_invariants(&mut out);
+        self.write_figures(&mut out);
+        if let Some(reason) = &self.aborted {
+            let _ = writeln!(out, "ABORTED: {}", one_line(reason, 400));
+        }
+        let _ = writeln!(
+            out,
+            "result: {}{}",
+            self.result.to_uppercase(),
+            if self.self_check {
+                " (self-check run: the broken agent must make it FAIL)"
+            } else {
+                ""
+            }
+        );
+        out
+    }
+
+    /// One line per event, `!` marking what went wrong.
+    fn write_timeline(&self, out: &mut String) {
         let _ = writeln!(out, "timeline:");
         for event in &self.timeline {
             let mark = if event.ok { " " } else { "!" };
@@ -102,6 +124,10 @@ impl Report {
             }
             out.push('\n');
         }
+    }
+
+    /// One line per invariant; the evidence only of those that failed.
+    fn write_invariants(&self, out: &mut String) {
         let _ = writeln!(out, "invariants:");
         for invariant in &self.invariants {
             let verdict = match invariant.verdict {
@@ -120,6 +146,9 @@ impl Report {
                 }
             }
         }
+    }
+
+    fn write_figures(&self, out: &mut String) {
         let f = &self.figures;
         let list = |v: &[f64]| {
             if v.is_empty() {
@@ -142,20 +171,6 @@ impl Report {
             f.interruptions,
             f.workloads_watched
         );
-        if let Some(reason) = &self.aborted {
-            let _ = writeln!(out, "ABORTED: {}", one_line(reason, 400));
-        }
-        let _ = writeln!(
-            out,
-            "result: {}{}",
-            self.result.to_uppercase(),
-            if self.self_check {
-                " (self-check run: the broken agent must make it FAIL)"
-            } else {
-                ""
-            }
-        );
-        out
     }
 }
 

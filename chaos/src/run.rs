@@ -57,7 +57,6 @@ impl RunId {
         format!("{PREFIX}{}-", self.0)
     }
 
-    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

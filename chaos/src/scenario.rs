@@ -18,6 +18,9 @@
 //! Parsing is pure and checks everything that can be checked without a fleet: node and site
 //! names, that heals name a fault applied earlier, that numbers are in range. What the steps
 //! do is [`crate::runner`]'s business; what is checked afterwards is [`crate::check`]'s.
+//!
+//! - `validate`: the checks a scenario passes when it is parsed.
+//! - `write`: [`Write`], which CLI commands are writes and what each changes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::Fault;
 use crate::fleet::{CONTROL_SITE, FleetSpec, SiteSpec};
+
+mod validate;
+mod write;
+
+pub use write::Write;
 
 /// Largest scenario file read.
 const MAX_SCENARIO_BYTES: u64 = 256 * 1024;
@@ -234,130 +242,6 @@ impl CliSpec {
     }
 }
 
-/// What a write did, as far as the invariant checks care.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "op")]
-pub enum Write {
-    /// `service create NAME … [--replicas N | --global]` (`replicas` is `None` for global
-    /// services; a replicated service without `--replicas` has 1).
-    Create {
-        service: String,
-        replicas: Option<u32>,
-    },
-    /// `service scale NAME N`
-    Scale { service: String, replicas: u32 },
-    /// `service update NAME …` (any spec change)
-    Update { service: String },
-    /// `service rm NAME`
-    Remove { service: String },
-    /// `node rm NAME`
-    RemoveNode { node: String },
-}
-
-impl Write {
-    /// The write a CLI command makes, if it is one the checks follow.
-    pub fn of(words: &[String]) -> Option<Write> {
-        let positional: Vec<&str> = positionals(words);
-        match positional.as_slice() {
-            ["service", "create", name, ..] => Some(Write::Create {
-                service: (*name).to_owned(),
-                replicas: if words.iter().any(|w| w == "--global") {
-                    None
-                } else {
-                    Some(
-                        flag_value(words, "--replicas")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(1),
-                    )
-                },
-            }),
-            ["service", "scale", name, count, ..] => {
-                count.parse().ok().map(|replicas| Write::Scale {
-                    service: (*name).to_owned(),
-                    replicas,
-                })
-            }
-            ["service", "update", name, ..] => Some(Write::Update {
-                service: (*name).to_owned(),
-            }),
-            ["service", "rm" | "remove", name, ..] => Some(Write::Remove {
-                service: (*name).to_owned(),
-            }),
-            ["node", "rm" | "remove", name, ..] => Some(Write::RemoveNode {
-                node: (*name).to_owned(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// The service it touches, if any.
-    pub fn service(&self) -> Option<&str> {
-        match self {
-            Write::Create { service, .. }
-            | Write::Scale { service, .. }
-            | Write::Update { service }
-            | Write::Remove { service } => Some(service),
-            Write::RemoveNode { .. } => None,
-        }
-    }
-}
-
-/// Flags of the service and node commands that take a value (so their values are not
-/// mistaken for positional arguments).
-const VALUE_FLAGS: &[&str] = &[
-    "--command",
-    "--image",
-    "--replicas",
-    "--site",
-    "--constraint",
-    "--env",
-    "--env-rm",
-    "--secret",
-    "--port",
-    "--health-http",
-    "--health-tcp",
-    "--health-exec",
-    "--restart",
-    "--on-disconnect",
-    "--update-parallelism",
-    "--update-delay",
-    "--label",
-    "--label-rm",
-    "--output",
-    "-o",
-    "--timeout-ms",
-    "--file",
-    "-f",
-];
-
-fn positionals(words: &[String]) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut skip = false;
-    for word in words {
-        if skip {
-            skip = false;
-            continue;
-        }
-        if word.starts_with('-') {
-            skip = VALUE_FLAGS.contains(&word.as_str());
-            continue;
-        }
-        out.push(word.as_str());
-    }
-    out
-}
-
-fn flag_value<'a>(words: &'a [String], flag: &str) -> Option<&'a str> {
-    let prefix = format!("{flag}=");
-    words.iter().enumerate().find_map(|(i, w)| {
-        if w == flag {
-            words.get(i + 1).map(String::as_str)
-        } else {
-            w.strip_prefix(&prefix)
-        }
-    })
-}
-
 impl Scenario {
     /// Reads and checks a scenario file.
     ///
@@ -384,182 +268,10 @@ impl Scenario {
     pub fn parse(text: &str) -> Result<Scenario> {
         // Through a JSON value: serde_norway wants `!tags` for enums, and a one-key map
         // (`- wait: 5`) reads better in a scenario.
-        let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| anyhow!("{e}"))?;
-        let scenario: Scenario = serde_json::from_value(value).map_err(|e| anyhow!("{e}"))?;
+        let value: serde_json::Value = serde_norway::from_str(text)?;
+        let scenario: Scenario = serde_json::from_value(value)?;
         scenario.validate()?;
         Ok(scenario)
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.name.trim().is_empty() {
-            bail!("name: empty");
-        }
-        self.fleet.spec().validate()?;
-        if !(self.converge_within_s.is_finite() && self.converge_within_s > 0.0)
-            || self.converge_within_s.is_nan()
-        {
-            bail!("converge_within_s: must be positive");
-        }
-        let names = self.fleet.node_names();
-        let mut active: Vec<Fault> = Vec::new();
-        check_steps(&self.steps, &names, &mut active, "steps")
-    }
-}
-
-fn check_steps(
-    steps: &[Step],
-    names: &[(String, String)],
-    active: &mut Vec<Fault>,
-    at: &str,
-) -> Result<()> {
-    for (index, step) in steps.iter().enumerate() {
-        let at = format!("{at}[{index}]");
-        check_step(step, names, active).with_context(|| at.clone())?;
-    }
-    Ok(())
-}
-
-fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) -> Result<()> {
-    let node = |name: &str| -> Result<()> {
-        if names.iter().any(|(n, _)| n == name) {
-            Ok(())
-        } else {
-            bail!("no node {name} in this fleet")
-        }
-    };
-    let agent = |name: &str| -> Result<()> {
-        node(name)?;
-        if names
-            .iter()
-            .any(|(n, site)| n == name && site == CONTROL_SITE)
-        {
-            bail!("{name} is a control node; this step needs an agent");
-        }
-        Ok(())
-    };
-    let seconds = |what: &str, s: f64| -> Result<()> {
-        if !(s.is_finite() && (0.0..=3600.0).contains(&s)) {
-            bail!("{what}: {s} is not between 0 and 3600 seconds");
-        }
-        Ok(())
-    };
-    match step {
-        Step::Fault(fault) => {
-            fault.validate()?;
-            if active.contains(fault) {
-                bail!("fault `{fault}` is already in place");
-            }
-            active.push(fault.clone());
-        }
-        Step::Heal(fault) => {
-            let Some(at) = active.iter().position(|f| f == fault) else {
-                bail!("heal `{fault}`: no such fault is in place");
-            };
-            active.remove(at);
-        }
-        Step::HealAll {} => active.clear(),
-        Step::Wait(s) => seconds("wait", *s)?,
-        Step::Cli(cli) => {
-            let spec = cli.spec();
-            spec.words(1)?;
-            if let Some(api) = &spec.api {
-                node(api)?;
-                if !names.iter().any(|(n, s)| n == api && s == CONTROL_SITE) {
-                    bail!("cli api: {api} is not a control node");
-                }
-            }
-            if let Some(s) = spec.fail_within_s {
-                seconds("fail_within_s", s)?;
-            }
-            if let Some(s) = spec.retry_for_s {
-                seconds("retry_for_s", s)?;
-                if spec.expect == Expect::Fail {
-                    bail!("retry_for_s with expect: fail makes no sense");
-                }
-            }
-        }
-        Step::KillWorkload { node: name, .. } | Step::Reboot { node: name } => agent(name)?,
-        Step::Restart { node: name } => node(name)?,
-        Step::KillLeader {} => {}
-        Step::Flap {
-            fault,
-            times,
-            down_s,
-            up_s,
-        } => {
-            fault.validate()?;
-            if *times == 0 {
-                bail!("flap: times must be at least 1");
-            }
-            seconds("flap down_s", *down_s)?;
-            seconds("flap up_s", *up_s)?;
-            if active.contains(fault) {
-                bail!("flap: fault `{fault}` is already in place");
-            }
-        }
-        Step::Converge { within_s } => {
-            if let Some(s) = within_s {
-                seconds("converge within_s", *s)?;
-            }
-        }
-        Step::Dns {
-            node: name,
-            min,
-            max,
-            within_s,
-            ..
-        } => {
-            agent(name)?;
-            if within_s.is_some_and(|s| !(s > 0.0 && s <= 600.0)) {
-                bail!("dns: within_s must be above 0 and at most 600");
-            }
-            if let (Some(min), Some(max)) = (min, max)
-                && min > max
-            {
-                bail!("dns: min {min} is above max {max}");
-            }
-        }
-        Step::Repeat { times, steps } => {
-            if *times == 0 {
-                bail!("repeat: times must be at least 1");
-            }
-            // Each round must leave the faults as it found them, or the next round's
-            // applies would collide.
-            let before = active.clone();
-            check_steps(steps, names, active, "repeat")?;
-            if *active != before {
-                bail!("repeat: each round must heal the faults it applies");
-            }
-        }
-    }
-    if let Step::Fault(fault) | Step::Heal(fault) | Step::Flap { fault, .. } = step {
-        for name in fault_names(fault) {
-            if !names.iter().any(|(n, s)| *n == name || *s == name) {
-                bail!("fault `{fault}`: no node or site {name}");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The node and site names a fault refers to.
-fn fault_names(fault: &Fault) -> Vec<String> {
-    match serde_json::to_value(fault) {
-        Ok(value) => {
-            let mut out = Vec::new();
-            collect_strings(&value, &mut out);
-            out
-        }
-        Err(_) => Vec::new(),
-    }
-}
-
-fn collect_strings(value: &serde_json::Value, out: &mut Vec<String>) {
-    match value {
-        serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
-        serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
-        _ => {}
     }
 }
 
@@ -677,53 +389,5 @@ steps:
         names.dedup();
         assert_eq!(names.len(), count, "scenario names are unique: {names:?}");
         assert!(count >= 8, "{count} scenarios: {names:?}");
-    }
-
-    #[test]
-    fn writes_are_recognised_from_cli_words() {
-        let write = |text: &str| {
-            let words = shell_words::split(text).expect("words");
-            Write::of(&words)
-        };
-        assert_eq!(
-            write("service create web --command 'sleep 100' --replicas 3"),
-            Some(Write::Create {
-                service: "web".into(),
-                replicas: Some(3)
-            })
-        );
-        assert_eq!(
-            write("service create edge --command x --global"),
-            Some(Write::Create {
-                service: "edge".into(),
-                replicas: None
-            })
-        );
-        assert_eq!(
-            write("service create --replicas=2 web --command x"),
-            Some(Write::Create {
-                service: "web".into(),
-                replicas: Some(2)
-            })
-        );
-        assert_eq!(
-            write("service scale web 4"),
-            Some(Write::Scale {
-                service: "web".into(),
-                replicas: 4
-            })
-        );
-        assert_eq!(
-            write("service rm web"),
-            Some(Write::Remove {
-                service: "web".into()
-            })
-        );
-        assert_eq!(
-            write("node rm a-1 --force"),
-            Some(Write::RemoveNode { node: "a-1".into() })
-        );
-        assert_eq!(write("service ls -o json"), None);
-        assert_eq!(write("cluster status"), None);
     }
 }
