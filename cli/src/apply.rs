@@ -134,49 +134,29 @@ struct ServiceDoc {
 
 impl ServiceDoc {
     fn into_spec(self) -> ServiceSpec {
-        // Every field named, so that a new `ServiceSpec` field fails to compile here until the
-        // document learns it too.
-        let ServiceDoc {
-            kind: _,
-            name,
-            workload,
-            mode,
-            placement,
-            env,
-            ports,
-            health,
-            restart,
-            on_disconnect,
-            secrets,
-            volumes,
-            resources,
-            user,
-            group,
-            cap_add,
-            update,
-            stop_grace_period_ms,
-            labels,
-        } = self;
+        // Every field named and no `..`: a new `ServiceSpec` field fails to compile here, and a
+        // document field that is not carried over fails as never read, until both agree.
         ServiceSpec {
-            name,
-            workload,
-            mode,
-            placement,
-            env,
-            ports,
-            health,
-            restart,
-            on_disconnect,
-            secrets,
-            volumes,
-            resources,
-            user,
-            group,
-            cap_add,
-            update,
-            stop_grace_period_ms: stop_grace_period_ms
+            name: self.name,
+            workload: self.workload,
+            mode: self.mode,
+            placement: self.placement,
+            env: self.env,
+            ports: self.ports,
+            health: self.health,
+            restart: self.restart,
+            on_disconnect: self.on_disconnect,
+            secrets: self.secrets,
+            volumes: self.volumes,
+            resources: self.resources,
+            user: self.user,
+            group: self.group,
+            cap_add: self.cap_add,
+            update: self.update,
+            stop_grace_period_ms: self
+                .stop_grace_period_ms
                 .unwrap_or(warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS),
-            labels,
+            labels: self.labels,
         }
     }
 }
