@@ -157,7 +157,7 @@ impl Endpoint {
         serve: bool,
     ) -> Result<Self, BindError> {
         options.config.validate()?;
-        let tls_err = |e: rustls::Error| BindError::Tls(e.to_string());
+        let tls_err = |e: rustls::Error| BindError::TlsSetup(e.into());
         let current = CurrentCredentials::new(creds).map_err(tls_err)?;
         let server = if serve {
             let alpns = Alpn::ALL.iter().map(|a| a.protocol().to_vec()).collect();
@@ -165,7 +165,7 @@ impl Endpoint {
             let rustls_server = tls::server_config(&current, &options.revocations, alpns, grace)
                 .map_err(tls_err)?;
             let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_server)
-                .map_err(|e| BindError::Tls(e.to_string()))?;
+                .map_err(|e| BindError::TlsSetup(e.into()))?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
             server.transport_config(Arc::new(options.config.quinn_transport()));
             Some(server)

@@ -107,7 +107,10 @@ async fn dial(
         let mut framed =
             FramedRecv::new(recv, ADMISSION_MAX_BYTES, timeout, shared.metrics.clone());
         let Admission::Admitted { server } = framed.recv().await.map_err(|e| match e {
-            FrameError::Stream(detail) => ConnectError::Link { addr, detail },
+            FrameError::Stream(source) => ConnectError::Link {
+                addr,
+                detail: source.to_string(),
+            },
             other => ConnectError::Refused {
                 addr,
                 reason: "protocol",
@@ -186,7 +189,7 @@ pub(super) fn quic_client_config(
     config: &TransportConfig,
 ) -> Result<quinn::ClientConfig, BindError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
-        .map_err(|e| BindError::Tls(e.to_string()))?;
+        .map_err(|e| BindError::TlsSetup(e.into()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(config.quinn_transport()));
     Ok(client)

@@ -174,9 +174,12 @@ pub enum BindError {
         /// The error.
         source: std::io::Error,
     },
-    /// TLS configuration failed (bad credentials).
+    /// TLS configuration failed (bad credentials), as the caller put it.
     #[error("cannot configure TLS: {0}")]
     Tls(String),
+    /// TLS configuration failed (bad credentials): rustls or quinn refused them.
+    #[error("cannot configure TLS: {0}")]
+    TlsSetup(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The transport config is inconsistent.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
