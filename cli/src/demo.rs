@@ -84,10 +84,7 @@ impl Narrator {
 
 /// Runs the tour.
 pub fn run(_args: DemoArgs, output: OutputFormat) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
+    let runtime = crate::multi_thread_runtime()?;
     let report = runtime.block_on(tour(output == OutputFormat::Table))?;
     if output == OutputFormat::Json {
         println!(

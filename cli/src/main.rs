@@ -284,6 +284,15 @@ where
     })
 }
 
+/// The runtime of the commands that run until a signal or for minutes (control, agent, dev,
+/// demo); a one-shot admin command makes do with a current-thread one.
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")
+}
+
 fn run(cli: Cli) -> Result<()> {
     let joins = matches!(
         &cli.command,
