@@ -97,7 +97,7 @@ async fn dial(
             .connect_with(client, addr, CONTROL_SERVER_NAME)
             .map_err(|e| ConnectError::Setup {
                 addr,
-                detail: e.to_string(),
+                source: e.into(),
             })?;
         let conn = connecting.await.map_err(|e| connect_error(addr, &e))?;
         let recv = conn
@@ -168,12 +168,13 @@ pub(crate) async fn dial_pinned_from(
     config: &TransportConfig,
     metrics: &TransportMetrics,
 ) -> Result<(quinn::Endpoint, PeerConnection), ConnectError> {
-    let setup = |detail: String| ConnectError::Setup { addr, detail };
-    config.validate().map_err(|e| setup(e.to_string()))?;
+    let setup =
+        |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::Setup { addr, source };
+    config.validate().map_err(|e| setup(e.into()))?;
     let rustls_client =
-        tls::join_client_config(pinned, Alpn::Join.protocol()).map_err(|e| setup(e.to_string()))?;
-    let client = quic_client_config(rustls_client, config).map_err(|e| setup(e.to_string()))?;
-    let quinn = quinn::Endpoint::client(local).map_err(|e| setup(e.to_string()))?;
+        tls::join_client_config(pinned, Alpn::Join.protocol()).map_err(|e| setup(e.into()))?;
+    let client = quic_client_config(rustls_client, config).map_err(|e| setup(e.into()))?;
+    let quinn = quinn::Endpoint::client(local).map_err(|e| setup(e.into()))?;
     let shared = Arc::new(Shared::new(
         config.clone(),
         metrics.clone(),

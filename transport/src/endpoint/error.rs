@@ -52,12 +52,12 @@ pub enum ConnectError {
         detail: String,
     },
     /// A local problem building the connection.
-    #[error("cannot dial {addr}: {detail}")]
+    #[error("cannot dial {addr}: {source}")]
     Setup {
         /// The address dialled.
         addr: SocketAddr,
         /// What is wrong.
-        detail: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
