@@ -120,6 +120,42 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// The QUIC server side of an endpoint: every ALPN, client certificates checked against the
+/// revocations, expired ones let through within the renewal grace (to renew only).
+fn quic_server_config(
+    current: &CurrentCredentials,
+    options: &EndpointOptions,
+) -> Result<quinn::ServerConfig, BindError> {
+    let alpns = Alpn::ALL.iter().map(|a| a.protocol().to_vec()).collect();
+    let grace = options.config.renew_grace;
+    let rustls_server = tls::server_config(current, &options.revocations, alpns, grace)
+        .map_err(|e| BindError::TlsSetup(e.into()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_server)
+        .map_err(|e| BindError::TlsSetup(e.into()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(options.config.quinn_transport()));
+    Ok(server)
+}
+
+/// Endpoint settings that survive a restart of the node.
+fn endpoint_config(creds: &Credentials) -> quinn::EndpointConfig {
+    // A stateless-reset key derived from the node's private key, the same after a restart:
+    // a control node that comes back after kill -9 resets the connections its previous
+    // run held, so agents reconnect at once instead of waiting out their silence limit.
+    // Connection ids are checked with a key from the same secret: the restarted node must
+    // recognise its previous run's ids as its own to answer them with a reset.
+    let secret = creds.stateless_reset_secret();
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let mut cid_key = [0; 8];
+    cid_key.copy_from_slice(&secret[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    endpoint_config
+}
+
 fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, BindError> {
     std::net::UdpSocket::bind(addr).map_err(|source| BindError::Io { addr, source })
 }
@@ -160,15 +196,7 @@ impl Endpoint {
         let tls_err = |e: rustls::Error| BindError::TlsSetup(e.into());
         let current = CurrentCredentials::new(creds).map_err(tls_err)?;
         let server = if serve {
-            let alpns = Alpn::ALL.iter().map(|a| a.protocol().to_vec()).collect();
-            let grace = options.config.renew_grace;
-            let rustls_server = tls::server_config(&current, &options.revocations, alpns, grace)
-                .map_err(tls_err)?;
-            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_server)
-                .map_err(|e| BindError::TlsSetup(e.into()))?;
-            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            server.transport_config(Arc::new(options.config.quinn_transport()));
-            Some(server)
+            Some(quic_server_config(&current, &options)?)
         } else {
             None
         };
@@ -186,20 +214,7 @@ impl Endpoint {
         let socket = bind_socket(addr)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| BindError::Tls("no async runtime for QUIC".into()))?;
-        // A stateless-reset key derived from the node's private key, the same after a restart:
-        // a control node that comes back after kill -9 resets the connections its previous
-        // run held, so agents reconnect at once instead of waiting out their silence limit.
-        // Connection ids are checked with a key from the same secret: the restarted node must
-        // recognise its previous run's ids as its own to answer them with a reset.
-        let secret = creds.stateless_reset_secret();
-        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
-        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-        let mut cid_key = [0; 8];
-        cid_key.copy_from_slice(&secret[..8]);
-        let cid_key = u64::from_le_bytes(cid_key);
-        endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
+        let endpoint_config = endpoint_config(creds);
         let io_error = |source| BindError::Io { addr, source };
         let mut socket = runtime.wrap_udp_socket(socket).map_err(io_error)?;
         if let Some(switch) = &options.fault {
