@@ -45,7 +45,6 @@ impl std::fmt::Debug for Incoming {
 }
 
 impl Incoming {
-    /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.inner.remote_address()
     }

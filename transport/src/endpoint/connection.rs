@@ -94,12 +94,10 @@ impl PeerConnection {
         }
     }
 
-    /// The connection's purpose.
     pub fn alpn(&self) -> Alpn {
         self.alpn
     }
 
-    /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
     }

@@ -169,9 +169,8 @@ pub enum BindError {
     /// The UDP socket could not be bound.
     #[error("cannot bind QUIC endpoint on {addr}: {source}")]
     Io {
-        /// The address.
+        /// The address the socket was to bind.
         addr: SocketAddr,
-        /// The error.
         source: std::io::Error,
     },
     /// TLS configuration failed (bad credentials), as the caller put it.
