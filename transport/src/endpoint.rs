@@ -10,21 +10,21 @@
 //! This file holds the [`Endpoint`] itself: binding the UDP socket with the TLS configurations
 //! of every purpose, and what the endpoint's connections share. The rest, by job:
 //!
-//! - [`alpn`]: what a connection is for ([`Alpn`]), its protocol id and the role it needs.
+//! - `alpn`: what a connection is for ([`Alpn`]), its protocol id and the role it needs.
 //! - `dial`: the client side — dial one address and wait for admission, a round over several
 //!   addresses ([`Endpoint::connect_any`]), and the certificate-less dial of a joiner.
 //! - `admission`: the server side — an [`Incoming`] connection's handshake, the checks of the
 //!   client's certificate (role, revocation, expiry, known), join caps, the admission frame.
 //! - `connection`: an admitted [`PeerConnection`] and its framed streams.
 //! - `rpc`: one request per stream — [`PeerConnection::request`] and the [`serve_requests`] loop.
-//! - [`error`]: the error of each operation (bind, connect, accept, stream, request), and how
+//! - `error`: the error of each operation (bind, connect, accept, stream, request), and how
 //!   a quinn connection error maps onto them.
 
 mod admission;
-pub mod alpn;
+mod alpn;
 mod connection;
 mod dial;
-pub mod error;
+mod error;
 mod rpc;
 
 use std::net::SocketAddr;
