@@ -439,10 +439,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<PathBuf>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
+    let runtime = crate::multi_thread_runtime()?;
     runtime.block_on(async move {
         let mut signals = Signals::new()?;
         let data_dir = prepare().await?;

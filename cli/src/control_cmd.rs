@@ -161,10 +161,7 @@ pub struct NodeFlags {
 
 /// Runs `warren control …` to the end (a signal).
 pub fn run(args: ControlArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
+    let runtime = crate::multi_thread_runtime()?;
     runtime.block_on(async move {
         // Before anything slow: a signal during start-up then stops the node once it is up
         // instead of killing the process half-way through writing its data dir.

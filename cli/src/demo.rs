@@ -10,6 +10,7 @@
 //! non-zero exit and its reason. At the end every workload is stopped and the data removed.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -19,6 +20,7 @@ use warren_api::rest::{ScaleRequest, ServiceInfo, WriteResult};
 use warren_api::{ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_edge_agent::agent::AgentStatus;
 use warren_edge_agent::link::SILENCE_LIMIT;
+use warren_transport::FaultSwitch;
 
 use crate::control_cmd::Signals;
 use crate::local::{self, LocalAgent, LocalCluster, alive, seconds, wait_for};
@@ -82,10 +84,7 @@ impl Narrator {
 
 /// Runs the tour.
 pub fn run(_args: DemoArgs, output: OutputFormat) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
+    let runtime = crate::multi_thread_runtime()?;
     let report = runtime.block_on(tour(output == OutputFormat::Table))?;
     if output == OutputFormat::Json {
         println!(
@@ -118,8 +117,35 @@ async fn tour(narrate: bool) -> Result<Report> {
             data_dir.path().display()
         );
     }
+    let (cluster, mut report) = start_cluster(&mut n, data_dir.path()).await?;
+
+    // Ctrl-C must not leave the workloads running: it ends the scenario, not the process.
+    let result = tokio::select! {
+        result = scenario(&mut n, &cluster, &mut report) => result,
+        which = signals.next() => Err(anyhow!("interrupted by {which}")),
+    };
+    let stopped = stop_cluster(&mut n, cluster, &mut report).await;
+    result?;
+    stopped?;
+    data_dir.close().context("remove the demo's data dir")?;
+    report.total_s = secs(started.elapsed());
+    if narrate {
+        println!(
+            "\ndone in {}: site b, cut off, kept its workloads running and restarted a crashed \
+             one on its own; after the heal it converged without restarting what had not changed.",
+            seconds(started.elapsed())
+        );
+        println!(
+            "next: `warren dev` keeps such a cluster running for you to try commands against."
+        );
+    }
+    Ok(report)
+}
+
+/// The first step: a control node and one agent per site, each joined with a token.
+async fn start_cluster(n: &mut Narrator, root: &Path) -> Result<(LocalCluster, Report)> {
     n.step("start a control node, then one agent in site a and one in site b");
-    let cluster = LocalCluster::create(data_dir.path(), &[SITE_A, SITE_B], 1).await?;
+    let cluster = LocalCluster::create(root, &[SITE_A, SITE_B], 1).await?;
     let mut report = Report {
         control_api: cluster.control().api_addr().to_string(),
         ..Report::default()
@@ -139,12 +165,12 @@ async fn tour(narrate: bool) -> Result<Report> {
             .insert(agent.name.clone(), agent.node_id.to_string());
     }
     n.say("site b's agent dials through a fault switch that can drop its QUIC datagrams");
+    Ok((cluster, report))
+}
 
-    // Ctrl-C must not leave the workloads running: it ends the scenario, not the process.
-    let result = tokio::select! {
-        result = scenario(&mut n, &cluster, &mut report) => result,
-        which = signals.next() => Err(anyhow!("interrupted by {which}")),
-    };
+/// The last step, run however the scenario ended: stops the agents, their workloads and the
+/// control node; an error when something was left running or could not be stopped.
+async fn stop_cluster(n: &mut Narrator, cluster: LocalCluster, report: &mut Report) -> Result<()> {
     n.step("stop the agents, then their workloads, then the control node");
     let stopped = cluster.stop(true).await;
     report.workloads_stopped = stopped
@@ -167,26 +193,13 @@ async fn tour(narrate: bool) -> Result<Report> {
             format!("still running: {left:?}")
         }
     ));
-    result?;
     if let Some(problem) = stopped.problems.first() {
         bail!("stopping the demo cluster: {problem}");
     }
     if !left.is_empty() {
         bail!("workloads still running after the demo: pids {left:?}");
     }
-    data_dir.close().context("remove the demo's data dir")?;
-    report.total_s = secs(started.elapsed());
-    if narrate {
-        println!(
-            "\ndone in {}: site b, cut off, kept its workloads running and restarted a crashed \
-             one on its own; after the heal it converged without restarting what had not changed.",
-            seconds(started.elapsed())
-        );
-        println!(
-            "next: `warren dev` keeps such a cluster running for you to try commands against."
-        );
-    }
-    Ok(report)
+    Ok(())
 }
 
 fn web() -> ServiceSpec {
@@ -254,6 +267,10 @@ fn last_log_line(agent: &LocalAgent, replica: &str) -> Option<String> {
     text.lines().last().map(str::to_owned)
 }
 
+/// Replica → pid, of each agent (by name).
+type PidsByAgent = BTreeMap<String, BTreeMap<String, u32>>;
+
+/// The tour between starting the cluster and stopping it: each step a function, in order.
 async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report) -> Result<()> {
     let a = cluster
         .agents_in(SITE_A)
@@ -263,8 +280,41 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         .agents_in(SITE_B)
         .next()
         .context("site b has an agent")?;
-    let client = cluster.client();
+    let deployed = deploy(n, cluster, [a, b], report).await?;
 
+    n.step("cut site b off: every QUIC datagram between edge-b1 and the control plane is dropped from now on");
+    let switch = cluster.switch(SITE_B)?.clone();
+    cluster.cut(SITE_B)?;
+    let cut_at = Instant::now();
+
+    let (web_b, new_pid) = kill_while_cut_off(n, b, &deployed[&b.name], report).await?;
+    let mut b_before = deployed[&b.name].clone();
+    b_before.insert(web_b.clone(), new_pid);
+    let a_after = change_while_cut_off(n, cluster, a, b, &deployed[&a.name], report).await?;
+    wait_for_link_down(n, b, cut_at, &b_before, report).await?;
+    let b_after = heal(n, cluster, b, &switch, cut_at, &b_before, report).await?;
+
+    if pids(&b_after).get(&web_b) != Some(&new_pid) {
+        bail!("{web_b} was restarted after the heal although its spec did not change");
+    }
+    let a_final = a.status().context("edge-a1's status")?;
+    if pids(&a_final) != pids(&a_after) {
+        bail!("site a's workloads changed when site b came back");
+    }
+    n.say(format!(
+        "{web_b} kept pid {new_pid} (the one its agent started while cut off), and site a was not touched by the heal"
+    ));
+    Ok(())
+}
+
+/// Creates web and worker through the HTTP API and waits until `agents` run their replicas.
+async fn deploy(
+    n: &mut Narrator,
+    cluster: &LocalCluster,
+    agents: [&LocalAgent; 2],
+    report: &mut Report,
+) -> Result<PidsByAgent> {
+    let client = cluster.client();
     n.step("deploy through the HTTP API: web (2 replicas, spread over the sites) and worker (one on every agent, VERSION=1)");
     for spec in [web(), worker("1")] {
         let written: WriteResult = client
@@ -278,7 +328,7 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         ));
     }
     let mut deployed = BTreeMap::new();
-    for agent in [a, b] {
+    for agent in agents {
         let what = format!("{} to run its replicas", agent.name);
         let (status, took) = converged(n, cluster, agent, &what).await?;
         n.say(format!(
@@ -291,13 +341,18 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         report.deployed_s = report.deployed_s.max(secs(took));
         deployed.insert(agent.name.clone(), pids(&status));
     }
+    Ok(deployed)
+}
 
-    n.step("cut site b off: every QUIC datagram between edge-b1 and the control plane is dropped from now on");
-    let switch = cluster.switch(SITE_B)?.clone();
-    cluster.cut(SITE_B)?;
-    let cut_at = Instant::now();
-
-    let (web_b, web_b_pid) = deployed[&b.name]
+/// Kills site b's web replica and waits for its agent, cut off, to restart it on its own.
+/// Returns the replica and its new pid.
+async fn kill_while_cut_off(
+    n: &mut Narrator,
+    b: &LocalAgent,
+    deployed_b: &BTreeMap<String, u32>,
+    report: &mut Report,
+) -> Result<(String, u32)> {
+    let (web_b, web_b_pid) = deployed_b
         .iter()
         .find(|(replica, _)| replica.starts_with("web."))
         .map(|(r, p)| (r.clone(), *p))
@@ -326,9 +381,20 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         seconds(took)
     ));
     report.restarted_offline_s = secs(took);
-    let mut b_before = deployed[&b.name].clone();
-    b_before.insert(web_b.clone(), new_pid);
+    Ok((web_b, new_pid))
+}
 
+/// Changes worker and scales web while site b is cut off; site a converges, site b keeps what
+/// it had. Returns what site a runs then.
+async fn change_while_cut_off(
+    n: &mut Narrator,
+    cluster: &LocalCluster,
+    a: &LocalAgent,
+    b: &LocalAgent,
+    deployed_a: &BTreeMap<String, u32>,
+    report: &mut Report,
+) -> Result<AgentStatus> {
+    let client = cluster.client();
     n.step("while site b is cut off: worker gets VERSION=2 (a new workload: it restarts), web scales to 4");
     let current: ServiceInfo = client.get("/services/worker").await?.json()?;
     let mut spec = current.spec.clone();
@@ -363,14 +429,24 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         seconds(took),
         describe(&a_after)
     ));
-    explain_changes(n, &deployed[&a.name], &pids(&a_after), report, "edge-a1");
+    explain_changes(n, deployed_a, &pids(&a_after), report, "edge-a1");
     let b_now = b.status().context("edge-b1's status")?;
     n.say(format!(
         "site b still runs what it had, at revision {}: {}",
         b_now.revision,
         describe(&b_now)
     ));
+    Ok(a_after)
+}
 
+/// Waits for site b's link to give up, and checks that its workloads ran on unchanged.
+async fn wait_for_link_down(
+    n: &mut Narrator,
+    b: &LocalAgent,
+    cut_at: Instant,
+    b_before: &BTreeMap<String, u32>,
+    report: &mut Report,
+) -> Result<()> {
     n.step(&format!(
         "wait for edge-b1 to notice: its link gives up after {} without a message from control",
         seconds(SILENCE_LIMIT)
@@ -390,7 +466,7 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         offline.revision
     ));
     let offline_pids = pids(&offline);
-    if offline_pids != b_before {
+    if offline_pids != *b_before {
         bail!(
             "edge-b1's workloads changed while it was cut off: {offline_pids:?}, expected {b_before:?}"
         );
@@ -403,7 +479,19 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         "still running (checked in /proc): {}",
         describe(&offline)
     ));
+    Ok(())
+}
 
+/// Heals site b and waits for it to converge. Returns what it runs then.
+async fn heal(
+    n: &mut Narrator,
+    cluster: &LocalCluster,
+    b: &LocalAgent,
+    switch: &FaultSwitch,
+    cut_at: Instant,
+    b_before: &BTreeMap<String, u32>,
+    report: &mut Report,
+) -> Result<AgentStatus> {
     n.step("heal site b");
     cluster.heal(SITE_B)?;
     report.cut_off_s = secs(cut_at.elapsed());
@@ -423,7 +511,7 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
         b_after.revision,
         describe(&b_after)
     ));
-    explain_changes(n, &b_before, &pids(&b_after), report, "edge-b1");
+    explain_changes(n, b_before, &pids(&b_after), report, "edge-b1");
     if let Some((replica, _)) = pids(&b_after)
         .iter()
         .find(|(r, _)| r.starts_with("worker."))
@@ -432,17 +520,7 @@ async fn scenario(n: &mut Narrator, cluster: &LocalCluster, report: &mut Report)
             n.say(format!("{replica}'s log on edge-b1 ends with: {line}"));
         }
     }
-    if pids(&b_after).get(&web_b) != Some(&new_pid) {
-        bail!("{web_b} was restarted after the heal although its spec did not change");
-    }
-    let a_final = a.status().context("edge-a1's status")?;
-    if pids(&a_final) != pids(&a_after) {
-        bail!("site a's workloads changed when site b came back");
-    }
-    n.say(format!(
-        "{web_b} kept pid {new_pid} (the one its agent started while cut off), and site a was not touched by the heal"
-    ));
-    Ok(())
+    Ok(b_after)
 }
 
 /// Prints, and records, which replicas kept their pid, were restarted or started.

@@ -60,10 +60,7 @@ pub fn run(args: DevArgs) -> Result<()> {
     if !(1..=AGENTS_PER_SITE_MAX).contains(&args.agents_per_site) {
         bail!("--agents-per-site: expected 1 to {AGENTS_PER_SITE_MAX}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
+    let runtime = crate::multi_thread_runtime()?;
     runtime.block_on(async move {
         let mut signals = Signals::new()?;
         let (root, scratch) = match &args.data_dir {

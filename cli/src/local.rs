@@ -151,23 +151,28 @@ impl LocalCluster {
         )
         .await?
         .context("start the control node")?;
-        let admin_conf = root.join(ADMIN_CONF);
         let api = vec![control.api_addr().to_string()];
-        AdminConfig::new(CONTROL_NAME.into(), api, &output.admin).save(&admin_conf)?;
+        AdminConfig::new(CONTROL_NAME.into(), api, &output.admin).save(&root.join(ADMIN_CONF))?;
+        let mut cluster = Self::around(root, control)?;
+        if let Err(error) = cluster.join_agents(sites, agents_per_site).await {
+            cluster.stop(true).await;
+            return Err(error);
+        }
+        Ok(cluster)
+    }
+
+    /// A cluster of `control` alone, with an API client from the admin config under `root`.
+    fn around(root: &Path, control: ControlNode) -> Result<Self> {
+        let admin_conf = root.join(ADMIN_CONF);
         let client = client_for(&admin_conf)?;
-        let mut cluster = LocalCluster {
+        Ok(LocalCluster {
             root: root.to_owned(),
             admin_conf,
             agents: Vec::new(),
             control,
             client,
             switches: BTreeMap::new(),
-        };
-        if let Err(error) = cluster.join_agents(sites, agents_per_site).await {
-            cluster.stop(true).await;
-            return Err(error);
-        }
-        Ok(cluster)
+        })
     }
 
     async fn join_agents(&mut self, sites: &[&str], agents_per_site: usize) -> Result<()> {
@@ -216,16 +221,7 @@ impl LocalCluster {
         )
         .await?
         .with_context(|| format!("restart the control node in {}", data_dir.display()))?;
-        let admin_conf = root.join(ADMIN_CONF);
-        let client = client_for(&admin_conf)?;
-        let mut cluster = LocalCluster {
-            root: root.to_owned(),
-            admin_conf,
-            agents: Vec::new(),
-            control,
-            client,
-            switches: BTreeMap::new(),
-        };
+        let mut cluster = Self::around(root, control)?;
         let agents_dir = root.join("agents");
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&agents_dir)
             .with_context(|| format!("read {}", agents_dir.display()))?

@@ -4,21 +4,31 @@
 //! stdout. It parses flags, layers configuration, sets up logging and formats output; the work
 //! itself lives in the library crates.
 //!
-//! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground;
-//!   [`admin_conf_watch`]: the init node keeps its `admin.conf` listing the control members.
+//! - [`control_cmd`]: `warren control init | join | run`, a control node in the foreground.
+//! - [`admin_conf_watch`]: the init node keeps its `admin.conf` listing the control members.
 //! - [`agent_cmd`]: `warren agent join | run | status`, an edge agent in the foreground and its
 //!   local status.
+//! - [`hide_token`]: a `--token VALUE` leaves the command line (re-exec with a pipe) before
+//!   anything else runs.
+//! - [`fd_limit`]: raises the open-file limit to the hard limit at start.
 //! - [`config`]: `admin.conf` (cluster name, fingerprint, API addresses, CA and admin
 //!   certificate) and where it is looked for.
 //! - [`config_sync`]: keeping `admin.conf`'s API addresses current with the control members.
 //! - [`client`]: the HTTP/1.1 + JSON client of the control-plane API (`warren_api::rest`), over
-//!   TLS with the admin certificate or over the local Unix socket.
-//! - [`cluster_cmd`], [`service_cmd`], [`secret_cmd`], [`apply`]: the operator commands.
-//! - [`table`], [`output`]: tables, YAML and `-o json` printing.
+//!   TLS with the admin certificate or over the local Unix socket, failing over between nodes.
+//! - [`cluster_cmd`]: `warren cluster | token | admin | node`: status, join tokens, admin
+//!   certificates, node drain and removal.
+//! - [`service_cmd`]: `warren service create | ls | inspect | ps | scale | update | rollback | rm`.
+//! - [`secret_cmd`]: `warren secret create | ls | rm`.
+//! - [`apply`]: `warren apply -f`: YAML documents (Service, Secret, Volume) parsed, validated
+//!   and written in order.
+//! - [`table`]: aligned text tables for the read commands.
+//! - [`output`]: `-o table | yaml | json`, and errors as one line.
 //! - [`local`]: a whole cluster in this process on loopback (control node, agents in sites
 //!   behind transport fault switches), shared by [`dev`] and [`demo`].
 //! - [`dev`]: `warren dev`, a long-running local cluster to try commands against.
-//! - [`demo`]: `warren demo`, the scripted partition tour.
+//! - [`demo`]: `warren demo`, the scripted partition tour, one function per step.
+//! - `prerequisites` (tests only): the gate for tests that need root or a program.
 //!
 //! It never prints a secret value, and every failure ends as one `error: …` line on stderr
 //! with a non-zero exit.
@@ -272,6 +282,15 @@ where
         }
         body(client).await
     })
+}
+
+/// The runtime of the commands that run until a signal or for minutes (control, agent, dev,
+/// demo); a one-shot admin command makes do with a current-thread one.
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")
 }
 
 fn run(cli: Cli) -> Result<()> {

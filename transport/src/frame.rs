@@ -44,7 +44,7 @@ pub enum FrameError {
     Decode(#[from] DecodeError),
     /// The message could not be encoded.
     #[error("message does not encode: {0}")]
-    Encode(String),
+    Encode(#[source] postcard::Error),
     /// A frame started but did not complete in time, or the peer stopped reading.
     #[error("peer stalled: frame not completed within {0:?}")]
     Stalled(Duration),
@@ -53,7 +53,7 @@ pub enum FrameError {
     Closed,
     /// The stream or connection failed underneath.
     #[error("stream failed: {0}")]
-    Stream(String),
+    Stream(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl FrameError {
@@ -87,8 +87,8 @@ pub fn encode_frame<T: Serialize>(
     message: &T,
     max_frame_bytes: usize,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut out = postcard::to_extend(message, vec![0u8; LEN_PREFIX_BYTES])
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let mut out =
+        postcard::to_extend(message, vec![0u8; LEN_PREFIX_BYTES]).map_err(FrameError::Encode)?;
     let len = out.len() - LEN_PREFIX_BYTES;
     if len > max_frame_bytes {
         return Err(FrameError::TooLarge {
@@ -268,7 +268,7 @@ impl FramedRecv {
                     }
                 }
             };
-            match chunk.map_err(|e| FrameError::Stream(e.to_string()))? {
+            match chunk.map_err(|e| FrameError::Stream(e.into()))? {
                 Some(chunk) => {
                     if self.frame_started.is_none() {
                         self.frame_started = Some(Instant::now());
@@ -339,7 +339,7 @@ impl FramedSend {
     pub async fn send_encoded(&mut self, frame: &[u8]) -> Result<(), FrameError> {
         match tokio::time::timeout(self.frame_timeout, self.stream.write_all(frame)).await {
             Err(_) => Err(FrameError::Stalled(self.frame_timeout)),
-            Ok(Err(e)) => Err(FrameError::Stream(e.to_string())),
+            Ok(Err(e)) => Err(FrameError::Stream(e.into())),
             Ok(Ok(())) => {
                 self.metrics.frames_total.with_label_values(&["tx"]).inc();
                 let payload = frame.len().saturating_sub(LEN_PREFIX_BYTES) as u64;
@@ -358,7 +358,7 @@ impl FramedSend {
         self.stream
             .write_all(bytes)
             .await
-            .map_err(|e| FrameError::Stream(e.to_string()))
+            .map_err(|e| FrameError::Stream(e.into()))
     }
 
     /// Finishes the stream: the peer sees a clean end after the last frame.

@@ -84,6 +84,7 @@ impl MemberCertificates {
                 inner,
                 revocations: trust.clone(),
                 expired_grace: Some(expired_grace),
+                mandatory: false,
             }),
             trust: trust.clone(),
         })

@@ -42,7 +42,7 @@ pub enum HttpsError {
     },
     /// TLS setup failed (bad credentials).
     #[error("cannot configure TLS: {0}")]
-    Config(String),
+    Config(#[source] rustls::Error),
     /// The handshake failed: untrusted, expired or revoked certificate on either side.
     #[error("TLS handshake with {addr} failed: {detail}")]
     Handshake {
@@ -97,8 +97,7 @@ impl ApiListener {
         creds: &Credentials,
         revocations: &TrustList,
     ) -> Result<Self, HttpsError> {
-        let current =
-            CurrentCredentials::new(creds).map_err(|e| HttpsError::Config(e.to_string()))?;
+        let current = CurrentCredentials::new(creds).map_err(HttpsError::Config)?;
         Self::bind_current(addr, &current, revocations).await
     }
 
@@ -112,8 +111,7 @@ impl ApiListener {
         current: &CurrentCredentials,
         revocations: &TrustList,
     ) -> Result<Self, HttpsError> {
-        let config = tls::api_server_config(current, revocations)
-            .map_err(|e| HttpsError::Config(e.to_string()))?;
+        let config = tls::api_server_config(current, revocations).map_err(HttpsError::Config)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HttpsError::Io {
@@ -226,7 +224,7 @@ pub async fn connect(
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<ClientStream, HttpsError> {
-    let config = tls::api_client_config(creds).map_err(|e| HttpsError::Config(e.to_string()))?;
+    let config = tls::api_client_config(creds).map_err(HttpsError::Config)?;
     let connector = TlsConnector::from(Arc::new(config));
     let attempt = async {
         let tcp = TcpStream::connect(addr)

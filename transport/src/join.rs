@@ -507,6 +507,9 @@ pub enum JoinError {
     /// The server's grant is inconsistent (wrong CA, wrong identity, bad certificate).
     #[error("join grant is invalid: {0}")]
     BadGrant(String),
+    /// The grant's certificate, key and CA do not make usable credentials.
+    #[error("join grant is invalid: {0}")]
+    BadGrantCredentials(#[source] CaError),
     /// Local key generation failed.
     #[error(transparent)]
     Ca(#[from] CaError),
@@ -566,7 +569,7 @@ pub async fn join(
         key.serialize_der(),
         grant.ca_cert_der.into(),
     )
-    .map_err(|e| JoinError::BadGrant(e.to_string()))?;
+    .map_err(JoinError::BadGrantCredentials)?;
     let identity = credentials.identity();
     if identity.node_id != Some(grant.node_id) || identity.role != CertRole::from(params.role) {
         return Err(JoinError::BadGrant(

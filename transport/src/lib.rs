@@ -1,22 +1,30 @@
 //! Warren's transport: everything that crosses the network between Warren nodes.
 //!
 //! - [`ca`]: the cluster certificate authority (rcgen), node/admin certificates issued from
-//!   CSRs, the CA key sealed with AES-256-GCM on disk ([`seal`]).
+//!   CSRs, the credentials a node loads from disk, and the clock certificates are dated by.
+//! - [`seal`]: AES-256-GCM sealing of small blobs (the CA key on disk, secret values).
 //! - [`identity`]: what a certificate proves (role + node id), and the CA fingerprint.
+//! - [`current`]: the credentials a process presents right now, swapped in place on renewal.
+//! - [`renew`]: certificate renewal over the `renew` ALPN, client and server sides.
 //! - [`token`]: Swarm-style join tokens that pin the CA and carry a 160-bit secret, stored
 //!   server-side only as a hash.
-//! - [`tls`]: rustls configurations for mutual TLS and CA-pinned joins; revocation by serial.
-//! - [`endpoint`]: QUIC endpoints (quinn) with ALPN per purpose and connection admission.
-//! - [`fault`]: a switch that cuts an endpoint's UDP socket (drops every datagram both ways),
-//!   for partitions in in-process tests and `warren demo`.
-//! - [`frame`]: length-prefixed postcard framing with hard size limits and stall timeouts.
 //! - [`join`]: the join handshake, client and server sides.
-//! - [`https`]: TLS over TCP for the admin HTTP API (admin client certificates).
-//! - [`backoff`]: jittered exponential backoff for every reconnect loop.
+//! - [`tls`]: rustls configurations for mutual TLS and CA-pinned joins; revocation by serial.
+//! - [`endpoint`]: QUIC endpoints (quinn) with ALPN per purpose and connection admission; its
+//!   submodules split dialling, admission, connections, requests and errors.
+//! - [`config`]: the transport's timers and bounds ([`TransportConfig`]), with `validate()`.
 //! - [`limits`]: caps on connections per source and in total, refusal rate limits, accept-error
 //!   backoff and log throttling: what one client can make a server hold.
-//! - [`metrics`]: the transport's Prometheus counters.
+//! - [`frame`]: length-prefixed postcard framing with hard size limits and stall timeouts.
+//! - [`fault`]: a switch that cuts an endpoint's UDP socket (drops every datagram both ways),
+//!   for partitions in in-process tests and `warren demo`.
+//! - [`gossip`]: a node's certificate as its gossip identity: signing its gossip state, and
+//!   checking a member's certificate for the node id it gossips as.
+//! - [`https`]: TLS over TCP for the admin HTTP API (admin client certificates).
 //! - [`plain_http`]: the plain-HTTP listener for `/metrics`, `/health` and `/ready`.
+//! - [`backoff`]: jittered exponential backoff for every reconnect loop.
+//! - [`metrics`]: the transport's Prometheus counters.
+//! - `fsutil`: durable file writes (temporary file, fsync, rename), private directories, PEM.
 //!
 //! This is the only crate that names quinn, rustls or rcgen. It never panics on input from the
 //! network or disk: every bad frame, token, certificate or handshake becomes a typed error and

@@ -166,16 +166,22 @@ const DETERMINISTIC_NONCE_DOMAIN: &[u8] = b"warren deterministic nonce v1";
 /// own key once, in its join grant; knowing it reveals nothing about the cluster key or any
 /// other node's key (HKDF outputs for different `info` are independent).
 pub fn node_secret_key(cluster_key: &SealKey, node_id: NodeId) -> SealKey {
+    SealKey(derive_key(
+        cluster_key,
+        &[NODE_KEY_INFO, &node_id.0.to_be_bytes()],
+    ))
+}
+
+/// `HKDF-SHA256(salt = none, ikm = cluster key, info = the concatenation of info)`: 32 bytes.
+fn derive_key(cluster_key: &SealKey, info: &[&[u8]]) -> [u8; 32] {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&cluster_key.0);
-    let id = node_id.0.to_be_bytes();
-    let info: [&[u8]; 2] = [NODE_KEY_INFO, &id];
     let okm = prk
-        .expand(&info, hkdf::HKDF_SHA256)
+        .expand(info, hkdf::HKDF_SHA256)
         .expect("32 bytes is within HKDF-SHA256's output limit");
     let mut key = [0u8; 32];
     okm.fill(&mut key)
         .expect("the output buffer has the length asked for");
-    SealKey(key)
+    key
 }
 
 /// `info` prefix of the gossip keys.
@@ -197,16 +203,7 @@ pub fn gossip_key_id_of(name: &str) -> Option<u32> {
 /// big-endian)`. Derived like the node keys, so every control node has it without storing it;
 /// rotating means moving to the next id.
 pub fn gossip_key(cluster_key: &SealKey, id: u32) -> [u8; 32] {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&cluster_key.0);
-    let id = id.to_be_bytes();
-    let info: [&[u8]; 2] = [GOSSIP_KEY_INFO, &id];
-    let okm = prk
-        .expand(&info, hkdf::HKDF_SHA256)
-        .expect("32 bytes is within HKDF-SHA256's output limit");
-    let mut key = [0u8; 32];
-    okm.fill(&mut key)
-        .expect("the output buffer has the length asked for");
-    key
+    derive_key(cluster_key, &[GOSSIP_KEY_INFO, &id.to_be_bytes()])
 }
 
 /// The purpose (associated data) under which the secret `name` is sealed for a node. Binding

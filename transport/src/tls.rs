@@ -4,7 +4,8 @@
 //!   certificate: the join ALPN must admit clients that have none yet. Endpoint admission then
 //!   requires a certificate of the right role for every other ALPN.
 //! - Cluster clients verify the server against the cluster CA and the name
-//!   [`CONTROL_SERVER_NAME`], which only control certificates carry.
+//!   [`CONTROL_SERVER_NAME`](crate::identity::CONTROL_SERVER_NAME), which only control
+//!   certificates carry.
 //! - Joining clients have no CA yet: they verify that the server's chain contains the CA whose
 //!   SHA-256 the token pins, and then verify the server certificate against that CA.
 //! - Revocation is by certificate serial, checked on both sides after the chain verifies, with
@@ -208,6 +209,35 @@ fn chain(creds: &Credentials) -> Vec<CertificateDer<'static>> {
     vec![creds.cert_der().clone(), creds.ca_cert_der().clone()]
 }
 
+/// The signature checks of a verifier that leaves them to the one it wraps (`self.$inner`):
+/// the verifiers here differ only in which certificate they accept, never in how a handshake
+/// signature is checked.
+macro_rules! delegate_signature_checks {
+    ($inner:ident) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.$inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.$inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.$inner.supported_verify_schemes()
+        }
+    };
+}
+
 #[derive(Debug)]
 pub(crate) struct ClusterClientVerifier {
     pub(crate) inner: Arc<dyn ClientCertVerifier>,
@@ -215,6 +245,9 @@ pub(crate) struct ClusterClientVerifier {
     /// How long past its expiry a client certificate still passes TLS (admission then lets it
     /// only renew itself); `None`: an expired certificate fails.
     pub(crate) expired_grace: Option<std::time::Duration>,
+    /// Whether the client must present a certificate: the admin API has no anonymous path,
+    /// while the QUIC server's join ALPN admits clients that have none yet.
+    pub(crate) mandatory: bool,
 }
 
 impl ClusterClientVerifier {
@@ -262,7 +295,7 @@ impl ClientCertVerifier for ClusterClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -280,27 +313,7 @@ impl ClientCertVerifier for ClusterClientVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signature_checks!(inner);
 }
 
 #[derive(Debug)]
@@ -325,27 +338,7 @@ impl ServerCertVerifier for ClusterServerVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signature_checks!(inner);
 }
 
 /// Verifies a server for a node that has only a CA fingerprint (from its join token).
@@ -432,6 +425,7 @@ pub(crate) fn server_config(
         inner,
         revocations: revocations.clone(),
         expired_grace: Some(expired_grace),
+        mandatory: false,
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -506,11 +500,12 @@ pub(crate) fn api_server_config(
     )
     .build()
     .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let verifier = MandatoryClientVerifier(ClusterClientVerifier {
+    let verifier = ClusterClientVerifier {
         inner,
         revocations: revocations.clone(),
         expired_grace: None,
-    });
+        mandatory: true,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -547,54 +542,4 @@ pub(crate) fn api_client_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
-}
-
-/// [`ClusterClientVerifier`] with the client certificate required (the API has no anonymous
-/// path).
-#[derive(Debug)]
-struct MandatoryClientVerifier(ClusterClientVerifier);
-
-impl ClientCertVerifier for MandatoryClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use warren_api::NodeRole;
+use warren_transport::ca::unix_now_ms;
 use warren_transport::join::{
     JoinError, JoinParams, JoinRefusalReason, LocalJoinAuthority, join, serve_join,
 };
@@ -73,7 +74,7 @@ impl Cluster {
                 ttl,
                 single_use,
             },
-            now_ms(),
+            unix_now_ms(),
         );
         self.authority.add_token(record);
         token.to_string()
@@ -93,13 +94,6 @@ impl Cluster {
         )
         .await
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn params(role: NodeRole) -> JoinParams {
@@ -184,7 +178,7 @@ async fn each_bad_token_case_is_refused() {
             ttl: None,
             single_use: false,
         },
-        now_ms(),
+        unix_now_ms(),
     );
     assert_eq!(
         refusal(cluster.join(&unknown.to_string(), NodeRole::Agent).await),
@@ -244,7 +238,7 @@ async fn token_for_another_cluster_is_never_sent() {
             ttl: None,
             single_use: false,
         },
-        now_ms(),
+        unix_now_ms(),
     );
     let err = cluster
         .join(&token.to_string(), NodeRole::Agent)

@@ -1,0 +1,331 @@
+//! Flag parsing of the service commands into specs, the errors each bad flag gives, and the
+//! tables they print.
+
+use super::*;
+use clap::Parser;
+use std::collections::BTreeMap;
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[derive(Debug, Parser)]
+struct Harness {
+    #[command(subcommand)]
+    command: ServiceCommand,
+}
+
+fn parse(args: &[&str]) -> ServiceCommand {
+    let mut argv = vec!["service"];
+    argv.extend(args);
+    Harness::try_parse_from(argv).unwrap().command
+}
+
+fn created(args: &[&str]) -> Result<ServiceSpec> {
+    match parse(args) {
+        ServiceCommand::Create { name, flags } => flags.to_spec(&name),
+        other => panic!("not create: {other:?}"),
+    }
+}
+
+#[test]
+fn create_builds_the_spec_from_flags() {
+    let spec = created(&[
+        "create",
+        "web",
+        "--command",
+        "/usr/bin/web --greeting 'hello world'",
+        "--replicas",
+        "3",
+        "--site",
+        "lisbon",
+        "--site",
+        "porto",
+        "--constraint",
+        "label.disk==ssd",
+        "--env",
+        "MODE=prod",
+        "--env",
+        "EMPTY=",
+        "--secret",
+        "db-password",
+        "--secret",
+        "tls-key:key.pem",
+        "--port",
+        "http:8080",
+        "--health-http",
+        "http://127.0.0.1:8080/health",
+        "--restart",
+        "on-failure",
+        "--on-disconnect",
+        "reschedule=5m",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "30s",
+        "--label",
+        "team=edge",
+    ])
+    .unwrap();
+    assert_eq!(
+        spec.workload,
+        Workload::Process(ProcessSpec {
+            command: vec![
+                "/usr/bin/web".into(),
+                "--greeting".into(),
+                "hello world".into()
+            ],
+            working_dir: None
+        })
+    );
+    assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 3 });
+    assert_eq!(spec.placement.sites, ["lisbon", "porto"]);
+    assert_eq!(spec.placement.constraints[0].to_string(), "label.disk==ssd");
+    assert_eq!(spec.env, map(&[("MODE", "prod"), ("EMPTY", "")]));
+    assert_eq!(spec.secrets[0], SecretRef::new("db-password"));
+    assert_eq!(spec.secrets[1].target, "key.pem");
+    assert_eq!(spec.ports[0].to_string(), "http:8080/tcp");
+    assert_eq!(
+        spec.health.as_ref().unwrap().probe,
+        Probe::Http {
+            url: "http://127.0.0.1:8080/health".into()
+        }
+    );
+    assert_eq!(spec.restart.condition, RestartCondition::OnFailure);
+    assert_eq!(
+        spec.on_disconnect,
+        OnDisconnect::Reschedule { after_ms: 300_000 }
+    );
+    assert_eq!(spec.update.parallelism, 2);
+    assert_eq!(spec.update.delay_ms, 30_000);
+    assert_eq!(spec.labels, map(&[("team", "edge")]));
+}
+
+#[test]
+fn create_defaults_to_one_replica_and_global_works() {
+    let spec = created(&["create", "web", "--image", "nginx:1.27"]).unwrap();
+    assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 1 });
+    let spec = created(&["create", "agent", "--image", "x:1", "--global"]).unwrap();
+    assert_eq!(spec.mode, ServiceMode::Global);
+}
+
+#[test]
+fn create_errors_name_the_flag() {
+    let check = |args: &[&str], expected: &str| {
+        let error = created(args).unwrap_err().to_string();
+        assert!(error.contains(expected), "{args:?}: {error}");
+    };
+    check(&["create", "Web", "--image", "x:1"], "service name:");
+    check(
+        &["create", "web", "--command", "a 'b"],
+        "--command: missing closing quote",
+    );
+    check(
+        &["create", "web", "--command", "  "],
+        "--command: empty command",
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--env", "NOEQ"],
+        "--env: expected KEY=VALUE",
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--env", "1BAD=x"],
+        "(from --env)",
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--replicas", "20000"],
+        "(from --replicas)",
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--update-delay", "5"],
+        "--update-delay: invalid duration",
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--secret", "DB"],
+        "(from --secret)",
+    );
+    check(
+        &[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--cap-add",
+            "CAP_NET_RAW",
+        ],
+        r#"cap_add[0]: unknown capability "CAP_NET_RAW" (write NET_RAW) (from --cap-add)"#,
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--user", "a b"],
+        "(from --user)",
+    );
+}
+
+/// `--user`, `--group` and `--cap-add` set who the workload runs as; without them it is
+/// the default (a user of its own, no capability); `update --no-user …` goes back to it.
+#[test]
+fn run_as_flags() {
+    let spec = created(&["create", "web", "--image", "x:1"]).unwrap();
+    assert_eq!((spec.user, spec.group), (None, None));
+    assert!(spec.cap_add.is_empty());
+    let mut spec = created(&[
+        "create",
+        "web",
+        "--image",
+        "x:1",
+        "--user",
+        "www-data",
+        "--group",
+        "1000",
+        "--cap-add",
+        "NET_BIND_SERVICE",
+        "--cap-add",
+        "NET_RAW",
+    ])
+    .unwrap();
+    assert_eq!(spec.user.as_deref(), Some("www-data"));
+    assert_eq!(spec.group.as_deref(), Some("1000"));
+    assert_eq!(spec.cap_add, ["NET_BIND_SERVICE", "NET_RAW"]);
+    let ServiceCommand::Update { flags, .. } = parse(&["update", "web", "--cap-add", "NET_ADMIN"])
+    else {
+        panic!("not update")
+    };
+    flags.apply_to(&mut spec).unwrap();
+    assert_eq!(spec.cap_add, ["NET_ADMIN"], "the list is replaced");
+    assert_eq!(spec.user.as_deref(), Some("www-data"), "the rest is kept");
+    let ServiceCommand::Update { removals, .. } =
+        parse(&["update", "web", "--no-user", "--no-group", "--no-cap-add"])
+    else {
+        panic!("not update")
+    };
+    assert!(removals.no_user && removals.no_group && removals.no_cap_add);
+    assert!(
+        Harness::try_parse_from(["service", "update", "web", "--no-user", "--user", "x"]).is_err()
+    );
+}
+
+#[test]
+fn clap_refuses_conflicting_and_malformed_flags() {
+    for args in [
+        vec!["service", "create", "web"],
+        vec![
+            "service",
+            "create",
+            "web",
+            "--command",
+            "a",
+            "--image",
+            "b:1",
+        ],
+        vec![
+            "service",
+            "create",
+            "web",
+            "--image",
+            "b:1",
+            "--replicas",
+            "2",
+            "--global",
+        ],
+        vec!["service", "create", "web", "--image", "b:1", "--port", "0"],
+        vec![
+            "service",
+            "create",
+            "web",
+            "--image",
+            "b:1",
+            "--restart",
+            "sometimes",
+        ],
+        vec![
+            "service",
+            "create",
+            "web",
+            "--image",
+            "b:1",
+            "--constraint",
+            "zone=a",
+        ],
+        vec![
+            "service",
+            "create",
+            "web",
+            "--image",
+            "b:1",
+            "--health-tcp",
+            "80",
+            "--health-exec",
+            "true",
+        ],
+    ] {
+        assert!(Harness::try_parse_from(&args).is_err(), "{args:?}");
+    }
+}
+
+#[test]
+fn update_applies_on_top() {
+    let mut spec = created(&[
+        "create",
+        "web",
+        "--image",
+        "web:1",
+        "--env",
+        "A=1",
+        "--env",
+        "B=2",
+        "--site",
+        "x",
+        "--health-tcp",
+        "80",
+    ])
+    .unwrap();
+    if let Workload::Image(image) = &mut spec.workload {
+        image.args = vec!["--serve".into()];
+    }
+    spec.health.as_mut().unwrap().retries = 9;
+    let ServiceCommand::Update { flags, .. } = parse(&[
+        "update",
+        "web",
+        "--image",
+        "web:2",
+        "--env",
+        "B=3",
+        "--health-tcp",
+        "81",
+    ]) else {
+        panic!("not update")
+    };
+    flags.apply_to(&mut spec).unwrap();
+    assert_eq!(
+        spec.workload,
+        Workload::Image(ImageSpec {
+            reference: "web:2".into(),
+            args: vec!["--serve".into()]
+        })
+    );
+    assert_eq!(spec.env, map(&[("A", "1"), ("B", "3")]));
+    assert_eq!(spec.placement.sites, ["x"]);
+    let health = spec.health.unwrap();
+    assert_eq!(health.probe, Probe::Tcp { port: 81 });
+    assert_eq!(health.retries, 9);
+}
+
+#[test]
+fn workload_text_is_short_and_quoted() {
+    let process = Workload::Process(ProcessSpec {
+        command: vec!["sleep".into(), "1 000".into()],
+        working_dir: None,
+    });
+    assert_eq!(workload_text(&process), "sleep '1 000'");
+    let long = Workload::Image(ImageSpec {
+        reference: "r".repeat(100),
+        args: vec![],
+    });
+    assert_eq!(
+        workload_text(&long).chars().count(),
+        MAX_WORKLOAD_COLUMN_CHARS
+    );
+}
