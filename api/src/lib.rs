@@ -6,6 +6,8 @@
 //! with serde_json at the HTTP API.
 //!
 //! # Modules
+//! - [`clock`]: the wall clock every crate reads (`unix_ms`, `unix_secs`); nothing in `api`
+//!   itself calls it.
 //! - [`ids`]: [`NodeId`], [`Revision`], [`ServiceName`], [`ReplicaId`] / [`ReplicaKey`].
 //! - [`node`]: [`Node`] and its role, availability, liveness state and addresses.
 //! - [`service`]: [`ServiceSpec`] (workload, mode, ports, health, restart, …), [`Service`]
@@ -21,8 +23,9 @@
 //! - [`wire`]: agent ↔ control messages, [`NodeView`] and its deltas, the postcard codec.
 //!
 //! # What this crate must never do
-//! - No I/O of any kind: no files, sockets, clocks or randomness. Times arrive as `u64` unix
-//!   milliseconds and ids as numbers chosen by the caller. No tokio, no async.
+//! - No I/O of any kind: no files, sockets or randomness, and no clock reads outside [`clock`].
+//!   Times arrive as `u64` unix milliseconds and ids as numbers chosen by the caller. No tokio,
+//!   no async.
 //! - No serde feature that postcard cannot encode: no `skip_serializing_if`, no `flatten`, no
 //!   internally, adjacently tagged or untagged enums, no `deserialize_any` (except behind
 //!   `is_human_readable()`, for JSON and YAML only: `run_as::name_or_number`). Maps are
@@ -32,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod duration;
 pub mod event;
 pub mod ids;
