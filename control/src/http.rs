@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,6 +27,7 @@ use warren_api::rest::{
     NodeCounts, NodeInfo, PREFIX, ReplicaInfo, ScaleRequest, SecretCreate, ServiceInfo, TokenInfo,
     TokenRequest, TokenResponse, WriteResult,
 };
+use warren_api::routes::{Route, Unrouted};
 use warren_api::{Availability, NodeId, NodeState, ServiceName, ServiceSpec, Volume};
 use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now_ms};
 use warren_transport::https::ApiListener;
@@ -499,21 +500,14 @@ impl Api {
     /// Answers one request, counting it by route and status.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let stale = request
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|kv| kv == "stale=true" || kv == "stale=1"));
-        let segments: Vec<&str> = path
-            .strip_prefix(PREFIX)
-            .unwrap_or("")
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let segments: Vec<String> = segments.into_iter().map(str::to_owned).collect();
-        let route = route_label(&method, &segments);
-        let mut response = match self.route(request, &method, &segments, stale).await {
+        let route = Route::recognise_path(request.method().as_str(), &path);
+        let label = route.as_ref().map_or("other", Route::label);
+        let mut response = match self.route(request, route, &path, stale).await {
             Ok(response) => response,
             Err(error) => {
                 let (status, code) = error.status();
@@ -528,7 +522,7 @@ impl Api {
         };
         self.add_members_header(&mut response);
         self.metrics
-            .observe_request(route, response.status().as_u16(), started.elapsed());
+            .observe_request(label, response.status().as_u16(), started.elapsed());
         response
     }
 
@@ -558,17 +552,28 @@ impl Api {
         }
     }
 
+    /// Answers a request for `route` (`path` only names an unknown route in the error).
     async fn route(
         &self,
         request: Request<Incoming>,
-        method: &Method,
-        segments: &[String],
+        route: Result<Route<'_>, Unrouted>,
+        path: &str,
         stale: bool,
     ) -> ApiResult {
-        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-        match (method, segs.as_slice()) {
-            (&Method::GET, ["cluster"]) => self.cluster_status(stale).await,
-            (&Method::POST, ["cluster", "rotate-keys"]) => {
+        let route = match route {
+            Ok(route) => route,
+            Err(Unrouted::MethodNotAllowed) => return Err(ApiError::MethodNotAllowed),
+            Err(Unrouted::NotFound) => {
+                return Err(ApiError::NotFound(format!(
+                    "no such route: {} {PREFIX}/{}",
+                    request.method(),
+                    warren_api::routes::segments(path).join("/")
+                )));
+            }
+        };
+        match route {
+            Route::ClusterStatus => self.cluster_status(stale).await,
+            Route::RotateKeys => {
                 let reason = "an operator asked (`warren cluster rotate-keys`)";
                 let generation = self.control.rotate_cluster_key(reason).await?;
                 Ok(json(
@@ -576,28 +581,36 @@ impl Api {
                     &warren_api::rest::KeysRotated { generation },
                 ))
             }
-            (_, ["tokens" | "admins", ..]) => {
-                self.route_access(request, method, &segs, stale).await
+            Route::CreateToken => self.create_token(read_json(request).await?).await,
+            Route::ListTokens => self.list_tokens(stale).await,
+            Route::RevokeToken { token_id: id } => {
+                let id = id.parse::<TokenId>().map_err(|_| {
+                    ApiError::Invalid(format!(
+                        "token id {id:?} is not a token id (16 hex digits, from `warren token ls`)"
+                    ))
+                })?;
+                written(self.control.propose(Op::RevokeToken(id)).await?)
             }
-            (&Method::GET, ["nodes"]) => self.list_nodes(stale).await,
-            (&Method::GET, ["nodes", n]) => self.get_node(n, stale).await,
-            (&Method::POST, ["nodes", n, "drain"]) => {
-                self.set_availability(n, Availability::Drain).await
+            Route::ListAdmins => self.list_admins(stale).await,
+            Route::CreateAdmin => self.create_admin(read_json(request).await?).await,
+            Route::RenewAdmin => {
+                let caller = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+                self.renew_admin(caller, read_json(request).await?).await
             }
-            (&Method::POST, ["nodes", n, "activate"]) => {
-                self.set_availability(n, Availability::Active).await
-            }
-            (&Method::DELETE, ["nodes", n]) => self.remove_node(n).await,
-            (&Method::GET, ["services"]) => self.list_services(stale).await,
-            (&Method::POST, ["services"]) => self.create_service(read_json(request).await?).await,
-            (&Method::PUT, ["services", name]) => {
+            Route::RevokeAdmin { admin } => self.revoke_admin(admin).await,
+            Route::ListNodes => self.list_nodes(stale).await,
+            Route::GetNode { node } => self.get_node(node, stale).await,
+            Route::DrainNode { node } => self.set_availability(node, Availability::Drain).await,
+            Route::ActivateNode { node } => self.set_availability(node, Availability::Active).await,
+            Route::RemoveNode { node } => self.remove_node(node).await,
+            Route::ListServices => self.list_services(stale).await,
+            Route::CreateService => self.create_service(read_json(request).await?).await,
+            Route::PutService { service: name } => {
                 self.put_service(name, read_json(request).await?).await
             }
-            (&Method::GET, ["services", name]) => self.get_service(name, stale).await,
-            (&Method::GET, ["services", name, "replicas"]) => {
-                self.service_replicas(name, stale).await
-            }
-            (&Method::POST, ["services", name, "scale"]) => {
+            Route::GetService { service: name } => self.get_service(name, stale).await,
+            Route::ServiceReplicas { service: name } => self.service_replicas(name, stale).await,
+            Route::ScaleService { service: name } => {
                 let scale: ScaleRequest = read_json(request).await?;
                 written(
                     self.control
@@ -608,17 +621,17 @@ impl Api {
                         .await?,
                 )
             }
-            (&Method::POST, ["services", name, "rollback"]) => written(
+            Route::RollbackService { service: name } => written(
                 self.control
                     .propose(Op::RollbackService(service_name(name)?))
                     .await?,
             ),
-            (&Method::DELETE, ["services", name]) => written(
+            Route::RemoveService { service: name } => written(
                 self.control
                     .propose(Op::RemoveService(service_name(name)?))
                     .await?,
             ),
-            (&Method::GET, ["secrets"]) => {
+            Route::ListSecrets => {
                 let state = self.read(stale).await?;
                 ok(&state
                     .secrets
@@ -626,19 +639,19 @@ impl Api {
                     .map(|s| s.meta.clone())
                     .collect::<Vec<_>>())
             }
-            (&Method::POST, ["secrets"]) => self.create_secret(read_json(request).await?).await,
-            (&Method::DELETE, ["secrets", name]) => written(
+            Route::CreateSecret => self.create_secret(read_json(request).await?).await,
+            Route::RemoveSecret { secret: name } => written(
                 self.control
-                    .propose(Op::RemoveSecret((*name).to_owned()))
+                    .propose(Op::RemoveSecret(name.to_owned()))
                     .await?,
             ),
-            (&Method::GET, ["volumes"]) => {
+            Route::ListVolumes => {
                 let state = self.read(stale).await?;
                 ok(&state.volumes.values().cloned().collect::<Vec<_>>())
             }
-            (&Method::PUT, ["volumes", name]) => {
+            Route::PutVolume { volume: name } => {
                 let volume: Volume = read_json(request).await?;
-                if volume.name != *name {
+                if volume.name != name {
                     return Err(ApiError::Invalid(format!(
                         "name: body says {}, path says {name}",
                         volume.name
@@ -646,18 +659,11 @@ impl Api {
                 }
                 written(self.control.propose(Op::PutVolume(volume)).await?)
             }
-            (&Method::DELETE, ["volumes", name]) => written(
+            Route::RemoveVolume { volume: name } => written(
                 self.control
-                    .propose(Op::RemoveVolume((*name).to_owned()))
+                    .propose(Op::RemoveVolume(name.to_owned()))
                     .await?,
             ),
-            (_, ["cluster" | "nodes" | "services" | "secrets" | "volumes", ..]) => {
-                Err(ApiError::MethodNotAllowed)
-            }
-            _ => Err(ApiError::NotFound(format!(
-                "no such route: {method} {PREFIX}/{}",
-                segments.join("/")
-            ))),
         }
     }
 
@@ -697,36 +703,6 @@ impl Api {
             nodes,
             services: state.services.len(),
         })
-    }
-
-    /// Routes of `/tokens` and `/admins`: who may join the cluster, who may operate it.
-    async fn route_access(
-        &self,
-        request: Request<Incoming>,
-        method: &Method,
-        segs: &[&str],
-        stale: bool,
-    ) -> ApiResult {
-        match (method, segs) {
-            (&Method::POST, ["tokens"]) => self.create_token(read_json(request).await?).await,
-            (&Method::GET, ["tokens"]) => self.list_tokens(stale).await,
-            (&Method::DELETE, ["tokens", id]) => {
-                let id = id.parse::<TokenId>().map_err(|_| {
-                    ApiError::Invalid(format!(
-                        "token id {id:?} is not a token id (16 hex digits, from `warren token ls`)"
-                    ))
-                })?;
-                written(self.control.propose(Op::RevokeToken(id)).await?)
-            }
-            (&Method::GET, ["admins"]) => self.list_admins(stale).await,
-            (&Method::POST, ["admins"]) => self.create_admin(read_json(request).await?).await,
-            (&Method::POST, ["admins", "renew"]) => {
-                let caller = request.extensions().get::<Arc<PeerIdentity>>().cloned();
-                self.renew_admin(caller, read_json(request).await?).await
-            }
-            (&Method::DELETE, ["admins", key]) => self.revoke_admin(key).await,
-            _ => Err(ApiError::MethodNotAllowed),
-        }
     }
 
     async fn list_admins(&self, stale: bool) -> ApiResult {
@@ -1237,36 +1213,6 @@ fn service_info(state: &ClusterState, name: &str) -> Option<ServiceInfo> {
         rolling_out: record.rollout.map(|r| r.version),
         can_roll_back: record.previous.is_some(),
     })
-}
-
-/// A bounded label for metrics: the route pattern, not the concrete path.
-fn route_label(method: &Method, segments: &[String]) -> &'static str {
-    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match (method, segs.as_slice()) {
-        (&Method::GET, ["cluster"]) => "GET /cluster",
-        (&Method::POST, ["cluster", "rotate-keys"]) => "POST /cluster/rotate-keys",
-        (&Method::POST, ["tokens"]) => "POST /tokens",
-        (&Method::GET, ["tokens"]) => "GET /tokens",
-        (&Method::GET, ["admins"]) => "GET /admins",
-        (&Method::POST, ["admins"]) => "POST /admins",
-        (&Method::POST, ["admins", "renew"]) => "POST /admins/renew",
-        (&Method::DELETE, ["admins", _]) => "DELETE /admins/{key}",
-        (&Method::DELETE, ["tokens", _]) => "DELETE /tokens/{id}",
-        (&Method::GET, ["nodes"]) => "GET /nodes",
-        (&Method::GET, ["nodes", _]) => "GET /nodes/{n}",
-        (&Method::POST, ["nodes", _, _]) => "POST /nodes/{n}/{action}",
-        (&Method::DELETE, ["nodes", _]) => "DELETE /nodes/{n}",
-        (&Method::GET, ["services"]) => "GET /services",
-        (&Method::POST, ["services"]) => "POST /services",
-        (&Method::PUT, ["services", _]) => "PUT /services/{name}",
-        (&Method::GET, ["services", _]) => "GET /services/{name}",
-        (&Method::GET, ["services", _, _]) => "GET /services/{name}/replicas",
-        (&Method::POST, ["services", _, _]) => "POST /services/{name}/{action}",
-        (&Method::DELETE, ["services", _]) => "DELETE /services/{name}",
-        (_, ["secrets", ..]) => "/secrets",
-        (_, ["volumes", ..]) => "/volumes",
-        _ => "other",
-    }
 }
 
 /// One replica for `service ps`: the assignment from the state, the actual state from its
