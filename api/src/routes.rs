@@ -343,6 +343,15 @@ fn check_param<'v>(name: &str, value: &'v str) -> Result<&'v str, PathError> {
         ServiceName::new(value).map_err(PathError::ServiceName)?;
         return Ok(value);
     }
+    segment(&name.replace('_', " "), value)
+}
+
+/// `value` if it can be a path segment as it is: a name or id of letters, digits, `-`, `_`
+/// and `.`, as every Warren name is; `what` names it in the error.
+///
+/// # Errors
+/// [`PathError::Segment`] for anything else, which would need percent-encoding.
+pub fn segment<'v>(what: &str, value: &'v str) -> Result<&'v str, PathError> {
     let ok = !value.is_empty()
         && value.len() <= 253
         && value
@@ -350,7 +359,7 @@ fn check_param<'v>(name: &str, value: &'v str) -> Result<&'v str, PathError> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
         return Err(PathError::Segment {
-            what: name.replace('_', " "),
+            what: what.to_owned(),
             value: value.to_owned(),
         });
     }
