@@ -17,6 +17,7 @@
 //! no clock, no randomness and no I/O; facts from the world enter as entries the leader
 //! proposes.
 
+pub mod accept;
 pub mod catalogue;
 pub mod command;
 pub mod contact;
