@@ -144,12 +144,8 @@ impl ControlConfig {
             ));
         }
         self.api_limits.validate().map_err(NodeError::Config)?;
-        self.mesh_timers
-            .validate()
-            .map_err(|e| NodeError::Config(e.to_string()))?;
-        self.transport
-            .validate()
-            .map_err(|e| NodeError::Config(e.to_string()))
+        self.mesh_timers.validate()?;
+        Ok(self.transport.validate()?)
     }
 
     /// Deadline of an AppendEntries RPC (replication, heartbeat, read barrier): half the lease.
@@ -209,6 +205,6 @@ impl ControlConfig {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| NodeError::Config(e.to_string()))
+        .map_err(|e| NodeError::RaftConfig(Box::new(e)))
     }
 }

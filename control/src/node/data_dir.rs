@@ -90,7 +90,7 @@ pub(super) fn load_cluster_keys(dir: &Path) -> Result<Option<ClusterKeys>, NodeE
     match std::fs::read_to_string(&path) {
         Ok(text) => ClusterKeys::from_text(&text)
             .map(Some)
-            .map_err(|e| NodeError::DataDir(format!("{}: {e}", path.display()))),
+            .map_err(|source| NodeError::ClusterKeyFile { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io("read", &path)(e)),
     }
@@ -102,4 +102,20 @@ pub(super) fn member_of(settings: &NodeSettings) -> Member {
         api_addr: settings.advertise_api.clone(),
         name: settings.name.clone(),
     }
+}
+
+/// The settings in `dir`'s `node.json`; a dir without one holds no node.
+pub(super) fn load_settings(dir: &Path) -> Result<NodeSettings, NodeError> {
+    let path = dir.join(SETTINGS_FILE);
+    let text = std::fs::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            NodeError::DataDir(format!(
+                "{} holds no control node (no {SETTINGS_FILE}); create one with `warren control init` or `warren control join`",
+                dir.display()
+            ))
+        } else {
+            io("read", &path)(e)
+        }
+    })?;
+    serde_json::from_slice(&text).map_err(|source| NodeError::Settings { path, source })
 }

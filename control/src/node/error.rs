@@ -11,9 +11,44 @@ pub enum NodeError {
     /// Inconsistent configuration.
     #[error("invalid control config: {0}")]
     Config(String),
+    /// The gossip mesh's timers are inconsistent.
+    #[error("invalid control config: {0}")]
+    MeshConfig(#[from] warren_mesh::ConfigError),
+    /// The QUIC transport's settings are inconsistent.
+    #[error("invalid control config: {0}")]
+    TransportConfig(#[from] warren_transport::config::ConfigError),
+    /// openraft refused the settings made from the config.
+    #[error("invalid control config: {0}")]
+    RaftConfig(#[source] Box<openraft::ConfigError>),
+    /// The node's name or site is not a DNS label.
+    #[error("invalid control config: {0}")]
+    Name(#[from] warren_api::ValidationError),
     /// The data dir holds (or lacks) a node.
     #[error("{0}")]
     DataDir(String),
+    /// `node.json` does not parse.
+    #[error("{}: {source}", path.display())]
+    Settings {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// `cluster.key` does not parse.
+    #[error("{}: {source}", path.display())]
+    ClusterKeyFile {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: crate::keys::KeysError,
+    },
+    /// The cluster CA certificate in the credentials cannot check gossip members'
+    /// certificates.
+    #[error("cluster CA certificate: {0}")]
+    CaCertificate(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The API's TLS listener.
+    #[error(transparent)]
+    ApiListener(#[from] warren_transport::https::HttpsError),
     /// Reading or writing a file failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -33,9 +68,12 @@ pub enum NodeError {
     /// The QUIC endpoint.
     #[error(transparent)]
     Bind(#[from] warren_transport::endpoint::BindError),
-    /// openraft refused to start or initialise.
+    /// openraft could not start.
     #[error("raft: {0}")]
-    Raft(String),
+    RaftStart(#[source] Box<openraft::error::Fatal<u64>>),
+    /// The new cluster's only member was not elected in time.
+    #[error("raft: {0}")]
+    RaftWait(#[source] Box<openraft::metrics::WaitError>),
     /// Joining the cluster failed.
     #[error(transparent)]
     Join(#[from] warren_transport::join::JoinError),

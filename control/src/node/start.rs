@@ -15,7 +15,7 @@ use warren_transport::{
 };
 
 use super::data_dir::{
-    CLUSTER_KEY_FILE, SETTINGS_FILE, SOCKET_FILE, keep_private, load_cluster_keys,
+    CLUSTER_KEY_FILE, SOCKET_FILE, keep_private, load_cluster_keys, load_settings,
 };
 use super::{ControlConfig, ControlNode, NodeError, NodeSettings, io};
 use crate::control::{Control, ControlParts};
@@ -36,19 +36,7 @@ impl ControlNode {
     /// [`NodeError`] when the data dir is incomplete or corrupt.
     pub async fn run(data_dir: &Path, config: ControlConfig) -> Result<Self, NodeError> {
         config.validate()?;
-        let path = data_dir.join(SETTINGS_FILE);
-        let text = std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                NodeError::DataDir(format!(
-                    "{} holds no control node (no {SETTINGS_FILE}); create one with `warren control init` or `warren control join`",
-                    data_dir.display()
-                ))
-            } else {
-                io("read", &path)(e)
-            }
-        })?;
-        let settings: NodeSettings = serde_json::from_slice(&text)
-            .map_err(|e| NodeError::DataDir(format!("{}: {e}", path.display())))?;
+        let settings = load_settings(data_dir)?;
         keep_private(data_dir)?;
         let creds = Credentials::load(data_dir)?;
         let cluster_keys = load_cluster_keys(data_dir)?;
@@ -59,6 +47,8 @@ impl ControlNode {
         Ok(node)
     }
 
+    /// Starts a node on its bound listeners: storage and Raft, the API and metrics listeners,
+    /// then the background tasks.
     pub(super) async fn start(
         data_dir: &Path,
         settings: NodeSettings,
@@ -67,48 +57,33 @@ impl ControlNode {
         (endpoint, revocations): (Arc<Endpoint>, TrustList),
         api_listener: ApiListener,
     ) -> Result<Self, NodeError> {
-        let (log_store, sm_store) = store::open(data_dir, config.store)?;
-        let state = sm_store.state();
-        let applied = sm_store.watch_applied();
         let tasks = TaskTracker::new();
-        let peers = Peers::new(endpoint.clone(), tasks.clone(), config.peer_timers());
-        let raft_config = config.raft_config()?;
-        let raft = Raft::new(
-            settings.node_id.0,
-            Arc::new(raft_config),
-            peers.clone(),
-            log_store,
-            sm_store,
-        )
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let timeouts = config.timeouts();
         let control_metrics = ControlMetrics::new();
+        let opened = open_control(
+            data_dir,
+            &settings,
+            cluster_keys,
+            &config,
+            &endpoint,
+            &tasks,
+            &control_metrics,
+        )
+        .await?;
+        let OpenedControl {
+            control,
+            state,
+            applied,
+        } = opened;
         // The endpoint counts from its start; its metrics are served with the control node's.
         if let Err(e) = endpoint.metrics().register_into(control_metrics.registry()) {
             warn!(error = %e, "transport metrics not registered");
         }
-        let unreachable_after = config.unreachable_after;
-        let mesh_timers = config.mesh_timers.clone();
         let member_certs = MemberCertificates::new(
             endpoint.credentials().get().ca_cert_der(),
             &revocations,
             config.transport.renew_grace,
         )
-        .map_err(|e| NodeError::DataDir(format!("cluster CA certificate: {e}")))?;
-        let api_limits = config.api_limits.clone();
-        let control = Arc::new(Control::new(ControlParts {
-            id: settings.node_id.0,
-            raft,
-            state: state.clone(),
-            applied: applied.clone(),
-            peers,
-            cluster_keys,
-            keys_file: data_dir.join(CLUSTER_KEY_FILE),
-            timeouts,
-            metrics: control_metrics.clone(),
-            fingerprint: endpoint.cluster_fingerprint(),
-        }));
+        .map_err(|e| NodeError::CaCertificate(Box::new(e)))?;
         let cancel = CancellationToken::new();
         crate::timers::spawn(
             control.clone(),
@@ -122,60 +97,65 @@ impl ControlNode {
             control_metrics.clone(),
             revocations.clone(),
         );
-        tasks.spawn(
-            api.clone()
-                .serve_tls(api_listener, api_limits, cancel.clone(), tasks.clone()),
-        );
         let socket = data_dir.join(SOCKET_FILE);
-        api.serve_unix(&socket, cancel.clone(), tasks.clone())
-            .await
-            .map_err(io("bind unix socket", &socket))?;
+        serve_api(
+            api,
+            api_listener,
+            config.api_limits.clone(),
+            &socket,
+            &cancel,
+            &tasks,
+        )
+        .await?;
         let metrics_addr = match settings.metrics_listen {
             Some(addr) => Some(
-                crate::metrics::serve(
-                    addr,
-                    control_metrics.clone(),
-                    control.clone(),
-                    cancel.clone(),
-                    tasks.clone(),
-                )
-                .await
-                .map_err(io("bind metrics listener", data_dir))?,
+                serve_metrics(addr, data_dir, &control_metrics, &control, &cancel, &tasks).await?,
             ),
             None => None,
         };
-        let endpoint_metrics = endpoint.metrics().clone();
         let node = Self {
             control,
+            metrics: endpoint.metrics().clone(),
             endpoint,
             settings,
             data_dir: data_dir.to_owned(),
             cancel,
             tasks,
-            metrics: endpoint_metrics,
             control_metrics,
             api_addr,
             metrics_addr,
-            mesh_timers,
+            mesh_timers: config.mesh_timers.clone(),
             member_certs,
             mesh: None,
         };
-        node.spawn_revocation_feed(state, applied.clone(), revocations);
-        node.tasks.spawn(crate::keys::follow(
-            node.control.clone(),
+        node.spawn_tasks(state, applied, revocations, config.unreachable_after);
+        Ok(node)
+    }
+
+    /// The tasks a running node keeps: its trust list fed from the state, the cluster keys
+    /// followed, connections accepted, the leader's duties, and its certificate renewed.
+    fn spawn_tasks(
+        &self,
+        state: Arc<tokio::sync::RwLock<crate::state::ClusterState>>,
+        applied: tokio::sync::watch::Receiver<warren_api::Revision>,
+        revocations: TrustList,
+        unreachable_after: Duration,
+    ) {
+        self.spawn_revocation_feed(state, applied.clone(), revocations);
+        self.tasks.spawn(crate::keys::follow(
+            self.control.clone(),
             applied,
-            node.cancel.clone(),
+            self.cancel.clone(),
         ));
         crate::accept::spawn(
-            node.endpoint.clone(),
-            node.control.clone(),
-            node.metrics.clone(),
-            node.cancel.clone(),
-            node.tasks.clone(),
+            self.endpoint.clone(),
+            self.control.clone(),
+            self.metrics.clone(),
+            self.cancel.clone(),
+            self.tasks.clone(),
         );
-        node.spawn_leader_duties(unreachable_after);
-        node.spawn_renewal();
-        Ok(node)
+        self.spawn_leader_duties(unreachable_after);
+        self.spawn_renewal();
     }
 
     /// Keeps the endpoint's and the API's trust list (revoked serials, recorded certificates)
@@ -258,7 +238,7 @@ pub(super) async fn bind_api(
 ) -> Result<ApiListener, NodeError> {
     ApiListener::bind_current(addr, endpoint.credentials(), trust)
         .await
-        .map_err(|e| NodeError::DataDir(e.to_string()))
+        .map_err(NodeError::from)
 }
 
 /// Binds the QUIC endpoint with a fresh revocation list.
@@ -278,4 +258,94 @@ pub(super) fn bind(
         Arc::new(Endpoint::bind(*addr, creds, options)?),
         revocations,
     ))
+}
+
+/// The shared handle of a started node, with the state and applied-revision watch its store
+/// hands out.
+struct OpenedControl {
+    control: Arc<Control>,
+    state: Arc<tokio::sync::RwLock<crate::state::ClusterState>>,
+    applied: tokio::sync::watch::Receiver<warren_api::Revision>,
+}
+
+/// Opens the Raft store in `data_dir`, starts Raft over the peer layer, and wraps both in the
+/// shared [`Control`] handle.
+async fn open_control(
+    data_dir: &Path,
+    settings: &NodeSettings,
+    cluster_keys: Option<ClusterKeys>,
+    config: &ControlConfig,
+    endpoint: &Arc<Endpoint>,
+    tasks: &TaskTracker,
+    metrics: &ControlMetrics,
+) -> Result<OpenedControl, NodeError> {
+    let (log_store, sm_store) = store::open(data_dir, config.store)?;
+    let state = sm_store.state();
+    let applied = sm_store.watch_applied();
+    let peers = Peers::new(endpoint.clone(), tasks.clone(), config.peer_timers());
+    let raft_config = config.raft_config()?;
+    let raft = Raft::new(
+        settings.node_id.0,
+        Arc::new(raft_config),
+        peers.clone(),
+        log_store,
+        sm_store,
+    )
+    .await
+    .map_err(|e| NodeError::RaftStart(Box::new(e)))?;
+    let control = Arc::new(Control::new(ControlParts {
+        id: settings.node_id.0,
+        raft,
+        state: state.clone(),
+        applied: applied.clone(),
+        peers,
+        cluster_keys,
+        keys_file: data_dir.join(CLUSTER_KEY_FILE),
+        timeouts: config.timeouts(),
+        metrics: metrics.clone(),
+        fingerprint: endpoint.cluster_fingerprint(),
+    }));
+    Ok(OpenedControl {
+        control,
+        state,
+        applied,
+    })
+}
+
+/// Serves the API on its TLS listener and on the Unix socket at `socket`.
+async fn serve_api(
+    api: Api,
+    listener: ApiListener,
+    limits: crate::http::ApiLimits,
+    socket: &Path,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), NodeError> {
+    tasks.spawn(
+        api.clone()
+            .serve_tls(listener, limits, cancel.clone(), tasks.clone()),
+    );
+    api.serve_unix(socket, cancel.clone(), tasks.clone())
+        .await
+        .map_err(io("bind unix socket", socket))
+}
+
+/// Serves `/metrics`, `/health` and `/ready` on `addr`; returns the bound address.
+async fn serve_metrics(
+    addr: SocketAddr,
+    data_dir: &Path,
+    metrics: &ControlMetrics,
+    control: &Arc<Control>,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<SocketAddr, NodeError> {
+    crate::metrics::serve(
+        addr,
+        metrics.clone(),
+        control.clone(),
+        cancel.clone(),
+        tasks.clone(),
+    )
+    .await
+    .map_err(io("bind metrics listener", data_dir))
 }
