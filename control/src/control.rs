@@ -18,13 +18,15 @@ use tracing::{debug, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
 use warren_transport::ca::{unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
-use warren_transport::join::{CheckedJoin, JoinAuthority, JoinGrant, Refused, random_node_id};
+use warren_transport::join::{
+    CheckedJoin, JoinAuthority, JoinGrant, JoinRequest, Refused, random_node_id,
+};
 use warren_transport::seal::node_secret_key;
 use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
 
 use warren_api::rest::MemberContact;
 
-use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
+use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::contact::Health;
 use crate::keys::ClusterKeys;
 use crate::metrics::ControlMetrics;
@@ -717,6 +719,21 @@ impl Control {
             .map_err(|e| Refused::unavailable(format!("cannot open the cluster CA: {e}")))
     }
 
+    /// The key a joining node opens its secrets with. Only agents run workloads, so only they
+    /// get one.
+    fn secret_key_for(
+        &self,
+        role: NodeRole,
+        node_id: NodeId,
+    ) -> Option<warren_transport::seal::SealKey> {
+        (role == NodeRole::Agent)
+            .then(|| {
+                self.cluster_keys()
+                    .map(|keys| node_secret_key(keys.root(), node_id))
+            })
+            .flatten()
+    }
+
     /// QUIC addresses of the control members in the applied membership, for joiners and
     /// agents (see [`ClusterState::control_addrs`]).
     pub async fn control_addrs(&self) -> Vec<String> {
@@ -755,18 +772,7 @@ impl JoinAuthority for Control {
         let serial = parse_identity(&cert)
             .map_err(|e| Refused::bad_request(e.to_string()))?
             .serial;
-        let node = Node {
-            id: node_id,
-            name: request.name.clone(),
-            role: request.role,
-            site: request.site.clone(),
-            labels: request.labels.clone(),
-            availability: Availability::Active,
-            state: NodeState::Ready,
-            cert_serial: Some(serial),
-            addresses: advertised_addresses(&request.advertise),
-            joined_at_ms: now_ms,
-        };
+        let node = joined_node(request, node_id, serial, now_ms);
         let op = Op::Join {
             token_id: join.token.id,
             secret_sha256: join.token.secret_sha256(),
@@ -782,13 +788,7 @@ impl JoinAuthority for Control {
                 cert_der: cert.to_vec(),
                 ca_cert_der: ca.cert_der().to_vec(),
                 control_addrs: self.control_addrs().await,
-                // Only agents run workloads, so only they get a key to open secrets with.
-                secret_key: (request.role == NodeRole::Agent)
-                    .then(|| {
-                        self.cluster_keys()
-                            .map(|keys| node_secret_key(keys.root(), node_id))
-                    })
-                    .flatten(),
+                secret_key: self.secret_key_for(request.role, node_id),
             }),
             Ok(Outcome { result: Ok(_), .. }) => Err(Refused::unavailable(
                 "join applied without registering a node",
@@ -796,16 +796,7 @@ impl JoinAuthority for Control {
             Ok(Outcome {
                 result: Err(rejection),
                 ..
-            }) => Err(match rejection.code {
-                RejectionCode::TokenRefused => Refused {
-                    refusal: warren_transport::join::JoinRefusal {
-                        reason: warren_transport::join::JoinRefusalReason::InvalidToken,
-                        message: rejection.message,
-                    },
-                    metric_label: "token_refused",
-                },
-                _ => Refused::bad_request(rejection.message),
-            }),
+            }) => Err(join_rejected(rejection)),
             Err(error) => {
                 warn!(error = %error, "join could not be committed");
                 Err(Refused::unavailable(format!(
@@ -819,6 +810,36 @@ impl JoinAuthority for Control {
         // Fixed for the cluster's life: taken from this node's own CA certificate at start, so
         // a join never depends on winning a lock race with `apply`.
         self.fingerprint
+    }
+}
+
+/// The registry entry of a node admitted by `request`.
+fn joined_node(request: &JoinRequest, node_id: NodeId, serial: String, now_ms: u64) -> Node {
+    Node {
+        id: node_id,
+        name: request.name.clone(),
+        role: request.role,
+        site: request.site.clone(),
+        labels: request.labels.clone(),
+        availability: Availability::Active,
+        state: NodeState::Ready,
+        cert_serial: Some(serial),
+        addresses: advertised_addresses(&request.advertise),
+        joined_at_ms: now_ms,
+    }
+}
+
+/// The joiner's answer when the state machine rejected its join.
+fn join_rejected(rejection: Rejection) -> Refused {
+    match rejection.code {
+        RejectionCode::TokenRefused => Refused {
+            refusal: warren_transport::join::JoinRefusal {
+                reason: warren_transport::join::JoinRefusalReason::InvalidToken,
+                message: rejection.message,
+            },
+            metric_label: "token_refused",
+        },
+        _ => Refused::bad_request(rejection.message),
     }
 }
 
