@@ -34,7 +34,7 @@ use crate::network::Peers;
 use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
 use crate::state::ClusterState;
 use crate::status::{self, AgentReport, StatusBook};
-use crate::types::{Member, Raft};
+use crate::types::{Raft, RaftMember};
 
 mod membership;
 mod renewal;
@@ -189,7 +189,7 @@ impl Control {
     /// answer now beats a full one later.
     pub async fn gather_agents(&self, full: bool) -> BTreeMap<NodeId, AgentReport> {
         let metrics = self.raft.metrics().borrow().clone();
-        let mut members: Vec<(u64, Member)> = metrics
+        let mut members: Vec<(u64, RaftMember)> = metrics
             .membership_config
             .membership()
             .nodes()
@@ -337,7 +337,7 @@ impl Control {
     }
 
     /// The leader as this node knows it.
-    pub fn leader(&self) -> Option<(u64, Member)> {
+    pub fn leader(&self) -> Option<(u64, RaftMember)> {
         let metrics = self.raft.metrics().borrow().clone();
         let id = metrics.current_leader?;
         let member = metrics
@@ -444,7 +444,7 @@ impl Control {
             op,
         };
         let deadline = Instant::now() + self.timeouts.write;
-        let mut hint: Option<(u64, Member)> = None;
+        let mut hint: Option<(u64, RaftMember)> = None;
         loop {
             let leader = match self.propose_local(command.clone()).await {
                 Err(ProposeError::NotLeader { leader }) => hint.take().or(leader),
@@ -492,7 +492,7 @@ impl Control {
     async fn to_leader(
         &self,
         rpc: &ControlRpc,
-        known: Option<(u64, Member)>,
+        known: Option<(u64, RaftMember)>,
         deadline: Instant,
     ) -> Result<ControlRpcReply, ProposeError> {
         let mut leader = known;
@@ -554,7 +554,7 @@ impl Control {
     /// election under way. Never returns after Raft has stopped.
     async fn leader_changed(&self, believed: Option<u64>, called: u64) {
         let mut metrics = self.raft.metrics();
-        let moved = |m: &openraft::RaftMetrics<u64, Member>| {
+        let moved = |m: &openraft::RaftMetrics<u64, RaftMember>| {
             m.current_leader != believed && m.current_leader != Some(called)
         };
         if metrics.wait_for(moved).await.is_err() {
@@ -570,7 +570,7 @@ impl Control {
         let _ = tokio::time::timeout(wait, metrics.wait_for(|m| m.current_leader != asked)).await;
     }
 
-    async fn wait_for_leader_within(&self, timeout: Duration) -> Option<(u64, Member)> {
+    async fn wait_for_leader_within(&self, timeout: Duration) -> Option<(u64, RaftMember)> {
         let wait = self
             .raft
             .wait(Some(timeout.min(self.timeouts.election_max * 2)));
@@ -845,7 +845,7 @@ fn join_rejected(rejection: Rejection) -> Refused {
 
 /// What a failed Raft write (client write or membership change) means to a caller, in our
 /// words: openraft's own messages print its types' Debug output (`Some(LogId { .. })`).
-fn write_error(error: RaftError<u64, ClientWriteError<u64, Member>>) -> ProposeError {
+fn write_error(error: RaftError<u64, ClientWriteError<u64, RaftMember>>) -> ProposeError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
             leader: f.leader_id.zip(f.leader_node),

@@ -45,4 +45,4 @@ pub mod types;
 
 pub use command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 pub use state::ClusterState;
-pub use types::{Member, Raft, TypeConfig};
+pub use types::{Raft, RaftMember, TypeConfig};

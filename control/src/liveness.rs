@@ -2,7 +2,7 @@
 //!
 //! DESIGN.md §2: facts from the world enter the log as entries the leader proposes. The
 //! leader merges every control node's [`AgentReport`]s (an agent streams to one control node
-//! at a time) and feeds them to [`Liveness::decide`], a pure function of `(now, registry,
+//! at a time) and feeds them to [`LivenessJudge::decide`], a pure function of `(now, registry,
 //! reports)` that returns the `NodeUnreachable` / `NodeReachable` operations to propose. The
 //! scheduler then applies each service's `on_disconnect` rule; nothing is rescheduled here.
 //!
@@ -44,16 +44,16 @@ pub const LINK_STALE: Duration = Duration::from_secs(3 * AGENT_KEEP_ALIVE.as_sec
 
 /// The leader's memory of when each agent was last known alive.
 #[derive(Debug)]
-pub struct Liveness {
+pub struct LivenessJudge {
     unreachable_after_ms: u64,
     leader_since_ms: u64,
     last_seen_ms: HashMap<NodeId, u64>,
 }
 
-impl Liveness {
+impl LivenessJudge {
     /// Starts judging at `now_ms` (when this node became leader).
     pub fn new(unreachable_after: Duration, now_ms: u64) -> Self {
-        Liveness {
+        LivenessJudge {
             unreachable_after_ms: unreachable_after.as_millis() as u64,
             leader_since_ms: now_ms,
             last_seen_ms: HashMap::new(),

@@ -47,7 +47,7 @@ use warren_api::{NodeId, Revision};
 use crate::command::Outcome;
 use crate::older::{ClusterStateV1, ClusterStateV2, ClusterStateV3, EntryV1, upgrade_entry};
 use crate::state::ClusterState;
-use crate::types::{LogId, Member, StorageError, TypeConfig};
+use crate::types::{LogId, RaftMember, StorageError, TypeConfig};
 
 #[cfg(test)]
 mod format_tests;
@@ -84,8 +84,8 @@ pub const LAYOUT_VERSION: u32 = 2;
 ///    (`ClusterState::previous_cert_serials`).
 const SNAPSHOT_FORMAT: u32 = 4;
 
-type MembershipRecord = StoredMembership<u64, Member>;
-type Meta = SnapshotMeta<u64, Member>;
+type MembershipRecord = StoredMembership<u64, RaftMember>;
+type Meta = SnapshotMeta<u64, RaftMember>;
 
 // ---------------------------------------------------------------------------------------------
 // Opening

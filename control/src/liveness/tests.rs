@@ -56,7 +56,7 @@ fn state(nodes: Vec<Node>) -> ClusterState {
 
 #[test]
 fn a_silent_agent_is_unreachable_only_after_the_grace_counted_from_leadership() {
-    let mut liveness = Liveness::new(Duration::from_secs(30), 1_000);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(30), 1_000);
     let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
     let none = BTreeMap::new();
     assert!(liveness.decide(20_000, &s, &none, &no_gossip()).is_empty());
@@ -68,7 +68,7 @@ fn a_silent_agent_is_unreachable_only_after_the_grace_counted_from_leadership() 
 
 #[test]
 fn a_connected_agent_stays_ready_and_an_old_contact_counts() {
-    let mut liveness = Liveness::new(Duration::from_secs(30), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(30), 0);
     let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
     let live = BTreeMap::from([report(2, true, 99_000)]);
     assert!(liveness.decide(100_000, &s, &live, &no_gossip()).is_empty());
@@ -82,7 +82,7 @@ fn a_connected_agent_stays_ready_and_an_old_contact_counts() {
 
 #[test]
 fn an_unreachable_agent_that_reconnects_is_reachable_again() {
-    let mut liveness = Liveness::new(Duration::from_secs(30), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(30), 0);
     let s = state(vec![node(
         2,
         NodeRole::Agent,
@@ -102,7 +102,7 @@ fn an_unreachable_agent_that_reconnects_is_reachable_again() {
 
 #[test]
 fn control_nodes_and_removed_agents_are_left_alone() {
-    let mut liveness = Liveness::new(Duration::from_secs(1), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(1), 0);
     let s = state(vec![
         node(1, NodeRole::Control, NodeState::Ready),
         node(3, NodeRole::Agent, NodeState::Removed),
@@ -116,7 +116,7 @@ fn control_nodes_and_removed_agents_are_left_alone() {
 
 #[test]
 fn gossip_dead_makes_a_disconnected_agent_unreachable_without_the_grace() {
-    let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(60), 0);
     let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
     let dead = gossip(2, GossipLiveness::Dead);
     assert_eq!(
@@ -130,7 +130,7 @@ fn gossip_dead_makes_a_disconnected_agent_unreachable_without_the_grace() {
 
 #[test]
 fn a_connected_link_unheard_for_a_few_keep_alives_no_longer_outweighs_gossip() {
-    let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(60), 0);
     let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
     let dead = gossip(2, GossipLiveness::Dead);
     // The agent was killed at 10 s: control's stream is still open, its last contact stays.
@@ -156,7 +156,7 @@ fn a_connected_link_unheard_for_a_few_keep_alives_no_longer_outweighs_gossip() {
 
 #[test]
 fn suspect_gossip_changes_nothing() {
-    let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(60), 0);
     let s = state(vec![node(2, NodeRole::Agent, NodeState::Ready)]);
     let suspect = gossip(2, GossipLiveness::Suspect);
     assert!(
@@ -175,7 +175,7 @@ fn suspect_gossip_changes_nothing() {
 /// silent one. Only the agent's own link does.
 #[test]
 fn gossip_alive_never_vouches_for_a_silent_agent() {
-    let mut liveness = Liveness::new(Duration::from_secs(30), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(30), 0);
     let unreachable = state(vec![node(
         2,
         NodeRole::Agent,
@@ -210,7 +210,7 @@ fn gossip_alive_never_vouches_for_a_silent_agent() {
 
 #[test]
 fn control_nodes_are_left_alone_whatever_gossip_says() {
-    let mut liveness = Liveness::new(Duration::from_secs(60), 0);
+    let mut liveness = LivenessJudge::new(Duration::from_secs(60), 0);
     let s = state(vec![node(1, NodeRole::Control, NodeState::Ready)]);
     let dead = gossip(1, GossipLiveness::Dead);
     assert!(

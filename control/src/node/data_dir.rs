@@ -15,7 +15,7 @@ use warren_transport::write_atomic;
 
 use super::{NodeError, io};
 use crate::keys::ClusterKeys;
-use crate::types::Member;
+use crate::types::RaftMember;
 
 pub(super) const SETTINGS_FILE: &str = "node.json";
 pub(super) const CLUSTER_KEY_FILE: &str = "cluster.key";
@@ -96,8 +96,8 @@ pub(super) fn load_cluster_keys(dir: &Path) -> Result<Option<ClusterKeys>, NodeE
     }
 }
 
-pub(super) fn member_of(settings: &NodeSettings) -> Member {
-    Member {
+pub(super) fn member_of(settings: &NodeSettings) -> RaftMember {
+    RaftMember {
         quic_addr: settings.advertise_quic.clone(),
         api_addr: settings.advertise_api.clone(),
         name: settings.name.clone(),

@@ -389,10 +389,10 @@ fn join_params(new: &NewNode) -> JoinParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Member;
+    use crate::types::RaftMember;
 
-    fn leader() -> Member {
-        Member {
+    fn leader() -> RaftMember {
+        RaftMember {
             quic_addr: "10.0.0.1:7101".into(),
             api_addr: "10.0.0.1:7100".into(),
             name: "c1".into(),

@@ -10,7 +10,7 @@ use warren_transport::ca::unix_now_ms;
 use super::ControlNode;
 use crate::command::Op;
 use crate::control::Control;
-use crate::liveness::Liveness;
+use crate::liveness::LivenessJudge;
 
 impl ControlNode {
     /// On the leader: advance due rolling updates, let on-disconnect timers fire, and turn
@@ -24,7 +24,7 @@ impl ControlNode {
         self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut liveness: Option<Liveness> = None;
+            let mut liveness: Option<LivenessJudge> = None;
             let mut last_liveness = tokio::time::Instant::now();
             let mut leader_since_ms: Option<u64> = None;
             let mut gossip = GossipVerdicts::default();
@@ -45,7 +45,8 @@ impl ControlNode {
                     propose_due_steps(&control, now).await;
                     control.sweep_unfinished_joins(since).await;
                 }
-                let judge = liveness.get_or_insert_with(|| Liveness::new(unreachable_after, now));
+                let judge =
+                    liveness.get_or_insert_with(|| LivenessJudge::new(unreachable_after, now));
                 if !gossip_moved && last_liveness.elapsed() < liveness_every {
                     continue;
                 }
@@ -74,8 +75,8 @@ async fn propose_due_steps(control: &Control, now: u64) {
 }
 
 /// Gathers every control node's agent links and this node's gossip view, and proposes what
-/// [`Liveness::decide`] makes of them.
-async fn judge_liveness(control: &Control, judge: &mut Liveness) {
+/// [`LivenessJudge::decide`] makes of them.
+async fn judge_liveness(control: &Control, judge: &mut LivenessJudge) {
     let reports = control.gather_agents(false).await;
     let gossip = control
         .gossip_members()

@@ -224,11 +224,11 @@ async fn a_late_build_does_not_replace_a_newer_installed_snapshot() {
 }
 
 fn members(index: u64, voters: &[u64], learners: &[u64]) -> Entry<TypeConfig> {
-    let nodes: BTreeMap<u64, Member> = voters
+    let nodes: BTreeMap<u64, RaftMember> = voters
         .iter()
         .chain(learners)
         .map(|id| {
-            let member = Member {
+            let member = RaftMember {
                 quic_addr: format!("127.0.0.{id}:7101"),
                 api_addr: format!("127.0.0.{id}:7100"),
                 name: format!("c{id}"),
