@@ -42,6 +42,9 @@ pub enum NodeError {
         /// Why.
         source: crate::keys::KeysError,
     },
+    /// The cluster keys the leader handed a joining control node do not parse.
+    #[error("cluster keys from the leader: {0}")]
+    LeaderKeys(#[source] crate::keys::KeysError),
     /// The cluster CA certificate in the credentials cannot check gossip members'
     /// certificates.
     #[error("cluster CA certificate: {0}")]

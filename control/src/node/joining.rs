@@ -264,8 +264,8 @@ impl ControlNode {
                 return Err(error);
             }
         };
-        let keys = ClusterKeys::from_text(&secrets.cluster_keys_text)
-            .map_err(|e| NodeError::DataDir(format!("cluster keys from the leader: {e}")))?;
+        let keys =
+            ClusterKeys::from_text(&secrets.cluster_keys_text).map_err(NodeError::LeaderKeys)?;
         node.control
             .update_cluster_keys(|_| Ok(Some(keys)))
             .map_err(NodeError::DataDir)?;
