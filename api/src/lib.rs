@@ -44,6 +44,7 @@ pub mod older;
 pub mod placement;
 pub mod replica;
 pub mod rest;
+pub mod routes;
 pub mod run_as;
 pub mod secret;
 pub mod service;

@@ -1,30 +1,8 @@
 //! The control plane's HTTP API: routes and JSON bodies, shared by the server (`control`) and
 //! its client (`cli`).
 //!
-//! Routes (all under [`PREFIX`]; reads take `?stale=true` to skip the read barrier):
-//!
-//! | method | path | body → answer |
-//! |---|---|---|
-//! | GET | `/cluster` | → [`ClusterStatus`] |
-//! | POST | `/tokens` | [`TokenRequest`] → [`TokenResponse`] |
-//! | GET | `/nodes` | → `[NodeInfo]` |
-//! | GET | `/nodes/{id or name}` | → [`NodeInfo`] |
-//! | POST | `/nodes/{n}/drain`, `/nodes/{n}/activate` | → [`WriteResult`] |
-//! | DELETE | `/nodes/{n}` | → [`WriteResult`] |
-//! | GET | `/services` | → `[ServiceInfo]` |
-//! | POST | `/services` | [`ServiceSpec`] → [`WriteResult`] (409 if it exists) |
-//! | PUT | `/services/{name}` | [`ServiceSpec`] → [`WriteResult`] (create or update) |
-//! | GET | `/services/{name}` | → [`ServiceInfo`] |
-//! | GET | `/services/{name}/replicas` | → `[ReplicaInfo]` |
-//! | POST | `/services/{name}/scale` | [`ScaleRequest`] → [`WriteResult`] |
-//! | POST | `/services/{name}/rollback` | → [`WriteResult`] |
-//! | DELETE | `/services/{name}` | → [`WriteResult`] |
-//! | GET | `/secrets` | → `[Secret]` (metadata only, never values) |
-//! | POST | `/secrets` | [`SecretCreate`] → [`WriteResult`] |
-//! | DELETE | `/secrets/{name}` | → [`WriteResult`] |
-//! | GET | `/volumes` | → `[Volume]` |
-//! | PUT | `/volumes/{name}` | [`Volume`] → [`WriteResult`] |
-//! | DELETE | `/volumes/{name}` | → [`WriteResult`] |
+//! The routes themselves, with the body and answer of each, are [`crate::routes::Route`]. All
+//! are under [`PREFIX`]; reads take `?stale=true` to skip the read barrier.
 //!
 //! Errors are [`ErrorBody`] with a status: 400 invalid (the message names the field), 404, 409,
 //! 413 body too large, 503 no quorum (retry later; a timed-out write may still apply).

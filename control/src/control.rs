@@ -18,13 +18,15 @@ use tracing::{debug, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
 use warren_transport::ca::{unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
-use warren_transport::join::{CheckedJoin, JoinAuthority, JoinGrant, Refused, random_node_id};
+use warren_transport::join::{
+    CheckedJoin, JoinAuthority, JoinGrant, JoinRequest, Refused, random_node_id,
+};
 use warren_transport::seal::node_secret_key;
 use warren_transport::{CertRole, CertSubject, ClusterCa, TokenError, Validity};
 
 use warren_api::rest::MemberContact;
 
-use crate::command::{Command, Effect, Op, Outcome, RejectionCode};
+use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::contact::Health;
 use crate::keys::ClusterKeys;
 use crate::metrics::ControlMetrics;
@@ -32,7 +34,7 @@ use crate::network::Peers;
 use crate::rpc::{ControlRpc, ControlRpcReply, ProposeError};
 use crate::state::ClusterState;
 use crate::status::{self, AgentReport, StatusBook};
-use crate::types::{Member, Raft};
+use crate::types::{Raft, RaftMember};
 
 mod membership;
 mod renewal;
@@ -187,7 +189,7 @@ impl Control {
     /// answer now beats a full one later.
     pub async fn gather_agents(&self, full: bool) -> BTreeMap<NodeId, AgentReport> {
         let metrics = self.raft.metrics().borrow().clone();
-        let mut members: Vec<(u64, Member)> = metrics
+        let mut members: Vec<(u64, RaftMember)> = metrics
             .membership_config
             .membership()
             .nodes()
@@ -335,7 +337,7 @@ impl Control {
     }
 
     /// The leader as this node knows it.
-    pub fn leader(&self) -> Option<(u64, Member)> {
+    pub fn leader(&self) -> Option<(u64, RaftMember)> {
         let metrics = self.raft.metrics().borrow().clone();
         let id = metrics.current_leader?;
         let member = metrics
@@ -442,7 +444,7 @@ impl Control {
             op,
         };
         let deadline = Instant::now() + self.timeouts.write;
-        let mut hint: Option<(u64, Member)> = None;
+        let mut hint: Option<(u64, RaftMember)> = None;
         loop {
             let leader = match self.propose_local(command.clone()).await {
                 Err(ProposeError::NotLeader { leader }) => hint.take().or(leader),
@@ -490,7 +492,7 @@ impl Control {
     async fn to_leader(
         &self,
         rpc: &ControlRpc,
-        known: Option<(u64, Member)>,
+        known: Option<(u64, RaftMember)>,
         deadline: Instant,
     ) -> Result<ControlRpcReply, ProposeError> {
         let mut leader = known;
@@ -552,7 +554,7 @@ impl Control {
     /// election under way. Never returns after Raft has stopped.
     async fn leader_changed(&self, believed: Option<u64>, called: u64) {
         let mut metrics = self.raft.metrics();
-        let moved = |m: &openraft::RaftMetrics<u64, Member>| {
+        let moved = |m: &openraft::RaftMetrics<u64, RaftMember>| {
             m.current_leader != believed && m.current_leader != Some(called)
         };
         if metrics.wait_for(moved).await.is_err() {
@@ -568,7 +570,7 @@ impl Control {
         let _ = tokio::time::timeout(wait, metrics.wait_for(|m| m.current_leader != asked)).await;
     }
 
-    async fn wait_for_leader_within(&self, timeout: Duration) -> Option<(u64, Member)> {
+    async fn wait_for_leader_within(&self, timeout: Duration) -> Option<(u64, RaftMember)> {
         let wait = self
             .raft
             .wait(Some(timeout.min(self.timeouts.election_max * 2)));
@@ -717,6 +719,21 @@ impl Control {
             .map_err(|e| Refused::unavailable(format!("cannot open the cluster CA: {e}")))
     }
 
+    /// The key a joining node opens its secrets with. Only agents run workloads, so only they
+    /// get one.
+    fn secret_key_for(
+        &self,
+        role: NodeRole,
+        node_id: NodeId,
+    ) -> Option<warren_transport::seal::SealKey> {
+        (role == NodeRole::Agent)
+            .then(|| {
+                self.cluster_keys()
+                    .map(|keys| node_secret_key(keys.root(), node_id))
+            })
+            .flatten()
+    }
+
     /// QUIC addresses of the control members in the applied membership, for joiners and
     /// agents (see [`ClusterState::control_addrs`]).
     pub async fn control_addrs(&self) -> Vec<String> {
@@ -755,18 +772,7 @@ impl JoinAuthority for Control {
         let serial = parse_identity(&cert)
             .map_err(|e| Refused::bad_request(e.to_string()))?
             .serial;
-        let node = Node {
-            id: node_id,
-            name: request.name.clone(),
-            role: request.role,
-            site: request.site.clone(),
-            labels: request.labels.clone(),
-            availability: Availability::Active,
-            state: NodeState::Ready,
-            cert_serial: Some(serial),
-            addresses: advertised_addresses(&request.advertise),
-            joined_at_ms: now_ms,
-        };
+        let node = joined_node(request, node_id, serial, now_ms);
         let op = Op::Join {
             token_id: join.token.id,
             secret_sha256: join.token.secret_sha256(),
@@ -782,13 +788,7 @@ impl JoinAuthority for Control {
                 cert_der: cert.to_vec(),
                 ca_cert_der: ca.cert_der().to_vec(),
                 control_addrs: self.control_addrs().await,
-                // Only agents run workloads, so only they get a key to open secrets with.
-                secret_key: (request.role == NodeRole::Agent)
-                    .then(|| {
-                        self.cluster_keys()
-                            .map(|keys| node_secret_key(keys.root(), node_id))
-                    })
-                    .flatten(),
+                secret_key: self.secret_key_for(request.role, node_id),
             }),
             Ok(Outcome { result: Ok(_), .. }) => Err(Refused::unavailable(
                 "join applied without registering a node",
@@ -796,16 +796,7 @@ impl JoinAuthority for Control {
             Ok(Outcome {
                 result: Err(rejection),
                 ..
-            }) => Err(match rejection.code {
-                RejectionCode::TokenRefused => Refused {
-                    refusal: warren_transport::join::JoinRefusal {
-                        reason: warren_transport::join::JoinRefusalReason::InvalidToken,
-                        message: rejection.message,
-                    },
-                    metric_label: "token_refused",
-                },
-                _ => Refused::bad_request(rejection.message),
-            }),
+            }) => Err(join_rejected(rejection)),
             Err(error) => {
                 warn!(error = %error, "join could not be committed");
                 Err(Refused::unavailable(format!(
@@ -822,9 +813,39 @@ impl JoinAuthority for Control {
     }
 }
 
+/// The registry entry of a node admitted by `request`.
+fn joined_node(request: &JoinRequest, node_id: NodeId, serial: String, now_ms: u64) -> Node {
+    Node {
+        id: node_id,
+        name: request.name.clone(),
+        role: request.role,
+        site: request.site.clone(),
+        labels: request.labels.clone(),
+        availability: Availability::Active,
+        state: NodeState::Ready,
+        cert_serial: Some(serial),
+        addresses: advertised_addresses(&request.advertise),
+        joined_at_ms: now_ms,
+    }
+}
+
+/// The joiner's answer when the state machine rejected its join.
+fn join_rejected(rejection: Rejection) -> Refused {
+    match rejection.code {
+        RejectionCode::TokenRefused => Refused {
+            refusal: warren_transport::join::JoinRefusal {
+                reason: warren_transport::join::JoinRefusalReason::InvalidToken,
+                message: rejection.message,
+            },
+            metric_label: "token_refused",
+        },
+        _ => Refused::bad_request(rejection.message),
+    }
+}
+
 /// What a failed Raft write (client write or membership change) means to a caller, in our
 /// words: openraft's own messages print its types' Debug output (`Some(LogId { .. })`).
-fn write_error(error: RaftError<u64, ClientWriteError<u64, Member>>) -> ProposeError {
+fn write_error(error: RaftError<u64, ClientWriteError<u64, RaftMember>>) -> ProposeError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
             leader: f.leader_id.zip(f.leader_node),

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 /// What the election timer looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Observed {
+pub struct ElectionInputs {
     /// This node is a voter (learners never campaign).
     pub is_voter: bool,
     /// Voters in the effective membership.
@@ -121,7 +121,7 @@ impl ElectionTimer {
 
     /// Whether to campaign now; `unit` (uniform in `[0, 1)`) redraws the random part when it
     /// says so.
-    pub fn decide(&mut self, observed: &Observed, unit: f64) -> Decision {
+    pub fn decide(&mut self, observed: &ElectionInputs, unit: f64) -> Decision {
         let idle = Decision::Wait(self.times.lease);
         if !observed.is_voter || observed.leading {
             return idle;
@@ -163,8 +163,8 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn follower(silent_ms: u64) -> Observed {
-        Observed {
+    fn follower(silent_ms: u64) -> ElectionInputs {
+        ElectionInputs {
             is_voter: true,
             voters: 3,
             leading: false,
@@ -184,7 +184,7 @@ mod tests {
     /// Table: (observed, random draw at creation) → decision.
     #[test]
     fn decisions() {
-        let check = |observed: Observed, unit: f64, expected: Decision| {
+        let check = |observed: ElectionInputs, unit: f64, expected: Decision| {
             let mut timer = settled(unit);
             assert_eq!(
                 timer.decide(&observed, 0.0),
@@ -198,30 +198,30 @@ mod tests {
         check(follower(600), 0.5, Decision::Campaign);
         check(follower(500), 0.0, Decision::Campaign);
         // After a lost campaign: retry + jitter.
-        let lost = Observed {
+        let lost = ElectionInputs {
             vote_committed: false,
             ..follower(350)
         };
         check(lost, 0.25, Decision::Campaign);
         check(lost, 0.5, Decision::Wait(ms(50)));
         // Learners and leaders never campaign.
-        let learner = Observed {
+        let learner = ElectionInputs {
             is_voter: false,
             ..follower(10_000)
         };
         check(learner, 0.0, Decision::Wait(TIMES.lease));
-        let leader = Observed {
+        let leader = ElectionInputs {
             leading: true,
             ..follower(10_000)
         };
         check(leader, 0.0, Decision::Wait(TIMES.lease));
         // The only voter campaigns at once, unless it already does.
-        let alone = Observed {
+        let alone = ElectionInputs {
             voters: 1,
             ..follower(0)
         };
         check(alone, 0.9, Decision::Campaign);
-        let alone_campaigning = Observed {
+        let alone_campaigning = ElectionInputs {
             campaigning: true,
             ..alone
         };
@@ -242,12 +242,12 @@ mod tests {
     fn a_longer_log_elsewhere_delays_the_next_campaign() {
         let mut timer = settled(0.0);
         timer.saw_greater_log();
-        let lost = Observed {
+        let lost = ElectionInputs {
             vote_committed: false,
             ..follower(300)
         };
         assert_eq!(timer.decide(&lost, 0.0), Decision::Wait(ms(700)));
-        let later = Observed {
+        let later = ElectionInputs {
             silent_for: ms(1_000),
             ..lost
         };

@@ -1,22 +1,45 @@
 //! Warren's control plane: the single source of truth for a fleet's desired state.
 //!
+//! # Modules
+//!
+//! The replicated state and its pure deciding cores:
 //! - [`command`]: what a Raft log entry says ([`Command`]) and what applying it returns.
 //! - [`state`]: [`ClusterState`], the replicated desired state, and its pure `apply`.
 //! - [`scheduler`]: placement of replicas, a pure function called inside `apply`.
-//! - [`gossip`]: the control node's side of the mesh (cluster id, keyring, seeds, members).
-//! - [`members`]: the control members' API addresses, as clients are told them.
-//! - [`secrets`]: secret values sealed at rest, and re-sealed per node for agents' views.
+//! - [`rekey`]: the entry that re-seals what the cluster key protects under a new generation.
+//! - [`older`]: the state and log layouts older builds wrote, and their upgrades.
+//! - [`catalogue`]: what each node's view carries about the others (service catalogue, peers).
+//! - [`liveness`]: the leader's pure judge of which agents turned unreachable or came back.
+//!
+//! Raft between control nodes:
+//! - [`types`]: openraft type configuration and [`RaftMember`], a member's addresses.
 //! - [`store`]: openraft log and state-machine storage on sled.
-//! - [`network`] + [`rpc`]: Raft and control RPCs between control nodes; [`contact`] is the
-//!   pure book of which peers answer.
+//! - [`network`] + [`rpc`]: Raft and control RPCs between control nodes over QUIC.
+//! - [`contact`]: the pure book of which control peers answer.
 //! - [`election`] (pure) and [`timers`]: the leader's heartbeat and the election timer, run
 //!   here rather than by openraft's tick.
-//! - [`types`]: openraft type configuration.
+//! - [`control`]: the shared handle: writes (forwarded to the leader), reads, peer RPCs, joins.
+//!
+//! Serving nodes and operators:
+//! - [`node`]: a control node's life (init, join, run, shutdown), its data dir and config, and
+//!   the leader's periodic duties.
+//! - [`accept`]: incoming QUIC connections, each handed by its ALPN to the module serving it.
+//! - [`push`]: the desired-state stream to each agent (views, deltas, heartbeats, acks).
+//! - [`status`]: what agents report: their links, status reports and events.
+//! - [`http`]: the HTTP API (routes of `warren_api::routes`) over TLS and the Unix socket.
+//! - [`members`]: the control members' API addresses, as clients are told them.
+//! - [`metrics`]: Prometheus metrics and the plain-HTTP `/metrics`, `/health`, `/ready`.
+//!
+//! Keys and gossip:
+//! - [`keys`]: the cluster keys this node holds, one per generation, and following rotations.
+//! - [`secrets`]: secret values sealed at rest, and re-sealed per node for agents' views.
+//! - [`gossip`]: the control node's side of the mesh (cluster id, keyring, seeds, members).
 //!
 //! The only crate that names openraft. Decisions are pure functions of the log: `apply` reads
 //! no clock, no randomness and no I/O; facts from the world enter as entries the leader
 //! proposes.
 
+pub mod accept;
 pub mod catalogue;
 pub mod command;
 pub mod contact;
@@ -44,4 +67,4 @@ pub mod types;
 
 pub use command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 pub use state::ClusterState;
-pub use types::{Member, Raft, TypeConfig};
+pub use types::{Raft, RaftMember, TypeConfig};

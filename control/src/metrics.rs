@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -65,109 +66,73 @@ impl ControlMetrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
-        };
-        let gauge = |name: &str, help: &str| {
-            let metric = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
-        };
-        let buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ];
-        let api_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "warren_api_request_duration_seconds",
-                "API request latency by route.",
-            )
-            .buckets(buckets.clone()),
-            &["route"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(api_request_duration_seconds.clone()))
-            .expect("unique metric");
-        let raft_proposal_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "warren_raft_proposal_duration_seconds",
-                "Time from proposal to applied result.",
-            )
-            .buckets(buckets),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(raft_proposal_duration_seconds.clone()))
-            .expect("unique metric");
-        let api_refused_total = counter(
-            &registry,
-            "warren_api_refused_connections_total",
-            "API connections refused at TLS.",
-        );
-        let api_accept_errors_total = counter(
-            &registry,
-            "warren_api_accept_errors_total",
-            "Failed accept calls on the API listeners (out of file descriptors, usually).",
-        );
+        let m = Registrar(&registry);
         Self {
-            api_requests_total: counter_vec(
+            api_requests_total: m.counter_vec(
                 "warren_api_requests_total",
                 "API requests by route and status code.",
                 &["route", "code"],
             ),
-            api_request_duration_seconds,
-            api_refused_total,
-            api_connections_limited_total: counter_vec(
+            api_request_duration_seconds: m.latency_by(
+                "warren_api_request_duration_seconds",
+                "API request latency by route.",
+                "route",
+            ),
+            api_refused_total: m.counter(
+                "warren_api_refused_connections_total",
+                "API connections refused at TLS.",
+            ),
+            api_connections_limited_total: m.counter_vec(
                 "warren_api_connections_limited_total",
                 "API connections closed at once because a connection cap was reached, by cap.",
                 &["cap"],
             ),
-            api_accept_errors_total,
-            agent_input_limited_total: counter_vec(
+            api_accept_errors_total: m.counter(
+                "warren_api_accept_errors_total",
+                "Failed accept calls on the API listeners (out of file descriptors, usually).",
+            ),
+            agent_input_limited_total: m.counter_vec(
                 "warren_control_agent_input_limited_total",
                 "Agent input cut or refused by control's bounds, by what was limited.",
                 &["what"],
             ),
-            membership_changes_total: counter_vec(
+            membership_changes_total: m.counter_vec(
                 "warren_control_membership_changes_total",
                 "Control-plane membership changes led by this node, by change and result.",
                 &["change", "result"],
             ),
-            cluster_key_rotations_total: counter_vec(
+            cluster_key_rotations_total: m.counter_vec(
                 "warren_control_cluster_key_rotations_total",
                 "Cluster key rotations led by this node, by result.",
                 &["result"],
             ),
-            cluster_key_generation: gauge(
+            cluster_key_generation: m.gauge(
                 "warren_control_cluster_key_generation",
                 "The cluster key generation in force.",
             ),
-            cluster_key_missing: gauge(
+            cluster_key_missing: m.gauge(
                 "warren_control_cluster_key_missing",
                 "1 while this node does not hold the cluster key generation in force.",
             ),
-            raft_term: gauge("warren_raft_term", "Current Raft term."),
-            raft_is_leader: gauge(
+            raft_term: m.gauge("warren_raft_term", "Current Raft term."),
+            raft_is_leader: m.gauge(
                 "warren_raft_is_leader",
                 "1 when this node is the Raft leader.",
             ),
-            raft_applied_index: gauge(
+            raft_applied_index: m.gauge(
                 "warren_raft_applied_index",
                 "Last applied Raft log index (the revision).",
             ),
-            raft_proposal_duration_seconds,
-            scheduler_replicas: gauge("warren_scheduler_replicas", "Replicas placed on nodes."),
-            scheduler_unschedulable_replicas: gauge(
+            raft_proposal_duration_seconds: m.latency(
+                "warren_raft_proposal_duration_seconds",
+                "Time from proposal to applied result.",
+            ),
+            scheduler_replicas: m.gauge("warren_scheduler_replicas", "Replicas placed on nodes."),
+            scheduler_unschedulable_replicas: m.gauge(
                 "warren_scheduler_unschedulable_replicas",
                 "Replicas no eligible node can take.",
             ),
-            nodes: gauge(
+            nodes: m.gauge(
                 "warren_control_nodes",
                 "Registered nodes (removed ones included).",
             ),
@@ -221,13 +186,46 @@ impl ControlMetrics {
     }
 }
 
-/// A counter registered in `registry`.
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
+/// Latency histogram buckets, seconds: 0.5 ms to 5 s.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Creates metrics and registers them in one registry.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    /// `metric`, registered.
+    fn registered<M: Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("unique metric");
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.registered(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.registered(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.registered(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    /// A latency histogram ([`LATENCY_BUCKETS`]).
+    fn latency(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.registered(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    /// A latency histogram ([`LATENCY_BUCKETS`]) with one label.
+    fn latency_by(&self, name: &str, help: &str, label: &str) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.registered(HistogramVec::new(opts, &[label]).expect("valid metric"))
+    }
 }
 
 impl Default for ControlMetrics {

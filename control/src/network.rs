@@ -37,7 +37,7 @@ use warren_transport::{Alpn, Endpoint, PeerConnection};
 
 use crate::contact::{ContactBook, Health, Notice};
 use crate::rpc::{ControlRpc, ControlRpcReply};
-use crate::types::{Member, TypeConfig};
+use crate::types::{RaftMember, TypeConfig};
 
 /// Calls in a row that may time out on a connection before it is dropped and dialled anew: a
 /// peer killed without closing its connections leaves it open but silent.
@@ -479,7 +479,7 @@ fn log_notice(notice: Option<Notice>) {
 impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
+    async fn new_client(&mut self, target: u64, node: &RaftMember) -> PeerClient {
         PeerClient {
             peers: self.clone(),
             target,
@@ -498,7 +498,7 @@ pub struct PeerClient {
 
 /// No connection means unreachable (openraft then backs off); a failure on a connection is a
 /// network error (openraft retries on its next heartbeat or append).
-fn rpc_error<E: std::error::Error>(error: PeerError) -> RPCError<u64, Member, E> {
+fn rpc_error<E: std::error::Error>(error: PeerError) -> RPCError<u64, RaftMember, E> {
     if error.is_unreachable() {
         RPCError::Unreachable(Unreachable::new(&error))
     } else {
@@ -506,7 +506,7 @@ fn rpc_error<E: std::error::Error>(error: PeerError) -> RPCError<u64, Member, E>
     }
 }
 
-fn remote<E: std::error::Error>(target: u64, error: E) -> RPCError<u64, Member, E> {
+fn remote<E: std::error::Error>(target: u64, error: E) -> RPCError<u64, RaftMember, E> {
     RPCError::RemoteError(openraft::error::RemoteError::new(target, error))
 }
 
@@ -515,7 +515,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, RaftMember, RaftError<u64>>> {
         let request = ControlRpc::AppendEntries(rpc);
         match self
             .peers
@@ -534,7 +534,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
-        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+        RPCError<u64, RaftMember, RaftError<u64, InstallSnapshotError>>,
     > {
         let request = ControlRpc::InstallSnapshot(rpc);
         match self
@@ -554,7 +554,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, RaftMember, RaftError<u64>>> {
         let our_last_log_id = rpc.last_log_id;
         let request = ControlRpc::Vote(rpc);
         match self

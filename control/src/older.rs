@@ -26,7 +26,7 @@ use crate::command::{Command, Outcome};
 use crate::state::{
     AdminCert, ClusterInfo, ClusterState, PendingJoin, SecretRecord, ServiceRecord,
 };
-use crate::types::{Member, TypeConfig};
+use crate::types::{RaftMember, TypeConfig};
 
 openraft::declare_raft_types!(
     /// The Raft types of spec format 1: entries whose specs are [`ServiceSpecV1`]. Only for
@@ -35,7 +35,7 @@ openraft::declare_raft_types!(
         D = Command<ServiceSpecV1>,
         R = Outcome,
         NodeId = u64,
-        Node = Member,
+        Node = RaftMember,
         Entry = openraft::Entry<TypeConfigV1>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,

@@ -127,20 +127,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     // The connection allows 16 MiB frames (control's views go the other way); nothing an
     // agent sends needs more than this, and each frame is buffered whole before it is read.
     recv.limit_frames_to(MAX_AGENT_MESSAGE_BYTES);
-    let AgentToControl::Hello(hello) = recv.recv::<AgentToControl>().await? else {
-        return Err(PushError::NoHello);
-    };
-    let cert_node = conn.peer().and_then(|p| p.node_id);
-    if let Some(refused) = check_hello(&hello, cert_node, &*control.read_stale().await) {
-        let reason = match &refused {
-            ControlToAgent::Refused(r) => r.reason.as_str(),
-            _ => "refused",
-        };
-        send.send(&refused).await?;
-        send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-        return Err(PushError::Refused(reason));
-    }
+    let hello = receive_hello(&conn, &control, &mut send, &mut recv).await?;
     info!(node_id = %hello.node_id, revision = %hello.last_revision, "agent connected");
     let _session = Session::open(&control, &hello);
     let mut applied = control.watch_applied();
@@ -159,13 +146,11 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 .get(&hello.node_id)
                 .is_some_and(|n| n.state == NodeState::Removed)
             {
-                send.send(&refusal(
+                let removed = refusal(
                     RefusalReason::NodeRemoved,
                     "this node was removed from the cluster",
-                ))
-                .await?;
-                send.finish();
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                );
+                send_last(&conn, &mut send, &removed).await?;
                 control.agents().forget(hello.node_id);
                 return Err(PushError::Refused("node_removed"));
             }
@@ -175,20 +160,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 .and_then(|keys| node_view(&state, hello.node_id, &state.control_addrs, &keys))
         };
         if let Some(view) = view {
-            let message = match &sent {
-                None => Some(first_message(&hello, &view)),
-                // Only forward: a view is a function of the state at its revision, so the
-                // same revision means the same view, and an agent refuses a delta that
-                // changes its view without moving it forward.
-                Some(previous)
-                    if view.revision > previous.revision
-                        && previous_content_differs(previous, &view) =>
-                {
-                    Some(ControlToAgent::Delta(previous.diff(&view)))
-                }
-                Some(_) => None,
-            };
-            if let Some(message) = message {
+            if let Some(message) = next_message(&hello, sent.as_ref(), &view) {
                 send.send(&message).await?;
                 sent = Some(view);
             }
@@ -220,6 +192,63 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
             }
         }
     }
+}
+
+/// The agent's hello, checked against its certificate and the state; a refused agent is told
+/// why before the stream ends.
+async fn receive_hello(
+    conn: &PeerConnection,
+    control: &Control,
+    send: &mut warren_transport::FramedSend,
+    recv: &mut warren_transport::FramedRecv,
+) -> Result<AgentHello, PushError> {
+    let AgentToControl::Hello(hello) = recv.recv::<AgentToControl>().await? else {
+        return Err(PushError::NoHello);
+    };
+    let cert_node = conn.peer().and_then(|p| p.node_id);
+    if let Some(refused) = check_hello(&hello, cert_node, &*control.read_stale().await) {
+        let reason = match &refused {
+            ControlToAgent::Refused(r) => r.reason.as_str(),
+            _ => "refused",
+        };
+        send_last(conn, send, &refused).await?;
+        return Err(PushError::Refused(reason));
+    }
+    Ok(hello)
+}
+
+/// What to send the agent once `view` is current: the first view, a delta from what it was
+/// `sent`, or nothing when its view has not moved.
+fn next_message(
+    hello: &AgentHello,
+    sent: Option<&NodeView>,
+    view: &NodeView,
+) -> Option<ControlToAgent> {
+    match sent {
+        None => Some(first_message(hello, view)),
+        // Only forward: a view is a function of the state at its revision, so the
+        // same revision means the same view, and an agent refuses a delta that
+        // changes its view without moving it forward.
+        Some(previous)
+            if view.revision > previous.revision && previous_content_differs(previous, view) =>
+        {
+            Some(ControlToAgent::Delta(previous.diff(view)))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Sends the last message of a stream (a refusal), finishes the stream and gives the agent
+/// a moment to read it before the connection goes.
+async fn send_last(
+    conn: &PeerConnection,
+    send: &mut warren_transport::FramedSend,
+    message: &ControlToAgent,
+) -> Result<(), PushError> {
+    send.send(message).await?;
+    send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    Ok(())
 }
 
 /// Records what an agent sent on its stream.
@@ -329,17 +358,15 @@ async fn catch_up(
             }
             () = tokio::time::sleep_until(deadline) => {
                 info!(node_id = %hello.node_id, revision = %hello.last_revision, applied = %control.applied(), "agent is ahead of this control node; sending it elsewhere");
-                send.send(&refusal(
+                let behind = refusal(
                     RefusalReason::Overloaded { retry_after_ms: 1_000 },
                     format!(
                         "this control node has applied revision {}, behind the agent's {}",
                         control.applied(),
                         hello.last_revision
                     ),
-                ))
-                .await?;
-                send.finish();
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                );
+                send_last(conn, send, &behind).await?;
                 return Err(PushError::Refused("behind the agent"));
             }
         }

@@ -9,7 +9,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Outcome};
-use crate::types::{Member, TypeConfig};
+use crate::types::{RaftMember, TypeConfig};
 
 /// A request from one control node to another.
 #[derive(Debug, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ pub enum ControlRpc {
         /// The new node's id.
         node_id: u64,
         /// Its addresses.
-        member: Member,
+        member: RaftMember,
     },
     /// What this control node knows of the agents streaming to it (soft state).
     AgentReports {
@@ -123,7 +123,7 @@ pub enum ProposeError {
     #[error("not the leader (leader: {})", leader.as_ref().map(|(id, m)| format!("{id:016x} {m}")).unwrap_or_else(|| "unknown".into()))]
     NotLeader {
         /// The leader's id and addresses, if known.
-        leader: Option<(u64, Member)>,
+        leader: Option<(u64, RaftMember)>,
     },
     /// No leader could be reached or elected in time: the cluster has no quorum from here.
     #[error("no quorum: {0}")]

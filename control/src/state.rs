@@ -770,17 +770,30 @@ impl ClusterState {
             .collect()
     }
 
+    /// Refuses to remove the `what` called `name` while a service `uses` it.
+    fn check_unused(
+        &self,
+        what: &str,
+        name: &str,
+        uses: impl Fn(&ServiceSpec) -> bool,
+    ) -> Result<(), Rejection> {
+        let users = self.users_of(uses);
+        if !users.is_empty() {
+            return Err(Rejection::conflict(format!(
+                "{what} {name} is used by service {}; remove it from the service first",
+                users.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     fn remove_secret(&mut self, name: &str) -> Applied {
         if !self.secrets.contains_key(name) {
             return Err(Rejection::not_found(format!("secret {name}")));
         }
-        let users = self.users_of(|spec| spec.secrets.iter().any(|s| s.name == name));
-        if !users.is_empty() {
-            return Err(Rejection::conflict(format!(
-                "secret {name} is used by service {}; remove it from the service first",
-                users.join(", ")
-            )));
-        }
+        self.check_unused("secret", name, |spec| {
+            spec.secrets.iter().any(|s| s.name == name)
+        })?;
         self.secrets.remove(name);
         Ok(Effect::Done)
     }
@@ -797,13 +810,9 @@ impl ClusterState {
         if !self.volumes.contains_key(name) {
             return Err(Rejection::not_found(format!("volume {name}")));
         }
-        let users = self.users_of(|spec| spec.volumes.iter().any(|v| v.volume == name));
-        if !users.is_empty() {
-            return Err(Rejection::conflict(format!(
-                "volume {name} is used by service {}; remove it from the service first",
-                users.join(", ")
-            )));
-        }
+        self.check_unused("volume", name, |spec| {
+            spec.volumes.iter().any(|v| v.volume == name)
+        })?;
         self.volumes.remove(name);
         Ok(Effect::Done)
     }

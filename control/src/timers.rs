@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::control::Control;
-use crate::election::{Decision, ElectionTimer, ElectionTimes, Observed};
+use crate::election::{Decision, ElectionInputs, ElectionTimer, ElectionTimes};
 
 /// The timers the task runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +76,7 @@ async fn tick(
         .ok()?;
     let silent_for = Instant::now().saturating_duration_since(last_modified.unwrap_or(started));
     let membership = metrics.membership_config.membership();
-    let observed = Observed {
+    let observed = ElectionInputs {
         is_voter: membership.voter_ids().any(|voter| voter == control.id()),
         voters: membership.voter_ids().count(),
         leading: false,

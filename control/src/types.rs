@@ -8,7 +8,7 @@ use crate::command::{Command, Outcome};
 
 /// A Raft member as openraft stores it in the membership config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
+pub struct RaftMember {
     /// The member's QUIC address (Raft RPC, agents, joins).
     pub quic_addr: String,
     /// The member's HTTP API address (for forwarding writes and for clients).
@@ -17,7 +17,7 @@ pub struct Member {
     pub name: String,
 }
 
-impl std::fmt::Display for Member {
+impl std::fmt::Display for RaftMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{}", self.name, self.quic_addr)
     }
@@ -29,7 +29,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Outcome,
         NodeId = u64,
-        Node = Member,
+        Node = RaftMember,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,

@@ -78,7 +78,7 @@ fn token() -> TokenRecord {
     }
 }
 
-fn membership() -> Membership<u64, warren_control::Member> {
+fn membership() -> Membership<u64, warren_control::RaftMember> {
     Membership::new(vec![BTreeSet::from([1])], None)
 }
 

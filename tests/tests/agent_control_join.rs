@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use warren_api::NodeView;
-use warren_control::Member;
+use warren_control::RaftMember;
 use warren_control::node::{ControlConfig, ControlNode};
 use warren_edge_agent::cache::{Cache, CacheIdentity, CacheTuning};
 use warren_edge_agent::link::{Link, LinkEnd, LinkStatus};
@@ -88,7 +88,7 @@ async fn a_membership_change_not_yet_applied_sends_agents_nothing() {
     let c2_dir = c2.data_dir().to_owned();
     c2.shutdown().await;
     let raft = c1.control().raft().clone();
-    let learner = Member {
+    let learner = RaftMember {
         quic_addr: "127.0.0.1:1".into(),
         api_addr: "127.0.0.1:1".into(),
         name: "c9".into(),

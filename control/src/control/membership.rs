@@ -30,7 +30,7 @@ use super::{Control, write_error};
 use crate::command::{Op, Outcome};
 use crate::rpc::{ClusterSecrets, ProposeError};
 use crate::state::PendingJoin;
-use crate::types::{Member, TypeConfig};
+use crate::types::{RaftMember, TypeConfig};
 
 /// How long a membership request waits for the change in progress before it answers
 /// [`ProposeError::MembershipBusy`] (a joiner then asks again).
@@ -41,7 +41,7 @@ pub const MEMBERSHIP_BUSY_WAIT: Duration = Duration::from_millis(500);
 const IN_PROGRESS_RETRY: Duration = Duration::from_millis(100);
 
 type MembershipWrite =
-    Result<ClientWriteResponse<TypeConfig>, RaftError<u64, ClientWriteError<u64, Member>>>;
+    Result<ClientWriteResponse<TypeConfig>, RaftError<u64, ClientWriteError<u64, RaftMember>>>;
 
 /// The leader's membership lock, what its holder is doing, and which joiners it has heard.
 #[derive(Debug, Default)]
@@ -196,7 +196,7 @@ impl Control {
     pub async fn add_member(
         &self,
         node_id: u64,
-        member: Member,
+        member: RaftMember,
     ) -> Result<ClusterSecrets, ProposeError> {
         let _hearing = self.membership.hear(NodeId(node_id));
         self.check_leading()?;
@@ -208,7 +208,7 @@ impl Control {
     async fn add_member_gated(
         &self,
         node_id: u64,
-        member: &Member,
+        member: &RaftMember,
     ) -> Result<ClusterSecrets, ProposeError> {
         let doing = format!("adding {} as a voter", member.name);
         let _held = self.membership.enter(doing, MEMBERSHIP_BUSY_WAIT).await?;
@@ -252,7 +252,7 @@ impl Control {
     async fn add_learner_caught_up(
         &self,
         node_id: u64,
-        member: &Member,
+        member: &RaftMember,
     ) -> Result<(), ProposeError> {
         let added = self
             .membership_write("adding the new node as a learner", || {
@@ -304,7 +304,7 @@ impl Control {
     async fn check_join_still_pending(
         &self,
         node_id: u64,
-        member: &Member,
+        member: &RaftMember,
     ) -> Result<(), ProposeError> {
         if self.join_stage(node_id).await? != JoinStage::Gone {
             return Ok(());
@@ -381,7 +381,7 @@ impl Control {
     /// Tells a node just taken out of the membership, so that it stops before it calls an
     /// election (best effort: a node that is down learns it from the revocation of its
     /// certificate when it comes back).
-    async fn tell_removed(&self, node_id: u64, member: &Member) {
+    async fn tell_removed(&self, node_id: u64, member: &RaftMember) {
         if node_id == self.id {
             self.note_removed("it took itself out of the membership as leader".into());
             return;
@@ -541,7 +541,7 @@ impl Control {
     }
 
     /// The membership as this node knows it (the latest, committed or not).
-    pub(super) fn current_membership(&self) -> openraft::Membership<u64, Member> {
+    pub(super) fn current_membership(&self) -> openraft::Membership<u64, RaftMember> {
         self.raft
             .metrics()
             .borrow()

@@ -264,8 +264,8 @@ impl ControlNode {
                 return Err(error);
             }
         };
-        let keys = ClusterKeys::from_text(&secrets.cluster_keys_text)
-            .map_err(|e| NodeError::DataDir(format!("cluster keys from the leader: {e}")))?;
+        let keys =
+            ClusterKeys::from_text(&secrets.cluster_keys_text).map_err(NodeError::LeaderKeys)?;
         node.control
             .update_cluster_keys(|_| Ok(Some(keys)))
             .map_err(NodeError::DataDir)?;
@@ -389,10 +389,10 @@ fn join_params(new: &NewNode) -> JoinParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Member;
+    use crate::types::RaftMember;
 
-    fn leader() -> Member {
-        Member {
+    fn leader() -> RaftMember {
+        RaftMember {
             quic_addr: "10.0.0.1:7101".into(),
             api_addr: "10.0.0.1:7100".into(),
             name: "c1".into(),

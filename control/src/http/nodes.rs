@@ -1,0 +1,179 @@
+//! `/nodes`: what the cluster knows of each node (registry, agent link, gossip, Raft
+//! membership), drain and activate, and removal.
+
+use std::collections::BTreeMap;
+
+use hyper::StatusCode;
+use warren_api::rest::{AgentLinkInfo, MemberContact, NodeInfo, WriteResult};
+use warren_api::{Availability, NodeId, NodeState};
+
+use super::respond::{ApiResult, json, ok, written};
+use super::{Api, ApiError};
+use crate::command::{Effect, Op};
+use crate::state::ClusterState;
+use crate::status::AgentReport;
+
+impl Api {
+    pub(super) fn node_info(
+        &self,
+        state: &ClusterState,
+        node: &warren_api::Node,
+        agent: Option<&AgentReport>,
+        gossip: Option<&[warren_mesh::Member]>,
+        contacts: &BTreeMap<u64, MemberContact>,
+    ) -> NodeInfo {
+        let metrics = self.control.raft().metrics().borrow().clone();
+        let raft_member = metrics
+            .membership_config
+            .membership()
+            .get_node(&node.id.0)
+            .is_some();
+        NodeInfo {
+            node: node.clone(),
+            replicas: state.replicas_on(node.id).count(),
+            raft_member,
+            agent: agent.map(|a| AgentLinkInfo {
+                connected: a.connected,
+                control_node: format!("{:016x}", a.control_id),
+                last_contact_ms: a.last_contact_ms,
+                revision_acked: a.revision_acked.0,
+                agent_version: a.agent_version.clone(),
+                events: a.events.iter().cloned().collect(),
+                events_dropped: a.events_dropped,
+                listeners: a.listeners.clone(),
+            }),
+            gossip: gossip
+                .and_then(|members| members.iter().find(|m| m.node_id == node.id))
+                .map(crate::gossip::info),
+            member: raft_member
+                .then(|| contacts.get(&node.id.0).cloned())
+                .flatten(),
+        }
+    }
+
+    pub(super) async fn list_nodes(&self, stale: bool) -> ApiResult {
+        let (agents, contacts) = tokio::join!(
+            self.control.gather_agents(false),
+            self.control.member_contacts()
+        );
+        let state = self.read(stale).await?;
+        let gossip = self.control.gossip_members();
+        ok(&state
+            .nodes
+            .values()
+            .map(|n| {
+                let agent = agents.get(&n.id);
+                self.node_info(&state, n, agent, gossip.as_deref(), &contacts)
+            })
+            .collect::<Vec<_>>())
+    }
+
+    pub(super) async fn get_node(&self, key: &str, stale: bool) -> ApiResult {
+        let (agents, contacts) = tokio::join!(
+            self.control.gather_agents(true),
+            self.control.member_contacts()
+        );
+        let state = self.read(stale).await?;
+        let node = find_node(&state, key)?;
+        let gossip = self.control.gossip_members();
+        let agent = agents.get(&node.id);
+        ok(&self.node_info(&state, node, agent, gossip.as_deref(), &contacts))
+    }
+
+    pub(super) async fn set_availability(
+        &self,
+        key: &str,
+        availability: Availability,
+    ) -> ApiResult {
+        let id = find_node(&*self.control.read_stale().await, key)?.id;
+        written(
+            self.control
+                .propose(Op::SetAvailability {
+                    node: id,
+                    availability,
+                })
+                .await?,
+        )
+    }
+
+    pub(super) async fn remove_node(&self, key: &str) -> ApiResult {
+        let (id, role) = {
+            let state = self.control.read_stale().await;
+            match find_node(&state, key) {
+                Ok(node) => (node.id, node.role),
+                Err(not_found) => match memberless_entry(&state, key) {
+                    Some(id) => return self.remove_member_without_entry(id).await,
+                    None => return Err(not_found),
+                },
+            }
+        };
+        if id.0 == self.control.id() {
+            return Err(ApiError::Conflict(
+                "a control node cannot remove itself; ask another control node".into(),
+            ));
+        }
+        if role == warren_api::NodeRole::Control {
+            // Leave the Raft membership first, so quorum is computed without it.
+            self.control.remove_member(id.0).await?;
+        }
+        let outcome = self.control.propose(Op::RemoveNode(id)).await?;
+        if matches!(outcome.result, Ok(Effect::Done)) {
+            // What the removed node holds — the cluster keys of a control node, the gossip key
+            // of any node — stops working from the next generation on.
+            let reason = format!("node {key} was removed");
+            if let Err(error) = self.control.rotate_cluster_key(&reason).await {
+                return Err(ApiError::NoQuorum(format!(
+                    "node {key} is removed, but the cluster key was not rotated ({error}); run `warren cluster rotate-keys`"
+                )));
+            }
+        }
+        written(outcome)
+    }
+
+    /// Takes a control member that has no node entry out of the Raft membership, so that it
+    /// stops counting toward quorum (its entry is gone, e.g. an undone join whose node a
+    /// leader had added meanwhile; its certificate was revoked with the entry).
+    pub(super) async fn remove_member_without_entry(&self, id: NodeId) -> ApiResult {
+        if id.0 == self.control.id() {
+            return Err(ApiError::Conflict(
+                "a control node cannot remove itself; ask another control node".into(),
+            ));
+        }
+        self.control.remove_member(id.0).await?;
+        let revision = self.control.read_stale().await.revision.0;
+        let result = WriteResult {
+            revision,
+            changed: true,
+            created: false,
+            version: None,
+        };
+        Ok(json(StatusCode::OK, &result))
+    }
+}
+
+fn find_node<'a>(state: &'a ClusterState, key: &str) -> Result<&'a warren_api::Node, ApiError> {
+    let by_id = key
+        .parse::<NodeId>()
+        .ok()
+        .and_then(|id| state.nodes.get(&id));
+    by_id
+        .or_else(|| {
+            state
+                .nodes
+                .values()
+                .filter(|n| n.state != NodeState::Removed)
+                .find(|n| n.name == key)
+        })
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "node {key} not found (give its name or 16-digit id)"
+            ))
+        })
+}
+
+/// The id `key` names when it is a control member of the applied membership without a node
+/// entry.
+fn memberless_entry(state: &ClusterState, key: &str) -> Option<NodeId> {
+    let id = key.parse::<NodeId>().ok()?;
+    (state.control_members.contains(&id) && !state.nodes.contains_key(&id)).then_some(id)
+}

@@ -1,0 +1,164 @@
+//! `/services`: specs with their versions and rollouts, the replicas placed and what their
+//! agents report, and the writes (create, update, scale, roll back, remove).
+
+use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo, WriteResult};
+use warren_api::{ServiceName, ServiceSpec};
+
+use super::respond::{ApiResult, ok, written};
+use super::{Api, ApiError};
+use crate::command::Op;
+use crate::state::ClusterState;
+use crate::status::AgentReport;
+
+impl Api {
+    pub(super) async fn list_services(&self, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        ok(&state
+            .services
+            .keys()
+            .filter_map(|name| service_info(&state, name.as_str()))
+            .collect::<Vec<_>>())
+    }
+
+    pub(super) async fn get_service(&self, name: &str, stale: bool) -> ApiResult {
+        let state = self.read(stale).await?;
+        let info = service_info(&state, name)
+            .ok_or_else(|| ApiError::NotFound(format!("service {name} not found")))?;
+        ok(&info)
+    }
+
+    pub(super) async fn service_replicas(&self, name: &str, stale: bool) -> ApiResult {
+        let agents = self.control.gather_agents(true).await;
+        let state = self.read(stale).await?;
+        if !state.services.contains_key(name) {
+            return Err(ApiError::NotFound(format!("service {name} not found")));
+        }
+        let replicas: Vec<ReplicaInfo> = state
+            .replicas
+            .values()
+            .filter(|r| r.id.service.as_str() == name)
+            .map(|r| replica_info(&state, r, agents.get(&r.node)))
+            .collect();
+        ok(&replicas)
+    }
+
+    pub(super) async fn create_service(&self, spec: ServiceSpec) -> ApiResult {
+        if self
+            .control
+            .read_stale()
+            .await
+            .services
+            .contains_key(&spec.name)
+        {
+            return Err(ApiError::Conflict(format!(
+                "service {} already exists; use `warren service update` or `warren apply`",
+                spec.name
+            )));
+        }
+        spec.validate()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        written(self.control.propose(Op::PutService(spec)).await?)
+    }
+
+    pub(super) async fn put_service(&self, name: &str, spec: ServiceSpec) -> ApiResult {
+        if spec.name.as_str() != name {
+            return Err(ApiError::Invalid(format!(
+                "name: body says {}, path says {name}",
+                spec.name
+            )));
+        }
+        spec.validate()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        // `apply -f` re-sends every service each time: an unchanged spec (checked against a
+        // linearizable read, so a lagging follower cannot wrongly call it unchanged) answers
+        // without appending a Raft entry.
+        {
+            let state = self.control.read_linearizable().await?;
+            if let Some(current) = state.services.get(&spec.name)
+                && current.current.spec == spec
+                && current.rollout.is_none()
+            {
+                return ok(&WriteResult {
+                    revision: state.revision.0,
+                    changed: false,
+                    created: false,
+                    version: Some(current.current.version),
+                });
+            }
+        }
+        written(self.control.propose(Op::PutService(spec)).await?)
+    }
+
+    pub(super) async fn scale_service(&self, name: &str, scale: ScaleRequest) -> ApiResult {
+        let op = Op::ScaleService {
+            name: service_name(name)?,
+            replicas: scale.replicas,
+        };
+        written(self.control.propose(op).await?)
+    }
+
+    pub(super) async fn rollback_service(&self, name: &str) -> ApiResult {
+        let op = Op::RollbackService(service_name(name)?);
+        written(self.control.propose(op).await?)
+    }
+
+    pub(super) async fn remove_service(&self, name: &str) -> ApiResult {
+        let op = Op::RemoveService(service_name(name)?);
+        written(self.control.propose(op).await?)
+    }
+}
+
+pub(super) fn service_name(name: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::new(name).map_err(|e| ApiError::Invalid(e.to_string()))
+}
+
+fn service_info(state: &ClusterState, name: &str) -> Option<ServiceInfo> {
+    let record = state.services.get(name)?;
+    Some(ServiceInfo {
+        spec: record.current.spec.clone(),
+        version: record.current.version,
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+        replicas_desired: record.current.spec.replicas(),
+        replicas_placed: state
+            .replicas
+            .values()
+            .filter(|r| r.id.service.as_str() == name)
+            .count(),
+        unschedulable: state.unschedulable.get(name).copied().unwrap_or(0),
+        rolling_out: record.rollout.map(|r| r.version),
+        can_roll_back: record.previous.is_some(),
+    })
+}
+
+/// One replica for `service ps`: the assignment from the state, the actual state from its
+/// agent's last report (`assigned` until one mentions it).
+fn replica_info(
+    state: &ClusterState,
+    replica: &warren_api::Replica,
+    agent: Option<&AgentReport>,
+) -> ReplicaInfo {
+    let node = state.nodes.get(&replica.node);
+    let reported = agent.and_then(|a| a.replicas.iter().find(|s| s.id == replica.id));
+    ReplicaInfo {
+        id: replica.id.to_string(),
+        node: replica.node,
+        node_name: node.map(|n| n.name.clone()).unwrap_or_default(),
+        site: node.map(|n| n.site.clone()).unwrap_or_default(),
+        service_version: replica.service_version,
+        desired: replica.desired,
+        state: reported.map_or("assigned", |s| s.state.as_str()).to_owned(),
+        node_state: node
+            .map(|n| n.state.as_str().to_owned())
+            .unwrap_or_else(|| "unknown".into()),
+        pid: reported.and_then(|s| s.pid),
+        restarts: reported.map_or(0, |s| s.restarts),
+        health: reported
+            .map_or(warren_api::HealthState::Unknown, |s| s.health)
+            .as_str()
+            .to_owned(),
+        message: reported.and_then(|s| s.message.clone()),
+        updated_at_ms: reported.map(|s| s.updated_at_ms),
+        stale: reported.is_some() && !agent.is_some_and(|a| a.connected),
+    }
+}

@@ -1,0 +1,323 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use warren_api::{
+    Constraint, NodeAddresses, NodeRole, Placement, ProcessSpec, ServiceSpec, Workload,
+};
+
+use super::*;
+
+const SITES: [&str; 3] = ["lisbon", "porto", "faro"];
+
+fn node(id: u64, site: &str, availability: Availability, state: NodeState) -> Node {
+    Node {
+        id: NodeId(id),
+        name: format!("n{id}"),
+        role: NodeRole::Agent,
+        site: site.to_owned(),
+        labels: BTreeMap::from([(
+            "tier".to_owned(),
+            if id % 2 == 0 { "a" } else { "b" }.to_owned(),
+        )]),
+        availability,
+        state,
+        cert_serial: None,
+        addresses: NodeAddresses::default(),
+        joined_at_ms: 0,
+    }
+}
+
+fn service(
+    name: &str,
+    mode: ServiceMode,
+    placement: Placement,
+    on_disconnect: OnDisconnect,
+) -> Service {
+    let workload = Workload::Process(ProcessSpec {
+        command: vec!["sleep".into(), "1000".into()],
+        working_dir: None,
+    });
+    let mut spec = ServiceSpec::new(ServiceName::new(name).unwrap(), workload);
+    spec.mode = mode;
+    spec.placement = placement;
+    spec.on_disconnect = on_disconnect;
+    Service { version: 1, spec }
+}
+
+fn ready_nodes(n: u64) -> BTreeMap<NodeId, Node> {
+    (1..=n)
+        .map(|i| {
+            (
+                NodeId(i),
+                node(
+                    i,
+                    SITES[(i as usize) % 3],
+                    Availability::Active,
+                    NodeState::Ready,
+                ),
+            )
+        })
+        .collect()
+}
+
+fn run(
+    nodes: &BTreeMap<NodeId, Node>,
+    services: &[Service],
+    current: &BTreeMap<ReplicaId, Replica>,
+    now: u64,
+) -> Plan {
+    let refs: Vec<&Service> = services.iter().collect();
+    schedule(nodes, &refs, current, now)
+}
+
+fn count_by_site(plan: &Plan, nodes: &BTreeMap<NodeId, Node>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for replica in plan.replicas.values() {
+        *out.entry(nodes[&replica.node].site.clone()).or_default() += 1;
+    }
+    out
+}
+
+#[test]
+fn replicas_spread_across_sites_then_nodes() {
+    let nodes = ready_nodes(6);
+    let web = service(
+        "web",
+        ServiceMode::Replicated { replicas: 6 },
+        Placement::default(),
+        OnDisconnect::Keep,
+    );
+    let plan = run(&nodes, &[web], &BTreeMap::new(), 0);
+    assert_eq!(plan.replicas.len(), 6);
+    assert!(count_by_site(&plan, &nodes).values().all(|&c| c == 2));
+    let on_nodes: BTreeSet<NodeId> = plan.replicas.values().map(|r| r.node).collect();
+    assert_eq!(on_nodes.len(), 6, "one per node when there is room");
+}
+
+#[test]
+fn unreachable_node_keeps_its_replicas_unless_the_service_says_reschedule() {
+    let mut nodes = ready_nodes(3);
+    let keep = service(
+        "keep",
+        ServiceMode::Replicated { replicas: 3 },
+        Placement::default(),
+        OnDisconnect::Keep,
+    );
+    let moving = service(
+        "moving",
+        ServiceMode::Replicated { replicas: 3 },
+        Placement::default(),
+        OnDisconnect::Reschedule { after_ms: 60_000 },
+    );
+    let services = [keep, moving];
+    let before = run(&nodes, &services, &BTreeMap::new(), 0);
+    nodes.get_mut(&NodeId(1)).unwrap().state = NodeState::Unreachable { since_ms: 1_000 };
+    // Within the reschedule delay nothing moves.
+    let during = run(&nodes, &services, &before.replicas, 30_000);
+    assert_eq!(during.replicas, before.replicas);
+    // After it, only the `reschedule` service's replica on node 1 moves.
+    let after = run(&nodes, &services, &before.replicas, 61_000);
+    for (id, replica) in &after.replicas {
+        let was = &before.replicas[id];
+        if id.service.as_str() == "moving" && was.node == NodeId(1) {
+            assert_ne!(replica.node, NodeId(1));
+        } else {
+            assert_eq!(replica, was, "{id} moved");
+        }
+    }
+}
+
+#[test]
+fn drain_moves_replicas_and_removed_nodes_get_none() {
+    let mut nodes = ready_nodes(4);
+    let web = service(
+        "web",
+        ServiceMode::Replicated { replicas: 4 },
+        Placement::default(),
+        OnDisconnect::Keep,
+    );
+    let services = [web];
+    let before = run(&nodes, &services, &BTreeMap::new(), 0);
+    nodes.get_mut(&NodeId(2)).unwrap().availability = Availability::Drain;
+    nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Removed;
+    let after = run(&nodes, &services, &before.replicas, 0);
+    assert_eq!(after.replicas.len(), 4);
+    assert!(
+        after
+            .replicas
+            .values()
+            .all(|r| r.node != NodeId(2) && r.node != NodeId(3))
+    );
+    // Replicas on untouched nodes stayed put.
+    for (id, replica) in &before.replicas {
+        if replica.node == NodeId(1) || replica.node == NodeId(4) {
+            assert_eq!(&after.replicas[id], replica);
+        }
+    }
+}
+
+#[test]
+fn global_service_runs_once_per_eligible_node_and_honours_constraints() {
+    let nodes = ready_nodes(6);
+    let placement = Placement {
+        sites: vec![],
+        constraints: vec![Constraint::parse("label.tier==a").unwrap()],
+    };
+    let agent = service("agent", ServiceMode::Global, placement, OnDisconnect::Keep);
+    let plan = run(&nodes, &[agent], &BTreeMap::new(), 0);
+    let on: Vec<u64> = plan.replicas.values().map(|r| r.node.0).collect();
+    assert_eq!(on, vec![2, 4, 6]);
+}
+
+#[test]
+fn no_eligible_node_is_reported_as_unschedulable() {
+    let nodes = ready_nodes(3);
+    let placement = Placement {
+        sites: vec!["madrid".into()],
+        constraints: vec![],
+    };
+    let web = service(
+        "web",
+        ServiceMode::Replicated { replicas: 2 },
+        placement,
+        OnDisconnect::Keep,
+    );
+    let plan = run(&nodes, &[web], &BTreeMap::new(), 0);
+    assert!(plan.replicas.is_empty());
+    assert_eq!(plan.unschedulable.get("web"), Some(&2));
+}
+
+fn arb_nodes() -> impl Strategy<Value = BTreeMap<NodeId, Node>> {
+    proptest::collection::vec((0usize..3, any::<bool>(), 0u8..4), 1..12).prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (site, drained, state))| {
+                let id = i as u64 + 1;
+                let availability = if drained {
+                    Availability::Drain
+                } else {
+                    Availability::Active
+                };
+                let state = match state {
+                    0 | 1 => NodeState::Ready,
+                    2 => NodeState::Unreachable { since_ms: 500 },
+                    _ => NodeState::Removed,
+                };
+                (NodeId(id), node(id, SITES[site], availability, state))
+            })
+            .collect()
+    })
+}
+
+fn arb_services() -> impl Strategy<Value = Vec<Service>> {
+    proptest::collection::vec(
+        (
+            0u32..8,
+            any::<bool>(),
+            proptest::option::of(0usize..3),
+            any::<bool>(),
+        ),
+        1..4,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (replicas, global, site, reschedule))| {
+                let mode = if global {
+                    ServiceMode::Global
+                } else {
+                    ServiceMode::Replicated { replicas }
+                };
+                let placement = Placement {
+                    sites: site.map(|s| vec![SITES[s].to_owned()]).unwrap_or_default(),
+                    constraints: vec![],
+                };
+                let policy = if reschedule {
+                    OnDisconnect::Reschedule { after_ms: 1_000 }
+                } else {
+                    OnDisconnect::Keep
+                };
+                service(&format!("svc{i}"), mode, placement, policy)
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn same_inputs_give_the_same_plan(nodes in arb_nodes(), services in arb_services(), now in 0u64..5_000) {
+        let first = run(&nodes, &services, &BTreeMap::new(), now);
+        let again = run(&nodes, &services, &BTreeMap::new(), now);
+        prop_assert_eq!(&first, &again);
+        // Rescheduling a settled plan changes nothing.
+        let settled = run(&nodes, &services, &first.replicas, now);
+        prop_assert_eq!(settled.replicas, first.replicas);
+    }
+
+    #[test]
+    fn replica_count_is_honoured_and_no_new_replica_lands_on_an_ineligible_node(
+        nodes in arb_nodes(), services in arb_services(), now in 0u64..5_000,
+    ) {
+        let plan = run(&nodes, &services, &BTreeMap::new(), now);
+        for service in &services {
+            let placeable = nodes.values().filter(|n| placeable(service, n)).count();
+            let placed = plan.replicas.values().filter(|r| r.id.service == service.spec.name).count();
+            let unschedulable = plan.unschedulable.get(&service.spec.name).copied().unwrap_or(0) as usize;
+            match service.spec.mode {
+                ServiceMode::Replicated { replicas } => {
+                    prop_assert_eq!(placed + unschedulable, replicas as usize);
+                    if placeable > 0 { prop_assert_eq!(unschedulable, 0); }
+                }
+                ServiceMode::Global => prop_assert_eq!(placed, placeable),
+            }
+        }
+        for replica in plan.replicas.values() {
+            let service = services.iter().find(|s| s.spec.name == replica.id.service).unwrap();
+            prop_assert!(placeable(service, &nodes[&replica.node]), "{} on ineligible {}", replica.id, replica.node);
+        }
+    }
+
+    #[test]
+    fn replicated_services_spread_evenly_over_sites_with_room(replicas in 0u32..30, n_nodes in 3u64..10) {
+        let nodes = ready_nodes(n_nodes);
+        let web = service("web", ServiceMode::Replicated { replicas }, Placement::default(), OnDisconnect::Keep);
+        let plan = run(&nodes, &[web], &BTreeMap::new(), 0);
+        let by_site = count_by_site(&plan, &nodes);
+        let max = by_site.values().copied().max().unwrap_or(0);
+        let min = SITES.iter().map(|s| by_site.get(*s).copied().unwrap_or(0)).min().unwrap_or(0);
+        prop_assert!(max - min <= 1, "uneven spread {by_site:?}");
+    }
+
+    #[test]
+    fn placing_one_service_leaves_a_plan_the_full_scheduler_keeps(
+        nodes in arb_nodes(), services in arb_services(), extra in 1u32..8,
+    ) {
+        let settled = run(&nodes, &services, &BTreeMap::new(), 0);
+        let added = service("zz-new", ServiceMode::Replicated { replicas: extra }, Placement::default(), OnDisconnect::Keep);
+        let one = schedule_one(&nodes, &added, &settled.replicas, 0);
+        let mut replicas = settled.replicas.clone();
+        replicas.extend(one.replicas.clone());
+        let mut all = services.clone();
+        all.push(added.clone());
+        let full = run(&nodes, &all, &replicas, 0);
+        prop_assert_eq!(&full.replicas, &replicas, "the full scheduler keeps what schedule_one placed");
+        let placeable = nodes.values().filter(|n| placeable(&added, n)).count();
+        if placeable > 0 { prop_assert_eq!(one.replicas.len(), extra as usize); }
+    }
+
+    #[test]
+    fn kept_replicas_never_move_when_nothing_changes_but_time(
+        nodes in arb_nodes(), services in arb_services(),
+    ) {
+        let keep_only: Vec<Service> = services.into_iter().map(|mut s| { s.spec.on_disconnect = OnDisconnect::Keep; s }).collect();
+        let plan = run(&nodes, &keep_only, &BTreeMap::new(), 0);
+        let later = run(&nodes, &keep_only, &plan.replicas, 10_000_000);
+        for (id, replica) in &plan.replicas {
+            prop_assert_eq!(later.replicas.get(id), Some(replica));
+        }
+    }
+}
