@@ -20,6 +20,8 @@
 //! - [`replica`], [`event`]: scheduler assignments, agent-reported status, events.
 //! - [`validate`]: [`ValidationError`] and the rules for names, labels, env and specs.
 //! - [`duration`]: `30s` / `5m` text to and from `u64` milliseconds.
+//! - [`rest`]: the HTTP API's JSON bodies, limits and headers, shared by server and CLI.
+//! - [`routes`]: every HTTP route once ([`routes::Route`]): dispatch, metric labels, paths.
 //! - [`wire`]: agent ↔ control messages, [`NodeView`] and its deltas, the postcard codec.
 //!
 //! # What this crate must never do

@@ -23,9 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use hyper::Method;
 use serde::{Deserialize, Serialize};
 use warren_api::rest::WriteResult;
+use warren_api::routes::Route;
 use warren_api::{
     HealthCheck, OnDisconnect, Placement, PortSpec, Resources, RestartPolicy, Secret, SecretRef,
     ServiceMode, ServiceName, ServiceSpec, UpdateConfig, Volume, VolumeDriver, VolumeMount,
@@ -34,7 +34,7 @@ use warren_api::{
 
 use serde_norway::with::singleton_map_recursive;
 
-use crate::client::{Client, ClientArgs, segment};
+use crate::client::{Client, ClientArgs};
 use crate::output::OutputFormat;
 use crate::secret_cmd;
 
@@ -440,12 +440,12 @@ pub async fn run(
 ) -> Result<()> {
     let needs = |kind| documents.iter().any(|d| d.resource.kind() == kind);
     let volumes: Vec<Volume> = if needs("volume") {
-        client.get("/volumes").await?.json()?
+        client.request(Route::ListVolumes).await?.json()?
     } else {
         Vec::new()
     };
     let secrets: Vec<Secret> = if needs("secret") {
-        client.get("/secrets").await?.json()?
+        client.request(Route::ListSecrets).await?.json()?
     } else {
         Vec::new()
     };
@@ -479,8 +479,10 @@ async fn apply_one(
     let name = resource.name().to_owned();
     let (result, write) = match resource {
         Resource::Service(spec) => {
-            let path = format!("/services/{}", spec.name);
-            let write: WriteResult = client.send(Method::PUT, &path, &spec).await?.json()?;
+            let route = Route::PutService {
+                service: spec.name.as_str(),
+            };
+            let write: WriteResult = client.request_json(route, &spec).await?.json()?;
             let result = if write.created {
                 "created"
             } else if write.changed {
@@ -497,8 +499,10 @@ async fn apply_one(
             if existing == Some(&volume) {
                 ("unchanged", None)
             } else {
-                let path = format!("/volumes/{}", segment("volume", &volume.name)?);
-                let write: WriteResult = client.send(Method::PUT, &path, &volume).await?.json()?;
+                let route = Route::PutVolume {
+                    volume: &volume.name,
+                };
+                let write: WriteResult = client.request_json(route, &volume).await?.json()?;
                 (
                     if existing.is_some() {
                         "updated"
@@ -512,7 +516,10 @@ async fn apply_one(
         Resource::Secret { name, value } => {
             let existed = secrets.iter().any(|s| s.name == name);
             let body = secret_cmd::create_body(&name, &value)?;
-            let write: WriteResult = client.send(Method::POST, "/secrets", &body).await?.json()?;
+            let write: WriteResult = client
+                .request_json(Route::CreateSecret, &body)
+                .await?
+                .json()?;
             (if existed { "updated" } else { "created" }, Some(write))
         }
     };

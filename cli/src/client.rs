@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warren_api::rest::{ErrorBody, MEMBERS_HEADER, PREFIX};
+use warren_api::routes::{Method as RouteMethod, Route};
 use warren_transport::Credentials;
 
 use crate::config;
@@ -300,10 +301,40 @@ impl Client {
         self.credentials.as_ref().map(|c| c.ca_cert_der().to_vec())
     }
 
+    /// `route` with its own method and no body: a read, an action or a removal.
+    ///
+    /// # Errors
+    /// A parameter that cannot be a path segment, an unreachable control plane, or an error
+    /// answer turned into one line.
+    pub async fn request(&self, route: Route<'_>) -> Result<Answer> {
+        self.call(http_method(route), &route.path()?, None).await
+    }
+
+    /// `route` with `body` as JSON.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn request_json<B: Serialize>(&self, route: Route<'_>, body: &B) -> Result<Answer> {
+        let bytes = serde_json::to_vec(body).context("encode request")?;
+        self.call(http_method(route), &route.path()?, Some(bytes))
+            .await
+    }
+
+    /// A read of `route` that skips the read barrier (`?stale=true`): the answering node's own
+    /// view, which may be behind.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn request_stale(&self, route: Route<'_>) -> Result<Answer> {
+        let path = format!("{}?stale=true", route.path()?);
+        self.call(http_method(route), &path, None).await
+    }
+
     /// `GET PREFIX+path`.
     ///
     /// # Errors
     /// Unreachable control plane, or an error answer turned into one line.
+    #[cfg(test)]
     pub async fn get(&self, path: &str) -> Result<Answer> {
         self.call(Method::GET, path, None).await
     }
@@ -312,6 +343,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::get`].
+    #[cfg(test)]
     pub async fn send<B: Serialize>(&self, method: Method, path: &str, body: &B) -> Result<Answer> {
         let bytes = serde_json::to_vec(body).context("encode request")?;
         self.call(method, path, Some(bytes)).await
@@ -321,6 +353,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::get`].
+    #[cfg(test)]
     pub async fn empty(&self, method: Method, path: &str) -> Result<Answer> {
         self.call(method, path, None).await
     }
@@ -575,21 +608,19 @@ fn check_status(status: StatusCode, body: Bytes) -> Result<Answer> {
     Err(ApiError { status, message }.into())
 }
 
-/// Checks a path segment (a name or id given on the command line) before it goes into a URL.
-///
-/// # Errors
-/// Characters that no Warren name has.
-pub fn segment<'a>(what: &str, value: &'a str) -> Result<&'a str> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        bail!("invalid {what} {value:?}: expected a name or id (letters, digits, '-', '.')");
+/// The HTTP method of `route`.
+fn http_method(route: Route<'_>) -> Method {
+    match route.method() {
+        RouteMethod::Get => Method::GET,
+        RouteMethod::Post => Method::POST,
+        RouteMethod::Put => Method::PUT,
+        RouteMethod::Delete => Method::DELETE,
     }
-    Ok(value)
 }
+
+/// The route table's check of a path parameter, which the tests exercise here too.
+#[cfg(test)]
+use warren_api::routes::segment;
 
 #[cfg(test)]
 mod tests;

@@ -1,15 +1,15 @@
 //! `warren cluster status`, `warren token create` and `warren node …`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use hyper::Method;
 use warren_api::rest::{
     AdminCreate, AdminInfo, AdminIssued, AdminRenew, ClusterStatus, KeysRotated, MAX_TOKEN_TTL_MS,
     MemberContact, MemberHealth, NodeInfo, TokenInfo, TokenRequest, TokenResponse,
 };
+use warren_api::routes::Route;
 use warren_api::{NodeRole, NodeState};
 use warren_transport::ca::unix_now_ms;
 
-use crate::client::{ApiError, Client, ClientArgs, segment};
+use crate::client::{ApiError, Client, ClientArgs};
 use crate::output::{OutputFormat, print_read, print_write};
 use crate::table::{Table, age, fields, to_yaml};
 
@@ -165,14 +165,14 @@ pub enum NodeCommand {
 pub async fn cluster(client: &Client, format: OutputFormat, command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Status => {
-            let answer = match client.get("/cluster").await {
+            let answer = match client.request(Route::ClusterStatus).await {
                 Err(error) => match error.downcast_ref::<ApiError>() {
                     Some(api) if api.is_no_quorum() => {
                         eprintln!(
                             "warning: {}; showing the answering node's own view, which may be stale",
                             api.message
                         );
-                        client.get("/cluster?stale=true").await?
+                        client.request_stale(Route::ClusterStatus).await?
                     }
                     _ => return Err(error),
                 },
@@ -181,7 +181,7 @@ pub async fn cluster(client: &Client, format: OutputFormat, command: ClusterComm
             print_read(format, &answer, render_status)
         }
         ClusterCommand::RotateKeys => {
-            let answer = client.empty(Method::POST, "/cluster/rotate-keys").await?;
+            let answer = client.request(Route::RotateKeys).await?;
             print_read(format, &answer, |rotated: &KeysRotated| {
                 format!(
                     "cluster key rotated: generation {} is in force\n",
@@ -272,12 +272,11 @@ pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand)
             single_use,
         } => (role, ttl, single_use),
         TokenCommand::Ls => {
-            let answer = client.get("/tokens").await?;
+            let answer = client.request(Route::ListTokens).await?;
             return print_read(format, &answer, |t: &Vec<TokenInfo>| render_tokens(t));
         }
         TokenCommand::Revoke { id } => {
-            let path = format!("/tokens/{}", segment("token id", &id)?);
-            let answer = client.empty(Method::DELETE, &path).await?;
+            let answer = client.request(Route::RevokeToken { token_id: &id }).await?;
             return print_write(format, &answer, |r| {
                 format!("token {id} revoked (revision {})", r.revision)
             });
@@ -299,7 +298,7 @@ pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand)
         ttl_ms: Some(ttl_ms),
         single_use,
     };
-    let answer = client.send(Method::POST, "/tokens", &request).await?;
+    let answer = client.request_json(Route::CreateToken, &request).await?;
     print_read(format, &answer, |token: &TokenResponse| {
         format!("{}\n", token.token)
     })
@@ -308,12 +307,13 @@ pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand)
 /// Runs `warren node …`.
 pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -> Result<()> {
     match command {
-        NodeCommand::Ls => print_read(format, &client.get("/nodes").await?, |n: &Vec<NodeInfo>| {
-            render_nodes(n)
-        }),
+        NodeCommand::Ls => print_read(
+            format,
+            &client.request(Route::ListNodes).await?,
+            |n: &Vec<NodeInfo>| render_nodes(n),
+        ),
         NodeCommand::Inspect { node } => {
-            let path = format!("/nodes/{}", segment("node", &node)?);
-            let answer = client.get(&path).await?;
+            let answer = client.request(Route::GetNode { node: &node }).await?;
             match format {
                 OutputFormat::Json => print_read(format, &answer, |_: &NodeInfo| String::new()),
                 OutputFormat::Table => {
@@ -322,13 +322,16 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
                 }
             }
         }
-        NodeCommand::Drain { node } => node_action(client, format, &node, "drain", "drained").await,
+        NodeCommand::Drain { node } => {
+            let route = Route::DrainNode { node: &node };
+            node_action(client, format, route, &node, "drained").await
+        }
         NodeCommand::Activate { node } => {
-            node_action(client, format, &node, "activate", "activated").await
+            let route = Route::ActivateNode { node: &node };
+            node_action(client, format, route, &node, "activated").await
         }
         NodeCommand::Rm { node } => {
-            let path = format!("/nodes/{}", segment("node", &node)?);
-            let answer = client.empty(Method::DELETE, &path).await?;
+            let answer = client.request(Route::RemoveNode { node: &node }).await?;
             print_write(format, &answer, |r| {
                 format!("node {node} removed (revision {})", r.revision)
             })
@@ -339,12 +342,11 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
 async fn node_action(
     client: &Client,
     format: OutputFormat,
+    action: Route<'_>,
     node: &str,
-    action: &str,
     done: &str,
 ) -> Result<()> {
-    let path = format!("/nodes/{}/{action}", segment("node", node)?);
-    let answer = client.empty(Method::POST, &path).await?;
+    let answer = client.request(action).await?;
     print_write(format, &answer, |r| {
         if r.changed {
             format!("node {node} {done} (revision {})", r.revision)
@@ -358,12 +360,11 @@ async fn node_action(
 pub async fn admin(client: &Client, format: OutputFormat, command: AdminCommand) -> Result<()> {
     match command {
         AdminCommand::Ls => {
-            let answer = client.get("/admins").await?;
+            let answer = client.request(Route::ListAdmins).await?;
             print_read(format, &answer, |a: &Vec<AdminInfo>| render_admins(a))
         }
         AdminCommand::Revoke { key } => {
-            let path = format!("/admins/{}", segment("admin", &key)?);
-            let answer = client.empty(Method::DELETE, &path).await?;
+            let answer = client.request(Route::RevokeAdmin { admin: &key }).await?;
             print_write(format, &answer, |r| {
                 if r.changed {
                     format!("admin {key} revoked (revision {})", r.revision)
@@ -403,7 +404,7 @@ pub async fn renew_admin_config(
     let request = AdminRenew {
         csr_der_base64: data_encoding::BASE64.encode(&csr),
     };
-    let answer = client.send(Method::POST, "/admins/renew", &request).await?;
+    let answer = client.request_json(Route::RenewAdmin, &request).await?;
     let issued: AdminIssued = answer.json()?;
     let cert = data_encoding::BASE64
         .decode(issued.cert_der_base64.as_bytes())
@@ -463,13 +464,13 @@ async fn create_admin(
     let ca_der = client.ca_cert_der().ok_or_else(|| {
         anyhow!("admin create needs an admin config to copy the cluster CA from (--config)")
     })?;
-    let status: ClusterStatus = client.get("/cluster").await?.json()?;
+    let status: ClusterStatus = client.request(Route::ClusterStatus).await?.json()?;
     let (key, csr) = warren_transport::ca::generate_csr().context("make a key")?;
     let request = AdminCreate {
         name: name.clone(),
         csr_der_base64: data_encoding::BASE64.encode(&csr),
     };
-    let answer = client.send(Method::POST, "/admins", &request).await?;
+    let answer = client.request_json(Route::CreateAdmin, &request).await?;
     let issued: AdminIssued = answer.json()?;
     let cert = data_encoding::BASE64
         .decode(issued.cert_der_base64.as_bytes())

@@ -14,9 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use hyper::Method;
 use serde::Serialize;
 use warren_api::rest::{ScaleRequest, ServiceInfo, WriteResult};
+use warren_api::routes::Route;
 use warren_api::{ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_edge_agent::agent::AgentStatus;
 use warren_edge_agent::link::SILENCE_LIMIT;
@@ -318,7 +318,7 @@ async fn deploy(
     n.step("deploy through the HTTP API: web (2 replicas, spread over the sites) and worker (one on every agent, VERSION=1)");
     for spec in [web(), worker("1")] {
         let written: WriteResult = client
-            .send(Method::POST, "/services", &spec)
+            .request_json(Route::CreateService, &spec)
             .await
             .with_context(|| format!("create service {}", spec.name))?
             .json()?;
@@ -396,11 +396,14 @@ async fn change_while_cut_off(
 ) -> Result<AgentStatus> {
     let client = cluster.client();
     n.step("while site b is cut off: worker gets VERSION=2 (a new workload: it restarts), web scales to 4");
-    let current: ServiceInfo = client.get("/services/worker").await?.json()?;
+    let current: ServiceInfo = client
+        .request(Route::GetService { service: "worker" })
+        .await?
+        .json()?;
     let mut spec = current.spec.clone();
     spec.env.insert("VERSION".into(), "2".into());
     let written: WriteResult = client
-        .send(Method::PUT, "/services/worker", &spec)
+        .request_json(Route::PutService { service: "worker" }, &spec)
         .await
         .context("update service worker")?
         .json()?;
@@ -410,9 +413,8 @@ async fn change_while_cut_off(
         written.revision
     ));
     let written: WriteResult = client
-        .send(
-            Method::POST,
-            "/services/web/scale",
+        .request_json(
+            Route::ScaleService { service: "web" },
             &ScaleRequest { replicas: 4 },
         )
         .await

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hyper::Method;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_api::rest::ServiceInfo;
+use warren_api::routes::Route;
 use warren_api::{ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 
 use crate::control_cmd::{Signals, say};
@@ -172,10 +172,10 @@ async fn prepare(cluster: &LocalCluster) -> Result<()> {
         ))?;
     }
     let client = cluster.client();
-    let services: Vec<ServiceInfo> = client.get("/services").await?.json()?;
+    let services: Vec<ServiceInfo> = client.request(Route::ListServices).await?.json()?;
     if services.is_empty() {
         client
-            .send(Method::POST, "/services", &sample_service())
+            .request_json(Route::CreateService, &sample_service())
             .await
             .context("create the sample service web")?;
         say(

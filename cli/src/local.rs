@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use hyper::Method;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren_api::rest::{ReplicaInfo, ServiceInfo, TokenRequest, TokenResponse};
+use warren_api::routes::Route;
 use warren_api::{NodeId, NodeRole, TaskState};
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_edge_agent::agent::{self, Agent, AgentError, AgentOptions, AgentStatus, RunEnd};
@@ -187,7 +187,7 @@ impl LocalCluster {
                 };
                 let token: TokenResponse = self
                     .client
-                    .send(Method::POST, "/tokens", &request)
+                    .request_json(Route::CreateToken, &request)
                     .await
                     .context("create an agent join token")?
                     .json()?;
@@ -308,14 +308,16 @@ impl LocalCluster {
     /// # Errors
     /// The API could not be asked.
     pub async fn converged(&self, agent: &LocalAgent) -> Result<Option<AgentStatus>> {
-        let services: Vec<ServiceInfo> = self.client.get("/services").await?.json()?;
+        let services: Vec<ServiceInfo> = self.client.request(Route::ListServices).await?.json()?;
         if services.iter().any(|s| s.rolling_out.is_some()) {
             return Ok(None);
         }
         let mut wanted = BTreeMap::new();
         for service in &services {
-            let path = format!("/services/{}/replicas", service.spec.name);
-            let replicas: Vec<ReplicaInfo> = self.client.get(&path).await?.json()?;
+            let route = Route::ServiceReplicas {
+                service: service.spec.name.as_str(),
+            };
+            let replicas: Vec<ReplicaInfo> = self.client.request(route).await?.json()?;
             let hash = format!("{:016x}", service.spec.workload_hash());
             for replica in replicas.into_iter().filter(|r| r.node == agent.node_id) {
                 wanted.insert(replica.id, hash.clone());

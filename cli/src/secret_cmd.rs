@@ -5,9 +5,9 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use hyper::Method;
 use warren_api::Secret;
 use warren_api::rest::SecretCreate;
+use warren_api::routes::Route;
 use warren_api::secret::MAX_SECRET_BYTES;
 use warren_transport::ca::unix_now_ms;
 
@@ -90,22 +90,23 @@ pub async fn run(client: &Client, format: OutputFormat, command: SecretCommand) 
     match command {
         SecretCommand::Create { name, file } => {
             let body = create_body(&name, &read_value(&file, None)?)?;
-            let existing: Vec<Secret> = client.get("/secrets").await?.json()?;
+            let existing: Vec<Secret> = client.request(Route::ListSecrets).await?.json()?;
             let replaced = existing.iter().any(|s| s.name == name);
-            let answer = client.send(Method::POST, "/secrets", &body).await?;
+            let answer = client.request_json(Route::CreateSecret, &body).await?;
             print_write(format, &answer, |r| {
                 let verb = if replaced { "replaced" } else { "created" };
                 format!("secret {name} {verb} (revision {})", r.revision)
             })
         }
-        SecretCommand::Ls => {
-            print_read(format, &client.get("/secrets").await?, |s: &Vec<Secret>| {
-                render_secrets(s)
-            })
-        }
+        SecretCommand::Ls => print_read(
+            format,
+            &client.request(Route::ListSecrets).await?,
+            |s: &Vec<Secret>| render_secrets(s),
+        ),
         SecretCommand::Rm { name } => {
-            let path = format!("/secrets/{}", crate::client::segment("secret", &name)?);
-            let answer = client.empty(Method::DELETE, &path).await?;
+            let answer = client
+                .request(Route::RemoveSecret { secret: &name })
+                .await?;
             print_write(format, &answer, |r| {
                 format!("secret {name} removed (revision {})", r.revision)
             })

@@ -4,8 +4,8 @@
 //! mistake is named by its flag before anything is sent.
 
 use anyhow::{Context, Result, anyhow, bail};
-use hyper::Method;
 use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo};
+use warren_api::routes::Route;
 use warren_api::{
     Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
     RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError, Workload,
@@ -363,7 +363,7 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
     match command {
         ServiceCommand::Create { name, flags } => {
             let spec = flags.to_spec(&name)?;
-            let answer = client.send(Method::POST, "/services", &spec).await?;
+            let answer = client.request_json(Route::CreateService, &spec).await?;
             print_write(format, &answer, |r| {
                 format!(
                     "service {name} created (version {}, revision {})",
@@ -374,11 +374,11 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
         }
         ServiceCommand::Ls => print_read(
             format,
-            &client.get("/services").await?,
+            &client.request(Route::ListServices).await?,
             |s: &Vec<ServiceInfo>| render_services(s),
         ),
         ServiceCommand::Inspect { name } => {
-            let answer = client.get(&service_path(&name, "")?).await?;
+            let answer = client.request(Route::GetService { service: &name }).await?;
             match format {
                 OutputFormat::Json => crate::output::out(&format!("{}\n", answer.text())),
                 OutputFormat::Table => crate::output::out(&render_service(&answer.json()?)?),
@@ -386,13 +386,14 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             Ok(())
         }
         ServiceCommand::Ps { name } => {
-            let answer = client.get(&service_path(&name, "/replicas")?).await?;
+            let route = Route::ServiceReplicas { service: &name };
+            let answer = client.request(route).await?;
             print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))
         }
         ServiceCommand::Scale { name, replicas } => {
-            let path = service_path(&name, "/scale")?;
+            let route = Route::ScaleService { service: &name };
             let answer = client
-                .send(Method::POST, &path, &ScaleRequest { replicas })
+                .request_json(route, &ScaleRequest { replicas })
                 .await?;
             print_write(format, &answer, |r| {
                 if r.changed {
@@ -411,8 +412,8 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             removals,
         } => update(client, format, &name, &flags, &removals).await,
         ServiceCommand::Rollback { name } => {
-            let path = service_path(&name, "/rollback")?;
-            let answer = client.empty(Method::POST, &path).await?;
+            let route = Route::RollbackService { service: &name };
+            let answer = client.request(route).await?;
             print_write(format, &answer, |r| match r.version {
                 Some(version) => format!(
                     "service {name} rolled back (now version {version}, revision {})",
@@ -423,7 +424,7 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
         }
         ServiceCommand::Rm { name } => {
             let answer = client
-                .empty(Method::DELETE, &service_path(&name, "")?)
+                .request(Route::RemoveService { service: &name })
                 .await?;
             print_write(format, &answer, |r| {
                 format!("service {name} removed (revision {})", r.revision)
@@ -463,8 +464,10 @@ async fn update(
     flags: &SpecFlags,
     removals: &Removals,
 ) -> Result<()> {
-    let path = service_path(name, "")?;
-    let current: ServiceInfo = client.get(&path).await?.json()?;
+    let current: ServiceInfo = client
+        .request(Route::GetService { service: name })
+        .await?
+        .json()?;
     let mut spec = current.spec.clone();
     flags.apply_to(&mut spec)?;
     for key in &removals.env_rm {
@@ -490,7 +493,9 @@ async fn update(
         eprintln!("service {name} unchanged: the flags do not change its spec");
         return Ok(());
     }
-    let answer = client.send(Method::PUT, &path, &spec).await?;
+    let answer = client
+        .request_json(Route::PutService { service: name }, &spec)
+        .await?;
     print_write(format, &answer, |r| {
         format!(
             "service {name} updated to version {} (revision {})",
@@ -498,12 +503,6 @@ async fn update(
             r.revision
         )
     })
-}
-
-/// `/services/NAME` plus `suffix`, with the name checked first.
-fn service_path(name: &str, suffix: &str) -> Result<String> {
-    let name = ServiceName::new(name).map_err(|e| anyhow!("service name: {}", e.message))?;
-    Ok(format!("/services/{name}{suffix}"))
 }
 
 /// The workload in one short line: the command line or the image reference.

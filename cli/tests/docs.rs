@@ -32,8 +32,15 @@ fn the_apply_example_in_the_cli_doc_parses_and_validates() {
         .expect("run warren");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    for (kind, name) in [("service", "web"), ("secret", "db-pass"), ("volume", "data")] {
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for (kind, name) in [
+        ("service", "web"),
+        ("secret", "db-pass"),
+        ("volume", "data"),
+    ] {
         assert!(
             stdout
                 .lines()
