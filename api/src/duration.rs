@@ -61,7 +61,7 @@ pub fn format_duration_ms(ms: u64) -> String {
     let (name, unit_ms) = UNITS
         .iter()
         .rev()
-        .find(|(_, unit_ms)| ms % unit_ms == 0)
+        .find(|(_, unit_ms)| ms.is_multiple_of(*unit_ms))
         .copied()
         .unwrap_or(("ms", 1));
     format!("{}{name}", ms / unit_ms)

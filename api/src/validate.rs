@@ -311,14 +311,13 @@ impl ServiceSpec {
     pub fn validate(&self) -> Result<(), ValidationError> {
         // `name` needs no check: a `ServiceName` cannot hold an invalid name.
         validate_workload(&self.workload).map_err(|e| e.within("workload"))?;
-        if let ServiceMode::Replicated { replicas } = self.mode {
-            if replicas > MAX_REPLICAS {
+        if let ServiceMode::Replicated { replicas } = self.mode
+            && replicas > MAX_REPLICAS {
                 return fail(
                     "mode.replicated.replicas",
                     format!("must be at most {MAX_REPLICAS}, got {replicas}"),
                 );
             }
-        }
         validate_placement(&self.placement).map_err(|e| e.within("placement"))?;
         validate_env("env", &self.env)?;
         validate_ports(&self.ports)?;

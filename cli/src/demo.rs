@@ -517,11 +517,9 @@ async fn heal(
     if let Some((replica, _)) = pids(&b_after)
         .iter()
         .find(|(r, _)| r.starts_with("worker."))
-    {
-        if let Some(line) = last_log_line(b, replica) {
+        && let Some(line) = last_log_line(b, replica) {
             n.say(format!("{replica}'s log on edge-b1 ends with: {line}"));
         }
-    }
     Ok(b_after)
 }
 

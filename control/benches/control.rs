@@ -934,7 +934,7 @@ fn median_max(values: impl Iterator<Item = Duration>) -> (Duration, Duration) {
     assert!(!values.is_empty(), "every round is measured");
     values.sort_unstable();
     let mid = values.len() / 2;
-    let median = if values.len() % 2 == 0 {
+    let median = if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2
     } else {
         values[mid]

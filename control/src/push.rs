@@ -159,12 +159,11 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 .cluster_keys()
                 .and_then(|keys| node_view(&state, hello.node_id, &state.control_addrs, &keys))
         };
-        if let Some(view) = view {
-            if let Some(message) = next_message(&hello, sent.as_ref(), &view) {
+        if let Some(view) = view
+            && let Some(message) = next_message(&hello, sent.as_ref(), &view) {
                 send.send(&message).await?;
                 sent = Some(view);
             }
-        }
         // Contact checks only note the time; everything else may change the view.
         loop {
             tokio::select! {

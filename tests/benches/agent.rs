@@ -1121,7 +1121,7 @@ async fn make_changes(
     for change_idx in 0..changes {
         let pass = change_idx / specs.len();
         let spec = &mut specs[change_idx % specs.len()];
-        if pass % 2 == 0 {
+        if pass.is_multiple_of(2) {
             let replicas = 1 + u32::try_from((pass / 2 + round) % 4).expect("below 4");
             spec.mode = ServiceMode::Replicated { replicas };
             cluster

@@ -95,11 +95,10 @@ impl Runner<'_> {
         let (run, attempts) = self.cli_attempts(spec, &words, at, sent_ms, write.as_ref())?;
         if let Some(write) = write {
             let done_ms = self.push_write(at, sent_ms, write, run.ok, &shown, spec);
-            if run.ok {
-                if let Some(index) = self.pending_failover.take() {
+            if run.ok
+                && let Some(index) = self.pending_failover.take() {
                     self.record.failovers[index].first_write_ms = Some(done_ms);
                 }
-            }
         }
         let target = spec
             .api
@@ -234,19 +233,17 @@ fn expectation_problems(spec: &CliSpec, run: &CliRun) -> Vec<String> {
         ));
     }
     if !run.ok {
-        if let Some(limit) = spec.fail_within_s {
-            if run.took.as_secs_f64() > limit {
+        if let Some(limit) = spec.fail_within_s
+            && run.took.as_secs_f64() > limit {
                 problems.push(format!(
                     "it failed after {:.2}s, not within {limit}s",
                     run.took.as_secs_f64()
                 ));
             }
-        }
-        if let Some(needle) = &spec.error_contains {
-            if !run.stderr.contains(needle.as_str()) {
+        if let Some(needle) = &spec.error_contains
+            && !run.stderr.contains(needle.as_str()) {
                 problems.push(format!("its error does not say {needle:?}"));
             }
-        }
     }
     problems
 }

@@ -17,7 +17,7 @@ fn node(id: u64, site: &str, availability: Availability, state: NodeState) -> No
         site: site.to_owned(),
         labels: BTreeMap::from([(
             "tier".to_owned(),
-            if id % 2 == 0 { "a" } else { "b" }.to_owned(),
+            if id.is_multiple_of(2) { "a" } else { "b" }.to_owned(),
         )]),
         availability,
         state,
