@@ -1,0 +1,714 @@
+//! The reconcile loop and its driver: each pass observes the held workloads through the
+//! runtime, asks the [planner](crate::planner) what to do, carries out its actions (start,
+//! stop, restart, adopt), keeps the workload records and restart history in the cache, and
+//! reports replica states (to the link's reporter and to `status.json`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
+use warren_api::wire::{Listener, ListenerStatus};
+use warren_api::{
+    Event, NodeView, ReplicaId, ReplicaStatus, Revision, SealedBlob, Service, TaskState, Workload,
+};
+use warren_transport::ca::unix_now_ms as now_ms;
+
+use super::status_file::{AgentStatus, LocalReplica, StatusWriter};
+use super::{Agent, AgentIdentity, BOOK_KEY, RECORD_PREFIX, REMOVED_KEY, VIEW_KEY};
+use crate::cache::Cache;
+use crate::health::probe::ExecContext;
+use crate::health::{HealthMonitor, HealthTarget};
+use crate::link::{LinkEnd, LinkStatus};
+use crate::listeners::ListenerBook;
+use crate::metrics::AgentMetrics;
+use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBook};
+use crate::report::Reporter;
+use crate::runtime::{Runtime, WorkloadHandle, WorkloadRecord};
+use crate::secrets::{self, NodeSecrets, StartError};
+
+/// How soon a pass that acted is followed by another (to see what it started running).
+pub const FOLLOW_UP_PASS: Duration = Duration::from_millis(100);
+/// The longest time between two reconcile passes.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often log files are checked against their size bound.
+pub const LOG_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the reconcile loop wakes on besides its timers.
+pub(super) struct Watches {
+    pub(super) views: watch::Receiver<Option<Arc<NodeView>>>,
+    pub(super) link_status: watch::Receiver<LinkStatus>,
+    pub(super) discovery: watch::Receiver<crate::discovery::DiscoveryStatus>,
+    pub(super) listeners: watch::Receiver<BTreeMap<Listener, ListenerStatus>>,
+}
+
+/// How the reconcile loop ended.
+pub(super) enum Ended {
+    /// Stopped (cancelled, or the link ended); the link task, if it still runs.
+    Stopped(Option<tokio::task::JoinHandle<LinkEnd>>),
+    /// The node was removed; the workloads are stopped and wiped.
+    Removed(String),
+}
+
+impl Reconciler {
+    /// Runs reconcile passes — on every change of the view, the link, discovery or a listener,
+    /// at the planner's wake-ups and at least every [`RECONCILE_INTERVAL`] — until `cancel`,
+    /// the link's end, or the node's removal (workloads then stopped and wiped).
+    pub(super) async fn reconcile_until_end(
+        &mut self,
+        mut watches: Watches,
+        mut link_task: tokio::task::JoinHandle<LinkEnd>,
+        cancel: &CancellationToken,
+    ) -> Ended {
+        let mut last_rotate = tokio::time::Instant::now();
+        loop {
+            let view = watches.views.borrow_and_update().clone();
+            let status = watches.link_status.borrow_and_update().clone();
+            watches.listeners.borrow_and_update();
+            let wakeup_ms = self.pass(view.as_deref(), status).await;
+            if last_rotate.elapsed() >= LOG_ROTATE_INTERVAL {
+                last_rotate = tokio::time::Instant::now();
+                if let Err(error) = self.runtime.rotate_logs().await {
+                    warn!(error = %error, "cannot rotate workload logs");
+                }
+            }
+            let delay = wakeup_ms.map_or(RECONCILE_INTERVAL, |at| {
+                Duration::from_millis(at.saturating_sub(now_ms())).min(RECONCILE_INTERVAL)
+            });
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ended::Stopped(Some(link_task)),
+                end = &mut link_task => match end {
+                    Ok(LinkEnd::Removed(message)) => {
+                        warn!(%message, "node removed from the cluster; stopping every workload");
+                        self.teardown().await;
+                        return Ended::Removed(message);
+                    }
+                    Ok(LinkEnd::Cancelled) => return Ended::Stopped(None),
+                    Err(error) => {
+                        // Workloads must keep running whatever happened to the link.
+                        warn!(error = %error, "link task failed; agent stopping, workloads keep running");
+                        return Ended::Stopped(None);
+                    }
+                },
+                _ = watches.views.changed() => {}
+                _ = watches.link_status.changed() => {}
+                Ok(()) = watches.discovery.changed() => {}
+                Ok(()) = watches.listeners.changed() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// The reconcile driver's state: the handles it holds, exits it has seen, the restart book.
+#[derive(Debug)]
+pub(super) struct Reconciler {
+    data_dir: PathBuf,
+    identity: AgentIdentity,
+    cache: Arc<Cache>,
+    runtime: Arc<dyn Runtime>,
+    handles: BTreeMap<ReplicaId, WorkloadHandle>,
+    /// When each exited workload was first seen exited (keyed by its start), so that the
+    /// planner sees one exit time per run.
+    exits: BTreeMap<ReplicaId, (u64, u64)>,
+    book: RestartBook,
+    /// The node secret key and what each workload's secret files hold.
+    secrets: NodeSecrets,
+    health: BTreeMap<ReplicaId, warren_api::HealthState>,
+    /// Runs the health checks whose results fill `health`.
+    health_monitor: HealthMonitor,
+    states: BTreeMap<ReplicaId, TaskState>,
+    link: LinkStatus,
+    revision: u64,
+    reporter: Arc<Reporter>,
+    metrics: AgentMetrics,
+    /// The listeners' states (and where metrics are served), for `status.json`.
+    listeners: ListenerBook,
+    /// The statuses last reported, to keep `updated_at_ms` at the last real change.
+    reported: BTreeMap<ReplicaId, ReplicaStatus>,
+    status_file: StatusWriter,
+    /// [`AgentOptions::selfcheck_stop_on_disconnect`].
+    selfcheck_stop_on_disconnect: bool,
+    /// Where discovery serves, for `status.json`.
+    discovery: watch::Receiver<crate::discovery::DiscoveryStatus>,
+}
+
+impl Reconciler {
+    pub(super) fn new(
+        agent: &Agent,
+        cancel: CancellationToken,
+        reporter: Arc<Reporter>,
+        metrics: AgentMetrics,
+        listeners: ListenerBook,
+        discovery: watch::Receiver<crate::discovery::DiscoveryStatus>,
+    ) -> Self {
+        let book = match agent.cache.get::<RestartBook>(BOOK_KEY) {
+            Ok(book) => book.unwrap_or_default(),
+            Err(error) => {
+                warn!(error = %error, "restart history unreadable; starting afresh");
+                RestartBook::new()
+            }
+        };
+        Reconciler {
+            data_dir: agent.data_dir.clone(),
+            identity: agent.identity.clone(),
+            cache: agent.cache.clone(),
+            runtime: agent.runtime.clone(),
+            handles: BTreeMap::new(),
+            exits: BTreeMap::new(),
+            book,
+            secrets: NodeSecrets::load(&agent.data_dir),
+            health: BTreeMap::new(),
+            health_monitor: HealthMonitor::new(cancel),
+            states: BTreeMap::new(),
+            link: LinkStatus::default(),
+            revision: 0,
+            reporter,
+            metrics,
+            listeners,
+            reported: BTreeMap::new(),
+            status_file: StatusWriter::new(&agent.data_dir),
+            selfcheck_stop_on_disconnect: agent.options.selfcheck_stop_on_disconnect,
+            discovery,
+        }
+    }
+
+    /// Re-attaches to the workloads an earlier agent recorded; forgets records of workloads
+    /// that are gone (the planner starts them again).
+    pub(super) async fn adopt_recorded(&mut self) {
+        for key in self.cache.keys_with_prefix(RECORD_PREFIX) {
+            let record = match self.cache.get::<WorkloadRecord>(&key) {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(error = %error, "dropping an unreadable workload record");
+                    self.remove_key(&key);
+                    continue;
+                }
+            };
+            match self.runtime.adopt(&record).await {
+                Some(handle) => {
+                    info!(replica = %record.replica, pid = ?record.pid(), "re-adopted workload");
+                    self.handles.insert(record.replica.clone(), handle);
+                }
+                None => {
+                    info!(replica = %record.replica, "recorded workload is gone");
+                    self.remove_key(&key);
+                }
+            }
+        }
+        self.flush().await;
+    }
+
+    fn remove_key(&self, key: &str) {
+        if let Err(error) = self.cache.remove(key) {
+            warn!(error = %error, key, "cannot update the agent cache");
+        }
+    }
+
+    async fn flush(&self) {
+        if let Err(error) = self.cache.flush().await {
+            warn!(error = %error, "cannot flush the agent cache");
+        }
+    }
+
+    /// One reconcile pass; returns the planner's next wake-up.
+    async fn pass(&mut self, view: Option<&NodeView>, link: LinkStatus) -> Option<u64> {
+        self.link = link;
+        self.metrics.reconcile_passes_total.inc();
+        let observed = self.observe().await;
+        if self.selfcheck_stop_on_disconnect && self.link.connects > 0 && !self.link.connected {
+            self.stop_while_link_lost().await;
+            self.write_status(view, false);
+            return None;
+        }
+        let Some(view) = view else {
+            // Never had a view: keep whatever was adopted, decide nothing.
+            self.write_status(None, false);
+            return None;
+        };
+        self.revision = view.revision.0;
+        let targets = health_targets(&self.handles, view, &observed);
+        self.health_monitor.sync(targets);
+        self.health = self.health_monitor.health();
+        let health_events = self.health_monitor.drain_events();
+        self.record_events(health_events);
+        let before = self.book.clone();
+        let now = now_ms();
+        let plan = planner::plan(
+            &PlanInput {
+                now_ms: now,
+                view,
+                observed: &observed,
+                health: &self.health,
+            },
+            &mut self.book,
+        );
+        self.record_events(plan.events.clone());
+        for action in &plan.actions {
+            let events = self.execute(action, view).await;
+            self.record_events(events);
+        }
+        self.secrets
+            .refresh(&*self.runtime, view, &self.handles)
+            .await;
+        self.states = plan.states.clone();
+        self.report(view.revision);
+        if self.book != before {
+            if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
+                warn!(error = %error, "cannot store the restart history");
+            }
+            self.flush().await;
+        }
+        self.write_status(Some(view), false);
+        // Something was started, restarted or stopped: look again soon, so that a started
+        // workload shows `running` and a stopped one's replacement starts without waiting out
+        // the whole reconcile interval.
+        let acted = plan
+            .actions
+            .iter()
+            .any(|a| !matches!(a, Action::Wait { .. } | Action::Adopt { .. }));
+        if acted {
+            let soon = now_ms() + FOLLOW_UP_PASS.as_millis() as u64;
+            return Some(plan.next_wakeup_ms.map_or(soon, |at| at.min(soon)));
+        }
+        plan.next_wakeup_ms
+    }
+
+    /// The self-check knob ([`AgentOptions::selfcheck_stop_on_disconnect`]) with the link
+    /// lost: stops every workload and plans nothing, so none starts again until the link is
+    /// back. Deliberately the opposite of what the agent promises.
+    async fn stop_while_link_lost(&mut self) {
+        self.health_monitor.sync(Vec::new());
+        self.health.clear();
+        if self.handles.is_empty() {
+            return;
+        }
+        warn!(
+            n_workloads = self.handles.len(),
+            "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT fired: the link to control is lost, stopping every workload"
+        );
+        let now = now_ms();
+        let mut events = Vec::new();
+        for (replica, workload_hash) in self.stop_every_workload().await {
+            self.states.insert(replica.clone(), TaskState::Stopped);
+            events.push(self.book.record_stopped(
+                &replica,
+                workload_hash,
+                planner::StopReason::SelfCheckLinkLost,
+                now,
+            ));
+        }
+        self.record_events(events);
+        if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
+            warn!(error = %error, "cannot store the restart history");
+        }
+        self.flush().await;
+    }
+
+    fn record_events(&self, events: Vec<Event>) {
+        log_events(&events);
+        self.metrics.count_events(events.iter().map(|e| e.kind));
+        self.reporter.push_events(events);
+    }
+
+    /// Hands the replicas' states to the reporter (the link sends them if they changed).
+    fn report(&mut self, revision: Revision) {
+        let now = now_ms();
+        let mut statuses = Vec::new();
+        let mut known: BTreeMap<ReplicaId, TaskState> = self.states.clone();
+        for replica in self.handles.keys() {
+            known.entry(replica.clone()).or_insert(TaskState::Running);
+        }
+        for (replica, state) in known {
+            let record = self.handles.get(&replica).map(WorkloadHandle::record);
+            let history = self.book.get(&replica);
+            let last_exit = history.and_then(|h| h.last_exit.as_ref());
+            let mut status = ReplicaStatus {
+                id: replica.clone(),
+                node: self.identity.node_id,
+                state,
+                pid: record.and_then(WorkloadRecord::pid),
+                started_at_ms: record.map(|r| r.started_at_ms),
+                exit_code: last_exit.and_then(|e| e.code),
+                restarts: history.map_or(0, |h| h.restarts),
+                health: self.health.get(&replica).copied().unwrap_or_default(),
+                message: match state {
+                    TaskState::Running | TaskState::Starting => None,
+                    _ => last_exit.map(planner::ExitRecord::describe),
+                },
+                updated_at_ms: now,
+            };
+            if let Some(previous) = self.reported.get(&replica) {
+                let unchanged = ReplicaStatus {
+                    updated_at_ms: previous.updated_at_ms,
+                    ..status.clone()
+                };
+                if unchanged == *previous {
+                    status.updated_at_ms = previous.updated_at_ms;
+                }
+            }
+            statuses.push(status);
+        }
+        self.metrics
+            .set_workloads(statuses.iter().map(|s| (s.state, s.health)));
+        self.reported = statuses.iter().map(|s| (s.id.clone(), s.clone())).collect();
+        self.reporter.set_replicas(revision, statuses);
+    }
+
+    /// Observes every held workload, in the planner's terms.
+    async fn observe(&mut self) -> Vec<Observed> {
+        let mut out = Vec::with_capacity(self.handles.len());
+        let mut gone = Vec::new();
+        for (replica, handle) in &self.handles {
+            let record = handle.record();
+            let state = match self.runtime.observe(handle).await {
+                Ok(crate::runtime::Observed::Running) => ObservedState::Running {
+                    since_ms: record.started_at_ms,
+                },
+                Ok(crate::runtime::Observed::Exited { code, signal }) => {
+                    let seen = self
+                        .exits
+                        .entry(replica.clone())
+                        .or_insert((record.started_at_ms, now_ms()));
+                    if seen.0 != record.started_at_ms {
+                        *seen = (record.started_at_ms, now_ms());
+                    }
+                    ObservedState::Exited {
+                        code: if signal.is_some() { None } else { code },
+                        at_ms: seen.1,
+                    }
+                }
+                Ok(crate::runtime::Observed::Gone) => {
+                    gone.push(replica.clone());
+                    continue;
+                }
+                Err(error) => {
+                    // Cannot tell: assume it runs rather than start a second copy.
+                    warn!(%replica, error = %error, "cannot observe workload");
+                    ObservedState::Running {
+                        since_ms: record.started_at_ms,
+                    }
+                }
+            };
+            out.push(Observed {
+                replica: replica.clone(),
+                workload_hash: record.workload_hash,
+                state,
+            });
+        }
+        for replica in gone {
+            info!(%replica, "workload vanished");
+            self.handles.remove(&replica);
+            self.remove_key(&record_key(&replica));
+        }
+        out
+    }
+
+    /// Carries out one action; returns the events it caused.
+    async fn execute(&mut self, action: &Action, view: &NodeView) -> Vec<Event> {
+        let now = now_ms();
+        match action {
+            Action::Stop {
+                replica,
+                workload_hash,
+                grace_ms,
+                reason,
+            } => {
+                if self.stop(replica, Duration::from_millis(*grace_ms)).await {
+                    vec![
+                        self.book
+                            .record_stopped(replica, *workload_hash, *reason, now),
+                    ]
+                } else {
+                    vec![]
+                }
+            }
+            Action::Adopt {
+                replica,
+                service,
+                workload_hash,
+                since_ms,
+            } => vec![
+                self.book
+                    .record_adopted(replica, service, *workload_hash, *since_ms, now),
+            ],
+            Action::Restart {
+                replica,
+                service,
+                workload_hash,
+                previous_hash,
+                reason,
+            } => {
+                if self.is_live(replica).await {
+                    let grace = Duration::from_millis(service.spec.stop_grace_period_ms);
+                    if !self.stop(replica, grace).await {
+                        return vec![];
+                    }
+                    if matches!(reason, planner::RestartReason::Unhealthy) {
+                        self.book
+                            .record_exited(replica, service, *previous_hash, None, now);
+                    }
+                }
+                self.health.remove(replica);
+                vec![
+                    self.start(replica, service, *workload_hash, &view.secrets)
+                        .await,
+                ]
+            }
+            Action::Start {
+                replica,
+                service,
+                workload_hash,
+            } => {
+                if self.is_live(replica).await {
+                    // The planner starts only once the old workload has stopped; a live one
+                    // here is a race with its exit: plan again next pass.
+                    return vec![];
+                }
+                self.health.remove(replica);
+                vec![
+                    self.start(replica, service, *workload_hash, &view.secrets)
+                        .await,
+                ]
+            }
+            Action::Wait { .. } => vec![],
+        }
+    }
+
+    async fn is_live(&self, replica: &ReplicaId) -> bool {
+        let Some(handle) = self.handles.get(replica) else {
+            return false;
+        };
+        matches!(
+            self.runtime.observe(handle).await,
+            Ok(crate::runtime::Observed::Running) | Err(_)
+        )
+    }
+
+    /// Stops every held workload, each with its service's stop grace period; returns the
+    /// replicas stopped, with their workload hashes.
+    async fn stop_every_workload(&mut self) -> Vec<(ReplicaId, u64)> {
+        let held: Vec<(ReplicaId, u64)> = self
+            .handles
+            .iter()
+            .map(|(replica, handle)| (replica.clone(), handle.record().workload_hash))
+            .collect();
+        let mut stopped = Vec::with_capacity(held.len());
+        for (replica, workload_hash) in held {
+            let grace_ms = self
+                .book
+                .get(&replica)
+                .map_or(DEFAULT_STOP_GRACE_PERIOD_MS, |r| r.stop_grace_period_ms);
+            if self.stop(&replica, Duration::from_millis(grace_ms)).await {
+                stopped.push((replica, workload_hash));
+            }
+        }
+        stopped
+    }
+
+    /// Stops the replica's workload and forgets it; returns whether it is stopped.
+    async fn stop(&mut self, replica: &ReplicaId, grace: Duration) -> bool {
+        if let Some(handle) = self.handles.get(replica) {
+            if let Err(error) = self.runtime.stop(handle, grace).await {
+                warn!(%replica, error = %error, "cannot stop workload; trying again next pass");
+                return false;
+            }
+        }
+        if let Err(error) = self.runtime.cleanup(replica).await {
+            warn!(%replica, error = %error, "cannot clean up after workload");
+        }
+        self.handles.remove(replica);
+        self.exits.remove(replica);
+        self.secrets.forget(replica);
+        self.remove_key(&record_key(replica));
+        self.flush().await;
+        true
+    }
+
+    async fn start(
+        &mut self,
+        replica: &ReplicaId,
+        service: &Service,
+        workload_hash: u64,
+        sealed: &BTreeMap<String, SealedBlob>,
+    ) -> Event {
+        let now = now_ms();
+        let started = match self.secrets.request(replica, &service.spec, sealed) {
+            Ok(request) => self.runtime.start(&request).await.map_err(StartError::from),
+            Err(error) => Err(error),
+        };
+        match started {
+            Ok(handle) => {
+                if let Err(error) = self.cache.put(&record_key(replica), handle.record()) {
+                    warn!(%replica, error = %error, "cannot record the started workload");
+                }
+                self.flush().await;
+                let runs_as = handle.record().credentials.as_ref().map(|c| c.describe());
+                self.handles.insert(replica.clone(), handle);
+                self.exits.remove(replica);
+                let mut event = self
+                    .book
+                    .record_started(replica, service, workload_hash, now);
+                // Who it runs as, said with every start: `service ps` and the events show it.
+                if let Some(runs_as) = runs_as {
+                    event.message.push_str(&format!(" as {runs_as}"));
+                }
+                event
+            }
+            Err(error) => {
+                warn!(%replica, error = %error, "cannot start workload");
+                self.book.record_start_failed(
+                    replica,
+                    service,
+                    workload_hash,
+                    now,
+                    &error.to_string(),
+                )
+            }
+        }
+    }
+
+    /// The node was removed: stop everything, wipe records, secrets and the view, and mark
+    /// the cache so that an offline boot does not start the workloads again.
+    async fn teardown(&mut self) {
+        self.health_monitor.shutdown().await;
+        self.health.clear();
+        self.stop_every_workload().await;
+        // Stopping removed the stopped replicas' secrets; this catches any left behind (a
+        // workload that would not stop, one the agent lost track of).
+        if let Err(error) = self.runtime.wipe_secrets().await {
+            warn!(error = %error, "cannot remove every secret file");
+        }
+        if let Err(error) = secrets::remove_key(&self.data_dir) {
+            warn!(error = %error, "cannot remove the node secret key");
+        }
+        self.secrets.clear();
+        for key in self.cache.keys_with_prefix(RECORD_PREFIX) {
+            self.remove_key(&key);
+        }
+        self.remove_key(BOOK_KEY);
+        self.remove_key(VIEW_KEY);
+        if let Err(error) = self.cache.put(REMOVED_KEY, &true) {
+            warn!(error = %error, "cannot mark the cache as removed");
+        }
+        self.flush().await;
+        self.book = RestartBook::new();
+        self.states.clear();
+        self.reporter.clear();
+        self.link.connected = false;
+        self.write_status(None, true);
+    }
+
+    /// Writes `status.json` if what it says changed (see [`StatusWriter`]); `force` writes it
+    /// regardless.
+    fn write_status(&mut self, view: Option<&NodeView>, force: bool) {
+        let mut replicas: BTreeMap<ReplicaId, LocalReplica> = BTreeMap::new();
+        for (replica, state) in &self.states {
+            replicas.insert(replica.clone(), self.replica_status(replica, *state));
+        }
+        for replica in self.handles.keys() {
+            replicas
+                .entry(replica.clone())
+                .or_insert_with(|| self.replica_status(replica, TaskState::Running));
+        }
+        let status = AgentStatus {
+            node_id: self.identity.node_id,
+            name: self.identity.name.clone(),
+            site: self.identity.site.clone(),
+            agent_pid: std::process::id(),
+            updated_at_ms: now_ms(),
+            revision: view.map_or(self.revision, |v| v.revision.0),
+            link: self.link.clone(),
+            replicas: replicas.into_values().collect(),
+            metrics_addr: self.listeners.bound(Listener::Metrics),
+            listeners: self.listeners.snapshot(),
+            discovery: self.discovery.borrow().clone(),
+        };
+        self.status_file.write(&status, force);
+    }
+
+    /// The agent stops (its workloads keep running): stops the health checks.
+    pub(super) async fn stop_health_checks(&mut self) {
+        self.health_monitor.shutdown().await;
+    }
+
+    /// The agent stops with its workloads left running: the last `status.json` says the link
+    /// is down, and the cache is flushed.
+    pub(super) async fn record_stop(&mut self) {
+        self.link.connected = false;
+        self.write_status(None, true);
+        self.flush().await;
+    }
+
+    fn replica_status(&self, replica: &ReplicaId, state: TaskState) -> LocalReplica {
+        let record = self.handles.get(replica).map(WorkloadHandle::record);
+        let health = self.health.get(replica).copied();
+        LocalReplica {
+            replica: replica.clone(),
+            state,
+            pid: record.and_then(WorkloadRecord::pid),
+            restarts: self.book.get(replica).map_or(0, |r| r.restarts),
+            workload_hash: record.map(|r| format!("{:016x}", r.workload_hash)),
+            started_at_ms: record.map(|r| r.started_at_ms),
+            health: health.unwrap_or_default(),
+            health_detail: health
+                .and_then(|_| self.health_monitor.last_failure(replica))
+                .map(str::to_owned),
+        }
+    }
+}
+
+fn record_key(replica: &ReplicaId) -> String {
+    format!("{RECORD_PREFIX}{replica}")
+}
+
+/// The health checks to run: one per running workload whose service has a check. Exec probes
+/// get the service's environment and run in the workload's working directory, as its user.
+fn health_targets(
+    handles: &BTreeMap<ReplicaId, WorkloadHandle>,
+    view: &NodeView,
+    observed: &[Observed],
+) -> Vec<HealthTarget> {
+    observed
+        .iter()
+        .filter_map(|workload| {
+            let ObservedState::Running { since_ms } = workload.state else {
+                return None;
+            };
+            let spec = &view.services.get(&workload.replica.service)?.spec;
+            let check = spec.health.clone()?;
+            let record = handles.get(&workload.replica).map(WorkloadHandle::record);
+            let working_dir = match &spec.workload {
+                Workload::Process(_) => record.map(|r| r.working_dir.clone()),
+                // Exec probes in containers come with the container runtime.
+                Workload::Image(_) => None,
+            };
+            Some(HealthTarget {
+                replica: workload.replica.clone(),
+                check,
+                started_at_ms: since_ms,
+                workload_hash: workload.workload_hash,
+                exec: ExecContext {
+                    env: spec.env.clone(),
+                    working_dir,
+                    credentials: record.and_then(|r| r.credentials.clone()),
+                },
+            })
+        })
+        .collect()
+}
+
+fn log_events(events: &[Event]) {
+    for event in events {
+        match &event.replica {
+            Some(replica) => info!(%replica, kind = ?event.kind, "{}", event.message),
+            None => info!(kind = ?event.kind, "{}", event.message),
+        }
+    }
+}
