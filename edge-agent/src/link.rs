@@ -120,6 +120,16 @@ enum SessionError {
     },
 }
 
+/// What one message from control means for the session.
+enum Received {
+    /// A new view, to store, flush and ack.
+    View(Box<NodeView>),
+    /// Nothing to store (a heartbeat, an empty delta).
+    Nothing,
+    /// The session, and the link, end.
+    End(LinkEnd),
+}
+
 /// What kind of attempt to reach control failed: the `reason` label of
 /// `warren_agent_link_failures_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -536,49 +546,62 @@ impl Link {
             deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
             self.status
                 .send_modify(|s| s.last_contact_ms = Some(now_ms()));
-            let next = match message {
-                ControlToAgent::Snapshot(view) => *view,
-                // Nothing to store or ack: the view is where it was (an older control node
-                // sends these when only something outside the replicated state moved).
-                ControlToAgent::Delta(delta)
-                    if delta.is_noop()
-                        && current.as_ref().is_some_and(|v| v.revision == delta.from) =>
-                {
-                    debug!(revision = %delta.to, "empty delta");
-                    continue;
-                }
-                ControlToAgent::Delta(delta) => {
-                    let mut view = current.as_deref().cloned().ok_or_else(|| {
-                        SessionError::Resync("a delta without a base view".into())
-                    })?;
-                    view.apply(&delta)
-                        .map_err(|e| SessionError::Resync(e.to_string()))?;
-                    view
-                }
-                ControlToAgent::Heartbeat { revision } => {
-                    debug!(revision = %revision, "heartbeat");
-                    self.status
-                        .send_modify(|s| s.control_revision = s.control_revision.max(revision.0));
-                    continue;
-                }
-                ControlToAgent::Refused(refusal) if refusal.reason.is_permanent() => {
-                    return Ok(LinkEnd::Removed(refusal.message));
-                }
-                ControlToAgent::Refused(Refusal {
-                    reason: RefusalReason::Overloaded { retry_after_ms },
-                    message,
-                }) => {
-                    return Err(SessionError::Elsewhere {
-                        message,
-                        retry_after: Duration::from_millis(retry_after_ms.min(30_000)),
-                    });
-                }
-                ControlToAgent::Refused(refusal) => {
-                    return Err(SessionError::Refused(refusal.message));
-                }
+            let next = match self.receive(message, current.as_deref())? {
+                Received::View(view) => *view,
+                Received::Nothing => continue,
+                Received::End(end) => return Ok(end),
             };
             current = Some(self.keep(next, &mut send).await?);
         }
+    }
+
+    /// What one message from control means for the session, given the view it holds.
+    fn receive(
+        &self,
+        message: ControlToAgent,
+        current: Option<&NodeView>,
+    ) -> Result<Received, SessionError> {
+        let received = match message {
+            ControlToAgent::Snapshot(view) => Received::View(view),
+            // Nothing to store or ack: the view is where it was (an older control node
+            // sends these when only something outside the replicated state moved).
+            ControlToAgent::Delta(delta)
+                if delta.is_noop() && current.is_some_and(|v| v.revision == delta.from) =>
+            {
+                debug!(revision = %delta.to, "empty delta");
+                Received::Nothing
+            }
+            ControlToAgent::Delta(delta) => {
+                let mut view = current
+                    .cloned()
+                    .ok_or_else(|| SessionError::Resync("a delta without a base view".into()))?;
+                view.apply(&delta)
+                    .map_err(|e| SessionError::Resync(e.to_string()))?;
+                Received::View(Box::new(view))
+            }
+            ControlToAgent::Heartbeat { revision } => {
+                debug!(revision = %revision, "heartbeat");
+                self.status
+                    .send_modify(|s| s.control_revision = s.control_revision.max(revision.0));
+                Received::Nothing
+            }
+            ControlToAgent::Refused(refusal) if refusal.reason.is_permanent() => {
+                Received::End(LinkEnd::Removed(refusal.message))
+            }
+            ControlToAgent::Refused(Refusal {
+                reason: RefusalReason::Overloaded { retry_after_ms },
+                message,
+            }) => {
+                return Err(SessionError::Elsewhere {
+                    message,
+                    retry_after: Duration::from_millis(retry_after_ms.min(30_000)),
+                });
+            }
+            ControlToAgent::Refused(refusal) => {
+                return Err(SessionError::Refused(refusal.message));
+            }
+        };
+        Ok(received)
     }
 
     /// The hello of a new session: our cached view's revision and digest, so that control
