@@ -94,7 +94,7 @@ pub fn backoff_delay_ms(policy: &RestartPolicy, failures: u32) -> u64 {
 
 /// One workload the runtime reports for a replica.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Observed {
+pub struct ObservedWorkload {
     /// The replica it runs.
     pub replica: ReplicaId,
     /// The workload hash it was started with (recorded with the workload by the runtime).
@@ -159,7 +159,7 @@ pub struct PlanInput<'a> {
     /// The node's cached desired state.
     pub view: &'a NodeView,
     /// Every workload the runtime knows of on this node, in any order.
-    pub observed: &'a [Observed],
+    pub observed: &'a [ObservedWorkload],
     /// The health of each replica's current run; missing means [`HealthState::Unknown`]. The
     /// driver resets a replica's health when it starts a new run.
     pub health: &'a BTreeMap<ReplicaId, HealthState>,
@@ -681,7 +681,7 @@ impl RestartBook {
 /// and it drops the records of replicas that are neither desired nor observed.
 pub fn plan(input: &PlanInput<'_>, book: &mut RestartBook) -> Plan {
     let desired = desired_replicas(input.view);
-    let mut observed: BTreeMap<&ReplicaId, Vec<&Observed>> = BTreeMap::new();
+    let mut observed: BTreeMap<&ReplicaId, Vec<&ObservedWorkload>> = BTreeMap::new();
     for workload in input.observed {
         observed
             .entry(&workload.replica)
@@ -731,7 +731,7 @@ fn desired_replicas(view: &NodeView) -> BTreeMap<&ReplicaId, &Replica> {
 /// input order.
 type Preference = (u8, bool, Reverse<u64>, u64, u64, Option<i32>);
 
-fn preference(workload: &Observed, assigned_hash: u64) -> Preference {
+fn preference(workload: &ObservedWorkload, assigned_hash: u64) -> Preference {
     let (exit_ms, code, since_ms) = match workload.state {
         ObservedState::Exited { at_ms, code } => (at_ms, code, 0),
         ObservedState::Running { since_ms } => (0, None, since_ms),
@@ -819,7 +819,7 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     /// A replica the view wants running here, with its service.
-    fn desired(&mut self, replica: &Replica, service: &Service, workloads: &[&Observed]) {
+    fn desired(&mut self, replica: &Replica, service: &Service, workloads: &[&ObservedWorkload]) {
         let spec_hash = service.spec.workload_hash();
         let accepts = |hash: u64| hash == replica.workload_hash || hash == spec_hash;
         let current = workloads
@@ -1021,7 +1021,7 @@ impl Planner<'_> {
 
     /// A replica the view places here but whose service spec is missing (a view
     /// inconsistency). Nothing is started or stopped; a running workload keeps running.
-    fn without_spec(&mut self, id: &ReplicaId, workloads: &[&Observed]) {
+    fn without_spec(&mut self, id: &ReplicaId, workloads: &[&ObservedWorkload]) {
         let best = workloads
             .iter()
             .map(|w| w.state)
@@ -1037,7 +1037,7 @@ impl Planner<'_> {
     }
 
     /// A replica not desired here: stop every live workload of it.
-    fn removed(&mut self, id: &ReplicaId, workloads: &[&Observed]) {
+    fn removed(&mut self, id: &ReplicaId, workloads: &[&ObservedWorkload]) {
         let grace = self
             .view
             .services

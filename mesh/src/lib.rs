@@ -43,7 +43,7 @@ mod transport;
 mod verdict;
 
 pub use config::{ConfigError, MeshConfig, MeshTimers};
-pub use fault::FaultSwitch;
+pub use fault::GossipFaultSwitch;
 pub use identity::{MeshIdentity, Unverified};
 pub use keyring::{DropReason, GossipKey, KeyId, Keyring, RotateError};
 pub use member::{
@@ -51,8 +51,8 @@ pub use member::{
     VerifiedIdentity, liveness_changes,
 };
 pub use mesh::{
-    KeyRotator, META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MetaError,
-    StartError,
+    KeyRotator, META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MeshStartError,
+    MetaError,
 };
 pub use metrics::MeshMetrics;
 pub use transport::{PEER_KEYS_MAX, RELAY_TIMEOUT, now_unix_ms};

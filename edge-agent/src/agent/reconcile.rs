@@ -26,10 +26,10 @@ use crate::health::{HealthMonitor, HealthTarget};
 use crate::link::{LinkEnd, LinkStatus};
 use crate::listeners::ListenerBook;
 use crate::metrics::AgentMetrics;
-use crate::planner::{self, Action, Observed, ObservedState, PlanInput, RestartBook};
+use crate::planner::{self, Action, ObservedState, ObservedWorkload, PlanInput, RestartBook};
 use crate::report::Reporter;
 use crate::runtime::{Runtime, WorkloadHandle, WorkloadRecord};
-use crate::secrets::{self, NodeSecrets, StartError};
+use crate::secrets::{self, NodeSecrets, ReplicaStartError};
 
 /// How soon a pass that acted is followed by another (to see what it started running).
 pub const FOLLOW_UP_PASS: Duration = Duration::from_millis(100);
@@ -362,16 +362,16 @@ impl Reconciler {
     }
 
     /// Observes every held workload, in the planner's terms.
-    async fn observe(&mut self) -> Vec<Observed> {
+    async fn observe(&mut self) -> Vec<ObservedWorkload> {
         let mut out = Vec::with_capacity(self.handles.len());
         let mut gone = Vec::new();
         for (replica, handle) in &self.handles {
             let record = handle.record();
             let state = match self.runtime.observe(handle).await {
-                Ok(crate::runtime::Observed::Running) => ObservedState::Running {
+                Ok(crate::runtime::RuntimeObservation::Running) => ObservedState::Running {
                     since_ms: record.started_at_ms,
                 },
-                Ok(crate::runtime::Observed::Exited { code, signal }) => {
+                Ok(crate::runtime::RuntimeObservation::Exited { code, signal }) => {
                     let seen = self
                         .exits
                         .entry(replica.clone())
@@ -384,7 +384,7 @@ impl Reconciler {
                         at_ms: seen.1,
                     }
                 }
-                Ok(crate::runtime::Observed::Gone) => {
+                Ok(crate::runtime::RuntimeObservation::Gone) => {
                     gone.push(replica.clone());
                     continue;
                 }
@@ -396,7 +396,7 @@ impl Reconciler {
                     }
                 }
             };
-            out.push(Observed {
+            out.push(ObservedWorkload {
                 replica: replica.clone(),
                 workload_hash: record.workload_hash,
                 state,
@@ -487,7 +487,7 @@ impl Reconciler {
         };
         matches!(
             self.runtime.observe(handle).await,
-            Ok(crate::runtime::Observed::Running) | Err(_)
+            Ok(crate::runtime::RuntimeObservation::Running) | Err(_)
         )
     }
 
@@ -540,7 +540,11 @@ impl Reconciler {
     ) -> Event {
         let now = now_ms();
         let started = match self.secrets.request(replica, &service.spec, sealed) {
-            Ok(request) => self.runtime.start(&request).await.map_err(StartError::from),
+            Ok(request) => self
+                .runtime
+                .start(&request)
+                .await
+                .map_err(ReplicaStartError::from),
             Err(error) => Err(error),
         };
         match started {
@@ -673,7 +677,7 @@ fn record_key(replica: &ReplicaId) -> String {
 fn health_targets(
     handles: &BTreeMap<ReplicaId, WorkloadHandle>,
     view: &NodeView,
-    observed: &[Observed],
+    observed: &[ObservedWorkload],
 ) -> Vec<HealthTarget> {
     observed
         .iter()

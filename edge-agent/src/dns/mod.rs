@@ -1,7 +1,7 @@
 //! The agent's DNS server: workloads' resolver for service discovery, `<service>.warren.`.
 //!
 //! - [`catalogue`]: the data interface, a plain immutable [`Catalogue`] snapshot (services →
-//!   replicas with address and gossip [`Liveness`], published ports) read from a
+//!   replicas with address and gossip [`EndpointLiveness`], published ports) read from a
 //!   `watch::Receiver<Arc<Catalogue>>`: updates are atomic and never block a query.
 //! - [`answer`]: the zone as pure functions (name + type + catalogue → records, NODATA or
 //!   NXDOMAIN), which is where the naming and liveness rules live and are tested.
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use answer::{Answer, RECORD_TTL_SECS, Zone, answer};
 pub use catalogue::{
-    Catalogue, Liveness, PortProtocol, PublishedPort, ReplicaEndpoint, ServiceRecords,
+    Catalogue, EndpointLiveness, PortProtocol, PublishedPort, ReplicaEndpoint, ServiceRecords,
 };
 pub use forward::{ForwardError, Forwarder};
 pub use metrics::{DnsMetrics, QueryResult};

@@ -80,19 +80,19 @@ fn replica(replica: &str, command: &str) -> Replica {
     }
 }
 
-fn observed(replica: &str, command: &str, state: ObservedState) -> Observed {
-    Observed {
+fn observed(replica: &str, command: &str, state: ObservedState) -> ObservedWorkload {
+    ObservedWorkload {
         replica: id(replica),
         workload_hash: hash_of(command),
         state,
     }
 }
 
-fn running(replica: &str, command: &str, since_ms: u64) -> Observed {
+fn running(replica: &str, command: &str, since_ms: u64) -> ObservedWorkload {
     observed(replica, command, ObservedState::Running { since_ms })
 }
 
-fn exited(replica: &str, command: &str, code: Option<i32>, at_ms: u64) -> Observed {
+fn exited(replica: &str, command: &str, code: Option<i32>, at_ms: u64) -> ObservedWorkload {
     observed(replica, command, ObservedState::Exited { code, at_ms })
 }
 
@@ -136,7 +136,7 @@ struct Case {
     now_ms: u64,
     services: Vec<Service>,
     replicas: Vec<Replica>,
-    observed: Vec<Observed>,
+    observed: Vec<ObservedWorkload>,
     health: BTreeMap<ReplicaId, HealthState>,
     book: RestartBook,
 }
@@ -163,7 +163,7 @@ impl Case {
         self
     }
 
-    fn observe(mut self, workload: Observed) -> Self {
+    fn observe(mut self, workload: ObservedWorkload) -> Self {
         self.observed.push(workload);
         self
     }
@@ -996,7 +996,7 @@ fn arb_record(name: &'static str) -> impl Strategy<Value = RestartRecord> {
 struct World {
     now_ms: u64,
     view: NodeView,
-    observed: Vec<Observed>,
+    observed: Vec<ObservedWorkload>,
     health: BTreeMap<ReplicaId, HealthState>,
     book: RestartBook,
 }
@@ -1093,7 +1093,7 @@ fn arb_world() -> impl Strategy<Value = World> {
             view: build_view(services, replicas),
             observed: observed
                 .into_iter()
-                .map(|(service, slot, hash, state)| Observed {
+                .map(|(service, slot, hash, state)| ObservedWorkload {
                     replica: replica_id(service, slot),
                     workload_hash: hash_choice(NAMES[service], hash),
                     state,
