@@ -1,13 +1,17 @@
 //! Warren's edge agent: keeps a box's workloads running from its cached desired state, with or
 //! without the control plane.
 //!
-//! - [`agent`]: joining, and the driver tying cache, link, planner and runtime together
-//!   (offline boot, re-adoption, `status.json`).
+//! - [`agent`]: the agent itself — joining (`agent/join.rs`), `agent.json`
+//!   (`agent/identity.rs`), `status.json` (`agent/status_file.rs`), starting and stopping the
+//!   parts (`agent/wiring.rs`, [`agent::Agent::serve`]) and the reconcile loop
+//!   (`agent/reconcile.rs`: offline boot, re-adoption, carrying out the planner's actions).
 //! - [`cache`]: the durable cache (sled): the node's view and the agent's records, versioned
 //!   and checksummed; a corrupt, truncated or foreign cache is a clear error.
+//! - [`discovery`]: gossip membership and the DNS server, run by the agent from the cached
+//!   view (so both work with control out of reach); the DNS catalogue rebuilt on every view or
+//!   membership change, the membership handed to the link as a witness.
 //! - [`dns`]: the agent's DNS server (hickory-server) — `<service>.warren.` from a catalogue
-//!   snapshot, alive replicas first, other names forwarded upstream. Not yet wired into the
-//!   agent's run loop.
+//!   snapshot, alive replicas first, other names forwarded upstream; started by [`discovery`].
 //! - [`health`]: health checks — HTTP, TCP and exec probes run by [`health::HealthMonitor`],
 //!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed

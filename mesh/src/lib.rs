@@ -12,7 +12,8 @@
 //! - [`fragment`]: splitting chitchat messages into sealed-datagram-sized pieces (sans-IO).
 //! - [`identity`]: each node signs its own state with its certificate's key; members' states
 //!   are accepted only as signed, and a member is only as alive as its latest signature.
-//! - [`fault`]: a test switch that drops datagrams to and from chosen peers.
+//! - [`fault`]: [`GossipFaultSwitch`], a test switch that drops datagrams to and from chosen
+//!   peers.
 //! - `transport`: the chitchat transport that relays chitchat's own encoding through loopback
 //!   and seals it on the real socket.
 //! - [`member`]: metadata keys, [`Member`], checking authorising claims against the registry,
