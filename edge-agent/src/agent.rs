@@ -123,7 +123,15 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
-    /// `agent.json` does not parse.
+    /// `agent.json` or `status.json` does not parse.
+    #[error("{}: {source}", path.display())]
+    Unparsable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The data dir's cache was claimed for another node.
     #[error("{}: {detail}", path.display())]
     BadAgentFile {
         /// The file.

@@ -105,6 +105,10 @@ enum SessionError {
     },
     #[error("view from control does not follow ours: {0}")]
     Resync(String),
+    /// A delta that does not apply to our view: reconnect and ask for a snapshot, as for
+    /// [`SessionError::Resync`].
+    #[error("view from control does not follow ours: {0}")]
+    DeltaRefused(#[source] warren_api::ApplyError),
     #[error("view is for node {0}, not us")]
     WrongNode(NodeId),
     #[error("no message from control for {0:?}")]
@@ -324,7 +328,10 @@ impl Link {
                 Ok(Some(end)) => return end,
                 Err(error) => error,
             };
-            force_snapshot = matches!(error, SessionError::Resync(_));
+            force_snapshot = matches!(
+                error,
+                SessionError::Resync(_) | SessionError::DeltaRefused(_)
+            );
             avoid = Some(conn.remote_address());
             let delay = match &error {
                 SessionError::Elsewhere { retry_after, .. } => *retry_after,
@@ -575,8 +582,7 @@ impl Link {
                 let mut view = current
                     .cloned()
                     .ok_or_else(|| SessionError::Resync("a delta without a base view".into()))?;
-                view.apply(&delta)
-                    .map_err(|e| SessionError::Resync(e.to_string()))?;
+                view.apply(&delta).map_err(SessionError::DeltaRefused)?;
                 Received::View(Box::new(view))
             }
             ControlToAgent::Heartbeat { revision } => {

@@ -47,12 +47,9 @@ pub struct AgentIdentity {
 /// Reads `agent.json` from `data_dir`.
 ///
 /// # Errors
-/// [`AgentError::Io`] when missing, [`AgentError::BadAgentFile`] when it does not parse.
+/// [`AgentError::Io`] when missing, [`AgentError::Unparsable`] when it does not parse.
 pub fn load_identity(data_dir: &Path) -> Result<AgentIdentity, AgentError> {
     let path = data_dir.join(AGENT_FILE);
     let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
-    serde_json::from_slice(&bytes).map_err(|e| AgentError::BadAgentFile {
-        path,
-        detail: e.to_string(),
-    })
+    serde_json::from_slice(&bytes).map_err(|source| AgentError::Unparsable { path, source })
 }

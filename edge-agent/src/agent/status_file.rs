@@ -78,14 +78,11 @@ pub struct AgentStatus {
 /// Reads `status.json` from `data_dir`.
 ///
 /// # Errors
-/// [`AgentError::Io`] when missing, [`AgentError::BadAgentFile`] when it does not parse.
+/// [`AgentError::Io`] when missing, [`AgentError::Unparsable`] when it does not parse.
 pub fn load_status(data_dir: &Path) -> Result<AgentStatus, AgentError> {
     let path = data_dir.join(STATUS_FILE);
     let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
-    serde_json::from_slice(&bytes).map_err(|e| AgentError::BadAgentFile {
-        path,
-        detail: e.to_string(),
-    })
+    serde_json::from_slice(&bytes).map_err(|source| AgentError::Unparsable { path, source })
 }
 
 /// Writes `status.json` when what it says changed, or [`STATUS_REFRESH`] after the last

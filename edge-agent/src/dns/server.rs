@@ -67,7 +67,7 @@ impl DnsServerHandle {
 /// missing file means no upstream (names outside the zone get SERVFAIL).
 ///
 /// # Errors
-/// [`DnsError::Config`] for an invalid config, [`DnsError::Bind`] when the address cannot be
+/// [`DnsError::Config`] or [`DnsError::Zone`] for an invalid config, [`DnsError::Bind`] when the address cannot be
 /// bound (port 53 needs `CAP_NET_BIND_SERVICE`).
 pub async fn spawn_dns_server(
     config: DnsConfig,
@@ -76,8 +76,7 @@ pub async fn spawn_dns_server(
     cancel: CancellationToken,
 ) -> Result<DnsServerHandle, DnsError> {
     config.validate()?;
-    let zone = Zone::new(&config.zone)
-        .map_err(|error| DnsError::Config(format!("zone {:?}: {error}", config.zone)))?;
+    let zone = config.parsed_zone()?;
     let (udp, tcp) = bind(config.listen).await?;
     let local_addr = udp.local_addr().map_err(|source| DnsError::Bind {
         addr: config.listen,
