@@ -153,6 +153,12 @@ pub enum AgentError {
     Removed,
 }
 
+/// Reads a JSON file of the data dir (`agent.json`, `status.json`).
+fn read_json<T: serde::de::DeserializeOwned>(path: PathBuf) -> Result<T, AgentError> {
+    let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|source| AgentError::Unparsable { path, source })
+}
+
 fn io_error<'a>(
     what: &'static str,
     path: &'a Path,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use warren_api::NodeId;
 
-use super::{AgentError, io_error};
+use super::{AgentError, read_json};
 use crate::listeners::ListenSettings;
 
 /// The agent's identity file in its data dir.
@@ -49,7 +49,5 @@ pub struct AgentIdentity {
 /// # Errors
 /// [`AgentError::Io`] when missing, [`AgentError::Unparsable`] when it does not parse.
 pub fn load_identity(data_dir: &Path) -> Result<AgentIdentity, AgentError> {
-    let path = data_dir.join(AGENT_FILE);
-    let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
-    serde_json::from_slice(&bytes).map_err(|source| AgentError::Unparsable { path, source })
+    read_json(data_dir.join(AGENT_FILE))
 }

@@ -12,7 +12,7 @@ use warren_api::wire::ListenerStatus;
 use warren_api::{HealthState, NodeId, ReplicaId, TaskState};
 use warren_transport::write_atomic;
 
-use super::{AgentError, io_error};
+use super::{AgentError, read_json};
 use crate::link::LinkStatus;
 
 /// The local status file `warren agent status` reads.
@@ -80,9 +80,7 @@ pub struct AgentStatus {
 /// # Errors
 /// [`AgentError::Io`] when missing, [`AgentError::Unparsable`] when it does not parse.
 pub fn load_status(data_dir: &Path) -> Result<AgentStatus, AgentError> {
-    let path = data_dir.join(STATUS_FILE);
-    let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
-    serde_json::from_slice(&bytes).map_err(|source| AgentError::Unparsable { path, source })
+    read_json(data_dir.join(STATUS_FILE))
 }
 
 /// Writes `status.json` when what it says changed, or [`STATUS_REFRESH`] after the last

@@ -336,20 +336,30 @@ impl ProcessRuntime {
         })
     }
 
-    fn refuse_if_running(&self, replica: &ReplicaId) -> Result<(), RuntimeError> {
+    /// The replica's tracked workload, if any, and whether it still runs.
+    fn tracked_workload(
+        &self,
+        replica: &ReplicaId,
+    ) -> Result<Option<(WorkloadRecord, bool)>, RuntimeError> {
         let existing = {
             let tracked = self.lock();
             tracked
                 .get(replica)
                 .map(|t| (t.record.clone(), t.exit.clone()))
         };
-        if let Some((record, exit)) = existing {
-            if self.liveness(&record, exit.as_ref())? == RuntimeObservation::Running {
-                return Err(RuntimeError::AlreadyRunning {
-                    replica: replica.clone(),
-                    pid: record.pid().unwrap_or_default(),
-                });
-            }
+        let Some((record, exit)) = existing else {
+            return Ok(None);
+        };
+        let running = self.liveness(&record, exit.as_ref())? == RuntimeObservation::Running;
+        Ok(Some((record, running)))
+    }
+
+    fn refuse_if_running(&self, replica: &ReplicaId) -> Result<(), RuntimeError> {
+        if let Some((record, true)) = self.tracked_workload(replica)? {
+            return Err(RuntimeError::AlreadyRunning {
+                replica: replica.clone(),
+                pid: record.pid().unwrap_or_default(),
+            });
         }
         Ok(())
     }
@@ -487,14 +497,8 @@ impl ProcessRuntime {
     }
 
     fn cleanup_now(&self, replica: &ReplicaId) -> Result<(), RuntimeError> {
-        let existing = {
-            let tracked = self.lock();
-            tracked
-                .get(replica)
-                .map(|t| (t.record.clone(), t.exit.clone()))
-        };
-        if let Some((record, exit)) = existing {
-            if self.liveness(&record, exit.as_ref())? == RuntimeObservation::Running {
+        if let Some((record, running)) = self.tracked_workload(replica)? {
+            if running {
                 return Err(RuntimeError::StillRunning {
                     replica: replica.clone(),
                 });
