@@ -8,15 +8,17 @@
 //! every [`RECONCILE_INTERVAL`] and at each backoff deadline. After every pass it writes
 //! `status.json`, which `warren agent status` reads, offline too.
 //!
-//! - this file: the options, the error type, the agent's cache keys, and [`Agent::open`]
-//!   (loading the data dir and setting up the runtime).
-//! - [`identity`]: `agent.json` — who this agent is and where control was.
-//! - [`join`](mod@join): joining the cluster and preparing the data dir.
-//! - [`status_file`]: `status.json` — its format, reading it, writing it only when it changed.
-//! - [`wiring`]: [`Agent::serve`] — builds the link, the metrics listener, discovery and the
-//!   reconciler, starts their tasks, and stops them in order.
-//! - [`reconcile`]: the reconcile loop and its driver — observe the runtime, plan, carry out
-//!   the planner's actions, report.
+//! - `agent.rs` (this file): the options, the error type, the agent's cache keys, and
+//!   [`Agent::open`] (loading the data dir and setting up the runtime).
+//! - `agent/identity.rs`: `agent.json` — who this agent is and where control was.
+//! - `agent/join.rs`: [`join`] — joining the cluster and preparing the data dir.
+//! - `agent/status_file.rs`: `status.json` — its format, reading it, writing it only when it
+//!   changed.
+//! - `agent/wiring.rs`: [`Agent::serve`] — builds the link, the metrics listener, discovery
+//!   and the reconciler, starts their tasks, and stops them in order.
+//! - `agent/reconcile.rs`: the reconcile loop and its driver — observe the runtime, plan,
+//!   report; `agent/reconcile/actions.rs` carries out the planner's actions,
+//!   `agent/reconcile/reporting.rs` sends events and states up and writes `status.json`.
 //!
 //! Must never: stop a workload because the link is down, or because the agent itself stops
 //! (SIGTERM leaves workloads running; the next agent adopts them). The one exception is the

@@ -1,7 +1,15 @@
 //! The reconcile loop and its driver: each pass observes the held workloads through the
-//! runtime, asks the [planner](crate::planner) what to do, carries out its actions (start,
-//! stop, restart, adopt), keeps the workload records and restart history in the cache, and
-//! reports replica states (to the link's reporter and to `status.json`).
+//! runtime, asks the [planner](crate::planner) what to do, has the actions carried out, keeps
+//! the restart history in the cache, and reports.
+//!
+//! - this file: the loop ([`Reconciler::reconcile_until_end`]), the driver's state, a pass
+//!   ([`Reconciler::pass`]), re-adopting recorded workloads, observing held ones.
+//! - [`actions`]: carrying out the planner's actions on the runtime (start, stop, restart,
+//!   adopt), the node's removal, the self-check knob.
+//! - [`reporting`]: events, replica states for the link, and `status.json`.
+
+mod actions;
+mod reporting;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,15 +19,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
 use warren_api::wire::{Listener, ListenerStatus};
-use warren_api::{
-    Event, NodeView, ReplicaId, ReplicaStatus, Revision, SealedBlob, Service, TaskState, Workload,
-};
+use warren_api::{NodeView, ReplicaId, ReplicaStatus, TaskState, Workload};
 use warren_transport::ca::unix_now_ms as now_ms;
 
-use super::status_file::{AgentStatus, LocalReplica, StatusWriter};
-use super::{Agent, AgentIdentity, BOOK_KEY, RECORD_PREFIX, REMOVED_KEY, VIEW_KEY};
+use super::status_file::StatusWriter;
+use super::{Agent, AgentIdentity, BOOK_KEY, RECORD_PREFIX};
 use crate::cache::Cache;
 use crate::health::probe::ExecContext;
 use crate::health::{HealthMonitor, HealthTarget};
@@ -29,7 +34,7 @@ use crate::metrics::AgentMetrics;
 use crate::planner::{self, Action, ObservedState, ObservedWorkload, PlanInput, RestartBook};
 use crate::report::Reporter;
 use crate::runtime::{Runtime, WorkloadHandle, WorkloadRecord};
-use crate::secrets::{self, NodeSecrets, ReplicaStartError};
+use crate::secrets::NodeSecrets;
 
 /// How soon a pass that acted is followed by another (to see what it started running).
 pub const FOLLOW_UP_PASS: Duration = Duration::from_millis(100);
@@ -280,87 +285,6 @@ impl Reconciler {
         plan.next_wakeup_ms
     }
 
-    /// The self-check knob ([`AgentOptions::selfcheck_stop_on_disconnect`]) with the link
-    /// lost: stops every workload and plans nothing, so none starts again until the link is
-    /// back. Deliberately the opposite of what the agent promises.
-    async fn stop_while_link_lost(&mut self) {
-        self.health_monitor.sync(Vec::new());
-        self.health.clear();
-        if self.handles.is_empty() {
-            return;
-        }
-        warn!(
-            n_workloads = self.handles.len(),
-            "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT fired: the link to control is lost, stopping every workload"
-        );
-        let now = now_ms();
-        let mut events = Vec::new();
-        for (replica, workload_hash) in self.stop_every_workload().await {
-            self.states.insert(replica.clone(), TaskState::Stopped);
-            events.push(self.book.record_stopped(
-                &replica,
-                workload_hash,
-                planner::StopReason::SelfCheckLinkLost,
-                now,
-            ));
-        }
-        self.record_events(events);
-        if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
-            warn!(error = %error, "cannot store the restart history");
-        }
-        self.flush().await;
-    }
-
-    fn record_events(&self, events: Vec<Event>) {
-        log_events(&events);
-        self.metrics.count_events(events.iter().map(|e| e.kind));
-        self.reporter.push_events(events);
-    }
-
-    /// Hands the replicas' states to the reporter (the link sends them if they changed).
-    fn report(&mut self, revision: Revision) {
-        let now = now_ms();
-        let mut statuses = Vec::new();
-        let mut known: BTreeMap<ReplicaId, TaskState> = self.states.clone();
-        for replica in self.handles.keys() {
-            known.entry(replica.clone()).or_insert(TaskState::Running);
-        }
-        for (replica, state) in known {
-            let record = self.handles.get(&replica).map(WorkloadHandle::record);
-            let history = self.book.get(&replica);
-            let last_exit = history.and_then(|h| h.last_exit.as_ref());
-            let mut status = ReplicaStatus {
-                id: replica.clone(),
-                node: self.identity.node_id,
-                state,
-                pid: record.and_then(WorkloadRecord::pid),
-                started_at_ms: record.map(|r| r.started_at_ms),
-                exit_code: last_exit.and_then(|e| e.code),
-                restarts: history.map_or(0, |h| h.restarts),
-                health: self.health.get(&replica).copied().unwrap_or_default(),
-                message: match state {
-                    TaskState::Running | TaskState::Starting => None,
-                    _ => last_exit.map(planner::ExitRecord::describe),
-                },
-                updated_at_ms: now,
-            };
-            if let Some(previous) = self.reported.get(&replica) {
-                let unchanged = ReplicaStatus {
-                    updated_at_ms: previous.updated_at_ms,
-                    ..status.clone()
-                };
-                if unchanged == *previous {
-                    status.updated_at_ms = previous.updated_at_ms;
-                }
-            }
-            statuses.push(status);
-        }
-        self.metrics
-            .set_workloads(statuses.iter().map(|s| (s.state, s.health)));
-        self.reported = statuses.iter().map(|s| (s.id.clone(), s.clone())).collect();
-        self.reporter.set_replicas(revision, statuses);
-    }
-
     /// Observes every held workload, in the planner's terms.
     async fn observe(&mut self) -> Vec<ObservedWorkload> {
         let mut out = Vec::with_capacity(self.handles.len());
@@ -410,261 +334,9 @@ impl Reconciler {
         out
     }
 
-    /// Carries out one action; returns the events it caused.
-    async fn execute(&mut self, action: &Action, view: &NodeView) -> Vec<Event> {
-        let now = now_ms();
-        match action {
-            Action::Stop {
-                replica,
-                workload_hash,
-                grace_ms,
-                reason,
-            } => {
-                if self.stop(replica, Duration::from_millis(*grace_ms)).await {
-                    vec![
-                        self.book
-                            .record_stopped(replica, *workload_hash, *reason, now),
-                    ]
-                } else {
-                    vec![]
-                }
-            }
-            Action::Adopt {
-                replica,
-                service,
-                workload_hash,
-                since_ms,
-            } => vec![
-                self.book
-                    .record_adopted(replica, service, *workload_hash, *since_ms, now),
-            ],
-            Action::Restart {
-                replica,
-                service,
-                workload_hash,
-                previous_hash,
-                reason,
-            } => {
-                if self.is_live(replica).await {
-                    let grace = Duration::from_millis(service.spec.stop_grace_period_ms);
-                    if !self.stop(replica, grace).await {
-                        return vec![];
-                    }
-                    if matches!(reason, planner::RestartReason::Unhealthy) {
-                        self.book
-                            .record_exited(replica, service, *previous_hash, None, now);
-                    }
-                }
-                self.health.remove(replica);
-                vec![
-                    self.start(replica, service, *workload_hash, &view.secrets)
-                        .await,
-                ]
-            }
-            Action::Start {
-                replica,
-                service,
-                workload_hash,
-            } => {
-                if self.is_live(replica).await {
-                    // The planner starts only once the old workload has stopped; a live one
-                    // here is a race with its exit: plan again next pass.
-                    return vec![];
-                }
-                self.health.remove(replica);
-                vec![
-                    self.start(replica, service, *workload_hash, &view.secrets)
-                        .await,
-                ]
-            }
-            Action::Wait { .. } => vec![],
-        }
-    }
-
-    async fn is_live(&self, replica: &ReplicaId) -> bool {
-        let Some(handle) = self.handles.get(replica) else {
-            return false;
-        };
-        matches!(
-            self.runtime.observe(handle).await,
-            Ok(crate::runtime::RuntimeObservation::Running) | Err(_)
-        )
-    }
-
-    /// Stops every held workload, each with its service's stop grace period; returns the
-    /// replicas stopped, with their workload hashes.
-    async fn stop_every_workload(&mut self) -> Vec<(ReplicaId, u64)> {
-        let held: Vec<(ReplicaId, u64)> = self
-            .handles
-            .iter()
-            .map(|(replica, handle)| (replica.clone(), handle.record().workload_hash))
-            .collect();
-        let mut stopped = Vec::with_capacity(held.len());
-        for (replica, workload_hash) in held {
-            let grace_ms = self
-                .book
-                .get(&replica)
-                .map_or(DEFAULT_STOP_GRACE_PERIOD_MS, |r| r.stop_grace_period_ms);
-            if self.stop(&replica, Duration::from_millis(grace_ms)).await {
-                stopped.push((replica, workload_hash));
-            }
-        }
-        stopped
-    }
-
-    /// Stops the replica's workload and forgets it; returns whether it is stopped.
-    async fn stop(&mut self, replica: &ReplicaId, grace: Duration) -> bool {
-        if let Some(handle) = self.handles.get(replica) {
-            if let Err(error) = self.runtime.stop(handle, grace).await {
-                warn!(%replica, error = %error, "cannot stop workload; trying again next pass");
-                return false;
-            }
-        }
-        if let Err(error) = self.runtime.cleanup(replica).await {
-            warn!(%replica, error = %error, "cannot clean up after workload");
-        }
-        self.handles.remove(replica);
-        self.exits.remove(replica);
-        self.secrets.forget(replica);
-        self.remove_key(&record_key(replica));
-        self.flush().await;
-        true
-    }
-
-    async fn start(
-        &mut self,
-        replica: &ReplicaId,
-        service: &Service,
-        workload_hash: u64,
-        sealed: &BTreeMap<String, SealedBlob>,
-    ) -> Event {
-        let now = now_ms();
-        let started = match self.secrets.request(replica, &service.spec, sealed) {
-            Ok(request) => self
-                .runtime
-                .start(&request)
-                .await
-                .map_err(ReplicaStartError::from),
-            Err(error) => Err(error),
-        };
-        match started {
-            Ok(handle) => {
-                if let Err(error) = self.cache.put(&record_key(replica), handle.record()) {
-                    warn!(%replica, error = %error, "cannot record the started workload");
-                }
-                self.flush().await;
-                let runs_as = handle.record().credentials.as_ref().map(|c| c.describe());
-                self.handles.insert(replica.clone(), handle);
-                self.exits.remove(replica);
-                let mut event = self
-                    .book
-                    .record_started(replica, service, workload_hash, now);
-                // Who it runs as, said with every start: `service ps` and the events show it.
-                if let Some(runs_as) = runs_as {
-                    event.message.push_str(&format!(" as {runs_as}"));
-                }
-                event
-            }
-            Err(error) => {
-                warn!(%replica, error = %error, "cannot start workload");
-                self.book.record_start_failed(
-                    replica,
-                    service,
-                    workload_hash,
-                    now,
-                    &error.to_string(),
-                )
-            }
-        }
-    }
-
-    /// The node was removed: stop everything, wipe records, secrets and the view, and mark
-    /// the cache so that an offline boot does not start the workloads again.
-    async fn teardown(&mut self) {
-        self.health_monitor.shutdown().await;
-        self.health.clear();
-        self.stop_every_workload().await;
-        // Stopping removed the stopped replicas' secrets; this catches any left behind (a
-        // workload that would not stop, one the agent lost track of).
-        if let Err(error) = self.runtime.wipe_secrets().await {
-            warn!(error = %error, "cannot remove every secret file");
-        }
-        if let Err(error) = secrets::remove_key(&self.data_dir) {
-            warn!(error = %error, "cannot remove the node secret key");
-        }
-        self.secrets.clear();
-        for key in self.cache.keys_with_prefix(RECORD_PREFIX) {
-            self.remove_key(&key);
-        }
-        self.remove_key(BOOK_KEY);
-        self.remove_key(VIEW_KEY);
-        if let Err(error) = self.cache.put(REMOVED_KEY, &true) {
-            warn!(error = %error, "cannot mark the cache as removed");
-        }
-        self.flush().await;
-        self.book = RestartBook::new();
-        self.states.clear();
-        self.reporter.clear();
-        self.link.connected = false;
-        self.write_status(None, true);
-    }
-
-    /// Writes `status.json` if what it says changed (see [`StatusWriter`]); `force` writes it
-    /// regardless.
-    fn write_status(&mut self, view: Option<&NodeView>, force: bool) {
-        let mut replicas: BTreeMap<ReplicaId, LocalReplica> = BTreeMap::new();
-        for (replica, state) in &self.states {
-            replicas.insert(replica.clone(), self.replica_status(replica, *state));
-        }
-        for replica in self.handles.keys() {
-            replicas
-                .entry(replica.clone())
-                .or_insert_with(|| self.replica_status(replica, TaskState::Running));
-        }
-        let status = AgentStatus {
-            node_id: self.identity.node_id,
-            name: self.identity.name.clone(),
-            site: self.identity.site.clone(),
-            agent_pid: std::process::id(),
-            updated_at_ms: now_ms(),
-            revision: view.map_or(self.revision, |v| v.revision.0),
-            link: self.link.clone(),
-            replicas: replicas.into_values().collect(),
-            metrics_addr: self.listeners.bound(Listener::Metrics),
-            listeners: self.listeners.snapshot(),
-            discovery: self.discovery.borrow().clone(),
-        };
-        self.status_file.write(&status, force);
-    }
-
     /// The agent stops (its workloads keep running): stops the health checks.
     pub(super) async fn stop_health_checks(&mut self) {
         self.health_monitor.shutdown().await;
-    }
-
-    /// The agent stops with its workloads left running: the last `status.json` says the link
-    /// is down, and the cache is flushed.
-    pub(super) async fn record_stop(&mut self) {
-        self.link.connected = false;
-        self.write_status(None, true);
-        self.flush().await;
-    }
-
-    fn replica_status(&self, replica: &ReplicaId, state: TaskState) -> LocalReplica {
-        let record = self.handles.get(replica).map(WorkloadHandle::record);
-        let health = self.health.get(replica).copied();
-        LocalReplica {
-            replica: replica.clone(),
-            state,
-            pid: record.and_then(WorkloadRecord::pid),
-            restarts: self.book.get(replica).map_or(0, |r| r.restarts),
-            workload_hash: record.map(|r| format!("{:016x}", r.workload_hash)),
-            started_at_ms: record.map(|r| r.started_at_ms),
-            health: health.unwrap_or_default(),
-            health_detail: health
-                .and_then(|_| self.health_monitor.last_failure(replica))
-                .map(str::to_owned),
-        }
     }
 }
 
@@ -706,13 +378,4 @@ fn health_targets(
             })
         })
         .collect()
-}
-
-fn log_events(events: &[Event]) {
-    for event in events {
-        match &event.replica {
-            Some(replica) => info!(%replica, kind = ?event.kind, "{}", event.message),
-            None => info!(kind = ?event.kind, "{}", event.message),
-        }
-    }
 }
