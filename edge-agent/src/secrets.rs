@@ -9,7 +9,7 @@
 //!
 //! A running workload is never restarted because a secret's value changed (that would break
 //! adoption: the workload hash covers which secrets a workload has, not their values). Its
-//! files are rewritten in place instead, each one swapped atomically; see [`NodeSecrets::refresh`].
+//! files are rewritten in place instead, each one swapped atomically; see `NodeSecrets::refresh`.
 //!
 //! Must never: log a plaintext value, or write one anywhere but a workload's secret files.
 

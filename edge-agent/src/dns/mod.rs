@@ -3,7 +3,7 @@
 //! - [`catalogue`]: the data interface, a plain immutable [`Catalogue`] snapshot (services →
 //!   replicas with address and gossip [`EndpointLiveness`], published ports) read from a
 //!   `watch::Receiver<Arc<Catalogue>>`: updates are atomic and never block a query.
-//! - [`answer`]: the zone as pure functions (name + type + catalogue → records, NODATA or
+//! - [`answer`](mod@answer): the zone as pure functions (name + type + catalogue → records, NODATA or
 //!   NXDOMAIN), which is where the naming and liveness rules live and are tested.
 //! - [`forward`]: names outside the zone go to the host's resolvers (UDP, TCP on truncation,
 //!   one deadline), SERVFAIL when none answers.

@@ -1,5 +1,5 @@
-//! The driver: hickory's `Server` owns the UDP socket and TCP listener; [`ZoneRequestHandler`]
-//! answers each request from the latest catalogue ([`super::answer`]) or forwards it
+//! The driver: hickory's `Server` owns the UDP socket and TCP listener; `ZoneRequestHandler`
+//! answers each request from the latest catalogue ([`super::answer`](mod@super::answer)) or forwards it
 //! ([`super::forward`]), and counts what became of it.
 
 use std::net::SocketAddr;
