@@ -15,7 +15,8 @@
 //! - [`health`]: health checks — HTTP, TCP and exec probes run by [`health::HealthMonitor`],
 //!   decided by the sans-IO [`health::HealthTracker`] (consecutive failures, start period).
 //! - [`link`]: the link to the control plane — one QUIC stream, views persisted and flushed
-//!   before they are acked, reconnection with jittered backoff; only removal ends it.
+//!   before they are acked, reconnection with jittered backoff; only removal ends it
+//!   (`link/session.rs`: one session on one connection).
 //! - [`link_failure`]: when the link gives up on a silent control node — QUIC silence past a
 //!   round-trip-scaled margin, corroborated by gossip (sans-IO).
 //! - [`listeners`]: the metrics, DNS and gossip listeners — where they listen (kept from the
@@ -26,7 +27,8 @@
 //! - [`offline`]: work on a stopped agent's data dir — stopping every recorded workload, as a
 //!   power-off would (`warren dev` on exit).
 //! - [`planner`]: the sans-IO reconcile planner — desired view + observed workloads + restart
-//!   history → actions. Pure; no clock reads (time is an input).
+//!   history → actions. Pure; no clock reads (time is an input). The restart history is
+//!   `planner/restart_book.rs`.
 //! - [`report`]: status going up — replica states and the bounded, cached event buffer the
 //!   link drains into status reports.
 //! - [`runtime`]: runtimes behind one trait; the native process runtime (workloads in their own
