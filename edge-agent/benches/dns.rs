@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warren_edge_agent::dns::{
-    Catalogue, DnsConfig, DnsMetrics, Liveness, PortProtocol, PublishedPort, QueryResult,
+    Catalogue, DnsConfig, DnsMetrics, EndpointLiveness, PortProtocol, PublishedPort, QueryResult,
     ReplicaEndpoint, ServiceRecords, Upstreams, spawn_dns_server,
 };
 
@@ -229,7 +229,7 @@ fn catalogue() -> Arc<Catalogue> {
     let replica = |label: &str, address: String| ReplicaEndpoint {
         label: label.to_owned(),
         address: address.parse().expect("bench address"),
-        liveness: Liveness::Alive,
+        liveness: EndpointLiveness::Alive,
     };
     let web = ServiceRecords {
         replicas: (0..3)

@@ -33,8 +33,8 @@ use warren_mesh::{
 use warren_transport::seal::gossip_key_id_of;
 
 use crate::dns::{
-    self, Catalogue, DnsConfig, DnsMetrics, Liveness, PortProtocol, PublishedPort, ReplicaEndpoint,
-    ServiceRecords,
+    self, Catalogue, DnsConfig, DnsMetrics, EndpointLiveness, PortProtocol, PublishedPort,
+    ReplicaEndpoint, ServiceRecords,
 };
 use crate::listeners::{BindRetry, ListenerBook};
 
@@ -572,12 +572,12 @@ pub fn build_catalogue(view: &NodeView, members: &[Member]) -> Catalogue {
                 .map_or_else(|| node.to_string(), |n| (*n).to_owned()),
         };
         let state = if endpoint.node == view.node.id {
-            Liveness::Alive
+            EndpointLiveness::Alive
         } else {
             match liveness.get(&endpoint.node) {
-                Some(GossipLiveness::Alive) => Liveness::Alive,
-                Some(GossipLiveness::Dead) => Liveness::Dead,
-                Some(GossipLiveness::Suspect) | None => Liveness::Unknown,
+                Some(GossipLiveness::Alive) => EndpointLiveness::Alive,
+                Some(GossipLiveness::Dead) => EndpointLiveness::Dead,
+                Some(GossipLiveness::Suspect) | None => EndpointLiveness::Unknown,
             }
         };
         let records = services.entry(endpoint.service.to_string()).or_default();
@@ -717,7 +717,7 @@ mod tests {
         let catalogue = build_catalogue(&view, &members);
         assert_eq!(catalogue.serial(), 42);
         let web = catalogue.service("web").expect("web");
-        let states: Vec<(&str, Liveness)> = web
+        let states: Vec<(&str, EndpointLiveness)> = web
             .replicas
             .iter()
             .map(|r| (r.label.as_str(), r.liveness))
@@ -725,11 +725,11 @@ mod tests {
         assert_eq!(
             states,
             [
-                ("0", Liveness::Alive),
-                ("1", Liveness::Alive),
-                ("2", Liveness::Dead),
-                ("3", Liveness::Unknown),
-                ("4", Liveness::Unknown),
+                ("0", EndpointLiveness::Alive),
+                ("1", EndpointLiveness::Alive),
+                ("2", EndpointLiveness::Dead),
+                ("3", EndpointLiveness::Unknown),
+                ("4", EndpointLiveness::Unknown),
             ]
         );
         assert_eq!(web.ports.len(), 1, "only named ports: {:?}", web.ports);

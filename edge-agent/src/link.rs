@@ -7,6 +7,11 @@
 //! removed) ends it. Addresses are looked up again before every round of dials, so a name that
 //! did not resolve (DNS down on the box) or that moved is picked up once it does. When to give
 //! up on a silent control node is [`crate::link_failure`]'s decision.
+//!
+//! This file keeps a connection: dialing, backoff, and why the link is down. One session on a
+//! connection (views in, acks and reports out) is `link/session.rs`.
+
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,16 +20,13 @@ use std::time::Duration;
 use prometheus::IntCounterVec;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
-use warren_api::wire::{
-    AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
-};
-use warren_api::{Event, EventKind, NodeId, NodeView, Revision};
+use tracing::{debug, warn};
+use warren_api::{NodeId, NodeView};
 use warren_mesh::Member;
 use warren_transport::{Alpn, Backoff, ConnectAnyError, Endpoint, PeerConnection};
 
-use crate::cache::{Cache, CacheError};
-use crate::link_failure::{CHECK_INTERVAL, GossipWitness, LinkFailureDetector, Verdict};
+use self::session::SessionError;
+use crate::cache::Cache;
 use crate::report::Reporter;
 use warren_transport::ca::unix_now_ms as now_ms;
 
@@ -85,39 +87,6 @@ pub enum LinkEnd {
     Cancelled,
     /// The node was removed from the cluster: stop workloads, wipe secrets.
     Removed(String),
-}
-
-/// Why one session ended (the link then reconnects).
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error(transparent)]
-    Stream(#[from] warren_transport::endpoint::StreamError),
-    #[error(transparent)]
-    Frame(#[from] warren_transport::FrameError),
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error("control refused: {0}")]
-    Refused(String),
-    #[error("control node busy or behind: {message}")]
-    Elsewhere {
-        message: String,
-        retry_after: Duration,
-    },
-    #[error("view from control does not follow ours: {0}")]
-    Resync(String),
-    #[error("view is for node {0}, not us")]
-    WrongNode(NodeId),
-    #[error("no message from control for {0:?}")]
-    Silent(Duration),
-    #[error(
-        "control silent for {:.1} s and gossip calls it {} while another control node is alive",
-        silent_for.as_secs_f64(),
-        gossip.as_str()
-    )]
-    GossipLostIt {
-        silent_for: Duration,
-        gossip: warren_mesh::Liveness,
-    },
 }
 
 /// What kind of attempt to reach control failed: the `reason` label of
@@ -314,7 +283,10 @@ impl Link {
                 Ok(Some(end)) => return end,
                 Err(error) => error,
             };
-            force_snapshot = matches!(error, SessionError::Resync(_));
+            force_snapshot = matches!(
+                error,
+                SessionError::Resync(_) | SessionError::DeltaRefused(_)
+            );
             avoid = Some(conn.remote_address());
             let delay = match &error {
                 SessionError::Elsewhere { retry_after, .. } => *retry_after,
@@ -441,232 +413,6 @@ impl Link {
             () = tokio::time::sleep(delay) => Ok(()),
         }
     }
-
-    /// Runs one session on `conn` with the status and events that frame it. `Ok(None)` when
-    /// cancelled.
-    async fn attend(
-        &self,
-        conn: &PeerConnection,
-        control: &str,
-        force_snapshot: bool,
-        cancel: &CancellationToken,
-    ) -> Result<Option<LinkEnd>, SessionError> {
-        self.status.send_modify(|s| {
-            s.connected = true;
-            s.control = Some(control.to_owned());
-            s.last_contact_ms = Some(now_ms());
-            s.connects += 1;
-            s.down_reason = None;
-            s.retry_at_ms = None;
-        });
-        info!(control = %control, "link up");
-        self.reporter.push_events([link_event(
-            EventKind::LinkRestored,
-            format!("connected to control at {control}"),
-        )]);
-        let result = tokio::select! {
-            () = cancel.cancelled() => Ok(None),
-            result = self.session(conn, force_snapshot) => result.map(Some),
-        };
-        self.status.send_modify(|s| s.connected = false);
-        conn.close("agent reconnecting");
-        if let Err(error) = &result {
-            info!(control = %control, error = %error, "link down; workloads keep running");
-            self.reporter.push_events([link_event(
-                EventKind::LinkLost,
-                format!("lost control at {control}: {error}"),
-            )]);
-        }
-        result
-    }
-
-    async fn session(
-        &self,
-        conn: &PeerConnection,
-        force_snapshot: bool,
-    ) -> Result<LinkEnd, SessionError> {
-        let (mut send, mut recv) = conn.open_stream().await?;
-        let cached = self.views.borrow().clone();
-        let hello = self.hello(cached.as_deref(), force_snapshot)?;
-        send.send(&AgentToControl::Hello(hello)).await?;
-        // A new session reports everything at once: this control node may know nothing of us.
-        let mut listeners_sent = 0;
-        self.send_report(&mut send, &mut listeners_sent).await?;
-        let mut current = cached;
-        let mut deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
-        // The agent speaks every HEARTBEAT_INTERVAL too (its ack, repeated), so control can tell
-        // a dead or cut-off agent from a quiet one without waiting for QUIC's idle timeout.
-        let mut keepalive = tokio::time::interval(HEARTBEAT_INTERVAL);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        keepalive.tick().await;
-        let mut report_at: Option<tokio::time::Instant> = None;
-        let mut detector =
-            LinkFailureDetector::new(std::time::Instant::now(), conn.datagrams_received());
-        let mut check = tokio::time::interval(CHECK_INTERVAL);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            // Control sends a heartbeat every 5 s; silence for three of them means the control
-            // node died without closing the connection (kill -9, power loss): reconnect to
-            // another one instead of waiting out the QUIC idle timeout.
-            let message = tokio::select! {
-                received = recv.recv::<ControlToAgent>() => received?,
-                () = tokio::time::sleep_until(deadline) => return Err(SessionError::Silent(SILENCE_LIMIT)),
-                // Changes within REPORT_COALESCE go up in one report; views keep being read
-                // meanwhile (a burst of deltas must not wait on the reports it causes).
-                () = self.reporter.changed(), if report_at.is_none() => {
-                    report_at = Some(tokio::time::Instant::now() + REPORT_COALESCE);
-                    continue;
-                }
-                () = sleep_until_some(report_at) => {
-                    report_at = None;
-                    self.send_report(&mut send, &mut listeners_sent).await?;
-                    continue;
-                }
-                _ = keepalive.tick() => {
-                    if let Some(view) = &current {
-                        send.send(&AgentToControl::Ack { revision: view.revision }).await?;
-                    }
-                    continue;
-                }
-                _ = check.tick() => {
-                    self.judge(&mut detector, conn)?;
-                    continue;
-                }
-            };
-            deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
-            self.status
-                .send_modify(|s| s.last_contact_ms = Some(now_ms()));
-            let next = match message {
-                ControlToAgent::Snapshot(view) => *view,
-                // Nothing to store or ack: the view is where it was (an older control node
-                // sends these when only something outside the replicated state moved).
-                ControlToAgent::Delta(delta)
-                    if delta.is_noop()
-                        && current.as_ref().is_some_and(|v| v.revision == delta.from) =>
-                {
-                    debug!(revision = %delta.to, "empty delta");
-                    continue;
-                }
-                ControlToAgent::Delta(delta) => {
-                    let mut view = current.as_deref().cloned().ok_or_else(|| {
-                        SessionError::Resync("a delta without a base view".into())
-                    })?;
-                    view.apply(&delta)
-                        .map_err(|e| SessionError::Resync(e.to_string()))?;
-                    view
-                }
-                ControlToAgent::Heartbeat { revision } => {
-                    debug!(revision = %revision, "heartbeat");
-                    self.status
-                        .send_modify(|s| s.control_revision = s.control_revision.max(revision.0));
-                    continue;
-                }
-                ControlToAgent::Refused(refusal) if refusal.reason.is_permanent() => {
-                    return Ok(LinkEnd::Removed(refusal.message));
-                }
-                ControlToAgent::Refused(Refusal {
-                    reason: RefusalReason::Overloaded { retry_after_ms },
-                    message,
-                }) => {
-                    return Err(SessionError::Elsewhere {
-                        message,
-                        retry_after: Duration::from_millis(retry_after_ms.min(30_000)),
-                    });
-                }
-                ControlToAgent::Refused(refusal) => {
-                    return Err(SessionError::Refused(refusal.message));
-                }
-            };
-            current = Some(self.keep(next, &mut send).await?);
-        }
-    }
-
-    /// The hello of a new session: our cached view's revision and digest, so that control
-    /// answers with a delta — or nothing of them, to ask for a snapshot.
-    fn hello(
-        &self,
-        cached: Option<&NodeView>,
-        force_snapshot: bool,
-    ) -> Result<AgentHello, SessionError> {
-        let cached = cached.filter(|_| !force_snapshot);
-        Ok(AgentHello {
-            wire_version: WIRE_VERSION,
-            node_id: self.node_id,
-            last_revision: cached.map_or(Revision::ZERO, |v| v.revision),
-            cache_cluster_id: self.cache.identity()?.map(|i| i.cluster_id),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            have: cached.map(NodeView::digest),
-        })
-    }
-
-    /// Keeps a view from control: persisted and flushed (durable before acknowledged, and
-    /// before the reconcile loop acts on it), handed to the reconcile loop, then acked.
-    async fn keep(
-        &self,
-        next: NodeView,
-        send: &mut warren_transport::FramedSend,
-    ) -> Result<Arc<NodeView>, SessionError> {
-        if next.node.id != self.node_id {
-            return Err(SessionError::WrongNode(next.node.id));
-        }
-        self.cache.store_view(&next).await?;
-        let revision = next.revision;
-        let next = Arc::new(next);
-        self.views.send_replace(Some(next.clone()));
-        let targets = self.targets();
-        self.status.send_modify(|s| {
-            s.revision = revision.0;
-            s.control_revision = s.control_revision.max(revision.0);
-            s.control_addrs = targets;
-        });
-        send.send(&AgentToControl::Ack { revision }).await?;
-        Ok(next)
-    }
-
-    /// Asks the failure detector whether `conn`'s control node is gone (QUIC silent, and gossip
-    /// hears another control node but not this one; or silent for the limit).
-    fn judge(
-        &self,
-        detector: &mut LinkFailureDetector,
-        conn: &PeerConnection,
-    ) -> Result<(), SessionError> {
-        let ours = conn.peer().and_then(|peer| peer.node_id);
-        let witness = GossipWitness::from_members(&self.gossip.borrow(), ours);
-        let verdict = detector.observe(
-            std::time::Instant::now(),
-            conn.datagrams_received(),
-            conn.rtt(),
-            witness,
-        );
-        match verdict {
-            Verdict::Keep => Ok(()),
-            Verdict::GossipLostIt { silent_for, gossip } => {
-                Err(SessionError::GossipLostIt { silent_for, gossip })
-            }
-            Verdict::Silent { silent_for } => Err(SessionError::Silent(silent_for)),
-        }
-    }
-
-    /// Sends the reporter's status, and more reports while events wait; then the listeners'
-    /// states if they changed since `listeners_sent` (the version this session last sent).
-    async fn send_report(
-        &self,
-        send: &mut warren_transport::FramedSend,
-        listeners_sent: &mut u64,
-    ) -> Result<(), SessionError> {
-        loop {
-            let (report, receipt) = self.reporter.take();
-            send.send(&AgentToControl::Status(report)).await?;
-            if !self.reporter.commit(receipt) {
-                break;
-            }
-        }
-        if let Some((version, listeners)) = self.reporter.listeners_after(*listeners_sent) {
-            send.send(&AgentToControl::Listeners(listeners)).await?;
-            *listeners_sent = version;
-        }
-        Ok(())
-    }
 }
 
 /// Sets `slot` to `value` if it differs; returns whether it did.
@@ -676,21 +422,4 @@ fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, value: &T) -> bool {
     }
     slot.clone_from(value);
     true
-}
-
-/// Sleeps until `at`, or forever when it is `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn link_event(kind: EventKind, message: String) -> Event {
-    Event {
-        at_ms: now_ms(),
-        replica: None,
-        kind,
-        message,
-    }
 }

@@ -76,6 +76,48 @@ pub struct AgentMetrics {
     pub reconcile_passes_total: IntCounter,
 }
 
+/// Makes metrics and registers each in one registry. Names and help texts are literals, so
+/// a bad or repeated one is a bug: it panics at start.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn metric<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("unique metric");
+        metric
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.metric(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.metric(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, label: &str) -> IntGaugeVec {
+        self.metric(IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
+        self.metric(IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
+    }
+}
+
+/// Failed attempts to reach control, with every reason's series there from the start (at 0).
+fn link_failures_total(add: &Registrar<'_>) -> IntCounterVec {
+    let failures = add.counter_vec(
+        "warren_agent_link_failures_total",
+        "Failed attempts to reach control, by reason: resolve (no control address resolved), unreachable (nobody answered), refused, lost (a session ended).",
+        "reason",
+    );
+    for kind in crate::link::FailureKind::ALL {
+        failures.with_label_values(&[kind.as_str()]);
+    }
+    failures
+}
+
 impl AgentMetrics {
     /// The registry every agent series lives in (discovery adds the mesh and DNS ones).
     pub fn registry(&self) -> &Registry {
@@ -90,109 +132,66 @@ impl AgentMetrics {
         ]
         .into();
         let registry = Registry::new_custom(None, Some(labels)).expect("constant labels are valid");
-        fn register<M: prometheus::core::Collector + Clone + 'static>(
-            registry: &Registry,
-            metric: M,
-        ) -> M {
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
-        }
-        let gauge = |name: &str, help: &str| {
-            register(&registry, IntGauge::new(name, help).expect("valid metric"))
-        };
-        let counter = |name: &str, help: &str| {
-            register(
-                &registry,
-                IntCounter::new(name, help).expect("valid metric"),
-            )
-        };
-        let gauge_vec = |name: &str, help: &str, label: &str| {
-            register(
-                &registry,
-                IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
-            )
-        };
+        let add = Registrar(&registry);
         AgentMetrics {
-            revision: gauge("warren_agent_revision", "Revision of the cached view."),
-            revision_lag: gauge(
+            revision: add.gauge("warren_agent_revision", "Revision of the cached view."),
+            revision_lag: add.gauge(
                 "warren_agent_revision_lag",
                 "Revisions the cached view is behind what control last announced for this node.",
             ),
-            link_up: gauge(
+            link_up: add.gauge(
                 "warren_agent_link_up",
                 "1 while a stream to a control node is up.",
             ),
-            link_last_contact_age_seconds: register(
-                &registry,
+            link_last_contact_age_seconds: add.metric(
                 Gauge::new(
                     "warren_agent_link_last_contact_age_seconds",
                     "Seconds since the last message from control (-1 before any).",
                 )
                 .expect("valid metric"),
             ),
-            link_connects_total: counter(
+            link_connects_total: add.counter(
                 "warren_agent_link_connects_total",
                 "Connections made to a control node.",
             ),
-            link_failures_total: {
-                let failures = register(
-                    &registry,
-                    IntCounterVec::new(
-                        Opts::new(
-                            "warren_agent_link_failures_total",
-                            "Failed attempts to reach control, by reason: resolve (no control address resolved), unreachable (nobody answered), refused, lost (a session ended).",
-                        ),
-                        &["reason"],
-                    )
-                    .expect("valid metric"),
-                );
-                for kind in crate::link::FailureKind::ALL {
-                    failures.with_label_values(&[kind.as_str()]);
-                }
-                failures
-            },
-            listener_up: gauge_vec(
+            link_failures_total: link_failures_total(&add),
+            listener_up: add.gauge_vec(
                 "warren_agent_listener_up",
                 "1 while the listener (metrics, dns, gossip) is bound, 0 while it cannot bind and is being retried.",
                 "listener",
             ),
-            workloads: gauge_vec(
+            workloads: add.gauge_vec(
                 "warren_agent_workloads",
                 "Workloads by state after the last reconcile pass.",
                 "state",
             ),
-            workload_health: gauge_vec(
+            workload_health: add.gauge_vec(
                 "warren_agent_workload_health",
                 "Workloads by health-check result after the last reconcile pass.",
                 "health",
             ),
-            events_total: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new("warren_agent_events_total", "Events recorded, by kind."),
-                    &["kind"],
-                )
-                .expect("valid metric"),
+            events_total: add.counter_vec(
+                "warren_agent_events_total",
+                "Events recorded, by kind.",
+                "kind",
             ),
-            workload_restarts_total: counter(
+            workload_restarts_total: add.counter(
                 "warren_agent_workload_restarts_total",
                 "Workloads restarted by their restart policy (exits and failed health checks).",
             ),
-            events_buffered: gauge(
+            events_buffered: add.gauge(
                 "warren_agent_events_buffered",
                 "Events waiting to be reported to control.",
             ),
-            cache_size_bytes: gauge(
+            cache_size_bytes: add.gauge(
                 "warren_agent_cache_size_bytes",
                 "Size of the agent cache on disk.",
             ),
-            cache_corrupt_total: counter(
+            cache_corrupt_total: add.counter(
                 "warren_agent_cache_corrupt_total",
                 "Cached values found corrupt.",
             ),
-            reconcile_passes_total: counter(
+            reconcile_passes_total: add.counter(
                 "warren_agent_reconcile_passes_total",
                 "Reconcile passes run.",
             ),

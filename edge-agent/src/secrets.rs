@@ -9,7 +9,7 @@
 //!
 //! A running workload is never restarted because a secret's value changed (that would break
 //! adoption: the workload hash covers which secrets a workload has, not their values). Its
-//! files are rewritten in place instead, each one swapped atomically; see [`NodeSecrets::refresh`].
+//! files are rewritten in place instead, each one swapped atomically; see `NodeSecrets::refresh`.
 //!
 //! Must never: log a plaintext value, or write one anywhere but a workload's secret files.
 
@@ -102,7 +102,7 @@ pub enum SecretError {
 
 /// Why a replica could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum ReplicaStartError {
     /// A secret it references could not be opened.
     #[error(transparent)]
     Secret(#[from] SecretError),
@@ -194,14 +194,14 @@ impl NodeSecrets {
     /// The start request for `replica` of `spec`, with its secrets opened from `sealed`.
     ///
     /// # Errors
-    /// [`StartError::Secret`] naming the first secret that cannot be opened;
-    /// [`StartError::Runtime`] when the spec is not a process.
+    /// [`ReplicaStartError::Secret`] naming the first secret that cannot be opened;
+    /// [`ReplicaStartError::Runtime`] when the spec is not a process.
     pub(crate) fn request(
         &mut self,
         replica: &ReplicaId,
         spec: &ServiceSpec,
         sealed: &BTreeMap<String, SealedBlob>,
-    ) -> Result<WorkloadRequest, StartError> {
+    ) -> Result<WorkloadRequest, ReplicaStartError> {
         let files = self.open(spec, sealed)?;
         let request = WorkloadRequest::for_process(replica.clone(), spec, files)?;
         self.written

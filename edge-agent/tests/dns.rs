@@ -27,8 +27,8 @@ use tracing::info;
 mod prerequisites;
 
 use warren_edge_agent::dns::{
-    Catalogue, DnsConfig, DnsMetrics, DnsServerHandle, Liveness, PortProtocol, PublishedPort,
-    QueryResult, ReplicaEndpoint, ServiceRecords, Upstreams, spawn_dns_server,
+    Catalogue, DnsConfig, DnsMetrics, DnsServerHandle, EndpointLiveness, PortProtocol,
+    PublishedPort, QueryResult, ReplicaEndpoint, ServiceRecords, Upstreams, spawn_dns_server,
 };
 
 /// How long a test client waits for one answer.
@@ -41,7 +41,7 @@ fn init_logging() {
         .try_init();
 }
 
-fn replica(label: &str, address: &str, liveness: Liveness) -> ReplicaEndpoint {
+fn replica(label: &str, address: &str, liveness: EndpointLiveness) -> ReplicaEndpoint {
     ReplicaEndpoint {
         label: label.to_owned(),
         address: address.parse().expect("test address"),
@@ -65,9 +65,9 @@ fn web(replicas: Vec<ReplicaEndpoint>, serial: u32) -> Arc<Catalogue> {
 fn three_alive() -> Arc<Catalogue> {
     web(
         vec![
-            replica("0", "10.42.0.1", Liveness::Alive),
-            replica("1", "10.42.0.2", Liveness::Alive),
-            replica("2", "10.42.0.3", Liveness::Alive),
+            replica("0", "10.42.0.1", EndpointLiveness::Alive),
+            replica("1", "10.42.0.2", EndpointLiveness::Alive),
+            replica("2", "10.42.0.3", EndpointLiveness::Alive),
         ],
         1,
     )
@@ -273,8 +273,8 @@ async fn zone_answers_follow_the_catalogue() {
     info!("--- slot 2 dies, slot 1 is removed");
     fixture.catalogue.send_replace(web(
         vec![
-            replica("0", "10.42.0.1", Liveness::Alive),
-            replica("2", "10.42.0.3", Liveness::Dead),
+            replica("0", "10.42.0.1", EndpointLiveness::Alive),
+            replica("2", "10.42.0.3", EndpointLiveness::Dead),
         ],
         2,
     ));
@@ -310,8 +310,8 @@ async fn zone_answers_follow_the_catalogue() {
     info!("--- gossip silent: unknown replicas are served when none is alive");
     fixture.catalogue.send_replace(web(
         vec![
-            replica("0", "10.42.0.1", Liveness::Unknown),
-            replica("2", "10.42.0.3", Liveness::Dead),
+            replica("0", "10.42.0.1", EndpointLiveness::Unknown),
+            replica("2", "10.42.0.3", EndpointLiveness::Dead),
         ],
         3,
     ));
@@ -385,9 +385,9 @@ async fn dig_gets_the_same_answers() {
         .expect("dig checks");
     fixture.catalogue.send_replace(web(
         vec![
-            replica("0", "10.42.0.1", Liveness::Alive),
-            replica("1", "10.42.0.2", Liveness::Dead),
-            replica("2", "10.42.0.3", Liveness::Alive),
+            replica("0", "10.42.0.1", EndpointLiveness::Alive),
+            replica("1", "10.42.0.2", EndpointLiveness::Dead),
+            replica("2", "10.42.0.3", EndpointLiveness::Alive),
         ],
         2,
     ));

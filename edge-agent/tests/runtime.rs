@@ -16,8 +16,8 @@ use rustix::process::{Pid, Signal};
 mod prerequisites;
 use warren_api::ids::{ReplicaId, ServiceName};
 use warren_edge_agent::runtime::{
-    Instance, Observed, ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, StopOutcome,
-    WorkloadHandle, WorkloadRecord, WorkloadRequest,
+    Instance, ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError, RuntimeObservation,
+    StopOutcome, WorkloadHandle, WorkloadRecord, WorkloadRequest,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -112,7 +112,11 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-async fn wait_observed(runtime: &dyn Runtime, handle: &WorkloadHandle, expected: Observed) {
+async fn wait_observed(
+    runtime: &dyn Runtime,
+    handle: &WorkloadHandle,
+    expected: RuntimeObservation,
+) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let observed = runtime.observe(handle).await.unwrap();
@@ -146,7 +150,10 @@ async fn logs_output_and_stops_with_sigterm() {
         .unwrap();
     guard.add(&handle);
 
-    assert_eq!(runtime.observe(&handle).await.unwrap(), Observed::Running);
+    assert_eq!(
+        runtime.observe(&handle).await.unwrap(),
+        RuntimeObservation::Running
+    );
     let record = handle.record().clone();
     assert_eq!(record.stdout_log, dir.path().join("web.0/stdout.log"));
     wait_until("both lines are logged", || {
@@ -161,7 +168,7 @@ async fn logs_output_and_stops_with_sigterm() {
     assert_eq!(outcome, StopOutcome::Terminated);
     assert_eq!(
         runtime.observe(&handle).await.unwrap(),
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: None,
             signal: Some(15)
         }
@@ -199,7 +206,7 @@ async fn ignoring_sigterm_gets_sigkill_after_grace() {
     assert!(started.elapsed() >= grace, "killed before the grace period");
     assert_eq!(
         runtime.observe(&handle).await.unwrap(),
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: None,
             signal: Some(9)
         }
@@ -258,7 +265,7 @@ async fn exit_code_is_observed() {
     wait_observed(
         runtime.as_ref(),
         &handle,
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: Some(3),
             signal: None,
         },
@@ -276,7 +283,7 @@ async fn exit_code_is_observed() {
     wait_observed(
         runtime.as_ref(),
         &again,
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: Some(0),
             signal: None,
         },
@@ -333,7 +340,10 @@ async fn adopts_workload_after_runtime_is_dropped() {
     let handle = runtime_b.adopt(&record).await.expect("adopted");
     assert_eq!(pid_of(&handle), pid);
     assert_eq!(handle.record(), &record);
-    assert_eq!(runtime_b.observe(&handle).await.unwrap(), Observed::Running);
+    assert_eq!(
+        runtime_b.observe(&handle).await.unwrap(),
+        RuntimeObservation::Running
+    );
     assert!(matches!(
         runtime_b
             .start(&request(replica("web", 1), &["true"]))
@@ -348,7 +358,7 @@ async fn adopts_workload_after_runtime_is_dropped() {
     assert_eq!(outcome, StopOutcome::Terminated);
     assert_eq!(
         runtime_b.observe(&handle).await.unwrap(),
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: None,
             signal: None
         }
@@ -489,7 +499,10 @@ async fn workload_survives_agent_sigkill() {
 
     let runtime = runtime(&root);
     let handle = runtime.adopt(&record).await.expect("adopted");
-    assert_eq!(runtime.observe(&handle).await.unwrap(), Observed::Running);
+    assert_eq!(
+        runtime.observe(&handle).await.unwrap(),
+        RuntimeObservation::Running
+    );
     assert_eq!(
         runtime
             .stop(&handle, Duration::from_secs(10))
@@ -570,7 +583,7 @@ async fn environment_and_working_directory() {
     wait_observed(
         runtime.as_ref(),
         &handle,
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: Some(0),
             signal: None,
         },
@@ -589,7 +602,7 @@ async fn environment_and_working_directory() {
     wait_observed(
         runtime.as_ref(),
         &handle,
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: Some(0),
             signal: None,
         },
@@ -814,7 +827,7 @@ async fn cgroup_v1_limits_when_root() {
     wait_observed(
         &runtime,
         &handle,
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: None,
             signal: Some(9),
         },
@@ -849,7 +862,10 @@ async fn limits_skipped_when_cgroups_unavailable() {
     limited.cpu_millis = Some(100);
     let handle = runtime.start(&limited).await.unwrap();
     guard.add(&handle);
-    assert_eq!(runtime.observe(&handle).await.unwrap(), Observed::Running);
+    assert_eq!(
+        runtime.observe(&handle).await.unwrap(),
+        RuntimeObservation::Running
+    );
     runtime.stop(&handle, Duration::from_secs(5)).await.unwrap();
     runtime.cleanup(&replica("limited", 1)).await.unwrap();
 }
@@ -867,7 +883,7 @@ async fn restart_rewrites_secrets() {
         ("a".to_owned(), b"one".to_vec()),
         ("b".to_owned(), b"two".to_vec()),
     ];
-    let exited = Observed::Exited {
+    let exited = RuntimeObservation::Exited {
         code: Some(0),
         signal: None,
     };
@@ -922,7 +938,7 @@ async fn workloads_see_the_agents_resolv_conf_when_root() {
     wait_observed(
         runtime.as_ref(),
         &handle,
-        Observed::Exited {
+        RuntimeObservation::Exited {
             code: Some(0),
             signal: None,
         },
@@ -970,7 +986,7 @@ async fn credentials_of(
     request.user = user.map(str::to_owned);
     request.cap_add = cap_add.iter().map(|c| (*c).to_owned()).collect();
     let handle = runtime.start(&request).await.unwrap();
-    let exited = Observed::Exited {
+    let exited = RuntimeObservation::Exited {
         code: Some(0),
         signal: None,
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use warren_api::{NodeId, NodeRole};
 
-use crate::fault::FaultSwitch;
+use crate::fault::GossipFaultSwitch;
 use crate::identity::MeshIdentity;
 use crate::keyring::Keyring;
 
@@ -202,7 +202,7 @@ pub struct MeshConfig {
     /// The timers.
     pub timers: MeshTimers,
     /// Fault injection for tests; `None` in production.
-    pub fault: Option<FaultSwitch>,
+    pub fault: Option<GossipFaultSwitch>,
 }
 
 impl MeshConfig {

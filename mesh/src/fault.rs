@@ -1,6 +1,6 @@
 //! Fault injection for tests: a switch that drops gossip datagrams to and from chosen peers.
 //!
-//! A [`FaultSwitch`] given in [`MeshConfig::fault`](crate::MeshConfig::fault) sits under a
+//! A [`GossipFaultSwitch`] given in [`MeshConfig::fault`](crate::MeshConfig::fault) sits under a
 //! node's sealed socket. Datagrams to a blocked address are sealed and then discarded (the send
 //! reports success); datagrams from one are read and discarded before decryption. Gossip sees
 //! only silence, as on a cut link. Both are counted as `fault_injected` drops. Clones share
@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 /// A cheap, clonable set of blocked peer addresses.
 #[derive(Clone, Default)]
-pub struct FaultSwitch {
+pub struct GossipFaultSwitch {
     state: Arc<FaultState>,
 }
 
@@ -27,15 +27,15 @@ struct FaultState {
     blocked: RwLock<HashSet<SocketAddr>>,
 }
 
-impl fmt::Debug for FaultSwitch {
+impl fmt::Debug for GossipFaultSwitch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FaultSwitch")
+        f.debug_struct("GossipFaultSwitch")
             .field("blocked", &self.blocked().len())
             .finish()
     }
 }
 
-impl FaultSwitch {
+impl GossipFaultSwitch {
     /// A switch that blocks nothing.
     pub fn new() -> Self {
         Self::default()
@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn blocks_until_healed_and_clones_share_state() {
-        let switch = FaultSwitch::new();
+        let switch = GossipFaultSwitch::new();
         let peer = SocketAddr::from(([127, 0, 0, 1], 9));
         assert!(!switch.is_blocked(peer));
         switch.clone().block([peer]);

@@ -1,5 +1,5 @@
 //! Fragments: chitchat messages may be up to 64 KiB, more than one sealed datagram carries
-//! ([`MAX_PAYLOAD_BYTES`](crate::keyring::MAX_PAYLOAD_BYTES)), so a message is split into at
+//! ([`crate::keyring::MAX_PAYLOAD_BYTES`]), so a message is split into at
 //! most [`MAX_FRAGMENTS`] payloads, each sealed on its own. Sans-IO; the caller passes `now`.
 //!
 //! Fragment payload: `message id u32 LE | index u8 | count u8 | chunk`. Reassembly keeps at

@@ -12,7 +12,8 @@
 //! - [`fragment`]: splitting chitchat messages into sealed-datagram-sized pieces (sans-IO).
 //! - [`identity`]: each node signs its own state with its certificate's key; members' states
 //!   are accepted only as signed, and a member is only as alive as its latest signature.
-//! - [`fault`]: a test switch that drops datagrams to and from chosen peers.
+//! - [`fault`]: [`GossipFaultSwitch`], a test switch that drops datagrams to and from chosen
+//!   peers.
 //! - `transport`: the chitchat transport that relays chitchat's own encoding through loopback
 //!   and seals it on the real socket.
 //! - [`member`]: metadata keys, [`Member`], checking authorising claims against the registry,
@@ -43,7 +44,7 @@ mod transport;
 mod verdict;
 
 pub use config::{ConfigError, MeshConfig, MeshTimers};
-pub use fault::FaultSwitch;
+pub use fault::GossipFaultSwitch;
 pub use identity::{MeshIdentity, Unverified};
 pub use keyring::{DropReason, GossipKey, KeyId, Keyring, RotateError};
 pub use member::{
@@ -51,8 +52,8 @@ pub use member::{
     VerifiedIdentity, liveness_changes,
 };
 pub use mesh::{
-    KeyRotator, META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MetaError,
-    StartError,
+    KeyRotator, META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MeshStartError,
+    MetaError,
 };
 pub use metrics::MeshMetrics;
 pub use transport::{PEER_KEYS_MAX, RELAY_TIMEOUT, now_unix_ms};

@@ -36,7 +36,7 @@ pub const META_KEYS_MAX: usize = 256;
 
 /// Why the mesh could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum MeshStartError {
     /// The configuration contradicts itself.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -98,16 +98,16 @@ impl Mesh {
     /// monitor. Publishes name, role and site at once.
     ///
     /// # Errors
-    /// [`StartError`] if the config is invalid, the socket cannot be bound, or chitchat fails.
-    pub async fn start(config: MeshConfig, metrics: MeshMetrics) -> Result<Self, StartError> {
+    /// [`MeshStartError`] if the config is invalid, the socket cannot be bound, or chitchat fails.
+    pub async fn start(config: MeshConfig, metrics: MeshMetrics) -> Result<Self, MeshStartError> {
         config.validate()?;
         let socket = tokio::net::UdpSocket::bind(config.listen_addr)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|source| MeshStartError::Bind {
                 addr: config.listen_addr,
                 source,
             })?;
-        let local_addr = socket.local_addr().map_err(|source| StartError::Bind {
+        let local_addr = socket.local_addr().map_err(|source| MeshStartError::Bind {
             addr: config.listen_addr,
             source,
         })?;
@@ -130,7 +130,7 @@ impl Mesh {
         ];
         let chitchat = spawn_chitchat(chitchat_config, initial, &transport)
             .await
-            .map_err(|err| StartError::Gossip(format!("{err:#}")))?;
+            .map_err(|err| MeshStartError::Gossip(format!("{err:#}")))?;
         let attester = Arc::new(Mutex::new(Attester::new(
             config.identity.clone(),
             config.cluster_id.clone(),

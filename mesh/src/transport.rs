@@ -33,7 +33,7 @@ use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket
 use chitchat::{ChitchatEnvelope, ChitchatMessage};
 use tracing::{debug, warn};
 
-use crate::fault::FaultSwitch;
+use crate::fault::GossipFaultSwitch;
 use crate::fragment::{self, Reassembled, Reassembly};
 use crate::keyring::{DropReason, KeyId, Keyring, MAX_DATAGRAM_BYTES};
 use crate::metrics::MeshMetrics;
@@ -59,7 +59,7 @@ pub fn now_unix_ms() -> u64 {
 pub(crate) struct TransportShared {
     pub(crate) keyring: Mutex<Keyring>,
     pub(crate) metrics: MeshMetrics,
-    pub(crate) fault: FaultSwitch,
+    pub(crate) fault: GossipFaultSwitch,
     pub(crate) gossip_interval: Duration,
 }
 

@@ -461,7 +461,7 @@ async fn a_key_holder_cannot_gossip_as_another_node() {
             vec![seed],
             Keyring::new(cluster.key.clone()),
             MeshTimers::for_tests(),
-            warren_mesh::FaultSwitch::new(),
+            warren_mesh::GossipFaultSwitch::new(),
         );
         config.name = name.to_owned();
         config.identity = common::identity_signed_by(attacker_id);

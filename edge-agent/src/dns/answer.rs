@@ -26,7 +26,7 @@ use hickory_proto::ProtoError;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use super::catalogue::{Catalogue, Liveness, ReplicaEndpoint, ServiceRecords};
+use super::catalogue::{Catalogue, EndpointLiveness, ReplicaEndpoint, ServiceRecords};
 
 /// TTL of every record the zone serves, seconds. Short: replicas move and die, and a stale
 /// address costs a client a failed connection for this long.
@@ -173,11 +173,11 @@ pub fn serving_replicas(records: &ServiceRecords) -> impl Iterator<Item = &Repli
     let any_alive = records
         .replicas
         .iter()
-        .any(|replica| replica.liveness == Liveness::Alive);
+        .any(|replica| replica.liveness == EndpointLiveness::Alive);
     let wanted = if any_alive {
-        Liveness::Alive
+        EndpointLiveness::Alive
     } else {
-        Liveness::Unknown
+        EndpointLiveness::Unknown
     };
     records
         .replicas
@@ -194,7 +194,7 @@ fn replica_or_protocol(
     qtype: RecordType,
 ) -> Found {
     if let Some(replica) = records.replicas.iter().find(|r| r.label == first) {
-        let serving = (replica.liveness != Liveness::Dead).then_some(replica);
+        let serving = (replica.liveness != EndpointLiveness::Dead).then_some(replica);
         let answers = address_records(qname, serving.into_iter(), qtype);
         return Found::Exists(answers, Vec::new());
     }
@@ -291,7 +291,7 @@ mod tests {
     use super::*;
     use crate::dns::catalogue::{PortProtocol, PublishedPort};
 
-    fn replica(label: &str, address: &str, liveness: Liveness) -> ReplicaEndpoint {
+    fn replica(label: &str, address: &str, liveness: EndpointLiveness) -> ReplicaEndpoint {
         ReplicaEndpoint {
             label: label.to_owned(),
             address: address.parse().expect("test address"),
@@ -305,9 +305,9 @@ mod tests {
     fn catalogue() -> Catalogue {
         let web = ServiceRecords {
             replicas: vec![
-                replica("2", "10.42.0.3", Liveness::Dead),
-                replica("0", "10.42.0.1", Liveness::Alive),
-                replica("1", "10.42.0.2", Liveness::Alive),
+                replica("2", "10.42.0.3", EndpointLiveness::Dead),
+                replica("0", "10.42.0.1", EndpointLiveness::Alive),
+                replica("1", "10.42.0.2", EndpointLiveness::Alive),
             ],
             ports: vec![
                 PublishedPort {
@@ -324,13 +324,13 @@ mod tests {
         };
         let gw = ServiceRecords {
             replicas: vec![
-                replica("edge-a", "10.42.1.1", Liveness::Unknown),
-                replica("edge-b", "fd42::2", Liveness::Unknown),
+                replica("edge-a", "10.42.1.1", EndpointLiveness::Unknown),
+                replica("edge-b", "fd42::2", EndpointLiveness::Unknown),
             ],
             ports: Vec::new(),
         };
         let down = ServiceRecords {
-            replicas: vec![replica("0", "10.42.2.1", Liveness::Dead)],
+            replicas: vec![replica("0", "10.42.2.1", EndpointLiveness::Dead)],
             ports: Vec::new(),
         };
         Catalogue::new(

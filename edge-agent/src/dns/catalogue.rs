@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 /// What gossip says about a replica's endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Liveness {
+pub enum EndpointLiveness {
     /// Gossip saw the replica's node (and the replica running) recently.
     Alive,
     /// No word either way: gossip has not heard of the node yet, or the agent is alone.
@@ -71,7 +71,7 @@ pub struct ReplicaEndpoint {
     /// The address workloads reach the replica on (its node's overlay address, usually).
     pub address: IpAddr,
     /// What gossip says about it.
-    pub liveness: Liveness,
+    pub liveness: EndpointLiveness,
 }
 
 /// One service's records.
@@ -146,12 +146,12 @@ mod tests {
                         ReplicaEndpoint {
                             label: "Edge-B".to_owned(),
                             address: "10.42.1.2".parse().expect("literal"),
-                            liveness: Liveness::Alive,
+                            liveness: EndpointLiveness::Alive,
                         },
                         ReplicaEndpoint {
                             label: "edge-a".to_owned(),
                             address: "10.42.1.1".parse().expect("literal"),
-                            liveness: Liveness::Alive,
+                            liveness: EndpointLiveness::Alive,
                         },
                     ],
                     ports: vec![PublishedPort {

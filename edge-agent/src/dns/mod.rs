@@ -1,9 +1,9 @@
 //! The agent's DNS server: workloads' resolver for service discovery, `<service>.warren.`.
 //!
 //! - [`catalogue`]: the data interface, a plain immutable [`Catalogue`] snapshot (services →
-//!   replicas with address and gossip [`Liveness`], published ports) read from a
+//!   replicas with address and gossip [`EndpointLiveness`], published ports) read from a
 //!   `watch::Receiver<Arc<Catalogue>>`: updates are atomic and never block a query.
-//! - [`answer`]: the zone as pure functions (name + type + catalogue → records, NODATA or
+//! - [`answer`](mod@answer): the zone as pure functions (name + type + catalogue → records, NODATA or
 //!   NXDOMAIN), which is where the naming and liveness rules live and are tested.
 //! - [`forward`]: names outside the zone go to the host's resolvers (UDP, TCP on truncation,
 //!   one deadline), SERVFAIL when none answers.
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use answer::{Answer, RECORD_TTL_SECS, Zone, answer};
 pub use catalogue::{
-    Catalogue, Liveness, PortProtocol, PublishedPort, ReplicaEndpoint, ServiceRecords,
+    Catalogue, EndpointLiveness, PortProtocol, PublishedPort, ReplicaEndpoint, ServiceRecords,
 };
 pub use forward::{ForwardError, Forwarder};
 pub use metrics::{DnsMetrics, QueryResult};
@@ -90,10 +90,9 @@ impl DnsConfig {
     /// Checks the zone name and that timeouts and limits are not zero.
     ///
     /// # Errors
-    /// [`DnsError::Config`] naming the field.
+    /// [`DnsError::Config`] naming the field, [`DnsError::Zone`] for a zone that is not a name.
     pub fn validate(&self) -> Result<(), DnsError> {
-        Zone::new(&self.zone)
-            .map_err(|error| DnsError::Config(format!("zone {:?}: {error}", self.zone)))?;
+        self.parsed_zone()?;
         if self.forward_timeout.is_zero() {
             return Err(DnsError::Config("forward_timeout must not be zero".into()));
         }
@@ -107,6 +106,17 @@ impl DnsConfig {
         }
         Ok(())
     }
+
+    /// The zone as the server answers for it.
+    ///
+    /// # Errors
+    /// [`DnsError::Zone`] when it is not a DNS name.
+    pub(crate) fn parsed_zone(&self) -> Result<Zone, DnsError> {
+        Zone::new(&self.zone).map_err(|source| DnsError::Zone {
+            zone: self.zone.clone(),
+            source,
+        })
+    }
 }
 
 /// Why the DNS server could not start.
@@ -115,6 +125,14 @@ pub enum DnsError {
     /// A setting is invalid.
     #[error("dns config: {0}")]
     Config(String),
+    /// The zone is not a DNS name.
+    #[error("dns config: zone {zone:?}: {source}")]
+    Zone {
+        /// The configured zone.
+        zone: String,
+        /// Why it is not a name.
+        source: hickory_proto::ProtoError,
+    },
     /// The listen address could not be bound.
     #[error("bind dns {addr}: {source}")]
     Bind {

@@ -1,5 +1,5 @@
-//! The driver: hickory's `Server` owns the UDP socket and TCP listener; [`ZoneRequestHandler`]
-//! answers each request from the latest catalogue ([`super::answer`]) or forwards it
+//! The driver: hickory's `Server` owns the UDP socket and TCP listener; `ZoneRequestHandler`
+//! answers each request from the latest catalogue ([`super::answer`](mod@super::answer)) or forwards it
 //! ([`super::forward`]), and counts what became of it.
 
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ impl DnsServerHandle {
 /// missing file means no upstream (names outside the zone get SERVFAIL).
 ///
 /// # Errors
-/// [`DnsError::Config`] for an invalid config, [`DnsError::Bind`] when the address cannot be
+/// [`DnsError::Config`] or [`DnsError::Zone`] for an invalid config, [`DnsError::Bind`] when the address cannot be
 /// bound (port 53 needs `CAP_NET_BIND_SERVICE`).
 pub async fn spawn_dns_server(
     config: DnsConfig,
@@ -76,8 +76,7 @@ pub async fn spawn_dns_server(
     cancel: CancellationToken,
 ) -> Result<DnsServerHandle, DnsError> {
     config.validate()?;
-    let zone = Zone::new(&config.zone)
-        .map_err(|error| DnsError::Config(format!("zone {:?}: {error}", config.zone)))?;
+    let zone = config.parsed_zone()?;
     let (udp, tcp) = bind(config.listen).await?;
     let local_addr = udp.local_addr().map_err(|source| DnsError::Bind {
         addr: config.listen,

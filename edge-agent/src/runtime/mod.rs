@@ -81,7 +81,7 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     fn observe<'a>(
         &'a self,
         handle: &'a WorkloadHandle,
-    ) -> RuntimeFuture<'a, Result<Observed, RuntimeError>>;
+    ) -> RuntimeFuture<'a, Result<RuntimeObservation, RuntimeError>>;
 
     /// Asks the workload to stop (SIGTERM to its process group), forces it (SIGKILL) once
     /// `grace` has passed, and reports which was needed.
@@ -315,7 +315,7 @@ impl WorkloadHandle {
 /// The state of a workload as a runtime sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Observed {
+pub enum RuntimeObservation {
     /// Still running.
     Running,
     /// Has exited. `code` for a normal exit, `signal` when a signal ended it; both `None`

@@ -41,8 +41,8 @@ use super::credentials::AgentUser;
 use super::dirs::{Layout, SECRETS_DIR};
 use super::working_dir::Forbidden;
 use super::{
-    Instance, Observed, Runtime, RuntimeError, RuntimeFuture, StopOutcome, WorkloadHandle,
-    WorkloadRecord, WorkloadRequest, logs, procfs, secrets,
+    Instance, Runtime, RuntimeError, RuntimeFuture, RuntimeObservation, StopOutcome,
+    WorkloadHandle, WorkloadRecord, WorkloadRequest, logs, procfs, secrets,
 };
 
 mod start;
@@ -132,7 +132,7 @@ struct Tracked {
     record: WorkloadRecord,
     /// The exit status, published by the task that reaps the child; `None` for a workload
     /// adopted from an earlier agent (not our child, so its status is unknowable).
-    exit: Option<watch::Receiver<Observed>>,
+    exit: Option<watch::Receiver<RuntimeObservation>>,
 }
 
 /// The agent's data dir's sibling that holds replica directories unless told otherwise:
@@ -295,7 +295,7 @@ impl ProcessRuntime {
     }
 
     /// The exit watch of `record`'s process, if it is a child this runtime spawned.
-    fn exit_watch(&self, record: &WorkloadRecord) -> Option<watch::Receiver<Observed>> {
+    fn exit_watch(&self, record: &WorkloadRecord) -> Option<watch::Receiver<RuntimeObservation>> {
         let tracked = self.lock();
         let entry = tracked.get(&record.replica)?;
         if entry.record.instance != record.instance {
@@ -308,10 +308,10 @@ impl ProcessRuntime {
     fn liveness(
         &self,
         record: &WorkloadRecord,
-        exit: Option<&watch::Receiver<Observed>>,
-    ) -> Result<Observed, RuntimeError> {
+        exit: Option<&watch::Receiver<RuntimeObservation>>,
+    ) -> Result<RuntimeObservation, RuntimeError> {
         if record.boot_id != self.boot_id {
-            return Ok(Observed::Gone);
+            return Ok(RuntimeObservation::Gone);
         }
         if let Some(exit) = exit {
             return Ok(*exit.borrow());
@@ -323,33 +323,43 @@ impl ProcessRuntime {
         let stat = procfs::read_stat(pid)
             .map_err(|e| RuntimeError::io("read process status", proc_stat_path(pid), e))?;
         Ok(match stat {
-            None => Observed::Exited {
+            None => RuntimeObservation::Exited {
                 code: None,
                 signal: None,
             },
-            Some(stat) if stat.start_time_ticks != start_time_ticks => Observed::Gone,
-            Some(stat) if stat.has_exited() => Observed::Exited {
+            Some(stat) if stat.start_time_ticks != start_time_ticks => RuntimeObservation::Gone,
+            Some(stat) if stat.has_exited() => RuntimeObservation::Exited {
                 code: None,
                 signal: None,
             },
-            Some(_) => Observed::Running,
+            Some(_) => RuntimeObservation::Running,
         })
     }
 
-    fn refuse_if_running(&self, replica: &ReplicaId) -> Result<(), RuntimeError> {
+    /// The replica's tracked workload, if any, and whether it still runs.
+    fn tracked_workload(
+        &self,
+        replica: &ReplicaId,
+    ) -> Result<Option<(WorkloadRecord, bool)>, RuntimeError> {
         let existing = {
             let tracked = self.lock();
             tracked
                 .get(replica)
                 .map(|t| (t.record.clone(), t.exit.clone()))
         };
-        if let Some((record, exit)) = existing {
-            if self.liveness(&record, exit.as_ref())? == Observed::Running {
-                return Err(RuntimeError::AlreadyRunning {
-                    replica: replica.clone(),
-                    pid: record.pid().unwrap_or_default(),
-                });
-            }
+        let Some((record, exit)) = existing else {
+            return Ok(None);
+        };
+        let running = self.liveness(&record, exit.as_ref())? == RuntimeObservation::Running;
+        Ok(Some((record, running)))
+    }
+
+    fn refuse_if_running(&self, replica: &ReplicaId) -> Result<(), RuntimeError> {
+        if let Some((record, true)) = self.tracked_workload(replica)? {
+            return Err(RuntimeError::AlreadyRunning {
+                replica: replica.clone(),
+                pid: record.pid().unwrap_or_default(),
+            });
         }
         Ok(())
     }
@@ -359,10 +369,10 @@ impl ProcessRuntime {
     fn group_running(
         &self,
         record: &WorkloadRecord,
-        exit: Option<&watch::Receiver<Observed>>,
+        exit: Option<&watch::Receiver<RuntimeObservation>>,
         pgid: u32,
     ) -> Result<bool, RuntimeError> {
-        if self.liveness(record, exit)? == Observed::Running {
+        if self.liveness(record, exit)? == RuntimeObservation::Running {
             return Ok(true);
         }
         if !group_exists(pgid) {
@@ -376,7 +386,7 @@ impl ProcessRuntime {
     async fn wait_group_exit(
         &self,
         record: &WorkloadRecord,
-        exit: Option<&watch::Receiver<Observed>>,
+        exit: Option<&watch::Receiver<RuntimeObservation>>,
         pgid: u32,
         deadline: tokio::time::Instant,
     ) -> Result<bool, RuntimeError> {
@@ -404,7 +414,7 @@ impl ProcessRuntime {
         // Never signal a group whose number may now belong to someone else: after a reboot,
         // or when the recorded pid runs another program.
         let leader = self.liveness(record, exit)?;
-        if leader == Observed::Gone || !self.group_running(record, exit, pid)? {
+        if leader == RuntimeObservation::Gone || !self.group_running(record, exit, pid)? {
             self.remove_cgroups(replica);
             return Ok(StopOutcome::AlreadyExited);
         }
@@ -454,7 +464,7 @@ impl ProcessRuntime {
             return None;
         }
         match self.liveness(record, None) {
-            Ok(Observed::Running) => {}
+            Ok(RuntimeObservation::Running) => {}
             Ok(observed) => {
                 tracing::info!(%replica, ?pid, ?observed, "not adopting workload: not running");
                 return None;
@@ -469,7 +479,8 @@ impl ProcessRuntime {
         // see), or a different child of ours that runs for the replica right now.
         let keep_existing = tracked.get(replica).is_some_and(|t| {
             t.exit.as_ref().is_some_and(|exit| {
-                t.record.instance == record.instance || *exit.borrow() == Observed::Running
+                t.record.instance == record.instance
+                    || *exit.borrow() == RuntimeObservation::Running
             })
         });
         if !keep_existing {
@@ -486,14 +497,8 @@ impl ProcessRuntime {
     }
 
     fn cleanup_now(&self, replica: &ReplicaId) -> Result<(), RuntimeError> {
-        let existing = {
-            let tracked = self.lock();
-            tracked
-                .get(replica)
-                .map(|t| (t.record.clone(), t.exit.clone()))
-        };
-        if let Some((record, exit)) = existing {
-            if self.liveness(&record, exit.as_ref())? == Observed::Running {
+        if let Some((record, running)) = self.tracked_workload(replica)? {
+            if running {
                 return Err(RuntimeError::StillRunning {
                     replica: replica.clone(),
                 });
@@ -548,7 +553,7 @@ impl Runtime for ProcessRuntime {
     fn observe<'a>(
         &'a self,
         handle: &'a WorkloadHandle,
-    ) -> RuntimeFuture<'a, Result<Observed, RuntimeError>> {
+    ) -> RuntimeFuture<'a, Result<RuntimeObservation, RuntimeError>> {
         Box::pin(async move {
             let exit = self.exit_watch(handle.record());
             self.liveness(handle.record(), exit.as_ref())
@@ -660,17 +665,20 @@ fn spawn_error(command: &str, error: io::Error) -> RuntimeError {
 /// Reaps `child` when it exits and publishes how it ended. The task outlives the runtime if
 /// need be; it ends when the child does (or with the tokio runtime, leaving the child
 /// running).
-fn spawn_reaper(replica: ReplicaId, mut child: tokio::process::Child) -> watch::Receiver<Observed> {
-    let (sender, receiver) = watch::channel(Observed::Running);
+fn spawn_reaper(
+    replica: ReplicaId,
+    mut child: tokio::process::Child,
+) -> watch::Receiver<RuntimeObservation> {
+    let (sender, receiver) = watch::channel(RuntimeObservation::Running);
     tokio::spawn(async move {
         let observed = match child.wait().await {
-            Ok(status) => Observed::Exited {
+            Ok(status) => RuntimeObservation::Exited {
                 code: status.code(),
                 signal: status.signal(),
             },
             Err(e) => {
                 tracing::warn!(%replica, error = %e, "cannot wait for workload");
-                Observed::Exited {
+                RuntimeObservation::Exited {
                     code: None,
                     signal: None,
                 }

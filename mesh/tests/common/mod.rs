@@ -11,7 +11,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use warren_api::{NodeId, NodeRole};
 use warren_mesh::{
-    FaultSwitch, GossipKey, KeyId, Keyring, Liveness, Member, Mesh, MeshConfig, MeshIdentity,
+    GossipFaultSwitch, GossipKey, KeyId, Keyring, Liveness, Member, Mesh, MeshConfig, MeshIdentity,
     MeshMetrics, MeshTimers,
 };
 
@@ -50,7 +50,7 @@ pub struct Node {
     pub mesh: Option<Mesh>,
     pub node_id: NodeId,
     pub addr: SocketAddr,
-    pub fault: FaultSwitch,
+    pub fault: GossipFaultSwitch,
     pub metrics: MeshMetrics,
     pub registry: Registry,
 }
@@ -66,7 +66,7 @@ pub fn config(
     seeds: Vec<SocketAddr>,
     keyring: Keyring,
     timers: MeshTimers,
-    fault: FaultSwitch,
+    fault: GossipFaultSwitch,
 ) -> MeshConfig {
     MeshConfig {
         node_id,
@@ -97,7 +97,7 @@ pub async fn start_node(
 ) -> Node {
     let registry = Registry::new();
     let metrics = MeshMetrics::register(&registry).expect("register mesh metrics");
-    let fault = FaultSwitch::new();
+    let fault = GossipFaultSwitch::new();
     let mesh = Mesh::start(
         config(node_id, seeds, keyring, timers, fault.clone()),
         metrics.clone(),

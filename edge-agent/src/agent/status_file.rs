@@ -1,0 +1,129 @@
+//! `status.json`: what the agent last did, for `warren agent status` (which reads it with the
+//! agent stopped too) — its format, reading it, and writing it only when it says something
+//! new.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use warren_api::wire::ListenerStatus;
+use warren_api::{HealthState, NodeId, ReplicaId, TaskState};
+use warren_transport::write_atomic;
+
+use super::{AgentError, read_json};
+use crate::link::LinkStatus;
+
+/// The local status file `warren agent status` reads.
+pub const STATUS_FILE: &str = "status.json";
+/// The longest time between two writes of `status.json` when nothing in it changed.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+
+/// One replica in `status.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalReplica {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// Its state as of the last pass.
+    pub state: TaskState,
+    /// The workload's process id, while the agent holds a workload for it.
+    pub pid: Option<u32>,
+    /// Restarts of the current workload.
+    pub restarts: u32,
+    /// The workload hash, 16 hex digits.
+    pub workload_hash: Option<String>,
+    /// When the workload started, unix millis.
+    pub started_at_ms: Option<u64>,
+    /// The health check's verdict on the current run: `unknown` without a check or before
+    /// enough results.
+    #[serde(default)]
+    pub health: HealthState,
+    /// Why the latest health probe failed, while it does (`2 of 3 failures: …`).
+    #[serde(default)]
+    pub health_detail: Option<String>,
+}
+
+/// What `status.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Site.
+    pub site: String,
+    /// The agent's own process id.
+    pub agent_pid: u32,
+    /// When the file was written, unix millis.
+    pub updated_at_ms: u64,
+    /// Revision of the view the agent acts on (0 before any).
+    pub revision: u64,
+    /// The link to control.
+    pub link: LinkStatus,
+    /// Every replica the agent knows of.
+    pub replicas: Vec<LocalReplica>,
+    /// Where the agent serves `/metrics`, if it does.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where it serves DNS and gossips, once started.
+    #[serde(default)]
+    pub discovery: crate::discovery::DiscoveryStatus,
+    /// Each configured listener (metrics, DNS, gossip): its address, whether it is up, and
+    /// why not while it is down (it is being retried).
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// Reads `status.json` from `data_dir`.
+///
+/// # Errors
+/// [`AgentError::Io`] when missing, [`AgentError::Unparsable`] when it does not parse.
+pub fn load_status(data_dir: &Path) -> Result<AgentStatus, AgentError> {
+    read_json(data_dir.join(STATUS_FILE))
+}
+
+/// Writes `status.json` when what it says changed, or [`STATUS_REFRESH`] after the last
+/// write (so its link contact time stays roughly current) — not on every pass: the data dir
+/// may sit on flash, and each write is an fsync.
+#[derive(Debug)]
+pub(super) struct StatusWriter {
+    path: PathBuf,
+    /// What `status.json` last held (without its timestamps), and when it was written.
+    written: Option<(AgentStatus, tokio::time::Instant)>,
+}
+
+impl StatusWriter {
+    pub(super) fn new(data_dir: &Path) -> Self {
+        StatusWriter {
+            path: data_dir.join(STATUS_FILE),
+            written: None,
+        }
+    }
+
+    /// Writes `status` unless the file already says the same and is fresh; `force` writes
+    /// it regardless.
+    pub(super) fn write(&mut self, status: &AgentStatus, force: bool) {
+        let comparable = AgentStatus {
+            updated_at_ms: 0,
+            link: LinkStatus {
+                last_contact_ms: None,
+                ..status.link.clone()
+            },
+            ..status.clone()
+        };
+        let fresh = self
+            .written
+            .as_ref()
+            .is_some_and(|(last, at)| *last == comparable && at.elapsed() < STATUS_REFRESH);
+        if fresh && !force {
+            return;
+        }
+        let json = serde_json::to_vec_pretty(status).expect("status serializes");
+        if let Err(error) = write_atomic(&self.path, &json, 0o644) {
+            warn!(error = %error, path = %self.path.display(), "cannot write agent status");
+            return;
+        }
+        self.written = Some((comparable, tokio::time::Instant::now()));
+    }
+}
