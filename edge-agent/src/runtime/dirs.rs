@@ -149,11 +149,10 @@ pub(crate) fn dynamic_uid(
     taken: &BTreeSet<u32>,
     in_passwd: impl Fn(u32) -> bool,
 ) -> Option<u32> {
-    if let Some(uid) = current_owner.filter(|uid| DYNAMIC_UIDS.contains(uid)) {
-        if !taken.contains(&uid) {
+    if let Some(uid) = current_owner.filter(|uid| DYNAMIC_UIDS.contains(uid))
+        && !taken.contains(&uid) {
             return Some(uid);
         }
-    }
     let count = DYNAMIC_UIDS.end - DYNAMIC_UIDS.start;
     let slot = fnv1a32(replica.to_string().as_bytes()) % count;
     (0..count)

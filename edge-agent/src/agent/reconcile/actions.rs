@@ -151,12 +151,11 @@ impl Reconciler {
 
     /// Stops the replica's workload and forgets it; returns whether it is stopped.
     async fn stop(&mut self, replica: &ReplicaId, grace: Duration) -> bool {
-        if let Some(handle) = self.handles.get(replica) {
-            if let Err(error) = self.runtime.stop(handle, grace).await {
+        if let Some(handle) = self.handles.get(replica)
+            && let Err(error) = self.runtime.stop(handle, grace).await {
                 warn!(%replica, error = %error, "cannot stop workload; trying again next pass");
                 return false;
             }
-        }
         if let Err(error) = self.runtime.cleanup(replica).await {
             warn!(%replica, error = %error, "cannot clean up after workload");
         }
