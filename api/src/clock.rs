@@ -7,14 +7,14 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The unix time now, in milliseconds (0 if the clock is before 1970).
-pub fn unix_ms() -> u64 {
+pub fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The unix time now, in seconds (0 if the clock is before 1970), as certificates count it.
-pub fn unix_secs() -> i64 {
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

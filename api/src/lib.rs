@@ -6,7 +6,7 @@
 //! with serde_json at the HTTP API.
 //!
 //! # Modules
-//! - [`clock`]: the wall clock every crate reads (`unix_ms`, `unix_secs`); nothing in `api`
+//! - [`clock`]: the wall clock every crate reads (`unix_now`, `unix_now_ms`); nothing in `api`
 //!   itself calls it.
 //! - [`ids`]: [`NodeId`], [`Revision`], [`ServiceName`], [`ReplicaId`] / [`ReplicaKey`].
 //! - [`node`]: [`Node`] and its role, availability, liveness state and addresses.

@@ -7,7 +7,7 @@ use warren_api::rest::{
 };
 use warren_api::routes::Route;
 use warren_api::{NodeRole, NodeState};
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 
 use crate::client::{ApiError, Client, ClientArgs};
 use crate::output::{OutputFormat, print_read, print_write};
@@ -426,7 +426,7 @@ pub async fn renew_admin_if_due(client: &Client) -> bool {
     let Some(identity) = client.credentials().map(|c| c.identity().clone()) else {
         return false;
     };
-    let now = warren_transport::ca::unix_now();
+    let now = warren_api::clock::unix_now();
     if now < identity.renew_at_unix() || now >= identity.not_after_unix {
         return false;
     }

@@ -10,7 +10,7 @@ use warren_api::{
     Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
     RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError, Workload,
 };
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 
 use crate::client::{Client, ClientArgs};
 use crate::output::{OutputFormat, print_read, print_write};

@@ -34,7 +34,7 @@ use warren_api::{
 use warren_control::control::Control;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_control::{ClusterState, Command, Op};
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 use warren_transport::token::mint;
 use warren_transport::{Credentials, MintOptions};
 

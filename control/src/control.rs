@@ -16,7 +16,7 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use tokio::sync::{RwLock, RwLockReadGuard, watch};
 use tracing::{debug, warn};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
-use warren_transport::ca::{unix_now, unix_now_ms};
+use warren_api::clock::{unix_now, unix_now_ms};
 use warren_transport::identity::parse_identity;
 use warren_transport::join::{
     CheckedJoin, JoinAuthority, JoinGrant, JoinRequest, Refused, random_node_id,

@@ -20,7 +20,7 @@ use warren_api::wire::{
     WIRE_VERSION,
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 use warren_transport::{FrameError, PeerConnection};
 
 use crate::control::Control;

@@ -11,7 +11,7 @@ use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_control::rpc::ProposeError;
 use warren_control::{Effect, Op};
 use warren_transport::MintOptions;
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 use warren_transport::token::mint;
 
 fn init_logs() {

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use warren_api::NodeRole;
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, InitOutput, NewNode};
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 use warren_transport::join::{JoinError, JoinParams, JoinRefusalReason, OpenJoin, join, open_join};
 use warren_transport::token::mint;
 use warren_transport::{ConnectError, MintOptions, TransportConfig, TransportMetrics};

@@ -11,7 +11,7 @@ use warren_api::{
 };
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 use warren_transport::join::{JoinParams, Joined, join};
 use warren_transport::seal::node_secret_key;
 use warren_transport::token::mint;

@@ -28,7 +28,7 @@ use warren_transport::{Alpn, Backoff, ConnectAnyError, Endpoint, PeerConnection}
 use self::session::SessionError;
 use crate::cache::Cache;
 use crate::report::Reporter;
-use warren_transport::ca::unix_now_ms as now_ms;
+use warren_api::clock::unix_now_ms;
 
 /// How long a status change waits for others to join it in one report.
 pub const REPORT_COALESCE: Duration = Duration::from_millis(200);
@@ -389,7 +389,7 @@ impl Link {
         self.failures_total
             .with_label_values(&[failure.kind.as_str()])
             .inc();
-        let retry_at_ms = now_ms().saturating_add(delay.as_millis() as u64);
+        let retry_at_ms = unix_now_ms().saturating_add(delay.as_millis() as u64);
         let mut repeated = false;
         self.status.send_modify(|s| {
             repeated = s.down_reason.as_deref() == Some(failure.reason.as_str());

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_api::{EventKind, HealthState, NodeId, NodeView, TaskState};
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 use warren_transport::plain_http::{self, Handler};
 
 use crate::cache::Cache;

@@ -17,7 +17,7 @@ use warren_transport::write_atomic;
 use crate::agent::{AgentError, AgentOptions, RECORD_PREFIX, STATUS_FILE};
 use crate::cache::Cache;
 use crate::runtime::{ProcessRuntime, Runtime, WorkloadRecord};
-use warren_transport::ca::unix_now_ms as now_ms;
+use warren_api::clock::unix_now_ms;
 
 /// One workload [`stop_workloads`] dealt with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ fn mark_stopped(data_dir: &Path, stopped: &[StoppedWorkload]) {
         }
     }
     status.link.connected = false;
-    status.updated_at_ms = now_ms();
+    status.updated_at_ms = unix_now_ms();
     let path = data_dir.join(STATUS_FILE);
     let json = serde_json::to_vec_pretty(&status).expect("status serializes");
     if let Err(error) = write_atomic(&path, &json, 0o644) {

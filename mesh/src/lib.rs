@@ -56,4 +56,4 @@ pub use mesh::{
     MetaError,
 };
 pub use metrics::MeshMetrics;
-pub use transport::{PEER_KEYS_MAX, RELAY_TIMEOUT, now_unix_ms};
+pub use transport::{PEER_KEYS_MAX, RELAY_TIMEOUT};

@@ -23,7 +23,8 @@ use crate::member::{
     KEY_WG_PUBLIC_KEY, Liveness, Member, SERVICE_PREFIX, format_endpoints,
 };
 use crate::metrics::MeshMetrics;
-use crate::transport::{SealedTransport, TransportShared, now_unix_ms};
+use crate::transport::{SealedTransport, TransportShared};
+use warren_api::clock::unix_now_ms;
 use crate::verdict::{CHECKS_PER_ROUND, HeartbeatTracker, Verdict};
 
 /// Longest metadata key, in bytes.
@@ -113,7 +114,7 @@ impl Mesh {
         })?;
         let advertise_addr = advertise_addr(config.advertise_addr, local_addr)?;
         let chitchat_id =
-            ChitchatId::new(config.node_id.to_string(), now_unix_ms(), advertise_addr);
+            ChitchatId::new(config.node_id.to_string(), unix_now_ms(), advertise_addr);
         let timers = config.timers.clone();
         let chitchat_config = chitchat_config(&config, chitchat_id.clone(), local_addr);
         let shared = Arc::new(TransportShared {
@@ -211,7 +212,7 @@ impl Mesh {
             state.set(key, value);
             self.attester.lock().expect("attester lock").attest_or_warn(
                 state,
-                now_unix_ms(),
+                unix_now_ms(),
                 &self.shared.metrics,
             );
         }
@@ -227,7 +228,7 @@ impl Mesh {
             state.delete(key);
             self.attester.lock().expect("attester lock").attest_or_warn(
                 state,
-                now_unix_ms(),
+                unix_now_ms(),
                 &self.shared.metrics,
             );
         }
@@ -290,7 +291,7 @@ impl Mesh {
         let chitchat = self.chitchat.chitchat();
         let chitchat = chitchat.lock().await;
         let tracker = &mut self.tracker.lock().expect("tracker lock");
-        let verdicts = tracker.judge(&chitchat, &self.timers, Instant::now(), now_unix_ms());
+        let verdicts = tracker.judge(&chitchat, &self.timers, Instant::now(), unix_now_ms());
         collect_members(&chitchat, tracker, verdicts)
     }
 
@@ -388,7 +389,7 @@ async fn attest(
     let mut chitchat = chitchat.lock().await;
     attester.lock().expect("attester lock").attest_or_warn(
         chitchat.self_node_state(),
-        now_unix_ms(),
+        unix_now_ms(),
         metrics,
     );
 }
@@ -467,7 +468,7 @@ async fn monitor(
         let members = {
             let chitchat = chitchat.lock().await;
             let tracker = &mut tracker.lock().expect("tracker lock");
-            let verdicts = tracker.judge(&chitchat, &timers, Instant::now(), now_unix_ms());
+            let verdicts = tracker.judge(&chitchat, &timers, Instant::now(), unix_now_ms());
             if verdicts == last_verdicts && checks < CHECKS_PER_ROUND {
                 continue;
             }
@@ -540,7 +541,7 @@ impl KeyRotator {
         self.shared.keyring.lock().expect("keyring lock").rotate(
             new,
             overlap.as_millis() as u64,
-            now_unix_ms(),
+            unix_now_ms(),
         )?;
         info!(node_id = %self.node_id, key_id = %new_id, "gossip key rotated");
         Ok(())

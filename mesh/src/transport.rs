@@ -25,13 +25,14 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
 use chitchat::{ChitchatEnvelope, ChitchatMessage};
 use tracing::{debug, warn};
+use warren_api::clock::unix_now_ms;
 
 use crate::fault::GossipFaultSwitch;
 use crate::fragment::{self, Reassembled, Reassembly};
@@ -45,14 +46,6 @@ pub const RELAY_TIMEOUT: Duration = Duration::from_millis(250);
 /// Peers whose key id this node remembers, to answer each in the key it speaks during a
 /// rotation. Cleared when full; the cost is a few replies sealed with the current key.
 pub const PEER_KEYS_MAX: usize = 4_096;
-
-/// The wall clock in unix milliseconds, as the keyring's replay window reads it.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// What the transport shares with the [`Mesh`](crate::Mesh) that owns it.
 #[derive(Debug)]
@@ -209,7 +202,7 @@ impl Socket for SealedSocket {
             self.shared.metrics.count_drop(DropReason::TooLarge);
             return Ok(SendOutcome { num_bytes_sent: 0 });
         };
-        let now_ms = now_unix_ms();
+        let now_ms = unix_now_ms();
         let sealed: Vec<Vec<u8>> = {
             let keyring = self.shared.keyring.lock().expect("keyring lock");
             let key_id = self
@@ -315,7 +308,7 @@ impl SealedSocket {
         let opened = self.shared.keyring.lock().expect("keyring lock").open(
             &self.recv_buf[..len],
             peer,
-            now_unix_ms(),
+            unix_now_ms(),
         );
         let opened = match opened {
             Ok(opened) => opened,

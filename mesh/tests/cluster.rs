@@ -10,7 +10,8 @@ use common::{Cluster, start_node, wait_until};
 use tracing::info;
 use warren_api::NodeId;
 use warren_mesh::keyring::MAX_DATAGRAM_BYTES;
-use warren_mesh::{DropReason, GossipKey, KeyId, Keyring, Liveness, MeshTimers, now_unix_ms};
+use warren_api::clock::unix_now_ms;
+use warren_mesh::{DropReason, GossipKey, KeyId, Keyring, Liveness, MeshTimers};
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -220,7 +221,7 @@ async fn replayed_and_forged_datagrams_are_dropped() {
     .expect("a flipped bit is dropped as forged");
 
     let unknown = metrics.dropped(DropReason::UnknownKey);
-    let foreign = Keyring::new(GossipKey::generate(KeyId(9))).seal(&captured, now_unix_ms());
+    let foreign = Keyring::new(GossipKey::generate(KeyId(9))).seal(&captured, unix_now_ms());
     tap.send_to(&foreign, target.addr).await.expect("send");
     wait_until(Duration::from_secs(5), || {
         metrics.dropped(DropReason::UnknownKey) == unknown + 1
@@ -254,7 +255,7 @@ async fn one_flooding_key_holder_cannot_blind_a_node() {
     let ring = Keyring::new(cluster.key.clone());
     let flood = warren_mesh::keyring::REPLAY_CACHE_ENTRIES_MAX + 4_096;
     for i in 0..flood {
-        let sealed = ring.seal(b"flood", now_unix_ms() + 9_000);
+        let sealed = ring.seal(b"flood", unix_now_ms() + 9_000);
         attacker.send_to(&sealed, target.addr).await.expect("send");
         if i % 256 == 0 {
             // Let the target drain its socket buffer, so the flood arrives rather than being

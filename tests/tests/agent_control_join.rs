@@ -103,7 +103,7 @@ async fn a_membership_change_not_yet_applied_sends_agents_nothing() {
             .map(|_| ())
     })
     .await;
-    let appended_ms = warren_transport::ca::unix_now_ms();
+    let appended_ms = warren_api::clock::unix_now_ms();
     assert_eq!(c1.control().control_addrs().await.len(), 2, "not applied");
     // A message more than one heartbeat interval after the append means the push loop has
     // rebuilt the view at least once since: had it picked the appended membership up, the

@@ -14,7 +14,7 @@ use warren_tests::{
     agent_options, agent_status, alive, propose, running_pids, sleep_service, spawn_agent,
     start_control, wait_until,
 };
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 
 fn status(dir: &Path) -> Option<AgentStatus> {
     agent_status(dir)

@@ -16,7 +16,7 @@ use warren_tests::{
     agent_options_behind, agent_status, alive, join_agent, kill9, propose, running_pids,
     sleep_service, spawn_agent_with, start_control_with, wait_until,
 };
-use warren_transport::ca::unix_now;
+use warren_api::clock::unix_now;
 use warren_transport::{Credentials, FaultSwitch, PeerIdentity};
 
 const LIFETIME: Duration = Duration::from_secs(12);

@@ -137,22 +137,6 @@ pub enum CertSubject {
     },
 }
 
-/// The unix time now, in seconds.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// The unix time now, in milliseconds.
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
@@ -607,6 +591,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warren_api::clock::unix_now;
     use crate::identity::SerialBinding;
 
     fn ca() -> ClusterCa {

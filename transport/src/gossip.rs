@@ -127,7 +127,8 @@ mod tests {
     use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
 
     use super::*;
-    use crate::ca::{CertSubject, ClusterCa, Validity, unix_now};
+    use crate::ca::{CertSubject, ClusterCa, Validity};
+use warren_api::clock::unix_now;
 
     fn new_ca() -> ClusterCa {
         ClusterCa::generate(

@@ -253,7 +253,8 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{CA_LIFETIME, NODE_CERT_LIFETIME, unix_now};
+    use crate::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
+use warren_api::clock::unix_now;
     use crate::{CertSubject, ClusterCa, Validity};
 
     /// A client that prefers HTTP/2 (as `curl` does) is answered with what the API speaks,

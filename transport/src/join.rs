@@ -19,10 +19,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use warren_api::{NodeId, NodeRole};
 
-use crate::ca::{
-    CaError, CertSubject, ClusterCa, Credentials, NODE_CERT_LIFETIME, Validity, generate_csr,
-    unix_now, unix_now_ms,
-};
+use crate::ca::{CaError, CertSubject, ClusterCa, Credentials, NODE_CERT_LIFETIME, Validity, generate_csr};
+use warren_api::clock::{unix_now, unix_now_ms};
 use crate::config::TransportConfig;
 use crate::endpoint::{ConnectError, PeerConnection, RpcError, dial_pinned, dial_pinned_from};
 use crate::identity::{CertRole, fingerprint};

@@ -1,7 +1,7 @@
 //! Warren's transport: everything that crosses the network between Warren nodes.
 //!
 //! - [`ca`]: the cluster certificate authority (rcgen), node/admin certificates issued from
-//!   CSRs, the credentials a node loads from disk, and the clock certificates are dated by.
+//!   CSRs, and the credentials a node loads from disk.
 //! - [`seal`]: AES-256-GCM sealing of small blobs (the CA key on disk, secret values).
 //! - [`identity`]: what a certificate proves (role + node id), and the CA fingerprint.
 //! - [`current`]: the credentials a process presents right now, swapped in place on renewal.

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::ca::{CaError, Credentials, generate_csr, unix_now};
+use crate::ca::{CaError, Credentials, generate_csr};
+use warren_api::clock::unix_now;
 use crate::endpoint::{Alpn, ConnectAnyError, Endpoint, PeerConnection, RpcError};
 use crate::identity::PeerIdentity;
 

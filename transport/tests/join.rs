@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use warren_api::NodeRole;
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 use warren_transport::join::{
     JoinError, JoinParams, JoinRefusalReason, LocalJoinAuthority, join, serve_join,
 };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use warren_api::NodeId;
-use warren_transport::ca::unix_now;
+use warren_api::clock::unix_now;
 use warren_transport::{
     Alpn, CertRole, CertSubject, ConnectAnyError, ConnectError, Endpoint, TransportMetrics,
     Validity,

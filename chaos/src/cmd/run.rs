@@ -154,9 +154,7 @@ fn run_one(
         file.display(),
         run_dir.display()
     );
-    let started_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let started_at_ms = warren_api::clock::unix_now_ms();
     let mut fleet = match Fleet::up(run.clone(), &scenario.fleet.spec(), fleet_options) {
         Ok(fleet) => fleet,
         Err(error) => {

@@ -24,7 +24,7 @@ use openraft::metrics::WaitError;
 use openraft::raft::ClientWriteResponse;
 use tracing::{debug, info, warn};
 use warren_api::NodeId;
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::{Control, write_error};
 use crate::command::{Op, Outcome};

@@ -6,7 +6,7 @@
 
 use tracing::info;
 use warren_api::NodeState;
-use warren_transport::ca::unix_now;
+use warren_api::clock::unix_now;
 use warren_transport::identity::parse_identity;
 use warren_transport::renew::RenewAuthority;
 use warren_transport::{CertRole, CertSubject, PeerIdentity, Validity};

@@ -8,7 +8,8 @@ use warren_api::rest::{
     AdminCreate, AdminInfo, AdminIssued, AdminRenew, MAX_TOKEN_TTL_MS, TokenInfo, TokenRequest,
     TokenResponse,
 };
-use warren_transport::ca::{NODE_CERT_LIFETIME, unix_now_ms};
+use warren_transport::ca::NODE_CERT_LIFETIME;
+use warren_api::clock::unix_now_ms;
 use warren_transport::token::{TokenId, mint};
 use warren_transport::{MintOptions, PeerIdentity};
 

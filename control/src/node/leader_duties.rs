@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tracing::{debug, info};
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::ControlNode;
 use crate::command::Op;

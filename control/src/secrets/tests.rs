@@ -163,7 +163,7 @@ fn a_rotation_reseals_at_rest_and_moves_views_to_the_new_gossip_key() {
     let ca = warren_transport::ClusterCa::generate(
         "t",
         warren_transport::Validity::starting_at(
-            warren_transport::ca::unix_now(),
+            warren_api::clock::unix_now(),
             warren_transport::ca::CA_LIFETIME,
         ),
     )

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_api::wire::{Listener, ListenerStatus};
 use warren_api::{NodeView, ReplicaId, ReplicaStatus, TaskState, Workload};
-use warren_transport::ca::unix_now_ms as now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::status_file::StatusWriter;
 use super::{Agent, AgentIdentity, BOOK_KEY, RECORD_PREFIX};
@@ -82,7 +82,7 @@ impl Reconciler {
                 }
             }
             let delay = wakeup_ms.map_or(RECONCILE_INTERVAL, |at| {
-                Duration::from_millis(at.saturating_sub(now_ms())).min(RECONCILE_INTERVAL)
+                Duration::from_millis(at.saturating_sub(unix_now_ms())).min(RECONCILE_INTERVAL)
             });
             tokio::select! {
                 biased;
@@ -244,7 +244,7 @@ impl Reconciler {
         let health_events = self.health_monitor.drain_events();
         self.record_events(health_events);
         let before = self.book.clone();
-        let now = now_ms();
+        let now = unix_now_ms();
         let plan = planner::plan(
             &PlanInput {
                 now_ms: now,
@@ -279,7 +279,7 @@ impl Reconciler {
             .iter()
             .any(|a| !matches!(a, Action::Wait { .. } | Action::Adopt { .. }));
         if acted {
-            let soon = now_ms() + FOLLOW_UP_PASS.as_millis() as u64;
+            let soon = unix_now_ms() + FOLLOW_UP_PASS.as_millis() as u64;
             return Some(plan.next_wakeup_ms.map_or(soon, |at| at.min(soon)));
         }
         plan.next_wakeup_ms
@@ -299,9 +299,9 @@ impl Reconciler {
                     let seen = self
                         .exits
                         .entry(replica.clone())
-                        .or_insert((record.started_at_ms, now_ms()));
+                        .or_insert((record.started_at_ms, unix_now_ms()));
                     if seen.0 != record.started_at_ms {
-                        *seen = (record.started_at_ms, now_ms());
+                        *seen = (record.started_at_ms, unix_now_ms());
                     }
                     ObservedState::Exited {
                         code: if signal.is_some() { None } else { code },

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use warren_api::service::HealthCheck;
 use warren_api::{Event, EventKind, HealthState, ReplicaId};
-use warren_transport::ca::unix_now_ms as now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::HealthTracker;
 use super::probe::{self, ExecContext, ProbeOutcome};
@@ -271,7 +271,7 @@ async fn probe_once(
         .acquire()
         .await
         .expect("the probe semaphore is never closed");
-    let at_ms = now_ms();
+    let at_ms = unix_now_ms();
     let outcome = probe::run(&target.check.probe, timeout, &target.exec).await;
     (at_ms, outcome)
 }

@@ -13,7 +13,7 @@ use warren_api::wire::{
 };
 use warren_api::{Event, EventKind, NodeId, NodeView, Revision};
 use warren_transport::PeerConnection;
-use warren_transport::ca::unix_now_ms as now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::{HEARTBEAT_INTERVAL, Link, LinkEnd, REPORT_COALESCE, SILENCE_LIMIT};
 use crate::cache::CacheError;
@@ -79,7 +79,7 @@ impl Link {
         self.status.send_modify(|s| {
             s.connected = true;
             s.control = Some(control.to_owned());
-            s.last_contact_ms = Some(now_ms());
+            s.last_contact_ms = Some(unix_now_ms());
             s.connects += 1;
             s.down_reason = None;
             s.retry_at_ms = None;
@@ -160,7 +160,7 @@ impl Link {
             };
             deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
             self.status
-                .send_modify(|s| s.last_contact_ms = Some(now_ms()));
+                .send_modify(|s| s.last_contact_ms = Some(unix_now_ms()));
             let next = match self.receive(message, current.as_deref())? {
                 Received::View(view) => *view,
                 Received::Nothing => continue,
@@ -316,7 +316,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 
 fn link_event(kind: EventKind, message: String) -> Event {
     Event {
-        at_ms: now_ms(),
+        at_ms: unix_now_ms(),
         replica: None,
         kind,
         message,

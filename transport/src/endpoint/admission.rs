@@ -212,7 +212,7 @@ fn check_standing(
             detail,
         ));
     }
-    if alpn != Alpn::Renew && identity.not_after_unix < crate::ca::unix_now() {
+    if alpn != Alpn::Renew && identity.not_after_unix < warren_api::clock::unix_now() {
         let detail = format!(
             "certificate {} expired; the node renews it over {}",
             identity.serial,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::warn;
 use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
 use warren_api::{Event, NodeView, ReplicaId, SealedBlob, Service, TaskState};
-use warren_transport::ca::unix_now_ms as now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::super::{BOOK_KEY, RECORD_PREFIX, REMOVED_KEY, VIEW_KEY};
 use super::{Reconciler, record_key};
@@ -29,7 +29,7 @@ impl Reconciler {
             n_workloads = self.handles.len(),
             "self-check knob WARREN_SELFCHECK_STOP_ON_DISCONNECT fired: the link to control is lost, stopping every workload"
         );
-        let now = now_ms();
+        let now = unix_now_ms();
         let mut events = Vec::new();
         for (replica, workload_hash) in self.stop_every_workload().await {
             self.states.insert(replica.clone(), TaskState::Stopped);
@@ -49,7 +49,7 @@ impl Reconciler {
 
     /// Carries out one action; returns the events it caused.
     pub(super) async fn execute(&mut self, action: &Action, view: &NodeView) -> Vec<Event> {
-        let now = now_ms();
+        let now = unix_now_ms();
         match action {
             Action::Stop {
                 replica,
@@ -174,7 +174,7 @@ impl Reconciler {
         workload_hash: u64,
         sealed: &BTreeMap<String, SealedBlob>,
     ) -> Event {
-        let now = now_ms();
+        let now = unix_now_ms();
         let started = match self.secrets.request(replica, &service.spec, sealed) {
             Ok(request) => self
                 .runtime

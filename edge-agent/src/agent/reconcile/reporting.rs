@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tracing::info;
 use warren_api::wire::Listener;
 use warren_api::{Event, NodeView, ReplicaId, ReplicaStatus, Revision, TaskState};
-use warren_transport::ca::unix_now_ms as now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::super::status_file::{AgentStatus, LocalReplica};
 use super::Reconciler;
@@ -22,7 +22,7 @@ impl Reconciler {
 
     /// Hands the replicas' states to the reporter (the link sends them if they changed).
     pub(super) fn report(&mut self, revision: Revision) {
-        let now = now_ms();
+        let now = unix_now_ms();
         let mut statuses = Vec::new();
         let mut known: BTreeMap<ReplicaId, TaskState> = self.states.clone();
         for replica in self.handles.keys() {
@@ -81,7 +81,7 @@ impl Reconciler {
             name: self.identity.name.clone(),
             site: self.identity.site.clone(),
             agent_pid: std::process::id(),
-            updated_at_ms: now_ms(),
+            updated_at_ms: unix_now_ms(),
             revision: view.map_or(self.revision, |v| v.revision.0),
             link: self.link.clone(),
             replicas: replicas.into_values().collect(),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use rustix::process::Signal;
-use warren_transport::ca::unix_now_ms;
+use warren_api::clock::unix_now_ms;
 
 use super::{
     DEFAULT_PATH, ProcessRuntime, SECRETS_DIR_ENV, Tracked, proc_stat_path, signal_group,
