@@ -312,12 +312,13 @@ impl ServiceSpec {
         // `name` needs no check: a `ServiceName` cannot hold an invalid name.
         validate_workload(&self.workload).map_err(|e| e.within("workload"))?;
         if let ServiceMode::Replicated { replicas } = self.mode
-            && replicas > MAX_REPLICAS {
-                return fail(
-                    "mode.replicated.replicas",
-                    format!("must be at most {MAX_REPLICAS}, got {replicas}"),
-                );
-            }
+            && replicas > MAX_REPLICAS
+        {
+            return fail(
+                "mode.replicated.replicas",
+                format!("must be at most {MAX_REPLICAS}, got {replicas}"),
+            );
+        }
         validate_placement(&self.placement).map_err(|e| e.within("placement"))?;
         validate_env("env", &self.env)?;
         validate_ports(&self.ports)?;

@@ -410,10 +410,9 @@ fn unblock_each(fleet: &mut Fleet, plan: &[NodeBlock], holders: bool) -> Result<
         if let Err(error) = fleet.unblock(name, &block.tag) {
             first_error.get_or_insert(error);
         }
-        if holders
-            && let Err(error) = fleet.stop_holder(name, &block.tag) {
-                first_error.get_or_insert(error);
-            }
+        if holders && let Err(error) = fleet.stop_holder(name, &block.tag) {
+            first_error.get_or_insert(error);
+        }
     }
     first_error.map_or(Ok(()), Err)
 }

@@ -1,13 +1,13 @@
 //! `warren cluster status`, `warren token create` and `warren node …`.
 
 use anyhow::{Context, Result, anyhow, bail};
+use warren_api::clock::unix_now_ms;
 use warren_api::rest::{
     AdminCreate, AdminInfo, AdminIssued, AdminRenew, ClusterStatus, KeysRotated, MAX_TOKEN_TTL_MS,
     MemberContact, MemberHealth, NodeInfo, TokenInfo, TokenRequest, TokenResponse,
 };
 use warren_api::routes::Route;
 use warren_api::{NodeRole, NodeState};
-use warren_api::clock::unix_now_ms;
 
 use crate::client::{ApiError, Client, ClientArgs};
 use crate::output::{OutputFormat, print_read, print_write};

@@ -199,8 +199,8 @@ pub fn find(flag: Option<&Path>) -> Result<(PathBuf, AdminConfig)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warren_api::clock::unix_now;
     use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
-use warren_api::clock::unix_now;
     use warren_transport::{CertSubject, ClusterCa, Validity};
 
     fn admin() -> Credentials {

@@ -17,9 +17,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use warren_api::rest::{ScaleRequest, ServiceInfo, WriteResult};
 use warren_api::routes::Route;
+use warren_api::wire::SILENCE_LIMIT;
 use warren_api::{ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_edge_agent::agent::AgentStatus;
-use warren_edge_agent::link::SILENCE_LIMIT;
 use warren_transport::FaultSwitch;
 
 use crate::control_cmd::Signals;
@@ -517,9 +517,10 @@ async fn heal(
     if let Some((replica, _)) = pids(&b_after)
         .iter()
         .find(|(r, _)| r.starts_with("worker."))
-        && let Some(line) = last_log_line(b, replica) {
-            n.say(format!("{replica}'s log on edge-b1 ends with: {line}"));
-        }
+        && let Some(line) = last_log_line(b, replica)
+    {
+        n.say(format!("{replica}'s log on edge-b1 ends with: {line}"));
+    }
     Ok(b_after)
 }
 

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use warren_api::Secret;
+use warren_api::clock::unix_now_ms;
 use warren_api::rest::SecretCreate;
 use warren_api::routes::Route;
 use warren_api::secret::MAX_SECRET_BYTES;
-use warren_api::clock::unix_now_ms;
 
 use crate::client::{Client, ClientArgs};
 use crate::output::{OutputFormat, print_read, print_write};

@@ -4,13 +4,13 @@
 //! mistake is named by its flag before anything is sent.
 
 use anyhow::{Context, Result, anyhow, bail};
+use warren_api::clock::unix_now_ms;
 use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo};
 use warren_api::routes::Route;
 use warren_api::{
     Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
     RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError, Workload,
 };
-use warren_api::clock::unix_now_ms;
 
 use crate::client::{Client, ClientArgs};
 use crate::output::{OutputFormat, print_read, print_write};

@@ -27,6 +27,7 @@ use tempfile::TempDir;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 use warren_api::Revision;
+use warren_api::clock::unix_now_ms;
 use warren_api::{
     Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, ProcessSpec, ServiceMode,
     ServiceName, ServiceSpec, Workload,
@@ -34,7 +35,6 @@ use warren_api::{
 use warren_control::control::Control;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_control::{ClusterState, Command, Op};
-use warren_api::clock::unix_now_ms;
 use warren_transport::token::mint;
 use warren_transport::{Credentials, MintOptions};
 

@@ -15,8 +15,8 @@ use openraft::ServerState;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{RwLock, RwLockReadGuard, watch};
 use tracing::{debug, warn};
-use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
 use warren_api::clock::{unix_now, unix_now_ms};
+use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, Revision};
 use warren_transport::identity::parse_identity;
 use warren_transport::join::{
     CheckedJoin, JoinAuthority, JoinGrant, JoinRequest, Refused, random_node_id,

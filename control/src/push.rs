@@ -15,25 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, info};
+use warren_api::clock::unix_now_ms;
 use warren_api::wire::{
     AgentHello, AgentToControl, ControlToAgent, MAX_AGENT_MESSAGE_BYTES, Refusal, RefusalReason,
     WIRE_VERSION,
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
-use warren_api::clock::unix_now_ms;
 use warren_transport::{FrameError, PeerConnection};
 
 use crate::control::Control;
 use crate::keys::ClusterKeys;
 use crate::state::ClusterState;
-
-/// How long an agent's stream may stay silent before control drops it (agents repeat their
-/// ack every 5 s): the agent then counts as disconnected, and the leader's liveness check
-/// starts counting towards `unreachable_after` without waiting for QUIC's idle timeout.
-pub const AGENT_SILENCE_LIMIT: Duration = Duration::from_secs(15);
-
-/// How often an idle stream carries a heartbeat (the agent's link-state detector counts them).
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+use warren_api::wire::{HEARTBEAT_INTERVAL, SILENCE_LIMIT};
 
 /// The view of `node` at the state's current revision: its replicas, the services they need,
 /// the secrets those services reference (sealed for this node with its key, see
@@ -160,18 +153,19 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 .and_then(|keys| node_view(&state, hello.node_id, &state.control_addrs, &keys))
         };
         if let Some(view) = view
-            && let Some(message) = next_message(&hello, sent.as_ref(), &view) {
-                send.send(&message).await?;
-                sent = Some(view);
-            }
+            && let Some(message) = next_message(&hello, sent.as_ref(), &view)
+        {
+            send.send(&message).await?;
+            sent = Some(view);
+        }
         // Contact checks only note the time; everything else may change the view.
         loop {
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) } else { break },
                 _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > AGENT_SILENCE_LIMIT {
+                    if last_heard.elapsed() > SILENCE_LIMIT {
                         info!(node_id = %hello.node_id, "agent silent; closing its stream");
-                        return Err(PushError::Silent(AGENT_SILENCE_LIMIT));
+                        return Err(PushError::Silent(SILENCE_LIMIT));
                     }
                     let revision = sent.as_ref().map(|v| v.revision).unwrap_or(Revision::ZERO);
                     send.send(&ControlToAgent::Heartbeat { revision }).await?;

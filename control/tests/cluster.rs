@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tracing::info;
+use warren_api::clock::unix_now_ms;
 use warren_api::{NodeRole, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_control::rpc::ProposeError;
 use warren_control::{Effect, Op};
 use warren_transport::MintOptions;
-use warren_api::clock::unix_now_ms;
 use warren_transport::token::mint;
 
 fn init_logs() {

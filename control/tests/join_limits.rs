@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use warren_api::NodeRole;
+use warren_api::clock::unix_now_ms;
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, InitOutput, NewNode};
-use warren_api::clock::unix_now_ms;
 use warren_transport::join::{JoinError, JoinParams, JoinRefusalReason, OpenJoin, join, open_join};
 use warren_transport::token::mint;
 use warren_transport::{ConnectError, MintOptions, TransportConfig, TransportMetrics};

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tracing::info;
+use warren_api::clock::unix_now_ms;
 use warren_api::{NodeId, NodeRole};
 use warren_control::node::{ControlConfig, ControlNode, JoinHooks, JoinProgress, NewNode};
 use warren_control::{Op, Outcome};
-use warren_api::clock::unix_now_ms;
 use warren_transport::join::JoinParams;
 use warren_transport::token::{JoinToken, mint};
 use warren_transport::{MintOptions, TransportMetrics};

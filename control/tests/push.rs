@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use warren_api::clock::unix_now_ms;
 use warren_api::wire::{AgentHello, AgentToControl, ControlToAgent, RefusalReason, WIRE_VERSION};
 use warren_api::{
     NodeId, NodeRole, NodeView, ProcessSpec, Revision, ServiceMode, ServiceName, ServiceSpec,
@@ -11,7 +12,6 @@ use warren_api::{
 };
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
-use warren_api::clock::unix_now_ms;
 use warren_transport::join::{JoinParams, Joined, join};
 use warren_transport::seal::node_secret_key;
 use warren_transport::token::mint;

@@ -14,12 +14,12 @@ use hyper_util::rt::TokioIo;
 use tempfile::TempDir;
 use tracing::info;
 use warren_api::NodeRole;
+use warren_api::clock::{unix_now, unix_now_ms};
 use warren_control::keys::ClusterKeys;
 use warren_control::node::{ControlConfig, ControlNode, InitOutput, NewNode};
 use warren_control::store::{self, StoreTuning};
 use warren_control::{Op, Outcome};
 use warren_transport::ca::NODE_CERT_LIFETIME;
-use warren_api::clock::{unix_now, unix_now_ms};
 use warren_transport::token::mint;
 use warren_transport::{
     Alpn, CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, MintOptions,

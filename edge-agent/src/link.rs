@@ -33,11 +33,6 @@ use warren_api::clock::unix_now_ms;
 /// How long a status change waits for others to join it in one report.
 pub const REPORT_COALESCE: Duration = Duration::from_millis(200);
 
-/// How often the agent speaks when it has nothing to say (control does the same).
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-
-pub use crate::link_failure::SILENCE_LIMIT;
-
 /// First wait after a failed attempt to reach control; it doubles (with jitter) up to
 /// [`RETRY_MAX`] while attempts keep failing, and starts over once a session is up.
 pub const RETRY_MIN: Duration = Duration::from_millis(200);

@@ -37,10 +37,10 @@ pub const SUSPECT_MARGIN_MIN: Duration = Duration::from_millis(500);
 /// leave room for a couple of lost probes on a slow link.
 pub const SUSPECT_ROUND_TRIPS: u32 = 4;
 
-/// How long the connection may stay silent with no corroboration before the agent gives up on
-/// that control node anyway (three of control's 5 s heartbeats): an agent without gossip, or one
-/// that hears no control node at all, still reconnects eventually.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
+// How long the connection may stay silent with no corroboration before the agent gives up on
+// that control node anyway is the protocol's silence limit: an agent without gossip, or one
+// that hears no control node at all, still reconnects eventually.
+use warren_api::wire::SILENCE_LIMIT;
 
 /// How often the session asks the detector.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);

@@ -17,8 +17,8 @@ use prometheus::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_api::{EventKind, HealthState, NodeId, NodeView, TaskState};
 use warren_api::clock::unix_now_ms;
+use warren_api::{EventKind, HealthState, NodeId, NodeView, TaskState};
 use warren_transport::plain_http::{self, Handler};
 
 use crate::cache::Cache;

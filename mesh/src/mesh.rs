@@ -24,8 +24,8 @@ use crate::member::{
 };
 use crate::metrics::MeshMetrics;
 use crate::transport::{SealedTransport, TransportShared};
-use warren_api::clock::unix_now_ms;
 use crate::verdict::{CHECKS_PER_ROUND, HeartbeatTracker, Verdict};
+use warren_api::clock::unix_now_ms;
 
 /// Longest metadata key, in bytes.
 pub const META_KEY_BYTES_MAX: usize = 128;

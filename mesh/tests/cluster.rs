@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{Cluster, start_node, wait_until};
 use tracing::info;
 use warren_api::NodeId;
-use warren_mesh::keyring::MAX_DATAGRAM_BYTES;
 use warren_api::clock::unix_now_ms;
+use warren_mesh::keyring::MAX_DATAGRAM_BYTES;
 use warren_mesh::{DropReason, GossipKey, KeyId, Keyring, Liveness, MeshTimers};
 
 fn init_tracing() {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, anyhow, bail, ensure};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use warren_api::wire::SILENCE_LIMIT;
 use warren_api::{
     NodeId, ProcessSpec, ReplicaId, ServiceMode, ServiceName, ServiceSpec, TaskState, Workload,
 };
@@ -32,7 +33,7 @@ use warren_control::node::ControlNode;
 use warren_edge_agent::agent::{
     Agent, AgentError, AgentStatus, FOLLOW_UP_PASS, RECONCILE_INTERVAL, RunEnd,
 };
-use warren_edge_agent::link::{REPORT_COALESCE, SILENCE_LIMIT};
+use warren_edge_agent::link::REPORT_COALESCE;
 use warren_transport::FaultSwitch;
 
 /// How much work each section does.

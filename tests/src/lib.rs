@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use warren_api::clock::unix_now_ms;
 use warren_api::{NodeRole, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
-use warren_api::clock::unix_now_ms;
 use warren_transport::token::mint;
 use warren_transport::{FaultSwitch, MintOptions};
 

@@ -108,7 +108,7 @@ async fn a_membership_change_not_yet_applied_sends_agents_nothing() {
     // A message more than one heartbeat interval after the append means the push loop has
     // rebuilt the view at least once since: had it picked the appended membership up, the
     // agent would have refused a delta to the same revision and reconnected.
-    let heartbeat_ms = warren_control::push::HEARTBEAT_INTERVAL.as_millis() as u64;
+    let heartbeat_ms = warren_api::wire::HEARTBEAT_INTERVAL.as_millis() as u64;
     let mut watch_status = status.clone();
     tokio::time::timeout(
         LONG,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tracing::info;
 use warren_api::ServiceName;
+use warren_api::clock::unix_now_ms;
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode};
 use warren_edge_agent::agent::{self, Agent, AgentError, AgentStatus, RunEnd};
@@ -14,7 +15,6 @@ use warren_tests::{
     agent_options, agent_status, alive, propose, running_pids, sleep_service, spawn_agent,
     start_control, wait_until,
 };
-use warren_api::clock::unix_now_ms;
 
 fn status(dir: &Path) -> Option<AgentStatus> {
     agent_status(dir)

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use tracing::info;
 use warren_api::ServiceName;
+use warren_api::clock::unix_now;
 use warren_control::Op;
 use warren_control::node::ControlConfig;
 use warren_tests::{
     agent_options_behind, agent_status, alive, join_agent, kill9, propose, running_pids,
     sleep_service, spawn_agent_with, start_control_with, wait_until,
 };
-use warren_api::clock::unix_now;
 use warren_transport::{Credentials, FaultSwitch, PeerIdentity};
 
 const LIFETIME: Duration = Duration::from_secs(12);

@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracing::info;
+use warren_api::clock::unix_now;
 use warren_api::rest::NodeInfo;
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode};
 use warren_mesh::{Mesh, MeshConfig, MeshMetrics, MeshTimers};
 use warren_tests::{api_get, propose, start_control_gossiping};
-use warren_api::clock::unix_now;
 use warren_transport::current::CurrentCredentials;
 use warren_transport::{
     CertRole, CertSubject, ClusterCa, Credentials, GossipSigner, MemberCertificates, TrustList,

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
+use warren_api::clock::{unix_now, unix_now_ms};
 use warren_api::{NodeId, NodeRole};
 use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
-use warren_api::clock::{unix_now, unix_now_ms};
 use warren_transport::join::{JoinParams, LocalJoinAuthority, join, serve_join};
 use warren_transport::token::mint;
 use warren_transport::{

@@ -591,8 +591,8 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warren_api::clock::unix_now;
     use crate::identity::SerialBinding;
+    use warren_api::clock::unix_now;
 
     fn ca() -> ClusterCa {
         ClusterCa::generate("test", Validity::starting_at(unix_now(), CA_LIFETIME)).unwrap()

@@ -128,7 +128,7 @@ mod tests {
 
     use super::*;
     use crate::ca::{CertSubject, ClusterCa, Validity};
-use warren_api::clock::unix_now;
+    use warren_api::clock::unix_now;
 
     fn new_ca() -> ClusterCa {
         ClusterCa::generate(

@@ -254,8 +254,8 @@ pub async fn connect(
 mod tests {
     use super::*;
     use crate::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
-use warren_api::clock::unix_now;
     use crate::{CertSubject, ClusterCa, Validity};
+    use warren_api::clock::unix_now;
 
     /// A client that prefers HTTP/2 (as `curl` does) is answered with what the API speaks,
     /// HTTP/1.1, instead of agreeing to h2 and then getting HTTP/1.1 bytes.

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use warren_api::{NodeId, NodeRole};
 
-use crate::ca::{CaError, CertSubject, ClusterCa, Credentials, NODE_CERT_LIFETIME, Validity, generate_csr};
-use warren_api::clock::{unix_now, unix_now_ms};
+use crate::ca::{
+    CaError, CertSubject, ClusterCa, Credentials, NODE_CERT_LIFETIME, Validity, generate_csr,
+};
 use crate::config::TransportConfig;
 use crate::endpoint::{ConnectError, PeerConnection, RpcError, dial_pinned, dial_pinned_from};
 use crate::identity::{CertRole, fingerprint};
@@ -28,6 +29,7 @@ use crate::limits::{LogThrottle, RefusalLimiter};
 use crate::metrics::TransportMetrics;
 use crate::seal::SealKey;
 use crate::token::{JoinToken, TokenBook, TokenError};
+use warren_api::clock::{unix_now, unix_now_ms};
 
 /// Largest join request or response frame.
 pub const JOIN_FRAME_MAX_BYTES: usize = 64 * 1024;

@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::ca::{CaError, Credentials, generate_csr};
-use warren_api::clock::unix_now;
 use crate::endpoint::{Alpn, ConnectAnyError, Endpoint, PeerConnection, RpcError};
 use crate::identity::PeerIdentity;
+use warren_api::clock::unix_now;
 
 /// A renewal request: the CSR of the node's new key.
 #[derive(Debug, Serialize, Deserialize)]

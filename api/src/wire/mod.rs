@@ -40,6 +40,16 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// for a few of these as gone from its link, even before the stream is closed.
 pub const AGENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often each end of an agent's stream speaks when it has nothing else to say: control
+/// sends a heartbeat, the agent repeats its last ack.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long either end of an agent's stream hears nothing before it gives the stream up:
+/// three missed heartbeats. Control then counts the agent as disconnected (towards
+/// `unreachable_after`) without waiting for QUIC's idle timeout; the agent moves to another
+/// control node even when gossip cannot corroborate the silence.
+pub const SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Most events an agent puts in one [`StatusReport`]; a larger backlog goes in several
 /// reports, and what the agent had to drop is counted in `events_dropped`.
 pub const MAX_EVENTS_PER_REPORT: usize = 1024;

@@ -214,12 +214,13 @@ impl NodeView {
         // Check everything before changing anything, so a refused delta leaves no trace.
         for change in &delta.changes {
             if let ViewChange::SetNode(node) = change
-                && node.id != self.node.id {
-                    return Err(ApplyError::NodeMismatch {
-                        expected: self.node.id,
-                        got: node.id,
-                    });
-                }
+                && node.id != self.node.id
+            {
+                return Err(ApplyError::NodeMismatch {
+                    expected: self.node.id,
+                    got: node.id,
+                });
+            }
         }
         for change in &delta.changes {
             self.apply_change(change);

@@ -76,14 +76,15 @@ pub(super) fn lost_writes(record: &Record, end: &FinalState) -> Vec<String> {
     if let Some(nodes) = &end.nodes {
         for write in record.writes.iter().filter(|w| w.acked) {
             if let Write::RemoveNode { node } = &write.write
-                && nodes.contains(node) {
-                    lost.push(format!(
-                        "step {} `warren {}` acknowledged at {}, but node {node} is still registered",
-                        write.step,
-                        write.command,
-                        at(write.done_ms)
-                    ));
-                }
+                && nodes.contains(node)
+            {
+                lost.push(format!(
+                    "step {} `warren {}` acknowledged at {}, but node {node} is still registered",
+                    write.step,
+                    write.command,
+                    at(write.done_ms)
+                ));
+            }
         }
     }
     lost

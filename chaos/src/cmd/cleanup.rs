@@ -30,9 +30,11 @@ pub(crate) fn cleanup(only: Option<&str>, force: bool) -> Result<()> {
     }
     for name in netns::list_namespaces()? {
         if let Some(id) = RunId::of_name(&name)
-            && !live.contains(&id) && !runs.contains(&id) {
-                runs.push(id);
-            }
+            && !live.contains(&id)
+            && !runs.contains(&id)
+        {
+            runs.push(id);
+        }
     }
     for id in &live {
         if only.as_ref().is_none_or(|o| o == id) {

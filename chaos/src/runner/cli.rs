@@ -96,9 +96,10 @@ impl Runner<'_> {
         if let Some(write) = write {
             let done_ms = self.push_write(at, sent_ms, write, run.ok, &shown, spec);
             if run.ok
-                && let Some(index) = self.pending_failover.take() {
-                    self.record.failovers[index].first_write_ms = Some(done_ms);
-                }
+                && let Some(index) = self.pending_failover.take()
+            {
+                self.record.failovers[index].first_write_ms = Some(done_ms);
+            }
         }
         let target = spec
             .api
@@ -234,16 +235,18 @@ fn expectation_problems(spec: &CliSpec, run: &CliRun) -> Vec<String> {
     }
     if !run.ok {
         if let Some(limit) = spec.fail_within_s
-            && run.took.as_secs_f64() > limit {
-                problems.push(format!(
-                    "it failed after {:.2}s, not within {limit}s",
-                    run.took.as_secs_f64()
-                ));
-            }
+            && run.took.as_secs_f64() > limit
+        {
+            problems.push(format!(
+                "it failed after {:.2}s, not within {limit}s",
+                run.took.as_secs_f64()
+            ));
+        }
         if let Some(needle) = &spec.error_contains
-            && !run.stderr.contains(needle.as_str()) {
-                problems.push(format!("its error does not say {needle:?}"));
-            }
+            && !run.stderr.contains(needle.as_str())
+        {
+            problems.push(format!("its error does not say {needle:?}"));
+        }
     }
     problems
 }

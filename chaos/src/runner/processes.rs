@@ -72,9 +72,10 @@ impl Runner<'_> {
         let leader = loop {
             let status: Result<ClusterStatus> = self.read_json(&["cluster", "status"]);
             if let Ok(status) = status
-                && let Some(leader) = status.members.iter().find(|m| m.leader) {
-                    break leader.name.clone();
-                }
+                && let Some(leader) = status.members.iter().find(|m| m.leader)
+            {
+                break leader.name.clone();
+            }
             if Instant::now() >= deadline {
                 bail!("no leader known within 30s");
             }

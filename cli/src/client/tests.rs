@@ -102,8 +102,8 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
+    use warren_api::clock::unix_now;
     use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
-use warren_api::clock::unix_now;
     use warren_transport::{CertSubject, ClusterCa, Validity};
     warren_transport::install_crypto_provider();
     let ca = ClusterCa::generate("t", Validity::starting_at(unix_now(), CA_LIFETIME)).unwrap();
@@ -120,8 +120,8 @@ use warren_api::clock::unix_now;
 
 async fn fake_control(cluster: &Cluster, behaviour: Behaviour) -> FakeControl {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use warren_api::clock::unix_now;
     use warren_transport::ca::NODE_CERT_LIFETIME;
-use warren_api::clock::unix_now;
     use warren_transport::{CertRole, CertSubject, TrustList, Validity};
     let creds = cluster
         .ca

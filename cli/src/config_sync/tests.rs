@@ -1,7 +1,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
 use warren_api::clock::unix_now;
+use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
 use warren_transport::{CertSubject, ClusterCa, Validity};
 
 use super::*;

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use hyper::StatusCode;
+use warren_api::clock::unix_now_ms;
 use warren_api::rest::{
     AdminCreate, AdminInfo, AdminIssued, AdminRenew, MAX_TOKEN_TTL_MS, TokenInfo, TokenRequest,
     TokenResponse,
 };
 use warren_transport::ca::NODE_CERT_LIFETIME;
-use warren_api::clock::unix_now_ms;
 use warren_transport::token::{TokenId, mint};
 use warren_transport::{MintOptions, PeerIdentity};
 

@@ -4,9 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use tracing::info;
+use warren_api::clock::{unix_now, unix_now_ms};
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
 use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
-use warren_api::clock::{unix_now, unix_now_ms};
 use warren_transport::join::random_node_id;
 use warren_transport::seal::SealKey;
 use warren_transport::{CertRole, CertSubject, ClusterCa, Credentials, Validity};

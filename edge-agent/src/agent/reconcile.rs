@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use warren_api::clock::unix_now_ms;
 use warren_api::wire::{Listener, ListenerStatus};
 use warren_api::{NodeView, ReplicaId, ReplicaStatus, TaskState, Workload};
-use warren_api::clock::unix_now_ms;
 
 use super::status_file::StatusWriter;
 use super::{Agent, AgentIdentity, BOOK_KEY, RECORD_PREFIX};

@@ -18,9 +18,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+use warren_api::clock::unix_now_ms;
 use warren_api::service::HealthCheck;
 use warren_api::{Event, EventKind, HealthState, ReplicaId};
-use warren_api::clock::unix_now_ms;
 
 use super::HealthTracker;
 use super::probe::{self, ExecContext, ProbeOutcome};

@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
+use warren_api::clock::unix_now_ms;
 use warren_api::wire::{
     AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
 };
 use warren_api::{Event, EventKind, NodeId, NodeView, Revision};
 use warren_transport::PeerConnection;
-use warren_api::clock::unix_now_ms;
 
-use super::{HEARTBEAT_INTERVAL, Link, LinkEnd, REPORT_COALESCE, SILENCE_LIMIT};
+use super::{Link, LinkEnd, REPORT_COALESCE};
 use crate::cache::CacheError;
 use crate::link_failure::{CHECK_INTERVAL, GossipWitness, LinkFailureDetector, Verdict};
+use warren_api::wire::{HEARTBEAT_INTERVAL, SILENCE_LIMIT};
 
 /// Why one session ended (the link then reconnects).
 #[derive(Debug, thiserror::Error)]

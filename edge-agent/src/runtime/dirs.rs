@@ -150,9 +150,10 @@ pub(crate) fn dynamic_uid(
     in_passwd: impl Fn(u32) -> bool,
 ) -> Option<u32> {
     if let Some(uid) = current_owner.filter(|uid| DYNAMIC_UIDS.contains(uid))
-        && !taken.contains(&uid) {
-            return Some(uid);
-        }
+        && !taken.contains(&uid)
+    {
+        return Some(uid);
+    }
     let count = DYNAMIC_UIDS.end - DYNAMIC_UIDS.start;
     let slot = fnv1a32(replica.to_string().as_bytes()) % count;
     (0..count)

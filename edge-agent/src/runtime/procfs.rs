@@ -79,9 +79,11 @@ pub(crate) fn group_has_live_member(pgid: u32) -> io::Result<bool> {
         }
         // A process may exit while we scan; an unreadable entry is not a member.
         if let Ok(Some(stat)) = read_stat_at(&entry.path().join("stat"))
-            && stat.pgrp == pgid && !stat.has_exited() {
-                return Ok(true);
-            }
+            && stat.pgrp == pgid
+            && !stat.has_exited()
+        {
+            return Ok(true);
+        }
     }
     Ok(false)
 }

@@ -76,7 +76,12 @@ pub fn config(
         } else {
             NodeRole::Agent
         },
-        site: if node_id.0.is_multiple_of(2) { "a" } else { "b" }.to_owned(),
+        site: if node_id.0.is_multiple_of(2) {
+            "a"
+        } else {
+            "b"
+        }
+        .to_owned(),
         cluster_id: CLUSTER_ID.to_owned(),
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise_addr: None,

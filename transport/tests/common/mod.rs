@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use warren_api::NodeId;
-use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
 use warren_api::clock::unix_now;
+use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
 use warren_transport::{
     CertRole, CertSubject, ClusterCa, Credentials, Endpoint, EndpointOptions, PeerConnection,
     TransportConfig, TransportMetrics, Validity,

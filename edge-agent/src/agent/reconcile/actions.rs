@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tracing::warn;
+use warren_api::clock::unix_now_ms;
 use warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS;
 use warren_api::{Event, NodeView, ReplicaId, SealedBlob, Service, TaskState};
-use warren_api::clock::unix_now_ms;
 
 use super::super::{BOOK_KEY, RECORD_PREFIX, REMOVED_KEY, VIEW_KEY};
 use super::{Reconciler, record_key};
@@ -152,10 +152,11 @@ impl Reconciler {
     /// Stops the replica's workload and forgets it; returns whether it is stopped.
     async fn stop(&mut self, replica: &ReplicaId, grace: Duration) -> bool {
         if let Some(handle) = self.handles.get(replica)
-            && let Err(error) = self.runtime.stop(handle, grace).await {
-                warn!(%replica, error = %error, "cannot stop workload; trying again next pass");
-                return false;
-            }
+            && let Err(error) = self.runtime.stop(handle, grace).await
+        {
+            warn!(%replica, error = %error, "cannot stop workload; trying again next pass");
+            return false;
+        }
         if let Err(error) = self.runtime.cleanup(replica).await {
             warn!(%replica, error = %error, "cannot clean up after workload");
         }

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use tracing::info;
+use warren_api::clock::unix_now_ms;
 use warren_api::wire::Listener;
 use warren_api::{Event, NodeView, ReplicaId, ReplicaStatus, Revision, TaskState};
-use warren_api::clock::unix_now_ms;
 
 use super::super::status_file::{AgentStatus, LocalReplica};
 use super::Reconciler;
