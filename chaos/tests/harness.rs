@@ -876,7 +876,7 @@ fn up_cleans_up_on_sigterm_and_cleanup_removes_a_crashed_run() {
     assert_gone(&run, &pids);
 }
 
-/// DESIGN §4, agent cut off alone: one control node and one agent running `sleep`; isolating
+/// docs/design.md §4, agent cut off alone: one control node and one agent running `sleep`; isolating
 /// the agent's namespace takes its link down but the workload keeps running with the same pid;
 /// after healing the link comes back and the same pid is reported running.
 #[test]

@@ -71,11 +71,11 @@ pub struct ListenArgs {
     pub dns_upstream: Vec<SocketAddr>,
 }
 
-/// Default metrics address (DESIGN.md §6).
+/// Default metrics address (docs/design.md §6).
 const DEFAULT_AGENT_METRICS: &str = "127.0.0.1:9091";
-/// Default gossip address (DESIGN.md §6).
+/// Default gossip address (docs/design.md §6).
 const DEFAULT_GOSSIP: &str = "0.0.0.0:7946";
-/// Default DNS address (DESIGN.md §6).
+/// Default DNS address (docs/design.md §6).
 const DEFAULT_DNS: &str = "127.0.0.11:53";
 
 fn parse_addr_or_none(flag: &str, text: &str) -> Result<Option<SocketAddr>> {

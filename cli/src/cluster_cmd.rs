@@ -30,8 +30,8 @@ pub enum ClusterCommand {
     /// Without a quorum, shows the answering node's own (possibly stale) view and says so.
     Status,
     /// Move the cluster to a new cluster key: the CA key and every secret value are re-sealed
-    /// with it, and every node moves to a new gossip key (the old one is accepted for 10
-    /// minutes).
+    /// with it, and every node moves to a new gossip key (the old one is accepted for an
+    /// hour).
     ///
     /// Removing a node (`warren node rm`) does this by itself; run it by hand when a node's
     /// disk may have leaked, or on a schedule. A removed node, or a copy of a data dir taken

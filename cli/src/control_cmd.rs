@@ -18,7 +18,7 @@ use warren_control::node::{ControlConfig, ControlNode, JoinHooks, NewNode};
 use crate::admin_conf_watch::AdminConfWatch;
 use crate::config::{ADMIN_CONF, AdminConfig};
 
-/// The default data dir (DESIGN §6).
+/// The default data dir (docs/design.md §6).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
 
 /// `warren control …`.

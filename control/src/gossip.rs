@@ -3,7 +3,7 @@
 //! the members as the API and the leader's liveness duty read them. Pure, except for the
 //! mesh's start in [`crate::node`].
 //!
-//! Gossip is soft state and a hint (DESIGN §2): nothing here authorises anything.
+//! Gossip is soft state and a hint (docs/design.md §2): nothing here authorises anything.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! Agent liveness, decided on the leader: which agents turned unreachable and which came back.
 //!
-//! DESIGN.md §2: facts from the world enter the log as entries the leader proposes. The
+//! docs/design.md §2: facts from the world enter the log as entries the leader proposes. The
 //! leader merges every control node's [`AgentReport`]s (an agent streams to one control node
 //! at a time) and feeds them to [`LivenessJudge::decide`], a pure function of `(now, registry,
 //! reports)` that returns the `NodeUnreachable` / `NodeReachable` operations to propose. The

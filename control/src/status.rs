@@ -1,7 +1,7 @@
 //! What agents report: per agent, the link (connected, last contact, acked revision), its last
 //! status report and a bounded tail of its events.
 //!
-//! Soft state (DESIGN.md §2: "the agent is the truth; control holds the last report"): kept in
+//! Soft state (docs/design.md §2: "the agent is the truth; control holds the last report"): kept in
 //! memory on the control node the agent streams to, lost on restart and rebuilt when the agent
 //! reconnects. An agent talks to one control node at a time, so readers merge every control
 //! node's book with [`merge`] (the API does that through [`crate::rpc::ControlRpc::AgentReports`]).
@@ -104,7 +104,7 @@ impl AgentReport {
     }
 
     /// The same report without replicas and events: what the leader's liveness check needs
-    /// (every second), built field by field so the events and replicas are never copied.
+    /// (every few seconds), built field by field so the events and replicas are never copied.
     pub fn link_only(&self) -> AgentReport {
         AgentReport {
             node_id: self.node_id,

@@ -240,7 +240,7 @@ async fn first(recv: &mut FramedRecv) -> ControlToAgent {
 }
 
 /// A reconnecting agent resumes from its cached view: a delta carrying only what changed
-/// (DESIGN §4: "delta, not snapshot"), a heartbeat when nothing did, and an agent that has
+/// (docs/design.md §4: "delta, not snapshot"), a heartbeat when nothing did, and an agent that has
 /// seen a later revision than this control node is not sent back in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_resumes_with_a_delta() {

@@ -1,6 +1,6 @@
 //! Discovery at the edge: the agent's gossip membership ([`warren_mesh::Mesh`]) and its DNS
 //! server ([`crate::dns`]), both fed by the cached view, so they work while control is out of
-//! reach (design §4: "DNS answers from cache", "gossip continues inside the site").
+//! reach (docs/design.md §4: "DNS answers from cache", "gossip continues inside the site").
 //!
 //! - DNS starts at once, from the cached view if there is one (an offline boot answers too).
 //! - The mesh starts as soon as a view carries the gossip key (control seals it into every

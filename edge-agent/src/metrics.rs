@@ -2,7 +2,7 @@
 //! `/ready`).
 //!
 //! Every series carries `node` and `site` labels (constant labels on the registry), so a
-//! site-level Prometheus can federate to a central one without relabelling (DESIGN.md §8).
+//! site-level Prometheus can federate to a central one without relabelling (docs/design.md §8).
 //! Gauges that mirror state are refreshed at scrape time from the link status, the reporter and
 //! the cache; counters are bumped where things happen.
 

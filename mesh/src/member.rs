@@ -4,7 +4,7 @@
 //!
 //! **Everything here is claimed, not proven.** The gossip key is shared by the whole cluster:
 //! any node holding it can publish any metadata under any node id. Gossip is therefore only a
-//! hint (DESIGN §2). Before a WireGuard public key or an overlay address from gossip is used to
+//! hint (docs/design.md §2). Before a WireGuard public key or an overlay address from gossip is used to
 //! build a tunnel or a route, it must be checked against the node registry in Raft with
 //! [`Member::verify_claims`].
 

@@ -1,10 +1,10 @@
 //! Keeps the crate graph honest: lower layers never depend on higher ones, and only the crates
-//! that DESIGN.md §1 names may use quinn/rustls/rcgen, openraft, boringtun or chitchat.
+//! that docs/design.md §1 names may use quinn/rustls/rcgen, openraft, boringtun or chitchat.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-/// Which workspace crates each crate may depend on (normal dependencies), per DESIGN.md §1.
+/// Which workspace crates each crate may depend on (normal dependencies), per docs/design.md §1.
 fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
     BTreeMap::from([
         ("warren-api", &[][..]),
@@ -83,7 +83,7 @@ fn crate_dependencies_follow_the_layering() {
                 && !ok.contains(&dep)
             {
                 violations.push(format!(
-                    "{name} depends on {dep}, which DESIGN.md §1 does not allow"
+                    "{name} depends on {dep}, which docs/design.md §1 does not allow"
                 ));
             }
             if let Some(owner) = exclusive.get(dep)

@@ -1,4 +1,4 @@
-//! Design §4, "node removed while cut off": the agent cannot hear the removal while cut off;
+//! docs/design.md §4, "node removed while cut off": the agent cannot hear the removal while cut off;
 //! when it dials again, the TLS handshake refuses its revoked certificate, and that refusal
 //! must end the agent like a refusal on the stream does: workloads stopped, secrets wiped.
 //! (Found by `warren-chaos run chaos/scenarios/node-removed-while-cut.yaml`: the agent took

@@ -8,7 +8,7 @@
 //! datagrams through again; connections that have not timed out meanwhile carry on.
 //!
 //! This is what in-process tests and `warren dev`/`warren demo` use to cut a node or a whole
-//! site off (DESIGN §9) without root, network namespaces or firewall rules. It never changes a
+//! site off (docs/design.md §9) without root, network namespaces or firewall rules. It never changes a
 //! datagram and never drops one while healed.
 
 use std::fmt;

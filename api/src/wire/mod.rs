@@ -1,7 +1,7 @@
 //! Wire messages between agents and the control plane, and the postcard codec for them.
 //!
 //! One QUIC stream per agent carries [`AgentToControl`] up and [`ControlToAgent`] down
-//! (DESIGN.md §3, Push and Status). `transport` frames each message with a length prefix; this
+//! (docs/design.md §3, Push and Status). `transport` frames each message with a length prefix; this
 //! module turns a message into the frame's bytes and back with [`encode`] and [`decode`].
 //!
 //! # Compatibility
