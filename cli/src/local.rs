@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -131,19 +130,7 @@ impl LocalCluster {
     /// # Errors
     /// Anything that fails to start; what was started is stopped again.
     pub async fn create(root: &Path, sites: &[&str], agents_per_site: usize) -> Result<Self> {
-        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let new = NewNode {
-            data_dir: root.join("control"),
-            name: CONTROL_NAME.into(),
-            site: CONTROL_SITE.into(),
-            quic_listen: any,
-            api_listen: any,
-            advertise_quic: None,
-            advertise_api: None,
-            metrics_listen: None,
-            gossip_listen: None,
-            advertise_gossip: None,
-        };
+        let new = NewNode::on_loopback(root.join("control"), CONTROL_NAME, CONTROL_SITE);
         let (control, output) = bounded(
             "start the control node",
             CONTROL_START_TIMEOUT,

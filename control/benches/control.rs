@@ -157,19 +157,7 @@ fn config() -> ControlConfig {
 }
 
 fn new_node(dir: &Path, name: &str) -> NewNode {
-    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-    NewNode {
-        data_dir: dir.to_owned(),
-        name: name.into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    }
+    NewNode::on_loopback(dir.to_owned(), name, "central")
 }
 
 fn spec(name: &str, replicas: u32) -> anyhow::Result<ServiceSpec> {

@@ -3,7 +3,6 @@
 //! through, and clients that stall in the TLS handshake or before their request headers are
 //! disconnected.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,19 +18,7 @@ use warren_control::node::{ControlConfig, ControlNode, InitOutput, NewNode};
 async fn start(api_limits: ApiLimits) -> (ControlNode, InitOutput, TempDir) {
     warren_transport::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let new = NewNode {
-        data_dir: dir.path().to_owned(),
-        name: "c1".into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    };
+    let new = NewNode::on_loopback(dir.path().to_owned(), "c1", "central");
     let config = ControlConfig {
         api_limits,
         ..ControlConfig::default()

@@ -1,7 +1,6 @@
 //! In-process control clusters on loopback: real QUIC with mutual TLS between nodes, real
 //! Raft on sled in temp dirs.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -30,19 +29,7 @@ fn config() -> ControlConfig {
 }
 
 fn new_node(dir: &TempDir, name: &str) -> NewNode {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    NewNode {
-        data_dir: dir.path().to_owned(),
-        name: name.into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    }
+    NewNode::on_loopback(dir.path().to_owned(), name, "central")
 }
 
 fn spec(name: &str, replicas: u32) -> ServiceSpec {

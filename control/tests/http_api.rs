@@ -18,16 +18,8 @@ async fn start() -> (ControlNode, InitOutput, TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let new = NewNode {
-        data_dir: dir.path().to_owned(),
-        name: "c1".into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
         metrics_listen: Some(any),
-        gossip_listen: None,
-        advertise_gossip: None,
+        ..NewNode::on_loopback(dir.path().to_owned(), "c1", "central")
     };
     let (node, out) = ControlNode::init(new, ControlConfig::default())
         .await

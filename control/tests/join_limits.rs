@@ -2,7 +2,6 @@
 //! idle join connections are closed at their deadline, past the caps new ones are refused at
 //! once, and a source that keeps sending bad tokens is refused as rate-limited.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -17,19 +16,7 @@ use warren_transport::{ConnectError, MintOptions, TransportConfig, TransportMetr
 async fn start(transport: TransportConfig) -> (ControlNode, InitOutput, TempDir) {
     warren_transport::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let new = NewNode {
-        data_dir: dir.path().to_owned(),
-        name: "c1".into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    };
+    let new = NewNode::on_loopback(dir.path().to_owned(), "c1", "central");
     let config = ControlConfig {
         transport,
         ..ControlConfig::default()

@@ -2,7 +2,6 @@
 //! joins are serialised on the leader, a join that fails leaves nothing behind, a joiner that
 //! goes silent is undone, and a removed node is told to stop.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,19 +34,7 @@ fn config() -> ControlConfig {
 }
 
 fn new_node(dir: &TempDir, name: &str) -> NewNode {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    NewNode {
-        data_dir: dir.path().join("node"),
-        name: name.into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    }
+    NewNode::on_loopback(dir.path().join("node"), name, "central")
 }
 
 async fn control_token(first: &ControlNode, single_use: bool) -> JoinToken {

@@ -1,7 +1,6 @@
 //! The desired-state push over QUIC: a joined agent gets its view as a snapshot, then deltas as
 //! the state changes, and is refused once removed.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use warren_api::clock::unix_now_ms;
@@ -19,19 +18,7 @@ use warren_transport::{Alpn, Endpoint, EndpointOptions, FramedRecv, FramedSend, 
 
 async fn control_and_agent(dir: &tempfile::TempDir) -> (ControlNode, Joined) {
     warren_transport::install_crypto_provider();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let new = NewNode {
-        data_dir: dir.path().join("c1"),
-        name: "c1".into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    };
+    let new = NewNode::on_loopback(dir.path().join("c1"), "c1", "central");
     let (node, out) = ControlNode::init(new, ControlConfig::default())
         .await
         .unwrap();

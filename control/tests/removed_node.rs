@@ -3,7 +3,6 @@
 //! of the state, so it can sign certificates — but no control node accepts a certificate the
 //! cluster did not record, nor a recorded serial on another key.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,19 +34,7 @@ fn init_logs() {
 }
 
 fn new_node(dir: &TempDir, name: &str) -> NewNode {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    NewNode {
-        data_dir: dir.path().join("node"),
-        name: name.into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    }
+    NewNode::on_loopback(dir.path().join("node"), name, "central")
 }
 
 fn config() -> ControlConfig {

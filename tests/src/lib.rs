@@ -58,18 +58,9 @@ async fn start_control_node(
     config: ControlConfig,
     gossip_listen: Option<SocketAddr>,
 ) -> (ControlNode, [u8; 32]) {
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let new = NewNode {
-        data_dir: dir.join("c1"),
-        name: "c1".into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
         gossip_listen,
-        advertise_gossip: None,
+        ..NewNode::on_loopback(dir.join("c1"), "c1", "central")
     };
     let (control, out) = ControlNode::init(new, config).await.expect("control init");
     (control, out.fingerprint)
@@ -93,19 +84,7 @@ pub async fn join_control(
     };
     let (token, record) = mint(fingerprint, options, unix_now_ms());
     propose(first, Op::AddToken(record)).await;
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-    let new = NewNode {
-        data_dir: dir.join(name),
-        name: name.into(),
-        site: "central".into(),
-        quic_listen: any,
-        api_listen: any,
-        advertise_quic: None,
-        advertise_api: None,
-        metrics_listen: None,
-        gossip_listen: None,
-        advertise_gossip: None,
-    };
+    let new = NewNode::on_loopback(dir.join(name), name, "central");
     ControlNode::join(
         new,
         first.quic_addr(),

@@ -34,6 +34,27 @@ pub struct NewNode {
     pub advertise_gossip: Option<SocketAddr>,
 }
 
+impl NewNode {
+    /// A node on 127.0.0.1 with kernel-picked QUIC and API ports, advertising what it binds,
+    /// with no metrics listener and no gossip: the control node of `warren dev` and
+    /// `warren demo`, and of in-process tests. Set the other fields on the result for more.
+    pub fn on_loopback(data_dir: impl Into<PathBuf>, name: &str, site: &str) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir: data_dir.into(),
+            name: name.to_owned(),
+            site: site.to_owned(),
+            quic_listen: any,
+            api_listen: any,
+            advertise_quic: None,
+            advertise_api: None,
+            metrics_listen: None,
+            gossip_listen: None,
+            advertise_gossip: None,
+        }
+    }
+}
+
 pub(super) fn settings_for(new: &NewNode, node_id: NodeId) -> NodeSettings {
     NodeSettings {
         node_id,
