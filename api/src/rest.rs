@@ -25,9 +25,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// (voters and learners) in the answering node's membership, comma-separated.
 pub const MEMBERS_HEADER: &str = "warren-control-members";
 /// Most addresses a client takes from [`MEMBERS_HEADER`]; Raft groups have a handful of members.
-pub const MEMBERS_HEADER_MAX: usize = 64;
+pub const MAX_MEMBERS_HEADER: usize = 64;
 /// Longest [`MEMBERS_HEADER`] value a client reads.
-pub const MEMBERS_HEADER_MAX_BYTES: usize = 16 * 1024;
+pub const MAX_MEMBERS_HEADER_BYTES: usize = 16 * 1024;
 
 /// An error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,19 +35,19 @@ use rustix::process::Signal;
 use crate::netns;
 
 /// The longest delay a fault may ask for.
-pub const DELAY_MS_MAX: u32 = 10_000;
+pub const MAX_DELAY_MS: u32 = 10_000;
 
 /// How many packets a holder keeps at once; beyond that a packet passes at once (counted).
-pub const HELD_MAX: usize = 10_000;
+pub const MAX_HELD: usize = 10_000;
 
 /// The kernel's queue length for the holder's queue: packets the kernel keeps while they
 /// wait for a verdict, those the holder holds included. With fail-open set, a packet that
 /// finds the queue full passes undelayed rather than being dropped.
-const KERNEL_QUEUE_MAX: u32 = 12_000;
+const MAX_KERNEL_QUEUE: u32 = 12_000;
 
 /// The longest the holder sleeps between looks at its queue: it bounds how late a new packet
 /// is stamped and so how much longer than asked it may be held.
-const POLL_MAX: Duration = Duration::from_micros(500);
+const MAX_POLL: Duration = Duration::from_micros(500);
 
 /// How long the harness waits for a holder's ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,13 +66,13 @@ pub struct DelaySpec {
 }
 
 impl DelaySpec {
-    /// Checks 1 ≤ `ms` ≤ [`DELAY_MS_MAX`] and `jitter_ms` ≤ `ms`.
+    /// Checks 1 ≤ `ms` ≤ [`MAX_DELAY_MS`] and `jitter_ms` ≤ `ms`.
     ///
     /// # Errors
     /// Says which limit is broken.
     pub fn validate(self) -> Result<()> {
-        if !(1..=DELAY_MS_MAX).contains(&self.ms) {
-            bail!("delay of {} ms: use 1-{DELAY_MS_MAX} ms", self.ms);
+        if !(1..=MAX_DELAY_MS).contains(&self.ms) {
+            bail!("delay of {} ms: use 1-{MAX_DELAY_MS} ms", self.ms);
         }
         if self.jitter_ms > self.ms {
             bail!(
@@ -234,7 +234,7 @@ pub struct HolderStats {
 /// still held and unbinds.
 ///
 /// The `nfq` crate's socket is not exposed for `poll`, so the loop drains the queue without
-/// blocking, releases what is due and sleeps until the next release or `POLL_MAX`,
+/// blocking, releases what is due and sleeps until the next release or `MAX_POLL`,
 /// whichever comes first. Only metadata is copied from the kernel (the holder never reads a
 /// payload), which keeps each held packet's buffer small.
 ///
@@ -251,7 +251,7 @@ pub fn run_holder(queue_num: u16, spec: DelaySpec, stop: &AtomicBool) -> Result<
         .set_copy_range(queue_num, 0)
         .context("copy metadata only")?;
     queue
-        .set_queue_max_len(queue_num, KERNEL_QUEUE_MAX)
+        .set_queue_max_len(queue_num, MAX_KERNEL_QUEUE)
         .context("set the queue length")?;
     queue
         .set_fail_open(queue_num, true)
@@ -263,7 +263,7 @@ pub fn run_holder(queue_num: u16, spec: DelaySpec, stop: &AtomicBool) -> Result<
     queue.set_nonblocking(true);
     say_ready(queue_num)?;
 
-    let mut held = HeldPackets::new(spec, HELD_MAX, fastrand::Rng::new());
+    let mut held = HeldPackets::new(spec, MAX_HELD, fastrand::Rng::new());
     while !stop.load(AtomicOrdering::SeqCst) {
         loop {
             match queue.recv() {
@@ -283,8 +283,8 @@ pub fn run_holder(queue_num: u16, spec: DelaySpec, stop: &AtomicBool) -> Result<
         while let Some(message) = held.pop_due(now) {
             queue.verdict(message).context("accept a due packet")?;
         }
-        let sleep = held.next_due().map_or(POLL_MAX, |due| {
-            due.saturating_duration_since(now).min(POLL_MAX)
+        let sleep = held.next_due().map_or(MAX_POLL, |due| {
+            due.saturating_duration_since(now).min(MAX_POLL)
         });
         std::thread::sleep(sleep);
     }
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        for (ms, jitter_ms) in [(1, 0), (100, 30), (100, 100), (DELAY_MS_MAX, 0)] {
+        for (ms, jitter_ms) in [(1, 0), (100, 30), (100, 100), (MAX_DELAY_MS, 0)] {
             assert!(spec(ms, jitter_ms).validate().is_ok(), "{ms} {jitter_ms}");
         }
         let error = |ms, jitter_ms| format!("{:#}", spec(ms, jitter_ms).validate().unwrap_err());

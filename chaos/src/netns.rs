@@ -20,10 +20,10 @@ use crate::run::{PREFIX, RunId};
 pub const SUBNET_BASE: [u8; 3] = [10, 77, 0];
 
 /// Addresses available in the /24 (1..=250; the rest stay free for later use).
-pub const HOSTS_MAX: usize = 250;
+pub const MAX_HOSTS: usize = 250;
 
 /// How many times cleanup sweeps a namespace's processes (they may fork while we kill).
-const KILL_ROUNDS_MAX: usize = 20;
+const MAX_KILL_ROUNDS: usize = 20;
 
 /// Runs `ip args…` and returns its stdout.
 ///
@@ -98,9 +98,9 @@ pub fn signal(pid: u32, signal: Signal) -> Result<()> {
 /// SIGKILLs every process in `netns` (workloads included) until none is left.
 ///
 /// # Errors
-/// When a sweep fails, or processes are still there after `KILL_ROUNDS_MAX` sweeps.
+/// When a sweep fails, or processes are still there after `MAX_KILL_ROUNDS` sweeps.
 pub fn kill_all_in(netns: &str) -> Result<()> {
-    for _ in 0..KILL_ROUNDS_MAX {
+    for _ in 0..MAX_KILL_ROUNDS {
         let pids = pids_in(netns)?;
         if pids.is_empty() {
             return Ok(());
@@ -192,10 +192,10 @@ impl Network {
             bail!("host {name} exists already");
         }
         let index = self.hosts.len();
-        if index >= HOSTS_MAX {
-            bail!("at most {HOSTS_MAX} hosts fit the subnet");
+        if index >= MAX_HOSTS {
+            bail!("at most {MAX_HOSTS} hosts fit the subnet");
         }
-        let last = u8::try_from(index + 1).expect("HOSTS_MAX < 255");
+        let last = u8::try_from(index + 1).expect("MAX_HOSTS < 255");
         let [a, b, c] = SUBNET_BASE;
         let host = Host {
             name: name.to_owned(),

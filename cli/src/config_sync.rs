@@ -25,7 +25,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use warren_api::rest::{MEMBERS_HEADER, MEMBERS_HEADER_MAX, MEMBERS_HEADER_MAX_BYTES};
+use warren_api::rest::{MEMBERS_HEADER, MAX_MEMBERS_HEADER, MAX_MEMBERS_HEADER_BYTES};
 
 use crate::client::Target;
 use crate::config::{AdminConfig, MAX_ADMIN_CONF_BYTES, read_bounded};
@@ -48,8 +48,8 @@ pub struct Sighting {
 /// # Errors
 /// A value over the size or count limits, or an entry that is not `HOST:PORT`.
 pub fn parse_members(value: &str) -> Result<Vec<String>> {
-    if value.len() > MEMBERS_HEADER_MAX_BYTES {
-        bail!("{MEMBERS_HEADER}: longer than {MEMBERS_HEADER_MAX_BYTES} bytes");
+    if value.len() > MAX_MEMBERS_HEADER_BYTES {
+        bail!("{MEMBERS_HEADER}: longer than {MAX_MEMBERS_HEADER_BYTES} bytes");
     }
     let mut members: Vec<String> = Vec::new();
     for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -62,8 +62,8 @@ pub fn parse_members(value: &str) -> Result<Vec<String>> {
             _ => bail!("{MEMBERS_HEADER}: {entry:?} is not HOST:PORT"),
         }
     }
-    if members.len() > MEMBERS_HEADER_MAX {
-        bail!("{MEMBERS_HEADER}: more than {MEMBERS_HEADER_MAX} addresses");
+    if members.len() > MAX_MEMBERS_HEADER {
+        bail!("{MEMBERS_HEADER}: more than {MAX_MEMBERS_HEADER} addresses");
     }
     Ok(members)
 }

@@ -23,7 +23,7 @@ use crate::local::{self, LocalCluster, wait_for};
 /// The sites of the dev cluster; the second is the one SIGUSR1 cuts off.
 const SITES: [&str; 2] = ["a", "b"];
 /// Most agents per site (each is a task, a sled cache and a QUIC endpoint).
-const AGENTS_PER_SITE_MAX: usize = 5;
+const MAX_AGENTS_PER_SITE: usize = 5;
 /// How long the sample service gets to start.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,8 +57,8 @@ fn sample_service() -> ServiceSpec {
 
 /// Runs `warren dev` until a signal.
 pub fn run(args: DevArgs) -> Result<()> {
-    if !(1..=AGENTS_PER_SITE_MAX).contains(&args.agents_per_site) {
-        bail!("--agents-per-site: expected 1 to {AGENTS_PER_SITE_MAX}");
+    if !(1..=MAX_AGENTS_PER_SITE).contains(&args.agents_per_site) {
+        bail!("--agents-per-site: expected 1 to {MAX_AGENTS_PER_SITE}");
     }
     let runtime = crate::multi_thread_runtime()?;
     runtime.block_on(async move {

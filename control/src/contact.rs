@@ -28,7 +28,7 @@ pub const STILL_DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 pub const SLOW_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Longest error text kept per peer (errors from the network can be long).
-const ERROR_MAX_CHARS: usize = 200;
+const MAX_ERROR_CHARS: usize = 200;
 
 /// How one peer answers, as this node's calls and the peer's own RPCs tell it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +164,7 @@ impl ContactBook {
         let contact = self.peers.entry(peer).or_default();
         let since = *contact.failing_since.get_or_insert(now);
         contact.last_failed = Some(now);
-        contact.last_error = error.chars().take(ERROR_MAX_CHARS).collect();
+        contact.last_error = error.chars().take(MAX_ERROR_CHARS).collect();
         let failing_for = now.saturating_duration_since(since);
         if failing_for < unreachable_after {
             return None;

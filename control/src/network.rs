@@ -5,11 +5,11 @@
 //! that needs the peer meanwhile, so a call whose deadline is shorter than a handshake (a
 //! heartbeat over a slow link) does not abandon the dial: a later call finds the connection
 //! ready. A dial still running after `redial_after` gets a second one beside it (at most
-//! [`DIALS_PER_PEER_MAX`]): a handshake whose first packet was lost — the peer was not listening
+//! [`MAX_DIALS_PER_PEER`]): a handshake whose first packet was lost — the peer was not listening
 //! yet — would otherwise wait out QUIC's initial retransmission timer. A connection that closed
 //! (the peer went away, or a restarted peer reset it) or that broke mid-call is dropped and
 //! dialled anew; one that merely answered late is kept, unless it stays silent for
-//! [`SILENT_TIMEOUTS_MAX`] calls in a row. A peer that answers with a certificate for another
+//! [`MAX_SILENT_TIMEOUTS`] calls in a row. A peer that answers with a certificate for another
 //! node id is treated as unreachable: addresses move, identities do not.
 //!
 //! Every outcome feeds the [`ContactBook`]: which peers answer, logged once when one goes down
@@ -41,10 +41,10 @@ use crate::types::{RaftMember, TypeConfig};
 
 /// Calls in a row that may time out on a connection before it is dropped and dialled anew: a
 /// peer killed without closing its connections leaves it open but silent.
-pub const SILENT_TIMEOUTS_MAX: u32 = 2;
+pub const MAX_SILENT_TIMEOUTS: u32 = 2;
 
 /// Dials to one peer at a time, at most (see [`Peers`]'s redial).
-pub const DIALS_PER_PEER_MAX: usize = 2;
+pub const MAX_DIALS_PER_PEER: usize = 2;
 
 /// Why dialling a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +226,7 @@ impl Peers {
                 let now = Instant::now();
                 let newest = slot.dials.iter().map(|(_, started)| *started).max();
                 let due = newest.is_none_or(|started| now - started >= self.timers.redial_after);
-                if due && slot.dials.len() < DIALS_PER_PEER_MAX {
+                if due && slot.dials.len() < MAX_DIALS_PER_PEER {
                     let dial_id = self.next_dial_id.fetch_add(1, Ordering::Relaxed);
                     slot.dials.push((dial_id, now));
                     self.spawn_dial(target, addr.to_owned(), dial_id);
@@ -367,7 +367,7 @@ impl Peers {
             }
             Err(warren_transport::RpcError::Timeout(_)) => {
                 connected.timeouts += 1;
-                connected.timeouts >= SILENT_TIMEOUTS_MAX
+                connected.timeouts >= MAX_SILENT_TIMEOUTS
             }
             Err(_) => true,
         };

@@ -23,7 +23,7 @@ pub const EVENTS_KEPT_PER_NODE: usize = 256;
 /// dropped and counted. Typical events are ~150 bytes, so this rarely binds before
 /// [`EVENTS_KEPT_PER_NODE`]; it bounds what a misbehaving agent can make control hold, with
 /// 10,000 agents, to well under 1 GiB.
-pub const EVENT_BOOK_MAX_BYTES: usize = 64 * 1024;
+pub const MAX_EVENT_BOOK_BYTES: usize = 64 * 1024;
 
 /// Roughly what an event costs in memory: its texts plus a fixed allowance for the rest.
 pub fn event_bytes(event: &Event) -> usize {
@@ -38,7 +38,7 @@ pub struct Limited {
     pub event_text: u64,
     /// Replica status messages cut to [`MAX_EVENT_TEXT_BYTES`].
     pub replica_text: u64,
-    /// Events dropped to keep the book within [`EVENT_BOOK_MAX_BYTES`].
+    /// Events dropped to keep the book within [`MAX_EVENT_BOOK_BYTES`].
     pub event_book_bytes: u64,
     /// Events past [`MAX_EVENTS_PER_REPORT`] in one report, dropped unread.
     pub report_events: u64,
@@ -140,7 +140,7 @@ impl AgentReport {
     }
 
     /// Appends `events` (their texts already cut), dropping the oldest to stay within
-    /// [`EVENTS_KEPT_PER_NODE`] and `*book_bytes` within [`EVENT_BOOK_MAX_BYTES`]. Returns how
+    /// [`EVENTS_KEPT_PER_NODE`] and `*book_bytes` within [`MAX_EVENT_BOOK_BYTES`]. Returns how
     /// many were dropped for bytes.
     fn push_events(&mut self, events: Vec<Event>, book_bytes: &mut usize) -> u64 {
         let mut dropped_for_bytes = 0;
@@ -148,7 +148,7 @@ impl AgentReport {
             let size = event_bytes(&event);
             while !self.events.is_empty()
                 && (self.events.len() == EVENTS_KEPT_PER_NODE
-                    || *book_bytes + size > EVENT_BOOK_MAX_BYTES)
+                    || *book_bytes + size > MAX_EVENT_BOOK_BYTES)
             {
                 let over_bytes = self.events.len() < EVENTS_KEPT_PER_NODE;
                 let oldest = self.events.pop_front().expect("checked non-empty");
@@ -230,7 +230,7 @@ impl StatusBook {
     /// `node` sent a status report. Control enforces its own bounds whatever the agent
     /// claims: at most [`MAX_EVENTS_PER_REPORT`] events are read, texts are cut to
     /// [`MAX_EVENT_TEXT_BYTES`], and the book keeps within [`EVENTS_KEPT_PER_NODE`] and
-    /// [`EVENT_BOOK_MAX_BYTES`]. Returns what was cut or dropped.
+    /// [`MAX_EVENT_BOOK_BYTES`]. Returns what was cut or dropped.
     pub fn report(&self, mut report: StatusReport, now_ms: u64) -> Limited {
         let mut limited = Limited::default();
         let excess = report.events.len().saturating_sub(MAX_EVENTS_PER_REPORT);

@@ -335,7 +335,7 @@ fn report_of(node: NodeId, events: Vec<warren_api::Event>) -> AgentToControl {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_make_control_hold_large_events() {
     use warren_api::wire::{MAX_AGENT_MESSAGE_BYTES, MAX_EVENT_TEXT_BYTES};
-    use warren_control::status::EVENT_BOOK_MAX_BYTES;
+    use warren_control::status::MAX_EVENT_BOOK_BYTES;
     let dir = tempfile::tempdir().unwrap();
     let (node, joined) = control_and_agent(&dir).await;
     let (_endpoint, mut send, mut recv) = open(&node, &joined, joined.node_id).await;
@@ -397,7 +397,7 @@ async fn an_agent_cannot_make_control_hold_large_events() {
         .iter()
         .map(warren_control::status::event_bytes)
         .sum();
-    assert!(bytes <= EVENT_BOOK_MAX_BYTES, "{bytes}");
+    assert!(bytes <= MAX_EVENT_BOOK_BYTES, "{bytes}");
     assert!(held.events.len() < 250);
     assert!(limited("event_book_bytes") > 0);
     // What the leader's liveness check reads every second carries no events.

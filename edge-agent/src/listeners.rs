@@ -35,7 +35,7 @@ pub const RETRY_MIN: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How many ports 0 → N are tried for DNS, which needs the same port free on UDP and TCP.
-const DNS_PORT_ATTEMPTS_MAX: usize = 16;
+const MAX_DNS_PORT_ATTEMPTS: usize = 16;
 
 /// Where the agent listens; `None` turns a listener off. Kept in `agent.json` from the join.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ pub fn check(settings: &ListenSettings) -> Result<ListenSettings, ListenError> {
 /// Binds UDP and TCP on the same port (for port 0, trying a few kernel-picked ports).
 fn check_dns(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let attempts = if addr.port() == 0 {
-        DNS_PORT_ATTEMPTS_MAX
+        MAX_DNS_PORT_ATTEMPTS
     } else {
         1
     };

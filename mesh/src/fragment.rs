@@ -3,7 +3,7 @@
 //! most [`MAX_FRAGMENTS`] payloads, each sealed on its own. Sans-IO; the caller passes `now`.
 //!
 //! Fragment payload: `message id u32 LE | index u8 | count u8 | chunk`. Reassembly keeps at
-//! most [`REASSEMBLY_SLOTS_MAX`] partial messages and forgets one after
+//! most [`MAX_REASSEMBLY_SLOTS`] partial messages and forgets one after
 //! [`REASSEMBLY_TIMEOUT`]; a lost fragment costs one gossip exchange, which the next round
 //! repeats anyway.
 
@@ -22,7 +22,7 @@ pub const MAX_MESSAGE_BYTES: usize = CHUNK_BYTES * MAX_FRAGMENTS;
 /// Fragments of one message at most.
 pub const MAX_FRAGMENTS: usize = 3;
 /// Partial messages kept at once; the oldest is dropped to make room.
-pub const REASSEMBLY_SLOTS_MAX: usize = 32;
+pub const MAX_REASSEMBLY_SLOTS: usize = 32;
 /// A partial message older than this is dropped: fragments travel back to back, so they arrive
 /// within milliseconds of each other or not at all.
 pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,7 +98,7 @@ impl Reassembly {
         let position = match position {
             Some(position) => position,
             None => {
-                if self.partials.len() >= REASSEMBLY_SLOTS_MAX {
+                if self.partials.len() >= MAX_REASSEMBLY_SLOTS {
                     self.partials.pop_front();
                 }
                 self.partials.push_back(Partial {
@@ -214,11 +214,11 @@ mod tests {
     fn partials_are_bounded() {
         let now = Instant::now();
         let mut reassembly = Reassembly::default();
-        for id in 0..(REASSEMBLY_SLOTS_MAX as u32 * 2) {
+        for id in 0..(MAX_REASSEMBLY_SLOTS as u32 * 2) {
             let fragments = split(id, &vec![0u8; CHUNK_BYTES + 1]).expect("fits");
             reassembly.accept(peer(1), &fragments[0], now);
         }
-        assert_eq!(reassembly.len(), REASSEMBLY_SLOTS_MAX);
+        assert_eq!(reassembly.len(), MAX_REASSEMBLY_SLOTS);
     }
 
     proptest! {

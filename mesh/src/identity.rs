@@ -48,7 +48,7 @@ pub const KEY_ATTESTATION: &str = "warren.sig";
 /// Length of a fixed-form ECDSA P-256 signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Most credentials whose public key a node remembers (one per member and renewal).
-const KEYS_CACHED_MAX: usize = 8_192;
+const MAX_KEYS_CACHED: usize = 8_192;
 /// How long a credential's check holds before it is made again: what the caller trusts moves
 /// (a node is registered after its first gossip reaches control; a certificate is revoked).
 /// Refusals are retried sooner, since the usual reason is a registration still on its way.
@@ -401,7 +401,7 @@ impl Verifier {
     /// Forgets members chitchat no longer holds, and the key cache when it is full.
     pub(crate) fn retain(&mut self, present: impl Fn(&ChitchatId) -> bool) {
         self.members.retain(|id, _| present(id));
-        if self.keys.len() > KEYS_CACHED_MAX {
+        if self.keys.len() > MAX_KEYS_CACHED {
             self.keys.clear();
         }
     }

@@ -14,11 +14,11 @@
 //! **Replay.** A datagram is accepted only if its sender timestamp is at most
 //! [`REPLAY_WINDOW_MS`] behind the receiver's clock and at most [`MAX_FUTURE_SKEW_MS`] ahead
 //! of it, and only once: the receiver remembers every (timestamp, nonce) it accepted until the
-//! timestamp leaves the window. The memory is bounded by [`REPLAY_CACHE_ENTRIES_MAX`]; when
+//! timestamp leaves the window. The memory is bounded by [`MAX_REPLAY_CACHE_ENTRIES`]; when
 //! full, new datagrams are dropped (and counted as `replay_cache_full`) rather than the cache
 //! growing or forgetting — forgetting early would let a replay in. Checks run after
 //! authentication, so only key holders can fill it; and one sender (a source address) holds
-//! at most [`REPLAY_ENTRIES_PER_SENDER_MAX`] of it (`sender_over_quota` past that), so a key
+//! at most [`MAX_REPLAY_ENTRIES_PER_SENDER`] of it (`sender_over_quota` past that), so a key
 //! holder flooding from one socket cannot fill the cache and blind the node to everyone else.
 //!
 //! **Rotation.** [`Keyring::rotate`] makes a new key current and keeps the old one accepted
@@ -65,11 +65,11 @@ pub const MAX_FUTURE_SKEW_MS: u64 = 10_000;
 /// plus tree overhead, a few MB at most. A node of a 100-node cluster receives about ten
 /// datagrams a second at the default gossip interval, ~1 200 per window; the cap leaves room
 /// for 50 times that.
-pub const REPLAY_CACHE_ENTRIES_MAX: usize = 65_536;
+pub const MAX_REPLAY_CACHE_ENTRIES: usize = 65_536;
 /// Most replay-cache entries one sender (source address) may hold: 2 048, about 29 datagrams
 /// a second for the 70 s a timestamp can stay in the window — several times what one peer
 /// sends one node (a gossip round is a few datagrams).
-pub const REPLAY_ENTRIES_PER_SENDER_MAX: usize = 2_048;
+pub const MAX_REPLAY_ENTRIES_PER_SENDER: usize = 2_048;
 
 /// Identifies a gossip key on the wire, so a receiver picks the right key without trying each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -150,7 +150,7 @@ pub enum DropReason {
     Malformed,
     /// Dropped on purpose by a test's fault switch.
     FaultInjected,
-    /// The sender already holds [`REPLAY_ENTRIES_PER_SENDER_MAX`] replay-cache entries.
+    /// The sender already holds [`MAX_REPLAY_ENTRIES_PER_SENDER`] replay-cache entries.
     SenderOverQuota,
 }
 
@@ -395,10 +395,10 @@ impl Keyring {
             return Err(DropReason::Replayed);
         }
         let held = self.per_sender.entry(sender).or_default();
-        if *held >= REPLAY_ENTRIES_PER_SENDER_MAX {
+        if *held >= MAX_REPLAY_ENTRIES_PER_SENDER {
             return Err(DropReason::SenderOverQuota);
         }
-        if self.seen.len() >= REPLAY_CACHE_ENTRIES_MAX {
+        if self.seen.len() >= MAX_REPLAY_CACHE_ENTRIES {
             return Err(DropReason::ReplayCacheFull);
         }
         *held += 1;

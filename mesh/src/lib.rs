@@ -52,8 +52,8 @@ pub use member::{
     VerifiedIdentity, liveness_changes,
 };
 pub use mesh::{
-    KeyRotator, META_KEY_BYTES_MAX, META_KEYS_MAX, META_VALUE_BYTES_MAX, Mesh, MeshStartError,
+    KeyRotator, MAX_META_KEY_BYTES, MAX_META_KEYS, MAX_META_VALUE_BYTES, Mesh, MeshStartError,
     MetaError,
 };
 pub use metrics::MeshMetrics;
-pub use transport::{PEER_KEYS_MAX, RELAY_TIMEOUT};
+pub use transport::{MAX_PEER_KEYS, RELAY_TIMEOUT};

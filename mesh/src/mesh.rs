@@ -28,12 +28,12 @@ use crate::verdict::{CHECKS_PER_ROUND, HeartbeatTracker, Verdict};
 use warren_api::clock::unix_now_ms;
 
 /// Longest metadata key, in bytes.
-pub const META_KEY_BYTES_MAX: usize = 128;
+pub const MAX_META_KEY_BYTES: usize = 128;
 /// Longest metadata value, in bytes: room for a service's endpoint list, small enough that a
 /// node's whole state stays a few KB.
-pub const META_VALUE_BYTES_MAX: usize = 4_096;
+pub const MAX_META_VALUE_BYTES: usize = 4_096;
 /// Most metadata keys one node publishes.
-pub const META_KEYS_MAX: usize = 256;
+pub const MAX_META_KEYS: usize = 256;
 
 /// Why the mesh could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +57,14 @@ pub enum MeshStartError {
 /// Metadata this node may not publish.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetaError {
-    /// Empty, or longer than [`META_KEY_BYTES_MAX`].
-    #[error("metadata key must be 1..={META_KEY_BYTES_MAX} bytes")]
+    /// Empty, or longer than [`MAX_META_KEY_BYTES`].
+    #[error("metadata key must be 1..={MAX_META_KEY_BYTES} bytes")]
     BadKey,
-    /// Longer than [`META_VALUE_BYTES_MAX`].
-    #[error("metadata value of {0} bytes exceeds {META_VALUE_BYTES_MAX}")]
+    /// Longer than [`MAX_META_VALUE_BYTES`].
+    #[error("metadata value of {0} bytes exceeds {MAX_META_VALUE_BYTES}")]
     ValueTooLarge(usize),
-    /// The node already publishes [`META_KEYS_MAX`] keys.
-    #[error("node already publishes {META_KEYS_MAX} metadata keys")]
+    /// The node already publishes [`MAX_META_KEYS`] keys.
+    #[error("node already publishes {MAX_META_KEYS} metadata keys")]
     TooManyKeys,
 }
 
@@ -196,16 +196,16 @@ impl Mesh {
     /// # Errors
     /// [`MetaError`] when the key or value is out of bounds or the node has too many keys.
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), MetaError> {
-        if key.is_empty() || key.len() > META_KEY_BYTES_MAX {
+        if key.is_empty() || key.len() > MAX_META_KEY_BYTES {
             return Err(MetaError::BadKey);
         }
-        if value.len() > META_VALUE_BYTES_MAX {
+        if value.len() > MAX_META_VALUE_BYTES {
             return Err(MetaError::ValueTooLarge(value.len()));
         }
         let chitchat = self.chitchat.chitchat();
         let mut chitchat = chitchat.lock().await;
         let state = chitchat.self_node_state();
-        if !state.contains_key(key) && state.num_key_values() >= META_KEYS_MAX {
+        if !state.contains_key(key) && state.num_key_values() >= MAX_META_KEYS {
             return Err(MetaError::TooManyKeys);
         }
         if state.get(key) != Some(value) {

@@ -45,7 +45,7 @@ use crate::metrics::MeshMetrics;
 pub const RELAY_TIMEOUT: Duration = Duration::from_millis(250);
 /// Peers whose key id this node remembers, to answer each in the key it speaks during a
 /// rotation. Cleared when full; the cost is a few replies sealed with the current key.
-pub const PEER_KEYS_MAX: usize = 4_096;
+pub const MAX_PEER_KEYS: usize = 4_096;
 
 /// What the transport shares with the [`Mesh`](crate::Mesh) that owns it.
 #[derive(Debug)]
@@ -318,7 +318,7 @@ impl SealedSocket {
                 return None;
             }
         };
-        if self.peer_keys.len() >= PEER_KEYS_MAX && !self.peer_keys.contains_key(&peer) {
+        if self.peer_keys.len() >= MAX_PEER_KEYS && !self.peer_keys.contains_key(&peer) {
             self.peer_keys.clear();
         }
         self.peer_keys.insert(peer, opened.key_id);

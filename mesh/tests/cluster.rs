@@ -253,7 +253,7 @@ async fn one_flooding_key_holder_cannot_blind_a_node() {
         .await
         .expect("bind");
     let ring = Keyring::new(cluster.key.clone());
-    let flood = warren_mesh::keyring::REPLAY_CACHE_ENTRIES_MAX + 4_096;
+    let flood = warren_mesh::keyring::MAX_REPLAY_CACHE_ENTRIES + 4_096;
     for i in 0..flood {
         let sealed = ring.seal(b"flood", unix_now_ms() + 9_000);
         attacker.send_to(&sealed, target.addr).await.expect("send");

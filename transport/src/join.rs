@@ -32,7 +32,7 @@ use crate::token::{JoinToken, TokenBook, TokenError};
 use warren_api::clock::{unix_now, unix_now_ms};
 
 /// Largest join request or response frame.
-pub const JOIN_FRAME_MAX_BYTES: usize = 64 * 1024;
+pub const MAX_JOIN_FRAME_BYTES: usize = 64 * 1024;
 /// Version of the join messages. 2: the grant carries the node secret key; a version-1 joiner
 /// could not decode it, so it is refused with a message naming both versions.
 pub const JOIN_VERSION: u16 = 2;
@@ -664,7 +664,7 @@ mod tests {
             .await
             .unwrap();
         let (mut send, _recv) = conn.open_stream().await.unwrap();
-        send.send_raw(&((JOIN_FRAME_MAX_BYTES as u32) + 1).to_be_bytes())
+        send.send_raw(&((MAX_JOIN_FRAME_BYTES as u32) + 1).to_be_bytes())
             .await
             .unwrap();
         let err = accept.await.unwrap();
@@ -672,7 +672,7 @@ mod tests {
             matches!(
                 err,
                 FrameError::TooLarge {
-                    max: JOIN_FRAME_MAX_BYTES,
+                    max: MAX_JOIN_FRAME_BYTES,
                     ..
                 }
             ),

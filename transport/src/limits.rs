@@ -202,7 +202,7 @@ impl AcceptBackoff {
 
 /// Most sources whose refusals a [`RefusalLimiter`] tracks one by one; past that, new sources
 /// share one budget (so a flood from many addresses cannot grow the table).
-pub const REFUSAL_SOURCES_MAX: usize = 4096;
+pub const MAX_REFUSAL_SOURCES: usize = 4096;
 
 /// The key new sources share once the table is full.
 const OVERFLOW_KEY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -234,7 +234,7 @@ impl RefusalLimiter {
 
     fn key(&self, source: IpAddr) -> IpAddr {
         let key = source_key(source);
-        if self.sources.contains_key(&key) || self.sources.len() < REFUSAL_SOURCES_MAX {
+        if self.sources.contains_key(&key) || self.sources.len() < MAX_REFUSAL_SOURCES {
             key
         } else {
             OVERFLOW_KEY
@@ -260,7 +260,7 @@ impl RefusalLimiter {
 
     /// Counts one refusal of `source` at `now`.
     pub fn refused(&mut self, source: IpAddr, now: Instant) {
-        if self.sources.len() >= REFUSAL_SOURCES_MAX {
+        if self.sources.len() >= MAX_REFUSAL_SOURCES {
             let window = self.window;
             self.sources
                 .retain(|_, w| now.saturating_duration_since(w.started) < window);
@@ -382,13 +382,13 @@ mod tests {
     fn a_flood_of_sources_shares_one_budget_once_the_table_is_full() {
         let start = Instant::now();
         let mut limiter = RefusalLimiter::new(1, Duration::from_secs(60));
-        for n in 0..REFUSAL_SOURCES_MAX as u32 {
+        for n in 0..MAX_REFUSAL_SOURCES as u32 {
             limiter.refused(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)), start);
         }
-        assert_eq!(limiter.sources.len(), REFUSAL_SOURCES_MAX);
+        assert_eq!(limiter.sources.len(), MAX_REFUSAL_SOURCES);
         let newcomer = ip("198.51.100.1");
         limiter.refused(newcomer, start);
-        assert!(limiter.sources.len() <= REFUSAL_SOURCES_MAX + 1);
+        assert!(limiter.sources.len() <= MAX_REFUSAL_SOURCES + 1);
         assert!(limiter.limited(ip("198.51.100.2"), start).is_some());
     }
 }

@@ -28,7 +28,7 @@ const _: () = assert!(SECRET_LEN * 8 >= 128);
 const B32: data_encoding::Encoding = data_encoding::BASE32_DNSSEC;
 
 /// Longest token string accepted before parsing; anything longer is refused unread.
-pub const TOKEN_MAX_LEN: usize = 256;
+pub const MAX_TOKEN_LEN: usize = 256;
 
 /// The public half of a token: names the server-side record.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ impl FromStr for JoinToken {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        if s.len() > TOKEN_MAX_LEN {
+        if s.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed("token is too long"));
         }
         let parts: Vec<&str> = s.split('-').collect();
@@ -543,7 +543,7 @@ mod tests {
             &good.replacen("-a-", "-x-", 1),
             &good[..good.len() - 1],
             &format!("{good}-extra"),
-            &"A".repeat(TOKEN_MAX_LEN + 1),
+            &"A".repeat(MAX_TOKEN_LEN + 1),
         ] {
             assert!(
                 matches!(bad.parse::<JoinToken>(), Err(TokenError::Malformed(_))),

@@ -62,8 +62,8 @@ impl FleetSpec {
             }
         }
         let total = self.control + self.sites.iter().map(|s| s.agents).sum::<usize>();
-        if total > netns::HOSTS_MAX {
-            bail!("{total} nodes: at most {} fit the subnet", netns::HOSTS_MAX);
+        if total > netns::MAX_HOSTS {
+            bail!("{total} nodes: at most {} fit the subnet", netns::MAX_HOSTS);
         }
         Ok(())
     }

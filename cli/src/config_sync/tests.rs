@@ -34,11 +34,11 @@ fn member_headers_parse() {
         let error = parse_members(bad).unwrap_err().to_string();
         assert!(error.contains("is not HOST:PORT"), "{bad}: {error}");
     }
-    let many: Vec<String> = (0..=MEMBERS_HEADER_MAX)
+    let many: Vec<String> = (0..=MAX_MEMBERS_HEADER)
         .map(|i| format!("10.0.{}.{}:7100", i / 200, i % 200))
         .collect();
     assert!(parse_members(&many.join(",")).is_err());
-    assert!(parse_members(&"a".repeat(MEMBERS_HEADER_MAX_BYTES + 1)).is_err());
+    assert!(parse_members(&"a".repeat(MAX_MEMBERS_HEADER_BYTES + 1)).is_err());
 }
 
 /// One case of the merge rule: the list before, what was seen, the list after (`None`:

@@ -142,7 +142,7 @@ fn unreachable_shows_the_last_error_and_when_heard() {
             assert_eq!(since, at(t0, 50));
             assert_eq!(last_failed, at(t0, 4_000));
             assert_eq!(last_heard, Some(t0));
-            assert_eq!(error.len(), ERROR_MAX_CHARS, "bounded");
+            assert_eq!(error.len(), MAX_ERROR_CHARS, "bounded");
         }
         other => panic!("{other:?}"),
     }

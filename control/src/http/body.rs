@@ -11,7 +11,7 @@ use super::ApiError;
 
 /// Up to this much of an oversized body is read and discarded before answering 413, so a
 /// client still sending gets the answer instead of a broken pipe. Larger bodies are cut off.
-const DRAIN_MAX_BYTES: u64 = 4 * MAX_BODY_BYTES as u64;
+const MAX_DRAIN_BYTES: u64 = 4 * MAX_BODY_BYTES as u64;
 
 /// The request body as JSON `T`, refused past `MAX_BODY_BYTES`.
 pub(super) async fn read_json<T: DeserializeOwned>(
@@ -24,7 +24,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = request.into_body();
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        if declared.is_some_and(|len| len <= DRAIN_MAX_BYTES) {
+        if declared.is_some_and(|len| len <= MAX_DRAIN_BYTES) {
             drain(&mut body).await;
         }
         return Err(ApiError::TooLarge);
@@ -49,7 +49,7 @@ async fn drain(body: &mut Incoming) {
     let discard = async {
         while let Some(Ok(frame)) = body.frame().await {
             seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if seen > DRAIN_MAX_BYTES {
+            if seen > MAX_DRAIN_BYTES {
                 return;
             }
         }

@@ -27,7 +27,7 @@ use crate::store;
 use crate::types::Raft;
 
 /// The longest wait between two attempts to renew a certificate that is due.
-const RENEW_RETRY_MAX: Duration = Duration::from_secs(30);
+const MAX_RENEW_RETRY: Duration = Duration::from_secs(30);
 
 impl ControlNode {
     /// Restarts a control node from its data dir.
@@ -223,7 +223,7 @@ impl ControlNode {
             self.endpoint.clone(),
             self.data_dir.clone(),
             addrs,
-            RENEW_RETRY_MAX,
+            MAX_RENEW_RETRY,
             self.cancel.clone(),
         ));
     }

@@ -22,7 +22,7 @@ pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 const RESOLV_CONF_PORT: u16 = 53;
 
 /// Largest DNS message over UDP or TCP (the TCP length prefix is a u16).
-const MESSAGE_MAX_BYTES: usize = u16::MAX as usize;
+const MAX_DNS_MESSAGE_BYTES: usize = u16::MAX as usize;
 
 /// Why a forwarded query got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ async fn exchange_udp(upstream: SocketAddr, query: &[u8], id: u16) -> std::io::R
     let socket = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
     socket.connect(upstream).await?;
     socket.send(query).await?;
-    let mut buffer = vec![0; MESSAGE_MAX_BYTES];
+    let mut buffer = vec![0; MAX_DNS_MESSAGE_BYTES];
     loop {
         let n_read = socket.recv(&mut buffer).await?;
         // Anything that is not our answer (stray or forged datagrams) is ignored; the deadline

@@ -24,11 +24,11 @@ use super::metrics::{DnsMetrics, QueryResult};
 use super::{DnsConfig, DnsError, Upstreams};
 
 /// Responses queued per TCP connection before the connection's reader waits.
-const TCP_RESPONSES_QUEUED_MAX: usize = 32;
+const MAX_TCP_RESPONSES_QUEUED: usize = 32;
 /// EDNS payload size we advertise (the DNS Flag Day 2020 value: no IP fragmentation).
 const EDNS_PAYLOAD_BYTES: u16 = 1232;
 /// Tries at finding a port free for both UDP and TCP when asked for port 0.
-const BIND_PORT_ATTEMPTS_MAX: usize = 16;
+const MAX_BIND_PORT_ATTEMPTS: usize = 16;
 
 /// A running DNS server.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ pub async fn spawn_dns_server(
     };
     let mut server = Server::new(handler);
     server.register_socket(udp);
-    server.register_listener(tcp, config.tcp_idle_timeout, TCP_RESPONSES_QUEUED_MAX);
+    server.register_listener(tcp, config.tcp_idle_timeout, MAX_TCP_RESPONSES_QUEUED);
     let server_shutdown = server.shutdown_token().clone();
     let cancel = cancel.child_token();
     let task_cancel = cancel.clone();
@@ -141,7 +141,7 @@ async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> 
         source,
     };
     let attempts = if listen.port() == 0 {
-        BIND_PORT_ATTEMPTS_MAX
+        MAX_BIND_PORT_ATTEMPTS
     } else {
         1
     };

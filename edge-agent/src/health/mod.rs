@@ -21,7 +21,7 @@
 //!   gets a fresh tracker.
 //!
 //! Must never: block the reconcile loop on a probe; leave a probe's process running past its
-//! timeout; keep more than [`monitor::PROBES_CONCURRENT_MAX`] probes in flight.
+//! timeout; keep more than [`monitor::MAX_PROBES_CONCURRENT`] probes in flight.
 
 pub mod monitor;
 pub mod probe;

@@ -2,8 +2,8 @@
 //!
 //! Each pass the loop hands it the checked, running workloads ([`HealthMonitor::sync`]). The
 //! monitor keeps one probe task per replica run: a task probes every `interval_ms`, each probe
-//! bounded by `timeout_ms` and by a semaphore of [`PROBES_CONCURRENT_MAX`] probes in flight,
-//! and sends the raw outcome over a channel of [`RESULTS_QUEUE_MAX`]. `sync` stops the tasks
+//! bounded by `timeout_ms` and by a semaphore of [`MAX_PROBES_CONCURRENT`] probes in flight,
+//! and sends the raw outcome over a channel of [`MAX_RESULTS_QUEUE`]. `sync` stops the tasks
 //! of replicas that stopped, restarted, changed hash or changed check, starts the new ones,
 //! and folds the outcomes that arrived into each run's [`HealthTracker`] — on the loop's own
 //! task, so the trackers need no lock. Outcomes of a replaced run carry an old generation and
@@ -26,12 +26,12 @@ use super::HealthTracker;
 use super::probe::{self, ExecContext, ProbeOutcome};
 
 /// Probes in flight at once, across all replicas.
-pub const PROBES_CONCURRENT_MAX: usize = 16;
+pub const MAX_PROBES_CONCURRENT: usize = 16;
 /// Probe outcomes waiting for the reconcile loop; a full queue makes probe tasks wait.
-pub const RESULTS_QUEUE_MAX: usize = 256;
+pub const MAX_RESULTS_QUEUE: usize = 256;
 /// `HealthChanged` events waiting for the reconcile loop; beyond it new ones are dropped
 /// (counted and logged).
-pub const EVENTS_MAX: usize = 1024;
+pub const MAX_EVENTS: usize = 1024;
 /// The shortest probe interval the monitor runs. Validated specs never go below 1 s; this
 /// only keeps a zero from an unvalidated spec from spinning.
 const PROBE_INTERVAL_FLOOR: Duration = Duration::from_millis(100);
@@ -87,11 +87,11 @@ pub struct HealthMonitor {
 impl HealthMonitor {
     /// A monitor with no targets; its probe tasks stop when `cancel` is cancelled.
     pub fn new(cancel: CancellationToken) -> Self {
-        let (results_tx, results_rx) = mpsc::channel(RESULTS_QUEUE_MAX);
+        let (results_tx, results_rx) = mpsc::channel(MAX_RESULTS_QUEUE);
         HealthMonitor {
             cancel,
             tasks: TaskTracker::new(),
-            permits: Arc::new(Semaphore::new(PROBES_CONCURRENT_MAX)),
+            permits: Arc::new(Semaphore::new(MAX_PROBES_CONCURRENT)),
             results_tx,
             results_rx,
             watched: BTreeMap::new(),
@@ -195,7 +195,7 @@ impl HealthMonitor {
             let Some(change) = watched.tracker.observe(result.at_ms, &result.outcome) else {
                 continue;
             };
-            if self.events.len() >= EVENTS_MAX {
+            if self.events.len() >= MAX_EVENTS {
                 self.events_dropped += 1;
                 warn!(
                     replica = %result.replica,

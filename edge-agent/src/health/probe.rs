@@ -22,9 +22,9 @@ use crate::runtime::process::DEFAULT_PATH;
 
 /// The most of an exec probe's stdout and of its stderr kept (the rest is read and dropped,
 /// so that a chatty command cannot block on a full pipe).
-pub const EXEC_OUTPUT_MAX_BYTES: usize = 4096;
+pub const MAX_EXEC_OUTPUT_BYTES: usize = 4096;
 /// The longest failure reason kept, in characters.
-pub const REASON_MAX_CHARS: usize = 200;
+pub const MAX_REASON_CHARS: usize = 200;
 /// How long a killed exec probe gets to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -244,7 +244,7 @@ impl Drop for GroupKill {
     }
 }
 
-/// Reads `reader` to its end, keeping the first [`EXEC_OUTPUT_MAX_BYTES`].
+/// Reads `reader` to its end, keeping the first [`MAX_EXEC_OUTPUT_BYTES`].
 async fn read_capped(reader: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
     let mut kept = Vec::new();
     let Some(mut reader) = reader else {
@@ -255,7 +255,7 @@ async fn read_capped(reader: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
         match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => return kept,
             Ok(n) => {
-                let room = EXEC_OUTPUT_MAX_BYTES.saturating_sub(kept.len());
+                let room = MAX_EXEC_OUTPUT_BYTES.saturating_sub(kept.len());
                 kept.extend_from_slice(&buffer[..n.min(room)]);
             }
         }
@@ -271,14 +271,14 @@ fn first_line(output: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `text` on one line of at most [`REASON_MAX_CHARS`] characters.
+/// `text` on one line of at most [`MAX_REASON_CHARS`] characters.
 fn one_line(text: &str) -> String {
     let mut line: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .take(REASON_MAX_CHARS)
+        .take(MAX_REASON_CHARS)
         .collect();
-    if text.chars().count() > REASON_MAX_CHARS {
+    if text.chars().count() > MAX_REASON_CHARS {
         line.push('…');
     }
     line
@@ -295,9 +295,9 @@ mod tests {
     #[test]
     fn reasons_are_one_bounded_line() {
         assert_eq!(one_line("a\nb\tc"), "a b c");
-        let long = "x".repeat(REASON_MAX_CHARS + 5);
+        let long = "x".repeat(MAX_REASON_CHARS + 5);
         let line = one_line(&long);
-        assert_eq!(line.chars().count(), REASON_MAX_CHARS + 1);
+        assert_eq!(line.chars().count(), MAX_REASON_CHARS + 1);
         assert!(line.ends_with('…'));
         assert_eq!(
             first_line(b"\n  \n  first \nsecond"),

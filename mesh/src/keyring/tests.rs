@@ -89,9 +89,9 @@ fn replay_cache_forgets_what_the_window_already_refuses() {
 #[test]
 fn a_full_replay_cache_refuses_rather_than_forgets() {
     let mut ring = ring(1);
-    for i in 0..REPLAY_CACHE_ENTRIES_MAX {
+    for i in 0..MAX_REPLAY_CACHE_ENTRIES {
         let sealed = ring.seal(b"", NOW);
-        let from = sender((i / REPLAY_ENTRIES_PER_SENDER_MAX) as u16);
+        let from = sender((i / MAX_REPLAY_ENTRIES_PER_SENDER) as u16);
         ring.open(&sealed, from, NOW).expect("opens");
     }
     let sealed = ring.seal(b"", NOW);
@@ -99,7 +99,7 @@ fn a_full_replay_cache_refuses_rather_than_forgets() {
         ring.open(&sealed, sender(u16::MAX), NOW),
         Err(DropReason::ReplayCacheFull)
     );
-    assert_eq!(ring.replay_cache_len(), REPLAY_CACHE_ENTRIES_MAX);
+    assert_eq!(ring.replay_cache_len(), MAX_REPLAY_CACHE_ENTRIES);
 }
 
 /// A key holder flooding from one socket fills its own share of the replay cache, not the
@@ -109,7 +109,7 @@ fn a_full_replay_cache_refuses_rather_than_forgets() {
 fn one_sender_cannot_fill_the_replay_cache() {
     let mut ring = ring(1);
     let flooder = sender(666);
-    for _ in 0..REPLAY_ENTRIES_PER_SENDER_MAX {
+    for _ in 0..MAX_REPLAY_ENTRIES_PER_SENDER {
         let sealed = ring.seal(b"", NOW + MAX_FUTURE_SKEW_MS);
         ring.open(&sealed, flooder, NOW).expect("within its quota");
     }

@@ -20,7 +20,7 @@ use super::{
 };
 
 /// Largest admission frame.
-pub(super) const ADMISSION_MAX_BYTES: usize = 4 * 1024;
+pub(super) const MAX_ADMISSION_BYTES: usize = 4 * 1024;
 
 /// The server's word that a connection is admitted.
 #[derive(Debug, Serialize, Deserialize)]
@@ -247,7 +247,7 @@ async fn send_admission(conn: &quinn::Connection, shared: &Shared) -> Result<(),
         .map_err(|e| handshake_error(addr, e))?;
     let mut framed = FramedSend::new(
         send,
-        ADMISSION_MAX_BYTES,
+        MAX_ADMISSION_BYTES,
         shared.config.frame_timeout,
         shared.metrics.clone(),
     );

@@ -89,7 +89,7 @@ impl PeerConnection {
     /// joiner that has no certificate yet.
     fn max_frame_bytes(&self) -> usize {
         match self.alpn {
-            Alpn::Join => crate::join::JOIN_FRAME_MAX_BYTES.min(self.shared.config.max_frame_bytes),
+            Alpn::Join => crate::join::MAX_JOIN_FRAME_BYTES.min(self.shared.config.max_frame_bytes),
             _ => self.shared.config.max_frame_bytes,
         }
     }

@@ -14,7 +14,7 @@ use crate::identity::{CONTROL_SERVER_NAME, parse_identity};
 use crate::metrics::TransportMetrics;
 use crate::tls::{self, TrustList};
 
-use super::admission::{ADMISSION_MAX_BYTES, Admission};
+use super::admission::{MAX_ADMISSION_BYTES, Admission};
 use super::error::{BindError, ConnectAnyError, ConnectError, connect_error};
 use super::{Alpn, Endpoint, PeerConnection, Shared};
 
@@ -105,7 +105,7 @@ async fn dial(
             .await
             .map_err(|e| connect_error(addr, &e))?;
         let mut framed =
-            FramedRecv::new(recv, ADMISSION_MAX_BYTES, timeout, shared.metrics.clone());
+            FramedRecv::new(recv, MAX_ADMISSION_BYTES, timeout, shared.metrics.clone());
         let Admission::Admitted { server } = framed.recv().await.map_err(|e| match e {
             FrameError::Stream(source) => ConnectError::Link {
                 addr,
