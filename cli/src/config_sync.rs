@@ -25,7 +25,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use warren_api::rest::{MEMBERS_HEADER, MAX_MEMBERS_HEADER, MAX_MEMBERS_HEADER_BYTES};
+use warren_api::rest::{MAX_MEMBERS_HEADER, MAX_MEMBERS_HEADER_BYTES, MEMBERS_HEADER};
 
 use crate::client::Target;
 use crate::config::{AdminConfig, MAX_ADMIN_CONF_BYTES, read_bounded};

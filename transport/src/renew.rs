@@ -88,6 +88,10 @@ pub enum RenewError {
     /// Making the key or the CSR, or the answer's certificate, failed.
     #[error("renewal: {0}")]
     Credentials(#[from] CaError),
+    /// The renewed certificate was saved but cannot be presented (rustls refused the key
+    /// or chain); the node keeps presenting the old one and tries again.
+    #[error("the renewed certificate cannot be presented: {0}")]
+    Install(#[source] rustls::Error),
     /// The certificate that came back is not for this node.
     #[error("the renewed certificate names {got}, not this node ({expected})")]
     WrongIdentity {
@@ -164,7 +168,7 @@ pub async fn keep_renewed<F, Fut>(
                     endpoint
                         .credentials()
                         .replace(&renewed)
-                        .map_err(|e| RenewError::Refused(e.to_string()))
+                        .map_err(RenewError::Install)
                         .map(|()| renewed)
                 }),
             Err(error) => Err(error),

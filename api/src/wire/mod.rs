@@ -72,8 +72,7 @@ pub const MAX_EVENT_TEXT_BYTES: usize = 1024;
 /// [`EncodeError::Serialize`] if serde refuses the value (not expected for this crate's
 /// types).
 pub fn encode<T: Serialize + ?Sized>(message: &T) -> Result<Vec<u8>, EncodeError> {
-    let bytes =
-        postcard::to_allocvec(message).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let bytes = postcard::to_allocvec(message).map_err(EncodeError::Serialize)?;
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(EncodeError::TooLarge {
             size: bytes.len(),
@@ -120,7 +119,7 @@ pub enum EncodeError {
     },
     /// Serde refused the value.
     #[error("cannot encode message: {0}")]
-    Serialize(String),
+    Serialize(#[source] postcard::Error),
 }
 
 /// Why bytes could not be decoded into a message. The peer sent garbage, or speaks another

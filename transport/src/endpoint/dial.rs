@@ -14,7 +14,7 @@ use crate::identity::{CONTROL_SERVER_NAME, parse_identity};
 use crate::metrics::TransportMetrics;
 use crate::tls::{self, TrustList};
 
-use super::admission::{MAX_ADMISSION_BYTES, Admission};
+use super::admission::{Admission, MAX_ADMISSION_BYTES};
 use super::error::{BindError, ConnectAnyError, ConnectError, connect_error};
 use super::{Alpn, Endpoint, PeerConnection, Shared};
 
