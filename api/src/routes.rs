@@ -323,19 +323,17 @@ fn split_label(label: &'static str) -> (Method, &'static str) {
 
 /// `Some(parameter)` when `segments` fit `template`; templates have at most one parameter.
 fn match_template<'a>(template: &str, segments: &[&'a str]) -> Option<Option<&'a str>> {
-    let parts: Vec<&str> = template.split('/').skip(1).collect();
-    if parts.len() != segments.len() {
-        return None;
-    }
+    let mut parts = template.split('/').skip(1);
+    let mut segments = segments.iter();
     let mut param = None;
-    for (part, segment) in parts.iter().zip(segments) {
-        if part.starts_with('{') {
-            param = Some(*segment);
-        } else if part != segment {
-            return None;
+    loop {
+        match (parts.next(), segments.next()) {
+            (None, None) => return Some(param),
+            (Some(part), Some(segment)) if part.starts_with('{') => param = Some(*segment),
+            (Some(part), Some(segment)) if part == *segment => {}
+            _ => return None,
         }
     }
-    Some(param)
 }
 
 fn check_param<'v>(name: &str, value: &'v str) -> Result<&'v str, PathError> {
