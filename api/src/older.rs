@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Revision, ServiceName};
+use crate::ids::{NodeId, Revision, ServiceName};
 use crate::node::Node;
 use crate::placement::Placement;
 use crate::replica::Replica;
@@ -100,13 +100,13 @@ pub struct NodeViewV1 {
     pub secrets: BTreeMap<String, SealedBlob>,
     pub catalogue: Vec<ServiceEndpoint>,
     pub control_addrs: Vec<String>,
-    pub peers: Vec<PeerInfo>,
+    pub peers: Vec<PeerInfoV1>,
 }
 
 impl From<NodeViewV1> for NodeView {
-    /// Specs upgraded as [`ServiceSpec::from`] says; everything else as it was.
+    /// Specs upgraded as [`ServiceSpec::from`] says; everything else as [`NodeViewV2`] reads.
     fn from(v1: NodeViewV1) -> Self {
-        NodeView {
+        NodeViewV2 {
             revision: v1.revision,
             cluster_id: v1.cluster_id,
             node: v1.node,
@@ -120,6 +120,73 @@ impl From<NodeViewV1> for NodeView {
             catalogue: v1.catalogue,
             control_addrs: v1.control_addrs,
             peers: v1.peers,
+        }
+        .into()
+    }
+}
+
+/// [`PeerInfo`] before the WireGuard overlay: no next key, no WireGuard endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs, reason = "the fields of PeerInfo, in their older order")]
+pub struct PeerInfoV1 {
+    pub node_id: NodeId,
+    pub name: String,
+    pub site: String,
+    pub overlay_ip: Option<String>,
+    pub wg_public_key: Option<[u8; 32]>,
+    pub endpoints: Vec<String>,
+}
+
+impl From<PeerInfoV1> for PeerInfo {
+    /// No control node ever filled a key or an overlay address in this layout; they read as
+    /// not registered yet.
+    fn from(v1: PeerInfoV1) -> Self {
+        PeerInfo {
+            node_id: v1.node_id,
+            name: v1.name,
+            site: v1.site,
+            overlay_ip: v1.overlay_ip,
+            wg_public_key: v1.wg_public_key,
+            endpoints: v1.endpoints,
+            wg_next_public_key: None,
+            wg_endpoint: None,
+        }
+    }
+}
+
+/// [`NodeView`] as an agent cached it in cache format 2: spec format 2, [`PeerInfoV1`] peers,
+/// no mesh settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields of NodeView, in their cache-format-2 order"
+)]
+pub struct NodeViewV2 {
+    pub revision: Revision,
+    pub cluster_id: [u8; 32],
+    pub node: Node,
+    pub services: BTreeMap<ServiceName, Service>,
+    pub replicas: Vec<Replica>,
+    pub secrets: BTreeMap<String, SealedBlob>,
+    pub catalogue: Vec<ServiceEndpoint>,
+    pub control_addrs: Vec<String>,
+    pub peers: Vec<PeerInfoV1>,
+}
+
+impl From<NodeViewV2> for NodeView {
+    /// Peers upgraded as [`PeerInfo::from`] says; no mesh settings until control sends them.
+    fn from(v2: NodeViewV2) -> Self {
+        NodeView {
+            revision: v2.revision,
+            cluster_id: v2.cluster_id,
+            node: v2.node,
+            services: v2.services,
+            replicas: v2.replicas,
+            secrets: v2.secrets,
+            catalogue: v2.catalogue,
+            control_addrs: v2.control_addrs,
+            peers: v2.peers.into_iter().map(PeerInfo::from).collect(),
+            mesh: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! names, constraint keys) get values that satisfy it, since nothing else can be built.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -12,6 +13,7 @@ use proptest::prelude::*;
 use crate::event::{Event, EventKind};
 use crate::ids::{NodeId, ReplicaId, ReplicaKey, Revision, ServiceName};
 use crate::node::{Availability, Node, NodeAddresses, NodeRole, NodeState};
+use crate::overlay::{OverlayRange, OwnMesh};
 use crate::placement::{Constraint, ConstraintKey, ConstraintOp, Placement};
 use crate::replica::{DesiredState, HealthState, Replica, ReplicaStatus, TaskState};
 use crate::secret::{SealedBlob, Secret};
@@ -22,8 +24,9 @@ use crate::service::{
 };
 use crate::volume::{Volume, VolumeDriver};
 use crate::wire::{
-    AgentHello, AgentToControl, ControlToAgent, Listener, ListenerStatus, NodeView, PeerInfo,
-    Refusal, RefusalReason, ServiceEndpoint, StatusReport, ViewChange, ViewDelta,
+    AgentHello, AgentToControl, ControlToAgent, Listener, ListenerStatus, MeshDeclaration,
+    NodeView, PeerInfo, Refusal, RefusalReason, ServiceEndpoint, StatusReport, ViewChange,
+    ViewDelta,
 };
 
 pub fn text() -> BoxedStrategy<String> {
@@ -520,17 +523,66 @@ pub fn peer_info() -> BoxedStrategy<PeerInfo> {
         option::of(text()),
         option::of(any::<[u8; 32]>()),
         strings(),
+        option::of(any::<[u8; 32]>()),
+        option::of(text()),
     )
         .prop_map(
-            |(node_id, name, site, overlay_ip, wg_public_key, endpoints)| PeerInfo {
+            |(
                 node_id,
                 name,
                 site,
                 overlay_ip,
                 wg_public_key,
                 endpoints,
+                wg_next_public_key,
+                wg_endpoint,
+            )| PeerInfo {
+                node_id,
+                name,
+                site,
+                overlay_ip,
+                wg_public_key,
+                endpoints,
+                wg_next_public_key,
+                wg_endpoint,
             },
         )
+        .boxed()
+}
+
+pub fn own_mesh() -> BoxedStrategy<OwnMesh> {
+    (
+        8u8..24,
+        any::<u32>(),
+        any::<u32>(),
+        option::of(any::<[u8; 32]>()),
+        option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(
+            |(prefix, network, address, public_key, next_public_key)| OwnMesh {
+                range: OverlayRange {
+                    network: Ipv4Addr::from(network & (u32::MAX << (32 - u32::from(prefix)))),
+                    prefix,
+                },
+                address: Ipv4Addr::from(address),
+                public_key,
+                next_public_key,
+            },
+        )
+        .boxed()
+}
+
+pub fn mesh_declaration() -> BoxedStrategy<MeshDeclaration> {
+    (
+        any::<[u8; 32]>(),
+        option::of(any::<[u8; 32]>()),
+        option::of(text()),
+    )
+        .prop_map(|(public_key, next_public_key, endpoint)| MeshDeclaration {
+            public_key,
+            next_public_key,
+            endpoint,
+        })
         .boxed()
 }
 
@@ -567,6 +619,7 @@ pub fn view_change_for(node_id: NodeId) -> BoxedStrategy<ViewChange> {
         vec(peer_info(), 0..2).prop_map(ViewChange::SetPeers),
         strings().prop_map(ViewChange::SetControlAddrs),
         node_with_id(Just(node_id).boxed()).prop_map(ViewChange::SetNode),
+        option::of(own_mesh()).prop_map(ViewChange::SetMesh),
     ]
     .boxed()
 }
@@ -593,10 +646,20 @@ pub fn node_view_for(node_id: NodeId) -> BoxedStrategy<NodeView> {
         btree_map(pooled_secret_name(), sealed_blob(), 0..2),
         vec(service_endpoint(), 0..2),
         strings(),
-        vec(peer_info(), 0..2),
+        (vec(peer_info(), 0..2), option::of(own_mesh())),
     )
         .prop_map(
-            |(revision, cluster_id, node, services, replicas, secrets, catalogue, addrs, peers)| {
+            |(
+                revision,
+                cluster_id,
+                node,
+                services,
+                replicas,
+                secrets,
+                catalogue,
+                addrs,
+                (peers, mesh),
+            )| {
                 let services = services
                     .into_iter()
                     .map(|s| (s.spec.name.clone(), s))
@@ -613,6 +676,7 @@ pub fn node_view_for(node_id: NodeId) -> BoxedStrategy<NodeView> {
                     catalogue,
                     control_addrs: addrs,
                     peers,
+                    mesh,
                 }
             },
         )
@@ -673,6 +737,7 @@ pub fn agent_to_control() -> BoxedStrategy<AgentToControl> {
         revision().prop_map(|revision| AgentToControl::Ack { revision }),
         status_report().prop_map(AgentToControl::Status),
         proptest::collection::vec(listener_status(), 0..4).prop_map(AgentToControl::Listeners),
+        mesh_declaration().prop_map(AgentToControl::Mesh),
     ]
     .boxed()
 }
@@ -712,6 +777,7 @@ pub fn control_to_agent() -> BoxedStrategy<ControlToAgent> {
         view_delta().prop_map(ControlToAgent::Delta),
         refusal().prop_map(ControlToAgent::Refused),
         revision().prop_map(|revision| ControlToAgent::Heartbeat { revision }),
+        Just(ControlToAgent::RotateMeshKey),
     ]
     .boxed()
 }

@@ -47,6 +47,11 @@ pub enum ControlCommand {
     Init {
         #[command(flatten)]
         node: NodeFlags,
+        /// The WireGuard overlay's address range: every node gets a /24 of it (its own
+        /// address is the first host), so a /16 holds 255 nodes and a /12 4095. Fixed once
+        /// the first node joins; pick one that no site's own network uses.
+        #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16")]
+        overlay_range: warren_api::OverlayRange,
     },
     /// Join an existing cluster as another control node (a voter), then serve.
     #[command(after_help = "Example:\n  \
@@ -167,7 +172,10 @@ pub fn run(args: ControlArgs) -> Result<()> {
         // instead of killing the process half-way through writing its data dir.
         let mut signals = Signals::new()?;
         let node = match args.command {
-            ControlCommand::Init { node } => init(node).await?,
+            ControlCommand::Init {
+                node,
+                overlay_range,
+            } => init(node, overlay_range).await?,
             ControlCommand::Join { node, join, token } => {
                 if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
                     tracing::warn!("the join token is still on this command line (moving it to a pipe failed), which other local users can read (ps) while the node runs; prefer --token-file or $WARREN_TOKEN");
@@ -188,8 +196,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     })
 }
 
-async fn init(flags: NodeFlags) -> Result<ControlNode> {
-    let new = new_node(&flags)?;
+async fn init(flags: NodeFlags, overlay_range: warren_api::OverlayRange) -> Result<ControlNode> {
+    let mut new = new_node(&flags)?;
+    new.overlay_range = overlay_range;
     let data_dir = new.data_dir.clone();
     let name = new.name.clone();
     let (node, output) = ControlNode::init(new, ControlConfig::default())
@@ -348,6 +357,7 @@ fn new_node(flags: &NodeFlags) -> Result<NewNode> {
         metrics_listen: parse_metrics(&flags.metrics)?,
         gossip_listen: parse_gossip(&flags.gossip)?,
         advertise_gossip: flags.advertise_gossip,
+        overlay_range: warren_api::OverlayRange::default(),
     })
 }
 
@@ -508,7 +518,7 @@ mod tests {
         }
         use clap::Parser;
         let parsed = Harness::try_parse_from(["control", "init"]).unwrap();
-        let ControlCommand::Init { node } = parsed.command else {
+        let ControlCommand::Init { node, .. } = parsed.command else {
             panic!("init parses as init");
         };
         let metrics = parse_metrics(&node.metrics).unwrap().unwrap();

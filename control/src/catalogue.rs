@@ -1,11 +1,12 @@
 //! What every node's view carries about the rest of the cluster: the service catalogue (each
 //! running replica's address and ports, for the agents' DNS) and the mesh peers (every other
-//! node's gossip endpoint, for the mesh's seeds and, later, WireGuard). Pure functions of the
-//! state, so every control node builds the same view.
+//! node's gossip endpoint, for the mesh's seeds, and its WireGuard keys, overlay address and
+//! endpoint). Pure functions of the state, so every control node builds the same view.
 //!
-//! A node's address is the IP of the gossip endpoint it advertised (its overlay address once
-//! WireGuard assigns one). A node that advertised none is left out of both lists: it cannot be
-//! reached by gossip, and its replicas have no address to give.
+//! A replica's catalogue address is the IP of its node's gossip endpoint: every agent can reach
+//! it, mesh or not. An agent whose WireGuard mesh is up answers DNS with the node's overlay
+//! address instead (from the peers list). A node that advertised no gossip endpoint is left
+//! out of the catalogue, and out of the peers unless it holds a WireGuard key.
 
 use std::net::SocketAddr;
 
@@ -48,21 +49,29 @@ pub fn catalogue(state: &ClusterState) -> Vec<ServiceEndpoint> {
         .collect()
 }
 
-/// Every node but `except` (and removed ones) that advertised a gossip endpoint, by id.
+/// Every node but `except` (and removed ones) that advertised a gossip endpoint or holds a
+/// WireGuard key, by id, with its overlay address, keys and WireGuard endpoint from the
+/// registry: the one authority on who may join the overlay.
 pub fn peers(state: &ClusterState, except: NodeId) -> Vec<PeerInfo> {
     state
         .nodes
         .values()
         .filter(|n| n.id != except && n.state != NodeState::Removed)
         .filter_map(|node| {
-            let gossip = node.addresses.gossip.clone()?;
+            let mesh = state.mesh.get(&node.id);
+            let wg_public_key = mesh.and_then(|m| m.public_key);
+            if node.addresses.gossip.is_none() && wg_public_key.is_none() {
+                return None;
+            }
             Some(PeerInfo {
                 node_id: node.id,
                 name: node.name.clone(),
                 site: node.site.clone(),
-                overlay_ip: None,
-                wg_public_key: None,
-                endpoints: vec![gossip],
+                overlay_ip: state.overlay_address(node.id).map(|ip| ip.to_string()),
+                wg_public_key,
+                endpoints: node.addresses.gossip.iter().cloned().collect(),
+                wg_next_public_key: mesh.and_then(|m| m.next_public_key),
+                wg_endpoint: mesh.and_then(|m| m.endpoint.clone()),
             })
         })
         .collect()

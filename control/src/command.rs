@@ -173,6 +173,21 @@ pub enum Op<S = ServiceSpec> {
         /// The new certificate.
         cert: crate::state::AdminCert,
     },
+    /// Sets the WireGuard overlay range, before any node holds a slot in it (`control init
+    /// --overlay-range`).
+    SetOverlayRange(warren_api::OverlayRange),
+    /// Records what a node declared of its WireGuard identity: its keys (a second one while it
+    /// rolls) and its endpoint. A node without a slot gets one.
+    SetMesh {
+        /// The node.
+        node: NodeId,
+        /// The key it answers with now.
+        public_key: [u8; 32],
+        /// The key it is rolling to, if a rotation is under way.
+        next_public_key: Option<[u8; 32]>,
+        /// Its WireGuard UDP endpoint.
+        endpoint: Option<String>,
+    },
 }
 
 impl<S> Op<S> {
@@ -241,6 +256,18 @@ impl<S> Op<S> {
             },
             Op::RenewCert { node, serial } => Op::RenewCert { node, serial },
             Op::RenewAdmin { previous, cert } => Op::RenewAdmin { previous, cert },
+            Op::SetOverlayRange(range) => Op::SetOverlayRange(range),
+            Op::SetMesh {
+                node,
+                public_key,
+                next_public_key,
+                endpoint,
+            } => Op::SetMesh {
+                node,
+                public_key,
+                next_public_key,
+                endpoint,
+            },
         }
     }
 
@@ -277,6 +304,8 @@ impl<S> Op<S> {
             Op::RotateClusterKey { .. } => "rotate_cluster_key",
             Op::RenewCert { .. } => "renew_cert",
             Op::RenewAdmin { .. } => "renew_admin",
+            Op::SetOverlayRange(_) => "set_overlay_range",
+            Op::SetMesh { .. } => "set_mesh",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

@@ -11,7 +11,8 @@
 //! | 1 | [`ClusterStateV1`]: before unfinished joins were recorded | spec format 1 |
 //! | 2 | [`ClusterStateV2`]: before admin certificates were recorded | spec format 1 |
 //! | 3 | [`ClusterStateV3`]: before `user`, `group` and `cap_add` | spec format 1 |
-//! | 4 | [`ClusterState`] | spec format 2 |
+//! | 4 | [`ClusterStateV4`]: before the WireGuard overlay (`overlay`, `mesh`) | spec format 2 |
+//! | 5 | [`ClusterState`] | spec format 2 |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -19,7 +20,9 @@ use std::io::Cursor;
 use openraft::{Entry, EntryPayload};
 use serde::Deserialize;
 use warren_api::older::ServiceSpecV1;
-use warren_api::{Node, NodeId, Replica, ReplicaId, Revision, ServiceName, ServiceSpec, Volume};
+use warren_api::{
+    Node, NodeId, OverlayRange, Replica, ReplicaId, Revision, ServiceName, ServiceSpec, Volume,
+};
 use warren_transport::TokenBook;
 
 use crate::command::{Command, Outcome};
@@ -198,7 +201,56 @@ impl From<ClusterStateV3> for ClusterState {
             admins: v3.admins,
             key_gen: 1,
             previous_cert_serials: BTreeMap::new(),
+            overlay: OverlayRange::default(),
+            mesh: BTreeMap::new(),
             revision: v3.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+            certs_epoch: crate::state::Epoch::default(),
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 4 wrote it: before the WireGuard overlay.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV4 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    admins: BTreeMap<String, AdminCert>,
+    key_gen: u32,
+    previous_cert_serials: BTreeMap<NodeId, String>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV4> for ClusterState {
+    /// The default overlay range, and no node in the mesh yet: each node gets its slot when it
+    /// first declares a WireGuard key.
+    fn from(v4: ClusterStateV4) -> Self {
+        ClusterState {
+            cluster: v4.cluster,
+            nodes: v4.nodes,
+            revoked_serials: v4.revoked_serials,
+            services: v4.services,
+            replicas: v4.replicas,
+            unschedulable: v4.unschedulable,
+            secrets: v4.secrets,
+            volumes: v4.volumes,
+            tokens: v4.tokens,
+            pending_joins: v4.pending_joins,
+            admins: v4.admins,
+            key_gen: v4.key_gen,
+            previous_cert_serials: v4.previous_cert_serials,
+            overlay: OverlayRange::default(),
+            mesh: BTreeMap::new(),
+            revision: v4.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
             certs_epoch: crate::state::Epoch::default(),

@@ -14,15 +14,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use warren_api::clock::unix_now_ms;
 use warren_api::wire::{
-    AgentHello, AgentToControl, ControlToAgent, MAX_AGENT_MESSAGE_BYTES, Refusal, RefusalReason,
-    WIRE_VERSION,
+    AgentHello, AgentToControl, ControlToAgent, MAX_AGENT_MESSAGE_BYTES, MAX_LISTENER_TEXT,
+    MeshDeclaration, Refusal, RefusalReason, WIRE_VERSION,
 };
 use warren_api::{NodeId, NodeState, NodeView, Revision};
 use warren_transport::{FrameError, PeerConnection};
 
+use crate::command::Op;
 use crate::control::Control;
 use crate::keys::ClusterKeys;
 use crate::state::ClusterState;
@@ -71,6 +72,7 @@ pub fn node_view(
         catalogue: crate::catalogue::catalogue(state),
         control_addrs: control_addrs.to_vec(),
         peers: crate::catalogue::peers(state, node),
+        mesh: state.own_mesh(node),
     })
 }
 
@@ -246,7 +248,7 @@ async fn send_last(
 
 /// Records what an agent sent on its stream.
 fn handle_message(
-    control: &Control,
+    control: &Arc<Control>,
     hello: &AgentHello,
     message: AgentToControl,
 ) -> Result<(), PushError> {
@@ -277,9 +279,62 @@ fn handle_message(
                 .agents()
                 .listeners(hello.node_id, listeners, unix_now_ms());
         }
+        AgentToControl::Mesh(declaration) => record_mesh(control, hello.node_id, declaration),
         AgentToControl::Hello(_) => return Err(PushError::NoHello),
     }
     Ok(())
+}
+
+/// Records an agent's WireGuard declaration in the registry, unless it holds it already. The
+/// write runs on its own task: the stream keeps flowing meanwhile, and an agent that declares
+/// again (it does at every session start) finds it done. An endpoint that is not a `host:port`
+/// socket address is dropped (counted), the keys are still recorded.
+fn record_mesh(control: &Arc<Control>, node: NodeId, declaration: MeshDeclaration) {
+    let endpoint = declaration.endpoint.filter(|e| {
+        let valid = e.len() <= MAX_LISTENER_TEXT && e.parse::<std::net::SocketAddr>().is_ok();
+        if !valid {
+            control
+                .metrics()
+                .agent_input_limited_total
+                .with_label_values(&["mesh_endpoint"])
+                .inc();
+        }
+        valid
+    });
+    let control = Arc::clone(control);
+    tokio::spawn(async move {
+        let wanted = |entry: &warren_api::MeshEntry| {
+            entry.public_key == Some(declaration.public_key)
+                && entry.next_public_key == declaration.next_public_key
+                && entry.endpoint == endpoint
+        };
+        if control
+            .read_stale()
+            .await
+            .mesh
+            .get(&node)
+            .is_some_and(wanted)
+        {
+            return;
+        }
+        let op = Op::SetMesh {
+            node,
+            public_key: declaration.public_key,
+            next_public_key: declaration.next_public_key,
+            endpoint,
+        };
+        match control.propose(op).await {
+            Ok(outcome) => match outcome.result {
+                Ok(_) => info!(node_id = %node, "recorded the node's WireGuard key and endpoint"),
+                Err(rejection) => {
+                    warn!(node_id = %node, reason = %rejection.message, "cannot record the node's WireGuard key")
+                }
+            },
+            Err(error) => {
+                warn!(node_id = %node, error = %error, "cannot record the node's WireGuard key; the agent declares it again when it reconnects")
+            }
+        }
+    });
 }
 
 /// Counts and reports a frame from an agent that was refused for its size: the stream ends,

@@ -9,14 +9,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use warren_api::{
-    Availability, DesiredState, Node, NodeId, NodeState, Replica, ReplicaId, Revision, SealedBlob,
-    Secret, Service, ServiceMode, ServiceName, ServiceSpec, Volume,
+    Availability, DesiredState, MeshEntry, Node, NodeId, NodeState, OverlayRange, Replica,
+    ReplicaId, Revision, SealedBlob, Secret, Service, ServiceMode, ServiceName, ServiceSpec,
+    Volume,
 };
 use warren_transport::token::TokenId;
 use warren_transport::{CertRole, KnownCertificates, TokenBook};
 
 use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::scheduler;
+
+mod mesh;
 
 /// The cluster's identity, recorded by the first entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +112,11 @@ pub struct ClusterState {
     /// The certificate serial each node had before its last renewal: accepted (like
     /// `Node::cert_serial`) until it expires, revoked with the node.
     pub previous_cert_serials: BTreeMap<NodeId, String>,
+    /// The WireGuard overlay range nodes' slots are allocated from.
+    pub overlay: OverlayRange,
+    /// Each node's place in the WireGuard mesh, by node id. A removed node's entry goes, and
+    /// its slot with it.
+    pub mesh: BTreeMap<NodeId, MeshEntry>,
     /// Index of the last applied entry.
     pub revision: Revision,
     /// QUIC addresses of the control members (learners included) in the membership applied
@@ -289,6 +297,13 @@ impl ClusterState {
             } => self.rotate_cluster_key(*generation, ca_key_sealed, secrets),
             Op::RenewCert { node, serial } => self.renew_cert(*node, serial),
             Op::RenewAdmin { previous, cert } => self.renew_admin(previous, cert),
+            Op::SetOverlayRange(range) => self.set_overlay_range(*range),
+            Op::SetMesh {
+                node,
+                public_key,
+                next_public_key,
+                endpoint,
+            } => self.set_mesh(*node, *public_key, *next_public_key, endpoint.as_deref()),
             Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
             Op::NodeReachable { node } => self.set_reachable(*node, true, now),
             Op::PutService(spec) => self.put_service(spec, now),
@@ -483,6 +498,7 @@ impl ClusterState {
         if let Some(serial) = self.nodes.remove(&id).and_then(|node| node.cert_serial) {
             self.revoked_serials.insert(serial);
         }
+        self.mesh.remove(&id);
         self.tokens.give_back(pending.token_id);
         Ok(Effect::Done)
     }
@@ -520,6 +536,7 @@ impl ClusterState {
         node.state = NodeState::Ready;
         let id = node.id;
         self.nodes.insert(id, node);
+        self.give_overlay_slot(id);
         self.reschedule(now);
         Ok(Effect::Node(id))
     }
@@ -549,6 +566,7 @@ impl ClusterState {
         let node = self.node_mut(id)?;
         node.state = NodeState::Removed;
         let current = node.cert_serial.clone();
+        self.mesh.remove(&id);
         let previous = self.previous_cert_serials.remove(&id);
         self.revoked_serials
             .extend(current.into_iter().chain(previous));

@@ -45,7 +45,9 @@ use tokio::sync::{Mutex, RwLock, watch};
 use warren_api::{NodeId, Revision};
 
 use crate::command::Outcome;
-use crate::older::{ClusterStateV1, ClusterStateV2, ClusterStateV3, EntryV1, upgrade_entry};
+use crate::older::{
+    ClusterStateV1, ClusterStateV2, ClusterStateV3, ClusterStateV4, EntryV1, upgrade_entry,
+};
 use crate::state::ClusterState;
 use crate::types::{LogId, RaftMember, StorageError, TypeConfig};
 
@@ -82,7 +84,8 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// 4: specs in spec format 2 (`user`, `group`, `cap_add`); the cluster key generation in force
 ///    (`ClusterState::key_gen`) and the serials renewed certificates replaced
 ///    (`ClusterState::previous_cert_serials`).
-const SNAPSHOT_FORMAT: u32 = 4;
+/// 5: the WireGuard overlay (`ClusterState::overlay`, `ClusterState::mesh`).
+const SNAPSHOT_FORMAT: u32 = 5;
 
 type MembershipRecord = StoredMembership<u64, RaftMember>;
 type Meta = SnapshotMeta<u64, RaftMember>;
@@ -711,7 +714,7 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
 }
 
 /// A snapshot's data in an older format, whose state is `S` ([`ClusterStateV1`],
-/// [`ClusterStateV2`], [`ClusterStateV3`]).
+/// [`ClusterStateV2`], [`ClusterStateV3`], [`ClusterStateV4`]).
 #[derive(Deserialize)]
 struct OlderPayload<S> {
     #[allow(dead_code, reason = "read to keep postcard's positions")]
@@ -746,6 +749,9 @@ fn decode_any_format(data: &[u8]) -> Result<SnapshotPayload, String> {
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         3 => postcard::from_bytes::<OlderPayload<ClusterStateV3>>(data)
+            .map(OlderPayload::upgrade)
+            .map_err(corrupt),
+        4 => postcard::from_bytes::<OlderPayload<ClusterStateV4>>(data)
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         other => Err(format!(

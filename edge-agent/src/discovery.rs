@@ -707,7 +707,10 @@ mod tests {
                 overlay_ip: None,
                 wg_public_key: None,
                 endpoints: vec!["10.0.0.2:7946".into()],
+                wg_next_public_key: None,
+                wg_endpoint: None,
             }],
+            mesh: None,
         };
         let members = [
             member(2, GossipLiveness::Alive),

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use warren_api::wire::MeshDeclaration;
 use warren_api::{NodeId, NodeView};
 use warren_mesh::Member;
 use warren_transport::{Alpn, Backoff, ConnectAnyError, Endpoint, PeerConnection};
@@ -146,6 +147,11 @@ pub struct Link {
     pub failures_total: IntCounterVec,
     /// This agent's gossip view (empty without a mesh): a witness for the failure detector.
     pub gossip: watch::Receiver<Vec<Member>>,
+    /// What this agent declares of its WireGuard identity (`None` while the overlay is off):
+    /// sent at the start of every session and whenever it changes.
+    pub mesh: watch::Receiver<Option<MeshDeclaration>>,
+    /// Woken when control asks this node to roll its WireGuard key.
+    pub rotate_mesh_key: Arc<Notify>,
 }
 
 /// The cached view's control addresses, then the seeds it lacks.

@@ -28,7 +28,8 @@ use crate::replica::ReplicaStatus;
 
 /// Version of the messages in this module. Bumped on any incompatible change.
 /// 3: specs with `user`, `group` and `cap_add` (an older agent would run them as root).
-pub const WIRE_VERSION: u16 = 3;
+/// 4: views carry the WireGuard overlay (`NodeView::mesh`, peers' keys and endpoints).
+pub const WIRE_VERSION: u16 = 4;
 
 /// Largest encoded message, in bytes. Both [`encode`] and [`decode`] enforce it; `transport`
 /// enforces it on frame lengths before reading a frame.
@@ -177,6 +178,21 @@ pub enum AgentToControl {
     /// session starts and whenever one changes. Added within wire version 2: a control node
     /// too old to know it drops the stream, so control nodes are upgraded before agents.
     Listeners(Vec<ListenerStatus>),
+    /// The agent's WireGuard identity as it holds it now, sent when a session starts and
+    /// whenever it changes (a key rotation, a new listen port). Control records it in the
+    /// registry; peers learn it from their views, never from gossip.
+    Mesh(MeshDeclaration),
+}
+
+/// What an agent declares of its WireGuard identity ([`AgentToControl::Mesh`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MeshDeclaration {
+    /// The key its interface answers with now.
+    pub public_key: [u8; 32],
+    /// The key it is rolling to, while a rotation is under way: peers must accept both.
+    pub next_public_key: Option<[u8; 32]>,
+    /// The UDP endpoint (`host:port`) its interface listens on.
+    pub endpoint: Option<String>,
 }
 
 /// Most entries an agent sends in [`AgentToControl::Listeners`]; control ignores the rest.
@@ -279,6 +295,8 @@ pub enum ControlToAgent {
         /// Control's latest revision for this node's view.
         revision: Revision,
     },
+    /// An operator asked the node to roll its WireGuard key (`warren node rotate-key`).
+    RotateMeshKey,
 }
 
 /// Why control refused an agent, and a line for people.

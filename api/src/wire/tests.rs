@@ -227,6 +227,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
     let mut peers = start.peers.clone();
     let mut control_addrs = start.control_addrs.clone();
     let mut node = start.node.clone();
+    let mut mesh = start.mesh.clone();
     for change in changes {
         match change.clone() {
             ViewChange::UpsertService(service) => {
@@ -251,6 +252,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
             ViewChange::SetPeers(new) => peers = new,
             ViewChange::SetControlAddrs(new) => control_addrs = new,
             ViewChange::SetNode(new) => node = new,
+            ViewChange::SetMesh(new) => mesh = new,
         }
     }
     NodeView {
@@ -263,6 +265,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
         catalogue,
         control_addrs,
         peers,
+        mesh,
     }
 }
 
@@ -422,7 +425,7 @@ fn json_shapes_are_readable() {
     });
     assert_eq!(
         serde_json::to_string(&hello).unwrap(),
-        r#"{"hello":{"wire_version":3,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
+        r#"{"hello":{"wire_version":4,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
     );
     let refused = ControlToAgent::Refused(Refusal {
         reason: RefusalReason::WireVersion { supported: 1 },

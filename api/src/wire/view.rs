@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, ReplicaId, Revision, ServiceName};
 use crate::node::Node;
+use crate::overlay::OwnMesh;
 use crate::replica::Replica;
 use crate::secret::SealedBlob;
 use crate::service::{PortSpec, Service};
@@ -36,8 +37,10 @@ pub struct NodeView {
     pub catalogue: Vec<ServiceEndpoint>,
     /// QUIC addresses of the control nodes, so the agent can fail over.
     pub control_addrs: Vec<String>,
-    /// Mesh peers (other nodes) for WireGuard.
+    /// Mesh peers (other nodes): gossip seeds, and WireGuard peers once they registered a key.
     pub peers: Vec<PeerInfo>,
+    /// This node's own place in the WireGuard overlay, once the registry allocated it one.
+    pub mesh: Option<OwnMesh>,
 }
 
 /// One replica's address in the service catalogue.
@@ -69,8 +72,14 @@ pub struct PeerInfo {
     /// Its WireGuard public key, once registered. Authoritative: gossip hints are checked
     /// against this.
     pub wg_public_key: Option<[u8; 32]>,
-    /// UDP endpoints (`host:port`) it may be reached at.
+    /// Its gossip endpoints (`host:port`): the mesh's seeds.
     pub endpoints: Vec<String>,
+    /// The key it rolls to during a key rotation: accepted beside `wg_public_key` until the
+    /// registry commits it. Authoritative, as `wg_public_key` is.
+    pub wg_next_public_key: Option<[u8; 32]>,
+    /// The UDP endpoint (`host:port`) its WireGuard interface listens on, as it registered it.
+    /// A hint the data plane starts from; an authenticated packet from elsewhere moves it.
+    pub wg_endpoint: Option<String>,
 }
 
 /// Changes from revision `from` to revision `to` of one node's view.
@@ -118,6 +127,8 @@ pub enum ViewChange {
     SetControlAddrs(Vec<String>),
     /// Replace the node's own registry entry (same node id).
     SetNode(Node),
+    /// Replace the node's own mesh settings.
+    SetMesh(Option<OwnMesh>),
 }
 
 /// What an agent has cached, compactly: one hash per item of its view. Sent in the hello so
@@ -141,6 +152,8 @@ pub struct ViewDigest {
     pub peers: u64,
     /// Hash of the control addresses.
     pub control_addrs: u64,
+    /// Hash of the node's own mesh settings.
+    pub mesh: u64,
 }
 
 /// Why a delta was not applied. The view is unchanged in every case.
@@ -256,6 +269,7 @@ impl NodeView {
             ViewChange::SetPeers(peers) => self.peers.clone_from(peers),
             ViewChange::SetControlAddrs(addrs) => self.control_addrs.clone_from(addrs),
             ViewChange::SetNode(node) => self.node.clone_from(node),
+            ViewChange::SetMesh(mesh) => self.mesh.clone_from(mesh),
         }
     }
 
@@ -310,6 +324,9 @@ impl NodeView {
         if self.control_addrs != target.control_addrs {
             changes.push(ViewChange::SetControlAddrs(target.control_addrs.clone()));
         }
+        if self.mesh != target.mesh {
+            changes.push(ViewChange::SetMesh(target.mesh.clone()));
+        }
         ViewDelta {
             from: self.revision,
             to: target.revision,
@@ -341,6 +358,7 @@ impl NodeView {
             catalogue: stable_hash(&self.catalogue),
             peers: stable_hash(&self.peers),
             control_addrs: stable_hash(&self.control_addrs),
+            mesh: stable_hash(&self.mesh),
         }
     }
 
@@ -391,6 +409,9 @@ impl NodeView {
         }
         if stable_hash(&self.control_addrs) != have.control_addrs {
             changes.push(ViewChange::SetControlAddrs(self.control_addrs.clone()));
+        }
+        if stable_hash(&self.mesh) != have.mesh {
+            changes.push(ViewChange::SetMesh(self.mesh.clone()));
         }
         ViewDelta {
             from: have.revision,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::info;
 use warren_api::clock::{unix_now, unix_now_ms};
-use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
+use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState, OverlayRange};
 use warren_transport::ca::{CA_LIFETIME, NODE_CERT_LIFETIME};
 use warren_transport::join::random_node_id;
 use warren_transport::seal::SealKey;
@@ -106,7 +106,8 @@ impl ControlNode {
         let mut node =
             Self::start(&new.data_dir, settings.clone(), keys, config, endpoint, api).await?;
         node.elect_self(&settings, &new.data_dir).await?;
-        node.record_founding(&founding, &settings).await?;
+        node.record_founding(&founding, &settings, new.overlay_range)
+            .await?;
         // Only now is the data dir a complete node: `run` can restart it.
         save_settings(&new.data_dir, &settings)?;
         node.start_mesh().await;
@@ -136,12 +137,13 @@ impl ControlNode {
         Ok(())
     }
 
-    /// The first entries: the cluster (its CA, the CA key sealed with the cluster key), the
-    /// first admin certificate, and this node.
+    /// The first entries: the cluster (its CA, the CA key sealed with the cluster key), its
+    /// overlay range, the first admin certificate, and this node.
     async fn record_founding(
         &self,
         founding: &Founding,
         settings: &NodeSettings,
+        overlay_range: OverlayRange,
     ) -> Result<(), NodeError> {
         let init = Op::InitCluster {
             name: settings.name.clone(),
@@ -149,6 +151,10 @@ impl ControlNode {
             ca_key_sealed: founding.ca.sealed_key(founding.cluster_keys.root()),
         };
         self.control.propose(init).await?;
+        // Before the first node registers: its slot comes from this range.
+        self.control
+            .propose(Op::SetOverlayRange(overlay_range))
+            .await?;
         // The first admin certificate is recorded like any other, so it can be listed and
         // revoked (`warren admin ls|revoke`).
         self.control

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tracing::warn;
-use warren_api::NodeId;
+use warren_api::{NodeId, OverlayRange};
 
 use super::{NodeError, NodeSettings, io};
 
@@ -32,6 +32,9 @@ pub struct NewNode {
     pub gossip_listen: Option<SocketAddr>,
     /// The gossip address peers use; defaults per [`crate::gossip::advertise_addr`].
     pub advertise_gossip: Option<SocketAddr>,
+    /// The WireGuard overlay range a new cluster allocates node addresses from (`init` only;
+    /// a joining node takes the cluster's).
+    pub overlay_range: OverlayRange,
 }
 
 impl NewNode {
@@ -51,6 +54,7 @@ impl NewNode {
             metrics_listen: None,
             gossip_listen: None,
             advertise_gossip: None,
+            overlay_range: OverlayRange::default(),
         }
     }
 }

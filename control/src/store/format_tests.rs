@@ -200,3 +200,45 @@ async fn a_snapshot_of_format_3_is_read_and_newer_layouts_refused() {
         "{error}"
     );
 }
+
+/// Snapshot data of format 4 (last applied (2, 1, 9), default membership, revision 9) whose
+/// state holds one node: `edge-7`, an agent in lisbon, gossip at 10.0.0.7:7946, certificate
+/// serial `ab`, joined at 1_700_000_000_000.
+const SNAPSHOT_V4: &str = "04010201090000000001070706656467652d3700066c6973626f6e00000001026162\
+    0000010d31302e302e302e373a37393436000080d095ffbc31000000000000000000000009";
+
+/// A snapshot from before the WireGuard overlay is read with the default range and no node in
+/// the mesh; the node gets the first slot when it declares a key.
+#[test]
+fn a_snapshot_of_format_4_is_read_without_mesh_entries() {
+    let meta = Meta {
+        last_log_id: Some(log_id(2, 9)),
+        last_membership: MembershipRecord::default(),
+        snapshot_id: "2-9-1".into(),
+    };
+    let payload = decode_payload(&meta, &unhex(SNAPSHOT_V4)).expect("format 4 is read");
+    assert_eq!(payload.format, SNAPSHOT_FORMAT);
+    let mut state = payload.state;
+    let node = &state.nodes[&warren_api::NodeId(7)];
+    assert_eq!(node.name, "edge-7");
+    assert_eq!(node.addresses.gossip.as_deref(), Some("10.0.0.7:7946"));
+    assert_eq!(state.overlay, warren_api::OverlayRange::default());
+    assert!(state.mesh.is_empty());
+    let command = Command {
+        at_ms: 1_700_000_100_000,
+        op: Op::SetMesh {
+            node: warren_api::NodeId(7),
+            public_key: [7; 32],
+            next_public_key: None,
+            endpoint: Some("10.0.0.7:51820".into()),
+        },
+    };
+    state
+        .apply(warren_api::Revision(10), &command)
+        .result
+        .expect("applied");
+    assert_eq!(
+        state.overlay_address(warren_api::NodeId(7)),
+        Some("10.42.1.1".parse().unwrap())
+    );
+}

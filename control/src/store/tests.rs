@@ -129,7 +129,7 @@ fn snapshots_of_formats_1_and_3_are_read_and_an_unknown_format_named() {
         .expect_err("format 9 is refused")
         .to_string();
     assert!(
-        text.contains("has format 9; this build reads formats 1 to 4"),
+        text.contains("has format 9; this build reads formats 1 to 5"),
         "{text}"
     );
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_api::NodeView;
-use warren_api::wire::Listener;
+use warren_api::wire::{Listener, MeshDeclaration};
 use warren_mesh::MeshIdentity;
 use warren_transport::endpoint::BindError;
 use warren_transport::{Endpoint, GossipSigner, MemberCertificates};
@@ -99,7 +99,15 @@ impl Agent {
         });
         // Discovery publishes its gossip view here; the link reads it as a witness.
         let (gossip_tx, gossip_rx) = watch::channel(Vec::new());
-        let link = self.link(views_tx, status_tx, gossip_rx, reporter, metrics)?;
+        // The overlay declares its WireGuard identity here; the link carries it to control.
+        let (mesh_tx, mesh_rx) = watch::channel(None);
+        let rotate_mesh_key = Arc::new(tokio::sync::Notify::new());
+        let link = self.link(
+            (views_tx, status_tx, gossip_rx),
+            (mesh_rx, rotate_mesh_key.clone()),
+            reporter,
+            metrics,
+        )?;
         let gossip_identity = self.gossip_identity(link.endpoint.credentials().clone())?;
         // Renewal ends with the agent, whichever way it returns.
         let renewal_cancel = cancel.child_token();
@@ -110,6 +118,8 @@ impl Agent {
         Ok(RunningLink {
             views,
             status,
+            mesh: mesh_tx,
+            rotate_mesh_key,
             gossip: gossip_tx,
             gossip_identity,
             task,
@@ -193,9 +203,15 @@ impl Agent {
     /// The link to control, on a client endpoint of its own.
     fn link(
         &self,
-        views: watch::Sender<Option<Arc<NodeView>>>,
-        status: watch::Sender<LinkStatus>,
-        gossip: watch::Receiver<Vec<warren_mesh::Member>>,
+        (views, status, gossip): (
+            watch::Sender<Option<Arc<NodeView>>>,
+            watch::Sender<LinkStatus>,
+            watch::Receiver<Vec<warren_mesh::Member>>,
+        ),
+        (mesh, rotate_mesh_key): (
+            watch::Receiver<Option<MeshDeclaration>>,
+            Arc<tokio::sync::Notify>,
+        ),
         reporter: &Arc<Reporter>,
         metrics: &AgentMetrics,
     ) -> Result<Link, AgentError> {
@@ -224,6 +240,8 @@ impl Agent {
             reporter: reporter.clone(),
             failures_total: metrics.link_failures_total.clone(),
             gossip,
+            mesh,
+            rotate_mesh_key,
         })
     }
 
@@ -309,6 +327,10 @@ struct RunningLink {
     views: watch::Receiver<Option<Arc<NodeView>>>,
     /// Whether the link is up, and the revision it acked.
     status: watch::Receiver<LinkStatus>,
+    /// Where the overlay declares this node's WireGuard identity for the link to send.
+    mesh: watch::Sender<Option<MeshDeclaration>>,
+    /// Woken when control asks for a WireGuard key rotation.
+    rotate_mesh_key: Arc<tokio::sync::Notify>,
     /// Where discovery publishes its gossip view (the link's witness of a silent control node).
     gossip: watch::Sender<Vec<warren_mesh::Member>>,
     /// How the mesh signs and checks gossip state, with the link's credentials.

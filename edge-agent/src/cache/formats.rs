@@ -10,12 +10,13 @@
 //! |---|---|
 //! | 1 | (the first) |
 //! | 2 | specs with `user`, `group`, `cap_add` (the view); workload records say where and as whom the workload runs |
+//! | 3 | views with the WireGuard overlay (`NodeView::mesh`; peers' next keys and endpoints) |
 
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use warren_api::older::NodeViewV1;
+use warren_api::older::{NodeViewV1, NodeViewV2};
 use warren_api::{NodeView, ReplicaId};
 
 use super::CacheIdentity;
@@ -48,9 +49,13 @@ same_layout_in_every_format!(bool, CacheIdentity, RestartBook, EventBuffer);
 
 impl Cached for NodeView {
     /// Format 1 holds specs of spec format 1: they run as root with every capability, as they
-    /// did (`ServiceSpecV1`).
-    fn decode_older(_format: u8, payload: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes::<NodeViewV1>(payload).map(NodeView::from)
+    /// did (`ServiceSpecV1`). Formats 1 and 2 hold peers without WireGuard endpoints or next
+    /// keys, and no mesh settings (`NodeViewV2`).
+    fn decode_older(format: u8, payload: &[u8]) -> Result<Self, postcard::Error> {
+        match format {
+            1 => postcard::from_bytes::<NodeViewV1>(payload).map(NodeView::from),
+            _ => postcard::from_bytes::<NodeViewV2>(payload).map(NodeView::from),
+        }
     }
 }
 

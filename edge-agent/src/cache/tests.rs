@@ -28,6 +28,7 @@ fn view(revision: u64, cluster: u8) -> NodeView {
         catalogue: vec![],
         control_addrs: vec!["127.0.0.1:7101".into()],
         peers: vec![],
+        mesh: None,
     }
 }
 
@@ -161,9 +162,45 @@ async fn a_view_of_format_1_is_read_and_a_newer_format_refused() {
     cache.put_raw(VIEW_KEY, &newer).unwrap();
     let err = cache.view().unwrap_err().to_string();
     assert!(
-        err.contains("unknown format 3; this build reads 1 to 2"),
+        err.contains("unknown format 4; this build reads 1 to 3"),
         "{err}"
     );
+}
+
+/// `view(42, 1)` with one peer (node 8, `edge-8` in porto, gossip at 10.0.0.8:7946), as the
+/// build before cache format 3 stored it (header included).
+const VIEW_FORMAT_2: &str = "02c542665a2a01010101010101010101010101010101010101010101010101010101010101010706656467652d\
+    3100066c6973626f6e0000000000000000000000000000010e3132372e302e302e313a37313031010806656467\
+    652d3805706f72746f0000010d31302e302e302e383a37393436";
+
+/// A view cached before the WireGuard overlay is read with its peers as they were, no
+/// WireGuard endpoint or next key, and no mesh settings.
+#[tokio::test]
+async fn a_view_of_format_2_is_read_without_mesh_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+    cache
+        .claim(CacheIdentity {
+            cluster_id: [1; 32],
+            node_id: NodeId(7),
+        })
+        .await
+        .unwrap();
+    cache.put_raw(VIEW_KEY, &unhex(VIEW_FORMAT_2)).unwrap();
+    let read = cache.view().unwrap().unwrap();
+    let mut expected = view(42, 1);
+    expected.peers.push(warren_api::wire::PeerInfo {
+        node_id: NodeId(8),
+        name: "edge-8".into(),
+        site: "porto".into(),
+        overlay_ip: None,
+        wg_public_key: None,
+        endpoints: vec!["10.0.0.8:7946".into()],
+        wg_next_public_key: None,
+        wg_endpoint: None,
+    });
+    assert_eq!(read, expected);
+    assert_eq!(read.mesh, None);
 }
 
 /// The record of `web.0` (pid 4242) an older agent kept: logs in its data dir's

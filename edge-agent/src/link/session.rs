@@ -118,6 +118,11 @@ impl Link {
         // A new session reports everything at once: this control node may know nothing of us.
         let mut listeners_sent = 0;
         self.send_report(&mut send, &mut listeners_sent).await?;
+        let mut mesh = self.mesh.clone();
+        let declaration = mesh.borrow_and_update().clone();
+        if let Some(declaration) = declaration {
+            send.send(&AgentToControl::Mesh(declaration)).await?;
+        }
         let mut current = cached;
         let mut deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
         // The agent speaks every HEARTBEAT_INTERVAL too (its ack, repeated), so control can tell
@@ -158,6 +163,13 @@ impl Link {
                     self.judge(&mut detector, conn)?;
                     continue;
                 }
+                Ok(()) = mesh.changed() => {
+                    let declaration = mesh.borrow_and_update().clone();
+                    if let Some(declaration) = declaration {
+                        send.send(&AgentToControl::Mesh(declaration)).await?;
+                    }
+                    continue;
+                }
             };
             deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
             self.status
@@ -193,6 +205,11 @@ impl Link {
                     .ok_or_else(|| SessionError::Resync("a delta without a base view".into()))?;
                 view.apply(&delta).map_err(SessionError::DeltaRefused)?;
                 Received::View(Box::new(view))
+            }
+            ControlToAgent::RotateMeshKey => {
+                info!("control asks this node to roll its WireGuard key");
+                self.rotate_mesh_key.notify_one();
+                Received::Nothing
             }
             ControlToAgent::Heartbeat { revision } => {
                 debug!(revision = %revision, "heartbeat");

@@ -127,6 +127,7 @@ fn view(services: &[Service], replicas: &[Replica]) -> NodeView {
         catalogue: Vec::new(),
         control_addrs: Vec::new(),
         peers: Vec::new(),
+        mesh: None,
     }
 }
 

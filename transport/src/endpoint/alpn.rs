@@ -29,7 +29,8 @@ impl Alpn {
     pub fn protocol(self) -> &'static [u8] {
         match self {
             // 2: log entries and snapshots carry specs with `user`, `group` and `cap_add`.
-            Self::Raft => b"warren-raft/2",
+            // 3: the WireGuard registry (`SetOverlayRange`, `SetMesh`, snapshot format 5).
+            Self::Raft => b"warren-raft/3",
             Self::Agent => b"warren-agent/1",
             Self::Join => b"warren-join/1",
             Self::Renew => b"warren-renew/1",
