@@ -186,7 +186,12 @@ fn handle_datagram(
     match datagram[0] {
         MESSAGE_HANDSHAKE_INIT => handle_initiation(table, shared, source, datagram, out),
         MESSAGE_HANDSHAKE_RESPONSE | MESSAGE_COOKIE_REPLY | MESSAGE_DATA => {
-            let receiver = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+            // A response carries its sender index first; the others start with the receiver.
+            let at = if datagram[0] == MESSAGE_HANDSHAKE_RESPONSE { 8 } else { 4 };
+            let Some(receiver) = datagram.get(at..at + 4) else {
+                return shared.count_invalid();
+            };
+            let receiver = u32::from_le_bytes([receiver[0], receiver[1], receiver[2], receiver[3]]);
             match table.by_receiver(receiver) {
                 Some((peer_idx, tunnel_idx)) => {
                     let at = Located {
