@@ -39,7 +39,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["run", config] => run(Path::new(config)),
         ["echo-server", address] => echo_server(address.parse().context("echo-server ADDR")?),
         ["echo-client", address, n_bytes] => echo_client(
@@ -74,9 +79,8 @@ fn parse_config(text: &str) -> anyhow::Result<NodeConfig> {
             ["private_key", key] => device
                 .private_keys
                 .push(PrivateKey::from_base64(key).with_context(context)?),
-            ["peer", label, keys, ranges, endpoint, keepalive] => peers.push(
-                parse_peer(label, keys, ranges, endpoint, keepalive).with_context(context)?,
-            ),
+            ["peer", label, keys, ranges, endpoint, keepalive] => peers
+                .push(parse_peer(label, keys, ranges, endpoint, keepalive).with_context(context)?),
             _ => bail!("{}: not understood", context()),
         }
     }
@@ -198,7 +202,11 @@ fn echo_client(address: SocketAddr, n_bytes: usize) -> anyhow::Result<()> {
     stream.read_to_end(&mut received).context("read echo")?;
     writing.join().expect("writer thread")?;
     if received != sent {
-        bail!("echo differs: sent {} bytes, got {}", sent.len(), received.len());
+        bail!(
+            "echo differs: sent {} bytes, got {}",
+            sent.len(),
+            received.len()
+        );
     }
     println!("ok {n_bytes} bytes in {:?}", started.elapsed());
     Ok(())

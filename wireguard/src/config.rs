@@ -256,7 +256,7 @@ mod tests {
         let a = peer("a", key, (Ipv4Addr::new(10, 42, 1, 0), 24));
         let same_key = peer("b", key, (Ipv4Addr::new(10, 42, 2, 0), 24));
         let same_range = peer("b", other, (Ipv4Addr::new(10, 42, 1, 7), 24));
-        assert!(validate_peers(&[a.clone()]).is_ok());
+        assert!(validate_peers(std::slice::from_ref(&a)).is_ok());
         assert!(matches!(
             validate_peers(&[a.clone(), same_key]),
             Err(ConfigError::DuplicateKey { .. })

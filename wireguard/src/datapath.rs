@@ -187,7 +187,11 @@ fn handle_datagram(
         MESSAGE_HANDSHAKE_INIT => handle_initiation(table, shared, source, datagram, out),
         MESSAGE_HANDSHAKE_RESPONSE | MESSAGE_COOKIE_REPLY | MESSAGE_DATA => {
             // A response carries its sender index first; the others start with the receiver.
-            let at = if datagram[0] == MESSAGE_HANDSHAKE_RESPONSE { 8 } else { 4 };
+            let at = if datagram[0] == MESSAGE_HANDSHAKE_RESPONSE {
+                8
+            } else {
+                4
+            };
             let Some(receiver) = datagram.get(at..at + 4) else {
                 return shared.count_invalid();
             };

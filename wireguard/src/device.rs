@@ -56,6 +56,9 @@ pub struct Device {
     control: Mutex<Control>,
 }
 
+/// The body of one data-path thread.
+type DataPathLoop = fn(&Shared);
+
 struct Control {
     private_keys: Vec<PrivateKey>,
     indexes: IndexAllocator,
@@ -155,7 +158,7 @@ impl Device {
     }
 
     fn spawn_threads(&mut self) -> Result<(), DeviceError> {
-        let loops: [(&str, fn(&Shared)); 3] = [
+        let loops: [(&str, DataPathLoop); 3] = [
             ("wg-tun", datapath::run_tun_reader),
             ("wg-udp", datapath::run_udp_reader),
             ("wg-timer", datapath::run_timers),

@@ -98,7 +98,7 @@ mod tests {
             Some(&ours),
             51820,
             (Ipv4Addr::new(10, 42, 1, 1), 16),
-            &[peer.clone()],
+            std::slice::from_ref(&peer),
         );
         let expected = format!(
             "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.42.1.1/16\n\n\
