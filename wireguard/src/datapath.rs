@@ -102,8 +102,8 @@ pub(crate) fn run_tun_reader(shared: &Shared) {
     let mut view = TableView::new(shared);
     let mut packet = vec![0u8; BUFFER_BYTES];
     let mut out = vec![0u8; BUFFER_BYTES + WIREGUARD_OVERHEAD_BYTES];
-    loop {
-        let len = match shared.tun.recv_intr(&mut packet, &shared.interrupt) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let len = match read_tun(shared, &mut packet) {
             Ok(len) => len,
             Err(_) if shared.stop.load(Ordering::Relaxed) => return,
             Err(error) if is_transient(&error) => continue,
@@ -113,6 +113,19 @@ pub(crate) fn run_tun_reader(shared: &Shared) {
             }
         };
         encapsulate_one(view.current(), shared, &packet[..len], &mut out);
+    }
+}
+
+/// Reads one packet: a plain non-blocking read first, so a busy link costs one syscall per
+/// packet; only when nothing is queued, the interruptible wait (poll on the TUN and the stop
+/// event, then read).
+#[inline]
+fn read_tun(shared: &Shared, packet: &mut [u8]) -> io::Result<usize> {
+    match shared.tun.recv(packet) {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+            shared.tun.recv_intr(packet, &shared.interrupt)
+        }
+        result => result,
     }
 }
 

@@ -23,6 +23,8 @@
 //! - No allocation and no logging per packet; logs are per handshake or per config change.
 //! - No `unsafe`: the TUN ioctls are tun-rs's.
 
+#![warn(missing_docs)]
+
 pub mod keys;
 
 mod allowed_ips;
