@@ -70,6 +70,7 @@ fn parse_config(text: &str) -> anyhow::Result<NodeConfig> {
         let context = || format!("config line {}: {line}", line_no + 1);
         match words.as_slice() {
             [] => {}
+            [comment, ..] if comment.starts_with('#') => {}
             ["name", name] => device.name = name.to_string(),
             ["address", range] => {
                 (device.address, device.prefix_len) = parse_range(range).with_context(context)?

@@ -22,6 +22,9 @@ use crate::table::{Peer, Table, Tunnel, lock};
 pub(crate) const TIMER_TICK: Duration = Duration::from_millis(100);
 /// How long the UDP thread blocks in one receive before it looks at the stop flag.
 pub(crate) const UDP_POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long after a handshake with a peer we ignore its data for unknown receiver indexes
+/// (WireGuard's REKEY_TIMEOUT).
+const REINITIATE_QUIET: Duration = Duration::from_secs(5);
 /// Packet buffer size: the largest IP packet, so any datagram or TUN read fits.
 const BUFFER_BYTES: usize = 65_536;
 /// Room for WireGuard's data header and tag around a packet.
@@ -218,10 +221,43 @@ fn handle_datagram(
                     };
                     decapsulate(at, shared, source, datagram, out);
                 }
+                None if datagram[0] == MESSAGE_DATA => {
+                    shared.count_invalid();
+                    reinitiate_after_restart(table, shared, source, out);
+                }
                 None => shared.count_invalid(),
             }
         }
         _ => shared.count_invalid(),
+    }
+}
+
+/// Data for a receiver index we do not know, from a peer's endpoint, means the peer still
+/// uses a session we lost (we restarted, or re-created its tunnels). Left alone, it would
+/// notice only after KEEPALIVE + REKEY_TIMEOUT (15 s); we start a handshake with it instead.
+/// Only when we have had no handshake with that peer for [`REINITIATE_QUIET`], so a stray or
+/// spoofed packet cannot make us re-handshake a live session over and over.
+#[cold]
+fn reinitiate_after_restart(table: &Table, shared: &Shared, source: SocketAddrV4, out: &mut [u8]) {
+    let Some(peer) = table
+        .peers
+        .iter()
+        .find(|peer| peer.live.endpoint() == Some(source))
+    else {
+        return;
+    };
+    if peer
+        .live
+        .since_handshake()
+        .is_some_and(|since| since < REINITIATE_QUIET)
+    {
+        return;
+    }
+    let tunnel = &peer.tunnels[peer.outbound.load(Ordering::Relaxed)];
+    // Does nothing while a handshake is already in flight.
+    let result = lock(&tunnel.tunn).format_handshake_initiation(out, false);
+    if let TunnResult::WriteToNetwork(bytes) = result {
+        shared.send(bytes, source);
     }
 }
 

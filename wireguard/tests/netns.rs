@@ -69,6 +69,42 @@ fn two_nodes_ping_and_tcp() -> anyhow::Result<()> {
     tcp_echo(&pair.lan.hosts[0], echo_address, 2_000_000)?;
     assert_eq!(pair.a.peer_stat("n1", "handshakes").as_deref(), Some("1"));
     assert_eq!(pair.a.invalid_packets(), 0);
+
+    // The same peers again (the node applies any change of its file): the session stays.
+    let b_again = [PeerLine::lan_node(1, vec![pair.b_key.public_key()])];
+    pair.a
+        .write_config_with_comment(&[&pair.a_key], &b_again, "same peers")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, received) = pair.lan.hosts[0].ping(overlay(1), &["-c", "2", "-W", "2"])?;
+    ensure!(received == 2, "ping after same-data update: {received}/2");
+    assert_eq!(
+        pair.a.peer_stat("n1", "handshakes").as_deref(),
+        Some("1"),
+        "re-handshake"
+    );
+    Ok(())
+}
+
+/// After B restarts, A (which still holds the old session) reaches it within a round of
+/// handshake: B answers A's stale data by initiating, instead of A waiting 15 s to notice.
+#[test]
+fn restarted_peer_is_reached_at_once() -> anyhow::Result<()> {
+    if !ready(&["ping"]) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut pair = Pair::start("rst")?;
+    let (_, received) = pair.lan.hosts[0].ping(overlay(1), &["-c", "2", "-W", "2"])?;
+    ensure!(received == 2, "ping before restart: {received}/2");
+    pair.b.stop();
+    pair.b.start()?;
+    let started = std::time::Instant::now();
+    let args = ["-c", "1", "-i", "0.05", "-w", "20"];
+    let (_, received) = pair.lan.hosts[0].ping(overlay(1), &args)?;
+    let elapsed = started.elapsed();
+    eprintln!("first reply from a restarted peer after {elapsed:?}");
+    ensure!(received == 1, "no reply from the restarted peer");
+    ensure!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
     Ok(())
 }
 

@@ -274,10 +274,22 @@ impl Node {
 
     /// Writes the node's config (the running node picks it up within 100 ms).
     pub fn write_config(&self, keys: &[&PrivateKey], peers: &[PeerLine]) -> anyhow::Result<()> {
-        let mut text = format!(
+        self.write_config_with_comment(keys, peers, "")
+    }
+
+    /// Like [`Node::write_config`], with a comment line so the file differs from one with the
+    /// same settings (the node re-applies a file whenever its text changes).
+    pub fn write_config_with_comment(
+        &self,
+        keys: &[&PrivateKey],
+        peers: &[PeerLine],
+        comment: &str,
+    ) -> anyhow::Result<()> {
+        let mut text = format!("# {comment}\n");
+        text.push_str(&format!(
             "name {}\naddress {}/16\nlisten_port {PORT}\n",
             self.interface, self.overlay
-        );
+        ));
         for key in keys {
             text.push_str(&format!("private_key {}\n", key.to_base64()));
         }
