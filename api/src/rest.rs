@@ -251,6 +251,24 @@ pub struct NodeInfo {
     /// For a control node that is a Raft member: whether it answers, as the leader sees it.
     #[serde(default)]
     pub member: Option<MemberContact>,
+    /// The node's place in the WireGuard overlay, as the registry holds it; `None` when the
+    /// range had no slot left for it.
+    #[serde(default)]
+    pub mesh: Option<MeshInfo>,
+}
+
+/// A node's place in the WireGuard overlay, as the registry holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshInfo {
+    /// Its overlay address (its /24 routes to it).
+    pub overlay_ip: String,
+    /// Its public key (base64, as `wg` writes it), once it declared one: until then it is in
+    /// no peer's configuration.
+    pub public_key: Option<String>,
+    /// The key it is rolling to, during a rotation.
+    pub next_public_key: Option<String>,
+    /// Where its WireGuard interface listens, as it declared it.
+    pub endpoint: Option<String>,
 }
 
 /// A node's gossip membership, as one control node's mesh sees it.

@@ -1044,3 +1044,108 @@ fn the_self_check_catches_an_agent_that_stops_workloads_when_cut_off() {
     assert!(evidence.contains("on a-1"), "{evidence}");
     assert!(report["figures"]["interruptions"].as_u64().expect("count") > 0);
 }
+
+/// Whether `from`'s namespace reaches `to` with one ping within a second.
+fn pings(from: &str, to: &str) -> bool {
+    netns::exec_in(from, "ping")
+        .args(["-c", "1", "-W", "1", to])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Each agent's overlay address, once every agent declared its WireGuard key to control.
+fn overlay_addresses(fleet: &Fleet, agents: &[&str]) -> Option<Vec<String>> {
+    let text = fleet.cli(&["-o", "json", "node", "ls"]).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    agents
+        .iter()
+        .map(|name| {
+            let node = json
+                .as_array()?
+                .iter()
+                .find(|n| n["node"]["name"] == *name)?;
+            node["mesh"]["public_key"].as_str()?;
+            Some(node["mesh"]["overlay_ip"].as_str()?.to_owned())
+        })
+        .collect()
+}
+
+/// Two agents in two sites form the WireGuard overlay from the registry (`--wireguard auto`
+/// as root): each pings the other's overlay address through the tunnel; with the control node
+/// killed the tunnel keeps carrying traffic, and an agent restarted with no control plane
+/// brings the overlay up again from its cached view.
+#[test]
+fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
+    let test = "the_overlay_joins_two_sites_and_outlives_the_control_plane";
+    let Some(host) = host(test, &[Need::Netns, Need::Firewall, Need::Warren]) else {
+        return;
+    };
+    if !Path::new("/dev/net/tun").exists() {
+        let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!under_ci, "{test} needs /dev/net/tun");
+        let _ = writeln!(std::io::stderr(), "skipping {test}: no /dev/net/tun");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = FleetSpec {
+        control: 1,
+        sites: vec![
+            SiteSpec {
+                name: "a".into(),
+                agents: 1,
+            },
+            SiteSpec {
+                name: "b".into(),
+                agents: 1,
+            },
+        ],
+    };
+    let mut fleet = Fleet::up(RunId::random(), &spec, options(host, dir.path())).expect("fleet up");
+    let mut addresses = Vec::new();
+    wait_until(
+        "both agents declared their keys",
+        Duration::from_secs(30),
+        || {
+            overlay_addresses(&fleet, &["a-1", "b-1"]).is_some_and(|found| {
+                addresses = found;
+                true
+            })
+        },
+    );
+    let (a_ns, b_ns) = (
+        fleet.node("a-1").expect("a-1").host.netns.clone(),
+        fleet.node("b-1").expect("b-1").host.netns.clone(),
+    );
+    eprintln!(
+        "--- overlay addresses: a-1 {} b-1 {}",
+        addresses[0], addresses[1]
+    );
+    wait_until(
+        "a-1 pings b-1 over the overlay",
+        Duration::from_secs(30),
+        || pings(&a_ns, &addresses[1]),
+    );
+    assert!(
+        pings(&b_ns, &addresses[0]),
+        "b-1 pings a-1 over the overlay"
+    );
+
+    eprintln!("--- kill the control plane");
+    fleet.kill("c1").expect("kill c1");
+    assert!(
+        pings(&a_ns, &addresses[1]),
+        "the tunnel outlives the control plane"
+    );
+
+    eprintln!("--- restart a-1 with no control plane");
+    fleet.kill("a-1").expect("kill a-1");
+    fleet.restart("a-1").expect("restart a-1 offline");
+    wait_until(
+        "a-1 pings b-1 again, from its cached view",
+        Duration::from_secs(30),
+        || pings(&a_ns, &addresses[1]),
+    );
+    fleet.down().expect("fleet down");
+}

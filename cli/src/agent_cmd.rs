@@ -20,6 +20,7 @@ use warren_edge_agent::listeners::ListenSettings;
 use crate::control_cmd::{DEFAULT_DATA_DIR, Signals, TokenArgs, say};
 use crate::output::OutputFormat;
 use crate::table::{Table, fields};
+use crate::wireguard_args::WireguardArgs;
 
 /// `warren agent …`.
 #[derive(Debug, clap::Args)]
@@ -240,6 +241,8 @@ pub enum AgentCommand {
         workloads_dir: Option<PathBuf>,
         #[command(flatten)]
         listen: ListenArgs,
+        #[command(flatten)]
+        wireguard: WireguardArgs,
     },
     /// Run a joined agent from its data dir (foreground); works with no control plane.
     Run {
@@ -252,6 +255,8 @@ pub enum AgentCommand {
         workloads_dir: Option<PathBuf>,
         #[command(flatten)]
         listen: ListenArgs,
+        #[command(flatten)]
+        wireguard: WireguardArgs,
     },
     /// The agent's local view: revision, link state, workloads. Works offline and while the
     /// agent runs.
@@ -271,12 +276,14 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             data_dir,
             workloads_dir,
             listen,
+            wireguard,
         } => {
             let selfcheck = selfcheck_knob()?;
             let identity = agent::load_identity(&data_dir)
                 .with_context(|| format!("start the agent in {}", data_dir.display()))?;
             let settings = listen.settings(identity.listen.as_ref())?;
             let mut options = options(&settings, listen.advertise_gossip, selfcheck);
+            options.overlay = Some(wireguard.settings_at_run(&data_dir)?);
             // Not given: what join kept in agent.json, else the default (Agent::open).
             options.process.workloads_dir = workloads_dir;
             foreground(options, || async move { Ok(data_dir) })
@@ -291,8 +298,10 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             runtime,
             workloads_dir,
             listen,
+            wireguard,
         } => {
             let selfcheck = selfcheck_knob()?;
+            let overlay = wireguard.settings(None)?;
             if runtime == RuntimeKind::Containerd {
                 bail!("--runtime containerd: not supported yet; use --runtime process");
             }
@@ -316,7 +325,15 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             };
             let mut options = options(&settings, listen.advertise_gossip, selfcheck);
             options.process.workloads_dir = workloads_dir;
-            foreground(options, || join(data_dir, request))
+            options.overlay = Some(overlay.clone());
+            foreground(options, || async move {
+                let data_dir = join(data_dir, request).await?;
+                // Kept for `agent run`, which this process becomes next.
+                overlay.save(&data_dir).with_context(|| {
+                    format!("keep the WireGuard settings in {}", data_dir.display())
+                })?;
+                Ok(data_dir)
+            })
         }
     }
 }

@@ -159,6 +159,17 @@ pub enum NodeCommand {
         /// Node name or id.
         node: String,
     },
+    /// Print the node's WireGuard configuration in `wg` format (its peers as the registry
+    /// lists them), for debugging or to bring up a third-party WireGuard peer. The private key
+    /// never leaves the box: it is in DATA_DIR/wireguard/private.key there.
+    #[command(after_help = "Example:\n  \
+        warren node wg-config edge-lisbon-1 > wg.conf\n  \
+        # on the box: replace the PrivateKey line with the key file's content, then\n  \
+        wg setconf wg0 <(grep -v '^Address' wg.conf)")]
+    WgConfig {
+        /// Node name or id.
+        node: String,
+    },
 }
 
 /// Runs `warren cluster …`.
@@ -312,6 +323,11 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
             &client.request(Route::ListNodes).await?,
             |n: &Vec<NodeInfo>| render_nodes(n),
         ),
+        NodeCommand::WgConfig { node } => {
+            let nodes: Vec<NodeInfo> = client.request(Route::ListNodes).await?.json()?;
+            crate::output::out(&crate::wireguard_args::wg_config_of(&nodes, &node)?);
+            Ok(())
+        }
         NodeCommand::Inspect { node } => {
             let answer = client.request(Route::GetNode { node: &node }).await?;
             match format {
@@ -557,6 +573,7 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
         "LINK",
         "LISTENERS",
         "GOSSIP",
+        "OVERLAY",
         "QUIC",
         "JOINED",
     ]);
@@ -594,6 +611,12 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
             info.gossip
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |g| g.liveness.clone()),
+            // The overlay address, once the node declared a key; until then no peer has it.
+            match &info.mesh {
+                Some(mesh) if mesh.public_key.is_some() => mesh.overlay_ip.clone(),
+                Some(mesh) => format!("{} (no key)", mesh.overlay_ip),
+                None => "-".to_owned(),
+            },
             node.addresses
                 .quic
                 .clone()

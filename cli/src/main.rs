@@ -53,6 +53,7 @@ mod prerequisites;
 mod secret_cmd;
 mod service_cmd;
 mod table;
+mod wireguard_args;
 
 use std::future::Future;
 use std::io::IsTerminal;

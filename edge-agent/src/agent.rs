@@ -73,6 +73,9 @@ pub struct AgentOptions {
     pub selfcheck_stop_on_disconnect: bool,
     /// Gossip membership and the DNS server (both off by default).
     pub discovery: crate::discovery::DiscoveryOptions,
+    /// The WireGuard overlay; `None` (the default here) runs none. `warren agent` sets it
+    /// (`--wireguard auto` unless told otherwise).
+    pub overlay: Option<crate::overlay::OverlaySettings>,
 }
 
 /// How [`Agent::serve`] ended.

@@ -51,6 +51,7 @@ pub mod link_failure;
 pub mod listeners;
 pub mod metrics;
 pub mod offline;
+pub mod overlay;
 pub mod planner;
 pub mod report;
 pub mod runtime;

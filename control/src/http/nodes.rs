@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use hyper::StatusCode;
-use warren_api::rest::{AgentLinkInfo, MemberContact, NodeInfo, WriteResult};
+use warren_api::rest::{AgentLinkInfo, MemberContact, MeshInfo, NodeInfo, WriteResult};
 use warren_api::{Availability, NodeId, NodeState};
 
 use super::respond::{ApiResult, json, ok, written};
@@ -12,6 +12,18 @@ use super::{Api, ApiError};
 use crate::command::{Effect, Op};
 use crate::state::ClusterState;
 use crate::status::AgentReport;
+
+/// What the registry holds of `node`'s place in the overlay.
+fn mesh_info(state: &ClusterState, node: NodeId) -> Option<MeshInfo> {
+    let entry = state.mesh.get(&node)?;
+    let base64 = |key: &[u8; 32]| data_encoding::BASE64.encode(key);
+    Some(MeshInfo {
+        overlay_ip: state.overlay_address(node)?.to_string(),
+        public_key: entry.public_key.as_ref().map(base64),
+        next_public_key: entry.next_public_key.as_ref().map(base64),
+        endpoint: entry.endpoint.clone(),
+    })
+}
 
 impl Api {
     pub(super) fn node_info(
@@ -48,6 +60,7 @@ impl Api {
             member: raft_member
                 .then(|| contacts.get(&node.id.0).cloned())
                 .flatten(),
+            mesh: mesh_info(state, node.id),
         }
     }
 

@@ -43,6 +43,8 @@ impl Agent {
         let reporter = Arc::new(Reporter::open(self.identity.node_id, self.cache.clone()));
         let link = self.start_link(&reporter, &metrics, &cancel)?;
         let tasks = TaskTracker::new();
+        // The overlay (and its interface) ends with the agent, whichever way it returns.
+        let _overlay_guard = self.start_overlay(&tasks, &link, &metrics, &cancel);
         let book = ListenerBook::new(metrics.listener_up.clone(), reporter.clone());
         self.start_metrics_listener(&tasks, &book, &link, (&reporter, &metrics), &cancel);
         self.warn_of_selfcheck();
@@ -118,6 +120,7 @@ impl Agent {
         Ok(RunningLink {
             views,
             status,
+            overlay: watch::channel(Default::default()).0,
             mesh: mesh_tx,
             rotate_mesh_key,
             gossip: gossip_tx,
@@ -126,6 +129,39 @@ impl Agent {
             cancel: link_cancel,
             _renewal_guard: renewal_guard,
         })
+    }
+
+    /// Runs the WireGuard overlay in a task of `tasks`, if configured; it ends with the agent.
+    fn start_overlay(
+        &self,
+        tasks: &TaskTracker,
+        link: &RunningLink,
+        metrics: &AgentMetrics,
+        cancel: &CancellationToken,
+    ) -> Option<DropGuard> {
+        let Some(settings) = self.options.overlay.clone() else {
+            info!("WireGuard overlay off: not configured");
+            return None;
+        };
+        let advertise_ip = self
+            .options
+            .discovery
+            .gossip_advertise
+            .or_else(|| self.identity.gossip.as_deref().and_then(|a| a.parse().ok()))
+            .map(|addr: SocketAddr| addr.ip());
+        let overlay = crate::overlay::Overlay {
+            settings,
+            dir: self.data_dir.join("wireguard"),
+            advertise_ip,
+            views: link.views.clone(),
+            declaration: link.mesh.clone(),
+            rotate: link.rotate_mesh_key.clone(),
+            status: link.overlay.clone(),
+            metrics: crate::overlay::OverlayMetrics::new(metrics.registry()),
+        };
+        let overlay_cancel = cancel.child_token();
+        tasks.spawn(overlay.run(overlay_cancel.clone()));
+        Some(overlay_cancel.drop_guard())
     }
 
     /// Serves `/metrics`, `/health` and `/ready` in a task of `tasks`, if configured.
@@ -203,11 +239,7 @@ impl Agent {
     /// The link to control, on a client endpoint of its own.
     fn link(
         &self,
-        (views, status, gossip): (
-            watch::Sender<Option<Arc<NodeView>>>,
-            watch::Sender<LinkStatus>,
-            watch::Receiver<Vec<warren_mesh::Member>>,
-        ),
+        (views, status, gossip): LinkWatches,
         (mesh, rotate_mesh_key): (
             watch::Receiver<Option<MeshDeclaration>>,
             Arc<tokio::sync::Notify>,
@@ -321,12 +353,21 @@ impl Agent {
     }
 }
 
+/// What the link publishes (views, its status) and reads (the gossip view).
+type LinkWatches = (
+    watch::Sender<Option<Arc<NodeView>>>,
+    watch::Sender<LinkStatus>,
+    watch::Receiver<Vec<warren_mesh::Member>>,
+);
+
 /// The running link, as the rest of the agent sees it.
 struct RunningLink {
     /// The desired state, as the link receives it (the cached view until then).
     views: watch::Receiver<Option<Arc<NodeView>>>,
     /// Whether the link is up, and the revision it acked.
     status: watch::Receiver<LinkStatus>,
+    /// What the overlay is doing.
+    overlay: watch::Sender<crate::overlay::OverlayStatus>,
     /// Where the overlay declares this node's WireGuard identity for the link to send.
     mesh: watch::Sender<Option<MeshDeclaration>>,
     /// Woken when control asks for a WireGuard key rotation.
