@@ -1055,6 +1055,33 @@ fn pings(from: &str, to: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The A records `name` has at the agent DNS server of `netns` (127.0.0.11:53).
+fn dig(netns: &str, name: &str) -> Vec<String> {
+    let Ok(output) = netns::exec_in(netns, "dig")
+        .args(["+short", "+time=1", "+tries=1", "@127.0.0.11", name, "A"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether an HTTP GET of `url` from `netns` answers 200 within 2 s.
+fn http_get(netns: &str, url: &str) -> bool {
+    let script =
+        format!("import urllib.request; urllib.request.urlopen({url:?}, timeout=2).read()");
+    netns::exec_in(netns, "python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Each agent's overlay address, once every agent declared its WireGuard key to control.
 fn overlay_addresses(fleet: &Fleet, agents: &[&str]) -> Option<Vec<String>> {
     let text = fleet.cli(&["-o", "json", "node", "ls"]).ok()?;
@@ -1079,7 +1106,8 @@ fn overlay_addresses(fleet: &Fleet, agents: &[&str]) -> Option<Vec<String>> {
 #[test]
 fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
     let test = "the_overlay_joins_two_sites_and_outlives_the_control_plane";
-    let Some(host) = host(test, &[Need::Netns, Need::Firewall, Need::Warren]) else {
+    let needs = [Need::Netns, Need::Firewall, Need::Warren, Need::Python];
+    let Some(host) = host(test, &needs) else {
         return;
     };
     if !Path::new("/dev/net/tun").exists() {
@@ -1131,12 +1159,41 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
         pings(&b_ns, &addresses[0]),
         "b-1 pings a-1 over the overlay"
     );
+    let web = "python3 -m http.server --bind 0.0.0.0 8080";
+    fleet
+        .cli(&[
+            "service",
+            "create",
+            "web",
+            "--global",
+            "--port",
+            "http:8080",
+            "--command",
+            web,
+        ])
+        .expect("create web");
+    let mut wanted = addresses.clone();
+    wanted.sort();
+    wait_until(
+        "a-1's DNS answers web.warren with both overlay addresses",
+        Duration::from_secs(30),
+        || {
+            let mut found = dig(&a_ns, "web.warren");
+            found.sort();
+            found == wanted
+        },
+    );
 
     eprintln!("--- kill the control plane");
     fleet.kill("c1").expect("kill c1");
     assert!(
         pings(&a_ns, &addresses[1]),
         "the tunnel outlives the control plane"
+    );
+    wait_until(
+        "a-1 fetches b-1's web by its overlay address",
+        Duration::from_secs(30),
+        || http_get(&a_ns, &format!("http://{}:8080/", addresses[1])),
     );
 
     eprintln!("--- restart a-1 with no control plane");

@@ -537,6 +537,20 @@ fn own_service_endpoints(view: &NodeView) -> BTreeMap<String, Vec<SocketAddr>> {
     out
 }
 
+/// Each node's overlay address, this node's included, when this node is in the overlay; empty
+/// otherwise (its workloads could not reach an overlay address).
+fn overlay_addresses(view: &NodeView) -> BTreeMap<NodeId, IpAddr> {
+    let Some(own) = view.mesh.as_ref().filter(|m| m.public_key.is_some()) else {
+        return BTreeMap::new();
+    };
+    view.peers
+        .iter()
+        .filter(|p| p.wg_public_key.is_some())
+        .filter_map(|p| Some((p.node_id, p.overlay_ip.as_deref()?.parse().ok()?)))
+        .chain([(view.node.id, IpAddr::V4(own.address))])
+        .collect()
+}
+
 /// Gossip addresses of the view's peers.
 fn seeds(view: &NodeView) -> Vec<SocketAddr> {
     view.peers
@@ -550,8 +564,11 @@ fn seeds(view: &NodeView) -> Vec<SocketAddr> {
 /// dead, or unknown (suspect, not heard of, or no gossip at all). This node's own replicas are
 /// alive (the agent runs them). A replica whose address does not parse is left out; a global
 /// service's replica is labelled with its node's name (from the view's peers), or the node id
-/// when the name is not known.
+/// when the name is not known. When this node is in the WireGuard overlay (the registry holds
+/// its key), a replica on a node that is in it too is answered with that node's overlay
+/// address: workloads then reach each other through the tunnel, across sites.
 pub fn build_catalogue(view: &NodeView, members: &[Member]) -> Catalogue {
+    let overlay = overlay_addresses(view);
     let mut names: BTreeMap<NodeId, &str> = view
         .peers
         .iter()
@@ -565,6 +582,7 @@ pub fn build_catalogue(view: &NodeView, members: &[Member]) -> Catalogue {
         let Ok(address) = endpoint.address.parse::<IpAddr>() else {
             continue;
         };
+        let address = overlay.get(&endpoint.node).copied().unwrap_or(address);
         let label = match &endpoint.replica.key {
             ReplicaKey::Slot(slot) => slot.to_string(),
             ReplicaKey::Node(node) => names
@@ -743,5 +761,40 @@ mod tests {
         let web: Vec<String> = own["web"].iter().map(ToString::to_string).collect();
         assert_eq!(web, ["10.0.0.1:8080", "10.0.0.1:9000"], "{own:?}");
         assert!(!own.contains_key("agent"), "node 2's replica is not ours");
+
+        // In the overlay, replicas on overlay nodes answer with overlay addresses; node 3
+        // declared no key, so its replica keeps its host address.
+        let mut meshed = view.clone();
+        meshed.mesh = Some(warren_api::OwnMesh {
+            range: warren_api::OverlayRange::default(),
+            address: "10.42.1.1".parse().unwrap(),
+            public_key: Some([1; 32]),
+            next_public_key: None,
+        });
+        meshed.peers[0].overlay_ip = Some("10.42.2.1".into());
+        meshed.peers[0].wg_public_key = Some([2; 32]);
+        meshed.peers.push(PeerInfo {
+            node_id: NodeId(3),
+            name: "edge-3".into(),
+            site: "porto".into(),
+            overlay_ip: Some("10.42.3.1".into()),
+            wg_public_key: None,
+            endpoints: vec![],
+            wg_next_public_key: None,
+            wg_endpoint: None,
+        });
+        let catalogue = build_catalogue(&meshed, &members);
+        let addresses: Vec<String> = catalogue
+            .service("web")
+            .expect("web")
+            .replicas
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        assert_eq!(
+            addresses[..3],
+            ["10.42.1.1", "10.42.2.1", "10.0.0.3"],
+            "{addresses:?}"
+        );
     }
 }
