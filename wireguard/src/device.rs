@@ -134,6 +134,7 @@ impl Device {
             tun,
             interrupt: InterruptEvent::new().map_err(DeviceError::Spawn)?,
             stop: AtomicBool::new(false),
+            udp_gso: AtomicBool::new(true),
             invalid_packets: AtomicU64::new(0),
         });
         let mut device = Device {

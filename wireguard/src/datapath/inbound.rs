@@ -10,7 +10,8 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, TunnResult};
 use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::{BUFFER_BYTES, Shared, TableView, is_transient};
+use super::udp::{self, Received};
+use super::{BUFFER_BYTES, MESSAGE_DATA, Shared, TableView, is_transient};
 use crate::keys::PublicKey;
 use crate::plan;
 use crate::table::{Peer, Table, Tunnel, lock};
@@ -18,7 +19,6 @@ use crate::table::{Peer, Table, Tunnel, lock};
 const MESSAGE_HANDSHAKE_INIT: u8 = 1;
 const MESSAGE_HANDSHAKE_RESPONSE: u8 = 2;
 const MESSAGE_COOKIE_REPLY: u8 = 3;
-const MESSAGE_DATA: u8 = 4;
 /// Size of a cookie reply message.
 const COOKIE_REPLY_BYTES: usize = 64;
 /// How long after a handshake with a peer we ignore its data for unknown receiver indexes
@@ -76,51 +76,72 @@ impl TunBatch {
 
 /// Receives datagrams until the device stops: blocks (up to the poll timeout) for one, then,
 /// if it carried a packet for the TUN, drains what else is queued without blocking and
-/// writes the batch.
+/// writes the batch. With UDP GRO one receive may hold several datagrams.
 pub(crate) fn run_udp_reader(shared: &Shared) {
-    let mut view = TableView::new(shared);
-    let mut datagram = vec![0u8; BUFFER_BYTES];
-    let mut out = vec![0u8; BUFFER_BYTES];
-    let mut batch = TunBatch::new();
+    let mut receiver = Receiver {
+        view: TableView::new(shared),
+        datagrams: vec![0u8; BUFFER_BYTES],
+        control: udp::control_buffer(),
+        out: vec![0u8; BUFFER_BYTES],
+        batch: TunBatch::new(),
+    };
+    if !udp::enable_gro(shared) {
+        tracing::info!(interface = %shared.name, "udp gro unavailable, receiving datagrams one by one");
+    }
     while !shared.stop.load(Ordering::Relaxed) {
-        if !receive_one(shared, &mut view, &mut datagram, &mut out, &mut batch) || batch.len == 0 {
+        if !receiver.receive(shared, true) || receiver.batch.len == 0 {
             continue;
         }
-        let _ = shared.udp.set_nonblocking(true);
-        while !batch.is_full()
-            && receive_one(shared, &mut view, &mut datagram, &mut out, &mut batch)
-        {}
-        let _ = shared.udp.set_nonblocking(false);
-        batch.flush(&shared.tun);
+        while !receiver.batch.is_full() && receiver.receive(shared, false) {}
+        receiver.batch.flush(&shared.tun);
     }
 }
 
-/// Receives and handles one datagram; false when none was there.
-#[inline]
-fn receive_one(
-    shared: &Shared,
-    view: &mut TableView<'_>,
-    datagram: &mut [u8],
-    out: &mut [u8],
-    batch: &mut TunBatch,
-) -> bool {
-    let (len, source) = match shared.udp.recv_from(datagram) {
-        Ok(received) => received,
-        Err(error) => {
-            if !is_transient(&error) {
-                // Errors such as ICMP reports queued on the socket; the next receive works.
-                tracing::debug!(interface = %shared.name, %error, "udp receive failed");
+/// The UDP thread's buffers.
+struct Receiver<'a> {
+    view: TableView<'a>,
+    datagrams: Vec<u8>,
+    control: Vec<u8>,
+    out: Vec<u8>,
+    batch: TunBatch,
+}
+
+impl Receiver<'_> {
+    /// Receives and handles one read's datagrams; false when none was there.
+    #[inline]
+    fn receive(&mut self, shared: &Shared, wait: bool) -> bool {
+        let received = match udp::receive(shared, &mut self.datagrams, &mut self.control, wait) {
+            Ok(received) => received,
+            Err(error) => {
+                if !is_transient(&error) {
+                    // Errors such as ICMP reports queued on the socket; the next receive works.
+                    tracing::debug!(interface = %shared.name, %error, "udp receive failed");
+                }
+                return false;
             }
-            return false;
+        };
+        let Received {
+            len,
+            source: Some(SocketAddr::V4(source)),
+            segment_len,
+        } = received
+        else {
+            shared.count_invalid();
+            return true;
+        };
+        let table = self.view.current();
+        for datagram in self.datagrams[..len].chunks(segment_len) {
+            handle_datagram(
+                table,
+                shared,
+                source,
+                datagram,
+                &mut self.out,
+                &mut self.batch,
+            );
         }
-    };
-    match source {
-        SocketAddr::V4(source) => {
-            handle_datagram(view.current(), shared, source, &datagram[..len], out, batch)
-        }
-        SocketAddr::V6(_) => shared.count_invalid(),
+        true
     }
-    true
 }
 
 #[inline]

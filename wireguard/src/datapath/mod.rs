@@ -11,6 +11,7 @@
 mod inbound;
 mod outbound;
 mod timers;
+mod udp;
 
 pub(crate) use inbound::run_udp_reader;
 pub(crate) use outbound::run_tun_reader;
@@ -35,6 +36,8 @@ const BUFFER_BYTES: usize = 65_536;
 /// Room for WireGuard's data header and tag around a packet; a handshake message (148
 /// bytes) also fits in a packet buffer this much larger than the MTU.
 const WIREGUARD_OVERHEAD_BYTES: usize = 32;
+/// WireGuard's transport data message type.
+const MESSAGE_DATA: u8 = 4;
 
 /// What the device's threads share.
 pub(crate) struct Shared {
@@ -46,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) tun: SyncDevice,
     pub(crate) interrupt: InterruptEvent,
     pub(crate) stop: AtomicBool,
+    /// Whether UDP GSO sends work here; cleared at the first refusal.
+    pub(crate) udp_gso: AtomicBool,
     pub(crate) invalid_packets: AtomicU64,
 }
 

@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use boringtun::noise::TunnResult;
 use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::{BUFFER_BYTES, Shared, TableView, WIREGUARD_OVERHEAD_BYTES, is_transient};
+use super::udp::SendBatch;
+use super::{
+    BUFFER_BYTES, MESSAGE_DATA, Shared, TableView, WIREGUARD_OVERHEAD_BYTES, is_transient,
+};
 use crate::config::MAX_MTU;
 use crate::table::{Table, lock};
 
@@ -22,7 +25,7 @@ pub(crate) fn run_tun_reader(shared: &Shared) {
     let mut raw = vec![0u8; VIRTIO_NET_HDR_LEN + BUFFER_BYTES];
     let mut packets = vec![vec![0u8; PACKET_BYTES]; PACKETS_PER_READ];
     let mut sizes = vec![0usize; PACKETS_PER_READ];
-    let mut out = vec![0u8; PACKET_BYTES + WIREGUARD_OVERHEAD_BYTES + 256];
+    let mut batch = SendBatch::new(PACKET_BYTES + WIREGUARD_OVERHEAD_BYTES + 256);
     while !shared.stop.load(Ordering::Relaxed) {
         let n_packets = match shared
             .tun
@@ -46,13 +49,15 @@ pub(crate) fn run_tun_reader(shared: &Shared) {
         };
         let table = view.current();
         for (packet, &len) in packets.iter().zip(&sizes).take(n_packets) {
-            encapsulate_one(table, shared, &packet[..len], &mut out);
+            encapsulate_one(table, shared, &packet[..len], &mut batch);
         }
+        batch.flush(shared);
     }
 }
 
+/// Encrypts one packet into the send batch (a handshake it triggers goes out at once).
 #[inline]
-fn encapsulate_one(table: &Table, shared: &Shared, packet: &[u8], out: &mut [u8]) {
+fn encapsulate_one(table: &Table, shared: &Shared, packet: &[u8], batch: &mut SendBatch) {
     // IPv4 only: the overlay is IPv4, and the kernel sends IPv6 chatter we do not route.
     if packet.len() < 20 || packet[0] >> 4 != 4 {
         return;
@@ -65,12 +70,22 @@ fn encapsulate_one(table: &Table, shared: &Shared, packet: &[u8], out: &mut [u8]
     let Some(endpoint) = peer.live.endpoint() else {
         return;
     };
-    let tunnel = &peer.tunnels[peer.outbound.load(Ordering::Relaxed)];
-    let result = lock(&tunnel.tunn).encapsulate(packet, out);
-    if let TunnResult::WriteToNetwork(bytes) = result {
-        shared.send(bytes, endpoint);
-        peer.live
-            .tx_bytes
-            .fetch_add(packet.len() as u64, Ordering::Relaxed);
+    if batch.needs_flush_for(endpoint, packet.len() + WIREGUARD_OVERHEAD_BYTES + 16) {
+        batch.flush(shared);
     }
+    let tunnel = &peer.tunnels[peer.outbound.load(Ordering::Relaxed)];
+    let result = lock(&tunnel.tunn).encapsulate(packet, batch.spare());
+    let TunnResult::WriteToNetwork(bytes) = result else {
+        return;
+    };
+    if bytes[0] != MESSAGE_DATA {
+        // No session yet: boringtun queued the packet and wants a handshake sent.
+        shared.send(bytes, endpoint);
+        return;
+    }
+    let len = bytes.len();
+    batch.commit(shared, endpoint, len);
+    peer.live
+        .tx_bytes
+        .fetch_add(packet.len() as u64, Ordering::Relaxed);
 }
