@@ -50,11 +50,13 @@ impl TunBatch {
         self.len == BATCH_PACKETS
     }
 
-    /// Queues a packet, with room in front for the virtio header tun-rs writes there.
-    fn push(&mut self, packet: &[u8]) {
-        let Some(buffer) = self.buffers.get_mut(self.len) else {
-            return;
-        };
+    /// Queues a packet, with room in front for the virtio header tun-rs writes there; writes
+    /// the batch first when it is full (one UDP GRO receive may hold more than a batch).
+    fn push(&mut self, tun: &SyncDevice, packet: &[u8]) {
+        if self.is_full() {
+            self.flush(tun);
+        }
+        let buffer = &mut self.buffers[self.len];
         buffer.clear();
         buffer.resize(VIRTIO_NET_HDR_LEN, 0);
         buffer.extend_from_slice(packet);
@@ -309,7 +311,7 @@ fn decapsulate(
             if at.table.routes.lookup(inner_source) != Some(&at.peer_idx) {
                 return shared.count_invalid();
             }
-            batch.push(packet);
+            batch.push(&shared.tun, packet);
             peer.live
                 .rx_bytes
                 .fetch_add(packet.len() as u64, Ordering::Relaxed);
