@@ -131,6 +131,10 @@ impl Receiver<'_> {
             shared.count_invalid();
             return true;
         };
+        if len == 0 {
+            shared.count_invalid();
+            return true;
+        }
         let table = self.view.current();
         for datagram in self.datagrams[..len].chunks(segment_len) {
             handle_datagram(
