@@ -37,13 +37,16 @@ fn tick_peer(shared: &Shared, peer: &Peer, out: &mut [u8]) {
     }
     let views = peer.refresh_outbound();
     let outbound = views[peer.outbound.load(Ordering::Relaxed)];
-    for (view, tunnel) in views.iter().zip(&peer.tunnels) {
-        if !plan::should_prepare(view, &outbound) {
-            continue;
-        }
-        let result = lock(&tunnel.tunn).format_handshake_initiation(out, false);
-        if let (TunnResult::WriteToNetwork(bytes), Some(to)) = (result, endpoint) {
-            shared.send(bytes, to);
+    // With nowhere to send, a prepared handshake would only sit "in progress" for 90 s.
+    if let Some(to) = endpoint {
+        for (view, tunnel) in views.iter().zip(&peer.tunnels) {
+            if !plan::should_prepare(view, &outbound) {
+                continue;
+            }
+            let result = lock(&tunnel.tunn).format_handshake_initiation(out, false);
+            if let TunnResult::WriteToNetwork(bytes) = result {
+                shared.send(bytes, to);
+            }
         }
     }
     peer.live.tick_endpoint();
