@@ -87,6 +87,7 @@ pub(crate) fn run_udp_reader(shared: &Shared) {
         out: vec![0u8; BUFFER_BYTES],
         batch: TunBatch::new(),
     };
+    udp::enlarge_buffers(shared);
     if !udp::enable_gro(shared) {
         tracing::info!(interface = %shared.name, "udp gro unavailable, receiving datagrams one by one");
     }

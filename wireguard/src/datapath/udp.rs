@@ -133,6 +133,22 @@ fn gso_unsupported(error: Errno) -> bool {
     )
 }
 
+/// Socket buffer size asked for in each direction: a few GSO bursts of 64 datagrams, so a
+/// burst does not overflow the kernel's default (about 200 KB) while the other thread is busy.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Enlarges the socket's buffers past the system maximum when we may (CAP_NET_ADMIN), else
+/// up to it; a refusal only costs throughput.
+pub(super) fn enlarge_buffers(shared: &Shared) {
+    let udp = &shared.udp;
+    if setsockopt(udp, sockopt::RcvBufForce, &SOCKET_BUFFER_BYTES).is_err() {
+        let _ = setsockopt(udp, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES);
+    }
+    if setsockopt(udp, sockopt::SndBufForce, &SOCKET_BUFFER_BYTES).is_err() {
+        let _ = setsockopt(udp, sockopt::SndBuf, &SOCKET_BUFFER_BYTES);
+    }
+}
+
 /// Asks the kernel to coalesce received datagrams (UDP GRO); false when it refuses.
 pub(super) fn enable_gro(shared: &Shared) -> bool {
     setsockopt(&shared.udp, sockopt::UdpGroSegment, &true).is_ok()
