@@ -151,6 +151,41 @@ impl Receiver<'_> {
     }
 }
 
+/// What a datagram's header says, before any cryptography.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Header {
+    /// A handshake initiation: it names no receiver.
+    Initiation,
+    /// A response, cookie reply or data message for our receiver index.
+    ForReceiver { kind: u8, receiver: u32 },
+    /// Not a WireGuard message.
+    Invalid,
+}
+
+/// Reads a datagram's header: the type byte, three reserved zero bytes, then (for responses,
+/// cookie replies and data) the receiver index, which a response carries after its sender
+/// index and the others first.
+#[inline]
+fn parse_header(datagram: &[u8]) -> Header {
+    if datagram.len() < 8 || datagram[1..4] != [0, 0, 0] {
+        return Header::Invalid;
+    }
+    let kind = datagram[0];
+    let at = match kind {
+        MESSAGE_HANDSHAKE_INIT => return Header::Initiation,
+        MESSAGE_HANDSHAKE_RESPONSE => 8,
+        MESSAGE_COOKIE_REPLY | MESSAGE_DATA => 4,
+        _ => return Header::Invalid,
+    };
+    match datagram.get(at..at + 4) {
+        Some(&[a, b, c, d]) => Header::ForReceiver {
+            kind,
+            receiver: u32::from_le_bytes([a, b, c, d]),
+        },
+        _ => Header::Invalid,
+    }
+}
+
 #[inline]
 fn handle_datagram(
     table: &Table,
@@ -160,41 +195,28 @@ fn handle_datagram(
     out: &mut [u8],
     batch: &mut TunBatch,
 ) {
-    // Type byte, then three reserved zero bytes, then (for 2, 3, 4) the receiver index.
-    if datagram.len() < 8 || datagram[1..4] != [0, 0, 0] {
-        shared.count_invalid();
-        return;
-    }
-    match datagram[0] {
-        MESSAGE_HANDSHAKE_INIT => handle_initiation(table, shared, source, datagram, out, batch),
-        MESSAGE_HANDSHAKE_RESPONSE | MESSAGE_COOKIE_REPLY | MESSAGE_DATA => {
-            // A response carries its sender index first; the others start with the receiver.
-            let at = if datagram[0] == MESSAGE_HANDSHAKE_RESPONSE {
-                8
-            } else {
-                4
+    let (kind, receiver) = match parse_header(datagram) {
+        Header::Initiation => {
+            return handle_initiation(table, shared, source, datagram, out, batch);
+        }
+        Header::ForReceiver { kind, receiver } => (kind, receiver),
+        Header::Invalid => return shared.count_invalid(),
+    };
+    match table.by_receiver(receiver) {
+        Some((peer_idx, tunnel_idx)) => {
+            let at = Located {
+                table,
+                peer_idx,
+                tunnel_idx,
             };
-            let Some(receiver) = datagram.get(at..at + 4) else {
-                return shared.count_invalid();
-            };
-            let receiver = u32::from_le_bytes([receiver[0], receiver[1], receiver[2], receiver[3]]);
-            match table.by_receiver(receiver) {
-                Some((peer_idx, tunnel_idx)) => {
-                    let at = Located {
-                        table,
-                        peer_idx,
-                        tunnel_idx,
-                    };
-                    decapsulate(at, shared, source, datagram, out, batch);
-                }
-                None if datagram[0] == MESSAGE_DATA => {
-                    shared.count_invalid();
-                    reinitiate_after_restart(table, shared, source, out);
-                }
-                None => shared.count_invalid(),
+            decapsulate(at, shared, source, datagram, out, batch);
+        }
+        None => {
+            shared.count_invalid();
+            if kind == MESSAGE_DATA {
+                reinitiate_after_restart(table, shared, source, out);
             }
         }
-        _ => shared.count_invalid(),
     }
 }
 
@@ -343,5 +365,59 @@ fn handshake_completed(peer: &Peer, tunnel: &Tunnel) {
         tracing::debug!(peer = %label, %key, "handshake completed");
     } else {
         tracing::info!(peer = %label, %key, "handshake completed, peer reachable");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(datagram: &[u8], expected: Header) {
+        assert_eq!(parse_header(datagram), expected, "{datagram:?}");
+    }
+
+    #[test]
+    fn headers() {
+        let mut response = vec![2, 0, 0, 0, 1, 1, 1, 1, 0x05, 0x34, 0x12, 0x00];
+        response.resize(92, 0);
+        check(
+            &response,
+            Header::ForReceiver {
+                kind: 2,
+                receiver: 0x0012_3405,
+            },
+        );
+        check(
+            &[4, 0, 0, 0, 0x01, 0x02, 0x03, 0x04, 9, 9],
+            Header::ForReceiver {
+                kind: 4,
+                receiver: 0x0403_0201,
+            },
+        );
+        check(
+            &[3, 0, 0, 0, 7, 0, 0, 0],
+            Header::ForReceiver {
+                kind: 3,
+                receiver: 7,
+            },
+        );
+        check(&[1, 0, 0, 0, 0, 0, 0, 0], Header::Initiation);
+        check(&[2, 0, 0, 0, 1, 1, 1, 1], Header::Invalid);
+        check(&[4, 0, 1, 0, 0, 0, 0, 0], Header::Invalid);
+        check(&[5, 0, 0, 0, 0, 0, 0, 0], Header::Invalid);
+        check(b"hello", Header::Invalid);
+        check(&[], Header::Invalid);
+    }
+
+    proptest! {
+        /// Any bytes parse without panicking, and a receiver index is read from inside them.
+        #[test]
+        fn any_datagram_parses(datagram in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Header::ForReceiver { kind, .. } = parse_header(&datagram) {
+                prop_assert!(matches!(kind, 2..=4));
+                prop_assert!(datagram.len() >= 8);
+            }
+        }
     }
 }
