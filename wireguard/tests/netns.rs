@@ -376,7 +376,18 @@ fn key_rotation_under_traffic() -> anyhow::Result<()> {
         &[&pair.a_key],
         &a_peer(vec![old.public_key(), new.public_key()]),
     )?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Both keys listed: A gets a session with B's new key and moves its traffic there
+    // before the old key goes away.
+    let new_b64 = new.public_key().to_base64();
+    let switched = wait_until(Duration::from_secs(3), || {
+        pair.a.peer_stat("n1", "key").as_deref() == Some(new_b64.as_str())
+    });
+    ensure!(
+        switched,
+        "A still sends with B's old key: {}",
+        pair.a.stats()
+    );
+    std::thread::sleep(Duration::from_millis(500));
     pair.b.write_config(&[&new], &b_peers)?;
     pair.a
         .write_config(&[&pair.a_key], &a_peer(vec![new.public_key()]))?;
