@@ -152,7 +152,8 @@ rows = [
     ("wireguard-go 0.0.20220316", $GO1, $GO4, "$GOCPU1", "$GOCPU4", $RTT_GO),
     ("warren-wireguard", $WR1, $WR4, "$WRCPU1", "$WRCPU4", $RTT_WR),
 ]
-print("iperf3 TCP, ${SECONDS_PER_RUN} s per run, two namespaces on one veth pair, $(nproc) cores (shared)")
+print("iperf3 TCP, ${SECONDS_PER_RUN} s per run, two namespaces on one veth pair, $(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg) at the end")
+print("CPU s/Gbit: utime+stime of both tunnel processes per Gbit carried; RTT: ping average")
 print("%-26s %11s %11s %13s %13s %9s %9s" % ("path", "1 stream", "4 streams", "CPU s/Gbit 1", "CPU s/Gbit 4", "RTT ms", "+RTT ms"))
 for name, one, four, cpu1, cpu4, rtt in rows:
     added = "-" if name == "plain veth" else "%.3f" % (rtt - $RTT_VETH)
@@ -162,8 +163,9 @@ def ratio(a, b):
 print()
 print("warren / wireguard-go: 1 stream %s, 4 streams %s" % (ratio($WR1, $GO1), ratio($WR4, $GO4)))
 print("warren / plain veth:   1 stream %s, 4 streams %s" % (ratio($WR1, $VETH1), ratio($WR4, $VETH4)))
+print("(wireguard-go 0.0.20220316 predates its TUN and UDP offloads; warren-wireguard uses both)")
 print()
-print("first ping reply after restarting side b (CPU = both tunnel processes, utime+stime):")
+print("first ping reply after restarting side b:")
 print("  warren-wireguard: b sends first %s; a sends first %s" % ("$WR_FIRST_B", "$WR_FIRST_A"))
 print("  wireguard-go:     b sends first %s; a sends first %s" % ("$GO_FIRST_B", "$GO_FIRST_A"))
 EOF

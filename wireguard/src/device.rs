@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use tun_rs::{DeviceBuilder, InterruptEvent};
+use tun_rs::{DeviceBuilder, InterruptEvent, SyncDevice};
 
 use crate::config::{self, ConfigError, DeviceConfig, PeerConfig};
 use crate::datapath::{self, Shared};
@@ -113,17 +113,10 @@ impl Device {
     /// `/dev/net/tun`, no CAP_NET_ADMIN, name taken) or the port cannot be bound.
     pub fn start(config: DeviceConfig) -> Result<Device, DeviceError> {
         config.validate()?;
-        let tun = DeviceBuilder::new()
-            .name(&config.name)
-            .ipv4(config.address, config.prefix_len, None::<Ipv4Addr>)
-            .mtu(config.mtu)
-            .enable(true)
-            .build_sync()
-            .and_then(|tun| tun.set_nonblocking(true).map(|()| tun))
-            .map_err(|source| DeviceError::Tun {
-                name: config.name.clone(),
-                source,
-            })?;
+        let tun = create_tun(&config).map_err(|source| DeviceError::Tun {
+            name: config.name.clone(),
+            source,
+        })?;
         let port = config.listen_port;
         let bind_error = |source| DeviceError::Bind { port, source };
         let udp =
@@ -141,6 +134,7 @@ impl Device {
             tun,
             interrupt: InterruptEvent::new().map_err(DeviceError::Spawn)?,
             stop: AtomicBool::new(false),
+            udp_gso: AtomicBool::new(true),
             invalid_packets: AtomicU64::new(0),
         });
         let mut device = Device {
@@ -153,7 +147,8 @@ impl Device {
             }),
         };
         device.spawn_threads()?;
-        tracing::info!(interface = %config.name, address = %config.address, %listen_addr, "wireguard device up");
+        let offload = device.shared.tun.tcp_gso();
+        tracing::info!(interface = %config.name, address = %config.address, %listen_addr, offload, "wireguard device up");
         Ok(device)
     }
 
@@ -269,6 +264,27 @@ impl Drop for Device {
         self.stop();
         tracing::info!(interface = %self.shared.name, "wireguard device down");
     }
+}
+
+/// Creates the TUN interface with its address, prefix, MTU, up, and non-blocking (the data
+/// path waits with tun-rs's interruptible poll). Offloads (TSO/GRO) are asked for first and
+/// left out when the kernel refuses them.
+fn create_tun(config: &DeviceConfig) -> io::Result<SyncDevice> {
+    let build = |offload: bool| {
+        DeviceBuilder::new()
+            .name(&config.name)
+            .ipv4(config.address, config.prefix_len, None::<Ipv4Addr>)
+            .mtu(config.mtu)
+            .offload(offload)
+            .enable(true)
+            .build_sync()
+    };
+    let tun = build(true).or_else(|error| {
+        tracing::info!(interface = %config.name, %error, "tun offloads unavailable, creating without");
+        build(false)
+    })?;
+    tun.set_nonblocking(true)?;
+    Ok(tun)
 }
 
 fn log_peer_changes(interface: &str, old: &Table, new: &[PeerConfig], matches: &[PeerMatch]) {

@@ -61,8 +61,8 @@ pub enum KeyError {
         #[source]
         source: io::Error,
     },
-    /// The key file may be read by group or others.
-    #[error("key file {path} has mode {mode:04o}, which lets group or others read it; want 0600")]
+    /// The key file gives group or others some access (read, write or execute).
+    #[error("key file {path} has mode {mode:04o}, which gives group or others access; want 0600")]
     Permissions {
         /// The key file.
         path: PathBuf,
@@ -185,7 +185,8 @@ fn decode_key(text: &str) -> Result<[u8; KEY_LEN], DecodeKeyError> {
 /// # Errors
 /// [`KeyError::Permissions`] when the file's mode lets group or others read it; other
 /// [`KeyError`]s when it cannot be read, written or parsed.
-pub fn load_or_create(path: &Path) -> Result<PrivateKey, KeyError> {
+pub fn load_or_create(path: impl AsRef<Path>) -> Result<PrivateKey, KeyError> {
+    let path = path.as_ref();
     match load(path) {
         Err(KeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
         other => return other,
@@ -209,7 +210,8 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, KeyError> {
 ///
 /// # Errors
 /// [`KeyError::Write`] when the temp file cannot be written or renamed into place.
-pub fn save(path: &Path, key: &PrivateKey) -> Result<(), KeyError> {
+pub fn save(path: impl AsRef<Path>, key: &PrivateKey) -> Result<(), KeyError> {
+    let path = path.as_ref();
     let temp = write_temp(path, key)?;
     fs::rename(&temp, path).map_err(|source| {
         let _ = fs::remove_file(&temp);

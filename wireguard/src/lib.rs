@@ -3,25 +3,31 @@
 //! The agent hands this crate our keys ([`DeviceConfig`]) and a peer list ([`PeerConfig`]);
 //! [`Device`] runs the interface until dropped and takes new peers and keys while traffic
 //! flows ([`Device::set_peers`], [`Device::set_private_keys`]). boringtun's Noise core
-//! (`noise::Tunn`) does the cryptography; the data path around it is ours, because boringtun's
-//! own `device` module cannot change a peer in place, drops every session on a key change and
-//! takes over SIGINT/SIGTERM.
+//! (`noise::Tunn`, one per pair of our key and a peer key) does the cryptography; the data
+//! path around it is ours, because boringtun's own `device` module cannot change a peer in
+//! place, drops every session on a key change and takes over SIGINT/SIGTERM.
 //!
 //! Modules: [`keys`] (keys and the key file), `config` (what the agent passes in and its
 //! checks), `plan` (the pure decisions: which peer is which after an update, endpoint roaming,
 //! which tunnel carries traffic), `allowed_ips` (longest-prefix routes), `table` (the runtime
-//! peer table the data path reads), `datapath` (the three threads), `device` (start, update,
+//! peer table the data path reads), `datapath` (three OS threads: `outbound` TUN to UDP,
+//! `inbound` UDP to TUN, `timers`; `udp` holds the socket offloads), `device` (start, update,
 //! stats, shutdown) and `wg_config` (the `wg` text format for operators and interop).
 //!
 //! Boundary and invariants:
 //! - This is the only crate in the workspace that names boringtun, and it knows nothing of
-//!   Raft, gossip or Warren's views: it takes finished keys and peers.
+//!   Raft, gossip or Warren's views: it takes finished keys and peers. The agent decides
+//!   who the peers are; this crate only carries packets to them.
 //! - It never reads the environment or argv, never prints, and never installs signal
 //!   handlers.
-//! - It never panics on a datagram: bad packets (garbage, unknown keys, replays, spoofed inner
-//!   sources) are counted in [`DeviceStats::invalid_packets`] and dropped.
-//! - No allocation and no logging per packet; logs are per handshake or per config change.
-//! - No `unsafe`: the TUN ioctls are tun-rs's.
+//! - It never panics on a datagram: bad packets (garbage, unknown keys or indexes, replays,
+//!   inner sources outside the sender's allowed IPs) are counted in
+//!   [`DeviceStats::invalid_packets`] and dropped.
+//! - No logging per packet: logs are per handshake, per config change or per fallback.
+//!   No allocation per packet: buffers are allocated once per thread; the only allocations in
+//!   the data path are nix's control-message buffer, once per UDP GSO send of up to 64
+//!   datagrams, and boringtun's copy of a packet queued while a handshake runs.
+//! - No `unsafe`: the TUN ioctls are tun-rs's, the socket calls nix's.
 
 #![warn(missing_docs)]
 

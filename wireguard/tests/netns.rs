@@ -53,7 +53,7 @@ impl Pair {
 /// Two nodes linked by a bridge: ping across the tunnel, and a TCP echo carries 2 MB.
 #[test]
 fn two_nodes_ping_and_tcp() -> anyhow::Result<()> {
-    if !ready(&["ping"]) {
+    if !ready(&["wg-node", "ping"]) {
         return Ok(());
     }
     let _serial = serial();
@@ -89,7 +89,7 @@ fn two_nodes_ping_and_tcp() -> anyhow::Result<()> {
 /// handshake: B answers A's stale data by initiating, instead of A waiting 15 s to notice.
 #[test]
 fn restarted_peer_is_reached_at_once() -> anyhow::Result<()> {
-    if !ready(&["ping"]) {
+    if !ready(&["wg-node", "ping"]) {
         return Ok(());
     }
     let _serial = serial();
@@ -112,7 +112,7 @@ fn restarted_peer_is_reached_at_once() -> anyhow::Result<()> {
 /// left to reuse) cannot complete a handshake with A: A refuses it.
 #[test]
 fn removed_peer_is_cut_off() -> anyhow::Result<()> {
-    if !ready(&["ping"]) {
+    if !ready(&["wg-node", "ping"]) {
         return Ok(());
     }
     let _serial = serial();
@@ -144,11 +144,93 @@ fn removed_peer_is_cut_off() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// B's underlay address changes. Its next authenticated packets come from the new address,
+/// and A moves B's endpoint there although A's configured endpoint is still the old one; A's
+/// traffic then reaches B at the new address.
+#[test]
+fn endpoint_roams_to_authenticated_source() -> anyhow::Result<()> {
+    if !ready(&["wg-node", "ping"]) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let pair = Pair::start("roam")?;
+    let (_, received) = pair.lan.hosts[0].ping(overlay(1), &["-c", "2", "-W", "2"])?;
+    ensure!(received == 2, "ping before the move: {received}/2");
+
+    let b_host = &pair.lan.hosts[1];
+    b_host.ip(&[
+        "addr",
+        "del",
+        &format!("{}/24", Lan::underlay(1)),
+        "dev",
+        "eth0",
+    ])?;
+    b_host.ip(&["addr", "add", "192.168.50.12/24", "dev", "eth0"])?;
+    let (_, received) = b_host.ping(overlay(0), &["-c", "2", "-W", "2"])?;
+    ensure!(received == 2, "ping from the moved node: {received}/2");
+    let moved = "192.168.50.12:51820";
+    ensure!(
+        wait_until(Duration::from_secs(2), || pair
+            .a
+            .peer_stat("n1", "endpoint")
+            .is_some_and(|endpoint| endpoint == moved)),
+        "A did not roam: {}",
+        pair.a.stats()
+    );
+    let (_, received) = pair.lan.hosts[0].ping(overlay(1), &["-c", "2", "-W", "2"])?;
+    ensure!(received == 2, "ping to the moved node: {received}/2");
+    Ok(())
+}
+
+/// Garbage, a forged handshake initiation, and data for an unknown receiver index reach A's
+/// port: each is counted as invalid and dropped, and the tunnel keeps working.
+#[test]
+fn garbage_is_counted_and_dropped() -> anyhow::Result<()> {
+    if !ready(&["wg-node", "ping"]) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let pair = Pair::start("junk")?;
+    let (_, received) = pair.lan.hosts[0].ping(overlay(1), &["-c", "2", "-W", "2"])?;
+    ensure!(received == 2, "ping before: {received}/2");
+    let before = pair.a.invalid_packets();
+    let mut forged_init = vec![0x5au8; 148];
+    forged_init[..4].copy_from_slice(&[1, 0, 0, 0]);
+    let mut unknown_data = vec![0xa5u8; 96];
+    unknown_data[..8].copy_from_slice(&[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    let datagrams = vec![
+        b"hello".to_vec(),
+        vec![],
+        forged_init,
+        unknown_data,
+        vec![2; 92],
+    ];
+    let n_sent = datagrams.len() as u64;
+    let a_port = SocketAddr::from((Lan::underlay(0), support::PORT));
+    support::in_netns(&pair.lan.hosts[1], move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for datagram in &datagrams {
+            socket.send_to(datagram, a_port)?;
+        }
+        Ok(())
+    })?;
+    ensure!(
+        wait_until(Duration::from_secs(2), || pair.a.invalid_packets()
+            >= before + n_sent),
+        "invalid packets {} -> {}, {n_sent} sent",
+        before,
+        pair.a.invalid_packets()
+    );
+    let (_, received) = pair.lan.hosts[0].ping(overlay(1), &["-c", "2", "-W", "2"])?;
+    ensure!(received == 2, "ping after: {received}/2");
+    Ok(())
+}
+
 /// Our device against wireguard-go configured with `wg setconf` from our `wg_setconf_config`:
 /// the handshake completes, ping works both ways and TCP carries data both ways.
 #[test]
 fn interop_with_wireguard_go() -> anyhow::Result<()> {
-    if !ready(&["ping", "wireguard-go", "wg"]) {
+    if !ready(&["wg-node", "ping", "wireguard-go", "wg"]) {
         return Ok(());
     }
     let _serial = serial();
@@ -263,7 +345,7 @@ impl Drop for WireguardGo {
 /// [old, new], then both drop the old key. At most a handshake's worth of packets is lost.
 #[test]
 fn key_rotation_under_traffic() -> anyhow::Result<()> {
-    if !ready(&["ping"]) {
+    if !ready(&["wg-node", "ping"]) {
         return Ok(());
     }
     let _serial = serial();
@@ -294,7 +376,18 @@ fn key_rotation_under_traffic() -> anyhow::Result<()> {
         &[&pair.a_key],
         &a_peer(vec![old.public_key(), new.public_key()]),
     )?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Both keys listed: A gets a session with B's new key and moves its traffic there
+    // before the old key goes away.
+    let new_b64 = new.public_key().to_base64();
+    let switched = wait_until(Duration::from_secs(3), || {
+        pair.a.peer_stat("n1", "key").as_deref() == Some(new_b64.as_str())
+    });
+    ensure!(
+        switched,
+        "A still sends with B's old key: {}",
+        pair.a.stats()
+    );
+    std::thread::sleep(Duration::from_millis(500));
     pair.b.write_config(&[&new], &b_peers)?;
     pair.a
         .write_config(&[&pair.a_key], &a_peer(vec![new.public_key()]))?;
@@ -319,7 +412,7 @@ fn key_rotation_under_traffic() -> anyhow::Result<()> {
 /// Five nodes on one bridge in a full mesh: every overlay address pings every other.
 #[test]
 fn five_node_mesh() -> anyhow::Result<()> {
-    if !ready(&["ping"]) {
+    if !ready(&["wg-node", "ping"]) {
         return Ok(());
     }
     let _serial = serial();

@@ -22,7 +22,8 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether the test can run. Prints `skipped: why` and returns false when a prerequisite is
+/// Whether the test can run: root, a usable TUN, `ip`, and `tools` (the pseudo-tool
+/// "wg-node" is the example binary `cargo test` builds). Prints `skipped: why` and returns false when a prerequisite is
 /// missing; under `CI=true` a missing prerequisite fails the test instead.
 pub fn ready(tools: &[&str]) -> bool {
     let Err(reason) = check_prerequisites(tools) else {
@@ -49,16 +50,15 @@ fn check_prerequisites(tools: &[&str]) -> Result<(), String> {
     }
     warren_wireguard::tun_available()?;
     for tool in ["ip"].iter().chain(tools) {
-        if which(tool).is_none() {
+        if *tool == "wg-node" {
+            let node = wg_node_path();
+            if !node.exists() {
+                let shown = node.display();
+                return Err(format!("{shown} is not built (cargo test builds it)"));
+            }
+        } else if which(tool).is_none() {
             return Err(format!("{tool} is not installed"));
         }
-    }
-    let node = wg_node_path();
-    if !node.exists() {
-        return Err(format!(
-            "{} is not built (cargo test builds it)",
-            node.display()
-        ));
     }
     Ok(())
 }
@@ -105,6 +105,22 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(50));
     }
     condition()
+}
+
+/// Runs `body` on a thread that has entered `netns`; the thread's sockets and TUN devices,
+/// and those of threads it starts, live there.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Netns,
+    body: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = format!("/var/run/netns/{}", netns.name);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).context("open netns")?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        body()
+    })
+    .join()
+    .expect("netns thread")
 }
 
 /// A network namespace, deleted on drop.
