@@ -29,10 +29,13 @@ fn peer_config(peer: &PeerInfo, keepalive: Option<u16>) -> Option<PeerConfig> {
         label: peer.name.clone(),
         public_keys,
         allowed_ips: vec![(subnet_of(address), NODE_PREFIX)],
+        // The data plane is IPv4: a peer that registered another endpoint is reached once it
+        // sends (roaming), rather than refusing the whole peer set.
         endpoint: peer
             .wg_endpoint
             .as_deref()
-            .and_then(|e| e.parse::<SocketAddr>().ok()),
+            .and_then(|e| e.parse::<SocketAddr>().ok())
+            .filter(SocketAddr::is_ipv4),
         persistent_keepalive: keepalive,
     })
 }
