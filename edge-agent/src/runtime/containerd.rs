@@ -156,10 +156,19 @@ impl ContainerdRuntime {
     ///
     /// # Errors
     /// [`RuntimeError::InvalidOptions`], `root` not creatable, `/proc` unreadable.
-    pub fn new(root: PathBuf, options: ContainerdOptions) -> Result<Self, RuntimeError> {
+    pub fn new(root: PathBuf, mut options: ContainerdOptions) -> Result<Self, RuntimeError> {
         options
             .validate()
             .map_err(|reason| RuntimeError::InvalidOptions { reason })?;
+        // containerd and its shim resolve paths from their own working directory, and a
+        // relative log path in a file:// URI would even be read as a host name: only
+        // absolute paths go to them.
+        let absolute =
+            |p: &Path| std::path::absolute(p).map_err(|e| RuntimeError::io("resolve path", p, e));
+        let root = absolute(&root)?;
+        if let Some(resolv) = &options.resolv_conf {
+            options.resolv_conf = Some(absolute(resolv)?);
+        }
         let is_root = rustix::process::geteuid().is_root();
         let layout = Layout { root };
         layout.create_root(is_root)?;

@@ -17,6 +17,14 @@ use super::image::{oci_arch, sha256_digest};
 /// The static busybox Debian's `busybox-static` installs.
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// The test image's cmd: a service that logs one line and runs until SIGTERM (PID 1 of a
+/// container has no default action for it, hence the trap).
+pub const BUSYBOX_CMD: [&str; 3] = [
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; echo busybox up; while true; do sleep 1; done",
+];
+
 /// How long containerd gets to open its socket.
 const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
@@ -160,7 +168,8 @@ impl Drop for Containerd {
 
 /// Writes an OCI image-layout tarball of a one-layer image named `name` (e.g.
 /// `warren.test/busybox:1`) to `path`: `/bin/busybox` with `/bin/sh` and a few applet links,
-/// entrypoint none, cmd `sh`. Returns the layer's digest.
+/// no entrypoint, and a cmd ([`BUSYBOX_CMD`]) that says `busybox up` and runs until SIGTERM.
+/// Returns the layer's digest.
 ///
 /// # Errors
 /// Reading busybox or writing the tarball.
@@ -170,7 +179,7 @@ pub fn write_busybox_layout(path: &Path, name: &str) -> io::Result<String> {
     let config = json!({
         "architecture": oci_arch(),
         "os": "linux",
-        "config": { "Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/" },
+        "config": { "Env": ["PATH=/bin"], "Cmd": BUSYBOX_CMD, "WorkingDir": "/" },
         "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
     })
     .to_string()

@@ -108,6 +108,7 @@ async fn container_runs_logs_stops_and_is_cleaned_up() {
     eprintln!("start → task running took {:?}", began.elapsed());
     let log = handle.record().stdout_log.clone();
     assert!(log.starts_with(&fx.root), "{}", log.display());
+    assert!(log.is_absolute(), "{}", log.display());
     let logged = wait_until(Duration::from_secs(5), async || {
         read(&log).contains("hello from busybox")
     })
