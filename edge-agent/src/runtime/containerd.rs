@@ -15,6 +15,8 @@
 //! - `client`: the connection, namespace and leases.
 //! - `layout`: importing an OCI image-layout tarball (`warren image load`).
 //! - `image`: names, manifests and configs; unpacking layers into snapshots.
+//! - `pull`: pulling an image from an OCI registry, in the background of the start that
+//!   found it missing.
 //! - `spec`: the OCI runtime spec of a replica's container.
 //! - `task`: containers and tasks: create, start, inspect, signal, delete.
 //!
@@ -24,6 +26,7 @@
 mod client;
 mod image;
 mod layout;
+mod pull;
 mod spec;
 mod task;
 #[doc(hidden)]
@@ -44,6 +47,7 @@ use warren_api::ids::ReplicaId;
 pub use self::client::{Connection, ContainerdError};
 pub use self::image::{ImageError, normalize_reference};
 pub use self::layout::{ImportError, ImportedImage, import_layout};
+pub use self::pull::{PullError, PullProgress, pull};
 pub use self::spec::{CGROUP_PARENT, SECRETS_MOUNT};
 use self::task::TaskState;
 use super::dirs::{Layout, SECRETS_DIR};
@@ -89,6 +93,8 @@ pub struct ContainerdOptions {
     /// Where cgroup v1 controllers are mounted (to remove what runc leaves). Default
     /// `/sys/fs/cgroup`.
     pub cgroup_root: PathBuf,
+    /// Pull an image that is not in the store from its registry. Default true.
+    pub pull: bool,
 }
 
 impl Default for ContainerdOptions {
@@ -101,6 +107,7 @@ impl Default for ContainerdOptions {
             log_files_max: 3,
             resolv_conf: None,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            pull: true,
         }
     }
 }
@@ -148,6 +155,18 @@ pub struct ContainerdRuntime {
     /// Made on first use, so that the agent starts (and reports) while containerd is down.
     connection: OnceCell<Connection>,
     tracked: Mutex<HashMap<ReplicaId, WorkloadRecord>>,
+    /// Background pulls by image name: a start that finds its image missing starts one and
+    /// fails with its progress; a later start finds the image.
+    pulls: Mutex<HashMap<String, pull::PullJob>>,
+}
+
+impl Drop for ContainerdRuntime {
+    fn drop(&mut self) {
+        let pulls = self.pulls.get_mut().unwrap_or_else(|e| e.into_inner());
+        for job in pulls.values() {
+            job.task.abort();
+        }
+    }
 }
 
 impl ContainerdRuntime {
@@ -182,6 +201,7 @@ impl ContainerdRuntime {
             is_root,
             connection: OnceCell::new(),
             tracked: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -276,13 +296,65 @@ impl ContainerdRuntime {
         };
         match image::resolve(conn, &name).await {
             Ok(image) => Ok(image),
-            Err(ImageError::Containerd(e)) if e.is_not_found() => Err(unavailable(format!(
-                "{name} is not in this box's containerd store (namespace {}); load it with `warren image load`",
-                self.options.namespace
-            ))),
+            Err(ImageError::Containerd(e)) if e.is_not_found() => match self.pulled(&name).await {
+                Ok(true) => image::resolve(conn, &name)
+                    .await
+                    .map_err(|e| unavailable(e.to_string())),
+                Ok(false) => Err(unavailable(self.pull_state(conn, &name))),
+                Err(why) => Err(unavailable(why)),
+            },
             Err(ImageError::Containerd(e)) => Err(e.into()),
             Err(e) => Err(unavailable(e.to_string())),
         }
+    }
+
+    /// Whether a finished pull of `name` brought it in; `Err` says why it did not.
+    async fn pulled(&self, name: &str) -> Result<bool, String> {
+        let finished = {
+            let mut pulls = self.lock_pulls();
+            match pulls.get(name) {
+                Some(job) if job.task.is_finished() => pulls.remove(name),
+                _ => None,
+            }
+        };
+        let Some(job) = finished else {
+            return Ok(false);
+        };
+        match job.task.await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(why)) => Err(format!(
+                "{name} is not in this box's containerd store and pulling it failed: {why}"
+            )),
+            Err(e) => Err(format!("{name}: the pull ended: {e}")),
+        }
+    }
+
+    /// Starts pulling `name` unless a pull runs; says how far it is.
+    fn pull_state(&self, conn: &Connection, name: &str) -> String {
+        let namespace = &self.options.namespace;
+        if !self.options.pull {
+            return format!(
+                "{name} is not in this box's containerd store (namespace {namespace}); load it with `warren image load`"
+            );
+        }
+        let mut pulls = self.lock_pulls();
+        if let Some(job) = pulls.get(name) {
+            return format!("pulling {name}: {}", job.progress.describe());
+        }
+        let job = pull::PullJob::spawn(
+            conn.clone(),
+            self.options.snapshotter.clone(),
+            name.to_owned(),
+        );
+        pulls.insert(name.to_owned(), job);
+        format!("{name} is not in this box's containerd store (namespace {namespace}); pulling it")
+    }
+
+    fn lock_pulls(&self) -> std::sync::MutexGuard<'_, HashMap<String, pull::PullJob>> {
+        // Every update is one insert or remove: a poisoned map is still whole.
+        self.pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes the replica's directory and writes its secrets, owned by the container's user

@@ -218,7 +218,7 @@ fn blob_digest(name: &str) -> Option<String> {
 }
 
 /// One blob on its way into the content store.
-struct BlobWrite {
+pub(super) struct BlobWrite {
     digest: String,
     size: u64,
     reference: String,
@@ -228,7 +228,7 @@ struct BlobWrite {
 }
 
 impl BlobWrite {
-    fn begin(conn: &Connection, digest: String, size: u64, lease: &Lease) -> Self {
+    pub(super) fn begin(conn: &Connection, digest: String, size: u64, lease: &Lease) -> Self {
         let (requests, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let request = conn.request(ReceiverStream::new(rx), Some(lease));
         let mut client = ContentClient::new(conn.channel.clone());
@@ -257,7 +257,7 @@ impl BlobWrite {
         }
     }
 
-    async fn chunk(&mut self, data: Vec<u8>) {
+    pub(super) async fn chunk(&mut self, data: Vec<u8>) {
         let len = data.len() as i64;
         let request = WriteContentRequest {
             action: WriteAction::Write as i32,
@@ -272,7 +272,7 @@ impl BlobWrite {
         let _ = self.requests.send(request).await;
     }
 
-    async fn finish(self) -> Result<(), ContainerdError> {
+    pub(super) async fn finish(self) -> Result<(), ContainerdError> {
         let commit = WriteContentRequest {
             action: WriteAction::Commit as i32,
             r#ref: self.reference.clone(),
@@ -352,7 +352,7 @@ fn image_name(descriptor: &JsonDescriptor) -> Option<String> {
 
 /// Sets the garbage collector's reference labels on `top` and the indexes and manifests
 /// below it, so that the image keeps all its blobs.
-async fn label_children(
+pub(super) async fn label_children(
     conn: &Connection,
     small: &HashMap<String, Vec<u8>>,
     top: &JsonDescriptor,
@@ -387,7 +387,7 @@ async fn label_children(
 }
 
 /// Creates image `name` pointing at `target`, or points an existing one there.
-async fn put_image(
+pub(super) async fn put_image(
     conn: &Connection,
     name: &str,
     target: &JsonDescriptor,

@@ -174,16 +174,8 @@ impl Drop for Containerd {
 /// # Errors
 /// Reading busybox or writing the tarball.
 pub fn write_busybox_layout(path: &Path, name: &str) -> io::Result<String> {
-    let layer = busybox_layer()?;
+    let (layer, config) = busybox_image()?;
     let layer_digest = sha256_digest(&layer);
-    let config = json!({
-        "architecture": oci_arch(),
-        "os": "linux",
-        "config": { "Env": ["PATH=/bin"], "Cmd": BUSYBOX_CMD, "WorkingDir": "/" },
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-    })
-    .to_string()
-    .into_bytes();
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -217,6 +209,88 @@ pub fn write_busybox_layout(path: &Path, name: &str) -> io::Result<String> {
     }
     out.into_inner()?.flush()?;
     Ok(layer_digest)
+}
+
+/// The busybox image's one layer (an uncompressed tar) and its config JSON.
+///
+/// # Errors
+/// Reading busybox.
+pub fn busybox_image() -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let layer = busybox_layer()?;
+    let config = json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": BUSYBOX_CMD, "WorkingDir": "/" },
+        "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&layer)] },
+    })
+    .to_string()
+    .into_bytes();
+    Ok((layer, config))
+}
+
+/// A loopback OCI registry (Debian's `docker-registry`, the distribution reference
+/// implementation) of the test's own, stopped on drop.
+#[derive(Debug)]
+pub struct Registry {
+    addr: std::net::SocketAddr,
+    child: Child,
+}
+
+impl Registry {
+    /// Why this host cannot run a registry, if it cannot.
+    pub fn missing() -> Option<String> {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("docker-registry").is_file())
+        });
+        (!found).then(|| "docker-registry is not installed (Debian: docker-registry)".to_owned())
+    }
+
+    /// Starts a registry storing under `dir` on a free 127.0.0.1 port and waits for it.
+    ///
+    /// # Errors
+    /// Writing its config, spawning it, or no answer within [`STARTUP_WAIT`].
+    pub fn start(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.join("data").display()
+        );
+        let config_path = dir.join("config.yml");
+        fs::write(&config_path, config)?;
+        let log = fs::File::create(dir.join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let registry = Registry { addr, child };
+        let deadline = Instant::now() + STARTUP_WAIT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other("docker-registry did not listen in time"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(registry)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+    }
 }
 
 /// The layer: `bin/busybox` and its applet links.

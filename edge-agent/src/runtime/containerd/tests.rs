@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use warren_api::ids::{ReplicaId, ServiceName};
 
-use super::testkit::{Containerd, skip, write_busybox_layout};
+use super::testkit::{Containerd, Registry, busybox_image, skip, write_busybox_layout};
 use super::*;
 
 const IMAGE: &str = "warren.test/busybox:1";
@@ -32,8 +32,10 @@ impl Fixture {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
+        // No pulls unless a test says so: a test's traffic stays on loopback.
         let options = ContainerdOptions {
             socket: daemon.socket().to_owned(),
+            pull: false,
             ..ContainerdOptions::default()
         };
         let root = dir.path().join("workloads");
@@ -342,4 +344,122 @@ async fn missing_image_is_unavailable_and_retryable() {
         .await
         .expect_err("start a process");
     assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
+}
+
+/// Pushes the busybox image to `reference` on a loopback registry, as `docker push` would.
+async fn push_busybox(reference: &str) {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    warren_transport::install_crypto_provider();
+    let (layer, config) = busybox_image().expect("busybox image");
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let layers = [ImageLayer::new(
+        layer,
+        "application/vnd.oci.image.layer.v1.tar".to_owned(),
+        None,
+    )];
+    let config = Config::new(
+        config,
+        "application/vnd.oci.image.config.v1+json".to_owned(),
+        None,
+    );
+    let reference: oci_client::Reference = reference.parse().expect("reference");
+    let auth = oci_client::secrets::RegistryAuth::Anonymous;
+    client
+        .push(&reference, &layers, config, &auth, None)
+        .await
+        .expect("push busybox");
+}
+
+/// Whether the registry tests may run; prints why not (fails under `CI=true`).
+fn registry_available(test: &str) -> bool {
+    let Some(reason) = Registry::missing() else {
+        return true;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {reason} (CI=true: prerequisites must be present)"
+    );
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+/// An image on a loopback registry and not in the store: the first start says it is being
+/// pulled and fails (retryable); once the background pull is done a start runs it.
+#[tokio::test]
+async fn missing_image_is_pulled_from_a_registry() {
+    let test = "missing_image_is_pulled_from_a_registry";
+    let Some(mut fx) = Fixture::new(test).await else {
+        return;
+    };
+    if !registry_available(test) {
+        return;
+    }
+    let registry = Registry::start(&fx.root.with_file_name("registry")).expect("registry");
+    let reference = format!("{}/warren/busybox:1", registry.addr());
+    push_busybox(&reference).await;
+    fx.options.pull = true;
+    fx.runtime = ContainerdRuntime::new(fx.root.clone(), fx.options.clone()).expect("runtime");
+    let mut request = request("ctr-pull", "");
+    request.image = Some(reference.clone());
+    request.argv = vec![];
+    let began = Instant::now();
+    let err = fx.runtime.start(&request).await.expect_err("first start");
+    let message = err.to_string();
+    assert!(message.contains("pulling it; retrying"), "{message}");
+    let mut started = None;
+    while started.is_none() && began.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match fx.runtime.start(&request).await {
+            Ok(handle) => started = Some(handle),
+            Err(RuntimeError::ImageUnavailable { reason, .. }) if reason.contains("pulling") => {}
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+    let handle = started.expect("started within 30 s");
+    eprintln!(
+        "{test}: missing → pulled and running in {:?}",
+        began.elapsed()
+    );
+    let log = handle.record().stdout_log.clone();
+    let logged = wait_until(Duration::from_secs(5), async || {
+        read(&log).contains("busybox up")
+    })
+    .await;
+    assert!(logged, "log: {:?}", read(&log));
+    fx.runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+    let images = fx.ctr(&["images", "ls", "-q"]);
+    assert!(images.contains(&reference), "{images}");
+}
+
+/// A registry that does not answer: the pull fails and the next start says so, retryably.
+#[tokio::test]
+async fn unreachable_registry_says_the_pull_failed() {
+    let test = "unreachable_registry_says_the_pull_failed";
+    let Some(mut fx) = Fixture::new(test).await else {
+        return;
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    fx.options.pull = true;
+    fx.runtime = ContainerdRuntime::new(fx.root.clone(), fx.options.clone()).expect("runtime");
+    let mut request = request("ctr-nopull", "");
+    request.image = Some(format!("{closed}/warren/missing:1"));
+    let mut last = String::new();
+    let began = Instant::now();
+    while !last.contains("pulling it failed") && began.elapsed() < Duration::from_secs(20) {
+        let err = fx.runtime.start(&request).await.expect_err("start");
+        assert!(err.is_retryable(), "{err}");
+        last = err.to_string();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last.contains("pulling it failed"), "{last}");
+    assert!(last.ends_with("; retrying"), "{last}");
 }
