@@ -43,7 +43,9 @@ fn running_web(dir: &Path, since_ms: u64) -> Option<(LocalReplica, u32)> {
 /// `web` (the busybox image, whose cmd says `busybox up` and runs until SIGTERM) is created
 /// through control and runs in a container whose output reaches the replica's log; the agent
 /// stops and starts again and adopts it (same pid, no restart); the control node goes away and
-/// the container's process is killed: the agent, cut off, starts it again.
+/// the container's process is killed: the agent, cut off, starts it again; the agent stops,
+/// the task disappears (as with a power cut) and the agent, still cut off, starts it again
+/// from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
     let test = "image_service_runs_is_adopted_and_restarted_while_cut_off";
@@ -88,8 +90,9 @@ async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
         "{test}: service created → container running in {:?}",
         created.elapsed()
     );
+    let id = replica.replica.to_string();
     let log = default_workloads_dir(&agent_dir)
-        .join(replica.replica.to_string())
+        .join(&id)
         .join("stdout.log");
     wait_until("web's output in its log", long, || {
         std::fs::read_to_string(&log)
@@ -120,6 +123,26 @@ async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
     .await;
     assert!(restarted.restarts >= 1, "{restarted:?}");
     assert!(alive(new_pid));
+
+    info!("--- as after a power cut: the agent is down and the task is gone; still no control");
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    daemon.ctr(
+        DEFAULT_NAMESPACE,
+        &["tasks", "kill", "-a", "-s", "SIGKILL", &id],
+    );
+    wait_until("the task's process to die", long, || {
+        (!alive(new_pid)).then_some(())
+    })
+    .await;
+    daemon.ctr(DEFAULT_NAMESPACE, &["tasks", "rm", "-f", &id]);
+    let back_at_ms = unix_now_ms();
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
+    let (_, third_pid) = wait_until("web started again from the cache", long, || {
+        running_web(&agent_dir, back_at_ms).filter(|(_, p)| *p != new_pid)
+    })
+    .await;
+    assert!(alive(third_pid));
 
     cancel.cancel();
     task.await.unwrap().expect("agent stops cleanly");

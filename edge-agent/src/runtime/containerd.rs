@@ -52,7 +52,7 @@ pub use self::spec::{CGROUP_PARENT, SECRETS_MOUNT};
 use self::task::TaskState;
 use super::dirs::{Layout, SECRETS_DIR};
 use super::{
-    Instance, Runtime, RuntimeError, RuntimeFuture, RuntimeObservation, StopOutcome,
+    Credentials, Instance, Runtime, RuntimeError, RuntimeFuture, RuntimeObservation, StopOutcome,
     WorkloadHandle, WorkloadRecord, WorkloadRequest, logs, procfs, secrets,
 };
 
@@ -64,6 +64,9 @@ pub const DEFAULT_NAMESPACE: &str = "warren";
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 /// Label holding the spec hash a container was made from.
 pub const WORKLOAD_HASH_LABEL: &str = "warren.workload_hash";
+
+/// The overflow user and group: who a root container's exec health checks run as.
+const NOBODY: u32 = 65_534;
 
 /// Signal numbers containerd's Kill call takes.
 const SIGTERM: u32 = 15;
@@ -278,7 +281,7 @@ impl ContainerdRuntime {
             log: &stdout_log,
         };
         let pid = made.run(conn).await?;
-        let record = self.record(request, id, pid, stdout_log);
+        let record = self.record(request, id, pid, stdout_log, (process.uid, process.gid));
         self.lock().insert(request.replica.clone(), record.clone());
         tracing::info!(replica = %request.replica, pid, image = image.name, "started container");
         Ok(WorkloadHandle::new(record))
@@ -389,7 +392,23 @@ impl ContainerdRuntime {
         id: String,
         pid: u32,
         log: PathBuf,
+        (uid, gid): (u32, u32),
     ) -> WorkloadRecord {
+        // Exec health checks still run on the host, not in the container: they run as the
+        // container's user with no capability, and as nobody for a container running as its
+        // own root, never as the agent.
+        let (uid, gid) = if uid == 0 {
+            (NOBODY, NOBODY)
+        } else {
+            (uid, gid)
+        };
+        let credentials = Credentials {
+            uid,
+            gid,
+            groups: vec![gid],
+            capabilities: 0,
+            switched: self.is_root,
+        };
         let started_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -402,7 +421,7 @@ impl ContainerdRuntime {
             stderr_log: log,
             instance: Instance::Container { id, pid },
             working_dir: self.replica_dir(&request.replica),
-            credentials: None,
+            credentials: Some(credentials),
         }
     }
 
