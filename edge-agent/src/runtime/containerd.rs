@@ -255,17 +255,22 @@ impl ContainerdRuntime {
         }
         let conn = self.connection().await?;
         let id = request.replica.to_string();
-        if let TaskState::Running { pid } = task::state(conn, &id).await? {
-            return Err(RuntimeError::AlreadyRunning {
-                replica: request.replica.clone(),
-                pid,
-            });
+        let running = match task::state(conn, &id).await? {
+            TaskState::Running { pid } => Some(pid),
+            _ => None,
+        };
+        if running.is_none() {
+            task::remove_all(conn, &self.options.snapshotter, &id).await?;
         }
-        task::remove_all(conn, &self.options.snapshotter, &id).await?;
         let image = self.resolve_image(conn, reference).await?;
         let process = spec::container_process(request, &image.config.config)?;
-        let secrets_dir = self.prepare_files(request, (process.uid, process.gid))?;
         let stdout_log = self.replica_dir(&request.replica).join(logs::STDOUT_LOG);
+        if let Some(pid) = running {
+            return self
+                .take_over(conn, request, pid, stdout_log, &process)
+                .await;
+        }
+        let secrets_dir = self.prepare_files(request, (process.uid, process.gid))?;
         drop(logs::open_append(&stdout_log)?);
         let files = spec::HostFiles {
             secrets_dir: secrets_dir.as_deref(),
@@ -284,6 +289,30 @@ impl ContainerdRuntime {
         let record = self.record(request, id, pid, stdout_log, (process.uid, process.gid));
         self.lock().insert(request.replica.clone(), record.clone());
         tracing::info!(replica = %request.replica, pid, image = image.name, "started container");
+        Ok(WorkloadHandle::new(record))
+    }
+
+    /// The replica's container already runs (a start whose caller went away before it got
+    /// the handle, a record the agent lost): the same spec is taken over as it runs; another
+    /// spec's is the caller's to stop.
+    async fn take_over(
+        &self,
+        conn: &Connection,
+        request: &WorkloadRequest,
+        pid: u32,
+        stdout_log: PathBuf,
+        process: &spec::ContainerProcess,
+    ) -> Result<WorkloadHandle, RuntimeError> {
+        let id = request.replica.to_string();
+        if task::workload_hash(conn, &id).await? != Some(request.workload_hash) {
+            return Err(RuntimeError::AlreadyRunning {
+                replica: request.replica.clone(),
+                pid,
+            });
+        }
+        let record = self.record(request, id, pid, stdout_log, (process.uid, process.gid));
+        self.lock().insert(request.replica.clone(), record.clone());
+        tracing::info!(replica = %request.replica, pid, "took over the replica's running container");
         Ok(WorkloadHandle::new(record))
     }
 

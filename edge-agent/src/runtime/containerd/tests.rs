@@ -118,7 +118,17 @@ async fn container_runs_logs_stops_and_is_cleaned_up() {
     assert!(logged, "log: {:?}", read(&log));
     let observed = fx.runtime.observe(&handle).await.expect("observe");
     assert_eq!(observed, RuntimeObservation::Running);
-    let err = fx.runtime.start(&request).await.expect_err("second start");
+    // A second start of the same spec takes the running container over; another spec's
+    // start is refused.
+    let again = fx.runtime.start(&request).await.expect("second start");
+    assert_eq!(again.record().pid(), handle.record().pid());
+    let mut other_spec = request.clone();
+    other_spec.workload_hash += 1;
+    let err = fx
+        .runtime
+        .start(&other_spec)
+        .await
+        .expect_err("other spec's start");
     assert!(matches!(err, RuntimeError::AlreadyRunning { .. }), "{err}");
     let err = fx
         .runtime
