@@ -34,8 +34,46 @@ pub struct AgentArgs {
 pub enum RuntimeKind {
     /// Native processes, each in its own process group.
     Process,
-    /// containerd (not supported yet).
+    /// Containers of OCI images, through containerd (`--containerd-socket`).
     Containerd,
+}
+
+/// Runtime flags of `agent join` and `agent run`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Workload runtime")]
+pub struct RuntimeArgs {
+    /// Workload runtime: native processes, or containers of OCI images through containerd.
+    /// One per node; kept in the data dir. [default: process; at run: what join was given]
+    #[arg(long, value_enum)]
+    pub runtime: Option<RuntimeKind>,
+    /// containerd's socket, for `--runtime containerd`. [default: /run/containerd/containerd.sock;
+    /// at run: what join was given]
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// The runtime the flags ask for; `None`: what the data dir keeps (only at run).
+    fn choice(&self, at_join: bool) -> Result<Option<agent::RuntimeChoice>> {
+        let kind = match self.runtime {
+            Some(kind) => kind,
+            None if self.containerd_socket.is_some() => RuntimeKind::Containerd,
+            None if at_join => RuntimeKind::Process,
+            None => return Ok(None),
+        };
+        Ok(Some(match kind {
+            RuntimeKind::Process if self.containerd_socket.is_some() => {
+                bail!("--containerd-socket needs --runtime containerd")
+            }
+            RuntimeKind::Process => agent::RuntimeChoice::Process,
+            RuntimeKind::Containerd => match &self.containerd_socket {
+                Some(socket) => agent::RuntimeChoice::Containerd {
+                    socket: socket.clone(),
+                },
+                None => agent::RuntimeChoice::containerd_default(),
+            },
+        }))
+    }
 }
 
 /// Listen flags of `agent join` and `agent run`. At join a flag not given takes its default,
@@ -230,9 +268,8 @@ pub enum AgentCommand {
         /// A node label for placement constraints; repeatable.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
-        /// Workload runtime.
-        #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
-        runtime: RuntimeKind,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
         /// Where each replica's directory (logs, secrets, its own `work` directory) goes; kept
         /// for `agent run`. Outside the data dir, under directories other users may pass
         /// through (workloads run as their own users). [default: DATA_DIR-workloads, beside
@@ -253,6 +290,8 @@ pub enum AgentCommand {
         /// DATA_DIR-workloads]
         #[arg(long, value_name = "DIR")]
         workloads_dir: Option<PathBuf>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
         #[command(flatten)]
         listen: ListenArgs,
         #[command(flatten)]
@@ -275,10 +314,12 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
         AgentCommand::Run {
             data_dir,
             workloads_dir,
+            runtime,
             listen,
             wireguard,
         } => {
             let selfcheck = selfcheck_knob()?;
+            let runtime = runtime.choice(false)?;
             let identity = agent::load_identity(&data_dir)
                 .with_context(|| format!("start the agent in {}", data_dir.display()))?;
             let settings = listen.settings(identity.listen.as_ref())?;
@@ -286,6 +327,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             options.overlay = Some(wireguard.settings_at_run(&data_dir)?);
             // Not given: what join kept in agent.json, else the default (Agent::open).
             options.process.workloads_dir = workloads_dir;
+            options.runtime = runtime;
             foreground(options, || async move { Ok(data_dir) })
         }
         AgentCommand::Join {
@@ -302,9 +344,9 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
         } => {
             let selfcheck = selfcheck_knob()?;
             let overlay = wireguard.settings(None)?;
-            if runtime == RuntimeKind::Containerd {
-                bail!("--runtime containerd: not supported yet; use --runtime process");
-            }
+            let runtime = runtime
+                .choice(true)?
+                .expect("join always chooses a runtime");
             let name = match name {
                 Some(name) => name,
                 None => default_name(),
@@ -326,8 +368,9 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             let mut options = options(&settings, listen.advertise_gossip, selfcheck);
             options.process.workloads_dir = workloads_dir;
             options.overlay = Some(overlay.clone());
+            options.runtime = Some(runtime.clone());
             foreground(options, || async move {
-                let data_dir = join(data_dir, request).await?;
+                let data_dir = join(data_dir, request, runtime).await?;
                 // Kept for `agent run`, which this process becomes next.
                 overlay.save(&data_dir).with_context(|| {
                     format!("keep the WireGuard settings in {}", data_dir.display())
@@ -340,11 +383,17 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
 
 /// `agent join`'s part before the agent runs: join, say so, then carry on as `agent run`
 /// (see [`become_run`]); if that cannot be done, run in this process.
-async fn join(data_dir: PathBuf, request: agent::JoinRequest) -> Result<PathBuf> {
+async fn join(
+    data_dir: PathBuf,
+    request: agent::JoinRequest,
+    runtime: agent::RuntimeChoice,
+) -> Result<PathBuf> {
     let control = request.control_addrs.join(",");
     let identity = agent::join(&data_dir, request)
         .await
         .with_context(|| format!("join the cluster at {control}"))?;
+    // Kept before carrying on as `agent run`, which reads it from the data dir.
+    agent::save_runtime_choice(&data_dir, &runtime).context("keep the runtime choice")?;
     say(&format!(
         "joined the cluster as agent node {} ({})",
         identity.node_id,

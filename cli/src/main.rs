@@ -20,6 +20,7 @@
 //!   certificates, node drain and removal.
 //! - [`service_cmd`]: `warren service create | ls | inspect | ps | scale | update | rollback | rm`.
 //! - [`secret_cmd`]: `warren secret create | ls | rm`.
+//! - [`image_cmd`]: `warren image load`, images into this box's containerd without a registry.
 //! - [`apply`]: `warren apply -f`: YAML documents (Service, Secret, Volume) parsed, validated
 //!   and written in order.
 //! - [`table`]: aligned text tables for the read commands.
@@ -46,6 +47,7 @@ mod demo;
 mod dev;
 mod fd_limit;
 mod hide_token;
+mod image_cmd;
 mod local;
 mod output;
 #[cfg(test)]
@@ -183,6 +185,10 @@ enum Command {
     /// Secrets: create (from a file or stdin), list, remove. Values are never shown.
     Secret(secret_cmd::SecretArgs),
 
+    /// Images on this box (containerd nodes): load an OCI image tarball without a registry.
+    #[command(after_help = "Example:\n  warren image load busybox.tar")]
+    Image(image_cmd::ImageArgs),
+
     /// Scripted tour: deploy, cut a site off, heal, converge; exits 0 (about 20 s, no root).
     ///
     /// Starts, in this one process on 127.0.0.1, a control node and an agent in each of two
@@ -314,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
         cli.command,
         Command::Control(_)
             | Command::Agent(_)
+            | Command::Image(_)
             | Command::Demo(_)
             | Command::Dev(_)
             | Command::Completion { .. }
@@ -327,6 +334,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Control(args) => control_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args, format),
+        Command::Image(args) => image_cmd::run(args, format),
         Command::Cluster(args) => admin(&args.client, &top, |client| async move {
             cluster_cmd::cluster(&client, format, args.command).await
         }),

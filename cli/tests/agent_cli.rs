@@ -56,13 +56,15 @@ fn agent_join_run_status_and_removal() {
 
     let agent_dir = dir.path().join("agent");
     let agent_dir_text = agent_dir.to_str().unwrap().to_owned();
-    // containerd is refused before anything is written.
+    // Contradicting runtime flags are refused before anything is written.
     let refused = command()
         .args([
             "agent",
             "join",
             "--runtime",
-            "containerd",
+            "process",
+            "--containerd-socket",
+            "/run/containerd/containerd.sock",
             "--control",
             &quic,
         ])
@@ -71,7 +73,8 @@ fn agent_join_run_status_and_removal() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("not supported yet"),
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("--containerd-socket needs --runtime containerd"),
         "{refused:?}"
     );
     assert!(!agent_dir.exists());

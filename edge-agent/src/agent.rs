@@ -28,6 +28,7 @@
 mod identity;
 mod join;
 mod reconcile;
+pub(crate) mod runtime_choice;
 mod status_file;
 mod wiring;
 
@@ -45,9 +46,12 @@ use warren_transport::{Credentials, EndpointOptions};
 pub use self::identity::{AGENT_FILE, AgentIdentity, load_identity};
 pub use self::join::{JoinAdvertise, JoinRequest, join};
 pub use self::reconcile::{FOLLOW_UP_PASS, LOG_ROTATE_INTERVAL, RECONCILE_INTERVAL};
+pub use self::runtime_choice::{
+    RUNTIME_FILE, RuntimeChoice, load_runtime_choice, save_runtime_choice,
+};
 pub use self::status_file::{AgentStatus, LocalReplica, STATUS_FILE, STATUS_REFRESH, load_status};
 use crate::cache::{Cache, CacheError, CacheIdentity, CacheTuning};
-use crate::runtime::{ProcessRuntime, ProcessRuntimeOptions, Runtime, RuntimeError};
+use crate::runtime::{ProcessRuntimeOptions, Runtime, RuntimeError};
 
 pub(crate) const RECORD_PREFIX: &str = "workload/";
 const BOOK_KEY: &str = "restart_book";
@@ -57,8 +61,12 @@ const VIEW_KEY: &str = "view";
 /// How the agent runs.
 #[derive(Clone, Debug, Default)]
 pub struct AgentOptions {
-    /// The process runtime's settings.
+    /// The process runtime's settings (the container runtime shares its directories, log
+    /// bounds and resolv.conf).
     pub process: ProcessRuntimeOptions,
+    /// The runtime to run workloads with, kept in the data dir for later starts; `None`: the
+    /// one kept there, else the process runtime.
+    pub runtime: Option<RuntimeChoice>,
     /// sled tuning.
     pub cache: CacheTuning,
     /// QUIC endpoint settings for the link.
@@ -264,7 +272,8 @@ impl Agent {
         if process_options.workloads_dir.is_none() {
             process_options.workloads_dir = identity.workloads_dir.clone();
         }
-        let runtime = ProcessRuntime::for_agent(data_dir, process_options.clone())?;
+        let choice = runtime_choice::choose(data_dir, &options)?;
+        let runtime = runtime_choice::build(data_dir, &choice, &process_options)?;
         let mut options = options;
         options.process = process_options;
         Ok(Agent {
@@ -272,7 +281,7 @@ impl Agent {
             identity,
             credentials,
             cache: Arc::new(cache),
-            runtime: Arc::new(runtime),
+            runtime,
             options,
         })
     }

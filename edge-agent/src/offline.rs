@@ -16,7 +16,7 @@ use warren_transport::write_atomic;
 
 use crate::agent::{AgentError, AgentOptions, RECORD_PREFIX, STATUS_FILE};
 use crate::cache::Cache;
-use crate::runtime::{ProcessRuntime, Runtime, WorkloadRecord};
+use crate::runtime::WorkloadRecord;
 use warren_api::clock::unix_now_ms;
 
 /// One workload [`stop_workloads`] dealt with.
@@ -30,8 +30,8 @@ pub struct StoppedWorkload {
     pub was_running: bool,
 }
 
-/// Stops every workload recorded in the (stopped) agent's `data_dir`: SIGTERM to its process
-/// group, SIGKILL after its service's stop grace period. Forgets the records and marks the
+/// Stops every workload recorded in the (stopped) agent's `data_dir` with the node's runtime:
+/// SIGTERM, SIGKILL after its service's stop grace period. Forgets the records and marks the
 /// replicas stopped in `status.json`; keeps the view, so the next run starts them again.
 ///
 /// # Errors
@@ -49,7 +49,8 @@ pub async fn stop_workloads(
             .ok()
             .and_then(|identity| identity.workloads_dir);
     }
-    let runtime = ProcessRuntime::for_agent(data_dir, process)?;
+    let choice = crate::agent::runtime_choice::choose(data_dir, options)?;
+    let runtime = crate::agent::runtime_choice::build(data_dir, &choice, &process)?;
     let view = cache.view()?;
     let grace_of = |replica: &ReplicaId| {
         let grace_ms = view

@@ -195,7 +195,6 @@ impl NodeSecrets {
     ///
     /// # Errors
     /// [`ReplicaStartError::Secret`] naming the first secret that cannot be opened;
-    /// [`ReplicaStartError::Runtime`] when the spec is not a process.
     pub(crate) fn request(
         &mut self,
         replica: &ReplicaId,
@@ -203,7 +202,7 @@ impl NodeSecrets {
         sealed: &BTreeMap<String, SealedBlob>,
     ) -> Result<WorkloadRequest, ReplicaStartError> {
         let files = self.open(spec, sealed)?;
-        let request = WorkloadRequest::for_process(replica.clone(), spec, files)?;
+        let request = WorkloadRequest::for_spec(replica.clone(), spec, files);
         self.written
             .insert(replica.clone(), written_from(spec, sealed));
         Ok(request)

@@ -42,6 +42,7 @@ fn replica(service: &str, slot: u32) -> ReplicaId {
 fn request(replica: ReplicaId, argv: &[&str]) -> WorkloadRequest {
     WorkloadRequest {
         replica,
+        image: None,
         workload_hash: 0x5eed,
         argv: argv.iter().map(|s| (*s).to_owned()).collect(),
         env: BTreeMap::new(),
@@ -386,7 +387,10 @@ async fn refuses_to_adopt_mismatched_records() {
     let Instance::Process {
         pid,
         start_time_ticks,
-    } = record.instance;
+    } = record.instance
+    else {
+        panic!("the process runtime records processes");
+    };
     reused_pid.instance = Instance::Process {
         pid,
         start_time_ticks: start_time_ticks + 1,
@@ -1064,5 +1068,21 @@ async fn workloads_run_as_their_user_with_only_their_capabilities() {
         err.to_string()
             .contains(r#"unknown user "no-such-user-here""#),
         "{err}"
+    );
+}
+
+/// A process-runtime node given a replica of an image service refuses it with the reason the
+/// replica's start-failed event (and `service ps`) shows.
+#[tokio::test]
+async fn image_workload_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let mut image = request(replica("img", 0), &[]);
+    image.image = Some("busybox:1".to_owned());
+    let err = runtime.start(&image).await.unwrap_err();
+    assert!(!err.is_retryable());
+    assert_eq!(
+        err.to_string(),
+        "unsupported: this node runs processes; image workloads need --runtime containerd"
     );
 }

@@ -121,6 +121,10 @@ pub(super) struct Reconciler {
     /// When each exited workload was first seen exited (keyed by its start), so that the
     /// planner sees one exit time per run.
     exits: BTreeMap<ReplicaId, (u64, u64)>,
+    /// Why each replica's last start failed (`image unavailable: …`, `this node runs
+    /// processes; …`), so that `service ps` says why and not only that. Not kept across
+    /// restarts of the agent: the next attempt says it again.
+    start_errors: BTreeMap<ReplicaId, String>,
     book: RestartBook,
     /// The node secret key and what each workload's secret files hold.
     secrets: NodeSecrets,
@@ -166,6 +170,7 @@ impl Reconciler {
             runtime: agent.runtime.clone(),
             handles: BTreeMap::new(),
             exits: BTreeMap::new(),
+            start_errors: BTreeMap::new(),
             book,
             secrets: NodeSecrets::load(&agent.data_dir),
             health: BTreeMap::new(),

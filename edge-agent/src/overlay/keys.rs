@@ -44,7 +44,7 @@ impl KeyRing {
             path: dir.to_owned(),
             source,
         })?;
-        let current = keys::load_or_create(&dir.join(CURRENT))?;
+        let current = keys::load_or_create(dir.join(CURRENT))?;
         let next_path = dir.join(NEXT);
         let next = if next_path.exists() {
             let next = keys::load_or_create(&next_path)?;
@@ -93,7 +93,7 @@ impl KeyRing {
             return Ok(false);
         }
         let next = PrivateKey::generate();
-        keys::save(&self.dir.join(NEXT), &next)?;
+        keys::save(self.dir.join(NEXT), &next)?;
         self.next = Some(next);
         Ok(true)
     }
@@ -107,7 +107,7 @@ impl KeyRing {
         let Some(next) = self.next.take() else {
             return Ok(false);
         };
-        keys::save(&self.dir.join(CURRENT), &next)?;
+        keys::save(self.dir.join(CURRENT), &next)?;
         remove(&self.dir.join(NEXT))?;
         self.retiring = Some(std::mem::replace(&mut self.current, next));
         Ok(true)

@@ -8,6 +8,8 @@
 //!
 //! - [`process`]: the native process runtime ([`ProcessRuntime`]): each workload in its own
 //!   process group, logs appended to files, SIGTERM then SIGKILL, adoption by pid + start time.
+//! - [`containerd`]: the container runtime ([`ContainerdRuntime`]): each workload a container
+//!   of an OCI image under containerd's shim, adoption by container id + spec-hash label.
 //! - `procfs`, `logs`, `secrets`, `cgroup`: the process runtime's pieces (reading `/proc`,
 //!   log rotation, secret files, cgroup v1 limits).
 //! - [`credentials`], `users`, `privileges`, `dirs`, `working_dir`: who a workload runs as
@@ -19,6 +21,7 @@
 //! a capability, its spec did not ask for.
 
 mod cgroup;
+pub mod containerd;
 pub mod credentials;
 mod dirs;
 mod logs;
@@ -41,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use warren_api::ids::ReplicaId;
 use warren_api::service::{ServiceSpec, Workload};
 
+pub use containerd::{ContainerdOptions, ContainerdRuntime};
 pub use credentials::Credentials;
 pub use process::{ProcessRuntime, ProcessRuntimeOptions, default_workloads_dir};
 
@@ -160,10 +164,13 @@ pub trait Runtime: Send + Sync + fmt::Debug {
 pub struct WorkloadRequest {
     /// The replica this workload is.
     pub replica: ReplicaId,
+    /// The image reference for a container workload; `None` for a native process.
+    pub image: Option<String>,
     /// [`ServiceSpec::workload_hash`] of the spec it is started from; recorded so that the
     /// agent can tell later whether a running workload matches the current spec.
     pub workload_hash: u64,
-    /// The program and its arguments; not run through a shell. Never empty.
+    /// The program and its arguments; not run through a shell. Never empty for a process; for
+    /// an image, the arguments to its entrypoint (empty: the image's own).
     pub argv: Vec<String>,
     /// The workload's whole environment (the agent's own is not inherited), except `PATH`,
     /// which defaults to the runtime's, and `WARREN_SECRETS_DIR`, which the runtime sets.
@@ -195,6 +202,7 @@ impl fmt::Debug for WorkloadRequest {
             .collect();
         f.debug_struct("WorkloadRequest")
             .field("replica", &self.replica)
+            .field("image", &self.image)
             .field("workload_hash", &self.workload_hash)
             .field("argv", &self.argv)
             .field("env", &self.env)
@@ -210,34 +218,36 @@ impl fmt::Debug for WorkloadRequest {
 }
 
 impl WorkloadRequest {
-    /// The request for `replica` of a native-process service `spec`, with the plaintext of
-    /// the secrets it references.
-    ///
-    /// # Errors
-    /// [`RuntimeError::Unsupported`] when `spec` runs a container image.
-    pub fn for_process(
+    /// The request for `replica` of service `spec` (a process or an image), with the
+    /// plaintext of the secrets it references. Which runtime can run it is the runtime's to
+    /// say: the process runtime refuses images.
+    pub fn for_spec(
         replica: ReplicaId,
         spec: &ServiceSpec,
         secrets: Vec<(String, Vec<u8>)>,
-    ) -> Result<Self, RuntimeError> {
-        let Workload::Process(process) = &spec.workload else {
-            return Err(RuntimeError::Unsupported {
-                what: "container images in the process runtime".to_owned(),
-            });
+    ) -> Self {
+        let (image, argv, working_dir) = match &spec.workload {
+            Workload::Process(process) => (
+                None,
+                process.command.clone(),
+                process.working_dir.as_ref().map(PathBuf::from),
+            ),
+            Workload::Image(image) => (Some(image.reference.clone()), image.args.clone(), None),
         };
-        Ok(WorkloadRequest {
+        WorkloadRequest {
             replica,
+            image,
             workload_hash: spec.workload_hash(),
-            argv: process.command.clone(),
+            argv,
             env: spec.env.clone(),
-            working_dir: process.working_dir.as_ref().map(PathBuf::from),
+            working_dir,
             user: spec.user.clone(),
             group: spec.group.clone(),
             cap_add: spec.cap_add.clone(),
             secrets,
             memory_bytes: spec.resources.memory_bytes,
             cpu_millis: spec.resources.cpu_millis,
-        })
+        }
     }
 }
 
@@ -267,10 +277,10 @@ pub struct WorkloadRecord {
 }
 
 impl WorkloadRecord {
-    /// The process id, for a native process.
+    /// The process id: a native process's, or a container's init process's.
     pub fn pid(&self) -> Option<u32> {
         match self.instance {
-            Instance::Process { pid, .. } => Some(pid),
+            Instance::Process { pid, .. } | Instance::Container { pid, .. } => Some(pid),
         }
     }
 }
@@ -286,6 +296,14 @@ pub enum Instance {
         /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot. With the
         /// boot id, it tells the recorded process from a later one that reuses its pid.
         start_time_ticks: u64,
+    },
+    /// A containerd container whose task runs under containerd's shim.
+    Container {
+        /// Container id (the replica id) in the runtime's containerd namespace; its
+        /// `warren.workload_hash` label holds the spec hash it was made from.
+        id: String,
+        /// Host pid of the task's init process: a task with another pid is a later one.
+        pid: u32,
     },
 }
 
@@ -439,6 +457,17 @@ pub enum RuntimeError {
         /// The OS error.
         source: io::Error,
     },
+    /// The image is neither in containerd's store nor obtainable now; the agent retries.
+    #[error("image unavailable: {reference}: {reason}; retrying")]
+    ImageUnavailable {
+        /// The image reference of the spec.
+        reference: String,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// containerd failed or cannot be reached.
+    #[error(transparent)]
+    Containerd(#[from] containerd::ContainerdError),
     /// A file operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -469,6 +498,8 @@ impl RuntimeError {
             | RuntimeError::Signal { .. }
             | RuntimeError::NotStopped { .. }
             | RuntimeError::Cgroup { .. }
+            | RuntimeError::ImageUnavailable { .. }
+            | RuntimeError::Containerd(_)
             | RuntimeError::Io { .. } => true,
         }
     }
@@ -508,7 +539,8 @@ mod tests {
             cpu_millis: Some(250),
         };
         let secrets = vec![("token".to_owned(), b"s3cret".to_vec())];
-        let request = WorkloadRequest::for_process(replica(), &spec, secrets).unwrap();
+        let request = WorkloadRequest::for_spec(replica(), &spec, secrets);
+        assert_eq!(request.image, None);
         assert_eq!(request.workload_hash, spec.workload_hash());
         assert_eq!(request.argv, ["server", "--port=80"]);
         assert_eq!(request.working_dir, Some(PathBuf::from("/srv")));
@@ -527,8 +559,9 @@ mod tests {
                 args: vec![],
             }),
         );
-        let err = WorkloadRequest::for_process(replica(), &image, vec![]).unwrap_err();
-        assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
+        let request = WorkloadRequest::for_spec(replica(), &image, vec![]);
+        assert_eq!(request.image.as_deref(), Some("nginx:1"));
+        assert!(request.argv.is_empty());
     }
 
     #[test]

@@ -51,6 +51,11 @@ mod start;
 /// workload has secrets.
 pub const SECRETS_DIR_ENV: &str = "WARREN_SECRETS_DIR";
 
+/// Why a process-runtime node does not run a replica of an image service: said in the
+/// replica's start-failed event, so that `service ps` shows it.
+pub const IMAGE_ON_PROCESS_NODE: &str =
+    "this node runs processes; image workloads need --runtime containerd";
+
 /// `PATH` given to workloads whose environment does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -316,10 +321,15 @@ impl ProcessRuntime {
         if let Some(exit) = exit {
             return Ok(*exit.borrow());
         }
+        // A container's record on a process-runtime node (the node's runtime was changed):
+        // nothing of it is this runtime's.
         let Instance::Process {
             pid,
             start_time_ticks,
-        } = record.instance;
+        } = record.instance
+        else {
+            return Ok(RuntimeObservation::Gone);
+        };
         let stat = procfs::read_stat(pid)
             .map_err(|e| RuntimeError::io("read process status", proc_stat_path(pid), e))?;
         Ok(match stat {
@@ -408,7 +418,9 @@ impl ProcessRuntime {
     ) -> Result<StopOutcome, RuntimeError> {
         let record = handle.record();
         let replica = &record.replica;
-        let Instance::Process { pid, .. } = record.instance;
+        let Instance::Process { pid, .. } = record.instance else {
+            return Ok(StopOutcome::AlreadyExited);
+        };
         let exit = self.exit_watch(record);
         let exit = exit.as_ref();
         // Never signal a group whose number may now belong to someone else: after a reboot,

@@ -162,6 +162,7 @@ impl Reconciler {
         }
         self.handles.remove(replica);
         self.exits.remove(replica);
+        self.start_errors.remove(replica);
         self.secrets.forget(replica);
         self.remove_key(&record_key(replica));
         self.flush().await;
@@ -193,6 +194,7 @@ impl Reconciler {
                 let runs_as = handle.record().credentials.as_ref().map(|c| c.describe());
                 self.handles.insert(replica.clone(), handle);
                 self.exits.remove(replica);
+                self.start_errors.remove(replica);
                 let mut event = self
                     .book
                     .record_started(replica, service, workload_hash, now);
@@ -204,6 +206,7 @@ impl Reconciler {
             }
             Err(error) => {
                 warn!(%replica, error = %error, "cannot start workload");
+                self.start_errors.insert(replica.clone(), error.to_string());
                 self.book.record_start_failed(
                     replica,
                     service,

@@ -10,7 +10,6 @@ use warren_api::{Event, NodeView, ReplicaId, ReplicaStatus, Revision, TaskState}
 
 use super::super::status_file::{AgentStatus, LocalReplica};
 use super::Reconciler;
-use crate::planner;
 use crate::runtime::{WorkloadHandle, WorkloadRecord};
 
 impl Reconciler {
@@ -43,7 +42,10 @@ impl Reconciler {
                 health: self.health.get(&replica).copied().unwrap_or_default(),
                 message: match state {
                     TaskState::Running | TaskState::Starting => None,
-                    _ => last_exit.map(planner::ExitRecord::describe),
+                    _ => last_exit.map(|exit| match self.start_errors.get(&replica) {
+                        Some(error) if exit.start_failed => format!("could not start: {error}"),
+                        _ => exit.describe(),
+                    }),
                 },
                 updated_at_ms: now,
             };

@@ -8,8 +8,8 @@ use rustix::process::Signal;
 use warren_api::clock::unix_now_ms;
 
 use super::{
-    DEFAULT_PATH, ProcessRuntime, SECRETS_DIR_ENV, Tracked, proc_stat_path, signal_group,
-    spawn_error, spawn_reaper,
+    DEFAULT_PATH, IMAGE_ON_PROCESS_NODE, ProcessRuntime, SECRETS_DIR_ENV, Tracked, proc_stat_path,
+    signal_group, spawn_error, spawn_reaper,
 };
 use crate::runtime::credentials::{self, Credentials, RunAsRequest};
 use crate::runtime::privileges::{self, ChildSetup};
@@ -34,6 +34,11 @@ impl ProcessRuntime {
         request: &WorkloadRequest,
     ) -> Result<WorkloadHandle, RuntimeError> {
         let replica = &request.replica;
+        if request.image.is_some() {
+            return Err(RuntimeError::Unsupported {
+                what: IMAGE_ON_PROCESS_NODE.to_owned(),
+            });
+        }
         let Some(command) = request.argv.first().filter(|c| !c.is_empty()) else {
             return Err(RuntimeError::InvalidRequest {
                 replica: replica.clone(),

@@ -1,0 +1,136 @@
+//! `runtime.json`: which runtime this node runs its workloads with, as `agent join` (or a
+//! later `agent run --runtime`) was told, and building that runtime at start.
+//!
+//! A file of its own beside `agent.json` rather than a field in it: `agent.json` refuses
+//! unknown fields, so an older agent could no longer start from a data dir that had one. A
+//! data dir without the file is a process-runtime node, as every node was before containers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use warren_transport::write_atomic;
+
+use super::{AgentError, AgentOptions, io_error, read_json};
+use crate::runtime::containerd::{ContainerdOptions, DEFAULT_SOCKET};
+use crate::runtime::{ContainerdRuntime, ProcessRuntime, ProcessRuntimeOptions, Runtime};
+
+/// The runtime choice's file in the data dir.
+pub const RUNTIME_FILE: &str = "runtime.json";
+
+/// Which runtime runs this node's workloads. One per node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "runtime", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuntimeChoice {
+    /// Native processes (the default).
+    #[default]
+    Process,
+    /// Containers of OCI images, through containerd.
+    Containerd {
+        /// containerd's gRPC socket.
+        socket: PathBuf,
+    },
+}
+
+impl RuntimeChoice {
+    /// containerd on its usual socket.
+    pub fn containerd_default() -> Self {
+        RuntimeChoice::Containerd {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
+}
+
+/// The choice kept in `data_dir`; `None` when none was ever written (a process node).
+///
+/// # Errors
+/// [`AgentError::Unparsable`] for a file that does not parse; other read errors.
+pub fn load_runtime_choice(data_dir: &Path) -> Result<Option<RuntimeChoice>, AgentError> {
+    let path = data_dir.join(RUNTIME_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_json(path).map(Some)
+}
+
+/// Keeps `choice` in `data_dir` for later starts.
+///
+/// # Errors
+/// [`AgentError::Io`] when the file cannot be written.
+pub fn save_runtime_choice(data_dir: &Path, choice: &RuntimeChoice) -> Result<(), AgentError> {
+    let path = data_dir.join(RUNTIME_FILE);
+    let json = serde_json::to_vec_pretty(choice).expect("a runtime choice always serializes");
+    write_atomic(&path, &json, 0o644).map_err(io_error("write", &path))
+}
+
+/// The runtime to start with: the one `options` asks for (kept for later starts), else the
+/// one kept in `data_dir`, else the process runtime.
+pub(crate) fn choose(data_dir: &Path, options: &AgentOptions) -> Result<RuntimeChoice, AgentError> {
+    let kept = load_runtime_choice(data_dir)?;
+    match &options.runtime {
+        Some(asked) => {
+            if kept.as_ref() != Some(asked) {
+                save_runtime_choice(data_dir, asked)?;
+            }
+            Ok(asked.clone())
+        }
+        None => Ok(kept.unwrap_or_default()),
+    }
+}
+
+/// Builds the runtime `choice` names; `process` carries the settings both runtimes share
+/// (replica directories, log bounds, the workloads' resolv.conf).
+pub(crate) fn build(
+    data_dir: &Path,
+    choice: &RuntimeChoice,
+    process: &ProcessRuntimeOptions,
+) -> Result<Arc<dyn Runtime>, AgentError> {
+    Ok(match choice {
+        RuntimeChoice::Process => Arc::new(ProcessRuntime::for_agent(data_dir, process.clone())?),
+        RuntimeChoice::Containerd { socket } => {
+            let root = process
+                .workloads_dir
+                .clone()
+                .unwrap_or_else(|| crate::runtime::default_workloads_dir(data_dir));
+            let options = ContainerdOptions {
+                socket: socket.clone(),
+                log_max_bytes: process.log_max_bytes,
+                log_files_max: process.log_files_max,
+                resolv_conf: process.resolv_conf.clone(),
+                cgroup_root: process.cgroup_root.clone(),
+                ..ContainerdOptions::default()
+            };
+            Arc::new(ContainerdRuntime::new(root, options)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_is_kept_and_defaults_to_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = AgentOptions::default();
+        assert_eq!(
+            choose(dir.path(), &options).unwrap(),
+            RuntimeChoice::Process
+        );
+        assert!(!dir.path().join(RUNTIME_FILE).exists());
+
+        options.runtime = Some(RuntimeChoice::containerd_default());
+        assert_eq!(
+            choose(dir.path(), &options).unwrap(),
+            RuntimeChoice::containerd_default()
+        );
+        let text = std::fs::read_to_string(dir.path().join(RUNTIME_FILE)).unwrap();
+        assert!(text.contains(r#""runtime": "containerd""#), "{text}");
+
+        options.runtime = None;
+        assert_eq!(
+            choose(dir.path(), &options).unwrap(),
+            RuntimeChoice::containerd_default()
+        );
+    }
+}

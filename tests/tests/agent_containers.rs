@@ -1,0 +1,151 @@
+//! The container runtime end to end: a real control node and a real agent with
+//! `--runtime containerd` on a containerd of the test's own (its own config, root, state and
+//! socket; CRI off), running a busybox image built from `/bin/busybox` and loaded as
+//! `warren image load` does. Needs root, containerd, runc, ctr and busybox-static: skips with
+//! the reason otherwise, fails under `CI=true`.
+
+#![allow(clippy::print_stderr)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+use warren_api::clock::unix_now_ms;
+use warren_api::service::{ImageSpec, ServiceMode, Workload};
+use warren_api::{ServiceName, ServiceSpec, TaskState};
+use warren_control::Op;
+use warren_edge_agent::agent::{LocalReplica, RuntimeChoice};
+use warren_edge_agent::runtime::containerd::testkit::{
+    Containerd, missing_prerequisite, write_busybox_layout,
+};
+use warren_edge_agent::runtime::containerd::{
+    Connection, DEFAULT_NAMESPACE, DEFAULT_SNAPSHOTTER, import_layout,
+};
+use warren_edge_agent::runtime::default_workloads_dir;
+use warren_tests::{
+    agent_options, agent_status, alive, join_agent, kill9, propose, require, spawn_agent_with,
+    start_control, wait_until,
+};
+
+const IMAGE: &str = "warren.test/busybox:1";
+
+/// `web`'s replica as a `status.json` written at or after `since_ms` shows it running.
+fn running_web(dir: &Path, since_ms: u64) -> Option<(LocalReplica, u32)> {
+    let status = agent_status(dir).filter(|s| s.updated_at_ms >= since_ms)?;
+    let replica = status
+        .replicas
+        .into_iter()
+        .find(|r| r.replica.service.as_str() == "web" && r.state == TaskState::Running)?;
+    let pid = replica.pid?;
+    Some((replica, pid))
+}
+
+/// `web` (the busybox image, whose cmd says `busybox up` and runs until SIGTERM) is created
+/// through control and runs in a container whose output reaches the replica's log; the agent
+/// stops and starts again and adopts it (same pid, no restart); the control node goes away and
+/// the container's process is killed: the agent, cut off, starts it again; the agent stops,
+/// the task disappears (as with a power cut) and the agent, still cut off, starts it again
+/// from its cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
+    let test = "image_service_runs_is_adopted_and_restarted_while_cut_off";
+    if !require(test, [missing_prerequisite()]) {
+        return;
+    }
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
+    let tarball = dir.path().join("busybox.tar");
+    write_busybox_layout(&tarball, IMAGE).expect("build the busybox image");
+    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
+        .await
+        .expect("connect to containerd");
+    import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
+        .await
+        .expect("load the image");
+
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    join_agent(&control, fingerprint, &agent_dir, "edge-ctr", "lisbon").await;
+    let mut options = agent_options();
+    options.runtime = Some(RuntimeChoice::Containerd {
+        socket: daemon.socket().to_owned(),
+    });
+    let (cancel, task) = spawn_agent_with(&agent_dir, options.clone());
+
+    info!("--- create an image service");
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("web").unwrap(),
+        Workload::Image(ImageSpec {
+            reference: IMAGE.to_owned(),
+            args: vec![],
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    let created = Instant::now();
+    propose(&control, Op::PutService(spec)).await;
+    let long = Duration::from_secs(60);
+    let (replica, pid) = wait_until("web running", long, || running_web(&agent_dir, 0)).await;
+    eprintln!(
+        "{test}: service created → container running in {:?}",
+        created.elapsed()
+    );
+    let id = replica.replica.to_string();
+    let log = default_workloads_dir(&agent_dir)
+        .join(&id)
+        .join("stdout.log");
+    wait_until("web's output in its log", long, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|text| text.contains("busybox up"))
+    })
+    .await;
+
+    info!("--- the agent stops and starts again: the container is adopted, not restarted");
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    assert!(alive(pid), "the container's process must outlive the agent");
+    let restarted_at_ms = unix_now_ms();
+    let (cancel, task) = spawn_agent_with(&agent_dir, options.clone());
+    let (adopted, adopted_pid) = wait_until("web adopted", long, || {
+        running_web(&agent_dir, restarted_at_ms)
+    })
+    .await;
+    assert_eq!(adopted_pid, pid);
+    assert_eq!(adopted.restarts, 0);
+
+    info!("--- control goes away; the container's process is killed; the agent restarts it");
+    control.shutdown().await;
+    kill9(pid);
+    let (restarted, new_pid) = wait_until("web restarted while cut off", long, || {
+        running_web(&agent_dir, 0).filter(|(_, p)| *p != pid)
+    })
+    .await;
+    assert!(restarted.restarts >= 1, "{restarted:?}");
+    assert!(alive(new_pid));
+
+    info!("--- as after a power cut: the agent is down and the task is gone; still no control");
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    daemon.ctr(
+        DEFAULT_NAMESPACE,
+        &["tasks", "kill", "-a", "-s", "SIGKILL", &id],
+    );
+    wait_until("the task's process to die", long, || {
+        (!alive(new_pid)).then_some(())
+    })
+    .await;
+    daemon.ctr(DEFAULT_NAMESPACE, &["tasks", "rm", "-f", &id]);
+    let back_at_ms = unix_now_ms();
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
+    let (_, third_pid) = wait_until("web started again from the cache", long, || {
+        running_web(&agent_dir, back_at_ms).filter(|(_, p)| *p != new_pid)
+    })
+    .await;
+    assert!(alive(third_pid));
+
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    // The daemon's drop kills and removes the containers, then stops containerd.
+    drop(daemon);
+}
