@@ -1100,7 +1100,8 @@ fn overlay_addresses(fleet: &Fleet, agents: &[&str]) -> Option<Vec<String>> {
 }
 
 /// Two agents in two sites form the WireGuard overlay from the registry (`--wireguard auto`
-/// as root): each pings the other's overlay address through the tunnel; with the control node
+/// as root): each pings the other's overlay address through the tunnel, and so does the control
+/// node (it joins the overlay too); DNS answers a service with overlay addresses; with the control node
 /// killed the tunnel keeps carrying traffic, and an agent restarted with no control plane
 /// brings the overlay up again from its cached view.
 #[test]
@@ -1158,6 +1159,20 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
     assert!(
         pings(&b_ns, &addresses[0]),
         "b-1 pings a-1 over the overlay"
+    );
+    // The control node is in the overlay too: the centre reaches every box's address.
+    let mut central = Vec::new();
+    wait_until("c1 declared its key", Duration::from_secs(30), || {
+        overlay_addresses(&fleet, &["c1"]).is_some_and(|found| {
+            central = found;
+            true
+        })
+    });
+    let c_ns = fleet.node("c1").expect("c1").host.netns.clone();
+    wait_until(
+        "c1 pings both agents over the overlay",
+        Duration::from_secs(30),
+        || pings(&c_ns, &addresses[0]) && pings(&c_ns, &addresses[1]),
     );
     let web = "python3 -m http.server --bind 0.0.0.0 8080";
     fleet

@@ -12,11 +12,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use warren_control::node::{ControlConfig, ControlNode, JoinHooks, NewNode};
+use warren_edge_agent::overlay::{Overlay, OverlayMetrics, OverlaySettings};
 
 use crate::admin_conf_watch::AdminConfWatch;
 use crate::config::{ADMIN_CONF, AdminConfig};
+use crate::wireguard_args::WireguardArgs;
 
 /// The default data dir (docs/design.md §6).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
@@ -52,6 +54,8 @@ pub enum ControlCommand {
         /// the first node joins; pick one that no site's own network uses.
         #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16")]
         overlay_range: warren_api::OverlayRange,
+        #[command(flatten)]
+        wireguard: WireguardArgs,
     },
     /// Join an existing cluster as another control node (a voter), then serve.
     #[command(after_help = "Example:\n  \
@@ -66,6 +70,8 @@ pub enum ControlCommand {
         join: String,
         #[command(flatten)]
         token: TokenArgs,
+        #[command(flatten)]
+        wireguard: WireguardArgs,
     },
     /// Restart a control node from its data dir, then serve.
     ///
@@ -75,6 +81,8 @@ pub enum ControlCommand {
         /// Where the node's files are.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        wireguard: WireguardArgs,
     },
 }
 
@@ -164,6 +172,41 @@ pub struct NodeFlags {
     pub advertise_gossip: Option<SocketAddr>,
 }
 
+/// Runs the WireGuard overlay beside the control node (as agents do), fed from the node's own
+/// view, its declarations recorded in the registry; it stops when the guard drops. The
+/// settings are kept in the data dir for `control run`.
+fn start_overlay(node: &ControlNode, settings: OverlaySettings) -> Result<DropGuard> {
+    settings.save(node.data_dir()).with_context(|| {
+        format!(
+            "keep the WireGuard settings in {}",
+            node.data_dir().display()
+        )
+    })?;
+    let (declaration, declarations) = tokio::sync::watch::channel(None);
+    node.follow_mesh_declarations(declarations);
+    let node_settings = node.settings();
+    let advertise_ip = node_settings.advertise_gossip.map(|a| a.ip()).or_else(|| {
+        node_settings
+            .advertise_quic
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+    });
+    let overlay = Overlay {
+        settings,
+        dir: node.data_dir().join("wireguard"),
+        advertise_ip,
+        views: node.own_views(),
+        declaration,
+        rotate: Default::default(),
+        status: tokio::sync::watch::channel(Default::default()).0,
+        metrics: OverlayMetrics::new(node.metrics().registry()),
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(overlay.run(cancel.clone()));
+    Ok(cancel.drop_guard())
+}
+
 /// Runs `warren control …` to the end (a signal).
 pub fn run(args: ControlArgs) -> Result<()> {
     let runtime = crate::multi_thread_runtime()?;
@@ -171,23 +214,41 @@ pub fn run(args: ControlArgs) -> Result<()> {
         // Before anything slow: a signal during start-up then stops the node once it is up
         // instead of killing the process half-way through writing its data dir.
         let mut signals = Signals::new()?;
-        let node = match args.command {
+        let (node, overlay) = match args.command {
             ControlCommand::Init {
                 node,
                 overlay_range,
-            } => init(node, overlay_range).await?,
-            ControlCommand::Join { node, join, token } => {
+                wireguard,
+            } => {
+                let overlay = wireguard.settings(None)?;
+                let node = init(node, overlay_range).await?;
+                (node, overlay)
+            }
+            ControlCommand::Join {
+                node,
+                join,
+                token,
+                wireguard,
+            } => {
                 if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
                     tracing::warn!("the join token is still on this command line (moving it to a pipe failed), which other local users can read (ps) while the node runs; prefer --token-file or $WARREN_TOKEN");
                 }
-                join_cluster(node, &join, &token.read()?, &mut signals).await?
+                let overlay = wireguard.settings(None)?;
+                let node = join_cluster(node, &join, &token.read()?, &mut signals).await?;
+                (node, overlay)
             }
-            ControlCommand::Run { data_dir } => {
-                ControlNode::run(&data_dir, ControlConfig::default())
+            ControlCommand::Run {
+                data_dir,
+                wireguard,
+            } => {
+                let overlay = wireguard.settings_at_run(&data_dir)?;
+                let node = ControlNode::run(&data_dir, ControlConfig::default())
                     .await
-                    .with_context(|| format!("start the control node in {}", data_dir.display()))?
+                    .with_context(|| format!("start the control node in {}", data_dir.display()))?;
+                (node, overlay)
             }
         };
+        let _overlay = start_overlay(&node, overlay)?;
         // The init node keeps the admin.conf in its data dir listing the members.
         let watch = AdminConfWatch::start(&node);
         let served = serve(node, &mut signals).await;

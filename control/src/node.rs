@@ -38,6 +38,7 @@ mod joining;
 mod leader_duties;
 mod mesh;
 mod new_node;
+mod overlay;
 mod start;
 
 pub use config::{ControlConfig, DEFAULT_MEMBER_UNREACHABLE_AFTER, DEFAULT_UNREACHABLE_AFTER};

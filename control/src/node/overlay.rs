@@ -1,0 +1,107 @@
+//! What a control node's WireGuard overlay is fed from: its own view, as an agent's would be,
+//! following every applied revision, and the registry write that records its declaration.
+//! The overlay itself (device, keys, peers) is the agent's (`warren-edge-agent`'s `overlay`),
+//! run beside the node by the `warren` binary: control nodes join the mesh, so an operator at
+//! the centre reaches every box's overlay address.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use warren_api::NodeView;
+use warren_api::wire::MeshDeclaration;
+
+use warren_api::NodeId;
+
+use super::ControlNode;
+use crate::command::Op;
+use crate::control::Control;
+use crate::push::node_view;
+
+impl ControlNode {
+    /// This node's view at every applied revision (`None` until it has the cluster keys).
+    pub fn own_views(&self) -> watch::Receiver<Option<Arc<NodeView>>> {
+        let (tx, rx) = watch::channel(None);
+        let control = self.control.clone();
+        let node = self.settings.node_id;
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            let mut applied = control.watch_applied();
+            loop {
+                let view = {
+                    let state = control.read_stale().await;
+                    control
+                        .cluster_keys()
+                        .and_then(|keys| node_view(&state, node, &state.control_addrs, &keys))
+                };
+                if let Some(view) = view {
+                    let changed = tx.borrow().as_deref() != Some(&view);
+                    if changed {
+                        tx.send_replace(Some(Arc::new(view)));
+                    }
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = applied.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        rx
+    }
+
+    /// Records each declaration of this node's WireGuard identity that `declarations` carries,
+    /// in a task of the node's, until the node stops.
+    pub fn follow_mesh_declarations(
+        &self,
+        mut declarations: watch::Receiver<Option<MeshDeclaration>>,
+    ) {
+        let control = self.control.clone();
+        let node = self.settings.node_id;
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let declaration = declarations.borrow_and_update().clone();
+                if let Some(declaration) = declaration {
+                    declare_mesh(&control, node, &declaration).await;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = declarations.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+    }
+}
+
+/// Records what `node` declares of its WireGuard identity, unless the registry holds it
+/// already. A write that fails is logged; the overlay declares again when it changes, and the
+/// node at its next start.
+async fn declare_mesh(control: &Control, node: NodeId, declaration: &MeshDeclaration) {
+    {
+        let held = control.read_stale().await.mesh.get(&node).is_some_and(|e| {
+            e.public_key == Some(declaration.public_key)
+                && e.next_public_key == declaration.next_public_key
+                && e.endpoint == declaration.endpoint
+        });
+        if held {
+            return;
+        }
+    }
+    {
+        let op = Op::SetMesh {
+            node,
+            public_key: declaration.public_key,
+            next_public_key: declaration.next_public_key,
+            endpoint: declaration.endpoint.clone(),
+        };
+        match control.propose(op).await {
+            Ok(outcome) => match outcome.result {
+                Ok(_) => info!("recorded this control node's WireGuard key and endpoint"),
+                Err(rejection) => {
+                    warn!(reason = %rejection.message, "cannot record this control node's WireGuard key")
+                }
+            },
+            Err(error) => warn!(error = %error, "cannot record this control node's WireGuard key"),
+        }
+    }
+}
