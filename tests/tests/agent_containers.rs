@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 use warren_api::clock::unix_now_ms;
+use warren_api::rest::ReplicaInfo;
 use warren_api::service::{ImageSpec, ServiceMode, Workload};
 use warren_api::{ServiceName, ServiceSpec, TaskState};
 use warren_control::Op;
@@ -23,8 +24,8 @@ use warren_edge_agent::runtime::containerd::{
 };
 use warren_edge_agent::runtime::default_workloads_dir;
 use warren_tests::{
-    agent_options, agent_status, alive, join_agent, kill9, propose, require, spawn_agent_with,
-    start_control, wait_until,
+    agent_options, agent_status, alive, api_get, join_agent, kill9, propose, require,
+    spawn_agent_with, start_control, wait_until,
 };
 
 const IMAGE: &str = "warren.test/busybox:1";
@@ -148,4 +149,42 @@ async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
     task.await.unwrap().expect("agent stops cleanly");
     // The daemon's drop kills and removes the containers, then stops containerd.
     drop(daemon);
+}
+
+/// An image service placed on a process node: the replica does not run, and `service ps`
+/// says why (not only that it could not start). Needs nothing beyond the test itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_service_on_a_process_node_says_why_in_service_ps() {
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    join_agent(&control, fingerprint, &agent_dir, "edge-proc", "lisbon").await;
+    let (cancel, task) = spawn_agent_with(&agent_dir, agent_options());
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("web").unwrap(),
+        Workload::Image(ImageSpec {
+            reference: IMAGE.to_owned(),
+            args: vec![],
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    propose(&control, Op::PutService(spec)).await;
+    let expected = "could not start: unsupported: this node runs processes; image workloads need --runtime containerd";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps: Vec<ReplicaInfo> = api_get(&control, "/services/web/replicas").await;
+        if ps.len() == 1 && ps[0].message.as_deref() == Some(expected) {
+            assert_eq!(ps[0].state, "failed");
+            assert_eq!(ps[0].pid, None);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service ps: {ps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
 }

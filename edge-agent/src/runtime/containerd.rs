@@ -14,6 +14,8 @@
 //!
 //! - `client`: the connection, namespace and leases.
 //! - `layout`: importing an OCI image-layout tarball (`warren image load`).
+//! - `options`: [`ContainerdOptions`].
+//! - `resolve`: finding a replica's image in the store, or pulling it in the background.
 //! - `image`: names, manifests and configs; unpacking layers into snapshots.
 //! - `pull`: pulling an image from an OCI registry, in the background of the start that
 //!   found it missing.
@@ -26,7 +28,9 @@
 mod client;
 mod image;
 mod layout;
+mod options;
 mod pull;
+mod resolve;
 mod spec;
 mod task;
 #[doc(hidden)]
@@ -40,13 +44,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use warren_api::ids::ReplicaId;
 
 pub use self::client::{Connection, ContainerdError};
 pub use self::image::{ImageError, normalize_reference};
 pub use self::layout::{ImportError, ImportedImage, import_layout};
+pub use self::options::ContainerdOptions;
 pub use self::pull::{PullError, PullProgress, pull};
 pub use self::spec::{CGROUP_PARENT, SECRETS_MOUNT};
 use self::task::TaskState;
@@ -76,76 +80,6 @@ const SIGKILL: u32 = 9;
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often [`Runtime::stop`] asks whether the task has exited.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Settings of a [`ContainerdRuntime`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ContainerdOptions {
-    /// containerd's gRPC socket. Default [`DEFAULT_SOCKET`].
-    pub socket: PathBuf,
-    /// Our namespace in containerd. Default [`DEFAULT_NAMESPACE`].
-    pub namespace: String,
-    /// Snapshotter to unpack images into. Default [`DEFAULT_SNAPSHOTTER`].
-    pub snapshotter: String,
-    /// A log file larger than this is rotated. Default 10 MiB.
-    pub log_max_bytes: u64,
-    /// Log files kept per stream, the live one included. Default 3.
-    pub log_files_max: u32,
-    /// What containers see as `/etc/resolv.conf` (the agent's DNS); `None`: the host's.
-    pub resolv_conf: Option<PathBuf>,
-    /// Where cgroup v1 controllers are mounted (to remove what runc leaves). Default
-    /// `/sys/fs/cgroup`.
-    pub cgroup_root: PathBuf,
-    /// Pull an image that is not in the store from its registry. Default true.
-    pub pull: bool,
-}
-
-impl Default for ContainerdOptions {
-    fn default() -> Self {
-        ContainerdOptions {
-            socket: PathBuf::from(DEFAULT_SOCKET),
-            namespace: DEFAULT_NAMESPACE.to_owned(),
-            snapshotter: DEFAULT_SNAPSHOTTER.to_owned(),
-            log_max_bytes: 10 * 1024 * 1024,
-            log_files_max: 3,
-            resolv_conf: None,
-            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-            pull: true,
-        }
-    }
-}
-
-impl ContainerdOptions {
-    /// Checks the settings.
-    ///
-    /// # Errors
-    /// A message naming the offending field.
-    pub fn validate(&self) -> Result<(), String> {
-        let plain = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        };
-        if !plain(&self.namespace) {
-            return Err(format!(
-                "namespace must be letters, digits, '-', '_', '.': {:?}",
-                self.namespace
-            ));
-        }
-        if !plain(&self.snapshotter) {
-            return Err(format!(
-                "snapshotter must be a plain name: {:?}",
-                self.snapshotter
-            ));
-        }
-        if self.log_files_max == 0 || self.log_max_bytes < 4096 {
-            return Err(
-                "log_files_max must be at least 1 and log_max_bytes at least 4096".to_owned(),
-            );
-        }
-        Ok(())
-    }
-}
 
 /// Runs workloads as containerd containers. See the [module docs](self).
 #[derive(Debug)]
@@ -314,79 +248,6 @@ impl ContainerdRuntime {
         self.lock().insert(request.replica.clone(), record.clone());
         tracing::info!(replica = %request.replica, pid, "took over the replica's running container");
         Ok(WorkloadHandle::new(record))
-    }
-
-    async fn resolve_image(
-        &self,
-        conn: &Connection,
-        reference: &str,
-    ) -> Result<image::ResolvedImage, RuntimeError> {
-        let name = normalize_reference(reference);
-        let unavailable = |reason: String| RuntimeError::ImageUnavailable {
-            reference: reference.to_owned(),
-            reason,
-        };
-        match image::resolve(conn, &name).await {
-            Ok(image) => Ok(image),
-            Err(ImageError::Containerd(e)) if e.is_not_found() => match self.pulled(&name).await {
-                Ok(true) => image::resolve(conn, &name)
-                    .await
-                    .map_err(|e| unavailable(e.to_string())),
-                Ok(false) => Err(unavailable(self.pull_state(conn, &name))),
-                Err(why) => Err(unavailable(why)),
-            },
-            Err(ImageError::Containerd(e)) => Err(e.into()),
-            Err(e) => Err(unavailable(e.to_string())),
-        }
-    }
-
-    /// Whether a finished pull of `name` brought it in; `Err` says why it did not.
-    async fn pulled(&self, name: &str) -> Result<bool, String> {
-        let finished = {
-            let mut pulls = self.lock_pulls();
-            match pulls.get(name) {
-                Some(job) if job.task.is_finished() => pulls.remove(name),
-                _ => None,
-            }
-        };
-        let Some(job) = finished else {
-            return Ok(false);
-        };
-        match job.task.await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(why)) => Err(format!(
-                "{name} is not in this box's containerd store and pulling it failed: {why}"
-            )),
-            Err(e) => Err(format!("{name}: the pull ended: {e}")),
-        }
-    }
-
-    /// Starts pulling `name` unless a pull runs; says how far it is.
-    fn pull_state(&self, conn: &Connection, name: &str) -> String {
-        let namespace = &self.options.namespace;
-        if !self.options.pull {
-            return format!(
-                "{name} is not in this box's containerd store (namespace {namespace}); load it with `warren image load`"
-            );
-        }
-        let mut pulls = self.lock_pulls();
-        if let Some(job) = pulls.get(name) {
-            return format!("pulling {name}: {}", job.progress.describe());
-        }
-        let job = pull::PullJob::spawn(
-            conn.clone(),
-            self.options.snapshotter.clone(),
-            name.to_owned(),
-        );
-        pulls.insert(name.to_owned(), job);
-        format!("{name} is not in this box's containerd store (namespace {namespace}); pulling it")
-    }
-
-    fn lock_pulls(&self) -> std::sync::MutexGuard<'_, HashMap<String, pull::PullJob>> {
-        // Every update is one insert or remove: a poisoned map is still whole.
-        self.pulls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes the replica's directory and writes its secrets, owned by the container's user

@@ -84,6 +84,37 @@ impl Containerd {
     pub fn start(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
+        let child = Self::spawn(dir, &socket)?;
+        let daemon = Containerd {
+            dir: dir.to_owned(),
+            socket,
+            child,
+        };
+        daemon.wait_for_socket()?;
+        Ok(daemon)
+    }
+
+    /// Stops containerd (its shims, and so the containers, keep running) and starts it again
+    /// on the same root, state and socket.
+    ///
+    /// # Errors
+    /// As [`Containerd::start`].
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.terminate();
+        let _ = fs::remove_file(&self.socket);
+        self.child = Self::spawn(&self.dir, &self.socket)?;
+        self.wait_for_socket()
+    }
+
+    fn terminate(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+    }
+
+    fn spawn(dir: &Path, socket: &Path) -> io::Result<Child> {
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n[grpc]\n  address = \"{sock}\"\n\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\n[debug]\n  address = \"\"\n\n[metrics]\n  address = \"\"\n",
             root = dir.join("root").display(),
@@ -92,30 +123,31 @@ impl Containerd {
         );
         let config_path = dir.join("config.toml");
         fs::write(&config_path, config)?;
-        let log = fs::File::create(dir.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("containerd.log"))?;
+        Command::new("containerd")
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()?;
-        let daemon = Containerd {
-            dir: dir.to_owned(),
-            socket,
-            child,
-        };
+            .spawn()
+    }
+
+    fn wait_for_socket(&self) -> io::Result<()> {
         let deadline = Instant::now() + STARTUP_WAIT;
-        while !daemon.socket.exists() {
+        while !self.socket.exists() {
             if Instant::now() > deadline {
                 return Err(io::Error::other(format!(
                     "containerd opened no socket in {STARTUP_WAIT:?}; see {}",
-                    daemon.dir.join("containerd.log").display()
+                    self.dir.join("containerd.log").display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(daemon)
+        Ok(())
     }
 
     /// Its gRPC socket.
@@ -158,11 +190,7 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.remove_everything(super::DEFAULT_NAMESPACE);
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
+        self.terminate();
     }
 }
 

@@ -185,7 +185,7 @@ async fn container_gets_env_secrets_and_dns() {
     fx.runtime = ContainerdRuntime::new(fx.root.clone(), fx.options.clone()).expect("runtime");
     let mut request = request(
         "ctr-env",
-        "echo mode=$MODE; cat $WARREN_SECRETS_DIR/token; echo; cat /etc/resolv.conf; echo x > /run/secrets/token || echo read-only; sleep 30",
+        "echo mode=$MODE; cat $WARREN_SECRETS_DIR/token; echo; cat /etc/resolv.conf; echo x > /run/secrets/token || echo read-only; trap 'exit 0' TERM; while true; do sleep 1; done",
     );
     request.env.insert("MODE".to_owned(), "edge".to_owned());
     request.secrets = vec![("token".to_owned(), b"s3cret".to_vec())];
@@ -221,7 +221,8 @@ async fn new_runtime_adopts_running_container_without_restart() {
     else {
         return;
     };
-    let request = request("ctr-adopt", "echo started; sleep 60");
+    let script = "trap 'exit 0' TERM; echo started; while true; do sleep 1; done";
+    let request = request("ctr-adopt", script);
     let handle = fx.runtime.start(&request).await.expect("start");
     let record = handle.record().clone();
     fx.runtime = ContainerdRuntime::new(fx.root.clone(), fx.options.clone()).expect("runtime");
@@ -346,6 +347,10 @@ async fn missing_image_is_unavailable_and_retryable() {
         "{message}"
     );
     assert!(message.ends_with("; retrying"), "{message}");
+    assert!(
+        message.contains("load it with `warren image load`"),
+        "{message}"
+    );
     let mut process = request.clone();
     process.image = None;
     let err = fx
@@ -472,4 +477,33 @@ async fn unreachable_registry_says_the_pull_failed() {
     }
     assert!(last.contains("pulling it failed"), "{last}");
     assert!(last.ends_with("; retrying"), "{last}");
+}
+
+/// containerd itself restarts under a running runtime: the container keeps running (its shim
+/// does not depend on containerd), and the runtime's connection comes back by itself.
+#[tokio::test]
+async fn containerd_restart_keeps_the_container_and_the_connection() {
+    let test = "containerd_restart_keeps_the_container_and_the_connection";
+    let Some(mut fx) = Fixture::new(test).await else {
+        return;
+    };
+    let script = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let request = request("ctr-restart", script);
+    let handle = fx.runtime.start(&request).await.expect("start");
+    fx.daemon.restart().expect("restart containerd");
+    let running = wait_until(Duration::from_secs(10), async || {
+        matches!(
+            fx.runtime.observe(&handle).await,
+            Ok(RuntimeObservation::Running)
+        )
+    })
+    .await;
+    assert!(running, "{:?}", fx.runtime.observe(&handle).await);
+    let outcome = fx
+        .runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    assert_eq!(outcome, StopOutcome::Terminated);
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
 }
