@@ -118,6 +118,9 @@ pub struct MeshEntry {
     pub next_public_key: Option<[u8; 32]>,
     /// The UDP endpoint (`host:port`) its WireGuard interface listens on, as it declared it.
     pub endpoint: Option<String>,
+    /// How many key rotations operators asked of it (`warren node rotate-key`); the node rolls
+    /// its key when this passes the count it last acted on.
+    pub rotations_requested: u32,
 }
 
 /// A node's own mesh settings, as its view carries them: where it sits in the overlay and
@@ -133,6 +136,8 @@ pub struct OwnMesh {
     pub public_key: Option<[u8; 32]>,
     /// The key this node is rolling to, once the registry recorded it.
     pub next_public_key: Option<[u8; 32]>,
+    /// How many key rotations operators asked of this node (see [`MeshEntry`]).
+    pub rotations_requested: u32,
 }
 
 #[cfg(test)]

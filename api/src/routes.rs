@@ -70,6 +70,8 @@ pub enum Route<'a> {
     DrainNode { node: &'a str },
     /// Undoes a drain.
     ActivateNode { node: &'a str },
+    /// Asks `node` to roll its WireGuard key (recorded; the node acts when it next hears).
+    RotateNodeKey { node: &'a str },
     /// Removes `node` from the cluster (and from the Raft membership, for a control node).
     RemoveNode { node: &'a str },
     /// → `[ServiceInfo]`.
@@ -125,6 +127,10 @@ pub const TABLE: &[(Route<'static>, &str)] = &[
         "POST /nodes/{node}/activate",
     ),
     (Route::RemoveNode { node: "" }, "DELETE /nodes/{node}"),
+    (
+        Route::RotateNodeKey { node: "" },
+        "POST /nodes/{node}/rotate-key",
+    ),
     (Route::ListServices, "GET /services"),
     (Route::CreateService, "POST /services"),
     (Route::PutService { service: "" }, "PUT /services/{service}"),
@@ -222,6 +228,7 @@ impl<'a> Route<'a> {
             | Self::GetNode { node: value }
             | Self::DrainNode { node: value }
             | Self::ActivateNode { node: value }
+            | Self::RotateNodeKey { node: value }
             | Self::RemoveNode { node: value }
             | Self::PutService { service: value }
             | Self::GetService { service: value }

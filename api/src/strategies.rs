@@ -556,17 +556,20 @@ pub fn own_mesh() -> BoxedStrategy<OwnMesh> {
         any::<u32>(),
         any::<u32>(),
         option::of(any::<[u8; 32]>()),
-        option::of(any::<[u8; 32]>()),
+        (option::of(any::<[u8; 32]>()), any::<u32>()),
     )
         .prop_map(
-            |(prefix, network, address, public_key, next_public_key)| OwnMesh {
-                range: OverlayRange {
-                    network: Ipv4Addr::from(network & (u32::MAX << (32 - u32::from(prefix)))),
-                    prefix,
-                },
-                address: Ipv4Addr::from(address),
-                public_key,
-                next_public_key,
+            |(prefix, network, address, public_key, (next_public_key, rotations_requested))| {
+                OwnMesh {
+                    range: OverlayRange {
+                        network: Ipv4Addr::from(network & (u32::MAX << (32 - u32::from(prefix)))),
+                        prefix,
+                    },
+                    address: Ipv4Addr::from(address),
+                    public_key,
+                    next_public_key,
+                    rotations_requested,
+                }
             },
         )
         .boxed()
@@ -777,7 +780,6 @@ pub fn control_to_agent() -> BoxedStrategy<ControlToAgent> {
         view_delta().prop_map(ControlToAgent::Delta),
         refusal().prop_map(ControlToAgent::Refused),
         revision().prop_map(|revision| ControlToAgent::Heartbeat { revision }),
-        Just(ControlToAgent::RotateMeshKey),
     ]
     .boxed()
 }

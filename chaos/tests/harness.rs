@@ -1082,6 +1082,29 @@ fn http_get(netns: &str, url: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `(transmitted, received)` from ping's summary (`N packets transmitted, M received`).
+fn ping_counts(summary: &str) -> Option<(u64, u64)> {
+    let line = summary
+        .lines()
+        .find(|l| l.contains("packets transmitted"))?;
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse::<u64>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+/// `name`'s public key and next key as the registry holds them.
+fn mesh_keys(fleet: &Fleet, name: &str) -> Option<(String, Option<String>)> {
+    let text = fleet.cli(&["-o", "json", "node", "inspect", name]).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let mesh = &json["mesh"];
+    Some((
+        mesh["public_key"].as_str()?.to_owned(),
+        mesh["next_public_key"].as_str().map(str::to_owned),
+    ))
+}
+
 /// Each agent's overlay address, once every agent declared its WireGuard key to control.
 fn overlay_addresses(fleet: &Fleet, agents: &[&str]) -> Option<Vec<String>> {
     let text = fleet.cli(&["-o", "json", "node", "ls"]).ok()?;
@@ -1197,6 +1220,32 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
             found.sort();
             found == wanted
         },
+    );
+
+    eprintln!("--- b-1 rolls its WireGuard key");
+    let before = mesh_keys(&fleet, "b-1").expect("b-1's keys");
+    // A ping every 50 ms from a-1 to b-1 for as long as the rotation takes.
+    let flood = netns::exec_in(&a_ns, "ping")
+        .args(["-q", "-i", "0.05", "-w", "20", &addresses[1]])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a ping flood");
+    fleet
+        .cli(&["node", "rotate-key", "b-1"])
+        .expect("ask b-1 to roll its key");
+    wait_until(
+        "the registry holds b-1's new key alone",
+        Duration::from_secs(60),
+        || mesh_keys(&fleet, "b-1").is_some_and(|(key, next)| key != before.0 && next.is_none()),
+    );
+    let summary = flood.wait_with_output().expect("ping flood ends");
+    let summary = String::from_utf8_lossy(&summary.stdout);
+    let (sent, received) = ping_counts(&summary).expect("ping's summary line");
+    eprintln!("--- ping flood across the rotation: {received}/{sent} received");
+    assert!(
+        sent - received <= 5,
+        "no more than a handshake's worth lost while the key rolls: {summary}"
     );
 
     eprintln!("--- kill the control plane");

@@ -159,6 +159,14 @@ pub enum NodeCommand {
         /// Node name or id.
         node: String,
     },
+    /// Ask the node to roll its WireGuard key without dropping traffic: it makes a new key, both
+    /// are accepted while its peers learn the new one, then the old one is retired. Recorded in
+    /// the cluster, so a node cut off now rolls when it is back; `node inspect` shows the
+    /// keys (`mesh.next_public_key` while it rolls).
+    RotateKey {
+        /// Node name or id.
+        node: String,
+    },
     /// Print the node's WireGuard configuration in `wg` format (its peers as the registry
     /// lists them), for debugging or to bring up a third-party WireGuard peer. The private key
     /// never leaves the box: it is in DATA_DIR/wireguard/private.key there.
@@ -323,6 +331,16 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
             &client.request(Route::ListNodes).await?,
             |n: &Vec<NodeInfo>| render_nodes(n),
         ),
+        NodeCommand::RotateKey { node } => {
+            let route = Route::RotateNodeKey { node: &node };
+            let answer = client.request(route).await?;
+            print_write(format, &answer, |r| {
+                format!(
+                    "node {node} asked to roll its WireGuard key (revision {}); it rolls when it next hears from control",
+                    r.revision
+                )
+            })
+        }
         NodeCommand::WgConfig { node } => {
             let nodes: Vec<NodeInfo> = client.request(Route::ListNodes).await?.json()?;
             crate::output::out(&crate::wireguard_args::wg_config_of(&nodes, &node)?);

@@ -198,7 +198,6 @@ fn start_overlay(node: &ControlNode, settings: OverlaySettings) -> Result<DropGu
         advertise_ip,
         views: node.own_views(),
         declaration,
-        rotate: Default::default(),
         status: tokio::sync::watch::channel(Default::default()).0,
         metrics: OverlayMetrics::new(node.metrics().registry()),
     };

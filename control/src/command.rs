@@ -188,6 +188,8 @@ pub enum Op<S = ServiceSpec> {
         /// Its WireGuard UDP endpoint.
         endpoint: Option<String>,
     },
+    /// An operator asks a node to roll its WireGuard key (`warren node rotate-key`).
+    RequestKeyRotation(NodeId),
 }
 
 impl<S> Op<S> {
@@ -268,6 +270,7 @@ impl<S> Op<S> {
                 next_public_key,
                 endpoint,
             },
+            Op::RequestKeyRotation(node) => Op::RequestKeyRotation(node),
         }
     }
 
@@ -306,6 +309,7 @@ impl<S> Op<S> {
             Op::RenewAdmin { .. } => "renew_admin",
             Op::SetOverlayRange(_) => "set_overlay_range",
             Op::SetMesh { .. } => "set_mesh",
+            Op::RequestKeyRotation(_) => "request_key_rotation",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

@@ -304,6 +304,7 @@ impl ClusterState {
                 next_public_key,
                 endpoint,
             } => self.set_mesh(*node, *public_key, *next_public_key, endpoint.as_deref()),
+            Op::RequestKeyRotation(node) => self.request_key_rotation(*node),
             Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
             Op::NodeReachable { node } => self.set_reachable(*node, true, now),
             Op::PutService(spec) => self.put_service(spec, now),

@@ -770,6 +770,7 @@ mod tests {
             address: "10.42.1.1".parse().unwrap(),
             public_key: Some([1; 32]),
             next_public_key: None,
+            rotations_requested: 0,
         });
         meshed.peers[0].overlay_ip = Some("10.42.2.1".into());
         meshed.peers[0].wg_public_key = Some([2; 32]);

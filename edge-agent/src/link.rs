@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use warren_api::wire::MeshDeclaration;
@@ -150,8 +150,6 @@ pub struct Link {
     /// What this agent declares of its WireGuard identity (`None` while the overlay is off):
     /// sent at the start of every session and whenever it changes.
     pub mesh: watch::Receiver<Option<MeshDeclaration>>,
-    /// Woken when control asks this node to roll its WireGuard key.
-    pub rotate_mesh_key: Arc<Notify>,
 }
 
 /// The cached view's control addresses, then the seeds it lacks.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntGauge, Registry};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_api::NodeView;
@@ -230,8 +230,6 @@ pub struct Overlay {
     pub views: watch::Receiver<Option<Arc<NodeView>>>,
     /// Where the node's declaration goes, for the link to send.
     pub declaration: watch::Sender<Option<MeshDeclaration>>,
-    /// Woken when control asks for a key rotation.
-    pub rotate: Arc<Notify>,
     /// What the overlay is doing.
     pub status: watch::Sender<OverlayStatus>,
     /// `warren_wg_*`.
@@ -298,7 +296,6 @@ struct Running {
 impl Running {
     async fn serve(&mut self, cancel: CancellationToken) {
         let mut views = self.overlay.views.clone();
-        let rotate = self.overlay.rotate.clone();
         let mut tick = tokio::time::interval(STATS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -309,7 +306,6 @@ impl Running {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 changed = views.changed() => if changed.is_err() { break },
-                () = rotate.notified() => self.begin_rotation(),
                 _ = tick.tick() => {
                     self.publish_stats();
                     self.rotate_on_schedule();
@@ -336,6 +332,11 @@ impl Running {
         };
         if self.device.is_none() {
             self.start_device(own.address, own.range.prefix);
+        }
+        if own.rotations_requested > self.ring.rotations_handled() {
+            info!("an operator asked this node to roll its WireGuard key");
+            self.ring.note_rotations_handled(own.rotations_requested);
+            self.begin_rotation();
         }
         self.step_rotation(own.public_key, own.next_public_key);
         let Some(device) = &self.device else { return };

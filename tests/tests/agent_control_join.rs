@@ -205,7 +205,6 @@ async fn start_link(
         // No mesh: the link falls back on its silence limit alone.
         gossip: watch::channel(Vec::new()).1,
         mesh: watch::channel(None).1,
-        rotate_mesh_key: Default::default(),
     };
     let cancel = CancellationToken::new();
     let task = tokio::spawn(link.run(cancel.clone()));

@@ -295,8 +295,6 @@ pub enum ControlToAgent {
         /// Control's latest revision for this node's view.
         revision: Revision,
     },
-    /// An operator asked the node to roll its WireGuard key (`warren node rotate-key`).
-    RotateMeshKey,
 }
 
 /// Why control refused an agent, and a line for people.

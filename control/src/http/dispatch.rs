@@ -103,6 +103,7 @@ impl Api {
             Route::GetNode { node } => self.get_node(node, stale).await,
             Route::DrainNode { node } => self.set_availability(node, Availability::Drain).await,
             Route::ActivateNode { node } => self.set_availability(node, Availability::Active).await,
+            Route::RotateNodeKey { node } => self.rotate_node_key(node).await,
             Route::RemoveNode { node } => self.remove_node(node).await,
             Route::ListServices => self.list_services(stale).await,
             Route::CreateService => self.create_service(read_json(request).await?).await,

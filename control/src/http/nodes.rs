@@ -109,6 +109,11 @@ impl Api {
         )
     }
 
+    pub(super) async fn rotate_node_key(&self, key: &str) -> ApiResult {
+        let id = find_node(&*self.control.read_stale().await, key)?.id;
+        written(self.control.propose(Op::RequestKeyRotation(id)).await?)
+    }
+
     pub(super) async fn remove_node(&self, key: &str) -> ApiResult {
         let (id, role) = {
             let state = self.control.read_stale().await;

@@ -69,17 +69,35 @@ impl ClusterState {
                 self.overlay.slot_count() - 1
             )));
         };
+        let entry = self.mesh.get_mut(&node).expect("given a slot above");
         let wanted = MeshEntry {
             slot,
             public_key: Some(public_key),
             next_public_key: next_public_key.filter(|next| *next != public_key),
             endpoint: endpoint.map(str::to_owned),
+            rotations_requested: entry.rotations_requested,
         };
-        let entry = self.mesh.get_mut(&node).expect("given a slot above");
         if *entry == wanted {
             return Ok(Effect::None);
         }
         *entry = wanted;
+        Ok(Effect::Done)
+    }
+
+    pub(super) fn request_key_rotation(&mut self, node: NodeId) -> Applied {
+        match self.nodes.get(&node) {
+            None => return Err(Rejection::not_found(format!("node {node}"))),
+            Some(n) if n.state == NodeState::Removed => {
+                return Err(Rejection::conflict(format!("node {node} has been removed")));
+            }
+            Some(_) => {}
+        }
+        let Some(entry) = self.mesh.get_mut(&node).filter(|e| e.public_key.is_some()) else {
+            return Err(Rejection::conflict(format!(
+                "node {node} has no WireGuard key to roll: its overlay is off or it never started"
+            )));
+        };
+        entry.rotations_requested = entry.rotations_requested.saturating_add(1);
         Ok(Effect::Done)
     }
 
@@ -98,6 +116,7 @@ impl ClusterState {
             address: self.overlay.node_address(entry.slot)?,
             public_key: entry.public_key,
             next_public_key: entry.next_public_key,
+            rotations_requested: entry.rotations_requested,
         })
     }
 }
@@ -180,7 +199,20 @@ mod tests {
         assert_eq!(peers[0].overlay_ip.as_deref(), Some("10.42.1.1"));
         assert_eq!(peers[0].wg_endpoint.as_deref(), Some("10.0.0.1:51820"));
 
+        apply(&mut state, Op::RequestKeyRotation(NodeId(1))).unwrap();
+        assert_eq!(state.own_mesh(NodeId(1)).unwrap().rotations_requested, 1);
+        let error = apply(&mut state, Op::RequestKeyRotation(NodeId(2))).unwrap_err();
+        assert!(
+            error.message.contains("no WireGuard key to roll"),
+            "{}",
+            error.message
+        );
         apply(&mut state, declare(1, 5, None)).unwrap();
+        assert_eq!(
+            state.own_mesh(NodeId(1)).unwrap().rotations_requested,
+            1,
+            "a declaration keeps the count"
+        );
         let peers = crate::catalogue::peers(&state, NodeId(2));
         assert_eq!(peers[0].wg_public_key, Some([5; 32]));
         assert_eq!(peers[0].wg_next_public_key, None);

@@ -103,13 +103,7 @@ impl Agent {
         let (gossip_tx, gossip_rx) = watch::channel(Vec::new());
         // The overlay declares its WireGuard identity here; the link carries it to control.
         let (mesh_tx, mesh_rx) = watch::channel(None);
-        let rotate_mesh_key = Arc::new(tokio::sync::Notify::new());
-        let link = self.link(
-            (views_tx, status_tx, gossip_rx),
-            (mesh_rx, rotate_mesh_key.clone()),
-            reporter,
-            metrics,
-        )?;
+        let link = self.link((views_tx, status_tx, gossip_rx), mesh_rx, reporter, metrics)?;
         let gossip_identity = self.gossip_identity(link.endpoint.credentials().clone())?;
         // Renewal ends with the agent, whichever way it returns.
         let renewal_cancel = cancel.child_token();
@@ -122,7 +116,6 @@ impl Agent {
             status,
             overlay: watch::channel(Default::default()).0,
             mesh: mesh_tx,
-            rotate_mesh_key,
             gossip: gossip_tx,
             gossip_identity,
             task,
@@ -155,7 +148,6 @@ impl Agent {
             advertise_ip,
             views: link.views.clone(),
             declaration: link.mesh.clone(),
-            rotate: link.rotate_mesh_key.clone(),
             status: link.overlay.clone(),
             metrics: crate::overlay::OverlayMetrics::new(metrics.registry()),
         };
@@ -240,10 +232,7 @@ impl Agent {
     fn link(
         &self,
         (views, status, gossip): LinkWatches,
-        (mesh, rotate_mesh_key): (
-            watch::Receiver<Option<MeshDeclaration>>,
-            Arc<tokio::sync::Notify>,
-        ),
+        mesh: watch::Receiver<Option<MeshDeclaration>>,
         reporter: &Arc<Reporter>,
         metrics: &AgentMetrics,
     ) -> Result<Link, AgentError> {
@@ -273,7 +262,6 @@ impl Agent {
             failures_total: metrics.link_failures_total.clone(),
             gossip,
             mesh,
-            rotate_mesh_key,
         })
     }
 
@@ -370,8 +358,6 @@ struct RunningLink {
     overlay: watch::Sender<crate::overlay::OverlayStatus>,
     /// Where the overlay declares this node's WireGuard identity for the link to send.
     mesh: watch::Sender<Option<MeshDeclaration>>,
-    /// Woken when control asks for a WireGuard key rotation.
-    rotate_mesh_key: Arc<tokio::sync::Notify>,
     /// Where discovery publishes its gossip view (the link's witness of a silent control node).
     gossip: watch::Sender<Vec<warren_mesh::Member>>,
     /// How the mesh signs and checks gossip state, with the link's credentials.

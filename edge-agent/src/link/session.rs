@@ -206,11 +206,6 @@ impl Link {
                 view.apply(&delta).map_err(SessionError::DeltaRefused)?;
                 Received::View(Box::new(view))
             }
-            ControlToAgent::RotateMeshKey => {
-                info!("control asks this node to roll its WireGuard key");
-                self.rotate_mesh_key.notify_one();
-                Received::Nothing
-            }
             ControlToAgent::Heartbeat { revision } => {
                 debug!(revision = %revision, "heartbeat");
                 self.status

@@ -22,6 +22,8 @@ use warren_wireguard::{PrivateKey, PublicKey};
 const CURRENT: &str = "private.key";
 /// The next key's file, while a rotation is under way.
 const NEXT: &str = "next.key";
+/// How many operator-asked rotations this node acted on (`warren node rotate-key`).
+const ROTATIONS: &str = "rotations";
 
 /// The node's private keys.
 #[derive(Debug)]
@@ -32,6 +34,8 @@ pub struct KeyRing {
     /// The key just replaced by [`KeyRing::promote`], still answered to until the registry
     /// holds the new one alone.
     retiring: Option<PrivateKey>,
+    /// Operator-asked rotations acted on.
+    rotations_handled: u32,
 }
 
 impl KeyRing {
@@ -58,12 +62,32 @@ impl KeyRing {
         } else {
             None
         };
+        // Unreadable or absent: none acted on yet.
+        let rotations_handled = std::fs::read_to_string(dir.join(ROTATIONS))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
         Ok(KeyRing {
             dir: dir.to_owned(),
             current,
             next,
             retiring: None,
+            rotations_handled,
         })
+    }
+
+    /// How many operator-asked rotations this node acted on.
+    pub fn rotations_handled(&self) -> u32 {
+        self.rotations_handled
+    }
+
+    /// Records that the node acted on `count` operator-asked rotations; a node that cannot
+    /// write it acts on them again after a restart (one more rotation, never one fewer).
+    pub fn note_rotations_handled(&mut self, count: u32) {
+        self.rotations_handled = count;
+        if let Err(error) = std::fs::write(self.dir.join(ROTATIONS), count.to_string()) {
+            tracing::warn!(error = %error, "cannot record the WireGuard rotations acted on");
+        }
     }
 
     /// The key the node initiates with.
@@ -163,5 +187,8 @@ mod tests {
         let reopened = KeyRing::open(&keys_dir).unwrap();
         assert_eq!(reopened.current_public(), next);
         assert_eq!(reopened.next_public(), None);
+        assert_eq!(reopened.rotations_handled(), 0);
+        ring.note_rotations_handled(3);
+        assert_eq!(KeyRing::open(&keys_dir).unwrap().rotations_handled(), 3);
     }
 }
