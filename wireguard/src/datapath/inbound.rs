@@ -50,17 +50,29 @@ impl TunBatch {
         self.len == BATCH_PACKETS
     }
 
-    /// Queues a packet, with room in front for the virtio header tun-rs writes there; writes
-    /// the batch first when it is full (one UDP GRO receive may hold more than a batch).
-    fn push(&mut self, tun: &SyncDevice, packet: &[u8]) {
+    /// Room for the next packet of up to `len` bytes, after the room in front for the virtio
+    /// header tun-rs writes there; writes the batch first when it is full (one UDP GRO receive
+    /// may hold more than a batch). The buffers keep their length from one batch to the next,
+    /// so in the steady state this neither fills nor copies.
+    fn spare(&mut self, tun: &SyncDevice, len: usize) -> &mut [u8] {
         if self.is_full() {
             self.flush(tun);
         }
         let buffer = &mut self.buffers[self.len];
-        buffer.clear();
-        buffer.resize(VIRTIO_NET_HDR_LEN, 0);
-        buffer.extend_from_slice(packet);
+        buffer.resize(VIRTIO_NET_HDR_LEN + len, 0);
+        &mut buffer[VIRTIO_NET_HDR_LEN..]
+    }
+
+    /// Takes the first `len` bytes just written into [`TunBatch::spare`] as the next packet.
+    fn commit(&mut self, len: usize) {
+        self.buffers[self.len].truncate(VIRTIO_NET_HDR_LEN + len);
         self.len += 1;
+    }
+
+    /// Queues a copy of a packet.
+    fn push(&mut self, tun: &SyncDevice, packet: &[u8]) {
+        self.spare(tun, packet.len()).copy_from_slice(packet);
+        self.commit(packet.len());
     }
 
     fn flush(&mut self, tun: &SyncDevice) {
@@ -209,7 +221,11 @@ fn handle_datagram(
                 peer_idx,
                 tunnel_idx,
             };
-            decapsulate(at, shared, source, datagram, out, batch);
+            if kind == MESSAGE_DATA {
+                decapsulate_data(at, shared, source, datagram, batch);
+            } else {
+                decapsulate(at, shared, source, datagram, out, batch);
+            }
         }
         None => {
             shared.count_invalid();
@@ -307,6 +323,40 @@ impl Located<'_> {
     }
 }
 
+/// Decrypts a data message straight into the TUN batch: no copy between the two.
+#[inline]
+fn decapsulate_data(
+    at: Located<'_>,
+    shared: &Shared,
+    source: SocketAddrV4,
+    datagram: &[u8],
+    batch: &mut TunBatch,
+) {
+    let (peer, tunnel) = (at.peer(), at.tunnel());
+    // Before the tunnel's lock: a full batch is written out first, and not while holding it.
+    let spare = batch.spare(&shared.tun, datagram.len());
+    let mut tunn = lock(&tunnel.tunn);
+    match tunn.decapsulate(Some(IpAddr::V4(*source.ip())), datagram, spare) {
+        TunnResult::WriteToTunnelV4(packet, inner_source) => {
+            let len = packet.len();
+            drop(tunn);
+            // The inner source must be one the peer may use, or a peer could spoof another.
+            if at.table.routes.lookup(inner_source) != Some(&at.peer_idx) {
+                return shared.count_invalid();
+            }
+            batch.commit(len);
+            peer.live.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        // A keepalive.
+        TunnResult::Done => {}
+        TunnResult::Err(_) => return shared.count_invalid(),
+        // Data never asks for a send (handshakes do), and the overlay carries IPv4 only.
+        TunnResult::WriteToNetwork(_) | TunnResult::WriteToTunnelV6(..) => return,
+    }
+    peer.live.authenticated_from(source);
+}
+
+/// Handles a handshake message or cookie reply (data goes to [`decapsulate_data`]).
 fn decapsulate(
     at: Located<'_>,
     shared: &Shared,

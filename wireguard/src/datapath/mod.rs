@@ -7,6 +7,13 @@
 //! return a 64 KB TCP segment that tun-rs splits into MTU-sized packets, and decrypted packets
 //! are written in batches that tun-rs coalesces (GRO), so the kernel's TCP stack handles one
 //! large packet instead of dozens.
+//!
+//! Why one thread per direction and not more: boringtun's `Tunn::encapsulate` and
+//! `decapsulate` take `&mut self`, so one peer's packets are encrypted one at a time behind
+//! its tunnel's mutex whatever the thread count. Splitting each direction into two stages
+//! (crypto on one thread, the send or TUN write on another, batches handed over through
+//! bounded channels) was measured at 2.2 Gb/s against 2.6 Gb/s for one TCP stream on a
+//! loaded two-core machine: the hand-off's wake-ups cost more than the overlap gained.
 
 mod inbound;
 mod outbound;

@@ -18,8 +18,9 @@ use super::Shared;
 
 /// Most datagrams in one GSO send (the kernel's limit is 64 on older kernels).
 const MAX_SEGMENTS: usize = 64;
-/// Most bytes in one GSO send: a UDP datagram's payload limit, less headroom.
-const MAX_GSO_BYTES: usize = 60_000;
+/// Most bytes in one GSO send: a UDP datagram's payload limit (65,507 bytes over IPv4), less
+/// headroom; 44 datagrams of a 1420-byte MTU's packets.
+const MAX_GSO_BYTES: usize = 64_000;
 
 /// Encrypted datagrams for one endpoint waiting to go out in one send.
 pub(super) struct SendBatch {
