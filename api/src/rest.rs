@@ -306,6 +306,10 @@ pub struct AgentLinkInfo {
     /// address and whether it is up, with the reason while it is down.
     #[serde(default)]
     pub listeners: Vec<crate::wire::ListenerStatus>,
+    /// The agent's WireGuard peers as its device last reported them: endpoint, last
+    /// handshake, bytes (only in `GET /nodes/{n}`).
+    #[serde(default)]
+    pub mesh_peers: Vec<crate::wire::MeshPeerReport>,
 }
 
 /// A service with its placement summary.

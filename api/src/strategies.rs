@@ -25,8 +25,8 @@ use crate::service::{
 use crate::volume::{Volume, VolumeDriver};
 use crate::wire::{
     AgentHello, AgentToControl, ControlToAgent, Listener, ListenerStatus, MeshDeclaration,
-    NodeView, PeerInfo, Refusal, RefusalReason, ServiceEndpoint, StatusReport, ViewChange,
-    ViewDelta,
+    MeshPeerReport, NodeView, PeerInfo, Refusal, RefusalReason, ServiceEndpoint, StatusReport,
+    ViewChange, ViewDelta,
 };
 
 pub fn text() -> BoxedStrategy<String> {
@@ -575,6 +575,26 @@ pub fn own_mesh() -> BoxedStrategy<OwnMesh> {
         .boxed()
 }
 
+pub fn mesh_peer_report() -> BoxedStrategy<MeshPeerReport> {
+    (
+        text(),
+        option::of(text()),
+        option::of(any::<u64>()),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(name, endpoint, last_handshake_ms, rx_bytes, tx_bytes)| MeshPeerReport {
+                name,
+                endpoint,
+                last_handshake_ms,
+                rx_bytes,
+                tx_bytes,
+            },
+        )
+        .boxed()
+}
+
 pub fn mesh_declaration() -> BoxedStrategy<MeshDeclaration> {
     (
         any::<[u8; 32]>(),
@@ -741,6 +761,7 @@ pub fn agent_to_control() -> BoxedStrategy<AgentToControl> {
         status_report().prop_map(AgentToControl::Status),
         proptest::collection::vec(listener_status(), 0..4).prop_map(AgentToControl::Listeners),
         mesh_declaration().prop_map(AgentToControl::Mesh),
+        proptest::collection::vec(mesh_peer_report(), 0..3).prop_map(AgentToControl::MeshPeers),
     ]
     .boxed()
 }

@@ -1248,6 +1248,26 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
         "no more than a handshake's worth lost while the key rolls: {summary}"
     );
 
+    wait_until(
+        "node inspect a-1 shows its peers with handshakes and bytes",
+        Duration::from_secs(90),
+        || {
+            let Ok(text) = fleet.cli(&["-o", "json", "node", "inspect", "a-1"]) else {
+                return false;
+            };
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let peers = json["agent"]["mesh_peers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            peers.iter().any(|p| {
+                p["name"] == "b-1"
+                    && p["last_handshake_ms"].as_u64().is_some()
+                    && p["rx_bytes"].as_u64().is_some_and(|b| b > 0)
+            })
+        },
+    );
+
     eprintln!("--- kill the control plane");
     fleet.kill("c1").expect("kill c1");
     assert!(

@@ -280,6 +280,12 @@ fn handle_message(
                 .listeners(hello.node_id, listeners, unix_now_ms());
         }
         AgentToControl::Mesh(declaration) => record_mesh(control, hello.node_id, declaration),
+        AgentToControl::MeshPeers(peers) => {
+            debug!(node_id = %hello.node_id, peers = peers.len(), "agent WireGuard peers");
+            control
+                .agents()
+                .mesh_peers(hello.node_id, peers, unix_now_ms());
+        }
         AgentToControl::Hello(_) => return Err(PushError::NoHello),
     }
     Ok(())

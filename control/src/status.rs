@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use warren_api::wire::{
     ListenerStatus, MAX_EVENT_TEXT_BYTES, MAX_EVENTS_PER_REPORT, MAX_LISTENER_TEXT, MAX_LISTENERS,
-    StatusReport,
+    MAX_MESH_PEERS, MeshPeerReport, StatusReport,
 };
 use warren_api::{Event, NodeId, ReplicaStatus, Revision};
 
@@ -84,6 +84,8 @@ pub struct AgentReport {
     /// The agent's listeners as it last reported them (empty before any report, and from
     /// agents too old to report them).
     pub listeners: Vec<ListenerStatus>,
+    /// The agent's WireGuard peers as it last reported them (empty without an overlay).
+    pub mesh_peers: Vec<MeshPeerReport>,
 }
 
 impl AgentReport {
@@ -100,6 +102,7 @@ impl AgentReport {
             events: VecDeque::new(),
             events_dropped: 0,
             listeners: Vec::new(),
+            mesh_peers: Vec::new(),
         }
     }
 
@@ -118,6 +121,7 @@ impl AgentReport {
             events: VecDeque::new(),
             events_dropped: self.events_dropped,
             listeners: self.listeners.clone(),
+            mesh_peers: Vec::new(),
         }
     }
 
@@ -273,6 +277,22 @@ impl StatusBook {
         self.with(node, |e| {
             e.report.last_contact_ms = now_ms;
             e.report.listeners = listeners;
+        });
+    }
+
+    /// `node` reported its WireGuard peers; entries past [`MAX_MESH_PEERS`] are ignored, and
+    /// text past [`MAX_LISTENER_TEXT`] bytes is cut.
+    pub fn mesh_peers(&self, node: NodeId, mut peers: Vec<MeshPeerReport>, now_ms: u64) {
+        peers.truncate(MAX_MESH_PEERS);
+        for peer in &mut peers {
+            clip_to(&mut peer.name, MAX_LISTENER_TEXT);
+            if let Some(endpoint) = &mut peer.endpoint {
+                clip_to(endpoint, MAX_LISTENER_TEXT);
+            }
+        }
+        self.with(node, |e| {
+            e.report.last_contact_ms = now_ms;
+            e.report.mesh_peers = peers;
         });
     }
 

@@ -150,6 +150,8 @@ pub struct Link {
     /// What this agent declares of its WireGuard identity (`None` while the overlay is off):
     /// sent at the start of every session and whenever it changes.
     pub mesh: watch::Receiver<Option<MeshDeclaration>>,
+    /// What the overlay is doing: its peers go up to control (`node inspect`).
+    pub overlay: watch::Receiver<crate::overlay::OverlayStatus>,
 }
 
 /// The cached view's control addresses, then the seeds it lacks.

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_api::NodeView;
-use warren_api::wire::MeshDeclaration;
+use warren_api::wire::{MAX_MESH_PEERS, MeshDeclaration, MeshPeerReport};
 use warren_wireguard::{Device, DeviceConfig};
 
 use self::keys::KeyRing;
@@ -140,6 +140,37 @@ pub struct OverlayStatus {
     pub public_key: Option<String>,
     /// Each peer: name, endpoint, last handshake, bytes.
     pub peers: Vec<OverlayPeerStatus>,
+}
+
+impl OverlayStatus {
+    /// The peers as the agent reports them to control.
+    pub fn peer_report(&self) -> Vec<MeshPeerReport> {
+        self.peers
+            .iter()
+            .take(MAX_MESH_PEERS)
+            .map(|p| MeshPeerReport {
+                name: p.name.clone(),
+                endpoint: p.endpoint.clone(),
+                last_handshake_ms: p.last_handshake_ms,
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect()
+    }
+
+    /// What of the peers is worth telling control at once: who they are, where they are, and
+    /// whether each had a handshake in the last 3 minutes at `now_ms`. Counters alone wait.
+    pub fn peer_shape(&self, now_ms: u64) -> Vec<(String, Option<String>, bool)> {
+        self.peers
+            .iter()
+            .map(|p| {
+                let fresh = p
+                    .last_handshake_ms
+                    .is_some_and(|at| now_ms.saturating_sub(at) < 180_000);
+                (p.name.clone(), p.endpoint.clone(), fresh)
+            })
+            .collect()
+    }
 }
 
 /// One peer of the overlay as the device sees it.

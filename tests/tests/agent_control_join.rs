@@ -205,6 +205,7 @@ async fn start_link(
         // No mesh: the link falls back on its silence limit alone.
         gossip: watch::channel(Vec::new()).1,
         mesh: watch::channel(None).1,
+        overlay: watch::channel(Default::default()).1,
     };
     let cancel = CancellationToken::new();
     let task = tokio::spawn(link.run(cancel.clone()));

@@ -182,6 +182,28 @@ pub enum AgentToControl {
     /// whenever it changes (a key rotation, a new listen port). Control records it in the
     /// registry; peers learn it from their views, never from gossip.
     Mesh(MeshDeclaration),
+    /// The agent's WireGuard peers as its device sees them (at most [`MAX_MESH_PEERS`]), sent
+    /// when a session starts, when a peer comes or goes, and at most once a minute for the
+    /// counters.
+    MeshPeers(Vec<MeshPeerReport>),
+}
+
+/// Most entries an agent sends in [`AgentToControl::MeshPeers`]; control ignores the rest.
+pub const MAX_MESH_PEERS: usize = 4096;
+
+/// One WireGuard peer of an agent, as its device sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MeshPeerReport {
+    /// The peer node's name.
+    pub name: String,
+    /// Where packets to it go now (`ip:port`), once known.
+    pub endpoint: Option<String>,
+    /// When the last handshake with it completed (unix ms, the agent's clock).
+    pub last_handshake_ms: Option<u64>,
+    /// Bytes received from it through the tunnel.
+    pub rx_bytes: u64,
+    /// Bytes sent to it through the tunnel.
+    pub tx_bytes: u64,
 }
 
 /// What an agent declares of its WireGuard identity ([`AgentToControl::Mesh`]).

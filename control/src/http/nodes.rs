@@ -53,6 +53,7 @@ impl Api {
                 events: a.events.iter().cloned().collect(),
                 events_dropped: a.events_dropped,
                 listeners: a.listeners.clone(),
+                mesh_peers: a.mesh_peers.clone(),
             }),
             gossip: gossip
                 .and_then(|members| members.iter().find(|m| m.node_id == node.id))

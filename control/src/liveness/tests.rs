@@ -34,6 +34,7 @@ fn report(id: u64, connected: bool, last_contact_ms: u64) -> (NodeId, AgentRepor
             events: VecDeque::new(),
             events_dropped: 0,
             listeners: vec![],
+            mesh_peers: vec![],
         },
     )
 }

@@ -103,7 +103,13 @@ impl Agent {
         let (gossip_tx, gossip_rx) = watch::channel(Vec::new());
         // The overlay declares its WireGuard identity here; the link carries it to control.
         let (mesh_tx, mesh_rx) = watch::channel(None);
-        let link = self.link((views_tx, status_tx, gossip_rx), mesh_rx, reporter, metrics)?;
+        let (overlay_tx, overlay_rx) = watch::channel(Default::default());
+        let link = self.link(
+            (views_tx, status_tx, gossip_rx),
+            (mesh_rx, overlay_rx),
+            reporter,
+            metrics,
+        )?;
         let gossip_identity = self.gossip_identity(link.endpoint.credentials().clone())?;
         // Renewal ends with the agent, whichever way it returns.
         let renewal_cancel = cancel.child_token();
@@ -114,7 +120,7 @@ impl Agent {
         Ok(RunningLink {
             views,
             status,
-            overlay: watch::channel(Default::default()).0,
+            overlay: overlay_tx,
             mesh: mesh_tx,
             gossip: gossip_tx,
             gossip_identity,
@@ -232,7 +238,10 @@ impl Agent {
     fn link(
         &self,
         (views, status, gossip): LinkWatches,
-        mesh: watch::Receiver<Option<MeshDeclaration>>,
+        (mesh, overlay): (
+            watch::Receiver<Option<MeshDeclaration>>,
+            watch::Receiver<crate::overlay::OverlayStatus>,
+        ),
         reporter: &Arc<Reporter>,
         metrics: &AgentMetrics,
     ) -> Result<Link, AgentError> {
@@ -262,6 +271,7 @@ impl Agent {
             failures_total: metrics.link_failures_total.clone(),
             gossip,
             mesh,
+            overlay,
         })
     }
 

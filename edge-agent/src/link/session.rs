@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use warren_api::clock::unix_now_ms;
@@ -123,6 +124,9 @@ impl Link {
         if let Some(declaration) = declaration {
             send.send(&AgentToControl::Mesh(declaration)).await?;
         }
+        let mut overlay = self.overlay.clone();
+        let mut peers_sent = PeersSent::default();
+        peers_sent.maybe_send(&mut overlay, &mut send).await?;
         let mut current = cached;
         let mut deadline = tokio::time::Instant::now() + SILENCE_LIMIT;
         // The agent speaks every HEARTBEAT_INTERVAL too (its ack, repeated), so control can tell
@@ -168,6 +172,10 @@ impl Link {
                     if let Some(declaration) = declaration {
                         send.send(&AgentToControl::Mesh(declaration)).await?;
                     }
+                    continue;
+                }
+                Ok(()) = overlay.changed() => {
+                    peers_sent.maybe_send(&mut overlay, &mut send).await?;
                     continue;
                 }
             };
@@ -315,6 +323,41 @@ impl Link {
             send.send(&AgentToControl::Listeners(listeners)).await?;
             *listeners_sent = version;
         }
+        Ok(())
+    }
+}
+
+/// How often the overlay's peer counters go up when nothing else about the peers changed.
+const MESH_PEERS_EVERY: Duration = Duration::from_secs(60);
+
+/// What this session last told control of the overlay's peers, and when.
+#[derive(Default)]
+struct PeersSent {
+    shape: Option<Vec<(String, Option<String>, bool)>>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl PeersSent {
+    /// Sends the overlay's peers if they changed in shape (a peer came or went, moved, or
+    /// its handshake went stale or fresh), or if the last report is a minute old.
+    async fn maybe_send(
+        &mut self,
+        overlay: &mut watch::Receiver<crate::overlay::OverlayStatus>,
+        send: &mut warren_transport::FramedSend,
+    ) -> Result<(), SessionError> {
+        let status = overlay.borrow_and_update().clone();
+        if status.state != "up" {
+            return Ok(());
+        }
+        let shape = status.peer_shape(unix_now_ms());
+        let due = self.at.is_none_or(|at| at.elapsed() >= MESH_PEERS_EVERY);
+        if self.shape.as_ref() == Some(&shape) && !due {
+            return Ok(());
+        }
+        send.send(&AgentToControl::MeshPeers(status.peer_report()))
+            .await?;
+        self.shape = Some(shape);
+        self.at = Some(tokio::time::Instant::now());
         Ok(())
     }
 }
