@@ -12,6 +12,7 @@
 //! | `removed_node_stops_workloads` | a node whose removal was acknowledged runs no workload at the end |
 //! | `killed_workloads_restarted` | every workload the scenario killed (or whose node it powered off) came back on its node within 20 s (restart policy, offline boot; also while cut off) |
 //! | `operator_expectations` | every CLI step did what the scenario said (fail, fail fast, name the reason) |
+//! | `overlay_connectivity` | at every `overlay` step, every running agent pinged every other running agent's WireGuard overlay address |
 //!
 //! Here: the verdict types, [`check_all`] and the figures. Each invariant lives in the file of
 //! what it is about:
@@ -20,7 +21,8 @@
 //!   workload processes;
 //! - `revisions`: `agents_never_go_back`;
 //! - `convergence`: `converges_after_heal`;
-//! - `expectations`: `operator_expectations`.
+//! - `expectations`: `operator_expectations`;
+//! - `overlay`: `overlay_connectivity`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,12 +33,14 @@ use crate::record::Record;
 
 mod convergence;
 mod expectations;
+mod overlay;
 mod revisions;
 mod workloads;
 mod writes;
 
 use convergence::converges_after_heal;
 use expectations::operator_expectations;
+use overlay::overlay_connectivity;
 use revisions::agents_never_go_back;
 use workloads::{
     killed_workloads_restarted, no_restart_on_reconnect, removed_node_stops_workloads,
@@ -154,6 +158,7 @@ pub fn check_all(
         removed_node_stops_workloads(record, history),
         killed_workloads_restarted(record, history),
         operator_expectations(record),
+        overlay_connectivity(record),
     ];
     let figures = Figures {
         convergence_s: record

@@ -106,6 +106,21 @@ pub struct Record {
     pub convergences: Vec<Convergence>,
     pub failovers: Vec<Failover>,
     pub expectations: Vec<Expectation>,
+    /// Overlay pings between agents (`overlay` steps), the last try of each pair per step.
+    #[serde(default)]
+    pub overlay_probes: Vec<OverlayProbe>,
+}
+
+/// One ping across the WireGuard overlay, from inside one agent's namespace to another's
+/// overlay address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayProbe {
+    pub step: String,
+    pub t_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub address: String,
+    pub answered: bool,
 }
 
 impl Record {

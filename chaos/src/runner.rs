@@ -27,6 +27,7 @@ mod cli;
 mod converge;
 mod dns;
 mod faults;
+mod overlay;
 mod processes;
 
 use crate::fault::Fault;
@@ -80,6 +81,7 @@ pub fn run(fleet: &mut Fleet, scenario: &Scenario, cancel: Arc<AtomicBool>) -> O
         active: Vec::new(),
         cancel,
         pending_failover: None,
+        overlay_addresses: std::collections::BTreeMap::new(),
     };
     let aborted = runner
         .steps(&scenario.steps, "", 1)
@@ -139,6 +141,8 @@ struct Runner<'a> {
     cancel: Arc<AtomicBool>,
     /// Index into `record.failovers` of a leader kill waiting for its first write.
     pending_failover: Option<usize>,
+    /// Each agent's overlay address, learned from `node ls` at the first `overlay` step.
+    overlay_addresses: std::collections::BTreeMap<String, String>,
 }
 
 impl Runner<'_> {
@@ -253,6 +257,10 @@ impl Runner<'_> {
                     within: within_s.map(Duration::from_secs_f64),
                 };
                 self.dns(node, name, bounds, at)
+            }
+            Step::Overlay { nodes, within_s } => {
+                let within = Duration::from_secs_f64(within_s.unwrap_or(0.0));
+                self.overlay(nodes, within, at)
             }
             Step::Repeat { times, steps } => {
                 for round in 1..=*times {

@@ -157,6 +157,18 @@ pub enum Step {
         #[serde(default)]
         within_s: Option<f64>,
     },
+    /// Every agent whose `warren` runs pings every other such agent's WireGuard overlay
+    /// address from inside its namespace (addresses from `node ls`, learned at the first such
+    /// step, so later ones work with the control plane down). With `within_s`, pairs that do
+    /// not answer are tried again until they do or that long has passed. With `nodes`, only
+    /// pairs among those agents (a site cut off from the rest keeps its own tunnels). Checked
+    /// by the `overlay_connectivity` invariant.
+    Overlay {
+        #[serde(default)]
+        nodes: Vec<String>,
+        #[serde(default)]
+        within_s: Option<f64>,
+    },
 }
 
 /// A CLI step: `- cli: service scale web 3` or the long form with expectations.

@@ -69,6 +69,14 @@ fn check_step(step: &Step, names: &[(String, String)], active: &mut Vec<Fault>) 
             within_s,
             ..
         } => check_dns(names, name, *min, *max, *within_s)?,
+        Step::Overlay { nodes, within_s } => {
+            for name in nodes {
+                require_node(names, name)?;
+            }
+            if let Some(s) = within_s {
+                check_seconds("overlay within_s", *s)?;
+            }
+        }
         Step::Repeat { times, steps } => check_repeat(*times, steps, names, active)?,
     }
     if let Step::Fault(fault) | Step::Heal(fault) | Step::Flap { fault, .. } = step {
