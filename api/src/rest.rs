@@ -310,6 +310,10 @@ pub struct AgentLinkInfo {
     /// handshake, bytes (only in `GET /nodes/{n}`).
     #[serde(default)]
     pub mesh_peers: Vec<crate::wire::MeshPeerReport>,
+    /// How many of those peers had a handshake in the last 3 minutes, and how many there are
+    /// (in every listing); `None` before the agent reported any.
+    #[serde(default)]
+    pub mesh_peers_up: Option<(u32, u32)>,
 }
 
 /// A service with its placement summary.

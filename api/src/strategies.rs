@@ -581,15 +581,16 @@ pub fn mesh_peer_report() -> BoxedStrategy<MeshPeerReport> {
         option::of(text()),
         option::of(any::<u64>()),
         any::<u64>(),
-        any::<u64>(),
+        (any::<u64>(), any::<bool>()),
     )
         .prop_map(
-            |(name, endpoint, last_handshake_ms, rx_bytes, tx_bytes)| MeshPeerReport {
+            |(name, endpoint, last_handshake_ms, rx_bytes, (tx_bytes, up))| MeshPeerReport {
                 name,
                 endpoint,
                 last_handshake_ms,
                 rx_bytes,
                 tx_bytes,
+                up,
             },
         )
         .boxed()

@@ -1267,6 +1267,15 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
             })
         },
     );
+    // `node ls` (its WG column) counts a-1's peers with a fresh handshake: b-1 at least.
+    let listed = fleet.cli(&["-o", "json", "node", "ls"]).expect("node ls");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("node ls JSON");
+    let a1 = listed
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"]["name"] == "a-1"))
+        .expect("a-1 listed");
+    let up = a1["agent"]["mesh_peers_up"][0].as_u64().unwrap_or(0);
+    assert!(up >= 1, "a-1's peers up in node ls: {}", a1["agent"]);
 
     eprintln!("--- kill the control plane");
     fleet.kill("c1").expect("kill c1");

@@ -592,6 +592,7 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
         "LISTENERS",
         "GOSSIP",
         "OVERLAY",
+        "WG",
         "QUIC",
         "JOINED",
     ]);
@@ -635,6 +636,11 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
                 Some(mesh) => format!("{} (no key)", mesh.overlay_ip),
                 None => "-".to_owned(),
             },
+            // Peers with a fresh handshake, as the agent last reported them.
+            info.agent
+                .as_ref()
+                .and_then(|a| a.mesh_peers_up)
+                .map_or_else(|| "-".to_owned(), |(up, all)| format!("{up}/{all} up")),
             node.addresses
                 .quic
                 .clone()

@@ -86,6 +86,8 @@ pub struct AgentReport {
     pub listeners: Vec<ListenerStatus>,
     /// The agent's WireGuard peers as it last reported them (empty without an overlay).
     pub mesh_peers: Vec<MeshPeerReport>,
+    /// Of those, how many were up and how many there were; `None` before any report.
+    pub mesh_peers_up: Option<(u32, u32)>,
 }
 
 impl AgentReport {
@@ -103,6 +105,7 @@ impl AgentReport {
             events_dropped: 0,
             listeners: Vec::new(),
             mesh_peers: Vec::new(),
+            mesh_peers_up: None,
         }
     }
 
@@ -122,6 +125,7 @@ impl AgentReport {
             events_dropped: self.events_dropped,
             listeners: self.listeners.clone(),
             mesh_peers: Vec::new(),
+            mesh_peers_up: self.mesh_peers_up,
         }
     }
 
@@ -290,9 +294,15 @@ impl StatusBook {
                 clip_to(endpoint, MAX_LISTENER_TEXT);
             }
         }
+        let up = peers.iter().filter(|p| p.up).count();
+        let counts = (
+            u32::try_from(up).unwrap_or(u32::MAX),
+            u32::try_from(peers.len()).unwrap_or(u32::MAX),
+        );
         self.with(node, |e| {
             e.report.last_contact_ms = now_ms;
             e.report.mesh_peers = peers;
+            e.report.mesh_peers_up = Some(counts);
         });
     }
 

@@ -143,8 +143,8 @@ pub struct OverlayStatus {
 }
 
 impl OverlayStatus {
-    /// The peers as the agent reports them to control.
-    pub fn peer_report(&self) -> Vec<MeshPeerReport> {
+    /// The peers as the agent reports them to control at `now_ms`.
+    pub fn peer_report(&self, now_ms: u64) -> Vec<MeshPeerReport> {
         self.peers
             .iter()
             .take(MAX_MESH_PEERS)
@@ -154,6 +154,7 @@ impl OverlayStatus {
                 last_handshake_ms: p.last_handshake_ms,
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
+                up: handshake_fresh(p.last_handshake_ms, now_ms),
             })
             .collect()
     }
@@ -164,13 +165,17 @@ impl OverlayStatus {
         self.peers
             .iter()
             .map(|p| {
-                let fresh = p
-                    .last_handshake_ms
-                    .is_some_and(|at| now_ms.saturating_sub(at) < 180_000);
+                let fresh = handshake_fresh(p.last_handshake_ms, now_ms);
                 (p.name.clone(), p.endpoint.clone(), fresh)
             })
             .collect()
     }
+}
+
+/// Whether a peer's last handshake (unix ms) is less than 3 minutes old at `now_ms`: a live
+/// tunnel re-keys every 2 minutes.
+fn handshake_fresh(last_handshake_ms: Option<u64>, now_ms: u64) -> bool {
+    last_handshake_ms.is_some_and(|at| now_ms.saturating_sub(at) < 180_000)
 }
 
 /// One peer of the overlay as the device sees it.

@@ -204,6 +204,8 @@ pub struct MeshPeerReport {
     pub rx_bytes: u64,
     /// Bytes sent to it through the tunnel.
     pub tx_bytes: u64,
+    /// Whether the last handshake is less than 3 minutes old (judged on the agent's clock).
+    pub up: bool,
 }
 
 /// What an agent declares of its WireGuard identity ([`AgentToControl::Mesh`]).

@@ -54,6 +54,7 @@ impl Api {
                 events_dropped: a.events_dropped,
                 listeners: a.listeners.clone(),
                 mesh_peers: a.mesh_peers.clone(),
+                mesh_peers_up: a.mesh_peers_up,
             }),
             gossip: gossip
                 .and_then(|members| members.iter().find(|m| m.node_id == node.id))

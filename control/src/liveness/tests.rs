@@ -35,6 +35,7 @@ fn report(id: u64, connected: bool, last_contact_ms: u64) -> (NodeId, AgentRepor
             events_dropped: 0,
             listeners: vec![],
             mesh_peers: vec![],
+            mesh_peers_up: None,
         },
     )
 }

@@ -349,12 +349,13 @@ impl PeersSent {
         if status.state != "up" {
             return Ok(());
         }
-        let shape = status.peer_shape(unix_now_ms());
+        let now_ms = unix_now_ms();
+        let shape = status.peer_shape(now_ms);
         let due = self.at.is_none_or(|at| at.elapsed() >= MESH_PEERS_EVERY);
         if self.shape.as_ref() == Some(&shape) && !due {
             return Ok(());
         }
-        send.send(&AgentToControl::MeshPeers(status.peer_report()))
+        send.send(&AgentToControl::MeshPeers(status.peer_report(now_ms)))
             .await?;
         self.shape = Some(shape);
         self.at = Some(tokio::time::Instant::now());
