@@ -41,6 +41,8 @@ pub const KEEPALIVE_SECS: u16 = 25;
 /// How long both keys are answered to after the registry recorded a rotation's next key,
 /// before the node initiates with it: time for every connected peer's view to carry it.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(10);
+/// How long after a failed start the device is tried again.
+const START_RETRY: Duration = Duration::from_secs(30);
 /// How often the device's counters are read into metrics and status.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
@@ -295,8 +297,9 @@ impl Overlay {
             device: None,
             overlap_since: None,
             last_rotation: Instant::now(),
+            next_start: Instant::now(),
+            start_failures: 0,
         };
-        running.declare();
         running.serve(cancel).await;
     }
 
@@ -327,6 +330,10 @@ struct Running {
     /// When the registry was first seen holding this node's next key.
     overlap_since: Option<Instant>,
     last_rotation: Instant,
+    /// When the device may be tried again after it failed to start.
+    next_start: Instant,
+    /// Starts that failed in a row (the first is a warning, the rest are quieter).
+    start_failures: u32,
 }
 
 impl Running {
@@ -363,10 +370,13 @@ impl Running {
                     "starting",
                     Some("waiting for an overlay address from control".into()),
                 );
+                // A node registered before the overlay existed gets its address when it
+                // declares a key.
+                self.declare();
             }
             return;
         };
-        if self.device.is_none() {
+        if self.device.is_none() && Instant::now() >= self.next_start {
             self.start_device(own.address, own.range.prefix);
         }
         if own.rotations_requested > self.ring.rotations_handled() {
@@ -401,10 +411,19 @@ impl Running {
                     s.listen_port = Some(device.listen_addr().port());
                 });
                 self.device = Some(device);
+                self.start_failures = 0;
+                // Only a node whose device runs is worth a peer's handshakes.
+                self.declare();
             }
             Err(error) => {
                 let reason = format!("cannot start interface {}: {error}", settings.interface);
-                warn!("{reason}; retrying with the next view change");
+                if self.start_failures == 0 {
+                    warn!("{reason}; retrying every {}s", START_RETRY.as_secs());
+                } else {
+                    tracing::debug!("{reason}");
+                }
+                self.start_failures += 1;
+                self.next_start = Instant::now() + START_RETRY;
                 self.overlay.set_status("error", Some(reason));
             }
         }
@@ -419,15 +438,22 @@ impl Running {
                 .filter(|ip| !ip.is_unspecified())
                 .map(|ip| SocketAddr::new(ip, settings.port))
         });
-        let declaration = MeshDeclaration {
+        let declaration = Some(MeshDeclaration {
             public_key: self.ring.current_public().0,
             next_public_key: self.ring.next_public().map(|k| k.0),
             endpoint: endpoint.map(|e| e.to_string()),
-        };
+        });
         self.overlay.status.send_modify(|s| {
             s.public_key = Some(self.ring.current_public().to_base64());
         });
-        self.overlay.declaration.send_replace(Some(declaration));
+        // Sent again only when it changed: each change goes up the link once.
+        self.overlay.declaration.send_if_modified(|held| {
+            let changed = *held != declaration;
+            if changed {
+                *held = declaration;
+            }
+            changed
+        });
     }
 
     fn begin_rotation(&mut self) {
