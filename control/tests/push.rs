@@ -197,10 +197,15 @@ async fn an_agent_of_an_older_wire_version_is_refused() {
     let (_endpoint, _send, mut recv) = open_with(&node, &joined, hello).await;
     match next(&mut recv).await {
         ControlToAgent::Refused(refusal) => {
-            assert_eq!(refusal.reason, RefusalReason::WireVersion { supported: 3 });
+            assert_eq!(
+                refusal.reason,
+                RefusalReason::WireVersion {
+                    supported: WIRE_VERSION
+                }
+            );
             assert_eq!(
                 refusal.message,
-                "agent speaks wire version 2, this control node 3"
+                format!("agent speaks wire version 2, this control node {WIRE_VERSION}")
             );
         }
         other => panic!("expected a refusal, got {other:?}"),
