@@ -307,40 +307,47 @@ fn record_mesh(control: &Arc<Control>, node: NodeId, declaration: MeshDeclaratio
         }
         valid
     });
+    let declaration = MeshDeclaration {
+        endpoint,
+        ..declaration
+    };
     let control = Arc::clone(control);
-    tokio::spawn(async move {
-        let wanted = |entry: &warren_api::MeshEntry| {
-            entry.public_key == Some(declaration.public_key)
-                && entry.next_public_key == declaration.next_public_key
-                && entry.endpoint == endpoint
-        };
-        if control
-            .read_stale()
-            .await
-            .mesh
-            .get(&node)
-            .is_some_and(wanted)
-        {
-            return;
-        }
-        let op = Op::SetMesh {
-            node,
-            public_key: declaration.public_key,
-            next_public_key: declaration.next_public_key,
-            endpoint,
-        };
-        match control.propose(op).await {
-            Ok(outcome) => match outcome.result {
-                Ok(_) => info!(node_id = %node, "recorded the node's WireGuard key and endpoint"),
-                Err(rejection) => {
-                    warn!(node_id = %node, reason = %rejection.message, "cannot record the node's WireGuard key")
-                }
-            },
-            Err(error) => {
-                warn!(node_id = %node, error = %error, "cannot record the node's WireGuard key; the agent declares it again when it reconnects")
-            }
-        }
+    tokio::spawn(async move { record_declaration(&control, node, &declaration).await });
+}
+
+/// Records what `node` declares of its WireGuard identity (an agent on its stream, a control
+/// node for itself), unless the registry holds it already. A write that fails is logged: the
+/// node declares again when it changes, and at its next session or start.
+pub(crate) async fn record_declaration(
+    control: &Control,
+    node: NodeId,
+    declaration: &MeshDeclaration,
+) {
+    let held = control.read_stale().await.mesh.get(&node).is_some_and(|e| {
+        e.public_key == Some(declaration.public_key)
+            && e.next_public_key == declaration.next_public_key
+            && e.endpoint == declaration.endpoint
     });
+    if held {
+        return;
+    }
+    let op = Op::SetMesh {
+        node,
+        public_key: declaration.public_key,
+        next_public_key: declaration.next_public_key,
+        endpoint: declaration.endpoint.clone(),
+    };
+    match control.propose(op).await {
+        Ok(outcome) => match outcome.result {
+            Ok(_) => info!(node_id = %node, "recorded the node's WireGuard key and endpoint"),
+            Err(rejection) => {
+                warn!(node_id = %node, reason = %rejection.message, "cannot record the node's WireGuard key")
+            }
+        },
+        Err(error) => {
+            warn!(node_id = %node, error = %error, "cannot record the node's WireGuard key; it is declared again at the node's next session")
+        }
+    }
 }
 
 /// Counts and reports a frame from an agent that was refused for its size: the stream ends,

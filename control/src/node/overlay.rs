@@ -7,16 +7,11 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
 use warren_api::NodeView;
 use warren_api::wire::MeshDeclaration;
 
-use warren_api::NodeId;
-
 use super::ControlNode;
-use crate::command::Op;
-use crate::control::Control;
-use crate::push::node_view;
+use crate::push::{node_view, record_declaration};
 
 impl ControlNode {
     /// This node's view at every applied revision (`None` until it has the cluster keys).
@@ -62,7 +57,7 @@ impl ControlNode {
             loop {
                 let declaration = declarations.borrow_and_update().clone();
                 if let Some(declaration) = declaration {
-                    declare_mesh(&control, node, &declaration).await;
+                    record_declaration(&control, node, &declaration).await;
                 }
                 tokio::select! {
                     () = cancel.cancelled() => return,
@@ -70,38 +65,5 @@ impl ControlNode {
                 }
             }
         });
-    }
-}
-
-/// Records what `node` declares of its WireGuard identity, unless the registry holds it
-/// already. A write that fails is logged; the overlay declares again when it changes, and the
-/// node at its next start.
-async fn declare_mesh(control: &Control, node: NodeId, declaration: &MeshDeclaration) {
-    {
-        let held = control.read_stale().await.mesh.get(&node).is_some_and(|e| {
-            e.public_key == Some(declaration.public_key)
-                && e.next_public_key == declaration.next_public_key
-                && e.endpoint == declaration.endpoint
-        });
-        if held {
-            return;
-        }
-    }
-    {
-        let op = Op::SetMesh {
-            node,
-            public_key: declaration.public_key,
-            next_public_key: declaration.next_public_key,
-            endpoint: declaration.endpoint.clone(),
-        };
-        match control.propose(op).await {
-            Ok(outcome) => match outcome.result {
-                Ok(_) => info!("recorded this control node's WireGuard key and endpoint"),
-                Err(rejection) => {
-                    warn!(reason = %rejection.message, "cannot record this control node's WireGuard key")
-                }
-            },
-            Err(error) => warn!(error = %error, "cannot record this control node's WireGuard key"),
-        }
     }
 }
