@@ -280,6 +280,10 @@ pub struct GossipInfo {
     pub generation: u64,
     /// Where it gossips (`IP:PORT`).
     pub gossip_addr: String,
+    /// Where it says its WireGuard port is now (a hint: peers use it only with claims the
+    /// registry backs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_endpoint: Option<String>,
 }
 
 /// An agent's link to the control plane, as the control nodes see it (soft state: merged

@@ -33,6 +33,9 @@ enum Need {
     Python,
     /// The `warren` binary next to `warren-chaos` in the target dir.
     Warren,
+    /// `wireguard-go` and `wg` (a WireGuard implementation we did not write), and
+    /// `/dev/net/tun`.
+    WireguardGo,
 }
 
 /// What the host offers a test that may run.
@@ -80,6 +83,13 @@ fn host(test: &str, needs: &[Need]) -> Option<Host> {
                 host.warren = Some(warren);
                 missing
             }
+            Need::WireguardGo => ["wireguard-go", "wg"]
+                .into_iter()
+                .find(|tool| !preflight::on_path(tool))
+                .map(|tool| format!("`{tool}` is not on PATH (wireguard-go, wireguard-tools)"))
+                .or_else(|| {
+                    (!Path::new("/dev/net/tun").exists()).then(|| "no /dev/net/tun".to_owned())
+                }),
         };
         if let Some(reason) = missing {
             let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -1305,4 +1315,150 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
         || pings(&a_ns, &addresses[1]),
     );
     fleet.down().expect("fleet down");
+}
+
+/// `warren node wg-config` prints a standard WireGuard configuration: a `wireguard-go` device
+/// (an implementation we did not write) set up from it with `wg`, and the node's own key file,
+/// takes a-1's place in the overlay and carries traffic both ways with b-1's Warren tunnel.
+#[test]
+fn a_wireguard_go_peer_set_up_from_node_wg_config_takes_a_nodes_place() {
+    let test = "a_wireguard_go_peer_set_up_from_node_wg_config_takes_a_nodes_place";
+    let needs = [Need::Netns, Need::Firewall, Need::Warren, Need::WireguardGo];
+    let Some(host) = host(test, &needs) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = FleetSpec {
+        control: 1,
+        sites: ["a", "b"]
+            .map(|name| SiteSpec {
+                name: name.into(),
+                agents: 1,
+            })
+            .into(),
+    };
+    let mut fleet = Fleet::up(RunId::random(), &spec, options(host, dir.path())).expect("fleet up");
+    let mut addresses = Vec::new();
+    wait_until(
+        "both agents declared their keys",
+        Duration::from_secs(30),
+        || {
+            overlay_addresses(&fleet, &["a-1", "b-1"]).is_some_and(|found| {
+                addresses = found;
+                true
+            })
+        },
+    );
+    let a = fleet.node("a-1").expect("a-1");
+    let (a_ns, a_key) = (
+        a.host.netns.clone(),
+        a.data_dir.join("wireguard/private.key"),
+    );
+    let b_ns = fleet.node("b-1").expect("b-1").host.netns.clone();
+    wait_until(
+        "a-1 pings b-1 over the overlay",
+        Duration::from_secs(30),
+        || pings(&a_ns, &addresses[1]),
+    );
+    let config = fleet
+        .cli(&["node", "wg-config", "a-1"])
+        .expect("node wg-config a-1");
+    eprintln!("--- warren node wg-config a-1:\n{config}");
+    assert!(
+        config.contains(&format!("Address = {}/24", addresses[0])),
+        "{config}"
+    );
+
+    eprintln!("--- a-1's agent stops; wireguard-go takes its place from that config");
+    fleet.kill("a-1").expect("kill a-1");
+    let setconf: String = config
+        .lines()
+        .filter(|line| !line.starts_with("Address"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let conf = dir.path().join("wgo.conf");
+    std::fs::write(&conf, setconf).expect("write the wg config");
+    // The control socket's path is the host's, whatever the namespace: a name of this run's.
+    let interface = format!("wgo{}", std::process::id() % 100_000);
+    let go = WireguardGo::start(&a_ns, &interface).expect("wireguard-go starts");
+    let address = format!("{}/16", addresses[0]);
+    let conf = conf.display().to_string();
+    let key = a_key.display().to_string();
+    for args in [
+        &["wg", "setconf", &interface, &conf][..],
+        &["wg", "set", &interface, "private-key", &key],
+        &["ip", "addr", "add", &address, "dev", &interface],
+        &["ip", "link", "set", &interface, "mtu", "1420", "up"],
+    ] {
+        let status = netns::exec_in(&a_ns, args[0]).args(&args[1..]).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "{args:?} in a-1's namespace"
+        );
+    }
+    // boringtun stamps its handshakes 27 s later than wireguard-go and kernel WireGuard do
+    // (TAI64N base 2^62 + 37 against + 10): b-1 takes wireguard-go's first initiations with
+    // a-1's key for replays until the clock passes a-1's last handshake. Up to a minute, then.
+    let reached = (0..60).any(|_| pings(&a_ns, &addresses[1]));
+    if !reached {
+        let shown = netns::exec_in(&a_ns, "wg")
+            .args(["show", &interface])
+            .output();
+        let shown = shown.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let b_log = std::fs::read_to_string(&fleet.node("b-1").expect("b-1").log);
+        let b_log = b_log.unwrap_or_default();
+        let tail: Vec<&str> = b_log.lines().rev().take(30).collect();
+        panic!(
+            "wireguard-go in a-1's place never reached b-1: wg show: {shown:?}\nb-1's log, last lines first:\n{}",
+            tail.join("\n")
+        );
+    }
+    assert!(
+        pings(&b_ns, &addresses[0]),
+        "b-1 pings wireguard-go in a-1's place"
+    );
+    let shown = netns::exec_in(&a_ns, "wg")
+        .args(["show", &interface, "latest-handshakes"])
+        .output()
+        .expect("wg show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    eprintln!("--- wg show {interface} latest-handshakes:\n{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.split_whitespace().nth(1).is_some_and(|t| t != "0")),
+        "wireguard-go completed a handshake: {shown}"
+    );
+    drop(go);
+    fleet.down().expect("fleet down");
+}
+
+/// A `wireguard-go` device in a namespace, stopped (and its interface gone) on drop.
+struct WireguardGo {
+    child: std::process::Child,
+}
+
+impl WireguardGo {
+    fn start(netns: &str, interface: &str) -> std::io::Result<WireguardGo> {
+        let child = netns::exec_in(netns, "wireguard-go")
+            .args(["-f", interface])
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let go = WireguardGo { child };
+        wait_until(
+            "wireguard-go's control socket",
+            Duration::from_secs(10),
+            || Path::new(&format!("/var/run/wireguard/{interface}.sock")).exists(),
+        );
+        Ok(go)
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

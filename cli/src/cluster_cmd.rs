@@ -172,8 +172,10 @@ pub enum NodeCommand {
     /// never leaves the box: it is in DATA_DIR/wireguard/private.key there.
     #[command(after_help = "Example:\n  \
         warren node wg-config edge-lisbon-1 > wg.conf\n  \
-        # on the box: replace the PrivateKey line with the key file's content, then\n  \
-        wg setconf wg0 <(grep -v '^Address' wg.conf)")]
+        # on the box (its agent stopped), with wireguard-go or kernel WireGuard as wg0:\n  \
+        wg setconf wg0 <(grep -v '^Address' wg.conf)\n  \
+        wg set wg0 private-key /var/lib/warren/wireguard/private.key\n  \
+        ip addr add OVERLAY_IP/16 dev wg0; ip link set wg0 up    # OVERLAY_IP: the Address line")]
     WgConfig {
         /// Node name or id.
         node: String,

@@ -197,6 +197,7 @@ fn start_overlay(node: &ControlNode, settings: OverlaySettings) -> Result<DropGu
         dir: node.data_dir().join("wireguard"),
         advertise_ip,
         views: node.own_views(),
+        gossip: node.gossip_members_watch(),
         declaration,
         status: tokio::sync::watch::channel(Default::default()).0,
         metrics: OverlayMetrics::new(node.metrics().registry()),

@@ -137,7 +137,7 @@ pub fn wg_config_of(nodes: &[NodeInfo], wanted: &str) -> Result<String> {
         .map_or(warren_edge_agent::overlay::DEFAULT_PORT, |e| e.port());
     let text = warren_wireguard::wg_config(None, port, (address, 24), &peers);
     Ok(format!(
-        "# WireGuard configuration of node {} ({}), from the registry.\n# PrivateKey: DATA_DIR/wireguard/private.key on that box (it never leaves it).\n{text}",
+        "# WireGuard configuration of node {} ({}), from the registry.\n# PrivateKey: on that box only, DATA_DIR/wireguard/private.key (`wg set IFACE private-key FILE`).\n{text}",
         me.node.name, mesh.overlay_ip
     ))
 }

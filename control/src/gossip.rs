@@ -83,6 +83,10 @@ pub fn info(member: &Member) -> GossipInfo {
         liveness: member.liveness.as_str().to_owned(),
         generation: member.generation,
         gossip_addr: member.gossip_addr.to_string(),
+        wg_endpoint: member
+            .endpoints
+            .get(warren_mesh::member::WG_ENDPOINT)
+            .cloned(),
     }
 }
 

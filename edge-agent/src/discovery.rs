@@ -23,7 +23,7 @@ use prometheus::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warren_api::wire::{Listener, NodeView};
+use warren_api::wire::{Listener, MeshDeclaration, NodeView};
 use warren_api::{NodeId, NodeRole, ReplicaKey};
 use warren_mesh::config::DEFAULT_KEY_ROTATION_OVERLAP;
 use warren_mesh::keyring::{GossipKey, KeyId, Keyring};
@@ -63,6 +63,9 @@ pub(crate) struct Local {
     pub resolv_conf: Option<PathBuf>,
     /// How the mesh signs this node's state and checks the others'.
     pub gossip_identity: MeshIdentity,
+    /// What the WireGuard overlay declares of this node (gossiped as claims and the `wg`
+    /// endpoint, so peers find a box whose address changed while control was out of reach).
+    pub overlay: watch::Receiver<Option<MeshDeclaration>>,
 }
 
 /// Name of that file in the data dir.
@@ -107,6 +110,7 @@ pub(crate) async fn run(
             .map(|v| build_catalogue(v, &[]))
             .unwrap_or_default(),
     );
+    let mut overlay = local.overlay.clone();
     let mut discovery = Discovery::new(local, options, &registry, reporting, catalogue);
     loop {
         discovery.try_dns(&cancel).await;
@@ -130,14 +134,37 @@ pub(crate) async fn run(
                 None => std::future::pending::<()>().await,
             }
         };
+        let overlay_changed = async {
+            if overlay.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => break,
             changed = views.changed() => if changed.is_err() { break },
             () = members_changed => {}
+            () = overlay_changed => {}
             () = sleep_until_some(retry_at) => {}
         }
     }
     discovery.shutdown().await;
+}
+
+/// Gossips this node's overlay claims (key, address) and where its WireGuard port is. Peers
+/// believe the endpoint only with claims their registry backs.
+async fn publish_overlay(
+    mesh: &Mesh,
+    declaration: &MeshDeclaration,
+    address: std::net::Ipv4Addr,
+) -> Result<(), warren_mesh::MetaError> {
+    let Some(endpoint) = &declaration.endpoint else {
+        return Ok(());
+    };
+    let key = warren_wireguard::PublicKey(declaration.public_key).to_base64();
+    mesh.set_wg_public_key(&key).await?;
+    mesh.set_overlay_addr(address.into()).await?;
+    mesh.set_endpoint(crate::overlay::peers::GOSSIP_ENDPOINT, endpoint)
+        .await
 }
 
 /// The earliest retry still ahead of `now`. One already due was tried this round unless it
@@ -422,6 +449,12 @@ impl Discovery {
         };
         if let Err(error) = mesh.set_agent_revision(view.revision.0).await {
             warn!(error = %error, "cannot publish the revision by gossip");
+        }
+        let declaration = self.local.overlay.borrow().clone();
+        if let (Some(declaration), Some(own)) = (declaration, &view.mesh)
+            && let Err(error) = publish_overlay(mesh, &declaration, own.address).await
+        {
+            warn!(error = %error, "cannot publish the WireGuard endpoint by gossip");
         }
         let now = own_service_endpoints(view);
         for (service, endpoints) in &now {

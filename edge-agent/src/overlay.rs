@@ -266,6 +266,8 @@ pub struct Overlay {
     pub advertise_ip: Option<IpAddr>,
     /// The desired state (the cached view until control is reached).
     pub views: watch::Receiver<Option<Arc<NodeView>>>,
+    /// The gossip membership: where registered peers say their WireGuard port is now.
+    pub gossip: watch::Receiver<Vec<warren_mesh::Member>>,
     /// Where the node's declaration goes, for the link to send.
     pub declaration: watch::Sender<Option<MeshDeclaration>>,
     /// What the overlay is doing.
@@ -339,16 +341,25 @@ struct Running {
 impl Running {
     async fn serve(&mut self, cancel: CancellationToken) {
         let mut views = self.overlay.views.clone();
+        let mut gossip = self.overlay.gossip.clone();
         let mut tick = tokio::time::interval(STATS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let view = views.borrow_and_update().clone();
+            let members = gossip.borrow_and_update().clone();
             if let Some(view) = view {
-                self.follow(&view);
+                self.follow(&view, &members);
             }
+            let gossip_changed = async {
+                if gossip.changed().await.is_err() {
+                    // No gossip (a node without a mesh): only views matter.
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = cancel.cancelled() => break,
                 changed = views.changed() => if changed.is_err() { break },
+                () = gossip_changed => {}
                 _ = tick.tick() => {
                     self.publish_stats();
                     self.rotate_on_schedule();
@@ -362,8 +373,9 @@ impl Running {
     }
 
     /// Brings the device in line with `view`: up once the view gives an address, peers as the
-    /// registry lists them, and the rotation's next step if the registry caught up.
-    fn follow(&mut self, view: &NodeView) {
+    /// registry lists them (at the endpoints gossip says, where it is believed), and the
+    /// rotation's next step if the registry caught up.
+    fn follow(&mut self, view: &NodeView, members: &[warren_mesh::Member]) {
         let Some(own) = &view.mesh else {
             if self.device.is_none() {
                 self.overlay.set_status(
@@ -386,7 +398,7 @@ impl Running {
         }
         self.step_rotation(own.public_key, own.next_public_key);
         let Some(device) = &self.device else { return };
-        let peers = peers::peer_configs(view, Some(KEEPALIVE_SECS));
+        let peers = peers::peer_configs(view, members, Some(KEEPALIVE_SECS));
         self.overlay.metrics.peers.set(peers.len() as i64);
         if let Err(error) = device.set_peers(peers) {
             warn!(error = %error, "cannot apply the overlay's peers");

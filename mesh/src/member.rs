@@ -27,6 +27,9 @@ pub const KEY_WG_PUBLIC_KEY: &str = "wg_public_key";
 pub const KEY_AGENT_REVISION: &str = "agent_revision";
 /// Metadata key prefix: an advertised endpoint, `endpoint.<purpose>` = `host:port`.
 pub const ENDPOINT_PREFIX: &str = "endpoint.";
+/// Endpoint purpose (`endpoint.wg`): where the node's WireGuard port is. A hint: peers use it
+/// only with an overlay address and key the registry backs.
+pub const WG_ENDPOINT: &str = "wg";
 /// Metadata key prefix: a running service's endpoints on this node, `service.<name>` =
 /// comma-separated `ip:port`.
 pub const SERVICE_PREFIX: &str = "service.";

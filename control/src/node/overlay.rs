@@ -44,6 +44,14 @@ impl ControlNode {
         rx
     }
 
+    /// The gossip membership, for the overlay to find peers at the endpoints they gossip; a
+    /// watch that never changes (and holds no member) when this node runs no mesh.
+    pub fn gossip_members_watch(&self) -> watch::Receiver<Vec<warren_mesh::Member>> {
+        self.control
+            .gossip_watch()
+            .unwrap_or_else(|| watch::channel(Vec::new()).1)
+    }
+
     /// Records each declaration of this node's WireGuard identity that `declarations` carries,
     /// in a task of the node's, until the node stops.
     pub fn follow_mesh_declarations(

@@ -53,7 +53,11 @@ impl Agent {
         let _discovery_guard = discovery_cancel.clone().drop_guard();
         let discovery = self.start_discovery(
             &tasks,
-            (link.views.clone(), link.gossip_identity),
+            (
+                link.views.clone(),
+                link.gossip_identity,
+                link.mesh.subscribe(),
+            ),
             &metrics,
             &book,
             link.gossip,
@@ -153,6 +157,7 @@ impl Agent {
             dir: self.data_dir.join("wireguard"),
             advertise_ip,
             views: link.views.clone(),
+            gossip: link.gossip.subscribe(),
             declaration: link.mesh.clone(),
             status: link.overlay.clone(),
             metrics: crate::overlay::OverlayMetrics::new(metrics.registry()),
@@ -301,7 +306,7 @@ impl Agent {
     fn start_discovery(
         &self,
         tasks: &TaskTracker,
-        (views, gossip_identity): (watch::Receiver<Option<Arc<NodeView>>>, MeshIdentity),
+        (views, gossip_identity, overlay): DiscoveryFeeds,
         metrics: &AgentMetrics,
         book: &ListenerBook,
         gossip: watch::Sender<Vec<warren_mesh::Member>>,
@@ -324,6 +329,7 @@ impl Agent {
             data_dir: self.data_dir.clone(),
             resolv_conf: self.options.process.resolv_conf.clone(),
             gossip_identity,
+            overlay,
         };
         let (status_tx, status) = watch::channel(Default::default());
         tasks.spawn(crate::discovery::run(
@@ -350,6 +356,13 @@ impl Agent {
             .is_some_and(|addr| addr.is_ipv6())
     }
 }
+
+/// What discovery follows: the views, how gossip is signed, and the overlay's declarations.
+type DiscoveryFeeds = (
+    watch::Receiver<Option<Arc<NodeView>>>,
+    MeshIdentity,
+    watch::Receiver<Option<MeshDeclaration>>,
+);
 
 /// What the link publishes (views, its status) and reads (the gossip view).
 type LinkWatches = (
