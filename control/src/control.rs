@@ -91,6 +91,7 @@ pub struct Control {
     metrics: ControlMetrics,
     fingerprint: [u8; 32],
     agents: StatusBook,
+    declarations: crate::declarations::DeclarationLimit,
     gossip: std::sync::OnceLock<watch::Receiver<Vec<warren_mesh::Member>>>,
     gossip_keys: std::sync::OnceLock<warren_mesh::KeyRotator>,
     membership: membership::Gate,
@@ -133,6 +134,7 @@ impl Control {
             metrics: parts.metrics,
             fingerprint: parts.fingerprint,
             agents: StatusBook::new(parts.id),
+            declarations: crate::declarations::DeclarationLimit::default(),
             gossip: std::sync::OnceLock::new(),
             gossip_keys: std::sync::OnceLock::new(),
             membership: membership::Gate::default(),
@@ -175,6 +177,11 @@ impl Control {
     /// This node's metrics.
     pub fn metrics(&self) -> &ControlMetrics {
         &self.metrics
+    }
+
+    /// How often each node may change its WireGuard declaration in the registry.
+    pub(crate) fn declaration_limit(&self) -> &crate::declarations::DeclarationLimit {
+        &self.declarations
     }
 
     /// What this node knows of the agents streaming to it.

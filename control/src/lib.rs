@@ -44,6 +44,7 @@ pub mod catalogue;
 pub mod command;
 pub mod contact;
 pub mod control;
+pub mod declarations;
 pub mod election;
 pub mod gossip;
 pub mod http;

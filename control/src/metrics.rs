@@ -35,7 +35,8 @@ pub struct ControlMetrics {
     /// the process is out of file descriptors.
     pub api_accept_errors_total: IntCounter,
     /// Agent input cut or refused by control's bounds, by what (`event_text`,
-    /// `replica_text`, `event_book_bytes`, `report_events`, `oversized_frame`).
+    /// `replica_text`, `event_book_bytes`, `report_events`, `oversized_frame`, `mesh_endpoint`,
+    /// `mesh_declaration_rate`).
     pub agent_input_limited_total: IntCounterVec,
     /// Current Raft term.
     pub raft_term: IntGauge,

@@ -147,6 +147,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 );
                 send_last(&conn, &mut send, &removed).await?;
                 control.agents().forget(hello.node_id);
+                control.declaration_limit().forget(hello.node_id);
                 return Err(PushError::Refused("node_removed"));
             }
             // A control node still joining has no cluster key: it sends no view until it has.
@@ -329,6 +330,18 @@ pub(crate) async fn record_declaration(
             && e.endpoint == declaration.endpoint
     });
     if held {
+        return;
+    }
+    if !control
+        .declaration_limit()
+        .take(node, std::time::Instant::now())
+    {
+        control
+            .metrics()
+            .agent_input_limited_total
+            .with_label_values(&["mesh_declaration_rate"])
+            .inc();
+        warn!(node_id = %node, "the node changes its WireGuard declaration too often; this one is dropped (it is sent again at the node's next session)");
         return;
     }
     let op = Op::SetMesh {

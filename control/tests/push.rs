@@ -428,3 +428,66 @@ async fn an_agent_cannot_make_control_hold_large_events() {
     assert_eq!(limited("oversized_frame"), 1);
     node.shutdown().await;
 }
+
+/// An agent that changes its WireGuard declaration in a loop gets a burst of registry writes,
+/// then its declarations are dropped and counted; one the registry holds already costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_flood_the_registry_with_wireguard_declarations() {
+    use warren_api::wire::MeshDeclaration;
+    use warren_control::declarations::BURST;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, joined) = control_and_agent(&dir).await;
+    let (_endpoint, mut send, mut recv) = open(&node, &joined, joined.node_id).await;
+    let _ = first(&mut recv).await;
+    let declare = |port: u16| {
+        AgentToControl::Mesh(MeshDeclaration {
+            public_key: [7; 32],
+            next_public_key: None,
+            endpoint: Some(format!("192.0.2.1:{port}")),
+        })
+    };
+    let dropped = || {
+        node.metrics()
+            .agent_input_limited_total
+            .with_label_values(&["mesh_declaration_rate"])
+            .get()
+    };
+    let registered_port = || async {
+        let state = node.control().read_stale().await;
+        let endpoint = state.mesh.get(&joined.node_id)?.endpoint.clone()?;
+        endpoint.rsplit(':').next()?.parse::<u16>().ok()
+    };
+    // One at a time, so each write lands before the next declaration is compared with it.
+    let total = u16::try_from(BURST).unwrap() + 5;
+    for port in 1..=total {
+        send.send(&declare(port)).await.unwrap();
+        for _ in 0..200 {
+            if registered_port().await == Some(port) || dropped() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for _ in 0..200 {
+        if dropped() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        dropped(),
+        5,
+        "declarations past the burst are dropped and counted"
+    );
+    assert_eq!(
+        registered_port().await,
+        Some(u16::try_from(BURST).unwrap()),
+        "the registry holds the last declaration within the burst"
+    );
+    // Declaring what the registry holds is free: nothing more is dropped.
+    send.send(&declare(u16::try_from(BURST).unwrap()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dropped(), 5);
+}
