@@ -128,9 +128,10 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     device.set_peers(config.peers).context("set peers")?;
     let mut stats_path = PathBuf::from(config_path);
     stats_path.as_mut_os_string().push(".stats");
+    let mut applied = tag_of(&text);
     loop {
         std::thread::sleep(POLL_INTERVAL);
-        write_stats(&device, &stats_path)?;
+        write_stats(&device, &stats_path, &applied)?;
         let Ok(new_text) = std::fs::read_to_string(config_path) else {
             continue;
         };
@@ -139,11 +140,23 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         }
         text = new_text;
         match parse_config(&text) {
-            Ok(config) => apply(&device, config),
+            Ok(config) => {
+                apply(&device, config);
+                applied = tag_of(&text);
+            }
             // A test may be halfway through writing the file; the next poll sees the rest.
             Err(error) => eprintln!("config not applied: {error:#}"),
         }
     }
+}
+
+/// A config's first line when it is a comment: what the stats name as the applied config.
+fn tag_of(text: &str) -> String {
+    text.lines()
+        .next()
+        .filter(|line| line.starts_with('#'))
+        .unwrap_or("")
+        .to_string()
 }
 
 fn apply(device: &Device, config: NodeConfig) {
@@ -155,10 +168,10 @@ fn apply(device: &Device, config: NodeConfig) {
     }
 }
 
-fn write_stats(device: &Device, path: &Path) -> anyhow::Result<()> {
+fn write_stats(device: &Device, path: &Path, applied: &str) -> anyhow::Result<()> {
     let stats = device.stats();
     let mut text = format!(
-        "listen_port {}\ninvalid {}\n",
+        "applied {applied}\nlisten_port {}\ninvalid {}\n",
         stats.listen_port, stats.invalid_packets
     );
     for peer in &stats.peers {

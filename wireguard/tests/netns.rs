@@ -74,7 +74,7 @@ fn two_nodes_ping_and_tcp() -> anyhow::Result<()> {
     let b_again = [PeerLine::lan_node(1, vec![pair.b_key.public_key()])];
     pair.a
         .write_config_with_comment(&[&pair.a_key], &b_again, "same peers")?;
-    std::thread::sleep(Duration::from_millis(500));
+    pair.a.wait_applied()?;
     let (_, received) = pair.lan.hosts[0].ping(overlay(1), &["-c", "2", "-W", "2"])?;
     ensure!(received == 2, "ping after same-data update: {received}/2");
     assert_eq!(
@@ -369,9 +369,21 @@ fn key_rotation_under_traffic() -> anyhow::Result<()> {
     let (old, new) = (pair.b_key.clone(), PrivateKey::generate());
     let a_peer = |keys: Vec<PublicKey>| vec![PeerLine::lan_node(1, keys)];
     let b_peers = vec![PeerLine::lan_node(0, vec![pair.a_key.public_key()])];
-    std::thread::sleep(Duration::from_millis(1000));
+    // Traffic flows before anything changes: A has sent a hundred pings' worth to B.
+    let sent = |node: &Node| -> u64 {
+        node.peer_stat("n1", "tx")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = sent(&pair.a);
+    ensure!(
+        wait_until(Duration::from_secs(5), || sent(&pair.a)
+            >= before + 100 * 84),
+        "the flood does not reach B: {}",
+        pair.a.stats()
+    );
     pair.b.write_config(&[&new, &old], &b_peers)?;
-    std::thread::sleep(Duration::from_millis(300));
+    pair.b.wait_applied()?;
     pair.a.write_config(
         &[&pair.a_key],
         &a_peer(vec![old.public_key(), new.public_key()]),
@@ -387,7 +399,15 @@ fn key_rotation_under_traffic() -> anyhow::Result<()> {
         "A still sends with B's old key: {}",
         pair.a.stats()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Packets sealed under the old session are through before B forgets the old key: A has
+    // sent fifty more pings' worth under the new one.
+    let switched_at = sent(&pair.a);
+    ensure!(
+        wait_until(Duration::from_secs(5), || sent(&pair.a)
+            >= switched_at + 50 * 84),
+        "no traffic under B's new key: {}",
+        pair.a.stats()
+    );
     pair.b.write_config(&[&new], &b_peers)?;
     pair.a
         .write_config(&[&pair.a_key], &a_peer(vec![new.public_key()]))?;

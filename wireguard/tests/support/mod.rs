@@ -275,6 +275,8 @@ pub struct Node {
     config_path: PathBuf,
     interface: String,
     child: Option<Child>,
+    /// The tag (first line) of the config last written.
+    written: std::sync::Mutex<String>,
 }
 
 impl Node {
@@ -285,6 +287,7 @@ impl Node {
             config_path: dir.join(format!("{label}.conf")),
             interface: "warren0".to_string(),
             child: None,
+            written: std::sync::Mutex::new(String::new()),
         }
     }
 
@@ -301,7 +304,11 @@ impl Node {
         peers: &[PeerLine],
         comment: &str,
     ) -> anyhow::Result<()> {
-        let mut text = format!("# {comment}\n");
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("# config {generation} {comment}");
+        let mut text = format!("{tag}\n");
+        *self.written.lock().unwrap() = tag;
         text.push_str(&format!(
             "name {}\naddress {}/16\nlisten_port {PORT}\n",
             self.interface, self.overlay
@@ -357,6 +364,22 @@ impl Node {
     }
 
     /// The node's last stats file.
+    /// Waits until the running node applied the config last written (its stats name it).
+    pub fn wait_applied(&self) -> anyhow::Result<()> {
+        let tag = self.written.lock().unwrap().clone();
+        let wanted = format!("applied {tag}");
+        let applied = wait_until(Duration::from_secs(5), || {
+            self.stats().lines().next() == Some(wanted.as_str())
+        });
+        anyhow::ensure!(
+            applied,
+            "{} did not apply {tag:?}: {}",
+            self.interface,
+            self.stats()
+        );
+        Ok(())
+    }
+
     pub fn stats(&self) -> String {
         std::fs::read_to_string(self.stats_path()).unwrap_or_default()
     }
