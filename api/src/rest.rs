@@ -335,6 +335,14 @@ pub struct ServiceInfo {
     pub replicas_desired: Option<u32>,
     /// Replicas placed.
     pub replicas_placed: usize,
+    /// Replicas their agents last reported running (and healthy, when the service has a
+    /// health check). `None` from a control node that does not count them.
+    #[serde(default)]
+    pub replicas_running: Option<usize>,
+    /// How many of the placed replicas rest on a report from an agent whose link is down (the
+    /// agent keeps running cut off; its count may be out of date).
+    #[serde(default)]
+    pub replicas_stale: usize,
     /// Replicas that no node can take.
     pub unschedulable: u32,
     /// Version being rolled out, if a rolling update is in progress.

@@ -940,6 +940,13 @@ fn an_isolated_agent_keeps_its_workload_and_reconnects_after_heal() {
         || link_connected(&fleet) == Some(false),
     );
     assert!(alive(pid), "the workload survives the partition");
+    // `service ls` still counts it, from a-1's last report, and says that report is stale.
+    let listed = fleet.cli(&["service", "ls"]).expect("service ls");
+    let web = listed
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_default();
+    assert!(web.contains("1/1 (stale)"), "{listed}");
 
     eprintln!("--- heal");
     fault.heal(&mut fleet).expect("heal a-1");

@@ -519,11 +519,18 @@ pub fn workload_text(workload: &Workload) -> String {
     }
 }
 
+/// `running/desired` (`running/placed` for a global service), as the agents report them;
+/// `(stale)` when some of it rests on agents whose link is down. Placed replicas stand in for
+/// a control node that does not count running ones.
 fn replicas_text(info: &ServiceInfo) -> String {
+    let running = info.replicas_running.unwrap_or(info.replicas_placed);
     let mut text = match info.replicas_desired {
-        Some(wanted) => format!("{}/{wanted}", info.replicas_placed),
-        None => format!("{} (global)", info.replicas_placed),
+        Some(wanted) => format!("{running}/{wanted}"),
+        None => format!("{running}/{} (global)", info.replicas_placed),
     };
+    if info.replicas_stale > 0 {
+        text.push_str(" (stale)");
+    }
     if info.unschedulable > 0 {
         text.push_str(&format!(", {} unschedulable", info.unschedulable));
     }

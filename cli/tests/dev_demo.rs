@@ -143,3 +143,74 @@ fn dev_serves_admin_commands_and_stops_cleanly() {
         assert!(running_pids(&data_dir.join("agents").join(agent)).is_empty());
     }
 }
+
+/// `service ls` counts what runs, not what is placed: a crash-looping service and one whose
+/// command does not exist show 0/1 next to the sample service's 2/2, and `service ps` says
+/// why in words.
+#[test]
+fn service_ls_counts_running_replicas_and_ps_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let mut dev = Foreground::spawn(
+        &["dev", "--data-dir", data_dir.to_str().unwrap()],
+        dir.path().join("dev.stderr"),
+    );
+    dev.wait_for_line("warren dev ready");
+    let config = data_dir.join("admin.conf");
+    let config = config.to_str().unwrap();
+    let admin = |args: &[&str]| ok(warren(&[&["--config", config], args].concat()));
+    admin(&["service", "create", "crash", "--command", "sh -c 'exit 3'"]);
+    admin(&[
+        "service",
+        "create",
+        "nocmd",
+        "--command",
+        "no-such-command-here",
+    ]);
+    let running = |services: &serde_json::Value, name: &str| {
+        services
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["spec"]["name"] == name))
+            .and_then(|s| s["replicas_running"].as_u64())
+    };
+    common::wait_until(
+        "web runs 2, crash and nocmd 0, as the agents report",
+        Duration::from_secs(30),
+        || {
+            let listed = ok(warren(&["--config", config, "service", "ls", "-o", "json"]));
+            let services: serde_json::Value = serde_json::from_str(&listed).ok()?;
+            let reason = |name: &str| {
+                let ps = ok(warren(&[
+                    "--config", config, "service", "ps", name, "-o", "json",
+                ]));
+                let replicas: serde_json::Value = serde_json::from_str(&ps).ok()?;
+                replicas[0]["message"].as_str().map(str::to_owned)
+            };
+            let crash = reason("crash")?;
+            let nocmd = reason("nocmd")?;
+            (running(&services, "web") == Some(2)
+                && running(&services, "crash") == Some(0)
+                && running(&services, "nocmd") == Some(0)
+                && crash.contains("exited with code 3")
+                && nocmd.contains("command not found: no-such-command-here"))
+            .then_some(())
+        },
+    );
+    let table = admin(&["service", "ls"]);
+    let replicas = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        [replicas("web"), replicas("crash"), replicas("nocmd")],
+        ["2/2", "0/1", "0/1"],
+        "{table}"
+    );
+    dev.signal("-TERM");
+    dev.wait_for_line("warren dev stopped");
+    assert!(dev.wait(Duration::from_secs(60)).success());
+}

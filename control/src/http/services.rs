@@ -1,8 +1,10 @@
 //! `/services`: specs with their versions and rollouts, the replicas placed and what their
 //! agents report, and the writes (create, update, scale, roll back, remove).
 
+use std::collections::BTreeMap;
+
 use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo, WriteResult};
-use warren_api::{ServiceName, ServiceSpec};
+use warren_api::{HealthState, NodeId, ReplicaStatus, ServiceName, ServiceSpec, TaskState};
 
 use super::respond::{ApiResult, ok, written};
 use super::{Api, ApiError};
@@ -12,17 +14,19 @@ use crate::status::AgentReport;
 
 impl Api {
     pub(super) async fn list_services(&self, stale: bool) -> ApiResult {
+        let agents = self.control.gather_agents(true).await;
         let state = self.read(stale).await?;
         ok(&state
             .services
             .keys()
-            .filter_map(|name| service_info(&state, name.as_str()))
+            .filter_map(|name| service_info(&state, name.as_str(), &agents))
             .collect::<Vec<_>>())
     }
 
     pub(super) async fn get_service(&self, name: &str, stale: bool) -> ApiResult {
+        let agents = self.control.gather_agents(true).await;
         let state = self.read(stale).await?;
-        let info = service_info(&state, name)
+        let info = service_info(&state, name, &agents)
             .ok_or_else(|| ApiError::NotFound(format!("service {name} not found")))?;
         ok(&info)
     }
@@ -112,23 +116,52 @@ pub(super) fn service_name(name: &str) -> Result<ServiceName, ApiError> {
     ServiceName::new(name).map_err(|e| ApiError::Invalid(e.to_string()))
 }
 
-fn service_info(state: &ClusterState, name: &str) -> Option<ServiceInfo> {
+/// A service with its counts: placed from the state, running from what the agents report.
+fn service_info(
+    state: &ClusterState,
+    name: &str,
+    agents: &BTreeMap<NodeId, AgentReport>,
+) -> Option<ServiceInfo> {
     let record = state.services.get(name)?;
+    let placed: Vec<&warren_api::Replica> = state
+        .replicas
+        .values()
+        .filter(|r| r.id.service.as_str() == name)
+        .collect();
+    let checked = record.current.spec.health.is_some();
+    let (mut running, mut stale) = (0, 0);
+    for replica in &placed {
+        let agent = agents.get(&replica.node);
+        let Some(reported) = agent.and_then(|a| a.replicas.iter().find(|s| s.id == replica.id))
+        else {
+            continue;
+        };
+        if counts_as_running(reported, checked) {
+            running += 1;
+        }
+        if !agent.is_some_and(|a| a.connected) {
+            stale += 1;
+        }
+    }
     Some(ServiceInfo {
         spec: record.current.spec.clone(),
         version: record.current.version,
         created_at_ms: record.created_at_ms,
         updated_at_ms: record.updated_at_ms,
         replicas_desired: record.current.spec.replicas(),
-        replicas_placed: state
-            .replicas
-            .values()
-            .filter(|r| r.id.service.as_str() == name)
-            .count(),
+        replicas_placed: placed.len(),
+        replicas_running: Some(running),
+        replicas_stale: stale,
         unschedulable: state.unschedulable.get(name).copied().unwrap_or(0),
         rolling_out: record.rollout.map(|r| r.version),
         can_roll_back: record.previous.is_some(),
     })
+}
+
+/// Whether a reported replica counts as running for `service ls`: running, and healthy when
+/// the service has a health check (a replica whose first check has not passed does not count).
+fn counts_as_running(reported: &ReplicaStatus, checked: bool) -> bool {
+    reported.state == TaskState::Running && (!checked || reported.health == HealthState::Healthy)
 }
 
 /// One replica for `service ps`: the assignment from the state, the actual state from its
