@@ -345,6 +345,10 @@ pub struct ServiceInfo {
     pub replicas_stale: usize,
     /// Replicas that no node can take.
     pub unschedulable: u32,
+    /// Why no node takes them (`no node in site madrid`, `no node matches constraint …`,
+    /// `2 matching nodes not taking replicas: edge-1 drained, …`), when some are unschedulable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
     /// Version being rolled out, if a rolling update is in progress.
     pub rolling_out: Option<u64>,
     /// Whether `rollback` has a previous spec to return to.

@@ -370,7 +370,9 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
                     r.version.unwrap_or(1),
                     r.revision
                 )
-            })
+            })?;
+            warn_if_pending(client, &name).await;
+            Ok(())
         }
         ServiceCommand::Ls => print_read(
             format,
@@ -388,7 +390,13 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
         ServiceCommand::Ps { name } => {
             let route = Route::ServiceReplicas { service: &name };
             let answer = client.request(route).await?;
-            print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))
+            print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))?;
+            if format == OutputFormat::Table
+                && let Some(line) = pending_line(client, &name).await
+            {
+                crate::output::out(&format!("{line}\n"));
+            }
+            Ok(())
         }
         ServiceCommand::Scale { name, replicas } => {
             let route = Route::ScaleService { service: &name };
@@ -404,7 +412,9 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
                 } else {
                     format!("service {name} already has {replicas} replicas")
                 }
-            })
+            })?;
+            warn_if_pending(client, &name).await;
+            Ok(())
         }
         ServiceCommand::Update {
             name,
@@ -502,7 +512,31 @@ async fn update(
             r.version.unwrap_or(current.version + 1),
             r.revision
         )
-    })
+    })?;
+    warn_if_pending(client, name).await;
+    Ok(())
+}
+
+/// `N replica(s) pending: WHY` when some of `name`'s replicas cannot be placed (nothing when
+/// all are, or when the service cannot be read).
+async fn pending_line(client: &Client, name: &str) -> Option<String> {
+    let answer = client
+        .request(Route::GetService { service: name })
+        .await
+        .ok()?;
+    let info: ServiceInfo = answer.json().ok()?;
+    let reason = info.pending_reason.filter(|_| info.unschedulable > 0)?;
+    let count = info.unschedulable;
+    let noun = if count == 1 { "replica" } else { "replicas" };
+    Some(format!("{count} {noun} pending: {reason}"))
+}
+
+/// Says on stderr when a write left replicas that no node can take: the write stands (a node
+/// may join later), but the operator should not wait for them in silence.
+async fn warn_if_pending(client: &Client, name: &str) {
+    if let Some(line) = pending_line(client, name).await {
+        eprintln!("warning: service {name}: {line}; they start once a node can take them");
+    }
 }
 
 /// The workload in one short line: the command line or the image reference.
@@ -573,6 +607,12 @@ fn render_service(info: &ServiceInfo) -> Result<String> {
                 .unwrap_or_else(|| "no".to_owned()),
         ),
         ("replicas", replicas_text(info)),
+        (
+            "pending",
+            info.pending_reason
+                .clone()
+                .unwrap_or_else(|| "none".to_owned()),
+        ),
         (
             "runs as",
             warren_api::run_as::describe(

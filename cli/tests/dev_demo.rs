@@ -146,9 +146,10 @@ fn dev_serves_admin_commands_and_stops_cleanly() {
 
 /// `service ls` counts what runs, not what is placed: a crash-looping service and one whose
 /// command does not exist show 0/1 next to the sample service's 2/2, and `service ps` says
-/// why in words.
+/// why in words. A placement no node can take is accepted with a warning that says why, and
+/// `service ps` and `service inspect` say it too.
 #[test]
-fn service_ls_counts_running_replicas_and_ps_says_why_not() {
+fn service_ls_and_ps_tell_what_runs_and_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("dev");
     let mut dev = Foreground::spawn(
@@ -209,6 +210,45 @@ fn service_ls_counts_running_replicas_and_ps_says_why_not() {
         [replicas("web"), replicas("crash"), replicas("nocmd")],
         ["2/2", "0/1", "0/1"],
         "{table}"
+    );
+
+    // Placements no node can take are accepted (a node may join later), and said at once.
+    let created = warren(&[
+        "--config",
+        config,
+        "service",
+        "create",
+        "far",
+        "--command",
+        "sleep 100",
+        "--site",
+        "madrid",
+    ]);
+    let warning = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{warning}");
+    assert!(
+        warning.contains("warning: service far: 1 replica pending: no node in site madrid"),
+        "{warning}"
+    );
+    let ps = admin(&["service", "ps", "far"]);
+    assert!(
+        ps.contains("1 replica pending: no node in site madrid"),
+        "{ps}"
+    );
+    admin(&[
+        "service",
+        "create",
+        "picky",
+        "--command",
+        "sleep 100",
+        "--constraint",
+        "label.gpu==yes",
+    ]);
+    let inspected = admin(&["service", "inspect", "picky", "-o", "json"]);
+    let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(
+        inspected["pending_reason"], "no node matches constraint label.gpu==yes",
+        "{inspected}"
     );
     dev.signal("-TERM");
     dev.wait_for_line("warren dev stopped");

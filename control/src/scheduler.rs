@@ -16,12 +16,16 @@
 //! 4. Kept replicas keep their service version and workload hash (a rolling update moves them
 //!    in batches elsewhere); new placements get the service's current version and hash.
 
+mod explain;
+
 use std::collections::BTreeMap;
 
 use warren_api::{
     Availability, DesiredState, Node, NodeId, NodeRole, NodeState, OnDisconnect, Replica,
     ReplicaId, ReplicaKey, Service, ServiceMode, ServiceName,
 };
+
+pub use explain::why_unplaceable;
 
 /// The scheduler's answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -143,6 +143,7 @@ fn service_info(
             stale += 1;
         }
     }
+    let unschedulable = state.unschedulable.get(name).copied().unwrap_or(0);
     Some(ServiceInfo {
         spec: record.current.spec.clone(),
         version: record.current.version,
@@ -152,7 +153,9 @@ fn service_info(
         replicas_placed: placed.len(),
         replicas_running: Some(running),
         replicas_stale: stale,
-        unschedulable: state.unschedulable.get(name).copied().unwrap_or(0),
+        unschedulable,
+        pending_reason: (unschedulable > 0)
+            .then(|| crate::scheduler::why_unplaceable(&record.current, &state.nodes)),
         rolling_out: record.rollout.map(|r| r.version),
         can_roll_back: record.previous.is_some(),
     })
