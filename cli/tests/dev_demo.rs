@@ -197,6 +197,10 @@ fn service_ls_and_ps_tell_what_runs_and_why_not() {
             .then_some(())
         },
     );
+    // A failed replica waiting out its backoff shows no pid: its process is gone.
+    let ps = admin(&["service", "ps", "crash", "-o", "json"]);
+    let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    assert!(ps[0]["pid"].is_null() || ps[0]["state"] != "failed", "{ps}");
     let table = admin(&["service", "ls"]);
     let replicas = |name: &str| {
         table
@@ -210,6 +214,29 @@ fn service_ls_and_ps_tell_what_runs_and_why_not() {
         [replicas("web"), replicas("crash"), replicas("nocmd")],
         ["2/2", "0/1", "0/1"],
         "{table}"
+    );
+
+    // Removed during its restart backoff, the crash-looping replica leaves every agent's
+    // status: it is not shown running with a dead pid.
+    admin(&["service", "rm", "crash"]);
+    common::wait_until(
+        "crash.1 leaves the agents' status",
+        Duration::from_secs(30),
+        || {
+            let listed: Vec<String> = ["edge-a1", "edge-b1"]
+                .iter()
+                .filter_map(|agent| common::agent_status(&data_dir.join("agents").join(agent)))
+                .flat_map(|status| {
+                    status["replicas"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|r| r["replica"].as_str().map(str::to_owned))
+                })
+                .collect();
+            (!listed.iter().any(|r| r == "crash.1")).then_some(())
+        },
     );
 
     // Placements no node can take are accepted (a node may join later), and said at once.

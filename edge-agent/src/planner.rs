@@ -20,7 +20,9 @@
 //! # Rules
 //! - *Desired* means: the view places the replica on this node with `desired: running`.
 //!   Anything else that runs here (the replica moved away while the node was cut off, was
-//!   scaled down or removed) gets a [`Action::Stop`] with [`StopReason::Removed`].
+//!   scaled down or removed) gets a [`Action::Stop`] with [`StopReason::Removed`]; so does
+//!   an exited workload of such a replica (removed during a restart backoff), whose stop
+//!   only cleans up and forgets it.
 //! - A running workload is kept when its hash is the replica's `workload_hash` (what control
 //!   assigned) or the service spec's current [`workload_hash`](warren_api::ServiceSpec::workload_hash).
 //!   The second case covers a rolling update that has not reached this replica yet: the view
@@ -698,7 +700,8 @@ impl Planner<'_> {
         self.set_state(id, state);
     }
 
-    /// A replica not desired here: stop every live workload of it.
+    /// A replica not desired here: stop every live workload of it, and let go of an exited
+    /// one (its stop cleans up and forgets it; held, it would be reported as running).
     fn removed(&mut self, id: &ReplicaId, workloads: &[&ObservedWorkload]) {
         let grace = self
             .view
@@ -708,7 +711,11 @@ impl Planner<'_> {
             .or_else(|| self.book.get(id).map(|r| r.stop_grace_period_ms))
             .unwrap_or(DEFAULT_STOP_GRACE_PERIOD_MS);
         let mut alive = false;
-        for workload in workloads.iter().filter(|w| w.state.is_live()) {
+        for workload in workloads {
+            if !workload.state.is_live() {
+                self.stop(id, workload.workload_hash, grace, StopReason::Removed);
+                continue;
+            }
             alive = true;
             if workload.state.is_stoppable() {
                 self.stop(id, workload.workload_hash, grace, StopReason::Removed);

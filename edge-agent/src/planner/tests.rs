@@ -458,7 +458,8 @@ fn workload_no_longer_placed_here_is_stopped() {
         "stop web.1 web-v1 grace=30000 removed
          state web.1 stopping",
     );
-    // Set to shut down; a second copy is already stopping and an exited one is ignored.
+    // Set to shut down; a second copy is already stopping and an exited one is let go (its
+    // stop cleans it up: held, it would be reported as running).
     let mut shutdown = replica("web.0", "web-v1");
     shutdown.desired = DesiredState::Shutdown;
     check(
@@ -469,9 +470,15 @@ fn workload_no_longer_placed_here_is_stopped() {
             .observe(observed("web.0", "old", ObservedState::Stopping))
             .observe(exited("web.0", "other", Some(0), 1)),
         "stop web.0 web-v1 grace=10000 removed
+         stop web.0 other grace=10000 removed
          state web.0 stopping",
     );
-    check(Case::new().observe(exited("db.0", "db-v1", Some(0), 1)), "");
+    // Removed while waiting out a restart backoff: its exited workload is let go, and it has
+    // no state (nothing of it runs).
+    check(
+        Case::new().observe(exited("db.0", "db-v1", Some(0), 1)),
+        "stop db.0 db-v1 grace=10000 removed",
+    );
 }
 
 /// Found by `prop_plan_is_deterministic`: two live copies of a removed replica must be
@@ -1231,8 +1238,8 @@ proptest! {
         }
     }
 
-    /// Every starting or running workload of a replica not desired here gets exactly one
-    /// stop (per workload hash), and nothing else happens to such replicas.
+    /// Every starting, running or exited workload of a replica not desired here gets exactly
+    /// one stop (per workload hash), and nothing else happens to such replicas.
     #[test]
     fn prop_undesired_workloads_are_stopped(world in arb_world()) {
         let (plan, _) = world.run();
@@ -1249,12 +1256,14 @@ proptest! {
                         if *replica == workload.replica
                             && *workload_hash == workload.workload_hash))
                 .count();
-            let stoppable = world.observed.iter().any(|w| {
+            // Running or starting: stopped. Exited: let go (its stop cleans up). Stopping:
+            // left to finish.
+            let handled = world.observed.iter().any(|w| {
                 w.replica == workload.replica
                     && w.workload_hash == workload.workload_hash
-                    && w.state.is_stoppable()
+                    && (w.state.is_stoppable() || !w.state.is_live())
             });
-            prop_assert_eq!(stops, usize::from(stoppable), "{:?}", workload);
+            prop_assert_eq!(stops, usize::from(handled), "{:?}", workload);
         }
         for action in &plan.actions {
             if !desired.contains(action.replica()) {
@@ -1346,6 +1355,117 @@ proptest! {
             prop_assert!(delay >= previous);
             previous = delay;
             t = next;
+        }
+    }
+}
+
+/// One step of the agent's life with one replica, for the model test below.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Time passes.
+    Advance(u64),
+    /// The workload dies (crash, OOM, kill -9) with this exit code.
+    Kill(Option<i32>),
+    /// The view places the replica here, or takes it away (`service rm`, scale down, moved).
+    Desired(bool),
+    /// The service's command changes (a new version).
+    Update,
+    /// A reconcile pass: plan, then carry the actions out on the runtime.
+    Pass,
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0_u64..4_000).prop_map(Step::Advance),
+        2 => proptest::option::of(0_i32..3).prop_map(Step::Kill),
+        1 => any::<bool>().prop_map(Step::Desired),
+        1 => Just(Step::Update),
+        4 => Just(Step::Pass),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The status the agent reports follows the runtime through every stop, restart,
+    /// backoff and removal: a replica is reported running only while its workload is alive,
+    /// and a replica no longer placed here leaves no workload behind. The driver below does
+    /// what the reconciler does: one workload per replica, the book folded as it folds it,
+    /// and a held workload the plan gives no state reported as running.
+    #[test]
+    fn prop_reported_running_means_a_live_workload(steps in proptest::collection::vec(arb_step(), 1..60)) {
+        let replica_id = id("web.1");
+        let mut now = NOW;
+        let mut desired = true;
+        let mut version = 1;
+        let mut command = "web-v1";
+        // The runtime: the replica's one workload, if it holds one.
+        let mut held: Option<ObservedWorkload> = None;
+        let mut book = RestartBook::new();
+        for step in steps {
+            match step {
+                Step::Advance(ms) => now += ms,
+                Step::Kill(code) => {
+                    if let Some(w) = held.as_mut().filter(|w| w.state.is_live()) {
+                        w.state = ObservedState::Exited { code, at_ms: now };
+                    }
+                }
+                Step::Desired(on) => desired = on,
+                Step::Update => {
+                    version += 1;
+                    command = if command == "web-v1" { "web-v2" } else { "web-v1" };
+                }
+                Step::Pass => {
+                    let mut web = service("web", command);
+                    web.version = version;
+                    let mut placed = replica("web.1", command);
+                    placed.service_version = version;
+                    let view = if desired { view(&[web], &[placed]) } else { view(&[web], &[]) };
+                    let observed: Vec<ObservedWorkload> = held.iter().cloned().collect();
+                    let input = PlanInput {
+                        now_ms: now,
+                        view: &view,
+                        observed: &observed,
+                        health: &BTreeMap::new(),
+                    };
+                    let plan = plan(&input, &mut book);
+                    for action in &plan.actions {
+                        match action {
+                            Action::Stop { replica, workload_hash, reason, .. } => {
+                                held = None;
+                                book.record_stopped(replica, *workload_hash, *reason, now);
+                            }
+                            Action::Adopt { replica, service, workload_hash, since_ms } => {
+                                book.record_adopted(replica, service, *workload_hash, *since_ms, now);
+                            }
+                            Action::Start { replica, service, workload_hash }
+                            | Action::Restart { replica, service, workload_hash, .. } => {
+                                held = Some(ObservedWorkload {
+                                    replica: replica.clone(),
+                                    workload_hash: *workload_hash,
+                                    state: ObservedState::Running { since_ms: now },
+                                });
+                                book.record_started(replica, service, *workload_hash, now);
+                            }
+                            Action::Wait { .. } => {}
+                        }
+                    }
+                    let reported = plan
+                        .states
+                        .get(&replica_id)
+                        .copied()
+                        .or(held.as_ref().map(|_| TaskState::Running));
+                    let live = held.as_ref().is_some_and(|w| w.state.is_live());
+                    prop_assert!(
+                        reported != Some(TaskState::Running) || live,
+                        "reported running with no live workload: {held:?}, plan {plan:?}"
+                    );
+                    prop_assert!(
+                        desired || held.as_ref().is_none_or(|w| w.state.is_live()),
+                        "a replica no longer placed here left its exited workload held: {held:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -35,7 +35,9 @@ impl Reconciler {
                 id: replica.clone(),
                 node: self.identity.node_id,
                 state,
-                pid: record.and_then(WorkloadRecord::pid),
+                pid: record
+                    .and_then(WorkloadRecord::pid)
+                    .filter(|_| has_process(state)),
                 started_at_ms: record.map(|r| r.started_at_ms),
                 exit_code: last_exit.and_then(|e| e.code),
                 restarts: history.map_or(0, |h| h.restarts),
@@ -108,7 +110,9 @@ impl Reconciler {
         LocalReplica {
             replica: replica.clone(),
             state,
-            pid: record.and_then(WorkloadRecord::pid),
+            pid: record
+                .and_then(WorkloadRecord::pid)
+                .filter(|_| has_process(state)),
             restarts: self.book.get(replica).map_or(0, |r| r.restarts),
             workload_hash: record.map(|r| format!("{:016x}", r.workload_hash)),
             started_at_ms: record.map(|r| r.started_at_ms),
@@ -127,4 +131,13 @@ fn log_events(events: &[Event]) {
             None => info!(kind = ?event.kind, "{}", event.message),
         }
     }
+}
+
+/// Whether a replica in `state` has a process to show: a failed or completed replica waiting
+/// out a backoff keeps its last record, whose pid is gone (or, later, someone else's).
+fn has_process(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Starting | TaskState::Running | TaskState::Unhealthy | TaskState::Stopping
+    )
 }
