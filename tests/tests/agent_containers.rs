@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 use warren_api::clock::unix_now_ms;
 use warren_api::rest::ReplicaInfo;
-use warren_api::service::{ImageSpec, ServiceMode, Workload};
+use warren_api::service::{ImageSpec, RestartCondition, ServiceMode, Workload};
 use warren_api::{ServiceName, ServiceSpec, TaskState};
 use warren_control::Op;
 use warren_edge_agent::agent::{LocalReplica, RuntimeChoice};
@@ -187,4 +187,65 @@ async fn image_service_on_a_process_node_says_why_in_service_ps() {
     }
     cancel.cancel();
     task.await.unwrap().expect("agent stops cleanly");
+}
+
+/// A container over its memory limit: `web` (16 MiB, no restarts) runs `dd` with a 64 MiB
+/// block, the kernel's OOM killer ends it, and `service ps` says so with the limit rather
+/// than `exited by a signal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oom_killed_container_says_so_in_service_ps() {
+    let test = "oom_killed_container_says_so_in_service_ps";
+    if !require(test, [missing_prerequisite()]) {
+        return;
+    }
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
+    let tarball = dir.path().join("busybox.tar");
+    write_busybox_layout(&tarball, IMAGE).expect("build the busybox image");
+    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
+        .await
+        .expect("connect to containerd");
+    import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
+        .await
+        .expect("load the image");
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    join_agent(&control, fingerprint, &agent_dir, "edge-oom", "lisbon").await;
+    let mut options = agent_options();
+    options.runtime = Some(RuntimeChoice::Containerd {
+        socket: daemon.socket().to_owned(),
+    });
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
+
+    info!("--- create a service that allocates more than its memory limit");
+    let args = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("web").unwrap(),
+        Workload::Image(ImageSpec {
+            reference: IMAGE.to_owned(),
+            args: args.map(str::to_owned).to_vec(),
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    spec.resources.memory_bytes = Some(16 << 20);
+    spec.restart.condition = RestartCondition::Never;
+    propose(&control, Op::PutService(spec)).await;
+    let expected = "OOM-killed (memory limit 16 MiB)";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps: Vec<ReplicaInfo> = api_get(&control, "/services/web/replicas").await;
+        if ps.len() == 1 && ps[0].message.as_deref() == Some(expected) {
+            assert_eq!(ps[0].state, "failed");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service ps: {ps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    drop(daemon);
 }

@@ -14,6 +14,7 @@
 //!
 //! - `client`: the connection, namespace and leases.
 //! - `layout`: importing an OCI image-layout tarball (`warren image load`).
+//! - `oom`: whether the kernel's OOM killer ended a container, from its memory cgroup.
 //! - `options`: [`ContainerdOptions`].
 //! - `resolve`: finding a replica's image in the store, or pulling it in the background.
 //! - `image`: names, manifests and configs; unpacking layers into snapshots.
@@ -28,6 +29,7 @@
 mod client;
 mod image;
 mod layout;
+mod oom;
 mod options;
 mod pull;
 mod resolve;
@@ -329,10 +331,12 @@ impl ContainerdRuntime {
         Ok(match task::state(conn, id).await? {
             TaskState::Running { pid: now } if now == *pid => RuntimeObservation::Running,
             TaskState::Exited { pid: now, status } if now == *pid => {
-                if self.oom_killed(&record.replica) {
-                    tracing::warn!(replica = %record.replica, "container was killed for exceeding its memory limit");
+                match self.oom_kill(&record.replica, status) {
+                    Some(kill) => RuntimeObservation::OomKilled {
+                        memory_limit_bytes: kill.memory_limit_bytes,
+                    },
+                    None => exit_observation(status),
                 }
-                exit_observation(status)
             }
             TaskState::Running { .. } | TaskState::Exited { .. } => RuntimeObservation::Gone,
             TaskState::NoTask if task::container_exists(conn, id).await? => {
@@ -345,20 +349,15 @@ impl ContainerdRuntime {
         })
     }
 
-    /// Whether the kernel's OOM killer struck in the replica's memory cgroup (which runc
-    /// keeps until the task is deleted).
-    pub fn oom_killed(&self, replica: &ReplicaId) -> bool {
-        let path = self
-            .options
-            .cgroup_root
-            .join("memory")
-            .join(CGROUP_PARENT)
-            .join(replica.to_string())
-            .join("memory.oom_control");
-        std::fs::read_to_string(path).is_ok_and(|text| {
-            text.lines()
-                .any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"))
-        })
+    /// The OOM kill that ended the replica's task, which exited with `status`: a SIGKILL
+    /// (as runc reports it) in a memory cgroup (which runc keeps until the task is deleted)
+    /// whose OOM killer struck. A task that outlived the kill of one of its processes exits
+    /// on its own terms and is not an OOM kill.
+    fn oom_kill(&self, replica: &ReplicaId, status: u32) -> Option<oom::OomKill> {
+        if status != 128 + SIGKILL {
+            return None;
+        }
+        oom::find(&self.options.cgroup_root, &replica.to_string())
     }
 
     async fn stop_now(

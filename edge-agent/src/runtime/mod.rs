@@ -347,6 +347,31 @@ pub enum RuntimeObservation {
     /// No trace of it: a record from an earlier boot, or its pid now belongs to another
     /// process.
     Gone,
+    /// Has exited because the kernel's OOM killer ended it for exceeding its memory limit.
+    OomKilled {
+        /// The limit it ran under, when the runtime can still read it.
+        memory_limit_bytes: Option<u64>,
+    },
+}
+
+impl RuntimeObservation {
+    /// Whether the workload has ended, by an exit of its own or by the OOM killer.
+    pub fn has_exited(self) -> bool {
+        matches!(
+            self,
+            RuntimeObservation::Exited { .. } | RuntimeObservation::OomKilled { .. }
+        )
+    }
+}
+
+/// `OOM-killed (memory limit 64 MiB)`: how people are told the OOM killer ended a workload.
+pub fn describe_oom_kill(memory_limit_bytes: Option<u64>) -> String {
+    const MIB: u64 = 1 << 20;
+    match memory_limit_bytes {
+        Some(bytes) if bytes % MIB == 0 => format!("OOM-killed (memory limit {} MiB)", bytes / MIB),
+        Some(bytes) => format!("OOM-killed (memory limit {bytes} bytes)"),
+        None => "OOM-killed (memory limit reached)".to_owned(),
+    }
 }
 
 /// How [`Runtime::stop`] ended the workload.

@@ -293,25 +293,59 @@ async fn killed_task_is_observed_and_restartable() {
     fx.runtime.cleanup(&request.replica).await.expect("cleanup");
 }
 
-/// A 32 MB memory limit: a process that allocates 100 MB is OOM-killed, and the runtime
-/// reports the kill and that the OOM killer did it.
+/// A 16 MiB memory limit: a process that allocates 64 MiB is OOM-killed, and the runtime
+/// reports an OOM kill under that limit, not a mere SIGKILL.
 #[tokio::test]
 async fn memory_limit_oom_kills() {
     let Some(fx) = Fixture::new("memory_limit_oom_kills").await else {
         return;
     };
-    // dd allocates its whole 100 MB block before reading.
+    // dd allocates its whole 64 MiB block before reading.
     let mut request = request("ctr-oom", "");
-    request.argv = ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"]
+    request.argv = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
         .map(str::to_owned)
         .to_vec();
-    request.memory_bytes = Some(32 << 20);
+    request.memory_bytes = Some(16 << 20);
     let handle = fx.runtime.start(&request).await.expect("start");
     let exited = wait_until(Duration::from_secs(10), async || {
-        matches!(
-            fx.runtime.observe(&handle).await,
-            Ok(RuntimeObservation::Exited { .. })
-        )
+        fx.runtime
+            .observe(&handle)
+            .await
+            .is_ok_and(RuntimeObservation::has_exited)
+    })
+    .await;
+    assert!(exited);
+    let observed = fx.runtime.observe(&handle).await.expect("observe");
+    assert_eq!(
+        observed,
+        RuntimeObservation::OomKilled {
+            memory_limit_bytes: Some(16 << 20)
+        }
+    );
+    assert_eq!(
+        crate::runtime::describe_oom_kill(Some(16 << 20)),
+        "OOM-killed (memory limit 16 MiB)"
+    );
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+}
+
+/// A container killed by SIGKILL without memory trouble is not an OOM kill.
+#[tokio::test]
+async fn sigkill_without_oom_is_not_an_oom_kill() {
+    let Some(fx) = Fixture::new("sigkill_without_oom_is_not_an_oom_kill").await else {
+        return;
+    };
+    let mut request = request("ctr-kill9", "while true; do sleep 1; done");
+    request.memory_bytes = Some(16 << 20);
+    let handle = fx.runtime.start(&request).await.expect("start");
+    let id = request.replica.to_string();
+    let conn = fx.runtime.connection().await.expect("connect");
+    task::kill(conn, &id, SIGKILL).await.expect("kill");
+    let exited = wait_until(Duration::from_secs(10), async || {
+        fx.runtime
+            .observe(&handle)
+            .await
+            .is_ok_and(RuntimeObservation::has_exited)
     })
     .await;
     assert!(exited);
@@ -323,7 +357,6 @@ async fn memory_limit_oom_kills() {
             signal: Some(9)
         }
     );
-    assert!(fx.runtime.oom_killed(&request.replica));
     fx.runtime.cleanup(&request.replica).await.expect("cleanup");
 }
 
