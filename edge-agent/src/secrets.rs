@@ -247,7 +247,7 @@ impl NodeSecrets {
             if previous == Some(&wanted) {
                 continue;
             }
-            let files = match self.open(spec, &view.secrets) {
+            let mut files = match self.open(spec, &view.secrets) {
                 Ok(files) => files,
                 Err(error) => {
                     warn!(%replica, error = %error, "cannot update secret files; the workload keeps the ones it has");
@@ -255,6 +255,8 @@ impl NodeSecrets {
                     continue;
                 }
             };
+            // Registry credentials are the pull's, never a file the workload sees.
+            drop(crate::runtime::take_registry_auth(spec, &mut files));
             if let Err(error) = runtime.write_secrets(replica, &files).await {
                 // Not recorded: tried again next pass.
                 warn!(%replica, error = %error, "cannot update secret files");

@@ -16,6 +16,8 @@
 //! - `layout`: importing an OCI image-layout tarball (`warren image load`).
 //! - `oom`: whether the kernel's OOM killer ended a container, from its memory cgroup.
 //! - `options`: [`ContainerdOptions`].
+//! - `registry_auth`: the `user:password` of a service's registry-auth secret, and what a
+//!   registry's refusal means.
 //! - `resolve`: finding a replica's image in the store, or pulling it in the background.
 //! - `image`: names, manifests and configs; unpacking layers into snapshots.
 //! - `pull`: pulling an image from an OCI registry, in the background of the start that
@@ -32,6 +34,7 @@ mod layout;
 mod oom;
 mod options;
 mod pull;
+mod registry_auth;
 mod resolve;
 mod spec;
 mod task;
@@ -54,6 +57,7 @@ pub use self::image::{ImageError, normalize_reference};
 pub use self::layout::{ImportError, ImportedImage, import_layout};
 pub use self::options::ContainerdOptions;
 pub use self::pull::{PullError, PullProgress, pull};
+pub use self::registry_auth::RegistryCredentials;
 pub use self::spec::{CGROUP_PARENT, SECRETS_MOUNT};
 use self::task::TaskState;
 use super::dirs::{Layout, SECRETS_DIR};
@@ -198,7 +202,16 @@ impl ContainerdRuntime {
         if running.is_none() {
             task::remove_all(conn, &self.options.snapshotter, &id).await?;
         }
-        let image = self.resolve_image(conn, reference).await?;
+        let credentials = request
+            .registry_auth
+            .as_ref()
+            .map(RegistryCredentials::parse)
+            .transpose()
+            .map_err(|reason| RuntimeError::InvalidRequest {
+                replica: request.replica.clone(),
+                reason,
+            })?;
+        let image = self.resolve_image(conn, reference, credentials).await?;
         let process = spec::container_process(request, &image.config.config)?;
         let stdout_log = self.replica_dir(&request.replica).join(logs::STDOUT_LOG);
         if let Some(pid) = running {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::image::{self, ImageError, normalize_reference};
-use super::{Connection, ContainerdRuntime, pull};
+use super::{Connection, ContainerdRuntime, RegistryCredentials, pull};
 use crate::runtime::RuntimeError;
 
 impl ContainerdRuntime {
@@ -13,6 +13,7 @@ impl ContainerdRuntime {
         &self,
         conn: &Connection,
         reference: &str,
+        credentials: Option<RegistryCredentials>,
     ) -> Result<image::ResolvedImage, RuntimeError> {
         let name = normalize_reference(reference);
         let unavailable = |reason: String| RuntimeError::ImageUnavailable {
@@ -25,7 +26,7 @@ impl ContainerdRuntime {
                 Ok(true) => image::resolve(conn, &name)
                     .await
                     .map_err(|e| unavailable(e.to_string())),
-                Ok(false) => Err(unavailable(self.pull_state(conn, &name))),
+                Ok(false) => Err(unavailable(self.pull_state(conn, &name, credentials))),
                 Err(why) => Err(unavailable(why)),
             },
             Err(ImageError::Containerd(e)) => Err(e.into()),
@@ -54,8 +55,14 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Starts pulling `name` unless a pull runs; says how far it is.
-    fn pull_state(&self, conn: &Connection, name: &str) -> String {
+    /// Starts pulling `name` (with `credentials` when given) unless a pull runs; says how far
+    /// it is.
+    fn pull_state(
+        &self,
+        conn: &Connection,
+        name: &str,
+        credentials: Option<RegistryCredentials>,
+    ) -> String {
         let namespace = &self.options.namespace;
         if !self.options.pull {
             return format!(
@@ -70,6 +77,7 @@ impl ContainerdRuntime {
             conn.clone(),
             self.options.snapshotter.clone(),
             name.to_owned(),
+            credentials,
         );
         pulls.insert(name.to_owned(), job);
         format!("{name} is not in this box's containerd store (namespace {namespace}); pulling it")

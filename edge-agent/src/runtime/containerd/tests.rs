@@ -75,6 +75,7 @@ fn request(service: &str, script: &str) -> WorkloadRequest {
         secrets: vec![],
         memory_bytes: None,
         cpu_millis: None,
+        registry_auth: None,
     }
 }
 
@@ -396,6 +397,11 @@ async fn missing_image_is_unavailable_and_retryable() {
 
 /// Pushes the busybox image to `reference` on a loopback registry, as `docker push` would.
 async fn push_busybox(reference: &str) {
+    push_busybox_as(reference, oci_client::secrets::RegistryAuth::Anonymous).await;
+}
+
+/// As [`push_busybox`], logged in with `auth`.
+async fn push_busybox_as(reference: &str, auth: oci_client::secrets::RegistryAuth) {
     use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
     warren_transport::install_crypto_provider();
     let (layer, config) = busybox_image().expect("busybox image");
@@ -414,7 +420,6 @@ async fn push_busybox(reference: &str) {
         None,
     );
     let reference: oci_client::Reference = reference.parse().expect("reference");
-    let auth = oci_client::secrets::RegistryAuth::Anonymous;
     client
         .push(&reference, &layers, config, &auth, None)
         .await
@@ -423,7 +428,13 @@ async fn push_busybox(reference: &str) {
 
 /// Whether the registry tests may run; prints why not (fails under `CI=true`).
 fn registry_available(test: &str) -> bool {
-    let Some(reason) = Registry::missing() else {
+    prerequisite(test, Registry::missing())
+}
+
+/// Whether a test may run without the prerequisite `missing` says is missing, if any; prints
+/// why not (fails under `CI=true`).
+fn prerequisite(test: &str, missing: Option<String>) -> bool {
+    let Some(reason) = missing else {
         return true;
     };
     assert!(
@@ -538,5 +549,104 @@ async fn containerd_restart_keeps_the_container_and_the_connection() {
         .await
         .expect("stop");
     assert_eq!(outcome, StopOutcome::Terminated);
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+}
+
+/// The starts of `request` until one runs or fails other than "pulling": its error.
+async fn start_until_pulled(
+    fx: &Fixture,
+    request: &WorkloadRequest,
+) -> Result<WorkloadHandle, RuntimeError> {
+    let began = Instant::now();
+    loop {
+        match fx.runtime.start(request).await {
+            Err(RuntimeError::ImageUnavailable { reason, .. })
+                if reason.contains("pulling") && !reason.contains("failed") =>
+            {
+                assert!(
+                    began.elapsed() < Duration::from_secs(30),
+                    "still pulling: {reason}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A registry that wants a password: a pull without credentials says it needs them, one
+/// with wrong ones names the secret they came from, a secret that is not `user:password` is
+/// refused before any pull, and the right ones pull the image, which runs.
+#[tokio::test]
+async fn registry_credentials_come_from_a_secret() {
+    let test = "registry_credentials_come_from_a_secret";
+    let Some(mut fx) = Fixture::new(test).await else {
+        return;
+    };
+    if !prerequisite(test, Registry::missing_htpasswd()) {
+        return;
+    }
+    let dir = fx.root.with_file_name("registry");
+    let registry = Registry::start_with_password(&dir, "puller", "pa55").expect("registry");
+    let reference = format!("{}/warren/busybox:1", registry.addr());
+    let login = oci_client::secrets::RegistryAuth::Basic("puller".into(), "pa55".into());
+    push_busybox_as(&reference, login).await;
+    fx.options.pull = true;
+    fx.runtime = ContainerdRuntime::new(fx.root.clone(), fx.options.clone()).expect("runtime");
+    let mut request = request("ctr-auth", "");
+    request.image = Some(reference.clone());
+    request.argv = vec![];
+    let secret = |plaintext: &[u8]| {
+        Some(crate::runtime::RegistryAuthSecret {
+            secret: "regcred".to_owned(),
+            plaintext: plaintext.to_vec(),
+        })
+    };
+
+    let err = start_until_pulled(&fx, &request)
+        .await
+        .expect_err("anonymous");
+    let message = err.to_string();
+    assert!(message.starts_with("image unavailable: "), "{message}");
+    assert!(message.contains("needs credentials"), "{message}");
+    assert!(err.is_retryable(), "{message}");
+
+    request.registry_auth = secret(b"puller:wrong\n");
+    let message = start_until_pulled(&fx, &request)
+        .await
+        .expect_err("wrong")
+        .to_string();
+    assert!(
+        message.contains("refused the credentials in secret regcred"),
+        "{message}"
+    );
+    assert!(!message.contains("wrong"), "{message}");
+
+    request.registry_auth = secret(b"puller");
+    let message = fx
+        .runtime
+        .start(&request)
+        .await
+        .expect_err("malformed")
+        .to_string();
+    assert!(
+        message.ends_with("registry credentials in secret regcred: expected user:password"),
+        "{message}"
+    );
+
+    request.registry_auth = secret(b"puller:pa55\n");
+    let handle = start_until_pulled(&fx, &request)
+        .await
+        .expect("pulled with credentials");
+    let log = handle.record().stdout_log.clone();
+    let logged = wait_until(Duration::from_secs(5), async || {
+        read(&log).contains("busybox up")
+    })
+    .await;
+    assert!(logged, "log: {:?}", read(&log));
+    fx.runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
     fx.runtime.cleanup(&request.replica).await.expect("cleanup");
 }
