@@ -248,7 +248,7 @@ impl Reconciler {
             return None;
         };
         self.revision = view.revision.0;
-        let targets = health_targets(&self.handles, view, &observed);
+        let targets = health_targets(self.runtime.as_ref(), &self.handles, view, &observed);
         self.health_monitor.sync(targets);
         self.health = self.health_monitor.health();
         let health_events = self.health_monitor.drain_events();
@@ -366,8 +366,10 @@ fn record_key(replica: &ReplicaId) -> String {
 }
 
 /// The health checks to run: one per running workload whose service has a check. Exec probes
-/// get the service's environment and run in the workload's working directory, as its user.
+/// get the service's environment and run in the workload's working directory, as its user;
+/// a container's run inside it, as its process does.
 fn health_targets(
+    runtime: &dyn Runtime,
     handles: &BTreeMap<ReplicaId, WorkloadHandle>,
     view: &NodeView,
     observed: &[ObservedWorkload],
@@ -383,7 +385,7 @@ fn health_targets(
             let record = handles.get(&workload.replica).map(WorkloadHandle::record);
             let working_dir = match &spec.workload {
                 Workload::Process(_) => record.map(|r| r.working_dir.clone()),
-                // Exec probes in containers come with the container runtime.
+                // Inside the container: its own working directory.
                 Workload::Image(_) => None,
             };
             Some(HealthTarget {
@@ -395,6 +397,7 @@ fn health_targets(
                     env: spec.env.clone(),
                     working_dir,
                     credentials: record.and_then(|r| r.credentials.clone()),
+                    container: record.and_then(|r| runtime.exec_target(r)),
                 },
             })
         })

@@ -13,6 +13,7 @@
 //! `secrets/`, bind-mounted read-only at `/run/secrets`.
 //!
 //! - `client`: the connection, namespace and leases.
+//! - `exec`: running an exec health check inside a replica's container.
 //! - `layout`: importing an OCI image-layout tarball (`warren image load`).
 //! - `oom`: whether the kernel's OOM killer ended a container, from its memory cgroup.
 //! - `options`: [`ContainerdOptions`].
@@ -29,6 +30,7 @@
 //! the recorded one; touch containers outside its namespace.
 
 mod client;
+mod exec;
 mod image;
 mod layout;
 mod oom;
@@ -53,6 +55,7 @@ use tokio::sync::OnceCell;
 use warren_api::ids::ReplicaId;
 
 pub use self::client::{Connection, ContainerdError};
+pub use self::exec::{ContainerExec, ExecError, ExecExit, exec_in_container};
 pub use self::image::{ImageError, normalize_reference};
 pub use self::layout::{ImportError, ImportedImage, import_layout};
 pub use self::options::ContainerdOptions;
@@ -74,6 +77,10 @@ pub const DEFAULT_NAMESPACE: &str = "warren";
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 /// Label holding the spec hash a container was made from.
 pub const WORKLOAD_HASH_LABEL: &str = "warren.workload_hash";
+
+/// The file in a replica's directory an exec health check's output goes to, for the reason
+/// it failed.
+const HEALTH_EXEC_LOG: &str = "health-exec.log";
 
 /// The overflow user and group: who a root container's exec health checks run as.
 const NOBODY: u32 = 65_534;
@@ -299,9 +306,9 @@ impl ContainerdRuntime {
         log: PathBuf,
         (uid, gid): (u32, u32),
     ) -> WorkloadRecord {
-        // Exec health checks still run on the host, not in the container: they run as the
-        // container's user with no capability, and as nobody for a container running as its
-        // own root, never as the agent.
+        // Exec health checks run inside the container (`exec_target`); these credentials
+        // describe the container's user, and are what a check would run as on the host (with
+        // no capability, as nobody for a container running as its own root), never the agent.
         let (uid, gid) = if uid == 0 {
             (NOBODY, NOBODY)
         } else {
@@ -590,6 +597,18 @@ impl Runtime for ContainerdRuntime {
 
     fn wipe_secrets(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move { self.wipe_secrets_now() })
+    }
+
+    fn exec_target(&self, record: &WorkloadRecord) -> Option<ContainerExec> {
+        let Instance::Container { id, .. } = &record.instance else {
+            return None;
+        };
+        Some(ContainerExec {
+            socket: self.options.socket.clone(),
+            namespace: self.options.namespace.clone(),
+            container_id: id.clone(),
+            output: self.replica_dir(&record.replica).join(HEALTH_EXEC_LOG),
+        })
     }
 
     fn rotate_logs(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {

@@ -157,6 +157,13 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// # Cancel safety
     /// Safe: the work runs on a blocking thread and finishes even if the future is dropped.
     fn rotate_logs(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>>;
+
+    /// Where the workload's exec health checks run when not on the host: inside its
+    /// container. `None` (the default): on the host, as the workload's user.
+    fn exec_target(&self, record: &WorkloadRecord) -> Option<containerd::ContainerExec> {
+        let _ = record;
+        None
+    }
 }
 
 /// Everything a runtime needs to start one replica.

@@ -373,7 +373,7 @@ fn busybox_layer() -> io::Result<Vec<u8>> {
     }
     append(&mut layer, "bin/busybox", &busybox, 0o755)?;
     for applet in [
-        "sh", "echo", "sleep", "cat", "dd", "ls", "id", "env", "true",
+        "sh", "echo", "sleep", "cat", "dd", "ls", "id", "env", "true", "test", "touch",
     ] {
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(tar::EntryType::Symlink);

@@ -12,6 +12,7 @@ use warren_api::ids::{ReplicaId, ServiceName};
 
 use super::testkit::{Containerd, Registry, busybox_image, skip, write_busybox_layout};
 use super::*;
+use crate::health::probe::ProbeOutcome;
 
 const IMAGE: &str = "warren.test/busybox:1";
 
@@ -644,6 +645,89 @@ async fn registry_credentials_come_from_a_secret() {
     })
     .await;
     assert!(logged, "log: {:?}", read(&log));
+    fx.runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+}
+
+/// Exec health checks run inside the container: `test -f /tmp/ready` fails until the
+/// container's own script has made the file (which the host does not have), then passes; a
+/// failing check says its exit code and first line of output; one past its timeout is killed;
+/// a command the image lacks says so. No exec process is left behind.
+#[tokio::test]
+async fn exec_checks_run_inside_the_container() {
+    let Some(fx) = Fixture::new("exec_checks_run_inside_the_container").await else {
+        return;
+    };
+    let script = "trap 'exit 0' TERM; sleep 1; touch /tmp/ready; while true; do sleep 1; done";
+    let request = request("ctr-exec", script);
+    let handle = fx.runtime.start(&request).await.expect("start");
+    let exec = crate::health::probe::ExecContext {
+        container: fx.runtime.exec_target(handle.record()),
+        ..crate::health::probe::ExecContext::default()
+    };
+    assert!(exec.container.is_some());
+    let argv = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+    let check = argv(&["test", "-f", "/tmp/ready"]);
+    let timeout = Duration::from_secs(5);
+    let run =
+        async |argv: &[String], timeout| crate::health::probe::run_exec(argv, &exec, timeout).await;
+    let began = Instant::now();
+    let first = run(&check, timeout).await;
+    eprintln!("first exec check took {:?}", began.elapsed());
+    assert_eq!(
+        first,
+        ProbeOutcome::Fail("exec test: exit code 1".to_owned())
+    );
+    let passed = wait_until(Duration::from_secs(10), async || {
+        run(&check, timeout).await == ProbeOutcome::Pass
+    })
+    .await;
+    assert!(passed, "the check never saw /tmp/ready");
+    // The image's /etc is empty; the host's has a passwd file.
+    assert!(Path::new("/etc/passwd").exists());
+    assert_eq!(
+        run(&argv(&["test", "!", "-e", "/etc/passwd"]), timeout).await,
+        ProbeOutcome::Pass
+    );
+
+    let said = run(
+        &argv(&["sh", "-c", "echo not ready yet >&2; exit 3"]),
+        timeout,
+    )
+    .await;
+    assert_eq!(
+        said,
+        ProbeOutcome::Fail("exec sh: exit code 3: not ready yet".to_owned())
+    );
+    let began = Instant::now();
+    let slow = run(&argv(&["sleep", "30"]), Duration::from_millis(500)).await;
+    assert_eq!(
+        slow,
+        ProbeOutcome::Fail("exec sleep: killed after its timeout of 500ms".to_owned())
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let missing = run(&argv(&["no-such-command"]), timeout).await;
+    let ProbeOutcome::Fail(reason) = missing else {
+        panic!("a missing command passed")
+    };
+    assert!(
+        reason.starts_with("exec no-such-command in the container: "),
+        "{reason}"
+    );
+    // The header, the script and (at times) its `sleep 1`: not the killed `sleep 30`.
+    let processes = fx.ctr(&["tasks", "ps", &request.replica.to_string()]);
+    assert!(
+        processes.lines().count() <= 3,
+        "exec processes left: {processes}"
+    );
+
     fx.runtime
         .stop(&handle, Duration::from_secs(5))
         .await
