@@ -360,6 +360,41 @@ impl Drop for Registry {
     }
 }
 
+/// Pushes the busybox image to `reference` on a loopback (plain HTTP) registry, as
+/// `docker push` would, logged in as `(user, password)` when given.
+///
+/// # Errors
+/// Building the image, or the registry refusing.
+pub async fn push_busybox_as(reference: &str, login: Option<(&str, &str)>) -> io::Result<()> {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::secrets::RegistryAuth;
+    warren_transport::install_crypto_provider();
+    let (layer, config) = busybox_image()?;
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let layers = [ImageLayer::new(
+        layer,
+        "application/vnd.oci.image.layer.v1.tar".to_owned(),
+        None,
+    )];
+    let config = Config::new(
+        config,
+        "application/vnd.oci.image.config.v1+json".to_owned(),
+        None,
+    );
+    let reference: oci_client::Reference = reference.parse().map_err(io::Error::other)?;
+    let auth = login.map_or(RegistryAuth::Anonymous, |(user, password)| {
+        RegistryAuth::Basic(user.to_owned(), password.to_owned())
+    });
+    client
+        .push(&reference, &layers, config, &auth, None)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(())
+}
+
 /// The layer: `bin/busybox` and its applet links.
 fn busybox_layer() -> io::Result<Vec<u8>> {
     let busybox = fs::read(BUSYBOX)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use warren_api::ids::{ReplicaId, ServiceName};
 
-use super::testkit::{Containerd, Registry, busybox_image, skip, write_busybox_layout};
+use super::testkit::{Containerd, Registry, push_busybox_as, skip, write_busybox_layout};
 use super::*;
 use crate::health::probe::ProbeOutcome;
 
@@ -398,31 +398,7 @@ async fn missing_image_is_unavailable_and_retryable() {
 
 /// Pushes the busybox image to `reference` on a loopback registry, as `docker push` would.
 async fn push_busybox(reference: &str) {
-    push_busybox_as(reference, oci_client::secrets::RegistryAuth::Anonymous).await;
-}
-
-/// As [`push_busybox`], logged in with `auth`.
-async fn push_busybox_as(reference: &str, auth: oci_client::secrets::RegistryAuth) {
-    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-    warren_transport::install_crypto_provider();
-    let (layer, config) = busybox_image().expect("busybox image");
-    let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..ClientConfig::default()
-    });
-    let layers = [ImageLayer::new(
-        layer,
-        "application/vnd.oci.image.layer.v1.tar".to_owned(),
-        None,
-    )];
-    let config = Config::new(
-        config,
-        "application/vnd.oci.image.config.v1+json".to_owned(),
-        None,
-    );
-    let reference: oci_client::Reference = reference.parse().expect("reference");
-    client
-        .push(&reference, &layers, config, &auth, None)
+    push_busybox_as(reference, None)
         .await
         .expect("push busybox");
 }
@@ -590,8 +566,9 @@ async fn registry_credentials_come_from_a_secret() {
     let dir = fx.root.with_file_name("registry");
     let registry = Registry::start_with_password(&dir, "puller", "pa55").expect("registry");
     let reference = format!("{}/warren/busybox:1", registry.addr());
-    let login = oci_client::secrets::RegistryAuth::Basic("puller".into(), "pa55".into());
-    push_busybox_as(&reference, login).await;
+    push_busybox_as(&reference, Some(("puller", "pa55")))
+        .await
+        .expect("push busybox");
     fx.options.pull = true;
     fx.runtime = ContainerdRuntime::new(fx.root.clone(), fx.options.clone()).expect("runtime");
     let mut request = request("ctr-auth", "");
