@@ -362,6 +362,7 @@ fn flag_of(error: &ValidationError) -> Option<&'static str> {
         ("health", _) => "--health-*",
         ("restart", _) => "--restart",
         ("on_disconnect", _) => "--on-disconnect",
+        ("secrets", _) if error.message.starts_with("registry credentials") => "--registry-auth",
         ("secrets", _) => "--secret",
         ("update", s) if s.starts_with("delay") => "--update-delay",
         ("update", _) => "--update-parallelism",

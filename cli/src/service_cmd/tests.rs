@@ -310,8 +310,11 @@ fn registry_auth_flag() {
         "--registry-auth",
         "regcred",
     ]);
+    let message = format!("{:#}", err.unwrap_err());
     assert!(
-        format!("{:#}", err.unwrap_err()).contains("registry credentials are for image workloads"),
+        message.contains("registry credentials are for image workloads")
+            && message.contains("(from --registry-auth)"),
+        "{message}"
     );
 }
 
