@@ -236,7 +236,9 @@ impl NodeSecrets {
                 continue;
             };
             let spec = &service.spec;
-            if spec.secrets.is_empty()
+            // Registry credentials are the pull's, never a file: a spec with no other secret
+            // has no files to keep up to date.
+            if spec.secrets.iter().all(|s| s.is_registry_auth())
                 || view.replica(replica).is_none()
                 || handle.record().workload_hash != spec.workload_hash()
             {
@@ -255,7 +257,6 @@ impl NodeSecrets {
                     continue;
                 }
             };
-            // Registry credentials are the pull's, never a file the workload sees.
             drop(crate::runtime::take_registry_auth(spec, &mut files));
             if let Err(error) = runtime.write_secrets(replica, &files).await {
                 // Not recorded: tried again next pass.
