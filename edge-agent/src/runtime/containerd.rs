@@ -209,16 +209,9 @@ impl ContainerdRuntime {
         if running.is_none() {
             task::remove_all(conn, &self.options.snapshotter, &id).await?;
         }
-        let credentials = request
-            .registry_auth
-            .as_ref()
-            .map(RegistryCredentials::parse)
-            .transpose()
-            .map_err(|reason| RuntimeError::InvalidRequest {
-                replica: request.replica.clone(),
-                reason,
-            })?;
-        let image = self.resolve_image(conn, reference, credentials).await?;
+        let image = self
+            .resolve_image(conn, reference, request.registry_auth.as_ref())
+            .await?;
         let process = spec::container_process(request, &image.config.config)?;
         let stdout_log = self.replica_dir(&request.replica).join(logs::STDOUT_LOG);
         if let Some(pid) = running {

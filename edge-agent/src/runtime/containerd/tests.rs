@@ -608,9 +608,10 @@ async fn registry_credentials_come_from_a_secret() {
         .expect_err("malformed")
         .to_string();
     assert!(
-        message.ends_with("registry credentials in secret regcred: expected user:password"),
+        message.contains("; registry credentials in secret regcred: expected user:password;"),
         "{message}"
     );
+    assert!(message.starts_with("image unavailable: "), "{message}");
 
     request.registry_auth = secret(b"puller:pa55\n");
     let handle = start_until_pulled(&fx, &request)
