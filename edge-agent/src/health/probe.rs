@@ -207,14 +207,27 @@ pub async fn run_exec(argv: &[String], exec: &ExecContext, timeout: Duration) ->
 }
 
 /// Runs `argv` inside `container` (containerd's task exec); exit status 0 passes. At the
-/// timeout the exec process is killed.
+/// timeout the exec process is killed; the whole call is bounded by the timeout plus
+/// [`REAP_TIMEOUT`].
 async fn run_in_container(
     program: &str,
     argv: &[String],
     container: &ContainerExec,
     timeout: Duration,
 ) -> ProbeOutcome {
-    match exec_in_container(container, argv, timeout).await {
+    // The command's own timeout bounds only its run; a containerd that does not answer is
+    // bounded here, with the time a killed command gets to go.
+    let bounded = tokio::time::timeout(
+        timeout + REAP_TIMEOUT,
+        exec_in_container(container, argv, timeout),
+    );
+    let Ok(ran) = bounded.await else {
+        return ProbeOutcome::fail(format!(
+            "exec {program} in the container: containerd did not answer within {}",
+            format_duration_ms(millis(timeout + REAP_TIMEOUT))
+        ));
+    };
+    match ran {
         Ok(exit) if exit.status == 0 => ProbeOutcome::Pass,
         Ok(exit) => {
             let how = format!("exit code {}", exit.status);

@@ -93,16 +93,19 @@ pub async fn exec_in_container(
         exec_id: exec_id.clone(),
         ..ExecProcessRequest::default()
     };
-    TasksClient::new(conn.channel.clone())
-        .exec(conn.request(request, None))
-        .await
-        .map_err(call("exec"))?;
+    // Armed before the Exec call: a caller that goes away during it may leave a process.
     let mut guard = DeleteOnDrop {
         conn: Some(conn.clone()),
         container_id: target.container_id.clone(),
         exec_id: exec_id.clone(),
     };
-    let ran = start_and_wait(&conn, &target.container_id, &exec_id, timeout).await;
+    let ran = match TasksClient::new(conn.channel.clone())
+        .exec(conn.request(request, None))
+        .await
+    {
+        Ok(_) => start_and_wait(&conn, &target.container_id, &exec_id, timeout).await,
+        Err(status) => Err(call("exec")(status).into()),
+    };
     guard.conn = None;
     delete(&conn, &target.container_id, &exec_id).await;
     let status = ran?;
