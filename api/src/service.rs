@@ -585,6 +585,12 @@ pub struct SecretRef {
     pub target: String,
 }
 
+/// The target that makes a [`SecretRef`] the service's registry credentials instead of a
+/// file: the agent pulls the service's image with the secret's `user:password` and never
+/// shows it to the workload. A reference, not a field of its own, so that the credentials
+/// reach the agent as every secret does, sealed for the node, and specs keep their layout.
+pub const REGISTRY_AUTH_TARGET: &str = ".registry-auth";
+
 impl SecretRef {
     /// A reference whose file is named after the secret.
     pub fn new(name: impl Into<String>) -> Self {
@@ -593,6 +599,20 @@ impl SecretRef {
             target: name.clone(),
             name,
         }
+    }
+
+    /// A reference naming the secret that holds the registry credentials of the service's
+    /// image (`user:password`): `--registry-auth NAME`, `registry_auth: NAME`.
+    pub fn registry_auth(name: impl Into<String>) -> Self {
+        SecretRef {
+            name: name.into(),
+            target: REGISTRY_AUTH_TARGET.to_owned(),
+        }
+    }
+
+    /// Whether this reference names registry credentials rather than a file.
+    pub fn is_registry_auth(&self) -> bool {
+        self.target == REGISTRY_AUTH_TARGET
     }
 }
 

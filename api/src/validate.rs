@@ -330,6 +330,14 @@ impl ServiceSpec {
             at_least_ms("on_disconnect.reschedule.after_ms", after_ms, 1_000)?;
         }
         validate_secret_refs(&self.secrets)?;
+        if let Some(idx) = self.secrets.iter().position(SecretRef::is_registry_auth)
+            && !matches!(self.workload, Workload::Image(_))
+        {
+            return fail(
+                format!("secrets[{idx}].target"),
+                "registry credentials are for image workloads; a process pulls nothing",
+            );
+        }
         validate_volume_mounts(&self.volumes)?;
         validate_resources(&self.resources).map_err(|e| e.within("resources"))?;
         if let Some(user) = &self.user {
@@ -1014,6 +1022,22 @@ mod tests {
         check(
             |s| s.secrets = vec![secret("a", "x"), secret("b", "x")],
             Err(r#"secrets[1].target: duplicate target "x", already used by secrets[0]"#),
+        );
+        check(
+            |s| s.secrets = vec![secret("db", "db"), SecretRef::registry_auth("regcred")],
+            Err(
+                "secrets[1].target: registry credentials are for image workloads; a process pulls nothing",
+            ),
+        );
+        check(
+            |s| {
+                s.workload = Workload::Image(ImageSpec {
+                    reference: "registry.example/app:1".to_owned(),
+                    args: vec![],
+                });
+                s.secrets = vec![SecretRef::registry_auth("regcred")];
+            },
+            Ok(()),
         );
         check(
             |s| s.volumes = vec![mount("data", "/var/lib/data")],

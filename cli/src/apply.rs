@@ -114,6 +114,10 @@ struct ServiceDoc {
     on_disconnect: OnDisconnect,
     #[serde(default)]
     secrets: Vec<SecretRef>,
+    /// The secret holding the image's registry credentials: a [`SecretRef::registry_auth`]
+    /// among `secrets`.
+    #[serde(default)]
+    registry_auth: Option<String>,
     #[serde(default)]
     volumes: Vec<VolumeMount>,
     #[serde(default)]
@@ -146,7 +150,11 @@ impl ServiceDoc {
             health: self.health,
             restart: self.restart,
             on_disconnect: self.on_disconnect,
-            secrets: self.secrets,
+            secrets: self
+                .secrets
+                .into_iter()
+                .chain(self.registry_auth.map(SecretRef::registry_auth))
+                .collect(),
             volumes: self.volumes,
             resources: self.resources,
             user: self.user,

@@ -125,6 +125,9 @@ pub struct SpecFlags {
     /// Expose a secret as a file on tmpfs, named FILE or after the secret (repeatable).
     #[arg(long = "secret", value_name = "NAME[:FILE]")]
     pub secrets: Vec<String>,
+    /// Pull the image with the registry credentials (`user:password`) in this secret.
+    #[arg(long, value_name = "SECRET")]
+    pub registry_auth: Option<String>,
     /// A port the workload listens on, published for DNS (repeatable).
     #[arg(long = "port", value_name = "[NAME:]PORT[/tcp|/udp]")]
     pub ports: Vec<PortSpec>,
@@ -258,7 +261,19 @@ impl SpecFlags {
             spec.env.insert(key, value);
         }
         if !self.secrets.is_empty() {
-            spec.secrets = self.secrets.iter().map(|s| secret_ref(s)).collect();
+            // --secret replaces the files; the registry credentials stay unless
+            // --registry-auth names others.
+            let registry_auth = spec
+                .secrets
+                .iter()
+                .filter(|s| s.is_registry_auth())
+                .cloned();
+            let files = self.secrets.iter().map(|s| secret_ref(s));
+            spec.secrets = files.chain(registry_auth).collect();
+        }
+        if let Some(name) = &self.registry_auth {
+            spec.secrets.retain(|s| !s.is_registry_auth());
+            spec.secrets.push(SecretRef::registry_auth(name));
         }
         if !self.ports.is_empty() {
             spec.ports = self.ports.clone();
@@ -347,6 +362,7 @@ fn flag_of(error: &ValidationError) -> Option<&'static str> {
         ("health", _) => "--health-*",
         ("restart", _) => "--restart",
         ("on_disconnect", _) => "--on-disconnect",
+        ("secrets", _) if error.message.starts_with("registry credentials") => "--registry-auth",
         ("secrets", _) => "--secret",
         ("update", s) if s.starts_with("delay") => "--update-delay",
         ("update", _) => "--update-parallelism",

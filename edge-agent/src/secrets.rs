@@ -236,7 +236,9 @@ impl NodeSecrets {
                 continue;
             };
             let spec = &service.spec;
-            if spec.secrets.is_empty()
+            // Registry credentials are the pull's, never a file: a spec with no other secret
+            // has no files to keep up to date.
+            if spec.secrets.iter().all(|s| s.is_registry_auth())
                 || view.replica(replica).is_none()
                 || handle.record().workload_hash != spec.workload_hash()
             {
@@ -247,7 +249,7 @@ impl NodeSecrets {
             if previous == Some(&wanted) {
                 continue;
             }
-            let files = match self.open(spec, &view.secrets) {
+            let mut files = match self.open(spec, &view.secrets) {
                 Ok(files) => files,
                 Err(error) => {
                     warn!(%replica, error = %error, "cannot update secret files; the workload keeps the ones it has");
@@ -255,6 +257,7 @@ impl NodeSecrets {
                     continue;
                 }
             };
+            drop(crate::runtime::take_registry_auth(spec, &mut files));
             if let Err(error) = runtime.write_secrets(replica, &files).await {
                 // Not recorded: tried again next pass.
                 warn!(%replica, error = %error, "cannot update secret files");

@@ -115,6 +115,7 @@ async fn exec(args: &[&str], env: &BTreeMap<String, String>, dir: Option<&Path>)
         env: env.clone(),
         working_dir: dir.map(Path::to_path_buf),
         credentials: None,
+        container: None,
     };
     run_exec(&argv(args), &context, TIMEOUT).await
 }

@@ -53,6 +53,7 @@ fn request(replica: ReplicaId, argv: &[&str]) -> WorkloadRequest {
         secrets: Vec::new(),
         memory_bytes: None,
         cpu_millis: None,
+        registry_auth: None,
     }
 }
 

@@ -12,19 +12,19 @@ use std::time::{Duration, Instant};
 use tracing::info;
 use warren_api::clock::unix_now_ms;
 use warren_api::rest::ReplicaInfo;
-use warren_api::service::{ImageSpec, ServiceMode, Workload};
-use warren_api::{ServiceName, ServiceSpec, TaskState};
+use warren_api::service::{HealthCheck, ImageSpec, Probe, RestartCondition, ServiceMode, Workload};
+use warren_api::{SecretRef, ServiceName, ServiceSpec, TaskState};
 use warren_control::Op;
 use warren_edge_agent::agent::{LocalReplica, RuntimeChoice};
 use warren_edge_agent::runtime::containerd::testkit::{
-    Containerd, missing_prerequisite, write_busybox_layout,
+    Containerd, Registry, missing_prerequisite, push_busybox_as, write_busybox_layout,
 };
 use warren_edge_agent::runtime::containerd::{
     Connection, DEFAULT_NAMESPACE, DEFAULT_SNAPSHOTTER, import_layout,
 };
 use warren_edge_agent::runtime::default_workloads_dir;
 use warren_tests::{
-    agent_options, agent_status, alive, api_get, join_agent, kill9, propose, require,
+    agent_options, agent_status, alive, api_get, join_agent, kill9, propose, put_secret, require,
     spawn_agent_with, start_control, wait_until,
 };
 
@@ -187,4 +187,228 @@ async fn image_service_on_a_process_node_says_why_in_service_ps() {
     }
     cancel.cancel();
     task.await.unwrap().expect("agent stops cleanly");
+}
+
+// Each test names its service apart: runc keeps its state by container id under one root
+// for every containerd, so two tests' `web.0` at once would collide.
+
+/// A container over its memory limit: `oom` (16 MiB, no restarts) runs `dd` with a 64 MiB
+/// block, the kernel's OOM killer ends it, and `service ps` says so with the limit rather
+/// than `exited by a signal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oom_killed_container_says_so_in_service_ps() {
+    let test = "oom_killed_container_says_so_in_service_ps";
+    if !require(test, [missing_prerequisite()]) {
+        return;
+    }
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
+    let tarball = dir.path().join("busybox.tar");
+    write_busybox_layout(&tarball, IMAGE).expect("build the busybox image");
+    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
+        .await
+        .expect("connect to containerd");
+    import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
+        .await
+        .expect("load the image");
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    join_agent(&control, fingerprint, &agent_dir, "edge-oom", "lisbon").await;
+    let mut options = agent_options();
+    options.runtime = Some(RuntimeChoice::Containerd {
+        socket: daemon.socket().to_owned(),
+    });
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
+
+    info!("--- create a service that allocates more than its memory limit");
+    let args = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("oom").unwrap(),
+        Workload::Image(ImageSpec {
+            reference: IMAGE.to_owned(),
+            args: args.map(str::to_owned).to_vec(),
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    spec.resources.memory_bytes = Some(16 << 20);
+    spec.restart.condition = RestartCondition::Never;
+    propose(&control, Op::PutService(spec)).await;
+    let expected = "OOM-killed (memory limit 16 MiB)";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps: Vec<ReplicaInfo> = api_get(&control, "/services/oom/replicas").await;
+        if ps.len() == 1 && ps[0].message.as_deref() == Some(expected) {
+            assert_eq!(ps[0].state, "failed");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service ps: {ps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    drop(daemon);
+}
+
+/// An exec health check runs inside the container: `ready` makes `/tmp/ready` (inside its own
+/// filesystem, never the host's) two seconds after it starts, and its check
+/// `test -f /tmp/ready` turns it healthy in `service ps` only after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_health_check_runs_inside_the_container() {
+    let test = "exec_health_check_runs_inside_the_container";
+    if !require(test, [missing_prerequisite()]) {
+        return;
+    }
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
+    let tarball = dir.path().join("busybox.tar");
+    write_busybox_layout(&tarball, IMAGE).expect("build the busybox image");
+    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
+        .await
+        .expect("connect to containerd");
+    import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
+        .await
+        .expect("load the image");
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    join_agent(&control, fingerprint, &agent_dir, "edge-health", "lisbon").await;
+    let mut options = agent_options();
+    options.runtime = Some(RuntimeChoice::Containerd {
+        socket: daemon.socket().to_owned(),
+    });
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
+
+    info!("--- create a service that becomes ready after 2 s");
+    let script = "trap 'exit 0' TERM; sleep 2; touch /tmp/ready; while true; do sleep 1; done";
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("ready").unwrap(),
+        Workload::Image(ImageSpec {
+            reference: IMAGE.to_owned(),
+            args: vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()],
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    let mut check = HealthCheck::new(Probe::Exec {
+        command: ["test", "-f", "/tmp/ready"].map(str::to_owned).to_vec(),
+    });
+    check.interval_ms = 1_000;
+    check.timeout_ms = 500;
+    check.retries = 20;
+    spec.health = Some(check);
+    let created = Instant::now();
+    propose(&control, Op::PutService(spec)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps: Vec<ReplicaInfo> = api_get(&control, "/services/ready/replicas").await;
+        if ps.len() == 1 && ps[0].health == "healthy" {
+            assert_eq!(ps[0].state, "running");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service ps: {ps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = created.elapsed();
+    eprintln!("{test}: created → healthy in {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "healthy before the file existed: {took:?}"
+    );
+    assert!(
+        !Path::new("/tmp/ready").exists(),
+        "the container wrote to the host's /tmp"
+    );
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    drop(daemon);
+}
+
+/// Registry credentials from a Warren secret, end to end: `priv`'s image is on a loopback
+/// registry that wants a password; without credentials `service ps` says the registry needs
+/// them; with `registry_auth` naming a secret of `user:password` the agent pulls it and it
+/// runs, and the container has no file of the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_credentials_come_from_a_warren_secret() {
+    let test = "registry_credentials_come_from_a_warren_secret";
+    if !require(test, [missing_prerequisite(), Registry::missing_htpasswd()]) {
+        return;
+    }
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
+    let registry = Registry::start_with_password(&dir.path().join("registry"), "puller", "pa55")
+        .expect("start the registry");
+    let reference = format!("{}/warren/busybox:1", registry.addr());
+    push_busybox_as(&reference, Some(("puller", "pa55")))
+        .await
+        .expect("push busybox");
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    join_agent(&control, fingerprint, &agent_dir, "edge-priv", "lisbon").await;
+    let mut options = agent_options();
+    options.runtime = Some(RuntimeChoice::Containerd {
+        socket: daemon.socket().to_owned(),
+    });
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
+
+    info!("--- an image on a registry that wants a password, no credentials");
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("priv").unwrap(),
+        Workload::Image(ImageSpec {
+            reference: reference.clone(),
+            args: vec![],
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    propose(&control, Op::PutService(spec.clone())).await;
+    let long = Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + long;
+    loop {
+        let ps: Vec<ReplicaInfo> = api_get(&control, "/services/priv/replicas").await;
+        let message = ps
+            .first()
+            .and_then(|r| r.message.clone())
+            .unwrap_or_default();
+        if message.contains("needs credentials") {
+            assert!(
+                message.starts_with("could not start: image unavailable: "),
+                "{message}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service ps: {ps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    info!("--- the credentials in a secret, named by the spec");
+    put_secret(&control, "regcred", b"puller:pa55\n").await;
+    spec.secrets.push(SecretRef::registry_auth("regcred"));
+    propose(&control, Op::PutService(spec)).await;
+    let running = |dir: &Path| {
+        let status = agent_status(dir)?;
+        status
+            .replicas
+            .into_iter()
+            .find(|r| r.replica.service.as_str() == "priv" && r.state == TaskState::Running)
+    };
+    let replica = wait_until("priv running", long, || running(&agent_dir)).await;
+    let secrets_dir = default_workloads_dir(&agent_dir)
+        .join(replica.replica.to_string())
+        .join("secrets");
+    assert!(
+        !secrets_dir.join(".registry-auth").exists(),
+        "the credentials were written as a file"
+    );
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    drop(daemon);
 }

@@ -49,6 +49,22 @@ fn parses_services_and_volumes_in_write_order() {
     );
 }
 
+/// `registry_auth: SECRET` names the image's registry credentials: a secret reference of
+/// its own beside the files.
+#[test]
+fn registry_auth_becomes_a_secret_reference() {
+    let text = "kind: Service\nname: web\nworkload:\n  image:\n    reference: registry.example/web:1\n\
+                secrets: [{name: db, target: db}]\nregistry_auth: regcred\n";
+    let documents = parse_text(text).unwrap();
+    let Resource::Service(spec) = &documents[0].resource else {
+        panic!("not a service")
+    };
+    assert_eq!(
+        spec.secrets,
+        [SecretRef::new("db"), SecretRef::registry_auth("regcred")]
+    );
+}
+
 #[test]
 fn empty_documents_are_skipped() {
     let documents = parse_text(&format!("---\n{TWO}---\n")).unwrap();
@@ -126,8 +142,8 @@ fn yaml_errors_name_file_document_and_line() {
         error_of(&text),
         "deploy.yaml: document 3, line 19: unknown field `replicas`, expected one of `kind`, \
          `name`, `workload`, `mode`, `placement`, `env`, `ports`, `health`, `restart`, \
-         `on_disconnect`, `secrets`, `volumes`, `resources`, `user`, `group`, `cap_add`, \
-         `update`, `stop_grace_period_ms`, `labels`"
+         `on_disconnect`, `secrets`, `registry_auth`, `volumes`, `resources`, `user`, `group`, \
+         `cap_add`, `update`, `stop_grace_period_ms`, `labels`"
     );
     let syntax = error_of("kind: Volume\nname: data\n---\nkind: Volume\nname: [unclosed\n");
     assert!(

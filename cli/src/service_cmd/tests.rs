@@ -265,6 +265,59 @@ fn clap_refuses_conflicting_and_malformed_flags() {
     }
 }
 
+/// `--registry-auth` names the image's registry credentials; `--secret` on update replaces
+/// the files and keeps them; a second `--registry-auth` replaces them.
+#[test]
+fn registry_auth_flag() {
+    let mut spec = created(&[
+        "create",
+        "web",
+        "--image",
+        "web:1",
+        "--secret",
+        "db",
+        "--registry-auth",
+        "regcred",
+    ])
+    .unwrap();
+    assert_eq!(
+        spec.secrets,
+        [SecretRef::new("db"), SecretRef::registry_auth("regcred")]
+    );
+    let ServiceCommand::Update { flags, .. } = parse(&["update", "web", "--secret", "tls"]) else {
+        panic!("not update")
+    };
+    flags.apply_to(&mut spec).unwrap();
+    assert_eq!(
+        spec.secrets,
+        [SecretRef::new("tls"), SecretRef::registry_auth("regcred")]
+    );
+    let ServiceCommand::Update { flags, .. } =
+        parse(&["update", "web", "--registry-auth", "other"])
+    else {
+        panic!("not update")
+    };
+    flags.apply_to(&mut spec).unwrap();
+    assert_eq!(
+        spec.secrets,
+        [SecretRef::new("tls"), SecretRef::registry_auth("other")]
+    );
+    let err = created(&[
+        "create",
+        "api",
+        "--command",
+        "true",
+        "--registry-auth",
+        "regcred",
+    ]);
+    let message = format!("{:#}", err.unwrap_err());
+    assert!(
+        message.contains("registry credentials are for image workloads")
+            && message.contains("(from --registry-auth)"),
+        "{message}"
+    );
+}
+
 #[test]
 fn update_applies_on_top() {
     let mut spec = created(&[

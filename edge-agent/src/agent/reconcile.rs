@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_api::clock::unix_now_ms;
 use warren_api::wire::{Listener, ListenerStatus};
-use warren_api::{NodeView, ReplicaId, ReplicaStatus, TaskState, Workload};
+use warren_api::{Event, EventKind, NodeView, ReplicaId, ReplicaStatus, TaskState, Workload};
 
 use super::status_file::StatusWriter;
 use super::{Agent, AgentIdentity, BOOK_KEY, RECORD_PREFIX};
@@ -125,6 +125,10 @@ pub(super) struct Reconciler {
     /// processes; …`), so that `service ps` says why and not only that. Not kept across
     /// restarts of the agent: the next attempt says it again.
     start_errors: BTreeMap<ReplicaId, String>,
+    /// Each replica whose last run the OOM killer ended: when the exit was seen (the
+    /// planner's `at_ms`) and what `service ps` says instead of `exited by a signal`. Not kept
+    /// across restarts of the agent.
+    oom_kills: BTreeMap<ReplicaId, (u64, String)>,
     book: RestartBook,
     /// The node secret key and what each workload's secret files hold.
     secrets: NodeSecrets,
@@ -171,6 +175,7 @@ impl Reconciler {
             handles: BTreeMap::new(),
             exits: BTreeMap::new(),
             start_errors: BTreeMap::new(),
+            oom_kills: BTreeMap::new(),
             book,
             secrets: NodeSecrets::load(&agent.data_dir),
             health: BTreeMap::new(),
@@ -243,7 +248,7 @@ impl Reconciler {
             return None;
         };
         self.revision = view.revision.0;
-        let targets = health_targets(&self.handles, view, &observed);
+        let targets = health_targets(self.runtime.as_ref(), &self.handles, view, &observed);
         self.health_monitor.sync(targets);
         self.health = self.health_monitor.health();
         let health_events = self.health_monitor.drain_events();
@@ -294,6 +299,7 @@ impl Reconciler {
     async fn observe(&mut self) -> Vec<ObservedWorkload> {
         let mut out = Vec::with_capacity(self.handles.len());
         let mut gone = Vec::new();
+        let mut oom_events = Vec::new();
         for (replica, handle) in &self.handles {
             let record = handle.record();
             let state = match self.runtime.observe(handle).await {
@@ -301,17 +307,24 @@ impl Reconciler {
                     since_ms: record.started_at_ms,
                 },
                 Ok(crate::runtime::RuntimeObservation::Exited { code, signal }) => {
-                    let seen = self
-                        .exits
-                        .entry(replica.clone())
-                        .or_insert((record.started_at_ms, unix_now_ms()));
-                    if seen.0 != record.started_at_ms {
-                        *seen = (record.started_at_ms, unix_now_ms());
-                    }
                     ObservedState::Exited {
                         code: if signal.is_some() { None } else { code },
-                        at_ms: seen.1,
+                        at_ms: first_seen_exit(&mut self.exits, replica, record),
                     }
+                }
+                Ok(crate::runtime::RuntimeObservation::OomKilled { memory_limit_bytes }) => {
+                    let at_ms = first_seen_exit(&mut self.exits, replica, record);
+                    if self.oom_kills.get(replica).map(|(at, _)| *at) != Some(at_ms) {
+                        let message = crate::runtime::describe_oom_kill(memory_limit_bytes);
+                        oom_events.push(Event {
+                            at_ms,
+                            replica: Some(replica.clone()),
+                            kind: EventKind::OomKilled,
+                            message: message.clone(),
+                        });
+                        self.oom_kills.insert(replica.clone(), (at_ms, message));
+                    }
+                    ObservedState::Exited { code: None, at_ms }
                 }
                 Ok(crate::runtime::RuntimeObservation::Gone) => {
                     gone.push(replica.clone());
@@ -336,6 +349,9 @@ impl Reconciler {
             self.handles.remove(&replica);
             self.remove_key(&record_key(&replica));
         }
+        if !oom_events.is_empty() {
+            self.record_events(oom_events);
+        }
         out
     }
 
@@ -350,8 +366,10 @@ fn record_key(replica: &ReplicaId) -> String {
 }
 
 /// The health checks to run: one per running workload whose service has a check. Exec probes
-/// get the service's environment and run in the workload's working directory, as its user.
+/// get the service's environment and run in the workload's working directory, as its user;
+/// a container's run inside it, as its process does.
 fn health_targets(
+    runtime: &dyn Runtime,
     handles: &BTreeMap<ReplicaId, WorkloadHandle>,
     view: &NodeView,
     observed: &[ObservedWorkload],
@@ -367,7 +385,7 @@ fn health_targets(
             let record = handles.get(&workload.replica).map(WorkloadHandle::record);
             let working_dir = match &spec.workload {
                 Workload::Process(_) => record.map(|r| r.working_dir.clone()),
-                // Exec probes in containers come with the container runtime.
+                // Inside the container: its own working directory.
                 Workload::Image(_) => None,
             };
             Some(HealthTarget {
@@ -379,8 +397,25 @@ fn health_targets(
                     env: spec.env.clone(),
                     working_dir,
                     credentials: record.and_then(|r| r.credentials.clone()),
+                    container: record.and_then(|r| runtime.exec_target(r)),
                 },
             })
         })
         .collect()
+}
+
+/// When `replica`'s run of `record` was first seen exited, noted now if this is the first
+/// time: the planner sees one exit time per run.
+fn first_seen_exit(
+    exits: &mut BTreeMap<ReplicaId, (u64, u64)>,
+    replica: &ReplicaId,
+    record: &WorkloadRecord,
+) -> u64 {
+    let seen = exits
+        .entry(replica.clone())
+        .or_insert((record.started_at_ms, unix_now_ms()));
+    if seen.0 != record.started_at_ms {
+        *seen = (record.started_at_ms, unix_now_ms());
+    }
+    seen.1
 }

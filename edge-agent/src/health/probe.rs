@@ -17,6 +17,7 @@ use warren_api::format_duration_ms;
 use warren_api::service::Probe;
 
 use crate::runtime::Credentials;
+use crate::runtime::containerd::{ContainerExec, ExecError, exec_in_container};
 use crate::runtime::privileges::{self, ChildSetup};
 use crate::runtime::process::DEFAULT_PATH;
 
@@ -55,6 +56,9 @@ pub struct ExecContext {
     /// a file the workload can write) never runs with more than the workload has. `None`: as
     /// the agent, for a workload an older agent started as itself.
     pub credentials: Option<Credentials>,
+    /// The container to run it in, as the container's process runs (its user, environment
+    /// and working directory; the fields above are then unused). `None`: on the host.
+    pub container: Option<ContainerExec>,
 }
 
 /// Runs `probe` once, bounded by `timeout`.
@@ -145,6 +149,9 @@ pub async fn run_exec(argv: &[String], exec: &ExecContext, timeout: Duration) ->
     let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
         return ProbeOutcome::fail("exec: empty command");
     };
+    if let Some(container) = &exec.container {
+        return run_in_container(program, argv, container, timeout).await;
+    }
     let mut command = tokio::process::Command::new(program);
     command
         .args(&argv[1..])
@@ -196,6 +203,44 @@ pub async fn run_exec(argv: &[String], exec: &ExecContext, timeout: Duration) ->
                 format_duration_ms(millis(timeout))
             ))
         }
+    }
+}
+
+/// Runs `argv` inside `container` (containerd's task exec); exit status 0 passes. At the
+/// timeout the exec process is killed; the whole call is bounded by the timeout plus
+/// [`REAP_TIMEOUT`].
+async fn run_in_container(
+    program: &str,
+    argv: &[String],
+    container: &ContainerExec,
+    timeout: Duration,
+) -> ProbeOutcome {
+    // The command's own timeout bounds only its run; a containerd that does not answer is
+    // bounded here, with the time a killed command gets to go.
+    let bounded = tokio::time::timeout(
+        timeout + REAP_TIMEOUT,
+        exec_in_container(container, argv, timeout),
+    );
+    let Ok(ran) = bounded.await else {
+        return ProbeOutcome::fail(format!(
+            "exec {program} in the container: containerd did not answer within {}",
+            format_duration_ms(millis(timeout + REAP_TIMEOUT))
+        ));
+    };
+    match ran {
+        Ok(exit) if exit.status == 0 => ProbeOutcome::Pass,
+        Ok(exit) => {
+            let how = format!("exit code {}", exit.status);
+            match first_line(&exit.output) {
+                Some(line) => ProbeOutcome::fail(format!("exec {program}: {how}: {line}")),
+                None => ProbeOutcome::fail(format!("exec {program}: {how}")),
+            }
+        }
+        Err(ExecError::TimedOut) => ProbeOutcome::fail(format!(
+            "exec {program}: killed after its timeout of {}",
+            format_duration_ms(millis(timeout))
+        )),
+        Err(e) => ProbeOutcome::fail(format!("exec {program} in the container: {e}")),
     }
 }
 

@@ -13,8 +13,12 @@
 //! `secrets/`, bind-mounted read-only at `/run/secrets`.
 //!
 //! - `client`: the connection, namespace and leases.
+//! - `exec`: running an exec health check inside a replica's container.
 //! - `layout`: importing an OCI image-layout tarball (`warren image load`).
+//! - `oom`: whether the kernel's OOM killer ended a container, from its memory cgroup.
 //! - `options`: [`ContainerdOptions`].
+//! - `registry_auth`: the `user:password` of a service's registry-auth secret, and what a
+//!   registry's refusal means.
 //! - `resolve`: finding a replica's image in the store, or pulling it in the background.
 //! - `image`: names, manifests and configs; unpacking layers into snapshots.
 //! - `pull`: pulling an image from an OCI registry, in the background of the start that
@@ -26,10 +30,13 @@
 //! the recorded one; touch containers outside its namespace.
 
 mod client;
+mod exec;
 mod image;
 mod layout;
+mod oom;
 mod options;
 mod pull;
+mod registry_auth;
 mod resolve;
 mod spec;
 mod task;
@@ -48,10 +55,12 @@ use tokio::sync::OnceCell;
 use warren_api::ids::ReplicaId;
 
 pub use self::client::{Connection, ContainerdError};
+pub use self::exec::{ContainerExec, ExecError, ExecExit, exec_in_container};
 pub use self::image::{ImageError, normalize_reference};
 pub use self::layout::{ImportError, ImportedImage, import_layout};
 pub use self::options::ContainerdOptions;
 pub use self::pull::{PullError, PullProgress, pull};
+pub use self::registry_auth::RegistryCredentials;
 pub use self::spec::{CGROUP_PARENT, SECRETS_MOUNT};
 use self::task::TaskState;
 use super::dirs::{Layout, SECRETS_DIR};
@@ -68,6 +77,10 @@ pub const DEFAULT_NAMESPACE: &str = "warren";
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 /// Label holding the spec hash a container was made from.
 pub const WORKLOAD_HASH_LABEL: &str = "warren.workload_hash";
+
+/// The file in a replica's directory an exec health check's output goes to, for the reason
+/// it failed.
+const HEALTH_EXEC_LOG: &str = "health-exec.log";
 
 /// The overflow user and group: who a root container's exec health checks run as.
 const NOBODY: u32 = 65_534;
@@ -196,7 +209,9 @@ impl ContainerdRuntime {
         if running.is_none() {
             task::remove_all(conn, &self.options.snapshotter, &id).await?;
         }
-        let image = self.resolve_image(conn, reference).await?;
+        let image = self
+            .resolve_image(conn, reference, request.registry_auth.as_ref())
+            .await?;
         let process = spec::container_process(request, &image.config.config)?;
         let stdout_log = self.replica_dir(&request.replica).join(logs::STDOUT_LOG);
         if let Some(pid) = running {
@@ -284,9 +299,9 @@ impl ContainerdRuntime {
         log: PathBuf,
         (uid, gid): (u32, u32),
     ) -> WorkloadRecord {
-        // Exec health checks still run on the host, not in the container: they run as the
-        // container's user with no capability, and as nobody for a container running as its
-        // own root, never as the agent.
+        // Exec health checks run inside the container (`exec_target`); these credentials
+        // describe the container's user, and are what a check would run as on the host (with
+        // no capability, as nobody for a container running as its own root), never the agent.
         let (uid, gid) = if uid == 0 {
             (NOBODY, NOBODY)
         } else {
@@ -329,10 +344,12 @@ impl ContainerdRuntime {
         Ok(match task::state(conn, id).await? {
             TaskState::Running { pid: now } if now == *pid => RuntimeObservation::Running,
             TaskState::Exited { pid: now, status } if now == *pid => {
-                if self.oom_killed(&record.replica) {
-                    tracing::warn!(replica = %record.replica, "container was killed for exceeding its memory limit");
+                match self.oom_kill(&record.replica, status) {
+                    Some(kill) => RuntimeObservation::OomKilled {
+                        memory_limit_bytes: kill.memory_limit_bytes,
+                    },
+                    None => exit_observation(status),
                 }
-                exit_observation(status)
             }
             TaskState::Running { .. } | TaskState::Exited { .. } => RuntimeObservation::Gone,
             TaskState::NoTask if task::container_exists(conn, id).await? => {
@@ -345,20 +362,15 @@ impl ContainerdRuntime {
         })
     }
 
-    /// Whether the kernel's OOM killer struck in the replica's memory cgroup (which runc
-    /// keeps until the task is deleted).
-    pub fn oom_killed(&self, replica: &ReplicaId) -> bool {
-        let path = self
-            .options
-            .cgroup_root
-            .join("memory")
-            .join(CGROUP_PARENT)
-            .join(replica.to_string())
-            .join("memory.oom_control");
-        std::fs::read_to_string(path).is_ok_and(|text| {
-            text.lines()
-                .any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"))
-        })
+    /// The OOM kill that ended the replica's task, which exited with `status`: a SIGKILL
+    /// (as runc reports it) in a memory cgroup (which runc keeps until the task is deleted)
+    /// whose OOM killer struck. A task that outlived the kill of one of its processes exits
+    /// on its own terms and is not an OOM kill.
+    fn oom_kill(&self, replica: &ReplicaId, status: u32) -> Option<oom::OomKill> {
+        if status != 128 + SIGKILL {
+            return None;
+        }
+        oom::find(&self.options.cgroup_root, &replica.to_string())
     }
 
     async fn stop_now(
@@ -578,6 +590,18 @@ impl Runtime for ContainerdRuntime {
 
     fn wipe_secrets(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move { self.wipe_secrets_now() })
+    }
+
+    fn exec_target(&self, record: &WorkloadRecord) -> Option<ContainerExec> {
+        let Instance::Container { id, .. } = &record.instance else {
+            return None;
+        };
+        Some(ContainerExec {
+            socket: self.options.socket.clone(),
+            namespace: self.options.namespace.clone(),
+            container_id: id.clone(),
+            output: self.replica_dir(&record.replica).join(HEALTH_EXEC_LOG),
+        })
     }
 
     fn rotate_logs(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {

@@ -157,6 +157,13 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// # Cancel safety
     /// Safe: the work runs on a blocking thread and finishes even if the future is dropped.
     fn rotate_logs(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>>;
+
+    /// Where the workload's exec health checks run when not on the host: inside its
+    /// container. `None` (the default): on the host, as the workload's user.
+    fn exec_target(&self, record: &WorkloadRecord) -> Option<containerd::ContainerExec> {
+        let _ = record;
+        None
+    }
 }
 
 /// Everything a runtime needs to start one replica.
@@ -190,6 +197,44 @@ pub struct WorkloadRequest {
     pub memory_bytes: Option<u64>,
     /// CPU limit in thousandths of a core.
     pub cpu_millis: Option<u32>,
+    /// The secret the image is pulled with, when the spec names one. Never logged.
+    pub registry_auth: Option<RegistryAuthSecret>,
+}
+
+/// The secret holding a service's registry credentials (see
+/// [`warren_api::service::REGISTRY_AUTH_TARGET`]): its name, to say which one is wrong, and
+/// its plaintext. `Debug` shows the name only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuthSecret {
+    /// The secret's name.
+    pub secret: String,
+    /// What it holds: `user:password`.
+    pub plaintext: Vec<u8>,
+}
+
+impl fmt::Debug for RegistryAuthSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuthSecret")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes the registry credentials out of a spec's opened secrets, `(target, plaintext)` in
+/// the order of `spec.secrets`: they are for the pull, never a file the workload sees.
+pub fn take_registry_auth(
+    spec: &ServiceSpec,
+    secrets: &mut Vec<(String, Vec<u8>)>,
+) -> Option<RegistryAuthSecret> {
+    let reference = spec.secrets.iter().find(|s| s.is_registry_auth())?;
+    let idx = secrets
+        .iter()
+        .position(|(target, _)| *target == reference.target)?;
+    let (_, plaintext) = secrets.remove(idx);
+    Some(RegistryAuthSecret {
+        secret: reference.name.clone(),
+        plaintext,
+    })
 }
 
 impl fmt::Debug for WorkloadRequest {
@@ -213,19 +258,22 @@ impl fmt::Debug for WorkloadRequest {
             .field("secrets", &secrets)
             .field("memory_bytes", &self.memory_bytes)
             .field("cpu_millis", &self.cpu_millis)
+            .field("registry_auth", &self.registry_auth)
             .finish()
     }
 }
 
 impl WorkloadRequest {
     /// The request for `replica` of service `spec` (a process or an image), with the
-    /// plaintext of the secrets it references. Which runtime can run it is the runtime's to
-    /// say: the process runtime refuses images.
+    /// plaintext of the secrets it references (registry credentials among them go to
+    /// `registry_auth`, not to the files). Which runtime can run it is the runtime's to say:
+    /// the process runtime refuses images.
     pub fn for_spec(
         replica: ReplicaId,
         spec: &ServiceSpec,
-        secrets: Vec<(String, Vec<u8>)>,
+        mut secrets: Vec<(String, Vec<u8>)>,
     ) -> Self {
+        let registry_auth = take_registry_auth(spec, &mut secrets);
         let (image, argv, working_dir) = match &spec.workload {
             Workload::Process(process) => (
                 None,
@@ -247,6 +295,7 @@ impl WorkloadRequest {
             secrets,
             memory_bytes: spec.resources.memory_bytes,
             cpu_millis: spec.resources.cpu_millis,
+            registry_auth,
         }
     }
 }
@@ -347,6 +396,31 @@ pub enum RuntimeObservation {
     /// No trace of it: a record from an earlier boot, or its pid now belongs to another
     /// process.
     Gone,
+    /// Has exited because the kernel's OOM killer ended it for exceeding its memory limit.
+    OomKilled {
+        /// The limit it ran under, when the runtime can still read it.
+        memory_limit_bytes: Option<u64>,
+    },
+}
+
+impl RuntimeObservation {
+    /// Whether the workload has ended, by an exit of its own or by the OOM killer.
+    pub fn has_exited(self) -> bool {
+        matches!(
+            self,
+            RuntimeObservation::Exited { .. } | RuntimeObservation::OomKilled { .. }
+        )
+    }
+}
+
+/// `OOM-killed (memory limit 64 MiB)`: how people are told the OOM killer ended a workload.
+pub fn describe_oom_kill(memory_limit_bytes: Option<u64>) -> String {
+    const MIB: u64 = 1 << 20;
+    match memory_limit_bytes {
+        Some(bytes) if bytes % MIB == 0 => format!("OOM-killed (memory limit {} MiB)", bytes / MIB),
+        Some(bytes) => format!("OOM-killed (memory limit {bytes} bytes)"),
+        None => "OOM-killed (memory limit reached)".to_owned(),
+    }
 }
 
 /// How [`Runtime::stop`] ended the workload.
@@ -562,6 +636,40 @@ mod tests {
         let request = WorkloadRequest::for_spec(replica(), &image, vec![]);
         assert_eq!(request.image.as_deref(), Some("nginx:1"));
         assert!(request.argv.is_empty());
+        assert_eq!(request.registry_auth, None);
+    }
+
+    /// Registry credentials go to the pull, not to a file, and are never shown.
+    #[test]
+    fn registry_auth_is_taken_out_of_the_files() {
+        let mut spec = ServiceSpec::new(
+            ServiceName::new("web").unwrap(),
+            Workload::Image(ImageSpec {
+                reference: "registry.example/app:1".to_owned(),
+                args: vec![],
+            }),
+        );
+        spec.secrets = vec![
+            warren_api::SecretRef::new("token"),
+            warren_api::SecretRef::registry_auth("regcred"),
+        ];
+        let secrets = vec![
+            ("token".to_owned(), b"t".to_vec()),
+            (
+                warren_api::service::REGISTRY_AUTH_TARGET.to_owned(),
+                b"puller:pa55".to_vec(),
+            ),
+        ];
+        let request = WorkloadRequest::for_spec(replica(), &spec, secrets);
+        assert_eq!(request.secrets, [("token".to_owned(), b"t".to_vec())]);
+        let auth = request.registry_auth.as_ref().expect("registry auth");
+        assert_eq!(auth.secret, "regcred");
+        assert_eq!(auth.plaintext, b"puller:pa55");
+        let debug = format!("{request:?}");
+        assert!(
+            debug.contains("regcred") && !debug.contains("pa55"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Reconciler {
         self.handles.remove(replica);
         self.exits.remove(replica);
         self.start_errors.remove(replica);
+        self.oom_kills.remove(replica);
         self.secrets.forget(replica);
         self.remove_key(&record_key(replica));
         self.flush().await;

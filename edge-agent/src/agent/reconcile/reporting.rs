@@ -46,7 +46,10 @@ impl Reconciler {
                     TaskState::Running | TaskState::Starting => None,
                     _ => last_exit.map(|exit| match self.start_errors.get(&replica) {
                         Some(error) if exit.start_failed => format!("could not start: {error}"),
-                        _ => exit.describe(),
+                        _ => match self.oom_kills.get(&replica) {
+                            Some((at_ms, message)) if *at_ms == exit.at_ms => message.clone(),
+                            _ => exit.describe(),
+                        },
                     }),
                 },
                 updated_at_ms: now,

@@ -5,7 +5,8 @@
 //! (never a whole layer in memory); containerd checks each digest on commit. Blobs the store
 //! has already are not fetched again. Loopback registries (`localhost…`, `127.…`) are spoken
 //! to over plain HTTP, every other one over HTTPS; pulls are anonymous (a registry's bearer
-//! token dance included) for now.
+//! token dance included) unless the service names registry credentials, which go as HTTP
+//! Basic (or into the bearer-token request, as the registry asks).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use super::image::{
     ImageError, Index, JsonDescriptor, MAX_METADATA_BYTES, Manifest, pick_platform, resolve, unpack,
 };
 use super::layout::{BlobWrite, ImportedImage, label_children, put_image};
+use super::registry_auth::{RegistryCredentials, is_refusal};
 
 /// Bytes sent per content `Write` message.
 const CHUNK_BYTES: usize = 1024 * 1024;
@@ -66,6 +68,22 @@ pub enum PullError {
     /// The registry refused or could not be reached.
     #[error("registry: {0}")]
     Registry(#[from] oci_client::errors::OciDistributionError),
+    /// The registry refused an anonymous pull.
+    #[error(
+        "the registry {registry} needs credentials: name a secret holding user:password with --registry-auth"
+    )]
+    NeedsCredentials {
+        /// The registry's host.
+        registry: String,
+    },
+    /// The registry refused the credentials given.
+    #[error("the registry {registry} refused the credentials in secret {secret}")]
+    CredentialsRefused {
+        /// The registry's host.
+        registry: String,
+        /// The secret they came from.
+        secret: String,
+    },
     /// A manifest is not what it says it is.
     #[error("{digest}: {reason}")]
     Malformed {
@@ -82,7 +100,8 @@ pub enum PullError {
     Image(#[from] ImageError),
 }
 
-/// Pulls `name` (a normalized reference) into the store and unpacks it into `snapshotter`.
+/// Pulls `name` (a normalized reference) into the store and unpacks it into `snapshotter`,
+/// with `credentials` when given, else anonymously.
 ///
 /// # Errors
 /// [`PullError`].
@@ -90,28 +109,40 @@ pub async fn pull(
     conn: &Connection,
     snapshotter: &str,
     name: &str,
+    credentials: Option<&RegistryCredentials>,
     progress: &PullProgress,
 ) -> Result<ImportedImage, PullError> {
     let reference: Reference = name
         .parse()
         .map_err(|e: oci_client::ParseError| PullError::Reference(format!("{name}: {e}")))?;
     let lease = conn.lease("pull").await?;
-    let result = pull_under(conn, snapshotter, name, &reference, progress, &lease).await;
+    let source = Source {
+        reference: &reference,
+        credentials,
+    };
+    let result = pull_under(conn, snapshotter, name, &source, progress, &lease).await;
     conn.release(lease).await;
     result
+}
+
+/// Where a pull reads from: the reference and the credentials for its registry.
+struct Source<'a> {
+    reference: &'a Reference,
+    credentials: Option<&'a RegistryCredentials>,
 }
 
 async fn pull_under(
     conn: &Connection,
     snapshotter: &str,
     name: &str,
-    reference: &Reference,
+    source: &Source<'_>,
     progress: &PullProgress,
     lease: &Lease,
 ) -> Result<ImportedImage, PullError> {
+    let reference = source.reference;
     let client = registry_client(reference);
     let mut small = HashMap::new();
-    let top = fetch_manifest(conn, &client, reference, lease, &mut small).await?;
+    let top = fetch_manifest(conn, &client, source, lease, &mut small).await?;
     let mut manifest_descriptor = top.clone();
     if let Ok(index) = serde_json::from_slice::<Index>(&small[&top.digest])
         && !index.manifests.is_empty()
@@ -121,6 +152,10 @@ async fn pull_under(
             reason: format!("no manifest for linux/{}", super::image::oci_arch()),
         })?;
         let by_digest = reference.clone_with_digest(manifest_descriptor.digest.clone());
+        let by_digest = Source {
+            reference: &by_digest,
+            credentials: source.credentials,
+        };
         fetch_manifest(conn, &client, &by_digest, lease, &mut small).await?;
     }
     let manifest: Manifest =
@@ -174,16 +209,22 @@ fn registry_client(reference: &Reference) -> Client {
 }
 
 /// Fetches the manifest (or index) `reference` names, stores it and keeps its bytes.
+/// The client keeps the registry's answer to these credentials (a Basic header or a bearer
+/// token) for the blob requests that follow.
 async fn fetch_manifest(
     conn: &Connection,
     client: &Client,
-    reference: &Reference,
+    source: &Source<'_>,
     lease: &Lease,
     small: &mut HashMap<String, Vec<u8>>,
 ) -> Result<JsonDescriptor, PullError> {
+    let auth = source
+        .credentials
+        .map_or(RegistryAuth::Anonymous, RegistryCredentials::to_oci);
     let (bytes, digest) = client
-        .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &MANIFEST_TYPES)
-        .await?;
+        .pull_manifest_raw(source.reference, &auth, &MANIFEST_TYPES)
+        .await
+        .map_err(|e| refusal_or(e, source))?;
     if bytes.len() > MAX_METADATA_BYTES {
         return Err(PullError::Malformed {
             digest,
@@ -202,6 +243,21 @@ async fn fetch_manifest(
         annotations: HashMap::new(),
         platform: None,
     })
+}
+
+/// A refusal as what it means for these credentials; any other error as it is.
+fn refusal_or(error: oci_client::errors::OciDistributionError, source: &Source<'_>) -> PullError {
+    if !is_refusal(&error) {
+        return error.into();
+    }
+    let registry = source.reference.resolve_registry().to_owned();
+    match source.credentials {
+        None => PullError::NeedsCredentials { registry },
+        Some(credentials) => PullError::CredentialsRefused {
+            registry,
+            secret: credentials.secret().to_owned(),
+        },
+    }
 }
 
 /// The `mediaType` a manifest names, else what its shape says it is.
@@ -278,14 +334,19 @@ pub(crate) struct PullJob {
 }
 
 impl PullJob {
-    /// Starts pulling `name` in the background.
-    pub(crate) fn spawn(conn: Connection, snapshotter: String, name: String) -> Self {
+    /// Starts pulling `name` in the background, with `credentials` when given.
+    pub(crate) fn spawn(
+        conn: Connection,
+        snapshotter: String,
+        name: String,
+        credentials: Option<RegistryCredentials>,
+    ) -> Self {
         let progress = Arc::new(PullProgress::default());
         let task = tokio::spawn({
             let progress = Arc::clone(&progress);
             async move {
                 tracing::info!(image = name, "pulling image");
-                pull(&conn, &snapshotter, &name, &progress)
+                pull(&conn, &snapshotter, &name, credentials.as_ref(), &progress)
                     .await
                     .map_err(|e| {
                         tracing::warn!(image = name, error = %e, "cannot pull image");

@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 
 use super::image::{self, ImageError, normalize_reference};
-use super::{Connection, ContainerdRuntime, pull};
-use crate::runtime::RuntimeError;
+use super::{Connection, ContainerdRuntime, RegistryCredentials, pull};
+use crate::runtime::{RegistryAuthSecret, RuntimeError};
 
 impl ContainerdRuntime {
     pub(super) async fn resolve_image(
         &self,
         conn: &Connection,
         reference: &str,
+        registry_auth: Option<&RegistryAuthSecret>,
     ) -> Result<image::ResolvedImage, RuntimeError> {
         let name = normalize_reference(reference);
         let unavailable = |reason: String| RuntimeError::ImageUnavailable {
@@ -25,7 +26,7 @@ impl ContainerdRuntime {
                 Ok(true) => image::resolve(conn, &name)
                     .await
                     .map_err(|e| unavailable(e.to_string())),
-                Ok(false) => Err(unavailable(self.pull_state(conn, &name))),
+                Ok(false) => Err(unavailable(self.pull_state(conn, &name, registry_auth))),
                 Err(why) => Err(unavailable(why)),
             },
             Err(ImageError::Containerd(e)) => Err(e.into()),
@@ -54,8 +55,15 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Starts pulling `name` unless a pull runs; says how far it is.
-    fn pull_state(&self, conn: &Connection, name: &str) -> String {
+    /// Starts pulling `name` (with the credentials in `registry_auth` when given) unless a
+    /// pull runs; says how far it is. Credentials are read only here: a box that has the
+    /// image runs it whatever the secret holds.
+    fn pull_state(
+        &self,
+        conn: &Connection,
+        name: &str,
+        registry_auth: Option<&RegistryAuthSecret>,
+    ) -> String {
         let namespace = &self.options.namespace;
         if !self.options.pull {
             return format!(
@@ -66,10 +74,17 @@ impl ContainerdRuntime {
         if let Some(job) = pulls.get(name) {
             return format!("pulling {name}: {}", job.progress.describe());
         }
+        let credentials = match registry_auth.map(RegistryCredentials::parse).transpose() {
+            Ok(credentials) => credentials,
+            Err(reason) => {
+                return format!("{name} is not in this box's containerd store; {reason}");
+            }
+        };
         let job = pull::PullJob::spawn(
             conn.clone(),
             self.options.snapshotter.clone(),
             name.to_owned(),
+            credentials,
         );
         pulls.insert(name.to_owned(), job);
         format!("{name} is not in this box's containerd store (namespace {namespace}); pulling it")

@@ -235,6 +235,7 @@ mod tests {
             secrets: vec![("token".to_owned(), b"x".to_vec())],
             memory_bytes: Some(32 << 20),
             cpu_millis: Some(500),
+            registry_auth: None,
         }
     }
 

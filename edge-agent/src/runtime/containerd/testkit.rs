@@ -273,17 +273,56 @@ impl Registry {
         (!found).then(|| "docker-registry is not installed (Debian: docker-registry)".to_owned())
     }
 
+    /// Why this host cannot run a registry with password authentication, if it cannot.
+    pub fn missing_htpasswd() -> Option<String> {
+        Self::missing().or_else(|| {
+            let found = std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| dir.join("htpasswd").is_file())
+            });
+            (!found).then(|| "htpasswd is not installed (Debian: apache2-utils)".to_owned())
+        })
+    }
+
     /// Starts a registry storing under `dir` on a free 127.0.0.1 port and waits for it.
     ///
     /// # Errors
     /// Writing its config, spawning it, or no answer within [`STARTUP_WAIT`].
     pub fn start(dir: &Path) -> io::Result<Self> {
+        Self::start_with(dir, None)
+    }
+
+    /// As [`Registry::start`], answering only requests with HTTP Basic `user:password`
+    /// (distribution's `htpasswd` auth; the file is made with `htpasswd -B`, the bcrypt it
+    /// requires).
+    ///
+    /// # Errors
+    /// As [`Registry::start`], or `htpasswd` failing.
+    pub fn start_with_password(dir: &Path, user: &str, password: &str) -> io::Result<Self> {
+        Self::start_with(dir, Some((user, password)))
+    }
+
+    fn start_with(dir: &Path, login: Option<(&str, &str)>) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             dir.join("data").display()
         );
+        if let Some((user, password)) = login {
+            let made = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !made.status.success() {
+                return Err(io::Error::other(format!("htpasswd: {}", made.status)));
+            }
+            let path = dir.join("htpasswd");
+            fs::write(&path, made.stdout)?;
+            config += &format!(
+                "auth:\n  htpasswd:\n    realm: warren-test\n    path: {}\n",
+                path.display()
+            );
+        }
         let config_path = dir.join("config.yml");
         fs::write(&config_path, config)?;
         let log = fs::File::create(dir.join("registry.log"))?;
@@ -321,6 +360,41 @@ impl Drop for Registry {
     }
 }
 
+/// Pushes the busybox image to `reference` on a loopback (plain HTTP) registry, as
+/// `docker push` would, logged in as `(user, password)` when given.
+///
+/// # Errors
+/// Building the image, or the registry refusing.
+pub async fn push_busybox_as(reference: &str, login: Option<(&str, &str)>) -> io::Result<()> {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::secrets::RegistryAuth;
+    warren_transport::install_crypto_provider();
+    let (layer, config) = busybox_image()?;
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let layers = [ImageLayer::new(
+        layer,
+        "application/vnd.oci.image.layer.v1.tar".to_owned(),
+        None,
+    )];
+    let config = Config::new(
+        config,
+        "application/vnd.oci.image.config.v1+json".to_owned(),
+        None,
+    );
+    let reference: oci_client::Reference = reference.parse().map_err(io::Error::other)?;
+    let auth = login.map_or(RegistryAuth::Anonymous, |(user, password)| {
+        RegistryAuth::Basic(user.to_owned(), password.to_owned())
+    });
+    client
+        .push(&reference, &layers, config, &auth, None)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(())
+}
+
 /// The layer: `bin/busybox` and its applet links.
 fn busybox_layer() -> io::Result<Vec<u8>> {
     let busybox = fs::read(BUSYBOX)?;
@@ -334,7 +408,7 @@ fn busybox_layer() -> io::Result<Vec<u8>> {
     }
     append(&mut layer, "bin/busybox", &busybox, 0o755)?;
     for applet in [
-        "sh", "echo", "sleep", "cat", "dd", "ls", "id", "env", "true",
+        "sh", "echo", "sleep", "cat", "dd", "ls", "id", "env", "true", "test", "touch",
     ] {
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(tar::EntryType::Symlink);

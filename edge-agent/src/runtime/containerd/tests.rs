@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use warren_api::ids::{ReplicaId, ServiceName};
 
-use super::testkit::{Containerd, Registry, busybox_image, skip, write_busybox_layout};
+use super::testkit::{Containerd, Registry, push_busybox_as, skip, write_busybox_layout};
 use super::*;
+use crate::health::probe::ProbeOutcome;
 
 const IMAGE: &str = "warren.test/busybox:1";
 
@@ -75,6 +76,7 @@ fn request(service: &str, script: &str) -> WorkloadRequest {
         secrets: vec![],
         memory_bytes: None,
         cpu_millis: None,
+        registry_auth: None,
     }
 }
 
@@ -293,25 +295,59 @@ async fn killed_task_is_observed_and_restartable() {
     fx.runtime.cleanup(&request.replica).await.expect("cleanup");
 }
 
-/// A 32 MB memory limit: a process that allocates 100 MB is OOM-killed, and the runtime
-/// reports the kill and that the OOM killer did it.
+/// A 16 MiB memory limit: a process that allocates 64 MiB is OOM-killed, and the runtime
+/// reports an OOM kill under that limit, not a mere SIGKILL.
 #[tokio::test]
 async fn memory_limit_oom_kills() {
     let Some(fx) = Fixture::new("memory_limit_oom_kills").await else {
         return;
     };
-    // dd allocates its whole 100 MB block before reading.
+    // dd allocates its whole 64 MiB block before reading.
     let mut request = request("ctr-oom", "");
-    request.argv = ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"]
+    request.argv = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
         .map(str::to_owned)
         .to_vec();
-    request.memory_bytes = Some(32 << 20);
+    request.memory_bytes = Some(16 << 20);
     let handle = fx.runtime.start(&request).await.expect("start");
     let exited = wait_until(Duration::from_secs(10), async || {
-        matches!(
-            fx.runtime.observe(&handle).await,
-            Ok(RuntimeObservation::Exited { .. })
-        )
+        fx.runtime
+            .observe(&handle)
+            .await
+            .is_ok_and(RuntimeObservation::has_exited)
+    })
+    .await;
+    assert!(exited);
+    let observed = fx.runtime.observe(&handle).await.expect("observe");
+    assert_eq!(
+        observed,
+        RuntimeObservation::OomKilled {
+            memory_limit_bytes: Some(16 << 20)
+        }
+    );
+    assert_eq!(
+        crate::runtime::describe_oom_kill(Some(16 << 20)),
+        "OOM-killed (memory limit 16 MiB)"
+    );
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+}
+
+/// A container killed by SIGKILL without memory trouble is not an OOM kill.
+#[tokio::test]
+async fn sigkill_without_oom_is_not_an_oom_kill() {
+    let Some(fx) = Fixture::new("sigkill_without_oom_is_not_an_oom_kill").await else {
+        return;
+    };
+    let mut request = request("ctr-kill9", "while true; do sleep 1; done");
+    request.memory_bytes = Some(16 << 20);
+    let handle = fx.runtime.start(&request).await.expect("start");
+    let id = request.replica.to_string();
+    let conn = fx.runtime.connection().await.expect("connect");
+    task::kill(conn, &id, SIGKILL).await.expect("kill");
+    let exited = wait_until(Duration::from_secs(10), async || {
+        fx.runtime
+            .observe(&handle)
+            .await
+            .is_ok_and(RuntimeObservation::has_exited)
     })
     .await;
     assert!(exited);
@@ -323,7 +359,6 @@ async fn memory_limit_oom_kills() {
             signal: Some(9)
         }
     );
-    assert!(fx.runtime.oom_killed(&request.replica));
     fx.runtime.cleanup(&request.replica).await.expect("cleanup");
 }
 
@@ -363,34 +398,20 @@ async fn missing_image_is_unavailable_and_retryable() {
 
 /// Pushes the busybox image to `reference` on a loopback registry, as `docker push` would.
 async fn push_busybox(reference: &str) {
-    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-    warren_transport::install_crypto_provider();
-    let (layer, config) = busybox_image().expect("busybox image");
-    let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..ClientConfig::default()
-    });
-    let layers = [ImageLayer::new(
-        layer,
-        "application/vnd.oci.image.layer.v1.tar".to_owned(),
-        None,
-    )];
-    let config = Config::new(
-        config,
-        "application/vnd.oci.image.config.v1+json".to_owned(),
-        None,
-    );
-    let reference: oci_client::Reference = reference.parse().expect("reference");
-    let auth = oci_client::secrets::RegistryAuth::Anonymous;
-    client
-        .push(&reference, &layers, config, &auth, None)
+    push_busybox_as(reference, None)
         .await
         .expect("push busybox");
 }
 
 /// Whether the registry tests may run; prints why not (fails under `CI=true`).
 fn registry_available(test: &str) -> bool {
-    let Some(reason) = Registry::missing() else {
+    prerequisite(test, Registry::missing())
+}
+
+/// Whether a test may run without the prerequisite `missing` says is missing, if any; prints
+/// why not (fails under `CI=true`).
+fn prerequisite(test: &str, missing: Option<String>) -> bool {
+    let Some(reason) = missing else {
         return true;
     };
     assert!(
@@ -505,5 +526,189 @@ async fn containerd_restart_keeps_the_container_and_the_connection() {
         .await
         .expect("stop");
     assert_eq!(outcome, StopOutcome::Terminated);
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+}
+
+/// The starts of `request` until one runs or fails other than "pulling": its error.
+async fn start_until_pulled(
+    fx: &Fixture,
+    request: &WorkloadRequest,
+) -> Result<WorkloadHandle, RuntimeError> {
+    let began = Instant::now();
+    loop {
+        match fx.runtime.start(request).await {
+            Err(RuntimeError::ImageUnavailable { reason, .. })
+                if reason.contains("pulling") && !reason.contains("failed") =>
+            {
+                assert!(
+                    began.elapsed() < Duration::from_secs(30),
+                    "still pulling: {reason}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A registry that wants a password: a pull without credentials says it needs them, one
+/// with wrong ones names the secret they came from, a secret that is not `user:password` is
+/// refused before any pull, and the right ones pull the image, which runs.
+#[tokio::test]
+async fn registry_credentials_come_from_a_secret() {
+    let test = "registry_credentials_come_from_a_secret";
+    let Some(mut fx) = Fixture::new(test).await else {
+        return;
+    };
+    if !prerequisite(test, Registry::missing_htpasswd()) {
+        return;
+    }
+    let dir = fx.root.with_file_name("registry");
+    let registry = Registry::start_with_password(&dir, "puller", "pa55").expect("registry");
+    let reference = format!("{}/warren/busybox:1", registry.addr());
+    push_busybox_as(&reference, Some(("puller", "pa55")))
+        .await
+        .expect("push busybox");
+    fx.options.pull = true;
+    fx.runtime = ContainerdRuntime::new(fx.root.clone(), fx.options.clone()).expect("runtime");
+    let mut request = request("ctr-auth", "");
+    request.image = Some(reference.clone());
+    request.argv = vec![];
+    let secret = |plaintext: &[u8]| {
+        Some(crate::runtime::RegistryAuthSecret {
+            secret: "regcred".to_owned(),
+            plaintext: plaintext.to_vec(),
+        })
+    };
+
+    let err = start_until_pulled(&fx, &request)
+        .await
+        .expect_err("anonymous");
+    let message = err.to_string();
+    assert!(message.starts_with("image unavailable: "), "{message}");
+    assert!(message.contains("needs credentials"), "{message}");
+    assert!(err.is_retryable(), "{message}");
+
+    request.registry_auth = secret(b"puller:wrong\n");
+    let message = start_until_pulled(&fx, &request)
+        .await
+        .expect_err("wrong")
+        .to_string();
+    assert!(
+        message.contains("refused the credentials in secret regcred"),
+        "{message}"
+    );
+    assert!(!message.contains("wrong"), "{message}");
+
+    request.registry_auth = secret(b"puller");
+    let message = fx
+        .runtime
+        .start(&request)
+        .await
+        .expect_err("malformed")
+        .to_string();
+    assert!(
+        message.contains("; registry credentials in secret regcred: expected user:password;"),
+        "{message}"
+    );
+    assert!(message.starts_with("image unavailable: "), "{message}");
+
+    request.registry_auth = secret(b"puller:pa55\n");
+    let handle = start_until_pulled(&fx, &request)
+        .await
+        .expect("pulled with credentials");
+    let log = handle.record().stdout_log.clone();
+    let logged = wait_until(Duration::from_secs(5), async || {
+        read(&log).contains("busybox up")
+    })
+    .await;
+    assert!(logged, "log: {:?}", read(&log));
+    fx.runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+}
+
+/// Exec health checks run inside the container: `test -f /tmp/ready` fails until the
+/// container's own script has made the file (which the host does not have), then passes; a
+/// failing check says its exit code and first line of output; one past its timeout is killed;
+/// a command the image lacks says so. No exec process is left behind.
+#[tokio::test]
+async fn exec_checks_run_inside_the_container() {
+    let Some(fx) = Fixture::new("exec_checks_run_inside_the_container").await else {
+        return;
+    };
+    let script = "trap 'exit 0' TERM; sleep 1; touch /tmp/ready; while true; do sleep 1; done";
+    let request = request("ctr-exec", script);
+    let handle = fx.runtime.start(&request).await.expect("start");
+    let exec = crate::health::probe::ExecContext {
+        container: fx.runtime.exec_target(handle.record()),
+        ..crate::health::probe::ExecContext::default()
+    };
+    assert!(exec.container.is_some());
+    let argv = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+    let check = argv(&["test", "-f", "/tmp/ready"]);
+    let timeout = Duration::from_secs(5);
+    let run =
+        async |argv: &[String], timeout| crate::health::probe::run_exec(argv, &exec, timeout).await;
+    let began = Instant::now();
+    let first = run(&check, timeout).await;
+    eprintln!("first exec check took {:?}", began.elapsed());
+    assert_eq!(
+        first,
+        ProbeOutcome::Fail("exec test: exit code 1".to_owned())
+    );
+    let passed = wait_until(Duration::from_secs(10), async || {
+        run(&check, timeout).await == ProbeOutcome::Pass
+    })
+    .await;
+    assert!(passed, "the check never saw /tmp/ready");
+    // The image's /etc is empty; the host's has a passwd file.
+    assert!(Path::new("/etc/passwd").exists());
+    assert_eq!(
+        run(&argv(&["test", "!", "-e", "/etc/passwd"]), timeout).await,
+        ProbeOutcome::Pass
+    );
+
+    let said = run(
+        &argv(&["sh", "-c", "echo not ready yet >&2; exit 3"]),
+        timeout,
+    )
+    .await;
+    assert_eq!(
+        said,
+        ProbeOutcome::Fail("exec sh: exit code 3: not ready yet".to_owned())
+    );
+    let began = Instant::now();
+    let slow = run(&argv(&["sleep", "30"]), Duration::from_millis(500)).await;
+    assert_eq!(
+        slow,
+        ProbeOutcome::Fail("exec sleep: killed after its timeout of 500ms".to_owned())
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let missing = run(&argv(&["no-such-command"]), timeout).await;
+    let ProbeOutcome::Fail(reason) = missing else {
+        panic!("a missing command passed")
+    };
+    assert!(
+        reason.starts_with("exec no-such-command in the container: "),
+        "{reason}"
+    );
+    // The header, the script and (at times) its `sleep 1`: not the killed `sleep 30`.
+    let processes = fx.ctr(&["tasks", "ps", &request.replica.to_string()]);
+    assert!(
+        processes.lines().count() <= 3,
+        "exec processes left: {processes}"
+    );
+
+    fx.runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
     fx.runtime.cleanup(&request.replica).await.expect("cleanup");
 }
