@@ -596,13 +596,15 @@ impl SecretRef {
     }
 }
 
-/// A volume made available to the workload under the name `target`.
+/// A volume made available to the workload under the name `target`: a process finds its
+/// directory in `WARREN_VOLUME_<TARGET>` (upper-cased, other characters as `_`), a container
+/// at `/volumes/<target>` (and in the same variable). See `docs/volumes.md`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     /// The volume's name (a DNS label).
     pub volume: String,
-    /// Directory name under the replica's volumes directory; a plain name, no `/`.
+    /// The name the workload knows the mount by; a plain name, no `/`.
     pub target: String,
     /// Mount read-only.
     #[serde(default)]

@@ -98,6 +98,12 @@ pub(crate) fn build(
                 log_files_max: process.log_files_max,
                 resolv_conf: process.resolv_conf.clone(),
                 cgroup_root: process.cgroup_root.clone(),
+                volumes_dir: Some(
+                    process
+                        .volumes_dir
+                        .clone()
+                        .unwrap_or_else(|| crate::runtime::volumes::default_volumes_dir(data_dir)),
+                ),
                 ..ContainerdOptions::default()
             };
             Arc::new(ContainerdRuntime::new(root, options)?)

@@ -10,6 +10,11 @@
 //! <root>/<replica>/work/              0700 uid: the workload's own, its default working dir
 //! ```
 //!
+//! Local volumes are directories of their own (`runtime::volumes`); a workload finds each by
+//! `WARREN_VOLUME_<TARGET>`, the host path. A read-only mount is bound read-only over that
+//! path in the workload's own mount namespace, which needs root: an agent that is not root
+//! cannot enforce `read_only` for processes (it says so when such a workload starts).
+//!
 //! A workload runs as the user its spec names, or as a user of its own, with only the
 //! capabilities its spec keeps and `no_new_privs` (`credentials`, `privileges`). Workloads an
 //! older agent started keep running from `<data dir>/workloads/<replica>` (their record says
@@ -39,6 +44,7 @@ use warren_api::ids::ReplicaId;
 use super::cgroup::CgroupLayout;
 use super::credentials::AgentUser;
 use super::dirs::{Layout, SECRETS_DIR};
+use super::volumes::{self, Volumes};
 use super::working_dir::Forbidden;
 use super::{
     Instance, Runtime, RuntimeError, RuntimeFuture, RuntimeObservation, StopOutcome,
@@ -90,6 +96,10 @@ pub struct ProcessRuntimeOptions {
     /// Where replica directories go ([`ProcessRuntime::for_agent`]); `None`: beside the
     /// agent's data dir, as `<data dir>-workloads`. Never inside the data dir. Default `None`.
     pub workloads_dir: Option<PathBuf>,
+    /// Where local volumes' directories go (`runtime::volumes`); `None`: beside the agent's
+    /// data dir, as `<data dir>-volumes` (beside the workloads root for a runtime without a
+    /// data dir). Default `None`.
+    pub volumes_dir: Option<PathBuf>,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -102,6 +112,7 @@ impl Default for ProcessRuntimeOptions {
             secrets_tmpfs: true,
             resolv_conf: None,
             workloads_dir: None,
+            volumes_dir: None,
         }
     }
 }
@@ -154,6 +165,7 @@ pub fn default_workloads_dir(data_dir: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct ProcessRuntime {
     layout: Layout,
+    volumes: Volumes,
     /// Where an older agent kept replica directories (`<data dir>/workloads`).
     legacy_root: Option<PathBuf>,
     /// Where no working directory may be.
@@ -219,6 +231,11 @@ impl ProcessRuntime {
             .validate()
             .map_err(|reason| RuntimeError::InvalidOptions { reason })?;
         let agent = AgentUser::current();
+        let volumes = Volumes {
+            root: options.volumes_dir.clone().unwrap_or_else(|| {
+                volumes::default_volumes_dir(data_dir.unwrap_or(root.as_path()))
+            }),
+        };
         let layout = Layout { root };
         layout.create_root(agent.is_root())?;
         say_how_workloads_run(agent, &layout.root);
@@ -249,6 +266,7 @@ impl ProcessRuntime {
         };
         Ok(ProcessRuntime {
             layout,
+            volumes,
             legacy_root: data_dir.map(|d| d.join(LEGACY_WORKLOADS_DIR)),
             forbidden,
             options,

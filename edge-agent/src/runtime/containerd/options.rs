@@ -27,6 +27,9 @@ pub struct ContainerdOptions {
     pub cgroup_root: PathBuf,
     /// Pull an image that is not in the store from its registry. Default true.
     pub pull: bool,
+    /// Where local volumes' directories go (`runtime::volumes`); `None`: beside the runtime's
+    /// root, as `<root>-volumes` (the agent passes `<data dir>-volumes`). Default `None`.
+    pub volumes_dir: Option<PathBuf>,
 }
 
 impl Default for ContainerdOptions {
@@ -40,6 +43,7 @@ impl Default for ContainerdOptions {
             resolv_conf: None,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             pull: true,
+            volumes_dir: None,
         }
     }
 }

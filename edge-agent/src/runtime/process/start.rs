@@ -16,7 +16,7 @@ use crate::runtime::privileges::{self, ChildSetup};
 use crate::runtime::users::{GROUP_FILE, PASSWD_FILE, UserDb};
 use crate::runtime::{
     Instance, RuntimeError, WorkloadHandle, WorkloadRecord, WorkloadRequest, dirs, logs, procfs,
-    secrets, working_dir,
+    secrets, volumes, working_dir,
 };
 
 /// Where a workload's files are, decided before it is spawned.
@@ -26,6 +26,10 @@ struct Placement {
     secrets_dir: PathBuf,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
+    /// `WARREN_VOLUME_<TARGET>` → the volume's directory.
+    volume_env: std::collections::BTreeMap<String, String>,
+    /// Volume directories the workload may only read.
+    read_only_volumes: Vec<PathBuf>,
 }
 
 impl ProcessRuntime {
@@ -131,6 +135,20 @@ impl ProcessRuntime {
             let tmpfs = self.options.secrets_tmpfs;
             secrets::write(replica, &secrets_dir, &request.secrets, tmpfs, owner)?;
         }
+        let volume_dirs = self.volumes.prepare(replica, &request.volumes, owner)?;
+        let volume_env = volumes::environment(replica, &request.volumes, |mount| {
+            self.volumes.dir(&mount.volume).display().to_string()
+        })?;
+        let read_only_volumes: Vec<PathBuf> = request
+            .volumes
+            .iter()
+            .zip(volume_dirs)
+            .filter(|(mount, _)| mount.read_only)
+            .map(|(_, dir)| dir)
+            .collect();
+        if !read_only_volumes.is_empty() && !self.agent.is_root() {
+            tracing::warn!(%replica, "not root: read-only volumes are writable by this process workload");
+        }
         let replica_dir = self.replica_dir(replica);
         Ok(Placement {
             credentials,
@@ -138,6 +156,8 @@ impl ProcessRuntime {
             secrets_dir,
             stdout_log: replica_dir.join(logs::STDOUT_LOG),
             stderr_log: replica_dir.join(logs::STDERR_LOG),
+            volume_env,
+            read_only_volumes,
         })
     }
 
@@ -181,18 +201,25 @@ impl ProcessRuntime {
             .resolv_conf
             .as_deref()
             .filter(|_| self.resolv_override);
-        let setup = ChildSetup::new(&placement.credentials, resolv_conf).map_err(|e| {
-            RuntimeError::InvalidRequest {
-                replica: request.replica.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let read_only = if self.agent.is_root() {
+            placement.read_only_volumes.as_slice()
+        } else {
+            &[]
+        };
+        let setup =
+            ChildSetup::new(&placement.credentials, resolv_conf, read_only).map_err(|e| {
+                RuntimeError::InvalidRequest {
+                    replica: request.replica.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         let mut command = std::process::Command::new(&request.argv[0]);
         command
             .args(&request.argv[1..])
             .env_clear()
             .env("PATH", DEFAULT_PATH)
             .envs(&request.env)
+            .envs(&placement.volume_env)
             .current_dir(&placement.working_dir)
             .stdin(Stdio::null())
             .stdout(logs::open_append(&placement.stdout_log)?)
