@@ -9,7 +9,8 @@ use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo};
 use warren_api::routes::Route;
 use warren_api::{
     Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
-    RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError, Workload,
+    RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError,
+    VolumeMount, Workload,
 };
 
 use crate::client::{Client, ClientArgs};
@@ -71,8 +72,8 @@ pub enum ServiceCommand {
     },
     /// Change a service: the flags of `create`, applied on top of its current spec.
     ///
-    /// --env and --label add or replace single keys; --site, --constraint, --secret and --port
-    /// replace the whole list when given.
+    /// --env and --label add or replace single keys; --site, --constraint, --secret, --volume
+    /// and --port replace the whole list when given.
     #[command(after_help = "Examples:\n  \
         warren service update web --image registry.example/web:1.5\n  \
         warren service update web --env LOG=debug --env-rm OLD_FLAG\n  \
@@ -125,6 +126,11 @@ pub struct SpecFlags {
     /// Expose a secret as a file on tmpfs, named FILE or after the secret (repeatable).
     #[arg(long = "secret", value_name = "NAME[:FILE]")]
     pub secrets: Vec<String>,
+    /// Mount a local volume (repeatable): a process finds it in $WARREN_VOLUME_<TARGET>, a
+    /// container at /volumes/<TARGET>; TARGET defaults to the volume's name, `:ro` mounts it
+    /// read-only. The replicas then stay on the node that holds the volume.
+    #[arg(long = "volume", value_name = "NAME[:TARGET][:ro]")]
+    pub volumes: Vec<String>,
     /// A port the workload listens on, published for DNS (repeatable).
     #[arg(long = "port", value_name = "[NAME:]PORT[/tcp|/udp]")]
     pub ports: Vec<PortSpec>,
@@ -190,6 +196,23 @@ fn secret_ref(text: &str) -> SecretRef {
         },
         None => SecretRef::new(text),
     }
+}
+
+/// `NAME`, `NAME:TARGET`, `NAME:ro` or `NAME:TARGET:ro`.
+fn volume_mount(text: &str) -> Result<VolumeMount> {
+    let (rest, read_only) = match text.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let (volume, target) = rest.split_once(':').unwrap_or((rest, rest));
+    if volume.is_empty() || target.is_empty() || target.contains(':') {
+        bail!("--volume: expected NAME[:TARGET][:ro], got {text:?}");
+    }
+    Ok(VolumeMount {
+        volume: volume.to_owned(),
+        target: target.to_owned(),
+        read_only,
+    })
 }
 
 impl SpecFlags {
@@ -259,6 +282,13 @@ impl SpecFlags {
         }
         if !self.secrets.is_empty() {
             spec.secrets = self.secrets.iter().map(|s| secret_ref(s)).collect();
+        }
+        if !self.volumes.is_empty() {
+            spec.volumes = self
+                .volumes
+                .iter()
+                .map(|v| volume_mount(v))
+                .collect::<Result<_>>()?;
         }
         if !self.ports.is_empty() {
             spec.ports = self.ports.clone();
@@ -348,6 +378,7 @@ fn flag_of(error: &ValidationError) -> Option<&'static str> {
         ("restart", _) => "--restart",
         ("on_disconnect", _) => "--on-disconnect",
         ("secrets", _) => "--secret",
+        ("volumes", _) => "--volume",
         ("update", s) if s.starts_with("delay") => "--update-delay",
         ("update", _) => "--update-parallelism",
         ("labels", _) => "--label",
@@ -388,7 +419,15 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
         ServiceCommand::Ps { name } => {
             let route = Route::ServiceReplicas { service: &name };
             let answer = client.request(route).await?;
-            print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))
+            print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))?;
+            if format == OutputFormat::Table {
+                let info: ServiceInfo = client
+                    .request(Route::GetService { service: &name })
+                    .await?
+                    .json()?;
+                print!("{}", pending_note(&info));
+            }
+            Ok(())
         }
         ServiceCommand::Scale { name, replicas } => {
             let route = Route::ScaleService { service: &name };
@@ -567,6 +606,12 @@ fn render_service(info: &ServiceInfo) -> Result<String> {
         ),
         ("replicas", replicas_text(info)),
         (
+            "placement",
+            info.pinned
+                .clone()
+                .unwrap_or_else(|| "any node its placement allows".to_owned()),
+        ),
+        (
             "runs as",
             warren_api::run_as::describe(
                 info.spec.user.as_deref(),
@@ -607,6 +652,22 @@ pub fn spec_document(spec: &ServiceSpec) -> Result<String> {
     Ok(serde_norway::to_string(&doc)?)
 }
 
+/// Under `service ps`: replicas that wait for no node or for the one node they may go to, and
+/// why; empty when every replica is placed.
+fn pending_note(info: &ServiceInfo) -> String {
+    let mut note = String::new();
+    if info.unschedulable > 0 {
+        let why = info
+            .pinned
+            .as_deref()
+            .unwrap_or("no node matches its placement");
+        note.push_str(&format!("{} pending: {why}\n", info.unschedulable));
+    } else if let Some(pinned) = &info.pinned {
+        note.push_str(&format!("{pinned}\n"));
+    }
+    note
+}
+
 fn render_replicas(replicas: &[ReplicaInfo]) -> String {
     let now = unix_now_ms();
     let mut table = Table::new(&[
@@ -624,11 +685,14 @@ fn render_replicas(replicas: &[ReplicaInfo]) -> String {
         "MESSAGE",
     ]);
     for replica in replicas {
-        let node = if replica.node_name.is_empty() {
+        let mut node = if replica.node_name.is_empty() {
             replica.node.to_string()
         } else {
             replica.node_name.clone()
         };
+        if replica.pinned_by.is_some() {
+            node.push_str(" (pinned)");
+        }
         let desired = serde_json::to_value(replica.desired)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

@@ -128,6 +128,7 @@ fn service_info(state: &ClusterState, name: &str) -> Option<ServiceInfo> {
         unschedulable: state.unschedulable.get(name).copied().unwrap_or(0),
         rolling_out: record.rollout.map(|r| r.version),
         can_roll_back: record.previous.is_some(),
+        pinned: super::volumes::pin_text(state, &record.current.spec),
     })
 }
 
@@ -160,5 +161,8 @@ fn replica_info(
         message: reported.and_then(|s| s.message.clone()),
         updated_at_ms: reported.map(|s| s.updated_at_ms),
         stale: reported.is_some() && !agent.is_some_and(|a| a.connected),
+        pinned_by: state.services.get(&replica.id.service).and_then(|record| {
+            super::volumes::pinned_by(state, &record.current.spec, replica.node)
+        }),
     }
 }
