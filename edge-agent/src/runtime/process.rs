@@ -238,7 +238,7 @@ impl ProcessRuntime {
         };
         let layout = Layout { root };
         layout.create_root(agent.is_root())?;
-        say_how_workloads_run(agent, &layout.root);
+        say_how_workloads_run(agent, &layout.root, &volumes.root);
         let boot_id =
             procfs::boot_id().map_err(|e| RuntimeError::io("read boot id", BOOT_ID_PATH, e))?;
         let cgroups = CgroupLayout {
@@ -658,7 +658,7 @@ const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 const LEGACY_WORKLOADS_DIR: &str = "workloads";
 
 /// Says once, at start, what workloads run as on this box, and what stands in their way.
-fn say_how_workloads_run(agent: AgentUser, root: &Path) {
+fn say_how_workloads_run(agent: AgentUser, root: &Path, volumes_root: &Path) {
     if !agent.is_root() {
         tracing::info!(
             uid = agent.uid,
@@ -672,6 +672,15 @@ fn say_how_workloads_run(agent: AgentUser, root: &Path) {
             dir = %root.display(),
             closed = %first.display(),
             "other users cannot pass through a parent of the workloads dir: workloads running as their own user cannot open their secrets by path; give --workloads-dir a place under directories with o+x"
+        );
+    }
+    // The root itself is made 0711 on first use; its parents must let users through too.
+    let closed = super::dirs::closed_ancestors(volumes_root);
+    if let Some(first) = closed.first() {
+        tracing::warn!(
+            dir = %volumes_root.display(),
+            closed = %first.display(),
+            "other users cannot pass through a parent of the volumes dir: process workloads running as their own user cannot reach their volumes; put the agent's data dir under directories with o+x"
         );
     }
 }
