@@ -1,8 +1,9 @@
 //! Local volumes end to end, with a real control node, a real agent and a real `sh` workload:
 //! the workload writes through `$WARREN_VOLUME_<TARGET>` into `<data dir>-volumes/<volume>`,
 //! the volume is pinned to the agent's node, `volume rm` is refused (409) while a service
-//! mounts it, a killed workload comes back to its data, and once the service is gone the
-//! volume can be removed (its directory stays on the node).
+//! mounts it, a killed workload comes back to its data, the binding survives a control
+//! restart (from a snapshot: one every few entries), and once the service is gone the volume
+//! can be removed (its directory stays on the node).
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,9 +16,10 @@ use warren_api::{
     VolumeMount, Workload,
 };
 use warren_control::Op;
+use warren_control::node::{ControlConfig, ControlNode};
 use warren_tests::{
-    agent_status, alive, api_call, api_get, join_agent, kill9, propose, spawn_agent, start_control,
-    wait_until,
+    agent_status, alive, api_call, api_get, join_agent, kill9, propose, spawn_agent,
+    start_control_with, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -55,13 +57,19 @@ fn lines(path: &Path) -> usize {
 
 /// Volume + service → the workload writes in the node's volume directory; `volume ls` and
 /// `service ps` show the node that holds it; `volume rm` is refused while the service mounts
-/// it; kill -9 → the restarted workload finds its first line; service rm → `volume rm`
-/// succeeds and the data stays on disk.
+/// it; kill -9 → the restarted workload finds its first line; control restarts → it still
+/// knows edge-1 holds the volume; service rm → `volume rm` succeeds and the data stays on
+/// disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workload_keeps_its_volume_and_the_volume_outlives_it() {
     warren_tests::init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (control, fingerprint) = start_control(dir.path()).await;
+    // Snapshots every few entries, so that the restart below reads the binding from one.
+    let config = || ControlConfig {
+        snapshot_every: 3,
+        ..ControlConfig::default()
+    };
+    let (control, fingerprint) = start_control_with(dir.path(), config()).await;
     // Workloads run as users of their own when the test is root: they pass through here.
     warren_tests::passable(dir.path());
     let agent_dir = dir.path().join("agent");
@@ -111,6 +119,15 @@ async fn a_workload_keeps_its_volume_and_the_volume_outlives_it() {
         running_pid(&agent_dir).filter(|pid| *pid != first)
     })
     .await;
+
+    info!("--- control restarts: edge-1 still holds the volume");
+    let control_dir = control.data_dir().to_owned();
+    control.shutdown().await;
+    let control = ControlNode::run(&control_dir, config())
+        .await
+        .expect("control restarts");
+    let usage: Vec<VolumeInfo> = api_get(&control, "/volume-usage").await;
+    assert_eq!(usage[0].node_name.as_deref(), Some("edge-1"));
 
     info!("--- service rm, then volume rm: allowed, and the data stays on disk");
     propose(
