@@ -416,19 +416,7 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             }
             Ok(())
         }
-        ServiceCommand::Ps { name } => {
-            let route = Route::ServiceReplicas { service: &name };
-            let answer = client.request(route).await?;
-            print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))?;
-            if format == OutputFormat::Table {
-                let info: ServiceInfo = client
-                    .request(Route::GetService { service: &name })
-                    .await?
-                    .json()?;
-                print!("{}", pending_note(&info));
-            }
-            Ok(())
-        }
+        ServiceCommand::Ps { name } => ps(client, format, &name).await,
         ServiceCommand::Scale { name, replicas } => {
             let route = Route::ScaleService { service: &name };
             let answer = client
@@ -650,6 +638,21 @@ pub fn spec_document(spec: &ServiceSpec) -> Result<String> {
         doc.extend(fields);
     }
     Ok(serde_norway::to_string(&doc)?)
+}
+
+/// `service ps`: the placed replicas, then (as a table) why any wait or where they are pinned.
+async fn ps(client: &Client, format: OutputFormat, name: &str) -> Result<()> {
+    let route = Route::ServiceReplicas { service: name };
+    let answer = client.request(route).await?;
+    print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))?;
+    if format == OutputFormat::Table {
+        let info: ServiceInfo = client
+            .request(Route::GetService { service: name })
+            .await?
+            .json()?;
+        print!("{}", pending_note(&info));
+    }
+    Ok(())
 }
 
 /// Under `service ps`: replicas that wait for no node or for the one node they may go to, and

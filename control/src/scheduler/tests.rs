@@ -452,3 +452,44 @@ fn split_volumes_are_unschedulable_and_global_services_are_free() {
     let plan = run_pinned(&nodes, &[global], &BTreeMap::new(), &held, 0);
     assert_eq!(plan.replicas.len(), 3);
 }
+
+/// `services` with volume `a` or `b` mounted where `volumes` says (by index; none past it).
+fn with_volumes(services: Vec<Service>, volumes: &[Option<bool>]) -> Vec<Service> {
+    services
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| match volumes.get(i).copied().flatten() {
+            Some(first) => with_volume(s, if first { "a" } else { "b" }),
+            None => s,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every placed replica of a replicated service that mounts a volume is on the node the
+    /// plan says holds it, and a settled plan stays as it is, bindings included.
+    #[test]
+    fn replicas_of_a_volume_share_its_node_and_settle(
+        nodes in arb_nodes(),
+        services in arb_services(),
+        volumes in proptest::collection::vec(proptest::option::of(any::<bool>()), 4),
+        now in 0u64..5_000,
+    ) {
+        let services = with_volumes(services, &volumes);
+        let plan = run_pinned(&nodes, &services, &BTreeMap::new(), &BTreeMap::new(), now);
+        for replica in plan.replicas.values() {
+            let service = services.iter().find(|s| s.spec.name == replica.id.service).unwrap();
+            if service.spec.mode == ServiceMode::Global {
+                continue;
+            }
+            for mount in &service.spec.volumes {
+                prop_assert_eq!(plan.volume_nodes.get(&mount.volume), Some(&replica.node));
+            }
+        }
+        let settled = run_pinned(&nodes, &services, &plan.replicas, &plan.volume_nodes, now);
+        prop_assert_eq!(&settled.replicas, &plan.replicas);
+        prop_assert_eq!(&settled.volume_nodes, &plan.volume_nodes);
+    }
+}
