@@ -135,7 +135,10 @@ fn render_volume(info: &VolumeInfo) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let location = match &info.node_name {
-        Some(node) => format!("node {node}, <data dir>-volumes/{}", info.volume.name),
+        Some(node) => format!(
+            "node {node}, <data dir>-volumes/{} (or the agent's --host-volume directory)",
+            info.volume.name
+        ),
         None => "no node yet (made where its first replica is placed)".to_owned(),
     };
     fields(&[

@@ -2,9 +2,10 @@
 //! through `WARREN_VOLUME_<TARGET>` is there again after it is killed, cleaned up and started
 //! anew, and a read-only mount refuses writes (that one needs root, for the mount namespace;
 //! through `prerequisites::require` it prints why it skips otherwise, and fails under
-//! `CI=true`).
+//! `CI=true`). A volume on the agent's allow-list of host directories is that directory.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,14 +42,17 @@ fn request(service: &str, script: &str, volume: &str, read_only: bool) -> Worklo
     }
 }
 
-fn runtime(dir: &Path) -> Arc<dyn Runtime> {
-    let options = ProcessRuntimeOptions {
+fn options(dir: &Path) -> ProcessRuntimeOptions {
+    ProcessRuntimeOptions {
         secrets_tmpfs: false,
         cgroup_parent: format!("warren-test-{}", std::process::id()),
         volumes_dir: Some(dir.join("volumes")),
         ..ProcessRuntimeOptions::default()
-    };
-    Arc::new(ProcessRuntime::new(dir.join("workloads"), options).expect("runtime"))
+    }
+}
+
+fn runtime(dir: &Path) -> Arc<dyn Runtime> {
+    Arc::new(ProcessRuntime::new(dir.join("workloads"), options(dir)).expect("runtime"))
 }
 
 async fn wait_exited(runtime: &dyn Runtime, handle: &WorkloadHandle) -> RuntimeObservation {
@@ -81,15 +85,16 @@ async fn data_outlives_kill_cleanup_and_restart() {
     let mut killed = request("counter", script, "counts", false);
     killed.env.insert("NAP".to_owned(), "1000".to_owned());
     let second = runtime.start(&killed).await.expect("second start");
-    let runs = dir.path().join("volumes/counts/runs");
+    // Its count printed means its line is in the volume too.
+    let printed = second.record().stdout_log.clone();
     let deadline = Instant::now() + TIMEOUT;
-    while std::fs::read_to_string(&runs)
+    while std::fs::read_to_string(&printed)
         .unwrap_or_default()
         .lines()
         .count()
         < 2
     {
-        assert!(Instant::now() < deadline, "the second run never wrote");
+        assert!(Instant::now() < deadline, "the second run never counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     runtime
@@ -134,4 +139,36 @@ async fn a_read_only_mount_refuses_writes() {
     assert!(!volume.join("new").exists());
     // The host's view of the directory stays writable: only the workload's is read-only.
     std::fs::write(volume.join("host"), "ok").expect("host writes");
+}
+
+/// A volume on the agent's allow-list of host directories: the workload's variable names that
+/// directory and it writes there; nothing is made under the volumes root.
+#[tokio::test]
+async fn a_host_volume_is_the_host_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let media = dir.path().join("srv-media");
+    std::fs::create_dir(&media).expect("host dir");
+    // The agent keeps a host directory's owner and mode: the operator lets the workload's
+    // user (one of its own, when the test is root) write there.
+    std::fs::set_permissions(&media, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut options = options(dir.path());
+    options
+        .host_volumes
+        .insert("media".to_owned(), media.clone());
+    let runtime = ProcessRuntime::new(dir.path().join("workloads"), options).expect("runtime");
+    let script = r#"echo "$WARREN_VOLUME_STATE"; echo hi > "$WARREN_VOLUME_STATE/greeting""#;
+    let handle = runtime
+        .start(&request("media", script, "media", false))
+        .await
+        .expect("start");
+    wait_exited(&runtime, &handle).await;
+    let printed = std::fs::read_to_string(&handle.record().stdout_log).expect("stdout");
+    let errors = std::fs::read_to_string(&handle.record().stderr_log).unwrap_or_default();
+    assert_eq!(printed.trim(), media.display().to_string(), "{errors}");
+    assert_eq!(errors, "");
+    assert_eq!(
+        std::fs::read_to_string(media.join("greeting")).expect("written"),
+        "hi\n"
+    );
+    assert!(!dir.path().join("volumes").exists());
 }

@@ -88,6 +88,8 @@ pub(crate) fn build(
     Ok(match choice {
         RuntimeChoice::Process => Arc::new(ProcessRuntime::for_agent(data_dir, process.clone())?),
         RuntimeChoice::Containerd { socket } => {
+            crate::runtime::volumes::check_host_volumes(&process.host_volumes, Some(data_dir))
+                .map_err(|reason| crate::runtime::RuntimeError::InvalidOptions { reason })?;
             let root = process
                 .workloads_dir
                 .clone()
@@ -104,6 +106,7 @@ pub(crate) fn build(
                         .clone()
                         .unwrap_or_else(|| crate::runtime::volumes::default_volumes_dir(data_dir)),
                 ),
+                host_volumes: process.host_volumes.clone(),
                 ..ContainerdOptions::default()
             };
             Arc::new(ContainerdRuntime::new(root, options)?)

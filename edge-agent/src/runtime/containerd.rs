@@ -133,7 +133,10 @@ impl ContainerdRuntime {
             Some(dir) => absolute(dir)?,
             None => volumes::default_volumes_dir(&root),
         };
-        let volumes = Volumes { root: volumes_root };
+        let volumes = Volumes {
+            root: volumes_root,
+            host: options.host_volumes.clone(),
+        };
         let layout = Layout { root };
         layout.create_root(is_root)?;
         let boot_id = procfs::boot_id()

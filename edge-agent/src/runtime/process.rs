@@ -100,6 +100,9 @@ pub struct ProcessRuntimeOptions {
     /// data dir, as `<data dir>-volumes` (beside the workloads root for a runtime without a
     /// data dir). Default `None`.
     pub volumes_dir: Option<PathBuf>,
+    /// Volumes served from host directories instead, by name: the allow-list of
+    /// `--host-volume NAME=PATH` (`runtime::volumes`). Default empty.
+    pub host_volumes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -113,6 +116,7 @@ impl Default for ProcessRuntimeOptions {
             resolv_conf: None,
             workloads_dir: None,
             volumes_dir: None,
+            host_volumes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -138,7 +142,7 @@ impl ProcessRuntimeOptions {
                 "cgroup_parent must be a single directory name, got {parent:?}"
             ));
         }
-        Ok(())
+        volumes::check_host_volumes(&self.host_volumes, None)
     }
 }
 
@@ -231,10 +235,13 @@ impl ProcessRuntime {
             .validate()
             .map_err(|reason| RuntimeError::InvalidOptions { reason })?;
         let agent = AgentUser::current();
+        volumes::check_host_volumes(&options.host_volumes, data_dir)
+            .map_err(|reason| RuntimeError::InvalidOptions { reason })?;
         let volumes = Volumes {
             root: options.volumes_dir.clone().unwrap_or_else(|| {
                 volumes::default_volumes_dir(data_dir.unwrap_or(root.as_path()))
             }),
+            host: options.host_volumes.clone(),
         };
         let layout = Layout { root };
         layout.create_root(agent.is_root())?;

@@ -17,6 +17,11 @@
 //! runtimes do removes it: a replica's stop, restart, removal or rescheduling on the same node
 //! finds the data where it left it.
 //!
+//! The agent's operator may serve some volumes from host directories instead
+//! (`--host-volume NAME=PATH`, [`check_host_volumes`]): an allow-list by volume name, so that
+//! a spec can only name a volume, never a host path. Such a directory must exist; the agent
+//! neither creates it nor changes its owner or mode.
+//!
 //! A workload finds each mount by an environment variable, [`env_name`] of the mount's target
 //! (`data` → `WARREN_VOLUME_DATA`), whose value is the path it sees: the host directory for a
 //! process, [`container_path`] (`/volumes/<target>`) for a container.
@@ -101,16 +106,68 @@ pub(crate) fn environment(
     Ok(env)
 }
 
+/// Checks an allow-list of host volumes: names are DNS labels, paths absolute and not in or
+/// above `data_dir` (a workload must not reach the agent's keys through a volume).
+///
+/// # Errors
+/// A message naming the offending volume.
+pub fn check_host_volumes(
+    host_volumes: &BTreeMap<String, PathBuf>,
+    data_dir: Option<&Path>,
+) -> Result<(), String> {
+    for (name, path) in host_volumes {
+        warren_api::validate::validate_dns_label("volume", name)
+            .map_err(|e| format!("host volume {name:?}: {}", e.message))?;
+        if !path.is_absolute() {
+            return Err(format!(
+                "host volume {name}: {} is not an absolute path",
+                path.display()
+            ));
+        }
+        if let Some(data_dir) = data_dir {
+            let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+            if data_dir.starts_with(path) || path.starts_with(&data_dir) {
+                return Err(format!(
+                    "host volume {name}: {} is in or above the agent's data dir {}",
+                    path.display(),
+                    data_dir.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where volumes live on this node.
 #[derive(Clone, Debug)]
 pub(crate) struct Volumes {
     pub(crate) root: PathBuf,
+    /// Volumes served from a host directory instead of one under `root`.
+    pub(crate) host: BTreeMap<String, PathBuf>,
 }
 
 impl Volumes {
     /// The directory of `volume` (made or not).
     pub(crate) fn dir(&self, volume: &str) -> PathBuf {
-        self.root.join(volume)
+        match self.host.get(volume) {
+            Some(path) => path.clone(),
+            None => self.root.join(volume),
+        }
+    }
+
+    /// A host volume's directory, which must already be one.
+    fn host_dir(&self, replica: &ReplicaId, volume: &str, path: &Path) -> Result<(), RuntimeError> {
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(RuntimeError::InvalidRequest {
+                replica: replica.clone(),
+                reason: format!(
+                    "host volume {volume}: {} is not a directory",
+                    path.display()
+                ),
+            }),
+            Err(e) => Err(RuntimeError::io("open host volume", path, e)),
+        }
     }
 
     /// Makes the directory of every volume `mounts` name, if missing, owned by `owner` when
@@ -128,9 +185,14 @@ impl Volumes {
         if mounts.is_empty() {
             return Ok(Vec::new());
         }
-        self.create_root(owner.is_some())?;
         let mut dirs = Vec::with_capacity(mounts.len());
         for mount in mounts {
+            if let Some(path) = self.host.get(&mount.volume) {
+                self.host_dir(replica, &mount.volume, path)?;
+                dirs.push(path.clone());
+                continue;
+            }
+            self.create_root(owner.is_some())?;
             if warren_api::validate::validate_dns_label("volume", &mount.volume).is_err() {
                 return Err(RuntimeError::InvalidRequest {
                     replica: replica.clone(),
@@ -213,6 +275,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let volumes = Volumes {
             root: tmp.path().join("volumes"),
+            host: BTreeMap::new(),
         };
         let mounts = [mount("data", "data")];
         let dirs = volumes.prepare(&replica(), &mounts, None).expect("prepare");
@@ -223,10 +286,45 @@ mod tests {
     }
 
     #[test]
+    fn a_host_volume_is_used_as_it_is_and_must_exist() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let media = tmp.path().join("media");
+        let volumes = Volumes {
+            root: tmp.path().join("volumes"),
+            host: BTreeMap::from([("media".to_owned(), media.clone())]),
+        };
+        let mounts = [mount("media", "media")];
+        let err = volumes.prepare(&replica(), &mounts, None).unwrap_err();
+        assert!(err.to_string().contains("media"), "{err}");
+        fs::create_dir(&media).expect("mkdir");
+        let dirs = volumes.prepare(&replica(), &mounts, None).expect("prepare");
+        assert_eq!(dirs, [media]);
+        assert!(!tmp.path().join("volumes").exists(), "nothing made");
+    }
+
+    #[test]
+    fn host_volumes_are_checked() {
+        let check = |name: &str, path: &str| {
+            let list = BTreeMap::from([(name.to_owned(), PathBuf::from(path))]);
+            check_host_volumes(&list, Some(Path::new("/var/lib/warren")))
+        };
+        assert_eq!(check("media", "/srv/media"), Ok(()));
+        let refused = |result: Result<(), String>, needle: &str| {
+            let err = result.unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        };
+        refused(check("Media", "/srv/media"), "host volume \"Media\"");
+        refused(check("media", "srv/media"), "not an absolute path");
+        refused(check("keys", "/var/lib/warren/x"), "data dir");
+        refused(check("root", "/var"), "data dir");
+    }
+
+    #[test]
     fn a_name_that_is_a_path_is_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let volumes = Volumes {
             root: tmp.path().to_owned(),
+            host: BTreeMap::new(),
         };
         let err = volumes
             .prepare(&replica(), &[mount("../etc", "data")], None)

@@ -30,6 +30,9 @@ pub struct ContainerdOptions {
     /// Where local volumes' directories go (`runtime::volumes`); `None`: beside the runtime's
     /// root, as `<root>-volumes` (the agent passes `<data dir>-volumes`). Default `None`.
     pub volumes_dir: Option<PathBuf>,
+    /// Volumes served from host directories instead, by name (`--host-volume NAME=PATH`).
+    /// Default empty.
+    pub host_volumes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for ContainerdOptions {
@@ -44,6 +47,7 @@ impl Default for ContainerdOptions {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             pull: true,
             volumes_dir: None,
+            host_volumes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -76,6 +80,6 @@ impl ContainerdOptions {
                 "log_files_max must be at least 1 and log_max_bytes at least 4096".to_owned(),
             );
         }
-        Ok(())
+        crate::runtime::volumes::check_host_volumes(&self.host_volumes, None)
     }
 }
