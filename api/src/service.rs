@@ -274,7 +274,8 @@ pub struct ProcessSpec {
     /// Working directory. `None`: the replica's own directory. A relative path is taken
     /// inside that directory and may not leave it (no `..`); an absolute one must be
     /// normalized and may not be `/`, and the agent refuses one in its own data dir or in
-    /// another replica's directory.
+    /// another replica's directory. `$WARREN_VOLUME_<TARGET>`, literally, is the directory
+    /// of the spec's volume mounted at that target.
     #[serde(default)]
     pub working_dir: Option<String>,
 }

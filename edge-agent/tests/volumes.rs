@@ -142,7 +142,8 @@ async fn a_read_only_mount_refuses_writes() {
 }
 
 /// A volume on the agent's allow-list of host directories: the workload's variable names that
-/// directory and it writes there; nothing is made under the volumes root.
+/// directory, a working dir of `$WARREN_VOLUME_STATE` starts it there, and it writes there;
+/// nothing is made under the volumes root.
 #[tokio::test]
 async fn a_host_volume_is_the_host_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -156,11 +157,11 @@ async fn a_host_volume_is_the_host_directory() {
         .host_volumes
         .insert("media".to_owned(), media.clone());
     let runtime = ProcessRuntime::new(dir.path().join("workloads"), options).expect("runtime");
-    let script = r#"echo "$WARREN_VOLUME_STATE"; echo hi > "$WARREN_VOLUME_STATE/greeting""#;
-    let handle = runtime
-        .start(&request("media", script, "media", false))
-        .await
-        .expect("start");
+    // Started in the volume, asked for by its variable: a relative write lands there.
+    let script = r#"echo "$WARREN_VOLUME_STATE"; echo hi > greeting"#;
+    let mut asked = request("media", script, "media", false);
+    asked.working_dir = Some("$WARREN_VOLUME_STATE".into());
+    let handle = runtime.start(&asked).await.expect("start");
     wait_exited(&runtime, &handle).await;
     let printed = std::fs::read_to_string(&handle.record().stdout_log).expect("stdout");
     let errors = std::fs::read_to_string(&handle.record().stderr_log).unwrap_or_default();

@@ -24,12 +24,13 @@ use warren_tests::{
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Service `notes`: appends a line to `runs` in its volume each time it starts, then sleeps.
+/// Service `notes`: appends a line to `runs` in its volume each time it starts (through the
+/// variable), then sleeps in it (its working dir, asked for by the variable's name).
 fn notes_service() -> ServiceSpec {
-    let script = r#"echo run >> "$WARREN_VOLUME_NOTES/runs"; exec sleep 1000"#;
+    let script = r#"echo run >> "$WARREN_VOLUME_NOTES/runs"; pwd > where; exec sleep 1000"#;
     let workload = Workload::Process(ProcessSpec {
         command: vec!["sh".into(), "-c".into(), script.into()],
-        working_dir: None,
+        working_dir: Some("$WARREN_VOLUME_NOTES".into()),
     });
     let mut spec = ServiceSpec::new(ServiceName::new("notes").expect("valid name"), workload);
     spec.mode = ServiceMode::Replicated { replicas: 1 };
@@ -92,6 +93,17 @@ async fn a_workload_keeps_its_volume_and_the_volume_outlives_it() {
         (lines(&runs) == 1).then_some(())
     })
     .await;
+    let volume_dir = runs.parent().expect("in the volume");
+    let started_in = wait_until("the workload to say where it runs", LONG, || {
+        std::fs::read_to_string(volume_dir.join("where"))
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(
+        Path::new(started_in.trim()),
+        volume_dir.canonicalize().expect("volume dir")
+    );
 
     info!("--- the volume is held by edge-1, and the replica pinned there");
     let usage: Vec<VolumeInfo> = api_get(&control, "/volume-usage").await;

@@ -24,7 +24,8 @@
 //!
 //! A workload finds each mount by an environment variable, [`env_name`] of the mount's target
 //! (`data` → `WARREN_VOLUME_DATA`), whose value is the path it sees: the host directory for a
-//! process, [`container_path`] (`/volumes/<target>`) for a container.
+//! process, [`container_path`] (`/volumes/<target>`) for a container. A process whose
+//! `working_dir` is `$WARREN_VOLUME_DATA` starts in that directory.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -136,6 +137,16 @@ pub fn check_host_volumes(
         }
     }
     Ok(())
+}
+
+/// The directory a working dir of `$WARREN_VOLUME_<TARGET>` names, from `env` (the mounts'
+/// variables); `None` for any other working dir (a path, which the runtime resolves as such).
+pub(crate) fn working_dir<'a>(
+    asked: Option<&Path>,
+    env: &'a BTreeMap<String, String>,
+) -> Option<&'a str> {
+    let name = asked?.to_str()?.strip_prefix('$')?;
+    env.get(name).map(String::as_str)
 }
 
 /// Where volumes live on this node.
@@ -260,6 +271,23 @@ mod tests {
         let mounts = [mount("a", "x-y"), mount("b", "x_y")];
         let err = environment(&replica(), &mounts, |m| m.target.clone()).unwrap_err();
         assert!(err.to_string().contains("WARREN_VOLUME_X_Y"), "{err}");
+    }
+
+    #[test]
+    fn a_working_dir_may_name_a_volume_variable() {
+        let env = BTreeMap::from([("WARREN_VOLUME_DATA".to_owned(), "/v/data".to_owned())]);
+        let check = |asked: Option<&str>, expected: Option<&str>| {
+            assert_eq!(
+                working_dir(asked.map(Path::new), &env),
+                expected,
+                "{asked:?}"
+            );
+        };
+        check(Some("$WARREN_VOLUME_DATA"), Some("/v/data"));
+        check(Some("$WARREN_VOLUME_OTHER"), None);
+        check(Some("WARREN_VOLUME_DATA"), None);
+        check(Some("/srv"), None);
+        check(None, None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Starting a workload: who it runs as, its directories and secrets, its working directory,
 //! its limits, then the process itself, registered without an await in between.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -27,7 +28,7 @@ struct Placement {
     stdout_log: PathBuf,
     stderr_log: PathBuf,
     /// `WARREN_VOLUME_<TARGET>` → the volume's directory.
-    volume_env: std::collections::BTreeMap<String, String>,
+    volume_env: BTreeMap<String, String>,
     /// Volume directories the workload may only read.
     read_only_volumes: Vec<PathBuf>,
 }
@@ -119,22 +120,43 @@ impl ProcessRuntime {
             let work = self.layout.prepare(replica, &credentials)?;
             (credentials, work)
         };
-        let working_dir = working_dir::resolve(
-            replica,
-            request.working_dir.as_deref(),
-            &work,
-            &self.forbidden,
-        )?;
-        let secrets_dir = self.secrets_dir(replica);
         let owner = credentials
             .switched
             .then_some((credentials.uid, credentials.gid));
+        let (volume_env, read_only_volumes) = self.place_volumes(request, owner)?;
+        // `$WARREN_VOLUME_<TARGET>` as the working dir: that volume's directory.
+        let asked = request.working_dir.as_deref();
+        let working_dir = volumes::working_dir(asked, &volume_env)
+            .map(Path::new)
+            .or(asked);
+        let working_dir = working_dir::resolve(replica, working_dir, &work, &self.forbidden)?;
+        let secrets_dir = self.secrets_dir(replica);
         if request.secrets.is_empty() {
             secrets::remove(&secrets_dir)?;
         } else {
             let tmpfs = self.options.secrets_tmpfs;
             secrets::write(replica, &secrets_dir, &request.secrets, tmpfs, owner)?;
         }
+        let replica_dir = self.replica_dir(replica);
+        Ok(Placement {
+            credentials,
+            working_dir,
+            secrets_dir,
+            stdout_log: replica_dir.join(logs::STDOUT_LOG),
+            stderr_log: replica_dir.join(logs::STDERR_LOG),
+            volume_env,
+            read_only_volumes,
+        })
+    }
+
+    /// The volumes' directories made (owned by `owner` when given), the variables that name
+    /// them, and those the workload may only read.
+    fn place_volumes(
+        &self,
+        request: &WorkloadRequest,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(BTreeMap<String, String>, Vec<PathBuf>), RuntimeError> {
+        let replica = &request.replica;
         let volume_dirs = self.volumes.prepare(replica, &request.volumes, owner)?;
         let volume_env = volumes::environment(replica, &request.volumes, |mount| {
             self.volumes.dir(&mount.volume).display().to_string()
@@ -149,16 +171,7 @@ impl ProcessRuntime {
         if !read_only_volumes.is_empty() && !self.agent.is_root() {
             tracing::warn!(%replica, "not root: read-only volumes are writable by this process workload");
         }
-        let replica_dir = self.replica_dir(replica);
-        Ok(Placement {
-            credentials,
-            working_dir,
-            secrets_dir,
-            stdout_log: replica_dir.join(logs::STDOUT_LOG),
-            stderr_log: replica_dir.join(logs::STDERR_LOG),
-            volume_env,
-            read_only_volumes,
-        })
+        Ok((volume_env, read_only_volumes))
     }
 
     /// The credentials of `request` on this box (see `credentials`).
