@@ -353,6 +353,10 @@ pub struct ServiceInfo {
     pub rolling_out: Option<u64>,
     /// Whether `rollback` has a previous spec to return to.
     pub can_roll_back: bool,
+    /// Why its replicas may go to one node only (`pinned to node edge-1, which holds volume
+    /// data`), or why they can go nowhere; `None` when it is not pinned.
+    #[serde(default)]
+    pub pinned: Option<String>,
 }
 
 /// One replica for `service ps`.
@@ -394,6 +398,38 @@ pub struct ReplicaInfo {
     /// be out of date: the agent keeps running cut off, and reports again on reconnect).
     #[serde(default)]
     pub stale: bool,
+    /// The local volume that pins it to its node (the node holds the volume's data).
+    #[serde(default)]
+    pub pinned_by: Option<String>,
+}
+
+/// A volume with where it lives and who uses it, for `volume ls` and `volume inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// The volume as created.
+    pub volume: crate::Volume,
+    /// The node that holds its data (`None` until a replica that mounts it is placed).
+    pub node: Option<NodeId>,
+    /// That node's name.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Services that mount it.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Placed replicas that mount it, with their node's name.
+    #[serde(default)]
+    pub replicas: Vec<VolumeUser>,
+}
+
+/// A replica that mounts a volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeUser {
+    /// `web.1`.
+    pub replica: String,
+    /// The node it is on.
+    pub node_name: String,
+    /// Whether it mounts the volume read-only.
+    pub read_only: bool,
 }
 
 fn unknown() -> String {

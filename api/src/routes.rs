@@ -98,6 +98,10 @@ pub enum Route<'a> {
     RemoveSecret { secret: &'a str },
     /// → `[Volume]`.
     ListVolumes,
+    /// → `[VolumeInfo]`: each volume with the node that holds it and who mounts it.
+    VolumeUsage,
+    /// → [`crate::rest::VolumeInfo`] of `volume`.
+    GetVolume { volume: &'a str },
     /// [`crate::Volume`]: create or update `volume`.
     PutVolume { volume: &'a str },
     /// Removes `volume`.
@@ -158,6 +162,8 @@ pub const TABLE: &[(Route<'static>, &str)] = &[
         "DELETE /secrets/{secret}",
     ),
     (Route::ListVolumes, "GET /volumes"),
+    (Route::VolumeUsage, "GET /volume-usage"),
+    (Route::GetVolume { volume: "" }, "GET /volumes/{volume}"),
     (Route::PutVolume { volume: "" }, "PUT /volumes/{volume}"),
     (
         Route::RemoveVolume { volume: "" },
@@ -238,6 +244,7 @@ impl<'a> Route<'a> {
             | Self::RemoveService { service: value }
             | Self::RemoveSecret { secret: value }
             | Self::PutVolume { volume: value }
+            | Self::GetVolume { volume: value }
             | Self::RemoveVolume { volume: value } => Some(value),
             Self::ClusterStatus
             | Self::RotateKeys
@@ -251,7 +258,8 @@ impl<'a> Route<'a> {
             | Self::CreateService
             | Self::ListSecrets
             | Self::CreateSecret
-            | Self::ListVolumes => None,
+            | Self::ListVolumes
+            | Self::VolumeUsage => None,
         }
     }
 

@@ -274,7 +274,8 @@ pub struct ProcessSpec {
     /// Working directory. `None`: the replica's own directory. A relative path is taken
     /// inside that directory and may not leave it (no `..`); an absolute one must be
     /// normalized and may not be `/`, and the agent refuses one in its own data dir or in
-    /// another replica's directory.
+    /// another replica's directory. `$WARREN_VOLUME_<TARGET>`, literally, is the directory
+    /// of the spec's volume mounted at that target.
     #[serde(default)]
     pub working_dir: Option<String>,
 }
@@ -616,13 +617,15 @@ impl SecretRef {
     }
 }
 
-/// A volume made available to the workload under the name `target`.
+/// A volume made available to the workload under the name `target`: a process finds its
+/// directory in `WARREN_VOLUME_<TARGET>` (upper-cased, other characters as `_`), a container
+/// at `/volumes/<target>` (and in the same variable). See `docs/volumes.md`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     /// The volume's name (a DNS label).
     pub volume: String,
-    /// Directory name under the replica's volumes directory; a plain name, no `/`.
+    /// The name the workload knows the mount by; a plain name, no `/`.
     pub target: String,
     /// Mount read-only.
     #[serde(default)]

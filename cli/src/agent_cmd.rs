@@ -276,6 +276,11 @@ pub enum AgentCommand {
         /// the data dir]
         #[arg(long, value_name = "DIR")]
         workloads_dir: Option<PathBuf>,
+        /// Serve volume NAME from the host directory PATH instead of DATA_DIR-volumes/NAME
+        /// (repeatable): the allow-list of host paths services may mount, by volume name.
+        /// PATH must exist; its owner and mode are kept. Give it to every `agent run`.
+        #[arg(long = "host-volume", value_name = "NAME=PATH")]
+        host_volumes: Vec<String>,
         #[command(flatten)]
         listen: ListenArgs,
         #[command(flatten)]
@@ -290,6 +295,11 @@ pub enum AgentCommand {
         /// DATA_DIR-workloads]
         #[arg(long, value_name = "DIR")]
         workloads_dir: Option<PathBuf>,
+        /// Serve volume NAME from the host directory PATH instead of DATA_DIR-volumes/NAME
+        /// (repeatable): the allow-list of host paths services may mount, by volume name.
+        /// PATH must exist; its owner and mode are kept. Give it to every `agent run`.
+        #[arg(long = "host-volume", value_name = "NAME=PATH")]
+        host_volumes: Vec<String>,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]
@@ -307,6 +317,25 @@ pub enum AgentCommand {
     },
 }
 
+/// `--host-volume NAME=PATH`s as the runtimes' allow-list, checked (names, absolute paths).
+fn parse_host_volumes(flags: &[String]) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut host_volumes = std::collections::BTreeMap::new();
+    for flag in flags {
+        let Some((name, path)) = flag.split_once('=') else {
+            bail!("--host-volume: expected NAME=PATH, got {flag:?}");
+        };
+        if host_volumes
+            .insert(name.to_owned(), PathBuf::from(path))
+            .is_some()
+        {
+            bail!("--host-volume: volume {name} is given twice");
+        }
+    }
+    warren_edge_agent::runtime::volumes::check_host_volumes(&host_volumes, None)
+        .map_err(|e| anyhow!("--host-volume: {e}"))?;
+    Ok(host_volumes)
+}
+
 /// Runs `warren agent …`.
 pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     match args.command {
@@ -314,6 +343,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
         AgentCommand::Run {
             data_dir,
             workloads_dir,
+            host_volumes,
             runtime,
             listen,
             wireguard,
@@ -327,6 +357,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             options.overlay = Some(wireguard.settings_at_run(&data_dir)?);
             // Not given: what join kept in agent.json, else the default (Agent::open).
             options.process.workloads_dir = workloads_dir;
+            options.process.host_volumes = parse_host_volumes(&host_volumes)?;
             options.runtime = runtime;
             foreground(options, || async move { Ok(data_dir) })
         }
@@ -339,6 +370,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             labels,
             runtime,
             workloads_dir,
+            host_volumes,
             listen,
             wireguard,
         } => {
@@ -367,6 +399,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             };
             let mut options = options(&settings, listen.advertise_gossip, selfcheck);
             options.process.workloads_dir = workloads_dir;
+            options.process.host_volumes = parse_host_volumes(&host_volumes)?;
             options.overlay = Some(overlay.clone());
             options.runtime = Some(runtime.clone());
             foreground(options, || async move {
@@ -638,6 +671,24 @@ fn listener_text(listener: &warren_api::wire::ListenerStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_volumes_parse_and_bad_ones_say_why() {
+        let parsed = parse_host_volumes(&["media=/srv/media".into()]).unwrap();
+        assert_eq!(parsed["media"], Path::new("/srv/media"));
+        for (flag, needle) in [
+            ("media", "expected NAME=PATH"),
+            ("media=srv", "not an absolute path"),
+            ("Media=/srv", "host volume \"Media\""),
+        ] {
+            let error = parse_host_volumes(&[flag.into()]).unwrap_err().to_string();
+            assert!(error.starts_with("--host-volume: "), "{error}");
+            assert!(error.contains(needle), "{flag}: {error}");
+        }
+        let twice = ["a=/x".to_owned(), "a=/y".to_owned()];
+        let error = parse_host_volumes(&twice).unwrap_err().to_string();
+        assert!(error.contains("given twice"), "{error}");
+    }
 
     #[test]
     fn labels_parse() {

@@ -20,6 +20,7 @@
 //!   certificates, node drain and removal.
 //! - [`service_cmd`]: `warren service create | ls | inspect | ps | scale | update | rollback | rm`.
 //! - [`secret_cmd`]: `warren secret create | ls | rm`.
+//! - [`volume_cmd`]: `warren volume create | ls | inspect | rm`.
 //! - [`image_cmd`]: `warren image load`, images into this box's containerd without a registry.
 //! - [`apply`]: `warren apply -f`: YAML documents (Service, Secret, Volume) parsed, validated
 //!   and written in order.
@@ -55,6 +56,7 @@ mod prerequisites;
 mod secret_cmd;
 mod service_cmd;
 mod table;
+mod volume_cmd;
 mod wireguard_args;
 
 use std::future::Future;
@@ -184,6 +186,14 @@ enum Command {
 
     /// Secrets: create (from a file or stdin), list, remove. Values are never shown.
     Secret(secret_cmd::SecretArgs),
+
+    /// Volumes: create, list (with the node that holds each), inspect, remove when unused.
+    #[command(after_help = "Examples:\n  \
+        warren volume create data\n  \
+        warren volume ls\n  \
+        warren volume inspect data -o json\n  \
+        warren volume rm data")]
+    Volume(volume_cmd::VolumeArgs),
 
     /// Images on this box (containerd nodes): load an OCI image tarball without a registry.
     #[command(after_help = "Example:\n  warren image load busybox.tar")]
@@ -355,6 +365,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Secret(args) => admin(&args.client, &top, |client| async move {
             secret_cmd::run(&client, format, args.command).await
+        }),
+        Command::Volume(args) => admin(&args.client, &top, |client| async move {
+            volume_cmd::run(&client, format, args.command).await
         }),
         Command::Apply(args) => {
             // Parse and validate everything before contacting anyone.

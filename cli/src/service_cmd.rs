@@ -9,7 +9,8 @@ use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo};
 use warren_api::routes::Route;
 use warren_api::{
     Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
-    RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError, Workload,
+    RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError,
+    VolumeMount, Workload,
 };
 
 use crate::client::{Client, ClientArgs};
@@ -71,8 +72,8 @@ pub enum ServiceCommand {
     },
     /// Change a service: the flags of `create`, applied on top of its current spec.
     ///
-    /// --env and --label add or replace single keys; --site, --constraint, --secret and --port
-    /// replace the whole list when given.
+    /// --env and --label add or replace single keys; --site, --constraint, --secret, --volume
+    /// and --port replace the whole list when given.
     #[command(after_help = "Examples:\n  \
         warren service update web --image registry.example/web:1.5\n  \
         warren service update web --env LOG=debug --env-rm OLD_FLAG\n  \
@@ -128,6 +129,11 @@ pub struct SpecFlags {
     /// Pull the image with the registry credentials (`user:password`) in this secret.
     #[arg(long, value_name = "SECRET")]
     pub registry_auth: Option<String>,
+    /// Mount a local volume (repeatable): a process finds it in $WARREN_VOLUME_<TARGET>, a
+    /// container at /volumes/<TARGET>; TARGET defaults to the volume's name, `:ro` mounts it
+    /// read-only. The replicas then stay on the node that holds the volume.
+    #[arg(long = "volume", value_name = "NAME[:TARGET][:ro]")]
+    pub volumes: Vec<String>,
     /// A port the workload listens on, published for DNS (repeatable).
     #[arg(long = "port", value_name = "[NAME:]PORT[/tcp|/udp]")]
     pub ports: Vec<PortSpec>,
@@ -193,6 +199,23 @@ fn secret_ref(text: &str) -> SecretRef {
         },
         None => SecretRef::new(text),
     }
+}
+
+/// `NAME`, `NAME:TARGET`, `NAME:ro` or `NAME:TARGET:ro`.
+fn volume_mount(text: &str) -> Result<VolumeMount> {
+    let (rest, read_only) = match text.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let (volume, target) = rest.split_once(':').unwrap_or((rest, rest));
+    if volume.is_empty() || target.is_empty() || target.contains(':') {
+        bail!("--volume: expected NAME[:TARGET][:ro], got {text:?}");
+    }
+    Ok(VolumeMount {
+        volume: volume.to_owned(),
+        target: target.to_owned(),
+        read_only,
+    })
 }
 
 impl SpecFlags {
@@ -274,6 +297,13 @@ impl SpecFlags {
         if let Some(name) = &self.registry_auth {
             spec.secrets.retain(|s| !s.is_registry_auth());
             spec.secrets.push(SecretRef::registry_auth(name));
+        }
+        if !self.volumes.is_empty() {
+            spec.volumes = self
+                .volumes
+                .iter()
+                .map(|v| volume_mount(v))
+                .collect::<Result<_>>()?;
         }
         if !self.ports.is_empty() {
             spec.ports = self.ports.clone();
@@ -364,6 +394,7 @@ fn flag_of(error: &ValidationError) -> Option<&'static str> {
         ("on_disconnect", _) => "--on-disconnect",
         ("secrets", _) if error.message.starts_with("registry credentials") => "--registry-auth",
         ("secrets", _) => "--secret",
+        ("volumes", _) => "--volume",
         ("update", s) if s.starts_with("delay") => "--update-delay",
         ("update", _) => "--update-parallelism",
         ("labels", _) => "--label",
@@ -403,17 +434,7 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             }
             Ok(())
         }
-        ServiceCommand::Ps { name } => {
-            let route = Route::ServiceReplicas { service: &name };
-            let answer = client.request(route).await?;
-            print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))?;
-            if format == OutputFormat::Table
-                && let Some(line) = pending_line(client, &name).await
-            {
-                crate::output::out(&format!("{line}\n"));
-            }
-            Ok(())
-        }
+        ServiceCommand::Ps { name } => ps(client, format, &name).await,
         ServiceCommand::Scale { name, replicas } => {
             let route = Route::ScaleService { service: &name };
             let answer = client
@@ -533,18 +554,28 @@ async fn update(
     Ok(())
 }
 
-/// `N replica(s) pending: WHY` when some of `name`'s replicas cannot be placed (nothing when
-/// all are, or when the service cannot be read).
+/// `N replica(s) pending: WHY` when some of the service's replicas cannot be placed.
+fn pending_text(info: &ServiceInfo) -> Option<String> {
+    if info.unschedulable == 0 {
+        return None;
+    }
+    let why = info
+        .pending_reason
+        .as_deref()
+        .or(info.pinned.as_deref())
+        .unwrap_or("no node matches its placement");
+    let count = info.unschedulable;
+    let noun = if count == 1 { "replica" } else { "replicas" };
+    Some(format!("{count} {noun} pending: {why}"))
+}
+
+/// [`pending_text`] of service `name` as control has it now (nothing when it cannot be read).
 async fn pending_line(client: &Client, name: &str) -> Option<String> {
     let answer = client
         .request(Route::GetService { service: name })
         .await
         .ok()?;
-    let info: ServiceInfo = answer.json().ok()?;
-    let reason = info.pending_reason.filter(|_| info.unschedulable > 0)?;
-    let count = info.unschedulable;
-    let noun = if count == 1 { "replica" } else { "replicas" };
-    Some(format!("{count} {noun} pending: {reason}"))
+    pending_text(&answer.json().ok()?)
 }
 
 /// Says on stderr when a write left replicas that no node can take: the write stands (a node
@@ -630,6 +661,12 @@ fn render_service(info: &ServiceInfo) -> Result<String> {
                 .unwrap_or_else(|| "none".to_owned()),
         ),
         (
+            "placement",
+            info.pinned
+                .clone()
+                .unwrap_or_else(|| "any node its placement allows".to_owned()),
+        ),
+        (
             "runs as",
             warren_api::run_as::describe(
                 info.spec.user.as_deref(),
@@ -670,6 +707,33 @@ pub fn spec_document(spec: &ServiceSpec) -> Result<String> {
     Ok(serde_norway::to_string(&doc)?)
 }
 
+/// `service ps`: the placed replicas, then (as a table) why any wait or where they are pinned.
+async fn ps(client: &Client, format: OutputFormat, name: &str) -> Result<()> {
+    let route = Route::ServiceReplicas { service: name };
+    let answer = client.request(route).await?;
+    print_read(format, &answer, |r: &Vec<ReplicaInfo>| render_replicas(r))?;
+    if format == OutputFormat::Table {
+        let info: ServiceInfo = client
+            .request(Route::GetService { service: name })
+            .await?
+            .json()?;
+        print!("{}", pending_note(&info));
+    }
+    Ok(())
+}
+
+/// Under `service ps`: replicas that wait for no node or for the one node they may go to, and
+/// why; empty when every replica is placed.
+fn pending_note(info: &ServiceInfo) -> String {
+    if let Some(line) = pending_text(info) {
+        format!("{line}\n")
+    } else if let Some(pinned) = &info.pinned {
+        format!("{pinned}\n")
+    } else {
+        String::new()
+    }
+}
+
 fn render_replicas(replicas: &[ReplicaInfo]) -> String {
     let now = unix_now_ms();
     let mut table = Table::new(&[
@@ -687,11 +751,14 @@ fn render_replicas(replicas: &[ReplicaInfo]) -> String {
         "MESSAGE",
     ]);
     for replica in replicas {
-        let node = if replica.node_name.is_empty() {
+        let mut node = if replica.node_name.is_empty() {
             replica.node.to_string()
         } else {
             replica.node_name.clone()
         };
+        if replica.pinned_by.is_some() {
+            node.push_str(" (pinned)");
+        }
         let desired = serde_json::to_value(replica.desired)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

@@ -172,6 +172,37 @@ fn control_init_then_operate_the_cluster() {
         "volume/data unchanged\nservice/api unchanged\n"
     );
 
+    // A volume a service mounts: listed with its user, and not removable while mounted.
+    ok(node.warren(&[
+        "service",
+        "create",
+        "db",
+        "--command",
+        "sleep 1000",
+        "--volume",
+        "data",
+    ]));
+    let volumes = ok(node.warren(&["volume", "ls"]));
+    assert!(volumes.starts_with("NAME "), "{volumes}");
+    let row = volumes
+        .lines()
+        .find(|l| l.starts_with("data "))
+        .expect("data listed");
+    assert!(row.contains(" db "), "{volumes}");
+    let output = node.warren(&["volume", "rm", "data"]);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr(&output),
+        "error: volume data is used by service db; remove it from the service first\n"
+    );
+    ok(node.warren(&["service", "rm", "db"]));
+    let inspect: serde_json::Value = serde_json::from_str(&ok(
+        node.warren(&["volume", "inspect", "data", "-o", "json"])
+    ))
+    .expect("volume inspect -o json prints JSON");
+    assert_eq!(inspect["volume"]["labels"]["tier"], "hot");
+    assert_eq!(inspect["services"], serde_json::json!([]));
+
     let broken = scratch.path().join("broken.yaml");
     std::fs::write(
         &broken,
@@ -229,6 +260,7 @@ fn help_lists_what_exists() {
         "service",
         "apply",
         "secret",
+        "volume",
         "demo",
         "dev",
         "completion",

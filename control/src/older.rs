@@ -12,7 +12,8 @@
 //! | 2 | [`ClusterStateV2`]: before admin certificates were recorded | spec format 1 |
 //! | 3 | [`ClusterStateV3`]: before `user`, `group` and `cap_add` | spec format 1 |
 //! | 4 | [`ClusterStateV4`]: before the WireGuard overlay (`overlay`, `mesh`) | spec format 2 |
-//! | 5 | [`ClusterState`] | spec format 2 |
+//! | 5 | [`ClusterStateV5`]: before volumes were pinned to a node (`volume_nodes`) | spec format 2 |
+//! | 6 | [`ClusterState`] | spec format 2 |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -21,7 +22,8 @@ use openraft::{Entry, EntryPayload};
 use serde::Deserialize;
 use warren_api::older::ServiceSpecV1;
 use warren_api::{
-    Node, NodeId, OverlayRange, Replica, ReplicaId, Revision, ServiceName, ServiceSpec, Volume,
+    MeshEntry, Node, NodeId, OverlayRange, Replica, ReplicaId, Revision, ServiceName, ServiceSpec,
+    Volume,
 };
 use warren_transport::TokenBook;
 
@@ -203,6 +205,7 @@ impl From<ClusterStateV3> for ClusterState {
             previous_cert_serials: BTreeMap::new(),
             overlay: OverlayRange::default(),
             mesh: BTreeMap::new(),
+            volume_nodes: BTreeMap::new(),
             revision: v3.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
@@ -250,7 +253,59 @@ impl From<ClusterStateV4> for ClusterState {
             previous_cert_serials: v4.previous_cert_serials,
             overlay: OverlayRange::default(),
             mesh: BTreeMap::new(),
+            volume_nodes: BTreeMap::new(),
             revision: v4.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+            certs_epoch: crate::state::Epoch::default(),
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 5 wrote it: before volumes were pinned to a node.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV5 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    admins: BTreeMap<String, AdminCert>,
+    key_gen: u32,
+    previous_cert_serials: BTreeMap<NodeId, String>,
+    overlay: OverlayRange,
+    mesh: BTreeMap<NodeId, MeshEntry>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV5> for ClusterState {
+    /// No volume is held by a node yet: the next placement of a replica that mounts one
+    /// records the node it is on (a replica already placed stays where it is, and pins the
+    /// volume there).
+    fn from(v5: ClusterStateV5) -> Self {
+        ClusterState {
+            cluster: v5.cluster,
+            nodes: v5.nodes,
+            revoked_serials: v5.revoked_serials,
+            services: v5.services,
+            replicas: v5.replicas,
+            unschedulable: v5.unschedulable,
+            secrets: v5.secrets,
+            volumes: v5.volumes,
+            tokens: v5.tokens,
+            pending_joins: v5.pending_joins,
+            admins: v5.admins,
+            key_gen: v5.key_gen,
+            previous_cert_serials: v5.previous_cert_serials,
+            overlay: v5.overlay,
+            mesh: v5.mesh,
+            volume_nodes: BTreeMap::new(),
+            revision: v5.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
             certs_epoch: crate::state::Epoch::default(),

@@ -15,6 +15,11 @@
 //!    Global services get one replica per placeable node, keyed by node.
 //! 4. Kept replicas keep their service version and workload hash (a rolling update moves them
 //!    in batches elsewhere); new placements get the service's current version and hash.
+//! 5. A replicated service that mounts a local volume goes only to the node that holds the
+//!    volume's data ([`Pin`]): the node its first replica was placed on, recorded in the
+//!    plan's `volume_nodes`. While that node exists, its replicas are kept or placed there and
+//!    nowhere else: when it cannot take them (down, drained), they wait, unschedulable. A
+//!    global service's replicas each use their own node's directory and are not pinned.
 
 mod explain;
 
@@ -22,7 +27,7 @@ use std::collections::BTreeMap;
 
 use warren_api::{
     Availability, DesiredState, Node, NodeId, NodeRole, NodeState, OnDisconnect, Replica,
-    ReplicaId, ReplicaKey, Service, ServiceMode, ServiceName,
+    ReplicaId, ReplicaKey, Service, ServiceMode, ServiceName, ServiceSpec,
 };
 
 pub use explain::why_unplaceable;
@@ -34,6 +39,80 @@ pub struct Plan {
     pub replicas: BTreeMap<ReplicaId, Replica>,
     /// Replicas that could not be placed (no eligible node), by service.
     pub unschedulable: BTreeMap<ServiceName, u32>,
+    /// The node holding each local volume: the input's, plus those this plan placed first.
+    pub volume_nodes: BTreeMap<String, NodeId>,
+}
+
+/// Where a service's local volumes let its replicas go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// Anywhere: it mounts no volume a node holds yet (or it is global).
+    Free,
+    /// Only to `node`, which holds `volume`.
+    Node {
+        /// The node that holds the data.
+        node: NodeId,
+        /// The (first) volume held there.
+        volume: String,
+    },
+    /// Nowhere: two of its volumes are held by different nodes.
+    Split {
+        /// A volume and its node.
+        first: (String, NodeId),
+        /// Another volume, held by another node.
+        second: (String, NodeId),
+    },
+}
+
+impl Pin {
+    /// The pin of `service` given which node holds each volume.
+    pub fn of(service: &ServiceSpec, volume_nodes: &BTreeMap<String, NodeId>) -> Pin {
+        if service.mode == ServiceMode::Global {
+            return Pin::Free;
+        }
+        let mut pin = Pin::Free;
+        for mount in &service.volumes {
+            let Some(&node) = volume_nodes.get(&mount.volume) else {
+                continue;
+            };
+            match &pin {
+                Pin::Free => {
+                    pin = Pin::Node {
+                        node,
+                        volume: mount.volume.clone(),
+                    }
+                }
+                Pin::Node { node: held, volume } if *held != node => {
+                    return Pin::Split {
+                        first: (volume.clone(), *held),
+                        second: (mount.volume.clone(), node),
+                    };
+                }
+                _ => {}
+            }
+        }
+        pin
+    }
+
+    /// Whether a replica may be on `node`.
+    fn allows(&self, node: NodeId) -> bool {
+        match self {
+            Pin::Free => true,
+            Pin::Node { node: held, .. } => *held == node,
+            Pin::Split { .. } => false,
+        }
+    }
+}
+
+/// Records `node` as the holder of every volume of `service` that no node holds yet (a
+/// replicated service's replica was just kept or placed there).
+fn hold_volumes(service: &Service, node: NodeId, volume_nodes: &mut BTreeMap<String, NodeId>) {
+    if service.spec.mode == ServiceMode::Global {
+        return;
+    }
+    for mount in &service.spec.volumes {
+        volume_nodes.entry(mount.volume.clone()).or_insert(node);
+    }
 }
 
 /// Whether new replicas of `service` may be placed on `node`: an active, ready agent that
@@ -131,21 +210,31 @@ fn wanted_ids(service: &Service, nodes: &BTreeMap<NodeId, Node>) -> Vec<ReplicaI
     }
 }
 
+/// What the scheduler places replicas on: the node registry and which node holds each local
+/// volume.
+#[derive(Clone, Copy, Debug)]
+pub struct Fleet<'a> {
+    /// Every node (removed ones as tombstones).
+    pub nodes: &'a BTreeMap<NodeId, Node>,
+    /// The node holding each local volume's data.
+    pub volume_nodes: &'a BTreeMap<String, NodeId>,
+}
+
 /// Computes the placements. Deterministic: the same inputs give the same plan.
 pub fn schedule(
-    nodes: &BTreeMap<NodeId, Node>,
+    fleet: Fleet<'_>,
     services: &[&Service],
     current: &BTreeMap<ReplicaId, Replica>,
     now_ms: u64,
 ) -> Plan {
-    schedule_with_load(nodes, services, current, now_ms, Load::default())
+    schedule_with_load(fleet, services, current, now_ms, Load::default())
 }
 
 /// Places one service's replicas when nothing but that service changed (create, update,
 /// scale, rollback): every other service's replicas stay as they are and count as load, so
 /// the cost is one service's, not the whole cluster's. Returns the plan for that service only.
 pub fn schedule_one(
-    nodes: &BTreeMap<NodeId, Node>,
+    fleet: Fleet<'_>,
     service: &Service,
     current: &BTreeMap<ReplicaId, Replica>,
     now_ms: u64,
@@ -155,7 +244,7 @@ pub fn schedule_one(
         .values()
         .filter(|r| r.id.service != service.spec.name)
     {
-        if let Some(node) = nodes.get(&replica.node) {
+        if let Some(node) = fleet.nodes.get(&replica.node) {
             load.add(&replica.id.service, node);
         }
     }
@@ -164,19 +253,23 @@ pub fn schedule_one(
         .filter(|(id, _)| id.service == service.spec.name)
         .map(|(id, r)| (id.clone(), r.clone()))
         .collect();
-    schedule_with_load(nodes, &[service], &own, now_ms, load)
+    schedule_with_load(fleet, &[service], &own, now_ms, load)
 }
 
 fn schedule_with_load(
-    nodes: &BTreeMap<NodeId, Node>,
+    fleet: Fleet<'_>,
     services: &[&Service],
     current: &BTreeMap<ReplicaId, Replica>,
     now_ms: u64,
     mut load: Load,
 ) -> Plan {
+    let nodes = fleet.nodes;
     let mut services: Vec<&Service> = services.to_vec();
     services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        volume_nodes: fleet.volume_nodes.clone(),
+        ..Plan::default()
+    };
 
     // Pass 1: keep every replica that may stay, across all services, so the load seen by
     // pass 2 includes them.
@@ -197,13 +290,15 @@ fn schedule_with_load(
             wanted.extend(kept_elsewhere.map(|r| r.id.clone()).collect::<Vec<_>>());
         }
         for id in wanted {
+            let pin = Pin::of(&service.spec, &plan.volume_nodes);
             let kept = current.get(&id).and_then(|replica| {
                 let node = nodes.get(&replica.node)?;
-                keepable(service, node, now_ms).then_some((replica, node))
+                (keepable(service, node, now_ms) && pin.allows(node.id)).then_some((replica, node))
             });
             match kept {
                 Some((replica, node)) => {
                     load.add(&service.spec.name, node);
+                    hold_volumes(service, node.id, &mut plan.volume_nodes);
                     plan.replicas.insert(id, replica.clone());
                 }
                 None => missing.push((service, id)),
@@ -213,16 +308,18 @@ fn schedule_with_load(
 
     // Pass 2: place what is missing on the best placeable node.
     for (service, id) in missing {
+        let pin = Pin::of(&service.spec, &plan.volume_nodes);
         let target = match id.key {
             ReplicaKey::Node(node_id) => nodes.get(&node_id).filter(|n| placeable(service, n)),
             ReplicaKey::Slot(_) => nodes
                 .values()
-                .filter(|node| placeable(service, node))
+                .filter(|node| placeable(service, node) && pin.allows(node.id))
                 .min_by_key(|node| load.rank(&service.spec.name, node)),
         };
         match target {
             Some(node) => {
                 load.add(&service.spec.name, node);
+                hold_volumes(service, node.id, &mut plan.volume_nodes);
                 plan.replicas
                     .insert(id.clone(), new_replica(id, service, node.id));
             }

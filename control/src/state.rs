@@ -117,6 +117,10 @@ pub struct ClusterState {
     /// Each node's place in the WireGuard mesh, by node id. A removed node's entry goes, and
     /// its slot with it.
     pub mesh: BTreeMap<NodeId, MeshEntry>,
+    /// The node that holds each local volume's data, by volume name: recorded by the first
+    /// placement of a replicated service's replica that mounts it, and from then on the only
+    /// node such replicas go to ([`scheduler`]). Ends when the volume or the node is removed.
+    pub volume_nodes: BTreeMap<String, NodeId>,
     /// Index of the last applied entry.
     pub revision: Revision,
     /// QUIC addresses of the control members (learners included) in the membership applied
@@ -568,6 +572,8 @@ impl ClusterState {
         node.state = NodeState::Removed;
         let current = node.cert_serial.clone();
         self.mesh.remove(&id);
+        // The data went with the node: its volumes start afresh wherever they are placed next.
+        self.volume_nodes.retain(|_, holder| *holder != id);
         let previous = self.previous_cert_serials.remove(&id);
         self.revoked_serials
             .extend(current.into_iter().chain(previous));
@@ -833,15 +839,25 @@ impl ClusterState {
             spec.volumes.iter().any(|v| v.volume == name)
         })?;
         self.volumes.remove(name);
+        self.volume_nodes.remove(name);
         Ok(Effect::Done)
+    }
+
+    /// What the scheduler places on.
+    fn fleet(&self) -> scheduler::Fleet<'_> {
+        scheduler::Fleet {
+            nodes: &self.nodes,
+            volume_nodes: &self.volume_nodes,
+        }
     }
 
     /// Recomputes placements with the scheduler.
     fn reschedule(&mut self, now: u64) {
         let services: Vec<&Service> = self.services.values().map(|r| &r.current).collect();
-        let plan = scheduler::schedule(&self.nodes, &services, &self.replicas, now);
+        let plan = scheduler::schedule(self.fleet(), &services, &self.replicas, now);
         self.replicas = plan.replicas;
         self.unschedulable = plan.unschedulable;
+        self.volume_nodes = plan.volume_nodes;
     }
 
     /// Places one service after a change to it alone; the others stay put.
@@ -850,9 +866,10 @@ impl ClusterState {
             .services
             .get(name)
             .expect("caller checked the service exists");
-        let plan = scheduler::schedule_one(&self.nodes, &record.current, &self.replicas, now);
+        let plan = scheduler::schedule_one(self.fleet(), &record.current, &self.replicas, now);
         self.replicas.retain(|id, _| &id.service != name);
         self.replicas.extend(plan.replicas);
+        self.volume_nodes = plan.volume_nodes;
         match plan.unschedulable.get(name) {
             Some(&n) => self.unschedulable.insert(name.clone(), n),
             None => self.unschedulable.remove(name),
@@ -884,7 +901,7 @@ impl ClusterState {
     /// Nodes whose on-disconnect timers may have expired, so a `Tick` would move replicas.
     pub fn reschedule_due(&self, now: u64) -> bool {
         let services: Vec<&Service> = self.services.values().map(|r| &r.current).collect();
-        scheduler::schedule(&self.nodes, &services, &self.replicas, now).replicas != self.replicas
+        scheduler::schedule(self.fleet(), &services, &self.replicas, now).replicas != self.replicas
     }
 }
 
@@ -1267,6 +1284,45 @@ mod tests {
         log.apply(Op::PutService(with_secret)).unwrap();
         let err = log.apply(Op::RemoveSecret("db-pass".into())).unwrap_err();
         assert!(err.message.contains("used by service web"), "{err}");
+    }
+
+    /// A volume is pinned to the node its first replica went to; it cannot be removed while a
+    /// service mounts it; removing it (or its node) ends the binding.
+    #[test]
+    fn volumes_are_held_by_a_node_and_removed_only_when_unused() {
+        let mut log = Log::new();
+        log.apply(Op::RegisterNode(agent(1, "edge-1", "a")))
+            .unwrap();
+        log.apply(Op::RegisterNode(agent(2, "edge-2", "b")))
+            .unwrap();
+        log.apply(Op::PutVolume(Volume {
+            name: "data".into(),
+            driver: warren_api::VolumeDriver::Local,
+            size_limit_bytes: None,
+            labels: BTreeMap::new(),
+        }))
+        .unwrap();
+        let mut db = spec("db", 2, "sleep 100");
+        db.volumes.push(warren_api::VolumeMount {
+            volume: "data".into(),
+            target: "data".into(),
+            read_only: false,
+        });
+        log.apply(Op::PutService(db.clone())).unwrap();
+        let holder = log.state.volume_nodes["data"];
+        assert!(log.state.replicas.values().all(|r| r.node == holder));
+        assert_eq!(log.state.replicas.len(), 2);
+
+        let err = log.apply(Op::RemoveVolume("data".into())).unwrap_err();
+        assert_eq!(err.code, RejectionCode::Conflict);
+        assert!(err.message.contains("used by service db"), "{err}");
+
+        log.apply(Op::RemoveNode(holder)).unwrap();
+        let other = log.state.volume_nodes["data"];
+        assert_ne!(other, holder, "placed afresh on the node left");
+        log.apply(Op::RemoveService(db.name.clone())).unwrap();
+        log.apply(Op::RemoveVolume("data".into())).unwrap();
+        assert!(log.state.volume_nodes.is_empty());
     }
 
     #[test]

@@ -46,7 +46,8 @@ use warren_api::{NodeId, Revision};
 
 use crate::command::Outcome;
 use crate::older::{
-    ClusterStateV1, ClusterStateV2, ClusterStateV3, ClusterStateV4, EntryV1, upgrade_entry,
+    ClusterStateV1, ClusterStateV2, ClusterStateV3, ClusterStateV4, ClusterStateV5, EntryV1,
+    upgrade_entry,
 };
 use crate::state::ClusterState;
 use crate::types::{LogId, RaftMember, StorageError, TypeConfig};
@@ -85,7 +86,8 @@ pub const LAYOUT_VERSION: u32 = 2;
 ///    (`ClusterState::key_gen`) and the serials renewed certificates replaced
 ///    (`ClusterState::previous_cert_serials`).
 /// 5: the WireGuard overlay (`ClusterState::overlay`, `ClusterState::mesh`).
-const SNAPSHOT_FORMAT: u32 = 5;
+/// 6: the node that holds each local volume (`ClusterState::volume_nodes`).
+const SNAPSHOT_FORMAT: u32 = 6;
 
 type MembershipRecord = StoredMembership<u64, RaftMember>;
 type Meta = SnapshotMeta<u64, RaftMember>;
@@ -714,7 +716,7 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
 }
 
 /// A snapshot's data in an older format, whose state is `S` ([`ClusterStateV1`],
-/// [`ClusterStateV2`], [`ClusterStateV3`], [`ClusterStateV4`]).
+/// [`ClusterStateV2`], [`ClusterStateV3`], [`ClusterStateV4`], [`ClusterStateV5`]).
 #[derive(Deserialize)]
 struct OlderPayload<S> {
     #[allow(dead_code, reason = "read to keep postcard's positions")]
@@ -752,6 +754,9 @@ fn decode_any_format(data: &[u8]) -> Result<SnapshotPayload, String> {
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         4 => postcard::from_bytes::<OlderPayload<ClusterStateV4>>(data)
+            .map(OlderPayload::upgrade)
+            .map_err(corrupt),
+        5 => postcard::from_bytes::<OlderPayload<ClusterStateV5>>(data)
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         other => Err(format!(

@@ -51,6 +51,7 @@ fn request(replica: ReplicaId, argv: &[&str]) -> WorkloadRequest {
         group: None,
         cap_add: Vec::new(),
         secrets: Vec::new(),
+        volumes: Vec::new(),
         memory_bytes: None,
         cpu_millis: None,
         registry_auth: None,

@@ -123,6 +123,25 @@ pub async fn agent_token(control: &ControlNode, fingerprint: [u8; 32]) -> String
 /// # Panics
 /// When the request fails or the answer is not a 200 with a `T`: this is a test fixture.
 pub async fn api_get<T: serde::de::DeserializeOwned>(control: &ControlNode, path: &str) -> T {
+    let (status, body) = api_call(control, hyper::Method::GET, path).await;
+    assert!(
+        status.is_success(),
+        "GET {path}: {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).expect("api answers JSON of the expected type")
+}
+
+/// `method path` (no body) on the control node's HTTP API through its Unix socket: the status
+/// and the body, whatever they are.
+///
+/// # Panics
+/// When the socket or the exchange fails: this is a test fixture.
+pub async fn api_call(
+    control: &ControlNode,
+    method: hyper::Method,
+    path: &str,
+) -> (hyper::StatusCode, bytes::Bytes) {
     use http_body_util::BodyExt;
     let socket = control.data_dir().join(warren_control::node::SOCKET_FILE);
     let stream = tokio::net::UnixStream::connect(&socket)
@@ -134,6 +153,7 @@ pub async fn api_get<T: serde::de::DeserializeOwned>(control: &ControlNode, path
             .expect("http handshake");
     tokio::spawn(conn);
     let request = hyper::Request::builder()
+        .method(method)
         .uri(format!("http://warren{}{path}", warren_api::rest::PREFIX))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("valid request");
@@ -145,12 +165,7 @@ pub async fn api_get<T: serde::de::DeserializeOwned>(control: &ControlNode, path
         .await
         .expect("api body")
         .to_bytes();
-    assert!(
-        status.is_success(),
-        "GET {path}: {status}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    serde_json::from_slice(&body).expect("api answers JSON of the expected type")
+    (status, body)
 }
 
 /// Polls `cond` every 50 ms until it gives a value or `timeout` passes.

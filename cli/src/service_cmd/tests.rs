@@ -382,3 +382,64 @@ fn workload_text_is_short_and_quoted() {
         MAX_WORKLOAD_COLUMN_CHARS
     );
 }
+
+#[test]
+fn volume_flags_name_the_volume_target_and_access() {
+    let spec = created(&[
+        "create",
+        "db",
+        "--command",
+        "sleep 1000",
+        "--volume",
+        "data",
+        "--volume",
+        "seed:init:ro",
+        "--volume",
+        "logs:ro",
+    ])
+    .unwrap();
+    let mount = |volume: &str, target: &str, read_only| VolumeMount {
+        volume: volume.to_owned(),
+        target: target.to_owned(),
+        read_only,
+    };
+    assert_eq!(
+        spec.volumes,
+        [
+            mount("data", "data", false),
+            mount("seed", "init", true),
+            mount("logs", "logs", true),
+        ]
+    );
+    for bad in ["data:", ":x", "a:b:c"] {
+        let error = created(&["create", "db", "--command", "x", "--volume", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--volume:"), "{bad}: {error}");
+    }
+}
+
+#[test]
+fn ps_notes_why_replicas_wait() {
+    let mut info = ServiceInfo {
+        spec: created(&["create", "db", "--command", "x"]).unwrap(),
+        version: 1,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        replicas_desired: Some(1),
+        replicas_placed: 0,
+        unschedulable: 1,
+        rolling_out: None,
+        can_roll_back: false,
+        pinned: Some("pinned to node edge-1, which holds volume data".to_owned()),
+    };
+    assert_eq!(
+        pending_note(&info),
+        "1 replica pending: pinned to node edge-1, which holds volume data\n"
+    );
+    info.unschedulable = 0;
+    assert_eq!(
+        pending_note(&info),
+        "pinned to node edge-1, which holds volume data\n"
+    );
+}

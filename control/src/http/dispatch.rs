@@ -121,6 +121,8 @@ impl Api {
             Route::CreateSecret => self.create_secret(read_json(request).await?).await,
             Route::RemoveSecret { secret } => self.remove_secret(secret).await,
             Route::ListVolumes => self.list_volumes(stale).await,
+            Route::VolumeUsage => self.volume_usage(stale).await,
+            Route::GetVolume { volume } => self.get_volume(volume, stale).await,
             Route::PutVolume { volume } => self.put_volume(volume, read_json(request).await?).await,
             Route::RemoveVolume { volume } => self.remove_volume(volume).await,
         }

@@ -154,10 +154,13 @@ fn service_info(
         replicas_running: Some(running),
         replicas_stale: stale,
         unschedulable,
-        pending_reason: (unschedulable > 0)
-            .then(|| crate::scheduler::why_unplaceable(&record.current, &state.nodes)),
+        pending_reason: (unschedulable > 0).then(|| {
+            super::volumes::pin_text(state, &record.current.spec)
+                .unwrap_or_else(|| crate::scheduler::why_unplaceable(&record.current, &state.nodes))
+        }),
         rolling_out: record.rollout.map(|r| r.version),
         can_roll_back: record.previous.is_some(),
+        pinned: super::volumes::pin_text(state, &record.current.spec),
     })
 }
 
@@ -196,5 +199,8 @@ fn replica_info(
         message: reported.and_then(|s| s.message.clone()),
         updated_at_ms: reported.map(|s| s.updated_at_ms),
         stale: reported.is_some() && !agent.is_some_and(|a| a.connected),
+        pinned_by: state.services.get(&replica.id.service).and_then(|record| {
+            super::volumes::pinned_by(state, &record.current.spec, replica.node)
+        }),
     }
 }

@@ -67,7 +67,11 @@ fn run(
     now: u64,
 ) -> Plan {
     let refs: Vec<&Service> = services.iter().collect();
-    schedule(nodes, &refs, current, now)
+    let fleet = Fleet {
+        nodes,
+        volume_nodes: &BTreeMap::new(),
+    };
+    schedule(fleet, &refs, current, now)
 }
 
 fn count_by_site(plan: &Plan, nodes: &BTreeMap<NodeId, Node>) -> BTreeMap<String, usize> {
@@ -298,7 +302,8 @@ proptest! {
     ) {
         let settled = run(&nodes, &services, &BTreeMap::new(), 0);
         let added = service("zz-new", ServiceMode::Replicated { replicas: extra }, Placement::default(), OnDisconnect::Keep);
-        let one = schedule_one(&nodes, &added, &settled.replicas, 0);
+        let fleet = Fleet { nodes: &nodes, volume_nodes: &BTreeMap::new() };
+        let one = schedule_one(fleet, &added, &settled.replicas, 0);
         let mut replicas = settled.replicas.clone();
         replicas.extend(one.replicas.clone());
         let mut all = services.clone();
@@ -319,5 +324,172 @@ proptest! {
         for (id, replica) in &plan.replicas {
             prop_assert_eq!(later.replicas.get(id), Some(replica));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local volumes pin replicas to the node that holds them
+// ---------------------------------------------------------------------------------------------
+
+fn with_volume(mut service: Service, volume: &str) -> Service {
+    service.spec.volumes.push(warren_api::VolumeMount {
+        volume: volume.to_owned(),
+        target: volume.to_owned(),
+        read_only: false,
+    });
+    service
+}
+
+fn replicated(name: &str, replicas: u32) -> Service {
+    service(
+        name,
+        ServiceMode::Replicated { replicas },
+        Placement::default(),
+        OnDisconnect::Reschedule { after_ms: 1_000 },
+    )
+}
+
+fn run_pinned(
+    nodes: &BTreeMap<NodeId, Node>,
+    services: &[Service],
+    current: &BTreeMap<ReplicaId, Replica>,
+    volume_nodes: &BTreeMap<String, NodeId>,
+    now: u64,
+) -> Plan {
+    let refs: Vec<&Service> = services.iter().collect();
+    schedule(
+        Fleet {
+            nodes,
+            volume_nodes,
+        },
+        &refs,
+        current,
+        now,
+    )
+}
+
+/// Replicas of a service with a local volume all go to one node, which the plan records as
+/// the volume's holder; a second service mounting the same volume follows them there.
+#[test]
+fn a_volume_gathers_its_replicas_on_the_node_placed_first() {
+    let nodes = ready_nodes(4);
+    let services = [
+        with_volume(replicated("db", 3), "data"),
+        with_volume(replicated("backup", 1), "data"),
+    ];
+    let plan = run_pinned(&nodes, &services, &BTreeMap::new(), &BTreeMap::new(), 0);
+    assert_eq!(plan.replicas.len(), 4);
+    let holder = plan.volume_nodes["data"];
+    assert!(plan.replicas.values().all(|r| r.node == holder), "{plan:?}");
+}
+
+/// While the holder is down, a pinned replica is not moved: it waits, unschedulable, and
+/// returns to the holder when it is back; the binding never changes.
+#[test]
+fn a_pinned_replica_waits_for_its_node_instead_of_moving() {
+    let mut nodes = ready_nodes(3);
+    let services = [with_volume(replicated("db", 1), "data")];
+    let held = BTreeMap::from([("data".to_owned(), NodeId(2))]);
+    let plan = run_pinned(&nodes, &services, &BTreeMap::new(), &held, 0);
+    assert_eq!(
+        plan.replicas.values().next().map(|r| r.node),
+        Some(NodeId(2))
+    );
+
+    nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Unreachable { since_ms: 0 };
+    let later = run_pinned(&nodes, &services, &plan.replicas, &held, 5_000);
+    assert!(later.replicas.is_empty(), "not moved elsewhere: {later:?}");
+    assert_eq!(later.unschedulable[&ServiceName::new("db").unwrap()], 1);
+    assert_eq!(later.volume_nodes, held);
+
+    nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Ready;
+    let back = run_pinned(&nodes, &services, &later.replicas, &held, 6_000);
+    assert_eq!(
+        back.replicas.values().next().map(|r| r.node),
+        Some(NodeId(2))
+    );
+    assert!(back.unschedulable.is_empty());
+}
+
+/// A replica already placed away from its volume's holder (placed before volumes were
+/// pinned) is moved to the holder.
+#[test]
+fn a_replica_off_its_volumes_node_is_moved_there() {
+    let nodes = ready_nodes(3);
+    let db = with_volume(replicated("db", 1), "data");
+    let free = run(&nodes, &[replicated("db", 1)], &BTreeMap::new(), 0);
+    let on = free.replicas.values().next().unwrap().node;
+    let holder = if on == NodeId(1) {
+        NodeId(3)
+    } else {
+        NodeId(1)
+    };
+    let held = BTreeMap::from([("data".to_owned(), holder)]);
+    let plan = run_pinned(&nodes, &[db], &free.replicas, &held, 0);
+    assert_eq!(plan.replicas.values().next().map(|r| r.node), Some(holder));
+}
+
+/// Two volumes held by different nodes leave a service nowhere to go; a global service is not
+/// pinned at all (each replica uses its own node's directory).
+#[test]
+fn split_volumes_are_unschedulable_and_global_services_are_free() {
+    let nodes = ready_nodes(3);
+    let split = with_volume(with_volume(replicated("db", 1), "a"), "b");
+    let held = BTreeMap::from([("a".to_owned(), NodeId(1)), ("b".to_owned(), NodeId(2))]);
+    assert!(matches!(Pin::of(&split.spec, &held), Pin::Split { .. }));
+    let plan = run_pinned(&nodes, &[split], &BTreeMap::new(), &held, 0);
+    assert!(plan.replicas.is_empty());
+
+    let global = with_volume(
+        service(
+            "agent",
+            ServiceMode::Global,
+            Placement::default(),
+            OnDisconnect::Keep,
+        ),
+        "a",
+    );
+    let plan = run_pinned(&nodes, &[global], &BTreeMap::new(), &held, 0);
+    assert_eq!(plan.replicas.len(), 3);
+}
+
+/// `services` with volume `a` or `b` mounted where `volumes` says (by index; none past it).
+fn with_volumes(services: Vec<Service>, volumes: &[Option<bool>]) -> Vec<Service> {
+    services
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| match volumes.get(i).copied().flatten() {
+            Some(first) => with_volume(s, if first { "a" } else { "b" }),
+            None => s,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every placed replica of a replicated service that mounts a volume is on the node the
+    /// plan says holds it, and a settled plan stays as it is, bindings included.
+    #[test]
+    fn replicas_of_a_volume_share_its_node_and_settle(
+        nodes in arb_nodes(),
+        services in arb_services(),
+        volumes in proptest::collection::vec(proptest::option::of(any::<bool>()), 4),
+        now in 0u64..5_000,
+    ) {
+        let services = with_volumes(services, &volumes);
+        let plan = run_pinned(&nodes, &services, &BTreeMap::new(), &BTreeMap::new(), now);
+        for replica in plan.replicas.values() {
+            let service = services.iter().find(|s| s.spec.name == replica.id.service).unwrap();
+            if service.spec.mode == ServiceMode::Global {
+                continue;
+            }
+            for mount in &service.spec.volumes {
+                prop_assert_eq!(plan.volume_nodes.get(&mount.volume), Some(&replica.node));
+            }
+        }
+        let settled = run_pinned(&nodes, &services, &plan.replicas, &plan.volume_nodes, now);
+        prop_assert_eq!(&settled.replicas, &plan.replicas);
+        prop_assert_eq!(&settled.volume_nodes, &plan.volume_nodes);
     }
 }

@@ -242,3 +242,41 @@ fn a_snapshot_of_format_4_is_read_without_mesh_entries() {
         Some("10.42.1.1".parse().unwrap())
     );
 }
+
+/// Snapshot data of format 5 (last applied (2, 1, 9), default membership, revision 9): the
+/// format-4 state above (node `edge-7`, ready) with volume `data` (local, no limit, no labels).
+const SNAPSHOT_V5: &str = "05010201090000000001070706656467652d3700066c6973626f6e00000001026162\
+    0000010d31302e302e302e373a37393436000080d095ffbc310000000000010464617461046461746100000000\
+    000000000a2a0000100009";
+
+/// A snapshot from before volumes were pinned is read with no volume held by any node; the
+/// first placement of a replica that mounts one records its node.
+#[test]
+fn a_snapshot_of_format_5_is_read_without_volume_nodes() {
+    let meta = Meta {
+        last_log_id: Some(log_id(2, 9)),
+        last_membership: MembershipRecord::default(),
+        snapshot_id: "2-9-1".into(),
+    };
+    let payload = decode_payload(&meta, &unhex(SNAPSHOT_V5)).expect("format 5 is read");
+    assert_eq!(payload.format, SNAPSHOT_FORMAT);
+    let mut state = payload.state;
+    assert!(state.volumes.contains_key("data"));
+    assert!(state.volume_nodes.is_empty());
+    let mut spec = sample_spec();
+    spec.secrets.clear();
+    spec.volumes = vec![warren_api::VolumeMount {
+        volume: "data".into(),
+        target: "data".into(),
+        read_only: false,
+    }];
+    let command = Command {
+        at_ms: 1_700_000_100_000,
+        op: Op::PutService(spec),
+    };
+    state
+        .apply(warren_api::Revision(10), &command)
+        .result
+        .expect("applied");
+    assert_eq!(state.volume_nodes["data"], warren_api::NodeId(7));
+}

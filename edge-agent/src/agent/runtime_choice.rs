@@ -88,6 +88,8 @@ pub(crate) fn build(
     Ok(match choice {
         RuntimeChoice::Process => Arc::new(ProcessRuntime::for_agent(data_dir, process.clone())?),
         RuntimeChoice::Containerd { socket } => {
+            crate::runtime::volumes::check_host_volumes(&process.host_volumes, Some(data_dir))
+                .map_err(|reason| crate::runtime::RuntimeError::InvalidOptions { reason })?;
             let root = process
                 .workloads_dir
                 .clone()
@@ -98,6 +100,13 @@ pub(crate) fn build(
                 log_files_max: process.log_files_max,
                 resolv_conf: process.resolv_conf.clone(),
                 cgroup_root: process.cgroup_root.clone(),
+                volumes_dir: Some(
+                    process
+                        .volumes_dir
+                        .clone()
+                        .unwrap_or_else(|| crate::runtime::volumes::default_volumes_dir(data_dir)),
+                ),
+                host_volumes: process.host_volumes.clone(),
                 ..ContainerdOptions::default()
             };
             Arc::new(ContainerdRuntime::new(root, options)?)

@@ -167,7 +167,7 @@ pub async fn run_exec(argv: &[String], exec: &ExecContext, timeout: Duration) ->
         command.current_dir(dir);
     }
     if let Some(credentials) = &exec.credentials {
-        match ChildSetup::new(credentials, None) {
+        match ChildSetup::new(credentials, None, &[]) {
             Ok(setup) => privileges::install(command.as_std_mut(), setup),
             Err(e) => return ProbeOutcome::fail(format!("exec {program}: {e}")),
         }

@@ -10,7 +10,8 @@
 //! Files stay where the process runtime keeps them (`<root>/<replica>/…`, see `dirs`): the
 //! shim appends the task's output to `stdout.log` (containerd's `file://` stdio, which sends
 //! standard error to the same file), so logs keep flowing while no agent runs; secrets go to
-//! `secrets/`, bind-mounted read-only at `/run/secrets`.
+//! `secrets/`, bind-mounted read-only at `/run/secrets`. Local volumes (`runtime::volumes`)
+//! are bind-mounted at `/volumes/<target>`.
 //!
 //! - `client`: the connection, namespace and leases.
 //! - `exec`: running an exec health check inside a replica's container.
@@ -64,6 +65,7 @@ pub use self::registry_auth::RegistryCredentials;
 pub use self::spec::{CGROUP_PARENT, SECRETS_MOUNT};
 use self::task::TaskState;
 use super::dirs::{Layout, SECRETS_DIR};
+use super::volumes::{self, Volumes};
 use super::{
     Credentials, Instance, Runtime, RuntimeError, RuntimeFuture, RuntimeObservation, StopOutcome,
     WorkloadHandle, WorkloadRecord, WorkloadRequest, logs, procfs, secrets,
@@ -99,6 +101,7 @@ const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub struct ContainerdRuntime {
     options: ContainerdOptions,
     layout: Layout,
+    volumes: Volumes,
     boot_id: String,
     /// Whether the agent is root: secrets on tmpfs and owned by the container's user.
     is_root: bool,
@@ -139,6 +142,14 @@ impl ContainerdRuntime {
             options.resolv_conf = Some(absolute(resolv)?);
         }
         let is_root = rustix::process::geteuid().is_root();
+        let volumes_root = match &options.volumes_dir {
+            Some(dir) => absolute(dir)?,
+            None => volumes::default_volumes_dir(&root),
+        };
+        let volumes = Volumes {
+            root: volumes_root,
+            host: options.host_volumes.clone(),
+        };
         let layout = Layout { root };
         layout.create_root(is_root)?;
         let boot_id = procfs::boot_id()
@@ -147,6 +158,7 @@ impl ContainerdRuntime {
         Ok(ContainerdRuntime {
             options,
             layout,
+            volumes,
             boot_id,
             is_root,
             connection: OnceCell::new(),
@@ -220,10 +232,15 @@ impl ContainerdRuntime {
                 .await;
         }
         let secrets_dir = self.prepare_files(request, (process.uid, process.gid))?;
+        let owner = (self.is_root && process.uid != 0).then_some((process.uid, process.gid));
+        let volume_dirs = self
+            .volumes
+            .prepare(&request.replica, &request.volumes, owner)?;
         drop(logs::open_append(&stdout_log)?);
         let files = spec::HostFiles {
             secrets_dir: secrets_dir.as_deref(),
             resolv_conf: self.options.resolv_conf.as_deref(),
+            volume_dirs: &volume_dirs,
         };
         let runtime_spec = spec::runtime_spec(request, &process, files);
         let made = task::Create {

@@ -12,6 +12,8 @@
 //!   of an OCI image under containerd's shim, adoption by container id + spec-hash label.
 //! - `procfs`, `logs`, `secrets`, `cgroup`: the process runtime's pieces (reading `/proc`,
 //!   log rotation, secret files, cgroup v1 limits).
+//! - [`volumes`]: local volumes, one directory per volume on the node, kept across
+//!   replicas' restarts; both runtimes mount them from there.
 //! - [`credentials`], `users`, `privileges`, `dirs`, `working_dir`: who a workload runs as
 //!   (a spec's `user`, `group`, `cap_add` on this box), dropping to it in the child, the
 //!   replica directories and their owners, and where a workload may start.
@@ -30,6 +32,7 @@ pub mod process;
 mod procfs;
 mod secrets;
 mod users;
+pub mod volumes;
 mod working_dir;
 
 use std::collections::BTreeMap;
@@ -42,7 +45,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warren_api::ids::ReplicaId;
-use warren_api::service::{ServiceSpec, Workload};
+use warren_api::service::{ServiceSpec, VolumeMount, Workload};
 
 pub use containerd::{ContainerdOptions, ContainerdRuntime};
 pub use credentials::Credentials;
@@ -193,6 +196,9 @@ pub struct WorkloadRequest {
     pub cap_add: Vec<String>,
     /// Secret files: (file name, plaintext). Never logged.
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// Local volumes to mount ([`volumes`]): each one's directory is made on first use and
+    /// kept, and the workload finds it by [`volumes::env_name`] of its target.
+    pub volumes: Vec<VolumeMount>,
     /// Memory limit in bytes.
     pub memory_bytes: Option<u64>,
     /// CPU limit in thousandths of a core.
@@ -256,6 +262,7 @@ impl fmt::Debug for WorkloadRequest {
             .field("group", &self.group)
             .field("cap_add", &self.cap_add)
             .field("secrets", &secrets)
+            .field("volumes", &self.volumes)
             .field("memory_bytes", &self.memory_bytes)
             .field("cpu_millis", &self.cpu_millis)
             .field("registry_auth", &self.registry_auth)
@@ -293,6 +300,7 @@ impl WorkloadRequest {
             group: spec.group.clone(),
             cap_add: spec.cap_add.clone(),
             secrets,
+            volumes: spec.volumes.clone(),
             memory_bytes: spec.resources.memory_bytes,
             cpu_millis: spec.resources.cpu_millis,
             registry_auth,

@@ -5,8 +5,9 @@
 //! Everything is decided before the fork ([`ChildSetup`]); the child only makes system calls
 //! (rustix's raw wrappers: no allocation, no lock, async-signal-safe), in this order:
 //!
-//! 1. resolver: `unshare(CLONE_NEWNS)`, mounts made private, the agent's resolv.conf bound
-//!    over `/etc/resolv.conf` (needs root, so before the switch);
+//! 1. mounts: `unshare(CLONE_NEWNS)`, mounts made private, the agent's resolv.conf bound
+//!    over `/etc/resolv.conf`, each read-only volume bound read-only over itself (needs root,
+//!    so before the switch);
 //! 2. the bounding set loses every capability not kept (needs CAP_SETPCAP, so before the
 //!    switch), so that no exec can bring one back;
 //! 3. `PR_SET_KEEPCAPS`, then `setgroups`, `setresgid`, `setresuid`: the user's ids, with the
@@ -23,9 +24,9 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use rustix::mount::MountPropagationFlags;
+use rustix::mount::{MountFlags, MountPropagationFlags};
 use rustix::process::{Gid, Uid};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
@@ -43,6 +44,8 @@ const CAPABILITY_NUMBERS: std::ops::Range<u32> = 0..64;
 pub(crate) struct ChildSetup {
     /// The file to bind over `/etc/resolv.conf` in a mount namespace of the workload's own.
     resolv_conf: Option<CString>,
+    /// Volume directories bound read-only over themselves in that namespace.
+    read_only: Vec<CString>,
     /// The ids to switch to; `None` when the agent is not root.
     switch: Option<(Uid, Gid, Vec<Gid>)>,
     /// Capability bits to keep ([`ALL_CAPABILITIES`]: every one the agent has).
@@ -53,15 +56,25 @@ pub(crate) struct ChildSetup {
 
 impl ChildSetup {
     /// The setup for a workload that runs as `credentials`, with `resolv_conf` bound over the
-    /// host's when given (the caller gives it only to an agent running as root).
+    /// host's when given and `read_only` directories made read-only (the caller gives either
+    /// only to an agent running as root).
     ///
     /// # Errors
     /// A path with a NUL byte.
-    pub(crate) fn new(credentials: &Credentials, resolv_conf: Option<&Path>) -> io::Result<Self> {
-        let resolv_conf = resolv_conf
-            .map(|path| CString::new(path.as_os_str().as_bytes()))
-            .transpose()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    pub(crate) fn new(
+        credentials: &Credentials,
+        resolv_conf: Option<&Path>,
+        read_only: &[PathBuf],
+    ) -> io::Result<Self> {
+        let c_path = |path: &Path| {
+            CString::new(path.as_os_str().as_bytes())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        };
+        let resolv_conf = resolv_conf.map(c_path).transpose()?;
+        let read_only = read_only
+            .iter()
+            .map(|p| c_path(p))
+            .collect::<io::Result<Vec<_>>>()?;
         let switch = credentials.switched.then(|| {
             (
                 Uid::from_raw(credentials.uid),
@@ -75,21 +88,38 @@ impl ChildSetup {
         });
         Ok(ChildSetup {
             resolv_conf,
+            read_only,
             switch,
             keep: credentials.capabilities,
             drop_bounding: credentials.switched,
         })
     }
 
+    /// Whether the workload needs a mount namespace of its own (step 1).
+    fn own_mounts(&self) -> bool {
+        self.resolv_conf.is_some() || !self.read_only.is_empty()
+    }
+
     /// Steps 1 (after the `unshare`) to 5 of the module docs, in the child. Makes system calls
     /// only.
     fn apply(&self) -> io::Result<()> {
-        if let Some(resolv) = &self.resolv_conf {
+        if self.own_mounts() {
             rustix::mount::mount_change(
                 c"/",
                 MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
             )?;
+        }
+        if let Some(resolv) = &self.resolv_conf {
             rustix::mount::mount_bind(resolv.as_c_str(), RESOLV_CONF_TARGET)?;
+        }
+        for dir in &self.read_only {
+            // A bind mount takes its flags only from a remount of itself.
+            rustix::mount::mount_bind(dir.as_c_str(), dir.as_c_str())?;
+            rustix::mount::mount_remount(
+                dir.as_c_str(),
+                MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                c"",
+            )?;
         }
         if self.drop_bounding && self.keep != ALL_CAPABILITIES {
             for number in CAPABILITY_NUMBERS.filter(|n| self.keep & (1 << n) == 0) {
@@ -144,7 +174,7 @@ pub(crate) fn install(command: &mut std::process::Command, setup: ChildSetup) {
     // namespace alone changes.
     unsafe {
         command.pre_exec(move || {
-            if setup.resolv_conf.is_some() {
+            if setup.own_mounts() {
                 rustix::thread::unshare_unsafe(UnshareFlags::NEWNS)?;
             }
             setup.apply()

@@ -10,6 +10,11 @@
 //! <root>/<replica>/work/              0700 uid: the workload's own, its default working dir
 //! ```
 //!
+//! Local volumes are directories of their own (`runtime::volumes`); a workload finds each by
+//! `WARREN_VOLUME_<TARGET>`, the host path. A read-only mount is bound read-only over that
+//! path in the workload's own mount namespace, which needs root: an agent that is not root
+//! cannot enforce `read_only` for processes (it says so when such a workload starts).
+//!
 //! A workload runs as the user its spec names, or as a user of its own, with only the
 //! capabilities its spec keeps and `no_new_privs` (`credentials`, `privileges`). Workloads an
 //! older agent started keep running from `<data dir>/workloads/<replica>` (their record says
@@ -39,6 +44,7 @@ use warren_api::ids::ReplicaId;
 use super::cgroup::CgroupLayout;
 use super::credentials::AgentUser;
 use super::dirs::{Layout, SECRETS_DIR};
+use super::volumes::{self, Volumes};
 use super::working_dir::Forbidden;
 use super::{
     Instance, Runtime, RuntimeError, RuntimeFuture, RuntimeObservation, StopOutcome,
@@ -90,6 +96,13 @@ pub struct ProcessRuntimeOptions {
     /// Where replica directories go ([`ProcessRuntime::for_agent`]); `None`: beside the
     /// agent's data dir, as `<data dir>-workloads`. Never inside the data dir. Default `None`.
     pub workloads_dir: Option<PathBuf>,
+    /// Where local volumes' directories go (`runtime::volumes`); `None`: beside the agent's
+    /// data dir, as `<data dir>-volumes` (beside the workloads root for a runtime without a
+    /// data dir). Default `None`.
+    pub volumes_dir: Option<PathBuf>,
+    /// Volumes served from host directories instead, by name: the allow-list of
+    /// `--host-volume NAME=PATH` (`runtime::volumes`). Default empty.
+    pub host_volumes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -102,6 +115,8 @@ impl Default for ProcessRuntimeOptions {
             secrets_tmpfs: true,
             resolv_conf: None,
             workloads_dir: None,
+            volumes_dir: None,
+            host_volumes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -127,7 +142,7 @@ impl ProcessRuntimeOptions {
                 "cgroup_parent must be a single directory name, got {parent:?}"
             ));
         }
-        Ok(())
+        volumes::check_host_volumes(&self.host_volumes, None)
     }
 }
 
@@ -154,6 +169,7 @@ pub fn default_workloads_dir(data_dir: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct ProcessRuntime {
     layout: Layout,
+    volumes: Volumes,
     /// Where an older agent kept replica directories (`<data dir>/workloads`).
     legacy_root: Option<PathBuf>,
     /// Where no working directory may be.
@@ -219,9 +235,17 @@ impl ProcessRuntime {
             .validate()
             .map_err(|reason| RuntimeError::InvalidOptions { reason })?;
         let agent = AgentUser::current();
+        volumes::check_host_volumes(&options.host_volumes, data_dir)
+            .map_err(|reason| RuntimeError::InvalidOptions { reason })?;
+        let volumes = Volumes {
+            root: options.volumes_dir.clone().unwrap_or_else(|| {
+                volumes::default_volumes_dir(data_dir.unwrap_or(root.as_path()))
+            }),
+            host: options.host_volumes.clone(),
+        };
         let layout = Layout { root };
         layout.create_root(agent.is_root())?;
-        say_how_workloads_run(agent, &layout.root);
+        say_how_workloads_run(agent, &layout.root, &volumes.root);
         let boot_id =
             procfs::boot_id().map_err(|e| RuntimeError::io("read boot id", BOOT_ID_PATH, e))?;
         let cgroups = CgroupLayout {
@@ -249,6 +273,7 @@ impl ProcessRuntime {
         };
         Ok(ProcessRuntime {
             layout,
+            volumes,
             legacy_root: data_dir.map(|d| d.join(LEGACY_WORKLOADS_DIR)),
             forbidden,
             options,
@@ -640,7 +665,7 @@ const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 const LEGACY_WORKLOADS_DIR: &str = "workloads";
 
 /// Says once, at start, what workloads run as on this box, and what stands in their way.
-fn say_how_workloads_run(agent: AgentUser, root: &Path) {
+fn say_how_workloads_run(agent: AgentUser, root: &Path, volumes_root: &Path) {
     if !agent.is_root() {
         tracing::info!(
             uid = agent.uid,
@@ -654,6 +679,15 @@ fn say_how_workloads_run(agent: AgentUser, root: &Path) {
             dir = %root.display(),
             closed = %first.display(),
             "other users cannot pass through a parent of the workloads dir: workloads running as their own user cannot open their secrets by path; give --workloads-dir a place under directories with o+x"
+        );
+    }
+    // The root itself is made 0711 on first use; its parents must let users through too.
+    let closed = super::dirs::closed_ancestors(volumes_root);
+    if let Some(first) = closed.first() {
+        tracing::warn!(
+            dir = %volumes_root.display(),
+            closed = %first.display(),
+            "other users cannot pass through a parent of the volumes dir: process workloads running as their own user cannot reach their volumes; put the agent's data dir under directories with o+x"
         );
     }
 }

@@ -27,6 +27,12 @@ pub struct ContainerdOptions {
     pub cgroup_root: PathBuf,
     /// Pull an image that is not in the store from its registry. Default true.
     pub pull: bool,
+    /// Where local volumes' directories go (`runtime::volumes`); `None`: beside the runtime's
+    /// root, as `<root>-volumes` (the agent passes `<data dir>-volumes`). Default `None`.
+    pub volumes_dir: Option<PathBuf>,
+    /// Volumes served from host directories instead, by name (`--host-volume NAME=PATH`).
+    /// Default empty.
+    pub host_volumes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for ContainerdOptions {
@@ -40,6 +46,8 @@ impl Default for ContainerdOptions {
             resolv_conf: None,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             pull: true,
+            volumes_dir: None,
+            host_volumes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -72,6 +80,6 @@ impl ContainerdOptions {
                 "log_files_max must be at least 1 and log_max_bytes at least 4096".to_owned(),
             );
         }
-        Ok(())
+        crate::runtime::volumes::check_host_volumes(&self.host_volumes, None)
     }
 }

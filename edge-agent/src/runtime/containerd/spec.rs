@@ -4,18 +4,20 @@
 //! What a container gets: the image's entrypoint with the spec's args (or the image's cmd),
 //! the image's environment under the spec's, the host's network (no network namespace, as
 //! the process runtime's workloads have), its own pid, ipc and mount namespaces, the agent's
-//! DNS as `/etc/resolv.conf`, its secrets read-only at [`SECRETS_MOUNT`], only the
+//! DNS as `/etc/resolv.conf`, its secrets read-only at [`SECRETS_MOUNT`], each local volume
+//! bound at `/volumes/<target>` (read-only when the mount says so, and named by
+//! `WARREN_VOLUME_<TARGET>` in its environment), only the
 //! capabilities `cap_add` names, `no_new_privileges`, and its memory and CPU limits in
 //! `linux.resources` under the cgroup `<CGROUP_PARENT>/<replica>`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use warren_api::run_as::{CAPABILITIES, keeps_all_capabilities};
 
 use super::super::process::DEFAULT_PATH;
-use super::super::{RuntimeError, WorkloadRequest};
+use super::super::{RuntimeError, WorkloadRequest, volumes};
 use super::image::RunConfig;
 
 /// Where a container sees its secret files.
@@ -42,6 +44,8 @@ pub(crate) struct ContainerProcess {
 pub(crate) struct HostFiles<'a> {
     pub(crate) secrets_dir: Option<&'a Path>,
     pub(crate) resolv_conf: Option<&'a Path>,
+    /// The host directory of each of the request's volume mounts, in their order.
+    pub(crate) volume_dirs: &'a [PathBuf],
 }
 
 /// The process of `request`'s container over `image`'s defaults.
@@ -79,6 +83,11 @@ pub(crate) fn container_process(
             SECRETS_MOUNT.to_owned(),
         );
     }
+    env.extend(volumes::environment(
+        &request.replica,
+        &request.volumes,
+        |mount| volumes::container_path(&mount.target),
+    )?);
     let cwd = match &request.working_dir {
         Some(dir) if dir.is_absolute() => dir.to_string_lossy().into_owned(),
         _ => image
@@ -162,7 +171,7 @@ pub(crate) fn runtime_spec(
                 "inheritable": [], "ambient": [],
             },
         },
-        "mounts": mounts(files),
+        "mounts": mounts(request, files),
         "linux": {
             "cgroupsPath": format!("/{CGROUP_PARENT}/{}", request.replica),
             "resources": resources(request),
@@ -191,7 +200,7 @@ fn resources(request: &WorkloadRequest) -> Value {
     resources
 }
 
-fn mounts(files: HostFiles<'_>) -> Value {
+fn mounts(request: &WorkloadRequest, files: HostFiles<'_>) -> Value {
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -210,14 +219,22 @@ fn mounts(files: HostFiles<'_>) -> Value {
     if let Some(secrets) = files.secrets_dir {
         mounts.push(bind_ro(secrets, SECRETS_MOUNT));
     }
+    for (mount, source) in request.volumes.iter().zip(files.volume_dirs) {
+        let access = if mount.read_only { "ro" } else { "rw" };
+        mounts.push(json!({
+            "destination": volumes::container_path(&mount.target),
+            "type": "bind",
+            "source": source,
+            "options": ["rbind", access, "nosuid", "nodev"],
+        }));
+    }
     Value::Array(mounts)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use warren_api::ids::{ReplicaId, ServiceName};
+    use warren_api::service::VolumeMount;
 
     use super::*;
 
@@ -233,6 +250,11 @@ mod tests {
             group: None,
             cap_add: vec!["NET_BIND_SERVICE".to_owned()],
             secrets: vec![("token".to_owned(), b"x".to_vec())],
+            volumes: vec![VolumeMount {
+                volume: "pg".to_owned(),
+                target: "db".to_owned(),
+                read_only: true,
+            }],
             memory_bytes: Some(32 << 20),
             cpu_millis: Some(500),
             registry_auth: None,
@@ -255,7 +277,12 @@ mod tests {
         assert_eq!(process.args, ["/bin/sh", "-c", "echo hi"]);
         assert_eq!(
             process.env,
-            ["MODE=edge", "PATH=/bin", "WARREN_SECRETS_DIR=/run/secrets"]
+            [
+                "MODE=edge",
+                "PATH=/bin",
+                "WARREN_SECRETS_DIR=/run/secrets",
+                "WARREN_VOLUME_DB=/volumes/db"
+            ]
         );
         assert_eq!(process.cwd, "/srv");
         assert_eq!((process.uid, process.gid), (1000, 1001));
@@ -287,9 +314,11 @@ mod tests {
         let process = container_process(&request, &image()).unwrap();
         let secrets = PathBuf::from("/w/web.0/secrets");
         let resolv = PathBuf::from("/var/lib/warren/resolv.conf");
+        let volume_dirs = [PathBuf::from("/var/lib/warren-volumes/pg")];
         let files = HostFiles {
             secrets_dir: Some(&secrets),
             resolv_conf: Some(&resolv),
+            volume_dirs: &volume_dirs,
         };
         let spec = runtime_spec(&request, &process, files);
         assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 32 << 20);
@@ -312,6 +341,16 @@ mod tests {
             find("/run/secrets")["options"]
                 .to_string()
                 .contains("\"ro\"")
+        );
+        let volume = find("/volumes/db");
+        assert_eq!(volume["source"], "/var/lib/warren-volumes/pg");
+        assert!(volume["options"].to_string().contains("\"ro\""), "{volume}");
+        assert!(
+            process
+                .env
+                .contains(&"WARREN_VOLUME_DB=/volumes/db".to_owned()),
+            "{:?}",
+            process.env
         );
     }
 }

@@ -74,6 +74,7 @@ fn request(service: &str, script: &str) -> WorkloadRequest {
         group: None,
         cap_add: vec![],
         secrets: vec![],
+        volumes: vec![],
         memory_bytes: None,
         cpu_millis: None,
         registry_auth: None,
@@ -711,4 +712,71 @@ async fn exec_checks_run_inside_the_container() {
         .await
         .expect("stop");
     fx.runtime.cleanup(&request.replica).await.expect("cleanup");
+}
+
+/// A local volume: a container writes through `$WARREN_VOLUME_DATA` (`/volumes/data`) and the
+/// file is in the node's volume directory; after that container is gone, another one with
+/// the same volume read-only reads it and cannot write.
+#[tokio::test]
+async fn container_volume_is_bound_and_read_only_when_asked() {
+    let Some(fx) = Fixture::new("container_volume_is_bound_and_read_only_when_asked").await else {
+        return;
+    };
+    let mount = |read_only| warren_api::service::VolumeMount {
+        volume: "shared".to_owned(),
+        target: "data".to_owned(),
+        read_only,
+    };
+    let mut writer = request(
+        "ctr-vol-writer",
+        "echo kept > $WARREN_VOLUME_DATA/note && echo wrote $WARREN_VOLUME_DATA",
+    );
+    writer.volumes = vec![mount(false)];
+    let handle = fx.runtime.start(&writer).await.expect("start writer");
+    let log = handle.record().stdout_log.clone();
+    let wrote = wait_until(Duration::from_secs(5), async || {
+        read(&log).contains("wrote /volumes/data")
+    })
+    .await;
+    assert!(wrote, "log: {:?}", read(&log));
+    let host_dir = fx.root.with_file_name("workloads-volumes").join("shared");
+    assert_eq!(read(&host_dir.join("note")), "kept\n");
+    fx.runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop writer");
+    fx.runtime
+        .cleanup(&writer.replica)
+        .await
+        .expect("cleanup writer");
+    assert_eq!(
+        read(&host_dir.join("note")),
+        "kept\n",
+        "cleanup keeps volumes"
+    );
+
+    let mut reader = request(
+        "ctr-vol-reader",
+        "cat /volumes/data/note; echo x > /volumes/data/other || echo read-only",
+    );
+    reader.volumes = vec![mount(true)];
+    let handle = fx.runtime.start(&reader).await.expect("start reader");
+    let log = handle.record().stdout_log.clone();
+    let refused = wait_until(Duration::from_secs(5), async || {
+        read(&log).contains("read-only")
+    })
+    .await;
+    let text = read(&log);
+    assert!(refused, "log: {text:?}");
+    // Standard error shares the file, so the shell's complaint may come first.
+    assert!(text.contains("kept\n"), "log: {text:?}");
+    assert!(!host_dir.join("other").exists());
+    fx.runtime
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop reader");
+    fx.runtime
+        .cleanup(&reader.replica)
+        .await
+        .expect("cleanup reader");
 }

@@ -1,6 +1,7 @@
 //! Starting a workload: who it runs as, its directories and secrets, its working directory,
 //! its limits, then the process itself, registered without an await in between.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -16,7 +17,7 @@ use crate::runtime::privileges::{self, ChildSetup};
 use crate::runtime::users::{GROUP_FILE, PASSWD_FILE, UserDb};
 use crate::runtime::{
     Instance, RuntimeError, WorkloadHandle, WorkloadRecord, WorkloadRequest, dirs, logs, procfs,
-    secrets, working_dir,
+    secrets, volumes, working_dir,
 };
 
 /// Where a workload's files are, decided before it is spawned.
@@ -26,6 +27,10 @@ struct Placement {
     secrets_dir: PathBuf,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
+    /// `WARREN_VOLUME_<TARGET>` → the volume's directory.
+    volume_env: BTreeMap<String, String>,
+    /// Volume directories the workload may only read.
+    read_only_volumes: Vec<PathBuf>,
 }
 
 impl ProcessRuntime {
@@ -115,16 +120,17 @@ impl ProcessRuntime {
             let work = self.layout.prepare(replica, &credentials)?;
             (credentials, work)
         };
-        let working_dir = working_dir::resolve(
-            replica,
-            request.working_dir.as_deref(),
-            &work,
-            &self.forbidden,
-        )?;
-        let secrets_dir = self.secrets_dir(replica);
         let owner = credentials
             .switched
             .then_some((credentials.uid, credentials.gid));
+        let (volume_env, read_only_volumes) = self.place_volumes(request, owner)?;
+        // `$WARREN_VOLUME_<TARGET>` as the working dir: that volume's directory.
+        let asked = request.working_dir.as_deref();
+        let working_dir = volumes::working_dir(asked, &volume_env)
+            .map(Path::new)
+            .or(asked);
+        let working_dir = working_dir::resolve(replica, working_dir, &work, &self.forbidden)?;
+        let secrets_dir = self.secrets_dir(replica);
         if request.secrets.is_empty() {
             secrets::remove(&secrets_dir)?;
         } else {
@@ -138,7 +144,34 @@ impl ProcessRuntime {
             secrets_dir,
             stdout_log: replica_dir.join(logs::STDOUT_LOG),
             stderr_log: replica_dir.join(logs::STDERR_LOG),
+            volume_env,
+            read_only_volumes,
         })
+    }
+
+    /// The volumes' directories made (owned by `owner` when given), the variables that name
+    /// them, and those the workload may only read.
+    fn place_volumes(
+        &self,
+        request: &WorkloadRequest,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(BTreeMap<String, String>, Vec<PathBuf>), RuntimeError> {
+        let replica = &request.replica;
+        let volume_dirs = self.volumes.prepare(replica, &request.volumes, owner)?;
+        let volume_env = volumes::environment(replica, &request.volumes, |mount| {
+            self.volumes.dir(&mount.volume).display().to_string()
+        })?;
+        let read_only_volumes: Vec<PathBuf> = request
+            .volumes
+            .iter()
+            .zip(volume_dirs)
+            .filter(|(mount, _)| mount.read_only)
+            .map(|(_, dir)| dir)
+            .collect();
+        if !read_only_volumes.is_empty() && !self.agent.is_root() {
+            tracing::warn!(%replica, "not root: read-only volumes are writable by this process workload");
+        }
+        Ok((volume_env, read_only_volumes))
     }
 
     /// The credentials of `request` on this box (see `credentials`).
@@ -181,18 +214,25 @@ impl ProcessRuntime {
             .resolv_conf
             .as_deref()
             .filter(|_| self.resolv_override);
-        let setup = ChildSetup::new(&placement.credentials, resolv_conf).map_err(|e| {
-            RuntimeError::InvalidRequest {
-                replica: request.replica.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let read_only = if self.agent.is_root() {
+            placement.read_only_volumes.as_slice()
+        } else {
+            &[]
+        };
+        let setup =
+            ChildSetup::new(&placement.credentials, resolv_conf, read_only).map_err(|e| {
+                RuntimeError::InvalidRequest {
+                    replica: request.replica.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         let mut command = std::process::Command::new(&request.argv[0]);
         command
             .args(&request.argv[1..])
             .env_clear()
             .env("PATH", DEFAULT_PATH)
             .envs(&request.env)
+            .envs(&placement.volume_env)
             .current_dir(&placement.working_dir)
             .stdin(Stdio::null())
             .stdout(logs::open_append(&placement.stdout_log)?)
