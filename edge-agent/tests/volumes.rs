@@ -39,6 +39,7 @@ fn request(service: &str, script: &str, volume: &str, read_only: bool) -> Worklo
         }],
         memory_bytes: None,
         cpu_millis: None,
+        registry_auth: None,
     }
 }
 
