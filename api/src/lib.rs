@@ -63,7 +63,10 @@ pub use event::{Event, EventKind};
 pub use ids::{NodeId, ReplicaId, ReplicaKey, Revision, ServiceName};
 pub use node::{Availability, Node, NodeAddresses, NodeRole, NodeState};
 pub use overlay::{MeshEntry, OverlayRange, OwnMesh};
-pub use placement::{Constraint, ConstraintKey, ConstraintOp, Placement};
+pub use placement::{
+    Constraint, ConstraintKey, ConstraintOp, Placement, RUNTIME_CONTAINERD, RUNTIME_LABEL,
+    RUNTIME_PROCESS, runtime_fits, runtime_needed,
+};
 pub use replica::{DesiredState, HealthState, Replica, ReplicaStatus, TaskState};
 pub use secret::{SealedBlob, Secret};
 pub use service::{

@@ -57,6 +57,32 @@ impl Placement {
     }
 }
 
+/// The node label an agent registers at join saying how it runs workloads:
+/// [`RUNTIME_PROCESS`] or [`RUNTIME_CONTAINERD`]. Control places image services only on
+/// containerd nodes and command services only on process nodes; a node without the label
+/// (joined before it existed) may take either, and its agent refuses what it cannot run.
+pub const RUNTIME_LABEL: &str = "warren.runtime";
+/// [`RUNTIME_LABEL`]'s value on a node that runs native processes.
+pub const RUNTIME_PROCESS: &str = "process";
+/// [`RUNTIME_LABEL`]'s value on a node that runs containers through containerd.
+pub const RUNTIME_CONTAINERD: &str = "containerd";
+
+/// The runtime a workload needs: [`RUNTIME_CONTAINERD`] for an image, [`RUNTIME_PROCESS`] for
+/// a command.
+pub fn runtime_needed(workload: &crate::Workload) -> &'static str {
+    match workload {
+        crate::Workload::Image(_) => RUNTIME_CONTAINERD,
+        crate::Workload::Process(_) => RUNTIME_PROCESS,
+    }
+}
+
+/// Whether `node`'s runtime (its [`RUNTIME_LABEL`]) can run `workload`.
+pub fn runtime_fits(workload: &crate::Workload, node: &Node) -> bool {
+    node.labels
+        .get(RUNTIME_LABEL)
+        .is_none_or(|runtime| runtime == runtime_needed(workload))
+}
+
 /// What a constraint compares.
 ///
 /// Text form: `site`, `node.name` or `label.<key>`; serialized as that text, validated when

@@ -385,7 +385,23 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             };
             warren_api::validate_node_name(&name).map_err(|e| anyhow!("--name: {}", e.message))?;
             warren_api::validate_site(&site).map_err(|e| anyhow!("--site: {}", e.message))?;
-            let labels = parse_labels(&labels)?;
+            let mut labels = parse_labels(&labels)?;
+            if labels.contains_key(warren_api::RUNTIME_LABEL) {
+                bail!(
+                    "--label {}: set by --runtime (the node registers how it runs workloads)",
+                    warren_api::RUNTIME_LABEL
+                );
+            }
+            // Control places image services on containerd nodes only, commands on process
+            // nodes only.
+            let runtime_name = match &runtime {
+                agent::RuntimeChoice::Process => warren_api::RUNTIME_PROCESS,
+                agent::RuntimeChoice::Containerd { .. } => warren_api::RUNTIME_CONTAINERD,
+            };
+            labels.insert(
+                warren_api::RUNTIME_LABEL.to_owned(),
+                runtime_name.to_owned(),
+            );
             let settings = check_listeners(&listen.settings(None)?)?;
             let request = agent::JoinRequest {
                 advertise: advertise(&settings, listen.advertise_gossip, &control)?,

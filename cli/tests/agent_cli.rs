@@ -126,6 +126,22 @@ fn agent_join_run_status_and_removal() {
     });
     assert!(alive(pid));
 
+    // The node registered its runtime: an image service is not placed on it, and says why.
+    let inspected = ok(admin(&["node", "inspect", "edge-1", "-o", "json"]));
+    let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(
+        inspected["node"]["labels"]["warren.runtime"], "process",
+        "{inspected}"
+    );
+    let created = admin(&["service", "create", "img", "--image", "busybox:1.36"]);
+    let warning = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{warning}");
+    let why = "1 replica pending: no node runs containerd (an image needs an agent joined with \
+               --runtime containerd)";
+    assert!(warning.contains(why), "{warning}");
+    assert!(ok(admin(&["service", "ps", "img"])).contains(why));
+    ok(admin(&["service", "rm", "img"]));
+
     // SIGTERM: the agent exits 0, the workload runs on.
     agent.signal("-TERM");
     assert!(agent.wait(Duration::from_secs(30)).success());

@@ -121,6 +121,7 @@ fn placeable(service: &Service, node: &Node) -> bool {
     node.role == NodeRole::Agent
         && node.is_schedulable()
         && service.spec.placement.allows_node(node)
+        && warren_api::runtime_fits(&service.spec.workload, node)
 }
 
 /// Whether an existing replica of `service` may stay on `node` at `now_ms`.
@@ -128,6 +129,7 @@ pub fn keepable(service: &Service, node: &Node, now_ms: u64) -> bool {
     if node.role != NodeRole::Agent
         || node.availability != Availability::Active
         || !service.spec.placement.allows_node(node)
+        || !warren_api::runtime_fits(&service.spec.workload, node)
     {
         return false;
     }

@@ -33,7 +33,26 @@ pub fn why_unplaceable(service: &Service, nodes: &BTreeMap<NodeId, Node>) -> Str
         };
         return format!("no node in {word} {sites}");
     }
-    let mut matching = in_sites;
+    let needed = warren_api::runtime_needed(&service.spec.workload);
+    let fitting: Vec<&Node> = in_sites
+        .iter()
+        .copied()
+        .filter(|n| warren_api::runtime_fits(&service.spec.workload, n))
+        .collect();
+    if fitting.is_empty() {
+        let scope = if placement.sites.is_empty() {
+            String::new()
+        } else {
+            format!(" in {}", placement.sites.join(", "))
+        };
+        let how = if needed == warren_api::RUNTIME_CONTAINERD {
+            "an image needs an agent joined with --runtime containerd"
+        } else {
+            "a command needs an agent joined with --runtime process"
+        };
+        return format!("no node{scope} runs {needed} ({how})");
+    }
+    let mut matching = fitting;
     for constraint in &placement.constraints {
         let only = warren_api::Placement {
             sites: Vec::new(),
@@ -164,6 +183,27 @@ mod tests {
         assert_eq!(
             why_unplaceable(&service(&[], &[]), &BTreeMap::new()),
             "no agent has joined the cluster"
+        );
+        // Every node here is a process node: an image has nowhere to go.
+        let labelled: BTreeMap<NodeId, Node> = nodes
+            .values()
+            .cloned()
+            .map(|mut n| {
+                n.labels.insert(
+                    warren_api::RUNTIME_LABEL.to_owned(),
+                    warren_api::RUNTIME_PROCESS.to_owned(),
+                );
+                (n.id, n)
+            })
+            .collect();
+        let mut image = service(&["lisbon"], &[]);
+        image.spec.workload = warren_api::Workload::Image(warren_api::ImageSpec {
+            reference: "busybox".into(),
+            args: Vec::new(),
+        });
+        assert_eq!(
+            why_unplaceable(&image, &labelled),
+            "no node in lisbon runs containerd (an image needs an agent joined with --runtime containerd)"
         );
     }
 }

@@ -493,3 +493,67 @@ proptest! {
         prop_assert_eq!(&settled.volume_nodes, &plan.volume_nodes);
     }
 }
+
+/// Images go to containerd nodes, commands to process nodes, either to a node that registered
+/// no runtime; a replica on a node of the wrong kind is moved off it.
+#[test]
+fn workloads_go_to_nodes_whose_runtime_runs_them() {
+    let mut nodes = ready_nodes(3);
+    let runtime = |nodes: &mut BTreeMap<NodeId, Node>, id: u64, value: &str| {
+        nodes
+            .get_mut(&NodeId(id))
+            .unwrap()
+            .labels
+            .insert(warren_api::RUNTIME_LABEL.to_owned(), value.to_owned());
+    };
+    runtime(&mut nodes, 1, warren_api::RUNTIME_PROCESS);
+    runtime(&mut nodes, 2, warren_api::RUNTIME_CONTAINERD);
+    let global = |name: &str, image: bool| {
+        let mut service = service(
+            name,
+            ServiceMode::Global,
+            Placement::default(),
+            OnDisconnect::Keep,
+        );
+        if image {
+            service.spec.workload = Workload::Image(warren_api::ImageSpec {
+                reference: "busybox".into(),
+                args: Vec::new(),
+            });
+        }
+        service
+    };
+    let plan = run(
+        &nodes,
+        &[global("cmd", false), global("img", true)],
+        &BTreeMap::new(),
+        0,
+    );
+    let on = |service: &str| -> BTreeSet<u64> {
+        plan.replicas
+            .values()
+            .filter(|r| r.id.service.as_str() == service)
+            .map(|r| r.node.0)
+            .collect()
+    };
+    assert_eq!(on("cmd"), BTreeSet::from([1, 3]));
+    assert_eq!(on("img"), BTreeSet::from([2, 3]));
+
+    // A replicated image replica sitting on a process node is not kept there.
+    let image = {
+        let mut s = global("img", true);
+        s.spec.mode = ServiceMode::Replicated { replicas: 1 };
+        s
+    };
+    let misplaced = Replica {
+        id: ReplicaId::replicated(image.spec.name.clone(), 1),
+        node: NodeId(1),
+        service_version: 1,
+        workload_hash: image.spec.workload_hash(),
+        desired: DesiredState::Running,
+    };
+    let current = BTreeMap::from([(misplaced.id.clone(), misplaced)]);
+    let plan = run(&nodes, &[image], &current, 0);
+    let moved: Vec<u64> = plan.replicas.values().map(|r| r.node.0).collect();
+    assert!(moved == [2] || moved == [3], "{moved:?}");
+}
