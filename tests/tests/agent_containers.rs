@@ -412,3 +412,97 @@ async fn registry_credentials_come_from_a_warren_secret() {
     task.await.unwrap().expect("agent stops cleanly");
     drop(daemon);
 }
+
+/// A new image rolls out (the container is replaced by one of the new image) and
+/// `rollback` goes back to the old one, each run reported with its own workload hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_update_rolls_out_and_rollback_goes_back() {
+    let test = "an_image_update_rolls_out_and_rollback_goes_back";
+    if !require(test, [missing_prerequisite()]) {
+        return;
+    }
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
+    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
+        .await
+        .expect("connect to containerd");
+    let (v1, v2) = ("warren.test/roll:1", "warren.test/roll:2");
+    for reference in [v1, v2] {
+        let tarball = dir.path().join("busybox.tar");
+        write_busybox_layout(&tarball, reference).expect("build the busybox image");
+        import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
+            .await
+            .expect("load the image");
+    }
+    let (control, fingerprint) = start_control(dir.path()).await;
+    let agent_dir = dir.path().join("agent");
+    join_agent(&control, fingerprint, &agent_dir, "edge-roll", "lisbon").await;
+    let mut options = agent_options();
+    options.runtime = Some(RuntimeChoice::Containerd {
+        socket: daemon.socket().to_owned(),
+    });
+    let (cancel, task) = spawn_agent_with(&agent_dir, options);
+
+    let spec_of = |reference: &str| {
+        let mut spec = ServiceSpec::new(
+            ServiceName::new("roll").unwrap(),
+            Workload::Image(ImageSpec {
+                reference: reference.to_owned(),
+                args: vec![],
+            }),
+        );
+        spec.mode = ServiceMode::Replicated { replicas: 1 };
+        spec
+    };
+    // The replica running with `spec`'s workload, as status.json shows it: its pid.
+    let running = |spec: &ServiceSpec| {
+        let hash = format!("{:016x}", spec.workload_hash());
+        agent_status(&agent_dir).and_then(|status| {
+            status.replicas.into_iter().find_map(|r| {
+                (r.replica.service.as_str() == "roll"
+                    && r.state == TaskState::Running
+                    && r.workload_hash.as_deref() == Some(hash.as_str()))
+                .then_some(r.pid)
+                .flatten()
+            })
+        })
+    };
+    let long = Duration::from_secs(60);
+    let (first, second) = (spec_of(v1), spec_of(v2));
+    propose(&control, Op::PutService(first.clone())).await;
+    let pid_v1 = wait_until("roll runs image 1", long, || running(&first)).await;
+
+    info!("--- update to image 2");
+    propose(&control, Op::PutService(second.clone())).await;
+    let pid_v2 = wait_until("roll runs image 2", long, || running(&second)).await;
+    assert_ne!(pid_v1, pid_v2, "a new container for the new image");
+    assert!(!alive(pid_v1), "image 1's container is gone");
+
+    info!("--- roll back");
+    propose(
+        &control,
+        Op::RollbackService(ServiceName::new("roll").unwrap()),
+    )
+    .await;
+    let pid_back = wait_until("roll runs image 1 again", long, || running(&first)).await;
+    assert!(!alive(pid_v2), "image 2's container is gone");
+    // Control hears it too: service ps shows the rolled-back replica running at version 3.
+    let deadline = tokio::time::Instant::now() + long;
+    loop {
+        let ps: Vec<ReplicaInfo> = api_get(&control, "/services/roll/replicas").await;
+        if ps.len() == 1 && ps[0].state == "running" && ps[0].pid == Some(pid_back) {
+            assert_eq!(ps[0].service_version, 3, "{ps:#?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service ps: {ps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{test}: image 1 pid {pid_v1}, image 2 pid {pid_v2}, back to image 1 pid {pid_back}");
+    cancel.cancel();
+    task.await.unwrap().expect("agent stops cleanly");
+    drop(daemon);
+}
