@@ -16,12 +16,13 @@
 // The point of this binary is to print a table, and its progress on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod fixtures;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{Context, ensure};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren_api::wire::SILENCE_LIMIT;
@@ -29,12 +30,13 @@ use warren_api::{
     NodeId, ProcessSpec, ReplicaId, ServiceMode, ServiceName, ServiceSpec, TaskState, Workload,
 };
 use warren_control::Op;
-use warren_control::node::ControlNode;
 use warren_edge_agent::agent::{
     Agent, AgentError, AgentStatus, FOLLOW_UP_PASS, RECONCILE_INTERVAL, RunEnd,
 };
 use warren_edge_agent::link::REPORT_COALESCE;
 use warren_transport::FaultSwitch;
+
+use fixtures::*;
 
 /// How much work each section does.
 #[derive(Clone, Copy, Debug)]
@@ -88,14 +90,6 @@ const QUICK: Counts = Counts {
     ..FULL
 };
 
-/// Bound on anything the bench waits for; reaching it fails the run rather than printing a
-/// figure.
-const WAIT_LIMIT: Duration = Duration::from_secs(60);
-/// How often the bench looks at `status.json` and `/proc` while it waits for something it
-/// measures.
-const POLL: Duration = Duration::from_millis(2);
-/// How long an agent gets to exit after SIGTERM before it is killed.
-const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// Replicas replaced at a time by a spec change: more than any service here has, so a change
 /// reaches every replica in the entry that makes it, and the figures measure the agent rather
 /// than the rollout's pacing.
@@ -170,320 +164,6 @@ async fn run(counts: Counts, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// When the bench started, for the progress lines.
-static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-fn progress(what: &str) {
-    let started = STARTED.get_or_init(Instant::now);
-    eprintln!("bench {:6.1} s: {what}", started.elapsed().as_secs_f64());
-}
-
-/// `WARREN_BIN`, else `warren` in the profile dir this bench was built into
-/// (`target/release/deps/agent-…` → `target/release/warren`).
-fn warren_binary() -> anyhow::Result<PathBuf> {
-    let bin = match std::env::var_os("WARREN_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => {
-            let exe = std::env::current_exe().context("locate the bench executable")?;
-            exe.parent()
-                .and_then(Path::parent)
-                .map(|profile_dir| profile_dir.join("warren"))
-                .ok_or_else(|| anyhow!("no profile dir above {}", exe.display()))?
-        }
-    };
-    ensure!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build --release -p warren-cli` (same \
-         CARGO_TARGET_DIR), or name it with WARREN_BIN",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-/// A source file of a crate the binary is built from that is newer than the binary: the
-/// figures would then describe older code.
-fn stale_sources(bin: &Path) -> Option<PathBuf> {
-    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    ["api", "transport", "control", "edge-agent", "cli"]
-        .iter()
-        .filter_map(|krate| newest_file(&workspace.join(krate).join("src")))
-        .filter(|(modified, _)| *modified > built)
-        .max()
-        .map(|(_, path)| path)
-}
-
-fn newest_file(dir: &Path) -> Option<(SystemTime, PathBuf)> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let found = if path.is_dir() {
-            newest_file(&path)
-        } else {
-            let modified = entry.metadata().and_then(|m| m.modified()).ok();
-            modified.map(|modified| (modified, path))
-        };
-        newest = newest.max(found);
-    }
-    newest
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fixtures: the control node, agent processes, workloads in /proc
-// ---------------------------------------------------------------------------------------------
-
-/// One in-process control node with agents joined into data dirs next to it.
-struct Cluster {
-    control: ControlNode,
-    fingerprint: [u8; 32],
-    dir: PathBuf,
-}
-
-impl Cluster {
-    async fn start(root: &Path, name: &str) -> anyhow::Result<Self> {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let (control, fingerprint) = warren_tests::start_control(&dir).await;
-        Ok(Self {
-            control,
-            fingerprint,
-            dir,
-        })
-    }
-
-    /// Joins an agent into `<cluster dir>/<name>` (in this process: joining is not measured)
-    /// and returns its data dir and node id.
-    async fn join(&self, name: &str) -> (PathBuf, NodeId) {
-        let dir = self.dir.join(name);
-        let identity =
-            warren_tests::join_agent(&self.control, self.fingerprint, &dir, name, "bench").await;
-        (dir, identity.node_id)
-    }
-
-    async fn propose(&self, op: Op) -> anyhow::Result<()> {
-        self.control
-            .control()
-            .propose(op)
-            .await
-            .context("propose")?
-            .result
-            .map_err(|rejection| anyhow!("refused: {rejection:?}"))?;
-        Ok(())
-    }
-
-    /// The replicas control wants on `node`, with their workload hashes (what the node's view
-    /// carries).
-    async fn desired(&self, node: NodeId) -> BTreeMap<ReplicaId, u64> {
-        let state = self.control.control().read_stale().await;
-        state
-            .replicas_on(node)
-            .map(|r| (r.id.clone(), r.workload_hash))
-            .collect()
-    }
-}
-
-/// A `warren agent run` subprocess. Dropping it kills the agent (not its workloads).
-struct AgentProcess {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl AgentProcess {
-    fn spawn(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let log = dir.with_extension("stderr.log");
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let child = Command::new(bin)
-            .args(["agent", "run", "--metrics", "none", "--data-dir"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("spawn {} agent run", bin.display()))?;
-        Ok(Self {
-            child,
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `status.json`, if this process (not an earlier agent) wrote it.
-    fn status(&self) -> Option<AgentStatus> {
-        warren_tests::agent_status(&self.dir).filter(|s| s.agent_pid == self.pid())
-    }
-
-    /// Waits for `cond` on this agent's status; a timeout error carries the agent's log tail.
-    async fn wait_status<T>(
-        &mut self,
-        what: &str,
-        mut cond: impl FnMut(&AgentStatus) -> Option<T>,
-    ) -> anyhow::Result<T> {
-        let deadline = Instant::now() + WAIT_LIMIT;
-        loop {
-            if let Some(found) = self.status().as_ref().and_then(&mut cond) {
-                return Ok(found);
-            }
-            if let Ok(Some(exit)) = self.child.try_wait() {
-                bail!(
-                    "agent exited ({exit}) waiting for {what}{}",
-                    self.log_tail()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {WAIT_LIMIT:?} waiting for {what}{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// SIGTERM, as an operator or systemd stops it; its workloads keep running.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        signal("TERM", &[self.pid()])?;
-        let deadline = Instant::now() + STOP_LIMIT;
-        loop {
-            if let Some(exit) = self.child.try_wait().context("wait for the agent")? {
-                ensure!(exit.success(), "agent exited {exit}{}", self.log_tail());
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "agent still running {STOP_LIMIT:?} after SIGTERM{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.dir.with_extension("stderr.log");
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n  ");
-        format!("; last lines of {}:\n  {tail}", log.display())
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Kills, when dropped, every process whose stdout is a file under `root`: the workloads of
-/// every agent the bench ran, whatever state a failed section left them in.
-struct Sweeper {
-    root: PathBuf,
-}
-
-impl Drop for Sweeper {
-    fn drop(&mut self) {
-        let pids = workloads_under(&self.root);
-        if !pids.is_empty() {
-            let _ = signal("KILL", &pids);
-        }
-    }
-}
-
-/// `kill -<name> pids…`.
-fn signal(name: &str, pids: &[u32]) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .args(pids.iter().map(u32::to_string))
-        .status()
-        .context("run kill")?;
-    ensure!(status.success(), "kill -{name} {pids:?} failed");
-    Ok(())
-}
-
-/// Where `pid`'s stdout points.
-fn stdout_of(pid: u32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/fd/1")).ok()
-}
-
-/// Every process on the machine whose stdout is a file under `root`.
-fn workloads_under(root: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| stdout_of(*pid).is_some_and(|out| out.starts_with(root)))
-        .collect()
-}
-
-/// The live children of `agent_pid` (from `/proc/<pid>/task/*/children`) with their stdout:
-/// the workloads that agent process started. A child that has not yet redirected its stdout
-/// still counts once it has: the poll after that sees it.
-fn workload_children(agent_pid: u32) -> Vec<(u32, PathBuf)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{agent_pid}/task")) else {
-        return Vec::new();
-    };
-    let mut children = Vec::new();
-    for task in tasks.flatten() {
-        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
-            continue;
-        };
-        for pid in list
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-        {
-            if let Some(out) = stdout_of(pid).filter(|out| out.ends_with("stdout.log")) {
-                children.push((pid, out));
-            }
-        }
-    }
-    children
-}
-
-/// Whether `/proc` says children can be listed (Linux 3.5+ with `CONFIG_PROC_CHILDREN`).
-fn children_listable() -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{}/children", std::process::id())).is_ok()
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        line.strip_prefix(field)?
-            .strip_prefix(':')?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Polls `cond` every [`POLL`] until it gives a value, or fails after [`WAIT_LIMIT`].
-async fn poll_until<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    loop {
-        if let Some(found) = cond() {
-            return Ok(found);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "timed out after {WAIT_LIMIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// A service running `sleep`, rolled out to all its replicas at once.
 fn sleep_spec(name: &str, mode: ServiceMode) -> anyhow::Result<ServiceSpec> {
     let workload = Workload::Process(ProcessSpec {
@@ -495,35 +175,6 @@ fn sleep_spec(name: &str, mode: ServiceMode) -> anyhow::Result<ServiceSpec> {
     spec.mode = mode;
     spec.update.parallelism = UPDATE_PARALLELISM;
     Ok(spec)
-}
-
-fn service_name(name: &str) -> anyhow::Result<ServiceName> {
-    ServiceName::new(name).with_context(|| format!("service name {name}"))
-}
-
-/// Running replicas in `status` with their pids.
-fn running(status: &AgentStatus) -> BTreeMap<ReplicaId, u32> {
-    status
-        .replicas
-        .iter()
-        .filter(|r| r.state == TaskState::Running)
-        .filter_map(|r| Some((r.replica.clone(), r.pid?)))
-        .collect()
-}
-
-/// Pids of every replica in `status` that holds a workload, whatever its state.
-fn held_pids(status: &AgentStatus) -> Vec<u32> {
-    status.replicas.iter().filter_map(|r| r.pid).collect()
-}
-
-/// Waits until none of `pids` is alive.
-async fn wait_gone(what: &str, pids: &[u32]) -> anyhow::Result<()> {
-    poll_until(what, || {
-        pids.iter()
-            .all(|pid| !warren_tests::alive(*pid))
-            .then_some(())
-    })
-    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1240,61 +891,6 @@ async fn memory(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<Memor
 // ---------------------------------------------------------------------------------------------
 // Output
 // ---------------------------------------------------------------------------------------------
-
-struct Summary {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Summary {
-    /// Nearest-rank percentiles.
-    fn of(samples: &[Duration]) -> Option<Self> {
-        let mut samples = samples.to_vec();
-        samples.sort_unstable();
-        let rank = |quantile: f64| {
-            let rank = (quantile * samples.len() as f64).ceil() as usize;
-            samples[rank.clamp(1, samples.len()) - 1]
-        };
-        let max = *samples.last()?;
-        Some(Self {
-            p50: rank(0.50),
-            p99: rank(0.99),
-            max,
-        })
-    }
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.1} ms", duration.as_secs_f64() * 1e3)
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or_else(
-        || "n/a".into(),
-        |kib| format!("{:.1} MiB", kib as f64 / 1024.0),
-    )
-}
-
-fn row(what: &str, samples: &[Duration]) {
-    match Summary::of(samples) {
-        Some(s) => println!(
-            "  {what:<56} {:>5} {:>10} {:>10} {:>10}",
-            samples.len(),
-            ms(s.p50),
-            ms(s.p99),
-            ms(s.max)
-        ),
-        None => println!("  {what:<56} {:>5} {:>10}", 0, "n/a"),
-    }
-}
-
-fn table_head() {
-    println!(
-        "  {:<56} {:>5} {:>10} {:>10} {:>10}",
-        "", "n", "p50", "p99", "max"
-    );
-}
 
 fn print_header(quick: bool, bin: &Path, stale: Option<&Path>) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
