@@ -385,23 +385,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             };
             warren_api::validate_node_name(&name).map_err(|e| anyhow!("--name: {}", e.message))?;
             warren_api::validate_site(&site).map_err(|e| anyhow!("--site: {}", e.message))?;
-            let mut labels = parse_labels(&labels)?;
-            if labels.contains_key(warren_api::RUNTIME_LABEL) {
-                bail!(
-                    "--label {}: set by --runtime (the node registers how it runs workloads)",
-                    warren_api::RUNTIME_LABEL
-                );
-            }
-            // Control places image services on containerd nodes only, commands on process
-            // nodes only.
-            let runtime_name = match &runtime {
-                agent::RuntimeChoice::Process => warren_api::RUNTIME_PROCESS,
-                agent::RuntimeChoice::Containerd { .. } => warren_api::RUNTIME_CONTAINERD,
-            };
-            labels.insert(
-                warren_api::RUNTIME_LABEL.to_owned(),
-                runtime_name.to_owned(),
-            );
+            let labels = join_labels(&labels, &runtime)?;
             let settings = check_listeners(&listen.settings(None)?)?;
             let request = agent::JoinRequest {
                 advertise: advertise(&settings, listen.advertise_gossip, &control)?,
@@ -587,6 +571,28 @@ where
     })
 }
 
+/// The labels `agent join` registers: the operator's `--label`s and the node's runtime
+/// ([`warren_api::RUNTIME_LABEL`]), by which control places image services on containerd
+/// nodes only and commands on process nodes only.
+fn join_labels(
+    labels: &[String],
+    runtime: &agent::RuntimeChoice,
+) -> Result<BTreeMap<String, String>> {
+    let mut labels = parse_labels(labels)?;
+    if labels.contains_key(warren_api::RUNTIME_LABEL) {
+        bail!(
+            "--label {}: set by --runtime (the node registers how it runs workloads)",
+            warren_api::RUNTIME_LABEL
+        );
+    }
+    let runtime = match runtime {
+        agent::RuntimeChoice::Process => warren_api::RUNTIME_PROCESS,
+        agent::RuntimeChoice::Containerd { .. } => warren_api::RUNTIME_CONTAINERD,
+    };
+    labels.insert(warren_api::RUNTIME_LABEL.to_owned(), runtime.to_owned());
+    Ok(labels)
+}
+
 fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
     labels
         .iter()
@@ -704,6 +710,27 @@ mod tests {
         let twice = ["a=/x".to_owned(), "a=/y".to_owned()];
         let error = parse_host_volumes(&twice).unwrap_err().to_string();
         assert!(error.contains("given twice"), "{error}");
+    }
+
+    #[test]
+    fn join_registers_the_runtime_and_refuses_an_operator_runtime_label() {
+        let labels = join_labels(&["tier=edge".into()], &agent::RuntimeChoice::Process).unwrap();
+        assert_eq!(labels["warren.runtime"], "process");
+        assert_eq!(labels["tier"], "edge");
+        let containerd = agent::RuntimeChoice::Containerd {
+            socket: "/run/containerd/containerd.sock".into(),
+        };
+        assert_eq!(
+            join_labels(&[], &containerd).unwrap()["warren.runtime"],
+            "containerd"
+        );
+        let refused = join_labels(&["warren.runtime=containerd".into()], &containerd);
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("set by --runtime")
+        );
     }
 
     #[test]
