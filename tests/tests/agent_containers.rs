@@ -15,7 +15,7 @@ use warren_api::rest::ReplicaInfo;
 use warren_api::service::{HealthCheck, ImageSpec, Probe, RestartCondition, ServiceMode, Workload};
 use warren_api::{SecretRef, ServiceName, ServiceSpec, TaskState};
 use warren_control::Op;
-use warren_edge_agent::agent::{LocalReplica, RuntimeChoice};
+use warren_edge_agent::agent::{AgentOptions, LocalReplica, RuntimeChoice};
 use warren_edge_agent::runtime::containerd::testkit::{
     Containerd, Registry, missing_prerequisite, push_busybox_as, write_busybox_layout,
 };
@@ -29,6 +29,32 @@ use warren_tests::{
 };
 
 const IMAGE: &str = "warren.test/busybox:1";
+
+/// A containerd of the test's own under `dir`, with the busybox image loaded under each of
+/// `images`, as `warren image load` loads a tarball.
+async fn containerd_with(dir: &Path, images: &[&str]) -> Containerd {
+    let daemon = Containerd::start(&dir.join("containerd")).expect("start containerd");
+    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
+        .await
+        .expect("connect to containerd");
+    for image in images {
+        let tarball = dir.join("busybox.tar");
+        write_busybox_layout(&tarball, image).expect("build the busybox image");
+        import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
+            .await
+            .expect("load the image");
+    }
+    daemon
+}
+
+/// The test agent's options with the container runtime on `daemon`.
+fn containerd_options(daemon: &Containerd) -> AgentOptions {
+    let mut options = agent_options();
+    options.runtime = Some(RuntimeChoice::Containerd {
+        socket: daemon.socket().to_owned(),
+    });
+    options
+}
 
 /// `web`'s replica as a `status.json` written at or after `since_ms` shows it running.
 fn running_web(dir: &Path, since_ms: u64) -> Option<(LocalReplica, u32)> {
@@ -55,23 +81,12 @@ async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
     }
     warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
-    let tarball = dir.path().join("busybox.tar");
-    write_busybox_layout(&tarball, IMAGE).expect("build the busybox image");
-    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
-        .await
-        .expect("connect to containerd");
-    import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
-        .await
-        .expect("load the image");
+    let daemon = containerd_with(dir.path(), &[IMAGE]).await;
 
     let (control, fingerprint) = start_control(dir.path()).await;
     let agent_dir = dir.path().join("agent");
     join_agent(&control, fingerprint, &agent_dir, "edge-ctr", "lisbon").await;
-    let mut options = agent_options();
-    options.runtime = Some(RuntimeChoice::Containerd {
-        socket: daemon.socket().to_owned(),
-    });
+    let options = containerd_options(&daemon);
     let (cancel, task) = spawn_agent_with(&agent_dir, options.clone());
 
     info!("--- create an image service");
@@ -203,22 +218,11 @@ async fn oom_killed_container_says_so_in_service_ps() {
     }
     warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
-    let tarball = dir.path().join("busybox.tar");
-    write_busybox_layout(&tarball, IMAGE).expect("build the busybox image");
-    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
-        .await
-        .expect("connect to containerd");
-    import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
-        .await
-        .expect("load the image");
+    let daemon = containerd_with(dir.path(), &[IMAGE]).await;
     let (control, fingerprint) = start_control(dir.path()).await;
     let agent_dir = dir.path().join("agent");
     join_agent(&control, fingerprint, &agent_dir, "edge-oom", "lisbon").await;
-    let mut options = agent_options();
-    options.runtime = Some(RuntimeChoice::Containerd {
-        socket: daemon.socket().to_owned(),
-    });
+    let options = containerd_options(&daemon);
     let (cancel, task) = spawn_agent_with(&agent_dir, options);
 
     info!("--- create a service that allocates more than its memory limit");
@@ -264,22 +268,11 @@ async fn exec_health_check_runs_inside_the_container() {
     }
     warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
-    let tarball = dir.path().join("busybox.tar");
-    write_busybox_layout(&tarball, IMAGE).expect("build the busybox image");
-    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
-        .await
-        .expect("connect to containerd");
-    import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
-        .await
-        .expect("load the image");
+    let daemon = containerd_with(dir.path(), &[IMAGE]).await;
     let (control, fingerprint) = start_control(dir.path()).await;
     let agent_dir = dir.path().join("agent");
     join_agent(&control, fingerprint, &agent_dir, "edge-health", "lisbon").await;
-    let mut options = agent_options();
-    options.runtime = Some(RuntimeChoice::Containerd {
-        socket: daemon.socket().to_owned(),
-    });
+    let options = containerd_options(&daemon);
     let (cancel, task) = spawn_agent_with(&agent_dir, options);
 
     info!("--- create a service that becomes ready after 2 s");
@@ -351,10 +344,7 @@ async fn registry_credentials_come_from_a_warren_secret() {
     let (control, fingerprint) = start_control(dir.path()).await;
     let agent_dir = dir.path().join("agent");
     join_agent(&control, fingerprint, &agent_dir, "edge-priv", "lisbon").await;
-    let mut options = agent_options();
-    options.runtime = Some(RuntimeChoice::Containerd {
-        socket: daemon.socket().to_owned(),
-    });
+    let options = containerd_options(&daemon);
     let (cancel, task) = spawn_agent_with(&agent_dir, options);
 
     info!("--- an image on a registry that wants a password, no credentials");
@@ -423,25 +413,12 @@ async fn an_image_update_rolls_out_and_rollback_goes_back() {
     }
     warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Containerd::start(&dir.path().join("containerd")).expect("start containerd");
-    let conn = Connection::connect(daemon.socket(), DEFAULT_NAMESPACE)
-        .await
-        .expect("connect to containerd");
     let (v1, v2) = ("warren.test/roll:1", "warren.test/roll:2");
-    for reference in [v1, v2] {
-        let tarball = dir.path().join("busybox.tar");
-        write_busybox_layout(&tarball, reference).expect("build the busybox image");
-        import_layout(&conn, DEFAULT_SNAPSHOTTER, &tarball)
-            .await
-            .expect("load the image");
-    }
+    let daemon = containerd_with(dir.path(), &[v1, v2]).await;
     let (control, fingerprint) = start_control(dir.path()).await;
     let agent_dir = dir.path().join("agent");
     join_agent(&control, fingerprint, &agent_dir, "edge-roll", "lisbon").await;
-    let mut options = agent_options();
-    options.runtime = Some(RuntimeChoice::Containerd {
-        socket: daemon.socket().to_owned(),
-    });
+    let options = containerd_options(&daemon);
     let (cancel, task) = spawn_agent_with(&agent_dir, options);
 
     let spec_of = |reference: &str| {
