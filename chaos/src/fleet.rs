@@ -11,7 +11,8 @@
 //! Here: the nodes, bringing them up, stopping and restarting them, and teardown. Beside it:
 //! - `spec`: [`FleetSpec`], the shape of a fleet, checked before anything is built;
 //! - `operator`: the operator's seat: CLI commands, API addresses, the admin config;
-//! - `holders`: the delay holders kept in nodes' namespaces.
+//! - `holders`: the delay holders kept in nodes' namespaces;
+//! - `containerd`: each agent's own containerd, in fleets whose agents run containers.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -32,12 +33,15 @@ use crate::firewall::{Block, Firewall};
 use crate::netns::{self, Host, Network};
 use crate::run::{RunId, RunRecord};
 
+mod containerd;
 mod holders;
 mod operator;
 mod spec;
 
+pub use containerd::forget_containers;
+use containerd::NodeContainerd;
 pub use operator::admin_conf_api;
-pub use spec::{FleetSpec, SiteSpec};
+pub use spec::{AgentRuntime, FleetSpec, SiteSpec};
 
 /// Site of the control nodes.
 pub const CONTROL_SITE: &str = "central";
@@ -80,6 +84,9 @@ pub struct FleetOptions {
     /// The `warren-chaos` binary, run as `delay-holder` inside a namespace for `Delay`
     /// faults (the harness itself: `std::env::current_exe()`).
     pub holder_program: PathBuf,
+    /// OCI image-layout tarballs loaded (`warren image load`) into every agent's containerd
+    /// when the fleet runs containers, as on an air-gapped box.
+    pub images: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +104,19 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     process: Option<Child>,
+    /// The agent's own containerd, in a fleet that runs containers.
+    containerd: Option<NodeContainerd>,
 }
 
 impl Node {
     /// The pid of its `warren` process, while the harness has one running.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Child::id)
+    }
+
+    /// The pid of its containerd, in a fleet that runs containers.
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.containerd.as_ref().and_then(NodeContainerd::pid)
     }
 }
 
@@ -113,6 +127,7 @@ pub struct Fleet {
     options: FleetOptions,
     network: Network,
     nodes: Vec<Node>,
+    runtime: AgentRuntime,
     /// Running delay holders by node name and block tag, with what they were started with
     /// (a reboot starts them again).
     holders: BTreeMap<(String, String), (u16, DelaySpec, Holder)>,
@@ -148,6 +163,7 @@ impl Fleet {
             options,
             network,
             nodes: Vec::new(),
+            runtime: spec.runtime,
             holders: BTreeMap::new(),
             torn_down: false,
         };
@@ -178,6 +194,9 @@ impl Fleet {
                 tracing::info!(node = %name, site = %site.name, "--- start agent");
                 let token = self.token("agent")?;
                 let node = self.add_node(&name, &site.name, Role::Agent)?;
+                if self.runtime == AgentRuntime::Containerd {
+                    self.start_containerd(node)?;
+                }
                 self.start_agent_join(node, &token)?;
             }
         }
@@ -196,6 +215,7 @@ impl Fleet {
             data_dir: dir.join("data"),
             log: dir.join("warren.log"),
             process: None,
+            containerd: None,
         });
         Ok(self.nodes.len() - 1)
     }
@@ -237,9 +257,39 @@ impl Fleet {
         self.spawn(index, &args, CONTROL_READY)
     }
 
+    /// Starts node `index`'s own containerd and loads the fleet's images into it with
+    /// `warren image load`, as an operator does on a box without a registry.
+    fn start_containerd(&mut self, index: usize) -> Result<()> {
+        let node = &self.nodes[index];
+        let dir = self.options.run_dir.join(&node.name).join("containerd");
+        let daemon = NodeContainerd::start(&node.host.netns, &dir)
+            .with_context(|| format!("start {}'s containerd", node.name))?;
+        for image in &self.options.images {
+            let output = std::process::Command::new(&self.options.warren)
+                .args(["image", "load"])
+                .arg(image)
+                .arg("--containerd-socket")
+                .arg(daemon.socket())
+                .stdin(Stdio::null())
+                .output()
+                .context("run warren image load")?;
+            if !output.status.success() {
+                bail!(
+                    "warren image load {} on {}: {}",
+                    image.display(),
+                    node.name,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+            tracing::info!(node = %node.name, "{}", String::from_utf8_lossy(&output.stdout).trim());
+        }
+        self.nodes[index].containerd = Some(daemon);
+        Ok(())
+    }
+
     fn start_agent_join(&mut self, index: usize, token: &str) -> Result<()> {
         let node = &self.nodes[index];
-        let args = vec![
+        let mut args = vec![
             "agent".to_owned(),
             "join".to_owned(),
             "--data-dir".to_owned(),
@@ -255,6 +305,14 @@ impl Fleet {
             "--metrics".to_owned(),
             format!("{}:{AGENT_METRICS_PORT}", node.host.addr),
         ];
+        if let Some(daemon) = &node.containerd {
+            args.extend([
+                "--runtime".to_owned(),
+                "containerd".to_owned(),
+                "--containerd-socket".to_owned(),
+                daemon.socket().display().to_string(),
+            ]);
+        }
         self.spawn(index, &args, AGENT_READY)
     }
 
@@ -402,16 +460,22 @@ impl Fleet {
         Ok(())
     }
 
-    /// Starts `name` again from its data dir (`warren control run` / `warren agent run`).
+    /// Starts `name` again from its data dir (`warren control run` / `warren agent run`),
+    /// after its containerd if a power cut took that down too.
     ///
     /// # Errors
     /// When it is still running or does not come up.
     pub fn restart(&mut self, name: &str) -> Result<()> {
         let index = self.node_index(name)?;
-        let node = &self.nodes[index];
-        if node.process.is_some() {
+        if self.nodes[index].process.is_some() {
             bail!("node {name} is still running");
         }
+        if let Some(daemon) = self.nodes[index].containerd.as_mut() {
+            daemon
+                .boot()
+                .with_context(|| format!("boot {name}'s containerd"))?;
+        }
+        let node = &self.nodes[index];
         let data_dir = node.data_dir.display().to_string();
         let (args, ready) = match node.role {
             Role::Control => (
@@ -468,6 +532,9 @@ impl Fleet {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        for daemon in self.nodes.iter_mut().filter_map(|n| n.containerd.as_mut()) {
+            daemon.stop();
         }
         let removed = self.network.destroy()?;
         tracing::info!(namespaces = removed.len(), "namespaces removed");

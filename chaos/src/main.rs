@@ -54,28 +54,9 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Bring a fleet up, print how to reach it, keep it until Ctrl-C or SIGTERM, then clean up.
-    #[command(after_help = "Example:\n  sudo warren-chaos up --control 1 --sites a:1,b:1")]
-    Up {
-        /// Number of control nodes (c1, c2, …, in site `central`).
-        #[arg(long, default_value_t = 1)]
-        control: usize,
-        /// Sites and their agent counts: SITE:AGENTS,… (agents are named SITE-1, SITE-2, …).
-        #[arg(long, default_value = "a:1,b:1")]
-        sites: String,
-        /// The warren binary. Default: next to warren-chaos, else target/release/warren,
-        /// else target/debug/warren.
-        #[arg(long, value_name = "PATH")]
-        warren: Option<PathBuf>,
-        /// Where node data and logs go (kept after the run). Default: /tmp/warren-chaos/<run id>.
-        #[arg(long, value_name = "DIR")]
-        run_dir: Option<PathBuf>,
-        /// Which tool writes partition rules. Default: nft if installed, else iptables.
-        #[arg(long, value_enum)]
-        firewall: Option<Firewall>,
-        /// How long each node may take to come up, in seconds.
-        #[arg(long, default_value_t = 60)]
-        ready_timeout_s: u64,
-    },
+    #[command(after_help = "Examples:\n  sudo warren-chaos up --control 1 --sites a:1,b:1\n  \
+                            sudo warren-chaos up --runtime containerd --image-tar busybox.tar")]
+    Up(up::UpArgs),
     /// Run scenario files: for each, bring a fleet up, run its steps while watching every
     /// agent, check the invariants, write a report, tear the fleet down.
     ///
@@ -112,6 +93,10 @@ enum Command {
         /// How long each node may take to come up, in seconds.
         #[arg(long, default_value_t = 60)]
         ready_timeout_s: u64,
+        /// An OCI image-layout tarball loaded into every agent's containerd in scenarios
+        /// whose fleet says `runtime: containerd` (repeat for more).
+        #[arg(long = "image-tar", value_name = "FILE")]
+        image_tars: Vec<PathBuf>,
     },
     /// Remove every namespace and process of earlier runs (crashed ones too).
     Cleanup {
@@ -147,14 +132,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
     let result = match cli.command {
-        Command::Up {
-            control,
-            sites,
-            warren,
-            run_dir,
-            firewall,
-            ready_timeout_s,
-        } => up::prepare_up(control, &sites, warren, run_dir, firewall, ready_timeout_s)
+        Command::Up(args) => up::prepare_up(args)
             .map_err(|e| (EXIT_CANNOT_RUN, e))
             .and_then(|(spec, options, run)| up::up(spec, options, run).map_err(|e| (1, e))),
         Command::Run {
@@ -165,6 +143,7 @@ fn main() -> ExitCode {
             json,
             self_check,
             ready_timeout_s,
+            image_tars,
         } => {
             let options = RunOptions {
                 warren,
@@ -173,6 +152,7 @@ fn main() -> ExitCode {
                 json,
                 self_check,
                 ready_timeout: Duration::from_secs(ready_timeout_s),
+                image_tars,
             };
             match run::run_scenarios(&scenarios, options) {
                 Ok(true) => Ok(()),

@@ -49,6 +49,42 @@ pub fn check_tools(wanted: Option<Firewall>) -> Result<Firewall> {
     }
 }
 
+/// Checks what a fleet of containerd agents needs: containerd, runc, ctr (teardown) and
+/// nsenter (containerd joins the agent's namespace without `ip netns exec`'s remount of
+/// `/sys`, which would hide the cgroups runc needs).
+///
+/// # Errors
+/// Names the missing tool and the Debian package that provides it.
+pub fn check_container_tools() -> Result<()> {
+    for (tool, package) in [
+        ("containerd", "containerd"),
+        ("runc", "runc"),
+        ("ctr", "containerd"),
+        ("nsenter", "util-linux"),
+    ] {
+        if !on_path(tool) {
+            bail!("`{tool}` not found (the fleet runs containers): install the {package} package");
+        }
+    }
+    Ok(())
+}
+
+/// `--image-tar` files, made absolute; each must be a readable file.
+///
+/// # Errors
+/// Names the first that is not.
+pub fn image_tars(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    files
+        .iter()
+        .map(|file| {
+            if !file.is_file() {
+                bail!("--image-tar {}: no such file", file.display());
+            }
+            Ok(std::path::absolute(file)?)
+        })
+        .collect()
+}
+
 /// Finds the `warren` binary: `explicit`, else next to this executable, else
 /// `target/release/warren`, else `target/debug/warren` (relative to the working directory).
 ///

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::fault::Fault;
-use crate::fleet::{CONTROL_SITE, FleetSpec, SiteSpec};
+use crate::fleet::{AgentRuntime, CONTROL_SITE, FleetSpec, SiteSpec};
 
 mod validate;
 mod write;
@@ -70,6 +70,10 @@ pub struct FleetShape {
     pub control: usize,
     /// Site name → number of agents.
     pub sites: BTreeMap<String, usize>,
+    /// What runs every agent's workloads: `process` (the default) or `containerd` (each
+    /// agent gets a containerd of its own, loaded with the run's `--image-tar` files).
+    #[serde(default)]
+    pub runtime: AgentRuntime,
 }
 
 fn one() -> usize {
@@ -89,6 +93,7 @@ impl FleetShape {
                     agents: *agents,
                 })
                 .collect(),
+            runtime: self.runtime,
         }
     }
 

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use warren_chaos::delay::{DelaySpec, Holder};
 use warren_chaos::fault::Fault;
 use warren_chaos::firewall::{Block, Firewall, Scope};
-use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, SiteSpec};
+use warren_chaos::fleet::{AgentRuntime, Fleet, FleetOptions, FleetSpec, SiteSpec};
 use warren_chaos::netns::{self, Network};
 use warren_chaos::preflight;
 use warren_chaos::run::RunId;
+use warren_edge_agent::runtime::containerd::testkit;
 
 /// What a test needs of this host beyond the build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,8 @@ enum Need {
     /// `wireguard-go` and `wg` (a WireGuard implementation we did not write), and
     /// `/dev/net/tun`.
     WireguardGo,
+    /// containerd, runc, ctr, nsenter and Debian's static busybox (the test image).
+    Containerd,
 }
 
 /// What the host offers a test that may run.
@@ -90,6 +93,10 @@ fn host(test: &str, needs: &[Need]) -> Option<Host> {
                 .or_else(|| {
                     (!Path::new("/dev/net/tun").exists()).then(|| "no /dev/net/tun".to_owned())
                 }),
+            Need::Containerd => testkit::missing_prerequisite().or_else(|| {
+                (!preflight::on_path("nsenter"))
+                    .then(|| "`nsenter` is not on PATH (util-linux)".to_owned())
+            }),
         };
         if let Some(reason) = missing {
             let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -189,6 +196,7 @@ fn options(host: Host, dir: &Path) -> FleetOptions {
         cancel: Arc::new(AtomicBool::new(false)),
         agent_env: Vec::new(),
         holder_program: PathBuf::from(env!("CARGO_BIN_EXE_warren-chaos")),
+        images: Vec::new(),
     }
 }
 
@@ -199,6 +207,7 @@ fn one_agent_spec() -> FleetSpec {
             name: "a".into(),
             agents: 1,
         }],
+        runtime: AgentRuntime::Process,
     }
 }
 
@@ -1032,6 +1041,52 @@ fn the_site_partition_scenario_passes_and_leaves_nothing_behind() {
     assert!(dir.path().join(run.as_str()).join("report.json").is_file());
 }
 
+/// Issue 15's chaos scenario: the cut-off and offline-reboot rehearsals with containers, each
+/// agent on a containerd of its own loaded with a busybox image through `warren image load`.
+/// The reboot kills containerd, the shims and the containers with the agent; the agent, still
+/// cut off, starts them again from its cache and the local image store.
+#[test]
+fn the_containers_cut_off_scenario_passes() {
+    const TEST: &str = "the_containers_cut_off_scenario_passes";
+    let needs = [Need::Netns, Need::Firewall, Need::Warren, Need::Containerd];
+    if host(TEST, &needs).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("busybox.tar");
+    testkit::write_busybox_layout(&image, "warren.test/busybox:1").expect("build the image");
+    let image_arg = image.display().to_string();
+    let (code, reports) = run_scenario(
+        dir.path(),
+        &["--image-tar", &image_arg],
+        "containers-cut-off.yaml",
+    );
+    let report = &reports[0];
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["result"], "pass");
+    for invariant in [
+        "workloads_keep_running",
+        "no_restart_on_reconnect",
+        "converges_after_heal",
+        "killed_workloads_restarted",
+    ] {
+        assert_eq!(
+            verdict(report, invariant),
+            "pass",
+            "{invariant}: {report:#}"
+        );
+    }
+    let run = RunId::parse(report["run_id"].as_str().expect("run id")).expect("valid id");
+    let pids: Vec<u32> = report["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .filter_map(|w| w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect();
+    assert!(pids.len() >= 6, "{report:#}");
+    assert_gone(&run, &pids);
+}
+
 /// The self-check: with agents broken on purpose (they stop their workloads when the link is
 /// lost), the autonomy scenario must fail on `workloads_keep_running`, with the stopped
 /// workloads as evidence. Proof that the checks can fail.
@@ -1170,6 +1225,7 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
                 agents: 1,
             },
         ],
+        runtime: AgentRuntime::Process,
     };
     let mut fleet = Fleet::up(RunId::random(), &spec, options(host, dir.path())).expect("fleet up");
     let mut addresses = Vec::new();
@@ -1343,6 +1399,7 @@ fn a_wireguard_go_peer_set_up_from_node_wg_config_takes_a_nodes_place() {
                 agents: 1,
             })
             .into(),
+        runtime: AgentRuntime::Process,
     };
     let mut fleet = Fleet::up(RunId::random(), &spec, options(host, dir.path())).expect("fleet up");
     let mut addresses = Vec::new();

@@ -48,6 +48,11 @@ pub(crate) fn cleanup(only: Option<&str>, force: bool) -> Result<()> {
     {
         match netns::remove_namespaces(&id.prefix()) {
             Ok(removed) => {
+                // Killed with its namespaces, a run's containerds leave their containers'
+                // mounts and runc state behind.
+                if let Some(record) = records.iter().find(|r| r.run_id == id.as_str()) {
+                    warren_chaos::fleet::forget_containers(&record.run_dir)?;
+                }
                 RunRecord::forget(&registry, id)?;
                 say!("run {id}: removed {} namespaces", removed.len());
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use warren_chaos::check::Verdict;
 use warren_chaos::firewall::Firewall;
-use warren_chaos::fleet::{Fleet, FleetOptions};
+use warren_chaos::fleet::{AgentRuntime, Fleet, FleetOptions};
 use warren_chaos::report::Report;
 use warren_chaos::run::{REGISTRY_DIR, RunId};
 use warren_chaos::runner::Outcome;
@@ -25,6 +25,7 @@ pub(crate) struct RunOptions {
     pub(crate) json: bool,
     pub(crate) self_check: bool,
     pub(crate) ready_timeout: Duration,
+    pub(crate) image_tars: Vec<PathBuf>,
 }
 
 pub(crate) enum RunError {
@@ -41,7 +42,10 @@ const SELF_CHECK_ENV: &str = "WARREN_SELFCHECK_STOP_ON_DISCONNECT";
 /// `--self-check`, all failed on `workloads_keep_running`).
 pub(crate) fn run_scenarios(files: &[PathBuf], options: RunOptions) -> Result<bool, RunError> {
     let scenarios = load_scenarios(files).map_err(RunError::CannotRun)?;
-    let setup = Setup::new(&options).map_err(RunError::CannotRun)?;
+    let containers = scenarios
+        .iter()
+        .any(|(_, s)| s.fleet.runtime == AgentRuntime::Containerd);
+    let setup = Setup::new(&options, containers).map_err(RunError::CannotRun)?;
     let mut reports = Vec::new();
     let mut not_started: Vec<String> = Vec::new();
     for (file, scenario) in &scenarios {
@@ -95,12 +99,19 @@ struct Setup {
     holder_program: PathBuf,
     /// Set by a signal: the current scenario stops at its next check, no other starts.
     cancel: Arc<AtomicBool>,
+    /// `--image-tar` files, absolute.
+    images: Vec<PathBuf>,
 }
 
 impl Setup {
-    /// Checks the tools, finds the binaries and starts watching for signals.
-    fn new(options: &RunOptions) -> Result<Setup> {
+    /// Checks the tools (`containers`: also containerd's), finds the binaries and starts
+    /// watching for signals.
+    fn new(options: &RunOptions, containers: bool) -> Result<Setup> {
         let firewall = preflight::check_tools(options.firewall)?;
+        if containers {
+            preflight::check_container_tools()?;
+        }
+        let images = preflight::image_tars(&options.image_tars)?;
         let warren = preflight::locate_warren(options.warren.as_deref())?;
         let runs_dir = std::path::absolute(&options.runs_dir).context("resolve --runs-dir")?;
         let holder_program = std::env::current_exe().context("locate warren-chaos itself")?;
@@ -115,6 +126,7 @@ impl Setup {
             runs_dir,
             holder_program,
             cancel,
+            images,
         })
     }
 
@@ -133,6 +145,7 @@ impl Setup {
                 Vec::new()
             },
             holder_program: self.holder_program.clone(),
+            images: self.images.clone(),
         }
     }
 }

@@ -7,38 +7,69 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use warren_chaos::firewall::Firewall;
-use warren_chaos::fleet::{Fleet, FleetOptions, FleetSpec, Role};
+use warren_chaos::fleet::{AgentRuntime, Fleet, FleetOptions, FleetSpec, Role};
 use warren_chaos::preflight;
 use warren_chaos::run::{REGISTRY_DIR, RunId};
 
 use super::signals::Signals;
 
-pub(crate) fn prepare_up(
+/// `up`'s flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    /// Number of control nodes (c1, c2, …, in site `central`).
+    #[arg(long, default_value_t = 1)]
     control: usize,
-    sites: &str,
+    /// Sites and their agent counts: SITE:AGENTS,… (agents are named SITE-1, SITE-2, …).
+    #[arg(long, default_value = "a:1,b:1")]
+    sites: String,
+    /// What runs the agents' workloads; with containerd each agent gets a containerd of its
+    /// own (needs containerd, runc, ctr and nsenter).
+    #[arg(long, value_enum, default_value = "process")]
+    runtime: AgentRuntime,
+    /// An OCI image-layout tarball loaded into every agent's containerd (repeat for more).
+    #[arg(long = "image-tar", value_name = "FILE")]
+    image_tars: Vec<PathBuf>,
+    /// The warren binary. Default: next to warren-chaos, else target/release/warren,
+    /// else target/debug/warren.
+    #[arg(long, value_name = "PATH")]
     warren: Option<PathBuf>,
+    /// Where node data and logs go (kept after the run). Default: /tmp/warren-chaos/<run id>.
+    #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// Which tool writes partition rules. Default: nft if installed, else iptables.
+    #[arg(long, value_enum)]
     firewall: Option<Firewall>,
+    /// How long each node may take to come up, in seconds.
+    #[arg(long, default_value_t = 60)]
     ready_timeout_s: u64,
-) -> Result<(FleetSpec, FleetOptions, RunId)> {
-    let firewall = preflight::check_tools(firewall)?;
-    let warren = preflight::locate_warren(warren.as_deref())?;
+}
+
+pub(crate) fn prepare_up(args: UpArgs) -> Result<(FleetSpec, FleetOptions, RunId)> {
+    let firewall = preflight::check_tools(args.firewall)?;
+    let warren = preflight::locate_warren(args.warren.as_deref())?;
     let spec = FleetSpec {
-        control,
-        sites: FleetSpec::parse_sites(sites)?,
+        control: args.control,
+        sites: FleetSpec::parse_sites(&args.sites)?,
+        runtime: args.runtime,
     };
+    if spec.runtime == AgentRuntime::Containerd {
+        preflight::check_container_tools()?;
+    }
     spec.validate()?;
     let run = RunId::random();
-    let run_dir = run_dir.unwrap_or_else(|| PathBuf::from("/tmp/warren-chaos").join(run.as_str()));
+    let run_dir = args
+        .run_dir
+        .unwrap_or_else(|| PathBuf::from("/tmp/warren-chaos").join(run.as_str()));
     let options = FleetOptions {
         warren,
         run_dir: std::path::absolute(&run_dir).context("resolve --run-dir")?,
         firewall,
         registry: PathBuf::from(REGISTRY_DIR),
-        ready_timeout: Duration::from_secs(ready_timeout_s),
+        ready_timeout: Duration::from_secs(args.ready_timeout_s),
         cancel: Arc::new(AtomicBool::new(false)),
         agent_env: Vec::new(),
         holder_program: std::env::current_exe().context("locate warren-chaos itself")?,
+        images: preflight::image_tars(&args.image_tars)?,
     };
     Ok((spec, options, run))
 }

@@ -5,7 +5,7 @@ use std::fs::File;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::Fleet;
+use super::{Fleet, Node};
 use crate::delay::{DelaySpec, Holder};
 
 impl Fleet {
@@ -90,13 +90,15 @@ impl Fleet {
         Ok(())
     }
 
-    /// Pids of the harness's own helpers (delay holders) in `name`'s namespace: they are
-    /// neither `warren` nor workloads.
+    /// Pids of the harness's own helpers (delay holders, the agent's containerd) in `name`'s
+    /// namespace: they are neither `warren` nor workloads.
     pub fn helper_pids(&self, name: &str) -> Vec<u32> {
+        let containerd = self.node(name).ok().and_then(Node::containerd_pid);
         self.holders
             .iter()
             .filter(|((node, _), _)| node == name)
             .map(|(_, (_, _, holder))| holder.pid())
+            .chain(containerd)
             .collect()
     }
 }

@@ -13,11 +13,26 @@ pub struct SiteSpec {
     pub agents: usize,
 }
 
+/// What runs the agents' workloads.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRuntime {
+    /// Native processes (`warren agent join`'s default).
+    #[default]
+    Process,
+    /// Containers, through a containerd of each agent's own (`--runtime containerd`).
+    Containerd,
+}
+
 /// The shape of a fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetSpec {
     pub control: usize,
     pub sites: Vec<SiteSpec>,
+    /// The same for every agent.
+    pub runtime: AgentRuntime,
 }
 
 impl FleetSpec {
@@ -103,6 +118,7 @@ mod tests {
                 name: name.into(),
                 agents: 1,
             }],
+            runtime: AgentRuntime::Process,
         };
         assert!(spec(1, "a").validate().is_ok());
         assert!(spec(0, "a").validate().is_err());
