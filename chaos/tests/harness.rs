@@ -989,6 +989,29 @@ fn run_scenario(dir: &Path, args: &[&str], scenario: &str) -> (i32, Vec<serde_js
     (output.status.code().unwrap_or(-1), reports)
 }
 
+/// The run exited 0, its result is `pass` and each of `invariants` passed.
+fn assert_passed(code: i32, report: &serde_json::Value, invariants: &[&str]) {
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["result"], "pass");
+    for invariant in invariants {
+        assert_eq!(
+            verdict(report, invariant),
+            "pass",
+            "{invariant}: {report:#}"
+        );
+    }
+}
+
+/// The pids of every workload a report watched.
+fn workload_pids(report: &serde_json::Value) -> Vec<u32> {
+    report["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .filter_map(|w| w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect()
+}
+
 fn verdict<'a>(report: &'a serde_json::Value, invariant: &str) -> &'a str {
     report["invariants"]
         .as_array()
@@ -1010,34 +1033,24 @@ fn the_site_partition_scenario_passes_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (code, reports) = run_scenario(dir.path(), &[], "site-partition.yaml");
     let report = &reports[0];
-    assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["result"], "pass");
-    for invariant in [
-        "no_acknowledged_write_lost",
-        "workloads_keep_running",
-        "no_restart_on_reconnect",
-        "agents_never_go_back",
-        "converges_after_heal",
-        "killed_workloads_restarted",
-    ] {
-        assert_eq!(
-            verdict(report, invariant),
-            "pass",
-            "{invariant}: {report:#}"
-        );
-    }
+    assert_passed(
+        code,
+        report,
+        &[
+            "no_acknowledged_write_lost",
+            "workloads_keep_running",
+            "no_restart_on_reconnect",
+            "agents_never_go_back",
+            "converges_after_heal",
+            "killed_workloads_restarted",
+        ],
+    );
     let figures = &report["figures"];
     assert_eq!(figures["writes_lost"], 0);
     assert_eq!(figures["interruptions"], 0);
     assert!(figures["workloads_watched"].as_u64().expect("count") >= 6);
     let run = RunId::parse(report["run_id"].as_str().expect("run id")).expect("valid id");
-    let pids: Vec<u32> = report["workloads"]
-        .as_array()
-        .expect("workloads")
-        .iter()
-        .filter_map(|w| w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
-        .collect();
-    assert_gone(&run, &pids);
+    assert_gone(&run, &workload_pids(report));
     assert!(dir.path().join(run.as_str()).join("report.json").is_file());
 }
 
@@ -1062,27 +1075,18 @@ fn the_containers_cut_off_scenario_passes() {
         "containers-cut-off.yaml",
     );
     let report = &reports[0];
-    assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["result"], "pass");
-    for invariant in [
-        "workloads_keep_running",
-        "no_restart_on_reconnect",
-        "converges_after_heal",
-        "killed_workloads_restarted",
-    ] {
-        assert_eq!(
-            verdict(report, invariant),
-            "pass",
-            "{invariant}: {report:#}"
-        );
-    }
+    assert_passed(
+        code,
+        report,
+        &[
+            "workloads_keep_running",
+            "no_restart_on_reconnect",
+            "converges_after_heal",
+            "killed_workloads_restarted",
+        ],
+    );
     let run = RunId::parse(report["run_id"].as_str().expect("run id")).expect("valid id");
-    let pids: Vec<u32> = report["workloads"]
-        .as_array()
-        .expect("workloads")
-        .iter()
-        .filter_map(|w| w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
-        .collect();
+    let pids = workload_pids(report);
     assert!(pids.len() >= 6, "{report:#}");
     assert_gone(&run, &pids);
 }
