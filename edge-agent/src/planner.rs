@@ -74,7 +74,7 @@ use warren_api::{
     RestartPolicy, Service, TaskState, format_duration_ms,
 };
 
-pub use self::restart_book::{ExitRecord, RestartBook, RestartRecord, RunRecord};
+pub use self::restart_book::{ExitRecord, RestartBook, RestartRecord, RunRecord, SIGNALLED};
 
 /// The shortest run that counts as stable, whatever the backoff ceiling: 10 s.
 pub const STABLE_RUN_MIN_MS: u64 = 10_000;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 use warren_api::clock::unix_now_ms;
-use warren_api::rest::ReplicaInfo;
+use warren_api::rest::{NodeInfo, ReplicaInfo};
 use warren_api::service::{HealthCheck, ImageSpec, Probe, RestartCondition, ServiceMode, Workload};
 use warren_api::{SecretRef, ServiceName, ServiceSpec, TaskState};
 use warren_control::Op;
@@ -70,9 +70,10 @@ fn running_web(dir: &Path, since_ms: u64) -> Option<(LocalReplica, u32)> {
 /// `web` (the busybox image, whose cmd says `busybox up` and runs until SIGTERM) is created
 /// through control and runs in a container whose output reaches the replica's log; the agent
 /// stops and starts again and adopts it (same pid, no restart); the control node goes away and
-/// the container's process is killed: the agent, cut off, starts it again; the agent stops,
-/// the task disappears (as with a power cut) and the agent, still cut off, starts it again
-/// from its cache.
+/// the container's process is killed: the agent, cut off, starts it again; then the box
+/// reboots (agent stopped, every task killed and gone, containerd restarted with its state
+/// emptied) and the agent, still cut off, starts the container again from its cache and the
+/// local image store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
     let test = "image_service_runs_is_adopted_and_restarted_while_cut_off";
@@ -81,7 +82,7 @@ async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
     }
     warren_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = containerd_with(dir.path(), &[IMAGE]).await;
+    let mut daemon = containerd_with(dir.path(), &[IMAGE]).await;
 
     let (control, fingerprint) = start_control(dir.path()).await;
     let agent_dir = dir.path().join("agent");
@@ -140,18 +141,11 @@ async fn image_service_runs_is_adopted_and_restarted_while_cut_off() {
     assert!(restarted.restarts >= 1, "{restarted:?}");
     assert!(alive(new_pid));
 
-    info!("--- as after a power cut: the agent is down and the task is gone; still no control");
+    info!("--- the box reboots: agent down, tasks gone, containerd restarted; still no control");
     cancel.cancel();
     task.await.unwrap().expect("agent stops cleanly");
-    daemon.ctr(
-        DEFAULT_NAMESPACE,
-        &["tasks", "kill", "-a", "-s", "SIGKILL", &id],
-    );
-    wait_until("the task's process to die", long, || {
-        (!alive(new_pid)).then_some(())
-    })
-    .await;
-    daemon.ctr(DEFAULT_NAMESPACE, &["tasks", "rm", "-f", &id]);
+    daemon.reboot(DEFAULT_NAMESPACE).expect("reboot containerd");
+    assert!(!alive(new_pid), "a reboot leaves no task running");
     let back_at_ms = unix_now_ms();
     let (cancel, task) = spawn_agent_with(&agent_dir, options);
     let (_, third_pid) = wait_until("web started again from the cache", long, || {
@@ -249,6 +243,27 @@ async fn oom_killed_container_says_so_in_service_ps() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "service ps: {ps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    info!("--- the node's events say so too, not `exited by a signal`");
+    let exit_event = format!("{expected}; not restarting");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let node: NodeInfo = api_get(&control, "/nodes/edge-oom").await;
+        let events = node.agent.map(|a| a.events).unwrap_or_default();
+        if events.iter().any(|e| e.message.starts_with(&exit_event)) {
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| e.message.contains("exited by a signal")),
+                "{events:#?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event starting {exit_event:?}: {events:#?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

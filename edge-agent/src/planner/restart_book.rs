@@ -52,6 +52,9 @@ pub struct RunRecord {
     pub started_at_ms: u64,
 }
 
+/// How [`ExitRecord::describe`] says a signal ended a run.
+pub const SIGNALLED: &str = "exited by a signal";
+
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitRecord {
@@ -69,7 +72,7 @@ impl ExitRecord {
         match (self.start_failed, self.code) {
             (true, _) => "could not start".to_owned(),
             (false, Some(code)) => format!("exited with code {code}"),
-            (false, None) => "exited by a signal".to_owned(),
+            (false, None) => SIGNALLED.to_owned(),
         }
     }
 

@@ -6,17 +6,41 @@ use std::collections::BTreeMap;
 use tracing::info;
 use warren_api::clock::unix_now_ms;
 use warren_api::wire::Listener;
-use warren_api::{Event, NodeView, ReplicaId, ReplicaStatus, Revision, TaskState};
+use warren_api::{Event, EventKind, NodeView, ReplicaId, ReplicaStatus, Revision, TaskState};
 
 use super::super::status_file::{AgentStatus, LocalReplica};
 use super::Reconciler;
+use crate::planner::SIGNALLED;
 use crate::runtime::{WorkloadHandle, WorkloadRecord};
 
 impl Reconciler {
-    pub(super) fn record_events(&self, events: Vec<Event>) {
+    pub(super) fn record_events(&self, mut events: Vec<Event>) {
+        for event in &mut events {
+            self.name_oom_kill(event);
+        }
         log_events(&events);
         self.metrics.count_events(events.iter().map(|e| e.kind));
         self.reporter.push_events(events);
+    }
+
+    /// The planner knows a run the OOM killer ended only as one that a signal ended: its
+    /// exit and restart events say `OOM-killed (memory limit …)` instead, as `service ps` does.
+    fn name_oom_kill(&self, event: &mut Event) {
+        let Some(replica) = &event.replica else {
+            return;
+        };
+        let exited = matches!(event.kind, EventKind::Exited { .. } | EventKind::Restarted);
+        let last_exit_ms = self
+            .book
+            .get(replica)
+            .and_then(|h| h.last_exit.as_ref())
+            .map(|e| e.at_ms);
+        if let Some((at_ms, message)) = self.oom_kills.get(replica)
+            && exited
+            && last_exit_ms == Some(*at_ms)
+        {
+            event.message = event.message.replace(SIGNALLED, message);
+        }
     }
 
     /// Hands the replicas' states to the reporter (the link sends them if they changed).

@@ -106,6 +106,50 @@ impl Containerd {
         self.wait_for_socket()
     }
 
+    /// As a reboot of the box: every task of `namespace` ends (SIGKILL) and is gone,
+    /// containerd stops, its state dir (a tmpfs on a real box) is emptied, and it starts again
+    /// on the same root, where the containers' records, the images and their snapshots stay.
+    ///
+    /// # Errors
+    /// As [`Containerd::start`], or when the state dir cannot be removed.
+    pub fn reboot(&mut self, namespace: &str) -> io::Result<()> {
+        let containers = self.ctr(namespace, &["containers", "ls", "-q"]);
+        let ids: Vec<&str> = containers.lines().filter(|l| !l.is_empty()).collect();
+        for id in &ids {
+            self.ctr(namespace, &["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+        }
+        for id in &ids {
+            self.remove_task(namespace, id);
+        }
+        self.terminate();
+        let state = self.dir.join("state");
+        if state.exists() {
+            fs::remove_dir_all(&state)?;
+        }
+        let _ = fs::remove_file(&self.socket);
+        self.child = Self::spawn(&self.dir, &self.socket)?;
+        self.wait_for_socket()
+    }
+
+    /// Deletes `id`'s task, waiting while a kill is still ending it.
+    fn remove_task(&self, namespace: &str, id: &str) {
+        for _ in 0..50 {
+            let out = Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["--namespace", namespace, "tasks", "rm", "-f", id])
+                .output();
+            let still_running = out.is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains("running")
+                    || String::from_utf8_lossy(&o.stderr).contains("running")
+            });
+            if !still_running {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn terminate(&mut self) {
         let _ = rustix::process::kill_process(
             rustix::process::Pid::from_child(&self.child),
@@ -175,13 +219,7 @@ impl Containerd {
             self.ctr(namespace, &["tasks", "kill", "-a", "-s", "SIGKILL", id]);
         }
         for id in containers.lines().filter(|l| !l.is_empty()) {
-            for _ in 0..50 {
-                let out = self.ctr(namespace, &["tasks", "rm", "-f", id]);
-                if !out.contains("running") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            self.remove_task(namespace, id);
             self.ctr(namespace, &["containers", "rm", id]);
         }
     }
@@ -245,15 +283,43 @@ pub fn write_busybox_layout(path: &Path, name: &str) -> io::Result<String> {
 /// Reading busybox.
 pub fn busybox_image() -> io::Result<(Vec<u8>, Vec<u8>)> {
     let layer = busybox_layer()?;
-    let config = json!({
+    let config = image_config(&[sha256_digest(&layer)]);
+    Ok((layer, config))
+}
+
+/// The busybox layer and the config of an image whose second layer is `extra`.
+fn busybox_image_with(extra: &[u8]) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let layer = busybox_layer()?;
+    let config = image_config(&[sha256_digest(&layer), sha256_digest(extra)]);
+    Ok((layer, config))
+}
+
+fn image_config(diff_ids: &[String]) -> Vec<u8> {
+    json!({
         "architecture": oci_arch(),
         "os": "linux",
         "config": { "Env": ["PATH=/bin"], "Cmd": BUSYBOX_CMD, "WorkingDir": "/" },
-        "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&layer)] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
     })
     .to_string()
-    .into_bytes();
-    Ok((layer, config))
+    .into_bytes()
+}
+
+/// A layer holding `payload.bin`: `bytes` from a fixed-seed xorshift, so that no
+/// compression or deduplication on the way makes the pull cheaper than a real one.
+fn payload_layer(bytes: usize) -> io::Result<Vec<u8>> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut payload = Vec::with_capacity(bytes + 8);
+    while payload.len() < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        payload.extend_from_slice(&state.to_le_bytes());
+    }
+    payload.truncate(bytes);
+    let mut layer = tar::Builder::new(Vec::new());
+    append(&mut layer, "payload.bin", &payload, 0o644)?;
+    layer.into_inner()
 }
 
 /// A loopback OCI registry (Debian's `docker-registry`, the distribution reference
@@ -366,19 +432,44 @@ impl Drop for Registry {
 /// # Errors
 /// Building the image, or the registry refusing.
 pub async fn push_busybox_as(reference: &str, login: Option<(&str, &str)>) -> io::Result<()> {
+    push_busybox_with(reference, login, 0).await.map(|_| ())
+}
+
+/// Pushes the busybox image with a second layer holding `/payload.bin` of `payload_bytes`
+/// (incompressible bytes, as a real application's would be) to `reference` on a loopback
+/// registry. Returns the size of its layers, in bytes.
+///
+/// # Errors
+/// Building the image, or the registry refusing.
+pub async fn push_busybox_with_payload(reference: &str, payload_bytes: usize) -> io::Result<u64> {
+    push_busybox_with(reference, None, payload_bytes).await
+}
+
+async fn push_busybox_with(
+    reference: &str,
+    login: Option<(&str, &str)>,
+    payload_bytes: usize,
+) -> io::Result<u64> {
     use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
     use oci_client::secrets::RegistryAuth;
     warren_transport::install_crypto_provider();
-    let (layer, config) = busybox_image()?;
+    let extra = (payload_bytes > 0)
+        .then(|| payload_layer(payload_bytes))
+        .transpose()?;
+    let (layer, config) = match &extra {
+        None => busybox_image()?,
+        Some(extra) => busybox_image_with(extra)?,
+    };
     let client = oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()
     });
-    let layers = [ImageLayer::new(
-        layer,
-        "application/vnd.oci.image.layer.v1.tar".to_owned(),
-        None,
-    )];
+    let tar = "application/vnd.oci.image.layer.v1.tar";
+    let mut layers = vec![ImageLayer::new(layer, tar.to_owned(), None)];
+    if let Some(extra) = extra {
+        layers.push(ImageLayer::new(extra, tar.to_owned(), None));
+    }
+    let size = layers.iter().map(|l| l.data.len() as u64).sum();
     let config = Config::new(
         config,
         "application/vnd.oci.image.config.v1+json".to_owned(),
@@ -392,7 +483,7 @@ pub async fn push_busybox_as(reference: &str, login: Option<(&str, &str)>) -> io
         .push(&reference, &layers, config, &auth, None)
         .await
         .map_err(io::Error::other)?;
-    Ok(())
+    Ok(size)
 }
 
 /// The layer: `bin/busybox` and its applet links.
