@@ -26,6 +26,10 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MEMBERS_HEADER: &str = "warren-control-members";
 /// Most addresses a client takes from [`MEMBERS_HEADER`]; Raft groups have a handful of members.
 pub const MAX_MEMBERS_HEADER: usize = 64;
+
+/// Query parameter of `PUT /services/{service}`: write only if the service is at this version
+/// now (`0`: only if it does not exist); otherwise 409 naming both versions.
+pub const IF_VERSION_PARAM: &str = "if_version";
 /// Longest [`MEMBERS_HEADER`] value a client reads.
 pub const MAX_MEMBERS_HEADER_BYTES: usize = 16 * 1024;
 

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
-use warren_api::rest::WriteResult;
+use warren_api::rest::{ServiceInfo, WriteResult};
 use warren_api::routes::Route;
 use warren_api::{
     HealthCheck, OnDisconnect, Placement, PortSpec, Resources, RestartPolicy, Secret, SecretRef,
@@ -457,10 +457,22 @@ pub async fn run(
     } else {
         Vec::new()
     };
+    // Each service is written on condition that it is still at the version read here (or
+    // still absent): a change someone makes meanwhile is refused, not overwritten.
+    let services: Vec<ServiceInfo> = if needs("service") {
+        client.request(Route::ListServices).await?.json()?
+    } else {
+        Vec::new()
+    };
     let mut report = Vec::new();
     for document in documents {
         let label = document.resource.label();
-        let applied = apply_one(client, &volumes, &secrets, document.resource)
+        let known = Known {
+            volumes: &volumes,
+            secrets: &secrets,
+            services: &services,
+        };
+        let applied = apply_one(client, &known, document.resource)
             .await
             .map_err(|e| anyhow!("{file}: document {} ({label}): {e:#}", document.index))?;
         if format == OutputFormat::Table {
@@ -477,12 +489,19 @@ pub async fn run(
     Ok(())
 }
 
-async fn apply_one(
-    client: &Client,
-    volumes: &[Volume],
-    secrets: &[Secret],
-    resource: Resource,
-) -> Result<Applied> {
+/// What the cluster held when `apply` started.
+struct Known<'a> {
+    volumes: &'a [Volume],
+    secrets: &'a [Secret],
+    services: &'a [ServiceInfo],
+}
+
+async fn apply_one(client: &Client, known: &Known<'_>, resource: Resource) -> Result<Applied> {
+    let Known {
+        volumes,
+        secrets,
+        services,
+    } = *known;
     let kind = resource.kind();
     let name = resource.name().to_owned();
     let (result, write) = match resource {
@@ -490,7 +509,14 @@ async fn apply_one(
             let route = Route::PutService {
                 service: spec.name.as_str(),
             };
-            let write: WriteResult = client.request_json(route, &spec).await?.json()?;
+            let version = services
+                .iter()
+                .find(|s| s.spec.name == spec.name)
+                .map_or(0, |s| s.version);
+            let write: WriteResult = client
+                .request_json_if_version(route, &spec, version)
+                .await?
+                .json()?;
             let result = if write.created {
                 "created"
             } else if write.changed {

@@ -23,7 +23,7 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use warren_api::rest::{ErrorBody, MEMBERS_HEADER, PREFIX};
+use warren_api::rest::{ErrorBody, IF_VERSION_PARAM, MEMBERS_HEADER, PREFIX};
 use warren_api::routes::{Method as RouteMethod, Route};
 use warren_transport::Credentials;
 
@@ -318,6 +318,22 @@ impl Client {
         let bytes = serde_json::to_vec(body).context("encode request")?;
         self.call(http_method(route), &route.path()?, Some(bytes))
             .await
+    }
+
+    /// [`Client::request_json`] on condition that the object is at `version` now
+    /// (`?if_version=`); a 409 naming both versions otherwise.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn request_json_if_version<B: Serialize>(
+        &self,
+        route: Route<'_>,
+        body: &B,
+        version: u64,
+    ) -> Result<Answer> {
+        let bytes = serde_json::to_vec(body).context("encode request")?;
+        let path = format!("{}?{IF_VERSION_PARAM}={version}", route.path()?);
+        self.call(http_method(route), &path, Some(bytes)).await
     }
 
     /// A read of `route` that skips the read barrier (`?stale=true`): the answering node's own

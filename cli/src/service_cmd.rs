@@ -77,10 +77,17 @@ pub enum ServiceCommand {
     #[command(after_help = "Examples:\n  \
         warren service update web --image registry.example/web:1.5\n  \
         warren service update web --env LOG=debug --env-rm OLD_FLAG\n  \
-        warren service update web --update-parallelism 2 --update-delay 30s")]
+        warren service update web --update-parallelism 2 --update-delay 30s\n  \
+        warren service update web --if-version 4 --replicas 5   # only if nobody changed it since v4")]
     Update {
         /// Service name.
         name: String,
+        /// Update only if the service is still at version N (what `service inspect` showed):
+        /// if someone changed it since, fail naming both versions and change nothing. Without
+        /// it the update still refuses to overwrite a change made between its own read and
+        /// write.
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
         #[command(flatten)]
         flags: SpecFlags,
         #[command(flatten)]
@@ -455,9 +462,17 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
         }
         ServiceCommand::Update {
             name,
+            if_version,
             flags,
             removals,
-        } => update(client, format, &name, &flags, &removals).await,
+        } => {
+            let edit = Edit {
+                flags: &flags,
+                removals: &removals,
+                if_version,
+            };
+            update(client, format, &name, &edit).await
+        }
         ServiceCommand::Rollback { name } => {
             let route = Route::RollbackService { service: &name };
             let answer = client.request(route).await?;
@@ -503,18 +518,34 @@ pub struct Removals {
     pub no_cap_add: bool,
 }
 
-/// `service update`: the current spec, the flags on top, one PUT if anything changed.
-async fn update(
-    client: &Client,
-    format: OutputFormat,
-    name: &str,
-    flags: &SpecFlags,
-    removals: &Removals,
-) -> Result<()> {
+/// What `service update` changes, and the version it must find.
+struct Edit<'a> {
+    flags: &'a SpecFlags,
+    removals: &'a Removals,
+    if_version: Option<u64>,
+}
+
+/// `service update`: the current spec, the flags on top, one PUT if anything changed, made
+/// on condition that the service is still at the version read (or `--if-version`).
+async fn update(client: &Client, format: OutputFormat, name: &str, edit: &Edit<'_>) -> Result<()> {
+    let Edit {
+        flags,
+        removals,
+        if_version,
+    } = *edit;
     let current: ServiceInfo = client
         .request(Route::GetService { service: name })
         .await?
         .json()?;
+    if let Some(expected) = if_version
+        && expected != current.version
+    {
+        bail!(
+            "service {name} is at version {}, not {expected} (--if-version): it changed since \
+             you looked; see `warren service inspect {name}`",
+            current.version
+        );
+    }
     let mut spec = current.spec.clone();
     flags.apply_to(&mut spec)?;
     for key in &removals.env_rm {
@@ -541,7 +572,7 @@ async fn update(
         return Ok(());
     }
     let answer = client
-        .request_json(Route::PutService { service: name }, &spec)
+        .request_json_if_version(Route::PutService { service: name }, &spec, current.version)
         .await?;
     print_write(format, &answer, |r| {
         format!(

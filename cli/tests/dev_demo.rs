@@ -277,6 +277,39 @@ fn service_ls_and_ps_tell_what_runs_and_why_not() {
         inspected["pending_reason"], "no node matches constraint label.gpu==yes",
         "{inspected}"
     );
+
+    // Two operators read picky at version 1; the second one's --if-version 1 update is
+    // refused with both versions and changes nothing.
+    let first = admin(&[
+        "service",
+        "update",
+        "picky",
+        "--if-version",
+        "1",
+        "--env",
+        "WHO=first",
+    ]);
+    assert!(first.contains("updated to version 2"), "{first}");
+    let second = warren(&[
+        "--config",
+        config,
+        "service",
+        "update",
+        "picky",
+        "--if-version",
+        "1",
+        "--env",
+        "WHO=second",
+    ]);
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{refusal}");
+    assert!(
+        refusal.contains("service picky is at version 2, not 1 (--if-version)"),
+        "{refusal}"
+    );
+    let inspected = admin(&["service", "inspect", "picky", "-o", "json"]);
+    let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(inspected["spec"]["env"]["WHO"], "first", "{inspected}");
     dev.signal("-TERM");
     dev.wait_for_line("warren dev stopped");
     assert!(dev.wait(Duration::from_secs(60)).success());

@@ -190,6 +190,15 @@ pub enum Op<S = ServiceSpec> {
     },
     /// An operator asks a node to roll its WireGuard key (`warren node rotate-key`).
     RequestKeyRotation(NodeId),
+    /// [`Op::PutService`] only if the service is at `version` now (`0`: only if there is no
+    /// such service): an update made from what someone read cannot overwrite a change made
+    /// since (`service update --if-version`, `apply`).
+    PutServiceIfVersion {
+        /// The spec to put.
+        spec: S,
+        /// The version the writer read.
+        version: u64,
+    },
 }
 
 impl<S> Op<S> {
@@ -198,6 +207,10 @@ impl<S> Op<S> {
     pub fn map_spec<T>(self, f: impl FnOnce(S) -> T) -> Op<T> {
         match self {
             Op::PutService(spec) => Op::PutService(f(spec)),
+            Op::PutServiceIfVersion { spec, version } => Op::PutServiceIfVersion {
+                spec: f(spec),
+                version,
+            },
             Op::InitCluster {
                 name,
                 ca_cert_der,
@@ -313,6 +326,7 @@ impl<S> Op<S> {
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",
+            Op::PutServiceIfVersion { .. } => "put_service_if_version",
             Op::ScaleService { .. } => "scale_service",
             Op::RollbackService(_) => "rollback_service",
             Op::RemoveService(_) => "remove_service",

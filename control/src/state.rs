@@ -196,6 +196,24 @@ impl AdminCert {
 
 type Applied = Result<Effect, Rejection>;
 
+/// What a write made from an outdated read is told: both versions, and what to do.
+pub(crate) fn version_conflict(name: &ServiceName, current: u64, expected: u64) -> String {
+    let now = if current == 0 {
+        "does not exist".to_owned()
+    } else {
+        format!("is at version {current}")
+    };
+    let read = if expected == 0 {
+        "expected it not to exist".to_owned()
+    } else {
+        format!("expected version {expected}")
+    };
+    format!(
+        "service {name} {now}, the write {read}: it changed since it was read; look at \
+         `warren service inspect {name}` and try again"
+    )
+}
+
 impl ClusterState {
     /// The certificates the cluster recorded when its CA issued them (nodes not removed, admin
     /// certificates not revoked), for the admission checks of this node's QUIC endpoint and API;
@@ -316,6 +334,9 @@ impl ClusterState {
             Op::RollbackService(name) => self.rollback(name, now),
             Op::RemoveService(name) => self.remove_service(name),
             Op::RolloutStep { name, version } => self.rollout_step(name, *version, now),
+            Op::PutServiceIfVersion { spec, version } => self
+                .check_version(&spec.name, *version)
+                .and_then(|()| self.put_service(spec, now)),
             Op::PutSecret {
                 name,
                 size_bytes,
@@ -611,6 +632,17 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    /// Refuses unless service `name` is at `version` (`0`: unless there is no such service).
+    fn check_version(&self, name: &ServiceName, version: u64) -> Result<(), Rejection> {
+        let current = self.services.get(name).map_or(0, |r| r.current.version);
+        if current == version {
+            return Ok(());
+        }
+        Err(Rejection::conflict(version_conflict(
+            name, current, version,
+        )))
     }
 
     fn put_service(&mut self, spec: &ServiceSpec, now: u64) -> Applied {
@@ -1184,6 +1216,36 @@ mod tests {
         assert_eq!(
             log.apply(Op::RemoveService(web())).unwrap_err().code,
             RejectionCode::NotFound
+        );
+    }
+
+    #[test]
+    fn a_put_on_condition_applies_only_at_the_version_read() {
+        let mut log = Log::new();
+        let put = |spec, version| Op::PutServiceIfVersion { spec, version };
+        log.apply(put(spec("web", 1, "sleep 100"), 0)).unwrap();
+        let refused = log.apply(put(spec("web", 2, "sleep 100"), 0)).unwrap_err();
+        assert_eq!(refused.code, RejectionCode::Conflict);
+        assert!(refused.message.contains("is at version 1"), "{refused:?}");
+        log.apply(put(spec("web", 2, "sleep 100"), 1)).unwrap();
+        let refused = log.apply(put(spec("web", 3, "sleep 100"), 1)).unwrap_err();
+        assert_eq!(refused.code, RejectionCode::Conflict);
+        assert!(
+            refused
+                .message
+                .contains("service web is at version 2, the write expected version 1"),
+            "{refused:?}"
+        );
+        let record = &log.state.services[&web()];
+        assert_eq!(record.current.version, 2);
+        assert_eq!(
+            record.current.spec.mode,
+            ServiceMode::Replicated { replicas: 2 }
+        );
+        let gone = log.apply(put(spec("api", 1, "sleep 100"), 4)).unwrap_err();
+        assert!(
+            gone.message.contains("service api does not exist"),
+            "{gone:?}"
         );
     }
 

@@ -142,6 +142,20 @@ pub async fn api_call(
     method: hyper::Method,
     path: &str,
 ) -> (hyper::StatusCode, bytes::Bytes) {
+    api_send(control, method, path, Vec::new()).await
+}
+
+/// `method path` with `body` (JSON, or empty) on the control node's HTTP API through its Unix
+/// socket: the status and the body, whatever they are.
+///
+/// # Panics
+/// When the socket or the exchange fails: this is a test fixture.
+pub async fn api_send(
+    control: &ControlNode,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (hyper::StatusCode, bytes::Bytes) {
     use http_body_util::BodyExt;
     let socket = control.data_dir().join(warren_control::node::SOCKET_FILE);
     let stream = tokio::net::UnixStream::connect(&socket)
@@ -155,7 +169,8 @@ pub async fn api_call(
     let request = hyper::Request::builder()
         .method(method)
         .uri(format!("http://warren{}{path}", warren_api::rest::PREFIX))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("valid request");
     let response = sender.send_request(request).await.expect("api answers");
     let status = response.status();

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::debug;
 use warren_api::Availability;
-use warren_api::rest::{MEMBERS_HEADER, PREFIX};
+use warren_api::rest::{IF_VERSION_PARAM, MEMBERS_HEADER, PREFIX};
 use warren_api::routes::{Route, Unrouted};
 use warren_transport::PeerIdentity;
 
@@ -18,6 +18,23 @@ use super::body::read_json;
 use super::respond::{ApiResult, error_response};
 use super::{Api, ApiError};
 use crate::state::ClusterState;
+
+/// The value of `?key=N` in `request`'s query; `None` when absent.
+fn query_u64<B>(request: &Request<B>, key: &str) -> Result<Option<u64>, ApiError> {
+    let Some(query) = request.uri().query() else {
+        return Ok(None);
+    };
+    let Some(value) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::Invalid(format!("{key}: expected a version number, got {value:?}")))
+}
 
 impl Api {
     /// Answers one request, counting it by route and status.
@@ -108,7 +125,9 @@ impl Api {
             Route::ListServices => self.list_services(stale).await,
             Route::CreateService => self.create_service(read_json(request).await?).await,
             Route::PutService { service } => {
-                self.put_service(service, read_json(request).await?).await
+                let if_version = query_u64(&request, IF_VERSION_PARAM)?;
+                self.put_service(service, read_json(request).await?, if_version)
+                    .await
             }
             Route::GetService { service } => self.get_service(service, stale).await,
             Route::ServiceReplicas { service } => self.service_replicas(service, stale).await,

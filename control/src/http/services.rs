@@ -9,7 +9,7 @@ use warren_api::{HealthState, NodeId, ReplicaStatus, ServiceName, ServiceSpec, T
 use super::respond::{ApiResult, ok, written};
 use super::{Api, ApiError};
 use crate::command::Op;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, version_conflict};
 use crate::status::AgentReport;
 
 impl Api {
@@ -64,7 +64,12 @@ impl Api {
         written(self.control.propose(Op::PutService(spec)).await?)
     }
 
-    pub(super) async fn put_service(&self, name: &str, spec: ServiceSpec) -> ApiResult {
+    pub(super) async fn put_service(
+        &self,
+        name: &str,
+        spec: ServiceSpec,
+        if_version: Option<u64>,
+    ) -> ApiResult {
         if spec.name.as_str() != name {
             return Err(ApiError::Invalid(format!(
                 "name: body says {}, path says {name}",
@@ -78,6 +83,17 @@ impl Api {
         // without appending a Raft entry.
         {
             let state = self.control.read_linearizable().await?;
+            let version = state
+                .services
+                .get(&spec.name)
+                .map_or(0, |r| r.current.version);
+            if let Some(expected) = if_version
+                && expected != version
+            {
+                return Err(ApiError::Conflict(version_conflict(
+                    &spec.name, version, expected,
+                )));
+            }
             if let Some(current) = state.services.get(&spec.name)
                 && current.current.spec == spec
                 && current.rollout.is_none()
@@ -90,7 +106,11 @@ impl Api {
                 });
             }
         }
-        written(self.control.propose(Op::PutService(spec)).await?)
+        let op = match if_version {
+            Some(version) => Op::PutServiceIfVersion { spec, version },
+            None => Op::PutService(spec),
+        };
+        written(self.control.propose(op).await?)
     }
 
     pub(super) async fn scale_service(&self, name: &str, scale: ScaleRequest) -> ApiResult {
