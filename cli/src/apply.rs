@@ -82,6 +82,9 @@ pub struct ApplyArgs {
     /// Parse and validate only; contact no control plane.
     #[arg(long)]
     pub dry_run: bool,
+    /// Return once control has every document, without following the services' rollouts.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 /// First pass: only the kind of a document.
@@ -443,9 +446,10 @@ pub fn print_dry_run(documents: &[Document]) {
 pub async fn run(
     client: &Client,
     format: OutputFormat,
-    file: &str,
+    args: &ApplyArgs,
     documents: Vec<Document>,
 ) -> Result<()> {
+    let file = args.file.as_str();
     let needs = |kind| documents.iter().any(|d| d.resource.kind() == kind);
     let volumes: Vec<Volume> = if needs("volume") {
         client.request(Route::ListVolumes).await?.json()?
@@ -484,6 +488,41 @@ pub async fn run(
         println!(
             "{}",
             serde_json::to_string_pretty(&report).context("encode report")?
+        );
+    }
+    if args.detach {
+        return Ok(());
+    }
+    follow_services(client, format, &report).await
+}
+
+/// Follows the rollout of every service the file created or changed, one after the other;
+/// fails naming each that did not converge.
+async fn follow_services(client: &Client, format: OutputFormat, report: &[Applied]) -> Result<()> {
+    let mut failed = Vec::new();
+    let written = report
+        .iter()
+        .filter(|a| a.kind == "service" && a.result != "unchanged");
+    for applied in written {
+        let Some(version) = applied.version else {
+            continue;
+        };
+        let followed =
+            crate::service_cmd::watch::follow(client, format, &applied.name, version).await;
+        if let Err(error) = followed {
+            eprintln!("error: {}", crate::output::one_line(&error));
+            failed.push(applied.name.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "applied, but {} did not converge: {}",
+            if failed.len() == 1 {
+                "1 service"
+            } else {
+                "some services"
+            },
+            failed.join(", ")
         );
     }
     Ok(())

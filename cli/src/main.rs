@@ -376,8 +376,9 @@ fn run(cli: Cli) -> Result<()> {
                 apply::print_dry_run(&documents);
                 return Ok(());
             }
-            admin(&args.client, &top, |client| async move {
-                apply::run(&client, format, &args.file, documents).await
+            let client_args = args.client.clone();
+            admin(&client_args, &top, |client| async move {
+                apply::run(&client, format, &args, documents).await
             })
         }
         Command::Demo(args) => demo::run(args, format),

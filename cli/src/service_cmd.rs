@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use warren_api::clock::unix_now_ms;
-use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo};
+use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo, WriteResult};
 use warren_api::routes::Route;
 use warren_api::{
     Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
@@ -69,6 +69,9 @@ pub enum ServiceCommand {
         name: String,
         /// New replica count (0 stops every replica but keeps the service).
         replicas: u32,
+        /// Return once control has the change, without following the rollout.
+        #[arg(long)]
+        detach: bool,
     },
     /// Change a service: the flags of `create`, applied on top of its current spec.
     ///
@@ -88,6 +91,10 @@ pub enum ServiceCommand {
         /// write.
         #[arg(long, value_name = "N")]
         if_version: Option<u64>,
+        /// Return once control has the change, without following the rollout.
+        #[arg(long)]
+        detach: bool,
+
         #[command(flatten)]
         flags: SpecFlags,
         #[command(flatten)]
@@ -97,6 +104,9 @@ pub enum ServiceCommand {
     Rollback {
         /// Service name.
         name: String,
+        /// Return once control has the change, without following the rollout.
+        #[arg(long)]
+        detach: bool,
     },
     /// Remove a service and stop its replicas.
     Rm {
@@ -442,7 +452,11 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             Ok(())
         }
         ServiceCommand::Ps { name } => ps(client, format, &name).await,
-        ServiceCommand::Scale { name, replicas } => {
+        ServiceCommand::Scale {
+            name,
+            replicas,
+            detach,
+        } => {
             let route = Route::ScaleService { service: &name };
             let answer = client
                 .request_json(route, &ScaleRequest { replicas })
@@ -457,12 +471,12 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
                     format!("service {name} already has {replicas} replicas")
                 }
             })?;
-            warn_if_pending(client, &name).await;
-            Ok(())
+            follow_write(client, format, &name, &answer, detach).await
         }
         ServiceCommand::Update {
             name,
             if_version,
+            detach,
             flags,
             removals,
         } => {
@@ -470,10 +484,11 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
                 flags: &flags,
                 removals: &removals,
                 if_version,
+                detach,
             };
             update(client, format, &name, &edit).await
         }
-        ServiceCommand::Rollback { name } => {
+        ServiceCommand::Rollback { name, detach } => {
             let route = Route::RollbackService { service: &name };
             let answer = client.request(route).await?;
             print_write(format, &answer, |r| match r.version {
@@ -482,7 +497,8 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
                     r.revision
                 ),
                 None => format!("service {name} rolled back (revision {})", r.revision),
-            })
+            })?;
+            follow_write(client, format, &name, &answer, detach).await
         }
         ServiceCommand::Rm { name } => {
             let answer = client
@@ -523,6 +539,8 @@ struct Edit<'a> {
     flags: &'a SpecFlags,
     removals: &'a Removals,
     if_version: Option<u64>,
+    /// Return without following the rollout.
+    detach: bool,
 }
 
 /// `service update`: the current spec, the flags on top, one PUT if anything changed, made
@@ -532,6 +550,7 @@ async fn update(client: &Client, format: OutputFormat, name: &str, edit: &Edit<'
         flags,
         removals,
         if_version,
+        detach,
     } = *edit;
     let current: ServiceInfo = client
         .request(Route::GetService { service: name })
@@ -581,8 +600,34 @@ async fn update(client: &Client, format: OutputFormat, name: &str, edit: &Edit<'
             r.revision
         )
     })?;
-    warn_if_pending(client, name).await;
-    Ok(())
+    follow_write(client, format, name, &answer, detach).await
+}
+
+/// After a write to service `name`: unless `detach`, follows its rollout to the end
+/// ([`watch::follow`]); with `detach`, warns of replicas no node can take.
+async fn follow_write(
+    client: &Client,
+    format: OutputFormat,
+    name: &str,
+    answer: &crate::client::Answer,
+    detach: bool,
+) -> Result<()> {
+    if detach {
+        warn_if_pending(client, name).await;
+        return Ok(());
+    }
+    let write: WriteResult = answer.json()?;
+    let version = match write.version {
+        Some(version) => version,
+        None => {
+            let info: ServiceInfo = client
+                .request(Route::GetService { service: name })
+                .await?
+                .json()?;
+            info.version
+        }
+    };
+    watch::follow(client, format, name, version).await
 }
 
 /// `N replica(s) pending: WHY` when some of the service's replicas cannot be placed.
@@ -824,3 +869,4 @@ fn render_replicas(replicas: &[ReplicaInfo]) -> String {
 
 #[cfg(test)]
 mod tests;
+pub(crate) mod watch;

@@ -73,7 +73,7 @@ fn sigkill_at_random_moments_loses_no_acked_revision_and_duplicates_nothing() {
     let mut replicas = 1;
     for round in 0..8 {
         replicas = 1 + (round % 3);
-        admin(&["service", "scale", "web", &replicas.to_string()]);
+        admin(&["service", "scale", "web", &replicas.to_string(), "--detach"]);
         std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
         agent.child.kill().expect("SIGKILL the agent");
         agent.wait(Duration::from_secs(10));

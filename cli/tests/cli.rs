@@ -164,11 +164,11 @@ fn control_init_then_operate_the_cluster() {
     std::fs::write(&deploy, DEPLOY).unwrap();
     let deploy_arg = deploy.to_str().unwrap();
     assert_eq!(
-        ok(node.warren(&["apply", "-f", deploy_arg])),
+        ok(node.warren(&["apply", "-f", deploy_arg, "--detach"])),
         "volume/data created\nservice/api created\n"
     );
     assert_eq!(
-        ok(node.warren(&["apply", "-f", deploy_arg])),
+        ok(node.warren(&["apply", "-f", deploy_arg, "--detach"])),
         "volume/data unchanged\nservice/api unchanged\n"
     );
 

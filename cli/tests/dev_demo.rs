@@ -288,6 +288,7 @@ fn service_ls_and_ps_tell_what_runs_and_why_not() {
         "1",
         "--env",
         "WHO=first",
+        "--detach",
     ]);
     assert!(first.contains("updated to version 2"), "{first}");
     let second = warren(&[
@@ -310,6 +311,35 @@ fn service_ls_and_ps_tell_what_runs_and_why_not() {
     let inspected = admin(&["service", "inspect", "picky", "-o", "json"]);
     let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
     assert_eq!(inspected["spec"]["env"]["WHO"], "first", "{inspected}");
+
+    // An update follows its rollout to the end: a line each time it moves, then the end.
+    let rolled = admin(&["service", "update", "web", "--env", "ROUND=2"]);
+    assert!(
+        rolled.contains("service web updated to version 2"),
+        "{rolled}"
+    );
+    assert!(rolled.contains("web: version 2: "), "{rolled}");
+    let last = rolled.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("web: version 2 runs on 2/2 replicas ("),
+        "{rolled}"
+    );
+    // With pending replicas it ends as soon as everything else runs, saying why, and fails.
+    let pending = warren(&[
+        "--config",
+        config,
+        "service",
+        "update",
+        "picky",
+        "--env",
+        "WHO=third",
+    ]);
+    let why = String::from_utf8_lossy(&pending.stderr);
+    assert!(!pending.status.success(), "{why}");
+    assert!(
+        why.contains("service picky: 1 replica pending: no node matches constraint label.gpu==yes"),
+        "{why}"
+    );
     dev.signal("-TERM");
     dev.wait_for_line("warren dev stopped");
     assert!(dev.wait(Duration::from_secs(60)).success());

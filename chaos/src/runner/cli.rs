@@ -28,6 +28,17 @@ struct CliRun {
     took: Duration,
 }
 
+/// Whether `warren words…` follows the rollout it starts unless told `--detach`:
+/// `service update|scale|rollback` and `apply`.
+fn follows_rollout(words: &[String]) -> bool {
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let follows = matches!(
+        words.as_slice(),
+        ["service", "update" | "scale" | "rollback", ..] | ["apply", ..]
+    );
+    follows && !words.contains(&"--detach")
+}
+
 impl Runner<'_> {
     /// `warren --config … --timeout 8s words…` from the operator's seat, as an operator types
     /// it: the CLI finds the control nodes in the fleet's admin config, which the cluster keeps
@@ -58,6 +69,11 @@ impl Runner<'_> {
             args.extend(["--api", targets.as_str()]);
         }
         args.extend(words.iter().map(String::as_str));
+        // A write is acknowledged when control has it; whether the fleet follows is what
+        // `converge` steps and the invariants check, so writes do not follow their rollout.
+        if follows_rollout(words) {
+            args.push("--detach");
+        }
         let started = Instant::now();
         let output = self
             .fleet
@@ -271,4 +287,30 @@ fn expectation_text(spec: &CliSpec, shown: &str, target: &str) -> String {
         expected.push_str(&format!(" saying {needle:?}"));
     }
     expected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follows_rollout;
+
+    #[test]
+    fn writes_that_follow_their_rollout_are_sent_detached() {
+        let words = |line: &str| -> Vec<String> { line.split(' ').map(str::to_owned).collect() };
+        for line in [
+            "service scale web 5",
+            "service update web --env A=1",
+            "service rollback web",
+            "apply -f x.yaml",
+        ] {
+            assert!(follows_rollout(&words(line)), "{line}");
+        }
+        for line in [
+            "service create web --command sleep",
+            "service ls",
+            "service scale web 5 --detach",
+            "node ls",
+        ] {
+            assert!(!follows_rollout(&words(line)), "{line}");
+        }
+    }
 }
