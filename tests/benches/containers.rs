@@ -2,7 +2,8 @@
 //! the same run: service create → replica running (the image already in the box's store),
 //! an offline boot with 10 cached replicas (the box restarted: no container, no process, no
 //! control plane), and the agent's memory while it holds 50 replicas. Also the time
-//! `warren image load` takes for the test image.
+//! `warren image load` takes for the test image, and (with Debian's `docker-registry`) a
+//! service create → running that pulls a ~50 MB image from a loopback registry.
 //!
 //! It prints figures and asserts nothing about speed. Run it as root on a box with containerd,
 //! runc and busybox-static, with
@@ -24,9 +25,11 @@ use warren_api::{
     Constraint, ImageSpec, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, TaskState, Workload,
 };
 use warren_control::Op;
-use warren_edge_agent::runtime::containerd::DEFAULT_NAMESPACE;
 use warren_edge_agent::runtime::containerd::testkit::{
-    Containerd, missing_prerequisite, write_busybox_layout,
+    Containerd, Registry, missing_prerequisite, push_busybox_with_payload, write_busybox_layout,
+};
+use warren_edge_agent::runtime::containerd::{
+    Connection, DEFAULT_NAMESPACE, DEFAULT_SNAPSHOTTER, PullProgress, pull,
 };
 
 use fixtures::*;
@@ -38,6 +41,8 @@ const CREATES: usize = 20;
 const BOOT_REPLICAS: u32 = 10;
 /// Replicas held for the memory reading.
 const HELD_REPLICAS: u32 = 50;
+/// The pulled image's second layer.
+const PULL_PAYLOAD_BYTES: usize = 50 * 1000 * 1000;
 
 fn main() -> anyhow::Result<()> {
     if let Some(why) = missing_prerequisite() {
@@ -216,6 +221,8 @@ async fn run() -> anyhow::Result<()> {
         .await?;
     }
 
+    let pull = measure_pull(root, &socket, &cluster, &mut agents[0]).await?;
+
     // 3. Offline boot: 10 replicas cached, the box restarted with no control plane.
     for (side, agent) in sides.iter().zip(&mut agents) {
         cluster
@@ -233,23 +240,10 @@ async fn run() -> anyhow::Result<()> {
     }
     signal("KILL", &process_pids)?;
     wait_gone("the process workloads", &process_pids).await?;
-    // A reboot leaves no task behind (containerd's state is on tmpfs): kill and delete them.
-    for task in daemon
-        .ctr(DEFAULT_NAMESPACE, &["tasks", "ls", "-q"])
-        .lines()
-    {
-        let _ = daemon.ctr(DEFAULT_NAMESPACE, &["tasks", "kill", "-s", "SIGKILL", task]);
-        let _ = daemon.ctr(DEFAULT_NAMESPACE, &["tasks", "rm", "-f", task]);
-    }
-    poll_until("no container task left", || {
-        daemon
-            .ctr(DEFAULT_NAMESPACE, &["tasks", "ls", "-q"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    })
-    .await?;
-    daemon.restart().context("restart containerd")?;
+    // A reboot leaves no task behind (containerd's state is on tmpfs).
+    daemon
+        .reboot(DEFAULT_NAMESPACE)
+        .context("reboot containerd")?;
     cluster.control.shutdown().await;
     let mut boots = Vec::new();
     for side in &sides {
@@ -264,8 +258,98 @@ async fn run() -> anyhow::Result<()> {
     let _ = signal("KILL", &workloads_under(root));
 
     print(load, &creates, &memory, &boots);
+    match pull {
+        Some(pull) => {
+            println!(
+                "pull of a {:.1} MB image (2 layers) from a loopback registry into containerd, \
+                 unpacked (the agent's pull, alone): {}",
+                pull.bytes as f64 / 1e6,
+                ms(pull.alone)
+            );
+            println!(
+                "service create -> running with that image not on the box (pull, unpack, and \
+                 the restart policy's next attempt): {}",
+                ms(pull.service)
+            );
+        }
+        None => println!("pull: skipped (docker-registry is not installed)"),
+    }
     println!("total {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The pull figures.
+struct Pull {
+    /// The image's layers.
+    bytes: u64,
+    /// The agent's pull function alone, into a namespace of the bench's own.
+    alone: Duration,
+    /// A service create → running on the containerd node, the image not there.
+    service: Duration,
+}
+
+/// An image only in a loopback registry (busybox and a 50 MB layer): pulled alone with the
+/// agent's pull into a namespace of the bench's, then by a service created on the containerd
+/// node. `None` without `docker-registry`.
+async fn measure_pull(
+    root: &Path,
+    socket: &Path,
+    cluster: &Cluster,
+    agent: &mut AgentProcess,
+) -> anyhow::Result<Option<Pull>> {
+    if Registry::missing().is_some() {
+        return Ok(None);
+    }
+    progress("push two ~50 MB images to a loopback registry");
+    let registry = Registry::start(&root.join("registry")).context("start docker-registry")?;
+    // Two images whose big layers differ: containerd's content store is shared by every
+    // namespace, so a second pull of the same layers would fetch nothing.
+    let alone_ref = format!("{}/bench/alone:1", registry.addr());
+    let reference = format!("{}/bench/big:1", registry.addr());
+    let bytes = push_busybox_with_payload(&reference, PULL_PAYLOAD_BYTES, 1)
+        .await
+        .context("push the image")?;
+    push_busybox_with_payload(&alone_ref, PULL_PAYLOAD_BYTES, 2)
+        .await
+        .context("push the image")?;
+    progress("pull one alone");
+    let conn = Connection::connect(socket, "warren-bench-pull").await?;
+    let began = Instant::now();
+    pull(
+        &conn,
+        DEFAULT_SNAPSHOTTER,
+        &alone_ref,
+        None,
+        &PullProgress::default(),
+    )
+    .await?;
+    let alone = began.elapsed();
+    progress("create a service that pulls the other");
+    let mut spec = ServiceSpec::new(
+        ServiceName::new("pulled")?,
+        Workload::Image(ImageSpec {
+            reference,
+            args: vec![],
+        }),
+    );
+    spec.mode = ServiceMode::Replicated { replicas: 1 };
+    spec.placement.constraints = vec![Constraint::parse("node.name==edge-ctr")?];
+    let began = Instant::now();
+    cluster.propose(Op::PutService(spec)).await?;
+    wait_running(agent, "pulled", 1).await?;
+    let service = began.elapsed();
+    cluster
+        .propose(Op::RemoveService(ServiceName::new("pulled")?))
+        .await?;
+    poll_until("pulled gone", || {
+        (running_of(agent, "pulled") == 0).then_some(())
+    })
+    .await?;
+    Ok(Some(Pull {
+        bytes,
+        alone,
+        service,
+    }))
 }
 
 fn print(

@@ -305,10 +305,10 @@ fn image_config(diff_ids: &[String]) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A layer holding `payload.bin`: `bytes` from a fixed-seed xorshift, so that no
+/// A layer holding `payload.bin`: `bytes` from a xorshift seeded with `seed`, so that no
 /// compression or deduplication on the way makes the pull cheaper than a real one.
-fn payload_layer(bytes: usize) -> io::Result<Vec<u8>> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+fn payload_layer(bytes: usize, seed: u64) -> io::Result<Vec<u8>> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let mut payload = Vec::with_capacity(bytes + 8);
     while payload.len() < bytes {
         state ^= state << 13;
@@ -432,29 +432,36 @@ impl Drop for Registry {
 /// # Errors
 /// Building the image, or the registry refusing.
 pub async fn push_busybox_as(reference: &str, login: Option<(&str, &str)>) -> io::Result<()> {
-    push_busybox_with(reference, login, 0).await.map(|_| ())
+    push_busybox_with(reference, login, (0, 0))
+        .await
+        .map(|_| ())
 }
 
 /// Pushes the busybox image with a second layer holding `/payload.bin` of `payload_bytes`
-/// (incompressible bytes, as a real application's would be) to `reference` on a loopback
-/// registry. Returns the size of its layers, in bytes.
+/// (incompressible bytes from `seed`, as a real application's would be: two seeds give two
+/// layers containerd's content store cannot share) to `reference` on a loopback registry.
+/// Returns the size of its layers, in bytes.
 ///
 /// # Errors
 /// Building the image, or the registry refusing.
-pub async fn push_busybox_with_payload(reference: &str, payload_bytes: usize) -> io::Result<u64> {
-    push_busybox_with(reference, None, payload_bytes).await
+pub async fn push_busybox_with_payload(
+    reference: &str,
+    payload_bytes: usize,
+    seed: u64,
+) -> io::Result<u64> {
+    push_busybox_with(reference, None, (payload_bytes, seed)).await
 }
 
 async fn push_busybox_with(
     reference: &str,
     login: Option<(&str, &str)>,
-    payload_bytes: usize,
+    (payload_bytes, seed): (usize, u64),
 ) -> io::Result<u64> {
     use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
     use oci_client::secrets::RegistryAuth;
     warren_transport::install_crypto_provider();
     let extra = (payload_bytes > 0)
-        .then(|| payload_layer(payload_bytes))
+        .then(|| payload_layer(payload_bytes, seed))
         .transpose()?;
     let (layer, config) = match &extra {
         None => busybox_image()?,
