@@ -55,6 +55,9 @@ pub enum EventKind {
     LinkLost,
     /// The connection to the control plane was restored.
     LinkRestored,
+    /// An image a start found missing was pulled from its registry (`pulled REF: 52.0 MB in
+    /// 3.1 s`).
+    ImagePulled,
 }
 
 impl EventKind {
@@ -72,6 +75,7 @@ impl EventKind {
             EventKind::Stopped => "stopped",
             EventKind::LinkLost => "link_lost",
             EventKind::LinkRestored => "link_restored",
+            EventKind::ImagePulled => "image_pulled",
         }
     }
 }

@@ -482,6 +482,7 @@ pub fn event_kind() -> BoxedStrategy<EventKind> {
         Just(EventKind::Stopped),
         Just(EventKind::LinkLost),
         Just(EventKind::LinkRestored),
+        Just(EventKind::ImagePulled),
     ]
     .boxed()
 }

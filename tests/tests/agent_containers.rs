@@ -413,6 +413,27 @@ async fn registry_credentials_come_from_a_warren_secret() {
         !secrets_dir.join(".registry-auth").exists(),
         "the credentials were written as a file"
     );
+    info!("--- the node's events say the image was pulled, how big and how long");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let node: NodeInfo = api_get(&control, "/nodes/edge-priv").await;
+        let events = node.agent.map(|a| a.events).unwrap_or_default();
+        let pulled = events
+            .iter()
+            .find(|e| e.kind == warren_api::EventKind::ImagePulled);
+        if let Some(event) = pulled {
+            assert!(
+                event.message.starts_with("pulled ") && event.message.contains(" MB in "),
+                "{event:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no image_pulled event: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cancel.cancel();
     task.await.unwrap().expect("agent stops cleanly");
     drop(daemon);

@@ -269,6 +269,10 @@ impl Reconciler {
             let events = self.execute(action, view).await;
             self.record_events(events);
         }
+        let runtime_events = self.runtime.take_events();
+        if !runtime_events.is_empty() {
+            self.record_events(runtime_events);
+        }
         self.secrets
             .refresh(&*self.runtime, view, &self.handles)
             .await;

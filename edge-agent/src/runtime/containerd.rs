@@ -111,6 +111,8 @@ pub struct ContainerdRuntime {
     /// Background pulls by image name: a start that finds its image missing starts one and
     /// fails with its progress; a later start finds the image.
     pulls: Mutex<HashMap<String, pull::PullJob>>,
+    /// Events for the node's event log since the reconciler last took them (images pulled).
+    events: Mutex<Vec<warren_api::Event>>,
 }
 
 impl Drop for ContainerdRuntime {
@@ -164,6 +166,7 @@ impl ContainerdRuntime {
             connection: OnceCell::new(),
             tracked: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
         })
     }
 
@@ -221,9 +224,17 @@ impl ContainerdRuntime {
         if running.is_none() {
             task::remove_all(conn, &self.options.snapshotter, &id).await?;
         }
-        let image = self
+        let (image, pulled) = self
             .resolve_image(conn, reference, request.registry_auth.as_ref())
             .await?;
+        if let Some(summary) = pulled {
+            self.note(warren_api::Event {
+                at_ms: warren_api::clock::unix_now_ms(),
+                replica: Some(request.replica.clone()),
+                kind: warren_api::EventKind::ImagePulled,
+                message: summary,
+            });
+        }
         let process = spec::container_process(request, &image.config.config)?;
         let stdout_log = self.replica_dir(&request.replica).join(logs::STDOUT_LOG);
         if let Some(pid) = running {
@@ -607,6 +618,10 @@ impl Runtime for ContainerdRuntime {
 
     fn wipe_secrets(&self) -> RuntimeFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move { self.wipe_secrets_now() })
+    }
+
+    fn take_events(&self) -> Vec<warren_api::Event> {
+        std::mem::take(&mut *self.lock_events())
     }
 
     fn exec_target(&self, record: &WorkloadRecord) -> Option<ContainerExec> {

@@ -167,6 +167,12 @@ pub trait Runtime: Send + Sync + fmt::Debug {
         let _ = record;
         None
     }
+
+    /// What happened inside the runtime since the last call that the node's events should
+    /// say (an image pulled for a replica). The default: nothing.
+    fn take_events(&self) -> Vec<warren_api::Event> {
+        Vec::new()
+    }
 }
 
 /// Everything a runtime needs to start one replica.

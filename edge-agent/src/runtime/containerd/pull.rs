@@ -54,9 +54,13 @@ impl PullProgress {
             return "starting".to_owned();
         }
         let done = self.bytes_done.load(Ordering::Relaxed);
-        let mb = |bytes: u64| bytes as f64 / 1e6;
         format!("{:.1} of {:.1} MB", mb(done), mb(total))
     }
+}
+
+/// Bytes in (decimal) megabytes, as registries and `docker pull` count them.
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
 }
 
 /// Why a pull failed.
@@ -330,7 +334,8 @@ async fn fetch_blob(
 #[derive(Debug)]
 pub(crate) struct PullJob {
     pub(crate) progress: Arc<PullProgress>,
-    pub(crate) task: tokio::task::JoinHandle<Result<ImportedImage, String>>,
+    /// The image, and `pulled REF: 52.0 MB in 3.1 s`; or why the pull failed.
+    pub(crate) task: tokio::task::JoinHandle<Result<(ImportedImage, String), String>>,
 }
 
 impl PullJob {
@@ -346,12 +351,21 @@ impl PullJob {
             let progress = Arc::clone(&progress);
             async move {
                 tracing::info!(image = name, "pulling image");
-                pull(&conn, &snapshotter, &name, credentials.as_ref(), &progress)
+                let began = std::time::Instant::now();
+                let image = pull(&conn, &snapshotter, &name, credentials.as_ref(), &progress)
                     .await
                     .map_err(|e| {
                         tracing::warn!(image = name, error = %e, "cannot pull image");
                         e.to_string()
-                    })
+                    })?;
+                let bytes = progress.bytes_total.load(Ordering::Relaxed);
+                let summary = format!(
+                    "pulled {name}: {:.1} MB in {:.1} s",
+                    mb(bytes),
+                    began.elapsed().as_secs_f64()
+                );
+                tracing::info!(image = name, "{summary}");
+                Ok((image, summary))
             }
         });
         PullJob { progress, task }

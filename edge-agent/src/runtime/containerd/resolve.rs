@@ -1,32 +1,42 @@
 //! Finding a replica's image in containerd's store, or else pulling it in the background:
 //! the start that finds it missing starts the pull and fails with "image unavailable"; the
-//! starts after it report the pull's progress, and the first one after it is done runs.
+//! starts after it report the pull's progress, and the first one after it is done runs and
+//! leaves an `image_pulled` event (`pulled REF: 52.0 MB in 3.1 s`) for the node's events.
 
 use std::collections::HashMap;
 
 use super::image::{self, ImageError, normalize_reference};
 use super::{Connection, ContainerdRuntime, RegistryCredentials, pull};
+use warren_api::Event;
+
 use crate::runtime::{RegistryAuthSecret, RuntimeError};
 
+/// Most events held between two reconcile passes.
+const MAX_EVENTS_HELD: usize = 64;
+
 impl ContainerdRuntime {
+    /// `reference`'s image from the store, and what a pull that just brought it in says
+    /// (`pulled REF: 52.0 MB in 3.1 s`).
     pub(super) async fn resolve_image(
         &self,
         conn: &Connection,
         reference: &str,
         registry_auth: Option<&RegistryAuthSecret>,
-    ) -> Result<image::ResolvedImage, RuntimeError> {
+    ) -> Result<(image::ResolvedImage, Option<String>), RuntimeError> {
         let name = normalize_reference(reference);
         let unavailable = |reason: String| RuntimeError::ImageUnavailable {
             reference: reference.to_owned(),
             reason,
         };
         match image::resolve(conn, &name).await {
-            Ok(image) => Ok(image),
+            // A pull that finished since the last start put it there: say so once.
+            Ok(image) => Ok((image, self.pulled(&name).await.ok().flatten())),
             Err(ImageError::Containerd(e)) if e.is_not_found() => match self.pulled(&name).await {
-                Ok(true) => image::resolve(conn, &name)
+                Ok(Some(summary)) => image::resolve(conn, &name)
                     .await
+                    .map(|image| (image, Some(summary)))
                     .map_err(|e| unavailable(e.to_string())),
-                Ok(false) => Err(unavailable(self.pull_state(conn, &name, registry_auth))),
+                Ok(None) => Err(unavailable(self.pull_state(conn, &name, registry_auth))),
                 Err(why) => Err(unavailable(why)),
             },
             Err(ImageError::Containerd(e)) => Err(e.into()),
@@ -34,8 +44,9 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Whether a finished pull of `name` brought it in; `Err` says why it did not.
-    async fn pulled(&self, name: &str) -> Result<bool, String> {
+    /// What a finished pull of `name` that brought it in says; `None` while none has
+    /// finished; `Err` says why it did not bring it in.
+    async fn pulled(&self, name: &str) -> Result<Option<String>, String> {
         let finished = {
             let mut pulls = self.lock_pulls();
             match pulls.get(name) {
@@ -44,10 +55,10 @@ impl ContainerdRuntime {
             }
         };
         let Some(job) = finished else {
-            return Ok(false);
+            return Ok(None);
         };
         match job.task.await {
-            Ok(Ok(_)) => Ok(true),
+            Ok(Ok((_, summary))) => Ok(Some(summary)),
             Ok(Err(why)) => Err(format!(
                 "{name} is not in this box's containerd store and pulling it failed: {why}"
             )),
@@ -88,6 +99,22 @@ impl ContainerdRuntime {
         );
         pulls.insert(name.to_owned(), job);
         format!("{name} is not in this box's containerd store (namespace {namespace}); pulling it")
+    }
+
+    /// Keeps `event` for the reconciler's next [`Runtime::take_events`]; at most
+    /// [`MAX_EVENTS_HELD`] wait (the reconciler takes them every pass).
+    pub(super) fn note(&self, event: Event) {
+        let mut events = self.lock_events();
+        if events.len() < MAX_EVENTS_HELD {
+            events.push(event);
+        }
+    }
+
+    pub(super) fn lock_events(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        // Every update is one push or a take: a poisoned list is still whole.
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_pulls(&self) -> std::sync::MutexGuard<'_, HashMap<String, pull::PullJob>> {

@@ -460,6 +460,18 @@ async fn missing_image_is_pulled_from_a_registry() {
         "{test}: missing → pulled and running in {:?}",
         began.elapsed()
     );
+    // The start that found the pull done leaves an event for the node's events, once.
+    let events = fx.runtime.take_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, warren_api::EventKind::ImagePulled);
+    assert_eq!(events[0].replica.as_ref(), Some(&request.replica));
+    let pulled = &events[0].message;
+    assert!(
+        pulled.starts_with(&format!("pulled {reference}: ")) && pulled.ends_with(" s"),
+        "{pulled}"
+    );
+    assert!(pulled.contains(" MB in "), "{pulled}");
+    assert!(fx.runtime.take_events().is_empty());
     let log = handle.record().stdout_log.clone();
     let logged = wait_until(Duration::from_secs(5), async || {
         read(&log).contains("busybox up")
