@@ -124,6 +124,10 @@ pub struct SpecFlags {
     /// Run a container image (through containerd), like registry.example/app:1.2.
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
+    /// The image's command and arguments, after `--` (replacing its cmd; its entrypoint, if
+    /// any, is kept): `--image busybox:1.36 -- sh -c 'echo hi; sleep 100'`.
+    #[arg(last = true, value_name = "ARG")]
+    pub image_args: Vec<String>,
     /// Number of replicas (default 1).
     #[arg(long, value_name = "N", conflicts_with = "global")]
     pub replicas: Option<u32>,
@@ -240,6 +244,9 @@ impl SpecFlags {
     /// arguments of `current` when the kind does not change.
     fn workload(&self, current: Option<&Workload>) -> Result<Option<Workload>> {
         if let Some(command) = &self.command {
+            if !self.image_args.is_empty() {
+                bail!("arguments after -- are an image's command; a process's go in --command");
+            }
             let working_dir = match current {
                 Some(Workload::Process(process)) => process.working_dir.clone(),
                 _ => None,
@@ -249,17 +256,26 @@ impl SpecFlags {
                 working_dir,
             })));
         }
-        if let Some(reference) = &self.image {
-            let args = match current {
-                Some(Workload::Image(image)) => image.args.clone(),
-                _ => Vec::new(),
-            };
-            return Ok(Some(Workload::Image(ImageSpec {
-                reference: reference.clone(),
-                args,
-            })));
-        }
-        Ok(None)
+        let current_image = match current {
+            Some(Workload::Image(image)) => Some(image),
+            _ => None,
+        };
+        let reference = match (&self.image, current_image) {
+            (Some(reference), _) => reference.clone(),
+            (None, Some(image)) if !self.image_args.is_empty() => image.reference.clone(),
+            (None, _) if !self.image_args.is_empty() => {
+                bail!("arguments after -- are an image's command: give --image too")
+            }
+            (None, _) => return Ok(None),
+        };
+        let args = if self.image_args.is_empty() {
+            current_image
+                .map(|image| image.args.clone())
+                .unwrap_or_default()
+        } else {
+            self.image_args.clone()
+        };
+        Ok(Some(Workload::Image(ImageSpec { reference, args })))
     }
 
     fn probe(&self) -> Result<Option<Probe>> {

@@ -447,3 +447,30 @@ fn ps_notes_why_replicas_wait() {
         "pinned to node edge-1, which holds volume data\n"
     );
 }
+
+#[test]
+fn an_images_command_comes_after_two_dashes() {
+    let spec = created(&[
+        "create",
+        "web",
+        "--image",
+        "busybox:1.36",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; sleep 1000",
+    ])
+    .unwrap();
+    assert_eq!(
+        spec.workload,
+        Workload::Image(ImageSpec {
+            reference: "busybox:1.36".into(),
+            args: vec!["sh".into(), "-c".into(), "echo hi; sleep 1000".into()],
+        })
+    );
+    let error = created(&["create", "web", "--command", "sleep 1", "--", "x"]).unwrap_err();
+    assert!(
+        error.to_string().contains("a process's go in --command"),
+        "{error}"
+    );
+}
