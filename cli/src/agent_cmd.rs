@@ -403,12 +403,7 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
             options.overlay = Some(overlay.clone());
             options.runtime = Some(runtime.clone());
             foreground(options, || async move {
-                let data_dir = join(data_dir, request, runtime).await?;
-                // Kept for `agent run`, which this process becomes next.
-                overlay.save(&data_dir).with_context(|| {
-                    format!("keep the WireGuard settings in {}", data_dir.display())
-                })?;
-                Ok(data_dir)
+                join(data_dir, request, runtime, &overlay).await
             })
         }
     }
@@ -420,13 +415,19 @@ async fn join(
     data_dir: PathBuf,
     request: agent::JoinRequest,
     runtime: agent::RuntimeChoice,
+    overlay: &warren_edge_agent::overlay::OverlaySettings,
 ) -> Result<PathBuf> {
     let control = request.control_addrs.join(",");
     let identity = agent::join(&data_dir, request)
         .await
         .with_context(|| format!("join the cluster at {control}"))?;
-    // Kept before carrying on as `agent run`, which reads it from the data dir.
+    // Kept before carrying on as `agent run`, which reads them from the data dir (it used to
+    // get the WireGuard settings only after, so a joined agent ran with --wireguard auto
+    // whatever join was told).
     agent::save_runtime_choice(&data_dir, &runtime).context("keep the runtime choice")?;
+    overlay
+        .save(&data_dir)
+        .with_context(|| format!("keep the WireGuard settings in {}", data_dir.display()))?;
     say(&format!(
         "joined the cluster as agent node {} ({})",
         identity.node_id,
@@ -516,6 +517,8 @@ fn options(
             dns,
             ..Default::default()
         },
+        // This very binary is the containers' log writer (`warren-container-logger`).
+        container_logger: std::env::current_exe().ok(),
         ..AgentOptions::default()
     }
 }

@@ -392,7 +392,30 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Runs the containers' log writer when this binary was started by that name (a link the
+/// agent makes; see `warren_edge_agent::runtime::containerd::LOGGER_NAME`).
+fn container_logger() -> Option<ExitCode> {
+    use warren_edge_agent::runtime::containerd::{LOGGER_NAME, run_logger};
+    let mut args = std::env::args();
+    let program = args.next()?;
+    if std::path::Path::new(&program).file_name()? != LOGGER_NAME {
+        return None;
+    }
+    let args: Vec<String> = args.collect();
+    Some(match run_logger(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn main() -> ExitCode {
+    // Started by containerd's shim as a container's log writer: no flags, no logging setup.
+    if let Some(code) = container_logger() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     match fd_limit::raise_nofile() {

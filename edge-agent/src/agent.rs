@@ -84,6 +84,11 @@ pub struct AgentOptions {
     /// The WireGuard overlay; `None` (the default here) runs none. `warren agent` sets it
     /// (`--wireguard auto` unless told otherwise).
     pub overlay: Option<crate::overlay::OverlaySettings>,
+    /// The `warren` binary, which containerd's shim starts beside each new container as its
+    /// log writer (through a link named `runtime::containerd::LOGGER_NAME` in the data dir):
+    /// standard output and error to their own files. `None` (the default here): both go to
+    /// `stdout.log`. `warren agent` sets it.
+    pub container_logger: Option<PathBuf>,
 }
 
 /// How [`Agent::serve`] ended.
@@ -273,7 +278,12 @@ impl Agent {
             process_options.workloads_dir = identity.workloads_dir.clone();
         }
         let choice = runtime_choice::choose(data_dir, &options)?;
-        let runtime = runtime_choice::build(data_dir, &choice, &process_options)?;
+        let runtime = runtime_choice::build(
+            data_dir,
+            &choice,
+            &process_options,
+            options.container_logger.as_deref(),
+        )?;
         let mut options = options;
         options.process = process_options;
         Ok(Agent {

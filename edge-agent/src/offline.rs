@@ -50,7 +50,12 @@ pub async fn stop_workloads(
             .and_then(|identity| identity.workloads_dir);
     }
     let choice = crate::agent::runtime_choice::choose(data_dir, options)?;
-    let runtime = crate::agent::runtime_choice::build(data_dir, &choice, &process)?;
+    let runtime = crate::agent::runtime_choice::build(
+        data_dir,
+        &choice,
+        &process,
+        options.container_logger.as_deref(),
+    )?;
     let view = cache.view()?;
     let grace_of = |replica: &ReplicaId| {
         let grace_ms = view

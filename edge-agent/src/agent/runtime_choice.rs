@@ -79,15 +79,20 @@ pub(crate) fn choose(data_dir: &Path, options: &AgentOptions) -> Result<RuntimeC
 }
 
 /// Builds the runtime `choice` names; `process` carries the settings both runtimes share
-/// (replica directories, log bounds, the workloads' resolv.conf).
+/// (replica directories, log bounds, the workloads' resolv.conf); containers' output goes
+/// through `logger` when given.
 pub(crate) fn build(
     data_dir: &Path,
     choice: &RuntimeChoice,
     process: &ProcessRuntimeOptions,
+    logger: Option<&Path>,
 ) -> Result<Arc<dyn Runtime>, AgentError> {
     Ok(match choice {
         RuntimeChoice::Process => Arc::new(ProcessRuntime::for_agent(data_dir, process.clone())?),
         RuntimeChoice::Containerd { socket } => {
+            let logger = logger
+                .map(|program| logger_link(data_dir, program))
+                .transpose()?;
             crate::runtime::volumes::check_host_volumes(&process.host_volumes, Some(data_dir))
                 .map_err(|reason| crate::runtime::RuntimeError::InvalidOptions { reason })?;
             let root = process
@@ -107,11 +112,27 @@ pub(crate) fn build(
                         .unwrap_or_else(|| crate::runtime::volumes::default_volumes_dir(data_dir)),
                 ),
                 host_volumes: process.host_volumes.clone(),
+                logger,
                 ..ContainerdOptions::default()
             };
             Arc::new(ContainerdRuntime::new(root, options)?)
         }
     })
+}
+
+/// `<data dir>/warren-container-logger`, a link to `program` (made, or moved to it): the
+/// name the shim starts the log writer by. An older binary's link moves to the running one.
+fn logger_link(data_dir: &Path, program: &Path) -> Result<PathBuf, AgentError> {
+    let link = data_dir.join(crate::runtime::containerd::LOGGER_NAME);
+    if std::fs::read_link(&link).is_ok_and(|target| target == program) {
+        return Ok(link);
+    }
+    let temporary = data_dir.join(format!(".{}.tmp", crate::runtime::containerd::LOGGER_NAME));
+    let _ = std::fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(program, &temporary)
+        .and_then(|()| std::fs::rename(&temporary, &link))
+        .map_err(io_error("link the container log writer", &link))?;
+    Ok(link)
 }
 
 #[cfg(test)]

@@ -8,14 +8,17 @@
 //! task pid, and restarts none.
 //!
 //! Files stay where the process runtime keeps them (`<root>/<replica>/…`, see `dirs`): the
-//! shim appends the task's output to `stdout.log` (containerd's `file://` stdio, which sends
-//! standard error to the same file), so logs keep flowing while no agent runs; secrets go to
+//! task's standard output and error reach `stdout.log` and `stderr.log` through the log
+//! writer the shim starts beside it (`logger`: the `warren` binary, `binary://` stdio; without
+//! one, containerd's `file://` stdio sends both to `stdout.log`), so logs keep flowing while
+//! no agent runs; secrets go to
 //! `secrets/`, bind-mounted read-only at `/run/secrets`. Local volumes (`runtime::volumes`)
 //! are bind-mounted at `/volumes/<target>`.
 //!
 //! - `client`: the connection, namespace and leases.
 //! - `exec`: running an exec health check inside a replica's container.
 //! - `layout`: importing an OCI image-layout tarball (`warren image load`).
+//! - `logger`: the log writer the shim starts beside each task.
 //! - `oom`: whether the kernel's OOM killer ended a container, from its memory cgroup.
 //! - `options`: [`ContainerdOptions`].
 //! - `registry_auth`: the `user:password` of a service's registry-auth secret, and what a
@@ -34,6 +37,7 @@ mod client;
 mod exec;
 mod image;
 mod layout;
+mod logger;
 mod oom;
 mod options;
 mod pull;
@@ -59,6 +63,7 @@ pub use self::client::{Connection, ContainerdError};
 pub use self::exec::{ContainerExec, ExecError, ExecExit, exec_in_container};
 pub use self::image::{ImageError, normalize_reference};
 pub use self::layout::{ImportError, ImportedImage, import_layout};
+pub use self::logger::{LOGGER_NAME, run as run_logger};
 pub use self::options::ContainerdOptions;
 pub use self::pull::{PullError, PullProgress, pull};
 pub use self::registry_auth::RegistryCredentials;
@@ -261,6 +266,7 @@ impl ContainerdRuntime {
             snapshotter: &self.options.snapshotter,
             spec: &runtime_spec,
             log: &stdout_log,
+            logger: self.options.logger.as_deref(),
         };
         let pid = made.run(conn).await?;
         let record = self.record(request, id, pid, stdout_log, (process.uid, process.gid));

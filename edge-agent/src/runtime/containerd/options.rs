@@ -33,6 +33,11 @@ pub struct ContainerdOptions {
     /// Volumes served from host directories instead, by name (`--host-volume NAME=PATH`).
     /// Default empty.
     pub host_volumes: std::collections::BTreeMap<String, PathBuf>,
+    /// The log writer the shim starts beside each new task (`logger`: the `warren` binary
+    /// under the name [`super::LOGGER_NAME`]), so that standard output and standard error
+    /// reach `stdout.log` and `stderr.log`; `None`: the shim's own file stdio, both streams
+    /// into `stdout.log`. Default `None`.
+    pub logger: Option<PathBuf>,
 }
 
 impl Default for ContainerdOptions {
@@ -48,6 +53,7 @@ impl Default for ContainerdOptions {
             pull: true,
             volumes_dir: None,
             host_volumes: std::collections::BTreeMap::new(),
+            logger: None,
         }
     }
 }

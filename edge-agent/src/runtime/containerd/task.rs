@@ -157,8 +157,11 @@ pub(crate) struct Create<'a> {
     pub(crate) image: &'a ResolvedImage,
     pub(crate) snapshotter: &'a str,
     pub(crate) spec: &'a serde_json::Value,
-    /// The file the shim appends the task's output to.
+    /// The file the shim appends the task's output to (`stdout.log`; `stderr.log` beside it
+    /// with a `logger`).
     pub(crate) log: &'a Path,
+    /// The log writer to start beside the task ([`super::logger`]); `None`: file stdio.
+    pub(crate) logger: Option<&'a Path>,
 }
 
 impl Create<'_> {
@@ -199,12 +202,21 @@ impl Create<'_> {
             .into_inner()
             .mounts;
         self.create_container(conn).await?;
-        let log_uri = format!("file://{}", self.log.display());
+        let (stdout, stderr) = match (self.logger, self.log.parent()) {
+            (Some(logger), Some(dir)) => {
+                let uri = super::logger::uri(logger, dir);
+                (uri.clone(), uri)
+            }
+            _ => {
+                let uri = format!("file://{}", self.log.display());
+                (uri.clone(), uri)
+            }
+        };
         let task = CreateTaskRequest {
             container_id: self.id.to_owned(),
             rootfs,
-            stdout: log_uri.clone(),
-            stderr: log_uri,
+            stdout,
+            stderr,
             ..CreateTaskRequest::default()
         };
         let mut tasks = TasksClient::new(conn.channel.clone());
