@@ -1,0 +1,236 @@
+//! `POST /services/{service}/logs`: a service's workload logs, asked of the agents that run its
+//! replicas (`crate::agent_logs`) and interleaved by time. A read: it changes nothing, and a
+//! follow sends it again, to any control node, with the cursors of the last answer.
+
+use std::collections::BTreeMap;
+
+use warren_api::logs::{
+    AgentLogReply, AgentLogRequest, LogLine, LogQuery, LogsReply, LogsUnavailable,
+};
+use warren_api::{NodeId, ReplicaId};
+
+use super::respond::{ApiResult, ok};
+use super::{Api, ApiError};
+use crate::state::ClusterState;
+use crate::status::AgentReport;
+
+/// The replicas of one node that a query names.
+#[derive(Debug, PartialEq, Eq)]
+struct NodeTarget {
+    node: NodeId,
+    name: String,
+    replicas: Vec<ReplicaId>,
+}
+
+impl Api {
+    pub(super) async fn service_logs(&self, service: &str, query: LogQuery) -> ApiResult {
+        query
+            .validate()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let targets = log_targets(&*self.control.read_stale().await, service, &query)?;
+        let agents = self.control.gather_agents(false).await;
+        let budget = query.max_bytes() / u32::try_from(targets.len().max(1)).unwrap_or(u32::MAX);
+        let mut asks = tokio::task::JoinSet::new();
+        for (index, target) in targets.iter().enumerate() {
+            let request = AgentLogRequest {
+                replicas: target.replicas.clone(),
+                since_ms: query.since_ms,
+                tail: query.tail,
+                follow: query.follow,
+                after: (query.after.iter())
+                    .filter(|c| target.replicas.contains(&c.replica))
+                    .cloned()
+                    .collect(),
+                max_bytes: budget.max(1),
+            };
+            let report = agents.get(&target.node);
+            let holder = report.filter(|r| r.connected).map(|r| r.control_id);
+            let control = self.control.clone();
+            let node = target.node;
+            asks.spawn(async move {
+                let answer = match holder {
+                    Some(holder) => control
+                        .agent_logs(node, holder, request)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("the node's agent has no link to control".to_owned()),
+                };
+                (index, answer)
+            });
+        }
+        let mut answers = BTreeMap::new();
+        while let Some(joined) = asks.join_next().await {
+            if let Ok((index, answer)) = joined {
+                answers.insert(index, answer);
+            }
+        }
+        ok(&merge(&targets, answers, &agents))
+    }
+}
+
+/// The replicas `query` names in `service`, by node, with each node's name.
+fn log_targets(
+    state: &ClusterState,
+    service: &str,
+    query: &LogQuery,
+) -> Result<Vec<NodeTarget>, ApiError> {
+    if !state.services.contains_key(service) {
+        return Err(ApiError::NotFound(format!("service {service} not found")));
+    }
+    if let Some(replica) = &query.replica
+        && replica.service.as_str() != service
+    {
+        return Err(ApiError::Invalid(format!(
+            "replica: {replica} is not a replica of service {service}"
+        )));
+    }
+    let mut by_node: BTreeMap<NodeId, Vec<ReplicaId>> = BTreeMap::new();
+    for replica in state.replicas.values() {
+        let wanted = match &query.replica {
+            Some(one) => replica.id == *one,
+            None => replica.id.service.as_str() == service,
+        };
+        if wanted {
+            by_node
+                .entry(replica.node)
+                .or_default()
+                .push(replica.id.clone());
+        }
+    }
+    if by_node.is_empty()
+        && let Some(replica) = &query.replica
+    {
+        return Err(ApiError::NotFound(format!(
+            "replica {replica} not found; `warren service ps {service}` lists them"
+        )));
+    }
+    Ok(by_node
+        .into_iter()
+        .map(|(node, replicas)| NodeTarget {
+            node,
+            name: state
+                .nodes
+                .get(&node)
+                .map_or_else(|| format!("{node}"), |n| n.name.clone()),
+            replicas,
+        })
+        .collect())
+}
+
+/// One answer from the agents' answers (by target index): their lines interleaved by time and
+/// named by node, their cursors, and the replicas that could not be read with why and since
+/// when their agent was last heard from.
+fn merge(
+    targets: &[NodeTarget],
+    mut answers: BTreeMap<usize, Result<AgentLogReply, String>>,
+    agents: &BTreeMap<NodeId, AgentReport>,
+) -> LogsReply {
+    let mut reply = LogsReply::default();
+    for (index, target) in targets.iter().enumerate() {
+        let answer = answers
+            .remove(&index)
+            .unwrap_or_else(|| Err("the request to the agent failed".to_owned()));
+        let last_contact_ms = agents
+            .get(&target.node)
+            .map(|r| r.last_contact_ms)
+            .filter(|ms| *ms > 0);
+        let unavailable = |replica: &ReplicaId, reason: String| LogsUnavailable {
+            replica: replica.clone(),
+            node: target.name.clone(),
+            last_contact_ms,
+            reason,
+        };
+        match answer {
+            Ok(agent) => {
+                reply.truncated |= agent.truncated;
+                reply.cursors.extend(agent.cursors);
+                reply
+                    .lines
+                    .extend(agent.lines.into_iter().map(|line| LogLine {
+                        replica: line.replica,
+                        node: target.name.clone(),
+                        stream: line.stream,
+                        time_ms: line.time_ms,
+                        text: line.text,
+                    }));
+                (reply.unavailable).extend(
+                    (agent.missing.into_iter()).map(|(replica, why)| unavailable(&replica, why)),
+                );
+            }
+            Err(why) => reply
+                .unavailable
+                .extend((target.replicas.iter()).map(|replica| unavailable(replica, why.clone()))),
+        }
+    }
+    // Stable: lines of one stream keep their order (the agent never lets time go backwards
+    // within a stream).
+    reply.lines.sort_by_key(|line| line.time_ms);
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::logs::{AgentLogLine, LogStream};
+
+    use super::*;
+
+    fn target(node: u64, name: &str, replicas: &[&str]) -> NodeTarget {
+        NodeTarget {
+            node: NodeId(node),
+            name: name.to_owned(),
+            replicas: replicas.iter().map(|r| r.parse().unwrap()).collect(),
+        }
+    }
+
+    fn line(replica: &str, time_ms: u64, text: &str) -> AgentLogLine {
+        AgentLogLine {
+            replica: replica.parse().unwrap(),
+            stream: LogStream::Stdout,
+            time_ms,
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn answers_interleave_by_time_and_failures_name_their_replicas() {
+        let targets = [
+            target(1, "edge-1", &["web.0"]),
+            target(2, "edge-2", &["web.1"]),
+            target(3, "edge-3", &["web.2", "web.3"]),
+        ];
+        let mut answers = BTreeMap::new();
+        answers.insert(
+            0,
+            Ok(AgentLogReply {
+                lines: vec![line("web.0", 10, "a"), line("web.0", 30, "c")],
+                ..AgentLogReply::default()
+            }),
+        );
+        answers.insert(
+            1,
+            Ok(AgentLogReply {
+                lines: vec![line("web.1", 20, "b")],
+                truncated: true,
+                ..AgentLogReply::default()
+            }),
+        );
+        answers.insert(2, Err("cut off".to_owned()));
+        let merged = merge(&targets, answers, &BTreeMap::new());
+        let order: Vec<(&str, &str)> = merged
+            .lines
+            .iter()
+            .map(|l| (l.node.as_str(), l.text.as_str()))
+            .collect();
+        assert_eq!(order, [("edge-1", "a"), ("edge-2", "b"), ("edge-1", "c")]);
+        assert!(merged.truncated);
+        let unavailable: Vec<String> = merged
+            .unavailable
+            .iter()
+            .map(|u| format!("{}@{}: {}", u.replica, u.node, u.reason))
+            .collect();
+        assert_eq!(
+            unavailable,
+            ["web.2@edge-3: cut off", "web.3@edge-3: cut off"]
+        );
+    }
+}
