@@ -307,7 +307,8 @@ impl Client {
     /// A parameter that cannot be a path segment, an unreachable control plane, or an error
     /// answer turned into one line.
     pub async fn request(&self, route: Route<'_>) -> Result<Answer> {
-        self.call(http_method(route), &route.path()?, None).await
+        self.call_as(http_method(route), &route.path()?, None, route.is_read())
+            .await
     }
 
     /// `route` with `body` as JSON.
@@ -316,8 +317,13 @@ impl Client {
     /// As [`Client::request`].
     pub async fn request_json<B: Serialize>(&self, route: Route<'_>, body: &B) -> Result<Answer> {
         let bytes = serde_json::to_vec(body).context("encode request")?;
-        self.call(http_method(route), &route.path()?, Some(bytes))
-            .await
+        self.call_as(
+            http_method(route),
+            &route.path()?,
+            Some(bytes),
+            route.is_read(),
+        )
+        .await
     }
 
     /// A read of `route` that skips the read barrier (`?stale=true`): the answering node's own
@@ -327,7 +333,8 @@ impl Client {
     /// As [`Client::request`].
     pub async fn request_stale(&self, route: Route<'_>) -> Result<Answer> {
         let path = format!("{}?stale=true", route.path()?);
-        self.call(http_method(route), &path, None).await
+        self.call_as(http_method(route), &path, None, route.is_read())
+            .await
     }
 
     /// `GET PREFIX+path`.
@@ -358,10 +365,23 @@ impl Client {
         self.call(method, path, None).await
     }
 
-    /// Tries the targets in order (see the module doc for when it moves on).
+    /// A request whose kind (read or not) its method tells.
+    #[cfg(test)]
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer> {
-        let uri = format!("{PREFIX}{path}");
         let read = method == Method::GET;
+        self.call_as(method, path, body, read).await
+    }
+
+    /// Tries the targets in order (see the module doc for when it moves on); a `read` moves
+    /// on when an answer is lost, anything else stops there.
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        read: bool,
+    ) -> Result<Answer> {
+        let uri = format!("{PREFIX}{path}");
         let mut failures = Vec::new();
         // A read's "no quorum" answer, kept in case no other node does better: callers look at
         // it (`cluster status` falls back to a stale read).
@@ -380,7 +400,10 @@ impl Client {
                     )));
                 }
                 Attempt::Answered(status, headers, bytes) => {
-                    let caught_up = read && status.is_success() && !path.contains("stale=true");
+                    // Only a GET passed the read barrier (the logs read the state as it stands).
+                    let caught_up = method == Method::GET
+                        && status.is_success()
+                        && !path.contains("stale=true");
                     self.learn(target, &headers, caught_up);
                     if read && status == StatusCode::SERVICE_UNAVAILABLE {
                         failures.push(format!("{target}: no quorum"));
