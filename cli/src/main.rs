@@ -50,6 +50,7 @@ mod fd_limit;
 mod hide_token;
 mod image_cmd;
 mod local;
+mod logs_cmd;
 mod output;
 #[cfg(test)]
 mod prerequisites;
@@ -180,6 +181,16 @@ enum Command {
         warren service rollback web")]
     // Boxed: its flags make it much larger than the other commands.
     Service(Box<service_cmd::ServiceArgs>),
+
+    /// Print one replica's output (`web.0`, or `edge.<node id>` for a global service).
+    ///
+    /// The same as `warren service logs SERVICE --replica R`: lines of stdout and stderr,
+    /// prefixed with replica and node, read from the replica's agent over its link to control.
+    #[command(after_help = "Examples:\n  \
+        warren logs web.0\n  \
+        warren logs web.0 --tail 50 --follow\n  \
+        warren logs node-exporter.00000000000000ff --since 1h --timestamps")]
+    Logs(logs_cmd::LogsArgs),
 
     /// Create or update services, secrets and volumes from a YAML file; idempotent.
     Apply(apply::ApplyArgs),
@@ -363,6 +374,10 @@ fn run(cli: Cli) -> Result<()> {
                 service_cmd::run(&client, format, command).await
             })
         }
+        Command::Logs(args) => admin(&args.client, &top, |client| async move {
+            let service = args.replica.service.to_string();
+            logs_cmd::run(&client, format, &service, Some(args.replica), &args.flags).await
+        }),
         Command::Secret(args) => admin(&args.client, &top, |client| async move {
             secret_cmd::run(&client, format, args.command).await
         }),

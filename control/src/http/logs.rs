@@ -3,6 +3,9 @@
 //! follow sends it again, to any control node, with the cursors of the last answer.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use warren_api::clock::unix_now_ms;
 
 use warren_api::logs::{
     AgentLogReply, AgentLogRequest, LogLine, LogQuery, LogsReply, LogsUnavailable,
@@ -43,17 +46,16 @@ impl Api {
                     .collect(),
                 max_bytes: budget.max(1),
             };
-            let report = agents.get(&target.node);
-            let holder = report.filter(|r| r.connected).map(|r| r.control_id);
+            let holder = link_holder(agents.get(&target.node), unix_now_ms());
             let control = self.control.clone();
             let node = target.node;
             asks.spawn(async move {
                 let answer = match holder {
-                    Some(holder) => control
+                    Ok(holder) => control
                         .agent_logs(node, holder, request)
                         .await
                         .map_err(|e| e.to_string()),
-                    None => Err("the node's agent has no link to control".to_owned()),
+                    Err(why) => Err(why),
                 };
                 (index, answer)
             });
@@ -66,6 +68,26 @@ impl Api {
         }
         ok(&merge(&targets, answers, &agents))
     }
+}
+
+/// An agent whose connection has carried nothing (its QUIC keep-alives included, every
+/// [`warren_api::wire::AGENT_KEEP_ALIVE`]) for this long is taken as cut off at once, rather than asked and
+/// waited for until [`crate::agent_logs::AGENT_LOGS_TIMEOUT`].
+pub const AGENT_SILENT_AFTER: Duration = Duration::from_secs(4);
+
+/// The control member that holds the agent's link, or why its logs cannot be asked for.
+fn link_holder(report: Option<&AgentReport>, now_ms: u64) -> Result<u64, String> {
+    let Some(report) = report.filter(|r| r.connected) else {
+        return Err("the node's agent has no link to control".to_owned());
+    };
+    let silent_ms = now_ms.saturating_sub(report.last_contact_ms);
+    if silent_ms > AGENT_SILENT_AFTER.as_millis() as u64 {
+        return Err(format!(
+            "the node's agent has not been heard from for {} (its link is going down)",
+            warren_api::format_duration_ms(silent_ms / 1000 * 1000)
+        ));
+    }
+    Ok(report.control_id)
 }
 
 /// The replicas `query` names in `service`, by node, with each node's name.
