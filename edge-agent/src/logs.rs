@@ -149,18 +149,24 @@ impl LogTimes {
             }
         }
         let budget = u64::from(request.max_bytes.min(LOG_REPLY_BYTES_MAX));
-        let per_stream = (budget / streams.len().max(1) as u64).max(1);
-        let now_ms = warren_api::clock::unix_now_ms();
-        for stream in &streams {
-            let read = if request.follow {
-                let offset = request
-                    .after
-                    .iter()
+        let offsets: Vec<u64> = (streams.iter())
+            .map(|stream| {
+                (request.after.iter())
                     .find(|c| c.replica == stream.replica && c.stream == stream.stream)
-                    .map_or(0, |c| c.offset);
-                self.read_after(stream, offset, per_stream, now_ms)
+                    .map_or(0, |c| c.offset)
+            })
+            .collect();
+        let needs: Vec<u64> = (streams.iter().zip(&offsets))
+            .map(|(stream, offset)| stream.unread(request.follow.then_some(*offset)))
+            .collect();
+        let shares = share_budget(&needs, budget);
+        let now_ms = warren_api::clock::unix_now_ms();
+        for ((stream, offset), share) in streams.iter().zip(offsets).zip(shares) {
+            let share = share.max(1);
+            let read = if request.follow {
+                self.read_after(stream, offset, share, now_ms)
             } else {
-                self.read_recent(stream, per_stream, now_ms)
+                self.read_recent(stream, share, now_ms)
             };
             match read {
                 Ok(read) => {
@@ -282,6 +288,34 @@ pub async fn sample_until_cancelled(
     }
 }
 
+/// Splits `budget` between streams that have `needs` bytes to give: one that needs less than
+/// an even share gets what it needs, and what it leaves goes to the others.
+fn share_budget(needs: &[u64], budget: u64) -> Vec<u64> {
+    let mut shares = vec![0; needs.len()];
+    let mut open: Vec<usize> = (0..needs.len()).collect();
+    let mut left = budget;
+    while !open.is_empty() && left > 0 {
+        let even = (left / open.len() as u64).max(1);
+        let (small, large): (Vec<usize>, Vec<usize>) =
+            open.iter().partition(|i| needs[**i] - shares[**i] <= even);
+        if small.is_empty() {
+            for i in &large {
+                let give = even.min(left);
+                shares[*i] += give;
+                left -= give;
+            }
+            break;
+        }
+        for i in small {
+            let give = (needs[i] - shares[i]).min(left);
+            shares[i] += give;
+            left -= give;
+        }
+        open = large;
+    }
+    shares
+}
+
 /// Raises each line's time to at least the one before it: a stream's lines were written in
 /// file order, and a rotated copy's modification time can exceed the live file's first notes.
 /// Interleaving by time then keeps each stream's order.
@@ -325,6 +359,17 @@ struct StreamFile {
 }
 
 impl StreamFile {
+    /// Bytes there are to read: from `offset` on (a follow), or all that is kept.
+    fn unread(&self, offset: Option<u64>) -> u64 {
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let (live, old) = (size(&self.path), size(&rotated(&self.path)));
+        match offset {
+            None => live + old,
+            Some(offset) if offset <= live => live - offset,
+            Some(offset) => old.saturating_sub(offset) + live,
+        }
+    }
+
     fn line(&self, time_ms: u64, text: String) -> AgentLogLine {
         AgentLogLine {
             replica: self.replica.clone(),

@@ -163,3 +163,14 @@ fn tail_and_since_apply_per_replica() {
     let texts: Vec<&str> = reply.lines.iter().map(|l| l.text.as_str()).collect();
     assert_eq!(texts, ["c"]);
 }
+
+#[test]
+fn the_budget_goes_where_the_bytes_are() {
+    assert_eq!(share_budget(&[0, 5_000], 1_000), [0, 1_000]);
+    assert_eq!(share_budget(&[100, 5_000, 5_000], 1_000), [100, 450, 450]);
+    assert_eq!(share_budget(&[10, 20], 1_000), [10, 20]);
+    assert_eq!(share_budget(&[], 1_000), Vec::<u64>::new());
+    assert_eq!(share_budget(&[5, 5], 0), [0, 0]);
+    let shares = share_budget(&[7; 3], 10);
+    assert!(shares.iter().sum::<u64>() <= 10, "{shares:?}");
+}
