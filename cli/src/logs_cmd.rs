@@ -104,6 +104,23 @@ struct Said {
     unavailable: BTreeSet<(String, String)>,
 }
 
+/// `warren service logs NAME [--replica R]`.
+///
+/// # Errors
+/// As [`run`], and an `R` that names no replica of `service`.
+pub async fn run_for_service(
+    client: &Client,
+    format: OutputFormat,
+    service: &str,
+    replica: Option<String>,
+    flags: &LogFlags,
+) -> Result<()> {
+    let replica = (replica.as_deref())
+        .map(|r| replica_of(service, r))
+        .transpose()?;
+    run(client, format, service, replica, flags).await
+}
+
 /// Prints the logs of `service` (one replica of it with `replica`) as `flags` say.
 ///
 /// # Errors

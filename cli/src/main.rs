@@ -321,9 +321,10 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
         .context("start async runtime")
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// A join's `--token` leaves the command line before anything else happens.
+fn hide_join_token(command: &Command) {
     let joins = matches!(
-        &cli.command,
+        command,
         Command::Control(control_cmd::ControlArgs {
             command: control_cmd::ControlCommand::Join { .. },
             ..
@@ -335,6 +336,10 @@ fn run(cli: Cli) -> Result<()> {
     if joins && let Err(error) = hide_token::move_token_off_the_command_line() {
         tracing::warn!(error = %error, "cannot move the join token off the command line");
     }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    hide_join_token(&cli.command);
     let format = cli.output;
     let top = cli.access;
     let talks_to_cluster = !matches!(

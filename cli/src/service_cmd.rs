@@ -462,12 +462,7 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             name,
             replica,
             flags,
-        } => {
-            let replica = (replica.as_deref())
-                .map(|r| crate::logs_cmd::replica_of(&name, r))
-                .transpose()?;
-            crate::logs_cmd::run(client, format, &name, replica, &flags).await
-        }
+        } => crate::logs_cmd::run_for_service(client, format, &name, replica, &flags).await,
         ServiceCommand::Scale { name, replicas } => {
             let route = Route::ScaleService { service: &name };
             let answer = client
