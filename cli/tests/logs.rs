@@ -2,6 +2,8 @@
 //! workloads that print numbered lines on stdout and stderr, and `warren service logs` /
 //! `warren logs` reading them through control. Every line carries its counter, so a follow can
 //! be checked for lines lost or shown twice.
+// The phases of a test are logged from the helpers that run them.
+#![allow(clippy::print_stderr)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
