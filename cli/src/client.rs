@@ -1,7 +1,9 @@
 //! The HTTP client of the control-plane API (`warren_api::rest`): HTTP/1.1 and JSON over TLS
 //! with the admin certificate, or over a control node's local Unix socket.
 //!
-//! The client tries every API address it knows, in order. Each connection attempt is bounded
+//! The client tries every API address it knows, in order; a read starts from the address that
+//! answered last, so that a command that reads many times (a `logs --follow`) does not go back
+//! to a dead address every time. Each connection attempt is bounded
 //! by the connect timeout (a dead host costs seconds, not the request timeout), each request by
 //! the request timeout. A write fails over only before it is sent: one that was sent and then
 //! lost may still be applied, so it is reported rather than repeated elsewhere. A read also
@@ -165,6 +167,8 @@ impl fmt::Display for Target {
 #[derive(Debug)]
 pub struct Client {
     targets: Vec<Target>,
+    /// Index in `targets` of the address that answered last, where the next read starts.
+    answered_last: std::sync::atomic::AtomicUsize,
     credentials: Option<Credentials>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -273,6 +277,7 @@ impl Client {
         }
         Ok(Client {
             targets,
+            answered_last: Default::default(),
             credentials,
             timeout,
             // A connection attempt never waits longer than a whole request may.
@@ -386,7 +391,15 @@ impl Client {
         // A read's "no quorum" answer, kept in case no other node does better: callers look at
         // it (`cluster status` falls back to a stale read).
         let mut no_quorum = None;
-        for target in &self.targets {
+        let first = if read {
+            self.answered_last
+                .load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        };
+        let n_targets = self.targets.len();
+        for target_idx in (0..n_targets).map(|k| (first + k) % n_targets) {
+            let target = &self.targets[target_idx];
             let request = build_request(&method, &uri, body.clone())?;
             match self.attempt(target, request).await {
                 Attempt::Unreachable(reason) => failures.push(format!("{target}: {reason}")),
@@ -410,6 +423,8 @@ impl Client {
                         no_quorum = Some(bytes);
                         continue;
                     }
+                    self.answered_last
+                        .store(target_idx, std::sync::atomic::Ordering::Relaxed);
                     return check_status(status, bytes);
                 }
             }
