@@ -228,6 +228,7 @@ fn service_logs_from_two_agents() {
         .to_owned();
 
     check_narrowing(&config, &on_edge_2);
+    check_global(&config);
     check_bad_input(&config);
     check_follow(&config, dir.path());
     check_cap(&config);
@@ -303,6 +304,39 @@ fn check_narrowing(config: &Path, replica: &str) {
         stamped.starts_with("20") && stamped.contains(&format!("Z {replica}@edge-2 | ")),
         "{stamped}"
     );
+}
+
+/// A global service's replica is named by its node: `warren logs SERVICE.NODE_ID`.
+fn check_global(config: &Path) {
+    eprintln!("--- logs SERVICE.NODE_ID of a global service");
+    ok(warren(
+        config,
+        &[
+            "service",
+            "create",
+            "everywhere",
+            "--command",
+            PRINTER,
+            "--global",
+        ],
+    ));
+    let nodes: serde_json::Value =
+        serde_json::from_str(&ok(warren(config, &["node", "ls", "-o", "json"]))).unwrap();
+    let edge_1 = nodes
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"]["name"] == "edge-1"))
+        .and_then(|n| n["node"]["id"].as_str())
+        .unwrap_or_else(|| panic!("edge-1 in {nodes}"))
+        .to_owned();
+    let replica = format!("everywhere.{edge_1}");
+    let output = wait_until("lines of the global replica", READY_TIMEOUT, || {
+        let output = warren(config, &["logs", &replica, "--tail", "2"]);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.success() && stdout.lines().count() == 2).then_some(stdout)
+    });
+    let prefix = format!("{replica}@edge-1 | ");
+    assert!(output.lines().all(|l| l.starts_with(&prefix)), "{output}");
+    ok(warren(config, &["service", "rm", "everywhere"]));
 }
 
 /// Unknown service and replica, bad flags: one line each, a non-zero exit, no panic.
@@ -493,6 +527,14 @@ fn a_follow_survives_the_loss_of_its_control_node() {
         "--replicas",
         "1",
     ]);
+
+    eprintln!("--- a read through c2, relayed by c1 which holds the agent's link");
+    let relayed = wait_until("a read through c2", READY_TIMEOUT, || {
+        let output = warren(&config, &["service", "logs", "printer", "--api", &c2_api]);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.success() && stdout.contains("printer.1@edge-1 | out 3")).then_some(stdout)
+    });
+    assert_consecutive(&by_stream(&parsed(&relayed)));
 
     eprintln!("--- follow through c1");
     let follow = Follow::start(
