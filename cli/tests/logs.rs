@@ -495,9 +495,11 @@ fn control_node(dir: &Path, name: &str, args: &[&str]) -> (Foreground, String, S
     (node, api, quic)
 }
 
-/// Three control nodes; the agent streams to the first, and a `--follow` goes through it. After
-/// `kill -9` of that node, the follow carries on through another control node once the agent
-/// has moved there, from where it stood: no line lost, none twice.
+/// Three control nodes; two agents in two sites stream to the first, the leader, and a
+/// `--follow` goes through it. After `kill -9` of the leader, the follow carries on through
+/// another control node once the agents have moved there, from where it stood: no line lost,
+/// none twice. Before that, a read through another member is relayed to the leader, which
+/// holds the agents' links.
 #[test]
 fn a_follow_survives_the_loss_of_its_control_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -517,7 +519,8 @@ fn a_follow_survives_the_loss_of_its_control_node() {
             .then_some(())
     });
     let agent_token = admin(&["token", "create", "--role", "agent"]);
-    let _agent = join_agent(dir.path(), &c1_quic, agent_token.trim(), "edge-1", "a");
+    let _edge_1 = join_agent(dir.path(), &c1_quic, agent_token.trim(), "edge-1", "a");
+    let _edge_2 = join_agent(dir.path(), &c1_quic, agent_token.trim(), "edge-2", "b");
     admin(&[
         "service",
         "create",
@@ -525,14 +528,16 @@ fn a_follow_survives_the_loss_of_its_control_node() {
         "--command",
         PRINTER,
         "--replicas",
-        "1",
+        "2",
     ]);
 
-    eprintln!("--- a read through c2, relayed by c1 which holds the agent's link");
+    eprintln!("--- a read through c2, relayed by c1 which holds the agents' links");
     let relayed = wait_until("a read through c2", READY_TIMEOUT, || {
         let output = warren(&config, &["service", "logs", "printer", "--api", &c2_api]);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.success() && stdout.contains("printer.1@edge-1 | out 3")).then_some(stdout)
+        let streams = by_stream(&parsed(&stdout));
+        let enough = streams.len() == 4 && streams.values().all(|c| c.len() > 3);
+        (output.status.success() && enough).then_some(stdout)
     });
     assert_consecutive(&by_stream(&parsed(&relayed)));
 
@@ -545,15 +550,21 @@ fn a_follow_survives_the_loss_of_its_control_node() {
     let mut lines = Vec::new();
     follow.collect_until(&mut lines, READY_TIMEOUT, |lines| {
         let streams = by_stream(lines);
-        streams.len() == 2 && streams.values().all(|c| c.len() >= 5)
+        streams.len() == 4 && streams.values().all(|c| c.len() >= 5)
     });
-    eprintln!("--- kill -9 c1");
+    let status: serde_json::Value =
+        serde_json::from_str(&admin(&["cluster", "status", "-o", "json"])).unwrap();
+    let leader = (status["members"].as_array())
+        .and_then(|members| members.iter().find(|m| m["leader"] == true))
+        .map(|m| m["name"].clone());
+    assert_eq!(leader, Some("c1".into()), "c1 leads after init: {status}");
+    eprintln!("--- kill -9 c1, the leader");
     c1.child.kill().expect("SIGKILL c1");
     c1.child.wait().expect("reap c1");
     let before = lines.len();
     follow.collect_until(&mut lines, Duration::from_secs(90), |lines| {
         let streams = by_stream(&lines[before..]);
-        streams.len() == 2 && streams.values().all(|c| c.len() >= 10)
+        streams.len() == 4 && streams.values().all(|c| c.len() >= 10)
     });
     assert_consecutive(&by_stream(&lines));
     let follow_log = std::fs::read_to_string(dir.path().join("follow.log")).unwrap_or_default();
