@@ -137,10 +137,20 @@ impl Control {
             .agent_connections()
             .get(node)
             .ok_or(AgentLogsError::NotHere)?;
-        match tokio::time::timeout(AGENT_LOGS_TIMEOUT, conn.request(request)).await {
+        let answer = match tokio::time::timeout(AGENT_LOGS_TIMEOUT, conn.request(request)).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(error)) => Err(AgentLogsError::Failed(error.to_string())),
             Err(_) => Err(AgentLogsError::Timeout(AGENT_LOGS_TIMEOUT)),
-        }
+        };
+        let result = match &answer {
+            Ok(_) => "ok",
+            Err(AgentLogsError::Timeout(_)) => "timeout",
+            Err(_) => "failed",
+        };
+        self.metrics()
+            .agent_log_requests_total
+            .with_label_values(&[result])
+            .inc();
+        answer
     }
 }
