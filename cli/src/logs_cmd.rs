@@ -91,7 +91,7 @@ pub fn parse_replica(text: &str) -> Result<ReplicaId, String> {
 pub struct LogsArgs {
     #[command(flatten)]
     pub client: crate::client::ClientArgs,
-    /// The replica: `SERVICE.SLOT` (`web.0`) or `SERVICE.NODE_ID` for a global service.
+    /// The replica: `SERVICE.SLOT` (`web.1`) or `SERVICE.NODE_ID` for a global service.
     #[arg(value_parser = parse_replica)]
     pub replica: ReplicaId,
     #[command(flatten)]
@@ -243,7 +243,7 @@ fn show(format: OutputFormat, flags: &LogFlags, reply: &LogsReply, said: &mut Sa
     }
 }
 
-/// `web.0@edge-1 | text`, with the time first for `--timestamps`; a JSON object for `-o json`.
+/// `web.1@edge-1 | text`, with the time first for `--timestamps`; a JSON object for `-o json`.
 fn render_line(format: OutputFormat, timestamps: bool, line: &LogLine) -> String {
     match format {
         OutputFormat::Json => serde_json::to_string(line).expect("a log line encodes as JSON"),

@@ -182,13 +182,13 @@ enum Command {
     // Boxed: its flags make it much larger than the other commands.
     Service(Box<service_cmd::ServiceArgs>),
 
-    /// Print one replica's output (`web.0`, or `edge.<node id>` for a global service).
+    /// Print one replica's output (`web.1`, or `edge.<node id>` for a global service).
     ///
     /// The same as `warren service logs SERVICE --replica R`: lines of stdout and stderr,
     /// prefixed with replica and node, read from the replica's agent over its link to control.
     #[command(after_help = "Examples:\n  \
-        warren logs web.0\n  \
-        warren logs web.0 --tail 50 --follow\n  \
+        warren logs web.1\n  \
+        warren logs web.1 --tail 50 --follow\n  \
         warren logs node-exporter.00000000000000ff --since 1h --timestamps")]
     Logs(logs_cmd::LogsArgs),
 

@@ -60,21 +60,21 @@ pub enum ServiceCommand {
     /// Print the output of a service's replicas, read from their agents.
     ///
     /// Lines of stdout and stderr of every replica (or one, with --replica), interleaved by
-    /// time, each prefixed with its replica and node (`web.0@edge-1 | …`). The lines stay on
+    /// time, each prefixed with its replica and node (`web.1@edge-1 | …`). The lines stay on
     /// the edge boxes; control asks each agent over its own link. A replica whose agent is out
     /// of reach is named on stderr with when its agent was last heard from; the exit code is
     /// non-zero only when no replica could be read. One answer holds at most 1 MiB of text
     /// (a note on stderr says when it was cut).
     #[command(after_help = "Examples:\n  \
         warren service logs web\n  \
-        warren service logs web --replica 0 --tail 20 --timestamps\n  \
+        warren service logs web --replica 1 --tail 20 --timestamps\n  \
         warren service logs web --since 10m --follow\n  \
         warren service logs web -o json   # one JSON object per line\n\n\
         See also `warren logs REPLICA`, and docs/logs.md for how line times are known.")]
     Logs {
         /// Service name.
         name: String,
-        /// Only this replica: its slot (`0`), its id (`web.0`), or a global service's node id.
+        /// Only this replica: its slot (`1`), its id (`web.1`), or a global service's node id.
         #[arg(long, value_name = "R")]
         replica: Option<String>,
         #[command(flatten)]
