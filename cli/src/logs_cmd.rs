@@ -89,13 +89,14 @@ pub fn parse_replica(text: &str) -> Result<ReplicaId, String> {
 /// `warren logs REPLICA`.
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
-    #[command(flatten)]
-    pub client: crate::client::ClientArgs,
     /// The replica: `SERVICE.SLOT` (`web.1`) or `SERVICE.NODE_ID` for a global service.
     #[arg(value_parser = parse_replica)]
     pub replica: ReplicaId,
     #[command(flatten)]
     pub flags: LogFlags,
+    // Last: its help heading applies to the arguments after it.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// What has been said on stderr already, so that a follow says it once.
