@@ -423,6 +423,10 @@ fn check_cap(config: &Path) {
             .lines()
             .all(|l| l.ends_with("| 0123456789abcdefghij"))
     );
+    // A tail within the cap is not cut, and says nothing.
+    let tail = warren(config, &["service", "logs", "big", "--tail", "5"]);
+    assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 5);
+    assert!(!stderr_of(&tail).contains("output cut"), "{tail:?}");
     ok(warren(config, &["service", "rm", "big"]));
 }
 

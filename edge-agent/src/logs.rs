@@ -163,6 +163,7 @@ impl LogTimes {
             .collect();
         let shares = share_budget(&needs, budget);
         let now_ms = warren_api::clock::unix_now_ms();
+        let mut cut = Vec::new();
         for ((stream, offset), share) in streams.iter().zip(offsets).zip(shares) {
             let share = share.max(1);
             let read = if request.follow {
@@ -172,7 +173,10 @@ impl LogTimes {
             };
             match read {
                 Ok(read) => {
-                    reply.truncated |= read.truncated;
+                    if read.truncated {
+                        let first_ms = read.lines.first().map(|line| line.time_ms);
+                        cut.push((stream.replica.clone(), first_ms));
+                    }
                     reply.cursors.push(read.cursor);
                     reply.lines.extend(read.lines);
                 }
@@ -183,6 +187,7 @@ impl LogTimes {
             }
         }
         select_lines(&mut reply, request);
+        reply.truncated = left_lines_out(&cut, &reply.lines, request);
         reply
     }
 
@@ -196,7 +201,8 @@ impl LogTimes {
         let left = budget.saturating_sub(live.bytes.len() as u64);
         if live.skipped_before == 0 && left > 0 && rotated_path.exists() {
             let old = read_tail_bytes(&rotated_path, left)?;
-            truncated = old.skipped_before > 0;
+            // Older copies (`.2`, …) are not read.
+            truncated = old.skipped_before > 0 || nth_rotated(&stream.path, 2).exists();
             let mtime = size_and_mtime(&rotated_path).map_or(now_ms, |(_, m)| m);
             let old_lines = split_lines(&old.bytes, old.skipped_before, true);
             for (end, text) in without_fragment(old_lines, old.skipped_before) {
@@ -329,6 +335,30 @@ fn never_backwards(lines: &mut [AgentLogLine]) {
     }
 }
 
+/// Whether the budget left out lines the request wanted, given the streams it `cut` (each with
+/// the time of the first line read): a follow's cut stream has more to give; a read's does
+/// only when neither `--since` (the read reached older lines) nor `--tail` (the replica has
+/// its count) says the lines left out were not wanted anyway.
+fn left_lines_out(
+    cut: &[(ReplicaId, Option<u64>)],
+    lines: &[AgentLogLine],
+    request: &AgentLogRequest,
+) -> bool {
+    if request.follow {
+        return !cut.is_empty();
+    }
+    cut.iter().any(|(replica, first_ms)| {
+        let reached_since = request
+            .since_ms
+            .zip(*first_ms)
+            .is_some_and(|(since_ms, first_ms)| first_ms < since_ms);
+        let has_tail = request.tail.is_some_and(|tail| {
+            lines.iter().filter(|l| l.replica == *replica).count() >= tail as usize
+        });
+        !reached_since && !has_tail
+    })
+}
+
 /// Applies `--since` and `--tail` to the lines read, per replica (both streams together).
 fn select_lines(reply: &mut AgentLogReply, request: &AgentLogRequest) {
     if let Some(since_ms) = request.since_ms {
@@ -421,8 +451,13 @@ fn streams_of(record: &WorkloadRecord) -> Vec<StreamFile> {
 
 /// `stdout.log` → `stdout.log.1`, the newest rotated copy.
 fn rotated(live: &Path) -> PathBuf {
+    nth_rotated(live, 1)
+}
+
+/// `stdout.log` → `stdout.log.N`.
+fn nth_rotated(live: &Path, index: u32) -> PathBuf {
     let mut name = live.as_os_str().to_owned();
-    name.push(".1");
+    name.push(format!(".{index}"));
     PathBuf::from(name)
 }
 

@@ -174,3 +174,43 @@ fn the_budget_goes_where_the_bytes_are() {
     let shares = share_budget(&[7; 3], 10);
     assert!(shares.iter().sum::<u64>() <= 10, "{shares:?}");
 }
+
+#[test]
+fn a_cut_read_says_so_only_when_wanted_lines_were_left_out() {
+    let replica: ReplicaId = "web.0".parse().unwrap();
+    let lines: Vec<AgentLogLine> = (10..13)
+        .map(|time_ms| AgentLogLine {
+            replica: replica.clone(),
+            stream: LogStream::Stdout,
+            time_ms,
+            text: String::new(),
+        })
+        .collect();
+    let request = |since_ms, tail, follow| AgentLogRequest {
+        replicas: Vec::new(),
+        since_ms,
+        tail,
+        follow,
+        after: Vec::new(),
+        max_bytes: 100,
+    };
+    let cut = [(replica.clone(), Some(10))];
+    assert!(left_lines_out(&cut, &lines, &request(None, None, false)));
+    assert!(!left_lines_out(&[], &lines, &request(None, None, false)));
+    // The three lines asked for are there.
+    assert!(!left_lines_out(
+        &cut,
+        &lines,
+        &request(None, Some(3), false)
+    ));
+    assert!(left_lines_out(&cut, &lines, &request(None, Some(4), false)));
+    // The read reached lines older than --since.
+    assert!(!left_lines_out(
+        &cut,
+        &lines,
+        &request(Some(11), None, false)
+    ));
+    assert!(left_lines_out(&cut, &lines, &request(Some(5), None, false)));
+    // A follow's cut stream has more to give, whatever it asked.
+    assert!(left_lines_out(&cut, &lines, &request(None, Some(1), true)));
+}
