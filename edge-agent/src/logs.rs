@@ -87,10 +87,25 @@ fn time_in(marks: &[Mark], end: u64) -> Option<u64> {
     marks.get(index).map(|mark| mark.time_ms)
 }
 
-/// When each live log file reached each size, as far as the agent saw (module doc).
-#[derive(Debug, Default)]
+/// Most log requests an agent answers at once; more wait for a turn (control gives up on one
+/// after its deadline). Each holds up to one answer, [`LOG_REPLY_BYTES_MAX`], in memory.
+pub const LOG_REQUESTS_AT_ONCE_MAX: usize = 4;
+
+/// When each live log file reached each size, as far as the agent saw (module doc), and the
+/// turns of the log requests being answered.
+#[derive(Debug)]
 pub struct LogTimes {
     files: Mutex<HashMap<PathBuf, FileMarks>>,
+    turns: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for LogTimes {
+    fn default() -> Self {
+        LogTimes {
+            files: Mutex::default(),
+            turns: std::sync::Arc::new(tokio::sync::Semaphore::new(LOG_REQUESTS_AT_ONCE_MAX)),
+        }
+    }
 }
 
 impl LogTimes {
@@ -115,6 +130,19 @@ impl LogTimes {
         let files = self.files.lock().expect("no panic while holding the lock");
         let marks = files.get(path)?;
         time_in(if rotated { &marks.rotated } else { &marks.live }, end)
+    }
+
+    /// Waits for a turn to answer a log request ([`LOG_REQUESTS_AT_ONCE_MAX`] at once); the
+    /// turn ends when the permit is dropped.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a cancelled wait takes no turn.
+    pub async fn turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.turns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Notes every log file of the workloads the cache records.

@@ -112,7 +112,8 @@ impl Link {
     }
 
     /// Answers control's log requests on `conn` until it closes, each from a blocking task
-    /// (file reads) within the request's byte budget.
+    /// (file reads) within the request's byte budget, a few at a time
+    /// ([`crate::logs::LOG_REQUESTS_AT_ONCE_MAX`]).
     fn serve_logs(&self, conn: PeerConnection) -> impl Future<Output = ()> + Send + 'static {
         let logs = self.logs.clone();
         let cache = self.cache.clone();
@@ -120,12 +121,15 @@ impl Link {
             let logs = logs.clone();
             let cache = cache.clone();
             async move {
-                tokio::task::spawn_blocking(move || logs.answer(&cache, &request))
+                let turn = logs.turn().await;
+                let answer = tokio::task::spawn_blocking(move || logs.answer(&cache, &request))
                     .await
                     .unwrap_or_else(|error| {
                         warn!(error = %error, "log request task failed");
                         AgentLogReply::default()
-                    })
+                    });
+                drop(turn);
+                answer
             }
         };
         warren_transport::serve_requests(conn, handler)
