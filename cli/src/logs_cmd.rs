@@ -150,7 +150,7 @@ pub async fn run(
         );
     }
     if reply.cursors.is_empty() && !reply.unavailable.is_empty() {
-        bail!("no logs could be read: every replica's agent is out of reach (see above)");
+        bail!("no logs could be read: no replica's logs are available (see the warnings above)");
     }
     if !flags.follow {
         return Ok(());

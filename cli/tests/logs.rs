@@ -339,7 +339,8 @@ fn check_global(config: &Path) {
     ok(warren(config, &["service", "rm", "everywhere"]));
 }
 
-/// Unknown service and replica, bad flags: one line each, a non-zero exit, no panic.
+/// Unknown service and replica, bad flags: one line each, a non-zero exit, no panic. A
+/// replica that could not start has no logs, and says so.
 fn check_bad_input(config: &Path) {
     eprintln!("--- bad input");
     let cases: [(&[&str], &str); 6] = [
@@ -369,6 +370,28 @@ fn check_bad_input(config: &Path) {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    ok(warren(
+        config,
+        &[
+            "service",
+            "create",
+            "nocmd",
+            "--command",
+            "no-such-command-here",
+        ],
+    ));
+    let output = wait_until("the replica that could not start", READY_TIMEOUT, || {
+        let output = warren(config, &["service", "logs", "nocmd"]);
+        stderr_of(&output)
+            .contains("could not start")
+            .then_some(output)
+    });
+    assert!(!output.status.success(), "nothing could be read");
+    assert!(
+        stderr_of(&output).contains("no logs could be read"),
+        "{output:?}"
+    );
+    ok(warren(config, &["service", "rm", "nocmd"]));
 }
 
 /// `--follow --tail 1` goes on with new lines of both replicas, none lost or twice.

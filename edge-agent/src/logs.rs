@@ -171,9 +171,11 @@ impl LogTimes {
         for replica in replicas {
             match record_of(cache, replica) {
                 Some(record) => streams.extend(streams_of(&record)),
-                None => reply
-                    .missing
-                    .push((replica.clone(), "no workload on this node".to_owned())),
+                None => reply.missing.push((
+                    replica.clone(),
+                    "no workload of it on this node (not started yet, or it could not start)"
+                        .to_owned(),
+                )),
             }
         }
         let budget = u64::from(request.max_bytes.min(LOG_REPLY_BYTES_MAX));
