@@ -87,6 +87,20 @@ pub enum AgentLogsError {
     Failed(String),
 }
 
+/// Largest answer frame control reads from an agent: as on the agent's own stream, far above
+/// a legitimate answer (at most [`warren_api::logs::LOG_REPLY_BYTES_MAX`] of text).
+pub const AGENT_LOG_REPLY_FRAME_MAX: usize = warren_api::wire::MAX_AGENT_MESSAGE_BYTES;
+
+/// One request on a new stream of the agent's connection, its answer read within
+/// [`AGENT_LOG_REPLY_FRAME_MAX`].
+async fn ask(conn: &PeerConnection, request: &AgentLogRequest) -> Result<AgentLogReply, String> {
+    let (mut send, mut recv) = conn.open_stream().await.map_err(|e| e.to_string())?;
+    recv.limit_frames_to(AGENT_LOG_REPLY_FRAME_MAX);
+    send.send(request).await.map_err(|e| e.to_string())?;
+    send.finish();
+    recv.recv().await.map_err(|e| e.to_string())
+}
+
 impl Control {
     /// Asks `node`'s agent for logs: over this node's connection to it when `holder` is this
     /// node, else through the member `holder` (the one the agent reports to).
@@ -137,9 +151,9 @@ impl Control {
             .agent_connections()
             .get(node)
             .ok_or(AgentLogsError::NotHere)?;
-        let answer = match tokio::time::timeout(AGENT_LOGS_TIMEOUT, conn.request(request)).await {
+        let answer = match tokio::time::timeout(AGENT_LOGS_TIMEOUT, ask(&conn, request)).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(error)) => Err(AgentLogsError::Failed(error.to_string())),
+            Ok(Err(error)) => Err(AgentLogsError::Failed(error)),
             Err(_) => Err(AgentLogsError::Timeout(AGENT_LOGS_TIMEOUT)),
         };
         let result = match &answer {
