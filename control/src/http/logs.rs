@@ -210,6 +210,95 @@ mod tests {
         }
     }
 
+    fn apply(state: &mut ClusterState, index: u64, op: crate::command::Op) {
+        let command = crate::command::Command {
+            at_ms: 1_000 + index,
+            op,
+        };
+        state
+            .apply(warren_api::Revision(index), &command)
+            .result
+            .expect("applied");
+    }
+
+    fn agent(id: u64) -> warren_api::Node {
+        warren_api::Node {
+            id: NodeId(id),
+            name: format!("edge-{id}"),
+            role: warren_api::NodeRole::Agent,
+            site: "lisbon".into(),
+            labels: Default::default(),
+            availability: warren_api::Availability::Active,
+            state: warren_api::NodeState::Ready,
+            cert_serial: Some(format!("serial{id}")),
+            addresses: Default::default(),
+            joined_at_ms: 0,
+        }
+    }
+
+    /// Two agents, a service of three replicas and another of one: a query names the
+    /// service's replicas by node, or one of them; unknown names are refused in words.
+    #[test]
+    fn queries_name_replicas_by_node() {
+        use crate::command::Op;
+        use warren_api::{ProcessSpec, ServiceName, ServiceSpec, Workload};
+        let mut state = ClusterState::default();
+        apply(&mut state, 1, Op::RegisterNode(agent(1)));
+        apply(&mut state, 2, Op::RegisterNode(agent(2)));
+        for (index, (name, replicas)) in [("web", 3), ("api", 1)].into_iter().enumerate() {
+            let mut spec = ServiceSpec::new(
+                ServiceName::new(name).unwrap(),
+                Workload::Process(ProcessSpec {
+                    command: vec!["sleep".into(), "1000".into()],
+                    working_dir: None,
+                }),
+            );
+            spec.mode = warren_api::ServiceMode::Replicated { replicas };
+            apply(&mut state, 3 + index as u64, Op::PutService(spec));
+        }
+        let query = |replica: Option<&str>| LogQuery {
+            replica: replica.map(|r| r.parse().unwrap()),
+            ..LogQuery::default()
+        };
+        let targets = log_targets(&state, "web", &query(None)).unwrap();
+        let named: Vec<(String, Vec<String>)> = (targets.iter())
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.replicas.iter().map(|r| r.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        let all: usize = named.iter().map(|(_, r)| r.len()).sum();
+        assert_eq!(all, 3, "{named:?}");
+        assert!(
+            named
+                .iter()
+                .flat_map(|(_, r)| r)
+                .all(|r| r.starts_with("web."))
+        );
+
+        let one = log_targets(&state, "web", &query(Some("web.2"))).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].replicas, ["web.2".parse().unwrap()]);
+
+        let error = |service: &str, replica: Option<&str>| {
+            log_targets(&state, service, &query(replica))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(error("nope", None), "service nope not found");
+        assert_eq!(
+            error("web", Some("web.9")),
+            "replica web.9 not found; `warren service ps web` lists them"
+        );
+        assert_eq!(
+            error("web", Some("api.1")),
+            "replica: api.1 is not a replica of service web"
+        );
+    }
+
     #[test]
     fn answers_interleave_by_time_and_failures_name_their_replicas() {
         let targets = [
