@@ -20,6 +20,8 @@
 //! - [`replica`], [`event`]: scheduler assignments, agent-reported status, events.
 //! - [`validate`]: [`ValidationError`] and the rules for names, labels, env and specs.
 //! - [`duration`]: `30s` / `5m` text to and from `u64` milliseconds.
+//! - [`logs`]: workload logs read from the centre: the CLI's query, control's and the
+//!   agent's answers, their bounds.
 //! - [`rest`]: the HTTP API's JSON bodies, limits and headers, shared by server and CLI.
 //! - [`routes`]: every HTTP route once ([`routes::Route`]): dispatch, metric labels, paths.
 //! - [`wire`]: agent ↔ control messages, [`NodeView`] and its deltas, the postcard codec.
@@ -41,6 +43,7 @@ pub mod clock;
 pub mod duration;
 pub mod event;
 pub mod ids;
+pub mod logs;
 pub mod node;
 pub mod older;
 pub mod overlay;

@@ -84,6 +84,10 @@ pub enum Route<'a> {
     GetService { service: &'a str },
     /// → `[ReplicaInfo]`.
     ServiceReplicas { service: &'a str },
+    /// [`crate::logs::LogQuery`] → [`crate::logs::LogsReply`]: the logs of `service`'s
+    /// replicas. A read, though a POST (the query carries cursors): clients may send it again
+    /// to another control node.
+    ServiceLogs { service: &'a str },
     /// [`crate::rest::ScaleRequest`].
     ScaleService { service: &'a str },
     /// Back to the previous version of `service`.
@@ -142,6 +146,10 @@ pub const TABLE: &[(Route<'static>, &str)] = &[
     (
         Route::ServiceReplicas { service: "" },
         "GET /services/{service}/replicas",
+    ),
+    (
+        Route::ServiceLogs { service: "" },
+        "POST /services/{service}/logs",
     ),
     (
         Route::ScaleService { service: "" },
@@ -209,6 +217,12 @@ impl<'a> Route<'a> {
             .expect("TABLE has a row for every route")
     }
 
+    /// Whether the route only reads, so that a client may send it again to another control
+    /// node when an answer is lost: every `GET`, and the logs, a `POST` for its body.
+    pub fn is_read(&self) -> bool {
+        self.method() == Method::Get || matches!(self, Self::ServiceLogs { .. })
+    }
+
     /// The route's method.
     pub fn method(&self) -> Method {
         let (method, _) = split_label(self.label());
@@ -239,6 +253,7 @@ impl<'a> Route<'a> {
             | Self::PutService { service: value }
             | Self::GetService { service: value }
             | Self::ServiceReplicas { service: value }
+            | Self::ServiceLogs { service: value }
             | Self::ScaleService { service: value }
             | Self::RollbackService { service: value }
             | Self::RemoveService { service: value }

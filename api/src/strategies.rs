@@ -806,3 +806,69 @@ pub fn control_to_agent() -> BoxedStrategy<ControlToAgent> {
     ]
     .boxed()
 }
+
+pub fn log_stream() -> BoxedStrategy<crate::logs::LogStream> {
+    prop_oneof![
+        Just(crate::logs::LogStream::Stdout),
+        Just(crate::logs::LogStream::Stderr)
+    ]
+    .boxed()
+}
+
+pub fn log_cursor() -> BoxedStrategy<crate::logs::LogCursor> {
+    (replica_id(), log_stream(), any::<u64>())
+        .prop_map(|(replica, stream, offset)| crate::logs::LogCursor {
+            replica,
+            stream,
+            offset,
+        })
+        .boxed()
+}
+
+pub fn agent_log_request() -> BoxedStrategy<crate::logs::AgentLogRequest> {
+    (
+        vec(replica_id(), 0..4),
+        option::of(any::<u64>()),
+        option::of(any::<u32>()),
+        any::<bool>(),
+        vec(log_cursor(), 0..4),
+        any::<u32>(),
+    )
+        .prop_map(|(replicas, since_ms, tail, follow, after, max_bytes)| {
+            crate::logs::AgentLogRequest {
+                replicas,
+                since_ms,
+                tail,
+                follow,
+                after,
+                max_bytes,
+            }
+        })
+        .boxed()
+}
+
+pub fn agent_log_reply() -> BoxedStrategy<crate::logs::AgentLogReply> {
+    let line = (replica_id(), log_stream(), any::<u64>(), text()).prop_map(
+        |(replica, stream, time_ms, text)| crate::logs::AgentLogLine {
+            replica,
+            stream,
+            time_ms,
+            text,
+        },
+    );
+    (
+        vec(line, 0..4),
+        vec(log_cursor(), 0..4),
+        vec((replica_id(), text()), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(lines, cursors, missing, truncated)| crate::logs::AgentLogReply {
+                lines,
+                cursors,
+                missing,
+                truncated,
+            },
+        )
+        .boxed()
+}

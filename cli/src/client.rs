@@ -1,7 +1,9 @@
 //! The HTTP client of the control-plane API (`warren_api::rest`): HTTP/1.1 and JSON over TLS
 //! with the admin certificate, or over a control node's local Unix socket.
 //!
-//! The client tries every API address it knows, in order. Each connection attempt is bounded
+//! The client tries every API address it knows, in order; a read starts from the address that
+//! answered last, so that a command that reads many times (a `logs --follow`) does not go back
+//! to a dead address every time. Each connection attempt is bounded
 //! by the connect timeout (a dead host costs seconds, not the request timeout), each request by
 //! the request timeout. A write fails over only before it is sent: one that was sent and then
 //! lost may still be applied, so it is reported rather than repeated elsewhere. A read also
@@ -165,6 +167,8 @@ impl fmt::Display for Target {
 #[derive(Debug)]
 pub struct Client {
     targets: Vec<Target>,
+    /// Index in `targets` of the address that answered last, where the next read starts.
+    answered_last: std::sync::atomic::AtomicUsize,
     credentials: Option<Credentials>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -273,6 +277,7 @@ impl Client {
         }
         Ok(Client {
             targets,
+            answered_last: Default::default(),
             credentials,
             timeout,
             // A connection attempt never waits longer than a whole request may.
@@ -307,7 +312,8 @@ impl Client {
     /// A parameter that cannot be a path segment, an unreachable control plane, or an error
     /// answer turned into one line.
     pub async fn request(&self, route: Route<'_>) -> Result<Answer> {
-        self.call(http_method(route), &route.path()?, None).await
+        self.call_as(http_method(route), &route.path()?, None, route.is_read())
+            .await
     }
 
     /// `route` with `body` as JSON.
@@ -316,8 +322,13 @@ impl Client {
     /// As [`Client::request`].
     pub async fn request_json<B: Serialize>(&self, route: Route<'_>, body: &B) -> Result<Answer> {
         let bytes = serde_json::to_vec(body).context("encode request")?;
-        self.call(http_method(route), &route.path()?, Some(bytes))
-            .await
+        self.call_as(
+            http_method(route),
+            &route.path()?,
+            Some(bytes),
+            route.is_read(),
+        )
+        .await
     }
 
     /// [`Client::request_json`] on condition that the object is at `version` now
@@ -333,7 +344,8 @@ impl Client {
     ) -> Result<Answer> {
         let bytes = serde_json::to_vec(body).context("encode request")?;
         let path = format!("{}?{IF_VERSION_PARAM}={version}", route.path()?);
-        self.call(http_method(route), &path, Some(bytes)).await
+        self.call_as(http_method(route), &path, Some(bytes), route.is_read())
+            .await
     }
 
     /// A read of `route` that skips the read barrier (`?stale=true`): the answering node's own
@@ -343,7 +355,8 @@ impl Client {
     /// As [`Client::request`].
     pub async fn request_stale(&self, route: Route<'_>) -> Result<Answer> {
         let path = format!("{}?stale=true", route.path()?);
-        self.call(http_method(route), &path, None).await
+        self.call_as(http_method(route), &path, None, route.is_read())
+            .await
     }
 
     /// `GET PREFIX+path`.
@@ -374,15 +387,36 @@ impl Client {
         self.call(method, path, None).await
     }
 
-    /// Tries the targets in order (see the module doc for when it moves on).
+    /// A request whose kind (read or not) its method tells.
+    #[cfg(test)]
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer> {
-        let uri = format!("{PREFIX}{path}");
         let read = method == Method::GET;
+        self.call_as(method, path, body, read).await
+    }
+
+    /// Tries the targets in order (see the module doc for when it moves on); a `read` moves
+    /// on when an answer is lost, anything else stops there.
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        read: bool,
+    ) -> Result<Answer> {
+        let uri = format!("{PREFIX}{path}");
         let mut failures = Vec::new();
         // A read's "no quorum" answer, kept in case no other node does better: callers look at
         // it (`cluster status` falls back to a stale read).
         let mut no_quorum = None;
-        for target in &self.targets {
+        let first = if read {
+            self.answered_last
+                .load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        };
+        let n_targets = self.targets.len();
+        for target_idx in (0..n_targets).map(|k| (first + k) % n_targets) {
+            let target = &self.targets[target_idx];
             let request = build_request(&method, &uri, body.clone())?;
             match self.attempt(target, request).await {
                 Attempt::Unreachable(reason) => failures.push(format!("{target}: {reason}")),
@@ -396,13 +430,18 @@ impl Client {
                     )));
                 }
                 Attempt::Answered(status, headers, bytes) => {
-                    let caught_up = read && status.is_success() && !path.contains("stale=true");
+                    // Only a GET passed the read barrier (the logs read the state as it stands).
+                    let caught_up = method == Method::GET
+                        && status.is_success()
+                        && !path.contains("stale=true");
                     self.learn(target, &headers, caught_up);
                     if read && status == StatusCode::SERVICE_UNAVAILABLE {
                         failures.push(format!("{target}: no quorum"));
                         no_quorum = Some(bytes);
                         continue;
                     }
+                    self.answered_last
+                        .store(target_idx, std::sync::atomic::Ordering::Relaxed);
                     return check_status(status, bytes);
                 }
             }

@@ -50,6 +50,7 @@ mod fd_limit;
 mod hide_token;
 mod image_cmd;
 mod local;
+mod logs_cmd;
 mod output;
 #[cfg(test)]
 mod prerequisites;
@@ -181,6 +182,16 @@ enum Command {
     // Boxed: its flags make it much larger than the other commands.
     Service(Box<service_cmd::ServiceArgs>),
 
+    /// Print one replica's output (`web.1`, or `edge.<node id>` for a global service).
+    ///
+    /// The same as `warren service logs SERVICE --replica R`: lines of stdout and stderr,
+    /// prefixed with replica and node, read from the replica's agent over its link to control.
+    #[command(after_help = "Examples:\n  \
+        warren logs web.1\n  \
+        warren logs web.1 --tail 50 --follow\n  \
+        warren logs node-exporter.00000000000000ff --since 1h --timestamps")]
+    Logs(logs_cmd::LogsArgs),
+
     /// Create or update services, secrets and volumes from a YAML file; idempotent.
     Apply(apply::ApplyArgs),
 
@@ -310,9 +321,10 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
         .context("start async runtime")
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// A join's `--token` leaves the command line before anything else happens.
+fn hide_join_token(command: &Command) {
     let joins = matches!(
-        &cli.command,
+        command,
         Command::Control(control_cmd::ControlArgs {
             command: control_cmd::ControlCommand::Join { .. },
             ..
@@ -324,6 +336,10 @@ fn run(cli: Cli) -> Result<()> {
     if joins && let Err(error) = hide_token::move_token_off_the_command_line() {
         tracing::warn!(error = %error, "cannot move the join token off the command line");
     }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    hide_join_token(&cli.command);
     let format = cli.output;
     let top = cli.access;
     let talks_to_cluster = !matches!(
@@ -363,6 +379,10 @@ fn run(cli: Cli) -> Result<()> {
                 service_cmd::run(&client, format, command).await
             })
         }
+        Command::Logs(args) => admin(&args.client, &top, |client| async move {
+            let service = args.replica.service.to_string();
+            logs_cmd::run(&client, format, &service, Some(args.replica), &args.flags).await
+        }),
         Command::Secret(args) => admin(&args.client, &top, |client| async move {
             secret_cmd::run(&client, format, args.command).await
         }),

@@ -57,6 +57,29 @@ pub enum ServiceCommand {
         /// Service name.
         name: String,
     },
+    /// Print the output of a service's replicas, read from their agents.
+    ///
+    /// Lines of stdout and stderr of every replica (or one, with --replica), interleaved by
+    /// time, each prefixed with its replica and node (`web.1@edge-1 | …`). The lines stay on
+    /// the edge boxes; control asks each agent over its own link. A replica whose agent is out
+    /// of reach is named on stderr with when its agent was last heard from; the exit code is
+    /// non-zero only when no replica could be read. One answer holds at most 1 MiB of text
+    /// (a note on stderr says when it was cut).
+    #[command(after_help = "Examples:\n  \
+        warren service logs web\n  \
+        warren service logs web --replica 1 --tail 20 --timestamps\n  \
+        warren service logs web --since 10m --follow\n  \
+        warren service logs web -o json   # one JSON object per line\n\n\
+        See also `warren logs REPLICA`, and docs/logs.md for how line times are known.")]
+    Logs {
+        /// Service name.
+        name: String,
+        /// Only this replica: its slot (`1`), its id (`web.1`), or a global service's node id.
+        #[arg(long, value_name = "R")]
+        replica: Option<String>,
+        #[command(flatten)]
+        flags: crate::logs_cmd::LogFlags,
+    },
     /// List a service's replicas with their node, site and state.
     Ps {
         /// Service name.
@@ -468,27 +491,16 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             Ok(())
         }
         ServiceCommand::Ps { name } => ps(client, format, &name).await,
+        ServiceCommand::Logs {
+            name,
+            replica,
+            flags,
+        } => crate::logs_cmd::run_for_service(client, format, &name, replica, &flags).await,
         ServiceCommand::Scale {
             name,
             replicas,
             detach,
-        } => {
-            let route = Route::ScaleService { service: &name };
-            let answer = client
-                .request_json(route, &ScaleRequest { replicas })
-                .await?;
-            print_write(format, &answer, |r| {
-                if r.changed {
-                    format!(
-                        "service {name} scaled to {replicas} (revision {})",
-                        r.revision
-                    )
-                } else {
-                    format!("service {name} already has {replicas} replicas")
-                }
-            })?;
-            follow_write(client, format, &name, &answer, detach).await
-        }
+        } => scale(client, format, &name, replicas, detach).await,
         ServiceCommand::Update {
             name,
             if_version,
@@ -504,18 +516,7 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             };
             update(client, format, &name, &edit).await
         }
-        ServiceCommand::Rollback { name, detach } => {
-            let route = Route::RollbackService { service: &name };
-            let answer = client.request(route).await?;
-            print_write(format, &answer, |r| match r.version {
-                Some(version) => format!(
-                    "service {name} rolled back (now version {version}, revision {})",
-                    r.revision
-                ),
-                None => format!("service {name} rolled back (revision {})", r.revision),
-            })?;
-            follow_write(client, format, &name, &answer, detach).await
-        }
+        ServiceCommand::Rollback { name, detach } => rollback(client, format, &name, detach).await,
         ServiceCommand::Rm { name } => {
             let answer = client
                 .request(Route::RemoveService { service: &name })
@@ -525,6 +526,46 @@ pub async fn run(client: &Client, format: OutputFormat, command: ServiceCommand)
             })
         }
     }
+}
+
+/// `service scale`, then its rollout followed unless `detach`.
+async fn scale(
+    client: &Client,
+    format: OutputFormat,
+    name: &str,
+    replicas: u32,
+    detach: bool,
+) -> Result<()> {
+    let route = Route::ScaleService { service: name };
+    let answer = client
+        .request_json(route, &ScaleRequest { replicas })
+        .await?;
+    print_write(format, &answer, |r| {
+        if r.changed {
+            format!(
+                "service {name} scaled to {replicas} (revision {})",
+                r.revision
+            )
+        } else {
+            format!("service {name} already has {replicas} replicas")
+        }
+    })?;
+    follow_write(client, format, name, &answer, detach).await
+}
+
+/// `service rollback`, then its rollout followed unless `detach`.
+async fn rollback(client: &Client, format: OutputFormat, name: &str, detach: bool) -> Result<()> {
+    let answer = client
+        .request(Route::RollbackService { service: name })
+        .await?;
+    print_write(format, &answer, |r| match r.version {
+        Some(version) => format!(
+            "service {name} rolled back (now version {version}, revision {})",
+            r.revision
+        ),
+        None => format!("service {name} rolled back (revision {})", r.revision),
+    })?;
+    follow_write(client, format, name, &answer, detach).await
 }
 
 /// What `service update` takes away (its flags besides `create`'s).

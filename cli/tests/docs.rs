@@ -1,10 +1,12 @@
 //! The YAML that docs/cli.md shows for `warren apply -f`, fed to the built binary, so that the
-//! example an operator copies and the format the CLI reads cannot drift apart.
+//! example an operator copies and the format the CLI reads cannot drift apart; and the
+//! commands docs/logs.md shows, parsed by the built binary.
 
 mod common;
 use common::command;
 
 const CLI_DOC: &str = include_str!("../../docs/cli.md");
+const LOGS_DOC: &str = include_str!("../../docs/logs.md");
 
 /// The first YAML block of the `apply -f` section.
 fn apply_example() -> &'static str {
@@ -73,4 +75,28 @@ fn the_apply_error_the_cli_doc_quotes_is_the_one_warren_prints() {
         stderr.contains(&format!("error: {quoted}")),
         "the doc quotes `error: {quoted}`, warren printed:\n{stderr}"
     );
+}
+
+/// Every `$ warren …` command of docs/logs.md and docs/cli.md's logs example parses: its flags
+/// exist and their values are valid (clap checks them before it reaches the `--help` put at
+/// the end). The doc's output comes from a real run (see the test in `logs.rs`).
+#[test]
+fn the_logs_commands_in_the_docs_parse() {
+    let commands: Vec<&str> = [LOGS_DOC, CLI_DOC]
+        .iter()
+        .flat_map(|doc| doc.lines())
+        .filter_map(|line| line.strip_prefix("$ warren "))
+        .filter(|line| line.contains("logs "))
+        .collect();
+    assert!(commands.len() >= 4, "{commands:?}");
+    for line in commands {
+        let mut args = shell_words::split(line).expect("a command a shell can split");
+        args.push("--help".to_owned());
+        let output = command().args(&args).output().expect("run warren");
+        assert!(
+            output.status.success(),
+            "`warren {line}`: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -190,15 +190,30 @@ pub enum Op<S = ServiceSpec> {
     },
     /// An operator asks a node to roll its WireGuard key (`warren node rotate-key`).
     RequestKeyRotation(NodeId),
-    /// [`Op::PutService`] only if the service is at `version` now (`0`: only if there is no
-    /// such service): an update made from what someone read cannot overwrite a change made
-    /// since (`service update --if-version`, `apply`).
-    PutServiceIfVersion {
-        /// The spec to put.
-        spec: S,
-        /// The version the writer read.
-        version: u64,
-    },
+    /// [`Op::PutService`] only if the service is at the version the writer read (see
+    /// [`PutIfVersion`]).
+    PutServiceIfVersion(PutIfVersion<S>),
+}
+
+/// A spec to put only if its service is at `version` now (`0`: only if there is no such
+/// service): an update made from what someone read cannot overwrite a change made since
+/// (`service update --if-version`, `apply`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutIfVersion<S = ServiceSpec> {
+    /// The spec to put.
+    pub spec: S,
+    /// The version the writer read.
+    pub version: u64,
+}
+
+impl<S> PutIfVersion<S> {
+    /// The same with its spec converted.
+    fn map<T>(self, f: impl FnOnce(S) -> T) -> PutIfVersion<T> {
+        PutIfVersion {
+            spec: f(self.spec),
+            version: self.version,
+        }
+    }
 }
 
 impl<S> Op<S> {
@@ -207,10 +222,7 @@ impl<S> Op<S> {
     pub fn map_spec<T>(self, f: impl FnOnce(S) -> T) -> Op<T> {
         match self {
             Op::PutService(spec) => Op::PutService(f(spec)),
-            Op::PutServiceIfVersion { spec, version } => Op::PutServiceIfVersion {
-                spec: f(spec),
-                version,
-            },
+            Op::PutServiceIfVersion(put) => Op::PutServiceIfVersion(put.map(f)),
             Op::InitCluster {
                 name,
                 ca_cert_der,
@@ -326,7 +338,7 @@ impl<S> Op<S> {
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",
-            Op::PutServiceIfVersion { .. } => "put_service_if_version",
+            Op::PutServiceIfVersion(_) => "put_service_if_version",
             Op::ScaleService { .. } => "scale_service",
             Op::RollbackService(_) => "rollback_service",
             Op::RemoveService(_) => "remove_service",

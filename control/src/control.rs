@@ -91,6 +91,7 @@ pub struct Control {
     metrics: ControlMetrics,
     fingerprint: [u8; 32],
     agents: StatusBook,
+    agent_connections: crate::agent_logs::AgentConnections,
     declarations: crate::declarations::DeclarationLimit,
     gossip: std::sync::OnceLock<watch::Receiver<Vec<warren_mesh::Member>>>,
     gossip_keys: std::sync::OnceLock<warren_mesh::KeyRotator>,
@@ -134,6 +135,7 @@ impl Control {
             metrics: parts.metrics,
             fingerprint: parts.fingerprint,
             agents: StatusBook::new(parts.id),
+            agent_connections: Default::default(),
             declarations: crate::declarations::DeclarationLimit::default(),
             gossip: std::sync::OnceLock::new(),
             gossip_keys: std::sync::OnceLock::new(),
@@ -187,6 +189,22 @@ impl Control {
     /// What this node knows of the agents streaming to it.
     pub fn agents(&self) -> &StatusBook {
         &self.agents
+    }
+
+    /// The agents' connections this node holds, where their log requests go.
+    pub fn agent_connections(&self) -> &crate::agent_logs::AgentConnections {
+        &self.agent_connections
+    }
+
+    /// The QUIC address of control member `id`, as the membership this node holds says.
+    pub fn member_quic_addr(&self, id: u64) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(member, _)| **member == id)
+            .map(|(_, member)| member.quic_addr.clone())
     }
 
     /// Every control node's knowledge of the agents, merged (one report per agent). Members
@@ -623,6 +641,9 @@ impl Control {
             }
             ControlRpc::AddMember { node_id, member } => {
                 ControlRpcReply::MemberAdded(self.add_member(node_id, member).await)
+            }
+            ControlRpc::AgentLogs { node, request } => {
+                ControlRpcReply::AgentLogs(self.agent_logs_here(node, &request).await)
             }
             ControlRpc::AgentReports { full } => ControlRpcReply::AgentReports {
                 as_of_ms: unix_now_ms(),

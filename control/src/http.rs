@@ -11,7 +11,7 @@
 //! - `respond`: JSON answers, and what a write answers ([`warren_api::rest::WriteResult`]).
 //! - `error`: [`ApiError`] and its HTTP status.
 //! - Handlers by resource: `cluster`, `access` (join tokens and admin certificates),
-//!   `nodes`, `services`, `secrets`, `volumes`.
+//!   `nodes`, `services`, `logs` (relayed from the agents), `secrets`, `volumes`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ mod body;
 mod cluster;
 mod dispatch;
 mod error;
+mod logs;
 mod nodes;
 mod respond;
 mod secrets;

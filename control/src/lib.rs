@@ -26,6 +26,8 @@
 //! - [`accept`]: incoming QUIC connections, each handed by its ALPN to the module serving it.
 //! - [`push`]: the desired-state stream to each agent (views, deltas, heartbeats, acks).
 //! - [`status`]: what agents report: their links, status reports and events.
+//! - [`agent_logs`]: workload logs asked of agents over their own connections, relayed
+//!   between members.
 //! - [`http`]: the HTTP API (routes of `warren_api::routes`) over TLS and the Unix socket.
 //! - [`members`]: the control members' API addresses, as clients are told them.
 //! - [`metrics`]: Prometheus metrics and the plain-HTTP `/metrics`, `/health`, `/ready`.
@@ -40,6 +42,7 @@
 //! proposes.
 
 pub mod accept;
+pub mod agent_logs;
 pub mod catalogue;
 pub mod command;
 pub mod contact;
@@ -66,6 +69,6 @@ pub mod store;
 pub mod timers;
 pub mod types;
 
-pub use command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
+pub use command::{Command, Effect, Op, Outcome, PutIfVersion, Rejection, RejectionCode};
 pub use state::ClusterState;
 pub use types::{Raft, RaftMember, TypeConfig};

@@ -38,6 +38,9 @@ pub struct ControlMetrics {
     /// `replica_text`, `event_book_bytes`, `report_events`, `oversized_frame`, `mesh_endpoint`,
     /// `mesh_declaration_rate`).
     pub agent_input_limited_total: IntCounterVec,
+    /// Log requests this node sent to agents over their links, by result (`ok`, `timeout`,
+    /// `failed`).
+    pub agent_log_requests_total: IntCounterVec,
     /// Current Raft term.
     pub raft_term: IntGauge,
     /// 1 when this node leads.
@@ -96,6 +99,11 @@ impl ControlMetrics {
                 "warren_control_agent_input_limited_total",
                 "Agent input cut or refused by control's bounds, by what was limited.",
                 &["what"],
+            ),
+            agent_log_requests_total: m.counter_vec(
+                "warren_control_agent_log_requests_total",
+                "Log requests sent to agents over their links, by result.",
+                &["result"],
             ),
             membership_changes_total: m.counter_vec(
                 "warren_control_membership_changes_total",

@@ -124,7 +124,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     recv.limit_frames_to(MAX_AGENT_MESSAGE_BYTES);
     let hello = receive_hello(&conn, &control, &mut send, &mut recv).await?;
     info!(node_id = %hello.node_id, revision = %hello.last_revision, "agent connected");
-    let _session = Session::open(&control, &hello);
+    let _session = Session::open(&control, &hello, &conn);
     let mut applied = control.watch_applied();
     catch_up(&conn, &control, &hello, &mut send, &mut applied).await?;
     let mut sent: Option<NodeView> = None;
@@ -448,26 +448,35 @@ async fn catch_up(
     Ok(())
 }
 
-/// Marks the agent connected in the control node's status book for as long as it lives.
+/// Marks the agent connected in the control node's status book, and its connection the one
+/// its log requests take, for as long as it lives.
 struct Session<'a> {
     control: &'a Control,
     node: NodeId,
+    connection: u64,
 }
 
 impl<'a> Session<'a> {
-    fn open(control: &'a Control, hello: &AgentHello) -> Self {
+    fn open(control: &'a Control, hello: &AgentHello, conn: &PeerConnection) -> Self {
         control
             .agents()
             .connected(hello.node_id, &hello.agent_version, unix_now_ms());
+        let connection = control
+            .agent_connections()
+            .attach(hello.node_id, conn.clone());
         Session {
             control,
             node: hello.node_id,
+            connection,
         }
     }
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
+        self.control
+            .agent_connections()
+            .detach(self.node, self.connection);
         self.control.agents().disconnected(self.node);
     }
 }

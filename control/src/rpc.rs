@@ -62,6 +62,15 @@ pub enum ControlRpc {
         /// Why, for the log.
         reason: String,
     },
+    /// Asks the member that holds `node`'s agent connection for that agent's logs (soft
+    /// state; see [`crate::agent_logs`]). A member too old to know it drops the stream, and the
+    /// caller reports the logs as unavailable.
+    AgentLogs {
+        /// The agent's node.
+        node: warren_api::NodeId,
+        /// What to ask it.
+        request: warren_api::logs::AgentLogRequest,
+    },
 }
 
 /// The answer to a [`ControlRpc`].
@@ -99,6 +108,8 @@ pub enum ControlRpcReply {
     ClusterKeys(Result<ClusterSecrets, String>),
     /// Answer to `RotateClusterKey`: the new generation.
     ClusterKeyRotated(Result<u32, ProposeError>),
+    /// Answer to `AgentLogs`.
+    AgentLogs(Result<warren_api::logs::AgentLogReply, crate::agent_logs::AgentLogsError>),
 }
 
 /// Secrets every control node holds: handed to a new control node once it is a member, over

@@ -334,9 +334,9 @@ impl ClusterState {
             Op::RollbackService(name) => self.rollback(name, now),
             Op::RemoveService(name) => self.remove_service(name),
             Op::RolloutStep { name, version } => self.rollout_step(name, *version, now),
-            Op::PutServiceIfVersion { spec, version } => self
-                .check_version(&spec.name, *version)
-                .and_then(|()| self.put_service(spec, now)),
+            Op::PutServiceIfVersion(put) => self
+                .check_version(&put.spec.name, put.version)
+                .and_then(|()| self.put_service(&put.spec, now)),
             Op::PutSecret {
                 name,
                 size_bytes,
@@ -946,6 +946,7 @@ mod tests {
     use warren_transport::token::mint;
 
     use super::*;
+    use crate::command::PutIfVersion;
 
     struct Log {
         state: ClusterState,
@@ -1222,7 +1223,7 @@ mod tests {
     #[test]
     fn a_put_on_condition_applies_only_at_the_version_read() {
         let mut log = Log::new();
-        let put = |spec, version| Op::PutServiceIfVersion { spec, version };
+        let put = |spec, version| Op::PutServiceIfVersion(PutIfVersion { spec, version });
         log.apply(put(spec("web", 1, "sleep 100"), 0)).unwrap();
         let refused = log.apply(put(spec("web", 2, "sleep 100"), 0)).unwrap_err();
         assert_eq!(refused.code, RejectionCode::Conflict);

@@ -22,6 +22,8 @@
 //! - [`listeners`]: the metrics, DNS and gossip listeners — where they listen (kept from the
 //!   join), checking them at join, and their state while the agent runs (retried, never
 //!   silently given up).
+//! - [`logs`]: workload logs read for control, with the times the agent notes beside the
+//!   files (they hold none); answers bounded by the request's byte budget.
 //! - [`metrics`]: Prometheus metrics (labelled by node and site) and the plain-HTTP
 //!   `/metrics`, `/health`, `/ready` listener.
 //! - [`offline`]: work on a stopped agent's data dir — stopping every recorded workload, as a
@@ -49,6 +51,7 @@ pub mod health;
 pub mod link;
 pub mod link_failure;
 pub mod listeners;
+pub mod logs;
 pub mod metrics;
 pub mod offline;
 pub mod overlay;

@@ -152,6 +152,8 @@ pub struct Link {
     pub mesh: watch::Receiver<Option<MeshDeclaration>>,
     /// What the overlay is doing: its peers go up to control (`node inspect`).
     pub overlay: watch::Receiver<crate::overlay::OverlayStatus>,
+    /// The workloads' log lines and their times: control asks for them on streams of its own.
+    pub logs: Arc<crate::logs::LogTimes>,
 }
 
 /// The cached view's control addresses, then the seeds it lacks.

@@ -1,5 +1,6 @@
 //! Decodes arbitrary bytes as every top-level message that arrives from the network: the agent
-//! stream in both directions and the join exchange, plus the join token a joiner presents.
+//! stream in both directions, control's log requests to agents and their answers, and the join
+//! exchange, plus the join token a joiner presents.
 //! Any panic is a bug.
 #![no_main]
 
@@ -11,6 +12,8 @@ use warren_transport::join::{JoinRequest, JoinResponse};
 fuzz_target!(|data: &[u8]| {
     let _ = wire::decode::<AgentToControl>(data);
     let _ = wire::decode::<ControlToAgent>(data);
+    let _ = wire::decode::<warren_api::logs::AgentLogRequest>(data);
+    let _ = wire::decode::<warren_api::logs::AgentLogReply>(data);
     let _ = wire::decode::<JoinRequest>(data);
     let _ = wire::decode::<JoinResponse>(data);
 

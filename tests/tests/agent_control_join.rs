@@ -206,6 +206,7 @@ async fn start_link(
         gossip: watch::channel(Vec::new()).1,
         mesh: watch::channel(None).1,
         overlay: watch::channel(Default::default()).1,
+        logs: Default::default(),
     };
     let cancel = CancellationToken::new();
     let task = tokio::spawn(link.run(cancel.clone()));

@@ -88,6 +88,7 @@ async fn agent_link_follows_control_through_a_restart() {
         gossip: watch::channel(Vec::new()).1,
         mesh: watch::channel(None).1,
         overlay: watch::channel(Default::default()).1,
+        logs: Default::default(),
     };
     let cancel = CancellationToken::new();
     let link_task = tokio::spawn(link.run(cancel.clone()));

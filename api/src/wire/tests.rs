@@ -91,6 +91,9 @@ round_trip_tests! {
     round_trip_refusal: s::refusal();
     round_trip_agent_to_control: s::agent_to_control();
     round_trip_control_to_agent: s::control_to_agent();
+    round_trip_log_cursor: s::log_cursor();
+    round_trip_agent_log_request: s::agent_log_request();
+    round_trip_agent_log_reply: s::agent_log_reply();
 }
 
 /// Every strict prefix at the sampled cut points decodes to `Truncated`.
@@ -130,6 +133,8 @@ proptest! {
         let _ = decode::<ControlToAgent>(&bytes);
         let _ = decode::<NodeView>(&bytes);
         let _ = decode::<ViewDelta>(&bytes);
+        let _ = decode::<crate::logs::AgentLogRequest>(&bytes);
+        let _ = decode::<crate::logs::AgentLogReply>(&bytes);
     }
 
     #[test]

@@ -194,6 +194,7 @@ async fn fake_control(cluster: &Cluster, behaviour: Behaviour) -> FakeControl {
 fn client_of(cluster: &Cluster, targets: &[&str], timeout_ms: u64) -> Client {
     Client {
         targets: targets.iter().map(|t| Target::parse(t).unwrap()).collect(),
+        answered_last: Default::default(),
         credentials: Some(cluster.admin.clone()),
         timeout: Duration::from_millis(timeout_ms),
         connect_timeout: Duration::from_millis(timeout_ms),
@@ -224,6 +225,19 @@ async fn a_lost_read_moves_on_and_a_lost_write_is_not_repeated() {
     assert!(text.contains("was sent but not answered"), "{text}");
     assert!(text.contains(&hung.addr), "{text}");
     assert_eq!((hung.requests(), healthy.requests()), (2, 1));
+}
+
+/// After a read moved past a hung node, the next read starts from the node that answered:
+/// a follow pays for a dead node once, not at every request.
+#[tokio::test]
+async fn reads_start_from_the_node_that_answered_last() {
+    let cluster = cluster();
+    let hung = fake_control(&cluster, Behaviour::Hang).await;
+    let healthy = fake_control(&cluster, Behaviour::Answer(200, "[]", None)).await;
+    let client = client_of(&cluster, &[&hung.addr, &healthy.addr], 500);
+    client.get("/services").await.unwrap();
+    client.get("/services").await.unwrap();
+    assert_eq!((hung.requests(), healthy.requests()), (1, 2));
 }
 
 /// "No quorum" sends a read on to the next node, but not a write; when every node says it, the

@@ -131,6 +131,9 @@ impl Api {
             }
             Route::GetService { service } => self.get_service(service, stale).await,
             Route::ServiceReplicas { service } => self.service_replicas(service, stale).await,
+            Route::ServiceLogs { service } => {
+                self.service_logs(service, read_json(request).await?).await
+            }
             Route::ScaleService { service } => {
                 self.scale_service(service, read_json(request).await?).await
             }

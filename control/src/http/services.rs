@@ -8,7 +8,7 @@ use warren_api::{HealthState, NodeId, ReplicaStatus, ServiceName, ServiceSpec, T
 
 use super::respond::{ApiResult, ok, written};
 use super::{Api, ApiError};
-use crate::command::Op;
+use crate::command::{Op, PutIfVersion};
 use crate::state::{ClusterState, version_conflict};
 use crate::status::AgentReport;
 
@@ -107,7 +107,7 @@ impl Api {
             }
         }
         let op = match if_version {
-            Some(version) => Op::PutServiceIfVersion { spec, version },
+            Some(version) => Op::PutServiceIfVersion(PutIfVersion { spec, version }),
             None => Op::PutService(spec),
         };
         written(self.control.propose(op).await?)

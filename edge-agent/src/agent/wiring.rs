@@ -115,6 +115,11 @@ impl Agent {
             metrics,
         )?;
         let gossip_identity = self.gossip_identity(link.endpoint.credentials().clone())?;
+        tokio::spawn(crate::logs::sample_until_cancelled(
+            link.logs.clone(),
+            self.cache.clone(),
+            cancel.child_token(),
+        ));
         // Renewal ends with the agent, whichever way it returns.
         let renewal_cancel = cancel.child_token();
         let renewal_guard = renewal_cancel.clone().drop_guard();
@@ -277,6 +282,7 @@ impl Agent {
             gossip,
             mesh,
             overlay,
+            logs: Arc::default(),
         })
     }
 

@@ -1,15 +1,17 @@
 //! One session on one connection to a control node: the hello (our cached revision and
 //! digest), views in (snapshots and deltas, each stored and flushed before it is acked),
 //! status reports out (coalesced), the agent's own heartbeat, and the silence check that ends
-//! a session whose control node has gone quiet ([`crate::link_failure`]).
+//! a session whose control node has gone quiet ([`crate::link_failure`]). Beside the session,
+//! control's log requests on streams of their own ([`crate::logs`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use warren_api::clock::unix_now_ms;
+use warren_api::logs::{AgentLogReply, AgentLogRequest};
 use warren_api::wire::{
     AgentHello, AgentToControl, ControlToAgent, Refusal, RefusalReason, WIRE_VERSION,
 };
@@ -91,6 +93,8 @@ impl Link {
             EventKind::LinkRestored,
             format!("connected to control at {control}"),
         )]);
+        // Control asks for logs on streams of its own; they end with the connection.
+        tokio::spawn(self.serve_logs(conn.clone()));
         let result = tokio::select! {
             () = cancel.cancelled() => Ok(None),
             result = self.session(conn, force_snapshot) => result.map(Some),
@@ -105,6 +109,30 @@ impl Link {
             )]);
         }
         result
+    }
+
+    /// Answers control's log requests on `conn` until it closes, each from a blocking task
+    /// (file reads) within the request's byte budget, a few at a time
+    /// ([`crate::logs::LOG_REQUESTS_AT_ONCE_MAX`]).
+    fn serve_logs(&self, conn: PeerConnection) -> impl Future<Output = ()> + Send + 'static {
+        let logs = self.logs.clone();
+        let cache = self.cache.clone();
+        let handler = move |request: AgentLogRequest, _conn: PeerConnection| {
+            let logs = logs.clone();
+            let cache = cache.clone();
+            async move {
+                let turn = logs.turn().await;
+                let answer = tokio::task::spawn_blocking(move || logs.answer(&cache, &request))
+                    .await
+                    .unwrap_or_else(|error| {
+                        warn!(error = %error, "log request task failed");
+                        AgentLogReply::default()
+                    });
+                drop(turn);
+                answer
+            }
+        };
+        warren_transport::serve_requests(conn, handler)
     }
 
     async fn session(

@@ -26,7 +26,7 @@ mod cgroup;
 pub mod containerd;
 pub mod credentials;
 mod dirs;
-mod logs;
+pub(crate) mod logs;
 pub(crate) mod privileges;
 pub mod process;
 mod procfs;
