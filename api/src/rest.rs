@@ -357,6 +357,33 @@ pub struct ServiceInfo {
     /// data`), or why they can go nowhere; `None` when it is not pinned.
     #[serde(default)]
     pub pinned: Option<String>,
+    /// The service's last rollout: in progress, paused, rolling back, or how it ended.
+    /// `None` before its first restart-needing update (and from older control nodes).
+    #[serde(default)]
+    pub rollout: Option<RolloutInfo>,
+}
+
+/// A rollout as operators see it (`service inspect`, `service ls`, `service update`'s
+/// progress). See docs/rollouts.md for each state and its messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutInfo {
+    /// The version being rolled out (for `rolling_back`, the version the rollback wrote).
+    pub version: u64,
+    /// `updating`, `paused`, `rolling_back`, `completed` or `rolled_back`.
+    pub state: String,
+    /// Replicas moved to `version` so far.
+    pub updated: u32,
+    /// Replicas the rollout covers (the service's placed replicas).
+    pub total: u32,
+    /// Updated replicas that failed within their monitor window.
+    pub failed: u32,
+    /// Replicas passed over because their node was unreachable (`pending: node unreachable`).
+    #[serde(default)]
+    pub unreachable: u32,
+    /// What happened last, in words (`paused: web.0 on edge-1 failed: …`); empty when there is
+    /// nothing to say.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// One replica for `service ps`.

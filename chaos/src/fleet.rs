@@ -38,8 +38,8 @@ mod holders;
 mod operator;
 mod spec;
 
-pub use containerd::forget_containers;
 use containerd::NodeContainerd;
+pub use containerd::forget_containers;
 pub use operator::admin_conf_api;
 pub use spec::{AgentRuntime, FleetSpec, SiteSpec};
 

@@ -54,8 +54,10 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Bring a fleet up, print how to reach it, keep it until Ctrl-C or SIGTERM, then clean up.
-    #[command(after_help = "Examples:\n  sudo warren-chaos up --control 1 --sites a:1,b:1\n  \
-                            sudo warren-chaos up --runtime containerd --image-tar busybox.tar")]
+    #[command(
+        after_help = "Examples:\n  sudo warren-chaos up --control 1 --sites a:1,b:1\n  \
+                            sudo warren-chaos up --runtime containerd --image-tar busybox.tar"
+    )]
     Up(up::UpArgs),
     /// Run scenario files: for each, bring a fleet up, run its steps while watching every
     /// agent, check the invariants, write a report, tear the fleet down.

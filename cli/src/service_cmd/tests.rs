@@ -435,6 +435,7 @@ fn ps_notes_why_replicas_wait() {
         rolling_out: None,
         can_roll_back: false,
         pinned: Some("pinned to node edge-1, which holds volume data".to_owned()),
+        rollout: None,
     };
     assert_eq!(
         pending_note(&info),

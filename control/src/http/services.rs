@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo, WriteResult};
+use warren_api::rest::{ReplicaInfo, RolloutInfo, ScaleRequest, ServiceInfo, WriteResult};
 use warren_api::{HealthState, NodeId, ReplicaStatus, ServiceName, ServiceSpec, TaskState};
 
 use super::respond::{ApiResult, ok, written};
@@ -161,6 +161,28 @@ fn service_info(
         rolling_out: record.rollout.map(|r| r.version),
         can_roll_back: record.previous.is_some(),
         pinned: super::volumes::pin_text(state, &record.current.spec),
+        rollout: rollout_info(record, &placed),
+    })
+}
+
+/// The rollout in progress, as operators see it.
+fn rollout_info(
+    record: &crate::state::ServiceRecord,
+    placed: &[&warren_api::Replica],
+) -> Option<RolloutInfo> {
+    let rollout = record.rollout?;
+    let updated = placed
+        .iter()
+        .filter(|r| r.service_version == rollout.version)
+        .count();
+    Some(RolloutInfo {
+        version: rollout.version,
+        state: "updating".to_owned(),
+        updated: u32::try_from(updated).unwrap_or(u32::MAX),
+        total: u32::try_from(placed.len()).unwrap_or(u32::MAX),
+        failed: 0,
+        unreachable: 0,
+        message: String::new(),
     })
 }
 
