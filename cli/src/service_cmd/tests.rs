@@ -66,6 +66,12 @@ fn create_builds_the_spec_from_flags() {
         "2",
         "--update-delay",
         "30s",
+        "--update-monitor",
+        "10s",
+        "--update-failure-action",
+        "rollback",
+        "--update-max-failure-ratio",
+        "0.2",
         "--label",
         "team=edge",
     ])
@@ -101,6 +107,12 @@ fn create_builds_the_spec_from_flags() {
     );
     assert_eq!(spec.update.parallelism, 2);
     assert_eq!(spec.update.delay_ms, 30_000);
+    assert_eq!(spec.update.monitor_ms, 10_000);
+    assert_eq!(
+        spec.update.failure_action,
+        warren_api::FailureAction::Rollback
+    );
+    assert_eq!(spec.update.max_failure_ratio.per_mille(), 200);
     assert_eq!(spec.labels, map(&[("team", "edge")]));
 }
 
@@ -142,6 +154,43 @@ fn create_errors_name_the_flag() {
     check(
         &["create", "web", "--image", "x:1", "--update-delay", "5"],
         "--update-delay: invalid duration",
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--update-monitor", "2h"],
+        "update.monitor_ms: ",
+    );
+    check(
+        &[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--update-failure-action",
+            "stop",
+        ],
+        "--update-failure-action: unknown action \"stop\" (expected pause, rollback or continue)",
+    );
+    check(
+        &[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--update-max-failure-ratio",
+            "1.5",
+        ],
+        "--update-max-failure-ratio: must be a number from 0 to 1, not 1.5",
+    );
+    check(
+        &[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--update-max-failure-ratio",
+            "x",
+        ],
+        "--update-max-failure-ratio: \"x\" is not a number (expected 0 to 1, e.g. 0.2)",
     );
     check(
         &["create", "web", "--image", "x:1", "--secret", "DB"],
