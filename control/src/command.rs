@@ -195,19 +195,23 @@ pub enum Op<S = ServiceSpec> {
     /// replica of it passed its monitor window, failed or sits on an unreachable node, or
     /// enough failed to act at once. Applying it moves the next batch, pauses, rolls back or
     /// ends the rollout, as the spec's `update` config says.
-    RolloutBatch {
-        /// Which service.
-        name: ServiceName,
-        /// The version being rolled out.
-        version: u64,
-        /// `Rollout::last_step_at_ms` of the batch judged: a verdict on another batch (a
-        /// second proposal before the first applied) is ignored.
-        step_at_ms: u64,
-        /// Replicas of the batch that failed within their monitor window.
-        failures: Vec<RolloutFailure>,
-        /// Replicas of the batch on unreachable nodes, passed over.
-        unreachable: Vec<ReplicaId>,
-    },
+    RolloutBatch(RolloutVerdict),
+}
+
+/// The leader's verdict on one watched batch of a rollout ([`Op::RolloutBatch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutVerdict {
+    /// Which service.
+    pub name: ServiceName,
+    /// The version being rolled out.
+    pub version: u64,
+    /// `Rollout::last_step_at_ms` of the batch judged: a verdict on another batch (a second
+    /// proposal before the first applied) is ignored.
+    pub step_at_ms: u64,
+    /// Replicas of the batch that failed within their monitor window.
+    pub failures: Vec<RolloutFailure>,
+    /// Replicas of the batch on unreachable nodes, passed over.
+    pub unreachable: Vec<ReplicaId>,
 }
 
 /// A new replica that failed within its monitor window.
@@ -285,19 +289,7 @@ impl<S> Op<S> {
             },
             Op::RenewCert { node, serial } => Op::RenewCert { node, serial },
             Op::RenewAdmin { previous, cert } => Op::RenewAdmin { previous, cert },
-            Op::RolloutBatch {
-                name,
-                version,
-                step_at_ms,
-                failures,
-                unreachable,
-            } => Op::RolloutBatch {
-                name,
-                version,
-                step_at_ms,
-                failures,
-                unreachable,
-            },
+            Op::RolloutBatch(verdict) => Op::RolloutBatch(verdict),
             Op::SetOverlayRange(range) => Op::SetOverlayRange(range),
             Op::SetMesh {
                 node,
@@ -350,7 +342,7 @@ impl<S> Op<S> {
             Op::SetOverlayRange(_) => "set_overlay_range",
             Op::SetMesh { .. } => "set_mesh",
             Op::RequestKeyRotation(_) => "request_key_rotation",
-            Op::RolloutBatch { .. } => "rollout_batch",
+            Op::RolloutBatch(_) => "rollout_batch",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use warren_api::{NodeId, NodeState, Replica, ReplicaId, ReplicaStatus, TaskState, UpdateConfig};
 
-use crate::command::{Op, RolloutFailure};
+use crate::command::{Op, RolloutFailure, RolloutVerdict};
 use crate::state::{ClusterState, Rollout};
 use crate::status::{AgentReport, counts_as_running};
 
@@ -121,12 +121,14 @@ pub fn decide(
             .max_failure_ratio
             .exceeded_by(failed, rollout.updated);
     let done = !waiting && ready_at.saturating_add(update.delay_ms) <= now;
-    (act_now || done).then(|| Op::RolloutBatch {
-        name: name.clone(),
-        version: rollout.version,
-        step_at_ms: rollout.last_step_at_ms,
-        failures,
-        unreachable,
+    (act_now || done).then(|| {
+        Op::RolloutBatch(RolloutVerdict {
+            name: name.clone(),
+            version: rollout.version,
+            step_at_ms: rollout.last_step_at_ms,
+            failures,
+            unreachable,
+        })
     })
 }
 

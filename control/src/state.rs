@@ -387,13 +387,7 @@ impl ClusterState {
             Op::RollbackService(name) => self.rollback(name, now),
             Op::RemoveService(name) => self.remove_service(name),
             Op::RolloutStep { name, version } => self.rollout_step(name, *version, now),
-            Op::RolloutBatch {
-                name,
-                version,
-                step_at_ms,
-                failures,
-                unreachable,
-            } => self.rollout_batch(name, *version, *step_at_ms, failures, unreachable, now),
+            Op::RolloutBatch(verdict) => self.rollout_batch(verdict, now),
             Op::PutSecret {
                 name,
                 size_bytes,

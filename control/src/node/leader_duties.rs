@@ -78,7 +78,8 @@ async fn propose_due_steps(control: &Control, running_since: &mut RunningSince, 
             running_since.judge(&state, &agents, now)
         };
         for op in verdicts {
-            if let Op::RolloutBatch { name, failures, .. } = &op {
+            if let Op::RolloutBatch(verdict) = &op {
+                let (name, failures) = (&verdict.name, &verdict.failures);
                 info!(service = %name, failures = failures.len(), "rollout batch judged");
             }
             if let Err(e) = control.propose(op).await {

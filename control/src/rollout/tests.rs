@@ -74,12 +74,12 @@ fn check(
     let name = ServiceName::new("web").unwrap();
     let verdict = decide(&name, &rollout(1), &update, false, &[observed], now);
     let got = verdict.map(|op| match op {
-        Op::RolloutBatch {
+        Op::RolloutBatch(RolloutVerdict {
             failures,
             unreachable,
             step_at_ms,
             ..
-        } => {
+        }) => {
             assert_eq!(step_at_ms, STEP_MS);
             (
                 failures.into_iter().map(|f| f.reason).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@
 use warren_api::{FailureAction, ReplicaId, ServiceName, format_duration_ms};
 
 use super::{Applied, ClusterState, Rollout, RolloutPhase};
-use crate::command::{Effect, Rejection, RolloutFailure};
+use crate::command::{Effect, Rejection, RolloutVerdict};
 
 impl ClusterState {
     /// After a spec change: replicas whose workload is unchanged move to the new version in
@@ -56,15 +56,14 @@ impl ClusterState {
     /// unreachable replicas, then does the spec's `failure_action` if failures passed
     /// `max_failure_ratio`, or moves the next batch. A verdict on another batch, version or a
     /// rollout no longer active changes nothing.
-    pub(super) fn rollout_batch(
-        &mut self,
-        name: &ServiceName,
-        version: u64,
-        step_at_ms: u64,
-        failures: &[RolloutFailure],
-        unreachable: &[ReplicaId],
-        now: u64,
-    ) -> Applied {
+    pub(super) fn rollout_batch(&mut self, verdict: &RolloutVerdict, now: u64) -> Applied {
+        let RolloutVerdict {
+            name,
+            version,
+            step_at_ms,
+            failures,
+            unreachable,
+        } = verdict;
         let record = self
             .services
             .get_mut(name)
@@ -74,7 +73,7 @@ impl ClusterState {
         let Some(rollout) = record
             .rollout
             .as_mut()
-            .filter(|r| r.is_active() && r.version == version && r.last_step_at_ms == step_at_ms)
+            .filter(|r| r.is_active() && r.version == *version && r.last_step_at_ms == *step_at_ms)
         else {
             return Ok(Effect::None);
         };

@@ -7,7 +7,7 @@ use warren_api::{
     ProcessSpec, ReplicaId, Revision, ServiceMode, ServiceName, ServiceSpec, Workload,
 };
 
-use crate::command::{Command, Op, RolloutFailure};
+use crate::command::{Command, Op, RolloutFailure, RolloutVerdict};
 use crate::state::{ClusterState, RolloutPhase};
 
 struct Log {
@@ -99,13 +99,13 @@ impl Log {
         } else {
             Vec::new()
         };
-        self.apply(Op::RolloutBatch {
+        self.apply(Op::RolloutBatch(RolloutVerdict {
             name: web(),
             version: rollout.version,
             step_at_ms: rollout.last_step_at_ms,
             failures,
             unreachable: Vec::new(),
-        });
+        }));
     }
 }
 
@@ -145,13 +145,13 @@ fn a_failure_pauses_with_the_reason_and_the_same_spec_resumes() {
         "paused: web.1 on edge-1 failed: exited with code 127 (monitor 5s)"
     );
     assert_eq!((log.at_version(2), rollout.failed), (1, 1));
-    log.apply(Op::RolloutBatch {
+    log.apply(Op::RolloutBatch(RolloutVerdict {
         name: web(),
         version: 2,
         step_at_ms: stale,
         failures: Vec::new(),
         unreachable: Vec::new(),
-    });
+    }));
     assert_eq!(log.at_version(2), 1, "a paused rollout moves nothing");
     let spec = log.state.services[&web()].current.spec.clone();
     log.apply(Op::PutService(spec));
@@ -227,13 +227,13 @@ fn continue_and_an_allowed_ratio_go_on() {
 fn unreachable_replicas_are_passed_over_and_said() {
     let mut log = Log::updating(FailureAction::Pause, 0);
     let rollout = log.rollout().clone();
-    log.apply(Op::RolloutBatch {
+    log.apply(Op::RolloutBatch(RolloutVerdict {
         name: web(),
         version: 2,
         step_at_ms: rollout.last_step_at_ms,
         failures: Vec::new(),
         unreachable: rollout.batch.clone(),
-    });
+    }));
     assert_eq!(log.at_version(2), 2);
     assert_eq!(log.rollout().unreachable, 1);
     assert_eq!(
