@@ -1090,4 +1090,72 @@ mod tests {
         let bytes = postcard::to_allocvec(&spec).unwrap();
         assert_eq!(postcard::from_bytes::<ServiceSpec>(&bytes).unwrap(), spec);
     }
+
+    /// The update config in JSON as operators write it; bad ratios and actions are one-line
+    /// errors that name the field.
+    #[test]
+    fn update_config_reads_ratios_as_numbers() {
+        let update: UpdateConfig = serde_json::from_str(
+            r#"{"monitor_ms":10000,"failure_action":"rollback","max_failure_ratio":0.2}"#,
+        )
+        .unwrap();
+        assert_eq!(update.monitor_ms, 10_000);
+        assert_eq!(update.failure_action, FailureAction::Rollback);
+        assert_eq!(update.max_failure_ratio.per_mille(), 200);
+        assert_eq!(update.parallelism, 1, "the rest at their defaults");
+        assert_eq!(
+            serde_json::to_value(update).unwrap()["max_failure_ratio"],
+            serde_json::json!(0.2)
+        );
+        let err = serde_json::from_str::<UpdateConfig>(r#"{"max_failure_ratio":1.5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_failure_ratio: must be a number from 0 to 1, not 1.5"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<UpdateConfig>(r#"{"failure_action":"stop"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `stop`"), "{err}");
+        // Postcard carries thousandths and refuses more than 1.
+        let bytes = postcard::to_allocvec(&FailureRatio::from_per_mille(1000).unwrap()).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<FailureRatio>(&bytes)
+                .unwrap()
+                .per_mille(),
+            1000
+        );
+        let too_much = postcard::to_allocvec(&1001u16).unwrap();
+        assert!(postcard::from_bytes::<FailureRatio>(&too_much).is_err());
+    }
+
+    #[test]
+    fn failure_ratio_compares_and_prints_exactly() {
+        let ratio = |text: &str| text.parse::<FailureRatio>().unwrap();
+        assert!(ratio("0").exceeded_by(1, 10));
+        assert!(!ratio("0").exceeded_by(0, 10));
+        assert!(!ratio("0.5").exceeded_by(1, 2));
+        assert!(ratio("0.5").exceeded_by(2, 3));
+        assert!(!ratio("1").exceeded_by(3, 3));
+        assert_eq!(ratio("0.2").to_string(), "0.2");
+        assert_eq!(ratio("1").to_string(), "1");
+        assert_eq!(ratio("0").to_string(), "0");
+        assert_eq!(ratio("0.0004").per_mille(), 0);
+        assert!("-0.1".parse::<FailureRatio>().is_err());
+        assert!("NaN".parse::<FailureRatio>().is_err());
+    }
+
+    proptest::proptest! {
+        /// Every ratio survives JSON and postcard unchanged.
+        #[test]
+        fn failure_ratios_round_trip(per_mille in 0..=FailureRatio::MAX_PER_MILLE) {
+            let ratio = FailureRatio::from_per_mille(per_mille).unwrap();
+            let json = serde_json::to_string(&ratio).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<FailureRatio>(&json).unwrap(), ratio);
+            let bytes = postcard::to_allocvec(&ratio).unwrap();
+            proptest::prop_assert_eq!(postcard::from_bytes::<FailureRatio>(&bytes).unwrap(), ratio);
+            proptest::prop_assert_eq!(ratio.to_string().parse::<FailureRatio>().unwrap(), ratio);
+        }
+    }
 }
