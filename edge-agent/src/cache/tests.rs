@@ -284,3 +284,37 @@ fn a_workload_record_of_format_1_is_read() {
     );
     assert_eq!(record.credentials, None);
 }
+
+/// A workload record written in cache format 2 or 3 (today's layout, with working dir and
+/// credentials) reads as it was written, not through the format-1 layout: an upgraded agent
+/// adopts what its predecessor started.
+#[test]
+fn a_workload_record_of_formats_2_and_3_is_read_as_written() {
+    use crate::runtime::{Instance, WorkloadRecord};
+    use std::path::PathBuf;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+    let record = WorkloadRecord {
+        replica: "web.0".parse().unwrap(),
+        workload_hash: 0x202c_6d8a_30d6_b2d5,
+        boot_id: "boot".into(),
+        started_at_ms: 1_700_000_000_000,
+        stdout_log: PathBuf::from("/var/lib/warren/workloads/web.0/stdout.log"),
+        stderr_log: PathBuf::from("/var/lib/warren/workloads/web.0/stderr.log"),
+        instance: Instance::Process {
+            pid: 4242,
+            start_time_ticks: 123_456,
+        },
+        working_dir: PathBuf::from("/srv/web"),
+        credentials: None,
+    };
+    let payload = postcard::to_allocvec(&record).unwrap();
+    for format in [2u8, 3] {
+        let mut bytes = vec![format];
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        cache.put_raw("workload/web.0", &bytes).unwrap();
+        let read: WorkloadRecord = cache.get("workload/web.0").unwrap().unwrap();
+        assert_eq!(read, record, "format {format}");
+    }
+}
