@@ -10,7 +10,7 @@
 //! has passed since the last passed, or at once when failures pass `max_failure_ratio`.
 //! What a verdict does is the state machine's (`state/rollout.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use warren_api::{NodeId, NodeState, Replica, ReplicaId, ReplicaStatus, TaskState, UpdateConfig};
 
@@ -31,6 +31,9 @@ pub struct Observed<'a> {
     pub report: Option<&'a ReplicaStatus>,
     /// Since when (leader clock) the leader has seen this run of the new workload running.
     pub running_since_ms: Option<u64>,
+    /// Restarts the agent reported since the leader first saw the new workload: a crash loop
+    /// whose failed moments fall between two reports still counts as a failure.
+    pub restarts_seen: u32,
 }
 
 /// One replica's standing in its monitor window.
@@ -70,6 +73,12 @@ pub fn standing(observed: &Observed<'_>, checked: bool, monitor_ms: u64, now: u6
     }
     if checked && report.health == warren_api::HealthState::Unhealthy {
         return Standing::Failed("health check failing".to_owned());
+    }
+    if observed.restarts_seen > 0 {
+        return Standing::Failed(format!(
+            "restarted {} time(s) within its monitor window",
+            observed.restarts_seen
+        ));
     }
     match observed.running_since_ms {
         Some(since) if counts_as_running(report, checked) => {
@@ -141,7 +150,11 @@ fn count(n: usize) -> u32 {
 /// Soft state: a new leader starts the windows again, which only delays a batch.
 #[derive(Debug, Default)]
 pub struct RunningSince {
+    /// Each watched replica's current run (its `started_at_ms`) and when it was first seen
+    /// running.
     seen: BTreeMap<ReplicaId, (Option<u64>, u64)>,
+    /// Each watched replica's restart count when its new workload was first reported.
+    restarts_at_first_report: BTreeMap<ReplicaId, u32>,
 }
 
 impl RunningSince {
@@ -154,7 +167,7 @@ impl RunningSince {
         now: u64,
     ) -> Vec<Op> {
         let mut ops = Vec::new();
-        let mut watched = BTreeMap::new();
+        let mut watched = BTreeSet::new();
         for record in state.services.values() {
             let Some(rollout) = record.rollout.as_ref().filter(|r| r.is_active()) else {
                 continue;
@@ -169,8 +182,8 @@ impl RunningSince {
                 let report = agents
                     .get(&replica.node)
                     .and_then(|a| a.replicas.iter().find(|s| &s.id == id));
-                let since = self.note(id, report, replica, checked, now);
-                watched.insert(id.clone(), ());
+                let (since, restarts_seen) = self.note(id, report, replica, checked, now);
+                watched.insert(id.clone());
                 batch.push(Observed {
                     replica,
                     node_name: node.map_or("an unknown node", |n| n.name.as_str()),
@@ -178,17 +191,21 @@ impl RunningSince {
                         .is_some_and(|n| matches!(n.state, NodeState::Unreachable { .. })),
                     report,
                     running_since_ms: since,
+                    restarts_seen,
                 });
             }
             let name = &record.current.spec.name;
             let update = &record.current.spec.update;
             ops.extend(decide(name, rollout, update, checked, &batch, now));
         }
-        self.seen.retain(|id, _| watched.contains_key(id));
+        self.seen.retain(|id, _| watched.contains(id));
+        self.restarts_at_first_report
+            .retain(|id, _| watched.contains(id));
         ops
     }
 
-    /// Since when the replica's current run of its new workload has been seen running.
+    /// Since when the replica's current run of its new workload has been seen running, and
+    /// how often it restarted since its new workload was first reported.
     fn note(
         &mut self,
         id: &ReplicaId,
@@ -196,13 +213,18 @@ impl RunningSince {
         replica: &Replica,
         checked: bool,
         now: u64,
-    ) -> Option<u64> {
-        let running = report.filter(|r| {
-            r.workload_hash == Some(replica.workload_hash) && counts_as_running(r, checked)
+    ) -> (Option<u64>, u32) {
+        let new = report.filter(|r| r.workload_hash == Some(replica.workload_hash));
+        let restarts_seen = new.map_or(0, |r| {
+            let first = *self
+                .restarts_at_first_report
+                .entry(id.clone())
+                .or_insert(r.restarts);
+            r.restarts.saturating_sub(first)
         });
-        let Some(report) = running else {
+        let Some(report) = new.filter(|r| counts_as_running(r, checked)) else {
             self.seen.remove(id);
-            return None;
+            return (None, restarts_seen);
         };
         let entry = self
             .seen
@@ -211,7 +233,7 @@ impl RunningSince {
         if entry.0 != report.started_at_ms {
             *entry = (report.started_at_ms, now);
         }
-        Some(entry.1)
+        (Some(entry.1), restarts_seen)
     }
 }
 

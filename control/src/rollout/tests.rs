@@ -70,6 +70,7 @@ fn check(
         node_unreachable: unreachable,
         report: status.as_ref(),
         running_since_ms,
+        restarts_seen: 0,
     };
     let name = ServiceName::new("web").unwrap();
     let verdict = decide(&name, &rollout(1), &update, false, &[observed], now);
@@ -176,6 +177,7 @@ fn a_failure_within_the_ratio_waits_for_the_rest_of_the_batch() {
                 node_unreachable: false,
                 report: Some(&failed),
                 running_since_ms: None,
+                restarts_seen: 0,
             },
             Observed {
                 replica: &b,
@@ -183,6 +185,7 @@ fn a_failure_within_the_ratio_waits_for_the_rest_of_the_batch() {
                 node_unreachable: false,
                 report: None,
                 running_since_ms: since,
+                restarts_seen: 0,
             },
         ]
     };
@@ -211,10 +214,40 @@ fn the_running_window_restarts_with_a_new_run() {
     let mut seen = RunningSince::default();
     let r = replica(0);
     let mut status = report(&r, TaskState::Running, HASH, None);
-    assert_eq!(seen.note(&r.id, Some(&status), &r, false, 100), Some(100));
-    assert_eq!(seen.note(&r.id, Some(&status), &r, false, 200), Some(100));
+    assert_eq!(
+        seen.note(&r.id, Some(&status), &r, false, 100),
+        (Some(100), 0)
+    );
+    assert_eq!(
+        seen.note(&r.id, Some(&status), &r, false, 200),
+        (Some(100), 0)
+    );
     status.started_at_ms = Some(2);
-    assert_eq!(seen.note(&r.id, Some(&status), &r, false, 300), Some(300));
+    status.restarts = 1;
+    assert_eq!(
+        seen.note(&r.id, Some(&status), &r, false, 300),
+        (Some(300), 1)
+    );
     status.state = TaskState::Failed;
-    assert_eq!(seen.note(&r.id, Some(&status), &r, false, 400), None);
+    assert_eq!(seen.note(&r.id, Some(&status), &r, false, 400), (None, 1));
+}
+
+/// A replica that restarted since the leader first saw its new workload failed, even if every
+/// report caught it running.
+#[test]
+fn a_restart_within_the_window_is_a_failure() {
+    let replica = replica(0);
+    let status = report(&replica, TaskState::Running, HASH, None);
+    let observed = Observed {
+        replica: &replica,
+        node_name: "edge-1",
+        node_unreachable: false,
+        report: Some(&status),
+        running_since_ms: Some(STEP_MS),
+        restarts_seen: 2,
+    };
+    assert_eq!(
+        standing(&observed, false, 5_000, STEP_MS + 1),
+        Standing::Failed("restarted 2 time(s) within its monitor window".to_owned())
+    );
 }
