@@ -8,13 +8,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tracing::info;
+use warren_api::NodeState;
 use warren_api::rest::{ReplicaInfo, RolloutInfo, ServiceInfo};
 use warren_api::{FailureAction, ProcessSpec, ServiceSpec, TaskState, Workload};
 use warren_control::Op;
-use warren_control::node::ControlNode;
+use warren_control::node::{ControlConfig, ControlNode};
 use warren_tests::{
     agent_status, api_get, join_agent, propose, sleep_service, spawn_agent, start_control,
-    wait_until,
+    start_control_with, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -69,6 +70,25 @@ async fn running_service(
     })
     .await;
     (control, cancel, pids)
+}
+
+/// Removes `web`, waits for the agent in `agent` to stop its processes, then stops the agent:
+/// a test leaves no workload behind.
+async fn remove_and_stop(
+    control: &ControlNode,
+    agent: &Path,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    propose(
+        control,
+        Op::RemoveService(warren_api::ServiceName::new("web").unwrap()),
+    )
+    .await;
+    wait_until("web's processes stopped", LONG, || {
+        running(agent).is_empty().then_some(())
+    })
+    .await;
+    cancel.cancel();
 }
 
 /// Polls the service until its rollout is in `state`; returns it and the most replicas ever
@@ -142,7 +162,7 @@ async fn a_broken_update_rolls_back_after_its_first_batch() {
         .filter(|(replica, pid)| after.get(*replica) == Some(pid))
         .count();
     assert_eq!(kept, 2, "before {before:?}, after {after:?}");
-    cancel.cancel();
+    remove_and_stop(&control, &dir.path().join("a"), cancel).await;
 }
 
 /// The same update with `failure_action: pause`: the rollout stops after its first batch with
@@ -172,7 +192,7 @@ async fn a_broken_update_pauses_with_the_reason() {
         replicas.iter().filter(|r| r.service_version == 2).count(),
         1
     );
-    cancel.cancel();
+    remove_and_stop(&control, &dir.path().join("a"), cancel).await;
 }
 
 /// A good update with a 1 s monitor completes, one batch at a time: three batches, each run for
@@ -202,5 +222,70 @@ async fn a_good_update_completes_batch_by_batch() {
     })
     .await;
     assert_eq!(after.len(), 3);
-    cancel.cancel();
+    remove_and_stop(&control, &dir.path().join("a"), cancel).await;
+}
+
+/// Two agents, `web` with one replica on each; edge-b stops and the leader marks it
+/// unreachable (grace 2 s). An update does not wait for edge-b's replica for ever: it is passed
+/// over as `pending: node unreachable`, and the rollout completes saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_node_does_not_block_a_rollout() {
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ControlConfig {
+        unreachable_after: Duration::from_secs(2),
+        ..ControlConfig::default()
+    };
+    let (control, fingerprint) = start_control_with(dir.path(), config).await;
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    join_agent(&control, fingerprint, &a, "edge-a", "lisbon").await;
+    let edge_b = join_agent(&control, fingerprint, &b, "edge-b", "porto").await;
+    let (cancel_a, _task_a) = spawn_agent(&a);
+    let (cancel_b, task_b) = spawn_agent(&b);
+    let mut spec = sleep_service(2);
+    spec.update.monitor_ms = 1_000;
+    propose(&control, Op::PutService(spec.clone())).await;
+    wait_until("one replica on each agent", LONG, || {
+        (running(&a).len() == 1 && running(&b).len() == 1).then_some(())
+    })
+    .await;
+
+    info!("--- stop edge-b until control holds it unreachable");
+    let b_pids: Vec<u32> = running(&b).into_values().collect();
+    cancel_b.cancel();
+    let _ = task_b.await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let state = control.control().read_stale().await;
+        if state
+            .nodes
+            .get(&edge_b.node_id)
+            .is_some_and(|n| matches!(n.state, NodeState::Unreachable { .. }))
+        {
+            break;
+        }
+        drop(state);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "edge-b never unreachable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    info!("--- update: edge-a's replica is watched, edge-b's passed over");
+    spec.env.insert("RELEASE".into(), "2".into());
+    propose(&control, Op::PutService(spec)).await;
+    let (rollout, _) = wait_for_rollout(&control, "completed", 2).await;
+    assert_eq!(
+        (rollout.updated, rollout.unreachable),
+        (2, 1),
+        "{rollout:?}"
+    );
+    assert_eq!(
+        rollout.message, "completed; 1 replica(s) pending: node unreachable",
+        "{rollout:?}"
+    );
+    remove_and_stop(&control, &a, cancel_a).await;
+    // edge-b's agent is gone; its workload still runs, as on a box cut off.
+    b_pids.into_iter().for_each(warren_tests::kill9);
 }
