@@ -568,7 +568,12 @@ async fn update(
         spec.cap_add.clear();
     }
     validate(&spec)?;
-    if spec == current.spec {
+    // The same spec sent again resumes a paused rollout (docs/rollouts.md).
+    let paused = current
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.state == "paused");
+    if spec == current.spec && !paused {
         eprintln!("service {name} unchanged: the flags do not change its spec");
         return Ok(());
     }

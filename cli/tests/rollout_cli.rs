@@ -118,7 +118,16 @@ fn a_broken_update_pauses_and_the_cli_says_why() {
     assert_eq!(spec["spec"]["update"]["monitor_ms"], 1000);
     assert_eq!(spec["spec"]["update"]["failure_action"], "pause");
 
-    // A rollback replaces the paused rollout; the one broken replica comes back.
+    // `service update` with no change resumes it: the next batch fails in turn and pauses it
+    // again (2 of 3 updated, 2 failed).
+    ok(admin(&["service", "update", "web"]));
+    wait_until("the resumed rollout paused again", READY_TIMEOUT, || {
+        let inspected = ok(admin(&["service", "inspect", "web", "-o", "json"]));
+        let info: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+        (info["rollout"]["state"] == "paused" && info["rollout"]["failed"] == 2).then_some(())
+    });
+
+    // A rollback replaces the paused rollout; the broken replicas come back.
     ok(admin(&["service", "rollback", "web"]));
     wait_until("three running workloads again", READY_TIMEOUT, || {
         agent_status(&agent_dir).filter(|s| running_pids(s).len() == 3)
