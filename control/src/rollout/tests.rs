@@ -251,3 +251,64 @@ fn a_restart_within_the_window_is_a_failure() {
         Standing::Failed("restarted 2 time(s) within its monitor window".to_owned())
     );
 }
+
+proptest::proptest! {
+    /// The verdict goes exactly when the batch is over (nobody waiting, delay passed) or its
+    /// failures pass the ratio; it counts each failure and unreachable replica once.
+    #[test]
+    fn the_verdict_goes_exactly_when_due(
+        kinds in proptest::collection::vec(0u8..4, 1..6),
+        ratio_per_mille in 0u16..=1000,
+        earlier_failures in 0u32..3,
+        delay_ms in 0u64..3_000,
+        after_ms in 0u64..10_000,
+    ) {
+        let monitor_ms = 1_000;
+        let now = STEP_MS + after_ms;
+        let mut rollout = rollout(u32::try_from(kinds.len()).unwrap() + earlier_failures);
+        rollout.failed = earlier_failures;
+        // Each replica's kind: 0 waiting (never reported), 1 running since the step, 2 failed,
+        // 3 on an unreachable node.
+        let replicas: Vec<Replica> = (0..kinds.len())
+            .map(|slot| replica(u32::try_from(slot).unwrap()))
+            .collect();
+        let statuses: Vec<ReplicaStatus> = replicas
+            .iter()
+            .zip(&kinds)
+            .map(|(r, kind)| {
+                let state = if *kind == 2 { TaskState::Failed } else { TaskState::Running };
+                report(r, state, HASH, Some("exit code 1"))
+            })
+            .collect();
+        let observed: Vec<Observed<'_>> = replicas
+            .iter()
+            .zip(&statuses)
+            .zip(&kinds)
+            .map(|((replica, status), kind)| Observed {
+                replica,
+                node_name: "edge-1",
+                node_unreachable: *kind == 3,
+                report: (*kind != 0).then_some(status),
+                running_since_ms: Some(STEP_MS),
+                restarts_seen: 0,
+            })
+            .collect();
+        let update = update(monitor_ms, delay_ms, ratio_per_mille);
+        let name = ServiceName::new("web").unwrap();
+        let verdict = decide(&name, &rollout, &update, false, &observed, now);
+
+        let failed = kinds.iter().filter(|k| **k == 2).count() as u32;
+        let unreachable = kinds.iter().filter(|k| **k == 3).count();
+        let passed_all_by = STEP_MS + monitor_ms;
+        let waiting = kinds.contains(&0) || (kinds.contains(&1) && now < passed_all_by);
+        let ready_at = if kinds.contains(&1) { passed_all_by } else { STEP_MS };
+        let over = failed > 0
+            && update.max_failure_ratio.exceeded_by(earlier_failures + failed, rollout.updated);
+        let due = over || (!waiting && ready_at + delay_ms <= now);
+        proptest::prop_assert_eq!(verdict.is_some(), due);
+        if let Some(Op::RolloutBatch(verdict)) = verdict {
+            proptest::prop_assert_eq!(verdict.failures.len() as u32, failed);
+            proptest::prop_assert_eq!(verdict.unreachable.len(), unreachable);
+        }
+    }
+}
