@@ -101,7 +101,7 @@ impl ClusterState {
                 self.advance_rollout(name, now);
             }
             (FailureAction::Rollback, RolloutPhase::Updating) if has_previous => {
-                self.roll_back_after_failure(name, &why, now)?;
+                self.roll_back_after_failure(name, &why, now);
             }
             _ => {
                 rollout.phase = RolloutPhase::Paused;
@@ -114,10 +114,22 @@ impl ClusterState {
 
     /// `failure_action: rollback`: the previous spec comes back as a new version, rolled out
     /// as any change is (replicas never moved are adopted in place: only the failed batch
-    /// restarts), its rollout marked as a rollback with the reason.
-    fn roll_back_after_failure(&mut self, name: &ServiceName, why: &str, now: u64) -> Applied {
+    /// restarts), its rollout marked as a rollback with the reason. A previous spec the state
+    /// no longer accepts (it names a secret or volume since removed) pauses the rollout
+    /// instead, saying why: the verdict itself is never refused.
+    fn roll_back_after_failure(&mut self, name: &ServiceName, why: &str, now: u64) {
         let failed_version = self.services[name].current.version;
-        self.rollback(name, now)?;
+        if let Err(refused) = self.rollback(name, now) {
+            let rollout = self
+                .services
+                .get_mut(name)
+                .and_then(|r| r.rollout.as_mut())
+                .expect("the caller found the rollout");
+            rollout.phase = RolloutPhase::Paused;
+            rollout.batch.clear();
+            rollout.message = format!("paused: {why}; rollback refused: {}", refused.message);
+            return;
+        }
         let record = self
             .services
             .get_mut(name)
@@ -139,7 +151,6 @@ impl ClusterState {
                 record.rollout = Some(rollout);
             }
         }
-        Ok(Effect::Done)
     }
 
     /// Re-sending the spec of a paused rollout resumes it: the next batch goes now. Returns

@@ -20,6 +20,26 @@ impl Log {
     /// One agent node and `web` (3 replicas, one at a time) at version 1, then version 2 with
     /// another command: its first batch moved.
     fn updating(action: FailureAction, ratio_per_mille: u16) -> Log {
+        let mut v1 = ServiceSpec::new(
+            web(),
+            Workload::Process(ProcessSpec {
+                command: vec!["sleep".into(), "100".into()],
+                working_dir: None,
+            }),
+        );
+        v1.mode = ServiceMode::Replicated { replicas: 3 };
+        v1.update.failure_action = action;
+        v1.update.max_failure_ratio = FailureRatio::from_per_mille(ratio_per_mille).unwrap();
+        let mut v2 = v1.clone();
+        v2.workload = Workload::Process(ProcessSpec {
+            command: vec!["/nonexistent".into()],
+            working_dir: None,
+        });
+        Log::with(&[], v1, v2)
+    }
+
+    /// One agent node, `before` applied (after `ops`), then `after`.
+    fn with(ops: &[Op], before: ServiceSpec, after: ServiceSpec) -> Log {
         let mut log = Log {
             state: ClusterState::default(),
             index: 0,
@@ -37,23 +57,11 @@ impl Log {
             addresses: NodeAddresses::default(),
             joined_at_ms: 0,
         }));
-        let mut v1 = ServiceSpec::new(
-            web(),
-            Workload::Process(ProcessSpec {
-                command: vec!["sleep".into(), "100".into()],
-                working_dir: None,
-            }),
-        );
-        v1.mode = ServiceMode::Replicated { replicas: 3 };
-        v1.update.failure_action = action;
-        v1.update.max_failure_ratio = FailureRatio::from_per_mille(ratio_per_mille).unwrap();
-        log.apply(Op::PutService(v1.clone()));
-        let mut v2 = v1;
-        v2.workload = Workload::Process(ProcessSpec {
-            command: vec!["/nonexistent".into()],
-            working_dir: None,
-        });
-        log.apply(Op::PutService(v2));
+        for op in ops {
+            log.apply(op.clone());
+        }
+        log.apply(Op::PutService(before));
+        log.apply(Op::PutService(after));
         log
     }
 
@@ -240,4 +248,49 @@ fn unreachable_replicas_are_passed_over_and_said() {
         log.rollout().message,
         format!("pending: node unreachable ({})", rollout.batch[0])
     );
+}
+
+/// `rollback` to a previous spec the state no longer accepts (its volume was removed since):
+/// the rollout pauses and says why; the verdict itself is applied.
+#[test]
+fn a_rollback_the_state_refuses_pauses_instead() {
+    let volume = warren_api::Volume {
+        name: "data".into(),
+        driver: warren_api::VolumeDriver::Local,
+        size_limit_bytes: None,
+        labels: BTreeMap::new(),
+    };
+    let mut v1 = ServiceSpec::new(
+        web(),
+        Workload::Process(ProcessSpec {
+            command: vec!["sleep".into(), "100".into()],
+            working_dir: None,
+        }),
+    );
+    v1.mode = ServiceMode::Replicated { replicas: 2 };
+    v1.update.failure_action = FailureAction::Rollback;
+    v1.volumes = vec![warren_api::VolumeMount {
+        volume: "data".into(),
+        target: "data".into(),
+        read_only: false,
+    }];
+    let mut v2 = v1.clone();
+    v2.volumes.clear();
+    v2.workload = Workload::Process(ProcessSpec {
+        command: vec!["/nonexistent".into()],
+        working_dir: None,
+    });
+    let mut log = Log::with(&[Op::PutVolume(volume)], v1, v2);
+    log.apply(Op::RemoveVolume("data".into()));
+    log.verdict(true);
+    let rollout = log.rollout();
+    assert_eq!(rollout.phase, RolloutPhase::Paused);
+    assert!(
+        rollout
+            .message
+            .ends_with("; rollback refused: volumes[0].volume: volume data does not exist"),
+        "{}",
+        rollout.message
+    );
+    assert_eq!(log.state.services[&web()].current.version, 2);
 }
