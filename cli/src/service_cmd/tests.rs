@@ -496,3 +496,51 @@ fn ps_notes_why_replicas_wait() {
         "pinned to node edge-1, which holds volume data\n"
     );
 }
+
+/// `service ls` adds a rollout under way or paused to REPLICAS, and `inspect` says it in full.
+#[test]
+fn ls_and_inspect_show_the_rollout() {
+    let mut info = ServiceInfo {
+        spec: created(&["create", "web", "--command", "x", "--replicas", "3"]).unwrap(),
+        version: 2,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        replicas_desired: Some(3),
+        replicas_placed: 3,
+        replicas_running: Some(2),
+        replicas_stale: 0,
+        unschedulable: 0,
+        pending_reason: None,
+        rolling_out: None,
+        can_roll_back: true,
+        pinned: None,
+        rollout: Some(RolloutInfo {
+            version: 2,
+            state: "paused".to_owned(),
+            updated: 1,
+            total: 3,
+            failed: 1,
+            unreachable: 0,
+            message: "paused: web.1 on edge-1 failed: exited with code 127 (monitor 5s)".to_owned(),
+        }),
+    };
+    assert_eq!(replicas_text(&info), "2/3 (paused 1/3)");
+    assert_eq!(
+        rollout_text(info.rollout.as_ref()),
+        "version 2 paused, 1/3 updated, 1 failed: paused: web.1 on edge-1 failed: exited with \
+         code 127 (monitor 5s)"
+    );
+    if let Some(rollout) = info.rollout.as_mut() {
+        rollout.state = "rolling_back".to_owned();
+    }
+    assert_eq!(replicas_text(&info), "2/3 (rolling back 1/3)");
+    if let Some(rollout) = info.rollout.as_mut() {
+        rollout.state = "completed".to_owned();
+    }
+    assert_eq!(
+        replicas_text(&info),
+        "2/3",
+        "a finished rollout is not in the column"
+    );
+    assert_eq!(rollout_text(None), "none");
+}
