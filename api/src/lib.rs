@@ -73,9 +73,9 @@ pub use placement::{
 pub use replica::{DesiredState, HealthState, Replica, ReplicaStatus, TaskState};
 pub use secret::{SealedBlob, Secret};
 pub use service::{
-    HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec, Protocol, Resources,
-    RestartCondition, RestartPolicy, SecretRef, Service, ServiceMode, ServiceSpec, UpdateConfig,
-    VolumeMount, Workload,
+    FailureAction, FailureRatio, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe,
+    ProcessSpec, Protocol, Resources, RestartCondition, RestartPolicy, SecretRef, Service,
+    ServiceMode, ServiceSpec, UpdateConfig, VolumeMount, Workload,
 };
 pub use validate::{ValidationError, validate_node_name, validate_site};
 pub use volume::{Volume, VolumeDriver};

@@ -11,7 +11,8 @@
 //! | spec format | layout |
 //! |---|---|
 //! | 1 | [`ServiceSpecV1`]: before `user`, `group` and `cap_add` |
-//! | 2 | [`ServiceSpec`] ([`SPEC_FORMAT`]) |
+//! | 2 | [`ServiceSpecV2`]: [`UpdateConfigV1`], before rollouts were health-gated |
+//! | 3 | [`ServiceSpec`] ([`SPEC_FORMAT`]) |
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, Revision, ServiceName};
 use crate::node::Node;
+use crate::overlay::OwnMesh;
 use crate::placement::Placement;
 use crate::replica::Replica;
 use crate::run_as::{ALL_CAPABILITIES, ROOT_USER};
@@ -32,7 +34,7 @@ use crate::wire::{NodeView, PeerInfo, ServiceEndpoint};
 /// The layout of [`ServiceSpec`] this build writes. Stores record it (or a number of their own
 /// that implies it) beside what they write, so that the next change to the spec knows what it
 /// reads.
-pub const SPEC_FORMAT: u32 = 2;
+pub const SPEC_FORMAT: u32 = 3;
 
 /// [`ServiceSpec`] as spec format 1 wrote it: before `user`, `group` and `cap_add`. Every
 /// field in its old place; `Serialize` only so that tests can write the old layout.
@@ -54,18 +56,25 @@ pub struct ServiceSpecV1 {
     pub secrets: Vec<SecretRef>,
     pub volumes: Vec<VolumeMount>,
     pub resources: Resources,
-    pub update: UpdateConfig,
+    pub update: UpdateConfigV1,
     pub stop_grace_period_ms: u64,
     pub labels: BTreeMap<String, String>,
 }
 
 impl From<ServiceSpecV1> for ServiceSpec {
+    /// By way of spec format 2 (see there).
+    fn from(v1: ServiceSpecV1) -> Self {
+        ServiceSpecV2::from(v1).into()
+    }
+}
+
+impl From<ServiceSpecV1> for ServiceSpecV2 {
     /// A format-1 spec ran its workload as the agent's user — root on a production box — with
     /// every capability: it keeps doing so, said out loud (`user: root`, `cap_add: [ALL]`),
     /// and its workload hash is unchanged, so an upgrade restarts nothing. New specs get the
     /// unprivileged default.
     fn from(v1: ServiceSpecV1) -> Self {
-        ServiceSpec {
+        ServiceSpecV2 {
             name: v1.name,
             workload: v1.workload,
             mode: v1.mode,
@@ -84,6 +93,86 @@ impl From<ServiceSpecV1> for ServiceSpec {
             update: v1.update,
             stop_grace_period_ms: v1.stop_grace_period_ms,
             labels: v1.labels,
+        }
+    }
+}
+
+/// [`UpdateConfig`] of spec formats 1 and 2: batches and the pause between them, nothing
+/// watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields of UpdateConfig, in their format-2 order"
+)]
+pub struct UpdateConfigV1 {
+    pub parallelism: u32,
+    pub delay_ms: u64,
+}
+
+impl From<UpdateConfigV1> for UpdateConfig {
+    /// An older spec's rollouts become health-gated with the defaults (5 s of monitoring, pause
+    /// at the first failure), as a new spec's are: a bad update no longer reaches every
+    /// replica.
+    fn from(v1: UpdateConfigV1) -> Self {
+        UpdateConfig {
+            parallelism: v1.parallelism,
+            delay_ms: v1.delay_ms,
+            ..UpdateConfig::default()
+        }
+    }
+}
+
+/// [`ServiceSpec`] as spec format 2 wrote it: [`UpdateConfigV1`]. Every field in its old
+/// place; `Serialize` only so that tests can write the old layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields of ServiceSpec, in its format-2 order"
+)]
+pub struct ServiceSpecV2 {
+    pub name: ServiceName,
+    pub workload: Workload,
+    pub mode: ServiceMode,
+    pub placement: Placement,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub health: Option<HealthCheck>,
+    pub restart: RestartPolicy,
+    pub on_disconnect: OnDisconnect,
+    pub secrets: Vec<SecretRef>,
+    pub volumes: Vec<VolumeMount>,
+    pub resources: Resources,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub cap_add: Vec<String>,
+    pub update: UpdateConfigV1,
+    pub stop_grace_period_ms: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<ServiceSpecV2> for ServiceSpec {
+    /// Everything as it was; the update config as [`UpdateConfig::from`] says. The workload
+    /// hash does not cover `update`: it is unchanged, and an upgrade restarts nothing.
+    fn from(v2: ServiceSpecV2) -> Self {
+        ServiceSpec {
+            name: v2.name,
+            workload: v2.workload,
+            mode: v2.mode,
+            placement: v2.placement,
+            env: v2.env,
+            ports: v2.ports,
+            health: v2.health,
+            restart: v2.restart,
+            on_disconnect: v2.on_disconnect,
+            secrets: v2.secrets,
+            volumes: v2.volumes,
+            resources: v2.resources,
+            user: v2.user,
+            group: v2.group,
+            cap_add: v2.cap_add,
+            update: v2.update.into(),
+            stop_grace_period_ms: v2.stop_grace_period_ms,
+            labels: v2.labels,
         }
     }
 }
@@ -113,7 +202,7 @@ impl From<NodeViewV1> for NodeView {
             services: v1
                 .services
                 .into_iter()
-                .map(|(name, service)| (name, service.map_spec(ServiceSpec::from)))
+                .map(|(name, service)| (name, service.map_spec(ServiceSpecV2::from)))
                 .collect(),
             replicas: v1.replicas,
             secrets: v1.secrets,
@@ -165,7 +254,7 @@ pub struct NodeViewV2 {
     pub revision: Revision,
     pub cluster_id: [u8; 32],
     pub node: Node,
-    pub services: BTreeMap<ServiceName, Service>,
+    pub services: BTreeMap<ServiceName, Service<ServiceSpecV2>>,
     pub replicas: Vec<Replica>,
     pub secrets: BTreeMap<String, SealedBlob>,
     pub catalogue: Vec<ServiceEndpoint>,
@@ -180,7 +269,7 @@ impl From<NodeViewV2> for NodeView {
             revision: v2.revision,
             cluster_id: v2.cluster_id,
             node: v2.node,
-            services: v2.services,
+            services: upgrade_services(v2.services),
             replicas: v2.replicas,
             secrets: v2.secrets,
             catalogue: v2.catalogue,
@@ -189,6 +278,52 @@ impl From<NodeViewV2> for NodeView {
             mesh: None,
         }
     }
+}
+
+/// [`NodeView`] as an agent cached it in cache format 3: spec format 2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields of NodeView, in their cache-format-3 order"
+)]
+pub struct NodeViewV3 {
+    pub revision: Revision,
+    pub cluster_id: [u8; 32],
+    pub node: Node,
+    pub services: BTreeMap<ServiceName, Service<ServiceSpecV2>>,
+    pub replicas: Vec<Replica>,
+    pub secrets: BTreeMap<String, SealedBlob>,
+    pub catalogue: Vec<ServiceEndpoint>,
+    pub control_addrs: Vec<String>,
+    pub peers: Vec<PeerInfo>,
+    pub mesh: Option<OwnMesh>,
+}
+
+impl From<NodeViewV3> for NodeView {
+    /// Specs upgraded as [`ServiceSpec::from`] says; everything else as it was.
+    fn from(v3: NodeViewV3) -> Self {
+        NodeView {
+            revision: v3.revision,
+            cluster_id: v3.cluster_id,
+            node: v3.node,
+            services: upgrade_services(v3.services),
+            replicas: v3.replicas,
+            secrets: v3.secrets,
+            catalogue: v3.catalogue,
+            control_addrs: v3.control_addrs,
+            peers: v3.peers,
+            mesh: v3.mesh,
+        }
+    }
+}
+
+fn upgrade_services(
+    services: BTreeMap<ServiceName, Service<ServiceSpecV2>>,
+) -> BTreeMap<ServiceName, Service> {
+    services
+        .into_iter()
+        .map(|(name, service)| (name, service.map_spec(ServiceSpec::from)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -246,6 +381,39 @@ mod tests {
         // The new layout does not read them.
         assert!(
             postcard::from_bytes::<ServiceSpec>(&unhex(SPEC_V1)).map_or(true, |read| read != spec)
+        );
+    }
+
+    /// `sample_spec()` running as `www-data`, updated two at a time with 5 s between batches,
+    /// encoded by the build before health-gated rollouts (spec format 2), and its workload hash
+    /// then.
+    const SPEC_V2: &str = "037765620003027368022d63076563686f2068690104646174610002000001044d4f44\
+        45046564676501010468747470903f000000e807e0d40300000102646202646200000001087777772d646174\
+        610000028827904e01047465616d0161";
+    const SPEC_V2_HASH: u64 = 0x202c_6d8a_30d6_b2d5;
+
+    #[test]
+    fn a_format_2_spec_gets_the_default_gating_and_keeps_its_hash() {
+        let v2: ServiceSpecV2 = postcard::from_bytes(&unhex(SPEC_V2)).unwrap();
+        let spec = ServiceSpec::from(v2.clone());
+        let mut expected = sample_spec();
+        expected.user = Some("www-data".into());
+        expected.update = UpdateConfig {
+            parallelism: 2,
+            delay_ms: 5_000,
+            ..UpdateConfig::default()
+        };
+        assert_eq!(spec, expected);
+        assert_eq!(spec.update.monitor_ms, 5_000);
+        assert_eq!(spec.update.failure_action, crate::FailureAction::Pause);
+        assert_eq!(
+            spec.workload_hash(),
+            SPEC_V2_HASH,
+            "an upgrade restarts nothing"
+        );
+        assert_eq!(postcard::to_allocvec(&v2).unwrap(), unhex(SPEC_V2));
+        assert!(
+            postcard::from_bytes::<ServiceSpec>(&unhex(SPEC_V2)).map_or(true, |read| read != spec)
         );
     }
 }

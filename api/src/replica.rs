@@ -133,6 +133,9 @@ pub struct ReplicaStatus {
     pub message: Option<String>,
     /// When this status last changed, unix millis.
     pub updated_at_ms: u64,
+    /// [`Replica::workload_hash`] of the workload the agent last started (or is starting) for
+    /// it, `None` before the first start: tells a rollout the new workload from the old one.
+    pub workload_hash: Option<u64>,
 }
 
 #[cfg(test)]

@@ -642,22 +642,174 @@ pub struct Resources {
     pub cpu_millis: Option<u32>,
 }
 
-/// How a spec change rolls out.
+/// Default for [`UpdateConfig::monitor_ms`]: 5 s, as Docker Swarm's `update_config`.
+pub const DEFAULT_UPDATE_MONITOR_MS: u64 = 5_000;
+
+/// How a spec change rolls out: in batches of `parallelism` replicas; each batch's new
+/// replicas must run (and pass their health check, when the service has one) for `monitor_ms`
+/// before the next batch goes, `delay_ms` later. A new replica that fails within its monitor
+/// window counts as a failure; past `max_failure_ratio` of the replicas updated so far, the
+/// rollout does `failure_action`. See docs/rollouts.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpdateConfig {
     /// Replicas replaced at a time; at least 1.
     pub parallelism: u32,
-    /// Pause between batches.
+    /// Pause between batches, after the batch's monitor window.
     pub delay_ms: u64,
+    /// How long each new replica must stay running (and healthy) before its batch counts as
+    /// done; at most one hour.
+    pub monitor_ms: u64,
+    /// What the rollout does when too many new replicas fail.
+    pub failure_action: FailureAction,
+    /// The share of updated replicas allowed to fail before `failure_action`: 0 to 1.
+    pub max_failure_ratio: FailureRatio,
 }
 
 impl Default for UpdateConfig {
-    /// One replica at a time, no pause.
+    /// One replica at a time, no pause, 5 s of monitoring, pause at the first failure.
     fn default() -> Self {
         UpdateConfig {
             parallelism: 1,
             delay_ms: 0,
+            monitor_ms: DEFAULT_UPDATE_MONITOR_MS,
+            failure_action: FailureAction::default(),
+            max_failure_ratio: FailureRatio::ZERO,
+        }
+    }
+}
+
+/// What a rollout does when its new replicas fail past [`UpdateConfig::max_failure_ratio`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureAction {
+    /// Stop moving replicas; a later update or rollback resumes or replaces the rollout.
+    #[default]
+    Pause,
+    /// Go back to the previous spec, itself rolled out.
+    Rollback,
+    /// Carry on with the next batch.
+    Continue,
+}
+
+impl FailureAction {
+    /// `pause`, `rollback` or `continue`, as YAML, JSON and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Rollback => "rollback",
+            FailureAction::Continue => "continue",
+        }
+    }
+}
+
+impl FromStr for FailureAction {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pause" => Ok(FailureAction::Pause),
+            "rollback" => Ok(FailureAction::Rollback),
+            "continue" => Ok(FailureAction::Continue),
+            other => Err(ValidationError::new(
+                "failure_action",
+                format!("unknown action {other:?} (expected pause, rollback or continue)"),
+            )),
+        }
+    }
+}
+
+/// A share from 0 to 1 in thousandths, so that specs keep `Eq` and `Hash` and encode exactly
+/// in postcard (an integer). JSON and YAML read and write it as a number (`0.2`); finer
+/// fractions round to the nearest thousandth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FailureRatio(u16);
+
+impl FailureRatio {
+    /// No failure allowed.
+    pub const ZERO: FailureRatio = FailureRatio(0);
+    /// The largest value: 1000 thousandths.
+    pub const MAX_PER_MILLE: u16 = 1000;
+
+    /// From thousandths; `None` above [`Self::MAX_PER_MILLE`].
+    pub fn from_per_mille(per_mille: u16) -> Option<Self> {
+        (per_mille <= Self::MAX_PER_MILLE).then_some(FailureRatio(per_mille))
+    }
+
+    /// From a fraction in [0, 1], rounded to thousandths.
+    ///
+    /// # Errors
+    /// The value is not a number from 0 to 1.
+    pub fn from_fraction(fraction: f64) -> Result<Self, ValidationError> {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(ValidationError::new(
+                "max_failure_ratio",
+                format!("must be a number from 0 to 1, not {fraction}"),
+            ));
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "checked to lie in [0, 1] above, so the product is in [0, 1000]"
+        )]
+        Ok(FailureRatio((fraction * 1000.0).round() as u16))
+    }
+
+    /// Thousandths.
+    pub fn per_mille(self) -> u16 {
+        self.0
+    }
+
+    /// Whether `failed` out of `updated` is more than this share.
+    pub fn exceeded_by(self, failed: u32, updated: u32) -> bool {
+        u64::from(failed) * 1000 > u64::from(self.0) * u64::from(updated)
+    }
+}
+
+impl fmt::Display for FailureRatio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = format!("{}.{:03}", self.0 / 1000, self.0 % 1000);
+        f.write_str(text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+impl FromStr for FailureRatio {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let fraction: f64 = s.trim().parse().map_err(|_| {
+            ValidationError::new(
+                "max_failure_ratio",
+                format!("{s:?} is not a number (expected 0 to 1, e.g. 0.2)"),
+            )
+        })?;
+        Self::from_fraction(fraction)
+    }
+}
+
+impl Serialize for FailureRatio {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_f64(f64::from(self.0) / 1000.0)
+        } else {
+            serializer.serialize_u16(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureRatio {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            let fraction = f64::deserialize(deserializer)?;
+            FailureRatio::from_fraction(fraction).map_err(|e| D::Error::custom(e.to_string()))
+        } else {
+            let per_mille = u16::deserialize(deserializer)?;
+            FailureRatio::from_per_mille(per_mille).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "max_failure_ratio: {per_mille} thousandths is more than 1"
+                ))
+            })
         }
     }
 }
@@ -693,6 +845,10 @@ mod tests {
             ("global", |s| s.mode = ServiceMode::Global),
             ("placement", |s| s.placement.sites.push("edge-a".to_owned())),
             ("update", |s| s.update.parallelism = 3),
+            ("update monitor", |s| s.update.monitor_ms = 1),
+            ("update failure action", |s| {
+                s.update.failure_action = FailureAction::Rollback
+            }),
             ("labels", |s| {
                 s.labels.insert("team".to_owned(), "x".to_owned());
             }),
@@ -933,5 +1089,73 @@ mod tests {
         // Postcard reads back what it wrote, numbers as strings.
         let bytes = postcard::to_allocvec(&spec).unwrap();
         assert_eq!(postcard::from_bytes::<ServiceSpec>(&bytes).unwrap(), spec);
+    }
+
+    /// The update config in JSON as operators write it; bad ratios and actions are one-line
+    /// errors that name the field.
+    #[test]
+    fn update_config_reads_ratios_as_numbers() {
+        let update: UpdateConfig = serde_json::from_str(
+            r#"{"monitor_ms":10000,"failure_action":"rollback","max_failure_ratio":0.2}"#,
+        )
+        .unwrap();
+        assert_eq!(update.monitor_ms, 10_000);
+        assert_eq!(update.failure_action, FailureAction::Rollback);
+        assert_eq!(update.max_failure_ratio.per_mille(), 200);
+        assert_eq!(update.parallelism, 1, "the rest at their defaults");
+        assert_eq!(
+            serde_json::to_value(update).unwrap()["max_failure_ratio"],
+            serde_json::json!(0.2)
+        );
+        let err = serde_json::from_str::<UpdateConfig>(r#"{"max_failure_ratio":1.5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_failure_ratio: must be a number from 0 to 1, not 1.5"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<UpdateConfig>(r#"{"failure_action":"stop"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `stop`"), "{err}");
+        // Postcard carries thousandths and refuses more than 1.
+        let bytes = postcard::to_allocvec(&FailureRatio::from_per_mille(1000).unwrap()).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<FailureRatio>(&bytes)
+                .unwrap()
+                .per_mille(),
+            1000
+        );
+        let too_much = postcard::to_allocvec(&1001u16).unwrap();
+        assert!(postcard::from_bytes::<FailureRatio>(&too_much).is_err());
+    }
+
+    #[test]
+    fn failure_ratio_compares_and_prints_exactly() {
+        let ratio = |text: &str| text.parse::<FailureRatio>().unwrap();
+        assert!(ratio("0").exceeded_by(1, 10));
+        assert!(!ratio("0").exceeded_by(0, 10));
+        assert!(!ratio("0.5").exceeded_by(1, 2));
+        assert!(ratio("0.5").exceeded_by(2, 3));
+        assert!(!ratio("1").exceeded_by(3, 3));
+        assert_eq!(ratio("0.2").to_string(), "0.2");
+        assert_eq!(ratio("1").to_string(), "1");
+        assert_eq!(ratio("0").to_string(), "0");
+        assert_eq!(ratio("0.0004").per_mille(), 0);
+        assert!("-0.1".parse::<FailureRatio>().is_err());
+        assert!("NaN".parse::<FailureRatio>().is_err());
+    }
+
+    proptest::proptest! {
+        /// Every ratio survives JSON and postcard unchanged.
+        #[test]
+        fn failure_ratios_round_trip(per_mille in 0..=FailureRatio::MAX_PER_MILLE) {
+            let ratio = FailureRatio::from_per_mille(per_mille).unwrap();
+            let json = serde_json::to_string(&ratio).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<FailureRatio>(&json).unwrap(), ratio);
+            let bytes = postcard::to_allocvec(&ratio).unwrap();
+            proptest::prop_assert_eq!(postcard::from_bytes::<FailureRatio>(&bytes).unwrap(), ratio);
+            proptest::prop_assert_eq!(ratio.to_string().parse::<FailureRatio>().unwrap(), ratio);
+        }
     }
 }

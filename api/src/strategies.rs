@@ -18,9 +18,9 @@ use crate::placement::{Constraint, ConstraintKey, ConstraintOp, Placement};
 use crate::replica::{DesiredState, HealthState, Replica, ReplicaStatus, TaskState};
 use crate::secret::{SealedBlob, Secret};
 use crate::service::{
-    HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec, Protocol, Resources,
-    RestartCondition, RestartPolicy, SecretRef, Service, ServiceMode, ServiceSpec, UpdateConfig,
-    VolumeMount, Workload,
+    FailureAction, FailureRatio, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe,
+    ProcessSpec, Protocol, Resources, RestartCondition, RestartPolicy, SecretRef, Service,
+    ServiceMode, ServiceSpec, UpdateConfig, VolumeMount, Workload,
 };
 use crate::volume::{Volume, VolumeDriver};
 use crate::wire::{
@@ -286,11 +286,27 @@ pub fn resources() -> BoxedStrategy<Resources> {
 }
 
 pub fn update_config() -> BoxedStrategy<UpdateConfig> {
-    (any::<u32>(), any::<u64>())
-        .prop_map(|(parallelism, delay_ms)| UpdateConfig {
-            parallelism,
-            delay_ms,
-        })
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        prop_oneof![
+            Just(FailureAction::Pause),
+            Just(FailureAction::Rollback),
+            Just(FailureAction::Continue)
+        ],
+        0..=FailureRatio::MAX_PER_MILLE,
+    )
+        .prop_map(
+            |(parallelism, delay_ms, monitor_ms, failure_action, per_mille)| UpdateConfig {
+                parallelism,
+                delay_ms,
+                monitor_ms,
+                failure_action,
+                max_failure_ratio: FailureRatio::from_per_mille(per_mille)
+                    .expect("the range ends at the maximum"),
+            },
+        )
         .boxed()
 }
 
@@ -449,9 +465,22 @@ pub fn replica_status() -> BoxedStrategy<ReplicaStatus> {
         health_state(),
         option::of(text()),
         any::<u64>(),
+        option::of(any::<u64>()),
     )
         .prop_map(
-            |(id, node, state, pid, started, exit_code, restarts, health, message, updated)| {
+            |(
+                id,
+                node,
+                state,
+                pid,
+                started,
+                exit_code,
+                restarts,
+                health,
+                message,
+                updated,
+                hash,
+            )| {
                 ReplicaStatus {
                     id,
                     node,
@@ -463,6 +492,7 @@ pub fn replica_status() -> BoxedStrategy<ReplicaStatus> {
                     health,
                     message,
                     updated_at_ms: updated,
+                    workload_hash: hash,
                 }
             },
         )

@@ -675,7 +675,8 @@ fn validate_update(update: &UpdateConfig) -> Result<(), ValidationError> {
     if update.parallelism == 0 {
         return fail("parallelism", "must be at least 1");
     }
-    at_most_ms("delay_ms", update.delay_ms, HOUR_MS)
+    at_most_ms("delay_ms", update.delay_ms, HOUR_MS)?;
+    at_most_ms("monitor_ms", update.monitor_ms, HOUR_MS)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use warren_api::clock::unix_now_ms;
-use warren_api::rest::{ReplicaInfo, ScaleRequest, ServiceInfo, WriteResult};
+use warren_api::rest::{ReplicaInfo, RolloutInfo, ScaleRequest, ServiceInfo, WriteResult};
 use warren_api::routes::Route;
 use warren_api::{
     Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
@@ -203,6 +203,17 @@ pub struct SpecFlags {
     /// Pause between update batches, like 30s.
     #[arg(long, value_name = "DURATION")]
     pub update_delay: Option<String>,
+    /// How long each updated replica must keep running (and healthy) before the next batch,
+    /// like 10s. Default 5s.
+    #[arg(long, value_name = "DURATION")]
+    pub update_monitor: Option<String>,
+    /// What an update does when too many updated replicas fail. Default pause.
+    #[arg(long, value_name = "pause|rollback|continue")]
+    pub update_failure_action: Option<String>,
+    /// Share of updated replicas allowed to fail before the failure action, 0 to 1, like 0.2.
+    /// Default 0.
+    #[arg(long, value_name = "RATIO")]
+    pub update_max_failure_ratio: Option<String>,
     /// Label on the service (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -376,13 +387,7 @@ impl SpecFlags {
         if let Some(on_disconnect) = self.on_disconnect {
             spec.on_disconnect = on_disconnect;
         }
-        if let Some(parallelism) = self.update_parallelism {
-            spec.update.parallelism = parallelism;
-        }
-        if let Some(delay) = &self.update_delay {
-            spec.update.delay_ms = warren_api::parse_duration_ms(delay)
-                .map_err(|e| anyhow!("--update-delay: {}", e.message))?;
-        }
+        self.apply_update_flags(&mut spec.update)?;
         for entry in &self.labels {
             let (key, value) = key_value("--label", entry)?;
             spec.labels.insert(key, value);
@@ -395,6 +400,32 @@ impl SpecFlags {
         }
         if !self.cap_add.is_empty() {
             spec.cap_add = self.cap_add.clone();
+        }
+        Ok(())
+    }
+
+    /// The `--update-*` flags given, onto `update`.
+    fn apply_update_flags(&self, update: &mut warren_api::UpdateConfig) -> Result<()> {
+        if let Some(parallelism) = self.update_parallelism {
+            update.parallelism = parallelism;
+        }
+        if let Some(delay) = &self.update_delay {
+            update.delay_ms = warren_api::parse_duration_ms(delay)
+                .map_err(|e| anyhow!("--update-delay: {}", e.message))?;
+        }
+        if let Some(monitor) = &self.update_monitor {
+            update.monitor_ms = warren_api::parse_duration_ms(monitor)
+                .map_err(|e| anyhow!("--update-monitor: {}", e.message))?;
+        }
+        if let Some(action) = &self.update_failure_action {
+            update.failure_action = action
+                .parse()
+                .map_err(|e: ValidationError| anyhow!("--update-failure-action: {}", e.message))?;
+        }
+        if let Some(ratio) = &self.update_max_failure_ratio {
+            update.max_failure_ratio = ratio.parse().map_err(|e: ValidationError| {
+                anyhow!("--update-max-failure-ratio: {}", e.message)
+            })?;
         }
         Ok(())
     }
@@ -452,6 +483,7 @@ fn flag_of(error: &ValidationError) -> Option<&'static str> {
         ("secrets", _) => "--secret",
         ("volumes", _) => "--volume",
         ("update", s) if s.starts_with("delay") => "--update-delay",
+        ("update", s) if s.starts_with("monitor") => "--update-monitor",
         ("update", _) => "--update-parallelism",
         ("labels", _) => "--label",
         ("user", _) => "--user",
@@ -643,7 +675,12 @@ async fn update(client: &Client, format: OutputFormat, name: &str, edit: &Edit<'
         spec.cap_add.clear();
     }
     validate(&spec)?;
-    if spec == current.spec {
+    // The same spec sent again resumes a paused rollout (docs/rollouts.md).
+    let paused = current
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.state == "paused");
+    if spec == current.spec && !paused {
         eprintln!("service {name} unchanged: the flags do not change its spec");
         return Ok(());
     }
@@ -748,6 +785,40 @@ fn replicas_text(info: &ServiceInfo) -> String {
     if info.unschedulable > 0 {
         text.push_str(&format!(", {} unschedulable", info.unschedulable));
     }
+    if let Some(rollout) = info
+        .rollout
+        .as_ref()
+        .filter(|r| !matches!(r.state.as_str(), "completed" | "rolled_back"))
+    {
+        let state = rollout.state.replace('_', " ");
+        text.push_str(&format!(" ({state} {}/{})", rollout.updated, rollout.total));
+    }
+    text
+}
+
+/// The last rollout in one line: `version 3 paused, 1/3 updated, 1 failed: paused: …`.
+fn rollout_text(rollout: Option<&RolloutInfo>) -> String {
+    let Some(rollout) = rollout else {
+        return "none".to_owned();
+    };
+    let mut text = format!(
+        "version {} {}, {}/{} updated, {} failed",
+        rollout.version,
+        rollout.state.replace('_', " "),
+        rollout.updated,
+        rollout.total,
+        rollout.failed
+    );
+    if rollout.unreachable > 0 {
+        text.push_str(&format!(
+            ", {} pending: node unreachable",
+            rollout.unreachable
+        ));
+    }
+    if !rollout.message.is_empty() {
+        text.push_str(": ");
+        text.push_str(&rollout.message);
+    }
     text
 }
 
@@ -780,12 +851,7 @@ fn render_service(info: &ServiceInfo) -> Result<String> {
     let mut out = fields(&[
         ("name", info.spec.name.to_string()),
         ("version", info.version.to_string()),
-        (
-            "rolling out",
-            info.rolling_out
-                .map(|v| format!("version {v}"))
-                .unwrap_or_else(|| "no".to_owned()),
-        ),
+        ("rollout", rollout_text(info.rollout.as_ref())),
         ("replicas", replicas_text(info)),
         (
             "pending",

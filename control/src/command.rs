@@ -5,9 +5,9 @@
 //! control node reaches the same state.
 
 use serde::{Deserialize, Serialize};
-use warren_api::older::ServiceSpecV1;
 use warren_api::{
-    Availability, Node, NodeId, NodeRole, Revision, SealedBlob, ServiceName, ServiceSpec, Volume,
+    Availability, Node, NodeId, NodeRole, ReplicaId, Revision, SealedBlob, ServiceName,
+    ServiceSpec, Volume,
 };
 use warren_transport::TokenRecord;
 use warren_transport::token::TokenId;
@@ -15,7 +15,7 @@ use warren_transport::token::TokenId;
 /// A log entry: an operation and the time its proposer stamped on it (unix ms).
 ///
 /// `S` is the layout of the specs it carries: [`ServiceSpec`], or an older one
-/// ([`ServiceSpecV1`]) while an entry written by an older build is decoded
+/// ([`ServiceSpecV1`](warren_api::older::ServiceSpecV1)) while an entry written by an older build is decoded
 /// ([`Command::upgrade`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command<S = ServiceSpec> {
@@ -31,13 +31,14 @@ impl<S> std::fmt::Display for Command<S> {
     }
 }
 
-impl Command<ServiceSpecV1> {
+impl<S: Into<ServiceSpec>> Command<S> {
     /// The entry in the current layout: a spec-format-1 spec runs as root with every
-    /// capability, as it did (see [`ServiceSpecV1`]).
+    /// capability, as it did (see `warren_api::older::ServiceSpecV1`); an older spec's rollouts get the
+    /// default gating (see `warren_api::older::ServiceSpecV2`).
     pub fn upgrade(self) -> Command {
         Command {
             at_ms: self.at_ms,
-            op: self.op.map_spec(ServiceSpec::from),
+            op: self.op.map_spec(Into::into),
         }
     }
 }
@@ -193,6 +194,36 @@ pub enum Op<S = ServiceSpec> {
     /// [`Op::PutService`] only if the service is at the version the writer read (see
     /// [`PutIfVersion`]).
     PutServiceIfVersion(PutIfVersion<S>),
+    /// The leader's verdict on a rollout's watched batch ([`crate::rollout::decide`]): every
+    /// replica of it passed its monitor window, failed or sits on an unreachable node, or
+    /// enough failed to act at once. Applying it moves the next batch, pauses, rolls back or
+    /// ends the rollout, as the spec's `update` config says.
+    RolloutBatch(RolloutVerdict),
+}
+
+/// The leader's verdict on one watched batch of a rollout ([`Op::RolloutBatch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutVerdict {
+    /// Which service.
+    pub name: ServiceName,
+    /// The version being rolled out.
+    pub version: u64,
+    /// `Rollout::last_step_at_ms` of the batch judged: a verdict on another batch (a second
+    /// proposal before the first applied) is ignored.
+    pub step_at_ms: u64,
+    /// Replicas of the batch that failed within their monitor window.
+    pub failures: Vec<RolloutFailure>,
+    /// Replicas of the batch on unreachable nodes, passed over.
+    pub unreachable: Vec<ReplicaId>,
+}
+
+/// A new replica that failed within its monitor window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutFailure {
+    /// Which replica.
+    pub replica: ReplicaId,
+    /// In words, for the rollout's message: `web.0 on edge-1 failed: exited with code 127`.
+    pub reason: String,
 }
 
 /// A spec to put only if its service is at `version` now (`0`: only if there is no such
@@ -283,6 +314,7 @@ impl<S> Op<S> {
             },
             Op::RenewCert { node, serial } => Op::RenewCert { node, serial },
             Op::RenewAdmin { previous, cert } => Op::RenewAdmin { previous, cert },
+            Op::RolloutBatch(verdict) => Op::RolloutBatch(verdict),
             Op::SetOverlayRange(range) => Op::SetOverlayRange(range),
             Op::SetMesh {
                 node,
@@ -335,6 +367,7 @@ impl<S> Op<S> {
             Op::SetOverlayRange(_) => "set_overlay_range",
             Op::SetMesh { .. } => "set_mesh",
             Op::RequestKeyRotation(_) => "request_key_rotation",
+            Op::RolloutBatch(_) => "rollout_batch",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",
             Op::PutService(_) => "put_service",

@@ -60,6 +60,7 @@ pub mod node;
 pub mod older;
 pub mod push;
 pub mod rekey;
+pub mod rollout;
 pub mod rpc;
 pub mod scheduler;
 pub mod secrets;

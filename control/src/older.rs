@@ -13,14 +13,16 @@
 //! | 3 | [`ClusterStateV3`]: before `user`, `group` and `cap_add` | spec format 1 |
 //! | 4 | [`ClusterStateV4`]: before the WireGuard overlay (`overlay`, `mesh`) | spec format 2 |
 //! | 5 | [`ClusterStateV5`]: before volumes were pinned to a node (`volume_nodes`) | spec format 2 |
-//! | 6 | [`ClusterState`] | spec format 2 |
+//! | 6 | [`ClusterStateV6`]: before rollouts were health-gated ([`RolloutV1`]) | spec format 2 |
+//! | 7 | [`ClusterState`] | spec format 3 |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 
 use openraft::{Entry, EntryPayload};
 use serde::Deserialize;
-use warren_api::older::ServiceSpecV1;
+use serde::Serialize;
+use warren_api::older::{ServiceSpecV1, ServiceSpecV2};
 use warren_api::{
     MeshEntry, Node, NodeId, OverlayRange, Replica, ReplicaId, Revision, ServiceName, ServiceSpec,
     Volume,
@@ -29,7 +31,8 @@ use warren_transport::TokenBook;
 
 use crate::command::{Command, Outcome};
 use crate::state::{
-    AdminCert, ClusterInfo, ClusterState, PendingJoin, SecretRecord, ServiceRecord,
+    AdminCert, ClusterInfo, ClusterState, PendingJoin, Rollout, RolloutPhase, SecretRecord,
+    ServiceRecord,
 };
 use crate::types::{RaftMember, TypeConfig};
 
@@ -49,8 +52,28 @@ openraft::declare_raft_types!(
 /// A log entry as spec format 1 wrote it.
 pub type EntryV1 = Entry<TypeConfigV1>;
 
+openraft::declare_raft_types!(
+    /// The Raft types of spec format 2: entries whose specs are [`ServiceSpecV2`]. Only for
+    /// decoding what an older build wrote.
+    pub TypeConfigV2:
+        D = Command<ServiceSpecV2>,
+        R = Outcome,
+        NodeId = u64,
+        Node = RaftMember,
+        Entry = openraft::Entry<TypeConfigV2>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A log entry as spec format 2 wrote it.
+pub type EntryV2 = Entry<TypeConfigV2>;
+
 /// The entry in the current layout (see [`Command::upgrade`]).
-pub fn upgrade_entry(entry: EntryV1) -> Entry<TypeConfig> {
+pub fn upgrade_entry<C, S>(entry: Entry<C>) -> Entry<TypeConfig>
+where
+    C: openraft::RaftTypeConfig<D = Command<S>, NodeId = u64, Node = RaftMember>,
+    S: Into<ServiceSpec>,
+{
     let payload = match entry.payload {
         EntryPayload::Blank => EntryPayload::Blank,
         EntryPayload::Normal(command) => EntryPayload::Normal(command.upgrade()),
@@ -62,18 +85,39 @@ pub fn upgrade_entry(entry: EntryV1) -> Entry<TypeConfig> {
     }
 }
 
-fn upgrade_services(
-    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+/// [`Rollout`] as snapshot formats 1 to 6 wrote it: when the last batch went, nothing
+/// watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutV1 {
+    /// The version being rolled out.
+    pub version: u64,
+    /// When the last batch was moved (unix ms).
+    pub last_step_at_ms: u64,
+}
+
+impl From<RolloutV1> for Rollout {
+    /// Its batches so far were not watched: it goes on from here, watching no batch, so the
+    /// leader moves the next one at once (every later batch is watched).
+    fn from(v1: RolloutV1) -> Self {
+        Rollout::start(v1.version, RolloutPhase::Updating, v1.last_step_at_ms)
+    }
+}
+
+/// A service record of snapshot formats 1 to 6, whose specs are `S`.
+type ServiceRecordV1<S> = ServiceRecord<S, RolloutV1>;
+
+fn upgrade_services<S: Into<ServiceSpec>>(
+    services: BTreeMap<ServiceName, ServiceRecordV1<S>>,
 ) -> BTreeMap<ServiceName, ServiceRecord> {
     services
         .into_iter()
         .map(|(name, record)| {
             let record = ServiceRecord {
-                current: record.current.map_spec(ServiceSpec::from),
-                previous: record.previous.map(ServiceSpec::from),
+                current: record.current.map_spec(Into::into),
+                previous: record.previous.map(Into::into),
                 created_at_ms: record.created_at_ms,
                 updated_at_ms: record.updated_at_ms,
-                rollout: record.rollout,
+                rollout: record.rollout.map(Rollout::from),
             };
             (name, record)
         })
@@ -86,7 +130,7 @@ pub(crate) struct ClusterStateV1 {
     cluster: Option<ClusterInfo>,
     nodes: BTreeMap<NodeId, Node>,
     revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+    services: BTreeMap<ServiceName, ServiceRecordV1<ServiceSpecV1>>,
     replicas: BTreeMap<ReplicaId, Replica>,
     unschedulable: BTreeMap<ServiceName, u32>,
     secrets: BTreeMap<String, SecretRecord>,
@@ -128,7 +172,7 @@ pub(crate) struct ClusterStateV2 {
     cluster: Option<ClusterInfo>,
     nodes: BTreeMap<NodeId, Node>,
     revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+    services: BTreeMap<ServiceName, ServiceRecordV1<ServiceSpecV1>>,
     replicas: BTreeMap<ReplicaId, Replica>,
     unschedulable: BTreeMap<ServiceName, u32>,
     secrets: BTreeMap<String, SecretRecord>,
@@ -173,7 +217,7 @@ pub(crate) struct ClusterStateV3 {
     cluster: Option<ClusterInfo>,
     nodes: BTreeMap<NodeId, Node>,
     revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV1>>,
+    services: BTreeMap<ServiceName, ServiceRecordV1<ServiceSpecV1>>,
     replicas: BTreeMap<ReplicaId, Replica>,
     unschedulable: BTreeMap<ServiceName, u32>,
     secrets: BTreeMap<String, SecretRecord>,
@@ -220,7 +264,7 @@ pub(crate) struct ClusterStateV4 {
     cluster: Option<ClusterInfo>,
     nodes: BTreeMap<NodeId, Node>,
     revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord>,
+    services: BTreeMap<ServiceName, ServiceRecordV1<ServiceSpecV2>>,
     replicas: BTreeMap<ReplicaId, Replica>,
     unschedulable: BTreeMap<ServiceName, u32>,
     secrets: BTreeMap<String, SecretRecord>,
@@ -241,7 +285,7 @@ impl From<ClusterStateV4> for ClusterState {
             cluster: v4.cluster,
             nodes: v4.nodes,
             revoked_serials: v4.revoked_serials,
-            services: v4.services,
+            services: upgrade_services(v4.services),
             replicas: v4.replicas,
             unschedulable: v4.unschedulable,
             secrets: v4.secrets,
@@ -268,7 +312,7 @@ pub(crate) struct ClusterStateV5 {
     cluster: Option<ClusterInfo>,
     nodes: BTreeMap<NodeId, Node>,
     revoked_serials: BTreeSet<String>,
-    services: BTreeMap<ServiceName, ServiceRecord>,
+    services: BTreeMap<ServiceName, ServiceRecordV1<ServiceSpecV2>>,
     replicas: BTreeMap<ReplicaId, Replica>,
     unschedulable: BTreeMap<ServiceName, u32>,
     secrets: BTreeMap<String, SecretRecord>,
@@ -292,7 +336,7 @@ impl From<ClusterStateV5> for ClusterState {
             cluster: v5.cluster,
             nodes: v5.nodes,
             revoked_serials: v5.revoked_serials,
-            services: v5.services,
+            services: upgrade_services(v5.services),
             replicas: v5.replicas,
             unschedulable: v5.unschedulable,
             secrets: v5.secrets,
@@ -306,6 +350,57 @@ impl From<ClusterStateV5> for ClusterState {
             mesh: v5.mesh,
             volume_nodes: BTreeMap::new(),
             revision: v5.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+            certs_epoch: crate::state::Epoch::default(),
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 6 wrote it: its specs in spec format 2, its rollouts
+/// not watched ([`RolloutV1`]).
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV6 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecordV1<ServiceSpecV2>>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    admins: BTreeMap<String, AdminCert>,
+    key_gen: u32,
+    previous_cert_serials: BTreeMap<NodeId, String>,
+    overlay: OverlayRange,
+    mesh: BTreeMap<NodeId, MeshEntry>,
+    volume_nodes: BTreeMap<String, NodeId>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV6> for ClusterState {
+    /// Specs and rollouts upgraded (see [`RolloutV1`]); everything else as it was.
+    fn from(v6: ClusterStateV6) -> Self {
+        ClusterState {
+            cluster: v6.cluster,
+            nodes: v6.nodes,
+            revoked_serials: v6.revoked_serials,
+            services: upgrade_services(v6.services),
+            replicas: v6.replicas,
+            unschedulable: v6.unschedulable,
+            secrets: v6.secrets,
+            volumes: v6.volumes,
+            tokens: v6.tokens,
+            pending_joins: v6.pending_joins,
+            admins: v6.admins,
+            key_gen: v6.key_gen,
+            previous_cert_serials: v6.previous_cert_serials,
+            overlay: v6.overlay,
+            mesh: v6.mesh,
+            volume_nodes: v6.volume_nodes,
+            revision: v6.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
             certs_epoch: crate::state::Epoch::default(),

@@ -20,6 +20,7 @@ use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::scheduler;
 
 mod mesh;
+mod rollout;
 
 /// The cluster's identity, recorded by the first entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +37,7 @@ pub struct ClusterInfo {
 
 /// A service with its history. `S` is the spec layout, as in [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRecord<S = ServiceSpec> {
+pub struct ServiceRecord<S = ServiceSpec, R = Rollout> {
     /// The spec in force and its version.
     pub current: Service<S>,
     /// The spec before the last change, for `rollback`.
@@ -45,18 +46,88 @@ pub struct ServiceRecord<S = ServiceSpec> {
     pub created_at_ms: u64,
     /// When it last changed (unix ms).
     pub updated_at_ms: u64,
-    /// A rolling update in progress: replicas still on older versions move to
-    /// `current.version` in batches of `update.parallelism`.
-    pub rollout: Option<Rollout>,
+    /// The last rolling update: replicas still on older versions move to `current.version`
+    /// in batches of `update.parallelism`, each watched before the next (see
+    /// [`crate::rollout`]). Kept once it ends (`completed`, `rolled_back`) until the next
+    /// spec change, so that operators see how it ended. `R` is its layout (older snapshots
+    /// hold [`crate::older::RolloutV1`]).
+    pub rollout: Option<R>,
 }
 
-/// A rolling update in progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A rolling update: where it stands and what happened so far.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
     /// The version being rolled out.
     pub version: u64,
-    /// When the last batch was moved (unix ms); the next may go after `update.delay_ms`.
+    /// When the last batch was moved (unix ms); it names the batch that a verdict
+    /// ([`crate::command::Op::RolloutBatch`]) is about.
     pub last_step_at_ms: u64,
+    /// Where it stands.
+    pub phase: RolloutPhase,
+    /// The replicas the last step moved, watched for `update.monitor_ms` before the next.
+    pub batch: Vec<ReplicaId>,
+    /// Replicas moved to `version` so far.
+    pub updated: u32,
+    /// Moved replicas that failed within their monitor window.
+    pub failed: u32,
+    /// Moved replicas passed over because their node was unreachable.
+    pub unreachable: u32,
+    /// What happened last, in words (`paused: web.0 on edge-1 failed: …`).
+    pub message: String,
+}
+
+impl Rollout {
+    /// A rollout of `version` that has moved nothing yet.
+    pub fn start(version: u64, phase: RolloutPhase, now: u64) -> Rollout {
+        Rollout {
+            version,
+            last_step_at_ms: now,
+            phase,
+            batch: Vec::new(),
+            updated: 0,
+            failed: 0,
+            unreachable: 0,
+            message: String::new(),
+        }
+    }
+
+    /// Whether batches are still being moved or watched (not paused, not ended).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.phase,
+            RolloutPhase::Updating | RolloutPhase::RollingBack
+        )
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutPhase {
+    /// Moving and watching batches.
+    Updating,
+    /// Stopped by a failure (`failure_action: pause`); a later update or rollback replaces it,
+    /// re-sending the same spec resumes it.
+    Paused,
+    /// A rollback the rollout's failures asked for (`failure_action: rollback`), itself rolled
+    /// out; its own failures pause it.
+    RollingBack,
+    /// Every replica moved and watched.
+    Completed,
+    /// The rollback ended: every replica is back on the previous spec.
+    RolledBack,
+}
+
+impl RolloutPhase {
+    /// `updating`, `paused`, `rolling_back`, `completed` or `rolled_back`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Updating => "updating",
+            RolloutPhase::Paused => "paused",
+            RolloutPhase::RollingBack => "rolling_back",
+            RolloutPhase::Completed => "completed",
+            RolloutPhase::RolledBack => "rolled_back",
+        }
+    }
 }
 
 /// A secret: metadata and the sealed value.
@@ -337,6 +408,7 @@ impl ClusterState {
             Op::PutServiceIfVersion(put) => self
                 .check_version(&put.spec.name, put.version)
                 .and_then(|()| self.put_service(&put.spec, now)),
+            Op::RolloutBatch(verdict) => self.rollout_batch(verdict, now),
             Op::PutSecret {
                 name,
                 size_bytes,
@@ -669,6 +741,15 @@ impl ClusterState {
             });
         };
         if record.current.spec == *spec {
+            let version = record.current.version;
+            if self.resume_rollout(&spec.name, now) {
+                return Ok(Effect::Service {
+                    version,
+                    changed: true,
+                    created: false,
+                });
+            }
+            let record = &self.services[&spec.name];
             return Ok(Effect::Service {
                 version: record.current.version,
                 changed: false,
@@ -724,73 +805,6 @@ impl ClusterState {
         self.replicas.retain(|id, _| &id.service != name);
         self.unschedulable.remove(name);
         Ok(Effect::Done)
-    }
-
-    /// After a spec change: replicas whose workload is unchanged move to the new version in
-    /// place (the agent adopts them, no restart); if the workload changed, a rolling update
-    /// starts with its first batch now.
-    fn after_spec_change(&mut self, name: &ServiceName, now: u64) {
-        let record = self
-            .services
-            .get_mut(name)
-            .expect("caller checked the service exists");
-        let version = record.current.version;
-        let hash = record.current.spec.workload_hash();
-        let mut restart_needed = false;
-        for replica in self.replicas.values_mut().filter(|r| &r.id.service == name) {
-            if replica.workload_hash == hash {
-                replica.service_version = version;
-            } else {
-                restart_needed = true;
-            }
-        }
-        record.rollout = restart_needed.then_some(Rollout {
-            version,
-            last_step_at_ms: now,
-        });
-        self.reschedule_one(name, now);
-        if restart_needed {
-            self.advance_rollout(name, now);
-        }
-    }
-
-    fn rollout_step(&mut self, name: &ServiceName, version: u64, now: u64) -> Applied {
-        let record = self
-            .services
-            .get(name)
-            .ok_or_else(|| Rejection::not_found(format!("service {name}")))?;
-        match record.rollout {
-            Some(rollout) if rollout.version == version => {
-                self.advance_rollout(name, now);
-                Ok(Effect::Done)
-            }
-            _ => Ok(Effect::None),
-        }
-    }
-
-    /// Moves up to `parallelism` outdated replicas to the current version; ends the rollout
-    /// when none are left.
-    fn advance_rollout(&mut self, name: &ServiceName, now: u64) {
-        let record = self
-            .services
-            .get_mut(name)
-            .expect("caller checked the service exists");
-        let version = record.current.version;
-        let hash = record.current.spec.workload_hash();
-        let batch = record.current.spec.update.parallelism.max(1) as usize;
-        let mut outdated = self
-            .replicas
-            .values_mut()
-            .filter(|r| &r.id.service == name && r.service_version != version);
-        for replica in outdated.by_ref().take(batch) {
-            replica.service_version = version;
-            replica.workload_hash = hash;
-        }
-        let remaining = outdated.count();
-        record.rollout = (remaining > 0).then_some(Rollout {
-            version,
-            last_step_at_ms: now,
-        });
     }
 
     fn put_secret(
@@ -913,21 +927,6 @@ impl ClusterState {
         self.replicas
             .values()
             .filter(move |r| r.node == node && r.desired == DesiredState::Running)
-    }
-
-    /// Rollouts whose next batch is due at `now`: (service, version).
-    pub fn due_rollouts(&self, now: u64) -> Vec<(ServiceName, u64)> {
-        self.services
-            .values()
-            .filter_map(|r| {
-                let rollout = r.rollout?;
-                let due = rollout
-                    .last_step_at_ms
-                    .saturating_add(r.current.spec.update.delay_ms)
-                    <= now;
-                due.then(|| (r.current.spec.name.clone(), rollout.version))
-            })
-            .collect()
     }
 
     /// Nodes whose on-disconnect timers may have expired, so a `Tick` would move replicas.
@@ -1287,6 +1286,7 @@ mod tests {
 
     #[test]
     fn a_workload_change_rolls_out_in_batches_and_rollback_restores() {
+        // (The leader's verdicts are tested in `state/rollout_tests.rs`.)
         let mut log = Log::new();
         log.apply(Op::RegisterNode(agent(1, "edge-1", "a")))
             .unwrap();
@@ -1311,7 +1311,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(at_v2(&log), 3);
-        assert!(log.state.services[&web()].rollout.is_none());
+        // The last batch is still watched; the leader's verdict ends the rollout.
+        assert!(
+            log.state.services[&web()]
+                .rollout
+                .as_ref()
+                .unwrap()
+                .is_active()
+        );
         // A stale step for an old version does nothing.
         assert_eq!(
             log.apply(Op::RolloutStep {

@@ -182,6 +182,14 @@ struct Entry {
     event_bytes: usize,
 }
 
+/// Whether a reported replica counts as running for `service ls` and for a rollout's monitor
+/// window: running, and healthy when the service has a health check (a replica whose first
+/// check has not passed does not count).
+pub fn counts_as_running(reported: &ReplicaStatus, checked: bool) -> bool {
+    reported.state == warren_api::TaskState::Running
+        && (!checked || reported.health == warren_api::HealthState::Healthy)
+}
+
 /// This control node's book of agents.
 #[derive(Debug)]
 pub struct StatusBook {
@@ -424,6 +432,7 @@ mod tests {
                 health: HealthState::Unknown,
                 message: None,
                 updated_at_ms: 1,
+                workload_hash: None,
             }],
             events: vec![event(10, EventKind::Started)],
             events_dropped: 2,

@@ -46,8 +46,8 @@ use warren_api::{NodeId, Revision};
 
 use crate::command::Outcome;
 use crate::older::{
-    ClusterStateV1, ClusterStateV2, ClusterStateV3, ClusterStateV4, ClusterStateV5, EntryV1,
-    upgrade_entry,
+    ClusterStateV1, ClusterStateV2, ClusterStateV3, ClusterStateV4, ClusterStateV5, ClusterStateV6,
+    EntryV1, EntryV2, upgrade_entry,
 };
 use crate::state::ClusterState;
 use crate::types::{LogId, RaftMember, StorageError, TypeConfig};
@@ -87,7 +87,9 @@ pub const LAYOUT_VERSION: u32 = 2;
 ///    (`ClusterState::previous_cert_serials`).
 /// 5: the WireGuard overlay (`ClusterState::overlay`, `ClusterState::mesh`).
 /// 6: the node that holds each local volume (`ClusterState::volume_nodes`).
-const SNAPSHOT_FORMAT: u32 = 6;
+/// 7: specs in spec format 3 (health-gated rollouts); rollouts record their watched batch,
+///    phase, counts and message (`Rollout`).
+const SNAPSHOT_FORMAT: u32 = 7;
 
 type MembershipRecord = StoredMembership<u64, RaftMember>;
 type Meta = SnapshotMeta<u64, RaftMember>;
@@ -430,6 +432,9 @@ fn decode_entry(index: u64, bytes: &[u8], format: u32) -> Result<Entry<TypeConfi
         1 => postcard::from_bytes::<EntryV1>(bytes)
             .map(upgrade_entry)
             .map_err(bad)?,
+        2 => postcard::from_bytes::<EntryV2>(bytes)
+            .map(upgrade_entry)
+            .map_err(bad)?,
         warren_api::older::SPEC_FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
         other => {
             return Err(corrupt(format!(
@@ -716,7 +721,8 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
 }
 
 /// A snapshot's data in an older format, whose state is `S` ([`ClusterStateV1`],
-/// [`ClusterStateV2`], [`ClusterStateV3`], [`ClusterStateV4`], [`ClusterStateV5`]).
+/// [`ClusterStateV2`], [`ClusterStateV3`], [`ClusterStateV4`], [`ClusterStateV5`],
+/// [`ClusterStateV6`]).
 #[derive(Deserialize)]
 struct OlderPayload<S> {
     #[allow(dead_code, reason = "read to keep postcard's positions")]
@@ -754,6 +760,9 @@ fn decode_any_format(data: &[u8]) -> Result<SnapshotPayload, String> {
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         4 => postcard::from_bytes::<OlderPayload<ClusterStateV4>>(data)
+            .map(OlderPayload::upgrade)
+            .map_err(corrupt),
+        6 => postcard::from_bytes::<OlderPayload<ClusterStateV6>>(data)
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         5 => postcard::from_bytes::<OlderPayload<ClusterStateV5>>(data)

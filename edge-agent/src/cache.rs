@@ -20,7 +20,8 @@ pub use formats::Cached;
 /// The format values are written in; older ones are read through [`Cached::decode_older`].
 /// 2: specs with `user`, `group` and `cap_add`.
 /// 3: views carry the WireGuard overlay (`NodeView::mesh`, peers' next keys and endpoints).
-pub const FORMAT: u8 = 3;
+/// 4: views with spec format 3 (health-gated rollouts).
+pub const FORMAT: u8 = 4;
 /// How long [`Cache::open`] waits for a lock held by a cache that is still closing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const HEADER: usize = 5;

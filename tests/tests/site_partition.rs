@@ -97,7 +97,7 @@ async fn rolled_out(control: &ControlNode, service: &str) -> u64 {
             if state
                 .services
                 .get(&name)
-                .is_some_and(|r| r.rollout.is_none())
+                .is_some_and(|r| r.rollout.as_ref().is_none_or(|r| !r.is_active()))
             {
                 return state.revision.0;
             }

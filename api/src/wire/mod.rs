@@ -29,7 +29,9 @@ use crate::replica::ReplicaStatus;
 /// Version of the messages in this module. Bumped on any incompatible change.
 /// 3: specs with `user`, `group` and `cap_add` (an older agent would run them as root).
 /// 4: views carry the WireGuard overlay (`NodeView::mesh`, peers' keys and endpoints).
-pub const WIRE_VERSION: u16 = 4;
+/// 5: specs with health-gated rollouts (`UpdateConfig::monitor_ms`, …); replica statuses say
+/// which workload they describe (`ReplicaStatus::workload_hash`).
+pub const WIRE_VERSION: u16 = 5;
 
 /// Largest encoded message, in bytes. Both [`encode`] and [`decode`] enforce it; `transport`
 /// enforces it on frame lengths before reading a frame.

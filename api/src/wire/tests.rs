@@ -430,7 +430,7 @@ fn json_shapes_are_readable() {
     });
     assert_eq!(
         serde_json::to_string(&hello).unwrap(),
-        r#"{"hello":{"wire_version":4,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
+        r#"{"hello":{"wire_version":5,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
     );
     let refused = ControlToAgent::Refused(Refusal {
         reason: RefusalReason::WireVersion { supported: 1 },

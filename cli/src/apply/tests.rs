@@ -129,7 +129,8 @@ fn inspect_documents_are_short() {
         "kind: Service\nname: api\nworkload:\n  process:\n    command:\n    - sleep\n    - '1000'\n\
          mode:\n  replicated:\n    replicas: 1\nrestart:\n  condition: always\n  \
          backoff_initial_ms: 1000\n  backoff_max_ms: 60000\non_disconnect: keep\nupdate:\n  \
-         parallelism: 1\n  delay_ms: 0\nstop_grace_period_ms: 10000\n"
+         parallelism: 1\n  delay_ms: 0\n  monitor_ms: 5000\n  failure_action: pause\n  \
+         max_failure_ratio: 0.0\nstop_grace_period_ms: 10000\n"
     );
 }
 

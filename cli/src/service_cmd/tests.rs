@@ -66,6 +66,12 @@ fn create_builds_the_spec_from_flags() {
         "2",
         "--update-delay",
         "30s",
+        "--update-monitor",
+        "10s",
+        "--update-failure-action",
+        "rollback",
+        "--update-max-failure-ratio",
+        "0.2",
         "--label",
         "team=edge",
     ])
@@ -101,6 +107,12 @@ fn create_builds_the_spec_from_flags() {
     );
     assert_eq!(spec.update.parallelism, 2);
     assert_eq!(spec.update.delay_ms, 30_000);
+    assert_eq!(spec.update.monitor_ms, 10_000);
+    assert_eq!(
+        spec.update.failure_action,
+        warren_api::FailureAction::Rollback
+    );
+    assert_eq!(spec.update.max_failure_ratio.per_mille(), 200);
     assert_eq!(spec.labels, map(&[("team", "edge")]));
 }
 
@@ -142,6 +154,43 @@ fn create_errors_name_the_flag() {
     check(
         &["create", "web", "--image", "x:1", "--update-delay", "5"],
         "--update-delay: invalid duration",
+    );
+    check(
+        &["create", "web", "--image", "x:1", "--update-monitor", "2h"],
+        "update.monitor_ms: ",
+    );
+    check(
+        &[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--update-failure-action",
+            "stop",
+        ],
+        "--update-failure-action: unknown action \"stop\" (expected pause, rollback or continue)",
+    );
+    check(
+        &[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--update-max-failure-ratio",
+            "1.5",
+        ],
+        "--update-max-failure-ratio: must be a number from 0 to 1, not 1.5",
+    );
+    check(
+        &[
+            "create",
+            "web",
+            "--image",
+            "x:1",
+            "--update-max-failure-ratio",
+            "x",
+        ],
+        "--update-max-failure-ratio: \"x\" is not a number (expected 0 to 1, e.g. 0.2)",
     );
     check(
         &["create", "web", "--image", "x:1", "--secret", "DB"],
@@ -473,4 +522,52 @@ fn an_images_command_comes_after_two_dashes() {
         error.to_string().contains("a process's go in --command"),
         "{error}"
     );
+}
+
+/// `service ls` adds a rollout under way or paused to REPLICAS, and `inspect` says it in full.
+#[test]
+fn ls_and_inspect_show_the_rollout() {
+    let mut info = ServiceInfo {
+        spec: created(&["create", "web", "--command", "x", "--replicas", "3"]).unwrap(),
+        version: 2,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        replicas_desired: Some(3),
+        replicas_placed: 3,
+        replicas_running: Some(2),
+        replicas_stale: 0,
+        unschedulable: 0,
+        pending_reason: None,
+        rolling_out: None,
+        can_roll_back: true,
+        pinned: None,
+        rollout: Some(RolloutInfo {
+            version: 2,
+            state: "paused".to_owned(),
+            updated: 1,
+            total: 3,
+            failed: 1,
+            unreachable: 0,
+            message: "paused: web.1 on edge-1 failed: exited with code 127 (monitor 5s)".to_owned(),
+        }),
+    };
+    assert_eq!(replicas_text(&info), "2/3 (paused 1/3)");
+    assert_eq!(
+        rollout_text(info.rollout.as_ref()),
+        "version 2 paused, 1/3 updated, 1 failed: paused: web.1 on edge-1 failed: exited with \
+         code 127 (monitor 5s)"
+    );
+    if let Some(rollout) = info.rollout.as_mut() {
+        rollout.state = "rolling_back".to_owned();
+    }
+    assert_eq!(replicas_text(&info), "2/3 (rolling back 1/3)");
+    if let Some(rollout) = info.rollout.as_mut() {
+        rollout.state = "completed".to_owned();
+    }
+    assert_eq!(
+        replicas_text(&info),
+        "2/3",
+        "a finished rollout is not in the column"
+    );
+    assert_eq!(rollout_text(None), "none");
 }

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use warren_api::rest::{ReplicaInfo, RolloutInfo, ScaleRequest, ServiceInfo, WriteResult};
-use warren_api::{HealthState, NodeId, ReplicaStatus, ServiceName, ServiceSpec, TaskState};
+use warren_api::{NodeId, ServiceName, ServiceSpec};
 
 use super::respond::{ApiResult, ok, written};
 use super::{Api, ApiError};
 use crate::command::{Op, PutIfVersion};
 use crate::state::{ClusterState, version_conflict};
-use crate::status::AgentReport;
+use crate::status::{AgentReport, counts_as_running};
 
 impl Api {
     pub(super) async fn list_services(&self, stale: bool) -> ApiResult {
@@ -96,7 +96,10 @@ impl Api {
             }
             if let Some(current) = state.services.get(&spec.name)
                 && current.current.spec == spec
-                && current.rollout.is_none()
+                && current
+                    .rollout
+                    .as_ref()
+                    .is_none_or(|r| r.phase != crate::state::RolloutPhase::Paused)
             {
                 return ok(&WriteResult {
                     revision: state.revision.0,
@@ -178,38 +181,32 @@ fn service_info(
             super::volumes::pin_text(state, &record.current.spec)
                 .unwrap_or_else(|| crate::scheduler::why_unplaceable(&record.current, &state.nodes))
         }),
-        rolling_out: record.rollout.map(|r| r.version),
+        rolling_out: record
+            .rollout
+            .as_ref()
+            .filter(|r| r.is_active())
+            .map(|r| r.version),
         can_roll_back: record.previous.is_some(),
         pinned: super::volumes::pin_text(state, &record.current.spec),
         rollout: rollout_info(record, &placed),
     })
 }
 
-/// The rollout in progress, as operators see it.
+/// The service's last rollout, as operators see it.
 fn rollout_info(
     record: &crate::state::ServiceRecord,
     placed: &[&warren_api::Replica],
 ) -> Option<RolloutInfo> {
-    let rollout = record.rollout?;
-    let updated = placed
-        .iter()
-        .filter(|r| r.service_version == rollout.version)
-        .count();
+    let rollout = record.rollout.as_ref()?;
     Some(RolloutInfo {
         version: rollout.version,
-        state: "updating".to_owned(),
-        updated: u32::try_from(updated).unwrap_or(u32::MAX),
+        state: rollout.phase.as_str().to_owned(),
+        updated: rollout.updated,
         total: u32::try_from(placed.len()).unwrap_or(u32::MAX),
-        failed: 0,
-        unreachable: 0,
-        message: String::new(),
+        failed: rollout.failed,
+        unreachable: rollout.unreachable,
+        message: rollout.message.clone(),
     })
-}
-
-/// Whether a reported replica counts as running for `service ls`: running, and healthy when
-/// the service has a health check (a replica whose first check has not passed does not count).
-fn counts_as_running(reported: &ReplicaStatus, checked: bool) -> bool {
-    reported.state == TaskState::Running && (!checked || reported.health == HealthState::Healthy)
 }
 
 /// One replica for `service ps`: the assignment from the state, the actual state from its

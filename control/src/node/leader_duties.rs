@@ -11,6 +11,7 @@ use super::ControlNode;
 use crate::command::Op;
 use crate::control::Control;
 use crate::liveness::LivenessJudge;
+use crate::rollout::RunningSince;
 
 impl ControlNode {
     /// On the leader: advance due rolling updates, let on-disconnect timers fire, and turn
@@ -28,6 +29,7 @@ impl ControlNode {
             let mut last_liveness = tokio::time::Instant::now();
             let mut leader_since_ms: Option<u64> = None;
             let mut gossip = GossipVerdicts::default();
+            let mut running_since = RunningSince::default();
             loop {
                 let gossip_moved = tokio::select! {
                     () = cancel.cancelled() => return,
@@ -42,7 +44,7 @@ impl ControlNode {
                 let now = unix_now_ms();
                 let since = *leader_since_ms.get_or_insert(now);
                 if !gossip_moved {
-                    propose_due_steps(&control, now).await;
+                    propose_due_steps(&control, &mut running_since, now).await;
                     control.sweep_unfinished_joins(since).await;
                 }
                 let judge =
@@ -57,16 +59,32 @@ impl ControlNode {
     }
 }
 
-/// Proposes the leader's time-driven steps that are due at `now`: the next batch of each
-/// rolling update, and a tick when an on-disconnect timer has expired.
-async fn propose_due_steps(control: &Control, now: u64) {
-    let (rollouts, tick_due) = {
+/// Proposes the leader's time-driven steps that are due at `now`: the verdict on each
+/// rolling update's watched batch ([`crate::rollout`]; agents' reports are gathered only while
+/// a rollout is active), and a tick when an on-disconnect timer has expired.
+async fn propose_due_steps(control: &Control, running_since: &mut RunningSince, now: u64) {
+    let (rolling, tick_due) = {
         let state = control.read_stale().await;
-        (state.due_rollouts(now), state.reschedule_due(now))
+        let rolling = state
+            .services
+            .values()
+            .any(|r| r.rollout.as_ref().is_some_and(|r| r.is_active()));
+        (rolling, state.reschedule_due(now))
     };
-    for (name, version) in rollouts {
-        if let Err(e) = control.propose(Op::RolloutStep { name, version }).await {
-            debug!(error = %e, "rollout step not proposed");
+    if rolling {
+        let agents = control.gather_agents(true).await;
+        let verdicts = {
+            let state = control.read_stale().await;
+            running_since.judge(&state, &agents, now)
+        };
+        for op in verdicts {
+            if let Op::RolloutBatch(verdict) = &op {
+                let (name, failures) = (&verdict.name, &verdict.failures);
+                info!(service = %name, failures = failures.len(), "rollout batch judged");
+            }
+            if let Err(e) = control.propose(op).await {
+                debug!(error = %e, "rollout verdict not proposed");
+            }
         }
     }
     if tick_due && let Err(e) = control.propose(Op::Tick).await {

@@ -133,7 +133,7 @@ async fn a_log_of_the_older_build_is_read_and_extended() {
     );
     assert_eq!(spec_at(&entries, 6), new);
     let formats = log.formats().clone();
-    assert_eq!((formats.format_at(5), formats.format_at(6)), (1, 2));
+    assert_eq!((formats.format_at(5), formats.format_at(6)), (1, 3));
 
     // A leader's log replaces 5 on: rewritten by this build, read in its format.
     log.truncate(log_id(2, 5)).await.expect("truncate");
@@ -188,14 +188,14 @@ async fn a_snapshot_of_format_3_is_read_and_newer_layouts_refused() {
 
     let dir = tempfile::tempdir().expect("create a temp dir");
     let (log, sm) = open(dir.path(), StoreTuning::default()).expect("open");
-    let newer = postcard::to_allocvec(&vec![(0u64, 2u32), (7, 3)]).expect("encode");
+    let newer = postcard::to_allocvec(&vec![(0u64, 3u32), (7, 4)]).expect("encode");
     log.meta.insert(KEY_LOG_FORMATS, newer).expect("insert");
     log.flush().await.expect("flush");
     drop((log, sm));
-    let error = open(dir.path(), StoreTuning::default()).expect_err("spec format 3 is refused");
+    let error = open(dir.path(), StoreTuning::default()).expect_err("spec format 4 is refused");
     assert!(
         error.to_string().contains(
-            "the raft log holds spec format 3 from index 7; this build reads spec formats 1 to 2"
+            "the raft log holds spec format 4 from index 7; this build reads spec formats 1 to 3"
         ),
         "{error}"
     );
@@ -279,4 +279,78 @@ fn a_snapshot_of_format_5_is_read_without_volume_nodes() {
         .result
         .expect("applied");
     assert_eq!(state.volume_nodes["data"], warren_api::NodeId(7));
+}
+
+/// The spec-format-2 sample: `sample_spec()` running as `www-data`, updated two at a time
+/// with 5 s between batches.
+fn sample_spec_v2() -> ServiceSpec {
+    let mut spec = sample_spec();
+    spec.user = Some("www-data".into());
+    spec.update.parallelism = 2;
+    spec.update.delay_ms = 5_000;
+    spec
+}
+
+/// `put_service(5, sample_spec_v2())` as the build before health-gated rollouts (spec format 2)
+/// encoded it.
+const ENTRY_V2_AT_5: &str = "0201050180d095ffbc3109037765620003027368022d63076563686f20686901046461\
+    74610002000001044d4f4445046564676501010468747470903f000000e807e0d4030000010264620264620000\
+    0001087777772d646174610000028827904e01047465616d0161";
+
+/// Snapshot data of format 6 (last applied (2, 1, 9), default membership): node `edge-7` and
+/// service `web` at version 2 (`sample_spec_v2()` without secrets, one at a time, env
+/// MODE=cloud; version 1 had MODE=edge), its rollout of version 2 under way (one replica moved).
+/// The older build applied these three entries at revisions 1 to 3; the revision (the last
+/// byte) was then set to 9 by hand so that the data matches its metadata.
+const SNAPSHOT_V6: &str = "06010201090000000001070706656467652d3700066c6973626f6e0000000102616200\
+    0000000080d095ffbc3100010377656202037765620003027368022d63076563686f2068690104646174610002\
+    000001044d4f444505636c6f756401010468747470903f000000e807e0d40300000000000001087777772d6461\
+    74610000018827904e01047465616d016101037765620003027368022d63076563686f20686901046461746100\
+    02000001044d4f4445046564676501010468747470903f000000e807e0d40300000000000001087777772d6461\
+    74610000018827904e01047465616d0161e8d795ffbc31d0df95ffbc310102d0df95ffbc310203776562000103\
+    77656200010702a3b991c4d4a4a6ac0100037765620002037765620002070190a081c0c0ecfbe5f10100000000\
+    00000000000a2a000010010701000000000009";
+
+/// A spec-format-2 entry reads with the default gating and its workload hash unchanged.
+#[tokio::test]
+async fn an_entry_of_spec_format_2_is_read_with_default_gating() {
+    let entry = decode_entry(5, &unhex(ENTRY_V2_AT_5), 2).expect("format 2 is read");
+    let spec = spec_at(&[entry], 5);
+    let mut expected = sample_spec_v2();
+    expected.update = warren_api::UpdateConfig {
+        parallelism: 2,
+        delay_ms: 5_000,
+        ..warren_api::UpdateConfig::default()
+    };
+    assert_eq!(spec, expected);
+    assert_eq!(
+        spec.workload_hash(),
+        0x202c_6d8a_30d6_b2d5,
+        "restarts nothing"
+    );
+}
+
+/// A format-6 snapshot with a rollout under way reads it as active, watching no batch: the
+/// leader's next verdict moves the next batch.
+#[test]
+fn a_snapshot_of_format_6_keeps_its_rollout_going() {
+    let meta = Meta {
+        last_log_id: Some(log_id(2, 9)),
+        last_membership: MembershipRecord::default(),
+        snapshot_id: "2-9-1".into(),
+    };
+    let payload = decode_payload(&meta, &unhex(SNAPSHOT_V6)).expect("format 6 is read");
+    assert_eq!(payload.format, SNAPSHOT_FORMAT);
+    let record = &payload.state.services[&ServiceName::new("web").expect("valid")];
+    assert_eq!(record.current.version, 2);
+    assert_eq!(record.current.spec.update.monitor_ms, 5_000);
+    let rollout = record.rollout.as_ref().expect("the rollout survives");
+    assert!(rollout.is_active());
+    assert_eq!(
+        (rollout.version, rollout.last_step_at_ms),
+        (2, 1_700_000_002_000)
+    );
+    assert!(rollout.batch.is_empty());
+    assert_eq!(payload.state.replicas.len(), 2);
+    assert_eq!(payload.state.volume_nodes.len(), 0);
 }

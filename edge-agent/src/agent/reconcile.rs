@@ -277,7 +277,7 @@ impl Reconciler {
             .refresh(&*self.runtime, view, &self.handles)
             .await;
         self.states = plan.states.clone();
-        self.report(view.revision);
+        self.report(view);
         if self.book != before {
             if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
                 warn!(error = %error, "cannot store the restart history");

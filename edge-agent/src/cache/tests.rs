@@ -162,7 +162,7 @@ async fn a_view_of_format_1_is_read_and_a_newer_format_refused() {
     cache.put_raw(VIEW_KEY, &newer).unwrap();
     let err = cache.view().unwrap_err().to_string();
     assert!(
-        err.contains("unknown format 4; this build reads 1 to 3"),
+        err.contains("unknown format 5; this build reads 1 to 4"),
         "{err}"
     );
 }
@@ -203,6 +203,49 @@ async fn a_view_of_format_2_is_read_without_mesh_settings() {
     assert_eq!(read.mesh, None);
 }
 
+/// `view(42, 1)` holding service `web` (version 2: `sh -c "echo hi"` in `data` as `www-data`,
+/// two replicas updated two at a time 5 s apart, env MODE=edge, port http:8080, secret db,
+/// label team=a), as the build before cache format 4 stored it (header included).
+const VIEW_FORMAT_3: &str = "037f3367e22a01010101010101010101010101010101010101010101010101010101010101010706656467652d\
+    3100066c6973626f6e00000000000000000000010377656202037765620003027368022d63076563686f206869\
+    0104646174610002000001044d4f4445046564676501010468747470903f000000e807e0d40300000102646202\
+    646200000001087777772d646174610000028827904e01047465616d0161000000010e3132372e302e302e313a\
+    373130310000";
+
+/// A view cached before health-gated rollouts is read with its spec's update config given the
+/// default gating, and its workload hash unchanged.
+#[tokio::test]
+async fn a_view_of_format_3_is_read_with_default_gating() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+    cache
+        .claim(CacheIdentity {
+            cluster_id: [1; 32],
+            node_id: NodeId(7),
+        })
+        .await
+        .unwrap();
+    cache.put_raw(VIEW_KEY, &unhex(VIEW_FORMAT_3)).unwrap();
+    let read = cache.view().unwrap().unwrap();
+    let web = &read.services[&warren_api::ServiceName::new("web").unwrap()];
+    assert_eq!(web.version, 2);
+    assert_eq!(web.spec.user.as_deref(), Some("www-data"));
+    assert_eq!(
+        web.spec.update,
+        warren_api::UpdateConfig {
+            parallelism: 2,
+            delay_ms: 5_000,
+            ..warren_api::UpdateConfig::default()
+        }
+    );
+    assert_eq!(
+        web.spec.workload_hash(),
+        0x202c_6d8a_30d6_b2d5,
+        "restarts nothing"
+    );
+    assert_eq!(read.replicas, view(42, 1).replicas);
+}
+
 /// The record of `web.0` (pid 4242) an older agent kept: logs in its data dir's
 /// `workloads/web.0`.
 const RECORD_FORMAT_1: &str = "01e59c2de5037765620000c2829dbc93a7aba9d8012462336335303037642d633962302d346161332d62363430\
@@ -240,4 +283,38 @@ fn a_workload_record_of_format_1_is_read() {
         PathBuf::from("/var/lib/warren/workloads/web.0")
     );
     assert_eq!(record.credentials, None);
+}
+
+/// A workload record written in cache format 2 or 3 (today's layout, with working dir and
+/// credentials) reads as it was written, not through the format-1 layout: an upgraded agent
+/// adopts what its predecessor started.
+#[test]
+fn a_workload_record_of_formats_2_and_3_is_read_as_written() {
+    use crate::runtime::{Instance, WorkloadRecord};
+    use std::path::PathBuf;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+    let record = WorkloadRecord {
+        replica: "web.0".parse().unwrap(),
+        workload_hash: 0x202c_6d8a_30d6_b2d5,
+        boot_id: "boot".into(),
+        started_at_ms: 1_700_000_000_000,
+        stdout_log: PathBuf::from("/var/lib/warren/workloads/web.0/stdout.log"),
+        stderr_log: PathBuf::from("/var/lib/warren/workloads/web.0/stderr.log"),
+        instance: Instance::Process {
+            pid: 4242,
+            start_time_ticks: 123_456,
+        },
+        working_dir: PathBuf::from("/srv/web"),
+        credentials: None,
+    };
+    let payload = postcard::to_allocvec(&record).unwrap();
+    for format in [2u8, 3] {
+        let mut bytes = vec![format];
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        cache.put_raw("workload/web.0", &bytes).unwrap();
+        let read: WorkloadRecord = cache.get("workload/web.0").unwrap().unwrap();
+        assert_eq!(read, record, "format {format}");
+    }
 }

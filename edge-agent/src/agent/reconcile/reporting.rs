@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tracing::info;
 use warren_api::clock::unix_now_ms;
 use warren_api::wire::Listener;
-use warren_api::{Event, EventKind, NodeView, ReplicaId, ReplicaStatus, Revision, TaskState};
+use warren_api::{Event, EventKind, NodeView, ReplicaId, ReplicaStatus, TaskState};
 
 use super::super::status_file::{AgentStatus, LocalReplica};
 use super::Reconciler;
@@ -43,8 +43,11 @@ impl Reconciler {
         }
     }
 
-    /// Hands the replicas' states to the reporter (the link sends them if they changed).
-    pub(super) fn report(&mut self, revision: Revision) {
+    /// Hands the replicas' states to the reporter (the link sends them if they changed). A
+    /// replica with no workload describes the agent's attempts at what `view` asks for: its
+    /// `workload_hash` is the view's.
+    pub(super) fn report(&mut self, view: &NodeView) {
+        let revision = view.revision;
         let now = unix_now_ms();
         let mut statuses = Vec::new();
         let mut known: BTreeMap<ReplicaId, TaskState> = self.states.clone();
@@ -77,6 +80,9 @@ impl Reconciler {
                     }),
                 },
                 updated_at_ms: now,
+                workload_hash: record
+                    .map(|r| r.workload_hash)
+                    .or_else(|| desired_hash(view, &replica)),
             };
             if let Some(previous) = self.reported.get(&replica) {
                 let unchanged = ReplicaStatus {
@@ -167,4 +173,12 @@ fn has_process(state: TaskState) -> bool {
         state,
         TaskState::Starting | TaskState::Running | TaskState::Unhealthy | TaskState::Stopping
     )
+}
+
+/// The workload hash `view` asks `replica` to run with.
+fn desired_hash(view: &NodeView, replica: &ReplicaId) -> Option<u64> {
+    view.replicas
+        .iter()
+        .find(|r| &r.id == replica)
+        .map(|r| r.workload_hash)
 }
