@@ -85,13 +85,15 @@ fn a_broken_update_pauses_and_the_cli_says_why() {
         agent_status(&agent_dir).filter(|s| running_pids(s).len() == 3)
     });
 
-    ok(admin(&[
-        "service",
-        "update",
-        "web",
-        "--command",
-        "/nonexistent",
-    ]));
+    // The update follows its rollout: it stops at the first batch and says why, exit 1.
+    let broken = admin(&["service", "update", "web", "--command", "/nonexistent"]);
+    let said = String::from_utf8_lossy(&broken.stderr);
+    assert!(!broken.status.success(), "{said}");
+    assert!(said.contains("error: service web: paused: web."), "{said}");
+    assert!(
+        String::from_utf8_lossy(&broken.stdout).contains("web: version 2: 1/3 updated"),
+        "{broken:?}"
+    );
     let rollout = wait_until("the rollout paused", READY_TIMEOUT, || {
         let inspected = ok(admin(&["service", "inspect", "web", "-o", "json"]));
         let info: serde_json::Value = serde_json::from_str(&inspected).unwrap();
@@ -120,7 +122,8 @@ fn a_broken_update_pauses_and_the_cli_says_why() {
 
     // `service update` with no change resumes it: the next batch fails in turn and pauses it
     // again (2 of 3 updated, 2 failed).
-    ok(admin(&["service", "update", "web"]));
+    let resumed = admin(&["service", "update", "web", "--detach"]);
+    assert!(resumed.status.success(), "{resumed:?}");
     wait_until("the resumed rollout paused again", READY_TIMEOUT, || {
         let inspected = ok(admin(&["service", "inspect", "web", "-o", "json"]));
         let info: serde_json::Value = serde_json::from_str(&inspected).unwrap();
@@ -128,7 +131,7 @@ fn a_broken_update_pauses_and_the_cli_says_why() {
     });
 
     // A rollback replaces the paused rollout; the broken replicas come back.
-    ok(admin(&["service", "rollback", "web"]));
+    ok(admin(&["service", "rollback", "web", "--detach"]));
     wait_until("three running workloads again", READY_TIMEOUT, || {
         agent_status(&agent_dir).filter(|s| running_pids(s).len() == 3)
     });
@@ -137,6 +140,31 @@ fn a_broken_update_pauses_and_the_cli_says_why() {
         let info: serde_json::Value = serde_json::from_str(&inspected).unwrap();
         (info["rollout"]["state"] == "completed").then_some(())
     });
+
+    // With failure_action rollback the update stops at its first batch, the service goes
+    // back by itself, and the command says so when the rollback has run: exit 1.
+    let broken = admin(&[
+        "service",
+        "update",
+        "web",
+        "--command",
+        "/nonexistent",
+        "--update-failure-action",
+        "rollback",
+    ]);
+    let said = String::from_utf8_lossy(&broken.stderr);
+    assert!(!broken.status.success(), "{said}");
+    assert!(
+        said.contains("error: service web: rolled back from version "),
+        "{said}"
+    );
+    let out = String::from_utf8_lossy(&broken.stdout);
+    assert!(out.contains("[rolling_back]"), "{out}");
+    wait_until(
+        "three running workloads after the automatic rollback",
+        READY_TIMEOUT,
+        || agent_status(&agent_dir).filter(|s| running_pids(s).len() == 3),
+    );
 
     ok(admin(&["service", "rm", "web"]));
     wait_until("no workload left", READY_TIMEOUT, || {

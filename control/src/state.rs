@@ -14,7 +14,7 @@ use warren_api::{
     Volume,
 };
 use warren_transport::token::TokenId;
-use warren_transport::{CertRole, KnownCertificates, TokenBook};
+use warren_transport::{CertRole, KnownCertificates, TokenBook, TokenRecord};
 
 use crate::command::{Command, Effect, Op, Outcome, Rejection, RejectionCode};
 use crate::scheduler;
@@ -355,20 +355,8 @@ impl ClusterState {
                 ca_cert_der,
                 ca_key_sealed,
             } => self.init(name, ca_cert_der, ca_key_sealed, now),
-            Op::AddToken(record) => {
-                let pending = &self.pending_joins;
-                self.tokens
-                    .prune_except(now, |id| pending.values().any(|p| p.token_id == id));
-                self.tokens.insert(record.clone());
-                Ok(Effect::Done)
-            }
-            Op::RevokeToken(id) => {
-                if self.tokens.revoke(*id) {
-                    Ok(Effect::Done)
-                } else {
-                    Err(Rejection::not_found(format!("token {id}")))
-                }
-            }
+            Op::AddToken(record) => self.add_token(record, now),
+            Op::RevokeToken(id) => self.revoke_token(*id),
             Op::Join {
                 token_id,
                 secret_sha256,
@@ -423,6 +411,22 @@ impl ClusterState {
             }
         };
         Outcome { revision, result }
+    }
+
+    fn add_token(&mut self, record: &TokenRecord, now: u64) -> Applied {
+        let pending = &self.pending_joins;
+        self.tokens
+            .prune_except(now, |id| pending.values().any(|p| p.token_id == id));
+        self.tokens.insert(record.clone());
+        Ok(Effect::Done)
+    }
+
+    fn revoke_token(&mut self, id: TokenId) -> Applied {
+        if self.tokens.revoke(id) {
+            Ok(Effect::Done)
+        } else {
+            Err(Rejection::not_found(format!("token {id}")))
+        }
     }
 
     fn init(&mut self, name: &str, ca_cert_der: &[u8], ca_key_sealed: &[u8], now: u64) -> Applied {

@@ -118,9 +118,18 @@ impl Progress {
     /// stopped.
     pub(crate) fn end(&self) -> Option<End> {
         if let Some((state, message)) = &self.rollout {
+            // Control's message says it in full (`paused: web.1 on edge-1 failed: …`, `rolled
+            // back from version 2: …`); the state alone when it has none.
+            let said = |fallback: &str| {
+                Some(End::Stopped(if message.is_empty() {
+                    fallback.to_owned()
+                } else {
+                    message.clone()
+                }))
+            };
             match state.as_str() {
-                "paused" => return Some(End::Stopped(format!("rollout paused: {message}"))),
-                "rolled_back" => return Some(End::Stopped(format!("rolled back: {message}"))),
+                "paused" => return said("rollout paused"),
+                "rolled_back" => return said("rolled back"),
                 "updating" | "rolling_back" => return None,
                 _ => {}
             }
@@ -274,23 +283,26 @@ mod tests {
         let paused = Progress {
             running: 1,
             failed: vec!["web.0 on edge-1: command not found: /nope".into()],
-            rollout: Some(("paused".into(), "web.0 on edge-1 failed".into())),
+            rollout: Some(("paused".into(), "paused: web.0 on edge-1 failed".into())),
             ..progress()
         };
         assert_eq!(
             paused.end(),
-            Some(End::Stopped(
-                "rollout paused: web.0 on edge-1 failed".into()
-            ))
+            Some(End::Stopped("paused: web.0 on edge-1 failed".into()))
         );
         let rolled_back = Progress {
-            rollout: Some(("rolled_back".into(), "to version 2".into())),
+            rollout: Some(("rolled_back".into(), "rolled back from version 2: …".into())),
             ..progress()
         };
         assert_eq!(
             rolled_back.end(),
-            Some(End::Stopped("rolled back: to version 2".into()))
+            Some(End::Stopped("rolled back from version 2: …".into()))
         );
+        let silent = Progress {
+            rollout: Some(("paused".into(), String::new())),
+            ..progress()
+        };
+        assert_eq!(silent.end(), Some(End::Stopped("rollout paused".into())));
         let rolling_back = Progress {
             rollout: Some(("rolling_back".into(), String::new())),
             ..progress()
