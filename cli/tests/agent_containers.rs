@@ -12,7 +12,7 @@ use warren_edge_agent::runtime::containerd::testkit::{
 use warren_edge_agent::runtime::default_workloads_dir;
 
 mod common;
-use common::{Foreground, READY_TIMEOUT, command, control_init, ok};
+use common::{READY_TIMEOUT, command, control_init, join_agent, ok};
 
 #[test]
 fn a_containers_output_and_errors_reach_their_own_files() {
@@ -36,29 +36,12 @@ fn a_containers_output_and_errors_reach_their_own_files() {
 
     let (_control, quic, config) = control_init(dir.path());
     let admin = |args: &[&str]| command().arg("--config").arg(&config).args(args).output();
-    let token = ok(admin(&["token", "create", "--role", "agent"]).unwrap());
-    let agent_dir = dir.path().join("agent");
-    let agent_dir_text = agent_dir.to_str().unwrap().to_owned();
-    let mut agent = Foreground::spawn(
+    let (mut agent, agent_dir) = join_agent(
+        dir.path(),
+        &quic,
+        &config,
+        "edge-ctr",
         &[
-            "agent",
-            "join",
-            "--data-dir",
-            &agent_dir_text,
-            "--control",
-            &quic,
-            "--token",
-            token.trim(),
-            "--name",
-            "edge-ctr",
-            "--site",
-            "lisbon",
-            "--metrics",
-            "none",
-            "--gossip",
-            "127.0.0.1:0",
-            "--dns",
-            "none",
             "--wireguard",
             "off",
             "--runtime",
@@ -66,9 +49,7 @@ fn a_containers_output_and_errors_reach_their_own_files() {
             "--containerd-socket",
             &socket,
         ],
-        dir.path().join("agent.stderr.log"),
     );
-    agent.wait_for_line(" running");
     // Join kept its flags for the `agent run` it became: the overlay is off, as asked (it
     // used to be saved only after, so the agent ran with the default, auto).
     let kept = std::fs::read_to_string(agent_dir.join("wireguard/settings.json")).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    Foreground, READY_TIMEOUT, agent_status, command, control_init, ok, running_pids, wait_until,
+    READY_TIMEOUT, agent_status, command, control_init, join_agent, ok, running_pids, wait_until,
 };
 
 #[test]
@@ -22,33 +22,7 @@ fn a_broken_update_pauses_and_the_cli_says_why() {
             .output()
             .expect("run warren")
     };
-    let token = ok(admin(&["token", "create", "--role", "agent"]));
-    let agent_dir = dir.path().join("agent");
-    let agent_dir_text = agent_dir.to_str().unwrap().to_owned();
-    let mut agent = Foreground::spawn(
-        &[
-            "agent",
-            "join",
-            "--data-dir",
-            &agent_dir_text,
-            "--control",
-            &quic,
-            "--token",
-            token.trim(),
-            "--name",
-            "edge-1",
-            "--site",
-            "lisbon",
-            "--metrics",
-            "none",
-            "--gossip",
-            "127.0.0.1:0",
-            "--dns",
-            "127.0.0.1:0",
-        ],
-        dir.path().join("agent.stderr.log"),
-    );
-    agent.wait_for_line(" running");
+    let (mut agent, agent_dir) = join_agent(dir.path(), &quic, &config, "edge-1", &[]);
 
     // Bad flag values are one line each, before anything is sent.
     let refused = admin(&[

@@ -209,6 +209,51 @@ pub fn control_init(dir: &Path) -> (Foreground, String, PathBuf) {
     (control, quic, control_dir.join("admin.conf"))
 }
 
+/// `warren agent join` as node `name` in site lisbon, in `dir/agent`, against the control node
+/// at `quic` (a token made with the admin `config`), with no metrics, DNS or fixed gossip
+/// port (the control node's gossip holds the default), `extra` flags after; waits for its
+/// ready line. Returns it and its data dir.
+pub fn join_agent(
+    dir: &Path,
+    quic: &str,
+    config: &Path,
+    name: &str,
+    extra: &[&str],
+) -> (Foreground, PathBuf) {
+    let token = ok(command()
+        .arg("--config")
+        .arg(config)
+        .args(["token", "create", "--role", "agent"])
+        .output()
+        .expect("run warren"));
+    let agent_dir = dir.join("agent");
+    let agent_dir_text = agent_dir.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![
+        "agent",
+        "join",
+        "--data-dir",
+        &agent_dir_text,
+        "--control",
+        quic,
+        "--token",
+        token.trim(),
+        "--name",
+        name,
+        "--site",
+        "lisbon",
+        "--metrics",
+        "none",
+        "--gossip",
+        "127.0.0.1:0",
+        "--dns",
+        "none",
+    ];
+    args.extend(extra);
+    let mut agent = Foreground::spawn(&args, dir.join("agent.stderr.log"));
+    agent.wait_for_line(" running");
+    (agent, agent_dir)
+}
+
 /// Pids of live processes whose working directory is under `dir` (the process runtime runs
 /// each workload in its replica directory).
 pub fn processes_under(dir: &Path) -> Vec<u64> {
