@@ -191,6 +191,10 @@ pub struct TokenInfo {
     pub used_at_ms: Option<u64>,
     /// Whether an operator revoked it.
     pub revoked: bool,
+    /// Who minted it (`admin alice`, `the control socket on c1`); `None` for tokens minted
+    /// before control recorded it.
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// `POST /admins`: issue an admin certificate for the key of a CSR. The private key never

@@ -554,7 +554,15 @@ fn render_admins(admins: &[AdminInfo]) -> String {
 
 fn render_tokens(tokens: &[TokenInfo]) -> String {
     let now = unix_now_ms();
-    let mut table = Table::new(&["ID", "ROLE", "USE", "STATE", "EXPIRES", "CREATED"]);
+    let mut table = Table::new(&[
+        "ID",
+        "ROLE",
+        "USE",
+        "STATE",
+        "EXPIRES",
+        "CREATED",
+        "CREATED BY",
+    ]);
     for token in tokens {
         let expired = token.expires_at_ms.is_some_and(|at| at <= now);
         let state = match (token.revoked, expired, token.used_at_ms) {
@@ -575,6 +583,7 @@ fn render_tokens(tokens: &[TokenInfo]) -> String {
             state,
             expires,
             format!("{} ago", age(now, token.created_at_ms)),
+            token.created_by.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     table.render()

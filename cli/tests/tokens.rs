@@ -54,12 +54,24 @@ fn join_tokens_are_bounded_listed_and_revocable() {
     assert_eq!(entry["role"], "agent");
     assert_eq!(entry["revoked"], false);
     assert!(entry["expires_at_ms"].as_u64().is_some(), "{entry}");
+    // Who minted it: the admin certificate the request came with.
+    let by = entry["created_by"].as_str().unwrap_or_default().to_owned();
+    assert!(by.starts_with("admin "), "{entry}");
     let table = ok(admin(&["token", "ls"]));
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .ends_with("CREATED BY"),
+        "{table}"
+    );
     let row = table
         .lines()
         .find(|l| l.starts_with(id))
         .unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("valid") && row.contains("in 59m"), "{row}");
+    assert!(row.ends_with(&by), "{row}");
 
     // Revoked: refused at the next join, with the reason.
     let revoked = ok(admin(&["token", "revoke", id]));

@@ -199,6 +199,17 @@ pub enum Op<S = ServiceSpec> {
     /// enough failed to act at once. Applying it moves the next batch, pauses, rolls back or
     /// ends the rollout, as the spec's `update` config says.
     RolloutBatch(RolloutVerdict),
+    /// [`Op::AddToken`], recording who minted it (`token ls`).
+    AddTokenBy(MintedToken),
+}
+
+/// A minted join token and who minted it ([`Op::AddTokenBy`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintedToken {
+    /// The token (its hash only).
+    pub record: TokenRecord,
+    /// Who minted it: `admin alice`, `the control socket on c1`.
+    pub created_by: String,
 }
 
 /// The leader's verdict on one watched batch of a rollout ([`Op::RolloutBatch`]).
@@ -254,16 +265,11 @@ impl<S> Op<S> {
         match self {
             Op::PutService(spec) => Op::PutService(f(spec)),
             Op::PutServiceIfVersion(put) => Op::PutServiceIfVersion(put.map(f)),
-            Op::InitCluster {
-                name,
-                ca_cert_der,
-                ca_key_sealed,
-            } => Op::InitCluster {
-                name,
-                ca_cert_der,
-                ca_key_sealed,
-            },
+            #[rustfmt::skip]
+            Op::InitCluster { name, ca_cert_der, ca_key_sealed } =>
+                Op::InitCluster { name, ca_cert_der, ca_key_sealed },
             Op::AddToken(record) => Op::AddToken(record),
+            Op::AddTokenBy(minted) => Op::AddTokenBy(minted),
             Op::RevokeToken(id) => Op::RevokeToken(id),
             Op::Join {
                 token_id,
@@ -352,7 +358,7 @@ impl<S> Op<S> {
     pub fn name(&self) -> &'static str {
         match self {
             Op::InitCluster { .. } => "init_cluster",
-            Op::AddToken(_) => "add_token",
+            Op::AddToken(_) | Op::AddTokenBy(_) => "add_token",
             Op::RevokeToken(_) => "revoke_token",
             Op::Join { .. } => "join",
             Op::RegisterNode(_) => "register_node",

@@ -70,6 +70,8 @@ pub mod store;
 pub mod timers;
 pub mod types;
 
-pub use command::{Command, Effect, Op, Outcome, PutIfVersion, Rejection, RejectionCode};
+pub use command::{
+    Command, Effect, MintedToken, Op, Outcome, PutIfVersion, Rejection, RejectionCode,
+};
 pub use state::ClusterState;
 pub use types::{Raft, RaftMember, TypeConfig};

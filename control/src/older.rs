@@ -13,7 +13,7 @@
 //! | 3 | [`ClusterStateV3`]: before `user`, `group` and `cap_add` | spec format 1 |
 //! | 4 | [`ClusterStateV4`]: before the WireGuard overlay (`overlay`, `mesh`) | spec format 2 |
 //! | 5 | [`ClusterStateV5`]: before volumes were pinned to a node (`volume_nodes`) | spec format 2 |
-//! | 6 | [`ClusterStateV6`]: before rollouts were health-gated ([`RolloutV1`]) | spec format 2 |
+//! | 6 | [`ClusterStateV6`]: before rollouts were health-gated ([`RolloutV1`]) and token creators were recorded | spec format 2 |
 //! | 7 | [`ClusterState`] | spec format 3 |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -250,6 +250,7 @@ impl From<ClusterStateV3> for ClusterState {
             overlay: OverlayRange::default(),
             mesh: BTreeMap::new(),
             volume_nodes: BTreeMap::new(),
+            token_creators: BTreeMap::new(),
             revision: v3.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
@@ -298,6 +299,7 @@ impl From<ClusterStateV4> for ClusterState {
             overlay: OverlayRange::default(),
             mesh: BTreeMap::new(),
             volume_nodes: BTreeMap::new(),
+            token_creators: BTreeMap::new(),
             revision: v4.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
@@ -349,6 +351,7 @@ impl From<ClusterStateV5> for ClusterState {
             overlay: v5.overlay,
             mesh: v5.mesh,
             volume_nodes: BTreeMap::new(),
+            token_creators: BTreeMap::new(),
             revision: v5.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
@@ -400,6 +403,7 @@ impl From<ClusterStateV6> for ClusterState {
             overlay: v6.overlay,
             mesh: v6.mesh,
             volume_nodes: v6.volume_nodes,
+            token_creators: BTreeMap::new(),
             revision: v6.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),

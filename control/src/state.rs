@@ -192,6 +192,9 @@ pub struct ClusterState {
     /// placement of a replicated service's replica that mounts it, and from then on the only
     /// node such replicas go to ([`scheduler`]). Ends when the volume or the node is removed.
     pub volume_nodes: BTreeMap<String, NodeId>,
+    /// Who minted each join token still in the book (`admin alice`, `the control socket on
+    /// c1`), for `token ls`. Tokens minted before it was recorded have none.
+    pub token_creators: BTreeMap<TokenId, String>,
     /// Index of the last applied entry.
     pub revision: Revision,
     /// QUIC addresses of the control members (learners included) in the membership applied
@@ -356,6 +359,12 @@ impl ClusterState {
                 ca_key_sealed,
             } => self.init(name, ca_cert_der, ca_key_sealed, now),
             Op::AddToken(record) => self.add_token(record, now),
+            Op::AddTokenBy(minted) => {
+                let added = self.add_token(&minted.record, now);
+                let creator = minted.created_by.clone();
+                self.token_creators.insert(minted.record.id, creator);
+                added
+            }
             Op::RevokeToken(id) => self.revoke_token(*id),
             Op::Join {
                 token_id,
@@ -418,6 +427,8 @@ impl ClusterState {
         self.tokens
             .prune_except(now, |id| pending.values().any(|p| p.token_id == id));
         self.tokens.insert(record.clone());
+        let kept: BTreeSet<TokenId> = self.tokens.records().map(|r| r.id).collect();
+        self.token_creators.retain(|id, _| kept.contains(id));
         Ok(Effect::Done)
     }
 
@@ -949,7 +960,7 @@ mod tests {
     use warren_transport::token::mint;
 
     use super::*;
-    use crate::command::PutIfVersion;
+    use crate::command::{MintedToken, PutIfVersion};
 
     struct Log {
         state: ClusterState,
@@ -1221,6 +1232,35 @@ mod tests {
             log.apply(Op::RemoveService(web())).unwrap_err().code,
             RejectionCode::NotFound
         );
+    }
+
+    #[test]
+    fn a_tokens_creator_is_kept_while_the_token_is() {
+        use warren_transport::MintOptions;
+        let mut log = Log::new();
+        let options = MintOptions {
+            role: NodeRole::Agent,
+            ttl: Some(std::time::Duration::from_secs(60)),
+            single_use: false,
+        };
+        let (_, record) = warren_transport::token::mint([7; 32], options, 1_000);
+        let id = record.id;
+        log.apply(Op::AddTokenBy(MintedToken {
+            record,
+            created_by: "admin alice".to_owned(),
+        }))
+        .unwrap();
+        assert_eq!(log.state.token_creators[&id], "admin alice");
+        // Long after it expired, the next mint prunes it, and its creator with it.
+        let (_, later) = warren_transport::token::mint([7; 32], options, 10_000_000);
+        log.state.apply(
+            Revision(log.index + 1),
+            &Command {
+                at_ms: 10_000_000,
+                op: Op::AddToken(later),
+            },
+        );
+        assert!(!log.state.token_creators.contains_key(&id));
     }
 
     #[test]

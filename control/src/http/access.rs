@@ -15,7 +15,7 @@ use warren_transport::{MintOptions, PeerIdentity};
 
 use super::respond::{ApiResult, json, ok, written};
 use super::{Api, ApiError};
-use crate::command::Op;
+use crate::command::{MintedToken, Op};
 use crate::state::AdminCert;
 
 impl Api {
@@ -154,12 +154,19 @@ impl Api {
                 single_use: r.single_use,
                 used_at_ms: r.used_at_ms,
                 revoked: r.revoked,
+                created_by: state.token_creators.get(&r.id).cloned(),
             })
             .collect();
         ok(&tokens)
     }
 
-    pub(super) async fn create_token(&self, request: TokenRequest) -> ApiResult {
+    /// Mints a token; `caller` (the admin certificate the request came with; none on the
+    /// control socket) is recorded as who created it.
+    pub(super) async fn create_token(
+        &self,
+        caller: Option<Arc<PeerIdentity>>,
+        request: TokenRequest,
+    ) -> ApiResult {
         match request.ttl_ms {
             None => {
                 return Err(ApiError::Invalid(format!(
@@ -177,13 +184,20 @@ impl Api {
             }
             Some(_) => {}
         }
-        let fingerprint = {
+        let (fingerprint, here) = {
             let state = self.control.read_stale().await;
             let cluster = state
                 .cluster
                 .as_ref()
                 .ok_or_else(|| ApiError::Conflict("cluster is not initialised".into()))?;
-            warren_transport::identity::fingerprint(&cluster.ca_cert_der)
+            let here = state
+                .nodes
+                .get(&warren_api::NodeId(self.control.id()))
+                .map_or_else(|| "this node".to_owned(), |n| n.name.clone());
+            (
+                warren_transport::identity::fingerprint(&cluster.ca_cert_der),
+                here,
+            )
         };
         let options = MintOptions {
             role: request.role,
@@ -192,7 +206,14 @@ impl Api {
         };
         let (token, record) = mint(fingerprint, options, unix_now_ms());
         let expires_at_ms = record.expires_at_ms;
-        self.control.propose(Op::AddToken(record)).await?.result?;
+        let created_by = match caller.as_ref().and_then(|c| c.admin_name.as_deref()) {
+            Some(admin) => format!("admin {admin}"),
+            None => format!("the control socket on {here}"),
+        };
+        self.control
+            .propose(Op::AddTokenBy(MintedToken { record, created_by }))
+            .await?
+            .result?;
         Ok(json(
             StatusCode::CREATED,
             &TokenResponse {

@@ -107,7 +107,10 @@ impl Api {
             Route::ClusterStatus => self.cluster_status(stale).await,
             Route::RotateKeys => self.rotate_keys().await,
             Route::ListTokens => self.list_tokens(stale).await,
-            Route::CreateToken => self.create_token(read_json(request).await?).await,
+            Route::CreateToken => {
+                let caller = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+                self.create_token(caller, read_json(request).await?).await
+            }
             Route::RevokeToken { token_id } => self.revoke_token(token_id).await,
             Route::ListAdmins => self.list_admins(stale).await,
             Route::CreateAdmin => self.create_admin(read_json(request).await?).await,
