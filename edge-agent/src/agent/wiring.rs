@@ -83,6 +83,9 @@ impl Agent {
             .reconcile_until_end(watches, link.task, &cancel)
             .await;
         link.cancel.cancel();
+        let (sampler_cancel, sampler) = link.log_sampler;
+        sampler_cancel.cancel();
+        let _ = sampler.await;
         tasks.close();
         reconciler.stop_health_checks().await;
         Ok(self.shut_down(reconciler, end).await)
@@ -115,10 +118,14 @@ impl Agent {
             metrics,
         )?;
         let gossip_identity = self.gossip_identity(link.endpoint.credentials().clone())?;
-        tokio::spawn(crate::logs::sample_until_cancelled(
+        // The log files' sampling holds the cache open: `serve` stops it and waits for it
+        // before returning, whichever way (a removed node's agent returns uncancelled, and the
+        // next start must find the cache free).
+        let sampler_cancel = cancel.child_token();
+        let sampler = tokio::spawn(crate::logs::sample_until_cancelled(
             link.logs.clone(),
             self.cache.clone(),
-            cancel.child_token(),
+            sampler_cancel.clone(),
         ));
         // Renewal ends with the agent, whichever way it returns.
         let renewal_cancel = cancel.child_token();
@@ -135,6 +142,7 @@ impl Agent {
             gossip_identity,
             task,
             cancel: link_cancel,
+            log_sampler: (sampler_cancel, sampler),
             _renewal_guard: renewal_guard,
         })
     }
@@ -393,6 +401,8 @@ struct RunningLink {
     gossip_identity: MeshIdentity,
     task: JoinHandle<LinkEnd>,
     cancel: CancellationToken,
+    /// The log files' sampling (it holds the cache), stopped and awaited when `serve` ends.
+    log_sampler: (CancellationToken, JoinHandle<()>),
     /// Cancels the certificate renewal when the agent returns, whichever way.
     _renewal_guard: DropGuard,
 }
