@@ -22,6 +22,8 @@
 //! - [`duration`]: `30s` / `5m` text to and from `u64` milliseconds.
 //! - [`logs`]: workload logs read from the centre: the CLI's query, control's and the
 //!   agent's answers, their bounds.
+//! - [`scrape`]: what Prometheus scrapes (nodes' and workloads' metrics endpoints) and the
+//!   `http_sd` document that lists them.
 //! - [`rest`]: the HTTP API's JSON bodies, limits and headers, shared by server and CLI.
 //! - [`routes`]: every HTTP route once ([`routes::Route`]): dispatch, metric labels, paths.
 //! - [`wire`]: agent ↔ control messages, [`NodeView`] and its deltas, the postcard codec.
@@ -52,6 +54,7 @@ pub mod replica;
 pub mod rest;
 pub mod routes;
 pub mod run_as;
+pub mod scrape;
 pub mod secret;
 pub mod service;
 pub mod validate;
@@ -73,8 +76,8 @@ pub use placement::{
 pub use replica::{DesiredState, HealthState, Replica, ReplicaStatus, TaskState};
 pub use secret::{SealedBlob, Secret};
 pub use service::{
-    FailureAction, FailureRatio, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe,
-    ProcessSpec, Protocol, Resources, RestartCondition, RestartPolicy, SecretRef, Service,
+    FailureAction, FailureRatio, HealthCheck, ImageSpec, MetricsEndpoint, OnDisconnect, PortSpec,
+    Probe, ProcessSpec, Protocol, Resources, RestartCondition, RestartPolicy, SecretRef, Service,
     ServiceMode, ServiceSpec, UpdateConfig, VolumeMount, Workload,
 };
 pub use validate::{ValidationError, validate_node_name, validate_site};

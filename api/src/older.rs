@@ -12,7 +12,8 @@
 //! |---|---|
 //! | 1 | [`ServiceSpecV1`]: before `user`, `group` and `cap_add` |
 //! | 2 | [`ServiceSpecV2`]: [`UpdateConfigV1`], before rollouts were health-gated |
-//! | 3 | [`ServiceSpec`] ([`SPEC_FORMAT`]) |
+//! | 3 | [`ServiceSpecV3`]: before `metrics` |
+//! | 4 | [`ServiceSpec`] ([`SPEC_FORMAT`]) |
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,7 @@ use crate::overlay::OwnMesh;
 use crate::placement::Placement;
 use crate::replica::Replica;
 use crate::run_as::{ALL_CAPABILITIES, ROOT_USER};
+use crate::scrape::ScrapeTargets;
 use crate::secret::SealedBlob;
 use crate::service::{
     HealthCheck, OnDisconnect, PortSpec, Resources, RestartPolicy, SecretRef, Service, ServiceMode,
@@ -34,7 +36,7 @@ use crate::wire::{NodeView, PeerInfo, ServiceEndpoint};
 /// The layout of [`ServiceSpec`] this build writes. Stores record it (or a number of their own
 /// that implies it) beside what they write, so that the next change to the spec knows what it
 /// reads.
-pub const SPEC_FORMAT: u32 = 3;
+pub const SPEC_FORMAT: u32 = 4;
 
 /// [`ServiceSpec`] as spec format 1 wrote it: before `user`, `group` and `cap_add`. Every
 /// field in its old place; `Serialize` only so that tests can write the old layout.
@@ -173,6 +175,63 @@ impl From<ServiceSpecV2> for ServiceSpec {
             update: v2.update.into(),
             stop_grace_period_ms: v2.stop_grace_period_ms,
             labels: v2.labels,
+            metrics: None,
+        }
+    }
+}
+
+/// [`ServiceSpec`] as spec format 3 wrote it: before `metrics`. Every field in its old place;
+/// `Serialize` only so that tests can write the old layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields of ServiceSpec, in its format-3 order"
+)]
+pub struct ServiceSpecV3 {
+    pub name: ServiceName,
+    pub workload: Workload,
+    pub mode: ServiceMode,
+    pub placement: Placement,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub health: Option<HealthCheck>,
+    pub restart: RestartPolicy,
+    pub on_disconnect: OnDisconnect,
+    pub secrets: Vec<SecretRef>,
+    pub volumes: Vec<VolumeMount>,
+    pub resources: Resources,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub cap_add: Vec<String>,
+    pub update: UpdateConfig,
+    pub stop_grace_period_ms: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<ServiceSpecV3> for ServiceSpec {
+    /// Everything as it was, no metrics endpoint declared. The workload hash does not cover
+    /// `metrics`: an upgrade restarts nothing.
+    fn from(v3: ServiceSpecV3) -> Self {
+        ServiceSpec {
+            name: v3.name,
+            workload: v3.workload,
+            mode: v3.mode,
+            placement: v3.placement,
+            env: v3.env,
+            ports: v3.ports,
+            health: v3.health,
+            restart: v3.restart,
+            on_disconnect: v3.on_disconnect,
+            secrets: v3.secrets,
+            volumes: v3.volumes,
+            resources: v3.resources,
+            user: v3.user,
+            group: v3.group,
+            cap_add: v3.cap_add,
+            update: v3.update,
+            stop_grace_period_ms: v3.stop_grace_period_ms,
+            labels: v3.labels,
+            metrics: None,
         }
     }
 }
@@ -276,6 +335,7 @@ impl From<NodeViewV2> for NodeView {
             control_addrs: v2.control_addrs,
             peers: v2.peers.into_iter().map(PeerInfo::from).collect(),
             mesh: None,
+            scrape: ScrapeTargets::default(),
         }
     }
 }
@@ -313,16 +373,57 @@ impl From<NodeViewV3> for NodeView {
             control_addrs: v3.control_addrs,
             peers: v3.peers,
             mesh: v3.mesh,
+            scrape: ScrapeTargets::default(),
         }
     }
 }
 
-fn upgrade_services(
-    services: BTreeMap<ServiceName, Service<ServiceSpecV2>>,
+/// [`NodeView`] as an agent cached it in cache format 4: spec format 3, no site metrics
+/// endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields of NodeView, in their cache-format-4 order"
+)]
+pub struct NodeViewV4 {
+    pub revision: Revision,
+    pub cluster_id: [u8; 32],
+    pub node: Node,
+    pub services: BTreeMap<ServiceName, Service<ServiceSpecV3>>,
+    pub replicas: Vec<Replica>,
+    pub secrets: BTreeMap<String, SealedBlob>,
+    pub catalogue: Vec<ServiceEndpoint>,
+    pub control_addrs: Vec<String>,
+    pub peers: Vec<PeerInfo>,
+    pub mesh: Option<OwnMesh>,
+}
+
+impl From<NodeViewV4> for NodeView {
+    /// Specs upgraded as [`ServiceSpec::from`] says; no site metrics endpoints until control
+    /// sends them.
+    fn from(v4: NodeViewV4) -> Self {
+        NodeView {
+            revision: v4.revision,
+            cluster_id: v4.cluster_id,
+            node: v4.node,
+            services: upgrade_services(v4.services),
+            replicas: v4.replicas,
+            secrets: v4.secrets,
+            catalogue: v4.catalogue,
+            control_addrs: v4.control_addrs,
+            peers: v4.peers,
+            mesh: v4.mesh,
+            scrape: ScrapeTargets::default(),
+        }
+    }
+}
+
+fn upgrade_services<S: Into<ServiceSpec>>(
+    services: BTreeMap<ServiceName, Service<S>>,
 ) -> BTreeMap<ServiceName, Service> {
     services
         .into_iter()
-        .map(|(name, service)| (name, service.map_spec(ServiceSpec::from)))
+        .map(|(name, service)| (name, service.map_spec(Into::into)))
         .collect()
 }
 
@@ -415,5 +516,43 @@ mod tests {
         assert!(
             postcard::from_bytes::<ServiceSpec>(&unhex(SPEC_V2)).map_or(true, |read| read != spec)
         );
+    }
+
+    /// `sample_spec()` running as `www-data`, updated two at a time 5 s apart with 7 s of
+    /// monitoring, encoded by the build before metrics endpoints (spec format 3).
+    const SPEC_V3: &str = "037765620003027368022d63076563686f2068690104646174610002000001044d4f44\
+        45046564676501010468747470903f000000e807e0d40300000102646202646200000001087777772d646174\
+        610000028827d8360000904e01047465616d0161";
+
+    #[test]
+    fn a_format_3_spec_reads_without_a_metrics_endpoint_and_keeps_its_hash() {
+        let v3: ServiceSpecV3 = postcard::from_bytes(&unhex(SPEC_V3)).unwrap();
+        let spec = ServiceSpec::from(v3.clone());
+        let mut expected = sample_spec();
+        expected.user = Some("www-data".into());
+        expected.update = UpdateConfig {
+            parallelism: 2,
+            delay_ms: 5_000,
+            monitor_ms: 7_000,
+            ..UpdateConfig::default()
+        };
+        assert_eq!(spec, expected);
+        assert_eq!(spec.metrics, None);
+        assert_eq!(
+            spec.workload_hash(),
+            SPEC_V2_HASH,
+            "an upgrade restarts nothing"
+        );
+        assert_eq!(postcard::to_allocvec(&v3).unwrap(), unhex(SPEC_V3));
+        assert!(
+            postcard::from_bytes::<ServiceSpec>(&unhex(SPEC_V3)).map_or(true, |read| read != spec)
+        );
+        // Declaring an endpoint restarts nothing either.
+        let mut with_metrics = spec.clone();
+        with_metrics.metrics = Some(crate::MetricsEndpoint {
+            port: 9100,
+            path: "/metrics".into(),
+        });
+        assert_eq!(with_metrics.workload_hash(), spec.workload_hash());
     }
 }

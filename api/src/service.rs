@@ -104,6 +104,29 @@ pub struct ServiceSpec {
     /// Operator labels on the service.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where each replica serves Prometheus metrics, if it does: service discovery lists
+    /// every running replica's endpoint for Prometheus to scrape. Not part of the workload
+    /// hash: setting it restarts nothing.
+    #[serde(default)]
+    pub metrics: Option<MetricsEndpoint>,
+}
+
+/// Where a workload serves its Prometheus metrics: a port on its node's address and an HTTP
+/// path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MetricsEndpoint {
+    /// 1..=65535, on the address the replica's node is reached at.
+    pub port: u16,
+    /// The HTTP path, starting with `/`; `/metrics` unless given.
+    #[serde(default = "default_metrics_path")]
+    pub path: String,
+}
+
+/// The path Prometheus scrapes unless a service says otherwise.
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+
+fn default_metrics_path() -> String {
+    DEFAULT_METRICS_PATH.to_owned()
 }
 
 fn default_stop_grace_period_ms() -> u64 {
@@ -152,6 +175,7 @@ impl ServiceSpec {
             update: UpdateConfig::default(),
             stop_grace_period_ms: DEFAULT_STOP_GRACE_PERIOD_MS,
             labels: BTreeMap::new(),
+            metrics: None,
         }
     }
 

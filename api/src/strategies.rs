@@ -16,10 +16,11 @@ use crate::node::{Availability, Node, NodeAddresses, NodeRole, NodeState};
 use crate::overlay::{OverlayRange, OwnMesh};
 use crate::placement::{Constraint, ConstraintKey, ConstraintOp, Placement};
 use crate::replica::{DesiredState, HealthState, Replica, ReplicaStatus, TaskState};
+use crate::scrape::{NodeTarget, ScrapeTargets, WorkloadTarget};
 use crate::secret::{SealedBlob, Secret};
 use crate::service::{
-    FailureAction, FailureRatio, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe,
-    ProcessSpec, Protocol, Resources, RestartCondition, RestartPolicy, SecretRef, Service,
+    FailureAction, FailureRatio, HealthCheck, ImageSpec, MetricsEndpoint, OnDisconnect, PortSpec,
+    Probe, ProcessSpec, Protocol, Resources, RestartCondition, RestartPolicy, SecretRef, Service,
     ServiceMode, ServiceSpec, UpdateConfig, VolumeMount, Workload,
 };
 use crate::volume::{Volume, VolumeDriver};
@@ -331,13 +332,18 @@ pub fn service_spec_named(name: BoxedStrategy<ServiceName>) -> BoxedStrategy<Ser
         any::<u64>(),
         labels(),
     );
-    let third = (option::of(text()), option::of(text()), vec(text(), 0..2));
+    let third = (
+        option::of(text()),
+        option::of(text()),
+        vec(text(), 0..2),
+        option::of(metrics_endpoint()),
+    );
     (first, second, third)
         .prop_map(
             |(
                 (name, workload, mode, placement, env, ports, health, restart),
                 (on_disconnect, secrets, volumes, resources, update, stop_grace, labels),
-                (user, group, cap_add),
+                (user, group, cap_add, metrics),
             )| ServiceSpec {
                 name,
                 workload,
@@ -357,6 +363,7 @@ pub fn service_spec_named(name: BoxedStrategy<ServiceName>) -> BoxedStrategy<Ser
                 update,
                 stop_grace_period_ms: stop_grace,
                 labels,
+                metrics,
             },
         )
         .boxed()
@@ -661,6 +668,45 @@ pub fn pooled_secret_name() -> BoxedStrategy<String> {
 }
 
 /// A change for the view of node `node_id`, over small key pools.
+pub fn metrics_endpoint() -> BoxedStrategy<MetricsEndpoint> {
+    (any::<u16>(), text())
+        .prop_map(|(port, path)| MetricsEndpoint { port, path })
+        .boxed()
+}
+
+pub fn scrape_targets() -> BoxedStrategy<ScrapeTargets> {
+    let node = (node_id(), text(), text(), node_role(), text()).prop_map(
+        |(node_id, name, site, role, address)| NodeTarget {
+            node_id,
+            name,
+            site,
+            role,
+            address,
+        },
+    );
+    let workload = (
+        pooled_replica_id(),
+        node_id(),
+        text(),
+        text(),
+        text(),
+        text(),
+    )
+        .prop_map(
+            |(replica, node_id, node, site, address, path)| WorkloadTarget {
+                replica,
+                node_id,
+                node,
+                site,
+                address,
+                path,
+            },
+        );
+    (vec(node, 0..2), vec(workload, 0..2))
+        .prop_map(|(nodes, workloads)| ScrapeTargets { nodes, workloads })
+        .boxed()
+}
+
 pub fn view_change_for(node_id: NodeId) -> BoxedStrategy<ViewChange> {
     prop_oneof![
         service_named(pooled_service_name()).prop_map(|s| ViewChange::UpsertService(Box::new(s))),
@@ -675,6 +721,7 @@ pub fn view_change_for(node_id: NodeId) -> BoxedStrategy<ViewChange> {
         strings().prop_map(ViewChange::SetControlAddrs),
         node_with_id(Just(node_id).boxed()).prop_map(ViewChange::SetNode),
         option::of(own_mesh()).prop_map(ViewChange::SetMesh),
+        scrape_targets().prop_map(ViewChange::SetScrape),
     ]
     .boxed()
 }
@@ -701,7 +748,11 @@ pub fn node_view_for(node_id: NodeId) -> BoxedStrategy<NodeView> {
         btree_map(pooled_secret_name(), sealed_blob(), 0..2),
         vec(service_endpoint(), 0..2),
         strings(),
-        (vec(peer_info(), 0..2), option::of(own_mesh())),
+        (
+            vec(peer_info(), 0..2),
+            option::of(own_mesh()),
+            scrape_targets(),
+        ),
     )
         .prop_map(
             |(
@@ -713,7 +764,7 @@ pub fn node_view_for(node_id: NodeId) -> BoxedStrategy<NodeView> {
                 secrets,
                 catalogue,
                 addrs,
-                (peers, mesh),
+                (peers, mesh, scrape),
             )| {
                 let services = services
                     .into_iter()
@@ -732,6 +783,7 @@ pub fn node_view_for(node_id: NodeId) -> BoxedStrategy<NodeView> {
                     control_addrs: addrs,
                     peers,
                     mesh,
+                    scrape,
                 }
             },
         )

@@ -12,8 +12,8 @@ use crate::duration::format_duration_ms;
 use crate::placement::{ConstraintKey, Placement};
 use crate::run_as::{validate_cap_add, validate_user_or_group};
 use crate::service::{
-    HealthCheck, OnDisconnect, PortSpec, Probe, Resources, RestartPolicy, SecretRef, ServiceMode,
-    ServiceSpec, UpdateConfig, VolumeMount, Workload,
+    HealthCheck, MetricsEndpoint, OnDisconnect, PortSpec, Probe, Resources, RestartPolicy,
+    SecretRef, ServiceMode, ServiceSpec, UpdateConfig, VolumeMount, Workload,
 };
 
 /// Most replicas a replicated service may ask for.
@@ -353,8 +353,41 @@ impl ServiceSpec {
             self.stop_grace_period_ms,
             MAX_STOP_GRACE_PERIOD_MS,
         )?;
-        validate_labels("labels", &self.labels)
+        validate_labels("labels", &self.labels)?;
+        match &self.metrics {
+            Some(metrics) => validate_metrics(metrics).map_err(|e| e.within("metrics")),
+            None => Ok(()),
+        }
     }
+}
+
+/// Most bytes of a metrics path.
+pub const MAX_METRICS_PATH: usize = 256;
+
+/// A metrics endpoint: a port, and an absolute HTTP path Prometheus can put in a URL as it is.
+fn validate_metrics(metrics: &MetricsEndpoint) -> Result<(), ValidationError> {
+    if metrics.port == 0 {
+        return fail("port", "must be between 1 and 65535");
+    }
+    let path = &metrics.path;
+    if !path.starts_with('/') || path.len() > MAX_METRICS_PATH {
+        return fail(
+            "path",
+            format!("must start with / and be at most {MAX_METRICS_PATH} bytes (got {path:?})"),
+        );
+    }
+    if path
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return fail(
+            "path",
+            format!(
+                "must be a plain path: no whitespace, control characters, ? or # (got {path:?})"
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn validate_workload(workload: &Workload) -> Result<(), ValidationError> {
@@ -1116,6 +1149,43 @@ mod tests {
             },
             Err("labels.team: label value must not contain control characters"),
         );
+    }
+
+    #[test]
+    fn metrics_endpoint_rules() {
+        let endpoint = |port: u16, path: &str| {
+            let path = path.to_owned();
+            move |s: &mut ServiceSpec| s.metrics = Some(MetricsEndpoint { port, path })
+        };
+        check(endpoint(9100, "/metrics"), Ok(()));
+        check(endpoint(8080, "/stats/prometheus"), Ok(()));
+        check(
+            endpoint(0, "/metrics"),
+            Err("metrics.port: must be between 1 and 65535"),
+        );
+        check(
+            endpoint(9100, "metrics"),
+            Err("metrics.path: must start with / and be at most 256 bytes (got \"metrics\")"),
+        );
+        check(
+            endpoint(9100, "/m?x=1"),
+            Err(
+                "metrics.path: must be a plain path: no whitespace, control characters, ? or # (got \"/m?x=1\")",
+            ),
+        );
+        let long = format!("/{}", "a".repeat(MAX_METRICS_PATH));
+        assert!(
+            check_err(endpoint(9100, &long)).starts_with("metrics.path: must start with /"),
+            "a path over {MAX_METRICS_PATH} bytes is refused"
+        );
+        let yaml: MetricsEndpoint = serde_json::from_str(r#"{"port": 9100}"#).unwrap();
+        assert_eq!(yaml.path, "/metrics", "the path defaults to /metrics");
+    }
+
+    fn check_err(edit: impl FnOnce(&mut ServiceSpec)) -> String {
+        let mut spec = base();
+        edit(&mut spec);
+        spec.validate().unwrap_err().to_string()
     }
 
     #[test]

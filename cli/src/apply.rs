@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use warren_api::rest::{ServiceInfo, WriteResult};
 use warren_api::routes::Route;
 use warren_api::{
-    HealthCheck, OnDisconnect, Placement, PortSpec, Resources, RestartPolicy, Secret, SecretRef,
-    ServiceMode, ServiceName, ServiceSpec, UpdateConfig, Volume, VolumeDriver, VolumeMount,
-    Workload,
+    HealthCheck, MetricsEndpoint, OnDisconnect, Placement, PortSpec, Resources, RestartPolicy,
+    Secret, SecretRef, ServiceMode, ServiceName, ServiceSpec, UpdateConfig, Volume, VolumeDriver,
+    VolumeMount, Workload,
 };
 
 use serde_norway::with::singleton_map_recursive;
@@ -69,6 +69,7 @@ const MAX_DOCUMENTS: usize = 1_000;
     \n  on_disconnect: keep            # or: {reschedule: {after_ms: 300000}}\
     \n  user: www-data                 # default: a user of each replica's own; root only if given\
     \n  cap_add: [NET_BIND_SERVICE]    # capabilities kept; every other one is dropped\
+    \n  metrics: {port: 9100, path: /metrics}   # Prometheus finds each replica's metrics here\
     \n\n\
     `warren service inspect NAME` prints a service in this form.\n\
     Running apply twice changes nothing the second time; secret values are always re-sent\n\
@@ -137,6 +138,8 @@ struct ServiceDoc {
     stop_grace_period_ms: Option<u64>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl ServiceDoc {
@@ -168,6 +171,7 @@ impl ServiceDoc {
                 .stop_grace_period_ms
                 .unwrap_or(warren_api::service::DEFAULT_STOP_GRACE_PERIOD_MS),
             labels: self.labels,
+            metrics: self.metrics,
         }
     }
 }

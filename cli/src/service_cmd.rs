@@ -8,9 +8,9 @@ use warren_api::clock::unix_now_ms;
 use warren_api::rest::{ReplicaInfo, RolloutInfo, ScaleRequest, ServiceInfo, WriteResult};
 use warren_api::routes::Route;
 use warren_api::{
-    Constraint, HealthCheck, ImageSpec, OnDisconnect, PortSpec, Probe, ProcessSpec,
-    RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec, ValidationError,
-    VolumeMount, Workload,
+    Constraint, HealthCheck, ImageSpec, MetricsEndpoint, OnDisconnect, PortSpec, Probe,
+    ProcessSpec, RestartCondition, SecretRef, ServiceMode, ServiceName, ServiceSpec,
+    ValidationError, VolumeMount, Workload,
 };
 
 use crate::client::{Client, ClientArgs};
@@ -217,6 +217,14 @@ pub struct SpecFlags {
     /// Label on the service (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// The port each replica serves Prometheus metrics on, at its node's address: Prometheus
+    /// finds every running replica through Warren's service discovery (`/sd/workloads`, see
+    /// `warren prometheus config`). `none` stops declaring it.
+    #[arg(long, value_name = "PORT|none")]
+    pub metrics_port: Option<String>,
+    /// The HTTP path of those metrics. Default /metrics.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<String>,
     /// Run the workload as this user (a name or number on the node). Default: an unprivileged
     /// user of each replica's own; `root` only when given.
     #[arg(long, value_name = "USER")]
@@ -388,6 +396,7 @@ impl SpecFlags {
             spec.on_disconnect = on_disconnect;
         }
         self.apply_update_flags(&mut spec.update)?;
+        self.apply_metrics_flags(&mut spec.metrics)?;
         for entry in &self.labels {
             let (key, value) = key_value("--label", entry)?;
             spec.labels.insert(key, value);
@@ -400,6 +409,33 @@ impl SpecFlags {
         }
         if !self.cap_add.is_empty() {
             spec.cap_add = self.cap_add.clone();
+        }
+        Ok(())
+    }
+
+    /// `--metrics-port` and `--metrics-path`, onto the spec's metrics endpoint.
+    fn apply_metrics_flags(&self, metrics: &mut Option<MetricsEndpoint>) -> Result<()> {
+        match self.metrics_port.as_deref() {
+            Some("none") => *metrics = None,
+            Some(port) => {
+                let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(|| {
+                    anyhow!("--metrics-port: expected a port 1-65535 or none, got {port:?}")
+                })?;
+                let path = metrics.take().map(|m| m.path);
+                *metrics = Some(MetricsEndpoint {
+                    port,
+                    path: path.unwrap_or_else(|| warren_api::service::DEFAULT_METRICS_PATH.into()),
+                });
+            }
+            None => {}
+        }
+        if let Some(path) = &self.metrics_path {
+            match metrics {
+                Some(endpoint) => endpoint.path.clone_from(path),
+                None => bail!(
+                    "--metrics-path: the service declares no metrics port; give --metrics-port too"
+                ),
+            }
         }
         Ok(())
     }
@@ -489,6 +525,8 @@ fn flag_of(error: &ValidationError) -> Option<&'static str> {
         ("user", _) => "--user",
         ("group", _) => "--group",
         ("cap_add", _) => "--cap-add",
+        ("metrics", "path") => "--metrics-path",
+        ("metrics", _) => "--metrics-port",
         _ => return None,
     })
 }

@@ -14,7 +14,7 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_transport::plain_http::{self, Handler};
+use warren_transport::plain_http::{self, Answer, Handler, Request};
 
 use crate::control::Control;
 
@@ -243,8 +243,10 @@ impl Default for ControlMetrics {
     }
 }
 
-/// Serves `/metrics`, `/health` (the process is up) and `/ready` (a leader is known and this
-/// node has applied the cluster's first entries) on plain HTTP until `cancel` fires.
+/// Serves `/metrics`, `/health` (the process is up), `/ready` (a leader is known and this
+/// node has applied the cluster's first entries), and Prometheus service discovery for the
+/// whole cluster (`/sd/nodes`, `/sd/workloads`, see [`crate::catalogue::scrape_targets`]) on
+/// plain HTTP until `cancel` fires.
 ///
 /// # Errors
 /// I/O errors binding `addr`.
@@ -255,21 +257,26 @@ pub async fn serve(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) -> std::io::Result<SocketAddr> {
-    let handler: Handler = Arc::new(move |path: String| {
+    let handler: Handler = Arc::new(move |asked: Request| {
         let metrics = metrics.clone();
         let control = control.clone();
         Box::pin(async move {
-            match path.as_str() {
+            match asked.path.as_str() {
                 "/metrics" => {
                     metrics.refresh(&control).await;
-                    (StatusCode::OK, metrics.render())
+                    Answer::text(StatusCode::OK, metrics.render())
                 }
-                "/health" => (StatusCode::OK, "ok\n".into()),
+                "/health" => Answer::text(StatusCode::OK, "ok\n"),
                 "/ready" => match control.leader() {
-                    Some(_) if control.applied().0 > 0 => (StatusCode::OK, "ready\n".into()),
-                    _ => (StatusCode::SERVICE_UNAVAILABLE, "no leader known\n".into()),
+                    Some(_) if control.applied().0 > 0 => Answer::text(StatusCode::OK, "ready\n"),
+                    _ => Answer::text(StatusCode::SERVICE_UNAVAILABLE, "no leader known\n"),
                 },
-                _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                "/sd/nodes" | "/sd/workloads" => {
+                    let state = control.read_stale().await;
+                    let targets = crate::catalogue::scrape_targets(&state, None);
+                    plain_http::discovery(&targets, &asked)
+                }
+                _ => Answer::text(StatusCode::NOT_FOUND, "not found\n"),
             }
         })
     });

@@ -1,5 +1,5 @@
 //! Raft RPC over QUIC: openraft's network traits on top of `transport`'s mutual-TLS endpoint
-//! (ALPN `warren-raft/4`, control certificates only).
+//! (ALPN `warren-raft/5`, control certificates only).
 //!
 //! One cached connection per peer. Dialling runs in a task of its own, shared by every caller
 //! that needs the peer meanwhile, so a call whose deadline is shorter than a handshake (a

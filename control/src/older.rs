@@ -14,7 +14,8 @@
 //! | 4 | [`ClusterStateV4`]: before the WireGuard overlay (`overlay`, `mesh`) | spec format 2 |
 //! | 5 | [`ClusterStateV5`]: before volumes were pinned to a node (`volume_nodes`) | spec format 2 |
 //! | 6 | [`ClusterStateV6`]: before rollouts were health-gated ([`RolloutV1`]) and token creators were recorded | spec format 2 |
-//! | 7 | [`ClusterState`] | spec format 3 |
+//! | 7 | [`ClusterStateV7`]: before services declared metrics endpoints | spec format 3 |
+//! | 8 | [`ClusterState`] | spec format 4 |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -22,12 +23,13 @@ use std::io::Cursor;
 use openraft::{Entry, EntryPayload};
 use serde::Deserialize;
 use serde::Serialize;
-use warren_api::older::{ServiceSpecV1, ServiceSpecV2};
+use warren_api::older::{ServiceSpecV1, ServiceSpecV2, ServiceSpecV3};
 use warren_api::{
     MeshEntry, Node, NodeId, OverlayRange, Replica, ReplicaId, Revision, ServiceName, ServiceSpec,
     Volume,
 };
 use warren_transport::TokenBook;
+use warren_transport::token::TokenId;
 
 use crate::command::{Command, Outcome};
 use crate::state::{
@@ -67,6 +69,22 @@ openraft::declare_raft_types!(
 
 /// A log entry as spec format 2 wrote it.
 pub type EntryV2 = Entry<TypeConfigV2>;
+
+openraft::declare_raft_types!(
+    /// The Raft types of spec format 3: entries whose specs are [`ServiceSpecV3`]. Only for
+    /// decoding what an older build wrote.
+    pub TypeConfigV3:
+        D = Command<ServiceSpecV3>,
+        R = Outcome,
+        NodeId = u64,
+        Node = RaftMember,
+        Entry = openraft::Entry<TypeConfigV3>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A log entry as spec format 3 wrote it.
+pub type EntryV3 = Entry<TypeConfigV3>;
 
 /// The entry in the current layout (see [`Command::upgrade`]).
 pub fn upgrade_entry<C, S>(entry: Entry<C>) -> Entry<TypeConfig>
@@ -405,6 +423,72 @@ impl From<ClusterStateV6> for ClusterState {
             volume_nodes: v6.volume_nodes,
             token_creators: BTreeMap::new(),
             revision: v6.revision,
+            control_addrs: Vec::new(),
+            control_members: BTreeSet::new(),
+            certs_epoch: crate::state::Epoch::default(),
+        }
+    }
+}
+
+/// [`ClusterState`] as snapshot format 7 wrote it: its specs in spec format 3.
+#[derive(Deserialize)]
+pub(crate) struct ClusterStateV7 {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    revoked_serials: BTreeSet<String>,
+    services: BTreeMap<ServiceName, ServiceRecord<ServiceSpecV3>>,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    unschedulable: BTreeMap<ServiceName, u32>,
+    secrets: BTreeMap<String, SecretRecord>,
+    volumes: BTreeMap<String, Volume>,
+    tokens: TokenBook,
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
+    admins: BTreeMap<String, AdminCert>,
+    key_gen: u32,
+    previous_cert_serials: BTreeMap<NodeId, String>,
+    overlay: OverlayRange,
+    mesh: BTreeMap<NodeId, MeshEntry>,
+    volume_nodes: BTreeMap<String, NodeId>,
+    token_creators: BTreeMap<TokenId, String>,
+    revision: Revision,
+}
+
+impl From<ClusterStateV7> for ClusterState {
+    /// Specs upgraded (no metrics endpoint); everything else as it was.
+    fn from(v7: ClusterStateV7) -> Self {
+        let services = v7
+            .services
+            .into_iter()
+            .map(|(name, record)| {
+                let record = ServiceRecord {
+                    current: record.current.map_spec(Into::into),
+                    previous: record.previous.map(Into::into),
+                    created_at_ms: record.created_at_ms,
+                    updated_at_ms: record.updated_at_ms,
+                    rollout: record.rollout,
+                };
+                (name, record)
+            })
+            .collect();
+        ClusterState {
+            cluster: v7.cluster,
+            nodes: v7.nodes,
+            revoked_serials: v7.revoked_serials,
+            services,
+            replicas: v7.replicas,
+            unschedulable: v7.unschedulable,
+            secrets: v7.secrets,
+            volumes: v7.volumes,
+            tokens: v7.tokens,
+            pending_joins: v7.pending_joins,
+            admins: v7.admins,
+            key_gen: v7.key_gen,
+            previous_cert_serials: v7.previous_cert_serials,
+            overlay: v7.overlay,
+            mesh: v7.mesh,
+            volume_nodes: v7.volume_nodes,
+            token_creators: v7.token_creators,
+            revision: v7.revision,
             control_addrs: Vec::new(),
             control_members: BTreeSet::new(),
             certs_epoch: crate::state::Epoch::default(),

@@ -73,6 +73,7 @@ pub fn node_view(
         control_addrs: control_addrs.to_vec(),
         peers: crate::catalogue::peers(state, node),
         mesh: state.own_mesh(node),
+        scrape: crate::catalogue::scrape_targets(state, Some(&entry.site)),
     })
 }
 

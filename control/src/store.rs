@@ -47,7 +47,7 @@ use warren_api::{NodeId, Revision};
 use crate::command::Outcome;
 use crate::older::{
     ClusterStateV1, ClusterStateV2, ClusterStateV3, ClusterStateV4, ClusterStateV5, ClusterStateV6,
-    EntryV1, EntryV2, upgrade_entry,
+    ClusterStateV7, EntryV1, EntryV2, EntryV3, upgrade_entry,
 };
 use crate::state::ClusterState;
 use crate::types::{LogId, RaftMember, StorageError, TypeConfig};
@@ -89,7 +89,8 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// 6: the node that holds each local volume (`ClusterState::volume_nodes`).
 /// 7: specs in spec format 3 (health-gated rollouts); rollouts record their watched batch,
 ///    phase, counts and message (`Rollout`).
-const SNAPSHOT_FORMAT: u32 = 7;
+/// 8: specs in spec format 4 (metrics endpoints).
+const SNAPSHOT_FORMAT: u32 = 8;
 
 type MembershipRecord = StoredMembership<u64, RaftMember>;
 type Meta = SnapshotMeta<u64, RaftMember>;
@@ -435,6 +436,9 @@ fn decode_entry(index: u64, bytes: &[u8], format: u32) -> Result<Entry<TypeConfi
         2 => postcard::from_bytes::<EntryV2>(bytes)
             .map(upgrade_entry)
             .map_err(bad)?,
+        3 => postcard::from_bytes::<EntryV3>(bytes)
+            .map(upgrade_entry)
+            .map_err(bad)?,
         warren_api::older::SPEC_FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
         other => {
             return Err(corrupt(format!(
@@ -721,7 +725,7 @@ fn snapshot_error(meta: &Meta, message: String) -> StorageError {
 }
 
 /// A snapshot's data in an older format, whose state is `S` ([`ClusterStateV1`],
-/// [`ClusterStateV2`], [`ClusterStateV3`], [`ClusterStateV4`], [`ClusterStateV5`],
+/// [`ClusterStateV2`], [`ClusterStateV3`], [`ClusterStateV4`], [`ClusterStateV5`], [`ClusterStateV7`],
 /// [`ClusterStateV6`]).
 #[derive(Deserialize)]
 struct OlderPayload<S> {
@@ -763,6 +767,9 @@ fn decode_any_format(data: &[u8]) -> Result<SnapshotPayload, String> {
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         6 => postcard::from_bytes::<OlderPayload<ClusterStateV6>>(data)
+            .map(OlderPayload::upgrade)
+            .map_err(corrupt),
+        7 => postcard::from_bytes::<OlderPayload<ClusterStateV7>>(data)
             .map(OlderPayload::upgrade)
             .map_err(corrupt),
         5 => postcard::from_bytes::<OlderPayload<ClusterStateV5>>(data)

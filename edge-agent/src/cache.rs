@@ -21,7 +21,8 @@ pub use formats::Cached;
 /// 2: specs with `user`, `group` and `cap_add`.
 /// 3: views carry the WireGuard overlay (`NodeView::mesh`, peers' next keys and endpoints).
 /// 4: views with spec format 3 (health-gated rollouts).
-pub const FORMAT: u8 = 4;
+/// 5: views with spec format 4 (metrics endpoints) and their site's metrics endpoints.
+pub const FORMAT: u8 = 5;
 /// How long [`Cache::open`] waits for a lock held by a cache that is still closing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const HEADER: usize = 5;

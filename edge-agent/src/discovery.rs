@@ -762,6 +762,7 @@ mod tests {
                 wg_endpoint: None,
             }],
             mesh: None,
+            scrape: Default::default(),
         };
         let members = [
             member(2, GossipLiveness::Alive),

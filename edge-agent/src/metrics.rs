@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_api::clock::unix_now_ms;
 use warren_api::{EventKind, HealthState, NodeId, NodeView, TaskState};
-use warren_transport::plain_http::{self, Handler};
+use warren_transport::plain_http::{self, Answer, Handler, Request};
 
 use crate::cache::Cache;
 use crate::link::LinkStatus;
@@ -279,8 +279,10 @@ pub struct MetricsSources {
     pub views: watch::Receiver<Option<Arc<NodeView>>>,
 }
 
-/// Serves `/metrics`, `/health` (the agent runs) and `/ready` (it has a view to run
-/// workloads from — cached counts: an offline agent is ready) until `cancel` fires.
+/// Serves `/metrics`, `/health` (the agent runs), `/ready` (it has a view to run workloads
+/// from — cached counts: an offline agent is ready), and Prometheus service discovery for its
+/// site from that view (`/sd/nodes`, `/sd/workloads`: it keeps answering while the site is
+/// cut off) until `cancel` fires.
 ///
 /// # Errors
 /// I/O errors binding `addr`.
@@ -290,24 +292,31 @@ pub async fn serve(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) -> std::io::Result<SocketAddr> {
-    let handler: Handler = Arc::new(move |path: String| {
+    let handler: Handler = Arc::new(move |asked: Request| {
         let sources = sources.clone();
         Box::pin(async move {
-            match path.as_str() {
+            match asked.path.as_str() {
                 "/metrics" => {
                     let link = sources.link.borrow().clone();
                     sources
                         .metrics
                         .refresh(&link, &sources.reporter, &sources.cache);
-                    (StatusCode::OK, sources.metrics.render())
+                    Answer::text(StatusCode::OK, sources.metrics.render())
                 }
-                "/health" => (StatusCode::OK, "ok\n".into()),
-                "/ready" if sources.views.borrow().is_some() => (StatusCode::OK, "ready\n".into()),
-                "/ready" => (
+                "/health" => Answer::text(StatusCode::OK, "ok\n"),
+                "/ready" if sources.views.borrow().is_some() => {
+                    Answer::text(StatusCode::OK, "ready\n")
+                }
+                "/ready" => Answer::text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "no view yet: waiting for the first contact with control\n".into(),
+                    "no view yet: waiting for the first contact with control\n",
                 ),
-                _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                "/sd/nodes" | "/sd/workloads" => {
+                    let view = sources.views.borrow().clone();
+                    let targets = view.map(|v| v.scrape.clone()).unwrap_or_default();
+                    plain_http::discovery(&targets, &asked)
+                }
+                _ => Answer::text(StatusCode::NOT_FOUND, "not found\n"),
             }
         })
     });

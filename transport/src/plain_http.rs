@@ -1,6 +1,6 @@
 //! A tiny plain-HTTP/1 listener for read-only operational endpoints (`/metrics`, `/health`,
-//! `/ready`) that Prometheus and load balancers scrape. Control and agents both serve one; what
-//! each path answers is up to the caller's handler.
+//! `/ready`, Prometheus service discovery) that Prometheus and load balancers read. Control
+//! and agents both serve one; what each path answers is up to the caller's handler.
 //!
 //! Only `GET` is meaningful; request bodies are never read. Connections are bounded by
 //! [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_SOURCE`]: beyond that, new ones are closed at
@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+use warren_api::scrape::{ScrapeTargets, SdFilter};
 
 use crate::limits::{AcceptBackoff, ConnectionLimiter, ConnectionPermit};
 
@@ -30,18 +31,78 @@ pub const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
 /// A client must send a request's headers within this time (also the keep-alive idle limit).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a handler answers: a status and a text body.
-pub type Answer = (StatusCode, String);
+/// What a handler answers: a status, a body and its content type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The `content-type` header.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
 
-/// A handler: the request path in, an answer out.
+/// Prometheus's text exposition format (also fine for any plain-text answer).
+pub const TEXT: &str = "text/plain; version=0.0.4";
+/// JSON (Prometheus's HTTP service discovery insists on it).
+pub const JSON: &str = "application/json";
+
+impl Answer {
+    /// A plain-text answer.
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
+        Answer {
+            status,
+            content_type: TEXT,
+            body: body.into(),
+        }
+    }
+
+    /// A JSON answer.
+    pub fn json(status: StatusCode, body: String) -> Self {
+        Answer {
+            status,
+            content_type: JSON,
+            body,
+        }
+    }
+}
+
+/// What a handler is asked: the request's path and its query string (without the `?`; empty
+/// when there is none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `/metrics`, `/sd/nodes`, …
+    pub path: String,
+    /// `site=lisbon&role=agent`, or empty.
+    pub query: String,
+}
+
+/// A handler: the request in, an answer out.
 pub type Handler =
-    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync>;
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+/// The `http_sd` document a discovery request asks for (`…/nodes` or `…/workloads`, with
+/// `site=` and `role=` in its query: [`SdFilter`]), or a 400 that names what is wrong with the
+/// query.
+pub fn discovery(targets: &ScrapeTargets, asked: &Request) -> Answer {
+    let filter = match SdFilter::from_query(&asked.query) {
+        Ok(filter) => filter,
+        Err(reason) => return Answer::text(StatusCode::BAD_REQUEST, format!("{reason}\n")),
+    };
+    let groups = if asked.path.ends_with("/workloads") {
+        targets.workload_groups(&filter)
+    } else {
+        targets.node_groups(&filter)
+    };
+    let body = serde_json::to_string(&groups).expect("discovery groups serialize");
+    Answer::json(StatusCode::OK, body)
+}
+
+fn response(answer: Answer) -> Response<Full<Bytes>> {
     Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::from(body)))
+        .status(answer.status)
+        .header("content-type", answer.content_type)
+        .body(Full::new(Bytes::from(answer.body)))
         .expect("static response parts are valid")
 }
 
@@ -99,8 +160,12 @@ async fn serve_connection(
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let handler = handler.clone();
             async move {
-                let (status, body) = handler(request.uri().path().to_owned()).await;
-                Ok::<_, std::convert::Infallible>(text(status, body))
+                let uri = request.uri();
+                let asked = Request {
+                    path: uri.path().to_owned(),
+                    query: uri.query().unwrap_or_default().to_owned(),
+                };
+                Ok::<_, std::convert::Infallible>(response(handler(asked).await))
             }
         });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -121,11 +186,12 @@ mod tests {
 
     #[tokio::test]
     async fn serves_the_handler_and_stops_on_cancel() {
-        let handler: Handler = Arc::new(|path: String| {
+        let handler: Handler = Arc::new(|asked: Request| {
             Box::pin(async move {
-                match path.as_str() {
-                    "/health" => (StatusCode::OK, "ok\n".to_owned()),
-                    _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+                match (asked.path.as_str(), asked.query.as_str()) {
+                    ("/health", "") => Answer::text(StatusCode::OK, "ok\n"),
+                    ("/sd", "site=a") => Answer::json(StatusCode::OK, "[]".into()),
+                    _ => Answer::text(StatusCode::NOT_FOUND, "not found\n"),
                 }
             })
         });
@@ -155,6 +221,9 @@ mod tests {
         };
         assert!(get("/health").await.starts_with("HTTP/1.1 200"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        let sd = get("/sd?site=a").await;
+        assert!(sd.starts_with("HTTP/1.1 200"), "{sd}");
+        assert!(sd.contains("content-type: application/json"), "{sd}");
         cancel.cancel();
         tasks.close();
         tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())

@@ -31,7 +31,9 @@ use crate::replica::ReplicaStatus;
 /// 4: views carry the WireGuard overlay (`NodeView::mesh`, peers' keys and endpoints).
 /// 5: specs with health-gated rollouts (`UpdateConfig::monitor_ms`, …); replica statuses say
 /// which workload they describe (`ReplicaStatus::workload_hash`).
-pub const WIRE_VERSION: u16 = 5;
+/// 6: specs with a metrics endpoint (`ServiceSpec::metrics`); views carry their site's
+/// metrics endpoints (`NodeView::scrape`).
+pub const WIRE_VERSION: u16 = 6;
 
 /// Largest encoded message, in bytes. Both [`encode`] and [`decode`] enforce it; `transport`
 /// enforces it on frame lengths before reading a frame.

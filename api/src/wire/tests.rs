@@ -233,6 +233,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
     let mut control_addrs = start.control_addrs.clone();
     let mut node = start.node.clone();
     let mut mesh = start.mesh.clone();
+    let mut scrape = start.scrape.clone();
     for change in changes {
         match change.clone() {
             ViewChange::UpsertService(service) => {
@@ -258,6 +259,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
             ViewChange::SetControlAddrs(new) => control_addrs = new,
             ViewChange::SetNode(new) => node = new,
             ViewChange::SetMesh(new) => mesh = new,
+            ViewChange::SetScrape(new) => scrape = new,
         }
     }
     NodeView {
@@ -271,6 +273,7 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
         control_addrs,
         peers,
         mesh,
+        scrape,
     }
 }
 
@@ -430,7 +433,7 @@ fn json_shapes_are_readable() {
     });
     assert_eq!(
         serde_json::to_string(&hello).unwrap(),
-        r#"{"hello":{"wire_version":5,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
+        r#"{"hello":{"wire_version":6,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
     );
     let refused = ControlToAgent::Refused(Refusal {
         reason: RefusalReason::WireVersion { supported: 1 },

@@ -12,6 +12,7 @@ use crate::ids::{NodeId, ReplicaId, Revision, ServiceName};
 use crate::node::Node;
 use crate::overlay::OwnMesh;
 use crate::replica::Replica;
+use crate::scrape::ScrapeTargets;
 use crate::secret::SealedBlob;
 use crate::service::{PortSpec, Service};
 
@@ -41,6 +42,9 @@ pub struct NodeView {
     pub peers: Vec<PeerInfo>,
     /// This node's own place in the WireGuard overlay, once the registry allocated it one.
     pub mesh: Option<OwnMesh>,
+    /// The metrics endpoints of this node's site (its nodes, and the replicas there that
+    /// declare one), so the agent serves Prometheus discovery for its site while cut off.
+    pub scrape: ScrapeTargets,
 }
 
 /// One replica's address in the service catalogue.
@@ -129,6 +133,8 @@ pub enum ViewChange {
     SetNode(Node),
     /// Replace the node's own mesh settings.
     SetMesh(Option<OwnMesh>),
+    /// Replace the site's metrics endpoints.
+    SetScrape(ScrapeTargets),
 }
 
 /// What an agent has cached, compactly: one hash per item of its view. Sent in the hello so
@@ -154,6 +160,8 @@ pub struct ViewDigest {
     pub control_addrs: u64,
     /// Hash of the node's own mesh settings.
     pub mesh: u64,
+    /// Hash of the site's metrics endpoints.
+    pub scrape: u64,
 }
 
 /// Why a delta was not applied. The view is unchanged in every case.
@@ -270,6 +278,7 @@ impl NodeView {
             ViewChange::SetControlAddrs(addrs) => self.control_addrs.clone_from(addrs),
             ViewChange::SetNode(node) => self.node.clone_from(node),
             ViewChange::SetMesh(mesh) => self.mesh.clone_from(mesh),
+            ViewChange::SetScrape(scrape) => self.scrape.clone_from(scrape),
         }
     }
 
@@ -327,6 +336,9 @@ impl NodeView {
         if self.mesh != target.mesh {
             changes.push(ViewChange::SetMesh(target.mesh.clone()));
         }
+        if self.scrape != target.scrape {
+            changes.push(ViewChange::SetScrape(target.scrape.clone()));
+        }
         ViewDelta {
             from: self.revision,
             to: target.revision,
@@ -359,6 +371,7 @@ impl NodeView {
             peers: stable_hash(&self.peers),
             control_addrs: stable_hash(&self.control_addrs),
             mesh: stable_hash(&self.mesh),
+            scrape: stable_hash(&self.scrape),
         }
     }
 
@@ -412,6 +425,9 @@ impl NodeView {
         }
         if stable_hash(&self.mesh) != have.mesh {
             changes.push(ViewChange::SetMesh(self.mesh.clone()));
+        }
+        if stable_hash(&self.scrape) != have.scrape {
+            changes.push(ViewChange::SetScrape(self.scrape.clone()));
         }
         ViewDelta {
             from: have.revision,

@@ -133,7 +133,10 @@ async fn a_log_of_the_older_build_is_read_and_extended() {
     );
     assert_eq!(spec_at(&entries, 6), new);
     let formats = log.formats().clone();
-    assert_eq!((formats.format_at(5), formats.format_at(6)), (1, 3));
+    assert_eq!(
+        (formats.format_at(5), formats.format_at(6)),
+        (1, warren_api::older::SPEC_FORMAT)
+    );
 
     // A leader's log replaces 5 on: rewritten by this build, read in its format.
     log.truncate(log_id(2, 5)).await.expect("truncate");
@@ -188,14 +191,14 @@ async fn a_snapshot_of_format_3_is_read_and_newer_layouts_refused() {
 
     let dir = tempfile::tempdir().expect("create a temp dir");
     let (log, sm) = open(dir.path(), StoreTuning::default()).expect("open");
-    let newer = postcard::to_allocvec(&vec![(0u64, 3u32), (7, 4)]).expect("encode");
+    let newer = postcard::to_allocvec(&vec![(0u64, 4u32), (7, 5)]).expect("encode");
     log.meta.insert(KEY_LOG_FORMATS, newer).expect("insert");
     log.flush().await.expect("flush");
     drop((log, sm));
-    let error = open(dir.path(), StoreTuning::default()).expect_err("spec format 4 is refused");
+    let error = open(dir.path(), StoreTuning::default()).expect_err("spec format 5 is refused");
     assert!(
         error.to_string().contains(
-            "the raft log holds spec format 4 from index 7; this build reads spec formats 1 to 3"
+            "the raft log holds spec format 5 from index 7; this build reads spec formats 1 to 4"
         ),
         "{error}"
     );
@@ -353,4 +356,54 @@ fn a_snapshot_of_format_6_keeps_its_rollout_going() {
     assert!(rollout.batch.is_empty());
     assert_eq!(payload.state.replicas.len(), 2);
     assert_eq!(payload.state.volume_nodes.len(), 0);
+}
+
+/// `put_service(5, sample_spec_v2())` with 7 s of monitoring, as the build before metrics
+/// endpoints (spec format 3) encoded it.
+const ENTRY_V3_AT_5: &str = "0201050180d095ffbc3109037765620003027368022d63076563686f20686901046461\
+    74610002000001044d4f4445046564676501010468747470903f000000e807e0d4030000010264620264620000\
+    0001087777772d646174610000028827d8360000904e01047465616d0161";
+
+/// `SNAPSHOT_V6` as read by the build before metrics endpoints and written again by it
+/// (snapshot format 7): node `edge-7`, service `web` at version 2 with its rollout under way.
+const SNAPSHOT_V7: &str = "07010201090000000001070706656467652d3700066c6973626f6e0000000102616200\
+    0000000080d095ffbc3100010377656202037765620003027368022d63076563686f2068690104646174610002\
+    000001044d4f444505636c6f756401010468747470903f000000e807e0d40300000000000001087777772d6461\
+    7461000001882788270000904e01047465616d016101037765620003027368022d63076563686f206869010464\
+    6174610002000001044d4f4445046564676501010468747470903f000000e807e0d40300000000000001087777\
+    772d64617461000001882788270000904e01047465616d0161e8d795ffbc31d0df95ffbc310102d0df95ffbc31\
+    000000000000020377656200010377656200010702a3b991c4d4a4a6ac0100037765620002037765620002070190\
+    a081c0c0ecfbe5f1010000000000000000000a2a00001001070100000000000009";
+
+/// A spec-format-3 entry reads with no metrics endpoint and its workload hash unchanged.
+#[tokio::test]
+async fn an_entry_of_spec_format_3_is_read_without_a_metrics_endpoint() {
+    let entry = decode_entry(5, &unhex(ENTRY_V3_AT_5), 3).expect("format 3 is read");
+    let spec = spec_at(&[entry], 5);
+    let mut expected = sample_spec_v2();
+    expected.update.monitor_ms = 7_000;
+    assert_eq!(spec, expected);
+    assert_eq!(spec.metrics, None);
+    assert_eq!(
+        spec.workload_hash(),
+        0x202c_6d8a_30d6_b2d5,
+        "restarts nothing"
+    );
+}
+
+/// A format-7 snapshot reads with its services and rollout as they were, no metrics endpoint.
+#[test]
+fn a_snapshot_of_format_7_is_read_without_metrics_endpoints() {
+    let meta = Meta {
+        last_log_id: Some(log_id(2, 9)),
+        last_membership: MembershipRecord::default(),
+        snapshot_id: "2-9-1".into(),
+    };
+    let payload = decode_payload(&meta, &unhex(SNAPSHOT_V7)).expect("format 7 is read");
+    assert_eq!(payload.format, SNAPSHOT_FORMAT);
+    let record = &payload.state.services[&ServiceName::new("web").expect("valid")];
+    assert_eq!(record.current.version, 2);
+    assert_eq!(record.current.spec.metrics, None);
+    assert!(record.rollout.as_ref().is_some_and(|r| r.is_active()));
+    assert_eq!(payload.state.replicas.len(), 2);
 }

@@ -12,12 +12,13 @@
 //! | 2 | specs with `user`, `group`, `cap_add` (the view); workload records say where and as whom the workload runs |
 //! | 3 | views with the WireGuard overlay (`NodeView::mesh`; peers' next keys and endpoints) |
 //! | 4 | views with spec format 3 (health-gated rollouts: `UpdateConfig::monitor_ms`, …) |
+//! | 5 | views with spec format 4 (`ServiceSpec::metrics`) and their site's metrics endpoints (`NodeView::scrape`) |
 
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use warren_api::older::{NodeViewV1, NodeViewV2, NodeViewV3};
+use warren_api::older::{NodeViewV1, NodeViewV2, NodeViewV3, NodeViewV4};
 use warren_api::{NodeView, ReplicaId};
 
 use super::CacheIdentity;
@@ -52,12 +53,14 @@ impl Cached for NodeView {
     /// Format 1 holds specs of spec format 1: they run as root with every capability, as they
     /// did (`ServiceSpecV1`). Formats 1 and 2 hold peers without WireGuard endpoints or next
     /// keys, and no mesh settings (`NodeViewV2`). Formats 2 and 3 hold specs of spec format 2,
-    /// whose rollouts get the default gating (`ServiceSpecV2`).
+    /// whose rollouts get the default gating (`ServiceSpecV2`). Format 4 holds specs of spec
+    /// format 3 and no site metrics endpoints (`NodeViewV4`): none until control sends them.
     fn decode_older(format: u8, payload: &[u8]) -> Result<Self, postcard::Error> {
         match format {
             1 => postcard::from_bytes::<NodeViewV1>(payload).map(NodeView::from),
             2 => postcard::from_bytes::<NodeViewV2>(payload).map(NodeView::from),
-            _ => postcard::from_bytes::<NodeViewV3>(payload).map(NodeView::from),
+            3 => postcard::from_bytes::<NodeViewV3>(payload).map(NodeView::from),
+            _ => postcard::from_bytes::<NodeViewV4>(payload).map(NodeView::from),
         }
     }
 }
@@ -78,7 +81,7 @@ impl Cached for WorkloadRecord {
     /// A format-1 workload was started by an older agent: it runs as that agent did
     /// (`credentials: None`), in the directory that holds its logs (`<data dir>/workloads/
     /// <replica>`, its default working directory then).
-    /// Formats 2 and 3 hold today's layout.
+    /// Formats 2 to 4 hold today's layout.
     fn decode_older(format: u8, payload: &[u8]) -> Result<Self, postcard::Error> {
         if format >= 2 {
             return postcard::from_bytes(payload);

@@ -29,6 +29,7 @@ fn view(revision: u64, cluster: u8) -> NodeView {
         control_addrs: vec!["127.0.0.1:7101".into()],
         peers: vec![],
         mesh: None,
+        scrape: Default::default(),
     }
 }
 
@@ -162,7 +163,7 @@ async fn a_view_of_format_1_is_read_and_a_newer_format_refused() {
     cache.put_raw(VIEW_KEY, &newer).unwrap();
     let err = cache.view().unwrap_err().to_string();
     assert!(
-        err.contains("unknown format 5; this build reads 1 to 4"),
+        err.contains("unknown format 6; this build reads 1 to 5"),
         "{err}"
     );
 }
@@ -238,6 +239,44 @@ async fn a_view_of_format_3_is_read_with_default_gating() {
             ..warren_api::UpdateConfig::default()
         }
     );
+    assert_eq!(
+        web.spec.workload_hash(),
+        0x202c_6d8a_30d6_b2d5,
+        "restarts nothing"
+    );
+    assert_eq!(read.replicas, view(42, 1).replicas);
+}
+
+/// `view(42, 1)` holding service `web` (version 2: `sh -c "echo hi"` in `data` as `www-data`,
+/// two replicas updated two at a time 5 s apart with 7 s of monitoring, env MODE=edge, port
+/// http:8080, secret db, label team=a), as the build before cache format 5 stored it (header
+/// included).
+const VIEW_FORMAT_4: &str = "0413b649972a01010101010101010101010101010101010101010101010101010101010101010706656467652d\
+    3100066c6973626f6e00000000000000000000010377656202037765620003027368022d63076563686f206869\
+    0104646174610002000001044d4f4445046564676501010468747470903f000000e807e0d40300000102646202\
+    646200000001087777772d646174610000028827d8360000904e01047465616d0161000000010e3132372e302e\
+    302e313a373130310000";
+
+/// A view cached before metrics endpoints is read with no endpoint declared and no site
+/// targets, its workload hash unchanged.
+#[tokio::test]
+async fn a_view_of_format_4_is_read_without_metrics_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), CacheTuning::default()).unwrap();
+    cache
+        .claim(CacheIdentity {
+            cluster_id: [1; 32],
+            node_id: NodeId(7),
+        })
+        .await
+        .unwrap();
+    cache.put_raw(VIEW_KEY, &unhex(VIEW_FORMAT_4)).unwrap();
+    let read = cache.view().unwrap().unwrap();
+    let web = &read.services[&warren_api::ServiceName::new("web").unwrap()];
+    assert_eq!(web.version, 2);
+    assert_eq!(web.spec.update.monitor_ms, 7_000);
+    assert_eq!(web.spec.metrics, None);
+    assert_eq!(read.scrape, warren_api::scrape::ScrapeTargets::default());
     assert_eq!(
         web.spec.workload_hash(),
         0x202c_6d8a_30d6_b2d5,

@@ -128,6 +128,7 @@ fn view(services: &[Service], replicas: &[Replica]) -> NodeView {
         control_addrs: Vec::new(),
         peers: Vec::new(),
         mesh: None,
+        scrape: Default::default(),
     }
 }
 

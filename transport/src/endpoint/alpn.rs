@@ -30,7 +30,7 @@ impl Alpn {
         match self {
             // 2: log entries and snapshots carry specs with `user`, `group` and `cap_add`.
             // 3: the WireGuard registry (`SetOverlayRange`, `SetMesh`, snapshot format 5).
-            Self::Raft => b"warren-raft/4",
+            Self::Raft => b"warren-raft/5",
             Self::Agent => b"warren-agent/1",
             Self::Join => b"warren-join/1",
             Self::Renew => b"warren-renew/1",
