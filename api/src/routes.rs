@@ -110,6 +110,9 @@ pub enum Route<'a> {
     PutVolume { volume: &'a str },
     /// Removes `volume`.
     RemoveVolume { volume: &'a str },
+    /// → `[SdGroup]` ([`crate::scrape::SdGroup`]): Prometheus HTTP service discovery of
+    /// `kind` (`nodes` or `workloads`) across the cluster; `?site=` and `?role=` filter.
+    Discovery { kind: &'a str },
 }
 
 /// Every route: its value (parameters empty) and `"METHOD /template"`, which is also its
@@ -177,6 +180,7 @@ pub const TABLE: &[(Route<'static>, &str)] = &[
         Route::RemoveVolume { volume: "" },
         "DELETE /volumes/{volume}",
     ),
+    (Route::Discovery { kind: "" }, "GET /sd/{kind}"),
 ];
 
 /// Why a request matched no route.
@@ -260,7 +264,8 @@ impl<'a> Route<'a> {
             | Self::RemoveSecret { secret: value }
             | Self::PutVolume { volume: value }
             | Self::GetVolume { volume: value }
-            | Self::RemoveVolume { volume: value } => Some(value),
+            | Self::RemoveVolume { volume: value }
+            | Self::Discovery { kind: value } => Some(value),
             Self::ClusterStatus
             | Self::RotateKeys
             | Self::ListTokens

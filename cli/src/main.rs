@@ -22,6 +22,8 @@
 //! - [`secret_cmd`]: `warren secret create | ls | rm`.
 //! - [`volume_cmd`]: `warren volume create | ls | inspect | rm`.
 //! - [`image_cmd`]: `warren image load`, images into this box's containerd without a registry.
+//! - [`prometheus_cmd`]: `warren prometheus config`, a site's or the centre's Prometheus
+//!   configuration filled in from the node registry, with the shipped rules.
 //! - [`apply`]: `warren apply -f`: YAML documents (Service, Secret, Volume) parsed, validated
 //!   and written in order.
 //! - [`table`]: aligned text tables for the read commands.
@@ -54,6 +56,7 @@ mod logs_cmd;
 mod output;
 #[cfg(test)]
 mod prerequisites;
+mod prometheus_cmd;
 mod secret_cmd;
 mod service_cmd;
 mod table;
@@ -205,6 +208,13 @@ enum Command {
         warren volume inspect data -o json\n  \
         warren volume rm data")]
     Volume(volume_cmd::VolumeArgs),
+
+    /// Prometheus across sites: the configuration of a site's Prometheus or of the central one,
+    /// filled in with the cluster's addresses, and the alert rules it loads.
+    #[command(after_help = "Examples:\n  \
+        warren prometheus config --site lisbon --out /etc/prometheus\n  \
+        warren prometheus config --central --federate lisbon=10.1.0.2:9090 --out /etc/prometheus")]
+    Prometheus(prometheus_cmd::PrometheusArgs),
 
     /// Images on this box (containerd nodes): load an OCI image tarball without a registry.
     #[command(after_help = "Example:\n  warren image load busybox.tar")]
@@ -388,6 +398,9 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Volume(args) => admin(&args.client, &top, |client| async move {
             volume_cmd::run(&client, format, args.command).await
+        }),
+        Command::Prometheus(args) => admin(&args.client, &top, |client| async move {
+            prometheus_cmd::run(&client, args.command).await
         }),
         Command::Apply(args) => {
             // Parse and validate everything before contacting anyone.

@@ -150,6 +150,7 @@ impl Api {
             Route::GetVolume { volume } => self.get_volume(volume, stale).await,
             Route::PutVolume { volume } => self.put_volume(volume, read_json(request).await?).await,
             Route::RemoveVolume { volume } => self.remove_volume(volume).await,
+            Route::Discovery { kind } => self.discovery(kind, request.uri().query(), stale).await,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use hyper::StatusCode;
 use warren_api::rest::{AgentLinkInfo, MemberContact, MeshInfo, NodeInfo, WriteResult};
+use warren_api::scrape::SdFilter;
 use warren_api::{Availability, NodeId, NodeState};
 
 use super::respond::{ApiResult, json, ok, written};
@@ -63,6 +64,26 @@ impl Api {
                 .then(|| contacts.get(&node.id.0).cloned())
                 .flatten(),
             mesh: mesh_info(state, node.id),
+        }
+    }
+
+    /// Prometheus HTTP service discovery of `kind` (`nodes` or `workloads`), the same document
+    /// the metrics listener serves at `/sd/{kind}` (see [`crate::catalogue::scrape_targets`]).
+    pub(super) async fn discovery(
+        &self,
+        kind: &str,
+        query: Option<&str>,
+        stale: bool,
+    ) -> ApiResult {
+        let filter = SdFilter::from_query(query.unwrap_or_default()).map_err(ApiError::Invalid)?;
+        let state = self.read(stale).await?;
+        let targets = crate::catalogue::scrape_targets(&state, filter.site.as_deref());
+        match kind {
+            "nodes" => ok(&targets.node_groups(&filter)),
+            "workloads" => ok(&targets.workload_groups(&filter)),
+            other => Err(ApiError::NotFound(format!(
+                "no discovery of {other:?}: ask for nodes or workloads"
+            ))),
         }
     }
 
