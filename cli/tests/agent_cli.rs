@@ -178,7 +178,7 @@ fn agent_join_run_status_and_removal() {
         })
     });
     assert_eq!(running_pids(&adopted), vec![pid], "{adopted}");
-    // Its metrics say the same, labelled with node and site.
+    // Its metrics say the same, labelled with node (the name), node_id and site.
     let metrics_addr = adopted["metrics_addr"].as_str().unwrap().to_owned();
     let metrics = http_get(&metrics_addr, "/metrics");
     assert!(
@@ -189,10 +189,20 @@ fn agent_join_run_status_and_removal() {
         metrics
             .lines()
             .any(|l| l.starts_with("warren_agent_link_up{")
-                && l.contains(&format!("node=\"{node_id}\""))
+                && l.contains("node=\"edge-1\"")
+                && l.contains(&format!("node_id=\"{node_id}\""))
                 && l.contains("site=\"lisbon\"")
                 && l.ends_with(" 1")),
-        "link up, labelled with node and site, in {metrics}"
+        "link up, labelled with node, node_id and site, in {metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("warren_agent_service_workloads{")
+                && l.contains("service=\"web\"")
+                && l.contains("state=\"running\"")
+                && l.ends_with(" 1")),
+        "web's running workload in {metrics}"
     );
     assert!(
         metrics.lines().any(
