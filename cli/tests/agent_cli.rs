@@ -6,8 +6,8 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    Foreground, READY_TIMEOUT, agent_status, alive, command, control_init, ok, running_pids,
-    wait_until,
+    Foreground, READY_TIMEOUT, agent_status, alive, command, control_init, http_get, ok,
+    running_pids, wait_until,
 };
 
 /// `agent join` and `agent run` read the test-only self-check knob: a value other than 1 or 0
@@ -334,18 +334,4 @@ fn point_agent_at(agent_dir: &std::path::Path, addr: &str) {
         view.control_addrs = vec![addr.to_owned()];
         cache.store_view(&view).await.unwrap();
     });
-}
-
-/// A plain `GET` over TCP; returns the whole response.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    out
 }
