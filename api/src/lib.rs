@@ -6,6 +6,7 @@
 //! with serde_json at the HTTP API.
 //!
 //! # Modules
+//! - [`build_info`]: this build's version, commit and target.
 //! - [`clock`]: the wall clock every crate reads (`unix_now`, `unix_now_ms`); nothing in `api`
 //!   itself calls it.
 //! - [`ids`]: [`NodeId`], [`Revision`], [`ServiceName`], [`ReplicaId`] / [`ReplicaKey`].
@@ -41,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+pub mod build_info;
 pub mod clock;
 pub mod duration;
 pub mod event;

@@ -76,11 +76,25 @@ pub enum ControlCommand {
     /// Restart a control node from its data dir, then serve.
     ///
     /// It listens where `init` or `join` said (API, QUIC, metrics, gossip: recorded in
-    /// <data-dir>/node.json); to change those, create the node again.
+    /// <data-dir>/node.json). --metrics moves the metrics listener, or turns it on or off, and
+    /// the node keeps the new setting for later runs; to change the others, create the node
+    /// again.
+    #[command(after_help = "Examples:\n  \
+        warren control run --data-dir /var/lib/warren\n  \
+        # Let the site's Prometheus scrape this node from now on (kept for later runs):\n  \
+        warren control run --data-dir /var/lib/warren --metrics 10.0.0.5:9090\n  \
+        # Stop serving metrics, /health and /ready (kept too):\n  \
+        warren control run --data-dir /var/lib/warren --metrics none")]
     Run {
         /// Where the node's files are.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Plain-HTTP /metrics, /health and /ready listen address, or `none` for no listener.
+        /// Unauthenticated: give an address only your Prometheus reaches. Kept in
+        /// <data-dir>/node.json for later runs. [default: what init, join or the last run with
+        /// --metrics said]
+        #[arg(long, value_name = "ADDR|none")]
+        metrics: Option<String>,
         #[command(flatten)]
         wireguard: WireguardArgs,
     },
@@ -239,9 +253,13 @@ pub fn run(args: ControlArgs) -> Result<()> {
             }
             ControlCommand::Run {
                 data_dir,
+                metrics,
                 wireguard,
             } => {
                 let overlay = wireguard.settings_at_run(&data_dir)?;
+                if let Some(metrics) = metrics {
+                    keep_metrics_listen(&data_dir, &metrics)?;
+                }
                 let node = ControlNode::run(&data_dir, ControlConfig::default())
                     .await
                     .with_context(|| format!("start the control node in {}", data_dir.display()))?;
@@ -429,6 +447,23 @@ fn parse_gossip(text: &str) -> Result<Option<SocketAddr>> {
     text.parse()
         .map(Some)
         .map_err(|_| anyhow!("--gossip: expected IP:PORT or none, got {text:?}"))
+}
+
+/// Records `--metrics` (an address or `none`) in the node's data dir before it starts, for
+/// this run and the later ones.
+fn keep_metrics_listen(data_dir: &std::path::Path, metrics: &str) -> Result<()> {
+    let listen = parse_metrics(metrics)?;
+    let before = ControlNode::keep_metrics_listen(data_dir, listen)
+        .with_context(|| format!("keep --metrics {metrics} in {}", data_dir.display()))?;
+    if before != listen {
+        let shown = |addr: Option<SocketAddr>| addr.map_or("none".to_owned(), |a| a.to_string());
+        tracing::info!(
+            before = %shown(before),
+            now = %shown(listen),
+            "metrics listener moved; kept for later runs"
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_metrics(text: &str) -> Result<Option<SocketAddr>> {

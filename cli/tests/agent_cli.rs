@@ -6,8 +6,8 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    Foreground, READY_TIMEOUT, agent_status, alive, command, control_init, ok, running_pids,
-    wait_until,
+    Foreground, READY_TIMEOUT, agent_status, alive, command, control_init, http_get, ok,
+    running_pids, wait_until,
 };
 
 /// `agent join` and `agent run` read the test-only self-check knob: a value other than 1 or 0
@@ -178,7 +178,7 @@ fn agent_join_run_status_and_removal() {
         })
     });
     assert_eq!(running_pids(&adopted), vec![pid], "{adopted}");
-    // Its metrics say the same, labelled with node and site.
+    // Its metrics say the same, labelled with node (the name), node_id and site.
     let metrics_addr = adopted["metrics_addr"].as_str().unwrap().to_owned();
     let metrics = http_get(&metrics_addr, "/metrics");
     assert!(
@@ -189,10 +189,20 @@ fn agent_join_run_status_and_removal() {
         metrics
             .lines()
             .any(|l| l.starts_with("warren_agent_link_up{")
-                && l.contains(&format!("node=\"{node_id}\""))
+                && l.contains("node=\"edge-1\"")
+                && l.contains(&format!("node_id=\"{node_id}\""))
                 && l.contains("site=\"lisbon\"")
                 && l.ends_with(" 1")),
-        "link up, labelled with node and site, in {metrics}"
+        "link up, labelled with node, node_id and site, in {metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("warren_agent_service_workloads{")
+                && l.contains("service=\"web\"")
+                && l.contains("state=\"running\"")
+                && l.ends_with(" 1")),
+        "web's running workload in {metrics}"
     );
     assert!(
         metrics.lines().any(
@@ -324,18 +334,4 @@ fn point_agent_at(agent_dir: &std::path::Path, addr: &str) {
         view.control_addrs = vec![addr.to_owned()];
         cache.store_view(&view).await.unwrap();
     });
-}
-
-/// A plain `GET` over TCP; returns the whole response.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    out
 }

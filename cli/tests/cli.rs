@@ -5,7 +5,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Foreground, command, ok};
+use common::{Foreground, command, http_get, ok};
 
 fn warren(args: &[&str]) -> Output {
     command().args(args).output().expect("run warren")
@@ -52,6 +52,11 @@ impl ControlProcess {
     /// `warren control run` from an existing data dir.
     fn run(data_dir: &Path) -> Self {
         Self::spawn(data_dir, &["run"])
+    }
+
+    /// `warren control run --metrics METRICS` from an existing data dir.
+    fn run_with_metrics(data_dir: &Path, metrics: &str) -> Self {
+        Self::spawn(data_dir, &["run", "--metrics", metrics])
     }
 
     fn spawn(data_dir: &Path, args: &[&str]) -> Self {
@@ -244,6 +249,65 @@ fn control_init_then_operate_the_cluster() {
     assert!(
         listed.contains("\nweb ") && listed.contains("\napi "),
         "{listed}"
+    );
+}
+
+/// `control run --metrics` moves the metrics listener (or turns it off with `none`), and a
+/// later `control run` without the flag listens where the last one said: the setting is kept.
+#[test]
+fn control_run_moves_the_metrics_listener_and_keeps_it() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let data_dir = scratch.path().join("d");
+    let mut node = ControlProcess::init(&data_dir);
+    assert!(node.terminate().success());
+    drop(node);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let metrics = free.local_addr().expect("bound").to_string();
+    drop(free);
+    let serves_metrics = |addr: &str| {
+        std::net::TcpStream::connect(addr).is_ok() && {
+            let scraped = http_get(addr, "/metrics");
+            scraped.starts_with("HTTP/1.1 200")
+                && scraped
+                    .lines()
+                    .any(|l| l.starts_with("warren_build_info{") && l.contains("node=\"ops-1\""))
+        }
+    };
+    assert!(!serves_metrics(&metrics), "nothing listens there yet");
+
+    // Turned on (init said none), then kept by a run without the flag.
+    for run in [Some(metrics.as_str()), None] {
+        let mut node = match run {
+            Some(addr) => ControlProcess::run_with_metrics(&data_dir, addr),
+            None => ControlProcess::run(&data_dir),
+        };
+        assert!(serves_metrics(&metrics), "metrics on {metrics} ({run:?})");
+        assert!(node.terminate().success());
+    }
+
+    // Turned off, and kept off.
+    for run in [Some("none"), None] {
+        let mut node = match run {
+            Some(addr) => ControlProcess::run_with_metrics(&data_dir, addr),
+            None => ControlProcess::run(&data_dir),
+        };
+        assert!(!serves_metrics(&metrics), "no metrics listener ({run:?})");
+        assert!(node.terminate().success());
+    }
+
+    let refused = warren(&[
+        "control",
+        "run",
+        "--data-dir",
+        data_dir.to_str().expect("UTF-8 path"),
+        "--metrics",
+        "localhost",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--metrics: expected IP:PORT or none"),
+        "{}",
+        stderr(&refused)
     );
 }
 

@@ -1,6 +1,16 @@
 //! The control node's Prometheus metrics and its plain-HTTP metrics listener (`/metrics`,
 //! `/health`, `/ready`). Names follow `warren_<area>_<noun>_<unit>`; label sets are bounded
-//! (routes are patterns, codes are HTTP statuses).
+//! (routes are patterns, codes are HTTP statuses, services and agents are the cluster's).
+//!
+//! Every series carries `node` (the name), `node_id` and `site` (the registry's constant
+//! labels, [`warren_transport::node_metrics`], which also brings build info, process metrics
+//! and certificate expiry). Gauges that mirror Raft, the state and the agents' links are set at
+//! each scrape ([`ControlMetrics::refresh`]):
+//! - `raft`: Raft beyond term and leadership, and the count of leader changes;
+//! - `fleet`: replicas per service and each agent's link and readiness.
+
+mod fleet;
+mod raft;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +24,8 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warren_api::clock::unix_now_ms;
+use warren_transport::node_metrics::NodeLabels;
 use warren_transport::plain_http::{self, Answer, Handler, Request};
 
 use crate::control::Control;
@@ -64,14 +76,23 @@ pub struct ControlMetrics {
     pub cluster_key_missing: IntGauge,
     /// Cluster key rotations this node led, by result (`ok`, `failed`).
     pub cluster_key_rotations_total: IntCounterVec,
+    /// The other Raft series.
+    raft: raft::RaftSeries,
+    /// Per service and per agent.
+    fleet: fleet::FleetSeries,
 }
 
 impl ControlMetrics {
-    /// Creates and registers every metric in a fresh registry.
-    pub fn new() -> Self {
-        let registry = Registry::new();
+    /// Creates and registers every metric in a fresh registry labelled with the node's name,
+    /// id and site.
+    pub fn new(labels: &NodeLabels) -> Self {
+        let registry = labels.registry();
         let m = Registrar(&registry);
+        let (cluster_key_generation, cluster_key_missing, cluster_key_rotations_total) =
+            cluster_key_metrics(&m);
         Self {
+            raft: raft::RaftSeries::register(&m),
+            fleet: fleet::FleetSeries::register(&m),
             api_requests_total: m.counter_vec(
                 "warren_api_requests_total",
                 "API requests by route and status code.",
@@ -110,19 +131,9 @@ impl ControlMetrics {
                 "Control-plane membership changes led by this node, by change and result.",
                 &["change", "result"],
             ),
-            cluster_key_rotations_total: m.counter_vec(
-                "warren_control_cluster_key_rotations_total",
-                "Cluster key rotations led by this node, by result.",
-                &["result"],
-            ),
-            cluster_key_generation: m.gauge(
-                "warren_control_cluster_key_generation",
-                "The cluster key generation in force.",
-            ),
-            cluster_key_missing: m.gauge(
-                "warren_control_cluster_key_missing",
-                "1 while this node does not hold the cluster key generation in force.",
-            ),
+            cluster_key_generation,
+            cluster_key_missing,
+            cluster_key_rotations_total,
             raft_term: m.gauge("warren_raft_term", "Current Raft term."),
             raft_is_leader: m.gauge(
                 "warren_raft_is_leader",
@@ -173,15 +184,41 @@ impl ControlMetrics {
         String::from_utf8(out).expect("text exposition is UTF-8")
     }
 
-    /// Refreshes the gauges that mirror Raft and the state.
+    /// The histogram the state machine's apply time goes into.
+    pub fn raft_apply_duration_seconds(&self) -> &Histogram {
+        &self.raft.apply_duration_seconds
+    }
+
+    /// Counts leader changes as `control`'s Raft reports them, until `cancel` fires.
+    pub(crate) fn spawn_leader_change_count(
+        &self,
+        control: &Control,
+        cancel: CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        tasks.spawn(raft::count_leader_changes(
+            control.raft().metrics(),
+            self.raft.leader_changes_total.clone(),
+            cancel,
+        ));
+    }
+
+    /// Refreshes the gauges that mirror Raft, the state and the agents' links: cheap enough
+    /// for every scrape (one pass over the state's services, nodes and replicas and over this
+    /// node's book, nothing copied but the figures).
     pub async fn refresh(&self, control: &Control) {
         let raft = control.raft().metrics().borrow().clone();
+        let is_leader = raft.current_leader == Some(control.id());
         self.raft_term.set(raft.current_term as i64);
-        self.raft_is_leader
-            .set(i64::from(raft.current_leader == Some(control.id())));
+        self.raft_is_leader.set(i64::from(is_leader));
         self.raft_applied_index
             .set(raft.last_applied.map(|l| l.index as i64).unwrap_or(0));
+        self.raft.refresh(&raft, control.id());
         let state = control.read_stale().await;
+        let fleet = control
+            .agents()
+            .with_reports(|reports| fleet::figures(&state, reports, is_leader, unix_now_ms()));
+        self.fleet.set(&fleet);
         self.scheduler_replicas.set(state.replicas.len() as i64);
         self.scheduler_unschedulable_replicas
             .set(state.unschedulable.values().map(|&n| i64::from(n)).sum());
@@ -193,6 +230,26 @@ impl ControlMetrics {
             .is_some_and(|keys| keys.get(generation).is_some());
         self.cluster_key_missing.set(i64::from(!held));
     }
+}
+
+/// The cluster key's generation in force, whether this node misses it, and the rotations it
+/// led.
+fn cluster_key_metrics(m: &Registrar<'_>) -> (IntGauge, IntGauge, IntCounterVec) {
+    (
+        m.gauge(
+            "warren_control_cluster_key_generation",
+            "The cluster key generation in force.",
+        ),
+        m.gauge(
+            "warren_control_cluster_key_missing",
+            "1 while this node does not hold the cluster key generation in force.",
+        ),
+        m.counter_vec(
+            "warren_control_cluster_key_rotations_total",
+            "Cluster key rotations led by this node, by result.",
+            &["result"],
+        ),
+    )
 }
 
 /// Latency histogram buckets, seconds: 0.5 ms to 5 s.
@@ -234,12 +291,6 @@ impl Registrar<'_> {
     fn latency_by(&self, name: &str, help: &str, label: &str) -> HistogramVec {
         let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
         self.registered(HistogramVec::new(opts, &[label]).expect("valid metric"))
-    }
-}
-
-impl Default for ControlMetrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -330,6 +330,19 @@ impl StatusBook {
             .remove(&node);
     }
 
+    /// Calls `f` with every agent's report, borrowed: nothing is copied (the metrics read
+    /// the book at each scrape). The book is locked meanwhile, so `f` must be quick.
+    pub fn with_reports<R>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = &AgentReport>) -> R,
+    ) -> R {
+        let agents = self
+            .agents
+            .lock()
+            .expect("status book lock is not poisoned");
+        f(&mut agents.values().map(|e| &e.report))
+    }
+
     /// Every agent's report; `full = false` leaves out replicas and events.
     pub fn snapshot(&self, full: bool) -> Vec<AgentReport> {
         let agents = self

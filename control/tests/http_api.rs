@@ -180,7 +180,10 @@ async fn admin_manages_services_over_tls_with_clear_errors() {
     // Metrics count the requests.
     let metrics = node.metrics().render();
     assert!(
-        metrics.contains("warren_api_requests_total{code=\"201\",route=\"POST /services\"} 1"),
+        metrics.lines().any(|l| l
+            .starts_with("warren_api_requests_total{code=\"201\",route=\"POST /services\",")
+            && l.contains("node=\"c1\"")
+            && l.ends_with(" 1")),
         "{metrics}"
     );
     node.shutdown().await;

@@ -1,14 +1,16 @@
 //! The agent's Prometheus metrics and its plain-HTTP listener (`/metrics`, `/health`,
 //! `/ready`).
 //!
-//! Every series carries `node` and `site` labels (constant labels on the registry), so a
-//! site-level Prometheus can federate to a central one without relabelling (docs/design.md §8).
+//! Every series carries `node` (the name), `node_id` and `site` labels (constant labels on the
+//! registry, [`warren_transport::node_metrics`], which also adds build info, process metrics and
+//! the certificate's expiry), so a site-level Prometheus can federate to a central one without
+//! relabelling (docs/design.md §8).
 //! Gauges that mirror state are refreshed at scrape time from the link status, the reporter and
 //! the cache; counters are bumped where things happen.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hyper::StatusCode;
 use prometheus::{
@@ -18,7 +20,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_api::clock::unix_now_ms;
-use warren_api::{EventKind, HealthState, NodeId, NodeView, TaskState};
+use warren_api::{Event, EventKind, HealthState, NodeView, TaskState};
+use warren_transport::node_metrics::NodeLabels;
 use warren_transport::plain_http::{self, Answer, Handler, Request};
 
 use crate::cache::Cache;
@@ -66,6 +69,14 @@ pub struct AgentMetrics {
     pub events_total: IntCounterVec,
     /// Restarts done by the restart policy.
     pub workload_restarts_total: IntCounter,
+    /// Workloads by service and state after the last reconcile pass.
+    pub service_workloads: IntGaugeVec,
+    /// Restarts done by the restart policy, by service.
+    pub service_restarts_total: IntCounterVec,
+    /// The `(service, state)` series of [`AgentMetrics::service_workloads`] set by the last
+    /// pass, and the services given a restart series: what the next pass removes when its
+    /// service is gone.
+    service_series: Arc<Mutex<ServiceSeries>>,
     /// Events waiting to go up.
     pub events_buffered: IntGauge,
     /// Size of the cache on disk, bytes.
@@ -74,6 +85,13 @@ pub struct AgentMetrics {
     pub cache_corrupt_total: IntCounter,
     /// Reconcile passes.
     pub reconcile_passes_total: IntCounter,
+}
+
+/// The per-service series set so far ([`AgentMetrics::set_workloads`]).
+#[derive(Debug, Default)]
+struct ServiceSeries {
+    workloads: BTreeSet<(String, &'static str)>,
+    restarts: BTreeSet<String>,
 }
 
 /// Makes metrics and registers each in one registry. Names and help texts are literals, so
@@ -103,6 +121,10 @@ impl Registrar<'_> {
     fn counter_vec(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
         self.metric(IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
     }
+
+    fn gauge_vec2(&self, name: &str, help: &str, labels: [&str; 2]) -> IntGaugeVec {
+        self.metric(IntGaugeVec::new(Opts::new(name, help), &labels).expect("valid metric"))
+    }
 }
 
 /// Failed attempts to reach control, with every reason's series there from the start (at 0).
@@ -124,14 +146,10 @@ impl AgentMetrics {
         &self.registry
     }
 
-    /// Creates every metric in a fresh registry labelled with `node` and `site`.
-    pub fn new(node: NodeId, site: &str) -> Self {
-        let labels: HashMap<String, String> = [
-            ("node".to_owned(), node.to_string()),
-            ("site".to_owned(), site.to_owned()),
-        ]
-        .into();
-        let registry = Registry::new_custom(None, Some(labels)).expect("constant labels are valid");
+    /// Creates every metric in a fresh registry labelled with `node` (name), `node_id` and
+    /// `site`, holding build info and process metrics too.
+    pub fn new(labels: &NodeLabels) -> Self {
+        let registry = labels.registry();
         let add = Registrar(&registry);
         AgentMetrics {
             revision: add.gauge("warren_agent_revision", "Revision of the cached view."),
@@ -179,6 +197,17 @@ impl AgentMetrics {
                 "warren_agent_workload_restarts_total",
                 "Workloads restarted by their restart policy (exits and failed health checks).",
             ),
+            service_workloads: add.gauge_vec2(
+                "warren_agent_service_workloads",
+                "Workloads by service and state after the last reconcile pass; the running series is there (at 0) for every service this node should run.",
+                ["service", "state"],
+            ),
+            service_restarts_total: add.counter_vec(
+                "warren_agent_service_restarts_total",
+                "Workloads restarted by their restart policy, by service.",
+                "service",
+            ),
+            service_series: Arc::default(),
             events_buffered: add.gauge(
                 "warren_agent_events_buffered",
                 "Events waiting to be reported to control.",
@@ -199,21 +228,73 @@ impl AgentMetrics {
         }
     }
 
-    /// Counts events by kind (and restarts).
-    pub fn count_events(&self, kinds: impl IntoIterator<Item = EventKind>) {
-        for kind in kinds {
-            self.events_total.with_label_values(&[kind.as_str()]).inc();
-            if kind == EventKind::Restarted {
+    /// Counts events by kind (and restarts, by service).
+    pub fn count_events(&self, events: &[Event]) {
+        for event in events {
+            self.events_total
+                .with_label_values(&[event.kind.as_str()])
+                .inc();
+            if event.kind == EventKind::Restarted {
                 self.workload_restarts_total.inc();
+                if let Some(replica) = &event.replica {
+                    self.service_restarts_total
+                        .with_label_values(&[replica.service.as_str()])
+                        .inc();
+                }
             }
         }
     }
 
-    /// Sets the workload gauges from one pass's states and health results.
-    pub fn set_workloads(
+    /// Sets the workload gauges from one pass's workloads (service, state, health), and the
+    /// per-service ones for `services`, the services this node should run: their `running`
+    /// series is there at 0 when none runs. A service neither wanted nor found loses its
+    /// series (removed one by one, not reset: a scrape meanwhile sees no gap).
+    pub fn set_workloads<'a>(
         &self,
-        states: impl IntoIterator<Item = (TaskState, HealthState)>,
+        workloads: &[(&'a str, TaskState, HealthState)],
+        services: impl IntoIterator<Item = &'a str>,
     ) -> &Self {
+        self.set_node_workloads(workloads.iter().map(|&(_, state, health)| (state, health)));
+        let mut by_service: BTreeMap<(String, &'static str), i64> = services
+            .into_iter()
+            .map(|service| ((service.to_owned(), TaskState::Running.as_str()), 0))
+            .collect();
+        for &(service, state, _) in workloads {
+            *by_service
+                .entry((service.to_owned(), state.as_str()))
+                .or_default() += 1;
+        }
+        let mut series = self
+            .service_series
+            .lock()
+            .expect("service series lock is not poisoned");
+        for (service, state) in &series.workloads {
+            if !by_service.contains_key(&(service.clone(), state)) {
+                let _ = self
+                    .service_workloads
+                    .remove_label_values(&[service.as_str(), state]);
+            }
+        }
+        for ((service, state), n) in &by_service {
+            self.service_workloads
+                .with_label_values(&[service.as_str(), state])
+                .set(*n);
+        }
+        let services: BTreeSet<String> = by_service.keys().map(|(s, _)| s.clone()).collect();
+        for gone in series.restarts.difference(&services) {
+            let _ = self.service_restarts_total.remove_label_values(&[gone]);
+        }
+        for service in &services {
+            // Created at 0, so that the first restart is an increase Prometheus sees.
+            self.service_restarts_total.with_label_values(&[service]);
+        }
+        series.restarts = services;
+        series.workloads = by_service.into_keys().collect();
+        self
+    }
+
+    /// Sets the per-node workload gauges from one pass's states and health results.
+    fn set_node_workloads(&self, states: impl IntoIterator<Item = (TaskState, HealthState)>) {
         let mut by_state: BTreeMap<&'static str, i64> =
             TASK_STATES.iter().map(|s| (s.as_str(), 0)).collect();
         let mut by_health: BTreeMap<&'static str, i64> = [
@@ -234,7 +315,6 @@ impl AgentMetrics {
         for (health, n) in by_health {
             self.workload_health.with_label_values(&[health]).set(n);
         }
-        self
     }
 
     /// Refreshes the gauges that mirror the link, the event buffer and the cache.
@@ -325,37 +405,138 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use warren_api::{NodeId, ReplicaId, ServiceName};
+
     use super::*;
+
+    fn labels() -> NodeLabels {
+        NodeLabels {
+            name: "edge-a".into(),
+            node_id: NodeId(0xab),
+            site: "lisbon".into(),
+        }
+    }
+
+    fn restarted(service: &str) -> Event {
+        Event {
+            at_ms: 1,
+            replica: Some(ReplicaId::replicated(
+                ServiceName::new(service).expect("valid name"),
+                1,
+            )),
+            kind: EventKind::Restarted,
+            message: "restarted".into(),
+        }
+    }
+
+    /// Whether `text` has a line that starts with `prefix`, carries the node's three labels
+    /// and ends with `value`.
+    fn has_line(text: &str, prefix: &str, value: &str) -> bool {
+        let node_id = format!("node_id=\"{}\"", NodeId(0xab));
+        text.lines().any(|l| {
+            l.starts_with(prefix)
+                && l.contains("node=\"edge-a\"")
+                && l.contains(&node_id)
+                && l.contains("site=\"lisbon\"")
+                && l.ends_with(value)
+        })
+    }
 
     #[test]
     fn series_carry_node_and_site_and_states_are_zero_filled() {
-        let metrics = AgentMetrics::new(NodeId(0xab), "lisbon");
-        metrics.set_workloads([(TaskState::Running, HealthState::Healthy)]);
-        metrics.count_events([EventKind::Restarted, EventKind::Started]);
+        let metrics = AgentMetrics::new(&labels());
+        metrics.set_workloads(
+            &[("web", TaskState::Running, HealthState::Healthy)],
+            ["web"],
+        );
+        metrics.count_events(&[
+            restarted("web"),
+            Event {
+                kind: EventKind::Started,
+                ..restarted("web")
+            },
+        ]);
         let text = metrics.render();
-        let node = NodeId(0xab).to_string();
-        let line = |prefix: &str, value: &str| {
+        let line = |prefix: &str, value: &str| has_line(&text, prefix, value);
+        assert!(line("warren_agent_workloads{", " 1"), "{text}");
+        assert!(text.contains("warren_agent_workloads{") && text.contains("state=\"failed\""));
+        assert!(
+            line("warren_agent_workload_restarts_total{", " 1"),
+            "{text}"
+        );
+        assert!(line("warren_agent_workload_health{", " 1"), "{text}");
+        assert!(line("warren_build_info{", " 1"), "{text}");
+        assert!(line("process_start_time_seconds{", ""), "{text}");
+    }
+
+    #[test]
+    fn service_series_follow_the_services_the_node_runs() {
+        let metrics = AgentMetrics::new(&labels());
+        let series = |text: &str, prefix: &str, labels: &[&str], value: &str| {
             text.lines().any(|l| {
                 l.starts_with(prefix)
-                    && l.contains(&format!("node=\"{node}\""))
-                    && l.contains("site=\"lisbon\"")
+                    && labels.iter().all(|label| l.contains(label))
                     && l.ends_with(value)
             })
         };
+        metrics.set_workloads(
+            &[
+                ("web", TaskState::Running, HealthState::Healthy),
+                ("web", TaskState::Failed, HealthState::Unknown),
+            ],
+            ["web", "db"],
+        );
+        metrics.count_events(&[restarted("web"), restarted("web")]);
+        let text = metrics.render();
+        let workloads = "warren_agent_service_workloads{";
+        let restarts = "warren_agent_service_restarts_total{";
+        assert!(has_line(&text, workloads, ""), "{text}");
         assert!(
-            line("warren_agent_workloads{state=\"running\"", " 1"),
+            series(
+                &text,
+                workloads,
+                &["service=\"web\"", "state=\"running\""],
+                " 1"
+            ),
             "{text}"
         );
         assert!(
-            line("warren_agent_workloads{state=\"failed\"", " 0"),
+            series(
+                &text,
+                workloads,
+                &["service=\"web\"", "state=\"failed\""],
+                " 1"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("warren_agent_workload_restarts_total{"),
+            series(
+                &text,
+                workloads,
+                &["service=\"db\"", "state=\"running\""],
+                " 0"
+            ),
+            "a wanted service shows 0 running: {text}"
+        );
+        assert!(
+            series(&text, restarts, &["service=\"web\""], " 2"),
+            "{text}"
+        );
+        assert!(series(&text, restarts, &["service=\"db\""], " 0"), "{text}");
+
+        // `db` goes away and `web` stops failing: their series go.
+        metrics.set_workloads(
+            &[("web", TaskState::Running, HealthState::Healthy)],
+            ["web"],
+        );
+        let text = metrics.render();
+        assert!(!text.contains("service=\"db\""), "{text}");
+        assert!(
+            !series(&text, workloads, &["state=\"failed\""], ""),
             "{text}"
         );
         assert!(
-            line("warren_agent_workload_health{health=\"healthy\"", " 1"),
+            series(&text, restarts, &["service=\"web\""], " 2"),
             "{text}"
         );
     }

@@ -19,9 +19,10 @@ pub mod peers;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntGauge, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -201,11 +202,28 @@ pub struct OverlayMetrics {
     up: IntGauge,
     peers: IntGauge,
     peers_up: IntGauge,
-    handshakes: IntGauge,
-    rx_bytes: IntGauge,
-    tx_bytes: IntGauge,
+    handshakes: FollowedCounter,
+    rx_bytes: FollowedCounter,
+    tx_bytes: FollowedCounter,
     last_handshake_age: IntGauge,
-    invalid_packets: IntGauge,
+    invalid_packets: FollowedCounter,
+}
+
+/// A counter that follows a running total read from elsewhere (the WireGuard device's sums
+/// over its current peers), advancing by what the total grew since the last reading. The
+/// total falls when a peer leaves or the device restarts; the counter does not (a Prometheus
+/// counter never goes down), and counts the growth from the new, lower total on.
+#[derive(Clone, Debug)]
+struct FollowedCounter {
+    counter: IntCounter,
+    last_total: Arc<AtomicU64>,
+}
+
+impl FollowedCounter {
+    fn follow(&self, total: u64) {
+        let last = self.last_total.swap(total, Ordering::Relaxed);
+        self.counter.inc_by(total.saturating_sub(last));
+    }
 }
 
 impl OverlayMetrics {
@@ -221,6 +239,16 @@ impl OverlayMetrics {
                 .expect("registered once");
             g
         };
+        let counter = |name: &str, help: &str| {
+            let counter = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("registered once");
+            FollowedCounter {
+                counter,
+                last_total: Arc::default(),
+            }
+        };
         OverlayMetrics {
             up: gauge(
                 "warren_wg_up",
@@ -231,23 +259,23 @@ impl OverlayMetrics {
                 "warren_wg_peers_up",
                 "WireGuard peers with a handshake in the last 3 minutes.",
             ),
-            handshakes: gauge(
+            handshakes: counter(
                 "warren_wg_handshakes_total",
-                "WireGuard handshakes completed with current peers since the device started.",
+                "WireGuard handshakes completed since this process started.",
             ),
-            rx_bytes: gauge(
+            rx_bytes: counter(
                 "warren_wg_received_bytes_total",
-                "Bytes received through the overlay from current peers since the device started.",
+                "Bytes received through the overlay since this process started.",
             ),
-            tx_bytes: gauge(
+            tx_bytes: counter(
                 "warren_wg_sent_bytes_total",
-                "Bytes sent through the overlay to current peers since the device started.",
+                "Bytes sent through the overlay since this process started.",
             ),
             last_handshake_age: gauge(
                 "warren_wg_oldest_handshake_age_seconds",
                 "Age of the oldest last handshake among peers that ever completed one.",
             ),
-            invalid_packets: gauge(
+            invalid_packets: counter(
                 "warren_wg_invalid_packets_total",
                 "Datagrams dropped as invalid: garbage, unknown keys, replays, spoofed sources.",
             ),
@@ -543,12 +571,10 @@ impl Running {
         metrics.peers_up.set(fresh as i64);
         let sum =
             |f: fn(&warren_wireguard::PeerStats) -> u64| stats.peers.iter().map(f).sum::<u64>();
-        metrics
-            .handshakes
-            .set(sum(|p| p.handshakes_completed) as i64);
-        metrics.rx_bytes.set(sum(|p| p.rx_bytes) as i64);
-        metrics.tx_bytes.set(sum(|p| p.tx_bytes) as i64);
-        metrics.invalid_packets.set(stats.invalid_packets as i64);
+        metrics.handshakes.follow(sum(|p| p.handshakes_completed));
+        metrics.rx_bytes.follow(sum(|p| p.rx_bytes));
+        metrics.tx_bytes.follow(sum(|p| p.tx_bytes));
+        metrics.invalid_packets.follow(stats.invalid_packets);
         let oldest = stats
             .peers
             .iter()
@@ -577,4 +603,23 @@ impl Running {
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device's sums fall when a peer leaves or the device restarts: the counter keeps
+    /// what it counted and goes on from the lower total.
+    #[test]
+    fn a_followed_total_that_falls_does_not_take_the_counter_down() {
+        let followed = FollowedCounter {
+            counter: IntCounter::new("bytes_total", "test").expect("valid metric"),
+            last_total: Arc::default(),
+        };
+        for total in [10, 25, 5, 8] {
+            followed.follow(total);
+        }
+        assert_eq!(followed.counter.get(), 28);
+    }
 }

@@ -20,6 +20,7 @@ use warren_tests::{
     agent_status, join_agent, join_control, spawn_agent, start_control, wait_until,
 };
 use warren_transport::join::{JoinParams, join};
+use warren_transport::node_metrics::NodeLabels;
 use warren_transport::{Endpoint, EndpointOptions};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -199,9 +200,13 @@ async fn start_link(
         views: views_tx,
         status: status_tx,
         reporter: Arc::new(Reporter::open(joined.node_id, cache)),
-        failures_total: AgentMetrics::new(joined.node_id, "lisbon")
-            .link_failures_total
-            .clone(),
+        failures_total: AgentMetrics::new(&NodeLabels {
+            name: "edge-1".into(),
+            node_id: joined.node_id,
+            site: "lisbon".into(),
+        })
+        .link_failures_total
+        .clone(),
         // No mesh: the link falls back on its silence limit alone.
         gossip: watch::channel(Vec::new()).1,
         mesh: watch::channel(None).1,

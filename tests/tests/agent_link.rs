@@ -14,6 +14,7 @@ use warren_edge_agent::link::{Link, LinkEnd, LinkStatus};
 use warren_edge_agent::metrics::AgentMetrics;
 use warren_edge_agent::report::Reporter;
 use warren_transport::join::{JoinParams, join};
+use warren_transport::node_metrics::NodeLabels;
 use warren_transport::{Endpoint, EndpointOptions};
 
 async fn wait_view(
@@ -81,9 +82,13 @@ async fn agent_link_follows_control_through_a_restart() {
         views: views_tx,
         status: status_tx,
         reporter: Arc::new(Reporter::open(joined.node_id, cache.clone())),
-        failures_total: AgentMetrics::new(joined.node_id, "lisbon")
-            .link_failures_total
-            .clone(),
+        failures_total: AgentMetrics::new(&NodeLabels {
+            name: "edge-1".into(),
+            node_id: joined.node_id,
+            site: "lisbon".into(),
+        })
+        .link_failures_total
+        .clone(),
         // No mesh: the link falls back on its silence limit alone.
         gossip: watch::channel(Vec::new()).1,
         mesh: watch::channel(None).1,

@@ -188,7 +188,11 @@ async fn gossip_death_makes_an_agent_unreachable_before_the_link_grace() {
     assert_eq!(gossip_of(&nodes, own_id), Some("alive"));
     let metrics = control.metrics().render();
     assert!(
-        metrics.contains("warren_mesh_members{liveness=\"alive\"} 3"),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("warren_mesh_members{liveness=\"alive\",")
+                && l.contains("site=\"")
+                && l.ends_with(" 3")),
         "mesh metrics in the control node's registry:\n{metrics}"
     );
 
@@ -283,7 +287,7 @@ async fn an_agent_gossiping_as_another_cannot_keep_it_alive() {
     let refused = || {
         let metrics = control.metrics().render();
         metrics.lines().any(|l| {
-            l.starts_with("warren_mesh_member_states_total{outcome=\"credential\"}")
+            l.starts_with("warren_mesh_member_states_total{outcome=\"credential\",")
                 && !l.ends_with(" 0")
         })
     };

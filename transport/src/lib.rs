@@ -24,6 +24,8 @@
 //! - [`plain_http`]: the plain-HTTP listener for `/metrics`, `/health` and `/ready`.
 //! - [`backoff`]: jittered exponential backoff for every reconnect loop.
 //! - [`metrics`]: the transport's Prometheus counters.
+//! - [`node_metrics`]: what every Warren process exports about itself: the node's constant
+//!   labels, build info, process metrics, certificate expiry.
 //! - `fsutil`: durable file writes (temporary file, fsync, rename), private directories, PEM.
 //!
 //! This is the only crate that names quinn, rustls or rcgen. It never panics on input from the
@@ -44,6 +46,7 @@ pub mod identity;
 pub mod join;
 pub mod limits;
 pub mod metrics;
+pub mod node_metrics;
 pub mod plain_http;
 pub mod renew;
 pub mod seal;

@@ -346,3 +346,17 @@ impl Drop for ProcessGroup {
         let _ = self.leader.wait();
     }
 }
+
+/// `GET path` on the plain-HTTP listener at `addr`: the whole response, head and body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
+}

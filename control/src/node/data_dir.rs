@@ -104,6 +104,28 @@ pub(super) fn member_of(settings: &NodeSettings) -> RaftMember {
     }
 }
 
+impl super::ControlNode {
+    /// Moves the metrics listener of the node in `dir` to `listen` (`None`: no listener), kept
+    /// in its `node.json` so that later runs listen there too. Returns where it listened
+    /// before. Call it before [`ControlNode::run`](super::ControlNode::run), with the node
+    /// stopped. The node registry keeps the metrics address recorded at init or join: changing
+    /// it there needs a log entry of its own.
+    ///
+    /// # Errors
+    /// [`NodeError`] when `dir` holds no node or `node.json` cannot be read or written.
+    pub fn keep_metrics_listen(
+        dir: &Path,
+        listen: Option<SocketAddr>,
+    ) -> Result<Option<SocketAddr>, NodeError> {
+        let mut settings = load_settings(dir)?;
+        let before = std::mem::replace(&mut settings.metrics_listen, listen);
+        if before != listen {
+            save_settings(dir, &settings)?;
+        }
+        Ok(before)
+    }
+}
+
 /// The settings in `dir`'s `node.json`; a dir without one holds no node.
 pub(super) fn load_settings(dir: &Path) -> Result<NodeSettings, NodeError> {
     let path = dir.join(SETTINGS_FILE);
@@ -118,4 +140,48 @@ pub(super) fn load_settings(dir: &Path) -> Result<NodeSettings, NodeError> {
         }
     })?;
     serde_json::from_slice(&text).map_err(|source| NodeError::Settings { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::ControlNode;
+
+    #[test]
+    fn the_metrics_listener_moved_is_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = |text: &str| text.parse::<SocketAddr>().expect("valid address");
+        let settings = NodeSettings {
+            node_id: NodeId(1),
+            name: "c1".into(),
+            site: "central".into(),
+            quic_listen: addr("127.0.0.1:7101"),
+            api_listen: addr("127.0.0.1:7100"),
+            advertise_quic: "127.0.0.1:7101".into(),
+            advertise_api: "127.0.0.1:7100".into(),
+            metrics_listen: None,
+            gossip_listen: None,
+            advertise_gossip: None,
+        };
+        save_settings(dir.path(), &settings).expect("saved");
+        let moved = Some(addr("127.0.0.1:9100"));
+        assert_eq!(
+            ControlNode::keep_metrics_listen(dir.path(), moved).expect("kept"),
+            None
+        );
+        let kept = load_settings(dir.path()).expect("loaded");
+        assert_eq!(
+            kept,
+            NodeSettings {
+                metrics_listen: moved,
+                ..settings.clone()
+            }
+        );
+        assert_eq!(
+            ControlNode::keep_metrics_listen(dir.path(), None).expect("kept"),
+            moved
+        );
+        assert_eq!(load_settings(dir.path()).expect("loaded"), settings);
+        assert!(ControlNode::keep_metrics_listen(&dir.path().join("nothing"), None).is_err());
+    }
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 use warren_transport::https::ApiListener;
+use warren_transport::node_metrics::{CertExpiry, NodeLabels};
 use warren_transport::{
     Credentials, Endpoint, EndpointOptions, MemberCertificates, TransportMetrics, TrustList,
 };
@@ -58,7 +59,7 @@ impl ControlNode {
         api_listener: ApiListener,
     ) -> Result<Self, NodeError> {
         let tasks = TaskTracker::new();
-        let control_metrics = ControlMetrics::new();
+        let control_metrics = control_metrics(&settings, &endpoint);
         let opened = open_control(
             data_dir,
             &settings,
@@ -74,10 +75,6 @@ impl ControlNode {
             state,
             applied,
         } = opened;
-        // The endpoint counts from its start; its metrics are served with the control node's.
-        if let Err(e) = endpoint.metrics().register_into(control_metrics.registry()) {
-            warn!(error = %e, "transport metrics not registered");
-        }
         let member_certs = MemberCertificates::new(
             endpoint.credentials().get().ca_cert_der(),
             &revocations,
@@ -85,6 +82,7 @@ impl ControlNode {
         )
         .map_err(|e| NodeError::CaCertificate(Box::new(e)))?;
         let cancel = CancellationToken::new();
+        control_metrics.spawn_leader_change_count(&control, cancel.clone(), &tasks);
         crate::timers::spawn(
             control.clone(),
             config.raft_timers(),
@@ -229,6 +227,27 @@ impl ControlNode {
     }
 }
 
+/// The node's metrics, labelled with its name, id and site, with the endpoint's (transport,
+/// certificate expiry) in the same registry.
+fn control_metrics(settings: &NodeSettings, endpoint: &Endpoint) -> ControlMetrics {
+    let metrics = ControlMetrics::new(&NodeLabels {
+        name: settings.name.clone(),
+        node_id: settings.node_id,
+        site: settings.site.clone(),
+    });
+    // The endpoint counts from its start; its metrics are served with the control node's.
+    if let Err(e) = endpoint.metrics().register_into(metrics.registry()) {
+        warn!(error = %e, "transport metrics not registered");
+    }
+    // Read at each scrape, so a renewal shows at once.
+    if let Err(e) =
+        CertExpiry::new(endpoint.credentials().clone(), true).register_into(metrics.registry())
+    {
+        warn!(error = %e, "certificate expiry metrics not registered");
+    }
+    metrics
+}
+
 /// Binds the API's TLS listener.
 /// Binds the API listener, presenting the QUIC endpoint's credentials (a renewal covers both)
 /// and checking clients against its trust list.
@@ -279,7 +298,8 @@ async fn open_control(
     tasks: &TaskTracker,
     metrics: &ControlMetrics,
 ) -> Result<OpenedControl, NodeError> {
-    let (log_store, sm_store) = store::open(data_dir, config.store)?;
+    let (log_store, mut sm_store) = store::open(data_dir, config.store)?;
+    sm_store.time_applies(metrics.raft_apply_duration_seconds().clone());
     let state = sm_store.state();
     let applied = sm_store.watch_applied();
     let peers = Peers::new(endpoint.clone(), tasks.clone(), config.peer_timers());

@@ -15,6 +15,7 @@ use warren_api::NodeView;
 use warren_api::wire::{Listener, MeshDeclaration};
 use warren_mesh::MeshIdentity;
 use warren_transport::endpoint::BindError;
+use warren_transport::node_metrics::{CertExpiry, NodeLabels};
 use warren_transport::{Endpoint, GossipSigner, MemberCertificates};
 
 use super::reconcile::{Ended, Reconciler, Watches};
@@ -39,7 +40,11 @@ impl Agent {
     /// Cancel through `cancel`, not by dropping the future: a dropped future may leave a
     /// started workload unrecorded.
     pub async fn serve(self, cancel: CancellationToken) -> Result<RunEnd, AgentError> {
-        let metrics = AgentMetrics::new(self.identity.node_id, &self.identity.site);
+        let metrics = AgentMetrics::new(&NodeLabels {
+            name: self.identity.name.clone(),
+            node_id: self.identity.node_id,
+            site: self.identity.site.clone(),
+        });
         let reporter = Arc::new(Reporter::open(self.identity.node_id, self.cache.clone()));
         let link = self.start_link(&reporter, &metrics, &cancel)?;
         let tasks = TaskTracker::new();
@@ -118,6 +123,10 @@ impl Agent {
             metrics,
         )?;
         let gossip_identity = self.gossip_identity(link.endpoint.credentials().clone())?;
+        // Read at each scrape, so a renewal shows at once.
+        CertExpiry::new(link.endpoint.credentials().clone(), false)
+            .register_into(metrics.registry())
+            .expect("the certificate expiry is registered once per registry");
         // The log files' sampling holds the cache open: `serve` stops it and waits for it
         // before returning, whichever way (a removed node's agent returns uncancelled, and the
         // next start must find the cache free).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tracing::info;
 use warren_api::clock::unix_now_ms;
 use warren_api::wire::Listener;
-use warren_api::{Event, EventKind, NodeView, ReplicaId, ReplicaStatus, TaskState};
+use warren_api::{Event, EventKind, HealthState, NodeView, ReplicaId, ReplicaStatus, TaskState};
 
 use super::super::status_file::{AgentStatus, LocalReplica};
 use super::Reconciler;
@@ -19,7 +19,7 @@ impl Reconciler {
             self.name_oom_kill(event);
         }
         log_events(&events);
-        self.metrics.count_events(events.iter().map(|e| e.kind));
+        self.metrics.count_events(&events);
         self.reporter.push_events(events);
     }
 
@@ -95,8 +95,14 @@ impl Reconciler {
             }
             statuses.push(status);
         }
-        self.metrics
-            .set_workloads(statuses.iter().map(|s| (s.state, s.health)));
+        let workloads: Vec<(&str, TaskState, HealthState)> = statuses
+            .iter()
+            .map(|s| (s.id.service.as_str(), s.state, s.health))
+            .collect();
+        self.metrics.set_workloads(
+            &workloads,
+            view.replicas.iter().map(|r| r.id.service.as_str()),
+        );
         self.reported = statuses.iter().map(|s| (s.id.clone(), s.clone())).collect();
         self.reporter.set_replicas(revision, statuses);
     }
