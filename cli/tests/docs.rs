@@ -1,12 +1,13 @@
 //! The YAML that docs/cli.md shows for `warren apply -f`, fed to the built binary, so that the
 //! example an operator copies and the format the CLI reads cannot drift apart; and the
-//! commands docs/logs.md shows, parsed by the built binary.
+//! commands docs/logs.md and docs/monitoring.md show, parsed by the built binary.
 
 mod common;
 use common::command;
 
 const CLI_DOC: &str = include_str!("../../docs/cli.md");
 const LOGS_DOC: &str = include_str!("../../docs/logs.md");
+const MONITORING_DOC: &str = include_str!("../../docs/monitoring.md");
 
 /// The first YAML block of the `apply -f` section.
 fn apply_example() -> &'static str {
@@ -89,6 +90,27 @@ fn the_logs_commands_in_the_docs_parse() {
         .filter(|line| line.contains("logs "))
         .collect();
     assert!(commands.len() >= 4, "{commands:?}");
+    for line in commands {
+        let mut args = shell_words::split(line).expect("a command a shell can split");
+        args.push("--help".to_owned());
+        let output = command().args(&args).output().expect("run warren");
+        assert!(
+            output.status.success(),
+            "`warren {line}`: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// Every `$ warren …` command of docs/monitoring.md parses (as above; the end-to-end test in
+/// `prometheus.rs` runs the same commands against a cluster and real Prometheus servers).
+#[test]
+fn the_monitoring_commands_in_the_docs_parse() {
+    let commands: Vec<&str> = MONITORING_DOC
+        .lines()
+        .filter_map(|line| line.strip_prefix("$ warren "))
+        .collect();
+    assert!(commands.len() >= 5, "{commands:?}");
     for line in commands {
         let mut args = shell_words::split(line).expect("a command a shell can split");
         args.push("--help".to_owned());

@@ -348,9 +348,10 @@ fn collect_datasource_uids(value: &serde_json::Value, uids: &mut Vec<String>) {
     }
 }
 
-/// The metric names Warren's control nodes and agents export, as issue 17 specifies them
-/// (the names already exported, and the ones it adds). To be replaced by the names a scrape of
-/// real control and agent processes shows, so that a renamed metric fails this test.
+/// The metric names Warren's control nodes and agents export, listed here so that this test
+/// needs no cluster. The same check against a live one (the names a central Prometheus holds
+/// after scraping and federating real `warren` processes) is in `cli/tests/prometheus.rs`, so a
+/// renamed metric fails there even if this list is updated with it.
 fn exported_metric_names() -> BTreeSet<&'static str> {
     let all_nodes = [
         "warren_build_info",
