@@ -275,13 +275,24 @@ fn control_run_moves_the_metrics_listener_and_keeps_it() {
     };
     assert!(!serves_metrics(&metrics), "nothing listens there yet");
 
-    // Turned on (init said none), then kept by a run without the flag.
+    // Turned on (init said none), then kept by a run without the flag; the node records the
+    // address in the registry, so discovery lists it.
+    let discovered = format!(r#""targets":["{metrics}"]"#);
     for run in [Some(metrics.as_str()), None] {
         let mut node = match run {
             Some(addr) => ControlProcess::run_with_metrics(&data_dir, addr),
             None => ControlProcess::run(&data_dir),
         };
         assert!(serves_metrics(&metrics), "metrics on {metrics} ({run:?})");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !http_get(&metrics, "/sd/nodes?role=control").contains(&discovered) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry never recorded {metrics}: {}",
+                http_get(&metrics, "/sd/nodes?role=control")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         assert!(node.terminate().success());
     }
 

@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 use warren_api::{
-    Availability, Node, NodeId, NodeRole, ReplicaId, Revision, SealedBlob, ServiceName,
-    ServiceSpec, Volume,
+    Availability, Node, NodeAddresses, NodeId, NodeRole, ReplicaId, Revision, SealedBlob,
+    ServiceName, ServiceSpec, Volume,
 };
 use warren_transport::TokenRecord;
 use warren_transport::token::TokenId;
@@ -201,6 +201,15 @@ pub enum Op<S = ServiceSpec> {
     RolloutBatch(RolloutVerdict),
     /// [`Op::AddToken`], recording who minted it (`token ls`).
     AddTokenBy(MintedToken),
+    /// Records where a node listens now: a control node restarted with its metrics listener
+    /// moved, an agent whose metrics listener moved. The node must be registered and not
+    /// removed.
+    SetAddresses {
+        /// The node.
+        node: NodeId,
+        /// All of its addresses.
+        addresses: NodeAddresses,
+    },
 }
 
 /// A minted join token and who minted it ([`Op::AddTokenBy`]).
@@ -261,31 +270,19 @@ impl<S> PutIfVersion<S> {
 impl<S> Op<S> {
     /// The same operation with its spec converted (an older layout upgraded). Every other
     /// operation is carried over as it is.
+    // One line per operation: most are carried over as they are, and the list must stay whole.
+    #[rustfmt::skip]
     pub fn map_spec<T>(self, f: impl FnOnce(S) -> T) -> Op<T> {
         match self {
             Op::PutService(spec) => Op::PutService(f(spec)),
             Op::PutServiceIfVersion(put) => Op::PutServiceIfVersion(put.map(f)),
-            #[rustfmt::skip]
-            Op::InitCluster { name, ca_cert_der, ca_key_sealed } =>
-                Op::InitCluster { name, ca_cert_der, ca_key_sealed },
+            Op::InitCluster { name, ca_cert_der, ca_key_sealed } => Op::InitCluster { name, ca_cert_der, ca_key_sealed },
             Op::AddToken(record) => Op::AddToken(record),
             Op::AddTokenBy(minted) => Op::AddTokenBy(minted),
             Op::RevokeToken(id) => Op::RevokeToken(id),
-            Op::Join {
-                token_id,
-                secret_sha256,
-                role,
-                node,
-            } => Op::Join {
-                token_id,
-                secret_sha256,
-                role,
-                node,
-            },
+            Op::Join { token_id, secret_sha256, role, node } => Op::Join { token_id, secret_sha256, role, node },
             Op::RegisterNode(node) => Op::RegisterNode(node),
-            Op::SetAvailability { node, availability } => {
-                Op::SetAvailability { node, availability }
-            }
+            Op::SetAvailability { node, availability } => Op::SetAvailability { node, availability },
             Op::RemoveNode(node) => Op::RemoveNode(node),
             Op::NodeUnreachable { node } => Op::NodeUnreachable { node },
             Op::NodeReachable { node } => Op::NodeReachable { node },
@@ -293,15 +290,7 @@ impl<S> Op<S> {
             Op::RollbackService(name) => Op::RollbackService(name),
             Op::RemoveService(name) => Op::RemoveService(name),
             Op::RolloutStep { name, version } => Op::RolloutStep { name, version },
-            Op::PutSecret {
-                name,
-                size_bytes,
-                sealed,
-            } => Op::PutSecret {
-                name,
-                size_bytes,
-                sealed,
-            },
+            Op::PutSecret { name, size_bytes, sealed } => Op::PutSecret { name, size_bytes, sealed },
             Op::RemoveSecret(name) => Op::RemoveSecret(name),
             Op::PutVolume(volume) => Op::PutVolume(volume),
             Op::RemoveVolume(name) => Op::RemoveVolume(name),
@@ -309,31 +298,14 @@ impl<S> Op<S> {
             Op::AbandonJoin { node } => Op::AbandonJoin { node },
             Op::AddAdmin(admin) => Op::AddAdmin(admin),
             Op::RevokeAdmin { serial } => Op::RevokeAdmin { serial },
-            Op::RotateClusterKey {
-                generation,
-                ca_key_sealed,
-                secrets,
-            } => Op::RotateClusterKey {
-                generation,
-                ca_key_sealed,
-                secrets,
-            },
+            Op::RotateClusterKey { generation, ca_key_sealed, secrets } => Op::RotateClusterKey { generation, ca_key_sealed, secrets },
             Op::RenewCert { node, serial } => Op::RenewCert { node, serial },
             Op::RenewAdmin { previous, cert } => Op::RenewAdmin { previous, cert },
             Op::RolloutBatch(verdict) => Op::RolloutBatch(verdict),
             Op::SetOverlayRange(range) => Op::SetOverlayRange(range),
-            Op::SetMesh {
-                node,
-                public_key,
-                next_public_key,
-                endpoint,
-            } => Op::SetMesh {
-                node,
-                public_key,
-                next_public_key,
-                endpoint,
-            },
+            Op::SetMesh { node, public_key, next_public_key, endpoint } => Op::SetMesh { node, public_key, next_public_key, endpoint },
             Op::RequestKeyRotation(node) => Op::RequestKeyRotation(node),
+            Op::SetAddresses { node, addresses } => Op::SetAddresses { node, addresses },
         }
     }
 
@@ -373,6 +345,7 @@ impl<S> Op<S> {
             Op::SetOverlayRange(_) => "set_overlay_range",
             Op::SetMesh { .. } => "set_mesh",
             Op::RequestKeyRotation(_) => "request_key_rotation",
+            Op::SetAddresses { .. } => "set_addresses",
             Op::RolloutBatch(_) => "rollout_batch",
             Op::NodeUnreachable { .. } => "node_unreachable",
             Op::NodeReachable { .. } => "node_reachable",

@@ -30,6 +30,7 @@ use warren_transport::{Endpoint, MemberCertificates, TransportMetrics};
 use crate::control::Control;
 use crate::metrics::ControlMetrics;
 
+mod addresses;
 mod config;
 mod data_dir;
 mod error;

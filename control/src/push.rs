@@ -17,10 +17,10 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 use warren_api::clock::unix_now_ms;
 use warren_api::wire::{
-    AgentHello, AgentToControl, ControlToAgent, MAX_AGENT_MESSAGE_BYTES, MAX_LISTENER_TEXT,
-    MeshDeclaration, Refusal, RefusalReason, WIRE_VERSION,
+    AgentHello, AgentToControl, ControlToAgent, Listener, ListenerStatus, MAX_AGENT_MESSAGE_BYTES,
+    MAX_LISTENER_TEXT, MeshDeclaration, Refusal, RefusalReason, WIRE_VERSION,
 };
-use warren_api::{NodeId, NodeState, NodeView, Revision};
+use warren_api::{NodeAddresses, NodeId, NodeState, NodeView, Revision};
 use warren_transport::{FrameError, PeerConnection};
 
 use crate::command::Op;
@@ -277,6 +277,7 @@ fn handle_message(
         }
         AgentToControl::Listeners(listeners) => {
             debug!(node_id = %hello.node_id, listeners = listeners.len(), "agent listeners");
+            record_metrics_address(control, hello.node_id, &listeners);
             control
                 .agents()
                 .listeners(hello.node_id, listeners, unix_now_ms());
@@ -315,6 +316,72 @@ fn record_mesh(control: &Arc<Control>, node: NodeId, declaration: MeshDeclaratio
     };
     let control = Arc::clone(control);
     tokio::spawn(async move { record_declaration(&control, node, &declaration).await });
+}
+
+/// Records where an agent's metrics listener is, from its listener report, unless the registry
+/// holds it already: an agent started again with `--metrics` elsewhere (or `none`) stays
+/// discoverable (`/sd/nodes`). A listener on an unspecified IP keeps the IP the registry has
+/// for the node (the one its join advertised); one that is down (being retried) changes
+/// nothing.
+fn record_metrics_address(control: &Arc<Control>, node: NodeId, listeners: &[ListenerStatus]) {
+    let reported = listeners.iter().find(|l| l.listener == Listener::Metrics);
+    let bound = match reported {
+        None => None,
+        Some(l) if !l.up => return,
+        Some(l) => match l.addr.parse::<std::net::SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => return,
+        },
+    };
+    let control = Arc::clone(control);
+    tokio::spawn(async move {
+        let addresses = {
+            let state = control.read_stale().await;
+            let Some(entry) = state.nodes.get(&node) else {
+                return;
+            };
+            let Some(metrics) = metrics_address(bound, &entry.addresses) else {
+                return;
+            };
+            if entry.addresses.metrics == metrics || entry.state == NodeState::Removed {
+                return;
+            }
+            NodeAddresses {
+                metrics,
+                ..entry.addresses.clone()
+            }
+        };
+        if !control
+            .declaration_limit()
+            .take(node, std::time::Instant::now())
+        {
+            return;
+        }
+        if let Err(error) = control.propose(Op::SetAddresses { node, addresses }).await {
+            debug!(node_id = %node, error = %error, "agent's metrics address not recorded");
+        }
+    });
+}
+
+/// The metrics address to record for a listener bound at `bound` (`None`: off), given the
+/// node's registered addresses; `None` when an unspecified IP leaves nothing to go by.
+fn metrics_address(
+    bound: Option<std::net::SocketAddr>,
+    registered: &NodeAddresses,
+) -> Option<Option<String>> {
+    let Some(bound) = bound else {
+        return Some(None);
+    };
+    if !bound.ip().is_unspecified() {
+        return Some(Some(bound.to_string()));
+    }
+    let known = [&registered.metrics, &registered.gossip]
+        .into_iter()
+        .flatten()
+        .find_map(|a| a.parse::<std::net::SocketAddr>().ok())?;
+    Some(Some(
+        std::net::SocketAddr::new(known.ip(), bound.port()).to_string(),
+    ))
 }
 
 /// Records what `node` declares of its WireGuard identity (an agent on its stream, a control
@@ -543,5 +610,40 @@ fn check_hello(
             "this node was removed from the cluster",
         )),
         Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_metrics_address_follows_its_listener() {
+        let registered = NodeAddresses {
+            metrics: Some("10.0.0.7:9091".into()),
+            gossip: Some("10.0.0.7:7946".into()),
+            ..NodeAddresses::default()
+        };
+        let bound = |text: &str| Some(text.parse::<std::net::SocketAddr>().unwrap());
+        let moved = metrics_address(bound("10.0.0.7:9191"), &registered);
+        assert_eq!(moved, Some(Some("10.0.0.7:9191".to_owned())));
+        let any_ip = metrics_address(bound("0.0.0.0:9292"), &registered);
+        assert_eq!(
+            any_ip,
+            Some(Some("10.0.0.7:9292".to_owned())),
+            "keeps the IP it had"
+        );
+        assert_eq!(metrics_address(None, &registered), Some(None), "turned off");
+        let gossip_only = NodeAddresses {
+            metrics: None,
+            ..registered.clone()
+        };
+        let from_gossip = metrics_address(bound("[::]:9091"), &gossip_only);
+        assert_eq!(from_gossip, Some(Some("10.0.0.7:9091".to_owned())));
+        assert_eq!(
+            metrics_address(bound("0.0.0.0:9091"), &NodeAddresses::default()),
+            None,
+            "nothing to go by"
+        );
     }
 }

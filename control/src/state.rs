@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use warren_api::{
-    Availability, DesiredState, MeshEntry, Node, NodeId, NodeState, OverlayRange, Replica,
-    ReplicaId, Revision, SealedBlob, Secret, Service, ServiceMode, ServiceName, ServiceSpec,
-    Volume,
+    Availability, DesiredState, MeshEntry, Node, NodeAddresses, NodeId, NodeState, OverlayRange,
+    Replica, ReplicaId, Revision, SealedBlob, Secret, Service, ServiceMode, ServiceName,
+    ServiceSpec, Volume,
 };
 use warren_transport::token::TokenId;
 use warren_transport::{CertRole, KnownCertificates, TokenBook, TokenRecord};
@@ -395,6 +395,7 @@ impl ClusterState {
                 endpoint,
             } => self.set_mesh(*node, *public_key, *next_public_key, endpoint.as_deref()),
             Op::RequestKeyRotation(node) => self.request_key_rotation(*node),
+            Op::SetAddresses { node, addresses } => self.set_addresses(*node, addresses),
             Op::NodeUnreachable { node } => self.set_reachable(*node, false, now),
             Op::NodeReachable { node } => self.set_reachable(*node, true, now),
             Op::PutService(spec) => self.put_service(spec, now),
@@ -659,6 +660,20 @@ impl ClusterState {
             Some(node) if node.state != NodeState::Removed => Ok(node),
             Some(_) => Err(Rejection::conflict(format!("node {id} has been removed"))),
             None => Err(Rejection::not_found(format!("node {id}"))),
+        }
+    }
+
+    /// Records where `node` listens now ([`Op::SetAddresses`]).
+    fn set_addresses(&mut self, node: NodeId, addresses: &NodeAddresses) -> Applied {
+        match self.nodes.get_mut(&node) {
+            None => Err(Rejection::not_found(format!("node {node}"))),
+            Some(n) if n.state == NodeState::Removed => {
+                Err(Rejection::conflict(format!("node {node} has been removed")))
+            }
+            Some(n) => {
+                n.addresses.clone_from(addresses);
+                Ok(Effect::Done)
+            }
         }
     }
 

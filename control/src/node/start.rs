@@ -111,6 +111,13 @@ impl ControlNode {
             ),
             None => None,
         };
+        let advertised =
+            super::addresses::advertised_metrics(metrics_addr, &settings.advertise_quic);
+        tasks.spawn(super::addresses::keep_metrics_registered(
+            control.clone(),
+            advertised,
+            cancel.clone(),
+        ));
         let node = Self {
             control,
             metrics: endpoint.metrics().clone(),
