@@ -8,9 +8,10 @@
 //! with their site and node names as Warren exports them (no relabelling anywhere). Then site
 //! porto is cut off from the centre: the control node is frozen (SIGSTOP: every agent loses its
 //! link) and the centre's link to porto's Prometheus (a TCP relay in this test, the WAN) drops
-//! everything. Porto's own Prometheus keeps scraping its agent through the agent's discovery
-//! (it sees the agent's link go down, a value that exists only after the cut), the central one
-//! sees porto's federation fail; after the heal the central one has fresh porto series again.
+//! everything. Porto's agent is restarted meanwhile, with no control plane to ask: it serves
+//! the same discovery from its cache, and porto's own Prometheus keeps scraping it (the new
+//! process, its link down) and evaluates its alerts; the central one sees porto's federation
+//! fail; after the heal the central one has fresh porto series again.
 //!
 //! Needs `prometheus`, `promtool` (Debian's prometheus package) and `python3` (the workload):
 //! skips with the reason otherwise, fails under `CI=true`.
@@ -204,6 +205,16 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The metrics address an agent listens on, from its `agent.json` (port 0 resolved at join).
+fn node_metrics_addr(data_dir: &Path) -> String {
+    let text = std::fs::read_to_string(data_dir.join("agent.json")).expect("read agent.json");
+    let identity: serde_json::Value = serde_json::from_str(&text).expect("agent.json is JSON");
+    identity["listen"]["metrics"]
+        .as_str()
+        .expect("agent.json names the metrics address")
+        .to_owned()
 }
 
 /// The value of a result sample (`[time, "value"]`).
@@ -408,11 +419,11 @@ fn two_sites_are_discovered_federated_and_scraped_through_a_cut() {
     let (control, config, quic) = start_control(dir.path(), control_metrics);
     let token = ok(warren(&config, &["token", "create", "--role", "agent"]));
     let token = token.trim();
-    let _agents = [
+    let _lisbon_agents = [
         join(dir.path(), &quic, token, "edge-a1", "lisbon"),
         join(dir.path(), &quic, token, "edge-a2", "lisbon"),
-        join(dir.path(), &quic, token, "edge-p1", "porto"),
     ];
+    let porto_agent = join(dir.path(), &quic, token, "edge-p1", "porto");
 
     // A workload that serves its own metrics, on edge-a1.
     let stats_port = free_port();
@@ -478,7 +489,13 @@ fn two_sites_are_discovered_federated_and_scraped_through_a_cut() {
         );
     }
     check_every_name_the_rules_use_is_exported(&central);
-    check_cut_and_heal(&control, &central, &porto, &porto_wan);
+    let cut = Cut {
+        control: &control,
+        porto_wan: &porto_wan,
+        porto_agent,
+        porto_agent_dir: dir.path().join("edge-p1"),
+    };
+    check_cut_and_heal(cut, &central, &porto);
     drop(central);
     drop(lisbon);
 }
@@ -584,15 +601,51 @@ fn check_workload_scraped(lisbon: &Prometheus) {
 
 /// Porto cut off from the centre keeps being scraped by its own server; the centre sees it
 /// again after the heal.
-fn check_cut_and_heal(
-    control: &Foreground,
-    central: &Prometheus,
-    porto: &Prometheus,
-    porto_wan: &Relay,
-) {
+/// What cuts porto off from the centre, and porto's agent (restarted while cut off).
+struct Cut<'a> {
+    control: &'a Foreground,
+    porto_wan: &'a Relay,
+    porto_agent: Foreground,
+    porto_agent_dir: PathBuf,
+}
+
+fn check_cut_and_heal(cut: Cut<'_>, central: &Prometheus, porto: &Prometheus) {
+    let Cut {
+        control,
+        porto_wan,
+        mut porto_agent,
+        porto_agent_dir,
+    } = cut;
+    let metrics = node_metrics_addr(&porto_agent_dir);
+    let discovered = http_get(&metrics, "/sd/nodes").expect("the agent serves discovery");
     control.signal("-STOP");
     porto_wan.cut();
+    let cut_at = unix_now();
     eprintln!("porto cut off from the centre");
+    // The agent restarts with no control plane: it serves the same discovery from its cache.
+    porto_agent.signal("-KILL");
+    porto_agent.wait(Duration::from_secs(10));
+    let data_dir = porto_agent_dir.to_str().expect("utf-8 path");
+    let mut porto_agent = Foreground::spawn(
+        &["agent", "run", "--data-dir", data_dir],
+        porto_agent_dir.with_extension("run.log"),
+    );
+    porto_agent.wait_for_line(" running");
+    let after_restart = wait_until(
+        "discovery from the restarted agent",
+        Duration::from_secs(30),
+        || http_get(&metrics, "/sd/nodes").filter(|(status, _)| *status == 200),
+    );
+    assert_eq!(
+        after_restart, discovered,
+        "discovery served from the cache while cut off"
+    );
+    porto.wait_for(
+        "porto's server to scrape the restarted agent",
+        r#"process_start_time_seconds{node="edge-p1"}"#,
+        // Whole seconds, from the boot time the kernel gives in whole seconds: up to 2 s off.
+        |r| r.len() == 1 && value(&r[0]) >= cut_at - 2.0,
+    );
     porto.wait_for(
         "porto's server to see its agent's link down (scraped while cut off)",
         r#"warren_agent_link_up{node="edge-p1"} == 0"#,
