@@ -113,7 +113,7 @@ fn agent_join_checks_its_listeners_and_data_dir_before_contacting_control() {
 /// addresses, and the metrics address is in the node registry. At run (a reboot) a listener
 /// whose port is taken does not stop the agent: it shows as down in `agent status` (human and
 /// JSON), in `node ls` and in `warren_agent_listener_up`, is retried, and comes up once the
-/// port is free.
+/// port is free. Started again with `--metrics` elsewhere, the registry records the new address.
 #[test]
 fn agent_run_keeps_join_listeners_and_retries_one_that_cannot_bind() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,6 +233,36 @@ fn agent_run_keeps_join_listeners_and_retries_one_that_cannot_bind() {
             .then_some(())
     });
 
+    agent.signal("-TERM");
+    assert!(agent.wait(Duration::from_secs(30)).success());
+
+    // Started again with its metrics elsewhere: the registry follows, so discovery does.
+    let moved = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .to_string();
+    let mut agent = Foreground::spawn(
+        &[
+            "agent",
+            "run",
+            "--data-dir",
+            &agent_dir_text,
+            "--metrics",
+            &moved,
+        ],
+        dir.path().join("moved.stderr.log"),
+    );
+    agent.wait_for_line(" running");
+    wait_until(
+        "the moved metrics address registered",
+        READY_TIMEOUT,
+        || {
+            let node = nodes(&config)
+                .into_iter()
+                .find(|n| n["node"]["role"] == "agent")?;
+            (node["node"]["addresses"]["metrics"] == moved.as_str()).then_some(())
+        },
+    );
     agent.signal("-TERM");
     assert!(agent.wait(Duration::from_secs(30)).success());
     for pid in running_pids(&down) {

@@ -144,7 +144,7 @@ fn yaml_errors_name_file_document_and_line() {
         "deploy.yaml: document 3, line 19: unknown field `replicas`, expected one of `kind`, \
          `name`, `workload`, `mode`, `placement`, `env`, `ports`, `health`, `restart`, \
          `on_disconnect`, `secrets`, `registry_auth`, `volumes`, `resources`, `user`, `group`, \
-         `cap_add`, `update`, `stop_grace_period_ms`, `labels`"
+         `cap_add`, `update`, `stop_grace_period_ms`, `labels`, `metrics`"
     );
     let syntax = error_of("kind: Volume\nname: data\n---\nkind: Volume\nname: [unclosed\n");
     assert!(

@@ -571,3 +571,65 @@ fn ls_and_inspect_show_the_rollout() {
     );
     assert_eq!(rollout_text(None), "none");
 }
+
+/// `--metrics-port` declares where replicas serve metrics (path /metrics unless
+/// `--metrics-path` says otherwise); `update` moves either, `none` stops declaring it, a path
+/// without a port is refused, and a bad value names its flag.
+#[test]
+fn metrics_flags() {
+    let spec = created(&["create", "web", "--image", "x:1"]).unwrap();
+    assert_eq!(spec.metrics, None);
+    let mut spec = created(&["create", "web", "--image", "x:1", "--metrics-port", "9100"]).unwrap();
+    assert_eq!(
+        spec.metrics,
+        Some(MetricsEndpoint {
+            port: 9100,
+            path: "/metrics".into()
+        })
+    );
+    let update = |spec: &mut ServiceSpec, args: &[&str]| {
+        let mut argv = vec!["update", "web"];
+        argv.extend(args);
+        let ServiceCommand::Update { flags, .. } = parse(&argv) else {
+            panic!("not update")
+        };
+        flags.apply_to(spec)
+    };
+    update(&mut spec, &["--metrics-path", "/stats"]).unwrap();
+    assert_eq!(
+        spec.metrics.as_ref().map(|m| (m.port, m.path.as_str())),
+        Some((9100, "/stats"))
+    );
+    update(&mut spec, &["--metrics-port", "9200"]).unwrap();
+    assert_eq!(
+        spec.metrics.as_ref().map(|m| (m.port, m.path.as_str())),
+        Some((9200, "/stats"))
+    );
+    update(&mut spec, &["--metrics-port", "none"]).unwrap();
+    assert_eq!(spec.metrics, None);
+    let error = update(&mut spec, &["--metrics-path", "/stats"]).unwrap_err();
+    assert!(
+        error.to_string().contains("give --metrics-port too"),
+        "{error}"
+    );
+    let error = update(&mut spec, &["--metrics-port", "0"]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "--metrics-port: expected a port 1-65535 or none, got \"0\""
+    );
+    let error = created(&[
+        "create",
+        "web",
+        "--image",
+        "x:1",
+        "--metrics-port",
+        "9100",
+        "--metrics-path",
+        "stats",
+    ])
+    .unwrap_err();
+    assert!(
+        error.to_string().ends_with("(from --metrics-path)"),
+        "{error}"
+    );
+}
