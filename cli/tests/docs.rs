@@ -90,6 +90,12 @@ fn the_logs_commands_in_the_docs_parse() {
         .filter(|line| line.contains("logs "))
         .collect();
     assert!(commands.len() >= 4, "{commands:?}");
+    each_parses(&commands);
+}
+
+/// Each of `commands` (a `warren` command line without `warren`) parses: its flags exist and
+/// their values are valid (clap checks them before it reaches the `--help` put at the end).
+fn each_parses(commands: &[&str]) {
     for line in commands {
         let mut args = shell_words::split(line).expect("a command a shell can split");
         args.push("--help".to_owned());
@@ -111,14 +117,5 @@ fn the_monitoring_commands_in_the_docs_parse() {
         .filter_map(|line| line.strip_prefix("$ warren "))
         .collect();
     assert!(commands.len() >= 5, "{commands:?}");
-    for line in commands {
-        let mut args = shell_words::split(line).expect("a command a shell can split");
-        args.push("--help".to_owned());
-        let output = command().args(&args).output().expect("run warren");
-        assert!(
-            output.status.success(),
-            "`warren {line}`: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    each_parses(&commands);
 }

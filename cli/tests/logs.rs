@@ -13,24 +13,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Foreground, READY_TIMEOUT, command, control_init, ok, processes_under, wait_until};
+use common::{Foreground, KillUnder, READY_TIMEOUT, command, control_init, ok, wait_until};
 
 /// Prints `out N` and `err N` five times a second.
 const PRINTER: &str =
     "sh -c 'i=0; while :; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); sleep 0.2; done'";
-
-/// Kills every process left under a directory (workloads outlive their agent by design).
-struct KillUnder(PathBuf);
-
-impl Drop for KillUnder {
-    fn drop(&mut self) {
-        for pid in processes_under(&self.0) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
-    }
-}
 
 fn warren(config: &Path, args: &[&str]) -> Output {
     command()

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod common;
-use common::{Foreground, command, ok, processes_under, wait_until};
+use common::{Foreground, KillUnder, command, control_init_with, ok, wait_until};
 
 /// Prometheus needs a few seconds before its first samples; federation adds a scrape more.
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -288,17 +288,6 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     });
 }
 
-/// Kills every process left under a directory (workloads outlive their agent by design).
-struct KillUnder(PathBuf);
-
-impl Drop for KillUnder {
-    fn drop(&mut self) {
-        for pid in processes_under(&self.0) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
 fn warren(config: &Path, args: &[&str]) -> Output {
     command()
         .arg("--config")
@@ -306,41 +295,6 @@ fn warren(config: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run warren")
-}
-
-/// The control node `ops-1` in site `central`, its metrics on `metrics_port`; returns it and
-/// its admin.conf and QUIC address.
-fn start_control(dir: &Path, metrics_port: u16) -> (Foreground, PathBuf, String) {
-    let data_dir = dir.join("control");
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut control = Foreground::spawn(
-        &[
-            "control",
-            "init",
-            "--name",
-            "ops-1",
-            "--site",
-            "central",
-            "--api",
-            "127.0.0.1:0",
-            "--quic",
-            "127.0.0.1:0",
-            "--gossip",
-            "none",
-            "--metrics",
-            &metrics,
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 path"),
-        ],
-        dir.join("control.log"),
-    );
-    let ready = control.wait_for_line(" serving ");
-    let quic = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("quic="))
-        .expect("quic address in the ready line")
-        .to_owned();
-    (control, data_dir.join("admin.conf"), quic)
 }
 
 /// `warren agent join` as `name` in `site`, metrics and gossip on free loopback ports.
@@ -416,7 +370,9 @@ fn two_sites_are_discovered_federated_and_scraped_through_a_cut() {
     let dir = tempfile::tempdir().unwrap();
     let _workloads = KillUnder(dir.path().to_owned());
     let control_metrics = free_port();
-    let (control, config, quic) = start_control(dir.path(), control_metrics);
+    let metrics = format!("127.0.0.1:{control_metrics}");
+    let (control, quic, config) =
+        control_init_with(dir.path(), &["--metrics", &metrics, "--gossip", "none"]);
     let token = ok(warren(&config, &["token", "create", "--role", "agent"]));
     let token = token.trim();
     let _lisbon_agents = [

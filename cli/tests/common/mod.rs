@@ -180,26 +180,29 @@ pub fn alive(pid: u64) -> bool {
 /// A `warren control init` child on loopback ports in `dir/control`; returns it, its QUIC
 /// address and the admin.conf path.
 pub fn control_init(dir: &Path) -> (Foreground, String, PathBuf) {
+    control_init_with(dir, &["--metrics", "none"])
+}
+
+/// [`control_init`] with `extra` flags after the defaults (a metrics address, say, instead of
+/// none).
+pub fn control_init_with(dir: &Path, extra: &[&str]) -> (Foreground, String, PathBuf) {
     let control_dir = dir.join("control");
-    let mut control = Foreground::spawn(
-        &[
-            "control",
-            "init",
-            "--name",
-            "ops-1",
-            "--site",
-            "central",
-            "--api",
-            "127.0.0.1:0",
-            "--quic",
-            "127.0.0.1:0",
-            "--metrics",
-            "none",
-            "--data-dir",
-            control_dir.to_str().expect("utf-8 path"),
-        ],
-        dir.join("control.stderr.log"),
-    );
+    let mut args = vec![
+        "control",
+        "init",
+        "--name",
+        "ops-1",
+        "--site",
+        "central",
+        "--api",
+        "127.0.0.1:0",
+        "--quic",
+        "127.0.0.1:0",
+        "--data-dir",
+        control_dir.to_str().expect("utf-8 path"),
+    ];
+    args.extend(extra);
+    let mut control = Foreground::spawn(&args, dir.join("control.stderr.log"));
     let ready = control.wait_for_line(" serving ");
     let quic = ready
         .split_whitespace()
@@ -207,6 +210,18 @@ pub fn control_init(dir: &Path) -> (Foreground, String, PathBuf) {
         .expect("quic address in the ready line")
         .to_owned();
     (control, quic, control_dir.join("admin.conf"))
+}
+
+/// Kills every process left under a directory when dropped (workloads outlive their agent by
+/// design).
+pub struct KillUnder(pub PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        for pid in processes_under(&self.0) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
 }
 
 /// `warren agent join` as node `name` in site lisbon, in `dir/agent`, against the control node
