@@ -60,6 +60,7 @@ mod prometheus_cmd;
 mod secret_cmd;
 mod service_cmd;
 mod table;
+mod version_cmd;
 mod volume_cmd;
 mod wireguard_args;
 
@@ -81,7 +82,7 @@ use crate::output::OutputFormat;
 #[derive(Debug, Parser)]
 #[command(
     name = "warren",
-    version,
+    version = version_cmd::LONG_VERSION,
     propagate_version = true,
     after_help = "Quick start on one machine:\n  \
         warren control init --data-dir /tmp/w --api 127.0.0.1:7100 --quic 127.0.0.1:7101 --metrics none &\n  \
@@ -265,6 +266,10 @@ enum Command {
         warren --config /tmp/warren-dev/admin.conf service ps web")]
     Dev(dev::DevArgs),
 
+    /// Which build this is: version, commit, target and build date (as in `warren_build_info`).
+    #[command(after_help = "Examples:\n  warren version\n  warren version -o json\n  warren --version")]
+    Version,
+
     /// Print a shell completion script to stdout.
     ///
     /// Example: `warren completion bash > /etc/bash_completion.d/warren`
@@ -360,6 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Demo(_)
             | Command::Dev(_)
             | Command::Completion { .. }
+            | Command::Version
     );
     if top.is_given() && !talks_to_cluster {
         anyhow::bail!(
@@ -416,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args, format),
         Command::Dev(args) => dev::run(args),
+        Command::Version => version_cmd::run(format),
         Command::Completion { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "warren", &mut script);
@@ -449,6 +456,7 @@ fn main() -> ExitCode {
     if let Some(code) = container_logger() {
         return code;
     }
+    version_cmd::record();
     let cli = Cli::parse();
     init_logging(&cli);
     match fd_limit::raise_nofile() {

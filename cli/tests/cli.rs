@@ -252,6 +252,34 @@ fn control_init_then_operate_the_cluster() {
     );
 }
 
+/// `warren version`, `-o json` and `--version` name one build: version, commit, target and
+/// build date.
+#[test]
+fn version_names_the_build() {
+    let json = warren(&["version", "-o", "json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let build: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let field = |name: &str| build[name].as_str().expect(name).to_owned();
+    let (version, commit, target, built) = (
+        field("version"),
+        field("commit"),
+        field("target"),
+        field("built"),
+    );
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert!(target.ends_with("-linux-gnu") || target.ends_with("-linux-musl"), "{target}");
+    assert!(built.ends_with('Z') && built.len() == 20, "{built}");
+    let short = stdout(&warren(&["--version"]));
+    assert_eq!(
+        short.trim(),
+        format!("warren {version} (commit {commit}, {target}, built {built})")
+    );
+    let long = stdout(&warren(&["version"]));
+    for value in [&version, &commit, &target, &built] {
+        assert!(long.contains(value.as_str()), "{long}");
+    }
+}
+
 /// `control run --metrics` moves the metrics listener (or turns it off with `none`), and a
 /// later `control run` without the flag listens where the last one said: the setting is kept.
 #[test]
@@ -264,13 +292,21 @@ fn control_run_moves_the_metrics_listener_and_keeps_it() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let metrics = free.local_addr().expect("bound").to_string();
     drop(free);
+    // The metric names the build `warren version` names.
+    let version = warren(&["version", "-o", "json"]);
+    let version: serde_json::Value = serde_json::from_slice(&version.stdout).expect("JSON");
+    let build = format!(
+        r#"built="{}",commit="{}""#,
+        version["built"].as_str().expect("built"),
+        version["commit"].as_str().expect("commit")
+    );
     let serves_metrics = |addr: &str| {
         std::net::TcpStream::connect(addr).is_ok() && {
             let scraped = http_get(addr, "/metrics");
             scraped.starts_with("HTTP/1.1 200")
                 && scraped
                     .lines()
-                    .any(|l| l.starts_with("warren_build_info{") && l.contains("node=\"ops-1\""))
+                    .any(|l| l.starts_with("warren_build_info{") && l.contains("node=\"ops-1\"") && l.contains(&build))
         }
     };
     assert!(!serves_metrics(&metrics), "nothing listens there yet");

@@ -46,15 +46,18 @@ impl NodeLabels {
     }
 }
 
-/// `warren_build_info{version, commit, arch} 1`.
+/// `warren_build_info{version, commit, arch, target, built} 1`.
 fn build_info_gauge() -> IntGauge {
+    let build = build_info::get();
     let opts = Opts::new(
         "warren_build_info",
         "Always 1; the labels say which build this process runs.",
     )
-    .const_label("version", build_info::VERSION)
-    .const_label("commit", build_info::COMMIT)
-    .const_label("arch", build_info::ARCH);
+    .const_label("version", build.version)
+    .const_label("commit", build.commit)
+    .const_label("arch", build_info::ARCH)
+    .const_label("target", build.target)
+    .const_label("built", build.built);
     let gauge = IntGauge::with_opts(opts).expect("valid metric");
     gauge.set(1);
     gauge
@@ -202,7 +205,7 @@ mod tests {
         };
         assert!(has("warren_build_info{arch=", " 1"), "{text}");
         assert!(
-            text.contains(&format!("commit=\"{}\"", build_info::COMMIT)),
+            text.contains(&format!("commit=\"{}\"", build_info::get().commit)),
             "{text}"
         );
         assert!(

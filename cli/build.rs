@@ -1,5 +1,10 @@
-//! Records the commit the build comes from (`WARREN_COMMIT`) and the target it is built for
-//! (`WARREN_TARGET`), for [`build_info`](src/build_info.rs).
+//! Records the commit the build comes from (`WARREN_COMMIT`), the target it is built for
+//! (`WARREN_TARGET`) and when (`WARREN_BUILD_DATE`), for `warren version` and the
+//! `warren_build_info` metric (`warren_api::build_info`). Kept in the binary's crate so a commit
+//! rebuilds the binary only, not every crate below it.
+//!
+//! The date is `$SOURCE_DATE_EPOCH` when set (reproducible builds), else the time this script
+//! ran: the last clean build or commit.
 //!
 //! The commit is `$WARREN_BUILD_COMMIT` when set (builds from a tarball, packagers), else
 //! `git rev-parse --short=12 HEAD`, else `unknown` (no git, or not a checkout). Cargo reruns
@@ -23,6 +28,36 @@ fn main() {
         }
     };
     println!("cargo:rustc-env=WARREN_COMMIT={commit}");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    println!("cargo:rustc-env=WARREN_BUILD_DATE={}", rfc3339(epoch));
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days algorithm).
+fn rfc3339(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 /// Output of `git ARGS` run in this crate's directory, trimmed; `None` when git is missing or
