@@ -9,8 +9,10 @@
 //! (the token is invalid, used, expired or revoked; the server is another cluster) and a
 //! config file that does not parse end with [`EXIT_PERMANENT`], the status the systemd unit's
 //! `RestartPreventExitStatus=` names. A join interrupted after control admitted the box (a
-//! crash or power loss before `agent.json` was written) leaves credentials and a claimed cache
-//! that would refuse the next join: they are set aside first ([`set_aside_aborted_join`]).
+//! crash or power loss before `agent.json` was written) is finished from the saved grant
+//! ([`agent::finish_interrupted_join`]) rather than done again, which a single-use token
+//! would refuse; what a join cut short before the grant was whole leaves is set aside
+//! ([`set_aside_aborted_join`]) so that it cannot block the next attempt.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -101,7 +103,6 @@ pub fn run(flags: &UpFlags) -> Result<()> {
         let data_dir = config.data_dir;
         return agent_cmd::foreground(options, || async move { Ok(data_dir) });
     }
-    set_aside_aborted_join(&config.data_dir)?;
     let JoinPlan {
         data_dir,
         request,
@@ -110,7 +111,17 @@ pub fn run(flags: &UpFlags) -> Result<()> {
         options,
     } = agent_cmd::join_plan(config.join_flags(), selfcheck).map_err(in_file)?;
     agent_cmd::foreground(options, || async move {
-        let identity = join_until_admitted(&data_dir, request).await?;
+        let identity = match agent::finish_interrupted_join(&data_dir, request.clone()).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => {
+                set_aside_aborted_join(&data_dir)?;
+                join_until_admitted(&data_dir, request).await?
+            }
+            Err(error) => {
+                return Err(error)
+                    .context("finish the join interrupted after control admitted this box");
+            }
+        };
         agent_cmd::keep_after_join(&data_dir, &identity, &runtime, &overlay)?;
         Ok(data_dir)
     })
@@ -192,10 +203,11 @@ async fn join_until_admitted(
     }
 }
 
-/// Sets aside what an interrupted join left (credentials, the claimed cache: see
-/// [`JOIN_FILES`]) in `DATA_DIR/aborted-join-SECS/`, so that the next join starts clean
-/// instead of failing on a cache claimed for a node that never ran. Kept, not deleted: the
-/// node id in them tells the operator which node to `warren node rm`.
+/// Sets aside what a join cut short before its grant was whole left (a secret key without
+/// credentials, half the credentials: see [`JOIN_FILES`]) in `DATA_DIR/aborted-join-SECS/`,
+/// so that the next join starts clean instead of failing on leftovers. Kept, not deleted, for
+/// the operator to look at; control then knows a node of that name that never ran, and says
+/// so (`warren node rm` it).
 ///
 /// # Errors
 /// A file cannot be moved.
@@ -220,7 +232,7 @@ fn set_aside_aborted_join(data_dir: &Path) -> Result<()> {
     }
     tracing::warn!(
         moved_to = %aside.display(),
-        "an earlier join was interrupted after control admitted this box; its files are set aside and the box joins again (`warren node ls` may list the abandoned node: remove it with `warren node rm`)"
+        "an earlier join was cut short after control admitted this box; its files are set aside and the box joins again (`warren node ls` may list the abandoned node: remove it with `warren node rm`)"
     );
     Ok(())
 }
