@@ -1,6 +1,8 @@
 //! The YAML that docs/cli.md shows for `warren apply -f`, fed to the built binary, so that the
 //! example an operator copies and the format the CLI reads cannot drift apart; and the
-//! commands docs/logs.md and docs/monitoring.md show, parsed by the built binary.
+//! commands docs/logs.md, docs/monitoring.md and docs/install.md show, parsed by the built
+//! binary, with install.md's config file the one in deploy/systemd/ and accepted by
+//! `warren agent up --check`.
 
 mod common;
 use common::command;
@@ -8,6 +10,8 @@ use common::command;
 const CLI_DOC: &str = include_str!("../../docs/cli.md");
 const LOGS_DOC: &str = include_str!("../../docs/logs.md");
 const MONITORING_DOC: &str = include_str!("../../docs/monitoring.md");
+const INSTALL_DOC: &str = include_str!("../../docs/install.md");
+const EXAMPLE_AGENT_CONFIG: &str = include_str!("../../deploy/systemd/agent.yaml");
 
 /// The first YAML block of the `apply -f` section.
 fn apply_example() -> &'static str {
@@ -118,4 +122,42 @@ fn the_monitoring_commands_in_the_docs_parse() {
         .collect();
     assert!(commands.len() >= 5, "{commands:?}");
     each_parses(&commands);
+}
+
+/// Every `$ warren …` command of docs/install.md parses (as above).
+#[test]
+fn the_install_commands_in_the_docs_parse() {
+    let commands: Vec<&str> = INSTALL_DOC
+        .lines()
+        .filter_map(|line| line.strip_prefix("$ warren "))
+        .collect();
+    assert!(commands.len() >= 5, "{commands:?}");
+    each_parses(&commands);
+}
+
+/// docs/install.md shows deploy/systemd/agent.yaml as it is, and `agent up --check` accepts it.
+#[test]
+fn the_install_doc_shows_the_example_agent_config_and_it_checks() {
+    let shown = INSTALL_DOC
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("docs/install.md shows a YAML block");
+    assert_eq!(
+        shown, EXAMPLE_AGENT_CONFIG,
+        "docs/install.md and deploy/systemd/agent.yaml differ"
+    );
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, EXAMPLE_AGENT_CONFIG).unwrap();
+    let output = command()
+        .args(["agent", "up", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run warren");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).starts_with("ok: "),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
