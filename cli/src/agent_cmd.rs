@@ -367,25 +367,21 @@ pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     match args.command {
         AgentCommand::Status { data_dir } => status(&data_dir, format),
         AgentCommand::Run(flags) => {
-            let options = run_options(&flags, selfcheck_knob()?)?;
-            let data_dir = flags.data_dir;
-            foreground(options, || async move { Ok(data_dir) })
+            run_joined(run_options(&flags, selfcheck_knob()?)?, flags.data_dir)
         }
         AgentCommand::Join(flags) => {
             let plan = join_plan(flags, selfcheck_knob()?)?;
-            let JoinPlan {
-                data_dir,
-                request,
-                runtime,
-                overlay,
-                options,
-            } = plan;
-            foreground(options, || async move {
-                join(data_dir, request, runtime, &overlay).await
+            foreground(plan.options, || async move {
+                join(plan.data_dir, plan.request, plan.runtime, &plan.overlay).await
             })
         }
         AgentCommand::Up(flags) => crate::agent_up::run(&flags),
     }
+}
+
+/// The joined agent of `data_dir` in the foreground until a signal.
+pub(crate) fn run_joined(options: AgentOptions, data_dir: PathBuf) -> Result<()> {
+    foreground(options, || async move { Ok(data_dir) })
 }
 
 /// The agent's options for `agent run` on a joined data dir: each flag given, else what join

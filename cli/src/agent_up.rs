@@ -100,8 +100,7 @@ pub fn run(flags: &UpFlags) -> Result<()> {
     }
     if joined {
         let options = agent_cmd::run_options(&config.run_flags(), selfcheck).map_err(in_file)?;
-        let data_dir = config.data_dir;
-        return agent_cmd::foreground(options, || async move { Ok(data_dir) });
+        return agent_cmd::run_joined(options, config.data_dir);
     }
     let JoinPlan {
         data_dir,

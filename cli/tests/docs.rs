@@ -97,6 +97,13 @@ fn the_logs_commands_in_the_docs_parse() {
     each_parses(&commands);
 }
 
+/// The `$ warren …` command lines of `doc`, without `$ warren `.
+fn commands_of(doc: &'static str) -> Vec<&'static str> {
+    doc.lines()
+        .filter_map(|line| line.strip_prefix("$ warren "))
+        .collect()
+}
+
 /// Each of `commands` (a `warren` command line without `warren`) parses: its flags exist and
 /// their values are valid (clap checks them before it reaches the `--help` put at the end).
 fn each_parses(commands: &[&str]) {
@@ -116,10 +123,7 @@ fn each_parses(commands: &[&str]) {
 /// `prometheus.rs` runs the same commands against a cluster and real Prometheus servers).
 #[test]
 fn the_monitoring_commands_in_the_docs_parse() {
-    let commands: Vec<&str> = MONITORING_DOC
-        .lines()
-        .filter_map(|line| line.strip_prefix("$ warren "))
-        .collect();
+    let commands = commands_of(MONITORING_DOC);
     assert!(commands.len() >= 5, "{commands:?}");
     each_parses(&commands);
 }
@@ -127,10 +131,7 @@ fn the_monitoring_commands_in_the_docs_parse() {
 /// Every `$ warren …` command of docs/install.md parses (as above).
 #[test]
 fn the_install_commands_in_the_docs_parse() {
-    let commands: Vec<&str> = INSTALL_DOC
-        .lines()
-        .filter_map(|line| line.strip_prefix("$ warren "))
-        .collect();
+    let commands = commands_of(INSTALL_DOC);
     assert!(commands.len() >= 5, "{commands:?}");
     each_parses(&commands);
 }

@@ -9,8 +9,8 @@ use std::process::{Child, Stdio};
 
 mod common;
 use common::{
-    Foreground, KillUnder, READY_TIMEOUT, agent_status, alive, command, command_of,
-    control_init_with, ok, running_pids, wait_until,
+    Foreground, KillUnder, READY_TIMEOUT, admin, agent_status, alive, command, command_of,
+    control_init_with, running_pids, wait_until,
 };
 
 const AGENT_UNIT: &str = include_str!("../../deploy/systemd/warren-agent.service");
@@ -169,15 +169,6 @@ fn write_token(dir: &Path, token: &str) -> PathBuf {
     path
 }
 
-fn admin(config: &Path, args: &[&str]) -> String {
-    ok(command()
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run warren"))
-}
-
 /// The pids of the running replicas in the agent's own status, sorted, once there are `n`.
 fn running(data_dir: &Path, n: usize) -> Vec<u64> {
     wait_until(&format!("{n} running replicas"), READY_TIMEOUT, || {
@@ -208,6 +199,45 @@ fn reported(config: &Path, service: &str, want: &[u64]) {
     );
 }
 
+/// A scratch dir with a control node, a single-use agent token in a 0600 file and box
+/// `name`'s config file. Dropped in order: the control node, the workloads, the dir.
+struct Provisioned {
+    control: Foreground,
+    _workloads: KillUnder,
+    quic: String,
+    admin_conf: PathBuf,
+    token: String,
+    config: PathBuf,
+    data_dir: PathBuf,
+    binary: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+fn provision(name: &str) -> Provisioned {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let workloads = KillUnder(dir.join("workloads"));
+    let (control, quic, admin_conf) =
+        control_init_with(dir, &["--metrics", "none", "--gossip", "none"]);
+    let token = admin(
+        &admin_conf,
+        &["token", "create", "--role", "agent", "--single-use"],
+    );
+    let token = token.trim().to_owned();
+    let config = write_config(dir, name, &quic, &write_token(dir, &token));
+    Provisioned {
+        control,
+        _workloads: workloads,
+        data_dir: dir.join(format!("{name}-data")),
+        quic,
+        admin_conf,
+        token,
+        config,
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_warren")),
+        tmp,
+    }
+}
+
 fn control_run(dir: &Path) -> Foreground {
     let data = dir.join("control");
     let mut control = Foreground::spawn(
@@ -230,26 +260,18 @@ fn stop(control: &mut Foreground) {
 /// or in its output, and, single-use, it is refused for good to a second box (exit 78).
 #[test]
 fn a_box_from_one_config_file_joins_reboots_offline_and_upgrades_with_its_workloads_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let _workloads = KillUnder(dir.join("workloads"));
-    let (mut control, quic, admin_conf) =
-        control_init_with(dir, &["--metrics", "none", "--gossip", "none"]);
-    let token = admin(
-        &admin_conf,
-        &["token", "create", "--role", "agent", "--single-use"],
-    );
-    let token = token.trim();
-    let config = write_config(dir, "edge-box-1", &quic, &write_token(dir, token));
-    let data_dir = dir.join("edge-box-1-data");
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    let mut b = provision("edge-box-1");
+    let dir = b.tmp.path().to_owned();
+    let dir = dir.as_path();
+    let token = b.token.clone();
+    let token = token.as_str();
 
     eprintln!("--- first boot: the unit's command joins");
-    let mut agent = BoxAgent::start(dir, &binary, &config, "boot-1");
+    let mut agent = BoxAgent::start(dir, &b.binary, &b.config, "boot-1");
     agent.wait_for_stdout("joined the cluster as agent node");
     agent.wait_for_stdout(" running");
     admin(
-        &admin_conf,
+        &b.admin_conf,
         &[
             "service",
             "create",
@@ -260,7 +282,7 @@ fn a_box_from_one_config_file_joins_reboots_offline_and_upgrades_with_its_worklo
             "2",
         ],
     );
-    let pids = running(&data_dir, 2);
+    let pids = running(&b.data_dir, 2);
     agent.assert_token_hidden(token);
 
     eprintln!("--- systemctl stop: SIGTERM to the agent alone, workloads keep running");
@@ -271,10 +293,10 @@ fn a_box_from_one_config_file_joins_reboots_offline_and_upgrades_with_its_worklo
     );
 
     eprintln!("--- reboot with control down: runs from its cache, adopts the workloads");
-    stop(&mut control);
-    let mut agent = BoxAgent::start(dir, &binary, &config, "boot-2");
+    stop(&mut b.control);
+    let mut agent = BoxAgent::start(dir, &b.binary, &b.config, "boot-2");
     agent.wait_for_stdout(" running");
-    assert_eq!(running(&data_dir, 2), pids, "the same workloads, adopted");
+    assert_eq!(running(&b.data_dir, 2), pids, "the same workloads, adopted");
     assert!(
         !agent.logs().contains("joined the cluster"),
         "no second join"
@@ -288,32 +310,32 @@ fn a_box_from_one_config_file_joins_reboots_offline_and_upgrades_with_its_worklo
     wait_until("the workloads to die", READY_TIMEOUT, || {
         pids.iter().all(|p| !alive(*p)).then_some(())
     });
-    let mut agent = BoxAgent::start(dir, &binary, &config, "boot-3");
+    let mut agent = BoxAgent::start(dir, &b.binary, &b.config, "boot-3");
     agent.wait_for_stdout(" running");
-    let pids = running(&data_dir, 2);
+    let pids = running(&b.data_dir, 2);
 
     eprintln!("--- control back: the box reports its workloads");
     let _control = control_run(dir);
-    reported(&admin_conf, "web", &pids);
+    reported(&b.admin_conf, "web", &pids);
 
     eprintln!("--- upgrade: a new binary file, SIGTERM the old agent, start the new one");
     let upgraded = dir.join("warren-upgraded");
-    std::fs::copy(&binary, &upgraded).unwrap();
+    std::fs::copy(&b.binary, &upgraded).unwrap();
     agent.terminate();
-    let mut agent = BoxAgent::start(dir, &upgraded, &config, "boot-4");
+    let mut agent = BoxAgent::start(dir, &upgraded, &b.config, "boot-4");
     agent.wait_for_stdout(" running");
     let exe = std::fs::read_link(format!("/proc/{}/exe", agent.pid())).unwrap();
     assert_eq!(exe, upgraded, "the upgraded binary runs");
     assert_eq!(
-        running(&data_dir, 2),
+        running(&b.data_dir, 2),
         pids,
         "same workload pids after the upgrade"
     );
-    reported(&admin_conf, "web", &pids);
+    reported(&b.admin_conf, "web", &pids);
     agent.assert_token_hidden(token);
 
     eprintln!("--- the spent single-use token, given to a second box, is refused for good");
-    let other = write_config(dir, "edge-box-2", &quic, &dir.join("token"));
+    let other = write_config(dir, "edge-box-2", &b.quic, &dir.join("token"));
     let output = command()
         .args(unit_args(&other))
         .output()
@@ -330,23 +352,15 @@ fn a_box_from_one_config_file_joins_reboots_offline_and_upgrades_with_its_worklo
 /// without asking control again: the single-use token is not needed twice.
 #[test]
 fn up_waits_for_control_and_finishes_a_join_cut_short() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let _workloads = KillUnder(dir.join("workloads"));
-    let (mut control, quic, admin_conf) =
-        control_init_with(dir, &["--metrics", "none", "--gossip", "none"]);
-    let token = admin(
-        &admin_conf,
-        &["token", "create", "--role", "agent", "--single-use"],
-    );
-    let token = token.trim();
-    let config = write_config(dir, "edge-late", &quic, &write_token(dir, token));
-    let data_dir = dir.join("edge-late-data");
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    let mut b = provision("edge-late");
+    let dir = b.tmp.path().to_owned();
+    let dir = dir.as_path();
+    let token = b.token.clone();
+    let token = token.as_str();
 
     eprintln!("--- control down: the agent retries");
-    stop(&mut control);
-    let mut agent = BoxAgent::start(dir, &binary, &config, "early");
+    stop(&mut b.control);
+    let mut agent = BoxAgent::start(dir, &b.binary, &b.config, "early");
     wait_until("two join attempts logged", READY_TIMEOUT, || {
         (agent.logs().matches("cannot join yet").count() >= 2).then_some(())
     });
@@ -360,8 +374,8 @@ fn up_waits_for_control_and_finishes_a_join_cut_short() {
     agent.terminate();
 
     eprintln!("--- a join cut short before agent.json: finished from the grant, token spent");
-    std::fs::remove_file(data_dir.join("agent.json")).unwrap();
-    let mut agent = BoxAgent::start(dir, &binary, &config, "resumed");
+    std::fs::remove_file(b.data_dir.join("agent.json")).unwrap();
+    let mut agent = BoxAgent::start(dir, &b.binary, &b.config, "resumed");
     agent.wait_for_stdout(" running");
     assert!(
         agent
@@ -370,7 +384,7 @@ fn up_waits_for_control_and_finishes_a_join_cut_short() {
         "{}",
         agent.logs()
     );
-    let nodes = admin(&admin_conf, &["node", "ls"]);
+    let nodes = admin(&b.admin_conf, &["node", "ls"]);
     assert_eq!(nodes.matches("edge-late").count(), 1, "one node:\n{nodes}");
     agent.terminate();
 }

@@ -28,6 +28,17 @@ pub fn command_of(program: &Path) -> Command {
     command
 }
 
+/// Runs an admin command against the cluster of `config` (an `admin.conf`); returns stdout.
+#[track_caller]
+pub fn admin(config: &Path, args: &[&str]) -> String {
+    ok(command()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run warren"))
+}
+
 #[track_caller]
 /// Asserts success and returns stdout.
 pub fn ok(output: Output) -> String {
