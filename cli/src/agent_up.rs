@@ -176,7 +176,7 @@ async fn join_until_admitted(
             let error = anyhow!(error).context(format!("join the cluster at {control}"));
             return Err(if refused {
                 permanent(error.context(
-                    "control refused this box for good; make a new token (`warren token create --role agent`) and put it in the token file",
+                    "cannot join, and trying again will not help (a new token in the token file, or another name, will)",
                 ))
             } else {
                 error
