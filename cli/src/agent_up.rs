@@ -95,6 +95,7 @@ pub fn run(flags: &UpFlags) -> Result<()> {
     // port still taken or a token file not there yet, which the checks below find.
     let checked =
         agent_cmd::check_join_flags(&config.join_flags()).map_err(|e| permanent(in_file(e)))?;
+    warn_if_others_read_the_token(&flags.config, &config);
     if flags.check {
         return check(&config, &checked.name, joined);
     }
@@ -124,6 +125,27 @@ pub fn run(flags: &UpFlags) -> Result<()> {
         agent_cmd::keep_after_join(&data_dir, &identity, &runtime, &overlay)?;
         Ok(data_dir)
     })
+}
+
+/// Says so (once, at start) when the file that holds the token — the config file with a
+/// `token:`, or `token_file` — can be read by users other than its owner: any of them could
+/// join a node of their own with it.
+fn warn_if_others_read_the_token(config_path: &Path, config: &AgentConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    let holder = match (&config.token, &config.token_file) {
+        (Some(_), _) => config_path,
+        (None, Some(file)) => file.as_path(),
+        (None, None) => return,
+    };
+    if let Ok(meta) = std::fs::metadata(holder)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %holder.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the file holding the join token is readable by other users; chmod 0600 it"
+        );
+    }
 }
 
 /// `--check`'s answer, once the file passed the checks.
