@@ -1,4 +1,4 @@
-//! `warren agent join | run | status`: an edge agent in the foreground until SIGTERM or SIGINT
+//! `warren agent join | run | up | status`: an edge agent in the foreground until SIGTERM or SIGINT
 //! (which leave its workloads running for the next start to adopt), and its local status.
 //!
 //! Once running, an agent prints one stable line on stdout that scripts wait for:
@@ -30,7 +30,8 @@ pub struct AgentArgs {
 }
 
 /// Which runtime runs the workloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     /// Native processes, each in its own process group.
     Process,
@@ -245,68 +246,26 @@ pub enum AgentCommand {
         warren token create --role agent --single-use > /root/token && chmod 600 /root/token\n  \
         warren agent join --data-dir /var/lib/warren --control ops-1.example:7101 \\\n      \
             --token-file /root/token --name edge-lisbon-1 --site lisbon --label tier=edge")]
-    Join {
-        /// Where the agent keeps its files.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        /// QUIC addresses of control nodes, comma-separated; the first reachable one is used.
-        #[arg(
-            long,
-            value_name = "QUIC_ADDR[,QUIC_ADDR...]",
-            value_delimiter = ',',
-            required = true
-        )]
-        control: Vec<String>,
-        #[command(flatten)]
-        token: TokenArgs,
-        /// Node name (a DNS label). Default: this machine's host name.
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-        /// Site the node is in (a DNS label).
-        #[arg(long, value_name = "SITE", default_value = "default")]
-        site: String,
-        /// A node label for placement constraints; repeatable.
-        #[arg(long = "label", value_name = "K=V")]
-        labels: Vec<String>,
-        #[command(flatten)]
-        runtime: RuntimeArgs,
-        /// Where each replica's directory (logs, secrets, its own `work` directory) goes; kept
-        /// for `agent run`. Outside the data dir, under directories other users may pass
-        /// through (workloads run as their own users). [default: DATA_DIR-workloads, beside
-        /// the data dir]
-        #[arg(long, value_name = "DIR")]
-        workloads_dir: Option<PathBuf>,
-        /// Serve volume NAME from the host directory PATH instead of DATA_DIR-volumes/NAME
-        /// (repeatable): the allow-list of host paths services may mount, by volume name.
-        /// PATH must exist; its owner and mode are kept. Give it to every `agent run`.
-        #[arg(long = "host-volume", value_name = "NAME=PATH")]
-        host_volumes: Vec<String>,
-        #[command(flatten)]
-        listen: ListenArgs,
-        #[command(flatten)]
-        wireguard: WireguardArgs,
-    },
+    Join(JoinFlags),
     /// Run a joined agent from its data dir (foreground); works with no control plane.
-    Run {
-        /// Where the agent's files are.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        /// Where each replica's directory goes. [default: what join was given, else
-        /// DATA_DIR-workloads]
-        #[arg(long, value_name = "DIR")]
-        workloads_dir: Option<PathBuf>,
-        /// Serve volume NAME from the host directory PATH instead of DATA_DIR-volumes/NAME
-        /// (repeatable): the allow-list of host paths services may mount, by volume name.
-        /// PATH must exist; its owner and mode are kept. Give it to every `agent run`.
-        #[arg(long = "host-volume", value_name = "NAME=PATH")]
-        host_volumes: Vec<String>,
-        #[command(flatten)]
-        runtime: RuntimeArgs,
-        #[command(flatten)]
-        listen: ListenArgs,
-        #[command(flatten)]
-        wireguard: WireguardArgs,
-    },
+    Run(RunFlags),
+    /// Bring a box up from one config file: join the cluster if the data dir holds no agent
+    /// yet, else run from it (foreground). What systemd's warren-agent.service starts on
+    /// every boot.
+    ///
+    /// Not joined: the token is read from `token_file` (or `token`), never from the command
+    /// line or the environment; unreachable control is retried with jittered backoff (1 s
+    /// doubling to 60 s) until it answers, and a refused token (invalid, used, expired,
+    /// revoked) exits with status 78 (EX_CONFIG), which the unit does not restart. Joined:
+    /// runs as `agent run` would with the file's settings; the token is not read again, so
+    /// single-use tokens are fine across reboots. `--check` only reads and checks the file.
+    #[command(after_help = concat!(
+        "Example config (deploy/systemd/agent.yaml; docs/install.md explains each field):\n\n",
+        include_str!("../../deploy/systemd/agent.yaml"),
+        "\nExamples:\n  warren agent up --config /etc/warren/agent.yaml --check\n  \
+        warren agent up --config /etc/warren/agent.yaml"
+    ))]
+    Up(crate::agent_up::UpFlags),
     /// The agent's local view: revision, link state, workloads. Works offline and while the
     /// agent runs.
     #[command(after_help = "Example:\n  warren agent status --data-dir /var/lib/warren -o json")]
@@ -315,6 +274,73 @@ pub enum AgentCommand {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+}
+
+/// `agent join`'s flags; `agent up` makes them from its config file.
+#[derive(Debug, clap::Args)]
+pub struct JoinFlags {
+    /// Where the agent keeps its files.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// QUIC addresses of control nodes, comma-separated; the first reachable one is used.
+    #[arg(
+        long,
+        value_name = "QUIC_ADDR[,QUIC_ADDR...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub control: Vec<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Node name (a DNS label). Default: this machine's host name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Site the node is in (a DNS label).
+    #[arg(long, value_name = "SITE", default_value = "default")]
+    pub site: String,
+    /// A node label for placement constraints; repeatable.
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Where each replica's directory (logs, secrets, its own `work` directory) goes; kept
+    /// for `agent run`. Outside the data dir, under directories other users may pass
+    /// through (workloads run as their own users). [default: DATA_DIR-workloads, beside
+    /// the data dir]
+    #[arg(long, value_name = "DIR")]
+    pub workloads_dir: Option<PathBuf>,
+    /// Serve volume NAME from the host directory PATH instead of DATA_DIR-volumes/NAME
+    /// (repeatable): the allow-list of host paths services may mount, by volume name.
+    /// PATH must exist; its owner and mode are kept. Give it to every `agent run`.
+    #[arg(long = "host-volume", value_name = "NAME=PATH")]
+    pub host_volumes: Vec<String>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub wireguard: WireguardArgs,
+}
+
+/// `agent run`'s flags; `agent up` makes them from its config file for a joined box.
+#[derive(Debug, clap::Args)]
+pub struct RunFlags {
+    /// Where the agent's files are.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Where each replica's directory goes. [default: what join was given, else
+    /// DATA_DIR-workloads]
+    #[arg(long, value_name = "DIR")]
+    pub workloads_dir: Option<PathBuf>,
+    /// Serve volume NAME from the host directory PATH instead of DATA_DIR-volumes/NAME
+    /// (repeatable): the allow-list of host paths services may mount, by volume name.
+    /// PATH must exist; its owner and mode are kept. Give it to every `agent run`.
+    #[arg(long = "host-volume", value_name = "NAME=PATH")]
+    pub host_volumes: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub wireguard: WireguardArgs,
 }
 
 /// `--host-volume NAME=PATH`s as the runtimes' allow-list, checked (names, absolute paths).
@@ -340,73 +366,110 @@ fn parse_host_volumes(flags: &[String]) -> Result<std::collections::BTreeMap<Str
 pub fn run(args: AgentArgs, format: OutputFormat) -> Result<()> {
     match args.command {
         AgentCommand::Status { data_dir } => status(&data_dir, format),
-        AgentCommand::Run {
-            data_dir,
-            workloads_dir,
-            host_volumes,
-            runtime,
-            listen,
-            wireguard,
-        } => {
-            let selfcheck = selfcheck_knob()?;
-            let runtime = runtime.choice(false)?;
-            let identity = agent::load_identity(&data_dir)
-                .with_context(|| format!("start the agent in {}", data_dir.display()))?;
-            let settings = listen.settings(identity.listen.as_ref())?;
-            let mut options = options(&settings, listen.advertise_gossip, selfcheck);
-            options.overlay = Some(wireguard.settings_at_run(&data_dir)?);
-            // Not given: what join kept in agent.json, else the default (Agent::open).
-            options.process.workloads_dir = workloads_dir;
-            options.process.host_volumes = parse_host_volumes(&host_volumes)?;
-            options.runtime = runtime;
-            foreground(options, || async move { Ok(data_dir) })
+        AgentCommand::Run(flags) => {
+            run_joined(run_options(&flags, selfcheck_knob()?)?, flags.data_dir)
         }
-        AgentCommand::Join {
-            data_dir,
-            control,
-            token,
-            name,
-            site,
-            labels,
-            runtime,
-            workloads_dir,
-            host_volumes,
-            listen,
-            wireguard,
-        } => {
-            let selfcheck = selfcheck_knob()?;
-            let overlay = wireguard.settings(None)?;
-            let runtime = runtime
-                .choice(true)?
-                .expect("join always chooses a runtime");
-            let name = match name {
-                Some(name) => name,
-                None => default_name(),
-            };
-            warren_api::validate_node_name(&name).map_err(|e| anyhow!("--name: {}", e.message))?;
-            warren_api::validate_site(&site).map_err(|e| anyhow!("--site: {}", e.message))?;
-            let labels = join_labels(&labels, &runtime)?;
-            let settings = check_listeners(&listen.settings(None)?)?;
-            let request = agent::JoinRequest {
-                advertise: advertise(&settings, listen.advertise_gossip, &control)?,
-                control_addrs: control,
-                token: token.read()?,
-                name,
-                site,
-                labels,
-                listen: Some(settings.clone()),
-                workloads_dir: workloads_dir.clone(),
-            };
-            let mut options = options(&settings, listen.advertise_gossip, selfcheck);
-            options.process.workloads_dir = workloads_dir;
-            options.process.host_volumes = parse_host_volumes(&host_volumes)?;
-            options.overlay = Some(overlay.clone());
-            options.runtime = Some(runtime.clone());
-            foreground(options, || async move {
-                join(data_dir, request, runtime, &overlay).await
+        AgentCommand::Join(flags) => {
+            let plan = join_plan(flags, selfcheck_knob()?)?;
+            foreground(plan.options, || async move {
+                join(plan.data_dir, plan.request, plan.runtime, &plan.overlay).await
             })
         }
+        AgentCommand::Up(flags) => crate::agent_up::run(&flags),
     }
+}
+
+/// The joined agent of `data_dir` in the foreground until a signal.
+pub(crate) fn run_joined(options: AgentOptions, data_dir: PathBuf) -> Result<()> {
+    foreground(options, || async move { Ok(data_dir) })
+}
+
+/// The agent's options for `agent run` on a joined data dir: each flag given, else what join
+/// kept there, else the default.
+pub(crate) fn run_options(flags: &RunFlags, selfcheck: bool) -> Result<AgentOptions> {
+    let runtime = flags.runtime.choice(false)?;
+    let identity = agent::load_identity(&flags.data_dir)
+        .with_context(|| format!("start the agent in {}", flags.data_dir.display()))?;
+    let settings = flags.listen.settings(identity.listen.as_ref())?;
+    let mut options = options(&settings, flags.listen.advertise_gossip, selfcheck);
+    options.overlay = Some(flags.wireguard.settings_at_run(&flags.data_dir)?);
+    // Not given: what join kept in agent.json, else the default (Agent::open).
+    options.process.workloads_dir = flags.workloads_dir.clone();
+    options.process.host_volumes = parse_host_volumes(&flags.host_volumes)?;
+    options.runtime = runtime;
+    Ok(options)
+}
+
+/// Everything `agent join` needs, checked before control is contacted: the join request (with
+/// the token), the runtime and overlay to keep, and the options of the agent it becomes.
+pub(crate) struct JoinPlan {
+    pub data_dir: PathBuf,
+    pub request: agent::JoinRequest,
+    pub runtime: agent::RuntimeChoice,
+    pub overlay: warren_edge_agent::overlay::OverlaySettings,
+    pub options: AgentOptions,
+}
+
+/// `agent join`'s flags checked without touching anything (no listener bound, no token read,
+/// nothing asked of control): what `agent up --check` reports on.
+pub(crate) struct CheckedJoin {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub runtime: agent::RuntimeChoice,
+    pub overlay: warren_edge_agent::overlay::OverlaySettings,
+    pub host_volumes: BTreeMap<String, PathBuf>,
+    pub listen: ListenSettings,
+}
+
+/// Checks `agent join`'s flags, each error naming its flag.
+pub(crate) fn check_join_flags(flags: &JoinFlags) -> Result<CheckedJoin> {
+    let overlay = flags.wireguard.settings(None)?;
+    let runtime = flags
+        .runtime
+        .choice(true)?
+        .expect("join always chooses a runtime");
+    let name = match &flags.name {
+        Some(name) => name.clone(),
+        None => default_name(),
+    };
+    warren_api::validate_node_name(&name).map_err(|e| anyhow!("--name: {}", e.message))?;
+    warren_api::validate_site(&flags.site).map_err(|e| anyhow!("--site: {}", e.message))?;
+    Ok(CheckedJoin {
+        name,
+        labels: join_labels(&flags.labels, &runtime)?,
+        runtime,
+        overlay,
+        host_volumes: parse_host_volumes(&flags.host_volumes)?,
+        listen: flags.listen.settings(None)?,
+    })
+}
+
+/// Checks `agent join`'s flags (listeners bound once, the token read) into a [`JoinPlan`].
+pub(crate) fn join_plan(flags: JoinFlags, selfcheck: bool) -> Result<JoinPlan> {
+    let checked = check_join_flags(&flags)?;
+    let settings = check_listeners(&checked.listen)?;
+    let request = agent::JoinRequest {
+        advertise: advertise(&settings, flags.listen.advertise_gossip, &flags.control)?,
+        control_addrs: flags.control,
+        token: flags.token.read()?,
+        name: checked.name,
+        site: flags.site,
+        labels: checked.labels,
+        listen: Some(settings.clone()),
+        workloads_dir: flags.workloads_dir.clone(),
+    };
+    let mut options = options(&settings, flags.listen.advertise_gossip, selfcheck);
+    options.process.workloads_dir = flags.workloads_dir;
+    options.process.host_volumes = checked.host_volumes;
+    options.overlay = Some(checked.overlay.clone());
+    options.runtime = Some(checked.runtime.clone());
+    Ok(JoinPlan {
+        data_dir: flags.data_dir,
+        request,
+        runtime: checked.runtime,
+        overlay: checked.overlay,
+        options,
+    })
 }
 
 /// `agent join`'s part before the agent runs: join, say so, then carry on as `agent run`
@@ -421,21 +484,32 @@ async fn join(
     let identity = agent::join(&data_dir, request)
         .await
         .with_context(|| format!("join the cluster at {control}"))?;
+    keep_after_join(&data_dir, &identity, &runtime, overlay)?;
+    let error = become_run(&data_dir);
+    tracing::warn!(error = %error, "cannot carry on as `warren agent run`; running in this process (its command line keeps the join flags)");
+    Ok(data_dir)
+}
+
+/// What a join keeps besides what [`agent::join`] writes (the runtime, the overlay settings),
+/// then the `joined the cluster` line.
+pub(crate) fn keep_after_join(
+    data_dir: &Path,
+    identity: &agent::AgentIdentity,
+    runtime: &agent::RuntimeChoice,
+    overlay: &warren_edge_agent::overlay::OverlaySettings,
+) -> Result<()> {
     // Kept before carrying on as `agent run`, which reads them from the data dir (it used to
     // get the WireGuard settings only after, so a joined agent ran with --wireguard auto
     // whatever join was told).
-    agent::save_runtime_choice(&data_dir, &runtime).context("keep the runtime choice")?;
+    agent::save_runtime_choice(data_dir, runtime).context("keep the runtime choice")?;
     overlay
-        .save(&data_dir)
+        .save(data_dir)
         .with_context(|| format!("keep the WireGuard settings in {}", data_dir.display()))?;
     say(&format!(
         "joined the cluster as agent node {} ({})",
         identity.node_id,
         data_dir.display()
-    ))?;
-    let error = become_run(&data_dir);
-    tracing::warn!(error = %error, "cannot carry on as `warren agent run`; running in this process (its command line keeps the join flags)");
-    Ok(data_dir)
+    ))
 }
 
 /// Global options that a joined agent keeps when it carries on as `agent run`, each with a
@@ -487,7 +561,7 @@ const SELFCHECK_STOP_ON_DISCONNECT: &str = "WARREN_SELFCHECK_STOP_ON_DISCONNECT"
 
 /// Reads the self-check knob (first of all: a garbled value must stop the command before it
 /// does anything).
-fn selfcheck_knob() -> Result<bool> {
+pub(crate) fn selfcheck_knob() -> Result<bool> {
     parse_selfcheck(std::env::var_os(SELFCHECK_STOP_ON_DISCONNECT).as_deref())
 }
 
@@ -536,7 +610,7 @@ fn parse_selfcheck(value: Option<&std::ffi::OsStr>) -> Result<bool> {
 }
 
 /// Runs `prepare` (which yields the data dir), then the agent until a signal.
-fn foreground<F, Fut>(options: AgentOptions, prepare: F) -> Result<()>
+pub(crate) fn foreground<F, Fut>(options: AgentOptions, prepare: F) -> Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<PathBuf>>,
@@ -545,8 +619,16 @@ where
     runtime.block_on(async move {
         let mut signals = Signals::new()?;
         let data_dir = prepare().await?;
-        let agent = Agent::open(&data_dir, options)
-            .with_context(|| format!("start the agent in {}", data_dir.display()))?;
+        let agent = match Agent::open(&data_dir, options) {
+            Ok(agent) => agent,
+            // Removed for good: starting again cannot help (exit status 78, see agent_up).
+            Err(error @ agent::AgentError::Removed) => {
+                return Err(crate::agent_up::permanent(anyhow!(error)))
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("start the agent in {}", data_dir.display()))
+            }
+        };
         let id = agent.identity().node_id;
         let cancel = CancellationToken::new();
         let mut serving = tokio::spawn(agent.serve(cancel.clone()));
@@ -567,9 +649,9 @@ where
                 say(&format!("warren agent node {id} stopped"))?;
                 Ok(())
             }
-            RunEnd::Removed(message) => {
-                bail!("node {id} was removed from the cluster ({message}); its workloads were stopped")
-            }
+            RunEnd::Removed(message) => Err(crate::agent_up::permanent(anyhow!(
+                "node {id} was removed from the cluster ({message}); its workloads were stopped"
+            ))),
         }
     })
 }

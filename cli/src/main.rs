@@ -8,6 +8,8 @@
 //! - [`admin_conf_watch`]: the init node keeps its `admin.conf` listing the control members.
 //! - [`agent_cmd`]: `warren agent join | run | status`, an edge agent in the foreground and its
 //!   local status.
+//! - [`agent_up`]: `warren agent up`, a box from one config file ([`agent_config`]): join if
+//!   not joined, else run; a refusal exits 78 so systemd does not start it again.
 //! - [`hide_token`]: a `--token VALUE` leaves the command line (re-exec with a pipe) before
 //!   anything else runs.
 //! - [`fd_limit`]: raises the open-file limit to the hard limit at start.
@@ -40,6 +42,8 @@
 
 mod admin_conf_watch;
 mod agent_cmd;
+mod agent_config;
+mod agent_up;
 mod apply;
 mod client;
 mod cluster_cmd;
@@ -344,7 +348,7 @@ fn hide_join_token(command: &Command) {
             command: control_cmd::ControlCommand::Join { .. },
             ..
         }) | Command::Agent(agent_cmd::AgentArgs {
-            command: agent_cmd::AgentCommand::Join { .. },
+            command: agent_cmd::AgentCommand::Join(_),
             ..
         })
     );
@@ -473,7 +477,7 @@ fn main() -> ExitCode {
         Err(error) => {
             // One line: the context chain joined, as operators and scripts expect.
             eprintln!("error: {}", output::one_line(&error));
-            ExitCode::FAILURE
+            agent_up::exit_code(&error)
         }
     }
 }

@@ -10,7 +10,8 @@ use warren_api::rest::NodeInfo;
 use warren_edge_agent::overlay::{OverlayMode, OverlaySettings};
 
 /// Whether the node runs the overlay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WireguardMode {
     /// Always; if the TUN device cannot be made, say why and keep the rest running.
     On,

@@ -9,18 +9,9 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    Foreground, READY_TIMEOUT, agent_status, command, control_init, ok, running_pids, wait_until,
+    Foreground, READY_TIMEOUT, admin, agent_status, command, control_init, ok, running_pids,
+    wait_until,
 };
-
-/// Runs an admin command against the cluster of `config`; returns stdout.
-fn admin(config: &Path, args: &[&str]) -> String {
-    ok(command()
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run warren"))
-}
 
 /// The nodes control knows, as `node ls -o json` gives them.
 fn nodes(config: &Path) -> Vec<serde_json::Value> {

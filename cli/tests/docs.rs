@@ -1,6 +1,8 @@
 //! The YAML that docs/cli.md shows for `warren apply -f`, fed to the built binary, so that the
 //! example an operator copies and the format the CLI reads cannot drift apart; and the
-//! commands docs/logs.md and docs/monitoring.md show, parsed by the built binary.
+//! commands docs/logs.md, docs/monitoring.md and docs/install.md show, parsed by the built
+//! binary, with install.md's config file the one in deploy/systemd/ and accepted by
+//! `warren agent up --check`.
 
 mod common;
 use common::command;
@@ -8,6 +10,8 @@ use common::command;
 const CLI_DOC: &str = include_str!("../../docs/cli.md");
 const LOGS_DOC: &str = include_str!("../../docs/logs.md");
 const MONITORING_DOC: &str = include_str!("../../docs/monitoring.md");
+const INSTALL_DOC: &str = include_str!("../../docs/install.md");
+const EXAMPLE_AGENT_CONFIG: &str = include_str!("../../deploy/systemd/agent.yaml");
 
 /// The first YAML block of the `apply -f` section.
 fn apply_example() -> &'static str {
@@ -93,6 +97,13 @@ fn the_logs_commands_in_the_docs_parse() {
     each_parses(&commands);
 }
 
+/// The `$ warren …` command lines of `doc`, without `$ warren `.
+fn commands_of(doc: &'static str) -> Vec<&'static str> {
+    doc.lines()
+        .filter_map(|line| line.strip_prefix("$ warren "))
+        .collect()
+}
+
 /// Each of `commands` (a `warren` command line without `warren`) parses: its flags exist and
 /// their values are valid (clap checks them before it reaches the `--help` put at the end).
 fn each_parses(commands: &[&str]) {
@@ -112,10 +123,42 @@ fn each_parses(commands: &[&str]) {
 /// `prometheus.rs` runs the same commands against a cluster and real Prometheus servers).
 #[test]
 fn the_monitoring_commands_in_the_docs_parse() {
-    let commands: Vec<&str> = MONITORING_DOC
-        .lines()
-        .filter_map(|line| line.strip_prefix("$ warren "))
-        .collect();
+    let commands = commands_of(MONITORING_DOC);
     assert!(commands.len() >= 5, "{commands:?}");
     each_parses(&commands);
+}
+
+/// Every `$ warren …` command of docs/install.md parses (as above).
+#[test]
+fn the_install_commands_in_the_docs_parse() {
+    let commands = commands_of(INSTALL_DOC);
+    assert!(commands.len() >= 5, "{commands:?}");
+    each_parses(&commands);
+}
+
+/// docs/install.md shows deploy/systemd/agent.yaml as it is, and `agent up --check` accepts it.
+#[test]
+fn the_install_doc_shows_the_example_agent_config_and_it_checks() {
+    let shown = INSTALL_DOC
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("docs/install.md shows a YAML block");
+    assert_eq!(
+        shown, EXAMPLE_AGENT_CONFIG,
+        "docs/install.md and deploy/systemd/agent.yaml differ"
+    );
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, EXAMPLE_AGENT_CONFIG).unwrap();
+    let output = command()
+        .args(["agent", "up", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run warren");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).starts_with("ok: "),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -44,7 +44,7 @@ use warren_transport::join::JoinError;
 use warren_transport::{Credentials, EndpointOptions};
 
 pub use self::identity::{AGENT_FILE, AgentIdentity, load_identity};
-pub use self::join::{JoinAdvertise, JoinRequest, join};
+pub use self::join::{JoinAdvertise, JoinRequest, finish_interrupted_join, join};
 pub use self::reconcile::{FOLLOW_UP_PASS, LOG_ROTATE_INTERVAL, RECONCILE_INTERVAL};
 pub use self::runtime_choice::{
     RUNTIME_FILE, RuntimeChoice, load_runtime_choice, save_runtime_choice,

@@ -13,7 +13,12 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `warren` with no cluster access leaking in from the machine running the tests.
 pub fn command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command_of(Path::new(env!("CARGO_BIN_EXE_warren")))
+}
+
+/// [`command`] for the `warren` binary at `program` (a copy standing for an upgrade, say).
+pub fn command_of(program: &Path) -> Command {
+    let mut command = Command::new(program);
     command
         .env_remove("WARREN_CONFIG")
         .env_remove("WARREN_LOG")
@@ -21,6 +26,17 @@ pub fn command() -> Command {
         .env_remove("WARREN_SELFCHECK_STOP_ON_DISCONNECT")
         .env("HOME", "/nonexistent-warren-test-home");
     command
+}
+
+/// Runs an admin command against the cluster of `config` (an `admin.conf`); returns stdout.
+#[track_caller]
+pub fn admin(config: &Path, args: &[&str]) -> String {
+    ok(command()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run warren"))
 }
 
 #[track_caller]

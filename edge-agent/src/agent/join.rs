@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
+use warren_api::NodeId;
 use warren_api::NodeRole;
+use warren_transport::CertRole;
 use warren_transport::join::JoinParams;
 use warren_transport::write_atomic;
 
@@ -97,7 +99,8 @@ pub async fn join(data_dir: &Path, request: JoinRequest) -> Result<AgentIdentity
         advertise: request.advertise.entries(),
     };
     let joined = join_any(&request.control_addrs, &request.token, &params).await?;
-    joined.credentials.save(data_dir)?;
+    // The secret key before the credentials: credentials on disk then mean the whole grant
+    // is, which is what lets `finish_interrupted_join` finish a join cut short after this.
     match &joined.secret_key {
         Some(key) => {
             let path = data_dir.join(secrets::SECRET_KEY_FILE);
@@ -105,19 +108,73 @@ pub async fn join(data_dir: &Path, request: JoinRequest) -> Result<AgentIdentity
         }
         None => warn!("control sent no node secret key: workloads that use secrets will not start"),
     }
-    let fingerprint = joined.credentials.cluster_fingerprint();
+    joined.credentials.save(data_dir)?;
     let mut seeds = request.control_addrs.clone();
     for addr in joined.control_addrs {
         if !seeds.contains(&addr) {
             seeds.push(addr);
         }
     }
+    let fingerprint = joined.credentials.cluster_fingerprint();
+    let identity =
+        write_joined(data_dir, cache, request, joined.node_id, fingerprint, seeds).await?;
+    info!(node_id = %identity.node_id, "joined the cluster as an agent");
+    Ok(identity)
+}
+
+/// Finishes a join that control admitted but that stopped before `agent.json` was written (a
+/// crash or power loss after the grant was saved). The node exists in the cluster and its
+/// credentials (and, saved before them, its secret key) are on disk, so joining again would only leave that node behind
+/// and, with a single-use token, be refused: the cache claim and `agent.json` are written from
+/// `request` (its token unused) as [`join`] would have. `Ok(None)`: there is no such join to
+/// finish (no grant saved, or only part of it), and nothing was done.
+///
+/// # Errors
+/// The cache cannot be opened or claimed, or `agent.json` cannot be written.
+///
+/// # Cancel safety
+/// Not cancel safe, as [`join`].
+pub async fn finish_interrupted_join(
+    data_dir: &Path,
+    request: JoinRequest,
+) -> Result<Option<AgentIdentity>, AgentError> {
+    if data_dir.join(AGENT_FILE).exists() {
+        return Ok(None);
+    }
+    let Ok(credentials) = warren_transport::Credentials::load(data_dir) else {
+        return Ok(None);
+    };
+    let identity = credentials.identity();
+    let Some(node_id) = identity
+        .node_id
+        .filter(|_| identity.role == CertRole::Agent)
+    else {
+        return Ok(None);
+    };
+    let cache = Cache::open(data_dir, CacheTuning::default())?;
+    let seeds = request.control_addrs.clone();
+    let fingerprint = credentials.cluster_fingerprint();
+    let identity = write_joined(data_dir, cache, request, node_id, fingerprint, seeds).await?;
+    info!(node_id = %identity.node_id, "finished a join that was interrupted after control admitted this node");
+    Ok(Some(identity))
+}
+
+/// The end of a join, once the grant is saved: the cache claimed for the node, then
+/// `agent.json`, written last and atomically — its presence is what "joined" means.
+async fn write_joined(
+    data_dir: &Path,
+    cache: Cache,
+    request: JoinRequest,
+    node_id: NodeId,
+    fingerprint: [u8; 32],
+    control_addrs: Vec<String>,
+) -> Result<AgentIdentity, AgentError> {
     let identity = AgentIdentity {
-        node_id: joined.node_id,
+        node_id,
         name: request.name,
         site: request.site,
         labels: request.labels,
-        control_addrs: seeds,
+        control_addrs,
         cluster_fingerprint: hex(&fingerprint),
         gossip: request.advertise.gossip.map(|a| a.to_string()),
         listen: request.listen,
@@ -126,13 +183,13 @@ pub async fn join(data_dir: &Path, request: JoinRequest) -> Result<AgentIdentity
     cache
         .claim(CacheIdentity {
             cluster_id: fingerprint,
-            node_id: joined.node_id,
+            node_id,
         })
         .await?;
     drop(cache);
+    let agent_file = data_dir.join(AGENT_FILE);
     let json = serde_json::to_vec_pretty(&identity).expect("agent identity serializes");
     write_atomic(&agent_file, &json, 0o644).map_err(io_error("write", &agent_file))?;
-    info!(node_id = %identity.node_id, "joined the cluster as an agent");
     Ok(identity)
 }
 
