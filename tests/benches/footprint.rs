@@ -5,9 +5,10 @@
 //! This prints figures for people to read; it asserts nothing. Run it with
 //! `cargo build --release -p warren-cli && cargo bench -p warren-tests --bench footprint`.
 //! One `warren control init` and one `warren agent join --token-file` run as subprocesses on
-//! 127.0.0.1, every port 0, in a temp dir; the workloads are `sleep` processes of one
-//! process-runtime service, 10 replicas for the wear window, then scaled to 50 for the memory
-//! reading. Knobs (flag, or environment variable):
+//! 127.0.0.1, every port 0, in a temp dir, with gossip on and the WireGuard overlay off (it
+//! would make TUN devices on the machine running the bench); the workloads are `sleep`
+//! processes of one process-runtime service, 10 replicas for the wear window, then scaled to
+//! 50 for the memory reading. Knobs (flag, or environment variable):
 //! - `--warren PATH` / `WARREN_BIN`: the binary for control and the CLI (default: `warren` in
 //!   the profile dir of this bench, `target/release/warren`);
 //! - `--agent-warren PATH` / `WARREN_AGENT_BIN`: the agent's binary, when it differs (an
@@ -262,7 +263,15 @@ impl Cluster {
         command
             .args(["control", "init", "--name", "ops-1", "--site", "central"])
             .args(["--api", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
-            .args(["--metrics", "none", "--gossip", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--metrics",
+                "none",
+                "--gossip",
+                "127.0.0.1:0",
+                "--wireguard",
+                "off",
+            ])
+            .arg("--data-dir")
             .arg(&control_dir);
         let mut control = Warren::spawn(command, root.join("control.stderr.log"))?;
         let ready = control.wait_for_line(" serving ")?;
@@ -332,7 +341,14 @@ fn start_agent(
         .args(["--control", quic, "--token-file"])
         .arg(token_file)
         .args(["--name", "edge-1", "--site", "lisbon", "--metrics", "none"])
-        .args(["--gossip", "127.0.0.1:0", "--dns", "none"]);
+        .args([
+            "--gossip",
+            "127.0.0.1:0",
+            "--dns",
+            "none",
+            "--wireguard",
+            "off",
+        ]);
     let mut agent = Warren::spawn(join, root.join("agent.stderr.log"))?;
     if options.agent_wrapper.is_none() {
         agent.wait_for_line(" running")?;
@@ -435,8 +451,8 @@ struct Snapshot {
     control: Io,
     /// Bytes of the files under the agent's `cache/` (sled).
     cache_bytes: u64,
-    /// Bytes of the agent's data dir without its workloads' directories (their logs are the
-    /// workloads' writes, not the agent's).
+    /// Bytes of the agent's data dir (the workloads' files, their logs included, are in
+    /// `<data dir>-workloads` beside it: their writes, not the agent's).
     agent_dir_bytes: u64,
     /// Bytes of the agent's stderr log (on a box: journald's).
     agent_log_bytes: u64,
@@ -449,24 +465,23 @@ impl Snapshot {
         Ok(Self {
             agent: Io::read(cluster.agent.pid())?,
             control: Io::read(cluster.control.pid())?,
-            cache_bytes: tree_bytes(&cluster.agent_dir.join("cache"), &[]),
-            agent_dir_bytes: tree_bytes(&cluster.agent_dir, &["workloads"]),
+            cache_bytes: tree_bytes(&cluster.agent_dir.join("cache")),
+            agent_dir_bytes: tree_bytes(&cluster.agent_dir),
             agent_log_bytes: agent_log,
-            control_dir_bytes: tree_bytes(&cluster.control_dir, &[]),
+            control_dir_bytes: tree_bytes(&cluster.control_dir),
         })
     }
 }
 
-/// Total length of the files under `dir`, skipping top-level entries named in `skip`.
-fn tree_bytes(dir: &Path, skip: &[&str]) -> u64 {
+/// Total length of the files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
-        .filter(|e| !skip.iter().any(|s| e.file_name() == *s))
         .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => tree_bytes(&entry.path(), &[]),
+            Ok(meta) if meta.is_dir() => tree_bytes(&entry.path()),
             Ok(meta) => meta.len(),
             Err(_) => 0,
         })
@@ -566,7 +581,10 @@ fn wear_window(
 
 fn print_header(options: &Options) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("footprint: one control node and one agent, real `warren` processes");
+    println!(
+        "footprint: one control node and one agent, real `warren` processes (gossip on, \
+         WireGuard off)"
+    );
     println!(
         "  host {} ({cpus} CPUs), control and CLI {}",
         std::env::consts::ARCH,
@@ -600,7 +618,7 @@ fn print_figures(figures: &Figures, options: &Options) {
     let agent = figures.after.agent.since(figures.before.agent);
     let control = figures.after.control.since(figures.before.control);
     let grew = |f: fn(&Snapshot) -> u64| f(&figures.after) as i64 - f(&figures.before) as i64;
-    println!("  {:<52} {:>16} {:>12}  {}", "what", "figure", "target", "");
+    println!("  {:<52} {:>16} {:>12}", "what", "figure", "target");
     let wear = per_hour(agent.write_bytes);
     row(
         "agent write_bytes per hour (10 workloads, idle)",
@@ -620,7 +638,7 @@ fn print_figures(figures: &Figures, options: &Options) {
         signed_text(grew(|s| s.cache_bytes)),
     );
     info(
-        "agent data dir growth (without workloads/)",
+        "agent data dir growth",
         signed_text(grew(|s| s.agent_dir_bytes)),
     );
     info(
