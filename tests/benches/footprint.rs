@@ -488,11 +488,12 @@ fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// (VmRSS, VmHWM) in KiB.
-type Memory = (Option<u64>, Option<u64>);
+/// (VmRSS, VmHWM, RssAnon, RssFile) in KiB. RssFile is mostly the binary's code, pages the
+/// kernel can drop and read again; RssAnon is the heap and stacks.
+type Memory = [Option<u64>; 4];
 
 fn memory_of(pid: u32) -> Memory {
-    (proc_status_kib(pid, "VmRSS"), proc_status_kib(pid, "VmHWM"))
+    ["VmRSS", "VmHWM", "RssAnon", "RssFile"].map(|field| proc_status_kib(pid, field))
 }
 
 struct Figures {
@@ -671,10 +672,17 @@ fn print_figures(figures: &Figures, options: &Options) {
     println!();
 }
 
-fn memory_rows(what: &str, (rss, hwm): Memory, target_kib: u64) {
+fn memory_rows(what: &str, [rss, hwm, anon, file]: Memory, target_kib: u64) {
     let target = format!("≤ {} MiB", target_kib / 1024);
     row(what, &mib(rss), &target, rss.map(|kib| kib <= target_kib));
     row("  VmHWM (peak)", &mib(hwm), "info", None);
+    row("  RssAnon (heap, stacks)", &mib(anon), "info", None);
+    row(
+        "  RssFile (mostly the binary's code)",
+        &mib(file),
+        "info",
+        None,
+    );
 }
 
 fn row(what: &str, figure: &str, target: &str, met: Option<bool>) {
