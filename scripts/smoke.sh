@@ -31,6 +31,8 @@ fail() {
     exit 1
 }
 warren() { "${wrap[@]}" "$bin" "$@"; }
+# A node in the background: exec, so that $! is the node itself (under its wrapper).
+node() { exec "${wrap[@]}" "$bin" "$@"; }
 # wait_for WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds, for up to 120 s.
 wait_for() {
     local what=$1 start=$SECONDS
@@ -47,15 +49,24 @@ version=$(warren --version) || fail "warren --version"
 echo "smoke: $version"
 case "$version" in "warren "*" (commit "*) ;; *) fail "--version says: $version" ;; esac
 
-warren control init --data-dir "$dir/c" --name smoke-c --api $ip:7100 --quic $ip:7101 \
-    --gossip $ip:7102 --metrics none >"$dir/control.log" 2>&1 &
+node control init --data-dir "$dir/c" --name smoke-c --api $ip:7100 --quic $ip:7101 \
+    --gossip $ip:7102 --metrics none --wireguard off >"$dir/control.log" 2>&1 &
 pids+=($!)
 export WARREN_CONFIG=$dir/c/admin.conf
 wait_for "control node serving" test -e "$WARREN_CONFIG"
 warren token create --role agent >"$dir/token"
-warren agent join --data-dir "$dir/a" --control $ip:7101 --token-file "$dir/token" \
-    --name smoke-a --site lab --metrics $ip:9191 --gossip $ip:7947 --dns $ip:5301 \
-    --wireguard off >"$dir/agent.log" 2>&1 &
+# A box's first boot: `agent up` joins from its config file, in the same process (a join on
+# the command line would exec `agent run`, which user-mode qemu cannot follow).
+cat >"$dir/agent.yaml" <<YAML
+data_dir: $dir/a
+control: [$ip:7101]
+token_file: $dir/token
+name: smoke-a
+site: lab
+listen: {metrics: $ip:9191, gossip: $ip:7947, dns: $ip:5301}
+wireguard: {mode: "off"}
+YAML
+node agent up --config "$dir/agent.yaml" >"$dir/agent.log" 2>&1 &
 pids+=($!)
 wait_for "agent joined and running" grep -q "running" "$dir/agent.log"
 warren service create smoke --command "sleep 86427" --replicas 2 >/dev/null \
