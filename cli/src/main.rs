@@ -271,7 +271,9 @@ enum Command {
     Dev(dev::DevArgs),
 
     /// Which build this is: version, commit, target and build date (as in `warren_build_info`).
-    #[command(after_help = "Examples:\n  warren version\n  warren version -o json\n  warren --version")]
+    #[command(
+        after_help = "Examples:\n  warren version\n  warren version -o json\n  warren --version"
+    )]
     Version,
 
     /// Print a shell completion script to stdout.

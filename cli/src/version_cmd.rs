@@ -56,8 +56,7 @@ mod tests {
         assert_eq!(BUILD.version, build_info::VERSION);
         assert!(
             BUILD.commit == "unknown"
-                || (BUILD.commit.len() >= 7
-                    && BUILD.commit.chars().all(|c| c.is_ascii_hexdigit())),
+                || (BUILD.commit.len() >= 7 && BUILD.commit.chars().all(|c| c.is_ascii_hexdigit())),
             "{}",
             BUILD.commit
         );
@@ -68,6 +67,9 @@ mod tests {
         assert_eq!((date[4], date[10], date[19]), (b'-', b'T', b'Z'));
         assert!(LONG_VERSION.contains(BUILD.commit) && LONG_VERSION.contains(BUILD.target));
         let text = render(&BUILD);
-        assert!(text.starts_with(&format!("warren {}\n", BUILD.version)), "{text}");
+        assert!(
+            text.starts_with(&format!("warren {}\n", BUILD.version)),
+            "{text}"
+        );
     }
 }

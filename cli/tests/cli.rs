@@ -267,7 +267,10 @@ fn version_names_the_build() {
         field("built"),
     );
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
-    assert!(target.ends_with("-linux-gnu") || target.ends_with("-linux-musl"), "{target}");
+    assert!(
+        target.ends_with("-linux-gnu") || target.ends_with("-linux-musl"),
+        "{target}"
+    );
     assert!(built.ends_with('Z') && built.len() == 20, "{built}");
     let short = stdout(&warren(&["--version"]));
     assert_eq!(
@@ -304,9 +307,11 @@ fn control_run_moves_the_metrics_listener_and_keeps_it() {
         std::net::TcpStream::connect(addr).is_ok() && {
             let scraped = http_get(addr, "/metrics");
             scraped.starts_with("HTTP/1.1 200")
-                && scraped
-                    .lines()
-                    .any(|l| l.starts_with("warren_build_info{") && l.contains("node=\"ops-1\"") && l.contains(&build))
+                && scraped.lines().any(|l| {
+                    l.starts_with("warren_build_info{")
+                        && l.contains("node=\"ops-1\"")
+                        && l.contains(&build)
+                })
         }
     };
     assert!(!serves_metrics(&metrics), "nothing listens there yet");
