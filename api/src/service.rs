@@ -257,11 +257,32 @@ const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// FNV-1a 64 of `value`'s postcard encoding: stable across runs, machines and builds of one
 /// wire version (unlike `std::hash`), without allocating the encoding.
-pub(crate) fn stable_hash<T: Serialize + ?Sized>(value: &T) -> u64 {
+pub fn stable_hash<T: Serialize + ?Sized>(value: &T) -> u64 {
     postcard::serialize_with_flavor(value, Fnv1a64(FNV_OFFSET_BASIS))
         .expect("postcard cannot fail on plain data with known lengths into an infallible sink")
 }
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The [`stable_hash`] of a list whose items were encoded one by one (`count` of them, each
+/// its postcard bytes): what hashing the list itself gives, from bytes already at hand.
+pub fn stable_hash_of_encoded_list<'a>(
+    count: usize,
+    items: impl IntoIterator<Item = &'a [u8]>,
+) -> u64 {
+    let mut hash = Fnv1a64(FNV_OFFSET_BASIS);
+    let mut length = Vec::new();
+    crate::wire::push_varint(&mut length, count as u64);
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash.0 = (hash.0 ^ u64::from(*byte)).wrapping_mul(FNV_PRIME);
+        }
+    };
+    feed(&length);
+    for item in items {
+        feed(item);
+    }
+    hash.0
+}
 
 /// A postcard output "flavor" that hashes bytes instead of storing them.
 struct Fnv1a64(u64);

@@ -716,14 +716,33 @@ pub fn view_change_for(node_id: NodeId) -> BoxedStrategy<ViewChange> {
         (pooled_secret_name(), sealed_blob())
             .prop_map(|(name, blob)| ViewChange::UpsertSecret(name, blob)),
         pooled_secret_name().prop_map(ViewChange::RemoveSecret),
-        vec(service_endpoint(), 0..2).prop_map(ViewChange::SetCatalogue),
-        vec(peer_info(), 0..2).prop_map(ViewChange::SetPeers),
+        vec(service_endpoint(), 0..2).prop_map(|c| ViewChange::SetCatalogue(sorted_catalogue(c))),
+        vec(peer_info(), 0..2).prop_map(|p| ViewChange::SetPeers(sorted_peers(p))),
         strings().prop_map(ViewChange::SetControlAddrs),
         node_with_id(Just(node_id).boxed()).prop_map(ViewChange::SetNode),
         option::of(own_mesh()).prop_map(ViewChange::SetMesh),
         scrape_targets().prop_map(ViewChange::SetScrape),
+        peer_info().prop_map(ViewChange::UpsertPeer),
+        self::node_id().prop_map(ViewChange::RemovePeer),
+        service_endpoint().prop_map(ViewChange::UpsertEndpoint),
+        pooled_replica_id().prop_map(ViewChange::RemoveEndpoint),
     ]
     .boxed()
+}
+
+/// A catalogue as control builds it: sorted by replica id, one endpoint per replica.
+pub fn sorted_catalogue(catalogue: Vec<ServiceEndpoint>) -> Vec<ServiceEndpoint> {
+    let by_replica: BTreeMap<ReplicaId, ServiceEndpoint> = catalogue
+        .into_iter()
+        .map(|e| (e.replica.clone(), e))
+        .collect();
+    by_replica.into_values().collect()
+}
+
+/// A peer list as control builds it: sorted by node id, one entry per node.
+pub fn sorted_peers(peers: Vec<PeerInfo>) -> Vec<PeerInfo> {
+    let by_node: BTreeMap<NodeId, PeerInfo> = peers.into_iter().map(|p| (p.node_id, p)).collect();
+    by_node.into_values().collect()
 }
 
 pub fn view_change() -> BoxedStrategy<ViewChange> {
@@ -779,9 +798,9 @@ pub fn node_view_for(node_id: NodeId) -> BoxedStrategy<NodeView> {
                     services,
                     replicas: replicas.into_values().collect(),
                     secrets,
-                    catalogue,
+                    catalogue: sorted_catalogue(catalogue),
                     control_addrs: addrs,
-                    peers,
+                    peers: sorted_peers(peers),
                     mesh,
                     scrape,
                 }

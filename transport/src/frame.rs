@@ -352,6 +352,24 @@ impl FramedSend {
         }
     }
 
+    /// Sends one message encoded beforehand (its postcard bytes, without the length prefix):
+    /// for messages put together from parts encoded once for many peers.
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub async fn send_payload(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+        if payload.len() > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                max: self.max_frame_bytes,
+            });
+        }
+        let mut frame = Vec::with_capacity(LEN_PREFIX_BYTES + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(payload);
+        self.send_encoded(&frame).await
+    }
+
     /// Writes raw bytes, bypassing framing (tests use it to play a misbehaving peer).
     #[doc(hidden)]
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), FrameError> {

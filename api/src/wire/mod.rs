@@ -33,7 +33,13 @@ use crate::replica::ReplicaStatus;
 /// which workload they describe (`ReplicaStatus::workload_hash`).
 /// 6: specs with a metrics endpoint (`ServiceSpec::metrics`); views carry their site's
 /// metrics endpoints (`NodeView::scrape`).
-pub const WIRE_VERSION: u16 = 6;
+/// 7: deltas change the peers and the catalogue an entry at a time (`ViewChange::UpsertPeer`,
+/// `RemovePeer`, `UpsertEndpoint`, `RemoveEndpoint`) instead of replacing the whole list.
+pub const WIRE_VERSION: u16 = 7;
+
+/// Oldest agent wire version control still serves: version 6 differs from 7 only in the
+/// delta changes it understands, and control sends a version-6 agent whole lists instead.
+pub const MIN_WIRE_VERSION: u16 = 6;
 
 /// Largest encoded message, in bytes. Both [`encode`] and [`decode`] enforce it; `transport`
 /// enforces it on frame lengths before reading a frame.
@@ -109,6 +115,71 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
         return Err(DecodeError::TrailingBytes { count: rest.len() });
     }
     Ok(message)
+}
+
+/// Encodes `ControlToAgent::Delta(ViewDelta { from, to, changes })` from changes encoded
+/// beforehand (each the [`encode`]d bytes of one [`ViewChange`], `count` of them, in order):
+/// the same bytes as encoding the whole message, without encoding again for every agent what
+/// many agents share (a catalogue endpoint, a peer).
+///
+/// # Errors
+/// [`EncodeError::TooLarge`] over [`MAX_MESSAGE_BYTES`].
+pub fn encode_delta_from_parts<'a>(
+    from: Revision,
+    to: Revision,
+    count: usize,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, EncodeError> {
+    let empty = ControlToAgent::Delta(ViewDelta {
+        from,
+        to,
+        changes: Vec::new(),
+    });
+    splice_list(encode(&empty)?, count, parts)
+}
+
+/// Encodes a [`ViewChange`] that carries a whole list (`SetPeers`, `SetCatalogue`: pass it
+/// with an empty list) from its items encoded one by one (`count` of them).
+///
+/// # Errors
+/// [`EncodeError::TooLarge`] over [`MAX_MESSAGE_BYTES`].
+pub fn encode_list_change_from_parts<'a>(
+    empty: &ViewChange,
+    count: usize,
+    items: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, EncodeError> {
+    splice_list(encode(empty)?, count, items)
+}
+
+/// `encoded` ends with an empty list (its length, a zero varint): puts `count` there and the
+/// items after it.
+fn splice_list<'a>(
+    mut out: Vec<u8>,
+    count: usize,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, EncodeError> {
+    debug_assert_eq!(out.last(), Some(&0), "ends with an empty list");
+    out.pop();
+    push_varint(&mut out, count as u64);
+    for part in parts {
+        out.extend_from_slice(part);
+        if out.len() > MAX_MESSAGE_BYTES {
+            return Err(EncodeError::TooLarge {
+                size: out.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Appends `n` as postcard writes lengths and integers (LEB128).
+pub(crate) fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 /// Why a message could not be encoded.

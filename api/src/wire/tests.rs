@@ -228,8 +228,13 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
         .map(|r| (r.id.clone(), r.clone()))
         .collect();
     let mut secrets = start.secrets.clone();
-    let mut catalogue = start.catalogue.clone();
-    let mut peers = start.peers.clone();
+    let mut catalogue: BTreeMap<ReplicaId, ServiceEndpoint> = start
+        .catalogue
+        .iter()
+        .map(|e| (e.replica.clone(), e.clone()))
+        .collect();
+    let mut peers: BTreeMap<NodeId, PeerInfo> =
+        start.peers.iter().map(|p| (p.node_id, p.clone())).collect();
     let mut control_addrs = start.control_addrs.clone();
     let mut node = start.node.clone();
     let mut mesh = start.mesh.clone();
@@ -254,8 +259,22 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
             ViewChange::RemoveSecret(name) => {
                 secrets.remove(&name);
             }
-            ViewChange::SetCatalogue(new) => catalogue = new,
-            ViewChange::SetPeers(new) => peers = new,
+            ViewChange::SetCatalogue(new) => {
+                catalogue = new.into_iter().map(|e| (e.replica.clone(), e)).collect();
+            }
+            ViewChange::SetPeers(new) => peers = new.into_iter().map(|p| (p.node_id, p)).collect(),
+            ViewChange::UpsertPeer(peer) => {
+                peers.insert(peer.node_id, peer);
+            }
+            ViewChange::RemovePeer(node) => {
+                peers.remove(&node);
+            }
+            ViewChange::UpsertEndpoint(endpoint) => {
+                catalogue.insert(endpoint.replica.clone(), endpoint);
+            }
+            ViewChange::RemoveEndpoint(replica) => {
+                catalogue.remove(&replica);
+            }
             ViewChange::SetControlAddrs(new) => control_addrs = new,
             ViewChange::SetNode(new) => node = new,
             ViewChange::SetMesh(new) => mesh = new,
@@ -269,9 +288,9 @@ fn build_directly(start: &NodeView, changes: &[ViewChange], revision: Revision) 
         services,
         replicas: replicas.into_values().collect(),
         secrets,
-        catalogue,
+        catalogue: catalogue.into_values().collect(),
         control_addrs,
-        peers,
+        peers: peers.into_values().collect(),
         mesh,
         scrape,
     }
@@ -400,6 +419,35 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config())]
+
+    /// A delta spliced from changes encoded one by one is the delta encoded whole.
+    #[test]
+    fn delta_from_parts_is_the_delta_encoded_whole(
+        from in s::revision(),
+        to in s::revision(),
+        changes in vec(s::view_change(), 0..200),
+    ) {
+        let whole = encode(&ControlToAgent::Delta(ViewDelta { from, to, changes: changes.clone() })).unwrap();
+        let parts: Vec<Vec<u8>> = changes.iter().map(|c| encode(c).unwrap()).collect();
+        let spliced = encode_delta_from_parts(from, to, parts.len(), parts.iter().map(Vec::as_slice)).unwrap();
+        prop_assert_eq!(spliced, whole);
+    }
+
+    /// A list hashed or encoded from its items encoded one by one is the list hashed or
+    /// encoded whole.
+    #[test]
+    fn list_from_parts_is_the_list_whole(peers in vec(s::peer_info(), 0..200)) {
+        let parts: Vec<Vec<u8>> = peers.iter().map(|p| encode(p).unwrap()).collect();
+        let items = || parts.iter().map(Vec::as_slice);
+        let hash = crate::service::stable_hash_of_encoded_list(parts.len(), items());
+        prop_assert_eq!(hash, crate::service::stable_hash(&peers));
+        let set = encode_list_change_from_parts(&ViewChange::SetPeers(Vec::new()), parts.len(), items());
+        prop_assert_eq!(set.unwrap(), encode(&ViewChange::SetPeers(peers.clone())).unwrap());
+    }
+}
+
 #[test]
 fn set_node_for_another_node_is_refused() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
@@ -433,7 +481,7 @@ fn json_shapes_are_readable() {
     });
     assert_eq!(
         serde_json::to_string(&hello).unwrap(),
-        r#"{"hello":{"wire_version":6,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
+        r#"{"hello":{"wire_version":7,"node_id":"0000000000000001","last_revision":42,"cache_cluster_id":null,"agent_version":"0.1.0","have":null}}"#
     );
     let refused = ControlToAgent::Refused(Refusal {
         reason: RefusalReason::WireVersion { supported: 1 },

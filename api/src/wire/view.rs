@@ -135,6 +135,16 @@ pub enum ViewChange {
     SetMesh(Option<OwnMesh>),
     /// Replace the site's metrics endpoints.
     SetScrape(ScrapeTargets),
+    /// Add or replace one mesh peer (keyed by node id; the list stays sorted by it). Wire
+    /// version 7: control sends an older agent the whole list ([`ViewChange::SetPeers`]).
+    UpsertPeer(PeerInfo),
+    /// Remove one mesh peer; nothing happens if it is absent. Wire version 7.
+    RemovePeer(NodeId),
+    /// Add or replace one catalogue endpoint (keyed by replica id; the catalogue stays sorted
+    /// by it). Wire version 7: control sends an older agent the whole catalogue.
+    UpsertEndpoint(ServiceEndpoint),
+    /// Remove one catalogue endpoint; nothing happens if it is absent. Wire version 7.
+    RemoveEndpoint(ReplicaId),
 }
 
 /// What an agent has cached, compactly: one hash per item of its view. Sent in the hello so
@@ -279,6 +289,34 @@ impl NodeView {
             ViewChange::SetNode(node) => self.node.clone_from(node),
             ViewChange::SetMesh(mesh) => self.mesh.clone_from(mesh),
             ViewChange::SetScrape(scrape) => self.scrape.clone_from(scrape),
+            ViewChange::UpsertPeer(peer) => {
+                match self
+                    .peers
+                    .binary_search_by_key(&peer.node_id, |p| p.node_id)
+                {
+                    Ok(at) => self.peers[at] = peer.clone(),
+                    Err(at) => self.peers.insert(at, peer.clone()),
+                }
+            }
+            ViewChange::RemovePeer(node) => {
+                if let Ok(at) = self.peers.binary_search_by_key(node, |p| p.node_id) {
+                    self.peers.remove(at);
+                }
+            }
+            ViewChange::UpsertEndpoint(endpoint) => {
+                match self
+                    .catalogue
+                    .binary_search_by(|e| e.replica.cmp(&endpoint.replica))
+                {
+                    Ok(at) => self.catalogue[at] = endpoint.clone(),
+                    Err(at) => self.catalogue.insert(at, endpoint.clone()),
+                }
+            }
+            ViewChange::RemoveEndpoint(replica) => {
+                if let Ok(at) = self.catalogue.binary_search_by(|e| e.replica.cmp(replica)) {
+                    self.catalogue.remove(at);
+                }
+            }
         }
     }
 
