@@ -96,6 +96,7 @@ pub struct Control {
     gossip: std::sync::OnceLock<watch::Receiver<Vec<warren_mesh::Member>>>,
     gossip_keys: std::sync::OnceLock<warren_mesh::KeyRotator>,
     membership: membership::Gate,
+    fleet_cache: crate::push::FleetCache,
 }
 
 impl std::fmt::Debug for Control {
@@ -140,7 +141,13 @@ impl Control {
             gossip: std::sync::OnceLock::new(),
             gossip_keys: std::sync::OnceLock::new(),
             membership: membership::Gate::default(),
+            fleet_cache: crate::push::FleetCache::default(),
         }
+    }
+
+    /// What every agent's view shares, per revision, for the push sessions.
+    pub(crate) fn fleet_cache(&self) -> &crate::push::FleetCache {
+        &self.fleet_cache
     }
 
     /// Hands this node's mesh member watch to the API and the leader's duties (once, when the

@@ -18,10 +18,16 @@ use tracing::{debug, info, warn};
 use warren_api::clock::unix_now_ms;
 use warren_api::wire::{
     AgentHello, AgentToControl, ControlToAgent, Listener, ListenerStatus, MAX_AGENT_MESSAGE_BYTES,
-    MAX_LISTENER_TEXT, MeshDeclaration, Refusal, RefusalReason, WIRE_VERSION,
+    MAX_LISTENER_TEXT, MIN_WIRE_VERSION, MeshDeclaration, Refusal, RefusalReason, ViewDigest,
+    WIRE_VERSION,
 };
 use warren_api::{NodeAddresses, NodeId, NodeState, NodeView, Revision};
 use warren_transport::{FrameError, PeerConnection};
+
+mod fleet;
+
+pub(crate) use fleet::FleetCache;
+use fleet::{FleetParts, Speaks, fleet_changes};
 
 use crate::command::Op;
 use crate::control::Control;
@@ -41,9 +47,24 @@ pub fn node_view(
     control_addrs: &[String],
     keys: &ClusterKeys,
 ) -> Option<NodeView> {
+    let replicas: Vec<_> = state.replicas_on(node).cloned().collect();
+    let mut view = own_part(state, node, control_addrs, keys, replicas)?;
+    view.catalogue = crate::catalogue::catalogue(state);
+    view.peers = crate::catalogue::peers(state, node);
+    view.scrape = crate::catalogue::scrape_targets(state, Some(&view.node.site));
+    Some(view)
+}
+
+/// [`node_view`] without what every node's view shares (the catalogue, the peers, the site's
+/// scrape targets: left empty), given the node's running `replicas` sorted by id.
+fn own_part(
+    state: &ClusterState,
+    node: NodeId,
+    control_addrs: &[String],
+    keys: &ClusterKeys,
+    replicas: Vec<warren_api::Replica>,
+) -> Option<NodeView> {
     let entry = state.nodes.get(&node)?;
-    let mut replicas: Vec<_> = state.replicas_on(node).cloned().collect();
-    replicas.sort_by(|a, b| a.id.cmp(&b.id));
     let services: BTreeMap<_, _> = replicas
         .iter()
         .filter_map(|r| {
@@ -69,11 +90,11 @@ pub fn node_view(
         services,
         replicas,
         secrets,
-        catalogue: crate::catalogue::catalogue(state),
+        catalogue: Vec::new(),
         control_addrs: control_addrs.to_vec(),
-        peers: crate::catalogue::peers(state, node),
+        peers: Vec::new(),
         mesh: state.own_mesh(node),
-        scrape: crate::catalogue::scrape_targets(state, Some(&entry.site)),
+        scrape: warren_api::scrape::ScrapeTargets::default(),
     })
 }
 
@@ -86,6 +107,9 @@ pub enum PushError {
     /// The stream could not be opened.
     #[error(transparent)]
     Stream(#[from] warren_transport::endpoint::StreamError),
+    /// A view over the message size limit (the agent is told nothing; it retries later).
+    #[error("cannot encode the agent's view: {0}")]
+    Encode(#[from] warren_api::wire::EncodeError),
     /// The agent was refused.
     #[error("agent refused: {0}")]
     Refused(&'static str),
@@ -128,12 +152,17 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     let _session = Session::open(&control, &hello, &conn);
     let mut applied = control.watch_applied();
     catch_up(&conn, &control, &hello, &mut send, &mut applied).await?;
-    let mut sent: Option<NodeView> = None;
+    let mut sent: Option<Sent> = None;
     let mut last_heard = tokio::time::Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
     let mut contact = QuicContact::new(&conn);
+    let speaks = if hello.wire_version >= 7 {
+        Speaks::Entries
+    } else {
+        Speaks::WholeLists
+    };
     loop {
         let view = {
             let state = control.read_stale().await;
@@ -151,16 +180,24 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 control.declaration_limit().forget(hello.node_id);
                 return Err(PushError::Refused("node_removed"));
             }
-            // A control node still joining has no cluster key: it sends no view until it has.
-            control
-                .cluster_keys()
-                .and_then(|keys| node_view(&state, hello.node_id, &state.control_addrs, &keys))
+            current_view(&control, &state, hello.node_id)?
         };
-        if let Some(view) = view
-            && let Some(message) = next_message(&hello, sent.as_ref(), &view)
-        {
-            send.send(&message).await?;
-            sent = Some(view);
+        if let Some((own, parts)) = view {
+            let frame = match &sent {
+                None => Some(first_message(&hello, &own, &parts)?),
+                Some(sent) => next_delta(control.fleet_cache(), sent, &own, &parts, speaks)?,
+            };
+            match frame {
+                Some(payload) => {
+                    send.send_payload(&payload).await?;
+                    sent = Some(Sent { own, parts });
+                }
+                None => {
+                    if let Some(sent) = &mut sent {
+                        sent.parts = parts;
+                    }
+                }
+            }
         }
         // Contact checks only note the time; everything else may change the view.
         loop {
@@ -171,7 +208,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                         info!(node_id = %hello.node_id, "agent silent; closing its stream");
                         return Err(PushError::Silent(SILENCE_LIMIT));
                     }
-                    let revision = sent.as_ref().map(|v| v.revision).unwrap_or(Revision::ZERO);
+                    let revision = sent.as_ref().map(|v| v.own.revision).unwrap_or(Revision::ZERO);
                     send.send(&ControlToAgent::Heartbeat { revision }).await?;
                     break;
                 }
@@ -214,25 +251,71 @@ async fn receive_hello(
     Ok(hello)
 }
 
-/// What to send the agent once `view` is current: the first view, a delta from what it was
-/// `sent`, or nothing when its view has not moved.
-fn next_message(
-    hello: &AgentHello,
-    sent: Option<&NodeView>,
-    view: &NodeView,
-) -> Option<ControlToAgent> {
-    match sent {
-        None => Some(first_message(hello, view)),
-        // Only forward: a view is a function of the state at its revision, so the
-        // same revision means the same view, and an agent refuses a delta that
-        // changes its view without moving it forward.
-        Some(previous)
-            if view.revision > previous.revision && previous_content_differs(previous, view) =>
-        {
-            Some(ControlToAgent::Delta(previous.diff(view)))
-        }
-        Some(_) => None,
+/// What a session last sent its agent: the node's own part of the view (see [`own_part`])
+/// and the shared parts it was completed with.
+struct Sent {
+    own: NodeView,
+    parts: Arc<FleetParts>,
+}
+
+/// The node's view at the state's revision, as its own part and the shared parts; `None`
+/// when [`node_view`] would give none.
+fn current_view(
+    control: &Control,
+    state: &ClusterState,
+    node: NodeId,
+) -> Result<Option<(NodeView, Arc<FleetParts>)>, PushError> {
+    // A control node still joining has no cluster key: it sends no view until it has.
+    let Some(keys) = control.cluster_keys() else {
+        return Ok(None);
+    };
+    let parts = control.fleet_cache().parts(state)?;
+    let replicas = parts.replicas_of(node).to_vec();
+    Ok(own_part(state, node, &state.control_addrs, &keys, replicas).map(|own| (own, parts)))
+}
+
+/// The delta that takes the agent from what it was `sent` to `own` and `parts`, encoded;
+/// `None` when its view has not moved in content (a new revision alone does not warrant a
+/// delta: a view is a function of the state at its revision, and an agent refuses a delta
+/// that changes its view without moving it forward).
+fn next_delta(
+    cache: &FleetCache,
+    sent: &Sent,
+    own: &NodeView,
+    parts: &Arc<FleetParts>,
+    speaks: Speaks,
+) -> Result<Option<Vec<u8>>, PushError> {
+    if own.revision <= sent.own.revision {
+        return Ok(None);
     }
+    let sites = (sent.own.node.site.as_str(), own.node.site.as_str());
+    let shared = fleet_changes(cache, &sent.parts, parts, own.node.id, sites, speaks)?;
+    let changes = sent.own.diff(own).changes;
+    if changes.is_empty() && shared.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(delta_payload(
+        sent.own.revision,
+        own.revision,
+        &changes,
+        &shared,
+    )?))
+}
+
+/// `ControlToAgent::Delta` of the node's own `changes` and the `shared` ones encoded already.
+fn delta_payload(
+    from: Revision,
+    to: Revision,
+    changes: &[warren_api::wire::ViewChange],
+    shared: &[Vec<u8>],
+) -> Result<Vec<u8>, warren_api::wire::EncodeError> {
+    let own: Vec<Vec<u8>> = changes
+        .iter()
+        .map(warren_api::wire::encode)
+        .collect::<Result<_, _>>()?;
+    let count = own.len() + shared.len();
+    let parts = own.iter().chain(shared).map(Vec::as_slice);
+    warren_api::wire::encode_delta_from_parts(from, to, count, parts)
 }
 
 /// Sends the last message of a stream (a refusal), finishes the stream and gives the agent
@@ -549,33 +632,46 @@ impl Drop for Session<'_> {
     }
 }
 
-/// What a new session starts with: a heartbeat when the agent already holds this view, a
-/// delta from the agent's digest when it holds an older view of this cluster, a snapshot
-/// otherwise (no cache, another cluster's cache, or a digest that does not lead forward).
-fn first_message(hello: &AgentHello, view: &NodeView) -> ControlToAgent {
-    let same_cluster = hello.cache_cluster_id == Some(view.cluster_id);
-    match &hello.have {
+/// What a new session starts with, encoded: a heartbeat when the agent already holds this
+/// view, a delta from the agent's digest when it holds an older view of this cluster, a
+/// snapshot otherwise (no cache, another cluster's cache, or a digest that does not lead
+/// forward).
+fn first_message(
+    hello: &AgentHello,
+    own: &NodeView,
+    parts: &FleetParts,
+) -> Result<Vec<u8>, PushError> {
+    let same_cluster = hello.cache_cluster_id == Some(own.cluster_id);
+    let message = match &hello.have {
         Some(have) if same_cluster && have.revision == hello.last_revision => {
-            let delta = view.delta_since(have);
-            if have.revision == view.revision && delta.changes.is_empty() {
+            // The own part's fields for the shared parts are empty; compare those apart.
+            let empty = own.digest();
+            let have_own = ViewDigest {
+                catalogue: empty.catalogue,
+                peers: empty.peers,
+                scrape: empty.scrape,
+                ..have.clone()
+            };
+            let changes = own.delta_since(&have_own).changes;
+            let shared = parts.changes_since_digest(own.node.id, &own.node.site, have)?;
+            if have.revision == own.revision && changes.is_empty() && shared.is_empty() {
                 ControlToAgent::Heartbeat {
-                    revision: view.revision,
+                    revision: own.revision,
                 }
-            } else if have.revision < view.revision {
-                ControlToAgent::Delta(delta)
+            } else if have.revision < own.revision {
+                return Ok(delta_payload(
+                    have.revision,
+                    own.revision,
+                    &changes,
+                    &shared,
+                )?);
             } else {
-                ControlToAgent::Snapshot(Box::new(view.clone()))
+                ControlToAgent::Snapshot(Box::new(parts.complete(own.clone())))
             }
         }
-        _ => ControlToAgent::Snapshot(Box::new(view.clone())),
-    }
-}
-
-/// Whether the view changed in content (a new revision alone does not warrant a delta).
-fn previous_content_differs(previous: &NodeView, next: &NodeView) -> bool {
-    let mut aligned = previous.clone();
-    aligned.revision = next.revision;
-    aligned != *next
+        _ => ControlToAgent::Snapshot(Box::new(parts.complete(own.clone()))),
+    };
+    Ok(warren_api::wire::encode(&message)?)
 }
 
 fn check_hello(
@@ -583,13 +679,13 @@ fn check_hello(
     cert_node: Option<NodeId>,
     state: &ClusterState,
 ) -> Option<ControlToAgent> {
-    if hello.wire_version != WIRE_VERSION {
+    if !(MIN_WIRE_VERSION..=WIRE_VERSION).contains(&hello.wire_version) {
         return Some(refusal(
             RefusalReason::WireVersion {
                 supported: WIRE_VERSION,
             },
             format!(
-                "agent speaks wire version {}, this control node {WIRE_VERSION}",
+                "agent speaks wire version {}, this control node {MIN_WIRE_VERSION} to {WIRE_VERSION}",
                 hello.wire_version
             ),
         ));
@@ -612,6 +708,9 @@ fn check_hello(
         Some(_) => None,
     }
 }
+
+#[cfg(test)]
+mod fleet_tests;
 
 #[cfg(test)]
 mod tests {

@@ -205,7 +205,7 @@ async fn an_agent_of_an_older_wire_version_is_refused() {
             );
             assert_eq!(
                 refusal.message,
-                format!("agent speaks wire version 2, this control node {WIRE_VERSION}")
+                format!("agent speaks wire version 2, this control node 6 to {WIRE_VERSION}")
             );
         }
         other => panic!("expected a refusal, got {other:?}"),
