@@ -3,6 +3,8 @@
 //! (also behind a transport fault switch that cuts them off), `wait_until`, and [`require`],
 //! the one gate for tests that need something of the host (root, a port).
 
+pub mod fleet_sim;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
