@@ -188,7 +188,11 @@ mod tests {
         let before = [inodes(&path), inodes(&spare)];
         swap_in(&path, &spare, b"three, longer").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"three, longer");
-        assert_eq!([inodes(&spare), inodes(&path)], before, "no new file per write");
+        assert_eq!(
+            [inodes(&spare), inodes(&path)],
+            before,
+            "no new file per write"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }
