@@ -6,7 +6,9 @@
 //! This prints figures for people to read and compare between commits; it asserts nothing
 //! about speed. Run it with
 //! `cargo build --release -p warren-cli && cargo bench -p warren-tests --bench agent`;
-//! `WARREN_BENCH_QUICK=1` shrinks every count for a smoke run. The control node runs in this
+//! `WARREN_BENCH_QUICK=1` shrinks every count for a smoke run; `WARREN_BENCH_AGENTS=100` sets
+//! how many agents the propagation section creates its service on (10 by default), and
+//! `WARREN_BENCH_ONLY=propagation` runs that section alone. The control node runs in this
 //! process (default config, sled in a temp dir); every agent is a `warren agent run --metrics
 //! none` subprocess whose workloads are `sleep` processes, all on 127.0.0.1, no root needed —
 //! except the one whose link is cut with the transport's `FaultSwitch`, which must run in this
@@ -20,7 +22,7 @@ mod fixtures;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, ensure};
 use tokio::task::JoinHandle;
@@ -95,17 +97,50 @@ const QUICK: Counts = Counts {
 /// than the rollout's pacing.
 const UPDATE_PARALLELISM: u32 = 100;
 
+/// What the environment asked of this run.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    /// `WARREN_BENCH_QUICK`.
+    quick: bool,
+    /// `WARREN_BENCH_ONLY=propagation`: section 1 alone.
+    only_propagation: bool,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<(Self, Counts)> {
+        let quick = std::env::var("WARREN_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let mut counts = if quick { QUICK } else { FULL };
+        if let Ok(agents) = std::env::var("WARREN_BENCH_AGENTS") {
+            counts.propagation_agents =
+                agents.parse().ok().filter(|n| *n > 0).with_context(|| {
+                    format!("WARREN_BENCH_AGENTS={agents}: not a count of agents")
+                })?;
+        }
+        let only_propagation = match std::env::var("WARREN_BENCH_ONLY") {
+            Ok(only) if only == "propagation" => true,
+            Ok(only) if !only.is_empty() => {
+                anyhow::bail!("WARREN_BENCH_ONLY={only}: only `propagation` can run alone")
+            }
+            _ => false,
+        };
+        let settings = Settings {
+            quick,
+            only_propagation,
+        };
+        Ok((settings, counts))
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::var("WARREN_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-    let counts = if quick { QUICK } else { FULL };
+    let (settings, counts) = Settings::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("build the tokio runtime")?;
-    runtime.block_on(run(counts, quick))
+    runtime.block_on(run(counts, settings))
 }
 
-async fn run(counts: Counts, quick: bool) -> anyhow::Result<()> {
+async fn run(counts: Counts, settings: Settings) -> anyhow::Result<()> {
     warren_transport::install_crypto_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,openraft=off"));
@@ -132,11 +167,15 @@ async fn run(counts: Counts, quick: bool) -> anyhow::Result<()> {
     let root = root_path.as_path();
     let stale = stale_sources(&bin);
 
-    print_header(quick, &bin, stale.as_deref());
+    print_header(settings, counts, &bin, stale.as_deref());
     let propagation = propagation(&bin, root, counts)
         .await
         .context("propagation section")?;
     print_propagation(&propagation, counts);
+    if settings.only_propagation {
+        println!("total {:.1} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let mut boots = Vec::new();
     for workloads in counts.boot_workloads {
         boots.push(
@@ -192,6 +231,15 @@ struct PropagationRun {
     last_process: Vec<Duration>,
     /// Per agent and round: the agent's `status.json` shows it running.
     status: Vec<Duration>,
+    /// Per round: CPU the bench's own polling took while it waited for the round (on 2 cores
+    /// that is CPU the agents and control did not get).
+    poll_cpu: Vec<Duration>,
+    /// Per agent and settled round: the agent process's CPU from just before the create until
+    /// [`SETTLE`] after the last workload ran (the change, its follow-up pass and report).
+    agent_cpu: Vec<Duration>,
+    /// Per settled round: this process's CPU over the same span, the bench's own polling taken
+    /// out — the control node's share.
+    control_cpu: Vec<Duration>,
 }
 
 struct PropagationFigures {
@@ -201,6 +249,8 @@ struct PropagationFigures {
     back_to_back: PropagationRun,
     /// Whether process times could be measured (children listable in `/proc`).
     children: bool,
+    /// The machine's load averages when the section started and when it ended.
+    load: [String; 2],
 }
 
 /// Long enough for an agent to go quiet after a change: its next reconcile pass has run and
@@ -218,8 +268,9 @@ async fn propagation(
     root: &Path,
     counts: Counts,
 ) -> anyhow::Result<PropagationFigures> {
+    let load_before = load_average();
     progress(&format!(
-        "propagation: start control and {} agents",
+        "propagation: start control and {} agents (load average {load_before})",
         counts.propagation_agents
     ));
     let cluster = Cluster::start(root, "propagation").await?;
@@ -259,6 +310,7 @@ async fn propagation(
         settled,
         back_to_back,
         children: children_listable(),
+        load: [load_before, load_average()],
     })
 }
 
@@ -277,8 +329,16 @@ async fn propagation_rounds(
             tokio::time::sleep(settle).await;
         }
         let name = format!("{prefix}-{round:03}");
-        let (proposed, process, status) = propagation_round(cluster, agents, &name).await?;
+        let cpu_before = CpuSnapshot::take(agents);
+        let (proposed, process, status, poll_cpu) =
+            propagation_round(cluster, agents, &name).await?;
+        if settle.is_some() {
+            // Only a settled round is alone on the machine long enough to be charged whole.
+            tokio::time::sleep(SETTLE).await;
+            CpuSnapshot::take(agents).charge(&cpu_before, poll_cpu, run);
+        }
         run.proposed.push(proposed);
+        run.poll_cpu.push(poll_cpu);
         run.last_process.extend(process.iter().max());
         run.process.extend(process);
         run.status.extend(status);
@@ -299,47 +359,89 @@ async fn propagation_rounds(
     Ok(())
 }
 
+/// CPU used so far by each agent process and by this process (control and the bench).
+struct CpuSnapshot {
+    agents: Vec<Option<Duration>>,
+    bench: Option<Duration>,
+}
+
+impl CpuSnapshot {
+    fn take(agents: &[AgentProcess]) -> Self {
+        CpuSnapshot {
+            agents: agents.iter().map(|a| process_cpu(a.pid())).collect(),
+            bench: process_cpu(std::process::id()),
+        }
+    }
+
+    /// Adds the CPU used since `before` to `run`: each agent's, and this process's less the
+    /// polling's.
+    fn charge(&self, before: &CpuSnapshot, poll_cpu: Duration, run: &mut PropagationRun) {
+        for (after, before) in self.agents.iter().zip(&before.agents) {
+            if let (Some(after), Some(before)) = (after, before) {
+                run.agent_cpu.push(after.saturating_sub(*before));
+            }
+        }
+        if let (Some(after), Some(before)) = (self.bench, before.bench) {
+            run.control_cpu
+                .push(after.saturating_sub(before).saturating_sub(poll_cpu));
+        }
+    }
+}
+
 /// Creates global service `name` and times, per agent, until its process exists and until
 /// `status.json` shows it running. Returns (propose returned, process per agent, status per
-/// agent).
+/// agent, the CPU its polling took).
 async fn propagation_round(
     cluster: &Cluster,
     agents: &[AgentProcess],
     name: &str,
-) -> anyhow::Result<(Duration, Vec<Duration>, Vec<Duration>)> {
+) -> anyhow::Result<(Duration, Vec<Duration>, Vec<Duration>, Duration)> {
     let replica_dir = format!("{name}.");
     let spec = sleep_spec(name, ServiceMode::Global)?;
+    let mut process: Vec<Option<Duration>> = vec![None; agents.len()];
+    let mut status: Vec<Option<Duration>> = vec![None; agents.len()];
+    let mut status_seen: Vec<Option<(u64, SystemTime)>> = vec![None; agents.len()];
+    let children = children_listable();
+    let mut watch = ChildWatch::new(agents.iter().map(AgentProcess::pid));
+    let mut poll_cpu = Duration::ZERO;
     let started = Instant::now();
     cluster.propose(Op::PutService(spec)).await?;
     let proposed = started.elapsed();
-    let mut process: Vec<Option<Duration>> = vec![None; agents.len()];
-    let mut status: Vec<Option<Duration>> = vec![None; agents.len()];
-    let children = children_listable();
     poll_until(&format!("{name} running on every agent"), || {
-        for (agent_idx, agent) in agents.iter().enumerate() {
-            if children && process[agent_idx].is_none() {
-                let found = workload_children(agent.pid()).iter().any(|(_, out)| {
-                    out.parent()
-                        .and_then(Path::file_name)
-                        .and_then(|d| d.to_str())
-                        .is_some_and(|d| d.starts_with(&replica_dir))
-                });
-                if found {
+        let cpu_before = thread_cpu();
+        if children {
+            for (agent_idx, _, out) in watch.scan() {
+                let ours = out
+                    .parent()
+                    .and_then(Path::file_name)
+                    .and_then(|d| d.to_str())
+                    .is_some_and(|d| d.starts_with(&replica_dir));
+                if ours && process[agent_idx].is_none() {
                     process[agent_idx] = Some(started.elapsed());
                 }
             }
-            if status[agent_idx].is_none()
-                && agent.status().is_some_and(|s| {
-                    running(&s)
-                        .keys()
-                        .any(|replica| replica.service.as_str() == name)
-                })
+        }
+        for (agent_idx, agent) in agents.iter().enumerate() {
+            // `status.json` cannot say running before the process exists.
+            let waiting =
+                status[agent_idx].is_none() && (!children || process[agent_idx].is_some());
+            if waiting
+                && agent
+                    .status_if_changed(&mut status_seen[agent_idx])
+                    .is_some_and(|s| {
+                        running(&s)
+                            .keys()
+                            .any(|replica| replica.service.as_str() == name)
+                    })
             {
                 status[agent_idx] = Some(started.elapsed());
             }
         }
         let done = status.iter().all(Option::is_some)
             && (!children || process.iter().all(Option::is_some));
+        if let (Some(before), Some(after)) = (cpu_before, thread_cpu()) {
+            poll_cpu += after.saturating_sub(before);
+        }
         done.then_some(())
     })
     .await?;
@@ -347,6 +449,7 @@ async fn propagation_round(
         proposed,
         process.into_iter().flatten().collect(),
         status.into_iter().flatten().collect(),
+        poll_cpu,
     ))
 }
 
@@ -892,7 +995,21 @@ async fn memory(bin: &Path, root: &Path, counts: Counts) -> anyhow::Result<Memor
 // Output
 // ---------------------------------------------------------------------------------------------
 
-fn print_header(quick: bool, bin: &Path, stale: Option<&Path>) {
+fn print_header(settings: Settings, counts: Counts, bin: &Path, stale: Option<&Path>) {
+    let quick = settings.quick;
+    let mut env = String::new();
+    if quick {
+        env.push_str("WARREN_BENCH_QUICK=1 ");
+    }
+    if counts.propagation_agents != FULL.propagation_agents {
+        env.push_str(&format!(
+            "WARREN_BENCH_AGENTS={} ",
+            counts.propagation_agents
+        ));
+    }
+    if settings.only_propagation {
+        env.push_str("WARREN_BENCH_ONLY=propagation ");
+    }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let profile = if cfg!(debug_assertions) {
         "debug"
@@ -900,8 +1017,7 @@ fn print_header(quick: bool, bin: &Path, stale: Option<&Path>) {
         "optimized"
     };
     println!(
-        "reproduce: cargo build --release -p warren-cli && {}cargo bench -p warren-tests --bench agent",
-        if quick { "WARREN_BENCH_QUICK=1 " } else { "" }
+        "reproduce: cargo build --release -p warren-cli && {env}cargo bench -p warren-tests --bench agent"
     );
     println!(
         "warren edge agent on loopback: {profile} bench, {cpus} CPUs{}",
@@ -958,7 +1074,27 @@ fn print_propagation(figures: &PropagationFigures, counts: Counts) {
             "  agent status.json shows it running (per agent)",
             &run.status,
         );
+        row(
+            "  CPU of the bench's own polling (per round)",
+            &run.poll_cpu,
+        );
+        if !run.agent_cpu.is_empty() {
+            // One agent's reading is in 10 ms ticks: the mean over agents and rounds is the
+            // figure, not its percentiles.
+            println!(
+                "    CPU per create, until settled: one agent {:.2} ms (mean of {}), control \
+                 {:.1} ms (mean of {}; the bench process less its polling)",
+                mean_ms(&run.agent_cpu),
+                run.agent_cpu.len(),
+                mean_ms(&run.control_cpu),
+                run.control_cpu.len(),
+            );
+        }
     }
+    println!(
+        "  load average (1, 5, 15 min): {} at the start, {} at the end",
+        figures.load[0], figures.load[1]
+    );
     if !figures.children {
         println!("  (process times not measured: /proc/<pid>/task/<tid>/children is missing)");
     }
@@ -967,6 +1103,11 @@ fn print_propagation(figures: &PropagationFigures, counts: Counts) {
         FOLLOW_UP_PASS.as_millis()
     );
     println!();
+}
+
+fn mean_ms(samples: &[Duration]) -> f64 {
+    let total: Duration = samples.iter().sum();
+    total.as_secs_f64() * 1000.0 / samples.len().max(1) as f64
 }
 
 fn print_boot(boots: &[BootFigures], counts: Counts) {

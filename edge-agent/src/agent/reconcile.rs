@@ -40,6 +40,8 @@ use crate::secrets::NodeSecrets;
 pub const FOLLOW_UP_PASS: Duration = Duration::from_millis(100);
 /// The longest time between two reconcile passes.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest `status.json` waits, while passes keep acting, for a pass that does not.
+const STATUS_DEFER_MAX: Duration = Duration::from_secs(1);
 /// How often log files are checked against their size bound.
 pub const LOG_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -130,6 +132,8 @@ pub(super) struct Reconciler {
     /// across restarts of the agent.
     oom_kills: BTreeMap<ReplicaId, (u64, String)>,
     book: RestartBook,
+    /// The restart book as last put in the cache: a pass stores the book only when it differs.
+    book_stored: RestartBook,
     /// The node secret key and what each workload's secret files hold.
     secrets: NodeSecrets,
     health: BTreeMap<ReplicaId, warren_api::HealthState>,
@@ -145,6 +149,8 @@ pub(super) struct Reconciler {
     /// The statuses last reported, to keep `updated_at_ms` at the last real change.
     reported: BTreeMap<ReplicaId, ReplicaStatus>,
     status_file: StatusWriter,
+    /// Since when passes that acted have left `status.json` for a pass that did not.
+    status_deferred_since: Option<tokio::time::Instant>,
     /// [`AgentOptions::selfcheck_stop_on_disconnect`].
     selfcheck_stop_on_disconnect: bool,
     /// Where discovery serves, for `status.json`.
@@ -176,6 +182,7 @@ impl Reconciler {
             exits: BTreeMap::new(),
             start_errors: BTreeMap::new(),
             oom_kills: BTreeMap::new(),
+            book_stored: book.clone(),
             book,
             secrets: NodeSecrets::load(&agent.data_dir),
             health: BTreeMap::new(),
@@ -188,6 +195,7 @@ impl Reconciler {
             listeners,
             reported: BTreeMap::new(),
             status_file: StatusWriter::new(&agent.data_dir),
+            status_deferred_since: None,
             selfcheck_stop_on_disconnect: agent.options.selfcheck_stop_on_disconnect,
             discovery,
         }
@@ -226,6 +234,20 @@ impl Reconciler {
         }
     }
 
+    /// Puts the restart book in the cache if it changed since it was last put there (not
+    /// flushed: the caller flushes it with whatever else it wrote). Returns whether it did.
+    fn put_book(&mut self) -> bool {
+        if self.book == self.book_stored {
+            return false;
+        }
+        if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
+            warn!(error = %error, "cannot store the restart history");
+            return false;
+        }
+        self.book_stored = self.book.clone();
+        true
+    }
+
     async fn flush(&self) {
         if let Err(error) = self.cache.flush().await {
             warn!(error = %error, "cannot flush the agent cache");
@@ -253,7 +275,6 @@ impl Reconciler {
         self.health = self.health_monitor.health();
         let health_events = self.health_monitor.drain_events();
         self.record_events(health_events);
-        let before = self.book.clone();
         let now = unix_now_ms();
         let plan = planner::plan(
             &PlanInput {
@@ -278,13 +299,11 @@ impl Reconciler {
             .await;
         self.states = plan.states.clone();
         self.report(view);
-        if self.book != before {
-            if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
-                warn!(error = %error, "cannot store the restart history");
-            }
+        // A start stored the book with its workload record already; anything else that
+        // changed it (an exit, a failed start) is stored here.
+        if self.put_book() {
             self.flush().await;
         }
-        self.write_status(Some(view), false);
         // Something was started, restarted or stopped: look again soon, so that a started
         // workload shows `running` and a stopped one's replacement starts without waiting out
         // the whole reconcile interval.
@@ -292,11 +311,22 @@ impl Reconciler {
             .actions
             .iter()
             .any(|a| !matches!(a, Action::Wait { .. } | Action::Adopt { .. }));
-        if acted {
-            let soon = unix_now_ms() + FOLLOW_UP_PASS.as_millis() as u64;
-            return Some(plan.next_wakeup_ms.map_or(soon, |at| at.min(soon)));
+        // `status.json` waits for that pass: written now it would say `starting` for
+        // FOLLOW_UP_PASS, at the price of a new file, two fsyncs and a rename — per agent per
+        // change, on a box's flash, while other agents wait for the disk and the CPU. Passes
+        // that act one after the other still write it every STATUS_DEFER_MAX.
+        let deferred_since = *self
+            .status_deferred_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if !acted || deferred_since.elapsed() >= STATUS_DEFER_MAX {
+            self.status_deferred_since = None;
+            self.write_status(Some(view), false);
         }
-        plan.next_wakeup_ms
+        if !acted {
+            return plan.next_wakeup_ms;
+        }
+        let soon = unix_now_ms() + FOLLOW_UP_PASS.as_millis() as u64;
+        Some(plan.next_wakeup_ms.map_or(soon, |at| at.min(soon)))
     }
 
     /// Observes every held workload, in the planner's terms.

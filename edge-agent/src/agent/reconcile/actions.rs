@@ -41,9 +41,7 @@ impl Reconciler {
             ));
         }
         self.record_events(events);
-        if let Err(error) = self.cache.put(BOOK_KEY, &self.book) {
-            warn!(error = %error, "cannot store the restart history");
-        }
+        self.put_book();
         self.flush().await;
     }
 
@@ -191,14 +189,18 @@ impl Reconciler {
                 if let Err(error) = self.cache.put(&record_key(replica), handle.record()) {
                     warn!(%replica, error = %error, "cannot record the started workload");
                 }
+                let mut event = self
+                    .book
+                    .record_started(replica, service, workload_hash, now);
+                // One flush makes the record and the book that counts the start durable
+                // together, before anything else happens: a crash after it adopts the
+                // workload rather than starting a second copy.
+                self.put_book();
                 self.flush().await;
                 let runs_as = handle.record().credentials.as_ref().map(|c| c.describe());
                 self.handles.insert(replica.clone(), handle);
                 self.exits.remove(replica);
                 self.start_errors.remove(replica);
-                let mut event = self
-                    .book
-                    .record_started(replica, service, workload_hash, now);
                 // Who it runs as, said with every start: `service ps` and the events show it.
                 if let Some(runs_as) = runs_as {
                     event.message.push_str(&format!(" as {runs_as}"));
@@ -244,6 +246,7 @@ impl Reconciler {
         }
         self.flush().await;
         self.book = RestartBook::new();
+        self.book_stored = RestartBook::new();
         self.states.clear();
         self.reporter.clear();
         self.link.connected = false;
