@@ -172,9 +172,45 @@ def gossip_rate(pool, ips, window):
     per_datagram = (tx(after) - tx(before)) / max(1, datagrams(after) - datagrams(before))
     log(f"gossip sent per agent, steady state over {t1 - t0:.1f} s: {per_agent:.0f} B/s "
         f"({per_agent / 1024:.1f} KiB/s), {per_datagram:.0f} B per datagram")
+    log_by_type(before, after, len(ips), t1 - t0)
     log(f"meanwhile, over {samples} samples of every agent's view: {dead_samples / samples:.1f} "
         f"(agent, member) pairs dead and {suspect_samples / samples:.1f} suspect on average, "
         f"of {len(ips) * (len(ips) + 1)}")
+
+
+def log_by_type(before, after, n_agents, secs):
+    """Where the bytes go: chitchat's messages sent per agent, by type, before sealing (a SYN is
+    a digest of every member, an ACK a delta of changed key-values, a SYN-ACK both)."""
+    parts = []
+    for kind in ["syn", "syn_ack", "ack"]:
+        def total(pages, name):
+            return sum(metric(p, name, {"direction": "tx", "type": kind}) or 0
+                       for p in pages.values())
+        nbytes = total(after, "warren_mesh_gossip_message_bytes_total") - total(
+            before, "warren_mesh_gossip_message_bytes_total")
+        count = total(after, "warren_mesh_gossip_messages_total") - total(
+            before, "warren_mesh_gossip_messages_total")
+        parts.append(f"{kind} {nbytes / n_agents / secs:.0f} B/s ({count / n_agents / secs:.1f}/s, "
+                     f"{nbytes / max(1, count):.0f} B each)")
+    log("by message type, per agent: " + ", ".join(parts))
+
+
+def log_rss(fleet, n):
+    """Resident memory of the agent processes (VmRSS), in MiB."""
+    rss = []
+    for i in range(1, n + 1):
+        proc = fleet.procs.get(f"a{i}")
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss.append(int(line.split()[1]) / 1024)
+        except (OSError, AttributeError):
+            pass
+    if rss:
+        rss.sort()
+        log(f"agent RSS (VmRSS) over {len(rss)} agents: mean {sum(rss) / len(rss):.1f} MiB, "
+            f"median {rss[len(rss) // 2]:.1f}, max {rss[-1]:.1f}")
 
 
 def node_state(fleet, name):
@@ -233,6 +269,8 @@ def main():
     parser.add_argument("--window", type=float, default=20, help="bytes/s window, s")
     parser.add_argument("--timeout", type=float, default=60, help="detection timeout, s")
     parser.add_argument("--keep", action="store_true", help="keep the data dir")
+    parser.add_argument("--no-kill", action="store_true",
+                        help="only measure traffic and memory, kill nobody")
     args = parser.parse_args()
     warren = os.environ.get("WARREN", os.path.join(ROOT, "target", "release", "warren"))
     if not os.access(warren, os.X_OK):
@@ -248,6 +286,10 @@ def main():
             log(f"every agent's gossip knows all {args.n + 1} nodes, none dead "
                 f"({suspect:.0f} suspect pairs)")
             gossip_rate(pool, ips, args.window)
+            log_rss(fleet, args.n)
+            if args.no_kill:
+                code = 0
+                return
             code = measure_kill(fleet, pool, args.n, args.n // 2, args.timeout)
     finally:
         fleet.stop()

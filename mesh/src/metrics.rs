@@ -16,6 +16,10 @@ pub struct MeshMetrics {
     /// Chitchat messages, by direction (`tx`/`rx`) and type (`syn`, `syn_ack`, `ack`,
     /// `bad_cluster`).
     pub gossip_messages_total: IntCounterVec,
+    /// Bytes of chitchat messages as chitchat encodes them (before fragmenting and sealing),
+    /// by direction and type: where gossip traffic goes (a `syn` is a digest of every member,
+    /// an `ack` a delta of changed key-values, a `syn_ack` both).
+    pub gossip_message_bytes_total: IntCounterVec,
     /// Sealed datagrams on the real socket, by direction.
     pub datagrams_total: IntCounterVec,
     /// Bytes of sealed datagrams on the real socket, by direction.
@@ -53,6 +57,11 @@ impl MeshMetrics {
             gossip_messages_total: counter_vec(
                 "warren_mesh_gossip_messages_total",
                 "Chitchat messages sent (tx) and received (rx), by type.",
+                &["direction", "type"],
+            ),
+            gossip_message_bytes_total: counter_vec(
+                "warren_mesh_gossip_message_bytes_total",
+                "Bytes of chitchat messages sent (tx) and received (rx) before sealing, by type.",
                 &["direction", "type"],
             ),
             datagrams_total: counter_vec(
@@ -115,6 +124,7 @@ impl MeshMetrics {
         registry.register(Box::new(metrics.members.clone()))?;
         registry.register(Box::new(metrics.gossip_rounds_total.clone()))?;
         registry.register(Box::new(metrics.gossip_messages_total.clone()))?;
+        registry.register(Box::new(metrics.gossip_message_bytes_total.clone()))?;
         registry.register(Box::new(metrics.datagrams_total.clone()))?;
         registry.register(Box::new(metrics.datagram_bytes_total.clone()))?;
         registry.register(Box::new(metrics.datagrams_dropped_total.clone()))?;

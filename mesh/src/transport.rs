@@ -220,6 +220,10 @@ impl Socket for SealedSocket {
             .gossip_messages_total
             .with_label_values(&["tx", message_type])
             .inc();
+        metrics
+            .gossip_message_bytes_total
+            .with_label_values(&["tx", message_type])
+            .inc_by(message.len() as u64);
         let mut num_bytes_sent = 0;
         for datagram in &sealed {
             num_bytes_sent += datagram.len();
@@ -354,11 +358,16 @@ impl SealedSocket {
             return Ok(None);
         }
         self.pending = None;
-        self.shared
-            .metrics
+        let message_type = message_type(&outcome.envelope.message);
+        let metrics = &self.shared.metrics;
+        metrics
             .gossip_messages_total
-            .with_label_values(&["rx", message_type(&outcome.envelope.message)])
+            .with_label_values(&["rx", message_type])
             .inc();
+        metrics
+            .gossip_message_bytes_total
+            .with_label_values(&["rx", message_type])
+            .inc_by(outcome.num_bytes_received as u64);
         Ok(Some(RecvOutcome {
             from_addr: pending.peer,
             envelope: outcome.envelope,
