@@ -18,6 +18,15 @@ pub const LONGEST_PARTITION_PROMISED: Duration = Duration::from_secs(72 * 3600);
 /// peer, maybe one seed). 1 s: membership changes reach 100 nodes in a few seconds, at a few
 /// KB/s per node.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
+/// How many live peers a round's SYNs reach: 1. chitchat picks three; the transport sends
+/// only the first ([`crate::syn_budget`]), since every SYN and its answer carry a digest of
+/// every member (about 18 bytes each): at 100 real agents three peers a round cost 13 KB/s per
+/// agent. Each node still exchanges digests with about two peers a round (its own pick and
+/// whoever picked it), which keeps a heartbeat moving often enough for the failure detector
+/// (docs/mesh.md has the figures).
+pub const DEFAULT_PEERS_PER_ROUND: usize = 1;
+/// The most peers a round can reach: chitchat picks three live peers per round.
+pub const MAX_PEERS_PER_ROUND: usize = 3;
 /// phi above which the failure detector declares a node dead. phi is the time since its last
 /// heartbeat divided by the mean interval between heartbeats, so 5 means "silent for five
 /// typical intervals". A node sees another's heartbeat move about every 0.7 s at the default
@@ -73,6 +82,8 @@ const _: () =
 pub struct MeshTimers {
     /// [`DEFAULT_GOSSIP_INTERVAL`].
     pub gossip_interval: Duration,
+    /// [`DEFAULT_PEERS_PER_ROUND`]; at most [`MAX_PEERS_PER_ROUND`].
+    pub peers_per_round: usize,
     /// [`DEFAULT_PHI_THRESHOLD`].
     pub phi_threshold: f64,
     /// [`DEFAULT_SAMPLING_WINDOW`].
@@ -95,6 +106,7 @@ impl Default for MeshTimers {
     fn default() -> Self {
         Self {
             gossip_interval: DEFAULT_GOSSIP_INTERVAL,
+            peers_per_round: DEFAULT_PEERS_PER_ROUND,
             phi_threshold: DEFAULT_PHI_THRESHOLD,
             sampling_window: DEFAULT_SAMPLING_WINDOW,
             max_interval: DEFAULT_MAX_INTERVAL,
@@ -120,6 +132,9 @@ impl MeshTimers {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.gossip_interval.is_zero() {
             return Err(ConfigError("gossip_interval must be positive"));
+        }
+        if !(1..=MAX_PEERS_PER_ROUND).contains(&self.peers_per_round) {
+            return Err(ConfigError("peers_per_round must be 1 to 3"));
         }
         if !(self.phi_threshold.is_finite() && self.phi_threshold > 1.0) {
             return Err(ConfigError("phi_threshold must be a finite number above 1"));
@@ -159,6 +174,7 @@ impl MeshTimers {
     pub fn for_tests() -> Self {
         Self {
             gossip_interval: Duration::from_millis(100),
+            peers_per_round: DEFAULT_PEERS_PER_ROUND,
             phi_threshold: 8.0,
             sampling_window: 1_000,
             max_interval: Duration::from_secs(2),
@@ -239,6 +255,20 @@ mod tests {
                 ..MeshTimers::default()
             },
             "gossip_interval must be positive",
+        );
+        check(
+            MeshTimers {
+                peers_per_round: 0,
+                ..MeshTimers::default()
+            },
+            "peers_per_round must be 1 to 3",
+        );
+        check(
+            MeshTimers {
+                peers_per_round: 4,
+                ..MeshTimers::default()
+            },
+            "peers_per_round must be 1 to 3",
         );
         check(
             MeshTimers {
