@@ -85,14 +85,17 @@ class Fleet:
         return subprocess.run([self.warren, *args], env=self.env, capture_output=True,
                               text=True, timeout=30)
 
-    def wait_log(self, name, word, secs):
+    def wait_log(self, name, word, secs, give_up=True):
+        """Until `name`'s log says `word`; False if it exited first and not `give_up`."""
         path = os.path.join(self.dir, f"{name}.log")
         end = time.monotonic() + secs
         while time.monotonic() < end:
             with open(path) as f:
                 if word in f.read():
-                    return
+                    return True
             if self.procs[name].poll() is not None:
+                if not give_up:
+                    return False
                 sys.exit(f"{name} exited early; see {path}")
             time.sleep(0.2)
         sys.exit(f"{name} did not say '{word}' within {secs} s; see {path}")
@@ -116,13 +119,18 @@ def start(fleet, n):
     token = fleet.cli("token", "create", "--role", "agent").stdout.strip()
     for i in range(1, n + 1):
         ip = agent_ip(i)
-        fleet.spawn(f"a{i}", [
-            "agent", "join", "--data-dir", os.path.join(fleet.dir, f"a{i}"),
-            "--control", CONTROL_QUIC, "--token", token, "--name", f"edge-{i}",
-            "--site", f"s{i % 4}", "--gossip", f"{ip}:{GOSSIP_PORT}",
-            "--dns", f"{ip}:{DNS_PORT}", "--dns-upstream", "127.0.0.1:9",
-            "--metrics", f"{ip}:{METRICS_PORT}"])
-        fleet.wait_log(f"a{i}", "running", 60)
+        # A control node on a machine busy with hundreds of agents (and other builds) can miss
+        # a join's 10 s deadline: the agent exits, and is started again, twice at most.
+        for attempt in range(3):
+            fleet.spawn(f"a{i}", [
+                "agent", "join", "--data-dir", os.path.join(fleet.dir, f"a{i}-{attempt}"),
+                "--control", CONTROL_QUIC, "--token", token, "--name", f"edge-{i}",
+                "--site", f"s{i % 4}", "--gossip", f"{ip}:{GOSSIP_PORT}",
+                "--dns", f"{ip}:{DNS_PORT}", "--dns-upstream", "127.0.0.1:9",
+                "--metrics", f"{ip}:{METRICS_PORT}"])
+            if fleet.wait_log(f"a{i}", "running", 60, give_up=attempt == 2):
+                break
+            log(f"edge-{i} did not join (attempt {attempt + 1}); starting it again")
     log(f"control node and {n} agents running")
 
 
@@ -196,21 +204,23 @@ def log_by_type(before, after, n_agents, secs):
 
 
 def log_rss(fleet, n):
-    """Resident memory of the agent processes (VmRSS), in MiB."""
-    rss = []
+    """Resident memory of the agent processes (VmRSS, and its anonymous part), in MiB."""
+    fields = {"VmRSS:": [], "RssAnon:": []}
     for i in range(1, n + 1):
         proc = fleet.procs.get(f"a{i}")
         try:
             with open(f"/proc/{proc.pid}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        rss.append(int(line.split()[1]) / 1024)
+                    if line.split(":")[0] + ":" in fields:
+                        fields[line.split(":")[0] + ":"].append(int(line.split()[1]) / 1024)
         except (OSError, AttributeError):
             pass
-    if rss:
-        rss.sort()
-        log(f"agent RSS (VmRSS) over {len(rss)} agents: mean {sum(rss) / len(rss):.1f} MiB, "
-            f"median {rss[len(rss) // 2]:.1f}, max {rss[-1]:.1f}")
+    for name, values in fields.items():
+        if values:
+            values.sort()
+            log(f"agent {name[:-1]} over {len(values)} agents: mean "
+                f"{sum(values) / len(values):.1f} MiB, median {values[len(values) // 2]:.1f}, "
+                f"max {values[-1]:.1f}")
 
 
 def node_state(fleet, name):
