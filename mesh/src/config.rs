@@ -14,25 +14,27 @@ use crate::keyring::Keyring;
 /// [`DEFAULT_DEAD_NODE_GRACE`] and [`DEFAULT_MARKED_FOR_DELETION_GRACE`] are sized from it.
 pub const LONGEST_PARTITION_PROMISED: Duration = Duration::from_secs(72 * 3600);
 
-/// How often a node starts a gossip round (SYN to up to three live peers, maybe one dead
-/// peer, maybe one seed). 1 s: membership changes reach 100 nodes in a few seconds, at a few
-/// KB/s per node.
-pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a node starts a gossip round (a SYN to [`DEFAULT_PEERS_PER_ROUND`] live peer,
+/// maybe one to a dead peer or a seed). 750 ms: with one peer a round, shorter rounds keep a
+/// death's detection within about a second of what three peers every second gave, for half
+/// the traffic (docs/mesh.md, "Gossip traffic": 1 s rounds of one peer cut traffic further but
+/// took 60 % longer to see a death).
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(750);
 /// How many live peers a round's SYNs reach: 1. chitchat picks three; the transport sends
 /// only the first ([`crate::syn_budget`]), since every SYN and its answer carry a digest of
-/// every member (about 18 bytes each): at 100 real agents three peers a round cost 13 KB/s per
-/// agent. Each node still exchanges digests with about two peers a round (its own pick and
-/// whoever picked it), which keeps a heartbeat moving often enough for the failure detector
-/// (docs/mesh.md has the figures).
+/// every member (about 21 bytes each, compressed): at 100 real agents, three peers every
+/// second cost 16 KB/s per agent, 82 % of it digests. For the failure detector what counts is
+/// how soon a heartbeat reaches everyone, which takes rounds, not peers: one peer every 750 ms
+/// sees a death about as soon as three every second, for half the bytes.
 pub const DEFAULT_PEERS_PER_ROUND: usize = 1;
 /// The most peers a round can reach: chitchat picks three live peers per round.
 pub const MAX_PEERS_PER_ROUND: usize = 3;
 /// phi above which the failure detector declares a node dead. phi is the time since its last
 /// heartbeat divided by the mean interval between heartbeats, so 5 means "silent for five
-/// typical intervals". A node sees another's heartbeat move about every 0.7 s at the default
-/// gossip interval (it rides in every digest), so that is about 3.5 s of silence; with the
-/// few seconds the last heartbeat takes to reach everyone, a death is seen by all of 100 nodes
-/// in about 6 s (docs/mesh.md). Lower thresholds turn CPU stalls and lost datagrams into
+/// typical intervals". A node sees another's heartbeat move about once a round (it rides in
+/// every digest); with the few seconds the last heartbeat takes to reach everyone, a death is
+/// seen by all of 100 nodes in about 6-8 s (docs/mesh.md). With one peer a round, phi 4 kept
+/// two (agent, member) pairs falsely dead at any moment at 100 real agents. Lower thresholds turn CPU stalls and lost datagrams into
 /// false deaths (phi 3 flapped in the 100-node bench).
 pub const DEFAULT_PHI_THRESHOLD: f64 = 5.0;
 /// Heartbeat intervals the failure detector averages over: about a minute of them, so the
