@@ -23,15 +23,19 @@ fn init_tracing() {
         .try_init();
 }
 
-/// 20 nodes seeded by node 1 converge (everyone sees 20 alive); three are stopped and the 17
-/// others see exactly those three dead within 15 s, and still see each other alive.
+/// 20 nodes seeded by node 1 converge (everyone knows all 20 and calls none dead); three are
+/// stopped and the 17 others see exactly those three dead within 15 s, and none of each other.
+///
+/// "Converged" is not "everyone alive at one instant": suspect is an early doubt (a heartbeat
+/// still for two fifths of the timeout), and with one peer a round, 20 meshes of a debug build
+/// on a machine busy with other builds nearly always have some pair briefly suspect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_converge_and_see_three_killed_dead() {
     init_tracing();
     let mut cluster = Cluster::start(20, MeshTimers::for_tests()).await;
     let all: Vec<usize> = (0..20).collect();
     let took = wait_until(Duration::from_secs(30), || {
-        cluster.all_see(&all, &all, Liveness::Alive)
+        cluster.all_know_none_dead(&all, &all)
     })
     .await
     .unwrap_or_else(|| panic!("20 nodes converge: {}", cluster.census()));
@@ -49,12 +53,12 @@ async fn twenty_nodes_converge_and_see_three_killed_dead() {
     .await
     .expect("all 17 survivors see the 3 killed nodes dead");
     info!(?took, "--- 17 survivors see the 3 killed dead");
-    // Survivors may be briefly suspect to each other on a loaded machine; they must be alive.
+    // Survivors may be briefly suspect to each other on a loaded machine; none stays dead.
     wait_until(Duration::from_secs(10), || {
-        cluster.all_see(&survivors, &survivors, Liveness::Alive)
+        cluster.all_know_none_dead(&survivors, &survivors)
     })
     .await
-    .expect("survivors see each other alive");
+    .unwrap_or_else(|| panic!("survivors call no survivor dead: {}", cluster.census()));
     for &idx in &survivors {
         let view = cluster.view(idx);
         assert_eq!(
