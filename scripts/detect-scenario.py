@@ -85,14 +85,17 @@ class Fleet:
         return subprocess.run([self.warren, *args], env=self.env, capture_output=True,
                               text=True, timeout=30)
 
-    def wait_log(self, name, word, secs):
+    def wait_log(self, name, word, secs, give_up=True):
+        """Until `name`'s log says `word`; False if it exited first and not `give_up`."""
         path = os.path.join(self.dir, f"{name}.log")
         end = time.monotonic() + secs
         while time.monotonic() < end:
             with open(path) as f:
                 if word in f.read():
-                    return
+                    return True
             if self.procs[name].poll() is not None:
+                if not give_up:
+                    return False
                 sys.exit(f"{name} exited early; see {path}")
             time.sleep(0.2)
         sys.exit(f"{name} did not say '{word}' within {secs} s; see {path}")
@@ -116,13 +119,18 @@ def start(fleet, n):
     token = fleet.cli("token", "create", "--role", "agent").stdout.strip()
     for i in range(1, n + 1):
         ip = agent_ip(i)
-        fleet.spawn(f"a{i}", [
-            "agent", "join", "--data-dir", os.path.join(fleet.dir, f"a{i}"),
-            "--control", CONTROL_QUIC, "--token", token, "--name", f"edge-{i}",
-            "--site", f"s{i % 4}", "--gossip", f"{ip}:{GOSSIP_PORT}",
-            "--dns", f"{ip}:{DNS_PORT}", "--dns-upstream", "127.0.0.1:9",
-            "--metrics", f"{ip}:{METRICS_PORT}"])
-        fleet.wait_log(f"a{i}", "running", 60)
+        # A control node on a machine busy with hundreds of agents (and other builds) can miss
+        # a join's 10 s deadline: the agent exits, and is started again, twice at most.
+        for attempt in range(3):
+            fleet.spawn(f"a{i}", [
+                "agent", "join", "--data-dir", os.path.join(fleet.dir, f"a{i}-{attempt}"),
+                "--control", CONTROL_QUIC, "--token", token, "--name", f"edge-{i}",
+                "--site", f"s{i % 4}", "--gossip", f"{ip}:{GOSSIP_PORT}",
+                "--dns", f"{ip}:{DNS_PORT}", "--dns-upstream", "127.0.0.1:9",
+                "--metrics", f"{ip}:{METRICS_PORT}"])
+            if fleet.wait_log(f"a{i}", "running", 60, give_up=attempt == 2):
+                break
+            log(f"edge-{i} did not join (attempt {attempt + 1}); starting it again")
     log(f"control node and {n} agents running")
 
 
@@ -172,9 +180,47 @@ def gossip_rate(pool, ips, window):
     per_datagram = (tx(after) - tx(before)) / max(1, datagrams(after) - datagrams(before))
     log(f"gossip sent per agent, steady state over {t1 - t0:.1f} s: {per_agent:.0f} B/s "
         f"({per_agent / 1024:.1f} KiB/s), {per_datagram:.0f} B per datagram")
+    log_by_type(before, after, len(ips), t1 - t0)
     log(f"meanwhile, over {samples} samples of every agent's view: {dead_samples / samples:.1f} "
         f"(agent, member) pairs dead and {suspect_samples / samples:.1f} suspect on average, "
         f"of {len(ips) * (len(ips) + 1)}")
+
+
+def log_by_type(before, after, n_agents, secs):
+    """Where the bytes go: chitchat's messages sent per agent, by type, before sealing (a SYN is
+    a digest of every member, an ACK a delta of changed key-values, a SYN-ACK both)."""
+    parts = []
+    for kind in ["syn", "syn_ack", "ack"]:
+        def total(pages, name):
+            return sum(metric(p, name, {"direction": "tx", "type": kind}) or 0
+                       for p in pages.values())
+        nbytes = total(after, "warren_mesh_gossip_message_bytes_total") - total(
+            before, "warren_mesh_gossip_message_bytes_total")
+        count = total(after, "warren_mesh_gossip_messages_total") - total(
+            before, "warren_mesh_gossip_messages_total")
+        parts.append(f"{kind} {nbytes / n_agents / secs:.0f} B/s ({count / n_agents / secs:.1f}/s, "
+                     f"{nbytes / max(1, count):.0f} B each)")
+    log("by message type, per agent: " + ", ".join(parts))
+
+
+def log_rss(fleet, n):
+    """Resident memory of the agent processes (VmRSS, and its anonymous part), in MiB."""
+    fields = {"VmRSS:": [], "RssAnon:": []}
+    for i in range(1, n + 1):
+        proc = fleet.procs.get(f"a{i}")
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.split(":")[0] + ":" in fields:
+                        fields[line.split(":")[0] + ":"].append(int(line.split()[1]) / 1024)
+        except (OSError, AttributeError):
+            pass
+    for name, values in fields.items():
+        if values:
+            values.sort()
+            log(f"agent {name[:-1]} over {len(values)} agents: mean "
+                f"{sum(values) / len(values):.1f} MiB, median {values[len(values) // 2]:.1f}, "
+                f"max {values[-1]:.1f}")
 
 
 def node_state(fleet, name):
@@ -233,6 +279,8 @@ def main():
     parser.add_argument("--window", type=float, default=20, help="bytes/s window, s")
     parser.add_argument("--timeout", type=float, default=60, help="detection timeout, s")
     parser.add_argument("--keep", action="store_true", help="keep the data dir")
+    parser.add_argument("--no-kill", action="store_true",
+                        help="only measure traffic and memory, kill nobody")
     args = parser.parse_args()
     warren = os.environ.get("WARREN", os.path.join(ROOT, "target", "release", "warren"))
     if not os.access(warren, os.X_OK):
@@ -248,6 +296,10 @@ def main():
             log(f"every agent's gossip knows all {args.n + 1} nodes, none dead "
                 f"({suspect:.0f} suspect pairs)")
             gossip_rate(pool, ips, args.window)
+            log_rss(fleet, args.n)
+            if args.no_kill:
+                code = 0
+                return
             code = measure_kill(fleet, pool, args.n, args.n // 2, args.timeout)
     finally:
         fleet.stop()

@@ -392,6 +392,7 @@ pub(crate) fn run_options(flags: &RunFlags, selfcheck: bool) -> Result<AgentOpti
         .with_context(|| format!("start the agent in {}", flags.data_dir.display()))?;
     let settings = flags.listen.settings(identity.listen.as_ref())?;
     let mut options = options(&settings, flags.listen.advertise_gossip, selfcheck);
+    options.discovery.mesh_timers = crate::gossip_tuning::mesh_timers()?;
     options.overlay = Some(flags.wireguard.settings_at_run(&flags.data_dir)?);
     // Not given: what join kept in agent.json, else the default (Agent::open).
     options.process.workloads_dir = flags.workloads_dir.clone();
@@ -459,6 +460,7 @@ pub(crate) fn join_plan(flags: JoinFlags, selfcheck: bool) -> Result<JoinPlan> {
         workloads_dir: flags.workloads_dir.clone(),
     };
     let mut options = options(&settings, flags.listen.advertise_gossip, selfcheck);
+    options.discovery.mesh_timers = crate::gossip_tuning::mesh_timers()?;
     options.process.workloads_dir = flags.workloads_dir;
     options.process.host_volumes = checked.host_volumes;
     options.overlay = Some(checked.overlay.clone());

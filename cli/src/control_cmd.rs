@@ -260,7 +260,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 if let Some(metrics) = metrics {
                     keep_metrics_listen(&data_dir, &metrics)?;
                 }
-                let node = ControlNode::run(&data_dir, ControlConfig::default())
+                let node = ControlNode::run(&data_dir, control_config()?)
                     .await
                     .with_context(|| format!("start the control node in {}", data_dir.display()))?;
                 (node, overlay)
@@ -275,12 +275,21 @@ pub fn run(args: ControlArgs) -> Result<()> {
     })
 }
 
+/// The control node's configuration: the defaults, with the mesh timers of
+/// `WARREN_GOSSIP_TUNING` ([`crate::gossip_tuning`]).
+fn control_config() -> Result<ControlConfig> {
+    Ok(ControlConfig {
+        mesh_timers: crate::gossip_tuning::mesh_timers()?,
+        ..ControlConfig::default()
+    })
+}
+
 async fn init(flags: NodeFlags, overlay_range: warren_api::OverlayRange) -> Result<ControlNode> {
     let mut new = new_node(&flags)?;
     new.overlay_range = overlay_range;
     let data_dir = new.data_dir.clone();
     let name = new.name.clone();
-    let (node, output) = ControlNode::init(new, ControlConfig::default())
+    let (node, output) = ControlNode::init(new, control_config()?)
         .await
         .with_context(|| format!("initialise a cluster in {}", data_dir.display()))?;
     let api = vec![node.settings().advertise_api.clone()];
@@ -322,13 +331,7 @@ async fn join_cluster(
         })),
         cancel: cancel.clone(),
     };
-    let joining = ControlNode::join_with(
-        new,
-        join_addr,
-        token.trim(),
-        ControlConfig::default(),
-        hooks,
-    );
+    let joining = ControlNode::join_with(new, join_addr, token.trim(), control_config()?, hooks);
     tokio::pin!(joining);
     let joined = tokio::select! {
         joined = &mut joining => joined,

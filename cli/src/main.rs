@@ -53,6 +53,7 @@ mod control_cmd;
 mod demo;
 mod dev;
 mod fd_limit;
+mod gossip_tuning;
 mod hide_token;
 mod image_cmd;
 mod local;

@@ -1,5 +1,6 @@
 //! Gossip figures, printed (no asserts): how long a membership change takes to reach every
-//! node of 20 and 100, and how many bytes per second each node of 100 sends.
+//! node of 20 and 100, how many bytes per second each node of 100 sends, and how much memory
+//! a member costs each node that knows it.
 //!
 //! Run with `cargo bench -p warren-mesh --bench gossip`. Every node runs in this one process on
 //! 127.0.0.1, so on a small machine the CPU is shared by all of them; times are upper bounds
@@ -20,9 +21,9 @@ use std::time::{Duration, Instant};
 use common::{Cluster, wait_until};
 use warren_mesh::{Liveness, MeshTimers};
 
-/// Production timers (1 s rounds, phi 8): the figures are what a fleet would see. (At 100
-/// nodes in one process on 2 cores, 200 ms rounds overload the machine and the failure
-/// detector flaps, so shorter test timers would measure the machine, not gossip.)
+/// Production timers (500 ms rounds of one peer, phi 5): the figures are what a fleet would
+/// see. (At 100 nodes in one process on 2 cores, 200 ms rounds overload the machine and the
+/// failure detector flaps, so shorter test timers would measure the machine, not gossip.)
 fn convergence_timers() -> MeshTimers {
     MeshTimers::default()
 }
@@ -191,10 +192,7 @@ async fn false_deaths(cluster: &Cluster, period: Duration) -> usize {
 }
 
 async fn bandwidth(n: usize, measure: Duration) {
-    let timers = MeshTimers {
-        gossip_interval: Duration::from_secs(1),
-        ..MeshTimers::default()
-    };
+    let timers = MeshTimers::default();
     let cluster = Cluster::start(n, timers.clone()).await;
     publish_typical_metadata(&cluster).await;
     let all: Vec<usize> = (0..n).collect();
@@ -205,7 +203,7 @@ async fn bandwidth(n: usize, measure: Duration) {
     .is_none()
     {
         println!(
-            "{n} nodes at 1 s: did not converge within 120 s: {}",
+            "{n} nodes: did not converge within 120 s: {}",
             cluster.census()
         );
         cluster.shutdown().await;
@@ -252,6 +250,56 @@ async fn bandwidth(n: usize, measure: Duration) {
     cluster.shutdown().await;
 }
 
+/// This process's resident memory in KiB: (VmRSS, RssAnon).
+fn resident_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+/// What a member costs the memory of each node that knows it. `n` nodes in this one process
+/// each hold all `n` members, so the process's anonymous memory grows as a + b·n + c·n²: c is
+/// one member's cost to one node, b a node's own (sockets, buffers, tasks). Sizes increase, so
+/// memory the allocator kept from the previous cluster is reused, not added.
+async fn memory(sizes: [usize; 3]) {
+    let mut points = Vec::new();
+    for n in sizes {
+        let cluster = Cluster::start(n, MeshTimers::default()).await;
+        publish_typical_metadata(&cluster).await;
+        let all: Vec<usize> = (0..n).collect();
+        if wait_until(Duration::from_secs(120), || {
+            cluster.all_know_none_dead(&all, &all)
+        })
+        .await
+        .is_none()
+        {
+            println!(
+                "{n} nodes: did not converge within 120 s: {}",
+                cluster.census()
+            );
+        }
+        // Signatures renewed twice, certificates checked: the steady state.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let (rss, anon) = resident_kib();
+        println!(
+            "{n} nodes in one process, each knowing all {n}: VmRSS {rss} KiB, RssAnon {anon} KiB"
+        );
+        points.push((n as f64, anon as f64));
+        cluster.shutdown().await;
+    }
+    // The quadratic through the three points (Newton's divided differences): its n² term.
+    let [(n0, y0), (n1, y1), (n2, y2)] = [points[0], points[1], points[2]];
+    let c = ((y2 - y1) / (n2 - n1) - (y1 - y0) / (n1 - n0)) / (n2 - n0);
+    println!("one member costs each node that knows it about {c:.1} KiB of anonymous memory");
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -269,6 +317,9 @@ fn main() {
         }
         if wanted("bandwidth100") {
             bandwidth(100, Duration::from_secs(20)).await;
+        }
+        if wanted("memory") {
+            memory([25, 50, 100]).await;
         }
     });
 }

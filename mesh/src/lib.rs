@@ -14,6 +14,7 @@
 //!   are accepted only as signed, and a member is only as alive as its latest signature.
 //! - [`fault`]: [`GossipFaultSwitch`], a test switch that drops datagrams to and from chosen
 //!   peers.
+//! - `syn_budget`: how many live peers a round's SYNs reach (sans-IO).
 //! - `transport`: the chitchat transport that relays chitchat's own encoding through loopback
 //!   and seals it on the real socket.
 //! - [`member`]: metadata keys, [`Member`], checking authorising claims against the registry,
@@ -40,6 +41,7 @@ pub mod keyring;
 pub mod member;
 mod mesh;
 pub mod metrics;
+mod syn_budget;
 mod transport;
 mod verdict;
 

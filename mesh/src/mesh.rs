@@ -1,6 +1,7 @@
 //! The running mesh node: chitchat on the sealed transport, this node's metadata, the member
 //! list and its watch.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,6 +123,8 @@ impl Mesh {
             metrics,
             fault: config.fault.unwrap_or_default(),
             gossip_interval: timers.gossip_interval,
+            peers_per_round: timers.peers_per_round,
+            live_peers: Mutex::new(HashSet::new()),
         });
         let transport = SealedTransport::new(shared.clone(), socket);
         let initial = vec![
@@ -151,7 +154,7 @@ impl Mesh {
             tracker.clone(),
             attester.clone(),
             timers.clone(),
-            shared.metrics.clone(),
+            shared.clone(),
             members_tx,
             cancel.clone(),
         ));
@@ -433,15 +436,26 @@ fn collect_members(
         .collect()
 }
 
+/// The gossip addresses of the members held alive or suspect (self included: chitchat never
+/// sends itself a SYN).
+fn live_peers(verdicts: &[Verdict]) -> HashSet<SocketAddr> {
+    verdicts
+        .iter()
+        .filter(|verdict| verdict.liveness != Liveness::Dead)
+        .map(|verdict| verdict.chitchat_id.gossip_advertise_addr)
+        .collect()
+}
+
 async fn monitor(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     tracker: Arc<Mutex<HeartbeatTracker>>,
     attester: Arc<Mutex<Attester>>,
     timers: MeshTimers,
-    metrics: MeshMetrics,
+    shared: Arc<TransportShared>,
     members_tx: watch::Sender<Vec<Member>>,
     cancel: CancellationToken,
 ) {
+    let metrics = &shared.metrics;
     // Verdicts are cheap (no metadata is copied), so they are checked several times a round;
     // the member list is rebuilt when one changes, and once a round for metadata changes.
     let mut tick = tokio::time::interval(timers.gossip_interval / CHECKS_PER_ROUND);
@@ -459,7 +473,7 @@ async fn monitor(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = attest_tick.tick() => {
-                attest(&chitchat, &attester, &metrics).await;
+                attest(&chitchat, &attester, metrics).await;
                 continue;
             }
             _ = tick.tick() => checks += 1,
@@ -473,6 +487,7 @@ async fn monitor(
                 continue;
             }
             checks = 0;
+            *shared.live_peers.lock().expect("live peers lock") = live_peers(&verdicts);
             last_verdicts.clone_from(&verdicts);
             collect_members(&chitchat, tracker, verdicts)
         };

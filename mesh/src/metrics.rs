@@ -16,6 +16,13 @@ pub struct MeshMetrics {
     /// Chitchat messages, by direction (`tx`/`rx`) and type (`syn`, `syn_ack`, `ack`,
     /// `bad_cluster`).
     pub gossip_messages_total: IntCounterVec,
+    /// Bytes of chitchat messages as chitchat encodes them (before fragmenting and sealing),
+    /// by direction and type: where gossip traffic goes (a `syn` is a digest of every member,
+    /// an `ack` a delta of changed key-values, a `syn_ack` both).
+    pub gossip_message_bytes_total: IntCounterVec,
+    /// SYNs chitchat asked for that were not sent: past the round's budget of live peers
+    /// ([`MeshTimers::peers_per_round`](crate::MeshTimers::peers_per_round)).
+    pub syns_skipped_total: IntCounter,
     /// Sealed datagrams on the real socket, by direction.
     pub datagrams_total: IntCounterVec,
     /// Bytes of sealed datagrams on the real socket, by direction.
@@ -55,6 +62,16 @@ impl MeshMetrics {
                 "Chitchat messages sent (tx) and received (rx), by type.",
                 &["direction", "type"],
             ),
+            gossip_message_bytes_total: counter_vec(
+                "warren_mesh_gossip_message_bytes_total",
+                "Bytes of chitchat messages sent (tx) and received (rx) before sealing, by type.",
+                &["direction", "type"],
+            ),
+            syns_skipped_total: IntCounter::new(
+                "warren_mesh_gossip_syns_skipped_total",
+                "SYNs to live peers not sent: past the round's budget of peers.",
+            )
+            .expect("metric name is a valid constant"),
             datagrams_total: counter_vec(
                 "warren_mesh_datagrams_total",
                 "Sealed gossip datagrams sent (tx) and received (rx) on the gossip socket.",
@@ -81,29 +98,32 @@ impl MeshMetrics {
                 &["outcome"],
             ),
         };
-        // Every label value exists from the start, so dashboards see zeros, not gaps.
+        metrics.start_at_zero();
+        metrics
+    }
+
+    /// Creates every label value, so that dashboards see zeros, not gaps.
+    fn start_at_zero(&self) {
         for reason in DropReason::ALL {
-            metrics
-                .datagrams_dropped_total
+            self.datagrams_dropped_total
                 .with_label_values(&[reason.label()]);
         }
         for outcome in ["signed", "failed"] {
-            metrics.attestations_total.with_label_values(&[outcome]);
+            self.attestations_total.with_label_values(&[outcome]);
         }
         for outcome in ["accepted", "pending"]
             .into_iter()
             .chain(Unverified::ALL.iter().map(|u| u.label()))
         {
-            metrics.member_states_total.with_label_values(&[outcome]);
+            self.member_states_total.with_label_values(&[outcome]);
         }
         for liveness in ["alive", "suspect", "dead"] {
-            metrics.members.with_label_values(&[liveness]);
+            self.members.with_label_values(&[liveness]);
         }
         for direction in ["tx", "rx"] {
-            metrics.datagrams_total.with_label_values(&[direction]);
-            metrics.datagram_bytes_total.with_label_values(&[direction]);
+            self.datagrams_total.with_label_values(&[direction]);
+            self.datagram_bytes_total.with_label_values(&[direction]);
         }
-        metrics
     }
 
     /// Creates the metrics and registers them in `registry`.
@@ -115,6 +135,8 @@ impl MeshMetrics {
         registry.register(Box::new(metrics.members.clone()))?;
         registry.register(Box::new(metrics.gossip_rounds_total.clone()))?;
         registry.register(Box::new(metrics.gossip_messages_total.clone()))?;
+        registry.register(Box::new(metrics.gossip_message_bytes_total.clone()))?;
+        registry.register(Box::new(metrics.syns_skipped_total.clone()))?;
         registry.register(Box::new(metrics.datagrams_total.clone()))?;
         registry.register(Box::new(metrics.datagram_bytes_total.clone()))?;
         registry.register(Box::new(metrics.datagrams_dropped_total.clone()))?;

@@ -21,7 +21,7 @@
 //! real socket's `recv_from` and the inner socket's `recv`, both cancel safe, and the state in
 //! between (`pending`: an injected message not yet read back) lives in the socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,7 @@ use crate::fault::GossipFaultSwitch;
 use crate::fragment::{self, Reassembled, Reassembly};
 use crate::keyring::{DropReason, KeyId, Keyring, MAX_DATAGRAM_BYTES};
 use crate::metrics::MeshMetrics;
+use crate::syn_budget::SynBudget;
 
 /// How long `recv` waits for chitchat to decode a message it was just handed over loopback.
 /// Loopback delivery is immediate, so this only runs out when an authentic message is not
@@ -54,6 +55,11 @@ pub(crate) struct TransportShared {
     pub(crate) metrics: MeshMetrics,
     pub(crate) fault: GossipFaultSwitch,
     pub(crate) gossip_interval: Duration,
+    /// [`MeshTimers::peers_per_round`](crate::MeshTimers::peers_per_round).
+    pub(crate) peers_per_round: usize,
+    /// The gossip addresses of the members this node holds alive or suspect, kept by the
+    /// mesh's monitor: SYNs to them count against the round's budget ([`SynBudget`]).
+    pub(crate) live_peers: Mutex<HashSet<SocketAddr>>,
 }
 
 /// A chitchat [`Transport`] whose every datagram on the network is sealed by the keyring.
@@ -114,7 +120,7 @@ impl Transport for SealedTransport {
             reassembly: Reassembly::default(),
             peer_keys: HashMap::new(),
             next_message_id: fastrand::u32(..),
-            last_syn_sent: None,
+            syn_budget: SynBudget::new(self.shared.peers_per_round, self.shared.gossip_interval),
             recv_buf: vec![0u8; MAX_DATAGRAM_BYTES + 1].into_boxed_slice(),
             capture_buf: vec![0u8; fragment::MAX_MESSAGE_BYTES + 1].into_boxed_slice(),
         }))
@@ -147,7 +153,7 @@ struct SealedSocket {
     /// The key id each peer last spoke, to answer in it during a rotation.
     peer_keys: HashMap<SocketAddr, KeyId>,
     next_message_id: u32,
-    last_syn_sent: Option<Instant>,
+    syn_budget: SynBudget,
     recv_buf: Box<[u8]>,
     capture_buf: Box<[u8]>,
 }
@@ -193,7 +199,10 @@ impl Socket for SealedSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let message_type = message_type(&envelope.message);
-        self.count_round(&envelope.message);
+        if !self.syn_allowed(to, &envelope.message) {
+            self.shared.metrics.syns_skipped_total.inc();
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         let message = self.encode(envelope).await?;
         let message_id = self.next_message_id;
         self.next_message_id = self.next_message_id.wrapping_add(1);
@@ -220,6 +229,10 @@ impl Socket for SealedSocket {
             .gossip_messages_total
             .with_label_values(&["tx", message_type])
             .inc();
+        metrics
+            .gossip_message_bytes_total
+            .with_label_values(&["tx", message_type])
+            .inc_by(message.len() as u64);
         let mut num_bytes_sent = 0;
         for datagram in &sealed {
             num_bytes_sent += datagram.len();
@@ -354,11 +367,16 @@ impl SealedSocket {
             return Ok(None);
         }
         self.pending = None;
-        self.shared
-            .metrics
+        let message_type = message_type(&outcome.envelope.message);
+        let metrics = &self.shared.metrics;
+        metrics
             .gossip_messages_total
-            .with_label_values(&["rx", message_type(&outcome.envelope.message)])
+            .with_label_values(&["rx", message_type])
             .inc();
+        metrics
+            .gossip_message_bytes_total
+            .with_label_values(&["rx", message_type])
+            .inc_by(outcome.num_bytes_received as u64);
         Ok(Some(RecvOutcome {
             from_addr: pending.peer,
             envelope: outcome.envelope,
@@ -366,19 +384,23 @@ impl SealedSocket {
         }))
     }
 
-    /// A round is a burst of SYNs; the first SYN after half a gossip interval starts one.
-    fn count_round(&mut self, message: &ChitchatMessage) {
+    /// Whether chitchat's message to `to` goes: every SYN-ACK and ACK does, a SYN only within
+    /// the round's budget of live peers ([`SynBudget`]). Counts the rounds.
+    fn syn_allowed(&mut self, to: SocketAddr, message: &ChitchatMessage) -> bool {
         if !matches!(message, ChitchatMessage::Syn { .. }) {
-            return;
+            return true;
         }
-        let now = Instant::now();
-        let new_round = self
-            .last_syn_sent
-            .is_none_or(|last| now.duration_since(last) >= self.shared.gossip_interval / 2);
-        if new_round {
+        let to_live = self
+            .shared
+            .live_peers
+            .lock()
+            .expect("live peers lock")
+            .contains(&to);
+        let decision = self.syn_budget.decide(Instant::now(), to_live);
+        if decision.new_round {
             self.shared.metrics.gossip_rounds_total.inc();
         }
-        self.last_syn_sent = Some(now);
+        decision.send
     }
 }
 

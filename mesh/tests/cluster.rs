@@ -23,15 +23,19 @@ fn init_tracing() {
         .try_init();
 }
 
-/// 20 nodes seeded by node 1 converge (everyone sees 20 alive); three are stopped and the 17
-/// others see exactly those three dead within 15 s, and still see each other alive.
+/// 20 nodes seeded by node 1 converge (everyone knows all 20 and calls none dead); three are
+/// stopped and the 17 others see exactly those three dead within 15 s, and none of each other.
+///
+/// "Converged" is not "everyone alive at one instant": suspect is an early doubt (a heartbeat
+/// still for two fifths of the timeout), and with one peer a round, 20 meshes of a debug build
+/// on a machine busy with other builds nearly always have some pair briefly suspect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_converge_and_see_three_killed_dead() {
     init_tracing();
     let mut cluster = Cluster::start(20, MeshTimers::for_tests()).await;
     let all: Vec<usize> = (0..20).collect();
     let took = wait_until(Duration::from_secs(30), || {
-        cluster.all_see(&all, &all, Liveness::Alive)
+        cluster.all_know_none_dead(&all, &all)
     })
     .await
     .unwrap_or_else(|| panic!("20 nodes converge: {}", cluster.census()));
@@ -49,12 +53,12 @@ async fn twenty_nodes_converge_and_see_three_killed_dead() {
     .await
     .expect("all 17 survivors see the 3 killed nodes dead");
     info!(?took, "--- 17 survivors see the 3 killed dead");
-    // Survivors may be briefly suspect to each other on a loaded machine; they must be alive.
+    // Survivors may be briefly suspect to each other on a loaded machine; none stays dead.
     wait_until(Duration::from_secs(10), || {
-        cluster.all_see(&survivors, &survivors, Liveness::Alive)
+        cluster.all_know_none_dead(&survivors, &survivors)
     })
     .await
-    .expect("survivors see each other alive");
+    .unwrap_or_else(|| panic!("survivors call no survivor dead: {}", cluster.census()));
     for &idx in &survivors {
         let view = cluster.view(idx);
         assert_eq!(
@@ -531,4 +535,63 @@ async fn a_key_holder_cannot_gossip_as_another_node() {
     }
     impostor.shutdown().await;
     cluster.shutdown().await;
+}
+
+/// A round reaches as many live peers as `peers_per_round` says: chitchat picks three (and
+/// sometimes a seed), the transport sends the first and skips the rest. 10 converged nodes are
+/// watched for 1.5 s of 100 ms rounds: with one peer a round they send about one SYN per round
+/// each and skip the others; with three, about three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_reaches_as_many_live_peers_as_configured() {
+    init_tracing();
+    for (peers_per_round, low, high) in [(1, 0.8, 1.3), (3, 2.5, 3.3)] {
+        let timers = MeshTimers {
+            peers_per_round,
+            ..MeshTimers::for_tests()
+        };
+        let cluster = Cluster::start(10, timers).await;
+        let all: Vec<usize> = (0..10).collect();
+        wait_until(Duration::from_secs(15), || {
+            cluster.all_see(&all, &all, Liveness::Alive)
+        })
+        .await
+        .unwrap_or_else(|| panic!("10 nodes converge: {}", cluster.census()));
+        let counts = |cluster: &Cluster| {
+            cluster
+                .nodes
+                .iter()
+                .fold((0, 0, 0), |(syns, rounds, skipped), node| {
+                    let metrics = &node.metrics;
+                    (
+                        syns + metrics
+                            .gossip_messages_total
+                            .with_label_values(&["tx", "syn"])
+                            .get(),
+                        rounds + metrics.gossip_rounds_total.get(),
+                        skipped + metrics.syns_skipped_total.get(),
+                    )
+                })
+        };
+        let (syns_before, rounds_before, skipped_before) = counts(&cluster);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let (syns, rounds, skipped) = counts(&cluster);
+        let syns_per_round = (syns - syns_before) as f64 / (rounds - rounds_before).max(1) as f64;
+        info!(
+            peers_per_round,
+            syns_per_round,
+            skipped = skipped - skipped_before,
+            "--- measured"
+        );
+        assert!(
+            (low..=high).contains(&syns_per_round),
+            "{peers_per_round} peers a round: {syns_per_round:.2} SYNs per round"
+        );
+        if peers_per_round == 1 {
+            assert!(
+                skipped > skipped_before,
+                "chitchat's other picks are skipped"
+            );
+        }
+        cluster.shutdown().await;
+    }
 }
