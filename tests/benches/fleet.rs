@@ -375,9 +375,17 @@ async fn run(bin: &Path, args: &Args, agents: usize) -> anyhow::Result<Figures> 
     let started = Instant::now();
     let fleet = Arc::new(Fleet::start(identities).map_err(anyhow::Error::msg)?);
     wait_for(&format!("{agents} agents hold a view"), || {
-        fleet.current(1) == agents
+        let held = fleet.current(1);
+        if started.elapsed().as_secs() % 10 == 9 && held < agents {
+            progress(&format!(
+                "{held} of {agents} hold a view; last errors: {:?}",
+                fleet.errors()
+            ));
+        }
+        held == agents
     })
-    .await?;
+    .await
+    .with_context(|| format!("agents' last errors: {:?}", fleet.errors()))?;
     figures.first_sync = started.elapsed();
     figures.spread = fleet.spread(args.controls);
     idle(&plane, &fleet, args, &mut figures).await;

@@ -134,6 +134,8 @@ pub struct AgentTrack {
     pub sessions: AtomicU64,
     /// When it first held a view that met the current probe, if it has.
     pub probe_met: Mutex<Option<Instant>>,
+    /// Why its last attempt or session failed, if one did.
+    pub last_error: Mutex<Option<String>>,
 }
 
 /// A fleet of simulated agents.
@@ -228,6 +230,19 @@ impl Fleet {
             .collect()
     }
 
+    /// Why agents failed last, with how many failed so, most common first.
+    pub fn errors(&self) -> Vec<(usize, String)> {
+        let mut counts: std::collections::BTreeMap<String, usize> = BTreeMap::new();
+        for agent in &self.agents {
+            if let Some(error) = agent.last_error.lock().expect("not poisoned").clone() {
+                *counts.entry(error).or_default() += 1;
+            }
+        }
+        let mut errors: Vec<(usize, String)> = counts.into_iter().map(|(e, n)| (n, e)).collect();
+        errors.sort_by(|a, b| b.0.cmp(&a.0));
+        errors
+    }
+
     /// Stops every agent (their connections close).
     pub async fn stop(self) {
         self.cancel.cancel();
@@ -311,7 +326,10 @@ impl SimAgent {
                     end
                 }
                 Err(warren_transport::ConnectAnyError::Cancelled) => return,
-                Err(_) => SessionEnd::Retry,
+                Err(error) => {
+                    self.note_error(error.to_string());
+                    SessionEnd::Retry
+                }
             };
             let delay = match end {
                 SessionEnd::Retry => backoff.next_delay(),
@@ -342,8 +360,15 @@ impl SimAgent {
     async fn session(&mut self, conn: &PeerConnection) -> SessionEnd {
         match self.converse(conn).await {
             Ok(end) => end,
-            Err(_) => SessionEnd::Retry,
+            Err(error) => {
+                self.note_error(error.to_string());
+                SessionEnd::Retry
+            }
         }
+    }
+
+    fn note_error(&self, error: String) {
+        *self.track.last_error.lock().expect("not poisoned") = Some(error);
     }
 
     async fn converse(&mut self, conn: &PeerConnection) -> Result<SessionEnd, SimError> {
@@ -382,6 +407,7 @@ impl SimAgent {
             let (next, replicas_moved) = match message {
                 ControlToAgent::Heartbeat { .. } => continue,
                 ControlToAgent::Refused(refusal) => {
+                    self.note_error(format!("refused: {}", refusal.message));
                     return Ok(match refusal.reason {
                         RefusalReason::Overloaded { retry_after_ms } => {
                             SessionEnd::After(Duration::from_millis(retry_after_ms))
