@@ -183,21 +183,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
             current_view(&control, &state, hello.node_id)?
         };
         if let Some((own, parts)) = view {
-            let frame = match &sent {
-                None => Some(first_message(&hello, &own, &parts)?),
-                Some(sent) => next_delta(control.fleet_cache(), sent, &own, &parts, speaks)?,
-            };
-            match frame {
-                Some(payload) => {
-                    send.send_payload(&payload).await?;
-                    sent = Some(Sent { own, parts });
-                }
-                None => {
-                    if let Some(sent) = &mut sent {
-                        sent.parts = parts;
-                    }
-                }
-            }
+            send_view(&control, &hello, &mut send, &mut sent, own, parts, speaks).await?;
         }
         // Contact checks only note the time; everything else may change the view.
         loop {
@@ -249,6 +235,36 @@ async fn receive_hello(
         return Err(PushError::Refused(reason));
     }
     Ok(hello)
+}
+
+/// Sends the agent what moves it to `own` and `parts` (the first message of the session, or a
+/// delta from what it was `sent`), if anything does.
+async fn send_view(
+    control: &Control,
+    hello: &AgentHello,
+    send: &mut warren_transport::FramedSend,
+    sent: &mut Option<Sent>,
+    own: NodeView,
+    parts: Arc<FleetParts>,
+    speaks: Speaks,
+) -> Result<(), PushError> {
+    let frame = match sent.as_ref() {
+        None => Some(first_message(hello, &own, &parts)?),
+        Some(sent) => next_delta(control.fleet_cache(), sent, &own, &parts, speaks)?,
+    };
+    match frame {
+        Some(payload) => {
+            send.send_payload(&payload).await?;
+            *sent = Some(Sent { own, parts });
+        }
+        // Nothing moved for this agent: what it holds of the shared parts is what these hold.
+        None => {
+            if let Some(sent) = sent {
+                sent.parts = parts;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a session last sent its agent: the node's own part of the view (see [`own_part`])

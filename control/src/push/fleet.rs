@@ -317,7 +317,14 @@ const DELTAS_KEPT: usize = 16;
 #[derive(Debug, Default)]
 pub(crate) struct FleetCache {
     latest: Mutex<Option<Arc<FleetParts>>>,
-    deltas: Mutex<VecDeque<((Revision, Revision), Arc<FleetDelta>)>>,
+    deltas: Mutex<VecDeque<KeptDelta>>,
+}
+
+/// A delta between the parts of two revisions, `(from, to)`.
+#[derive(Debug)]
+struct KeptDelta {
+    between: (Revision, Revision),
+    delta: Arc<FleetDelta>,
 }
 
 impl FleetCache {
@@ -341,14 +348,17 @@ impl FleetCache {
     fn delta(&self, from: &FleetParts, to: &FleetParts) -> Result<Arc<FleetDelta>, EncodeError> {
         let key = (from.revision, to.revision);
         let mut deltas = self.deltas.lock().expect("not poisoned");
-        if let Some((_, delta)) = deltas.iter().find(|(k, _)| *k == key) {
-            return Ok(delta.clone());
+        if let Some(kept) = deltas.iter().find(|k| k.between == key) {
+            return Ok(kept.delta.clone());
         }
         let delta = Arc::new(FleetDelta::between(from, to)?);
         if deltas.len() == DELTAS_KEPT {
             deltas.pop_front();
         }
-        deltas.push_back((key, delta.clone()));
+        deltas.push_back(KeptDelta {
+            between: key,
+            delta: delta.clone(),
+        });
         Ok(delta)
     }
 }
