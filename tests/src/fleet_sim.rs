@@ -239,7 +239,7 @@ impl Fleet {
             }
         }
         let mut errors: Vec<(usize, String)> = counts.into_iter().map(|(e, n)| (n, e)).collect();
-        errors.sort_by(|a, b| b.0.cmp(&a.0));
+        errors.sort_by_key(|e| std::cmp::Reverse(e.0));
         errors
     }
 
