@@ -506,7 +506,6 @@ async fn propagation(
                 "--command",
                 "sleep 1000",
                 "--global",
-                "--detach",
             ])
             .await?;
         wait_for(&format!("{name} on every agent"), || {
@@ -545,13 +544,7 @@ async fn one_service_change(
     let replicas = (agents / 10).max(1).to_string();
     progress(&format!("one service change: {replicas} replicas"));
     fleet.set_probe(Probe::Has("touched".into()));
-    let flags = [
-        "--update-parallelism",
-        &replicas,
-        "--update-monitor",
-        "0s",
-        "--detach",
-    ];
+    let flags = ["--update-parallelism", &replicas, "--update-monitor", "0s"];
     let mut create = vec!["service", "create", "touched", "--command", "sleep 1000"];
     create.extend(["--replicas", &replicas]);
     create.extend(flags);
