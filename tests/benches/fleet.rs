@@ -356,6 +356,7 @@ struct Figures {
     change_bytes: u64,
     create_bytes_per_agent: u64,
     storm: Duration,
+    storm_restarted: Duration,
     storm_snapshots: u64,
     storm_peak_rss_mib: Vec<f64>,
     storm_cpu: Vec<f64>,
@@ -374,9 +375,12 @@ async fn run(bin: &Path, args: &Args, agents: usize) -> anyhow::Result<Figures> 
     let identities = join_fleet(&plane, agents, args.per_site, &mut figures).await?;
     let started = Instant::now();
     let fleet = Arc::new(Fleet::start(identities).map_err(anyhow::Error::msg)?);
+    let mut said = 0;
     wait_for(&format!("{agents} agents hold a view"), || {
         let held = fleet.current(1);
-        if started.elapsed().as_secs() % 10 == 9 && held < agents {
+        let tens = started.elapsed().as_secs() / 10;
+        if tens > said && held < agents {
+            said = tens;
             progress(&format!(
                 "{held} of {agents} hold a view; last errors: {:?}",
                 fleet.errors()
@@ -506,7 +510,6 @@ async fn propagation(
                 "--command",
                 "sleep 1000",
                 "--global",
-                "--detach",
             ])
             .await?;
         wait_for(&format!("{name} on every agent"), || {
@@ -545,13 +548,7 @@ async fn one_service_change(
     let replicas = (agents / 10).max(1).to_string();
     progress(&format!("one service change: {replicas} replicas"));
     fleet.set_probe(Probe::Has("touched".into()));
-    let flags = [
-        "--update-parallelism",
-        &replicas,
-        "--update-monitor",
-        "0s",
-        "--detach",
-    ];
+    let flags = ["--update-parallelism", &replicas, "--update-monitor", "0s"];
     let mut create = vec!["service", "create", "touched", "--command", "sleep 1000"];
     create.extend(["--replicas", &replicas]);
     create.extend(flags);
@@ -604,11 +601,15 @@ async fn storm(
         args.controls
     ));
     let snapshots = fleet.total(|a| &a.snapshots);
-    plane.restart_all().await?;
+    let sessions = fleet.snapshot_of(|a| &a.sessions);
+    // From the kill: the agents' sessions end when they notice (a stateless reset from the
+    // restarted node, or their silence limit).
     let started = Instant::now();
+    plane.restart_all().await?;
+    figures.storm_restarted = started.elapsed();
     let window = CpuWindow::start(&pid_strings(plane));
     wait_for("every agent back and current", || {
-        fleet.current(revision) == agents
+        fleet.moved(&sessions, |a| &a.sessions) == agents && fleet.current(revision) == agents
     })
     .await?;
     figures.storm = started.elapsed();
@@ -686,8 +687,9 @@ impl Figures {
             self.change_touched, self.change_agents, self.change_bytes
         );
         println!(
-            "  reconnect storm                   {} to all current, {} snapshots",
+            "  reconnect storm                   {} from the kill to all back and current ({} to serving again), {} snapshots",
             ms(self.storm),
+            ms(self.storm_restarted),
             self.storm_snapshots
         );
         println!(
