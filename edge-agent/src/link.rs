@@ -168,21 +168,6 @@ fn targets_of(views: &watch::Sender<Option<Arc<NodeView>>>, seeds: &[String]) ->
     addrs
 }
 
-/// The order this node dials control nodes in: a permutation of `addrs` that depends on the
-/// node id (rendezvous hashing), so a fleet spreads evenly over the control nodes instead of
-/// piling onto the first address of the list, and the agents of a control node that dies
-/// spread over the others too.
-pub fn dial_order(node: NodeId, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
-    use std::hash::{Hash, Hasher};
-    let mut ordered = addrs.to_vec();
-    ordered.sort_by_cached_key(|addr| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        (node.0, addr).hash(&mut hasher);
-        hasher.finish()
-    });
-    ordered
-}
-
 /// Looks every address up (names may resolve to several addresses); returns what resolved,
 /// without duplicates and in order, and `(address, why)` for each that did not.
 async fn resolve(addrs: &[String]) -> (Vec<SocketAddr>, Vec<(String, String)>) {
@@ -368,7 +353,6 @@ impl Link {
                 skipped_v6 = addrs.iter().filter(|a| a.is_ipv6()).copied().collect();
                 addrs.retain(SocketAddr::is_ipv4);
             }
-            addrs = dial_order(self.node_id, &addrs);
             if let Some(avoid) = avoid.take() {
                 addrs.sort_by_key(|a| *a == avoid);
             }
