@@ -97,6 +97,10 @@ pub struct Control {
     gossip_keys: std::sync::OnceLock<warren_mesh::KeyRotator>,
     membership: membership::Gate,
     fleet_cache: crate::push::FleetCache,
+    /// True while this node has been out of touch with a majority long enough to send its
+    /// agents elsewhere ([`crate::quorum`]).
+    away: watch::Sender<bool>,
+    sent_away: crate::quorum::SentAway,
 }
 
 impl std::fmt::Debug for Control {
@@ -142,7 +146,35 @@ impl Control {
             gossip_keys: std::sync::OnceLock::new(),
             membership: membership::Gate::default(),
             fleet_cache: crate::push::FleetCache::default(),
+            away: watch::Sender::new(false),
+            sent_away: crate::quorum::SentAway::default(),
         }
+    }
+
+    /// Whether this node sends its agents elsewhere (out of touch with a majority for
+    /// [`crate::quorum::SEND_AWAY_AFTER`]); fires when that changes.
+    pub(crate) fn away(&self) -> watch::Receiver<bool> {
+        self.away.subscribe()
+    }
+
+    /// Sets [`Control::away`]; returns whether it changed.
+    pub(crate) fn set_away(&self, away: bool) -> bool {
+        self.away.send_if_modified(|current| {
+            let changed = *current != away;
+            *current = away;
+            changed
+        })
+    }
+
+    /// The agents this node sent elsewhere lately.
+    pub(crate) fn sent_away(&self) -> &crate::quorum::SentAway {
+        &self.sent_away
+    }
+
+    /// How long a leader goes without a majority's acknowledgement before it counts as cut off
+    /// (writes refused at once, agents sent elsewhere).
+    pub(crate) fn leader_lease(&self) -> Duration {
+        2 * self.timeouts.election_max
     }
 
     /// What every agent's view shares, per revision, for the push sessions.
@@ -435,7 +467,7 @@ impl Control {
         }
         let lapsed = metrics
             .millis_since_quorum_ack
-            .is_some_and(|ms| ms > 2 * self.timeouts.election_max.as_millis() as u64);
+            .is_some_and(|ms| u128::from(ms) > self.leader_lease().as_millis());
         if lapsed {
             return Err(ProposeError::NoQuorum(
                 "this node leads but has not heard from a majority of control nodes".into(),

@@ -25,6 +25,8 @@
 //!   the leader's periodic duties.
 //! - [`accept`]: incoming QUIC connections, each handed by its ALPN to the module serving it.
 //! - [`push`]: the desired-state stream to each agent (views, deltas, heartbeats, acks).
+//! - [`quorum`]: whether this node is in touch with a majority; agents of a node that is not
+//!   are sent to the other control nodes.
 //! - [`status`]: what agents report: their links, status reports and events.
 //! - [`agent_logs`]: workload logs asked of agents over their own connections, relayed
 //!   between members.
@@ -59,6 +61,7 @@ pub mod network;
 pub mod node;
 pub mod older;
 pub mod push;
+pub mod quorum;
 pub mod rekey;
 pub mod rollout;
 pub mod rpc;

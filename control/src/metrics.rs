@@ -11,6 +11,7 @@
 
 mod fleet;
 mod raft;
+pub(crate) use raft::RaftMetrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub struct ControlMetrics {
     /// Log requests this node sent to agents over their links, by result (`ok`, `timeout`,
     /// `failed`).
     pub agent_log_requests_total: IntCounterVec,
+    /// Agents this node sent to another control node, by why (`no_quorum`: this node is out of
+    /// touch with a majority; `behind`: the agent holds a later revision than this node).
+    pub agents_sent_elsewhere_total: IntCounterVec,
     /// Current Raft term.
     pub raft_term: IntGauge,
     /// 1 when this node leads.
@@ -125,6 +129,11 @@ impl ControlMetrics {
                 "warren_control_agent_log_requests_total",
                 "Log requests sent to agents over their links, by result.",
                 &["result"],
+            ),
+            agents_sent_elsewhere_total: m.counter_vec(
+                "warren_control_agents_sent_elsewhere_total",
+                "Agents sent to another control node, by why (no_quorum, behind).",
+                &["why"],
             ),
             membership_changes_total: m.counter_vec(
                 "warren_control_membership_changes_total",

@@ -148,6 +148,10 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     // agent sends needs more than this, and each frame is buffered whole before it is read.
     recv.limit_frames_to(MAX_AGENT_MESSAGE_BYTES);
     let hello = receive_hello(&conn, &control, &mut send, &mut recv).await?;
+    let mut away = control.away();
+    if go_elsewhere(&control, &mut away, hello.node_id) {
+        return send_elsewhere(&conn, &control, &hello, &mut send).await;
+    }
     info!(node_id = %hello.node_id, revision = %hello.last_revision, "agent connected");
     let _session = Session::open(&control, &hello, &conn);
     let mut applied = control.watch_applied();
@@ -164,6 +168,9 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
         Speaks::WholeLists
     };
     loop {
+        if go_elsewhere(&control, &mut away, hello.node_id) {
+            return send_elsewhere(&conn, &control, &hello, &mut send).await;
+        }
         let view = {
             let state = control.read_stale().await;
             if state
@@ -198,6 +205,7 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                     send.send(&ControlToAgent::Heartbeat { revision }).await?;
                     break;
                 }
+                changed = away.changed() => if changed.is_err() { return Err(PushError::Refused("shutting down")) } else { break },
                 _ = contact.tick() => {
                     if contact.heard(&conn) {
                         control.agents().contact(hello.node_id, unix_now_ms());
@@ -575,6 +583,45 @@ impl QuicContact {
     }
 }
 
+/// Whether this session's agent is to go to another control node now: this node is out of
+/// touch with a majority and did not send the agent away lately ([`crate::quorum`]). Checked
+/// at the start, whenever that changes, and with each heartbeat, so an agent kept after coming
+/// back is sent again once the window has passed.
+fn go_elsewhere(
+    control: &Control,
+    away: &mut tokio::sync::watch::Receiver<bool>,
+    node: NodeId,
+) -> bool {
+    *away.borrow_and_update()
+        && control
+            .sent_away()
+            .send_away(node, tokio::time::Instant::now())
+}
+
+/// Tells the agent to try another control node (the `Overloaded` refusal, after a jittered
+/// pause so that a fleet does not arrive there all at once) and ends the session.
+async fn send_elsewhere(
+    conn: &PeerConnection,
+    control: &Control,
+    hello: &AgentHello,
+    send: &mut warren_transport::FramedSend,
+) -> Result<Never, PushError> {
+    info!(node_id = %hello.node_id, "out of touch with a majority of control nodes; sending the agent elsewhere");
+    control
+        .metrics()
+        .agents_sent_elsewhere_total
+        .with_label_values(&["no_quorum"])
+        .inc();
+    let away = refusal(
+        RefusalReason::Overloaded {
+            retry_after_ms: fastrand::u64(250..2_000),
+        },
+        "this control node is out of touch with a majority of control nodes: try another",
+    );
+    send_last(conn, send, &away).await?;
+    Err(PushError::Refused("no quorum here"))
+}
+
 /// How long a control node that is behind the agent's cached view waits to catch up before
 /// sending the agent elsewhere.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
@@ -607,6 +654,11 @@ async fn catch_up(
                         hello.last_revision
                     ),
                 );
+                control
+                    .metrics()
+                    .agents_sent_elsewhere_total
+                    .with_label_values(&["behind"])
+                    .inc();
                 send_last(conn, send, &behind).await?;
                 return Err(PushError::Refused("behind the agent"));
             }

@@ -5,13 +5,16 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tracing::info;
+use warren_api::Revision;
 use warren_api::clock::unix_now_ms;
+use warren_api::wire::{AgentHello, AgentToControl, ControlToAgent, RefusalReason, WIRE_VERSION};
 use warren_api::{NodeRole, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_control::rpc::ProposeError;
 use warren_control::{Effect, Op};
-use warren_transport::MintOptions;
+use warren_transport::join::{JoinParams, Joined, join};
 use warren_transport::token::mint;
+use warren_transport::{Alpn, Endpoint, EndpointOptions, FramedRecv, FramedSend, MintOptions};
 
 fn init_logs() {
     warren_transport::install_crypto_provider();
@@ -499,4 +502,139 @@ async fn the_data_dir_is_private() {
     let node = ControlNode::run(dir.path(), config()).await.expect("run");
     assert_eq!(mode(&dir), 0o700, "run");
     node.shutdown().await;
+}
+
+/// Joins an agent to the cluster through node `via`.
+async fn join_agent(cluster: &Cluster, via: usize) -> Joined {
+    let (token, record) = mint(
+        cluster.node(via).control().fingerprint(),
+        MintOptions {
+            role: NodeRole::Agent,
+            ttl: None,
+            single_use: false,
+        },
+        unix_now_ms(),
+    );
+    cluster
+        .node(via)
+        .control()
+        .propose(Op::AddToken(record))
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    let params = JoinParams {
+        role: NodeRole::Agent,
+        name: "edge-1".into(),
+        site: "lisbon".into(),
+        labels: Default::default(),
+        advertise: vec![],
+    };
+    let addr = cluster.node(via).quic_addr();
+    join(
+        addr,
+        &token.to_string(),
+        params,
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// An agent's push session as a test drives it: what must live for the stream to stay open.
+struct AgentSession {
+    _endpoint: Endpoint,
+    _conn: warren_transport::PeerConnection,
+    _send: FramedSend,
+    recv: FramedRecv,
+}
+
+/// Opens the agent's push stream to `node` with an empty cache; returns the first message
+/// that is not a heartbeat.
+async fn agent_session(node: &ControlNode, joined: &Joined) -> (AgentSession, ControlToAgent) {
+    let endpoint = Endpoint::client(
+        "127.0.0.1:0".parse().unwrap(),
+        &joined.credentials,
+        EndpointOptions::default(),
+    )
+    .unwrap();
+    let conn = endpoint
+        .connect(node.quic_addr(), Alpn::Agent)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_stream().await.unwrap();
+    let hello = AgentHello {
+        wire_version: WIRE_VERSION,
+        node_id: joined.node_id,
+        last_revision: Revision::ZERO,
+        cache_cluster_id: None,
+        agent_version: "test".into(),
+        have: None,
+    };
+    send.send(&AgentToControl::Hello(hello)).await.unwrap();
+    let first = next_message(&mut recv).await;
+    let session = AgentSession {
+        _endpoint: endpoint,
+        _conn: conn,
+        _send: send,
+        recv,
+    };
+    (session, first)
+}
+
+/// The next message that is not a heartbeat, within 20 s.
+async fn next_message(recv: &mut FramedRecv) -> ControlToAgent {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), recv.recv::<ControlToAgent>())
+            .await
+            .expect("a message from control within 20 s")
+            .expect("the stream stays readable");
+        if !matches!(message, ControlToAgent::Heartbeat { .. }) {
+            return message;
+        }
+    }
+}
+
+/// A control node cut off from the majority sends its agents to the other control nodes,
+/// where the state moves on; an agent that comes back (it found no better node) is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_the_majority_sends_its_agents_elsewhere() {
+    init_logs();
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let joined = join_agent(&cluster, leader).await;
+    // A follower ends up alone: the leader and the third node go.
+    let lonely = (leader + 1) % 3;
+    let (mut session, first) = agent_session(cluster.node(lonely), &joined).await;
+    assert!(matches!(first, ControlToAgent::Snapshot(_)), "{first:?}");
+    for i in (0..3).filter(|&i| i != lonely) {
+        cluster.kill(i).await;
+    }
+    let cut_at = Instant::now();
+    let ControlToAgent::Refused(refusal) = next_message(&mut session.recv).await else {
+        panic!("expected the agent to be sent elsewhere")
+    };
+    assert!(
+        matches!(refusal.reason, RefusalReason::Overloaded { retry_after_ms } if retry_after_ms <= 2_000),
+        "{refusal:?}"
+    );
+    assert!(refusal.message.contains("majority"), "{}", refusal.message);
+    info!(
+        after_ms = cut_at.elapsed().as_millis() as u64,
+        "--- agent sent elsewhere"
+    );
+
+    // Nowhere else answers: it comes back, and is kept.
+    let (_session, again) = agent_session(cluster.node(lonely), &joined).await;
+    assert!(matches!(again, ControlToAgent::Snapshot(_)), "{again:?}");
+    let sent = cluster
+        .node(lonely)
+        .control()
+        .metrics()
+        .agents_sent_elsewhere_total
+        .with_label_values(&["no_quorum"])
+        .get();
+    assert_eq!(sent, 1);
+    cluster.shutdown().await;
 }

@@ -168,6 +168,25 @@ fn targets_of(views: &watch::Sender<Option<Arc<NodeView>>>, seeds: &[String]) ->
     addrs
 }
 
+/// The order this node dials control nodes in: a permutation of `addrs` that depends on the
+/// node id (rendezvous hashing), so a fleet spreads evenly over the control nodes instead of
+/// piling onto the first address of the list, and the agents of a control node that dies
+/// spread over the others. A control node cut off from the majority sends its agents on to
+/// the next in their order.
+pub fn dial_order(node: NodeId, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut ordered = addrs.to_vec();
+    ordered.sort_by_cached_key(|addr| mix(warren_api::service::stable_hash(&(node.0, addr))));
+    ordered
+}
+
+/// A 64-bit finaliser (splitmix64's): every input bit moves about half the output bits, so
+/// addresses that differ in one byte still land in unrelated places of the order.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Looks every address up (names may resolve to several addresses); returns what resolved,
 /// without duplicates and in order, and `(address, why)` for each that did not.
 async fn resolve(addrs: &[String]) -> (Vec<SocketAddr>, Vec<(String, String)>) {
@@ -353,6 +372,7 @@ impl Link {
                 skipped_v6 = addrs.iter().filter(|a| a.is_ipv6()).copied().collect();
                 addrs.retain(SocketAddr::is_ipv4);
             }
+            addrs = dial_order(self.node_id, &addrs);
             if let Some(avoid) = avoid.take() {
                 addrs.sort_by_key(|a| *a == avoid);
             }
@@ -425,4 +445,39 @@ fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, value: &T) -> bool {
     }
     slot.clone_from(value);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control_addrs() -> Vec<SocketAddr> {
+        (1..=3)
+            .map(|i| SocketAddr::from(([127, 0, 91, i], 7101)))
+            .collect()
+    }
+
+    /// Each control node comes first for about a third of a fleet, and losing one moves only
+    /// its agents: everyone else keeps their first choice.
+    #[test]
+    fn dial_order_spreads_a_fleet_and_moves_only_a_dead_nodes_agents() {
+        let addrs = control_addrs();
+        let mut first = [0usize; 3];
+        for id in 0..3_000u64 {
+            let node = NodeId(id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let order = dial_order(node, &addrs);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, addrs, "a permutation");
+            let at = addrs.iter().position(|a| *a == order[0]).unwrap();
+            first[at] += 1;
+            let without_third: Vec<SocketAddr> = addrs[..2].to_vec();
+            let reduced = dial_order(node, &without_third);
+            let kept: Vec<SocketAddr> = order.into_iter().filter(|a| *a != addrs[2]).collect();
+            assert_eq!(reduced, kept, "the others keep their relative order");
+        }
+        for count in first {
+            assert!((800..=1_200).contains(&count), "uneven spread: {first:?}");
+        }
+    }
 }

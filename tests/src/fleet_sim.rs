@@ -305,7 +305,7 @@ impl SimAgent {
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut avoid: Option<SocketAddr> = None;
         loop {
-            let mut addrs = self.targets();
+            let mut addrs = warren_edge_agent::link::dial_order(self.node_id, &self.targets());
             if let Some(avoid) = avoid.take() {
                 addrs.sort_by_key(|a| *a == avoid);
             }

@@ -89,6 +89,7 @@ impl ControlNode {
             cancel.clone(),
             &tasks,
         );
+        crate::quorum::spawn(control.clone(), cancel.clone(), &tasks);
         let api_addr = api_listener.local_addr();
         let api = Api::new(
             control.clone(),
