@@ -271,7 +271,7 @@ impl Failure {
             SessionError::Elsewhere { message, .. } => Failure {
                 kind: FailureKind::Refused,
                 reason: format!(
-                    "control at {control} is busy or behind ({message}); trying another"
+                    "control at {control} sent this agent to another control node: {message}"
                 ),
             },
             other => Failure {

@@ -34,7 +34,7 @@ pub(super) enum SessionError {
     Cache(#[from] CacheError),
     #[error("control refused: {0}")]
     Refused(String),
-    #[error("control node busy or behind: {message}")]
+    #[error("control node sent this agent elsewhere: {message}")]
     Elsewhere {
         message: String,
         retry_after: Duration,
