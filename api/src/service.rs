@@ -261,6 +261,15 @@ pub fn stable_hash<T: Serialize + ?Sized>(value: &T) -> u64 {
     postcard::serialize_with_flavor(value, Fnv1a64(FNV_OFFSET_BASIS))
         .expect("postcard cannot fail on plain data with known lengths into an infallible sink")
 }
+/// splitmix64's finaliser: every input bit moves about half the output bits. For ordering by
+/// [`stable_hash`] (rendezvous hashing), whose FNV-1a output keeps a late input byte mostly in
+/// its low bits.
+pub fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The [`stable_hash`] of a list whose items were encoded one by one (`count` of them, each

@@ -1,5 +1,6 @@
 //! What every node's view carries about the rest of the cluster: the service catalogue (each
-//! running replica's address and ports, for the agents' DNS) and the mesh peers (every other
+//! running replica's address and ports, for the agents' DNS; of a large service only the
+//! node's site's and a few more, [`scoped_to_site`]) and the mesh peers (every other
 //! node's gossip endpoint, for the mesh's seeds, and its WireGuard keys, overlay address and
 //! endpoint). Pure functions of the state, so every control node builds the same view.
 //!
@@ -12,11 +13,12 @@
 //! address, and every replica whose service declares a metrics endpoint, at its node's
 //! catalogue IP. Agents get their own site's in their views, for discovery while cut off.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use warren_api::scrape::{NodeTarget, ScrapeTargets, WorkloadTarget};
 use warren_api::wire::{PeerInfo, ServiceEndpoint};
-use warren_api::{DesiredState, Node, NodeId, NodeState};
+use warren_api::{DesiredState, Node, NodeId, NodeState, ServiceName};
 
 use crate::state::ClusterState;
 
@@ -51,6 +53,73 @@ pub fn catalogue(state: &ClusterState) -> Vec<ServiceEndpoint> {
                 ports: service.current.spec.ports.clone(),
             })
         })
+        .collect()
+}
+
+/// A service with up to this many endpoints is in every node's catalogue whole.
+pub const WHOLE_SERVICE_ENDPOINTS: usize = 16;
+
+/// How many endpoints of a larger service a node's catalogue holds from outside its site.
+pub const FAR_ENDPOINTS: usize = 8;
+
+/// What a node in `site` finds in its view's catalogue: `all` (a [`catalogue`]) scoped to the
+/// site, as indices into `all`, in order. A service with up to [`WHOLE_SERVICE_ENDPOINTS`]
+/// endpoints is there whole; of a larger one (a global service, a service scaled out over the
+/// fleet) the site's own endpoints and [`FAR_ENDPOINTS`] from elsewhere: those on ready nodes
+/// first, then by a hash of the site and the replica, so that each site leans on its own few
+/// and the sites together on all of them. Without this every view held every replica of a
+/// global service: a global create sent every agent the whole fleet (O(fleet²) bytes).
+/// `node_of` gives an endpoint's node's site and whether it is ready.
+pub fn scoped_to_site<'a>(
+    all: &[ServiceEndpoint],
+    node_of: impl Fn(NodeId) -> Option<(&'a str, bool)>,
+    site: &str,
+) -> Vec<usize> {
+    let mut by_service: BTreeMap<&ServiceName, Vec<usize>> = BTreeMap::new();
+    for (index, endpoint) in all.iter().enumerate() {
+        by_service.entry(&endpoint.service).or_default().push(index);
+    }
+    let mut kept = Vec::with_capacity(all.len().min(1_024));
+    for indices in by_service.into_values() {
+        if indices.len() <= WHOLE_SERVICE_ENDPOINTS {
+            kept.extend(indices);
+            continue;
+        }
+        let mut far = Vec::new();
+        for index in indices {
+            match node_of(all[index].node) {
+                Some((node_site, _)) if node_site == site => kept.push(index),
+                Some((_, ready)) => far.push((!ready, far_rank(site, &all[index]), index)),
+                None => far.push((true, far_rank(site, &all[index]), index)),
+            }
+        }
+        if far.len() > FAR_ENDPOINTS {
+            far.select_nth_unstable(FAR_ENDPOINTS);
+            far.truncate(FAR_ENDPOINTS);
+        }
+        kept.extend(far.into_iter().map(|(_, _, index)| index));
+    }
+    kept.sort_unstable();
+    kept
+}
+
+/// Where `endpoint` ranks among the far endpoints a node of `site` might hold.
+fn far_rank(site: &str, endpoint: &ServiceEndpoint) -> u64 {
+    warren_api::service::mix64(warren_api::service::stable_hash(&(site, &endpoint.replica)))
+}
+
+/// [`catalogue`] as a node of `site` holds it ([`scoped_to_site`]).
+pub fn catalogue_for_site(state: &ClusterState, site: &str) -> Vec<ServiceEndpoint> {
+    let all = catalogue(state);
+    let node_of = |id: NodeId| {
+        state
+            .nodes
+            .get(&id)
+            .map(|n| (n.site.as_str(), n.state == NodeState::Ready))
+    };
+    scoped_to_site(&all, node_of, site)
+        .into_iter()
+        .map(|index| all[index].clone())
         .collect()
 }
 
@@ -288,5 +357,71 @@ mod tests {
             scrape_targets(&state, Some("porto")),
             ScrapeTargets::default()
         );
+    }
+
+    fn endpoint(service: &str, node: u64) -> ServiceEndpoint {
+        let service = ServiceName::new(service).unwrap();
+        ServiceEndpoint {
+            replica: warren_api::ReplicaId {
+                service: service.clone(),
+                key: warren_api::ReplicaKey::Node(NodeId(node)),
+            },
+            service,
+            node: NodeId(node),
+            address: format!("10.0.0.{node}"),
+            ports: Vec::new(),
+        }
+    }
+
+    /// 30 nodes in three sites of ten: `edge` runs on all, `db` on four.
+    fn fleet() -> Vec<ServiceEndpoint> {
+        let mut all: Vec<ServiceEndpoint> = (0..30).map(|n| endpoint("edge", n)).collect();
+        all.extend([0, 10, 20, 21].map(|n| endpoint("db", n)));
+        all.sort_by(|a, b| a.replica.cmp(&b.replica));
+        all
+    }
+
+    fn site_of(node: NodeId) -> &'static str {
+        ["lisbon", "porto", "faro"][node.0 as usize / 10]
+    }
+
+    /// A small service is whole in every site's catalogue; a large one holds the site's own
+    /// endpoints and a few from elsewhere, ready nodes first.
+    #[test]
+    fn a_site_holds_its_own_endpoints_and_a_few_from_elsewhere() {
+        let all = fleet();
+        let ready = |_: NodeId| true;
+        for site in ["lisbon", "porto", "faro"] {
+            let kept: Vec<&ServiceEndpoint> =
+                scoped_to_site(&all, |n| Some((site_of(n), ready(n))), site)
+                    .into_iter()
+                    .map(|i| &all[i])
+                    .collect();
+            assert!(
+                kept.windows(2).all(|w| w[0].replica < w[1].replica),
+                "in order"
+            );
+            let db = kept.iter().filter(|e| e.service.as_str() == "db").count();
+            assert_eq!(db, 4, "a small service is whole");
+            let (own, far): (Vec<&&ServiceEndpoint>, Vec<&&ServiceEndpoint>) = kept
+                .iter()
+                .filter(|e| e.service.as_str() == "edge")
+                .partition(|e| site_of(e.node) == site);
+            assert_eq!(own.len(), 10, "every endpoint of the site");
+            assert_eq!(far.len(), FAR_ENDPOINTS, "a few from elsewhere");
+        }
+        // Of porto's and faro's twenty, only five are on ready nodes: lisbon holds those five.
+        let unready = |n: NodeId| n.0 >= 10 && !n.0.is_multiple_of(4);
+        let kept = scoped_to_site(&all, |n| Some((site_of(n), !unready(n))), "lisbon");
+        let far_ready = kept
+            .iter()
+            .map(|&i| &all[i])
+            .filter(|e| e.service.as_str() == "edge" && site_of(e.node) != "lisbon")
+            .filter(|e| !unready(e.node))
+            .count();
+        assert_eq!(far_ready, 5);
+        // The same inputs give the same catalogue: every control node builds the same view.
+        let again = scoped_to_site(&all, |n| Some((site_of(n), !unready(n))), "lisbon");
+        assert_eq!(kept, again);
     }
 }

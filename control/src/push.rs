@@ -49,7 +49,7 @@ pub fn node_view(
 ) -> Option<NodeView> {
     let replicas: Vec<_> = state.replicas_on(node).cloned().collect();
     let mut view = own_part(state, node, control_addrs, keys, replicas)?;
-    view.catalogue = crate::catalogue::catalogue(state);
+    view.catalogue = crate::catalogue::catalogue_for_site(state, &view.node.site);
     view.peers = crate::catalogue::peers(state, node);
     view.scrape = crate::catalogue::scrape_targets(state, Some(&view.node.site));
     Some(view)

@@ -175,16 +175,10 @@ fn targets_of(views: &watch::Sender<Option<Arc<NodeView>>>, seeds: &[String]) ->
 /// the next in their order.
 pub fn dial_order(node: NodeId, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut ordered = addrs.to_vec();
-    ordered.sort_by_cached_key(|addr| mix(warren_api::service::stable_hash(&(node.0, addr))));
+    ordered.sort_by_cached_key(|addr| {
+        warren_api::service::mix64(warren_api::service::stable_hash(&(node.0, addr)))
+    });
     ordered
-}
-
-/// A 64-bit finaliser (splitmix64's): every input bit moves about half the output bits, so
-/// addresses that differ in one byte still land in unrelated places of the order.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// Looks every address up (names may resolve to several addresses); returns what resolved,

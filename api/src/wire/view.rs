@@ -34,7 +34,8 @@ pub struct NodeView {
     pub replicas: Vec<Replica>,
     /// Secrets the node's replicas reference, sealed for this node, by name.
     pub secrets: BTreeMap<String, SealedBlob>,
-    /// Every service endpoint in the cluster, for DNS.
+    /// The service endpoints this node's DNS answers with: every endpoint of a service with
+    /// up to 16 of them; of a larger one, those in the node's site and 8 from elsewhere.
     pub catalogue: Vec<ServiceEndpoint>,
     /// QUIC addresses of the control nodes, so the agent can fail over.
     pub control_addrs: Vec<String>,

@@ -9,7 +9,7 @@
 //! mesh settings, control addresses: small) and the [`FleetParts`] it last sent, and builds
 //! each message from the own part's diff plus bytes encoded once here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use warren_api::scrape::ScrapeTargets;
@@ -25,11 +25,10 @@ use crate::state::ClusterState;
 #[derive(Debug)]
 pub(crate) struct FleetParts {
     pub revision: Revision,
-    /// Every endpoint, sorted by replica id, and each encoded as `UpsertEndpoint`.
-    catalogue: Vec<(ServiceEndpoint, Vec<u8>)>,
-    catalogue_hash: u64,
-    /// `SetCatalogue` of the whole catalogue, encoded.
-    set_catalogue: Vec<u8>,
+    /// Every endpoint (a [`crate::catalogue::catalogue`]), sorted by replica id, each encoded.
+    endpoints: Vec<Endpoint>,
+    /// What each site's nodes hold of them ([`crate::catalogue::scoped_to_site`]).
+    catalogues: HashMap<String, SiteCatalogue>,
     /// Every node that is a peer of the others (see [`crate::catalogue::peers`]), sorted by
     /// node id; a node's view holds all but itself. With each its postcard bytes.
     peers: Vec<(PeerInfo, Vec<u8>)>,
@@ -37,6 +36,23 @@ pub(crate) struct FleetParts {
     scrape: HashMap<String, SiteScrape>,
     /// Each node's running replicas, sorted by id.
     replicas: HashMap<NodeId, Vec<Replica>>,
+}
+
+/// One catalogue endpoint, encoded as an `UpsertEndpoint` change and bare (a list item).
+#[derive(Debug)]
+struct Endpoint {
+    entry: ServiceEndpoint,
+    upsert: Vec<u8>,
+    bare: Vec<u8>,
+}
+
+/// A site's catalogue: indices into [`FleetParts::endpoints`], in order, the hash of the list
+/// and, once a session needs it, the whole list as a `SetCatalogue` change.
+#[derive(Debug)]
+struct SiteCatalogue {
+    entries: Vec<usize>,
+    hash: u64,
+    set: std::sync::OnceLock<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -52,24 +68,38 @@ impl FleetParts {
     /// # Errors
     /// A part over the message size limit.
     pub fn build(state: &ClusterState) -> Result<Self, EncodeError> {
-        let catalogue = crate::catalogue::catalogue(state)
-            .into_iter()
+        let all = crate::catalogue::catalogue(state);
+        let endpoints = all
+            .iter()
             .map(|e| {
-                let bytes = encode(&ViewChange::UpsertEndpoint(e.clone()))?;
-                Ok((e, bytes))
+                Ok(Endpoint {
+                    upsert: encode(&ViewChange::UpsertEndpoint(e.clone()))?,
+                    bare: encode(e)?,
+                    entry: e.clone(),
+                })
             })
             .collect::<Result<Vec<_>, EncodeError>>()?;
-        let items: Vec<Vec<u8>> = catalogue
-            .iter()
-            .map(|(e, _)| encode(e))
-            .collect::<Result<_, _>>()?;
-        let catalogue_hash =
-            stable_hash_of_encoded_list(items.len(), items.iter().map(Vec::as_slice));
-        let set_catalogue = encode_list_change_from_parts(
-            &ViewChange::SetCatalogue(Vec::new()),
-            items.len(),
-            items.iter().map(Vec::as_slice),
-        )?;
+        let node_of = |id: NodeId| {
+            state
+                .nodes
+                .get(&id)
+                .map(|n| (n.site.as_str(), n.state == warren_api::NodeState::Ready))
+        };
+        let sites: BTreeSet<&str> = state.nodes.values().map(|n| n.site.as_str()).collect();
+        let catalogues = sites
+            .into_iter()
+            .map(|site| {
+                let entries = crate::catalogue::scoped_to_site(&all, node_of, site);
+                let items = entries.iter().map(|&i| endpoints[i].bare.as_slice());
+                let hash = stable_hash_of_encoded_list(entries.len(), items);
+                let catalogue = SiteCatalogue {
+                    entries,
+                    hash,
+                    set: std::sync::OnceLock::new(),
+                };
+                (site.to_owned(), catalogue)
+            })
+            .collect();
         let peers = crate::catalogue::peers(state, NodeId(0))
             .into_iter()
             .map(|p| {
@@ -79,13 +109,49 @@ impl FleetParts {
             .collect::<Result<Vec<_>, EncodeError>>()?;
         Ok(FleetParts {
             revision: state.revision,
-            catalogue,
-            catalogue_hash,
-            set_catalogue,
+            endpoints,
+            catalogues,
             peers,
             scrape: scrape_by_site(state)?,
             replicas: replicas_by_node(state),
         })
+    }
+
+    /// What nodes of `site` hold of the catalogue: indices into `endpoints`.
+    fn catalogue_of(&self, site: &str) -> &[usize] {
+        self.catalogues
+            .get(site)
+            .map_or(&[], |c| c.entries.as_slice())
+    }
+
+    /// The hash of `site`'s catalogue, as its agents' digests have it.
+    fn catalogue_hash(&self, site: &str) -> u64 {
+        match self.catalogues.get(site) {
+            Some(c) => c.hash,
+            None => stable_hash_of_encoded_list(0, std::iter::empty()),
+        }
+    }
+
+    /// `SetCatalogue` with `site`'s whole catalogue, encoded (once per site and revision).
+    fn set_catalogue(&self, site: &str) -> Result<Vec<u8>, EncodeError> {
+        let encode_site = || {
+            let entries = self.catalogue_of(site);
+            encode_list_change_from_parts(
+                &ViewChange::SetCatalogue(Vec::new()),
+                entries.len(),
+                entries.iter().map(|&i| self.endpoints[i].bare.as_slice()),
+            )
+        };
+        match self.catalogues.get(site) {
+            Some(c) => {
+                if let Some(set) = c.set.get() {
+                    return Ok(set.clone());
+                }
+                let set = encode_site()?;
+                Ok(c.set.get_or_init(|| set).clone())
+            }
+            None => encode_site(),
+        }
     }
 
     /// `node`'s running replicas, sorted by id.
@@ -128,7 +194,11 @@ impl FleetParts {
 
     /// `own` (a node's own part, with an empty catalogue, peers and scrape) made whole.
     pub fn complete(&self, mut own: NodeView) -> NodeView {
-        own.catalogue = self.catalogue.iter().map(|(e, _)| e.clone()).collect();
+        own.catalogue = self
+            .catalogue_of(&own.node.site)
+            .iter()
+            .map(|&i| self.endpoints[i].entry.clone())
+            .collect();
         own.peers = self.peers_of(own.node.id).map(|(p, _)| p.clone()).collect();
         own.scrape = self
             .site(&own.node.site)
@@ -146,8 +216,8 @@ impl FleetParts {
         have: &warren_api::wire::ViewDigest,
     ) -> Result<Vec<Vec<u8>>, EncodeError> {
         let mut changes = Vec::new();
-        if have.catalogue != self.catalogue_hash {
-            changes.push(self.set_catalogue.clone());
+        if have.catalogue != self.catalogue_hash(site) {
+            changes.push(self.set_catalogue(site)?);
         }
         if have.peers != self.peers_hash(node) {
             changes.push(self.set_peers(node)?);
@@ -213,8 +283,8 @@ fn replicas_by_node(state: &ClusterState) -> HashMap<NodeId, Vec<Replica>> {
 /// change encoded once.
 #[derive(Debug, Default)]
 pub(crate) struct FleetDelta {
-    /// `UpsertEndpoint` / `RemoveEndpoint`, in order, encoded.
-    catalogue: Vec<Vec<u8>>,
+    /// Each site's `UpsertEndpoint` / `RemoveEndpoint`, in order, encoded.
+    catalogue: HashMap<String, Vec<Vec<u8>>>,
     /// `UpsertPeer` / `RemovePeer` by the node they are about, encoded.
     peers: Vec<(NodeId, Vec<u8>)>,
 }
@@ -222,21 +292,9 @@ pub(crate) struct FleetDelta {
 impl FleetDelta {
     fn between(from: &FleetParts, to: &FleetParts) -> Result<Self, EncodeError> {
         let mut delta = FleetDelta::default();
-        let old: BTreeMap<&ReplicaId, &(ServiceEndpoint, Vec<u8>)> =
-            from.catalogue.iter().map(|e| (&e.0.replica, e)).collect();
-        let new: BTreeMap<&ReplicaId, &(ServiceEndpoint, Vec<u8>)> =
-            to.catalogue.iter().map(|e| (&e.0.replica, e)).collect();
-        for (id, entry) in &new {
-            if old.get(id).is_none_or(|o| o.1 != entry.1) {
-                delta.catalogue.push(entry.1.clone());
-            }
-        }
-        for id in old.keys() {
-            if !new.contains_key(id) {
-                delta
-                    .catalogue
-                    .push(encode(&ViewChange::RemoveEndpoint((*id).clone()))?);
-            }
+        for site in to.catalogues.keys() {
+            let changes = catalogue_changes(from, to, site)?;
+            delta.catalogue.insert(site.clone(), changes);
         }
         let old: BTreeMap<NodeId, &(PeerInfo, Vec<u8>)> =
             from.peers.iter().map(|p| (p.0.node_id, p)).collect();
@@ -256,6 +314,38 @@ impl FleetDelta {
         }
         Ok(delta)
     }
+}
+
+/// The entry changes that take `site`'s catalogue from `from` to `to`.
+fn catalogue_changes(
+    from: &FleetParts,
+    to: &FleetParts,
+    site: &str,
+) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let listed = |parts: &'_ FleetParts| -> BTreeMap<ReplicaId, usize> {
+        parts
+            .catalogue_of(site)
+            .iter()
+            .map(|&i| (parts.endpoints[i].entry.replica.clone(), i))
+            .collect()
+    };
+    let (old, new) = (listed(from), listed(to));
+    let mut changes = Vec::new();
+    for (id, &index) in &new {
+        let entry = &to.endpoints[index];
+        if old
+            .get(id)
+            .is_none_or(|&o| from.endpoints[o].upsert != entry.upsert)
+        {
+            changes.push(entry.upsert.clone());
+        }
+    }
+    for id in old.keys() {
+        if !new.contains_key(id) {
+            changes.push(encode(&ViewChange::RemoveEndpoint(id.clone()))?);
+        }
+    }
+    Ok(changes)
 }
 
 /// How a session tells an agent what changed in the shared parts.
@@ -279,8 +369,13 @@ pub(crate) fn fleet_changes(
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
     let (old_site, site) = sites;
     let mut changes = Vec::new();
+    if old_site != site {
+        changes.push(to.set_catalogue(site)?);
+    }
     if !Arc::ptr_eq(from, to) && from.revision != to.revision {
         let delta = cache.delta(from, to)?;
+        let catalogue = delta.catalogue.get(site).map_or(&[][..], Vec::as_slice);
+        let catalogue = if old_site == site { catalogue } else { &[] };
         let peers: Vec<&Vec<u8>> = delta
             .peers
             .iter()
@@ -289,12 +384,12 @@ pub(crate) fn fleet_changes(
             .collect();
         match speaks {
             Speaks::Entries => {
-                changes.extend(delta.catalogue.iter().cloned());
+                changes.extend(catalogue.iter().cloned());
                 changes.extend(peers.into_iter().cloned());
             }
             Speaks::WholeLists => {
-                if !delta.catalogue.is_empty() {
-                    changes.push(to.set_catalogue.clone());
+                if !catalogue.is_empty() {
+                    changes.push(to.set_catalogue(site)?);
                 }
                 if !peers.is_empty() {
                     changes.push(to.set_peers(node)?);

@@ -94,6 +94,17 @@ fn writes() -> Vec<Op> {
     });
     ops.push(Op::RemoveNode(NodeId(5)));
     ops.push(Op::RemoveService(ServiceName::new("dns").unwrap()));
+    // A global service larger than a whole catalogue entry: each site holds its own
+    // endpoints and a few from elsewhere, which change as nodes come, go unreachable and
+    // come back.
+    ops.push(Op::PutService(service("edge", ServiceMode::Global, false)));
+    let sites = ["lisbon", "porto", "faro"];
+    ops.extend((7..=30).map(|id| Op::RegisterNode(agent(id, sites[id as usize % 3]))));
+    ops.push(Op::NodeUnreachable { node: NodeId(8) });
+    ops.push(Op::NodeUnreachable { node: NodeId(9) });
+    ops.push(Op::RemoveNode(NodeId(10)));
+    ops.push(Op::NodeReachable { node: NodeId(8) });
+    ops.push(Op::RemoveService(ServiceName::new("edge").unwrap()));
     ops
 }
 
