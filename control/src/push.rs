@@ -167,11 +167,17 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     } else {
         Speaks::WholeLists
     };
+    // The revision the agent's view was last built at: a view is a function of the state at
+    // its revision, so a wake-up by the agent's own messages (acks, status reports: several
+    // per change) or a heartbeat builds nothing while the revision stays.
+    let mut built_at: Option<Revision> = None;
     loop {
         if go_elsewhere(&control, &mut away, hello.node_id) {
             return send_elsewhere(&conn, &control, &hello, &mut send).await;
         }
-        let view = {
+        let view = if built_at == Some(control.applied()) {
+            None
+        } else {
             let state = control.read_stale().await;
             if state
                 .nodes
@@ -187,7 +193,11 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
                 control.declaration_limit().forget(hello.node_id);
                 return Err(PushError::Refused("node_removed"));
             }
-            current_view(&control, &state, hello.node_id)?
+            let view = current_view(&control, &state, hello.node_id)?;
+            if view.is_some() {
+                built_at = Some(state.revision);
+            }
+            view
         };
         if let Some((own, parts)) = view {
             send_view(&control, &hello, &mut send, &mut sent, own, parts, speaks).await?;
