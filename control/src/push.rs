@@ -167,38 +167,13 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
     } else {
         Speaks::WholeLists
     };
-    // The revision the agent's view was last built at: a view is a function of the state at
-    // its revision, so a wake-up by the agent's own messages (acks, status reports: several
-    // per change) or a heartbeat builds nothing while the revision stays.
+    // The revision the agent's view was last built at (see `view_if_moved`).
     let mut built_at: Option<Revision> = None;
     loop {
         if go_elsewhere(&control, &mut away, hello.node_id) {
             return send_elsewhere(&conn, &control, &hello, &mut send).await;
         }
-        let view = if built_at == Some(control.applied()) {
-            None
-        } else {
-            let state = control.read_stale().await;
-            if state
-                .nodes
-                .get(&hello.node_id)
-                .is_some_and(|n| n.state == NodeState::Removed)
-            {
-                let removed = refusal(
-                    RefusalReason::NodeRemoved,
-                    "this node was removed from the cluster",
-                );
-                send_last(&conn, &mut send, &removed).await?;
-                control.agents().forget(hello.node_id);
-                control.declaration_limit().forget(hello.node_id);
-                return Err(PushError::Refused("node_removed"));
-            }
-            let view = current_view(&control, &state, hello.node_id)?;
-            if view.is_some() {
-                built_at = Some(state.revision);
-            }
-            view
-        };
+        let view = view_if_moved(&conn, &control, &hello, &mut send, &mut built_at).await?;
         if let Some((own, parts)) = view {
             send_view(&control, &hello, &mut send, &mut sent, own, parts, speaks).await?;
         }
@@ -230,6 +205,43 @@ async fn serve(conn: PeerConnection, control: Arc<Control>) -> Result<Never, Pus
             }
         }
     }
+}
+
+/// The agent's view and the shared parts it is completed with, if the applied revision moved
+/// since `built_at` (then updated): a view is a function of the state at its revision, so a
+/// wake-up by the agent's own messages (acks, status reports: several per change) or a
+/// heartbeat builds nothing. `None` as well while this node lacks the cluster key. Ends the
+/// session, after telling the agent, when its node was removed.
+async fn view_if_moved(
+    conn: &PeerConnection,
+    control: &Control,
+    hello: &AgentHello,
+    send: &mut warren_transport::FramedSend,
+    built_at: &mut Option<Revision>,
+) -> Result<Option<(NodeView, Arc<FleetParts>)>, PushError> {
+    if *built_at == Some(control.applied()) {
+        return Ok(None);
+    }
+    let state = control.read_stale().await;
+    if state
+        .nodes
+        .get(&hello.node_id)
+        .is_some_and(|n| n.state == NodeState::Removed)
+    {
+        let removed = refusal(
+            RefusalReason::NodeRemoved,
+            "this node was removed from the cluster",
+        );
+        send_last(conn, send, &removed).await?;
+        control.agents().forget(hello.node_id);
+        control.declaration_limit().forget(hello.node_id);
+        return Err(PushError::Refused("node_removed"));
+    }
+    let view = current_view(control, &state, hello.node_id)?;
+    if view.is_some() {
+        *built_at = Some(state.revision);
+    }
+    Ok(view)
 }
 
 /// The agent's hello, checked against its certificate and the state; a refused agent is told
