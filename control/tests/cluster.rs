@@ -1,20 +1,22 @@
 //! In-process control clusters on loopback: real QUIC with mutual TLS between nodes, real
 //! Raft on sled in temp dirs.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tracing::info;
 use warren_api::Revision;
 use warren_api::clock::unix_now_ms;
-use warren_api::wire::{AgentHello, AgentToControl, ControlToAgent, RefusalReason, WIRE_VERSION};
+use warren_api::wire::{AgentHello, ControlToAgent, RefusalReason, WIRE_VERSION};
 use warren_api::{NodeRole, ProcessSpec, ServiceMode, ServiceName, ServiceSpec, Workload};
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
 use warren_control::rpc::ProposeError;
 use warren_control::{Effect, Op};
-use warren_transport::join::{JoinParams, Joined, join};
+use warren_transport::join::Joined;
 use warren_transport::token::mint;
-use warren_transport::{Alpn, Endpoint, EndpointOptions, FramedRecv, FramedSend, MintOptions};
+use warren_transport::{Endpoint, FramedRecv, FramedSend, MintOptions};
 
 fn init_logs() {
     warren_transport::install_crypto_provider();
@@ -504,48 +506,9 @@ async fn the_data_dir_is_private() {
     node.shutdown().await;
 }
 
-/// Joins an agent to the cluster through node `via`.
-async fn join_agent(cluster: &Cluster, via: usize) -> Joined {
-    let (token, record) = mint(
-        cluster.node(via).control().fingerprint(),
-        MintOptions {
-            role: NodeRole::Agent,
-            ttl: None,
-            single_use: false,
-        },
-        unix_now_ms(),
-    );
-    cluster
-        .node(via)
-        .control()
-        .propose(Op::AddToken(record))
-        .await
-        .unwrap()
-        .result
-        .unwrap();
-    let params = JoinParams {
-        role: NodeRole::Agent,
-        name: "edge-1".into(),
-        site: "lisbon".into(),
-        labels: Default::default(),
-        advertise: vec![],
-    };
-    let addr = cluster.node(via).quic_addr();
-    join(
-        addr,
-        &token.to_string(),
-        params,
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap()
-}
-
 /// An agent's push session as a test drives it: what must live for the stream to stay open.
 struct AgentSession {
     _endpoint: Endpoint,
-    _conn: warren_transport::PeerConnection,
     _send: FramedSend,
     recv: FramedRecv,
 }
@@ -553,17 +516,6 @@ struct AgentSession {
 /// Opens the agent's push stream to `node` with an empty cache; returns the first message
 /// that is not a heartbeat.
 async fn agent_session(node: &ControlNode, joined: &Joined) -> (AgentSession, ControlToAgent) {
-    let endpoint = Endpoint::client(
-        "127.0.0.1:0".parse().unwrap(),
-        &joined.credentials,
-        EndpointOptions::default(),
-    )
-    .unwrap();
-    let conn = endpoint
-        .connect(node.quic_addr(), Alpn::Agent)
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_stream().await.unwrap();
     let hello = AgentHello {
         wire_version: WIRE_VERSION,
         node_id: joined.node_id,
@@ -572,11 +524,10 @@ async fn agent_session(node: &ControlNode, joined: &Joined) -> (AgentSession, Co
         agent_version: "test".into(),
         have: None,
     };
-    send.send(&AgentToControl::Hello(hello)).await.unwrap();
+    let (endpoint, send, mut recv) = common::open_push(node, joined, hello).await;
     let first = next_message(&mut recv).await;
     let session = AgentSession {
         _endpoint: endpoint,
-        _conn: conn,
         _send: send,
         recv,
     };
@@ -603,7 +554,7 @@ async fn a_node_cut_off_from_the_majority_sends_its_agents_elsewhere() {
     init_logs();
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
-    let joined = join_agent(&cluster, leader).await;
+    let joined = common::join_agent(cluster.node(leader)).await;
     // A follower ends up alone: the leader and the third node go.
     let lonely = (leader + 1) % 3;
     let (mut session, first) = agent_session(cluster.node(lonely), &joined).await;

@@ -1,55 +1,27 @@
 //! The desired-state push over QUIC: a joined agent gets its view as a snapshot, then deltas as
 //! the state changes, and is refused once removed.
 
+mod common;
+
 use std::time::Duration;
 
-use warren_api::clock::unix_now_ms;
 use warren_api::wire::{AgentHello, AgentToControl, ControlToAgent, RefusalReason, WIRE_VERSION};
 use warren_api::{
-    NodeId, NodeRole, NodeView, ProcessSpec, Revision, ServiceMode, ServiceName, ServiceSpec,
-    Workload,
+    NodeId, NodeView, ProcessSpec, Revision, ServiceMode, ServiceName, ServiceSpec, Workload,
 };
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode, NewNode};
-use warren_transport::join::{JoinParams, Joined, join};
+use warren_transport::join::Joined;
 use warren_transport::seal::node_secret_key;
-use warren_transport::token::mint;
-use warren_transport::{Alpn, Endpoint, EndpointOptions, FramedRecv, FramedSend, MintOptions};
+use warren_transport::{Endpoint, FramedRecv, FramedSend};
 
 async fn control_and_agent(dir: &tempfile::TempDir) -> (ControlNode, Joined) {
     warren_transport::install_crypto_provider();
     let new = NewNode::on_loopback(dir.path().join("c1"), "c1", "central");
-    let (node, out) = ControlNode::init(new, ControlConfig::default())
+    let (node, _) = ControlNode::init(new, ControlConfig::default())
         .await
         .unwrap();
-    let options = MintOptions {
-        role: NodeRole::Agent,
-        ttl: None,
-        single_use: false,
-    };
-    let (token, record) = mint(out.fingerprint, options, unix_now_ms());
-    node.control()
-        .propose(Op::AddToken(record))
-        .await
-        .unwrap()
-        .result
-        .unwrap();
-    let params = JoinParams {
-        role: NodeRole::Agent,
-        name: "edge-1".into(),
-        site: "lisbon".into(),
-        labels: Default::default(),
-        advertise: vec![],
-    };
-    let joined = join(
-        node.quic_addr(),
-        &token.to_string(),
-        params,
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let joined = common::join_agent(&node).await;
     // An agent's grant carries its node secret key, derived from the cluster key.
     let keys = node.control().cluster_keys().unwrap();
     assert_eq!(
@@ -72,27 +44,7 @@ async fn open(
         agent_version: "test".into(),
         have: None,
     };
-    open_with(node, joined, hello).await
-}
-
-async fn open_with(
-    node: &ControlNode,
-    joined: &Joined,
-    hello: AgentHello,
-) -> (Endpoint, FramedSend, FramedRecv) {
-    let endpoint = Endpoint::client(
-        "127.0.0.1:0".parse().unwrap(),
-        &joined.credentials,
-        EndpointOptions::default(),
-    )
-    .unwrap();
-    let conn = endpoint
-        .connect(node.quic_addr(), Alpn::Agent)
-        .await
-        .unwrap();
-    let (mut send, recv) = conn.open_stream().await.unwrap();
-    send.send(&AgentToControl::Hello(hello)).await.unwrap();
-    (endpoint, send, recv)
+    common::open_push(node, joined, hello).await
 }
 
 async fn next(recv: &mut FramedRecv) -> ControlToAgent {
@@ -194,7 +146,7 @@ async fn an_agent_of_an_older_wire_version_is_refused() {
         agent_version: "older".into(),
         have: None,
     };
-    let (_endpoint, _send, mut recv) = open_with(&node, &joined, hello).await;
+    let (_endpoint, _send, mut recv) = common::open_push(&node, &joined, hello).await;
     match next(&mut recv).await {
         ControlToAgent::Refused(refusal) => {
             assert_eq!(
@@ -260,7 +212,8 @@ async fn reconnect_resumes_with_a_delta() {
     api.name = ServiceName::new("api").unwrap();
     propose(Op::PutService(api)).await;
 
-    let (_endpoint, _send, mut recv) = open_with(&node, &joined, resume_hello(&cached)).await;
+    let (_endpoint, _send, mut recv) =
+        common::open_push(&node, &joined, resume_hello(&cached)).await;
     let ControlToAgent::Delta(delta) = first(&mut recv).await else {
         panic!("expected a delta")
     };
@@ -287,7 +240,8 @@ async fn reconnect_resumes_with_a_delta() {
     assert_eq!(delta.changes.len(), 5, "2 services, 3 replicas: {delta:?}");
 
     // Up to date: a heartbeat, nothing else.
-    let (_endpoint, _send, mut recv) = open_with(&node, &joined, resume_hello(&fresh)).await;
+    let (_endpoint, _send, mut recv) =
+        common::open_push(&node, &joined, resume_hello(&fresh)).await;
     assert!(
         matches!(first(&mut recv).await, ControlToAgent::Heartbeat { revision } if revision == fresh.revision)
     );
@@ -296,7 +250,8 @@ async fn reconnect_resumes_with_a_delta() {
     // elsewhere — never an older view.
     let mut ahead = fresh.clone();
     ahead.revision = Revision(fresh.revision.0 + 1_000);
-    let (_endpoint, _send, mut recv) = open_with(&node, &joined, resume_hello(&ahead)).await;
+    let (_endpoint, _send, mut recv) =
+        common::open_push(&node, &joined, resume_hello(&ahead)).await;
     loop {
         match tokio::time::timeout(Duration::from_secs(20), recv.recv::<ControlToAgent>())
             .await
