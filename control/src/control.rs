@@ -166,6 +166,11 @@ impl Control {
         })
     }
 
+    /// Whether calls to control peer `peer` fail now, with no word from it since.
+    pub(crate) fn peer_failing(&self, peer: u64) -> bool {
+        self.peers.failing(peer)
+    }
+
     /// The agents this node sent elsewhere lately.
     pub(crate) fn sent_away(&self) -> &crate::quorum::SentAway {
         &self.sent_away

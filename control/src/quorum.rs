@@ -3,8 +3,9 @@
 //!
 //! A control node cut off from the majority still holds its state and serves views from it,
 //! but that state no longer moves: an agent on it would keep a stale view while the majority
-//! places replicas elsewhere. So once this node has been out of touch for [`SEND_AWAY_AFTER`],
-//! its push sessions send their agents elsewhere (the `Overloaded` refusal, which every agent
+//! places replicas elsewhere. So once this node has been out of touch for [`SEND_AWAY_AFTER`]
+//! and its calls to most voters fail (cut off, not merely slow), its push sessions send their
+//! agents elsewhere (the `Overloaded` refusal, which every agent
 //! answers by trying the other control nodes first). An agent that comes back within
 //! [`COME_BACK_WINDOW`] found no better node — the whole control plane is without a leader, or
 //! this is the only control node it reaches — and is kept; it is sent away again only once the
@@ -45,15 +46,44 @@ pub(crate) fn in_touch(metrics: &RaftMetrics, me: u64, lease: Duration) -> bool 
     }
 }
 
-/// Follows `control`'s Raft metrics and keeps [`Control::away`] true while the node has been
-/// out of touch with a majority for [`SEND_AWAY_AFTER`], until `cancel` fires or Raft stops.
+/// Whether a majority of the `voters` answer node `me` (itself included): calls to a voter
+/// that `failing` names have failed with no word from it since.
+pub(crate) fn majority_answers(
+    voters: impl IntoIterator<Item = u64>,
+    me: u64,
+    failing: impl Fn(u64) -> bool,
+) -> bool {
+    let (mut total, mut answering) = (0usize, 0usize);
+    for voter in voters {
+        total += 1;
+        if voter == me || !failing(voter) {
+            answering += 1;
+        }
+    }
+    answering * 2 > total
+}
+
+/// How often an out-of-touch node looks again at which peers answer.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Follows `control`'s Raft metrics and keeps [`Control::away`] true while the node is cut off:
+/// out of touch with a majority for [`SEND_AWAY_AFTER`] *and* its calls to a majority of the
+/// voters failing. A node out of touch whose peers still answer is in an election that is
+/// taking long (the whole control plane short of CPU, say): the others are no better, and
+/// sending a fleet to them would only add to their load. Runs until `cancel` fires or Raft
+/// stops.
 pub(crate) fn spawn(control: Arc<Control>, cancel: CancellationToken, tasks: &TaskTracker) {
     tasks.spawn(async move {
         let mut metrics = control.raft().metrics();
         let lease = control.leader_lease();
+        let me = control.id();
         let mut lost_since: Option<Instant> = None;
         loop {
-            let touch = in_touch(&metrics.borrow_and_update(), control.id(), lease);
+            let (touch, voters) = {
+                let m = metrics.borrow_and_update();
+                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+                (in_touch(&m, me, lease), voters)
+            };
             let now = Instant::now();
             lost_since = if touch {
                 None
@@ -61,17 +91,22 @@ pub(crate) fn spawn(control: Arc<Control>, cancel: CancellationToken, tasks: &Ta
                 Some(lost_since.unwrap_or(now))
             };
             let away_at = lost_since.map(|since| since + SEND_AWAY_AFTER);
-            let away = away_at.is_some_and(|at| at <= now);
+            let away = away_at.is_some_and(|at| at <= now)
+                && !majority_answers(voters, me, |peer| control.peer_failing(peer));
             let changed = control.set_away(away);
             if changed && away {
                 warn!(
                     out_of_touch_s = SEND_AWAY_AFTER.as_secs(),
-                    "this control node is out of touch with a majority of control nodes: sending its agents elsewhere"
+                    "this control node is cut off from a majority of control nodes: sending its agents elsewhere"
                 );
             } else if changed {
                 info!("this control node is in touch with a majority again: it keeps its agents");
             }
-            let wake = away_at.filter(|_| !away);
+            let wake = match away_at {
+                Some(at) if at > now => Some(at),
+                Some(_) => Some(now + RECHECK),
+                None => None,
+            };
             tokio::select! {
                 () = cancel.cancelled() => return,
                 changed = metrics.changed() => if changed.is_err() { return },
@@ -141,6 +176,19 @@ mod tests {
             !in_touch(&metrics(Some(1), Some(1_801)), 1, lease),
             "leader whose majority went silent"
         );
+    }
+
+    #[test]
+    fn a_majority_answers_unless_calls_to_most_voters_fail() {
+        let voters = [1, 2, 3];
+        assert!(majority_answers(voters, 1, |_| false), "all answer");
+        assert!(majority_answers(voters, 1, |p| p == 3), "one failing");
+        assert!(!majority_answers(voters, 1, |_| true), "cut off");
+        assert!(
+            majority_answers([1], 1, |_| true),
+            "alone in a cluster of one"
+        );
+        assert!(!majority_answers([1, 2], 1, |_| true), "one of two");
     }
 
     #[test]
