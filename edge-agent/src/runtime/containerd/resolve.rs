@@ -29,6 +29,9 @@ impl ContainerdRuntime {
             reason,
         };
         match image::resolve(conn, &name).await {
+            // A pull names the image before it unpacks it: until the pull has finished, the
+            // image is not ready to run, and the start that runs it says it was pulled.
+            Ok(_) if let Some(state) = self.pull_in_flight(&name) => Err(unavailable(state)),
             // A pull that finished since the last start put it there: say so once.
             Ok(image) => Ok((image, self.pulled(&name).await.ok().flatten())),
             Err(ImageError::Containerd(e)) if e.is_not_found() => match self.pulled(&name).await {
@@ -64,6 +67,13 @@ impl ContainerdRuntime {
             )),
             Err(e) => Err(format!("{name}: the pull ended: {e}")),
         }
+    }
+
+    /// How far a pull of `name` that has not finished is, if one runs.
+    fn pull_in_flight(&self, name: &str) -> Option<String> {
+        let pulls = self.lock_pulls();
+        let job = pulls.get(name).filter(|job| !job.task.is_finished())?;
+        Some(format!("pulling {name}: {}", job.progress.describe()))
     }
 
     /// Starts pulling `name` (with the credentials in `registry_auth` when given) unless a
