@@ -4,7 +4,7 @@
 //! A control node cut off from the majority still holds its state and serves views from it,
 //! but that state no longer moves: an agent on it would keep a stale view while the majority
 //! places replicas elsewhere. So once this node has been out of touch for [`SEND_AWAY_AFTER`]
-//! and its calls to most voters fail (cut off, not merely slow), its push sessions send their
+//! and the voters it cannot reach could form a majority without it (cut off, not merely slow), its push sessions send their
 //! agents elsewhere (the `Overloaded` refusal, which every agent
 //! answers by trying the other control nodes first). An agent that comes back within
 //! [`COME_BACK_WINDOW`] found no better node — the whole control plane is without a leader, or
@@ -46,29 +46,31 @@ pub(crate) fn in_touch(metrics: &RaftMetrics, me: u64, lease: Duration) -> bool 
     }
 }
 
-/// Whether a majority of the `voters` answer node `me` (itself included): calls to a voter
-/// that `failing` names have failed with no word from it since.
-pub(crate) fn majority_answers(
+/// Whether the `voters` that node `me` cannot reach (`failing`: calls to it failed with no
+/// word since) are a majority by themselves: only then may a leader be serving over there.
+/// When they are not (one of two control nodes down, say), no other node can do better than
+/// this one and sending agents away is only churn.
+pub(crate) fn majority_elsewhere(
     voters: impl IntoIterator<Item = u64>,
     me: u64,
     failing: impl Fn(u64) -> bool,
 ) -> bool {
-    let (mut total, mut answering) = (0usize, 0usize);
+    let (mut total, mut unreachable) = (0usize, 0usize);
     for voter in voters {
         total += 1;
-        if voter == me || !failing(voter) {
-            answering += 1;
+        if voter != me && failing(voter) {
+            unreachable += 1;
         }
     }
-    answering * 2 > total
+    unreachable * 2 > total
 }
 
 /// How often an out-of-touch node looks again at which peers answer.
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// Follows `control`'s Raft metrics and keeps [`Control::away`] true while the node is cut off:
-/// out of touch with a majority for [`SEND_AWAY_AFTER`] *and* its calls to a majority of the
-/// voters failing. A node out of touch whose peers still answer is in an election that is
+/// out of touch with a majority for [`SEND_AWAY_AFTER`] *and* the voters its calls fail to
+/// reach a majority by themselves ([`majority_elsewhere`]). A node out of touch whose peers still answer is in an election that is
 /// taking long (the whole control plane short of CPU, say): the others are no better, and
 /// sending a fleet to them would only add to their load. Runs until `cancel` fires or Raft
 /// stops.
@@ -92,7 +94,7 @@ pub(crate) fn spawn(control: Arc<Control>, cancel: CancellationToken, tasks: &Ta
             };
             let away_at = lost_since.map(|since| since + SEND_AWAY_AFTER);
             let away = away_at.is_some_and(|at| at <= now)
-                && !majority_answers(voters, me, |peer| control.peer_failing(peer));
+                && majority_elsewhere(voters, me, |peer| control.peer_failing(peer));
             let changed = control.set_away(away);
             if changed && away {
                 warn!(
@@ -179,16 +181,26 @@ mod tests {
     }
 
     #[test]
-    fn a_majority_answers_unless_calls_to_most_voters_fail() {
-        let voters = [1, 2, 3];
-        assert!(majority_answers(voters, 1, |_| false), "all answer");
-        assert!(majority_answers(voters, 1, |p| p == 3), "one failing");
-        assert!(!majority_answers(voters, 1, |_| true), "cut off");
+    fn agents_go_only_where_a_majority_may_be() {
+        assert!(!majority_elsewhere([1, 2, 3], 1, |_| false), "all answer");
+        assert!(!majority_elsewhere([1, 2, 3], 1, |p| p == 3), "one failing");
         assert!(
-            majority_answers([1], 1, |_| true),
+            majority_elsewhere([1, 2, 3], 1, |_| true),
+            "cut off from both"
+        );
+        assert!(
+            !majority_elsewhere([1], 1, |_| true),
             "alone in a cluster of one"
         );
-        assert!(!majority_answers([1, 2], 1, |_| true), "one of two");
+        assert!(!majority_elsewhere([1, 2], 1, |_| true), "one of two down");
+        assert!(
+            !majority_elsewhere([1, 2, 3, 4], 1, |p| p > 2),
+            "two of four"
+        );
+        assert!(
+            majority_elsewhere([1, 2, 3, 4], 1, |p| p > 1),
+            "three of four"
+        );
     }
 
     #[test]
