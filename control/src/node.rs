@@ -72,6 +72,8 @@ pub struct ControlNode {
     /// Checks gossip members' certificates (CA, trust list, renewal grace).
     member_certs: MemberCertificates,
     mesh: Option<Mesh>,
+    /// The site meshes, on the unnamed mesh's socket.
+    site_meshes: Option<mesh::SiteMeshes>,
 }
 
 impl ControlNode {
@@ -140,6 +142,9 @@ impl ControlNode {
     /// released before this returns (so the node can be started again at once).
     pub async fn shutdown(mut self) {
         let addr = self.endpoint.local_addr();
+        if let Some(site_meshes) = self.site_meshes.take() {
+            site_meshes.stop().await;
+        }
         if let Some(mesh) = self.mesh.take() {
             mesh.shutdown().await;
         }

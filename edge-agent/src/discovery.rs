@@ -381,6 +381,7 @@ impl Discovery {
             name: self.local.name.clone(),
             role: NodeRole::Agent,
             site: self.local.site.clone(),
+            scope: self.local.site.clone(),
             cluster_id: self.local.cluster_fingerprint.clone(),
             listen_addr: listen,
             advertise_addr: self.options.gossip_advertise,
@@ -584,10 +585,12 @@ fn overlay_addresses(view: &NodeView) -> BTreeMap<NodeId, IpAddr> {
         .collect()
 }
 
-/// Gossip addresses of the view's peers.
+/// Gossip addresses of the view's peers in this node's site: an agent gossips in its site's mesh
+/// only. The control nodes, in every site's mesh, reach a site's first agent from their side.
 fn seeds(view: &NodeView) -> Vec<SocketAddr> {
     view.peers
         .iter()
+        .filter(|p| p.site == view.node.site)
         .flat_map(|p| p.endpoints.iter())
         .filter_map(|e| e.parse().ok())
         .collect()

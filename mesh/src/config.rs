@@ -202,6 +202,9 @@ pub struct MeshConfig {
     pub role: NodeRole,
     /// Its site.
     pub site: String,
+    /// The mesh it joins on its socket: an agent's site (agents gossip with their own site and
+    /// the control nodes), or `""`, the unnamed mesh. See [`crate::GossipSocket`].
+    pub scope: String,
     /// Nodes of another cluster id are answered `BadCluster` and never merged (a second guard
     /// after the key). Use the cluster's id, e.g. the CA fingerprint.
     pub cluster_id: String,
@@ -223,7 +226,79 @@ pub struct MeshConfig {
     pub fault: Option<GossipFaultSwitch>,
 }
 
+/// What a node needs to join one more mesh on a socket it already has
+/// ([`Mesh::start_on`](crate::Mesh::start_on)): [`MeshConfig`] without the socket's parts.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// [`MeshConfig::node_id`].
+    pub node_id: NodeId,
+    /// [`MeshConfig::name`].
+    pub name: String,
+    /// [`MeshConfig::role`].
+    pub role: NodeRole,
+    /// [`MeshConfig::site`].
+    pub site: String,
+    /// [`MeshConfig::scope`].
+    pub scope: String,
+    /// [`MeshConfig::cluster_id`].
+    pub cluster_id: String,
+    /// [`MeshConfig::advertise_addr`].
+    pub advertise_addr: Option<SocketAddr>,
+    /// [`MeshConfig::seeds`].
+    pub seeds: Vec<SocketAddr>,
+    /// [`MeshConfig::identity`].
+    pub identity: MeshIdentity,
+    /// [`MeshConfig::timers`].
+    pub timers: MeshTimers,
+}
+
+impl MemberConfig {
+    /// Checks the cluster id and the timers.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster_id.is_empty() {
+            return Err(ConfigError("cluster_id must not be empty"));
+        }
+        if self.scope.len() > crate::keyring::MAX_SCOPE_BYTES {
+            return Err(ConfigError("scope must be at most 63 bytes"));
+        }
+        self.timers.validate()
+    }
+}
+
+/// The socket's parts of a [`MeshConfig`].
+#[derive(Debug)]
+pub(crate) struct SocketParts {
+    pub(crate) listen_addr: SocketAddr,
+    pub(crate) keyring: Keyring,
+    pub(crate) fault: Option<GossipFaultSwitch>,
+}
+
 impl MeshConfig {
+    /// Splits into what the socket needs and what the mesh on it needs.
+    pub(crate) fn split(self) -> (SocketParts, MemberConfig) {
+        let member = MemberConfig {
+            node_id: self.node_id,
+            name: self.name,
+            role: self.role,
+            site: self.site,
+            scope: self.scope,
+            cluster_id: self.cluster_id,
+            advertise_addr: self.advertise_addr,
+            seeds: self.seeds,
+            identity: self.identity,
+            timers: self.timers,
+        };
+        let socket = SocketParts {
+            listen_addr: self.listen_addr,
+            keyring: self.keyring,
+            fault: self.fault,
+        };
+        (socket, member)
+    }
+
     /// Checks the timers.
     ///
     /// # Errors
@@ -231,6 +306,9 @@ impl MeshConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cluster_id.is_empty() {
             return Err(ConfigError("cluster_id must not be empty"));
+        }
+        if self.scope.len() > crate::keyring::MAX_SCOPE_BYTES {
+            return Err(ConfigError("scope must be at most 63 bytes"));
         }
         self.timers.validate()
     }

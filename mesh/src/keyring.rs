@@ -11,6 +11,12 @@
 //! failing. The ciphertext's plaintext starts with the sender's clock (unix ms, u64 LE); the
 //! rest is the payload.
 //!
+//! **Scopes.** One gossip socket can carry several meshes (a control node is in every site's
+//! mesh, [`crate::GossipSocket`]). A datagram of a named scope is version 2: its plaintext
+//! holds, after the clock, the scope's length (u8, at most [`MAX_SCOPE_BYTES`]) and name, so
+//! the scope is authenticated too. Version 1 is the unnamed scope `""`, byte for byte the
+//! format of earlier releases.
+//!
 //! **Replay.** A datagram is accepted only if its sender timestamp is at most
 //! [`REPLAY_WINDOW_MS`] behind the receiver's clock and at most [`MAX_FUTURE_SKEW_MS`] ahead
 //! of it, and only once: the receiver remembers every (timestamp, nonce) it accepted until the
@@ -33,8 +39,12 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 
 /// The first bytes of every sealed gossip datagram.
 pub const MAGIC: [u8; 2] = *b"WM";
-/// The sealed format's version.
+/// The sealed format's version for the unnamed scope (`""`).
 pub const VERSION: u8 = 1;
+/// The sealed format's version for a named scope: the plaintext names it after the clock.
+pub const VERSION_SCOPED: u8 = 2;
+/// Longest scope name: a site name is a DNS label (63 bytes at most).
+pub const MAX_SCOPE_BYTES: usize = 63;
 /// Nonce length of AES-GCM.
 pub const NONCE_LEN: usize = 12;
 /// Authentication tag length of AES-GCM.
@@ -49,8 +59,8 @@ pub const SEAL_OVERHEAD_BYTES: usize = HEADER_LEN + TIMESTAMP_LEN + TAG_LEN;
 /// decryption. 32 KiB: chitchat messages up to 64 KiB travel in a few fragments (see
 /// `fragment`), and a datagram this size still fits in one UDP datagram on IPv4 and IPv6.
 pub const MAX_DATAGRAM_BYTES: usize = 32 * 1024;
-/// Largest payload [`Keyring::seal`] takes.
-pub const MAX_PAYLOAD_BYTES: usize = MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES;
+/// Largest payload [`Keyring::seal`] takes (room left for the longest scope name).
+pub const MAX_PAYLOAD_BYTES: usize = MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES - 1 - MAX_SCOPE_BYTES;
 /// How far a sender's timestamp may be from the receiver's clock, either way: 60 s. Node clocks
 /// must agree within this (NTP keeps them within milliseconds); a node whose clock is off by
 /// more is refused as `stale` until its clock is fixed. It also bounds how long a captured
@@ -152,11 +162,15 @@ pub enum DropReason {
     FaultInjected,
     /// The sender already holds [`MAX_REPLAY_ENTRIES_PER_SENDER`] replay-cache entries.
     SenderOverQuota,
+    /// Authentic, but for a mesh (scope) this node does not run: a site it is not in.
+    UnknownScope,
+    /// The mesh's queue of received messages is full: it is not keeping up.
+    Backlog,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::TooShort,
         DropReason::TooLarge,
         DropReason::BadMagic,
@@ -168,6 +182,8 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::FaultInjected,
         DropReason::SenderOverQuota,
+        DropReason::UnknownScope,
+        DropReason::Backlog,
     ];
 
     /// The metric label: stable, lowercase, snake case.
@@ -184,6 +200,8 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::FaultInjected => "fault_injected",
             DropReason::SenderOverQuota => "sender_over_quota",
+            DropReason::UnknownScope => "unknown_scope",
+            DropReason::Backlog => "backlog",
         }
     }
 }
@@ -209,6 +227,8 @@ pub struct Opened {
     pub payload: Vec<u8>,
     /// The key it was sealed with.
     pub key_id: KeyId,
+    /// The mesh it is for (`""`: the unnamed scope, version 1).
+    pub scope: String,
 }
 
 /// The keys this node seals and opens gossip with, and the replay cache.
@@ -310,20 +330,47 @@ impl Keyring {
     /// # Panics
     /// If `payload` is longer than [`MAX_PAYLOAD_BYTES`].
     pub fn seal_with(&self, key_id: KeyId, payload: &[u8], now_unix_ms: u64) -> Vec<u8> {
+        self.seal_scoped(key_id, "", payload, now_unix_ms)
+    }
+
+    /// [`seal_with`](Self::seal_with) for the mesh named `scope` (`""`: the unnamed one).
+    ///
+    /// # Panics
+    /// If `payload` is longer than [`MAX_PAYLOAD_BYTES`] or `scope` than [`MAX_SCOPE_BYTES`].
+    pub fn seal_scoped(
+        &self,
+        key_id: KeyId,
+        scope: &str,
+        payload: &[u8],
+        now_unix_ms: u64,
+    ) -> Vec<u8> {
         assert!(
             payload.len() <= MAX_PAYLOAD_BYTES,
             "gossip payload of {} bytes exceeds MAX_PAYLOAD_BYTES; fragment first",
             payload.len()
         );
+        assert!(
+            scope.len() <= MAX_SCOPE_BYTES,
+            "gossip scope of {} bytes exceeds MAX_SCOPE_BYTES",
+            scope.len()
+        );
         let key = self.key_for(key_id, now_unix_ms).unwrap_or(&self.current);
         let nonce = Nonce::generate();
         let mut header = [0u8; HEADER_LEN];
         header[..2].copy_from_slice(&MAGIC);
-        header[2] = VERSION;
+        header[2] = if scope.is_empty() {
+            VERSION
+        } else {
+            VERSION_SCOPED
+        };
         header[3..7].copy_from_slice(&key.id.0.to_le_bytes());
         header[7..].copy_from_slice(nonce.as_slice());
-        let mut plaintext = Vec::with_capacity(TIMESTAMP_LEN + payload.len());
+        let mut plaintext = Vec::with_capacity(TIMESTAMP_LEN + 1 + scope.len() + payload.len());
         plaintext.extend_from_slice(&now_unix_ms.to_le_bytes());
+        if !scope.is_empty() {
+            plaintext.push(scope.len() as u8);
+            plaintext.extend_from_slice(scope.as_bytes());
+        }
         plaintext.extend_from_slice(payload);
         let ciphertext = key
             .cipher()
@@ -360,7 +407,7 @@ impl Keyring {
             return Err(DropReason::TooShort);
         }
         let (header, ciphertext) = datagram.split_at(HEADER_LEN);
-        if header[..2] != MAGIC || header[2] != VERSION {
+        if header[..2] != MAGIC || !matches!(header[2], VERSION | VERSION_SCOPED) {
             return Err(DropReason::BadMagic);
         }
         let key_id = KeyId(u32::from_le_bytes(
@@ -390,6 +437,12 @@ impl Keyring {
         if too_old || too_new {
             return Err(DropReason::Stale);
         }
+        let scope = if header[2] == VERSION_SCOPED {
+            read_scope(&plaintext[TIMESTAMP_LEN..]).ok_or(DropReason::Malformed)?
+        } else {
+            ""
+        }
+        .to_owned();
         self.forget_before(now_unix_ms.saturating_sub(REPLAY_WINDOW_MS));
         if self.seen.contains_key(&(sent_at_ms, nonce)) {
             return Err(DropReason::Replayed);
@@ -403,10 +456,16 @@ impl Keyring {
         }
         *held += 1;
         self.seen.insert((sent_at_ms, nonce), sender);
-        plaintext.drain(..TIMESTAMP_LEN);
+        let scope_len = if header[2] == VERSION_SCOPED {
+            1 + scope.len()
+        } else {
+            0
+        };
+        plaintext.drain(..TIMESTAMP_LEN + scope_len);
         Ok(Opened {
             payload: plaintext,
             key_id,
+            scope,
         })
     }
 
@@ -433,6 +492,17 @@ impl Keyring {
             }
         }
     }
+}
+
+/// The scope named at the start of a version-2 plaintext (after the clock): a length byte
+/// and that many bytes of UTF-8, not empty, at most [`MAX_SCOPE_BYTES`].
+fn read_scope(rest: &[u8]) -> Option<&str> {
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if len == 0 || len > MAX_SCOPE_BYTES || rest.len() < len {
+        return None;
+    }
+    std::str::from_utf8(&rest[..len]).ok()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Warren's mesh: who is in the fleet and alive, spread by gossip.
 //!
-//! Every node (control and agents) runs one [`Mesh`]: [chitchat] membership (scuttlebutt
+//! Every agent runs one [`Mesh`], its site's; control nodes run one per site on the same
+//! socket, and the unnamed one among themselves. A mesh is [chitchat] membership (scuttlebutt
 //! anti-entropy plus a phi-accrual failure detector) over a UDP transport on which every
 //! datagram is sealed with AES-256-GCM under the cluster's gossip key. Nodes publish soft
 //! metadata — name, role, site, overlay address, WireGuard public key, advertised endpoints,
@@ -15,6 +16,8 @@
 //! - [`fault`]: [`GossipFaultSwitch`], a test switch that drops datagrams to and from chosen
 //!   peers.
 //! - `syn_budget`: how many live peers a round's SYNs reach (sans-IO).
+//! - `socket`: [`GossipSocket`], one UDP socket carrying one mesh or several (a control node
+//!   is in every site's mesh): it opens each datagram and hands it to its scope's mesh.
 //! - `transport`: the chitchat transport that relays chitchat's own encoding through loopback
 //!   and seals it on the real socket.
 //! - [`member`]: metadata keys, [`Member`], checking authorising claims against the registry,
@@ -41,11 +44,12 @@ pub mod keyring;
 pub mod member;
 mod mesh;
 pub mod metrics;
+mod socket;
 mod syn_budget;
 mod transport;
 mod verdict;
 
-pub use config::{ConfigError, MeshConfig, MeshTimers};
+pub use config::{ConfigError, MemberConfig, MeshConfig, MeshTimers};
 pub use fault::GossipFaultSwitch;
 pub use identity::{MeshIdentity, Unverified};
 pub use keyring::{DropReason, GossipKey, KeyId, Keyring, RotateError};
@@ -58,4 +62,5 @@ pub use mesh::{
     MetaError,
 };
 pub use metrics::MeshMetrics;
-pub use transport::{MAX_PEER_KEYS, RELAY_TIMEOUT};
+pub use socket::{GossipSocket, INBOX_DATAGRAMS, MAX_PEER_KEYS, ScopeError};
+pub use transport::RELAY_TIMEOUT;

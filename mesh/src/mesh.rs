@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 use warren_api::NodeId;
 
-use crate::config::{ConfigError, MeshConfig, MeshTimers};
+use crate::config::{ConfigError, MemberConfig, MeshConfig, MeshTimers};
 use crate::identity::{Attester, Verifier};
 use crate::keyring::{GossipKey, KeyId, RotateError};
 use crate::member::{
@@ -24,6 +25,7 @@ use crate::member::{
     KEY_WG_PUBLIC_KEY, Liveness, Member, SERVICE_PREFIX, format_endpoints,
 };
 use crate::metrics::MeshMetrics;
+use crate::socket::{GossipSocket, ScopeError};
 use crate::transport::{SealedTransport, TransportShared};
 use crate::verdict::{CHECKS_PER_ROUND, HeartbeatTracker, Verdict};
 use warren_api::clock::unix_now_ms;
@@ -53,6 +55,9 @@ pub enum MeshStartError {
     /// chitchat refused to start.
     #[error("start gossip: {0}")]
     Gossip(String),
+    /// The socket already carries a mesh of this scope.
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
 }
 
 /// Metadata this node may not publish.
@@ -83,6 +88,8 @@ pub struct Mesh {
     members_rx: watch::Receiver<Vec<Member>>,
     monitor: JoinHandle<()>,
     cancel: DropGuard,
+    /// Whether this mesh bound its socket ([`Mesh::start`]) and so closes it at shutdown.
+    owns_socket: bool,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -103,30 +110,55 @@ impl Mesh {
     /// [`MeshStartError`] if the config is invalid, the socket cannot be bound, or chitchat fails.
     pub async fn start(config: MeshConfig, metrics: MeshMetrics) -> Result<Self, MeshStartError> {
         config.validate()?;
-        let socket = tokio::net::UdpSocket::bind(config.listen_addr)
-            .await
-            .map_err(|source| MeshStartError::Bind {
-                addr: config.listen_addr,
-                source,
-            })?;
-        let local_addr = socket.local_addr().map_err(|source| MeshStartError::Bind {
-            addr: config.listen_addr,
+        let (parts, member) = config.split();
+        let socket = GossipSocket::bind(
+            parts.listen_addr,
+            parts.keyring,
+            metrics,
+            parts.fault.unwrap_or_default(),
+        )
+        .await
+        .map_err(|source| MeshStartError::Bind {
+            addr: parts.listen_addr,
             source,
         })?;
+        let mut mesh = Self::start_on(&socket, member).await?;
+        mesh.owns_socket = true;
+        Ok(mesh)
+    }
+
+    /// Joins the mesh of `config.scope` on a socket this node already gossips on (a control
+    /// node's site meshes share its one gossip port). Leaving it leaves the socket open.
+    ///
+    /// # Errors
+    /// [`MeshStartError`] if the config is invalid, the socket already carries this scope, or
+    /// chitchat fails.
+    pub async fn start_on(
+        socket: &GossipSocket,
+        config: MemberConfig,
+    ) -> Result<Self, MeshStartError> {
+        config.validate()?;
+        let bind_error = |source| MeshStartError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        };
+        let local_addr = socket.local_addr().map_err(bind_error)?;
         let advertise_addr = advertise_addr(config.advertise_addr, local_addr)?;
         let chitchat_id =
             ChitchatId::new(config.node_id.to_string(), unix_now_ms(), advertise_addr);
         let timers = config.timers.clone();
         let chitchat_config = chitchat_config(&config, chitchat_id.clone(), local_addr);
+        let inbox = socket.route(&config.scope)?;
         let shared = Arc::new(TransportShared {
-            keyring: Mutex::new(config.keyring),
-            metrics,
-            fault: config.fault.unwrap_or_default(),
+            socket: socket.clone(),
+            scope: config.scope.clone(),
+            metrics: socket.metrics().clone(),
             gossip_interval: timers.gossip_interval,
             peers_per_round: timers.peers_per_round,
             live_peers: Mutex::new(HashSet::new()),
+            counts_members: AtomicBool::new(true),
         });
-        let transport = SealedTransport::new(shared.clone(), socket);
+        let transport = SealedTransport::new(shared.clone(), inbox);
         let initial = vec![
             (KEY_NAME.to_owned(), config.name),
             (KEY_ROLE.to_owned(), config.role.as_str().to_owned()),
@@ -158,7 +190,7 @@ impl Mesh {
             members_tx,
             cancel.clone(),
         ));
-        info!(node_id = %config.node_id, gossip = %local_addr, advertise = %advertise_addr, "mesh started");
+        info!(node_id = %config.node_id, scope = %config.scope, gossip = %local_addr, advertise = %advertise_addr, "mesh started");
         Ok(Self {
             chitchat,
             shared,
@@ -171,7 +203,24 @@ impl Mesh {
             members_rx,
             monitor,
             cancel: cancel.drop_guard(),
+            owns_socket: false,
         })
+    }
+
+    /// The socket this mesh gossips on, to join more meshes on it ([`Mesh::start_on`]).
+    pub fn socket(&self) -> &GossipSocket {
+        &self.shared.socket
+    }
+
+    /// Stops this mesh setting the `warren_mesh_members` gauge: a node that runs several
+    /// meshes on one socket sets it from their union ([`MeshMetrics::set_members`]).
+    pub fn leave_member_gauge(&self) {
+        self.shared.counts_members.store(false, Ordering::Relaxed);
+    }
+
+    /// The mesh's scope (`""`: the unnamed mesh).
+    pub fn scope(&self) -> &str {
+        &self.shared.scope
     }
 
     /// This node's id.
@@ -315,7 +364,7 @@ impl Mesh {
     /// A handle that rotates this mesh's key, for a task that does not own the mesh.
     pub fn key_rotator(&self) -> KeyRotator {
         KeyRotator {
-            shared: self.shared.clone(),
+            socket: self.shared.socket.clone(),
             node_id: self.node_id,
         }
     }
@@ -328,6 +377,8 @@ impl Mesh {
             monitor,
             cancel,
             node_id,
+            shared,
+            owns_socket,
             ..
         } = self;
         drop(cancel);
@@ -335,13 +386,19 @@ impl Mesh {
         if let Err(err) = chitchat.shutdown().await {
             warn!(node_id = %node_id, error = %err, "gossip server ended with an error");
         }
+        let socket = shared.socket.clone();
+        drop(shared);
+        if owns_socket {
+            // Free the port before returning, unless another mesh still gossips on it.
+            socket.close().await;
+        }
     }
 }
 
 /// chitchat's settings for this node: its id and socket, the cluster id, the seeds and the
 /// failure detector from the mesh's timers.
 fn chitchat_config(
-    config: &MeshConfig,
+    config: &MemberConfig,
     chitchat_id: ChitchatId,
     local_addr: SocketAddr,
 ) -> ChitchatConfig {
@@ -491,12 +548,8 @@ async fn monitor(
             last_verdicts.clone_from(&verdicts);
             collect_members(&chitchat, tracker, verdicts)
         };
-        for liveness in [Liveness::Alive, Liveness::Suspect, Liveness::Dead] {
-            let count = members.iter().filter(|m| m.liveness == liveness).count();
-            metrics
-                .members
-                .with_label_values(&[liveness.as_str()])
-                .set(count as i64);
+        if shared.counts_members.load(Ordering::Relaxed) {
+            metrics.set_members(&members);
         }
         members_tx.send_if_modified(|current| {
             if *current == members {
@@ -527,7 +580,7 @@ mod tests {
 /// Rotates a running mesh's gossip key ([`Mesh::key_rotator`]).
 #[derive(Clone)]
 pub struct KeyRotator {
-    shared: Arc<TransportShared>,
+    socket: GossipSocket,
     node_id: NodeId,
 }
 
@@ -540,7 +593,8 @@ impl std::fmt::Debug for KeyRotator {
 impl KeyRotator {
     /// The id of the key the mesh seals with.
     pub fn current_id(&self) -> KeyId {
-        self.shared
+        self.socket
+            .core()
             .keyring
             .lock()
             .expect("keyring lock")
@@ -553,11 +607,12 @@ impl KeyRotator {
     /// [`RotateError`] if `new`'s id is already in the keyring.
     pub fn rotate(&self, new: GossipKey, overlap: Duration) -> Result<(), RotateError> {
         let new_id = new.id();
-        self.shared.keyring.lock().expect("keyring lock").rotate(
-            new,
-            overlap.as_millis() as u64,
-            unix_now_ms(),
-        )?;
+        self.socket
+            .core()
+            .keyring
+            .lock()
+            .expect("keyring lock")
+            .rotate(new, overlap.as_millis() as u64, unix_now_ms())?;
         info!(node_id = %self.node_id, key_id = %new_id, "gossip key rotated");
         Ok(())
     }

@@ -162,6 +162,21 @@ impl MeshMetrics {
         self.datagram_bytes_total.with_label_values(&["tx"]).get()
     }
 
+    /// Sets the member gauge from `members`. A mesh does it for itself; a node that runs
+    /// several meshes on one socket does it from their union ([`Mesh::leave_member_gauge`](crate::Mesh::leave_member_gauge)).
+    pub fn set_members(&self, members: &[crate::Member]) {
+        for liveness in [
+            crate::Liveness::Alive,
+            crate::Liveness::Suspect,
+            crate::Liveness::Dead,
+        ] {
+            let count = members.iter().filter(|m| m.liveness == liveness).count();
+            self.members
+                .with_label_values(&[liveness.as_str()])
+                .set(count as i64);
+        }
+    }
+
     pub(crate) fn count_drop(&self, reason: DropReason) {
         self.datagrams_dropped_total
             .with_label_values(&[reason.label()])

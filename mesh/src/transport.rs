@@ -7,8 +7,11 @@
 //!
 //! ```text
 //! send:  envelope ─chitchat codec─▶ inner (127.0.0.1) ──▶ capture ─fragment, seal─▶ real socket ─▶ peer
-//! recv:  peer ─▶ real socket ─size, fault, open, reassemble─▶ inject ──▶ inner ─chitchat codec─▶ envelope
+//! recv:  peer ─▶ real socket ─size, fault, open─▶ this scope's inbox ─reassemble─▶ inject ──▶ inner ─chitchat codec─▶ envelope
 //! ```
+//!
+//! The real socket may carry other meshes too ([`GossipSocket`]): its reader opens each
+//! datagram and queues it for the mesh its scope names; this transport seals with its scope.
 //!
 //! Both relays happen inside one `send`/`recv` call, in order, so the real destination and the
 //! real sender are known without any lookup: `send` reads back the bytes it just had chitchat
@@ -21,8 +24,7 @@
 //! real socket's `recv_from` and the inner socket's `recv`, both cancel safe, and the state in
 //! between (`pending`: an injected message not yet read back) lives in the socket.
 
-use std::collections::{HashMap, HashSet};
-use std::io;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,49 +33,54 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
 use chitchat::{ChitchatEnvelope, ChitchatMessage};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use warren_api::clock::unix_now_ms;
 
-use crate::fault::GossipFaultSwitch;
 use crate::fragment::{self, Reassembled, Reassembly};
-use crate::keyring::{DropReason, KeyId, Keyring, MAX_DATAGRAM_BYTES};
+use crate::keyring::DropReason;
 use crate::metrics::MeshMetrics;
+use crate::socket::{GossipSocket, Inbound};
 use crate::syn_budget::SynBudget;
 
 /// How long `recv` waits for chitchat to decode a message it was just handed over loopback.
 /// Loopback delivery is immediate, so this only runs out when an authentic message is not
 /// valid chitchat (a key holder sending garbage); then the message is dropped as `malformed`.
 pub const RELAY_TIMEOUT: Duration = Duration::from_millis(250);
-/// Peers whose key id this node remembers, to answer each in the key it speaks during a
-/// rotation. Cleared when full; the cost is a few replies sealed with the current key.
-pub const MAX_PEER_KEYS: usize = 4_096;
 
 /// What the transport shares with the [`Mesh`](crate::Mesh) that owns it.
 #[derive(Debug)]
 pub(crate) struct TransportShared {
-    pub(crate) keyring: Mutex<Keyring>,
+    /// The socket, shared with any other mesh on this port.
+    pub(crate) socket: GossipSocket,
+    /// The mesh's scope: its site, or `""`.
+    pub(crate) scope: String,
+    /// The socket's metrics.
     pub(crate) metrics: MeshMetrics,
-    pub(crate) fault: GossipFaultSwitch,
     pub(crate) gossip_interval: Duration,
     /// [`MeshTimers::peers_per_round`](crate::MeshTimers::peers_per_round).
     pub(crate) peers_per_round: usize,
     /// The gossip addresses of the members this node holds alive or suspect, kept by the
     /// mesh's monitor: SYNs to them count against the round's budget ([`SynBudget`]).
     pub(crate) live_peers: Mutex<HashSet<SocketAddr>>,
+    /// Whether the mesh sets the member gauge ([`crate::Mesh::leave_member_gauge`]).
+    pub(crate) counts_members: std::sync::atomic::AtomicBool,
 }
 
 /// A chitchat [`Transport`] whose every datagram on the network is sealed by the keyring.
-/// Opens exactly once, on the socket bound by [`Mesh::start`](crate::Mesh::start).
+/// Opens exactly once, for its scope on the socket [`Mesh::start_on`](crate::Mesh::start_on)
+/// was given.
 pub(crate) struct SealedTransport {
     shared: Arc<TransportShared>,
-    real: Mutex<Option<tokio::net::UdpSocket>>,
+    inbox: Mutex<Option<(u64, mpsc::Receiver<Inbound>)>>,
 }
 
 impl SealedTransport {
-    pub(crate) fn new(shared: Arc<TransportShared>, real: tokio::net::UdpSocket) -> Self {
+    /// `inbox`: the scope's route on the socket ([`GossipSocket::route`]).
+    pub(crate) fn new(shared: Arc<TransportShared>, inbox: (u64, mpsc::Receiver<Inbound>)) -> Self {
         Self {
             shared,
-            real: Mutex::new(Some(real)),
+            inbox: Mutex::new(Some(inbox)),
         }
     }
 }
@@ -81,13 +88,17 @@ impl SealedTransport {
 #[async_trait]
 impl Transport for SealedTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let real = self
-            .real
+        let (registration, inbox) = self
+            .inbox
             .lock()
             .expect("transport lock")
             .take()
             .context("the sealed transport opens only once")?;
-        let bound = real.local_addr().context("gossip socket address")?;
+        let bound = self
+            .shared
+            .socket
+            .local_addr()
+            .context("gossip socket address")?;
         anyhow::ensure!(
             bound == listen_addr,
             "chitchat asked for {listen_addr}, the gossip socket is bound to {bound}"
@@ -109,7 +120,8 @@ impl Transport for SealedTransport {
         let inject_addr = inject.local_addr()?;
         Ok(Box::new(SealedSocket {
             shared: self.shared.clone(),
-            real,
+            registration,
+            inbox,
             inner,
             inner_addr,
             capture,
@@ -118,10 +130,8 @@ impl Transport for SealedTransport {
             inject_addr,
             pending: None,
             reassembly: Reassembly::default(),
-            peer_keys: HashMap::new(),
             next_message_id: fastrand::u32(..),
             syn_budget: SynBudget::new(self.shared.peers_per_round, self.shared.gossip_interval),
-            recv_buf: vec![0u8; MAX_DATAGRAM_BYTES + 1].into_boxed_slice(),
             capture_buf: vec![0u8; fragment::MAX_MESSAGE_BYTES + 1].into_boxed_slice(),
         }))
     }
@@ -137,8 +147,10 @@ struct Pending {
 
 struct SealedSocket {
     shared: Arc<TransportShared>,
-    /// The network.
-    real: tokio::net::UdpSocket,
+    /// This scope's route on the socket, removed when the socket is dropped.
+    registration: u64,
+    /// Opened datagrams of this scope, from the socket's reader.
+    inbox: mpsc::Receiver<Inbound>,
     /// chitchat's codec, on loopback.
     inner: UdpSocket,
     inner_addr: SocketAddr,
@@ -150,12 +162,16 @@ struct SealedSocket {
     inject_addr: SocketAddr,
     pending: Option<Pending>,
     reassembly: Reassembly,
-    /// The key id each peer last spoke, to answer in it during a rotation.
-    peer_keys: HashMap<SocketAddr, KeyId>,
     next_message_id: u32,
     syn_budget: SynBudget,
-    recv_buf: Box<[u8]>,
     capture_buf: Box<[u8]>,
+}
+
+impl Drop for SealedSocket {
+    fn drop(&mut self) {
+        let core = self.shared.socket.core();
+        core.unroute(&self.shared.scope, self.registration);
+    }
 }
 
 fn message_type(message: &ChitchatMessage) -> &'static str {
@@ -165,17 +181,6 @@ fn message_type(message: &ChitchatMessage) -> &'static str {
         ChitchatMessage::Ack { .. } => "ack",
         ChitchatMessage::BadCluster => "bad_cluster",
     }
-}
-
-/// Errors a UDP socket reports for an earlier datagram (ICMP), not for itself.
-fn is_transient(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::OutOfMemory
-            | io::ErrorKind::WouldBlock
-    )
 }
 
 /// chitchat's envelope header: magic 45 139 (LE), version 0 or 1, message type 0..=3. Checked
@@ -190,7 +195,10 @@ fn looks_like_chitchat(message: &[u8]) -> bool {
 #[async_trait]
 impl Socket for SealedSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.real.local_addr().context("gossip socket address")
+        self.shared
+            .socket
+            .local_addr()
+            .context("gossip socket address")
     }
 
     async fn send(
@@ -212,16 +220,14 @@ impl Socket for SealedSocket {
             return Ok(SendOutcome { num_bytes_sent: 0 });
         };
         let now_ms = unix_now_ms();
+        let core = self.shared.socket.core();
         let sealed: Vec<Vec<u8>> = {
-            let keyring = self.shared.keyring.lock().expect("keyring lock");
-            let key_id = self
-                .peer_keys
-                .get(&to)
-                .copied()
-                .unwrap_or(keyring.current_id());
+            let peer_key = core.key_for(to);
+            let keyring = core.keyring.lock().expect("keyring lock");
+            let key_id = peer_key.unwrap_or(keyring.current_id());
             fragments
                 .iter()
-                .map(|payload| keyring.seal_with(key_id, payload, now_ms))
+                .map(|payload| keyring.seal_scoped(key_id, &self.shared.scope, payload, now_ms))
                 .collect()
         };
         let metrics = &self.shared.metrics;
@@ -236,11 +242,11 @@ impl Socket for SealedSocket {
         let mut num_bytes_sent = 0;
         for datagram in &sealed {
             num_bytes_sent += datagram.len();
-            if self.shared.fault.is_blocked(to) {
+            if core.fault.is_blocked(to) {
                 metrics.count_drop(DropReason::FaultInjected);
                 continue;
             }
-            self.real
+            core.udp
                 .send_to(datagram, to)
                 .await
                 .with_context(|| format!("send gossip datagram to {to}"))?;
@@ -261,15 +267,10 @@ impl Socket for SealedSocket {
                 }
                 continue;
             }
-            let (len, peer) = match self.real.recv_from(&mut self.recv_buf).await {
-                Ok(received) => received,
-                Err(err) if is_transient(&err) => {
-                    debug!(error = %err, "transient gossip recv error");
-                    continue;
-                }
-                Err(err) => return Err(err).context("gossip socket recv"),
+            let Some(Inbound { peer, payload, len }) = self.inbox.recv().await else {
+                anyhow::bail!("the gossip socket's reader stopped");
             };
-            let Some(message) = self.accept(peer, len) else {
+            let Some(message) = self.reassemble(peer, &payload) else {
                 continue;
             };
             match self.inject.try_send_to(&message, self.inner_addr) {
@@ -306,44 +307,15 @@ impl SealedSocket {
         }
     }
 
-    /// Checks one datagram from the network; the opened, reassembled message if it passes.
-    fn accept(&mut self, peer: SocketAddr, len: usize) -> Option<Vec<u8>> {
-        let metrics = &self.shared.metrics;
-        metrics.datagrams_total.with_label_values(&["rx"]).inc();
-        metrics
-            .datagram_bytes_total
-            .with_label_values(&["rx"])
-            .inc_by(len as u64);
-        if self.shared.fault.is_blocked(peer) {
-            metrics.count_drop(DropReason::FaultInjected);
-            return None;
-        }
-        let opened = self.shared.keyring.lock().expect("keyring lock").open(
-            &self.recv_buf[..len],
-            peer,
-            unix_now_ms(),
-        );
-        let opened = match opened {
-            Ok(opened) => opened,
-            Err(reason) => {
-                debug!(peer = %peer, reason = reason.label(), "dropped gossip datagram");
-                metrics.count_drop(reason);
-                return None;
-            }
-        };
-        if self.peer_keys.len() >= MAX_PEER_KEYS && !self.peer_keys.contains_key(&peer) {
-            self.peer_keys.clear();
-        }
-        self.peer_keys.insert(peer, opened.key_id);
-        match self
-            .reassembly
-            .accept(peer, &opened.payload, Instant::now())
-        {
+    /// Takes one opened fragment of this scope; the whole message once it is complete and
+    /// looks like chitchat's.
+    fn reassemble(&mut self, peer: SocketAddr, fragment: &[u8]) -> Option<Vec<u8>> {
+        match self.reassembly.accept(peer, fragment, Instant::now()) {
             Reassembled::Message(message) if looks_like_chitchat(&message) => Some(message),
             Reassembled::Pending => None,
             Reassembled::Message(_) | Reassembled::Malformed => {
                 debug!(peer = %peer, "dropped malformed gossip message");
-                metrics.count_drop(DropReason::Malformed);
+                self.shared.metrics.count_drop(DropReason::Malformed);
                 None
             }
         }

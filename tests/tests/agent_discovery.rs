@@ -203,6 +203,120 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
     }
 }
 
+/// Agents gossip with their own site only: each site's agents find each other (through the
+/// control node, which is in every site's mesh on its one gossip port), an agent's DNS holds
+/// its own site's replicas alive and answers with them, and the control node hears every
+/// site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_site_gossips_apart_and_control_hears_every_site() {
+    warren_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let config = warren_control::node::ControlConfig {
+        mesh_timers: MeshTimers::for_tests(),
+        ..warren_control::node::ControlConfig::default()
+    };
+    let (control, fingerprint) = warren_tests::start_control_gossiping(dir.path(), config).await;
+    let mut agents = Vec::new();
+    for (name, site, ip) in [
+        ("lisbon-1", "lisbon", "127.0.0.2"),
+        ("lisbon-2", "lisbon", "127.0.0.3"),
+        ("porto-1", "porto", "127.0.0.4"),
+    ] {
+        let agent_dir = dir.path().join(name);
+        let gossip = free_udp_port(ip);
+        let token = agent_token(&control, fingerprint).await;
+        let request = JoinRequest {
+            control_addrs: vec![control.quic_addr().to_string()],
+            token,
+            name: name.into(),
+            site: site.into(),
+            advertise: JoinAdvertise {
+                gossip: Some(gossip),
+                ..JoinAdvertise::default()
+            },
+            ..JoinRequest::default()
+        };
+        warren_edge_agent::agent::join(&agent_dir, request)
+            .await
+            .expect("agent joins");
+        let (cancel, task) = spawn_agent_with(&agent_dir, discovering(gossip));
+        agents.push((agent_dir, cancel, task));
+    }
+    propose(&control, Op::PutService(sleep_service(3))).await;
+    let ip = |a: &str| -> IpAddr { a.parse().expect("literal") };
+    let lisbon = vec![ip("127.0.0.2"), ip("127.0.0.3")];
+    let porto = vec![ip("127.0.0.4")];
+    let answers = |dns: SocketAddr| {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(resolve(dns, "web.warren."))
+                })
+                .join()
+                .expect("query thread")
+        })
+    };
+    let dns_lisbon = wait_until("lisbon-1 serves DNS", STEP_TIMEOUT, || {
+        dns_addr(&agents[0].0)
+    })
+    .await;
+    let dns_porto = wait_until("porto-1 serves DNS", STEP_TIMEOUT, || {
+        dns_addr(&agents[2].0)
+    })
+    .await;
+    wait_until(
+        "each site's DNS answers with its own site's replicas, alive by gossip",
+        STEP_TIMEOUT,
+        || {
+            (answers(dns_lisbon) == Ok(lisbon.clone()) && answers(dns_porto) == Ok(porto.clone()))
+                .then_some(())
+        },
+    )
+    .await;
+    let agent_ids: Vec<_> = agents
+        .iter()
+        .map(|(dir, _, _)| load_status(dir).expect("status").node_id)
+        .collect();
+    wait_until(
+        "the control node sees every site's agents alive",
+        STEP_TIMEOUT,
+        || {
+            let members = control.control().gossip_members()?;
+            agent_ids
+                .iter()
+                .all(|id| {
+                    members
+                        .iter()
+                        .any(|m| m.node_id == *id && m.liveness == warren_mesh::Liveness::Alive)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // Gossip has had time to spread: still no agent learnt the other site's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(answers(dns_lisbon), Ok(lisbon));
+    assert_eq!(answers(dns_porto), Ok(porto));
+
+    let workloads: Vec<u32> = agents
+        .iter()
+        .filter_map(|(dir, _, _)| load_status(dir).ok())
+        .flat_map(|s| running_pids(&s))
+        .collect();
+    for (_, cancel, task) in agents {
+        cancel.cancel();
+        task.await.expect("agent task").expect("agent ends");
+    }
+    control.shutdown().await;
+    for pid in workloads {
+        kill9(pid);
+    }
+}
+
 /// As root, an agent serving DNS on port 53 hands it to its workloads: each sees a
 /// `/etc/resolv.conf` naming the agent's server and the zone as search domain (bind-mounted in
 /// its own mount namespace; the host's file is untouched). Prints why it skips otherwise.

@@ -73,6 +73,9 @@ async fn agent_mesh(
         name: format!("agent-{node_id}"),
         role: NodeRole::Agent,
         site: "edge".into(),
+        // As a real agent does: its site's mesh, which control runs once an agent of the
+        // site is registered.
+        scope: "edge".into(),
         cluster_id: warren_control::gossip::cluster_id(fingerprint),
         listen_addr,
         advertise_addr: None,

@@ -133,6 +133,7 @@ impl ControlNode {
             mesh_timers: config.mesh_timers.clone(),
             member_certs,
             mesh: None,
+            site_meshes: None,
         };
         node.spawn_tasks(state, applied, revocations, config.unreachable_after);
         Ok(node)

@@ -26,6 +26,33 @@ fn seal_then_open_returns_the_payload() {
 }
 
 #[test]
+fn a_scoped_datagram_names_its_mesh_and_the_name_is_authenticated() {
+    let mut ring = ring(1);
+    let sealed = ring.seal_scoped(KeyId(1), "edge-a", b"hello", NOW);
+    assert_eq!(sealed[2], VERSION_SCOPED);
+    assert_eq!(sealed.len(), 5 + 1 + 6 + SEAL_OVERHEAD_BYTES);
+    let opened = ring.open(&sealed, PEER, NOW).expect("opens");
+    assert_eq!(
+        (opened.payload.as_slice(), opened.scope.as_str()),
+        (&b"hello"[..], "edge-a")
+    );
+    let unscoped = ring.seal_scoped(KeyId(1), "", b"hello", NOW);
+    assert_eq!(
+        unscoped[2], VERSION,
+        "the unnamed scope keeps the first format"
+    );
+    assert_eq!(ring.open(&unscoped, PEER, NOW).expect("opens").scope, "");
+    // Relabelling either version as the other changes the authenticated header.
+    let mut relabelled = ring.seal_scoped(KeyId(1), "edge-a", b"x", NOW);
+    relabelled[2] = VERSION;
+    assert_eq!(ring.open(&relabelled, PEER, NOW), Err(DropReason::Forged));
+    let longest = "s".repeat(MAX_SCOPE_BYTES);
+    let full = ring.seal_scoped(KeyId(1), &longest, &vec![7; MAX_PAYLOAD_BYTES], NOW);
+    assert_eq!(full.len(), MAX_DATAGRAM_BYTES);
+    assert_eq!(ring.open(&full, PEER, NOW).expect("opens").scope, longest);
+}
+
+#[test]
 fn each_check_has_its_reason() {
     let mut ring = ring(1);
     let sealed = ring.seal(b"x", NOW);
@@ -43,7 +70,7 @@ fn each_check_has_its_reason() {
     bad_magic[0] = b'X';
     check(&mut ring, &bad_magic, NOW, DropReason::BadMagic);
     let mut bad_version = sealed.clone();
-    bad_version[2] = 2;
+    bad_version[2] = 3;
     check(&mut ring, &bad_version, NOW, DropReason::BadMagic);
     let foreign = self::ring(9).seal(b"x", NOW);
     check(&mut ring, &foreign, NOW, DropReason::UnknownKey);

@@ -82,6 +82,7 @@ pub fn config(
             "b"
         }
         .to_owned(),
+        scope: String::new(),
         cluster_id: CLUSTER_ID.to_owned(),
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise_addr: None,
