@@ -2,13 +2,14 @@
 """How fast a killed agent is noticed, with real processes on one machine.
 
 Starts one control node and N real `warren agent` processes on loopback, each agent on its own
-address 127.2.x.y with its own --gossip, --dns and --metrics there. Once every agent's gossip
-sees every node alive, it measures the gossip bytes each agent sends per second (from the
+address 127.2.x.y with its own --gossip, --dns and --metrics there, spread over --sites sites
+(agent i in site s{i % sites}). Agents gossip within their site (and with the control node).
+Once every agent's gossip sees its site and the control node alive, it measures the gossip bytes each agent sends per second (from the
 agents' `warren_mesh_datagram_bytes_total{direction="tx"}`) over a steady window, then kills
 one agent with SIGKILL and reports, counted from the kill:
 
-- when each other agent's gossip says dead (its `warren_mesh_members{liveness="dead"}` goes up
-  by one), and when the last one does;
+- when each other agent of its site says dead by gossip (its
+  `warren_mesh_members{liveness="dead"}` goes up by one), and when the last one does;
 - when control's `warren node ls -o json` says the agent is `unreachable`.
 
 Needs the release binary (`cargo build --release -p warren-cli`, or WARREN=path). Uses
@@ -17,6 +18,7 @@ each agent's address. Everything it starts is stopped on exit; data goes to a te
 
     scripts/detect-scenario.py            # N=100
     scripts/detect-scenario.py -n 20 --window 10
+    scripts/detect-scenario.py --sites 1      # one site: every agent gossips with every other
 """
 
 import argparse
@@ -111,7 +113,19 @@ class Fleet:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start(fleet, n):
+def site_of(i, sites):
+    return f"s{i % sites}"
+
+
+def site_members(n, sites):
+    """For agent 1..n: how many members its gossip should know (its site's agents, control)."""
+    size = {}
+    for i in range(1, n + 1):
+        size[site_of(i, sites)] = size.get(site_of(i, sites), 0) + 1
+    return {agent_ip(i): size[site_of(i, sites)] + 1 for i in range(1, n + 1)}
+
+
+def start(fleet, n, sites):
     fleet.spawn("c1", ["control", "init", "--data-dir", os.path.join(fleet.dir, "c1"),
                        "--name", "c1", "--site", "central", "--api", CONTROL_API,
                        "--quic", CONTROL_QUIC, "--gossip", CONTROL_GOSSIP, "--metrics", "none"])
@@ -125,7 +139,7 @@ def start(fleet, n):
             fleet.spawn(f"a{i}", [
                 "agent", "join", "--data-dir", os.path.join(fleet.dir, f"a{i}-{attempt}"),
                 "--control", CONTROL_QUIC, "--token", token, "--name", f"edge-{i}",
-                "--site", f"s{i % 4}", "--gossip", f"{ip}:{GOSSIP_PORT}",
+                "--site", site_of(i, sites), "--gossip", f"{ip}:{GOSSIP_PORT}",
                 "--dns", f"{ip}:{DNS_PORT}", "--dns-upstream", "127.0.0.1:9",
                 "--metrics", f"{ip}:{METRICS_PORT}"])
             if fleet.wait_log(f"a{i}", "running", 60, give_up=attempt == 2):
@@ -142,23 +156,25 @@ def members(page, liveness):
     return metric(page, "warren_mesh_members", {"liveness": liveness}) or 0
 
 
-def wait_converged(pool, ips, n, secs):
-    """Until every agent's gossip knows all n agents and the control node, none of them dead
-    (suspect is a passing doubt; it is counted, not waited out)."""
+def wait_converged(pool, expected, secs):
+    """Until every agent's gossip knows its site's agents and the control node (`expected`, by
+    agent address), none of them dead (suspect is a passing doubt; it is counted, not waited
+    out)."""
     end = time.monotonic() + secs
     while time.monotonic() < end:
-        pages = all_metrics(pool, ips).values()
-        known = [members(p, "alive") + members(p, "suspect") for p in pages]
-        dead = sum(members(p, "dead") for p in pages)
-        if all(k == n + 1 for k in known) and dead == 0:
+        pages = all_metrics(pool, list(expected))
+        known = {ip: members(p, "alive") + members(p, "suspect") for ip, p in pages.items()}
+        dead = sum(members(p, "dead") for p in pages.values())
+        if all(known[ip] == expected[ip] for ip in expected) and dead == 0:
+            pages = pages.values()
             suspect = sum(members(p, "suspect") for p in pages)
             return suspect
         time.sleep(1)
-    sys.exit(f"gossip did not converge within {secs} s (known counts: {sorted(set(known))}, "
+    sys.exit(f"gossip did not converge within {secs} s (known counts: {sorted(set(known.values()))}, "
              f"dead verdicts: {dead})")
 
 
-def gossip_rate(pool, ips, window):
+def gossip_rate(pool, ips, window, pairs):
     def tx(pages):
         return sum(metric(p, "warren_mesh_datagram_bytes_total", {"direction": "tx"}) or 0
                    for p in pages.values())
@@ -183,7 +199,7 @@ def gossip_rate(pool, ips, window):
     log_by_type(before, after, len(ips), t1 - t0)
     log(f"meanwhile, over {samples} samples of every agent's view: {dead_samples / samples:.1f} "
         f"(agent, member) pairs dead and {suspect_samples / samples:.1f} suspect on average, "
-        f"of {len(ips) * (len(ips) + 1)}")
+        f"of {pairs}")
 
 
 def log_by_type(before, after, n_agents, secs):
@@ -234,8 +250,10 @@ def node_state(fleet, name):
     return None
 
 
-def measure_kill(fleet, pool, n, victim, timeout):
-    survivors = [agent_ip(i) for i in range(1, n + 1) if i != victim]
+def measure_kill(fleet, pool, n, sites, victim, timeout):
+    """The victim's site's other agents are the ones whose gossip knows it."""
+    survivors = [agent_ip(i) for i in range(1, n + 1)
+                 if i != victim and site_of(i, sites) == site_of(victim, sites)]
     pages = all_metrics(pool, survivors)
     dead_before = {ip: members(p, "dead") for ip, p in pages.items()}
     # Some doubt is always somewhere with 100 agents on a busy machine: count a rise.
@@ -276,6 +294,7 @@ def measure_kill(fleet, pool, n, victim, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=100, help="agents (default 100)")
+    parser.add_argument("--sites", type=int, default=4, help="sites (default 4)")
     parser.add_argument("--window", type=float, default=20, help="bytes/s window, s")
     parser.add_argument("--timeout", type=float, default=60, help="detection timeout, s")
     parser.add_argument("--keep", action="store_true", help="keep the data dir")
@@ -289,18 +308,20 @@ def main():
     fleet = Fleet(warren, data_dir)
     code = 1
     try:
-        start(fleet, args.n)
+        start(fleet, args.n, args.sites)
         ips = [agent_ip(i) for i in range(1, args.n + 1)]
+        expected = site_members(args.n, args.sites)
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-            suspect = wait_converged(pool, ips, args.n, 180)
-            log(f"every agent's gossip knows all {args.n + 1} nodes, none dead "
+            suspect = wait_converged(pool, expected, 180)
+            log(f"every agent's gossip knows its site's agents and the control node "
+                f"({min(expected.values())}-{max(expected.values())} members), none dead "
                 f"({suspect:.0f} suspect pairs)")
-            gossip_rate(pool, ips, args.window)
+            gossip_rate(pool, ips, args.window, sum(expected.values()))
             log_rss(fleet, args.n)
             if args.no_kill:
                 code = 0
                 return
-            code = measure_kill(fleet, pool, args.n, args.n // 2, args.timeout)
+            code = measure_kill(fleet, pool, args.n, args.sites, args.n // 2, args.timeout)
     finally:
         fleet.stop()
         if args.keep:

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
-use warren_mesh::{Mesh, MeshTimers};
+use warren_mesh::MeshTimers;
 use warren_transport::{Endpoint, MemberCertificates, TransportMetrics};
 
 use crate::control::Control;
@@ -71,9 +71,8 @@ pub struct ControlNode {
     mesh_timers: MeshTimers,
     /// Checks gossip members' certificates (CA, trust list, renewal grace).
     member_certs: MemberCertificates,
-    mesh: Option<Mesh>,
-    /// The site meshes, on the unnamed mesh's socket.
-    site_meshes: Option<mesh::SiteMeshes>,
+    /// The gossip meshes, once the node holds the cluster key.
+    gossip: Option<mesh::Gossip>,
 }
 
 impl ControlNode {
@@ -120,7 +119,7 @@ impl ControlNode {
 
     /// The bound gossip address, if the mesh runs.
     pub fn gossip_addr(&self) -> Option<SocketAddr> {
-        self.mesh.as_ref().map(Mesh::local_addr)
+        self.gossip.as_ref().map(|gossip| gossip.mesh.local_addr())
     }
 
     /// The bound metrics address, if served.
@@ -142,11 +141,8 @@ impl ControlNode {
     /// released before this returns (so the node can be started again at once).
     pub async fn shutdown(mut self) {
         let addr = self.endpoint.local_addr();
-        if let Some(site_meshes) = self.site_meshes.take() {
-            site_meshes.stop().await;
-        }
-        if let Some(mesh) = self.mesh.take() {
-            mesh.shutdown().await;
+        if let Some(gossip) = self.gossip.take() {
+            gossip.shutdown().await;
         }
         self.cancel.cancel();
         let _ = std::fs::remove_file(self.data_dir.join(SOCKET_FILE));

@@ -24,18 +24,20 @@ use crate::control::Control;
 /// How often the sites with agents are compared with the site meshes this node runs, at most.
 const SITES_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The task that runs this node's site meshes; stopped (and its meshes left) at shutdown.
+/// This node's meshes: the unnamed one, and the task that runs the site meshes on its socket.
 #[derive(Debug)]
-pub(super) struct SiteMeshes {
+pub(super) struct Gossip {
+    pub(super) mesh: Mesh,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    sites: JoinHandle<()>,
 }
 
-impl SiteMeshes {
-    /// Leaves every site mesh and waits until they are down.
-    pub(super) async fn stop(self) {
+impl Gossip {
+    /// Leaves every site mesh, then the unnamed one, and waits until the port is free.
+    pub(super) async fn shutdown(self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        let _ = self.sites.await;
+        self.mesh.shutdown().await;
     }
 }
 
@@ -94,7 +96,7 @@ impl ControlNode {
         mesh.leave_member_gauge();
         let (union_tx, union_rx) = watch::channel(Vec::new());
         let cancel = self.cancel.child_token();
-        let task = tokio::spawn(run_site_meshes(
+        let sites = tokio::spawn(run_site_meshes(
             SiteMeshTask {
                 control: self.control.clone(),
                 socket: mesh.socket().clone(),
@@ -106,8 +108,11 @@ impl ControlNode {
             cancel.clone(),
         ));
         self.control.set_gossip(union_rx, mesh.key_rotator());
-        self.site_meshes = Some(SiteMeshes { cancel, task });
-        self.mesh = Some(mesh);
+        self.gossip = Some(Gossip {
+            mesh,
+            cancel,
+            sites,
+        });
     }
 
     /// What this node is in every mesh, but the scope and seeds.

@@ -132,8 +132,7 @@ impl ControlNode {
             metrics_addr,
             mesh_timers: config.mesh_timers.clone(),
             member_certs,
-            mesh: None,
-            site_meshes: None,
+            gossip: None,
         };
         node.spawn_tasks(state, applied, revocations, config.unreachable_after);
         Ok(node)
