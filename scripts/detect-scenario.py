@@ -174,7 +174,22 @@ def wait_converged(pool, expected, secs):
              f"dead verdicts: {dead})")
 
 
-def gossip_rate(pool, ips, window, pairs):
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid`, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def gossip_rate(pool, ips, window, pairs, control_pid):
     def tx(pages):
         return sum(metric(p, "warren_mesh_datagram_bytes_total", {"direction": "tx"}) or 0
                    for p in pages.values())
@@ -184,6 +199,7 @@ def gossip_rate(pool, ips, window, pairs):
                    for p in pages.values())
 
     before, t0 = all_metrics(pool, ips), time.monotonic()
+    control_cpu = cpu_seconds(control_pid)
     dead_samples, suspect_samples, samples = 0, 0, 0
     while time.monotonic() - t0 < window:
         pages = all_metrics(pool, ips).values()
@@ -192,6 +208,9 @@ def gossip_rate(pool, ips, window, pairs):
         samples += 1
         time.sleep(1)
     after, t1 = all_metrics(pool, ips), time.monotonic()
+    control_cpu = cpu_seconds(control_pid) - control_cpu
+    log(f"control node meanwhile: {100 * control_cpu / (t1 - t0):.1f} % of a core, "
+        f"VmRSS {rss_mib(control_pid):.1f} MiB")
     per_agent = (tx(after) - tx(before)) / len(ips) / (t1 - t0)
     per_datagram = (tx(after) - tx(before)) / max(1, datagrams(after) - datagrams(before))
     log(f"gossip sent per agent, steady state over {t1 - t0:.1f} s: {per_agent:.0f} B/s "
@@ -316,7 +335,7 @@ def main():
             log(f"every agent's gossip knows its site's agents and the control node "
                 f"({min(expected.values())}-{max(expected.values())} members), none dead "
                 f"({suspect:.0f} suspect pairs)")
-            gossip_rate(pool, ips, args.window, sum(expected.values()))
+            gossip_rate(pool, ips, args.window, sum(expected.values()), fleet.procs["c1"].pid)
             log_rss(fleet, args.n)
             if args.no_kill:
                 code = 0

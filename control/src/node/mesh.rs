@@ -268,14 +268,17 @@ impl SiteMeshTask {
 
     /// Sends the union of every mesh's members, and counts it in the member gauge.
     fn publish_union(&mut self, watches: &mut BTreeMap<String, watch::Receiver<Vec<Member>>>) {
-        let primary = self.primary.borrow_and_update().clone();
-        let sites: Vec<Vec<Member>> = watches
-            .values_mut()
-            .map(|watch| watch.borrow_and_update().clone())
-            .collect();
-        let union = crate::gossip::union(
-            std::iter::once(primary.as_slice()).chain(sites.iter().map(Vec::as_slice)),
-        );
+        // Read every list in place (each member is cloned once, into the union).
+        let union = {
+            let primary = self.primary.borrow_and_update();
+            let sites: Vec<_> = watches
+                .values_mut()
+                .map(|watch| watch.borrow_and_update())
+                .collect();
+            crate::gossip::union(
+                std::iter::once(primary.as_slice()).chain(sites.iter().map(|s| s.as_slice())),
+            )
+        };
         self.socket.metrics().set_members(&union);
         self.union.send_if_modified(|current| {
             if *current == union {
