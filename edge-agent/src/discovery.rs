@@ -28,7 +28,8 @@ use warren_api::{NodeId, NodeRole, ReplicaKey};
 use warren_mesh::config::DEFAULT_KEY_ROTATION_OVERLAP;
 use warren_mesh::keyring::{GossipKey, KeyId, Keyring};
 use warren_mesh::{
-    Liveness as GossipLiveness, Member, Mesh, MeshConfig, MeshIdentity, MeshMetrics, MeshTimers,
+    Liveness as GossipLiveness, Member, MemberConfig, Mesh, MeshConfig, MeshIdentity, MeshMetrics,
+    MeshTimers,
 };
 use warren_transport::seal::gossip_key_id_of;
 
@@ -377,18 +378,20 @@ impl Discovery {
             return;
         }
         let config = MeshConfig {
-            node_id: self.local.node_id,
-            name: self.local.name.clone(),
-            role: NodeRole::Agent,
-            site: self.local.site.clone(),
-            scope: self.local.site.clone(),
-            cluster_id: self.local.cluster_fingerprint.clone(),
+            member: MemberConfig {
+                node_id: self.local.node_id,
+                name: self.local.name.clone(),
+                role: NodeRole::Agent,
+                site: self.local.site.clone(),
+                scope: self.local.site.clone(),
+                cluster_id: self.local.cluster_fingerprint.clone(),
+                advertise_addr: self.options.gossip_advertise,
+                seeds: seeds(view),
+                identity: self.local.gossip_identity.clone(),
+                timers: self.options.mesh_timers.clone(),
+            },
             listen_addr: listen,
-            advertise_addr: self.options.gossip_advertise,
-            seeds: seeds(view),
             keyring: Keyring::new(key),
-            identity: self.local.gossip_identity.clone(),
-            timers: self.options.mesh_timers.clone(),
             fault: None,
         };
         let book = &self.reporting.listeners;

@@ -191,9 +191,23 @@ impl MeshTimers {
     }
 }
 
-/// What a node needs to join the mesh.
+/// What a node needs to join the mesh: its membership, and the socket it gossips on.
 #[derive(Debug)]
 pub struct MeshConfig {
+    /// Who the node is in the mesh, and which mesh.
+    pub member: MemberConfig,
+    /// Where to bind the gossip socket (`:7946/udp` by default; port 0 in tests).
+    pub listen_addr: SocketAddr,
+    /// The gossip keys.
+    pub keyring: Keyring,
+    /// Fault injection for tests; `None` in production.
+    pub fault: Option<GossipFaultSwitch>,
+}
+
+/// A node's membership of one mesh. A node joins one more mesh on a socket it already has
+/// with [`Mesh::start_on`](crate::Mesh::start_on).
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
     /// This node's id (from the registry).
     pub node_id: NodeId,
     /// Its human name.
@@ -208,52 +222,20 @@ pub struct MeshConfig {
     /// Nodes of another cluster id are answered `BadCluster` and never merged (a second guard
     /// after the key). Use the cluster's id, e.g. the CA fingerprint.
     pub cluster_id: String,
-    /// Where to bind the gossip socket (`:7946/udp` by default; port 0 in tests).
-    pub listen_addr: SocketAddr,
     /// The address peers gossip to. `None`: the bound address (right on a flat network and in
     /// tests; behind NAT, give the public one). A port of 0 means the bound port.
     pub advertise_addr: Option<SocketAddr>,
-    /// Gossip addresses to start from, taken from the node's view (control nodes and site
-    /// peers). Only needed to join; afterwards peers are learned by gossip.
+    /// Gossip addresses to start from, taken from the node's view (its site's peers) or, on a
+    /// control node, the registry. Only needed to join; afterwards peers are learned by gossip.
     pub seeds: Vec<SocketAddr>,
-    /// The gossip keys.
-    pub keyring: Keyring,
     /// How this node signs its state and checks the others' ([`crate::identity`]).
     pub identity: MeshIdentity,
     /// The timers.
     pub timers: MeshTimers,
-    /// Fault injection for tests; `None` in production.
-    pub fault: Option<GossipFaultSwitch>,
-}
-
-/// What a node needs to join one more mesh on a socket it already has
-/// ([`Mesh::start_on`](crate::Mesh::start_on)): [`MeshConfig`] without the socket's parts.
-#[derive(Debug, Clone)]
-pub struct MemberConfig {
-    /// [`MeshConfig::node_id`].
-    pub node_id: NodeId,
-    /// [`MeshConfig::name`].
-    pub name: String,
-    /// [`MeshConfig::role`].
-    pub role: NodeRole,
-    /// [`MeshConfig::site`].
-    pub site: String,
-    /// [`MeshConfig::scope`].
-    pub scope: String,
-    /// [`MeshConfig::cluster_id`].
-    pub cluster_id: String,
-    /// [`MeshConfig::advertise_addr`].
-    pub advertise_addr: Option<SocketAddr>,
-    /// [`MeshConfig::seeds`].
-    pub seeds: Vec<SocketAddr>,
-    /// [`MeshConfig::identity`].
-    pub identity: MeshIdentity,
-    /// [`MeshConfig::timers`].
-    pub timers: MeshTimers,
 }
 
 impl MemberConfig {
-    /// Checks the cluster id and the timers.
+    /// Checks the cluster id, the scope and the timers.
     ///
     /// # Errors
     /// [`ConfigError`] naming the first problem.
@@ -266,51 +248,15 @@ impl MemberConfig {
         }
         self.timers.validate()
     }
-}
-
-/// The socket's parts of a [`MeshConfig`].
-#[derive(Debug)]
-pub(crate) struct SocketParts {
-    pub(crate) listen_addr: SocketAddr,
-    pub(crate) keyring: Keyring,
-    pub(crate) fault: Option<GossipFaultSwitch>,
 }
 
 impl MeshConfig {
-    /// Splits into what the socket needs and what the mesh on it needs.
-    pub(crate) fn split(self) -> (SocketParts, MemberConfig) {
-        let member = MemberConfig {
-            node_id: self.node_id,
-            name: self.name,
-            role: self.role,
-            site: self.site,
-            scope: self.scope,
-            cluster_id: self.cluster_id,
-            advertise_addr: self.advertise_addr,
-            seeds: self.seeds,
-            identity: self.identity,
-            timers: self.timers,
-        };
-        let socket = SocketParts {
-            listen_addr: self.listen_addr,
-            keyring: self.keyring,
-            fault: self.fault,
-        };
-        (socket, member)
-    }
-
-    /// Checks the timers.
+    /// Checks the membership.
     ///
     /// # Errors
     /// [`ConfigError`] naming the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cluster_id.is_empty() {
-            return Err(ConfigError("cluster_id must not be empty"));
-        }
-        if self.scope.len() > crate::keyring::MAX_SCOPE_BYTES {
-            return Err(ConfigError("scope must be at most 63 bytes"));
-        }
-        self.timers.validate()
+        self.member.validate()
     }
 }
 

@@ -110,18 +110,18 @@ impl Mesh {
     /// [`MeshStartError`] if the config is invalid, the socket cannot be bound, or chitchat fails.
     pub async fn start(config: MeshConfig, metrics: MeshMetrics) -> Result<Self, MeshStartError> {
         config.validate()?;
-        let (parts, member) = config.split();
-        let socket = GossipSocket::bind(
-            parts.listen_addr,
-            parts.keyring,
-            metrics,
-            parts.fault.unwrap_or_default(),
-        )
-        .await
-        .map_err(|source| MeshStartError::Bind {
-            addr: parts.listen_addr,
-            source,
-        })?;
+        let MeshConfig {
+            member,
+            listen_addr,
+            keyring,
+            fault,
+        } = config;
+        let socket = GossipSocket::bind(listen_addr, keyring, metrics, fault.unwrap_or_default())
+            .await
+            .map_err(|source| MeshStartError::Bind {
+                addr: listen_addr,
+                source,
+            })?;
         let mut mesh = Self::start_on(&socket, member).await?;
         mesh.owns_socket = true;
         Ok(mesh)

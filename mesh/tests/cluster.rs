@@ -468,8 +468,8 @@ async fn a_key_holder_cannot_gossip_as_another_node() {
             MeshTimers::for_tests(),
             warren_mesh::GossipFaultSwitch::new(),
         );
-        config.name = name.to_owned();
-        config.identity = common::identity_signed_by(attacker_id);
+        config.member.name = name.to_owned();
+        config.member.identity = common::identity_signed_by(attacker_id);
         config
     };
     let metrics = warren_mesh::MeshMetrics::unregistered();

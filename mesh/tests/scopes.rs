@@ -22,8 +22,8 @@ async fn agent(id: u64, scope: &str, seeds: Vec<SocketAddr>, key: &GossipKey) ->
         MeshTimers::for_tests(),
         GossipFaultSwitch::default(),
     );
-    config.site = scope.to_owned();
-    config.scope = scope.to_owned();
+    config.member.site = scope.to_owned();
+    config.member.scope = scope.to_owned();
     Mesh::start(config, MeshMetrics::unregistered())
         .await
         .expect("agent mesh starts")

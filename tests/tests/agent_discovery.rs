@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -47,6 +47,44 @@ fn discovering(gossip: SocketAddr) -> AgentOptions {
     }
 }
 
+/// A running agent: its data dir, its stop switch, its task.
+type RunningAgent = (
+    PathBuf,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<
+        Result<warren_edge_agent::agent::RunEnd, warren_edge_agent::agent::AgentError>,
+    >,
+);
+
+/// Joins agent `name` of `site` to `control`, gossiping on its own `ip`, and runs it.
+async fn join_discovering(
+    control: &warren_control::node::ControlNode,
+    fingerprint: [u8; 32],
+    dir: &Path,
+    (name, site): (&str, &str),
+    ip: &str,
+) -> RunningAgent {
+    let agent_dir = dir.join(name);
+    let gossip = free_udp_port(ip);
+    let token = agent_token(control, fingerprint).await;
+    let request = JoinRequest {
+        control_addrs: vec![control.quic_addr().to_string()],
+        token,
+        name: name.into(),
+        site: site.into(),
+        advertise: JoinAdvertise {
+            gossip: Some(gossip),
+            ..JoinAdvertise::default()
+        },
+        ..JoinRequest::default()
+    };
+    warren_edge_agent::agent::join(&agent_dir, request)
+        .await
+        .expect("agent joins");
+    let (cancel, task) = spawn_agent_with(&agent_dir, discovering(gossip));
+    (agent_dir, cancel, task)
+}
+
 /// One A query over UDP; the sorted addresses, or the response code when it is not NOERROR.
 async fn resolve(dns: SocketAddr, name: &str) -> Result<Vec<IpAddr>, ResponseCode> {
     let mut query = Message::query();
@@ -83,6 +121,23 @@ async fn resolve(dns: SocketAddr, name: &str) -> Result<Vec<IpAddr>, ResponseCod
     Ok(addresses)
 }
 
+/// [`resolve`] from a synchronous condition (`wait_until`'s): on a helper thread with a
+/// runtime of its own.
+fn resolve_blocking(dns: SocketAddr, name: &str) -> Result<Vec<IpAddr>, ResponseCode> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(resolve(dns, name))
+            })
+            .join()
+            .expect("query thread")
+    })
+}
+
 fn dns_addr(dir: &Path) -> Option<SocketAddr> {
     load_status(dir).ok()?.discovery.dns
 }
@@ -94,25 +149,8 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
     let (control, fingerprint) = start_control(dir.path()).await;
     let mut agents = Vec::new();
     for (name, ip) in [("edge-a", "127.0.0.2"), ("edge-b", "127.0.0.3")] {
-        let agent_dir = dir.path().join(name);
-        let gossip = free_udp_port(ip);
-        let token = agent_token(&control, fingerprint).await;
-        let request = JoinRequest {
-            control_addrs: vec![control.quic_addr().to_string()],
-            token,
-            name: name.into(),
-            site: "lisbon".into(),
-            advertise: JoinAdvertise {
-                gossip: Some(gossip),
-                ..JoinAdvertise::default()
-            },
-            ..JoinRequest::default()
-        };
-        warren_edge_agent::agent::join(&agent_dir, request)
-            .await
-            .expect("agent joins");
-        let (cancel, task) = spawn_agent_with(&agent_dir, discovering(gossip));
-        agents.push((agent_dir, cancel, task));
+        agents
+            .push(join_discovering(&control, fingerprint, dir.path(), (name, "lisbon"), ip).await);
     }
     propose(&control, Op::PutService(sleep_service(2))).await;
     let dns = wait_until("edge-a serves DNS", STEP_TIMEOUT, || dns_addr(&agents[0].0)).await;
@@ -175,19 +213,7 @@ async fn agents_gossip_and_answer_dns_and_a_gone_agent_leaves_the_answers() {
         "edge-b's replica gone from edge-a's answers",
         STEP_TIMEOUT,
         || {
-            // wait_until's condition is synchronous: query from a blocking helper thread.
-            let answer = std::thread::scope(|scope| {
-                scope
-                    .spawn(|| {
-                        tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                            .expect("runtime")
-                            .block_on(resolve(dns, "web.warren."))
-                    })
-                    .join()
-                    .expect("query thread")
-            });
+            let answer = resolve_blocking(dns, "web.warren.");
             let set: BTreeSet<IpAddr> = answer.ok()?.into_iter().collect();
             (set == only_a).then_some(())
         },
@@ -222,44 +248,13 @@ async fn each_site_gossips_apart_and_control_hears_every_site() {
         ("lisbon-2", "lisbon", "127.0.0.3"),
         ("porto-1", "porto", "127.0.0.4"),
     ] {
-        let agent_dir = dir.path().join(name);
-        let gossip = free_udp_port(ip);
-        let token = agent_token(&control, fingerprint).await;
-        let request = JoinRequest {
-            control_addrs: vec![control.quic_addr().to_string()],
-            token,
-            name: name.into(),
-            site: site.into(),
-            advertise: JoinAdvertise {
-                gossip: Some(gossip),
-                ..JoinAdvertise::default()
-            },
-            ..JoinRequest::default()
-        };
-        warren_edge_agent::agent::join(&agent_dir, request)
-            .await
-            .expect("agent joins");
-        let (cancel, task) = spawn_agent_with(&agent_dir, discovering(gossip));
-        agents.push((agent_dir, cancel, task));
+        agents.push(join_discovering(&control, fingerprint, dir.path(), (name, site), ip).await);
     }
     propose(&control, Op::PutService(sleep_service(3))).await;
     let ip = |a: &str| -> IpAddr { a.parse().expect("literal") };
     let lisbon = vec![ip("127.0.0.2"), ip("127.0.0.3")];
     let porto = vec![ip("127.0.0.4")];
-    let answers = |dns: SocketAddr| {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime")
-                        .block_on(resolve(dns, "web.warren."))
-                })
-                .join()
-                .expect("query thread")
-        })
-    };
+    let answers = |dns: SocketAddr| resolve_blocking(dns, "web.warren.");
     let dns_lisbon = wait_until("lisbon-1 serves DNS", STEP_TIMEOUT, || {
         dns_addr(&agents[0].0)
     })

@@ -14,7 +14,7 @@ use warren_api::rest::NodeInfo;
 use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
 use warren_control::Op;
 use warren_control::node::{ControlConfig, ControlNode};
-use warren_mesh::{Mesh, MeshConfig, MeshMetrics, MeshTimers};
+use warren_mesh::{MemberConfig, Mesh, MeshConfig, MeshMetrics, MeshTimers};
 use warren_tests::{api_get, propose, start_control_gossiping};
 use warren_transport::current::CurrentCredentials;
 use warren_transport::{
@@ -69,20 +69,22 @@ async fn agent_mesh(
     .expect("CA");
     let current = CurrentCredentials::new(creds).expect("credentials");
     let config = MeshConfig {
-        node_id,
-        name: format!("agent-{node_id}"),
-        role: NodeRole::Agent,
-        site: "edge".into(),
-        // As a real agent does: its site's mesh, which control runs once an agent of the
-        // site is registered.
-        scope: "edge".into(),
-        cluster_id: warren_control::gossip::cluster_id(fingerprint),
+        member: MemberConfig {
+            node_id,
+            name: format!("agent-{node_id}"),
+            role: NodeRole::Agent,
+            site: "edge".into(),
+            // As a real agent does: its site's mesh, which control runs once an agent of the
+            // site is registered.
+            scope: "edge".into(),
+            cluster_id: warren_control::gossip::cluster_id(fingerprint),
+            advertise_addr: None,
+            seeds: vec![control.gossip_addr().expect("control runs a mesh")],
+            identity: warren_control::gossip::identity(GossipSigner::new(current), members),
+            timers: MeshTimers::for_tests(),
+        },
         listen_addr,
-        advertise_addr: None,
-        seeds: vec![control.gossip_addr().expect("control runs a mesh")],
         keyring: warren_control::gossip::keyring(&keys, 1).expect("generation 1"),
-        identity: warren_control::gossip::identity(GossipSigner::new(current), members),
-        timers: MeshTimers::for_tests(),
         fault: None,
     };
     Mesh::start(config, MeshMetrics::unregistered())

@@ -67,18 +67,12 @@ impl ControlNode {
         let seeds =
             crate::gossip::control_seeds(&*self.control.read_stale().await, self.settings.node_id);
         let config = MeshConfig {
-            node_id: member.node_id,
-            name: member.name.clone(),
-            role: member.role,
-            site: member.site.clone(),
-            scope: String::new(),
-            cluster_id: member.cluster_id.clone(),
+            member: MemberConfig {
+                seeds,
+                ..member.clone()
+            },
             listen_addr,
-            advertise_addr: member.advertise_addr,
-            seeds,
             keyring,
-            identity: member.identity.clone(),
-            timers: member.timers.clone(),
             fault: None,
         };
         let metrics = MeshMetrics::register(self.control_metrics.registry()).unwrap_or_else(|e| {

@@ -11,8 +11,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use warren_api::{NodeId, NodeRole};
 use warren_mesh::{
-    GossipFaultSwitch, GossipKey, KeyId, Keyring, Liveness, Member, Mesh, MeshConfig, MeshIdentity,
-    MeshMetrics, MeshTimers,
+    GossipFaultSwitch, GossipKey, KeyId, Keyring, Liveness, Member, MemberConfig, Mesh, MeshConfig,
+    MeshIdentity, MeshMetrics, MeshTimers,
 };
 
 pub const CLUSTER_ID: &str = "test-cluster";
@@ -69,27 +69,29 @@ pub fn config(
     fault: GossipFaultSwitch,
 ) -> MeshConfig {
     MeshConfig {
-        node_id,
-        name: format!("node-{}", node_id.0),
-        role: if node_id.0 == 1 {
-            NodeRole::Control
-        } else {
-            NodeRole::Agent
+        member: MemberConfig {
+            node_id,
+            name: format!("node-{}", node_id.0),
+            role: if node_id.0 == 1 {
+                NodeRole::Control
+            } else {
+                NodeRole::Agent
+            },
+            site: if node_id.0.is_multiple_of(2) {
+                "a"
+            } else {
+                "b"
+            }
+            .to_owned(),
+            scope: String::new(),
+            cluster_id: CLUSTER_ID.to_owned(),
+            advertise_addr: None,
+            seeds,
+            identity: identity_signed_by(node_id),
+            timers,
         },
-        site: if node_id.0.is_multiple_of(2) {
-            "a"
-        } else {
-            "b"
-        }
-        .to_owned(),
-        scope: String::new(),
-        cluster_id: CLUSTER_ID.to_owned(),
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        advertise_addr: None,
-        seeds,
         keyring,
-        identity: identity_signed_by(node_id),
-        timers,
         fault: Some(fault),
     }
 }
