@@ -1287,15 +1287,14 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
             web,
         ])
         .expect("create web");
-    let mut wanted = addresses.clone();
-    wanted.sort();
+    // Agents gossip within their site: a-1's DNS answers the service name with its own
+    // site's live replica, and b-1's replica by its name, both with overlay addresses.
     wait_until(
-        "a-1's DNS answers web.warren with both overlay addresses",
+        "a-1's DNS answers web.warren with a-1's overlay address and b-1.web.warren with b-1's",
         Duration::from_secs(30),
         || {
-            let mut found = dig(&a_ns, "web.warren");
-            found.sort();
-            found == wanted
+            dig(&a_ns, "web.warren") == [addresses[0].clone()]
+                && dig(&a_ns, "b-1.web.warren") == [addresses[1].clone()]
         },
     );
 
@@ -1360,12 +1359,12 @@ fn the_overlay_joins_two_sites_and_outlives_the_control_plane() {
         pings(&a_ns, &addresses[1]),
         "the tunnel outlives the control plane"
     );
-    // With no control plane, web.warren still resolves (from a-1's cached view) to b-1's
-    // overlay address among others, and b-1's page comes through the tunnel.
-    let resolved = dig(&a_ns, "web.warren");
+    // With no control plane, b-1's replica still resolves (from a-1's cached view) to b-1's
+    // overlay address, and b-1's page comes through the tunnel.
+    let resolved = dig(&a_ns, "b-1.web.warren");
     assert!(
         resolved.contains(&addresses[1]),
-        "web.warren on a-1 without control: {resolved:?}"
+        "b-1.web.warren on a-1 without control: {resolved:?}"
     );
     wait_until(
         "a-1 fetches b-1's web by the address web.warren gave",
