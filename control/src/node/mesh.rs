@@ -63,7 +63,7 @@ impl ControlNode {
             warn!("no gossip key: running without the gossip mesh");
             return;
         };
-        let member = self.member_config(String::new());
+        let member = self.member_config();
         let seeds =
             crate::gossip::control_seeds(&*self.control.read_stale().await, self.settings.node_id);
         let config = MeshConfig {
@@ -86,7 +86,7 @@ impl ControlNode {
                 return;
             }
         };
-        self.publish_endpoints(&mesh).await;
+        publish(&mesh, &self.endpoints()).await;
         mesh.leave_member_gauge();
         let (union_tx, union_rx) = watch::channel(Vec::new());
         let cancel = self.cancel.child_token();
@@ -109,15 +109,15 @@ impl ControlNode {
         });
     }
 
-    /// What this node is in every mesh, but the scope and seeds.
-    fn member_config(&self, scope: String) -> MemberConfig {
+    /// What this node is in every mesh, but the scope and seeds (the unnamed mesh, none).
+    fn member_config(&self) -> MemberConfig {
         let listen_addr = self.settings.gossip_listen;
         MemberConfig {
             node_id: self.settings.node_id,
             name: self.settings.name.clone(),
             role: NodeRole::Control,
             site: self.settings.site.clone(),
-            scope,
+            scope: String::new(),
             cluster_id: crate::gossip::cluster_id(&self.control.fingerprint()),
             // A node.json from before the mesh landed records no advertised address.
             advertise_addr: self.settings.advertise_gossip.or_else(|| {
@@ -139,10 +139,6 @@ impl ControlNode {
             ("quic", self.settings.advertise_quic.clone()),
             ("api", self.settings.advertise_api.clone()),
         ]
-    }
-
-    async fn publish_endpoints(&self, mesh: &Mesh) {
-        publish(mesh, &self.endpoints()).await;
     }
 }
 
