@@ -557,6 +557,17 @@ async fn a_node_cut_off_from_the_majority_sends_its_agents_elsewhere() {
     let joined = common::join_agent(cluster.node(leader)).await;
     // A follower ends up alone: the leader and the third node go.
     let lonely = (leader + 1) % 3;
+    // The join is applied on the leader; the follower learns the agent's certificate when it
+    // applies the same entry, and refuses the agent until then.
+    let joined_at = cluster.node(leader).control().applied();
+    let mut applied = cluster.node(lonely).control().watch_applied();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|revision| *revision >= joined_at),
+    )
+    .await
+    .expect("the follower applies the join within 10 s")
+    .expect("the follower is running");
     let (mut session, first) = agent_session(cluster.node(lonely), &joined).await;
     assert!(matches!(first, ControlToAgent::Snapshot(_)), "{first:?}");
     for i in (0..3).filter(|&i| i != lonely) {
