@@ -263,6 +263,11 @@ pub struct NodeInfo {
     /// range had no slot left for it.
     #[serde(default)]
     pub mesh: Option<MeshInfo>,
+    /// The nodes its view holds as peers (its WireGuard tunnels, the names its DNS knows), by
+    /// id: every other node in a fleet of up to 256, scoped by site beyond. Only in the answer
+    /// about one node (`GET nodes/NODE`); `None` in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<NodeId>>,
 }
 
 /// A node's place in the WireGuard overlay, as the registry holds it.

@@ -345,7 +345,12 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
         }
         NodeCommand::WgConfig { node } => {
             let nodes: Vec<NodeInfo> = client.request(Route::ListNodes).await?.json()?;
-            crate::output::out(&crate::wireguard_args::wg_config_of(&nodes, &node)?);
+            let me: NodeInfo = client
+                .request(Route::GetNode { node: &node })
+                .await?
+                .json()?;
+            let peers = me.peers.as_deref();
+            crate::output::out(&crate::wireguard_args::wg_config_of(&nodes, &node, peers)?);
             Ok(())
         }
         NodeCommand::Inspect { node } => {

@@ -94,8 +94,13 @@ impl WireguardArgs {
 }
 
 /// `warren node wg-config NODE`: NODE's interface (its address and listen port, no private
-/// key) and a `[Peer]` per other node with a key, as the registry lists them.
-pub fn wg_config_of(nodes: &[NodeInfo], wanted: &str) -> Result<String> {
+/// key) and a `[Peer]` per peer with a key, as the registry lists them: those of `peers` (the
+/// node's peers, as control scopes them), or every other node when control did not say.
+pub fn wg_config_of(
+    nodes: &[NodeInfo],
+    wanted: &str,
+    peers: Option<&[warren_api::NodeId]>,
+) -> Result<String> {
     use warren_wireguard::{PeerConfig, PublicKey};
     let is_it = |n: &&NodeInfo| n.node.name == wanted || n.node.id.to_string() == wanted;
     let Some(me) = nodes.iter().find(is_it) else {
@@ -109,8 +114,14 @@ pub fn wg_config_of(nodes: &[NodeInfo], wanted: &str) -> Result<String> {
     };
     let address: std::net::Ipv4Addr = mesh.overlay_ip.parse()?;
     let key = |text: &str| PublicKey::from_base64(text).map_err(|e| anyhow!("{text}: {e}"));
+    let held: Option<std::collections::HashSet<_>> = peers.map(|p| p.iter().collect());
+    let holds = |info: &&NodeInfo| held.as_ref().is_none_or(|h| h.contains(&info.node.id));
     let mut peers = Vec::new();
-    for info in nodes.iter().filter(|n| n.node.id != me.node.id) {
+    for info in nodes
+        .iter()
+        .filter(|n| n.node.id != me.node.id)
+        .filter(holds)
+    {
         let Some(peer) = &info.mesh else { continue };
         let Some(current) = &peer.public_key else {
             continue;
@@ -141,4 +152,56 @@ pub fn wg_config_of(nodes: &[NodeInfo], wanted: &str) -> Result<String> {
         "# WireGuard configuration of node {} ({}), from the registry.\n# PrivateKey: on that box only, DATA_DIR/wireguard/private.key (`wg set IFACE private-key FILE`).\n{text}",
         me.node.name, mesh.overlay_ip
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::rest::MeshInfo;
+    use warren_api::{Availability, Node, NodeAddresses, NodeId, NodeRole, NodeState};
+    use warren_wireguard::PublicKey;
+
+    use super::*;
+
+    fn node(id: u64) -> NodeInfo {
+        NodeInfo {
+            node: Node {
+                id: NodeId(id),
+                name: format!("edge-{id}"),
+                role: NodeRole::Agent,
+                site: "lisbon".into(),
+                labels: Default::default(),
+                availability: Availability::Active,
+                state: NodeState::Ready,
+                cert_serial: None,
+                addresses: NodeAddresses::default(),
+                joined_at_ms: 0,
+            },
+            replicas: 0,
+            raft_member: false,
+            agent: None,
+            gossip: None,
+            member: None,
+            mesh: Some(MeshInfo {
+                overlay_ip: format!("10.42.{id}.1"),
+                public_key: Some(PublicKey([id as u8; 32]).to_base64()),
+                next_public_key: None,
+                endpoint: Some(format!("192.0.2.{id}:51820")),
+            }),
+            peers: None,
+        }
+    }
+
+    /// The configuration holds the node's peers as control scoped them, or every other node
+    /// with a key when control did not say (an older control plane).
+    #[test]
+    fn the_configuration_holds_the_nodes_peers() {
+        let nodes: Vec<NodeInfo> = (1..=3).map(node).collect();
+        let scoped = wg_config_of(&nodes, "edge-1", Some(&[NodeId(3)])).unwrap();
+        assert!(scoped.contains("10.42.3.0/24"), "{scoped}");
+        assert!(!scoped.contains("10.42.2.0/24"), "{scoped}");
+        assert!(scoped.contains("ListenPort = 51820"), "{scoped}");
+        let every = wg_config_of(&nodes, "edge-1", None).unwrap();
+        assert!(every.contains("10.42.2.0/24") && every.contains("10.42.3.0/24"));
+        assert!(!every.contains("10.42.1.0/24"), "not itself: {every}");
+    }
 }

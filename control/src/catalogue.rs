@@ -1,8 +1,8 @@
 //! What every node's view carries about the rest of the cluster: the service catalogue (each
 //! running replica's address and ports, for the agents' DNS; of a large service only the
-//! node's site's and a few more, [`scoped_to_site`]) and the mesh peers (every other
-//! node's gossip endpoint, for the mesh's seeds, and its WireGuard keys, overlay address and
-//! endpoint). Pure functions of the state, so every control node builds the same view.
+//! node's site's and a few more, [`scoped_to_site`]) and the mesh peers (other nodes' gossip
+//! endpoints, for the mesh's seeds, and their WireGuard keys, overlay addresses and endpoints;
+//! which nodes a node holds is [`crate::peer_scope`]'s). Pure functions of the state, so every control node builds the same view.
 //!
 //! A replica's catalogue address is the IP of its node's gossip endpoint: every agent can reach
 //! it, mesh or not. An agent whose WireGuard mesh is up answers DNS with the node's overlay

@@ -60,6 +60,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod older;
+pub mod peer_scope;
 pub mod push;
 pub mod quorum;
 pub mod rekey;

@@ -47,10 +47,23 @@ pub fn node_view(
     control_addrs: &[String],
     keys: &ClusterKeys,
 ) -> Option<NodeView> {
+    let full_mesh_up_to = crate::peer_scope::FULL_MESH_PEERS;
+    node_view_scoped(state, node, control_addrs, keys, full_mesh_up_to)
+}
+
+/// [`node_view`] with its peers scoped beyond `full_mesh_up_to` peers in the fleet
+/// ([`crate::peer_scope`]).
+pub fn node_view_scoped(
+    state: &ClusterState,
+    node: NodeId,
+    control_addrs: &[String],
+    keys: &ClusterKeys,
+    full_mesh_up_to: usize,
+) -> Option<NodeView> {
     let replicas: Vec<_> = state.replicas_on(node).cloned().collect();
     let mut view = own_part(state, node, control_addrs, keys, replicas)?;
     view.catalogue = crate::catalogue::catalogue_for_site(state, &view.node.site);
-    view.peers = crate::catalogue::peers(state, node);
+    view.peers = crate::peer_scope::peers_of(state, node, full_mesh_up_to);
     view.scrape = crate::catalogue::scrape_targets(state, Some(&view.node.site));
     Some(view)
 }

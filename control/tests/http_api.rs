@@ -285,6 +285,14 @@ async fn tokens_are_minted_and_non_admin_certificates_refused() {
     // The joined agent is in the registry.
     let (status, body) = tls(&node, &out.admin, Method::GET, "/v1/nodes/edge-1", None).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    // The answer about one node says which nodes its view holds as peers (never itself);
+    // lists leave that out.
+    let info: warren_api::rest::NodeInfo = serde_json::from_slice(&body).unwrap();
+    let peers = info.peers.expect("the node's peers");
+    assert!(!peers.contains(&info.node.id), "{peers:?}");
+    let (_, body) = tls(&node, &out.admin, Method::GET, "/v1/nodes", None).await;
+    let list: Vec<warren_api::rest::NodeInfo> = serde_json::from_slice(&body).unwrap();
+    assert!(list.iter().all(|n| n.peers.is_none()));
     node.shutdown().await;
 }
 

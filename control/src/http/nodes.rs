@@ -64,6 +64,7 @@ impl Api {
                 .then(|| contacts.get(&node.id.0).cloned())
                 .flatten(),
             mesh: mesh_info(state, node.id),
+            peers: None,
         }
     }
 
@@ -113,7 +114,11 @@ impl Api {
         let node = find_node(&state, key)?;
         let gossip = self.control.gossip_members();
         let agent = agents.get(&node.id);
-        ok(&self.node_info(&state, node, agent, gossip.as_deref(), &contacts))
+        let mut info = self.node_info(&state, node, agent, gossip.as_deref(), &contacts);
+        let full_mesh_up_to = crate::peer_scope::FULL_MESH_PEERS;
+        let peers = crate::peer_scope::peers_of(&state, node.id, full_mesh_up_to);
+        info.peers = Some(peers.into_iter().map(|p| p.node_id).collect());
+        ok(&info)
     }
 
     pub(super) async fn set_availability(

@@ -9,7 +9,7 @@
 //! mesh settings, control addresses: small) and the [`FleetParts`] it last sent, and builds
 //! each message from the own part's diff plus bytes encoded once here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use warren_api::scrape::ScrapeTargets;
@@ -19,6 +19,7 @@ use warren_api::wire::{
 };
 use warren_api::{NodeId, NodeView, Replica, ReplicaId, Revision};
 
+use crate::peer_scope::{FULL_MESH_PEERS, PeerScope};
 use crate::state::ClusterState;
 
 /// The shared parts of the views at one revision.
@@ -30,8 +31,14 @@ pub(crate) struct FleetParts {
     /// What each site's nodes hold of them ([`crate::catalogue::scoped_to_site`]).
     catalogues: HashMap<String, SiteCatalogue>,
     /// Every node that is a peer of the others (see [`crate::catalogue::peers`]), sorted by
-    /// node id; a node's view holds all but itself. With each its postcard bytes.
+    /// node id, with each its postcard bytes; a node's view holds those its [`PeerScope`]
+    /// gives it (all but itself in a full mesh).
     peers: Vec<(PeerInfo, Vec<u8>)>,
+    scope: PeerScope,
+    /// Beyond a full mesh: what every node of each site holds of `peers` (indices, in order),
+    /// and each site's own nodes among them.
+    site_peers: HashMap<String, Vec<usize>>,
+    site_members: HashMap<String, Vec<usize>>,
     /// Each site's scrape targets, their hash and `SetScrape` encoded.
     scrape: HashMap<String, SiteScrape>,
     /// Each node's running replicas, sorted by id.
@@ -67,7 +74,7 @@ impl FleetParts {
     ///
     /// # Errors
     /// A part over the message size limit.
-    pub fn build(state: &ClusterState) -> Result<Self, EncodeError> {
+    pub fn build(state: &ClusterState, full_mesh_up_to: usize) -> Result<Self, EncodeError> {
         let all = crate::catalogue::catalogue(state);
         let endpoints = all
             .iter()
@@ -86,7 +93,7 @@ impl FleetParts {
                 .map(|n| (n.site.as_str(), n.state == warren_api::NodeState::Ready))
         };
         let sites: BTreeSet<&str> = state.nodes.values().map(|n| n.site.as_str()).collect();
-        let catalogues = sites
+        let catalogues: HashMap<String, SiteCatalogue> = sites
             .into_iter()
             .map(|site| {
                 let entries = crate::catalogue::scoped_to_site(&all, node_of, site);
@@ -107,11 +114,24 @@ impl FleetParts {
                 Ok((p, bytes))
             })
             .collect::<Result<Vec<_>, EncodeError>>()?;
+        let scope = PeerScope::new(
+            state,
+            peers.len(),
+            &all,
+            catalogues
+                .iter()
+                .map(|(site, c)| (site.as_str(), c.entries.as_slice())),
+            full_mesh_up_to,
+        );
+        let (site_peers, site_members) = peers_by_site(&scope, &peers, catalogues.keys());
         Ok(FleetParts {
             revision: state.revision,
             endpoints,
             catalogues,
             peers,
+            scope,
+            site_peers,
+            site_members,
             scrape: scrape_by_site(state)?,
             replicas: replicas_by_node(state),
         })
@@ -159,33 +179,42 @@ impl FleetParts {
         self.replicas.get(&node).map_or(&[], Vec::as_slice)
     }
 
-    /// `node`'s peers: every peer but itself.
-    fn peers_of(&self, node: NodeId) -> impl Iterator<Item = &(PeerInfo, Vec<u8>)> {
-        self.peers.iter().filter(move |(p, _)| p.node_id != node)
-    }
-
-    fn peer_count(&self, node: NodeId) -> usize {
-        let own = self
-            .peers
-            .binary_search_by_key(&node, |(p, _)| p.node_id)
-            .is_ok();
-        self.peers.len() - usize::from(own)
+    /// `node`'s peers (it is in `site`): indices into `peers`, in order.
+    fn peers_of(&self, node: NodeId, site: &str) -> Vec<usize> {
+        let mut list: Vec<usize> = if self.scope.is_full() || self.scope.is_control(node) {
+            (0..self.peers.len()).collect()
+        } else if let Some(held) = self.site_peers.get(site) {
+            held.clone()
+        } else {
+            (0..self.peers.len())
+                .filter(|&i| self.scope.site_holds(site, &self.peers[i].0))
+                .collect()
+        };
+        let mut more = false;
+        for other in self.scope.sites_naming(node).filter(|s| *s != site) {
+            list.extend(self.site_members.get(other).into_iter().flatten());
+            more = true;
+        }
+        if more {
+            list.sort_unstable();
+            list.dedup();
+        }
+        list.retain(|&i| self.peers[i].0.node_id != node);
+        list
     }
 
     /// The hash of `node`'s peer list, as the agent's digest has it.
-    fn peers_hash(&self, node: NodeId) -> u64 {
-        let items = self.peers_of(node).map(|(_, b)| b.as_slice());
-        stable_hash_of_encoded_list(self.peer_count(node), items)
+    fn peers_hash(&self, node: NodeId, site: &str) -> u64 {
+        let list = self.peers_of(node, site);
+        let items = list.iter().map(|&i| self.peers[i].1.as_slice());
+        stable_hash_of_encoded_list(list.len(), items)
     }
 
     /// `SetPeers` with `node`'s whole peer list, encoded.
-    fn set_peers(&self, node: NodeId) -> Result<Vec<u8>, EncodeError> {
-        let items = self.peers_of(node).map(|(_, b)| b.as_slice());
-        encode_list_change_from_parts(
-            &ViewChange::SetPeers(Vec::new()),
-            self.peer_count(node),
-            items,
-        )
+    fn set_peers(&self, node: NodeId, site: &str) -> Result<Vec<u8>, EncodeError> {
+        let list = self.peers_of(node, site);
+        let items = list.iter().map(|&i| self.peers[i].1.as_slice());
+        encode_list_change_from_parts(&ViewChange::SetPeers(Vec::new()), list.len(), items)
     }
 
     fn site(&self, site: &str) -> Option<&SiteScrape> {
@@ -199,7 +228,11 @@ impl FleetParts {
             .iter()
             .map(|&i| self.endpoints[i].entry.clone())
             .collect();
-        own.peers = self.peers_of(own.node.id).map(|(p, _)| p.clone()).collect();
+        own.peers = self
+            .peers_of(own.node.id, &own.node.site)
+            .into_iter()
+            .map(|i| self.peers[i].0.clone())
+            .collect();
         own.scrape = self
             .site(&own.node.site)
             .map(|s| s.targets.clone())
@@ -219,8 +252,8 @@ impl FleetParts {
         if have.catalogue != self.catalogue_hash(site) {
             changes.push(self.set_catalogue(site)?);
         }
-        if have.peers != self.peers_hash(node) {
-            changes.push(self.set_peers(node)?);
+        if have.peers != self.peers_hash(node, site) {
+            changes.push(self.set_peers(node, site)?);
         }
         let scrape_hash = self.site(site).map_or(empty_scrape_hash(), |s| s.hash);
         if have.scrape != scrape_hash {
@@ -235,6 +268,32 @@ impl FleetParts {
             None => encode(&ViewChange::SetScrape(ScrapeTargets::default())),
         }
     }
+}
+
+/// Beyond a full mesh, what every node of each of `sites` holds of `peers` and each site's own
+/// nodes among them (indices into `peers`, in order); empty in a full mesh.
+fn peers_by_site<'a>(
+    scope: &PeerScope,
+    peers: &[(PeerInfo, Vec<u8>)],
+    sites: impl Iterator<Item = &'a String>,
+) -> (HashMap<String, Vec<usize>>, HashMap<String, Vec<usize>>) {
+    let (mut held, mut members) = (HashMap::new(), HashMap::new());
+    if scope.is_full() {
+        return (held, members);
+    }
+    for site in sites {
+        let list = (0..peers.len())
+            .filter(|&i| scope.site_holds(site, &peers[i].0))
+            .collect();
+        held.insert(site.clone(), list);
+    }
+    for (i, (peer, _)) in peers.iter().enumerate() {
+        members
+            .entry(peer.site.clone())
+            .or_insert_with(Vec::new)
+            .push(i);
+    }
+    (held, members)
 }
 
 fn empty_scrape_hash() -> u64 {
@@ -279,14 +338,11 @@ fn replicas_by_node(state: &ClusterState) -> HashMap<NodeId, Vec<Replica>> {
     by_node
 }
 
-/// What changed in the shared parts from one revision to another: each catalogue and peer
-/// change encoded once.
+/// What changed in the catalogues from one revision to another: each change encoded once.
 #[derive(Debug, Default)]
 pub(crate) struct FleetDelta {
     /// Each site's `UpsertEndpoint` / `RemoveEndpoint`, in order, encoded.
     catalogue: HashMap<String, Vec<Vec<u8>>>,
-    /// `UpsertPeer` / `RemovePeer` by the node they are about, encoded.
-    peers: Vec<(NodeId, Vec<u8>)>,
 }
 
 impl FleetDelta {
@@ -296,24 +352,46 @@ impl FleetDelta {
             let changes = catalogue_changes(from, to, site)?;
             delta.catalogue.insert(site.clone(), changes);
         }
-        let old: BTreeMap<NodeId, &(PeerInfo, Vec<u8>)> =
-            from.peers.iter().map(|p| (p.0.node_id, p)).collect();
-        for (peer, bytes) in &to.peers {
-            if old.get(&peer.node_id).is_none_or(|o| o.1 != *bytes) {
-                let change = encode(&ViewChange::UpsertPeer(peer.clone()))?;
-                delta.peers.push((peer.node_id, change));
-            }
-        }
-        let new: BTreeMap<NodeId, ()> = to.peers.iter().map(|p| (p.0.node_id, ())).collect();
-        for node in old.keys() {
-            if !new.contains_key(node) {
-                delta
-                    .peers
-                    .push((*node, encode(&ViewChange::RemovePeer(*node))?));
-            }
-        }
         Ok(delta)
     }
+}
+
+/// The `UpsertPeer` / `RemovePeer` changes that take `node` from its peers in `from` (when it
+/// was in `old_site`) to those in `to` (in `site`): peers new to it or changed, then peers it
+/// no longer holds. Each list is as long as the node's scope, not the fleet's.
+fn peer_changes(
+    from: &FleetParts,
+    to: &FleetParts,
+    node: NodeId,
+    (old_site, site): (&str, &str),
+) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let old: HashMap<NodeId, &[u8]> = from
+        .peers_of(node, old_site)
+        .into_iter()
+        .map(|i| (from.peers[i].0.node_id, from.peers[i].1.as_slice()))
+        .collect();
+    let new = to.peers_of(node, site);
+    let mut changes = Vec::new();
+    for &i in &new {
+        let (peer, bytes) = &to.peers[i];
+        if old
+            .get(&peer.node_id)
+            .is_none_or(|o| *o != bytes.as_slice())
+        {
+            changes.push(encode(&ViewChange::UpsertPeer(peer.clone()))?);
+        }
+    }
+    let kept: HashSet<NodeId> = new.iter().map(|&i| to.peers[i].0.node_id).collect();
+    let mut gone: Vec<NodeId> = old
+        .keys()
+        .filter(|id| !kept.contains(id))
+        .copied()
+        .collect();
+    gone.sort_unstable();
+    for id in gone {
+        changes.push(encode(&ViewChange::RemovePeer(id))?);
+    }
+    Ok(changes)
 }
 
 /// The entry changes that take `site`'s catalogue from `from` to `to`.
@@ -376,23 +454,18 @@ pub(crate) fn fleet_changes(
         let delta = cache.delta(from, to)?;
         let catalogue = delta.catalogue.get(site).map_or(&[][..], Vec::as_slice);
         let catalogue = if old_site == site { catalogue } else { &[] };
-        let peers: Vec<&Vec<u8>> = delta
-            .peers
-            .iter()
-            .filter(|(about, _)| *about != node)
-            .map(|(_, bytes)| bytes)
-            .collect();
+        let peers = peer_changes(from, to, node, sites)?;
         match speaks {
             Speaks::Entries => {
                 changes.extend(catalogue.iter().cloned());
-                changes.extend(peers.into_iter().cloned());
+                changes.extend(peers);
             }
             Speaks::WholeLists => {
                 if !catalogue.is_empty() {
                     changes.push(to.set_catalogue(site)?);
                 }
                 if !peers.is_empty() {
-                    changes.push(to.set_peers(node)?);
+                    changes.push(to.set_peers(node, site)?);
                 }
             }
         }
@@ -409,10 +482,19 @@ pub(crate) fn fleet_changes(
 const DELTAS_KEPT: usize = 16;
 
 /// The parts of the latest revision, and the deltas between recent pairs of revisions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FleetCache {
     latest: Mutex<Option<Arc<FleetParts>>>,
     deltas: Mutex<VecDeque<KeptDelta>>,
+    /// Up to how many peers the fleet is a full mesh ([`FULL_MESH_PEERS`]; tests scope
+    /// smaller fleets).
+    full_mesh_up_to: usize,
+}
+
+impl Default for FleetCache {
+    fn default() -> Self {
+        FleetCache::full_mesh_up_to(FULL_MESH_PEERS)
+    }
 }
 
 /// A delta between the parts of two revisions, `(from, to)`.
@@ -423,6 +505,15 @@ struct KeptDelta {
 }
 
 impl FleetCache {
+    /// A cache whose views hold every peer up to `peers` peers in the fleet, scoped beyond.
+    pub fn full_mesh_up_to(peers: usize) -> Self {
+        FleetCache {
+            latest: Mutex::default(),
+            deltas: Mutex::default(),
+            full_mesh_up_to: peers,
+        }
+    }
+
     /// The parts at `state`'s revision: built by the first session that asks, shared by the
     /// others.
     ///
@@ -435,7 +526,7 @@ impl FleetCache {
         {
             return Ok(parts.clone());
         }
-        let parts = Arc::new(FleetParts::build(state)?);
+        let parts = Arc::new(FleetParts::build(state, self.full_mesh_up_to)?);
         *latest = Some(parts.clone());
         Ok(parts)
     }

@@ -1,6 +1,6 @@
 //! Sessions build each message from the node's own part of its view and the parts shared per
 //! revision ([`FleetParts`]); an agent that applies what it is sent must hold exactly
-//! [`node_view`] after every write, whether it speaks entries (wire 7) or whole lists (wire 6),
+//! [`super::node_view`] after every write, whether it speaks entries (wire 7) or whole lists (wire 6),
 //! and whether it stayed connected or reconnected with its digest.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use warren_api::{
 use warren_transport::seal::SealKey;
 
 use super::fleet::{FleetCache, FleetParts, Speaks};
-use super::{Sent, first_message, next_delta, node_view, own_part};
+use super::{Sent, first_message, next_delta, node_view_scoped, own_part};
 use crate::command::{Command, Op};
 use crate::keys::ClusterKeys;
 use crate::state::ClusterState;
@@ -77,6 +77,9 @@ fn writes() -> Vec<Op> {
     let mut ops: Vec<Op> = (1..=5)
         .map(|id| Op::RegisterNode(agent(id, if id % 2 == 0 { "porto" } else { "lisbon" })))
         .collect();
+    let mut control = agent(100, "centre");
+    control.role = NodeRole::Control;
+    ops.push(Op::RegisterNode(control));
     ops.push(Op::PutService(service("dns", ServiceMode::Global, false)));
     let replicated = ServiceMode::Replicated { replicas: 2 };
     ops.push(Op::PutService(service("web", replicated, true)));
@@ -148,9 +151,9 @@ fn same_content(held: &NodeView, wanted: &NodeView) -> bool {
     aligned == *wanted
 }
 
-fn follow(speaks: Speaks, wire_version: u16) {
+fn follow(speaks: Speaks, wire_version: u16, full_mesh_up_to: usize) {
     let keys = ClusterKeys::first(SealKey::generate());
-    let cache = FleetCache::default();
+    let cache = FleetCache::full_mesh_up_to(full_mesh_up_to);
     let mut log = Log {
         state: ClusterState::default(),
         index: 0,
@@ -177,7 +180,8 @@ fn follow(speaks: Speaks, wire_version: u16) {
             } else if let Some(sent) = sent {
                 sent.parts = parts;
             }
-            let wanted = node_view(state, node, &state.control_addrs, &keys).unwrap();
+            let addrs = &state.control_addrs;
+            let wanted = node_view_scoped(state, node, addrs, &keys, full_mesh_up_to).unwrap();
             let held_view = held.as_ref().unwrap();
             assert!(
                 same_content(held_view, &wanted),
@@ -196,12 +200,20 @@ fn follow(speaks: Speaks, wire_version: u16) {
 
 #[test]
 fn agents_speaking_entries_hold_their_whole_view() {
-    follow(Speaks::Entries, 7);
+    follow(Speaks::Entries, 7, crate::peer_scope::FULL_MESH_PEERS);
 }
 
 #[test]
 fn agents_speaking_whole_lists_hold_their_whole_view() {
-    follow(Speaks::WholeLists, 6);
+    follow(Speaks::WholeLists, 6, crate::peer_scope::FULL_MESH_PEERS);
+}
+
+/// The same with peers scoped by site however small the fleet: peers come into and leave a
+/// node's scope as the catalogues change.
+#[test]
+fn agents_hold_their_whole_view_with_peers_scoped() {
+    follow(Speaks::Entries, 7, 0);
+    follow(Speaks::WholeLists, 6, 0);
 }
 
 /// A write that touches one service sends nothing to the nodes that do not run it, and the
@@ -245,4 +257,65 @@ fn a_change_to_one_service_reaches_only_its_nodes() {
     }
     let runs: Vec<NodeId> = log.state.replicas.values().map(|r| r.node).collect();
     assert_eq!(reached, runs);
+}
+
+/// Beyond a full mesh a node holds its site, what its site's catalogue names, the sites whose
+/// catalogues name it and the control nodes — and the relation goes both ways, or a WireGuard
+/// peer would drop the other's handshakes.
+#[test]
+fn scoped_peers_go_both_ways_and_cover_the_catalogue() {
+    let keys = ClusterKeys::first(SealKey::generate());
+    let mut log = Log {
+        state: ClusterState::default(),
+        index: 0,
+    };
+    let sites = ["lisbon", "porto", "faro", "braga", "evora"];
+    for id in 1..=50 {
+        log.apply(Op::RegisterNode(agent(id, sites[id as usize % 5])));
+    }
+    let mut control = agent(100, "centre");
+    control.role = NodeRole::Control;
+    log.apply(Op::RegisterNode(control));
+    log.apply(Op::PutService(service("edge", ServiceMode::Global, false)));
+    let small = ServiceMode::Replicated { replicas: 2 };
+    log.apply(Op::PutService(service("db", small, false)));
+    let state = &log.state;
+    let views: BTreeMap<NodeId, NodeView> = state
+        .nodes
+        .keys()
+        .map(|&id| {
+            let view = node_view_scoped(state, id, &[], &keys, 16).unwrap();
+            (id, view)
+        })
+        .collect();
+    let holds = |a: NodeId, b: NodeId| views[&a].peers.iter().any(|p| p.node_id == b);
+    for (&a, view) in &views {
+        for &b in views.keys().filter(|&&b| b != a) {
+            assert_eq!(holds(a, b), holds(b, a), "{a} holds {b} but not back");
+            let same_site = view.node.site == views[&b].node.site;
+            let control = a == NodeId(100) || b == NodeId(100);
+            let named = view.catalogue.iter().any(|e| e.node == b);
+            if same_site || control || named {
+                assert!(holds(a, b), "{a} misses {b}");
+            }
+        }
+    }
+    // The two nodes running `db` (in every catalogue: a small service) hold every node; the
+    // others far fewer.
+    let agents = views.values().filter(|v| v.node.role == NodeRole::Agent);
+    let mut counts: Vec<usize> = agents.map(|v| v.peers.len()).collect();
+    counts.sort_unstable();
+    let median = counts[counts.len() / 2];
+    assert!(
+        median < 35,
+        "the median agent holds {median} of 50 peers: {counts:?}"
+    );
+    assert_eq!(
+        views[&NodeId(100)].peers.len(),
+        50,
+        "control holds every node"
+    );
+    // Up to the full mesh, every node holds every other.
+    let full = node_view_scoped(state, NodeId(1), &[], &keys, 256).unwrap();
+    assert_eq!(full.peers.len(), 50);
 }
