@@ -13,7 +13,7 @@
 //! address, and every replica whose service declares a metrics endpoint, at its node's
 //! catalogue IP. Agents get their own site's in their views, for discovery while cut off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use warren_api::scrape::{NodeTarget, ScrapeTargets, WorkloadTarget};
@@ -108,16 +108,36 @@ fn far_rank(site: &str, endpoint: &ServiceEndpoint) -> u64 {
     warren_api::service::mix64(warren_api::service::stable_hash(&(site, &endpoint.replica)))
 }
 
-/// [`catalogue`] as a node of `site` holds it ([`scoped_to_site`]).
-pub fn catalogue_for_site(state: &ClusterState, site: &str) -> Vec<ServiceEndpoint> {
-    let all = catalogue(state);
-    let node_of = |id: NodeId| {
+/// A node's site and whether it is ready, as [`scoped_to_site`] takes them.
+fn site_and_readiness<'a>(
+    state: &'a ClusterState,
+) -> impl Fn(NodeId) -> Option<(&'a str, bool)> + 'a {
+    |id: NodeId| {
         state
             .nodes
             .get(&id)
             .map(|n| (n.site.as_str(), n.state == NodeState::Ready))
-    };
-    scoped_to_site(&all, node_of, site)
+    }
+}
+
+/// What the nodes of each site (every site with a node, in order) hold of `all` (a
+/// [`catalogue`]): [`scoped_to_site`].
+pub fn scoped_by_site<'a>(
+    state: &'a ClusterState,
+    all: &[ServiceEndpoint],
+) -> Vec<(&'a str, Vec<usize>)> {
+    let sites: BTreeSet<&str> = state.nodes.values().map(|n| n.site.as_str()).collect();
+    let node_of = site_and_readiness(state);
+    sites
+        .into_iter()
+        .map(|site| (site, scoped_to_site(all, &node_of, site)))
+        .collect()
+}
+
+/// [`catalogue`] as a node of `site` holds it ([`scoped_to_site`]).
+pub fn catalogue_for_site(state: &ClusterState, site: &str) -> Vec<ServiceEndpoint> {
+    let all = catalogue(state);
+    scoped_to_site(&all, site_and_readiness(state), site)
         .into_iter()
         .map(|index| all[index].clone())
         .collect()

@@ -126,18 +126,8 @@ pub fn peers_of(state: &ClusterState, node: NodeId, full_mesh_up_to: usize) -> V
         return all.into_iter().filter(|p| p.node_id != node).collect();
     };
     let endpoints = crate::catalogue::catalogue(state);
-    let node_of = |id: NodeId| {
-        state
-            .nodes
-            .get(&id)
-            .map(|n| (n.site.as_str(), n.state == warren_api::NodeState::Ready))
-    };
-    let sites: BTreeSet<&str> = state.nodes.values().map(|n| n.site.as_str()).collect();
-    let catalogues: Vec<(&str, Vec<usize>)> = if all.len() > full_mesh_up_to {
-        sites
-            .into_iter()
-            .map(|s| (s, crate::catalogue::scoped_to_site(&endpoints, node_of, s)))
-            .collect()
+    let catalogues = if all.len() > full_mesh_up_to {
+        crate::catalogue::scoped_by_site(state, &endpoints)
     } else {
         Vec::new()
     };

@@ -345,6 +345,9 @@ impl CpuWindow {
 struct Figures {
     joins: Duration,
     first_sync: Duration,
+    first_sync_bytes_per_agent: u64,
+    peers: Vec<u64>,
+    peers_global: Vec<u64>,
     idle_rss_mib: Vec<f64>,
     idle_cpu: Vec<f64>,
     sim_idle_cpu: f64,
@@ -391,6 +394,9 @@ async fn run(bin: &Path, args: &Args, agents: usize) -> anyhow::Result<Figures> 
     .await
     .with_context(|| format!("agents' last errors: {:?}", fleet.errors()))?;
     figures.first_sync = started.elapsed();
+    figures.first_sync_bytes_per_agent = fleet.total(|a| &a.view_bytes) / agents as u64;
+    figures.peers = fleet.snapshot_of(|a| &a.peers);
+    figures.peers.sort_unstable();
     figures.spread = fleet.spread(args.controls);
     idle(&plane, &fleet, args, &mut figures).await;
     propagation(&plane, &fleet, args, &mut figures).await?;
@@ -526,6 +532,10 @@ async fn propagation(
         figures.propagation.extend(times);
         let sent = fleet.total(|a| &a.view_bytes) - bytes_before;
         figures.create_bytes_per_agent = sent / agents as u64;
+        if round == 0 {
+            figures.peers_global = fleet.snapshot_of(|a| &a.peers);
+            figures.peers_global.sort_unstable();
+        }
         fleet.set_probe(Probe::Lacks(name.clone()));
         plane.write(&["service", "rm", &name]).await?;
         wait_for(&format!("{name} gone from every agent"), || {
@@ -645,6 +655,19 @@ impl Figures {
         println!(
             "  first sync (all hold a view)      {:>10}",
             ms(self.first_sync)
+        );
+        for (what, peers) in [
+            ("peers per agent                ", &self.peers),
+            ("peers, with a global service   ", &self.peers_global),
+        ] {
+            if let (Some(min), Some(max)) = (peers.first(), peers.last()) {
+                let median = peers[peers.len() / 2];
+                println!("  {what}   min {min}  median {median}  max {max}");
+            }
+        }
+        println!(
+            "  view bytes per agent, first sync  {} B",
+            self.first_sync_bytes_per_agent
         );
         println!(
             "  idle control RSS                  {}",

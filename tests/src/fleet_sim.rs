@@ -130,6 +130,8 @@ pub struct AgentTrack {
     pub deltas: AtomicU64,
     /// Encoded bytes of the snapshots and deltas received.
     pub view_bytes: AtomicU64,
+    /// Peers in the view it holds.
+    pub peers: AtomicU64,
     /// Sessions started.
     pub sessions: AtomicU64,
     /// When it first held a view that met the current probe, if it has.
@@ -453,6 +455,8 @@ impl SimAgent {
         self.track
             .revision
             .store(view.revision.0, Ordering::Relaxed);
+        let peers = view.peers.len() as u64;
+        self.track.peers.store(peers, Ordering::Relaxed);
         let probe = self.probe.lock().expect("not poisoned").clone();
         if let Some(probe) = probe
             && probe.met(&view)

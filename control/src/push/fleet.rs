@@ -9,7 +9,7 @@
 //! mesh settings, control addresses: small) and the [`FleetParts`] it last sent, and builds
 //! each message from the own part's diff plus bytes encoded once here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use warren_api::scrape::ScrapeTargets;
@@ -86,27 +86,20 @@ impl FleetParts {
                 })
             })
             .collect::<Result<Vec<_>, EncodeError>>()?;
-        let node_of = |id: NodeId| {
-            state
-                .nodes
-                .get(&id)
-                .map(|n| (n.site.as_str(), n.state == warren_api::NodeState::Ready))
-        };
-        let sites: BTreeSet<&str> = state.nodes.values().map(|n| n.site.as_str()).collect();
-        let catalogues: HashMap<String, SiteCatalogue> = sites
-            .into_iter()
-            .map(|site| {
-                let entries = crate::catalogue::scoped_to_site(&all, node_of, site);
-                let items = entries.iter().map(|&i| endpoints[i].bare.as_slice());
-                let hash = stable_hash_of_encoded_list(entries.len(), items);
-                let catalogue = SiteCatalogue {
-                    entries,
-                    hash,
-                    set: std::sync::OnceLock::new(),
-                };
-                (site.to_owned(), catalogue)
-            })
-            .collect();
+        let catalogues: HashMap<String, SiteCatalogue> =
+            crate::catalogue::scoped_by_site(state, &all)
+                .into_iter()
+                .map(|(site, entries)| {
+                    let items = entries.iter().map(|&i| endpoints[i].bare.as_slice());
+                    let hash = stable_hash_of_encoded_list(entries.len(), items);
+                    let catalogue = SiteCatalogue {
+                        entries,
+                        hash,
+                        set: std::sync::OnceLock::new(),
+                    };
+                    (site.to_owned(), catalogue)
+                })
+                .collect();
         let peers = crate::catalogue::peers(state, NodeId(0))
             .into_iter()
             .map(|p| {
