@@ -100,8 +100,16 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     for &agents in &args.agents {
-        let figures = runtime.block_on(run(&bin, &args, agents))?;
+        let mut figures = Figures::default();
+        let result = runtime.block_on(run(&bin, &args, agents, &mut figures));
+        // What was measured before a step failed is still worth seeing.
+        if let Err(error) = &result {
+            println!(
+                "\nFAILED: {error:#}; the figures of that step and later ones are not measured"
+            );
+        }
         figures.print(agents, args.controls);
+        result?;
     }
     Ok(())
 }
@@ -367,41 +375,26 @@ struct Figures {
     spread_after: Vec<usize>,
 }
 
-async fn run(bin: &Path, args: &Args, agents: usize) -> anyhow::Result<Figures> {
+async fn run(bin: &Path, args: &Args, agents: usize, figures: &mut Figures) -> anyhow::Result<()> {
     let root = bench_root(agents)?;
     progress(&format!(
         "{agents} agents: start {} control node(s)",
         args.controls
     ));
     let mut plane = ControlPlane::start(bin, &root, args.controls).await?;
-    let mut figures = Figures::default();
-    let identities = join_fleet(&plane, agents, args.per_site, &mut figures).await?;
+    let identities = join_fleet(&plane, agents, args.per_site, figures).await?;
     let started = Instant::now();
     let fleet = Arc::new(Fleet::start(identities).map_err(anyhow::Error::msg)?);
-    let mut said = 0;
-    wait_for(&format!("{agents} agents hold a view"), || {
-        let held = fleet.current(1);
-        let tens = started.elapsed().as_secs() / 10;
-        if tens > said && held < agents {
-            said = tens;
-            progress(&format!(
-                "{held} of {agents} hold a view; last errors: {:?}",
-                fleet.errors()
-            ));
-        }
-        held == agents
-    })
-    .await
-    .with_context(|| format!("agents' last errors: {:?}", fleet.errors()))?;
+    wait_for_all(&fleet, "hold a view", || fleet.current(1)).await?;
     figures.first_sync = started.elapsed();
     figures.first_sync_bytes_per_agent = fleet.total(|a| &a.view_bytes) / agents as u64;
     figures.peers = fleet.snapshot_of(|a| &a.peers);
     figures.peers.sort_unstable();
     figures.spread = fleet.spread(args.controls);
-    idle(&plane, &fleet, args, &mut figures).await;
-    propagation(&plane, &fleet, args, &mut figures).await?;
-    one_service_change(&plane, &fleet, &mut figures).await?;
-    storm(&mut plane, &fleet, args, &mut figures).await?;
+    idle(&plane, &fleet, args, figures).await;
+    propagation(&plane, &fleet, args, figures).await?;
+    one_service_change(&plane, &fleet, figures).await?;
+    storm(&mut plane, &fleet, args, figures).await?;
     progress("stop");
     if let Ok(fleet) = Arc::try_unwrap(fleet) {
         fleet.stop().await;
@@ -410,7 +403,7 @@ async fn run(bin: &Path, args: &Args, agents: usize) -> anyhow::Result<Figures> 
     if std::env::var_os("WARREN_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }
-    Ok(figures)
+    Ok(())
 }
 
 fn bench_root(agents: usize) -> anyhow::Result<PathBuf> {
@@ -463,6 +456,28 @@ async fn join_fleet(
     }
     figures.joins = started.elapsed();
     Ok(identities)
+}
+
+/// Waits until `count` says every agent of `fleet` did `what`, saying every 10 s how many
+/// have and why the others last failed.
+async fn wait_for_all(fleet: &Fleet, what: &str, count: impl Fn() -> usize) -> anyhow::Result<()> {
+    let agents = fleet.agents.len();
+    let started = Instant::now();
+    let mut said = 0;
+    wait_for(&format!("{agents} agents {what}"), || {
+        let done = count();
+        let tens = started.elapsed().as_secs() / 10;
+        if tens > said && done < agents {
+            said = tens;
+            let errors = fleet.errors();
+            progress(&format!(
+                "{done} of {agents} {what}; last errors: {errors:?}"
+            ));
+        }
+        done == agents
+    })
+    .await
+    .with_context(|| format!("agents' last errors: {:?}", fleet.errors()))
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -518,10 +533,8 @@ async fn propagation(
                 "--global",
             ])
             .await?;
-        wait_for(&format!("{name} on every agent"), || {
-            fleet.probe_times().iter().all(Option::is_some)
-        })
-        .await?;
+        let met = || fleet.probe_times().iter().filter(|t| t.is_some()).count();
+        wait_for_all(fleet, &format!("hold {name}"), met).await?;
         let times: Vec<Duration> = fleet
             .probe_times()
             .into_iter()
