@@ -24,7 +24,7 @@ use crate::state::ClusterState;
 pub const FULL_MESH_PEERS: usize = 256;
 
 /// Who holds whom, at one revision. See the module's text.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct PeerScope {
     /// The fleet is small enough for a full mesh.
     full: bool,
@@ -85,6 +85,16 @@ impl PeerScope {
         self.controls.contains(&node)
     }
 
+    /// The nodes `site`'s catalogue names.
+    pub fn named_by(&self, site: &str) -> impl Iterator<Item = NodeId> + '_ {
+        self.named.get(site).into_iter().flatten().copied()
+    }
+
+    /// The control nodes.
+    pub fn controls(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.controls.iter().copied()
+    }
+
     /// Whether every node of `site` holds `peer`, whatever the node (its site, what its site's
     /// catalogue names, the control nodes).
     pub fn site_holds(&self, site: &str, peer: &PeerInfo) -> bool {
@@ -122,15 +132,15 @@ impl PeerScope {
 /// sorted by node id.
 pub fn peers_of(state: &ClusterState, node: NodeId, full_mesh_up_to: usize) -> Vec<PeerInfo> {
     let all = crate::catalogue::peers(state, NodeId(0));
-    let Some(site) = state.nodes.get(&node).map(|n| n.site.as_str()) else {
+    let Some(entry) = state.nodes.get(&node) else {
         return all.into_iter().filter(|p| p.node_id != node).collect();
     };
+    if all.len() <= full_mesh_up_to || entry.role == NodeRole::Control {
+        return all.into_iter().filter(|p| p.node_id != node).collect();
+    }
+    let site = entry.site.as_str();
     let endpoints = crate::catalogue::catalogue(state);
-    let catalogues = if all.len() > full_mesh_up_to {
-        crate::catalogue::scoped_by_site(state, &endpoints)
-    } else {
-        Vec::new()
-    };
+    let catalogues = crate::catalogue::scoped_by_site(state, &endpoints);
     let scope = PeerScope::new(
         state,
         all.len(),

@@ -39,6 +39,8 @@ pub(crate) struct FleetParts {
     /// and each site's own nodes among them.
     site_peers: HashMap<String, Vec<usize>>,
     site_members: HashMap<String, Vec<usize>>,
+    /// Where each peer is in `peers`.
+    index_of: HashMap<NodeId, usize>,
     /// Each site's scrape targets, their hash and `SetScrape` encoded.
     scrape: HashMap<String, SiteScrape>,
     /// Each node's running replicas, sorted by id.
@@ -117,6 +119,8 @@ impl FleetParts {
             full_mesh_up_to,
         );
         let (site_peers, site_members) = peers_by_site(&scope, &peers, catalogues.keys());
+        let index_of = peers.iter().enumerate();
+        let index_of = index_of.map(|(i, (p, _))| (p.node_id, i)).collect();
         Ok(FleetParts {
             revision: state.revision,
             endpoints,
@@ -125,6 +129,7 @@ impl FleetParts {
             scope,
             site_peers,
             site_members,
+            index_of,
             scrape: scrape_by_site(state)?,
             replicas: replicas_by_node(state),
         })
@@ -263,28 +268,42 @@ impl FleetParts {
     }
 }
 
-/// Beyond a full mesh, what every node of each of `sites` holds of `peers` and each site's own
-/// nodes among them (indices into `peers`, in order); empty in a full mesh.
+/// Beyond a full mesh, what every node of each of `sites` holds of `peers` (its own nodes,
+/// the nodes its catalogue names, the control nodes) and each site's own nodes among them
+/// (indices into `peers`, in order); empty in a full mesh. As long as those lists, not
+/// sites × peers.
 fn peers_by_site<'a>(
     scope: &PeerScope,
     peers: &[(PeerInfo, Vec<u8>)],
     sites: impl Iterator<Item = &'a String>,
 ) -> (HashMap<String, Vec<usize>>, HashMap<String, Vec<usize>>) {
-    let (mut held, mut members) = (HashMap::new(), HashMap::new());
+    let (mut held, mut members) = (HashMap::new(), HashMap::<String, Vec<usize>>::new());
     if scope.is_full() {
         return (held, members);
     }
-    for site in sites {
-        let list = (0..peers.len())
-            .filter(|&i| scope.site_holds(site, &peers[i].0))
-            .collect();
-        held.insert(site.clone(), list);
-    }
+    let index_of: HashMap<NodeId, usize> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.node_id, i))
+        .collect();
     for (i, (peer, _)) in peers.iter().enumerate() {
-        members
-            .entry(peer.site.clone())
-            .or_insert_with(Vec::new)
-            .push(i);
+        members.entry(peer.site.clone()).or_default().push(i);
+    }
+    let controls: Vec<usize> = scope
+        .controls()
+        .filter_map(|id| index_of.get(&id).copied())
+        .collect();
+    for site in sites {
+        let mut list = members.get(site).cloned().unwrap_or_default();
+        list.extend(
+            scope
+                .named_by(site)
+                .filter_map(|id| index_of.get(&id).copied()),
+        );
+        list.extend(&controls);
+        list.sort_unstable();
+        list.dedup();
+        held.insert(site.clone(), list);
     }
     (held, members)
 }
@@ -331,11 +350,23 @@ fn replicas_by_node(state: &ClusterState) -> HashMap<NodeId, Vec<Replica>> {
     by_node
 }
 
-/// What changed in the catalogues from one revision to another: each change encoded once.
+/// What changed in the shared parts from one revision to another: each change encoded once.
 #[derive(Debug, Default)]
 pub(crate) struct FleetDelta {
     /// Each site's `UpsertEndpoint` / `RemoveEndpoint`, in order, encoded.
     catalogue: HashMap<String, Vec<Vec<u8>>>,
+    /// Whether who holds whom is worked out alike at both revisions ([`PeerScope`]): then a
+    /// node's peer changes are among `peers` alone.
+    same_scope: bool,
+    /// The peers that are new, changed or gone, by node id: `UpsertPeer` (with the peer's
+    /// place in the later parts) or `RemovePeer` (with its place in the earlier), encoded.
+    peers: Vec<PeerChange>,
+}
+
+#[derive(Debug)]
+enum PeerChange {
+    Upsert { index: usize, bytes: Vec<u8> },
+    Remove { index: usize, bytes: Vec<u8> },
 }
 
 impl FleetDelta {
@@ -345,7 +376,55 @@ impl FleetDelta {
             let changes = catalogue_changes(from, to, site)?;
             delta.catalogue.insert(site.clone(), changes);
         }
+        delta.same_scope = from.scope == to.scope;
+        for (index, (peer, bytes)) in to.peers.iter().enumerate() {
+            let before = from.index_of.get(&peer.node_id);
+            if before.is_none_or(|&i| from.peers[i].1 != *bytes) {
+                let bytes = encode(&ViewChange::UpsertPeer(peer.clone()))?;
+                delta.peers.push(PeerChange::Upsert { index, bytes });
+            }
+        }
+        for (index, (peer, _)) in from.peers.iter().enumerate() {
+            if !to.index_of.contains_key(&peer.node_id) {
+                let bytes = encode(&ViewChange::RemovePeer(peer.node_id))?;
+                delta.peers.push(PeerChange::Remove { index, bytes });
+            }
+        }
         Ok(delta)
+    }
+
+    /// `node`'s peer changes (it is in `site` at both revisions) when the scope is the same at
+    /// both: a changed peer it holds now is upserted, a gone one it held removed. As long as
+    /// the changes, not the node's peers.
+    fn peer_changes(
+        &self,
+        from: &FleetParts,
+        to: &FleetParts,
+        node: NodeId,
+        site: &str,
+    ) -> Result<Vec<Vec<u8>>, EncodeError> {
+        let mut changes = Vec::new();
+        for change in &self.peers {
+            match change {
+                PeerChange::Upsert { index, bytes } => {
+                    if to.scope.holds(node, site, &to.peers[*index].0) {
+                        changes.push(bytes.clone());
+                    } else if let Some(&i) = from.index_of.get(&to.peers[*index].0.node_id)
+                        && from.scope.holds(node, site, &from.peers[i].0)
+                    {
+                        // Its site moved out of this node's scope.
+                        let id = to.peers[*index].0.node_id;
+                        changes.push(encode(&ViewChange::RemovePeer(id))?);
+                    }
+                }
+                PeerChange::Remove { index, bytes } => {
+                    if from.scope.holds(node, site, &from.peers[*index].0) {
+                        changes.push(bytes.clone());
+                    }
+                }
+            }
+        }
+        Ok(changes)
     }
 }
 
@@ -447,7 +526,11 @@ pub(crate) fn fleet_changes(
         let delta = cache.delta(from, to)?;
         let catalogue = delta.catalogue.get(site).map_or(&[][..], Vec::as_slice);
         let catalogue = if old_site == site { catalogue } else { &[] };
-        let peers = peer_changes(from, to, node, sites)?;
+        let peers = if delta.same_scope && old_site == site {
+            delta.peer_changes(from, to, node, site)?
+        } else {
+            peer_changes(from, to, node, sites)?
+        };
         match speaks {
             Speaks::Entries => {
                 changes.extend(catalogue.iter().cloned());
