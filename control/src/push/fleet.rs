@@ -118,9 +118,13 @@ impl FleetParts {
                 .map(|(site, c)| (site.as_str(), c.entries.as_slice())),
             full_mesh_up_to,
         );
-        let (site_peers, site_members) = peers_by_site(&scope, &peers, catalogues.keys());
-        let index_of = peers.iter().enumerate();
-        let index_of = index_of.map(|(i, (p, _))| (p.node_id, i)).collect();
+        let index_of: HashMap<NodeId, usize> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| (p.node_id, i))
+            .collect();
+        let (site_peers, site_members) =
+            peers_by_site(&scope, &peers, &index_of, catalogues.keys());
         Ok(FleetParts {
             revision: state.revision,
             endpoints,
@@ -275,17 +279,13 @@ impl FleetParts {
 fn peers_by_site<'a>(
     scope: &PeerScope,
     peers: &[(PeerInfo, Vec<u8>)],
+    index_of: &HashMap<NodeId, usize>,
     sites: impl Iterator<Item = &'a String>,
 ) -> (HashMap<String, Vec<usize>>, HashMap<String, Vec<usize>>) {
     let (mut held, mut members) = (HashMap::new(), HashMap::<String, Vec<usize>>::new());
     if scope.is_full() {
         return (held, members);
     }
-    let index_of: HashMap<NodeId, usize> = peers
-        .iter()
-        .enumerate()
-        .map(|(i, (p, _))| (p.node_id, i))
-        .collect();
     for (i, (peer, _)) in peers.iter().enumerate() {
         members.entry(peer.site.clone()).or_default().push(i);
     }
